@@ -1,0 +1,44 @@
+/* Table-driven flags: every setting is a --flag with an EDDY_* environment variable
+ * (--data-dir <-> EDDY_DATA_DIR). The environment is read first, the command line wins.
+ * Defaults are the values the target variables hold before config_parse. */
+#ifndef EDDY_CONFIG_H
+#define EDDY_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum flag_type {
+    FLAG_BOOL,     /* bool *; "--x", "--x=true|false|1|0" */
+    FLAG_INT,      /* int64_t * */
+    FLAG_DURATION, /* int64_t * in milliseconds; "250ms", "5s", "2m", "1h", "7d" or plain ms */
+    FLAG_SIZE,     /* int64_t * in bytes; "512", "64k", "4MiB", "1G" */
+    FLAG_DOUBLE,   /* double * */
+    FLAG_STRING,   /* const char **; points into argv/environ, never freed */
+};
+
+struct flag {
+    const char *name;   /* without dashes */
+    enum flag_type type;
+    void *ptr;
+    const char *help;
+    int64_t min, max;   /* bounds for INT/DURATION/SIZE; min == max == 0 means >= 0 */
+};
+
+/* Parse the environment, then argv[1..] up to the first argument that is not a flag (or
+ * "--"). On success returns 0 and sets *first_arg to that argument's index. With --help
+ * returns 1. On a bad flag or value returns -1 with a message in 'err'. */
+int config_parse(const struct flag *flags, size_t nflags, int argc, char **argv,
+                 int *first_arg, char *err, size_t errlen);
+
+/* Print each flag with its environment variable, default and help text. */
+void config_usage(FILE *out, const struct flag *flags, size_t nflags);
+
+/* Parse one value as 'type' into 'ptr'; returns 0 or -1. Exposed for the CLI and tests. */
+int config_parse_value(enum flag_type type, const char *text, void *ptr);
+
+/* The environment variable of 'name': "EDDY_" + upper-case, '-' -> '_'. */
+void config_env_name(const char *name, char *out, size_t outlen);
+
+#endif

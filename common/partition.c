@@ -1,0 +1,30 @@
+/* Key hashing and the hash-range partitioning of DESIGN.md §2. */
+#include "common/partition.h"
+
+#include <string.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
+#include <xxhash.h>
+
+uint64_t partition_hash(const char *ns, const char *key, size_t len)
+{
+    XXH64_state_t st;
+    XXH64_reset(&st, 0);
+    XXH64_update(&st, ns, strlen(ns));
+    XXH64_update(&st, key, len);
+    return XXH64_digest(&st);
+}
+
+uint32_t partition_of_hash(uint64_t h, uint32_t nparts)
+{
+    return (uint32_t)(((unsigned __int128)h * nparts) >> 64);
+}
+
+uint32_t partition_of_user(const char *user_id, uint32_t nparts)
+{
+    return partition_of_hash(partition_hash("u:", user_id, strlen(user_id)), nparts);
+}
+
+uint32_t partition_of_product(const char *product_id, uint32_t nparts)
+{
+    return partition_of_hash(partition_hash("i:", product_id, strlen(product_id)), nparts);
+}

@@ -1,0 +1,1024 @@
+/* The gRPC server: accepts calls on completion-queue threads, decodes them, and hands them
+ * to a pool of handler threads; answers come back from any thread (see rpc_server.h).
+ *
+ * DESIGN
+ * Why handler threads: a CQ thread also polls the sockets of its calls, so any blocking in
+ * a handler (a LevelDB read, a lock) would stall every call on that CQ. CQ threads only
+ * accept, decode, start batches and free finished calls; handlers run on their own pool
+ * behind a bounded queue, so overload becomes RESOURCE_EXHAUSTED instead of latency.
+ *
+ * Who touches a call: an rpc_call has two owners, the gRPC side (its outstanding batches,
+ * completed on the one CQ thread of the CQ that accepted it) and the application (from
+ * the handler until rpc_reply/rpc_stream_finish, on any thread). gRPC requires that
+ * batches on one call are not started concurrently, so every access to an rpc_call,
+ * including each grpc_call_start_batch, happens under the call's own mutex 'mu'. The
+ * lock is per call and held only for a few non-blocking gRPC calls, so it never
+ * contends between calls.
+ *
+ * Batches of a call: RECV_CLOSE_ON_SERVER is started as soon as the call is accepted, so
+ * that a client cancel, a deadline or server shutdown is noticed even while a handler (or
+ * an application thread) still holds the call. The answer is a second batch: SEND_*
+ * metadata + message + status for unary calls; for streams one SEND_MESSAGE batch at a
+ * time (later ones wait in a per-call queue, at most STREAM_MAX_QUEUED), then the status.
+ * Once RECV_CLOSE_ON_SERVER has completed the call is 'closed': nothing more is sent and
+ * answering only frees memory.
+ *
+ * Lifetime: 'batches' counts outstanding batches, 'refs' counts the application (until
+ * it answers), a queued or running handler job, and a queued on_cancel job. When the call
+ * is closed and has no batch left, the grpc_call is unreferenced and the call detaches from
+ * the server ('s' = NULL; the server may be freed from then on). When, in addition, refs is
+ * zero the rpc_call is freed. So an application may answer a call after the client went
+ * away, or even after rpc_server_shutdown returned: it only frees the call.
+ *
+ * Shutdown: stop accepting; wait up to the grace period for 'inflight' (accepted and not
+ * yet answered or closed) to reach zero; cancel all calls; wait for 'live' (posted accept
+ * slots plus calls still holding a grpc_call) to reach zero while the CQ threads keep
+ * completing; then destroy the server, drain and join the CQ threads, and finally let the
+ * handler threads drain their queue (dropping closed calls, running on_cancel) and exit. */
+#include "common/rpc_server.h"
+
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+#include <assert.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "common/pbgrpc.h"
+
+#define ACCEPT_SLOTS 32       /* accept slots per method per CQ */
+#define STREAM_MAX_QUEUED 64  /* stream messages waiting behind the one being sent */
+#define DETAILS_MAX 1024      /* longest status message */
+#define PATH_MAX_LEN 256      /* longest method path quoted in UNIMPLEMENTED */
+
+#define DEFAULT_CQ_THREADS 1
+#define DEFAULT_HANDLER_THREADS 2
+#define DEFAULT_MAX_QUEUED 1024
+#define DEFAULT_MAX_RECV (4 * 1024 * 1024)
+#define DEFAULT_MAX_SEND (16 * 1024 * 1024)
+
+/* Every tag given to gRPC starts with its kind. */
+enum tag_kind { TAG_SLOT, TAG_CLOSE, TAG_SEND };
+struct tag {
+    enum tag_kind kind;
+};
+
+struct method {
+    char *path;
+    const ProtobufCMessageDescriptor *req_desc;
+    rpc_handler_fn *fn;
+    rpc_cancel_fn *on_cancel; /* streams only; may be NULL */
+    void *ud;
+    bool stream;
+    void *handle; /* from grpc_server_register_method */
+};
+
+/* One CQ and the thread that drives it. */
+struct worker {
+    rpc_server *s;
+    grpc_completion_queue *cq;
+    pthread_t thread;
+    bool started;
+};
+
+/* A posted grpc_server_request_*call. Owned by its worker's CQ thread. */
+struct slot {
+    struct tag tag; /* first: the tag pointer is the slot pointer */
+    struct worker *w;
+    const struct method *m; /* NULL: the generic slot for unknown methods */
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_byte_buffer *payload;
+    grpc_call_details details; /* generic slot only */
+};
+
+enum job_kind { JOB_RUN, JOB_CANCEL };
+struct job {
+    struct job *next;
+    enum job_kind kind;
+    rpc_call *c;
+};
+
+/* A message waiting for the stream's previous SEND_MESSAGE to complete. */
+struct out_msg {
+    struct out_msg *next;
+    grpc_byte_buffer *bb;
+};
+
+/* An accepted call. All fields below 'mu' are guarded by it; the ones above are set at
+ * accept time and read-only afterwards (see the DESIGN note for lifetime). */
+struct rpc_call {
+    const struct method *m; /* NULL for an unknown method */
+    gpr_timespec deadline;
+    struct tag close_tag, send_tag;
+    struct job run_job, cancel_job;
+
+    pthread_mutex_t mu;
+    rpc_server *s;       /* NULL once detached */
+    grpc_call *call;     /* NULL once released */
+    ProtobufCMessage *req;
+    int close_cancelled; /* written by gRPC for RECV_CLOSE_ON_SERVER */
+    int batches;         /* outstanding batches */
+    int refs;            /* app + handler job + cancel job */
+    bool closed;         /* RECV_CLOSE_ON_SERVER completed: nothing more goes out */
+    bool answered;       /* the app (or the server for it) answered: no more app ref */
+    bool counted_done;   /* already subtracted from s->inflight */
+    bool delivered;      /* the handler was called */
+    bool in_handler;     /* the handler is running */
+    bool cancel_due;     /* closed while in the handler: run on_cancel after it */
+    bool sent_md;        /* initial metadata is out (or in flight) */
+    bool status_sent;    /* the status batch was started */
+    bool broken;         /* a send failed: the stream is dead */
+    grpc_byte_buffer *send_bb; /* the message in flight, freed on its completion */
+    struct out_msg *q_head, *q_tail;
+    int q_len;
+    bool finish_pending; /* rpc_stream_finish waits for queued messages */
+    grpc_status_code fin_code;
+    char *fin_msg;
+};
+
+enum server_state { S_NEW, S_RUNNING, S_STOPPED };
+
+struct rpc_server {
+    char *listen;
+    int cq_threads, handler_threads, max_queued;
+    int64_t max_recv, max_send, max_age_ms;
+
+    struct method *methods;
+    size_t nmethods, methods_cap;
+
+    enum server_state state; /* touched only by the owner thread (start/shutdown/free) */
+    grpc_server *srv;
+    struct worker *workers;
+    pthread_t *handlers;
+    int handlers_started;
+    atomic_bool stopping;
+
+    _Atomic int64_t inflight; /* accepted, neither answered nor closed */
+    _Atomic int64_t live;     /* posted slots + calls holding a grpc_call */
+
+    pthread_mutex_t mu;      /* guards the job queue; pairs with the two conds */
+    pthread_cond_t work_cv;  /* job queued, or handlers_exit */
+    pthread_cond_t idle_cv;  /* inflight or live reached zero */
+    struct job *head, *tail;
+    int queued_calls;        /* JOB_RUN entries in the queue */
+    bool handlers_exit;
+};
+
+/* ---------------------------------------------------------------- counters, queue */
+
+static void counter_done(rpc_server *s, _Atomic int64_t *counter)
+{
+    if (atomic_fetch_sub(counter, 1) == 1) {
+        pthread_mutex_lock(&s->mu);
+        pthread_cond_broadcast(&s->idle_cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+}
+
+/* Append 'j'. A JOB_RUN is refused (false) when max_queued calls are already waiting;
+ * cancel jobs are bounded by the number of calls and always accepted. */
+static bool queue_push(rpc_server *s, struct job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    if (j->kind == JOB_RUN && s->queued_calls >= s->max_queued) {
+        pthread_mutex_unlock(&s->mu);
+        return false;
+    }
+    if (j->kind == JOB_RUN)
+        s->queued_calls++;
+    j->next = NULL;
+    if (s->tail)
+        s->tail->next = j;
+    else
+        s->head = j;
+    s->tail = j;
+    pthread_cond_signal(&s->work_cv);
+    pthread_mutex_unlock(&s->mu);
+    return true;
+}
+
+/* ---------------------------------------------------------------- calls */
+
+static void call_free(rpc_call *c)
+{
+    struct out_msg *o = c->q_head;
+    while (o) {
+        struct out_msg *next = o->next;
+        grpc_byte_buffer_destroy(o->bb);
+        free(o);
+        o = next;
+    }
+    if (c->req)
+        protobuf_c_message_free_unpacked(c->req, NULL);
+    free(c->fin_msg);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+/* Release c->mu. If the call is closed and idle, give the grpc_call back and detach from
+ * the server; if nobody holds the call any more, free it. 'c' must not be used after. */
+static void call_unlock(rpc_call *c)
+{
+    grpc_call *gc = NULL;
+    rpc_server *s = NULL;
+    if (c->call && c->closed && c->batches == 0) {
+        gc = c->call;
+        s = c->s;
+        c->call = NULL;
+        c->s = NULL;
+    }
+    bool free_it = c->call == NULL && c->batches == 0 && c->refs == 0;
+    pthread_mutex_unlock(&c->mu);
+    if (gc)
+        grpc_call_unref(gc);
+    if (s)
+        counter_done(s, &s->live);
+    if (free_it)
+        call_free(c);
+}
+
+/* The call no longer counts as in flight (answered or closed). Under c->mu. */
+static void call_done_locked(rpc_call *c)
+{
+    if (!c->counted_done) {
+        c->counted_done = true;
+        counter_done(c->s, &c->s->inflight);
+    }
+}
+
+/* Start a batch on the call; 'tag' is close_tag or send_tag. Under c->mu. */
+static bool call_batch_locked(rpc_call *c, const grpc_op *ops, size_t n, struct tag *tag)
+{
+    c->batches++;
+    grpc_call_error e = grpc_call_start_batch(c->call, ops, n, tag, NULL);
+    if (e != GRPC_CALL_OK) {
+        c->batches--;
+        log_error("msg=\"grpc_call_start_batch failed\" err=%d method=%s", (int)e,
+                  c->m ? c->m->path : "(unknown)");
+        return false;
+    }
+    return true;
+}
+
+/* Start the final batch: initial metadata if not yet sent, 'bb' if not NULL (ownership
+ * taken), and the status. Under c->mu, only while the call is open. */
+static void call_send_status_locked(rpc_call *c, grpc_status_code code, const char *msg,
+                                    grpc_byte_buffer *bb)
+{
+    grpc_op ops[3];
+    size_t n = 0;
+    memset(ops, 0, sizeof(ops));
+    if (!c->sent_md) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        c->sent_md = true;
+    }
+    if (bb) {
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = bb;
+    }
+    grpc_slice details = msg ? grpc_slice_from_copied_string(msg) : grpc_empty_slice();
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = code;
+    ops[n++].data.send_status_from_server.status_details = &details; /* copied */
+    c->status_sent = true;
+    c->send_bb = bb;
+    if (!call_batch_locked(c, ops, n, &c->send_tag)) {
+        c->send_bb = NULL;
+        if (bb)
+            grpc_byte_buffer_destroy(bb);
+    }
+    grpc_slice_unref(details);
+}
+
+/* Start sending one stream message (ownership of 'bb' taken). Under c->mu. */
+static bool call_send_msg_locked(rpc_call *c, grpc_byte_buffer *bb)
+{
+    grpc_op ops[2];
+    size_t n = 0;
+    memset(ops, 0, sizeof(ops));
+    if (!c->sent_md) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        c->sent_md = true;
+    }
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n++].data.send_message.send_message = bb;
+    c->send_bb = bb;
+    if (!call_batch_locked(c, ops, n, &c->send_tag)) {
+        c->send_bb = NULL;
+        grpc_byte_buffer_destroy(bb);
+        c->broken = true;
+        return false;
+    }
+    return true;
+}
+
+/* Answer with an error on the app's behalf (or the app's own rpc_reply_error): drops the
+ * app reference. Under c->mu. */
+static void call_fail_locked(rpc_call *c, grpc_status_code code, const char *msg)
+{
+    assert(!c->answered);
+    c->answered = true;
+    c->refs--;
+    if (!c->closed) {
+        call_done_locked(c);
+        if (!c->status_sent && !c->broken)
+            call_send_status_locked(c, code, msg, NULL);
+    }
+}
+
+/* RECV_CLOSE_ON_SERVER completed (or could not be started). Under c->mu. */
+static void call_closed_locked(rpc_call *c)
+{
+    c->closed = true;
+    if (c->answered)
+        return;
+    call_done_locked(c);
+    const struct method *m = c->m;
+    if (m && m->stream && m->on_cancel) {
+        if (c->in_handler) {
+            c->cancel_due = true; /* the handler thread runs it when the handler returns */
+        } else if (c->delivered) {
+            c->refs++;
+            c->cancel_job.kind = JOB_CANCEL;
+            c->cancel_job.c = c;
+            queue_push(c->s, &c->cancel_job);
+        }
+        /* not delivered yet: the handler job drops the call without calling the handler */
+    }
+}
+
+static void on_close(rpc_call *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->batches--;
+    call_closed_locked(c);
+    call_unlock(c);
+}
+
+static void on_send(rpc_call *c, bool ok)
+{
+    pthread_mutex_lock(&c->mu);
+    c->batches--;
+    if (c->send_bb) {
+        grpc_byte_buffer_destroy(c->send_bb);
+        c->send_bb = NULL;
+    }
+    if (!ok)
+        c->broken = true;
+    if (!c->status_sent && !c->closed && !c->broken) {
+        if (c->q_head) {
+            struct out_msg *o = c->q_head;
+            c->q_head = o->next;
+            if (c->q_head == NULL)
+                c->q_tail = NULL;
+            c->q_len--;
+            grpc_byte_buffer *bb = o->bb;
+            free(o);
+            call_send_msg_locked(c, bb);
+        } else if (c->finish_pending) {
+            c->finish_pending = false;
+            call_send_status_locked(c, c->fin_code, c->fin_msg, NULL);
+        }
+    }
+    call_unlock(c);
+}
+
+/* ---------------------------------------------------------------- handler threads */
+
+static void run_call(rpc_call *c)
+{
+    const struct method *m = c->m;
+    pthread_mutex_lock(&c->mu);
+    if (c->closed) {
+        /* cancelled while queued: the handler never sees it */
+        c->answered = true;
+        c->refs -= 2; /* the app's and this job's */
+        call_unlock(c);
+        return;
+    }
+    if (pbgrpc_remaining_ms(c->deadline) <= 0) {
+        call_fail_locked(c, GRPC_STATUS_DEADLINE_EXCEEDED,
+                         "deadline exceeded before a handler was free");
+        c->refs--;
+        call_unlock(c);
+        return;
+    }
+    c->delivered = true;
+    c->in_handler = true;
+    ProtobufCMessage *req = c->req;
+    pthread_mutex_unlock(&c->mu);
+
+    m->fn(m->ud, c, req);
+
+    pthread_mutex_lock(&c->mu);
+    c->in_handler = false;
+    bool cancel = c->cancel_due && !c->answered;
+    c->cancel_due = false;
+    if (cancel) {
+        pthread_mutex_unlock(&c->mu);
+        m->on_cancel(m->ud, c);
+        pthread_mutex_lock(&c->mu);
+    }
+    c->refs--;
+    call_unlock(c);
+}
+
+static void run_cancel(rpc_call *c)
+{
+    pthread_mutex_lock(&c->mu);
+    bool go = !c->answered;
+    pthread_mutex_unlock(&c->mu);
+    if (go)
+        c->m->on_cancel(c->m->ud, c);
+    pthread_mutex_lock(&c->mu);
+    c->refs--;
+    call_unlock(c);
+}
+
+static void *handler_main(void *arg)
+{
+    rpc_server *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (s->head == NULL && !s->handlers_exit)
+            pthread_cond_wait(&s->work_cv, &s->mu);
+        struct job *j = s->head;
+        if (j == NULL) { /* exit only once the queue is drained */
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
+        s->head = j->next;
+        if (s->head == NULL)
+            s->tail = NULL;
+        if (j->kind == JOB_RUN)
+            s->queued_calls--;
+        pthread_mutex_unlock(&s->mu);
+        if (j->kind == JOB_RUN)
+            run_call(j->c);
+        else
+            run_cancel(j->c);
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- accepting */
+
+static void slot_free(struct slot *sl)
+{
+    grpc_metadata_array_destroy(&sl->md);
+    grpc_call_details_destroy(&sl->details);
+    if (sl->payload)
+        grpc_byte_buffer_destroy(sl->payload);
+    if (sl->call)
+        grpc_call_unref(sl->call);
+    free(sl);
+}
+
+/* Post 'sl' (already counted in s->live); on refusal it is freed and uncounted. */
+static void slot_post(struct slot *sl)
+{
+    rpc_server *s = sl->w->s;
+    grpc_completion_queue *cq = sl->w->cq;
+    grpc_call_error e = GRPC_CALL_ERROR;
+    if (!atomic_load(&s->stopping)) {
+        if (sl->m)
+            e = grpc_server_request_registered_call(s->srv, sl->m->handle, &sl->call,
+                                                    &sl->deadline, &sl->md, &sl->payload, cq,
+                                                    cq, &sl->tag);
+        else
+            e = grpc_server_request_call(s->srv, &sl->call, &sl->details, &sl->md, cq, cq,
+                                         &sl->tag);
+    }
+    if (e != GRPC_CALL_OK) {
+        slot_free(sl);
+        counter_done(s, &s->live);
+    }
+}
+
+static void slot_new(struct worker *w, const struct method *m)
+{
+    struct slot *sl = calloc(1, sizeof(*sl));
+    if (sl == NULL) {
+        log_error("msg=\"out of memory for an accept slot\"");
+        return;
+    }
+    sl->tag.kind = TAG_SLOT;
+    sl->w = w;
+    sl->m = m;
+    grpc_metadata_array_init(&sl->md);
+    grpc_call_details_init(&sl->details);
+    atomic_fetch_add(&w->s->live, 1);
+    slot_post(sl);
+}
+
+/* Start RECV_CLOSE_ON_SERVER, decode the request and queue the call for a handler, or
+ * answer it at once (unknown method, malformed request, queue full). On the CQ thread. */
+static void call_begin(rpc_call *c, grpc_byte_buffer *payload, const char *unknown_path)
+{
+    rpc_server *s = c->s;
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &c->close_cancelled;
+
+    pthread_mutex_lock(&c->mu);
+    if (!call_batch_locked(c, &op, 1, &c->close_tag))
+        call_closed_locked(c);
+    if (c->m == NULL) {
+        char msg[PATH_MAX_LEN + 32];
+        snprintf(msg, sizeof(msg), "unknown method %s", unknown_path);
+        call_fail_locked(c, GRPC_STATUS_UNIMPLEMENTED, msg);
+        goto out;
+    }
+    c->req = pbgrpc_unpack(c->m->req_desc, payload);
+    if (c->req == NULL) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "malformed %s message", c->m->req_desc->short_name);
+        call_fail_locked(c, GRPC_STATUS_INVALID_ARGUMENT, msg);
+        goto out;
+    }
+    c->refs++; /* the handler job's */
+    c->run_job.kind = JOB_RUN;
+    c->run_job.c = c;
+    if (!queue_push(s, &c->run_job)) {
+        char msg[128];
+        c->refs--;
+        snprintf(msg, sizeof(msg), "server busy: %d calls queued", s->max_queued);
+        call_fail_locked(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+    }
+out:
+    call_unlock(c);
+}
+
+/* An accept slot completed: turn it into an rpc_call and re-post the slot. */
+static void on_slot(struct slot *sl, bool ok)
+{
+    rpc_server *s = sl->w->s;
+    if (!ok) { /* shutting down */
+        slot_free(sl);
+        counter_done(s, &s->live);
+        return;
+    }
+    grpc_call *gc = sl->call;
+    grpc_byte_buffer *payload = sl->payload;
+    gpr_timespec deadline = sl->m ? sl->deadline : sl->details.deadline;
+    char path[PATH_MAX_LEN];
+    path[0] = '\0';
+    if (sl->m == NULL)
+        pbgrpc_slice_str(sl->details.method, path, sizeof(path));
+    const struct method *m = sl->m;
+
+    /* re-arm the slot first, so accepting never stops while we serve */
+    sl->call = NULL;
+    sl->payload = NULL;
+    grpc_metadata_array_destroy(&sl->md);
+    grpc_metadata_array_init(&sl->md);
+    grpc_call_details_destroy(&sl->details);
+    grpc_call_details_init(&sl->details);
+    slot_post(sl);
+
+    rpc_call *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        log_error("msg=\"out of memory for a call\"");
+        grpc_call_cancel_with_status(gc, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL);
+        grpc_call_unref(gc);
+        if (payload)
+            grpc_byte_buffer_destroy(payload);
+        return;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    c->m = m;
+    c->deadline = deadline;
+    c->close_tag.kind = TAG_CLOSE;
+    c->send_tag.kind = TAG_SEND;
+    c->s = s;
+    c->call = gc;
+    c->refs = 1; /* the application's, until it answers */
+    atomic_fetch_add(&s->live, 1);
+    atomic_fetch_add(&s->inflight, 1);
+    call_begin(c, payload, path);
+    if (payload)
+        grpc_byte_buffer_destroy(payload);
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    rpc_server *s = w->s;
+    for (size_t i = 0; i < s->nmethods; i++)
+        for (int k = 0; k < ACCEPT_SLOTS; k++)
+            slot_new(w, &s->methods[i]);
+    slot_new(w, NULL); /* unknown methods: without it they hang until their deadline */
+
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(w->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
+                                                   NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+            break;
+        if (ev.type != GRPC_OP_COMPLETE)
+            continue;
+        struct tag *t = ev.tag;
+        switch (t->kind) {
+        case TAG_SLOT:
+            on_slot((struct slot *)t, ev.success != 0);
+            break;
+        case TAG_CLOSE:
+            on_close((rpc_call *)((char *)t - offsetof(rpc_call, close_tag)));
+            break;
+        case TAG_SEND:
+            on_send((rpc_call *)((char *)t - offsetof(rpc_call, send_tag)), ev.success != 0);
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- public API */
+
+static int clamp_int(int64_t v)
+{
+    return v > INT_MAX ? INT_MAX : (int)v;
+}
+
+rpc_server *rpc_server_new(const struct rpc_server_opts *opts)
+{
+    rpc_server *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    if (opts->listen && (s->listen = strdup(opts->listen)) == NULL) {
+        free(s);
+        return NULL;
+    }
+    s->cq_threads = opts->cq_threads > 0 ? opts->cq_threads : DEFAULT_CQ_THREADS;
+    s->handler_threads = opts->handler_threads > 0 ? opts->handler_threads
+                                                   : DEFAULT_HANDLER_THREADS;
+    s->max_queued = opts->max_queued_calls > 0 ? opts->max_queued_calls : DEFAULT_MAX_QUEUED;
+    s->max_recv = opts->max_recv_bytes > 0 ? opts->max_recv_bytes : DEFAULT_MAX_RECV;
+    s->max_send = opts->max_send_bytes > 0 ? opts->max_send_bytes : DEFAULT_MAX_SEND;
+    s->max_age_ms = opts->max_connection_age_ms > 0 ? opts->max_connection_age_ms : 0;
+    s->state = S_NEW;
+    atomic_init(&s->stopping, false);
+    atomic_init(&s->inflight, 0);
+    atomic_init(&s->live, 0);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->work_cv, NULL);
+    pthread_cond_init(&s->idle_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    grpc_init();
+    return s;
+}
+
+static eddy_err add_method(rpc_server *s, const char *path,
+                           const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
+                           rpc_cancel_fn *on_cancel, void *ud, bool stream)
+{
+    if (s->state != S_NEW || path == NULL || req_desc == NULL || fn == NULL)
+        return EDDY_ERR_INVALID;
+    for (size_t i = 0; i < s->nmethods; i++)
+        if (strcmp(s->methods[i].path, path) == 0)
+            return EDDY_ERR_INVALID;
+    if (s->nmethods == s->methods_cap) {
+        size_t cap = s->methods_cap ? 2 * s->methods_cap : 8;
+        struct method *m = realloc(s->methods, cap * sizeof(*m));
+        if (m == NULL)
+            return EDDY_ERR_NOMEM;
+        s->methods = m;
+        s->methods_cap = cap;
+    }
+    struct method *m = &s->methods[s->nmethods];
+    memset(m, 0, sizeof(*m));
+    if ((m->path = strdup(path)) == NULL)
+        return EDDY_ERR_NOMEM;
+    m->req_desc = req_desc;
+    m->fn = fn;
+    m->on_cancel = on_cancel;
+    m->ud = ud;
+    m->stream = stream;
+    s->nmethods++;
+    return EDDY_OK;
+}
+
+eddy_err rpc_server_add_unary(rpc_server *s, const char *path,
+                              const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
+                              void *ud)
+{
+    return add_method(s, path, req_desc, fn, NULL, ud, false);
+}
+
+eddy_err rpc_server_add_stream(rpc_server *s, const char *path,
+                               const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
+                               rpc_cancel_fn *on_cancel, void *ud)
+{
+    return add_method(s, path, req_desc, fn, on_cancel, ud, true);
+}
+
+/* Shut down and drain CQs whose thread never started, then destroy all CQs. */
+static void workers_destroy(rpc_server *s)
+{
+    for (int i = 0; i < s->cq_threads; i++) {
+        struct worker *w = &s->workers[i];
+        if (w->cq == NULL)
+            continue;
+        grpc_completion_queue_shutdown(w->cq);
+        if (w->started) {
+            pthread_join(w->thread, NULL);
+        } else {
+            while (grpc_completion_queue_next(w->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
+                       .type != GRPC_QUEUE_SHUTDOWN) {
+            }
+        }
+        grpc_completion_queue_destroy(w->cq);
+        w->cq = NULL;
+        w->started = false;
+    }
+    free(s->workers);
+    s->workers = NULL;
+}
+
+/* Shut down and destroy a server that never served a call (grpc_server_destroy asserts
+ * on a server with ports that was never shut down). */
+static void server_stop_unused(grpc_server *srv)
+{
+    grpc_completion_queue *scq = grpc_completion_queue_create_for_pluck(NULL);
+    int tag;
+    grpc_server_shutdown_and_notify(srv, scq, &tag);
+    grpc_completion_queue_pluck(scq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    grpc_server_destroy(srv);
+    grpc_completion_queue_shutdown(scq);
+    grpc_completion_queue_destroy(scq);
+}
+
+eddy_err rpc_server_start(rpc_server *s, int *port)
+{
+    eddy_err err = EDDY_ERR_INVALID;
+    if (s->state != S_NEW || s->listen == NULL)
+        return err;
+
+    grpc_arg args[4];
+    size_t nargs = 0;
+    memset(args, 0, sizeof(args));
+    args[nargs].type = GRPC_ARG_INTEGER;
+    args[nargs].key = (char *)GRPC_ARG_ALLOW_REUSEPORT; /* a second server must fail to bind */
+    args[nargs++].value.integer = 0;
+    args[nargs].type = GRPC_ARG_INTEGER;
+    args[nargs].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[nargs++].value.integer = clamp_int(s->max_recv);
+    args[nargs].type = GRPC_ARG_INTEGER;
+    args[nargs].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+    args[nargs++].value.integer = clamp_int(s->max_send);
+    if (s->max_age_ms > 0) {
+        args[nargs].type = GRPC_ARG_INTEGER;
+        args[nargs].key = (char *)GRPC_ARG_MAX_CONNECTION_AGE_MS;
+        args[nargs++].value.integer = clamp_int(s->max_age_ms);
+    }
+    grpc_channel_args cargs = {nargs, args};
+
+    err = EDDY_ERR_NOMEM;
+    s->srv = grpc_server_create(&cargs, NULL);
+    s->workers = calloc((size_t)s->cq_threads, sizeof(*s->workers));
+    s->handlers = calloc((size_t)s->handler_threads, sizeof(*s->handlers));
+    if (s->workers == NULL || s->handlers == NULL)
+        goto fail;
+    for (size_t i = 0; i < s->nmethods; i++) {
+        s->methods[i].handle = grpc_server_register_method(
+            s->srv, s->methods[i].path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        if (s->methods[i].handle == NULL) {
+            err = EDDY_ERR_INVALID;
+            goto fail;
+        }
+    }
+    for (int i = 0; i < s->cq_threads; i++) {
+        s->workers[i].s = s;
+        s->workers[i].cq = grpc_completion_queue_create_for_next(NULL);
+        grpc_server_register_completion_queue(s->srv, s->workers[i].cq, NULL);
+    }
+    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    int bound = grpc_server_add_http2_port(s->srv, s->listen, creds);
+    grpc_server_credentials_release(creds);
+    if (bound == 0) {
+        log_error("msg=\"cannot listen\" addr=%s", s->listen);
+        err = EDDY_ERR_NET;
+        goto fail;
+    }
+    grpc_server_start(s->srv);
+    s->state = S_RUNNING;
+
+    for (int i = 0; i < s->cq_threads; i++) {
+        if (pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]) != 0)
+            goto fail_running;
+        s->workers[i].started = true;
+    }
+    for (int i = 0; i < s->handler_threads; i++) {
+        if (pthread_create(&s->handlers[i], NULL, handler_main, s) != 0)
+            goto fail_running;
+        s->handlers_started++;
+    }
+    if (port)
+        *port = bound;
+    log_info("msg=\"rpc server listening\" addr=%s port=%d methods=%zu cq_threads=%d "
+             "handler_threads=%d",
+             s->listen, bound, s->nmethods, s->cq_threads, s->handler_threads);
+    return EDDY_OK;
+
+fail_running:
+    rpc_server_shutdown(s, 0); /* copes with the threads that did not start */
+    return EDDY_ERR_NOMEM;
+fail:
+    if (s->srv) {
+        grpc_server_start(s->srv); /* as in the guide's reuse.c: start, then shut down */
+        server_stop_unused(s->srv);
+        s->srv = NULL;
+    }
+    if (s->workers)
+        workers_destroy(s);
+    free(s->handlers);
+    s->handlers = NULL;
+    s->state = S_STOPPED;
+    return err;
+}
+
+/* Wait until '*counter' is zero, at most until 'until' (monotonic) if not NULL. */
+static void wait_zero(rpc_server *s, _Atomic int64_t *counter, const struct timespec *until)
+{
+    pthread_mutex_lock(&s->mu);
+    while (atomic_load(counter) > 0) {
+        if (until) {
+            if (pthread_cond_timedwait(&s->idle_cv, &s->mu, until) != 0 &&
+                atomic_load(counter) > 0)
+                break; /* timed out */
+        } else {
+            pthread_cond_wait(&s->idle_cv, &s->mu);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void rpc_server_shutdown(rpc_server *s, int64_t grace_ms)
+{
+    if (s == NULL || s->state != S_RUNNING)
+        return;
+    s->state = S_STOPPED;
+    atomic_store(&s->stopping, true);
+
+    grpc_completion_queue *scq = grpc_completion_queue_create_for_pluck(NULL);
+    int tag;
+    grpc_server_shutdown_and_notify(s->srv, scq, &tag); /* pending accepts fail */
+
+    if (grace_ms > 0 && atomic_load(&s->inflight) > 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += (time_t)(grace_ms / 1000);
+        until.tv_nsec += (long)(grace_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        wait_zero(s, &s->inflight, &until);
+    }
+    int64_t left = atomic_load(&s->inflight);
+    if (left > 0)
+        log_warn("msg=\"cancelling calls at shutdown\" inflight=%lld", (long long)left);
+    grpc_server_cancel_all_calls(s->srv);
+    wait_zero(s, &s->live, NULL); /* the CQ threads complete every slot and call */
+    grpc_completion_queue_pluck(scq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    grpc_server_destroy(s->srv);
+    s->srv = NULL;
+    grpc_completion_queue_shutdown(scq);
+    grpc_completion_queue_destroy(scq);
+    workers_destroy(s);
+
+    pthread_mutex_lock(&s->mu);
+    s->handlers_exit = true;
+    pthread_cond_broadcast(&s->work_cv);
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < s->handlers_started; i++)
+        pthread_join(s->handlers[i], NULL);
+    s->handlers_started = 0;
+    free(s->handlers);
+    s->handlers = NULL;
+}
+
+void rpc_server_free(rpc_server *s)
+{
+    if (s == NULL)
+        return;
+    rpc_server_shutdown(s, 0);
+    for (size_t i = 0; i < s->nmethods; i++)
+        free(s->methods[i].path);
+    free(s->methods);
+    free(s->listen);
+    pthread_cond_destroy(&s->work_cv);
+    pthread_cond_destroy(&s->idle_cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+    grpc_shutdown();
+}
+
+void rpc_reply(rpc_call *c, const ProtobufCMessage *resp)
+{
+    pthread_mutex_lock(&c->mu);
+    assert(!c->answered);
+    c->answered = true;
+    c->refs--;
+    if (!c->closed) {
+        call_done_locked(c);
+        call_send_status_locked(c, GRPC_STATUS_OK, NULL, pbgrpc_pack(resp));
+    }
+    call_unlock(c);
+}
+
+void rpc_reply_error(rpc_call *c, grpc_status_code code, const char *fmt, ...)
+{
+    char msg[DETAILS_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&c->mu);
+    call_fail_locked(c, code, msg);
+    call_unlock(c);
+}
+
+eddy_err rpc_stream_send(rpc_call *c, const ProtobufCMessage *msg)
+{
+    eddy_err err = EDDY_OK;
+    pthread_mutex_lock(&c->mu);
+    if (c->closed || c->broken || c->answered || c->status_sent) {
+        err = EDDY_ERR_UNAVAILABLE;
+        goto out;
+    }
+    if (c->send_bb == NULL) {
+        if (!call_send_msg_locked(c, pbgrpc_pack(msg)))
+            err = EDDY_ERR_UNAVAILABLE;
+        goto out;
+    }
+    if (c->q_len >= STREAM_MAX_QUEUED) {
+        err = EDDY_ERR_FULL;
+        goto out;
+    }
+    struct out_msg *o = malloc(sizeof(*o));
+    if (o == NULL) {
+        err = EDDY_ERR_NOMEM;
+        goto out;
+    }
+    o->next = NULL;
+    o->bb = pbgrpc_pack(msg);
+    if (c->q_tail)
+        c->q_tail->next = o;
+    else
+        c->q_head = o;
+    c->q_tail = o;
+    c->q_len++;
+out:
+    call_unlock(c);
+    return err;
+}
+
+void rpc_stream_finish(rpc_call *c, grpc_status_code code, const char *msg)
+{
+    pthread_mutex_lock(&c->mu);
+    assert(!c->answered);
+    c->answered = true;
+    c->refs--;
+    if (!c->closed) {
+        call_done_locked(c);
+        if (c->status_sent || c->broken) {
+            /* nothing more can go out; RECV_CLOSE_ON_SERVER will complete */
+        } else if (c->send_bb == NULL) {
+            call_send_status_locked(c, code, msg, NULL);
+        } else {
+            c->finish_pending = true;
+            c->fin_code = code;
+            free(c->fin_msg);
+            c->fin_msg = msg ? strdup(msg) : NULL; /* NULL on OOM: the status has no text */
+        }
+    }
+    call_unlock(c);
+}
+
+int64_t rpc_call_remaining_ms(const rpc_call *c)
+{
+    return pbgrpc_remaining_ms(c->deadline);
+}
+
+const char *rpc_call_method(const rpc_call *c)
+{
+    return c->m ? c->m->path : "";
+}
+
+int64_t rpc_server_inflight(const rpc_server *s)
+{
+    return atomic_load(&s->inflight);
+}

@@ -1,0 +1,100 @@
+/* A gRPC server on the core C API: registered unary and server-streaming methods, one
+ * completion queue per I/O thread, a generic handler answering UNIMPLEMENTED, per-call
+ * deadlines, bounded handler queue, configurable message sizes, SO_REUSEPORT off.
+ *
+ * Threads: CQ threads only do I/O and protobuf decoding. Handlers run on a separate pool
+ * of handler threads (never on a CQ thread), so a handler may block briefly (LevelDB
+ * reads); long or synced work (LevelDB sync writes) should be handed to the application's
+ * own threads, which then answer with rpc_reply*() from there.
+ *
+ * Call contract: for every call a handler receives it must eventually call exactly one of
+ * rpc_reply() / rpc_reply_error() (unary) or rpc_stream_finish() (streaming), from any
+ * thread, exactly once. After that call the rpc_call is gone. */
+#ifndef EDDY_RPC_SERVER_H
+#define EDDY_RPC_SERVER_H
+
+#include <grpc/status.h>
+#include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+typedef struct rpc_server rpc_server;
+typedef struct rpc_call rpc_call;
+
+/* A unary or streaming handler. 'req' is the decoded request, owned by the call and valid
+ * until the reply (do not free it). Runs on a handler thread. */
+typedef void rpc_handler_fn(void *ud, rpc_call *call, const ProtobufCMessage *req);
+
+/* Called once on a handler thread when a streaming call's client cancels or disconnects,
+ * or the server shuts down, before the stream was finished. The handler must still call
+ * rpc_stream_finish() (which is then a no-op on the wire). */
+typedef void rpc_cancel_fn(void *ud, rpc_call *call);
+
+struct rpc_server_opts {
+    const char *listen;          /* "127.0.0.1:7070"; port 0 picks a free port */
+    int cq_threads;              /* I/O threads, each with its own CQ (default 1) */
+    int handler_threads;         /* handler pool size (default 2) */
+    int max_queued_calls;        /* decoded calls waiting for a handler thread; past this a
+                                    call is answered RESOURCE_EXHAUSTED (default 1024) */
+    int64_t max_recv_bytes;      /* largest request message (default 4 MiB); larger ones
+                                    get RESOURCE_EXHAUSTED from gRPC */
+    int64_t max_send_bytes;      /* largest response message (default 16 MiB) */
+    int64_t max_connection_age_ms; /* 0 = unlimited; set it so load balancers spread clients */
+};
+
+/* Create a server (not yet listening). Returns NULL on allocation failure. Caller owns the
+ * result; free with rpc_server_free. Calls grpc_init() itself. */
+rpc_server *rpc_server_new(const struct rpc_server_opts *opts);
+
+/* Register method 'path' ("/eddy.v1.Eddy/Ingest") whose request type is 'req_desc'. A
+ * request that does not decode is answered INVALID_ARGUMENT before any handler runs.
+ * Only before rpc_server_start. */
+eddy_err rpc_server_add_unary(rpc_server *s, const char *path,
+                              const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
+                              void *ud);
+
+/* Register a server-streaming method; 'on_cancel' may be NULL. */
+eddy_err rpc_server_add_stream(rpc_server *s, const char *path,
+                               const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
+                               rpc_cancel_fn *on_cancel, void *ud);
+
+/* Bind and start serving. Returns EDDY_ERR_NET if the address cannot be bound (including
+ * "already in use": SO_REUSEPORT is off). On success *port is the bound port. */
+eddy_err rpc_server_start(rpc_server *s, int *port);
+
+/* Stop accepting calls; wait up to 'grace_ms' for in-flight calls to be answered, then
+ * cancel the rest. Handler threads are joined. Safe to call once; rpc_server_free calls
+ * it if needed. */
+void rpc_server_shutdown(rpc_server *s, int64_t grace_ms);
+
+/* Shut down if still running and free everything. Accepts NULL. */
+void rpc_server_free(rpc_server *s);
+
+/* Answer a unary call with 'resp' (borrowed: packed before return) and status OK. */
+void rpc_reply(rpc_call *c, const ProtobufCMessage *resp);
+
+/* Answer a unary call with a non-OK status and a printf-style message. */
+void rpc_reply_error(rpc_call *c, grpc_status_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Streaming: queue one message (borrowed: packed before return). Messages are sent in
+ * order, one at a time. Returns EDDY_ERR_UNAVAILABLE once the client is gone, or
+ * EDDY_ERR_FULL if more than 64 messages are waiting to be sent. */
+eddy_err rpc_stream_send(rpc_call *c, const ProtobufCMessage *msg);
+
+/* Streaming: end the stream with 'code' and message (NULL for none) after the queued
+ * messages. The call is freed once gRPC is done with it. */
+void rpc_stream_finish(rpc_call *c, grpc_status_code code, const char *msg);
+
+/* Milliseconds left before the call's deadline (INT64_MAX when it has none). */
+int64_t rpc_call_remaining_ms(const rpc_call *c);
+
+/* The method path of the call, e.g. "/eddy.v1.Eddy/Ingest". */
+const char *rpc_call_method(const rpc_call *c);
+
+/* Number of calls accepted but not yet answered (for metrics and draining). */
+int64_t rpc_server_inflight(const rpc_server *s);
+
+#endif

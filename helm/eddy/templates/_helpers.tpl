@@ -1,0 +1,330 @@
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "eddy.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create a default fully qualified app name.
+We truncate at 63 chars because some Kubernetes name fields are limited to this (by the DNS naming spec).
+If release name contains chart name it will be used as a full name.
+*/}}
+{{- define "eddy.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Create chart name and version as used by the chart label.
+*/}}
+{{- define "eddy.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels. Never used as selectors (they carry versions that change on upgrade).
+*/}}
+{{- define "eddy.labels" -}}
+helm.sh/chart: {{ include "eddy.chart" . }}
+{{ include "eddy.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: eddy
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels: stable for the life of a release.
+*/}}
+{{- define "eddy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "eddy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels of one component. Call with (dict "ctx" $ "component" "ingest").
+*/}}
+{{- define "eddy.componentLabels" -}}
+{{ include "eddy.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Selector labels of one component. Call with (dict "ctx" $ "component" "ingest").
+*/}}
+{{- define "eddy.componentSelectorLabels" -}}
+{{ include "eddy.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Common annotations (metadata of every resource); empty when none.
+*/}}
+{{- define "eddy.annotations" -}}
+{{- with .Values.commonAnnotations }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Resource names.
+*/}}
+{{- define "eddy.coordinator.fullname" -}}
+{{- printf "%s-coordinator" (include "eddy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "eddy.ingest.fullname" -}}
+{{- printf "%s-ingest" (include "eddy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "eddy.state.fullname" -}}
+{{- printf "%s-state" (include "eddy.fullname" .) | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "eddy.state.headlessServiceName" -}}
+{{- printf "%s-headless" (include "eddy.state.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "eddy.etcd.fullname" -}}
+{{- printf "%s-etcd" (include "eddy.fullname" .) | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "eddy.etcd.headlessServiceName" -}}
+{{- printf "%s-headless" (include "eddy.etcd.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The Service that answers the public API (eddy.v1.Eddy): the ingest Service, named after the
+ingest nodes even when state nodes serve it (state.role "ingest,state" and ingest disabled).
+*/}}
+{{- define "eddy.publicServiceName" -}}
+{{- include "eddy.ingest.fullname" . }}
+{{- end }}
+
+{{/*
+The component whose pods back the public Service.
+*/}}
+{{- define "eddy.publicComponent" -}}
+{{- if .Values.ingest.enabled }}ingest{{ else }}state{{ end }}
+{{- end }}
+
+{{/*
+Name of the ServiceAccount.
+*/}}
+{{- define "eddy.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "eddy.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference. Call with (dict "image" .Values.image "global" .Values.global "default" .Chart.AppVersion).
+*/}}
+{{- define "eddy.imageRef" -}}
+{{- $registry := .image.registry -}}
+{{- if and .global .global.imageRegistry -}}
+{{- $registry = .global.imageRegistry -}}
+{{- end -}}
+{{- $repo := .image.repository -}}
+{{- if $registry -}}
+{{- $repo = printf "%s/%s" $registry .image.repository -}}
+{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repo .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (toString (default .default .image.tag)) -}}
+{{- end -}}
+{{- end }}
+
+{{- define "eddy.image" -}}
+{{- include "eddy.imageRef" (dict "image" .Values.image "global" .Values.global "default" .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "eddy.etcd.image" -}}
+{{- include "eddy.imageRef" (dict "image" .Values.etcd.image "global" .Values.global "default" "v3.5.17") }}
+{{- end }}
+
+{{/*
+imagePullSecrets of a pod spec (global + image), rendered at the pod spec's indentation.
+*/}}
+{{- define "eddy.imagePullSecrets" -}}
+{{- $secrets := concat (.Values.global.imagePullSecrets | default list) (.Values.image.pullSecrets | default list) | uniq }}
+{{- if $secrets }}
+imagePullSecrets:
+{{- range $secrets }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+etcd client URLs joined with "," (EDDY_ETCD): the in-chart etcd when enabled, otherwise
+externalEtcd.endpoints.
+*/}}
+{{- define "eddy.etcdEndpoints" -}}
+{{- if .Values.etcd.enabled }}
+{{- printf "http://%s.%s.svc.%s:2379" (include "eddy.etcd.fullname" .) .Release.Namespace .Values.clusterDomain }}
+{{- else if .Values.externalEtcd.endpoints }}
+{{- join "," .Values.externalEtcd.endpoints }}
+{{- else }}
+{{- fail "eddy: set externalEtcd.endpoints (etcd client URLs) or etcd.enabled=true for a trial etcd" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment shared by every Eddy process (coordinator and nodes).
+*/}}
+{{- define "eddy.commonEnv" -}}
+- name: EDDY_ETCD
+  value: {{ include "eddy.etcdEndpoints" . | quote }}
+- name: EDDY_CLUSTER
+  value: {{ .Values.cluster.name | quote }}
+- name: EDDY_LOG_LEVEL
+  value: {{ .Values.cluster.logLevel | quote }}
+- name: EDDY_SHUTDOWN_GRACE
+  value: {{ .Values.cluster.shutdownGrace | quote }}
+{{- end }}
+
+{{/*
+Environment of eddy-node (ingest and state roles).
+*/}}
+{{- define "eddy.nodeEnv" -}}
+{{ include "eddy.commonEnv" . }}
+- name: EDDY_PARTITIONS
+  value: {{ .Values.cluster.partitions | quote }}
+- name: EDDY_WINDOW
+  value: {{ .Values.cluster.window | quote }}
+- name: EDDY_OUT_OF_ORDERNESS
+  value: {{ .Values.cluster.outOfOrderness | quote }}
+{{- end }}
+
+{{/*
+User-supplied env: cluster-wide extras first, then the component's (later entries win).
+Call with (dict "ctx" $ "extra" .Values.ingest.extraEnv).
+*/}}
+{{- define "eddy.extraEnv" -}}
+{{- with .ctx.Values.cluster.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+envFrom block of a container (empty when none).
+*/}}
+{{- define "eddy.envFrom" -}}
+{{- with .Values.cluster.extraEnvFrom }}
+envFrom:
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+A gRPC probe. Call with (dict "probe" .Values.ingest.livenessProbe "port" 7070 "service" "liveness").
+The port is a number (gRPC probes take no named ports) equal to the container port.
+*/}}
+{{- define "eddy.grpcProbe" -}}
+grpc:
+  port: {{ int .port }}
+  service: {{ .service }}
+initialDelaySeconds: {{ .probe.initialDelaySeconds }}
+periodSeconds: {{ .probe.periodSeconds }}
+timeoutSeconds: {{ .probe.timeoutSeconds }}
+failureThreshold: {{ .probe.failureThreshold }}
+{{- end }}
+
+{{/*
+Affinity of a component: the user's affinity, else a pod anti-affinity preset (soft/hard)
+over kubernetes.io/hostname. Call with (dict "ctx" $ "component" "state" "values" .Values.state).
+*/}}
+{{- define "eddy.affinity" -}}
+{{- if .values.affinity }}
+affinity:
+{{ toYaml .values.affinity | indent 2 }}
+{{- else if eq .values.podAntiAffinityPreset "soft" }}
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+{{ include "eddy.componentSelectorLabels" (dict "ctx" .ctx "component" .component) | indent 14 }}
+{{- else if eq .values.podAntiAffinityPreset "hard" }}
+affinity:
+  podAntiAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      - topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+{{ include "eddy.componentSelectorLabels" (dict "ctx" .ctx "component" .component) | indent 12 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Scheduling fields shared by the pod specs (nodeSelector, tolerations, spread, priority).
+Call with (dict "ctx" $ "component" "state" "values" .Values.state).
+*/}}
+{{- define "eddy.scheduling" -}}
+{{- with .values.nodeSelector }}
+nodeSelector:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- include "eddy.affinity" . }}
+{{- with .values.tolerations }}
+tolerations:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- with .values.topologySpreadConstraints }}
+topologySpreadConstraints:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+PromQL matchers selecting this release's Eddy series (without braces). With the chart's
+ServiceMonitor, Prometheus labels every target with its namespace and Service.
+*/}}
+{{- define "eddy.promSelector" -}}
+{{- if .Values.metrics.prometheusRule.selector }}
+{{- .Values.metrics.prometheusRule.selector }}
+{{- else }}
+{{- printf "namespace=\"%s\",service=~\"%s|%s|%s\"" .Release.Namespace (include "eddy.coordinator.fullname" .) (include "eddy.ingest.fullname" .) (include "eddy.state.headlessServiceName" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of value combinations that the schema cannot express.
+*/}}
+{{- define "eddy.validateValues" -}}
+{{- if and (not .Values.ingest.enabled) (not (contains "ingest" .Values.state.role)) }}
+{{- fail "eddy: with ingest.enabled=false set state.role to \"ingest,state\", or nothing serves the public API" }}
+{{- end }}
+{{- if and .Values.checkpoints.shared.enabled (not .Values.checkpoints.shared.existingClaim) }}
+{{- fail "eddy: checkpoints.shared.enabled needs checkpoints.shared.existingClaim (a ReadWriteMany PVC)" }}
+{{- end }}
+{{- if and .Values.ingest.autoscaling.enabled (lt (int .Values.ingest.autoscaling.maxReplicas) (int .Values.ingest.autoscaling.minReplicas)) }}
+{{- fail "eddy: ingest.autoscaling.maxReplicas must be >= minReplicas" }}
+{{- end }}
+{{- end }}

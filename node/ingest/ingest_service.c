@@ -1,0 +1,248 @@
+/* eddy.v1.Eddy handlers. */
+#include "node/ingest/ingest_service.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "node/state/pbutil.h"
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void reply_err(rpc_call *c, eddy_err err, const char *what)
+{
+    rpc_reply_error(c, eddy_err_to_grpc(err), "%s: %s", what, eddy_strerror(err));
+}
+
+/* ---- Ingest -------------------------------------------------------------------------- */
+
+struct pending_ingest {
+    rpc_call *call;
+    Eddy__V1__IngestResponse resp;
+    Eddy__V1__Rejection **rej;     /* owned, with their strings */
+    size_t nrej;
+    Eddy__V1__Event **valid;       /* borrowed from the request */
+    size_t nvalid;
+};
+
+static void pending_free(struct pending_ingest *pi)
+{
+    for (size_t i = 0; i < pi->nrej; i++)
+        protobuf_c_message_free_unpacked(&pi->rej[i]->base, NULL);
+    free(pi->rej);
+    free(pi->valid);
+    free(pi);
+}
+
+static void ingest_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
+{
+    struct pending_ingest *pi = ud;
+    if (err != EDDY_OK) {
+        reply_err(pi->call, err, "ingest not recorded");
+    } else {
+        pi->resp.accepted = r->accepted;
+        pi->resp.duplicates = r->duplicates;
+        pi->resp.late = r->late;
+        rpc_reply(pi->call, &pi->resp.base);
+    }
+    pending_free(pi);
+}
+
+static eddy_err add_rejection(struct pending_ingest *pi, uint32_t index, const char *field,
+                              const char *reason)
+{
+    Eddy__V1__Rejection *r = malloc(sizeof(*r));
+    if (!r)
+        return EDDY_ERR_NOMEM;
+    eddy__v1__rejection__init(r);
+    r->index = index;
+    pi->rej[pi->nrej++] = r;
+    if (pb_set_str(&r->field, field) != EDDY_OK || pb_set_str(&r->reason, reason) != EDDY_OK)
+        return EDDY_ERR_NOMEM;
+    return EDDY_OK;
+}
+
+static void handle_ingest(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct ingest_service *svc = ud;
+    const Eddy__V1__IngestRequest *req = (const Eddy__V1__IngestRequest *)msg;
+    if ((int64_t)req->n_events > svc->max_batch) {
+        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT,
+                        "batch of %zu events is larger than the limit of %" PRId64
+                        " (--max-batch); split it",
+                        req->n_events, svc->max_batch);
+        return;
+    }
+    struct pending_ingest *pi = calloc(1, sizeof(*pi));
+    size_t n = req->n_events;
+    if (!pi || !(pi->rej = calloc(n ? n : 1, sizeof(*pi->rej))) ||
+        !(pi->valid = calloc(n ? n : 1, sizeof(*pi->valid)))) {
+        if (pi)
+            pending_free(pi);
+        reply_err(c, EDDY_ERR_NOMEM, "ingest");
+        return;
+    }
+    pi->call = c;
+    eddy__v1__ingest_response__init(&pi->resp);
+    int64_t now = wall_ms();
+    for (size_t i = 0; i < n; i++) {
+        char field[32], reason[256];
+        if (validate_event(&svc->lim, req->events[i], now, field, sizeof(field), reason,
+                           sizeof(reason))) {
+            pi->valid[pi->nvalid++] = req->events[i];
+        } else if (add_rejection(pi, (uint32_t)i, field, reason) != EDDY_OK) {
+            pending_free(pi);
+            reply_err(c, EDDY_ERR_NOMEM, "ingest");
+            return;
+        }
+    }
+    pi->resp.rejected = pi->rej;
+    pi->resp.n_rejected = pi->nrej;
+    if (pi->nvalid == 0) {
+        rpc_reply(c, &pi->resp.base);
+        pending_free(pi);
+        return;
+    }
+    eddy_err err = engine_ingest(svc->eng, pi->valid, pi->nvalid, ingest_done, pi);
+    if (err != EDDY_OK) {
+        if (err == EDDY_ERR_FULL)
+            rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                            "ingest queue full (%" PRId64 " events waiting); retry with backoff",
+                            engine_queue_depth(svc->eng));
+        else
+            reply_err(c, err, "ingest");
+        pending_free(pi);
+    }
+}
+
+/* ---- reads ----------------------------------------------------------------------------- */
+
+static bool require_user(rpc_call *c, const char *user_id)
+{
+    if (pb_empty(user_id)) {
+        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "user_id: required");
+        return false;
+    }
+    return true;
+}
+
+static void answer(rpc_call *c, eddy_err err, ProtobufCMessage *resp, const char *what)
+{
+    if (err == EDDY_OK)
+        rpc_reply(c, resp);
+    else
+        reply_err(c, err, what);
+    query_free_response(resp);
+}
+
+static void handle_recommend(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct ingest_service *svc = ud;
+    const Eddy__V1__RecommendRequest *req = (const Eddy__V1__RecommendRequest *)msg;
+    Eddy__V1__RecommendResponse *resp = NULL;
+    if (!require_user(c, req->user_id))
+        return;
+    eddy_err err = query_recommend(&svc->q, req, &resp);
+    answer(c, err, resp ? &resp->base : NULL, "recommend");
+}
+
+static void handle_profile(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct ingest_service *svc = ud;
+    const Eddy__V1__GetUserProfileRequest *req = (const Eddy__V1__GetUserProfileRequest *)msg;
+    Eddy__V1__GetUserProfileResponse *resp = NULL;
+    if (!require_user(c, req->user_id))
+        return;
+    eddy_err err = query_profile(&svc->q, req->user_id, &resp);
+    if (err == EDDY_ERR_NOT_FOUND) {
+        rpc_reply_error(c, GRPC_STATUS_NOT_FOUND, "no state for user %s", req->user_id);
+        return;
+    }
+    answer(c, err, resp ? &resp->base : NULL, "profile");
+}
+
+static void handle_top(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct ingest_service *svc = ud;
+    const Eddy__V1__TopProductsRequest *req = (const Eddy__V1__TopProductsRequest *)msg;
+    Eddy__V1__TopProductsResponse *resp = NULL;
+    if (req->end_ms != 0 && req->end_ms <= req->start_ms) {
+        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "end_ms must be after start_ms");
+        return;
+    }
+    eddy_err err = query_top_products(&svc->q, req, &resp);
+    answer(c, err, resp ? &resp->base : NULL, "top products");
+}
+
+static void handle_counts(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct ingest_service *svc = ud;
+    const Eddy__V1__EventCountsRequest *req = (const Eddy__V1__EventCountsRequest *)msg;
+    Eddy__V1__EventCountsResponse *resp = NULL;
+    if (req->end_ms != 0 && req->end_ms <= req->start_ms) {
+        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "end_ms must be after start_ms");
+        return;
+    }
+    eddy_err err = query_event_counts(&svc->q, req, &resp);
+    answer(c, err, resp ? &resp->base : NULL, "event counts");
+}
+
+static void delete_done(void *ud, eddy_err err, bool model_deleted, uint64_t windows,
+                        uint64_t log)
+{
+    rpc_call *c = ud;
+    if (err != EDDY_OK) {
+        reply_err(c, err, "delete user");
+        return;
+    }
+    if (!model_deleted && windows == 0 && log == 0) {
+        rpc_reply_error(c, GRPC_STATUS_NOT_FOUND, "no state for this user");
+        return;
+    }
+    Eddy__V1__DeleteUserResponse r = EDDY__V1__DELETE_USER_RESPONSE__INIT;
+    r.model_deleted = model_deleted;
+    r.windows_deleted = windows;
+    r.log_entries_deleted = log;
+    rpc_reply(c, &r.base);
+}
+
+static void handle_delete(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct ingest_service *svc = ud;
+    const Eddy__V1__DeleteUserRequest *req = (const Eddy__V1__DeleteUserRequest *)msg;
+    if (!require_user(c, req->user_id))
+        return;
+    eddy_err err = engine_delete_user(svc->eng, req->user_id, delete_done, c);
+    if (err != EDDY_OK)
+        reply_err(c, err, "delete user");
+}
+
+eddy_err ingest_service_register(struct ingest_service *svc, rpc_server *s)
+{
+    static const struct {
+        const char *path;
+        const ProtobufCMessageDescriptor *desc;
+        rpc_handler_fn *fn;
+    } methods[] = {
+        {"/eddy.v1.Eddy/Ingest", &eddy__v1__ingest_request__descriptor, handle_ingest},
+        {"/eddy.v1.Eddy/Recommend", &eddy__v1__recommend_request__descriptor, handle_recommend},
+        {"/eddy.v1.Eddy/GetUserProfile", &eddy__v1__get_user_profile_request__descriptor,
+         handle_profile},
+        {"/eddy.v1.Eddy/TopProducts", &eddy__v1__top_products_request__descriptor, handle_top},
+        {"/eddy.v1.Eddy/EventCounts", &eddy__v1__event_counts_request__descriptor, handle_counts},
+        {"/eddy.v1.Eddy/DeleteUser", &eddy__v1__delete_user_request__descriptor, handle_delete},
+    };
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        eddy_err err = rpc_server_add_unary(s, methods[i].path, methods[i].desc, methods[i].fn, svc);
+        if (err != EDDY_OK)
+            return err;
+    }
+    return EDDY_OK;
+}

@@ -1,0 +1,342 @@
+/* eddy-node: flags, roles, signal handling, start and stop order.
+ *
+ * --dev runs every role in one process on one data directory with a static assignment of
+ * all partitions to itself: the embedded default a newcomer starts with. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/health.h"
+#include "common/log.h"
+#include "common/partition.h"
+#include "common/rpc_server.h"
+#include "node/ingest/ingest_service.h"
+#include "node/state/engine.h"
+#include "node/state/popcache.h"
+
+#define EDDY_VERSION "0.1.0"
+
+struct node_config {
+    bool dev;
+    const char *data_dir;
+    const char *listen;
+    const char *log_level;
+    const char *dump_state;
+    int64_t partitions;
+    int64_t grpc_threads, handler_threads, max_queued_calls;
+    int64_t max_message_size, max_batch, max_connection_age;
+    int64_t max_id_bytes, max_name_bytes, max_query_bytes, max_metadata_entries,
+        max_metadata_bytes, max_future_skew, max_event_age;
+    int64_t window, out_of_orderness, allowed_lateness, idle_timeout;
+    int64_t state_ttl, window_retention, log_retention, dedup_window, sweep_interval;
+    int64_t affinity_half_life, popularity_half_life, neighbour_half_life;
+    int64_t recent_items, max_affinities, max_cart, max_neighbours;
+    int64_t cooccurrence_span, cooccurrence_items;
+    double weight_popular, weight_neighbours, weight_context;
+    int64_t diversity_cap, default_recommendations, max_recommendations, candidates;
+    int64_t stage2_staleness, max_pending_events, max_group_events, cache_size;
+    int64_t shutdown_grace;
+};
+
+#define DAY (24 * 3600 * 1000LL)
+
+static struct node_config defaults(void)
+{
+    return (struct node_config){
+        .data_dir = "./eddy-data", .listen = "127.0.0.1:7070", .log_level = "info",
+        .partitions = PARTITION_DEFAULT_COUNT, .grpc_threads = 1, .handler_threads = 2,
+        .max_queued_calls = 1024, .max_message_size = 4 << 20, .max_batch = 10000,
+        .max_id_bytes = 128, .max_name_bytes = 128, .max_query_bytes = 512,
+        .max_metadata_entries = 32, .max_metadata_bytes = 4096, .max_future_skew = 5 * 60000,
+        .max_event_age = 0, .window = 60000, .out_of_orderness = 5000, .allowed_lateness = 0,
+        .idle_timeout = 30000, .state_ttl = 30 * DAY, .window_retention = 7 * DAY,
+        .log_retention = 7 * DAY, .dedup_window = DAY, .sweep_interval = 3600000,
+        .affinity_half_life = 7 * DAY, .popularity_half_life = DAY, .neighbour_half_life = 7 * DAY,
+        .recent_items = 20, .max_affinities = 50, .max_cart = 50, .max_neighbours = 50,
+        .cooccurrence_span = 30 * 60000, .cooccurrence_items = 10, .weight_popular = 1.0,
+        .weight_neighbours = 1.5, .weight_context = 2.0, .diversity_cap = 3,
+        .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
+        .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
+        .cache_size = 64 << 20, .shutdown_grace = 10000,
+    };
+}
+
+#define F(n, t, field, help, lo, hi) {n, t, &c->field, help, lo, hi}
+
+static size_t node_flags(struct node_config *c, struct flag *out)
+{
+    const struct flag fl[] = {
+        F("dev", FLAG_BOOL, dev, "run every role in one process, all partitions, no etcd", 0, 0),
+        F("data-dir", FLAG_STRING, data_dir, "directory of the node's LevelDB", 0, 0),
+        F("listen", FLAG_STRING, listen, "gRPC address (host:port; port 0 picks one)", 0, 0),
+        F("log-level", FLAG_STRING, log_level, "debug, info, warn or error", 0, 0),
+        F("dump-state", FLAG_STRING, dump_state,
+          "print the tables (comma list, or 'all') of --data-dir as hex and exit", 0, 0),
+        F("partitions", FLAG_INT, partitions, "partitions of the key space (fixed per cluster)",
+          1, PARTITION_MAX_COUNT),
+        F("grpc-threads", FLAG_INT, grpc_threads, "gRPC completion-queue threads", 1, 64),
+        F("handler-threads", FLAG_INT, handler_threads, "RPC handler threads", 1, 256),
+        F("max-queued-calls", FLAG_INT, max_queued_calls,
+          "calls waiting for a handler before RESOURCE_EXHAUSTED", 1, 1000000),
+        F("max-message-size", FLAG_SIZE, max_message_size,
+          "largest request message (RESOURCE_EXHAUSTED above)", 1024, 1 << 30),
+        F("max-batch", FLAG_INT, max_batch, "events per Ingest request (INVALID_ARGUMENT above)",
+          1, 1000000),
+        F("max-connection-age", FLAG_DURATION, max_connection_age,
+          "close client connections after this age so load spreads (0 = never)", 0, 0),
+        F("max-id-bytes", FLAG_INT, max_id_bytes, "longest event/user/session/product id", 1,
+          REC_ID_CAP),
+        F("max-name-bytes", FLAG_INT, max_name_bytes, "longest category or brand", 1, REC_ID_CAP),
+        F("max-query-bytes", FLAG_INT, max_query_bytes, "longest search query", 1, 65536),
+        F("max-metadata-entries", FLAG_INT, max_metadata_entries, "metadata entries per event",
+          0, 10000),
+        F("max-metadata-bytes", FLAG_SIZE, max_metadata_bytes, "metadata bytes per event", 0,
+          1 << 20),
+        F("max-future-skew", FLAG_DURATION, max_future_skew,
+          "how far ahead of the node's clock an event may be", 0, 0),
+        F("max-event-age", FLAG_DURATION, max_event_age,
+          "how old an event may be (0 = any age, e.g. backfills)", 0, 0),
+        F("window", FLAG_DURATION, window, "event-time tumbling window length", 1, 0x7fffffffLL * 1000),
+        F("out-of-orderness", FLAG_DURATION, out_of_orderness,
+          "watermark = max event time minus this", 0, 0),
+        F("allowed-lateness", FLAG_DURATION, allowed_lateness,
+          "windows stay open this long after the watermark passes them", 0, 0),
+        F("idle-timeout", FLAG_DURATION, idle_timeout,
+          "quiet partitions advance their watermark by processing time after this (0 = never)",
+          0, 0),
+        F("state-ttl", FLAG_DURATION, state_ttl, "user models expire after this inactivity (0 = never)", 0, 0),
+        F("window-retention", FLAG_DURATION, window_retention, "windows kept after they end (0 = forever)", 0, 0),
+        F("log-retention", FLAG_DURATION, log_retention, "log entries kept (0 = forever)", 0, 0),
+        F("dedup-window", FLAG_DURATION, dedup_window, "event ids remembered for dedup", 0, 0),
+        F("sweep-interval", FLAG_DURATION, sweep_interval, "event time between TTL sweeps", 0, 0),
+        F("affinity-half-life", FLAG_DURATION, affinity_half_life,
+          "half-life of category/brand affinities", 1, 0),
+        F("popularity-half-life", FLAG_DURATION, popularity_half_life,
+          "half-life of product popularity", 1, 0),
+        F("neighbour-half-life", FLAG_DURATION, neighbour_half_life,
+          "half-life of co-occurrence scores", 1, 0),
+        F("recent-items", FLAG_INT, recent_items, "recent views/searches/purchases kept", 1, 1000),
+        F("max-affinities", FLAG_INT, max_affinities, "categories/brands kept per user", 1, 10000),
+        F("max-cart", FLAG_INT, max_cart, "cart entries kept per user", 1, 10000),
+        F("max-neighbours", FLAG_INT, max_neighbours, "co-occurrence neighbours per product", 1,
+          10000),
+        F("cooccurrence-span", FLAG_DURATION, cooccurrence_span,
+          "two items of one user within this time are a pair", 0, 0),
+        F("cooccurrence-items", FLAG_INT, cooccurrence_items,
+          "recent items paired with each new item", 0, 64),
+        F("weight-popular", FLAG_DOUBLE, weight_popular, "blend weight: popular in your categories", 0, 0),
+        F("weight-neighbours", FLAG_DOUBLE, weight_neighbours,
+          "blend weight: neighbours of your recent items", 0, 0),
+        F("weight-context", FLAG_DOUBLE, weight_context,
+          "blend weight: neighbours of the current product and cart", 0, 0),
+        F("diversity-cap", FLAG_INT, diversity_cap, "items per category in one answer (0 = no cap)",
+          0, 1000),
+        F("default-recommendations", FLAG_INT, default_recommendations,
+          "items when the request asks for 0", 1, 1000),
+        F("max-recommendations", FLAG_INT, max_recommendations, "most items per request", 1, 1000),
+        F("candidates", FLAG_INT, candidates, "candidates per source list", 1, 1000),
+        F("stage2-staleness", FLAG_DURATION, stage2_staleness,
+          "popularity lists may be this old", 0, 0),
+        F("max-pending-events", FLAG_INT, max_pending_events,
+          "events queued for the writer before RESOURCE_EXHAUSTED", 1, 100000000),
+        F("max-group-events", FLAG_INT, max_group_events, "events per group commit", 1, 10000000),
+        F("cache-size", FLAG_SIZE, cache_size, "LevelDB block cache", 0, 0),
+        F("shutdown-grace", FLAG_DURATION, shutdown_grace,
+          "on SIGTERM, wait this long for in-flight calls", 0, 0),
+    };
+    memcpy(out, fl, sizeof(fl));
+    return sizeof(fl) / sizeof(fl[0]);
+}
+
+static void usage(FILE *out, const struct flag *fl, size_t n)
+{
+    fprintf(out, "eddy-node %s: Eddy's real-time analytics and personalization node\n\n"
+                 "usage: eddy-node --dev [--data-dir DIR] [--listen HOST:PORT] [flags]\n"
+                 "       eddy-node --data-dir DIR --dump-state user,user_win\n\n"
+                 "Every flag can also be set through its EDDY_* environment variable.\n\n",
+            EDDY_VERSION);
+    config_usage(out, fl, n);
+}
+
+static int dump_state(const struct node_config *c)
+{
+    static const struct {
+        const char *name;
+        enum store_table t;
+    } names[] = {{"log", T_LOG}, {"dedup", T_DEDUP}, {"dedup_exp", T_DEDUP_EXP},
+                 {"user", T_USER}, {"user_win", T_USER_WIN}, {"user_log", T_USER_LOG},
+                 {"part_win", T_PART_WIN}, {"product", T_PRODUCT}, {"prod_win", T_PROD_WIN},
+                 {"cat_pop", T_CAT_POP}, {"late", T_LATE}, {"s2_hw", T_S2_HW}, {"meta", T_META}};
+    uint32_t mask = 0;
+    char list[512];
+    snprintf(list, sizeof(list), "%s", c->dump_state);
+    char *save = NULL;
+    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        size_t i;
+        if (strcmp(tok, "all") == 0) {
+            mask = UINT32_MAX;
+            continue;
+        }
+        for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+            if (strcmp(tok, names[i].name) == 0)
+                break;
+        }
+        if (i == sizeof(names) / sizeof(names[0])) {
+            fprintf(stderr, "eddy-node: unknown table '%s' for --dump-state\n", tok);
+            return 2;
+        }
+        mask |= UINT32_C(1) << names[i].t;
+    }
+    store *st = NULL;
+    char err[256] = "";
+    struct store_opts so = {c->data_dir, 8 << 20, 0};
+    if (store_open(&so, &st, err, sizeof(err)) != EDDY_OK) {
+        fprintf(stderr, "eddy-node: cannot open %s: %s\n", c->data_dir, err);
+        return 1;
+    }
+    eddy_err e = store_dump(st, mask, stdout);
+    store_close(st);
+    return e == EDDY_OK ? 0 : 1;
+}
+
+static void engine_options_from(const struct node_config *c, struct engine_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->data_dir = c->data_dir;
+    o->cache_bytes = c->cache_size;
+    struct apply_params *a = &o->apply;
+    a->partitions = (uint32_t)c->partitions;
+    a->window = (struct window_params){c->window, c->out_of_orderness, c->allowed_lateness,
+                                       c->idle_timeout};
+    a->model.affinity = (struct decay_params){c->affinity_half_life, 8};
+    a->model.recent_items = (int)c->recent_items;
+    a->model.max_affinities = (int)c->max_affinities;
+    a->model.max_cart = (int)c->max_cart;
+    a->cooccurrence_span_ms = c->cooccurrence_span;
+    a->cooccurrence_items = (int)c->cooccurrence_items;
+    a->dedup_window_ms = c->dedup_window;
+    a->state_ttl_ms = c->state_ttl;
+    a->window_retention_ms = c->window_retention;
+    a->log_retention_ms = c->log_retention;
+    a->sweep_interval_ms = c->sweep_interval;
+    o->product.partitions = (uint32_t)c->partitions;
+    o->product.popularity = (struct decay_params){c->popularity_half_life, 8};
+    o->product.neighbours = (struct decay_params){c->neighbour_half_life, 8};
+    o->product.max_neighbours = (int)c->max_neighbours;
+    o->rec = (struct rec_params){c->weight_popular, c->weight_neighbours, c->weight_context,
+                                 (int)c->diversity_cap};
+    o->stage2_staleness_ms = c->stage2_staleness;
+    o->candidates = (int)c->candidates;
+    o->max_pending_events = c->max_pending_events;
+    o->max_group_events = c->max_group_events;
+}
+
+int main(int argc, char **argv)
+{
+    struct node_config cfg = defaults(), *c = &cfg;
+    struct flag flags[64];
+    size_t nflags = node_flags(c, flags);
+    char err[512] = "";
+    int first = 0;
+
+    int r = config_parse(flags, nflags, argc, argv, &first, err, sizeof(err));
+    if (r == 1) {
+        usage(stdout, flags, nflags);
+        return 0;
+    }
+    if (r < 0 || first < argc) {
+        fprintf(stderr, "eddy-node: %s\n", r < 0 ? err : "unexpected argument (see --help)");
+        return 2;
+    }
+    if (log_set_level(c->log_level) != 0) {
+        fprintf(stderr, "eddy-node: unknown --log-level '%s'\n", c->log_level);
+        return 2;
+    }
+    if (c->dump_state)
+        return dump_state(c);
+    if (!c->dev) {
+        fprintf(stderr, "eddy-node: only --dev mode is available in this version; cluster "
+                        "roles (--role, --etcd) come with the coordinator\n");
+        return 2;
+    }
+
+    /* Block the stop signals before any thread exists, so every thread inherits the mask
+     * and main receives them in sigwait. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct engine_opts eo;
+    engine_options_from(c, &eo);
+    engine *eng = NULL;
+    popcache *pop = NULL;
+    rpc_server *srv = NULL;
+    health *hl = NULL;
+    int status = 1;
+    eddy_err e = engine_open(&eo, &eng, err, sizeof(err));
+    if (e != EDDY_OK) {
+        log_error("msg=\"cannot open state\" data_dir=%s error=\"%s\"", c->data_dir,
+                  err[0] ? err : eddy_strerror(e));
+        goto out;
+    }
+    pop = popcache_new(engine_store(eng), &engine_options(eng)->product, c->stage2_staleness,
+                       (size_t)c->candidates);
+    struct ingest_service svc = {
+        .eng = eng,
+        .q = {eng, pop, (int)c->default_recommendations, (int)c->max_recommendations},
+        .lim = {c->max_id_bytes, c->max_name_bytes, c->max_query_bytes, c->max_metadata_entries,
+                c->max_metadata_bytes, c->max_future_skew, c->max_event_age},
+        .max_batch = c->max_batch,
+    };
+    struct rpc_server_opts so = {
+        .listen = c->listen, .cq_threads = (int)c->grpc_threads,
+        .handler_threads = (int)c->handler_threads, .max_queued_calls = (int)c->max_queued_calls,
+        .max_recv_bytes = c->max_message_size, .max_send_bytes = 64 << 20,
+        .max_connection_age_ms = c->max_connection_age,
+    };
+    srv = rpc_server_new(&so);
+    hl = health_new();
+    if (!pop || !srv || !hl) {
+        log_error("msg=\"out of memory at start\"");
+        goto out;
+    }
+    if (ingest_service_register(&svc, srv) != EDDY_OK || health_register(hl, srv) != EDDY_OK)
+        goto out;
+    int port = 0;
+    if ((e = rpc_server_start(srv, &port)) != EDDY_OK) {
+        log_error("msg=\"cannot listen\" listen=%s error=\"%s\"", c->listen, eddy_strerror(e));
+        goto out;
+    }
+    health_set(hl, "", HEALTH_SERVING);
+    health_set(hl, "liveness", HEALTH_SERVING);
+    health_set(hl, "readiness", HEALTH_SERVING);
+    health_set(hl, "eddy.v1.Eddy", HEALTH_SERVING);
+    log_info("msg=\"eddy-node ready\" mode=dev listen=%s port=%d data_dir=%s partitions=%" PRId64,
+             c->listen, port, c->data_dir, c->partitions);
+    /* a line for scripts: the bound port (useful with :0) */
+    printf("listening on %d\n", port);
+    fflush(stdout);
+
+    int sig = 0;
+    sigwait(&stop, &sig);
+    log_info("msg=\"shutting down\" signal=%d", sig);
+    health_set_all(hl, HEALTH_NOT_SERVING);
+    health_shutdown(hl);
+    rpc_server_shutdown(srv, c->shutdown_grace);
+    status = 0;
+out:
+    rpc_server_free(srv);
+    engine_close(eng); /* finishes queued writes, closes LevelDB */
+    popcache_free(pop);
+    health_free(hl);
+    if (status == 0)
+        log_info("msg=\"stopped cleanly\"");
+    return status;
+}

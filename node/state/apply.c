@@ -1,0 +1,607 @@
+/* The deterministic apply of a user partition's log records. */
+#include "node/state/apply.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "node/state/pbutil.h"
+
+/* ---- meta ---------------------------------------------------------------------------- */
+
+eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m)
+{
+    struct store_key k;
+    Eddy__Store__V1__PartitionMeta *pm = NULL;
+    memset(m, 0, sizeof(*m));
+    m->max_ts = WATERMARK_NONE;
+    m->watermark = WATERMARK_NONE;
+    m->swept_until = WATERMARK_NONE;
+    key_init(&k, p, T_META);
+    eddy_err err = store_get_msg(s, &k, &eddy__store__v1__partition_meta__descriptor,
+                                 (ProtobufCMessage **)&pm);
+    if (err != EDDY_OK || !pm)
+        return err;
+    m->next_seq = pm->next_seq;
+    m->max_ts = pm->max_ts;
+    m->watermark = pm->watermark;
+    m->late_events = pm->late_events;
+    m->events = pm->events;
+    m->duplicates = pm->duplicates;
+    m->swept_until = pm->swept_until;
+    m->log_first_seq = pm->log_first_seq;
+    protobuf_c_message_free_unpacked(&pm->base, NULL);
+    return EDDY_OK;
+}
+
+eddy_err apply_meta_save(store_txn *t, uint32_t p, struct part_meta *m)
+{
+    if (!m->dirty)
+        return EDDY_OK;
+    struct store_key k;
+    Eddy__Store__V1__PartitionMeta pm = EDDY__STORE__V1__PARTITION_META__INIT;
+    pm.next_seq = m->next_seq;
+    pm.max_ts = m->max_ts;
+    pm.watermark = m->watermark;
+    pm.late_events = m->late_events;
+    pm.events = m->events;
+    pm.duplicates = m->duplicates;
+    pm.swept_until = m->swept_until;
+    pm.log_first_seq = m->log_first_seq;
+    key_init(&k, p, T_META);
+    eddy_err err = store_txn_put_msg(t, &k, &pm.base);
+    if (err == EDDY_OK)
+        m->dirty = false;
+    return err;
+}
+
+/* ---- windows ------------------------------------------------------------------------- */
+
+static void count_type(Eddy__Store__V1__Counts *c, Eddy__V1__EventType type)
+{
+    switch (type) {
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW: c->view++; break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK: c->click++; break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART: c->add_to_cart++; break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_REMOVE_FROM_CART: c->remove_from_cart++; break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE: c->purchase++; break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_SEARCH: c->search++; break;
+    default: break;
+    }
+}
+
+static eddy_err bump_counts(store_txn *t, const struct store_key *k, Eddy__V1__EventType type)
+{
+    Eddy__Store__V1__Counts *c = NULL;
+    eddy_err err = store_txn_get_msg(t, k, &eddy__store__v1__counts__descriptor,
+                                     (ProtobufCMessage **)&c);
+    if (err != EDDY_OK)
+        return err;
+    Eddy__Store__V1__Counts fresh = EDDY__STORE__V1__COUNTS__INIT;
+    Eddy__Store__V1__Counts *w = c ? c : &fresh;
+    count_type(w, type);
+    err = store_txn_put_msg(t, k, &w->base);
+    if (c)
+        protobuf_c_message_free_unpacked(&c->base, NULL);
+    return err;
+}
+
+/* ---- stage 2 ------------------------------------------------------------------------- */
+
+static bool pairs_with(Eddy__V1__EventType type)
+{
+    return type == EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW ||
+           type == EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK ||
+           type == EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART ||
+           type == EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE;
+}
+
+#define MAX_PAIR_ITEMS 64
+
+/* Build and emit the stage-2 records of one event. 'm' is the user model before the
+ * event: its recent items are what the user interacted with before this one. */
+static eddy_err emit_stage2(const struct apply_params *ap, uint32_t p, uint64_t seq,
+                            const Eddy__V1__Event *ev, bool late,
+                            const Eddy__Store__V1__UserModel *m, apply_emit_fn *emit, void *ud)
+{
+    if (!emit || pb_empty(ev->product_id))
+        return EDDY_OK;
+    Eddy__Store__V1__Stage2Batch b = EDDY__STORE__V1__STAGE2_BATCH__INIT;
+    Eddy__Store__V1__ProductUpdate u = EDDY__STORE__V1__PRODUCT_UPDATE__INIT;
+    Eddy__Store__V1__ProductUpdate *ups[1] = {&u};
+    Eddy__Store__V1__CoOccurrence pairs[2 * MAX_PAIR_ITEMS];
+    Eddy__Store__V1__CoOccurrence *pp[2 * MAX_PAIR_ITEMS];
+    const char *seen[MAX_PAIR_ITEMS];
+    size_t nseen = 0, npairs = 0;
+
+    b.source_partition = p;
+    b.source_seq = seq;
+    u.product_id = ev->product_id;
+    u.category = ev->category;
+    u.brand = ev->brand;
+    u.price = ev->price;
+    u.event_type = ev->event_type;
+    u.ts = ev->timestamp_ms;
+    u.late = late;
+    u.window_start = window_start(ev->timestamp_ms, ap->window.size_ms);
+    b.updates = ups;
+    b.n_updates = 1;
+
+    if (m && pairs_with(ev->event_type)) {
+        double w = model_event_weight(ev->event_type);
+        int limit = ap->cooccurrence_items < MAX_PAIR_ITEMS ? ap->cooccurrence_items
+                                                            : MAX_PAIR_ITEMS;
+        /* recent views, then purchases: both lists are newest first */
+        for (int list = 0; list < 2; list++) {
+            Eddy__Store__V1__Recent *const *arr = list == 0 ? m->views : m->purchases;
+            size_t n = list == 0 ? m->n_views : m->n_purchases;
+            for (size_t i = 0; i < n && (int)nseen < limit; i++) {
+                const Eddy__Store__V1__Recent *r = arr[i];
+                int64_t dt = ev->timestamp_ms - r->ts;
+                if (dt < 0)
+                    dt = -dt;
+                if (dt > ap->cooccurrence_span_ms || strcmp(r->id, ev->product_id) == 0)
+                    continue;
+                bool dup = false;
+                for (size_t j = 0; j < nseen && !dup; j++)
+                    dup = strcmp(seen[j], r->id) == 0;
+                if (dup)
+                    continue;
+                seen[nseen++] = r->id;
+                /* co-occurrence is symmetric: each item becomes the other's neighbour */
+                for (int dir = 0; dir < 2; dir++) {
+                    Eddy__Store__V1__CoOccurrence *c = &pairs[npairs];
+                    eddy__store__v1__co_occurrence__init(c);
+                    c->from_product = dir == 0 ? r->id : ev->product_id;
+                    c->to_product = dir == 0 ? ev->product_id : r->id;
+                    c->to_category = dir == 0 ? ev->category : r->category;
+                    c->ts = ev->timestamp_ms;
+                    c->weight = w;
+                    pp[npairs] = c;
+                    npairs++;
+                }
+            }
+        }
+    }
+    b.pairs = pp;
+    b.n_pairs = npairs;
+    return emit(ud, &b);
+}
+
+/* ---- TTL sweeps ---------------------------------------------------------------------- */
+
+struct keyvals {
+    struct store_key *keys;
+    int64_t *ts;
+    size_t n, cap;
+    eddy_err err;
+};
+
+static eddy_err kv_push(struct keyvals *l, const unsigned char *k, size_t klen, int64_t ts)
+{
+    if (klen > STORE_KEY_MAX)
+        return EDDY_OK;
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 64;
+        struct store_key *nk = realloc(l->keys, ncap * sizeof(*nk));
+        if (!nk)
+            return EDDY_ERR_NOMEM;
+        l->keys = nk;
+        int64_t *nt = realloc(l->ts, ncap * sizeof(*nt));
+        if (!nt)
+            return EDDY_ERR_NOMEM;
+        l->ts = nt;
+        l->cap = ncap;
+    }
+    memcpy(l->keys[l->n].buf, k, klen);
+    l->keys[l->n].len = klen;
+    l->ts[l->n] = ts;
+    l->n++;
+    return EDDY_OK;
+}
+
+static void kv_release(struct keyvals *l)
+{
+    free(l->keys);
+    free(l->ts);
+}
+
+static int collect_all(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct keyvals *l = ud;
+    l->err = kv_push(l, k, klen, 0);
+    return l->err != EDDY_OK;
+}
+
+/* USER_WIN keys end with the window start: collect those older than the cutoff. */
+struct win_cut {
+    struct keyvals l;
+    int64_t cutoff;
+};
+
+static int collect_old_user_windows(void *ud, const unsigned char *k, size_t klen,
+                                    const char *v, size_t vlen)
+{
+    struct win_cut *c = ud;
+    size_t off = klen >= 8 ? klen - 8 : klen;
+    int64_t ws;
+    if (key_get_i64(k, klen, &off, &ws) && ws < c->cutoff)
+        c->l.err = kv_push(&c->l, k, klen, ws);
+    return c->l.err != EDDY_OK;
+}
+
+static int collect_expired_users(void *ud, const unsigned char *k, size_t klen, const char *v,
+                                 size_t vlen)
+{
+    struct win_cut *c = ud;
+    Eddy__Store__V1__UserModel *m = eddy__store__v1__user_model__unpack(NULL, vlen,
+                                                                       (const uint8_t *)v);
+    if (m && m->last_ts < c->cutoff)
+        c->l.err = kv_push(&c->l, k, klen, m->last_ts);
+    if (m)
+        eddy__store__v1__user_model__free_unpacked(m, NULL);
+    return c->l.err != EDDY_OK;
+}
+
+static eddy_err del_all(store_txn *t, struct keyvals *l)
+{
+    eddy_err err = l->err;
+    for (size_t i = 0; i < l->n && err == EDDY_OK; i++)
+        err = store_txn_del(t, &l->keys[i]);
+    return err;
+}
+
+static eddy_err sweep_dedup(store_txn *t, uint32_t p, int64_t cutoff)
+{
+    struct store_key start, end;
+    struct keyvals l = {0};
+    key_init(&start, p, T_DEDUP_EXP);
+    key_init(&end, p, T_DEDUP_EXP);
+    key_i64(&end, cutoff);
+    eddy_err err = store_txn_scan(t, &start, &end, collect_all, &l);
+    for (size_t i = 0; i < l.n && err == EDDY_OK && l.err == EDDY_OK; i++) {
+        struct store_key dk;
+        key_init(&dk, p, T_DEDUP);
+        key_bytes(&dk, (const char *)l.keys[i].buf + 11, l.keys[i].len - 11);
+        err = store_txn_del(t, &dk);
+    }
+    if (err == EDDY_OK)
+        err = del_all(t, &l);
+    kv_release(&l);
+    return err;
+}
+
+static eddy_err sweep_table_by_cut(store_txn *t, uint32_t p, enum store_table table,
+                                   store_scan_fn *fn, int64_t cutoff)
+{
+    struct store_key start, end;
+    struct win_cut c = {{0}, cutoff};
+    key_init(&start, p, table);
+    key_prefix_end(&start, &end);
+    eddy_err err = store_txn_scan(t, &start, &end, fn, &c);
+    if (err == EDDY_OK)
+        err = del_all(t, &c.l);
+    kv_release(&c.l);
+    return err;
+}
+
+static eddy_err sweep_time_range(store_txn *t, uint32_t p, enum store_table table, int64_t cutoff)
+{
+    struct store_key start, end;
+    key_init(&start, p, table);
+    key_init(&end, p, table);
+    key_i64(&end, cutoff);
+    return store_txn_del_range(t, &start, &end, NULL);
+}
+
+static eddy_err delete_log_entry(store_txn *t, uint32_t p, uint64_t seq, const char *user_id)
+{
+    struct store_key k;
+    key_init(&k, p, T_LOG);
+    key_u64(&k, seq);
+    eddy_err err = store_txn_del(t, &k);
+    if (err == EDDY_OK) {
+        key_init(&k, p, T_LATE);
+        key_u64(&k, seq);
+        err = store_txn_del(t, &k);
+    }
+    if (err == EDDY_OK && user_id) {
+        key_init(&k, p, T_USER_LOG);
+        key_lstr(&k, user_id);
+        key_u64(&k, seq);
+        err = store_txn_del(t, &k);
+    }
+    return err;
+}
+
+/* Drop log records older than the cutoff from the front of the log. The log is in arrival
+ * order, which is nearly event-time order; the sweep stops at the first newer record, so
+ * it never removes a record newer than the cutoff. */
+static eddy_err sweep_log(store_txn *t, uint32_t p, struct part_meta *m, int64_t cutoff)
+{
+    eddy_err err = EDDY_OK;
+    while (m->log_first_seq < m->next_seq && err == EDDY_OK) {
+        struct store_key k;
+        Eddy__Store__V1__LogRecord *r = NULL;
+        key_init(&k, p, T_LOG);
+        key_u64(&k, m->log_first_seq);
+        err = store_txn_get_msg(t, &k, &eddy__store__v1__log_record__descriptor,
+                                (ProtobufCMessage **)&r);
+        if (err != EDDY_OK)
+            break;
+        if (r) {
+            bool is_event = r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
+            int64_t ts = is_event ? r->event->timestamp_ms : r->idle_watermark;
+            if (ts >= cutoff) {
+                protobuf_c_message_free_unpacked(&r->base, NULL);
+                break;
+            }
+            err = delete_log_entry(t, p, m->log_first_seq, is_event ? r->event->user_id : NULL);
+            protobuf_c_message_free_unpacked(&r->base, NULL);
+        }
+        m->log_first_seq++;
+        m->dirty = true;
+    }
+    return err;
+}
+
+static eddy_err sweep(store_txn *t, const struct apply_params *ap, uint32_t p,
+                      struct part_meta *m)
+{
+    int64_t wm = m->watermark;
+    eddy_err err = EDDY_OK;
+    if (ap->dedup_window_ms > 0)
+        err = sweep_dedup(t, p, wm - ap->dedup_window_ms);
+    if (err == EDDY_OK && ap->window_retention_ms > 0) {
+        int64_t cut = wm - ap->window_retention_ms;
+        err = sweep_time_range(t, p, T_PART_WIN, cut);
+        if (err == EDDY_OK)
+            err = sweep_time_range(t, p, T_PROD_WIN, cut);
+        if (err == EDDY_OK)
+            err = sweep_table_by_cut(t, p, T_USER_WIN, collect_old_user_windows, cut);
+    }
+    if (err == EDDY_OK && ap->state_ttl_ms > 0)
+        err = sweep_table_by_cut(t, p, T_USER, collect_expired_users, wm - ap->state_ttl_ms);
+    if (err == EDDY_OK && ap->log_retention_ms > 0)
+        err = sweep_log(t, p, m, wm - ap->log_retention_ms);
+    m->swept_until = wm;
+    m->dirty = true;
+    return err;
+}
+
+static eddy_err advance(store_txn *t, const struct apply_params *ap, uint32_t p,
+                        struct part_meta *m)
+{
+    int64_t iv = ap->sweep_interval_ms;
+    if (iv <= 0 || m->watermark == WATERMARK_NONE)
+        return EDDY_OK;
+    if (m->swept_until != WATERMARK_NONE &&
+        window_start(m->watermark, iv) <= window_start(m->swept_until, iv))
+        return EDDY_OK;
+    if (m->swept_until == WATERMARK_NONE) { /* first watermark: nothing to sweep yet */
+        m->swept_until = m->watermark;
+        m->dirty = true;
+        return EDDY_OK;
+    }
+    return sweep(t, ap, p, m);
+}
+
+/* ---- apply --------------------------------------------------------------------------- */
+
+static eddy_err load_model(store_txn *t, const struct apply_params *ap, uint32_t p,
+                           const struct part_meta *m, const char *user_id,
+                           Eddy__Store__V1__UserModel **um, struct store_key *k)
+{
+    key_init(k, p, T_USER);
+    key_str(k, user_id);
+    eddy_err err = store_txn_get_msg(t, k, &eddy__store__v1__user_model__descriptor,
+                                     (ProtobufCMessage **)um);
+    if (err != EDDY_OK)
+        return err;
+    if (*um && ap->state_ttl_ms > 0 && m->watermark != WATERMARK_NONE &&
+        (*um)->last_ts < m->watermark - ap->state_ttl_ms) {
+        /* expired but not yet swept: start afresh, as if the sweep had run */
+        eddy__store__v1__user_model__free_unpacked(*um, NULL);
+        *um = NULL;
+    }
+    if (!*um) {
+        *um = malloc(sizeof(**um));
+        if (!*um)
+            return EDDY_ERR_NOMEM;
+        eddy__store__v1__user_model__init(*um);
+    }
+    return EDDY_OK;
+}
+
+static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, uint32_t p,
+                                   struct part_meta *m, uint64_t seq, const Eddy__V1__Event *ev,
+                                   apply_emit_fn *emit, void *emit_ud,
+                                   enum apply_outcome *outcome)
+{
+    struct store_key k;
+    Eddy__Store__V1__UserModel *um = NULL;
+    eddy_err err;
+    int64_t ts = ev->timestamp_ms;
+
+    /* dedup entry and its expiry index */
+    Eddy__Store__V1__Dedup d = EDDY__STORE__V1__DEDUP__INIT;
+    d.seq = seq;
+    d.ts = ts;
+    key_init(&k, p, T_DEDUP);
+    key_str(&k, ev->event_id);
+    if ((err = store_txn_put_msg(t, &k, &d.base)) != EDDY_OK)
+        return err;
+    key_init(&k, p, T_DEDUP_EXP);
+    key_i64(&k, ts);
+    key_str(&k, ev->event_id);
+    if ((err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
+        return err;
+    key_init(&k, p, T_USER_LOG);
+    key_lstr(&k, ev->user_id);
+    key_u64(&k, seq);
+    if ((err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
+        return err;
+
+    bool late = window_is_late(&ap->window, ts, m->watermark);
+    int64_t ws = window_start(ts, ap->window.size_ms);
+    if (late) {
+        m->late_events++;
+        key_init(&k, p, T_LATE);
+        key_u64(&k, seq);
+        if ((err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
+            return err;
+    } else {
+        key_init(&k, p, T_USER_WIN);
+        key_lstr(&k, ev->user_id);
+        key_i64(&k, ws);
+        if ((err = bump_counts(t, &k, ev->event_type)) != EDDY_OK)
+            return err;
+        key_init(&k, p, T_PART_WIN);
+        key_i64(&k, ws);
+        if ((err = bump_counts(t, &k, ev->event_type)) != EDDY_OK)
+            return err;
+    }
+
+    if ((err = load_model(t, ap, p, m, ev->user_id, &um, &k)) != EDDY_OK)
+        goto out;
+    if ((err = emit_stage2(ap, p, seq, ev, late, um, emit, emit_ud)) != EDDY_OK)
+        goto out;
+    if ((err = model_apply(um, &ap->model, ev)) != EDDY_OK)
+        goto out;
+    if ((err = store_txn_put_msg(t, &k, &um->base)) != EDDY_OK)
+        goto out;
+
+    m->watermark = window_advance(&ap->window, m->watermark, &m->max_ts, ts);
+    m->events++;
+    m->dirty = true;
+    err = advance(t, ap, p, m);
+    *outcome = late ? APPLY_LATE : APPLY_ACCEPTED;
+out:
+    if (um)
+        eddy__store__v1__user_model__free_unpacked(um, NULL);
+    return err;
+}
+
+eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,
+                     struct part_meta *m, const Eddy__V1__Event *ev, apply_emit_fn *emit,
+                     void *emit_ud, enum apply_outcome *outcome)
+{
+    struct store_key k;
+    const char *v;
+    size_t vlen;
+    bool found;
+    key_init(&k, p, T_DEDUP);
+    key_str(&k, ev->event_id);
+    eddy_err err = store_txn_get(t, &k, &v, &vlen, &found);
+    if (err != EDDY_OK)
+        return err;
+    if (found) {
+        m->duplicates++;
+        m->dirty = true;
+        *outcome = APPLY_DUPLICATE;
+        return EDDY_OK;
+    }
+    uint64_t seq = m->next_seq++;
+    m->dirty = true;
+    Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
+    r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
+    r.event = (Eddy__V1__Event *)ev;
+    key_init(&k, p, T_LOG);
+    key_u64(&k, seq);
+    if ((err = store_txn_put_msg(t, &k, &r.base)) != EDDY_OK)
+        return err;
+    return apply_logged_event(t, ap, p, m, seq, ev, emit, emit_ud, outcome);
+}
+
+static eddy_err apply_logged_idle(store_txn *t, const struct apply_params *ap, uint32_t p,
+                                  struct part_meta *m, int64_t wm)
+{
+    if (wm > m->watermark) {
+        m->watermark = wm;
+        m->dirty = true;
+    }
+    return advance(t, ap, p, m);
+}
+
+eddy_err apply_idle(store_txn *t, const struct apply_params *ap, uint32_t p,
+                    struct part_meta *m, int64_t wm)
+{
+    struct store_key k;
+    Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
+    r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_IDLE_WATERMARK;
+    r.idle_watermark = wm;
+    uint64_t seq = m->next_seq++;
+    m->dirty = true;
+    key_init(&k, p, T_LOG);
+    key_u64(&k, seq);
+    eddy_err err = store_txn_put_msg(t, &k, &r.base);
+    if (err != EDDY_OK)
+        return err;
+    return apply_logged_idle(t, ap, p, m, wm);
+}
+
+eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
+                      struct part_meta *m, uint64_t seq, const Eddy__Store__V1__LogRecord *r,
+                      apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome)
+{
+    if (seq >= m->next_seq) {
+        m->next_seq = seq + 1;
+        m->dirty = true;
+    }
+    if (r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_IDLE_WATERMARK) {
+        *outcome = APPLY_ACCEPTED;
+        return apply_logged_idle(t, ap, p, m, r->idle_watermark);
+    }
+    if (r->kind_case != EDDY__STORE__V1__LOG_RECORD__KIND_EVENT || !r->event)
+        return EDDY_ERR_CORRUPT;
+    return apply_logged_event(t, ap, p, m, seq, r->event, emit, emit_ud, outcome);
+}
+
+/* ---- delete user --------------------------------------------------------------------- */
+
+static int collect_user_log(void *ud, const unsigned char *k, size_t klen, const char *v,
+                            size_t vlen)
+{
+    struct keyvals *l = ud;
+    size_t off = klen - 8;
+    uint64_t seq;
+    if (klen >= 8 && key_get_u64(k, klen, &off, &seq))
+        l->err = kv_push(l, k, klen, (int64_t)seq);
+    return l->err != EDDY_OK;
+}
+
+eddy_err apply_delete_user(store_txn *t, uint32_t p, const char *user_id, bool *model_deleted,
+                           uint64_t *windows_deleted, uint64_t *log_deleted)
+{
+    struct store_key k, end;
+    const char *v;
+    size_t vlen;
+    bool found;
+    struct keyvals l = {0};
+
+    key_init(&k, p, T_USER);
+    key_str(&k, user_id);
+    eddy_err err = store_txn_get(t, &k, &v, &vlen, &found);
+    if (err != EDDY_OK)
+        return err;
+    *model_deleted = found;
+    if (found && (err = store_txn_del(t, &k)) != EDDY_OK)
+        return err;
+
+    key_init(&k, p, T_USER_WIN);
+    key_lstr(&k, user_id);
+    key_prefix_end(&k, &end);
+    if ((err = store_txn_del_range(t, &k, &end, windows_deleted)) != EDDY_OK)
+        return err;
+
+    key_init(&k, p, T_USER_LOG);
+    key_lstr(&k, user_id);
+    key_prefix_end(&k, &end);
+    err = store_txn_scan(t, &k, &end, collect_user_log, &l);
+    if (err == EDDY_OK)
+        err = l.err;
+    for (size_t i = 0; i < l.n && err == EDDY_OK; i++)
+        err = delete_log_entry(t, p, (uint64_t)l.ts[i], user_id);
+    *log_deleted = err == EDDY_OK ? l.n : 0;
+    kv_release(&l);
+    return err;
+}

@@ -1,0 +1,83 @@
+/* The deterministic apply (DESIGN.md §3.3, §4): one log record of a user partition in,
+ * state changes out, all into the caller's store_txn (one WriteBatch per group of
+ * applies). No wall clock and no randomness: a partition's state is a pure function of
+ * its log, which is what replay, moves and the determinism tests rely on.
+ *
+ * Applying an event: dedup by event_id -> append to the log (next seq) -> late or not
+ * under the partition's watermark -> user windows and partition window (unless late) ->
+ * user model -> stage-2 records (product popularity and windows, co-occurrence pairs)
+ * handed to 'emit' -> advance the watermark -> event-time TTL sweeps when the watermark
+ * crosses a sweep boundary.
+ *
+ * Threads: only the partition's writer thread calls these. */
+#ifndef EDDY_APPLY_H
+#define EDDY_APPLY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "eddy/v1/eddy.pb-c.h"
+#include "eddy/v1/store.pb-c.h"
+#include "node/state/model.h"
+#include "node/state/store.h"
+#include "node/state/window.h"
+
+struct apply_params {
+    uint32_t partitions;
+    struct window_params window;
+    struct model_params model;
+    int64_t cooccurrence_span_ms;  /* X then Y count as a pair within this time (30 min) */
+    int cooccurrence_items;        /* recent items paired with a new one (10) */
+    int64_t dedup_window_ms;       /* event ids remembered this long (event time, 24 h) */
+    int64_t state_ttl_ms;          /* user model expires after this inactivity (30 d) */
+    int64_t window_retention_ms;   /* windows kept this long after they end (7 d) */
+    int64_t log_retention_ms;      /* log entries kept this long (7 d) */
+    int64_t sweep_interval_ms;     /* TTL sweeps when the watermark crosses a multiple (1 h) */
+};
+
+/* In-memory copy of a partition's META record; the writer owns it. */
+struct part_meta {
+    uint64_t next_seq;
+    int64_t max_ts;
+    int64_t watermark;
+    uint64_t late_events;
+    uint64_t events;
+    uint64_t duplicates;
+    int64_t swept_until;
+    uint64_t log_first_seq;
+    bool dirty;          /* changed since last saved into a txn */
+};
+
+/* Receives the stage-2 records of one applied event. */
+typedef eddy_err apply_emit_fn(void *ud, const Eddy__Store__V1__Stage2Batch *b);
+
+enum apply_outcome { APPLY_ACCEPTED, APPLY_DUPLICATE, APPLY_LATE };
+
+/* Load partition 'p's meta from the store (zero/none values if absent). */
+eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m);
+
+/* Write the meta into the txn if dirty. */
+eddy_err apply_meta_save(store_txn *t, uint32_t p, struct part_meta *m);
+
+/* Append 'ev' to partition 'p''s log and apply it. 'ev' must be valid (validate.h) and
+ * belong to partition p. */
+eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,
+                     struct part_meta *m, const Eddy__V1__Event *ev, apply_emit_fn *emit,
+                     void *emit_ud, enum apply_outcome *outcome);
+
+/* Append an idle-watermark record moving the watermark to 'wm' and apply it. */
+eddy_err apply_idle(store_txn *t, const struct apply_params *ap, uint32_t p,
+                    struct part_meta *m, int64_t wm);
+
+/* Apply one log record during replay (an event or an idle watermark), without appending
+ * it again. 'seq' is its log seq. */
+eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
+                      struct part_meta *m, uint64_t seq, const Eddy__Store__V1__LogRecord *r,
+                      apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome);
+
+/* Remove user 'user_id' of partition 'p': model, windows, and log entries. */
+eddy_err apply_delete_user(store_txn *t, uint32_t p, const char *user_id, bool *model_deleted,
+                           uint64_t *windows_deleted, uint64_t *log_deleted);
+
+#endif

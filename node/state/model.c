@@ -1,0 +1,452 @@
+/* User model updates and the public profile view. */
+#include "node/state/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "node/state/pbutil.h"
+
+double model_event_weight(Eddy__V1__EventType type)
+{
+    switch (type) {
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW: return 1.0;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK: return 2.0;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART: return 3.0;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE: return 5.0;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_SEARCH: return 0.5;
+    default: return 0.0;
+    }
+}
+
+/* (ts, event_id) order: >0 if a is newer than b. */
+static int newer(int64_t ats, const char *aid, int64_t bts, const char *bid)
+{
+    if (ats != bts)
+        return ats > bts ? 1 : -1;
+    return strcmp(aid ? aid : "", bid ? bid : "");
+}
+
+/* ---- decayed named scores (categories, brands) ---------------------------------------- */
+
+static eddy_err scored_add(Eddy__Store__V1__Scored ***arr, size_t *n, int max,
+                           const struct decay_params *dp, const char *name, int64_t ts,
+                           double w, int64_t now)
+{
+    size_t lo = 0, hi = *n;
+    while (lo < hi) { /* sorted by name */
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp((*arr)[mid]->name, name);
+        if (c == 0) {
+            decay_add((*arr)[mid]->score, dp, ts, w);
+            return EDDY_OK;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if ((int)*n >= max) {
+        /* Full: the new name replaces the weakest entry if it would be stronger. */
+        Eddy__Store__V1__Decayed probe = EDDY__STORE__V1__DECAYED__INIT;
+        decay_add(&probe, dp, ts, w);
+        size_t weakest = 0;
+        double wv = INFINITY;
+        for (size_t i = 0; i < *n; i++) {
+            double v = decay_value((*arr)[i]->score, dp, now);
+            if (v < wv || (v == wv && strcmp((*arr)[i]->name, (*arr)[weakest]->name) > 0)) {
+                wv = v;
+                weakest = i;
+            }
+        }
+        if (decay_value(&probe, dp, now) <= wv)
+            return EDDY_OK;
+        protobuf_c_message_free_unpacked(&(*arr)[weakest]->base, NULL);
+        memmove(&(*arr)[weakest], &(*arr)[weakest + 1], (*n - weakest - 1) * sizeof(**arr));
+        (*n)--;
+        if (weakest < lo)
+            lo--;
+    }
+    Eddy__Store__V1__Scored *s = malloc(sizeof(*s));
+    if (!s)
+        return EDDY_ERR_NOMEM;
+    eddy__store__v1__scored__init(s);
+    s->score = decay_new();
+    s->name = strdup(name);
+    if (!s->score || !s->name || pb_grow((void **)arr, *n, sizeof(**arr)) != EDDY_OK) {
+        free(s->name);
+        s->name = NULL;
+        protobuf_c_message_free_unpacked(&s->base, NULL);
+        return EDDY_ERR_NOMEM;
+    }
+    decay_add(s->score, dp, ts, w);
+    memmove(&(*arr)[lo + 1], &(*arr)[lo], (*n - lo) * sizeof(**arr));
+    (*arr)[lo] = s;
+    (*n)++;
+    return EDDY_OK;
+}
+
+/* ---- recent lists ------------------------------------------------------------------- */
+
+static eddy_err recent_add(Eddy__Store__V1__Recent ***arr, size_t *n, int max, const char *id,
+                           const char *category, int64_t ts, const char *event_id)
+{
+    for (size_t i = 0; i < *n; i++) {
+        Eddy__Store__V1__Recent *r = (*arr)[i];
+        if (strcmp(r->id, id) != 0)
+            continue;
+        if (newer(ts, event_id, r->ts, r->event_id) <= 0)
+            return EDDY_OK; /* we already hold a newer occurrence */
+        /* remove, then re-insert at the right place below */
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        memmove(&(*arr)[i], &(*arr)[i + 1], (*n - i - 1) * sizeof(**arr));
+        (*n)--;
+        break;
+    }
+    size_t pos = 0; /* newest first */
+    while (pos < *n && newer((*arr)[pos]->ts, (*arr)[pos]->event_id, ts, event_id) > 0)
+        pos++;
+    if ((int)pos >= max)
+        return EDDY_OK;
+    Eddy__Store__V1__Recent *r = malloc(sizeof(*r));
+    if (!r)
+        return EDDY_ERR_NOMEM;
+    eddy__store__v1__recent__init(r);
+    r->ts = ts;
+    if (pb_set_str(&r->id, id) != EDDY_OK || pb_set_str(&r->category, category) != EDDY_OK ||
+        pb_set_str(&r->event_id, event_id) != EDDY_OK ||
+        pb_grow((void **)arr, *n, sizeof(**arr)) != EDDY_OK) {
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        return EDDY_ERR_NOMEM;
+    }
+    memmove(&(*arr)[pos + 1], &(*arr)[pos], (*n - pos) * sizeof(**arr));
+    (*arr)[pos] = r;
+    (*n)++;
+    while ((int)*n > max) {
+        protobuf_c_message_free_unpacked(&(*arr)[*n - 1]->base, NULL);
+        (*n)--;
+    }
+    return EDDY_OK;
+}
+
+/* ---- cart ---------------------------------------------------------------------------- */
+
+static eddy_err cart_set(Eddy__Store__V1__UserModel *m, int max, const Eddy__V1__Event *ev,
+                         bool in_cart)
+{
+    size_t lo = 0, hi = m->n_cart;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(m->cart[mid]->product_id, ev->product_id);
+        if (c == 0) {
+            Eddy__Store__V1__CartEntry *e = m->cart[mid];
+            if (newer(ev->timestamp_ms, ev->event_id, e->ts, e->event_id) > 0) {
+                e->ts = ev->timestamp_ms;
+                e->in_cart = in_cart;
+                if (pb_set_str(&e->event_id, ev->event_id) != EDDY_OK)
+                    return EDDY_ERR_NOMEM;
+                if (!pb_empty(ev->category) && pb_set_str(&e->category, ev->category) != EDDY_OK)
+                    return EDDY_ERR_NOMEM;
+            }
+            return EDDY_OK;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (!in_cart && (int)m->n_cart >= max)
+        return EDDY_OK; /* no room to remember a removal of something we never saw */
+    Eddy__Store__V1__CartEntry *e = malloc(sizeof(*e));
+    if (!e)
+        return EDDY_ERR_NOMEM;
+    eddy__store__v1__cart_entry__init(e);
+    e->ts = ev->timestamp_ms;
+    e->in_cart = in_cart;
+    if (pb_set_str(&e->product_id, ev->product_id) != EDDY_OK ||
+        pb_set_str(&e->category, ev->category) != EDDY_OK ||
+        pb_set_str(&e->event_id, ev->event_id) != EDDY_OK ||
+        pb_grow((void **)&m->cart, m->n_cart, sizeof(*m->cart)) != EDDY_OK) {
+        protobuf_c_message_free_unpacked(&e->base, NULL);
+        return EDDY_ERR_NOMEM;
+    }
+    memmove(&m->cart[lo + 1], &m->cart[lo], (m->n_cart - lo) * sizeof(*m->cart));
+    m->cart[lo] = e;
+    m->n_cart++;
+    if ((int)m->n_cart > max) { /* evict the oldest entry */
+        size_t old = 0;
+        for (size_t i = 1; i < m->n_cart; i++) {
+            if (newer(m->cart[old]->ts, m->cart[old]->event_id, m->cart[i]->ts,
+                      m->cart[i]->event_id) > 0)
+                old = i;
+        }
+        protobuf_c_message_free_unpacked(&m->cart[old]->base, NULL);
+        memmove(&m->cart[old], &m->cart[old + 1], (m->n_cart - old - 1) * sizeof(*m->cart));
+        m->n_cart--;
+    }
+    return EDDY_OK;
+}
+
+/* ---- apply --------------------------------------------------------------------------- */
+
+static eddy_err ensure_decayed(Eddy__Store__V1__Decayed **d)
+{
+    if (!*d)
+        *d = decay_new();
+    return *d ? EDDY_OK : EDDY_ERR_NOMEM;
+}
+
+eddy_err model_apply(Eddy__Store__V1__UserModel *m, const struct model_params *p,
+                     const Eddy__V1__Event *ev)
+{
+    eddy_err err = EDDY_OK;
+    int64_t ts = ev->timestamp_ms;
+    double w = model_event_weight(ev->event_type);
+    int64_t now = ts > m->last_ts ? ts : m->last_ts;
+
+    if (w > 0 && !pb_empty(ev->category))
+        err = scored_add(&m->categories, &m->n_categories, p->max_affinities, &p->affinity,
+                         ev->category, ts, w, now);
+    if (err == EDDY_OK && w > 0 && !pb_empty(ev->brand))
+        err = scored_add(&m->brands, &m->n_brands, p->max_affinities, &p->affinity, ev->brand,
+                         ts, w, now);
+    if (err != EDDY_OK)
+        return err;
+
+    if (ev->price > 0 && ev->event_type != EDDY__V1__EVENT_TYPE__EVENT_TYPE_SEARCH) {
+        if (m->events == 0 || m->price_max <= 0) {
+            m->price_min = m->price_max = ev->price;
+        } else {
+            if (ev->price < m->price_min)
+                m->price_min = ev->price;
+            if (ev->price > m->price_max)
+                m->price_max = ev->price;
+        }
+        if (ensure_decayed(&m->price_sum) != EDDY_OK || ensure_decayed(&m->price_n) != EDDY_OK)
+            return EDDY_ERR_NOMEM;
+        decay_add(m->price_sum, &p->affinity, ts, ev->price);
+        decay_add(m->price_n, &p->affinity, ts, 1.0);
+    }
+
+    switch (ev->event_type) {
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW:
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK:
+        err = recent_add(&m->views, &m->n_views, p->recent_items, ev->product_id, ev->category,
+                         ts, ev->event_id);
+        break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_SEARCH:
+        err = recent_add(&m->searches, &m->n_searches, p->recent_items, ev->search_query,
+                         ev->category, ts, ev->event_id);
+        break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART:
+        err = cart_set(m, p->max_cart, ev, true);
+        break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_REMOVE_FROM_CART:
+        err = cart_set(m, p->max_cart, ev, false);
+        break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE:
+        err = recent_add(&m->purchases, &m->n_purchases, p->recent_items, ev->product_id,
+                         ev->category, ts, ev->event_id);
+        if (err == EDDY_OK)
+            err = cart_set(m, p->max_cart, ev, false);
+        break;
+    default:
+        break;
+    }
+    if (err != EDDY_OK)
+        return err;
+    if (ts > m->last_ts)
+        m->last_ts = ts;
+    m->events++;
+    return EDDY_OK;
+}
+
+bool model_in_cart(const Eddy__Store__V1__UserModel *m, const char *product_id)
+{
+    for (size_t i = 0; i < m->n_cart; i++) {
+        if (m->cart[i]->in_cart && strcmp(m->cart[i]->product_id, product_id) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool model_purchased(const Eddy__Store__V1__UserModel *m, const char *product_id)
+{
+    for (size_t i = 0; i < m->n_purchases; i++) {
+        if (strcmp(m->purchases[i]->id, product_id) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* ---- views --------------------------------------------------------------------------- */
+
+static int cmp_affinity(const void *a, const void *b)
+{
+    const struct affinity *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score < y->score ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+static size_t top_scored(Eddy__Store__V1__Scored *const *arr, size_t n,
+                         const struct decay_params *dp, int64_t at, struct affinity *out,
+                         size_t max)
+{
+    struct affinity *all = malloc((n ? n : 1) * sizeof(*all));
+    if (!all)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        all[i].name = arr[i]->name;
+        all[i].score = decay_value(arr[i]->score, dp, at);
+    }
+    qsort(all, n, sizeof(*all), cmp_affinity);
+    size_t k = n < max ? n : max;
+    memcpy(out, all, k * sizeof(*out));
+    free(all);
+    return k;
+}
+
+size_t model_top_categories(const Eddy__Store__V1__UserModel *m, const struct model_params *p,
+                            struct affinity *out, size_t max)
+{
+    return top_scored(m->categories, m->n_categories, &p->affinity, m->last_ts, out, max);
+}
+
+static eddy_err affinities_out(Eddy__Store__V1__Scored *const *arr, size_t n,
+                               const struct decay_params *dp, int64_t at,
+                               Eddy__V1__Affinity ***out, size_t *nout)
+{
+    struct affinity *top = malloc((n ? n : 1) * sizeof(*top));
+    if (!top)
+        return EDDY_ERR_NOMEM;
+    size_t k = top_scored(arr, n, dp, at, top, n);
+    *out = calloc(k ? k : 1, sizeof(**out));
+    if (!*out) {
+        free(top);
+        return EDDY_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < k; i++) {
+        Eddy__V1__Affinity *a = malloc(sizeof(*a));
+        if (!a) {
+            free(top);
+            return EDDY_ERR_NOMEM;
+        }
+        eddy__v1__affinity__init(a);
+        a->score = top[i].score;
+        (*out)[i] = a;
+        *nout = i + 1;
+        if (pb_set_str(&a->name, top[i].name) != EDDY_OK) {
+            free(top);
+            return EDDY_ERR_NOMEM;
+        }
+    }
+    free(top);
+    return EDDY_OK;
+}
+
+static eddy_err recent_out(Eddy__Store__V1__Recent *const *arr, size_t n,
+                           Eddy__V1__RecentItem ***out, size_t *nout)
+{
+    *out = calloc(n ? n : 1, sizeof(**out));
+    if (!*out)
+        return EDDY_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        Eddy__V1__RecentItem *r = malloc(sizeof(*r));
+        if (!r)
+            return EDDY_ERR_NOMEM;
+        eddy__v1__recent_item__init(r);
+        (*out)[i] = r;
+        *nout = i + 1;
+        r->timestamp_ms = arr[i]->ts;
+        if (pb_set_str(&r->product_id, arr[i]->id) != EDDY_OK ||
+            pb_set_str(&r->category, arr[i]->category) != EDDY_OK)
+            return EDDY_ERR_NOMEM;
+    }
+    return EDDY_OK;
+}
+
+eddy_err model_to_profile(const Eddy__Store__V1__UserModel *m, const struct model_params *p,
+                          const char *user_id, Eddy__V1__UserProfile **out)
+{
+    eddy_err err = EDDY_ERR_NOMEM;
+    Eddy__V1__UserProfile *pr = malloc(sizeof(*pr));
+    if (!pr)
+        return EDDY_ERR_NOMEM;
+    eddy__v1__user_profile__init(pr);
+    pr->last_update_ms = m->last_ts;
+    pr->event_count = m->events;
+    if (pb_set_str(&pr->user_id, user_id) != EDDY_OK)
+        goto out;
+    if ((err = affinities_out(m->categories, m->n_categories, &p->affinity, m->last_ts,
+                              &pr->category_affinities, &pr->n_category_affinities)) != EDDY_OK)
+        goto out;
+    if ((err = affinities_out(m->brands, m->n_brands, &p->affinity, m->last_ts,
+                              &pr->brand_affinities, &pr->n_brand_affinities)) != EDDY_OK)
+        goto out;
+    err = EDDY_ERR_NOMEM;
+    pr->price_range = malloc(sizeof(*pr->price_range));
+    if (!pr->price_range)
+        goto out;
+    eddy__v1__price_range__init(pr->price_range);
+    pr->price_range->min = m->price_min;
+    pr->price_range->max = m->price_max;
+    double n = decay_value(m->price_n, &p->affinity, m->last_ts);
+    pr->price_range->mean = n > 0 ? decay_value(m->price_sum, &p->affinity, m->last_ts) / n : 0;
+    if ((err = recent_out(m->views, m->n_views, &pr->recent_views, &pr->n_recent_views)) != EDDY_OK)
+        goto out;
+    if ((err = recent_out(m->purchases, m->n_purchases, &pr->recent_purchases,
+                          &pr->n_recent_purchases)) != EDDY_OK)
+        goto out;
+    err = EDDY_ERR_NOMEM;
+    pr->recent_searches = calloc(m->n_searches ? m->n_searches : 1, sizeof(*pr->recent_searches));
+    if (!pr->recent_searches)
+        goto out;
+    for (size_t i = 0; i < m->n_searches; i++) {
+        Eddy__V1__RecentSearch *s = malloc(sizeof(*s));
+        if (!s)
+            goto out;
+        eddy__v1__recent_search__init(s);
+        pr->recent_searches[i] = s;
+        pr->n_recent_searches = i + 1;
+        s->timestamp_ms = m->searches[i]->ts;
+        if (pb_set_str(&s->query, m->searches[i]->id) != EDDY_OK)
+            goto out;
+    }
+    /* cart: entries in the cart, newest first */
+    pr->cart = calloc(m->n_cart ? m->n_cart : 1, sizeof(*pr->cart));
+    if (!pr->cart)
+        goto out;
+    for (size_t i = 0; i < m->n_cart; i++) {
+        const Eddy__Store__V1__CartEntry *e = m->cart[i];
+        if (!e->in_cart)
+            continue;
+        size_t pos = 0;
+        while (pos < pr->n_cart && (pr->cart[pos]->timestamp_ms > e->ts ||
+                                    (pr->cart[pos]->timestamp_ms == e->ts &&
+                                     strcmp(pr->cart[pos]->product_id, e->product_id) < 0)))
+            pos++;
+        Eddy__V1__RecentItem *r = malloc(sizeof(*r));
+        if (!r)
+            goto out;
+        eddy__v1__recent_item__init(r);
+        r->timestamp_ms = e->ts;
+        memmove(&pr->cart[pos + 1], &pr->cart[pos], (pr->n_cart - pos) * sizeof(*pr->cart));
+        pr->cart[pos] = r;
+        pr->n_cart++;
+        if (pb_set_str(&r->product_id, e->product_id) != EDDY_OK ||
+            pb_set_str(&r->category, e->category) != EDDY_OK)
+            goto out;
+    }
+    *out = pr;
+    return EDDY_OK;
+out:
+    model_profile_free(pr);
+    return err;
+}
+
+void model_profile_free(Eddy__V1__UserProfile *pr)
+{
+    if (pr)
+        protobuf_c_message_free_unpacked(&pr->base, NULL);
+}

@@ -1,0 +1,53 @@
+/* The user model (the seed's PersonalizationModel): decayed category and brand
+ * affinities, price range, recent views / searches / purchases and the cart, updated one
+ * event at a time. model_apply is deterministic and, within the limits below, independent
+ * of the order in which a user's events arrive:
+ *   - affinities and the decayed price mean use exact bucketed decay (decay.h);
+ *   - recent lists keep the newest --recent-items distinct ids by (time, event_id);
+ *   - the cart keeps, per product, the newest add / remove / purchase by (time, event_id).
+ * Only when a user has more distinct categories or brands than --max-affinities, or more
+ * cart products than --max-cart, does eviction (of the weakest / oldest) depend on order. */
+#ifndef EDDY_MODEL_H
+#define EDDY_MODEL_H
+
+#include <stdbool.h>
+
+#include "common/err.h"
+#include "eddy/v1/eddy.pb-c.h"
+#include "eddy/v1/store.pb-c.h"
+#include "node/state/decay.h"
+
+struct model_params {
+    struct decay_params affinity; /* half-life of affinities and the price mean */
+    int recent_items;             /* per recent list (20) */
+    int max_affinities;           /* per category / brand list (50) */
+    int max_cart;                 /* cart entries kept (50) */
+};
+
+/* The interest weight of an event type (view 1, click 2, add to cart 3, purchase 5,
+ * search 0.5, remove from cart 0). */
+double model_event_weight(Eddy__V1__EventType type);
+
+/* Apply 'ev' to 'm' (an initialised or unpacked UserModel). */
+eddy_err model_apply(Eddy__Store__V1__UserModel *m, const struct model_params *p,
+                     const Eddy__V1__Event *ev);
+
+/* Whether 'product_id' is in the user's cart / was purchased (recent purchases). */
+bool model_in_cart(const Eddy__Store__V1__UserModel *m, const char *product_id);
+bool model_purchased(const Eddy__Store__V1__UserModel *m, const char *product_id);
+
+/* Build the public profile. Caller owns *out: free with model_profile_free. */
+eddy_err model_to_profile(const Eddy__Store__V1__UserModel *m, const struct model_params *p,
+                          const char *user_id, Eddy__V1__UserProfile **out);
+void model_profile_free(Eddy__V1__UserProfile *pr);
+
+/* Affinities sorted best first, valued at the model's last event time. 'out' receives at
+ * most 'max' entries (borrowed names); returns the count. */
+struct affinity {
+    const char *name;
+    double score;
+};
+size_t model_top_categories(const Eddy__Store__V1__UserModel *m, const struct model_params *p,
+                            struct affinity *out, size_t max);
+
+#endif

@@ -1,0 +1,29 @@
+/* Small helpers for editing unpacked protobuf-c messages in place. protobuf-c unpacks
+ * every string and array into its own malloc'd block, and frees them with free() in
+ * protobuf_c_message_free_unpacked, so edits use malloc/realloc/free too. Unset strings
+ * point to the shared protobuf_c_empty_string, which is never freed. */
+#ifndef EDDY_PBUTIL_H
+#define EDDY_PBUTIL_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
+
+#include "common/err.h"
+
+/* Replace the string at *field by a copy of 'val' (NULL or "" makes it empty). */
+eddy_err pb_set_str(char **field, const char *val);
+
+/* Free a string field's value (if owned) and make it empty. */
+void pb_clear_str(char **field);
+
+/* Make room for one more element in a repeated field: *arr has n elements of 'size'
+ * bytes; on success *arr may have moved and has space for *n + 1. */
+eddy_err pb_grow(void **arr, size_t n, size_t size);
+
+/* Whether a string field is empty (NULL or ""). */
+static inline int pb_empty(const char *s)
+{
+    return s == NULL || s[0] == '\0';
+}
+
+#endif

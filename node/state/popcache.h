@@ -1,0 +1,36 @@
+/* The stage-2 read side used by Recommend: popular products per category (and overall)
+ * from the CAT_POP index, cached for --stage2-staleness, and a product's co-occurrence
+ * neighbours. Values are decayed to a reference event time given by the caller (the
+ * newest event time seen), never to the wall clock.
+ *
+ * Threads: any; the cache is guarded by one mutex, and a refresh scans LevelDB outside
+ * of it. */
+#ifndef EDDY_POPCACHE_H
+#define EDDY_POPCACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "node/state/product.h"
+#include "node/state/recommend.h"
+#include "node/state/store.h"
+
+typedef struct popcache popcache;
+
+/* Caller owns the result; free with popcache_free. 'st' and 'pp' are borrowed for the
+ * cache's lifetime. */
+popcache *popcache_new(store *st, const struct product_params *pp, int64_t staleness_ms,
+                       size_t top_k);
+void popcache_free(popcache *pc);
+
+/* Copy up to 'max' most popular products of 'category' ("" = all) at event time 'at',
+ * best first, into 'out'; returns the count in *n. */
+eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
+                      struct scored_product *out, size_t max, size_t *n);
+
+/* Copy up to 'max' strongest neighbours of 'product_id' at event time 'at'. */
+eddy_err popcache_neighbours(popcache *pc, const char *product_id, int64_t at,
+                             struct scored_product *out, size_t max, size_t *n);
+
+#endif

@@ -1,0 +1,264 @@
+/* Stage-2 product state: popularity, category index, neighbours, product windows. */
+#include "node/state/product.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/partition.h"
+#include "node/state/model.h"
+#include "node/state/pbutil.h"
+
+/* Whether (source partition, seq) is new for product partition q; records it if so. */
+static eddy_err claim(store_txn *t, uint32_t q, uint32_t src, uint64_t seq, bool *fresh)
+{
+    struct store_key k;
+    const char *v;
+    size_t vlen;
+    bool found;
+    key_init(&k, q, T_S2_HW);
+    key_u16(&k, (uint16_t)src);
+    eddy_err err = store_txn_get(t, &k, &v, &vlen, &found);
+    if (err != EDDY_OK)
+        return err;
+    uint64_t hw = 0;
+    if (found && vlen == 8) {
+        size_t off = 0;
+        key_get_u64((const unsigned char *)v, vlen, &off, &hw);
+    }
+    /* seq 0 is a valid first seq: the stored high-water is seq + 1 */
+    if (found && seq + 1 <= hw) {
+        *fresh = false;
+        return EDDY_OK;
+    }
+    struct store_key val;
+    val.len = 0;
+    key_u64(&val, seq + 1);
+    *fresh = true;
+    return store_txn_put(t, &k, val.buf, val.len);
+}
+
+static eddy_err load_product(store_txn *t, uint32_t q, const char *id,
+                             Eddy__Store__V1__ProductState **ps, struct store_key *k)
+{
+    key_init(k, q, T_PRODUCT);
+    key_str(k, id);
+    eddy_err err = store_txn_get_msg(t, k, &eddy__store__v1__product_state__descriptor,
+                                     (ProtobufCMessage **)ps);
+    if (err != EDDY_OK || *ps)
+        return err;
+    *ps = malloc(sizeof(**ps));
+    if (!*ps)
+        return EDDY_ERR_NOMEM;
+    eddy__store__v1__product_state__init(*ps);
+    return EDDY_OK;
+}
+
+static eddy_err count_window(store_txn *t, uint32_t q, const Eddy__Store__V1__ProductUpdate *u)
+{
+    struct store_key k;
+    Eddy__Store__V1__Counts *c = NULL;
+    key_init(&k, q, T_PROD_WIN);
+    key_i64(&k, u->window_start);
+    key_str(&k, u->product_id);
+    eddy_err err = store_txn_get_msg(t, &k, &eddy__store__v1__counts__descriptor,
+                                     (ProtobufCMessage **)&c);
+    if (err != EDDY_OK)
+        return err;
+    Eddy__Store__V1__Counts fresh = EDDY__STORE__V1__COUNTS__INIT;
+    Eddy__Store__V1__Counts *w = c ? c : &fresh;
+    switch (u->event_type) {
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW: w->view++; break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK: w->click++; break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART: w->add_to_cart++; break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_REMOVE_FROM_CART: w->remove_from_cart++; break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE: w->purchase++; break;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_SEARCH: w->search++; break;
+    default: break;
+    }
+    if (!pb_empty(u->category))
+        err = pb_set_str(&w->category, u->category);
+    if (err == EDDY_OK)
+        err = store_txn_put_msg(t, &k, &w->base);
+    if (w == &fresh)
+        pb_clear_str(&fresh.category);
+    if (c)
+        protobuf_c_message_free_unpacked(&c->base, NULL);
+    return err;
+}
+
+static eddy_err apply_update(store_txn *t, const struct product_params *p, uint32_t q,
+                             const Eddy__Store__V1__ProductUpdate *u)
+{
+    struct store_key k, ck;
+    Eddy__Store__V1__ProductState *ps = NULL;
+    eddy_err err = load_product(t, q, u->product_id, &ps, &k);
+    if (err != EDDY_OK)
+        goto out;
+    if (u->ts >= ps->last_ts) {
+        if (!pb_empty(u->category) && (err = pb_set_str(&ps->category, u->category)) != EDDY_OK)
+            goto out;
+        if (!pb_empty(u->brand) && (err = pb_set_str(&ps->brand, u->brand)) != EDDY_OK)
+            goto out;
+        if (u->price > 0)
+            ps->price = u->price;
+        ps->last_ts = u->ts;
+    }
+    double w = model_event_weight(u->event_type);
+    if (w > 0) {
+        if (!ps->popularity && !(ps->popularity = decay_new())) {
+            err = EDDY_ERR_NOMEM;
+            goto out;
+        }
+        decay_add(ps->popularity, &p->popularity, u->ts, w);
+    }
+    /* keep the category index in step: one CAT_POP entry under the current category */
+    if (!pb_empty(ps->category_indexed) && strcmp(ps->category_indexed, ps->category) != 0) {
+        key_init(&ck, q, T_CAT_POP);
+        key_lstr(&ck, ps->category_indexed);
+        key_str(&ck, u->product_id);
+        if ((err = store_txn_del(t, &ck)) != EDDY_OK)
+            goto out;
+    }
+    if (ps->popularity) {
+        key_init(&ck, q, T_CAT_POP);
+        key_lstr(&ck, ps->category);
+        key_str(&ck, u->product_id);
+        if ((err = store_txn_put_msg(t, &ck, &ps->popularity->base)) != EDDY_OK)
+            goto out;
+        if ((err = pb_set_str(&ps->category_indexed, ps->category)) != EDDY_OK)
+            goto out;
+    }
+    if ((err = store_txn_put_msg(t, &k, &ps->base)) != EDDY_OK)
+        goto out;
+    if (!u->late)
+        err = count_window(t, q, u);
+out:
+    if (ps)
+        protobuf_c_message_free_unpacked(&ps->base, NULL);
+    return err;
+}
+
+static eddy_err add_neighbour(Eddy__Store__V1__ProductState *ps, const struct product_params *p,
+                              const Eddy__Store__V1__CoOccurrence *c)
+{
+    size_t lo = 0, hi = ps->n_neighbours;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int r = strcmp(ps->neighbours[mid]->product_id, c->to_product);
+        if (r == 0) {
+            decay_add(ps->neighbours[mid]->score, &p->neighbours, c->ts, c->weight);
+            if (!pb_empty(c->to_category))
+                return pb_set_str(&ps->neighbours[mid]->category, c->to_category);
+            return EDDY_OK;
+        }
+        if (r < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if ((int)ps->n_neighbours >= p->max_neighbours) {
+        /* full: replace the weakest neighbour if the newcomer is stronger */
+        Eddy__Store__V1__Decayed probe = EDDY__STORE__V1__DECAYED__INIT;
+        decay_add(&probe, &p->neighbours, c->ts, c->weight);
+        size_t weakest = 0;
+        double wv = INFINITY;
+        for (size_t i = 0; i < ps->n_neighbours; i++) {
+            double v = decay_value(ps->neighbours[i]->score, &p->neighbours, c->ts);
+            if (v < wv) {
+                wv = v;
+                weakest = i;
+            }
+        }
+        if (decay_value(&probe, &p->neighbours, c->ts) <= wv)
+            return EDDY_OK;
+        protobuf_c_message_free_unpacked(&ps->neighbours[weakest]->base, NULL);
+        memmove(&ps->neighbours[weakest], &ps->neighbours[weakest + 1],
+                (ps->n_neighbours - weakest - 1) * sizeof(*ps->neighbours));
+        ps->n_neighbours--;
+        if (weakest < lo)
+            lo--;
+    }
+    Eddy__Store__V1__Neighbour *n = malloc(sizeof(*n));
+    if (!n)
+        return EDDY_ERR_NOMEM;
+    eddy__store__v1__neighbour__init(n);
+    n->score = decay_new();
+    if (!n->score || pb_set_str(&n->product_id, c->to_product) != EDDY_OK ||
+        pb_set_str(&n->category, c->to_category) != EDDY_OK ||
+        pb_grow((void **)&ps->neighbours, ps->n_neighbours, sizeof(*ps->neighbours)) != EDDY_OK) {
+        protobuf_c_message_free_unpacked(&n->base, NULL);
+        return EDDY_ERR_NOMEM;
+    }
+    decay_add(n->score, &p->neighbours, c->ts, c->weight);
+    memmove(&ps->neighbours[lo + 1], &ps->neighbours[lo],
+            (ps->n_neighbours - lo) * sizeof(*ps->neighbours));
+    ps->neighbours[lo] = n;
+    ps->n_neighbours++;
+    return EDDY_OK;
+}
+
+static eddy_err apply_pair(store_txn *t, const struct product_params *p, uint32_t q,
+                           const Eddy__Store__V1__CoOccurrence *c)
+{
+    struct store_key k;
+    Eddy__Store__V1__ProductState *ps = NULL;
+    eddy_err err = load_product(t, q, c->from_product, &ps, &k);
+    if (err == EDDY_OK)
+        err = add_neighbour(ps, p, c);
+    if (err == EDDY_OK)
+        err = store_txn_put_msg(t, &k, &ps->base);
+    if (ps)
+        protobuf_c_message_free_unpacked(&ps->base, NULL);
+    return err;
+}
+
+eddy_err product_apply(store_txn *t, const struct product_params *p,
+                       const Eddy__Store__V1__Stage2Batch *b,
+                       bool (*owns)(void *ud, uint32_t partition), void *owns_ud)
+{
+    /* One claim per product partition touched by the batch. Partitions are few per batch
+     * (one event's records), so a small list beats a set. */
+    uint32_t claimed[64];
+    bool fresh_of[64];
+    size_t nclaimed = 0;
+    eddy_err err = EDDY_OK;
+
+    size_t total = b->n_updates + b->n_pairs;
+    for (size_t i = 0; i < total && err == EDDY_OK; i++) {
+        const char *pid = i < b->n_updates ? b->updates[i]->product_id
+                                           : b->pairs[i - b->n_updates]->from_product;
+        uint32_t q = partition_of_product(pid, p->partitions);
+        if (owns && !owns(owns_ud, q))
+            continue;
+        size_t j = 0;
+        while (j < nclaimed && claimed[j] != q)
+            j++;
+        if (j == nclaimed) {
+            if (nclaimed == 64)
+                return EDDY_ERR_TOO_LARGE;
+            claimed[j] = q;
+            err = claim(t, q, b->source_partition, b->source_seq, &fresh_of[j]);
+            nclaimed++;
+            if (err != EDDY_OK)
+                break;
+        }
+        if (!fresh_of[j])
+            continue;
+        if (i < b->n_updates)
+            err = apply_update(t, p, q, b->updates[i]);
+        else
+            err = apply_pair(t, p, q, b->pairs[i - b->n_updates]);
+    }
+    return err;
+}
+
+eddy_err product_get(store *s, uint32_t partitions, const char *product_id,
+                     Eddy__Store__V1__ProductState **out)
+{
+    struct store_key k;
+    key_init(&k, partition_of_product(product_id, partitions), T_PRODUCT);
+    key_str(&k, product_id);
+    return store_get_msg(s, &k, &eddy__store__v1__product_state__descriptor,
+                         (ProtobufCMessage **)out);
+}

@@ -1,0 +1,38 @@
+/* Stage 2: product-keyed state derived from user events (DESIGN.md §3.4-5): per product a
+ * decayed popularity, category, brand and price, co-occurrence neighbours ("users who
+ * interacted with X then interacted with Y"), per-window counts, and an index of products
+ * by category for "popular now in <category>".
+ *
+ * Stage-2 records arrive as Stage2Batch messages tagged with (source partition, source
+ * seq). product_apply keeps a high-water mark per (product partition, source partition)
+ * and skips records it has already applied, so a batch applied twice (a retry, a replay)
+ * changes nothing. In --dev the batches are applied in the same write batch as the event;
+ * in the cluster they travel in Forward calls to the product partition's owner. */
+#ifndef EDDY_PRODUCT_H
+#define EDDY_PRODUCT_H
+
+#include <stdint.h>
+
+#include "common/err.h"
+#include "eddy/v1/store.pb-c.h"
+#include "node/state/decay.h"
+#include "node/state/store.h"
+
+struct product_params {
+    uint32_t partitions;
+    struct decay_params popularity; /* half-life of product popularity */
+    struct decay_params neighbours; /* half-life of co-occurrence scores */
+    int max_neighbours;             /* neighbours kept per product (50) */
+};
+
+/* Apply the records of 'b' that fall in partitions accepted by 'owns' (NULL = all). */
+eddy_err product_apply(store_txn *t, const struct product_params *p,
+                       const Eddy__Store__V1__Stage2Batch *b,
+                       bool (*owns)(void *ud, uint32_t partition), void *owns_ud);
+
+/* Read a product's state from committed storage; *out is NULL if unknown. Free with
+ * protobuf_c_message_free_unpacked. */
+eddy_err product_get(store *s, uint32_t partitions, const char *product_id,
+                     Eddy__Store__V1__ProductState **out);
+
+#endif

@@ -1,0 +1,535 @@
+/* Queries over committed state. */
+#include "node/state/query.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "common/partition.h"
+#include "node/state/model.h"
+#include "node/state/pbutil.h"
+#include "node/state/window.h"
+
+void query_free_response(ProtobufCMessage *m)
+{
+    if (m)
+        protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* The user's model if present and not expired; *m is NULL otherwise. */
+static eddy_err load_user(struct query_ctx *q, const char *user_id,
+                          Eddy__Store__V1__UserModel **m)
+{
+    const struct engine_opts *o = engine_options(q->eng);
+    uint32_t p = partition_of_user(user_id, o->apply.partitions);
+    struct store_key k;
+    key_init(&k, p, T_USER);
+    key_str(&k, user_id);
+    eddy_err err = store_get_msg(engine_store(q->eng), &k,
+                                 &eddy__store__v1__user_model__descriptor, (ProtobufCMessage **)m);
+    if (err != EDDY_OK || !*m)
+        return err;
+    struct engine_partition_view v;
+    engine_partition(q->eng, p, &v);
+    if (o->apply.state_ttl_ms > 0 && v.watermark != WATERMARK_NONE &&
+        (*m)->last_ts < v.watermark - o->apply.state_ttl_ms) {
+        eddy__store__v1__user_model__free_unpacked(*m, NULL);
+        *m = NULL;
+    }
+    return EDDY_OK;
+}
+
+eddy_err query_profile(struct query_ctx *q, const char *user_id,
+                       Eddy__V1__GetUserProfileResponse **out)
+{
+    Eddy__Store__V1__UserModel *m = NULL;
+    eddy_err err = load_user(q, user_id, &m);
+    if (err != EDDY_OK)
+        return err;
+    if (!m)
+        return EDDY_ERR_NOT_FOUND;
+    Eddy__V1__GetUserProfileResponse *r = malloc(sizeof(*r));
+    if (!r) {
+        eddy__store__v1__user_model__free_unpacked(m, NULL);
+        return EDDY_ERR_NOMEM;
+    }
+    eddy__v1__get_user_profile_response__init(r);
+    err = model_to_profile(m, &engine_options(q->eng)->apply.model, user_id, &r->profile);
+    eddy__store__v1__user_model__free_unpacked(m, NULL);
+    if (err != EDDY_OK) {
+        free(r);
+        return err;
+    }
+    *out = r;
+    return EDDY_OK;
+}
+
+/* ---- Recommend ------------------------------------------------------------------------ */
+
+#define REC_MAX_CATS 3
+#define REC_MAX_RECENT 10
+#define REC_MAX_CART 10
+
+struct rec_work {
+    struct rec_category cats[REC_MAX_CATS];
+    struct rec_anchor anchors[REC_MAX_RECENT + 1 + REC_MAX_CART];
+    const char *exclude[2 * 20 + REC_MAX_CART + 64 + 1];
+    struct scored_product *lists; /* one block of (cats + anchors + 1) * candidates */
+};
+
+eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *req,
+                         Eddy__V1__RecommendResponse **out)
+{
+    const struct engine_opts *o = engine_options(q->eng);
+    size_t max = req->max_recommendations ? req->max_recommendations
+                                          : (size_t)q->default_recommendations;
+    if (max > (size_t)q->max_recommendations)
+        max = (size_t)q->max_recommendations;
+    size_t K = (size_t)o->candidates;
+    size_t nlists = REC_MAX_CATS + REC_MAX_RECENT + 1 + REC_MAX_CART + 1;
+    struct rec_work *w = calloc(1, sizeof(*w));
+    struct rec_item *items = calloc(max ? max : 1, sizeof(*items));
+    Eddy__Store__V1__UserModel *m = NULL;
+    Eddy__V1__RecommendResponse *r = NULL;
+    struct rec_input in = {0};
+    size_t used = 0, n;
+    eddy_err err = EDDY_ERR_NOMEM;
+    int64_t at;
+
+    if (!w || !items || !(w->lists = calloc(nlists * K, sizeof(*w->lists))))
+        goto out;
+    engine_global(q->eng, NULL, &at, NULL);
+    if ((err = load_user(q, req->user_id, &m)) != EDDY_OK)
+        goto out;
+
+    if (m) {
+        struct affinity top[REC_MAX_CATS];
+        size_t nc = model_top_categories(m, &o->apply.model, top, REC_MAX_CATS);
+        for (size_t i = 0; i < nc; i++) {
+            struct scored_product *l = &w->lists[used++ * K];
+            if ((err = popcache_top(q->pop, top[i].name, at, l, K, &n)) != EDDY_OK)
+                goto out;
+            w->cats[in.ncats++] = (struct rec_category){top[i].name, top[i].score, l, n};
+        }
+        /* recent items, newest first, views and purchases merged by time */
+        size_t vi = 0, pi = 0;
+        while (in.nanchors < REC_MAX_RECENT && (vi < m->n_views || pi < m->n_purchases)) {
+            bool take_view = pi >= m->n_purchases ||
+                             (vi < m->n_views && m->views[vi]->ts >= m->purchases[pi]->ts);
+            const char *id = take_view ? m->views[vi++]->id : m->purchases[pi++]->id;
+            struct scored_product *l = &w->lists[used++ * K];
+            if ((err = popcache_neighbours(q->pop, id, at, l, K, &n)) != EDDY_OK)
+                goto out;
+            w->anchors[in.nanchors] = (struct rec_anchor){
+                id, 1.0 / (1.0 + 0.3 * (double)in.nanchors), false, false, l, n};
+            in.nanchors++;
+        }
+        for (size_t i = 0; i < m->n_purchases && in.nexclude < 40; i++)
+            w->exclude[in.nexclude++] = m->purchases[i]->id;
+        for (size_t i = 0; i < m->n_cart && in.nexclude < 60; i++) {
+            if (m->cart[i]->in_cart)
+                w->exclude[in.nexclude++] = m->cart[i]->product_id;
+        }
+    }
+    const Eddy__V1__Context *ctx = req->context;
+    if (ctx && !pb_empty(ctx->current_product)) {
+        struct scored_product *l = &w->lists[used++ * K];
+        if ((err = popcache_neighbours(q->pop, ctx->current_product, at, l, K, &n)) != EDDY_OK)
+            goto out;
+        w->anchors[in.nanchors++] =
+            (struct rec_anchor){ctx->current_product, 1.0, true, false, l, n};
+        w->exclude[in.nexclude++] = ctx->current_product;
+    }
+    for (size_t i = 0; ctx && i < ctx->n_shopping_cart && i < REC_MAX_CART; i++) {
+        struct scored_product *l = &w->lists[used++ * K];
+        if ((err = popcache_neighbours(q->pop, ctx->shopping_cart[i], at, l, K, &n)) != EDDY_OK)
+            goto out;
+        w->anchors[in.nanchors++] = (struct rec_anchor){ctx->shopping_cart[i], 0.8, true, true, l, n};
+        w->exclude[in.nexclude++] = ctx->shopping_cart[i];
+    }
+    {
+        struct scored_product *l = &w->lists[used++ * K];
+        if ((err = popcache_top(q->pop, "", at, l, K, &n)) != EDDY_OK)
+            goto out;
+        in.global = l;
+        in.nglobal = n;
+    }
+    in.cats = w->cats;
+    in.anchors = w->anchors;
+    in.exclude = w->exclude;
+    n = rec_rank(&in, &o->rec, items, max);
+
+    err = EDDY_ERR_NOMEM;
+    if (!(r = malloc(sizeof(*r))))
+        goto out;
+    eddy__v1__recommend_response__init(r);
+    r->cold_start = m == NULL;
+    if (!(r->items = calloc(n ? n : 1, sizeof(*r->items))))
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        Eddy__V1__Recommendation *it = malloc(sizeof(*it));
+        if (!it)
+            goto out;
+        eddy__v1__recommendation__init(it);
+        r->items[r->n_items++] = it;
+        it->score = items[i].score;
+        if (pb_set_str(&it->product_id, items[i].product_id) != EDDY_OK ||
+            pb_set_str(&it->reason, items[i].reason) != EDDY_OK ||
+            pb_set_str(&it->category, items[i].category) != EDDY_OK)
+            goto out;
+    }
+    *out = r;
+    r = NULL;
+    err = EDDY_OK;
+out:
+    query_free_response(r ? &r->base : NULL);
+    if (m)
+        eddy__store__v1__user_model__free_unpacked(m, NULL);
+    if (w)
+        free(w->lists);
+    free(w);
+    free(items);
+    return err;
+}
+
+/* ---- windows ------------------------------------------------------------------------- */
+
+struct win_acc {
+    int64_t start;
+    Eddy__Store__V1__Counts c;
+};
+
+struct win_list {
+    struct win_acc *w;
+    size_t n, cap;
+    size_t prefix;           /* key bytes before the window start */
+    int64_t from, to;        /* [from, to), to == 0: open-ended */
+    eddy_err err;
+};
+
+static void add_counts(Eddy__Store__V1__Counts *a, const Eddy__Store__V1__Counts *b)
+{
+    a->view += b->view;
+    a->click += b->click;
+    a->add_to_cart += b->add_to_cart;
+    a->remove_from_cart += b->remove_from_cart;
+    a->purchase += b->purchase;
+    a->search += b->search;
+}
+
+static int collect_window(void *ud, const unsigned char *k, size_t klen, const char *v,
+                          size_t vlen)
+{
+    struct win_list *l = ud;
+    size_t off = l->prefix;
+    int64_t ws;
+    if (!key_get_i64(k, klen, &off, &ws))
+        return 0;
+    if (ws < l->from || (l->to != 0 && ws >= l->to))
+        return 0;
+    Eddy__Store__V1__Counts *c = eddy__store__v1__counts__unpack(NULL, vlen, (const uint8_t *)v);
+    if (!c)
+        return 0;
+    size_t i = 0;
+    while (i < l->n && l->w[i].start != ws)
+        i++;
+    if (i == l->n) {
+        if (l->n == l->cap) {
+            size_t ncap = l->cap ? l->cap * 2 : 64;
+            struct win_acc *nw = realloc(l->w, ncap * sizeof(*nw));
+            if (!nw) {
+                l->err = EDDY_ERR_NOMEM;
+                eddy__store__v1__counts__free_unpacked(c, NULL);
+                return 1;
+            }
+            l->w = nw;
+            l->cap = ncap;
+        }
+        l->w[i].start = ws;
+        eddy__store__v1__counts__init(&l->w[i].c);
+        l->n++;
+    }
+    add_counts(&l->w[i].c, c);
+    eddy__store__v1__counts__free_unpacked(c, NULL);
+    return 0;
+}
+
+static int cmp_win(const void *a, const void *b)
+{
+    const struct win_acc *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static Eddy__V1__TypeCounts *type_counts(const Eddy__Store__V1__Counts *c)
+{
+    Eddy__V1__TypeCounts *t = malloc(sizeof(*t));
+    if (!t)
+        return NULL;
+    eddy__v1__type_counts__init(t);
+    t->view = c->view;
+    t->click = c->click;
+    t->add_to_cart = c->add_to_cart;
+    t->remove_from_cart = c->remove_from_cart;
+    t->purchase = c->purchase;
+    t->search = c->search;
+    t->total = c->view + c->click + c->add_to_cart + c->remove_from_cart + c->purchase + c->search;
+    return t;
+}
+
+eddy_err query_event_counts(struct query_ctx *q, const Eddy__V1__EventCountsRequest *req,
+                            Eddy__V1__EventCountsResponse **out)
+{
+    const struct engine_opts *o = engine_options(q->eng);
+    struct win_list l = {0};
+    int64_t wm;
+    uint64_t late;
+    eddy_err err = EDDY_OK;
+    l.from = req->start_ms;
+    l.to = req->end_ms;
+    if (req->start_ms == 0 && req->end_ms == 0)
+        l.from = INT64_MIN;
+
+    if (!pb_empty(req->user_id)) {
+        uint32_t p = partition_of_user(req->user_id, o->apply.partitions);
+        struct engine_partition_view v;
+        struct store_key start, end;
+        engine_partition(q->eng, p, &v);
+        wm = v.watermark;
+        late = v.late_events;
+        key_init(&start, p, T_USER_WIN);
+        key_lstr(&start, req->user_id);
+        key_prefix_end(&start, &end);
+        l.prefix = start.len;
+        err = store_scan(engine_store(q->eng), &start, &end, collect_window, &l);
+    } else {
+        engine_global(q->eng, &wm, NULL, &late);
+        for (uint32_t p = 0; p < o->apply.partitions && err == EDDY_OK; p++) {
+            struct store_key start, end;
+            key_init(&start, p, T_PART_WIN);
+            key_prefix_end(&start, &end);
+            l.prefix = start.len;
+            err = store_scan(engine_store(q->eng), &start, &end, collect_window, &l);
+        }
+    }
+    if (err == EDDY_OK)
+        err = l.err;
+    if (err != EDDY_OK) {
+        free(l.w);
+        return err;
+    }
+    qsort(l.w, l.n, sizeof(*l.w), cmp_win);
+
+    Eddy__V1__EventCountsResponse *r = malloc(sizeof(*r));
+    err = EDDY_ERR_NOMEM;
+    if (!r)
+        goto out;
+    eddy__v1__event_counts_response__init(r);
+    r->watermark_ms = wm == WATERMARK_NONE ? 0 : wm;
+    r->late_events = late;
+    if (!(r->windows = calloc(l.n ? l.n : 1, sizeof(*r->windows))))
+        goto out;
+    for (size_t i = 0; i < l.n; i++) {
+        bool closed = window_is_closed(&o->apply.window, l.w[i].start, wm);
+        if (!closed && !req->include_open)
+            continue;
+        Eddy__V1__WindowCounts *wc = malloc(sizeof(*wc));
+        if (!wc)
+            goto out;
+        eddy__v1__window_counts__init(wc);
+        r->windows[r->n_windows++] = wc;
+        wc->window_start_ms = l.w[i].start;
+        wc->window_end_ms = l.w[i].start + o->apply.window.size_ms;
+        wc->closed = closed;
+        if (!(wc->counts = type_counts(&l.w[i].c)))
+            goto out;
+    }
+    *out = r;
+    r = NULL;
+    err = EDDY_OK;
+out:
+    query_free_response(r ? &r->base : NULL);
+    free(l.w);
+    return err;
+}
+
+/* ---- TopProducts --------------------------------------------------------------------- */
+
+struct prod_acc {
+    char *id;               /* NULL = empty slot */
+    char *category;
+    Eddy__Store__V1__Counts c;
+};
+
+struct prod_map {
+    struct prod_acc *tab;
+    size_t cap, n;
+    int64_t from, to, closed_before; /* window start range, and closed iff start < closed_before */
+    bool include_open;
+    const char *category;
+    eddy_err err;
+};
+
+static eddy_err map_grow(struct prod_map *m)
+{
+    size_t ncap = m->cap ? m->cap * 2 : 1024;
+    struct prod_acc *nt = calloc(ncap, sizeof(*nt));
+    if (!nt)
+        return EDDY_ERR_NOMEM;
+    for (size_t i = 0; i < m->cap; i++) {
+        if (!m->tab[i].id)
+            continue;
+        size_t j = (size_t)XXH3_64bits(m->tab[i].id, strlen(m->tab[i].id)) & (ncap - 1);
+        while (nt[j].id)
+            j = (j + 1) & (ncap - 1);
+        nt[j] = m->tab[i];
+    }
+    free(m->tab);
+    m->tab = nt;
+    m->cap = ncap;
+    return EDDY_OK;
+}
+
+/* PROD_WIN key: p(2) T(1) ws(8) product_id */
+static int collect_product(void *ud, const unsigned char *k, size_t klen, const char *v,
+                           size_t vlen)
+{
+    struct prod_map *m = ud;
+    size_t off = 3;
+    int64_t ws;
+    if (!key_get_i64(k, klen, &off, &ws))
+        return 0;
+    if (m->to != 0 && ws >= m->to)
+        return 1; /* keys are in window order: nothing further is in range */
+    if (ws < m->from || (!m->include_open && ws >= m->closed_before))
+        return 0;
+    Eddy__Store__V1__Counts *c = eddy__store__v1__counts__unpack(NULL, vlen, (const uint8_t *)v);
+    if (!c)
+        return 0;
+    if (m->category[0] && strcmp(c->category, m->category) != 0) {
+        eddy__store__v1__counts__free_unpacked(c, NULL);
+        return 0;
+    }
+    if ((m->n + 1) * 2 > m->cap && (m->err = map_grow(m)) != EDDY_OK) {
+        eddy__store__v1__counts__free_unpacked(c, NULL);
+        return 1;
+    }
+    const char *id = (const char *)k + 11;
+    size_t idlen = klen - 11;
+    size_t j = (size_t)XXH3_64bits(id, idlen) & (m->cap - 1);
+    while (m->tab[j].id && (strlen(m->tab[j].id) != idlen || memcmp(m->tab[j].id, id, idlen) != 0))
+        j = (j + 1) & (m->cap - 1);
+    struct prod_acc *a = &m->tab[j];
+    if (!a->id) {
+        a->id = strndup(id, idlen);
+        a->category = strdup(c->category);
+        if (!a->id || !a->category) {
+            free(a->id);
+            free(a->category);
+            a->id = NULL;
+            m->err = EDDY_ERR_NOMEM;
+            eddy__store__v1__counts__free_unpacked(c, NULL);
+            return 1;
+        }
+        eddy__store__v1__counts__init(&a->c);
+        m->n++;
+    }
+    add_counts(&a->c, c);
+    eddy__store__v1__counts__free_unpacked(c, NULL);
+    return 0;
+}
+
+
+static uint64_t rank_value(const Eddy__Store__V1__Counts *c, Eddy__V1__EventType t)
+{
+    switch (t) {
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW: return c->view;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK: return c->click;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART: return c->add_to_cart;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_REMOVE_FROM_CART: return c->remove_from_cart;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE: return c->purchase;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_SEARCH: return c->search;
+    default:
+        return c->view + c->click + c->add_to_cart + c->remove_from_cart + c->purchase + c->search;
+    }
+}
+
+static int cmp_prod(const void *a, const void *b, void *arg)
+{
+    const struct prod_acc *x = a, *y = b;
+    Eddy__V1__EventType t = *(const Eddy__V1__EventType *)arg;
+    uint64_t vx = rank_value(&x->c, t), vy = rank_value(&y->c, t);
+    if (vx != vy)
+        return vx < vy ? 1 : -1;
+    return strcmp(x->id, y->id);
+}
+
+eddy_err query_top_products(struct query_ctx *q, const Eddy__V1__TopProductsRequest *req,
+                            Eddy__V1__TopProductsResponse **out)
+{
+    const struct engine_opts *o = engine_options(q->eng);
+    struct prod_map m = {0};
+    int64_t wm;
+    eddy_err err = EDDY_OK;
+    size_t limit = req->limit ? req->limit : 10;
+    if (limit > 1000)
+        limit = 1000;
+    engine_global(q->eng, &wm, NULL, NULL);
+    m.from = (req->start_ms == 0 && req->end_ms == 0) ? INT64_MIN : req->start_ms;
+    m.to = req->end_ms;
+    m.include_open = req->include_open;
+    m.category = req->category ? req->category : "";
+    /* closed iff start + size + lateness <= wm */
+    m.closed_before = wm == WATERMARK_NONE ? INT64_MIN
+                                           : wm - o->apply.window.size_ms -
+                                                 o->apply.window.lateness_ms + 1;
+    for (uint32_t p = 0; p < o->apply.partitions && err == EDDY_OK; p++) {
+        struct store_key start, end;
+        key_init(&start, p, T_PROD_WIN);
+        key_prefix_end(&start, &end);
+        if (m.from != INT64_MIN)
+            key_i64(&start, m.from);
+        err = store_scan(engine_store(q->eng), &start, &end, collect_product, &m);
+        if (err == EDDY_OK)
+            err = m.err;
+    }
+    Eddy__V1__TopProductsResponse *r = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < m.cap; i++) {
+        if (m.tab[i].id)
+            m.tab[n++] = m.tab[i];
+    }
+    if (err != EDDY_OK)
+        goto out;
+    Eddy__V1__EventType t = req->event_type;
+    qsort_r(m.tab, n, sizeof(*m.tab), cmp_prod, &t);
+    err = EDDY_ERR_NOMEM;
+    if (!(r = malloc(sizeof(*r))))
+        goto out;
+    eddy__v1__top_products_response__init(r);
+    r->watermark_ms = wm == WATERMARK_NONE ? 0 : wm;
+    size_t k = n < limit ? n : limit;
+    if (!(r->products = calloc(k ? k : 1, sizeof(*r->products))))
+        goto out;
+    for (size_t i = 0; i < k; i++) {
+        Eddy__V1__ProductStat *ps = malloc(sizeof(*ps));
+        if (!ps)
+            goto out;
+        eddy__v1__product_stat__init(ps);
+        r->products[r->n_products++] = ps;
+        if (pb_set_str(&ps->product_id, m.tab[i].id) != EDDY_OK ||
+            pb_set_str(&ps->category, m.tab[i].category) != EDDY_OK ||
+            !(ps->counts = type_counts(&m.tab[i].c)))
+            goto out;
+    }
+    *out = r;
+    r = NULL;
+    err = EDDY_OK;
+out:
+    query_free_response(r ? &r->base : NULL);
+    for (size_t i = 0; i < n; i++) {
+        free(m.tab[i].id);
+        free(m.tab[i].category);
+    }
+    free(m.tab);
+    return err;
+}

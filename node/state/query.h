@@ -1,0 +1,34 @@
+/* The read side of a state node: Recommend, GetUserProfile, EventCounts and TopProducts
+ * answered from committed LevelDB state. Runs on RPC handler threads. Each function
+ * fills a response message that the caller owns (free with query_free_response). */
+#ifndef EDDY_QUERY_H
+#define EDDY_QUERY_H
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "common/err.h"
+#include "eddy/v1/eddy.pb-c.h"
+#include "node/state/engine.h"
+#include "node/state/popcache.h"
+
+struct query_ctx {
+    engine *eng;
+    popcache *pop;
+    int default_recommendations;
+    int max_recommendations;
+};
+
+/* EDDY_ERR_NOT_FOUND if the user has no (unexpired) model. */
+eddy_err query_profile(struct query_ctx *q, const char *user_id,
+                       Eddy__V1__GetUserProfileResponse **out);
+eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *req,
+                         Eddy__V1__RecommendResponse **out);
+eddy_err query_event_counts(struct query_ctx *q, const Eddy__V1__EventCountsRequest *req,
+                            Eddy__V1__EventCountsResponse **out);
+eddy_err query_top_products(struct query_ctx *q, const Eddy__V1__TopProductsRequest *req,
+                            Eddy__V1__TopProductsResponse **out);
+
+/* Free a response built by these functions. Accepts NULL. */
+void query_free_response(ProtobufCMessage *m);
+
+#endif

@@ -1,0 +1,202 @@
+/* The blend and ranking of recommendation candidates. */
+#include "node/state/recommend.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+enum reason { R_POPULAR, R_NEIGHBOUR, R_CONTEXT, R_CART, R_TRENDING };
+
+static void reason_text(char *buf, size_t len, enum reason r, const char *arg)
+{
+    switch (r) {
+    case R_POPULAR: snprintf(buf, len, "popular in %s", arg); break;
+    case R_NEIGHBOUR: snprintf(buf, len, "viewed together with %s", arg); break;
+    case R_CONTEXT: snprintf(buf, len, "related to %s", arg); break;
+    case R_CART: snprintf(buf, len, "goes with %s in your cart", arg); break;
+    case R_TRENDING: snprintf(buf, len, "trending now"); break;
+    }
+}
+
+struct cand {
+    const char *id;         /* borrowed from the input lists */
+    const char *category;
+    double score;
+    double best;            /* largest single contribution: it names the reason */
+    enum reason reason;
+    const char *reason_arg;
+};
+
+struct cand_set {
+    struct cand *tab;       /* open addressing; id NULL = empty */
+    size_t cap, n;
+};
+
+static bool set_init(struct cand_set *s, size_t expect)
+{
+    s->cap = 64;
+    while (s->cap < expect * 2)
+        s->cap <<= 1;
+    s->n = 0;
+    s->tab = calloc(s->cap, sizeof(*s->tab));
+    return s->tab != NULL;
+}
+
+static struct cand *set_get(struct cand_set *s, const char *id)
+{
+    size_t i = (size_t)XXH3_64bits(id, strlen(id)) & (s->cap - 1);
+    while (s->tab[i].id && strcmp(s->tab[i].id, id) != 0)
+        i = (i + 1) & (s->cap - 1);
+    return &s->tab[i];
+}
+
+static bool excluded(const struct rec_input *in, const char *id)
+{
+    for (size_t i = 0; i < in->nexclude; i++) {
+        if (strcmp(in->exclude[i], id) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void contribute(struct cand_set *s, const struct rec_input *in,
+                       const struct scored_product *sp, double v, enum reason r,
+                       const char *arg)
+{
+    if (v <= 0 || excluded(in, sp->product_id))
+        return;
+    struct cand *c = set_get(s, sp->product_id);
+    if (!c->id) {
+        if ((s->n + 1) * 2 > s->cap)
+            return; /* sized for every candidate up front; cannot happen */
+        c->id = sp->product_id;
+        c->category = sp->category;
+        s->n++;
+    }
+    if (!c->category[0] && sp->category[0])
+        c->category = sp->category;
+    c->score += v;
+    if (v > c->best) {
+        c->best = v;
+        c->reason = r;
+        c->reason_arg = arg;
+    }
+}
+
+static double list_max(const struct scored_product *items, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].score > m)
+            m = items[i].score;
+    }
+    return m;
+}
+
+static int cmp_cand(const void *a, const void *b)
+{
+    const struct cand *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score < y->score ? 1 : -1;
+    return strcmp(x->id, y->id);
+}
+
+struct picker {
+    struct rec_item *out;
+    size_t n, max;
+    int cap;
+};
+
+static bool already(const struct picker *pk, const char *id)
+{
+    for (size_t i = 0; i < pk->n; i++) {
+        if (strcmp(pk->out[i].product_id, id) == 0)
+            return true;
+    }
+    return false;
+}
+
+static bool capped(const struct picker *pk, const char *category)
+{
+    if (pk->cap <= 0 || !category[0])
+        return false;
+    int k = 0;
+    for (size_t i = 0; i < pk->n; i++)
+        k += strcmp(pk->out[i].category, category) == 0;
+    return k >= pk->cap;
+}
+
+static void pick(struct picker *pk, const char *id, const char *category, double score,
+                 enum reason r, const char *arg)
+{
+    struct rec_item *it = &pk->out[pk->n++];
+    snprintf(it->product_id, sizeof(it->product_id), "%s", id);
+    snprintf(it->category, sizeof(it->category), "%s", category);
+    it->score = score;
+    reason_text(it->reason, sizeof(it->reason), r, arg);
+}
+
+size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct rec_item *out,
+                size_t max)
+{
+    size_t expect = in->nglobal;
+    for (size_t i = 0; i < in->ncats; i++)
+        expect += in->cats[i].n;
+    for (size_t i = 0; i < in->nanchors; i++)
+        expect += in->anchors[i].n;
+    struct cand_set s;
+    if (max == 0 || !set_init(&s, expect))
+        return 0;
+
+    double amax = 0;
+    for (size_t i = 0; i < in->ncats; i++) {
+        if (in->cats[i].affinity > amax)
+            amax = in->cats[i].affinity;
+    }
+    for (size_t i = 0; i < in->ncats && amax > 0; i++) {
+        const struct rec_category *c = &in->cats[i];
+        double pmax = list_max(c->items, c->n);
+        for (size_t j = 0; j < c->n && pmax > 0; j++)
+            contribute(&s, in, &c->items[j],
+                       p->w_popular * (c->affinity / amax) * (c->items[j].score / pmax),
+                       R_POPULAR, c->category);
+    }
+    for (size_t i = 0; i < in->nanchors; i++) {
+        const struct rec_anchor *a = &in->anchors[i];
+        double nmax = list_max(a->items, a->n);
+        double w = (a->context ? p->w_context : p->w_neighbours) * a->weight;
+        enum reason r = a->cart ? R_CART : a->context ? R_CONTEXT : R_NEIGHBOUR;
+        for (size_t j = 0; j < a->n && nmax > 0; j++) {
+            if (strcmp(a->items[j].product_id, a->product_id) != 0)
+                contribute(&s, in, &a->items[j], w * (a->items[j].score / nmax), r,
+                           a->product_id);
+        }
+    }
+
+    /* compact, sort, pick under the diversity cap */
+    size_t n = 0;
+    for (size_t i = 0; i < s.cap; i++) {
+        if (s.tab[i].id)
+            s.tab[n++] = s.tab[i];
+    }
+    qsort(s.tab, n, sizeof(*s.tab), cmp_cand);
+    struct picker pk = {out, 0, max, p->diversity_cap};
+    for (size_t i = 0; i < n && pk.n < max; i++) {
+        if (!capped(&pk, s.tab[i].category))
+            pick(&pk, s.tab[i].id, s.tab[i].category, s.tab[i].score, s.tab[i].reason,
+                 s.tab[i].reason_arg);
+    }
+    /* fill with global popularity, below every blended item */
+    double floor = pk.n ? out[pk.n - 1].score : 1.0;
+    double gmax = list_max(in->global, in->nglobal);
+    for (size_t i = 0; i < in->nglobal && pk.n < max && gmax > 0; i++) {
+        const struct scored_product *g = &in->global[i];
+        if (excluded(in, g->product_id) || already(&pk, g->product_id) ||
+            capped(&pk, g->category))
+            continue;
+        pick(&pk, g->product_id, g->category, floor * 0.5 * (g->score / gmax), R_TRENDING,
+             NULL);
+    }
+    free(s.tab);
+    return pk.n;
+}

@@ -1,0 +1,136 @@
+/* The state node's LevelDB: key layout, typed values and write transactions.
+ *
+ * Every key starts with the partition (big-endian u16) and a table byte, so that one
+ * partition is one contiguous key range (cheap to scan, snapshot, copy and delete):
+ *
+ *   LOG       p T seq:u64                  -> LogRecord
+ *   DEDUP     p T event_id                 -> Dedup
+ *   DEDUP_EXP p T ts:i64 event_id          -> ""      (expiry index of DEDUP)
+ *   USER      p T user_id                  -> UserModel
+ *   USER_WIN  p T len:u16 user_id ws:i64   -> Counts
+ *   USER_LOG  p T len:u16 user_id seq:u64  -> ""      (a user's log entries, for DeleteUser)
+ *   PART_WIN  p T ws:i64                   -> Counts  (all users of the partition)
+ *   PRODUCT   p T product_id               -> ProductState
+ *   PROD_WIN  p T ws:i64 product_id        -> Counts  (window first: range scans by time)
+ *   CAT_POP   p T len:u16 category product_id -> Decayed (popularity index by category)
+ *   LATE      p T seq:u64                  -> ""      (late events, for inspection)
+ *   S2_HW     p T source_partition:u16     -> seq:u64 (stage-2 exactly-once high-water)
+ *   META      p T                          -> PartitionMeta
+ *
+ * i64 values are stored with the sign bit flipped, big-endian, so they sort numerically.
+ *
+ * Threads: the LevelDB handle is shared; reads may run on any thread. A store_txn belongs
+ * to one thread (the writer) and is not locked. */
+#ifndef EDDY_STORE_H
+#define EDDY_STORE_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+enum store_table {
+    T_LOG = 1,
+    T_DEDUP = 2,
+    T_DEDUP_EXP = 3,
+    T_USER = 4,
+    T_USER_WIN = 5,
+    T_USER_LOG = 6,
+    T_PART_WIN = 7,
+    T_PRODUCT = 8,
+    T_PROD_WIN = 9,
+    T_CAT_POP = 10,
+    T_LATE = 11,
+    T_S2_HW = 12,
+    T_META = 15,
+};
+
+#define STORE_KEY_MAX 1024
+
+/* A key under construction: fixed buffer, no allocation. */
+struct store_key {
+    size_t len;
+    unsigned char buf[STORE_KEY_MAX];
+};
+
+void key_init(struct store_key *k, uint32_t partition, enum store_table t);
+void key_u16(struct store_key *k, uint16_t v);
+void key_u64(struct store_key *k, uint64_t v);
+void key_i64(struct store_key *k, int64_t v);
+void key_bytes(struct store_key *k, const char *s, size_t n);
+void key_str(struct store_key *k, const char *s);          /* raw bytes, last component */
+void key_lstr(struct store_key *k, const char *s);         /* u16 length + bytes */
+
+/* Decoders for key components at *off; return false if the key is too short. */
+bool key_get_u64(const unsigned char *key, size_t len, size_t *off, uint64_t *v);
+bool key_get_i64(const unsigned char *key, size_t len, size_t *off, int64_t *v);
+
+typedef struct store store;
+typedef struct store_txn store_txn;
+
+struct store_opts {
+    const char *path;          /* directory of the LevelDB */
+    int64_t cache_bytes;       /* LevelDB block cache (default 64 MiB) */
+    int64_t write_buffer_bytes;/* memtable size (default 16 MiB) */
+};
+
+/* Open (creating if missing) the database at opts->path. Caller owns *out; free with
+ * store_close. On failure returns an error and writes LevelDB's message to 'err'. */
+eddy_err store_open(const struct store_opts *opts, store **out, char *err, size_t errlen);
+void store_close(store *s);
+
+/* Read 'key' from the committed state; *val is malloc'd (caller frees), NULL if absent. */
+eddy_err store_get(store *s, const struct store_key *key, char **val, size_t *vlen);
+
+/* Read and decode a message; *msg is NULL if absent. Free with protobuf_c_message_free_unpacked. */
+eddy_err store_get_msg(store *s, const struct store_key *key,
+                       const ProtobufCMessageDescriptor *desc, ProtobufCMessage **msg);
+
+/* Iterate keys in [start, end) of the committed state, calling fn for each. fn returns 0
+ * to continue, 1 to stop. Keys and values are borrowed for the callback. */
+typedef int store_scan_fn(void *ud, const unsigned char *key, size_t klen, const char *val,
+                          size_t vlen);
+eddy_err store_scan(store *s, const struct store_key *start, const struct store_key *end,
+                    store_scan_fn *fn, void *ud);
+
+/* Set 'end' to the first key after every key that starts with 'prefix'. */
+void key_prefix_end(const struct store_key *prefix, struct store_key *end);
+
+/* Approximate bytes on disk of the whole database. */
+uint64_t store_approximate_size(store *s);
+
+/* Every key/value of the given tables, in key order, as "hexkey hexvalue\n" lines to
+ * 'out' (for the determinism tests and debugging). 'tables' is a bitmask of 1 << table. */
+eddy_err store_dump(store *s, uint32_t tables, void *out_file);
+
+/* --- write transactions ---------------------------------------------------------------
+ * A txn collects puts and deletes in one LevelDB WriteBatch and an in-memory overlay, so
+ * reads through the txn see its own uncommitted writes. store_txn_commit writes the batch
+ * (synced if 'sync') and resets the txn for reuse. */
+store_txn *store_txn_new(store *s);
+void store_txn_free(store_txn *t);
+eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
+                       size_t *vlen, bool *found);
+eddy_err store_txn_get_msg(store_txn *t, const struct store_key *key,
+                           const ProtobufCMessageDescriptor *desc, ProtobufCMessage **msg);
+eddy_err store_txn_put(store_txn *t, const struct store_key *key, const void *val, size_t vlen);
+eddy_err store_txn_put_msg(store_txn *t, const struct store_key *key, const ProtobufCMessage *msg);
+eddy_err store_txn_del(store_txn *t, const struct store_key *key);
+/* Delete every committed and pending key in [start, end). Returns the number deleted in *n. */
+eddy_err store_txn_del_range(store_txn *t, const struct store_key *start,
+                             const struct store_key *end, uint64_t *n);
+eddy_err store_txn_commit(store_txn *t, bool sync);
+/* Drop pending writes without committing. */
+void store_txn_reset(store_txn *t);
+size_t store_txn_pending(const store_txn *t);
+
+/* Scan [start, end) as the txn sees it: committed keys merged with the txn's pending puts
+ * and deletes, in key order. Used by the apply path so that what it deletes does not
+ * depend on where group-commit boundaries fell. 'fn' must not modify the txn (collect
+ * keys, then change them after the scan). */
+eddy_err store_txn_scan(store_txn *t, const struct store_key *start, const struct store_key *end,
+                        store_scan_fn *fn, void *ud);
+
+#endif

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what Eddy needs on Debian 12 (only the packages that are missing), then configure
+# and build it into build/ (or $EDDY_BUILD_DIR). Safe to run again.
+#   scripts/setup.sh [extra cmake -D options]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  build-essential cmake pkg-config
+  libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler protobuf-compiler-grpc
+  libleveldb-dev libcmocka-dev libcjson-dev libcurl4-openssl-dev libxxhash-dev libssl-dev
+  libmicrohttpd-dev
+  python3-grpcio python3-protobuf
+  etcd-server etcd-client
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+BUILD="${EDDY_BUILD_DIR:-build}"
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+cmake --build "$BUILD" -j"$(nproc)"
+echo "setup: built $(ls "$BUILD"/eddy-node "$BUILD"/eddy 2>/dev/null | tr '\n' ' ')"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Build Eddy with warnings as errors and run every test (unit + integration) with CTest,
+# then again under AddressSanitizer + UndefinedBehaviorSanitizer. Installs what is missing.
+#   scripts/test.sh            everything
+#   EDDY_SKIP_SANITIZE=1 scripts/test.sh   only the normal build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+EDDY_BUILD_DIR=build-test scripts/setup.sh -DEDDY_WERROR=ON
+echo "== tests (build-test)"
+ctest --test-dir build-test --output-on-failure -j"$jobs"
+
+if [ "${EDDY_SKIP_SANITIZE:-0}" != 1 ]; then
+  echo "== tests under ASan+UBSan (build-asan)"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DEDDY_WERROR=ON \
+        -DEDDY_SANITIZE=address,undefined >/dev/null
+  cmake --build build-asan -j"$jobs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  LSAN_OPTIONS=suppressions="$PWD/scripts/lsan.supp":print_suppressions=0 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-asan --output-on-failure -j"$jobs"
+fi

@@ -1,0 +1,532 @@
+/* rpc_server against a real in-process client on 127.0.0.1:0: unary answers, the errors
+ * the server produces itself (unknown method, malformed, oversized, busy, deadline), replies
+ * from other threads and after the client left, SO_REUSEPORT off, and shutdown with calls
+ * in flight. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/rpc_client.h"
+#include "common/rpc_server.h"
+#include "eddy/v1/eddy.pb-c.h"
+
+#define ECHO "/test.T/Echo"
+#define PARK "/test.T/Park"
+#define BLOCK "/test.T/Block"
+#define LATER "/test.T/Later"
+#define MAX_PARKED 16
+
+/* State shared by the test thread and the server's handler threads. */
+struct fixture {
+    rpc_server *s;
+    rpc_channel *ch;
+    int port;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int handled;               /* handler invocations */
+    rpc_call *parked[MAX_PARKED]; /* calls a handler kept without answering */
+    int nparked;
+    bool release;              /* BLOCK handlers may return */
+    int async_done;
+    struct rpc_result async_res[16];
+    char last_method[64];
+    int64_t last_remaining;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wait until *counter >= n (under f->mu), at most timeout_ms; true if reached. */
+static bool wait_count(struct fixture *f, const int *counter, int n, int64_t timeout_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)(timeout_ms / 1000);
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&f->mu);
+    while (*counter < n)
+        if (pthread_cond_timedwait(&f->cv, &f->mu, &until) != 0)
+            break;
+    bool ok = *counter >= n;
+    pthread_mutex_unlock(&f->mu);
+    return ok;
+}
+
+static void bump(struct fixture *f, int *counter)
+{
+    pthread_mutex_lock(&f->mu);
+    (*counter)++;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+/* The answer to GetUserProfileRequest{user_id}: profile.user_id = "echo:" + user_id,
+ * profile.event_count = strlen(user_id). */
+static void reply_echo(rpc_call *call, const Eddy__V1__GetUserProfileRequest *rq)
+{
+    char id[256];
+    snprintf(id, sizeof(id), "echo:%s", rq->user_id);
+    Eddy__V1__UserProfile p = EDDY__V1__USER_PROFILE__INIT;
+    p.user_id = id;
+    p.event_count = strlen(rq->user_id);
+    Eddy__V1__GetUserProfileResponse resp = EDDY__V1__GET_USER_PROFILE_RESPONSE__INIT;
+    resp.profile = &p;
+    rpc_reply(call, &resp.base);
+}
+
+static void on_echo(void *ud, rpc_call *call, const ProtobufCMessage *req)
+{
+    struct fixture *f = ud;
+    const Eddy__V1__GetUserProfileRequest *rq = (const Eddy__V1__GetUserProfileRequest *)req;
+    pthread_mutex_lock(&f->mu);
+    snprintf(f->last_method, sizeof(f->last_method), "%s", rpc_call_method(call));
+    f->last_remaining = rpc_call_remaining_ms(call);
+    pthread_mutex_unlock(&f->mu);
+    bump(f, &f->handled); /* before the reply, so the client sees it counted */
+    if (strcmp(rq->user_id, "fail") == 0)
+        rpc_reply_error(call, GRPC_STATUS_FAILED_PRECONDITION, "asked to fail: %d", 42);
+    else
+        reply_echo(call, rq);
+}
+
+/* Keeps the call; the test answers it later. */
+static void on_park(void *ud, rpc_call *call, const ProtobufCMessage *req)
+{
+    struct fixture *f = ud;
+    pthread_mutex_lock(&f->mu);
+    assert_true(f->nparked < MAX_PARKED);
+    f->parked[f->nparked++] = call;
+    f->handled++;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+/* Blocks its handler thread until f->release, then answers. */
+static void on_block(void *ud, rpc_call *call, const ProtobufCMessage *req)
+{
+    struct fixture *f = ud;
+    pthread_mutex_lock(&f->mu);
+    f->handled++;
+    pthread_cond_broadcast(&f->cv);
+    while (!f->release)
+        pthread_cond_wait(&f->cv, &f->mu);
+    pthread_mutex_unlock(&f->mu);
+    reply_echo(call, (const Eddy__V1__GetUserProfileRequest *)req);
+}
+
+struct later {
+    rpc_call *call;
+    Eddy__V1__GetUserProfileRequest *rq;
+};
+
+static void *later_main(void *arg)
+{
+    struct later *l = arg;
+    struct timespec ts = {0, 20 * 1000000L};
+    nanosleep(&ts, NULL);
+    reply_echo(l->call, l->rq);
+    protobuf_c_message_free_unpacked(&l->rq->base, NULL);
+    free(l);
+    return NULL;
+}
+
+/* Answers from a thread of its own (an application thread, not a handler thread). The
+ * request is only valid until the reply, so the thread gets its own copy. */
+static void on_later(void *ud, rpc_call *call, const ProtobufCMessage *req)
+{
+    struct fixture *f = ud;
+    const Eddy__V1__GetUserProfileRequest *rq = (const Eddy__V1__GetUserProfileRequest *)req;
+    struct later *l = calloc(1, sizeof(*l));
+    assert_non_null(l);
+    uint8_t buf[512];
+    size_t n = protobuf_c_message_pack(req, buf);
+    l->call = call;
+    l->rq = eddy__v1__get_user_profile_request__unpack(NULL, n, buf);
+    assert_non_null(l->rq);
+    assert_string_equal(l->rq->user_id, rq->user_id);
+    bump(f, &f->handled);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, later_main, l), 0);
+    pthread_detach(t);
+}
+
+static struct fixture *fixture_new(const struct rpc_server_opts *o)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cv, NULL);
+    struct rpc_server_opts opts = {.listen = "127.0.0.1:0"};
+    if (o)
+        opts = *o;
+    f->s = rpc_server_new(&opts);
+    assert_non_null(f->s);
+    const ProtobufCMessageDescriptor *d = &eddy__v1__get_user_profile_request__descriptor;
+    assert_int_equal(rpc_server_add_unary(f->s, ECHO, d, on_echo, f), EDDY_OK);
+    assert_int_equal(rpc_server_add_unary(f->s, PARK, d, on_park, f), EDDY_OK);
+    assert_int_equal(rpc_server_add_unary(f->s, BLOCK, d, on_block, f), EDDY_OK);
+    assert_int_equal(rpc_server_add_unary(f->s, LATER, d, on_later, f), EDDY_OK);
+    assert_int_equal(rpc_server_add_unary(f->s, ECHO, d, on_echo, f), EDDY_ERR_INVALID);
+    assert_int_equal(rpc_server_start(f->s, &f->port), EDDY_OK);
+    assert_true(f->port > 0);
+    assert_int_equal(rpc_server_add_unary(f->s, "/test.T/Late", d, on_echo, f),
+                     EDDY_ERR_INVALID);
+    char target[64];
+    snprintf(target, sizeof(target), "127.0.0.1:%d", f->port);
+    f->ch = rpc_channel_open(target, NULL);
+    assert_non_null(f->ch);
+    return f;
+}
+
+static void fixture_free(struct fixture *f)
+{
+    rpc_channel_close(f->ch);
+    rpc_server_free(f->s);
+    pthread_cond_destroy(&f->cv);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+}
+
+static int setup(void **state)
+{
+    *state = fixture_new(NULL);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_free(*state);
+    return 0;
+}
+
+/* A synchronous echo call; returns the decoded response (or NULL) and fills res. */
+static Eddy__V1__GetUserProfileResponse *call_echo(struct fixture *f, const char *method,
+                                                   const char *user, int64_t timeout_ms,
+                                                   struct rpc_result *res)
+{
+    Eddy__V1__GetUserProfileRequest rq = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
+    rq.user_id = (char *)user;
+    ProtobufCMessage *resp = (ProtobufCMessage *)0x1; /* must be overwritten */
+    rpc_invoke(f->ch, method, &rq.base, &eddy__v1__get_user_profile_response__descriptor,
+               timeout_ms, &resp, res);
+    return (Eddy__V1__GetUserProfileResponse *)resp;
+}
+
+static void assert_echo(Eddy__V1__GetUserProfileResponse *resp, const char *user)
+{
+    char want[256];
+    snprintf(want, sizeof(want), "echo:%s", user);
+    assert_non_null(resp);
+    assert_non_null(resp->profile);
+    assert_string_equal(resp->profile->user_id, want);
+    assert_int_equal(resp->profile->event_count, strlen(user));
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
+static void test_unary_round_trip(void **state)
+{
+    struct fixture *f = *state;
+    struct rpc_result res;
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, ECHO, "alice", 5000, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_string_equal(res.details, "");
+    assert_echo(resp, "alice");
+    resp = call_echo(f, ECHO, "bob-the-second", 5000, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_echo(resp, "bob-the-second");
+    assert_int_equal(f->handled, 2);
+    assert_string_equal(f->last_method, ECHO);
+    /* the grpc-timeout header is rounded up, so allow a little over the client's 5 s */
+    assert_true(f->last_remaining > 4000 && f->last_remaining <= 5100);
+    assert_int_equal(rpc_server_inflight(f->s), 0);
+}
+
+static void test_reply_error(void **state)
+{
+    struct fixture *f = *state;
+    struct rpc_result res;
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, ECHO, "fail", 5000, &res);
+    assert_null(resp);
+    assert_int_equal(res.code, GRPC_STATUS_FAILED_PRECONDITION);
+    assert_string_equal(res.details, "asked to fail: 42");
+}
+
+static void test_unknown_method(void **state)
+{
+    struct fixture *f = *state;
+    struct rpc_result res;
+    int64_t t0 = now_ms();
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, "/test.T/Nope", "x", 5000, &res);
+    assert_null(resp);
+    assert_int_equal(res.code, GRPC_STATUS_UNIMPLEMENTED);
+    assert_string_equal(res.details, "unknown method /test.T/Nope");
+    assert_true(now_ms() - t0 < 2000); /* answered, not left to the deadline */
+    assert_int_equal(f->handled, 0);
+}
+
+static void test_malformed_request(void **state)
+{
+    struct fixture *f = *state;
+    struct rpc_result res;
+    rpc_invoke_raw(f->ch, ECHO, "\xff\xff\xff", 3, 5000, &res);
+    assert_int_equal(res.code, GRPC_STATUS_INVALID_ARGUMENT);
+    assert_string_equal(res.details, "malformed GetUserProfileRequest message");
+    assert_int_equal(f->handled, 0);
+    /* the server is still fine */
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, ECHO, "after", 5000, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_echo(resp, "after");
+}
+
+static void test_oversized_request(void **state)
+{
+    struct rpc_server_opts o = {.listen = "127.0.0.1:0", .max_recv_bytes = 64};
+    struct fixture *f = fixture_new(&o);
+    char big[1000];
+    memset(big, 'u', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    struct rpc_result res;
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, ECHO, big, 5000, &res);
+    assert_null(resp);
+    assert_int_equal(res.code, GRPC_STATUS_RESOURCE_EXHAUSTED);
+    resp = call_echo(f, ECHO, "small", 5000, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_echo(resp, "small");
+    assert_int_equal(f->handled, 1);
+    fixture_free(f);
+}
+
+static void test_deadline_then_late_reply(void **state)
+{
+    struct fixture *f = *state;
+    struct rpc_result res;
+    int64_t t0 = now_ms();
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, PARK, "slow", 200, &res);
+    int64_t took = now_ms() - t0;
+    assert_null(resp);
+    assert_int_equal(res.code, GRPC_STATUS_DEADLINE_EXCEEDED);
+    assert_true(took >= 150 && took < 3000);
+    assert_true(wait_count(f, &f->nparked, 1, 2000));
+    /* the server notices the deadline too: the call no longer counts as in flight */
+    for (int i = 0; i < 200 && rpc_server_inflight(f->s) != 0; i++) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(rpc_server_inflight(f->s), 0);
+    assert_true(rpc_call_remaining_ms(f->parked[0]) <= 0);
+    /* answering now only frees the call */
+    Eddy__V1__GetUserProfileRequest rq = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
+    rq.user_id = "slow";
+    reply_echo(f->parked[0], &rq);
+    resp = call_echo(f, ECHO, "next", 5000, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_echo(resp, "next");
+}
+
+static void test_reply_after_client_cancel(void **state)
+{
+    struct fixture *f = *state;
+    struct rpc_result res;
+    /* the client gives up (its deadline), then the app answers with an error */
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, PARK, "gone", 100, &res);
+    assert_null(resp);
+    assert_int_equal(res.code, GRPC_STATUS_DEADLINE_EXCEEDED);
+    assert_true(wait_count(f, &f->nparked, 1, 2000));
+    struct timespec ts = {0, 100 * 1000000L};
+    nanosleep(&ts, NULL);
+    rpc_reply_error(f->parked[0], GRPC_STATUS_INTERNAL, "too late %s", "anyway");
+    resp = call_echo(f, ECHO, "still-up", 5000, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_echo(resp, "still-up");
+}
+
+static void test_reply_from_other_thread(void **state)
+{
+    struct fixture *f = *state;
+    struct rpc_result res;
+    for (int i = 0; i < 5; i++) {
+        char user[32];
+        snprintf(user, sizeof(user), "thread-%d", i);
+        Eddy__V1__GetUserProfileResponse *resp = call_echo(f, LATER, user, 5000, &res);
+        assert_int_equal(res.code, GRPC_STATUS_OK);
+        assert_echo(resp, user);
+    }
+    assert_int_equal(f->handled, 5);
+}
+
+static void test_second_server_same_port(void **state)
+{
+    struct fixture *f = *state;
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", f->port);
+    struct rpc_server_opts o = {.listen = addr};
+    rpc_server *s2 = rpc_server_new(&o);
+    assert_non_null(s2);
+    assert_int_equal(rpc_server_add_unary(s2, ECHO,
+                                          &eddy__v1__get_user_profile_request__descriptor,
+                                          on_echo, f),
+                     EDDY_OK);
+    int port = -1;
+    assert_int_equal(rpc_server_start(s2, &port), EDDY_ERR_NET);
+    assert_int_equal(port, -1);
+    rpc_server_free(s2);
+    /* every call still reaches the first server */
+    struct rpc_result res;
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, ECHO, "first", 5000, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_echo(resp, "first");
+}
+
+static void on_async(void *ud, const struct rpc_result *res, ProtobufCMessage *resp)
+{
+    struct fixture *f = ud;
+    pthread_mutex_lock(&f->mu);
+    f->async_res[f->async_done++] = *res;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+    if (resp)
+        protobuf_c_message_free_unpacked(resp, NULL);
+}
+
+static eddy_err start_async(struct fixture *f, const char *method, const char *user,
+                            int64_t timeout_ms)
+{
+    Eddy__V1__GetUserProfileRequest rq = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
+    rq.user_id = (char *)user;
+    return rpc_invoke_async(f->ch, method, &rq.base,
+                            &eddy__v1__get_user_profile_response__descriptor, timeout_ms,
+                            on_async, f);
+}
+
+static void release_blocked(struct fixture *f)
+{
+    pthread_mutex_lock(&f->mu);
+    f->release = true;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+static void test_server_busy(void **state)
+{
+    struct rpc_server_opts o = {.listen = "127.0.0.1:0", .handler_threads = 1,
+                                .max_queued_calls = 1};
+    struct fixture *f = fixture_new(&o);
+    assert_int_equal(start_async(f, BLOCK, "one", 5000), EDDY_OK);
+    assert_true(wait_count(f, &f->handled, 1, 3000)); /* the only handler thread is busy */
+    assert_int_equal(start_async(f, BLOCK, "two", 5000), EDDY_OK);   /* queued */
+    struct timespec ts = {0, 100 * 1000000L};
+    nanosleep(&ts, NULL);
+    assert_int_equal(start_async(f, BLOCK, "three", 5000), EDDY_OK); /* no room */
+    assert_true(wait_count(f, &f->async_done, 1, 3000));
+    assert_int_equal(f->async_res[0].code, GRPC_STATUS_RESOURCE_EXHAUSTED);
+    assert_string_equal(f->async_res[0].details, "server busy: 1 calls queued");
+    release_blocked(f);
+    assert_true(wait_count(f, &f->async_done, 3, 3000));
+    assert_int_equal(f->async_res[1].code, GRPC_STATUS_OK);
+    assert_int_equal(f->async_res[2].code, GRPC_STATUS_OK);
+    assert_int_equal(f->handled, 2);
+    fixture_free(f);
+}
+
+static void test_deadline_passed_in_queue(void **state)
+{
+    struct rpc_server_opts o = {.listen = "127.0.0.1:0", .handler_threads = 1};
+    struct fixture *f = fixture_new(&o);
+    assert_int_equal(start_async(f, BLOCK, "first", 5000), EDDY_OK);
+    assert_true(wait_count(f, &f->handled, 1, 3000));
+    assert_int_equal(start_async(f, BLOCK, "short", 100), EDDY_OK); /* waits in the queue */
+    assert_true(wait_count(f, &f->async_done, 1, 3000));
+    assert_int_equal(f->async_res[0].code, GRPC_STATUS_DEADLINE_EXCEEDED);
+    release_blocked(f);
+    assert_true(wait_count(f, &f->async_done, 2, 3000));
+    assert_int_equal(f->async_res[1].code, GRPC_STATUS_OK);
+    /* the expired call never reached the handler */
+    struct rpc_result res;
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, ECHO, "z", 5000, &res);
+    assert_echo(resp, "z");
+    assert_int_equal(f->handled, 2); /* "first" and "z" */
+    fixture_free(f);
+}
+
+static void test_shutdown_with_call_in_flight(void **state)
+{
+    struct fixture *f = fixture_new(NULL);
+    assert_int_equal(start_async(f, PARK, "held", 30000), EDDY_OK);
+    assert_int_equal(start_async(f, PARK, "held2", 30000), EDDY_OK);
+    assert_true(wait_count(f, &f->nparked, 2, 3000));
+    assert_int_equal(rpc_server_inflight(f->s), 2);
+    /* one is answered during the grace period, the other never */
+    Eddy__V1__GetUserProfileRequest rq = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
+    rq.user_id = "held";
+    reply_echo(f->parked[0], &rq);
+    int64_t t0 = now_ms();
+    rpc_server_shutdown(f->s, 200);
+    int64_t took = now_ms() - t0;
+    assert_true(took >= 150 && took < 3000);
+    assert_int_equal(rpc_server_inflight(f->s), 0);
+    assert_true(wait_count(f, &f->async_done, 2, 3000));
+    int ok = 0, failed = 0;
+    for (int i = 0; i < 2; i++) {
+        if (f->async_res[i].code == GRPC_STATUS_OK)
+            ok++;
+        else if (f->async_res[i].code == GRPC_STATUS_UNAVAILABLE ||
+                 f->async_res[i].code == GRPC_STATUS_CANCELLED)
+            failed++;
+    }
+    assert_int_equal(ok, 1);
+    assert_int_equal(failed, 1);
+    /* the application answers after shutdown: only memory is freed */
+    rq.user_id = "held2";
+    reply_echo(f->parked[1], &rq);
+    rpc_server_shutdown(f->s, 0); /* a second call does nothing */
+    fixture_free(f);
+}
+
+static void test_shutdown_idle_is_fast(void **state)
+{
+    struct fixture *f = fixture_new(NULL);
+    int64_t t0 = now_ms();
+    rpc_server_shutdown(f->s, 5000); /* nothing in flight: no waiting for the grace */
+    assert_true(now_ms() - t0 < 1000);
+    struct rpc_result res;
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, ECHO, "x", 1000, &res);
+    assert_null(resp);
+    assert_int_equal(res.code, GRPC_STATUS_UNAVAILABLE);
+    fixture_free(f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_unary_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reply_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_method, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_request, setup, teardown),
+        cmocka_unit_test(test_oversized_request),
+        cmocka_unit_test_setup_teardown(test_deadline_then_late_reply, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reply_after_client_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reply_from_other_thread, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_second_server_same_port, setup, teardown),
+        cmocka_unit_test(test_server_busy),
+        cmocka_unit_test(test_deadline_passed_in_queue),
+        cmocka_unit_test(test_shutdown_with_call_in_flight),
+        cmocka_unit_test(test_shutdown_idle_is_fast),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
