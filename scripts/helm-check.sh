@@ -161,25 +161,26 @@ with open(os.path.join(CHART, "values.schema.json")) as f:
         check(False, "values.schema.json is not JSON: %s" % e)
 
 # Values the schema or the templates must refuse (rendered with --set / -f on the defaults).
-bad_values = {
-    "state.role outside its enum": ["--set", "state.role=bogus"],
-    "no etcd at all": ["-f", "-", "externalEtcd: {endpoints: []}"],
-    "unknown top-level key": ["--set", "bogus=1"],
-    "bad duration": ["--set", "cluster.window=1minute"],
-    "port out of range": ["--set", "coordinator.service.port=70000"],
-    "privilege escalation": ["--set", "containerSecurityContext.allowPrivilegeEscalation=true"],
-    "root user": ["--set", "podSecurityContext.runAsNonRoot=false"],
-    "ingest off without a combined role": ["--set", "ingest.enabled=false"],
-    "shared checkpoints without a claim": ["--set", "checkpoints.shared.enabled=true"],
-    "bad PVC size": ["--set", "persistence.size=ten"],
+bad_values = {   # what: (helm args, text the error must contain)
+    "state.role outside its enum": (["--set", "state.role=bogus"], "/state/role"),
+    "no etcd at all": (["-f", "-", "externalEtcd: {endpoints: []}"], "/externalEtcd/endpoints"),
+    "unknown top-level key": (["--set", "bogus=1"], "bogus"),
+    "bad duration": (["--set", "cluster.window=1minute"], "/cluster/window"),
+    "port out of range": (["--set", "coordinator.service.port=70000"], "/coordinator/service/port"),
+    "privilege escalation": (["--set", "containerSecurityContext.allowPrivilegeEscalation=true"], "allowPrivilegeEscalation"),
+    "root user": (["--set", "podSecurityContext.runAsNonRoot=false"], "runAsNonRoot"),
+    "ingest off without a combined role": (["--set", "ingest.enabled=false"], "nothing serves the public API"),
+    "shared checkpoints without a claim": (["--set", "checkpoints.shared.enabled=true"], "existingClaim"),
+    "bad PVC size": (["--set", "persistence.size=ten"], "/persistence/size"),
 }
-for what, args in bad_values.items():
+for what, (args, expect) in bad_values.items():
     stdin = None
     if args[:2] == ["-f", "-"]:
         stdin, args = args[2], ["-f", "-"]
     p = subprocess.run([HELM, "template", RELEASE, CHART, "--namespace", NAMESPACE, *args],
                        input=stdin, capture_output=True, text=True)
-    check(p.returncode != 0, "values with %s must be refused, but helm template succeeded" % what)
+    check(p.returncode != 0 and expect in p.stderr,
+          "values with %s must be refused with an error naming %r (rc=%d)\n%s" % (what, expect, p.returncode, p.stderr))
 
 # ---------------------------------------------------------------- per ci values file
 REQUIRED_ALERTS = {"EddyServingLatencyHigh", "EddyIngestRateLow", "EddyErrorRateHigh",

@@ -1,0 +1,296 @@
+/* The state engine end to end on a real LevelDB in a temp dir: dedup, late events,
+ * windows, the user model, delete-user, and byte-identical state for two arrival orders. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "common/partition.h"
+#include "node/state/engine.h"
+#include "node/state/popcache.h"
+#include "node/state/query.h"
+
+#define T0 1800000000000LL /* a window boundary: divisible by 60000 */
+
+static struct engine_opts opts(const char *dir)
+{
+    struct engine_opts o = {0};
+    o.data_dir = dir;
+    o.apply.partitions = 8;
+    o.apply.window = (struct window_params){60000, 5000, 0, 0};
+    o.apply.model = (struct model_params){{7 * 86400000LL, 8}, 20, 50, 50};
+    o.apply.cooccurrence_span_ms = 1800000;
+    o.apply.cooccurrence_items = 10;
+    o.apply.dedup_window_ms = 86400000;
+    o.apply.sweep_interval_ms = 3600000;
+    o.product = (struct product_params){8, {86400000, 8}, {7 * 86400000LL, 8}, 50};
+    o.rec = (struct rec_params){1.0, 1.5, 2.0, 3};
+    o.stage2_staleness_ms = 0;
+    o.candidates = 50;
+    o.max_pending_events = 100000;
+    o.max_group_events = 1000;
+    return o;
+}
+
+struct done {
+    int calls;
+    eddy_err err;
+    struct engine_ingest_result r;
+};
+
+static void on_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
+{
+    struct done *d = ud;
+    d->calls++;
+    d->err = err;
+    d->r = *r;
+}
+
+static Eddy__V1__Event *mk(const char *id, const char *user, int64_t ts,
+                           Eddy__V1__EventType type, const char *product, const char *cat)
+{
+    Eddy__V1__Event *e = calloc(1, sizeof(*e));
+    eddy__v1__event__init(e);
+    e->event_id = (char *)id;
+    e->user_id = (char *)user;
+    e->timestamp_ms = ts;
+    e->event_type = type;
+    e->product_id = (char *)product;
+    e->category = (char *)cat;
+    e->price = 10;
+    return e;
+}
+
+static struct done ingest(engine *e, Eddy__V1__Event **evs, size_t n)
+{
+    struct done d = {0};
+    assert_int_equal(engine_ingest(e, evs, n, on_done, &d), EDDY_OK);
+    engine_flush(e);
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(d.err, EDDY_OK);
+    return d;
+}
+
+static char *tmpdir(void)
+{
+    char tmpl[] = "/tmp/eddy-test-engine-XXXXXX";
+    char *d = mkdtemp(tmpl);
+    assert_non_null(d);
+    return strdup(d);
+}
+
+static void rmrf(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+#define VIEW EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW
+#define BUY EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE
+#define CART EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART
+
+static void test_dedup_late_windows(void **state)
+{
+    char *dir = tmpdir();
+    struct engine_opts o = opts(dir);
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+
+    Eddy__V1__Event *a[] = {mk("e1", "u1", T0 + 1000, VIEW, "p1", "books"),
+                            mk("e2", "u1", T0 + 2000, VIEW, "p2", "books"),
+                            mk("e1", "u1", T0 + 1000, VIEW, "p1", "books"), /* duplicate */
+                            mk("e3", "u1", T0 + 70000, BUY, "p2", "books")};
+    struct done d = ingest(e, a, 4);
+    assert_int_equal(d.r.accepted, 3);
+    assert_int_equal(d.r.duplicates, 1);
+    assert_int_equal(d.r.late, 0);
+    /* watermark is now T0+65 s: window [T0, T0+60 s) is closed; an event in it is late */
+    Eddy__V1__Event *b[] = {mk("e4", "u1", T0 + 3000, VIEW, "p3", "toys")};
+    d = ingest(e, b, 1);
+    assert_int_equal(d.r.accepted, 1);
+    assert_int_equal(d.r.late, 1);
+
+    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    struct query_ctx q = {e, pc, 10, 100};
+    Eddy__V1__EventCountsRequest cr = EDDY__V1__EVENT_COUNTS_REQUEST__INIT;
+    cr.user_id = "u1";
+    Eddy__V1__EventCountsResponse *c = NULL;
+    assert_int_equal(query_event_counts(&q, &cr, &c), EDDY_OK);
+    assert_int_equal(c->n_windows, 1); /* only the closed window */
+    assert_int_equal(c->windows[0]->window_start_ms, T0);
+    assert_int_equal(c->windows[0]->counts->view, 2); /* the late view is not added */
+    assert_true(c->windows[0]->closed);
+    assert_int_equal(c->late_events, 1);
+    query_free_response(&c->base);
+    cr.include_open = true;
+    assert_int_equal(query_event_counts(&q, &cr, &c), EDDY_OK);
+    assert_int_equal(c->n_windows, 2);
+    assert_false(c->windows[1]->closed);
+    assert_int_equal(c->windows[1]->counts->purchase, 1);
+    query_free_response(&c->base);
+
+    /* the late event is in the model */
+    Eddy__V1__GetUserProfileResponse *pr = NULL;
+    assert_int_equal(query_profile(&q, "u1", &pr), EDDY_OK);
+    assert_int_equal(pr->profile->event_count, 4);
+    assert_int_equal(pr->profile->n_recent_purchases, 1);
+    assert_string_equal(pr->profile->recent_purchases[0]->product_id, "p2");
+    assert_int_equal(pr->profile->n_recent_views, 3);
+    assert_string_equal(pr->profile->recent_views[0]->product_id, "p3"); /* newest by time? */
+    query_free_response(&pr->base);
+    assert_int_equal(query_profile(&q, "nobody", &pr), EDDY_ERR_NOT_FOUND);
+
+    /* recommend: purchased p2 excluded; neighbours of p1 known */
+    Eddy__V1__RecommendRequest rr = EDDY__V1__RECOMMEND_REQUEST__INIT;
+    rr.user_id = "u1";
+    Eddy__V1__RecommendResponse *rec = NULL;
+    assert_int_equal(query_recommend(&q, &rr, &rec), EDDY_OK);
+    assert_false(rec->cold_start);
+    for (size_t i = 0; i < rec->n_items; i++)
+        assert_string_not_equal(rec->items[i]->product_id, "p2");
+    query_free_response(&rec->base);
+    rr.user_id = "stranger";
+    assert_int_equal(query_recommend(&q, &rr, &rec), EDDY_OK);
+    assert_true(rec->cold_start);
+    assert_true(rec->n_items > 0);
+    assert_string_equal(rec->items[0]->reason, "trending now");
+    query_free_response(&rec->base);
+
+    popcache_free(pc);
+    engine_close(e);
+    /* reopen: everything acknowledged is still there, dedup included */
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    d = ingest(e, a, 2);
+    assert_int_equal(d.r.duplicates, 2);
+    assert_int_equal(d.r.accepted, 0);
+    engine_close(e);
+    for (int i = 0; i < 4; i++)
+        free(a[i]);
+    free(b[0]);
+    rmrf(dir);
+    free(dir);
+}
+
+static char *dump(engine *e)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    uint32_t tables = (1u << T_USER) | (1u << T_USER_WIN) | (1u << T_PART_WIN) |
+                      (1u << T_PROD_WIN) | (1u << T_LOG);
+    assert_int_equal(store_dump(engine_store(e), tables & ~(1u << T_LOG), f), EDDY_OK);
+    fclose(f);
+    return buf;
+}
+
+static void test_two_orders_same_bytes(void **state)
+{
+    enum { N = 400 };
+    Eddy__V1__Event *evs[N];
+    char ids[N][16], users[N][8], prods[N][8];
+    static const char *cats[] = {"books", "toys", "garden"};
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "e%d", i);
+        snprintf(users[i], sizeof(users[i]), "u%d", i % 9);
+        snprintf(prods[i], sizeof(prods[i]), "p%d", (i * 7) % 23);
+        Eddy__V1__EventType t = i % 11 == 0 ? BUY : i % 7 == 0 ? CART : VIEW;
+        evs[i] = mk(ids[i], users[i], T0 + i * 900, t, prods[i], cats[i % 3]);
+    }
+    /* second order: swap neighbours (900 ms apart, within the 5 s bound), and batches of
+     * different sizes */
+    Eddy__V1__Event *alt[N];
+    memcpy(alt, evs, sizeof(alt));
+    for (int i = 0; i + 1 < N; i += 2) {
+        Eddy__V1__Event *t = alt[i];
+        alt[i] = alt[i + 1];
+        alt[i + 1] = t;
+    }
+    char *dumps[2];
+    for (int run = 0; run < 2; run++) {
+        char *dir = tmpdir();
+        struct engine_opts o = opts(dir);
+        engine *e = NULL;
+        char err[256];
+        assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+        size_t step = run == 0 ? 50 : 7;
+        for (size_t i = 0; i < N; i += step) {
+            size_t n = i + step <= N ? step : N - i;
+            struct done d = ingest(e, (run == 0 ? evs : alt) + i, n);
+            assert_int_equal(d.r.late, 0);
+        }
+        dumps[run] = dump(e);
+        engine_close(e);
+        rmrf(dir);
+        free(dir);
+    }
+    assert_true(strlen(dumps[0]) > 1000); /* not trivially equal */
+    assert_string_equal(dumps[0], dumps[1]);
+    free(dumps[0]);
+    free(dumps[1]);
+    for (int i = 0; i < N; i++)
+        free(evs[i]);
+}
+
+struct del {
+    int calls;
+    bool model;
+    uint64_t windows, log;
+};
+
+static void on_delete(void *ud, eddy_err err, bool model, uint64_t windows, uint64_t log)
+{
+    struct del *d = ud;
+    assert_int_equal(err, EDDY_OK);
+    d->calls++;
+    d->model = model;
+    d->windows = windows;
+    d->log = log;
+}
+
+static void test_delete_user(void **state)
+{
+    char *dir = tmpdir();
+    struct engine_opts o = opts(dir);
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    Eddy__V1__Event *a[] = {mk("d1", "gone", T0 + 1000, VIEW, "p1", "books"),
+                            mk("d2", "gone", T0 + 61000, VIEW, "p2", "books"),
+                            mk("d3", "stays", T0 + 2000, VIEW, "p1", "books")};
+    ingest(e, a, 3);
+    struct del d = {0};
+    assert_int_equal(engine_delete_user(e, "gone", on_delete, &d), EDDY_OK);
+    engine_flush(e);
+    assert_int_equal(d.calls, 1);
+    assert_true(d.model);
+    assert_int_equal(d.windows, 2);
+    assert_int_equal(d.log, 2);
+    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    struct query_ctx q = {e, pc, 10, 100};
+    Eddy__V1__GetUserProfileResponse *pr = NULL;
+    assert_int_equal(query_profile(&q, "gone", &pr), EDDY_ERR_NOT_FOUND);
+    assert_int_equal(query_profile(&q, "stays", &pr), EDDY_OK);
+    query_free_response(&pr->base);
+    popcache_free(pc);
+    engine_close(e);
+    for (int i = 0; i < 3; i++)
+        free(a[i]);
+    rmrf(dir);
+    free(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dedup_late_windows),
+        cmocka_unit_test(test_two_orders_same_bytes),
+        cmocka_unit_test(test_delete_user),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,124 @@
+/* Ranking: blend, exclusions, diversity cap, reasons, cold start. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "node/state/recommend.h"
+
+static struct scored_product sp(const char *id, const char *cat, double score)
+{
+    struct scored_product p;
+    snprintf(p.product_id, sizeof(p.product_id), "%s", id);
+    snprintf(p.category, sizeof(p.category), "%s", cat);
+    p.score = score;
+    return p;
+}
+
+static const struct rec_params W = {1.0, 1.5, 2.0, 2};
+
+static int find(const struct rec_item *it, size_t n, const char *id)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(it[i].product_id, id) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+static void test_blend_and_reasons(void **state)
+{
+    struct scored_product books[] = {sp("b1", "books", 10), sp("b2", "books", 5)};
+    struct scored_product toys[] = {sp("t1", "toys", 10)};
+    struct scored_product nb[] = {sp("n1", "games", 4), sp("b2", "books", 2)};
+    struct rec_category cats[] = {{"books", 1.0, books, 2}, {"toys", 0.1, toys, 1}};
+    struct rec_anchor anchors[] = {{"x", 1.0, false, false, nb, 2}};
+    struct rec_input in = {cats, 2, anchors, 1, NULL, 0, NULL, 0};
+    struct rec_item out[10];
+    size_t n = rec_rank(&in, &W, out, 10);
+    assert_int_equal(n, 4);
+    /* n1: 1.5 * 1 = 1.5 (neighbour); b1: 1.0 (popular); b2: 0.5 + 0.75 = 1.25 */
+    assert_string_equal(out[0].product_id, "n1");
+    assert_string_equal(out[0].reason, "viewed together with x");
+    assert_string_equal(out[1].product_id, "b2");
+    assert_string_equal(out[1].reason, "viewed together with x"); /* its largest part */
+    assert_string_equal(out[2].product_id, "b1");
+    assert_string_equal(out[2].reason, "popular in books");
+    assert_string_equal(out[3].product_id, "t1"); /* weak affinity, still a candidate */
+    for (size_t i = 1; i < n; i++)
+        assert_true(out[i - 1].score >= out[i].score);
+}
+
+static void test_exclusions_and_context(void **state)
+{
+    struct scored_product nb[] = {sp("c1", "a", 10), sp("c2", "a", 5), sp("cur", "a", 5)};
+    struct scored_product cart_nb[] = {sp("k1", "b", 10), sp("c1", "a", 1)};
+    struct rec_anchor anchors[] = {{"cur", 1.0, true, false, nb, 3},
+                                   {"cart1", 0.8, true, true, cart_nb, 2}};
+    const char *exclude[] = {"cur", "cart1", "c2"};
+    struct rec_input in = {NULL, 0, anchors, 2, NULL, 0, exclude, 3};
+    struct rec_item out[10];
+    struct rec_params nocap = W;
+    nocap.diversity_cap = 0;
+    size_t n = rec_rank(&in, &nocap, out, 10);
+    assert_int_equal(n, 2);
+    assert_int_equal(find(out, n, "c2"), -1);  /* excluded (e.g. purchased) */
+    assert_int_equal(find(out, n, "cur"), -1); /* the current product itself */
+    assert_string_equal(out[0].product_id, "c1");
+    assert_string_equal(out[0].reason, "related to cur");
+    assert_string_equal(out[1].product_id, "k1");
+    assert_string_equal(out[1].reason, "goes with cart1 in your cart");
+}
+
+static void test_diversity_cap(void **state)
+{
+    struct scored_product books[] = {sp("b1", "books", 9), sp("b2", "books", 8),
+                                     sp("b3", "books", 7), sp("b4", "books", 6)};
+    struct scored_product toys[] = {sp("t1", "toys", 1)};
+    struct rec_category cats[] = {{"books", 1.0, books, 4}, {"toys", 0.5, toys, 1}};
+    struct rec_input in = {cats, 2, NULL, 0, NULL, 0, NULL, 0};
+    struct rec_item out[10];
+    size_t n = rec_rank(&in, &W, out, 10); /* cap 2 per category */
+    assert_int_equal(n, 3);
+    assert_string_equal(out[0].product_id, "b1");
+    assert_string_equal(out[1].product_id, "b2");
+    assert_string_equal(out[2].product_id, "t1");
+}
+
+static void test_cold_start_and_fill(void **state)
+{
+    struct scored_product global[] = {sp("g1", "a", 100), sp("g2", "a", 50), sp("g3", "b", 10),
+                                      sp("g4", "a", 5)};
+    const char *exclude[] = {"g3"};
+    struct rec_input in = {NULL, 0, NULL, 0, global, 4, exclude, 1};
+    struct rec_item out[10];
+    size_t n = rec_rank(&in, &W, out, 10);
+    /* cap 2 of category a, g3 excluded */
+    assert_int_equal(n, 2);
+    assert_string_equal(out[0].product_id, "g1");
+    assert_string_equal(out[0].reason, "trending now");
+    assert_string_equal(out[1].product_id, "g2");
+    /* blended items stay above the fill */
+    struct scored_product books[] = {sp("b1", "books", 1)};
+    struct rec_category cats[] = {{"books", 1.0, books, 1}};
+    struct rec_input in2 = {cats, 1, NULL, 0, global, 4, NULL, 0};
+    n = rec_rank(&in2, &W, out, 3);
+    assert_int_equal(n, 3);
+    assert_string_equal(out[0].product_id, "b1");
+    assert_true(out[0].score > out[1].score);
+    assert_int_equal(rec_rank(&in2, &W, out, 0), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_blend_and_reasons),
+        cmocka_unit_test(test_exclusions_and_context),
+        cmocka_unit_test(test_diversity_cap),
+        cmocka_unit_test(test_cold_start_and_fill),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
