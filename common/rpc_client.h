@@ -34,10 +34,13 @@ struct rpc_result {
  * owns the result; free with rpc_channel_close. Returns NULL on allocation failure. */
 rpc_channel *rpc_channel_open(const char *target, const struct rpc_channel_opts *opts);
 
-/* Close the channel: pending async calls complete with CANCELLED first. Accepts NULL. */
+/* Close the channel: pending async calls complete with CANCELLED first (their callbacks
+ * have returned when this returns). Not from a callback of the same channel. Accepts
+ * NULL. */
 void rpc_channel_close(rpc_channel *ch);
 
-/* Synchronous unary call of 'method' ("/eddy.v1.Eddy/Ingest") with 'timeout_ms'. On OK
+/* Synchronous unary call of 'method' ("/eddy.v1.Eddy/Ingest") with 'timeout_ms' (for every
+ * call of this file, timeout_ms <= 0 means no deadline). On OK
  * *resp is the decoded response (caller frees with protobuf_c_message_free_unpacked); on
  * any other status *resp is NULL. A response that does not decode gives INTERNAL. */
 void rpc_invoke(rpc_channel *ch, const char *method, const ProtobufCMessage *req,

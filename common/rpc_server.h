@@ -29,7 +29,10 @@ typedef void rpc_handler_fn(void *ud, rpc_call *call, const ProtobufCMessage *re
 
 /* Called once on a handler thread when a streaming call's client cancels or disconnects,
  * or the server shuts down, before the stream was finished. The handler must still call
- * rpc_stream_finish() (which is then a no-op on the wire). */
+ * rpc_stream_finish() (which is then a no-op on the wire). It never runs concurrently with
+ * the handler of the same call (if the call ends while the handler runs, it is called on
+ * that thread right after the handler returns), and not at all once the stream was
+ * finished. */
 typedef void rpc_cancel_fn(void *ud, rpc_call *call);
 
 struct rpc_server_opts {
@@ -65,14 +68,18 @@ eddy_err rpc_server_add_stream(rpc_server *s, const char *path,
 eddy_err rpc_server_start(rpc_server *s, int *port);
 
 /* Stop accepting calls; wait up to 'grace_ms' for in-flight calls to be answered, then
- * cancel the rest. Handler threads are joined. Safe to call once; rpc_server_free calls
- * it if needed. */
+ * cancel the rest. Handler threads are joined (calls still queued for them are dropped,
+ * pending on_cancel callbacks run first). Calls the application still holds may be
+ * answered afterwards: that only frees them. Safe to call more than once; rpc_server_free
+ * calls it if needed. */
 void rpc_server_shutdown(rpc_server *s, int64_t grace_ms);
 
 /* Shut down if still running and free everything. Accepts NULL. */
 void rpc_server_free(rpc_server *s);
 
-/* Answer a unary call with 'resp' (borrowed: packed before return) and status OK. */
+/* Answer a unary call with 'resp' (borrowed: packed before return) and status OK. If the
+ * client is gone (cancel, deadline, shutdown) nothing is sent and the call is just freed;
+ * the same holds for rpc_reply_error and rpc_stream_finish. */
 void rpc_reply(rpc_call *c, const ProtobufCMessage *resp);
 
 /* Answer a unary call with a non-OK status and a printf-style message. */
@@ -91,7 +98,8 @@ void rpc_stream_finish(rpc_call *c, grpc_status_code code, const char *msg);
 /* Milliseconds left before the call's deadline (INT64_MAX when it has none). */
 int64_t rpc_call_remaining_ms(const rpc_call *c);
 
-/* The method path of the call, e.g. "/eddy.v1.Eddy/Ingest". */
+/* The method path of the call, e.g. "/eddy.v1.Eddy/Ingest"; valid until the server is
+ * freed. */
 const char *rpc_call_method(const rpc_call *c);
 
 /* Number of calls accepted but not yet answered (for metrics and draining). */

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build Eddy with warnings as errors and run every test (unit + integration) with CTest,
-# then again under AddressSanitizer + UndefinedBehaviorSanitizer. Installs what is missing.
+# checks the Helm chart, then runs the tests again under AddressSanitizer +
+# UndefinedBehaviorSanitizer. Installs what is missing.
 #   scripts/test.sh            everything
 #   EDDY_SKIP_SANITIZE=1 scripts/test.sh   only the normal build
 set -euo pipefail
@@ -10,6 +11,9 @@ jobs=$(nproc)
 EDDY_BUILD_DIR=build-test scripts/setup.sh -DEDDY_WERROR=ON
 echo "== tests (build-test)"
 ctest --test-dir build-test --output-on-failure -j"$jobs"
+
+echo "== Helm chart (lint, template, manifest checks)"
+scripts/helm-check.sh
 
 if [ "${EDDY_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== tests under ASan+UBSan (build-asan)"

@@ -329,7 +329,9 @@ static void test_deadline_then_late_reply(void **state)
         nanosleep(&ts, NULL);
     }
     assert_int_equal(rpc_server_inflight(f->s), 0);
-    assert_true(rpc_call_remaining_ms(f->parked[0]) <= 0);
+    /* the client's cancel may reach the server a little before the server's own deadline
+     * (grpc-timeout is rounded up), so only check that the deadline is (nearly) over */
+    assert_true(rpc_call_remaining_ms(f->parked[0]) < 100);
     /* answering now only frees the call */
     Eddy__V1__GetUserProfileRequest rq = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
     rq.user_id = "slow";

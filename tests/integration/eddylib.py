@@ -1,0 +1,750 @@
+"""Harness of Eddy's integration tests: start and stop eddy-node, generate the Python
+stubs, drive the CLI, generate deterministic event streams and compute what the node
+should answer for them.
+
+Environment (set by CTest, see CMakeLists.txt):
+  EDDY_NODE       path of eddy-node (required)
+  EDDY_CLI        path of the eddy CLI (optional: CLI tests skip without it)
+  EDDY_PROTO_DIR  the repository's proto/ directory (default: ../../proto)
+"""
+import atexit
+import importlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import grpc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROTO_DIR = os.environ.get("EDDY_PROTO_DIR") or os.path.normpath(os.path.join(HERE, "..", "..", "proto"))
+NODE = os.environ.get("EDDY_NODE", "")
+CLI = os.environ.get("EDDY_CLI", "")
+GRPC_PLUGIN = "/usr/bin/grpc_python_plugin"
+
+START_TIMEOUT = 20.0   # seconds for a node to print its port and answer SERVING
+STOP_TIMEOUT = 20.0    # seconds for a SIGTERM'd node to exit
+
+WINDOW_MS = 60_000
+OUT_OF_ORDERNESS_MS = 5_000
+
+
+def require_node():
+    if not NODE or not os.access(NODE, os.X_OK):
+        raise unittest.SkipTest("EDDY_NODE is not set to an executable eddy-node")
+    return NODE
+
+
+def require_cli():
+    if not CLI or not os.access(CLI, os.X_OK):
+        raise unittest.SkipTest("EDDY_CLI is not set: the eddy CLI target was not built")
+    return CLI
+
+
+# ---- generated code -------------------------------------------------------------------
+
+class _Stubs:
+    """eddy_pb2, health_pb2 and service stubs, generated once per process with protoc."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="eddy-it-stubs-")
+        atexit.register(shutil.rmtree, self.dir, True)
+        # health.proto is copied under another path: its generated module would otherwise be
+        # "grpc.health.v1", which the grpcio package shadows. The proto package (and so the
+        # method names on the wire) stays grpc.health.v1.
+        src = os.path.join(self.dir, "src")
+        os.makedirs(os.path.join(src, "eddy_it_health"))
+        shutil.copy(os.path.join(PROTO_DIR, "grpc", "health", "v1", "health.proto"),
+                    os.path.join(src, "eddy_it_health", "health.proto"))
+        out = os.path.join(self.dir, "out")
+        os.makedirs(out)
+        args = ["protoc", f"-I{PROTO_DIR}", f"-I{src}", f"--python_out={out}"]
+        self.real_stubs = os.access(GRPC_PLUGIN, os.X_OK)
+        if self.real_stubs:
+            args += [f"--plugin=protoc-gen-grpc_python={GRPC_PLUGIN}", f"--grpc_python_out={out}"]
+        args += ["eddy/v1/eddy.proto", "eddy_it_health/health.proto"]
+        r = subprocess.run(args, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"protoc failed ({r.returncode}): {r.stderr}")
+        for d in ("eddy", "eddy/v1", "eddy_it_health"):
+            open(os.path.join(out, d, "__init__.py"), "a").close()
+        sys.path.insert(0, out)
+        self.pb = importlib.import_module("eddy.v1.eddy_pb2")
+        self.health_pb = importlib.import_module("eddy_it_health.health_pb2")
+        if self.real_stubs:
+            self.pb_grpc = importlib.import_module("eddy.v1.eddy_pb2_grpc")
+            self.health_grpc = importlib.import_module("eddy_it_health.health_pb2_grpc")
+
+
+_stubs = None
+
+
+def stubs():
+    global _stubs
+    if _stubs is None:
+        _stubs = _Stubs()
+    return _stubs
+
+
+def pb():
+    return stubs().pb
+
+
+def health_pb():
+    return stubs().health_pb
+
+
+EDDY_METHODS = {
+    "Ingest": ("IngestRequest", "IngestResponse"),
+    "Recommend": ("RecommendRequest", "RecommendResponse"),
+    "GetUserProfile": ("GetUserProfileRequest", "GetUserProfileResponse"),
+    "TopProducts": ("TopProductsRequest", "TopProductsResponse"),
+    "EventCounts": ("EventCountsRequest", "EventCountsResponse"),
+    "DeleteUser": ("DeleteUserRequest", "DeleteUserResponse"),
+}
+
+
+class _GenericEddyStub:
+    """Same interface as the generated EddyStub, built on channel.unary_unary (used only
+    when grpc_python_plugin is not installed)."""
+
+    def __init__(self, channel):
+        m = pb()
+        for name, (req, resp) in EDDY_METHODS.items():
+            setattr(self, name, channel.unary_unary(
+                f"/eddy.v1.Eddy/{name}",
+                request_serializer=getattr(m, req).SerializeToString,
+                response_deserializer=getattr(m, resp).FromString))
+
+
+class _GenericHealthStub:
+    def __init__(self, channel):
+        h = health_pb()
+        self.Check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=h.HealthCheckRequest.SerializeToString,
+            response_deserializer=h.HealthCheckResponse.FromString)
+        self.Watch = channel.unary_stream(
+            "/grpc.health.v1.Health/Watch",
+            request_serializer=h.HealthCheckRequest.SerializeToString,
+            response_deserializer=h.HealthCheckResponse.FromString)
+
+
+def eddy_stub(channel):
+    s = stubs()
+    return s.pb_grpc.EddyStub(channel) if s.real_stubs else _GenericEddyStub(channel)
+
+
+def health_stub(channel):
+    s = stubs()
+    return s.health_grpc.HealthStub(channel) if s.real_stubs else _GenericHealthStub(channel)
+
+
+def raw_method(channel, path):
+    """A unary method that sends and returns bytes as they are."""
+    return channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+
+
+# ---- nodes ----------------------------------------------------------------------------
+
+_live = set()
+
+
+@atexit.register
+def _kill_leftovers():
+    for proc in list(_live):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def poll_until(fn, timeout, interval=0.02, what="condition"):
+    """Call fn until it returns a true value; return it. Raises AssertionError (with the
+    last value or exception) once timeout seconds have passed."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            v = fn()
+            if v:
+                return v
+            last = v
+        except Exception as e:  # noqa: BLE001 - reported below
+            last = e
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+class Node:
+    """One `eddy-node --dev` process on 127.0.0.1 (port 0: the node picks one and prints it)
+    with its own data dir. Use as a context manager or via start()/stop()/kill9()."""
+
+    def __init__(self, data_dir=None, args=(), keep_dir=False):
+        self.bin = require_node()
+        self.own_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="eddy-it-data-")
+        self.keep_dir = keep_dir
+        self.args = list(args)
+        self.proc = None
+        self.port = None
+        self.channel = None
+        self._stdout = []
+        self._log = None
+        self.log_path = None
+
+    # -- lifecycle --
+    def start(self):
+        assert self.proc is None or self.proc.poll() is not None, "node already running"
+        fd, self.log_path = tempfile.mkstemp(prefix="eddy-it-log-", suffix=".txt")
+        self._log = os.fdopen(fd, "w+b")
+        cmd = [self.bin, "--dev", "--data-dir", self.data_dir, "--listen", "127.0.0.1:0",
+               "--log-level", "warn", *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log,
+                                     stdin=subprocess.DEVNULL)
+        _live.add(self.proc)
+        self._stdout = []
+        got_port = threading.Event()
+
+        def reader(proc=self.proc, out=self._stdout):
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                out.append(line)
+                if line.startswith("listening on "):
+                    got_port.set()
+            got_port.set()  # EOF: let the waiter notice the exit
+
+        self._reader = threading.Thread(target=reader, daemon=True)
+        self._reader.start()
+        if not got_port.wait(START_TIMEOUT) or self.proc.poll() is not None and not self._port_line():
+            self._fail_start("did not print 'listening on PORT'")
+        line = self._port_line()
+        if not line:
+            self._fail_start("exited before printing its port")
+        self.port = int(line.split()[2])
+        self.channel = grpc.insecure_channel(self.endpoint, options=[
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.max_receive_message_length", 64 << 20)])
+        self.stub = eddy_stub(self.channel)
+        self.health = health_stub(self.channel)
+        self.wait_ready()
+        return self
+
+    def _port_line(self):
+        return next((l for l in self._stdout if l.startswith("listening on ")), None)
+
+    def _fail_start(self, why):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        _live.discard(self.proc)
+        raise AssertionError(f"eddy-node {why} (rc={self.proc.returncode}); stdout={self._stdout}"
+                             f"\nlog:\n{self.log_tail()}")
+
+    def wait_ready(self, timeout=START_TIMEOUT):
+        h = health_pb()
+
+        def serving():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"eddy-node exited rc={self.proc.returncode}\n{self.log_tail()}")
+            try:
+                r = self.health.Check(h.HealthCheckRequest(service=""), timeout=1.0)
+            except grpc.RpcError:
+                return False
+            return r.status == h.HealthCheckResponse.SERVING
+
+        poll_until(serving, timeout, what=f"health SERVING on {self.endpoint}")
+
+    def _close_channel(self):
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    def stop(self, expect_rc=0):
+        """SIGTERM; wait for the exit; assert its code."""
+        if self.proc is None or self.proc.poll() is not None:
+            rc = self.proc.returncode if self.proc else None
+            self._close_channel()
+            if self.proc is not None and expect_rc is not None:
+                assert rc == expect_rc, f"eddy-node had already exited rc={rc}\n{self.log_tail()}"
+            return rc
+        self._close_channel()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            _live.discard(self.proc)
+            raise AssertionError(f"eddy-node did not exit within {STOP_TIMEOUT}s of SIGTERM\n"
+                                 f"{self.log_tail()}")
+        _live.discard(self.proc)
+        if expect_rc is not None:
+            assert rc == expect_rc, f"eddy-node exited rc={rc} after SIGTERM, want {expect_rc}\n" \
+                                    f"{self.log_tail()}"
+        return rc
+
+    def kill9(self):
+        self._close_channel()
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        _live.discard(self.proc)
+
+    def cleanup(self):
+        """Kill if still running (after a failure), remove the data dir and the log."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill9()
+        self._close_channel()
+        if self.proc is not None:
+            self._reader.join(5)  # the process is gone: its stdout is at EOF
+            if not self._reader.is_alive():
+                self.proc.stdout.close()
+        if self.own_dir and not self.keep_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.log_path:
+            try:
+                os.unlink(self.log_path)
+            except OSError:
+                pass
+
+    def log_tail(self, n=40):
+        if not self.log_path:
+            return ""
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    @property
+    def endpoint(self):
+        return f"127.0.0.1:{self.port}"
+
+    def dump_state(self, tables):
+        """--dump-state of this node's data dir (the node must be stopped)."""
+        return dump_state(self.data_dir, tables)
+
+    # -- conveniences --
+    def ingest(self, events, timeout=30):
+        req = pb().IngestRequest(events=[to_pb(e) if isinstance(e, dict) else e for e in events])
+        return self.stub.Ingest(req, timeout=timeout)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.cleanup()
+        return False
+
+
+def start_node(test, data_dir=None, args=()):
+    """Start a node whose process and data dir are cleaned up when `test` ends, even on
+    failure."""
+    n = Node(data_dir=data_dir, args=args)
+    test.addCleanup(n.cleanup)
+    return n.start()
+
+
+def dump_state(data_dir, tables):
+    r = subprocess.run([require_node(), "--data-dir", data_dir, "--dump-state", tables],
+                       capture_output=True, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError(f"--dump-state {tables} failed rc={r.returncode}: "
+                             f"{r.stderr.decode(errors='replace')}")
+    return r.stdout
+
+
+def temp_dir(test, prefix="eddy-it-"):
+    d = tempfile.mkdtemp(prefix=prefix)
+    test.addCleanup(shutil.rmtree, d, True)
+    return d
+
+
+def run_cli(endpoint, *args, stdin=None, timeout=60):
+    """Run `eddy --endpoint ENDPOINT ARGS`; return (rc, stdout, stderr)."""
+    cmd = [require_cli(), "--endpoint", endpoint, *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=timeout)
+    return r.returncode, r.stdout, r.stderr
+
+
+def cli_json(test, endpoint, *args, expect_rc=0):
+    rc, out, err = run_cli(endpoint, "-o", "json", *args)
+    test.assertEqual(rc, expect_rc, f"eddy {' '.join(args)}: rc={rc}\nstdout={out}\nstderr={err}")
+    try:
+        return json.loads(out)
+    except ValueError as e:
+        raise AssertionError(f"eddy {' '.join(args)}: stdout is not JSON ({e}): {out!r}")
+
+
+# ---- events ---------------------------------------------------------------------------
+
+TYPES = ["view", "click", "add_to_cart", "remove_from_cart", "purchase", "search"]
+CATEGORIES = {"electronics": ["acme", "voltix"], "books": ["penguin", "orbit"],
+              "kitchen": ["chefco", "acme"], "sports": ["stride", "peak"],
+              "toys": ["funco", "orbit"], "garden": ["greenly", "acme"]}
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def make_catalog(n_products, n_categories):
+    cats = sorted(CATEGORIES)[:n_categories]
+    products = []
+    for i in range(n_products):
+        c = cats[i % len(cats)]
+        products.append({"productId": f"p-{i:03d}", "category": c, "brand": CATEGORIES[c][(i // len(cats)) % 2],
+                         "price": round(3 + (i * 7.31) % 180, 2)})
+    return products
+
+
+def generate(seed, n_users=40, n_products=30, n_categories=4, n_events=3000,
+             start_ms=None, span_ms=20 * 60_000, jitter_ms=2_000, prefix="ev"):
+    """A deterministic stream (for a seed) of shop events as dicts in the seed's JSON-lines
+    shape, in arrival order. Each event's time is its slot time +- jitter_ms, so the stream
+    is out of order by at most 2 * jitter_ms (below the 5 s out-of-orderness: nothing is
+    late). Users favour one category; carts get adds, removals and purchases."""
+    rnd = random.Random(seed)
+    if start_ms is None:
+        start_ms = now_ms() - 3_600_000
+    products = make_catalog(n_products, n_categories)
+    cats = sorted({p["category"] for p in products})
+    carts = {}
+    step = span_ms / n_events
+    out = []
+    for n in range(n_events):
+        uid = rnd.randrange(n_users)
+        user = f"u-{uid:03d}"
+        fav = cats[uid % len(cats)]
+        pool = [p for p in products if p["category"] == fav] if rnd.random() < 0.7 else products
+        prod = rnd.choice(pool)
+        cart = carts.setdefault(user, [])
+        r = rnd.random()
+        if r < 0.45:
+            kind = "view"
+        elif r < 0.60:
+            kind = "click"
+        elif r < 0.72:
+            kind = "add_to_cart"
+        elif r < 0.80:
+            kind = "remove_from_cart"
+            if cart:
+                pick = rnd.choice(cart)
+                prod = next(p for p in products if p["productId"] == pick)
+        elif r < 0.90:
+            kind = "purchase"
+            if cart and rnd.random() < 0.7:
+                pick = rnd.choice(cart)
+                prod = next(p for p in products if p["productId"] == pick)
+        else:
+            kind = "search"
+        if kind == "add_to_cart" and prod["productId"] not in cart:
+            cart.append(prod["productId"])
+        elif kind in ("remove_from_cart", "purchase") and prod["productId"] in cart:
+            cart.remove(prod["productId"])
+        ts = int(start_ms + n * step) + rnd.randint(-jitter_ms, jitter_ms)
+        ev = {"eventId": f"{prefix}-{seed}-{n}", "userId": user, "sessionId": f"s-{user}-{n // 500}",
+              "timestamp": ts, "eventType": kind}
+        if kind == "search":
+            ev["searchQuery"] = f"{prod['brand']} {prod['category']} {rnd.randrange(5)}"
+            if rnd.random() < 0.5:  # a search may name the product the user picked
+                ev.update(productId=prod["productId"], category=prod["category"])
+        else:
+            ev.update(productId=prod["productId"], category=prod["category"], brand=prod["brand"])
+            if rnd.random() < 0.9:
+                ev["price"] = prod["price"]
+        if rnd.random() < 0.2:
+            ev["metadata"] = {"source": rnd.choice(["web", "app"]), "pos": str(rnd.randrange(10))}
+        out.append(ev)
+    return out
+
+
+def write_jsonl(path, events):
+    with open(path, "w") as f:
+        for ev in events:
+            f.write(json.dumps(ev) + "\n")
+
+
+def to_pb(ev):
+    """The proto Event of a JSON-lines dict."""
+    m = pb()
+    e = m.Event(event_id=ev.get("eventId", ""), user_id=ev.get("userId", ""),
+                session_id=ev.get("sessionId", ""), timestamp_ms=int(ev.get("timestamp", 0)),
+                event_type=m.EventType.Value("EVENT_TYPE_" + ev["eventType"].upper()),
+                product_id=ev.get("productId", ""), category=ev.get("category", ""),
+                brand=ev.get("brand", ""), price=float(ev.get("price", 0.0)),
+                search_query=ev.get("searchQuery", ""))
+    for k, v in (ev.get("metadata") or {}).items():
+        e.metadata[k] = str(v)
+    return e
+
+
+def batches(seq, sizes):
+    """Split seq into consecutive batches whose sizes cycle through `sizes`."""
+    out, i, k = [], 0, 0
+    while i < len(seq):
+        n = sizes[k % len(sizes)]
+        out.append(seq[i:i + n])
+        i += n
+        k += 1
+    return out
+
+
+# ---- partitioning (DESIGN.md §2) ------------------------------------------------------
+
+_M64 = (1 << 64) - 1
+_P1, _P2, _P3, _P4, _P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                           0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5)
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def _round(acc, lane):
+    acc = (acc + lane * _P2) & _M64
+    return (_rotl(acc, 31) * _P1) & _M64
+
+
+def xxh64(data, seed=0):
+    n = len(data)
+    i = 0
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed & _M64, (seed - _P1) & _M64]
+        while i + 32 <= n:
+            for j in range(4):
+                v[j] = _round(v[j], int.from_bytes(data[i + 8 * j:i + 8 * j + 8], "little"))
+            i += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M64
+        for j in range(4):
+            h = ((h ^ _round(0, v[j])) * _P1 + _P4) & _M64
+    else:
+        h = (seed + _P5) & _M64
+    h = (h + n) & _M64
+    while i + 8 <= n:
+        h ^= _round(0, int.from_bytes(data[i:i + 8], "little"))
+        h = (_rotl(h, 27) * _P1 + _P4) & _M64
+        i += 8
+    if i + 4 <= n:
+        h ^= (int.from_bytes(data[i:i + 4], "little") * _P1) & _M64
+        h = (_rotl(h, 23) * _P2 + _P3) & _M64
+        i += 4
+    while i < n:
+        h ^= (data[i] * _P5) & _M64
+        h = (_rotl(h, 11) * _P1) & _M64
+        i += 1
+    h ^= h >> 33
+    h = (h * _P2) & _M64
+    h ^= h >> 29
+    h = (h * _P3) & _M64
+    h ^= h >> 32
+    return h
+
+
+def user_partition(user_id, partitions=256):
+    return (xxh64(b"u:" + user_id.encode()) * partitions) >> 64
+
+
+# ---- expectations ---------------------------------------------------------------------
+
+def window_start(ts, size=WINDOW_MS):
+    return ts // size * size
+
+
+def _new_counts():
+    return {t: 0 for t in TYPES}
+
+
+def counts_json(c):
+    """TypeCounts as the CLI's JSON shows them (with total)."""
+    d = dict(c)
+    d["total"] = sum(c[t] for t in TYPES)
+    return d
+
+
+def counts_of_pb(tc):
+    return {"view": tc.view, "click": tc.click, "add_to_cart": tc.add_to_cart,
+            "remove_from_cart": tc.remove_from_cart, "purchase": tc.purchase,
+            "search": tc.search, "total": tc.total}
+
+
+class Expect:
+    """What a node should answer after applying `events` in arrival order with no late
+    event (the generator guarantees it), computed from the rules of the public API."""
+
+    def __init__(self, events, partitions=256, window_ms=WINDOW_MS, ooo_ms=OUT_OF_ORDERNESS_MS):
+        self.events = events
+        self.window_ms = window_ms
+        self.partitions = partitions
+        max_ts = {}
+        for e in events:
+            p = user_partition(e["userId"], partitions)
+            max_ts[p] = max(max_ts.get(p, e["timestamp"]), e["timestamp"])
+        self.part_watermark = {p: t - ooo_ms for p, t in max_ts.items()}
+        self.watermark = min(self.part_watermark.values())
+
+    def user_watermark(self, user):
+        return self.part_watermark[user_partition(user, self.partitions)]
+
+    def windows(self, user=None, include_open=False):
+        """[(start, end, counts_json, closed)] oldest first."""
+        wm = self.watermark if user is None else self.user_watermark(user)
+        acc = {}
+        for e in self.events:
+            if user is not None and e["userId"] != user:
+                continue
+            ws = window_start(e["timestamp"], self.window_ms)
+            acc.setdefault(ws, _new_counts())[e["eventType"]] += 1
+        out = []
+        for ws in sorted(acc):
+            closed = ws + self.window_ms <= wm
+            if closed or include_open:
+                out.append((ws, ws + self.window_ms, counts_json(acc[ws]), closed))
+        return out
+
+    def top(self, category="", event_type=None, include_open=False, limit=1000):
+        """[(product_id, category, counts_json)] best first: count desc, product_id asc."""
+        acc, cat = {}, {}
+        for e in self.events:
+            pid = e.get("productId")
+            if not pid:
+                continue
+            ws = window_start(e["timestamp"], self.window_ms)
+            if not include_open and ws + self.window_ms > self.watermark:
+                continue
+            if category and e.get("category", "") != category:
+                continue
+            acc.setdefault(pid, _new_counts())[e["eventType"]] += 1
+            if e.get("category"):
+                cat[pid] = e["category"]
+        rows = [(pid, cat.get(pid, ""), counts_json(c)) for pid, c in acc.items()]
+        key = (lambda r: r[2]["total"]) if event_type is None else (lambda r: r[2][event_type])
+        rows.sort(key=lambda r: (-key(r), r[0]))
+        return rows[:limit]
+
+    def profile(self, user, recent_items=20):
+        evs = [e for e in self.events if e["userId"] == user]
+        if not evs:
+            return None
+
+        def order(e):
+            return (e["timestamp"], e["eventId"])
+
+        def recent(kinds, key):
+            latest = {}
+            for e in evs:
+                if e["eventType"] in kinds:
+                    k = e[key]
+                    if k not in latest or order(e) > order(latest[k]):
+                        latest[k] = e
+            items = sorted(latest.values(), key=order, reverse=True)[:recent_items]
+            return items
+
+        cart_state = {}
+        for e in evs:
+            if e["eventType"] in ("add_to_cart", "remove_from_cart", "purchase"):
+                pid = e["productId"]
+                if pid not in cart_state or order(e) > order(cart_state[pid]):
+                    cart_state[pid] = e
+        cart = [e for e in cart_state.values() if e["eventType"] == "add_to_cart"]
+        cart.sort(key=lambda e: (-e["timestamp"], e["productId"]))
+        prices = [e["price"] for e in evs if e.get("price", 0) > 0 and e["eventType"] != "search"]
+        item = lambda e: (e["productId"], e.get("category", ""), e["timestamp"])  # noqa: E731
+        weights = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "search": 0.5}
+        last = max(e["timestamp"] for e in evs)
+        hl = 604_800_000.0
+        cat_aff, brand_aff = {}, {}
+        psum = pn = 0.0
+        for e in evs:
+            w = weights.get(e["eventType"], 0.0)
+            d = 2.0 ** (-(last - e["timestamp"]) / hl)
+            if w > 0 and e.get("category"):
+                cat_aff[e["category"]] = cat_aff.get(e["category"], 0.0) + w * d
+            if w > 0 and e.get("brand"):
+                brand_aff[e["brand"]] = brand_aff.get(e["brand"], 0.0) + w * d
+            if e.get("price", 0) > 0 and e["eventType"] != "search":
+                psum += e["price"] * d
+                pn += d
+        return {
+            "user_id": user,
+            "event_count": len(evs),
+            "last_update_ms": last,
+            "recent_views": [item(e) for e in recent(("view", "click"), "productId")],
+            "recent_purchases": [item(e) for e in recent(("purchase",), "productId")],
+            "recent_searches": [(e["searchQuery"], e["timestamp"]) for e in recent(("search",), "searchQuery")],
+            "cart": [item(e) for e in cart],
+            "price_min": min(prices) if prices else 0.0,
+            "price_max": max(prices) if prices else 0.0,
+            "price_mean": psum / pn if pn else 0.0,
+            "category_affinities": cat_aff,
+            "brand_affinities": brand_aff,
+        }
+
+
+def profile_of_pb(p):
+    """The comparable parts of a UserProfile message, in Expect.profile's shape."""
+    item = lambda r: (r.product_id, r.category, r.timestamp_ms)  # noqa: E731
+    return {
+        "user_id": p.user_id,
+        "event_count": p.event_count,
+        "last_update_ms": p.last_update_ms,
+        "recent_views": [item(r) for r in p.recent_views],
+        "recent_purchases": [item(r) for r in p.recent_purchases],
+        "recent_searches": [(s.query, s.timestamp_ms) for s in p.recent_searches],
+        "cart": [item(r) for r in p.cart],
+        "price_min": p.price_range.min,
+        "price_max": p.price_range.max,
+        "price_mean": p.price_range.mean,
+        "category_affinities": [(a.name, a.score) for a in p.category_affinities],
+        "brand_affinities": [(a.name, a.score) for a in p.brand_affinities],
+    }
+
+
+def profile_of_json(p):
+    """The same from `eddy -o json profile` (snake_case keys, docs/cli.md)."""
+    item = lambda r: (r["product_id"], r.get("category", ""), int(r["timestamp_ms"]))  # noqa: E731
+    return {
+        "user_id": p["user_id"],
+        "event_count": int(p["event_count"]),
+        "last_update_ms": int(p["last_update_ms"]),
+        "recent_views": [item(r) for r in p.get("recent_views", [])],
+        "recent_purchases": [item(r) for r in p.get("recent_purchases", [])],
+        "recent_searches": [(s["query"], int(s["timestamp_ms"])) for s in p.get("recent_searches", [])],
+        "cart": [item(r) for r in p.get("cart", [])],
+        "price_min": p["price_range"]["min"],
+        "price_max": p["price_range"]["max"],
+        "price_mean": p["price_range"]["mean"],
+        "category_affinities": [(a["name"], a["score"]) for a in p.get("category_affinities", [])],
+        "brand_affinities": [(a["name"], a["score"]) for a in p.get("brand_affinities", [])],
+    }
+
+
+def assert_profile(test, got, want, label=""):
+    """Exact on lists, counts and min/max; affinities and the decayed mean within the
+    node's fixed-point rounding (1e-4 relative); affinities best first."""
+    exact = ("user_id", "event_count", "last_update_ms", "recent_views", "recent_purchases",
+             "recent_searches", "cart", "price_min", "price_max")
+    for k in exact:
+        test.assertEqual(got[k], want[k], f"{label} profile.{k}")
+    test.assertAlmostEqual(got["price_mean"], want["price_mean"],
+                           delta=1e-4 * max(1.0, want["price_mean"]), msg=f"{label} price_range.mean")
+    for k in ("category_affinities", "brand_affinities"):
+        names = [n for n, _ in got[k]]
+        test.assertEqual(sorted(names), sorted(want[k]), f"{label} {k} names")
+        scores = [s for _, s in got[k]]
+        test.assertEqual(scores, sorted(scores, reverse=True), f"{label} {k} not best first")
+        for n, s in got[k]:
+            test.assertAlmostEqual(s, want[k][n], delta=1e-4 * max(1.0, want[k][n]),
+                                   msg=f"{label} {k}[{n}]")
