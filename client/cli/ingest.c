@@ -12,7 +12,7 @@
 #include "client/jsonl.h"
 
 #define MAX_LINE_BYTES (1 << 20)   /* a longer line is rejected, not buffered */
-#define MAX_BATCH_BYTES (4 << 20)  /* flush a batch early when its lines reach this size */
+#define MAX_BATCH_BYTES (2 << 20)  /* flush a batch early: nodes take 4 MiB requests */
 #define MAX_REPORTED 10000         /* rejections kept for the report; the rest are counted */
 #define BACKOFF_FIRST_MS 100
 #define BACKOFF_MAX_MS 5000
