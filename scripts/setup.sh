@@ -27,6 +27,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 BUILD="${EDDY_BUILD_DIR:-build}"
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
-cmake --build "$BUILD" -j"$(nproc)"
+echo "setup: building into $BUILD/ (log: $BUILD/build.log)"
+mkdir -p "$BUILD"
+if ! { cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" &&
+       cmake --build "$BUILD" -j"$(nproc)"; } >"$BUILD/build.log" 2>&1; then
+  tail -40 "$BUILD/build.log" >&2
+  echo "setup: build failed (full log: $BUILD/build.log)" >&2
+  exit 1
+fi
 echo "setup: built $(ls "$BUILD"/eddy-node "$BUILD"/eddy 2>/dev/null | tr '\n' ' ')"

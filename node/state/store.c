@@ -3,8 +3,10 @@
  * one place that turns LevelDB's char **errptr into eddy_err. */
 #include "node/state/store.h"
 
+#include <errno.h>
 #include <leveldb/c.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -124,9 +126,30 @@ static eddy_err take_err(char *lerr, char *err, size_t errlen)
     return EDDY_ERR_IO;
 }
 
+/* mkdir -p: LevelDB creates the database directory but not its parents. */
+static int make_dirs(const char *path)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
+        return -1;
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
 eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t errlen)
 {
     char *lerr = NULL;
+    if (make_dirs(o->path) != 0) {
+        snprintf(err, errlen, "cannot create %s: %s", o->path, strerror(errno));
+        return EDDY_ERR_IO;
+    }
     store *s = calloc(1, sizeof(*s));
     if (!s)
         return EDDY_ERR_NOMEM;
