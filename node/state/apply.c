@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "node/state/counts.h"
 #include "node/state/pbutil.h"
 
 /* ---- meta ---------------------------------------------------------------------------- */
@@ -51,37 +52,6 @@ eddy_err apply_meta_save(store_txn *t, uint32_t p, struct part_meta *m)
     eddy_err err = store_txn_put_msg(t, &k, &pm.base);
     if (err == EDDY_OK)
         m->dirty = false;
-    return err;
-}
-
-/* ---- windows ------------------------------------------------------------------------- */
-
-static void count_type(Eddy__Store__V1__Counts *c, Eddy__V1__EventType type)
-{
-    switch (type) {
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW: c->view++; break;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK: c->click++; break;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART: c->add_to_cart++; break;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_REMOVE_FROM_CART: c->remove_from_cart++; break;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE: c->purchase++; break;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_SEARCH: c->search++; break;
-    default: break;
-    }
-}
-
-static eddy_err bump_counts(store_txn *t, const struct store_key *k, Eddy__V1__EventType type)
-{
-    Eddy__Store__V1__Counts *c = NULL;
-    eddy_err err = store_txn_get_msg(t, k, &eddy__store__v1__counts__descriptor,
-                                     (ProtobufCMessage **)&c);
-    if (err != EDDY_OK)
-        return err;
-    Eddy__Store__V1__Counts fresh = EDDY__STORE__V1__COUNTS__INIT;
-    Eddy__Store__V1__Counts *w = c ? c : &fresh;
-    count_type(w, type);
-    err = store_txn_put_msg(t, k, &w->base);
-    if (c)
-        protobuf_c_message_free_unpacked(&c->base, NULL);
     return err;
 }
 
@@ -453,11 +423,11 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
         key_init(&k, p, T_USER_WIN);
         key_lstr(&k, ev->user_id);
         key_i64(&k, ws);
-        if ((err = bump_counts(t, &k, ev->event_type)) != EDDY_OK)
+        if ((err = counts_bump(t, &k, ev->event_type, NULL)) != EDDY_OK)
             return err;
         key_init(&k, p, T_PART_WIN);
         key_i64(&k, ws);
-        if ((err = bump_counts(t, &k, ev->event_type)) != EDDY_OK)
+        if ((err = counts_bump(t, &k, ev->event_type, NULL)) != EDDY_OK)
             return err;
     }
 

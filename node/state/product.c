@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/partition.h"
+#include "node/state/counts.h"
 #include "node/state/model.h"
 #include "node/state/pbutil.h"
 
@@ -57,34 +58,10 @@ static eddy_err load_product(store_txn *t, uint32_t q, const char *id,
 static eddy_err count_window(store_txn *t, uint32_t q, const Eddy__Store__V1__ProductUpdate *u)
 {
     struct store_key k;
-    Eddy__Store__V1__Counts *c = NULL;
     key_init(&k, q, T_PROD_WIN);
     key_i64(&k, u->window_start);
     key_str(&k, u->product_id);
-    eddy_err err = store_txn_get_msg(t, &k, &eddy__store__v1__counts__descriptor,
-                                     (ProtobufCMessage **)&c);
-    if (err != EDDY_OK)
-        return err;
-    Eddy__Store__V1__Counts fresh = EDDY__STORE__V1__COUNTS__INIT;
-    Eddy__Store__V1__Counts *w = c ? c : &fresh;
-    switch (u->event_type) {
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW: w->view++; break;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK: w->click++; break;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART: w->add_to_cart++; break;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_REMOVE_FROM_CART: w->remove_from_cart++; break;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE: w->purchase++; break;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_SEARCH: w->search++; break;
-    default: break;
-    }
-    if (!pb_empty(u->category))
-        err = pb_set_str(&w->category, u->category);
-    if (err == EDDY_OK)
-        err = store_txn_put_msg(t, &k, &w->base);
-    if (w == &fresh)
-        pb_clear_str(&fresh.category);
-    if (c)
-        protobuf_c_message_free_unpacked(&c->base, NULL);
-    return err;
+    return counts_bump(t, &k, u->event_type, u->category);
 }
 
 static eddy_err apply_update(store_txn *t, const struct product_params *p, uint32_t q,

@@ -6,6 +6,7 @@
 #include <xxhash.h>
 
 #include "common/partition.h"
+#include "node/state/counts.h"
 #include "node/state/model.h"
 #include "node/state/pbutil.h"
 #include "node/state/window.h"
@@ -207,16 +208,6 @@ struct win_list {
     eddy_err err;
 };
 
-static void add_counts(Eddy__Store__V1__Counts *a, const Eddy__Store__V1__Counts *b)
-{
-    a->view += b->view;
-    a->click += b->click;
-    a->add_to_cart += b->add_to_cart;
-    a->remove_from_cart += b->remove_from_cart;
-    a->purchase += b->purchase;
-    a->search += b->search;
-}
-
 static int collect_window(void *ud, const unsigned char *k, size_t klen, const char *v,
                           size_t vlen)
 {
@@ -249,7 +240,7 @@ static int collect_window(void *ud, const unsigned char *k, size_t klen, const c
         eddy__store__v1__counts__init(&l->w[i].c);
         l->n++;
     }
-    add_counts(&l->w[i].c, c);
+    counts_add(&l->w[i].c, c);
     eddy__store__v1__counts__free_unpacked(c, NULL);
     return 0;
 }
@@ -258,22 +249,6 @@ static int cmp_win(const void *a, const void *b)
 {
     const struct win_acc *x = a, *y = b;
     return x->start < y->start ? -1 : x->start > y->start;
-}
-
-static Eddy__V1__TypeCounts *type_counts(const Eddy__Store__V1__Counts *c)
-{
-    Eddy__V1__TypeCounts *t = malloc(sizeof(*t));
-    if (!t)
-        return NULL;
-    eddy__v1__type_counts__init(t);
-    t->view = c->view;
-    t->click = c->click;
-    t->add_to_cart = c->add_to_cart;
-    t->remove_from_cart = c->remove_from_cart;
-    t->purchase = c->purchase;
-    t->search = c->search;
-    t->total = c->view + c->click + c->add_to_cart + c->remove_from_cart + c->purchase + c->search;
-    return t;
 }
 
 eddy_err query_event_counts(struct query_ctx *q, const Eddy__V1__EventCountsRequest *req,
@@ -340,7 +315,7 @@ eddy_err query_event_counts(struct query_ctx *q, const Eddy__V1__EventCountsRequ
         wc->window_start_ms = l.w[i].start;
         wc->window_end_ms = l.w[i].start + o->apply.window.size_ms;
         wc->closed = closed;
-        if (!(wc->counts = type_counts(&l.w[i].c)))
+        if (!(wc->counts = counts_to_public(&l.w[i].c)))
             goto out;
     }
     *out = r;
@@ -433,31 +408,17 @@ static int collect_product(void *ud, const unsigned char *k, size_t klen, const 
         eddy__store__v1__counts__init(&a->c);
         m->n++;
     }
-    add_counts(&a->c, c);
+    counts_add(&a->c, c);
     eddy__store__v1__counts__free_unpacked(c, NULL);
     return 0;
 }
 
 
-static uint64_t rank_value(const Eddy__Store__V1__Counts *c, Eddy__V1__EventType t)
-{
-    switch (t) {
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW: return c->view;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK: return c->click;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART: return c->add_to_cart;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_REMOVE_FROM_CART: return c->remove_from_cart;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE: return c->purchase;
-    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_SEARCH: return c->search;
-    default:
-        return c->view + c->click + c->add_to_cart + c->remove_from_cart + c->purchase + c->search;
-    }
-}
-
 static int cmp_prod(const void *a, const void *b, void *arg)
 {
     const struct prod_acc *x = a, *y = b;
     Eddy__V1__EventType t = *(const Eddy__V1__EventType *)arg;
-    uint64_t vx = rank_value(&x->c, t), vy = rank_value(&y->c, t);
+    uint64_t vx = counts_get(&x->c, t), vy = counts_get(&y->c, t);
     if (vx != vy)
         return vx < vy ? 1 : -1;
     return strcmp(x->id, y->id);
@@ -518,7 +479,7 @@ eddy_err query_top_products(struct query_ctx *q, const Eddy__V1__TopProductsRequ
         r->products[r->n_products++] = ps;
         if (pb_set_str(&ps->product_id, m.tab[i].id) != EDDY_OK ||
             pb_set_str(&ps->category, m.tab[i].category) != EDDY_OK ||
-            !(ps->counts = type_counts(&m.tab[i].c)))
+            !(ps->counts = counts_to_public(&m.tab[i].c)))
             goto out;
     }
     *out = r;

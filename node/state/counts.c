@@ -1,0 +1,77 @@
+/* Event counts by type. */
+#include "node/state/counts.h"
+
+#include <stdlib.h>
+
+#include "node/state/pbutil.h"
+
+uint64_t *counts_slot(Eddy__Store__V1__Counts *c, Eddy__V1__EventType type)
+{
+    switch (type) {
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW: return &c->view;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK: return &c->click;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART: return &c->add_to_cart;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_REMOVE_FROM_CART: return &c->remove_from_cart;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE: return &c->purchase;
+    case EDDY__V1__EVENT_TYPE__EVENT_TYPE_SEARCH: return &c->search;
+    default: return NULL;
+    }
+}
+
+uint64_t counts_get(const Eddy__Store__V1__Counts *c, Eddy__V1__EventType type)
+{
+    const uint64_t *s = counts_slot((Eddy__Store__V1__Counts *)c, type);
+    if (s)
+        return *s;
+    return c->view + c->click + c->add_to_cart + c->remove_from_cart + c->purchase + c->search;
+}
+
+void counts_add(Eddy__Store__V1__Counts *a, const Eddy__Store__V1__Counts *b)
+{
+    a->view += b->view;
+    a->click += b->click;
+    a->add_to_cart += b->add_to_cart;
+    a->remove_from_cart += b->remove_from_cart;
+    a->purchase += b->purchase;
+    a->search += b->search;
+}
+
+eddy_err counts_bump(store_txn *t, const struct store_key *key, Eddy__V1__EventType type,
+                     const char *category)
+{
+    Eddy__Store__V1__Counts *c = NULL;
+    eddy_err err = store_txn_get_msg(t, key, &eddy__store__v1__counts__descriptor,
+                                     (ProtobufCMessage **)&c);
+    if (err != EDDY_OK)
+        return err;
+    Eddy__Store__V1__Counts fresh = EDDY__STORE__V1__COUNTS__INIT;
+    Eddy__Store__V1__Counts *w = c ? c : &fresh;
+    uint64_t *slot = counts_slot(w, type);
+    if (slot)
+        (*slot)++;
+    if (!pb_empty(category))
+        err = pb_set_str(&w->category, category);
+    if (err == EDDY_OK)
+        err = store_txn_put_msg(t, key, &w->base);
+    if (w == &fresh)
+        pb_clear_str(&fresh.category);
+    if (c)
+        protobuf_c_message_free_unpacked(&c->base, NULL);
+    return err;
+}
+
+Eddy__V1__TypeCounts *counts_to_public(const Eddy__Store__V1__Counts *c)
+{
+    Eddy__V1__TypeCounts *t = malloc(sizeof(*t));
+    if (!t)
+        return NULL;
+    eddy__v1__type_counts__init(t);
+    t->view = c->view;
+    t->click = c->click;
+    t->add_to_cart = c->add_to_cart;
+    t->remove_from_cart = c->remove_from_cart;
+    t->purchase = c->purchase;
+    t->search = c->search;
+    t->total = counts_get(c, EDDY__V1__EVENT_TYPE__EVENT_TYPE_UNSPECIFIED);
+    return t;
+}
