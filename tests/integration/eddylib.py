@@ -275,7 +275,6 @@ class Node:
             if self.proc is not None and expect_rc is not None:
                 assert rc == expect_rc, f"eddy-node had already exited rc={rc}\n{self.log_tail()}"
             return rc
-        self._close_channel()
         self.proc.send_signal(signal.SIGTERM)
         try:
             rc = self.proc.wait(STOP_TIMEOUT)
@@ -283,9 +282,11 @@ class Node:
             self.proc.kill()
             self.proc.wait()
             _live.discard(self.proc)
+            self._close_channel()
             raise AssertionError(f"eddy-node did not exit within {STOP_TIMEOUT}s of SIGTERM\n"
                                  f"{self.log_tail()}")
         _live.discard(self.proc)
+        self._close_channel()  # after the exit: calls in flight see what the node answered
         if expect_rc is not None:
             assert rc == expect_rc, f"eddy-node exited rc={rc} after SIGTERM, want {expect_rc}\n" \
                                     f"{self.log_tail()}"

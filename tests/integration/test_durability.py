@@ -52,6 +52,42 @@ class DurabilityTest(unittest.TestCase):
         self.assertEqual(counts2, counts)
         node.stop()
 
+    def test_sigterm_during_ingest(self):
+        """SIGTERM while a client is sending: clean exit 0; every acked event is kept."""
+        data_dir = L.temp_dir(self, "eddy-it-durable-")
+        node = self.restart(data_dir)
+        events = L.generate(seed=41, n_users=25, n_events=6000)
+        acked, sent = [], []
+        enough = threading.Event()
+
+        def sender():
+            try:
+                for i, batch in enumerate(L.batches(events, [100])):
+                    sent.extend(batch)
+                    try:
+                        node.stub.Ingest(L.pb().IngestRequest(events=[L.to_pb(e) for e in batch]), timeout=10)
+                    except Exception:  # noqa: BLE001 - the node is going away
+                        return
+                    acked.extend(batch)
+                    if i == 5:
+                        enough.set()
+            finally:
+                enough.set()
+
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
+        self.assertTrue(enough.wait(30))
+        node.stop()  # asserts exit code 0
+        t.join(30)
+        self.assertFalse(t.is_alive())
+        node = self.restart(data_dir)
+        total, _ = total_events(node)
+        self.assertGreaterEqual(total, len(acked))
+        self.assertLessEqual(total, len(sent))
+        r = node.ingest(acked)
+        self.assertEqual((r.accepted, r.duplicates), (0, len(acked)))
+        node.stop()
+
     def test_kill9_during_ingest(self):
         """Killed while a client is still sending: every acked event survives; events of the
         batch in flight are there all or partly or not at all, never twice."""

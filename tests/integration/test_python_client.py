@@ -144,6 +144,31 @@ class PythonClientTest(unittest.TestCase):
         rec = self.stub.Recommend(m.RecommendRequest(user_id=user), timeout=10)
         self.assertTrue(rec.cold_start)
 
+    def test_late_event(self):
+        """DESIGN.md §5: an event for a closed window is accepted and counted late; it enters
+        the user model but not the closed window."""
+        m = self.m
+        user = "u-002"
+        closed = self.exp.windows(user=user)
+        self.assertTrue(closed)
+        ws = closed[0][0]
+        before = self.stub.EventCounts(m.EventCountsRequest(user_id=user), timeout=10)
+        p0 = self.stub.GetUserProfile(m.GetUserProfileRequest(user_id=user), timeout=10).profile
+        ev = m.Event(event_id="late-1", user_id=user, timestamp_ms=ws + 10, event_type=m.EVENT_TYPE_VIEW,
+                     product_id="p-late", category="books")
+        r = self.stub.Ingest(m.IngestRequest(events=[ev]), timeout=10)
+        self.assertEqual((r.accepted, r.late), (1, 1))
+        after = self.stub.EventCounts(m.EventCountsRequest(user_id=user), timeout=10)
+        self.assertEqual(list(after.windows), list(before.windows))
+        self.assertEqual(after.late_events, before.late_events + 1)
+        overall = self.stub.EventCounts(m.EventCountsRequest(), timeout=10)
+        self.assertEqual(overall.late_events, 1)
+        p1 = self.stub.GetUserProfile(m.GetUserProfileRequest(user_id=user), timeout=10).profile
+        self.assertEqual(p1.event_count, p0.event_count + 1)
+        self.assertEqual(p1.last_update_ms, p0.last_update_ms)  # an older event
+        books = lambda p: dict((a.name, a.score) for a in p.category_affinities).get("books", 0.0)  # noqa: E731
+        self.assertGreater(books(p1), books(p0))
+
     def test_health(self):
         h = L.health_pb()
         for service in ("", "eddy.v1.Eddy"):
