@@ -30,8 +30,8 @@
  * zero the rpc_call is freed. So an application may answer a call after the client went
  * away, or even after rpc_server_shutdown returned: it only frees the call.
  *
- * Shutdown: stop accepting; wait up to the grace period for 'inflight' (accepted and not
- * yet answered or closed) to reach zero; cancel all calls; wait for 'live' (posted accept
+ * Shutdown: stop accepting; wait up to the grace period for 'inflight' (accepted, and the
+ * status not yet delivered) to reach zero; cancel all calls; wait for 'live' (posted accept
  * slots plus calls still holding a grpc_call) to reach zero while the CQ threads keep
  * completing; then destroy the server, drain and join the CQ threads, and finally let the
  * handler threads drain their queue (dropping closed calls, running on_cancel) and exit. */
@@ -163,7 +163,7 @@ struct rpc_server {
     int handlers_started;
     atomic_bool stopping;
 
-    _Atomic int64_t inflight; /* accepted, neither answered nor closed */
+    _Atomic int64_t inflight; /* accepted, status not yet delivered (closed) */
     _Atomic int64_t live;     /* posted slots + calls holding a grpc_call */
 
     pthread_mutex_t mu;      /* guards the job queue; pairs with the two conds */
@@ -247,7 +247,9 @@ static void call_unlock(rpc_call *c)
         call_free(c);
 }
 
-/* The call no longer counts as in flight (answered or closed). Under c->mu. */
+/* The call no longer counts as in flight: its status has gone out and the call closed, or
+ * the client went away. Counting until then (not until the application answered) is what
+ * lets shutdown's grace period deliver answers that are already on their way. Under c->mu. */
 static void call_done_locked(rpc_call *c)
 {
     if (!c->counted_done) {
@@ -330,9 +332,10 @@ static void call_fail_locked(rpc_call *c, grpc_status_code code, const char *msg
     c->answered = true;
     c->refs--;
     if (!c->closed) {
-        call_done_locked(c);
         if (!c->status_sent && !c->broken)
             call_send_status_locked(c, code, msg, NULL);
+        else
+            call_done_locked(c); /* nothing more will go out */
     }
 }
 
@@ -340,9 +343,9 @@ static void call_fail_locked(rpc_call *c, grpc_status_code code, const char *msg
 static void call_closed_locked(rpc_call *c)
 {
     c->closed = true;
+    call_done_locked(c);
     if (c->answered)
         return;
-    call_done_locked(c);
     const struct method *m = c->m;
     if (m && m->stream && m->on_cancel) {
         if (c->in_handler) {
@@ -933,10 +936,8 @@ void rpc_reply(rpc_call *c, const ProtobufCMessage *resp)
     assert(!c->answered);
     c->answered = true;
     c->refs--;
-    if (!c->closed) {
-        call_done_locked(c);
+    if (!c->closed)
         call_send_status_locked(c, GRPC_STATUS_OK, NULL, pbgrpc_pack(resp));
-    }
     call_unlock(c);
 }
 
