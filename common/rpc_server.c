@@ -34,7 +34,14 @@
  * status not yet delivered) to reach zero; cancel all calls; wait for 'live' (posted accept
  * slots plus calls still holding a grpc_call) to reach zero while the CQ threads keep
  * completing; then destroy the server, drain and join the CQ threads, and finally let the
- * handler threads drain their queue (dropping closed calls, running on_cancel) and exit. */
+ * handler threads drain their queue (dropping closed calls, running on_cancel) and exit.
+ *
+ * Metrics (go-grpc-prometheus names): each method resolves its series when the server
+ * starts (unknown methods share one set labelled "unknown"), so a call only does relaxed
+ * atomic adds. A call's outcome is recorded exactly once ('recorded'), at the first of: its
+ * answer (the answer's code) or its close before an answer (DeadlineExceeded if the
+ * deadline had passed, else Canceled). A call that detached from the server is always
+ * recorded already, so nothing touches the method's metrics after the server is freed. */
 #include "common/rpc_server.h"
 
 #include <grpc/grpc.h>
@@ -64,11 +71,19 @@
 #define DEFAULT_MAX_QUEUED 1024
 #define DEFAULT_MAX_RECV (4 * 1024 * 1024)
 #define DEFAULT_MAX_SEND (16 * 1024 * 1024)
+#define GRPC_CODES 17 /* OK .. UNAUTHENTICATED */
 
 /* Every tag given to gRPC starts with its kind. */
 enum tag_kind { TAG_SLOT, TAG_CLOSE, TAG_SEND };
 struct tag {
     enum tag_kind kind;
+};
+
+/* The series of one method (all NULL without a registry). */
+struct method_metrics {
+    metric_counter *started, *received, *sent;
+    metric_counter *handled[GRPC_CODES];
+    metric_histogram *seconds;
 };
 
 struct method {
@@ -79,6 +94,7 @@ struct method {
     void *ud;
     bool stream;
     void *handle; /* from grpc_server_register_method */
+    struct method_metrics mm;
 };
 
 /* One CQ and the thread that drives it. */
@@ -118,6 +134,8 @@ struct out_msg {
  * accept time and read-only afterwards (see the DESIGN note for lifetime). */
 struct rpc_call {
     const struct method *m; /* NULL for an unknown method */
+    const struct method_metrics *mm; /* only used until 'recorded' (see DESIGN) */
+    int64_t arrival_ns;     /* CLOCK_MONOTONIC */
     gpr_timespec deadline;
     struct tag close_tag, send_tag;
     struct job run_job, cancel_job;
@@ -138,6 +156,7 @@ struct rpc_call {
     bool sent_md;        /* initial metadata is out (or in flight) */
     bool status_sent;    /* the status batch was started */
     bool broken;         /* a send failed: the stream is dead */
+    bool recorded;       /* the outcome is counted in grpc_server_handled_total */
     grpc_byte_buffer *send_bb; /* the message in flight, freed on its completion */
     struct out_msg *q_head, *q_tail;
     int q_len;
@@ -152,6 +171,9 @@ struct rpc_server {
     char *listen;
     int cq_threads, handler_threads, max_queued;
     int64_t max_recv, max_send, max_age_ms;
+    metrics *reg;                   /* borrowed; NULL = no metrics */
+    metric_counter *busy;           /* handler queue full */
+    struct method_metrics unknown_mm; /* calls to unregistered methods */
 
     struct method *methods;
     size_t nmethods, methods_cap;
@@ -205,6 +227,84 @@ static bool queue_push(rpc_server *s, struct job *j)
     pthread_cond_signal(&s->work_cv);
     pthread_mutex_unlock(&s->mu);
     return true;
+}
+
+/* ---------------------------------------------------------------- metrics */
+
+static const char *const grpc_code_names[GRPC_CODES] = {
+    "OK",           "Canceled",          "Unknown",           "InvalidArgument",
+    "DeadlineExceeded", "NotFound",      "AlreadyExists",     "PermissionDenied",
+    "ResourceExhausted", "FailedPrecondition", "Aborted",     "OutOfRange",
+    "Unimplemented", "Internal",         "Unavailable",       "DataLoss",
+    "Unauthenticated",
+};
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Resolve the series of a method ("/pkg.Service/Method"; NULL path: unknown methods). */
+static void method_metrics_init(metrics *reg, struct method_metrics *mm, const char *path,
+                                bool stream)
+{
+    static const char *const labels[] = {"grpc_service", "grpc_method", "grpc_type",
+                                         "grpc_code"};
+    char service[PATH_MAX_LEN] = "unknown", method[PATH_MAX_LEN] = "unknown";
+    const char *type = "unknown";
+    const char *slash = path ? strrchr(path, '/') : NULL;
+    if (path && path[0] == '/' && slash && slash > path + 1 && slash[1]) {
+        snprintf(service, sizeof(service), "%.*s", (int)(slash - path - 1), path + 1);
+        snprintf(method, sizeof(method), "%s", slash + 1);
+        type = stream ? "server_stream" : "unary";
+    }
+    const char *values[] = {service, method, type, NULL};
+    memset(mm, 0, sizeof(*mm));
+    if (!reg)
+        return;
+    mm->started = metric_family_counter(
+        metrics_family(reg, METRIC_COUNTER, "grpc_server_started_total",
+                       "Total number of RPCs started on the server.", labels, 3, NULL, 0),
+        values);
+    mm->received = metric_family_counter(
+        metrics_family(reg, METRIC_COUNTER, "grpc_server_msg_received_total",
+                       "Total number of RPC stream messages received on the server.", labels,
+                       3, NULL, 0),
+        values);
+    mm->sent = metric_family_counter(
+        metrics_family(reg, METRIC_COUNTER, "grpc_server_msg_sent_total",
+                       "Total number of gRPC stream messages sent by the server.", labels, 3,
+                       NULL, 0),
+        values);
+    mm->seconds = metric_family_histogram(
+        metrics_family(reg, METRIC_HISTOGRAM, "grpc_server_handling_seconds",
+                       "Histogram of response latency (seconds) of gRPC that had been "
+                       "application-level handled by the server.",
+                       labels, 3, metrics_default_buckets, metrics_default_nbuckets),
+        values);
+    metric_family *handled = metrics_family(
+        reg, METRIC_COUNTER, "grpc_server_handled_total",
+        "Total number of RPCs completed on the server, regardless of success or failure.",
+        labels, 4, NULL, 0);
+    for (int i = 0; i < GRPC_CODES; i++) {
+        values[3] = grpc_code_names[i];
+        mm->handled[i] = metric_family_counter(handled, values);
+    }
+}
+
+/* Count the call's outcome once (see DESIGN). Under c->mu. */
+static void call_record_locked(rpc_call *c, grpc_status_code code)
+{
+    if (c->recorded)
+        return;
+    c->recorded = true;
+    const struct method_metrics *mm = c->mm;
+    int k = (int)code >= 0 && (int)code < GRPC_CODES ? (int)code : GRPC_STATUS_UNKNOWN;
+    metric_counter_inc(mm->handled[k]);
+    if (mm->seconds)
+        metric_histogram_observe(mm->seconds, (double)(mono_ns() - c->arrival_ns) / 1e9);
 }
 
 /* ---------------------------------------------------------------- calls */
@@ -287,6 +387,7 @@ static void call_send_status_locked(rpc_call *c, grpc_status_code code, const ch
     if (bb) {
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n++].data.send_message.send_message = bb;
+        metric_counter_inc(c->mm->sent);
     }
     grpc_slice details = msg ? grpc_slice_from_copied_string(msg) : grpc_empty_slice();
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
@@ -315,6 +416,7 @@ static bool call_send_msg_locked(rpc_call *c, grpc_byte_buffer *bb)
     ops[n].op = GRPC_OP_SEND_MESSAGE;
     ops[n++].data.send_message.send_message = bb;
     c->send_bb = bb;
+    metric_counter_inc(c->mm->sent);
     if (!call_batch_locked(c, ops, n, &c->send_tag)) {
         c->send_bb = NULL;
         grpc_byte_buffer_destroy(bb);
@@ -331,6 +433,7 @@ static void call_fail_locked(rpc_call *c, grpc_status_code code, const char *msg
     assert(!c->answered);
     c->answered = true;
     c->refs--;
+    call_record_locked(c, code);
     if (!c->closed) {
         if (!c->status_sent && !c->broken)
             call_send_status_locked(c, code, msg, NULL);
@@ -346,6 +449,8 @@ static void call_closed_locked(rpc_call *c)
     call_done_locked(c);
     if (c->answered)
         return;
+    call_record_locked(c, pbgrpc_remaining_ms(c->deadline) <= 0 ? GRPC_STATUS_DEADLINE_EXCEEDED
+                                                                : GRPC_STATUS_CANCELLED);
     const struct method *m = c->m;
     if (m && m->stream && m->on_cancel) {
         if (c->in_handler) {
@@ -556,6 +661,7 @@ static void call_begin(rpc_call *c, grpc_byte_buffer *payload, const char *unkno
     if (!queue_push(s, &c->run_job)) {
         char msg[128];
         c->refs--;
+        metric_counter_inc(s->busy);
         snprintf(msg, sizeof(msg), "server busy: %d calls queued", s->max_queued);
         call_fail_locked(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
     }
@@ -572,6 +678,7 @@ static void on_slot(struct slot *sl, bool ok)
         counter_done(s, &s->live);
         return;
     }
+    int64_t arrival_ns = mono_ns();
     grpc_call *gc = sl->call;
     grpc_byte_buffer *payload = sl->payload;
     gpr_timespec deadline = sl->m ? sl->deadline : sl->details.deadline;
@@ -601,6 +708,8 @@ static void on_slot(struct slot *sl, bool ok)
     }
     pthread_mutex_init(&c->mu, NULL);
     c->m = m;
+    c->mm = m ? &m->mm : &s->unknown_mm;
+    c->arrival_ns = arrival_ns;
     c->deadline = deadline;
     c->close_tag.kind = TAG_CLOSE;
     c->send_tag.kind = TAG_SEND;
@@ -609,6 +718,9 @@ static void on_slot(struct slot *sl, bool ok)
     c->refs = 1; /* the application's, until it answers */
     atomic_fetch_add(&s->live, 1);
     atomic_fetch_add(&s->inflight, 1);
+    metric_counter_inc(c->mm->started);
+    if (payload)
+        metric_counter_inc(c->mm->received);
     call_begin(c, payload, path);
     if (payload)
         grpc_byte_buffer_destroy(payload);
@@ -669,6 +781,8 @@ rpc_server *rpc_server_new(const struct rpc_server_opts *opts)
     s->max_recv = opts->max_recv_bytes > 0 ? opts->max_recv_bytes : DEFAULT_MAX_RECV;
     s->max_send = opts->max_send_bytes > 0 ? opts->max_send_bytes : DEFAULT_MAX_SEND;
     s->max_age_ms = opts->max_connection_age_ms > 0 ? opts->max_connection_age_ms : 0;
+    s->reg = opts->metrics;
+    s->busy = opts->busy_rejections;
     s->state = S_NEW;
     atomic_init(&s->stopping, false);
     atomic_init(&s->inflight, 0);
@@ -803,6 +917,10 @@ eddy_err rpc_server_start(rpc_server *s, int *port)
             goto fail;
         }
     }
+    for (size_t i = 0; i < s->nmethods; i++)
+        method_metrics_init(s->reg, &s->methods[i].mm, s->methods[i].path,
+                            s->methods[i].stream);
+    method_metrics_init(s->reg, &s->unknown_mm, NULL, false);
     for (int i = 0; i < s->cq_threads; i++) {
         s->workers[i].s = s;
         s->workers[i].cq = grpc_completion_queue_create_for_next(NULL);
@@ -936,6 +1054,7 @@ void rpc_reply(rpc_call *c, const ProtobufCMessage *resp)
     assert(!c->answered);
     c->answered = true;
     c->refs--;
+    call_record_locked(c, GRPC_STATUS_OK);
     if (!c->closed)
         call_send_status_locked(c, GRPC_STATUS_OK, NULL, pbgrpc_pack(resp));
     call_unlock(c);
@@ -994,6 +1113,7 @@ void rpc_stream_finish(rpc_call *c, grpc_status_code code, const char *msg)
     assert(!c->answered);
     c->answered = true;
     c->refs--;
+    call_record_locked(c, code);
     if (!c->closed) {
         call_done_locked(c);
         if (c->status_sent || c->broken) {
@@ -1018,6 +1138,11 @@ int64_t rpc_call_remaining_ms(const rpc_call *c)
 const char *rpc_call_method(const rpc_call *c)
 {
     return c->m ? c->m->path : "";
+}
+
+int64_t rpc_call_arrival_ns(const rpc_call *c)
+{
+    return c->arrival_ns;
 }
 
 int64_t rpc_server_inflight(const rpc_server *s)

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/metrics.h"
 
 typedef struct rpc_server rpc_server;
 typedef struct rpc_call rpc_call;
@@ -45,6 +46,11 @@ struct rpc_server_opts {
                                     get RESOURCE_EXHAUSTED from gRPC */
     int64_t max_send_bytes;      /* largest response message (default 16 MiB) */
     int64_t max_connection_age_ms; /* 0 = unlimited; set it so load balancers spread clients */
+    metrics *metrics;            /* where the grpc_server_* metrics go (go-grpc-prometheus
+                                    names; borrowed: must outlive the server and every call
+                                    it accepted); NULL = no metrics */
+    metric_counter *busy_rejections; /* counted for each call refused RESOURCE_EXHAUSTED
+                                        because the handler queue is full; may be NULL */
 };
 
 /* Create a server (not yet listening). Returns NULL on allocation failure. Caller owns the
@@ -101,6 +107,10 @@ int64_t rpc_call_remaining_ms(const rpc_call *c);
 /* The method path of the call, e.g. "/eddy.v1.Eddy/Ingest"; valid until the server is
  * freed. */
 const char *rpc_call_method(const rpc_call *c);
+
+/* When the server accepted the call: CLOCK_MONOTONIC in nanoseconds (before decoding and
+ * before any wait for a handler thread). */
+int64_t rpc_call_arrival_ns(const rpc_call *c);
 
 /* Number of calls accepted but not yet answered (for metrics and draining). */
 int64_t rpc_server_inflight(const rpc_server *s);

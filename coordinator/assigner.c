@@ -33,7 +33,7 @@ static struct slot *find(struct slot *s, size_t n, const char *id)
     return NULL;
 }
 
-size_t assigner_count(const struct assignment *a, const char *id)
+size_t assigner_count(const struct cluster_map *a, const char *id)
 {
     size_t k = 0;
     for (uint32_t p = 0; p < a->nparts; p++)
@@ -41,12 +41,13 @@ size_t assigner_count(const struct assignment *a, const char *id)
     return k;
 }
 
-size_t assigner_compute(const struct assign_node *nodes, size_t n, const struct assignment *cur,
-                        struct assignment *next)
+size_t assigner_compute(const struct assign_node *nodes, size_t n, const struct cluster_map *cur,
+                        struct cluster_map *next)
 {
     uint32_t P = cur->nparts;
     memcpy(next->parts, cur->parts, P * sizeof(*cur->parts));
     next->nparts = P;
+    next->version = cur->version;
 
     struct slot *s = calloc(n ? n : 1, sizeof(*s));
     if (!s)
@@ -104,7 +105,7 @@ size_t assigner_compute(const struct assign_node *nodes, size_t n, const struct 
         if (!best)
             break; /* cannot happen: targets sum to P */
         best->have++;
-        struct part_owner *po = &next->parts[p];
+        struct cluster_part *po = &next->parts[p];
         if (strcmp(po->owner, best->id) != 0) {
             snprintf(po->owner, sizeof(po->owner), "%s", best->id);
             po->epoch = cur->parts[p].epoch + 1;

@@ -16,30 +16,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define NODE_ID_MAX 128
+#include "common/cluster.h"
 
 struct assign_node {
-    char id[NODE_ID_MAX];
+    char id[CLUSTER_ID_MAX];
     bool state;      /* has the state role */
     bool draining;   /* asked to give its partitions away (eddy drain) */
 };
 
-struct part_owner {
-    char owner[NODE_ID_MAX]; /* "" = unassigned */
-    uint64_t epoch;
-};
-
-struct assignment {
-    uint32_t nparts;
-    struct part_owner *parts; /* [nparts], owned by whoever allocated it */
-};
-
 /* Compute 'next' (its parts array must have cur->nparts entries) from 'cur' and the
  * 'n' nodes. Returns the number of partitions whose owner changed. */
-size_t assigner_compute(const struct assign_node *nodes, size_t n, const struct assignment *cur,
-                        struct assignment *next);
+size_t assigner_compute(const struct assign_node *nodes, size_t n, const struct cluster_map *cur,
+                        struct cluster_map *next);
 
 /* Number of partitions owned by 'id' in 'a'. */
-size_t assigner_count(const struct assignment *a, const char *id);
+size_t assigner_count(const struct cluster_map *a, const char *id);
 
 #endif

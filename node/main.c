@@ -12,9 +12,11 @@
 #include "common/config.h"
 #include "common/health.h"
 #include "common/log.h"
+#include "common/metrics_http.h"
 #include "common/partition.h"
 #include "common/rpc_server.h"
 #include "node/ingest/ingest_service.h"
+#include "node/metrics_node.h"
 #include "node/state/engine.h"
 #include "node/state/popcache.h"
 
@@ -24,6 +26,7 @@ struct node_config {
     bool dev;
     const char *data_dir;
     const char *listen;
+    const char *metrics_listen;
     const char *log_level;
     const char *dump_state;
     int64_t partitions;
@@ -47,7 +50,8 @@ struct node_config {
 static struct node_config defaults(void)
 {
     return (struct node_config){
-        .data_dir = "./eddy-data", .listen = "127.0.0.1:7070", .log_level = "info",
+        .data_dir = "./eddy-data", .listen = "127.0.0.1:7070", .metrics_listen = "127.0.0.1:9464",
+        .log_level = "info",
         .partitions = PARTITION_DEFAULT_COUNT, .grpc_threads = 1, .handler_threads = 2,
         .max_queued_calls = 1024, .max_message_size = 4 << 20, .max_batch = 10000,
         .max_id_bytes = 128, .max_name_bytes = 128, .max_query_bytes = 512,
@@ -73,6 +77,8 @@ static size_t node_flags(struct node_config *c, struct flag *out)
         F("dev", FLAG_BOOL, dev, "run every role in one process, all partitions, no etcd", 0, 0),
         F("data-dir", FLAG_STRING, data_dir, "directory of the node's LevelDB", 0, 0),
         F("listen", FLAG_STRING, listen, "gRPC address (host:port; port 0 picks one)", 0, 0),
+        F("metrics-listen", FLAG_STRING, metrics_listen,
+          "Prometheus /metrics address (host:port; port 0 picks one; empty disables)", 0, 0),
         F("log-level", FLAG_STRING, log_level, "debug, info, warn or error", 0, 0),
         F("dump-state", FLAG_STRING, dump_state,
           "print the tables (comma list, or 'all') of --data-dir as hex and exit", 0, 0),
@@ -279,8 +285,16 @@ int main(int argc, char **argv)
     popcache *pop = NULL;
     rpc_server *srv = NULL;
     health *hl = NULL;
+    metrics_http *mh = NULL;
+    struct node_metrics nm;
     int status = 1;
-    eddy_err e = engine_open(&eo, &eng, err, sizeof(err));
+    eddy_err e = node_metrics_init(&nm, EDDY_VERSION);
+    if (e != EDDY_OK) {
+        log_error("msg=\"cannot register metrics\" error=\"%s\"", eddy_strerror(e));
+        goto out;
+    }
+    eo.metrics = nm.engine;
+    e = engine_open(&eo, &eng, err, sizeof(err));
     if (e != EDDY_OK) {
         log_error("msg=\"cannot open state\" data_dir=%s error=\"%s\"", c->data_dir,
                   err[0] ? err : eddy_strerror(e));
@@ -294,12 +308,14 @@ int main(int argc, char **argv)
         .lim = {c->max_id_bytes, c->max_name_bytes, c->max_query_bytes, c->max_metadata_entries,
                 c->max_metadata_bytes, c->max_future_skew, c->max_event_age},
         .max_batch = c->max_batch,
+        .m = nm.ingest,
     };
     struct rpc_server_opts so = {
         .listen = c->listen, .cq_threads = (int)c->grpc_threads,
         .handler_threads = (int)c->handler_threads, .max_queued_calls = (int)c->max_queued_calls,
         .max_recv_bytes = c->max_message_size, .max_send_bytes = 64 << 20,
         .max_connection_age_ms = c->max_connection_age,
+        .metrics = nm.reg, .busy_rejections = nm.rpc_busy,
     };
     srv = rpc_server_new(&so);
     hl = health_new();
@@ -307,8 +323,19 @@ int main(int argc, char **argv)
         log_error("msg=\"out of memory at start\"");
         goto out;
     }
-    if (ingest_service_register(&svc, srv) != EDDY_OK || health_register(hl, srv) != EDDY_OK)
+    if (ingest_service_register(&svc, srv) != EDDY_OK || health_register(hl, srv) != EDDY_OK ||
+        node_metrics_watch(&nm, eng, (uint32_t)c->partitions) != EDDY_OK)
         goto out;
+    int metrics_port = 0;
+    if (c->metrics_listen[0] != '\0') {
+        if ((e = metrics_http_open(nm.reg, c->metrics_listen, &mh, &metrics_port)) != EDDY_OK) {
+            log_error("msg=\"cannot serve metrics\" metrics_listen=%s error=\"%s\"",
+                      c->metrics_listen, eddy_strerror(e));
+            goto out;
+        }
+        log_info("msg=\"metrics listening\" metrics_listen=%s metrics_port=%d",
+                 c->metrics_listen, metrics_port);
+    }
     int port = 0;
     if ((e = rpc_server_start(srv, &port)) != EDDY_OK) {
         log_error("msg=\"cannot listen\" listen=%s error=\"%s\"", c->listen, eddy_strerror(e));
@@ -322,6 +349,8 @@ int main(int argc, char **argv)
              c->listen, port, c->data_dir, c->partitions);
     /* a line for scripts: the bound port (useful with :0) */
     printf("listening on %d\n", port);
+    if (mh)
+        printf("metrics on %d\n", metrics_port);
     fflush(stdout);
 
     int sig = 0;
@@ -333,9 +362,11 @@ int main(int argc, char **argv)
     status = 0;
 out:
     rpc_server_free(srv);
+    metrics_http_close(mh); /* after the RPC server: scrapes see the drain to the end */
     engine_close(eng); /* finishes queued writes, closes LevelDB */
     popcache_free(pop);
     health_free(hl);
+    node_metrics_release(&nm); /* last: late answers from the writer still count */
     if (status == 0)
         log_info("msg=\"stopped cleanly\"");
     return status;

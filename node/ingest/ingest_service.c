@@ -9,6 +9,16 @@
 #include "common/log.h"
 #include "node/state/pbutil.h"
 
+const char *const ingest_read_names[INGEST_READS] = {"Recommend", "GetUserProfile",
+                                                     "TopProducts", "EventCounts"};
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 static int64_t wall_ms(void)
 {
     struct timespec ts;
@@ -97,7 +107,10 @@ static void handle_ingest(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         if (validate_event(&svc->lim, req->events[i], now, field, sizeof(field), reason,
                            sizeof(reason))) {
             pi->valid[pi->nvalid++] = req->events[i];
-        } else if (add_rejection(pi, (uint32_t)i, field, reason) != EDDY_OK) {
+            continue;
+        }
+        metric_counter_inc(svc->m.rejected[validate_field_index(field)]);
+        if (add_rejection(pi, (uint32_t)i, field, reason) != EDDY_OK) {
             pending_free(pi);
             reply_err(c, EDDY_ERR_NOMEM, "ingest");
             return;
@@ -110,14 +123,17 @@ static void handle_ingest(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         pending_free(pi);
         return;
     }
-    eddy_err err = engine_ingest(svc->eng, pi->valid, pi->nvalid, ingest_done, pi);
+    eddy_err err = engine_ingest_timed(svc->eng, pi->valid, pi->nvalid, rpc_call_arrival_ns(c),
+                                       ingest_done, pi);
     if (err != EDDY_OK) {
-        if (err == EDDY_ERR_FULL)
+        if (err == EDDY_ERR_FULL) {
+            metric_counter_inc(svc->m.backpressure);
             rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED,
                             "ingest queue full (%" PRId64 " events waiting); retry with backoff",
                             engine_queue_depth(svc->eng));
-        else
+        } else {
             reply_err(c, err, "ingest");
+        }
         pending_free(pi);
     }
 }
@@ -150,6 +166,8 @@ static void handle_recommend(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     if (!require_user(c, req->user_id))
         return;
     eddy_err err = query_recommend(&svc->q, req, &resp);
+    if (err == EDDY_OK)
+        metric_counter_inc(svc->m.recommendations);
     answer(c, err, resp ? &resp->base : NULL, "recommend");
 }
 
@@ -224,6 +242,16 @@ static void handle_delete(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         reply_err(c, err, "delete user");
 }
 
+/* A read handler, timed from the call's arrival to its answer (reads answer before their
+ * handler returns; the call is gone by then, so its arrival is read first). */
+static void handle_read(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    const struct ingest_read_route *r = ud;
+    int64_t arrival = rpc_call_arrival_ns(c);
+    r->fn(r->svc, c, msg);
+    metric_histogram_observe(r->svc->m.serving[r->read], (double)(mono_ns() - arrival) / 1e9);
+}
+
 eddy_err ingest_service_register(struct ingest_service *svc, rpc_server *s)
 {
     static const struct {
@@ -239,8 +267,20 @@ eddy_err ingest_service_register(struct ingest_service *svc, rpc_server *s)
         {"/eddy.v1.Eddy/EventCounts", &eddy__v1__event_counts_request__descriptor, handle_counts},
         {"/eddy.v1.Eddy/DeleteUser", &eddy__v1__delete_user_request__descriptor, handle_delete},
     };
+    static rpc_handler_fn *const reads[INGEST_READS] = {handle_recommend, handle_profile,
+                                                              handle_top, handle_counts};
+    for (int r = 0; r < INGEST_READS; r++)
+        svc->routes[r] = (struct ingest_read_route){svc, (enum ingest_read)r, reads[r]};
     for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
-        eddy_err err = rpc_server_add_unary(s, methods[i].path, methods[i].desc, methods[i].fn, svc);
+        rpc_handler_fn *fn = methods[i].fn;
+        void *ud = svc;
+        for (int r = 0; r < INGEST_READS; r++) {
+            if (fn == reads[r]) {
+                fn = handle_read;
+                ud = &svc->routes[r];
+            }
+        }
+        eddy_err err = rpc_server_add_unary(s, methods[i].path, methods[i].desc, fn, ud);
         if (err != EDDY_OK)
             return err;
     }

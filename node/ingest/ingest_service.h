@@ -9,11 +9,34 @@
 #include "node/state/engine.h"
 #include "node/state/query.h"
 
+/* The read methods timed by eddy_serving_seconds{method}. */
+enum ingest_read { INGEST_RECOMMEND, INGEST_PROFILE, INGEST_TOP, INGEST_COUNTS, INGEST_READS };
+
+/* Their gRPC method names, the values of the 'method' label. */
+extern const char *const ingest_read_names[INGEST_READS];
+
+/* What the handlers count (each may be NULL; borrowed, must outlive the service). */
+struct ingest_metrics {
+    metric_counter *rejected[VALIDATE_FIELD_COUNT + 1]; /* by validate_field_index; the
+                                                           last one: any other field */
+    metric_counter *backpressure;    /* Ingest refused: the writer queue is full */
+    metric_counter *recommendations; /* Recommend calls answered OK */
+    metric_histogram *serving[INGEST_READS]; /* call arrival to answer, any status */
+};
+
 struct ingest_service {
     engine *eng;             /* borrowed */
     struct query_ctx q;
     struct limits lim;
     int64_t max_batch;       /* events per Ingest request */
+    struct ingest_metrics m; /* all NULL: no metrics */
+
+    /* set by ingest_service_register */
+    struct ingest_read_route {
+        struct ingest_service *svc;
+        enum ingest_read read;
+        rpc_handler_fn *fn;
+    } routes[INGEST_READS];
 };
 
 /* Register the six methods of eddy.v1.Eddy on 's'. 'svc' must outlive the server. */

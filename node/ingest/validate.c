@@ -6,6 +6,19 @@
 #include <stdio.h>
 #include <string.h>
 
+const char *const validate_fields[VALIDATE_FIELD_COUNT] = {
+    "event_id", "user_id",  "session_id", "event_type", "product_id", "search_query",
+    "category", "brand",    "timestamp_ms", "price",    "metadata",
+};
+
+size_t validate_field_index(const char *field)
+{
+    size_t i = 0;
+    while (i < VALIDATE_FIELD_COUNT && strcmp(validate_fields[i], field) != 0)
+        i++;
+    return i;
+}
+
 bool validate_printable_utf8(const char *s)
 {
     const unsigned char *p = (const unsigned char *)s;

@@ -25,6 +25,14 @@ struct limits {
 bool validate_event(const struct limits *l, const Eddy__V1__Event *ev, int64_t now_ms,
                     char *field, size_t fieldlen, char *reason, size_t reasonlen);
 
+/* The field names validate_event reports: the bounded set of rejection reasons (metrics
+ * label them with it). */
+#define VALIDATE_FIELD_COUNT 11
+extern const char *const validate_fields[VALIDATE_FIELD_COUNT];
+
+/* Index of 'field' in validate_fields, or VALIDATE_FIELD_COUNT if it is none of them. */
+size_t validate_field_index(const char *field);
+
 /* Whether 's' is valid UTF-8 without control characters (ids must be printable). */
 bool validate_printable_utf8(const char *s);
 

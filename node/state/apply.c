@@ -30,6 +30,7 @@ eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m)
     m->duplicates = pm->duplicates;
     m->swept_until = pm->swept_until;
     m->log_first_seq = pm->log_first_seq;
+    m->epoch = pm->epoch;
     protobuf_c_message_free_unpacked(&pm->base, NULL);
     return EDDY_OK;
 }
@@ -48,6 +49,7 @@ eddy_err apply_meta_save(store_txn *t, uint32_t p, struct part_meta *m)
     pm.duplicates = m->duplicates;
     pm.swept_until = m->swept_until;
     pm.log_first_seq = m->log_first_seq;
+    pm.epoch = m->epoch;
     key_init(&k, p, T_META);
     eddy_err err = store_txn_put_msg(t, &k, &pm.base);
     if (err == EDDY_OK)

@@ -46,6 +46,7 @@ struct part_meta {
     uint64_t duplicates;
     int64_t swept_until;
     uint64_t log_first_seq;
+    uint64_t epoch;      /* highest ownership epoch seen (cluster fencing) */
     bool dirty;          /* changed since last saved into a txn */
 };
 

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -10,7 +11,7 @@
 #include "common/log.h"
 #include "common/partition.h"
 
-enum job_kind { JOB_INGEST, JOB_DELETE, JOB_FLUSH };
+enum job_kind { JOB_INGEST, JOB_DELETE, JOB_FLUSH, JOB_FORWARD };
 
 struct job {
     enum job_kind kind;
@@ -18,8 +19,16 @@ struct job {
     /* ingest */
     Eddy__V1__Event *const *events;
     size_t n;
+    int64_t arrival_ns;    /* CLOCK_MONOTONIC */
     engine_ingest_done_fn *ingest_done;
     struct engine_ingest_result res;
+    int64_t partition;     /* cluster Apply: the partition, with its epoch; -1 in --dev */
+    uint64_t epoch;
+    eddy_err job_err;      /* this job failed alone (fencing), the group went on */
+    /* forward */
+    Eddy__Store__V1__Stage2Batch *const *batches;
+    size_t nbatches;
+    engine_forward_done_fn *forward_done;
     /* delete */
     char *user_id;
     engine_delete_done_fn *delete_done;
@@ -49,8 +58,11 @@ struct engine {
     struct part_meta *backup;    /* [partitions], to roll back a failed group */
     int64_t *last_arrival_ms;    /* [partitions], monotonic ms of the last event */
 
+    uint64_t outbox_added;       /* OUTBOX records written by the current group */
+
     /* published after each commit, under mu */
     struct engine_partition_view *view; /* [partitions] */
+    _Atomic uint64_t outbox;     /* OUTBOX records committed and not yet forwarded */
 };
 
 static int64_t mono_ms(void)
@@ -60,11 +72,73 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static eddy_err dev_emit(void *ud, const Eddy__Store__V1__Stage2Batch *b)
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Count a committed group (see struct engine_metrics). 'start_ns': when its apply began. */
+static void count_group(engine *e, const struct job *group, int64_t start_ns)
+{
+    const struct engine_metrics *m = &e->o.metrics;
+    uint64_t accepted = 0, dups = 0, late = 0, batches = 0, events = 0;
+    int64_t now = mono_ns();
+    for (const struct job *j = group; j; j = j->next) {
+        if (j->kind != JOB_INGEST)
+            continue;
+        batches++;
+        events += j->n;
+        accepted += j->res.accepted;
+        dups += j->res.duplicates;
+        late += j->res.late;
+        metric_histogram_observe_n(m->event_to_result, (double)(now - j->arrival_ns) / 1e9,
+                                   j->n);
+    }
+    if (events == 0)
+        return;
+    metric_counter_add(m->events_ingested, accepted);
+    metric_counter_add(m->events_duplicate, dups);
+    metric_counter_add(m->events_late, late);
+    metric_counter_add(m->batches, batches);
+    metric_histogram_observe(m->processing_seconds, (double)(now - start_ns) / 1e9);
+    metric_histogram_observe(m->group_events, (double)events);
+}
+
+/* Whether every record of 'b' falls in a partition this node owns. */
+static bool all_local(engine *e, const Eddy__Store__V1__Stage2Batch *b)
+{
+    const struct engine_cluster *c = &e->o.cluster;
+    size_t total = b->n_updates + b->n_pairs;
+    for (size_t i = 0; i < total; i++) {
+        const char *pid = i < b->n_updates ? b->updates[i]->product_id
+                                           : b->pairs[i - b->n_updates]->from_product;
+        if (!c->owns(c->owns_ud, partition_of_product(pid, e->o.apply.partitions)))
+            return false;
+    }
+    return true;
+}
+
+static eddy_err emit(void *ud, const Eddy__Store__V1__Stage2Batch *b)
 {
     engine *e = ud;
+    const struct engine_cluster *c = &e->o.cluster;
     /* --dev owns every partition: stage 2 is applied in the same write batch. */
-    return product_apply(e->txn, &e->o.product, b, NULL, NULL);
+    if (!c->owns)
+        return product_apply(e->txn, &e->o.product, b, NULL, NULL);
+    /* Cluster: the records of local partitions now, the batch to the OUTBOX for the
+     * owners of the others (they apply only their own records). */
+    eddy_err err = product_apply(e->txn, &e->o.product, b, c->owns, c->owns_ud);
+    if (err != EDDY_OK || all_local(e, b))
+        return err;
+    struct store_key k;
+    key_init(&k, b->source_partition, T_OUTBOX);
+    key_u64(&k, b->source_seq);
+    err = store_txn_put_msg(e->txn, &k, &b->base);
+    if (err == EDDY_OK)
+        e->outbox_added++;
+    return err;
 }
 
 static void publish(engine *e)
@@ -83,11 +157,22 @@ static void publish(engine *e)
 static eddy_err run_ingest(engine *e, struct job *j, int64_t now)
 {
     memset(&j->res, 0, sizeof(j->res));
+    if (j->partition >= 0) {
+        struct part_meta *m = &e->meta[j->partition];
+        if (m->epoch > j->epoch) {
+            j->job_err = EDDY_ERR_NOT_OWNER; /* a newer owner has written here */
+            return EDDY_OK;
+        }
+        if (m->epoch < j->epoch) {
+            m->epoch = j->epoch;
+            m->dirty = true;
+        }
+    }
     for (size_t i = 0; i < j->n; i++) {
         const Eddy__V1__Event *ev = j->events[i];
         uint32_t p = partition_of_user(ev->user_id, e->o.apply.partitions);
         enum apply_outcome oc;
-        eddy_err err = apply_event(e->txn, &e->o.apply, p, &e->meta[p], ev, dev_emit, e, &oc);
+        eddy_err err = apply_event(e->txn, &e->o.apply, p, &e->meta[p], ev, emit, e, &oc);
         if (err != EDDY_OK)
             return err;
         e->last_arrival_ms[p] = now;
@@ -119,11 +204,27 @@ static eddy_err run_idle(engine *e, int64_t now)
     return EDDY_OK;
 }
 
+static eddy_err run_forward(engine *e, struct job *j)
+{
+    const struct engine_cluster *c = &e->o.cluster;
+    for (size_t i = 0; i < j->nbatches; i++) {
+        eddy_err err = product_apply(e->txn, &e->o.product, j->batches[i], c->owns, c->owns_ud);
+        if (err != EDDY_OK)
+            return err;
+    }
+    return EDDY_OK;
+}
+
 static void finish(struct job *j, eddy_err err)
 {
+    if (err == EDDY_OK)
+        err = j->job_err;
     switch (j->kind) {
     case JOB_INGEST:
         j->ingest_done(j->ud, err, &j->res);
+        break;
+    case JOB_FORWARD:
+        j->forward_done(j->ud, err, err == EDDY_OK ? j->nbatches : 0);
         break;
     case JOB_DELETE:
         j->delete_done(j->ud, err, j->model_deleted, j->windows_deleted, j->log_deleted);
@@ -178,11 +279,15 @@ static void *writer_main(void *arg)
         if (!group && !idle_due)
             continue;
 
+        int64_t start_ns = mono_ns();
         memcpy(e->backup, e->meta, nparts * sizeof(*e->meta));
+        e->outbox_added = 0;
         eddy_err err = EDDY_OK;
         for (struct job *j = group; j && err == EDDY_OK; j = j->next) {
             if (j->kind == JOB_INGEST) {
                 err = run_ingest(e, j, now);
+            } else if (j->kind == JOB_FORWARD) {
+                err = run_forward(e, j);
             } else if (j->kind == JOB_DELETE) {
                 uint32_t p = partition_of_user(j->user_id, e->o.apply.partitions);
                 err = apply_delete_user(e->txn, p, j->user_id, &j->model_deleted,
@@ -204,6 +309,13 @@ static void *writer_main(void *arg)
             memcpy(e->meta, e->backup, nparts * sizeof(*e->meta));
         }
         publish(e);
+        if (err == EDDY_OK)
+            count_group(e, group, start_ns); /* committed and visible to queries */
+        if (err == EDDY_OK && e->outbox_added > 0) {
+            atomic_fetch_add(&e->outbox, e->outbox_added);
+            if (e->o.cluster.outbox_kick)
+                e->o.cluster.outbox_kick(e->o.cluster.kick_ud);
+        }
 
         for (struct job *j = group, *next; j; j = next) {
             next = j->next;
@@ -218,6 +330,12 @@ static void *writer_main(void *arg)
         }
     }
     return NULL;
+}
+
+static int count_key(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    atomic_fetch_add((_Atomic uint64_t *)ud, 1);
+    return 0;
 }
 
 eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, size_t errlen)
@@ -256,6 +374,12 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
             return r;
         }
         e->last_arrival_ms[p] = now;
+    }
+    for (uint32_t p = 0; p < nparts; p++) {
+        struct store_key start, end;
+        key_init(&start, p, T_OUTBOX);
+        key_prefix_end(&start, &end);
+        store_scan(e->st, &start, &end, count_key, &e->outbox);
     }
     publish(e);
     if (pthread_create(&e->writer, NULL, writer_main, e) != 0) {
@@ -315,12 +439,20 @@ static eddy_err enqueue(engine *e, struct job *j)
 eddy_err engine_ingest(engine *e, Eddy__V1__Event *const *events, size_t n,
                        engine_ingest_done_fn *done, void *ud)
 {
+    return engine_ingest_timed(e, events, n, mono_ns(), done, ud);
+}
+
+eddy_err engine_ingest_timed(engine *e, Eddy__V1__Event *const *events, size_t n,
+                             int64_t arrival_ns, engine_ingest_done_fn *done, void *ud)
+{
     struct job *j = calloc(1, sizeof(*j));
     if (!j)
         return EDDY_ERR_NOMEM;
     j->kind = JOB_INGEST;
+    j->partition = -1;
     j->events = events;
     j->n = n;
+    j->arrival_ns = arrival_ns;
     j->ingest_done = done;
     j->ud = ud;
     eddy_err err = enqueue(e, j);
@@ -416,4 +548,54 @@ int64_t engine_queue_depth(engine *e)
     int64_t n = e->queued_events;
     pthread_mutex_unlock(&e->mu);
     return n;
+}
+
+eddy_err engine_apply(engine *e, uint32_t p, uint64_t epoch, Eddy__V1__Event *const *events,
+                      size_t n, engine_ingest_done_fn *done, void *ud)
+{
+    if (p >= e->o.apply.partitions)
+        return EDDY_ERR_INVALID;
+    struct job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return EDDY_ERR_NOMEM;
+    j->kind = JOB_INGEST;
+    j->events = events;
+    j->n = n;
+    j->arrival_ns = mono_ns();
+    j->ingest_done = done;
+    j->ud = ud;
+    j->partition = p;
+    j->epoch = epoch;
+    eddy_err err = enqueue(e, j);
+    if (err != EDDY_OK)
+        free(j);
+    return err;
+}
+
+eddy_err engine_forward(engine *e, Eddy__Store__V1__Stage2Batch *const *batches, size_t n,
+                        engine_forward_done_fn *done, void *ud)
+{
+    struct job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return EDDY_ERR_NOMEM;
+    j->kind = JOB_FORWARD;
+    j->partition = -1;
+    j->batches = batches;
+    j->nbatches = n;
+    j->forward_done = done;
+    j->ud = ud;
+    eddy_err err = enqueue(e, j);
+    if (err != EDDY_OK)
+        free(j);
+    return err;
+}
+
+uint64_t engine_outbox_depth(engine *e)
+{
+    return atomic_load(&e->outbox);
+}
+
+void engine_outbox_done(engine *e, uint64_t n)
+{
+    atomic_fetch_sub(&e->outbox, n);
 }

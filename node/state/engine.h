@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/metrics.h"
 #include "eddy/v1/eddy.pb-c.h"
 #include "node/state/apply.h"
 #include "node/state/product.h"
@@ -23,6 +24,29 @@
 #include "node/state/store.h"
 
 typedef struct engine engine;
+
+/* What the writer thread counts (each may be NULL; the series are borrowed and must
+ * outlive the engine). Updated once per group commit, after the synced write succeeded. */
+struct engine_metrics {
+    metric_counter *events_ingested;   /* accepted events (late ones included) */
+    metric_counter *events_duplicate;  /* events dropped as duplicates of an event id */
+    metric_counter *events_late;       /* accepted events whose window had closed */
+    metric_counter *batches;           /* ingest jobs (Ingest requests) committed */
+    metric_histogram *processing_seconds; /* apply + synced commit of a group with events */
+    metric_histogram *group_events;    /* events per group commit (groups with events) */
+    metric_histogram *event_to_result; /* per event: arrival -> committed and queryable */
+};
+
+/* Cluster mode (all NULL in --dev, where this node owns every partition). */
+struct engine_cluster {
+    /* Whether this node owns partition 'p' now. Stage-2 records of partitions it does not
+     * own go to the OUTBOX table, in the same write batch, for the forwarder. */
+    bool (*owns)(void *ud, uint32_t p);
+    void *owns_ud;
+    /* Called on the writer thread after a commit that added OUTBOX records. */
+    void (*outbox_kick)(void *ud);
+    void *kick_ud;
+};
 
 struct engine_opts {
     const char *data_dir;
@@ -34,6 +58,8 @@ struct engine_opts {
     int candidates;                /* candidates per list for Recommend (50) */
     int64_t max_pending_events;    /* queued events before Ingest answers RESOURCE_EXHAUSTED */
     int64_t max_group_events;      /* events per group commit (10000) */
+    struct engine_metrics metrics; /* all NULL: no metrics */
+    struct engine_cluster cluster;
 };
 
 struct engine_ingest_result {
@@ -59,6 +85,29 @@ void engine_close(engine *e);
  * closing. */
 eddy_err engine_ingest(engine *e, Eddy__V1__Event *const *events, size_t n,
                        engine_ingest_done_fn *done, void *ud);
+
+/* engine_ingest for events that arrived at 'arrival_ns' (CLOCK_MONOTONIC nanoseconds, e.g.
+ * rpc_call_arrival_ns): the start of their eddy_event_to_result_seconds. engine_ingest
+ * uses the time of the call. */
+eddy_err engine_ingest_timed(engine *e, Eddy__V1__Event *const *events, size_t n,
+                             int64_t arrival_ns, engine_ingest_done_fn *done, void *ud);
+
+/* Cluster mode: apply 'n' events of user partition 'p' at ownership 'epoch' (same contract
+ * as engine_ingest). The partition persists the highest epoch it has seen; a job with an
+ * older epoch fails with EDDY_ERR_NOT_OWNER (fencing a stale owner's router). */
+eddy_err engine_apply(engine *e, uint32_t p, uint64_t epoch, Eddy__V1__Event *const *events,
+                      size_t n, engine_ingest_done_fn *done, void *ud);
+
+/* Cluster mode: apply forwarded stage-2 batches (records of partitions this node owns
+ * only; each batch at most once). 'batches' is borrowed until 'done' runs, which gets the
+ * number of batches processed. */
+typedef void engine_forward_done_fn(void *ud, eddy_err err, size_t applied);
+eddy_err engine_forward(engine *e, Eddy__Store__V1__Stage2Batch *const *batches, size_t n,
+                        engine_forward_done_fn *done, void *ud);
+
+/* OUTBOX records committed and not yet forwarded; the forwarder reports deletions. */
+uint64_t engine_outbox_depth(engine *e);
+void engine_outbox_done(engine *e, uint64_t n);
 
 /* Queue the deletion of a user (same contract as engine_ingest; 'user_id' is copied). */
 eddy_err engine_delete_user(engine *e, const char *user_id, engine_delete_done_fn *done,

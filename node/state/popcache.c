@@ -20,6 +20,7 @@ struct pop_list {
 
 struct popcache {
     store *st;
+    const struct popcache_source *src; /* NULL: the local store */
     const struct product_params *pp;
     int64_t staleness_ms;
     size_t top_k;
@@ -58,6 +59,11 @@ static void drop_lists(popcache *pc)
     free(pc->lists);
     pc->lists = NULL;
     pc->nlists = 0;
+}
+
+void popcache_set_source(popcache *pc, const struct popcache_source *src)
+{
+    pc->src = src;
 }
 
 void popcache_free(popcache *pc)
@@ -169,7 +175,8 @@ eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
         free(cat);
         return EDDY_ERR_NOMEM;
     }
-    eddy_err err = scan_top(pc, category, at, &t);
+    eddy_err err = pc->src ? pc->src->top(pc->src->ud, category, at, t.items, t.cap, &t.n)
+                           : scan_top(pc, category, at, &t);
     if (err != EDDY_OK) {
         free(t.items);
         free(cat);
@@ -215,6 +222,8 @@ eddy_err popcache_neighbours(popcache *pc, const char *product_id, int64_t at,
 {
     Eddy__Store__V1__ProductState *ps = NULL;
     *n = 0;
+    if (pc->src)
+        return pc->src->neighbours(pc->src->ud, product_id, at, out, max, n);
     eddy_err err = product_get(pc->st, pc->pp->partitions, product_id, &ps);
     if (err != EDDY_OK || !ps)
         return err;

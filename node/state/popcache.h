@@ -18,11 +18,25 @@
 
 typedef struct popcache popcache;
 
+/* Where the lists come from when they are not in this node's store (cluster mode): the
+ * most popular products of a category across every state node, and a product's neighbours
+ * from the owner of its partition. Both fill 'out' best first. */
+struct popcache_source {
+    eddy_err (*top)(void *ud, const char *category, int64_t at, struct scored_product *out,
+                    size_t max, size_t *n);
+    eddy_err (*neighbours)(void *ud, const char *product_id, int64_t at,
+                           struct scored_product *out, size_t max, size_t *n);
+    void *ud;
+};
+
 /* Caller owns the result; free with popcache_free. 'st' and 'pp' are borrowed for the
  * cache's lifetime. */
 popcache *popcache_new(store *st, const struct product_params *pp, int64_t staleness_ms,
                        size_t top_k);
 void popcache_free(popcache *pc);
+
+/* Read lists through 'src' instead of the local store (borrowed for the cache's life). */
+void popcache_set_source(popcache *pc, const struct popcache_source *src);
 
 /* Copy up to 'max' most popular products of 'category' ("" = all) at event time 'at',
  * best first, into 'out'; returns the count in *n. */

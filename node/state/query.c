@@ -279,6 +279,8 @@ eddy_err query_event_counts(struct query_ctx *q, const Eddy__V1__EventCountsRequ
     } else {
         engine_global(q->eng, &wm, NULL, &late);
         for (uint32_t p = 0; p < o->apply.partitions && err == EDDY_OK; p++) {
+            if (q->owns && !q->owns(q->owns_ud, p))
+                continue;
             struct store_key start, end;
             key_init(&start, p, T_PART_WIN);
             key_prefix_end(&start, &end);
@@ -427,13 +429,17 @@ static int cmp_prod(const void *a, const void *b, void *arg)
 eddy_err query_top_products(struct query_ctx *q, const Eddy__V1__TopProductsRequest *req,
                             Eddy__V1__TopProductsResponse **out)
 {
+    size_t limit = req->limit ? req->limit : 10;
+    return query_top_products_n(q, req, limit > 1000 ? 1000 : limit, out);
+}
+
+eddy_err query_top_products_n(struct query_ctx *q, const Eddy__V1__TopProductsRequest *req,
+                              size_t limit, Eddy__V1__TopProductsResponse **out)
+{
     const struct engine_opts *o = engine_options(q->eng);
     struct prod_map m = {0};
     int64_t wm;
     eddy_err err = EDDY_OK;
-    size_t limit = req->limit ? req->limit : 10;
-    if (limit > 1000)
-        limit = 1000;
     engine_global(q->eng, &wm, NULL, NULL);
     m.from = (req->start_ms == 0 && req->end_ms == 0) ? INT64_MIN : req->start_ms;
     m.to = req->end_ms;
@@ -444,6 +450,8 @@ eddy_err query_top_products(struct query_ctx *q, const Eddy__V1__TopProductsRequ
                                            : wm - o->apply.window.size_ms -
                                                  o->apply.window.lateness_ms + 1;
     for (uint32_t p = 0; p < o->apply.partitions && err == EDDY_OK; p++) {
+        if (q->owns && !q->owns(q->owns_ud, p))
+            continue;
         struct store_key start, end;
         key_init(&start, p, T_PROD_WIN);
         key_prefix_end(&start, &end);

@@ -16,6 +16,9 @@ struct query_ctx {
     popcache *pop;
     int default_recommendations;
     int max_recommendations;
+    /* Global queries cover the partitions for which owns() is true (NULL: all, --dev). */
+    bool (*owns)(void *ud, uint32_t partition);
+    void *owns_ud;
 };
 
 /* EDDY_ERR_NOT_FOUND if the user has no (unexpired) model. */
@@ -27,6 +30,9 @@ eddy_err query_event_counts(struct query_ctx *q, const Eddy__V1__EventCountsRequ
                             Eddy__V1__EventCountsResponse **out);
 eddy_err query_top_products(struct query_ctx *q, const Eddy__V1__TopProductsRequest *req,
                             Eddy__V1__TopProductsResponse **out);
+/* The same with an explicit result limit (SIZE_MAX: every product, for merging). */
+eddy_err query_top_products_n(struct query_ctx *q, const Eddy__V1__TopProductsRequest *req,
+                              size_t limit, Eddy__V1__TopProductsResponse **out);
 
 /* Free a response built by these functions. Accepts NULL. */
 void query_free_response(ProtobufCMessage *m);

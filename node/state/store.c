@@ -254,6 +254,13 @@ eddy_err store_scan(store *s, const struct store_key *start, const struct store_
     return take_err(lerr, NULL, 0);
 }
 
+eddy_err store_delete(store *s, const struct store_key *key)
+{
+    char *lerr = NULL;
+    leveldb_delete(s->db, s->wnosync, (const char *)key->buf, key->len, &lerr);
+    return take_err(lerr, NULL, 0);
+}
+
 uint64_t store_approximate_size(store *s)
 {
     const char *start = "";

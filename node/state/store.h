@@ -15,6 +15,7 @@
  *   CAT_POP   p T len:u16 category product_id -> Decayed (popularity index by category)
  *   LATE      p T seq:u64                  -> ""      (late events, for inspection)
  *   S2_HW     p T source_partition:u16     -> seq:u64 (stage-2 exactly-once high-water)
+ *   OUTBOX    p T seq:u64                  -> Stage2Batch (cluster: not yet forwarded)
  *   META      p T                          -> PartitionMeta
  *
  * i64 values are stored with the sign bit flipped, big-endian, so they sort numerically.
@@ -44,6 +45,7 @@ enum store_table {
     T_CAT_POP = 10,
     T_LATE = 11,
     T_S2_HW = 12,
+    T_OUTBOX = 13,
     T_META = 15,
 };
 
@@ -97,6 +99,11 @@ eddy_err store_scan(store *s, const struct store_key *start, const struct store_
 
 /* Set 'end' to the first key after every key that starts with 'prefix'. */
 void key_prefix_end(const struct store_key *prefix, struct store_key *end);
+
+/* Delete 'key' at once, outside any txn, without sync (for entries only one thread
+ * removes, such as forwarded OUTBOX records: losing the delete in a crash only causes a
+ * harmless re-send). */
+eddy_err store_delete(store *s, const struct store_key *key);
 
 /* Approximate bytes on disk of the whole database. */
 uint64_t store_approximate_size(store *s);

@@ -749,3 +749,317 @@ def assert_profile(test, got, want, label=""):
         for n, s in got[k]:
             test.assertAlmostEqual(s, want[k][n], delta=1e-4 * max(1.0, want[k][n]),
                                    msg=f"{label} {k}[{n}]")
+
+
+# ---- etcd and eddy-coordinator (cluster tests) ----------------------------------------
+#
+# Environment: EDDY_COORDINATOR = path of eddy-coordinator (cluster tests skip without
+# it), EDDY_ETCD_BIN = etcd (default /usr/bin/etcd, Debian's etcd-server).
+
+import base64  # noqa: E402
+import socket  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+
+COORDINATOR = os.environ.get("EDDY_COORDINATOR", "")
+ETCD_BIN = os.environ.get("EDDY_ETCD_BIN", "/usr/bin/etcd")
+
+
+def require_coordinator():
+    if not COORDINATOR or not os.access(COORDINATOR, os.X_OK):
+        raise unittest.SkipTest("EDDY_COORDINATOR is not set to an executable eddy-coordinator")
+    return COORDINATOR
+
+
+def require_etcd():
+    if not os.access(ETCD_BIN, os.X_OK):
+        raise unittest.SkipTest(f"{ETCD_BIN} not found (Debian package etcd-server)")
+    return ETCD_BIN
+
+
+def free_port():
+    """A TCP port that was free on 127.0.0.1 a moment ago (for programs that cannot take
+    port 0, like etcd)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _b64(s):
+    return base64.b64encode(s.encode() if isinstance(s, str) else s).decode()
+
+
+def _unb64(s):
+    return base64.b64decode(s or "")
+
+
+def _prefix_end(key):
+    b = bytearray(key.encode())
+    b[-1] += 1
+    return bytes(b)
+
+
+class Etcd:
+    """A single-member etcd on free loopback ports with its data in a temporary directory,
+    fast elections (--heartbeat-interval 10 --election-timeout 50), and a small client for
+    its v3 JSON gateway (guide part B). restart() keeps the data dir and the ports."""
+
+    def __init__(self, data_dir=None):
+        self.bin = require_etcd()
+        self.own_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="eddy-it-etcd-")
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.proc = None
+        self._log = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def start(self, timeout=START_TIMEOUT):
+        assert self.proc is None or self.proc.poll() is not None, "etcd already running"
+        c, p = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
+        cmd = [self.bin, "--name", "n1", "--data-dir", os.path.join(self.data_dir, "etcd"),
+               "--listen-client-urls", c, "--advertise-client-urls", c,
+               "--listen-peer-urls", p, "--initial-advertise-peer-urls", p,
+               "--initial-cluster", f"n1={p}", "--initial-cluster-state", "new",
+               "--logger", "zap", "--log-level", "error",
+               "--heartbeat-interval", "10", "--election-timeout", "50"]
+        if self._log is None:
+            self._log = open(os.path.join(self.data_dir, "etcd.log"), "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=self._log,
+                                     stdin=subprocess.DEVNULL)
+        _live.add(self.proc)
+
+        def healthy():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"etcd exited rc={self.proc.returncode}")
+            with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+                return json.loads(r.read()).get("health") == "true"
+
+        poll_until(healthy, timeout, interval=0.01, what=f"etcd healthy at {self.url}")
+        return self
+
+    def kill9(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        _live.discard(self.proc)
+
+    def restart(self):
+        self.kill9()
+        return self.start()
+
+    def cleanup(self):
+        self.kill9()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    # -- JSON gateway --
+    def call(self, path, body, timeout=5):
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"etcd {path}: HTTP {e.code}: {e.read()!r}")
+
+    def put(self, key, value, lease=0):
+        body = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        return int(self.call("/v3/kv/put", body)["header"]["revision"])
+
+    def get(self, key):
+        """(value bytes, kv dict) or (None, None)."""
+        kvs = self.call("/v3/kv/range", {"key": _b64(key)}).get("kvs", [])
+        return (_unb64(kvs[0].get("value")), kvs[0]) if kvs else (None, None)
+
+    def get_prefix(self, prefix):
+        """{key: value bytes} of every key starting with prefix."""
+        r = self.call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))})
+        return {_unb64(kv["key"]).decode(): _unb64(kv.get("value")) for kv in r.get("kvs", [])}
+
+    def delete(self, key):
+        return int(self.call("/v3/kv/deleterange", {"key": _b64(key)}).get("deleted", "0"))
+
+    def lease_grant(self, ttl_s):
+        return int(self.call("/v3/lease/grant", {"TTL": ttl_s})["ID"])
+
+    def lease_revoke(self, lease):
+        self.call("/v3/lease/revoke", {"ID": str(lease)})
+
+
+def start_etcd(test):
+    """An etcd removed (process and data) when `test` ends, even on failure."""
+    e = Etcd()
+    test.addCleanup(e.cleanup)
+    return e.start()
+
+
+def cluster_stubs():
+    """(cluster_pb2, CoordinatorStub class or None): eddy/v1/cluster.proto compiled into
+    the same directory as stubs(), so the 'eddy' package is shared."""
+    s = stubs()
+    if not hasattr(s, "cluster_pb"):
+        out = os.path.join(s.dir, "out")
+        args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={out}"]
+        if s.real_stubs:
+            args += [f"--plugin=protoc-gen-grpc_python={GRPC_PLUGIN}", f"--grpc_python_out={out}"]
+        r = subprocess.run(args + ["eddy/v1/cluster.proto"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"protoc cluster.proto failed ({r.returncode}): {r.stderr}")
+        importlib.invalidate_caches()
+        s.cluster_pb = importlib.import_module("eddy.v1.cluster_pb2")
+        s.cluster_grpc = importlib.import_module("eddy.v1.cluster_pb2_grpc") if s.real_stubs else None
+    return s.cluster_pb, s.cluster_grpc
+
+
+def cluster_status_method(channel):
+    """The ClusterStatus unary method on `channel` (stub-free, works without the plugin)."""
+    m, _ = cluster_stubs()
+    return channel.unary_unary("/eddy.cluster.v1.Coordinator/ClusterStatus",
+                               request_serializer=m.ClusterStatusRequest.SerializeToString,
+                               response_deserializer=m.ClusterStatusResponse.FromString)
+
+
+class Coordinator:
+    """One eddy-coordinator process against `etcd_url`, gRPC on 127.0.0.1:0."""
+
+    def __init__(self, etcd_url, cid, cluster="it", args=()):
+        self.bin = require_coordinator()
+        self.etcd_url = etcd_url
+        self.id = cid
+        self.cluster = cluster
+        self.args = list(args)
+        self.proc = None
+        self.port = None
+        self.channel = None
+        self.log_path = None
+        self._log = None
+        self._stdout = []
+
+    def start(self):
+        fd, self.log_path = tempfile.mkstemp(prefix="eddy-it-coord-", suffix=".txt")
+        self._log = os.fdopen(fd, "w+b")
+        cmd = [self.bin, "--etcd", self.etcd_url, "--cluster", self.cluster, "--id", self.id,
+               "--listen", "127.0.0.1:0", *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log,
+                                     stdin=subprocess.DEVNULL)
+        _live.add(self.proc)
+        got = threading.Event()
+
+        def reader(proc=self.proc, out=self._stdout):
+            for raw in proc.stdout:
+                out.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                if out[-1].startswith("listening on "):
+                    got.set()
+            got.set()
+
+        self._reader = threading.Thread(target=reader, daemon=True)
+        self._reader.start()
+        line = None
+        if got.wait(START_TIMEOUT):
+            line = next((l for l in self._stdout if l.startswith("listening on ")), None)
+        if not line:
+            self.kill9()
+            raise AssertionError(f"eddy-coordinator did not start\n{self.log_tail()}")
+        self.port = int(line.split()[2])
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.health = health_stub(self.channel)
+        self.status_rpc = cluster_status_method(self.channel)
+        return self
+
+    def health_of(self, service):
+        h = health_pb()
+        try:
+            return self.health.Check(h.HealthCheckRequest(service=service), timeout=1.0).status \
+                == h.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+    def wait_ready(self, timeout=START_TIMEOUT):
+        poll_until(lambda: self.alive() and self.health_of("readiness"), timeout,
+                   what=f"coordinator {self.id} readiness SERVING")
+
+    def alive(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"coordinator {self.id} exited rc={self.proc.returncode}\n"
+                                 f"{self.log_tail()}")
+        return True
+
+    def is_leader(self):
+        return self.health_of("leader")
+
+    def status(self, timeout=5):
+        return self.status_rpc(cluster_pb_request(), timeout=timeout)
+
+    def stop(self, expect_rc=0):
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+                raise AssertionError(f"coordinator {self.id} ignored SIGTERM\n{self.log_tail()}")
+        _live.discard(self.proc)
+        if expect_rc is not None:
+            assert self.proc.returncode == expect_rc, \
+                f"coordinator {self.id} exited rc={self.proc.returncode}\n{self.log_tail()}"
+        return self.proc.returncode
+
+    def kill9(self):
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        _live.discard(self.proc)
+
+    def cleanup(self):
+        self.kill9()
+        if self.proc is not None:
+            self._reader.join(5)  # the process is gone: its stdout is at EOF
+            if not self._reader.is_alive():
+                self.proc.stdout.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.log_path:
+            try:
+                os.unlink(self.log_path)
+            except OSError:
+                pass
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except (OSError, TypeError):
+            return ""
+
+    def log_tail(self, n=40):
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+
+def cluster_pb_request():
+    m, _ = cluster_stubs()
+    return m.ClusterStatusRequest()
+
+
+def start_coordinator(test, etcd_url, cid, cluster="it", args=(), ready=True):
+    c = Coordinator(etcd_url, cid, cluster=cluster, args=args)
+    test.addCleanup(c.cleanup)
+    c.start()
+    if ready:
+        c.wait_ready()
+    return c

@@ -12,9 +12,9 @@
 
 #define P 256
 
-static struct assignment empty_map(void)
+static struct cluster_map empty_map(void)
 {
-    struct assignment a = {P, calloc(P, sizeof(struct part_owner))};
+    struct cluster_map a = {P, 0, calloc(P, sizeof(struct cluster_part))};
     return a;
 }
 
@@ -25,7 +25,7 @@ static struct assign_node node(const char *id)
     return n;
 }
 
-static void assert_balanced(const struct assignment *a, const struct assign_node *nodes,
+static void assert_balanced(const struct cluster_map *a, const struct assign_node *nodes,
                             size_t n)
 {
     size_t eligible = 0, total = 0;
@@ -46,7 +46,7 @@ static void assert_balanced(const struct assignment *a, const struct assign_node
 static void test_initial_and_balanced(void **state)
 {
     struct assign_node nodes[] = {node("b"), node("a"), node("c")};
-    struct assignment cur = empty_map(), next = empty_map();
+    struct cluster_map cur = empty_map(), next = empty_map();
     size_t moved = assigner_compute(nodes, 3, &cur, &next);
     assert_int_equal(moved, P);
     assert_balanced(&next, nodes, 3);
@@ -60,13 +60,13 @@ static void test_stable_and_deterministic(void **state)
 {
     struct assign_node n1[] = {node("a"), node("b"), node("c")};
     struct assign_node n2[] = {node("c"), node("a"), node("b")};
-    struct assignment cur = empty_map(), x = empty_map(), y = empty_map(), z = empty_map();
+    struct cluster_map cur = empty_map(), x = empty_map(), y = empty_map(), z = empty_map();
     assigner_compute(n1, 3, &cur, &x);
     assigner_compute(n2, 3, &cur, &y);
-    assert_memory_equal(x.parts, y.parts, P * sizeof(struct part_owner));
+    assert_memory_equal(x.parts, y.parts, P * sizeof(struct cluster_part));
     /* recomputing on a balanced map moves nothing */
     assert_int_equal(assigner_compute(n1, 3, &x, &z), 0);
-    assert_memory_equal(x.parts, z.parts, P * sizeof(struct part_owner));
+    assert_memory_equal(x.parts, z.parts, P * sizeof(struct cluster_part));
     free(cur.parts);
     free(x.parts);
     free(y.parts);
@@ -77,7 +77,7 @@ static void test_scale_out_minimal(void **state)
 {
     struct assign_node three[] = {node("a"), node("b"), node("c")};
     struct assign_node four[] = {node("a"), node("b"), node("c"), node("d")};
-    struct assignment cur = empty_map(), a = empty_map(), b = empty_map();
+    struct cluster_map cur = empty_map(), a = empty_map(), b = empty_map();
     assigner_compute(three, 3, &cur, &a);
     size_t moved = assigner_compute(four, 4, &a, &b);
     assert_int_equal(moved, P / 4); /* only the new node's share moves */
@@ -99,7 +99,7 @@ static void test_node_lost_and_drain(void **state)
 {
     struct assign_node three[] = {node("a"), node("b"), node("c")};
     struct assign_node two[] = {node("a"), node("c")};
-    struct assignment cur = empty_map(), a = empty_map(), b = empty_map(), c = empty_map();
+    struct cluster_map cur = empty_map(), a = empty_map(), b = empty_map(), c = empty_map();
     assigner_compute(three, 3, &cur, &a);
     size_t owned_b = assigner_count(&a, "b");
     assert_int_equal(assigner_compute(two, 2, &a, &b), owned_b); /* only b's partitions move */
@@ -121,8 +121,8 @@ static void test_no_eligible_nodes(void **state)
 {
     struct assign_node ingest_only[] = {node("i1")};
     ingest_only[0].state = false;
-    struct assignment cur = empty_map(), next = empty_map();
-    snprintf(cur.parts[5].owner, NODE_ID_MAX, "gone");
+    struct cluster_map cur = empty_map(), next = empty_map();
+    snprintf(cur.parts[5].owner, CLUSTER_ID_MAX, "gone");
     cur.parts[5].epoch = 7;
     assert_int_equal(assigner_compute(ingest_only, 1, &cur, &next), 0);
     assert_string_equal(next.parts[5].owner, "gone");

@@ -117,7 +117,7 @@ static void test_dedup_late_windows(void **state)
     assert_int_equal(d.r.late, 1);
 
     popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    struct query_ctx q = {e, pc, 10, 100};
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL};
     Eddy__V1__EventCountsRequest cr = EDDY__V1__EVENT_COUNTS_REQUEST__INIT;
     cr.user_id = "u1";
     Eddy__V1__EventCountsResponse *c = NULL;
@@ -272,7 +272,7 @@ static void test_delete_user(void **state)
     assert_int_equal(d.windows, 2);
     assert_int_equal(d.log, 2);
     popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    struct query_ctx q = {e, pc, 10, 100};
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL};
     Eddy__V1__GetUserProfileResponse *pr = NULL;
     assert_int_equal(query_profile(&q, "gone", &pr), EDDY_ERR_NOT_FOUND);
     assert_int_equal(query_profile(&q, "stays", &pr), EDDY_OK);

@@ -1,0 +1,182 @@
+/* JSON encodings of the cluster records in etcd. */
+#include "common/cluster.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void cluster_key(char *out, size_t len, const char *cluster, const char *suffix)
+{
+    snprintf(out, len, CLUSTER_PREFIX "%s/%s", cluster, suffix);
+}
+
+int cluster_parse_roles(const char *text)
+{
+    unsigned roles = 0;
+    const char *p = text;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n == 6 && strncmp(p, "ingest", 6) == 0)
+            roles |= ROLE_INGEST;
+        else if (n == 5 && strncmp(p, "state", 5) == 0)
+            roles |= ROLE_STATE;
+        else
+            return -1;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return roles ? (int)roles : -1;
+}
+
+char *cluster_node_to_json(const struct cluster_node *n)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *roles = cJSON_AddArrayToObject(o, "roles");
+    if (!o || !roles) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    cJSON_AddStringToObject(o, "id", n->id);
+    if (n->roles & ROLE_INGEST)
+        cJSON_AddItemToArray(roles, cJSON_CreateString("ingest"));
+    if (n->roles & ROLE_STATE)
+        cJSON_AddItemToArray(roles, cJSON_CreateString("state"));
+    cJSON_AddStringToObject(o, "grpc_addr", n->grpc_addr);
+    cJSON_AddStringToObject(o, "metrics_addr", n->metrics_addr);
+    cJSON_AddNumberToObject(o, "started_ms", (double)n->started_ms);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+static bool copy_str(const cJSON *o, const char *name, char *out, size_t len, bool required)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (!cJSON_IsString(v)) {
+        out[0] = '\0';
+        return !required;
+    }
+    if (strlen(v->valuestring) >= len)
+        return false;
+    snprintf(out, len, "%s", v->valuestring);
+    return true;
+}
+
+eddy_err cluster_node_from_json(const char *json, size_t len, struct cluster_node *n)
+{
+    memset(n, 0, sizeof(*n));
+    cJSON *o = cJSON_ParseWithLength(json, len);
+    eddy_err err = EDDY_ERR_CORRUPT;
+    if (!cJSON_IsObject(o))
+        goto out;
+    if (!copy_str(o, "id", n->id, sizeof(n->id), true) ||
+        !copy_str(o, "grpc_addr", n->grpc_addr, sizeof(n->grpc_addr), true) ||
+        !copy_str(o, "metrics_addr", n->metrics_addr, sizeof(n->metrics_addr), false))
+        goto out;
+    const cJSON *roles = cJSON_GetObjectItemCaseSensitive(o, "roles");
+    const cJSON *r;
+    cJSON_ArrayForEach(r, roles) {
+        if (cJSON_IsString(r) && strcmp(r->valuestring, "ingest") == 0)
+            n->roles |= ROLE_INGEST;
+        else if (cJSON_IsString(r) && strcmp(r->valuestring, "state") == 0)
+            n->roles |= ROLE_STATE;
+    }
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "started_ms");
+    if (cJSON_IsNumber(st))
+        n->started_ms = (int64_t)st->valuedouble;
+    err = EDDY_OK;
+out:
+    cJSON_Delete(o);
+    return err;
+}
+
+eddy_err cluster_map_init(struct cluster_map *m, uint32_t nparts)
+{
+    m->nparts = nparts;
+    m->version = 0;
+    m->parts = calloc(nparts ? nparts : 1, sizeof(*m->parts));
+    return m->parts ? EDDY_OK : EDDY_ERR_NOMEM;
+}
+
+void cluster_map_release(struct cluster_map *m)
+{
+    free(m->parts);
+    m->parts = NULL;
+    m->nparts = 0;
+}
+
+eddy_err cluster_map_copy(struct cluster_map *dst, const struct cluster_map *src)
+{
+    struct cluster_part *p = realloc(dst->parts, (src->nparts ? src->nparts : 1) * sizeof(*p));
+    if (!p)
+        return EDDY_ERR_NOMEM;
+    memcpy(p, src->parts, src->nparts * sizeof(*p));
+    dst->parts = p;
+    dst->nparts = src->nparts;
+    dst->version = src->version;
+    return EDDY_OK;
+}
+
+char *cluster_map_to_json(const struct cluster_map *m)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *owners = cJSON_AddArrayToObject(o, "owners");
+    cJSON *epochs = cJSON_AddArrayToObject(o, "epochs");
+    if (!o || !owners || !epochs) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    cJSON_AddNumberToObject(o, "partitions", m->nparts);
+    cJSON_AddNumberToObject(o, "version", (double)m->version);
+    for (uint32_t p = 0; p < m->nparts; p++) {
+        cJSON_AddItemToArray(owners, cJSON_CreateString(m->parts[p].owner));
+        cJSON_AddItemToArray(epochs, cJSON_CreateNumber((double)m->parts[p].epoch));
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+eddy_err cluster_map_from_json(const char *json, size_t len, struct cluster_map *m)
+{
+    cJSON *o = cJSON_ParseWithLength(json, len);
+    eddy_err err = EDDY_ERR_CORRUPT;
+    const cJSON *np = cJSON_GetObjectItemCaseSensitive(o, "partitions");
+    const cJSON *owners = cJSON_GetObjectItemCaseSensitive(o, "owners");
+    const cJSON *epochs = cJSON_GetObjectItemCaseSensitive(o, "epochs");
+    const cJSON *ver = cJSON_GetObjectItemCaseSensitive(o, "version");
+    if (!cJSON_IsNumber(np) || np->valuedouble < 1 || np->valuedouble > 65535 ||
+        cJSON_GetArraySize(owners) != (int)np->valuedouble ||
+        cJSON_GetArraySize(epochs) != (int)np->valuedouble)
+        goto out;
+    uint32_t n = (uint32_t)np->valuedouble;
+    struct cluster_part *parts = calloc(n, sizeof(*parts));
+    if (!parts) {
+        err = EDDY_ERR_NOMEM;
+        goto out;
+    }
+    uint32_t i = 0;
+    const cJSON *ow, *ep = epochs->child;
+    cJSON_ArrayForEach(ow, owners) {
+        if (!cJSON_IsString(ow) || !cJSON_IsNumber(ep) ||
+            strlen(ow->valuestring) >= CLUSTER_ID_MAX) {
+            free(parts);
+            goto out;
+        }
+        snprintf(parts[i].owner, sizeof(parts[i].owner), "%s", ow->valuestring);
+        parts[i].epoch = (uint64_t)ep->valuedouble;
+        ep = ep->next;
+        i++;
+    }
+    free(m->parts);
+    m->parts = parts;
+    m->nparts = n;
+    m->version = cJSON_IsNumber(ver) ? (uint64_t)ver->valuedouble : 0;
+    err = EDDY_OK;
+out:
+    cJSON_Delete(o);
+    return err;
+}

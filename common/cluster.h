@@ -1,0 +1,67 @@
+/* The cluster's shared records in etcd (DESIGN.md §6), as plain structs with their JSON
+ * encodings, used by the coordinator and the nodes alike:
+ *
+ *   /eddy/<cluster>/config         {"partitions":P}                      created once
+ *   /eddy/<cluster>/nodes/<id>     {"id","roles":["ingest","state"],"grpc_addr",
+ *                                   "metrics_addr","started_ms"}         on the node's lease
+ *   /eddy/<cluster>/leader         coordinator id                        on the leader's lease
+ *   /eddy/<cluster>/assignment     {"partitions":P,"version":n,
+ *                                   "owners":[...],"epochs":[...]}       written by the leader
+ *   /eddy/<cluster>/drain/<id>     "" : node asked to give its partitions away
+ *
+ * Pure: no I/O. */
+#ifndef EDDY_CLUSTER_H
+#define EDDY_CLUSTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+#define CLUSTER_ID_MAX 128
+#define CLUSTER_ADDR_MAX 256
+#define CLUSTER_KEY_MAX 512
+#define CLUSTER_PREFIX "/eddy/"
+
+enum cluster_role { ROLE_INGEST = 1, ROLE_STATE = 2 };
+
+struct cluster_node {
+    char id[CLUSTER_ID_MAX];
+    unsigned roles;                  /* ROLE_* bits */
+    char grpc_addr[CLUSTER_ADDR_MAX];
+    char metrics_addr[CLUSTER_ADDR_MAX];
+    int64_t started_ms;
+};
+
+struct cluster_part {
+    char owner[CLUSTER_ID_MAX];      /* "" = unassigned */
+    uint64_t epoch;
+};
+
+/* The partition map. Owner of the parts array: whoever called cluster_map_init. */
+struct cluster_map {
+    uint32_t nparts;
+    uint64_t version;                /* bumped on every write by the leader */
+    struct cluster_part *parts;      /* [nparts] */
+};
+
+/* "/eddy/<cluster>/<suffix>" into 'out'. */
+void cluster_key(char *out, size_t len, const char *cluster, const char *suffix);
+
+/* Parse "ingest", "state", "ingest,state" into ROLE_* bits; -1 if invalid. */
+int cluster_parse_roles(const char *text);
+
+/* JSON of a node record; caller frees the string. NULL on OOM. */
+char *cluster_node_to_json(const struct cluster_node *n);
+eddy_err cluster_node_from_json(const char *json, size_t len, struct cluster_node *n);
+
+eddy_err cluster_map_init(struct cluster_map *m, uint32_t nparts);
+void cluster_map_release(struct cluster_map *m);
+/* Copy 'src' into 'dst' (initialised or zeroed); reallocates as needed. */
+eddy_err cluster_map_copy(struct cluster_map *dst, const struct cluster_map *src);
+char *cluster_map_to_json(const struct cluster_map *m);
+/* Parse into 'm' (zeroed or initialised; replaced). */
+eddy_err cluster_map_from_json(const char *json, size_t len, struct cluster_map *m);
+
+#endif

@@ -1,0 +1,1439 @@
+/* etcd v3.4 through the JSON gateway: requests are JSON over HTTP/1.1 POST (libcurl),
+ * keys and values travel base64-encoded (OpenSSL), int64s as JSON strings, and fields
+ * holding a default value (0, false, "") are omitted from replies.
+ *
+ * DESIGN: etcd calls block for a network round trip, so they never run on an RPC thread.
+ * Unary calls run on the caller's thread with a pooled keep-alive CURL handle; a session
+ * keeps its lease alive on a thread of its own (a slow keepalive must not delay anyone's
+ * writes, and the loss rule needs a steady clock, not the callers' timing); a watch holds
+ * one long HTTP stream on a thread of its own, woken through curl_multi_wakeup to stop. */
+#include "common/etcd.h"
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "common/log.h"
+
+#define POOL_MAX 8
+#define ERR_MAX 256
+
+struct etcd_client {
+    char **eps; /* base URLs without a trailing '/' */
+    size_t n_eps;
+    atomic_size_t cur; /* index of the endpoint calls go to */
+    int64_t timeout_ms;
+    struct curl_slist *headers; /* read-only once built: shared by every handle */
+    pthread_mutex_t mu;         /* guards idle[] and n_idle */
+    CURL *idle[POOL_MAX];
+    size_t n_idle;
+};
+
+/* --- small helpers ---------------------------------------------------------------------- */
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static void curl_init_once(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* The last error of each thread, tagged with the client it came from. */
+static _Thread_local struct {
+    const etcd_client *c;
+    char msg[ERR_MAX];
+} last_err;
+
+static eddy_err fail(const etcd_client *c, eddy_err err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static eddy_err fail(const etcd_client *c, eddy_err err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    last_err.c = c;
+    vsnprintf(last_err.msg, sizeof(last_err.msg), fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+const char *etcd_last_error(const etcd_client *c)
+{
+    return last_err.c == c ? last_err.msg : "";
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct timespec abs_monotonic(int64_t at_ms)
+{
+    struct timespec ts = {.tv_sec = at_ms / 1000, .tv_nsec = (long)(at_ms % 1000) * 1000000};
+    return ts;
+}
+
+static int cond_init_monotonic(pthread_cond_t *cv)
+{
+    pthread_condattr_t a;
+    if (pthread_condattr_init(&a) != 0)
+        return -1;
+    int rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    if (rc == 0)
+        rc = pthread_cond_init(cv, &a);
+    pthread_condattr_destroy(&a);
+    return rc;
+}
+
+/* A growable byte buffer bounded by ETCD_MAX_REPLY; always NUL-terminated. */
+struct buf {
+    char *p;
+    size_t n, cap;
+    bool over;
+};
+
+static bool buf_append(struct buf *b, const void *d, size_t n)
+{
+    if (b->n + n > ETCD_MAX_REPLY) {
+        b->over = true;
+        return false;
+    }
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap < b->n + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p)
+            return false;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, d, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+    return true;
+}
+
+static size_t on_body(char *d, size_t sz, size_t nm, void *u)
+{
+    return buf_append(u, d, sz * nm) ? sz * nm : 0;
+}
+
+/* Base64 of 'n' bytes; caller frees. */
+static char *b64_encode(const void *p, size_t n)
+{
+    if (n > (size_t)INT32_MAX / 2)
+        return NULL;
+    char *o = malloc(4 * ((n + 2) / 3) + 1);
+    if (o)
+        EVP_EncodeBlock((unsigned char *)o, p, (int)n);
+    return o;
+}
+
+/* Decode 's' into a malloc'd NUL-terminated buffer; '*len' excludes the NUL. EVP_DecodeBlock
+ * counts the bytes the '=' padding stands for, so they are taken off. */
+static char *b64_decode(const char *s, size_t *len)
+{
+    size_t n = strlen(s);
+    if (n % 4 != 0 || n > (size_t)INT32_MAX)
+        return NULL;
+    unsigned char *o = malloc(3 * (n / 4) + 1);
+    if (!o)
+        return NULL;
+    int k = n ? EVP_DecodeBlock(o, (const unsigned char *)s, (int)n) : 0;
+    if (k < 0) {
+        free(o);
+        return NULL;
+    }
+    if (n >= 1 && s[n - 1] == '=')
+        k--;
+    if (n >= 2 && s[n - 2] == '=')
+        k--;
+    o[k] = '\0';
+    *len = (size_t)k;
+    return (char *)o;
+}
+
+/* int64 fields arrive as JSON strings; absent means 0. */
+static int64_t jint(const cJSON *o, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (cJSON_IsString(v) && v->valuestring)
+        return strtoll(v->valuestring, NULL, 10);
+    if (cJSON_IsNumber(v))
+        return (int64_t)v->valuedouble;
+    return 0;
+}
+
+static const cJSON *jget(const cJSON *o, const char *name)
+{
+    return cJSON_GetObjectItemCaseSensitive(o, name);
+}
+
+static bool add_b64(cJSON *o, const char *name, const void *p, size_t n)
+{
+    char *s = b64_encode(p, n);
+    bool ok = s && cJSON_AddStringToObject(o, name, s);
+    free(s);
+    return ok;
+}
+
+static bool add_i64(cJSON *o, const char *name, int64_t v)
+{
+    char s[24];
+    snprintf(s, sizeof(s), "%lld", (long long)v);
+    return cJSON_AddStringToObject(o, name, s) != NULL;
+}
+
+/* The key just past every key starting with 'p' (add 1 to the last byte below 0xff);
+ * length 0 stands for "\0", which etcd reads as "to the end of the keyspace". */
+static size_t prefix_end(const char *p, size_t n, char *out)
+{
+    for (size_t i = n; i-- > 0;) {
+        if ((unsigned char)p[i] != 0xff) {
+            memcpy(out, p, i + 1);
+            out[i] = (char)((unsigned char)p[i] + 1);
+            return i + 1;
+        }
+    }
+    return 0;
+}
+
+/* Add "key" (and "range_end" when 'prefix') for 'key' to 'o'. */
+static bool add_key_range(cJSON *o, const char *key, bool prefix)
+{
+    size_t n = strlen(key);
+    if (!prefix)
+        return add_b64(o, "key", key, n);
+    if (n == 0) /* everything: key = range_end = "\0" */
+        return add_b64(o, "key", "", 1) && add_b64(o, "range_end", "", 1);
+    char *end = malloc(n);
+    if (!end)
+        return false;
+    size_t en = prefix_end(key, n, end);
+    bool ok = add_b64(o, "key", key, n) && (en ? add_b64(o, "range_end", end, en)
+                                                : add_b64(o, "range_end", "", 1));
+    free(end);
+    return ok;
+}
+
+void etcd_kv_release(struct etcd_kv *kv)
+{
+    if (!kv)
+        return;
+    free(kv->key);
+    free(kv->value);
+    memset(kv, 0, sizeof(*kv));
+}
+
+void etcd_kvs_release(struct etcd_kvs *kvs)
+{
+    if (!kvs)
+        return;
+    for (size_t i = 0; i < kvs->n; i++)
+        etcd_kv_release(&kvs->kvs[i]);
+    free(kvs->kvs);
+    kvs->kvs = NULL;
+    kvs->n = 0;
+}
+
+/* Fill 'kv' from a JSON KeyValue; on error 'kv' is zeroed. */
+static eddy_err kv_decode(const cJSON *j, struct etcd_kv *kv)
+{
+    memset(kv, 0, sizeof(*kv));
+    const cJSON *k = jget(j, "key"), *v = jget(j, "value");
+    size_t klen = 0;
+    kv->key = b64_decode(cJSON_IsString(k) ? k->valuestring : "", &klen);
+    kv->value = b64_decode(cJSON_IsString(v) ? v->valuestring : "", &kv->value_len);
+    if (!kv->key || !kv->value) {
+        etcd_kv_release(kv);
+        return EDDY_ERR_CORRUPT;
+    }
+    kv->create_revision = jint(j, "create_revision");
+    kv->mod_revision = jint(j, "mod_revision");
+    kv->version = jint(j, "version");
+    kv->lease = jint(j, "lease");
+    return EDDY_OK;
+}
+
+static eddy_err kvs_decode(const cJSON *arr, struct etcd_kvs *out)
+{
+    out->kvs = NULL;
+    out->n = 0;
+    int n = cJSON_GetArraySize(arr);
+    if (n <= 0)
+        return EDDY_OK;
+    out->kvs = calloc((size_t)n, sizeof(*out->kvs));
+    if (!out->kvs)
+        return EDDY_ERR_NOMEM;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, arr)
+    {
+        eddy_err err = kv_decode(e, &out->kvs[out->n]);
+        if (err != EDDY_OK) {
+            etcd_kvs_release(out);
+            return err;
+        }
+        out->n++;
+    }
+    return EDDY_OK;
+}
+
+/* --- the client and its requests -------------------------------------------------------- */
+
+etcd_client *etcd_client_new(const char *endpoints, int64_t timeout_ms)
+{
+    if (!endpoints || !*endpoints || timeout_ms <= 0)
+        return NULL;
+    if (pthread_once(&curl_once, curl_init_once) != 0)
+        return NULL;
+    etcd_client *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->timeout_ms = timeout_ms;
+    if (pthread_mutex_init(&c->mu, NULL) != 0) {
+        free(c);
+        return NULL;
+    }
+    size_t n = 1;
+    for (const char *p = endpoints; *p; p++)
+        n += *p == ',';
+    c->eps = calloc(n, sizeof(*c->eps));
+    c->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    if (!c->eps || !c->headers)
+        goto fail;
+    for (const char *p = endpoints; *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        while (len && (p[len - 1] == '/' || p[len - 1] == ' '))
+            len--;
+        while (len && *p == ' ')
+            p++, len--;
+        if (len) {
+            c->eps[c->n_eps] = strndup(p, len);
+            if (!c->eps[c->n_eps++])
+                goto fail;
+        }
+        p = e ? e + 1 : p + strlen(p);
+    }
+    if (c->n_eps == 0)
+        goto fail;
+    return c;
+fail:
+    etcd_client_free(c);
+    return NULL;
+}
+
+void etcd_client_free(etcd_client *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n_idle; i++)
+        curl_easy_cleanup(c->idle[i]);
+    for (size_t i = 0; c->eps && i < c->n_eps; i++)
+        free(c->eps[i]);
+    free(c->eps);
+    curl_slist_free_all(c->headers);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+const char *etcd_current_endpoint(etcd_client *c)
+{
+    return c->eps[atomic_load(&c->cur) % c->n_eps];
+}
+
+/* Move calls off endpoint 'failed' unless another thread already did. */
+static void rotate(etcd_client *c, size_t failed)
+{
+    size_t expect = failed;
+    atomic_compare_exchange_strong(&c->cur, &expect, (failed + 1) % c->n_eps);
+}
+
+static CURL *pool_get(etcd_client *c)
+{
+    CURL *h = NULL;
+    pthread_mutex_lock(&c->mu);
+    if (c->n_idle)
+        h = c->idle[--c->n_idle];
+    pthread_mutex_unlock(&c->mu);
+    return h ? h : curl_easy_init();
+}
+
+static void pool_put(etcd_client *c, CURL *h)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->n_idle < POOL_MAX) {
+        c->idle[c->n_idle++] = h;
+        h = NULL;
+    }
+    pthread_mutex_unlock(&c->mu);
+    curl_easy_cleanup(h);
+}
+
+/* The eddy_err for a gRPC status code carried in a gateway error body. */
+static eddy_err from_grpc_code(int64_t code)
+{
+    switch (code) {
+    case 3: /* INVALID_ARGUMENT */
+    case 7: /* PERMISSION_DENIED */
+    case 12: /* UNIMPLEMENTED */
+    case 16: /* UNAUTHENTICATED */
+        return EDDY_ERR_INVALID;
+    case 5: /* NOT_FOUND */
+    case 11: /* OUT_OF_RANGE: compacted or future revision */
+        return EDDY_ERR_NOT_FOUND;
+    case 6: /* ALREADY_EXISTS */
+    case 9: /* FAILED_PRECONDITION */
+    case 10: /* ABORTED */
+        return EDDY_ERR_CONFLICT;
+    case 8: /* RESOURCE_EXHAUSTED */
+        return EDDY_ERR_FULL;
+    case 4: /* DEADLINE_EXCEEDED */
+        return EDDY_ERR_TIMEOUT;
+    case 13: /* INTERNAL */
+    case 15: /* DATA_LOSS */
+        return EDDY_ERR_IO;
+    default: /* 1 CANCELLED, 2 UNKNOWN (no leader, request timed out), 14 UNAVAILABLE */
+        return EDDY_ERR_UNAVAILABLE;
+    }
+}
+
+/* Map a non-200 reply: the gateway's {"code":..,"message":..} or plain text. */
+static eddy_err http_error(const etcd_client *c, const char *ep, long http, const struct buf *b)
+{
+    cJSON *j = b->p ? cJSON_Parse(b->p) : NULL;
+    const cJSON *msg = jget(j, "message");
+    const cJSON *code = jget(j, "code");
+    eddy_err err;
+    if (cJSON_IsNumber(code)) {
+        err = from_grpc_code((int64_t)code->valuedouble);
+        fail(c, err, "%s: http %ld code %d: %s", ep, http, code->valueint,
+             cJSON_IsString(msg) ? msg->valuestring : "");
+    } else {
+        err = http >= 500 ? EDDY_ERR_UNAVAILABLE : EDDY_ERR_INVALID;
+        fail(c, err, "%s: http %ld: %.120s", ep, http, b->p ? b->p : "");
+    }
+    cJSON_Delete(j);
+    return err;
+}
+
+enum req_kind {
+    REQ_WRITE, /* may have been applied if the reply was lost: never resent */
+    REQ_READ,  /* safe to resend on another endpoint */
+};
+
+/* POST 'body' to 'path' and parse the 200 reply into '*out' (caller deletes). The whole
+ * call, endpoint retries included, is bounded by 'timeout_ms'. */
+static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enum req_kind kind,
+                        int64_t timeout_ms, cJSON **out)
+{
+    *out = NULL;
+    char *json = cJSON_PrintUnformatted(body);
+    CURL *h = pool_get(c);
+    if (!json || !h) {
+        free(json);
+        if (h)
+            curl_easy_cleanup(h);
+        return fail(c, EDDY_ERR_NOMEM, "out of memory");
+    }
+    last_err.c = NULL;
+    int64_t deadline = now_ms() + timeout_ms;
+    size_t start = atomic_load(&c->cur);
+    eddy_err err = EDDY_ERR_UNAVAILABLE;
+    char cerr[CURL_ERROR_SIZE];
+    struct buf b = {0};
+    for (size_t attempt = 0; attempt < c->n_eps; attempt++) {
+        size_t idx = (start + attempt) % c->n_eps;
+        const char *ep = c->eps[idx];
+        int64_t left = deadline - now_ms();
+        if (left <= 0) {
+            err = fail(c, EDDY_ERR_TIMEOUT, "%s%s: deadline of %lld ms passed", ep, path,
+                       (long long)timeout_ms);
+            break;
+        }
+        char url[512];
+        snprintf(url, sizeof(url), "%s%s", ep, path);
+        b.n = 0;
+        b.over = false;
+        cerr[0] = '\0';
+        curl_easy_setopt(h, CURLOPT_URL, url);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->headers);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, json);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(json));
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)left);
+        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)left);
+        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);
+        CURLcode rc = curl_easy_perform(h);
+        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+        const char *why = cerr[0] ? cerr : curl_easy_strerror(rc);
+        if (rc == CURLE_OK) {
+            long http = 0;
+            curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &http);
+            if (http == 200) {
+                *out = cJSON_Parse(b.p ? b.p : "");
+                err = *out ? EDDY_OK
+                           : fail(c, EDDY_ERR_CORRUPT, "%s%s: reply is not JSON: %.80s", ep,
+                                  path, b.p ? b.p : "");
+                break;
+            }
+            err = http_error(c, ep, http, &b);
+            if (http < 500)
+                break;
+            rotate(c, idx);
+            if (kind != REQ_READ)
+                break;
+        } else if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST) {
+            /* Never delivered: safe to try the next endpoint for any request. */
+            err = fail(c, EDDY_ERR_UNAVAILABLE, "%s: %s", ep, why);
+            rotate(c, idx);
+        } else if (rc == CURLE_OPERATION_TIMEDOUT) {
+            err = fail(c, EDDY_ERR_TIMEOUT, "%s%s: %s", ep, path, why);
+            rotate(c, idx);
+            break;
+        } else if (rc == CURLE_WRITE_ERROR && b.over) {
+            err = fail(c, EDDY_ERR_TOO_LARGE, "%s%s: reply over %u bytes", ep, path,
+                       ETCD_MAX_REPLY);
+            break;
+        } else if (rc == CURLE_WRITE_ERROR || rc == CURLE_OUT_OF_MEMORY) {
+            err = fail(c, EDDY_ERR_NOMEM, "%s%s: out of memory", ep, path);
+            break;
+        } else {
+            err = fail(c, EDDY_ERR_UNAVAILABLE, "%s%s: %s", ep, path, why);
+            rotate(c, idx);
+            if (kind != REQ_READ)
+                break;
+        }
+    }
+    free(b.p);
+    free(json);
+    pool_put(c, h);
+    return err;
+}
+
+static eddy_err post(etcd_client *c, const char *path, const cJSON *body, enum req_kind kind,
+                     cJSON **out)
+{
+    return request(c, path, body, kind, c->timeout_ms, out);
+}
+
+static int64_t header_revision(const cJSON *reply)
+{
+    return jint(jget(reply, "header"), "revision");
+}
+
+/* --- KV ---------------------------------------------------------------------------------- */
+
+/* Add the fields of a PutRequest to 'o'. */
+static bool put_fields(cJSON *o, const char *key, const void *val, size_t vlen, int64_t lease)
+{
+    bool ok = add_b64(o, "key", key, strlen(key)) && add_b64(o, "value", val, vlen);
+    if (lease == ETCD_LEASE_KEEP)
+        ok = ok && cJSON_AddTrueToObject(o, "ignore_lease");
+    else if (lease > 0)
+        ok = ok && add_i64(o, "lease", lease);
+    return ok;
+}
+
+eddy_err etcd_put(etcd_client *c, const char *key, const void *val, size_t vlen, int64_t lease,
+                  int64_t *revision)
+{
+    if (!key || !*key || (!val && vlen))
+        return fail(c, EDDY_ERR_INVALID, "put: empty key");
+    cJSON *body = cJSON_CreateObject(), *reply = NULL;
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (!body || !put_fields(body, key, val ? val : "", vlen, lease))
+        goto out;
+    err = post(c, "/v3/kv/put", body, REQ_WRITE, &reply);
+    if (err == EDDY_OK && revision)
+        *revision = header_revision(reply);
+out:
+    cJSON_Delete(body);
+    cJSON_Delete(reply);
+    return err;
+}
+
+/* Range over 'key' (or its prefix): the reply's kvs and header revision. */
+static eddy_err range(etcd_client *c, const char *key, bool prefix, struct etcd_kvs *out,
+                      int64_t *revision)
+{
+    out->kvs = NULL;
+    out->n = 0;
+    cJSON *body = cJSON_CreateObject(), *reply = NULL;
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (!body || !add_key_range(body, key, prefix))
+        goto out;
+    err = post(c, "/v3/kv/range", body, REQ_READ, &reply);
+    if (err != EDDY_OK)
+        goto out;
+    err = kvs_decode(jget(reply, "kvs"), out);
+    if (err != EDDY_OK)
+        fail(c, err, "range: cannot decode kvs");
+    if (revision)
+        *revision = header_revision(reply);
+out:
+    cJSON_Delete(body);
+    cJSON_Delete(reply);
+    return err;
+}
+
+eddy_err etcd_get(etcd_client *c, const char *key, struct etcd_kv *out, bool *found)
+{
+    memset(out, 0, sizeof(*out));
+    *found = false;
+    if (!key || !*key)
+        return fail(c, EDDY_ERR_INVALID, "get: empty key");
+    struct etcd_kvs kvs;
+    eddy_err err = range(c, key, false, &kvs, NULL);
+    if (err != EDDY_OK)
+        return err;
+    if (kvs.n > 0) {
+        *out = kvs.kvs[0];
+        memset(&kvs.kvs[0], 0, sizeof(kvs.kvs[0]));
+        *found = true;
+    }
+    etcd_kvs_release(&kvs);
+    return EDDY_OK;
+}
+
+eddy_err etcd_range_prefix(etcd_client *c, const char *prefix, struct etcd_kvs *out,
+                           int64_t *revision)
+{
+    if (!prefix) {
+        out->kvs = NULL;
+        out->n = 0;
+        return fail(c, EDDY_ERR_INVALID, "range: no prefix");
+    }
+    return range(c, prefix, true, out, revision);
+}
+
+static eddy_err delete_range(etcd_client *c, const char *key, bool prefix, int64_t *deleted)
+{
+    cJSON *body = cJSON_CreateObject(), *reply = NULL;
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (!body || !add_key_range(body, key, prefix))
+        goto out;
+    err = post(c, "/v3/kv/deleterange", body, REQ_WRITE, &reply);
+    if (err == EDDY_OK && deleted)
+        *deleted = jint(reply, "deleted");
+out:
+    cJSON_Delete(body);
+    cJSON_Delete(reply);
+    return err;
+}
+
+eddy_err etcd_delete(etcd_client *c, const char *key)
+{
+    if (!key || !*key)
+        return fail(c, EDDY_ERR_INVALID, "delete: empty key");
+    return delete_range(c, key, false, NULL);
+}
+
+eddy_err etcd_delete_prefix(etcd_client *c, const char *prefix, int64_t *deleted)
+{
+    if (!prefix)
+        return fail(c, EDDY_ERR_INVALID, "delete: no prefix");
+    return delete_range(c, prefix, true, deleted);
+}
+
+eddy_err etcd_compact(etcd_client *c, int64_t revision)
+{
+    cJSON *body = cJSON_CreateObject(), *reply = NULL;
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (body && add_i64(body, "revision", revision))
+        err = post(c, "/v3/kv/compaction", body, REQ_WRITE, &reply);
+    cJSON_Delete(body);
+    cJSON_Delete(reply);
+    return err;
+}
+
+/* --- transactions ------------------------------------------------------------------------ */
+
+void etcd_txn_init(struct etcd_txn *t)
+{
+    memset(t, 0, sizeof(*t));
+}
+
+static struct etcd_txn_cmp *txn_cmp_slot(struct etcd_txn *t)
+{
+    if (t->n_cmp >= ETCD_TXN_MAX) {
+        t->overflow = true;
+        return NULL;
+    }
+    return &t->cmp[t->n_cmp++];
+}
+
+void etcd_txn_compare(struct etcd_txn *t, const char *key, enum etcd_cmp_target target,
+                      enum etcd_cmp_result result, int64_t n)
+{
+    struct etcd_txn_cmp *cmp = txn_cmp_slot(t);
+    if (cmp)
+        *cmp = (struct etcd_txn_cmp){.key = key, .target = target, .result = result, .number = n};
+}
+
+void etcd_txn_compare_value(struct etcd_txn *t, const char *key, enum etcd_cmp_result result,
+                            const void *value, size_t len)
+{
+    struct etcd_txn_cmp *cmp = txn_cmp_slot(t);
+    if (cmp)
+        *cmp = (struct etcd_txn_cmp){
+            .key = key, .target = ETCD_CMP_VALUE, .result = result, .value = value,
+            .value_len = len};
+}
+
+static void txn_add_op(struct etcd_txn *t, enum etcd_branch b, struct etcd_txn_op op)
+{
+    if ((unsigned)b > ETCD_ON_FAILURE || t->n_ops[b] >= ETCD_TXN_MAX) {
+        t->overflow = true;
+        return;
+    }
+    t->ops[b][t->n_ops[b]++] = op;
+}
+
+void etcd_txn_put(struct etcd_txn *t, enum etcd_branch b, const char *key, const void *val,
+                  size_t vlen, int64_t lease)
+{
+    txn_add_op(t, b, (struct etcd_txn_op){.type = ETCD_OP_PUT, .key = key, .value = val,
+                                          .value_len = vlen, .lease = lease});
+}
+
+void etcd_txn_delete(struct etcd_txn *t, enum etcd_branch b, const char *key, bool prefix)
+{
+    txn_add_op(t, b, (struct etcd_txn_op){.type = ETCD_OP_DELETE, .key = key, .prefix = prefix});
+}
+
+void etcd_txn_range(struct etcd_txn *t, enum etcd_branch b, const char *key, bool prefix)
+{
+    txn_add_op(t, b, (struct etcd_txn_op){.type = ETCD_OP_RANGE, .key = key, .prefix = prefix});
+}
+
+void etcd_txn_result_release(struct etcd_txn_result *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->n_ops; i++)
+        etcd_kvs_release(&r->ops[i].kvs);
+    free(r->ops);
+    memset(r, 0, sizeof(*r));
+}
+
+static const char *const cmp_targets[] = {"VERSION", "CREATE", "MOD", "VALUE", "LEASE"};
+static const char *const cmp_results[] = {"EQUAL", "NOT_EQUAL", "GREATER", "LESS"};
+
+static cJSON *txn_compare_json(const struct etcd_txn_cmp *cmp)
+{
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && cmp->key && add_b64(o, "key", cmp->key, strlen(cmp->key)) &&
+              cJSON_AddStringToObject(o, "target", cmp_targets[cmp->target]) &&
+              cJSON_AddStringToObject(o, "result", cmp_results[cmp->result]);
+    switch (cmp->target) {
+    case ETCD_CMP_VERSION:
+        ok = ok && add_i64(o, "version", cmp->number);
+        break;
+    case ETCD_CMP_CREATE:
+        ok = ok && add_i64(o, "create_revision", cmp->number);
+        break;
+    case ETCD_CMP_MOD:
+        ok = ok && add_i64(o, "mod_revision", cmp->number);
+        break;
+    case ETCD_CMP_LEASE:
+        ok = ok && add_i64(o, "lease", cmp->number);
+        break;
+    case ETCD_CMP_VALUE:
+        ok = ok && add_b64(o, "value", cmp->value ? cmp->value : "", cmp->value_len);
+        break;
+    }
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+static cJSON *txn_op_json(const struct etcd_txn_op *op)
+{
+    static const char *const names[] = {"request_put", "request_delete_range",
+                                        "request_range"};
+    cJSON *o = cJSON_CreateObject();
+    cJSON *req = o ? cJSON_AddObjectToObject(o, names[op->type]) : NULL;
+    bool ok = req && op->key;
+    if (ok && op->type == ETCD_OP_PUT)
+        ok = put_fields(req, op->key, op->value ? op->value : "", op->value_len, op->lease);
+    else if (ok)
+        ok = add_key_range(req, op->key, op->prefix);
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+static bool txn_ops_json(cJSON *body, const char *name, const struct etcd_txn_op *ops, size_t n)
+{
+    if (n == 0)
+        return true;
+    cJSON *arr = cJSON_AddArrayToObject(body, name);
+    if (!arr)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        cJSON *o = txn_op_json(&ops[i]);
+        if (!o || !cJSON_AddItemToArray(arr, o)) {
+            cJSON_Delete(o);
+            return false;
+        }
+    }
+    return true;
+}
+
+eddy_err etcd_txn(etcd_client *c, const struct etcd_txn *t, struct etcd_txn_result *r)
+{
+    memset(r, 0, sizeof(*r));
+    if (t->overflow)
+        return fail(c, EDDY_ERR_TOO_LARGE, "txn: more than %d compares or ops", ETCD_TXN_MAX);
+    cJSON *body = cJSON_CreateObject(), *reply = NULL;
+    eddy_err err = EDDY_ERR_NOMEM;
+    cJSON *cmps = body ? cJSON_AddArrayToObject(body, "compare") : NULL;
+    if (!cmps)
+        goto out;
+    for (size_t i = 0; i < t->n_cmp; i++) {
+        if ((unsigned)t->cmp[i].target > ETCD_CMP_LEASE ||
+            (unsigned)t->cmp[i].result > ETCD_CMP_LESS || !t->cmp[i].key) {
+            err = fail(c, EDDY_ERR_INVALID, "txn: bad compare %zu", i);
+            goto out;
+        }
+        cJSON *o = txn_compare_json(&t->cmp[i]);
+        if (!o || !cJSON_AddItemToArray(cmps, o)) {
+            cJSON_Delete(o);
+            goto out;
+        }
+    }
+    if (!txn_ops_json(body, "success", t->ops[ETCD_ON_SUCCESS], t->n_ops[ETCD_ON_SUCCESS]) ||
+        !txn_ops_json(body, "failure", t->ops[ETCD_ON_FAILURE], t->n_ops[ETCD_ON_FAILURE]))
+        goto out;
+    err = post(c, "/v3/kv/txn", body, REQ_WRITE, &reply);
+    if (err != EDDY_OK)
+        goto out;
+    r->succeeded = cJSON_IsTrue(jget(reply, "succeeded")); /* absent when false */
+    r->revision = header_revision(reply);
+    const struct etcd_txn_op *ops = t->ops[r->succeeded ? ETCD_ON_SUCCESS : ETCD_ON_FAILURE];
+    size_t n = t->n_ops[r->succeeded ? ETCD_ON_SUCCESS : ETCD_ON_FAILURE];
+    const cJSON *resps = jget(reply, "responses");
+    if (n == 0)
+        goto out;
+    r->ops = calloc(n, sizeof(*r->ops));
+    if (!r->ops) {
+        err = fail(c, EDDY_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const cJSON *resp = cJSON_GetArrayItem(resps, (int)i);
+        struct etcd_op_result *res = &r->ops[r->n_ops++];
+        res->type = ops[i].type;
+        if (ops[i].type == ETCD_OP_RANGE) {
+            err = kvs_decode(jget(jget(resp, "response_range"), "kvs"), &res->kvs);
+            if (err != EDDY_OK) {
+                fail(c, err, "txn: cannot decode range %zu", i);
+                goto out;
+            }
+        } else if (ops[i].type == ETCD_OP_DELETE) {
+            res->deleted = jint(jget(resp, "response_delete_range"), "deleted");
+        }
+    }
+out:
+    if (err != EDDY_OK)
+        etcd_txn_result_release(r);
+    cJSON_Delete(body);
+    cJSON_Delete(reply);
+    return err;
+}
+
+eddy_err etcd_txn_cas(etcd_client *c, const char *key, int64_t expect_mod_revision,
+                      const void *val, size_t vlen, int64_t lease, bool *succeeded,
+                      struct etcd_kv *current)
+{
+    if (current)
+        memset(current, 0, sizeof(*current));
+    *succeeded = false;
+    if (!key || !*key || expect_mod_revision < 0)
+        return fail(c, EDDY_ERR_INVALID, "cas: empty key or negative revision");
+    struct etcd_txn t;
+    etcd_txn_init(&t);
+    /* A missing key has mod_revision 0, so one compare covers create-if-absent too. */
+    etcd_txn_compare(&t, key, ETCD_CMP_MOD, ETCD_CMP_EQUAL, expect_mod_revision);
+    etcd_txn_put(&t, ETCD_ON_SUCCESS, key, val, vlen, lease);
+    etcd_txn_range(&t, ETCD_ON_SUCCESS, key, false); /* reads the write it follows */
+    etcd_txn_range(&t, ETCD_ON_FAILURE, key, false);
+    struct etcd_txn_result r;
+    eddy_err err = etcd_txn(c, &t, &r);
+    if (err != EDDY_OK)
+        return err;
+    *succeeded = r.succeeded;
+    const struct etcd_kvs *kvs = &r.ops[r.n_ops - 1].kvs;
+    if (current && kvs->n > 0) {
+        *current = kvs->kvs[0];
+        memset(&kvs->kvs[0], 0, sizeof(kvs->kvs[0]));
+    }
+    etcd_txn_result_release(&r);
+    return EDDY_OK;
+}
+
+/* --- leases ------------------------------------------------------------------------------ */
+
+static eddy_err lease_grant(etcd_client *c, int64_t ttl_s, int64_t timeout_ms, int64_t *id,
+                            int64_t *granted)
+{
+    if (ttl_s <= 0)
+        return fail(c, EDDY_ERR_INVALID, "lease grant: TTL must be > 0");
+    cJSON *body = cJSON_CreateObject(), *reply = NULL;
+    eddy_err err = EDDY_ERR_NOMEM;
+    /* "TTL", not "ttl": the gateway ignores unknown fields and would grant the minimum. */
+    if (!body || !add_i64(body, "TTL", ttl_s))
+        goto out;
+    err = request(c, "/v3/lease/grant", body, REQ_WRITE, timeout_ms, &reply);
+    if (err != EDDY_OK)
+        goto out;
+    *id = jint(reply, "ID");
+    if (granted)
+        *granted = jint(reply, "TTL");
+    if (*id == 0)
+        err = fail(c, EDDY_ERR_CORRUPT, "lease grant: reply without ID");
+out:
+    cJSON_Delete(body);
+    cJSON_Delete(reply);
+    return err;
+}
+
+eddy_err etcd_lease_grant(etcd_client *c, int64_t ttl_s, int64_t *id, int64_t *granted_ttl_s)
+{
+    return lease_grant(c, ttl_s, c->timeout_ms, id, granted_ttl_s);
+}
+
+static eddy_err lease_keepalive(etcd_client *c, int64_t id, int64_t timeout_ms,
+                                int64_t *ttl_left)
+{
+    cJSON *body = cJSON_CreateObject(), *reply = NULL;
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (!body || !add_i64(body, "ID", id))
+        goto out;
+    err = request(c, "/v3/lease/keepalive", body, REQ_READ, timeout_ms, &reply);
+    if (err != EDDY_OK)
+        goto out;
+    /* A stream endpoint: {"result":{...}} or {"error":{"grpc_code":..,"message":..}}. */
+    const cJSON *res = jget(reply, "result"), *e = jget(reply, "error");
+    if (!res) {
+        const cJSON *code = jget(e, "grpc_code"), *msg = jget(e, "message");
+        err = fail(c, cJSON_IsNumber(code) ? from_grpc_code(code->valueint) : EDDY_ERR_CORRUPT,
+                   "lease keepalive: %s", cJSON_IsString(msg) ? msg->valuestring : "no result");
+        goto out;
+    }
+    /* An expired lease still gets HTTP 200, only without a TTL. */
+    int64_t ttl = jint(res, "TTL");
+    if (ttl <= 0) {
+        err = fail(c, EDDY_ERR_NOT_FOUND, "lease %lld expired", (long long)id);
+        goto out;
+    }
+    if (ttl_left)
+        *ttl_left = ttl;
+out:
+    cJSON_Delete(body);
+    cJSON_Delete(reply);
+    return err;
+}
+
+eddy_err etcd_lease_keepalive(etcd_client *c, int64_t id, int64_t *ttl_left)
+{
+    return lease_keepalive(c, id, c->timeout_ms, ttl_left);
+}
+
+static eddy_err lease_revoke(etcd_client *c, int64_t id, int64_t timeout_ms)
+{
+    cJSON *body = cJSON_CreateObject(), *reply = NULL;
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (body && add_i64(body, "ID", id))
+        err = request(c, "/v3/lease/revoke", body, REQ_WRITE, timeout_ms, &reply);
+    cJSON_Delete(body);
+    cJSON_Delete(reply);
+    return err;
+}
+
+eddy_err etcd_lease_revoke(etcd_client *c, int64_t id)
+{
+    return lease_revoke(c, id, c->timeout_ms);
+}
+
+/* --- sessions ------------------------------------------------------------------------------ */
+
+/* The session thread owns the keepalive schedule; 'mu' guards the fields below it, read by
+ * etcd_session_alive from any thread. */
+struct etcd_session {
+    etcd_client *c;
+    int64_t lease;
+    int64_t ttl_ms;
+    int64_t margin_ms;
+    etcd_session_lost_fn *on_lost;
+    void *ud;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop;
+    bool lost;            /* final */
+    bool expired;         /* etcd said the lease is gone: no revoke needed */
+    int64_t deadline_ms;  /* CLOCK_MONOTONIC: alive strictly before this */
+};
+
+int64_t etcd_session_lease(const etcd_session *s)
+{
+    return s->lease;
+}
+
+int64_t etcd_session_ttl(const etcd_session *s)
+{
+    return s->ttl_ms / 1000;
+}
+
+/* Under s->mu: apply the time rule, making loss final. */
+static bool session_alive_locked(etcd_session *s)
+{
+    if (!s->lost && now_ms() >= s->deadline_ms)
+        s->lost = true;
+    return !s->lost;
+}
+
+bool etcd_session_alive(etcd_session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    bool alive = session_alive_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    return alive;
+}
+
+static void *session_main(void *arg)
+{
+    etcd_session *s = arg;
+    int64_t interval = s->ttl_ms / 3, retry = s->ttl_ms / 12 > 50 ? s->ttl_ms / 12 : 50;
+    /* A keepalive that hangs must not hold the thread past the next one. */
+    int64_t call_timeout = interval < s->c->timeout_ms ? interval : s->c->timeout_ms;
+    int64_t next = now_ms() + interval;
+    int failures = 0;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        if (!session_alive_locked(s))
+            break;
+        int64_t wake = next < s->deadline_ms ? next : s->deadline_ms;
+        if (now_ms() < wake) {
+            struct timespec ts = abs_monotonic(wake);
+            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+            continue; /* re-check stop and the deadline */
+        }
+        pthread_mutex_unlock(&s->mu);
+        int64_t sent = now_ms();
+        int64_t ttl_left = 0;
+        eddy_err err = lease_keepalive(s->c, s->lease, call_timeout, &ttl_left);
+        const char *why = etcd_last_error(s->c);
+        pthread_mutex_lock(&s->mu);
+        if (err == EDDY_OK) {
+            int64_t ttl = ttl_left * 1000 < s->ttl_ms ? ttl_left * 1000 : s->ttl_ms;
+            /* Only a keepalive sent while still alive may extend the deadline: loss is final. */
+            if (session_alive_locked(s) && sent + ttl - s->margin_ms > s->deadline_ms)
+                s->deadline_ms = sent + ttl - s->margin_ms;
+            next = sent + interval;
+            failures = 0;
+        } else if (err == EDDY_ERR_NOT_FOUND) {
+            s->lost = s->expired = true;
+            log_warn("msg=\"etcd lease expired\" lease=%lld", (long long)s->lease);
+        } else {
+            if (failures++ % 10 == 0) /* the first of a run, then every tenth */
+                log_warn("msg=\"etcd keepalive failed\" lease=%lld failures=%d err=\"%s\"",
+                         (long long)s->lease, failures, why);
+            next = now_ms() + retry;
+        }
+    }
+    bool notify = s->lost && !s->stop;
+    pthread_mutex_unlock(&s->mu);
+    if (notify) {
+        log_warn("msg=\"etcd session lost\" lease=%lld", (long long)s->lease);
+        if (s->on_lost)
+            s->on_lost(s, s->ud);
+    }
+    return NULL;
+}
+
+etcd_session *etcd_session_new(etcd_client *c, int64_t ttl_s, etcd_session_lost_fn *on_lost,
+                               void *ud)
+{
+    etcd_session *s = calloc(1, sizeof(*s));
+    if (!s) {
+        fail(c, EDDY_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    s->c = c;
+    s->on_lost = on_lost;
+    s->ud = ud;
+    if (pthread_mutex_init(&s->mu, NULL) != 0) {
+        free(s);
+        fail(c, EDDY_ERR_NOMEM, "cannot create a mutex");
+        return NULL;
+    }
+    if (cond_init_monotonic(&s->cv) != 0) {
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+        fail(c, EDDY_ERR_NOMEM, "cannot create a condition variable");
+        return NULL;
+    }
+    int64_t sent = now_ms(), granted = 0;
+    if (lease_grant(c, ttl_s, c->timeout_ms, &s->lease, &granted) != EDDY_OK)
+        goto fail;
+    s->ttl_ms = (granted > 0 ? granted : ttl_s) * 1000;
+    s->margin_ms = s->ttl_ms / 4 > 100 ? s->ttl_ms / 4 : 100;
+    s->deadline_ms = sent + s->ttl_ms - s->margin_ms;
+    if (pthread_create(&s->thread, NULL, session_main, s) != 0) {
+        lease_revoke(c, s->lease, c->timeout_ms);
+        fail(c, EDDY_ERR_NOMEM, "cannot start the session thread");
+        goto fail;
+    }
+    return s;
+fail:
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+    return NULL;
+}
+
+void etcd_session_free(etcd_session *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+    if (!s->expired) { /* best effort: if etcd is unreachable the lease simply expires */
+        int64_t t = s->c->timeout_ms < 1000 ? s->c->timeout_ms : 1000;
+        eddy_err err = lease_revoke(s->c, s->lease, t);
+        if (err != EDDY_OK && err != EDDY_ERR_NOT_FOUND)
+            log_warn("msg=\"etcd lease revoke failed\" lease=%lld err=\"%s\"",
+                     (long long)s->lease, etcd_last_error(s->c));
+    }
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+/* --- watches ------------------------------------------------------------------------------ */
+
+/* Everything but 'stop', 'mu'/'cv' and 'connected' belongs to the watch thread. */
+struct etcd_watch {
+    etcd_client *c;
+    char *key;
+    bool prefix;
+    etcd_watch_fn *cb;
+    void *ud;
+    pthread_t thread;
+    CURL *h;
+    CURLM *multi;
+    pthread_mutex_t mu; /* with cv: the backoff sleep, woken by stop */
+    pthread_cond_t cv;
+    atomic_bool stop;
+    atomic_bool connected;
+    int64_t next_rev;  /* where a new stream starts: after the last revision delivered */
+    int64_t conn_rev;  /* start_revision requested by the current stream (0: now) */
+    bool created;      /* etcd confirmed the current stream */
+    bool restart;      /* close the stream and reopen at once (after RESYNC) */
+    char why[ERR_MAX]; /* why the current stream failed */
+    struct buf line;   /* bytes received and not yet split into lines */
+};
+
+static void watch_deliver(etcd_watch *w, struct etcd_event *ev)
+{
+    if (!atomic_load(&w->stop))
+        w->cb(ev, w->ud);
+}
+
+/* Handle one {"result":{...}} line. Returns false to close the stream (error or RESYNC). */
+static bool watch_line(etcd_watch *w, const char *p, size_t n)
+{
+    while (n && (p[n - 1] == '\r' || p[n - 1] == ' '))
+        n--;
+    if (n == 0)
+        return true;
+    cJSON *j = cJSON_ParseWithLength(p, n);
+    const cJSON *res = jget(j, "result");
+    bool keep = false;
+    if (!res) {
+        /* An error body ({"error":{...}} in the stream, {"code":..} or plain text). */
+        const cJSON *e = jget(j, "error"), *msg = jget(e ? e : j, "message");
+        if (cJSON_IsString(msg))
+            snprintf(w->why, sizeof(w->why), "%s", msg->valuestring);
+        else
+            snprintf(w->why, sizeof(w->why), "%.*s", (int)(n < 200 ? n : 200), p);
+        goto out;
+    }
+    int64_t hrev = header_revision(res);
+    bool created = cJSON_IsTrue(jget(res, "created"));
+    if (created) {
+        w->created = true;
+        atomic_store(&w->connected, true);
+        if (w->conn_rev == 0 && w->next_rev == 0 && hrev > 0)
+            w->next_rev = hrev + 1; /* "from now" means after the revision it was created at */
+    }
+    if (cJSON_IsTrue(jget(res, "canceled"))) {
+        int64_t crev = jint(res, "compact_revision");
+        if (crev <= 0) {
+            const cJSON *reason = jget(res, "cancel_reason");
+            snprintf(w->why, sizeof(w->why), "watch canceled: %s",
+                     cJSON_IsString(reason) ? reason->valuestring : "no reason");
+            goto out;
+        }
+        struct etcd_event ev = {.type = ETCD_EVENT_RESYNC, .revision = hrev,
+                                .compact_revision = crev};
+        int64_t from = atomic_load(&w->stop) ? 0 : w->cb(&ev, w->ud);
+        w->next_rev = from > 0 ? from : crev;
+        w->restart = true;
+        goto out;
+    }
+    const cJSON *events = jget(res, "events"), *e;
+    if (cJSON_GetArraySize(events) > 0) {
+        int64_t last = 0;
+        cJSON_ArrayForEach(e, events)
+        {
+            struct etcd_event ev = {.revision = hrev};
+            const cJSON *type = jget(e, "type"), *prev = jget(e, "prev_kv");
+            ev.type = cJSON_IsString(type) && strcmp(type->valuestring, "DELETE") == 0
+                          ? ETCD_EVENT_DELETE
+                          : ETCD_EVENT_PUT; /* PUT is the default: omitted */
+            if (kv_decode(jget(e, "kv"), &ev.kv) != EDDY_OK ||
+                (prev && kv_decode(prev, &ev.prev_kv) != EDDY_OK)) {
+                etcd_kv_release(&ev.kv);
+                snprintf(w->why, sizeof(w->why), "undecodable event");
+                goto out;
+            }
+            watch_deliver(w, &ev);
+            if (ev.kv.mod_revision > last)
+                last = ev.kv.mod_revision;
+            etcd_kv_release(&ev.kv);
+            etcd_kv_release(&ev.prev_kv);
+        }
+        if (last >= w->next_rev)
+            w->next_rev = last + 1;
+    } else if (!created && hrev >= w->next_rev) {
+        /* A progress notification: etcd sends it only to watchers that are caught up. */
+        w->next_rev = hrev + 1;
+    }
+    keep = true;
+out:
+    cJSON_Delete(j);
+    return keep;
+}
+
+static size_t watch_write(char *d, size_t sz, size_t nm, void *u)
+{
+    etcd_watch *w = u;
+    size_t n = sz * nm;
+    if (atomic_load(&w->stop))
+        return 0;
+    if (!buf_append(&w->line, d, n)) {
+        snprintf(w->why, sizeof(w->why), "watch line over %u bytes", ETCD_MAX_REPLY);
+        return 0;
+    }
+    /* libcurl may split a line over writes or merge several lines into one. */
+    char *nl;
+    size_t used = 0;
+    while ((nl = memchr(w->line.p + used, '\n', w->line.n - used)) != NULL) {
+        bool keep = watch_line(w, w->line.p + used, (size_t)(nl - (w->line.p + used)));
+        used = (size_t)(nl + 1 - w->line.p);
+        if (!keep) {
+            w->line.n = 0;
+            return 0; /* abort the transfer */
+        }
+    }
+    memmove(w->line.p, w->line.p + used, w->line.n - used);
+    w->line.n -= used;
+    return n;
+}
+
+/* Dead-peer detection for an idle stream: TCP keepalive probes after 5 s idle, every 2 s,
+ * 3 misses; unacknowledged data gives up after 15 s. */
+static int watch_sockopt(void *u, curl_socket_t fd, curlsocktype purpose)
+{
+    int on = 1, idle = 5, intvl = 2, cnt = 3;
+    unsigned int user_timeout = 15000;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
+    return CURL_SOCKOPT_OK;
+}
+
+static char *watch_body(etcd_watch *w)
+{
+    cJSON *body = cJSON_CreateObject();
+    cJSON *req = body ? cJSON_AddObjectToObject(body, "create_request") : NULL;
+    bool ok = req && add_key_range(req, w->key, w->prefix) &&
+              (w->next_rev <= 0 || add_i64(req, "start_revision", w->next_rev)) &&
+              cJSON_AddTrueToObject(req, "prev_kv") &&
+              cJSON_AddTrueToObject(req, "progress_notify");
+    char *s = ok ? cJSON_PrintUnformatted(body) : NULL;
+    cJSON_Delete(body);
+    return s;
+}
+
+/* Run one stream until it ends or stop is asked. */
+static void watch_stream(etcd_watch *w, size_t idx)
+{
+    char url[512];
+    char *body = watch_body(w);
+    if (!body) {
+        snprintf(w->why, sizeof(w->why), "out of memory");
+        return;
+    }
+    snprintf(url, sizeof(url), "%s/v3/watch", w->c->eps[idx]);
+    w->conn_rev = w->next_rev;
+    w->restart = false;
+    w->created = false;
+    w->why[0] = '\0';
+    w->line.n = 0;
+    CURL *h = w->h;
+    curl_easy_reset(h);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, w->c->headers);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, watch_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, w);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)w->c->timeout_ms);
+    curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, watch_sockopt);
+    if (curl_multi_add_handle(w->multi, h) != CURLM_OK) {
+        snprintf(w->why, sizeof(w->why), "curl_multi_add_handle failed");
+        free(body);
+        return;
+    }
+    int running = 1;
+    while (running && !atomic_load(&w->stop)) {
+        if (curl_multi_perform(w->multi, &running) != CURLM_OK)
+            break;
+        if (running)
+            curl_multi_poll(w->multi, NULL, 0, 1000, NULL); /* woken by etcd_watch_stop */
+    }
+    int left;
+    CURLMsg *m;
+    while ((m = curl_multi_info_read(w->multi, &left)) != NULL) {
+        if (m->msg == CURLMSG_DONE && !w->why[0] && !w->restart)
+            snprintf(w->why, sizeof(w->why), "stream ended: %s",
+                     curl_easy_strerror(m->data.result));
+    }
+    curl_multi_remove_handle(w->multi, h);
+    /* An error body may end without a newline. */
+    if (!atomic_load(&w->stop) && !w->restart && w->line.n > 0)
+        watch_line(w, w->line.p, w->line.n);
+    atomic_store(&w->connected, false);
+    free(body);
+}
+
+static void *watch_main(void *arg)
+{
+    etcd_watch *w = arg;
+    int64_t backoff = 50;
+    while (!atomic_load(&w->stop)) {
+        size_t idx = atomic_load(&w->c->cur) % w->c->n_eps;
+        watch_stream(w, idx);
+        if (atomic_load(&w->stop))
+            break;
+        if (w->restart) {
+            backoff = 50;
+            continue;
+        }
+        log_warn("msg=\"etcd watch reconnecting\" endpoint=%s key=\"%s\" next_revision=%lld "
+                 "err=\"%s\"",
+                 w->c->eps[idx], w->key, (long long)w->next_rev, w->why);
+        rotate(w->c, idx);
+        if (w->created) /* a stream that worked: the next failure is news, retry soon */
+            backoff = 50;
+        pthread_mutex_lock(&w->mu);
+        struct timespec ts = abs_monotonic(now_ms() + backoff);
+        while (!atomic_load(&w->stop) && pthread_cond_timedwait(&w->cv, &w->mu, &ts) != ETIMEDOUT)
+            ;
+        pthread_mutex_unlock(&w->mu);
+        backoff = backoff * 2 > 1000 ? 1000 : backoff * 2;
+    }
+    return NULL;
+}
+
+etcd_watch *etcd_watch_start(etcd_client *c, const char *key, bool prefix,
+                             int64_t start_revision, etcd_watch_fn *cb, void *ud)
+{
+    if (!c || !key || (!prefix && !*key) || !cb || start_revision < 0)
+        return NULL;
+    etcd_watch *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->c = c;
+    w->prefix = prefix;
+    w->cb = cb;
+    w->ud = ud;
+    w->next_rev = start_revision;
+    atomic_init(&w->stop, false);
+    atomic_init(&w->connected, false);
+    w->key = strdup(key);
+    w->h = curl_easy_init();
+    w->multi = curl_multi_init();
+    if (!w->key || !w->h || !w->multi)
+        goto fail;
+    if (pthread_mutex_init(&w->mu, NULL) != 0)
+        goto fail;
+    if (cond_init_monotonic(&w->cv) != 0) {
+        pthread_mutex_destroy(&w->mu);
+        goto fail;
+    }
+    if (pthread_create(&w->thread, NULL, watch_main, w) != 0) {
+        pthread_cond_destroy(&w->cv);
+        pthread_mutex_destroy(&w->mu);
+        goto fail;
+    }
+    return w;
+fail:
+    curl_multi_cleanup(w->multi);
+    curl_easy_cleanup(w->h);
+    free(w->key);
+    free(w);
+    return NULL;
+}
+
+void etcd_watch_stop(etcd_watch *w)
+{
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->mu);
+    atomic_store(&w->stop, true);
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    curl_multi_wakeup(w->multi);
+    pthread_join(w->thread, NULL);
+    curl_multi_cleanup(w->multi);
+    curl_easy_cleanup(w->h);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    free(w->line.p);
+    free(w->key);
+    free(w);
+}
+
+bool etcd_watch_connected(etcd_watch *w)
+{
+    return atomic_load(&w->connected);
+}

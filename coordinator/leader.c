@@ -1,0 +1,438 @@
+/* The leader loop: config, registry of nodes, assignment writes (see leader.h). */
+#include "coordinator/leader.h"
+
+#include <cjson/cJSON.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/cluster.h"
+#include "common/log.h"
+#include "coordinator/assigner.h"
+#include "coordinator/registry.h"
+
+/* A settle longer than this keeps being extended by a steady trickle of changes; past
+ * settle * SETTLE_MAX_FACTOR the map is computed anyway. */
+#define SETTLE_MAX_FACTOR 10
+/* Lost compares in a row before backing off (another writer is racing us). */
+#define CAS_RETRIES 5
+
+struct leader {
+    struct leader_opts o;
+    etcd_session *session;
+    char cluster[CLUSTER_ID_MAX], id[CLUSTER_ID_MAX];
+    char k_config[CLUSTER_KEY_MAX], k_assign[CLUSTER_KEY_MAX], k_leader[CLUSTER_KEY_MAX];
+    char k_nodes[CLUSTER_KEY_MAX], k_drain[CLUSTER_KEY_MAX];
+    registry *reg;
+    etcd_watch *w_nodes, *w_drain; /* the leader thread's; stopped by leader_stop */
+    pthread_t thread;
+    atomic_bool stop;
+    /* The leader thread's: */
+    uint32_t nparts;
+    struct cluster_map cur; /* the map as stored (or a fresh one when 'fresh') */
+    int64_t cur_mod;        /* mod_revision of the stored map; 0: none stored */
+    bool fresh;             /* 'cur' is not stored yet: write it even if nothing moved */
+    bool fenced;            /* the leader key no longer holds our id: write nothing */
+};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint32_t leader_parse_config(const char *json, size_t len)
+{
+    cJSON *o = cJSON_ParseWithLength(json, len);
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "partitions");
+    uint32_t n = 0;
+    if (cJSON_IsNumber(p) && p->valuedouble >= 1 && p->valuedouble <= 65535 &&
+        p->valuedouble == (double)(uint32_t)p->valuedouble)
+        n = (uint32_t)p->valuedouble;
+    cJSON_Delete(o);
+    return n;
+}
+
+/* Sleep up to 'ms', waking early on stop (or on a registry change, which is harmless). */
+static void pause_ms(leader *l, int64_t ms)
+{
+    registry_wait(l->reg, registry_generation(l->reg), ms);
+}
+
+/* --- setup ------------------------------------------------------------------------------ */
+
+static eddy_err ensure_config(leader *l)
+{
+    char json[64];
+    int n = snprintf(json, sizeof(json), "{\"partitions\":%u}", l->o.partitions);
+    bool created = false;
+    struct etcd_kv cur;
+    eddy_err err = etcd_txn_cas(l->o.etcd, l->k_config, 0, json, (size_t)n, 0, &created, &cur);
+    if (err != EDDY_OK)
+        return err;
+    uint32_t p = cur.key ? leader_parse_config(cur.value, cur.value_len) : 0;
+    if (p == 0) {
+        log_error("msg=\"cluster config does not decode\" key=%s value=\"%.200s\"", l->k_config,
+                  cur.value ? cur.value : "");
+        etcd_kv_release(&cur);
+        return EDDY_ERR_CORRUPT;
+    }
+    etcd_kv_release(&cur);
+    if (created)
+        log_info("msg=\"created cluster config\" cluster=%s partitions=%u", l->cluster, p);
+    else if (p != l->o.partitions)
+        log_warn("msg=\"cluster exists with another partition count; using the stored one\" "
+                 "cluster=%s stored=%u flag=%u",
+                 l->cluster, p, l->o.partitions);
+    l->nparts = p;
+    return EDDY_OK;
+}
+
+/* Make 'kv' (the stored assignment, or NULL/keyless if absent) the current map. */
+static eddy_err take_assignment(leader *l, const struct etcd_kv *kv)
+{
+    struct cluster_map m = {0};
+    if (kv && kv->key) {
+        eddy_err err = cluster_map_from_json(kv->value, kv->value_len, &m);
+        if (err == EDDY_OK && m.nparts == l->nparts) {
+            cluster_map_release(&l->cur);
+            l->cur = m;
+            l->cur_mod = kv->mod_revision;
+            l->fresh = false;
+            return EDDY_OK;
+        }
+        /* Replace what cannot be used; keep the version growing and the CAS target. */
+        log_error("msg=\"stored assignment unusable; starting a new map\" key=%s err=\"%s\" "
+                  "stored_partitions=%u partitions=%u",
+                  l->k_assign, err == EDDY_OK ? "partition count differs" : eddy_strerror(err),
+                  m.nparts, l->nparts);
+        uint64_t version = m.version;
+        cluster_map_release(&m);
+        if (cluster_map_init(&m, l->nparts) != EDDY_OK)
+            return EDDY_ERR_NOMEM;
+        m.version = version;
+        l->cur_mod = kv->mod_revision;
+    } else {
+        if (cluster_map_init(&m, l->nparts) != EDDY_OK)
+            return EDDY_ERR_NOMEM;
+        l->cur_mod = 0;
+    }
+    cluster_map_release(&l->cur);
+    l->cur = m;
+    l->fresh = true;
+    return EDDY_OK;
+}
+
+static eddy_err load_assignment(leader *l)
+{
+    struct etcd_kv kv;
+    bool found = false;
+    eddy_err err = etcd_get(l->o.etcd, l->k_assign, &kv, &found);
+    if (err != EDDY_OK)
+        return err;
+    err = take_assignment(l, found ? &kv : NULL);
+    etcd_kv_release(&kv);
+    return err;
+}
+
+/* The last part of 'key' under 'prefix', or NULL if the key is not directly under it. */
+static const char *id_of(const char *key, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    if (!key || strncmp(key, prefix, n) != 0 || !key[n] || strchr(key + n, '/'))
+        return NULL;
+    return key + n;
+}
+
+/* Read every key under nodes/ or drain/ into the registry; '*rev' is the read revision. */
+static eddy_err load_prefix(leader *l, bool nodes, int64_t *rev)
+{
+    const char *prefix = nodes ? l->k_nodes : l->k_drain;
+    struct etcd_kvs kvs;
+    eddy_err err = etcd_range_prefix(l->o.etcd, prefix, &kvs, rev);
+    if (err != EDDY_OK)
+        return err;
+    if (nodes)
+        registry_clear_nodes(l->reg);
+    else
+        registry_clear_drains(l->reg);
+    for (size_t i = 0; i < kvs.n; i++) {
+        const char *id = id_of(kvs.kvs[i].key, prefix);
+        if (!id)
+            continue;
+        if (nodes)
+            registry_node_put(l->reg, id, kvs.kvs[i].value, kvs.kvs[i].value_len);
+        else
+            registry_drain_put(l->reg, id);
+    }
+    etcd_kvs_release(&kvs);
+    return EDDY_OK;
+}
+
+static int64_t on_event(leader *l, bool nodes, const struct etcd_event *ev)
+{
+    const char *prefix = nodes ? l->k_nodes : l->k_drain;
+    if (ev->type == ETCD_EVENT_RESYNC) {
+        log_warn("msg=\"watch history compacted; re-reading\" prefix=%s", prefix);
+        int64_t rev = 0;
+        while (!atomic_load(&l->stop)) {
+            if (load_prefix(l, nodes, &rev) == EDDY_OK)
+                return rev + 1;
+            log_warn("msg=\"re-read failed; retrying\" prefix=%s err=\"%s\"", prefix,
+                     etcd_last_error(l->o.etcd));
+            pause_ms(l, 200);
+        }
+        return 0;
+    }
+    const char *id = id_of(ev->kv.key, prefix);
+    if (!id)
+        return 0;
+    if (nodes && ev->type == ETCD_EVENT_PUT)
+        registry_node_put(l->reg, id, ev->kv.value, ev->kv.value_len);
+    else if (nodes)
+        registry_node_delete(l->reg, id);
+    else if (ev->type == ETCD_EVENT_PUT)
+        registry_drain_put(l->reg, id);
+    else
+        registry_drain_delete(l->reg, id);
+    log_debug("msg=\"%s %s\" id=%s revision=%lld", nodes ? "node" : "drain",
+              ev->type == ETCD_EVENT_PUT ? "put" : "deleted", id, (long long)ev->revision);
+    return 0;
+}
+
+static int64_t on_nodes(const struct etcd_event *ev, void *ud)
+{
+    return on_event(ud, true, ev);
+}
+
+static int64_t on_drain(const struct etcd_event *ev, void *ud)
+{
+    return on_event(ud, false, ev);
+}
+
+static eddy_err setup(leader *l)
+{
+    eddy_err err = ensure_config(l);
+    if (err == EDDY_OK)
+        err = load_assignment(l);
+    int64_t rn = 0, rd = 0;
+    if (err == EDDY_OK)
+        err = load_prefix(l, true, &rn);
+    if (err == EDDY_OK)
+        err = load_prefix(l, false, &rd);
+    if (err != EDDY_OK)
+        return err;
+    l->w_nodes = etcd_watch_start(l->o.etcd, l->k_nodes, true, rn + 1, on_nodes, l);
+    l->w_drain = etcd_watch_start(l->o.etcd, l->k_drain, true, rd + 1, on_drain, l);
+    if (!l->w_nodes || !l->w_drain) {
+        etcd_watch_stop(l->w_nodes);
+        etcd_watch_stop(l->w_drain);
+        l->w_nodes = l->w_drain = NULL;
+        return EDDY_ERR_NOMEM;
+    }
+    log_info("msg=\"leading\" cluster=%s partitions=%u assignment_version=%llu nodes=%zu "
+             "state_nodes=%zu drains=%zu",
+             l->cluster, l->nparts, (unsigned long long)l->cur.version,
+             registry_node_count(l->reg), registry_state_count(l->reg),
+             registry_drain_count(l->reg));
+    return EDDY_OK;
+}
+
+/* --- reassignment ----------------------------------------------------------------------- */
+
+/* Write 'next' (version already bumped) if the stored map is still 'cur' and we still hold
+ * the leader key. EDDY_ERR_CONFLICT: a compare failed ('cur' re-read, or 'fenced' set). */
+static eddy_err write_map(leader *l, const struct cluster_map *next)
+{
+    char *json = cluster_map_to_json(next);
+    if (!json)
+        return EDDY_ERR_NOMEM;
+    if (!etcd_session_alive(l->session)) {
+        free(json);
+        return EDDY_ERR_UNAVAILABLE; /* we may not be the leader any more: do not write */
+    }
+    struct etcd_txn t;
+    etcd_txn_init(&t);
+    etcd_txn_compare(&t, l->k_assign, ETCD_CMP_MOD, ETCD_CMP_EQUAL, l->cur_mod);
+    etcd_txn_compare_value(&t, l->k_leader, ETCD_CMP_EQUAL, l->id, strlen(l->id));
+    etcd_txn_put(&t, ETCD_ON_SUCCESS, l->k_assign, json, strlen(json), 0);
+    etcd_txn_range(&t, ETCD_ON_FAILURE, l->k_assign, false);
+    etcd_txn_range(&t, ETCD_ON_FAILURE, l->k_leader, false);
+    struct etcd_txn_result r;
+    eddy_err err = etcd_txn(l->o.etcd, &t, &r);
+    free(json);
+    if (err != EDDY_OK) {
+        log_warn("msg=\"assignment write failed\" err=\"%s\"", etcd_last_error(l->o.etcd));
+        return err;
+    }
+    if (r.succeeded) {
+        l->cur_mod = r.revision;
+        etcd_txn_result_release(&r);
+        return EDDY_OK;
+    }
+    err = EDDY_ERR_CONFLICT;
+    const struct etcd_kvs *a = r.n_ops == 2 ? &r.ops[0].kvs : NULL;
+    const struct etcd_kvs *ld = r.n_ops == 2 ? &r.ops[1].kvs : NULL;
+    if (!ld || ld->n == 0 || ld->kvs[0].value_len != strlen(l->id) ||
+        memcmp(ld->kvs[0].value, l->id, ld->kvs[0].value_len) != 0) {
+        log_warn("msg=\"leader key no longer ours; not writing the assignment\" id=%s "
+                 "leader=%s",
+                 l->id, ld && ld->n ? ld->kvs[0].value : "");
+        l->fenced = true;
+    } else {
+        log_info("msg=\"assignment changed under us; re-reading\" expected_mod=%lld",
+                 (long long)l->cur_mod);
+        eddy_err e2 = take_assignment(l, a && a->n ? &a->kvs[0] : NULL);
+        if (e2 != EDDY_OK)
+            err = e2;
+    }
+    etcd_txn_result_release(&r);
+    return err;
+}
+
+static eddy_err reassign(leader *l)
+{
+    struct assign_node *nodes = NULL;
+    size_t n = 0;
+    struct cluster_map next = {0};
+    eddy_err err = registry_snapshot(l->reg, &nodes, &n, NULL);
+    if (err != EDDY_OK)
+        goto out;
+    err = EDDY_ERR_NOMEM;
+    if (cluster_map_init(&next, l->nparts) != EDDY_OK)
+        goto out;
+    size_t moved = assigner_compute(nodes, n, &l->cur, &next);
+    err = EDDY_OK;
+    if (moved == 0 && !l->fresh)
+        goto out;
+    next.version = l->cur.version + 1;
+    err = write_map(l, &next);
+    if (err != EDDY_OK)
+        goto out;
+    size_t eligible = 0, unassigned = 0;
+    for (size_t i = 0; i < n; i++)
+        eligible += nodes[i].state && !nodes[i].draining;
+    for (uint32_t p = 0; p < next.nparts; p++)
+        unassigned += next.parts[p].owner[0] == '\0';
+    log_info("msg=\"assignment written\" version=%llu moved=%zu partitions=%u nodes=%zu "
+             "eligible=%zu unassigned=%zu revision=%lld",
+             (unsigned long long)next.version, moved, next.nparts, n, eligible, unassigned,
+             (long long)l->cur_mod);
+    for (size_t i = 0; i < n; i++) {
+        if (nodes[i].state)
+            log_debug("msg=\"owner share\" node=%s partitions=%zu draining=%d", nodes[i].id,
+                      assigner_count(&next, nodes[i].id), nodes[i].draining);
+    }
+    cluster_map_release(&l->cur);
+    l->cur = next;
+    next = (struct cluster_map){0};
+    l->fresh = false;
+out:
+    cluster_map_release(&next);
+    free(nodes);
+    return err;
+}
+
+/* Wait until the registry has been quiet for settle_ms (bounded); returns its generation. */
+static uint64_t settle(leader *l)
+{
+    int64_t start = mono_ms(), cap = l->o.settle_ms * SETTLE_MAX_FACTOR;
+    uint64_t g = registry_generation(l->reg);
+    while (!atomic_load(&l->stop) && l->o.settle_ms > 0) {
+        uint64_t g2 = registry_wait(l->reg, g, l->o.settle_ms);
+        if (g2 == g || mono_ms() - start >= cap)
+            return g2;
+        g = g2;
+    }
+    return g;
+}
+
+static void *leader_main(void *arg)
+{
+    leader *l = arg;
+    int64_t backoff = 100;
+    while (!atomic_load(&l->stop)) {
+        eddy_err err = setup(l);
+        if (err == EDDY_OK)
+            break;
+        log_warn("msg=\"leader setup failed; retrying\" err=\"%s\" detail=\"%s\"",
+                 eddy_strerror(err), etcd_last_error(l->o.etcd));
+        pause_ms(l, backoff);
+        backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
+    }
+    bool dirty = true;
+    int conflicts = 0;
+    uint64_t seen = 0;
+    backoff = 100;
+    while (!atomic_load(&l->stop) && !l->fenced) {
+        if (!dirty) {
+            uint64_t g = registry_wait(l->reg, seen, 1000);
+            if (g == seen)
+                continue;
+            dirty = true;
+        }
+        seen = settle(l);
+        if (atomic_load(&l->stop))
+            break;
+        eddy_err err = reassign(l);
+        if (err == EDDY_OK) {
+            dirty = false;
+            conflicts = 0;
+            backoff = 100;
+        } else if (err == EDDY_ERR_CONFLICT && ++conflicts < CAS_RETRIES) {
+            /* re-read: compute again at once */
+        } else {
+            conflicts = 0;
+            pause_ms(l, backoff);
+            backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
+        }
+    }
+    return NULL;
+}
+
+leader *leader_start(const struct leader_opts *o, etcd_session *s)
+{
+    if (!o->etcd || !o->cluster || !o->id || o->partitions == 0 || o->settle_ms < 0)
+        return NULL;
+    leader *l = calloc(1, sizeof(*l));
+    if (!l)
+        return NULL;
+    l->o = *o;
+    l->session = s;
+    snprintf(l->cluster, sizeof(l->cluster), "%s", o->cluster);
+    snprintf(l->id, sizeof(l->id), "%s", o->id);
+    l->o.cluster = l->cluster;
+    l->o.id = l->id;
+    cluster_key(l->k_config, sizeof(l->k_config), o->cluster, "config");
+    cluster_key(l->k_assign, sizeof(l->k_assign), o->cluster, "assignment");
+    cluster_key(l->k_leader, sizeof(l->k_leader), o->cluster, "leader");
+    cluster_key(l->k_nodes, sizeof(l->k_nodes), o->cluster, "nodes/");
+    cluster_key(l->k_drain, sizeof(l->k_drain), o->cluster, "drain/");
+    l->reg = registry_new();
+    if (!l->reg || pthread_create(&l->thread, NULL, leader_main, l) != 0) {
+        registry_free(l->reg);
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+void leader_stop(leader *l)
+{
+    if (!l)
+        return;
+    atomic_store(&l->stop, true);
+    registry_wake(l->reg);
+    /* Join first: the thread may still be creating the watches. A RESYNC callback that is
+     * retrying its range sees 'stop' and returns. */
+    pthread_join(l->thread, NULL);
+    etcd_watch_stop(l->w_nodes);
+    etcd_watch_stop(l->w_drain);
+    cluster_map_release(&l->cur);
+    registry_free(l->reg);
+    free(l);
+}

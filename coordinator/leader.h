@@ -1,0 +1,46 @@
+/* The leader's work: while this coordinator leads, keep /eddy/<cluster>/assignment equal
+ * to what the assigner computes from the live nodes and the drain requests.
+ *
+ * On start it makes sure the cluster config exists (create-if-absent {"partitions":P}; a
+ * stored P wins over --partitions), reads the current map (or starts an empty one), loads
+ * nodes/ and drain/ with a range and watches both prefixes from the range's revision + 1.
+ * Every change of the assigner's input, once quiet for 'settle_ms' (debounce: a rolling
+ * restart or a cluster start registers many nodes in a burst), gives a new map; if any
+ * owner changed (or no map was stored yet) it is written with version + 1 by a txn that
+ * compares the assignment's mod_revision AND that the leader key still holds this
+ * coordinator's id, so a deposed leader can never overwrite its successor's map. A lost
+ * compare re-reads the map and computes again.
+ *
+ * DESIGN: the loop runs on a thread of its own (etcd calls block; watch callbacks only
+ * update the registry and wake it). */
+#ifndef EDDY_LEADER_H
+#define EDDY_LEADER_H
+
+#include <stdint.h>
+
+#include "common/etcd.h"
+
+typedef struct leader leader;
+
+struct leader_opts {
+    etcd_client *etcd;      /* borrowed; must outlive the leader */
+    const char *cluster;    /* cluster name (copied) */
+    const char *id;         /* this coordinator's id, the leader key's value (copied) */
+    uint32_t partitions;    /* P for a new cluster config */
+    int64_t settle_ms;      /* debounce of node changes */
+};
+
+/* Start leading with session 's' (borrowed until leader_stop returns; the leader stops
+ * writing as soon as etcd_session_alive(s) is false). Returns NULL on no memory. Caller
+ * owns the result; stop and free it with leader_stop. */
+leader *leader_start(const struct leader_opts *o, etcd_session *s);
+
+/* Stop the watches and the thread (promptly: at most one etcd call in flight is waited
+ * for) and free. After it returns nothing more is written. Accepts NULL. */
+void leader_stop(leader *l);
+
+/* Parse the config record {"partitions":P}: returns P (1..65535), or 0 if it does not
+ * decode. Pure; exposed for tests. */
+uint32_t leader_parse_config(const char *json, size_t len);
+
+#endif

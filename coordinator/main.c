@@ -1,0 +1,256 @@
+/* eddy-coordinator: flags, signal handling, start and stop order.
+ *
+ * Every coordinator serves ClusterStatus and health and campaigns for the leader key; the
+ * one elected runs the leader loop (leader.c) that writes the partition map. Any number
+ * may run: the standbys take over when the leader's lease goes. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/cluster.h"
+#include "common/config.h"
+#include "common/etcd.h"
+#include "common/health.h"
+#include "common/log.h"
+#include "common/rpc_server.h"
+#include "coordinator/election.h"
+#include "coordinator/leader.h"
+#include "coordinator/status.h"
+
+#define EDDY_VERSION "0.1.0"
+#define HEALTH_LEADER "leader"
+#define HEALTH_SERVICE "eddy.cluster.v1.Coordinator"
+
+struct coord_config {
+    const char *etcd, *cluster, *id, *listen, *log_level;
+    int64_t lease_ttl, partitions, settle, shutdown_grace, etcd_timeout;
+};
+
+#define F(n, t, field, help, lo, hi) {n, t, &c->field, help, lo, hi}
+
+static size_t coord_flags(struct coord_config *c, struct flag *out)
+{
+    const struct flag fl[] = {
+        F("etcd", FLAG_STRING, etcd, "etcd endpoints, comma-separated (http://host:port) [required]",
+          0, 0),
+        F("cluster", FLAG_STRING, cluster, "cluster name: keys live under /eddy/<cluster>/", 0, 0),
+        F("id", FLAG_STRING, id, "this coordinator's id (default: hostname-pid)", 0, 0),
+        F("listen", FLAG_STRING, listen, "gRPC address for ClusterStatus and health (port 0 picks one)",
+          0, 0),
+        F("lease-ttl", FLAG_DURATION, lease_ttl,
+          "TTL of the leader lease (whole seconds): a dead leader is replaced within about this",
+          1000, 3600 * 1000),
+        F("partitions", FLAG_INT, partitions,
+          "partitions P of a NEW cluster (an existing cluster keeps its stored P)", 1, 65535),
+        F("settle", FLAG_DURATION, settle,
+          "wait until node changes have been quiet this long before reassigning", 0, 60000),
+        F("etcd-timeout", FLAG_DURATION, etcd_timeout, "deadline of each etcd call", 100, 60000),
+        F("log-level", FLAG_STRING, log_level, "debug, info, warn or error", 0, 0),
+        F("shutdown-grace", FLAG_DURATION, shutdown_grace,
+          "on SIGTERM, wait this long for in-flight calls", 0, 0),
+    };
+    memcpy(out, fl, sizeof(fl));
+    return sizeof(fl) / sizeof(fl[0]);
+}
+
+static void usage(FILE *out, const struct flag *fl, size_t n)
+{
+    fprintf(out, "eddy-coordinator %s: leader-elected partition assignment for an Eddy cluster\n\n"
+                 "usage: eddy-coordinator --etcd http://HOST:PORT[,...] [--cluster NAME] [flags]\n\n"
+                 "Every flag can also be set through its EDDY_* environment variable.\n\n",
+            EDDY_VERSION);
+    config_usage(out, fl, n);
+}
+
+/* "host:2379,http://h2:2379" -> "http://host:2379,http://h2:2379". Caller frees. */
+static char *normalize_endpoints(const char *in)
+{
+    size_t n = strlen(in), cap = n * 2 + 16;
+    char *out = malloc(cap), *o = out;
+    if (!out)
+        return NULL;
+    const char *p = in;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len) {
+            bool scheme = memmem(p, len, "://", 3) != NULL;
+            int w = snprintf(o, cap - (size_t)(o - out), "%s%s%.*s", o == out ? "" : ",",
+                             scheme ? "" : "http://", (int)len, p);
+            o += w;
+        }
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    *o = '\0';
+    return out;
+}
+
+/* Callbacks of the election, on its thread. */
+struct coord {
+    const struct coord_config *cfg;
+    etcd_client *etcd;
+    health *hl;
+    leader *lead;
+    const char *id;
+};
+
+static void on_elected(void *ud, etcd_session *s)
+{
+    struct coord *co = ud;
+    struct leader_opts lo = {co->etcd, co->cfg->cluster, co->id, (uint32_t)co->cfg->partitions,
+                             co->cfg->settle};
+    co->lead = leader_start(&lo, s);
+    if (!co->lead)
+        log_error("msg=\"cannot start the leader loop\"");
+    health_set(co->hl, HEALTH_LEADER, HEALTH_SERVING);
+}
+
+static void on_demoted(void *ud)
+{
+    struct coord *co = ud;
+    health_set(co->hl, HEALTH_LEADER, HEALTH_NOT_SERVING);
+    leader_stop(co->lead);
+    co->lead = NULL;
+}
+
+static void on_connected(void *ud, bool connected)
+{
+    struct coord *co = ud;
+    health_set(co->hl, "readiness", connected ? HEALTH_SERVING : HEALTH_NOT_SERVING);
+    health_set(co->hl, HEALTH_SERVICE, connected ? HEALTH_SERVING : HEALTH_NOT_SERVING);
+    log_info("msg=\"etcd session %s\" id=%s", connected ? "up" : "down", co->id);
+}
+
+int main(int argc, char **argv)
+{
+    struct coord_config cfg = {
+        .cluster = "eddy", .listen = "127.0.0.1:7071", .log_level = "info",
+        .lease_ttl = 10000, .partitions = 256, .settle = 200, .shutdown_grace = 5000,
+        .etcd_timeout = 2000,
+    }, *c = &cfg;
+    struct flag flags[32];
+    size_t nflags = coord_flags(c, flags);
+    char err[512] = "";
+    int first = 0;
+
+    int r = config_parse(flags, nflags, argc, argv, &first, err, sizeof(err));
+    if (r == 1) {
+        usage(stdout, flags, nflags);
+        return 0;
+    }
+    if (r < 0 || first < argc) {
+        fprintf(stderr, "eddy-coordinator: %s\n", r < 0 ? err : "unexpected argument (see --help)");
+        return 2;
+    }
+    if (log_set_level(c->log_level) != 0) {
+        fprintf(stderr, "eddy-coordinator: unknown --log-level '%s'\n", c->log_level);
+        return 2;
+    }
+    if (!c->etcd || !*c->etcd) {
+        fprintf(stderr, "eddy-coordinator: --etcd is required (or EDDY_ETCD)\n");
+        return 2;
+    }
+    if (!*c->cluster || strlen(c->cluster) >= CLUSTER_ID_MAX || strchr(c->cluster, '/')) {
+        fprintf(stderr, "eddy-coordinator: --cluster must be 1..%d characters without '/'\n",
+                CLUSTER_ID_MAX - 1);
+        return 2;
+    }
+    char default_id[CLUSTER_ID_MAX];
+    if (!c->id) {
+        char host[64] = "coordinator";
+        gethostname(host, sizeof(host) - 1);
+        host[sizeof(host) - 1] = '\0';
+        snprintf(default_id, sizeof(default_id), "%s-%ld", host, (long)getpid());
+        c->id = default_id;
+    }
+    if (!*c->id || strlen(c->id) >= CLUSTER_ID_MAX) {
+        fprintf(stderr, "eddy-coordinator: --id must be 1..%d characters\n", CLUSTER_ID_MAX - 1);
+        return 2;
+    }
+    int64_t ttl_s = (c->lease_ttl + 999) / 1000;
+
+    /* Block the stop signals before any thread exists, so every thread inherits the mask
+     * and main receives them in sigwait. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int status = 1;
+    char *endpoints = normalize_endpoints(c->etcd);
+    etcd_client *etcd = endpoints ? etcd_client_new(endpoints, c->etcd_timeout) : NULL;
+    rpc_server *srv = NULL;
+    health *hl = health_new();
+    election *el = NULL;
+    struct coord co = {.cfg = c, .etcd = etcd, .hl = hl, .id = c->id};
+    struct status_service svc = {etcd, c->cluster, c->id};
+    if (!etcd) {
+        log_error("msg=\"bad --etcd\" etcd=\"%s\"", c->etcd);
+        goto out;
+    }
+    struct rpc_server_opts so = {.listen = c->listen, .cq_threads = 1, .handler_threads = 2};
+    srv = rpc_server_new(&so);
+    if (!srv || !hl) {
+        log_error("msg=\"out of memory at start\"");
+        goto out;
+    }
+    if (status_register(&svc, srv) != EDDY_OK || health_register(hl, srv) != EDDY_OK)
+        goto out;
+    health_set(hl, "", HEALTH_SERVING);
+    health_set(hl, "liveness", HEALTH_SERVING);
+    health_set(hl, "readiness", HEALTH_NOT_SERVING);
+    health_set(hl, HEALTH_SERVICE, HEALTH_NOT_SERVING);
+    health_set(hl, HEALTH_LEADER, HEALTH_NOT_SERVING);
+    int port = 0;
+    eddy_err e = rpc_server_start(srv, &port);
+    if (e != EDDY_OK) {
+        log_error("msg=\"cannot listen\" listen=%s error=\"%s\"", c->listen, eddy_strerror(e));
+        goto out;
+    }
+    char leader_key[CLUSTER_KEY_MAX];
+    cluster_key(leader_key, sizeof(leader_key), c->cluster, "leader");
+    struct election_opts eo = {
+        .etcd = etcd, .key = leader_key, .id = c->id, .ttl_s = ttl_s,
+        .on_elected = on_elected, .on_demoted = on_demoted, .on_connected = on_connected,
+        .ud = &co,
+    };
+    el = election_new(&eo);
+    if (!el) {
+        log_error("msg=\"cannot start the election\"");
+        goto out;
+    }
+    log_info("msg=\"eddy-coordinator ready\" id=%s cluster=%s etcd=%s listen=%s port=%d "
+             "lease_ttl_s=%" PRId64 " settle_ms=%" PRId64,
+             c->id, c->cluster, endpoints, c->listen, port, ttl_s, c->settle);
+    printf("listening on %d\n", port); /* a line for scripts: the bound port (useful with :0) */
+    fflush(stdout);
+
+    int sig = 0;
+    sigwait(&stop, &sig);
+    log_info("msg=\"shutting down\" signal=%d id=%s", sig, c->id);
+    health_set_all(hl, HEALTH_NOT_SERVING);
+    /* Stops the leader loop and its watches, then revokes the lease: the leader key goes
+     * now and a standby takes over without waiting for the TTL. */
+    election_free(el);
+    el = NULL;
+    health_shutdown(hl);
+    rpc_server_shutdown(srv, c->shutdown_grace);
+    status = 0;
+out:
+    election_free(el);
+    rpc_server_free(srv);
+    health_free(hl);
+    etcd_client_free(etcd);
+    free(endpoints);
+    if (status == 0)
+        log_info("msg=\"stopped cleanly\"");
+    return status;
+}

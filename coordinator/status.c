@@ -1,0 +1,235 @@
+/* ClusterStatus: read the cluster's keys in one txn and describe them (see status.h). */
+#include "coordinator/status.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/cluster.h"
+#include "common/log.h"
+#include "coordinator/assigner.h"
+#include "coordinator/leader.h"
+
+struct status_mem {
+    struct cluster_map map;
+    struct cluster_node *recs;
+    Eddy__Cluster__V1__Node *nodes;
+    Eddy__Cluster__V1__Node **node_ptrs;
+    char *(*roles)[2];
+    Eddy__Cluster__V1__Partition *parts;
+    Eddy__Cluster__V1__Partition **part_ptrs;
+    char **drains;
+    char *strings; /* cluster, leader id, answered_by, drain ids: one block */
+};
+
+static char ROLE_INGEST_NAME[] = "ingest";
+static char ROLE_STATE_NAME[] = "state";
+
+/* The last part of 'key' under 'prefix', or NULL. */
+static const char *id_of(const char *key, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    if (!key || strncmp(key, prefix, n) != 0 || !key[n] || strchr(key + n, '/'))
+        return NULL;
+    return key + n;
+}
+
+static bool in_list(char **list, size_t n, const char *id)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(list[i], id) == 0)
+            return true;
+    }
+    return false;
+}
+
+void status_release(struct status_reply *r)
+{
+    struct status_mem *m = r->mem;
+    if (!m)
+        return;
+    cluster_map_release(&m->map);
+    free(m->recs);
+    free(m->nodes);
+    free(m->node_ptrs);
+    free(m->roles);
+    free(m->parts);
+    free(m->part_ptrs);
+    free(m->drains);
+    free(m->strings);
+    free(m);
+    r->mem = NULL;
+}
+
+/* Copy 's' to the string block at '*at'. */
+static char *put_str(char **at, const char *s, size_t len)
+{
+    char *d = *at;
+    memcpy(d, s, len);
+    d[len] = '\0';
+    *at += len + 1;
+    return d;
+}
+
+eddy_err status_build(const struct status_snapshot *snap, const char *answered_by,
+                      struct status_reply *out)
+{
+    Eddy__Cluster__V1__ClusterStatusResponse init = EDDY__CLUSTER__V1__CLUSTER_STATUS_RESPONSE__INIT;
+    out->msg = init;
+    out->mem = NULL;
+    struct status_mem *m = calloc(1, sizeof(*m));
+    if (!m)
+        return EDDY_ERR_NOMEM;
+    out->mem = m;
+    eddy_err err = EDDY_ERR_NOMEM;
+    char nodes_prefix[CLUSTER_KEY_MAX], drain_prefix[CLUSTER_KEY_MAX];
+    cluster_key(nodes_prefix, sizeof(nodes_prefix), snap->cluster, "nodes/");
+    cluster_key(drain_prefix, sizeof(drain_prefix), snap->cluster, "drain/");
+
+    size_t nn = snap->nodes ? snap->nodes->n : 0, nd = snap->drains ? snap->drains->n : 0;
+    size_t leader_len = snap->leader && snap->leader->key ? snap->leader->value_len : 0;
+    size_t strbytes = strlen(snap->cluster) + 1 + leader_len + 1 + strlen(answered_by) + 1;
+    for (size_t i = 0; i < nd; i++)
+        strbytes += strlen(snap->drains->kvs[i].key) + 1;
+    m->strings = malloc(strbytes);
+    m->recs = calloc(nn ? nn : 1, sizeof(*m->recs));
+    m->nodes = calloc(nn ? nn : 1, sizeof(*m->nodes));
+    m->node_ptrs = calloc(nn ? nn : 1, sizeof(*m->node_ptrs));
+    m->roles = calloc(nn ? nn : 1, sizeof(*m->roles));
+    m->drains = calloc(nd ? nd : 1, sizeof(*m->drains));
+    if (!m->strings || !m->recs || !m->nodes || !m->node_ptrs || !m->roles || !m->drains)
+        goto fail;
+    char *at = m->strings;
+    out->msg.cluster = put_str(&at, snap->cluster, strlen(snap->cluster));
+    out->msg.leader_id = put_str(&at, leader_len ? snap->leader->value : "", leader_len);
+    out->msg.answered_by = put_str(&at, answered_by, strlen(answered_by));
+    out->msg.revision = snap->revision;
+
+    if (snap->config && snap->config->key) {
+        out->msg.config_partitions =
+            leader_parse_config(snap->config->value, snap->config->value_len);
+        if (out->msg.config_partitions == 0) {
+            err = EDDY_ERR_CORRUPT;
+            goto fail;
+        }
+    }
+    if (snap->assignment && snap->assignment->key) {
+        err = cluster_map_from_json(snap->assignment->value, snap->assignment->value_len,
+                                    &m->map);
+        if (err != EDDY_OK)
+            goto fail;
+        err = EDDY_ERR_NOMEM;
+        m->parts = calloc(m->map.nparts, sizeof(*m->parts));
+        m->part_ptrs = calloc(m->map.nparts, sizeof(*m->part_ptrs));
+        if (!m->parts || !m->part_ptrs)
+            goto fail;
+        for (uint32_t p = 0; p < m->map.nparts; p++) {
+            Eddy__Cluster__V1__Partition pi = EDDY__CLUSTER__V1__PARTITION__INIT;
+            pi.partition = p;
+            pi.owner = m->map.parts[p].owner;
+            pi.epoch = m->map.parts[p].epoch;
+            m->parts[p] = pi;
+            m->part_ptrs[p] = &m->parts[p];
+        }
+        out->msg.n_partitions = m->map.nparts;
+        out->msg.partitions = m->part_ptrs;
+        out->msg.assignment_version = m->map.version;
+    }
+
+    size_t k = 0;
+    for (size_t i = 0; i < nd; i++) {
+        const char *id = id_of(snap->drains->kvs[i].key, drain_prefix);
+        if (id && !in_list(m->drains, k, id))
+            m->drains[k++] = put_str(&at, id, strlen(id));
+    }
+    out->msg.n_draining = k;
+    out->msg.draining = m->drains;
+
+    k = 0;
+    for (size_t i = 0; i < nn; i++) {
+        const struct etcd_kv *kv = &snap->nodes->kvs[i];
+        const char *id = id_of(kv->key, nodes_prefix);
+        struct cluster_node *rec = &m->recs[k];
+        if (!id || cluster_node_from_json(kv->value, kv->value_len, rec) != EDDY_OK ||
+            strcmp(rec->id, id) != 0)
+            continue; /* not a node record: the leader ignores it too */
+        Eddy__Cluster__V1__Node ni = EDDY__CLUSTER__V1__NODE__INIT;
+        ni.id = rec->id;
+        ni.grpc_addr = rec->grpc_addr;
+        ni.metrics_addr = rec->metrics_addr;
+        ni.started_ms = rec->started_ms;
+        ni.roles = m->roles[k];
+        if (rec->roles & ROLE_INGEST)
+            ni.roles[ni.n_roles++] = ROLE_INGEST_NAME;
+        if (rec->roles & ROLE_STATE)
+            ni.roles[ni.n_roles++] = ROLE_STATE_NAME;
+        ni.partitions_owned = m->map.parts ? (uint32_t)assigner_count(&m->map, rec->id) : 0;
+        ni.draining = in_list(m->drains, out->msg.n_draining, rec->id);
+        m->nodes[k] = ni;
+        m->node_ptrs[k] = &m->nodes[k];
+        k++;
+    }
+    out->msg.n_nodes = k; /* etcd returns keys in order: nodes are sorted by id */
+    out->msg.nodes = m->node_ptrs;
+    return EDDY_OK;
+fail:
+    status_release(out);
+    out->msg = init;
+    return err;
+}
+
+/* --- the RPC ------------------------------------------------------------------------------ */
+
+enum { OP_NODES, OP_DRAINS, OP_CONFIG, OP_LEADER, OP_ASSIGN, OP_COUNT };
+
+static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
+{
+    struct status_service *svc = ud;
+    char k[OP_COUNT][CLUSTER_KEY_MAX];
+    cluster_key(k[OP_NODES], sizeof(k[0]), svc->cluster, "nodes/");
+    cluster_key(k[OP_DRAINS], sizeof(k[0]), svc->cluster, "drain/");
+    cluster_key(k[OP_CONFIG], sizeof(k[0]), svc->cluster, "config");
+    cluster_key(k[OP_LEADER], sizeof(k[0]), svc->cluster, "leader");
+    cluster_key(k[OP_ASSIGN], sizeof(k[0]), svc->cluster, "assignment");
+    /* No compares: the success branch always runs, and etcd reads every range at the same
+     * revision. */
+    struct etcd_txn t;
+    etcd_txn_init(&t);
+    for (int i = 0; i < OP_COUNT; i++)
+        etcd_txn_range(&t, ETCD_ON_SUCCESS, k[i], i == OP_NODES || i == OP_DRAINS);
+    struct etcd_txn_result r;
+    eddy_err err = etcd_txn(svc->etcd, &t, &r);
+    if (err != EDDY_OK) {
+        rpc_reply_error(call, GRPC_STATUS_UNAVAILABLE, "etcd: %s", etcd_last_error(svc->etcd));
+        return;
+    }
+    if (!r.succeeded || r.n_ops != OP_COUNT) {
+        etcd_txn_result_release(&r);
+        rpc_reply_error(call, GRPC_STATUS_UNAVAILABLE, "etcd: unexpected txn answer");
+        return;
+    }
+    struct etcd_kv none = {0};
+#define ONE(i) (r.ops[i].kvs.n ? &r.ops[i].kvs.kvs[0] : &none)
+    struct status_snapshot snap = {
+        .cluster = svc->cluster, .revision = r.revision,
+        .nodes = &r.ops[OP_NODES].kvs, .drains = &r.ops[OP_DRAINS].kvs,
+        .config = ONE(OP_CONFIG), .leader = ONE(OP_LEADER), .assignment = ONE(OP_ASSIGN),
+    };
+#undef ONE
+    struct status_reply out;
+    err = status_build(&snap, svc->id, &out);
+    if (err == EDDY_OK)
+        rpc_reply(call, &out.msg.base);
+    else
+        rpc_reply_error(call, err == EDDY_ERR_CORRUPT ? GRPC_STATUS_DATA_LOSS : eddy_err_to_grpc(err),
+                        "cannot describe the cluster: %s", eddy_strerror(err));
+    status_release(&out);
+    etcd_txn_result_release(&r);
+}
+
+eddy_err status_register(struct status_service *svc, rpc_server *s)
+{
+    return rpc_server_add_unary(s, "/eddy.cluster.v1.Coordinator/ClusterStatus",
+                                &eddy__cluster__v1__cluster_status_request__descriptor,
+                                handle_status, svc);
+}

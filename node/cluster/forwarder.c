@@ -1,0 +1,232 @@
+/* Sending stage-2 OUTBOX records to the owners of their product partitions. */
+#include "node/cluster/forwarder.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "common/partition.h"
+#include "eddy/v1/state.pb-c.h"
+
+#define ROUND_MAX 512      /* records read per round */
+#define MAX_DESTS 64       /* owners one record may go to */
+
+struct forwarder {
+    engine *eng;
+    membership *mem;
+    peers *peers;
+    int64_t timeout_ms;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool kicked, stopping;
+};
+
+struct rec {
+    struct store_key key;
+    Eddy__Store__V1__Stage2Batch *b;
+    bool failed;
+};
+
+struct round {
+    struct rec *recs;
+    size_t n;
+};
+
+static int collect(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct round *r = ud;
+    if (r->n == ROUND_MAX || klen > STORE_KEY_MAX)
+        return 1;
+    Eddy__Store__V1__Stage2Batch *b =
+        eddy__store__v1__stage2_batch__unpack(NULL, vlen, (const uint8_t *)v);
+    if (!b) {
+        log_error("msg=\"undecodable OUTBOX record skipped\"");
+        return 0;
+    }
+    struct rec *x = &r->recs[r->n++];
+    memcpy(x->key.buf, k, klen);
+    x->key.len = klen;
+    x->b = b;
+    x->failed = false;
+    return 0;
+}
+
+/* The distinct owner addresses (other than this node) of the partitions 'b' touches. */
+static size_t destinations(forwarder *f, const Eddy__Store__V1__Stage2Batch *b,
+                           char (*addrs)[CLUSTER_ADDR_MAX], bool *unknown)
+{
+    uint32_t P = membership_partitions(f->mem);
+    size_t n = 0;
+    *unknown = false;
+    size_t total = b->n_updates + b->n_pairs;
+    for (size_t i = 0; i < total; i++) {
+        const char *pid = i < b->n_updates ? b->updates[i]->product_id
+                                           : b->pairs[i - b->n_updates]->from_product;
+        uint32_t q = partition_of_product(pid, P);
+        char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
+        uint64_t epoch;
+        if (!membership_owner(f->mem, q, owner, &epoch, addr)) {
+            *unknown = true; /* no live owner now: keep the record for later */
+            continue;
+        }
+        if (strcmp(owner, membership_self(f->mem)) == 0)
+            continue; /* applied locally when it was written */
+        size_t k = 0;
+        while (k < n && strcmp(addrs[k], addr) != 0)
+            k++;
+        if (k == n && n < MAX_DESTS)
+            snprintf(addrs[n++], CLUSTER_ADDR_MAX, "%s", addr);
+    }
+    return n;
+}
+
+static size_t run_round(forwarder *f)
+{
+    uint32_t P = membership_partitions(f->mem);
+    struct round r = {calloc(ROUND_MAX, sizeof(struct rec)), 0};
+    if (!r.recs)
+        return 0;
+    store *st = engine_store(f->eng);
+    for (uint32_t p = 0; p < P && r.n < ROUND_MAX; p++) {
+        struct store_key start, end;
+        key_init(&start, p, T_OUTBOX);
+        key_prefix_end(&start, &end);
+        store_scan(st, &start, &end, collect, &r);
+    }
+    /* one Forward per destination with every record bound there */
+    char (*addrs)[CLUSTER_ADDR_MAX] = calloc(MAX_DESTS, CLUSTER_ADDR_MAX);
+    Eddy__Store__V1__Stage2Batch **batch = calloc(ROUND_MAX, sizeof(*batch));
+    size_t *idx = calloc(ROUND_MAX, sizeof(*idx));
+    char (*dest)[CLUSTER_ADDR_MAX] = calloc(MAX_DESTS, CLUSTER_ADDR_MAX);
+    size_t ndest = 0, done = 0;
+    if (!addrs || !batch || !idx || !dest)
+        goto out;
+    for (size_t i = 0; i < r.n; i++) {
+        bool unknown;
+        size_t n = destinations(f, r.recs[i].b, addrs, &unknown);
+        r.recs[i].failed = unknown;
+        for (size_t k = 0; k < n; k++) {
+            size_t d = 0;
+            while (d < ndest && strcmp(dest[d], addrs[k]) != 0)
+                d++;
+            if (d == ndest && ndest < MAX_DESTS)
+                snprintf(dest[ndest++], CLUSTER_ADDR_MAX, "%s", addrs[k]);
+        }
+    }
+    for (size_t d = 0; d < ndest; d++) {
+        size_t nb = 0;
+        for (size_t i = 0; i < r.n; i++) {
+            bool unknown;
+            size_t n = destinations(f, r.recs[i].b, addrs, &unknown);
+            for (size_t k = 0; k < n; k++) {
+                if (strcmp(addrs[k], dest[d]) == 0) {
+                    idx[nb] = i;
+                    batch[nb++] = r.recs[i].b;
+                    break;
+                }
+            }
+        }
+        Eddy__State__V1__ForwardRequest req = EDDY__STATE__V1__FORWARD_REQUEST__INIT;
+        req.batches = batch;
+        req.n_batches = nb;
+        ProtobufCMessage *resp = NULL;
+        struct rpc_result res;
+        rpc_channel *ch = peers_get(f->peers, dest[d]);
+        if (ch)
+            rpc_invoke(ch, "/eddy.state.v1.State/Forward", &req.base,
+                       &eddy__state__v1__forward_response__descriptor, f->timeout_ms, &resp,
+                       &res);
+        if (!ch || res.code != GRPC_STATUS_OK) {
+            log_warn("msg=\"stage-2 forward failed; will retry\" to=%s error=\"%s\"", dest[d],
+                     ch ? res.details : "no channel");
+            for (size_t j = 0; j < nb; j++)
+                r.recs[idx[j]].failed = true;
+        }
+        if (resp)
+            protobuf_c_message_free_unpacked(resp, NULL);
+    }
+    for (size_t i = 0; i < r.n; i++) {
+        if (!r.recs[i].failed && store_delete(st, &r.recs[i].key) == EDDY_OK)
+            done++;
+    }
+    engine_outbox_done(f->eng, done);
+out:
+    for (size_t i = 0; i < r.n; i++)
+        eddy__store__v1__stage2_batch__free_unpacked(r.recs[i].b, NULL);
+    free(r.recs);
+    free(addrs);
+    free(batch);
+    free(idx);
+    free(dest);
+    /* a full round means more may be waiting; a failure means wait before retrying */
+    return r.n == ROUND_MAX && done == r.n ? 1 : 0;
+}
+
+static void *forwarder_main(void *arg)
+{
+    forwarder *f = arg;
+    pthread_mutex_lock(&f->mu);
+    while (!f->stopping) {
+        if (!f->kicked) {
+            struct timespec dl;
+            clock_gettime(CLOCK_REALTIME, &dl);
+            dl.tv_sec += 1;
+            pthread_cond_timedwait(&f->cv, &f->mu, &dl);
+        }
+        if (f->stopping)
+            break;
+        f->kicked = false;
+        pthread_mutex_unlock(&f->mu);
+        size_t more = run_round(f);
+        pthread_mutex_lock(&f->mu);
+        if (more)
+            f->kicked = true;
+    }
+    pthread_mutex_unlock(&f->mu);
+    return NULL;
+}
+
+forwarder *forwarder_start(engine *eng, membership *mem, peers *pe, int64_t timeout_ms)
+{
+    forwarder *f = calloc(1, sizeof(*f));
+    if (!f)
+        return NULL;
+    f->eng = eng;
+    f->mem = mem;
+    f->peers = pe;
+    f->timeout_ms = timeout_ms;
+    f->kicked = true; /* records left by a previous run */
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cv, NULL);
+    if (pthread_create(&f->thread, NULL, forwarder_main, f) != 0) {
+        free(f);
+        return NULL;
+    }
+    return f;
+}
+
+void forwarder_kick(void *fwd)
+{
+    forwarder *f = fwd;
+    pthread_mutex_lock(&f->mu);
+    f->kicked = true;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+void forwarder_stop(forwarder *f)
+{
+    if (!f)
+        return;
+    pthread_mutex_lock(&f->mu);
+    f->stopping = true;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+    pthread_join(f->thread, NULL);
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cv);
+    free(f);
+}

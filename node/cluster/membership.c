@@ -1,0 +1,443 @@
+/* Registration, session upkeep and the watched view of the cluster. */
+#include "node/cluster/membership.h"
+
+#include <cjson/cJSON.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/etcd.h"
+#include "common/log.h"
+
+#define MAX_NODES 1024
+
+struct membership {
+    struct membership_opts o;
+    char self[CLUSTER_ID_MAX];
+    char cluster[CLUSTER_ID_MAX];
+    char node_key[CLUSTER_KEY_MAX];
+    char *node_json;
+    etcd_client *etcd;
+    etcd_session *session;        /* maintenance thread replaces it; guarded by smu */
+    pthread_mutex_t smu;
+    etcd_watch *w_nodes, *w_map;
+
+    pthread_rwlock_t lock;        /* guards everything below */
+    pthread_cond_t changed;       /* with cmu */
+    pthread_mutex_t cmu;
+    uint32_t nparts;
+    struct cluster_map map;
+    bool have_map;
+    uint64_t version;             /* local change counter */
+    struct cluster_node *nodes;   /* [nnodes] */
+    size_t nnodes;
+
+    pthread_t maint;
+    bool stopping;                /* under cmu */
+};
+
+static void bump(membership *m)
+{
+    pthread_mutex_lock(&m->cmu);
+    m->version++;
+    pthread_cond_broadcast(&m->changed);
+    pthread_mutex_unlock(&m->cmu);
+}
+
+/* ---- watched state --------------------------------------------------------------------- */
+
+static void node_put(membership *m, const struct cluster_node *n)
+{
+    pthread_rwlock_wrlock(&m->lock);
+    size_t i;
+    for (i = 0; i < m->nnodes; i++) {
+        if (strcmp(m->nodes[i].id, n->id) == 0)
+            break;
+    }
+    if (i == m->nnodes && m->nnodes < MAX_NODES)
+        m->nnodes++;
+    if (i < MAX_NODES)
+        m->nodes[i] = *n;
+    pthread_rwlock_unlock(&m->lock);
+}
+
+static void node_del(membership *m, const char *id)
+{
+    pthread_rwlock_wrlock(&m->lock);
+    for (size_t i = 0; i < m->nnodes; i++) {
+        if (strcmp(m->nodes[i].id, id) == 0) {
+            m->nodes[i] = m->nodes[--m->nnodes];
+            break;
+        }
+    }
+    pthread_rwlock_unlock(&m->lock);
+}
+
+static const char *key_tail(const char *key)
+{
+    const char *s = strrchr(key, '/');
+    return s ? s + 1 : key;
+}
+
+static int64_t load_nodes(membership *m)
+{
+    char prefix[CLUSTER_KEY_MAX];
+    struct etcd_kvs kvs = {0};
+    int64_t rev = 0;
+    cluster_key(prefix, sizeof(prefix), m->cluster, "nodes/");
+    if (etcd_range_prefix(m->etcd, prefix, &kvs, &rev) != EDDY_OK)
+        return 0;
+    pthread_rwlock_wrlock(&m->lock);
+    m->nnodes = 0;
+    for (size_t i = 0; i < kvs.n && m->nnodes < MAX_NODES; i++) {
+        if (cluster_node_from_json(kvs.kvs[i].value, kvs.kvs[i].value_len,
+                                   &m->nodes[m->nnodes]) == EDDY_OK)
+            m->nnodes++;
+    }
+    pthread_rwlock_unlock(&m->lock);
+    etcd_kvs_release(&kvs);
+    bump(m);
+    return rev + 1;
+}
+
+static int64_t on_nodes(const struct etcd_event *ev, void *ud)
+{
+    membership *m = ud;
+    if (ev->type == ETCD_EVENT_RESYNC)
+        return load_nodes(m);
+    if (ev->type == ETCD_EVENT_DELETE) {
+        node_del(m, key_tail(ev->kv.key));
+    } else {
+        struct cluster_node n;
+        if (cluster_node_from_json(ev->kv.value, ev->kv.value_len, &n) == EDDY_OK)
+            node_put(m, &n);
+    }
+    bump(m);
+    return 0;
+}
+
+static void map_set(membership *m, const char *json, size_t len)
+{
+    struct cluster_map next = {0};
+    if (cluster_map_from_json(json, len, &next) != EDDY_OK) {
+        log_error("msg=\"unreadable assignment in etcd\"");
+        return;
+    }
+    if (next.nparts != m->nparts) {
+        log_error("msg=\"assignment has %u partitions, cluster config says %u\"", next.nparts,
+                  m->nparts);
+        cluster_map_release(&next);
+        return;
+    }
+    pthread_rwlock_wrlock(&m->lock);
+    cluster_map_release(&m->map);
+    m->map = next;
+    m->have_map = true;
+    pthread_rwlock_unlock(&m->lock);
+    bump(m);
+}
+
+static int64_t load_map(membership *m)
+{
+    char key[CLUSTER_KEY_MAX];
+    struct etcd_kv kv = {0};
+    bool found = false;
+    cluster_key(key, sizeof(key), m->cluster, "assignment");
+    if (etcd_get(m->etcd, key, &kv, &found) != EDDY_OK)
+        return 0;
+    int64_t rev = found ? kv.mod_revision : 0;
+    if (found)
+        map_set(m, kv.value, kv.value_len);
+    etcd_kv_release(&kv);
+    return rev + 1;
+}
+
+static int64_t on_map(const struct etcd_event *ev, void *ud)
+{
+    membership *m = ud;
+    if (ev->type == ETCD_EVENT_RESYNC)
+        return load_map(m);
+    if (ev->type == ETCD_EVENT_PUT)
+        map_set(m, ev->kv.value, ev->kv.value_len);
+    return 0;
+}
+
+/* ---- session upkeep ---------------------------------------------------------------------- */
+
+static eddy_err register_self(membership *m)
+{
+    etcd_session *s = etcd_session_new(m->etcd, m->o.lease_ttl_s, NULL, NULL);
+    if (!s)
+        return EDDY_ERR_UNAVAILABLE;
+    eddy_err err = etcd_put(m->etcd, m->node_key, m->node_json, strlen(m->node_json),
+                            etcd_session_lease(s), NULL);
+    if (err != EDDY_OK) {
+        etcd_session_free(s);
+        return err;
+    }
+    pthread_mutex_lock(&m->smu);
+    etcd_session *old = m->session;
+    m->session = s;
+    pthread_mutex_unlock(&m->smu);
+    etcd_session_free(old);
+    log_info("msg=\"registered\" node=%s lease=%lld", m->self, (long long)etcd_session_lease(s));
+    return EDDY_OK;
+}
+
+static void *maint_main(void *arg)
+{
+    membership *m = arg;
+    pthread_mutex_lock(&m->cmu);
+    while (!m->stopping) {
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_nsec += 200 * 1000000L;
+        if (dl.tv_nsec >= 1000000000L) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&m->changed, &m->cmu, &dl);
+        if (m->stopping)
+            break;
+        pthread_mutex_unlock(&m->cmu);
+        if (!membership_alive(m)) {
+            log_warn("msg=\"etcd session lost: not acknowledging writes; registering again\"");
+            if (register_self(m) == EDDY_OK)
+                bump(m);
+        }
+        pthread_mutex_lock(&m->cmu);
+    }
+    pthread_mutex_unlock(&m->cmu);
+    return NULL;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------ */
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static eddy_err read_config(membership *m, int64_t wait_ms, char *err, size_t errlen)
+{
+    char key[CLUSTER_KEY_MAX];
+    cluster_key(key, sizeof(key), m->cluster, "config");
+    int64_t until = mono_ms() + wait_ms;
+    for (;;) {
+        struct etcd_kv kv = {0};
+        bool found = false;
+        eddy_err e = etcd_get(m->etcd, key, &kv, &found);
+        if (e == EDDY_OK && found) {
+            cJSON *cfg = cJSON_ParseWithLength(kv.value, kv.value_len);
+            const cJSON *np = cJSON_GetObjectItemCaseSensitive(cfg, "partitions");
+            double n = cJSON_IsNumber(np) ? np->valuedouble : 0;
+            cJSON_Delete(cfg);
+            etcd_kv_release(&kv);
+            if (n < 1 || n > 65535) {
+                snprintf(err, errlen, "cluster config %s has no valid partition count", key);
+                return EDDY_ERR_CORRUPT;
+            }
+            m->nparts = (uint32_t)n;
+            return EDDY_OK;
+        }
+        if (mono_ms() >= until) {
+            snprintf(err, errlen, "no cluster config at %s (is eddy-coordinator running?): %s",
+                     key, e == EDDY_OK ? "not created yet" : etcd_last_error(m->etcd));
+            return EDDY_ERR_TIMEOUT;
+        }
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL); /* polling etcd while the coordinator creates the cluster */
+    }
+}
+
+eddy_err membership_start(const struct membership_opts *o, int64_t wait_ms, membership **out,
+                          char *err, size_t errlen)
+{
+    membership *m = calloc(1, sizeof(*m));
+    if (!m)
+        return EDDY_ERR_NOMEM;
+    m->o = *o;
+    snprintf(m->self, sizeof(m->self), "%s", o->node_id);
+    snprintf(m->cluster, sizeof(m->cluster), "%s", o->cluster);
+    pthread_rwlock_init(&m->lock, NULL);
+    pthread_mutex_init(&m->smu, NULL);
+    pthread_mutex_init(&m->cmu, NULL);
+    pthread_cond_init(&m->changed, NULL);
+    m->nodes = calloc(MAX_NODES, sizeof(*m->nodes));
+    struct cluster_node me = {0};
+    snprintf(me.id, sizeof(me.id), "%s", o->node_id);
+    me.roles = o->roles;
+    snprintf(me.grpc_addr, sizeof(me.grpc_addr), "%s", o->grpc_addr);
+    snprintf(me.metrics_addr, sizeof(me.metrics_addr), "%s", o->metrics_addr ? o->metrics_addr : "");
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    me.started_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    m->node_json = cluster_node_to_json(&me);
+    char suffix[CLUSTER_KEY_MAX];
+    snprintf(suffix, sizeof(suffix), "nodes/%s", o->node_id);
+    cluster_key(m->node_key, sizeof(m->node_key), o->cluster, suffix);
+    m->etcd = etcd_client_new(o->etcd, o->etcd_timeout_ms);
+    eddy_err e = EDDY_ERR_NOMEM;
+    if (!m->nodes || !m->node_json || !m->etcd) {
+        snprintf(err, errlen, "cannot create the etcd client for '%s'", o->etcd);
+        goto fail;
+    }
+    if ((e = read_config(m, wait_ms, err, errlen)) != EDDY_OK)
+        goto fail;
+    if (cluster_map_init(&m->map, m->nparts) != EDDY_OK)
+        goto fail;
+    if ((e = register_self(m)) != EDDY_OK) {
+        snprintf(err, errlen, "cannot register in etcd: %s", etcd_last_error(m->etcd));
+        goto fail;
+    }
+    char prefix[CLUSTER_KEY_MAX], mapkey[CLUSTER_KEY_MAX];
+    cluster_key(prefix, sizeof(prefix), o->cluster, "nodes/");
+    cluster_key(mapkey, sizeof(mapkey), o->cluster, "assignment");
+    int64_t rn = load_nodes(m), rm = load_map(m);
+    m->w_nodes = etcd_watch_start(m->etcd, prefix, true, rn, on_nodes, m);
+    m->w_map = etcd_watch_start(m->etcd, mapkey, false, rm, on_map, m);
+    if (!m->w_nodes || !m->w_map || pthread_create(&m->maint, NULL, maint_main, m) != 0) {
+        e = EDDY_ERR_NOMEM;
+        goto fail;
+    }
+    *out = m;
+    return EDDY_OK;
+fail:
+    etcd_watch_stop(m->w_nodes);
+    etcd_watch_stop(m->w_map);
+    etcd_session_free(m->session);
+    etcd_client_free(m->etcd);
+    cluster_map_release(&m->map);
+    free(m->nodes);
+    free(m->node_json);
+    free(m);
+    return e;
+}
+
+void membership_stop(membership *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->cmu);
+    m->stopping = true;
+    pthread_cond_broadcast(&m->changed);
+    pthread_mutex_unlock(&m->cmu);
+    pthread_join(m->maint, NULL);
+    etcd_watch_stop(m->w_nodes);
+    etcd_watch_stop(m->w_map);
+    etcd_session_free(m->session); /* revokes the lease: our registration disappears */
+    etcd_client_free(m->etcd);
+    cluster_map_release(&m->map);
+    free(m->nodes);
+    free(m->node_json);
+    pthread_rwlock_destroy(&m->lock);
+    pthread_mutex_destroy(&m->smu);
+    pthread_mutex_destroy(&m->cmu);
+    pthread_cond_destroy(&m->changed);
+    free(m);
+}
+
+uint32_t membership_partitions(const membership *m)
+{
+    return m->nparts;
+}
+
+const char *membership_self(const membership *m)
+{
+    return m->self;
+}
+
+bool membership_alive(membership *m)
+{
+    pthread_mutex_lock(&m->smu);
+    bool alive = m->session && etcd_session_alive(m->session);
+    pthread_mutex_unlock(&m->smu);
+    return alive;
+}
+
+static bool addr_locked(membership *m, const char *id, char addr[CLUSTER_ADDR_MAX])
+{
+    for (size_t i = 0; i < m->nnodes; i++) {
+        if (strcmp(m->nodes[i].id, id) == 0) {
+            snprintf(addr, CLUSTER_ADDR_MAX, "%s", m->nodes[i].grpc_addr);
+            return true;
+        }
+    }
+    addr[0] = '\0';
+    return false;
+}
+
+bool membership_owner(membership *m, uint32_t p, char owner[CLUSTER_ID_MAX], uint64_t *epoch,
+                      char addr[CLUSTER_ADDR_MAX])
+{
+    bool ok = false;
+    pthread_rwlock_rdlock(&m->lock);
+    owner[0] = '\0';
+    addr[0] = '\0';
+    *epoch = 0;
+    if (m->have_map && p < m->map.nparts && m->map.parts[p].owner[0]) {
+        snprintf(owner, CLUSTER_ID_MAX, "%s", m->map.parts[p].owner);
+        *epoch = m->map.parts[p].epoch;
+        ok = addr_locked(m, owner, addr);
+    }
+    pthread_rwlock_unlock(&m->lock);
+    return ok;
+}
+
+bool membership_owns(membership *m, uint32_t p, uint64_t *epoch)
+{
+    pthread_rwlock_rdlock(&m->lock);
+    bool own = m->have_map && p < m->map.nparts && strcmp(m->map.parts[p].owner, m->self) == 0;
+    *epoch = own ? m->map.parts[p].epoch : 0;
+    pthread_rwlock_unlock(&m->lock);
+    return own;
+}
+
+uint64_t membership_version(membership *m)
+{
+    pthread_mutex_lock(&m->cmu);
+    uint64_t v = m->version;
+    pthread_mutex_unlock(&m->cmu);
+    return v;
+}
+
+void membership_wait_change(membership *m, uint64_t version, int64_t timeout_ms)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += (time_t)(timeout_ms / 1000);
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&m->cmu);
+    while (m->version == version && !m->stopping) {
+        if (pthread_cond_timedwait(&m->changed, &m->cmu, &dl) != 0)
+            break;
+    }
+    pthread_mutex_unlock(&m->cmu);
+}
+
+size_t membership_state_nodes(membership *m, struct cluster_node *out, size_t max)
+{
+    size_t k = 0;
+    pthread_rwlock_rdlock(&m->lock);
+    for (size_t i = 0; i < m->nnodes && k < max; i++) {
+        if (m->nodes[i].roles & ROLE_STATE)
+            out[k++] = m->nodes[i];
+    }
+    pthread_rwlock_unlock(&m->lock);
+    return k;
+}
+
+bool membership_addr(membership *m, const char *id, char addr[CLUSTER_ADDR_MAX])
+{
+    pthread_rwlock_rdlock(&m->lock);
+    bool ok = addr_locked(m, id, addr);
+    pthread_rwlock_unlock(&m->lock);
+    return ok;
+}

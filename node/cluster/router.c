@@ -1,0 +1,577 @@
+/* Routing of public requests to partition owners, and merging of global queries. */
+#include "node/cluster/router.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "common/log.h"
+#include "common/partition.h"
+#include "node/state/pbutil.h"
+
+#define M_APPLY "/eddy.state.v1.State/Apply"
+#define M_USER "/eddy.state.v1.State/User"
+#define M_PARTIAL "/eddy.state.v1.State/Partial"
+#define MAX_STATE_NODES 256
+
+/* ---- parallel calls ---------------------------------------------------------------------- */
+
+struct fan {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t left;
+};
+
+struct slot {
+    struct fan *fan;
+    struct rpc_result res;
+    ProtobufCMessage *resp;
+};
+
+static void slot_done(void *ud, const struct rpc_result *res, ProtobufCMessage *resp)
+{
+    struct slot *s = ud;
+    s->res = *res;
+    s->resp = resp;
+    pthread_mutex_lock(&s->fan->mu);
+    s->fan->left--;
+    pthread_cond_signal(&s->fan->cv);
+    pthread_mutex_unlock(&s->fan->mu);
+}
+
+/* Call 'method' on every addrs[i] with reqs[i] at once and wait for all answers. */
+static void fan_run(struct router *r, const char *method, const ProtobufCMessageDescriptor *rd,
+                    char (*addrs)[CLUSTER_ADDR_MAX], ProtobufCMessage **reqs, struct slot *slots,
+                    size_t n)
+{
+    struct fan f;
+    pthread_mutex_init(&f.mu, NULL);
+    pthread_cond_init(&f.cv, NULL);
+    f.left = n;
+    for (size_t i = 0; i < n; i++) {
+        slots[i].fan = &f;
+        slots[i].resp = NULL;
+        rpc_channel *ch = peers_get(r->peers, addrs[i]);
+        if (!ch || rpc_invoke_async(ch, method, reqs[i], rd, r->timeout_ms, slot_done,
+                                    &slots[i]) != EDDY_OK) {
+            slots[i].res.code = GRPC_STATUS_UNAVAILABLE;
+            snprintf(slots[i].res.details, sizeof(slots[i].res.details), "cannot call %s",
+                     addrs[i]);
+            pthread_mutex_lock(&f.mu);
+            f.left--;
+            pthread_mutex_unlock(&f.mu);
+        }
+    }
+    pthread_mutex_lock(&f.mu);
+    while (f.left > 0)
+        pthread_cond_wait(&f.cv, &f.mu);
+    pthread_mutex_unlock(&f.mu);
+    pthread_mutex_destroy(&f.mu);
+    pthread_cond_destroy(&f.cv);
+}
+
+static bool retryable(grpc_status_code c)
+{
+    return c == GRPC_STATUS_FAILED_PRECONDITION || c == GRPC_STATUS_UNAVAILABLE ||
+           c == GRPC_STATUS_DEADLINE_EXCEEDED;
+}
+
+static void backoff(struct router *r, uint64_t version, int round)
+{
+    int64_t ms = 50LL << (round < 5 ? round : 5);
+    membership_wait_change(r->mem, version, ms > 1000 ? 1000 : ms);
+}
+
+/* ---- Ingest ---------------------------------------------------------------------------- */
+
+void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
+                   struct route_counts *out, struct router_result *res)
+{
+    uint32_t P = membership_partitions(r->mem);
+    memset(out, 0, sizeof(*out));
+    res->code = GRPC_STATUS_OK;
+    res->message[0] = '\0';
+
+    /* events bucketed by partition: start[p] .. start[p+1] in 'order' */
+    size_t *start = calloc(P + 1, sizeof(*start));
+    uint32_t *part = malloc((n ? n : 1) * sizeof(*part));
+    Eddy__V1__Event **order = malloc((n ? n : 1) * sizeof(*order));
+    bool *pending = calloc(P, sizeof(*pending));
+    Eddy__State__V1__PartitionEvents *pe = calloc(P, sizeof(*pe));
+    Eddy__State__V1__PartitionEvents **pep = calloc(P, sizeof(*pep));
+    char (*owners)[CLUSTER_ADDR_MAX] = calloc(P, CLUSTER_ADDR_MAX); /* addr carrying p */
+    char (*addrs)[CLUSTER_ADDR_MAX] = calloc(MAX_STATE_NODES, CLUSTER_ADDR_MAX);
+    Eddy__State__V1__ApplyRequest *reqs = calloc(MAX_STATE_NODES, sizeof(*reqs));
+    ProtobufCMessage **reqp = calloc(MAX_STATE_NODES, sizeof(*reqp));
+    struct slot *slots = calloc(MAX_STATE_NODES, sizeof(*slots));
+    if (!start || !part || !order || !pending || !pe || !pep || !owners || !addrs || !reqs ||
+        !reqp || !slots) {
+        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        snprintf(res->message, sizeof(res->message), "out of memory routing the batch");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        part[i] = partition_of_user(events[i]->user_id, P);
+        start[part[i] + 1]++;
+    }
+    for (uint32_t p = 0; p < P; p++)
+        start[p + 1] += start[p];
+    {
+        size_t *fill = calloc(P, sizeof(*fill));
+        if (!fill) {
+            res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            goto out;
+        }
+        for (size_t i = 0; i < n; i++)
+            order[start[part[i]] + fill[part[i]]++] = events[i];
+        free(fill);
+    }
+    size_t npending = 0;
+    for (uint32_t p = 0; p < P; p++) {
+        pending[p] = start[p + 1] > start[p];
+        npending += pending[p];
+    }
+
+    for (int round = 0; npending > 0 && round <= r->retries; round++) {
+        uint64_t version = membership_version(r->mem);
+        size_t nreq = 0;
+        char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
+        for (uint32_t p = 0; p < P; p++) {
+            if (!pending[p])
+                continue;
+            uint64_t epoch;
+            if (!membership_owner(r->mem, p, owner, &epoch, addr)) {
+                snprintf(res->message, sizeof(res->message), "partition %u has no live owner", p);
+                continue;
+            }
+            size_t k = 0;
+            while (k < nreq && strcmp(addrs[k], addr) != 0)
+                k++;
+            if (k == nreq) {
+                if (nreq == MAX_STATE_NODES)
+                    continue;
+                snprintf(addrs[k], CLUSTER_ADDR_MAX, "%s", addr);
+                eddy__state__v1__apply_request__init(&reqs[k]);
+                reqs[k].partitions = &pep[0]; /* fixed below */
+                nreq++;
+            }
+            eddy__state__v1__partition_events__init(&pe[p]);
+            pe[p].partition = p;
+            pe[p].epoch = epoch;
+            pe[p].events = &order[start[p]];
+            pe[p].n_events = start[p + 1] - start[p];
+            snprintf(owners[p], CLUSTER_ADDR_MAX, "%s", addr);
+        }
+        /* lay out each request's partitions contiguously in pep */
+        size_t used = 0;
+        for (size_t k = 0; k < nreq; k++) {
+            reqs[k].partitions = &pep[used];
+            reqs[k].n_partitions = 0;
+            for (uint32_t p = 0; p < P; p++) {
+                if (pending[p] && pe[p].n_events > 0 && strcmp(owners[p], addrs[k]) == 0) {
+                    pep[used++] = &pe[p];
+                    reqs[k].n_partitions++;
+                }
+            }
+            reqp[k] = &reqs[k].base;
+        }
+        fan_run(r, M_APPLY, &eddy__state__v1__apply_response__descriptor, addrs, reqp, slots,
+                nreq);
+        for (size_t k = 0; k < nreq; k++) {
+            Eddy__State__V1__ApplyResponse *ar = (Eddy__State__V1__ApplyResponse *)slots[k].resp;
+            if (slots[k].res.code != GRPC_STATUS_OK || !ar) {
+                snprintf(res->message, sizeof(res->message), "%s: %s", addrs[k],
+                         slots[k].res.details);
+                if (!retryable(slots[k].res.code))
+                    res->code = slots[k].res.code;
+                continue;
+            }
+            for (size_t j = 0; j < ar->n_results; j++) {
+                const Eddy__State__V1__PartitionResult *pr = ar->results[j];
+                if (pr->partition >= P || !pending[pr->partition])
+                    continue;
+                if (pr->code == GRPC_STATUS_OK) {
+                    out->accepted += pr->accepted;
+                    out->duplicates += pr->duplicates;
+                    out->late += pr->late;
+                    pending[pr->partition] = false;
+                    npending--;
+                } else {
+                    snprintf(res->message, sizeof(res->message), "partition %u: %s",
+                             pr->partition, pr->message);
+                }
+            }
+            protobuf_c_message_free_unpacked(slots[k].resp, NULL);
+        }
+        for (uint32_t p = 0; p < P; p++)
+            pe[p].n_events = pending[p] ? start[p + 1] - start[p] : 0;
+        if (res->code != GRPC_STATUS_OK)
+            break;
+        if (npending > 0)
+            backoff(r, version, round);
+    }
+    if (res->code == GRPC_STATUS_OK && npending > 0) {
+        res->code = GRPC_STATUS_UNAVAILABLE;
+        char last[256];
+        snprintf(last, sizeof(last), "%.255s", res->message);
+        snprintf(res->message, sizeof(res->message),
+                 "%zu partitions of the batch were not acknowledged (%s); retry the batch: "
+                 "event ids make it safe",
+                 npending, last);
+    }
+out:
+    free(start);
+    free(part);
+    free(order);
+    free(pending);
+    free(pe);
+    free(pep);
+    free(owners);
+    free(addrs);
+    free(reqs);
+    free(reqp);
+    free(slots);
+}
+
+/* ---- per user ------------------------------------------------------------------------- */
+
+void router_user(struct router *r, const char *user_id, Eddy__State__V1__UserRequest *req,
+                 Eddy__State__V1__UserResponse **resp, struct router_result *res)
+{
+    uint32_t p = partition_of_user(user_id, membership_partitions(r->mem));
+    *resp = NULL;
+    res->code = GRPC_STATUS_UNAVAILABLE;
+    snprintf(res->message, sizeof(res->message), "partition %u has no live owner", p);
+    for (int round = 0; round <= r->retries; round++) {
+        uint64_t version = membership_version(r->mem);
+        char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
+        uint64_t epoch;
+        if (membership_owner(r->mem, p, owner, &epoch, addr)) {
+            req->partition = p;
+            req->epoch = epoch;
+            struct rpc_result rr;
+            rpc_channel *ch = peers_get(r->peers, addr);
+            if (ch) {
+                rpc_invoke(ch, M_USER, &req->base, &eddy__state__v1__user_response__descriptor,
+                           r->timeout_ms, (ProtobufCMessage **)resp, &rr);
+                res->code = rr.code;
+                snprintf(res->message, sizeof(res->message), "%s", rr.details);
+                if (!retryable(rr.code))
+                    return;
+            }
+        }
+        backoff(r, version, round);
+    }
+}
+
+/* ---- global queries ---------------------------------------------------------------------- */
+
+struct partials {
+    size_t n;
+    struct slot slots[MAX_STATE_NODES];
+    int64_t watermark;   /* min over partitions with events; WATERMARK_NONE if none */
+    uint64_t late;
+};
+
+static void partials_release(struct partials *ps)
+{
+    for (size_t i = 0; i < ps->n; i++) {
+        if (ps->slots[i].resp)
+            protobuf_c_message_free_unpacked(ps->slots[i].resp, NULL);
+    }
+}
+
+/* Ask every state node; check that together they cover every partition once. */
+static bool gather(struct router *r, Eddy__State__V1__PartialRequest *req, struct partials *ps,
+                   struct router_result *res)
+{
+    uint32_t P = membership_partitions(r->mem);
+    struct cluster_node *nodes = calloc(MAX_STATE_NODES, sizeof(*nodes));
+    char (*addrs)[CLUSTER_ADDR_MAX] = calloc(MAX_STATE_NODES, CLUSTER_ADDR_MAX);
+    ProtobufCMessage **reqs = calloc(MAX_STATE_NODES, sizeof(*reqs));
+    bool *seen = calloc(P, sizeof(*seen));
+    bool ok = false;
+    ps->n = 0;
+    if (!nodes || !addrs || !reqs || !seen) {
+        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        goto out;
+    }
+    size_t n = membership_state_nodes(r->mem, nodes, MAX_STATE_NODES);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(addrs[i], CLUSTER_ADDR_MAX, "%s", nodes[i].grpc_addr);
+        reqs[i] = &req->base;
+    }
+    fan_run(r, M_PARTIAL, &eddy__state__v1__partial_response__descriptor, addrs, reqs,
+            ps->slots, n);
+    ps->n = n;
+    ps->watermark = WATERMARK_NONE;
+    ps->late = 0;
+    uint32_t covered = 0;
+    for (size_t i = 0; i < n; i++) {
+        Eddy__State__V1__PartialResponse *pr = (Eddy__State__V1__PartialResponse *)ps->slots[i].resp;
+        if (ps->slots[i].res.code != GRPC_STATUS_OK || !pr)
+            continue;
+        for (size_t j = 0; j < pr->n_partitions; j++) {
+            const Eddy__State__V1__PartitionProgress *pp = pr->partitions[j];
+            if (pp->partition >= P || seen[pp->partition])
+                continue;
+            seen[pp->partition] = true;
+            covered++;
+            ps->late += pp->late_events;
+            if (pp->has_events && (ps->watermark == WATERMARK_NONE || pp->watermark < ps->watermark))
+                ps->watermark = pp->watermark;
+        }
+    }
+    if (covered < P) {
+        res->code = GRPC_STATUS_UNAVAILABLE;
+        snprintf(res->message, sizeof(res->message),
+                 "only %u of %u partitions answered (moves or failures in progress); retry",
+                 covered, P);
+        goto out;
+    }
+    ok = true;
+out:
+    free(nodes);
+    free(addrs);
+    free(reqs);
+    free(seen);
+    return ok;
+}
+
+static int cmp_window(const void *a, const void *b)
+{
+    const Eddy__V1__WindowCounts *x = *(Eddy__V1__WindowCounts *const *)a;
+    const Eddy__V1__WindowCounts *y = *(Eddy__V1__WindowCounts *const *)b;
+    return x->window_start_ms < y->window_start_ms ? -1 : x->window_start_ms > y->window_start_ms;
+}
+
+static void add_type_counts(Eddy__V1__TypeCounts *a, const Eddy__V1__TypeCounts *b)
+{
+    if (!b)
+        return;
+    a->view += b->view;
+    a->click += b->click;
+    a->add_to_cart += b->add_to_cart;
+    a->remove_from_cart += b->remove_from_cart;
+    a->purchase += b->purchase;
+    a->search += b->search;
+    a->total += b->total;
+}
+
+static Eddy__V1__TypeCounts *new_counts(void)
+{
+    Eddy__V1__TypeCounts *t = malloc(sizeof(*t));
+    if (t)
+        eddy__v1__type_counts__init(t);
+    return t;
+}
+
+void router_counts(struct router *r, const Eddy__V1__EventCountsRequest *req,
+                   Eddy__V1__EventCountsResponse **out, struct router_result *res)
+{
+    struct partials *ps = calloc(1, sizeof(*ps));
+    Eddy__State__V1__PartialRequest pr = EDDY__STATE__V1__PARTIAL_REQUEST__INIT;
+    Eddy__V1__EventCountsRequest all = *req;
+    Eddy__V1__EventCountsResponse *o = NULL;
+    res->code = GRPC_STATUS_OK;
+    res->message[0] = '\0';
+    *out = NULL;
+    if (!ps) {
+        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        return;
+    }
+    all.include_open = true; /* closing is decided here, with the global watermark */
+    pr.request_case = EDDY__STATE__V1__PARTIAL_REQUEST__REQUEST_COUNTS;
+    pr.counts = &all;
+    if (!gather(r, &pr, ps, res))
+        goto out;
+    size_t total = 0;
+    for (size_t i = 0; i < ps->n; i++) {
+        Eddy__State__V1__PartialResponse *p = (Eddy__State__V1__PartialResponse *)ps->slots[i].resp;
+        total += p ? p->n_windows : 0;
+    }
+    o = malloc(sizeof(*o));
+    if (!o || !(o->windows = NULL, eddy__v1__event_counts_response__init(o), 1) ||
+        !(o->windows = calloc(total ? total : 1, sizeof(*o->windows)))) {
+        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        goto out;
+    }
+    /* sum windows with the same start (a window appears once per node that has it) */
+    for (size_t i = 0; i < ps->n; i++) {
+        Eddy__State__V1__PartialResponse *p = (Eddy__State__V1__PartialResponse *)ps->slots[i].resp;
+        for (size_t j = 0; p && j < p->n_windows; j++) {
+            const Eddy__V1__WindowCounts *w = p->windows[j];
+            size_t k = 0;
+            while (k < o->n_windows && o->windows[k]->window_start_ms != w->window_start_ms)
+                k++;
+            if (k == o->n_windows) {
+                Eddy__V1__WindowCounts *nw = malloc(sizeof(*nw));
+                Eddy__V1__TypeCounts *tc = new_counts();
+                if (!nw || !tc) {
+                    free(nw);
+                    free(tc);
+                    res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+                    goto out;
+                }
+                eddy__v1__window_counts__init(nw);
+                nw->window_start_ms = w->window_start_ms;
+                nw->window_end_ms = w->window_end_ms;
+                nw->counts = tc;
+                o->windows[o->n_windows++] = nw;
+            }
+            add_type_counts(o->windows[k]->counts, w->counts);
+        }
+    }
+    qsort(o->windows, o->n_windows, sizeof(*o->windows), cmp_window);
+    size_t kept = 0;
+    for (size_t k = 0; k < o->n_windows; k++) {
+        Eddy__V1__WindowCounts *w = o->windows[k];
+        w->closed = window_is_closed(&r->window, w->window_start_ms, ps->watermark);
+        if (w->closed || req->include_open)
+            o->windows[kept++] = w;
+        else
+            protobuf_c_message_free_unpacked(&w->base, NULL);
+    }
+    o->n_windows = kept;
+    o->watermark_ms = ps->watermark == WATERMARK_NONE ? 0 : ps->watermark;
+    o->late_events = ps->late;
+    *out = o;
+    o = NULL;
+out:
+    if (o)
+        protobuf_c_message_free_unpacked(&o->base, NULL);
+    partials_release(ps);
+    free(ps);
+}
+
+struct prod_sum {
+    Eddy__V1__ProductStat *stat; /* NULL = empty slot */
+};
+
+static int cmp_stat(const void *a, const void *b, void *arg)
+{
+    const Eddy__V1__ProductStat *x = *(Eddy__V1__ProductStat *const *)a;
+    const Eddy__V1__ProductStat *y = *(Eddy__V1__ProductStat *const *)b;
+    Eddy__V1__EventType t = *(const Eddy__V1__EventType *)arg;
+    uint64_t vx, vy;
+#define PICK(c) (t == EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW ? (c)->view                 \
+                 : t == EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK ? (c)->click             \
+                 : t == EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART ? (c)->add_to_cart \
+                 : t == EDDY__V1__EVENT_TYPE__EVENT_TYPE_REMOVE_FROM_CART ? (c)->remove_from_cart \
+                 : t == EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE ? (c)->purchase       \
+                 : t == EDDY__V1__EVENT_TYPE__EVENT_TYPE_SEARCH ? (c)->search : (c)->total)
+    vx = PICK(x->counts);
+    vy = PICK(y->counts);
+#undef PICK
+    if (vx != vy)
+        return vx < vy ? 1 : -1;
+    return strcmp(x->product_id, y->product_id);
+}
+
+void router_top(struct router *r, const Eddy__V1__TopProductsRequest *req,
+                Eddy__V1__TopProductsResponse **out, struct router_result *res)
+{
+    struct partials *ps = calloc(1, sizeof(*ps));
+    Eddy__State__V1__PartialRequest pr = EDDY__STATE__V1__PARTIAL_REQUEST__INIT;
+    Eddy__V1__TopProductsRequest all = *req;
+    Eddy__V1__TopProductsResponse *o = NULL;
+    struct prod_sum *tab = NULL;
+    size_t cap = 0, n = 0;
+    int64_t wm = WATERMARK_NONE;
+    res->code = GRPC_STATUS_OK;
+    res->message[0] = '\0';
+    *out = NULL;
+    if (!ps) {
+        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        return;
+    }
+    /* Round 1: progress only, for the global watermark; round 2: every product in the
+     * windows closed under it (or all, with include_open). */
+    pr.request_case = EDDY__STATE__V1__PARTIAL_REQUEST__REQUEST__NOT_SET;
+    if (!gather(r, &pr, ps, res))
+        goto out;
+    wm = ps->watermark;
+    partials_release(ps);
+    ps->n = 0;
+    if (!req->include_open) {
+        if (wm == WATERMARK_NONE)
+            goto empty;
+        int64_t closed_end = wm - r->window.size_ms - r->window.lateness_ms + 1;
+        if (all.end_ms == 0 || all.end_ms > closed_end) {
+            if (all.start_ms == 0 && all.end_ms == 0)
+                all.start_ms = INT64_MIN + 1;
+            all.end_ms = closed_end;
+        }
+        if (all.end_ms <= all.start_ms)
+            goto empty;
+    }
+    all.include_open = true;
+    all.limit = 0;
+    pr.request_case = EDDY__STATE__V1__PARTIAL_REQUEST__REQUEST_TOP;
+    pr.top = &all;
+    if (!gather(r, &pr, ps, res))
+        goto out;
+    for (size_t i = 0; i < ps->n; i++) {
+        Eddy__State__V1__PartialResponse *p = (Eddy__State__V1__PartialResponse *)ps->slots[i].resp;
+        cap += p ? p->n_products : 0;
+    }
+    cap = cap * 2 + 16;
+    tab = calloc(cap, sizeof(*tab));
+    if (!tab) {
+        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        goto out;
+    }
+    /* merge by product id: the first node's stat is reused and the others added to it */
+    for (size_t i = 0; i < ps->n; i++) {
+        Eddy__State__V1__PartialResponse *p = (Eddy__State__V1__PartialResponse *)ps->slots[i].resp;
+        for (size_t j = 0; p && j < p->n_products; j++) {
+            Eddy__V1__ProductStat *s = p->products[j];
+            size_t k = (size_t)(XXH3_64bits(s->product_id, strlen(s->product_id)) % cap);
+            while (tab[k].stat && strcmp(tab[k].stat->product_id, s->product_id) != 0)
+                k = (k + 1) % cap;
+            if (!tab[k].stat) {
+                tab[k].stat = s;
+                p->products[j] = NULL; /* moved */
+            } else {
+                add_type_counts(tab[k].stat->counts, s->counts);
+            }
+        }
+    }
+    for (size_t k = 0; k < cap; k++) {
+        if (tab[k].stat)
+            tab[n++].stat = tab[k].stat;
+    }
+    Eddy__V1__EventType t = req->event_type;
+    qsort_r(tab, n, sizeof(*tab), cmp_stat, &t);
+empty:
+    o = malloc(sizeof(*o));
+    if (!o) {
+        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        goto out;
+    }
+    eddy__v1__top_products_response__init(o);
+    size_t limit = req->limit ? req->limit : 10;
+    if (limit > 1000)
+        limit = 1000;
+    size_t k = n < limit ? n : limit;
+    o->products = calloc(k ? k : 1, sizeof(*o->products));
+    for (size_t i = 0; o->products && i < k; i++) {
+        o->products[i] = tab[i].stat;
+        tab[i].stat = NULL;
+    }
+    o->n_products = o->products ? k : 0;
+    o->watermark_ms = wm == WATERMARK_NONE ? 0 : wm;
+    *out = o;
+out:
+    if (tab) {
+        for (size_t i = 0; i < cap; i++) {
+            if (tab[i].stat)
+                protobuf_c_message_free_unpacked(&tab[i].stat->base, NULL);
+        }
+    }
+    free(tab);
+    /* products moved out of responses were set to NULL, which free_unpacked skips */
+    partials_release(ps);
+    free(ps);
+}

@@ -1,0 +1,58 @@
+/* The ingest side of a cluster node: routes each request to the state node that owns the
+ * partition, following the partition map of membership.h.
+ *
+ *   Ingest      events grouped by user partition, one Apply per owner, all owners called
+ *               in parallel; partitions answered NOT_OWNER or UNAVAILABLE are retried with
+ *               the refreshed map (event ids make a retry safe), up to --route-retries.
+ *   per user    Recommend, GetUserProfile, DeleteUser, EventCounts(user) go to the owner.
+ *   global      TopProducts and EventCounts fan out to every state node (Partial) and are
+ *               merged here: sums per product and per window, the watermark is the minimum
+ *               over the partitions that have events.
+ *
+ * Threads: called on RPC handler threads; a call blocks its handler thread until the
+ * owners answered (the owners' replies arrive on the channels' CQ threads). */
+#ifndef EDDY_ROUTER_H
+#define EDDY_ROUTER_H
+
+#include <grpc/status.h>
+
+#include "eddy/v1/eddy.pb-c.h"
+#include "eddy/v1/state.pb-c.h"
+#include "node/cluster/membership.h"
+#include "node/cluster/peers.h"
+#include "node/state/window.h"
+
+struct router {
+    membership *mem;
+    peers *peers;
+    int64_t timeout_ms;          /* per call to an owner */
+    int retries;                 /* rounds after the first */
+    struct window_params window; /* the cluster's window settings, to merge windows */
+};
+
+struct router_result {
+    grpc_status_code code;
+    char message[512];
+};
+
+struct route_counts {
+    uint32_t accepted, duplicates, late;
+};
+
+/* Apply 'n' validated events through their owners. */
+void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
+                   struct route_counts *out, struct router_result *res);
+
+/* Send 'req' (its request oneof set; partition and epoch are filled in here) to the owner
+ * of 'user_id'. On OK *resp is owned by the caller (protobuf_c_message_free_unpacked). */
+void router_user(struct router *r, const char *user_id, Eddy__State__V1__UserRequest *req,
+                 Eddy__State__V1__UserResponse **resp, struct router_result *res);
+
+/* Global queries merged from every state node. Caller owns *out (free with
+ * protobuf_c_message_free_unpacked). */
+void router_top(struct router *r, const Eddy__V1__TopProductsRequest *req,
+                Eddy__V1__TopProductsResponse **out, struct router_result *res);
+void router_counts(struct router *r, const Eddy__V1__EventCountsRequest *req,
+                   Eddy__V1__EventCountsResponse **out, struct router_result *res);
+
+#endif

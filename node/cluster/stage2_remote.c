@@ -1,0 +1,113 @@
+/* Stage-2 reads across the cluster. */
+#include "node/cluster/stage2_remote.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/partition.h"
+#include "eddy/v1/state.pb-c.h"
+
+#define MAX_STATE_NODES 256
+
+static void take(struct scored_product *dst, const Eddy__State__V1__ScoredProduct *src)
+{
+    snprintf(dst->product_id, sizeof(dst->product_id), "%s", src->product_id);
+    snprintf(dst->category, sizeof(dst->category), "%s", src->category);
+    dst->score = src->score;
+}
+
+/* Insert into a best-first list of at most 'max' (ties by product id). */
+static void offer(struct scored_product *out, size_t max, size_t *n,
+                  const Eddy__State__V1__ScoredProduct *sp)
+{
+    size_t pos = *n;
+    while (pos > 0 && (out[pos - 1].score < sp->score ||
+                       (out[pos - 1].score == sp->score &&
+                        strcmp(out[pos - 1].product_id, sp->product_id) > 0)))
+        pos--;
+    if (pos >= max)
+        return;
+    size_t moving = (*n < max ? *n : max - 1) - pos;
+    memmove(&out[pos + 1], &out[pos], moving * sizeof(*out));
+    take(&out[pos], sp);
+    if (*n < max)
+        (*n)++;
+}
+
+static eddy_err remote_top(void *ud, const char *category, int64_t at,
+                           struct scored_product *out, size_t max, size_t *n)
+{
+    struct stage2_remote *r = ud;
+    struct cluster_node *nodes = calloc(MAX_STATE_NODES, sizeof(*nodes));
+    *n = 0;
+    if (!nodes)
+        return EDDY_ERR_NOMEM;
+    size_t nn = membership_state_nodes(r->mem, nodes, MAX_STATE_NODES);
+    Eddy__State__V1__CategoryTopRequest req = EDDY__STATE__V1__CATEGORY_TOP_REQUEST__INIT;
+    req.category = (char *)category;
+    req.at = at;
+    req.k = (uint32_t)max;
+    eddy_err err = EDDY_OK;
+    for (size_t i = 0; i < nn; i++) {
+        rpc_channel *ch = peers_get(r->peers, nodes[i].grpc_addr);
+        Eddy__State__V1__CategoryTopResponse *resp = NULL;
+        struct rpc_result res;
+        if (!ch) {
+            err = EDDY_ERR_NOMEM;
+            break;
+        }
+        rpc_invoke(ch, "/eddy.state.v1.State/CategoryTop", &req.base,
+                   &eddy__state__v1__category_top_response__descriptor, r->timeout_ms,
+                   (ProtobufCMessage **)&resp, &res);
+        if (res.code != GRPC_STATUS_OK) {
+            err = EDDY_ERR_UNAVAILABLE; /* a partial list would rank wrongly: fail, retry */
+            break;
+        }
+        for (size_t j = 0; j < resp->n_items; j++)
+            offer(out, max, n, resp->items[j]);
+        eddy__state__v1__category_top_response__free_unpacked(resp, NULL);
+    }
+    free(nodes);
+    return err;
+}
+
+static eddy_err remote_neighbours(void *ud, const char *product_id, int64_t at,
+                                  struct scored_product *out, size_t max, size_t *n)
+{
+    struct stage2_remote *r = ud;
+    uint32_t q = partition_of_product(product_id, membership_partitions(r->mem));
+    char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
+    uint64_t epoch;
+    *n = 0;
+    if (!membership_owner(r->mem, q, owner, &epoch, addr))
+        return EDDY_ERR_UNAVAILABLE;
+    rpc_channel *ch = peers_get(r->peers, addr);
+    if (!ch)
+        return EDDY_ERR_NOMEM;
+    Eddy__State__V1__NeighboursRequest req = EDDY__STATE__V1__NEIGHBOURS_REQUEST__INIT;
+    req.product_id = (char *)product_id;
+    req.at = at;
+    req.k = (uint32_t)max;
+    Eddy__State__V1__NeighboursResponse *resp = NULL;
+    struct rpc_result res;
+    rpc_invoke(ch, "/eddy.state.v1.State/Neighbours", &req.base,
+               &eddy__state__v1__neighbours_response__descriptor, r->timeout_ms,
+               (ProtobufCMessage **)&resp, &res);
+    if (res.code != GRPC_STATUS_OK)
+        return EDDY_ERR_UNAVAILABLE;
+    for (size_t j = 0; j < resp->n_items && *n < max; j++)
+        take(&out[(*n)++], resp->items[j]);
+    eddy__state__v1__neighbours_response__free_unpacked(resp, NULL);
+    return EDDY_OK;
+}
+
+void stage2_remote_init(struct stage2_remote *r, membership *mem, peers *pe,
+                        int64_t timeout_ms)
+{
+    r->mem = mem;
+    r->peers = pe;
+    r->timeout_ms = timeout_ms;
+    r->source.top = remote_top;
+    r->source.neighbours = remote_neighbours;
+    r->source.ud = r;
+}

@@ -1,0 +1,381 @@
+/* eddy.state.v1.State handlers. */
+#include "node/cluster/state_service.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "eddy/v1/state.pb-c.h"
+#include "node/state/pbutil.h"
+
+bool state_service_owns(void *ud, uint32_t p)
+{
+    uint64_t epoch;
+    return membership_owns(ud, p, &epoch);
+}
+
+/* ---- Apply ---------------------------------------------------------------------------- */
+
+struct pending_apply {
+    rpc_call *call;
+    pthread_mutex_t mu;
+    size_t left;
+    Eddy__State__V1__ApplyResponse resp;
+    Eddy__State__V1__PartitionResult *results;  /* [n] */
+    Eddy__State__V1__PartitionResult **rp;      /* [n] */
+};
+
+static void pending_finish(struct pending_apply *pa)
+{
+    rpc_reply(pa->call, &pa->resp.base);
+    pthread_mutex_destroy(&pa->mu);
+    free(pa->results);
+    free(pa->rp);
+    free(pa);
+}
+
+static void one_done(struct pending_apply *pa)
+{
+    pthread_mutex_lock(&pa->mu);
+    bool last = --pa->left == 0;
+    pthread_mutex_unlock(&pa->mu);
+    if (last)
+        pending_finish(pa);
+}
+
+struct apply_part {
+    struct pending_apply *pa;
+    Eddy__State__V1__PartitionResult *r;
+};
+
+static void apply_done(void *ud, eddy_err err, const struct engine_ingest_result *res)
+{
+    struct apply_part *ap = ud;
+    Eddy__State__V1__PartitionResult *r = ap->r;
+    if (err == EDDY_OK) {
+        r->code = GRPC_STATUS_OK;
+        r->accepted = res->accepted;
+        r->duplicates = res->duplicates;
+        r->late = res->late;
+    } else {
+        r->code = (int32_t)eddy_err_to_grpc(err);
+        r->message = (char *)eddy_strerror(err); /* static text */
+    }
+    struct pending_apply *pa = ap->pa;
+    free(ap);
+    one_done(pa);
+}
+
+static void handle_apply(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct state_service *svc = ud;
+    const Eddy__State__V1__ApplyRequest *req = (const Eddy__State__V1__ApplyRequest *)msg;
+    size_t n = req->n_partitions;
+    struct pending_apply *pa = calloc(1, sizeof(*pa));
+    if (!pa || !(pa->results = calloc(n ? n : 1, sizeof(*pa->results))) ||
+        !(pa->rp = calloc(n ? n : 1, sizeof(*pa->rp)))) {
+        if (pa) {
+            free(pa->results);
+            free(pa);
+        }
+        rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    pa->call = c;
+    pthread_mutex_init(&pa->mu, NULL);
+    eddy__state__v1__apply_response__init(&pa->resp);
+    pa->resp.results = pa->rp;
+    pa->resp.n_results = n;
+    pa->left = n + 1; /* +1: this handler, so the reply waits for the loop to finish */
+    bool alive = membership_alive(svc->mem);
+    for (size_t i = 0; i < n; i++) {
+        const Eddy__State__V1__PartitionEvents *pe = req->partitions[i];
+        Eddy__State__V1__PartitionResult *r = &pa->results[i];
+        eddy__state__v1__partition_result__init(r);
+        pa->rp[i] = r;
+        r->partition = pe->partition;
+        uint64_t epoch = 0;
+        if (!alive) {
+            r->code = GRPC_STATUS_UNAVAILABLE;
+            r->message = "etcd session may have expired: not acknowledging writes";
+            one_done(pa);
+            continue;
+        }
+        if (pe->partition >= membership_partitions(svc->mem) ||
+            !membership_owns(svc->mem, pe->partition, &epoch) || epoch != pe->epoch) {
+            r->code = GRPC_STATUS_FAILED_PRECONDITION;
+            r->message = "not owner of the partition at this epoch";
+            one_done(pa);
+            continue;
+        }
+        struct apply_part *ap = malloc(sizeof(*ap));
+        eddy_err err = ap ? EDDY_OK : EDDY_ERR_NOMEM;
+        if (ap) {
+            ap->pa = pa;
+            ap->r = r;
+            err = engine_apply(svc->eng, pe->partition, pe->epoch, pe->events, pe->n_events,
+                               apply_done, ap);
+        }
+        if (err != EDDY_OK) {
+            free(ap);
+            r->code = (int32_t)eddy_err_to_grpc(err);
+            r->message = (char *)eddy_strerror(err);
+            one_done(pa);
+        }
+    }
+    one_done(pa);
+}
+
+/* ---- Forward ------------------------------------------------------------------------- */
+
+static void forward_done(void *ud, eddy_err err, size_t applied)
+{
+    rpc_call *c = ud;
+    if (err != EDDY_OK) {
+        rpc_reply_error(c, eddy_err_to_grpc(err), "forward not applied: %s", eddy_strerror(err));
+        return;
+    }
+    Eddy__State__V1__ForwardResponse r = EDDY__STATE__V1__FORWARD_RESPONSE__INIT;
+    r.applied = (uint32_t)applied;
+    rpc_reply(c, &r.base);
+}
+
+static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct state_service *svc = ud;
+    const Eddy__State__V1__ForwardRequest *req = (const Eddy__State__V1__ForwardRequest *)msg;
+    if (!membership_alive(svc->mem)) {
+        rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE,
+                        "etcd session may have expired: not acknowledging writes");
+        return;
+    }
+    eddy_err err = engine_forward(svc->eng, req->batches, req->n_batches, forward_done, c);
+    if (err != EDDY_OK)
+        rpc_reply_error(c, eddy_err_to_grpc(err), "forward: %s", eddy_strerror(err));
+}
+
+/* ---- User ------------------------------------------------------------------------------ */
+
+static void delete_done(void *ud, eddy_err err, bool model, uint64_t windows, uint64_t log)
+{
+    rpc_call *c = ud;
+    if (err != EDDY_OK) {
+        rpc_reply_error(c, eddy_err_to_grpc(err), "delete user: %s", eddy_strerror(err));
+        return;
+    }
+    if (!model && windows == 0 && log == 0) {
+        rpc_reply_error(c, GRPC_STATUS_NOT_FOUND, "no state for this user");
+        return;
+    }
+    Eddy__V1__DeleteUserResponse d = EDDY__V1__DELETE_USER_RESPONSE__INIT;
+    d.model_deleted = model;
+    d.windows_deleted = windows;
+    d.log_entries_deleted = log;
+    Eddy__State__V1__UserResponse r = EDDY__STATE__V1__USER_RESPONSE__INIT;
+    r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_DELETE_USER;
+    r.delete_user = &d;
+    rpc_reply(c, &r.base);
+}
+
+static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct state_service *svc = ud;
+    const Eddy__State__V1__UserRequest *req = (const Eddy__State__V1__UserRequest *)msg;
+    uint64_t epoch = 0;
+    if (!membership_owns(svc->mem, req->partition, &epoch) || epoch != req->epoch) {
+        rpc_reply_error(c, GRPC_STATUS_FAILED_PRECONDITION,
+                        "not owner of partition %u at epoch %llu", req->partition,
+                        (unsigned long long)req->epoch);
+        return;
+    }
+    Eddy__State__V1__UserResponse r = EDDY__STATE__V1__USER_RESPONSE__INIT;
+    ProtobufCMessage *inner = NULL;
+    eddy_err err = EDDY_ERR_INVALID;
+    switch (req->request_case) {
+    case EDDY__STATE__V1__USER_REQUEST__REQUEST_RECOMMEND:
+        err = query_recommend(&svc->q, req->recommend, &r.recommend);
+        r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_RECOMMEND;
+        inner = r.recommend ? &r.recommend->base : NULL;
+        break;
+    case EDDY__STATE__V1__USER_REQUEST__REQUEST_PROFILE:
+        err = query_profile(&svc->q, req->profile->user_id, &r.profile);
+        r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_PROFILE;
+        inner = r.profile ? &r.profile->base : NULL;
+        break;
+    case EDDY__STATE__V1__USER_REQUEST__REQUEST_COUNTS:
+        err = query_event_counts(&svc->q, req->counts, &r.counts);
+        r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_COUNTS;
+        inner = r.counts ? &r.counts->base : NULL;
+        break;
+    case EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER:
+        if (!membership_alive(svc->mem)) {
+            rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE, "etcd session may have expired");
+            return;
+        }
+        err = engine_delete_user(svc->eng, req->delete_user->user_id, delete_done, c);
+        if (err != EDDY_OK)
+            rpc_reply_error(c, eddy_err_to_grpc(err), "delete user: %s", eddy_strerror(err));
+        return;
+    default:
+        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "empty user request");
+        return;
+    }
+    if (err == EDDY_ERR_NOT_FOUND)
+        rpc_reply_error(c, GRPC_STATUS_NOT_FOUND, "no state for this user");
+    else if (err != EDDY_OK)
+        rpc_reply_error(c, eddy_err_to_grpc(err), "%s", eddy_strerror(err));
+    else
+        rpc_reply(c, &r.base);
+    query_free_response(inner);
+}
+
+/* ---- Partial ---------------------------------------------------------------------------- */
+
+static void handle_partial(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct state_service *svc = ud;
+    const Eddy__State__V1__PartialRequest *req = (const Eddy__State__V1__PartialRequest *)msg;
+    uint32_t P = membership_partitions(svc->mem);
+    Eddy__State__V1__PartialResponse r = EDDY__STATE__V1__PARTIAL_RESPONSE__INIT;
+    Eddy__State__V1__PartitionProgress *pp = calloc(P, sizeof(*pp));
+    Eddy__State__V1__PartitionProgress **ppp = calloc(P, sizeof(*ppp));
+    Eddy__V1__TopProductsResponse *top = NULL;
+    Eddy__V1__EventCountsResponse *counts = NULL;
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (!pp || !ppp)
+        goto out;
+    for (uint32_t p = 0; p < P; p++) {
+        uint64_t epoch;
+        if (!membership_owns(svc->mem, p, &epoch))
+            continue;
+        struct engine_partition_view v;
+        engine_partition(svc->eng, p, &v);
+        Eddy__State__V1__PartitionProgress *x = &pp[r.n_partitions];
+        eddy__state__v1__partition_progress__init(x);
+        x->partition = p;
+        x->has_events = v.watermark != WATERMARK_NONE;
+        x->watermark = x->has_events ? v.watermark : 0;
+        x->max_ts = v.max_ts == WATERMARK_NONE ? 0 : v.max_ts;
+        x->late_events = v.late_events;
+        ppp[r.n_partitions++] = x;
+    }
+    r.partitions = ppp;
+    r.outbox = engine_outbox_depth(svc->eng);
+    err = EDDY_OK;
+    if (req->request_case == EDDY__STATE__V1__PARTIAL_REQUEST__REQUEST_TOP) {
+        err = query_top_products_n(&svc->q, req->top, SIZE_MAX, &top);
+        if (err == EDDY_OK) {
+            r.products = top->products;
+            r.n_products = top->n_products;
+        }
+    } else if (req->request_case == EDDY__STATE__V1__PARTIAL_REQUEST__REQUEST_COUNTS) {
+        err = query_event_counts(&svc->q, req->counts, &counts);
+        if (err == EDDY_OK) {
+            r.windows = counts->windows;
+            r.n_windows = counts->n_windows;
+        }
+    }
+out:
+    if (err == EDDY_OK)
+        rpc_reply(c, &r.base);
+    else
+        rpc_reply_error(c, eddy_err_to_grpc(err), "partial query: %s", eddy_strerror(err));
+    free(pp);
+    free(ppp);
+    query_free_response(top ? &top->base : NULL);
+    query_free_response(counts ? &counts->base : NULL);
+}
+
+/* ---- stage-2 reads ----------------------------------------------------------------------- */
+
+static eddy_err reply_scored(rpc_call *c, const struct scored_product *items, size_t n,
+                             bool neighbours)
+{
+    Eddy__State__V1__ScoredProduct *sp = calloc(n ? n : 1, sizeof(*sp));
+    Eddy__State__V1__ScoredProduct **spp = calloc(n ? n : 1, sizeof(*spp));
+    if (!sp || !spp) {
+        free(sp);
+        free(spp);
+        return EDDY_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        eddy__state__v1__scored_product__init(&sp[i]);
+        sp[i].product_id = (char *)items[i].product_id;
+        sp[i].category = (char *)items[i].category;
+        sp[i].score = items[i].score;
+        spp[i] = &sp[i];
+    }
+    if (neighbours) {
+        Eddy__State__V1__NeighboursResponse r = EDDY__STATE__V1__NEIGHBOURS_RESPONSE__INIT;
+        r.items = spp;
+        r.n_items = n;
+        rpc_reply(c, &r.base);
+    } else {
+        Eddy__State__V1__CategoryTopResponse r = EDDY__STATE__V1__CATEGORY_TOP_RESPONSE__INIT;
+        r.items = spp;
+        r.n_items = n;
+        rpc_reply(c, &r.base);
+    }
+    free(sp);
+    free(spp);
+    return EDDY_OK;
+}
+
+#define MAX_K 1000
+
+static void handle_category_top(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct state_service *svc = ud;
+    const Eddy__State__V1__CategoryTopRequest *req = (const Eddy__State__V1__CategoryTopRequest *)msg;
+    size_t k = req->k && req->k < MAX_K ? req->k : MAX_K, n = 0;
+    struct scored_product *items = calloc(k, sizeof(*items));
+    eddy_err err = items ? popcache_top(svc->local, req->category, req->at, items, k, &n)
+                         : EDDY_ERR_NOMEM;
+    if (err == EDDY_OK)
+        err = reply_scored(c, items, n, false);
+    if (err != EDDY_OK)
+        rpc_reply_error(c, eddy_err_to_grpc(err), "category top: %s", eddy_strerror(err));
+    free(items);
+}
+
+static void handle_neighbours(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct state_service *svc = ud;
+    const Eddy__State__V1__NeighboursRequest *req = (const Eddy__State__V1__NeighboursRequest *)msg;
+    size_t k = req->k && req->k < MAX_K ? req->k : MAX_K, n = 0;
+    struct scored_product *items = calloc(k, sizeof(*items));
+    eddy_err err = items ? popcache_neighbours(svc->local, req->product_id, req->at, items, k, &n)
+                         : EDDY_ERR_NOMEM;
+    if (err == EDDY_OK)
+        err = reply_scored(c, items, n, true);
+    if (err != EDDY_OK)
+        rpc_reply_error(c, eddy_err_to_grpc(err), "neighbours: %s", eddy_strerror(err));
+    free(items);
+}
+
+eddy_err state_service_register(struct state_service *svc, rpc_server *s)
+{
+    static const struct {
+        const char *path;
+        const ProtobufCMessageDescriptor *desc;
+        rpc_handler_fn *fn;
+    } methods[] = {
+        {"/eddy.state.v1.State/Apply", &eddy__state__v1__apply_request__descriptor, handle_apply},
+        {"/eddy.state.v1.State/Forward", &eddy__state__v1__forward_request__descriptor,
+         handle_forward},
+        {"/eddy.state.v1.State/User", &eddy__state__v1__user_request__descriptor, handle_user},
+        {"/eddy.state.v1.State/Partial", &eddy__state__v1__partial_request__descriptor,
+         handle_partial},
+        {"/eddy.state.v1.State/CategoryTop", &eddy__state__v1__category_top_request__descriptor,
+         handle_category_top},
+        {"/eddy.state.v1.State/Neighbours", &eddy__state__v1__neighbours_request__descriptor,
+         handle_neighbours},
+    };
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        eddy_err err = rpc_server_add_unary(s, methods[i].path, methods[i].desc, methods[i].fn, svc);
+        if (err != EDDY_OK)
+            return err;
+    }
+    return EDDY_OK;
+}

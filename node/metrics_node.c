@@ -1,0 +1,166 @@
+/* Registration of eddy-node's metrics. The meanings below are the contract the Helm
+ * chart's dashboard and alerts rely on (docs: the HELP text of each metric). */
+#include "node/metrics_node.h"
+
+#include <grpc/grpc.h>
+#include <string.h>
+
+#include "node/state/window.h"
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+static const double processing_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                            0.1,    0.25,  0.5,    1,     2.5,  5};
+static const double result_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                        0.25,  0.5,    1,     2.5,  5,     10,   30};
+static const double serving_buckets[] = {0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                         0.05,    0.1,    0.25,  0.5,    1,     2.5};
+static const double group_buckets[] = {1,    2,    5,    10,    20,    50,    100,   200,
+                                       500,  1000, 2000, 5000,  10000, 20000, 50000, 100000};
+
+static double queue_depth(void *ud)
+{
+    return (double)engine_queue_depth(ud);
+}
+
+static double leveldb_bytes(void *ud)
+{
+    return (double)store_approximate_size(engine_store(ud));
+}
+
+/* Max over partitions that have seen events of (newest event time - watermark), seconds. */
+static double watermark_lag(void *ud)
+{
+    engine *e = ud;
+    uint32_t parts = engine_options(e)->apply.partitions;
+    int64_t lag = 0;
+    for (uint32_t p = 0; p < parts; p++) {
+        struct engine_partition_view v;
+        engine_partition(e, p, &v);
+        if (v.watermark == WATERMARK_NONE || v.max_ts == WATERMARK_NONE)
+            continue;
+        if (v.max_ts - v.watermark > lag)
+            lag = v.max_ts - v.watermark;
+    }
+    return (double)lag / 1000.0;
+}
+
+eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
+{
+    memset(nm, 0, sizeof(*nm));
+    metrics *m = nm->reg = metrics_new();
+    if (!m)
+        return EDDY_ERR_NOMEM;
+    eddy_err err = metrics_add_process(m);
+    if (err != EDDY_OK)
+        return err;
+
+    static const char *const build_labels[] = {"version", "grpc_version"};
+    const char *build_values[] = {version, grpc_version_string()};
+    metric_gauge_set(metric_family_gauge(metrics_family(m, METRIC_GAUGE, "eddy_build_info",
+                                                        "Always 1; the labels describe the "
+                                                        "build of this eddy-node.",
+                                                        build_labels, 2, NULL, 0),
+                                         build_values),
+                     1);
+
+    struct engine_metrics *em = &nm->engine;
+    em->events_ingested = metrics_counter(
+        m, "eddy_events_ingested_total",
+        "Events accepted and committed (late events included; duplicates and rejected "
+        "events not).");
+    em->events_duplicate = metrics_counter(
+        m, "eddy_events_duplicate_total",
+        "Events dropped because their event_id was already seen within the dedup window.");
+    em->events_late = metrics_counter(
+        m, "eddy_late_events_total",
+        "Accepted events whose event-time window had already closed (kept in the log, the "
+        "user model and the late table, not added to the window).");
+    em->batches = metrics_counter(m, "eddy_ingest_batches_total",
+                                  "Ingest requests whose valid events were committed.");
+    em->processing_seconds = metrics_histogram(
+        m, "eddy_processing_seconds",
+        "Time to apply one group commit with events and write it to LevelDB with sync.",
+        processing_buckets, N(processing_buckets));
+    em->group_events = metrics_histogram(m, "eddy_group_commit_events",
+                                         "Events per group commit (groups with events).",
+                                         group_buckets, N(group_buckets));
+    em->event_to_result = metrics_histogram(
+        m, "eddy_event_to_result_seconds",
+        "Per event: elapsed time from the arrival of its Ingest call at the server to the "
+        "moment it is committed and visible to queries (before the reply is sent).",
+        result_buckets, N(result_buckets));
+
+    struct ingest_metrics *im = &nm->ingest;
+    static const char *const reason[] = {"reason"};
+    metric_family *rej = metrics_family(
+        m, METRIC_COUNTER, "eddy_events_rejected_total",
+        "Events rejected by validation, by the field that was invalid (reason).", reason, 1,
+        NULL, 0);
+    for (size_t i = 0; i <= VALIDATE_FIELD_COUNT; i++) {
+        const char *v[] = {i < VALIDATE_FIELD_COUNT ? validate_fields[i] : "other"};
+        im->rejected[i] = metric_family_counter(rej, v);
+    }
+    static const char *const queue[] = {"queue"};
+    metric_family *bp = metrics_family(
+        m, METRIC_COUNTER, "eddy_backpressure_rejections_total",
+        "Calls answered RESOURCE_EXHAUSTED because a bounded queue was full: the writer "
+        "queue (queue=\"writer\", Ingest) or the RPC handler queue (queue=\"rpc\").",
+        queue, 1, NULL, 0);
+    im->backpressure = metric_family_counter(bp, (const char *const[]){"writer"});
+    nm->rpc_busy = metric_family_counter(bp, (const char *const[]){"rpc"});
+    im->recommendations = metrics_counter(m, "eddy_recommendations_total",
+                                          "Recommend calls answered with recommendations.");
+    static const char *const method[] = {"method"};
+    metric_family *serving = metrics_family(
+        m, METRIC_HISTOGRAM, "eddy_serving_seconds",
+        "Latency of the read methods, from the call's arrival to its answer (any status).",
+        method, 1, serving_buckets, N(serving_buckets));
+    for (int r = 0; r < INGEST_READS; r++)
+        im->serving[r] = metric_family_histogram(serving, &ingest_read_names[r]);
+
+    nm->partitions_owned = metrics_gauge(m, "eddy_partitions_owned",
+                                         "Partitions this node owns (all of them with --dev).");
+    if (!em->events_ingested || !em->events_duplicate || !em->events_late || !em->batches ||
+        !em->processing_seconds || !em->group_events || !em->event_to_result ||
+        !im->backpressure || !nm->rpc_busy || !im->recommendations || !nm->partitions_owned)
+        return EDDY_ERR_NOMEM;
+    for (size_t i = 0; i <= VALIDATE_FIELD_COUNT; i++)
+        if (!im->rejected[i])
+            return EDDY_ERR_NOMEM;
+    for (int r = 0; r < INGEST_READS; r++)
+        if (!im->serving[r])
+            return EDDY_ERR_NOMEM;
+    return EDDY_OK;
+}
+
+eddy_err node_metrics_watch(struct node_metrics *nm, engine *eng, uint32_t partitions_owned)
+{
+    static const struct {
+        const char *name, *help;
+        metrics_value_fn *fn;
+    } g[] = {
+        {"eddy_queue_depth", "Events queued for the writer thread, not yet applied.",
+         queue_depth},
+        {"eddy_leveldb_bytes", "Approximate on-disk size of the node's LevelDB.",
+         leveldb_bytes},
+        {"eddy_watermark_lag_seconds",
+         "Max over partitions with events of (newest event time seen - watermark), seconds.",
+         watermark_lag},
+    };
+    nm->eng = eng;
+    for (size_t i = 0; i < N(g); i++) {
+        eddy_err err = metrics_callback(nm->reg, METRIC_GAUGE, g[i].name, g[i].help, g[i].fn,
+                                        eng);
+        if (err != EDDY_OK)
+            return err;
+    }
+    metric_gauge_set(nm->partitions_owned, partitions_owned);
+    return EDDY_OK;
+}
+
+void node_metrics_release(struct node_metrics *nm)
+{
+    metrics_free(nm->reg);
+    memset(nm, 0, sizeof(*nm));
+}

@@ -1,0 +1,33 @@
+/* The metrics of an eddy-node process: one registry with the process and build metrics,
+ * the grpc_server_* series (filled by rpc_server), and the eddy_* series, handed to the
+ * engine and the ingest service as small structs of series pointers. */
+#ifndef EDDY_METRICS_NODE_H
+#define EDDY_METRICS_NODE_H
+
+#include <stdint.h>
+
+#include "common/metrics.h"
+#include "node/ingest/ingest_service.h"
+#include "node/state/engine.h"
+
+struct node_metrics {
+    metrics *reg;                   /* owned */
+    struct engine_metrics engine;   /* copy into engine_opts.metrics */
+    struct ingest_metrics ingest;   /* copy into ingest_service.m */
+    metric_counter *rpc_busy;       /* for rpc_server_opts.busy_rejections */
+    metric_gauge *partitions_owned;
+    engine *eng;                    /* borrowed, for the scrape-time gauges */
+};
+
+/* Create the registry and register every series. 'version' labels eddy_build_info. */
+eddy_err node_metrics_init(struct node_metrics *nm, const char *version);
+
+/* Register the gauges computed from 'eng' at scrape time (queue depth, LevelDB size,
+ * watermark lag) and set eddy_partitions_owned. 'eng' must outlive every render of the
+ * registry: stop the metrics endpoint before engine_close. */
+eddy_err node_metrics_watch(struct node_metrics *nm, engine *eng, uint32_t partitions_owned);
+
+/* Free the registry (after everything that updates or renders it has stopped). */
+void node_metrics_release(struct node_metrics *nm);
+
+#endif

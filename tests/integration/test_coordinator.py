@@ -1,0 +1,277 @@
+"""eddy-coordinator against a real etcd: the cluster config, balanced assignments with
+minimal movement and fencing epochs, node loss, drains, leader failover (kill -9 and
+SIGTERM), ClusterStatus over gRPC, and an etcd restart under a running coordinator.
+
+Nodes are simulated from Python: a node is a JSON record at /eddy/<cluster>/nodes/<id>
+attached to a lease, written through etcd's JSON gateway like eddy-node does.
+"""
+import json
+import time
+import unittest
+
+import eddylib
+from eddylib import poll_until
+
+CLUSTER = "it"
+P = 64
+TTL_S = 2
+ARGS = ["--partitions", str(P), "--lease-ttl", f"{TTL_S}s", "--settle", "100ms",
+        "--log-level", "info"]
+
+
+def key(suffix):
+    return f"/eddy/{CLUSTER}/{suffix}"
+
+
+class ClusterTest(unittest.TestCase):
+    def setUp(self):
+        eddylib.require_coordinator()
+        self.etcd = eddylib.start_etcd(self)
+        self.leases = {}
+
+    # -- fake nodes --
+    def register(self, nid, roles=("state",), grpc_addr=None, metrics_addr="", started_ms=None):
+        lease = self.etcd.lease_grant(60)
+        rec = {"id": nid, "roles": list(roles), "grpc_addr": grpc_addr or f"127.0.0.1:{9000 + len(self.leases)}",
+               "metrics_addr": metrics_addr, "started_ms": started_ms or eddylib.now_ms()}
+        self.etcd.put(key(f"nodes/{nid}"), json.dumps(rec), lease=lease)
+        self.leases[nid] = lease
+        return rec
+
+    def kill_node(self, nid):
+        self.etcd.lease_revoke(self.leases.pop(nid))
+
+    # -- the map --
+    def assignment(self):
+        v, kv = self.etcd.get(key("assignment"))
+        if v is None:
+            return None
+        m = json.loads(v)
+        m["mod_revision"] = int(kv["mod_revision"])
+        return m
+
+    def counts(self, m):
+        c = {}
+        for o in m["owners"]:
+            c[o] = c.get(o, 0) + 1
+        return c
+
+    def wait_map(self, pred, what, timeout=15):
+        def ok():
+            m = self.assignment()
+            return m if m is not None and pred(m) else None
+        return poll_until(ok, timeout, what=what)
+
+    def assert_balanced(self, m, owners):
+        n = len(owners)
+        c = self.counts(m)
+        self.assertEqual(set(c), set(owners), f"owners {c}")
+        for o in owners:
+            self.assertIn(c[o], (P // n, -(-P // n)), f"{o} owns {c[o]} of {P} with {n} nodes: {c}")
+
+    def history(self):
+        """Every value the assignment key has had, oldest first (no compaction in tests)."""
+        _, kv = self.etcd.get(key("assignment"))
+        out = []
+        for rev in range(int(kv["create_revision"]), int(kv["mod_revision"]) + 1):
+            r = self.etcd.call("/v3/kv/range", {"key": eddylib._b64(key("assignment")), "revision": str(rev)})
+            kvs = r.get("kvs", [])
+            if kvs and int(kvs[0]["mod_revision"]) == rev:
+                out.append(json.loads(eddylib._unb64(kvs[0]["value"])))
+        return out
+
+    def leader_value(self):
+        v, _ = self.etcd.get(key("leader"))
+        return v.decode() if v is not None else None
+
+    def start_coord(self, cid, extra=()):
+        return eddylib.start_coordinator(self, self.etcd.url, cid, cluster=CLUSTER, args=ARGS + list(extra))
+
+    def wait_leader(self, c, timeout=10):
+        poll_until(lambda: c.alive() and c.is_leader() and self.leader_value() == c.id, timeout,
+                   what=f"{c.id} leads")
+
+
+class AssignmentTest(ClusterTest):
+    def test_balance_add_loss_drain(self):
+        c = self.start_coord("c1")
+        self.wait_leader(c)
+        cfg, _ = self.etcd.get(key("config"))
+        self.assertEqual(json.loads(cfg), {"partitions": P})
+        # A new cluster gets a map at once, with nobody to own the partitions yet.
+        m0 = self.wait_map(lambda m: m["version"] >= 1, "first map")
+        self.assertEqual(m0["partitions"], P)
+        self.assertEqual(m0["owners"], [""] * P)
+        self.assertEqual(m0["epochs"], [0] * P)
+
+        for n in ("n1", "n2", "n3"):
+            self.register(n)
+        self.register("i1", roles=("ingest",))
+        m1 = self.wait_map(lambda m: "" not in m["owners"] and len(set(m["owners"])) == 3,
+                           "3 owners")
+        self.assert_balanced(m1, ["n1", "n2", "n3"])
+        self.assertEqual(set(m1["epochs"]), {1})
+
+        # A 4th node takes its share, and only its share moves.
+        self.register("n4")
+        m2 = self.wait_map(lambda m: "n4" in m["owners"], "n4 owns partitions")
+        self.assert_balanced(m2, ["n1", "n2", "n3", "n4"])
+        moved = [p for p in range(P) if m2["owners"][p] != m1["owners"][p]]
+        self.assertEqual(len(moved), P // 4)
+        self.assertTrue(all(m2["owners"][p] == "n4" for p in moved))
+        for p in range(P):
+            self.assertEqual(m2["epochs"][p], m1["epochs"][p] + (1 if p in moved else 0), f"epoch of {p}")
+        self.assertGreater(m2["version"], m1["version"])
+
+        # A node's lease goes: its partitions (and only those) go to the others.
+        self.kill_node("n2")
+        m3 = self.wait_map(lambda m: "n2" not in m["owners"], "n2's partitions reassigned")
+        self.assert_balanced(m3, ["n1", "n3", "n4"])
+        for p in range(P):
+            if m2["owners"][p] != "n2":
+                self.assertEqual(m3["owners"][p], m2["owners"][p], f"partition {p} moved needlessly")
+                self.assertEqual(m3["epochs"][p], m2["epochs"][p])
+            else:
+                self.assertEqual(m3["epochs"][p], m2["epochs"][p] + 1)
+
+        # A drain empties the node.
+        self.etcd.put(key("drain/n3"), "")
+        m4 = self.wait_map(lambda m: "n3" not in m["owners"], "n3 drained")
+        self.assert_balanced(m4, ["n1", "n4"])
+        self.assertNotIn("i1", m4["owners"])
+
+        # Removing the drain lets it take a share again.
+        self.etcd.delete(key("drain/n3"))
+        m5 = self.wait_map(lambda m: "n3" in m["owners"], "n3 back")
+        self.assert_balanced(m5, ["n1", "n3", "n4"])
+
+        versions = [h["version"] for h in self.history()]
+        self.assertEqual(versions, list(range(versions[0], versions[0] + len(versions))), versions)
+        self.assertIn('msg="became leader"', c.log_text())
+        self.assertIn('msg="assignment written"', c.log_text())
+        c.stop()
+        # SIGTERM revoked the leader lease: the key is gone at once.
+        self.assertIsNone(self.leader_value())
+
+
+class FailoverTest(ClusterTest):
+    def test_kill9_and_sigterm_failover(self):
+        c1 = self.start_coord("c1")
+        self.wait_leader(c1)
+        # c2 asks for another P: the stored config wins when it leads.
+        c2 = self.start_coord("c2", ["--partitions", "32"])
+        self.assertFalse(c2.is_leader())
+        self.assertTrue(c2.health_of("readiness"))
+        self.register("n1")
+        self.register("n2")
+        m1 = self.wait_map(lambda m: set(m["owners"]) == {"n1", "n2"}, "2 owners")
+        self.assert_balanced(m1, ["n1", "n2"])
+
+        c1.kill9()
+        t0 = time.monotonic()
+        self.wait_leader(c2, timeout=4 * TTL_S)
+        took = time.monotonic() - t0
+        self.assertLess(took, 2 * TTL_S, f"standby took {took:.2f}s to lead")
+        self.assertIn('msg="became leader"', c2.log_text())
+
+        self.register("n3")
+        m2 = self.wait_map(lambda m: "n3" in m["owners"], "new leader handles n3")
+        self.assertEqual(m2["partitions"], P)
+        self.assert_balanced(m2, ["n1", "n2", "n3"])
+        self.assertEqual(self.leader_value(), "c2")
+
+        # Graceful hand-over: SIGTERM revokes the lease, the next standby leads at once.
+        c3 = self.start_coord("c3")
+        self.assertFalse(c3.is_leader())
+        c2.stop()
+        t0 = time.monotonic()
+        self.wait_leader(c3, timeout=4 * TTL_S)
+        took = time.monotonic() - t0
+        self.assertLess(took, TTL_S, f"hand-over after SIGTERM took {took:.2f}s")
+        self.kill_node("n1")
+        m3 = self.wait_map(lambda m: "n1" not in m["owners"], "c3 handles n1's loss")
+        self.assert_balanced(m3, ["n2", "n3"])
+
+        # Every write landed in order, one version after the other, and each came from the
+        # leader of its time (the writes logged add up to the writes stored).
+        hist = self.history()
+        versions = [h["version"] for h in hist]
+        self.assertEqual(versions, list(range(1, len(versions) + 1)), versions)
+        logged = sum(c.log_text().count('msg="assignment written"') for c in (c1, c2, c3))
+        self.assertEqual(logged, len(hist))
+        self.assertEqual(c1.log_text().count('msg="became leader"'), 1)
+        self.assertEqual(c3.log_text().count('msg="became leader"'), 1)
+
+
+class StatusTest(ClusterTest):
+    def test_cluster_status_matches_etcd(self):
+        c1 = self.start_coord("c1")
+        self.wait_leader(c1)
+        c2 = self.start_coord("c2")
+        recs = [self.register("n1", roles=("ingest", "state"), grpc_addr="127.0.0.1:7001",
+                              metrics_addr="127.0.0.1:9101", started_ms=1_700_000_000_000),
+                self.register("n2", grpc_addr="127.0.0.1:7002"),
+                self.register("n3", roles=("ingest",), grpc_addr="127.0.0.1:7003"),
+                self.register("n4", grpc_addr="127.0.0.1:7004")]
+        self.wait_map(lambda m: set(m["owners"]) == {"n1", "n2", "n4"}, "3 owners")
+        self.etcd.put(key("drain/n2"), "")
+        self.etcd.put(key("drain/ghost"), "")
+        self.wait_map(lambda m: set(m["owners"]) == {"n1", "n4"}, "n2 drained")
+
+        m = self.assignment()
+        for c in (c1, c2):
+            s = c.status()
+            self.assertEqual(s.cluster, CLUSTER)
+            self.assertEqual(s.config_partitions, P)
+            self.assertEqual(s.leader_id, "c1")
+            self.assertEqual(s.answered_by, c.id)
+            self.assertEqual(s.assignment_version, m["version"])
+            self.assertGreaterEqual(s.revision, m["mod_revision"])
+            self.assertEqual([(p.partition, p.owner, p.epoch) for p in s.partitions],
+                             [(i, m["owners"][i], m["epochs"][i]) for i in range(P)])
+            self.assertEqual(list(s.draining), ["ghost", "n2"])
+            counts = self.counts(m)
+            self.assertEqual([n.id for n in s.nodes], ["n1", "n2", "n3", "n4"])
+            for n, rec in zip(s.nodes, recs):
+                self.assertEqual(list(n.roles), rec["roles"])
+                self.assertEqual(n.grpc_addr, rec["grpc_addr"])
+                self.assertEqual(n.metrics_addr, rec["metrics_addr"])
+                self.assertEqual(n.started_ms, rec["started_ms"])
+                self.assertEqual(n.partitions_owned, counts.get(n.id, 0))
+                self.assertEqual(n.draining, n.id == "n2")
+        self.assertEqual(c1.status().nodes[0].partitions_owned + c1.status().nodes[3].partitions_owned, P)
+
+
+class EtcdRestartTest(ClusterTest):
+    def test_coordinator_survives_etcd_restart(self):
+        c = self.start_coord("c1")
+        self.wait_leader(c)
+        self.register("n1")
+        m1 = self.wait_map(lambda m: set(m["owners"]) == {"n1"}, "n1 owns all")
+        self.etcd.restart()
+        self.register("n2")
+        m2 = self.wait_map(lambda m: set(m["owners"]) == {"n1", "n2"}, "n2 gets partitions after the restart",
+                           timeout=30)
+        self.assert_balanced(m2, ["n1", "n2"])
+        self.assertGreater(m2["version"], m1["version"])
+        c.alive()
+        self.wait_leader(c, timeout=15)
+        s = c.status()
+        self.assertEqual(s.assignment_version, self.assignment()["version"])
+
+        # A longer outage: the leader's session runs out, it steps down and reports not
+        # ready; once etcd is back it leads again (after its old lease expires).
+        self.etcd.kill9()
+        poll_until(lambda: not c.is_leader() and not c.health_of("readiness"), 4 * TTL_S,
+                   what="leader steps down without etcd")
+        self.etcd.start()
+        self.register("n3")
+        m3 = self.wait_map(lambda m: set(m["owners"]) == {"n1", "n2", "n3"},
+                           "n3 gets partitions after the outage", timeout=30)
+        self.assert_balanced(m3, ["n1", "n2", "n3"])
+        self.wait_leader(c, timeout=15)
+        self.assertGreaterEqual(c.log_text().count('msg="became leader"'), 2)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,70 @@
+/* Cluster records: JSON round trips and rejection of malformed records. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "common/cluster.h"
+
+static void test_roles(void **state)
+{
+    assert_int_equal(cluster_parse_roles("ingest"), ROLE_INGEST);
+    assert_int_equal(cluster_parse_roles("state"), ROLE_STATE);
+    assert_int_equal(cluster_parse_roles("ingest,state"), ROLE_INGEST | ROLE_STATE);
+    assert_int_equal(cluster_parse_roles("state,ingest"), ROLE_INGEST | ROLE_STATE);
+    assert_int_equal(cluster_parse_roles("coordinator"), -1);
+    assert_int_equal(cluster_parse_roles(""), -1);
+}
+
+static void test_node_round_trip(void **state)
+{
+    struct cluster_node n = {"node-1", ROLE_STATE, "127.0.0.1:7001", "127.0.0.1:9001", 1234},
+                        back;
+    char *j = cluster_node_to_json(&n);
+    assert_non_null(j);
+    assert_int_equal(cluster_node_from_json(j, strlen(j), &back), EDDY_OK);
+    assert_string_equal(back.id, "node-1");
+    assert_int_equal(back.roles, ROLE_STATE);
+    assert_string_equal(back.grpc_addr, "127.0.0.1:7001");
+    assert_string_equal(back.metrics_addr, "127.0.0.1:9001");
+    assert_int_equal(back.started_ms, 1234);
+    free(j);
+    assert_int_equal(cluster_node_from_json("{\"id\":1}", 8, &back), EDDY_ERR_CORRUPT);
+    assert_int_equal(cluster_node_from_json("not json", 8, &back), EDDY_ERR_CORRUPT);
+}
+
+static void test_map_round_trip(void **state)
+{
+    struct cluster_map m, back = {0};
+    assert_int_equal(cluster_map_init(&m, 4), EDDY_OK);
+    m.version = 9;
+    snprintf(m.parts[0].owner, CLUSTER_ID_MAX, "a");
+    m.parts[0].epoch = 3;
+    snprintf(m.parts[3].owner, CLUSTER_ID_MAX, "b");
+    m.parts[3].epoch = 1;
+    char *j = cluster_map_to_json(&m);
+    assert_int_equal(cluster_map_from_json(j, strlen(j), &back), EDDY_OK);
+    assert_int_equal(back.nparts, 4);
+    assert_int_equal(back.version, 9);
+    assert_memory_equal(back.parts, m.parts, 4 * sizeof(*m.parts));
+    free(j);
+    const char *bad = "{\"partitions\":3,\"owners\":[\"a\"],\"epochs\":[1]}";
+    assert_int_equal(cluster_map_from_json(bad, strlen(bad), &back), EDDY_ERR_CORRUPT);
+    assert_int_equal(back.nparts, 4); /* unchanged on error */
+    cluster_map_release(&m);
+    cluster_map_release(&back);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_roles),
+        cmocka_unit_test(test_node_round_trip),
+        cmocka_unit_test(test_map_round_trip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
