@@ -15,6 +15,12 @@
 #include "common/metrics_http.h"
 #include "common/partition.h"
 #include "common/rpc_server.h"
+#include "node/cluster/forwarder.h"
+#include "node/cluster/membership.h"
+#include "node/cluster/peers.h"
+#include "node/cluster/router.h"
+#include "node/cluster/stage2_remote.h"
+#include "node/cluster/state_service.h"
 #include "node/ingest/ingest_service.h"
 #include "node/metrics_node.h"
 #include "node/state/engine.h"
@@ -24,6 +30,8 @@
 
 struct node_config {
     bool dev;
+    const char *role, *etcd, *cluster, *node_id, *advertise_addr;
+    int64_t lease_ttl, route_retries, route_timeout, join_timeout;
     const char *data_dir;
     const char *listen;
     const char *metrics_listen;
@@ -50,6 +58,8 @@ struct node_config {
 static struct node_config defaults(void)
 {
     return (struct node_config){
+        .role = "", .etcd = "", .cluster = "eddy", .node_id = "", .advertise_addr = "",
+        .lease_ttl = 10000, .route_retries = 8, .route_timeout = 5000, .join_timeout = 60000,
         .data_dir = "./eddy-data", .listen = "127.0.0.1:7070", .metrics_listen = "127.0.0.1:9464",
         .log_level = "info",
         .partitions = PARTITION_DEFAULT_COUNT, .grpc_threads = 1, .handler_threads = 2,
@@ -75,6 +85,19 @@ static size_t node_flags(struct node_config *c, struct flag *out)
 {
     const struct flag fl[] = {
         F("dev", FLAG_BOOL, dev, "run every role in one process, all partitions, no etcd", 0, 0),
+        F("role", FLAG_STRING, role, "cluster mode: ingest, state or ingest,state", 0, 0),
+        F("etcd", FLAG_STRING, etcd, "cluster mode: etcd endpoints (http://h:p[,http://h2:p2])", 0, 0),
+        F("cluster", FLAG_STRING, cluster, "cluster name (etcd keys under /eddy/NAME/)", 0, 0),
+        F("node-id", FLAG_STRING, node_id, "this node's id in the cluster (default: host-port)", 0, 0),
+        F("advertise-addr", FLAG_STRING, advertise_addr,
+          "host:port other nodes dial (default: the --listen host and bound port)", 0, 0),
+        F("lease-ttl", FLAG_DURATION, lease_ttl,
+          "etcd lease of the registration; writes stop before it could expire", 2000, 3600000),
+        F("route-retries", FLAG_INT, route_retries,
+          "rounds of retries of a partition whose owner refused or was unreachable", 0, 100),
+        F("route-timeout", FLAG_DURATION, route_timeout, "deadline of one call to an owner", 1, 0),
+        F("join-timeout", FLAG_DURATION, join_timeout,
+          "how long to wait at start for the coordinator to create the cluster", 0, 0),
         F("data-dir", FLAG_STRING, data_dir, "directory of the node's LevelDB", 0, 0),
         F("listen", FLAG_STRING, listen, "gRPC address (host:port; port 0 picks one)", 0, 0),
         F("metrics-listen", FLAG_STRING, metrics_listen,
@@ -241,6 +264,39 @@ static void engine_options_from(const struct node_config *c, struct engine_opts 
     o->max_group_events = c->max_group_events;
 }
 
+/* The engine's cluster hooks reach the membership and the forwarder, which start after
+ * the engine (the node must listen before it can register its address). */
+struct cluster_hooks {
+    membership *mem;
+    forwarder *fwd;
+};
+
+static bool hook_owns(void *ud, uint32_t p)
+{
+    struct cluster_hooks *h = ud;
+    uint64_t epoch;
+    return h->mem && membership_owns(h->mem, p, &epoch);
+}
+
+static void hook_kick(void *ud)
+{
+    struct cluster_hooks *h = ud;
+    if (h->fwd)
+        forwarder_kick(h->fwd);
+}
+
+/* --advertise-addr, or the --listen host with the bound port. */
+static void advertise(const struct node_config *c, int port, char *out, size_t len)
+{
+    if (c->advertise_addr[0]) {
+        snprintf(out, len, "%s", c->advertise_addr);
+        return;
+    }
+    const char *colon = strrchr(c->listen, ':');
+    int hostlen = colon ? (int)(colon - c->listen) : (int)strlen(c->listen);
+    snprintf(out, len, "%.*s:%d", hostlen, c->listen, port);
+}
+
 int main(int argc, char **argv)
 {
     struct node_config cfg = defaults(), *c = &cfg;
@@ -264,10 +320,16 @@ int main(int argc, char **argv)
     }
     if (c->dump_state)
         return dump_state(c);
-    if (!c->dev) {
-        fprintf(stderr, "eddy-node: only --dev mode is available in this version; cluster "
-                        "roles (--role, --etcd) come with the coordinator\n");
-        return 2;
+    bool clustered = !c->dev;
+    unsigned roles = ROLE_INGEST | ROLE_STATE;
+    if (clustered) {
+        int rr = c->role[0] ? cluster_parse_roles(c->role) : -1;
+        if (rr < 0 || !c->etcd[0]) {
+            fprintf(stderr, "eddy-node: give --dev, or --role ingest|state|ingest,state with "
+                            "--etcd URL (see --help)\n");
+            return 2;
+        }
+        roles = (unsigned)rr;
     }
 
     /* Block the stop signals before any thread exists, so every thread inherits the mask
@@ -282,7 +344,16 @@ int main(int argc, char **argv)
     struct engine_opts eo;
     engine_options_from(c, &eo);
     engine *eng = NULL;
-    popcache *pop = NULL;
+    popcache *pop = NULL, *pop_cluster = NULL;
+    struct cluster_hooks hk = {0};
+    peers *pe = NULL;
+    membership *mem = NULL;
+    forwarder *fwd = NULL;
+    struct stage2_remote s2;
+    struct router router = {NULL, NULL, c->route_timeout, (int)c->route_retries,
+                            {c->window, c->out_of_orderness, c->allowed_lateness, c->idle_timeout}};
+    struct state_service ss;
+    memset(&ss, 0, sizeof(ss));
     rpc_server *srv = NULL;
     health *hl = NULL;
     metrics_http *mh = NULL;
@@ -294,17 +365,42 @@ int main(int argc, char **argv)
         goto out;
     }
     eo.metrics = nm.engine;
-    e = engine_open(&eo, &eng, err, sizeof(err));
-    if (e != EDDY_OK) {
-        log_error("msg=\"cannot open state\" data_dir=%s error=\"%s\"", c->data_dir,
-                  err[0] ? err : eddy_strerror(e));
-        goto out;
+    if (clustered) {
+        eo.cluster = (struct engine_cluster){hook_owns, &hk, hook_kick, &hk};
+        pe = peers_new(64 << 20);
+        router.peers = pe;
+        if (!pe)
+            goto out;
     }
-    pop = popcache_new(engine_store(eng), &engine_options(eng)->product, c->stage2_staleness,
-                       (size_t)c->candidates);
+    if (roles & ROLE_STATE) {
+        e = engine_open(&eo, &eng, err, sizeof(err));
+        if (e != EDDY_OK) {
+            log_error("msg=\"cannot open state\" data_dir=%s error=\"%s\"", c->data_dir,
+                      err[0] ? err : eddy_strerror(e));
+            goto out;
+        }
+        pop = popcache_new(engine_store(eng), &engine_options(eng)->product, c->stage2_staleness,
+                           (size_t)c->candidates);
+        if (!pop)
+            goto out;
+        if (clustered) {
+            /* Recommend reads stage 2 across the cluster; CategoryTop serves the local part */
+            pop_cluster = popcache_new(engine_store(eng), &engine_options(eng)->product,
+                                       c->stage2_staleness, (size_t)c->candidates);
+            if (!pop_cluster)
+                goto out;
+            stage2_remote_init(&s2, NULL, pe, c->route_timeout);
+            popcache_set_source(pop_cluster, &s2.source);
+            ss.eng = eng;
+            ss.local = pop;
+            ss.q = (struct query_ctx){eng, pop_cluster, (int)c->default_recommendations,
+                                      (int)c->max_recommendations, state_service_owns, NULL};
+        }
+    }
     struct ingest_service svc = {
         .eng = eng,
-        .q = {eng, pop, (int)c->default_recommendations, (int)c->max_recommendations},
+        .router = clustered ? &router : NULL,
+        .q = {eng, pop, (int)c->default_recommendations, (int)c->max_recommendations, NULL, NULL},
         .lim = {c->max_id_bytes, c->max_name_bytes, c->max_query_bytes, c->max_metadata_entries,
                 c->max_metadata_bytes, c->max_future_skew, c->max_event_age},
         .max_batch = c->max_batch,
@@ -319,12 +415,16 @@ int main(int argc, char **argv)
     };
     srv = rpc_server_new(&so);
     hl = health_new();
-    if (!pop || !srv || !hl) {
+    if (!srv || !hl) {
         log_error("msg=\"out of memory at start\"");
         goto out;
     }
-    if (ingest_service_register(&svc, srv) != EDDY_OK || health_register(hl, srv) != EDDY_OK ||
-        node_metrics_watch(&nm, eng, (uint32_t)c->partitions) != EDDY_OK)
+    if (ingest_service_register(&svc, srv) != EDDY_OK || health_register(hl, srv) != EDDY_OK)
+        goto out;
+    if (clustered && (roles & ROLE_STATE) && state_service_register(&ss, srv) != EDDY_OK)
+        goto out;
+    /* partitions owned: all in --dev; in a cluster it follows the map (not yet exported) */
+    if (eng && node_metrics_watch(&nm, eng, clustered ? 0 : (uint32_t)c->partitions) != EDDY_OK)
         goto out;
     int metrics_port = 0;
     if (c->metrics_listen[0] != '\0') {
@@ -341,12 +441,46 @@ int main(int argc, char **argv)
         log_error("msg=\"cannot listen\" listen=%s error=\"%s\"", c->listen, eddy_strerror(e));
         goto out;
     }
+    if (clustered) {
+        char addr[CLUSTER_ADDR_MAX], id[CLUSTER_ID_MAX];
+        advertise(c, port, addr, sizeof(addr));
+        if (c->node_id[0])
+            snprintf(id, sizeof(id), "%s", c->node_id);
+        else
+            snprintf(id, sizeof(id), "%.127s", addr);
+        struct membership_opts mo = {c->etcd, c->cluster, id, roles, addr, "",
+                                     (c->lease_ttl + 999) / 1000, 5000};
+        if ((e = membership_start(&mo, c->join_timeout, &mem, err, sizeof(err))) != EDDY_OK) {
+            log_error("msg=\"cannot join the cluster\" error=\"%s\"", err);
+            rpc_server_shutdown(srv, 0);
+            goto out;
+        }
+        if ((uint32_t)c->partitions != membership_partitions(mem) && eng) {
+            log_error("msg=\"--partitions differs from the cluster's\" flag=%" PRId64
+                      " cluster=%u",
+                      c->partitions, membership_partitions(mem));
+            rpc_server_shutdown(srv, 0);
+            goto out;
+        }
+        router.mem = mem;
+        s2.mem = mem;
+        ss.mem = mem;
+        ss.q.owns_ud = mem;
+        hk.mem = mem;
+        if (eng && !(fwd = forwarder_start(eng, mem, pe, c->route_timeout))) {
+            rpc_server_shutdown(srv, 0);
+            goto out;
+        }
+        hk.fwd = fwd;
+        log_info("msg=\"joined cluster\" cluster=%s node=%s roles=%s advertise=%s partitions=%u",
+                 c->cluster, id, c->role, addr, membership_partitions(mem));
+    }
     health_set(hl, "", HEALTH_SERVING);
     health_set(hl, "liveness", HEALTH_SERVING);
     health_set(hl, "readiness", HEALTH_SERVING);
     health_set(hl, "eddy.v1.Eddy", HEALTH_SERVING);
-    log_info("msg=\"eddy-node ready\" mode=dev listen=%s port=%d data_dir=%s partitions=%" PRId64,
-             c->listen, port, c->data_dir, c->partitions);
+    log_info("msg=\"eddy-node ready\" mode=%s listen=%s port=%d data_dir=%s partitions=%" PRId64,
+             clustered ? "cluster" : "dev", c->listen, port, c->data_dir, c->partitions);
     /* a line for scripts: the bound port (useful with :0) */
     printf("listening on %d\n", port);
     if (mh)
@@ -362,9 +496,14 @@ int main(int argc, char **argv)
     status = 0;
 out:
     rpc_server_free(srv);
+    forwarder_stop(fwd);     /* unsent stage-2 records stay in the OUTBOX for next time */
+    membership_stop(mem);    /* revokes the lease: the coordinator reassigns at once */
+    hk.mem = NULL;
     metrics_http_close(mh); /* after the RPC server: scrapes see the drain to the end */
     engine_close(eng); /* finishes queued writes, closes LevelDB */
     popcache_free(pop);
+    popcache_free(pop_cluster);
+    peers_free(pe);
     health_free(hl);
     node_metrics_release(&nm); /* last: late answers from the writer still count */
     if (status == 0)

@@ -538,9 +538,12 @@ void router_top(struct router *r, const Eddy__V1__TopProductsRequest *req,
             }
         }
     }
-    for (size_t k = 0; k < cap; k++) {
-        if (tab[k].stat)
-            tab[n++].stat = tab[k].stat;
+    for (size_t k = 0; k < cap; k++) { /* compact: each stat in exactly one slot */
+        Eddy__V1__ProductStat *st = tab[k].stat;
+        if (st) {
+            tab[k].stat = NULL;
+            tab[n++].stat = st;
+        }
     }
     Eddy__V1__EventType t = req->event_type;
     qsort_r(tab, n, sizeof(*tab), cmp_stat, &t);

@@ -31,6 +31,42 @@ static void reply_err(rpc_call *c, eddy_err err, const char *what)
     rpc_reply_error(c, eddy_err_to_grpc(err), "%s: %s", what, eddy_strerror(err));
 }
 
+/* ---- cluster mode: the same requests, routed to the partition owners --------------------- */
+
+static void reply_routed(rpc_call *c, const struct router_result *res, const char *what)
+{
+    rpc_reply_error(c, res->code, "%s: %s", what, res->message);
+}
+
+/* Send a per-user request to the user's owner and answer with the inner response. */
+static void route_user(struct ingest_service *svc, rpc_call *c, const char *user_id,
+                       Eddy__State__V1__UserRequest *ur, const char *what)
+{
+    Eddy__State__V1__UserResponse *resp = NULL;
+    struct router_result res;
+    router_user(svc->router, user_id, ur, &resp, &res);
+    if (res.code != GRPC_STATUS_OK || !resp) {
+        reply_routed(c, &res, what);
+    } else {
+        const ProtobufCMessage *inner = NULL;
+        switch (resp->response_case) {
+        case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_RECOMMEND: inner = &resp->recommend->base; break;
+        case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_PROFILE: inner = &resp->profile->base; break;
+        case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_COUNTS: inner = &resp->counts->base; break;
+        case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_DELETE_USER:
+            inner = &resp->delete_user->base;
+            break;
+        default: break;
+        }
+        if (inner)
+            rpc_reply(c, inner);
+        else
+            rpc_reply_error(c, GRPC_STATUS_INTERNAL, "%s: empty answer from the owner", what);
+    }
+    if (resp)
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
 /* ---- Ingest -------------------------------------------------------------------------- */
 
 struct pending_ingest {
@@ -123,6 +159,21 @@ static void handle_ingest(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         pending_free(pi);
         return;
     }
+    if (svc->router) {
+        struct route_counts rc;
+        struct router_result res;
+        router_ingest(svc->router, pi->valid, pi->nvalid, &rc, &res);
+        if (res.code != GRPC_STATUS_OK) {
+            reply_routed(c, &res, "ingest");
+        } else {
+            pi->resp.accepted = rc.accepted;
+            pi->resp.duplicates = rc.duplicates;
+            pi->resp.late = rc.late;
+            rpc_reply(c, &pi->resp.base);
+        }
+        pending_free(pi);
+        return;
+    }
     eddy_err err = engine_ingest_timed(svc->eng, pi->valid, pi->nvalid, rpc_call_arrival_ns(c),
                                        ingest_done, pi);
     if (err != EDDY_OK) {
@@ -165,6 +216,14 @@ static void handle_recommend(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     Eddy__V1__RecommendResponse *resp = NULL;
     if (!require_user(c, req->user_id))
         return;
+    if (svc->router) {
+        Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
+        ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_RECOMMEND;
+        ur.recommend = (Eddy__V1__RecommendRequest *)req;
+        metric_counter_inc(svc->m.recommendations);
+        route_user(svc, c, req->user_id, &ur, "recommend");
+        return;
+    }
     eddy_err err = query_recommend(&svc->q, req, &resp);
     if (err == EDDY_OK)
         metric_counter_inc(svc->m.recommendations);
@@ -178,6 +237,13 @@ static void handle_profile(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     Eddy__V1__GetUserProfileResponse *resp = NULL;
     if (!require_user(c, req->user_id))
         return;
+    if (svc->router) {
+        Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
+        ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_PROFILE;
+        ur.profile = (Eddy__V1__GetUserProfileRequest *)req;
+        route_user(svc, c, req->user_id, &ur, "profile");
+        return;
+    }
     eddy_err err = query_profile(&svc->q, req->user_id, &resp);
     if (err == EDDY_ERR_NOT_FOUND) {
         rpc_reply_error(c, GRPC_STATUS_NOT_FOUND, "no state for user %s", req->user_id);
@@ -195,6 +261,16 @@ static void handle_top(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "end_ms must be after start_ms");
         return;
     }
+    if (svc->router) {
+        struct router_result res;
+        router_top(svc->router, req, &resp, &res);
+        if (res.code != GRPC_STATUS_OK)
+            reply_routed(c, &res, "top products");
+        else
+            rpc_reply(c, &resp->base);
+        query_free_response(resp ? &resp->base : NULL);
+        return;
+    }
     eddy_err err = query_top_products(&svc->q, req, &resp);
     answer(c, err, resp ? &resp->base : NULL, "top products");
 }
@@ -206,6 +282,23 @@ static void handle_counts(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     Eddy__V1__EventCountsResponse *resp = NULL;
     if (req->end_ms != 0 && req->end_ms <= req->start_ms) {
         rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "end_ms must be after start_ms");
+        return;
+    }
+    if (svc->router && !pb_empty(req->user_id)) {
+        Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
+        ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_COUNTS;
+        ur.counts = (Eddy__V1__EventCountsRequest *)req;
+        route_user(svc, c, req->user_id, &ur, "event counts");
+        return;
+    }
+    if (svc->router) {
+        struct router_result res;
+        router_counts(svc->router, req, &resp, &res);
+        if (res.code != GRPC_STATUS_OK)
+            reply_routed(c, &res, "event counts");
+        else
+            rpc_reply(c, &resp->base);
+        query_free_response(resp ? &resp->base : NULL);
         return;
     }
     eddy_err err = query_event_counts(&svc->q, req, &resp);
@@ -237,6 +330,13 @@ static void handle_delete(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     const Eddy__V1__DeleteUserRequest *req = (const Eddy__V1__DeleteUserRequest *)msg;
     if (!require_user(c, req->user_id))
         return;
+    if (svc->router) {
+        Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
+        ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER;
+        ur.delete_user = (Eddy__V1__DeleteUserRequest *)req;
+        route_user(svc, c, req->user_id, &ur, "delete user");
+        return;
+    }
     eddy_err err = engine_delete_user(svc->eng, req->user_id, delete_done, c);
     if (err != EDDY_OK)
         reply_err(c, err, "delete user");

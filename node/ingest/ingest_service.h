@@ -6,6 +6,7 @@
 
 #include "common/rpc_server.h"
 #include "node/ingest/validate.h"
+#include "node/cluster/router.h"
 #include "node/state/engine.h"
 #include "node/state/query.h"
 
@@ -25,7 +26,8 @@ struct ingest_metrics {
 };
 
 struct ingest_service {
-    engine *eng;             /* borrowed */
+    engine *eng;             /* borrowed; --dev: requests are answered here */
+    struct router *router;   /* borrowed; cluster mode: requests go to the owners */
     struct query_ctx q;
     struct limits lim;
     int64_t max_batch;       /* events per Ingest request */
