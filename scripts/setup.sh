@@ -9,7 +9,7 @@ PACKAGES=(
   build-essential cmake pkg-config
   libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler protobuf-compiler-grpc
   libleveldb-dev libcmocka-dev libcjson-dev libcurl4-openssl-dev libxxhash-dev libssl-dev
-  libmicrohttpd-dev
+  libmicrohttpd-dev prometheus
   python3-grpcio python3-protobuf
   etcd-server etcd-client
 )
