@@ -58,6 +58,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/pbgrpc.h"
 
@@ -239,13 +240,6 @@ static const char *const grpc_code_names[GRPC_CODES] = {
     "Unauthenticated",
 };
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Resolve the series of a method ("/pkg.Service/Method"; NULL path: unknown methods). */
 static void method_metrics_init(metrics *reg, struct method_metrics *mm, const char *path,
                                 bool stream)
@@ -304,7 +298,7 @@ static void call_record_locked(rpc_call *c, grpc_status_code code)
     int k = (int)code >= 0 && (int)code < GRPC_CODES ? (int)code : GRPC_STATUS_UNKNOWN;
     metric_counter_inc(mm->handled[k]);
     if (mm->seconds)
-        metric_histogram_observe(mm->seconds, (double)(mono_ns() - c->arrival_ns) / 1e9);
+        metric_histogram_observe(mm->seconds, (double)(clock_mono_ns() - c->arrival_ns) / 1e9);
 }
 
 /* ---------------------------------------------------------------- calls */
@@ -678,7 +672,7 @@ static void on_slot(struct slot *sl, bool ok)
         counter_done(s, &s->live);
         return;
     }
-    int64_t arrival_ns = mono_ns();
+    int64_t arrival_ns = clock_mono_ns();
     grpc_call *gc = sl->call;
     grpc_byte_buffer *payload = sl->payload;
     gpr_timespec deadline = sl->m ? sl->deadline : sl->details.deadline;

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/cluster.h"
 #include "common/log.h"
 
@@ -36,17 +37,10 @@ struct election {
     bool connected;        /* last state reported through on_connected */
 };
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Wait up to 'ms' for stop, session loss or a key event; returns whether stopping. */
 static bool wait_event(election *e, int64_t ms)
 {
-    int64_t until = mono_ms() + ms;
+    int64_t until = clock_mono_ms() + ms;
     struct timespec ts = {until / 1000, (until % 1000) * 1000000L};
     pthread_mutex_lock(&e->mu);
     while (!e->stop && !e->session_lost && !e->key_event) {

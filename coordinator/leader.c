@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/cluster.h"
 #include "common/log.h"
 #include "coordinator/assigner.h"
@@ -37,13 +38,6 @@ struct leader {
     bool fresh;             /* 'cur' is not stored yet: write it even if nothing moved */
     bool fenced;            /* the leader key no longer holds our id: write nothing */
 };
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 uint32_t leader_parse_config(const char *json, size_t len)
 {
@@ -340,11 +334,11 @@ out:
 /* Wait until the registry has been quiet for settle_ms (bounded); returns its generation. */
 static uint64_t settle(leader *l)
 {
-    int64_t start = mono_ms(), cap = l->o.settle_ms * SETTLE_MAX_FACTOR;
+    int64_t start = clock_mono_ms(), cap = l->o.settle_ms * SETTLE_MAX_FACTOR;
     uint64_t g = registry_generation(l->reg);
     while (!atomic_load(&l->stop) && l->o.settle_ms > 0) {
         uint64_t g2 = registry_wait(l->reg, g, l->o.settle_ms);
-        if (g2 == g || mono_ms() - start >= cap)
+        if (g2 == g || clock_mono_ms() - start >= cap)
             return g2;
         g = g2;
     }

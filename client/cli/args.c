@@ -89,8 +89,8 @@ void cli_help(FILE *out, const struct cli_spec *spec)
                  o->arg ? o->arg : "");
         fprintf(out, "  %-24s %s\n", left, o->help);
     }
-    fputs("\nglobal flags (also accepted here): --endpoint HOST:PORT, -o/--output table|json,"
-          " --timeout DURATION\n",
+    fputs("\nglobal flags (also accepted here): --endpoint HOST:PORT, --coordinator HOST:PORT,"
+          " -o/--output table|json, --timeout DURATION\n",
           out);
 }
 
@@ -109,6 +109,7 @@ int cli_parse(struct cli_ctx *ctx, const struct cli_spec *spec, int argc, char *
 {
     const struct cli_opt global[] = {
         {"endpoint", FLAG_STRING, &ctx->endpoint, "HOST:PORT", ""},
+        {"coordinator", FLAG_STRING, &ctx->coordinator, "HOST:PORT", ""},
         {"output", FLAG_STRING, &ctx->output, "FORMAT", ""},
         {"timeout", FLAG_DURATION, &ctx->timeout_ms, "DURATION", ""},
     };

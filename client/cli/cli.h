@@ -24,6 +24,7 @@ enum {
  * main thread touches it. */
 struct cli_ctx {
     const char *endpoint;
+    const char *coordinator; /* HOST:PORT of an eddy-coordinator (eddy status) */
     const char *output; /* "table" or "json" */
     int64_t timeout_ms;
     bool json;
@@ -118,5 +119,6 @@ int cmd_top(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_counts(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_delete_user(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_health(struct cli_ctx *ctx, int argc, char **argv);
+int cmd_status(struct cli_ctx *ctx, int argc, char **argv);
 
 #endif

@@ -17,6 +17,7 @@ static const struct {
     {"counts", cmd_counts, "event counts per window, overall or for one user"},
     {"delete-user", cmd_delete_user, "remove everything stored about a user"},
     {"health", cmd_health, "is the node serving? (exit 0 only if SERVING)"},
+    {"status", cmd_status, "the cluster: nodes, leader, partition map (asks --coordinator)"},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -54,11 +55,14 @@ int main(int argc, char **argv)
 {
     struct cli_ctx ctx = {
         .endpoint = "127.0.0.1:7070",
+        .coordinator = "127.0.0.1:7071",
         .output = "table",
         .timeout_ms = 10000,
     };
     const struct flag flags[] = {
         {"endpoint", FLAG_STRING, &ctx.endpoint, "HOST:PORT of an Eddy node", 0, 0},
+        {"coordinator", FLAG_STRING, &ctx.coordinator,
+         "HOST:PORT of an eddy-coordinator (for eddy status)", 0, 0},
         {"output", FLAG_STRING, &ctx.output, "table | json", 0, 0},
         {"timeout", FLAG_DURATION, &ctx.timeout_ms, "deadline of each call", 1, INT64_MAX},
     };

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/etcd.h"
 #include "common/log.h"
 
@@ -214,18 +215,11 @@ static void *maint_main(void *arg)
 
 /* ---- lifecycle ------------------------------------------------------------------------ */
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static eddy_err read_config(membership *m, int64_t wait_ms, char *err, size_t errlen)
 {
     char key[CLUSTER_KEY_MAX];
     cluster_key(key, sizeof(key), m->cluster, "config");
-    int64_t until = mono_ms() + wait_ms;
+    int64_t until = clock_mono_ms() + wait_ms;
     for (;;) {
         struct etcd_kv kv = {0};
         bool found = false;
@@ -243,7 +237,7 @@ static eddy_err read_config(membership *m, int64_t wait_ms, char *err, size_t er
             m->nparts = (uint32_t)n;
             return EDDY_OK;
         }
-        if (mono_ms() >= until) {
+        if (clock_mono_ms() >= until) {
             snprintf(err, errlen, "no cluster config at %s (is eddy-coordinator running?): %s",
                      key, e == EDDY_OK ? "not created yet" : etcd_last_error(m->etcd));
             return EDDY_ERR_TIMEOUT;

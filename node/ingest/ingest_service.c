@@ -6,25 +6,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "node/state/pbutil.h"
 
 const char *const ingest_read_names[INGEST_READS] = {"Recommend", "GetUserProfile",
                                                      "TopProducts", "EventCounts"};
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void reply_err(rpc_call *c, eddy_err err, const char *what)
 {
@@ -137,7 +124,7 @@ static void handle_ingest(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     }
     pi->call = c;
     eddy__v1__ingest_response__init(&pi->resp);
-    int64_t now = wall_ms();
+    int64_t now = clock_wall_ms();
     for (size_t i = 0; i < n; i++) {
         char field[32], reason[256];
         if (validate_event(&svc->lim, req->events[i], now, field, sizeof(field), reason,
@@ -349,7 +336,7 @@ static void handle_read(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     const struct ingest_read_route *r = ud;
     int64_t arrival = rpc_call_arrival_ns(c);
     r->fn(r->svc, c, msg);
-    metric_histogram_observe(r->svc->m.serving[r->read], (double)(mono_ns() - arrival) / 1e9);
+    metric_histogram_observe(r->svc->m.serving[r->read], (double)(clock_mono_ns() - arrival) / 1e9);
 }
 
 eddy_err ingest_service_register(struct ingest_service *svc, rpc_server *s)

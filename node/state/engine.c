@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/partition.h"
 
@@ -65,26 +66,12 @@ struct engine {
     _Atomic uint64_t outbox;     /* OUTBOX records committed and not yet forwarded */
 };
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Count a committed group (see struct engine_metrics). 'start_ns': when its apply began. */
 static void count_group(engine *e, const struct job *group, int64_t start_ns)
 {
     const struct engine_metrics *m = &e->o.metrics;
     uint64_t accepted = 0, dups = 0, late = 0, batches = 0, events = 0;
-    int64_t now = mono_ns();
+    int64_t now = clock_mono_ns();
     for (const struct job *j = group; j; j = j->next) {
         if (j->kind != JOB_INGEST)
             continue;
@@ -239,7 +226,7 @@ static void *writer_main(void *arg)
 {
     engine *e = arg;
     size_t nparts = e->o.apply.partitions;
-    int64_t last_idle = mono_ms();
+    int64_t last_idle = clock_mono_ms();
 
     for (;;) {
         pthread_mutex_lock(&e->mu);
@@ -274,12 +261,12 @@ static void *writer_main(void *arg)
         }
         pthread_mutex_unlock(&e->mu);
 
-        int64_t now = mono_ms();
+        int64_t now = clock_mono_ms();
         bool idle_due = now - last_idle >= 1000;
         if (!group && !idle_due)
             continue;
 
-        int64_t start_ns = mono_ns();
+        int64_t start_ns = clock_mono_ns();
         memcpy(e->backup, e->meta, nparts * sizeof(*e->meta));
         e->outbox_added = 0;
         eddy_err err = EDDY_OK;
@@ -366,7 +353,7 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
         engine_close(e);
         return EDDY_ERR_NOMEM;
     }
-    int64_t now = mono_ms();
+    int64_t now = clock_mono_ms();
     for (uint32_t p = 0; p < nparts; p++) {
         if ((r = apply_meta_load(e->st, p, &e->meta[p])) != EDDY_OK) {
             snprintf(err, errlen, "cannot read partition %u metadata: %s", p, eddy_strerror(r));
@@ -439,7 +426,7 @@ static eddy_err enqueue(engine *e, struct job *j)
 eddy_err engine_ingest(engine *e, Eddy__V1__Event *const *events, size_t n,
                        engine_ingest_done_fn *done, void *ud)
 {
-    return engine_ingest_timed(e, events, n, mono_ns(), done, ud);
+    return engine_ingest_timed(e, events, n, clock_mono_ns(), done, ud);
 }
 
 eddy_err engine_ingest_timed(engine *e, Eddy__V1__Event *const *events, size_t n,
@@ -561,7 +548,7 @@ eddy_err engine_apply(engine *e, uint32_t p, uint64_t epoch, Eddy__V1__Event *co
     j->kind = JOB_INGEST;
     j->events = events;
     j->n = n;
-    j->arrival_ns = mono_ns();
+    j->arrival_ns = clock_mono_ns();
     j->ingest_done = done;
     j->ud = ud;
     j->partition = p;

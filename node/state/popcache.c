@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "node/state/decay.h"
 
 #define MAX_CACHED_LISTS 4096
@@ -28,13 +29,6 @@ struct popcache {
     struct pop_list *lists;
     size_t nlists;
 };
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 popcache *popcache_new(store *st, const struct product_params *pp, int64_t staleness_ms,
                        size_t top_k)
@@ -151,7 +145,7 @@ static eddy_err scan_top(popcache *pc, const char *category, int64_t at, struct 
 eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
                       struct scored_product *out, size_t max, size_t *n)
 {
-    int64_t now = mono_ms();
+    int64_t now = clock_mono_ms();
     *n = 0;
     pthread_mutex_lock(&pc->mu);
     for (size_t i = 0; i < pc->nlists; i++) {

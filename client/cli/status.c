@@ -1,0 +1,254 @@
+/* eddy status: what the coordinator knows about the cluster
+ * (eddy.cluster.v1.Coordinator/ClusterStatus on --coordinator, not on --endpoint). */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "common/rpc_client.h"
+#include "eddy/v1/cluster.pb-c.h"
+
+#define M_STATUS "/eddy.cluster.v1.Coordinator/ClusterStatus"
+
+typedef Eddy__Cluster__V1__ClusterStatusResponse status_resp;
+
+static bool registered(const status_resp *r, const char *id)
+{
+    for (size_t i = 0; i < r->n_nodes; i++) {
+        if (strcmp(r->nodes[i]->id, id) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The partitions of 'owner' as runs of consecutive partitions with one epoch:
+ * "0-5@1 9@2 10-15@1" ("-" if none). Caller frees the result; NULL out of memory. */
+static char *owned_runs(const status_resp *r, const char *owner)
+{
+    size_t cap = 64, len = 0;
+    char *s = malloc(cap);
+    if (!s)
+        return NULL;
+    s[0] = '\0';
+    for (size_t i = 0; i < r->n_partitions;) {
+        const Eddy__Cluster__V1__Partition *p = r->partitions[i];
+        if (strcmp(p->owner, owner) != 0) {
+            i++;
+            continue;
+        }
+        size_t j = i + 1;
+        while (j < r->n_partitions && strcmp(r->partitions[j]->owner, owner) == 0 &&
+               r->partitions[j]->epoch == p->epoch &&
+               r->partitions[j]->partition == r->partitions[j - 1]->partition + 1)
+            j++;
+        char run[80];
+        int n = j - 1 > i ? snprintf(run, sizeof(run), "%s%u-%u@%" PRIu64, len ? " " : "",
+                                     p->partition, r->partitions[j - 1]->partition, p->epoch)
+                          : snprintf(run, sizeof(run), "%s%u@%" PRIu64, len ? " " : "",
+                                     p->partition, p->epoch);
+        if (len + (size_t)n + 1 > cap) {
+            while (len + (size_t)n + 1 > cap)
+                cap *= 2;
+            char *t = realloc(s, cap);
+            if (!t) {
+                free(s);
+                return NULL;
+            }
+            s = t;
+        }
+        memcpy(s + len, run, (size_t)n + 1);
+        len += (size_t)n;
+        i = j;
+    }
+    if (len == 0)
+        snprintf(s, cap, "-");
+    return s;
+}
+
+static void roles_text(const Eddy__Cluster__V1__Node *n, char *buf, size_t len)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < n->n_roles && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? "," : "", n->roles[i]);
+    if (!buf[0])
+        snprintf(buf, len, "-");
+}
+
+static int print_table(const status_resp *r)
+{
+    static const char *const nh[] = {"ID", "ROLES", "ADDRESS", "METRICS", ">PARTITIONS",
+                                     "DRAINING", "STARTED"};
+    static const char *const ph[] = {"OWNER", ">COUNT", "PARTITIONS@EPOCH"};
+    struct cli_table *nt = cli_table_new(7, nh), *pt = cli_table_new(3, ph);
+    int bad = !nt || !pt;
+    char roles[64], started[40];
+
+    for (size_t i = 0; i < r->n_nodes && !bad; i++) {
+        const Eddy__Cluster__V1__Node *n = r->nodes[i];
+        roles_text(n, roles, sizeof(roles));
+        cli_format_time(n->started_ms, started, sizeof(started));
+        bad = cli_table_cell(nt, "%s", n->id) || cli_table_cell(nt, "%s", roles) ||
+              cli_table_cell(nt, "%s", n->grpc_addr[0] ? n->grpc_addr : "-") ||
+              cli_table_cell(nt, "%s", n->metrics_addr[0] ? n->metrics_addr : "-") ||
+              cli_table_cell(nt, "%u", n->partitions_owned) ||
+              cli_table_cell(nt, "%s", n->draining ? "yes" : "no") ||
+              cli_table_cell(nt, "%s", started);
+    }
+    /* one row per owner in the map (in the order of their first partition): registered
+     * nodes first, then owners that are no longer registered, then unassigned partitions */
+    for (int pass = 0; pass < 3 && !bad; pass++) {
+        for (size_t i = 0; i < r->n_partitions && !bad; i++) {
+            const char *owner = r->partitions[i]->owner;
+            bool seen = false;
+            for (size_t j = 0; j < i && !seen; j++)
+                seen = strcmp(r->partitions[j]->owner, owner) == 0;
+            bool reg = owner[0] && registered(r, owner);
+            if (seen || (pass == 0) != reg || (pass == 2) != !owner[0])
+                continue;
+            size_t count = 0;
+            for (size_t j = 0; j < r->n_partitions; j++)
+                count += strcmp(r->partitions[j]->owner, owner) == 0;
+            char *runs = owned_runs(r, owner);
+            char label[300];
+            snprintf(label, sizeof(label), "%s%s", owner[0] ? owner : "(unassigned)",
+                     owner[0] && !reg ? " (not registered)" : "");
+            bad = !runs || cli_table_cell(pt, "%s", label) || cli_table_cell(pt, "%zu", count) ||
+                  cli_table_cell(pt, "%s", runs);
+            free(runs);
+        }
+    }
+    if (bad) {
+        cli_table_free(nt);
+        cli_table_free(pt);
+        cli_errorf("out of memory");
+        return CLI_EXIT_SERVER;
+    }
+    printf("cluster:     %s\n", r->cluster);
+    printf("leader:      %s\n", r->leader_id[0] ? r->leader_id : "(none: election in progress)");
+    printf("partitions:  %u\n", r->config_partitions);
+    printf("assignment:  version %" PRIu64 "\n", r->assignment_version);
+    printf("answered by: %s (etcd revision %" PRId64 ")\n", r->answered_by, r->revision);
+    if (r->n_draining) {
+        fputs("draining:   ", stdout);
+        for (size_t i = 0; i < r->n_draining; i++)
+            printf(" %s", r->draining[i]);
+        fputc('\n', stdout);
+    }
+    printf("\nnodes (%zu):\n", r->n_nodes);
+    if (r->n_nodes)
+        cli_table_print(nt, stdout, 2);
+    else
+        puts("  none registered");
+    puts("\npartition map:");
+    if (r->n_partitions)
+        cli_table_print(pt, stdout, 2);
+    else
+        puts("  no assignment written yet");
+    cli_table_free(nt);
+    cli_table_free(pt);
+    return CLI_EXIT_OK;
+}
+
+static int print_json(const status_resp *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cluster", r->cluster);
+    cJSON_AddNumberToObject(o, "config_partitions", r->config_partitions);
+    cJSON_AddStringToObject(o, "leader_id", r->leader_id);
+    cJSON_AddNumberToObject(o, "assignment_version", (double)r->assignment_version);
+    cJSON_AddNumberToObject(o, "revision", (double)r->revision);
+    cJSON_AddStringToObject(o, "answered_by", r->answered_by);
+    cJSON *nodes = cJSON_AddArrayToObject(o, "nodes");
+    for (size_t i = 0; i < r->n_nodes; i++) {
+        const Eddy__Cluster__V1__Node *n = r->nodes[i];
+        cJSON *it = cJSON_CreateObject();
+        cJSON_AddStringToObject(it, "id", n->id);
+        cJSON *roles = cJSON_AddArrayToObject(it, "roles");
+        for (size_t k = 0; k < n->n_roles; k++)
+            cJSON_AddItemToArray(roles, cJSON_CreateString(n->roles[k]));
+        cJSON_AddStringToObject(it, "grpc_addr", n->grpc_addr);
+        cJSON_AddStringToObject(it, "metrics_addr", n->metrics_addr);
+        cJSON_AddNumberToObject(it, "started_ms", (double)n->started_ms);
+        cJSON_AddNumberToObject(it, "partitions_owned", n->partitions_owned);
+        cJSON_AddBoolToObject(it, "draining", n->draining);
+        cJSON *owned = cJSON_AddArrayToObject(it, "partitions");
+        for (size_t k = 0; k < r->n_partitions; k++) {
+            const Eddy__Cluster__V1__Partition *p = r->partitions[k];
+            if (strcmp(p->owner, n->id) != 0)
+                continue;
+            cJSON *pp = cJSON_CreateObject();
+            cJSON_AddNumberToObject(pp, "partition", p->partition);
+            cJSON_AddNumberToObject(pp, "epoch", (double)p->epoch);
+            cJSON_AddItemToArray(owned, pp);
+        }
+        cJSON_AddItemToArray(nodes, it);
+    }
+    cJSON *parts = cJSON_AddArrayToObject(o, "partitions");
+    for (size_t k = 0; k < r->n_partitions; k++) {
+        const Eddy__Cluster__V1__Partition *p = r->partitions[k];
+        cJSON *pp = cJSON_CreateObject();
+        cJSON_AddNumberToObject(pp, "partition", p->partition);
+        cJSON_AddStringToObject(pp, "owner", p->owner);
+        cJSON_AddNumberToObject(pp, "epoch", (double)p->epoch);
+        cJSON_AddItemToArray(parts, pp);
+    }
+    cJSON *dr = cJSON_AddArrayToObject(o, "draining");
+    for (size_t i = 0; i < r->n_draining; i++)
+        cJSON_AddItemToArray(dr, cJSON_CreateString(r->draining[i]));
+    return cli_json_print(o);
+}
+
+int cmd_status(struct cli_ctx *ctx, int argc, char **argv)
+{
+    const struct cli_spec spec = {
+        "status", "",
+        "Ask a coordinator (--coordinator HOST:PORT, env EDDY_COORDINATOR, default "
+        "127.0.0.1:7071) for the cluster: registered nodes (id, roles, address, partitions "
+        "owned), the leader, the assignment version and each node's partitions with their "
+        "epochs. Any coordinator answers, leader or standby.",
+        NULL, 0, 0, 0};
+    const char *pos[1];
+    int npos;
+    int rc = cli_parse(ctx, &spec, argc, argv, pos, &npos);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    if (!ctx->coordinator[0]) {
+        cli_errorf("--coordinator must not be empty");
+        return CLI_EXIT_USAGE;
+    }
+    struct rpc_channel_opts co = {
+        .max_recv_bytes = 64 << 20,
+        .max_send_bytes = 1 << 20,
+        .wait_for_ready = false,
+    };
+    rpc_channel *ch = rpc_channel_open(ctx->coordinator, &co);
+    if (!ch) {
+        cli_errorf("cannot create a channel to coordinator \"%s\"", ctx->coordinator);
+        return CLI_EXIT_CONNECT;
+    }
+    Eddy__Cluster__V1__ClusterStatusRequest req = EDDY__CLUSTER__V1__CLUSTER_STATUS_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    struct rpc_result res = {0};
+    rpc_invoke(ch, M_STATUS, &req.base, &eddy__cluster__v1__cluster_status_response__descriptor,
+               ctx->timeout_ms, &resp, &res);
+    rpc_channel_close(ch);
+    if (res.code != GRPC_STATUS_OK || !resp) {
+        eddy_status code = res.code != GRPC_STATUS_OK ? (eddy_status)res.code
+                                                      : EDDY_STATUS_INTERNAL;
+        rc = cli_exit_code(code);
+        if (rc == CLI_EXIT_CONNECT)
+            cli_errorf("%s: %s (coordinator %s)", eddy_status_name(code),
+                       res.details[0] ? res.details : "(no message)", ctx->coordinator);
+        else
+            cli_errorf("%s: %s", eddy_status_name(code),
+                       res.details[0] ? res.details : "empty response");
+        if (resp)
+            protobuf_c_message_free_unpacked(resp, NULL);
+        return rc;
+    }
+    const status_resp *r = (const status_resp *)resp;
+    rc = ctx->json ? print_json(r) : print_table(r);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return rc;
+}
