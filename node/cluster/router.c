@@ -181,7 +181,7 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
         for (size_t k = 0; k < nreq; k++) {
             Eddy__State__V1__ApplyResponse *ar = (Eddy__State__V1__ApplyResponse *)slots[k].resp;
             if (slots[k].res.code != GRPC_STATUS_OK || !ar) {
-                snprintf(res->message, sizeof(res->message), "%s: %s", addrs[k],
+                snprintf(res->message, sizeof(res->message), "%.200s: %.300s", addrs[k],
                          slots[k].res.details);
                 if (!retryable(slots[k].res.code))
                     res->code = slots[k].res.code;
@@ -198,7 +198,7 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
                     pending[pr->partition] = false;
                     npending--;
                 } else {
-                    snprintf(res->message, sizeof(res->message), "partition %u: %s",
+                    snprintf(res->message, sizeof(res->message), "partition %u: %.400s",
                              pr->partition, pr->message);
                 }
             }
@@ -256,7 +256,7 @@ void router_user(struct router *r, const char *user_id, Eddy__State__V1__UserReq
                 rpc_invoke(ch, M_USER, &req->base, &eddy__state__v1__user_response__descriptor,
                            r->timeout_ms, (ProtobufCMessage **)resp, &rr);
                 res->code = rr.code;
-                snprintf(res->message, sizeof(res->message), "%s", rr.details);
+                snprintf(res->message, sizeof(res->message), "%.500s", rr.details);
                 if (!retryable(rr.code))
                     return;
             }

@@ -1063,3 +1063,219 @@ def start_coordinator(test, etcd_url, cid, cluster="it", args=(), ready=True):
     if ready:
         c.wait_ready()
     return c
+
+
+# ---- cluster nodes (eddy-node --role ... --etcd ...) and the internal State API -------
+#
+# Used by test_cluster.py. A cluster node is a Node whose command line is cluster mode
+# instead of --dev; it prints "listening on PORT" only after it has read the cluster
+# config from etcd and registered, so a coordinator must lead first.
+
+def state_stubs():
+    """eddy/v1/state.proto (package eddy.state.v1) compiled next to stubs(); returns the
+    state_pb2 module. Methods are called through state_method() (no plugin needed)."""
+    s = stubs()
+    if not hasattr(s, "state_pb"):
+        out = os.path.join(s.dir, "out")
+        r = subprocess.run(["protoc", f"-I{PROTO_DIR}", f"--python_out={out}",
+                            "eddy/v1/store.proto", "eddy/v1/state.proto"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"protoc state.proto failed ({r.returncode}): {r.stderr}")
+        importlib.invalidate_caches()
+        s.state_pb = importlib.import_module("eddy.v1.state_pb2")
+    return s.state_pb
+
+
+_STATE_METHODS = {
+    "Apply": ("ApplyRequest", "ApplyResponse"),
+    "Forward": ("ForwardRequest", "ForwardResponse"),
+    "User": ("UserRequest", "UserResponse"),
+    "Partial": ("PartialRequest", "PartialResponse"),
+    "CategoryTop": ("CategoryTopRequest", "CategoryTopResponse"),
+    "Neighbours": ("NeighboursRequest", "NeighboursResponse"),
+}
+
+
+def state_method(channel, name):
+    """The unary method eddy.state.v1.State/<name> on `channel`."""
+    m = state_stubs()
+    req, resp = _STATE_METHODS[name]
+    return channel.unary_unary(f"/eddy.state.v1.State/{name}",
+                               request_serializer=getattr(m, req).SerializeToString,
+                               response_deserializer=getattr(m, resp).FromString)
+
+
+class ClusterNode(Node):
+    """One `eddy-node --role ROLES --etcd URL` process (cluster mode) on 127.0.0.1:0 with
+    its own data dir. `args` are extra flags (e.g. --idle-timeout 0)."""
+
+    def __init__(self, etcd_url, node_id, roles="state", cluster="it", partitions=16,
+                 lease_ttl_s=2, data_dir=None, args=()):
+        super().__init__(data_dir=data_dir, args=args)
+        self.etcd_url = etcd_url
+        self.id = node_id
+        self.roles = roles
+        self.cluster = cluster
+        self.partitions = partitions
+        self.lease_ttl_s = lease_ttl_s
+        self.state = {}
+
+    def command(self):
+        return [self.bin, "--role", self.roles, "--etcd", self.etcd_url, "--cluster", self.cluster,
+                "--node-id", self.id, "--data-dir", self.data_dir, "--listen", "127.0.0.1:0",
+                "--partitions", str(self.partitions), "--lease-ttl", f"{self.lease_ttl_s}s",
+                "--log-level", "info", *self.args]
+
+    def start(self):
+        # Node.start() with another command line (Node.start hard-codes --dev).
+        assert self.proc is None or self.proc.poll() is not None, "node already running"
+        fd, self.log_path = tempfile.mkstemp(prefix=f"eddy-it-{self.id}-", suffix=".txt")
+        self._log = os.fdopen(fd, "w+b")
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self._log,
+                                     stdin=subprocess.DEVNULL)
+        _live.add(self.proc)
+        self._stdout = []
+        got_port = threading.Event()
+
+        def reader(proc=self.proc, out=self._stdout):
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                out.append(line)
+                if line.startswith("listening on "):
+                    got_port.set()
+            got_port.set()
+
+        self._reader = threading.Thread(target=reader, daemon=True)
+        self._reader.start()
+        if not got_port.wait(START_TIMEOUT) or not self._port_line():
+            self._fail_start("did not print 'listening on PORT'")
+        self.port = int(self._port_line().split()[2])
+        self.channel = grpc.insecure_channel(self.endpoint, options=[
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.max_receive_message_length", 64 << 20)])
+        self.stub = eddy_stub(self.channel)
+        self.health = health_stub(self.channel)
+        self.state = {n: state_method(self.channel, n) for n in _STATE_METHODS}
+        self.wait_ready()
+        return self
+
+    def apply(self, partition, epoch, events, timeout=10):
+        """State/Apply of `events` (dicts or Event messages) for one partition; returns its
+        PartitionResult."""
+        m = state_stubs()
+        pe = m.PartitionEvents(partition=partition, epoch=epoch,
+                               events=[to_pb(e) if isinstance(e, dict) else e for e in events])
+        r = self.state["Apply"](m.ApplyRequest(partitions=[pe]), timeout=timeout)
+        assert len(r.results) == 1, r
+        return r.results[0]
+
+    def partial(self, timeout=5):
+        """State/Partial with no query: progress of the owned partitions and the OUTBOX."""
+        return self.state["Partial"](state_stubs().PartialRequest(), timeout=timeout)
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except (OSError, TypeError):
+            return ""
+
+
+class Cluster:
+    """etcd + coordinators + cluster nodes for one test; everything is killed and removed
+    when the test ends (pass or fail). P partitions, lease TTL `ttl_s` seconds."""
+
+    def __init__(self, test, partitions=16, ttl_s=2, name="it", node_args=()):
+        require_node()
+        require_coordinator()
+        self.test = test
+        self.P = partitions
+        self.ttl_s = ttl_s
+        self.name = name
+        self.node_args = list(node_args)
+        self.etcd = start_etcd(test)
+        self.coordinators = []
+        self.nodes = {}
+
+    def key(self, suffix):
+        return f"/eddy/{self.name}/{suffix}"
+
+    def add_coordinator(self, cid, wait_leader=True):
+        c = start_coordinator(self.test, self.etcd.url, cid, cluster=self.name,
+                              args=["--partitions", str(self.P), "--lease-ttl", f"{self.ttl_s}s",
+                                    "--settle", "100ms", "--log-level", "info"])
+        self.coordinators.append(c)
+        if wait_leader:
+            poll_until(lambda: self.leader() is not None, 10, what="a leading coordinator")
+        return c
+
+    def add_node(self, node_id, roles="state", args=(), data_dir=None):
+        n = ClusterNode(self.etcd.url, node_id, roles=roles, cluster=self.name,
+                        partitions=self.P, lease_ttl_s=self.ttl_s, data_dir=data_dir,
+                        args=self.node_args + list(args))
+        self.test.addCleanup(n.cleanup)
+        n.start()
+        self.nodes[node_id] = n
+        return n
+
+    def leader(self):
+        v, _ = self.etcd.get(self.key("leader"))
+        return v.decode() if v is not None else None
+
+    def assignment(self):
+        v, _ = self.etcd.get(self.key("assignment"))
+        return json.loads(v) if v is not None else None
+
+    def registered(self):
+        return {k.rsplit("/", 1)[1]: json.loads(v)
+                for k, v in self.etcd.get_prefix(self.key("nodes/")).items()}
+
+    def wait_assignment(self, owners, timeout=15):
+        """Wait until the map is complete and owned by exactly the ids in `owners`, each
+        with its balanced share; return the map."""
+        owners = set(owners)
+        n = len(owners)
+
+        def ok():
+            m = self.assignment()
+            if m is None or "" in m["owners"] or set(m["owners"]) != owners:
+                return None
+            counts = {o: m["owners"].count(o) for o in owners}
+            if any(c not in (self.P // n, -(-self.P // n)) for c in counts.values()):
+                return None
+            return m
+
+        return poll_until(ok, timeout, interval=0.05, what=f"assignment owned by {sorted(owners)}")
+
+    def state_nodes(self):
+        return [n for n in self.nodes.values()
+                if "state" in n.roles.split(",") and n.proc is not None and n.proc.poll() is None]
+
+    def wait_outbox_empty(self, timeout=30):
+        """Poll State/Partial on every live state node until every OUTBOX is empty."""
+        def empty():
+            return all(n.partial().outbox == 0 for n in self.state_nodes())
+        poll_until(empty, timeout, interval=0.05, what="stage-2 OUTBOX empty on every state node")
+
+    def owner_node(self, partition, m=None):
+        m = m or self.assignment()
+        return self.nodes[m["owners"][partition]], m["epochs"][partition]
+
+
+def users_in_partition(partition, partitions, n=1, prefix="u-p"):
+    """`n` user ids whose partition (DESIGN.md §2) is `partition`."""
+    out, i = [], 0
+    while len(out) < n:
+        uid = f"{prefix}{partition}-{i}"
+        if user_partition(uid, partitions) == partition:
+            out.append(uid)
+        i += 1
+    return out
+
+
+def total_events(stub, user_id="", timeout=10):
+    """Sum of every window's total from EventCounts(include_open) on an Eddy stub."""
+    r = stub.EventCounts(pb().EventCountsRequest(user_id=user_id, include_open=True),
+                         timeout=timeout)
+    return sum(w.counts.total for w in r.windows)
