@@ -294,7 +294,8 @@ eddy_err query_event_counts(struct query_ctx *q, const Eddy__V1__EventCountsRequ
         free(l.w);
         return err;
     }
-    qsort(l.w, l.n, sizeof(*l.w), cmp_win);
+    if (l.n > 1)
+        qsort(l.w, l.n, sizeof(*l.w), cmp_win);
 
     Eddy__V1__EventCountsResponse *r = malloc(sizeof(*r));
     err = EDDY_ERR_NOMEM;
@@ -470,7 +471,8 @@ eddy_err query_top_products_n(struct query_ctx *q, const Eddy__V1__TopProductsRe
     if (err != EDDY_OK)
         goto out;
     Eddy__V1__EventType t = req->event_type;
-    qsort_r(m.tab, n, sizeof(*m.tab), cmp_prod, &t);
+    if (n > 1) /* qsort wants a non-NULL base even for nothing */
+        qsort_r(m.tab, n, sizeof(*m.tab), cmp_prod, &t);
     err = EDDY_ERR_NOMEM;
     if (!(r = malloc(sizeof(*r))))
         goto out;

@@ -193,12 +193,13 @@ class FailoverTest(ClusterTest):
         self.assert_balanced(m3, ["n2", "n3"])
 
         # Every write landed in order, one version after the other, and each came from the
-        # leader of its time (the writes logged add up to the writes stored).
+        # leader of its time (the writes logged add up to the writes stored). kill -9 may
+        # land between c1's successful write and its log line: that one write may be unlogged.
         hist = self.history()
         versions = [h["version"] for h in hist]
         self.assertEqual(versions, list(range(1, len(versions) + 1)), versions)
         logged = sum(c.log_text().count('msg="assignment written"') for c in (c1, c2, c3))
-        self.assertEqual(logged, len(hist))
+        self.assertIn(len(hist) - logged, (0, 1), f"{logged} logged, {len(hist)} stored")
         self.assertEqual(c1.log_text().count('msg="became leader"'), 1)
         self.assertEqual(c3.log_text().count('msg="became leader"'), 1)
 
