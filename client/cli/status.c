@@ -1,6 +1,7 @@
 /* eddy status: what the coordinator knows about the cluster
  * (eddy.cluster.v1.Coordinator/ClusterStatus on --coordinator, not on --endpoint). */
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,44 +22,88 @@ static bool registered(const status_resp *r, const char *id)
     return false;
 }
 
-/* The partitions of 'owner' as runs of consecutive partitions with one epoch:
- * "0-5@1 9@2 10-15@1" ("-" if none). Caller frees the result; NULL out of memory. */
-static char *owned_runs(const status_resp *r, const char *owner)
+/* Append printf output to the growing string *s (length *len, capacity *cap); -1 when out
+ * of memory (*s is then freed and NULL). */
+static int append(char **s, size_t *len, size_t *cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int append(char **s, size_t *len, size_t *cap, const char *fmt, ...)
 {
-    size_t cap = 64, len = 0;
+    char buf[96];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= sizeof(buf))
+        n = (int)sizeof(buf) - 1;
+    if (*len + (size_t)n + 1 > *cap) {
+        size_t ncap = *cap;
+        while (*len + (size_t)n + 1 > ncap)
+            ncap *= 2;
+        char *t = realloc(*s, ncap);
+        if (!t) {
+            free(*s);
+            *s = NULL;
+            return -1;
+        }
+        *s = t;
+        *cap = ncap;
+    }
+    memcpy(*s + *len, buf, (size_t)n + 1);
+    *len += (size_t)n;
+    return 0;
+}
+
+/* The partitions of 'owner' grouped by epoch, ranges of consecutive partitions joined:
+ * "e1: 0-5,9,12-15  e2: 6-8" ("-" if none). Caller frees the result; NULL out of memory. */
+static char *owned_by_epoch(const status_resp *r, const char *owner)
+{
+    size_t cap = 128, len = 0;
     char *s = malloc(cap);
+    uint64_t done_below = 0; /* epochs < this are printed */
     if (!s)
         return NULL;
     s[0] = '\0';
-    for (size_t i = 0; i < r->n_partitions;) {
-        const Eddy__Cluster__V1__Partition *p = r->partitions[i];
-        if (strcmp(p->owner, owner) != 0) {
-            i++;
-            continue;
-        }
-        size_t j = i + 1;
-        while (j < r->n_partitions && strcmp(r->partitions[j]->owner, owner) == 0 &&
-               r->partitions[j]->epoch == p->epoch &&
-               r->partitions[j]->partition == r->partitions[j - 1]->partition + 1)
-            j++;
-        char run[80];
-        int n = j - 1 > i ? snprintf(run, sizeof(run), "%s%u-%u@%" PRIu64, len ? " " : "",
-                                     p->partition, r->partitions[j - 1]->partition, p->epoch)
-                          : snprintf(run, sizeof(run), "%s%u@%" PRIu64, len ? " " : "",
-                                     p->partition, p->epoch);
-        if (len + (size_t)n + 1 > cap) {
-            while (len + (size_t)n + 1 > cap)
-                cap *= 2;
-            char *t = realloc(s, cap);
-            if (!t) {
-                free(s);
-                return NULL;
+    for (;;) {
+        /* the smallest epoch >= done_below among the owner's partitions */
+        bool any = false;
+        uint64_t e = 0;
+        for (size_t i = 0; i < r->n_partitions; i++) {
+            const Eddy__Cluster__V1__Partition *p = r->partitions[i];
+            if (strcmp(p->owner, owner) == 0 && p->epoch >= done_below && (!any || p->epoch < e)) {
+                e = p->epoch;
+                any = true;
             }
-            s = t;
         }
-        memcpy(s + len, run, (size_t)n + 1);
-        len += (size_t)n;
-        i = j;
+        if (!any)
+            break;
+        if (append(&s, &len, &cap, "%se%" PRIu64 ":", len ? "  " : "", e) != 0)
+            return NULL;
+        bool first = true;
+        for (size_t i = 0; i < r->n_partitions;) {
+            const Eddy__Cluster__V1__Partition *p = r->partitions[i];
+            if (strcmp(p->owner, owner) != 0 || p->epoch != e) {
+                i++;
+                continue;
+            }
+            size_t j = i + 1;
+            while (j < r->n_partitions && strcmp(r->partitions[j]->owner, owner) == 0 &&
+                   r->partitions[j]->epoch == e &&
+                   r->partitions[j]->partition == r->partitions[j - 1]->partition + 1)
+                j++;
+            int rc = j - 1 > i ? append(&s, &len, &cap, "%s%u-%u", first ? " " : ",",
+                                        p->partition, r->partitions[j - 1]->partition)
+                               : append(&s, &len, &cap, "%s%u", first ? " " : ",", p->partition);
+            if (rc != 0)
+                return NULL;
+            first = false;
+            i = j;
+        }
+        if (e == UINT64_MAX)
+            break;
+        done_below = e + 1;
     }
     if (len == 0)
         snprintf(s, cap, "-");
@@ -79,7 +124,7 @@ static int print_table(const status_resp *r)
 {
     static const char *const nh[] = {"ID", "ROLES", "ADDRESS", "METRICS", ">PARTITIONS",
                                      "DRAINING", "STARTED"};
-    static const char *const ph[] = {"OWNER", ">COUNT", "PARTITIONS@EPOCH"};
+    static const char *const ph[] = {"OWNER", ">COUNT", "PARTITIONS BY EPOCH"};
     struct cli_table *nt = cli_table_new(7, nh), *pt = cli_table_new(3, ph);
     int bad = !nt || !pt;
     char roles[64], started[40];
@@ -109,7 +154,7 @@ static int print_table(const status_resp *r)
             size_t count = 0;
             for (size_t j = 0; j < r->n_partitions; j++)
                 count += strcmp(r->partitions[j]->owner, owner) == 0;
-            char *runs = owned_runs(r, owner);
+            char *runs = owned_by_epoch(r, owner);
             char label[300];
             snprintf(label, sizeof(label), "%s%s", owner[0] ? owner : "(unassigned)",
                      owner[0] && !reg ? " (not registered)" : "");

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/partition.h"
 #include "eddy/v1/state.pb-c.h"
 #include "node/state/pbutil.h"
 
@@ -106,6 +107,21 @@ static void handle_apply(void *ud, rpc_call *c, const ProtobufCMessage *msg)
             !membership_owns(svc->mem, pe->partition, &epoch) || epoch != pe->epoch) {
             r->code = GRPC_STATUS_FAILED_PRECONDITION;
             r->message = "not owner of the partition at this epoch";
+            one_done(pa);
+            continue;
+        }
+        /* every event must belong to the partition it is fenced under: the engine files
+         * each event under its own user's partition, so a stray one would be written to a
+         * partition this node may not own, unfenced */
+        size_t stray = pe->n_events;
+        for (size_t k = 0; k < pe->n_events && stray == pe->n_events; k++) {
+            if (partition_of_user(pe->events[k]->user_id, membership_partitions(svc->mem)) !=
+                pe->partition)
+                stray = k;
+        }
+        if (stray < pe->n_events) {
+            r->code = GRPC_STATUS_INVALID_ARGUMENT;
+            r->message = "an event's user is not in this partition: nothing applied";
             one_done(pa);
             continue;
         }

@@ -182,6 +182,12 @@ class FencingTest(ClusterTestCase):
         for epoch in (1, 2):
             r = s1.apply(p, epoch, [e1])
             self.assertEqual(r.code, 9, f"old owner, epoch {epoch}: {r}")
+        # an event of a user from another partition, under an epoch this node does own:
+        # refused as a whole (INVALID_ARGUMENT), not filed unfenced under its own partition
+        other = next(q for q in range(P) if m2["owners"][q] == "s1")
+        stray = ev("fence-stray", L.users_in_partition(other, P)[0], t0)
+        r = s2.apply(p, 2, [ev("fence-ok", user, t0 + 5), stray])
+        self.assertEqual((r.code, r.accepted), (3, 0), r)
         # nothing was applied anywhere
         with self.assertRaises(grpc.RpcError) as cm:
             front.stub.GetUserProfile(L.pb().GetUserProfileRequest(user_id=user), timeout=10)

@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# A whole Eddy cluster on this machine, on loopback: a real etcd (Debian's etcd-server), one
+# eddy-coordinator, 3 state nodes and 2 ingest nodes, every port picked free.
+#
+#   scripts/local-cluster.sh up     [DIR]   build if needed, start, wait until ready
+#   scripts/local-cluster.sh status [DIR]   which processes are alive, then `eddy status`
+#   scripts/local-cluster.sh down   [DIR]   stop everything (by pid file); data and logs are kept
+#   scripts/local-cluster.sh down --purge [DIR]   stop and remove DIR
+#
+# DIR (default ./eddy-cluster) holds everything: data/ (etcd and one LevelDB per state
+# node), logs/, pids/, ports.env (the etcd ports, reused by the next `up` because etcd's
+# data remembers its peer URL) and env (EDDY_ENDPOINT, EDDY_COORDINATOR for `source`).
+# Settings (environment): EDDY_BUILD_DIR (default build/), ETCD (etcd binary),
+# LC_PARTITIONS (default 256), LC_LEASE_TTL (default 5s), LC_CLUSTER (default local).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${EDDY_BUILD_DIR:-$REPO/build}
+case "$BUILD" in /*) ;; *) BUILD="$REPO/$BUILD" ;; esac
+PARTITIONS=${LC_PARTITIONS:-256}
+LEASE_TTL=${LC_LEASE_TTL:-5s}
+CLUSTER=${LC_CLUSTER:-local}
+STATE_NODES=(state-1 state-2 state-3)
+INGEST_NODES=(ingest-1 ingest-2)
+
+usage() {
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  exit 2
+}
+
+cmd=${1:-}
+[ -n "$cmd" ] || usage
+shift
+purge=0
+if [ "${1:-}" = --purge ]; then purge=1; shift; fi
+DIR=${1:-./eddy-cluster}
+[ "$cmd" = up ] && mkdir -p "$DIR"
+case "$DIR" in /*) ;; *) DIR="$PWD/${DIR#./}" ;; esac
+
+log() { echo "local-cluster: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# A TCP port free on 127.0.0.1 right now (the kernel's pick for port 0).
+free_port() {
+  command -v python3 >/dev/null || die "python3 is needed to pick free ports"
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pid_alive() {
+  local f="$DIR/pids/$1.pid"
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+# The port a process printed as "<what> on PORT" on its stdout (DIR/logs/NAME.out).
+printed_port() { sed -n "s/^$2 on \([0-9][0-9]*\)\$/\1/p" "$DIR/logs/$1.out" 2>/dev/null | head -1; }
+
+# start NAME CMD...: in its own session, stdout to logs/NAME.out, stderr to logs/NAME.log.
+start() {
+  local name=$1
+  shift
+  setsid "$@" </dev/null >"$DIR/logs/$name.out" 2>>"$DIR/logs/$name.log" &
+  echo $! >"$DIR/pids/$name.pid"
+}
+
+# Wait until NAME has printed "listening on PORT"; echo the port.
+wait_listening() {
+  local name=$1 deadline=$((SECONDS + ${2:-60})) port
+  while :; do
+    port=$(printed_port "$name" listening)
+    if [ -n "$port" ]; then echo "$port"; return 0; fi
+    pid_alive "$name" || { tail -20 "$DIR/logs/$name.log" >&2; die "$name exited (log: $DIR/logs/$name.log)"; }
+    ((SECONDS < deadline)) || die "$name did not start within ${2:-60}s (log: $DIR/logs/$name.log)"
+    sleep 0.1
+  done
+}
+
+binaries() {
+  EDDY_NODE="$BUILD/eddy-node" EDDY_COORD="$BUILD/eddy-coordinator" EDDY_CLI="$BUILD/eddy"
+  if [ ! -x "$EDDY_NODE" ] || [ ! -x "$EDDY_COORD" ] || [ ! -x "$EDDY_CLI" ]; then
+    log "building into $BUILD (scripts/setup.sh)"
+    (cd "$REPO" && EDDY_BUILD_DIR="$BUILD" scripts/setup.sh) >&2
+  fi
+  ETCD=${ETCD:-$(command -v etcd || echo /usr/bin/etcd)}
+  [ -x "$ETCD" ] || die "etcd not found: install Debian's etcd-server (scripts/setup.sh does)"
+}
+
+cli() { "$BUILD/eddy" --coordinator "$COORD_ADDR" "$@"; }
+
+# Ready: every node registered and every partition owned by a registered state node.
+cluster_ready() {
+  local js
+  js=$(cli -o json --timeout 2s status 2>/dev/null) || return 1
+  local nodes unassigned owners
+  nodes=$(grep -c '"grpc_addr"' <<<"$js" || true)
+  unassigned=$(grep -cE '"owner":[[:space:]]*""' <<<"$js" || true)
+  owners=$(grep -oE '"owner":[[:space:]]*"[^"]+"' <<<"$js" | sort -u | wc -l)
+  [ "$nodes" -eq $((${#STATE_NODES[@]} + ${#INGEST_NODES[@]})) ] && [ "$unassigned" -eq 0 ] &&
+    [ "$owners" -eq ${#STATE_NODES[@]} ]
+}
+
+up() {
+  binaries
+  mkdir -p "$DIR/data" "$DIR/logs" "$DIR/pids"
+  for n in etcd coordinator "${STATE_NODES[@]}" "${INGEST_NODES[@]}"; do
+    pid_alive "$n" && die "$n is already running (pid $(cat "$DIR/pids/$n.pid")): '$0 down $DIR' first"
+  done
+
+  # etcd keeps its ports across restarts of the same data dir
+  if [ -f "$DIR/ports.env" ]; then
+    # shellcheck disable=SC1091
+    . "$DIR/ports.env"
+    for p in "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT"; do
+      port_busy "$p" && die "port $p of this cluster's etcd is taken by another process"
+    done
+  else
+    ETCD_CLIENT_PORT=$(free_port)
+    ETCD_PEER_PORT=$(free_port)
+    while [ "$ETCD_PEER_PORT" = "$ETCD_CLIENT_PORT" ]; do ETCD_PEER_PORT=$(free_port); done
+    printf 'ETCD_CLIENT_PORT=%s\nETCD_PEER_PORT=%s\n' "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" >"$DIR/ports.env"
+  fi
+  ETCD_URL="http://127.0.0.1:$ETCD_CLIENT_PORT"
+  local peer="http://127.0.0.1:$ETCD_PEER_PORT"
+  log "etcd on $ETCD_URL"
+  start etcd "$ETCD" --name n1 --data-dir "$DIR/data/etcd" \
+    --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
+    --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+    --initial-cluster "n1=$peer" --initial-cluster-state new --logger zap --log-level warn
+  local deadline=$((SECONDS + 20))
+  until curl -fs --max-time 1 "$ETCD_URL/health" 2>/dev/null | grep -q '"health":"true"'; do
+    pid_alive etcd || { tail -20 "$DIR/logs/etcd.log" >&2; die "etcd exited"; }
+    ((SECONDS < deadline)) || die "etcd not healthy after 20s (log: $DIR/logs/etcd.log)"
+    sleep 0.1
+  done
+
+  local common=(--etcd "$ETCD_URL" --cluster "$CLUSTER" --partitions "$PARTITIONS" --lease-ttl "$LEASE_TTL")
+  start coordinator "$EDDY_COORD" "${common[@]}" --id coordinator-1 --listen 127.0.0.1:0
+  COORD_ADDR="127.0.0.1:$(wait_listening coordinator 20)"
+  log "coordinator on $COORD_ADDR"
+
+  for n in "${STATE_NODES[@]}"; do
+    start "$n" "$EDDY_NODE" --role state "${common[@]}" --node-id "$n" \
+      --data-dir "$DIR/data/$n" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+  done
+  for n in "${INGEST_NODES[@]}"; do
+    start "$n" "$EDDY_NODE" --role ingest "${common[@]}" --node-id "$n" \
+      --data-dir "$DIR/data/$n" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+  done
+  local endpoints=()
+  for n in "${STATE_NODES[@]}"; do log "$n on 127.0.0.1:$(wait_listening "$n")"; done
+  for n in "${INGEST_NODES[@]}"; do
+    endpoints+=("127.0.0.1:$(wait_listening "$n")")
+    log "$n on ${endpoints[-1]}"
+  done
+
+  deadline=$((SECONDS + 60))
+  until cluster_ready; do
+    ((SECONDS < deadline)) || { cli status >&2 || true; die "the cluster did not become ready within 60s (logs in $DIR/logs)"; }
+    sleep 0.2
+  done
+  printf 'EDDY_ENDPOINT=%s\nEDDY_COORDINATOR=%s\nEDDY_INGEST_ENDPOINTS=%s\nEDDY_ETCD=%s\n' \
+    "${endpoints[0]}" "$COORD_ADDR" "${endpoints[*]}" "$ETCD_URL" >"$DIR/env"
+
+  local rel=${BUILD#"$PWD"/}
+  cat <<EOF
+Eddy cluster "$CLUSTER" is up ($PARTITIONS partitions; everything under $DIR).
+
+  ingest endpoints: ${endpoints[0]}  ${endpoints[1]}
+  coordinator:      $COORD_ADDR
+  etcd:             $ETCD_URL
+
+Try:
+  python3 scripts/sample_events.py > /tmp/events.jsonl    # or any JSON-lines UserEvents
+  $rel/eddy --endpoint ${endpoints[0]} ingest /tmp/events.jsonl
+  $rel/eddy --endpoint ${endpoints[1]} top
+  $rel/eddy --endpoint ${endpoints[0]} recommend USER
+  $rel/eddy --coordinator $COORD_ADDR status
+  set -a; . $DIR/env; set +a      # then plain: $rel/eddy status, $rel/eddy top
+  $0 status $DIR
+  $0 down $DIR                     # add --purge to delete the data too
+EOF
+}
+
+status() {
+  [ -d "$DIR/pids" ] || die "no cluster in $DIR"
+  local n
+  for f in "$DIR"/pids/*.pid; do
+    [ -e "$f" ] || { echo "no processes recorded in $DIR/pids"; break; }
+    n=$(basename "$f" .pid)
+    if pid_alive "$n"; then
+      printf '%-12s running (pid %s)\n' "$n" "$(cat "$f")"
+    else
+      printf '%-12s NOT RUNNING (log: %s)\n' "$n" "$DIR/logs/$n.log"
+    fi
+  done
+  [ -f "$DIR/env" ] && pid_alive coordinator || return 0
+  COORD_ADDR=$(sed -n 's/^EDDY_COORDINATOR=//p' "$DIR/env")
+  echo
+  if [ -x "$BUILD/eddy" ]; then
+    cli status || return 1
+  fi
+}
+
+stop_one() {
+  local n=$1 f="$DIR/pids/$1.pid" pid
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 20))
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$n ignored SIGTERM for 20s: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    log "stopped $n"
+  fi
+  rm -f "$f"
+}
+
+down() {
+  if [ -d "$DIR/pids" ]; then
+    # ingest first (no new writes), then state nodes, the coordinator, etcd last
+    for n in "${INGEST_NODES[@]}" "${STATE_NODES[@]}" coordinator; do stop_one "$n"; done
+    for f in "$DIR"/pids/*.pid; do
+      [ -e "$f" ] || continue
+      n=$(basename "$f" .pid)
+      [ "$n" = etcd ] || stop_one "$n"
+    done
+    stop_one etcd
+  fi
+  if ((purge)); then
+    rm -rf "$DIR"
+    log "removed $DIR"
+  fi
+}
+
+case "$cmd" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  -h|--help|help) usage ;;
+  *) usage ;;
+esac
