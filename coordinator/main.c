@@ -17,6 +17,8 @@
 #include "common/health.h"
 #include "common/log.h"
 #include "common/rpc_server.h"
+#include "common/metrics.h"
+#include "common/metrics_http.h"
 #include "coordinator/election.h"
 #include "coordinator/leader.h"
 #include "coordinator/status.h"
@@ -26,7 +28,7 @@
 #define HEALTH_SERVICE "eddy.cluster.v1.Coordinator"
 
 struct coord_config {
-    const char *etcd, *cluster, *id, *listen, *log_level;
+    const char *etcd, *cluster, *id, *listen, *log_level, *metrics_listen;
     int64_t lease_ttl, partitions, settle, shutdown_grace, etcd_timeout;
 };
 
@@ -41,6 +43,8 @@ static size_t coord_flags(struct coord_config *c, struct flag *out)
         F("id", FLAG_STRING, id, "this coordinator's id (default: hostname-pid)", 0, 0),
         F("listen", FLAG_STRING, listen, "gRPC address for ClusterStatus and health (port 0 picks one)",
           0, 0),
+        F("metrics-listen", FLAG_STRING, metrics_listen,
+          "Prometheus /metrics address (port 0 picks one; empty disables)", 0, 0),
         F("lease-ttl", FLAG_DURATION, lease_ttl,
           "TTL of the leader lease (whole seconds): a dead leader is replaced within about this",
           1000, 3600 * 1000),
@@ -98,6 +102,8 @@ struct coord {
     health *hl;
     leader *lead;
     const char *id;
+    metric_gauge *is_leader;      /* eddy_coordinator_leader: 1 on the acting leader */
+    metric_counter *elections;    /* eddy_coordinator_elections_total: times it became leader */
 };
 
 static void on_elected(void *ud, etcd_session *s)
@@ -109,12 +115,15 @@ static void on_elected(void *ud, etcd_session *s)
     if (!co->lead)
         log_error("msg=\"cannot start the leader loop\"");
     health_set(co->hl, HEALTH_LEADER, HEALTH_SERVING);
+    metric_gauge_set(co->is_leader, 1);
+    metric_counter_inc(co->elections);
 }
 
 static void on_demoted(void *ud)
 {
     struct coord *co = ud;
     health_set(co->hl, HEALTH_LEADER, HEALTH_NOT_SERVING);
+    metric_gauge_set(co->is_leader, 0);
     leader_stop(co->lead);
     co->lead = NULL;
 }
@@ -130,7 +139,7 @@ static void on_connected(void *ud, bool connected)
 int main(int argc, char **argv)
 {
     struct coord_config cfg = {
-        .cluster = "eddy", .listen = "127.0.0.1:7071", .log_level = "info",
+        .cluster = "eddy", .listen = "127.0.0.1:7071", .metrics_listen = "127.0.0.1:9465", .log_level = "info",
         .lease_ttl = 10000, .partitions = 256, .settle = 200, .shutdown_grace = 5000,
         .etcd_timeout = 2000,
     }, *c = &cfg;
@@ -190,13 +199,24 @@ int main(int argc, char **argv)
     rpc_server *srv = NULL;
     health *hl = health_new();
     election *el = NULL;
+    metrics *reg = metrics_new();
+    metrics_http *mh = NULL;
     struct coord co = {.cfg = c, .etcd = etcd, .hl = hl, .id = c->id};
+    if (!reg || metrics_add_process(reg) != EDDY_OK) {
+        log_error("msg=\"cannot register metrics\"");
+        goto out;
+    }
+    co.is_leader = metrics_gauge(reg, "eddy_coordinator_leader",
+                                 "1 while this coordinator is the acting leader, else 0.");
+    co.elections = metrics_counter(reg, "eddy_coordinator_elections_total",
+                                   "Times this coordinator became the leader.");
     struct status_service svc = {etcd, c->cluster, c->id};
     if (!etcd) {
         log_error("msg=\"bad --etcd\" etcd=\"%s\"", c->etcd);
         goto out;
     }
-    struct rpc_server_opts so = {.listen = c->listen, .cq_threads = 1, .handler_threads = 2};
+    struct rpc_server_opts so = {.listen = c->listen, .cq_threads = 1, .handler_threads = 2,
+                                 .metrics = reg};
     srv = rpc_server_new(&so);
     if (!srv || !hl) {
         log_error("msg=\"out of memory at start\"");
@@ -215,6 +235,13 @@ int main(int argc, char **argv)
         log_error("msg=\"cannot listen\" listen=%s error=\"%s\"", c->listen, eddy_strerror(e));
         goto out;
     }
+    int metrics_port = 0;
+    if (c->metrics_listen[0] &&
+        (e = metrics_http_open(reg, c->metrics_listen, &mh, &metrics_port)) != EDDY_OK) {
+        log_error("msg=\"cannot serve metrics\" metrics_listen=%s error=\"%s\"",
+                  c->metrics_listen, eddy_strerror(e));
+        goto out;
+    }
     char leader_key[CLUSTER_KEY_MAX];
     cluster_key(leader_key, sizeof(leader_key), c->cluster, "leader");
     struct election_opts eo = {
@@ -231,6 +258,8 @@ int main(int argc, char **argv)
              "lease_ttl_s=%" PRId64 " settle_ms=%" PRId64,
              c->id, c->cluster, endpoints, c->listen, port, ttl_s, c->settle);
     printf("listening on %d\n", port); /* a line for scripts: the bound port (useful with :0) */
+    if (mh)
+        printf("metrics on %d\n", metrics_port);
     fflush(stdout);
 
     int sig = 0;
@@ -247,7 +276,9 @@ int main(int argc, char **argv)
 out:
     election_free(el);
     rpc_server_free(srv);
+    metrics_http_close(mh);
     health_free(hl);
+    metrics_free(reg);
     etcd_client_free(etcd);
     free(endpoints);
     if (status == 0)
