@@ -1,11 +1,21 @@
 /* The gRPC server: accepts calls on completion-queue threads, decodes them, and hands them
- * to a pool of handler threads; answers come back from any thread (see rpc_server.h).
+ * to the handler threads of the method's lane; answers come back from any thread (see
+ * rpc_server.h).
  *
  * DESIGN
  * Why handler threads: a CQ thread also polls the sockets of its calls, so any blocking in
  * a handler (a LevelDB read, a lock) would stall every call on that CQ. CQ threads only
  * accept, decode, start batches and free finished calls; handlers run on their own pool
  * behind a bounded queue, so overload becomes RESOURCE_EXHAUSTED instead of latency.
+ *
+ * Why lanes: handlers may make blocking RPCs to handlers of this or another server (public
+ * Recommend -> State/User on the owner -> State/CategoryTop on every node). With one FIFO
+ * pool, every handler thread can sit in an outer call while the inner calls it waits for
+ * are queued behind it: a deadlock. So each method belongs to a lane, and each lane has
+ * its own queue, limit and threads; a job only ever waits in its own lane's queue. As long
+ * as a lane's handlers only call methods of higher lanes, the innermost lane always makes
+ * progress, and by induction so does every lane. All lanes share the one server mutex
+ * (held only to link or unlink a job), each with its own condition variable.
  *
  * Who touches a call: an rpc_call has two owners, the gRPC side (its outstanding batches,
  * completed on the one CQ thread of the CQ that accepted it) and the application (from
@@ -33,8 +43,10 @@
  * Shutdown: stop accepting; wait up to the grace period for 'inflight' (accepted, and the
  * status not yet delivered) to reach zero; cancel all calls; wait for 'live' (posted accept
  * slots plus calls still holding a grpc_call) to reach zero while the CQ threads keep
- * completing; then destroy the server, drain and join the CQ threads, and finally let the
- * handler threads drain their queue (dropping closed calls, running on_cancel) and exit.
+  * completing; then destroy the server, drain and join the CQ threads, and finally let the
+ * handler threads of every lane drain their lane's queue (dropping closed calls, running
+ * on_cancel) and exit. A lane's queue only receives jobs from CQ threads (new calls, and
+ * on_cancel jobs queued when a call closes), which are all gone by then, so it only shrinks.
  *
  * Metrics (go-grpc-prometheus names): each method resolves its series when the server
  * starts (unknown methods share one set labelled "unknown"), so a call only does relaxed
@@ -94,6 +106,7 @@ struct method {
     rpc_cancel_fn *on_cancel; /* streams only; may be NULL */
     void *ud;
     bool stream;
+    int lane;     /* 0 .. RPC_MAX_LANES-1: whose queue and threads run it */
     void *handle; /* from grpc_server_register_method */
     struct method_metrics mm;
 };
@@ -166,11 +179,26 @@ struct rpc_call {
     char *fin_msg;
 };
 
+/* One lane: a bounded job queue and the handler threads serving only it. The queue fields
+ * are guarded by the server's 'mu'; 'threads' and 'started' are touched only by the owner
+ * thread (start/shutdown). */
+struct lane {
+    rpc_server *s;
+    int nthreads;           /* opts value or default; threads start only if the lane has
+                               methods */
+    int max_queued;         /* JOB_RUN entries allowed to wait */
+    pthread_cond_t work_cv; /* job queued, or handlers_exit */
+    struct job *head, *tail;
+    int queued_calls;       /* JOB_RUN entries in the queue */
+    pthread_t *threads;
+    int started;
+};
+
 enum server_state { S_NEW, S_RUNNING, S_STOPPED };
 
 struct rpc_server {
     char *listen;
-    int cq_threads, handler_threads, max_queued;
+    int cq_threads;
     int64_t max_recv, max_send, max_age_ms;
     metrics *reg;                   /* borrowed; NULL = no metrics */
     metric_counter *busy;           /* handler queue full */
@@ -182,19 +210,16 @@ struct rpc_server {
     enum server_state state; /* touched only by the owner thread (start/shutdown/free) */
     grpc_server *srv;
     struct worker *workers;
-    pthread_t *handlers;
-    int handlers_started;
+    struct lane lanes[RPC_MAX_LANES];
     atomic_bool stopping;
 
     _Atomic int64_t inflight; /* accepted, status not yet delivered (closed) */
     _Atomic int64_t live;     /* posted slots + calls holding a grpc_call */
 
-    pthread_mutex_t mu;      /* guards the job queue; pairs with the two conds */
-    pthread_cond_t work_cv;  /* job queued, or handlers_exit */
+    pthread_mutex_t mu;      /* guards every lane's queue; pairs with the lanes' work_cv
+                                and with idle_cv */
     pthread_cond_t idle_cv;  /* inflight or live reached zero */
-    struct job *head, *tail;
-    int queued_calls;        /* JOB_RUN entries in the queue */
-    bool handlers_exit;
+    bool handlers_exit;      /* every lane's threads exit once their queue is empty */
 };
 
 /* ---------------------------------------------------------------- counters, queue */
@@ -208,24 +233,26 @@ static void counter_done(rpc_server *s, _Atomic int64_t *counter)
     }
 }
 
-/* Append 'j'. A JOB_RUN is refused (false) when max_queued calls are already waiting;
- * cancel jobs are bounded by the number of calls and always accepted. */
+/* Append 'j' to the queue of the lane of its call's method. A JOB_RUN is refused (false)
+ * when the lane's max_queued calls are already waiting; cancel jobs are bounded by the
+ * number of calls and always accepted. */
 static bool queue_push(rpc_server *s, struct job *j)
 {
+    struct lane *l = &s->lanes[j->c->m->lane];
     pthread_mutex_lock(&s->mu);
-    if (j->kind == JOB_RUN && s->queued_calls >= s->max_queued) {
+    if (j->kind == JOB_RUN && l->queued_calls >= l->max_queued) {
         pthread_mutex_unlock(&s->mu);
         return false;
     }
     if (j->kind == JOB_RUN)
-        s->queued_calls++;
+        l->queued_calls++;
     j->next = NULL;
-    if (s->tail)
-        s->tail->next = j;
+    if (l->tail)
+        l->tail->next = j;
     else
-        s->head = j;
-    s->tail = j;
-    pthread_cond_signal(&s->work_cv);
+        l->head = j;
+    l->tail = j;
+    pthread_cond_signal(&l->work_cv);
     pthread_mutex_unlock(&s->mu);
     return true;
 }
@@ -547,23 +574,25 @@ static void run_cancel(rpc_call *c)
     call_unlock(c);
 }
 
+/* A handler thread of lane 'arg': serves only that lane's queue. */
 static void *handler_main(void *arg)
 {
-    rpc_server *s = arg;
+    struct lane *l = arg;
+    rpc_server *s = l->s;
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (s->head == NULL && !s->handlers_exit)
-            pthread_cond_wait(&s->work_cv, &s->mu);
-        struct job *j = s->head;
+        while (l->head == NULL && !s->handlers_exit)
+            pthread_cond_wait(&l->work_cv, &s->mu);
+        struct job *j = l->head;
         if (j == NULL) { /* exit only once the queue is drained */
             pthread_mutex_unlock(&s->mu);
             break;
         }
-        s->head = j->next;
-        if (s->head == NULL)
-            s->tail = NULL;
+        l->head = j->next;
+        if (l->head == NULL)
+            l->tail = NULL;
         if (j->kind == JOB_RUN)
-            s->queued_calls--;
+            l->queued_calls--;
         pthread_mutex_unlock(&s->mu);
         if (j->kind == JOB_RUN)
             run_call(j->c);
@@ -656,7 +685,8 @@ static void call_begin(rpc_call *c, grpc_byte_buffer *payload, const char *unkno
         char msg[128];
         c->refs--;
         metric_counter_inc(s->busy);
-        snprintf(msg, sizeof(msg), "server busy: %d calls queued", s->max_queued);
+        snprintf(msg, sizeof(msg), "server busy: %d calls queued",
+                 s->lanes[c->m->lane].max_queued);
         call_fail_locked(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
     }
 out:
@@ -769,9 +799,18 @@ rpc_server *rpc_server_new(const struct rpc_server_opts *opts)
         return NULL;
     }
     s->cq_threads = opts->cq_threads > 0 ? opts->cq_threads : DEFAULT_CQ_THREADS;
-    s->handler_threads = opts->handler_threads > 0 ? opts->handler_threads
-                                                   : DEFAULT_HANDLER_THREADS;
-    s->max_queued = opts->max_queued_calls > 0 ? opts->max_queued_calls : DEFAULT_MAX_QUEUED;
+    int max_queued = opts->max_queued_calls > 0 ? opts->max_queued_calls : DEFAULT_MAX_QUEUED;
+    for (int i = 0; i < RPC_MAX_LANES; i++) {
+        struct lane *l = &s->lanes[i];
+        l->s = s;
+        if (opts->lane_threads[i] > 0)
+            l->nthreads = opts->lane_threads[i];
+        else if (i == 0 && opts->handler_threads > 0)
+            l->nthreads = opts->handler_threads;
+        else
+            l->nthreads = DEFAULT_HANDLER_THREADS;
+        l->max_queued = opts->lane_max_queued[i] > 0 ? opts->lane_max_queued[i] : max_queued;
+    }
     s->max_recv = opts->max_recv_bytes > 0 ? opts->max_recv_bytes : DEFAULT_MAX_RECV;
     s->max_send = opts->max_send_bytes > 0 ? opts->max_send_bytes : DEFAULT_MAX_SEND;
     s->max_age_ms = opts->max_connection_age_ms > 0 ? opts->max_connection_age_ms : 0;
@@ -785,7 +824,8 @@ rpc_server *rpc_server_new(const struct rpc_server_opts *opts)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->work_cv, NULL);
+    for (int i = 0; i < RPC_MAX_LANES; i++)
+        pthread_cond_init(&s->lanes[i].work_cv, NULL);
     pthread_cond_init(&s->idle_cv, &ca);
     pthread_condattr_destroy(&ca);
     grpc_init();
@@ -794,9 +834,10 @@ rpc_server *rpc_server_new(const struct rpc_server_opts *opts)
 
 static eddy_err add_method(rpc_server *s, const char *path,
                            const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
-                           rpc_cancel_fn *on_cancel, void *ud, bool stream)
+                           rpc_cancel_fn *on_cancel, void *ud, bool stream, int lane)
 {
-    if (s->state != S_NEW || path == NULL || req_desc == NULL || fn == NULL)
+    if (s->state != S_NEW || path == NULL || req_desc == NULL || fn == NULL || lane < 0 ||
+        lane >= RPC_MAX_LANES)
         return EDDY_ERR_INVALID;
     for (size_t i = 0; i < s->nmethods; i++)
         if (strcmp(s->methods[i].path, path) == 0)
@@ -818,6 +859,7 @@ static eddy_err add_method(rpc_server *s, const char *path,
     m->on_cancel = on_cancel;
     m->ud = ud;
     m->stream = stream;
+    m->lane = lane;
     s->nmethods++;
     return EDDY_OK;
 }
@@ -826,14 +868,21 @@ eddy_err rpc_server_add_unary(rpc_server *s, const char *path,
                               const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
                               void *ud)
 {
-    return add_method(s, path, req_desc, fn, NULL, ud, false);
+    return add_method(s, path, req_desc, fn, NULL, ud, false, 0);
+}
+
+eddy_err rpc_server_add_unary_lane(rpc_server *s, const char *path,
+                                   const ProtobufCMessageDescriptor *req_desc,
+                                   rpc_handler_fn *fn, void *ud, int lane)
+{
+    return add_method(s, path, req_desc, fn, NULL, ud, false, lane);
 }
 
 eddy_err rpc_server_add_stream(rpc_server *s, const char *path,
                                const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
                                rpc_cancel_fn *on_cancel, void *ud)
 {
-    return add_method(s, path, req_desc, fn, on_cancel, ud, true);
+    return add_method(s, path, req_desc, fn, on_cancel, ud, true, 0);
 }
 
 /* Shut down and drain CQs whose thread never started, then destroy all CQs. */
@@ -857,6 +906,16 @@ static void workers_destroy(rpc_server *s)
     }
     free(s->workers);
     s->workers = NULL;
+}
+
+/* Free the lanes' thread arrays; their threads are joined (or never started). */
+static void lanes_free(rpc_server *s)
+{
+    for (int i = 0; i < RPC_MAX_LANES; i++) {
+        free(s->lanes[i].threads);
+        s->lanes[i].threads = NULL;
+        s->lanes[i].started = 0;
+    }
 }
 
 /* Shut down and destroy a server that never served a call (grpc_server_destroy asserts
@@ -900,9 +959,14 @@ eddy_err rpc_server_start(rpc_server *s, int *port)
     err = EDDY_ERR_NOMEM;
     s->srv = grpc_server_create(&cargs, NULL);
     s->workers = calloc((size_t)s->cq_threads, sizeof(*s->workers));
-    s->handlers = calloc((size_t)s->handler_threads, sizeof(*s->handlers));
-    if (s->workers == NULL || s->handlers == NULL)
+    if (s->workers == NULL)
         goto fail;
+    for (size_t i = 0; i < s->nmethods; i++) {
+        struct lane *l = &s->lanes[s->methods[i].lane];
+        if (l->threads == NULL && (l->threads = calloc((size_t)l->nthreads,
+                                                       sizeof(*l->threads))) == NULL)
+            goto fail;
+    }
     for (size_t i = 0; i < s->nmethods; i++) {
         s->methods[i].handle = grpc_server_register_method(
             s->srv, s->methods[i].path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
@@ -936,16 +1000,24 @@ eddy_err rpc_server_start(rpc_server *s, int *port)
             goto fail_running;
         s->workers[i].started = true;
     }
-    for (int i = 0; i < s->handler_threads; i++) {
-        if (pthread_create(&s->handlers[i], NULL, handler_main, s) != 0)
-            goto fail_running;
-        s->handlers_started++;
+    for (int i = 0; i < RPC_MAX_LANES; i++) {
+        struct lane *l = &s->lanes[i];
+        for (int k = 0; l->threads && k < l->nthreads; k++) {
+            if (pthread_create(&l->threads[k], NULL, handler_main, l) != 0)
+                goto fail_running;
+            l->started++;
+        }
     }
     if (port)
         *port = bound;
+    char lanes[16 * RPC_MAX_LANES] = "";
+    size_t used = 0;
+    for (int i = 0; i < RPC_MAX_LANES; i++)
+        used += (size_t)snprintf(lanes + used, sizeof(lanes) - used, "%s%d", i ? "," : "",
+                                 s->lanes[i].started);
     log_info("msg=\"rpc server listening\" addr=%s port=%d methods=%zu cq_threads=%d "
-             "handler_threads=%d",
-             s->listen, bound, s->nmethods, s->cq_threads, s->handler_threads);
+             "handler_threads=%s",
+             s->listen, bound, s->nmethods, s->cq_threads, lanes);
     return EDDY_OK;
 
 fail_running:
@@ -959,8 +1031,7 @@ fail:
     }
     if (s->workers)
         workers_destroy(s);
-    free(s->handlers);
-    s->handlers = NULL;
+    lanes_free(s);
     s->state = S_STOPPED;
     return err;
 }
@@ -1017,13 +1088,13 @@ void rpc_server_shutdown(rpc_server *s, int64_t grace_ms)
 
     pthread_mutex_lock(&s->mu);
     s->handlers_exit = true;
-    pthread_cond_broadcast(&s->work_cv);
+    for (int i = 0; i < RPC_MAX_LANES; i++)
+        pthread_cond_broadcast(&s->lanes[i].work_cv);
     pthread_mutex_unlock(&s->mu);
-    for (int i = 0; i < s->handlers_started; i++)
-        pthread_join(s->handlers[i], NULL);
-    s->handlers_started = 0;
-    free(s->handlers);
-    s->handlers = NULL;
+    for (int i = 0; i < RPC_MAX_LANES; i++)
+        for (int k = 0; k < s->lanes[i].started; k++)
+            pthread_join(s->lanes[i].threads[k], NULL);
+    lanes_free(s);
 }
 
 void rpc_server_free(rpc_server *s)
@@ -1035,7 +1106,8 @@ void rpc_server_free(rpc_server *s)
         free(s->methods[i].path);
     free(s->methods);
     free(s->listen);
-    pthread_cond_destroy(&s->work_cv);
+    for (int i = 0; i < RPC_MAX_LANES; i++)
+        pthread_cond_destroy(&s->lanes[i].work_cv);
     pthread_cond_destroy(&s->idle_cv);
     pthread_mutex_destroy(&s->mu);
     free(s);

@@ -1,11 +1,19 @@
 /* A gRPC server on the core C API: registered unary and server-streaming methods, one
  * completion queue per I/O thread, a generic handler answering UNIMPLEMENTED, per-call
- * deadlines, bounded handler queue, configurable message sizes, SO_REUSEPORT off.
+ * deadlines, bounded handler queues (one per lane), configurable message sizes,
+ * SO_REUSEPORT off.
  *
- * Threads: CQ threads only do I/O and protobuf decoding. Handlers run on a separate pool
- * of handler threads (never on a CQ thread), so a handler may block briefly (LevelDB
- * reads); long or synced work (LevelDB sync writes) should be handed to the application's
- * own threads, which then answer with rpc_reply*() from there.
+ * Threads: CQ threads only do I/O and protobuf decoding. Handlers run on handler threads
+ * (never on a CQ thread), so a handler may block briefly (LevelDB reads); long or synced
+ * work (LevelDB sync writes) should be handed to the application's own threads, which then
+ * answer with rpc_reply*() from there.
+ *
+ * Lanes: every method belongs to a lane (0 .. RPC_MAX_LANES-1). Each lane has its own
+ * bounded queue and its own handler threads, and a call only waits in its own lane's
+ * queue. A handler that makes a blocking RPC to a handler of this server or of another
+ * one must only call methods of a higher lane than its own: then the inner call never
+ * waits behind the outer calls blocking on it, and nesting cannot deadlock (Eddy: public
+ * API = 0, internal calls that make further calls = 1, internal leaf calls = 2).
  *
  * Call contract: for every call a handler receives it must eventually call exactly one of
  * rpc_reply() / rpc_reply_error() (unary) or rpc_stream_finish() (streaming), from any
@@ -36,12 +44,20 @@ typedef void rpc_handler_fn(void *ud, rpc_call *call, const ProtobufCMessage *re
  * finished. */
 typedef void rpc_cancel_fn(void *ud, rpc_call *call);
 
+#define RPC_MAX_LANES 4
+
 struct rpc_server_opts {
     const char *listen;          /* "127.0.0.1:7070"; port 0 picks a free port */
     int cq_threads;              /* I/O threads, each with its own CQ (default 1) */
-    int handler_threads;         /* handler pool size (default 2) */
-    int max_queued_calls;        /* decoded calls waiting for a handler thread; past this a
-                                    call is answered RESOURCE_EXHAUSTED (default 1024) */
+    int handler_threads;         /* lane 0's threads unless lane_threads[0] is set
+                                    (default 2) */
+    int lane_threads[RPC_MAX_LANES]; /* handler threads of each lane; 0 = handler_threads for
+                                        lane 0, 2 for the others. A lane without methods
+                                        starts no threads. */
+    int max_queued_calls;        /* decoded calls waiting for a handler thread, per lane;
+                                    past this a call is answered RESOURCE_EXHAUSTED "server
+                                    busy: N calls queued" (default 1024) */
+    int lane_max_queued[RPC_MAX_LANES]; /* per-lane override; 0 = max_queued_calls */
     int64_t max_recv_bytes;      /* largest request message (default 4 MiB); larger ones
                                     get RESOURCE_EXHAUSTED from gRPC */
     int64_t max_send_bytes;      /* largest response message (default 16 MiB) */
@@ -50,21 +66,29 @@ struct rpc_server_opts {
                                     names; borrowed: must outlive the server and every call
                                     it accepted); NULL = no metrics */
     metric_counter *busy_rejections; /* counted for each call refused RESOURCE_EXHAUSTED
-                                        because the handler queue is full; may be NULL */
+                                        because its lane's queue is full (all lanes
+                                        together); may be NULL */
 };
 
 /* Create a server (not yet listening). Returns NULL on allocation failure. Caller owns the
  * result; free with rpc_server_free. Calls grpc_init() itself. */
 rpc_server *rpc_server_new(const struct rpc_server_opts *opts);
 
-/* Register method 'path' ("/eddy.v1.Eddy/Ingest") whose request type is 'req_desc'. A
- * request that does not decode is answered INVALID_ARGUMENT before any handler runs.
- * Only before rpc_server_start. */
+/* Register method 'path' ("/eddy.v1.Eddy/Ingest") whose request type is 'req_desc', on
+ * lane 0. A request that does not decode is answered INVALID_ARGUMENT before any handler
+ * runs. Only before rpc_server_start. */
 eddy_err rpc_server_add_unary(rpc_server *s, const char *path,
                               const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
                               void *ud);
 
-/* Register a server-streaming method; 'on_cancel' may be NULL. */
+/* rpc_server_add_unary on lane 'lane' (see "Lanes" above); EDDY_ERR_INVALID if 'lane' is
+ * not in 0 .. RPC_MAX_LANES-1. */
+eddy_err rpc_server_add_unary_lane(rpc_server *s, const char *path,
+                                   const ProtobufCMessageDescriptor *req_desc,
+                                   rpc_handler_fn *fn, void *ud, int lane);
+
+/* Register a server-streaming method, on lane 0 (its handler and its on_cancel run on lane
+ * 0's threads); 'on_cancel' may be NULL. */
 eddy_err rpc_server_add_stream(rpc_server *s, const char *path,
                                const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
                                rpc_cancel_fn *on_cancel, void *ud);
@@ -74,8 +98,8 @@ eddy_err rpc_server_add_stream(rpc_server *s, const char *path,
 eddy_err rpc_server_start(rpc_server *s, int *port);
 
 /* Stop accepting calls; wait up to 'grace_ms' for in-flight calls to be answered, then
- * cancel the rest. Handler threads are joined (calls still queued for them are dropped,
- * pending on_cancel callbacks run first). Calls the application still holds may be
+ * cancel the rest. The handler threads of every lane are joined (calls still queued for
+ * them are dropped, pending on_cancel callbacks run first). Calls the application still holds may be
  * answered afterwards: that only frees them. Safe to call more than once; rpc_server_free
  * calls it if needed. */
 void rpc_server_shutdown(rpc_server *s, int64_t grace_ms);

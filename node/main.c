@@ -38,7 +38,7 @@ struct node_config {
     const char *log_level;
     const char *dump_state;
     int64_t partitions;
-    int64_t grpc_threads, handler_threads, max_queued_calls;
+    int64_t grpc_threads, handler_threads, internal_threads, max_queued_calls;
     int64_t max_message_size, max_batch, max_connection_age;
     int64_t max_id_bytes, max_name_bytes, max_query_bytes, max_metadata_entries,
         max_metadata_bytes, max_future_skew, max_event_age;
@@ -63,7 +63,8 @@ static struct node_config defaults(void)
         .data_dir = "./eddy-data", .listen = "127.0.0.1:7070", .metrics_listen = "127.0.0.1:9464",
         .log_level = "info",
         .partitions = PARTITION_DEFAULT_COUNT, .grpc_threads = 1, .handler_threads = 2,
-        .max_queued_calls = 1024, .max_message_size = 4 << 20, .max_batch = 10000,
+        .internal_threads = 4, .max_queued_calls = 1024, .max_message_size = 4 << 20,
+        .max_batch = 10000,
         .max_id_bytes = 128, .max_name_bytes = 128, .max_query_bytes = 512,
         .max_metadata_entries = 32, .max_metadata_bytes = 4096, .max_future_skew = 5 * 60000,
         .max_event_age = 0, .window = 60000, .out_of_orderness = 5000, .allowed_lateness = 0,
@@ -108,9 +109,13 @@ static size_t node_flags(struct node_config *c, struct flag *out)
         F("partitions", FLAG_INT, partitions, "partitions of the key space (fixed per cluster)",
           1, PARTITION_MAX_COUNT),
         F("grpc-threads", FLAG_INT, grpc_threads, "gRPC completion-queue threads", 1, 64),
-        F("handler-threads", FLAG_INT, handler_threads, "RPC handler threads", 1, 256),
+        F("handler-threads", FLAG_INT, handler_threads, "handler threads of the public API", 1,
+          256),
+        F("internal-threads", FLAG_INT, internal_threads,
+          "cluster mode: handler threads of each internal lane (State/User; other State calls)",
+          1, 256),
         F("max-queued-calls", FLAG_INT, max_queued_calls,
-          "calls waiting for a handler before RESOURCE_EXHAUSTED", 1, 1000000),
+          "calls waiting for a handler (per lane) before RESOURCE_EXHAUSTED", 1, 1000000),
         F("max-message-size", FLAG_SIZE, max_message_size,
           "largest request message (RESOURCE_EXHAUSTED above)", 1024, 1 << 30),
         F("max-batch", FLAG_INT, max_batch, "events per Ingest request (INVALID_ARGUMENT above)",
@@ -409,6 +414,8 @@ int main(int argc, char **argv)
     struct rpc_server_opts so = {
         .listen = c->listen, .cq_threads = (int)c->grpc_threads,
         .handler_threads = (int)c->handler_threads, .max_queued_calls = (int)c->max_queued_calls,
+        .lane_threads = {[STATE_LANE_USER] = (int)c->internal_threads,
+                         [STATE_LANE_LEAF] = (int)c->internal_threads},
         .max_recv_bytes = c->max_message_size, .max_send_bytes = 64 << 20,
         .max_connection_age_ms = c->max_connection_age,
         .metrics = nm.reg, .busy_rejections = nm.rpc_busy,

@@ -54,7 +54,7 @@ static int collect(void *ud, const unsigned char *k, size_t klen, const char *v,
     return 0;
 }
 
-/* The distinct owner addresses (other than this node) of the partitions 'b' touches. */
+/* The distinct owner addresses of the partitions 'b' touches. */
 static size_t destinations(forwarder *f, const Eddy__Store__V1__Stage2Batch *b,
                            char (*addrs)[CLUSTER_ADDR_MAX], bool *unknown)
 {
@@ -72,8 +72,9 @@ static size_t destinations(forwarder *f, const Eddy__Store__V1__Stage2Batch *b,
             *unknown = true; /* no live owner now: keep the record for later */
             continue;
         }
-        if (strcmp(owner, membership_self(f->mem)) == 0)
-            continue; /* applied locally when it was written */
+        /* This node too, when it owns the partition now: if it already did when the
+         * record was written, the record was applied then and the receiver's high-water
+         * mark makes this a no-op; if the partition moved here since, this applies it. */
         size_t k = 0;
         while (k < n && strcmp(addrs[k], addr) != 0)
             k++;

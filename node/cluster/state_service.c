@@ -376,20 +376,25 @@ eddy_err state_service_register(struct state_service *svc, rpc_server *s)
         const char *path;
         const ProtobufCMessageDescriptor *desc;
         rpc_handler_fn *fn;
+        int lane; /* see rpc_server.h "Lanes": only call methods of a higher lane */
     } methods[] = {
-        {"/eddy.state.v1.State/Apply", &eddy__state__v1__apply_request__descriptor, handle_apply},
+        {"/eddy.state.v1.State/Apply", &eddy__state__v1__apply_request__descriptor, handle_apply,
+         STATE_LANE_LEAF},
         {"/eddy.state.v1.State/Forward", &eddy__state__v1__forward_request__descriptor,
-         handle_forward},
-        {"/eddy.state.v1.State/User", &eddy__state__v1__user_request__descriptor, handle_user},
+         handle_forward, STATE_LANE_LEAF},
+        /* a Recommend here calls CategoryTop/Neighbours on every node, this one included */
+        {"/eddy.state.v1.State/User", &eddy__state__v1__user_request__descriptor, handle_user,
+         STATE_LANE_USER},
         {"/eddy.state.v1.State/Partial", &eddy__state__v1__partial_request__descriptor,
-         handle_partial},
+         handle_partial, STATE_LANE_LEAF},
         {"/eddy.state.v1.State/CategoryTop", &eddy__state__v1__category_top_request__descriptor,
-         handle_category_top},
+         handle_category_top, STATE_LANE_LEAF},
         {"/eddy.state.v1.State/Neighbours", &eddy__state__v1__neighbours_request__descriptor,
-         handle_neighbours},
+         handle_neighbours, STATE_LANE_LEAF},
     };
     for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
-        eddy_err err = rpc_server_add_unary(s, methods[i].path, methods[i].desc, methods[i].fn, svc);
+        eddy_err err = rpc_server_add_unary_lane(s, methods[i].path, methods[i].desc,
+                                                 methods[i].fn, svc, methods[i].lane);
         if (err != EDDY_OK)
             return err;
     }

@@ -11,6 +11,13 @@
 #include "node/state/popcache.h"
 #include "node/state/query.h"
 
+/* Handler lanes of the State methods (see rpc_server.h "Lanes"). A User request may call
+ * CategoryTop and Neighbours on every node (this one too), so it runs on a lane below
+ * them; the other State methods call no handler and share the innermost lane. The public
+ * eddy.v1.Eddy methods, which call User, Apply and Partial, are on lane 0. */
+#define STATE_LANE_USER 1
+#define STATE_LANE_LEAF 2
+
 struct state_service {
     engine *eng;          /* borrowed */
     membership *mem;      /* borrowed */

@@ -753,7 +753,7 @@ def assert_profile(test, got, want, label=""):
 
 # ---- etcd and eddy-coordinator (cluster tests) ----------------------------------------
 #
-# Environment: EDDY_COORDINATOR = path of eddy-coordinator (cluster tests skip without
+# Environment: EDDY_COORDINATOR_BIN = path of eddy-coordinator (cluster tests skip without
 # it), EDDY_ETCD_BIN = etcd (default /usr/bin/etcd, Debian's etcd-server).
 
 import base64  # noqa: E402
@@ -761,13 +761,13 @@ import socket  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 
-COORDINATOR = os.environ.get("EDDY_COORDINATOR", "")
+COORDINATOR = os.environ.get("EDDY_COORDINATOR_BIN", "")
 ETCD_BIN = os.environ.get("EDDY_ETCD_BIN", "/usr/bin/etcd")
 
 
 def require_coordinator():
     if not COORDINATOR or not os.access(COORDINATOR, os.X_OK):
-        raise unittest.SkipTest("EDDY_COORDINATOR is not set to an executable eddy-coordinator")
+        raise unittest.SkipTest("EDDY_COORDINATOR_BIN is not set to an executable eddy-coordinator")
     return COORDINATOR
 
 

@@ -12,10 +12,9 @@ roles) on loopback, driven over gRPC.
 - etcd restart under running nodes and coordinator: a new state node joins and gets
   partitions, ingest through the existing ingest node works.
 
-Needs EDDY_NODE, EDDY_COORDINATOR and Debian's etcd-server (see docs/testing.md).
+Needs EDDY_NODE, EDDY_COORDINATOR_BIN and Debian's etcd-server (see docs/testing.md).
 """
 import json
-import math
 import os
 import random
 import subprocess
@@ -402,11 +401,11 @@ class EtcdRestartTest(ClusterTestCase):
         self.ingest_ok(front, [ev(f"a-{i}", u, t0 + i) for i, u in enumerate(users)])
 
         # an outage longer than the lease TTL: every session is lost
-        cl.etcd.kill9()
-        killed = time.monotonic()
         s1 = cl.nodes["s1"]
         m0 = cl.assignment()
         p1 = m0["owners"].index("s1")
+        cl.etcd.kill9()
+        killed = time.monotonic()
         probe = ev("x-0", L.users_in_partition(p1, P)[0], t0)
         # (the probe may be acknowledged before s1 notices etcd is gone: it then counts
         # as one more event of that user, which the checks below allow for)

@@ -1,7 +1,7 @@
 /* rpc_server against a real in-process client on 127.0.0.1:0: unary answers, the errors
  * the server produces itself (unknown method, malformed, oversized, busy, deadline), replies
- * from other threads and after the client left, SO_REUSEPORT off, and shutdown with calls
- * in flight. */
+ * from other threads and after the client left, SO_REUSEPORT off, shutdown with calls
+ * in flight, and handler lanes (nested calls, per-lane limits, shutdown across lanes). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +22,11 @@
 #define PARK "/test.T/Park"
 #define BLOCK "/test.T/Block"
 #define LATER "/test.T/Later"
+#define NEST "/test.T/Nest"       /* lane 0: calls the method named by user_id */
+#define ECHO1 "/test.T/Echo1"     /* lane 1 */
+#define BLOCK1 "/test.T/Block1"   /* lane 1 */
+#define BLOCK2 "/test.T/Block2"   /* lane 2 */
+#define NEST_INNER_MS 1000        /* deadline of the nested call */
 #define MAX_PARKED 16
 
 /* State shared by the test thread and the server's handler threads. */
@@ -166,6 +171,31 @@ static void on_later(void *ud, rpc_call *call, const ProtobufCMessage *req)
     pthread_detach(t);
 }
 
+/* Lane 0 handler making a blocking call to this same server, method req->user_id, through
+ * the real client, and answering with the echo of the inner answer's user_id (or the
+ * inner error). Only returns once the inner call was handled (or timed out). */
+static void on_nest(void *ud, rpc_call *call, const ProtobufCMessage *req)
+{
+    struct fixture *f = ud;
+    const Eddy__V1__GetUserProfileRequest *rq = (const Eddy__V1__GetUserProfileRequest *)req;
+    bump(f, &f->handled);
+    Eddy__V1__GetUserProfileRequest inner = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
+    inner.user_id = "inner";
+    ProtobufCMessage *resp = NULL;
+    struct rpc_result res;
+    rpc_invoke(f->ch, rq->user_id, &inner.base, &eddy__v1__get_user_profile_response__descriptor,
+               NEST_INNER_MS, &resp, &res);
+    if (res.code != GRPC_STATUS_OK) {
+        rpc_reply_error(call, res.code, "inner: %s", res.details);
+        return;
+    }
+    Eddy__V1__GetUserProfileResponse *r = (Eddy__V1__GetUserProfileResponse *)resp;
+    Eddy__V1__GetUserProfileRequest outer = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
+    outer.user_id = r->profile ? r->profile->user_id : "";
+    reply_echo(call, &outer);
+    protobuf_c_message_free_unpacked(resp, NULL);
+}
+
 static struct fixture *fixture_new(const struct rpc_server_opts *o)
 {
     struct fixture *f = calloc(1, sizeof(*f));
@@ -182,7 +212,16 @@ static struct fixture *fixture_new(const struct rpc_server_opts *o)
     assert_int_equal(rpc_server_add_unary(f->s, PARK, d, on_park, f), EDDY_OK);
     assert_int_equal(rpc_server_add_unary(f->s, BLOCK, d, on_block, f), EDDY_OK);
     assert_int_equal(rpc_server_add_unary(f->s, LATER, d, on_later, f), EDDY_OK);
+    assert_int_equal(rpc_server_add_unary(f->s, NEST, d, on_nest, f), EDDY_OK);
+    assert_int_equal(rpc_server_add_unary_lane(f->s, ECHO1, d, on_echo, f, 1), EDDY_OK);
+    assert_int_equal(rpc_server_add_unary_lane(f->s, BLOCK1, d, on_block, f, 1), EDDY_OK);
+    assert_int_equal(rpc_server_add_unary_lane(f->s, BLOCK2, d, on_block, f, 2), EDDY_OK);
     assert_int_equal(rpc_server_add_unary(f->s, ECHO, d, on_echo, f), EDDY_ERR_INVALID);
+    assert_int_equal(rpc_server_add_unary_lane(f->s, "/test.T/Bad", d, on_echo, f, -1),
+                     EDDY_ERR_INVALID);
+    assert_int_equal(
+        rpc_server_add_unary_lane(f->s, "/test.T/Bad", d, on_echo, f, RPC_MAX_LANES),
+        EDDY_ERR_INVALID);
     assert_int_equal(rpc_server_start(f->s, &f->port), EDDY_OK);
     assert_true(f->port > 0);
     assert_int_equal(rpc_server_add_unary(f->s, "/test.T/Late", d, on_echo, f),
@@ -520,6 +559,131 @@ static void test_shutdown_idle_is_fast(void **state)
     fixture_free(f);
 }
 
+/* One handler thread per lane: a lane 0 handler blocks on a call to a lane 1 method of the
+ * same server, which its own lane's thread serves. */
+static void test_nested_call_other_lane(void **state)
+{
+    struct rpc_server_opts o = {.listen = "127.0.0.1:0", .lane_threads = {1, 1, 1}};
+    struct fixture *f = fixture_new(&o);
+    struct rpc_result res;
+    int64_t t0 = now_ms();
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, NEST, ECHO1, 5000, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_true(now_ms() - t0 < NEST_INNER_MS); /* the inner call did not wait it out */
+    assert_echo(resp, "echo:inner");
+    assert_int_equal(f->handled, 2); /* NEST and ECHO1 */
+    assert_string_equal(f->last_method, ECHO1);
+    fixture_free(f);
+}
+
+/* The control: the same nesting inside one lane with one thread deadlocks until the inner
+ * deadline (what lanes prevent). */
+static void test_nested_call_same_lane_waits(void **state)
+{
+    struct rpc_server_opts o = {.listen = "127.0.0.1:0", .lane_threads = {1, 1, 1}};
+    struct fixture *f = fixture_new(&o);
+    struct rpc_result res;
+    int64_t t0 = now_ms();
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, NEST, ECHO, 5000, &res);
+    int64_t took = now_ms() - t0;
+    assert_null(resp);
+    assert_int_equal(res.code, GRPC_STATUS_DEADLINE_EXCEEDED);
+    assert_true(took >= NEST_INNER_MS - 100 && took < 4000);
+    /* (the expired inner ECHO may still reach the handler once the thread is free, if the
+     * client's cancel has not arrived yet: only lane 0 being usable again is checked) */
+    /* lane 0 is free again */
+    resp = call_echo(f, ECHO, "after", 5000, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_echo(resp, "after");
+    fixture_free(f);
+}
+
+/* Each lane has its own queue limit: a full lane 0 refuses calls while lane 1 still serves,
+ * and lane 1 refuses at its own limit. */
+static void test_server_busy_per_lane(void **state)
+{
+    struct rpc_server_opts o = {.listen = "127.0.0.1:0", .lane_threads = {1, 1, 1},
+                                .max_queued_calls = 1, .lane_max_queued = {0, 2}};
+    struct fixture *f = fixture_new(&o);
+    assert_int_equal(start_async(f, BLOCK, "l0-run", 5000), EDDY_OK);
+    assert_true(wait_count(f, &f->handled, 1, 3000)); /* lane 0's only thread is busy */
+    assert_int_equal(start_async(f, BLOCK, "l0-queued", 5000), EDDY_OK);
+    struct timespec ts = {0, 100 * 1000000L};
+    nanosleep(&ts, NULL);
+    assert_int_equal(start_async(f, BLOCK, "l0-refused", 5000), EDDY_OK);
+    assert_true(wait_count(f, &f->async_done, 1, 3000));
+    assert_int_equal(f->async_res[0].code, GRPC_STATUS_RESOURCE_EXHAUSTED);
+    assert_string_equal(f->async_res[0].details, "server busy: 1 calls queued");
+
+    /* lane 1 is untouched by lane 0's backlog */
+    struct rpc_result res;
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, ECHO1, "lane1", 5000, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_echo(resp, "lane1");
+    assert_int_equal(f->handled, 2);
+
+    assert_int_equal(start_async(f, BLOCK1, "l1-run", 5000), EDDY_OK);
+    assert_true(wait_count(f, &f->handled, 3, 3000)); /* lane 1's only thread is busy */
+    assert_int_equal(start_async(f, BLOCK1, "l1-queued-a", 5000), EDDY_OK);
+    assert_int_equal(start_async(f, BLOCK1, "l1-queued-b", 5000), EDDY_OK);
+    nanosleep(&ts, NULL);
+    assert_int_equal(f->async_done, 1); /* two fit in lane 1's queue */
+    assert_int_equal(start_async(f, BLOCK1, "l1-refused", 5000), EDDY_OK);
+    assert_true(wait_count(f, &f->async_done, 2, 3000));
+    assert_int_equal(f->async_res[1].code, GRPC_STATUS_RESOURCE_EXHAUSTED);
+    assert_string_equal(f->async_res[1].details, "server busy: 2 calls queued");
+
+    release_blocked(f);
+    assert_true(wait_count(f, &f->async_done, 7, 3000));
+    for (int i = 2; i < 7; i++)
+        assert_int_equal(f->async_res[i].code, GRPC_STATUS_OK);
+    assert_int_equal(f->handled, 6); /* ECHO1 + 2 BLOCK + 3 BLOCK1 */
+    fixture_free(f);
+}
+
+/* Releases the blocked handlers once every call has closed (so queued calls are dropped,
+ * not run): shutdown joins the handler threads, which needs them to return. */
+static void *release_when_closed(void *arg)
+{
+    struct fixture *f = arg;
+    for (int i = 0; i < 1000 && rpc_server_inflight(f->s) != 0; i++) {
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    release_blocked(f);
+    return NULL;
+}
+
+static void test_shutdown_with_queued_lanes(void **state)
+{
+    struct rpc_server_opts o = {.listen = "127.0.0.1:0", .lane_threads = {1, 1, 1}};
+    struct fixture *f = fixture_new(&o);
+    const char *methods[] = {BLOCK, BLOCK1, BLOCK2};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(start_async(f, methods[i], "run", 30000), EDDY_OK);
+    assert_true(wait_count(f, &f->handled, 3, 3000)); /* every lane's thread is busy */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(start_async(f, methods[i], "queued", 30000), EDDY_OK);
+    for (int i = 0; i < 300 && rpc_server_inflight(f->s) != 6; i++) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(rpc_server_inflight(f->s), 6);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, release_when_closed, f), 0);
+    int64_t t0 = now_ms();
+    rpc_server_shutdown(f->s, 100);
+    assert_true(now_ms() - t0 < 5000);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(rpc_server_inflight(f->s), 0);
+    assert_true(wait_count(f, &f->async_done, 6, 3000));
+    for (int i = 0; i < 6; i++)
+        assert_true(f->async_res[i].code == GRPC_STATUS_UNAVAILABLE ||
+                    f->async_res[i].code == GRPC_STATUS_CANCELLED);
+    assert_int_equal(f->handled, 3); /* the queued calls were dropped, never handled */
+    fixture_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -536,6 +700,10 @@ int main(void)
         cmocka_unit_test(test_deadline_passed_in_queue),
         cmocka_unit_test(test_shutdown_with_call_in_flight),
         cmocka_unit_test(test_shutdown_idle_is_fast),
+        cmocka_unit_test(test_nested_call_other_lane),
+        cmocka_unit_test(test_nested_call_same_lane_waits),
+        cmocka_unit_test(test_server_busy_per_lane),
+        cmocka_unit_test(test_shutdown_with_queued_lanes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
