@@ -98,7 +98,7 @@ static int set_flag(const struct flag *f, const char *text, const char *origin, 
     if (f->type == FLAG_INT || f->type == FLAG_DURATION || f->type == FLAG_SIZE) {
         int64_t v = *(int64_t *)f->ptr;
         int64_t min = f->min, max = f->max;
-        if (min == 0 && max == 0)
+        if (max == 0) /* no upper bound */
             max = INT64_MAX;
         if (v < min || v > max) {
             snprintf(err, errlen, "%s: --%s=%s is out of range [%" PRId64 ", %" PRId64 "]",

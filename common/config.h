@@ -23,7 +23,7 @@ struct flag {
     enum flag_type type;
     void *ptr;
     const char *help;
-    int64_t min, max;   /* bounds for INT/DURATION/SIZE; min == max == 0 means >= 0 */
+    int64_t min, max;   /* bounds for INT/DURATION/SIZE; max == 0 means no upper bound */
 };
 
 /* Parse the environment, then argv[1..] up to the first argument that is not a flag (or

@@ -45,7 +45,7 @@ struct node_config {
     int64_t window, out_of_orderness, allowed_lateness, idle_timeout;
     int64_t state_ttl, window_retention, log_retention, dedup_window, sweep_interval;
     int64_t affinity_half_life, popularity_half_life, neighbour_half_life;
-    int64_t recent_items, max_affinities, max_cart, max_neighbours;
+    int64_t recent_items, max_affinities, max_cart, max_neighbours, max_purchased;
     int64_t cooccurrence_span, cooccurrence_items;
     double weight_popular, weight_neighbours, weight_context;
     int64_t diversity_cap, default_recommendations, max_recommendations, candidates;
@@ -71,7 +71,7 @@ static struct node_config defaults(void)
         .idle_timeout = 30000, .state_ttl = 30 * DAY, .window_retention = 7 * DAY,
         .log_retention = 7 * DAY, .dedup_window = DAY, .sweep_interval = 3600000,
         .affinity_half_life = 7 * DAY, .popularity_half_life = DAY, .neighbour_half_life = 7 * DAY,
-        .recent_items = 20, .max_affinities = 50, .max_cart = 50, .max_neighbours = 50,
+        .recent_items = 20, .max_affinities = 50, .max_cart = 50, .max_neighbours = 50, .max_purchased = 1000,
         .cooccurrence_span = 30 * 60000, .cooccurrence_items = 10, .weight_popular = 1.0,
         .weight_neighbours = 1.5, .weight_context = 2.0, .diversity_cap = 3,
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
@@ -156,6 +156,8 @@ static size_t node_flags(struct node_config *c, struct flag *out)
         F("recent-items", FLAG_INT, recent_items, "recent views/searches/purchases kept", 1, 1000),
         F("max-affinities", FLAG_INT, max_affinities, "categories/brands kept per user", 1, 10000),
         F("max-cart", FLAG_INT, max_cart, "cart entries kept per user", 1, 10000),
+        F("max-purchased", FLAG_INT, max_purchased,
+          "purchased products remembered per user, never recommended again", 1, 1000000),
         F("max-neighbours", FLAG_INT, max_neighbours, "co-occurrence neighbours per product", 1,
           10000),
         F("cooccurrence-span", FLAG_DURATION, cooccurrence_span,
@@ -250,6 +252,7 @@ static void engine_options_from(const struct node_config *c, struct engine_opts 
     a->model.recent_items = (int)c->recent_items;
     a->model.max_affinities = (int)c->max_affinities;
     a->model.max_cart = (int)c->max_cart;
+    a->model.max_purchased = (int)c->max_purchased;
     a->cooccurrence_span_ms = c->cooccurrence_span;
     a->cooccurrence_items = (int)c->cooccurrence_items;
     a->dedup_window_ms = c->dedup_window;

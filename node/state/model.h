@@ -22,6 +22,7 @@ struct model_params {
     int recent_items;             /* per recent list (20) */
     int max_affinities;           /* per category / brand list (50) */
     int max_cart;                 /* cart entries kept (50) */
+    int max_purchased;            /* purchased products remembered for exclusion (1000) */
 };
 
 /* The interest weight of an event type (view 1, click 2, add to cart 3, purchase 5,

@@ -74,7 +74,7 @@ eddy_err query_profile(struct query_ctx *q, const char *user_id,
 struct rec_work {
     struct rec_category cats[REC_MAX_CATS];
     struct rec_anchor anchors[REC_MAX_RECENT + 1 + REC_MAX_CART];
-    const char *exclude[2 * 20 + REC_MAX_CART + 64 + 1];
+    const char **exclude;         /* purchased, cart, context: never recommended */
     struct scored_product *lists; /* one block of (cats + anchors + 1) * candidates */
 };
 
@@ -102,6 +102,13 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
     engine_global(q->eng, NULL, &at, NULL);
     if ((err = load_user(q, req->user_id, &m)) != EDDY_OK)
         goto out;
+    {
+        const Eddy__V1__Context *c = req->context;
+        size_t cap = (m ? m->n_purchased + m->n_cart : 0) + (c ? c->n_shopping_cart : 0) + 1;
+        err = EDDY_ERR_NOMEM;
+        if (!(w->exclude = calloc(cap, sizeof(*w->exclude))))
+            goto out;
+    }
 
     if (m) {
         struct affinity top[REC_MAX_CATS];
@@ -125,9 +132,9 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
                 id, 1.0 / (1.0 + 0.3 * (double)in.nanchors), false, false, l, n};
             in.nanchors++;
         }
-        for (size_t i = 0; i < m->n_purchases && in.nexclude < 40; i++)
-            w->exclude[in.nexclude++] = m->purchases[i]->id;
-        for (size_t i = 0; i < m->n_cart && in.nexclude < 60; i++) {
+        for (size_t i = 0; i < m->n_purchased; i++)
+            w->exclude[in.nexclude++] = m->purchased[i]->id;
+        for (size_t i = 0; i < m->n_cart; i++) {
             if (m->cart[i]->in_cart)
                 w->exclude[in.nexclude++] = m->cart[i]->product_id;
         }
@@ -186,8 +193,10 @@ out:
     query_free_response(r ? &r->base : NULL);
     if (m)
         eddy__store__v1__user_model__free_unpacked(m, NULL);
-    if (w)
+    if (w) {
         free(w->lists);
+        free(w->exclude);
+    }
     free(w);
     free(items);
     return err;

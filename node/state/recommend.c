@@ -50,16 +50,36 @@ static struct cand *set_get(struct cand_set *s, const char *id)
     return &s->tab[i];
 }
 
-static bool excluded(const struct rec_input *in, const char *id)
+static int cmp_str(const void *a, const void *b)
 {
-    for (size_t i = 0; i < in->nexclude; i++) {
-        if (strcmp(in->exclude[i], id) == 0)
-            return true;
-    }
-    return false;
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static void contribute(struct cand_set *s, const struct rec_input *in,
+/* The exclusions, sorted once per ranking so each lookup is a binary search (a user may
+ * have purchased a thousand products). */
+struct excl {
+    const char **ids;
+    size_t n;
+};
+
+static bool excl_init(struct excl *x, const struct rec_input *in)
+{
+    x->n = in->nexclude;
+    x->ids = malloc((x->n ? x->n : 1) * sizeof(*x->ids));
+    if (!x->ids)
+        return false;
+    memcpy(x->ids, in->exclude, x->n * sizeof(*x->ids));
+    if (x->n > 1)
+        qsort(x->ids, x->n, sizeof(*x->ids), cmp_str);
+    return true;
+}
+
+static bool excluded(const struct excl *x, const char *id)
+{
+    return x->n && bsearch(&id, x->ids, x->n, sizeof(*x->ids), cmp_str) != NULL;
+}
+
+static void contribute(struct cand_set *s, const struct excl *in,
                        const struct scored_product *sp, double v, enum reason r,
                        const char *arg)
 {
@@ -145,8 +165,13 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
     for (size_t i = 0; i < in->nanchors; i++)
         expect += in->anchors[i].n;
     struct cand_set s;
-    if (max == 0 || !set_init(&s, expect))
+    struct excl ex;
+    if (max == 0 || !excl_init(&ex, in))
         return 0;
+    if (!set_init(&s, expect)) {
+        free(ex.ids);
+        return 0;
+    }
 
     double amax = 0;
     for (size_t i = 0; i < in->ncats; i++) {
@@ -157,7 +182,7 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
         const struct rec_category *c = &in->cats[i];
         double pmax = list_max(c->items, c->n);
         for (size_t j = 0; j < c->n && pmax > 0; j++)
-            contribute(&s, in, &c->items[j],
+            contribute(&s, &ex, &c->items[j],
                        p->w_popular * (c->affinity / amax) * (c->items[j].score / pmax),
                        R_POPULAR, c->category);
     }
@@ -168,7 +193,7 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
         enum reason r = a->cart ? R_CART : a->context ? R_CONTEXT : R_NEIGHBOUR;
         for (size_t j = 0; j < a->n && nmax > 0; j++) {
             if (strcmp(a->items[j].product_id, a->product_id) != 0)
-                contribute(&s, in, &a->items[j], w * (a->items[j].score / nmax), r,
+                contribute(&s, &ex, &a->items[j], w * (a->items[j].score / nmax), r,
                            a->product_id);
         }
     }
@@ -191,12 +216,13 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
     double gmax = list_max(in->global, in->nglobal);
     for (size_t i = 0; i < in->nglobal && pk.n < max && gmax > 0; i++) {
         const struct scored_product *g = &in->global[i];
-        if (excluded(in, g->product_id) || already(&pk, g->product_id) ||
+        if (excluded(&ex, g->product_id) || already(&pk, g->product_id) ||
             capped(&pk, g->category))
             continue;
         pick(&pk, g->product_id, g->category, floor * 0.5 * (g->score / gmax), R_TRENDING,
              NULL);
     }
     free(s.tab);
+    free(ex.ids);
     return pk.n;
 }

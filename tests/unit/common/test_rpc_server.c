@@ -73,6 +73,15 @@ static bool wait_count(struct fixture *f, const int *counter, int n, int64_t tim
     return ok;
 }
 
+/* *counter read under f->mu (handler threads write it). */
+static int locked_int(struct fixture *f, const int *counter)
+{
+    pthread_mutex_lock(&f->mu);
+    int v = *counter;
+    pthread_mutex_unlock(&f->mu);
+    return v;
+}
+
 static void bump(struct fixture *f, int *counter)
 {
     pthread_mutex_lock(&f->mu);
@@ -571,8 +580,10 @@ static void test_nested_call_other_lane(void **state)
     assert_int_equal(res.code, GRPC_STATUS_OK);
     assert_true(now_ms() - t0 < NEST_INNER_MS); /* the inner call did not wait it out */
     assert_echo(resp, "echo:inner");
-    assert_int_equal(f->handled, 2); /* NEST and ECHO1 */
+    assert_int_equal(locked_int(f, &f->handled), 2); /* NEST and ECHO1 */
+    pthread_mutex_lock(&f->mu);
     assert_string_equal(f->last_method, ECHO1);
+    pthread_mutex_unlock(&f->mu);
     fixture_free(f);
 }
 
@@ -620,14 +631,14 @@ static void test_server_busy_per_lane(void **state)
     Eddy__V1__GetUserProfileResponse *resp = call_echo(f, ECHO1, "lane1", 5000, &res);
     assert_int_equal(res.code, GRPC_STATUS_OK);
     assert_echo(resp, "lane1");
-    assert_int_equal(f->handled, 2);
+    assert_int_equal(locked_int(f, &f->handled), 2);
 
     assert_int_equal(start_async(f, BLOCK1, "l1-run", 5000), EDDY_OK);
     assert_true(wait_count(f, &f->handled, 3, 3000)); /* lane 1's only thread is busy */
     assert_int_equal(start_async(f, BLOCK1, "l1-queued-a", 5000), EDDY_OK);
     assert_int_equal(start_async(f, BLOCK1, "l1-queued-b", 5000), EDDY_OK);
     nanosleep(&ts, NULL);
-    assert_int_equal(f->async_done, 1); /* two fit in lane 1's queue */
+    assert_int_equal(locked_int(f, &f->async_done), 1); /* two fit in lane 1's queue */
     assert_int_equal(start_async(f, BLOCK1, "l1-refused", 5000), EDDY_OK);
     assert_true(wait_count(f, &f->async_done, 2, 3000));
     assert_int_equal(f->async_res[1].code, GRPC_STATUS_RESOURCE_EXHAUSTED);
@@ -637,7 +648,7 @@ static void test_server_busy_per_lane(void **state)
     assert_true(wait_count(f, &f->async_done, 7, 3000));
     for (int i = 2; i < 7; i++)
         assert_int_equal(f->async_res[i].code, GRPC_STATUS_OK);
-    assert_int_equal(f->handled, 6); /* ECHO1 + 2 BLOCK + 3 BLOCK1 */
+    assert_int_equal(locked_int(f, &f->handled), 6); /* ECHO1 + 2 BLOCK + 3 BLOCK1 */
     fixture_free(f);
 }
 
@@ -680,7 +691,8 @@ static void test_shutdown_with_queued_lanes(void **state)
     for (int i = 0; i < 6; i++)
         assert_true(f->async_res[i].code == GRPC_STATUS_UNAVAILABLE ||
                     f->async_res[i].code == GRPC_STATUS_CANCELLED);
-    assert_int_equal(f->handled, 3); /* the queued calls were dropped, never handled */
+    /* the queued calls were dropped, never handled */
+    assert_int_equal(locked_int(f, &f->handled), 3);
     fixture_free(f);
 }
 

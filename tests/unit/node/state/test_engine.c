@@ -22,7 +22,7 @@ static struct engine_opts opts(const char *dir)
     o.data_dir = dir;
     o.apply.partitions = 8;
     o.apply.window = (struct window_params){60000, 5000, 0, 0};
-    o.apply.model = (struct model_params){{7 * 86400000LL, 8}, 20, 50, 50};
+    o.apply.model = (struct model_params){{7 * 86400000LL, 8}, 20, 50, 50, 1000};
     o.apply.cooccurrence_span_ms = 1800000;
     o.apply.cooccurrence_items = 10;
     o.apply.dedup_window_ms = 86400000;
@@ -285,12 +285,54 @@ static void test_delete_user(void **state)
     free(dir);
 }
 
+/* Every purchased product stays excluded, not only the recent ones the profile shows. */
+static void test_purchases_never_recommended(void **state)
+{
+    enum { N = 30 };
+    char *dir = tmpdir();
+    struct engine_opts o = opts(dir);
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    Eddy__V1__Event *evs[2 * N];
+    char ids[2 * N][16], prods[N][8];
+    for (int i = 0; i < N; i++) {
+        snprintf(prods[i], sizeof(prods[i]), "p%d", i);
+        snprintf(ids[i], sizeof(ids[i]), "b%d", i);
+        evs[i] = mk(ids[i], "buyer", T0 + i * 1000, BUY, prods[i], "books");
+        /* another user makes every product popular */
+        snprintf(ids[N + i], sizeof(ids[N + i]), "v%d", i);
+        evs[N + i] = mk(ids[N + i], "fan", T0 + i * 1000, VIEW, prods[i], "books");
+    }
+    ingest(e, evs, 2 * N);
+    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL};
+    Eddy__V1__RecommendRequest rr = EDDY__V1__RECOMMEND_REQUEST__INIT;
+    rr.user_id = "buyer";
+    rr.max_recommendations = 100;
+    Eddy__V1__RecommendResponse *rec = NULL;
+    assert_int_equal(query_recommend(&q, &rr, &rec), EDDY_OK);
+    assert_int_equal(rec->n_items, 0); /* the buyer bought every product there is */
+    query_free_response(&rec->base);
+    rr.user_id = "fan"; /* viewed, not bought: all may come back */
+    assert_int_equal(query_recommend(&q, &rr, &rec), EDDY_OK);
+    assert_true(rec->n_items > 0);
+    query_free_response(&rec->base);
+    popcache_free(pc);
+    engine_close(e);
+    for (int i = 0; i < 2 * N; i++)
+        free(evs[i]);
+    rmrf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dedup_late_windows),
         cmocka_unit_test(test_two_orders_same_bytes),
         cmocka_unit_test(test_delete_user),
+        cmocka_unit_test(test_purchases_never_recommended),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
