@@ -293,6 +293,20 @@ static void hook_kick(void *ud)
         forwarder_kick(h->fwd);
 }
 
+/* Readiness follows the etcd session: without it the node must not take traffic. */
+static void on_alive(void *ud, bool alive)
+{
+    health_set(ud, "readiness", alive ? HEALTH_SERVING : HEALTH_NOT_SERVING);
+}
+
+/* The metrics address other processes scrape: the advertised host with the metrics port. */
+static void metrics_advertise(int port, const char *grpc_addr, char *out, size_t len)
+{
+    const char *colon = strrchr(grpc_addr, ':');
+    int hostlen = colon ? (int)(colon - grpc_addr) : (int)strlen(grpc_addr);
+    snprintf(out, len, "%.*s:%d", hostlen, grpc_addr, port);
+}
+
 /* --advertise-addr, or the --listen host with the bound port. */
 static void advertise(const struct node_config *c, int port, char *out, size_t len)
 {
@@ -458,8 +472,11 @@ int main(int argc, char **argv)
             snprintf(id, sizeof(id), "%s", c->node_id);
         else
             snprintf(id, sizeof(id), "%.127s", addr);
-        struct membership_opts mo = {c->etcd, c->cluster, id, roles, addr, "",
-                                     (c->lease_ttl + 999) / 1000, 5000};
+        char maddr[CLUSTER_ADDR_MAX] = "";
+        if (mh)
+            metrics_advertise(metrics_port, addr, maddr, sizeof(maddr));
+        struct membership_opts mo = {c->etcd, c->cluster, id, roles, addr, maddr,
+                                     (c->lease_ttl + 999) / 1000, 5000, on_alive, hl};
         if ((e = membership_start(&mo, c->join_timeout, &mem, err, sizeof(err))) != EDDY_OK) {
             log_error("msg=\"cannot join the cluster\" error=\"%s\"", err);
             rpc_server_shutdown(srv, 0);
@@ -487,7 +504,9 @@ int main(int argc, char **argv)
     }
     health_set(hl, "", HEALTH_SERVING);
     health_set(hl, "liveness", HEALTH_SERVING);
-    health_set(hl, "readiness", HEALTH_SERVING);
+    /* in a cluster, readiness follows the etcd session (on_alive) */
+    health_set(hl, "readiness",
+               !clustered || membership_alive(mem) ? HEALTH_SERVING : HEALTH_NOT_SERVING);
     health_set(hl, "eddy.v1.Eddy", HEALTH_SERVING);
     log_info("msg=\"eddy-node ready\" mode=%s listen=%s port=%d data_dir=%s partitions=%" PRId64,
              clustered ? "cluster" : "dev", c->listen, port, c->data_dir, c->partitions);

@@ -189,6 +189,7 @@ static eddy_err register_self(membership *m)
 static void *maint_main(void *arg)
 {
     membership *m = arg;
+    bool was_alive = false;
     pthread_mutex_lock(&m->cmu);
     while (!m->stopping) {
         struct timespec dl;
@@ -203,10 +204,15 @@ static void *maint_main(void *arg)
             break;
         pthread_mutex_unlock(&m->cmu);
         if (!membership_alive(m)) {
-            log_warn("msg=\"etcd session lost: not acknowledging writes; registering again\"");
+            if (was_alive)
+                log_warn("msg=\"etcd session lost: not acknowledging writes; registering again\"");
             if (register_self(m) == EDDY_OK)
                 bump(m);
         }
+        bool alive = membership_alive(m);
+        if (alive != was_alive && m->o.on_alive)
+            m->o.on_alive(m->o.alive_ud, alive);
+        was_alive = alive;
         pthread_mutex_lock(&m->cmu);
     }
     pthread_mutex_unlock(&m->cmu);

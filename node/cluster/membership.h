@@ -30,6 +30,11 @@ struct membership_opts {
     const char *metrics_addr;
     int64_t lease_ttl_s;
     int64_t etcd_timeout_ms;
+    /* Called on the maintenance thread when membership_alive() changes (NULL: none);
+     * first with true once registered. For readiness: a node without a live session must
+     * not receive traffic. */
+    void (*on_alive)(void *ud, bool alive);
+    void *alive_ud;
 };
 
 /* Connect, wait for the cluster config (created by the coordinator), register and start

@@ -218,9 +218,20 @@ class FencingTest(ClusterTestCase):
         with self.assertRaises(grpc.RpcError) as cm:
             front.ingest([e3], timeout=30)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE, cm.exception.details())
+        # and it says so: readiness NOT_SERVING (liveness stays SERVING: restarting won't help)
+        h = L.health_pb()
+
+        def status(service):
+            return s2.health.Check(h.HealthCheckRequest(service=service), timeout=5).status
+
+        poll_until(lambda: status("readiness") == h.HealthCheckResponse.NOT_SERVING, 5,
+                   what="s2 readiness NOT_SERVING without its etcd session")
+        self.assertEqual(status("liveness"), h.HealthCheckResponse.SERVING)
 
         # etcd back on the same data dir and ports: s2 registers again and acknowledges
         cl.etcd.start()
+        poll_until(lambda: status("readiness") == h.HealthCheckResponse.SERVING, 20,
+                   what="s2 ready again once registered")
 
         def acked():
             m = cl.assignment()
