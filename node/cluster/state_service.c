@@ -25,6 +25,7 @@ struct pending_apply {
     Eddy__State__V1__ApplyResponse resp;
     Eddy__State__V1__PartitionResult *results;  /* [n] */
     Eddy__State__V1__PartitionResult **rp;      /* [n] */
+    char (*hints)[CLUSTER_ID_MAX];              /* [n] owner hints of NOT_OWNER results */
 };
 
 static void pending_finish(struct pending_apply *pa)
@@ -33,6 +34,7 @@ static void pending_finish(struct pending_apply *pa)
     pthread_mutex_destroy(&pa->mu);
     free(pa->results);
     free(pa->rp);
+    free(pa->hints);
     free(pa);
 }
 
@@ -75,9 +77,11 @@ static void handle_apply(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     size_t n = req->n_partitions;
     struct pending_apply *pa = calloc(1, sizeof(*pa));
     if (!pa || !(pa->results = calloc(n ? n : 1, sizeof(*pa->results))) ||
-        !(pa->rp = calloc(n ? n : 1, sizeof(*pa->rp)))) {
+        !(pa->rp = calloc(n ? n : 1, sizeof(*pa->rp))) ||
+        !(pa->hints = calloc(n ? n : 1, sizeof(*pa->hints)))) {
         if (pa) {
             free(pa->results);
+            free(pa->rp);
             free(pa);
         }
         rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -107,6 +111,12 @@ static void handle_apply(void *ud, rpc_call *c, const ProtobufCMessage *msg)
             !membership_owns(svc->mem, pe->partition, &epoch) || epoch != pe->epoch) {
             r->code = GRPC_STATUS_FAILED_PRECONDITION;
             r->message = "not owner of the partition at this epoch";
+            char addr[CLUSTER_ADDR_MAX];
+            uint64_t cur;
+            if (pe->partition < membership_partitions(svc->mem)) {
+                membership_owner(svc->mem, pe->partition, pa->hints[i], &cur, addr);
+                r->owner_hint = pa->hints[i]; /* who owns it, as far as this node knows */
+            }
             one_done(pa);
             continue;
         }

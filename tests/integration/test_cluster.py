@@ -178,9 +178,11 @@ class FencingTest(ClusterTestCase):
         r = s2.apply(p, 1, [e1])
         self.assertEqual(r.code, 9, r)
         self.assertEqual(r.accepted, 0, r)
+        self.assertEqual(r.owner_hint, "s2", r)
         for epoch in (1, 2):
             r = s1.apply(p, epoch, [e1])
             self.assertEqual(r.code, 9, f"old owner, epoch {epoch}: {r}")
+            self.assertEqual(r.owner_hint, "s2", "the old owner points at the new one")
         # an event of a user from another partition, under an epoch this node does own:
         # refused as a whole (INVALID_ARGUMENT), not filed unfenced under its own partition
         other = next(q for q in range(P) if m2["owners"][q] == "s1")
