@@ -68,7 +68,8 @@ static bool excl_init(struct excl *x, const struct rec_input *in)
     x->ids = malloc((x->n ? x->n : 1) * sizeof(*x->ids));
     if (!x->ids)
         return false;
-    memcpy(x->ids, in->exclude, x->n * sizeof(*x->ids));
+    if (x->n)
+        memcpy(x->ids, in->exclude, x->n * sizeof(*x->ids));
     if (x->n > 1)
         qsort(x->ids, x->n, sizeof(*x->ids), cmp_str);
     return true;
