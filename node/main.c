@@ -71,7 +71,7 @@ static struct node_config defaults(void)
         .idle_timeout = 30000, .state_ttl = 30 * DAY, .window_retention = 7 * DAY,
         .log_retention = 7 * DAY, .dedup_window = DAY, .sweep_interval = 3600000,
         .affinity_half_life = 7 * DAY, .popularity_half_life = DAY, .neighbour_half_life = 7 * DAY,
-        .recent_items = 20, .max_affinities = 50, .max_cart = 50, .max_neighbours = 50, .max_purchased = 1000,
+        .recent_items = 20, .max_affinities = 50, .max_cart = 50, .max_neighbours = 50, .max_purchased = 10000,
         .cooccurrence_span = 30 * 60000, .cooccurrence_items = 10, .weight_popular = 1.0,
         .weight_neighbours = 1.5, .weight_context = 2.0, .diversity_cap = 3,
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
@@ -157,7 +157,8 @@ static size_t node_flags(struct node_config *c, struct flag *out)
         F("max-affinities", FLAG_INT, max_affinities, "categories/brands kept per user", 1, 10000),
         F("max-cart", FLAG_INT, max_cart, "cart entries kept per user", 1, 10000),
         F("max-purchased", FLAG_INT, max_purchased,
-          "purchased products remembered per user, never recommended again", 1, 1000000),
+          "purchased products a Recommend reads to exclude them (a user's first N by id)", 1,
+          10000000),
         F("max-neighbours", FLAG_INT, max_neighbours, "co-occurrence neighbours per product", 1,
           10000),
         F("cooccurrence-span", FLAG_DURATION, cooccurrence_span,
@@ -252,7 +253,6 @@ static void engine_options_from(const struct node_config *c, struct engine_opts 
     a->model.recent_items = (int)c->recent_items;
     a->model.max_affinities = (int)c->max_affinities;
     a->model.max_cart = (int)c->max_cart;
-    a->model.max_purchased = (int)c->max_purchased;
     a->cooccurrence_span_ms = c->cooccurrence_span;
     a->cooccurrence_items = (int)c->cooccurrence_items;
     a->dedup_window_ms = c->dedup_window;
@@ -416,13 +416,15 @@ int main(int argc, char **argv)
             ss.eng = eng;
             ss.local = pop;
             ss.q = (struct query_ctx){eng, pop_cluster, (int)c->default_recommendations,
-                                      (int)c->max_recommendations, state_service_owns, NULL};
+                                      (int)c->max_recommendations, state_service_owns, NULL,
+                                      (size_t)c->max_purchased};
         }
     }
     struct ingest_service svc = {
         .eng = eng,
         .router = clustered ? &router : NULL,
-        .q = {eng, pop, (int)c->default_recommendations, (int)c->max_recommendations, NULL, NULL},
+        .q = {eng, pop, (int)c->default_recommendations, (int)c->max_recommendations, NULL, NULL,
+              (size_t)c->max_purchased},
         .lim = {c->max_id_bytes, c->max_name_bytes, c->max_query_bytes, c->max_metadata_entries,
                 c->max_metadata_bytes, c->max_future_skew, c->max_event_age},
         .max_batch = c->max_batch,

@@ -44,8 +44,8 @@ struct gen_event {
     char user_id[32];
     char session_id[40];
     char product_id[24];
-    char category[16];
-    char brand[16];
+    char category[24];
+    char brand[24];
     char query[32];
 };
 

@@ -256,6 +256,30 @@ static eddy_err sweep_table_by_cut(store_txn *t, uint32_t p, enum store_table ta
     return err;
 }
 
+/* Expired user models go, with the purchases remembered for them. */
+static eddy_err sweep_users(store_txn *t, uint32_t p, int64_t cutoff)
+{
+    struct store_key start, end;
+    struct win_cut c = {{0}, cutoff};
+    key_init(&start, p, T_USER);
+    key_prefix_end(&start, &end);
+    eddy_err err = store_txn_scan(t, &start, &end, collect_expired_users, &c);
+    if (err == EDDY_OK)
+        err = c.l.err;
+    for (size_t i = 0; i < c.l.n && err == EDDY_OK; i++) {
+        struct store_key b, bend;
+        key_init(&b, p, T_BOUGHT);
+        key_u16(&b, (uint16_t)(c.l.keys[i].len - 3));
+        key_bytes(&b, (const char *)c.l.keys[i].buf + 3, c.l.keys[i].len - 3);
+        key_prefix_end(&b, &bend);
+        err = store_txn_del_range(t, &b, &bend, NULL);
+    }
+    if (err == EDDY_OK)
+        err = del_all(t, &c.l);
+    kv_release(&c.l);
+    return err;
+}
+
 static eddy_err sweep_time_range(store_txn *t, uint32_t p, enum store_table table, int64_t cutoff)
 {
     struct store_key start, end;
@@ -332,7 +356,7 @@ static eddy_err sweep(store_txn *t, const struct apply_params *ap, uint32_t p,
             err = sweep_table_by_cut(t, p, T_USER_WIN, collect_old_user_windows, cut);
     }
     if (err == EDDY_OK && ap->state_ttl_ms > 0)
-        err = sweep_table_by_cut(t, p, T_USER, collect_expired_users, wm - ap->state_ttl_ms);
+        err = sweep_users(t, p, wm - ap->state_ttl_ms);
     if (err == EDDY_OK && ap->log_retention_ms > 0)
         err = sweep_log(t, p, m, wm - ap->log_retention_ms);
     m->swept_until = wm;
@@ -433,6 +457,13 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
             return err;
     }
 
+    if (ev->event_type == EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE) {
+        key_init(&k, p, T_BOUGHT);
+        key_lstr(&k, ev->user_id);
+        key_str(&k, ev->product_id);
+        if ((err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
+            return err;
+    }
     if ((err = load_model(t, ap, p, m, ev->user_id, &um, &k)) != EDDY_OK)
         goto out;
     if ((err = emit_stage2(ap, p, seq, ev, late, um, emit, emit_ud)) != EDDY_OK)
@@ -563,6 +594,12 @@ eddy_err apply_delete_user(store_txn *t, uint32_t p, const char *user_id, bool *
     key_lstr(&k, user_id);
     key_prefix_end(&k, &end);
     if ((err = store_txn_del_range(t, &k, &end, windows_deleted)) != EDDY_OK)
+        return err;
+
+    key_init(&k, p, T_BOUGHT);
+    key_lstr(&k, user_id);
+    key_prefix_end(&k, &end);
+    if ((err = store_txn_del_range(t, &k, &end, NULL)) != EDDY_OK)
         return err;
 
     key_init(&k, p, T_USER_LOG);

@@ -248,9 +248,6 @@ eddy_err model_apply(Eddy__Store__V1__UserModel *m, const struct model_params *p
         err = recent_add(&m->purchases, &m->n_purchases, p->recent_items, ev->product_id,
                          ev->category, ts, ev->event_id);
         if (err == EDDY_OK)
-            err = recent_add(&m->purchased, &m->n_purchased, p->max_purchased, ev->product_id,
-                             ev->category, ts, ev->event_id);
-        if (err == EDDY_OK)
             err = cart_set(m, p->max_cart, ev, false);
         break;
     default:
@@ -268,15 +265,6 @@ bool model_in_cart(const Eddy__Store__V1__UserModel *m, const char *product_id)
 {
     for (size_t i = 0; i < m->n_cart; i++) {
         if (m->cart[i]->in_cart && strcmp(m->cart[i]->product_id, product_id) == 0)
-            return true;
-    }
-    return false;
-}
-
-bool model_purchased(const Eddy__Store__V1__UserModel *m, const char *product_id)
-{
-    for (size_t i = 0; i < m->n_purchased; i++) {
-        if (strcmp(m->purchased[i]->id, product_id) == 0)
             return true;
     }
     return false;

@@ -22,7 +22,6 @@ struct model_params {
     int recent_items;             /* per recent list (20) */
     int max_affinities;           /* per category / brand list (50) */
     int max_cart;                 /* cart entries kept (50) */
-    int max_purchased;            /* purchased products remembered for exclusion (1000) */
 };
 
 /* The interest weight of an event type (view 1, click 2, add to cart 3, purchase 5,
@@ -33,9 +32,8 @@ double model_event_weight(Eddy__V1__EventType type);
 eddy_err model_apply(Eddy__Store__V1__UserModel *m, const struct model_params *p,
                      const Eddy__V1__Event *ev);
 
-/* Whether 'product_id' is in the user's cart / was purchased (recent purchases). */
+/* Whether 'product_id' is in the user's cart. */
 bool model_in_cart(const Eddy__Store__V1__UserModel *m, const char *product_id);
-bool model_purchased(const Eddy__Store__V1__UserModel *m, const char *product_id);
 
 /* Build the public profile. Caller owns *out: free with model_profile_free. */
 eddy_err model_to_profile(const Eddy__Store__V1__UserModel *m, const struct model_params *p,

@@ -78,6 +78,59 @@ struct rec_work {
     struct scored_product *lists; /* one block of (cats + anchors + 1) * candidates */
 };
 
+/* The products the user purchased (BOUGHT table), never recommended again. */
+struct bought {
+    char **ids;
+    size_t n, cap, max;
+    eddy_err err;
+};
+
+static int collect_bought(void *ud, const unsigned char *k, size_t klen, const char *v,
+                          size_t vlen)
+{
+    struct bought *b = ud;
+    size_t off = 3 + 2 + (((size_t)k[3] << 8) | k[4]); /* p T len user */
+    if (off > klen)
+        return 0;
+    if (b->n == b->max)
+        return 1;
+    if (b->n == b->cap) {
+        size_t ncap = b->cap ? b->cap * 2 : 64;
+        char **nids = realloc(b->ids, ncap * sizeof(*nids));
+        if (!nids) {
+            b->err = EDDY_ERR_NOMEM;
+            return 1;
+        }
+        b->ids = nids;
+        b->cap = ncap;
+    }
+    if (!(b->ids[b->n] = strndup((const char *)k + off, klen - off))) {
+        b->err = EDDY_ERR_NOMEM;
+        return 1;
+    }
+    b->n++;
+    return 0;
+}
+
+static eddy_err load_bought(struct query_ctx *q, const char *user_id, struct bought *b)
+{
+    const struct engine_opts *o = engine_options(q->eng);
+    struct store_key start, end;
+    key_init(&start, partition_of_user(user_id, o->apply.partitions), T_BOUGHT);
+    key_lstr(&start, user_id);
+    key_prefix_end(&start, &end);
+    b->max = q->max_purchased ? q->max_purchased : 10000;
+    eddy_err err = store_scan(engine_store(q->eng), &start, &end, collect_bought, b);
+    return err != EDDY_OK ? err : b->err;
+}
+
+static void bought_release(struct bought *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        free(b->ids[i]);
+    free(b->ids);
+}
+
 eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *req,
                          Eddy__V1__RecommendResponse **out)
 {
@@ -93,6 +146,7 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
     Eddy__Store__V1__UserModel *m = NULL;
     Eddy__V1__RecommendResponse *r = NULL;
     struct rec_input in = {0};
+    struct bought bought = {0};
     size_t used = 0, n;
     eddy_err err = EDDY_ERR_NOMEM;
     int64_t at;
@@ -102,9 +156,11 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
     engine_global(q->eng, NULL, &at, NULL);
     if ((err = load_user(q, req->user_id, &m)) != EDDY_OK)
         goto out;
+    if (m && (err = load_bought(q, req->user_id, &bought)) != EDDY_OK)
+        goto out;
     {
         const Eddy__V1__Context *c = req->context;
-        size_t cap = (m ? m->n_purchased + m->n_cart : 0) + (c ? c->n_shopping_cart : 0) + 1;
+        size_t cap = bought.n + (m ? m->n_cart : 0) + (c ? c->n_shopping_cart : 0) + 1;
         err = EDDY_ERR_NOMEM;
         if (!(w->exclude = calloc(cap, sizeof(*w->exclude))))
             goto out;
@@ -132,8 +188,8 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
                 id, 1.0 / (1.0 + 0.3 * (double)in.nanchors), false, false, l, n};
             in.nanchors++;
         }
-        for (size_t i = 0; i < m->n_purchased; i++)
-            w->exclude[in.nexclude++] = m->purchased[i]->id;
+        for (size_t i = 0; i < bought.n; i++)
+            w->exclude[in.nexclude++] = bought.ids[i];
         for (size_t i = 0; i < m->n_cart; i++) {
             if (m->cart[i]->in_cart)
                 w->exclude[in.nexclude++] = m->cart[i]->product_id;
@@ -198,6 +254,7 @@ out:
         free(w->exclude);
     }
     free(w);
+    bought_release(&bought);
     free(items);
     return err;
 }

@@ -19,6 +19,7 @@ struct query_ctx {
     /* Global queries cover the partitions for which owns() is true (NULL: all, --dev). */
     bool (*owns)(void *ud, uint32_t partition);
     void *owns_ud;
+    size_t max_purchased;        /* purchases read per Recommend for exclusion (0: 10000) */
 };
 
 /* EDDY_ERR_NOT_FOUND if the user has no (unexpired) model. */

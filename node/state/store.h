@@ -16,6 +16,7 @@
  *   LATE      p T seq:u64                  -> ""      (late events, for inspection)
  *   S2_HW     p T source_partition:u16     -> seq:u64 (stage-2 exactly-once high-water)
  *   OUTBOX    p T seq:u64                  -> Stage2Batch (cluster: not yet forwarded)
+ *   BOUGHT    p T len:u16 user_id product_id -> ""    (every purchase: never recommended)
  *   META      p T                          -> PartitionMeta
  *
  * i64 values are stored with the sign bit flipped, big-endian, so they sort numerically.
@@ -46,6 +47,7 @@ enum store_table {
     T_LATE = 11,
     T_S2_HW = 12,
     T_OUTBOX = 13,
+    T_BOUGHT = 14,
     T_META = 15,
 };
 

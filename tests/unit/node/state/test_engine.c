@@ -22,7 +22,7 @@ static struct engine_opts opts(const char *dir)
     o.data_dir = dir;
     o.apply.partitions = 8;
     o.apply.window = (struct window_params){60000, 5000, 0, 0};
-    o.apply.model = (struct model_params){{7 * 86400000LL, 8}, 20, 50, 50, 1000};
+    o.apply.model = (struct model_params){{7 * 86400000LL, 8}, 20, 50, 50};
     o.apply.cooccurrence_span_ms = 1800000;
     o.apply.cooccurrence_items = 10;
     o.apply.dedup_window_ms = 86400000;
@@ -117,7 +117,7 @@ static void test_dedup_late_windows(void **state)
     assert_int_equal(d.r.late, 1);
 
     popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    struct query_ctx q = {e, pc, 10, 100, NULL, NULL};
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0};
     Eddy__V1__EventCountsRequest cr = EDDY__V1__EVENT_COUNTS_REQUEST__INIT;
     cr.user_id = "u1";
     Eddy__V1__EventCountsResponse *c = NULL;
@@ -261,9 +261,16 @@ static void test_delete_user(void **state)
     char err[256];
     assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
     Eddy__V1__Event *a[] = {mk("d1", "gone", T0 + 1000, VIEW, "p1", "books"),
-                            mk("d2", "gone", T0 + 61000, VIEW, "p2", "books"),
-                            mk("d3", "stays", T0 + 2000, VIEW, "p1", "books")};
+                            mk("d2", "gone", T0 + 61000, BUY, "p2", "books"),
+                            mk("d3", "stays", T0 + 2000, BUY, "p1", "books")};
     ingest(e, a, 3);
+    char *bought = NULL;
+    size_t blen = 0;
+    FILE *f = open_memstream(&bought, &blen);
+    assert_int_equal(store_dump(engine_store(e), 1u << T_BOUGHT, f), EDDY_OK);
+    fclose(f);
+    assert_non_null(strstr(bought, "676f6e65")); /* "gone" bought p2 */
+    free(bought);
     struct del d = {0};
     assert_int_equal(engine_delete_user(e, "gone", on_delete, &d), EDDY_OK);
     engine_flush(e);
@@ -272,9 +279,15 @@ static void test_delete_user(void **state)
     assert_int_equal(d.windows, 2);
     assert_int_equal(d.log, 2);
     popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    struct query_ctx q = {e, pc, 10, 100, NULL, NULL};
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0};
     Eddy__V1__GetUserProfileResponse *pr = NULL;
     assert_int_equal(query_profile(&q, "gone", &pr), EDDY_ERR_NOT_FOUND);
+    f = open_memstream(&bought, &blen);
+    assert_int_equal(store_dump(engine_store(e), 1u << T_BOUGHT, f), EDDY_OK);
+    fclose(f);
+    assert_null(strstr(bought, "676f6e65"));      /* its purchases are forgotten too */
+    assert_non_null(strstr(bought, "7374617973")); /* "stays" keeps its own */
+    free(bought);
     assert_int_equal(query_profile(&q, "stays", &pr), EDDY_OK);
     query_free_response(&pr->base);
     popcache_free(pc);
@@ -306,7 +319,7 @@ static void test_purchases_never_recommended(void **state)
     }
     ingest(e, evs, 2 * N);
     popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    struct query_ctx q = {e, pc, 10, 100, NULL, NULL};
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0};
     Eddy__V1__RecommendRequest rr = EDDY__V1__RECOMMEND_REQUEST__INIT;
     rr.user_id = "buyer";
     rr.max_recommendations = 100;
