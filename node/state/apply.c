@@ -383,27 +383,27 @@ static eddy_err advance(store_txn *t, const struct apply_params *ap, uint32_t p,
 
 /* ---- apply --------------------------------------------------------------------------- */
 
+/* The user's model as an object of the txn (borrowed until commit), created if absent or
+ * expired. */
 static eddy_err load_model(store_txn *t, const struct apply_params *ap, uint32_t p,
                            const struct part_meta *m, const char *user_id,
                            Eddy__Store__V1__UserModel **um, struct store_key *k)
 {
     key_init(k, p, T_USER);
     key_str(k, user_id);
-    eddy_err err = store_txn_get_msg(t, k, &eddy__store__v1__user_model__descriptor,
+    eddy_err err = store_txn_obj_get(t, k, &eddy__store__v1__user_model__descriptor,
                                      (ProtobufCMessage **)um);
     if (err != EDDY_OK)
         return err;
-    if (*um && ap->state_ttl_ms > 0 && m->watermark != WATERMARK_NONE &&
-        (*um)->last_ts < m->watermark - ap->state_ttl_ms) {
-        /* expired but not yet swept: start afresh, as if the sweep had run */
-        eddy__store__v1__user_model__free_unpacked(*um, NULL);
-        *um = NULL;
-    }
-    if (!*um) {
+    /* expired but not yet swept: start afresh, as if the sweep had run */
+    bool expired = *um && ap->state_ttl_ms > 0 && m->watermark != WATERMARK_NONE &&
+                   (*um)->last_ts < m->watermark - ap->state_ttl_ms;
+    if (!*um || expired) {
         *um = malloc(sizeof(**um));
         if (!*um)
             return EDDY_ERR_NOMEM;
         eddy__store__v1__user_model__init(*um);
+        return store_txn_obj_set(t, k, &(*um)->base);
     }
     return EDDY_OK;
 }
@@ -470,7 +470,7 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
         goto out;
     if ((err = model_apply(um, &ap->model, ev)) != EDDY_OK)
         goto out;
-    if ((err = store_txn_put_msg(t, &k, &um->base)) != EDDY_OK)
+    if ((err = store_txn_obj_set(t, &k, &um->base)) != EDDY_OK)
         goto out;
 
     m->watermark = window_advance(&ap->window, m->watermark, &m->max_ts, ts);
@@ -479,9 +479,7 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
     err = advance(t, ap, p, m);
     *outcome = late ? APPLY_LATE : APPLY_ACCEPTED;
 out:
-    if (um)
-        eddy__store__v1__user_model__free_unpacked(um, NULL);
-    return err;
+    return err; /* the model belongs to the txn */
 }
 
 eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,

@@ -2,6 +2,7 @@
 #include "node/state/counts.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "node/state/pbutil.h"
 
@@ -40,24 +41,22 @@ eddy_err counts_bump(store_txn *t, const struct store_key *key, Eddy__V1__EventT
                      const char *category)
 {
     Eddy__Store__V1__Counts *c = NULL;
-    eddy_err err = store_txn_get_msg(t, key, &eddy__store__v1__counts__descriptor,
+    eddy_err err = store_txn_obj_get(t, key, &eddy__store__v1__counts__descriptor,
                                      (ProtobufCMessage **)&c);
     if (err != EDDY_OK)
         return err;
-    Eddy__Store__V1__Counts fresh = EDDY__STORE__V1__COUNTS__INIT;
-    Eddy__Store__V1__Counts *w = c ? c : &fresh;
-    uint64_t *slot = counts_slot(w, type);
+    if (!c) {
+        if (!(c = malloc(sizeof(*c))))
+            return EDDY_ERR_NOMEM;
+        eddy__store__v1__counts__init(c);
+    }
+    uint64_t *slot = counts_slot(c, type);
     if (slot)
         (*slot)++;
-    if (!pb_empty(category))
-        err = pb_set_str(&w->category, category);
-    if (err == EDDY_OK)
-        err = store_txn_put_msg(t, key, &w->base);
-    if (w == &fresh)
-        pb_clear_str(&fresh.category);
-    if (c)
-        protobuf_c_message_free_unpacked(&c->base, NULL);
-    return err;
+    if (!pb_empty(category) && strcmp(c->category, category) != 0)
+        err = pb_set_str(&c->category, category);
+    eddy_err serr = store_txn_obj_set(t, key, &c->base); /* the txn owns it either way */
+    return err != EDDY_OK ? err : serr;
 }
 
 Eddy__V1__TypeCounts *counts_to_public(const Eddy__Store__V1__Counts *c)

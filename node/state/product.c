@@ -39,12 +39,13 @@ static eddy_err claim(store_txn *t, uint32_t q, uint32_t src, uint64_t seq, bool
     return store_txn_put(t, &k, val.buf, val.len);
 }
 
+/* The product's state as an object of the txn (borrowed until commit), created if absent. */
 static eddy_err load_product(store_txn *t, uint32_t q, const char *id,
                              Eddy__Store__V1__ProductState **ps, struct store_key *k)
 {
     key_init(k, q, T_PRODUCT);
     key_str(k, id);
-    eddy_err err = store_txn_get_msg(t, k, &eddy__store__v1__product_state__descriptor,
+    eddy_err err = store_txn_obj_get(t, k, &eddy__store__v1__product_state__descriptor,
                                      (ProtobufCMessage **)ps);
     if (err != EDDY_OK || *ps)
         return err;
@@ -52,7 +53,7 @@ static eddy_err load_product(store_txn *t, uint32_t q, const char *id,
     if (!*ps)
         return EDDY_ERR_NOMEM;
     eddy__store__v1__product_state__init(*ps);
-    return EDDY_OK;
+    return store_txn_obj_set(t, k, &(*ps)->base);
 }
 
 static eddy_err count_window(store_txn *t, uint32_t q, const Eddy__Store__V1__ProductUpdate *u)
@@ -106,14 +107,12 @@ static eddy_err apply_update(store_txn *t, const struct product_params *p, uint3
         if ((err = pb_set_str(&ps->category_indexed, ps->category)) != EDDY_OK)
             goto out;
     }
-    if ((err = store_txn_put_msg(t, &k, &ps->base)) != EDDY_OK)
+    if ((err = store_txn_obj_set(t, &k, &ps->base)) != EDDY_OK)
         goto out;
     if (!u->late)
         err = count_window(t, q, u);
 out:
-    if (ps)
-        protobuf_c_message_free_unpacked(&ps->base, NULL);
-    return err;
+    return err; /* the state belongs to the txn */
 }
 
 static eddy_err add_neighbour(Eddy__Store__V1__ProductState *ps, const struct product_params *p,
@@ -184,9 +183,7 @@ static eddy_err apply_pair(store_txn *t, const struct product_params *p, uint32_
     if (err == EDDY_OK)
         err = add_neighbour(ps, p, c);
     if (err == EDDY_OK)
-        err = store_txn_put_msg(t, &k, &ps->base);
-    if (ps)
-        protobuf_c_message_free_unpacked(&ps->base, NULL);
+        err = store_txn_obj_set(t, &k, &ps->base);
     return err;
 }
 

@@ -234,10 +234,11 @@ static bool key_before_end(const char *k, size_t klen, const struct store_key *e
     return c < 0 || (c == 0 && klen < end->len);
 }
 
-eddy_err store_scan(store *s, const struct store_key *start, const struct store_key *end,
-                    store_scan_fn *fn, void *ud)
+static eddy_err scan_with(leveldb_t *db, const leveldb_readoptions_t *ropts,
+                          const struct store_key *start, const struct store_key *end,
+                          store_scan_fn *fn, void *ud)
 {
-    leveldb_iterator_t *it = leveldb_create_iterator(s->db, s->ropts);
+    leveldb_iterator_t *it = leveldb_create_iterator(db, ropts);
     leveldb_iter_seek(it, (const char *)start->buf, start->len);
     for (; leveldb_iter_valid(it); leveldb_iter_next(it)) {
         size_t klen, vlen;
@@ -252,6 +253,12 @@ eddy_err store_scan(store *s, const struct store_key *start, const struct store_
     leveldb_iter_get_error(it, &lerr);
     leveldb_iter_destroy(it);
     return take_err(lerr, NULL, 0);
+}
+
+eddy_err store_scan(store *s, const struct store_key *start, const struct store_key *end,
+                    store_scan_fn *fn, void *ud)
+{
+    return scan_with(s->db, s->ropts, start, end, fn, ud);
 }
 
 eddy_err store_delete(store *s, const struct store_key *key)
@@ -294,15 +301,183 @@ eddy_err store_dump(store *s, uint32_t tables, void *out_file)
     return take_err(lerr, NULL, 0);
 }
 
+/* ---- snapshots ----------------------------------------------------------------------- */
+
+struct store_snapshot {
+    store *s;
+    const leveldb_snapshot_t *snap;
+    leveldb_readoptions_t *ropts;
+};
+
+store_snapshot *store_snapshot_new(store *s)
+{
+    store_snapshot *sn = calloc(1, sizeof(*sn));
+    if (!sn)
+        return NULL;
+    sn->s = s;
+    sn->snap = leveldb_create_snapshot(s->db);
+    sn->ropts = leveldb_readoptions_create();
+    leveldb_readoptions_set_snapshot(sn->ropts, sn->snap);
+    leveldb_readoptions_set_verify_checksums(sn->ropts, 1);
+    leveldb_readoptions_set_fill_cache(sn->ropts, 0);
+    return sn;
+}
+
+void store_snapshot_free(store_snapshot *sn)
+{
+    if (!sn)
+        return;
+    if (sn->ropts)
+        leveldb_readoptions_destroy(sn->ropts);
+    if (sn->snap)
+        leveldb_release_snapshot(sn->s->db, sn->snap);
+    free(sn);
+}
+
+eddy_err store_snapshot_get_msg(store_snapshot *sn, const struct store_key *key,
+                                const ProtobufCMessageDescriptor *desc, ProtobufCMessage **msg)
+{
+    char *lerr = NULL;
+    size_t vlen = 0;
+    *msg = NULL;
+    char *val = leveldb_get(sn->s->db, sn->ropts, (const char *)key->buf, key->len, &vlen, &lerr);
+    eddy_err e = take_err(lerr, NULL, 0);
+    if (e == EDDY_OK && val)
+        e = decode(desc, val, vlen, msg);
+    leveldb_free(val);
+    return e;
+}
+
+eddy_err store_snapshot_scan(store_snapshot *sn, const struct store_key *start,
+                             const struct store_key *end, store_scan_fn *fn, void *ud)
+{
+    return scan_with(sn->s->db, sn->ropts, start, end, fn, ud);
+}
+
+/* ---- replacing a key range ------------------------------------------------------------ */
+
+struct store_batch {
+    leveldb_writebatch_t *wb;
+    size_t n;
+    struct store_key lo, hi; /* smallest and largest key put (valid when n > 0) */
+};
+
+store_batch *store_batch_new(void)
+{
+    store_batch *b = calloc(1, sizeof(*b));
+    if (!b)
+        return NULL;
+    b->wb = leveldb_writebatch_create();
+    return b;
+}
+
+void store_batch_free(store_batch *b)
+{
+    if (!b)
+        return;
+    if (b->wb)
+        leveldb_writebatch_destroy(b->wb);
+    free(b);
+}
+
+static int cmp_raw(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen);
+
+eddy_err store_batch_put(store_batch *b, const void *key, size_t klen, const void *val,
+                         size_t vlen)
+{
+    if (klen == 0 || klen > STORE_KEY_MAX)
+        return EDDY_ERR_INVALID;
+    leveldb_writebatch_put(b->wb, key, klen, val, vlen);
+    if (b->n == 0 || cmp_raw(key, klen, b->lo.buf, b->lo.len) < 0) {
+        memcpy(b->lo.buf, key, klen);
+        b->lo.len = klen;
+    }
+    if (b->n == 0 || cmp_raw(key, klen, b->hi.buf, b->hi.len) > 0) {
+        memcpy(b->hi.buf, key, klen);
+        b->hi.len = klen;
+    }
+    b->n++;
+    return EDDY_OK;
+}
+
+size_t store_batch_count(const store_batch *b)
+{
+    return b->n;
+}
+
+eddy_err store_replace_range(store *s, const struct store_key *start, const struct store_key *end,
+                             const store_batch *b, uint64_t *deleted)
+{
+    if (deleted)
+        *deleted = 0;
+    if (b->n > 0 && (cmp_raw(b->lo.buf, b->lo.len, start->buf, start->len) < 0 ||
+                     !key_before_end((const char *)b->hi.buf, b->hi.len, end))) {
+        log_error("msg=\"replace range: a put lies outside the range\"");
+        return EDDY_ERR_INVALID;
+    }
+    /* Deletes first, puts after: within one batch the later operation on a key wins. */
+    leveldb_writebatch_t *wb = leveldb_writebatch_create();
+    leveldb_iterator_t *it = leveldb_create_iterator(s->db, s->ropts);
+    uint64_t n = 0;
+    leveldb_iter_seek(it, (const char *)start->buf, start->len);
+    for (; leveldb_iter_valid(it); leveldb_iter_next(it)) {
+        size_t klen;
+        const char *k = leveldb_iter_key(it, &klen);
+        if (!key_before_end(k, klen, end))
+            break;
+        leveldb_writebatch_delete(wb, k, klen);
+        n++;
+    }
+    char *lerr = NULL;
+    leveldb_iter_get_error(it, &lerr);
+    leveldb_iter_destroy(it);
+    eddy_err err = take_err(lerr, NULL, 0);
+    if (err == EDDY_OK) {
+        leveldb_writebatch_append(wb, b->wb);
+        leveldb_write(s->db, s->wsync, wb, &lerr);
+        err = take_err(lerr, NULL, 0);
+    }
+    leveldb_writebatch_destroy(wb);
+    if (err == EDDY_OK && deleted)
+        *deleted = n;
+    return err;
+}
+
 /* ---- transactions -------------------------------------------------------------------- */
 
 struct overlay_entry {
     unsigned char *key; /* NULL = empty slot */
     size_t klen;
-    char *val;          /* NULL with deleted = true for a delete */
+    char *val;          /* NULL with deleted = true for a delete; stale while obj_dirty */
     size_t vlen;
     bool deleted;
+    ProtobufCMessage *obj; /* decoded value (store_txn_obj_*), owned by the entry */
+    bool obj_dirty;        /* obj changed: packed into the batch at commit */
 };
+
+static void entry_drop_obj(struct overlay_entry *e)
+{
+    if (e->obj)
+        protobuf_c_message_free_unpacked(e->obj, NULL);
+    e->obj = NULL;
+    e->obj_dirty = false;
+}
+
+/* Bring e->val up to date with a dirty object (for byte readers and scans). */
+static eddy_err entry_pack(struct overlay_entry *e)
+{
+    if (!e->obj_dirty || !e->obj)
+        return EDDY_OK;
+    size_t n = protobuf_c_message_get_packed_size(e->obj);
+    char *v = malloc(n ? n : 1);
+    if (!v)
+        return EDDY_ERR_NOMEM;
+    protobuf_c_message_pack(e->obj, (uint8_t *)v);
+    free(e->val);
+    e->val = v;
+    e->vlen = n;
+    return EDDY_OK;
+}
 
 struct store_txn {
     store *s;
@@ -332,6 +507,7 @@ void store_txn_reset(store_txn *t)
     for (size_t i = 0; i < t->cap; i++) {
         free(t->tab[i].key);
         free(t->tab[i].val);
+        entry_drop_obj(&t->tab[i]);
     }
     memset(t->tab, 0, t->cap * sizeof(*t->tab));
     t->used = 0;
@@ -410,6 +586,7 @@ static eddy_err overlay_set(store_txn *t, const struct store_key *key, const voi
     e->val = copy;
     e->vlen = vlen;
     e->deleted = deleted;
+    entry_drop_obj(e); /* bytes written directly replace any decoded object */
     return EDDY_OK;
 }
 
@@ -418,6 +595,9 @@ eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **v
 {
     struct overlay_entry *e = slot(t->tab, t->cap, key->buf, key->len);
     if (e->key) {
+        eddy_err err = entry_pack(e);
+        if (err != EDDY_OK)
+            return err;
         *found = !e->deleted;
         *val = e->val;
         *vlen = e->vlen;
@@ -551,9 +731,72 @@ eddy_err store_txn_del_range(store_txn *t, const struct store_key *start,
     return err;
 }
 
+eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
+                           const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
+{
+    const char *val;
+    size_t vlen;
+    bool found;
+    *obj = NULL;
+    struct overlay_entry *e = slot(t->tab, t->cap, key->buf, key->len);
+    if (e->key && e->obj) {
+        *obj = e->deleted ? NULL : e->obj;
+        return EDDY_OK;
+    }
+    eddy_err err = store_txn_get(t, key, &val, &vlen, &found); /* caches the bytes */
+    if (err != EDDY_OK || !found)
+        return err;
+    ProtobufCMessage *m = NULL;
+    if ((err = decode(desc, val, vlen, &m)) != EDDY_OK)
+        return err;
+    e = slot(t->tab, t->cap, key->buf, key->len); /* the get may have grown the table */
+    e->obj = m;
+    e->obj_dirty = false;
+    *obj = m;
+    return EDDY_OK;
+}
+
+eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCMessage *obj)
+{
+    if ((t->used + 1) * 2 > t->cap && grow(t) != EDDY_OK) {
+        protobuf_c_message_free_unpacked(obj, NULL);
+        return EDDY_ERR_NOMEM;
+    }
+    struct overlay_entry *e = slot(t->tab, t->cap, key->buf, key->len);
+    if (!e->key) {
+        e->key = malloc(key->len);
+        if (!e->key) {
+            protobuf_c_message_free_unpacked(obj, NULL);
+            return EDDY_ERR_NOMEM;
+        }
+        memcpy(e->key, key->buf, key->len);
+        e->klen = key->len;
+        t->used++;
+    }
+    if (e->obj != obj)
+        entry_drop_obj(e);
+    e->obj = obj;
+    e->obj_dirty = true;
+    e->deleted = false;
+    return EDDY_OK;
+}
+
 eddy_err store_txn_commit(store_txn *t, bool sync)
 {
     char *lerr = NULL;
+    /* objects changed in place go into the batch now, once each, after every earlier op
+     * on their key (a later put or delete of the key would have dropped the object) */
+    for (size_t i = 0; i < t->cap; i++) {
+        struct overlay_entry *e = &t->tab[i];
+        if (!e->key || !e->obj_dirty)
+            continue;
+        eddy_err err = entry_pack(e);
+        if (err != EDDY_OK) {
+            store_txn_reset(t);
+            return err;
+        }
+        leveldb_writebatch_put(t->wb, (const char *)e->key, e->klen, e->val, e->vlen);
+    }
     leveldb_write(t->s->db, sync ? t->s->wsync : t->s->wnosync, t->wb, &lerr);
     store_txn_reset(t);
     return take_err(lerr, NULL, 0);
@@ -592,6 +835,10 @@ eddy_err store_txn_scan(store_txn *t, const struct store_key *start, const struc
         if (!e->key || cmp_raw(e->key, e->klen, start->buf, start->len) < 0 ||
             !key_before_end((const char *)e->key, e->klen, end))
             continue;
+        if (entry_pack(e) != EDDY_OK) {
+            free(pend);
+            return EDDY_ERR_NOMEM;
+        }
         pend[n++] = e;
     }
     qsort(pend, n, sizeof(*pend), cmp_entry_key);

@@ -114,6 +114,47 @@ uint64_t store_approximate_size(store *s);
  * 'out' (for the determinism tests and debugging). 'tables' is a bitmask of 1 << table. */
 eddy_err store_dump(store *s, uint32_t tables, void *out_file);
 
+/* --- snapshots -----------------------------------------------------------------------
+ * A consistent, read-only view of the whole database as of store_snapshot_new: writes
+ * committed afterwards (by the writer thread, concurrently) are invisible through it. Used
+ * to checkpoint a partition while it keeps taking writes. Any thread; one thread at a time
+ * per snapshot. Caller owns the snapshot; free with store_snapshot_free (before
+ * store_close). Reads through a snapshot verify LevelDB's block checksums and do not fill
+ * the block cache (a checkpoint scan must not evict the hot set). */
+typedef struct store_snapshot store_snapshot;
+store_snapshot *store_snapshot_new(store *s); /* NULL if out of memory */
+void store_snapshot_free(store_snapshot *snap);
+
+/* store_get_msg as of the snapshot. */
+eddy_err store_snapshot_get_msg(store_snapshot *snap, const struct store_key *key,
+                                const ProtobufCMessageDescriptor *desc, ProtobufCMessage **msg);
+
+/* store_scan as of the snapshot. */
+eddy_err store_snapshot_scan(store_snapshot *snap, const struct store_key *start,
+                             const struct store_key *end, store_scan_fn *fn, void *ud);
+
+/* --- replacing a key range ------------------------------------------------------------
+ * A store_batch collects puts off-line (e.g. the records of a checkpoint file); nothing
+ * reaches the database until store_replace_range. Caller owns it; free with
+ * store_batch_free. Not locked: one thread. */
+typedef struct store_batch store_batch;
+store_batch *store_batch_new(void); /* NULL if out of memory */
+void store_batch_free(store_batch *b);
+/* Add a put of 'klen' bytes of key (1 .. STORE_KEY_MAX) and 'vlen' bytes of value (both
+ * copied). EDDY_ERR_INVALID for a bad key length. */
+eddy_err store_batch_put(store_batch *b, const void *key, size_t klen, const void *val,
+                         size_t vlen);
+size_t store_batch_count(const store_batch *b);
+
+/* Atomically make [start, end) hold exactly the puts of 'b': one synced LevelDB write
+ * deletes every key in the range and then writes the puts, so a crash leaves either the
+ * old range or the new one. Every put must lie in [start, end) (EDDY_ERR_INVALID
+ * otherwise, and nothing is written). *deleted (may be NULL) receives the number of keys
+ * that were in the range. The caller makes sure nothing else writes the range meanwhile
+ * (a key committed after the range was read would survive). 'b' is unchanged. */
+eddy_err store_replace_range(store *s, const struct store_key *start, const struct store_key *end,
+                             const store_batch *b, uint64_t *deleted);
+
 /* --- write transactions ---------------------------------------------------------------
  * A txn collects puts and deletes in one LevelDB WriteBatch and an in-memory overlay, so
  * reads through the txn see its own uncommitted writes. store_txn_commit writes the batch
@@ -130,6 +171,15 @@ eddy_err store_txn_del(store_txn *t, const struct store_key *key);
 /* Delete every committed and pending key in [start, end). Returns the number deleted in *n. */
 eddy_err store_txn_del_range(store_txn *t, const struct store_key *start,
                              const struct store_key *end, uint64_t *n);
+/* The decoded view of the txn, for values read and changed many times in one group (user
+ * models, product states, window counts): the message at 'key' decoded once (NULL if
+ * absent), borrowed until the txn is committed or reset. Change it in place and call
+ * store_txn_obj_set with the same pointer to mark it changed, or pass a new message (the
+ * txn takes ownership, even on error). Changed messages are packed once, at commit. A
+ * later store_txn_put / store_txn_del of the key discards the object. */
+eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
+                           const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj);
+eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCMessage *obj);
 eddy_err store_txn_commit(store_txn *t, bool sync);
 /* Drop pending writes without committing. */
 void store_txn_reset(store_txn *t);
