@@ -10,7 +10,7 @@ PACKAGES=(
   libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler protobuf-compiler-grpc
   libleveldb-dev libcmocka-dev libcjson-dev libcurl4-openssl-dev libxxhash-dev libssl-dev
   libmicrohttpd-dev prometheus
-  python3-grpcio python3-protobuf
+  python3-grpcio python3-protobuf python3-redis redis-server python3-yaml unzip
   etcd-server etcd-client
 )
 

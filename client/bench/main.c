@@ -6,7 +6,9 @@
  *   mixed      both at once;
  *   visible    event-to-visible latency: a view and a purchase for a fresh user, then
  *              GetUserProfile polled until the purchase shows (with --rate > 0, under a
- *              background ingest load).
+ *              background ingest load);
+ *   dump       no node: print --events generated events as JSON lines in the seed's
+ *              UserEvent shape (the input of bench/seed_pipeline.py).
  * Prints a table, or one JSON object with -o json.
  *
  * DESIGN: every call is asynchronous (rpc_invoke_async) and completes on its channel's CQ
@@ -45,7 +47,7 @@
 #define MAX_STREAMS 256
 #define MAX_INFLIGHT 1024
 
-enum bench_mode { MODE_INGEST, MODE_RECOMMEND, MODE_MIXED, MODE_VISIBLE };
+enum bench_mode { MODE_INGEST, MODE_RECOMMEND, MODE_MIXED, MODE_VISIBLE, MODE_DUMP };
 
 struct bench_opts {
     const char *endpoint, *mode, *scenario, *output, *run_id;
@@ -647,7 +649,7 @@ static void print_codes(const char *what, atomic_uint_fast64_t *arr)
 
 static const char *mode_name(enum bench_mode m)
 {
-    static const char *const names[] = {"ingest", "recommend", "mixed", "visible"};
+    static const char *const names[] = {"ingest", "recommend", "mixed", "visible", "dump"};
     return names[m];
 }
 
@@ -758,6 +760,33 @@ static uint64_t report(struct bench *b)
     return all_errors;
 }
 
+/* The JSON-lines name of an event type, as `eddy ingest` reads it. */
+static const char *type_name(Eddy__V1__EventType t)
+{
+    static const char *const names[] = {"unspecified", "view", "click", "add_to_cart",
+                                        "remove_from_cart", "purchase", "search"};
+    return t >= 0 && t <= 6 ? names[t] : "unspecified";
+}
+
+/* Mode dump: --events events of stream 0 (ids and strings are [a-z0-9 -]: no escaping). */
+static int dump_events(struct bench *b)
+{
+    struct gen g;
+    struct gen_event e;
+
+    gen_init(&g, b->tables, 0);
+    for (int64_t i = 0; i < b->o.events; i++) {
+        gen_next(&g, clock_wall_ms(), &e);
+        printf("{\"eventId\":\"%s\",\"userId\":\"%s\",\"sessionId\":\"%s\",\"timestamp\":%lld,"
+               "\"eventType\":\"%s\",\"productId\":\"%s\",\"category\":\"%s\",\"brand\":\"%s\","
+               "\"price\":%.2f,\"searchQuery\":\"%s\"}\n",
+               e.event_id, e.user_id, e.session_id, (long long)e.ev.timestamp_ms,
+               type_name(e.ev.event_type), e.product_id, e.category, e.brand, e.ev.price,
+               e.query);
+    }
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
 static bool node_serving(const char *endpoint, int64_t timeout_ms)
 {
     struct rpc_channel_opts copts = {.wait_for_ready = true};
@@ -790,7 +819,7 @@ static size_t bench_flags(struct bench_opts *o, struct flag *out)
 {
     const struct flag fl[] = {
         O("endpoint", FLAG_STRING, endpoint, "HOST:PORT of an Eddy node (or an ingest node)", 0, 0),
-        O("mode", FLAG_STRING, mode, "ingest | recommend | mixed | visible", 0, 0),
+        O("mode", FLAG_STRING, mode, "ingest | recommend | mixed | visible | dump", 0, 0),
         O("scenario", FLAG_STRING, scenario, "label printed with the results", 0, 0),
         O("output", FLAG_STRING, output, "table | json (-o json)", 0, 0),
         O("duration", FLAG_DURATION, duration_ms, "how long to run", 1, 0),
@@ -842,8 +871,8 @@ static size_t bench_flags(struct bench_opts *o, struct flag *out)
 
 static int parse_mode(const char *s, enum bench_mode *m)
 {
-    static const char *const names[] = {"ingest", "recommend", "mixed", "visible"};
-    for (int i = 0; i < 4; i++) {
+    static const char *const names[] = {"ingest", "recommend", "mixed", "visible", "dump"};
+    for (int i = 0; i < 5; i++) {
         if (strcmp(s, names[i]) == 0) {
             *m = (enum bench_mode)i;
             return 0;
@@ -925,6 +954,13 @@ int main(int argc, char **argv)
     latency_init(&b->vis_lat, LATENCY_SAMPLE);
     latency_init(&b->vis_ack_lat, LATENCY_SAMPLE);
 
+    if (b->mode == MODE_DUMP) {
+        b->tables = gen_tables_new(&b->gc);
+        rc = !b->tables ? 2 : o->events > 0 ? dump_events(b) : 2;
+        if (o->events <= 0)
+            fprintf(stderr, "eddy-bench: --mode dump needs --events N\n");
+        goto out;
+    }
     rc = 3;
     if (!node_serving(o->endpoint, 10000)) {
         fprintf(stderr, "eddy-bench: %s is not SERVING\n", o->endpoint);

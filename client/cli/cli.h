@@ -120,5 +120,6 @@ int cmd_counts(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_delete_user(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_health(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_status(struct cli_ctx *ctx, int argc, char **argv);
+int cmd_roi(struct cli_ctx *ctx, int argc, char **argv);
 
 #endif

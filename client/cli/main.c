@@ -18,6 +18,7 @@ static const struct {
     {"delete-user", cmd_delete_user, "remove everything stored about a user"},
     {"health", cmd_health, "is the node serving? (exit 0 only if SERVING)"},
     {"status", cmd_status, "the cluster: nodes, leader, partition map (asks --coordinator)"},
+    {"roi", cmd_roi, "what a latency improvement is worth: monthly benefit, payback period"},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

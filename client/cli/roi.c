@@ -1,0 +1,275 @@
+/* eddy roi: the seed's cost-benefit calculator. What a latency improvement is worth per
+ * month, and how many months until it pays back its development cost. The improved latency
+ * comes from a flag or from a running node's /metrics (mean of the histogram
+ * eddy_event_to_result_seconds: _sum / _count over every series). */
+#include <curl/curl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+#define ROI_SECONDS_PER_MONTH (30.0 * 86400.0)
+#define ROI_MAX_METRICS_BYTES (16 << 20)
+#define ROI_METRIC "eddy_event_to_result_seconds"
+
+struct roi_input {
+    double value_per_second_saved; /* money per second of latency saved, per event */
+    double events_per_second;
+    double monthly_infra_cost;
+    double development_cost;
+    double baseline_latency_s;
+    double eddy_latency_s;
+};
+
+struct roi_result {
+    double saved_s;          /* latency saved per event (may be negative) */
+    double gross_monthly;    /* saved_s * value * events/s * seconds per month */
+    double monthly_benefit;  /* gross minus the monthly infrastructure cost */
+    bool never;              /* the benefit is <= 0: it never pays back */
+    double payback_months;   /* development_cost / monthly_benefit; 0 if 'never' */
+};
+
+/* The arithmetic of `eddy roi`; pure. */
+static void roi_compute(const struct roi_input *in, struct roi_result *out)
+{
+    out->saved_s = in->baseline_latency_s - in->eddy_latency_s;
+    out->gross_monthly = out->saved_s * in->value_per_second_saved * in->events_per_second *
+                         ROI_SECONDS_PER_MONTH;
+    out->monthly_benefit = out->gross_monthly - in->monthly_infra_cost;
+    out->never = !(out->monthly_benefit > 0);
+    out->payback_months = out->never ? 0 : in->development_cost / out->monthly_benefit;
+}
+
+/* Sum the samples of 'name' (with or without labels) in the Prometheus text 'text'.
+ * Returns the number of samples found. */
+static int metrics_sum(const char *text, const char *name, double *sum)
+{
+    size_t nlen = strlen(name);
+    int found = 0;
+
+    *sum = 0;
+    for (const char *line = text; line && *line;) {
+        const char *next = strchr(line, '\n');
+        if (line[0] != '#' && strncmp(line, name, nlen) == 0 &&
+            (line[nlen] == ' ' || line[nlen] == '{')) {
+            const char *v = line + nlen;
+            if (*v == '{') {
+                /* label values may contain '}' only escaped inside quotes */
+                bool quoted = false;
+                for (v++; *v && *v != '\n' && (quoted || *v != '}'); v++) {
+                    if (*v == '\\' && quoted && v[1])
+                        v++;
+                    else if (*v == '"')
+                        quoted = !quoted;
+                }
+                if (*v == '}')
+                    v++;
+            }
+            char *end = NULL;
+            double x = strtod(v, &end);
+            if (end != v && isfinite(x)) {
+                *sum += x;
+                found++;
+            }
+        }
+        line = next ? next + 1 : NULL;
+    }
+    return found;
+}
+
+/* The mean of histogram 'base' in 'text' (_sum / _count). Returns 0, or -1 with a message
+ * in 'why' if the histogram is missing or empty. */
+static int metrics_histogram_mean(const char *text, const char *base, double *mean,
+                                  char *why, size_t whylen)
+{
+    char name[128];
+    double sum = 0, count = 0;
+
+    snprintf(name, sizeof(name), "%s_sum", base);
+    int ns = metrics_sum(text, name, &sum);
+    snprintf(name, sizeof(name), "%s_count", base);
+    int nc = metrics_sum(text, name, &count);
+    if (ns == 0 || nc == 0) {
+        snprintf(why, whylen, "no %s histogram in the scrape", base);
+        return -1;
+    }
+    if (!(count > 0)) {
+        snprintf(why, whylen, "%s has no observations yet (ingest some events first)", base);
+        return -1;
+    }
+    *mean = sum / count;
+    return 0;
+}
+
+struct fetch_buf {
+    char *data;
+    size_t len;
+    bool too_big;
+};
+
+static size_t fetch_write(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    struct fetch_buf *b = ud;
+    size_t n = size * nmemb;
+
+    if (b->len + n > ROI_MAX_METRICS_BYTES) {
+        b->too_big = true;
+        return 0;
+    }
+    char *d = realloc(b->data, b->len + n + 1);
+    if (!d)
+        return 0;
+    memcpy(d + b->len, ptr, n);
+    b->data = d;
+    b->len += n;
+    d[b->len] = '\0';
+    return n;
+}
+
+/* GET 'url'; caller owns *text (free). Returns 0, or -1 after a message. */
+static int fetch_metrics(const char *url, int64_t timeout_ms, char **text)
+{
+    struct fetch_buf b = {0};
+    long status = 0;
+    int rc = -1;
+
+    *text = NULL;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        cli_errorf("roi: cannot initialize libcurl");
+        return -1;
+    }
+    CURL *h = curl_easy_init();
+    if (!h) {
+        cli_errorf("roi: out of memory");
+        goto out;
+    }
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, fetch_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    CURLcode cc = curl_easy_perform(h);
+    if (cc != CURLE_OK) {
+        cli_errorf("roi: GET %s: %s", url,
+                   b.too_big ? "response larger than 16 MiB" : curl_easy_strerror(cc));
+        goto out;
+    }
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    if (status != 200 && status != 0) { /* 0: not HTTP (file:// in tests) */
+        cli_errorf("roi: GET %s: HTTP %ld", url, status);
+        goto out;
+    }
+    *text = b.data ? b.data : strdup("");
+    b.data = NULL;
+    rc = *text ? 0 : -1;
+out:
+    free(b.data);
+    curl_easy_cleanup(h);
+    curl_global_cleanup();
+    return rc;
+}
+
+static int print_result(const struct cli_ctx *ctx, const struct roi_input *in,
+                        const struct roi_result *r, const char *source)
+{
+    if (ctx->json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "baseline_latency_s", in->baseline_latency_s);
+        cJSON_AddNumberToObject(o, "eddy_latency_s", in->eddy_latency_s);
+        cJSON_AddStringToObject(o, "eddy_latency_source", source);
+        cJSON_AddNumberToObject(o, "latency_saved_s", r->saved_s);
+        cJSON_AddNumberToObject(o, "value_per_second_saved", in->value_per_second_saved);
+        cJSON_AddNumberToObject(o, "events_per_second", in->events_per_second);
+        cJSON_AddNumberToObject(o, "monthly_gross_benefit", r->gross_monthly);
+        cJSON_AddNumberToObject(o, "monthly_infra_cost", in->monthly_infra_cost);
+        cJSON_AddNumberToObject(o, "monthly_benefit", r->monthly_benefit);
+        cJSON_AddNumberToObject(o, "development_cost", in->development_cost);
+        if (r->never)
+            cJSON_AddStringToObject(o, "payback_months", "never");
+        else
+            cJSON_AddNumberToObject(o, "payback_months", r->payback_months);
+        return cli_json_print(o);
+    }
+    printf("%-26s %.6g s (baseline %.6g s, eddy %.6g s from %s)\n", "latency saved per event",
+           r->saved_s, in->baseline_latency_s, in->eddy_latency_s, source);
+    printf("%-26s %.2f (= %.6g s x %.6g per s saved x %.6g events/s x 30 days)\n",
+           "monthly gross benefit", r->gross_monthly, r->saved_s, in->value_per_second_saved,
+           in->events_per_second);
+    printf("%-26s %.2f (gross minus infrastructure %.2f)\n", "monthly benefit",
+           r->monthly_benefit, in->monthly_infra_cost);
+    if (r->never)
+        printf("%-26s never (the monthly benefit is not positive)\n", "payback period");
+    else
+        printf("%-26s %.2f months (development cost %.2f)\n", "payback period",
+               r->payback_months, in->development_cost);
+    return CLI_EXIT_OK;
+}
+
+int cmd_roi(struct cli_ctx *ctx, int argc, char **argv)
+{
+    struct roi_input in = {0};
+    struct roi_result r;
+    int64_t baseline_ms = -1, eddy_ms = -1;
+    const char *metrics_url = "";
+    char source[300] = "--eddy-latency";
+    const struct cli_opt opts[] = {
+        {"value-per-second-saved", FLAG_DOUBLE, &in.value_per_second_saved, "MONEY",
+         "value of one second of latency saved on one event"},
+        {"events-per-second", FLAG_DOUBLE, &in.events_per_second, "N", "events per second"},
+        {"monthly-infra-cost", FLAG_DOUBLE, &in.monthly_infra_cost, "MONEY",
+         "infrastructure cost per month"},
+        {"development-cost", FLAG_DOUBLE, &in.development_cost, "MONEY",
+         "one-time development cost"},
+        {"baseline-latency", FLAG_DURATION, &baseline_ms, "DURATION",
+         "event-to-result latency before (e.g. 5s); required"},
+        {"eddy-latency", FLAG_DURATION, &eddy_ms, "DURATION",
+         "event-to-result latency with Eddy (e.g. 50ms)"},
+        {"metrics-url", FLAG_STRING, &metrics_url, "URL",
+         "instead of --eddy-latency: a node's /metrics; uses the mean of "
+         "eddy_event_to_result_seconds"},
+    };
+    const struct cli_spec spec = {
+        "roi", "",
+        "What the latency improvement is worth: saved seconds per event, monthly benefit\n"
+        "(saved x value x events/s x 30 days - infrastructure cost) and the payback period\n"
+        "(development cost / monthly benefit; \"never\" when the benefit is <= 0).",
+        opts, sizeof(opts) / sizeof(opts[0]), 0, 0};
+    const char *pos[1];
+    int npos;
+
+    int rc = cli_parse(ctx, &spec, argc, argv, pos, &npos);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    if (baseline_ms < 0) {
+        cli_errorf("roi: --baseline-latency is required");
+        return CLI_EXIT_USAGE;
+    }
+    if ((eddy_ms >= 0) == (metrics_url[0] != '\0')) {
+        cli_errorf("roi: give exactly one of --eddy-latency and --metrics-url");
+        return CLI_EXIT_USAGE;
+    }
+    if (in.value_per_second_saved < 0 || in.events_per_second < 0 ||
+        in.monthly_infra_cost < 0 || in.development_cost < 0) {
+        cli_errorf("roi: money amounts and rates must not be negative");
+        return CLI_EXIT_USAGE;
+    }
+    in.baseline_latency_s = (double)baseline_ms / 1000.0;
+    if (metrics_url[0]) {
+        char *text = NULL;
+        char why[256];
+        if (fetch_metrics(metrics_url, ctx->timeout_ms, &text) != 0)
+            return CLI_EXIT_CONNECT;
+        int mr = metrics_histogram_mean(text, ROI_METRIC, &in.eddy_latency_s, why, sizeof(why));
+        free(text);
+        if (mr != 0) {
+            cli_errorf("roi: %s: %s", metrics_url, why);
+            return CLI_EXIT_SERVER;
+        }
+        snprintf(source, sizeof(source), "mean of %s at %.200s", ROI_METRIC, metrics_url);
+    } else {
+        in.eddy_latency_s = (double)eddy_ms / 1000.0;
+    }
+    roi_compute(&in, &r);
+    return print_result(ctx, &in, &r, source);
+}

@@ -1,0 +1,776 @@
+/* Checkpoint files: write a partition from one snapshot, verify, load, list and prune
+ * (format in checkpoint.h). Reading is streaming and bounded: every length field is checked
+ * against what is left of the file before it is used, so a corrupt file cannot make us
+ * allocate or read past its end. */
+#include "node/state/checkpoint.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/crc32c.h"
+#include "common/log.h"
+#include "eddy/v1/store.pb-c.h"
+
+#define WRITE_BUF (256u << 10)
+
+/* ---- little-endian fields ------------------------------------------------------------- */
+
+static void put_le(unsigned char *b, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_le(const unsigned char *b, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = (v << 8) | b[i];
+    return v;
+}
+
+/* The key range of partition 'p': every key starting with its big-endian u16. */
+static void partition_range(uint32_t p, struct store_key *start, struct store_key *end)
+{
+    start->len = 0;
+    key_u16(start, (uint16_t)p);
+    key_prefix_end(start, end);
+}
+
+/* ---- writing -------------------------------------------------------------------------- */
+
+struct writer {
+    int fd;
+    const char *path;
+    unsigned char *buf;
+    size_t len;
+    uint64_t off;   /* bytes written so far (buffered included) */
+    uint32_t crc;   /* of all bytes so far */
+    uint64_t records;
+    uint32_t partition;
+    eddy_err err;
+};
+
+static void w_flush(struct writer *w)
+{
+    size_t done = 0;
+    while (w->err == EDDY_OK && done < w->len) {
+        ssize_t r = write(w->fd, w->buf + done, w->len - done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            log_error("msg=\"checkpoint write failed\" path=%s error=\"%s\"", w->path,
+                      r < 0 ? strerror(errno) : "short write");
+            w->err = EDDY_ERR_IO;
+            break;
+        }
+        done += (size_t)r;
+    }
+    w->len = 0;
+}
+
+/* Append 'n' bytes; 'crc' says whether they count in the CRC (all but the CRC field). */
+static void w_put(struct writer *w, const void *p, size_t n, bool crc)
+{
+    if (crc)
+        w->crc = crc32c_update(w->crc, p, n);
+    w->off += n;
+    const unsigned char *src = p;
+    while (n > 0 && w->err == EDDY_OK) {
+        if (w->len == WRITE_BUF)
+            w_flush(w);
+        size_t c = WRITE_BUF - w->len < n ? WRITE_BUF - w->len : n;
+        memcpy(w->buf + w->len, src, c);
+        w->len += c;
+        src += c;
+        n -= c;
+    }
+}
+
+static void w_u32(struct writer *w, uint32_t v)
+{
+    unsigned char b[4];
+    put_le(b, v, 4);
+    w_put(w, b, 4, true);
+}
+
+static int write_record(void *ud, const unsigned char *key, size_t klen, const char *val,
+                        size_t vlen)
+{
+    struct writer *w = ud;
+    if (klen < 3 || klen > STORE_KEY_MAX || vlen > CHECKPOINT_VALUE_MAX) {
+        /* The reader would reject it: refuse to publish a file that cannot be loaded. */
+        log_error("msg=\"checkpoint: record over the format's limits\" partition=%" PRIu32
+                  " klen=%zu vlen=%zu",
+                  w->partition, klen, vlen);
+        w->err = EDDY_ERR_TOO_LARGE;
+        return 1;
+    }
+    w_u32(w, (uint32_t)klen);
+    w_put(w, key, klen, true);
+    w_u32(w, (uint32_t)vlen);
+    w_put(w, val, vlen, true);
+    w->records++;
+    return w->err == EDDY_OK ? 0 : 1;
+}
+
+static eddy_err fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) != 0) {
+        log_error("msg=\"checkpoint: fsync of directory failed\" dir=%s error=\"%s\"", dir,
+                  strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return EDDY_ERR_IO;
+    }
+    close(fd);
+    return EDDY_OK;
+}
+
+/* fsync the directory holding 'path', so that a rename into it is durable. */
+static eddy_err fsync_dir_of(const char *path)
+{
+    char dir[CHECKPOINT_PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+    return fsync_dir(dir);
+}
+
+/* Write the partition as of 'snap' to 'path' (or, if path is NULL, to its canonical name
+ * in 'dir', which needs the snapshot's seq). */
+static eddy_err write_from_snapshot(store_snapshot *snap, uint32_t p, const char *path,
+                                    const char *dir, struct checkpoint_info *out)
+{
+    eddy_err err;
+    struct writer w = {.fd = -1, .partition = p, .err = EDDY_OK};
+    Eddy__Store__V1__PartitionMeta *pm = NULL;
+    char final[CHECKPOINT_PATH_MAX], tmp[CHECKPOINT_PATH_MAX];
+    bool tmp_exists = false;
+
+    struct store_key k;
+    key_init(&k, p, T_META);
+    err = store_snapshot_get_msg(snap, &k, &eddy__store__v1__partition_meta__descriptor,
+                                 (ProtobufCMessage **)&pm);
+    if (err != EDDY_OK)
+        goto out;
+    uint64_t seq = pm ? pm->next_seq : 0;
+
+    if (path) {
+        if (snprintf(final, sizeof(final), "%s", path) >= (int)sizeof(final)) {
+            err = EDDY_ERR_TOO_LARGE;
+            goto out;
+        }
+    } else if ((err = checkpoint_path(final, sizeof(final), dir, p, seq)) != EDDY_OK) {
+        goto out;
+    }
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp", final) >= (int)sizeof(tmp)) {
+        err = EDDY_ERR_TOO_LARGE;
+        goto out;
+    }
+    w.path = tmp;
+    w.buf = malloc(WRITE_BUF);
+    if (!w.buf) {
+        err = EDDY_ERR_NOMEM;
+        goto out;
+    }
+    w.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (w.fd < 0) {
+        log_error("msg=\"checkpoint: cannot create\" path=%s error=\"%s\"", tmp, strerror(errno));
+        err = errno == ENOENT ? EDDY_ERR_NOT_FOUND : EDDY_ERR_IO;
+        goto out;
+    }
+    tmp_exists = true;
+
+    unsigned char h[CHECKPOINT_HEADER_LEN];
+    int64_t created = clock_wall_ms();
+    memcpy(h, CHECKPOINT_MAGIC, 8);
+    put_le(h + 8, CHECKPOINT_VERSION, 4);
+    put_le(h + 12, p, 2);
+    put_le(h + 14, 0, 2);
+    put_le(h + 16, (uint64_t)created, 8);
+    put_le(h + 24, seq, 8);
+    w_put(&w, h, sizeof(h), true);
+
+    struct store_key start, end;
+    partition_range(p, &start, &end);
+    err = store_snapshot_scan(snap, &start, &end, write_record, &w);
+    if (err == EDDY_OK)
+        err = w.err;
+    if (err != EDDY_OK)
+        goto out;
+
+    unsigned char f[CHECKPOINT_FOOTER_LEN];
+    uint64_t total = w.off + CHECKPOINT_FOOTER_LEN;
+    put_le(f, 0, 4);
+    put_le(f + 4, w.records, 8);
+    put_le(f + 12, total, 8);
+    w_put(&w, f, 20, true);
+    put_le(f + 20, w.crc, 4);
+    w_put(&w, f + 20, 4, false);
+    w_flush(&w);
+    if ((err = w.err) != EDDY_OK)
+        goto out;
+    if (fsync(w.fd) != 0) {
+        log_error("msg=\"checkpoint: fsync failed\" path=%s error=\"%s\"", tmp, strerror(errno));
+        err = EDDY_ERR_IO;
+        goto out;
+    }
+    int fd = w.fd;
+    w.fd = -1;
+    if (close(fd) != 0) {
+        log_error("msg=\"checkpoint: close failed\" path=%s error=\"%s\"", tmp, strerror(errno));
+        err = EDDY_ERR_IO;
+        goto out;
+    }
+    if (rename(tmp, final) != 0) {
+        log_error("msg=\"checkpoint: rename failed\" from=%s to=%s error=\"%s\"", tmp, final,
+                  strerror(errno));
+        err = EDDY_ERR_IO;
+        goto out;
+    }
+    tmp_exists = false;
+    if ((err = fsync_dir_of(final)) != EDDY_OK)
+        goto out;
+
+    if (out) {
+        memset(out, 0, sizeof(*out));
+        out->partition = p;
+        out->version = CHECKPOINT_VERSION;
+        out->seq = seq;
+        out->created_ms = created;
+        out->records = w.records;
+        out->bytes = total;
+        out->crc = w.crc;
+        snprintf(out->path, sizeof(out->path), "%s", final);
+    }
+    log_info("msg=\"checkpoint written\" partition=%" PRIu32 " seq=%" PRIu64 " records=%" PRIu64
+             " bytes=%" PRIu64 " path=%s",
+             p, seq, w.records, total, final);
+
+out:
+    if (w.fd >= 0)
+        close(w.fd);
+    if (tmp_exists)
+        unlink(tmp);
+    free(w.buf);
+    if (pm)
+        protobuf_c_message_free_unpacked(&pm->base, NULL);
+    return err;
+}
+
+eddy_err checkpoint_path(char *buf, size_t n, const char *dir, uint32_t p, uint64_t seq)
+{
+    int r = snprintf(buf, n, "%s/p%05" PRIu32 "-%020" PRIu64 ".ckp", dir, p, seq);
+    return r < 0 || (size_t)r >= n ? EDDY_ERR_TOO_LARGE : EDDY_OK;
+}
+
+static eddy_err write_common(store *s, uint32_t p, const char *path, const char *dir,
+                             struct checkpoint_info *out)
+{
+    if (p > UINT16_MAX)
+        return EDDY_ERR_INVALID;
+    store_snapshot *snap = store_snapshot_new(s);
+    if (!snap)
+        return EDDY_ERR_NOMEM;
+    eddy_err err = write_from_snapshot(snap, p, path, dir, out);
+    store_snapshot_free(snap);
+    return err;
+}
+
+eddy_err checkpoint_write(store *s, uint32_t p, const char *path, struct checkpoint_info *out)
+{
+    return write_common(s, p, path, NULL, out);
+}
+
+eddy_err checkpoint_write_dir(store *s, uint32_t p, const char *dir, struct checkpoint_info *out)
+{
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        log_error("msg=\"checkpoint: cannot create directory\" dir=%s error=\"%s\"", dir,
+                  strerror(errno));
+        return EDDY_ERR_IO;
+    }
+    return write_common(s, p, NULL, dir, out);
+}
+
+/* ---- reading -------------------------------------------------------------------------- */
+
+/* Called for each record while a file is read for loading; key and value are borrowed. */
+typedef eddy_err record_fn(void *ud, const unsigned char *key, size_t klen,
+                           const unsigned char *val, size_t vlen);
+
+struct reader {
+    FILE *f;
+    const char *path;
+    uint64_t off, size;
+    uint32_t crc;
+};
+
+static eddy_err corrupt(const struct reader *r, const char *why)
+{
+    log_error("msg=\"checkpoint corrupt\" path=%s offset=%" PRIu64 " size=%" PRIu64
+              " reason=\"%s\"",
+              r->path, r->off, r->size, why);
+    return EDDY_ERR_CORRUPT;
+}
+
+/* Read exactly 'n' bytes (the caller checked they are in the file), adding them to the
+ * CRC if 'crc'. */
+static eddy_err r_get(struct reader *r, void *buf, size_t n, bool crc)
+{
+    if (n > r->size - r->off)
+        return corrupt(r, "truncated");
+    if (n > 0 && fread(buf, 1, n, r->f) != n) {
+        if (ferror(r->f)) {
+            log_error("msg=\"checkpoint: read failed\" path=%s error=\"%s\"", r->path,
+                      strerror(errno));
+            return EDDY_ERR_IO;
+        }
+        return corrupt(r, "file shrank while being read");
+    }
+    if (crc)
+        r->crc = crc32c_update(r->crc, buf, n);
+    r->off += n;
+    return EDDY_OK;
+}
+
+/* Read 'n' bytes into the CRC only, in pieces (verify does not keep values). */
+static eddy_err r_skip(struct reader *r, uint64_t n)
+{
+    unsigned char buf[16384];
+    while (n > 0) {
+        size_t c = n < sizeof(buf) ? (size_t)n : sizeof(buf);
+        eddy_err err = r_get(r, buf, c, true);
+        if (err != EDDY_OK)
+            return err;
+        n -= c;
+    }
+    return EDDY_OK;
+}
+
+static int cmp_keys(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen)
+{
+    size_t n = alen < blen ? alen : blen;
+    int c = memcmp(a, b, n);
+    if (c != 0)
+        return c;
+    return alen < blen ? -1 : alen > blen;
+}
+
+/* Read and check the whole file; with 'fn', hand it every record (values in memory, one
+ * at a time), without, stream values through the CRC only. */
+static eddy_err read_file(const char *path, record_fn *fn, void *ud, struct checkpoint_info *out)
+{
+    eddy_err err = EDDY_OK;
+    struct reader r = {.path = path};
+    unsigned char *val = NULL;
+    size_t valcap = 0;
+    unsigned char key[STORE_KEY_MAX], prev[STORE_KEY_MAX];
+    size_t prevlen = 0;
+    uint64_t records = 0;
+
+    r.f = fopen(path, "rbe");
+    if (!r.f) {
+        if (errno == ENOENT)
+            return EDDY_ERR_NOT_FOUND;
+        log_error("msg=\"checkpoint: cannot open\" path=%s error=\"%s\"", path, strerror(errno));
+        return EDDY_ERR_IO;
+    }
+    struct stat st;
+    if (fstat(fileno(r.f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        log_error("msg=\"checkpoint: not a regular file\" path=%s", path);
+        err = EDDY_ERR_IO;
+        goto out;
+    }
+    r.size = (uint64_t)st.st_size;
+    if (r.size < CHECKPOINT_HEADER_LEN + CHECKPOINT_FOOTER_LEN) {
+        err = corrupt(&r, "shorter than header and footer");
+        goto out;
+    }
+
+    unsigned char h[CHECKPOINT_HEADER_LEN];
+    if ((err = r_get(&r, h, sizeof(h), true)) != EDDY_OK)
+        goto out;
+    if (memcmp(h, CHECKPOINT_MAGIC, 8) != 0) {
+        r.off = 0;
+        err = corrupt(&r, "bad magic");
+        goto out;
+    }
+    uint32_t version = (uint32_t)get_le(h + 8, 4);
+    if (version != CHECKPOINT_VERSION) {
+        r.off = 8;
+        err = corrupt(&r, "unsupported format version");
+        goto out;
+    }
+    uint32_t part = (uint32_t)get_le(h + 12, 2);
+    if (get_le(h + 14, 2) != 0) {
+        r.off = 14;
+        err = corrupt(&r, "unknown flags");
+        goto out;
+    }
+
+    for (;;) {
+        unsigned char b4[4];
+        /* every record and the footer's end marker start with a u32 */
+        if (r.size - r.off < CHECKPOINT_FOOTER_LEN) {
+            err = corrupt(&r, "truncated: no footer");
+            goto out;
+        }
+        if ((err = r_get(&r, b4, 4, true)) != EDDY_OK)
+            goto out;
+        uint32_t klen = (uint32_t)get_le(b4, 4);
+        if (klen == 0)
+            break; /* end marker */
+        uint64_t left = r.size - r.off; /* after the klen field */
+        if (klen < 3 || klen > STORE_KEY_MAX ||
+            (uint64_t)klen + 4 + (CHECKPOINT_FOOTER_LEN - 4) > left) {
+            r.off -= 4;
+            err = corrupt(&r, "bad key length");
+            goto out;
+        }
+        if ((err = r_get(&r, key, klen, true)) != EDDY_OK)
+            goto out;
+        if (key[0] != (part >> 8) || key[1] != (part & 0xffu)) {
+            err = corrupt(&r, "key of another partition");
+            goto out;
+        }
+        if (records > 0 && cmp_keys(prev, prevlen, key, klen) >= 0) {
+            err = corrupt(&r, "keys out of order");
+            goto out;
+        }
+        memcpy(prev, key, klen);
+        prevlen = klen;
+        if ((err = r_get(&r, b4, 4, true)) != EDDY_OK)
+            goto out;
+        uint32_t vlen = (uint32_t)get_le(b4, 4);
+        left = r.size - r.off;
+        if (vlen > CHECKPOINT_VALUE_MAX || (uint64_t)vlen + (CHECKPOINT_FOOTER_LEN - 4) > left) {
+            r.off -= 4;
+            err = corrupt(&r, "bad value length");
+            goto out;
+        }
+        if (!fn) {
+            err = r_skip(&r, vlen);
+        } else {
+            if (vlen > valcap) {
+                unsigned char *nv = realloc(val, vlen);
+                if (!nv) {
+                    err = EDDY_ERR_NOMEM;
+                    goto out;
+                }
+                val = nv;
+                valcap = vlen;
+            }
+            err = r_get(&r, val, vlen, true);
+            if (err == EDDY_OK)
+                err = fn(ud, key, klen, val, vlen);
+        }
+        if (err != EDDY_OK)
+            goto out;
+        records++;
+    }
+
+    /* footer: the end marker was read; records, bytes, crc follow and end the file */
+    if (r.size - r.off != CHECKPOINT_FOOTER_LEN - 4) {
+        err = corrupt(&r, "footer not at the end of the file");
+        goto out;
+    }
+    unsigned char f[CHECKPOINT_FOOTER_LEN - 4];
+    if ((err = r_get(&r, f, 16, true)) != EDDY_OK)
+        goto out;
+    uint32_t crc = r.crc;
+    if ((err = r_get(&r, f + 16, 4, false)) != EDDY_OK)
+        goto out;
+    if (get_le(f, 8) != records) {
+        r.off -= 20;
+        err = corrupt(&r, "record count does not match");
+        goto out;
+    }
+    if (get_le(f + 8, 8) != r.size) {
+        r.off -= 12;
+        err = corrupt(&r, "file length does not match");
+        goto out;
+    }
+    if ((uint32_t)get_le(f + 16, 4) != crc) {
+        r.off -= 4;
+        err = corrupt(&r, "CRC32C mismatch");
+        goto out;
+    }
+    if (out) {
+        memset(out, 0, sizeof(*out));
+        out->partition = part;
+        out->version = version;
+        out->created_ms = (int64_t)get_le(h + 16, 8);
+        out->seq = get_le(h + 24, 8);
+        out->records = records;
+        out->bytes = r.size;
+        out->crc = crc;
+        snprintf(out->path, sizeof(out->path), "%s", path);
+    }
+
+out:
+    free(val);
+    fclose(r.f);
+    return err;
+}
+
+eddy_err checkpoint_verify(const char *path, struct checkpoint_info *out)
+{
+    return read_file(path, NULL, NULL, out);
+}
+
+/* ---- loading -------------------------------------------------------------------------- */
+
+static eddy_err load_record(void *ud, const unsigned char *key, size_t klen,
+                            const unsigned char *val, size_t vlen)
+{
+    return store_batch_put(ud, key, klen, val, vlen);
+}
+
+eddy_err checkpoint_load(store *s, uint32_t p, const char *path, struct checkpoint_info *out)
+{
+    struct checkpoint_info first, second;
+    eddy_err err = checkpoint_verify(path, &first);
+    if (err != EDDY_OK)
+        return err;
+    if (first.partition != p) {
+        log_error("msg=\"checkpoint of another partition\" path=%s partition=%" PRIu32
+                  " want=%" PRIu32,
+                  path, first.partition, p);
+        return EDDY_ERR_INVALID;
+    }
+    /* Second pass into the batch: it checks everything again, so a file changed since the
+     * verify cannot slip unchecked records into the store. */
+    store_batch *b = store_batch_new();
+    if (!b)
+        return EDDY_ERR_NOMEM;
+    err = read_file(path, load_record, b, &second);
+    if (err == EDDY_OK && (second.partition != p || second.crc != first.crc)) {
+        log_error("msg=\"checkpoint changed while loading\" path=%s", path);
+        err = EDDY_ERR_CORRUPT;
+    }
+    uint64_t deleted = 0;
+    if (err == EDDY_OK) {
+        struct store_key start, end;
+        partition_range(p, &start, &end);
+        err = store_replace_range(s, &start, &end, b, &deleted);
+    }
+    store_batch_free(b);
+    if (err != EDDY_OK)
+        return err;
+    log_info("msg=\"checkpoint loaded\" partition=%" PRIu32 " seq=%" PRIu64 " records=%" PRIu64
+             " replaced=%" PRIu64 " path=%s",
+             p, second.seq, second.records, deleted, path);
+    if (out)
+        *out = second;
+    return EDDY_OK;
+}
+
+/* ---- directories ---------------------------------------------------------------------- */
+
+/* Parse "p<5 digits>-<20 digits>.ckp"; 'suffix' lets prune match ".ckp.tmp" too. */
+static bool parse_name(const char *name, const char *suffix, uint32_t *p, uint64_t *seq)
+{
+    size_t sl = strlen(suffix);
+    if (strlen(name) != 1 + 5 + 1 + 20 + sl || name[0] != 'p' || name[6] != '-' ||
+        strcmp(name + 27, suffix) != 0)
+        return false;
+    uint64_t v = 0;
+    for (int i = 1; i < 6; i++) {
+        if (name[i] < '0' || name[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(name[i] - '0');
+    }
+    *p = (uint32_t)v;
+    v = 0;
+    for (int i = 7; i < 27; i++) {
+        if (name[i] < '0' || name[i] > '9')
+            return false;
+        uint64_t d = (uint64_t)(name[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *seq = v;
+    return true;
+}
+
+static int cmp_newest_first(const void *a, const void *b)
+{
+    const struct checkpoint_file *x = a, *y = b;
+    return x->seq < y->seq ? 1 : x->seq > y->seq ? -1 : 0;
+}
+
+eddy_err checkpoint_list(const char *dir, uint32_t p, struct checkpoint_file **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT)
+            return EDDY_OK;
+        log_error("msg=\"checkpoint: cannot list\" dir=%s error=\"%s\"", dir, strerror(errno));
+        return EDDY_ERR_IO;
+    }
+    eddy_err err = EDDY_OK;
+    struct checkpoint_file *v = NULL;
+    size_t len = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        uint32_t fp;
+        uint64_t seq;
+        if (!parse_name(de->d_name, ".ckp", &fp, &seq) || fp != p)
+            continue;
+        if (len == CHECKPOINT_LIST_MAX) {
+            log_error("msg=\"checkpoint: too many files\" dir=%s partition=%" PRIu32, dir, p);
+            err = EDDY_ERR_TOO_LARGE;
+            break;
+        }
+        if (len == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            struct checkpoint_file *nv = realloc(v, ncap * sizeof(*nv));
+            if (!nv) {
+                err = EDDY_ERR_NOMEM;
+                break;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        v[len].seq = seq;
+        if (snprintf(v[len].path, sizeof(v[len].path), "%s/%s", dir, de->d_name) >=
+            (int)sizeof(v[len].path)) {
+            err = EDDY_ERR_TOO_LARGE;
+            break;
+        }
+        len++;
+    }
+    closedir(d);
+    if (err != EDDY_OK) {
+        free(v);
+        return err;
+    }
+    if (len > 0)
+        qsort(v, len, sizeof(*v), cmp_newest_first);
+    *out = v;
+    *n = len;
+    return EDDY_OK;
+}
+
+/* Remove leftovers of interrupted writes of partition 'p'. */
+static void remove_tmp_files(const char *dir, uint32_t p)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        uint32_t fp;
+        uint64_t seq;
+        char path[CHECKPOINT_PATH_MAX];
+        if (!parse_name(de->d_name, ".ckp.tmp", &fp, &seq) || fp != p)
+            continue;
+        if (snprintf(path, sizeof(path), "%s/%s", dir, de->d_name) < (int)sizeof(path) &&
+            unlink(path) == 0)
+            log_info("msg=\"checkpoint: removed unfinished file\" path=%s", path);
+    }
+    closedir(d);
+}
+
+eddy_err checkpoint_prune(const char *dir, uint32_t p, int keep, size_t *removed)
+{
+    if (removed)
+        *removed = 0;
+    if (keep < 0)
+        return EDDY_ERR_INVALID;
+    struct checkpoint_file *v = NULL;
+    size_t n = 0;
+    eddy_err err = checkpoint_list(dir, p, &v, &n);
+    if (err != EDDY_OK)
+        return err;
+    remove_tmp_files(dir, p);
+
+    /* Find the newest valid file; if it is older than the kept ones, keep it as well. */
+    size_t spare = n; /* index of an extra file to keep, n for none */
+    if (keep > 0) {
+        for (size_t i = 0; i < n; i++) {
+            eddy_err e = checkpoint_verify(v[i].path, NULL);
+            if (e == EDDY_OK) {
+                if (i >= (size_t)keep)
+                    spare = i;
+                break;
+            }
+            if (e != EDDY_ERR_CORRUPT && e != EDDY_ERR_NOT_FOUND) {
+                /* cannot tell which one is good: delete nothing */
+                free(v);
+                return e;
+            }
+        }
+    }
+    size_t gone = 0;
+    for (size_t i = (size_t)keep; i < n; i++) {
+        if (i == spare)
+            continue;
+        if (unlink(v[i].path) != 0 && errno != ENOENT) {
+            log_error("msg=\"checkpoint: cannot delete\" path=%s error=\"%s\"", v[i].path,
+                      strerror(errno));
+            err = EDDY_ERR_IO;
+            continue;
+        }
+        gone++;
+    }
+    free(v);
+    if (gone > 0 && err == EDDY_OK)
+        err = fsync_dir(dir[0] ? dir : ".");
+    if (removed)
+        *removed = gone;
+    return err;
+}
+
+eddy_err checkpoint_latest_valid(const char *dir, uint32_t p, struct checkpoint_info *out)
+{
+    struct checkpoint_file *v = NULL;
+    size_t n = 0;
+    eddy_err err = checkpoint_list(dir, p, &v, &n);
+    if (err != EDDY_OK)
+        return err;
+    err = EDDY_ERR_NOT_FOUND;
+    struct checkpoint_info info;
+    for (size_t i = 0; i < n; i++) {
+        eddy_err e = checkpoint_verify(v[i].path, &info);
+        if (e == EDDY_OK && info.partition != p) {
+            log_warn("msg=\"checkpoint: file claims another partition, skipped\" path=%s",
+                     v[i].path);
+            continue;
+        }
+        if (e == EDDY_OK) {
+            if (out)
+                *out = info;
+            err = EDDY_OK;
+            break;
+        }
+        if (e == EDDY_ERR_CORRUPT || e == EDDY_ERR_NOT_FOUND) {
+            log_warn("msg=\"checkpoint skipped, trying an older one\" path=%s error=\"%s\"",
+                     v[i].path, eddy_strerror(e));
+            continue;
+        }
+        err = e;
+        break;
+    }
+    free(v);
+    return err;
+}

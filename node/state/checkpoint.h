@@ -1,0 +1,115 @@
+/* Checkpoint files of one partition (DESIGN.md §7): a consistent copy of the partition's
+ * whole key range, taken from one LevelDB snapshot while the writer keeps committing,
+ * checked end to end with CRC-32C, and loadable into another store in one atomic write.
+ *
+ * File format, version 1. Integers are little-endian; keys and values are raw bytes.
+ *
+ *   header (32 bytes)
+ *     0  magic       8 bytes "EDDYCKP1"
+ *     8  version     u32     1
+ *    12  partition   u16
+ *    14  flags       u16     0 (a version-1 reader rejects any other value)
+ *    16  created_ms  i64     wall clock when written (informational only)
+ *    24  seq         u64     the partition's META next_seq in the snapshot: the log
+ *                            records below seq are reflected in this state, so a copy
+ *                            catches up by tailing the owner's log from seq
+ *   records, in strictly ascending key order, zero or more of
+ *        klen        u32     1 .. STORE_KEY_MAX (1024); the key starts with the
+ *                            partition as big-endian u16 (store.h key layout)
+ *        key         klen bytes
+ *        vlen        u32     0 .. CHECKPOINT_VALUE_MAX
+ *        value       vlen bytes
+ *   footer (24 bytes)
+ *        end         u32     0 (no key is empty: marks the end of the records)
+ *        records     u64     number of records
+ *        bytes       u64     length of the whole file, footer included
+ *        crc         u32     CRC-32C (Castagnoli) of every byte before this field
+ *
+ * A file is only ever published whole: it is written to PATH.tmp, fsynced, renamed to
+ * PATH and the directory fsynced. Files in a checkpoint directory are named
+ * p<partition:05>-<seq:020>.ckp, so the name sorts and identifies them.
+ *
+ * Threads: any thread (never a gRPC completion-queue thread: these block on disk). Writing,
+ * listing and pruning one partition's checkpoints belong to one thread at a time; reading
+ * (verify, latest_valid) may run anywhere. */
+#ifndef EDDY_CHECKPOINT_H
+#define EDDY_CHECKPOINT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "node/state/store.h"
+
+#define CHECKPOINT_MAGIC "EDDYCKP1"
+#define CHECKPOINT_VERSION 1u
+#define CHECKPOINT_HEADER_LEN 32u
+#define CHECKPOINT_FOOTER_LEN 24u
+#define CHECKPOINT_VALUE_MAX (64u << 20) /* a larger value is a corrupt length field */
+#define CHECKPOINT_PATH_MAX 4096
+#define CHECKPOINT_LIST_MAX 100000       /* files of one partition in a directory */
+
+/* What a checkpoint file holds, as written or as verified. */
+struct checkpoint_info {
+    uint32_t partition;
+    uint32_t version;
+    uint64_t seq;         /* META next_seq of the partition in the snapshot (0: no META) */
+    int64_t created_ms;   /* informational */
+    uint64_t records;     /* key/value records */
+    uint64_t bytes;       /* file length */
+    uint32_t crc;         /* the footer's CRC-32C */
+    char path[CHECKPOINT_PATH_MAX];
+};
+
+/* Write the canonical name of partition 'p''s checkpoint at 'seq' in 'dir' into 'buf'
+ * ("DIR/p00042-00000000000000001234.ckp"). EDDY_ERR_TOO_LARGE if it does not fit. */
+eddy_err checkpoint_path(char *buf, size_t n, const char *dir, uint32_t p, uint64_t seq);
+
+/* Copy partition 'p' of 's', as of one snapshot, into the checkpoint file 'path' (replaced
+ * atomically if it exists). 'out' (may be NULL) receives what was written. On failure
+ * nothing is published and PATH.tmp is removed. */
+eddy_err checkpoint_write(store *s, uint32_t p, const char *path, struct checkpoint_info *out);
+
+/* checkpoint_write to the canonical name in 'dir' (created if missing), which depends on
+ * the snapshot's seq; out->path tells where the file went. */
+eddy_err checkpoint_write_dir(store *s, uint32_t p, const char *dir, struct checkpoint_info *out);
+
+/* Read the whole file and check it: magic, version, flags, lengths, key order and
+ * partition, record count, file length and CRC. EDDY_ERR_CORRUPT (with one log line saying
+ * where and why) for any damage, truncation included; EDDY_ERR_NOT_FOUND if there is no
+ * such file; EDDY_ERR_IO if it cannot be read. Streams the file: memory use does not
+ * depend on its contents. 'out' (may be NULL) is filled on success. */
+eddy_err checkpoint_verify(const char *path, struct checkpoint_info *out);
+
+/* Make partition 'p' of 's' exactly the contents of checkpoint 'path': verify the file,
+ * then, in one synced LevelDB write, delete every key of the partition and put the
+ * file's records. Other partitions are untouched. EDDY_ERR_INVALID (and no change) if the
+ * file belongs to another partition. The caller makes sure nothing writes partition 'p'
+ * meanwhile (it is not being served: a move's target, or a restart). Holds the whole
+ * partition in memory for the write. 'out' (may be NULL) is filled on success. */
+eddy_err checkpoint_load(store *s, uint32_t p, const char *path, struct checkpoint_info *out);
+
+/* One checkpoint file found in a directory. */
+struct checkpoint_file {
+    uint64_t seq;
+    char path[CHECKPOINT_PATH_MAX];
+};
+
+/* Partition 'p''s checkpoint files in 'dir' (by name; not verified), newest (highest seq)
+ * first. Caller owns *out (NULL when *n == 0); free with free(). A missing directory
+ * holds no checkpoints (EDDY_OK, *n == 0). EDDY_ERR_TOO_LARGE over CHECKPOINT_LIST_MAX. */
+eddy_err checkpoint_list(const char *dir, uint32_t p, struct checkpoint_file **out, size_t *n);
+
+/* Delete all but the newest 'keep' checkpoint files of partition 'p' in 'dir', and any
+ * leftover p<partition>-*.ckp.tmp of an interrupted write. Never leaves the partition
+ * without a valid checkpoint it had: if none of the kept files verifies, the newest older
+ * one that does is kept too. *removed (may be NULL) receives the number of .ckp files
+ * deleted. */
+eddy_err checkpoint_prune(const char *dir, uint32_t p, int keep, size_t *removed);
+
+/* The newest checkpoint of partition 'p' in 'dir' that verifies, skipping corrupt ones
+ * with a warning (the previous checkpoint plus a longer log replay then serve). 'out'
+ * receives it. EDDY_ERR_NOT_FOUND if there is none. */
+eddy_err checkpoint_latest_valid(const char *dir, uint32_t p, struct checkpoint_info *out);
+
+#endif

@@ -1,0 +1,176 @@
+"""CI smoke run of the throughput benchmarks (docs/BENCHMARKS.md): eddy-bench for about
+2 seconds per mode against a real `eddy-node --dev`, the reference programs briefly, and
+bench/seed_pipeline.py if redis-server and python3-redis are installed. Asserts that each
+JSON result counts work done, has no errors other than counted retries, and has sane
+latency fields; the generator is checked to be deterministic and to follow its event mix.
+Under 30 s in all."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import eddylib as L
+
+BENCH = os.environ.get("EDDY_BENCH", "")
+REF_LEVELDB = os.environ.get("EDDY_REF_LEVELDB", "")
+REF_GRPC = os.environ.get("EDDY_REF_GRPC", "")
+SEED_PIPELINE = os.path.normpath(os.path.join(L.HERE, "..", "..", "bench", "seed_pipeline.py"))
+
+
+def run_json(args, timeout=20):
+    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError(f"{args[0]} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}")
+    return json.loads(r.stdout)
+
+
+class BenchSmoke(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not BENCH or not os.access(BENCH, os.X_OK):
+            raise unittest.SkipTest("EDDY_BENCH is not set: the eddy-bench target was not built")
+        cls.node = L.Node().start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+        cls.node.cleanup()
+
+    def bench(self, *args):
+        return run_json([BENCH, "--endpoint", self.node.endpoint, "-o", "json", *args])
+
+    def assert_latency(self, d, count_at_least=1):
+        self.assertGreaterEqual(d["count"], count_at_least)
+        self.assertGreater(d["p50"], 0)
+        self.assertLessEqual(d["p50"], d["p95"])
+        self.assertLessEqual(d["p95"], d["p99"])
+        self.assertLessEqual(d["p99"], d["p999"])
+        self.assertLessEqual(d["p999"], d["max"])
+        self.assertLess(d["max"], 30_000)
+
+    def assert_no_errors(self, r):
+        self.assertEqual(r["errors"], 0, r.get("first_error"))
+        self.assertEqual(r["errors_by_code"], {})
+        # retries (RESOURCE_EXHAUSTED) are allowed: they are counted, not errors
+        self.assertEqual(r["retries_total"], sum(r["retries"].values()))
+
+    def test_ingest(self):
+        r = self.bench("--mode", "ingest", "--duration", "2s", "--streams", "2", "--batch", "200",
+                       "--dup-fraction", "0.05", "--late-fraction", "0.02", "--scenario", "smoke")
+        self.assertEqual(r["scenario"], "smoke")
+        self.assertGreater(r["throughput_eps"], 0)
+        self.assertGreater(r["events"], 0)
+        self.assertEqual(r["events"], r["batches"] * 200)
+        # every event sent is accounted for by the node
+        self.assertEqual(r["accepted"] + r["duplicates"] + r["rejected"], r["events"])
+        self.assertEqual(r["rejected"], 0)
+        self.assertGreater(r["duplicates"], 0)
+        self.assertGreater(r["late"], 0)
+        self.assertAlmostEqual(r["throughput_eps"], r["events"] / r["duration_s"], delta=1)
+        self.assert_latency(r["latency_ms"])
+        self.assert_no_errors(r)
+
+    def test_events_budget_and_rate(self):
+        r = self.bench("--mode", "ingest", "--events", "1000", "--batch", "100", "--rate", "2000")
+        self.assertEqual(r["events"], 1000)
+        self.assertEqual(r["batches"], 10)
+        # 1000 events at 2000/s take about half a second, not less
+        self.assertGreater(r["duration_s"], 0.3)
+        self.assert_no_errors(r)
+
+    def test_recommend_and_mixed(self):
+        r = self.bench("--mode", "recommend", "--duration", "2s", "--recommend-qps", "200",
+                       "--preload", "2000")
+        self.assertEqual(r["events"], 0)
+        self.assertGreater(r["recommend_qps"], 150)
+        self.assertGreater(r["recommend_requests"], 300)
+        self.assert_latency(r["recommend_latency_ms"], 300)
+        self.assertEqual(r["recommend_errors_by_code"], {})
+        self.assert_no_errors(r)
+
+        r = self.bench("--mode", "mixed", "--duration", "2s", "--recommend-qps", "100",
+                       "--rate", "1000", "--batch", "100")
+        self.assertGreater(r["throughput_eps"], 0)
+        self.assertGreater(r["recommend_requests"], 100)
+        self.assert_latency(r["latency_ms"])
+        self.assert_latency(r["recommend_latency_ms"], 100)
+        self.assert_no_errors(r)
+
+    def test_visible(self):
+        r = self.bench("--mode", "visible", "--duration", "2s", "--probe-interval", "50ms")
+        self.assertGreater(r["visible_probes"], 10)
+        self.assertEqual(r["visible_timeouts"], 0)
+        self.assertEqual(r["visible_errors_by_code"], {})
+        self.assert_latency(r["visible_latency_ms"], r["visible_probes"])
+        self.assert_latency(r["visible_ack_latency_ms"], r["visible_probes"])
+        # a probe is polled until visible; it cannot be visible long before its ack
+        self.assertGreater(r["visible_latency_ms"]["p50"], 0.05)
+        self.assert_no_errors(r)
+
+    def test_generator_is_deterministic(self):
+        def dump(seed):
+            out = subprocess.run([BENCH, "--mode", "dump", "--events", "2000", "--seed", str(seed),
+                                  "--run-id", "det", "--start-ms", "1700000000000"],
+                                 capture_output=True, text=True, check=True, timeout=10).stdout
+            return [json.loads(l) for l in out.splitlines()]
+        a, b, c = dump(7), dump(7), dump(8)
+        self.assertEqual(a, b)
+        self.assertNotEqual(a, c)
+        types = [e["eventType"] for e in a]
+        self.assertAlmostEqual(types.count("view") / len(a), 0.60, delta=0.05)
+        self.assertAlmostEqual(types.count("search") / len(a), 0.07, delta=0.03)
+        # bounded disorder: at most --disorder (2 s) behind the synthetic clock
+        for i, e in enumerate(a):
+            clock = 1700000000000 + i  # 1000 events per second of event time
+            self.assertLessEqual(clock - e["timestamp"], 2000)
+            self.assertGreaterEqual(clock - e["timestamp"], 0)
+        by_product = {}  # a product has one category, brand and price
+        for e in a:
+            if e["productId"]:
+                key = (e["category"], e["brand"], e["price"])
+                self.assertEqual(by_product.setdefault(e["productId"], key), key)
+
+    def test_references(self):
+        for ref in (REF_LEVELDB, REF_GRPC):
+            if not ref or not os.access(ref, os.X_OK):
+                self.skipTest("EDDY_REF_LEVELDB / EDDY_REF_GRPC not set")
+        tmp = tempfile.mkdtemp(prefix="eddy-it-ref-")
+        try:
+            r = run_json([REF_LEVELDB, "-o", "json", "--dir", os.path.join(tmp, "db"),
+                          "--events", "20000", "--batch", "500"])
+            self.assertEqual(r["events"], 20000)
+            self.assertEqual(r["syncs"], 40)
+            self.assertGreater(r["throughput_eps"], 0)
+            self.assertGreater(r["bytes_per_event"], 20)
+            self.assert_latency(r["latency_ms"], 40)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        r = run_json([REF_GRPC, "-o", "json", "--duration", "1s", "--batch", "500"])
+        self.assertEqual(r["errors"], 0)
+        self.assertGreater(r["throughput_eps"], 0)
+        self.assertGreater(r["payload_bytes"], 500 * 20)
+        self.assert_latency(r["latency_ms"])
+
+    def test_seed_pipeline(self):
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            self.skipTest("python3-redis is not installed: seed pipeline reference not run")
+        if not shutil.which("redis-server"):
+            self.skipTest("redis-server is not installed: seed pipeline reference not run")
+        events = subprocess.run([BENCH, "--mode", "dump", "--events", "500", "--run-id", "seed"],
+                                capture_output=True, text=True, check=True, timeout=10).stdout
+        r = subprocess.run([sys.executable, SEED_PIPELINE, "--start-redis", "-o", "json"],
+                           input=events, capture_output=True, text=True, timeout=20)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        res = json.loads(r.stdout)
+        self.assertEqual(res["events"], 500)
+        self.assertGreater(res["throughput_eps"], 0)
+        self.assert_latency(res["latency_ms"], 500)
+
+
+if __name__ == "__main__":
+    unittest.main()

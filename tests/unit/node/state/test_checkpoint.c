@@ -1,0 +1,697 @@
+/* Checkpoint files on real LevelDBs in temp dirs: a partition written from an engine with
+ * real state and loaded into a fresh store dumps byte for byte the same, other partitions
+ * untouched; checkpoints taken while the writer keeps committing are consistent; every
+ * flipped byte and every truncation is caught; latest_valid falls back; prune keeps N. */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "common/partition.h"
+#include "node/state/apply.h"
+#include "node/state/checkpoint.h"
+#include "node/state/engine.h"
+#include "node/state/store.h"
+
+#define T0 1800000000000LL
+#define NPARTS 8
+
+static struct engine_opts opts(const char *dir)
+{
+    struct engine_opts o = {0};
+    o.data_dir = dir;
+    o.apply.partitions = NPARTS;
+    o.apply.window = (struct window_params){60000, 5000, 0, 0};
+    o.apply.model = (struct model_params){{7 * 86400000LL, 8}, 20, 50, 50};
+    o.apply.cooccurrence_span_ms = 1800000;
+    o.apply.cooccurrence_items = 10;
+    o.apply.dedup_window_ms = 86400000;
+    o.apply.sweep_interval_ms = 3600000;
+    o.product = (struct product_params){8, {86400000, 8}, {7 * 86400000LL, 8}, 50};
+    o.rec = (struct rec_params){1.0, 1.5, 2.0, 3};
+    o.stage2_staleness_ms = 0;
+    o.candidates = 50;
+    o.max_pending_events = 100000;
+    o.max_group_events = 1000;
+    return o;
+}
+
+static char *tmpdir(void)
+{
+    char tmpl[] = "/tmp/eddy-test-ckp-XXXXXX";
+    char *d = mkdtemp(tmpl);
+    assert_non_null(d);
+    return strdup(d);
+}
+
+static void rmrf(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static char *subdir(const char *dir, const char *name)
+{
+    char *p = malloc(strlen(dir) + strlen(name) + 2);
+    assert_non_null(p);
+    snprintf(p, strlen(dir) + strlen(name) + 2, "%s/%s", dir, name);
+    return p;
+}
+
+static store *open_store(const char *path)
+{
+    struct store_opts so = {path, 0, 0};
+    store *s = NULL;
+    char err[256];
+    assert_int_equal(store_open(&so, &s, err, sizeof(err)), EDDY_OK);
+    return s;
+}
+
+/* store_dump lines of partition 'p' (want_p >= 0), or of every other partition
+ * (want_p < 0: all but -want_p - 1). Caller frees. */
+static char *dump_filtered(store *s, int want_p)
+{
+    char *buf = NULL, *res = NULL;
+    size_t len = 0, rlen = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_int_equal(store_dump(s, 0xffffffffu, f), EDDY_OK);
+    fclose(f);
+    FILE *r = open_memstream(&res, &rlen);
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char hex[5] = {line[0], line[1], line[2], line[3], 0};
+        int p = (int)strtol(hex, NULL, 16);
+        bool match = want_p >= 0 ? p == want_p : p != -want_p - 1;
+        if (match)
+            fprintf(r, "%s\n", line);
+    }
+    fclose(r);
+    free(buf);
+    return res;
+}
+
+static void put_raw(store *s, const struct store_key *k, const char *val)
+{
+    store_txn *t = store_txn_new(s);
+    assert_int_equal(store_txn_put(t, k, val, strlen(val)), EDDY_OK);
+    assert_int_equal(store_txn_commit(t, true), EDDY_OK);
+    store_txn_free(t);
+}
+
+static void put_meta(store *s, uint32_t p, uint64_t next_seq)
+{
+    struct part_meta m = {0};
+    m.next_seq = next_seq;
+    m.dirty = true;
+    store_txn *t = store_txn_new(s);
+    assert_int_equal(apply_meta_save(t, p, &m), EDDY_OK);
+    assert_int_equal(store_txn_commit(t, true), EDDY_OK);
+    store_txn_free(t);
+}
+
+static int count_fn(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    (*(uint64_t *)ud)++;
+    return 0;
+}
+
+static uint64_t count_table(store *s, uint32_t p, enum store_table t)
+{
+    struct store_key start, end;
+    key_init(&start, p, t);
+    key_prefix_end(&start, &end);
+    uint64_t n = 0;
+    assert_int_equal(store_scan(s, &start, &end, count_fn, &n), EDDY_OK);
+    return n;
+}
+
+static uint64_t file_size(const char *path)
+{
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    return (uint64_t)st.st_size;
+}
+
+static unsigned char *read_all(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    *n = (size_t)file_size(path);
+    unsigned char *b = malloc(*n ? *n : 1);
+    assert_non_null(b);
+    assert_int_equal(fread(b, 1, *n, f), *n);
+    fclose(f);
+    return b;
+}
+
+static void write_all(const char *path, const unsigned char *b, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(b, 1, n, f), n);
+    fclose(f);
+}
+
+/* ---- engine with real state --------------------------------------------------------- */
+
+struct done {
+    int calls;
+    eddy_err err;
+};
+
+static void on_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
+{
+    struct done *d = ud;
+    d->calls++;
+    d->err = err;
+}
+
+static const char *cats[] = {"books", "toys", "garden", "food"};
+
+/* Ingest 'n' events numbered from 'first', one per minute of event time. */
+static void ingest_range(engine *e, int first, int n)
+{
+    Eddy__V1__Event *ev = calloc((size_t)n, sizeof(*ev));
+    Eddy__V1__Event **evs = calloc((size_t)n, sizeof(*evs));
+    char (*ids)[24] = calloc((size_t)n, sizeof(*ids));
+    char (*users)[16] = calloc((size_t)n, sizeof(*users));
+    char (*prods)[16] = calloc((size_t)n, sizeof(*prods));
+    assert_true(ev && evs && ids && users && prods);
+    for (int i = 0; i < n; i++) {
+        int k = first + i;
+        snprintf(ids[i], sizeof(ids[i]), "e%d", k);
+        snprintf(users[i], sizeof(users[i]), "u%d", k % 23);
+        snprintf(prods[i], sizeof(prods[i]), "p%d", (k * 7) % 31);
+        eddy__v1__event__init(&ev[i]);
+        ev[i].event_id = ids[i];
+        ev[i].user_id = users[i];
+        ev[i].timestamp_ms = T0 + (int64_t)k * 60000;
+        ev[i].event_type = k % 5 == 0   ? EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE
+                           : k % 3 == 0 ? EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART
+                                        : EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW;
+        ev[i].product_id = prods[i];
+        ev[i].category = (char *)cats[k % 4];
+        ev[i].price = 5 + k % 17;
+        evs[i] = &ev[i];
+    }
+    struct done d = {0};
+    assert_int_equal(engine_ingest(e, evs, (size_t)n, on_done, &d), EDDY_OK);
+    engine_flush(e);
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(d.err, EDDY_OK);
+    free(ev);
+    free(evs);
+    free(ids);
+    free(users);
+    free(prods);
+}
+
+static void test_write_load_roundtrip(void **state)
+{
+    char *dir = tmpdir();
+    char *edir = subdir(dir, "engine"), *fdir = subdir(dir, "fresh"), *cdir = subdir(dir, "ckp");
+    struct engine_opts o = opts(edir);
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    ingest_range(e, 0, 400);
+
+    uint32_t p = partition_of_user("u0", NPARTS);
+    uint32_t q = (p + 1) % NPARTS;
+    store *src = engine_store(e);
+    struct part_meta m;
+    assert_int_equal(apply_meta_load(src, p, &m), EDDY_OK);
+    assert_true(m.next_seq > 10);
+
+    struct checkpoint_info info;
+    assert_int_equal(checkpoint_write_dir(src, p, cdir, &info), EDDY_OK);
+    char want_path[CHECKPOINT_PATH_MAX];
+    assert_int_equal(checkpoint_path(want_path, sizeof(want_path), cdir, p, m.next_seq), EDDY_OK);
+    assert_string_equal(info.path, want_path);
+    assert_int_equal(info.partition, p);
+    assert_int_equal(info.seq, m.next_seq);
+    assert_int_equal(info.bytes, file_size(info.path));
+    assert_true(info.records > 20);
+    char *src_dump = dump_filtered(src, (int)p);
+    size_t lines = 0;
+    for (const char *c = src_dump; *c; c++)
+        lines += *c == '\n';
+    assert_int_equal(lines, info.records);
+
+    struct checkpoint_info vi;
+    assert_int_equal(checkpoint_verify(info.path, &vi), EDDY_OK);
+    assert_int_equal(vi.seq, info.seq);
+    assert_int_equal(vi.records, info.records);
+    assert_int_equal(vi.bytes, info.bytes);
+    assert_int_equal(vi.crc, info.crc);
+    assert_int_equal(vi.created_ms, info.created_ms);
+    assert_int_equal(vi.version, CHECKPOINT_VERSION);
+
+    /* a fresh store with stale keys in partition p and data in q and the partitions around */
+    store *dst = open_store(fdir);
+    struct store_key k;
+    key_init(&k, p, T_USER);
+    key_str(&k, "stale-user");
+    put_raw(dst, &k, "old");
+    key_init(&k, p, T_LATE);
+    key_u64(&k, 999999);
+    put_raw(dst, &k, "");
+    key_init(&k, q, T_USER);
+    key_str(&k, "someone");
+    put_raw(dst, &k, "keep me");
+    if (p > 0) {
+        key_init(&k, p - 1, T_META);
+        put_raw(dst, &k, "keep me too");
+    }
+    char *others_before = dump_filtered(dst, -(int)p - 1);
+    assert_true(strlen(others_before) > 0);
+
+    struct checkpoint_info li;
+    assert_int_equal(checkpoint_load(dst, p, info.path, &li), EDDY_OK);
+    assert_int_equal(li.seq, info.seq);
+    assert_int_equal(li.records, info.records);
+    char *dst_dump = dump_filtered(dst, (int)p);
+    assert_string_equal(dst_dump, src_dump);
+    char *others_after = dump_filtered(dst, -(int)p - 1);
+    assert_string_equal(others_after, others_before);
+    struct part_meta dm;
+    assert_int_equal(apply_meta_load(dst, p, &dm), EDDY_OK);
+    assert_int_equal(dm.next_seq, info.seq);
+    assert_int_equal(dm.events, m.events);
+
+    /* a file of partition p is refused for partition q, and nothing changes */
+    char *q_before = dump_filtered(dst, (int)q);
+    assert_int_equal(checkpoint_load(dst, q, info.path, NULL), EDDY_ERR_INVALID);
+    char *q_after = dump_filtered(dst, (int)q);
+    assert_string_equal(q_after, q_before);
+
+    /* loading the same file again is idempotent */
+    assert_int_equal(checkpoint_load(dst, p, info.path, NULL), EDDY_OK);
+    free(dst_dump);
+    dst_dump = dump_filtered(dst, (int)p);
+    assert_string_equal(dst_dump, src_dump);
+
+    /* an empty partition: checkpoint of a partition with no keys clears the target's */
+    uint32_t empty = 7;
+    char *bdir = subdir(dir, "blank");
+    store *blank = open_store(bdir);
+    free(bdir);
+    struct checkpoint_info ei;
+    char epath[CHECKPOINT_PATH_MAX];
+    snprintf(epath, sizeof(epath), "%s/empty.ckp", dir);
+    assert_int_equal(checkpoint_write(blank, empty, epath, &ei), EDDY_OK);
+    assert_int_equal(ei.records, 0);
+    assert_int_equal(ei.seq, 0);
+    assert_int_equal(ei.bytes, CHECKPOINT_HEADER_LEN + CHECKPOINT_FOOTER_LEN);
+    key_init(&k, empty, T_USER);
+    key_str(&k, "x");
+    put_raw(dst, &k, "gone soon");
+    assert_int_equal(count_table(dst, empty, T_USER), 1);
+    assert_int_equal(checkpoint_load(dst, empty, epath, NULL), EDDY_OK);
+    char *ed = dump_filtered(dst, (int)empty);
+    assert_string_equal(ed, "");
+    free(ed);
+    store_close(blank);
+
+    free(q_before);
+    free(q_after);
+    free(others_before);
+    free(others_after);
+    free(dst_dump);
+    free(src_dump);
+    store_close(dst);
+    engine_close(e);
+    rmrf(dir);
+    free(edir);
+    free(fdir);
+    free(cdir);
+    free(dir);
+}
+
+/* ---- consistency while the writer commits ------------------------------------------- */
+
+struct producer {
+    engine *e;
+    atomic_int stop;
+    atomic_int batches;
+};
+
+static void *produce(void *arg)
+{
+    struct producer *pr = arg;
+    int next = 0;
+    while (!atomic_load(&pr->stop) && next < 200000) {
+        ingest_range(pr->e, next, 40);
+        next += 40;
+        atomic_fetch_add(&pr->batches, 1);
+    }
+    return NULL;
+}
+
+static void test_consistent_while_writing(void **state)
+{
+    char *dir = tmpdir();
+    char *edir = subdir(dir, "engine"), *fdir = subdir(dir, "fresh");
+    struct engine_opts o = opts(edir);
+    o.apply.log_retention_ms = 2 * 3600000LL; /* the log's front moves too */
+    o.max_group_events = 40;
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    ingest_range(e, -400, 400);
+
+    uint32_t p = partition_of_user("u0", NPARTS);
+    store *dst = open_store(fdir);
+    struct producer pr = {.e = e};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, produce, &pr), 0);
+
+    enum { ROUNDS = 12 };
+    uint64_t seqs[ROUNDS];
+    int distinct = 0;
+    bool front_moved = false;
+    for (int i = 0; i < ROUNDS; i++) {
+        /* let some commits land between checkpoints */
+        int b0 = atomic_load(&pr.batches);
+        while (atomic_load(&pr.batches) < b0 + 2)
+            usleep(1000);
+        char path[512];
+        snprintf(path, sizeof(path), "%s/c%d.ckp", dir, i);
+        struct checkpoint_info info;
+        assert_int_equal(checkpoint_write(engine_store(e), p, path, &info), EDDY_OK);
+        seqs[i] = info.seq;
+        if (i == 0 || seqs[i] != seqs[i - 1])
+            distinct++;
+        assert_int_equal(checkpoint_load(dst, p, path, NULL), EDDY_OK);
+        struct part_meta m;
+        assert_int_equal(apply_meta_load(dst, p, &m), EDDY_OK);
+        assert_int_equal(m.next_seq, info.seq);
+        /* exactly the log records [log_first_seq, next_seq) are in the file */
+        assert_int_equal(count_table(dst, p, T_LOG), m.next_seq - m.log_first_seq);
+        front_moved |= m.log_first_seq > 0;
+        unlink(path);
+    }
+    atomic_store(&pr.stop, 1);
+    pthread_join(th, NULL);
+    assert_true(distinct >= ROUNDS / 2); /* the checkpoints really raced the writer */
+    assert_true(front_moved);
+
+    store_close(dst);
+    engine_close(e);
+    rmrf(dir);
+    free(edir);
+    free(fdir);
+    free(dir);
+}
+
+/* ---- corruption ------------------------------------------------------------------------ */
+
+/* A small store with a few keys in partitions 2 and 3; partition 3 has META next_seq. */
+static store *small_store(const char *path)
+{
+    store *s = open_store(path);
+    struct store_key k;
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "user-%d", i);
+        key_init(&k, 3, T_USER);
+        key_str(&k, id);
+        put_raw(s, &k, i % 2 ? "some value bytes" : "");
+        key_init(&k, 2, T_USER);
+        key_str(&k, id);
+        put_raw(s, &k, "other partition");
+    }
+    key_init(&k, 3, T_LOG);
+    key_u64(&k, 41);
+    put_raw(s, &k, "log record");
+    put_meta(s, 3, 42);
+    return s;
+}
+
+static void test_corruption_detected(void **state)
+{
+    char *dir = tmpdir();
+    char *sdir = subdir(dir, "db"), *ddir = subdir(dir, "dst");
+    store *s = small_store(sdir);
+    char path[512];
+    snprintf(path, sizeof(path), "%s/p3.ckp", dir);
+    struct checkpoint_info info;
+    assert_int_equal(checkpoint_write(s, 3, path, &info), EDDY_OK);
+    assert_int_equal(info.seq, 42);
+    assert_int_equal(info.records, 7); /* 5 users, 1 log, 1 meta */
+    size_t n;
+    unsigned char *good = read_all(path, &n);
+    assert_int_equal(n, info.bytes);
+    assert_memory_equal(good, CHECKPOINT_MAGIC, 8);
+
+    /* the loaded target must not change when a load is refused */
+    store *dst = open_store(ddir);
+    struct store_key k;
+    key_init(&k, 3, T_USER);
+    key_str(&k, "resident");
+    put_raw(dst, &k, "still here");
+    char *dst_before = dump_filtered(dst, 3);
+
+    /* every single flipped byte: header, records, footer */
+    for (size_t off = 0; off < n; off++) {
+        unsigned char *bad = malloc(n);
+        memcpy(bad, good, n);
+        bad[off] ^= (unsigned char)(off % 7 == 3 ? 0x80 : 0x01);
+        write_all(path, bad, n);
+        free(bad);
+        if (checkpoint_verify(path, NULL) != EDDY_ERR_CORRUPT)
+            fail_msg("flipped byte at offset %zu of %zu not detected", off, n);
+        if (off == 0 || off == 40 || off == n - 1)
+            assert_int_equal(checkpoint_load(dst, 3, path, NULL), EDDY_ERR_CORRUPT);
+    }
+    /* every truncation, down to an empty file */
+    for (size_t len = 0; len < n; len++) {
+        write_all(path, good, len);
+        if (checkpoint_verify(path, NULL) != EDDY_ERR_CORRUPT)
+            fail_msg("truncation to %zu of %zu bytes not detected", len, n);
+    }
+    assert_int_equal(checkpoint_load(dst, 3, path, NULL), EDDY_ERR_CORRUPT);
+    char *dst_after = dump_filtered(dst, 3);
+    assert_string_equal(dst_after, dst_before);
+
+    /* trailing garbage */
+    unsigned char *longer = calloc(1, n + 3);
+    memcpy(longer, good, n);
+    write_all(path, longer, n + 3);
+    assert_int_equal(checkpoint_verify(path, NULL), EDDY_ERR_CORRUPT);
+    free(longer);
+
+    /* huge length fields are refused before any allocation or read */
+    unsigned char crafted[CHECKPOINT_HEADER_LEN + 64];
+    memset(crafted, 0, sizeof(crafted));
+    memcpy(crafted, good, CHECKPOINT_HEADER_LEN);
+    memset(crafted + CHECKPOINT_HEADER_LEN, 0xff, 4); /* klen = 4 GiB - 1 */
+    write_all(path, crafted, sizeof(crafted));
+    assert_int_equal(checkpoint_verify(path, NULL), EDDY_ERR_CORRUPT);
+    unsigned char *c2 = crafted + CHECKPOINT_HEADER_LEN;
+    c2[0] = 3; c2[1] = 0; c2[2] = 0; c2[3] = 0;      /* klen 3 */
+    c2[4] = 0; c2[5] = 3; c2[6] = T_USER;             /* key of partition 3 */
+    c2[7] = 0xf0; c2[8] = 0xff; c2[9] = 0xff; c2[10] = 0x7f; /* vlen ~ 2 GiB */
+    write_all(path, crafted, sizeof(crafted));
+    assert_int_equal(checkpoint_verify(path, NULL), EDDY_ERR_CORRUPT);
+    /* random garbage of several sizes */
+    uint32_t x = 7;
+    for (size_t len = 1; len < 400; len += 37) {
+        unsigned char g[400];
+        for (size_t i = 0; i < len; i++) {
+            x = x * 1103515245u + 12345u;
+            g[i] = (unsigned char)(x >> 16);
+        }
+        if (len > 12)
+            memcpy(g, good, 12); /* magic and version right, the rest garbage */
+        write_all(path, g, len);
+        assert_int_equal(checkpoint_verify(path, NULL), EDDY_ERR_CORRUPT);
+    }
+
+    /* the intact file is fine again; a missing one is NOT_FOUND */
+    write_all(path, good, n);
+    assert_int_equal(checkpoint_verify(path, NULL), EDDY_OK);
+    assert_int_equal(checkpoint_load(dst, 3, path, NULL), EDDY_OK);
+    assert_int_equal(count_table(dst, 3, T_USER), 5); /* "resident" replaced */
+    unlink(path);
+    assert_int_equal(checkpoint_verify(path, NULL), EDDY_ERR_NOT_FOUND);
+
+    free(dst_before);
+    free(dst_after);
+    free(good);
+    store_close(dst);
+    store_close(s);
+    rmrf(dir);
+    free(sdir);
+    free(ddir);
+    free(dir);
+}
+
+static void test_replace_range_contract(void **state)
+{
+    char *dir = tmpdir();
+    store *s = open_store(dir);
+    struct store_key start, end, k;
+    start.len = 0;
+    key_u16(&start, 4);
+    key_prefix_end(&start, &end);
+    store_batch *b = store_batch_new();
+    key_init(&k, 4, T_USER);
+    key_str(&k, "in");
+    assert_int_equal(store_batch_put(b, k.buf, k.len, "v", 1), EDDY_OK);
+    key_init(&k, 5, T_USER);
+    key_str(&k, "out");
+    assert_int_equal(store_batch_put(b, k.buf, k.len, "v", 1), EDDY_OK);
+    assert_int_equal(store_batch_put(b, k.buf, 0, "v", 1), EDDY_ERR_INVALID);
+    assert_int_equal(store_batch_count(b), 2);
+    uint64_t deleted = 7;
+    assert_int_equal(store_replace_range(s, &start, &end, b, &deleted), EDDY_ERR_INVALID);
+    assert_int_equal(count_table(s, 4, T_USER), 0); /* nothing written */
+    store_batch_free(b);
+    store_batch_free(NULL);
+    store_snapshot_free(NULL);
+    store_close(s);
+    rmrf(dir);
+    free(dir);
+}
+
+/* ---- directories: list, latest_valid, prune -------------------------------------------- */
+
+static void flip(const char *path, size_t off)
+{
+    size_t n;
+    unsigned char *b = read_all(path, &n);
+    assert_true(off < n);
+    b[off] ^= 0x20;
+    write_all(path, b, n);
+    free(b);
+}
+
+static void touch(const char *path)
+{
+    write_all(path, (const unsigned char *)"x", 1);
+}
+
+static void test_latest_valid_and_prune(void **state)
+{
+    char *dir = tmpdir();
+    char *sdir = subdir(dir, "db"), *cdir = subdir(dir, "ckp");
+    store *s = small_store(sdir);
+    struct checkpoint_info info;
+    struct checkpoint_file *files = NULL;
+    size_t n = 0;
+
+    assert_int_equal(checkpoint_latest_valid(cdir, 3, &info), EDDY_ERR_NOT_FOUND); /* no dir */
+    assert_int_equal(checkpoint_list(cdir, 3, &files, &n), EDDY_OK);
+    assert_int_equal(n, 0);
+
+    for (uint64_t seq = 10; seq <= 40; seq += 10) {
+        put_meta(s, 3, seq);
+        assert_int_equal(checkpoint_write_dir(s, 3, cdir, &info), EDDY_OK);
+        assert_int_equal(info.seq, seq);
+    }
+    put_meta(s, 2, 5);
+    assert_int_equal(checkpoint_write_dir(s, 2, cdir, &info), EDDY_OK); /* another partition */
+    char other[CHECKPOINT_PATH_MAX], stray[CHECKPOINT_PATH_MAX], tmp[CHECKPOINT_PATH_MAX];
+    snprintf(other, sizeof(other), "%s", info.path);
+    snprintf(stray, sizeof(stray), "%s/notes.txt", cdir);
+    touch(stray);
+    assert_int_equal(checkpoint_path(tmp, sizeof(tmp), cdir, 3, 50), EDDY_OK);
+    size_t tl = strlen(tmp);
+    snprintf(tmp + tl, sizeof(tmp) - tl, ".tmp"); /* an interrupted write */
+    touch(tmp);
+
+    assert_int_equal(checkpoint_list(cdir, 3, &files, &n), EDDY_OK);
+    assert_int_equal(n, 4);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(files[i].seq, 40 - 10 * i);
+    char p40[CHECKPOINT_PATH_MAX], p30[CHECKPOINT_PATH_MAX], p20[CHECKPOINT_PATH_MAX],
+        p10[CHECKPOINT_PATH_MAX];
+    snprintf(p40, sizeof(p40), "%s", files[0].path);
+    snprintf(p30, sizeof(p30), "%s", files[1].path);
+    snprintf(p20, sizeof(p20), "%s", files[2].path);
+    snprintf(p10, sizeof(p10), "%s", files[3].path);
+    free(files);
+
+    assert_int_equal(checkpoint_latest_valid(cdir, 3, &info), EDDY_OK);
+    assert_int_equal(info.seq, 40);
+    assert_string_equal(info.path, p40);
+
+    /* the newest is corrupt: the previous one is used; then the one before */
+    flip(p40, 50);
+    assert_int_equal(checkpoint_latest_valid(cdir, 3, &info), EDDY_OK);
+    assert_int_equal(info.seq, 30);
+    assert_string_equal(info.path, p30);
+    flip(p30, 10);
+    assert_int_equal(checkpoint_latest_valid(cdir, 3, &info), EDDY_OK);
+    assert_int_equal(info.seq, 20);
+
+    /* prune keep 2 with both kept files corrupt: the newest valid one (20) survives too */
+    size_t removed = 99;
+    assert_int_equal(checkpoint_prune(cdir, 3, 2, &removed), EDDY_OK);
+    assert_int_equal(removed, 1);
+    assert_int_equal(access(p10, F_OK), -1);
+    assert_int_equal(access(p20, F_OK), 0);
+    assert_int_equal(access(tmp, F_OK), -1);   /* leftover removed */
+    assert_int_equal(access(other, F_OK), 0);  /* other partitions untouched */
+    assert_int_equal(access(stray, F_OK), 0);
+
+    /* a new valid checkpoint: prune keep 2 keeps 50 and 40 only */
+    put_meta(s, 3, 50);
+    assert_int_equal(checkpoint_write_dir(s, 3, cdir, &info), EDDY_OK);
+    assert_int_equal(checkpoint_prune(cdir, 3, 2, &removed), EDDY_OK);
+    assert_int_equal(removed, 2);
+    assert_int_equal(checkpoint_list(cdir, 3, &files, &n), EDDY_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(files[0].seq, 50);
+    assert_int_equal(files[1].seq, 40);
+    free(files);
+    assert_int_equal(checkpoint_latest_valid(cdir, 3, &info), EDDY_OK);
+    assert_int_equal(info.seq, 50);
+
+    /* keep 1 after more checkpoints; keep 0 removes everything; bad keep refused */
+    for (uint64_t seq = 60; seq <= 80; seq += 10) {
+        put_meta(s, 3, seq);
+        assert_int_equal(checkpoint_write_dir(s, 3, cdir, NULL), EDDY_OK);
+    }
+    assert_int_equal(checkpoint_prune(cdir, 3, 1, &removed), EDDY_OK);
+    assert_int_equal(removed, 4);
+    assert_int_equal(checkpoint_list(cdir, 3, &files, &n), EDDY_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(files[0].seq, 80);
+    free(files);
+    assert_int_equal(checkpoint_prune(cdir, 3, -1, NULL), EDDY_ERR_INVALID);
+    assert_int_equal(checkpoint_prune(cdir, 3, 0, &removed), EDDY_OK);
+    assert_int_equal(removed, 1);
+    assert_int_equal(checkpoint_latest_valid(cdir, 3, &info), EDDY_ERR_NOT_FOUND);
+    assert_int_equal(checkpoint_latest_valid(cdir, 2, &info), EDDY_OK);
+    assert_int_equal(info.seq, 5);
+
+    store_close(s);
+    rmrf(dir);
+    free(sdir);
+    free(cdir);
+    free(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_write_load_roundtrip),
+        cmocka_unit_test(test_consistent_while_writing),
+        cmocka_unit_test(test_corruption_detected),
+        cmocka_unit_test(test_replace_range_contract),
+        cmocka_unit_test(test_latest_valid_and_prune),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
