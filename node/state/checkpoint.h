@@ -14,7 +14,7 @@
  *                            records below seq are reflected in this state, so a copy
  *                            catches up by tailing the owner's log from seq
  *   records, in strictly ascending key order, zero or more of
- *        klen        u32     1 .. STORE_KEY_MAX (1024); the key starts with the
+ *        klen        u32     3 .. STORE_KEY_MAX (1024); the key starts with the
  *                            partition as big-endian u16 (store.h key layout)
  *        key         klen bytes
  *        vlen        u32     0 .. CHECKPOINT_VALUE_MAX
