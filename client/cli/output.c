@@ -23,12 +23,20 @@ void cli_format_time(int64_t ms, char *buf, size_t len)
         frac += 1000;
         secs -= 1;
     }
-    if (!gmtime_r(&secs, &tm)) {
-        snprintf(buf, len, "%lld", (long long)ms);
+    /* Format in full, then copy what fits: 'buf' may be shorter than a timestamp. */
+    char full[64];
+    if (!gmtime_r(&secs, &tm))
+        snprintf(full, sizeof(full), "%lld", (long long)ms);
+    else
+        snprintf(full, sizeof(full), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)frac);
+    if (len == 0)
         return;
-    }
-    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)frac);
+    size_t n = strlen(full);
+    if (n >= len)
+        n = len - 1;
+    memcpy(buf, full, n);
+    buf[n] = '\0';
 }
 
 /* Cells are stored row-major in one growing array of strings. */
