@@ -299,6 +299,12 @@ static void on_alive(void *ud, bool alive)
     health_set(ud, "readiness", alive ? HEALTH_SERVING : HEALTH_NOT_SERVING);
 }
 
+/* eddy_partitions_owned follows the partition map. */
+static void on_change(void *ud, membership *m)
+{
+    metric_gauge_set(ud, membership_owned_count(m));
+}
+
 /* The metrics address other processes scrape: the advertised host with the metrics port. */
 static void metrics_advertise(int port, const char *grpc_addr, char *out, size_t len)
 {
@@ -449,7 +455,7 @@ int main(int argc, char **argv)
         goto out;
     if (clustered && (roles & ROLE_STATE) && state_service_register(&ss, srv) != EDDY_OK)
         goto out;
-    /* partitions owned: all in --dev; in a cluster it follows the map (not yet exported) */
+    /* partitions owned: all in --dev; in a cluster on_change follows the map */
     if (eng && node_metrics_watch(&nm, eng, clustered ? 0 : (uint32_t)c->partitions) != EDDY_OK)
         goto out;
     int metrics_port = 0;
@@ -478,7 +484,8 @@ int main(int argc, char **argv)
         if (mh)
             metrics_advertise(metrics_port, addr, maddr, sizeof(maddr));
         struct membership_opts mo = {c->etcd, c->cluster, id, roles, addr, maddr,
-                                     (c->lease_ttl + 999) / 1000, 5000, on_alive, hl};
+                                     (c->lease_ttl + 999) / 1000, 5000, on_alive, hl,
+                                     on_change, nm.partitions_owned};
         if ((e = membership_start(&mo, c->join_timeout, &mem, err, sizeof(err))) != EDDY_OK) {
             log_error("msg=\"cannot join the cluster\" error=\"%s\"", err);
             rpc_server_shutdown(srv, 0);

@@ -44,6 +44,8 @@ static void bump(membership *m)
     m->version++;
     pthread_cond_broadcast(&m->changed);
     pthread_mutex_unlock(&m->cmu);
+    if (m->o.on_change)
+        m->o.on_change(m->o.change_ud, m);
 }
 
 /* ---- watched state --------------------------------------------------------------------- */
@@ -394,6 +396,16 @@ bool membership_owns(membership *m, uint32_t p, uint64_t *epoch)
     *epoch = own ? m->map.parts[p].epoch : 0;
     pthread_rwlock_unlock(&m->lock);
     return own;
+}
+
+uint32_t membership_owned_count(membership *m)
+{
+    uint32_t n = 0;
+    pthread_rwlock_rdlock(&m->lock);
+    for (uint32_t p = 0; m->have_map && p < m->map.nparts; p++)
+        n += strcmp(m->map.parts[p].owner, m->self) == 0;
+    pthread_rwlock_unlock(&m->lock);
+    return n;
 }
 
 uint64_t membership_version(membership *m)

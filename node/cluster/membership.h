@@ -35,7 +35,14 @@ struct membership_opts {
      * not receive traffic. */
     void (*on_alive)(void *ud, bool alive);
     void *alive_ud;
+    /* Called after the view changed (a new map or node set), on a watch thread; it may
+     * call the accessors below. NULL: none. */
+    void (*on_change)(void *ud, membership *m);
+    void *change_ud;
 };
+
+/* Partitions this node owns now. */
+uint32_t membership_owned_count(membership *m);
 
 /* Connect, wait for the cluster config (created by the coordinator), register and start
  * watching. Blocks until the config exists or 'wait_ms' passes (EDDY_ERR_TIMEOUT). Caller

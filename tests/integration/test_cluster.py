@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 import unittest
+import urllib.request
 
 import grpc
 
@@ -298,6 +299,20 @@ class NodeLeavesTest(ClusterTestCase):
             else:
                 self.assertEqual((after["owners"][q], after["epochs"][q]),
                                  (before["owners"][q], before["epochs"][q]))
+        # each node's eddy_partitions_owned follows the map (scraped at its registered
+        # metrics address)
+        reg = cl.registered()
+        for s_id in ("s1", "s2"):
+            want = after["owners"].count(s_id)
+
+            def owned(addr=reg[s_id]["metrics_addr"]):
+                text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read().decode()
+                for line in text.splitlines():
+                    if line.startswith("eddy_partitions_owned "):
+                        return float(line.split()[1])
+                return None
+
+            poll_until(lambda: owned() == want, 10, what=f"{s_id} eddy_partitions_owned == {want}")
 
         # new events for every user are acknowledged and queryable
         second = [ev(f"b-{i}", u, t0 + 60_000 + i) for i, u in enumerate(users)]
