@@ -12,6 +12,9 @@ EDDY_BUILD_DIR=build-test scripts/setup.sh -DEDDY_WERROR=ON
 echo "== tests (build-test)"
 ctest --test-dir build-test --output-on-failure -j"$jobs"
 
+echo "== API reference is current (docs/api.md from proto/)"
+/usr/bin/python3 scripts/gen_api_docs.py --check
+
 echo "== Helm chart (lint, template, manifest checks)"
 scripts/helm-check.sh
 
