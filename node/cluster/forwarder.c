@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/partition.h"
 #include "eddy/v1/state.pb-c.h"
@@ -172,9 +173,7 @@ static void *forwarder_main(void *arg)
     pthread_mutex_lock(&f->mu);
     while (!f->stopping) {
         if (!f->kicked) {
-            struct timespec dl;
-            clock_gettime(CLOCK_REALTIME, &dl);
-            dl.tv_sec += 1;
+            struct timespec dl = clock_mono_after(1000);
             pthread_cond_timedwait(&f->cv, &f->mu, &dl);
         }
         if (f->stopping)
@@ -201,7 +200,7 @@ forwarder *forwarder_start(engine *eng, membership *mem, peers *pe, int64_t time
     f->timeout_ms = timeout_ms;
     f->kicked = true; /* records left by a previous run */
     pthread_mutex_init(&f->mu, NULL);
-    pthread_cond_init(&f->cv, NULL);
+    clock_cond_init(&f->cv);
     if (pthread_create(&f->thread, NULL, forwarder_main, f) != 0) {
         free(f);
         return NULL;

@@ -194,13 +194,7 @@ static void *maint_main(void *arg)
     bool was_alive = false;
     pthread_mutex_lock(&m->cmu);
     while (!m->stopping) {
-        struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        dl.tv_nsec += 200 * 1000000L;
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
+        struct timespec dl = clock_mono_after(200);
         pthread_cond_timedwait(&m->changed, &m->cmu, &dl);
         if (m->stopping)
             break;
@@ -267,16 +261,14 @@ eddy_err membership_start(const struct membership_opts *o, int64_t wait_ms, memb
     pthread_rwlock_init(&m->lock, NULL);
     pthread_mutex_init(&m->smu, NULL);
     pthread_mutex_init(&m->cmu, NULL);
-    pthread_cond_init(&m->changed, NULL);
+    clock_cond_init(&m->changed);
     m->nodes = calloc(MAX_NODES, sizeof(*m->nodes));
     struct cluster_node me = {0};
     snprintf(me.id, sizeof(me.id), "%s", o->node_id);
     me.roles = o->roles;
     snprintf(me.grpc_addr, sizeof(me.grpc_addr), "%s", o->grpc_addr);
     snprintf(me.metrics_addr, sizeof(me.metrics_addr), "%s", o->metrics_addr ? o->metrics_addr : "");
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    me.started_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    me.started_ms = clock_wall_ms();
     m->node_json = cluster_node_to_json(&me);
     char suffix[CLUSTER_KEY_MAX];
     snprintf(suffix, sizeof(suffix), "nodes/%s", o->node_id);
@@ -418,14 +410,7 @@ uint64_t membership_version(membership *m)
 
 void membership_wait_change(membership *m, uint64_t version, int64_t timeout_ms)
 {
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += (time_t)(timeout_ms / 1000);
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
+    struct timespec dl = clock_mono_after(timeout_ms);
     pthread_mutex_lock(&m->cmu);
     while (m->version == version && !m->stopping) {
         if (pthread_cond_timedwait(&m->changed, &m->cmu, &dl) != 0)
@@ -452,4 +437,9 @@ bool membership_addr(membership *m, const char *id, char addr[CLUSTER_ADDR_MAX])
     bool ok = addr_locked(m, id, addr);
     pthread_rwlock_unlock(&m->lock);
     return ok;
+}
+
+etcd_client *membership_etcd(membership *m)
+{
+    return m->etcd;
 }

@@ -64,6 +64,7 @@ struct engine {
     /* published after each commit, under mu */
     struct engine_partition_view *view; /* [partitions] */
     _Atomic uint64_t outbox;     /* OUTBOX records committed and not yet forwarded */
+    _Atomic uint64_t *log_floor; /* [partitions], see engine_set_log_floor */
 };
 
 /* Count a committed group (see struct engine_metrics). 'start_ns': when its apply began. */
@@ -137,6 +138,8 @@ static void publish(engine *e)
         e->view[p].late_events = e->meta[p].late_events;
         e->view[p].events = e->meta[p].events;
         e->view[p].duplicates = e->meta[p].duplicates;
+        e->view[p].next_seq = e->meta[p].next_seq;
+        e->view[p].log_first_seq = e->meta[p].log_first_seq;
     }
     pthread_mutex_unlock(&e->mu);
 }
@@ -231,9 +234,7 @@ static void *writer_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&e->mu);
         while (!e->head && !e->stopping) {
-            struct timespec dl;
-            clock_gettime(CLOCK_REALTIME, &dl);
-            dl.tv_sec += 1;
+            struct timespec dl = clock_mono_after(1000);
             if (pthread_cond_timedwait(&e->cv, &e->mu, &dl) == ETIMEDOUT)
                 break;
         }
@@ -333,15 +334,19 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
         return EDDY_ERR_NOMEM;
     e->o = *opts;
     pthread_mutex_init(&e->mu, NULL);
-    pthread_cond_init(&e->cv, NULL);
+    clock_cond_init(&e->cv);
     e->meta = calloc(nparts, sizeof(*e->meta));
     e->backup = calloc(nparts, sizeof(*e->backup));
     e->last_arrival_ms = calloc(nparts, sizeof(*e->last_arrival_ms));
     e->view = calloc(nparts, sizeof(*e->view));
-    if (!e->meta || !e->backup || !e->last_arrival_ms || !e->view) {
+    e->log_floor = calloc(nparts, sizeof(*e->log_floor));
+    if (!e->meta || !e->backup || !e->last_arrival_ms || !e->view || !e->log_floor) {
         engine_close(e);
         return EDDY_ERR_NOMEM;
     }
+    for (uint32_t p = 0; p < nparts; p++)
+        atomic_init(&e->log_floor[p], UINT64_MAX); /* no checkpoint: no floor */
+    e->o.apply.log_floor = e->log_floor;
     struct store_opts so = {opts->data_dir, opts->cache_bytes, 0};
     eddy_err r = store_open(&so, &e->st, err, errlen);
     if (r != EDDY_OK) {
@@ -397,6 +402,7 @@ void engine_close(engine *e)
     free(e->backup);
     free(e->last_arrival_ms);
     free(e->view);
+    free((void *)e->log_floor);
     free(e);
 }
 
@@ -585,4 +591,10 @@ uint64_t engine_outbox_depth(engine *e)
 void engine_outbox_done(engine *e, uint64_t n)
 {
     atomic_fetch_sub(&e->outbox, n);
+}
+
+void engine_set_log_floor(engine *e, uint32_t p, uint64_t seq)
+{
+    if (p < e->o.apply.partitions)
+        atomic_store_explicit(&e->log_floor[p], seq, memory_order_relaxed);
 }
