@@ -180,3 +180,55 @@ out:
     cJSON_Delete(o);
     return err;
 }
+
+char *cluster_checkpoint_to_json(const struct cluster_checkpoint *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return NULL;
+    cJSON_AddStringToObject(o, "id", c->id);
+    cJSON_AddNumberToObject(o, "seq", (double)c->seq);
+    cJSON_AddNumberToObject(o, "bytes", (double)c->bytes);
+    cJSON_AddNumberToObject(o, "crc", (double)c->crc);
+    cJSON_AddStringToObject(o, "path", c->path);
+    cJSON_AddStringToObject(o, "node", c->node);
+    cJSON_AddNumberToObject(o, "created_ms", (double)c->created_ms);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+/* A non-negative integer field below 2^53 (exact in a JSON number). */
+static bool get_count(const cJSON *o, const char *name, uint64_t *out, bool required)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (!cJSON_IsNumber(v))
+        return !required;
+    if (v->valuedouble < 0 || v->valuedouble > 9007199254740992.0)
+        return false;
+    *out = (uint64_t)v->valuedouble;
+    return true;
+}
+
+eddy_err cluster_checkpoint_from_json(const char *json, size_t len, struct cluster_checkpoint *c)
+{
+    memset(c, 0, sizeof(*c));
+    cJSON *o = cJSON_ParseWithLength(json, len);
+    eddy_err err = EDDY_ERR_CORRUPT;
+    uint64_t crc = 0, created = 0;
+    if (!cJSON_IsObject(o))
+        goto out;
+    if (!copy_str(o, "id", c->id, sizeof(c->id), true) ||
+        !copy_str(o, "node", c->node, sizeof(c->node), true) ||
+        !copy_str(o, "path", c->path, sizeof(c->path), false) ||
+        !get_count(o, "seq", &c->seq, true) || !get_count(o, "bytes", &c->bytes, false) ||
+        !get_count(o, "crc", &crc, false) || crc > UINT32_MAX ||
+        !get_count(o, "created_ms", &created, false))
+        goto out;
+    c->crc = (uint32_t)crc;
+    c->created_ms = (int64_t)created;
+    err = EDDY_OK;
+out:
+    cJSON_Delete(o);
+    return err;
+}

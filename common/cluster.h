@@ -8,6 +8,8 @@
  *   /eddy/<cluster>/assignment     {"partitions":P,"version":n,
  *                                   "owners":[...],"epochs":[...]}       written by the leader
  *   /eddy/<cluster>/drain/<id>     "" : node asked to give its partitions away
+ *   /eddy/<cluster>/checkpoints/<p> {"id","seq","bytes","crc","path","node","created_ms"}
+ *                                  the newest checkpoint of partition p (plain put, no lease)
  *
  * Pure: no I/O. */
 #ifndef EDDY_CLUSTER_H
@@ -22,6 +24,7 @@
 #define CLUSTER_ID_MAX 128
 #define CLUSTER_ADDR_MAX 256
 #define CLUSTER_KEY_MAX 512
+#define CLUSTER_PATH_MAX 4096
 #define CLUSTER_PREFIX "/eddy/"
 
 enum cluster_role { ROLE_INGEST = 1, ROLE_STATE = 2 };
@@ -63,5 +66,21 @@ eddy_err cluster_map_copy(struct cluster_map *dst, const struct cluster_map *src
 char *cluster_map_to_json(const struct cluster_map *m);
 /* Parse into 'm' (zeroed or initialised; replaced). */
 eddy_err cluster_map_from_json(const char *json, size_t len, struct cluster_map *m);
+
+/* The newest checkpoint of one partition, as its writer records it in etcd (DESIGN.md §7). */
+struct cluster_checkpoint {
+    char id[CLUSTER_ID_MAX];         /* the file name: p<partition:05>-<seq:020>.ckp */
+    uint64_t seq;                    /* the partition's log seq the checkpoint reflects */
+    uint64_t bytes;                  /* file length */
+    uint32_t crc;                    /* the file footer's CRC-32C */
+    char path[CLUSTER_PATH_MAX];     /* where the writer put it (a shared directory) */
+    char node[CLUSTER_ID_MAX];       /* the node that wrote it */
+    int64_t created_ms;              /* wall clock of the writer, ms since the Unix epoch */
+};
+
+/* JSON of a checkpoint record; caller frees the string. NULL on OOM. */
+char *cluster_checkpoint_to_json(const struct cluster_checkpoint *c);
+/* EDDY_ERR_CORRUPT if it is not such a record (id, node and seq are required). */
+eddy_err cluster_checkpoint_from_json(const char *json, size_t len, struct cluster_checkpoint *c);
 
 #endif

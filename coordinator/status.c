@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/cluster.h"
 #include "common/log.h"
 #include "coordinator/assigner.h"
@@ -19,6 +20,7 @@ struct status_mem {
     Eddy__Cluster__V1__Partition *parts;
     Eddy__Cluster__V1__Partition **part_ptrs;
     char **drains;
+    char (*ckpt_nodes)[CLUSTER_ID_MAX]; /* [nparts] */
     char *strings; /* cluster, leader id, answered_by, drain ids: one block */
 };
 
@@ -56,9 +58,51 @@ void status_release(struct status_reply *r)
     free(m->parts);
     free(m->part_ptrs);
     free(m->drains);
+    free(m->ckpt_nodes);
     free(m->strings);
     free(m);
     r->mem = NULL;
+}
+
+/* The partition number of a checkpoints/<p> key (decimal, no sign or padding beyond what
+ * the node writes), or -1. */
+static int64_t ckpt_partition(const char *key, const char *prefix)
+{
+    const char *id = id_of(key, prefix);
+    if (!id || strlen(id) > 5)
+        return -1;
+    int64_t p = 0;
+    for (const char *c = id; *c; c++) {
+        if (*c < '0' || *c > '9')
+            return -1;
+        p = p * 10 + (*c - '0');
+    }
+    return p;
+}
+
+/* Fill the checkpoint fields of the partitions from the checkpoints/ records (records that
+ * do not decode or name no partition of the map are skipped). */
+static void add_checkpoints(const struct status_snapshot *snap, struct status_mem *m)
+{
+    char prefix[CLUSTER_KEY_MAX];
+    cluster_key(prefix, sizeof(prefix), snap->cluster, "checkpoints/");
+    struct cluster_checkpoint *rec = malloc(sizeof(*rec));
+    if (!rec)
+        return;
+    for (size_t i = 0; snap->checkpoints && i < snap->checkpoints->n; i++) {
+        const struct etcd_kv *kv = &snap->checkpoints->kvs[i];
+        int64_t p = ckpt_partition(kv->key, prefix);
+        if (p < 0 || p >= (int64_t)m->map.nparts ||
+            cluster_checkpoint_from_json(kv->value, kv->value_len, rec) != EDDY_OK)
+            continue;
+        Eddy__Cluster__V1__Partition *pi = &m->parts[p];
+        snprintf(m->ckpt_nodes[p], sizeof(m->ckpt_nodes[p]), "%s", rec->node);
+        pi->checkpoint_node = m->ckpt_nodes[p];
+        pi->checkpoint_seq = rec->seq;
+        pi->checkpoint_bytes = rec->bytes;
+        pi->checkpoint_age_ms = snap->now_ms > rec->created_ms ? snap->now_ms - rec->created_ms : 0;
+    }
+    free(rec);
 }
 
 /* Copy 's' to the string block at '*at'. */
@@ -121,16 +165,19 @@ eddy_err status_build(const struct status_snapshot *snap, const char *answered_b
         err = EDDY_ERR_NOMEM;
         m->parts = calloc(m->map.nparts, sizeof(*m->parts));
         m->part_ptrs = calloc(m->map.nparts, sizeof(*m->part_ptrs));
-        if (!m->parts || !m->part_ptrs)
+        m->ckpt_nodes = calloc(m->map.nparts ? m->map.nparts : 1, sizeof(*m->ckpt_nodes));
+        if (!m->parts || !m->part_ptrs || !m->ckpt_nodes)
             goto fail;
         for (uint32_t p = 0; p < m->map.nparts; p++) {
             Eddy__Cluster__V1__Partition pi = EDDY__CLUSTER__V1__PARTITION__INIT;
             pi.partition = p;
             pi.owner = m->map.parts[p].owner;
             pi.epoch = m->map.parts[p].epoch;
+            pi.checkpoint_age_ms = -1;
             m->parts[p] = pi;
             m->part_ptrs[p] = &m->parts[p];
         }
+        add_checkpoints(snap, m);
         out->msg.n_partitions = m->map.nparts;
         out->msg.partitions = m->part_ptrs;
         out->msg.assignment_version = m->map.version;
@@ -180,7 +227,7 @@ fail:
 
 /* --- the RPC ------------------------------------------------------------------------------ */
 
-enum { OP_NODES, OP_DRAINS, OP_CONFIG, OP_LEADER, OP_ASSIGN, OP_COUNT };
+enum { OP_NODES, OP_DRAINS, OP_CONFIG, OP_LEADER, OP_ASSIGN, OP_CKPTS, OP_COUNT };
 
 static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
 {
@@ -191,12 +238,13 @@ static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
     cluster_key(k[OP_CONFIG], sizeof(k[0]), svc->cluster, "config");
     cluster_key(k[OP_LEADER], sizeof(k[0]), svc->cluster, "leader");
     cluster_key(k[OP_ASSIGN], sizeof(k[0]), svc->cluster, "assignment");
+    cluster_key(k[OP_CKPTS], sizeof(k[0]), svc->cluster, "checkpoints/");
     /* No compares: the success branch always runs, and etcd reads every range at the same
      * revision. */
     struct etcd_txn t;
     etcd_txn_init(&t);
     for (int i = 0; i < OP_COUNT; i++)
-        etcd_txn_range(&t, ETCD_ON_SUCCESS, k[i], i == OP_NODES || i == OP_DRAINS);
+        etcd_txn_range(&t, ETCD_ON_SUCCESS, k[i], i == OP_NODES || i == OP_DRAINS || i == OP_CKPTS);
     struct etcd_txn_result r;
     eddy_err err = etcd_txn(svc->etcd, &t, &r);
     if (err != EDDY_OK) {
@@ -214,6 +262,7 @@ static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
         .cluster = svc->cluster, .revision = r.revision,
         .nodes = &r.ops[OP_NODES].kvs, .drains = &r.ops[OP_DRAINS].kvs,
         .config = ONE(OP_CONFIG), .leader = ONE(OP_LEADER), .assignment = ONE(OP_ASSIGN),
+        .checkpoints = &r.ops[OP_CKPTS].kvs, .now_ms = clock_wall_ms(),
     };
 #undef ONE
     struct status_reply out;

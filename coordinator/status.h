@@ -10,12 +10,15 @@
 #include "eddy/v1/cluster.pb-c.h"
 
 /* What one snapshot read: the keys under nodes/ and drain/ (key order), and the config,
- * leader and assignment keys (key NULL when absent). Borrowed by status_build. */
+ * leader and assignment keys (key NULL when absent), and the keys under checkpoints/ (may
+ * be NULL), whose ages are taken at 'now_ms' (wall clock). Borrowed by status_build. */
 struct status_snapshot {
     const char *cluster;
     int64_t revision;
     const struct etcd_kvs *nodes, *drains;
     const struct etcd_kv *config, *leader, *assignment;
+    const struct etcd_kvs *checkpoints;
+    int64_t now_ms;
 };
 
 /* The built message and the memory behind it: release with status_release. */

@@ -2,7 +2,9 @@
  *
  * --dev runs every role in one process on one data directory with a static assignment of
  * all partitions to itself: the embedded default a newcomer starts with. */
+#include <cjson/cJSON.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -10,6 +12,7 @@
 #include <string.h>
 
 #include "common/config.h"
+#include "common/etcd.h"
 #include "common/health.h"
 #include "common/log.h"
 #include "common/metrics_http.h"
@@ -23,6 +26,8 @@
 #include "node/cluster/state_service.h"
 #include "node/ingest/ingest_service.h"
 #include "node/metrics_node.h"
+#include "node/state/checkpoint.h"
+#include "node/state/ckptsched.h"
 #include "node/state/engine.h"
 #include "node/state/popcache.h"
 
@@ -37,6 +42,9 @@ struct node_config {
     const char *metrics_listen;
     const char *log_level;
     const char *dump_state;
+    const char *verify_checkpoint;
+    int64_t checkpoint_interval, checkpoint_min_pause, checkpoint_timeout, checkpoint_keep;
+    const char *checkpoint_dir;
     int64_t partitions;
     int64_t grpc_threads, handler_threads, internal_threads, max_queued_calls;
     int64_t max_message_size, max_batch, max_connection_age;
@@ -50,6 +58,7 @@ struct node_config {
     double weight_popular, weight_neighbours, weight_context;
     int64_t diversity_cap, default_recommendations, max_recommendations, candidates;
     int64_t stage2_staleness, max_pending_events, max_group_events, cache_size;
+    int64_t neighbour_cache;
     int64_t shutdown_grace;
 };
 
@@ -76,7 +85,9 @@ static struct node_config defaults(void)
         .weight_neighbours = 1.5, .weight_context = 2.0, .diversity_cap = 3,
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
         .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
-        .cache_size = 64 << 20, .shutdown_grace = 10000,
+        .cache_size = 64 << 20, .shutdown_grace = 10000, .neighbour_cache = 20000,
+        .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
+        .checkpoint_timeout = 600000, .checkpoint_keep = 3, .checkpoint_dir = "",
     };
 }
 
@@ -177,13 +188,28 @@ static size_t node_flags(struct node_config *c, struct flag *out)
         F("max-recommendations", FLAG_INT, max_recommendations, "most items per request", 1, 1000),
         F("candidates", FLAG_INT, candidates, "candidates per source list", 1, 1000),
         F("stage2-staleness", FLAG_DURATION, stage2_staleness,
-          "popularity lists may be this old", 0, 0),
+          "popularity and neighbour lists may be this old", 0, 0),
+        F("neighbour-cache", FLAG_INT, neighbour_cache,
+          "products whose neighbour lists Recommend caches (~3 kB each; 0 = none)", 0,
+          100000000),
         F("max-pending-events", FLAG_INT, max_pending_events,
           "events queued for the writer before RESOURCE_EXHAUSTED", 1, 100000000),
         F("max-group-events", FLAG_INT, max_group_events, "events per group commit", 1, 10000000),
         F("cache-size", FLAG_SIZE, cache_size, "LevelDB block cache", 0, 0),
         F("shutdown-grace", FLAG_DURATION, shutdown_grace,
           "on SIGTERM, wait this long for in-flight calls", 0, 0),
+        F("checkpoint-interval", FLAG_DURATION, checkpoint_interval,
+          "write a checkpoint of each owned partition this often, staggered (0 = never)", 0, 0),
+        F("checkpoint-min-pause", FLAG_DURATION, checkpoint_min_pause,
+          "at least this long between the end of a partition's checkpoint and its next", 0, 0),
+        F("checkpoint-timeout", FLAG_DURATION, checkpoint_timeout,
+          "give up a checkpoint (counted as a failure) after this (0 = never)", 0, 0),
+        F("checkpoint-dir", FLAG_STRING, checkpoint_dir,
+          "checkpoint files (default DATA_DIR/checkpoints; may be shared by nodes)", 0, 0),
+        F("checkpoint-keep", FLAG_INT, checkpoint_keep, "checkpoints kept per partition", 1,
+          1000),
+        F("verify-checkpoint", FLAG_STRING, verify_checkpoint,
+          "check the checkpoint file FILE, print what it holds as JSON and exit (1: bad)", 0, 0),
     };
     memcpy(out, fl, sizeof(fl));
     return sizeof(fl) / sizeof(fl[0]);
@@ -193,7 +219,8 @@ static void usage(FILE *out, const struct flag *fl, size_t n)
 {
     fprintf(out, "eddy-node %s: Eddy's real-time analytics and personalization node\n\n"
                  "usage: eddy-node --dev [--data-dir DIR] [--listen HOST:PORT] [flags]\n"
-                 "       eddy-node --data-dir DIR --dump-state user,user_win\n\n"
+                 "       eddy-node --data-dir DIR --dump-state user,user_win\n"
+                 "       eddy-node --verify-checkpoint FILE\n\n"
                  "Every flag can also be set through its EDDY_* environment variable.\n\n",
             EDDY_VERSION);
     config_usage(out, fl, n);
@@ -238,6 +265,34 @@ static int dump_state(const struct node_config *c)
     eddy_err e = store_dump(st, mask, stdout);
     store_close(st);
     return e == EDDY_OK ? 0 : 1;
+}
+
+/* --verify-checkpoint: 0 if FILE is a whole, valid checkpoint (printed as one JSON line),
+ * 1 otherwise (the reason is logged). */
+static int verify_checkpoint(const char *path)
+{
+    struct checkpoint_info ci;
+    eddy_err e = checkpoint_verify(path, &ci);
+    if (e != EDDY_OK) {
+        fprintf(stderr, "eddy-node: %s: %s\n", path, eddy_strerror(e));
+        return 1;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "path", ci.path);
+    cJSON_AddNumberToObject(o, "partition", ci.partition);
+    cJSON_AddNumberToObject(o, "version", ci.version);
+    cJSON_AddNumberToObject(o, "seq", (double)ci.seq);
+    cJSON_AddNumberToObject(o, "records", (double)ci.records);
+    cJSON_AddNumberToObject(o, "bytes", (double)ci.bytes);
+    cJSON_AddNumberToObject(o, "crc", ci.crc);
+    cJSON_AddNumberToObject(o, "created_ms", (double)ci.created_ms);
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!text)
+        return 1;
+    printf("%s\n", text);
+    free(text);
+    return 0;
 }
 
 static void engine_options_from(const struct node_config *c, struct engine_opts *o)
@@ -293,6 +348,48 @@ static void hook_kick(void *ud)
         forwarder_kick(h->fwd);
 }
 
+/* After each checkpoint in a cluster: /eddy/<cluster>/checkpoints/<p> = its metadata, a
+ * plain put (no lease: the record outlives the node, so another node can restore from a
+ * shared directory). Runs on the scheduler thread. */
+struct ckpt_hook {
+    struct cluster_hooks *hk;
+    const char *cluster;
+};
+
+static void ckpt_written(void *ud, const struct checkpoint_info *ci)
+{
+    struct ckpt_hook *h = ud;
+    membership *mem = h->hk->mem;
+    if (!mem)
+        return;
+    struct cluster_checkpoint *rec = calloc(1, sizeof(*rec));
+    char *json = NULL;
+    if (!rec)
+        goto out;
+    const char *slash = strrchr(ci->path, '/');
+    snprintf(rec->id, sizeof(rec->id), "%.127s", slash ? slash + 1 : ci->path);
+    rec->seq = ci->seq;
+    rec->bytes = ci->bytes;
+    rec->crc = ci->crc;
+    char abs[PATH_MAX];
+    snprintf(rec->path, sizeof(rec->path), "%s", realpath(ci->path, abs) ? abs : ci->path);
+    snprintf(rec->node, sizeof(rec->node), "%s", membership_self(mem));
+    rec->created_ms = ci->created_ms;
+    char suffix[64], key[CLUSTER_KEY_MAX];
+    snprintf(suffix, sizeof(suffix), "checkpoints/%" PRIu32, ci->partition);
+    cluster_key(key, sizeof(key), h->cluster, suffix);
+    json = cluster_checkpoint_to_json(rec);
+    if (!json)
+        goto out;
+    etcd_client *ec = membership_etcd(mem);
+    if (etcd_put(ec, key, json, strlen(json), 0, NULL) != EDDY_OK)
+        log_warn("msg=\"cannot record checkpoint in etcd\" key=%s error=\"%s\"", key,
+                 etcd_last_error(ec));
+out:
+    free(json);
+    free(rec);
+}
+
 /* Readiness follows the etcd session: without it the node must not take traffic. */
 static void on_alive(void *ud, bool alive)
 {
@@ -328,7 +425,7 @@ static void advertise(const struct node_config *c, int port, char *out, size_t l
 int main(int argc, char **argv)
 {
     struct node_config cfg = defaults(), *c = &cfg;
-    struct flag flags[64];
+    struct flag flags[80];
     size_t nflags = node_flags(c, flags);
     char err[512] = "";
     int first = 0;
@@ -348,6 +445,8 @@ int main(int argc, char **argv)
     }
     if (c->dump_state)
         return dump_state(c);
+    if (c->verify_checkpoint)
+        return verify_checkpoint(c->verify_checkpoint);
     bool clustered = !c->dev;
     unsigned roles = ROLE_INGEST | ROLE_STATE;
     if (clustered) {
@@ -374,6 +473,9 @@ int main(int argc, char **argv)
     engine *eng = NULL;
     popcache *pop = NULL, *pop_cluster = NULL;
     struct cluster_hooks hk = {0};
+    struct ckpt_hook ckh = {&hk, c->cluster};
+    ckptsched *cks = NULL;
+    char ckpt_dir[CHECKPOINT_PATH_MAX];
     peers *pe = NULL;
     membership *mem = NULL;
     forwarder *fwd = NULL;
@@ -409,13 +511,14 @@ int main(int argc, char **argv)
         }
         pop = popcache_new(engine_store(eng), &engine_options(eng)->product, c->stage2_staleness,
                            (size_t)c->candidates);
-        if (!pop)
+        if (!pop || popcache_set_neighbour_cache(pop, (size_t)c->neighbour_cache) != EDDY_OK)
             goto out;
         if (clustered) {
             /* Recommend reads stage 2 across the cluster; CategoryTop serves the local part */
             pop_cluster = popcache_new(engine_store(eng), &engine_options(eng)->product,
                                        c->stage2_staleness, (size_t)c->candidates);
-            if (!pop_cluster)
+            if (!pop_cluster ||
+                popcache_set_neighbour_cache(pop_cluster, (size_t)c->neighbour_cache) != EDDY_OK)
                 goto out;
             stage2_remote_init(&s2, NULL, pe, c->route_timeout);
             popcache_set_source(pop_cluster, &s2.source);
@@ -424,6 +527,24 @@ int main(int argc, char **argv)
             ss.q = (struct query_ctx){eng, pop_cluster, (int)c->default_recommendations,
                                       (int)c->max_recommendations, state_service_owns, NULL,
                                       (size_t)c->max_purchased};
+        }
+        if (c->checkpoint_interval > 0) {
+            /* before any event can arrive: the log floors come from the files on disk */
+            snprintf(ckpt_dir, sizeof(ckpt_dir), "%s", c->checkpoint_dir);
+            if (!c->checkpoint_dir[0])
+                snprintf(ckpt_dir, sizeof(ckpt_dir), "%s/checkpoints", c->data_dir);
+            struct ckptsched_opts co = {
+                .dir = ckpt_dir, .interval_ms = c->checkpoint_interval,
+                .min_pause_ms = c->checkpoint_min_pause, .timeout_ms = c->checkpoint_timeout,
+                .keep = (int)c->checkpoint_keep, .metrics = nm.checkpoint,
+                .owns = clustered ? hook_owns : NULL, .owns_ud = &hk,
+                .written = clustered ? ckpt_written : NULL, .written_ud = &ckh,
+            };
+            if ((e = ckptsched_new(eng, &co, &cks)) != EDDY_OK) {
+                log_error("msg=\"cannot start checkpoints\" checkpoint_dir=%s error=\"%s\"",
+                          ckpt_dir, eddy_strerror(e));
+                goto out;
+            }
         }
     }
     struct ingest_service svc = {
@@ -511,6 +632,13 @@ int main(int argc, char **argv)
         log_info("msg=\"joined cluster\" cluster=%s node=%s roles=%s advertise=%s partitions=%u",
                  c->cluster, id, c->role, addr, membership_partitions(mem));
     }
+    /* after the membership: the scheduler asks it which partitions this node owns */
+    if (cks && (e = ckptsched_start(cks)) != EDDY_OK) {
+        log_error("msg=\"cannot start the checkpoint scheduler\" error=\"%s\"",
+                  eddy_strerror(e));
+        rpc_server_shutdown(srv, 0);
+        goto out;
+    }
     health_set(hl, "", HEALTH_SERVING);
     health_set(hl, "liveness", HEALTH_SERVING);
     /* in a cluster, readiness follows the etcd session (on_alive) */
@@ -534,6 +662,7 @@ int main(int argc, char **argv)
     status = 0;
 out:
     rpc_server_free(srv);
+    ckptsched_free(cks);     /* before the membership its hooks use and the engine */
     forwarder_stop(fwd);     /* unsent stage-2 records stay in the OUTBOX for next time */
     membership_stop(mem);    /* revokes the lease: the coordinator reassigns at once */
     hk.mem = NULL;

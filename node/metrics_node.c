@@ -15,6 +15,8 @@ static const double result_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                         0.25,  0.5,    1,     2.5,  5,     10,   30};
 static const double serving_buckets[] = {0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                          0.05,    0.1,    0.25,  0.5,    1,     2.5};
+static const double checkpoint_buckets[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,  2.5,
+                                            5,    10,    30,   60,  120,  300, 600};
 static const double group_buckets[] = {1,    2,    5,    10,    20,    50,    100,   200,
                                        500,  1000, 2000, 5000,  10000, 20000, 50000, 100000};
 
@@ -121,9 +123,26 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
 
     nm->partitions_owned = metrics_gauge(m, "eddy_partitions_owned",
                                          "Partitions this node owns (all of them with --dev).");
+
+    struct ckptsched_metrics *cm = &nm->checkpoint;
+    cm->duration = metrics_histogram(
+        m, "eddy_checkpoint_duration_seconds",
+        "Time to write one partition checkpoint (snapshot scan, fsync, rename) and prune the "
+        "partition's old ones; successful checkpoints only.",
+        checkpoint_buckets, N(checkpoint_buckets));
+    cm->bytes = metrics_gauge(m, "eddy_checkpoint_bytes",
+                              "Size in bytes of the last checkpoint file this node wrote.");
+    cm->failures = metrics_counter(
+        m, "eddy_checkpoint_failures_total",
+        "Checkpoint attempts that failed or gave up after --checkpoint-timeout (nothing "
+        "published; the previous checkpoints stay).");
+    cm->last_success = metrics_gauge(
+        m, "eddy_checkpoint_last_success_timestamp_seconds",
+        "Unix time of the last successful checkpoint written by this node (0: none yet).");
     if (!em->events_ingested || !em->events_duplicate || !em->events_late || !em->batches ||
         !em->processing_seconds || !em->group_events || !em->event_to_result ||
-        !im->backpressure || !nm->rpc_busy || !im->recommendations || !nm->partitions_owned)
+        !im->backpressure || !nm->rpc_busy || !im->recommendations || !nm->partitions_owned ||
+        !cm->duration || !cm->bytes || !cm->failures || !cm->last_success)
         return EDDY_ERR_NOMEM;
     for (size_t i = 0; i <= VALIDATE_FIELD_COUNT; i++)
         if (!im->rejected[i])

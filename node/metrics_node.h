@@ -8,12 +8,14 @@
 
 #include "common/metrics.h"
 #include "node/ingest/ingest_service.h"
+#include "node/state/ckptsched.h"
 #include "node/state/engine.h"
 
 struct node_metrics {
     metrics *reg;                   /* owned */
     struct engine_metrics engine;   /* copy into engine_opts.metrics */
     struct ingest_metrics ingest;   /* copy into ingest_service.m */
+    struct ckptsched_metrics checkpoint; /* copy into ckptsched_opts.metrics */
     metric_counter *rpc_busy;       /* for rpc_server_opts.busy_rejections */
     metric_gauge *partitions_owned;
     engine *eng;                    /* borrowed, for the scrape-time gauges */

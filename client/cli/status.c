@@ -110,6 +110,45 @@ static char *owned_by_epoch(const status_resp *r, const char *owner)
     return s;
 }
 
+/* "850ms", "42s", "17m", "5h", "3d". */
+static void age_text(int64_t ms, char *buf, size_t len)
+{
+    if (ms < 1000)
+        snprintf(buf, len, "%" PRId64 "ms", ms);
+    else if (ms < 120 * 1000LL)
+        snprintf(buf, len, "%" PRId64 "s", ms / 1000);
+    else if (ms < 120 * 60000LL)
+        snprintf(buf, len, "%" PRId64 "m", ms / 60000);
+    else if (ms < 48 * 3600000LL)
+        snprintf(buf, len, "%" PRId64 "h", ms / 3600000);
+    else
+        snprintf(buf, len, "%" PRId64 "d", ms / 86400000);
+}
+
+/* The oldest checkpoint among the partitions of 'owner', and how many have none:
+ * "42s", "42s (3 none)", "- (16 none)". */
+static void ckpt_age_text(const status_resp *r, const char *owner, char *buf, size_t len)
+{
+    int64_t oldest = -1;
+    size_t none = 0;
+    for (size_t i = 0; i < r->n_partitions; i++) {
+        const Eddy__Cluster__V1__Partition *p = r->partitions[i];
+        if (strcmp(p->owner, owner) != 0)
+            continue;
+        if (p->checkpoint_age_ms < 0)
+            none++;
+        else if (p->checkpoint_age_ms > oldest)
+            oldest = p->checkpoint_age_ms;
+    }
+    char age[32] = "-";
+    if (oldest >= 0)
+        age_text(oldest, age, sizeof(age));
+    if (none)
+        snprintf(buf, len, "%s (%zu none)", age, none);
+    else
+        snprintf(buf, len, "%s", age);
+}
+
 static void roles_text(const Eddy__Cluster__V1__Node *n, char *buf, size_t len)
 {
     size_t used = 0;
@@ -124,8 +163,8 @@ static int print_table(const status_resp *r)
 {
     static const char *const nh[] = {"ID", "ROLES", "ADDRESS", "METRICS", ">PARTITIONS",
                                      "DRAINING", "STARTED"};
-    static const char *const ph[] = {"OWNER", ">COUNT", "PARTITIONS BY EPOCH"};
-    struct cli_table *nt = cli_table_new(7, nh), *pt = cli_table_new(3, ph);
+    static const char *const ph[] = {"OWNER", ">COUNT", "CKPT AGE", "PARTITIONS BY EPOCH"};
+    struct cli_table *nt = cli_table_new(7, nh), *pt = cli_table_new(4, ph);
     int bad = !nt || !pt;
     char roles[64], started[40];
 
@@ -155,11 +194,12 @@ static int print_table(const status_resp *r)
             for (size_t j = 0; j < r->n_partitions; j++)
                 count += strcmp(r->partitions[j]->owner, owner) == 0;
             char *runs = owned_by_epoch(r, owner);
-            char label[300];
+            char label[300], ckpt[64];
             snprintf(label, sizeof(label), "%s%s", owner[0] ? owner : "(unassigned)",
                      owner[0] && !reg ? " (not registered)" : "");
+            ckpt_age_text(r, owner, ckpt, sizeof(ckpt));
             bad = !runs || cli_table_cell(pt, "%s", label) || cli_table_cell(pt, "%zu", count) ||
-                  cli_table_cell(pt, "%s", runs);
+                  cli_table_cell(pt, "%s", ckpt) || cli_table_cell(pt, "%s", runs);
             free(runs);
         }
     }
@@ -225,6 +265,7 @@ static int print_json(const status_resp *r)
             cJSON *pp = cJSON_CreateObject();
             cJSON_AddNumberToObject(pp, "partition", p->partition);
             cJSON_AddNumberToObject(pp, "epoch", (double)p->epoch);
+            cJSON_AddNumberToObject(pp, "checkpoint_age_ms", (double)p->checkpoint_age_ms);
             cJSON_AddItemToArray(owned, pp);
         }
         cJSON_AddItemToArray(nodes, it);
@@ -236,6 +277,11 @@ static int print_json(const status_resp *r)
         cJSON_AddNumberToObject(pp, "partition", p->partition);
         cJSON_AddStringToObject(pp, "owner", p->owner);
         cJSON_AddNumberToObject(pp, "epoch", (double)p->epoch);
+        /* -1 / 0 / "": no checkpoint recorded */
+        cJSON_AddNumberToObject(pp, "checkpoint_seq", (double)p->checkpoint_seq);
+        cJSON_AddNumberToObject(pp, "checkpoint_age_ms", (double)p->checkpoint_age_ms);
+        cJSON_AddStringToObject(pp, "checkpoint_node", p->checkpoint_node);
+        cJSON_AddNumberToObject(pp, "checkpoint_bytes", (double)p->checkpoint_bytes);
         cJSON_AddItemToArray(parts, pp);
     }
     cJSON *dr = cJSON_AddArrayToObject(o, "draining");
@@ -250,8 +296,9 @@ int cmd_status(struct cli_ctx *ctx, int argc, char **argv)
         "status", "",
         "Ask a coordinator (--coordinator HOST:PORT, env EDDY_COORDINATOR, default "
         "127.0.0.1:7071) for the cluster: registered nodes (id, roles, address, partitions "
-        "owned), the leader, the assignment version and each node's partitions with their "
-        "epochs. Any coordinator answers, leader or standby.",
+        "owned), the leader, the assignment version, each node's partitions with their "
+        "epochs and the age of their newest checkpoint (CKPT AGE: the oldest among the "
+        "owner's partitions). Any coordinator answers, leader or standby.",
         NULL, 0, 0, 0};
     const char *pos[1];
     int npos;

@@ -311,11 +311,14 @@ static eddy_err delete_log_entry(store_txn *t, uint32_t p, uint64_t seq, const c
 
 /* Drop log records older than the cutoff from the front of the log. The log is in arrival
  * order, which is nearly event-time order; the sweep stops at the first newer record, so
- * it never removes a record newer than the cutoff. */
-static eddy_err sweep_log(store_txn *t, uint32_t p, struct part_meta *m, int64_t cutoff)
+ * it never removes a record newer than the cutoff, and at 'floor' (the oldest retained
+ * checkpoint's seq), so the log always reaches back to that checkpoint. */
+static eddy_err sweep_log(store_txn *t, uint32_t p, struct part_meta *m, int64_t cutoff,
+                          uint64_t floor)
 {
     eddy_err err = EDDY_OK;
-    while (m->log_first_seq < m->next_seq && err == EDDY_OK) {
+    uint64_t stop = floor < m->next_seq ? floor : m->next_seq;
+    while (m->log_first_seq < stop && err == EDDY_OK) {
         struct store_key k;
         Eddy__Store__V1__LogRecord *r = NULL;
         key_init(&k, p, T_LOG);
@@ -357,8 +360,12 @@ static eddy_err sweep(store_txn *t, const struct apply_params *ap, uint32_t p,
     }
     if (err == EDDY_OK && ap->state_ttl_ms > 0)
         err = sweep_users(t, p, wm - ap->state_ttl_ms);
-    if (err == EDDY_OK && ap->log_retention_ms > 0)
-        err = sweep_log(t, p, m, wm - ap->log_retention_ms);
+    if (err == EDDY_OK && ap->log_retention_ms > 0) {
+        uint64_t floor = ap->log_floor
+                             ? atomic_load_explicit(&ap->log_floor[p], memory_order_relaxed)
+                             : UINT64_MAX;
+        err = sweep_log(t, p, m, wm - ap->log_retention_ms, floor);
+    }
     m->swept_until = wm;
     m->dirty = true;
     return err;

@@ -13,6 +13,7 @@
 #ifndef EDDY_APPLY_H
 #define EDDY_APPLY_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -34,6 +35,12 @@ struct apply_params {
     int64_t window_retention_ms;   /* windows kept this long after they end (7 d) */
     int64_t log_retention_ms;      /* log entries kept this long (7 d) */
     int64_t sweep_interval_ms;     /* TTL sweeps when the watermark crosses a multiple (1 h) */
+    /* [partitions] or NULL. The log sweep never deletes a record whose seq is >= the
+     * partition's floor: the seq of its oldest retained checkpoint (UINT64_MAX: none), set
+     * by the checkpoint scheduler, so a checkpoint plus the log after it always rebuild the
+     * partition. Read with relaxed loads: it only decides how much LOG (with its LATE and
+     * USER_LOG entries) and META.log_first_seq lag behind, never the derived state. */
+    const _Atomic uint64_t *log_floor;
 };
 
 /* In-memory copy of a partition's META record; the writer owns it. */

@@ -57,6 +57,7 @@ struct writer {
     uint32_t crc;   /* of all bytes so far */
     uint64_t records;
     uint32_t partition;
+    int64_t deadline_ms; /* clock_mono_ms; 0: none */
     eddy_err err;
 };
 
@@ -120,6 +121,9 @@ static int write_record(void *ud, const unsigned char *key, size_t klen, const c
     w_u32(w, (uint32_t)vlen);
     w_put(w, val, vlen, true);
     w->records++;
+    if (w->deadline_ms > 0 && w->err == EDDY_OK && (w->records & 1023) == 0 &&
+        clock_mono_ms() >= w->deadline_ms)
+        w->err = EDDY_ERR_TIMEOUT;
     return w->err == EDDY_OK ? 0 : 1;
 }
 
@@ -155,10 +159,11 @@ static eddy_err fsync_dir_of(const char *path)
 /* Write the partition as of 'snap' to 'path' (or, if path is NULL, to its canonical name
  * in 'dir', which needs the snapshot's seq). */
 static eddy_err write_from_snapshot(store_snapshot *snap, uint32_t p, const char *path,
-                                    const char *dir, struct checkpoint_info *out)
+                                    const char *dir, int64_t deadline_ms,
+                                    struct checkpoint_info *out)
 {
     eddy_err err;
-    struct writer w = {.fd = -1, .partition = p, .err = EDDY_OK};
+    struct writer w = {.fd = -1, .partition = p, .deadline_ms = deadline_ms, .err = EDDY_OK};
     Eddy__Store__V1__PartitionMeta *pm = NULL;
     char final[CHECKPOINT_PATH_MAX], tmp[CHECKPOINT_PATH_MAX];
     bool tmp_exists = false;
@@ -231,6 +236,10 @@ static eddy_err write_from_snapshot(store_snapshot *snap, uint32_t p, const char
         err = EDDY_ERR_IO;
         goto out;
     }
+    if (deadline_ms > 0 && clock_mono_ms() >= deadline_ms) {
+        err = EDDY_ERR_TIMEOUT; /* too late: publish nothing */
+        goto out;
+    }
     int fd = w.fd;
     w.fd = -1;
     if (close(fd) != 0) {
@@ -281,31 +290,37 @@ eddy_err checkpoint_path(char *buf, size_t n, const char *dir, uint32_t p, uint6
 }
 
 static eddy_err write_common(store *s, uint32_t p, const char *path, const char *dir,
-                             struct checkpoint_info *out)
+                             int64_t deadline_ms, struct checkpoint_info *out)
 {
     if (p > UINT16_MAX)
         return EDDY_ERR_INVALID;
     store_snapshot *snap = store_snapshot_new(s);
     if (!snap)
         return EDDY_ERR_NOMEM;
-    eddy_err err = write_from_snapshot(snap, p, path, dir, out);
+    eddy_err err = write_from_snapshot(snap, p, path, dir, deadline_ms, out);
     store_snapshot_free(snap);
     return err;
 }
 
 eddy_err checkpoint_write(store *s, uint32_t p, const char *path, struct checkpoint_info *out)
 {
-    return write_common(s, p, path, NULL, out);
+    return write_common(s, p, path, NULL, 0, out);
 }
 
 eddy_err checkpoint_write_dir(store *s, uint32_t p, const char *dir, struct checkpoint_info *out)
+{
+    return checkpoint_write_dir_until(s, p, dir, 0, out);
+}
+
+eddy_err checkpoint_write_dir_until(store *s, uint32_t p, const char *dir, int64_t deadline_ms,
+                                    struct checkpoint_info *out)
 {
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
         log_error("msg=\"checkpoint: cannot create directory\" dir=%s error=\"%s\"", dir,
                   strerror(errno));
         return EDDY_ERR_IO;
     }
-    return write_common(s, p, NULL, dir, out);
+    return write_common(s, p, NULL, dir, deadline_ms, out);
 }
 
 /* ---- reading -------------------------------------------------------------------------- */

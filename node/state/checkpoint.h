@@ -74,6 +74,12 @@ eddy_err checkpoint_write(store *s, uint32_t p, const char *path, struct checkpo
  * the snapshot's seq; out->path tells where the file went. */
 eddy_err checkpoint_write_dir(store *s, uint32_t p, const char *dir, struct checkpoint_info *out);
 
+/* checkpoint_write_dir that gives up with EDDY_ERR_TIMEOUT, publishing nothing, once
+ * clock_mono_ms() reaches 'deadline_ms' (checked every 1024 records and before the file is
+ * renamed into place; 0: no deadline). */
+eddy_err checkpoint_write_dir_until(store *s, uint32_t p, const char *dir, int64_t deadline_ms,
+                                    struct checkpoint_info *out);
+
 /* Read the whole file and check it: magic, version, flags, lengths, key order and
  * partition, record count, file length and CRC. EDDY_ERR_CORRUPT (with one log line saying
  * where and why) for any damage, truncation included; EDDY_ERR_NOT_FOUND if there is no

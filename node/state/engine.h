@@ -124,6 +124,8 @@ struct engine_partition_view {
     uint64_t late_events;
     uint64_t events;
     uint64_t duplicates;
+    uint64_t next_seq;      /* log records appended so far (the next record's seq) */
+    uint64_t log_first_seq; /* oldest log record still kept */
 };
 
 const struct engine_opts *engine_options(const engine *e);
@@ -134,5 +136,10 @@ void engine_partition(engine *e, uint32_t p, struct engine_partition_view *v);
 void engine_global(engine *e, int64_t *watermark, int64_t *max_ts, uint64_t *late_events);
 /* Events waiting in the queue. */
 int64_t engine_queue_depth(engine *e);
+
+/* Keep partition 'p''s log at least back to 'seq' (the oldest retained checkpoint's seq;
+ * UINT64_MAX, the initial value: no checkpoint, only --log-retention applies). Any thread;
+ * the writer's next log sweep honours it (apply_params.log_floor). */
+void engine_set_log_floor(engine *e, uint32_t p, uint64_t seq);
 
 #endif

@@ -2,9 +2,11 @@
 #include "node/state/popcache.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <xxhash.h>
 
 #include "common/clock.h"
 #include "node/state/decay.h"
@@ -14,9 +16,47 @@
 struct pop_list {
     char *category;
     int64_t refreshed_ms;      /* monotonic */
+    bool refreshing;           /* a thread is refreshing it: others use it meanwhile */
     int64_t at;                /* event time the scores were decayed to */
     struct scored_product *items;
     size_t n;
+};
+
+/* ---- neighbour cache (see popcache.h) ---- */
+
+#define NB_SHARDS 16
+
+struct nb_item {
+    const char *id, *category; /* in the entry's block, NUL-terminated */
+    uint32_t idlen, catlen;
+    bool has_score;
+    int64_t bucket, cur, prev; /* raw entries: the stored Decayed */
+};
+
+struct nb_entry {
+    const char *key;        /* in the block; NULL: unused slot */
+    uint64_t hash;
+    int32_t next;           /* hash chain (slot index), -1 = end */
+    bool ref;               /* clock bit: used since the hand last passed */
+    bool raw;               /* local: undecayed items; else scores as the source gave them */
+    bool refreshing;        /* a thread is refreshing it: others use it meanwhile */
+    int64_t refreshed_ms;   /* monotonic */
+    size_t n;               /* items */
+    size_t fetched;         /* source entries: 'max' of the call (the list is whole if n < it) */
+    struct nb_item *items;  /* start of the entry's one allocation */
+    double *scores;         /* raw: score of order[i]; source: score of items[i] */
+    uint32_t *order;        /* raw: the best 'scored_max' items at 'scored_at', best first */
+    size_t norder, scored_max;
+    int64_t scored_at;
+    bool scored;
+};
+
+struct nb_shard {
+    pthread_mutex_t mu;
+    struct nb_entry *slots;
+    int32_t *heads;         /* nheads chains */
+    size_t cap, used, nheads, hand;
+    uint64_t hits, misses, evictions;
 };
 
 struct popcache {
@@ -28,6 +68,7 @@ struct popcache {
     pthread_mutex_t mu;
     struct pop_list *lists;
     size_t nlists;
+    struct nb_shard *nb;       /* NB_SHARDS, or NULL: neighbours are not cached */
 };
 
 popcache *popcache_new(store *st, const struct product_params *pp, int64_t staleness_ms,
@@ -60,10 +101,71 @@ void popcache_set_source(popcache *pc, const struct popcache_source *src)
     pc->src = src;
 }
 
+static void nb_free(popcache *pc)
+{
+    if (!pc->nb)
+        return;
+    for (size_t s = 0; s < NB_SHARDS; s++) {
+        struct nb_shard *sh = &pc->nb[s];
+        for (size_t i = 0; i < sh->used; i++)
+            free(sh->slots[i].items);
+        free(sh->slots);
+        free(sh->heads);
+        pthread_mutex_destroy(&sh->mu);
+    }
+    free(pc->nb);
+    pc->nb = NULL;
+}
+
+eddy_err popcache_set_neighbour_cache(popcache *pc, size_t entries)
+{
+    nb_free(pc);
+    if (entries == 0)
+        return EDDY_OK;
+    size_t per = (entries + NB_SHARDS - 1) / NB_SHARDS;
+    if (per > INT32_MAX / 4)
+        per = INT32_MAX / 4;
+    if (!(pc->nb = calloc(NB_SHARDS, sizeof(*pc->nb))))
+        return EDDY_ERR_NOMEM;
+    for (size_t s = 0; s < NB_SHARDS; s++) {
+        struct nb_shard *sh = &pc->nb[s];
+        pthread_mutex_init(&sh->mu, NULL);
+        sh->cap = per;
+        sh->nheads = 4;
+        while (sh->nheads < per * 2)
+            sh->nheads <<= 1;
+        sh->slots = calloc(per, sizeof(*sh->slots));
+        sh->heads = malloc(sh->nheads * sizeof(*sh->heads));
+        if (!sh->slots || !sh->heads) {
+            for (size_t j = s + 1; j < NB_SHARDS; j++)
+                pthread_mutex_init(&pc->nb[j].mu, NULL);
+            nb_free(pc);
+            return EDDY_ERR_NOMEM;
+        }
+        memset(sh->heads, 0xff, sh->nheads * sizeof(*sh->heads)); /* -1 */
+    }
+    return EDDY_OK;
+}
+
+void popcache_stats(popcache *pc, struct popcache_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (size_t s = 0; pc->nb && s < NB_SHARDS; s++) {
+        struct nb_shard *sh = &pc->nb[s];
+        pthread_mutex_lock(&sh->mu);
+        out->hits += sh->hits;
+        out->misses += sh->misses;
+        out->evictions += sh->evictions;
+        out->entries += sh->used;
+        pthread_mutex_unlock(&sh->mu);
+    }
+}
+
 void popcache_free(popcache *pc)
 {
     if (!pc)
         return;
+    nb_free(pc);
     drop_lists(pc);
     pthread_mutex_destroy(&pc->mu);
     free(pc);
@@ -142,6 +244,16 @@ static eddy_err scan_top(popcache *pc, const char *category, int64_t at, struct 
     return EDDY_OK;
 }
 
+/* Copy list entries, only the bytes of their strings (a scored_product is ~0.5 kB). */
+static void copy_list(struct scored_product *out, const struct scored_product *in, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        memcpy(out[i].product_id, in[i].product_id, strlen(in[i].product_id) + 1);
+        memcpy(out[i].category, in[i].category, strlen(in[i].category) + 1);
+        out[i].score = in[i].score;
+    }
+}
+
 eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
                       struct scored_product *out, size_t max, size_t *n)
 {
@@ -152,12 +264,19 @@ eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
         struct pop_list *l = &pc->lists[i];
         /* Decay scales every score of a list alike, so a list decayed to a slightly older
          * reference time ranks the same; only its age matters. */
-        if (strcmp(l->category, category) == 0 && now - l->refreshed_ms < pc->staleness_ms) {
+        if (strcmp(l->category, category) != 0)
+            continue;
+        /* While one thread refreshes an expired list the others answer from it (older
+         * than --stage2-staleness by at most one refresh) instead of all scanning it
+         * again at once. */
+        if (now - l->refreshed_ms < pc->staleness_ms || l->refreshing) {
             *n = l->n < max ? l->n : max;
-            memcpy(out, l->items, *n * sizeof(*out));
+            copy_list(out, l->items, *n);
             pthread_mutex_unlock(&pc->mu);
             return EDDY_OK;
         }
+        l->refreshing = true;
+        break;
     }
     pthread_mutex_unlock(&pc->mu);
 
@@ -172,12 +291,18 @@ eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
     eddy_err err = pc->src ? pc->src->top(pc->src->ud, category, at, t.items, t.cap, &t.n)
                            : scan_top(pc, category, at, &t);
     if (err != EDDY_OK) {
+        pthread_mutex_lock(&pc->mu);
+        for (size_t i = 0; i < pc->nlists; i++) {
+            if (strcmp(pc->lists[i].category, category) == 0)
+                pc->lists[i].refreshing = false;
+        }
+        pthread_mutex_unlock(&pc->mu);
         free(t.items);
         free(cat);
         return err;
     }
     *n = t.n < max ? t.n : max;
-    memcpy(out, t.items, *n * sizeof(*out));
+    copy_list(out, t.items, *n);
 
     pthread_mutex_lock(&pc->mu);
     size_t i;
@@ -207,12 +332,14 @@ eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
     pc->lists[i].n = t.n;
     pc->lists[i].refreshed_ms = now;
     pc->lists[i].at = at;
+    pc->lists[i].refreshing = false;
     pthread_mutex_unlock(&pc->mu);
     return EDDY_OK;
 }
 
-eddy_err popcache_neighbours(popcache *pc, const char *product_id, int64_t at,
-                             struct scored_product *out, size_t max, size_t *n)
+/* The uncached read: the reference the cache must reproduce. */
+static eddy_err neighbours_uncached(popcache *pc, const char *product_id, int64_t at,
+                                    struct scored_product *out, size_t max, size_t *n)
 {
     Eddy__Store__V1__ProductState *ps = NULL;
     *n = 0;
@@ -229,5 +356,293 @@ eddy_err popcache_neighbours(popcache *pc, const char *product_id, int64_t at,
     }
     *n = t.n;
     eddy__store__v1__product_state__free_unpacked(ps, NULL);
+    return EDDY_OK;
+}
+
+/* One allocation: items[n], scores[n], order[n], key, then the strings. */
+static bool nb_alloc(struct nb_entry *e, size_t n, const char *key, size_t keylen,
+                     size_t strbytes)
+{
+    size_t sz = n * (sizeof(struct nb_item) + sizeof(double) + sizeof(uint32_t)) + keylen + 1 +
+                strbytes;
+    char *b = malloc(sz ? sz : 1);
+    if (!b)
+        return false;
+    memset(e, 0, sizeof(*e));
+    e->items = (struct nb_item *)b;
+    e->scores = (double *)(b + n * sizeof(struct nb_item));
+    e->order = (uint32_t *)(b + n * (sizeof(struct nb_item) + sizeof(double)));
+    char *k = b + n * (sizeof(struct nb_item) + sizeof(double) + sizeof(uint32_t));
+    memcpy(k, key, keylen);
+    k[keylen] = '\0';
+    e->key = k;
+    e->n = n;
+    e->next = -1;
+    return true;
+}
+
+static char *nb_put_str(char **p, const char *s, size_t len)
+{
+    char *d = *p;
+    memcpy(d, s, len);
+    d[len] = '\0';
+    *p += len + 1;
+    return d;
+}
+
+/* A raw entry from the product's stored neighbours (none if the product is unknown). The
+ * neighbours topk_offer would skip (over-long strings) are left out. */
+static eddy_err nb_build_local(popcache *pc, const char *product_id, size_t keylen,
+                               struct nb_entry *e)
+{
+    Eddy__Store__V1__ProductState *ps = NULL;
+    eddy_err err = product_get(pc->st, pc->pp->partitions, product_id, &ps);
+    if (err != EDDY_OK)
+        return err;
+    size_t n = 0, bytes = 0;
+    for (size_t i = 0; ps && i < ps->n_neighbours; i++) {
+        const Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
+        size_t il = strlen(nb->product_id), cl = strlen(nb->category);
+        if (il > REC_ID_CAP || cl > REC_ID_CAP)
+            continue;
+        n++;
+        bytes += il + cl + 2;
+    }
+    if (!nb_alloc(e, n, product_id, keylen, bytes)) {
+        if (ps)
+            eddy__store__v1__product_state__free_unpacked(ps, NULL);
+        return EDDY_ERR_NOMEM;
+    }
+    char *p = (char *)e->key + keylen + 1;
+    size_t j = 0;
+    for (size_t i = 0; ps && i < ps->n_neighbours; i++) {
+        const Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
+        size_t il = strlen(nb->product_id), cl = strlen(nb->category);
+        if (il > REC_ID_CAP || cl > REC_ID_CAP)
+            continue;
+        struct nb_item *it = &e->items[j++];
+        it->id = nb_put_str(&p, nb->product_id, il);
+        it->category = nb_put_str(&p, nb->category, cl);
+        it->idlen = (uint32_t)il;
+        it->catlen = (uint32_t)cl;
+        it->has_score = nb->score != NULL;
+        if (nb->score) {
+            it->bucket = nb->score->bucket;
+            it->cur = nb->score->cur;
+            it->prev = nb->score->prev;
+        }
+    }
+    e->raw = true;
+    if (ps)
+        eddy__store__v1__product_state__free_unpacked(ps, NULL);
+    return EDDY_OK;
+}
+
+/* An entry holding a list as the source answered it (already in 'out'). */
+static eddy_err nb_build_scored(const char *product_id, size_t keylen,
+                                const struct scored_product *l, size_t n, size_t fetched,
+                                struct nb_entry *e)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        bytes += strlen(l[i].product_id) + strlen(l[i].category) + 2;
+    if (!nb_alloc(e, n, product_id, keylen, bytes))
+        return EDDY_ERR_NOMEM;
+    char *p = (char *)e->key + keylen + 1;
+    for (size_t i = 0; i < n; i++) {
+        struct nb_item *it = &e->items[i];
+        size_t il = strlen(l[i].product_id), cl = strlen(l[i].category);
+        it->id = nb_put_str(&p, l[i].product_id, il);
+        it->category = nb_put_str(&p, l[i].category, cl);
+        it->idlen = (uint32_t)il;
+        it->catlen = (uint32_t)cl;
+        e->scores[i] = l[i].score;
+    }
+    e->fetched = fetched;
+    return EDDY_OK;
+}
+
+/* Raw entries: rank the items at 'at' keeping the best 'max', exactly as topk_offer over
+ * the stored neighbours in their stored order (same comparisons, same ties), on indices
+ * instead of whole scored_product copies. Kept until another (at, max) is asked for. */
+static void nb_rank(const popcache *pc, struct nb_entry *e, int64_t at, size_t max)
+{
+    if (e->scored && e->scored_at == at && e->scored_max == max)
+        return;
+    size_t cnt = 0;
+    for (size_t i = 0; i < e->n && max > 0; i++) {
+        const struct nb_item *it = &e->items[i];
+        double s = 0.0;
+        if (it->has_score) {
+            Eddy__Store__V1__Decayed d = EDDY__STORE__V1__DECAYED__INIT;
+            d.bucket = it->bucket;
+            d.cur = it->cur;
+            d.prev = it->prev;
+            s = decay_value(&d, &pc->pp->neighbours, at);
+        }
+        size_t pos = cnt;
+        while (pos > 0) {
+            double os = e->scores[pos - 1];
+            if (os > s ||
+                (os == s && strncmp(e->items[e->order[pos - 1]].id, it->id, it->idlen) <= 0))
+                break;
+            pos--;
+        }
+        if (pos >= max)
+            continue;
+        size_t moving = (cnt < max ? cnt : max - 1) - pos;
+        memmove(&e->order[pos + 1], &e->order[pos], moving * sizeof(*e->order));
+        memmove(&e->scores[pos + 1], &e->scores[pos], moving * sizeof(*e->scores));
+        e->order[pos] = (uint32_t)i;
+        e->scores[pos] = s;
+        if (cnt < max)
+            cnt++;
+    }
+    e->norder = cnt;
+    e->scored_at = at;
+    e->scored_max = max;
+    e->scored = true;
+}
+
+static void put_item(struct scored_product *o, const struct nb_item *it, double score)
+{
+    memcpy(o->product_id, it->id, (size_t)it->idlen + 1);
+    memcpy(o->category, it->category, (size_t)it->catlen + 1);
+    o->score = score;
+}
+
+/* Copy the entry's list for (at, max) into 'out'. */
+static size_t nb_emit(const popcache *pc, struct nb_entry *e, int64_t at,
+                      struct scored_product *out, size_t max)
+{
+    if (e->raw) {
+        nb_rank(pc, e, at, max);
+        for (size_t j = 0; j < e->norder; j++)
+            put_item(&out[j], &e->items[e->order[j]], e->scores[j]);
+        return e->norder;
+    }
+    size_t n = e->n < max ? e->n : max;
+    for (size_t j = 0; j < n; j++)
+        put_item(&out[j], &e->items[j], e->scores[j]);
+    return n;
+}
+
+static int32_t *nb_chain(struct nb_shard *sh, uint64_t h)
+{
+    return &sh->heads[(h >> 8) & (sh->nheads - 1)];
+}
+
+static struct nb_entry *nb_find(struct nb_shard *sh, uint64_t h, const char *key)
+{
+    for (int32_t i = *nb_chain(sh, h); i >= 0; i = sh->slots[i].next) {
+        struct nb_entry *e = &sh->slots[i];
+        if (e->hash == h && strcmp(e->key, key) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+static void nb_unlink(struct nb_shard *sh, size_t slot)
+{
+    int32_t *p = nb_chain(sh, sh->slots[slot].hash);
+    while (*p >= 0 && (size_t)*p != slot)
+        p = &sh->slots[*p].next;
+    if (*p >= 0)
+        *p = sh->slots[slot].next;
+}
+
+/* Insert 'e' (taken over), replacing an entry of the same key, else a free slot, else the
+ * clock's victim (an entry not used since the hand last passed it). Under sh->mu. */
+static void nb_insert(struct nb_shard *sh, struct nb_entry *e)
+{
+    struct nb_entry *old = nb_find(sh, e->hash, e->key);
+    size_t slot;
+    if (old) {
+        slot = (size_t)(old - sh->slots);
+        nb_unlink(sh, slot);
+        free(old->items);
+    } else if (sh->used < sh->cap) {
+        slot = sh->used++;
+    } else {
+        for (;;) {
+            struct nb_entry *v = &sh->slots[sh->hand];
+            slot = sh->hand;
+            sh->hand = (sh->hand + 1) % sh->cap;
+            if (!v->ref)
+                break;
+            v->ref = false;
+        }
+        nb_unlink(sh, slot);
+        free(sh->slots[slot].items);
+        sh->evictions++;
+    }
+    int32_t *head = nb_chain(sh, e->hash);
+    e->next = *head;
+    e->ref = false;
+    sh->slots[slot] = *e;
+    *head = (int32_t)slot;
+}
+
+/* A refresh failed: let the next caller try again. */
+static void nb_refresh_failed(struct nb_shard *sh, uint64_t h, const char *key)
+{
+    pthread_mutex_lock(&sh->mu);
+    struct nb_entry *e = nb_find(sh, h, key);
+    if (e)
+        e->refreshing = false;
+    pthread_mutex_unlock(&sh->mu);
+}
+
+eddy_err popcache_neighbours(popcache *pc, const char *product_id, int64_t at,
+                             struct scored_product *out, size_t max, size_t *n)
+{
+    *n = 0;
+    if (!pc->nb || pc->staleness_ms <= 0)
+        return neighbours_uncached(pc, product_id, at, out, max, n);
+    size_t keylen = strlen(product_id);
+    uint64_t h = XXH3_64bits(product_id, keylen);
+    struct nb_shard *sh = &pc->nb[h % NB_SHARDS];
+    int64_t now = clock_mono_ms();
+
+    pthread_mutex_lock(&sh->mu);
+    struct nb_entry *e = nb_find(sh, h, product_id);
+    bool usable = e && (e->raw || max <= e->fetched || e->n < e->fetched);
+    /* as for the popularity lists, an expired entry being refreshed by another thread
+     * still answers */
+    if (usable && (now - e->refreshed_ms < pc->staleness_ms || e->refreshing)) {
+        *n = nb_emit(pc, e, at, out, max);
+        e->ref = true;
+        sh->hits++;
+        pthread_mutex_unlock(&sh->mu);
+        return EDDY_OK;
+    }
+    if (usable)
+        e->refreshing = true;
+    sh->misses++;
+    pthread_mutex_unlock(&sh->mu);
+
+    /* refresh outside the lock: concurrent refreshes of one entry are harmless */
+    struct nb_entry ne;
+    eddy_err err;
+    if (pc->src) {
+        err = pc->src->neighbours(pc->src->ud, product_id, at, out, max, n);
+        if (err == EDDY_OK && nb_build_scored(product_id, keylen, out, *n, max, &ne) != EDDY_OK) {
+            nb_refresh_failed(sh, h, product_id);
+            return EDDY_OK; /* answered, just not cached */
+        }
+    } else {
+        err = nb_build_local(pc, product_id, keylen, &ne);
+        if (err == EDDY_OK)
+            *n = nb_emit(pc, &ne, at, out, max);
+    }
+    if (err != EDDY_OK) {
+        nb_refresh_failed(sh, h, product_id);
+        return err;
+    }
+    ne.hash = h;
+    ne.refreshed_ms = now;
+    pthread_mutex_lock(&sh->mu);
+    nb_insert(sh, &ne);
+    pthread_mutex_unlock(&sh->mu);
     return EDDY_OK;
 }

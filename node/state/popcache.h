@@ -1,10 +1,18 @@
 /* The stage-2 read side used by Recommend: popular products per category (and overall)
  * from the CAT_POP index, cached for --stage2-staleness, and a product's co-occurrence
- * neighbours. Values are decayed to a reference event time given by the caller (the
+ * neighbours, cached per product for --stage2-staleness too (--neighbour-cache entries,
+ * clock eviction). Values are decayed to a reference event time given by the caller (the
  * newest event time seen), never to the wall clock.
  *
- * Threads: any; the cache is guarded by one mutex, and a refresh scans LevelDB outside
- * of it. */
+ * Neighbour cache: a local entry keeps the product's stored neighbours undecayed (bucket
+ * sums), so an answer from it is exactly the uncached answer over the same stored state,
+ * decayed to the caller's time; an entry read through a popcache_source keeps the scored
+ * list as the owner answered it (decayed to the time of that call: decay scales a list
+ * uniformly, so its order and normalised scores do not change). Products without state are
+ * cached too (empty lists).
+ *
+ * Threads: any; the popularity lists are guarded by one mutex, the neighbour cache by 16
+ * sharded mutexes; a refresh reads LevelDB (or calls the source) outside of them. */
 #ifndef EDDY_POPCACHE_H
 #define EDDY_POPCACHE_H
 
@@ -34,6 +42,18 @@ struct popcache_source {
 popcache *popcache_new(store *st, const struct product_params *pp, int64_t staleness_ms,
                        size_t top_k);
 void popcache_free(popcache *pc);
+
+/* Cache the neighbour lists of up to 'entries' products (0 = no cache: every call reads
+ * the store or the source). Each entry holds a product's neighbours (~50 at the default
+ * --max-neighbours, about 3 kB). Call before the cache is shared between threads. */
+eddy_err popcache_set_neighbour_cache(popcache *pc, size_t entries);
+
+/* Counters of the neighbour cache (for tests and diagnostics). */
+struct popcache_stats {
+    uint64_t hits, misses, evictions;
+    size_t entries;
+};
+void popcache_stats(popcache *pc, struct popcache_stats *out);
 
 /* Read lists through 'src' instead of the local store (borrowed for the cache's life). */
 void popcache_set_source(popcache *pc, const struct popcache_source *src);

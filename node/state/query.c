@@ -1,6 +1,7 @@
 /* Queries over committed state. */
 #include "node/state/query.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -78,6 +79,69 @@ struct rec_work {
     struct scored_product *lists; /* one block of (cats + anchors + 1) * candidates */
 };
 
+/* Per-thread scratch of Recommend, reused from call to call: the candidate lists are
+ * (cats + anchors + 1) * --candidates scored_product of ~0.5 kB each (~650 kB at K = 50),
+ * which as a fresh calloc per call cost an mmap, page faults and a munmap. Only the
+ * entries each list fills are read, so nothing needs clearing. Freed at thread exit. */
+struct rec_scratch {
+    struct scored_product *lists;
+    size_t nlists;
+    struct rec_item *items;
+    size_t nitems;
+};
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static bool scratch_ok;
+
+static void scratch_free(void *p)
+{
+    struct rec_scratch *s = p;
+    if (s) {
+        free(s->lists);
+        free(s->items);
+        free(s);
+    }
+}
+
+static void scratch_init(void)
+{
+    scratch_ok = pthread_key_create(&scratch_key, scratch_free) == 0;
+}
+
+/* This thread's scratch with room for 'nlists' list entries and 'nitems' items; NULL if
+ * out of memory. */
+static struct rec_scratch *scratch_get(size_t nlists, size_t nitems)
+{
+    pthread_once(&scratch_once, scratch_init);
+    if (!scratch_ok)
+        return NULL;
+    struct rec_scratch *s = pthread_getspecific(scratch_key);
+    if (!s) {
+        if (!(s = calloc(1, sizeof(*s))))
+            return NULL;
+        if (pthread_setspecific(scratch_key, s) != 0) {
+            free(s);
+            return NULL;
+        }
+    }
+    if (s->nlists < nlists) {
+        free(s->lists);
+        s->nlists = 0;
+        if (!(s->lists = malloc(nlists * sizeof(*s->lists))))
+            return NULL;
+        s->nlists = nlists;
+    }
+    if (s->nitems < nitems) {
+        free(s->items);
+        s->nitems = 0;
+        if (!(s->items = malloc(nitems * sizeof(*s->items))))
+            return NULL;
+        s->nitems = nitems;
+    }
+    return s;
+}
+
 /* The products the user purchased (BOUGHT table), never recommended again. */
 struct bought {
     char **ids;
@@ -141,8 +205,9 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
         max = (size_t)q->max_recommendations;
     size_t K = (size_t)o->candidates;
     size_t nlists = REC_MAX_CATS + REC_MAX_RECENT + 1 + REC_MAX_CART + 1;
-    struct rec_work *w = calloc(1, sizeof(*w));
-    struct rec_item *items = calloc(max ? max : 1, sizeof(*items));
+    struct rec_work work = {0}, *w = &work;
+    struct rec_scratch *scratch = scratch_get(nlists * (K ? K : 1), max ? max : 1);
+    struct rec_item *items = scratch ? scratch->items : NULL;
     Eddy__Store__V1__UserModel *m = NULL;
     Eddy__V1__RecommendResponse *r = NULL;
     struct rec_input in = {0};
@@ -151,8 +216,9 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
     eddy_err err = EDDY_ERR_NOMEM;
     int64_t at;
 
-    if (!w || !items || !(w->lists = calloc(nlists * K, sizeof(*w->lists))))
+    if (!scratch)
         goto out;
+    w->lists = scratch->lists;
     engine_global(q->eng, NULL, &at, NULL);
     if ((err = load_user(q, req->user_id, &m)) != EDDY_OK)
         goto out;
@@ -249,13 +315,8 @@ out:
     query_free_response(r ? &r->base : NULL);
     if (m)
         eddy__store__v1__user_model__free_unpacked(m, NULL);
-    if (w) {
-        free(w->lists);
-        free(w->exclude);
-    }
-    free(w);
+    free(w->exclude);
     bought_release(&bought);
-    free(items);
     return err;
 }
 

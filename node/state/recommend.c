@@ -1,6 +1,8 @@
 /* The blend and ranking of recommendation candidates. */
 #include "node/state/recommend.h"
 
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -27,9 +29,13 @@ struct cand {
     const char *reason_arg;
 };
 
+/* The candidates, densely in 'c' (room for every contribution), found through an
+ * open-addressing table of indices (-1 = empty): clearing 4 bytes per slot rather than a
+ * whole candidate keeps the per-call setup small. */
 struct cand_set {
-    struct cand *tab;       /* open addressing; id NULL = empty */
-    size_t cap, n;
+    struct cand *c;
+    int32_t *idx;
+    size_t cap, n, room;
 };
 
 static bool set_init(struct cand_set *s, size_t expect)
@@ -38,16 +44,39 @@ static bool set_init(struct cand_set *s, size_t expect)
     while (s->cap < expect * 2)
         s->cap <<= 1;
     s->n = 0;
-    s->tab = calloc(s->cap, sizeof(*s->tab));
-    return s->tab != NULL;
+    s->room = expect ? expect : 1;
+    s->c = malloc(s->room * sizeof(*s->c));
+    s->idx = malloc(s->cap * sizeof(*s->idx));
+    if (!s->c || !s->idx) {
+        free(s->c);
+        free(s->idx);
+        return false;
+    }
+    memset(s->idx, 0xff, s->cap * sizeof(*s->idx));
+    return true;
 }
 
-static struct cand *set_get(struct cand_set *s, const char *id)
+static void set_release(struct cand_set *s)
+{
+    free(s->c);
+    free(s->idx);
+}
+
+/* The candidate of 'id', added (zeroed, borrowing 'id' and 'category') if new; NULL if
+ * the set is full (sized for every contribution up front: cannot happen). */
+static struct cand *set_get(struct cand_set *s, const char *id, const char *category)
 {
     size_t i = (size_t)XXH3_64bits(id, strlen(id)) & (s->cap - 1);
-    while (s->tab[i].id && strcmp(s->tab[i].id, id) != 0)
+    while (s->idx[i] >= 0 && strcmp(s->c[s->idx[i]].id, id) != 0)
         i = (i + 1) & (s->cap - 1);
-    return &s->tab[i];
+    if (s->idx[i] >= 0)
+        return &s->c[s->idx[i]];
+    if (s->n >= s->room || (s->n + 1) * 2 > s->cap)
+        return NULL;
+    struct cand *c = &s->c[s->n];
+    *c = (struct cand){.id = id, .category = category};
+    s->idx[i] = (int32_t)s->n++;
+    return c;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -86,14 +115,9 @@ static void contribute(struct cand_set *s, const struct excl *in,
 {
     if (v <= 0 || excluded(in, sp->product_id))
         return;
-    struct cand *c = set_get(s, sp->product_id);
-    if (!c->id) {
-        if ((s->n + 1) * 2 > s->cap)
-            return; /* sized for every candidate up front; cannot happen */
-        c->id = sp->product_id;
-        c->category = sp->category;
-        s->n++;
-    }
+    struct cand *c = set_get(s, sp->product_id, sp->category);
+    if (!c)
+        return;
     if (!c->category[0] && sp->category[0])
         c->category = sp->category;
     c->score += v;
@@ -114,12 +138,48 @@ static double list_max(const struct scored_product *items, size_t n)
     return m;
 }
 
-static int cmp_cand(const void *a, const void *b)
+/* The answer's order: score descending, then product id (ids are unique in the set, so
+ * this is a total order and any selection method gives the same sequence). */
+static bool before(const struct cand *x, const struct cand *y)
 {
-    const struct cand *x = a, *y = b;
     if (x->score != y->score)
-        return x->score < y->score ? 1 : -1;
-    return strcmp(x->id, y->id);
+        return x->score > y->score;
+    return strcmp(x->id, y->id) < 0;
+}
+
+/* A binary heap whose root is the first candidate in answer order: an answer takes a few
+ * dozen of several hundred candidates, so building the heap (linear) and popping those
+ * beats sorting them all. */
+static void sift_down(struct cand *h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, best = i;
+        if (l < n && before(&h[l], &h[best]))
+            best = l;
+        if (l + 1 < n && before(&h[l + 1], &h[best]))
+            best = l + 1;
+        if (best == i)
+            return;
+        struct cand t = h[i];
+        h[i] = h[best];
+        h[best] = t;
+        i = best;
+    }
+}
+
+static void heap_build(struct cand *h, size_t n)
+{
+    for (size_t i = n / 2; i-- > 0;)
+        sift_down(h, n, i);
+}
+
+/* Remove the root into *out; returns the new size. */
+static size_t heap_pop(struct cand *h, size_t n, struct cand *out)
+{
+    *out = h[0];
+    h[0] = h[n - 1];
+    sift_down(h, n - 1, 0);
+    return n - 1;
 }
 
 struct picker {
@@ -199,18 +259,15 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
         }
     }
 
-    /* compact, sort, pick under the diversity cap */
-    size_t n = 0;
-    for (size_t i = 0; i < s.cap; i++) {
-        if (s.tab[i].id)
-            s.tab[n++] = s.tab[i];
-    }
-    qsort(s.tab, n, sizeof(*s.tab), cmp_cand);
+    /* in answer order, pick under the diversity cap */
+    size_t n = s.n;
+    heap_build(s.c, n);
     struct picker pk = {out, 0, max, p->diversity_cap};
-    for (size_t i = 0; i < n && pk.n < max; i++) {
-        if (!capped(&pk, s.tab[i].category))
-            pick(&pk, s.tab[i].id, s.tab[i].category, s.tab[i].score, s.tab[i].reason,
-                 s.tab[i].reason_arg);
+    while (n > 0 && pk.n < max) {
+        struct cand c;
+        n = heap_pop(s.c, n, &c);
+        if (!capped(&pk, c.category))
+            pick(&pk, c.id, c.category, c.score, c.reason, c.reason_arg);
     }
     /* fill with global popularity, below every blended item */
     double floor = pk.n ? out[pk.n - 1].score : 1.0;
@@ -223,7 +280,7 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
         pick(&pk, g->product_id, g->category, floor * 0.5 * (g->score / gmax), R_TRENDING,
              NULL);
     }
-    free(s.tab);
+    set_release(&s);
     free(ex.ids);
     return pk.n;
 }

@@ -1279,3 +1279,52 @@ def total_events(stub, user_id="", timeout=10):
     r = stub.EventCounts(pb().EventCountsRequest(user_id=user_id, include_open=True),
                          timeout=timeout)
     return sum(w.counts.total for w in r.windows)
+
+
+# ---- checkpoints and metrics ------------------------------------------------------------
+
+import re  # noqa: E402  (helpers appended at the end of the module)
+import urllib.request  # noqa: E402
+
+_CKPT_NAME = re.compile(r"^p(\d{5})-(\d{20})\.ckp$")
+
+
+def checkpoint_files(directory):
+    """{partition: [paths, newest (highest seq) first]} of the published checkpoint files
+    (p<P:05>-<seq:020>.ckp) in `directory` (empty if it does not exist)."""
+    out = {}
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return out
+    for name in names:
+        m = _CKPT_NAME.match(name)
+        if m:
+            out.setdefault(int(m.group(1)), []).append((int(m.group(2)),
+                                                        os.path.join(directory, name)))
+    return {p: [path for _, path in sorted(v, reverse=True)] for p, v in out.items()}
+
+
+def verify_checkpoint(path):
+    """`eddy-node --verify-checkpoint PATH`: (rc, the printed JSON or None, stderr)."""
+    r = subprocess.run([require_node(), "--verify-checkpoint", path], capture_output=True,
+                       text=True, timeout=60)
+    info = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
+    return r.returncode, info, r.stderr
+
+
+def metrics_port_of(node):
+    """The /metrics port a node printed ("metrics on N"), or None."""
+    line = next((l for l in node._stdout if l.startswith("metrics on ")), None)
+    return int(line.split()[2]) if line else None
+
+
+def scrape_samples(addr):
+    """{sample name with labels as printed: value} of http://ADDR/metrics."""
+    text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

@@ -24,14 +24,11 @@ HELM_DIR = os.path.normpath(os.path.join(L.HERE, "..", "..", "helm", "eddy"))
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
 
-# Referenced by the chart but measured only by cluster roles (checkpoints and partition
-# moves do not exist in --dev, which owns every partition in one process). Registering them
-# at zero would be misleading: EddyCheckpointsStalled fires when a node owns partitions and
-# eddy_checkpoint_duration_seconds_count does not grow.
+# Referenced by the chart but measured only by cluster roles (partition moves do not exist
+# in --dev, which owns every partition in one process). Registering them at zero would be
+# misleading. (The eddy_checkpoint_* series are real in --dev too: its checkpoint scheduler
+# runs, so they must appear in the scrape.)
 CLUSTER_ONLY = {
-    "eddy_checkpoint_bytes",
-    "eddy_checkpoint_duration_seconds",
-    "eddy_checkpoint_failures_total",
     "eddy_move_duration_seconds",
     "eddy_move_pause_seconds",
 }

@@ -59,12 +59,35 @@ static void test_map_round_trip(void **state)
     cluster_map_release(&back);
 }
 
+static void test_checkpoint_round_trip(void **state)
+{
+    struct cluster_checkpoint c = {.seq = 123456789012ULL, .bytes = 4096, .crc = 0xdeadbeef,
+                                   .created_ms = 1767225600123LL};
+    snprintf(c.id, sizeof(c.id), "p00003-00000000123456789012.ckp");
+    snprintf(c.path, sizeof(c.path), "/ckp/%s", c.id);
+    snprintf(c.node, sizeof(c.node), "state-1");
+    char *json = cluster_checkpoint_to_json(&c);
+    assert_non_null(json);
+    struct cluster_checkpoint d;
+    assert_int_equal(cluster_checkpoint_from_json(json, strlen(json), &d), EDDY_OK);
+    assert_memory_equal(&c, &d, sizeof(c));
+    free(json);
+    const char *bad[] = {"", "[]", "{\"id\":\"x\",\"node\":\"n\"}",          /* no seq */
+                         "{\"id\":\"x\",\"seq\":1}",                             /* no node */
+                         "{\"id\":\"x\",\"node\":\"n\",\"seq\":-1}",
+                         "{\"id\":\"x\",\"node\":\"n\",\"seq\":1,\"crc\":4294967296}"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(cluster_checkpoint_from_json(bad[i], strlen(bad[i]), &d),
+                         EDDY_ERR_CORRUPT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roles),
         cmocka_unit_test(test_node_round_trip),
         cmocka_unit_test(test_map_round_trip),
+        cmocka_unit_test(test_checkpoint_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -48,7 +48,17 @@ static void test_build(void **state)
     struct etcd_kv assign = kv("/eddy/c/assignment",
                                "{\"partitions\":4,\"version\":7,\"owners\":[\"n1\",\"n1\",\"n2\",\"\"],"
                                "\"epochs\":[1,2,3,0]}");
-    struct status_snapshot snap = {"c", 99, &nk, &dk, &config, &lead, &assign};
+    struct etcd_kv ckpts[] = {
+        kv("/eddy/c/checkpoints/1",
+           "{\"id\":\"p00001-00000000000000000070.ckp\",\"seq\":70,\"bytes\":4096,"
+           "\"crc\":3735928559,\"path\":\"/ck/p00001-00000000000000000070.ckp\","
+           "\"node\":\"n1\",\"created_ms\":1000}"),
+        kv("/eddy/c/checkpoints/2", "not json"),                           /* skipped */
+        kv("/eddy/c/checkpoints/9", "{\"id\":\"x\",\"seq\":1,\"node\":\"n1\"}"), /* no such p */
+        kv("/eddy/c/checkpoints/x", "{\"id\":\"x\",\"seq\":1,\"node\":\"n1\"}"), /* not a p */
+    };
+    struct etcd_kvs ck = {ckpts, 4};
+    struct status_snapshot snap = {"c", 99, &nk, &dk, &config, &lead, &assign, &ck, 3500};
     struct status_reply r;
     assert_int_equal(status_build(&snap, "coord-b", &r), EDDY_OK);
     const Eddy__Cluster__V1__ClusterStatusResponse *m = &r.msg;
@@ -63,6 +73,18 @@ static void test_build(void **state)
     assert_int_equal(m->partitions[1]->epoch, 2);
     assert_int_equal(m->partitions[3]->partition, 3);
     assert_string_equal(m->partitions[3]->owner, "");
+    /* checkpoint records: partition 1 has one, 2.5 s old; the others none */
+    assert_int_equal(m->partitions[1]->checkpoint_seq, 70);
+    assert_int_equal(m->partitions[1]->checkpoint_bytes, 4096);
+    assert_int_equal(m->partitions[1]->checkpoint_age_ms, 2500);
+    assert_string_equal(m->partitions[1]->checkpoint_node, "n1");
+    for (int p = 0; p < 4; p++) {
+        if (p == 1)
+            continue;
+        assert_int_equal(m->partitions[p]->checkpoint_seq, 0);
+        assert_int_equal(m->partitions[p]->checkpoint_age_ms, -1);
+        assert_string_equal(m->partitions[p]->checkpoint_node, "");
+    }
     assert_int_equal(m->n_draining, 2);
     assert_string_equal(m->draining[0], "ghost");
     assert_string_equal(m->draining[1], "n2");
@@ -92,7 +114,7 @@ static void test_empty_and_corrupt(void **state)
 {
     struct etcd_kv none = {0};
     struct etcd_kvs empty = {NULL, 0};
-    struct status_snapshot snap = {"c", 3, &empty, &empty, &none, &none, &none};
+    struct status_snapshot snap = {"c", 3, &empty, &empty, &none, &none, &none, NULL, 0};
     struct status_reply r;
     assert_int_equal(status_build(&snap, "me", &r), EDDY_OK);
     assert_int_equal(r.msg.config_partitions, 0);

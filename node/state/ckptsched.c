@@ -1,0 +1,282 @@
+/* The checkpoint scheduler's thread and schedule (see ckptsched.h for the design). */
+#include "node/state/ckptsched.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+
+/* ---- the pure schedule ---------------------------------------------------------------- */
+
+void ckptsched_slot_init(struct ckptsched_slot *s, const struct ckptsched_params *pp,
+                         uint32_t p, uint32_t nparts, int64_t start_ms)
+{
+    memset(s, 0, sizeof(*s));
+    uint32_t n = nparts ? nparts : 1;
+    /* interval * (p mod N) / N without overflow for any interval a flag accepts */
+    int64_t offset = (int64_t)((double)pp->interval_ms * (double)(p % n) / (double)n);
+    s->phase_ms = start_ms + offset;
+    s->due_ms = s->phase_ms;
+    s->last_end_ms = INT64_MIN;
+}
+
+enum ckptsched_action ckptsched_decide(const struct ckptsched_slot *s, int64_t now_ms,
+                                       uint64_t seq)
+{
+    if (now_ms < s->due_ms)
+        return CKPTSCHED_WAIT;
+    if (seq == 0 || (s->have_last && seq == s->last_seq))
+        return CKPTSCHED_SKIP;
+    return CKPTSCHED_WRITE;
+}
+
+/* The first point phase + k * interval strictly after 't'. */
+static int64_t next_point(const struct ckptsched_slot *s, const struct ckptsched_params *pp,
+                          int64_t t)
+{
+    if (t < s->phase_ms)
+        return s->phase_ms;
+    int64_t k = (t - s->phase_ms) / pp->interval_ms + 1;
+    return s->phase_ms + k * pp->interval_ms;
+}
+
+void ckptsched_skipped(struct ckptsched_slot *s, const struct ckptsched_params *pp,
+                       int64_t now_ms)
+{
+    s->due_ms = next_point(s, pp, now_ms);
+}
+
+void ckptsched_finished(struct ckptsched_slot *s, const struct ckptsched_params *pp,
+                        int64_t end_ms, bool ok, uint64_t seq)
+{
+    s->last_end_ms = end_ms;
+    if (ok) {
+        s->last_seq = seq;
+        s->have_last = true;
+    }
+    int64_t due = next_point(s, pp, end_ms);
+    if (due < end_ms + pp->min_pause_ms)
+        due = end_ms + pp->min_pause_ms;
+    s->due_ms = due;
+}
+
+/* ---- the scheduler ------------------------------------------------------------------- */
+
+struct ckptsched {
+    engine *eng;
+    struct ckptsched_opts o;
+    struct ckptsched_params pp;
+    uint32_t nparts;
+    struct ckptsched_slot *slots; /* [nparts], scheduler thread (main before start) */
+
+    pthread_mutex_t mu; /* guards 'stopping' */
+    pthread_cond_t cv;  /* CLOCK_MONOTONIC */
+    bool stopping;
+    pthread_t thread;
+    bool started;
+};
+
+/* The seq of the oldest checkpoint file of 'p' left in the directory (UINT64_MAX: none),
+ * and the newest one's in *newest (false if none). */
+static eddy_err scan_dir(const char *dir, uint32_t p, uint64_t *oldest, uint64_t *newest,
+                         bool *any)
+{
+    struct checkpoint_file *v = NULL;
+    size_t n = 0;
+    eddy_err err = checkpoint_list(dir, p, &v, &n);
+    *oldest = UINT64_MAX;
+    *any = false;
+    if (err == EDDY_OK && n > 0) {
+        *newest = v[0].seq; /* newest first */
+        *oldest = v[n - 1].seq;
+        *any = true;
+    }
+    free(v);
+    return err;
+}
+
+eddy_err ckptsched_new(engine *eng, const struct ckptsched_opts *o, ckptsched **out)
+{
+    *out = NULL;
+    if (!o->dir || !o->dir[0] || o->interval_ms <= 0 || o->min_pause_ms < 0 || o->keep < 1)
+        return EDDY_ERR_INVALID;
+    ckptsched *cs = calloc(1, sizeof(*cs));
+    if (!cs)
+        return EDDY_ERR_NOMEM;
+    cs->eng = eng;
+    cs->o = *o;
+    cs->pp = (struct ckptsched_params){o->interval_ms, o->min_pause_ms};
+    cs->nparts = engine_options(eng)->apply.partitions;
+    cs->slots = calloc(cs->nparts ? cs->nparts : 1, sizeof(*cs->slots));
+    if (!cs->slots) {
+        free(cs);
+        return EDDY_ERR_NOMEM;
+    }
+    pthread_mutex_init(&cs->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&cs->cv, &ca);
+    pthread_condattr_destroy(&ca);
+
+    int64_t now = clock_mono_ms();
+    for (uint32_t p = 0; p < cs->nparts; p++) {
+        ckptsched_slot_init(&cs->slots[p], &cs->pp, p, cs->nparts, now);
+        uint64_t oldest, newest = 0;
+        bool any;
+        eddy_err err = scan_dir(o->dir, p, &oldest, &newest, &any);
+        if (err != EDDY_OK) {
+            log_error("msg=\"cannot list checkpoints\" dir=%s partition=%" PRIu32 " error=\"%s\"",
+                      o->dir, p, eddy_strerror(err));
+            ckptsched_free(cs);
+            return err;
+        }
+        if (any) {
+            cs->slots[p].last_seq = newest;
+            cs->slots[p].have_last = true;
+        }
+        engine_set_log_floor(eng, p, oldest);
+    }
+    *out = cs;
+    return EDDY_OK;
+}
+
+eddy_err ckptsched_run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out)
+{
+    const struct ckptsched_metrics *m = &cs->o.metrics;
+    struct checkpoint_info ci;
+    int64_t t0 = clock_mono_ns();
+    int64_t deadline = cs->o.timeout_ms > 0 ? t0 / 1000000 + cs->o.timeout_ms : 0;
+    eddy_err err = checkpoint_write_dir_until(engine_store(cs->eng), p, cs->o.dir, deadline, &ci);
+    if (err == EDDY_OK) {
+        size_t removed = 0;
+        eddy_err perr = checkpoint_prune(cs->o.dir, p, cs->o.keep, &removed);
+        if (perr != EDDY_OK) /* the new file is in place: keep going, retry next time */
+            log_warn("msg=\"checkpoint prune failed\" dir=%s partition=%" PRIu32
+                     " error=\"%s\"",
+                     cs->o.dir, p, eddy_strerror(perr));
+        uint64_t oldest, newest;
+        bool any;
+        /* the floor only moves when the listing succeeds: a failed listing keeps the
+         * older, lower floor (more log, never less) */
+        if (scan_dir(cs->o.dir, p, &oldest, &newest, &any) == EDDY_OK && any)
+            engine_set_log_floor(cs->eng, p, oldest);
+    }
+    double secs = (double)(clock_mono_ns() - t0) / 1e9;
+    if (err != EDDY_OK) {
+        metric_counter_inc(m->failures);
+        log_error("msg=\"checkpoint failed\" partition=%" PRIu32 " dir=%s error=\"%s\""
+                  " seconds=%.3f",
+                  p, cs->o.dir, eddy_strerror(err), secs);
+        return err;
+    }
+    metric_histogram_observe(m->duration, secs);
+    metric_gauge_set(m->bytes, (double)ci.bytes);
+    metric_gauge_set(m->last_success, (double)clock_wall_ms() / 1000.0);
+    if (cs->o.written)
+        cs->o.written(cs->o.written_ud, &ci);
+    if (out)
+        *out = ci;
+    return EDDY_OK;
+}
+
+static bool stopping(ckptsched *cs)
+{
+    pthread_mutex_lock(&cs->mu);
+    bool s = cs->stopping;
+    pthread_mutex_unlock(&cs->mu);
+    return s;
+}
+
+static void *sched_main(void *arg)
+{
+    ckptsched *cs = arg;
+    for (;;) {
+        int64_t now = clock_mono_ms();
+        int64_t next = now + 1000; /* wake at least once a second (ownership changes) */
+        for (uint32_t p = 0; p < cs->nparts && !stopping(cs); p++) {
+            struct ckptsched_slot *s = &cs->slots[p];
+            if (cs->o.owns && !cs->o.owns(cs->o.owns_ud, p))
+                continue;
+            struct engine_partition_view v;
+            engine_partition(cs->eng, p, &v);
+            now = clock_mono_ms();
+            switch (ckptsched_decide(s, now, v.next_seq)) {
+            case CKPTSCHED_WAIT:
+                break;
+            case CKPTSCHED_SKIP:
+                ckptsched_skipped(s, &cs->pp, now);
+                break;
+            case CKPTSCHED_WRITE: {
+                struct checkpoint_info ci;
+                eddy_err err = ckptsched_run_one(cs, p, &ci);
+                ckptsched_finished(s, &cs->pp, clock_mono_ms(), err == EDDY_OK,
+                                   err == EDDY_OK ? ci.seq : 0);
+                break;
+            }
+            }
+            if (s->due_ms < next)
+                next = s->due_ms;
+        }
+        pthread_mutex_lock(&cs->mu);
+        now = clock_mono_ms();
+        if (!cs->stopping && next > now) {
+            int64_t ms = next - now;
+            struct timespec dl;
+            clock_gettime(CLOCK_MONOTONIC, &dl);
+            dl.tv_sec += (time_t)(ms / 1000);
+            dl.tv_nsec += (long)(ms % 1000) * 1000000L;
+            if (dl.tv_nsec >= 1000000000L) {
+                dl.tv_sec++;
+                dl.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&cs->cv, &cs->mu, &dl);
+        }
+        bool stop = cs->stopping;
+        pthread_mutex_unlock(&cs->mu);
+        if (stop)
+            break;
+    }
+    return NULL;
+}
+
+eddy_err ckptsched_start(ckptsched *cs)
+{
+    int64_t now = clock_mono_ms();
+    for (uint32_t p = 0; p < cs->nparts; p++) {
+        struct ckptsched_slot *s = &cs->slots[p];
+        struct ckptsched_slot fresh;
+        ckptsched_slot_init(&fresh, &cs->pp, p, cs->nparts, now);
+        s->phase_ms = fresh.phase_ms;
+        s->due_ms = fresh.due_ms;
+    }
+    if (pthread_create(&cs->thread, NULL, sched_main, cs) != 0)
+        return EDDY_ERR_NOMEM;
+    cs->started = true;
+    log_info("msg=\"checkpoint scheduler started\" dir=%s interval_ms=%" PRId64
+             " min_pause_ms=%" PRId64 " timeout_ms=%" PRId64 " keep=%d",
+             cs->o.dir, cs->o.interval_ms, cs->o.min_pause_ms, cs->o.timeout_ms, cs->o.keep);
+    return EDDY_OK;
+}
+
+void ckptsched_free(ckptsched *cs)
+{
+    if (!cs)
+        return;
+    if (cs->started) {
+        pthread_mutex_lock(&cs->mu);
+        cs->stopping = true;
+        pthread_cond_broadcast(&cs->cv);
+        pthread_mutex_unlock(&cs->mu);
+        pthread_join(cs->thread, NULL);
+    }
+    pthread_mutex_destroy(&cs->mu);
+    pthread_cond_destroy(&cs->cv);
+    free(cs->slots);
+    free(cs);
+}

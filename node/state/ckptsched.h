@@ -1,0 +1,119 @@
+/* The checkpoint scheduler of a state node (DESIGN.md §7): one thread that writes a
+ * checkpoint of every partition the node owns every --checkpoint-interval, staggered so
+ * partitions never all checkpoint at once, prunes old ones, and keeps the log of each
+ * partition back to its oldest retained checkpoint.
+ *
+ * Schedule of partition p (all times CLOCK_MONOTONIC ms), the pure part below:
+ *   - the first checkpoint is due at start + interval * p / P (a deterministic spread over
+ *     one interval);
+ *   - when due, a partition whose log seq has not changed since its last checkpoint (or
+ *     that has no log record at all) is skipped until its next due time;
+ *   - after an attempt (success or failure) the next one is due at the next point of the
+ *     partition's phase (due + k * interval) after it finished, and never sooner than
+ *     --checkpoint-min-pause after it finished.
+ *
+ * Log floor: after each prune the scheduler tells the engine the seq of the partition's
+ * oldest checkpoint file left in the directory (engine_set_log_floor); the log retention
+ * sweep never deletes records at or after it.
+ *
+ * DESIGN: checkpoint writes read a whole partition and fsync, and the cluster metadata is
+ * an etcd call: neither may run on the writer or on a gRPC thread, so they get this
+ * thread. One checkpoint at a time keeps the disk load of checkpointing bounded.
+ *
+ * Threads: ckptsched_new/start/free from one thread (main). The scheduler thread calls the
+ * hooks. */
+#ifndef EDDY_CKPTSCHED_H
+#define EDDY_CKPTSCHED_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "common/metrics.h"
+#include "node/state/checkpoint.h"
+#include "node/state/engine.h"
+
+/* ---- the pure schedule (no I/O, no clock) ---------------------------------------------- */
+
+struct ckptsched_params {
+    int64_t interval_ms;  /* > 0 */
+    int64_t min_pause_ms; /* >= 0 */
+};
+
+/* One partition's schedule. Owned by the scheduler thread. */
+struct ckptsched_slot {
+    int64_t due_ms;      /* next attempt not before this */
+    int64_t phase_ms;    /* due times are phase_ms + k * interval */
+    int64_t last_end_ms; /* when the last attempt finished; INT64_MIN: none */
+    uint64_t last_seq;   /* seq of the last checkpoint written */
+    bool have_last;      /* whether last_seq is set */
+};
+
+enum ckptsched_action {
+    CKPTSCHED_WAIT,  /* not due yet */
+    CKPTSCHED_SKIP,  /* due, but nothing new since the last checkpoint: ckptsched_skipped */
+    CKPTSCHED_WRITE, /* write one now, then ckptsched_finished */
+};
+
+/* Initialise partition p's slot (of 'nparts') for a scheduler started at 'start_ms'. */
+void ckptsched_slot_init(struct ckptsched_slot *s, const struct ckptsched_params *pp,
+                         uint32_t p, uint32_t nparts, int64_t start_ms);
+
+/* What to do at 'now_ms' for a partition whose log seq (next_seq) is 'seq'. */
+enum ckptsched_action ckptsched_decide(const struct ckptsched_slot *s, int64_t now_ms,
+                                       uint64_t seq);
+
+/* Due but unchanged at 'now_ms': the next due time is the next point of the phase. */
+void ckptsched_skipped(struct ckptsched_slot *s, const struct ckptsched_params *pp,
+                       int64_t now_ms);
+
+/* An attempt finished at 'end_ms'; if 'ok', the checkpoint holds 'seq'. */
+void ckptsched_finished(struct ckptsched_slot *s, const struct ckptsched_params *pp,
+                        int64_t end_ms, bool ok, uint64_t seq);
+
+/* ---- the scheduler ------------------------------------------------------------------- */
+
+/* What the scheduler counts (each may be NULL; borrowed, must outlive the scheduler). */
+struct ckptsched_metrics {
+    metric_histogram *duration;  /* seconds per successful checkpoint (write + prune) */
+    metric_gauge *bytes;         /* size of the last checkpoint written */
+    metric_counter *failures;    /* attempts that failed or timed out */
+    metric_gauge *last_success;  /* wall clock (Unix seconds) of the last success */
+};
+
+struct ckptsched_opts {
+    const char *dir;          /* checkpoint directory (created if missing); borrowed */
+    int64_t interval_ms;      /* > 0 */
+    int64_t min_pause_ms;
+    int64_t timeout_ms;       /* an attempt gives up (nothing published) after this; 0: never */
+    int keep;                 /* files kept per partition (>= 1) */
+    struct ckptsched_metrics metrics;
+    /* Whether this node owns partition p now (NULL: every partition, --dev). */
+    bool (*owns)(void *ud, uint32_t p);
+    void *owns_ud;
+    /* Called after each checkpoint was written and pruned (NULL: none); 'ci' is borrowed
+     * for the call. Cluster mode records it in etcd. */
+    void (*written)(void *ud, const struct checkpoint_info *ci);
+    void *written_ud;
+};
+
+typedef struct ckptsched ckptsched;
+
+/* Read the checkpoints already in o->dir: each partition's newest seq (so an unchanged
+ * partition is not written again after a restart) and its log floor, published to 'eng'
+ * at once, before any event can be applied. Does not start the thread. 'eng' and 'o'
+ * (with its strings) are borrowed until ckptsched_free. Caller owns *out. */
+eddy_err ckptsched_new(engine *eng, const struct ckptsched_opts *o, ckptsched **out);
+
+/* Start the thread; the schedule's start time is now. */
+eddy_err ckptsched_start(ckptsched *cs);
+
+/* Stop the thread (after the checkpoint in progress, if any) and free. Accepts NULL. Call
+ * before engine_close and before whatever the hooks use goes away. */
+void ckptsched_free(ckptsched *cs);
+
+/* One checkpoint of partition 'p' now, as the thread does it (write, prune, floor, metrics,
+ * hook). For tests and the thread. 'out' (may be NULL) receives the file written. */
+eddy_err ckptsched_run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out);
+
+#endif

@@ -1,0 +1,409 @@
+/* The neighbour cache of popcache: answers identical to the uncached read (bit for bit),
+ * staleness, clock eviction, lists from a popcache_source (cluster mode), and Recommend
+ * answers identical with and without the cache. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <cmocka.h>
+
+#include "common/partition.h"
+#include "node/state/engine.h"
+#include "node/state/popcache.h"
+#include "node/state/query.h"
+
+#define T0 1800000000000LL /* a window boundary: divisible by 60000 */
+
+static struct engine_opts opts(const char *dir)
+{
+    struct engine_opts o = {0};
+    o.data_dir = dir;
+    o.apply.partitions = 8;
+    o.apply.window = (struct window_params){60000, 5000, 0, 0};
+    o.apply.model = (struct model_params){{7 * 86400000LL, 8}, 20, 50, 50};
+    o.apply.cooccurrence_span_ms = 1800000;
+    o.apply.cooccurrence_items = 10;
+    o.apply.dedup_window_ms = 86400000;
+    o.apply.sweep_interval_ms = 3600000;
+    o.product = (struct product_params){8, {86400000, 8}, {7 * 86400000LL, 8}, 50};
+    o.rec = (struct rec_params){1.0, 1.5, 2.0, 3};
+    o.stage2_staleness_ms = 0;
+    o.candidates = 50;
+    o.max_pending_events = 100000;
+    o.max_group_events = 1000;
+    return o;
+}
+
+struct done {
+    int calls;
+    eddy_err err;
+    struct engine_ingest_result r;
+};
+
+static void on_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
+{
+    struct done *d = ud;
+    d->calls++;
+    d->err = err;
+    d->r = *r;
+}
+
+static Eddy__V1__Event *mk(const char *id, const char *user, int64_t ts,
+                           Eddy__V1__EventType type, const char *product, const char *cat)
+{
+    Eddy__V1__Event *e = calloc(1, sizeof(*e));
+    eddy__v1__event__init(e);
+    e->event_id = (char *)id;
+    e->user_id = (char *)user;
+    e->timestamp_ms = ts;
+    e->event_type = type;
+    e->product_id = (char *)product;
+    e->category = (char *)cat;
+    e->price = 10;
+    return e;
+}
+
+static struct done ingest(engine *e, Eddy__V1__Event **evs, size_t n)
+{
+    struct done d = {0};
+    assert_int_equal(engine_ingest(e, evs, n, on_done, &d), EDDY_OK);
+    engine_flush(e);
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(d.err, EDDY_OK);
+    return d;
+}
+
+static char *tmpdir(void)
+{
+    char tmpl[] = "/tmp/eddy-test-popcache-XXXXXX";
+    char *d = mkdtemp(tmpl);
+    assert_non_null(d);
+    return strdup(d);
+}
+
+static void rmrf(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+#define VIEW EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW
+#define BUY EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE
+#define CART EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART
+
+
+#define NPROD 24
+
+static char pid[NPROD][16];
+
+/* 30 users each view 6 products (overlapping windows of the catalogue) a few seconds
+ * apart: every product gets co-occurrence neighbours with different scores and ties. */
+static engine *fill(const char *dir, struct engine_opts *o)
+{
+    *o = opts(dir);
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(o, &e, err, sizeof(err)), EDDY_OK);
+    static char ids[30 * 6][16], users[30][16];
+    Eddy__V1__Event *ev[30 * 6];
+    size_t n = 0;
+    for (int i = 0; i < NPROD; i++)
+        snprintf(pid[i], sizeof(pid[i]), "p%d", i);
+    for (int u = 0; u < 30; u++) {
+        snprintf(users[u], sizeof(users[u]), "u%d", u);
+        for (int k = 0; k < 6; k++) {
+            snprintf(ids[n], sizeof(ids[n]), "e%d-%d", u, k);
+            int p = (u * 5 + k * (1 + u % 3)) % (NPROD - 2); /* p22, p23: no state */
+            ev[n] = mk(ids[n], users[u], T0 + u * 60000LL + k * 1000LL + (u % 4) * 7, VIEW,
+                       pid[p], p % 3 == 0 ? "books" : p % 3 == 1 ? "toys" : "");
+            n++;
+        }
+    }
+    ingest(e, ev, n);
+    for (size_t i = 0; i < n; i++)
+        free(ev[i]);
+    return e;
+}
+
+static void assert_same_list(const struct scored_product *a, size_t na,
+                             const struct scored_product *b, size_t nb)
+{
+    assert_int_equal(na, nb);
+    for (size_t i = 0; i < na; i++) {
+        assert_string_equal(a[i].product_id, b[i].product_id);
+        assert_string_equal(a[i].category, b[i].category);
+        assert_true(a[i].score == b[i].score); /* bit-identical, not approximately */
+    }
+}
+
+/* The cache answers exactly what the uncached read answers, for every product (known or
+ * not), several reference times and list lengths, on a miss and on a hit. */
+static void test_cached_equals_uncached(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    struct engine_opts o;
+    engine *e = fill(dir, &o);
+    popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    popcache *cached = popcache_new(engine_store(e), &engine_options(e)->product, 60000, 50);
+    assert_int_equal(popcache_set_neighbour_cache(cached, 1000), EDDY_OK);
+    static struct scored_product a[50], b[50];
+    const int64_t ats[] = {T0 + 1800000, T0 + 1800000, T0 + 5 * 86400000LL, T0};
+    const size_t maxes[] = {50, 3, 1, 0};
+    size_t nonempty = 0;
+    for (size_t r = 0; r < 2; r++) {
+        for (size_t t = 0; t < sizeof(ats) / sizeof(ats[0]); t++) {
+            for (size_t m = 0; m < sizeof(maxes) / sizeof(maxes[0]); m++) {
+                for (int p = 0; p < NPROD; p++) {
+                    size_t na = 99, nb = 99;
+                    assert_int_equal(popcache_neighbours(plain, pid[p], ats[t], a, maxes[m], &na),
+                                     EDDY_OK);
+                    assert_int_equal(
+                        popcache_neighbours(cached, pid[p], ats[t], b, maxes[m], &nb), EDDY_OK);
+                    assert_same_list(a, na, b, nb);
+                    nonempty += na > 1;
+                }
+            }
+        }
+    }
+    assert_true(nonempty > 50); /* the data has real lists */
+    struct popcache_stats st;
+    popcache_stats(cached, &st);
+    assert_int_equal(st.misses, NPROD); /* one read per product, the rest from the cache */
+    assert_true(st.hits > 0);
+    assert_int_equal(st.entries, NPROD);
+    assert_int_equal(st.evictions, 0);
+    popcache_free(plain);
+    popcache_free(cached);
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
+/* A cached list is served until --stage2-staleness, then read again. */
+static void test_staleness(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    struct engine_opts o;
+    engine *e = fill(dir, &o);
+    popcache *slow = popcache_new(engine_store(e), &engine_options(e)->product, 3600000, 50);
+    popcache *fast = popcache_new(engine_store(e), &engine_options(e)->product, 20, 50);
+    assert_int_equal(popcache_set_neighbour_cache(slow, 100), EDDY_OK);
+    assert_int_equal(popcache_set_neighbour_cache(fast, 100), EDDY_OK);
+    static struct scored_product a[50];
+    size_t n;
+    int64_t at = T0 + 3600000;
+    assert_int_equal(popcache_neighbours(slow, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 0); /* no state yet: an empty entry */
+    assert_int_equal(popcache_neighbours(fast, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 0);
+
+    /* p22 and p23 viewed together: now they are neighbours */
+    Eddy__V1__Event *ev[] = {mk("n1", "new", T0 + 3000000, VIEW, "p22", "books"),
+                             mk("n2", "new", T0 + 3001000, VIEW, "p23", "books")};
+    ingest(e, ev, 2);
+    free(ev[0]);
+    free(ev[1]);
+
+    assert_int_equal(popcache_neighbours(slow, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 0); /* within its staleness: the cached (empty) list */
+    struct timespec ts = {0, 40 * 1000000L};
+    nanosleep(&ts, NULL);
+    assert_int_equal(popcache_neighbours(fast, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 1); /* expired: read again */
+    assert_string_equal(a[0].product_id, "p23");
+    assert_string_equal(a[0].category, "books");
+
+    /* staleness 0 never caches */
+    popcache *none = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    assert_int_equal(popcache_set_neighbour_cache(none, 100), EDDY_OK);
+    assert_int_equal(popcache_neighbours(none, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 1);
+    struct popcache_stats st;
+    popcache_stats(none, &st);
+    assert_int_equal(st.entries, 0);
+
+    popcache_free(slow);
+    popcache_free(fast);
+    popcache_free(none);
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
+/* A full cache evicts (clock) and still answers correctly. */
+static void test_eviction(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    struct engine_opts o;
+    engine *e = fill(dir, &o);
+    popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    popcache *small = popcache_new(engine_store(e), &engine_options(e)->product, 3600000, 50);
+    assert_int_equal(popcache_set_neighbour_cache(small, 1), EDDY_OK); /* one per shard */
+    static struct scored_product a[50], b[50];
+    char other[64][16];
+    for (int i = 0; i < 64; i++)
+        snprintf(other[i], sizeof(other[i]), "x%d", i);
+    for (int r = 0; r < 3; r++) {
+        for (int i = 0; i < 64 + NPROD; i++) {
+            const char *id = i < NPROD ? pid[i] : other[i - NPROD];
+            size_t na, nb;
+            assert_int_equal(popcache_neighbours(plain, id, T0 + 3600000, a, 50, &na), EDDY_OK);
+            assert_int_equal(popcache_neighbours(small, id, T0 + 3600000, b, 50, &nb), EDDY_OK);
+            assert_same_list(a, na, b, nb);
+        }
+    }
+    struct popcache_stats st;
+    popcache_stats(small, &st);
+    assert_true(st.entries <= 16);
+    assert_true(st.evictions >= 3 * (64 + NPROD) - 16 - st.hits);
+    assert_true(st.evictions > 0);
+    /* one product asked over and over stays cached */
+    uint64_t misses = st.misses;
+    size_t nb;
+    for (int r = 0; r < 10; r++)
+        assert_int_equal(popcache_neighbours(small, "p3", T0 + 3600000, b, 50, &nb), EDDY_OK);
+    popcache_stats(small, &st);
+    assert_true(st.misses <= misses + 1);
+    popcache_free(plain);
+    popcache_free(small);
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
+/* Cluster mode: lists from a popcache_source are cached too, refetched when a longer list
+ * than the one fetched is asked for. */
+struct fake_src {
+    int calls;
+    size_t have;
+};
+
+static eddy_err fake_top(void *ud, const char *category, int64_t at, struct scored_product *out,
+                         size_t max, size_t *n)
+{
+    (void)ud, (void)category, (void)at, (void)out, (void)max;
+    *n = 0;
+    return EDDY_OK;
+}
+
+static eddy_err fake_neighbours(void *ud, const char *product_id, int64_t at,
+                                struct scored_product *out, size_t max, size_t *n)
+{
+    struct fake_src *f = ud;
+    f->calls++;
+    *n = 0;
+    if (strcmp(product_id, "down") == 0)
+        return EDDY_ERR_UNAVAILABLE;
+    for (size_t i = 0; i < f->have && i < max; i++) {
+        snprintf(out[i].product_id, sizeof(out[i].product_id), "%s-n%zu", product_id, i);
+        snprintf(out[i].category, sizeof(out[i].category), "c%zu", i % 2);
+        out[i].score = (double)(at % 1000) + 100.0 - (double)i;
+        (*n)++;
+    }
+    return EDDY_OK;
+}
+
+static void test_source_cached(void **state)
+{
+    (void)state;
+    struct fake_src f = {0, 10};
+    struct popcache_source src = {fake_top, fake_neighbours, &f};
+    struct product_params pp = {8, {86400000, 8}, {7 * 86400000LL, 8}, 50};
+    popcache *pc = popcache_new(NULL, &pp, 3600000, 50);
+    popcache_set_source(pc, &src);
+    assert_int_equal(popcache_set_neighbour_cache(pc, 100), EDDY_OK);
+    static struct scored_product a[50];
+    size_t n;
+    assert_int_equal(popcache_neighbours(pc, "p1", 1001, a, 5, &n), EDDY_OK);
+    assert_int_equal(n, 5);
+    assert_int_equal(f.calls, 1);
+    assert_int_equal(popcache_neighbours(pc, "p1", 1002, a, 3, &n), EDDY_OK);
+    assert_int_equal(n, 3);
+    assert_int_equal(f.calls, 1); /* a shorter list: from the cache, as fetched */
+    assert_string_equal(a[2].product_id, "p1-n2");
+    assert_true(a[0].score == 101.0);
+    assert_int_equal(popcache_neighbours(pc, "p1", 1003, a, 8, &n), EDDY_OK);
+    assert_int_equal(n, 8);
+    assert_int_equal(f.calls, 2); /* longer than fetched (5 of maybe more): fetched again */
+    assert_int_equal(popcache_neighbours(pc, "p1", 1004, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 10);
+    assert_int_equal(f.calls, 3);
+    assert_int_equal(popcache_neighbours(pc, "p1", 1005, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 10);
+    assert_int_equal(f.calls, 3); /* the whole list (10 < 50) is known */
+    assert_true(a[0].score == 104.0); /* scores as fetched (at 1004) */
+    /* errors are returned, not cached */
+    assert_int_equal(popcache_neighbours(pc, "down", 1, a, 5, &n), EDDY_ERR_UNAVAILABLE);
+    assert_int_equal(popcache_neighbours(pc, "down", 1, a, 5, &n), EDDY_ERR_UNAVAILABLE);
+    assert_int_equal(f.calls, 5);
+    popcache_free(pc);
+}
+
+/* Recommend through a cached popcache gives the same answers as through an uncached one. */
+static void test_recommend_same(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    struct engine_opts o;
+    engine *e = fill(dir, &o);
+    popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    popcache *cached = popcache_new(engine_store(e), &engine_options(e)->product, 3600000, 50);
+    assert_int_equal(popcache_set_neighbour_cache(cached, 1000), EDDY_OK);
+    struct query_ctx q0 = {e, plain, 10, 100, NULL, NULL, 0};
+    struct query_ctx q1 = {e, cached, 10, 100, NULL, NULL, 0};
+    for (int r = 0; r < 2; r++) {
+        for (int u = 0; u < 31; u++) {
+            char user[16];
+            snprintf(user, sizeof(user), "u%d", u);
+            Eddy__V1__RecommendRequest rr = EDDY__V1__RECOMMEND_REQUEST__INIT;
+            Eddy__V1__Context ctx = EDDY__V1__CONTEXT__INIT;
+            char *cart[] = {pid[(u + 3) % NPROD], pid[(u + 9) % NPROD]};
+            rr.user_id = user;
+            rr.max_recommendations = (uint32_t)(u % 2 ? 50 : 0);
+            if (u % 3 == 0) {
+                ctx.current_product = pid[u % NPROD];
+                ctx.shopping_cart = cart;
+                ctx.n_shopping_cart = 2;
+                rr.context = &ctx;
+            }
+            Eddy__V1__RecommendResponse *a = NULL, *b = NULL;
+            assert_int_equal(query_recommend(&q0, &rr, &a), EDDY_OK);
+            assert_int_equal(query_recommend(&q1, &rr, &b), EDDY_OK);
+            assert_int_equal(a->cold_start, b->cold_start);
+            assert_int_equal(a->n_items, b->n_items);
+            for (size_t i = 0; i < a->n_items; i++) {
+                assert_string_equal(a->items[i]->product_id, b->items[i]->product_id);
+                assert_string_equal(a->items[i]->reason, b->items[i]->reason);
+                assert_string_equal(a->items[i]->category, b->items[i]->category);
+                assert_true(a->items[i]->score == b->items[i]->score);
+            }
+            query_free_response(&a->base);
+            query_free_response(&b->base);
+        }
+    }
+    popcache_free(plain);
+    popcache_free(cached);
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cached_equals_uncached),
+        cmocka_unit_test(test_staleness),
+        cmocka_unit_test(test_eviction),
+        cmocka_unit_test(test_source_cached),
+        cmocka_unit_test(test_recommend_same),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
