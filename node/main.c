@@ -71,7 +71,7 @@ static struct node_config defaults(void)
         .lease_ttl = 10000, .route_retries = 8, .route_timeout = 5000, .join_timeout = 60000,
         .data_dir = "./eddy-data", .listen = "127.0.0.1:7070", .metrics_listen = "127.0.0.1:9464",
         .log_level = "info",
-        .partitions = PARTITION_DEFAULT_COUNT, .grpc_threads = 1, .handler_threads = 2,
+        .partitions = PARTITION_DEFAULT_COUNT, .grpc_threads = 1, .handler_threads = 4,
         .internal_threads = 4, .max_queued_calls = 1024, .max_message_size = 4 << 20,
         .max_batch = 10000,
         .max_id_bytes = 128, .max_name_bytes = 128, .max_query_bytes = 512,
@@ -120,7 +120,8 @@ static size_t node_flags(struct node_config *c, struct flag *out)
         F("partitions", FLAG_INT, partitions, "partitions of the key space (fixed per cluster)",
           1, PARTITION_MAX_COUNT),
         F("grpc-threads", FLAG_INT, grpc_threads, "gRPC completion-queue threads", 1, 64),
-        F("handler-threads", FLAG_INT, handler_threads, "handler threads of the public API", 1,
+        F("handler-threads", FLAG_INT, handler_threads,
+          "handler threads of the public API (4: reads block on LevelDB and locks)", 1,
           256),
         F("internal-threads", FLAG_INT, internal_threads,
           "cluster mode: handler threads of each internal lane (State/User; other State calls)",
@@ -396,10 +397,39 @@ static void on_alive(void *ud, bool alive)
     health_set(ud, "readiness", alive ? HEALTH_SERVING : HEALTH_NOT_SERVING);
 }
 
-/* eddy_partitions_owned follows the partition map. */
+/* After every change of the partition map: eddy_partitions_owned, and the take-over of
+ * partitions that moved here (state_service_takeover). */
+struct change_hook {
+    metric_gauge *owned;
+    struct state_service *ss; /* NULL: no state role */
+};
+
 static void on_change(void *ud, membership *m)
 {
-    metric_gauge_set(ud, membership_owned_count(m));
+    struct change_hook *h = ud;
+    metric_gauge_set(h->owned, membership_owned_count(m));
+    if (h->ss)
+        state_service_takeover(h->ss);
+}
+
+/* Graceful leave: a last checkpoint of every owned partition with events, written after
+ * the RPC server and the scheduler stopped and before the lease is revoked, so the next
+ * owner restores everything this node acknowledged (with a shared --checkpoint-dir). */
+static void final_checkpoints(const char *dir, engine *eng, membership *mem)
+{
+    if (!dir || !eng || !mem)
+        return;
+    engine_flush(eng);
+    for (uint32_t p = 0; p < membership_partitions(mem); p++) {
+        uint64_t epoch;
+        struct engine_partition_view v;
+        struct checkpoint_info info;
+        engine_partition(eng, p, &v);
+        if (!membership_owns(mem, p, &epoch) || v.next_seq == 0)
+            continue;
+        if (checkpoint_write_dir(engine_store(eng), p, dir, &info) != EDDY_OK)
+            log_warn("msg=\"final checkpoint failed\" partition=%u", p);
+    }
 }
 
 /* The metrics address other processes scrape: the advertised host with the metrics port. */
@@ -474,6 +504,7 @@ int main(int argc, char **argv)
     popcache *pop = NULL, *pop_cluster = NULL;
     struct cluster_hooks hk = {0};
     struct ckpt_hook ckh = {&hk, c->cluster};
+    struct change_hook chh = {NULL, NULL};
     ckptsched *cks = NULL;
     char ckpt_dir[CHECKPOINT_PATH_MAX];
     peers *pe = NULL;
@@ -604,9 +635,13 @@ int main(int argc, char **argv)
         char maddr[CLUSTER_ADDR_MAX] = "";
         if (mh)
             metrics_advertise(metrics_port, addr, maddr, sizeof(maddr));
+        if (eng && state_service_takeover_init(&ss, (uint32_t)c->partitions) != EDDY_OK)
+            goto out;
+        ss.checkpoint_dir = cks ? ckpt_dir : NULL;
+        chh = (struct change_hook){nm.partitions_owned, NULL};
         struct membership_opts mo = {c->etcd, c->cluster, id, roles, addr, maddr,
                                      (c->lease_ttl + 999) / 1000, 5000, on_alive, hl,
-                                     on_change, nm.partitions_owned};
+                                     on_change, &chh};
         if ((e = membership_start(&mo, c->join_timeout, &mem, err, sizeof(err))) != EDDY_OK) {
             log_error("msg=\"cannot join the cluster\" error=\"%s\"", err);
             rpc_server_shutdown(srv, 0);
@@ -624,6 +659,10 @@ int main(int argc, char **argv)
         ss.mem = mem;
         ss.q.owns_ud = mem;
         hk.mem = mem;
+        if (eng) { /* from now on every map change takes over new partitions */
+            chh.ss = &ss;
+            state_service_takeover(&ss);
+        }
         if (eng && !(fwd = forwarder_start(eng, mem, pe, c->route_timeout))) {
             rpc_server_shutdown(srv, 0);
             goto out;
@@ -662,12 +701,16 @@ int main(int argc, char **argv)
     status = 0;
 out:
     rpc_server_free(srv);
+    bool checkpoints = cks != NULL;
     ckptsched_free(cks);     /* before the membership its hooks use and the engine */
+    if (status == 0 && checkpoints)
+        final_checkpoints(ckpt_dir, eng, mem);
     forwarder_stop(fwd);     /* unsent stage-2 records stay in the OUTBOX for next time */
     membership_stop(mem);    /* revokes the lease: the coordinator reassigns at once */
     hk.mem = NULL;
     metrics_http_close(mh); /* after the RPC server: scrapes see the drain to the end */
     engine_close(eng); /* finishes queued writes, closes LevelDB */
+    state_service_takeover_release(&ss);
     popcache_free(pop);
     popcache_free(pop_cluster);
     peers_free(pe);

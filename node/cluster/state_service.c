@@ -6,9 +6,87 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "node/state/checkpoint.h"
 #include "common/partition.h"
 #include "eddy/v1/state.pb-c.h"
 #include "node/state/pbutil.h"
+
+/* ---- take-over ------------------------------------------------------------------------ */
+
+eddy_err state_service_takeover_init(struct state_service *svc, uint32_t partitions)
+{
+    svc->ready = calloc(partitions, sizeof(*svc->ready));
+    svc->restoring = calloc(partitions, sizeof(*svc->restoring));
+    return svc->ready && svc->restoring ? EDDY_OK : EDDY_ERR_NOMEM;
+}
+
+void state_service_takeover_release(struct state_service *svc)
+{
+    free(svc->ready);
+    free(svc->restoring);
+    svc->ready = NULL;
+    svc->restoring = NULL;
+}
+
+/* Whether partition p is taken over at 'epoch' (writes and reads may be answered). */
+static bool ready_at(const struct state_service *svc, uint32_t p, uint64_t epoch)
+{
+    return atomic_load(&svc->ready[p]) == epoch + 1;
+}
+
+struct restore_ctx {
+    struct state_service *svc;
+    uint64_t epoch;
+};
+
+static void restore_done(void *ud, eddy_err err, uint32_t p, uint64_t next_seq)
+{
+    struct restore_ctx *rc = ud;
+    struct state_service *svc = rc->svc;
+    if (err != EDDY_OK)
+        log_error("msg=\"restore from checkpoint failed; serving local state\" partition=%u "
+                  "error=\"%s\"",
+                  p, eddy_strerror(err));
+    /* Either way the partition is now as current as this node can make it. */
+    atomic_store(&svc->restoring[p], 0);
+    atomic_store(&svc->ready[p], rc->epoch + 1);
+    free(rc);
+}
+
+void state_service_takeover(struct state_service *svc)
+{
+    if (!svc->mem || !svc->ready)
+        return;
+    uint32_t P = membership_partitions(svc->mem);
+    for (uint32_t p = 0; p < P; p++) {
+        uint64_t epoch;
+        if (!membership_owns(svc->mem, p, &epoch) || ready_at(svc, p, epoch) ||
+            atomic_load(&svc->restoring[p]) == epoch + 1)
+            continue;
+        struct engine_partition_view v;
+        struct checkpoint_info info;
+        engine_partition(svc->eng, p, &v);
+        bool newer = svc->checkpoint_dir &&
+                     checkpoint_latest_valid(svc->checkpoint_dir, p, &info) == EDDY_OK &&
+                     info.seq > v.next_seq;
+        struct restore_ctx *rc = newer ? malloc(sizeof(*rc)) : NULL;
+        if (rc) {
+            rc->svc = svc;
+            rc->epoch = epoch;
+            atomic_store(&svc->restoring[p], epoch + 1);
+            log_info("msg=\"restoring a partition that moved here\" partition=%u epoch=%llu "
+                     "checkpoint_seq=%llu local_seq=%llu",
+                     p, (unsigned long long)epoch, (unsigned long long)info.seq,
+                     (unsigned long long)v.next_seq);
+            if (engine_restore(svc->eng, p, info.path, restore_done, rc) == EDDY_OK)
+                continue;
+            atomic_store(&svc->restoring[p], 0);
+            free(rc); /* could not queue it: try again at the next map change */
+            continue;
+        }
+        atomic_store(&svc->ready[p], epoch + 1); /* its own state is the newest there is */
+    }
+}
 
 bool state_service_owns(void *ud, uint32_t p)
 {
@@ -120,6 +198,12 @@ static void handle_apply(void *ud, rpc_call *c, const ProtobufCMessage *msg)
             one_done(pa);
             continue;
         }
+        if (!ready_at(svc, pe->partition, epoch)) {
+            r->code = GRPC_STATUS_UNAVAILABLE;
+            r->message = "partition being taken over (restored from a checkpoint): retry";
+            one_done(pa);
+            continue;
+        }
         /* every event must belong to the partition it is fenced under: the engine files
          * each event under its own user's partition, so a stray one would be written to a
          * partition this node may not own, unfenced */
@@ -176,6 +260,23 @@ static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
                         "etcd session may have expired: not acknowledging writes");
         return;
     }
+    /* records for a partition still being taken over would be overwritten by its restore */
+    uint32_t P = membership_partitions(svc->mem);
+    for (size_t i = 0; i < req->n_batches; i++) {
+        const Eddy__Store__V1__Stage2Batch *b = req->batches[i];
+        size_t total = b->n_updates + b->n_pairs;
+        for (size_t k = 0; k < total; k++) {
+            const char *pid = k < b->n_updates ? b->updates[k]->product_id
+                                               : b->pairs[k - b->n_updates]->from_product;
+            uint32_t q = partition_of_product(pid, P);
+            uint64_t epoch;
+            if (membership_owns(svc->mem, q, &epoch) && !ready_at(svc, q, epoch)) {
+                rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE,
+                                "partition %u being taken over: retry", q);
+                return;
+            }
+        }
+    }
     eddy_err err = engine_forward(svc->eng, req->batches, req->n_batches, forward_done, c);
     if (err != EDDY_OK)
         rpc_reply_error(c, eddy_err_to_grpc(err), "forward: %s", eddy_strerror(err));
@@ -213,6 +314,12 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         rpc_reply_error(c, GRPC_STATUS_FAILED_PRECONDITION,
                         "not owner of partition %u at epoch %llu", req->partition,
                         (unsigned long long)req->epoch);
+        return;
+    }
+    if (!ready_at(svc, req->partition, epoch)) {
+        rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE,
+                        "partition %u being taken over (restored from a checkpoint): retry",
+                        req->partition);
         return;
     }
     Eddy__State__V1__UserResponse r = EDDY__STATE__V1__USER_RESPONSE__INIT;
@@ -273,7 +380,9 @@ static void handle_partial(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         goto out;
     for (uint32_t p = 0; p < P; p++) {
         uint64_t epoch;
-        if (!membership_owns(svc->mem, p, &epoch))
+        /* a partition still being taken over is not reported: the merging router then
+         * lacks it and answers UNAVAILABLE instead of a partial sum */
+        if (!membership_owns(svc->mem, p, &epoch) || !ready_at(svc, p, epoch))
             continue;
         struct engine_partition_view v;
         engine_partition(svc->eng, p, &v);

@@ -5,6 +5,8 @@
 #ifndef EDDY_STATE_SERVICE_H
 #define EDDY_STATE_SERVICE_H
 
+#include <stdatomic.h>
+
 #include "common/rpc_server.h"
 #include "node/cluster/membership.h"
 #include "node/state/engine.h"
@@ -23,7 +25,27 @@ struct state_service {
     membership *mem;      /* borrowed */
     struct query_ctx q;   /* Recommend uses the cluster-wide stage-2 source */
     popcache *local;      /* this node's own product partitions, for CategoryTop */
+    const char *checkpoint_dir; /* where newly owned partitions are restored from (shared) */
+    /* Per partition: epoch + 1 once this node has taken the partition over at that epoch
+     * (restored from a newer checkpoint, or found its own state current); 0 before. Apply,
+     * User and Forward for an owned partition wait (UNAVAILABLE) until it is ready.
+     * Allocated by state_service_takeover_init. */
+    _Atomic uint64_t *ready;
+    _Atomic uint64_t *restoring; /* epoch + 1 of a restore in flight, 0 if none */
 };
+
+/* Allocate the per-partition take-over state for 'partitions' partitions. */
+eddy_err state_service_takeover_init(struct state_service *svc, uint32_t partitions);
+void state_service_takeover_release(struct state_service *svc);
+
+/* Take over the partitions this node owns now and has not yet taken over at their epoch:
+ * DESIGN: a partition that moved here may have a newer checkpoint (written by its previous
+ * owner, e.g. on a graceful leave) in the shared checkpoint directory than this node's
+ * own state. It is restored from it before any write or read at the new epoch is
+ * answered, so nothing acknowledged there is hidden or overwritten. Call it after every
+ * change of the map (membership on_change) and once after joining. Never blocks on
+ * the restore itself (it is a writer job). */
+void state_service_takeover(struct state_service *svc);
 
 /* Register the State methods on 's'; 'svc' must outlive the server. */
 eddy_err state_service_register(struct state_service *svc, rpc_server *s);

@@ -11,8 +11,9 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/partition.h"
+#include "node/state/checkpoint.h"
 
-enum job_kind { JOB_INGEST, JOB_DELETE, JOB_FLUSH, JOB_FORWARD };
+enum job_kind { JOB_INGEST, JOB_DELETE, JOB_FLUSH, JOB_FORWARD, JOB_RESTORE };
 
 struct job {
     enum job_kind kind;
@@ -30,6 +31,11 @@ struct job {
     Eddy__Store__V1__Stage2Batch *const *batches;
     size_t nbatches;
     engine_forward_done_fn *forward_done;
+    /* restore */
+    uint32_t restore_p;
+    char *restore_path;
+    uint64_t restored_seq;
+    engine_restore_done_fn *restore_done;
     /* delete */
     char *user_id;
     engine_delete_done_fn *delete_done;
@@ -205,6 +211,26 @@ static eddy_err run_forward(engine *e, struct job *j)
     return EDDY_OK;
 }
 
+/* Replace the partition's state with a checkpoint (one synced LevelDB write of its own;
+ * the txn is empty: a restore is alone in its group) and take over its metadata. */
+static eddy_err run_restore(engine *e, struct job *j, int64_t now)
+{
+    struct checkpoint_info info;
+    uint32_t p = j->restore_p;
+    eddy_err err = checkpoint_load(e->st, p, j->restore_path, &info);
+    if (err != EDDY_OK) {
+        j->job_err = err; /* the partition keeps its state; the caller decides */
+        return EDDY_OK;
+    }
+    if ((err = apply_meta_load(e->st, p, &e->meta[p])) != EDDY_OK)
+        return err;
+    e->last_arrival_ms[p] = now;
+    j->restored_seq = e->meta[p].next_seq;
+    log_info("msg=\"partition restored from checkpoint\" partition=%u seq=%llu path=%s", p,
+             (unsigned long long)j->restored_seq, j->restore_path);
+    return EDDY_OK;
+}
+
 static void finish(struct job *j, eddy_err err)
 {
     if (err == EDDY_OK)
@@ -215,6 +241,10 @@ static void finish(struct job *j, eddy_err err)
         break;
     case JOB_FORWARD:
         j->forward_done(j->ud, err, err == EDDY_OK ? j->nbatches : 0);
+        break;
+    case JOB_RESTORE:
+        j->restore_done(j->ud, err, j->restore_p, j->restored_seq);
+        free(j->restore_path);
         break;
     case JOB_DELETE:
         j->delete_done(j->ud, err, j->model_deleted, j->windows_deleted, j->log_deleted);
@@ -246,10 +276,13 @@ static void *writer_main(void *arg)
         struct job *group = e->head, *last = NULL;
         int64_t events = 0;
         for (struct job *j = e->head; j; j = j->next) {
-            if (last && events + (int64_t)j->n > e->o.max_group_events)
-                break;
+            if (last && (j->kind == JOB_RESTORE ||
+                         events + (int64_t)j->n > e->o.max_group_events))
+                break; /* a restore starts a group of its own... */
             events += (int64_t)j->n;
             last = j;
+            if (j->kind == JOB_RESTORE)
+                break; /* ...and nothing joins it: it writes outside the txn */
         }
         if (last) {
             e->head = last->next;
@@ -263,7 +296,8 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&e->mu);
 
         int64_t now = clock_mono_ms();
-        bool idle_due = now - last_idle >= 1000;
+        bool restoring = group && group->kind == JOB_RESTORE;
+        bool idle_due = !restoring && now - last_idle >= 1000;
         if (!group && !idle_due)
             continue;
 
@@ -276,6 +310,8 @@ static void *writer_main(void *arg)
                 err = run_ingest(e, j, now);
             } else if (j->kind == JOB_FORWARD) {
                 err = run_forward(e, j);
+            } else if (j->kind == JOB_RESTORE) {
+                err = run_restore(e, j, now);
             } else if (j->kind == JOB_DELETE) {
                 uint32_t p = partition_of_user(j->user_id, e->o.apply.partitions);
                 err = apply_delete_user(e->txn, p, j->user_id, &j->model_deleted,
@@ -597,4 +633,26 @@ void engine_set_log_floor(engine *e, uint32_t p, uint64_t seq)
 {
     if (p < e->o.apply.partitions)
         atomic_store_explicit(&e->log_floor[p], seq, memory_order_relaxed);
+}
+
+eddy_err engine_restore(engine *e, uint32_t p, const char *path, engine_restore_done_fn *done,
+                        void *ud)
+{
+    if (p >= e->o.apply.partitions)
+        return EDDY_ERR_INVALID;
+    struct job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return EDDY_ERR_NOMEM;
+    j->kind = JOB_RESTORE;
+    j->partition = -1;
+    j->restore_p = p;
+    j->restore_path = strdup(path);
+    j->restore_done = done;
+    j->ud = ud;
+    eddy_err err = j->restore_path ? enqueue(e, j) : EDDY_ERR_NOMEM;
+    if (err != EDDY_OK) {
+        free(j->restore_path);
+        free(j);
+    }
+    return err;
 }

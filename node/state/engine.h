@@ -105,6 +105,14 @@ typedef void engine_forward_done_fn(void *ud, eddy_err err, size_t applied);
 eddy_err engine_forward(engine *e, Eddy__Store__V1__Stage2Batch *const *batches, size_t n,
                         engine_forward_done_fn *done, void *ud);
 
+/* Cluster mode: replace partition 'p''s state with the checkpoint file 'path' (verified
+ * first), after every job queued before it and before every job queued after it. 'done'
+ * runs once on the writer thread with the partition's next seq after the load; on an
+ * error the partition keeps its state. Same queue contract as engine_ingest. */
+typedef void engine_restore_done_fn(void *ud, eddy_err err, uint32_t p, uint64_t next_seq);
+eddy_err engine_restore(engine *e, uint32_t p, const char *path, engine_restore_done_fn *done,
+                        void *ud);
+
 /* OUTBOX records committed and not yet forwarded; the forwarder reports deletions. */
 uint64_t engine_outbox_depth(engine *e);
 void engine_outbox_done(engine *e, uint64_t n);
