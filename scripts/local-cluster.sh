@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A whole Eddy cluster on this machine, on loopback: a real etcd (Debian's etcd-server), one
 # eddy-coordinator, 3 state nodes and 2 ingest nodes, every port picked free.
+# The state nodes share DIR/data/checkpoints, so a stopped node's partitions move with
+# their state (docs/cluster.md).
 #
 #   scripts/local-cluster.sh up     [DIR]   build if needed, start, wait until ready
 #   scripts/local-cluster.sh status [DIR]   which processes are alive, then `eddy status`
@@ -78,7 +80,8 @@ wait_listening() {
 
 binaries() {
   EDDY_NODE="$BUILD/eddy-node" EDDY_COORD="$BUILD/eddy-coordinator" EDDY_CLI="$BUILD/eddy"
-  if [ ! -x "$EDDY_NODE" ] || [ ! -x "$EDDY_COORD" ] || [ ! -x "$EDDY_CLI" ]; then
+  if [ "${1:-}" = build ]; then
+    # always: an incremental build is quick, and a stale build/ would run old binaries
     log "building into $BUILD (scripts/setup.sh)"
     (cd "$REPO" && EDDY_BUILD_DIR="$BUILD" scripts/setup.sh) >&2
   fi
@@ -101,7 +104,7 @@ cluster_ready() {
 }
 
 up() {
-  binaries
+  binaries build
   mkdir -p "$DIR/data" "$DIR/logs" "$DIR/pids"
   for n in etcd coordinator "${STATE_NODES[@]}" "${INGEST_NODES[@]}"; do
     pid_alive "$n" && die "$n is already running (pid $(cat "$DIR/pids/$n.pid")): '$0 down $DIR' first"
@@ -141,7 +144,8 @@ up() {
 
   for n in "${STATE_NODES[@]}"; do
     start "$n" "$EDDY_NODE" --role state "${common[@]}" --node-id "$n" \
-      --data-dir "$DIR/data/$n" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+      --data-dir "$DIR/data/$n" --checkpoint-dir "$DIR/data/checkpoints" \
+      --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
   done
   for n in "${INGEST_NODES[@]}"; do
     start "$n" "$EDDY_NODE" --role ingest "${common[@]}" --node-id "$n" \
@@ -159,7 +163,7 @@ up() {
     ((SECONDS < deadline)) || { cli status >&2 || true; die "the cluster did not become ready within 60s (logs in $DIR/logs)"; }
     sleep 0.2
   done
-  printf 'EDDY_ENDPOINT=%s\nEDDY_COORDINATOR=%s\nEDDY_INGEST_ENDPOINTS=%s\nEDDY_ETCD=%s\n' \
+  printf 'EDDY_ENDPOINT=%s\nEDDY_COORDINATOR=%s\nEDDY_INGEST_ENDPOINTS='%s'\nEDDY_ETCD=%s\n' \
     "${endpoints[0]}" "$COORD_ADDR" "${endpoints[*]}" "$ETCD_URL" >"$DIR/env"
 
   local rel=${BUILD#"$PWD"/}
