@@ -163,7 +163,7 @@ up() {
     ((SECONDS < deadline)) || { cli status >&2 || true; die "the cluster did not become ready within 60s (logs in $DIR/logs)"; }
     sleep 0.2
   done
-  printf 'EDDY_ENDPOINT=%s\nEDDY_COORDINATOR=%s\nEDDY_INGEST_ENDPOINTS='%s'\nEDDY_ETCD=%s\n' \
+  printf 'EDDY_ENDPOINT=%s\nEDDY_COORDINATOR=%s\nEDDY_INGEST_ENDPOINTS="%s"\nEDDY_ETCD=%s\n' \
     "${endpoints[0]}" "$COORD_ADDR" "${endpoints[*]}" "$ETCD_URL" >"$DIR/env"
 
   local rel=${BUILD#"$PWD"/}
