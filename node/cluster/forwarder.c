@@ -62,10 +62,9 @@ static size_t destinations(forwarder *f, const Eddy__Store__V1__Stage2Batch *b,
     uint32_t P = membership_partitions(f->mem);
     size_t n = 0;
     *unknown = false;
-    size_t total = b->n_updates + b->n_pairs;
+    size_t total = product_records(b);
     for (size_t i = 0; i < total; i++) {
-        const char *pid = i < b->n_updates ? b->updates[i]->product_id
-                                           : b->pairs[i - b->n_updates]->from_product;
+        const char *pid = product_record_key(b, i);
         uint32_t q = partition_of_product(pid, P);
         char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
         uint64_t epoch;

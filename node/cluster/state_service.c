@@ -264,10 +264,9 @@ static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     uint32_t P = membership_partitions(svc->mem);
     for (size_t i = 0; i < req->n_batches; i++) {
         const Eddy__Store__V1__Stage2Batch *b = req->batches[i];
-        size_t total = b->n_updates + b->n_pairs;
+        size_t total = product_records(b);
         for (size_t k = 0; k < total; k++) {
-            const char *pid = k < b->n_updates ? b->updates[k]->product_id
-                                               : b->pairs[k - b->n_updates]->from_product;
+            const char *pid = product_record_key(b, k);
             uint32_t q = partition_of_product(pid, P);
             uint64_t epoch;
             if (membership_owns(svc->mem, q, &epoch) && !ready_at(svc, q, epoch)) {

@@ -104,10 +104,9 @@ static void count_group(engine *e, const struct job *group, int64_t start_ns)
 static bool all_local(engine *e, const Eddy__Store__V1__Stage2Batch *b)
 {
     const struct engine_cluster *c = &e->o.cluster;
-    size_t total = b->n_updates + b->n_pairs;
+    size_t total = product_records(b);
     for (size_t i = 0; i < total; i++) {
-        const char *pid = i < b->n_updates ? b->updates[i]->product_id
-                                           : b->pairs[i - b->n_updates]->from_product;
+        const char *pid = product_record_key(b, i);
         if (!c->owns(c->owns_ud, partition_of_product(pid, e->o.apply.partitions)))
             return false;
     }

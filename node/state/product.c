@@ -198,10 +198,9 @@ eddy_err product_apply(store_txn *t, const struct product_params *p,
     size_t nclaimed = 0;
     eddy_err err = EDDY_OK;
 
-    size_t total = b->n_updates + b->n_pairs;
+    size_t total = product_records(b);
     for (size_t i = 0; i < total && err == EDDY_OK; i++) {
-        const char *pid = i < b->n_updates ? b->updates[i]->product_id
-                                           : b->pairs[i - b->n_updates]->from_product;
+        const char *pid = product_record_key(b, i);
         uint32_t q = partition_of_product(pid, p->partitions);
         if (owns && !owns(owns_ud, q))
             continue;

@@ -25,6 +25,18 @@ struct product_params {
     int max_neighbours;             /* neighbours kept per product (50) */
 };
 
+/* The records of a batch, updates then pairs: how many, and the product whose partition
+ * record 'i' belongs to (an update's product, a pair's from_product). */
+static inline size_t product_records(const Eddy__Store__V1__Stage2Batch *b)
+{
+    return b->n_updates + b->n_pairs;
+}
+
+static inline const char *product_record_key(const Eddy__Store__V1__Stage2Batch *b, size_t i)
+{
+    return i < b->n_updates ? b->updates[i]->product_id : b->pairs[i - b->n_updates]->from_product;
+}
+
 /* Apply the records of 'b' that fall in partitions accepted by 'owns' (NULL = all). */
 eddy_err product_apply(store_txn *t, const struct product_params *p,
                        const Eddy__Store__V1__Stage2Batch *b,
