@@ -22,43 +22,9 @@
 #include "node/state/engine.h"
 #include "node/state/store.h"
 
-#define T0 1800000000000LL
-#define NPARTS 8
+#include "engine_fixture.h"
 
-static struct engine_opts opts(const char *dir)
-{
-    struct engine_opts o = {0};
-    o.data_dir = dir;
-    o.apply.partitions = NPARTS;
-    o.apply.window = (struct window_params){60000, 5000, 0, 0};
-    o.apply.model = (struct model_params){{7 * 86400000LL, 8}, 20, 50, 50};
-    o.apply.cooccurrence_span_ms = 1800000;
-    o.apply.cooccurrence_items = 10;
-    o.apply.dedup_window_ms = 86400000;
-    o.apply.sweep_interval_ms = 3600000;
-    o.product = (struct product_params){8, {86400000, 8}, {7 * 86400000LL, 8}, 50};
-    o.rec = (struct rec_params){1.0, 1.5, 2.0, 3};
-    o.stage2_staleness_ms = 0;
-    o.candidates = 50;
-    o.max_pending_events = 100000;
-    o.max_group_events = 1000;
-    return o;
-}
-
-static char *tmpdir(void)
-{
-    char tmpl[] = "/tmp/eddy-test-ckp-XXXXXX";
-    char *d = mkdtemp(tmpl);
-    assert_non_null(d);
-    return strdup(d);
-}
-
-static void rmrf(const char *dir)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
-}
+#define NPARTS FIXTURE_PARTITIONS
 
 static char *subdir(const char *dir, const char *name)
 {
@@ -164,18 +130,6 @@ static void write_all(const char *path, const unsigned char *b, size_t n)
 
 /* ---- engine with real state --------------------------------------------------------- */
 
-struct done {
-    int calls;
-    eddy_err err;
-};
-
-static void on_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
-{
-    struct done *d = ud;
-    d->calls++;
-    d->err = err;
-}
-
 static const char *cats[] = {"books", "toys", "garden", "food"};
 
 /* Ingest 'n' events numbered from 'first', one per minute of event time. */
@@ -218,7 +172,7 @@ static void ingest_range(engine *e, int first, int n)
 
 static void test_write_load_roundtrip(void **state)
 {
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("ckp");
     char *edir = subdir(dir, "engine"), *fdir = subdir(dir, "fresh"), *cdir = subdir(dir, "ckp");
     struct engine_opts o = opts(edir);
     engine *e = NULL;
@@ -360,7 +314,7 @@ static void *produce(void *arg)
 
 static void test_consistent_while_writing(void **state)
 {
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("ckp");
     char *edir = subdir(dir, "engine"), *fdir = subdir(dir, "fresh");
     struct engine_opts o = opts(edir);
     o.apply.log_retention_ms = 2 * 3600000LL; /* the log's front moves too */
@@ -440,7 +394,7 @@ static store *small_store(const char *path)
 
 static void test_corruption_detected(void **state)
 {
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("ckp");
     char *sdir = subdir(dir, "db"), *ddir = subdir(dir, "dst");
     store *s = small_store(sdir);
     char path[512];
@@ -539,7 +493,7 @@ static void test_corruption_detected(void **state)
 
 static void test_replace_range_contract(void **state)
 {
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("ckp");
     store *s = open_store(dir);
     struct store_key start, end, k;
     start.len = 0;
@@ -580,7 +534,7 @@ static int collect_seq(void *ud, const unsigned char *k, size_t klen, const char
 
 static void test_snapshot_isolated(void **state)
 {
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("ckp");
     store *s = open_store(dir);
     struct store_key k, start, end;
     put_meta(s, 1, 1);
@@ -641,7 +595,7 @@ static void touch(const char *path)
 
 static void test_latest_valid_and_prune(void **state)
 {
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("ckp");
     char *sdir = subdir(dir, "db"), *cdir = subdir(dir, "ckp");
     store *s = small_store(sdir);
     struct checkpoint_info info;

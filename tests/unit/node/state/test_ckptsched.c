@@ -19,8 +19,9 @@
 #include "node/state/ckptsched.h"
 #include "node/state/engine.h"
 
-#define T0 1800000000000LL
-#define NPARTS 8
+#include "engine_fixture.h"
+
+#define NPARTS FIXTURE_PARTITIONS
 #define HOUR 3600000LL
 
 /* ---- the pure schedule ------------------------------------------------------------------ */
@@ -106,51 +107,13 @@ static void test_min_pause_and_failure(void **state)
 
 /* ---- on a real engine ----------------------------------------------------------------- */
 
-static struct engine_opts opts(const char *dir)
+/* The fixture's engine, with log retention so that the log floor matters. */
+static struct engine_opts ckpt_opts(const char *dir)
 {
-    struct engine_opts o = {0};
-    o.data_dir = dir;
-    o.apply.partitions = NPARTS;
-    o.apply.window = (struct window_params){60000, 5000, 0, 0};
-    o.apply.model = (struct model_params){{7 * 86400000LL, 8}, 20, 50, 50};
-    o.apply.cooccurrence_span_ms = 1800000;
-    o.apply.cooccurrence_items = 10;
-    o.apply.dedup_window_ms = 86400000;
+    struct engine_opts o = opts(dir);
     o.apply.sweep_interval_ms = HOUR;
     o.apply.log_retention_ms = 2 * HOUR;
-    o.product = (struct product_params){NPARTS, {86400000, 8}, {7 * 86400000LL, 8}, 50};
-    o.rec = (struct rec_params){1.0, 1.5, 2.0, 3};
-    o.candidates = 50;
-    o.max_pending_events = 100000;
-    o.max_group_events = 1000;
     return o;
-}
-
-static char *tmpdir(void)
-{
-    char tmpl[] = "/tmp/eddy-test-cks-XXXXXX";
-    char *d = mkdtemp(tmpl);
-    assert_non_null(d);
-    return strdup(d);
-}
-
-static void rmrf(const char *dir)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
-}
-
-struct done {
-    int calls;
-    eddy_err err;
-};
-
-static void on_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
-{
-    struct done *d = ud;
-    d->calls++;
-    d->err = err;
 }
 
 /* Ingest 'n' view events of 'user', numbered from 'first', one per 'step_ms' of event time. */
@@ -193,11 +156,11 @@ static uint64_t log_first(engine *e, uint32_t p)
 /* The log sweep removes what --log-retention allows, but never at or past the floor. */
 static void test_log_floor(void **state)
 {
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("cks");
     char a[600], b[600];
     snprintf(a, sizeof(a), "%s/a", dir);
     snprintf(b, sizeof(b), "%s/b", dir);
-    struct engine_opts oa = opts(a), ob = opts(b);
+    struct engine_opts oa = ckpt_opts(a), ob = ckpt_opts(b);
     engine *ea = NULL, *eb = NULL;
     char err[256];
     assert_int_equal(engine_open(&oa, &ea, err, sizeof(err)), EDDY_OK);
@@ -233,11 +196,11 @@ static void test_log_floor(void **state)
  * skipped by latest_valid and the floor still covers the older valid one. */
 static void test_run_one_prune_floor_metrics(void **state)
 {
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("cks");
     char edir[600], cdir[600];
     snprintf(edir, sizeof(edir), "%s/engine", dir);
     snprintf(cdir, sizeof(cdir), "%s/ckp", dir);
-    struct engine_opts o = opts(edir);
+    struct engine_opts o = ckpt_opts(edir);
     engine *e = NULL;
     char err[256];
     assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
@@ -317,11 +280,11 @@ static void test_run_one_prune_floor_metrics(void **state)
  * restart does not rewrite a partition that did not change. */
 static void test_thread(void **state)
 {
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("cks");
     char edir[600], cdir[600];
     snprintf(edir, sizeof(edir), "%s/engine", dir);
     snprintf(cdir, sizeof(cdir), "%s/ckp", dir);
-    struct engine_opts o = opts(edir);
+    struct engine_opts o = ckpt_opts(edir);
     engine *e = NULL;
     char err[256];
     assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);

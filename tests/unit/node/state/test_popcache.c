@@ -16,85 +16,7 @@
 #include "node/state/popcache.h"
 #include "node/state/query.h"
 
-#define T0 1800000000000LL /* a window boundary: divisible by 60000 */
-
-static struct engine_opts opts(const char *dir)
-{
-    struct engine_opts o = {0};
-    o.data_dir = dir;
-    o.apply.partitions = 8;
-    o.apply.window = (struct window_params){60000, 5000, 0, 0};
-    o.apply.model = (struct model_params){{7 * 86400000LL, 8}, 20, 50, 50};
-    o.apply.cooccurrence_span_ms = 1800000;
-    o.apply.cooccurrence_items = 10;
-    o.apply.dedup_window_ms = 86400000;
-    o.apply.sweep_interval_ms = 3600000;
-    o.product = (struct product_params){8, {86400000, 8}, {7 * 86400000LL, 8}, 50};
-    o.rec = (struct rec_params){1.0, 1.5, 2.0, 3};
-    o.stage2_staleness_ms = 0;
-    o.candidates = 50;
-    o.max_pending_events = 100000;
-    o.max_group_events = 1000;
-    return o;
-}
-
-struct done {
-    int calls;
-    eddy_err err;
-    struct engine_ingest_result r;
-};
-
-static void on_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
-{
-    struct done *d = ud;
-    d->calls++;
-    d->err = err;
-    d->r = *r;
-}
-
-static Eddy__V1__Event *mk(const char *id, const char *user, int64_t ts,
-                           Eddy__V1__EventType type, const char *product, const char *cat)
-{
-    Eddy__V1__Event *e = calloc(1, sizeof(*e));
-    eddy__v1__event__init(e);
-    e->event_id = (char *)id;
-    e->user_id = (char *)user;
-    e->timestamp_ms = ts;
-    e->event_type = type;
-    e->product_id = (char *)product;
-    e->category = (char *)cat;
-    e->price = 10;
-    return e;
-}
-
-static struct done ingest(engine *e, Eddy__V1__Event **evs, size_t n)
-{
-    struct done d = {0};
-    assert_int_equal(engine_ingest(e, evs, n, on_done, &d), EDDY_OK);
-    engine_flush(e);
-    assert_int_equal(d.calls, 1);
-    assert_int_equal(d.err, EDDY_OK);
-    return d;
-}
-
-static char *tmpdir(void)
-{
-    char tmpl[] = "/tmp/eddy-test-popcache-XXXXXX";
-    char *d = mkdtemp(tmpl);
-    assert_non_null(d);
-    return strdup(d);
-}
-
-static void rmrf(const char *dir)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
-}
-
-#define VIEW EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW
-#define BUY EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE
-#define CART EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART
+#include "engine_fixture.h"
 
 
 #define NPROD 24
@@ -146,7 +68,7 @@ static void assert_same_list(const struct scored_product *a, size_t na,
 static void test_cached_equals_uncached(void **state)
 {
     (void)state;
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("popcache");
     struct engine_opts o;
     engine *e = fill(dir, &o);
     popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
@@ -189,7 +111,7 @@ static void test_cached_equals_uncached(void **state)
 static void test_staleness(void **state)
 {
     (void)state;
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("popcache");
     struct engine_opts o;
     engine *e = fill(dir, &o);
     popcache *slow = popcache_new(engine_store(e), &engine_options(e)->product, 3600000, 50);
@@ -241,7 +163,7 @@ static void test_staleness(void **state)
 static void test_eviction(void **state)
 {
     (void)state;
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("popcache");
     struct engine_opts o;
     engine *e = fill(dir, &o);
     popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
@@ -351,7 +273,7 @@ static void test_source_cached(void **state)
 static void test_recommend_same(void **state)
 {
     (void)state;
-    char *dir = tmpdir();
+    char *dir = tmpdir_for("popcache");
     struct engine_opts o;
     engine *e = fill(dir, &o);
     popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
