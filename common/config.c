@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/log.h"
+
 void config_env_name(const char *name, char *out, size_t outlen)
 {
     size_t n = (size_t)snprintf(out, outlen, "EDDY_");
@@ -166,6 +168,28 @@ int config_parse(const struct flag *flags, size_t nflags, int argc, char **argv,
     }
     *first_arg = i;
     return 0;
+}
+
+int config_main(const char *prog, const struct flag *flags, size_t nflags, int argc,
+                char **argv, void (*usage)(FILE *, const struct flag *, size_t),
+                const char *const *log_level)
+{
+    char err[512] = "";
+    int first = 0;
+    int r = config_parse(flags, nflags, argc, argv, &first, err, sizeof(err));
+    if (r == 1) {
+        usage(stdout, flags, nflags);
+        return 0;
+    }
+    if (r < 0 || first < argc) {
+        fprintf(stderr, "%s: %s\n", prog, r < 0 ? err : "unexpected argument (see --help)");
+        return 2;
+    }
+    if (log_level && log_set_level(*log_level) != 0) {
+        fprintf(stderr, "%s: unknown --log-level '%s'\n", prog, *log_level);
+        return 2;
+    }
+    return -1;
 }
 
 void config_usage(FILE *out, const struct flag *flags, size_t nflags)

@@ -32,6 +32,14 @@ struct flag {
 int config_parse(const struct flag *flags, size_t nflags, int argc, char **argv,
                  int *first_arg, char *err, size_t errlen);
 
+/* The usual start of a daemon's main: parse the environment and argv (no positional
+ * arguments), print 'usage' on --help, report a bad flag on stderr as "PROG: message",
+ * and set the log level from *log_level (a flag's target; NULL: none). Returns -1 to go
+ * on, or the exit code: 0 after --help, 2 on a usage error. */
+int config_main(const char *prog, const struct flag *flags, size_t nflags, int argc,
+                char **argv, void (*usage)(FILE *, const struct flag *, size_t),
+                const char *const *log_level);
+
 /* Print each flag with its environment variable, default and help text. */
 void config_usage(FILE *out, const struct flag *flags, size_t nflags);
 

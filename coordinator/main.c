@@ -145,22 +145,9 @@ int main(int argc, char **argv)
     }, *c = &cfg;
     struct flag flags[32];
     size_t nflags = coord_flags(c, flags);
-    char err[512] = "";
-    int first = 0;
-
-    int r = config_parse(flags, nflags, argc, argv, &first, err, sizeof(err));
-    if (r == 1) {
-        usage(stdout, flags, nflags);
-        return 0;
-    }
-    if (r < 0 || first < argc) {
-        fprintf(stderr, "eddy-coordinator: %s\n", r < 0 ? err : "unexpected argument (see --help)");
-        return 2;
-    }
-    if (log_set_level(c->log_level) != 0) {
-        fprintf(stderr, "eddy-coordinator: unknown --log-level '%s'\n", c->log_level);
-        return 2;
-    }
+    int rc = config_main("eddy-coordinator", flags, nflags, argc, argv, usage, &c->log_level);
+    if (rc >= 0)
+        return rc;
     if (!c->etcd || !*c->etcd) {
         fprintf(stderr, "eddy-coordinator: --etcd is required (or EDDY_ETCD)\n");
         return 2;

@@ -458,21 +458,9 @@ int main(int argc, char **argv)
     struct flag flags[80];
     size_t nflags = node_flags(c, flags);
     char err[512] = "";
-    int first = 0;
-
-    int r = config_parse(flags, nflags, argc, argv, &first, err, sizeof(err));
-    if (r == 1) {
-        usage(stdout, flags, nflags);
-        return 0;
-    }
-    if (r < 0 || first < argc) {
-        fprintf(stderr, "eddy-node: %s\n", r < 0 ? err : "unexpected argument (see --help)");
-        return 2;
-    }
-    if (log_set_level(c->log_level) != 0) {
-        fprintf(stderr, "eddy-node: unknown --log-level '%s'\n", c->log_level);
-        return 2;
-    }
+    int rc = config_main("eddy-node", flags, nflags, argc, argv, usage, &c->log_level);
+    if (rc >= 0)
+        return rc;
     if (c->dump_state)
         return dump_state(c);
     if (c->verify_checkpoint)
