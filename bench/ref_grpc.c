@@ -227,14 +227,7 @@ int main(int argc, char **argv)
         cJSON_AddNumberToObject(o, "batch", (double)r->batch);
         cJSON_AddNumberToObject(o, "duration_s", dur);
         cJSON_AddNumberToObject(o, "errors", (double)atomic_load(&r->errors));
-        cJSON *l = cJSON_AddObjectToObject(o, "latency_ms");
-        cJSON_AddNumberToObject(l, "count", (double)s.count);
-        cJSON_AddNumberToObject(l, "mean", s.mean);
-        cJSON_AddNumberToObject(l, "p50", s.p50);
-        cJSON_AddNumberToObject(l, "p95", s.p95);
-        cJSON_AddNumberToObject(l, "p99", s.p99);
-        cJSON_AddNumberToObject(l, "p999", s.p999);
-        cJSON_AddNumberToObject(l, "max", s.max);
+        cJSON_AddItemToObject(o, "latency_ms", latency_summary_json(&s));
         char *txt = cJSON_PrintUnformatted(o);
         if (txt)
             puts(txt);

@@ -1,6 +1,7 @@
 /* Exact percentiles from a bounded, sorted sample (see latency.h). */
 #include "latency.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,4 +89,17 @@ void latency_summarize(struct latency *l, struct latency_summary *out)
         out->max = l->max;
     }
     pthread_mutex_unlock(&l->mu);
+}
+
+cJSON *latency_summary_json(const struct latency_summary *s)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "count", (double)s->count);
+    cJSON_AddNumberToObject(o, "mean", s->mean);
+    cJSON_AddNumberToObject(o, "p50", s->p50);
+    cJSON_AddNumberToObject(o, "p95", s->p95);
+    cJSON_AddNumberToObject(o, "p99", s->p99);
+    cJSON_AddNumberToObject(o, "p999", s->p999);
+    cJSON_AddNumberToObject(o, "max", s->max);
+    return o;
 }

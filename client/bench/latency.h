@@ -36,6 +36,11 @@ void latency_add(struct latency *l, double ms);
 /* Percentiles by nearest rank over the kept sample (sorts it). */
 void latency_summarize(struct latency *l, struct latency_summary *out);
 
+/* The summary as a JSON object {"count","mean","p50","p95","p99","p999","max"} (ms):
+ * the shape every benchmark's -o json uses. Caller owns it (cJSON_Delete or attach it). */
+struct cJSON;
+struct cJSON *latency_summary_json(const struct latency_summary *s);
+
 /* The nearest-rank percentile 'p' (0 < p <= 1) of 'n' sorted values; 0 if n is 0. */
 double latency_percentile(const double *sorted, size_t n, double p);
 

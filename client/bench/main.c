@@ -619,19 +619,6 @@ static cJSON *json_codes(atomic_uint_fast64_t *arr, uint64_t *total)
     return o;
 }
 
-static cJSON *json_latency(const struct latency_summary *s)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "count", (double)s->count);
-    cJSON_AddNumberToObject(o, "mean", s->mean);
-    cJSON_AddNumberToObject(o, "p50", s->p50);
-    cJSON_AddNumberToObject(o, "p95", s->p95);
-    cJSON_AddNumberToObject(o, "p99", s->p99);
-    cJSON_AddNumberToObject(o, "p999", s->p999);
-    cJSON_AddNumberToObject(o, "max", s->max);
-    return o;
-}
-
 static void print_latency(const char *what, const struct latency_summary *s)
 {
     printf("%-20s p50 %.3f  p95 %.3f  p99 %.3f  p99.9 %.3f  max %.3f ms  (n=%llu, mean %.3f)\n",
@@ -690,16 +677,16 @@ static uint64_t report(struct bench *b)
     cJSON_AddNumberToObject(o, "duplicates", (double)atomic_load(&b->c.duplicates));
     cJSON_AddNumberToObject(o, "late", (double)atomic_load(&b->c.late));
     cJSON_AddNumberToObject(o, "rejected", (double)atomic_load(&b->c.rejected));
-    cJSON_AddItemToObject(o, "latency_ms", json_latency(&il));
+    cJSON_AddItemToObject(o, "latency_ms", latency_summary_json(&il));
     cJSON_AddNumberToObject(o, "recommend_qps", qps);
     cJSON_AddNumberToObject(o, "recommend_requests", (double)rec_ok);
     cJSON_AddNumberToObject(o, "recommend_cold_start", (double)atomic_load(&b->c.rec_cold));
     cJSON_AddNumberToObject(o, "recommend_dropped", (double)atomic_load(&b->c.rec_dropped));
-    cJSON_AddItemToObject(o, "recommend_latency_ms", json_latency(&rl));
+    cJSON_AddItemToObject(o, "recommend_latency_ms", latency_summary_json(&rl));
     cJSON_AddNumberToObject(o, "visible_probes", (double)atomic_load(&b->c.probes));
     cJSON_AddNumberToObject(o, "visible_timeouts", (double)atomic_load(&b->c.probe_timeouts));
-    cJSON_AddItemToObject(o, "visible_latency_ms", json_latency(&vl));
-    cJSON_AddItemToObject(o, "visible_ack_latency_ms", json_latency(&val));
+    cJSON_AddItemToObject(o, "visible_latency_ms", latency_summary_json(&vl));
+    cJSON_AddItemToObject(o, "visible_ack_latency_ms", latency_summary_json(&val));
     cJSON *ebc = json_codes(b->c.errors, &errors);
     cJSON_AddItemToObject(o, "errors_by_code", ebc);
     cJSON_AddItemToObject(o, "recommend_errors_by_code", json_codes(b->c.rec_errors, &rec_errors));
