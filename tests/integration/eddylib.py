@@ -183,6 +183,35 @@ def poll_until(fn, timeout, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def _spawn(cmd, log_prefix):
+    """Start an Eddy process (`cmd`) with stderr in a new temp log and read its stdout on a
+    thread until it prints "listening on PORT". Returns (proc, log_path, log_file,
+    stdout_lines, reader_thread, port); port is None if it exited or did not print it
+    within START_TIMEOUT."""
+    fd, log_path = tempfile.mkstemp(prefix=log_prefix, suffix=".txt")
+    log = os.fdopen(fd, "w+b")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    _live.add(proc)
+    lines = []
+    got = threading.Event()
+
+    def reader():
+        for raw in proc.stdout:
+            lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+            if lines[-1].startswith("listening on "):
+                got.set()
+        got.set()  # EOF: let the waiter notice the exit
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    port = None
+    if got.wait(START_TIMEOUT):
+        line = next((l for l in lines if l.startswith("listening on ")), None)
+        if line:
+            port = int(line.split()[2])
+    return proc, log_path, log, lines, t, port
+
+
 class Node:
     """One `eddy-node --dev` process on 127.0.0.1 (port 0: the node picks one and prints it)
     with its own data dir. Use as a context manager or via start()/stop()/kill9()."""
@@ -201,44 +230,31 @@ class Node:
         self.log_path = None
 
     # -- lifecycle --
+    def command(self):
+        """The eddy-node command line (ClusterNode overrides it)."""
+        return [self.bin, "--dev", "--data-dir", self.data_dir, "--listen", "127.0.0.1:0",
+                "--log-level", "warn", *self.args]
+
+    log_prefix = "eddy-it-log-"
+
+    def _connected(self):
+        """Called once the channel and the public stubs exist (ClusterNode adds State)."""
+
     def start(self):
         assert self.proc is None or self.proc.poll() is not None, "node already running"
-        fd, self.log_path = tempfile.mkstemp(prefix="eddy-it-log-", suffix=".txt")
-        self._log = os.fdopen(fd, "w+b")
-        cmd = [self.bin, "--dev", "--data-dir", self.data_dir, "--listen", "127.0.0.1:0",
-               "--log-level", "warn", *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log,
-                                     stdin=subprocess.DEVNULL)
-        _live.add(self.proc)
-        self._stdout = []
-        got_port = threading.Event()
-
-        def reader(proc=self.proc, out=self._stdout):
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                out.append(line)
-                if line.startswith("listening on "):
-                    got_port.set()
-            got_port.set()  # EOF: let the waiter notice the exit
-
-        self._reader = threading.Thread(target=reader, daemon=True)
-        self._reader.start()
-        if not got_port.wait(START_TIMEOUT) or self.proc.poll() is not None and not self._port_line():
+        (self.proc, self.log_path, self._log, self._stdout, self._reader,
+         port) = _spawn(self.command(), self.log_prefix)
+        if port is None:
             self._fail_start("did not print 'listening on PORT'")
-        line = self._port_line()
-        if not line:
-            self._fail_start("exited before printing its port")
-        self.port = int(line.split()[2])
+        self.port = port
         self.channel = grpc.insecure_channel(self.endpoint, options=[
             ("grpc.max_send_message_length", 64 << 20),
             ("grpc.max_receive_message_length", 64 << 20)])
         self.stub = eddy_stub(self.channel)
         self.health = health_stub(self.channel)
+        self._connected()
         self.wait_ready()
         return self
-
-    def _port_line(self):
-        return next((l for l in self._stdout if l.startswith("listening on ")), None)
 
     def _fail_start(self, why):
         if self.proc.poll() is None:
@@ -945,31 +961,14 @@ class Coordinator:
         self._stdout = []
 
     def start(self):
-        fd, self.log_path = tempfile.mkstemp(prefix="eddy-it-coord-", suffix=".txt")
-        self._log = os.fdopen(fd, "w+b")
         cmd = [self.bin, "--etcd", self.etcd_url, "--cluster", self.cluster, "--id", self.id,
                "--listen", "127.0.0.1:0", *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log,
-                                     stdin=subprocess.DEVNULL)
-        _live.add(self.proc)
-        got = threading.Event()
-
-        def reader(proc=self.proc, out=self._stdout):
-            for raw in proc.stdout:
-                out.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                if out[-1].startswith("listening on "):
-                    got.set()
-            got.set()
-
-        self._reader = threading.Thread(target=reader, daemon=True)
-        self._reader.start()
-        line = None
-        if got.wait(START_TIMEOUT):
-            line = next((l for l in self._stdout if l.startswith("listening on ")), None)
-        if not line:
+        (self.proc, self.log_path, self._log, self._stdout, self._reader,
+         port) = _spawn(cmd, "eddy-it-coord-")
+        if port is None:
             self.kill9()
             raise AssertionError(f"eddy-coordinator did not start\n{self.log_tail()}")
-        self.port = int(line.split()[2])
+        self.port = port
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.health = health_stub(self.channel)
         self.status_rpc = cluster_status_method(self.channel)
@@ -1127,38 +1126,12 @@ class ClusterNode(Node):
                 "--partitions", str(self.partitions), "--lease-ttl", f"{self.lease_ttl_s}s",
                 "--log-level", "info", *self.args]
 
-    def start(self):
-        # Node.start() with another command line (Node.start hard-codes --dev).
-        assert self.proc is None or self.proc.poll() is not None, "node already running"
-        fd, self.log_path = tempfile.mkstemp(prefix=f"eddy-it-{self.id}-", suffix=".txt")
-        self._log = os.fdopen(fd, "w+b")
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self._log,
-                                     stdin=subprocess.DEVNULL)
-        _live.add(self.proc)
-        self._stdout = []
-        got_port = threading.Event()
+    @property
+    def log_prefix(self):
+        return f"eddy-it-{self.id}-"
 
-        def reader(proc=self.proc, out=self._stdout):
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                out.append(line)
-                if line.startswith("listening on "):
-                    got_port.set()
-            got_port.set()
-
-        self._reader = threading.Thread(target=reader, daemon=True)
-        self._reader.start()
-        if not got_port.wait(START_TIMEOUT) or not self._port_line():
-            self._fail_start("did not print 'listening on PORT'")
-        self.port = int(self._port_line().split()[2])
-        self.channel = grpc.insecure_channel(self.endpoint, options=[
-            ("grpc.max_send_message_length", 64 << 20),
-            ("grpc.max_receive_message_length", 64 << 20)])
-        self.stub = eddy_stub(self.channel)
-        self.health = health_stub(self.channel)
+    def _connected(self):
         self.state = {n: state_method(self.channel, n) for n in _STATE_METHODS}
-        self.wait_ready()
-        return self
 
     def apply(self, partition, epoch, events, timeout=10):
         """State/Apply of `events` (dicts or Event messages) for one partition; returns its
