@@ -13,7 +13,8 @@
 #include "common/partition.h"
 #include "node/state/checkpoint.h"
 
-enum job_kind { JOB_INGEST, JOB_DELETE, JOB_FLUSH, JOB_FORWARD, JOB_RESTORE };
+enum job_kind { JOB_INGEST, JOB_DELETE, JOB_FLUSH, JOB_FORWARD, JOB_RESTORE, JOB_REPLAY,
+                JOB_EXCLUSIVE };
 
 struct job {
     enum job_kind kind;
@@ -31,11 +32,20 @@ struct job {
     Eddy__Store__V1__Stage2Batch *const *batches;
     size_t nbatches;
     engine_forward_done_fn *forward_done;
+    const uint32_t *fwd_parts;  /* the product partitions the sender means this node to apply */
+    size_t fwd_nparts;
     /* restore */
     uint32_t restore_p;
     char *restore_path;
     uint64_t restored_seq;
     engine_restore_done_fn *restore_done;
+    /* replay */
+    const struct engine_log_entry *entries;
+    uint64_t replay_next;
+    engine_replay_done_fn *replay_done;
+    /* exclusive */
+    engine_exclusive_fn *excl_fn;
+    engine_exclusive_done_fn *excl_done;
     /* delete */
     char *user_id;
     engine_delete_done_fn *delete_done;
@@ -199,14 +209,73 @@ static eddy_err run_idle(engine *e, int64_t now)
     return EDDY_OK;
 }
 
+struct fwd_set {
+    const uint32_t *parts;
+    size_t n;
+};
+
+static bool in_set(void *ud, uint32_t q)
+{
+    const struct fwd_set *fs = ud;
+    for (size_t i = 0; i < fs->n; i++)
+        if (fs->parts[i] == q)
+            return true;
+    return false;
+}
+
 static eddy_err run_forward(engine *e, struct job *j)
 {
     const struct engine_cluster *c = &e->o.cluster;
+    /* Checked here, in log order with the applies: a partition that stopped being local
+     * after the Forward was queued (a move froze or took it) must not lose the records
+     * silently; the sender keeps them and retries with its refreshed map. */
+    for (size_t i = 0; i < j->fwd_nparts; i++) {
+        if (j->fwd_parts[i] >= e->o.apply.partitions ||
+            (c->owns && !c->owns(c->owns_ud, j->fwd_parts[i]))) {
+            j->job_err = EDDY_ERR_NOT_OWNER;
+            return EDDY_OK;
+        }
+    }
+    struct fwd_set fs = {j->fwd_parts, j->fwd_nparts};
     for (size_t i = 0; i < j->nbatches; i++) {
-        eddy_err err = product_apply(e->txn, &e->o.product, j->batches[i], c->owns, c->owns_ud);
+        eddy_err err = j->fwd_parts ? product_apply(e->txn, &e->o.product, j->batches[i], in_set, &fs)
+                                    : product_apply(e->txn, &e->o.product, j->batches[i],
+                                                    c->owns, c->owns_ud);
         if (err != EDDY_OK)
             return err;
     }
+    return EDDY_OK;
+}
+
+/* Append a tail of another node's log of the partition (a move's target catching up) and
+ * apply it exactly as the source did. Records already here are skipped. */
+static eddy_err run_replay(engine *e, struct job *j, int64_t now)
+{
+    uint32_t p = (uint32_t)j->partition;
+    struct part_meta *m = &e->meta[p];
+    for (size_t i = 0; i < j->n; i++) {
+        const struct engine_log_entry *le = &j->entries[i];
+        if (le->seq < m->next_seq)
+            continue;
+        Eddy__Store__V1__LogRecord *r =
+            eddy__store__v1__log_record__unpack(NULL, le->len, le->data);
+        if (!r) {
+            j->job_err = EDDY_ERR_CORRUPT;
+            break;
+        }
+        struct store_key k;
+        key_init(&k, p, T_LOG);
+        key_u64(&k, le->seq);
+        enum apply_outcome oc;
+        eddy_err err = store_txn_put(e->txn, &k, (const char *)le->data, le->len);
+        if (err == EDDY_OK)
+            err = apply_replay(e->txn, &e->o.apply, p, m, le->seq, r, emit, e, &oc);
+        eddy__store__v1__log_record__free_unpacked(r, NULL);
+        if (err != EDDY_OK)
+            return err;
+        e->last_arrival_ms[p] = now;
+    }
+    j->replay_next = m->next_seq;
     return EDDY_OK;
 }
 
@@ -230,6 +299,29 @@ static eddy_err run_restore(engine *e, struct job *j, int64_t now)
     return EDDY_OK;
 }
 
+static int count_key(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen);
+
+/* Run a caller's function alone, then take the store as the truth again: every
+ * partition's metadata and the OUTBOX count are re-read (the function may have replaced
+ * whole partitions). */
+static eddy_err run_exclusive(engine *e, struct job *j, int64_t now)
+{
+    j->job_err = j->excl_fn(j->ud, e);
+    _Atomic uint64_t outbox = 0;
+    for (uint32_t p = 0; p < e->o.apply.partitions; p++) {
+        eddy_err err = apply_meta_load(e->st, p, &e->meta[p]);
+        if (err != EDDY_OK)
+            return err;
+        e->last_arrival_ms[p] = now;
+        struct store_key start, end;
+        key_init(&start, p, T_OUTBOX);
+        key_prefix_end(&start, &end);
+        store_scan(e->st, &start, &end, count_key, &outbox);
+    }
+    atomic_store(&e->outbox, atomic_load(&outbox));
+    return EDDY_OK;
+}
+
 static void finish(struct job *j, eddy_err err)
 {
     if (err == EDDY_OK)
@@ -248,6 +340,12 @@ static void finish(struct job *j, eddy_err err)
     case JOB_DELETE:
         j->delete_done(j->ud, err, j->model_deleted, j->windows_deleted, j->log_deleted);
         free(j->user_id);
+        break;
+    case JOB_REPLAY:
+        j->replay_done(j->ud, err, err == EDDY_OK ? j->replay_next : 0);
+        break;
+    case JOB_EXCLUSIVE:
+        j->excl_done(j->ud, err);
         break;
     case JOB_FLUSH:
         break;
@@ -275,12 +373,12 @@ static void *writer_main(void *arg)
         struct job *group = e->head, *last = NULL;
         int64_t events = 0;
         for (struct job *j = e->head; j; j = j->next) {
-            if (last && (j->kind == JOB_RESTORE ||
-                         events + (int64_t)j->n > e->o.max_group_events))
+            bool alone = j->kind == JOB_RESTORE || j->kind == JOB_EXCLUSIVE;
+            if (last && (alone || events + (int64_t)j->n > e->o.max_group_events))
                 break; /* a restore starts a group of its own... */
             events += (int64_t)j->n;
             last = j;
-            if (j->kind == JOB_RESTORE)
+            if (alone)
                 break; /* ...and nothing joins it: it writes outside the txn */
         }
         if (last) {
@@ -295,7 +393,7 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&e->mu);
 
         int64_t now = clock_mono_ms();
-        bool restoring = group && group->kind == JOB_RESTORE;
+        bool restoring = group && (group->kind == JOB_RESTORE || group->kind == JOB_EXCLUSIVE);
         bool idle_due = !restoring && now - last_idle >= 1000;
         if (!group && !idle_due)
             continue;
@@ -311,6 +409,10 @@ static void *writer_main(void *arg)
                 err = run_forward(e, j);
             } else if (j->kind == JOB_RESTORE) {
                 err = run_restore(e, j, now);
+            } else if (j->kind == JOB_REPLAY) {
+                err = run_replay(e, j, now);
+            } else if (j->kind == JOB_EXCLUSIVE) {
+                err = run_exclusive(e, j, now);
             } else if (j->kind == JOB_DELETE) {
                 uint32_t p = partition_of_user(j->user_id, e->o.apply.partitions);
                 err = apply_delete_user(e->txn, p, j->user_id, &j->model_deleted,
@@ -603,6 +705,13 @@ eddy_err engine_apply(engine *e, uint32_t p, uint64_t epoch, Eddy__V1__Event *co
 eddy_err engine_forward(engine *e, Eddy__Store__V1__Stage2Batch *const *batches, size_t n,
                         engine_forward_done_fn *done, void *ud)
 {
+    return engine_forward_to(e, batches, n, NULL, 0, done, ud);
+}
+
+eddy_err engine_forward_to(engine *e, Eddy__Store__V1__Stage2Batch *const *batches, size_t n,
+                           const uint32_t *parts, size_t nparts, engine_forward_done_fn *done,
+                           void *ud)
+{
     struct job *j = calloc(1, sizeof(*j));
     if (!j)
         return EDDY_ERR_NOMEM;
@@ -610,6 +719,8 @@ eddy_err engine_forward(engine *e, Eddy__Store__V1__Stage2Batch *const *batches,
     j->partition = -1;
     j->batches = batches;
     j->nbatches = n;
+    j->fwd_parts = parts;
+    j->fwd_nparts = nparts;
     j->forward_done = done;
     j->ud = ud;
     eddy_err err = enqueue(e, j);
@@ -653,5 +764,97 @@ eddy_err engine_restore(engine *e, uint32_t p, const char *path, engine_restore_
         free(j->restore_path);
         free(j);
     }
+    return err;
+}
+
+eddy_err engine_replay(engine *e, uint32_t p, const struct engine_log_entry *entries, size_t n,
+                       engine_replay_done_fn *done, void *ud)
+{
+    if (p >= e->o.apply.partitions)
+        return EDDY_ERR_INVALID;
+    struct job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return EDDY_ERR_NOMEM;
+    j->kind = JOB_REPLAY;
+    j->partition = p;
+    j->entries = entries;
+    j->n = n;
+    j->replay_done = done;
+    j->ud = ud;
+    eddy_err err = enqueue(e, j);
+    if (err != EDDY_OK)
+        free(j);
+    return err;
+}
+
+eddy_err engine_exclusive(engine *e, engine_exclusive_fn *fn, engine_exclusive_done_fn *done,
+                          void *ud)
+{
+    struct job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return EDDY_ERR_NOMEM;
+    j->kind = JOB_EXCLUSIVE;
+    j->partition = -1;
+    j->excl_fn = fn;
+    j->excl_done = done;
+    j->ud = ud;
+    eddy_err err = enqueue(e, j);
+    if (err != EDDY_OK)
+        free(j);
+    return err;
+}
+
+/* engine_drop_partition: the range deletion and the caller waiting for it. */
+struct drop {
+    uint32_t p;
+    uint64_t deleted;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    eddy_err err;
+};
+
+static eddy_err drop_fn(void *ud, engine *e)
+{
+    struct drop *d = ud;
+    struct store_key start, end;
+    start.len = 0;
+    key_u16(&start, (uint16_t)d->p);
+    key_prefix_end(&start, &end);
+    store_batch *b = store_batch_new();
+    eddy_err err = b ? store_replace_range(e->st, &start, &end, b, &d->deleted) : EDDY_ERR_NOMEM;
+    store_batch_free(b);
+    return err;
+}
+
+static void drop_done(void *ud, eddy_err err)
+{
+    struct drop *d = ud;
+    pthread_mutex_lock(&d->mu);
+    d->err = err;
+    d->done = true;
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+eddy_err engine_drop_partition(engine *e, uint32_t p, uint64_t *deleted)
+{
+    if (p >= e->o.apply.partitions)
+        return EDDY_ERR_INVALID;
+    struct drop d = {.p = p};
+    pthread_mutex_init(&d.mu, NULL);
+    clock_cond_init(&d.cv);
+    eddy_err err = engine_exclusive(e, drop_fn, drop_done, &d);
+    if (err == EDDY_OK) {
+        pthread_mutex_lock(&d.mu);
+        while (!d.done)
+            pthread_cond_wait(&d.cv, &d.mu);
+        pthread_mutex_unlock(&d.mu);
+        err = d.err;
+    }
+    pthread_cond_destroy(&d.cv);
+    pthread_mutex_destroy(&d.mu);
+    if (deleted)
+        *deleted = d.deleted;
     return err;
 }

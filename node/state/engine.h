@@ -113,6 +113,45 @@ typedef void engine_restore_done_fn(void *ud, eddy_err err, uint32_t p, uint64_t
 eddy_err engine_restore(engine *e, uint32_t p, const char *path, engine_restore_done_fn *done,
                         void *ud);
 
+/* engine_forward for the records of the product partitions 'parts' only (borrowed until
+ * 'done'): the partitions the sender believes this node owns. If any of them is not
+ * local when the job runs (cluster.owns false: moved away, or frozen by a move), nothing
+ * is applied and 'done' gets EDDY_ERR_NOT_OWNER, so the sender keeps the records.
+ * parts == NULL: every record of a partition this node owns (engine_forward). */
+eddy_err engine_forward_to(engine *e, Eddy__Store__V1__Stage2Batch *const *batches, size_t n,
+                           const uint32_t *parts, size_t nparts, engine_forward_done_fn *done,
+                           void *ud);
+
+/* Cluster mode, a move's target: append the log records 'entries' (another node's log of
+ * partition 'p', raw LogRecord bytes, ascending seq; borrowed until 'done') to this node's
+ * log under the same seqs and apply them as the source did. Records below the
+ * partition's next seq are skipped (already here). 'done' gets the partition's next seq
+ * afterwards; a record that does not decode fails the job with EDDY_ERR_CORRUPT (the
+ * records before it stay applied). Same queue contract as engine_ingest. */
+struct engine_log_entry {
+    uint64_t seq;
+    const uint8_t *data;
+    size_t len;
+};
+typedef void engine_replay_done_fn(void *ud, eddy_err err, uint64_t next_seq);
+eddy_err engine_replay(engine *e, uint32_t p, const struct engine_log_entry *entries, size_t n,
+                       engine_replay_done_fn *done, void *ud);
+
+/* Run 'fn' on the writer thread alone: after every job queued before it, before every job
+ * queued after it, outside any group commit. 'fn' may read and write the store directly
+ * (store_replace_range, whole partitions); afterwards the engine re-reads every
+ * partition's metadata and the OUTBOX count from the store. 'done' runs once on the
+ * writer thread with fn's result (or the engine's error). Same queue contract as
+ * engine_ingest. */
+typedef eddy_err engine_exclusive_fn(void *ud, engine *e);
+typedef void engine_exclusive_done_fn(void *ud, eddy_err err);
+eddy_err engine_exclusive(engine *e, engine_exclusive_fn *fn, engine_exclusive_done_fn *done,
+                          void *ud);
+
+/* Delete every key of partition 'p' (a copy this node no longer owns) in one synced
+ * write, as an exclusive job; blocks until done. *deleted (may be NULL): keys removed. */
+eddy_err engine_drop_partition(engine *e, uint32_t p, uint64_t *deleted);
+
 /* OUTBOX records committed and not yet forwarded; the forwarder reports deletions. */
 uint64_t engine_outbox_depth(engine *e);
 void engine_outbox_done(engine *e, uint64_t n);
