@@ -232,3 +232,53 @@ out:
     cJSON_Delete(o);
     return err;
 }
+
+static const char *const phase_names[] = {"copy", "ready", "flipped", "done"};
+
+const char *cluster_move_phase_name(enum move_phase ph)
+{
+    return (unsigned)ph < sizeof(phase_names) / sizeof(phase_names[0]) ? phase_names[ph] : "?";
+}
+
+char *cluster_move_to_json(const struct cluster_move *m)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return NULL;
+    cJSON_AddNumberToObject(o, "partition", (double)m->partition);
+    cJSON_AddStringToObject(o, "from", m->from);
+    cJSON_AddStringToObject(o, "to", m->to);
+    cJSON_AddNumberToObject(o, "epoch", (double)m->epoch);
+    cJSON_AddStringToObject(o, "phase", cluster_move_phase_name(m->phase));
+    cJSON_AddNumberToObject(o, "started_ms", (double)m->started_ms);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+eddy_err cluster_move_from_json(const char *json, size_t len, struct cluster_move *m)
+{
+    memset(m, 0, sizeof(*m));
+    cJSON *o = cJSON_ParseWithLength(json, len);
+    eddy_err err = EDDY_ERR_CORRUPT;
+    uint64_t part = 0, started = 0;
+    char phase[16];
+    if (!cJSON_IsObject(o) || !copy_str(o, "from", m->from, sizeof(m->from), true) ||
+        !copy_str(o, "to", m->to, sizeof(m->to), true) ||
+        !copy_str(o, "phase", phase, sizeof(phase), true) ||
+        !get_count(o, "partition", &part, true) || part > 65535 ||
+        !get_count(o, "epoch", &m->epoch, true) ||
+        !get_count(o, "started_ms", &started, false) || !m->from[0] || !m->to[0])
+        goto out;
+    m->partition = (uint32_t)part;
+    m->started_ms = (int64_t)started;
+    for (size_t i = 0; i < sizeof(phase_names) / sizeof(phase_names[0]); i++) {
+        if (strcmp(phase, phase_names[i]) == 0) {
+            m->phase = (enum move_phase)i;
+            err = EDDY_OK;
+        }
+    }
+out:
+    cJSON_Delete(o);
+    return err;
+}

@@ -10,6 +10,11 @@
  *   /eddy/<cluster>/drain/<id>     "" : node asked to give its partitions away
  *   /eddy/<cluster>/checkpoints/<p> {"id","seq","bytes","crc","path","node","created_ms"}
  *                                  the newest checkpoint of partition p (plain put, no lease)
+ *   /eddy/<cluster>/moves/<p>      {"partition","from","to","epoch","phase","started_ms"}
+ *                                  a live move in progress (DESIGN.md §7): created and
+ *                                  deleted by the leader; the phase is advanced by
+ *                                  compare-and-swap, by the target (copy -> ready,
+ *                                  flipped -> done) and by the leader (ready -> flipped)
  *
  * Pure: no I/O. */
 #ifndef EDDY_CLUSTER_H
@@ -82,5 +87,29 @@ struct cluster_checkpoint {
 char *cluster_checkpoint_to_json(const struct cluster_checkpoint *c);
 /* EDDY_ERR_CORRUPT if it is not such a record (id, node and seq are required). */
 eddy_err cluster_checkpoint_from_json(const char *json, size_t len, struct cluster_checkpoint *c);
+
+/* The phases of a live move, in order (DESIGN.md §7). */
+enum move_phase {
+    MOVE_COPY,    /* the target copies the source's checkpoint and tails its log */
+    MOVE_READY,   /* the target is within a small lag: the leader may flip the owner */
+    MOVE_FLIPPED, /* the map names the target (epoch + 1): it fetches the final tail */
+    MOVE_DONE,    /* the target serves and has checkpointed: the source may delete */
+};
+
+struct cluster_move {
+    uint32_t partition;
+    char from[CLUSTER_ID_MAX];       /* the owner when the move started */
+    char to[CLUSTER_ID_MAX];         /* the node the partition moves to */
+    uint64_t epoch;                  /* the source's epoch; the flip gives epoch + 1 */
+    enum move_phase phase;
+    int64_t started_ms;              /* the leader's wall clock when it started the move */
+};
+
+/* "copy", "ready", "flipped", "done". */
+const char *cluster_move_phase_name(enum move_phase ph);
+/* JSON of a move record; caller frees the string. NULL on OOM. */
+char *cluster_move_to_json(const struct cluster_move *m);
+/* EDDY_ERR_CORRUPT if it is not such a record. */
+eddy_err cluster_move_from_json(const char *json, size_t len, struct cluster_move *m);
 
 #endif

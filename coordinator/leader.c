@@ -13,6 +13,7 @@
 #include "common/cluster.h"
 #include "common/log.h"
 #include "coordinator/assigner.h"
+#include "coordinator/planner.h"
 #include "coordinator/registry.h"
 
 /* A settle longer than this keeps being extended by a steady trickle of changes; past
@@ -26,9 +27,12 @@ struct leader {
     etcd_session *session;
     char cluster[CLUSTER_ID_MAX], id[CLUSTER_ID_MAX];
     char k_config[CLUSTER_KEY_MAX], k_assign[CLUSTER_KEY_MAX], k_leader[CLUSTER_KEY_MAX];
-    char k_nodes[CLUSTER_KEY_MAX], k_drain[CLUSTER_KEY_MAX];
+    char k_nodes[CLUSTER_KEY_MAX], k_drain[CLUSTER_KEY_MAX], k_moves[CLUSTER_KEY_MAX];
     registry *reg;
-    etcd_watch *w_nodes, *w_drain; /* the leader thread's; stopped by leader_stop */
+    etcd_watch *w_nodes, *w_drain, *w_moves; /* the leader thread's; stopped by leader_stop */
+    pthread_mutex_t moves_mu;      /* guards 'moves' (the watch thread writes it) */
+    struct plan_rec *moves;        /* [nparts] the records under moves/ */
+    atomic_uint_fast64_t moves_gen; /* bumped on every change of 'moves' */
     pthread_t thread;
     atomic_bool stop;
     /* The leader thread's: */
@@ -208,24 +212,88 @@ static int64_t on_drain(const struct etcd_event *ev, void *ud)
     return on_event(ud, false, ev);
 }
 
+/* Take one moves/<p> record (PUT) or its deletion. */
+static void move_event(leader *l, const struct etcd_kv *kv, bool put)
+{
+    const char *id = id_of(kv->key, l->k_moves);
+    char *end;
+    unsigned long p = id ? strtoul(id, &end, 10) : 0;
+    if (!id || end == id || *end || p >= l->nparts)
+        return;
+    struct plan_rec r = {false, {0}, 0};
+    if (put && cluster_move_from_json(kv->value, kv->value_len, &r.m) == EDDY_OK &&
+        r.m.partition == p) {
+        r.present = true;
+        r.mod = kv->mod_revision;
+    } else if (put) {
+        log_warn("msg=\"move record does not decode; deleting it\" key=%s", kv->key);
+        r.present = true; /* an undecodable record is cancelled by the planner */
+        r.m.partition = (uint32_t)p;
+        r.m.phase = MOVE_COPY;
+        r.mod = kv->mod_revision;
+    }
+    pthread_mutex_lock(&l->moves_mu);
+    l->moves[p] = r;
+    pthread_mutex_unlock(&l->moves_mu);
+}
+
+static eddy_err load_moves(leader *l, int64_t *rev)
+{
+    struct etcd_kvs kvs;
+    eddy_err err = etcd_range_prefix(l->o.etcd, l->k_moves, &kvs, rev);
+    if (err != EDDY_OK)
+        return err;
+    pthread_mutex_lock(&l->moves_mu);
+    memset(l->moves, 0, l->nparts * sizeof(*l->moves));
+    pthread_mutex_unlock(&l->moves_mu);
+    for (size_t i = 0; i < kvs.n; i++)
+        move_event(l, &kvs.kvs[i], true);
+    etcd_kvs_release(&kvs);
+    atomic_fetch_add(&l->moves_gen, 1);
+    return EDDY_OK;
+}
+
+static int64_t on_moves(const struct etcd_event *ev, void *ud)
+{
+    leader *l = ud;
+    int64_t next = 0;
+    if (ev->type == ETCD_EVENT_RESYNC) {
+        int64_t rev = 0;
+        while (!atomic_load(&l->stop) && load_moves(l, &rev) != EDDY_OK)
+            pause_ms(l, 200);
+        next = rev + 1;
+    } else {
+        move_event(l, &ev->kv, ev->type == ETCD_EVENT_PUT);
+        atomic_fetch_add(&l->moves_gen, 1);
+    }
+    registry_wake(l->reg);
+    return next;
+}
+
 static eddy_err setup(leader *l)
 {
     eddy_err err = ensure_config(l);
     if (err == EDDY_OK)
         err = load_assignment(l);
-    int64_t rn = 0, rd = 0;
+    int64_t rn = 0, rd = 0, rm = 0;
     if (err == EDDY_OK)
         err = load_prefix(l, true, &rn);
     if (err == EDDY_OK)
         err = load_prefix(l, false, &rd);
+    if (err == EDDY_OK && !l->moves && !(l->moves = calloc(l->nparts, sizeof(*l->moves))))
+        err = EDDY_ERR_NOMEM;
+    if (err == EDDY_OK)
+        err = load_moves(l, &rm);
     if (err != EDDY_OK)
         return err;
     l->w_nodes = etcd_watch_start(l->o.etcd, l->k_nodes, true, rn + 1, on_nodes, l);
     l->w_drain = etcd_watch_start(l->o.etcd, l->k_drain, true, rd + 1, on_drain, l);
-    if (!l->w_nodes || !l->w_drain) {
+    l->w_moves = etcd_watch_start(l->o.etcd, l->k_moves, true, rm + 1, on_moves, l);
+    if (!l->w_nodes || !l->w_drain || !l->w_moves) {
         etcd_watch_stop(l->w_nodes);
         etcd_watch_stop(l->w_drain);
-        l->w_nodes = l->w_drain = NULL;
+        etcd_watch_stop(l->w_moves);
+        l->w_nodes = l->w_drain = l->w_moves = NULL;
         return EDDY_ERR_NOMEM;
     }
     log_info("msg=\"leading\" cluster=%s partitions=%u assignment_version=%llu nodes=%zu "
@@ -288,47 +356,106 @@ static eddy_err write_map(leader *l, const struct cluster_map *next)
     return err;
 }
 
+/* One move record write (create, delete, or the "flipped" phase), only while the leader
+ * key is ours and the record is as the planner saw it. A lost compare is not an error:
+ * the watch brings the new state and the next round plans again. */
+static eddy_err move_write(leader *l, const struct plan_action *a)
+{
+    char key[CLUSTER_KEY_MAX], suffix[32];
+    snprintf(suffix, sizeof(suffix), "moves/%u", a->m.partition);
+    cluster_key(key, sizeof(key), l->cluster, suffix);
+    char *json = a->op == PLAN_DELETE ? NULL : cluster_move_to_json(&a->m);
+    if (a->op != PLAN_DELETE && !json)
+        return EDDY_ERR_NOMEM;
+    struct etcd_txn t;
+    etcd_txn_init(&t);
+    etcd_txn_compare(&t, key, ETCD_CMP_MOD, ETCD_CMP_EQUAL, a->op == PLAN_CREATE ? 0 : a->mod);
+    etcd_txn_compare_value(&t, l->k_leader, ETCD_CMP_EQUAL, l->id, strlen(l->id));
+    if (a->op == PLAN_DELETE)
+        etcd_txn_delete(&t, ETCD_ON_SUCCESS, key, false);
+    else
+        etcd_txn_put(&t, ETCD_ON_SUCCESS, key, json, strlen(json), 0);
+    struct etcd_txn_result r;
+    eddy_err err = etcd_txn(l->o.etcd, &t, &r);
+    free(json);
+    if (err != EDDY_OK)
+        return err;
+    static const char *const ops[] = {"started", "ended", "flipped"};
+    if (r.succeeded)
+        log_info("msg=\"move %s\" partition=%u from=%s to=%s epoch=%llu phase=%s", ops[a->op],
+                 a->m.partition, a->m.from, a->m.to, (unsigned long long)a->m.epoch,
+                 cluster_move_phase_name(a->m.phase));
+    etcd_txn_result_release(&r);
+    return EDDY_OK;
+}
+
 static eddy_err reassign(leader *l)
 {
     struct assign_node *nodes = NULL;
-    size_t n = 0;
-    struct cluster_map next = {0};
-    eddy_err err = registry_snapshot(l->reg, &nodes, &n, NULL);
+    size_t n = 0, nacts = 0;
+    struct cluster_map target = {0}, next = {0};
+    struct plan_rec *recs = calloc(l->nparts, sizeof(*recs));
+    struct plan_action *acts = calloc(2 * (size_t)l->nparts, sizeof(*acts));
+    eddy_err err = recs && acts ? registry_snapshot(l->reg, &nodes, &n, NULL) : EDDY_ERR_NOMEM;
     if (err != EDDY_OK)
         goto out;
     err = EDDY_ERR_NOMEM;
-    if (cluster_map_init(&next, l->nparts) != EDDY_OK)
+    if (cluster_map_init(&target, l->nparts) != EDDY_OK ||
+        cluster_map_init(&next, l->nparts) != EDDY_OK)
         goto out;
-    size_t moved = assigner_compute(nodes, n, &l->cur, &next);
+    pthread_mutex_lock(&l->moves_mu);
+    memcpy(recs, l->moves, l->nparts * sizeof(*recs));
+    pthread_mutex_unlock(&l->moves_mu);
+    assigner_compute(nodes, n, &l->cur, &target);
+    struct plan_params pp = {(size_t)(l->o.max_moves > 0 ? l->o.max_moves : 1),
+                             l->o.move_timeout_ms, clock_wall_ms()};
+    size_t moved = planner_plan(nodes, n, &l->cur, &target, recs, &pp, &next, acts, &nacts);
     err = EDDY_OK;
-    if (moved == 0 && !l->fresh)
-        goto out;
-    next.version = l->cur.version + 1;
-    err = write_map(l, &next);
-    if (err != EDDY_OK)
-        goto out;
-    size_t eligible = 0, unassigned = 0;
-    for (size_t i = 0; i < n; i++)
-        eligible += nodes[i].state && !nodes[i].draining;
-    for (uint32_t p = 0; p < next.nparts; p++)
-        unassigned += next.parts[p].owner[0] == '\0';
-    log_info("msg=\"assignment written\" version=%llu moved=%zu partitions=%u nodes=%zu "
-             "eligible=%zu unassigned=%zu revision=%lld",
-             (unsigned long long)next.version, moved, next.nparts, n, eligible, unassigned,
-             (long long)l->cur_mod);
-    for (size_t i = 0; i < n; i++) {
-        if (nodes[i].state)
-            log_debug("msg=\"owner share\" node=%s partitions=%zu draining=%d", nodes[i].id,
-                      assigner_count(&next, nodes[i].id), nodes[i].draining);
+    if (moved > 0 || l->fresh) {
+        next.version = l->cur.version + 1;
+        err = write_map(l, &next);
+        if (err != EDDY_OK)
+            goto out;
+        size_t eligible = 0, unassigned = 0;
+        for (size_t i = 0; i < n; i++)
+            eligible += nodes[i].state && !nodes[i].draining;
+        for (uint32_t p = 0; p < next.nparts; p++)
+            unassigned += next.parts[p].owner[0] == '\0';
+        log_info("msg=\"assignment written\" version=%llu moved=%zu partitions=%u nodes=%zu "
+                 "eligible=%zu unassigned=%zu revision=%lld",
+                 (unsigned long long)next.version, moved, next.nparts, n, eligible, unassigned,
+                 (long long)l->cur_mod);
+        for (size_t i = 0; i < n; i++) {
+            if (nodes[i].state)
+                log_debug("msg=\"owner share\" node=%s partitions=%zu draining=%d",
+                          nodes[i].id, assigner_count(&next, nodes[i].id), nodes[i].draining);
+        }
+        cluster_map_release(&l->cur);
+        l->cur = next;
+        next = (struct cluster_map){0};
+        l->fresh = false;
     }
-    cluster_map_release(&l->cur);
-    l->cur = next;
-    next = (struct cluster_map){0};
-    l->fresh = false;
+    /* the records after the map: "flipped" only once the map names the target */
+    for (size_t i = 0; i < nacts && err == EDDY_OK; i++)
+        err = move_write(l, &acts[i]);
 out:
+    cluster_map_release(&target);
     cluster_map_release(&next);
     free(nodes);
+    free(recs);
+    free(acts);
     return err;
+}
+
+/* Whether any move record exists (the loop then plans at least every second: timeouts). */
+static bool moves_pending(leader *l)
+{
+    bool any = false;
+    pthread_mutex_lock(&l->moves_mu);
+    for (uint32_t p = 0; l->moves && p < l->nparts && !any; p++)
+        any = l->moves[p].present;
+    pthread_mutex_unlock(&l->moves_mu);
+    return any;
 }
 
 /* Wait until the registry has been quiet for settle_ms (bounded); returns its generation. */
@@ -358,18 +485,22 @@ static void *leader_main(void *arg)
         pause_ms(l, backoff);
         backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
     }
-    bool dirty = true;
+    bool dirty = true, nodes_changed = true;
     int conflicts = 0;
-    uint64_t seen = 0;
+    uint64_t seen = 0, mseen = 0;
     backoff = 100;
     while (!atomic_load(&l->stop) && !l->fenced) {
         if (!dirty) {
             uint64_t g = registry_wait(l->reg, seen, 1000);
-            if (g == seen)
+            nodes_changed = g != seen;
+            dirty = nodes_changed || atomic_load(&l->moves_gen) != mseen || moves_pending(l);
+            if (!dirty)
                 continue;
-            dirty = true;
         }
-        seen = settle(l);
+        if (nodes_changed) /* node changes come in bursts: wait for quiet */
+            seen = settle(l);
+        nodes_changed = false;
+        mseen = atomic_load(&l->moves_gen);
         if (atomic_load(&l->stop))
             break;
         eddy_err err = reassign(l);
@@ -406,9 +537,12 @@ leader *leader_start(const struct leader_opts *o, etcd_session *s)
     cluster_key(l->k_leader, sizeof(l->k_leader), o->cluster, "leader");
     cluster_key(l->k_nodes, sizeof(l->k_nodes), o->cluster, "nodes/");
     cluster_key(l->k_drain, sizeof(l->k_drain), o->cluster, "drain/");
+    cluster_key(l->k_moves, sizeof(l->k_moves), o->cluster, "moves/");
+    pthread_mutex_init(&l->moves_mu, NULL);
     l->reg = registry_new();
     if (!l->reg || pthread_create(&l->thread, NULL, leader_main, l) != 0) {
         registry_free(l->reg);
+        pthread_mutex_destroy(&l->moves_mu);
         free(l);
         return NULL;
     }
@@ -426,7 +560,10 @@ void leader_stop(leader *l)
     pthread_join(l->thread, NULL);
     etcd_watch_stop(l->w_nodes);
     etcd_watch_stop(l->w_drain);
+    etcd_watch_stop(l->w_moves);
     cluster_map_release(&l->cur);
     registry_free(l->reg);
+    pthread_mutex_destroy(&l->moves_mu);
+    free(l->moves);
     free(l);
 }

@@ -11,6 +11,11 @@
  * coordinator's id, so a deposed leader can never overwrite its successor's map. A lost
  * compare re-reads the map and computes again.
  *
+ * Partitions of a live owner move live (planner.h): the leader also watches moves/,
+ * creates a move record per partition to move (at most max_moves at once), flips the
+ * owner when the target reports "ready" and deletes the record when it reports "done".
+ * Every record write also compares the leader key.
+ *
  * DESIGN: the loop runs on a thread of its own (etcd calls block; watch callbacks only
  * update the registry and wake it). */
 #ifndef EDDY_LEADER_H
@@ -28,6 +33,8 @@ struct leader_opts {
     const char *id;         /* this coordinator's id, the leader key's value (copied) */
     uint32_t partitions;    /* P for a new cluster config */
     int64_t settle_ms;      /* debounce of node changes */
+    int64_t max_moves;      /* live moves at once (--max-moves, >= 1) */
+    int64_t move_timeout_ms;/* a move still copying after this is cancelled (0: never) */
 };
 
 /* Start leading with session 's' (borrowed until leader_stop returns; the leader stops

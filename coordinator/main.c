@@ -30,6 +30,7 @@
 struct coord_config {
     const char *etcd, *cluster, *id, *listen, *log_level, *metrics_listen;
     int64_t lease_ttl, partitions, settle, shutdown_grace, etcd_timeout;
+    int64_t max_moves, move_timeout;
 };
 
 #define F(n, t, field, help, lo, hi) {n, t, &c->field, help, lo, hi}
@@ -52,6 +53,11 @@ static size_t coord_flags(struct coord_config *c, struct flag *out)
           "partitions P of a NEW cluster (an existing cluster keeps its stored P)", 1, 65535),
         F("settle", FLAG_DURATION, settle,
           "wait until node changes have been quiet this long before reassigning", 0, 60000),
+        F("max-moves", FLAG_INT, max_moves,
+          "live partition moves in progress at once, cluster-wide", 1, 65535),
+        F("move-timeout", FLAG_DURATION, move_timeout,
+          "cancel a move whose target has not caught up after this (it is planned again; 0 = "
+          "never)", 0, 0),
         F("etcd-timeout", FLAG_DURATION, etcd_timeout, "deadline of each etcd call", 100, 60000),
         F("log-level", FLAG_STRING, log_level, "debug, info, warn or error", 0, 0),
         F("shutdown-grace", FLAG_DURATION, shutdown_grace,
@@ -110,7 +116,7 @@ static void on_elected(void *ud, etcd_session *s)
 {
     struct coord *co = ud;
     struct leader_opts lo = {co->etcd, co->cfg->cluster, co->id, (uint32_t)co->cfg->partitions,
-                             co->cfg->settle};
+                             co->cfg->settle, co->cfg->max_moves, co->cfg->move_timeout};
     co->lead = leader_start(&lo, s);
     if (!co->lead)
         log_error("msg=\"cannot start the leader loop\"");
@@ -141,6 +147,7 @@ int main(int argc, char **argv)
     struct coord_config cfg = {
         .cluster = "eddy", .listen = "127.0.0.1:7071", .metrics_listen = "127.0.0.1:9465", .log_level = "info",
         .lease_ttl = 10000, .partitions = 256, .settle = 200, .shutdown_grace = 5000,
+        .max_moves = 2, .move_timeout = 600000,
         .etcd_timeout = 2000,
     }, *c = &cfg;
     struct flag flags[32];

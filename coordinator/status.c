@@ -21,6 +21,9 @@ struct status_mem {
     Eddy__Cluster__V1__Partition **part_ptrs;
     char **drains;
     char (*ckpt_nodes)[CLUSTER_ID_MAX]; /* [nparts] */
+    struct cluster_move *moves;           /* [n] */
+    Eddy__Cluster__V1__Move *move_msgs;   /* [n] */
+    Eddy__Cluster__V1__Move **move_ptrs;  /* [n] */
     char *strings; /* cluster, leader id, answered_by, drain ids: one block */
 };
 
@@ -59,6 +62,9 @@ void status_release(struct status_reply *r)
     free(m->part_ptrs);
     free(m->drains);
     free(m->ckpt_nodes);
+    free(m->moves);
+    free(m->move_msgs);
+    free(m->move_ptrs);
     free(m->strings);
     free(m);
     r->mem = NULL;
@@ -103,6 +109,46 @@ static void add_checkpoints(const struct status_snapshot *snap, struct status_me
         pi->checkpoint_age_ms = snap->now_ms > rec->created_ms ? snap->now_ms - rec->created_ms : 0;
     }
     free(rec);
+}
+
+/* The moves/ records that decode, in partition order (etcd's key order is textual). */
+static eddy_err add_moves(const struct status_snapshot *snap, struct status_mem *m,
+                          Eddy__Cluster__V1__ClusterStatusResponse *msg)
+{
+    size_t n = snap->moves ? snap->moves->n : 0, k = 0;
+    m->moves = calloc(n ? n : 1, sizeof(*m->moves));
+    m->move_msgs = calloc(n ? n : 1, sizeof(*m->move_msgs));
+    m->move_ptrs = calloc(n ? n : 1, sizeof(*m->move_ptrs));
+    if (!m->moves || !m->move_msgs || !m->move_ptrs)
+        return EDDY_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const struct etcd_kv *kv = &snap->moves->kvs[i];
+        struct cluster_move mv;
+        if (cluster_move_from_json(kv->value, kv->value_len, &mv) != EDDY_OK)
+            continue;
+        size_t at = k++;
+        while (at > 0 && m->moves[at - 1].partition > mv.partition) { /* insertion sort */
+            m->moves[at] = m->moves[at - 1];
+            at--;
+        }
+        m->moves[at] = mv;
+    }
+    for (size_t i = 0; i < k; i++) {
+        Eddy__Cluster__V1__Move *x = &m->move_msgs[i];
+        eddy__cluster__v1__move__init(x);
+        x->partition = m->moves[i].partition;
+        x->from = m->moves[i].from;
+        x->to = m->moves[i].to;
+        x->epoch = m->moves[i].epoch;
+        x->phase = (char *)cluster_move_phase_name(m->moves[i].phase);
+        x->age_ms = m->moves[i].started_ms > 0 && snap->now_ms > m->moves[i].started_ms
+                        ? snap->now_ms - m->moves[i].started_ms
+                        : 0;
+        m->move_ptrs[i] = x;
+    }
+    msg->moves = m->move_ptrs;
+    msg->n_moves = k;
+    return EDDY_OK;
 }
 
 /* Copy 's' to the string block at '*at'. */
@@ -218,6 +264,8 @@ eddy_err status_build(const struct status_snapshot *snap, const char *answered_b
     }
     out->msg.n_nodes = k; /* etcd returns keys in order: nodes are sorted by id */
     out->msg.nodes = m->node_ptrs;
+    if ((err = add_moves(snap, m, &out->msg)) != EDDY_OK)
+        goto fail;
     return EDDY_OK;
 fail:
     status_release(out);
@@ -227,7 +275,7 @@ fail:
 
 /* --- the RPC ------------------------------------------------------------------------------ */
 
-enum { OP_NODES, OP_DRAINS, OP_CONFIG, OP_LEADER, OP_ASSIGN, OP_CKPTS, OP_COUNT };
+enum { OP_NODES, OP_DRAINS, OP_CONFIG, OP_LEADER, OP_ASSIGN, OP_CKPTS, OP_MOVES, OP_COUNT };
 
 static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
 {
@@ -239,12 +287,14 @@ static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
     cluster_key(k[OP_LEADER], sizeof(k[0]), svc->cluster, "leader");
     cluster_key(k[OP_ASSIGN], sizeof(k[0]), svc->cluster, "assignment");
     cluster_key(k[OP_CKPTS], sizeof(k[0]), svc->cluster, "checkpoints/");
+    cluster_key(k[OP_MOVES], sizeof(k[0]), svc->cluster, "moves/");
     /* No compares: the success branch always runs, and etcd reads every range at the same
      * revision. */
     struct etcd_txn t;
     etcd_txn_init(&t);
     for (int i = 0; i < OP_COUNT; i++)
-        etcd_txn_range(&t, ETCD_ON_SUCCESS, k[i], i == OP_NODES || i == OP_DRAINS || i == OP_CKPTS);
+        etcd_txn_range(&t, ETCD_ON_SUCCESS, k[i],
+                       i == OP_NODES || i == OP_DRAINS || i == OP_CKPTS || i == OP_MOVES);
     struct etcd_txn_result r;
     eddy_err err = etcd_txn(svc->etcd, &t, &r);
     if (err != EDDY_OK) {
@@ -262,7 +312,8 @@ static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
         .cluster = svc->cluster, .revision = r.revision,
         .nodes = &r.ops[OP_NODES].kvs, .drains = &r.ops[OP_DRAINS].kvs,
         .config = ONE(OP_CONFIG), .leader = ONE(OP_LEADER), .assignment = ONE(OP_ASSIGN),
-        .checkpoints = &r.ops[OP_CKPTS].kvs, .now_ms = clock_wall_ms(),
+        .checkpoints = &r.ops[OP_CKPTS].kvs, .moves = &r.ops[OP_MOVES].kvs,
+        .now_ms = clock_wall_ms(),
     };
 #undef ONE
     struct status_reply out;
@@ -276,9 +327,61 @@ static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
     etcd_txn_result_release(&r);
 }
 
+/* Drain: the drain/<id> key is the request; the leader acts on it through its watch. */
+static void handle_drain(void *ud, rpc_call *call, const ProtobufCMessage *msg)
+{
+    struct status_service *svc = ud;
+    const Eddy__Cluster__V1__DrainRequest *req = (const Eddy__Cluster__V1__DrainRequest *)msg;
+    size_t len = req->node_id ? strlen(req->node_id) : 0;
+    if (len == 0 || len >= CLUSTER_ID_MAX || strchr(req->node_id, '/')) {
+        rpc_reply_error(call, GRPC_STATUS_INVALID_ARGUMENT,
+                        "node_id must be 1..%d bytes without '/'", CLUSTER_ID_MAX - 1);
+        return;
+    }
+    char suffix[CLUSTER_ID_MAX + 16], key[CLUSTER_KEY_MAX], nkey[CLUSTER_KEY_MAX],
+        akey[CLUSTER_KEY_MAX];
+    snprintf(suffix, sizeof(suffix), "drain/%s", req->node_id);
+    cluster_key(key, sizeof(key), svc->cluster, suffix);
+    snprintf(suffix, sizeof(suffix), "nodes/%s", req->node_id);
+    cluster_key(nkey, sizeof(nkey), svc->cluster, suffix);
+    cluster_key(akey, sizeof(akey), svc->cluster, "assignment");
+    struct etcd_txn t;
+    etcd_txn_init(&t);
+    if (req->undo)
+        etcd_txn_delete(&t, ETCD_ON_SUCCESS, key, false);
+    else
+        etcd_txn_put(&t, ETCD_ON_SUCCESS, key, "", 0, 0);
+    etcd_txn_range(&t, ETCD_ON_SUCCESS, nkey, false);
+    etcd_txn_range(&t, ETCD_ON_SUCCESS, akey, false);
+    struct etcd_txn_result r;
+    if (etcd_txn(svc->etcd, &t, &r) != EDDY_OK) {
+        rpc_reply_error(call, GRPC_STATUS_UNAVAILABLE, "etcd: %s", etcd_last_error(svc->etcd));
+        return;
+    }
+    Eddy__Cluster__V1__DrainResponse resp = EDDY__CLUSTER__V1__DRAIN_RESPONSE__INIT;
+    if (r.succeeded && r.n_ops == 3) {
+        resp.registered = r.ops[1].kvs.n > 0;
+        struct cluster_map map = {0};
+        if (r.ops[2].kvs.n &&
+            cluster_map_from_json(r.ops[2].kvs.kvs[0].value, r.ops[2].kvs.kvs[0].value_len,
+                                  &map) == EDDY_OK)
+            resp.partitions_owned = (uint32_t)assigner_count(&map, req->node_id);
+        cluster_map_release(&map);
+    }
+    etcd_txn_result_release(&r);
+    log_info("msg=\"drain %s\" node=%s partitions_owned=%u", req->undo ? "cancelled" : "requested",
+             req->node_id, resp.partitions_owned);
+    rpc_reply(call, &resp.base);
+}
+
 eddy_err status_register(struct status_service *svc, rpc_server *s)
 {
-    return rpc_server_add_unary(s, "/eddy.cluster.v1.Coordinator/ClusterStatus",
-                                &eddy__cluster__v1__cluster_status_request__descriptor,
-                                handle_status, svc);
+    eddy_err err = rpc_server_add_unary(s, "/eddy.cluster.v1.Coordinator/ClusterStatus",
+                                        &eddy__cluster__v1__cluster_status_request__descriptor,
+                                        handle_status, svc);
+    if (err == EDDY_OK)
+        err = rpc_server_add_unary(s, "/eddy.cluster.v1.Coordinator/Drain",
+                                   &eddy__cluster__v1__drain_request__descriptor, handle_drain,
+                                   svc);
+    return err;
 }

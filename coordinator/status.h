@@ -18,6 +18,7 @@ struct status_snapshot {
     const struct etcd_kvs *nodes, *drains;
     const struct etcd_kv *config, *leader, *assignment;
     const struct etcd_kvs *checkpoints;
+    const struct etcd_kvs *moves;    /* moves/ records (may be NULL) */
     int64_t now_ms;
 };
 
@@ -41,7 +42,7 @@ struct status_service {
     const char *id;
 };
 
-/* Register /eddy.cluster.v1.Coordinator/ClusterStatus on 's' ('svc' borrowed for the
+/* Register /eddy.cluster.v1.Coordinator/ClusterStatus and Drain on 's' ('svc' borrowed for the
  * server's life). */
 eddy_err status_register(struct status_service *svc, rpc_server *s);
 

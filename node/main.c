@@ -19,8 +19,10 @@
 #include "common/partition.h"
 #include "common/rpc_server.h"
 #include "node/cluster/forwarder.h"
+#include "node/cluster/mover.h"
 #include "node/cluster/membership.h"
 #include "node/cluster/peers.h"
+#include "node/cluster/reprocess_service.h"
 #include "node/cluster/router.h"
 #include "node/cluster/stage2_remote.h"
 #include "node/cluster/state_service.h"
@@ -60,6 +62,7 @@ struct node_config {
     int64_t stage2_staleness, max_pending_events, max_group_events, cache_size;
     int64_t neighbour_cache;
     int64_t shutdown_grace;
+    int64_t move_lag, move_freeze, move_final_wait;
 };
 
 #define DAY (24 * 3600 * 1000LL)
@@ -88,6 +91,7 @@ static struct node_config defaults(void)
         .cache_size = 64 << 20, .shutdown_grace = 10000, .neighbour_cache = 20000,
         .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
         .checkpoint_timeout = 600000, .checkpoint_keep = 3, .checkpoint_dir = "",
+        .move_lag = 1000, .move_freeze = 10000, .move_final_wait = 30000,
     };
 }
 
@@ -209,6 +213,15 @@ static size_t node_flags(struct node_config *c, struct flag *out)
           "checkpoint files (default DATA_DIR/checkpoints; may be shared by nodes)", 0, 0),
         F("checkpoint-keep", FLAG_INT, checkpoint_keep, "checkpoints kept per partition", 1,
           1000),
+        F("move-lag", FLAG_INT, move_lag,
+          "a move's target asks for the flip once this few log records behind the source", 0,
+          100000000),
+        F("move-freeze", FLAG_DURATION, move_freeze,
+          "a move's source unfreezes a partition's stage 2 after this long without the "
+          "target's FetchLog (the copy then starts again)", 1000, 0),
+        F("move-final-wait", FLAG_DURATION, move_final_wait,
+          "a move's target retries the source's final log tail this long, then serves "
+          "without it (the source is gone)", 0, 0),
         F("verify-checkpoint", FLAG_STRING, verify_checkpoint,
           "check the checkpoint file FILE, print what it holds as JSON and exit (1: bad)", 0, 0),
     };
@@ -333,6 +346,7 @@ static void engine_options_from(const struct node_config *c, struct engine_opts 
 struct cluster_hooks {
     membership *mem;
     forwarder *fwd;
+    struct state_service *ss;
 };
 
 static bool hook_owns(void *ud, uint32_t p)
@@ -340,6 +354,13 @@ static bool hook_owns(void *ud, uint32_t p)
     struct cluster_hooks *h = ud;
     uint64_t epoch;
     return h->mem && membership_owns(h->mem, p, &epoch);
+}
+
+/* Stage 2 of partition p is applied here now (owned, and not frozen by a move). */
+static bool hook_stage2_local(void *ud, uint32_t p)
+{
+    struct cluster_hooks *h = ud;
+    return h->mem && state_service_stage2_local(h->ss, p);
 }
 
 static void hook_kick(void *ud)
@@ -498,11 +519,15 @@ int main(int argc, char **argv)
     peers *pe = NULL;
     membership *mem = NULL;
     forwarder *fwd = NULL;
+    mover *mov = NULL;
+    char move_dir[CHECKPOINT_PATH_MAX];
     struct stage2_remote s2;
     struct router router = {NULL, NULL, c->route_timeout, (int)c->route_retries,
                             {c->window, c->out_of_orderness, c->allowed_lateness, c->idle_timeout}};
     struct state_service ss;
     memset(&ss, 0, sizeof(ss));
+    struct reprocess_service rps;
+    memset(&rps, 0, sizeof(rps));
     rpc_server *srv = NULL;
     health *hl = NULL;
     metrics_http *mh = NULL;
@@ -515,7 +540,7 @@ int main(int argc, char **argv)
     }
     eo.metrics = nm.engine;
     if (clustered) {
-        eo.cluster = (struct engine_cluster){hook_owns, &hk, hook_kick, &hk};
+        eo.cluster = (struct engine_cluster){hook_stage2_local, &hk, hook_kick, &hk};
         pe = peers_new(64 << 20);
         router.peers = pe;
         if (!pe)
@@ -595,6 +620,12 @@ int main(int argc, char **argv)
         goto out;
     if (clustered && (roles & ROLE_STATE) && state_service_register(&ss, srv) != EDDY_OK)
         goto out;
+    rps.eng = eng;
+    rps.router = clustered ? &router : NULL;
+    rps.data_dir = c->data_dir;
+    rps.checkpoint_dir = c->checkpoint_dir;
+    if (reprocess_service_register(&rps, srv, roles & ROLE_INGEST) != EDDY_OK)
+        goto out;
     /* partitions owned: all in --dev; in a cluster on_change follows the map */
     if (eng && node_metrics_watch(&nm, eng, clustered ? 0 : (uint32_t)c->partitions) != EDDY_OK)
         goto out;
@@ -626,6 +657,10 @@ int main(int argc, char **argv)
         if (eng && state_service_takeover_init(&ss, (uint32_t)c->partitions) != EDDY_OK)
             goto out;
         ss.checkpoint_dir = cks ? ckpt_dir : NULL;
+        ss.freeze_ms = c->move_freeze;
+        snprintf(move_dir, sizeof(move_dir), "%s/moves", c->data_dir);
+        ss.move_dir = move_dir;
+        hk.ss = &ss;
         chh = (struct change_hook){nm.partitions_owned, NULL};
         struct membership_opts mo = {c->etcd, c->cluster, id, roles, addr, maddr,
                                      (c->lease_ttl + 999) / 1000, 5000, on_alive, hl,
@@ -647,7 +682,21 @@ int main(int argc, char **argv)
         ss.mem = mem;
         ss.q.owns_ud = mem;
         hk.mem = mem;
-        if (eng) { /* from now on every map change takes over new partitions */
+        if (eng) {
+            /* the moves in progress first: a partition moving here is the mover's to make
+             * ready, not the take-over's */
+            struct mover_opts mvo = {
+                .eng = eng, .mem = mem, .peers = pe, .ss = &ss, .cks = cks,
+                .cluster = c->cluster, .move_dir = move_dir, .lag_records = c->move_lag,
+                .rpc_timeout_ms = c->route_timeout, .copy_timeout_ms = 600000,
+                .final_wait_ms = c->move_final_wait, .metrics = nm.move,
+            };
+            if ((e = mover_start(&mvo, &mov)) != EDDY_OK) {
+                log_error("msg=\"cannot start the mover\" error=\"%s\"", eddy_strerror(e));
+                rpc_server_shutdown(srv, 0);
+                goto out;
+            }
+            /* from now on every map change takes over new partitions */
             chh.ss = &ss;
             state_service_takeover(&ss);
         }
@@ -693,6 +742,8 @@ out:
     ckptsched_free(cks);     /* before the membership its hooks use and the engine */
     if (status == 0 && checkpoints)
         final_checkpoints(ckpt_dir, eng, mem);
+    mover_stop(mov);         /* a move in progress resumes at the next start */
+    reprocess_service_stop(&rps); /* a rebuild still running gives up, swapping nothing */
     forwarder_stop(fwd);     /* unsent stage-2 records stay in the OUTBOX for next time */
     membership_stop(mem);    /* revokes the lease: the coordinator reassigns at once */
     hk.mem = NULL;

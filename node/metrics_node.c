@@ -139,6 +139,25 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
     cm->last_success = metrics_gauge(
         m, "eddy_checkpoint_last_success_timestamp_seconds",
         "Unix time of the last successful checkpoint written by this node (0: none yet).");
+    struct mover_metrics *mm = &nm->move;
+    mm->duration = metrics_histogram(
+        m, "eddy_move_duration_seconds",
+        "Live partition moves into this node: time from the start of the checkpoint copy to "
+        "serving the partition (copy, log tail, flip, final tail).",
+        checkpoint_buckets, N(checkpoint_buckets));
+    mm->pause = metrics_histogram(
+        m, "eddy_move_pause_seconds",
+        "Live partition moves into this node: how long writes to the partition waited, from "
+        "the flip of its owner to the final log tail applied here.",
+        checkpoint_buckets, N(checkpoint_buckets));
+    mm->active = metrics_gauge(m, "eddy_moves_active",
+                               "Live partition moves into this node in progress.");
+    mm->failures = metrics_counter(
+        m, "eddy_move_failures_total",
+        "Move steps into this node that failed and were retried (copy or tail), or final "
+        "tails given up after --move-final-wait.");
+    if (!mm->duration || !mm->pause || !mm->active || !mm->failures)
+        return EDDY_ERR_NOMEM;
     if (!em->events_ingested || !em->events_duplicate || !em->events_late || !em->batches ||
         !em->processing_seconds || !em->group_events || !em->event_to_result ||
         !im->backpressure || !nm->rpc_busy || !im->recommendations || !nm->partitions_owned ||

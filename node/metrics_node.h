@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "common/metrics.h"
+#include "node/cluster/mover.h"
 #include "node/ingest/ingest_service.h"
 #include "node/state/ckptsched.h"
 #include "node/state/engine.h"
@@ -16,6 +17,7 @@ struct node_metrics {
     struct engine_metrics engine;   /* copy into engine_opts.metrics */
     struct ingest_metrics ingest;   /* copy into ingest_service.m */
     struct ckptsched_metrics checkpoint; /* copy into ckptsched_opts.metrics */
+    struct mover_metrics move;      /* copy into mover_opts.metrics */
     metric_counter *rpc_busy;       /* for rpc_server_opts.busy_rejections */
     metric_gauge *partitions_owned;
     engine *eng;                    /* borrowed, for the scrape-time gauges */

@@ -17,8 +17,10 @@ static const struct {
     {"counts", cmd_counts, "event counts per window, overall or for one user"},
     {"delete-user", cmd_delete_user, "remove everything stored about a user"},
     {"health", cmd_health, "is the node serving? (exit 0 only if SERVING)"},
-    {"status", cmd_status, "the cluster: nodes, leader, partition map (asks --coordinator)"},
+    {"status", cmd_status, "the cluster: nodes, leader, partition map, moves (asks --coordinator)"},
+    {"drain", cmd_drain, "move every partition off a state node (scale in; asks --coordinator)"},
     {"roi", cmd_roi, "what a latency improvement is worth: monthly benefit, payback period"},
+    {"reprocess", cmd_reprocess, "rebuild state from the log (e.g. with a new half-life), swap atomically"},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -63,7 +65,7 @@ int main(int argc, char **argv)
     const struct flag flags[] = {
         {"endpoint", FLAG_STRING, &ctx.endpoint, "HOST:PORT of an Eddy node", 0, 0},
         {"coordinator", FLAG_STRING, &ctx.coordinator,
-         "HOST:PORT of an eddy-coordinator (for eddy status)", 0, 0},
+         "HOST:PORT of an eddy-coordinator (for eddy status and eddy drain)", 0, 0},
         {"output", FLAG_STRING, &ctx.output, "table | json", 0, 0},
         {"timeout", FLAG_DURATION, &ctx.timeout_ms, "deadline of each call", 1, INT64_MAX},
     };

@@ -10,6 +10,7 @@
 #include "eddy/v1/cluster.pb-c.h"
 
 #define M_STATUS "/eddy.cluster.v1.Coordinator/ClusterStatus"
+#define M_DRAIN "/eddy.cluster.v1.Coordinator/Drain"
 
 typedef Eddy__Cluster__V1__ClusterStatusResponse status_resp;
 
@@ -225,6 +226,16 @@ static int print_table(const status_resp *r)
         cli_table_print(nt, stdout, 2);
     else
         puts("  none registered");
+    if (r->n_moves) {
+        printf("\nmoves in progress (%zu):\n", r->n_moves);
+        printf("  %-9s %-16s %-16s %-8s %s\n", "PARTITION", "FROM", "TO", "PHASE", "AGE");
+        for (size_t i = 0; i < r->n_moves; i++) {
+            char age[32];
+            age_text(r->moves[i]->age_ms, age, sizeof(age));
+            printf("  %-9u %-16s %-16s %-8s %s\n", r->moves[i]->partition, r->moves[i]->from,
+                   r->moves[i]->to, r->moves[i]->phase, age);
+        }
+    }
     puts("\npartition map:");
     if (r->n_partitions)
         cli_table_print(pt, stdout, 2);
@@ -287,7 +298,99 @@ static int print_json(const status_resp *r)
     cJSON *dr = cJSON_AddArrayToObject(o, "draining");
     for (size_t i = 0; i < r->n_draining; i++)
         cJSON_AddItemToArray(dr, cJSON_CreateString(r->draining[i]));
+    cJSON *mv = cJSON_AddArrayToObject(o, "moves");
+    for (size_t i = 0; i < r->n_moves; i++) {
+        cJSON *it = cJSON_CreateObject();
+        cJSON_AddNumberToObject(it, "partition", r->moves[i]->partition);
+        cJSON_AddStringToObject(it, "from", r->moves[i]->from);
+        cJSON_AddStringToObject(it, "to", r->moves[i]->to);
+        cJSON_AddNumberToObject(it, "epoch", (double)r->moves[i]->epoch);
+        cJSON_AddStringToObject(it, "phase", r->moves[i]->phase);
+        cJSON_AddNumberToObject(it, "age_ms", (double)r->moves[i]->age_ms);
+        cJSON_AddItemToArray(mv, it);
+    }
     return cli_json_print(o);
+}
+
+/* One call to the coordinator at --coordinator; CLI_EXIT_OK with *resp (caller frees), or
+ * the exit code after a message. */
+static int coordinator_call(struct cli_ctx *ctx, const char *method, const ProtobufCMessage *req,
+                            const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp)
+{
+    *resp = NULL;
+    if (!ctx->coordinator[0]) {
+        cli_errorf("--coordinator must not be empty");
+        return CLI_EXIT_USAGE;
+    }
+    struct rpc_channel_opts co = {
+        .max_recv_bytes = 64 << 20,
+        .max_send_bytes = 1 << 20,
+        .wait_for_ready = false,
+    };
+    rpc_channel *ch = rpc_channel_open(ctx->coordinator, &co);
+    if (!ch) {
+        cli_errorf("cannot create a channel to coordinator \"%s\"", ctx->coordinator);
+        return CLI_EXIT_CONNECT;
+    }
+    struct rpc_result res = {0};
+    rpc_invoke(ch, method, req, desc, ctx->timeout_ms, resp, &res);
+    rpc_channel_close(ch);
+    if (res.code == GRPC_STATUS_OK && *resp)
+        return CLI_EXIT_OK;
+    eddy_status code = res.code != GRPC_STATUS_OK ? (eddy_status)res.code : EDDY_STATUS_INTERNAL;
+    int rc = cli_exit_code(code);
+    if (rc == CLI_EXIT_CONNECT)
+        cli_errorf("%s: %s (coordinator %s)", eddy_status_name(code),
+                   res.details[0] ? res.details : "(no message)", ctx->coordinator);
+    else
+        cli_errorf("%s: %s", eddy_status_name(code), res.details[0] ? res.details : "empty response");
+    if (*resp)
+        protobuf_c_message_free_unpacked(*resp, NULL);
+    *resp = NULL;
+    return rc;
+}
+
+int cmd_drain(struct cli_ctx *ctx, int argc, char **argv)
+{
+    bool undo = false;
+    const struct cli_opt opts[] = {
+        {"undo", FLAG_BOOL, &undo, NULL, "cancel the drain: the node may own partitions again"},
+    };
+    const struct cli_spec spec = {
+        "drain", "NODE",
+        "Scale in: ask the coordinator (--coordinator) to move every partition of state node "
+        "NODE to the other state nodes, live (at most --max-moves at a time), and to give it "
+        "none again until --undo. Returns at once; watch the moves with eddy status. The node "
+        "may be stopped once it owns no partition.",
+        opts, sizeof(opts) / sizeof(opts[0]), 1, 1};
+    const char *pos[1];
+    int npos;
+    int rc = cli_parse(ctx, &spec, argc, argv, pos, &npos);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    Eddy__Cluster__V1__DrainRequest req = EDDY__CLUSTER__V1__DRAIN_REQUEST__INIT;
+    req.node_id = (char *)pos[0];
+    req.undo = undo;
+    ProtobufCMessage *resp = NULL;
+    rc = coordinator_call(ctx, M_DRAIN, &req.base, &eddy__cluster__v1__drain_response__descriptor,
+                          &resp);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    const Eddy__Cluster__V1__DrainResponse *r = (const Eddy__Cluster__V1__DrainResponse *)resp;
+    if (ctx->json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "node_id", pos[0]);
+        cJSON_AddBoolToObject(o, "draining", !undo);
+        cJSON_AddBoolToObject(o, "registered", r->registered);
+        cJSON_AddNumberToObject(o, "partitions_owned", r->partitions_owned);
+        rc = cli_json_print(o);
+    } else {
+        printf("%s %s: %u partition%s owned now%s\n", undo ? "drain cancelled for" : "draining",
+               pos[0], r->partitions_owned, r->partitions_owned == 1 ? "" : "s",
+               r->registered ? "" : " (node not registered)");
+    }
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return rc;
 }
 
 int cmd_status(struct cli_ctx *ctx, int argc, char **argv)
@@ -305,40 +408,12 @@ int cmd_status(struct cli_ctx *ctx, int argc, char **argv)
     int rc = cli_parse(ctx, &spec, argc, argv, pos, &npos);
     if (rc != CLI_CONTINUE)
         return rc;
-    if (!ctx->coordinator[0]) {
-        cli_errorf("--coordinator must not be empty");
-        return CLI_EXIT_USAGE;
-    }
-    struct rpc_channel_opts co = {
-        .max_recv_bytes = 64 << 20,
-        .max_send_bytes = 1 << 20,
-        .wait_for_ready = false,
-    };
-    rpc_channel *ch = rpc_channel_open(ctx->coordinator, &co);
-    if (!ch) {
-        cli_errorf("cannot create a channel to coordinator \"%s\"", ctx->coordinator);
-        return CLI_EXIT_CONNECT;
-    }
     Eddy__Cluster__V1__ClusterStatusRequest req = EDDY__CLUSTER__V1__CLUSTER_STATUS_REQUEST__INIT;
     ProtobufCMessage *resp = NULL;
-    struct rpc_result res = {0};
-    rpc_invoke(ch, M_STATUS, &req.base, &eddy__cluster__v1__cluster_status_response__descriptor,
-               ctx->timeout_ms, &resp, &res);
-    rpc_channel_close(ch);
-    if (res.code != GRPC_STATUS_OK || !resp) {
-        eddy_status code = res.code != GRPC_STATUS_OK ? (eddy_status)res.code
-                                                      : EDDY_STATUS_INTERNAL;
-        rc = cli_exit_code(code);
-        if (rc == CLI_EXIT_CONNECT)
-            cli_errorf("%s: %s (coordinator %s)", eddy_status_name(code),
-                       res.details[0] ? res.details : "(no message)", ctx->coordinator);
-        else
-            cli_errorf("%s: %s", eddy_status_name(code),
-                       res.details[0] ? res.details : "empty response");
-        if (resp)
-            protobuf_c_message_free_unpacked(resp, NULL);
+    rc = coordinator_call(ctx, M_STATUS, &req.base,
+                          &eddy__cluster__v1__cluster_status_response__descriptor, &resp);
+    if (rc != CLI_EXIT_OK)
         return rc;
-    }
     const status_resp *r = (const status_resp *)resp;
     rc = ctx->json ? print_json(r) : print_table(r);
     protobuf_c_message_free_unpacked(resp, NULL);

@@ -103,6 +103,8 @@ static size_t run_round(forwarder *f)
     size_t *idx = calloc(ROUND_MAX, sizeof(*idx));
     char (*dest)[CLUSTER_ADDR_MAX] = calloc(MAX_DESTS, CLUSTER_ADDR_MAX);
     size_t ndest = 0, done = 0;
+    uint32_t *parts = NULL;
+    bool *named = NULL;
     if (!addrs || !batch || !idx || !dest)
         goto out;
     for (size_t i = 0; i < r.n; i++) {
@@ -117,8 +119,13 @@ static size_t run_round(forwarder *f)
                 snprintf(dest[ndest++], CLUSTER_ADDR_MAX, "%s", addrs[k]);
         }
     }
+    parts = calloc(P, sizeof(*parts));
+    named = calloc(P, sizeof(*named));
+    if (!parts || !named)
+        goto out;
     for (size_t d = 0; d < ndest; d++) {
-        size_t nb = 0;
+        size_t nb = 0, np = 0;
+        memset(named, 0, P * sizeof(*named));
         for (size_t i = 0; i < r.n; i++) {
             bool unknown;
             size_t n = destinations(f, r.recs[i].b, addrs, &unknown);
@@ -130,9 +137,26 @@ static size_t run_round(forwarder *f)
                 }
             }
         }
+        /* name the partitions this destination owns as far as we know: it applies those
+         * and refuses the whole call if one is not its own any more (a move) */
+        for (size_t j = 0; j < nb; j++) {
+            size_t total = product_records(batch[j]);
+            for (size_t k = 0; k < total; k++) {
+                uint32_t q = partition_of_product(product_record_key(batch[j], k), P);
+                char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
+                uint64_t epoch;
+                if (!named[q] && membership_owner(f->mem, q, owner, &epoch, addr) &&
+                    strcmp(addr, dest[d]) == 0) {
+                    named[q] = true;
+                    parts[np++] = q;
+                }
+            }
+        }
         Eddy__State__V1__ForwardRequest req = EDDY__STATE__V1__FORWARD_REQUEST__INIT;
         req.batches = batch;
         req.n_batches = nb;
+        req.partitions = parts;
+        req.n_partitions = np;
         ProtobufCMessage *resp = NULL;
         struct rpc_result res;
         rpc_channel *ch = peers_get(f->peers, dest[d]);
@@ -155,6 +179,8 @@ static size_t run_round(forwarder *f)
     }
     engine_outbox_done(f->eng, done);
 out:
+    free(parts);
+    free(named);
     for (size_t i = 0; i < r.n; i++)
         eddy__store__v1__stage2_batch__free_unpacked(r.recs[i].b, NULL);
     free(r.recs);

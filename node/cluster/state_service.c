@@ -1,9 +1,17 @@
 /* eddy.state.v1.State handlers. */
 #include "node/cluster/state_service.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/clock.h"
 
 #include "common/log.h"
 #include "node/state/checkpoint.h"
@@ -17,15 +25,45 @@ eddy_err state_service_takeover_init(struct state_service *svc, uint32_t partiti
 {
     svc->ready = calloc(partitions, sizeof(*svc->ready));
     svc->restoring = calloc(partitions, sizeof(*svc->restoring));
-    return svc->ready && svc->restoring ? EDDY_OK : EDDY_ERR_NOMEM;
+    svc->incoming = calloc(partitions, sizeof(*svc->incoming));
+    svc->freeze_id = calloc(partitions, sizeof(*svc->freeze_id));
+    svc->freeze_until = calloc(partitions, sizeof(*svc->freeze_until));
+    return svc->ready && svc->restoring && svc->incoming && svc->freeze_id && svc->freeze_until
+               ? EDDY_OK
+               : EDDY_ERR_NOMEM;
 }
 
 void state_service_takeover_release(struct state_service *svc)
 {
     free(svc->ready);
     free(svc->restoring);
+    free(svc->incoming);
+    free(svc->freeze_id);
+    free((void *)svc->freeze_until);
     svc->ready = NULL;
     svc->restoring = NULL;
+    svc->incoming = NULL;
+    svc->freeze_id = NULL;
+    svc->freeze_until = NULL;
+}
+
+/* Whether a move's copy froze partition p's stage 2 here (and the freeze has not lapsed). */
+static bool frozen(const struct state_service *svc, uint32_t p)
+{
+    return atomic_load(&svc->freeze_id[p]) != 0 &&
+           clock_mono_ms() < atomic_load(&svc->freeze_until[p]);
+}
+
+bool state_service_stage2_local(void *ud, uint32_t p)
+{
+    struct state_service *svc = ud;
+    uint64_t epoch;
+    return svc->mem && membership_owns(svc->mem, p, &epoch) && !(svc->freeze_id && frozen(svc, p));
+}
+
+void state_service_mark_ready(struct state_service *svc, uint32_t p, uint64_t epoch)
+{
+    atomic_store(&svc->ready[p], epoch + 1);
 }
 
 /* Whether partition p is taken over at 'epoch' (writes and reads may be answered). */
@@ -61,8 +99,8 @@ void state_service_takeover(struct state_service *svc)
     for (uint32_t p = 0; p < P; p++) {
         uint64_t epoch;
         if (!membership_owns(svc->mem, p, &epoch) || ready_at(svc, p, epoch) ||
-            atomic_load(&svc->restoring[p]) == epoch + 1)
-            continue;
+            atomic_load(&svc->restoring[p]) == epoch + 1 || atomic_load(&svc->incoming[p]))
+            continue; /* (a partition a move brings here is the mover's to make ready) */
         struct engine_partition_view v;
         struct checkpoint_info info;
         engine_partition(svc->eng, p, &v);
@@ -260,9 +298,24 @@ static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
                         "etcd session may have expired: not acknowledging writes");
         return;
     }
-    /* records for a partition still being taken over would be overwritten by its restore */
     uint32_t P = membership_partitions(svc->mem);
-    for (size_t i = 0; i < req->n_batches; i++) {
+    /* the partitions the sender means: each must be ours, taken over and not frozen */
+    for (size_t i = 0; i < req->n_partitions; i++) {
+        uint32_t q = req->partitions[i];
+        uint64_t epoch;
+        if (q >= P || !membership_owns(svc->mem, q, &epoch)) {
+            rpc_reply_error(c, GRPC_STATUS_FAILED_PRECONDITION,
+                            "not owner of partition %u: nothing applied", q);
+            return;
+        }
+        if (!ready_at(svc, q, epoch) || frozen(svc, q)) {
+            rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE,
+                            "partition %u being taken over or moved: retry", q);
+            return;
+        }
+    }
+    /* records for a partition still being taken over would be overwritten by its restore */
+    for (size_t i = 0; i < req->n_batches && req->n_partitions == 0; i++) {
         const Eddy__Store__V1__Stage2Batch *b = req->batches[i];
         size_t total = product_records(b);
         for (size_t k = 0; k < total; k++) {
@@ -276,7 +329,9 @@ static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
             }
         }
     }
-    eddy_err err = engine_forward(svc->eng, req->batches, req->n_batches, forward_done, c);
+    eddy_err err = engine_forward_to(svc->eng, req->batches, req->n_batches,
+                                     req->n_partitions ? req->partitions : NULL,
+                                     req->n_partitions, forward_done, c);
     if (err != EDDY_OK)
         rpc_reply_error(c, eddy_err_to_grpc(err), "forward: %s", eddy_strerror(err));
 }
@@ -343,6 +398,11 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     case EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER:
         if (!membership_alive(svc->mem)) {
             rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE, "etcd session may have expired");
+            return;
+        }
+        if (frozen(svc, req->partition)) { /* a move's target replays the log, not this */
+            rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE, "partition %u is moving: retry",
+                            req->partition);
             return;
         }
         err = engine_delete_user(svc->eng, req->delete_user->user_id, delete_done, c);
@@ -488,6 +548,262 @@ static void handle_neighbours(void *ud, rpc_call *c, const ProtobufCMessage *msg
     free(items);
 }
 
+/* ---- a move's source: FetchCheckpoint, FetchLog ---------------------------------------- */
+
+#define CHUNK_BYTES (1u << 20)
+#define LOG_DEFAULT_RECORDS 1000u
+#define LOG_MAX_RECORDS 10000u
+#define LOG_MAX_BYTES (8u << 20)
+
+static void freeze(struct state_service *svc, uint32_t p, uint64_t move_id)
+{
+    atomic_store(&svc->freeze_until[p], clock_mono_ms() + svc->freeze_ms);
+    atomic_store(&svc->freeze_id[p], move_id);
+}
+
+struct fetch_ckpt {
+    struct state_service *svc;
+    rpc_call *call;
+    uint32_t p;
+    uint64_t epoch, move_id;
+};
+
+/* Stream the open file 'fd' as CheckpointChunks. */
+static eddy_err stream_file(rpc_call *c, int fd, const struct checkpoint_info *info)
+{
+    unsigned char *buf = malloc(CHUNK_BYTES);
+    if (!buf)
+        return EDDY_ERR_NOMEM;
+    eddy_err err = EDDY_OK;
+    uint64_t off = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf, CHUNK_BYTES);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            err = EDDY_ERR_IO;
+            break;
+        }
+        if (n == 0 && off > 0)
+            break;
+        Eddy__State__V1__CheckpointChunk ch = EDDY__STATE__V1__CHECKPOINT_CHUNK__INIT;
+        ch.offset = off;
+        ch.data.data = buf;
+        ch.data.len = (size_t)n;
+        if (off == 0) {
+            ch.total_bytes = info->bytes;
+            ch.seq = info->seq;
+        }
+        while ((err = rpc_stream_send(c, &ch.base)) == EDDY_ERR_FULL)
+            usleep(2000); /* the client reads slower than the disk: wait for the window */
+        if (err != EDDY_OK || n == 0)
+            break;
+        off += (uint64_t)n;
+    }
+    free(buf);
+    return err;
+}
+
+static void *fetch_ckpt_main(void *arg)
+{
+    struct fetch_ckpt *fc = arg;
+    struct state_service *svc = fc->svc;
+    uint64_t epoch = 0;
+    char path[CHECKPOINT_PATH_MAX];
+    grpc_status_code code = GRPC_STATUS_OK;
+    const char *msg = NULL;
+    if (!membership_owns(svc->mem, fc->p, &epoch) || epoch != fc->epoch) {
+        rpc_stream_finish(fc->call, GRPC_STATUS_FAILED_PRECONDITION,
+                          "not owner of the partition at this epoch");
+        free(fc);
+        return NULL;
+    }
+    /* Freeze first, then let every job that may have applied the partition's stage 2
+     * locally commit: the snapshot below then holds all of it, and what follows is in
+     * the log (the target replays it) or waits in OUTBOXes. */
+    atomic_store(&svc->freeze_until[fc->p], INT64_MAX); /* held while this copy runs */
+    atomic_store(&svc->freeze_id[fc->p], fc->move_id);
+    engine_flush(svc->eng);
+    struct checkpoint_info info;
+    snprintf(path, sizeof(path), "%s/out-p%05u-%016" PRIx64 ".ckp", svc->move_dir, fc->p,
+             fc->move_id);
+    mkdir(svc->move_dir, 0750);
+    eddy_err err = checkpoint_write(engine_store(svc->eng), fc->p, path, &info);
+    int fd = err == EDDY_OK ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    if (fd >= 0) {
+        err = stream_file(fc->call, fd, &info);
+        close(fd);
+    } else if (err == EDDY_OK) {
+        err = EDDY_ERR_IO;
+    }
+    unlink(path);
+    freeze(svc, fc->p, fc->move_id); /* now the target's FetchLog calls keep it */
+    if (err != EDDY_OK) {
+        code = eddy_err_to_grpc(err);
+        msg = eddy_strerror(err);
+        log_warn("msg=\"checkpoint for a move not sent\" partition=%u error=\"%s\"", fc->p, msg);
+    } else {
+        log_info("msg=\"checkpoint sent for a move\" partition=%u seq=%" PRIu64 " bytes=%" PRIu64,
+                 fc->p, info.seq, info.bytes);
+    }
+    rpc_stream_finish(fc->call, code, msg);
+    free(fc);
+    return NULL;
+}
+
+/* Writing and streaming a checkpoint takes long: a thread of its own, not a handler's. */
+static void handle_fetch_checkpoint(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct state_service *svc = ud;
+    const Eddy__State__V1__FetchCheckpointRequest *req =
+        (const Eddy__State__V1__FetchCheckpointRequest *)msg;
+    if (req->partition >= membership_partitions(svc->mem) || req->move_id == 0) {
+        rpc_stream_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "bad partition or move_id 0");
+        return;
+    }
+    struct fetch_ckpt *fc = malloc(sizeof(*fc));
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (fc) {
+        *fc = (struct fetch_ckpt){svc, c, req->partition, req->epoch, req->move_id};
+        if (pthread_create(&t, &attr, fetch_ckpt_main, fc) != 0) {
+            free(fc);
+            fc = NULL;
+        }
+    }
+    pthread_attr_destroy(&attr);
+    if (!fc)
+        rpc_stream_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "cannot start the checkpoint copy");
+}
+
+struct fence_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+};
+
+static void fence_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
+{
+    struct fence_wait *w = ud;
+    (void)err; /* NOT_OWNER: a newer epoch is already recorded, which fences as well */
+    (void)r;
+    pthread_mutex_lock(&w->mu);
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Record 'epoch' as the partition's highest: every write queued before is committed when
+ * this returns, every later one with an older epoch is refused by the engine. */
+static eddy_err fence(struct state_service *svc, uint32_t p, uint64_t epoch)
+{
+    struct fence_wait w = {.done = false};
+    pthread_mutex_init(&w.mu, NULL);
+    clock_cond_init(&w.cv);
+    eddy_err err = engine_apply(svc->eng, p, epoch, NULL, 0, fence_done, &w);
+    if (err == EDDY_OK) {
+        pthread_mutex_lock(&w.mu);
+        while (!w.done)
+            pthread_cond_wait(&w.cv, &w.mu);
+        pthread_mutex_unlock(&w.mu);
+    }
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+    return err;
+}
+
+struct log_page {
+    Eddy__State__V1__LogEntry *e;   /* [LOG_MAX_RECORDS] */
+    Eddy__State__V1__LogEntry **ep;
+    size_t n, max, bytes;
+    uint64_t last;
+};
+
+static int collect_log(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct log_page *lp = ud;
+    size_t off = 3; /* partition u16, table byte */
+    uint64_t seq;
+    if (lp->n == lp->max || (lp->n > 0 && lp->bytes + vlen > LOG_MAX_BYTES))
+        return 1;
+    if (!key_get_u64(k, klen, &off, &seq))
+        return 0;
+    Eddy__State__V1__LogEntry *e = &lp->e[lp->n];
+    eddy__state__v1__log_entry__init(e);
+    e->seq = seq;
+    e->record.data = malloc(vlen ? vlen : 1);
+    if (!e->record.data)
+        return 1;
+    memcpy(e->record.data, v, vlen);
+    e->record.len = vlen;
+    lp->ep[lp->n++] = e;
+    lp->bytes += vlen;
+    lp->last = seq;
+    return 0;
+}
+
+static void handle_fetch_log(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct state_service *svc = ud;
+    const Eddy__State__V1__FetchLogRequest *req = (const Eddy__State__V1__FetchLogRequest *)msg;
+    uint32_t p = req->partition;
+    uint64_t epoch;
+    if (p >= membership_partitions(svc->mem)) {
+        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "partition %u out of range", p);
+        return;
+    }
+    if (req->fence_epoch) {
+        eddy_err err = fence(svc, p, req->fence_epoch);
+        if (err != EDDY_OK) {
+            rpc_reply_error(c, eddy_err_to_grpc(err), "fence: %s", eddy_strerror(err));
+            return;
+        }
+    } else if (!membership_owns(svc->mem, p, &epoch)) {
+        rpc_reply_error(c, GRPC_STATUS_FAILED_PRECONDITION, "not owner of partition %u", p);
+        return;
+    } else if (atomic_load(&svc->freeze_id[p]) != req->move_id || !frozen(svc, p)) {
+        rpc_reply_error(c, GRPC_STATUS_ABORTED,
+                        "the move's freeze of partition %u lapsed: copy it again", p);
+        return;
+    } else {
+        freeze(svc, p, req->move_id);
+    }
+    /* everything below the published next seq is committed: read up to it */
+    struct engine_partition_view v;
+    engine_partition(svc->eng, p, &v);
+    size_t max = req->max_records ? req->max_records : LOG_DEFAULT_RECORDS;
+    if (max > LOG_MAX_RECORDS)
+        max = LOG_MAX_RECORDS;
+    struct log_page lp = {calloc(max, sizeof(*lp.e)), calloc(max, sizeof(*lp.ep)), 0, max, 0, 0};
+    Eddy__State__V1__FetchLogResponse r = EDDY__STATE__V1__FETCH_LOG_RESPONSE__INIT;
+    if (!lp.e || !lp.ep) {
+        rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    if (req->from_seq < v.next_seq) {
+        struct store_key start, end;
+        key_init(&start, p, T_LOG);
+        key_u64(&start, req->from_seq);
+        key_init(&end, p, T_LOG);
+        key_u64(&end, v.next_seq);
+        store_scan(engine_store(svc->eng), &start, &end, collect_log, &lp);
+    }
+    r.entries = lp.ep;
+    r.n_entries = lp.n;
+    r.head_seq = v.next_seq;
+    /* a full page: continue after it; otherwise everything up to the head was read */
+    bool full = lp.n == lp.max || (lp.n > 0 && lp.bytes >= LOG_MAX_BYTES / 2);
+    r.next_seq = full ? lp.last + 1 : (req->from_seq > v.next_seq ? req->from_seq : v.next_seq);
+    rpc_reply(c, &r.base);
+out:
+    for (size_t i = 0; i < lp.n; i++)
+        free(lp.e[i].record.data);
+    free(lp.e);
+    free(lp.ep);
+}
+
 eddy_err state_service_register(struct state_service *svc, rpc_server *s)
 {
     static const struct {
@@ -509,6 +825,9 @@ eddy_err state_service_register(struct state_service *svc, rpc_server *s)
          handle_category_top, STATE_LANE_LEAF},
         {"/eddy.state.v1.State/Neighbours", &eddy__state__v1__neighbours_request__descriptor,
          handle_neighbours, STATE_LANE_LEAF},
+        /* the fence waits for the writer, nothing else */
+        {"/eddy.state.v1.State/FetchLog", &eddy__state__v1__fetch_log_request__descriptor,
+         handle_fetch_log, STATE_LANE_LEAF},
     };
     for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
         eddy_err err = rpc_server_add_unary_lane(s, methods[i].path, methods[i].desc,
@@ -516,5 +835,8 @@ eddy_err state_service_register(struct state_service *svc, rpc_server *s)
         if (err != EDDY_OK)
             return err;
     }
-    return EDDY_OK;
+    /* its handler only starts the thread that writes and streams the checkpoint */
+    return rpc_server_add_stream(s, "/eddy.state.v1.State/FetchCheckpoint",
+                                 &eddy__state__v1__fetch_checkpoint_request__descriptor,
+                                 handle_fetch_checkpoint, NULL, svc);
 }

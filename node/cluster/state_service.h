@@ -32,6 +32,15 @@ struct state_service {
      * Allocated by state_service_takeover_init. */
     _Atomic uint64_t *ready;
     _Atomic uint64_t *restoring; /* epoch + 1 of a restore in flight, 0 if none */
+    /* Live moves (DESIGN.md §7). As a target: non-zero while the mover brings the
+     * partition here; take-over leaves it to the mover, which marks it ready after the
+     * final tail. As a source: the move whose copy froze the partition's stage 2, and
+     * until when (CLOCK_MONOTONIC ms; each FetchLog of that move renews it). */
+    _Atomic uint64_t *incoming;
+    _Atomic uint64_t *freeze_id;
+    _Atomic int64_t *freeze_until;
+    int64_t freeze_ms;           /* --move-freeze: how long a freeze lasts unrenewed */
+    const char *move_dir;        /* where FetchCheckpoint writes its temporary files */
 };
 
 /* Allocate the per-partition take-over state for 'partitions' partitions. */
@@ -46,6 +55,14 @@ void state_service_takeover_release(struct state_service *svc);
  * change of the map (membership on_change) and once after joining. Never blocks on
  * the restore itself (it is a writer job). */
 void state_service_takeover(struct state_service *svc);
+
+/* Whether stage-2 records of product partition 'p' are applied here now (the engine's
+ * cluster owns() hook; 'ud' is the state_service): this node owns it and no move froze
+ * it. A frozen partition's records go to the OUTBOX and reach the owner after the move. */
+bool state_service_stage2_local(void *ud, uint32_t p);
+
+/* A move's target: the partition is current at 'epoch' (final tail applied): serve it. */
+void state_service_mark_ready(struct state_service *svc, uint32_t p, uint64_t epoch);
 
 /* Register the State methods on 's'; 'svc' must outlive the server. */
 eddy_err state_service_register(struct state_service *svc, rpc_server *s);

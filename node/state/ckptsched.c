@@ -75,6 +75,7 @@ struct ckptsched {
     struct ckptsched_slot *slots; /* [nparts], scheduler thread (main before start) */
 
     pthread_mutex_t mu; /* guards 'stopping' */
+    pthread_mutex_t run_mu; /* one checkpoint at a time: the thread's, or a caller's */
     pthread_cond_t cv;  /* CLOCK_MONOTONIC */
     bool stopping;
     pthread_t thread;
@@ -118,6 +119,7 @@ eddy_err ckptsched_new(engine *eng, const struct ckptsched_opts *o, ckptsched **
         return EDDY_ERR_NOMEM;
     }
     pthread_mutex_init(&cs->mu, NULL);
+    pthread_mutex_init(&cs->run_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -146,7 +148,17 @@ eddy_err ckptsched_new(engine *eng, const struct ckptsched_opts *o, ckptsched **
     return EDDY_OK;
 }
 
+static eddy_err run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out);
+
 eddy_err ckptsched_run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out)
+{
+    pthread_mutex_lock(&cs->run_mu);
+    eddy_err err = run_one(cs, p, out);
+    pthread_mutex_unlock(&cs->run_mu);
+    return err;
+}
+
+static eddy_err run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out)
 {
     const struct ckptsched_metrics *m = &cs->o.metrics;
     struct checkpoint_info ci;
@@ -276,6 +288,7 @@ void ckptsched_free(ckptsched *cs)
         pthread_join(cs->thread, NULL);
     }
     pthread_mutex_destroy(&cs->mu);
+    pthread_mutex_destroy(&cs->run_mu);
     pthread_cond_destroy(&cs->cv);
     free(cs->slots);
     free(cs);

@@ -113,7 +113,8 @@ eddy_err ckptsched_start(ckptsched *cs);
 void ckptsched_free(ckptsched *cs);
 
 /* One checkpoint of partition 'p' now, as the thread does it (write, prune, floor, metrics,
- * hook). For tests and the thread. 'out' (may be NULL) receives the file written. */
+ * hook). For tests, the thread and a move's target (any thread: one checkpoint runs at a
+ * time). 'out' (may be NULL) receives the file written. */
 eddy_err ckptsched_run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out);
 
 #endif

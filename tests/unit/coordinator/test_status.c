@@ -58,7 +58,16 @@ static void test_build(void **state)
         kv("/eddy/c/checkpoints/x", "{\"id\":\"x\",\"seq\":1,\"node\":\"n1\"}"), /* not a p */
     };
     struct etcd_kvs ck = {ckpts, 4};
-    struct status_snapshot snap = {"c", 99, &nk, &dk, &config, &lead, &assign, &ck, 3500};
+    /* key order is textual: moves/10 comes before moves/2; the answer is by partition */
+    struct etcd_kv moves[] = {
+        kv("/eddy/c/moves/10", "{\"partition\":10,\"from\":\"n1\",\"to\":\"n2\",\"epoch\":4,"
+                               "\"phase\":\"copy\",\"started_ms\":3000}"),
+        kv("/eddy/c/moves/2", "{\"partition\":2,\"from\":\"n2\",\"to\":\"n1\",\"epoch\":3,"
+                              "\"phase\":\"flipped\",\"started_ms\":1500}"),
+        kv("/eddy/c/moves/3", "{\"partition\":3,\"phase\":\"bogus\"}"), /* skipped */
+    };
+    struct etcd_kvs mk = {moves, 3};
+    struct status_snapshot snap = {"c", 99, &nk, &dk, &config, &lead, &assign, &ck, &mk, 3500};
     struct status_reply r;
     assert_int_equal(status_build(&snap, "coord-b", &r), EDDY_OK);
     const Eddy__Cluster__V1__ClusterStatusResponse *m = &r.msg;
@@ -102,6 +111,15 @@ static void test_build(void **state)
     assert_true(m->nodes[1]->draining);
     assert_string_equal(m->nodes[2]->id, "n4");
     assert_int_equal(m->nodes[2]->partitions_owned, 0);
+    assert_int_equal(m->n_moves, 2);
+    assert_int_equal(m->moves[0]->partition, 2);
+    assert_string_equal(m->moves[0]->from, "n2");
+    assert_string_equal(m->moves[0]->to, "n1");
+    assert_string_equal(m->moves[0]->phase, "flipped");
+    assert_int_equal(m->moves[0]->age_ms, 2000);
+    assert_int_equal(m->moves[1]->partition, 10);
+    assert_string_equal(m->moves[1]->phase, "copy");
+    assert_int_equal(m->moves[1]->epoch, 4);
 
     /* it packs */
     size_t len = protobuf_c_message_get_packed_size(&m->base);
@@ -114,7 +132,7 @@ static void test_empty_and_corrupt(void **state)
 {
     struct etcd_kv none = {0};
     struct etcd_kvs empty = {NULL, 0};
-    struct status_snapshot snap = {"c", 3, &empty, &empty, &none, &none, &none, NULL, 0};
+    struct status_snapshot snap = {"c", 3, &empty, &empty, &none, &none, &none, NULL, NULL, 0};
     struct status_reply r;
     assert_int_equal(status_build(&snap, "me", &r), EDDY_OK);
     assert_int_equal(r.msg.config_partitions, 0);

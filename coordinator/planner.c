@@ -1,0 +1,122 @@
+/* Live moves planned from the assigner's target (see planner.h). */
+#include "coordinator/planner.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static bool alive(const struct assign_node *nodes, size_t n, const char *id)
+{
+    for (size_t i = 0; i < n && id[0]; i++) {
+        if (nodes[i].state && strcmp(nodes[i].id, id) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void give(struct cluster_map *next, uint32_t p, const char *owner, size_t *changes)
+{
+    snprintf(next->parts[p].owner, sizeof(next->parts[p].owner), "%s", owner);
+    next->parts[p].epoch++;
+    (*changes)++;
+}
+
+static void act(struct plan_action *acts, size_t *nacts, enum plan_op op,
+                const struct cluster_move *m, int64_t mod)
+{
+    acts[*nacts].op = op;
+    acts[*nacts].m = *m;
+    acts[*nacts].mod = mod;
+    (*nacts)++;
+}
+
+size_t planner_plan(const struct assign_node *nodes, size_t n, const struct cluster_map *cur,
+                    const struct cluster_map *target, const struct plan_rec *recs,
+                    const struct plan_params *pp, struct cluster_map *next,
+                    struct plan_action *acts, size_t *nacts)
+{
+    uint32_t P = cur->nparts;
+    memcpy(next->parts, cur->parts, P * sizeof(*cur->parts));
+    next->nparts = P;
+    next->version = cur->version;
+    *nacts = 0;
+    size_t changes = 0, running = 0;
+
+    /* first the moves in progress: finish, flip, cancel or keep */
+    for (uint32_t p = 0; p < P; p++) {
+        const struct plan_rec *r = &recs[p];
+        if (!r->present)
+            continue;
+        const struct cluster_move *m = &r->m;
+        const struct cluster_part *c = &cur->parts[p];
+        bool from_ok = alive(nodes, n, m->from), to_ok = alive(nodes, n, m->to);
+        bool at_source = strcmp(c->owner, m->from) == 0 && c->epoch == m->epoch;
+        bool at_target = strcmp(c->owner, m->to) == 0 && c->epoch == m->epoch + 1;
+        switch (m->phase) {
+        case MOVE_DONE:
+            act(acts, nacts, PLAN_DELETE, m, r->mod);
+            continue;
+        case MOVE_FLIPPED:
+            if (at_target && to_ok) {
+                running++;
+                continue;
+            }
+            if (at_target && from_ok) /* the target died after the flip: back to the source */
+                give(next, p, m->from, &changes);
+            act(acts, nacts, PLAN_DELETE, m, r->mod);
+            continue;
+        case MOVE_COPY:
+        case MOVE_READY:
+            if (at_target) { /* flipped, but the phase write was lost: write it now */
+                struct cluster_move f = *m;
+                f.phase = MOVE_FLIPPED;
+                act(acts, nacts, PLAN_FLIPPED, &f, r->mod);
+                running++;
+                continue;
+            }
+            if (!at_source || !from_ok || !to_ok ||
+                (pp->move_timeout_ms > 0 && m->phase == MOVE_COPY &&
+                 pp->now_ms - m->started_ms > pp->move_timeout_ms)) {
+                act(acts, nacts, PLAN_DELETE, m, r->mod);
+                continue;
+            }
+            if (m->phase == MOVE_READY) {
+                give(next, p, m->to, &changes);
+                struct cluster_move f = *m;
+                f.phase = MOVE_FLIPPED;
+                act(acts, nacts, PLAN_FLIPPED, &f, r->mod);
+            }
+            running++;
+            continue;
+        }
+    }
+
+    /* then the partitions the assigner wants elsewhere */
+    for (uint32_t p = 0; p < P; p++) {
+        const struct cluster_part *c = &next->parts[p];
+        const char *want = target->parts[p].owner;
+        if (!want[0] || strcmp(c->owner, want) == 0)
+            continue;
+        const struct plan_rec *r = &recs[p];
+        bool kept = r->present;
+        for (size_t i = 0; kept && i < *nacts; i++) /* deleted this round: free again */
+            if (acts[i].op == PLAN_DELETE && acts[i].m.partition == p)
+                kept = false;
+        if (kept)
+            continue;
+        if (strcmp(c->owner, cur->parts[p].owner) != 0)
+            continue; /* changed above (reverted to its source) */
+        if (!c->owner[0] || !alive(nodes, n, c->owner)) {
+            give(next, p, want, &changes); /* failover: nobody to copy from */
+            continue;
+        }
+        if (running >= pp->max_moves)
+            continue;
+        struct cluster_move m = {.partition = p, .epoch = c->epoch, .phase = MOVE_COPY,
+                                 .started_ms = pp->now_ms};
+        snprintf(m.from, sizeof(m.from), "%s", c->owner);
+        snprintf(m.to, sizeof(m.to), "%s", want);
+        act(acts, nacts, PLAN_CREATE, &m, 0);
+        running++;
+    }
+    return changes;
+}

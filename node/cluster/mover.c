@@ -1,0 +1,594 @@
+/* Live partition moves, node side (see mover.h). */
+#include "node/cluster/mover.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/etcd.h"
+#include "common/log.h"
+#include "eddy/v1/state.pb-c.h"
+
+#define RETRY_MS 500        /* pause after a failed step */
+#define TAIL_PAUSE_MS 20    /* between FetchLog calls when caught up */
+
+/* The move record of one partition as last seen by the watch. */
+struct rec {
+    bool present;
+    struct cluster_move m;
+    int64_t mod;            /* its mod_revision, for compare-and-swap */
+};
+
+struct mover {
+    struct mover_opts o;
+    char prefix[CLUSTER_KEY_MAX];
+    uint32_t nparts;
+    pthread_mutex_t mu;     /* guards everything below */
+    pthread_cond_t cv;
+    bool stopping;
+    struct rec *recs;       /* [nparts] */
+    bool *drop;             /* [nparts]: moved away and done: delete the local copy */
+    etcd_watch *w;
+    pthread_t thread;
+    bool started;
+};
+
+/* --- the records ------------------------------------------------------------------------- */
+
+static bool parse_partition(const mover *mv, const char *key, uint32_t *p)
+{
+    size_t n = strlen(mv->prefix);
+    if (!key || strncmp(key, mv->prefix, n) != 0)
+        return false;
+    char *end;
+    unsigned long v = strtoul(key + n, &end, 10);
+    if (end == key + n || *end || v >= mv->nparts)
+        return false;
+    *p = (uint32_t)v;
+    return true;
+}
+
+/* Take one record (under mu). */
+static void put_rec(mover *mv, const struct etcd_kv *kv)
+{
+    uint32_t p;
+    struct cluster_move m;
+    if (!parse_partition(mv, kv->key, &p))
+        return;
+    if (cluster_move_from_json(kv->value, kv->value_len, &m) != EDDY_OK || m.partition != p) {
+        log_warn("msg=\"move record does not decode; ignored\" key=%s", kv->key);
+        return;
+    }
+    const char *self = membership_self(mv->o.mem);
+    mv->recs[p] = (struct rec){true, m, kv->mod_revision};
+    if (strcmp(m.to, self) == 0 && m.phase != MOVE_DONE)
+        atomic_store(&mv->o.ss->incoming[p], 1);
+    if (strcmp(m.from, self) == 0 && m.phase == MOVE_DONE)
+        mv->drop[p] = true;
+}
+
+static eddy_err load_all(mover *mv, int64_t *rev)
+{
+    struct etcd_kvs kvs;
+    eddy_err err = etcd_range_prefix(membership_etcd(mv->o.mem), mv->prefix, &kvs, rev);
+    if (err != EDDY_OK)
+        return err;
+    pthread_mutex_lock(&mv->mu);
+    for (uint32_t p = 0; p < mv->nparts; p++)
+        mv->recs[p].present = false;
+    for (size_t i = 0; i < kvs.n; i++)
+        put_rec(mv, &kvs.kvs[i]);
+    pthread_cond_broadcast(&mv->cv);
+    pthread_mutex_unlock(&mv->mu);
+    etcd_kvs_release(&kvs);
+    return EDDY_OK;
+}
+
+static int64_t on_move(const struct etcd_event *ev, void *ud)
+{
+    mover *mv = ud;
+    if (ev->type == ETCD_EVENT_RESYNC) {
+        int64_t rev = 0;
+        while (load_all(mv, &rev) != EDDY_OK) {
+            pthread_mutex_lock(&mv->mu);
+            bool stop = mv->stopping;
+            pthread_mutex_unlock(&mv->mu);
+            if (stop)
+                return 0;
+            usleep(RETRY_MS * 1000);
+        }
+        return rev + 1;
+    }
+    pthread_mutex_lock(&mv->mu);
+    uint32_t p;
+    if (ev->type == ETCD_EVENT_PUT)
+        put_rec(mv, &ev->kv);
+    else if (parse_partition(mv, ev->kv.key, &p))
+        mv->recs[p].present = false;
+    pthread_cond_broadcast(&mv->cv);
+    pthread_mutex_unlock(&mv->mu);
+    return 0;
+}
+
+/* The record of partition p now (false: none). */
+static bool rec_of(mover *mv, uint32_t p, struct rec *out)
+{
+    pthread_mutex_lock(&mv->mu);
+    *out = mv->recs[p];
+    pthread_mutex_unlock(&mv->mu);
+    return out->present;
+}
+
+static bool stopping(mover *mv)
+{
+    pthread_mutex_lock(&mv->mu);
+    bool s = mv->stopping;
+    pthread_mutex_unlock(&mv->mu);
+    return s;
+}
+
+/* Sleep up to 'ms', waking for stop and for record changes. */
+static void nap(mover *mv, int64_t ms)
+{
+    struct timespec dl = clock_mono_after(ms);
+    pthread_mutex_lock(&mv->mu);
+    if (!mv->stopping)
+        pthread_cond_timedwait(&mv->cv, &mv->mu, &dl);
+    pthread_mutex_unlock(&mv->mu);
+}
+
+/* Advance the record's phase from what 'r' saw to 'phase' (compare-and-swap on its
+ * mod_revision: a record changed meanwhile is left alone). */
+static bool set_phase(mover *mv, const struct rec *r, enum move_phase phase)
+{
+    struct cluster_move m = r->m;
+    m.phase = phase;
+    char *json = cluster_move_to_json(&m);
+    char suffix[32], key[CLUSTER_KEY_MAX];
+    snprintf(suffix, sizeof(suffix), "moves/%" PRIu32, m.partition);
+    cluster_key(key, sizeof(key), mv->o.cluster, suffix);
+    bool ok = false;
+    struct etcd_kv cur = {0};
+    if (json && etcd_txn_cas(membership_etcd(mv->o.mem), key, r->mod, json, strlen(json), 0,
+                             &ok, &cur) != EDDY_OK)
+        ok = false;
+    etcd_kv_release(&cur);
+    free(json);
+    if (ok)
+        log_info("msg=\"move phase\" partition=%" PRIu32 " from=%s to=%s phase=%s", m.partition,
+                 m.from, m.to, cluster_move_phase_name(phase));
+    return ok;
+}
+
+/* --- engine calls, waited for ------------------------------------------------------------ */
+
+struct wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    eddy_err err;
+    uint64_t next_seq;
+};
+
+static void wait_init(struct wait *w)
+{
+    pthread_mutex_init(&w->mu, NULL);
+    clock_cond_init(&w->cv);
+    w->done = false;
+    w->err = EDDY_OK;
+    w->next_seq = 0;
+}
+
+static void wait_signal(struct wait *w, eddy_err err, uint64_t next_seq)
+{
+    pthread_mutex_lock(&w->mu);
+    w->err = err;
+    w->next_seq = next_seq;
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static eddy_err wait_for(struct wait *w, eddy_err queued)
+{
+    if (queued == EDDY_OK) {
+        pthread_mutex_lock(&w->mu);
+        while (!w->done)
+            pthread_cond_wait(&w->cv, &w->mu);
+        pthread_mutex_unlock(&w->mu);
+        queued = w->err;
+    }
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    return queued;
+}
+
+static void restored(void *ud, eddy_err err, uint32_t p, uint64_t next_seq)
+{
+    (void)p;
+    wait_signal(ud, err, next_seq);
+}
+
+static void replayed(void *ud, eddy_err err, uint64_t next_seq)
+{
+    wait_signal(ud, err, next_seq);
+}
+
+/* --- the copy ----------------------------------------------------------------------------- */
+
+struct sink {
+    int fd;
+    uint64_t written, total, seq;
+    eddy_err err;
+};
+
+static int on_chunk(void *ud, const ProtobufCMessage *msg)
+{
+    struct sink *s = ud;
+    const Eddy__State__V1__CheckpointChunk *ch = (const Eddy__State__V1__CheckpointChunk *)msg;
+    if (ch->offset != s->written) {
+        s->err = EDDY_ERR_CORRUPT;
+        return 1;
+    }
+    if (ch->offset == 0) {
+        s->total = ch->total_bytes;
+        s->seq = ch->seq;
+    }
+    size_t off = 0;
+    while (off < ch->data.len) {
+        ssize_t n = write(s->fd, ch->data.data + off, ch->data.len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            s->err = EDDY_ERR_IO;
+            return 1;
+        }
+        off += (size_t)n;
+    }
+    s->written += ch->data.len;
+    return 0;
+}
+
+static rpc_channel *source_channel(mover *mv, const char *id)
+{
+    char addr[CLUSTER_ADDR_MAX];
+    return membership_addr(mv->o.mem, id, addr) ? peers_get(mv->o.peers, addr) : NULL;
+}
+
+/* Stream the source's fresh checkpoint of p into a file and load it; *next_seq is the
+ * partition's next seq after the load. */
+static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_t move_id,
+                                uint64_t *next_seq)
+{
+    rpc_channel *ch = source_channel(mv, m->from);
+    if (!ch)
+        return EDDY_ERR_UNAVAILABLE;
+    char path[CHECKPOINT_PATH_MAX];
+    mkdir(mv->o.move_dir, 0750);
+    snprintf(path, sizeof(path), "%s/in-p%05" PRIu32 ".ckp", mv->o.move_dir, m->partition);
+    struct sink s = {open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640), 0, 0, 0, EDDY_OK};
+    if (s.fd < 0)
+        return EDDY_ERR_IO;
+    Eddy__State__V1__FetchCheckpointRequest req = EDDY__STATE__V1__FETCH_CHECKPOINT_REQUEST__INIT;
+    req.partition = m->partition;
+    req.epoch = m->epoch;
+    req.move_id = move_id;
+    struct rpc_result res;
+    rpc_invoke_stream(ch, "/eddy.state.v1.State/FetchCheckpoint", &req.base,
+                      &eddy__state__v1__checkpoint_chunk__descriptor, mv->o.copy_timeout_ms,
+                      on_chunk, &s, &res);
+    close(s.fd);
+    eddy_err err = s.err;
+    if (err == EDDY_OK && res.code != GRPC_STATUS_OK) {
+        log_warn("msg=\"FetchCheckpoint failed\" partition=%" PRIu32 " from=%s code=%d "
+                 "details=\"%s\"",
+                 m->partition, m->from, (int)res.code, res.details);
+        err = EDDY_ERR_UNAVAILABLE;
+    }
+    if (err == EDDY_OK && (s.written == 0 || s.written != s.total))
+        err = EDDY_ERR_CORRUPT;
+    if (err == EDDY_OK) {
+        struct wait w;
+        wait_init(&w);
+        err = wait_for(&w, engine_restore(mv->o.eng, m->partition, path, restored, &w));
+        *next_seq = w.next_seq;
+        if (err == EDDY_OK)
+            log_info("msg=\"move: checkpoint loaded\" partition=%" PRIu32 " from=%s seq=%" PRIu64
+                     " bytes=%" PRIu64,
+                     m->partition, m->from, s.seq, s.written);
+    }
+    unlink(path);
+    return err;
+}
+
+/* One FetchLog (fence_epoch 0: a tail while the source serves) applied here. *next_seq is
+ * where to go on; *lag how far behind the source's head. */
+static eddy_err tail_once(mover *mv, const struct cluster_move *m, uint64_t move_id,
+                          uint64_t fence_epoch, uint64_t *next_seq, uint64_t *lag, size_t *got)
+{
+    rpc_channel *ch = source_channel(mv, m->from);
+    if (!ch)
+        return EDDY_ERR_UNAVAILABLE;
+    Eddy__State__V1__FetchLogRequest req = EDDY__STATE__V1__FETCH_LOG_REQUEST__INIT;
+    req.partition = m->partition;
+    req.from_seq = *next_seq;
+    req.move_id = move_id;
+    req.fence_epoch = fence_epoch;
+    ProtobufCMessage *resp = NULL;
+    struct rpc_result res;
+    rpc_invoke(ch, "/eddy.state.v1.State/FetchLog", &req.base,
+               &eddy__state__v1__fetch_log_response__descriptor, mv->o.rpc_timeout_ms, &resp,
+               &res);
+    if (res.code != GRPC_STATUS_OK) {
+        log_warn("msg=\"FetchLog failed\" partition=%" PRIu32 " from=%s code=%d details=\"%s\"",
+                 m->partition, m->from, (int)res.code, res.details);
+        return res.code == GRPC_STATUS_ABORTED || res.code == GRPC_STATUS_FAILED_PRECONDITION
+                   ? EDDY_ERR_CONFLICT /* copy again */
+                   : EDDY_ERR_UNAVAILABLE;
+    }
+    const Eddy__State__V1__FetchLogResponse *r = (const Eddy__State__V1__FetchLogResponse *)resp;
+    eddy_err err = EDDY_OK;
+    struct engine_log_entry *le = calloc(r->n_entries ? r->n_entries : 1, sizeof(*le));
+    if (!le)
+        err = EDDY_ERR_NOMEM;
+    for (size_t i = 0; le && i < r->n_entries; i++)
+        le[i] = (struct engine_log_entry){r->entries[i]->seq, r->entries[i]->record.data,
+                                          r->entries[i]->record.len};
+    if (err == EDDY_OK && r->n_entries > 0) {
+        struct wait w;
+        wait_init(&w);
+        err = wait_for(&w, engine_replay(mv->o.eng, m->partition, le, r->n_entries, replayed, &w));
+    }
+    if (err == EDDY_OK) {
+        *next_seq = r->next_seq > *next_seq ? r->next_seq : *next_seq;
+        *lag = r->head_seq > *next_seq ? r->head_seq - *next_seq : 0;
+        *got = r->n_entries;
+    }
+    free(le);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return err;
+}
+
+static bool flipped_here(mover *mv, const struct cluster_move *m)
+{
+    uint64_t epoch;
+    return membership_owns(mv->o.mem, m->partition, &epoch) && epoch == m->epoch + 1;
+}
+
+/* Whether 'r' still describes the move 'm' (the same source, target and epoch). */
+static bool same_move(const struct rec *r, const struct cluster_move *m)
+{
+    return r->present && r->m.epoch == m->epoch && strcmp(r->m.from, m->from) == 0 &&
+           strcmp(r->m.to, m->to) == 0;
+}
+
+/* Drop a partition this node does not own (a cancelled copy, or a moved-away original). */
+static void drop_copy(mover *mv, uint32_t p, const char *why)
+{
+    uint64_t epoch, deleted = 0;
+    if (membership_owns(mv->o.mem, p, &epoch))
+        return;
+    eddy_err err = engine_drop_partition(mv->o.eng, p, &deleted);
+    log_info("msg=\"partition copy deleted\" partition=%" PRIu32 " why=\"%s\" keys=%" PRIu64
+             " error=\"%s\"",
+             p, why, deleted, eddy_strerror(err));
+}
+
+/* Copy and tail until the flip. EDDY_OK: flipped here; EDDY_ERR_CANCELLED-like results:
+ * EDDY_ERR_NOT_FOUND (the move is gone or changed), anything else: try again. */
+static eddy_err copy_phase(mover *mv, const struct cluster_move *m, uint64_t *next_seq)
+{
+    uint64_t move_id = ((uint64_t)clock_mono_ns() << 8) | (m->partition & 0xff) | 1;
+    eddy_err err = copy_checkpoint(mv, m, move_id, next_seq);
+    if (err != EDDY_OK)
+        return err;
+    for (;;) {
+        struct rec r;
+        if (stopping(mv))
+            return EDDY_ERR_UNAVAILABLE;
+        if (flipped_here(mv, m))
+            return EDDY_OK;
+        if (!rec_of(mv, m->partition, &r) || !same_move(&r, m))
+            return EDDY_ERR_NOT_FOUND;
+        uint64_t lag = 0, version = membership_version(mv->o.mem);
+        size_t got = 0;
+        if ((err = tail_once(mv, m, move_id, 0, next_seq, &lag, &got)) != EDDY_OK)
+            return err;
+        if (r.m.phase == MOVE_COPY && lag <= (uint64_t)mv->o.lag_records)
+            set_phase(mv, &r, MOVE_READY);
+        if (lag == 0 && got == 0) /* caught up: wait a little, or for the flip */
+            membership_wait_change(mv->o.mem, version, TAIL_PAUSE_MS);
+    }
+}
+
+/* After the flip: the final tail (fenced), then serve. Returns the write pause in ms. */
+static int64_t final_phase(mover *mv, const struct cluster_move *m)
+{
+    int64_t t0 = clock_mono_ms();
+    struct engine_partition_view v;
+    engine_partition(mv->o.eng, m->partition, &v);
+    uint64_t next = v.next_seq;
+    for (;;) {
+        uint64_t lag = 0;
+        size_t got = 0;
+        eddy_err err = tail_once(mv, m, 0, m->epoch + 1, &next, &lag, &got);
+        if (err == EDDY_OK && got == 0 && lag == 0)
+            break;
+        if (err == EDDY_OK)
+            continue;
+        if (stopping(mv))
+            return -1;
+        if (clock_mono_ms() - t0 > mv->o.final_wait_ms) {
+            /* the source is gone: what it acknowledged after our last tail is lost (one
+             * replica, DESIGN.md §7); serving what we have beats not serving */
+            log_error("msg=\"move: final tail unavailable; serving without it\" "
+                      "partition=%" PRIu32 " from=%s next_seq=%" PRIu64,
+                      m->partition, m->from, next);
+            metric_counter_inc(mv->o.metrics.failures);
+            break;
+        }
+        usleep(RETRY_MS * 1000);
+    }
+    state_service_mark_ready(mv->o.ss, m->partition, m->epoch + 1);
+    return clock_mono_ms() - t0;
+}
+
+static void run_move(mover *mv, const struct rec *start)
+{
+    const struct cluster_move *m = &start->m;
+    uint32_t p = m->partition;
+    int64_t t0 = clock_mono_ms();
+    metric_gauge_add(mv->o.metrics.active, 1);
+    log_info("msg=\"move in: start\" partition=%" PRIu32 " from=%s epoch=%" PRIu64 " phase=%s", p,
+             m->from, m->epoch, cluster_move_phase_name(m->phase));
+    bool flipped = flipped_here(mv, m);
+    while (!flipped && !stopping(mv)) {
+        uint64_t next = 0;
+        eddy_err err = copy_phase(mv, m, &next);
+        if (err == EDDY_OK) {
+            flipped = true;
+            break;
+        }
+        if (err == EDDY_ERR_NOT_FOUND) {
+            /* the record went or changed: if the flip happened meanwhile (our map may
+             * lag the record), wait for the map; otherwise the move is off */
+            uint64_t version = membership_version(mv->o.mem);
+            membership_wait_change(mv->o.mem, version, 1000);
+            if (flipped_here(mv, m)) {
+                flipped = true;
+                break;
+            }
+            struct rec r;
+            if (!rec_of(mv, p, &r) || !same_move(&r, m)) {
+                log_info("msg=\"move in: cancelled\" partition=%" PRIu32 " from=%s", p, m->from);
+                drop_copy(mv, p, "move cancelled");
+                atomic_store(&mv->o.ss->incoming[p], 0);
+                metric_gauge_add(mv->o.metrics.active, -1);
+                return;
+            }
+            continue;
+        }
+        metric_counter_inc(mv->o.metrics.failures);
+        nap(mv, RETRY_MS);
+        struct rec r;
+        if (!rec_of(mv, p, &r) || !same_move(&r, m))
+            continue; /* decided at the top of the next attempt */
+    }
+    if (!flipped) { /* stopping: the record stays, the next start resumes */
+        metric_gauge_add(mv->o.metrics.active, -1);
+        return;
+    }
+    int64_t pause = final_phase(mv, m);
+    if (pause < 0) {
+        metric_gauge_add(mv->o.metrics.active, -1);
+        return;
+    }
+    metric_histogram_observe(mv->o.metrics.pause, (double)pause / 1000.0);
+    log_info("msg=\"move in: serving\" partition=%" PRIu32 " from=%s epoch=%" PRIu64
+             " pause_ms=%" PRId64,
+             p, m->from, m->epoch + 1, pause);
+    if (mv->o.cks && ckptsched_run_one(mv->o.cks, p, NULL) != EDDY_OK)
+        log_warn("msg=\"move: checkpoint after the move failed; the source keeps its copy "
+                 "until a later one\" partition=%" PRIu32,
+                 p);
+    for (int tries = 0; tries < 20 && !stopping(mv); tries++) {
+        struct rec r;
+        if (!rec_of(mv, p, &r) || !same_move(&r, m) || r.m.phase == MOVE_DONE ||
+            set_phase(mv, &r, MOVE_DONE))
+            break;
+        nap(mv, 100); /* the leader was writing "flipped": read it and try again */
+    }
+    atomic_store(&mv->o.ss->incoming[p], 0);
+    metric_gauge_add(mv->o.metrics.active, -1);
+    metric_histogram_observe(mv->o.metrics.duration, (double)(clock_mono_ms() - t0) / 1000.0);
+}
+
+static void *mover_main(void *arg)
+{
+    mover *mv = arg;
+    const char *self = membership_self(mv->o.mem);
+    while (!stopping(mv)) {
+        struct rec job = {0};
+        int64_t drop = -1;
+        pthread_mutex_lock(&mv->mu);
+        for (uint32_t p = 0; p < mv->nparts && drop < 0; p++) {
+            if (mv->drop[p]) {
+                mv->drop[p] = false;
+                drop = p;
+            }
+        }
+        for (uint32_t p = 0; p < mv->nparts && drop < 0 && !job.present; p++) {
+            const struct rec *r = &mv->recs[p];
+            if (r->present && strcmp(r->m.to, self) == 0 && r->m.phase != MOVE_DONE &&
+                atomic_load(&mv->o.ss->incoming[p]))
+                job = *r;
+        }
+        pthread_mutex_unlock(&mv->mu);
+        if (drop >= 0)
+            drop_copy(mv, (uint32_t)drop, "moved away: the new owner has checkpointed");
+        else if (job.present)
+            run_move(mv, &job);
+        else
+            nap(mv, 1000);
+    }
+    return NULL;
+}
+
+eddy_err mover_start(const struct mover_opts *o, mover **out)
+{
+    mover *mv = calloc(1, sizeof(*mv));
+    if (!mv)
+        return EDDY_ERR_NOMEM;
+    mv->o = *o;
+    mv->nparts = membership_partitions(o->mem);
+    cluster_key(mv->prefix, sizeof(mv->prefix), o->cluster, "moves/");
+    pthread_mutex_init(&mv->mu, NULL);
+    clock_cond_init(&mv->cv);
+    mv->recs = calloc(mv->nparts, sizeof(*mv->recs));
+    mv->drop = calloc(mv->nparts, sizeof(*mv->drop));
+    int64_t rev = 0;
+    eddy_err err = mv->recs && mv->drop ? load_all(mv, &rev) : EDDY_ERR_NOMEM;
+    if (err == EDDY_OK &&
+        !(mv->w = etcd_watch_start(membership_etcd(o->mem), mv->prefix, true, rev + 1, on_move,
+                                   mv)))
+        err = EDDY_ERR_NOMEM;
+    if (err == EDDY_OK && pthread_create(&mv->thread, NULL, mover_main, mv) != 0)
+        err = EDDY_ERR_NOMEM;
+    if (err != EDDY_OK) {
+        etcd_watch_stop(mv->w);
+        pthread_cond_destroy(&mv->cv);
+        pthread_mutex_destroy(&mv->mu);
+        free(mv->recs);
+        free(mv->drop);
+        free(mv);
+        return err;
+    }
+    mv->started = true;
+    *out = mv;
+    return EDDY_OK;
+}
+
+void mover_stop(mover *mv)
+{
+    if (!mv)
+        return;
+    pthread_mutex_lock(&mv->mu);
+    mv->stopping = true;
+    pthread_cond_broadcast(&mv->cv);
+    pthread_mutex_unlock(&mv->mu);
+    if (mv->started)
+        pthread_join(mv->thread, NULL);
+    etcd_watch_stop(mv->w);
+    pthread_cond_destroy(&mv->cv);
+    pthread_mutex_destroy(&mv->mu);
+    free(mv->recs);
+    free(mv->drop);
+    free(mv);
+}
