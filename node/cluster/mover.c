@@ -448,8 +448,10 @@ static void run_move(mover *mv, const struct rec *start)
     metric_gauge_add(mv->o.metrics.active, 1);
     log_info("msg=\"move in: start\" partition=%" PRIu32 " from=%s epoch=%" PRIu64 " phase=%s", p,
              m->from, m->epoch, cluster_move_phase_name(m->phase));
-    bool flipped = flipped_here(mv, m);
-    while (!flipped && !stopping(mv)) {
+    bool flipped = false;
+    while (!stopping(mv)) {
+        if ((flipped = flipped_here(mv, m))) /* (also when the source died after the flip) */
+            break;
         uint64_t next = 0;
         eddy_err err = copy_phase(mv, m, &next);
         if (err == EDDY_OK) {

@@ -901,6 +901,19 @@ class Etcd:
         r = self.call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))})
         return {_unb64(kv["key"]).decode(): _unb64(kv.get("value")) for kv in r.get("kvs", [])}
 
+    def get_prefix_kvs(self, prefix):
+        """{key: (value bytes, mod_revision)} of every key starting with prefix."""
+        r = self.call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))})
+        return {_unb64(kv["key"]).decode(): (_unb64(kv.get("value")), int(kv["mod_revision"]))
+                for kv in r.get("kvs", [])}
+
+    def cas_put(self, key, value, mod_revision):
+        """Put `key` only if its mod_revision is still `mod_revision`; whether it was."""
+        body = {"compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL",
+                             "mod_revision": str(mod_revision)}],
+                "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}]}
+        return bool(self.call("/v3/kv/txn", body).get("succeeded", False))
+
     def delete(self, key):
         return int(self.call("/v3/kv/deleterange", {"key": _b64(key)}).get("deleted", "0"))
 

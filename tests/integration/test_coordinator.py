@@ -3,9 +3,12 @@ minimal movement and fencing epochs, node loss, drains, leader failover (kill -9
 SIGTERM), ClusterStatus over gRPC, and an etcd restart under a running coordinator.
 
 Nodes are simulated from Python: a node is a JSON record at /eddy/<cluster>/nodes/<id>
-attached to a lease, written through etcd's JSON gateway like eddy-node does.
+attached to a lease, written through etcd's JSON gateway like eddy-node does; a thread
+plays the target side of live moves for them (phase copy -> ready, flipped -> done, by
+compare-and-swap, as eddy-node's mover does once it has copied the partition).
 """
 import json
+import threading
 import time
 import unittest
 
@@ -16,7 +19,7 @@ CLUSTER = "it"
 P = 64
 TTL_S = 2
 ARGS = ["--partitions", str(P), "--lease-ttl", f"{TTL_S}s", "--settle", "100ms",
-        "--log-level", "info"]
+        "--max-moves", "16", "--log-level", "info"]
 
 
 def key(suffix):
@@ -28,6 +31,27 @@ class ClusterTest(unittest.TestCase):
         eddylib.require_coordinator()
         self.etcd = eddylib.start_etcd(self)
         self.leases = {}
+        self.moves_done = 0
+        stop = threading.Event()
+        t = threading.Thread(target=self._fake_movers, args=(stop,), daemon=True)
+        t.start()
+        self.addCleanup(t.join, 10)
+        self.addCleanup(stop.set)
+
+    def _fake_movers(self, stop):
+        """The target side of every live move to a registered fake node."""
+        while not stop.wait(0.02):
+            try:
+                recs = self.etcd.get_prefix_kvs(key("moves/"))
+            except Exception:  # etcd restarting (EtcdRestartTest)
+                continue
+            for k, (v, mod) in recs.items():
+                m = json.loads(v)
+                if m["to"] not in self.leases:
+                    continue
+                nxt = {"copy": "ready", "flipped": "done"}.get(m["phase"])
+                if nxt and self.etcd.cas_put(k, json.dumps(dict(m, phase=nxt)), mod):
+                    self.moves_done += nxt == "done"
 
     # -- fake nodes --
     def register(self, nid, roles=("state",), grpc_addr=None, metrics_addr="", started_ms=None):
@@ -57,9 +81,12 @@ class ClusterTest(unittest.TestCase):
         return c
 
     def wait_map(self, pred, what, timeout=15):
+        """The map once `pred` holds and no live move is in progress (settled)."""
         def ok():
             m = self.assignment()
-            return m if m is not None and pred(m) else None
+            if m is None or not pred(m) or self.etcd.get_prefix(key("moves/")):
+                return None
+            return m
         return poll_until(ok, timeout, what=what)
 
     def assert_balanced(self, m, owners):

@@ -24,15 +24,6 @@ HELM_DIR = os.path.normpath(os.path.join(L.HERE, "..", "..", "helm", "eddy"))
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
 
-# Referenced by the chart but measured only by cluster roles (partition moves do not exist
-# in --dev, which owns every partition in one process). Registering them at zero would be
-# misleading. (The eddy_checkpoint_* series are real in --dev too: its checkpoint scheduler
-# runs, so they must appear in the scrape.)
-CLUSTER_ONLY = {
-    "eddy_move_duration_seconds",
-    "eddy_move_pause_seconds",
-}
-
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -227,19 +218,11 @@ class MetricsTest(unittest.TestCase):
                     return base
             return name
 
-        missing, cluster = [], set()
-        for name in sorted(referenced):
-            base = family(name)
-            stem = re.sub(r"_(bucket|count|sum)$", "", name)
-            if stem in CLUSTER_ONLY or base in CLUSTER_ONLY:
-                cluster.add(stem if stem in CLUSTER_ONLY else base)
-                continue
-            if base not in families:
-                missing.append(name)
+        # every one, the move series included (registered on every node, at zero until a
+        # partition moves in)
+        missing = [name for name in sorted(referenced) if family(name) not in families]
         self.assertEqual(missing, [], f"chart metrics missing from the scrape of a --dev node")
-        # the allow-list stays honest: each entry is still used by the chart, none is exported
-        self.assertEqual(cluster, CLUSTER_ONLY)
-        self.assertEqual(CLUSTER_ONLY & families, set())
+        self.assertIn("eddy_move_pause_seconds", {family(n) for n in referenced})
         # labels the dashboard groups by
         self.assertIn(("method", "Recommend"), {p for k in s.samples if k[0] == "eddy_serving_seconds_count" for p in k[1]})
         self.assertTrue(any(k[0] == "eddy_events_rejected_total" and dict(k[1]).get("reason")

@@ -1,0 +1,288 @@
+"""Live partition moves (DESIGN.md §7) on a real cluster: etcd, eddy-coordinator, state and
+ingest eddy-node processes on loopback, a writer ingesting continuously the whole time.
+
+- scale out: a third state node joins; partitions move to it live (checkpoint stream, log
+  tail, flip, final tail); afterwards every acknowledged event is counted exactly once,
+  per user window, and the write pause of every move is measured (printed);
+- drain: `eddy drain` empties a state node under ingest, with the same assertions;
+- crash mid-move: kill -9 of the target while it copies (the move is cancelled, the
+  partition stays with its source) and of the source after the flip, restarted (the
+  target gets the final tail when it is back); nothing acknowledged is lost and every
+  partition ends with one owner.
+
+Needs EDDY_NODE, EDDY_COORDINATOR_BIN, EDDY_CLI and Debian's etcd-server.
+"""
+import json
+import sys
+import threading
+import time
+import unittest
+
+import grpc
+
+import eddylib as L
+from eddylib import poll_until
+
+P = 16
+TTL_S = 2
+NODE_ARGS = ["--idle-timeout", "0", "--checkpoint-interval", "2s",
+             "--checkpoint-min-pause", "500ms", "--route-retries", "30"]
+
+
+def ev(eid, user, ts, kind="view", product="p-001", category="books"):
+    return {"eventId": eid, "userId": user, "sessionId": "s-" + user, "timestamp": ts,
+            "eventType": kind, "productId": product, "category": category, "brand": "orbit",
+            "price": 9.5}
+
+
+def coord_addr(c):
+    return f"127.0.0.1:{c.port}"
+
+
+class Writer:
+    """Ingests batches of new events through one ingest node until stopped; a batch that
+    fails is sent again (same event ids: dedup makes it exactly once) until acknowledged.
+    `acked` holds every acknowledged event."""
+
+    def __init__(self, test, node, users, t0, batch=40):
+        self.test, self.node, self.users, self.t0, self.batch = test, node, users, t0, batch
+        self.acked = []
+        self.failures = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.error = None
+
+    def _run(self):
+        i = 0
+        try:
+            while not self.stop.is_set():
+                evs = []
+                for _ in range(self.batch):
+                    u = self.users[i % len(self.users)]
+                    kind = "purchase" if i % 11 == 0 else "view"
+                    evs.append(ev(f"w-{i}", u, self.t0 + i * 10, kind=kind,
+                                  product=f"p-{i % 23:03d}"))
+                    i += 1
+                while True:
+                    try:
+                        r = self.node.ingest(evs, timeout=30)
+                        if list(r.rejected):
+                            raise AssertionError(f"rejected: {list(r.rejected)[:3]}")
+                        break
+                    except grpc.RpcError as e:
+                        self.failures += 1
+                        if self.failures > 200:
+                            raise AssertionError(f"ingest keeps failing: {e}")
+                        time.sleep(0.05)
+                self.acked.extend(evs)
+        except BaseException as e:  # reported by join()
+            self.error = e
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def wait_for(self, n, timeout=30):
+        poll_until(lambda: len(self.acked) >= n or self.error, timeout,
+                   what=f"{n} events acknowledged")
+
+    def join(self):
+        self.stop.set()
+        self.thread.join(60)
+        if self.error:
+            raise self.error
+        return self.acked
+
+
+class MovesTestCase(unittest.TestCase):
+    def setUp(self):
+        L.require_node()
+        L.require_coordinator()
+        L.require_etcd()
+
+    def cluster(self, coord_args=(), **kw):
+        shared = L.temp_dir(self, prefix="eddy-it-moves-ckp-")
+        kw.setdefault("node_args", NODE_ARGS + ["--checkpoint-dir", shared])
+        cl = L.Cluster(self, partitions=P, ttl_s=TTL_S, **kw)
+        c = L.start_coordinator(self, cl.etcd.url, "c1", cluster=cl.name,
+                                args=["--partitions", str(P), "--lease-ttl", f"{TTL_S}s",
+                                      "--settle", "100ms", "--max-moves", "2", *coord_args])
+        cl.coordinators.append(c)
+        poll_until(lambda: cl.leader() is not None, 10, what="a leading coordinator")
+        return cl
+
+    def no_moves(self, cl):
+        return not cl.etcd.get_prefix(cl.key("moves/"))
+
+    def wait_settled(self, cl, owners, timeout=60):
+        """The map balanced over `owners` and no move record left."""
+        def ok():
+            m = cl.assignment()
+            if m is None or set(m["owners"]) != set(owners) or not self.no_moves(cl):
+                return None
+            counts = [m["owners"].count(o) for o in owners]
+            return m if max(counts) - min(counts) <= 1 else None
+        return poll_until(ok, timeout, interval=0.1, what=f"moves done, map over {owners}")
+
+    def assert_exactly_once(self, front, acked):
+        """Every acknowledged event counted once: overall, and per user per window."""
+        want = L.Expect(acked, partitions=P)
+        poll_until(lambda: self._total(front) == len(acked), 30,
+                   what=f"{len(acked)} acknowledged events visible")
+        users = sorted({e["userId"] for e in acked})
+        for u in users[:: max(1, len(users) // 8)]:
+            r = front.stub.EventCounts(L.pb().EventCountsRequest(user_id=u, include_open=True),
+                                       timeout=10)
+            got = {w.window_start_ms: L.counts_of_pb(w.counts) for w in r.windows}
+            exp = {ws: c for ws, _, c, _ in want.windows(user=u, include_open=True)}
+            self.assertEqual(got, exp, f"per-window counts of {u}")
+
+    @staticmethod
+    def _total(front):
+        try:
+            return L.total_events(front.stub)
+        except grpc.RpcError:
+            return None
+
+    def pauses(self, node):
+        """(count, sum) of eddy_move_pause_seconds and the count of
+        eddy_move_duration_seconds on `node`."""
+        port = L.metrics_port_of(node)
+        s = L.scrape_samples(f"127.0.0.1:{port}")
+        return (s.get("eddy_move_pause_seconds_count", 0), s.get("eddy_move_pause_seconds_sum", 0),
+                s.get("eddy_move_duration_seconds_count", 0))
+
+    def report(self, what, node, moved):
+        n, total, durations = self.pauses(node)
+        self.assertEqual(n, moved, f"{what}: one pause per partition moved into {node.id}")
+        self.assertEqual(durations, moved)
+        print(f"\n{what}: {moved} partitions moved into {node.id}; write pause mean "
+              f"{1000 * total / max(n, 1):.1f} ms", file=sys.stderr)
+
+
+class ScaleOutTest(MovesTestCase):
+    def test_add_state_node_under_ingest(self):
+        cl = self.cluster()
+        for s in ("s1", "s2"):
+            cl.add_node(s, "state")
+        before = self.wait_settled(cl, {"s1", "s2"})
+        front = cl.add_node("i1", "ingest")
+        users = [f"u-{i:03d}" for i in range(96)]
+        w = Writer(self, front, users, L.now_ms() - 600_000).start()
+        w.wait_for(2000)
+        cl.add_node("s3", "state")
+        after = self.wait_settled(cl, {"s1", "s2", "s3"})
+        w.wait_for(len(w.acked) + 400)  # writes go on after the moves
+        acked = w.join()
+        moved = [p for p in range(P) if after["owners"][p] == "s3"]
+        self.assertEqual(len(moved), P // 3, after)
+        for p in moved:
+            self.assertEqual(after["epochs"][p], before["epochs"][p] + 1, f"partition {p}")
+        self.assert_exactly_once(front, acked)
+        self.report("scale out", cl.nodes["s3"], len(moved))
+        log = cl.nodes["s3"].log_text()
+        self.assertIn('msg="move: checkpoint loaded"', log)
+        # the sources deleted their copies once s3 had checkpointed
+        def deleted():
+            logs = "".join(cl.nodes[s].log_text() for s in ("s1", "s2"))
+            return logs.count('msg="partition copy deleted"') >= len(moved) or None
+        poll_until(deleted, 20, what="sources deleted the moved partitions")
+
+
+class DrainTest(MovesTestCase):
+    def test_drain_under_ingest(self):
+        cl = self.cluster()
+        for s in ("s1", "s2", "s3"):
+            cl.add_node(s, "state")
+        self.wait_settled(cl, {"s1", "s2", "s3"})
+        front = cl.add_node("i1", "ingest")
+        w = Writer(self, front, [f"d-{i:03d}" for i in range(96)], L.now_ms() - 600_000).start()
+        w.wait_for(1500)
+        coord = cl.coordinators[0]
+        rc, out, err = L.run_cli(front.endpoint, "--coordinator", coord_addr(coord), "-o", "json",
+                                 "drain", "s2")
+        self.assertEqual(rc, 0, err)
+        info = json.loads(out)
+        self.assertTrue(info["draining"] and info["registered"])
+        self.assertGreater(info["partitions_owned"], 0)
+        # eddy status shows the moves while they run
+        seen = poll_until(lambda: self._moves_in_status(front, coord), 30,
+                          what="moves listed by eddy status")
+        self.assertTrue(all(m["from"] == "s2" for m in seen), seen)
+        after = self.wait_settled(cl, {"s1", "s3"})
+        self.assertNotIn("s2", after["owners"])
+        w.wait_for(len(w.acked) + 400)
+        acked = w.join()
+        self.assert_exactly_once(front, acked)
+        moved = sum(self.pauses(cl.nodes[s])[0] for s in ("s1", "s3"))
+        self.assertEqual(moved, info["partitions_owned"])
+        st = json.loads(L.run_cli(front.endpoint, "--coordinator", coord_addr(coord), "-o",
+                                  "json", "status")[1])
+        s2 = next(n for n in st["nodes"] if n["id"] == "s2")
+        self.assertEqual((s2["partitions_owned"], s2["draining"]), (0, True))
+
+    @staticmethod
+    def _moves_in_status(front, coord):
+        rc, out, _ = L.run_cli(front.endpoint, "--coordinator", coord_addr(coord), "-o", "json",
+                               "status")
+        moves = json.loads(out)["moves"] if rc == 0 else []
+        return moves or None
+
+
+class CrashMidMoveTest(MovesTestCase):
+    def test_target_killed_while_copying(self):
+        # a slow copy: the target stays in "copy" long enough to be killed there
+        cl = self.cluster()
+        for s in ("s1", "s2"):
+            cl.add_node(s, "state")
+        self.wait_settled(cl, {"s1", "s2"})
+        front = cl.add_node("i1", "ingest")
+        w = Writer(self, front, [f"k-{i:03d}" for i in range(64)], L.now_ms() - 600_000).start()
+        w.wait_for(1000)
+        s3 = cl.add_node("s3", "state", args=["--move-lag", "0"])
+        poll_until(lambda: any(json.loads(v)["to"] == "s3"
+                               for v in cl.etcd.get_prefix(cl.key("moves/")).values()) or None,
+                   20, interval=0.01, what="a move to s3")
+        s3.kill9()
+        # the lease expires, the leader cancels the move: s1 and s2 keep everything
+        m = self.wait_settled(cl, {"s1", "s2"}, timeout=TTL_S * 10)
+        self.assertNotIn("s3", m["owners"])
+        w.wait_for(len(w.acked) + 300)
+        acked = w.join()
+        self.assert_exactly_once(front, acked)
+
+    def test_source_killed_after_flip_and_restarted(self):
+        cl = self.cluster(coord_args=["--max-moves", "1"])
+        cl.add_node("s1", "state")
+        self.wait_settled(cl, {"s1"})
+        front = cl.add_node("i1", "ingest")
+        w = Writer(self, front, [f"f-{i:03d}" for i in range(64)], L.now_ms() - 600_000).start()
+        w.wait_for(1000)
+        s1 = cl.nodes["s1"]
+        cl.add_node("s2", "state")
+
+        def flipped():
+            for v in cl.etcd.get_prefix(cl.key("moves/")).values():
+                if json.loads(v)["phase"] == "flipped":
+                    return True
+            return None
+        poll_until(flipped, 30, interval=0.005, what="a flipped move")
+        s1.kill9()
+        s1.start()  # same id, same data: the final tail is fetched from it again
+        try:
+            m = self.wait_settled(cl, {"s1", "s2"}, timeout=60)
+        except AssertionError:
+            for n in ("s1", "s2"):
+                print(f"--- {n}\n" + "\n".join(cl.nodes[n].log_text().splitlines()[-40:]),
+                      file=sys.stderr)
+            print("--- coordinator\n" + cl.coordinators[0].log_tail(60), file=sys.stderr)
+            print(cl.etcd.get_prefix(cl.key("moves/")), cl.assignment(), file=sys.stderr)
+            raise
+        self.assertEqual(set(m["owners"]), {"s1", "s2"})
+        w.wait_for(len(w.acked) + 300)
+        acked = w.join()
+        self.assert_exactly_once(front, acked)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,192 @@
+/* The move planner: live moves with at most K at once, flip on ready, delete on done,
+ * cancels, revert after a dead target, failover of a dead owner, phase repair. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "coordinator/planner.h"
+
+#define P 8
+
+struct fx {
+    struct assign_node nodes[4];
+    size_t n;
+    struct cluster_map cur, target, next;
+    struct plan_rec recs[P];
+    struct plan_action acts[2 * P];
+    size_t nacts;
+    struct plan_params pp;
+};
+
+static void set_owner(struct cluster_map *m, uint32_t p, const char *id, uint64_t epoch)
+{
+    snprintf(m->parts[p].owner, sizeof(m->parts[p].owner), "%s", id);
+    m->parts[p].epoch = epoch;
+}
+
+static void add_node(struct fx *f, const char *id);
+
+/* Nodes 'a' and 'x'; every partition owned by "a" at epoch 3; the assigner's target
+ * gives the odd ones to "b" if 'spread', else keeps them all with "a". */
+static struct fx *fx_new(const char *x, bool spread)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+    cluster_map_init(&f->cur, P);
+    cluster_map_init(&f->target, P);
+    cluster_map_init(&f->next, P);
+    f->pp = (struct plan_params){2, 60000, 1000000};
+    add_node(f, "a");
+    add_node(f, x);
+    for (uint32_t p = 0; p < P; p++) {
+        set_owner(&f->cur, p, "a", 3);
+        set_owner(&f->target, p, spread && p % 2 ? "b" : "a", 3);
+    }
+    return f;
+}
+
+static void fx_free(struct fx *f)
+{
+    cluster_map_release(&f->cur);
+    cluster_map_release(&f->target);
+    cluster_map_release(&f->next);
+    free(f);
+}
+
+static void add_node(struct fx *f, const char *id)
+{
+    struct assign_node *n = &f->nodes[f->n++];
+    snprintf(n->id, sizeof(n->id), "%s", id);
+    n->state = true;
+}
+
+static void set_rec(struct fx *f, uint32_t p, const char *from, const char *to, uint64_t epoch,
+                    enum move_phase ph, int64_t started)
+{
+    struct plan_rec *r = &f->recs[p];
+    r->present = true;
+    r->mod = 100 + p;
+    r->m = (struct cluster_move){.partition = p, .epoch = epoch, .phase = ph, .started_ms = started};
+    snprintf(r->m.from, sizeof(r->m.from), "%s", from);
+    snprintf(r->m.to, sizeof(r->m.to), "%s", to);
+}
+
+static size_t plan(struct fx *f)
+{
+    return planner_plan(f->nodes, f->n, &f->cur, &f->target, f->recs, &f->pp, &f->next, f->acts,
+                        &f->nacts);
+}
+
+static size_t count_ops(const struct fx *f, enum plan_op op)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < f->nacts; i++)
+        k += f->acts[i].op == op;
+    return k;
+}
+
+/* A live owner's partitions move, never more than K at once, and keep their owner. */
+static void test_live_owner_moves_at_most_k(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new("b", true);
+    assert_int_equal(plan(f), 0);
+    assert_int_equal(f->nacts, 2);
+    for (size_t i = 0; i < f->nacts; i++) {
+        assert_int_equal(f->acts[i].op, PLAN_CREATE);
+        assert_string_equal(f->acts[i].m.from, "a");
+        assert_string_equal(f->acts[i].m.to, "b");
+        assert_int_equal(f->acts[i].m.epoch, 3);
+        assert_int_equal(f->acts[i].m.phase, MOVE_COPY);
+        assert_int_equal(f->acts[i].m.started_ms, 1000000);
+    }
+    for (uint32_t p = 0; p < P; p++)
+        assert_string_equal(f->next.parts[p].owner, "a");
+    /* with the two running, nothing new starts */
+    set_rec(f, 1, "a", "b", 3, MOVE_COPY, 1000000);
+    set_rec(f, 3, "a", "b", 3, MOVE_COPY, 1000000);
+    assert_int_equal(plan(f), 0);
+    assert_int_equal(f->nacts, 0);
+    fx_free(f);
+}
+
+/* ready -> flip (epoch + 1, phase flipped); done -> delete; a new move takes the slot. */
+static void test_ready_flips_done_deletes(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new("b", true);
+    set_owner(&f->cur, 7, "b", 4); /* 7 already moved: its record says done */
+    set_rec(f, 7, "a", "b", 3, MOVE_DONE, 1);
+    set_rec(f, 1, "a", "b", 3, MOVE_READY, 1);
+    assert_int_equal(plan(f), 1);
+    assert_string_equal(f->next.parts[1].owner, "b");
+    assert_int_equal(f->next.parts[1].epoch, 4);
+    assert_int_equal(count_ops(f, PLAN_FLIPPED), 1);
+    assert_int_equal(count_ops(f, PLAN_DELETE), 1);
+    assert_int_equal(count_ops(f, PLAN_CREATE), 1); /* the second slot: partition 3 */
+    for (size_t i = 0; i < f->nacts; i++) {
+        if (f->acts[i].op == PLAN_FLIPPED) {
+            assert_int_equal(f->acts[i].m.partition, 1);
+            assert_int_equal(f->acts[i].m.phase, MOVE_FLIPPED);
+            assert_int_equal(f->acts[i].mod, 101);
+        } else if (f->acts[i].op == PLAN_DELETE) {
+            assert_int_equal(f->acts[i].m.partition, 7);
+        } else {
+            assert_int_equal(f->acts[i].m.partition, 3);
+        }
+    }
+    fx_free(f);
+}
+
+/* Cancels: target gone, source gone (then failover at once), timeout; after the flip a
+ * dead target gives the partition back to its live source. */
+static void test_cancel_revert_failover(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new("c", false); /* "b" is gone */
+    set_rec(f, 0, "a", "b", 3, MOVE_COPY, 1000000);      /* target gone: cancel */
+    set_rec(f, 1, "a", "c", 3, MOVE_COPY, 1);            /* too old: cancel */
+    set_owner(&f->cur, 2, "b", 4);                       /* flipped to b, b died */
+    set_rec(f, 2, "a", "b", 3, MOVE_FLIPPED, 1000000);
+    set_owner(&f->cur, 4, "d", 5);                       /* owner d is gone */
+    set_owner(&f->target, 4, "c", 6);
+    assert_int_equal(plan(f), 2);
+    assert_string_equal(f->next.parts[2].owner, "a"); /* back to the source */
+    assert_int_equal(f->next.parts[2].epoch, 5);
+    assert_string_equal(f->next.parts[4].owner, "c"); /* failover, no move */
+    assert_int_equal(f->next.parts[4].epoch, 6);
+    assert_int_equal(count_ops(f, PLAN_DELETE), 3);
+    assert_int_equal(count_ops(f, PLAN_CREATE), 0);
+    fx_free(f);
+}
+
+/* A flip whose phase write was lost (map names the target, record says ready) is
+ * repaired; nothing flips twice. */
+static void test_phase_repair(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new("b", false);
+    set_owner(&f->cur, 5, "b", 4);
+    set_owner(&f->target, 5, "b", 4);
+    set_rec(f, 5, "a", "b", 3, MOVE_READY, 1000000);
+    assert_int_equal(plan(f), 0);
+    assert_int_equal(f->nacts, 1);
+    assert_int_equal(f->acts[0].op, PLAN_FLIPPED);
+    assert_int_equal(f->next.parts[5].epoch, 4);
+    fx_free(f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_live_owner_moves_at_most_k),
+        cmocka_unit_test(test_ready_flips_done_deletes),
+        cmocka_unit_test(test_cancel_revert_failover),
+        cmocka_unit_test(test_phase_repair),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
