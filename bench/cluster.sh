@@ -31,13 +31,15 @@ done
 start ingest-1 "$BUILD/eddy-node" --role ingest "${COMMON[@]}" --node-id ingest-1 \
   --data-dir "$TMP/ingest-1" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --log-level warn
 EP=127.0.0.1:$(wait_printed ingest-1 listening)
-# ready: 3 nodes registered, every partition owned by one of the 2 state nodes
+# ready: 3 nodes registered, every partition owned by one of the 2 state nodes, no move
+# in progress
 ready=0
 for i in $(seq 1 300); do
   js=$("$BUILD/eddy" --coordinator "$COORD" -o json --timeout 2s status 2>/dev/null || true)
   if [ "$(grep -c '"grpc_addr"' <<<"$js" || true)" -eq 3 ] &&
      [ "$(grep -cE '"owner":[[:space:]]*""' <<<"$js" || true)" -eq 0 ] &&
-     [ "$(grep -oE '"owner":[[:space:]]*"[^"]+"' <<<"$js" | sort -u | wc -l)" -eq 2 ]; then
+     [ "$(grep -oE '"owner":[[:space:]]*"[^"]+"' <<<"$js" | sort -u | wc -l)" -eq 2 ] &&
+     grep -qE '"moves":[[:space:]]*\[\]' <<<"$js"; then
     ready=1; break
   fi
   sleep 0.2

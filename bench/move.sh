@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Live partition moves on this machine: a real etcd, one eddy-coordinator, one ingest node
+# and one state node holding every partition (BENCH_MOVE_PARTITIONS, default 2); fill it
+# with BENCH_MOVE_EVENTS events (default 200000), then add a second state node while
+# eddy-bench keeps ingesting at BENCH_MOVE_RATE events/s (default 2000). Reports, per
+# partition moved: its checkpoint size, the move's duration (copy start to serving) and
+# write pause (flip to final tail applied), from the target's eddy_move_* metrics and the
+# source's log; and the checkpoint write rate. Removes everything at the end.
+#   bench/move.sh
+. "$(dirname "$0")/lib.sh"
+ETCD=${ETCD:-$(command -v etcd || echo /usr/bin/etcd)}
+[ -x "$ETCD" ] || { log "etcd not found (Debian: etcd-server)"; exit 1; }
+PARTS=${BENCH_MOVE_PARTITIONS:-2}
+EVENTS=${BENCH_MOVE_EVENTS:-200000}
+RATE=${BENCH_MOVE_RATE:-2000}
+
+CP=$(free_port)
+PP=$(free_port)
+while [ "$PP" = "$CP" ]; do PP=$(free_port); done
+ETCD_URL=http://127.0.0.1:$CP
+start etcd "$ETCD" --name n1 --data-dir "$TMP/etcd" --listen-client-urls "$ETCD_URL" \
+  --advertise-client-urls "$ETCD_URL" --listen-peer-urls "http://127.0.0.1:$PP" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$PP" --initial-cluster "n1=http://127.0.0.1:$PP" \
+  --logger zap --log-level warn
+for i in $(seq 1 200); do
+  curl -fs --max-time 1 "$ETCD_URL/health" 2>/dev/null | grep -q '"health":"true"' && break
+  sleep 0.1
+done
+COMMON=(--etcd "$ETCD_URL" --cluster bench --partitions "$PARTS" --lease-ttl 5s)
+start coordinator "$BUILD/eddy-coordinator" "${COMMON[@]}" --id coordinator-1 --listen 127.0.0.1:0 \
+  --metrics-listen "" --max-moves 1
+COORD=127.0.0.1:$(wait_printed coordinator listening)
+state() {
+  start "$1" "$BUILD/eddy-node" --role state "${COMMON[@]}" --node-id "$1" --data-dir "$TMP/$1" \
+    --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --log-level info \
+    --checkpoint-interval 1h --route-retries 30
+}
+state state-1
+start ingest-1 "$BUILD/eddy-node" --role ingest "${COMMON[@]}" --node-id ingest-1 \
+  --data-dir "$TMP/ingest-1" --listen 127.0.0.1:0 --metrics-listen "" --log-level warn \
+  --route-retries 30
+EP=127.0.0.1:$(wait_printed ingest-1 listening)
+settled() { # N: N owners, every partition owned, no move in progress
+  local js
+  js=$("$BUILD/eddy" --coordinator "$COORD" -o json --timeout 2s status 2>/dev/null) || return 1
+  $PY -c 'import json,sys; s=json.load(sys.stdin); o={p["owner"] for p in s["partitions"]};
+sys.exit(0 if len(o)==int(sys.argv[1]) and "" not in o and not s["moves"] else 1)' "$1" <<<"$js"
+}
+for i in $(seq 1 300); do settled 1 && break; sleep 0.1; done
+log "filling state-1: $EVENTS events in $PARTS partitions"
+"$BENCH" --endpoint "$EP" --mode ingest --events "$EVENTS" --seed 11 -o json >"$TMP/fill.json"
+log "adding state-2 under ingest at $RATE events/s"
+"$BENCH" --endpoint "$EP" --mode ingest --rate "$RATE" --duration 600s --seed 12 -o json \
+  >"$TMP/during.json" 2>"$TMP/during.log" &
+LOAD=$!
+PIDS+=($LOAD)
+sleep 1
+T0=$(date +%s.%N)
+state state-2
+M2=127.0.0.1:$(wait_printed state-2 metrics)
+for i in $(seq 1 1200); do settled 2 && break; sleep 0.1; done
+T1=$(date +%s.%N)
+settled 2 || { log "the move did not finish (logs in $TMP)"; exit 1; }
+kill "$LOAD" 2>/dev/null; wait "$LOAD" 2>/dev/null || true
+curl -fs "http://$M2/metrics" >"$TMP/state-2.metrics"
+$PY - "$TMP" "$T0" "$T1" <<'PY' | record move
+import json, re, sys
+tmp, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+m = {}
+for line in open(f"{tmp}/state-2.metrics"):
+    if line and not line.startswith("#"):
+        k, v = line.rsplit(" ", 1)
+        m[k] = float(v)
+sent = [int(b) for b in re.findall(r'msg="checkpoint sent for a move" partition=\d+ seq=\d+ bytes=(\d+)',
+                                   open(f"{tmp}/state-1.log").read())]
+written = re.findall(r'msg="checkpoint written" partition=\d+ seq=\d+ records=\d+ bytes=(\d+)',
+                     open(f"{tmp}/state-1.log").read())
+n = m.get("eddy_move_duration_seconds_count", 0)
+dur = m.get("eddy_move_duration_seconds_sum", 0)
+pause = m.get("eddy_move_pause_seconds_sum", 0)
+fill = json.load(open(f"{tmp}/fill.json"))
+out = {"scenario": "move", "partitions_moved": int(n),
+       "checkpoint_bytes_per_partition": sum(sent) / max(len(sent), 1),
+       "move_seconds_mean": dur / max(n, 1), "pause_ms_mean": 1000 * pause / max(n, 1),
+       "move_mb_per_s": sum(sent) / 1e6 / max(dur, 1e-9),
+       "wall_seconds_to_settled": t1 - t0, "fill_events": fill.get("events_acked", fill.get("events")),
+       "throughput_eps": 0}
+print(json.dumps(out))
+print(json.dumps(out, indent=1), file=sys.stderr)
+PY
+finish move
