@@ -22,6 +22,7 @@
 #include "node/cluster/mover.h"
 #include "node/cluster/membership.h"
 #include "node/cluster/peers.h"
+#include "node/cluster/reprocess_service.h"
 #include "node/cluster/router.h"
 #include "node/cluster/stage2_remote.h"
 #include "node/cluster/state_service.h"
@@ -525,6 +526,8 @@ int main(int argc, char **argv)
                             {c->window, c->out_of_orderness, c->allowed_lateness, c->idle_timeout}};
     struct state_service ss;
     memset(&ss, 0, sizeof(ss));
+    struct reprocess_service rps;
+    memset(&rps, 0, sizeof(rps));
     rpc_server *srv = NULL;
     health *hl = NULL;
     metrics_http *mh = NULL;
@@ -616,6 +619,12 @@ int main(int argc, char **argv)
     if (ingest_service_register(&svc, srv) != EDDY_OK || health_register(hl, srv) != EDDY_OK)
         goto out;
     if (clustered && (roles & ROLE_STATE) && state_service_register(&ss, srv) != EDDY_OK)
+        goto out;
+    rps.eng = eng;
+    rps.router = clustered ? &router : NULL;
+    rps.data_dir = c->data_dir;
+    rps.checkpoint_dir = c->checkpoint_dir;
+    if (reprocess_service_register(&rps, srv, roles & ROLE_INGEST) != EDDY_OK)
         goto out;
     /* partitions owned: all in --dev; in a cluster on_change follows the map */
     if (eng && node_metrics_watch(&nm, eng, clustered ? 0 : (uint32_t)c->partitions) != EDDY_OK)
@@ -734,6 +743,7 @@ out:
     if (status == 0 && checkpoints)
         final_checkpoints(ckpt_dir, eng, mem);
     mover_stop(mov);         /* a move in progress resumes at the next start */
+    reprocess_service_stop(&rps); /* a rebuild still running gives up, swapping nothing */
     forwarder_stop(fwd);     /* unsent stage-2 records stay in the OUTBOX for next time */
     membership_stop(mem);    /* revokes the lease: the coordinator reassigns at once */
     hk.mem = NULL;

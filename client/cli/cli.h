@@ -122,5 +122,6 @@ int cmd_health(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_status(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_drain(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_roi(struct cli_ctx *ctx, int argc, char **argv);
+int cmd_reprocess(struct cli_ctx *ctx, int argc, char **argv);
 
 #endif

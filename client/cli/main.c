@@ -20,6 +20,7 @@ static const struct {
     {"status", cmd_status, "the cluster: nodes, leader, partition map, moves (asks --coordinator)"},
     {"drain", cmd_drain, "move every partition off a state node (scale in; asks --coordinator)"},
     {"roi", cmd_roi, "what a latency improvement is worth: monthly benefit, payback period"},
+    {"reprocess", cmd_reprocess, "rebuild state from the log (e.g. with a new half-life), swap atomically"},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -1,0 +1,56 @@
+/* The Reprocess RPCs (DESIGN.md §7): eddy.v1.Eddy/Reprocess, the public one, and
+ * eddy.state.v1.State/Reprocess, a state node's share of it in a cluster.
+ *
+ *   --dev          Eddy/Reprocess rebuilds this node's partitions (reprocess.h).
+ *   ingest node    Eddy/Reprocess checks the request, then calls State/Reprocess on every
+ *                  state node (all) or on the partition's owner, in parallel, and merges
+ *                  the answers.
+ *   state node     State/Reprocess rebuilds the partitions it owns (stage 1).
+ *
+ * DESIGN: a rebuild takes as long as replaying the log, so it never runs on an RPC thread:
+ * the handler checks the request, starts one rebuild thread (one rebuild at a time per
+ * node; another request meanwhile gets ABORTED) and returns; the thread answers the call.
+ * The ingest node's fan-out is asynchronous too: the last state node's answer (on a
+ * channel's CQ thread) merges and replies.
+ *
+ * Threads: handlers on RPC threads; the rebuild on its own thread; 'mu' guards 'busy'. */
+#ifndef EDDY_REPROCESS_SERVICE_H
+#define EDDY_REPROCESS_SERVICE_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "common/rpc_server.h"
+#include "node/cluster/router.h"
+#include "node/state/engine.h"
+
+struct reprocess_service {
+    engine *eng;                /* borrowed; NULL on a node without the state role */
+    struct router *router;      /* borrowed; NULL in --dev. Its membership and peers may be
+                                   set after registration (before the node takes traffic) */
+    const char *data_dir;       /* the side store is DATA_DIR/reprocess.tmp */
+    const char *checkpoint_dir; /* "" or NULL: DATA_DIR/checkpoints */
+
+    /* private */
+    pthread_mutex_t mu;
+    bool busy;                  /* a rebuild thread runs (or ran and was not joined) */
+    bool joinable;
+    pthread_t thread;
+    _Atomic bool cancel;
+    char work_dir[PATH_MAX];
+    char ckpt_dir[PATH_MAX];
+};
+
+/* Register eddy.v1.Eddy/Reprocess (if 'public_api') and, in a cluster with an engine,
+ * eddy.state.v1.State/Reprocess on 's'. 'svc' (zero-initialised but for the fields above)
+ * must outlive the server. */
+eddy_err reprocess_service_register(struct reprocess_service *svc, rpc_server *s, bool public_api);
+
+/* Stop a running rebuild (it ends with UNAVAILABLE, nothing swapped unless it was already
+ * swapping) and join its thread. Call after the RPC server stopped and before the engine
+ * closes. Accepts a service that was never registered (all zero). */
+void reprocess_service_stop(struct reprocess_service *svc);
+
+#endif
