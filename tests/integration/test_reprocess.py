@@ -252,5 +252,65 @@ class ReprocessDevTest(unittest.TestCase):
         self.assertGreater(prof["event_count"], 0)
 
 
+class ReprocessClusterTest(unittest.TestCase):
+    """A cluster rebuilds stage 1 of every partition on its owner: the ingest node fans
+    Reprocess out to every state node."""
+
+    def test_affinity_half_life_across_state_nodes(self):
+        L.require_coordinator()
+        L.require_etcd()
+        L.require_cli()
+        P = 16
+        events = L.generate(seed=19, n_users=40, n_products=30, n_categories=4, n_events=3000)
+        ref = L.start_node(self, args=NODE_ARGS + ["--partitions", str(P),
+                                                   "--affinity-half-life", HALF_LIFE])
+        cl = L.Cluster(self, partitions=P, ttl_s=2, node_args=NODE_ARGS)
+        cl.add_coordinator("c1")
+        for s in ("s1", "s2"):
+            cl.add_node(s, "state")
+        cl.wait_assignment({"s1", "s2"})
+        front = cl.add_node("i1", "ingest")
+        for b in L.batches(events, [500]):
+            self.assertEqual(front.ingest(b).accepted, len(b))
+            self.assertEqual(ref.ingest(b).accepted, len(b))
+        m = L.pb()
+        users = sorted({e["userId"] for e in events})
+        profile = lambda n, u: n.stub.GetUserProfile(m.GetUserProfileRequest(user_id=u), timeout=10)
+        self.assertNotEqual(profile(front, users[0]), profile(ref, users[0]))
+
+        # stage-2 half-lives cannot be rebuilt in a cluster: refused before anything runs
+        rc, _, err = L.run_cli(front.endpoint, "reprocess", "--all", "--set",
+                               "popularity-half-life=1h")
+        self.assertEqual(rc, 1, err)
+        self.assertIn("INVALID_ARGUMENT", err)
+        self.assertIn("only affinity-half-life", err)
+
+        queries = Queries(front, users)
+        queries.start()
+        L.poll_until(lambda: len(queries.answered) >= 3, 10, what="queries answering before")
+        res = L.cli_json(self, front.endpoint, "reprocess", "--all", "--set",
+                         f"affinity-half-life={HALF_LIFE}")
+        n = len(queries.answered)
+        L.poll_until(lambda: len(queries.answered) >= n + 3, 10, what="queries answering after")
+        queries.stop.set()
+        queries.join(20)
+        self.assertEqual(queries.errors, [])
+        self.assertEqual([p["partition"] for p in res["partitions"]], list(range(P)))
+        self.assertEqual(res["records_replayed"], len(events))
+        self.assertFalse(res["stage2_rebuilt"])
+        self.assertEqual(res["parameters"]["affinity-half-life"], HALF_LIFE_MS)
+        # every user, whichever state node owns it, now has the model a fresh ingest with
+        # the new half-life gives
+        for u in users:
+            self.assertEqual(profile(front, u), profile(ref, u), u)
+
+        # one partition: only its owner rebuilds it
+        p = L.user_partition(users[0], P)
+        one = L.cli_json(self, front.endpoint, "reprocess", "--partition", str(p))
+        self.assertEqual([x["partition"] for x in one["partitions"]], [p])
+        self.assertGreater(one["partitions"][0]["records"], 0)
+        self.assertEqual(profile(front, users[0]), profile(ref, users[0]))
+
+
 if __name__ == "__main__":
     unittest.main()
