@@ -424,40 +424,127 @@ static bool keyset_has(const struct keyset *s, const unsigned char *k, size_t kl
     return false;
 }
 
+/* The user a row of USER, USER_WIN, BOUGHT or USER_LOG belongs to (store.h layouts):
+ * USER p T user_id; the others p T len:u16 user_id ... */
+static bool row_user(const unsigned char *k, size_t klen, const unsigned char **u, size_t *ulen)
+{
+    if (klen < 3)
+        return false;
+    if (k[2] == T_USER) {
+        *u = k + 3;
+        *ulen = klen - 3;
+        return true;
+    }
+    if (klen < 5)
+        return false;
+    size_t n = (size_t)k[3] << 8 | k[4];
+    if (5 + n > klen)
+        return false;
+    *u = k + 5;
+    *ulen = n;
+    return true;
+}
+
+/* Linear search: the users deleted during a rebuild are few. */
+static bool keyset_has_linear(const struct keyset *s, const unsigned char *k, size_t klen)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (key_cmp(s->bytes + s->off[i], s->off[i + 1] - s->off[i], k, klen) == 0)
+            return true;
+    return false;
+}
+
+/* The scans of one partition's swap (store_scan callbacks share it). */
 struct swap_scan {
-    store_batch *b;
-    struct keyset live_users;
-    bool stage2;
-    bool side;            /* scanning the side store (else the live one) */
-    uint64_t live_keys;
-    uint64_t dropped;     /* rebuilt rows of users deleted meanwhile */
+    struct rebuild *rb;
+    store_txn *txn;        /* the live store's: the swap's write batch */
+    struct keyset live;    /* live keys of the table being compared */
+    struct keyset gone;    /* users deleted while (or after) their log was replayed */
+    uint64_t first_seq;    /* the live log's first seq: older USER_LOG rows were swept */
+    bool putting;          /* swap_row: rebuilt rows (else live rows to delete) */
+    uint64_t rows;         /* rebuilt rows written */
     eddy_err err;
 };
 
-static int swap_collect(void *ud, const unsigned char *k, size_t klen, const char *v,
-                        size_t vlen)
+static int collect_live(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
 {
     struct swap_scan *sw = ud;
-    unsigned t = klen > 2 ? k[2] : 0;
-    bool rebuilt = rebuilt_table(t, sw->stage2);
-    if (!sw->side) {
-        sw->live_keys++;
-        if (user_table(t))
-            sw->err = keyset_add(&sw->live_users, k, klen);
-        else if (!rebuilt)
-            sw->err = store_batch_put(sw->b, k, klen, v, vlen);
-    } else if (rebuilt) {
-        if (user_table(t) && !keyset_has(&sw->live_users, k, klen))
-            sw->dropped++;
-        else
-            sw->err = store_batch_put(sw->b, k, klen, v, vlen);
-    }
+    sw->err = keyset_add(&sw->live, k, klen);
     return sw->err != EDDY_OK;
 }
 
-/* Make partition st->p of the live store the rebuilt tables plus the kept live ones, in
- * one synced write. The side META takes the live counters, epoch and log start first. */
-static eddy_err swap_partition(struct rebuild *rb, struct part_state *st)
+/* A rebuilt USER or USER_LOG row without its live counterpart: DeleteUser removed the user
+ * (or its log entries) after they were replayed. Its user goes to 'gone'. */
+static int find_gone(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct swap_scan *sw = ud;
+    const unsigned char *u;
+    size_t ulen, off = klen >= 8 ? klen - 8 : 0;
+    uint64_t seq = 0;
+    if (k[2] == T_USER_LOG && (!key_get_u64(k, klen, &off, &seq) || seq < sw->first_seq))
+        return 0; /* swept by retention live, not deleted */
+    if (keyset_has(&sw->live, k, klen) || !row_user(k, klen, &u, &ulen) ||
+        keyset_has_linear(&sw->gone, u, ulen))
+        return 0;
+    sw->err = keyset_add(&sw->gone, u, ulen);
+    return sw->err != EDDY_OK;
+}
+
+static bool is_gone(const struct swap_scan *sw, const unsigned char *k, size_t klen)
+{
+    const unsigned char *u;
+    size_t ulen;
+    return sw->gone.n > 0 && user_table(k[2]) && row_user(k, klen, &u, &ulen) &&
+           keyset_has_linear(&sw->gone, u, ulen);
+}
+
+/* One row of a rebuilt table: a live one is deleted, a rebuilt one put ('putting'); the
+ * rows of users in 'gone' are left as they are live (what DeleteUser left: nothing, or
+ * what they did afterwards). */
+static int swap_row(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct swap_scan *sw = ud;
+    struct store_key key;
+    if (is_gone(sw, k, klen))
+        return 0;
+    key.len = klen;
+    memcpy(key.buf, k, klen);
+    sw->err = sw->putting ? store_txn_put(sw->txn, &key, v, vlen) : store_txn_del(sw->txn, &key);
+    sw->rows += sw->putting;
+    return sw->err != EDDY_OK;
+}
+
+/* Scan table 't' of partition 'p' in 's' with 'fn'. */
+static eddy_err scan_table(store *s, uint32_t p, unsigned t, store_scan_fn *fn,
+                           struct swap_scan *sw)
+{
+    struct store_key start, end;
+    key_init(&start, p, (enum store_table)t);
+    key_prefix_end(&start, &end);
+    eddy_err err = store_scan(s, &start, &end, fn, sw);
+    return err != EDDY_OK ? err : sw->err;
+}
+
+/* Which users were deleted live after their rows were rebuilt: rebuilt USER_LOG rows (of
+ * records the live log still had to keep) and USER rows that are not live any more. */
+static eddy_err find_deleted(struct rebuild *rb, uint32_t p, struct swap_scan *sw)
+{
+    static const unsigned tables[] = {T_USER_LOG, T_USER};
+    eddy_err err = EDDY_OK;
+    for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]) && err == EDDY_OK; i++) {
+        sw->live.n = sw->live.len = 0;
+        err = scan_table(rb->live, p, tables[i], collect_live, sw);
+        if (err == EDDY_OK)
+            err = scan_table(rb->side, p, tables[i], find_gone, sw);
+    }
+    return err;
+}
+
+/* Replace the rebuilt tables of partition st->p in the live store by the side store's, in
+ * the writes of 'txn' (committed by the caller, at a partition boundary: each partition
+ * swaps whole). The side META takes the live counters, epoch and log start first. */
+static eddy_err swap_partition(struct rebuild *rb, struct part_state *st, store_txn *txn,
+                               uint64_t *rows)
 {
     struct part_meta live;
     eddy_err err = apply_meta_load(rb->live, st->p, &live);
@@ -474,48 +561,65 @@ static eddy_err swap_partition(struct rebuild *rb, struct part_state *st)
         return err;
     rb->pending = 0;
 
-    struct store_key start, end;
-    start.len = 0;
-    key_u16(&start, (uint16_t)st->p);
-    key_prefix_end(&start, &end);
-    struct swap_scan sw = {.b = store_batch_new(), .stage2 = rb->stage2};
-    if (!sw.b)
-        return EDDY_ERR_NOMEM;
-    err = store_scan(rb->live, &start, &end, swap_collect, &sw);
-    if (err == EDDY_OK && (err = sw.err) == EDDY_OK) {
-        sw.side = true;
-        err = store_scan(rb->side, &start, &end, swap_collect, &sw);
+    struct swap_scan sw = {.rb = rb, .txn = txn, .first_seq = live.log_first_seq};
+    err = find_deleted(rb, st->p, &sw);
+    for (unsigned t = T_LOG; t <= T_META && err == EDDY_OK; t++) {
+        if (!rebuilt_table(t, rb->stage2))
+            continue;
+        sw.putting = false;
+        err = scan_table(rb->live, st->p, t, swap_row, &sw);
+        sw.putting = true;
+        if (err == EDDY_OK)
+            err = scan_table(rb->side, st->p, t, swap_row, &sw);
     }
-    if (err == EDDY_OK)
-        err = sw.err;
-    if (err == EDDY_OK && (store_batch_count(sw.b) > 0 || sw.live_keys > 0))
-        err = store_replace_range(rb->live, &start, &end, sw.b, NULL);
-    if (err == EDDY_OK && sw.dropped > 0)
-        log_info("msg=\"reprocess: rows of users deleted during the rebuild dropped\" "
-                 "partition=%u rows=%" PRIu64,
-                 st->p, sw.dropped);
-    store_batch_free(sw.b);
-    keyset_release(&sw.live_users);
+    if (err == EDDY_OK && sw.gone.n > 0)
+        log_info("msg=\"reprocess: users deleted during the rebuild keep their live rows\" "
+                 "partition=%u users=%zu",
+                 st->p, sw.gone.n);
+    keyset_release(&sw.live);
+    keyset_release(&sw.gone);
     st->out.next_seq = st->m.next_seq;
-    st->swapped = err == EDDY_OK;
+    *rows += sw.rows;
     return err;
 }
 
-/* The exclusive job: the last records into the side state, then every swap, then the new
- * parameters. Writes wait meanwhile; queries do not. */
+#define SWAP_COMMIT_ROWS 200000 /* rebuilt rows per synced write of the swap */
+
+/* The exclusive job: the last records into the side state, then the swap of every
+ * partition (whole partitions per synced write), then the new parameters. Writes wait
+ * meanwhile; queries do not. */
 static eddy_err swap_fn(void *ud, engine *e)
 {
     struct rebuild *rb = ud;
     int64_t t0 = clock_mono_ms();
     eddy_err err = EDDY_OK;
+    store_txn *txn = store_txn_new(rb->live);
+    uint64_t rows = 0;
+    size_t from = 0; /* first partition of the uncommitted writes */
+    if (!txn)
+        err = EDDY_ERR_NOMEM;
     for (size_t i = 0; i < rb->n && err == EDDY_OK; i++)
         err = replay_from(rb, &rb->ps[i], NULL);
     for (size_t i = 0; i < rb->n && err == EDDY_OK; i++) {
         struct part_state *st = &rb->ps[i];
         if (rb->o->owns && !rb->o->owns(rb->o->owns_ud, st->p))
             continue; /* moved away during the rebuild: the new owner has it */
-        err = swap_partition(rb, st);
+        err = swap_partition(rb, st, txn, &rows);
+        st->swapped = err == EDDY_OK; /* once committed below */
+        if (err == EDDY_OK && (rows >= SWAP_COMMIT_ROWS || store_txn_pending(txn) >= SWAP_COMMIT_ROWS)) {
+            err = store_txn_commit(txn, true);
+            rows = 0;
+            from = i + 1;
+        }
     }
+    if (err == EDDY_OK && txn && store_txn_pending(txn) > 0)
+        err = store_txn_commit(txn, true);
+    if (err != EDDY_OK) {
+        for (size_t i = from; i < rb->n; i++)
+            rb->ps[i].swapped = false; /* their writes were never committed */
+        store_txn_reset(txn);
+    }
+    store_txn_free(txn);
     if (err == EDDY_OK)
         publish_params(e, rb->set);
     rb->pause_ms = clock_mono_ms() - t0;

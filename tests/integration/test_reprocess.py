@@ -183,6 +183,16 @@ class ReprocessDevTest(unittest.TestCase):
         self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
         c = node.stub.EventCounts(m.EventCountsRequest(user_id=victim, include_open=True), timeout=10)
         self.assertEqual(len(c.windows), 0)
+        # back with a new event after the deletion: a rebuild from the same checkpoint keeps
+        # only what came after the deletion
+        again = {"eventId": "after-delete", "userId": victim, "timestamp": events[-1]["timestamp"],
+                 "eventType": "view", "productId": "p-new", "category": "books"}
+        self.assertEqual(node.ingest([again]).accepted, 1)
+        res = rpc(m.ReprocessRequest(partition=p, from_checkpoint=part.checkpoint), timeout=30)
+        self.assertEqual(res.partitions[0].records, 1)
+        prof = node.stub.GetUserProfile(m.GetUserProfileRequest(user_id=victim), timeout=10).profile
+        self.assertEqual(prof.event_count, 1)
+        self.assertEqual([v.product_id for v in prof.recent_views], ["p-new"])
         # the other users of the partition are intact
         others = sorted({e["userId"] for e in events if L.user_partition(e["userId"]) == p} - {victim})
         for u in others:
