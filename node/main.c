@@ -520,7 +520,6 @@ int main(int argc, char **argv)
     membership *mem = NULL;
     forwarder *fwd = NULL;
     mover *mov = NULL;
-    char move_dir[CHECKPOINT_PATH_MAX];
     struct stage2_remote s2;
     struct router router = {NULL, NULL, c->route_timeout, (int)c->route_retries,
                             {c->window, c->out_of_orderness, c->allowed_lateness, c->idle_timeout}};
@@ -658,8 +657,6 @@ int main(int argc, char **argv)
             goto out;
         ss.checkpoint_dir = cks ? ckpt_dir : NULL;
         ss.freeze_ms = c->move_freeze;
-        snprintf(move_dir, sizeof(move_dir), "%s/moves", c->data_dir);
-        ss.move_dir = move_dir;
         hk.ss = &ss;
         chh = (struct change_hook){nm.partitions_owned, NULL};
         struct membership_opts mo = {c->etcd, c->cluster, id, roles, addr, maddr,
@@ -687,7 +684,7 @@ int main(int argc, char **argv)
              * ready, not the take-over's */
             struct mover_opts mvo = {
                 .eng = eng, .mem = mem, .peers = pe, .ss = &ss, .cks = cks,
-                .cluster = c->cluster, .move_dir = move_dir, .lag_records = c->move_lag,
+                .cluster = c->cluster, .lag_records = c->move_lag,
                 .rpc_timeout_ms = c->route_timeout, .copy_timeout_ms = 600000,
                 .final_wait_ms = c->move_final_wait, .metrics = nm.move,
             };

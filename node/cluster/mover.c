@@ -1,14 +1,11 @@
 /* Live partition moves, node side (see mover.h). */
 #include "node/cluster/mover.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/clock.h"
@@ -210,50 +207,98 @@ static eddy_err wait_for(struct wait *w, eddy_err queued)
     return queued;
 }
 
-static void restored(void *ud, eddy_err err, uint32_t p, uint64_t next_seq)
-{
-    (void)p;
-    wait_signal(ud, err, next_seq);
-}
-
 static void replayed(void *ud, eddy_err err, uint64_t next_seq)
 {
     wait_signal(ud, err, next_seq);
 }
 
+static void drop_copy(mover *mv, uint32_t p, const char *why);
+
 /* --- the copy ----------------------------------------------------------------------------- */
 
-struct sink {
-    int fd;
-    uint64_t written, total, seq;
+#define LOAD_BATCH_BYTES (4u << 20)
+
+/* One range of the partition written by the writer thread (an exclusive job), and the
+ * mover waiting for it. */
+struct range_put {
+    struct store_key start, end;
+    const store_batch *b;
+    struct wait w;
+};
+
+static eddy_err put_range(void *ud, engine *e)
+{
+    struct range_put *rp = ud;
+    return store_replace_range(engine_store(e), &rp->start, &rp->end, rp->b, NULL);
+}
+
+static void range_done(void *ud, eddy_err err)
+{
+    struct range_put *rp = ud;
+    wait_signal(&rp->w, err, 0);
+}
+
+/* The checkpoint as it streams in: checked by a reader, its records written in batches
+ * of about LOAD_BATCH_BYTES, each in a writer job of its own (the writer goes on with the
+ * other partitions in between; the partition is not served here yet, and a copy that
+ * fails is dropped and started again). */
+struct loader {
+    mover *mv;
+    uint32_t p;
+    checkpoint_reader *rd;
+    store_batch *b;
+    size_t bytes;
+    struct store_key first;      /* the batch's first key */
+    uint64_t received;           /* bytes of the stream so far */
     eddy_err err;
 };
 
+/* Write the batch as the range [first, end). */
+static eddy_err flush_batch(struct loader *ld, const struct store_key *end)
+{
+    if (store_batch_count(ld->b) == 0)
+        return EDDY_OK;
+    struct range_put rp = {.start = ld->first, .end = *end, .b = ld->b};
+    wait_init(&rp.w);
+    eddy_err err = wait_for(&rp.w, engine_exclusive(ld->mv->o.eng, put_range, range_done, &rp));
+    store_batch_free(ld->b);
+    ld->b = store_batch_new();
+    ld->bytes = 0;
+    return err != EDDY_OK ? err : ld->b ? EDDY_OK : EDDY_ERR_NOMEM;
+}
+
+static eddy_err load_record(void *ud, const unsigned char *key, size_t klen,
+                            const unsigned char *val, size_t vlen)
+{
+    struct loader *ld = ud;
+    eddy_err err = EDDY_OK;
+    if (ld->bytes >= LOAD_BATCH_BYTES) { /* this key ends the batch's range */
+        struct store_key end;
+        memcpy(end.buf, key, klen);
+        end.len = klen;
+        err = flush_batch(ld, &end);
+    }
+    if (err == EDDY_OK && store_batch_count(ld->b) == 0) {
+        memcpy(ld->first.buf, key, klen);
+        ld->first.len = klen;
+    }
+    if (err == EDDY_OK)
+        err = store_batch_put(ld->b, key, klen, val, vlen);
+    ld->bytes += klen + vlen;
+    return err;
+}
+
 static int on_chunk(void *ud, const ProtobufCMessage *msg)
 {
-    struct sink *s = ud;
+    struct loader *ld = ud;
     const Eddy__State__V1__CheckpointChunk *ch = (const Eddy__State__V1__CheckpointChunk *)msg;
-    if (ch->offset != s->written) {
-        s->err = EDDY_ERR_CORRUPT;
+    if (ch->offset != ld->received) {
+        ld->err = EDDY_ERR_CORRUPT;
         return 1;
     }
-    if (ch->offset == 0) {
-        s->total = ch->total_bytes;
-        s->seq = ch->seq;
-    }
-    size_t off = 0;
-    while (off < ch->data.len) {
-        ssize_t n = write(s->fd, ch->data.data + off, ch->data.len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            s->err = EDDY_ERR_IO;
-            return 1;
-        }
-        off += (size_t)n;
-    }
-    s->written += ch->data.len;
-    return 0;
+    ld->received += ch->data.len;
+    ld->err = checkpoint_reader_feed(ld->rd, ch->data.data, ch->data.len);
+    return ld->err != EDDY_OK;
 }
 
 static rpc_channel *source_channel(mover *mv, const char *id)
@@ -262,7 +307,7 @@ static rpc_channel *source_channel(mover *mv, const char *id)
     return membership_addr(mv->o.mem, id, addr) ? peers_get(mv->o.peers, addr) : NULL;
 }
 
-/* Stream the source's fresh checkpoint of p into a file and load it; *next_seq is the
+/* Stream the source's fresh checkpoint of p into this node's store; *next_seq is the
  * partition's next seq after the load. */
 static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_t move_id,
                                 uint64_t *next_seq)
@@ -270,41 +315,54 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
     rpc_channel *ch = source_channel(mv, m->from);
     if (!ch)
         return EDDY_ERR_UNAVAILABLE;
-    char path[CHECKPOINT_PATH_MAX];
-    mkdir(mv->o.move_dir, 0750);
-    snprintf(path, sizeof(path), "%s/in-p%05" PRIu32 ".ckp", mv->o.move_dir, m->partition);
-    struct sink s = {open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640), 0, 0, 0, EDDY_OK};
-    if (s.fd < 0)
-        return EDDY_ERR_IO;
-    Eddy__State__V1__FetchCheckpointRequest req = EDDY__STATE__V1__FETCH_CHECKPOINT_REQUEST__INIT;
-    req.partition = m->partition;
-    req.epoch = m->epoch;
-    req.move_id = move_id;
-    struct rpc_result res;
-    rpc_invoke_stream(ch, "/eddy.state.v1.State/FetchCheckpoint", &req.base,
-                      &eddy__state__v1__checkpoint_chunk__descriptor, mv->o.copy_timeout_ms,
-                      on_chunk, &s, &res);
-    close(s.fd);
-    eddy_err err = s.err;
-    if (err == EDDY_OK && res.code != GRPC_STATUS_OK) {
-        log_warn("msg=\"FetchCheckpoint failed\" partition=%" PRIu32 " from=%s code=%d "
-                 "details=\"%s\"",
-                 m->partition, m->from, (int)res.code, res.details);
-        err = EDDY_ERR_UNAVAILABLE;
+    uint32_t p = m->partition;
+    char what[64];
+    snprintf(what, sizeof(what), "move-p%" PRIu32 "-from-%.32s", p, m->from);
+    struct loader ld = {.mv = mv, .p = p, .b = store_batch_new(), .err = EDDY_OK};
+    ld.rd = checkpoint_reader_new(what, load_record, &ld);
+    eddy_err err = ld.b && ld.rd ? engine_drop_partition(mv->o.eng, p, NULL) : EDDY_ERR_NOMEM;
+    if (err == EDDY_OK) {
+        Eddy__State__V1__FetchCheckpointRequest req =
+            EDDY__STATE__V1__FETCH_CHECKPOINT_REQUEST__INIT;
+        req.partition = p;
+        req.epoch = m->epoch;
+        req.move_id = move_id;
+        struct rpc_result res;
+        rpc_invoke_stream(ch, "/eddy.state.v1.State/FetchCheckpoint", &req.base,
+                          &eddy__state__v1__checkpoint_chunk__descriptor, mv->o.copy_timeout_ms,
+                          on_chunk, &ld, &res);
+        err = ld.err;
+        if (err == EDDY_OK && res.code != GRPC_STATUS_OK) {
+            log_warn("msg=\"FetchCheckpoint failed\" partition=%" PRIu32 " from=%s code=%d "
+                     "details=\"%s\"",
+                     p, m->from, (int)res.code, res.details);
+            err = EDDY_ERR_UNAVAILABLE;
+        }
     }
-    if (err == EDDY_OK && (s.written == 0 || s.written != s.total))
+    struct checkpoint_info info;
+    if (err == EDDY_OK)
+        err = checkpoint_reader_finish(ld.rd, &info);
+    if (err == EDDY_OK && info.partition != p)
         err = EDDY_ERR_CORRUPT;
     if (err == EDDY_OK) {
-        struct wait w;
-        wait_init(&w);
-        err = wait_for(&w, engine_restore(mv->o.eng, m->partition, path, restored, &w));
-        *next_seq = w.next_seq;
-        if (err == EDDY_OK)
-            log_info("msg=\"move: checkpoint loaded\" partition=%" PRIu32 " from=%s seq=%" PRIu64
-                     " bytes=%" PRIu64,
-                     m->partition, m->from, s.seq, s.written);
+        struct store_key start, end;
+        start.len = 0;
+        key_u16(&start, (uint16_t)p);
+        key_prefix_end(&start, &end);
+        err = flush_batch(&ld, &end);
     }
-    unlink(path);
+    if (err == EDDY_OK) {
+        struct engine_partition_view v;
+        engine_partition(mv->o.eng, p, &v);
+        *next_seq = v.next_seq;
+        log_info("msg=\"move: checkpoint loaded\" partition=%" PRIu32 " from=%s seq=%" PRIu64
+                 " records=%" PRIu64 " bytes=%" PRIu64,
+                 p, m->from, info.seq, info.records, info.bytes);
+    } else if (err != EDDY_ERR_NOMEM) {
+        drop_copy(mv, p, "incomplete checkpoint copy"); /* a partial copy is never kept */
+    }
+    store_batch_free(ld.b);
+    checkpoint_reader_free(ld.rd);
     return err;
 }
 

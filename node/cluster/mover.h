@@ -4,7 +4,8 @@
  * mover thread brings the partition here while the source keeps serving it:
  *
  *   copy     FetchCheckpoint from the source (which freezes the partition's stage 2 and
- *            streams a fresh checkpoint), load it (engine_restore), then FetchLog and
+ *            streams a fresh checkpoint from a snapshot), checked as it arrives and
+ *            written in batches of 4 MiB (writer jobs of their own), then FetchLog and
  *            engine_replay the source's log from the checkpoint's seq, again and again;
  *            once within --move-lag records, CAS the record's phase to "ready" and keep
  *            tailing so the lag stays small;
@@ -54,7 +55,6 @@ struct mover_opts {
     struct state_service *ss;
     ckptsched *cks;             /* NULL: checkpoints off (the move ends without one) */
     const char *cluster;
-    const char *move_dir;       /* temporary checkpoint files of incoming copies */
     int64_t lag_records;        /* --move-lag */
     int64_t rpc_timeout_ms;     /* FetchLog calls */
     int64_t copy_timeout_ms;    /* one FetchCheckpoint stream */

@@ -2,13 +2,11 @@
 #include "node/cluster/state_service.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/clock.h"
@@ -550,7 +548,6 @@ static void handle_neighbours(void *ud, rpc_call *c, const ProtobufCMessage *msg
 
 /* ---- a move's source: FetchCheckpoint, FetchLog ---------------------------------------- */
 
-#define CHUNK_BYTES (1u << 20)
 #define LOG_DEFAULT_RECORDS 1000u
 #define LOG_MAX_RECORDS 10000u
 #define LOG_MAX_BYTES (8u << 20)
@@ -568,39 +565,23 @@ struct fetch_ckpt {
     uint64_t epoch, move_id;
 };
 
-/* Stream the open file 'fd' as CheckpointChunks. */
-static eddy_err stream_file(rpc_call *c, int fd, const struct checkpoint_info *info)
+/* Each piece of the streamed checkpoint as one CheckpointChunk, in order. */
+struct chunk_sink {
+    rpc_call *call;
+    uint64_t off;
+};
+
+static eddy_err send_chunk(void *ud, const void *buf, size_t n)
 {
-    unsigned char *buf = malloc(CHUNK_BYTES);
-    if (!buf)
-        return EDDY_ERR_NOMEM;
-    eddy_err err = EDDY_OK;
-    uint64_t off = 0;
-    for (;;) {
-        ssize_t n = read(fd, buf, CHUNK_BYTES);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            err = EDDY_ERR_IO;
-            break;
-        }
-        if (n == 0 && off > 0)
-            break;
-        Eddy__State__V1__CheckpointChunk ch = EDDY__STATE__V1__CHECKPOINT_CHUNK__INIT;
-        ch.offset = off;
-        ch.data.data = buf;
-        ch.data.len = (size_t)n;
-        if (off == 0) {
-            ch.total_bytes = info->bytes;
-            ch.seq = info->seq;
-        }
-        while ((err = rpc_stream_send(c, &ch.base)) == EDDY_ERR_FULL)
-            usleep(2000); /* the client reads slower than the disk: wait for the window */
-        if (err != EDDY_OK || n == 0)
-            break;
-        off += (uint64_t)n;
-    }
-    free(buf);
+    struct chunk_sink *cs = ud;
+    Eddy__State__V1__CheckpointChunk ch = EDDY__STATE__V1__CHECKPOINT_CHUNK__INIT;
+    ch.offset = cs->off;
+    ch.data.data = (uint8_t *)buf;
+    ch.data.len = n;
+    eddy_err err;
+    while ((err = rpc_stream_send(cs->call, &ch.base)) == EDDY_ERR_FULL)
+        usleep(1000); /* the target reads slower than the snapshot: wait for the window */
+    cs->off += n;
     return err;
 }
 
@@ -609,7 +590,6 @@ static void *fetch_ckpt_main(void *arg)
     struct fetch_ckpt *fc = arg;
     struct state_service *svc = fc->svc;
     uint64_t epoch = 0;
-    char path[CHECKPOINT_PATH_MAX];
     grpc_status_code code = GRPC_STATUS_OK;
     const char *msg = NULL;
     if (!membership_owns(svc->mem, fc->p, &epoch) || epoch != fc->epoch) {
@@ -624,19 +604,11 @@ static void *fetch_ckpt_main(void *arg)
     atomic_store(&svc->freeze_until[fc->p], INT64_MAX); /* held while this copy runs */
     atomic_store(&svc->freeze_id[fc->p], fc->move_id);
     engine_flush(svc->eng);
+    /* streamed from one snapshot as it is read: no file, no fsync on this side (the
+     * target checks the CRC and the length at the end) */
     struct checkpoint_info info;
-    snprintf(path, sizeof(path), "%s/out-p%05u-%016" PRIx64 ".ckp", svc->move_dir, fc->p,
-             fc->move_id);
-    mkdir(svc->move_dir, 0750);
-    eddy_err err = checkpoint_write(engine_store(svc->eng), fc->p, path, &info);
-    int fd = err == EDDY_OK ? open(path, O_RDONLY | O_CLOEXEC) : -1;
-    if (fd >= 0) {
-        err = stream_file(fc->call, fd, &info);
-        close(fd);
-    } else if (err == EDDY_OK) {
-        err = EDDY_ERR_IO;
-    }
-    unlink(path);
+    struct chunk_sink cs = {fc->call, 0};
+    eddy_err err = checkpoint_stream(engine_store(svc->eng), fc->p, send_chunk, &cs, &info);
     freeze(svc, fc->p, fc->move_id); /* now the target's FetchLog calls keep it */
     if (err != EDDY_OK) {
         code = eddy_err_to_grpc(err);

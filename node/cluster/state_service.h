@@ -40,7 +40,6 @@ struct state_service {
     _Atomic uint64_t *freeze_id;
     _Atomic int64_t *freeze_until;
     int64_t freeze_ms;           /* --move-freeze: how long a freeze lasts unrenewed */
-    const char *move_dir;        /* where FetchCheckpoint writes its temporary files */
 };
 
 /* Allocate the per-partition take-over state for 'partitions' partitions. */

@@ -49,7 +49,9 @@ static void partition_range(uint32_t p, struct store_key *start, struct store_ke
 /* ---- writing -------------------------------------------------------------------------- */
 
 struct writer {
-    int fd;
+    int fd;                     /* the file, or -1 when 'sink' takes the bytes */
+    checkpoint_sink_fn *sink;
+    void *sink_ud;
     const char *path;
     unsigned char *buf;
     size_t len;
@@ -63,6 +65,12 @@ struct writer {
 
 static void w_flush(struct writer *w)
 {
+    if (w->sink) {
+        if (w->err == EDDY_OK && w->len > 0)
+            w->err = w->sink(w->sink_ud, w->buf, w->len);
+        w->len = 0;
+        return;
+    }
     size_t done = 0;
     while (w->err == EDDY_OK && done < w->len) {
         ssize_t r = write(w->fd, w->buf + done, w->len - done);
@@ -156,6 +164,54 @@ static eddy_err fsync_dir_of(const char *path)
     return fsync_dir(dir);
 }
 
+/* Header, the partition's records as of 'snap', footer: everything but the last flush. */
+static eddy_err write_body(store_snapshot *snap, uint32_t p, uint64_t seq, struct writer *w,
+                           int64_t *created, uint64_t *total)
+{
+    unsigned char h[CHECKPOINT_HEADER_LEN];
+    *created = clock_wall_ms();
+    memcpy(h, CHECKPOINT_MAGIC, 8);
+    put_le(h + 8, CHECKPOINT_VERSION, 4);
+    put_le(h + 12, p, 2);
+    put_le(h + 14, 0, 2);
+    put_le(h + 16, (uint64_t)*created, 8);
+    put_le(h + 24, seq, 8);
+    w_put(w, h, sizeof(h), true);
+
+    struct store_key start, end;
+    partition_range(p, &start, &end);
+    eddy_err err = store_snapshot_scan(snap, &start, &end, write_record, w);
+    if (err == EDDY_OK)
+        err = w->err;
+    if (err != EDDY_OK)
+        return err;
+
+    unsigned char f[CHECKPOINT_FOOTER_LEN];
+    *total = w->off + CHECKPOINT_FOOTER_LEN;
+    put_le(f, 0, 4);
+    put_le(f + 4, w->records, 8);
+    put_le(f + 12, *total, 8);
+    w_put(w, f, 20, true);
+    put_le(f + 20, w->crc, 4);
+    w_put(w, f + 20, 4, false);
+    w_flush(w);
+    return w->err;
+}
+
+/* The META next_seq of partition p as of 'snap' (0: no META). */
+static eddy_err snapshot_seq(store_snapshot *snap, uint32_t p, uint64_t *seq)
+{
+    Eddy__Store__V1__PartitionMeta *pm = NULL;
+    struct store_key k;
+    key_init(&k, p, T_META);
+    eddy_err err = store_snapshot_get_msg(snap, &k, &eddy__store__v1__partition_meta__descriptor,
+                                          (ProtobufCMessage **)&pm);
+    *seq = pm ? pm->next_seq : 0;
+    if (pm)
+        protobuf_c_message_free_unpacked(&pm->base, NULL);
+    return err;
+}
+
 /* Write the partition as of 'snap' to 'path' (or, if path is NULL, to its canonical name
  * in 'dir', which needs the snapshot's seq). */
 static eddy_err write_from_snapshot(store_snapshot *snap, uint32_t p, const char *path,
@@ -164,17 +220,11 @@ static eddy_err write_from_snapshot(store_snapshot *snap, uint32_t p, const char
 {
     eddy_err err;
     struct writer w = {.fd = -1, .partition = p, .deadline_ms = deadline_ms, .err = EDDY_OK};
-    Eddy__Store__V1__PartitionMeta *pm = NULL;
     char final[CHECKPOINT_PATH_MAX], tmp[CHECKPOINT_PATH_MAX];
     bool tmp_exists = false;
-
-    struct store_key k;
-    key_init(&k, p, T_META);
-    err = store_snapshot_get_msg(snap, &k, &eddy__store__v1__partition_meta__descriptor,
-                                 (ProtobufCMessage **)&pm);
-    if (err != EDDY_OK)
+    uint64_t seq;
+    if ((err = snapshot_seq(snap, p, &seq)) != EDDY_OK)
         goto out;
-    uint64_t seq = pm ? pm->next_seq : 0;
 
     if (path) {
         if (snprintf(final, sizeof(final), "%s", path) >= (int)sizeof(final)) {
@@ -202,34 +252,9 @@ static eddy_err write_from_snapshot(store_snapshot *snap, uint32_t p, const char
     }
     tmp_exists = true;
 
-    unsigned char h[CHECKPOINT_HEADER_LEN];
-    int64_t created = clock_wall_ms();
-    memcpy(h, CHECKPOINT_MAGIC, 8);
-    put_le(h + 8, CHECKPOINT_VERSION, 4);
-    put_le(h + 12, p, 2);
-    put_le(h + 14, 0, 2);
-    put_le(h + 16, (uint64_t)created, 8);
-    put_le(h + 24, seq, 8);
-    w_put(&w, h, sizeof(h), true);
-
-    struct store_key start, end;
-    partition_range(p, &start, &end);
-    err = store_snapshot_scan(snap, &start, &end, write_record, &w);
-    if (err == EDDY_OK)
-        err = w.err;
-    if (err != EDDY_OK)
-        goto out;
-
-    unsigned char f[CHECKPOINT_FOOTER_LEN];
-    uint64_t total = w.off + CHECKPOINT_FOOTER_LEN;
-    put_le(f, 0, 4);
-    put_le(f + 4, w.records, 8);
-    put_le(f + 12, total, 8);
-    w_put(&w, f, 20, true);
-    put_le(f + 20, w.crc, 4);
-    w_put(&w, f + 20, 4, false);
-    w_flush(&w);
-    if ((err = w.err) != EDDY_OK)
+    int64_t created;
+    uint64_t total;
+    if ((err = write_body(snap, p, seq, &w, &created, &total)) != EDDY_OK)
         goto out;
     if (fsync(w.fd) != 0) {
         log_error("msg=\"checkpoint: fsync failed\" path=%s error=\"%s\"", tmp, strerror(errno));
@@ -278,8 +303,6 @@ out:
     if (tmp_exists)
         unlink(tmp);
     free(w.buf);
-    if (pm)
-        protobuf_c_message_free_unpacked(&pm->base, NULL);
     return err;
 }
 
@@ -298,6 +321,31 @@ static eddy_err write_common(store *s, uint32_t p, const char *path, const char 
     if (!snap)
         return EDDY_ERR_NOMEM;
     eddy_err err = write_from_snapshot(snap, p, path, dir, deadline_ms, out);
+    store_snapshot_free(snap);
+    return err;
+}
+
+eddy_err checkpoint_stream(store *s, uint32_t p, checkpoint_sink_fn *sink, void *ud,
+                           struct checkpoint_info *out)
+{
+    if (p > UINT16_MAX || !sink)
+        return EDDY_ERR_INVALID;
+    store_snapshot *snap = store_snapshot_new(s);
+    struct writer w = {.fd = -1, .sink = sink, .sink_ud = ud, .path = "(stream)", .partition = p,
+                       .err = EDDY_OK};
+    w.buf = malloc(WRITE_BUF);
+    uint64_t seq = 0, total = 0;
+    int64_t created = 0;
+    eddy_err err = snap && w.buf ? snapshot_seq(snap, p, &seq) : EDDY_ERR_NOMEM;
+    if (err == EDDY_OK)
+        err = write_body(snap, p, seq, &w, &created, &total);
+    if (err == EDDY_OK && out) {
+        memset(out, 0, sizeof(*out));
+        *out = (struct checkpoint_info){.partition = p, .version = CHECKPOINT_VERSION, .seq = seq,
+                                        .created_ms = created, .records = w.records,
+                                        .bytes = total, .crc = w.crc};
+    }
+    free(w.buf);
     store_snapshot_free(snap);
     return err;
 }
@@ -325,57 +373,35 @@ eddy_err checkpoint_write_dir_until(store *s, uint32_t p, const char *dir, int64
 
 /* ---- reading -------------------------------------------------------------------------- */
 
-/* Called for each record while a file is read for loading; key and value are borrowed. */
-typedef eddy_err record_fn(void *ud, const unsigned char *key, size_t klen,
-                           const unsigned char *val, size_t vlen);
+/* The incremental reader: a state machine over the format above. Fixed-size fields are
+ * gathered in 'fix'; keys in 'key'; values in 'val' only when there is a record callback
+ * (verifying streams them through the CRC). */
+enum rstate { R_HEADER, R_KLEN, R_KEY, R_VLEN, R_VAL, R_FOOTER, R_DONE };
 
-struct reader {
-    FILE *f;
-    const char *path;
-    uint64_t off, size;
-    uint32_t crc;
+struct checkpoint_reader {
+    const char *what;
+    checkpoint_record_fn *fn;
+    void *ud;
+    enum rstate st;
+    eddy_err err;
+    uint64_t off;               /* bytes consumed */
+    uint32_t crc;               /* of every byte consumed but the footer's CRC field */
+    unsigned char fix[CHECKPOINT_HEADER_LEN];
+    size_t need, have;          /* of the current field */
+    uint32_t partition, version;
+    int64_t created_ms;
+    uint64_t seq, records;
+    unsigned char key[STORE_KEY_MAX], prev[STORE_KEY_MAX];
+    size_t klen, prevlen;
+    unsigned char *val;
+    size_t vlen, valcap;
 };
 
-static eddy_err corrupt(const struct reader *r, const char *why)
+static eddy_err corrupt(checkpoint_reader *r, const char *why)
 {
-    log_error("msg=\"checkpoint corrupt\" path=%s offset=%" PRIu64 " size=%" PRIu64
-              " reason=\"%s\"",
-              r->path, r->off, r->size, why);
-    return EDDY_ERR_CORRUPT;
-}
-
-/* Read exactly 'n' bytes (the caller checked they are in the file), adding them to the
- * CRC if 'crc'. */
-static eddy_err r_get(struct reader *r, void *buf, size_t n, bool crc)
-{
-    if (n > r->size - r->off)
-        return corrupt(r, "truncated");
-    if (n > 0 && fread(buf, 1, n, r->f) != n) {
-        if (ferror(r->f)) {
-            log_error("msg=\"checkpoint: read failed\" path=%s error=\"%s\"", r->path,
-                      strerror(errno));
-            return EDDY_ERR_IO;
-        }
-        return corrupt(r, "file shrank while being read");
-    }
-    if (crc)
-        r->crc = crc32c_update(r->crc, buf, n);
-    r->off += n;
-    return EDDY_OK;
-}
-
-/* Read 'n' bytes into the CRC only, in pieces (verify does not keep values). */
-static eddy_err r_skip(struct reader *r, uint64_t n)
-{
-    unsigned char buf[16384];
-    while (n > 0) {
-        size_t c = n < sizeof(buf) ? (size_t)n : sizeof(buf);
-        eddy_err err = r_get(r, buf, c, true);
-        if (err != EDDY_OK)
-            return err;
-        n -= c;
-    }
-    return EDDY_OK;
+    log_error("msg=\"checkpoint corrupt\" source=%s offset=%" PRIu64 " reason=\"%s\"", r->what,
+              r->off, why);
+    return r->err = EDDY_ERR_CORRUPT;
 }
 
 static int cmp_keys(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen)
@@ -387,160 +413,197 @@ static int cmp_keys(const unsigned char *a, size_t alen, const unsigned char *b,
     return alen < blen ? -1 : alen > blen;
 }
 
-/* Read and check the whole file; with 'fn', hand it every record (values in memory, one
- * at a time), without, stream values through the CRC only. */
-static eddy_err read_file(const char *path, record_fn *fn, void *ud, struct checkpoint_info *out)
+checkpoint_reader *checkpoint_reader_new(const char *what, checkpoint_record_fn *fn, void *ud)
 {
-    eddy_err err = EDDY_OK;
-    struct reader r = {.path = path};
-    unsigned char *val = NULL;
-    size_t valcap = 0;
-    unsigned char key[STORE_KEY_MAX], prev[STORE_KEY_MAX];
-    size_t prevlen = 0;
-    uint64_t records = 0;
+    checkpoint_reader *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->what = what;
+    r->fn = fn;
+    r->ud = ud;
+    r->st = R_HEADER;
+    r->need = CHECKPOINT_HEADER_LEN;
+    return r;
+}
 
-    r.f = fopen(path, "rbe");
-    if (!r.f) {
+void checkpoint_reader_free(checkpoint_reader *r)
+{
+    if (r)
+        free(r->val);
+    free(r);
+}
+
+/* A whole fixed-size field is in r->fix (or the key in r->key): check it and move on. */
+static eddy_err field_done(checkpoint_reader *r)
+{
+    switch (r->st) {
+    case R_HEADER:
+        if (memcmp(r->fix, CHECKPOINT_MAGIC, 8) != 0)
+            return corrupt(r, "bad magic");
+        r->version = (uint32_t)get_le(r->fix + 8, 4);
+        if (r->version != CHECKPOINT_VERSION)
+            return corrupt(r, "unsupported format version");
+        r->partition = (uint32_t)get_le(r->fix + 12, 2);
+        if (get_le(r->fix + 14, 2) != 0)
+            return corrupt(r, "unknown flags");
+        r->created_ms = (int64_t)get_le(r->fix + 16, 8);
+        r->seq = get_le(r->fix + 24, 8);
+        r->st = R_KLEN;
+        r->need = 4;
+        return EDDY_OK;
+    case R_KLEN:
+        r->klen = (size_t)get_le(r->fix, 4);
+        if (r->klen == 0) { /* the end marker: records, bytes, crc follow */
+            r->st = R_FOOTER;
+            r->need = CHECKPOINT_FOOTER_LEN - 4;
+            return EDDY_OK;
+        }
+        if (r->klen < 3 || r->klen > STORE_KEY_MAX)
+            return corrupt(r, "bad key length");
+        r->st = R_KEY;
+        r->need = r->klen;
+        return EDDY_OK;
+    case R_KEY:
+        if (r->key[0] != (r->partition >> 8) || r->key[1] != (r->partition & 0xffu))
+            return corrupt(r, "key of another partition");
+        if (r->records > 0 && cmp_keys(r->prev, r->prevlen, r->key, r->klen) >= 0)
+            return corrupt(r, "keys out of order");
+        r->st = R_VLEN;
+        r->need = 4;
+        return EDDY_OK;
+    case R_VLEN:
+        r->vlen = (size_t)get_le(r->fix, 4);
+        if (r->vlen > CHECKPOINT_VALUE_MAX)
+            return corrupt(r, "bad value length");
+        if (r->fn && r->vlen > r->valcap) {
+            unsigned char *nv = realloc(r->val, r->vlen);
+            if (!nv)
+                return r->err = EDDY_ERR_NOMEM;
+            r->val = nv;
+            r->valcap = r->vlen;
+        }
+        r->st = R_VAL;
+        r->need = r->vlen;
+        return EDDY_OK;
+    case R_VAL:
+        if (r->fn) {
+            eddy_err err = r->fn(r->ud, r->key, r->klen, r->val, r->vlen);
+            if (err != EDDY_OK)
+                return r->err = err;
+        }
+        memcpy(r->prev, r->key, r->klen);
+        r->prevlen = r->klen;
+        r->records++;
+        r->st = R_KLEN;
+        r->need = 4;
+        return EDDY_OK;
+    case R_FOOTER:
+        if (get_le(r->fix, 8) != r->records)
+            return corrupt(r, "record count does not match");
+        if (get_le(r->fix + 8, 8) != r->off)
+            return corrupt(r, "length does not match");
+        if ((uint32_t)get_le(r->fix + 16, 4) != r->crc)
+            return corrupt(r, "CRC32C mismatch");
+        r->st = R_DONE;
+        return EDDY_OK;
+    case R_DONE:
+        break;
+    }
+    return corrupt(r, "data after the footer");
+}
+
+eddy_err checkpoint_reader_feed(checkpoint_reader *r, const void *buf, size_t n)
+{
+    const unsigned char *p = buf;
+    while (n > 0 && r->err == EDDY_OK) {
+        if (r->st == R_DONE)
+            return corrupt(r, "data after the footer");
+        size_t c = r->need - r->have < n ? r->need - r->have : n;
+        unsigned char *dst = r->st == R_KEY ? r->key + r->have
+                             : r->st == R_VAL ? (r->fn ? r->val + r->have : NULL)
+                                              : r->fix + r->have;
+        if (dst)
+            memcpy(dst, p, c);
+        /* every byte counts in the CRC but the footer's last 4: the CRC itself */
+        size_t crc_part = c;
+        if (r->st == R_FOOTER) {
+            size_t counted = CHECKPOINT_FOOTER_LEN - 8; /* records and bytes fields */
+            crc_part = r->have >= counted ? 0 : (c < counted - r->have ? c : counted - r->have);
+        }
+        r->crc = crc32c_update(r->crc, p, crc_part);
+        r->have += c;
+        r->off += c;
+        p += c;
+        n -= c;
+        if (r->have == r->need) {
+            r->have = 0;
+            if (field_done(r) != EDDY_OK)
+                break;
+        }
+    }
+    return r->err;
+}
+
+eddy_err checkpoint_reader_finish(checkpoint_reader *r, struct checkpoint_info *out)
+{
+    if (r->err != EDDY_OK)
+        return r->err;
+    if (r->st != R_DONE)
+        return corrupt(r, r->st == R_HEADER ? "shorter than header and footer"
+                                            : "truncated: no complete footer");
+    if (out) {
+        memset(out, 0, sizeof(*out));
+        out->partition = r->partition;
+        out->version = r->version;
+        out->created_ms = r->created_ms;
+        out->seq = r->seq;
+        out->records = r->records;
+        out->bytes = r->off;
+        out->crc = r->crc;
+    }
+    return EDDY_OK;
+}
+
+/* Read and check the whole file through a reader, with 'fn' as its record callback. */
+static eddy_err read_file(const char *path, checkpoint_record_fn *fn, void *ud,
+                          struct checkpoint_info *out)
+{
+    FILE *f = fopen(path, "rbe");
+    if (!f) {
         if (errno == ENOENT)
             return EDDY_ERR_NOT_FOUND;
         log_error("msg=\"checkpoint: cannot open\" path=%s error=\"%s\"", path, strerror(errno));
         return EDDY_ERR_IO;
     }
     struct stat st;
-    if (fstat(fileno(r.f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         log_error("msg=\"checkpoint: not a regular file\" path=%s", path);
+        fclose(f);
+        return EDDY_ERR_IO;
+    }
+    checkpoint_reader *r = checkpoint_reader_new(path, fn, ud);
+    unsigned char *buf = malloc(WRITE_BUF);
+    eddy_err err = r && buf ? EDDY_OK : EDDY_ERR_NOMEM;
+    size_t n;
+    while (err == EDDY_OK && (n = fread(buf, 1, WRITE_BUF, f)) > 0)
+        err = checkpoint_reader_feed(r, buf, n);
+    if (err == EDDY_OK && ferror(f)) {
+        log_error("msg=\"checkpoint: read failed\" path=%s error=\"%s\"", path, strerror(errno));
         err = EDDY_ERR_IO;
-        goto out;
     }
-    r.size = (uint64_t)st.st_size;
-    if (r.size < CHECKPOINT_HEADER_LEN + CHECKPOINT_FOOTER_LEN) {
-        err = corrupt(&r, "shorter than header and footer");
-        goto out;
-    }
-
-    unsigned char h[CHECKPOINT_HEADER_LEN];
-    if ((err = r_get(&r, h, sizeof(h), true)) != EDDY_OK)
-        goto out;
-    if (memcmp(h, CHECKPOINT_MAGIC, 8) != 0) {
-        r.off = 0;
-        err = corrupt(&r, "bad magic");
-        goto out;
-    }
-    uint32_t version = (uint32_t)get_le(h + 8, 4);
-    if (version != CHECKPOINT_VERSION) {
-        r.off = 8;
-        err = corrupt(&r, "unsupported format version");
-        goto out;
-    }
-    uint32_t part = (uint32_t)get_le(h + 12, 2);
-    if (get_le(h + 14, 2) != 0) {
-        r.off = 14;
-        err = corrupt(&r, "unknown flags");
-        goto out;
-    }
-
-    for (;;) {
-        unsigned char b4[4];
-        /* every record and the footer's end marker start with a u32 */
-        if (r.size - r.off < CHECKPOINT_FOOTER_LEN) {
-            err = corrupt(&r, "truncated: no footer");
-            goto out;
+    if (err == EDDY_OK)
+        err = checkpoint_reader_finish(r, out);
+    if (err == EDDY_OK && out) {
+        if (out->bytes != (uint64_t)st.st_size) {
+            log_error("msg=\"checkpoint corrupt\" source=%s reason=\"file changed while read\"",
+                      path);
+            err = EDDY_ERR_CORRUPT;
         }
-        if ((err = r_get(&r, b4, 4, true)) != EDDY_OK)
-            goto out;
-        uint32_t klen = (uint32_t)get_le(b4, 4);
-        if (klen == 0)
-            break; /* end marker */
-        uint64_t left = r.size - r.off; /* after the klen field */
-        if (klen < 3 || klen > STORE_KEY_MAX ||
-            (uint64_t)klen + 4 + (CHECKPOINT_FOOTER_LEN - 4) > left) {
-            r.off -= 4;
-            err = corrupt(&r, "bad key length");
-            goto out;
-        }
-        if ((err = r_get(&r, key, klen, true)) != EDDY_OK)
-            goto out;
-        if (key[0] != (part >> 8) || key[1] != (part & 0xffu)) {
-            err = corrupt(&r, "key of another partition");
-            goto out;
-        }
-        if (records > 0 && cmp_keys(prev, prevlen, key, klen) >= 0) {
-            err = corrupt(&r, "keys out of order");
-            goto out;
-        }
-        memcpy(prev, key, klen);
-        prevlen = klen;
-        if ((err = r_get(&r, b4, 4, true)) != EDDY_OK)
-            goto out;
-        uint32_t vlen = (uint32_t)get_le(b4, 4);
-        left = r.size - r.off;
-        if (vlen > CHECKPOINT_VALUE_MAX || (uint64_t)vlen + (CHECKPOINT_FOOTER_LEN - 4) > left) {
-            r.off -= 4;
-            err = corrupt(&r, "bad value length");
-            goto out;
-        }
-        if (!fn) {
-            err = r_skip(&r, vlen);
-        } else {
-            if (vlen > valcap) {
-                unsigned char *nv = realloc(val, vlen);
-                if (!nv) {
-                    err = EDDY_ERR_NOMEM;
-                    goto out;
-                }
-                val = nv;
-                valcap = vlen;
-            }
-            err = r_get(&r, val, vlen, true);
-            if (err == EDDY_OK)
-                err = fn(ud, key, klen, val, vlen);
-        }
-        if (err != EDDY_OK)
-            goto out;
-        records++;
-    }
-
-    /* footer: the end marker was read; records, bytes, crc follow and end the file */
-    if (r.size - r.off != CHECKPOINT_FOOTER_LEN - 4) {
-        err = corrupt(&r, "footer not at the end of the file");
-        goto out;
-    }
-    unsigned char f[CHECKPOINT_FOOTER_LEN - 4];
-    if ((err = r_get(&r, f, 16, true)) != EDDY_OK)
-        goto out;
-    uint32_t crc = r.crc;
-    if ((err = r_get(&r, f + 16, 4, false)) != EDDY_OK)
-        goto out;
-    if (get_le(f, 8) != records) {
-        r.off -= 20;
-        err = corrupt(&r, "record count does not match");
-        goto out;
-    }
-    if (get_le(f + 8, 8) != r.size) {
-        r.off -= 12;
-        err = corrupt(&r, "file length does not match");
-        goto out;
-    }
-    if ((uint32_t)get_le(f + 16, 4) != crc) {
-        r.off -= 4;
-        err = corrupt(&r, "CRC32C mismatch");
-        goto out;
-    }
-    if (out) {
-        memset(out, 0, sizeof(*out));
-        out->partition = part;
-        out->version = version;
-        out->created_ms = (int64_t)get_le(h + 16, 8);
-        out->seq = get_le(h + 24, 8);
-        out->records = records;
-        out->bytes = r.size;
-        out->crc = crc;
         snprintf(out->path, sizeof(out->path), "%s", path);
     }
-
-out:
-    free(val);
-    fclose(r.f);
+    free(buf);
+    checkpoint_reader_free(r);
+    fclose(f);
     return err;
 }
 

@@ -80,6 +80,31 @@ eddy_err checkpoint_write_dir(store *s, uint32_t p, const char *dir, struct chec
 eddy_err checkpoint_write_dir_until(store *s, uint32_t p, const char *dir, int64_t deadline_ms,
                                     struct checkpoint_info *out);
 
+/* Receives the bytes of a streamed checkpoint in order, in pieces of up to 256 KiB
+ * (borrowed for the call). A non-OK result stops the stream with that error. */
+typedef eddy_err checkpoint_sink_fn(void *ud, const void *buf, size_t n);
+
+/* checkpoint_write into 'sink' instead of a file (a move's source streaming a fresh
+ * checkpoint: no file, no fsync). 'out' (may be NULL; path empty) is what was sent. */
+eddy_err checkpoint_stream(store *s, uint32_t p, checkpoint_sink_fn *sink, void *ud,
+                           struct checkpoint_info *out);
+
+/* ---- an incremental reader: a checkpoint's bytes in any pieces, its records out, with
+ * every check checkpoint_verify makes (a move's target loading a stream as it arrives).
+ * 'fn' (may be NULL: check only) gets each record, key and value borrowed for the call;
+ * its non-OK result stops the reader with it. 'what' names the source in log lines. */
+typedef eddy_err checkpoint_record_fn(void *ud, const unsigned char *key, size_t klen,
+                                      const unsigned char *val, size_t vlen);
+typedef struct checkpoint_reader checkpoint_reader;
+checkpoint_reader *checkpoint_reader_new(const char *what, checkpoint_record_fn *fn, void *ud);
+/* Take the next 'n' bytes. EDDY_ERR_CORRUPT (logged, with the offset) at the first
+ * damage; after an error every call returns it again. */
+eddy_err checkpoint_reader_feed(checkpoint_reader *r, const void *buf, size_t n);
+/* The end of the bytes: EDDY_ERR_CORRUPT unless a whole, valid checkpoint was fed. 'out'
+ * (may be NULL) is filled on success (path empty). */
+eddy_err checkpoint_reader_finish(checkpoint_reader *r, struct checkpoint_info *out);
+void checkpoint_reader_free(checkpoint_reader *r);
+
 /* Read the whole file and check it: magic, version, flags, lengths, key order and
  * partition, record count, file length and CRC. EDDY_ERR_CORRUPT (with one log line saying
  * where and why) for any damage, truncation included; EDDY_ERR_NOT_FOUND if there is no

@@ -695,6 +695,113 @@ static void test_latest_valid_and_prune(void **state)
     free(dir);
 }
 
+/* checkpoint_stream: a move's source. */
+struct membuf {
+    unsigned char *b;
+    size_t n, cap, calls;
+};
+
+static eddy_err to_mem(void *ud, const void *buf, size_t n)
+{
+    struct membuf *m = ud;
+    if (m->n + n > m->cap) {
+        m->cap = (m->n + n) * 2;
+        m->b = realloc(m->b, m->cap);
+    }
+    memcpy(m->b + m->n, buf, n);
+    m->n += n;
+    m->calls++;
+    return EDDY_OK;
+}
+
+static eddy_err count_rec(void *ud, const unsigned char *key, size_t klen,
+                          const unsigned char *val, size_t vlen)
+{
+    (void)key;
+    (void)klen;
+    (void)val;
+    (void)vlen;
+    (*(uint64_t *)ud)++;
+    return EDDY_OK;
+}
+
+/* Feed 'b' to a fresh reader in pieces of 'step' bytes; the result of finish. */
+static eddy_err read_in_pieces(const unsigned char *b, size_t n, size_t step, uint64_t *records,
+                               struct checkpoint_info *out)
+{
+    *records = 0;
+    checkpoint_reader *r = checkpoint_reader_new("test", count_rec, records);
+    assert_non_null(r);
+    eddy_err err = EDDY_OK;
+    for (size_t off = 0; off < n && err == EDDY_OK; off += step)
+        err = checkpoint_reader_feed(r, b + off, n - off < step ? n - off : step);
+    if (err == EDDY_OK)
+        err = checkpoint_reader_finish(r, out);
+    checkpoint_reader_free(r);
+    return err;
+}
+
+/* The stream is the file's format byte for byte (created_ms aside), and the incremental
+ * reader accepts it in any pieces and refuses every flipped byte and every truncation. */
+static void test_stream_and_incremental_reader(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("ckp");
+    char *sdir = subdir(dir, "db");
+    store *s = small_store(sdir);
+    char path[512];
+    snprintf(path, sizeof(path), "%s/p3.ckp", dir);
+    struct checkpoint_info fi, si, ri;
+    assert_int_equal(checkpoint_write(s, 3, path, &fi), EDDY_OK);
+    struct membuf m = {0};
+    assert_int_equal(checkpoint_stream(s, 3, to_mem, &m, &si), EDDY_OK);
+    assert_int_equal(si.bytes, m.n);
+    assert_int_equal(si.bytes, fi.bytes);
+    assert_int_equal(si.records, fi.records);
+    assert_int_equal(si.seq, fi.seq);
+    size_t fn;
+    unsigned char *file = read_all(path, &fn);
+    assert_int_equal(fn, m.n);
+    /* equal but for the creation time in the header (and so the CRC) */
+    assert_memory_equal(file, m.b, 16);
+    assert_memory_equal(file + 24, m.b + 24, m.n - 24 - 4);
+
+    for (size_t step = 1; step <= m.n; step = step * 3 + 1) {
+        uint64_t recs;
+        assert_int_equal(read_in_pieces(m.b, m.n, step, &recs, &ri), EDDY_OK);
+        assert_int_equal(recs, si.records);
+        assert_int_equal(ri.records, si.records);
+        assert_int_equal(ri.crc, si.crc);
+        assert_int_equal(ri.seq, 42);
+        assert_int_equal(ri.bytes, m.n);
+    }
+    for (size_t off = 0; off < m.n; off++) {
+        uint64_t recs;
+        m.b[off] ^= 0x10;
+        if (read_in_pieces(m.b, m.n, 5, &recs, NULL) != EDDY_ERR_CORRUPT)
+            fail_msg("flipped byte at offset %zu of %zu not detected", off, m.n);
+        m.b[off] ^= 0x10;
+    }
+    for (size_t len = 0; len < m.n; len++) {
+        uint64_t recs;
+        if (read_in_pieces(m.b, len, 7, &recs, NULL) != EDDY_ERR_CORRUPT)
+            fail_msg("truncation to %zu of %zu bytes not detected", len, m.n);
+    }
+    /* and bytes after the footer */
+    unsigned char *longer = malloc(m.n + 1);
+    memcpy(longer, m.b, m.n);
+    longer[m.n] = 0;
+    uint64_t recs;
+    assert_int_equal(read_in_pieces(longer, m.n + 1, 64, &recs, NULL), EDDY_ERR_CORRUPT);
+    free(longer);
+    free(file);
+    free(m.b);
+    store_close(s);
+    rmrf(dir);
+    free(sdir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -704,6 +811,7 @@ int main(void)
         cmocka_unit_test(test_replace_range_contract),
         cmocka_unit_test(test_snapshot_isolated),
         cmocka_unit_test(test_latest_valid_and_prune),
+        cmocka_unit_test(test_stream_and_incremental_reader),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
