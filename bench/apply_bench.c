@@ -1,52 +1,170 @@
-/* Apply-path microbenchmark: N generated events (5000 Zipf-ish users, 1000 products with a
- * skewed choice, 5 categories, 1 purchase in 20) through the state engine in batches of
- * 500, with group commit, no gRPC. Prints events/s; run under
- * `valgrind --tool=callgrind` for an instruction count that does not depend on the load
- * of the machine.   eddy-apply-bench [N]   (default 50000) */
+/* Apply-path microbenchmark: the state engine alone (no gRPC), fed the events of
+ * eddy-bench's generator (client/bench/gen.h: its default population, 100,000 Zipf users
+ * and 10,000 Zipf products, the e-commerce event mix, 2 s disorder) with the node's default
+ * parameters, on a synthetic event-time clock (10,000 events per second of event time), so
+ * the same arguments always apply the same events. Batches of --batch events are queued
+ * with at most --inflight of them waiting (eddy-bench's 4 streams x 2 calls of 500: groups
+ * of a few thousand events, as on a loaded node).
+ *
+ *   eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE]   (defaults 50000, 8, 500)
+ *
+ * --dump writes every key and value of the state afterwards (store_dump): two builds that
+ * apply the same events must write the same file. --kept-bytes sets the budget of the
+ * values the writer's txn keeps between group commits (store_set_kept_bytes).
+ * Prints events/s. Every event is generated before the clock starts, so under
+ * `valgrind --tool=callgrind --toggle-collect=writer_main` the instruction count is the
+ * writer thread's alone: divided by N, the instructions per event, which the load of the
+ * machine does not move. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "gen.h"
 #include "node/state/engine.h"
-struct done { int n; };
-static void on_done(void *ud, eddy_err err, const struct engine_ingest_result *r) { (void)err; (void)r; ((struct done *)ud)->n++; }
-int main(int argc, char **argv) {
-    int N = argc > 1 ? (int)strtol(argv[1], NULL, 10) : 50000;
-    char dir[] = "/tmp/applybench-XXXXXX"; mkdtemp(dir);
-    struct engine_opts o = {0};
-    o.data_dir = dir; o.apply.partitions = 256;
-    o.apply.window = (struct window_params){60000, 5000, 0, 0};
-    o.apply.model = (struct model_params){{7 * 86400000LL, 8}, 20, 50, 50};
-    o.apply.cooccurrence_span_ms = 1800000; o.apply.cooccurrence_items = 10;
-    o.apply.dedup_window_ms = 86400000; o.apply.sweep_interval_ms = 3600000;
-    o.product = (struct product_params){256, {86400000, 8}, {7 * 86400000LL, 8}, 50};
-    o.rec = (struct rec_params){1, 1.5, 2, 3}; o.candidates = 50;
-    o.max_pending_events = 10000000; o.max_group_events = 20000;
-    engine *e; char err[256];
-    if (engine_open(&o, &e, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
-    Eddy__V1__Event *ev = calloc(N, sizeof *ev); Eddy__V1__Event **pp = calloc(N, sizeof *pp);
-    char (*ids)[24] = calloc(N, 24), (*us)[16] = calloc(N, 16), (*ps)[16] = calloc(N, 16);
-    static const char *cats[] = {"books", "toys", "garden", "kitchen", "sports"};
-    unsigned seed = 7;
-    for (int i = 0; i < N; i++) {
-        eddy__v1__event__init(&ev[i]);
-        snprintf(ids[i], 24, "e%d", i); seed = seed * 1103515245 + 12345;
-        snprintf(us[i], 16, "u%u", (seed >> 8) % 5000); seed = seed * 1103515245 + 12345;
-        unsigned pr = (seed >> 8) % 1000; pr = pr * pr / 1000; snprintf(ps[i], 16, "p%u", pr);
-        ev[i].event_id = ids[i]; ev[i].user_id = us[i]; ev[i].product_id = ps[i];
-        ev[i].category = (char *)cats[pr % 5]; ev[i].price = 10;
-        ev[i].timestamp_ms = 1800000000000LL + i * 10;
-        ev[i].event_type = i % 20 == 0 ? EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE : EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW;
-        pp[i] = &ev[i];
+
+struct progress {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int outstanding;
+    uint64_t accepted, duplicates, failed;
+};
+
+static void on_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
+{
+    struct progress *pg = ud;
+    pthread_mutex_lock(&pg->mu);
+    pg->outstanding--;
+    if (err != EDDY_OK)
+        pg->failed++;
+    else {
+        pg->accepted += r->accepted;
+        pg->duplicates += r->duplicates;
     }
-    struct timespec t0, t1; clock_gettime(CLOCK_MONOTONIC, &t0);
-    struct done d = {0};
-    for (int i = 0; i < N; i += 500) engine_ingest(e, pp + i, N - i < 500 ? N - i : 500, on_done, &d);
+    pthread_cond_signal(&pg->cv);
+    pthread_mutex_unlock(&pg->mu);
+}
+
+/* The node's defaults (node/main.c), --dev: one engine owns all 256 partitions. */
+static void node_defaults(struct engine_opts *o, const char *dir)
+{
+    const int64_t day = 86400000;
+    memset(o, 0, sizeof(*o));
+    o->data_dir = dir;
+    o->cache_bytes = 64 << 20;
+    o->apply.partitions = 256;
+    o->apply.window = (struct window_params){60000, 5000, 0, 30000};
+    o->apply.model = (struct model_params){{7 * day, 8}, 20, 50, 50};
+    o->apply.cooccurrence_span_ms = 30 * 60000;
+    o->apply.cooccurrence_items = 10;
+    o->apply.dedup_window_ms = day;
+    o->apply.state_ttl_ms = 30 * day;
+    o->apply.window_retention_ms = 7 * day;
+    o->apply.log_retention_ms = 7 * day;
+    o->apply.sweep_interval_ms = 3600000;
+    o->product = (struct product_params){256, {day, 8}, {7 * day, 8}, 50};
+    o->rec = (struct rec_params){1, 1.5, 2, 3};
+    o->candidates = 50;
+    o->max_pending_events = 100000000;
+    o->max_group_events = 20000;
+}
+
+static const char *arg(int argc, char **argv, const char *name)
+{
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], name) == 0)
+            return argv[i + 1];
+    return NULL;
+}
+
+static long arg_int(int argc, char **argv, const char *name, long def)
+{
+    const char *v = arg(argc, argv, name);
+    return v ? strtol(v, NULL, 10) : def;
+}
+
+int main(int argc, char **argv)
+{
+    long n = argc > 1 && argv[1][0] != '-' ? strtol(argv[1], NULL, 10) : 50000;
+    long inflight = arg_int(argc, argv, "--inflight", 8);
+    long batch = arg_int(argc, argv, "--batch", 500);
+    if (n < 1 || inflight < 1 || batch < 1) {
+        fprintf(stderr, "usage: eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE]\n");
+        return 2;
+    }
+
+    struct gen_config cfg = {
+        .seed = 1, .run_id = "ab", .users = 100000, .products = 10000, .categories = 50,
+        .brands = 200, .zipf_users = 0.9, .zipf_products = 1.0, .disorder_ms = 2000,
+        .late_age_ms = 120000, .start_ms = 1800000000000LL, .time_rate = 10000,
+    };
+    struct gen_tables *tables = gen_tables_new(&cfg);
+    struct gen_event *events = calloc((size_t)n, sizeof(*events));
+    Eddy__V1__Event **ptrs = calloc((size_t)n, sizeof(*ptrs));
+    if (!tables || !events || !ptrs) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    struct gen g;
+    gen_init(&g, tables, 0);
+    gen_batch(&g, 0, events, ptrs, (size_t)n);
+
+    char dir[] = "/tmp/applybench-XXXXXX";
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    struct engine_opts o;
+    node_defaults(&o, dir);
+    engine *e;
+    char err[256];
+    if (engine_open(&o, &e, err, sizeof err) != EDDY_OK) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+
+    long kept = arg_int(argc, argv, "--kept-bytes", 0);
+    if (kept > 0)
+        store_set_kept_bytes(engine_store(e), (size_t)kept);
+
+    struct progress pg = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 0; i < n; i += batch) {
+        pthread_mutex_lock(&pg.mu);
+        while (pg.outstanding >= inflight)
+            pthread_cond_wait(&pg.cv, &pg.mu);
+        pg.outstanding++;
+        pthread_mutex_unlock(&pg.mu);
+        size_t len = (size_t)(n - i < batch ? n - i : batch);
+        if (engine_ingest(e, ptrs + i, len, on_done, &pg) != EDDY_OK) {
+            fprintf(stderr, "engine_ingest refused a batch\n");
+            return 1;
+        }
+    }
     engine_flush(e);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    double s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
-    printf("%d events in %.2f s = %.0f events/s\n", N, s, N / s);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    printf("%ld events in %.2f s = %.0f events/s (accepted %llu, duplicates %llu, failed "
+           "batches %llu; inflight %ld x %ld)\n",
+           n, s, (double)n / s, (unsigned long long)pg.accepted,
+           (unsigned long long)pg.duplicates, (unsigned long long)pg.failed, inflight, batch);
+    const char *dump = arg(argc, argv, "--dump");
+    if (dump) {
+        FILE *f = fopen(dump, "w");
+        if (!f || store_dump(engine_store(e), UINT32_MAX, f) != EDDY_OK) {
+            fprintf(stderr, "cannot dump the state to %s\n", dump);
+            pg.failed++;
+        }
+        if (f)
+            fclose(f);
+    }
     engine_close(e);
-    char cmd[128]; snprintf(cmd, sizeof cmd, "rm -rf %s", dir); if (system(cmd)) return 1;
-    return 0;
+    gen_tables_free(tables);
+    free(events);
+    free(ptrs);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    return system(cmd) != 0 || pg.failed != 0;
 }

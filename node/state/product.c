@@ -115,6 +115,39 @@ out:
     return err; /* the state belongs to the txn */
 }
 
+/* decay_value of many sums at one event time, for comparing them: the same arithmetic
+ * (so the same order, ties included) without decay_value's final division by the fixed-point
+ * one, a power of two that keeps the order exact, and with the two exp2 factors of a
+ * bucket computed once per bucket instead of once per sum: a neighbour list spans a few
+ * buckets at most. Scans of a full list (each new neighbour of a product with
+ * --max-neighbours of them) spent most of their time in exp2. */
+struct values_at {
+    const struct decay_params *p;
+    int64_t at;
+    int64_t bucket[2];
+    double factor[2][2]; /* [slot][cur, prev] */
+    int n;               /* slots filled, round robin past 2 */
+};
+
+static double value_at(struct values_at *va, const Eddy__Store__V1__Decayed *d)
+{
+    if (!d)
+        return 0.0;
+    int s = 0;
+    while (s < va->n && s < 2 && va->bucket[s] != d->bucket)
+        s++;
+    if (s == va->n || s == 2) {
+        s = va->n++ % 2;
+        int64_t width = va->p->half_life_ms * va->p->bucket_half_lives;
+        double hl = (double)va->p->half_life_ms;
+        double start = (double)d->bucket * (double)width;
+        va->bucket[s] = d->bucket;
+        va->factor[s][0] = exp2((start - (double)va->at) / hl);
+        va->factor[s][1] = exp2((start - (double)width - (double)va->at) / hl);
+    }
+    return (double)d->cur * va->factor[s][0] + (double)d->prev * va->factor[s][1];
+}
+
 static eddy_err add_neighbour(Eddy__Store__V1__ProductState *ps, const struct product_params *p,
                               const Eddy__Store__V1__CoOccurrence *c)
 {
@@ -137,16 +170,17 @@ static eddy_err add_neighbour(Eddy__Store__V1__ProductState *ps, const struct pr
         /* full: replace the weakest neighbour if the newcomer is stronger */
         Eddy__Store__V1__Decayed probe = EDDY__STORE__V1__DECAYED__INIT;
         decay_add(&probe, &p->neighbours, c->ts, c->weight);
+        struct values_at va = {&p->neighbours, c->ts, {0}, {{0}}, 0};
         size_t weakest = 0;
         double wv = INFINITY;
         for (size_t i = 0; i < ps->n_neighbours; i++) {
-            double v = decay_value(ps->neighbours[i]->score, &p->neighbours, c->ts);
+            double v = value_at(&va, ps->neighbours[i]->score);
             if (v < wv) {
                 wv = v;
                 weakest = i;
             }
         }
-        if (decay_value(&probe, &p->neighbours, c->ts) <= wv)
+        if (value_at(&va, &probe) <= wv)
             return EDDY_OK;
         protobuf_c_message_free_unpacked(&ps->neighbours[weakest]->base, NULL);
         memmove(&ps->neighbours[weakest], &ps->neighbours[weakest + 1],

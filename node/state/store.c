@@ -4,6 +4,7 @@
 #include "node/state/store.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <leveldb/c.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -21,6 +22,12 @@ struct store {
     leveldb_readoptions_t *ropts;
     leveldb_writeoptions_t *wsync;
     leveldb_writeoptions_t *wnosync;
+    size_t obj_cache_bytes;      /* budget of each txn's kept values */
+    /* Bumped by every write that does not go through the txn reading it (another txn's
+     * commit, store_replace_range, store_delete of a kept table): a txn whose last seen
+     * value differs forgets the values it kept. */
+    _Atomic uint64_t gen;
+    _Atomic uint32_t kept_tables; /* 1 << table of every table some txn keeps values of */
 };
 
 /* ---- keys ---------------------------------------------------------------------------- */
@@ -172,6 +179,9 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
     s->wsync = leveldb_writeoptions_create();
     leveldb_writeoptions_set_sync(s->wsync, 1);
     s->wnosync = leveldb_writeoptions_create();
+    s->obj_cache_bytes = STORE_KEPT_BYTES_DEFAULT;
+    atomic_init(&s->gen, 0);
+    atomic_init(&s->kept_tables, 0);
     *out = s;
     return EDDY_OK;
 }
@@ -261,10 +271,24 @@ eddy_err store_scan(store *s, const struct store_key *start, const struct store_
     return scan_with(s->db, s->ropts, start, end, fn, ud);
 }
 
+/* A write outside the txns' view: they must forget what they kept. */
+static void store_changed(store *s)
+{
+    atomic_fetch_add_explicit(&s->gen, 1, memory_order_release);
+}
+
+void store_set_kept_bytes(store *s, size_t bytes)
+{
+    s->obj_cache_bytes = bytes;
+}
+
 eddy_err store_delete(store *s, const struct store_key *key)
 {
     char *lerr = NULL;
     leveldb_delete(s->db, s->wnosync, (const char *)key->buf, key->len, &lerr);
+    uint32_t kept = atomic_load_explicit(&s->kept_tables, memory_order_relaxed);
+    if (key->len < 3 || key->buf[2] >= 32 || (kept & (UINT32_C(1) << key->buf[2])))
+        store_changed(s);
     return take_err(lerr, NULL, 0);
 }
 
@@ -438,21 +462,60 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
         err = take_err(lerr, NULL, 0);
     }
     leveldb_writebatch_destroy(wb);
+    store_changed(s); /* even after an error: the write may have reached the log */
     if (err == EDDY_OK && deleted)
         *deleted = n;
     return err;
 }
 
-/* ---- transactions -------------------------------------------------------------------- */
+/* ---- transactions --------------------------------------------------------------------
+ *
+ * DESIGN: one open-addressing table holds every key the txn knows: the pending writes of
+ * this txn (put bytes, delete, changed decoded object) and the committed values it has
+ * read, as bytes or decoded. Pending writes reach the WriteBatch only at commit, one
+ * record per key however often it was written (a product's CAT_POP entry or the stage-2
+ * high-water is written once per group, not once per event). Values that were read stay
+ * after the commit ("kept"), so the next group finds a user model or a product state
+ * decoded instead of reading and unpacking it again; only their LevelDB bytes are
+ * dropped (packed again on demand). Kept values are charged an estimate of their size and
+ * evicted oldest first (by the commit that last used them) past the store's budget. A
+ * kept value is exactly the committed one: every write to the store that does not go
+ * through this txn bumps the store's generation (store_changed) and the txn forgets what it
+ * kept when it sees a new generation. Entries leave the table as tombstones. */
 
+#define PREFIX_BITS (1u << 16)
+
+/* One key the txn knows. */
 struct overlay_entry {
-    unsigned char *key; /* NULL = empty slot */
+    unsigned char *key; /* NULL: empty slot, or a tombstone if 'tomb' */
     size_t klen;
-    char *val;          /* NULL with deleted = true for a delete; stale while obj_dirty */
-    size_t vlen;
-    bool deleted;
+    char *val;          /* the bytes; NULL for a delete or while only 'obj' is held */
+    size_t vlen;        /* length of the bytes, or of the last packing of 'obj' */
     ProtobufCMessage *obj; /* decoded value (store_txn_obj_*), owned by the entry */
-    bool obj_dirty;        /* obj changed: packed into the batch at commit */
+    size_t cost;        /* estimated bytes charged to the budget while kept */
+    uint64_t stamp;     /* the commit that last used it (eviction: oldest first) */
+    bool tomb;          /* removed: probing continues past it */
+    bool deleted;       /* pending delete */
+    bool pending;       /* written in this txn: goes into the batch at commit */
+    bool obj_dirty;     /* obj changed: packed at commit ('val' is stale) */
+    bool keep;          /* holds a value that was read or decoded: kept after commit */
+    bool touched;       /* listed in t->touched */
+};
+
+struct store_txn {
+    store *s;
+    leveldb_writebatch_t *wb;
+    struct overlay_entry *tab; /* power-of-two capacity */
+    size_t cap, live, tombs;
+    size_t *touched;           /* slots used since the last commit */
+    size_t ntouched, touched_cap;
+    size_t npending;
+    size_t kept_bytes;         /* sum of the entries' cost */
+    uint64_t commits;
+    uint64_t gen;              /* the store generation the kept values are current with */
+    uint32_t kept_mask;        /* tables announced in s->kept_tables */
+    struct store_txn_stats stats;
+    unsigned char prefixes[PREFIX_BITS / 8]; /* (partition, table) with pending writes */
 };
 
 static void entry_drop_obj(struct overlay_entry *e)
@@ -463,10 +526,10 @@ static void entry_drop_obj(struct overlay_entry *e)
     e->obj_dirty = false;
 }
 
-/* Bring e->val up to date with a dirty object (for byte readers and scans). */
+/* Bring e->val up to date with the object (for byte readers, scans and the commit). */
 static eddy_err entry_pack(struct overlay_entry *e)
 {
-    if (!e->obj_dirty || !e->obj)
+    if (!e->obj || (!e->obj_dirty && e->val))
         return EDDY_OK;
     size_t n = protobuf_c_message_get_packed_size(e->obj);
     char *v = malloc(n ? n : 1);
@@ -479,12 +542,25 @@ static eddy_err entry_pack(struct overlay_entry *e)
     return EDDY_OK;
 }
 
-struct store_txn {
-    store *s;
-    leveldb_writebatch_t *wb;
-    struct overlay_entry *tab; /* open addressing, power-of-two capacity */
-    size_t cap, used;
-};
+/* Empty the slot, leaving a tombstone. */
+static void entry_remove(store_txn *t, struct overlay_entry *e)
+{
+    free(e->key);
+    free(e->val);
+    entry_drop_obj(e);
+    t->kept_bytes -= e->cost;
+    t->live--;
+    t->tombs++;
+    memset(e, 0, sizeof(*e));
+    e->tomb = true;
+}
+
+static size_t prefix_bit(const unsigned char *k, size_t klen)
+{
+    if (klen < 3)
+        return 0;
+    return ((((size_t)k[0] << 8 | k[1]) << 4) ^ k[2]) & (PREFIX_BITS - 1);
+}
 
 store_txn *store_txn_new(store *s)
 {
@@ -495,7 +571,10 @@ store_txn *store_txn_new(store *s)
     t->wb = leveldb_writebatch_create();
     t->cap = 1024;
     t->tab = calloc(t->cap, sizeof(*t->tab));
-    if (!t->tab) {
+    t->touched_cap = 256;
+    t->touched = malloc(t->touched_cap * sizeof(*t->touched));
+    t->gen = atomic_load_explicit(&s->gen, memory_order_acquire);
+    if (!t->tab || !t->touched) {
         store_txn_free(t);
         return NULL;
     }
@@ -510,7 +589,9 @@ void store_txn_reset(store_txn *t)
         entry_drop_obj(&t->tab[i]);
     }
     memset(t->tab, 0, t->cap * sizeof(*t->tab));
-    t->used = 0;
+    t->live = t->tombs = t->ntouched = t->npending = t->kept_bytes = 0;
+    memset(t->prefixes, 0, sizeof(t->prefixes));
+    t->gen = atomic_load_explicit(&t->s->gen, memory_order_acquire);
     leveldb_writebatch_clear(t->wb);
 }
 
@@ -521,6 +602,7 @@ void store_txn_free(store_txn *t)
     if (t->tab)
         store_txn_reset(t);
     free(t->tab);
+    free(t->touched);
     if (t->wb)
         leveldb_writebatch_destroy(t->wb);
     free(t);
@@ -528,43 +610,150 @@ void store_txn_free(store_txn *t)
 
 size_t store_txn_pending(const store_txn *t)
 {
-    return t->used;
+    return t->npending;
 }
 
-static struct overlay_entry *slot(struct overlay_entry *tab, size_t cap, const unsigned char *k,
-                                  size_t klen)
+void store_txn_stats(const store_txn *t, struct store_txn_stats *out)
 {
-    size_t i = (size_t)XXH3_64bits(k, klen) & (cap - 1);
+    *out = t->stats;
+    out->kept = 0;
+    for (size_t i = 0; i < t->cap; i++)
+        out->kept += t->tab[i].key && t->tab[i].keep && !t->tab[i].pending;
+    out->kept_bytes = t->kept_bytes;
+}
+
+/* The entry of key 'k', or NULL; then *ins (if not NULL) receives the slot to insert at. */
+static struct overlay_entry *lookup(const store_txn *t, const unsigned char *k, size_t klen,
+                                    struct overlay_entry **ins)
+{
+    size_t i = (size_t)XXH3_64bits(k, klen) & (t->cap - 1);
+    struct overlay_entry *tomb = NULL;
     for (;;) {
-        struct overlay_entry *e = &tab[i];
-        if (!e->key || (e->klen == klen && memcmp(e->key, k, klen) == 0))
+        struct overlay_entry *e = &t->tab[i];
+        if (!e->key) {
+            if (!e->tomb) {
+                if (ins)
+                    *ins = tomb ? tomb : e;
+                return NULL;
+            }
+            if (!tomb)
+                tomb = e;
+        } else if (e->klen == klen && memcmp(e->key, k, klen) == 0) {
             return e;
-        i = (i + 1) & (cap - 1);
+        }
+        i = (i + 1) & (t->cap - 1);
     }
 }
 
-static eddy_err grow(store_txn *t)
+/* Rebuild the table with capacity 'ncap' (tombstones go; the touched list follows). */
+static eddy_err rehash(store_txn *t, size_t ncap)
 {
-    size_t ncap = t->cap * 2;
     struct overlay_entry *ntab = calloc(ncap, sizeof(*ntab));
     if (!ntab)
         return EDDY_ERR_NOMEM;
-    for (size_t i = 0; i < t->cap; i++) {
-        if (t->tab[i].key)
-            *slot(ntab, ncap, t->tab[i].key, t->tab[i].klen) = t->tab[i];
-    }
-    free(t->tab);
+    struct overlay_entry *old = t->tab;
+    size_t ocap = t->cap;
     t->tab = ntab;
     t->cap = ncap;
+    t->tombs = 0;
+    t->ntouched = 0;
+    for (size_t i = 0; i < ocap; i++) {
+        if (!old[i].key)
+            continue;
+        struct overlay_entry *slot = NULL;
+        lookup(t, old[i].key, old[i].klen, &slot);
+        *slot = old[i];
+        if (slot->touched) /* the list holds at most the entries it held before */
+            t->touched[t->ntouched++] = (size_t)(slot - t->tab);
+    }
+    free(old);
     return EDDY_OK;
+}
+
+/* Room for one more entry. */
+static eddy_err ensure_room(store_txn *t)
+{
+    if ((t->live + t->tombs + 1) * 2 <= t->cap)
+        return EDDY_OK;
+    return rehash(t, (t->live + 1) * 4 > t->cap ? t->cap * 2 : t->cap);
+}
+
+static eddy_err touch(store_txn *t, struct overlay_entry *e)
+{
+    e->stamp = t->commits + 1;
+    if (e->touched)
+        return EDDY_OK;
+    if (t->ntouched == t->touched_cap) {
+        size_t ncap = t->touched_cap * 2;
+        size_t *n = realloc(t->touched, ncap * sizeof(*n));
+        if (!n)
+            return EDDY_ERR_NOMEM;
+        t->touched = n;
+        t->touched_cap = ncap;
+    }
+    t->touched[t->ntouched++] = (size_t)(e - t->tab);
+    e->touched = true;
+    return EDDY_OK;
+}
+
+/* The entry of 'key', created (empty) if absent, listed as touched. */
+static eddy_err entry_for(store_txn *t, const struct store_key *key, struct overlay_entry **out)
+{
+    struct overlay_entry *slot = NULL;
+    eddy_err err = ensure_room(t); /* first: a rebuild moves the slots */
+    if (err != EDDY_OK)
+        return err;
+    struct overlay_entry *e = lookup(t, key->buf, key->len, &slot);
+    if (!e) {
+        unsigned char *k = malloc(key->len);
+        if (!k)
+            return EDDY_ERR_NOMEM;
+        memcpy(k, key->buf, key->len);
+        if (slot->tomb)
+            t->tombs--;
+        memset(slot, 0, sizeof(*slot));
+        slot->key = k;
+        slot->klen = key->len;
+        t->live++;
+        e = slot;
+    }
+    *out = e;
+    return touch(t, e);
+}
+
+static void mark_pending(store_txn *t, struct overlay_entry *e)
+{
+    if (e->pending)
+        return;
+    e->pending = true;
+    t->npending++;
+    size_t b = prefix_bit(e->key, e->klen);
+    t->prefixes[b / 8] |= (unsigned char)(1u << (b % 8));
+}
+
+/* Forget every kept value that is not a pending write of this txn. */
+static void forget_kept(store_txn *t)
+{
+    for (size_t i = 0; i < t->cap; i++) {
+        if (t->tab[i].key && !t->tab[i].pending)
+            entry_remove(t, &t->tab[i]);
+    }
+    t->stats.forgets++;
+}
+
+/* Forget the kept values if the store was written around this txn since it last looked. */
+static void sync_gen(store_txn *t)
+{
+    uint64_t g = atomic_load_explicit(&t->s->gen, memory_order_acquire);
+    if (g == t->gen)
+        return;
+    forget_kept(t);
+    t->gen = g;
 }
 
 static eddy_err overlay_set(store_txn *t, const struct store_key *key, const void *val,
                             size_t vlen, bool deleted)
 {
-    if ((t->used + 1) * 2 > t->cap && grow(t) != EDDY_OK)
-        return EDDY_ERR_NOMEM;
-    struct overlay_entry *e = slot(t->tab, t->cap, key->buf, key->len);
     char *copy = NULL;
     if (!deleted) {
         copy = malloc(vlen ? vlen : 1);
@@ -572,74 +761,63 @@ static eddy_err overlay_set(store_txn *t, const struct store_key *key, const voi
             return EDDY_ERR_NOMEM;
         memcpy(copy, val, vlen);
     }
-    if (!e->key) {
-        e->key = malloc(key->len);
-        if (!e->key) {
-            free(copy);
-            return EDDY_ERR_NOMEM;
-        }
-        memcpy(e->key, key->buf, key->len);
-        e->klen = key->len;
-        t->used++;
+    struct overlay_entry *e;
+    eddy_err err = entry_for(t, key, &e);
+    if (err != EDDY_OK) {
+        free(copy);
+        return err;
     }
     free(e->val);
     e->val = copy;
     e->vlen = vlen;
     e->deleted = deleted;
+    if (deleted)
+        e->keep = false;
     entry_drop_obj(e); /* bytes written directly replace any decoded object */
+    mark_pending(t, e);
     return EDDY_OK;
 }
 
 eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
                        size_t *vlen, bool *found)
 {
-    struct overlay_entry *e = slot(t->tab, t->cap, key->buf, key->len);
-    if (e->key) {
-        eddy_err err = entry_pack(e);
-        if (err != EDDY_OK)
+    sync_gen(t);
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL);
+    eddy_err err;
+    if (e) {
+        t->stats.hits++;
+        if ((err = touch(t, e)) != EDDY_OK || (err = entry_pack(e)) != EDDY_OK)
             return err;
         *found = !e->deleted;
         *val = e->val;
         *vlen = e->vlen;
         return EDDY_OK;
     }
-    /* Not in the overlay: read the committed value and cache it, so the pointer stays
-     * valid until the txn is committed or reset. */
+    /* Not known: read the committed value and keep it, so the pointer stays valid until
+     * the txn is committed or reset (and the next read finds it). */
+    t->stats.misses++;
     char *v = NULL;
     size_t n = 0;
-    eddy_err err = store_get(t->s, key, &v, &n);
-    if (err != EDDY_OK)
+    if ((err = store_get(t->s, key, &v, &n)) != EDDY_OK)
         return err;
-    if (!v) {
-        *found = false;
-        *val = NULL;
-        *vlen = 0;
+    *found = v != NULL;
+    *val = NULL;
+    *vlen = 0;
+    if (!v)
         return EDDY_OK;
-    }
-    /* cache as a "put" of the same value without adding it to the batch */
-    if ((t->used + 1) * 2 > t->cap && grow(t) != EDDY_OK) {
-        leveldb_free(v);
-        return EDDY_ERR_NOMEM;
-    }
-    e = slot(t->tab, t->cap, key->buf, key->len);
-    e->key = malloc(key->len);
-    e->val = malloc(n ? n : 1);
-    if (!e->key || !e->val) {
-        free(e->key);
-        free(e->val);
-        e->key = NULL;
-        e->val = NULL;
-        leveldb_free(v);
-        return EDDY_ERR_NOMEM;
-    }
-    memcpy(e->key, key->buf, key->len);
-    e->klen = key->len;
-    memcpy(e->val, v, n);
-    e->vlen = n;
-    e->deleted = false;
-    t->used++;
+    char *copy = malloc(n ? n : 1);
+    if (copy)
+        memcpy(copy, v, n);
     leveldb_free(v);
-    *found = true;
+    if (!copy)
+        return EDDY_ERR_NOMEM;
+    if ((err = entry_for(t, key, &e)) != EDDY_OK) {
+        free(copy);
+        return err;
+    }
+    e->val = copy;
+    e->vlen = n;
+    e->keep = true;
     *val = e->val;
     *vlen = n;
     return EDDY_OK;
@@ -660,10 +838,7 @@ eddy_err store_txn_get_msg(store_txn *t, const struct store_key *key,
 
 eddy_err store_txn_put(store_txn *t, const struct store_key *key, const void *val, size_t vlen)
 {
-    eddy_err err = overlay_set(t, key, val, vlen, false);
-    if (err == EDDY_OK)
-        leveldb_writebatch_put(t->wb, (const char *)key->buf, key->len, val, vlen);
-    return err;
+    return overlay_set(t, key, val, vlen, false);
 }
 
 eddy_err store_txn_put_msg(store_txn *t, const struct store_key *key, const ProtobufCMessage *msg)
@@ -682,10 +857,7 @@ eddy_err store_txn_put_msg(store_txn *t, const struct store_key *key, const Prot
 
 eddy_err store_txn_del(store_txn *t, const struct store_key *key)
 {
-    eddy_err err = overlay_set(t, key, NULL, 0, true);
-    if (err == EDDY_OK)
-        leveldb_writebatch_delete(t->wb, (const char *)key->buf, key->len);
-    return err;
+    return overlay_set(t, key, NULL, 0, true);
 }
 
 struct key_list {
@@ -738,58 +910,129 @@ eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
     size_t vlen;
     bool found;
     *obj = NULL;
-    struct overlay_entry *e = slot(t->tab, t->cap, key->buf, key->len);
-    if (e->key && e->obj) {
+    sync_gen(t);
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL);
+    if (e && e->obj) {
+        t->stats.hits++;
         *obj = e->deleted ? NULL : e->obj;
-        return EDDY_OK;
+        return touch(t, e);
     }
-    eddy_err err = store_txn_get(t, key, &val, &vlen, &found); /* caches the bytes */
+    eddy_err err = store_txn_get(t, key, &val, &vlen, &found); /* keeps the bytes */
     if (err != EDDY_OK || !found)
         return err;
     ProtobufCMessage *m = NULL;
     if ((err = decode(desc, val, vlen, &m)) != EDDY_OK)
         return err;
-    e = slot(t->tab, t->cap, key->buf, key->len); /* the get may have grown the table */
+    e = lookup(t, key->buf, key->len, NULL); /* the get may have rebuilt the table */
     e->obj = m;
     e->obj_dirty = false;
+    e->keep = true;
     *obj = m;
     return EDDY_OK;
 }
 
 eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCMessage *obj)
 {
-    if ((t->used + 1) * 2 > t->cap && grow(t) != EDDY_OK) {
+    struct overlay_entry *e;
+    eddy_err err = entry_for(t, key, &e);
+    if (err != EDDY_OK) {
         protobuf_c_message_free_unpacked(obj, NULL);
-        return EDDY_ERR_NOMEM;
-    }
-    struct overlay_entry *e = slot(t->tab, t->cap, key->buf, key->len);
-    if (!e->key) {
-        e->key = malloc(key->len);
-        if (!e->key) {
-            protobuf_c_message_free_unpacked(obj, NULL);
-            return EDDY_ERR_NOMEM;
-        }
-        memcpy(e->key, key->buf, key->len);
-        e->klen = key->len;
-        t->used++;
+        return err;
     }
     if (e->obj != obj)
         entry_drop_obj(e);
+    free(e->val); /* stale now: packed again at commit */
+    e->val = NULL;
     e->obj = obj;
     e->obj_dirty = true;
     e->deleted = false;
+    e->keep = true;
+    mark_pending(t, e);
     return EDDY_OK;
+}
+
+/* Evict the kept values used longest ago until they fit in 3/4 of the budget. */
+static void evict(store_txn *t)
+{
+    enum { AGES = 1024 };
+    size_t target = t->s->obj_cache_bytes / 4 * 3;
+    size_t *by_age = calloc(AGES, sizeof(*by_age));
+    if (!by_age) {
+        forget_kept(t);
+        return;
+    }
+    for (size_t i = 0; i < t->cap; i++) {
+        const struct overlay_entry *e = &t->tab[i];
+        if (e->key) {
+            uint64_t age = t->commits - e->stamp;
+            by_age[age < AGES ? age : AGES - 1] += e->cost;
+        }
+    }
+    size_t excess = t->kept_bytes - target, freed = 0;
+    size_t cutoff = AGES - 1;
+    while (cutoff > 0 && freed + by_age[cutoff] < excess)
+        freed += by_age[cutoff--];
+    for (size_t i = 0; i < t->cap; i++) {
+        struct overlay_entry *e = &t->tab[i];
+        if (e->key && t->commits - e->stamp >= cutoff) {
+            entry_remove(t, e);
+            t->stats.evictions++;
+        }
+    }
+    free(by_age);
+}
+
+/* After a successful write: keep what was read or decoded, drop the rest. */
+static void settle(store_txn *t)
+{
+    t->commits++;
+    for (size_t i = 0; i < t->ntouched; i++) {
+        struct overlay_entry *e = &t->tab[t->touched[i]];
+        if (!e->key)
+            continue; /* forgotten meanwhile */
+        e->touched = false;
+        e->pending = false;
+        e->obj_dirty = false;
+        t->kept_bytes -= e->cost;
+        e->cost = 0;
+        if (!e->keep || e->deleted || (!e->obj && !e->val)) {
+            entry_remove(t, e);
+            continue;
+        }
+        if (e->obj) { /* the decoded value is what is kept; its bytes are packed on demand */
+            free(e->val);
+            e->val = NULL;
+        }
+        /* decoded messages take about 3x their packed size in malloc'd pieces */
+        e->cost = e->klen + 64 + (e->obj ? 3 * e->vlen : e->vlen);
+        t->kept_bytes += e->cost;
+        uint32_t bit = e->klen >= 3 && e->key[2] < 32 ? UINT32_C(1) << e->key[2] : 0;
+        if (!(t->kept_mask & bit)) {
+            t->kept_mask |= bit;
+            atomic_fetch_or_explicit(&t->s->kept_tables, bit, memory_order_relaxed);
+        }
+    }
+    t->ntouched = 0;
+    t->npending = 0;
+    memset(t->prefixes, 0, sizeof(t->prefixes));
+    if (t->kept_bytes > t->s->obj_cache_bytes)
+        evict(t);
+    if (t->tombs > t->cap / 4)
+        rehash(t, t->cap); /* on failure the tombstones just stay */
 }
 
 eddy_err store_txn_commit(store_txn *t, bool sync)
 {
     char *lerr = NULL;
-    /* objects changed in place go into the batch now, once each, after every earlier op
-     * on their key (a later put or delete of the key would have dropped the object) */
-    for (size_t i = 0; i < t->cap; i++) {
-        struct overlay_entry *e = &t->tab[i];
-        if (!e->key || !e->obj_dirty)
+    /* every pending key once, with its last value: objects changed in place are packed now */
+    for (size_t i = 0; i < t->ntouched; i++) {
+        struct overlay_entry *e = &t->tab[t->touched[i]];
+        if (!e->key || !e->pending)
             continue;
+        if (e->deleted) {
+            leveldb_writebatch_delete(t->wb, (const char *)e->key, e->klen);
+            continue;
+        }
         eddy_err err = entry_pack(e);
         if (err != EDDY_OK) {
             store_txn_reset(t);
@@ -798,8 +1041,19 @@ eddy_err store_txn_commit(store_txn *t, bool sync)
         leveldb_writebatch_put(t->wb, (const char *)e->key, e->klen, e->val, e->vlen);
     }
     leveldb_write(t->s->db, sync ? t->s->wsync : t->s->wnosync, t->wb, &lerr);
-    store_txn_reset(t);
-    return take_err(lerr, NULL, 0);
+    leveldb_writebatch_clear(t->wb);
+    if (lerr) {
+        store_txn_reset(t);
+        return take_err(lerr, NULL, 0);
+    }
+    /* Our own write moves the generation too; any other move since we last looked means
+     * the store was written around us: what we kept may be stale. */
+    uint64_t before = atomic_fetch_add_explicit(&t->s->gen, 1, memory_order_acq_rel);
+    if (before != t->gen)
+        forget_kept(t);
+    t->gen = before + 1;
+    settle(t);
+    return EDDY_OK;
 }
 
 static int cmp_entry_key(const void *a, const void *b)
@@ -822,26 +1076,48 @@ static int cmp_raw(const unsigned char *a, size_t alen, const unsigned char *b, 
     return alen < blen ? -1 : alen > blen;
 }
 
+/* Whether the txn may have pending writes in [start, end): false when the range lies in
+ * one (partition, table) prefix that no pending key has. */
+static bool may_have_pending(const store_txn *t, const struct store_key *start,
+                             const struct store_key *end)
+{
+    if (t->npending == 0)
+        return false;
+    if (start->len < 3 || end->len == 0)
+        return true;
+    struct store_key pre, pre_end;
+    memcpy(pre.buf, start->buf, 3);
+    pre.len = 3;
+    key_prefix_end(&pre, &pre_end);
+    if (pre_end.len == 0 || cmp_raw(end->buf, end->len, pre_end.buf, pre_end.len) > 0)
+        return true; /* spans several prefixes */
+    size_t b = prefix_bit(start->buf, start->len);
+    return (t->prefixes[b / 8] >> (b % 8)) & 1;
+}
+
 eddy_err store_txn_scan(store_txn *t, const struct store_key *start, const struct store_key *end,
                         store_scan_fn *fn, void *ud)
 {
-    /* Pending entries in range, sorted. */
+    /* Pending entries in range, sorted (kept values equal the committed ones). */
     size_t n = 0;
-    struct overlay_entry **pend = malloc((t->used ? t->used : 1) * sizeof(*pend));
-    if (!pend)
-        return EDDY_ERR_NOMEM;
-    for (size_t i = 0; i < t->cap; i++) {
-        struct overlay_entry *e = &t->tab[i];
-        if (!e->key || cmp_raw(e->key, e->klen, start->buf, start->len) < 0 ||
-            !key_before_end((const char *)e->key, e->klen, end))
-            continue;
-        if (entry_pack(e) != EDDY_OK) {
-            free(pend);
+    struct overlay_entry **pend = NULL;
+    if (may_have_pending(t, start, end)) {
+        pend = malloc((t->npending ? t->npending : 1) * sizeof(*pend));
+        if (!pend)
             return EDDY_ERR_NOMEM;
+        for (size_t i = 0; i < t->ntouched; i++) {
+            struct overlay_entry *e = &t->tab[t->touched[i]];
+            if (!e->key || !e->pending || cmp_raw(e->key, e->klen, start->buf, start->len) < 0 ||
+                !key_before_end((const char *)e->key, e->klen, end))
+                continue;
+            if (entry_pack(e) != EDDY_OK) {
+                free(pend);
+                return EDDY_ERR_NOMEM;
+            }
+            pend[n++] = e;
         }
-        pend[n++] = e;
+        qsort(pend, n, sizeof(*pend), cmp_entry_key);
     }
-    qsort(pend, n, sizeof(*pend), cmp_entry_key);
 
     leveldb_iterator_t *it = leveldb_create_iterator(t->s->db, t->s->ropts);
     leveldb_iter_seek(it, (const char *)start->buf, start->len);

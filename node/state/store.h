@@ -156,11 +156,31 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
                              const store_batch *b, uint64_t *deleted);
 
 /* --- write transactions ---------------------------------------------------------------
- * A txn collects puts and deletes in one LevelDB WriteBatch and an in-memory overlay, so
- * reads through the txn see its own uncommitted writes. store_txn_commit writes the batch
- * (synced if 'sync') and resets the txn for reuse. */
+ * A txn collects puts and deletes in an in-memory overlay, so reads through the txn see its
+ * own uncommitted writes; store_txn_commit writes every pending key once, with its last
+ * value, in one LevelDB WriteBatch (synced if 'sync'), and keeps the txn for reuse.
+ *
+ * Kept values: what the txn read (bytes, or the decoded message of store_txn_obj_get) stays
+ * in the txn after the commit, so a later group finds it without a LevelDB read and a
+ * protobuf decode. They are charged an estimate of their size (3x the packed bytes for a
+ * decoded message) against the store's budget (store_set_kept_bytes, default
+ * STORE_KEPT_BYTES_DEFAULT) and evicted least recently used first. A kept value is always
+ * the committed one, with no call needed from the txn's owner: every write that bypasses
+ * the txn — store_replace_range (checkpoint loads, partition drops, reprocess swaps), the
+ * commit of another txn on the same store, store_delete of a key in a table some txn keeps
+ * values of — bumps the store's generation, and a txn that sees a new generation forgets
+ * everything it kept (at its next read or commit). Such writes must not run while the
+ * txn has uncommitted writes (the engine runs them as jobs alone in their group).
+ * store_txn_reset forgets everything too. */
+#define STORE_KEPT_BYTES_DEFAULT ((size_t)256 << 20)
+
+/* The budget of the values each txn of 's' keeps (estimated bytes). Call before the txns
+ * are used. */
+void store_set_kept_bytes(store *s, size_t bytes);
+
 store_txn *store_txn_new(store *s);
 void store_txn_free(store_txn *t);
+/* Read 'key' as the txn sees it. *val is borrowed until the txn is committed or reset. */
 eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
                        size_t *vlen, bool *found);
 eddy_err store_txn_get_msg(store_txn *t, const struct store_key *key,
@@ -171,19 +191,34 @@ eddy_err store_txn_del(store_txn *t, const struct store_key *key);
 /* Delete every committed and pending key in [start, end). Returns the number deleted in *n. */
 eddy_err store_txn_del_range(store_txn *t, const struct store_key *start,
                              const struct store_key *end, uint64_t *n);
-/* The decoded view of the txn, for values read and changed many times in one group (user
- * models, product states, window counts): the message at 'key' decoded once (NULL if
- * absent), borrowed until the txn is committed or reset. Change it in place and call
- * store_txn_obj_set with the same pointer to mark it changed, or pass a new message (the
- * txn takes ownership, even on error). Changed messages are packed once, at commit. A
- * later store_txn_put / store_txn_del of the key discards the object. */
+/* The decoded view of the txn, for values read and changed many times (user models,
+ * product states, window counts): the message at 'key' decoded once (NULL if absent) and
+ * kept across commits, borrowed until the txn is committed or reset. Change it in place
+ * and call store_txn_obj_set with the same pointer to mark it changed, or pass a new
+ * message (the txn takes ownership, even on error). Changed messages are packed once, at
+ * commit. A message changed in place must be passed to store_txn_obj_set before the
+ * commit (or the txn reset): otherwise the kept value differs from the stored one. A later
+ * store_txn_put / store_txn_del of the key discards the object. */
 eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
                            const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj);
 eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCMessage *obj);
+/* Write the pending keys. On an error nothing is kept and the txn is reset. */
 eddy_err store_txn_commit(store_txn *t, bool sync);
-/* Drop pending writes without committing. */
+/* Drop pending writes without committing, and every kept value. */
 void store_txn_reset(store_txn *t);
+/* Keys written (put, deleted or changed objects) since the last commit. */
 size_t store_txn_pending(const store_txn *t);
+
+/* What the txn's kept values did (for tests and diagnostics). */
+struct store_txn_stats {
+    uint64_t hits;      /* reads answered by the txn: pending or kept values */
+    uint64_t misses;    /* reads that went to LevelDB */
+    uint64_t evictions; /* kept values dropped for the budget */
+    uint64_t forgets;   /* times everything kept was dropped: the store was written around */
+    size_t kept;        /* values kept now */
+    size_t kept_bytes;  /* their estimated size */
+};
+void store_txn_stats(const store_txn *t, struct store_txn_stats *out);
 
 /* Scan [start, end) as the txn sees it: committed keys merged with the txn's pending puts
  * and deletes, in key order. Used by the apply path so that what it deletes does not

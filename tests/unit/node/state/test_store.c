@@ -1,0 +1,377 @@
+/* Write transactions on a real LevelDB in a temp dir: pending keys are written once with
+ * their last value; values read or decoded are kept across commits (hits, not LevelDB
+ * reads) and always equal the committed state: forgotten after store_replace_range, another
+ * txn's commit, store_delete of a kept table and a reset; evicted past the budget; scans
+ * merge pending writes with the committed keys. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "eddy/v1/store.pb-c.h"
+#include "node/state/store.h"
+
+#define VIEW EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW
+
+struct fx {
+    char dir[64];
+    store *s;
+};
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    snprintf(f->dir, sizeof(f->dir), "/tmp/eddy-test-store-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    struct store_opts so = {f->dir, 0, 0};
+    char err[256];
+    assert_int_equal(store_open(&so, &f->s, err, sizeof(err)), EDDY_OK);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    store_close(f->s);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
+    assert_int_equal(system(cmd), 0);
+    free(f);
+    return 0;
+}
+
+static void counts_key(struct store_key *k, uint32_t p, const char *id)
+{
+    key_init(k, p, T_USER_WIN);
+    key_str(k, id);
+}
+
+/* The committed Counts at 'k' straight from LevelDB (view count), -1 if absent. */
+static int64_t committed_views(store *s, const struct store_key *k)
+{
+    Eddy__Store__V1__Counts *c = NULL;
+    assert_int_equal(store_get_msg(s, k, &eddy__store__v1__counts__descriptor,
+                                   (ProtobufCMessage **)&c),
+                     EDDY_OK);
+    if (!c)
+        return -1;
+    int64_t v = (int64_t)c->view;
+    eddy__store__v1__counts__free_unpacked(c, NULL);
+    return v;
+}
+
+/* Through the txn's decoded view: the Counts at 'k' (created if absent) gets 'n' more views. */
+static void bump(store_txn *t, const struct store_key *k, uint64_t n)
+{
+    Eddy__Store__V1__Counts *c = NULL;
+    assert_int_equal(store_txn_obj_get(t, k, &eddy__store__v1__counts__descriptor,
+                                       (ProtobufCMessage **)&c),
+                     EDDY_OK);
+    if (!c) {
+        c = malloc(sizeof(*c));
+        assert_non_null(c);
+        eddy__store__v1__counts__init(c);
+    }
+    c->view += n;
+    assert_int_equal(store_txn_obj_set(t, k, &c->base), EDDY_OK);
+}
+
+static int64_t txn_views(store_txn *t, const struct store_key *k)
+{
+    Eddy__Store__V1__Counts *c = NULL;
+    assert_int_equal(store_txn_obj_get(t, k, &eddy__store__v1__counts__descriptor,
+                                       (ProtobufCMessage **)&c),
+                     EDDY_OK);
+    return c ? (int64_t)c->view : -1;
+}
+
+static void put_counts_committed(store *s, const struct store_key *k, uint64_t views)
+{
+    store_txn *t = store_txn_new(s);
+    assert_non_null(t);
+    Eddy__Store__V1__Counts c = EDDY__STORE__V1__COUNTS__INIT;
+    c.view = views;
+    assert_int_equal(store_txn_put_msg(t, k, &c.base), EDDY_OK);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    store_txn_free(t);
+}
+
+static void test_kept_across_commits(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k;
+    counts_key(&k, 1, "u1");
+    put_counts_committed(f->s, &k, 5);
+
+    store_txn *t = store_txn_new(f->s);
+    struct store_txn_stats st;
+    bump(t, &k, 1); /* read from LevelDB once */
+    store_txn_stats(t, &st);
+    assert_int_equal(st.misses, 1);
+    assert_int_equal(store_txn_pending(t), 1);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    assert_int_equal(committed_views(f->s, &k), 6);
+    store_txn_stats(t, &st);
+    assert_int_equal(st.kept, 1);
+    assert_true(st.kept_bytes > 0);
+    assert_int_equal(store_txn_pending(t), 0);
+
+    for (int i = 0; i < 3; i++) { /* later groups: no LevelDB read */
+        bump(t, &k, 1);
+        assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    }
+    store_txn_stats(t, &st);
+    assert_int_equal(st.misses, 1);
+    assert_true(st.hits >= 3);
+    assert_int_equal(committed_views(f->s, &k), 9);
+
+    /* bytes readers see the kept object packed */
+    const char *v;
+    size_t vlen;
+    bool found;
+    assert_int_equal(store_txn_get(t, &k, &v, &vlen, &found), EDDY_OK);
+    assert_true(found);
+    Eddy__Store__V1__Counts *c = eddy__store__v1__counts__unpack(NULL, vlen, (const uint8_t *)v);
+    assert_non_null(c);
+    assert_int_equal(c->view, 9);
+    eddy__store__v1__counts__free_unpacked(c, NULL);
+    store_txn_free(t);
+}
+
+static void test_pending_written_once_last_value(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k, d;
+    key_init(&k, 2, T_S2_HW);
+    key_u16(&k, 7);
+    key_init(&d, 2, T_LATE);
+    key_u64(&d, 1);
+    put_counts_committed(f->s, &d, 1);
+
+    store_txn *t = store_txn_new(f->s);
+    assert_int_equal(store_txn_put(t, &k, "a", 1), EDDY_OK);
+    assert_int_equal(store_txn_put(t, &k, "bb", 2), EDDY_OK);
+    assert_int_equal(store_txn_put(t, &k, "ccc", 3), EDDY_OK);
+    assert_int_equal(store_txn_del(t, &d), EDDY_OK);
+    assert_int_equal(store_txn_pending(t), 2);
+    const char *v;
+    size_t vlen;
+    bool found;
+    assert_int_equal(store_txn_get(t, &k, &v, &vlen, &found), EDDY_OK);
+    assert_true(found);
+    assert_int_equal(vlen, 3);
+    assert_int_equal(store_txn_get(t, &d, &v, &vlen, &found), EDDY_OK);
+    assert_false(found);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+
+    char *got = NULL;
+    assert_int_equal(store_get(f->s, &k, &got, &vlen), EDDY_OK);
+    assert_non_null(got);
+    assert_int_equal(vlen, 3);
+    assert_memory_equal(got, "ccc", 3);
+    free(got);
+    assert_int_equal(store_get(f->s, &d, &got, &vlen), EDDY_OK);
+    assert_null(got);
+    /* written, never read: not kept */
+    struct store_txn_stats st;
+    store_txn_stats(t, &st);
+    assert_int_equal(st.kept, 0);
+    store_txn_free(t);
+}
+
+static void test_replace_range_forgets(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k, start, end;
+    counts_key(&k, 3, "u1");
+    put_counts_committed(f->s, &k, 1);
+    store_txn *t = store_txn_new(f->s);
+    bump(t, &k, 1);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    assert_int_equal(txn_views(t, &k), 2);
+
+    /* a checkpoint load replaces partition 3 with a value of 40 */
+    store_batch *b = store_batch_new();
+    Eddy__Store__V1__Counts c = EDDY__STORE__V1__COUNTS__INIT;
+    c.view = 40;
+    uint8_t buf[64];
+    size_t n = eddy__store__v1__counts__pack(&c, buf);
+    assert_int_equal(store_batch_put(b, k.buf, k.len, buf, n), EDDY_OK);
+    key_init(&start, 3, T_LOG);
+    key_init(&end, 4, T_LOG);
+    assert_int_equal(store_replace_range(f->s, &start, &end, b, NULL), EDDY_OK);
+    store_batch_free(b);
+
+    assert_int_equal(txn_views(t, &k), 40);
+    bump(t, &k, 1);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    assert_int_equal(committed_views(f->s, &k), 41);
+
+    /* a dropped partition: gone for the txn as well */
+    b = store_batch_new();
+    assert_int_equal(store_replace_range(f->s, &start, &end, b, NULL), EDDY_OK);
+    store_batch_free(b);
+    assert_int_equal(txn_views(t, &k), -1);
+    struct store_txn_stats st;
+    store_txn_stats(t, &st);
+    assert_int_equal(st.forgets, 2);
+    store_txn_free(t);
+}
+
+static void test_other_writers_forget(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k, o;
+    counts_key(&k, 4, "u1");
+    store_txn *t = store_txn_new(f->s);
+    bump(t, &k, 3);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+
+    /* another txn on the same store (a reprocess swap) writes the key */
+    put_counts_committed(f->s, &k, 70);
+    assert_int_equal(txn_views(t, &k), 70);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+
+    /* store_delete of a table no txn keeps (OUTBOX) keeps what the txn has... */
+    struct store_txn_stats before, after;
+    store_txn_stats(t, &before);
+    key_init(&o, 4, T_OUTBOX);
+    key_u64(&o, 1);
+    assert_int_equal(store_delete(f->s, &o), EDDY_OK);
+    assert_int_equal(txn_views(t, &k), 70);
+    store_txn_stats(t, &after);
+    assert_int_equal(after.forgets, before.forgets);
+    assert_int_equal(after.misses, before.misses);
+    /* ...of a kept table, not */
+    assert_int_equal(store_delete(f->s, &k), EDDY_OK);
+    assert_int_equal(txn_views(t, &k), -1);
+    store_txn_free(t);
+}
+
+static void test_reset_forgets_changes_in_place(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k;
+    counts_key(&k, 5, "u1");
+    put_counts_committed(f->s, &k, 10);
+    store_txn *t = store_txn_new(f->s);
+    assert_int_equal(txn_views(t, &k), 10);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+
+    /* a failed group: changed in place (even marked), then abandoned */
+    bump(t, &k, 5);
+    store_txn_reset(t);
+    assert_int_equal(txn_views(t, &k), 10);
+    assert_int_equal(committed_views(f->s, &k), 10);
+    store_txn_free(t);
+}
+
+static void test_eviction_keeps_budget_and_values(void **state)
+{
+    struct fx *f = *state;
+    store_set_kept_bytes(f->s, 4096);
+    store_txn *t = store_txn_new(f->s);
+    char id[16];
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 200; i++) {
+            struct store_key k;
+            snprintf(id, sizeof(id), "u%d", i);
+            counts_key(&k, 6, id);
+            bump(t, &k, (uint64_t)i + 1);
+            if (i % 20 == 19)
+                assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+        }
+    }
+    struct store_txn_stats st;
+    store_txn_stats(t, &st);
+    assert_true(st.evictions > 0);
+    assert_true(st.kept_bytes <= 4096);
+    assert_true(st.kept > 0);
+    for (int i = 0; i < 200; i++) { /* kept or re-read: every value is right */
+        struct store_key k;
+        snprintf(id, sizeof(id), "u%d", i);
+        counts_key(&k, 6, id);
+        assert_int_equal(txn_views(t, &k), 3 * (i + 1));
+        assert_int_equal(committed_views(f->s, &k), 3 * (i + 1));
+    }
+    store_txn_free(t);
+}
+
+struct seen {
+    char keys[8][32];
+    size_t lens[8];
+    int n;
+};
+
+static int collect(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct seen *s = ud;
+    if (s->n < 8) {
+        memcpy(s->keys[s->n], k, klen < 32 ? klen : 32);
+        s->lens[s->n++] = klen;
+    }
+    return 0;
+}
+
+static void test_scan_merges_pending(void **state)
+{
+    struct fx *f = *state;
+    struct store_key a, b, c, start, end;
+    counts_key(&a, 7, "a");
+    counts_key(&b, 7, "b");
+    counts_key(&c, 7, "c");
+    put_counts_committed(f->s, &a, 1);
+    put_counts_committed(f->s, &b, 1);
+    key_init(&start, 7, T_USER_WIN);
+    key_prefix_end(&start, &end);
+
+    store_txn *t = store_txn_new(f->s);
+    struct seen s = {0};
+    /* nothing pending in the prefix (a pending key elsewhere): the committed keys */
+    struct store_key other;
+    counts_key(&other, 8, "x");
+    bump(t, &other, 1);
+    assert_int_equal(store_txn_scan(t, &start, &end, collect, &s), EDDY_OK);
+    assert_int_equal(s.n, 2);
+
+    /* a deleted, c added, b changed and kept from before */
+    bump(t, &b, 1);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    assert_int_equal(store_txn_del(t, &a), EDDY_OK);
+    bump(t, &c, 1);
+    memset(&s, 0, sizeof(s));
+    assert_int_equal(store_txn_scan(t, &start, &end, collect, &s), EDDY_OK);
+    assert_int_equal(s.n, 2);
+    assert_int_equal(s.lens[0], b.len);
+    assert_memory_equal(s.keys[0], b.buf, b.len);
+    assert_memory_equal(s.keys[1], c.buf, c.len);
+
+    uint64_t deleted = 0;
+    assert_int_equal(store_txn_del_range(t, &start, &end, &deleted), EDDY_OK);
+    assert_int_equal(deleted, 2);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    assert_int_equal(committed_views(f->s, &b), -1);
+    assert_int_equal(committed_views(f->s, &c), -1);
+    assert_int_equal(txn_views(t, &b), -1);
+    store_txn_free(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_kept_across_commits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pending_written_once_last_value, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replace_range_forgets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_other_writers_forget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reset_forgets_changes_in_place, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_eviction_keeps_budget_and_values, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scan_merges_pending, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
