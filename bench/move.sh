@@ -88,4 +88,7 @@ out = {"scenario": "move", "partitions_moved": int(n),
 print(json.dumps(out))
 print(json.dumps(out, indent=1), file=sys.stderr)
 PY
+log "timeline (source state-1, target state-2):"
+grep -hE 'move|checkpoint sent|moves/out|partition copy deleted|restored' "$TMP/state-1.log" "$TMP/state-2.log" \
+  | sort | sed 's/^/  /' >&2
 finish move

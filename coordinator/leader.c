@@ -33,6 +33,12 @@ struct leader {
     pthread_mutex_t moves_mu;      /* guards 'moves' (the watch thread writes it) */
     struct plan_rec *moves;        /* [nparts] the records under moves/ */
     atomic_uint_fast64_t moves_gen; /* bumped on every change of 'moves' */
+    char k_load[CLUSTER_KEY_MAX];
+    etcd_watch *w_load;
+    pthread_mutex_t load_mu;       /* guards 'loads' (the watch thread writes it) */
+    struct load_rec *loads;        /* the nodes' load records */
+    size_t nloads;
+    int64_t last_load_ms;          /* the leader thread's: when the last load move started */
     pthread_t thread;
     atomic_bool stop;
     /* The leader thread's: */
@@ -212,6 +218,107 @@ static int64_t on_drain(const struct etcd_event *ev, void *ud)
     return on_event(ud, false, ev);
 }
 
+/* One node's load record: events/s of the partitions it owned when it measured. */
+struct load_rec {
+    char id[CLUSTER_ID_MAX];
+    size_t n;
+    uint32_t *parts;
+    double *rates;
+};
+
+static void load_rec_release(struct load_rec *r)
+{
+    free(r->parts);
+    free(r->rates);
+    r->parts = NULL;
+    r->rates = NULL;
+    r->n = 0;
+}
+
+/* Parse {"node","rates":[[p, eps], ...]} into 'r' (id set by the caller). */
+static bool load_parse(const char *json, size_t len, uint32_t nparts, struct load_rec *r)
+{
+    cJSON *o = cJSON_ParseWithLength(json, len);
+    const cJSON *rates = cJSON_GetObjectItemCaseSensitive(o, "rates");
+    size_t n = cJSON_IsArray(rates) ? (size_t)cJSON_GetArraySize(rates) : 0;
+    bool ok = cJSON_IsArray(rates);
+    r->parts = calloc(n ? n : 1, sizeof(*r->parts));
+    r->rates = calloc(n ? n : 1, sizeof(*r->rates));
+    r->n = 0;
+    const cJSON *pair;
+    cJSON_ArrayForEach(pair, rates)
+    {
+        const cJSON *pj = cJSON_GetArrayItem(pair, 0), *rj = cJSON_GetArrayItem(pair, 1);
+        if (!r->parts || !r->rates || !cJSON_IsNumber(pj) || !cJSON_IsNumber(rj) ||
+            pj->valuedouble < 0 || pj->valuedouble >= nparts || !(rj->valuedouble >= 0)) {
+            ok = false;
+            break;
+        }
+        r->parts[r->n] = (uint32_t)pj->valuedouble;
+        r->rates[r->n++] = rj->valuedouble;
+    }
+    cJSON_Delete(o);
+    if (!ok)
+        load_rec_release(r);
+    return ok;
+}
+
+/* Take one load/<id> record (PUT) or its deletion (the node's lease ended). */
+static void load_event(leader *l, const struct etcd_kv *kv, bool put)
+{
+    const char *id = id_of(kv->key, l->k_load);
+    if (!id || strlen(id) >= CLUSTER_ID_MAX)
+        return;
+    struct load_rec r = {{0}, 0, NULL, NULL};
+    snprintf(r.id, sizeof(r.id), "%s", id);
+    if (put && !load_parse(kv->value, kv->value_len, l->nparts, &r)) {
+        log_warn("msg=\"load record does not decode; ignored\" key=%s", kv->key);
+        return;
+    }
+    pthread_mutex_lock(&l->load_mu);
+    size_t i = 0;
+    while (i < l->nloads && strcmp(l->loads[i].id, id) != 0)
+        i++;
+    if (i < l->nloads) {
+        load_rec_release(&l->loads[i]);
+        l->loads[i] = l->loads[--l->nloads];
+    }
+    struct load_rec *grown = put ? realloc(l->loads, (l->nloads + 1) * sizeof(*grown)) : NULL;
+    if (grown) {
+        l->loads = grown;
+        l->loads[l->nloads++] = r;
+    } else {
+        load_rec_release(&r);
+    }
+    pthread_mutex_unlock(&l->load_mu);
+}
+
+static int64_t on_load(const struct etcd_event *ev, void *ud)
+{
+    leader *l = ud;
+    if (ev->type == ETCD_EVENT_RESYNC) {
+        log_warn("msg=\"load watch compacted; records refresh with the next publication\"");
+        return 0;
+    }
+    load_event(l, &ev->kv, ev->type == ETCD_EVENT_PUT);
+    return 0;
+}
+
+/* rates[p]: what the owner of p in 'map' last published (0 if nothing). */
+static void load_rates(leader *l, const struct cluster_map *map, double *rates)
+{
+    memset(rates, 0, map->nparts * sizeof(*rates));
+    pthread_mutex_lock(&l->load_mu);
+    for (size_t i = 0; i < l->nloads; i++) {
+        const struct load_rec *r = &l->loads[i];
+        for (size_t k = 0; k < r->n; k++) {
+            if (r->parts[k] < map->nparts && strcmp(map->parts[r->parts[k]].owner, r->id) == 0)
+                rates[r->parts[k]] = r->rates[k];
+        }
+    }
+    pthread_mutex_unlock(&l->load_mu);
+}
+
 /* Take one moves/<p> record (PUT) or its deletion. */
 static void move_event(leader *l, const struct etcd_kv *kv, bool put)
 {
@@ -289,7 +396,11 @@ static eddy_err setup(leader *l)
     l->w_nodes = etcd_watch_start(l->o.etcd, l->k_nodes, true, rn + 1, on_nodes, l);
     l->w_drain = etcd_watch_start(l->o.etcd, l->k_drain, true, rd + 1, on_drain, l);
     l->w_moves = etcd_watch_start(l->o.etcd, l->k_moves, true, rm + 1, on_moves, l);
-    if (!l->w_nodes || !l->w_drain || !l->w_moves) {
+    /* load records come again every publication interval: from now is enough */
+    l->w_load = etcd_watch_start(l->o.etcd, l->k_load, true, 0, on_load, l);
+    if (!l->w_nodes || !l->w_drain || !l->w_moves || !l->w_load) {
+        etcd_watch_stop(l->w_load);
+        l->w_load = NULL;
         etcd_watch_stop(l->w_nodes);
         etcd_watch_stop(l->w_drain);
         etcd_watch_stop(l->w_moves);
@@ -407,9 +518,25 @@ static eddy_err reassign(leader *l)
     memcpy(recs, l->moves, l->nparts * sizeof(*recs));
     pthread_mutex_unlock(&l->moves_mu);
     assigner_compute(nodes, n, &l->cur, &target);
-    struct plan_params pp = {(size_t)(l->o.max_moves > 0 ? l->o.max_moves : 1),
-                             l->o.move_timeout_ms, clock_wall_ms()};
+    double *rates = l->o.load_interval_ms > 0 ? calloc(l->nparts, sizeof(*rates)) : NULL;
+    if (rates)
+        load_rates(l, &l->cur, rates);
+    int64_t now = clock_mono_ms();
+    struct plan_params pp = {
+        .max_moves = (size_t)(l->o.max_moves > 0 ? l->o.max_moves : 1),
+        .move_timeout_ms = l->o.move_timeout_ms, .now_ms = clock_wall_ms(), .rates = rates,
+        .load_imbalance = l->o.load_imbalance, .load_min_eps = l->o.load_min_eps,
+        .load_due = now - l->last_load_ms >= l->o.load_interval_ms,
+    };
     size_t moved = planner_plan(nodes, n, &l->cur, &target, recs, &pp, &next, acts, &nacts);
+    free(rates);
+    for (size_t i = 0; i < nacts; i++) {
+        if (acts[i].load) {
+            l->last_load_ms = now;
+            log_info("msg=\"moving a partition for load balance\" partition=%u from=%s to=%s",
+                     acts[i].m.partition, acts[i].m.from, acts[i].m.to);
+        }
+    }
     err = EDDY_OK;
     if (moved > 0 || l->fresh) {
         next.version = l->cur.version + 1;
@@ -493,7 +620,10 @@ static void *leader_main(void *arg)
         if (!dirty) {
             uint64_t g = registry_wait(l->reg, seen, 1000);
             nodes_changed = g != seen;
-            dirty = nodes_changed || atomic_load(&l->moves_gen) != mseen || moves_pending(l);
+            /* moves in progress (timeouts) and a due load check are looked at every second */
+            dirty = nodes_changed || atomic_load(&l->moves_gen) != mseen || moves_pending(l) ||
+                    (l->o.load_interval_ms > 0 &&
+                     clock_mono_ms() - l->last_load_ms >= l->o.load_interval_ms);
             if (!dirty)
                 continue;
         }
@@ -538,11 +668,15 @@ leader *leader_start(const struct leader_opts *o, etcd_session *s)
     cluster_key(l->k_nodes, sizeof(l->k_nodes), o->cluster, "nodes/");
     cluster_key(l->k_drain, sizeof(l->k_drain), o->cluster, "drain/");
     cluster_key(l->k_moves, sizeof(l->k_moves), o->cluster, "moves/");
+    cluster_key(l->k_load, sizeof(l->k_load), o->cluster, "load/");
     pthread_mutex_init(&l->moves_mu, NULL);
+    pthread_mutex_init(&l->load_mu, NULL);
+    l->last_load_ms = clock_mono_ms(); /* the first load move waits one interval of records */
     l->reg = registry_new();
     if (!l->reg || pthread_create(&l->thread, NULL, leader_main, l) != 0) {
         registry_free(l->reg);
         pthread_mutex_destroy(&l->moves_mu);
+        pthread_mutex_destroy(&l->load_mu);
         free(l);
         return NULL;
     }
@@ -561,9 +695,14 @@ void leader_stop(leader *l)
     etcd_watch_stop(l->w_nodes);
     etcd_watch_stop(l->w_drain);
     etcd_watch_stop(l->w_moves);
+    etcd_watch_stop(l->w_load);
     cluster_map_release(&l->cur);
     registry_free(l->reg);
     pthread_mutex_destroy(&l->moves_mu);
+    pthread_mutex_destroy(&l->load_mu);
+    for (size_t i = 0; i < l->nloads; i++)
+        load_rec_release(&l->loads[i]);
+    free(l->loads);
     free(l->moves);
     free(l);
 }

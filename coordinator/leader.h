@@ -35,6 +35,11 @@ struct leader_opts {
     int64_t settle_ms;      /* debounce of node changes */
     int64_t max_moves;      /* live moves at once (--max-moves, >= 1) */
     int64_t move_timeout_ms;/* a move still copying after this is cancelled (0: never) */
+    /* Load balance from the nodes' load/<id> records (planner.h): at most one load move
+     * (or swap) per 'load_interval_ms' (0: off). */
+    int64_t load_interval_ms;
+    double load_imbalance;
+    double load_min_eps;
 };
 
 /* Start leading with session 's' (borrowed until leader_stop returns; the leader stops

@@ -30,7 +30,8 @@
 struct coord_config {
     const char *etcd, *cluster, *id, *listen, *log_level, *metrics_listen;
     int64_t lease_ttl, partitions, settle, shutdown_grace, etcd_timeout;
-    int64_t max_moves, move_timeout;
+    int64_t max_moves, move_timeout, load_interval;
+    double load_imbalance, load_min_rate;
 };
 
 #define F(n, t, field, help, lo, hi) {n, t, &c->field, help, lo, hi}
@@ -58,6 +59,15 @@ static size_t coord_flags(struct coord_config *c, struct flag *out)
         F("move-timeout", FLAG_DURATION, move_timeout,
           "cancel a move whose target has not caught up after this (it is planned again; 0 = "
           "never)", 0, 0),
+        F("load-rebalance-interval", FLAG_DURATION, load_interval,
+          "move hot partitions between state nodes by their published event rates at most "
+          "once per this (0 = never)", 0, 0),
+        F("load-imbalance", FLAG_DOUBLE, load_imbalance,
+          "rebalance when the busiest state node carries more than the mean times (1 + this)",
+          0, 0),
+        F("load-min-rate", FLAG_DOUBLE, load_min_rate,
+          "events/s between the busiest and the quietest node below which load is ignored", 0,
+          0),
         F("etcd-timeout", FLAG_DURATION, etcd_timeout, "deadline of each etcd call", 100, 60000),
         F("log-level", FLAG_STRING, log_level, "debug, info, warn or error", 0, 0),
         F("shutdown-grace", FLAG_DURATION, shutdown_grace,
@@ -116,7 +126,9 @@ static void on_elected(void *ud, etcd_session *s)
 {
     struct coord *co = ud;
     struct leader_opts lo = {co->etcd, co->cfg->cluster, co->id, (uint32_t)co->cfg->partitions,
-                             co->cfg->settle, co->cfg->max_moves, co->cfg->move_timeout};
+                             co->cfg->settle, co->cfg->max_moves, co->cfg->move_timeout,
+                             co->cfg->load_interval, co->cfg->load_imbalance,
+                             co->cfg->load_min_rate};
     co->lead = leader_start(&lo, s);
     if (!co->lead)
         log_error("msg=\"cannot start the leader loop\"");
@@ -147,7 +159,8 @@ int main(int argc, char **argv)
     struct coord_config cfg = {
         .cluster = "eddy", .listen = "127.0.0.1:7071", .metrics_listen = "127.0.0.1:9465", .log_level = "info",
         .lease_ttl = 10000, .partitions = 256, .settle = 200, .shutdown_grace = 5000,
-        .max_moves = 2, .move_timeout = 600000,
+        .max_moves = 2, .move_timeout = 600000, .load_interval = 300000,
+        .load_imbalance = 0.25, .load_min_rate = 100,
         .etcd_timeout = 2000,
     }, *c = &cfg;
     struct flag flags[32];

@@ -23,10 +23,97 @@ static void give(struct cluster_map *next, uint32_t p, const char *owner, size_t
 static void act(struct plan_action *acts, size_t *nacts, enum plan_op op,
                 const struct cluster_move *m, int64_t mod)
 {
+    acts[*nacts].load = false;
     acts[*nacts].op = op;
     acts[*nacts].m = *m;
     acts[*nacts].mod = mod;
     (*nacts)++;
+}
+
+static struct cluster_move move_of(uint32_t p, const struct cluster_part *c, const char *to,
+                                   int64_t now_ms)
+{
+    struct cluster_move m = {.partition = p, .epoch = c->epoch, .phase = MOVE_COPY,
+                             .started_ms = now_ms};
+    snprintf(m.from, sizeof(m.from), "%s", c->owner);
+    snprintf(m.to, sizeof(m.to), "%s", to);
+    return m;
+}
+
+/* Load of eligible node 'id' in 'm' (events/s) and its partition count. */
+static double load_of(const struct cluster_map *m, const double *rates, const char *id,
+                      size_t *count)
+{
+    double l = 0;
+    *count = 0;
+    for (uint32_t p = 0; p < m->nparts; p++) {
+        if (strcmp(m->parts[p].owner, id) == 0) {
+            l += rates[p];
+            (*count)++;
+        }
+    }
+    return l;
+}
+
+/* The load step (see plan_params): at most one hot partition out of the most loaded node
+ * and, to keep the shares of partitions, one cold partition back. */
+static void plan_load(const struct assign_node *nodes, size_t n, const struct cluster_map *m,
+                      const struct plan_params *pp, struct plan_action *acts, size_t *nacts)
+{
+    const struct assign_node *hot = NULL, *cold = NULL;
+    double lh = 0, lc = 0, total = 0;
+    size_t ch = 0, cc = 0, eligible = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!nodes[i].state || nodes[i].draining)
+            continue;
+        size_t c;
+        double l = load_of(m, pp->rates, nodes[i].id, &c);
+        total += l;
+        eligible++;
+        /* ties go to the smaller id: the same input gives the same plan */
+        if (!hot || l > lh || (l == lh && strcmp(nodes[i].id, hot->id) < 0)) {
+            hot = &nodes[i];
+            lh = l;
+            ch = c;
+        }
+        if (!cold || l < lc || (l == lc && strcmp(nodes[i].id, cold->id) < 0)) {
+            cold = &nodes[i];
+            lc = l;
+            cc = c;
+        }
+    }
+    if (eligible < 2 || hot == cold || lh - lc < pp->load_min_eps ||
+        lh <= total / (double)eligible * (1 + pp->load_imbalance))
+        return;
+    /* the best (x out of hot, y out of cold or none) by the resulting maximum */
+    int64_t bx = -1, by = -1;
+    double best = lh - pp->load_min_eps / 2;
+    for (uint32_t x = 0; x < m->nparts; x++) {
+        if (strcmp(m->parts[x].owner, hot->id) != 0 || pp->rates[x] <= 0)
+            continue;
+        for (int64_t y = ch > cc ? -1 : 0; y < (int64_t)m->nparts; y++) {
+            if (y >= 0 && strcmp(m->parts[y].owner, cold->id) != 0)
+                continue;
+            double ry = y >= 0 ? pp->rates[y] : 0;
+            double nh = lh - pp->rates[x] + ry, nc = lc + pp->rates[x] - ry;
+            double mx = nh > nc ? nh : nc;
+            if (mx < best) {
+                best = mx;
+                bx = x;
+                by = y;
+            }
+        }
+    }
+    if (bx < 0)
+        return;
+    struct cluster_move mx = move_of((uint32_t)bx, &m->parts[bx], cold->id, pp->now_ms);
+    act(acts, nacts, PLAN_CREATE, &mx, 0);
+    acts[*nacts - 1].load = true;
+    if (by >= 0) {
+        struct cluster_move my = move_of((uint32_t)by, &m->parts[by], hot->id, pp->now_ms);
+        act(acts, nacts, PLAN_CREATE, &my, 0);
+        acts[*nacts - 1].load = true;
+    }
 }
 
 size_t planner_plan(const struct assign_node *nodes, size_t n, const struct cluster_map *cur,
@@ -111,12 +198,12 @@ size_t planner_plan(const struct assign_node *nodes, size_t n, const struct clus
         }
         if (running >= pp->max_moves)
             continue;
-        struct cluster_move m = {.partition = p, .epoch = c->epoch, .phase = MOVE_COPY,
-                                 .started_ms = pp->now_ms};
-        snprintf(m.from, sizeof(m.from), "%s", c->owner);
-        snprintf(m.to, sizeof(m.to), "%s", want);
+        struct cluster_move m = move_of(p, c, want, pp->now_ms);
         act(acts, nacts, PLAN_CREATE, &m, 0);
         running++;
     }
+    if (pp->rates && pp->load_due && running == 0 && *nacts == 0 && changes == 0 &&
+        pp->max_moves >= 2)
+        plan_load(nodes, n, next, pp, acts, nacts);
     return changes;
 }

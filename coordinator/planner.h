@@ -34,6 +34,7 @@ enum plan_op { PLAN_CREATE, PLAN_DELETE, PLAN_FLIPPED };
 
 struct plan_action {
     enum plan_op op;
+    bool load;              /* CREATE of a move for load balance (not for the count share) */
     struct cluster_move m;  /* CREATE: the new record; FLIPPED: the record with the phase */
     int64_t mod;            /* DELETE, FLIPPED: the mod_revision the record must still have */
 };
@@ -42,6 +43,16 @@ struct plan_params {
     size_t max_moves;       /* >= 1 */
     int64_t move_timeout_ms;/* a move not flipped after this is cancelled (0: never) */
     int64_t now_ms;         /* wall clock, for started_ms and the timeout */
+    /* Load balance (NULL rates: off): events/s of each partition as its owner last
+     * published. Considered only when 'load_due', nothing else is moving or planned and
+     * max_moves >= 2: if the most loaded eligible node carries more than the mean *
+     * (1 + load_imbalance) and load_min_eps more than the least loaded one, the planner
+     * moves the hot partition (and a cold one back, when the share of partitions needs
+     * it) that brings the two closest, if that lowers the maximum by load_min_eps / 2. */
+    const double *rates;
+    double load_imbalance;
+    double load_min_eps;
+    bool load_due;
 };
 
 /* Compute 'next' (parts array of cur->nparts entries; version = cur's) from the stored

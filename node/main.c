@@ -19,6 +19,7 @@
 #include "common/partition.h"
 #include "common/rpc_server.h"
 #include "node/cluster/forwarder.h"
+#include "node/cluster/loadpub.h"
 #include "node/cluster/mover.h"
 #include "node/cluster/membership.h"
 #include "node/cluster/peers.h"
@@ -62,7 +63,7 @@ struct node_config {
     int64_t stage2_staleness, max_pending_events, max_group_events, cache_size;
     int64_t neighbour_cache;
     int64_t shutdown_grace;
-    int64_t move_lag, move_freeze, move_final_wait;
+    int64_t move_lag, move_freeze, move_final_wait, load_interval;
 };
 
 #define DAY (24 * 3600 * 1000LL)
@@ -92,6 +93,7 @@ static struct node_config defaults(void)
         .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
         .checkpoint_timeout = 600000, .checkpoint_keep = 3, .checkpoint_dir = "",
         .move_lag = 1000, .move_freeze = 10000, .move_final_wait = 30000,
+        .load_interval = 10000,
     };
 }
 
@@ -222,6 +224,9 @@ static size_t node_flags(struct node_config *c, struct flag *out)
         F("move-final-wait", FLAG_DURATION, move_final_wait,
           "a move's target retries the source's final log tail this long, then serves "
           "without it (the source is gone)", 0, 0),
+        F("load-interval", FLAG_DURATION, load_interval,
+          "publish this state node's per-partition event rates this often, for the "
+          "coordinator's load balance (0 = never)", 0, 0),
         F("verify-checkpoint", FLAG_STRING, verify_checkpoint,
           "check the checkpoint file FILE, print what it holds as JSON and exit (1: bad)", 0, 0),
     };
@@ -520,6 +525,7 @@ int main(int argc, char **argv)
     membership *mem = NULL;
     forwarder *fwd = NULL;
     mover *mov = NULL;
+    loadpub *lpub = NULL;
     struct stage2_remote s2;
     struct router router = {NULL, NULL, c->route_timeout, (int)c->route_retries,
                             {c->window, c->out_of_orderness, c->allowed_lateness, c->idle_timeout}};
@@ -693,6 +699,13 @@ int main(int argc, char **argv)
                 rpc_server_shutdown(srv, 0);
                 goto out;
             }
+            if (c->load_interval > 0 &&
+                (e = loadpub_start(eng, mem, c->cluster, c->load_interval, &lpub)) != EDDY_OK) {
+                log_error("msg=\"cannot start the load publisher\" error=\"%s\"",
+                          eddy_strerror(e));
+                rpc_server_shutdown(srv, 0);
+                goto out;
+            }
             /* from now on every map change takes over new partitions */
             chh.ss = &ss;
             state_service_takeover(&ss);
@@ -739,6 +752,7 @@ out:
     ckptsched_free(cks);     /* before the membership its hooks use and the engine */
     if (status == 0 && checkpoints)
         final_checkpoints(ckpt_dir, eng, mem);
+    loadpub_stop(lpub);
     mover_stop(mov);         /* a move in progress resumes at the next start */
     reprocess_service_stop(&rps); /* a rebuild still running gives up, swapping nothing */
     forwarder_stop(fwd);     /* unsent stage-2 records stay in the OUTBOX for next time */

@@ -344,6 +344,14 @@ const char *membership_self(const membership *m)
     return m->self;
 }
 
+int64_t membership_lease(membership *m)
+{
+    pthread_mutex_lock(&m->smu);
+    int64_t lease = m->session ? etcd_session_lease(m->session) : 0;
+    pthread_mutex_unlock(&m->smu);
+    return lease;
+}
+
 bool membership_alive(membership *m)
 {
     pthread_mutex_lock(&m->smu);

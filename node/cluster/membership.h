@@ -78,6 +78,10 @@ size_t membership_state_nodes(membership *m, struct cluster_node *out, size_t ma
 /* The gRPC address of node 'id' (false if not registered). */
 bool membership_addr(membership *m, const char *id, char addr[CLUSTER_ADDR_MAX]);
 
+/* The lease of the current session (0 while there is none), for keys that must vanish
+ * with the node (its load record). */
+int64_t membership_lease(membership *m);
+
 /* The membership's etcd client (borrowed; valid until membership_stop), for other
  * records of this node (checkpoint metadata). Thread-safe like every etcd_client. */
 struct etcd_client *membership_etcd(membership *m);

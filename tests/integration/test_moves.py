@@ -5,6 +5,8 @@ ingest eddy-node processes on loopback, a writer ingesting continuously the whol
   tail, flip, final tail); afterwards every acknowledged event is counted exactly once,
   per user window, and the write pause of every move is measured (printed);
 - drain: `eddy drain` empties a state node under ingest, with the same assertions;
+- load balance: two hot partitions on one node, the other idle: the coordinator swaps one
+  of them with a cold partition of the other node (shares of partitions unchanged), once;
 - crash mid-move: kill -9 of the target while it copies (the move is cancelled, the
   partition stays with its source) and of the source after the flip, restarted (the
   target gets the final tail when it is back); nothing acknowledged is lost and every
@@ -102,7 +104,7 @@ class MovesTestCase(unittest.TestCase):
 
     def cluster(self, coord_args=(), **kw):
         shared = L.temp_dir(self, prefix="eddy-it-moves-ckp-")
-        kw.setdefault("node_args", NODE_ARGS + ["--checkpoint-dir", shared])
+        kw["node_args"] = kw.get("node_args", NODE_ARGS) + ["--checkpoint-dir", shared]
         cl = L.Cluster(self, partitions=P, ttl_s=TTL_S, **kw)
         c = L.start_coordinator(self, cl.etcd.url, "c1", cluster=cl.name,
                                 args=["--partitions", str(P), "--lease-ttl", f"{TTL_S}s",
@@ -227,6 +229,34 @@ class DrainTest(MovesTestCase):
                                "status")
         moves = json.loads(out)["moves"] if rc == 0 else []
         return moves or None
+
+
+class LoadBalanceTest(MovesTestCase):
+    def test_hot_partitions_are_spread(self):
+        cl = self.cluster(coord_args=["--load-rebalance-interval", "1s", "--load-min-rate", "20"],
+                          node_args=NODE_ARGS + ["--load-interval", "300ms"])
+        for s in ("s1", "s2"):
+            cl.add_node(s, "state")
+        m0 = self.wait_settled(cl, {"s1", "s2"})
+        hot = [p for p in range(P) if m0["owners"][p] == "s1"][:2]
+        users = L.users_in_partition(hot[0], P, 6) + L.users_in_partition(hot[1], P, 6)
+        users = [u for pair in zip(users[:6], users[6:]) for u in pair]  # alternate: equal rates
+        front = cl.add_node("i1", "ingest")
+        w = Writer(self, front, users, L.now_ms() - 600_000).start()
+
+        def spread():
+            m = cl.assignment()
+            return m if m["owners"][hot[0]] != m["owners"][hot[1]] and self.no_moves(cl) else None
+        m1 = poll_until(spread, 60, interval=0.1, what="the two hot partitions on two nodes")
+        for node in ("s1", "s2"):  # the shares of partitions did not change
+            self.assertEqual(m1["owners"].count(node), P // 2)
+        log = cl.coordinators[0].log_text()
+        self.assertEqual(log.count('msg="moving a partition for load balance"'), 2, log[-3000:])
+        w.wait_for(len(w.acked) + 1500)  # more intervals of rates: balanced now, no flapping
+        acked = w.join()
+        self.assertEqual(cl.coordinators[0].log_text().count(
+            'msg="moving a partition for load balance"'), 2)
+        self.assert_exactly_once(front, acked)
 
 
 class CrashMidMoveTest(MovesTestCase):

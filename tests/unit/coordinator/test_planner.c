@@ -39,7 +39,7 @@ static struct fx *fx_new(const char *x, bool spread)
     cluster_map_init(&f->cur, P);
     cluster_map_init(&f->target, P);
     cluster_map_init(&f->next, P);
-    f->pp = (struct plan_params){2, 60000, 1000000};
+    f->pp = (struct plan_params){.max_moves = 2, .move_timeout_ms = 60000, .now_ms = 1000000};
     add_node(f, "a");
     add_node(f, x);
     for (uint32_t p = 0; p < P; p++) {
@@ -180,6 +180,51 @@ static void test_phase_repair(void **state)
     fx_free(f);
 }
 
+/* Load: a hot node gives its hottest partition to the quietest and takes a cold one back
+ * (the shares of partitions stay); balanced, due-less, busy or small differences: nothing. */
+static void test_load_swap(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new("b", false);
+    for (uint32_t p = 0; p < P; p++) { /* a: 0-3, b: 4-7 */
+        set_owner(&f->cur, p, p < 4 ? "a" : "b", 3);
+        set_owner(&f->target, p, p < 4 ? "a" : "b", 3);
+    }
+    double rates[P] = {900, 800, 10, 10, 50, 50, 5, 0};
+    f->pp.rates = rates;
+    f->pp.load_imbalance = 0.25;
+    f->pp.load_min_eps = 100;
+    f->pp.load_due = true;
+    assert_int_equal(plan(f), 0);
+    assert_int_equal(f->nacts, 2);
+    /* a: 1720, b: 105. Best: 1 (800) to b, 7 (0) back: 920 / 905 */
+    assert_int_equal(f->acts[0].op, PLAN_CREATE);
+    assert_true(f->acts[0].load);
+    assert_int_equal(f->acts[0].m.partition, 1);
+    assert_string_equal(f->acts[0].m.from, "a");
+    assert_string_equal(f->acts[0].m.to, "b");
+    assert_int_equal(f->acts[1].m.partition, 7);
+    assert_string_equal(f->acts[1].m.to, "a");
+    /* not due, or a move running: nothing */
+    f->pp.load_due = false;
+    plan(f);
+    assert_int_equal(f->nacts, 0);
+    f->pp.load_due = true;
+    set_rec(f, 2, "a", "b", 3, MOVE_COPY, 1000000);
+    set_owner(&f->target, 2, "b", 4);
+    plan(f);
+    for (size_t i = 0; i < f->nacts; i++)
+        assert_false(f->acts[i].load);
+    f->recs[2].present = false;
+    set_owner(&f->target, 2, "a", 3);
+    /* balanced enough: nothing */
+    double even[P] = {100, 100, 100, 100, 100, 100, 100, 90};
+    f->pp.rates = even;
+    plan(f);
+    assert_int_equal(f->nacts, 0);
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -187,6 +232,7 @@ int main(void)
         cmocka_unit_test(test_ready_flips_done_deletes),
         cmocka_unit_test(test_cancel_revert_failover),
         cmocka_unit_test(test_phase_repair),
+        cmocka_unit_test(test_load_swap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
