@@ -551,6 +551,7 @@ static void run_move(mover *mv, const struct rec *start)
         return;
     }
     metric_histogram_observe(mv->o.metrics.pause, (double)pause / 1000.0);
+    metric_histogram_observe(mv->o.metrics.duration, (double)(clock_mono_ms() - t0) / 1000.0);
     log_info("msg=\"move in: serving\" partition=%" PRIu32 " from=%s epoch=%" PRIu64
              " pause_ms=%" PRId64,
              p, m->from, m->epoch + 1, pause);
@@ -567,7 +568,6 @@ static void run_move(mover *mv, const struct rec *start)
     }
     atomic_store(&mv->o.ss->incoming[p], 0);
     metric_gauge_add(mv->o.metrics.active, -1);
-    metric_histogram_observe(mv->o.metrics.duration, (double)(clock_mono_ms() - t0) / 1000.0);
 }
 
 static void *mover_main(void *arg)

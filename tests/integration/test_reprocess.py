@@ -5,6 +5,7 @@ answering during it; events ingested meanwhile are not lost; a user deleted afte
 checkpoint a rebuild starts from stays deleted; a log truncated by retention is reported;
 bad requests get INVALID_ARGUMENT with a clear message."""
 import json
+import os
 import subprocess
 import threading
 import time
@@ -198,6 +199,60 @@ class ReprocessDevTest(unittest.TestCase):
         for u in others:
             self.assertGreater(node.stub.GetUserProfile(m.GetUserProfileRequest(user_id=u),
                                                         timeout=10).profile.event_count, 0)
+
+    def test_corrupted_checkpoint_falls_back_to_the_previous(self):
+        """A flipped byte in the newest checkpoint of a partition is detected; a rebuild
+        from "latest" uses the previous checkpoint plus the longer log after it, and the
+        partition ends exactly as it was."""
+        node = L.start_node(self, args=["--idle-timeout", "0", "--checkpoint-interval", "100ms",
+                                        "--checkpoint-min-pause", "100ms", "--checkpoint-keep", "3"])
+        m = L.pb()
+        p = 5
+        users = L.users_in_partition(p, 256, 6)
+        t0 = L.now_ms() - 3_600_000
+        first = [{"eventId": f"a-{i}", "userId": users[i % 6], "timestamp": t0 + i * 1000,
+                  "eventType": "view", "productId": f"p-{i % 9}", "category": "books"}
+                 for i in range(60)]
+        second = [{"eventId": f"b-{i}", "userId": users[i % 6], "timestamp": t0 + 60_000 + i * 1000,
+                   "eventType": "purchase" if i % 5 == 0 else "view", "productId": f"p-{i % 7}",
+                   "category": "games"} for i in range(40)]
+        ckdir = os.path.join(node.data_dir, "checkpoints")
+
+        def checkpoint_at(seq):
+            files = L.checkpoint_files(ckdir).get(p, [])
+            return next((f for f in files if f.endswith(f"-{seq:020d}.ckp")), None)
+
+        self.assertEqual(node.ingest(first).accepted, 60)
+        older = L.poll_until(lambda: checkpoint_at(60), 20, what="a checkpoint at seq 60")
+        self.assertEqual(node.ingest(second).accepted, 40)
+        newest = L.poll_until(lambda: checkpoint_at(100), 20, what="a checkpoint at seq 100")
+
+        def answers():
+            out = []
+            for u in users:
+                out.append(node.stub.GetUserProfile(m.GetUserProfileRequest(user_id=u), timeout=10))
+                out.append(node.stub.EventCounts(m.EventCountsRequest(user_id=u, include_open=True),
+                                                 timeout=10))
+            return out
+        before = answers()
+
+        with open(newest, "r+b") as f:  # one flipped byte in the middle of the records
+            f.seek(os.path.getsize(newest) // 2)
+            b = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([b[0] ^ 0x01]))
+        rc, _, err = L.verify_checkpoint(newest)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("corrupt", err.lower())
+
+        res = reprocess_rpc(node)(m.ReprocessRequest(partition=p, from_checkpoint="latest"),
+                                  timeout=60)
+        part = res.partitions[0]
+        self.assertEqual(part.checkpoint, os.path.basename(older))  # the previous one
+        self.assertEqual((part.first_seq, part.records, part.next_seq), (60, 40, 100))
+        self.assertEqual(answers(), before)
+        with open(node.log_path) as f:
+            self.assertIn('msg="checkpoint corrupt"', f.read())
 
     def test_truncated_log_is_reported(self):
         t0 = L.now_ms() - 5 * 3_600_000
