@@ -6,7 +6,8 @@
  * with at most --inflight of them waiting (eddy-bench's 4 streams x 2 calls of 500: groups
  * of a few thousand events, as on a loaded node).
  *
- *   eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE]   (defaults 50000, 8, 500)
+ *   eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE] [--recommend R]
+ *                                                   (defaults 50000, 8, 500, 0)
  *
  * --dump writes every key and value of the state afterwards (store_dump): two builds that
  * apply the same events must write the same file. --kept-bytes sets the budget of the
@@ -20,9 +21,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <xxhash.h>
 
 #include "gen.h"
 #include "node/state/engine.h"
+#include "node/state/popcache.h"
+#include "node/state/query.h"
 
 struct progress {
     pthread_mutex_t mu;
@@ -68,6 +72,69 @@ static void node_defaults(struct engine_opts *o, const char *dir)
     o->candidates = 50;
     o->max_pending_events = 100000000;
     o->max_group_events = 20000;
+}
+
+/* R Recommend calls for the users of 'g' (a fresh stream per pass: the same users). */
+static int recommend_pass(struct query_ctx *q, const struct gen_tables *tables, long r,
+                          uint64_t *items, uint64_t *digest)
+{
+    struct gen g;
+    gen_init(&g, tables, 1);
+    for (long i = 0; i < r; i++) {
+        char user[32];
+        gen_user_id(gen_user_rank(&g), user, sizeof(user));
+        Eddy__V1__RecommendRequest req = EDDY__V1__RECOMMEND_REQUEST__INIT;
+        req.user_id = user;
+        Eddy__V1__RecommendResponse *resp = NULL;
+        if (query_recommend(q, &req, &resp) != EDDY_OK)
+            return -1;
+        *items += resp->n_items;
+        for (size_t j = 0; j < resp->n_items; j++) {
+            const Eddy__V1__Recommendation *it = resp->items[j];
+            *digest = XXH64(it->product_id, strlen(it->product_id), *digest);
+            *digest = XXH64(it->category, strlen(it->category), *digest);
+            *digest = XXH64(it->reason, strlen(it->reason), *digest);
+            *digest = XXH64(&it->score, sizeof(it->score), *digest);
+        }
+        query_free_response(&resp->base);
+    }
+    return 0;
+}
+
+__attribute__((noinline)) int measured_recommends(struct query_ctx *q,
+                                                  const struct gen_tables *tables, long r,
+                                                  uint64_t *items, uint64_t *digest);
+__attribute__((noinline)) int measured_recommends(struct query_ctx *q,
+                                                  const struct gen_tables *tables, long r,
+                                                  uint64_t *items, uint64_t *digest)
+{
+    return recommend_pass(q, tables, r, items, digest);
+}
+
+/* Warm-up pass, then the measured one; prints the mean time per call. */
+static int run_recommends(engine *e, const struct gen_tables *tables, long r)
+{
+    popcache *pop = popcache_new(engine_store(e), &engine_options(e)->product, 600000, 50);
+    if (!pop || popcache_set_neighbour_cache(pop, 20000) != EDDY_OK)
+        return -1;
+    struct query_ctx q = {e, pop, 10, 100, NULL, NULL, 10000};
+    uint64_t items = 0, digest = 0;
+    struct timespec t0, t1;
+    int rc = recommend_pass(&q, tables, r, &items, &digest);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    items = 0;
+    digest = 0;
+    if (rc == 0)
+        rc = measured_recommends(&q, tables, r, &items, &digest);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    if (rc == 0)
+        printf("%ld Recommend calls in %.3f s = %.1f us per call (%.1f items per answer, "
+               "digest %016llx)\n",
+               r, s, s * 1e6 / (double)r, (double)items / (double)r,
+               (unsigned long long)digest);
+    popcache_free(pop);
+    return rc;
 }
 
 static const char *arg(int argc, char **argv, const char *name)
@@ -150,6 +217,11 @@ int main(int argc, char **argv)
            "batches %llu; inflight %ld x %ld)\n",
            n, s, (double)n / s, (unsigned long long)pg.accepted,
            (unsigned long long)pg.duplicates, (unsigned long long)pg.failed, inflight, batch);
+    long recs = arg_int(argc, argv, "--recommend", 0);
+    if (recs > 0 && run_recommends(e, tables, recs) != 0) {
+        fprintf(stderr, "Recommend failed\n");
+        pg.failed++;
+    }
     const char *dump = arg(argc, argv, "--dump");
     if (dump) {
         FILE *f = fopen(dump, "w");

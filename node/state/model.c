@@ -280,21 +280,25 @@ static int cmp_affinity(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
+/* The 'max' best of 'arr' at time 'at', best first: an insertion into 'out' (the order is
+ * total, so this is the first 'max' of the sorted list; Recommend wants 3 of up to
+ * --max-affinities, where sorting them all cost more than everything else here). */
 static size_t top_scored(Eddy__Store__V1__Scored *const *arr, size_t n,
                          const struct decay_params *dp, int64_t at, struct affinity *out,
                          size_t max)
 {
-    struct affinity *all = malloc((n ? n : 1) * sizeof(*all));
-    if (!all)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        all[i].name = arr[i]->name;
-        all[i].score = decay_value(arr[i]->score, dp, at);
+    size_t k = 0;
+    for (size_t i = 0; i < n && max > 0; i++) {
+        struct affinity a = {arr[i]->name, decay_value(arr[i]->score, dp, at)};
+        if (k == max && cmp_affinity(&a, &out[k - 1]) >= 0)
+            continue;
+        size_t j = k < max ? k++ : k - 1;
+        while (j > 0 && cmp_affinity(&a, &out[j - 1]) < 0) {
+            out[j] = out[j - 1];
+            j--;
+        }
+        out[j] = a;
     }
-    qsort(all, n, sizeof(*all), cmp_affinity);
-    size_t k = n < max ? n : max;
-    memcpy(out, all, k * sizeof(*out));
-    free(all);
     return k;
 }
 

@@ -18,24 +18,31 @@ void query_free_response(ProtobufCMessage *m)
         protobuf_c_message_free_unpacked(m, NULL);
 }
 
-/* The user's model if present and not expired; *m is NULL otherwise. */
-static eddy_err load_user(struct query_ctx *q, const char *user_id,
+/* The user's model if present and not expired; *m is NULL otherwise. Decoded with 'alloc'
+ * (NULL: malloc; free with protobuf_c_message_free_unpacked and the same allocator). */
+static eddy_err load_user(struct query_ctx *q, const char *user_id, ProtobufCAllocator *alloc,
                           Eddy__Store__V1__UserModel **m)
 {
     const struct engine_opts *o = engine_options(q->eng);
     uint32_t p = partition_of_user(user_id, o->apply.partitions);
     struct store_key k;
+    char *val = NULL;
+    size_t vlen = 0;
+    *m = NULL;
     key_init(&k, p, T_USER);
     key_str(&k, user_id);
-    eddy_err err = store_get_msg(engine_store(q->eng), &k,
-                                 &eddy__store__v1__user_model__descriptor, (ProtobufCMessage **)m);
-    if (err != EDDY_OK || !*m)
+    eddy_err err = store_get(engine_store(q->eng), &k, &val, &vlen);
+    if (err != EDDY_OK || !val)
         return err;
+    *m = eddy__store__v1__user_model__unpack(alloc, vlen, (const uint8_t *)val);
+    free(val);
+    if (!*m)
+        return EDDY_ERR_CORRUPT;
     struct engine_partition_view v;
     engine_partition(q->eng, p, &v);
     if (o->apply.state_ttl_ms > 0 && v.watermark != WATERMARK_NONE &&
         (*m)->last_ts < v.watermark - o->apply.state_ttl_ms) {
-        eddy__store__v1__user_model__free_unpacked(*m, NULL);
+        eddy__store__v1__user_model__free_unpacked(*m, alloc);
         *m = NULL;
     }
     return EDDY_OK;
@@ -45,7 +52,7 @@ eddy_err query_profile(struct query_ctx *q, const char *user_id,
                        Eddy__V1__GetUserProfileResponse **out)
 {
     Eddy__Store__V1__UserModel *m = NULL;
-    eddy_err err = load_user(q, user_id, &m);
+    eddy_err err = load_user(q, user_id, NULL, &m);
     if (err != EDDY_OK)
         return err;
     if (!m)
@@ -79,15 +86,90 @@ struct rec_work {
     struct scored_product *lists; /* one block of (cats + anchors + 1) * candidates */
 };
 
+/* A bump allocator for protobuf-c: the user model of one Recommend is a few hundred small
+ * blocks (every sub-message, string and array), which malloc'd and freed one by one cost
+ * more than the decoding itself. Blocks are never freed singly: arena_reset drops them all
+ * and keeps one chunk, sized to the last call's total (at most ARENA_KEEP). */
+#define ARENA_CHUNK ((size_t)64 << 10)
+#define ARENA_KEEP ((size_t)4 << 20)
+
+struct arena_chunk {
+    struct arena_chunk *next;
+    size_t size, used;
+    _Alignas(16) unsigned char data[];
+};
+
+struct arena {
+    struct arena_chunk *head; /* the chunk in use; older ones follow */
+    size_t total;             /* bytes handed out since the last reset */
+};
+
+static void *arena_alloc(void *ud, size_t size)
+{
+    struct arena *a = ud;
+    size = (size + 15) & ~(size_t)15;
+    if (!a->head || a->head->size - a->head->used < size) {
+        size_t want = size > ARENA_CHUNK ? size : ARENA_CHUNK;
+        struct arena_chunk *c = malloc(sizeof(*c) + want);
+        if (!c)
+            return NULL;
+        c->next = a->head;
+        c->size = want;
+        c->used = 0;
+        a->head = c;
+    }
+    void *p = a->head->data + a->head->used;
+    a->head->used += size;
+    a->total += size;
+    return p;
+}
+
+static void arena_free(void *ud, void *p)
+{
+    (void)ud;
+    (void)p; /* everything goes in arena_reset */
+}
+
+static void arena_release(struct arena *a)
+{
+    while (a->head) {
+        struct arena_chunk *next = a->head->next;
+        free(a->head);
+        a->head = next;
+    }
+    a->total = 0;
+}
+
+static void arena_reset(struct arena *a)
+{
+    if (a->head && a->head->next) { /* outgrew one chunk: one big enough next time */
+        size_t want = a->total < ARENA_KEEP ? a->total : ARENA_KEEP;
+        arena_release(a);
+        struct arena_chunk *c = malloc(sizeof(*c) + want);
+        if (c) {
+            c->next = NULL;
+            c->size = want;
+            c->used = 0;
+            a->head = c;
+        }
+    } else if (a->head) {
+        a->head->used = 0;
+    }
+    a->total = 0;
+}
+
 /* Per-thread scratch of Recommend, reused from call to call: the candidate lists are
  * (cats + anchors + 1) * --candidates scored_product of ~0.5 kB each (~650 kB at K = 50),
  * which as a fresh calloc per call cost an mmap, page faults and a munmap. Only the
- * entries each list fills are read, so nothing needs clearing. Freed at thread exit. */
+ * entries each list fills are read, so nothing needs clearing. The arena holds the
+ * decoded user model. Freed at thread exit. */
 struct rec_scratch {
     struct scored_product *lists;
     size_t nlists;
     struct rec_item *items;
     size_t nitems;
+    struct arena arena;
+    ProtobufCAllocator alloc; /* over 'arena' */
 };
 
 static pthread_key_t scratch_key;
@@ -100,6 +182,7 @@ static void scratch_free(void *p)
     if (s) {
         free(s->lists);
         free(s->items);
+        arena_release(&s->arena);
         free(s);
     }
 }
@@ -120,6 +203,7 @@ static struct rec_scratch *scratch_get(size_t nlists, size_t nitems)
     if (!s) {
         if (!(s = calloc(1, sizeof(*s))))
             return NULL;
+        s->alloc = (ProtobufCAllocator){arena_alloc, arena_free, &s->arena};
         if (pthread_setspecific(scratch_key, s) != 0) {
             free(s);
             return NULL;
@@ -220,7 +304,7 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
         goto out;
     w->lists = scratch->lists;
     engine_global(q->eng, NULL, &at, NULL);
-    if ((err = load_user(q, req->user_id, &m)) != EDDY_OK)
+    if ((err = load_user(q, req->user_id, &scratch->alloc, &m)) != EDDY_OK)
         goto out;
     if (m && (err = load_bought(q, req->user_id, &bought)) != EDDY_OK)
         goto out;
@@ -313,8 +397,8 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
     err = EDDY_OK;
 out:
     query_free_response(r ? &r->base : NULL);
-    if (m)
-        eddy__store__v1__user_model__free_unpacked(m, NULL);
+    if (scratch)
+        arena_reset(&scratch->arena); /* the model */
     free(w->exclude);
     bought_release(&bought);
     return err;

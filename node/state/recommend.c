@@ -2,22 +2,39 @@
 #include "node/state/recommend.h"
 
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
 
 enum reason { R_POPULAR, R_NEIGHBOUR, R_CONTEXT, R_CART, R_TRENDING };
 
+/* Copy 's' to the end of the string in 'buf' (size 'len', *at its length), truncating as
+ * snprintf would. */
+static void append(char *buf, size_t len, size_t *at, const char *s)
+{
+    size_t n = strlen(s);
+    if (*at + 1 >= len)
+        return;
+    if (n > len - 1 - *at)
+        n = len - 1 - *at;
+    memcpy(buf + *at, s, n);
+    *at += n;
+    buf[*at] = '\0';
+}
+
+/* The reason of an item: what snprintf("popular in %s") and friends wrote, without the
+ * format parsing (a few per answer item, a tenth of the ranking's cost). */
 static void reason_text(char *buf, size_t len, enum reason r, const char *arg)
 {
-    switch (r) {
-    case R_POPULAR: snprintf(buf, len, "popular in %s", arg); break;
-    case R_NEIGHBOUR: snprintf(buf, len, "viewed together with %s", arg); break;
-    case R_CONTEXT: snprintf(buf, len, "related to %s", arg); break;
-    case R_CART: snprintf(buf, len, "goes with %s in your cart", arg); break;
-    case R_TRENDING: snprintf(buf, len, "trending now"); break;
-    }
+    static const char *const pre[] = {"popular in ", "viewed together with ", "related to ",
+                                      "goes with ", "trending now"};
+    size_t at = 0;
+    buf[0] = '\0';
+    append(buf, len, &at, pre[r]);
+    if (r != R_TRENDING)
+        append(buf, len, &at, arg);
+    if (r == R_CART)
+        append(buf, len, &at, " in your cart");
 }
 
 struct cand {
@@ -109,11 +126,12 @@ static bool excluded(const struct excl *x, const char *id)
     return x->n && bsearch(&id, x->ids, x->n, sizeof(*x->ids), cmp_str) != NULL;
 }
 
-static void contribute(struct cand_set *s, const struct excl *in,
-                       const struct scored_product *sp, double v, enum reason r,
-                       const char *arg)
+/* Exclusions are checked when a candidate is picked, not per contribution: the few
+ * dozen picked rather than every one of several hundred contributions. */
+static void contribute(struct cand_set *s, const struct scored_product *sp, double v,
+                       enum reason r, const char *arg)
 {
-    if (v <= 0 || excluded(in, sp->product_id))
+    if (v <= 0)
         return;
     struct cand *c = set_get(s, sp->product_id, sp->category);
     if (!c)
@@ -211,8 +229,12 @@ static void pick(struct picker *pk, const char *id, const char *category, double
                  enum reason r, const char *arg)
 {
     struct rec_item *it = &pk->out[pk->n++];
-    snprintf(it->product_id, sizeof(it->product_id), "%s", id);
-    snprintf(it->category, sizeof(it->category), "%s", category);
+    size_t at = 0;
+    it->product_id[0] = '\0';
+    append(it->product_id, sizeof(it->product_id), &at, id);
+    at = 0;
+    it->category[0] = '\0';
+    append(it->category, sizeof(it->category), &at, category);
     it->score = score;
     reason_text(it->reason, sizeof(it->reason), r, arg);
 }
@@ -243,7 +265,7 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
         const struct rec_category *c = &in->cats[i];
         double pmax = list_max(c->items, c->n);
         for (size_t j = 0; j < c->n && pmax > 0; j++)
-            contribute(&s, &ex, &c->items[j],
+            contribute(&s, &c->items[j],
                        p->w_popular * (c->affinity / amax) * (c->items[j].score / pmax),
                        R_POPULAR, c->category);
     }
@@ -254,7 +276,7 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
         enum reason r = a->cart ? R_CART : a->context ? R_CONTEXT : R_NEIGHBOUR;
         for (size_t j = 0; j < a->n && nmax > 0; j++) {
             if (strcmp(a->items[j].product_id, a->product_id) != 0)
-                contribute(&s, &ex, &a->items[j], w * (a->items[j].score / nmax), r,
+                contribute(&s, &a->items[j], w * (a->items[j].score / nmax), r,
                            a->product_id);
         }
     }
@@ -266,7 +288,7 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
     while (n > 0 && pk.n < max) {
         struct cand c;
         n = heap_pop(s.c, n, &c);
-        if (!capped(&pk, c.category))
+        if (!excluded(&ex, c.id) && !capped(&pk, c.category))
             pick(&pk, c.id, c.category, c.score, c.reason, c.reason_arg);
     }
     /* fill with global popularity, below every blended item */

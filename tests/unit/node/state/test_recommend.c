@@ -112,6 +112,37 @@ static void test_cold_start_and_fill(void **state)
     assert_int_equal(rec_rank(&in2, &W, out, 0), 0);
 }
 
+/* An excluded candidate (checked when picked) neither shows nor uses up its category's
+ * cap; a long id and category come out truncated like the buffers they fit in. */
+static void test_excluded_top_candidates_keep_the_cap(void **state)
+{
+    struct scored_product books[] = {sp("b1", "books", 9), sp("b2", "books", 8),
+                                     sp("b3", "books", 7)};
+    struct rec_category cats[] = {{"books", 1.0, books, 3}};
+    const char *exclude[] = {"b1", "b2"};
+    struct rec_input in = {cats, 1, NULL, 0, NULL, 0, exclude, 2};
+    struct rec_params cap1 = W;
+    cap1.diversity_cap = 1;
+    struct rec_item out[10];
+    size_t n = rec_rank(&in, &cap1, out, 10);
+    assert_int_equal(n, 1);
+    assert_string_equal(out[0].product_id, "b3");
+    assert_string_equal(out[0].reason, "popular in books");
+
+    char id[REC_ID_CAP + 1];
+    memset(id, 'x', REC_ID_CAP);
+    id[REC_ID_CAP] = '\0';
+    struct scored_product cart_nb[] = {sp(id, id, 3)};
+    struct rec_anchor anchors[] = {{id, 1.0, true, true, cart_nb, 1},
+                                   {"k", 1.0, true, true, cart_nb, 1}};
+    struct rec_input in2 = {NULL, 0, anchors, 2, NULL, 0, NULL, 0};
+    n = rec_rank(&in2, &cap1, out, 10);
+    assert_int_equal(n, 1);
+    assert_int_equal(strlen(out[0].product_id), REC_ID_CAP);
+    assert_int_equal(strlen(out[0].category), REC_ID_CAP);
+    assert_string_equal(out[0].reason, "goes with k in your cart");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -119,6 +150,7 @@ int main(void)
         cmocka_unit_test(test_exclusions_and_context),
         cmocka_unit_test(test_diversity_cap),
         cmocka_unit_test(test_cold_start_and_fill),
+        cmocka_unit_test(test_excluded_top_candidates_keep_the_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
