@@ -177,30 +177,40 @@ size_t planner_plan(const struct assign_node *nodes, size_t n, const struct clus
         }
     }
 
-    /* then the partitions the assigner wants elsewhere */
-    for (uint32_t p = 0; p < P; p++) {
-        const struct cluster_part *c = &next->parts[p];
-        const char *want = target->parts[p].owner;
-        if (!want[0] || strcmp(c->owner, want) == 0)
-            continue;
-        const struct plan_rec *r = &recs[p];
-        bool kept = r->present;
-        for (size_t i = 0; kept && i < *nacts; i++) /* deleted this round: free again */
-            if (acts[i].op == PLAN_DELETE && acts[i].m.partition == p)
-                kept = false;
-        if (kept)
-            continue;
-        if (strcmp(c->owner, cur->parts[p].owner) != 0)
-            continue; /* changed above (reverted to its source) */
-        if (!c->owner[0] || !alive(nodes, n, c->owner)) {
-            give(next, p, want, &changes); /* failover: nobody to copy from */
-            continue;
+    /* then the partitions the assigner wants elsewhere: first one move per target (a
+     * target takes its moves one at a time), then, if slots are left, more */
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t p = 0; p < P; p++) {
+            const struct cluster_part *c = &next->parts[p];
+            const char *want = target->parts[p].owner;
+            if (!want[0] || strcmp(c->owner, want) == 0)
+                continue;
+            const struct plan_rec *r = &recs[p];
+            bool kept = r->present, busy = false;
+            for (size_t i = 0; kept && i < *nacts; i++) /* deleted this round: free again */
+                if (acts[i].op == PLAN_DELETE && acts[i].m.partition == p)
+                    kept = false;
+            if (kept)
+                continue;
+            if (strcmp(c->owner, cur->parts[p].owner) != 0)
+                continue; /* changed above (reverted to its source, or failed over) */
+            if (!c->owner[0] || !alive(nodes, n, c->owner)) {
+                give(next, p, want, &changes); /* failover: nobody to copy from */
+                continue;
+            }
+            if (running >= pp->max_moves)
+                continue;
+            for (uint32_t q = 0; q < P && pass == 0 && !busy; q++) /* moves running */
+                busy = recs[q].present && recs[q].m.phase != MOVE_DONE &&
+                       strcmp(recs[q].m.to, want) == 0;
+            for (size_t i = 0; i < *nacts && pass == 0 && !busy; i++) /* and new ones */
+                busy = acts[i].op == PLAN_CREATE && strcmp(acts[i].m.to, want) == 0;
+            if (busy)
+                continue;
+            struct cluster_move m = move_of(p, c, want, pp->now_ms);
+            act(acts, nacts, PLAN_CREATE, &m, 0);
+            running++;
         }
-        if (running >= pp->max_moves)
-            continue;
-        struct cluster_move m = move_of(p, c, want, pp->now_ms);
-        act(acts, nacts, PLAN_CREATE, &m, 0);
-        running++;
     }
     if (pp->rates && pp->load_due && running == 0 && *nacts == 0 && changes == 0 &&
         pp->max_moves >= 2)

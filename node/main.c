@@ -682,8 +682,7 @@ int main(int argc, char **argv)
         }
         router.mem = mem;
         s2.mem = mem;
-        ss.mem = mem;
-        ss.q.owns_ud = mem;
+        state_service_joined(&ss, mem);
         hk.mem = mem;
         if (eng) {
             /* the moves in progress first: a partition moving here is the mover's to make

@@ -8,6 +8,10 @@
 #   scripts/local-cluster.sh status [DIR]   which processes are alive, then `eddy status`
 #   scripts/local-cluster.sh down   [DIR]   stop everything (by pid file); data and logs are kept
 #   scripts/local-cluster.sh down --purge [DIR]   stop and remove DIR
+#   scripts/local-cluster.sh add-state [DIR]      start one more state node (state-4, ...):
+#                                                 partitions move to it live (eddy status)
+#   scripts/local-cluster.sh stop NODE [DIR]      stop one node (SIGTERM), e.g. after
+#                                                 `eddy drain NODE` left it no partition
 #
 # DIR (default ./eddy-cluster) holds everything: data/ (etcd and one LevelDB per state
 # node), logs/, pids/, ports.env (the etcd ports, reused by the next `up` because etcd's
@@ -26,7 +30,7 @@ STATE_NODES=(state-1 state-2 state-3)
 INGEST_NODES=(ingest-1 ingest-2)
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -35,6 +39,8 @@ cmd=${1:-}
 shift
 purge=0
 if [ "${1:-}" = --purge ]; then purge=1; shift; fi
+node_arg=
+if [ "$cmd" = stop ]; then node_arg=${1:-}; [ -n "$node_arg" ] || usage; shift; fi
 DIR=${1:-./eddy-cluster}
 [ "$cmd" = up ] && mkdir -p "$DIR"
 case "$DIR" in /*) ;; *) DIR="$PWD/${DIR#./}" ;; esac
@@ -91,7 +97,8 @@ binaries() {
 
 cli() { "$BUILD/eddy" --coordinator "$COORD_ADDR" "$@"; }
 
-# Ready: every node registered and every partition owned by a registered state node.
+# Ready: every node registered, every partition owned by a registered state node, and no
+# partition move in progress.
 cluster_ready() {
   local js
   js=$(cli -o json --timeout 2s status 2>/dev/null) || return 1
@@ -100,7 +107,31 @@ cluster_ready() {
   unassigned=$(grep -cE '"owner":[[:space:]]*""' <<<"$js" || true)
   owners=$(grep -oE '"owner":[[:space:]]*"[^"]+"' <<<"$js" | sort -u | wc -l)
   [ "$nodes" -eq $((${#STATE_NODES[@]} + ${#INGEST_NODES[@]})) ] && [ "$unassigned" -eq 0 ] &&
-    [ "$owners" -eq ${#STATE_NODES[@]} ]
+    [ "$owners" -eq ${#STATE_NODES[@]} ] && grep -qE '"moves":[[:space:]]*\[\]' <<<"$js"
+}
+
+# The flags every node and the coordinator share (needs ETCD_URL).
+common_flags() {
+  COMMON=(--etcd "$ETCD_URL" --cluster "$CLUSTER" --partitions "$PARTITIONS" --lease-ttl "$LEASE_TTL")
+}
+
+start_state() {
+  start "$1" "$EDDY_NODE" --role state "${COMMON[@]}" --node-id "$1" \
+    --data-dir "$DIR/data/$1" --checkpoint-dir "$DIR/data/checkpoints" \
+    --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+}
+
+add_state() {
+  [ -f "$DIR/env" ] || die "no cluster in $DIR: '$0 up $DIR' first"
+  binaries
+  ETCD_URL=$(sed -n 's/^EDDY_ETCD=//p' "$DIR/env")
+  COORD_ADDR=$(sed -n 's/^EDDY_COORDINATOR=//p' "$DIR/env")
+  common_flags
+  local i=1
+  while [ -e "$DIR/pids/state-$i.pid" ]; do i=$((i + 1)); done
+  start_state "state-$i"
+  log "state-$i on 127.0.0.1:$(wait_listening "state-$i")"
+  log "partitions move to it live: watch '$BUILD/eddy --coordinator $COORD_ADDR status'"
 }
 
 up() {
@@ -137,18 +168,14 @@ up() {
     sleep 0.1
   done
 
-  local common=(--etcd "$ETCD_URL" --cluster "$CLUSTER" --partitions "$PARTITIONS" --lease-ttl "$LEASE_TTL")
-  start coordinator "$EDDY_COORD" "${common[@]}" --id coordinator-1 --listen 127.0.0.1:0
+  common_flags
+  start coordinator "$EDDY_COORD" "${COMMON[@]}" --id coordinator-1 --listen 127.0.0.1:0
   COORD_ADDR="127.0.0.1:$(wait_listening coordinator 20)"
   log "coordinator on $COORD_ADDR"
 
-  for n in "${STATE_NODES[@]}"; do
-    start "$n" "$EDDY_NODE" --role state "${common[@]}" --node-id "$n" \
-      --data-dir "$DIR/data/$n" --checkpoint-dir "$DIR/data/checkpoints" \
-      --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
-  done
+  for n in "${STATE_NODES[@]}"; do start_state "$n"; done
   for n in "${INGEST_NODES[@]}"; do
-    start "$n" "$EDDY_NODE" --role ingest "${common[@]}" --node-id "$n" \
+    start "$n" "$EDDY_NODE" --role ingest "${COMMON[@]}" --node-id "$n" \
       --data-dir "$DIR/data/$n" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
   done
   local endpoints=()
@@ -181,6 +208,8 @@ Try:
   $rel/eddy --endpoint ${endpoints[0]} recommend USER
   $rel/eddy --coordinator $COORD_ADDR status
   set -a; . $DIR/env; set +a      # then plain: $rel/eddy status, $rel/eddy top
+  $0 add-state $DIR                # scale out: partitions move to state-4 live
+  $rel/eddy --coordinator $COORD_ADDR drain state-2   # scale in, then: $0 stop state-2 $DIR
   $0 status $DIR
   $0 down $DIR                     # add --purge to delete the data too
 EOF
@@ -244,6 +273,9 @@ case "$cmd" in
   up) up ;;
   down) down ;;
   status) status ;;
+  add-state) add_state ;;
+  stop) [ -f "$DIR/pids/$node_arg.pid" ] || die "no process $node_arg recorded in $DIR/pids"
+        stop_one "$node_arg" ;;
   -h|--help|help) usage ;;
   *) usage ;;
 esac

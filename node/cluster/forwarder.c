@@ -1,6 +1,7 @@
 /* Sending stage-2 OUTBOX records to the owners of their product partitions. */
 #include "node/cluster/forwarder.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,13 @@ struct forwarder {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool kicked, stopping;
+    bool failed;              /* the last round left records behind (refused or failed) */
 };
+
+/* After a round that left records behind (a destination down, or partitions refused
+ * while they move), the next one waits at least this long even when kicked: the records
+ * cannot go sooner, and each round reads and decodes them again. */
+#define RETRY_PAUSE_MS 200
 
 struct rec {
     struct store_key key;
@@ -102,7 +109,7 @@ static size_t run_round(forwarder *f)
     Eddy__Store__V1__Stage2Batch **batch = calloc(ROUND_MAX, sizeof(*batch));
     size_t *idx = calloc(ROUND_MAX, sizeof(*idx));
     char (*dest)[CLUSTER_ADDR_MAX] = calloc(MAX_DESTS, CLUSTER_ADDR_MAX);
-    size_t ndest = 0, done = 0;
+    size_t ndest = 0, done = 0, failures = 0;
     uint32_t *parts = NULL;
     bool *named = NULL;
     if (!addrs || !batch || !idx || !dest)
@@ -138,7 +145,7 @@ static size_t run_round(forwarder *f)
             }
         }
         /* name the partitions this destination owns as far as we know: it applies those
-         * and refuses the whole call if one is not its own any more (a move) */
+         * and refuses (in its answer) those that are not its own any more or moving */
         for (size_t j = 0; j < nb; j++) {
             size_t total = product_records(batch[j]);
             for (size_t k = 0; k < total; k++) {
@@ -169,6 +176,25 @@ static size_t run_round(forwarder *f)
                      ch ? res.details : "no channel");
             for (size_t j = 0; j < nb; j++)
                 r.recs[idx[j]].failed = true;
+            failures++;
+        } else {
+            /* the records that touch a refused partition stay for a later round */
+            const Eddy__State__V1__ForwardResponse *fr =
+                (const Eddy__State__V1__ForwardResponse *)resp;
+            memset(named, 0, P * sizeof(*named));
+            for (size_t k = 0; k < fr->n_refused; k++)
+                if (fr->refused[k] < P)
+                    named[fr->refused[k]] = true;
+            for (size_t j = 0; j < nb && fr->n_refused > 0; j++) {
+                size_t total = product_records(batch[j]);
+                for (size_t k = 0; k < total; k++) {
+                    if (named[partition_of_product(product_record_key(batch[j], k), P)]) {
+                        r.recs[idx[j]].failed = true;
+                        break;
+                    }
+                }
+            }
+            failures += fr->n_refused > 0;
         }
         if (resp)
             protobuf_c_message_free_unpacked(resp, NULL);
@@ -188,6 +214,7 @@ out:
     free(batch);
     free(idx);
     free(dest);
+    f->failed = failures > 0;
     /* a full round means more may be waiting; a failure means wait before retrying */
     return r.n == ROUND_MAX && done == r.n ? 1 : 0;
 }
@@ -203,6 +230,13 @@ static void *forwarder_main(void *arg)
         }
         if (f->stopping)
             break;
+        if (f->failed) {
+            struct timespec dl = clock_mono_after(RETRY_PAUSE_MS);
+            while (!f->stopping && pthread_cond_timedwait(&f->cv, &f->mu, &dl) != ETIMEDOUT)
+                ; /* kicks do not shorten the pause */
+            if (f->stopping)
+                break;
+        }
         f->kicked = false;
         pthread_mutex_unlock(&f->mu);
         size_t more = run_round(f);

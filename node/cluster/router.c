@@ -83,13 +83,25 @@ static void backoff(struct router *r, uint64_t version, int round)
     membership_wait_change(r->mem, version, ms > 1000 ? 1000 : ms);
 }
 
+/* Whether the node has joined the cluster; if not, 'res' says so (UNAVAILABLE). */
+static bool joined(const struct router *r, struct router_result *res)
+{
+    if (r->mem)
+        return true;
+    res->code = GRPC_STATUS_UNAVAILABLE;
+    snprintf(res->message, sizeof(res->message), "node not in the cluster yet: retry");
+    return false;
+}
+
 /* ---- Ingest ---------------------------------------------------------------------------- */
 
 void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
                    struct route_counts *out, struct router_result *res)
 {
-    uint32_t P = membership_partitions(r->mem);
     memset(out, 0, sizeof(*out));
+    if (!joined(r, res))
+        return;
+    uint32_t P = membership_partitions(r->mem);
     res->code = GRPC_STATUS_OK;
     res->message[0] = '\0';
 
@@ -239,8 +251,10 @@ out:
 void router_user(struct router *r, const char *user_id, Eddy__State__V1__UserRequest *req,
                  Eddy__State__V1__UserResponse **resp, struct router_result *res)
 {
-    uint32_t p = partition_of_user(user_id, membership_partitions(r->mem));
     *resp = NULL;
+    if (!joined(r, res))
+        return;
+    uint32_t p = partition_of_user(user_id, membership_partitions(r->mem));
     res->code = GRPC_STATUS_UNAVAILABLE;
     snprintf(res->message, sizeof(res->message), "partition %u has no live owner", p);
     for (int round = 0; round <= r->retries; round++) {
@@ -370,6 +384,9 @@ static Eddy__V1__TypeCounts *new_counts(void)
 void router_counts(struct router *r, const Eddy__V1__EventCountsRequest *req,
                    Eddy__V1__EventCountsResponse **out, struct router_result *res)
 {
+    *out = NULL;
+    if (!joined(r, res))
+        return;
     struct partials *ps = calloc(1, sizeof(*ps));
     Eddy__State__V1__PartialRequest pr = EDDY__STATE__V1__PARTIAL_REQUEST__INIT;
     Eddy__V1__EventCountsRequest all = *req;
@@ -472,6 +489,9 @@ static int cmp_stat(const void *a, const void *b, void *arg)
 void router_top(struct router *r, const Eddy__V1__TopProductsRequest *req,
                 Eddy__V1__TopProductsResponse **out, struct router_result *res)
 {
+    *out = NULL;
+    if (!joined(r, res))
+        return;
     struct partials *ps = calloc(1, sizeof(*ps));
     Eddy__State__V1__PartialRequest pr = EDDY__STATE__V1__PARTIAL_REQUEST__INIT;
     Eddy__V1__TopProductsRequest all = *req;

@@ -23,7 +23,9 @@
 #include "node/state/window.h"
 
 struct router {
-    membership *mem;
+    /* NULL until the node has joined (the server listens before): calls then answer
+     * UNAVAILABLE. Atomic: set by main while handler threads may already read it. */
+    membership *_Atomic mem;
     peers *peers;
     int64_t timeout_ms;          /* per call to an owner */
     int retries;                 /* rounds after the first */

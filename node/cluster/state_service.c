@@ -59,6 +59,13 @@ bool state_service_stage2_local(void *ud, uint32_t p)
     return svc->mem && membership_owns(svc->mem, p, &epoch) && !(svc->freeze_id && frozen(svc, p));
 }
 
+void state_service_joined(struct state_service *svc, membership *mem)
+{
+    svc->mem = mem;
+    svc->q.owns_ud = mem;
+    atomic_store_explicit(&svc->joined, true, memory_order_release);
+}
+
 void state_service_mark_ready(struct state_service *svc, uint32_t p, uint64_t epoch)
 {
     atomic_store(&svc->ready[p], epoch + 1);
@@ -130,6 +137,19 @@ bool state_service_owns(void *ud, uint32_t p)
     return membership_owns(ud, p, &epoch);
 }
 
+/* Calls can arrive between the server's start and the node's joining the cluster (the
+ * address is registered only once the server listens): answer UNAVAILABLE until then. */
+static bool not_joined(struct state_service *svc, rpc_call *c, bool stream)
+{
+    if (atomic_load_explicit(&svc->joined, memory_order_acquire))
+        return false;
+    if (stream)
+        rpc_stream_finish(c, GRPC_STATUS_UNAVAILABLE, "node not in the cluster yet: retry");
+    else
+        rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE, "node not in the cluster yet: retry");
+    return true;
+}
+
 /* ---- Apply ---------------------------------------------------------------------------- */
 
 struct pending_apply {
@@ -187,6 +207,8 @@ static void apply_done(void *ud, eddy_err err, const struct engine_ingest_result
 static void handle_apply(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct state_service *svc = ud;
+    if (not_joined(svc, c, false))
+        return;
     const Eddy__State__V1__ApplyRequest *req = (const Eddy__State__V1__ApplyRequest *)msg;
     size_t n = req->n_partitions;
     struct pending_apply *pa = calloc(1, sizeof(*pa));
@@ -275,21 +297,46 @@ static void handle_apply(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 
 /* ---- Forward ------------------------------------------------------------------------- */
 
+/* A Forward in the engine: the call and the partitions refused (by the handler or when
+ * the job ran). */
+struct pending_forward {
+    rpc_call *call;
+    const uint32_t *parts;
+    uint8_t *refused;    /* [nparts] */
+    uint32_t *list;      /* [nparts] the answer's refused partitions */
+    size_t nparts;
+};
+
+static void forward_free(struct pending_forward *pf)
+{
+    free(pf->refused);
+    free(pf->list);
+    free(pf);
+}
+
 static void forward_done(void *ud, eddy_err err, size_t applied)
 {
-    rpc_call *c = ud;
+    struct pending_forward *pf = ud;
     if (err != EDDY_OK) {
-        rpc_reply_error(c, eddy_err_to_grpc(err), "forward not applied: %s", eddy_strerror(err));
-        return;
+        rpc_reply_error(pf->call, eddy_err_to_grpc(err), "forward not applied: %s",
+                        eddy_strerror(err));
+    } else {
+        Eddy__State__V1__ForwardResponse r = EDDY__STATE__V1__FORWARD_RESPONSE__INIT;
+        r.applied = (uint32_t)applied;
+        r.refused = pf->list;
+        for (size_t i = 0; i < pf->nparts; i++)
+            if (pf->refused[i])
+                pf->list[r.n_refused++] = pf->parts[i];
+        rpc_reply(pf->call, &r.base);
     }
-    Eddy__State__V1__ForwardResponse r = EDDY__STATE__V1__FORWARD_RESPONSE__INIT;
-    r.applied = (uint32_t)applied;
-    rpc_reply(c, &r.base);
+    forward_free(pf);
 }
 
 static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct state_service *svc = ud;
+    if (not_joined(svc, c, false))
+        return;
     const Eddy__State__V1__ForwardRequest *req = (const Eddy__State__V1__ForwardRequest *)msg;
     if (!membership_alive(svc->mem)) {
         rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE,
@@ -297,23 +344,29 @@ static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         return;
     }
     uint32_t P = membership_partitions(svc->mem);
-    /* the partitions the sender means: each must be ours, taken over and not frozen */
-    for (size_t i = 0; i < req->n_partitions; i++) {
+    size_t n = req->n_partitions;
+    struct pending_forward *pf = calloc(1, sizeof(*pf));
+    if (pf) {
+        pf->refused = calloc(n ? n : 1, 1);
+        pf->list = calloc(n ? n : 1, sizeof(*pf->list));
+    }
+    if (!pf || !pf->refused || !pf->list) {
+        if (pf)
+            forward_free(pf);
+        rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    *pf = (struct pending_forward){c, req->partitions, pf->refused, pf->list, n};
+    /* the partitions the sender means: refused unless ours, taken over and not frozen (the
+     * writer checks again when it applies) */
+    for (size_t i = 0; i < n; i++) {
         uint32_t q = req->partitions[i];
         uint64_t epoch;
-        if (q >= P || !membership_owns(svc->mem, q, &epoch)) {
-            rpc_reply_error(c, GRPC_STATUS_FAILED_PRECONDITION,
-                            "not owner of partition %u: nothing applied", q);
-            return;
-        }
-        if (!ready_at(svc, q, epoch) || frozen(svc, q)) {
-            rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE,
-                            "partition %u being taken over or moved: retry", q);
-            return;
-        }
+        pf->refused[i] = q >= P || !membership_owns(svc->mem, q, &epoch) ||
+                         !ready_at(svc, q, epoch) || frozen(svc, q);
     }
     /* records for a partition still being taken over would be overwritten by its restore */
-    for (size_t i = 0; i < req->n_batches && req->n_partitions == 0; i++) {
+    for (size_t i = 0; i < req->n_batches && n == 0; i++) {
         const Eddy__Store__V1__Stage2Batch *b = req->batches[i];
         size_t total = product_records(b);
         for (size_t k = 0; k < total; k++) {
@@ -323,15 +376,18 @@ static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
             if (membership_owns(svc->mem, q, &epoch) && !ready_at(svc, q, epoch)) {
                 rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE,
                                 "partition %u being taken over: retry", q);
+                forward_free(pf);
                 return;
             }
         }
     }
     eddy_err err = engine_forward_to(svc->eng, req->batches, req->n_batches,
-                                     req->n_partitions ? req->partitions : NULL,
-                                     req->n_partitions, forward_done, c);
-    if (err != EDDY_OK)
+                                     n ? req->partitions : NULL, pf->refused, n, forward_done,
+                                     pf);
+    if (err != EDDY_OK) {
         rpc_reply_error(c, eddy_err_to_grpc(err), "forward: %s", eddy_strerror(err));
+        forward_free(pf);
+    }
 }
 
 /* ---- User ------------------------------------------------------------------------------ */
@@ -360,6 +416,8 @@ static void delete_done(void *ud, eddy_err err, bool model, uint64_t windows, ui
 static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct state_service *svc = ud;
+    if (not_joined(svc, c, false))
+        return;
     const Eddy__State__V1__UserRequest *req = (const Eddy__State__V1__UserRequest *)msg;
     uint64_t epoch = 0;
     if (!membership_owns(svc->mem, req->partition, &epoch) || epoch != req->epoch) {
@@ -425,6 +483,8 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 static void handle_partial(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct state_service *svc = ud;
+    if (not_joined(svc, c, false))
+        return;
     const Eddy__State__V1__PartialRequest *req = (const Eddy__State__V1__PartialRequest *)msg;
     uint32_t P = membership_partitions(svc->mem);
     Eddy__State__V1__PartialResponse r = EDDY__STATE__V1__PARTIAL_RESPONSE__INIT;
@@ -519,6 +579,8 @@ static eddy_err reply_scored(rpc_call *c, const struct scored_product *items, si
 static void handle_category_top(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct state_service *svc = ud;
+    if (not_joined(svc, c, false))
+        return;
     const Eddy__State__V1__CategoryTopRequest *req = (const Eddy__State__V1__CategoryTopRequest *)msg;
     size_t k = req->k && req->k < MAX_K ? req->k : MAX_K, n = 0;
     struct scored_product *items = calloc(k, sizeof(*items));
@@ -534,6 +596,8 @@ static void handle_category_top(void *ud, rpc_call *c, const ProtobufCMessage *m
 static void handle_neighbours(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct state_service *svc = ud;
+    if (not_joined(svc, c, false))
+        return;
     const Eddy__State__V1__NeighboursRequest *req = (const Eddy__State__V1__NeighboursRequest *)msg;
     size_t k = req->k && req->k < MAX_K ? req->k : MAX_K, n = 0;
     struct scored_product *items = calloc(k, sizeof(*items));
@@ -627,6 +691,8 @@ static void *fetch_ckpt_main(void *arg)
 static void handle_fetch_checkpoint(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct state_service *svc = ud;
+    if (not_joined(svc, c, true))
+        return;
     const Eddy__State__V1__FetchCheckpointRequest *req =
         (const Eddy__State__V1__FetchCheckpointRequest *)msg;
     if (req->partition >= membership_partitions(svc->mem) || req->move_id == 0) {
@@ -719,6 +785,8 @@ static int collect_log(void *ud, const unsigned char *k, size_t klen, const char
 static void handle_fetch_log(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct state_service *svc = ud;
+    if (not_joined(svc, c, false))
+        return;
     const Eddy__State__V1__FetchLogRequest *req = (const Eddy__State__V1__FetchLogRequest *)msg;
     uint32_t p = req->partition;
     uint64_t epoch;

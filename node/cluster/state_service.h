@@ -40,7 +40,11 @@ struct state_service {
     _Atomic uint64_t *freeze_id;
     _Atomic int64_t *freeze_until;
     int64_t freeze_ms;           /* --move-freeze: how long a freeze lasts unrenewed */
+    _Atomic bool joined;         /* set by state_service_joined: 'mem' may be used */
 };
+
+/* The node has joined: 'mem' is its membership. Calls answer UNAVAILABLE before. */
+void state_service_joined(struct state_service *svc, membership *mem);
 
 /* Allocate the per-partition take-over state for 'partitions' partitions. */
 eddy_err state_service_takeover_init(struct state_service *svc, uint32_t partitions);

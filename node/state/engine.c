@@ -34,6 +34,7 @@ struct job {
     engine_forward_done_fn *forward_done;
     const uint32_t *fwd_parts;  /* the product partitions the sender means this node to apply */
     size_t fwd_nparts;
+    uint8_t *fwd_refused;       /* [fwd_nparts]: set for those not local when the job ran */
     /* restore */
     uint32_t restore_p;
     char *restore_path;
@@ -211,6 +212,7 @@ static eddy_err run_idle(engine *e, int64_t now)
 
 struct fwd_set {
     const uint32_t *parts;
+    const uint8_t *refused;
     size_t n;
 };
 
@@ -219,7 +221,7 @@ static bool in_set(void *ud, uint32_t q)
     const struct fwd_set *fs = ud;
     for (size_t i = 0; i < fs->n; i++)
         if (fs->parts[i] == q)
-            return true;
+            return !fs->refused[i];
     return false;
 }
 
@@ -228,15 +230,14 @@ static eddy_err run_forward(engine *e, struct job *j)
     const struct engine_cluster *c = &e->o.cluster;
     /* Checked here, in log order with the applies: a partition that stopped being local
      * after the Forward was queued (a move froze or took it) must not lose the records
-     * silently; the sender keeps them and retries with its refreshed map. */
+     * silently: it is refused, and the sender keeps the records that touch it and retries
+     * with its refreshed map. */
     for (size_t i = 0; i < j->fwd_nparts; i++) {
         if (j->fwd_parts[i] >= e->o.apply.partitions ||
-            (c->owns && !c->owns(c->owns_ud, j->fwd_parts[i]))) {
-            j->job_err = EDDY_ERR_NOT_OWNER;
-            return EDDY_OK;
-        }
+            (c->owns && !c->owns(c->owns_ud, j->fwd_parts[i])))
+            j->fwd_refused[i] = 1;
     }
-    struct fwd_set fs = {j->fwd_parts, j->fwd_nparts};
+    struct fwd_set fs = {j->fwd_parts, j->fwd_refused, j->fwd_nparts};
     for (size_t i = 0; i < j->nbatches; i++) {
         eddy_err err = j->fwd_parts ? product_apply(e->txn, &e->o.product, j->batches[i], in_set, &fs)
                                     : product_apply(e->txn, &e->o.product, j->batches[i],
@@ -705,12 +706,12 @@ eddy_err engine_apply(engine *e, uint32_t p, uint64_t epoch, Eddy__V1__Event *co
 eddy_err engine_forward(engine *e, Eddy__Store__V1__Stage2Batch *const *batches, size_t n,
                         engine_forward_done_fn *done, void *ud)
 {
-    return engine_forward_to(e, batches, n, NULL, 0, done, ud);
+    return engine_forward_to(e, batches, n, NULL, NULL, 0, done, ud);
 }
 
 eddy_err engine_forward_to(engine *e, Eddy__Store__V1__Stage2Batch *const *batches, size_t n,
-                           const uint32_t *parts, size_t nparts, engine_forward_done_fn *done,
-                           void *ud)
+                           const uint32_t *parts, uint8_t *refused, size_t nparts,
+                           engine_forward_done_fn *done, void *ud)
 {
     struct job *j = calloc(1, sizeof(*j));
     if (!j)
@@ -720,6 +721,7 @@ eddy_err engine_forward_to(engine *e, Eddy__Store__V1__Stage2Batch *const *batch
     j->batches = batches;
     j->nbatches = n;
     j->fwd_parts = parts;
+    j->fwd_refused = refused;
     j->fwd_nparts = nparts;
     j->forward_done = done;
     j->ud = ud;

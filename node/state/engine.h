@@ -114,13 +114,14 @@ eddy_err engine_restore(engine *e, uint32_t p, const char *path, engine_restore_
                         void *ud);
 
 /* engine_forward for the records of the product partitions 'parts' only (borrowed until
- * 'done'): the partitions the sender believes this node owns. If any of them is not
- * local when the job runs (cluster.owns false: moved away, or frozen by a move), nothing
- * is applied and 'done' gets EDDY_ERR_NOT_OWNER, so the sender keeps the records.
- * parts == NULL: every record of a partition this node owns (engine_forward). */
+ * 'done'): the partitions the sender believes this node owns. A partition that is not
+ * local when the job runs (cluster.owns false: moved away, or frozen by a move) gets
+ * refused[i] = 1 (caller's array of 'nparts', zeroed, borrowed until 'done') and none of
+ * its records is applied, so the sender keeps them. parts == NULL: every record of a
+ * partition this node owns (engine_forward). */
 eddy_err engine_forward_to(engine *e, Eddy__Store__V1__Stage2Batch *const *batches, size_t n,
-                           const uint32_t *parts, size_t nparts, engine_forward_done_fn *done,
-                           void *ud);
+                           const uint32_t *parts, uint8_t *refused, size_t nparts,
+                           engine_forward_done_fn *done, void *ud);
 
 /* Cluster mode, a move's target: append the log records 'entries' (another node's log of
  * partition 'p', raw LogRecord bytes, ascending seq; borrowed until 'done') to this node's

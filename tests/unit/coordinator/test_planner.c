@@ -114,6 +114,24 @@ static void test_live_owner_moves_at_most_k(void **state)
     fx_free(f);
 }
 
+/* With several targets, the moves at once go to different targets first (a target copies
+ * one partition at a time). */
+static void test_moves_spread_over_targets(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new("b", false);
+    add_node(f, "c");
+    for (uint32_t p = 0; p < P; p++) /* b gets 0-2, c gets 3-5 */
+        set_owner(&f->target, p, p < 3 ? "b" : p < 6 ? "c" : "a", 3);
+    plan(f);
+    assert_int_equal(f->nacts, 2);
+    assert_string_equal(f->acts[0].m.to, "b");
+    assert_int_equal(f->acts[0].m.partition, 0);
+    assert_string_equal(f->acts[1].m.to, "c");
+    assert_int_equal(f->acts[1].m.partition, 3);
+    fx_free(f);
+}
+
 /* ready -> flip (epoch + 1, phase flipped); done -> delete; a new move takes the slot. */
 static void test_ready_flips_done_deletes(void **state)
 {
@@ -233,6 +251,7 @@ int main(void)
         cmocka_unit_test(test_cancel_revert_failover),
         cmocka_unit_test(test_phase_repair),
         cmocka_unit_test(test_load_swap),
+        cmocka_unit_test(test_moves_spread_over_targets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
