@@ -2,21 +2,24 @@
  * eddy-bench's generator (client/bench/gen.h: its default population, 100,000 Zipf users
  * and 10,000 Zipf products, the e-commerce event mix, 2 s disorder) with the node's default
  * parameters, on a synthetic event-time clock (10,000 events per second of event time), so
- * the same arguments always apply the same events. Batches of --batch events are queued
- * with at most --inflight of them waiting (eddy-bench's 4 streams x 2 calls of 500: groups
- * of a few thousand events, as on a loaded node).
+ * the same arguments always apply the same events. Each group commit takes exactly
+ * --inflight batches of --batch events (eddy-bench's 4 streams x 2 calls of 500: groups of
+ * 4,000 events, as on a loaded node): the writer is held by an exclusive job while they
+ * are queued, so the groups, and with them the instruction counts, do not depend on
+ * thread timing.
  *
  *   eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE] [--recommend R]
- *                                                   (defaults 50000, 8, 500, 0)
+ *                    [--kept-bytes BYTES]            (defaults 50000, 8, 500, 0)
  *
  * --dump writes every key and value of the state afterwards (store_dump): two builds that
  * apply the same events must write the same file. --kept-bytes sets the budget of the
  * values the writer's txn keeps between group commits (store_set_kept_bytes).
- * Prints events/s. Every event is generated before the clock starts, so under
- * `valgrind --tool=callgrind --toggle-collect=writer_main` the instruction count is the
- * writer thread's alone: divided by N, the instructions per event, which the load of the
- * machine does not move. */
+ * Prints events/s. Under `valgrind --tool=callgrind --toggle-collect=apply_event
+ * --toggle-collect=store_txn_commit` the instruction count is the apply and the group
+ * commits alone (no event generation, no idle wait): divided by N, the instructions per
+ * event, which the load of the machine does not move. */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +37,30 @@ struct progress {
     int outstanding;
     uint64_t accepted, duplicates, failed;
 };
+
+/* Holds the writer (an exclusive job) until a group's batches are all queued. */
+struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool open;
+};
+
+static eddy_err gate_wait(void *ud, engine *e)
+{
+    struct gate *g = ud;
+    (void)e;
+    pthread_mutex_lock(&g->mu);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+    return EDDY_OK;
+}
+
+static void gate_done(void *ud, eddy_err err)
+{
+    (void)ud;
+    (void)err;
+}
 
 static void on_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
 {
@@ -157,7 +184,8 @@ int main(int argc, char **argv)
     long inflight = arg_int(argc, argv, "--inflight", 8);
     long batch = arg_int(argc, argv, "--batch", 500);
     if (n < 1 || inflight < 1 || batch < 1) {
-        fprintf(stderr, "usage: eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE]\n");
+        fprintf(stderr, "usage: eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE] "
+                        "[--recommend R] [--kept-bytes BYTES]\n");
         return 2;
     }
 
@@ -198,23 +226,37 @@ int main(int argc, char **argv)
     struct progress pg = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (long i = 0; i < n; i += batch) {
-        pthread_mutex_lock(&pg.mu);
-        while (pg.outstanding >= inflight)
-            pthread_cond_wait(&pg.cv, &pg.mu);
-        pg.outstanding++;
-        pthread_mutex_unlock(&pg.mu);
-        size_t len = (size_t)(n - i < batch ? n - i : batch);
-        if (engine_ingest(e, ptrs + i, len, on_done, &pg) != EDDY_OK) {
-            fprintf(stderr, "engine_ingest refused a batch\n");
+    struct gate gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false};
+    for (long i = 0; i < n;) {
+        gate.open = false;
+        if (engine_exclusive(e, gate_wait, gate_done, &gate) != EDDY_OK) {
+            fprintf(stderr, "engine_exclusive refused\n");
             return 1;
         }
+        for (long k = 0; k < inflight && i < n; k++, i += batch) {
+            size_t len = (size_t)(n - i < batch ? n - i : batch);
+            pthread_mutex_lock(&pg.mu);
+            pg.outstanding++;
+            pthread_mutex_unlock(&pg.mu);
+            if (engine_ingest(e, ptrs + i, len, on_done, &pg) != EDDY_OK) {
+                fprintf(stderr, "engine_ingest refused a batch\n");
+                return 1;
+            }
+        }
+        pthread_mutex_lock(&gate.mu);
+        gate.open = true;
+        pthread_cond_signal(&gate.cv);
+        pthread_mutex_unlock(&gate.mu);
+        pthread_mutex_lock(&pg.mu);
+        while (pg.outstanding > 0)
+            pthread_cond_wait(&pg.cv, &pg.mu);
+        pthread_mutex_unlock(&pg.mu);
     }
     engine_flush(e);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     printf("%ld events in %.2f s = %.0f events/s (accepted %llu, duplicates %llu, failed "
-           "batches %llu; inflight %ld x %ld)\n",
+           "batches %llu; groups of %ld x %ld)\n",
            n, s, (double)n / s, (unsigned long long)pg.accepted,
            (unsigned long long)pg.duplicates, (unsigned long long)pg.failed, inflight, batch);
     long recs = arg_int(argc, argv, "--recommend", 0);

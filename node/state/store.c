@@ -481,20 +481,21 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
  * evicted oldest first (by the commit that last used them) past the store's budget. A
  * kept value is exactly the committed one: every write to the store that does not go
  * through this txn bumps the store's generation (store_changed) and the txn forgets what it
- * kept when it sees a new generation. Entries leave the table as tombstones. */
+ * kept when it sees a new generation. Entries leave the table as tombstones. Probing reads
+ * a dense array of 32-bit hash tags and touches an entry only when its tag matches: a
+ * large table of kept values would otherwise cost a cache miss per probe. */
 
 #define PREFIX_BITS (1u << 16)
 
 /* One key the txn knows. */
 struct overlay_entry {
-    unsigned char *key; /* NULL: empty slot, or a tombstone if 'tomb' */
+    unsigned char *key; /* NULL: empty slot or tombstone (see the tag) */
     size_t klen;
     char *val;          /* the bytes; NULL for a delete or while only 'obj' is held */
     size_t vlen;        /* length of the bytes, or of the last packing of 'obj' */
     ProtobufCMessage *obj; /* decoded value (store_txn_obj_*), owned by the entry */
     size_t cost;        /* estimated bytes charged to the budget while kept */
     uint64_t stamp;     /* the commit that last used it (eviction: oldest first) */
-    bool tomb;          /* removed: probing continues past it */
     bool deleted;       /* pending delete */
     bool pending;       /* written in this txn: goes into the batch at commit */
     bool obj_dirty;     /* obj changed: packed at commit ('val' is stale) */
@@ -506,6 +507,7 @@ struct store_txn {
     store *s;
     leveldb_writebatch_t *wb;
     struct overlay_entry *tab; /* power-of-two capacity */
+    uint32_t *tags;            /* per slot: TAG_EMPTY, TAG_TOMB or the key's hash tag */
     size_t cap, live, tombs;
     size_t *touched;           /* slots used since the last commit */
     size_t ntouched, touched_cap;
@@ -542,6 +544,15 @@ static eddy_err entry_pack(struct overlay_entry *e)
     return EDDY_OK;
 }
 
+#define TAG_EMPTY 0u
+#define TAG_TOMB 1u
+
+static uint32_t tag_of(uint64_t h)
+{
+    uint32_t tag = (uint32_t)(h >> 32);
+    return tag > TAG_TOMB ? tag : tag + 2;
+}
+
 /* Empty the slot, leaving a tombstone. */
 static void entry_remove(store_txn *t, struct overlay_entry *e)
 {
@@ -552,7 +563,7 @@ static void entry_remove(store_txn *t, struct overlay_entry *e)
     t->live--;
     t->tombs++;
     memset(e, 0, sizeof(*e));
-    e->tomb = true;
+    t->tags[e - t->tab] = TAG_TOMB;
 }
 
 static size_t prefix_bit(const unsigned char *k, size_t klen)
@@ -571,10 +582,11 @@ store_txn *store_txn_new(store *s)
     t->wb = leveldb_writebatch_create();
     t->cap = 1024;
     t->tab = calloc(t->cap, sizeof(*t->tab));
+    t->tags = calloc(t->cap, sizeof(*t->tags));
     t->touched_cap = 256;
     t->touched = malloc(t->touched_cap * sizeof(*t->touched));
     t->gen = atomic_load_explicit(&s->gen, memory_order_acquire);
-    if (!t->tab || !t->touched) {
+    if (!t->tab || !t->tags || !t->touched) {
         store_txn_free(t);
         return NULL;
     }
@@ -589,6 +601,7 @@ void store_txn_reset(store_txn *t)
         entry_drop_obj(&t->tab[i]);
     }
     memset(t->tab, 0, t->cap * sizeof(*t->tab));
+    memset(t->tags, 0, t->cap * sizeof(*t->tags));
     t->live = t->tombs = t->ntouched = t->npending = t->kept_bytes = 0;
     memset(t->prefixes, 0, sizeof(t->prefixes));
     t->gen = atomic_load_explicit(&t->s->gen, memory_order_acquire);
@@ -599,9 +612,10 @@ void store_txn_free(store_txn *t)
 {
     if (!t)
         return;
-    if (t->tab)
+    if (t->tab && t->tags)
         store_txn_reset(t);
     free(t->tab);
+    free(t->tags);
     free(t->touched);
     if (t->wb)
         leveldb_writebatch_destroy(t->wb);
@@ -622,26 +636,32 @@ void store_txn_stats(const store_txn *t, struct store_txn_stats *out)
     out->kept_bytes = t->kept_bytes;
 }
 
-/* The entry of key 'k', or NULL; then *ins (if not NULL) receives the slot to insert at. */
+/* The entry of key 'k', or NULL; then *ins (if not NULL) receives the slot to insert at
+ * and *tag (if not NULL) the key's tag. */
 static struct overlay_entry *lookup(const store_txn *t, const unsigned char *k, size_t klen,
-                                    struct overlay_entry **ins)
+                                    struct overlay_entry **ins, uint32_t *tag)
 {
-    size_t i = (size_t)XXH3_64bits(k, klen) & (t->cap - 1);
-    struct overlay_entry *tomb = NULL;
-    for (;;) {
-        struct overlay_entry *e = &t->tab[i];
-        if (!e->key) {
-            if (!e->tomb) {
-                if (ins)
-                    *ins = tomb ? tomb : e;
-                return NULL;
-            }
-            if (!tomb)
-                tomb = e;
-        } else if (e->klen == klen && memcmp(e->key, k, klen) == 0) {
-            return e;
+    uint64_t h = XXH3_64bits(k, klen);
+    uint32_t want = tag_of(h);
+    size_t i = (size_t)h & (t->cap - 1);
+    size_t tomb = SIZE_MAX;
+    if (tag)
+        *tag = want;
+    for (;; i = (i + 1) & (t->cap - 1)) {
+        uint32_t tg = t->tags[i];
+        if (tg == TAG_EMPTY) {
+            if (ins)
+                *ins = &t->tab[tomb != SIZE_MAX ? tomb : i];
+            return NULL;
         }
-        i = (i + 1) & (t->cap - 1);
+        if (tg == TAG_TOMB) {
+            if (tomb == SIZE_MAX)
+                tomb = i;
+            continue;
+        }
+        struct overlay_entry *e = &t->tab[i];
+        if (tg == want && e->klen == klen && memcmp(e->key, k, klen) == 0)
+            return e;
     }
 }
 
@@ -649,11 +669,17 @@ static struct overlay_entry *lookup(const store_txn *t, const unsigned char *k, 
 static eddy_err rehash(store_txn *t, size_t ncap)
 {
     struct overlay_entry *ntab = calloc(ncap, sizeof(*ntab));
-    if (!ntab)
+    uint32_t *ntags = calloc(ncap, sizeof(*ntags));
+    if (!ntab || !ntags) {
+        free(ntab);
+        free(ntags);
         return EDDY_ERR_NOMEM;
+    }
     struct overlay_entry *old = t->tab;
+    uint32_t *otags = t->tags;
     size_t ocap = t->cap;
     t->tab = ntab;
+    t->tags = ntags;
     t->cap = ncap;
     t->tombs = 0;
     t->ntouched = 0;
@@ -661,12 +687,15 @@ static eddy_err rehash(store_txn *t, size_t ncap)
         if (!old[i].key)
             continue;
         struct overlay_entry *slot = NULL;
-        lookup(t, old[i].key, old[i].klen, &slot);
+        uint32_t tag;
+        lookup(t, old[i].key, old[i].klen, &slot, &tag);
         *slot = old[i];
+        t->tags[slot - t->tab] = tag;
         if (slot->touched) /* the list holds at most the entries it held before */
             t->touched[t->ntouched++] = (size_t)(slot - t->tab);
     }
     free(old);
+    free(otags);
     return EDDY_OK;
 }
 
@@ -703,14 +732,16 @@ static eddy_err entry_for(store_txn *t, const struct store_key *key, struct over
     eddy_err err = ensure_room(t); /* first: a rebuild moves the slots */
     if (err != EDDY_OK)
         return err;
-    struct overlay_entry *e = lookup(t, key->buf, key->len, &slot);
+    uint32_t tag;
+    struct overlay_entry *e = lookup(t, key->buf, key->len, &slot, &tag);
     if (!e) {
         unsigned char *k = malloc(key->len);
         if (!k)
             return EDDY_ERR_NOMEM;
         memcpy(k, key->buf, key->len);
-        if (slot->tomb)
+        if (t->tags[slot - t->tab] == TAG_TOMB)
             t->tombs--;
+        t->tags[slot - t->tab] = tag;
         memset(slot, 0, sizeof(*slot));
         slot->key = k;
         slot->klen = key->len;
@@ -754,6 +785,14 @@ static void sync_gen(store_txn *t)
 static eddy_err overlay_set(store_txn *t, const struct store_key *key, const void *val,
                             size_t vlen, bool deleted)
 {
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
+    if (e && !deleted && e->val && !e->obj && e->vlen == vlen) {
+        /* the same size again (a stage-2 high-water, once per event): in place */
+        memcpy(e->val, val, vlen);
+        e->deleted = false;
+        mark_pending(t, e);
+        return touch(t, e);
+    }
     char *copy = NULL;
     if (!deleted) {
         copy = malloc(vlen ? vlen : 1);
@@ -761,7 +800,6 @@ static eddy_err overlay_set(store_txn *t, const struct store_key *key, const voi
             return EDDY_ERR_NOMEM;
         memcpy(copy, val, vlen);
     }
-    struct overlay_entry *e;
     eddy_err err = entry_for(t, key, &e);
     if (err != EDDY_OK) {
         free(copy);
@@ -782,7 +820,7 @@ eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **v
                        size_t *vlen, bool *found)
 {
     sync_gen(t);
-    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL);
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
     eddy_err err;
     if (e) {
         t->stats.hits++;
@@ -911,7 +949,7 @@ eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
     bool found;
     *obj = NULL;
     sync_gen(t);
-    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL);
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
     if (e && e->obj) {
         t->stats.hits++;
         *obj = e->deleted ? NULL : e->obj;
@@ -923,7 +961,7 @@ eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
     ProtobufCMessage *m = NULL;
     if ((err = decode(desc, val, vlen, &m)) != EDDY_OK)
         return err;
-    e = lookup(t, key->buf, key->len, NULL); /* the get may have rebuilt the table */
+    e = lookup(t, key->buf, key->len, NULL, NULL); /* the get may have rebuilt the table */
     e->obj = m;
     e->obj_dirty = false;
     e->keep = true;
