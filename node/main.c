@@ -569,6 +569,8 @@ int main(int argc, char **argv)
             if (!pop_cluster ||
                 popcache_set_neighbour_cache(pop_cluster, (size_t)c->neighbour_cache) != EDDY_OK)
                 goto out;
+            /* CategoryTop answers for the partitions this node owns (hk.mem once joined) */
+            popcache_set_owns(pop, hook_owns, &hk);
             stage2_remote_init(&s2, NULL, pe, c->route_timeout);
             popcache_set_source(pop_cluster, &s2.source);
             ss.eng = eng;

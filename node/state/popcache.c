@@ -62,6 +62,8 @@ struct nb_shard {
 struct popcache {
     store *st;
     const struct popcache_source *src; /* NULL: the local store */
+    bool (*owns)(void *ud, uint32_t p);  /* local lists: partitions to include (NULL: all) */
+    void *owns_ud;
     const struct product_params *pp;
     int64_t staleness_ms;
     size_t top_k;
@@ -99,6 +101,12 @@ static void drop_lists(popcache *pc)
 void popcache_set_source(popcache *pc, const struct popcache_source *src)
 {
     pc->src = src;
+}
+
+void popcache_set_owns(popcache *pc, bool (*owns)(void *ud, uint32_t p), void *ud)
+{
+    pc->owns = owns;
+    pc->owns_ud = ud;
 }
 
 static void nb_free(popcache *pc)
@@ -232,6 +240,8 @@ static eddy_err scan_top(popcache *pc, const char *category, int64_t at, struct 
 {
     struct scan_ctx c = {t, pc->pp, at};
     for (uint32_t p = 0; p < pc->pp->partitions; p++) {
+        if (pc->owns && !pc->owns(pc->owns_ud, p))
+            continue; /* a copy in transit or left behind by a move: not this node's */
         struct store_key start, end;
         key_init(&start, p, T_CAT_POP);
         if (category[0])

@@ -58,6 +58,11 @@ void popcache_stats(popcache *pc, struct popcache_stats *out);
 /* Read lists through 'src' instead of the local store (borrowed for the cache's life). */
 void popcache_set_source(popcache *pc, const struct popcache_source *src);
 
+/* Local lists cover only the partitions for which 'owns' is true (cluster: the node's
+ * own; a partition copied here by a move, or not yet deleted after one, must not count
+ * twice). NULL: every partition (--dev). Set before use. */
+void popcache_set_owns(popcache *pc, bool (*owns)(void *ud, uint32_t p), void *ud);
+
 /* Copy up to 'max' most popular products of 'category' ("" = all) at event time 'at',
  * best first, into 'out'; returns the count in *n. */
 eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
