@@ -165,38 +165,42 @@ static bool before(const struct cand *x, const struct cand *y)
     return strcmp(x->id, y->id) < 0;
 }
 
-/* A binary heap whose root is the first candidate in answer order: an answer takes a few
- * dozen of several hundred candidates, so building the heap (linear) and popping those
- * beats sorting them all. */
-static void sift_down(struct cand *h, size_t n, size_t i)
+/* A binary heap of candidate indices whose root is the first candidate in answer order:
+ * an answer takes a few dozen of several hundred candidates, so building the heap
+ * (linear) and popping those beats sorting them all; moving 4-byte indices rather than
+ * whole candidates keeps the sifting cheap. */
+static void sift_down(const struct cand *c, int32_t *h, size_t n, size_t i)
 {
+    int32_t top = h[i];
     for (;;) {
-        size_t l = 2 * i + 1, best = i;
-        if (l < n && before(&h[l], &h[best]))
-            best = l;
-        if (l + 1 < n && before(&h[l + 1], &h[best]))
+        size_t l = 2 * i + 1, best = l;
+        if (l >= n)
+            break;
+        if (l + 1 < n && before(&c[h[l + 1]], &c[h[l]]))
             best = l + 1;
-        if (best == i)
-            return;
-        struct cand t = h[i];
+        if (!before(&c[h[best]], &c[top]))
+            break;
         h[i] = h[best];
-        h[best] = t;
         i = best;
     }
+    h[i] = top;
 }
 
-static void heap_build(struct cand *h, size_t n)
+static void heap_build(const struct cand *c, int32_t *h, size_t n)
 {
+    for (size_t i = 0; i < n; i++)
+        h[i] = (int32_t)i;
     for (size_t i = n / 2; i-- > 0;)
-        sift_down(h, n, i);
+        sift_down(c, h, n, i);
 }
 
-/* Remove the root into *out; returns the new size. */
-static size_t heap_pop(struct cand *h, size_t n, struct cand *out)
+/* Remove the root; returns the new size. */
+static size_t heap_pop(const struct cand *c, int32_t *h, size_t n, int32_t *out)
 {
     *out = h[0];
     h[0] = h[n - 1];
-    sift_down(h, n - 1, 0);
+    if (n > 1)
+        sift_down(c, h, n - 1, 0);
     return n - 1;
 }
 
@@ -283,13 +287,15 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
 
     /* in answer order, pick under the diversity cap */
     size_t n = s.n;
-    heap_build(s.c, n);
+    int32_t *heap = s.idx; /* the lookup table is done with; it has room (cap >= 2n) */
+    heap_build(s.c, heap, n);
     struct picker pk = {out, 0, max, p->diversity_cap};
     while (n > 0 && pk.n < max) {
-        struct cand c;
-        n = heap_pop(s.c, n, &c);
-        if (!excluded(&ex, c.id) && !capped(&pk, c.category))
-            pick(&pk, c.id, c.category, c.score, c.reason, c.reason_arg);
+        int32_t top;
+        n = heap_pop(s.c, heap, n, &top);
+        const struct cand *c = &s.c[top];
+        if (!excluded(&ex, c->id) && !capped(&pk, c->category))
+            pick(&pk, c->id, c->category, c->score, c->reason, c->reason_arg);
     }
     /* fill with global popularity, below every blended item */
     double floor = pk.n ? out[pk.n - 1].score : 1.0;
