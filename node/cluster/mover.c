@@ -260,7 +260,8 @@ static eddy_err flush_batch(struct loader *ld, const struct store_key *end)
         return EDDY_OK;
     struct range_put rp = {.start = ld->first, .end = *end, .b = ld->b};
     wait_init(&rp.w);
-    eddy_err err = wait_for(&rp.w, engine_exclusive(ld->mv->o.eng, put_range, range_done, &rp));
+    eddy_err err = wait_for(&rp.w, engine_exclusive_partition(ld->mv->o.eng, ld->p, put_range,
+                                                              range_done, &rp));
     store_batch_free(ld->b);
     ld->b = store_batch_new();
     ld->bytes = 0;

@@ -2,6 +2,7 @@
 #include "node/cluster/peers.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,4 +69,52 @@ rpc_channel *peers_get(peers *p, const char *addr)
 out:
     pthread_mutex_unlock(&p->mu);
     return ch;
+}
+
+struct fan {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t left;
+};
+
+static void call_done(void *ud, const struct rpc_result *res, ProtobufCMessage *resp)
+{
+    struct peer_call *c = ud;
+    struct fan *f = c->fan;
+    c->res = *res;
+    c->resp = resp;
+    pthread_mutex_lock(&f->mu);
+    f->left--;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+void peers_fan(peers *p, const char *method, const ProtobufCMessageDescriptor *resp_desc,
+               const char *const *addrs, ProtobufCMessage *const *reqs, struct peer_call *calls,
+               size_t n, int64_t timeout_ms)
+{
+    struct fan f;
+    pthread_mutex_init(&f.mu, NULL);
+    pthread_cond_init(&f.cv, NULL);
+    f.left = n;
+    for (size_t i = 0; i < n; i++) {
+        calls[i].fan = &f;
+        calls[i].resp = NULL;
+        rpc_channel *ch = peers_get(p, addrs[i]);
+        if (!ch || rpc_invoke_async(ch, method, reqs[i], resp_desc, timeout_ms, call_done,
+                                    &calls[i]) != EDDY_OK) {
+            calls[i].res.code = GRPC_STATUS_UNAVAILABLE;
+            snprintf(calls[i].res.details, sizeof(calls[i].res.details), "cannot call %s",
+                     addrs[i]);
+            pthread_mutex_lock(&f.mu);
+            f.left--;
+            pthread_mutex_unlock(&f.mu);
+        }
+    }
+    pthread_mutex_lock(&f.mu);
+    while (f.left > 0)
+        pthread_cond_wait(&f.cv, &f.mu);
+    pthread_mutex_unlock(&f.mu);
+    pthread_mutex_destroy(&f.mu);
+    pthread_cond_destroy(&f.cv);
 }

@@ -13,4 +13,19 @@ void peers_free(peers *p);
 /* The channel to 'addr' (borrowed: valid until peers_free). NULL on OOM. Thread-safe. */
 rpc_channel *peers_get(peers *p, const char *addr);
 
+/* One call of peers_fan: its result, and the answer (caller frees it with
+ * protobuf_c_message_free_unpacked; NULL unless res.code is OK). */
+struct peer_call {
+    struct rpc_result res;
+    ProtobufCMessage *resp;
+    void *fan; /* internal */
+};
+
+/* Call 'method' on every addrs[i] with reqs[i] at once and wait for every answer (each
+ * with 'timeout_ms'); calls[i] gets the i-th. A peer without a channel answers
+ * UNAVAILABLE. */
+void peers_fan(peers *p, const char *method, const ProtobufCMessageDescriptor *resp_desc,
+               const char *const *addrs, ProtobufCMessage *const *reqs, struct peer_call *calls,
+               size_t n, int64_t timeout_ms);
+
 #endif

@@ -17,58 +17,15 @@
 
 /* ---- parallel calls ---------------------------------------------------------------------- */
 
-struct fan {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    size_t left;
-};
-
-struct slot {
-    struct fan *fan;
-    struct rpc_result res;
-    ProtobufCMessage *resp;
-};
-
-static void slot_done(void *ud, const struct rpc_result *res, ProtobufCMessage *resp)
-{
-    struct slot *s = ud;
-    s->res = *res;
-    s->resp = resp;
-    pthread_mutex_lock(&s->fan->mu);
-    s->fan->left--;
-    pthread_cond_signal(&s->fan->cv);
-    pthread_mutex_unlock(&s->fan->mu);
-}
-
 /* Call 'method' on every addrs[i] with reqs[i] at once and wait for all answers. */
 static void fan_run(struct router *r, const char *method, const ProtobufCMessageDescriptor *rd,
-                    char (*addrs)[CLUSTER_ADDR_MAX], ProtobufCMessage **reqs, struct slot *slots,
-                    size_t n)
+                    char (*addrs)[CLUSTER_ADDR_MAX], ProtobufCMessage **reqs,
+                    struct peer_call *slots, size_t n)
 {
-    struct fan f;
-    pthread_mutex_init(&f.mu, NULL);
-    pthread_cond_init(&f.cv, NULL);
-    f.left = n;
-    for (size_t i = 0; i < n; i++) {
-        slots[i].fan = &f;
-        slots[i].resp = NULL;
-        rpc_channel *ch = peers_get(r->peers, addrs[i]);
-        if (!ch || rpc_invoke_async(ch, method, reqs[i], rd, r->timeout_ms, slot_done,
-                                    &slots[i]) != EDDY_OK) {
-            slots[i].res.code = GRPC_STATUS_UNAVAILABLE;
-            snprintf(slots[i].res.details, sizeof(slots[i].res.details), "cannot call %s",
-                     addrs[i]);
-            pthread_mutex_lock(&f.mu);
-            f.left--;
-            pthread_mutex_unlock(&f.mu);
-        }
-    }
-    pthread_mutex_lock(&f.mu);
-    while (f.left > 0)
-        pthread_cond_wait(&f.cv, &f.mu);
-    pthread_mutex_unlock(&f.mu);
-    pthread_mutex_destroy(&f.mu);
-    pthread_cond_destroy(&f.cv);
+    const char *a[MAX_STATE_NODES];
+    for (size_t i = 0; i < n; i++)
+        a[i] = addrs[i];
+    peers_fan(r->peers, method, rd, a, reqs, slots, n, r->timeout_ms);
 }
 
 static bool retryable(grpc_status_code c)
@@ -116,7 +73,7 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
     char (*addrs)[CLUSTER_ADDR_MAX] = calloc(MAX_STATE_NODES, CLUSTER_ADDR_MAX);
     Eddy__State__V1__ApplyRequest *reqs = calloc(MAX_STATE_NODES, sizeof(*reqs));
     ProtobufCMessage **reqp = calloc(MAX_STATE_NODES, sizeof(*reqp));
-    struct slot *slots = calloc(MAX_STATE_NODES, sizeof(*slots));
+    struct peer_call *slots = calloc(MAX_STATE_NODES, sizeof(*slots));
     if (!start || !part || !order || !pending || !pe || !pep || !owners || !addrs || !reqs ||
         !reqp || !slots) {
         res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
@@ -283,7 +240,7 @@ void router_user(struct router *r, const char *user_id, Eddy__State__V1__UserReq
 
 struct partials {
     size_t n;
-    struct slot slots[MAX_STATE_NODES];
+    struct peer_call slots[MAX_STATE_NODES];
     int64_t watermark;   /* min over partitions with events; WATERMARK_NONE if none */
     uint64_t late;
 };

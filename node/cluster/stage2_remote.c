@@ -39,35 +39,41 @@ static eddy_err remote_top(void *ud, const char *category, int64_t at,
 {
     struct stage2_remote *r = ud;
     struct cluster_node *nodes = calloc(MAX_STATE_NODES, sizeof(*nodes));
+    const char **addrs = calloc(MAX_STATE_NODES, sizeof(*addrs));
+    ProtobufCMessage **reqs = calloc(MAX_STATE_NODES, sizeof(*reqs));
+    struct peer_call *calls = calloc(MAX_STATE_NODES, sizeof(*calls));
     *n = 0;
-    if (!nodes)
-        return EDDY_ERR_NOMEM;
-    size_t nn = membership_state_nodes(r->mem, nodes, MAX_STATE_NODES);
+    eddy_err err = nodes && addrs && reqs && calls ? EDDY_OK : EDDY_ERR_NOMEM;
+    size_t nn = err == EDDY_OK ? membership_state_nodes(r->mem, nodes, MAX_STATE_NODES) : 0;
     Eddy__State__V1__CategoryTopRequest req = EDDY__STATE__V1__CATEGORY_TOP_REQUEST__INIT;
     req.category = (char *)category;
     req.at = at;
     req.k = (uint32_t)max;
-    eddy_err err = EDDY_OK;
     for (size_t i = 0; i < nn; i++) {
-        rpc_channel *ch = peers_get(r->peers, nodes[i].grpc_addr);
-        Eddy__State__V1__CategoryTopResponse *resp = NULL;
-        struct rpc_result res;
-        if (!ch) {
-            err = EDDY_ERR_NOMEM;
-            break;
-        }
-        rpc_invoke(ch, "/eddy.state.v1.State/CategoryTop", &req.base,
-                   &eddy__state__v1__category_top_response__descriptor, r->timeout_ms,
-                   (ProtobufCMessage **)&resp, &res);
-        if (res.code != GRPC_STATUS_OK) {
-            err = EDDY_ERR_UNAVAILABLE; /* a partial list would rank wrongly: fail, retry */
-            break;
-        }
-        for (size_t j = 0; j < resp->n_items; j++)
-            offer(out, max, n, resp->items[j]);
-        eddy__state__v1__category_top_response__free_unpacked(resp, NULL);
+        addrs[i] = nodes[i].grpc_addr;
+        reqs[i] = &req.base;
     }
+    /* every node at once: the answer waits for the slowest, not for the sum */
+    if (nn > 0)
+        peers_fan(r->peers, "/eddy.state.v1.State/CategoryTop",
+                  &eddy__state__v1__category_top_response__descriptor, addrs, reqs, calls, nn,
+                  r->timeout_ms);
+    for (size_t i = 0; i < nn; i++) {
+        const Eddy__State__V1__CategoryTopResponse *resp =
+            (const Eddy__State__V1__CategoryTopResponse *)calls[i].resp;
+        if (calls[i].res.code != GRPC_STATUS_OK || !resp)
+            err = EDDY_ERR_UNAVAILABLE; /* a partial list would rank wrongly: fail, retry */
+        for (size_t j = 0; resp && err == EDDY_OK && j < resp->n_items; j++)
+            offer(out, max, n, resp->items[j]);
+        if (calls[i].resp)
+            protobuf_c_message_free_unpacked(calls[i].resp, NULL);
+    }
+    if (err != EDDY_OK)
+        *n = 0;
     free(nodes);
+    free(addrs);
+    free(reqs);
+    free(calls);
     return err;
 }
 

@@ -302,24 +302,40 @@ static eddy_err run_restore(engine *e, struct job *j, int64_t now)
 
 static int count_key(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen);
 
-/* Run a caller's function alone, then take the store as the truth again: every
- * partition's metadata and the OUTBOX count are re-read (the function may have replaced
- * whole partitions). */
+/* OUTBOX records of partition p in the store. */
+static uint64_t outbox_of(engine *e, uint32_t p)
+{
+    _Atomic uint64_t n = 0;
+    struct store_key start, end;
+    key_init(&start, p, T_OUTBOX);
+    key_prefix_end(&start, &end);
+    store_scan(e->st, &start, &end, count_key, &n);
+    return atomic_load(&n);
+}
+
+/* Run a caller's function alone, then take the store as the truth again: the metadata
+ * and the OUTBOX count of the partition it names (all of them for -1) are re-read (the
+ * function may have replaced whole partitions). */
 static eddy_err run_exclusive(engine *e, struct job *j, int64_t now)
 {
+    uint32_t first = 0, last = e->o.apply.partitions;
+    if (j->partition >= 0) {
+        first = (uint32_t)j->partition;
+        last = first + 1;
+    }
+    uint64_t before = 0, after = 0;
+    for (uint32_t p = first; p < last; p++)
+        before += outbox_of(e, p);
     j->job_err = j->excl_fn(j->ud, e);
-    _Atomic uint64_t outbox = 0;
-    for (uint32_t p = 0; p < e->o.apply.partitions; p++) {
+    for (uint32_t p = first; p < last; p++) {
         eddy_err err = apply_meta_load(e->st, p, &e->meta[p]);
         if (err != EDDY_OK)
             return err;
         e->last_arrival_ms[p] = now;
-        struct store_key start, end;
-        key_init(&start, p, T_OUTBOX);
-        key_prefix_end(&start, &end);
-        store_scan(e->st, &start, &end, count_key, &outbox);
+        after += outbox_of(e, p);
     }
-    atomic_store(&e->outbox, atomic_load(&outbox));
+    atomic_fetch_add(&e->outbox, after);
+    atomic_fetch_sub(&e->outbox, before);
     return EDDY_OK;
 }
 
@@ -792,11 +808,19 @@ eddy_err engine_replay(engine *e, uint32_t p, const struct engine_log_entry *ent
 eddy_err engine_exclusive(engine *e, engine_exclusive_fn *fn, engine_exclusive_done_fn *done,
                           void *ud)
 {
+    return engine_exclusive_partition(e, -1, fn, done, ud);
+}
+
+eddy_err engine_exclusive_partition(engine *e, int64_t p, engine_exclusive_fn *fn,
+                                    engine_exclusive_done_fn *done, void *ud)
+{
+    if (p >= (int64_t)e->o.apply.partitions)
+        return EDDY_ERR_INVALID;
     struct job *j = calloc(1, sizeof(*j));
     if (!j)
         return EDDY_ERR_NOMEM;
     j->kind = JOB_EXCLUSIVE;
-    j->partition = -1;
+    j->partition = p < 0 ? -1 : p;
     j->excl_fn = fn;
     j->excl_done = done;
     j->ud = ud;
@@ -846,7 +870,7 @@ eddy_err engine_drop_partition(engine *e, uint32_t p, uint64_t *deleted)
     struct drop d = {.p = p};
     pthread_mutex_init(&d.mu, NULL);
     clock_cond_init(&d.cv);
-    eddy_err err = engine_exclusive(e, drop_fn, drop_done, &d);
+    eddy_err err = engine_exclusive_partition(e, p, drop_fn, drop_done, &d);
     if (err == EDDY_OK) {
         pthread_mutex_lock(&d.mu);
         while (!d.done)

@@ -149,6 +149,11 @@ typedef void engine_exclusive_done_fn(void *ud, eddy_err err);
 eddy_err engine_exclusive(engine *e, engine_exclusive_fn *fn, engine_exclusive_done_fn *done,
                           void *ud);
 
+/* engine_exclusive for a function that writes partition 'p' only: only its metadata
+ * and OUTBOX count are re-read afterwards (p < 0: all, as engine_exclusive). */
+eddy_err engine_exclusive_partition(engine *e, int64_t p, engine_exclusive_fn *fn,
+                                    engine_exclusive_done_fn *done, void *ud);
+
 /* Delete every key of partition 'p' (a copy this node no longer owns) in one synced
  * write, as an exclusive job; blocks until done. *deleted (may be NULL): keys removed. */
 eddy_err engine_drop_partition(engine *e, uint32_t p, uint64_t *deleted);

@@ -124,7 +124,21 @@ class MovesTestCase(unittest.TestCase):
                 return None
             counts = [m["owners"].count(o) for o in owners]
             return m if max(counts) - min(counts) <= 1 else None
-        return poll_until(ok, timeout, interval=0.1, what=f"moves done, map over {owners}")
+        try:
+            return poll_until(ok, timeout, interval=0.1, what=f"moves done, map over {owners}")
+        except AssertionError:
+            self.dump(cl)
+            raise
+
+    @staticmethod
+    def dump(cl):
+        """The state of the cluster and the logs' ends, for a failure's diagnosis."""
+        print("\nmoves:", cl.etcd.get_prefix(cl.key("moves/")), "\nmap:", cl.assignment(),
+              file=sys.stderr)
+        for c in cl.coordinators:
+            print(f"--- coordinator {c.id}\n{c.log_tail(30)}", file=sys.stderr)
+        for n in cl.nodes.values():
+            print(f"--- {n.id}\n{n.log_tail(30)}", file=sys.stderr)
 
     def assert_exactly_once(self, front, acked):
         """Every acknowledged event counted once: overall, and per user per window."""
