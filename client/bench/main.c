@@ -23,6 +23,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -868,10 +869,28 @@ static int parse_mode(const char *s, enum bench_mode *m)
     return -1;
 }
 
+/* SIGINT or SIGTERM end the run early, as its deadline would: the results so far are
+ * printed (a script can run the load "until done" and still get them). */
+static atomic_bool *stop_flag;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    if (stop_flag)
+        atomic_store(stop_flag, true);
+}
+
 int main(int argc, char **argv)
 {
     static struct bench bench; /* large (counters, histograms): not on the stack */
     struct bench *b = &bench;
+    stop_flag = &b->stop;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     struct bench_opts *o = &b->o;
     struct flag flags[64];
     char err[256];
