@@ -9,7 +9,8 @@
  * thread timing.
  *
  *   eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE] [--recommend R]
- *                    [--kept-bytes BYTES]            (defaults 50000, 8, 500, 0)
+ *                    [--kept-bytes BYTES] [--lists-staleness MS]
+ *                                                   (defaults 50000, 8, 500, 0)
  *
  * --dump writes every key and value of the state afterwards (store_dump): two builds that
  * apply the same events must write the same file. --kept-bytes sets the budget of the
@@ -138,29 +139,32 @@ __attribute__((noinline)) int measured_recommends(struct query_ctx *q,
     return recommend_pass(q, tables, r, items, digest);
 }
 
-/* The refreshes of the popularity lists that --stage2-staleness (1 s) makes every second:
- * the global list and every category's, each from a fresh cache. */
-__attribute__((noinline)) int measured_refreshes(engine *e, int64_t at, long lists);
-__attribute__((noinline)) int measured_refreshes(engine *e, int64_t at, long lists)
+/* Read the global list and every category's ("c0".."c<lists - 1>") from 'pop'. */
+static int read_lists(popcache *pop, int64_t at, long lists)
 {
     static struct scored_product out[50];
     for (long c = -1; c < lists; c++) {
         char cat[24] = "";
         if (c >= 0)
             snprintf(cat, sizeof(cat), "c%ld", c);
-        popcache *pop = popcache_new(engine_store(e), &engine_options(e)->product, 1000, 50);
         size_t n = 0;
-        if (!pop || popcache_top(pop, cat, at, out, 50, &n) != EDDY_OK || (c < 0 && n == 0)) {
-            popcache_free(pop);
+        if (popcache_top(pop, cat, at, out, 50, &n) != EDDY_OK || (c < 0 && n == 0))
             return -1;
-        }
-        popcache_free(pop);
     }
     return 0;
 }
 
+/* The refreshes that --stage2-staleness makes every period: the global list and every
+ * category's, all in use and all expired, read once each. */
+__attribute__((noinline)) int measured_refreshes(popcache *pop, int64_t at, long lists);
+__attribute__((noinline)) int measured_refreshes(popcache *pop, int64_t at, long lists)
+{
+    return read_lists(pop, at, lists);
+}
+
 /* Warm-up pass, then the measured one; prints the mean time per call. */
-static int run_recommends(engine *e, const struct gen_tables *tables, long r)
+static int run_recommends(engine *e, const struct gen_tables *tables, long r,
+                          long staleness_ms)
 {
     popcache *pop = popcache_new(engine_store(e), &engine_options(e)->product, 600000, 50);
     if (!pop || popcache_set_neighbour_cache(pop, 20000) != EDDY_OK)
@@ -182,12 +186,19 @@ static int run_recommends(engine *e, const struct gen_tables *tables, long r)
                r, s, s * 1e6 / (double)r, (double)items / (double)r,
                (unsigned long long)digest);
     popcache_free(pop);
+    /* lists valid for 'staleness': read twice (in use), expired, then read again */
     int64_t at;
     engine_global(e, NULL, &at, NULL);
+    pop = popcache_new(engine_store(e), &engine_options(e)->product, staleness_ms, 50);
+    if (!pop || read_lists(pop, at, 50) != 0 || read_lists(pop, at, 50) != 0)
+        rc = -1;
+    struct timespec pause = {(staleness_ms + 100) / 1000, (staleness_ms + 100) % 1000 * 1000000};
+    nanosleep(&pause, NULL);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (rc == 0)
-        rc = measured_refreshes(e, at, 50);
+        rc = measured_refreshes(pop, at, 50);
     clock_gettime(CLOCK_MONOTONIC, &t1);
+    popcache_free(pop);
     s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     if (rc == 0)
         printf("popularity lists refreshed (global + 50 categories) in %.1f ms\n", s * 1e3);
@@ -215,7 +226,7 @@ int main(int argc, char **argv)
     long batch = arg_int(argc, argv, "--batch", 500);
     if (n < 1 || inflight < 1 || batch < 1) {
         fprintf(stderr, "usage: eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE] "
-                        "[--recommend R] [--kept-bytes BYTES]\n");
+                        "[--recommend R] [--kept-bytes BYTES] [--lists-staleness MS]\n");
         return 2;
     }
 
@@ -290,7 +301,8 @@ int main(int argc, char **argv)
            n, s, (double)n / s, (unsigned long long)pg.accepted,
            (unsigned long long)pg.duplicates, (unsigned long long)pg.failed, inflight, batch);
     long recs = arg_int(argc, argv, "--recommend", 0);
-    if (recs > 0 && run_recommends(e, tables, recs) != 0) {
+    long staleness = arg_int(argc, argv, "--lists-staleness", 2000);
+    if (recs > 0 && run_recommends(e, tables, recs, staleness) != 0) {
         fprintf(stderr, "Recommend failed\n");
         pg.failed++;
     }

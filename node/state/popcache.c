@@ -17,6 +17,7 @@ struct pop_list {
     char *category;
     int64_t refreshed_ms;      /* monotonic */
     bool refreshing;           /* a thread is refreshing it: others use it meanwhile */
+    bool used;                 /* read since its last refresh: refreshed with the next pass */
     int64_t at;                /* event time the scores were decayed to */
     struct scored_product *items;
     size_t n;
@@ -211,47 +212,129 @@ static void topk_offer(struct topk *t, const char *id, size_t idlen, const char 
         t->n++;
 }
 
-struct scan_ctx {
-    struct topk *t;
+/* One pass over the CAT_POP index refreshes every list in use at once: the index of each
+ * owned partition is read with one iterator (a seek per partition) and each entry is
+ * offered to the global list and to its category's. Refreshing the lists one by one cost
+ * a LevelDB iterator and seek per list and partition (256 per list): with the global list
+ * and 50 categories, 51 times the seeks of one pass, every --stage2-staleness. A category
+ * refreshed alone reads only its own key range of each partition. */
+struct pass {
     const struct product_params *pp;
     int64_t at;
+    size_t n;          /* lists */
+    char **cats;       /* [n]; "" = the global list */
+    struct topk *tk;   /* [n] */
+    long global;       /* index of "", -1 if not refreshed */
+    int32_t *slots;    /* category -> list index, open addressing, -1 = empty */
+    size_t cap;
 };
+
+static long pass_find(const struct pass *ps, const char *cat, size_t len)
+{
+    for (size_t i = (size_t)XXH3_64bits(cat, len) & (ps->cap - 1); ps->slots[i] >= 0;
+         i = (i + 1) & (ps->cap - 1)) {
+        const char *c = ps->cats[ps->slots[i]];
+        if (strncmp(c, cat, len) == 0 && c[len] == '\0')
+            return ps->slots[i];
+    }
+    return -1;
+}
+
+/* A bump allocator over a stack buffer: a Decayed decodes without malloc. */
+struct stack_alloc {
+    _Alignas(16) unsigned char buf[256];
+    size_t used;
+};
+
+static void *stack_alloc_fn(void *ud, size_t size)
+{
+    struct stack_alloc *a = ud;
+    size = (size + 15) & ~(size_t)15;
+    if (a->used + size > sizeof(a->buf))
+        return NULL;
+    void *p = a->buf + a->used;
+    a->used += size;
+    return p;
+}
+
+static void stack_free_fn(void *ud, void *p)
+{
+    (void)ud;
+    (void)p;
+}
 
 /* CAT_POP key: p(2) T(1) len(2) category product_id; value: Decayed. */
 static int offer_entry(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
 {
-    struct scan_ctx *c = ud;
+    struct pass *ps = ud;
     if (klen < 5)
         return 0;
     size_t clen = ((size_t)k[3] << 8) | k[4];
     if (5 + clen > klen)
         return 0;
-    Eddy__Store__V1__Decayed *d = eddy__store__v1__decayed__unpack(NULL, vlen, (const uint8_t *)v);
+    const char *cat = (const char *)k + 5, *id = cat + clen;
+    long j = clen ? pass_find(ps, cat, clen) : -1;
+    if (ps->global < 0 && j < 0)
+        return 0;
+    struct stack_alloc sa = {.used = 0};
+    ProtobufCAllocator alloc = {stack_alloc_fn, stack_free_fn, &sa};
+    Eddy__Store__V1__Decayed *d = eddy__store__v1__decayed__unpack(&alloc, vlen,
+                                                                  (const uint8_t *)v);
     if (!d)
         return 0;
-    double score = decay_value(d, &c->pp->popularity, c->at);
-    eddy__store__v1__decayed__free_unpacked(d, NULL);
-    topk_offer(c->t, (const char *)k + 5 + clen, klen - 5 - clen, (const char *)k + 5, clen,
-               score);
+    double score = decay_value(d, &ps->pp->popularity, ps->at);
+    size_t idlen = klen - 5 - clen;
+    if (ps->global >= 0)
+        topk_offer(&ps->tk[ps->global], id, idlen, cat, clen, score);
+    if (j >= 0)
+        topk_offer(&ps->tk[j], id, idlen, cat, clen, score);
     return 0;
 }
 
-static eddy_err scan_top(popcache *pc, const char *category, int64_t at, struct topk *t)
+/* Fill ps->tk for ps->cats from the local store. */
+static eddy_err pass_run(popcache *pc, struct pass *ps)
 {
-    struct scan_ctx c = {t, pc->pp, at};
-    for (uint32_t p = 0; p < pc->pp->partitions; p++) {
+    ps->cap = 16;
+    while (ps->cap < ps->n * 2)
+        ps->cap <<= 1;
+    uint32_t np = pc->pp->partitions;
+    struct store_key *starts = malloc(np * sizeof(*starts));
+    struct store_key *ends = malloc(np * sizeof(*ends));
+    ps->slots = malloc(ps->cap * sizeof(*ps->slots));
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (!starts || !ends || !ps->slots)
+        goto out;
+    memset(ps->slots, 0xff, ps->cap * sizeof(*ps->slots));
+    ps->global = -1;
+    for (size_t j = 0; j < ps->n; j++) {
+        size_t len = strlen(ps->cats[j]);
+        if (len == 0) {
+            ps->global = (long)j;
+            continue;
+        }
+        size_t i = (size_t)XXH3_64bits(ps->cats[j], len) & (ps->cap - 1);
+        while (ps->slots[i] >= 0)
+            i = (i + 1) & (ps->cap - 1);
+        ps->slots[i] = (int32_t)j;
+    }
+    /* one category alone: its own key range in each partition, not the whole index */
+    const char *only = ps->n == 1 && ps->global < 0 ? ps->cats[0] : NULL;
+    size_t nr = 0;
+    for (uint32_t p = 0; p < np; p++) {
         if (pc->owns && !pc->owns(pc->owns_ud, p))
             continue; /* a copy in transit or left behind by a move: not this node's */
-        struct store_key start, end;
-        key_init(&start, p, T_CAT_POP);
-        if (category[0])
-            key_lstr(&start, category);
-        key_prefix_end(&start, &end);
-        eddy_err err = store_scan(pc->st, &start, &end, offer_entry, &c);
-        if (err != EDDY_OK)
-            return err;
+        key_init(&starts[nr], p, T_CAT_POP);
+        if (only)
+            key_lstr(&starts[nr], only);
+        key_prefix_end(&starts[nr], &ends[nr]);
+        nr++;
     }
-    return EDDY_OK;
+    err = store_scan_ranges(pc->st, starts, ends, nr, offer_entry, ps);
+out:
+    free(starts);
+    free(ends);
+    free(ps->slots);
+    return err;
 }
 
 /* Copy list entries, only the bytes of their strings (a scored_product is ~0.5 kB). */
@@ -264,87 +347,141 @@ static void copy_list(struct scored_product *out, const struct scored_product *i
     }
 }
 
+/* The cached list of 'category', or NULL. Under pc->mu. */
+static struct pop_list *list_find(popcache *pc, const char *category)
+{
+    for (size_t i = 0; i < pc->nlists; i++) {
+        if (strcmp(pc->lists[i].category, category) == 0)
+            return &pc->lists[i];
+    }
+    return NULL;
+}
+
+/* The lists to refresh with 'category': itself and, from the local store, every other
+ * list read since its last refresh that no thread is refreshing (marked refreshing).
+ * Caller frees the names and the array. Under pc->mu. */
+static char **refresh_set(popcache *pc, const char *category, size_t *n)
+{
+    char **cats = malloc((pc->nlists + 1) * sizeof(*cats));
+    if (!cats)
+        return NULL;
+    *n = 0;
+    if (!(cats[(*n)++] = strdup(category)))
+        goto oom;
+    for (size_t i = 0; !pc->src && i < pc->nlists; i++) {
+        struct pop_list *l = &pc->lists[i];
+        if (!l->used || l->refreshing || strcmp(l->category, category) == 0)
+            continue;
+        if (!(cats[*n] = strdup(l->category)))
+            goto oom;
+        l->refreshing = true;
+        (*n)++;
+    }
+    return cats;
+oom:
+    for (size_t k = 1; k < *n; k++) {
+        struct pop_list *l = list_find(pc, cats[k]);
+        if (l)
+            l->refreshing = false;
+    }
+    for (size_t k = 0; k < *n; k++)
+        free(cats[k]);
+    free(cats);
+    return NULL;
+}
+
+/* Install the refreshed list 'items' (taken over) of 'cat' (taken over). Under pc->mu. */
+static void list_install(popcache *pc, char *cat, struct scored_product *items, size_t n,
+                         int64_t now, int64_t at)
+{
+    struct pop_list *l = list_find(pc, cat);
+    if (!l) {
+        if (pc->nlists >= MAX_CACHED_LISTS)
+            drop_lists(pc);
+        struct pop_list *nl = realloc(pc->lists, (pc->nlists + 1) * sizeof(*nl));
+        if (!nl) {
+            free(items);
+            free(cat);
+            return; /* answered, just not cached */
+        }
+        pc->lists = nl;
+        l = &pc->lists[pc->nlists++];
+        memset(l, 0, sizeof(*l));
+        l->category = cat;
+    } else {
+        free(cat);
+    }
+    free(l->items);
+    l->items = items;
+    l->n = n;
+    l->refreshed_ms = now;
+    l->at = at;
+    l->refreshing = false;
+    l->used = false;
+}
+
 eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
                       struct scored_product *out, size_t max, size_t *n)
 {
     int64_t now = clock_mono_ms();
     *n = 0;
     pthread_mutex_lock(&pc->mu);
-    for (size_t i = 0; i < pc->nlists; i++) {
-        struct pop_list *l = &pc->lists[i];
-        /* Decay scales every score of a list alike, so a list decayed to a slightly older
-         * reference time ranks the same; only its age matters. */
-        if (strcmp(l->category, category) != 0)
-            continue;
-        /* While one thread refreshes an expired list the others answer from it (older
-         * than --stage2-staleness by at most one refresh) instead of all scanning it
-         * again at once. */
-        if (now - l->refreshed_ms < pc->staleness_ms || l->refreshing) {
-            *n = l->n < max ? l->n : max;
-            copy_list(out, l->items, *n);
-            pthread_mutex_unlock(&pc->mu);
-            return EDDY_OK;
-        }
-        l->refreshing = true;
-        break;
+    struct pop_list *l = list_find(pc, category);
+    /* Decay scales every score of a list alike, so a list decayed to a slightly older
+     * reference time ranks the same; only its age matters. While one thread refreshes an
+     * expired list the others answer from it (older than --stage2-staleness by at most
+     * one refresh) instead of all scanning it again at once. */
+    if (l && (now - l->refreshed_ms < pc->staleness_ms || l->refreshing)) {
+        *n = l->n < max ? l->n : max;
+        copy_list(out, l->items, *n);
+        l->used = true;
+        pthread_mutex_unlock(&pc->mu);
+        return EDDY_OK;
     }
+    if (l)
+        l->refreshing = true;
+    size_t nl = 0;
+    char **cats = refresh_set(pc, category, &nl);
+    if (!cats && l)
+        l->refreshing = false;
     pthread_mutex_unlock(&pc->mu);
+    if (!cats)
+        return EDDY_ERR_NOMEM;
 
     /* refresh outside the lock: concurrent refreshes of one list are harmless */
-    struct topk t = {calloc(pc->top_k ? pc->top_k : 1, sizeof(*t.items)), 0, pc->top_k};
-    char *cat = strdup(category);
-    if (!t.items || !cat) {
-        free(t.items);
-        free(cat);
-        return EDDY_ERR_NOMEM;
+    struct pass ps = {pc->pp, at, nl, cats, calloc(nl, sizeof(struct topk)), -1, NULL, 0};
+    eddy_err err = ps.tk ? EDDY_OK : EDDY_ERR_NOMEM;
+    for (size_t k = 0; k < nl && err == EDDY_OK; k++) {
+        ps.tk[k] = (struct topk){calloc(pc->top_k ? pc->top_k : 1, sizeof(struct scored_product)),
+                                 0, pc->top_k};
+        if (!ps.tk[k].items)
+            err = EDDY_ERR_NOMEM;
     }
-    eddy_err err = pc->src ? pc->src->top(pc->src->ud, category, at, t.items, t.cap, &t.n)
-                           : scan_top(pc, category, at, &t);
-    if (err != EDDY_OK) {
-        pthread_mutex_lock(&pc->mu);
-        for (size_t i = 0; i < pc->nlists; i++) {
-            if (strcmp(pc->lists[i].category, category) == 0)
-                pc->lists[i].refreshing = false;
-        }
-        pthread_mutex_unlock(&pc->mu);
-        free(t.items);
-        free(cat);
-        return err;
+    if (err == EDDY_OK)
+        err = pc->src ? pc->src->top(pc->src->ud, category, at, ps.tk[0].items, ps.tk[0].cap,
+                                     &ps.tk[0].n)
+                      : pass_run(pc, &ps);
+    if (err == EDDY_OK) {
+        *n = ps.tk[0].n < max ? ps.tk[0].n : max;
+        copy_list(out, ps.tk[0].items, *n);
     }
-    *n = t.n < max ? t.n : max;
-    copy_list(out, t.items, *n);
 
     pthread_mutex_lock(&pc->mu);
-    size_t i;
-    for (i = 0; i < pc->nlists; i++) {
-        if (strcmp(pc->lists[i].category, category) == 0)
-            break;
-    }
-    if (i == pc->nlists) {
-        if (pc->nlists >= MAX_CACHED_LISTS)
-            drop_lists(pc);
-        struct pop_list *nl = realloc(pc->lists, (pc->nlists + 1) * sizeof(*nl));
-        if (!nl) {
-            pthread_mutex_unlock(&pc->mu);
-            free(t.items);
-            free(cat);
-            return EDDY_OK; /* answered, just not cached */
+    for (size_t k = 0; k < nl; k++) {
+        if (err == EDDY_OK) {
+            list_install(pc, cats[k], ps.tk[k].items, ps.tk[k].n, now, at);
+            continue;
         }
-        pc->lists = nl;
-        i = pc->nlists++;
-        pc->lists[i].category = cat;
-        pc->lists[i].items = NULL;
-    } else {
-        free(cat);
+        struct pop_list *f = list_find(pc, cats[k]);
+        if (f)
+            f->refreshing = false;
+        free(ps.tk ? ps.tk[k].items : NULL);
+        free(cats[k]);
     }
-    free(pc->lists[i].items);
-    pc->lists[i].items = t.items;
-    pc->lists[i].n = t.n;
-    pc->lists[i].refreshed_ms = now;
-    pc->lists[i].at = at;
-    pc->lists[i].refreshing = false;
     pthread_mutex_unlock(&pc->mu);
-    return EDDY_OK;
+    free(ps.tk);
+    free(cats);
+    return err;
 }
 
 /* The uncached read: the reference the cache must reproduce. */

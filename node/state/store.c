@@ -244,20 +244,26 @@ static bool key_before_end(const char *k, size_t klen, const struct store_key *e
     return c < 0 || (c == 0 && klen < end->len);
 }
 
-static eddy_err scan_with(leveldb_t *db, const leveldb_readoptions_t *ropts,
-                          const struct store_key *start, const struct store_key *end,
-                          store_scan_fn *fn, void *ud)
+/* Scan the ranges [starts[r], ends[r]) in turn with one iterator; fn returning 1 stops. */
+static eddy_err scan_ranges_with(leveldb_t *db, const leveldb_readoptions_t *ropts,
+                                 const struct store_key *starts, const struct store_key *ends,
+                                 size_t n, store_scan_fn *fn, void *ud)
 {
     leveldb_iterator_t *it = leveldb_create_iterator(db, ropts);
-    leveldb_iter_seek(it, (const char *)start->buf, start->len);
-    for (; leveldb_iter_valid(it); leveldb_iter_next(it)) {
-        size_t klen, vlen;
-        const char *k = leveldb_iter_key(it, &klen);
-        if (!key_before_end(k, klen, end))
-            break;
-        const char *v = leveldb_iter_value(it, &vlen);
-        if (fn(ud, (const unsigned char *)k, klen, v, vlen) != 0)
-            break;
+    bool stop = false;
+    for (size_t r = 0; r < n && !stop; r++) {
+        leveldb_iter_seek(it, (const char *)starts[r].buf, starts[r].len);
+        for (; leveldb_iter_valid(it); leveldb_iter_next(it)) {
+            size_t klen, vlen;
+            const char *k = leveldb_iter_key(it, &klen);
+            if (!key_before_end(k, klen, &ends[r]))
+                break;
+            const char *v = leveldb_iter_value(it, &vlen);
+            if (fn(ud, (const unsigned char *)k, klen, v, vlen) != 0) {
+                stop = true;
+                break;
+            }
+        }
     }
     char *lerr = NULL;
     leveldb_iter_get_error(it, &lerr);
@@ -265,10 +271,23 @@ static eddy_err scan_with(leveldb_t *db, const leveldb_readoptions_t *ropts,
     return take_err(lerr, NULL, 0);
 }
 
+static eddy_err scan_with(leveldb_t *db, const leveldb_readoptions_t *ropts,
+                          const struct store_key *start, const struct store_key *end,
+                          store_scan_fn *fn, void *ud)
+{
+    return scan_ranges_with(db, ropts, start, end, 1, fn, ud);
+}
+
 eddy_err store_scan(store *s, const struct store_key *start, const struct store_key *end,
                     store_scan_fn *fn, void *ud)
 {
     return scan_with(s->db, s->ropts, start, end, fn, ud);
+}
+
+eddy_err store_scan_ranges(store *s, const struct store_key *starts,
+                           const struct store_key *ends, size_t n, store_scan_fn *fn, void *ud)
+{
+    return scan_ranges_with(s->db, s->ropts, starts, ends, n, fn, ud);
 }
 
 /* A write outside the txns' view: they must forget what they kept. */

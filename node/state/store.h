@@ -99,6 +99,12 @@ typedef int store_scan_fn(void *ud, const unsigned char *key, size_t klen, const
 eddy_err store_scan(store *s, const struct store_key *start, const struct store_key *end,
                     store_scan_fn *fn, void *ud);
 
+/* store_scan over the ranges [starts[i], ends[i]) in turn, with one iterator (creating a
+ * LevelDB iterator costs about as much as a seek: a scan of one small range in each of
+ * hundreds of partitions is dominated by it). fn returning 1 stops the whole scan. */
+eddy_err store_scan_ranges(store *s, const struct store_key *starts,
+                           const struct store_key *ends, size_t n, store_scan_fn *fn, void *ud);
+
 /* Set 'end' to the first key after every key that starts with 'prefix'. */
 void key_prefix_end(const struct store_key *prefix, struct store_key *end);
 

@@ -1,6 +1,7 @@
 /* The neighbour cache of popcache: answers identical to the uncached read (bit for bit),
  * staleness, clock eviction, lists from a popcache_source (cluster mode), and Recommend
- * answers identical with and without the cache. */
+ * answers identical with and without the cache; popularity lists refreshed together in one
+ * pass equal lists read alone. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -318,6 +319,73 @@ static void test_recommend_same(void **state)
     free(dir);
 }
 
+/* Every list of a fresh cache (each read alone, nothing else in use) for 'at'. */
+static void fresh_lists(engine *e, const char *const *cats, size_t ncats, int64_t at,
+                        struct scored_product (*out)[50], size_t *n)
+{
+    for (size_t c = 0; c < ncats; c++) {
+        popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+        assert_int_equal(popcache_top(pc, cats[c], at, out[c], 50, &n[c]), EDDY_OK);
+        popcache_free(pc);
+    }
+}
+
+/* Lists in use expire together and come back from one pass over the index: the same
+ * lists (bit for bit) as each read alone from a fresh cache, before and after more events
+ * change the popularity; a category read alone too. */
+static void test_lists_refreshed_together(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("popcache");
+    struct engine_opts o;
+    engine *e = fill(dir, &o);
+    const char *cats[] = {"", "books", "toys", "none-such"};
+    const int64_t at = T0 + 3600000;
+    static struct scored_product want[4][50], got[50];
+    size_t nwant[4], n;
+    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 100, 50);
+    fresh_lists(e, cats, 4, at, want, nwant);
+    assert_true(nwant[0] > nwant[1] && nwant[1] > 0 && nwant[2] > 0 && nwant[3] == 0);
+    for (int round = 0; round < 2; round++) { /* the second round finds them cached: in use */
+        for (size_t c = 0; c < 4; c++) {
+            assert_int_equal(popcache_top(pc, cats[c], at, got, 50, &n), EDDY_OK);
+            assert_same_list(want[c], nwant[c], got, n);
+        }
+    }
+
+    /* p1 (toys) becomes the most popular product of all */
+    static char ids[40][16];
+    Eddy__V1__Event *ev[40];
+    for (int i = 0; i < 40; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "more-%d", i);
+        ev[i] = mk(ids[i], "u99", T0 + 1800000 + i, VIEW, pid[1], "toys");
+    }
+    ingest(e, ev, 40);
+    for (int i = 0; i < 40; i++)
+        free(ev[i]);
+    fresh_lists(e, cats, 4, at, want, nwant);
+    assert_string_equal(want[0][0].product_id, "p1");
+    assert_string_equal(want[2][0].product_id, "p1");
+    struct timespec pause = {0, 150 * 1000000};
+    nanosleep(&pause, NULL); /* every list expired: the first read refreshes all four */
+    for (size_t c = 0; c < 4; c++) {
+        assert_int_equal(popcache_top(pc, cats[c], at, got, 50, &n), EDDY_OK);
+        assert_same_list(want[c], nwant[c], got, n);
+    }
+    popcache_free(pc);
+    /* a cache where only "books" is in use: refreshed alone, from its own key ranges */
+    pc = popcache_new(engine_store(e), &engine_options(e)->product, 100, 50);
+    for (int round = 0; round < 3; round++) {
+        assert_int_equal(popcache_top(pc, "books", at, got, 3, &n), EDDY_OK);
+        assert_same_list(want[1], nwant[1] < 3 ? nwant[1] : 3, got, n);
+        nanosleep(&pause, NULL);
+    }
+    popcache_free(pc);
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -326,6 +394,7 @@ int main(void)
         cmocka_unit_test(test_eviction),
         cmocka_unit_test(test_source_cached),
         cmocka_unit_test(test_recommend_same),
+        cmocka_unit_test(test_lists_refreshed_together),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
