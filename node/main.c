@@ -417,6 +417,11 @@ out:
     free(rec);
 }
 
+static bool rebuild_busy(void *ud)
+{
+    return reprocess_service_busy(ud);
+}
+
 /* Readiness follows the etcd session: without it the node must not take traffic. */
 static void on_alive(void *ud, bool alive)
 {
@@ -631,6 +636,12 @@ int main(int argc, char **argv)
     rps.router = clustered ? &router : NULL;
     rps.data_dir = c->data_dir;
     rps.checkpoint_dir = c->checkpoint_dir;
+    if (clustered && eng) { /* a rebuild and a live move of this node exclude each other */
+        rps.moving = state_service_moving;
+        rps.moving_ud = &ss;
+        ss.rebuild_busy = rebuild_busy;
+        ss.rebuild_ud = &rps;
+    }
     if (reprocess_service_register(&rps, srv, roles & ROLE_INGEST) != EDDY_OK)
         goto out;
     /* partitions owned: all in --dev; in a cluster on_change follows the map */

@@ -149,6 +149,13 @@ static void start_local(struct reprocess_service *svc, rpc_call *c,
         free(j);
         return;
     }
+    if (svc->moving && svc->moving(svc->moving_ud)) {
+        rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE,
+                        "reprocess: a partition is moving into or out of this node; retry "
+                        "when eddy status shows no move");
+        free(j);
+        return;
+    }
     pthread_mutex_lock(&svc->mu);
     if (svc->busy) {
         pthread_mutex_unlock(&svc->mu);
@@ -373,6 +380,16 @@ eddy_err reprocess_service_register(struct reprocess_service *svc, rpc_server *s
                                         &eddy__v1__reprocess_request__descriptor, handle_state,
                                         svc, STATE_LANE_LEAF);
     return err;
+}
+
+bool reprocess_service_busy(struct reprocess_service *svc)
+{
+    if (!svc->data_dir)
+        return false; /* never registered */
+    pthread_mutex_lock(&svc->mu);
+    bool busy = svc->busy;
+    pthread_mutex_unlock(&svc->mu);
+    return busy;
 }
 
 void reprocess_service_stop(struct reprocess_service *svc)

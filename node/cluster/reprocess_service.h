@@ -32,6 +32,10 @@ struct reprocess_service {
                                    set after registration (before the node takes traffic) */
     const char *data_dir;       /* the side store is DATA_DIR/reprocess.tmp */
     const char *checkpoint_dir; /* "" or NULL: DATA_DIR/checkpoints */
+    /* Whether a live move into or out of this node is in progress (NULL: never). A rebuild
+     * then waits (UNAVAILABLE): the moving copy would miss its swap. */
+    bool (*moving)(void *ud);
+    void *moving_ud;
 
     /* private */
     pthread_mutex_t mu;
@@ -47,6 +51,10 @@ struct reprocess_service {
  * eddy.state.v1.State/Reprocess on 's'. 'svc' (zero-initialised but for the fields above)
  * must outlive the server. */
 eddy_err reprocess_service_register(struct reprocess_service *svc, rpc_server *s, bool public_api);
+
+/* Whether a rebuild runs on this node now (a move's source then refuses to start a copy:
+ * the copy would miss the swap). Any thread. */
+bool reprocess_service_busy(struct reprocess_service *svc);
 
 /* Stop a running rebuild (it ends with UNAVAILABLE, nothing swapped unless it was already
  * swapping) and join its thread. Call after the RPC server stopped and before the engine

@@ -59,6 +59,18 @@ bool state_service_stage2_local(void *ud, uint32_t p)
     return svc->mem && membership_owns(svc->mem, p, &epoch) && !(svc->freeze_id && frozen(svc, p));
 }
 
+bool state_service_moving(void *ud)
+{
+    struct state_service *svc = ud;
+    if (!svc->incoming || !atomic_load_explicit(&svc->joined, memory_order_acquire))
+        return false;
+    uint32_t P = membership_partitions(svc->mem);
+    for (uint32_t p = 0; p < P; p++)
+        if (atomic_load(&svc->incoming[p]) || frozen(svc, p))
+            return true;
+    return false;
+}
+
 void state_service_joined(struct state_service *svc, membership *mem)
 {
     svc->mem = mem;
@@ -697,6 +709,11 @@ static void handle_fetch_checkpoint(void *ud, rpc_call *c, const ProtobufCMessag
         (const Eddy__State__V1__FetchCheckpointRequest *)msg;
     if (req->partition >= membership_partitions(svc->mem) || req->move_id == 0) {
         rpc_stream_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "bad partition or move_id 0");
+        return;
+    }
+    if (svc->rebuild_busy && svc->rebuild_busy(svc->rebuild_ud)) {
+        rpc_stream_finish(c, GRPC_STATUS_UNAVAILABLE,
+                          "a rebuild (eddy reprocess) runs on this node: copy later");
         return;
     }
     struct fetch_ckpt *fc = malloc(sizeof(*fc));

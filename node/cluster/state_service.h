@@ -41,7 +41,13 @@ struct state_service {
     _Atomic int64_t *freeze_until;
     int64_t freeze_ms;           /* --move-freeze: how long a freeze lasts unrenewed */
     _Atomic bool joined;         /* set by state_service_joined: 'mem' may be used */
+    /* Whether a rebuild (eddy reprocess) runs here: a move's copy waits (NULL: never). */
+    bool (*rebuild_busy)(void *ud);
+    void *rebuild_ud;
 };
+
+/* Whether a live move into or out of this node is in progress ('ud': the service). */
+bool state_service_moving(void *ud);
 
 /* The node has joined: 'mem' is its membership. Calls answer UNAVAILABLE before. */
 void state_service_joined(struct state_service *svc, membership *mem);

@@ -101,6 +101,15 @@ class MovesTestCase(unittest.TestCase):
         L.require_node()
         L.require_coordinator()
         L.require_etcd()
+        self._cl = None
+
+    def tearDown(self):
+        # before the cleanups remove the processes and their logs: a failed test shows
+        # the cluster as it was
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        failed = result is not None and any(t is self for t, _ in result.failures + result.errors)
+        if self._cl is not None and failed:
+            self.dump(self._cl)
 
     def cluster(self, coord_args=(), **kw):
         shared = L.temp_dir(self, prefix="eddy-it-moves-ckp-")
@@ -111,6 +120,7 @@ class MovesTestCase(unittest.TestCase):
                                       "--settle", "100ms", "--max-moves", "2", *coord_args])
         cl.coordinators.append(c)
         poll_until(lambda: cl.leader() is not None, 10, what="a leading coordinator")
+        self._cl = cl
         return cl
 
     def no_moves(self, cl):
@@ -124,11 +134,7 @@ class MovesTestCase(unittest.TestCase):
                 return None
             counts = [m["owners"].count(o) for o in owners]
             return m if max(counts) - min(counts) <= 1 else None
-        try:
-            return poll_until(ok, timeout, interval=0.1, what=f"moves done, map over {owners}")
-        except AssertionError:
-            self.dump(cl)
-            raise
+        return poll_until(ok, timeout, interval=0.1, what=f"moves done, map over {owners}")
 
     @staticmethod
     def dump(cl):
