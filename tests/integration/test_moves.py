@@ -7,10 +7,10 @@ ingest eddy-node processes on loopback, a writer ingesting continuously the whol
 - drain: `eddy drain` empties a state node under ingest, with the same assertions;
 - load balance: two hot partitions on one node, the other idle: the coordinator swaps one
   of them with a cold partition of the other node (shares of partitions unchanged), once;
-- crash mid-move: kill -9 of the target while it copies (the move is cancelled, the
-  partition stays with its source) and of the source after the flip, restarted (the
-  target gets the final tail when it is back); nothing acknowledged is lost and every
-  partition ends with one owner.
+- crash mid-move: kill -9 of the target while it copies (not restarted: the move is
+  cancelled, the partition stays with its source); kill -9 and restart (same id and data)
+  of the source while the target copies, of the source after the flip and of the target
+  after the flip; nothing acknowledged is lost and every partition ends with one owner.
 
 Needs EDDY_NODE, EDDY_COORDINATOR_BIN, EDDY_CLI and Debian's etcd-server.
 """
@@ -301,37 +301,46 @@ class CrashMidMoveTest(MovesTestCase):
         acked = w.join()
         self.assert_exactly_once(front, acked)
 
-    def test_source_killed_after_flip_and_restarted(self):
+    def crash(self, victim, phase):
+        """s1 owns everything and takes writes; s2 joins; when a move s1 -> s2 reaches
+        'phase', kill -9 the 'victim' ("source" s1 or "target" s2) and start it again with
+        the same id and data, as a StatefulSet pod would be. The moves complete and every
+        acknowledged event is counted exactly once."""
         cl = self.cluster(coord_args=["--max-moves", "1"])
         cl.add_node("s1", "state")
         self.wait_settled(cl, {"s1"})
         front = cl.add_node("i1", "ingest")
         w = Writer(self, front, [f"f-{i:03d}" for i in range(64)], L.now_ms() - 600_000).start()
         w.wait_for(1000)
-        s1 = cl.nodes["s1"]
         cl.add_node("s2", "state")
 
-        def flipped():
+        def reached():
             for v in cl.etcd.get_prefix(cl.key("moves/")).values():
-                if json.loads(v)["phase"] == "flipped":
+                if json.loads(v)["phase"] == phase:
                     return True
             return None
-        poll_until(flipped, 30, interval=0.005, what="a flipped move")
-        s1.kill9()
-        s1.start()  # same id, same data: the final tail is fetched from it again
-        try:
-            m = self.wait_settled(cl, {"s1", "s2"}, timeout=60)
-        except AssertionError:
-            for n in ("s1", "s2"):
-                print(f"--- {n}\n" + "\n".join(cl.nodes[n].log_text().splitlines()[-40:]),
-                      file=sys.stderr)
-            print("--- coordinator\n" + cl.coordinators[0].log_tail(60), file=sys.stderr)
-            print(cl.etcd.get_prefix(cl.key("moves/")), cl.assignment(), file=sys.stderr)
-            raise
+        poll_until(reached, 30, interval=0.002, what=f"a move in phase {phase}")
+        node = cl.nodes["s1" if victim == "source" else "s2"]
+        node.kill9()
+        node.start()
+        m = self.wait_settled(cl, {"s1", "s2"}, timeout=60)
         self.assertEqual(set(m["owners"]), {"s1", "s2"})
         w.wait_for(len(w.acked) + 300)
         acked = w.join()
         self.assert_exactly_once(front, acked)
+
+    def test_source_killed_while_copying_and_restarted(self):
+        # the restarted source has no freeze: the target's next FetchLog is refused
+        # (ABORTED) and it copies again
+        self.crash("source", "copy")
+
+    def test_source_killed_after_flip_and_restarted(self):
+        # the target keeps asking for the final tail until the source answers again
+        self.crash("source", "flipped")
+
+    def test_target_killed_after_flip_and_restarted(self):
+        # the restarted target finds the record "flipped" and fetches the final tail again
+        self.crash("target", "flipped")
 
 
 if __name__ == "__main__":
