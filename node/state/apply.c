@@ -390,6 +390,11 @@ static eddy_err advance(store_txn *t, const struct apply_params *ap, uint32_t p,
 
 /* ---- apply --------------------------------------------------------------------------- */
 
+static bool pack_model(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
+{
+    return model_pack((const Eddy__Store__V1__UserModel *)m, buf, len);
+}
+
 /* The user's model as an object of the txn (borrowed until commit), created if absent or
  * expired. */
 static eddy_err load_model(store_txn *t, const struct apply_params *ap, uint32_t p,
@@ -398,6 +403,7 @@ static eddy_err load_model(store_txn *t, const struct apply_params *ap, uint32_t
 {
     key_init(k, p, T_USER);
     key_str(k, user_id);
+    store_txn_set_packer(t, &eddy__store__v1__user_model__descriptor, pack_model);
     eddy_err err = store_txn_obj_get(t, k, &eddy__store__v1__user_model__descriptor,
                                      (ProtobufCMessage **)um);
     if (err != EDDY_OK)

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "node/state/pbenc.h"
 #include "node/state/pbutil.h"
 
 uint64_t *counts_slot(Eddy__Store__V1__Counts *c, Eddy__V1__EventType type)
@@ -37,9 +38,33 @@ void counts_add(Eddy__Store__V1__Counts *a, const Eddy__Store__V1__Counts *b)
     a->search += b->search;
 }
 
+/* protobuf_c_message_pack's bytes of a Counts, written directly (pbenc.h): three window
+ * counts change per event and are packed at every group commit. */
+static bool pack_counts(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
+{
+    const Eddy__Store__V1__Counts *c = (const Eddy__Store__V1__Counts *)m;
+    if (pbenc_unknown(m))
+        return false;
+    const uint64_t v[6] = {c->view, c->click, c->add_to_cart, c->remove_from_cart,
+                           c->purchase, c->search};
+    size_t lcat, n = pbenc_str_size(c->category, &lcat);
+    for (int i = 0; i < 6; i++)
+        n += pbenc_u64_size(v[i]);
+    uint8_t *p = malloc(n ? n : 1);
+    if (!p)
+        return false;
+    *buf = p;
+    *len = n;
+    for (int i = 0; i < 6; i++)
+        p = pbenc_put_u64(p, (uint8_t)((i + 1) << 3), v[i]);
+    pbenc_put_str(p, 0x3a, c->category, lcat);
+    return true;
+}
+
 eddy_err counts_bump(store_txn *t, const struct store_key *key, Eddy__V1__EventType type,
                      const char *category)
 {
+    store_txn_set_packer(t, &eddy__store__v1__counts__descriptor, pack_counts);
     Eddy__Store__V1__Counts *c = NULL;
     eddy_err err = store_txn_obj_get(t, key, &eddy__store__v1__counts__descriptor,
                                      (ProtobufCMessage **)&c);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "node/state/pbenc.h"
 #include "node/state/pbutil.h"
 
 double model_event_weight(Eddy__V1__EventType type)
@@ -444,4 +445,137 @@ void model_profile_free(Eddy__V1__UserProfile *pr)
 {
     if (pr)
         protobuf_c_message_free_unpacked(&pr->base, NULL);
+}
+
+/* ---- encoding (pbenc.h) ---------------------------------------------------------------- */
+
+static size_t scored_body(const Eddy__Store__V1__Scored *sc, size_t *lname)
+{
+    return pbenc_str_size(sc->name, lname) + pbenc_decayed_size(sc->score);
+}
+
+static size_t recent_body(const Eddy__Store__V1__Recent *r, size_t l[3])
+{
+    return pbenc_str_size(r->id, &l[0]) + pbenc_str_size(r->category, &l[1]) +
+           pbenc_u64_size((uint64_t)r->ts) + pbenc_str_size(r->event_id, &l[2]);
+}
+
+static size_t cart_body(const Eddy__Store__V1__CartEntry *c, size_t l[3])
+{
+    return pbenc_str_size(c->product_id, &l[0]) + pbenc_str_size(c->category, &l[1]) +
+           pbenc_u64_size((uint64_t)c->ts) + pbenc_str_size(c->event_id, &l[2]) +
+           pbenc_u64_size(c->in_cart ? 1 : 0);
+}
+
+static bool scored_unknown(Eddy__Store__V1__Scored *const *arr, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (pbenc_unknown(&arr[i]->base) ||
+            (arr[i]->score && pbenc_unknown(&arr[i]->score->base)))
+            return true;
+    }
+    return false;
+}
+
+static bool recent_unknown(Eddy__Store__V1__Recent *const *arr, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (pbenc_unknown(&arr[i]->base))
+            return true;
+    }
+    return false;
+}
+
+/* Encoded size of a repeated Scored / Recent field. */
+static size_t scored_list_size(Eddy__Store__V1__Scored *const *arr, size_t n)
+{
+    size_t total = 0, l;
+    for (size_t i = 0; i < n; i++)
+        total += pbenc_sub_size(scored_body(arr[i], &l));
+    return total;
+}
+
+static size_t recent_list_size(Eddy__Store__V1__Recent *const *arr, size_t n)
+{
+    size_t total = 0, l[3];
+    for (size_t i = 0; i < n; i++)
+        total += pbenc_sub_size(recent_body(arr[i], l));
+    return total;
+}
+
+static uint8_t *put_scored_list(uint8_t *p, uint8_t tag, Eddy__Store__V1__Scored *const *arr,
+                                size_t n)
+{
+    size_t l;
+    for (size_t i = 0; i < n; i++) {
+        p = pbenc_put_sub(p, tag, scored_body(arr[i], &l));
+        p = pbenc_put_str(p, 0x0a, arr[i]->name, l);
+        p = pbenc_put_decayed(p, 0x12, arr[i]->score);
+    }
+    return p;
+}
+
+static uint8_t *put_recent_list(uint8_t *p, uint8_t tag, Eddy__Store__V1__Recent *const *arr,
+                                size_t n)
+{
+    size_t l[3];
+    for (size_t i = 0; i < n; i++) {
+        const Eddy__Store__V1__Recent *r = arr[i];
+        p = pbenc_put_sub(p, tag, recent_body(r, l));
+        p = pbenc_put_str(p, 0x0a, r->id, l[0]);
+        p = pbenc_put_str(p, 0x12, r->category, l[1]);
+        p = pbenc_put_u64(p, 0x18, (uint64_t)r->ts);
+        p = pbenc_put_str(p, 0x22, r->event_id, l[2]);
+    }
+    return p;
+}
+
+bool model_pack(const Eddy__Store__V1__UserModel *m, uint8_t **buf, size_t *len)
+{
+    if (pbenc_unknown(&m->base) || scored_unknown(m->categories, m->n_categories) ||
+        scored_unknown(m->brands, m->n_brands) ||
+        (m->price_sum && pbenc_unknown(&m->price_sum->base)) ||
+        (m->price_n && pbenc_unknown(&m->price_n->base)) ||
+        recent_unknown(m->views, m->n_views) || recent_unknown(m->searches, m->n_searches) ||
+        recent_unknown(m->purchases, m->n_purchases))
+        return false;
+    size_t l[3];
+    size_t n = scored_list_size(m->categories, m->n_categories) +
+               scored_list_size(m->brands, m->n_brands) + pbenc_double_size(m->price_min) +
+               pbenc_double_size(m->price_max) + pbenc_decayed_size(m->price_sum) +
+               pbenc_decayed_size(m->price_n) + recent_list_size(m->views, m->n_views) +
+               recent_list_size(m->searches, m->n_searches) +
+               recent_list_size(m->purchases, m->n_purchases) +
+               pbenc_u64_size((uint64_t)m->last_ts) + pbenc_u64_size(m->events);
+    for (size_t i = 0; i < m->n_cart; i++) {
+        if (pbenc_unknown(&m->cart[i]->base))
+            return false;
+        n += pbenc_sub_size(cart_body(m->cart[i], l));
+    }
+    uint8_t *p = malloc(n ? n : 1);
+    if (!p)
+        return false;
+    *buf = p;
+    *len = n;
+    p = put_scored_list(p, 0x0a, m->categories, m->n_categories);
+    p = put_scored_list(p, 0x12, m->brands, m->n_brands);
+    p = pbenc_put_double(p, 0x19, m->price_min);
+    p = pbenc_put_double(p, 0x21, m->price_max);
+    p = pbenc_put_decayed(p, 0x2a, m->price_sum);
+    p = pbenc_put_decayed(p, 0x32, m->price_n);
+    p = put_recent_list(p, 0x3a, m->views, m->n_views);
+    p = put_recent_list(p, 0x42, m->searches, m->n_searches);
+    p = put_recent_list(p, 0x4a, m->purchases, m->n_purchases);
+    for (size_t i = 0; i < m->n_cart; i++) {
+        const Eddy__Store__V1__CartEntry *c = m->cart[i];
+        p = pbenc_put_sub(p, 0x52, cart_body(c, l));
+        p = pbenc_put_str(p, 0x0a, c->product_id, l[0]);
+        p = pbenc_put_str(p, 0x12, c->category, l[1]);
+        p = pbenc_put_u64(p, 0x18, (uint64_t)c->ts);
+        p = pbenc_put_str(p, 0x22, c->event_id, l[2]);
+        p = pbenc_put_u64(p, 0x28, c->in_cart ? 1 : 0);
+    }
+    p = pbenc_put_u64(p, 0x58, (uint64_t)m->last_ts);
+    pbenc_put_u64(p, 0x60, m->events);
+    return true;
 }

@@ -11,6 +11,7 @@
 #define EDDY_MODEL_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "common/err.h"
 #include "eddy/v1/eddy.pb-c.h"
@@ -39,6 +40,11 @@ bool model_in_cart(const Eddy__Store__V1__UserModel *m, const char *product_id);
 eddy_err model_to_profile(const Eddy__Store__V1__UserModel *m, const struct model_params *p,
                           const char *user_id, Eddy__V1__UserProfile **out);
 void model_profile_free(Eddy__V1__UserProfile *pr);
+
+/* Encode 'm' exactly as protobuf_c_message_pack does, faster (pbenc.h; the apply has the
+ * txn use it at commit). *buf is malloc'd (caller frees). False if 'm' carries unknown
+ * fields (use protobuf-c) or on allocation failure. */
+bool model_pack(const Eddy__Store__V1__UserModel *m, uint8_t **buf, size_t *len);
 
 /* Affinities sorted best first, valued at the model's last event time. 'out' receives at
  * most 'max' entries (borrowed names); returns the count. */

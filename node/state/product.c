@@ -8,6 +8,7 @@
 #include "common/partition.h"
 #include "node/state/counts.h"
 #include "node/state/model.h"
+#include "node/state/pbenc.h"
 #include "node/state/pbutil.h"
 
 /* Whether (source partition, seq) is new for product partition q; records it if so. */
@@ -37,6 +38,57 @@ static eddy_err claim(store_txn *t, uint32_t q, uint32_t src, uint64_t seq, bool
     key_u64(&val, seq + 1);
     *fresh = true;
     return store_txn_put(t, &k, val.buf, val.len);
+}
+
+/* ---- encoding (pbenc.h) ---------------------------------------------------------------
+ * A ProductState is re-encoded whole at every group commit that touched it: its neighbour
+ * list, 50 entries of three fields with a nested Decayed each. */
+
+static size_t neighbour_body(const Eddy__Store__V1__Neighbour *nb, size_t *lid, size_t *lcat)
+{
+    return pbenc_str_size(nb->product_id, lid) + pbenc_decayed_size(nb->score) +
+           pbenc_str_size(nb->category, lcat);
+}
+
+bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, size_t *len)
+{
+    if (pbenc_unknown(&ps->base) || (ps->popularity && pbenc_unknown(&ps->popularity->base)))
+        return false;
+    size_t lcat, lbrand, lidx, lid, lnc;
+    size_t n = pbenc_str_size(ps->category, &lcat) + pbenc_str_size(ps->brand, &lbrand) +
+               pbenc_double_size(ps->price) + pbenc_decayed_size(ps->popularity) +
+               pbenc_u64_size((uint64_t)ps->last_ts) +
+               pbenc_str_size(ps->category_indexed, &lidx);
+    for (size_t i = 0; i < ps->n_neighbours; i++) {
+        const Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
+        if (pbenc_unknown(&nb->base) || (nb->score && pbenc_unknown(&nb->score->base)))
+            return false;
+        n += pbenc_sub_size(neighbour_body(nb, &lid, &lnc));
+    }
+    uint8_t *p = malloc(n ? n : 1);
+    if (!p)
+        return false;
+    *buf = p;
+    *len = n;
+    p = pbenc_put_str(p, 0x0a, ps->category, lcat);
+    p = pbenc_put_str(p, 0x12, ps->brand, lbrand);
+    p = pbenc_put_double(p, 0x19, ps->price);
+    p = pbenc_put_decayed(p, 0x22, ps->popularity);
+    for (size_t i = 0; i < ps->n_neighbours; i++) {
+        const Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
+        p = pbenc_put_sub(p, 0x2a, neighbour_body(nb, &lid, &lnc));
+        p = pbenc_put_str(p, 0x0a, nb->product_id, lid);
+        p = pbenc_put_decayed(p, 0x12, nb->score);
+        p = pbenc_put_str(p, 0x1a, nb->category, lnc);
+    }
+    p = pbenc_put_u64(p, 0x30, (uint64_t)ps->last_ts);
+    pbenc_put_str(p, 0x3a, ps->category_indexed, lidx);
+    return true;
+}
+
+static bool product_pack(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
+{
+    return product_state_pack((const Eddy__Store__V1__ProductState *)m, buf, len);
 }
 
 /* The product's state as an object of the txn (borrowed until commit), created if absent. */
@@ -231,6 +283,7 @@ eddy_err product_apply(store_txn *t, const struct product_params *p,
     bool fresh_of[64];
     size_t nclaimed = 0;
     eddy_err err = EDDY_OK;
+    store_txn_set_packer(t, &eddy__store__v1__product_state__descriptor, product_pack);
 
     size_t total = product_records(b);
     for (size_t i = 0; i < total && err == EDDY_OK; i++) {

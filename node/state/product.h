@@ -11,6 +11,7 @@
 #ifndef EDDY_PRODUCT_H
 #define EDDY_PRODUCT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/err.h"
@@ -41,6 +42,11 @@ static inline const char *product_record_key(const Eddy__Store__V1__Stage2Batch 
 eddy_err product_apply(store_txn *t, const struct product_params *p,
                        const Eddy__Store__V1__Stage2Batch *b,
                        bool (*owns)(void *ud, uint32_t partition), void *owns_ud);
+
+/* Encode 'ps' exactly as protobuf_c_message_pack does, faster (product_apply has the txn
+ * use it at commit). *buf is malloc'd (caller frees). False if 'ps' carries unknown fields
+ * (use protobuf-c) or on allocation failure. */
+bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, size_t *len);
 
 /* Read a product's state from committed storage; *out is NULL if unknown. Free with
  * protobuf_c_message_free_unpacked. */

@@ -535,6 +535,11 @@ struct store_txn {
     uint64_t commits;
     uint64_t gen;              /* the store generation the kept values are current with */
     uint32_t kept_mask;        /* tables announced in s->kept_tables */
+    struct {
+        const ProtobufCMessageDescriptor *desc;
+        store_pack_fn *fn;
+    } packers[STORE_TXN_PACKERS];
+    size_t npackers;
     struct store_txn_stats stats;
     unsigned char prefixes[PREFIX_BITS / 8]; /* (partition, table) with pending writes */
 };
@@ -548,19 +553,41 @@ static void entry_drop_obj(struct overlay_entry *e)
 }
 
 /* Bring e->val up to date with the object (for byte readers, scans and the commit). */
-static eddy_err entry_pack(struct overlay_entry *e)
+static eddy_err entry_pack(const store_txn *t, struct overlay_entry *e)
 {
     if (!e->obj || (!e->obj_dirty && e->val))
         return EDDY_OK;
-    size_t n = protobuf_c_message_get_packed_size(e->obj);
-    char *v = malloc(n ? n : 1);
-    if (!v)
-        return EDDY_ERR_NOMEM;
-    protobuf_c_message_pack(e->obj, (uint8_t *)v);
+    uint8_t *v = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < t->npackers; i++) {
+        if (t->packers[i].desc == e->obj->descriptor && t->packers[i].fn(e->obj, &v, &n))
+            break;
+    }
+    if (!v) {
+        n = protobuf_c_message_get_packed_size(e->obj);
+        if (!(v = malloc(n ? n : 1)))
+            return EDDY_ERR_NOMEM;
+        protobuf_c_message_pack(e->obj, v);
+    }
     free(e->val);
-    e->val = v;
+    e->val = (char *)v;
     e->vlen = n;
     return EDDY_OK;
+}
+
+void store_txn_set_packer(store_txn *t, const ProtobufCMessageDescriptor *desc,
+                          store_pack_fn *fn)
+{
+    for (size_t i = 0; i < t->npackers; i++) {
+        if (t->packers[i].desc == desc) {
+            t->packers[i].fn = fn;
+            return;
+        }
+    }
+    if (t->npackers < STORE_TXN_PACKERS) {
+        t->packers[t->npackers].desc = desc;
+        t->packers[t->npackers++].fn = fn;
+    }
 }
 
 #define TAG_EMPTY 0u
@@ -843,7 +870,7 @@ eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **v
     eddy_err err;
     if (e) {
         t->stats.hits++;
-        if ((err = touch(t, e)) != EDDY_OK || (err = entry_pack(e)) != EDDY_OK)
+        if ((err = touch(t, e)) != EDDY_OK || (err = entry_pack(t, e)) != EDDY_OK)
             return err;
         *found = !e->deleted;
         *val = e->val;
@@ -1090,7 +1117,7 @@ eddy_err store_txn_commit(store_txn *t, bool sync)
             leveldb_writebatch_delete(t->wb, (const char *)e->key, e->klen);
             continue;
         }
-        eddy_err err = entry_pack(e);
+        eddy_err err = entry_pack(t, e);
         if (err != EDDY_OK) {
             store_txn_reset(t);
             return err;
@@ -1167,7 +1194,7 @@ eddy_err store_txn_scan(store_txn *t, const struct store_key *start, const struc
             if (!e->key || !e->pending || cmp_raw(e->key, e->klen, start->buf, start->len) < 0 ||
                 !key_before_end((const char *)e->key, e->klen, end))
                 continue;
-            if (entry_pack(e) != EDDY_OK) {
+            if (entry_pack(t, e) != EDDY_OK) {
                 free(pend);
                 return EDDY_ERR_NOMEM;
             }

@@ -208,6 +208,16 @@ eddy_err store_txn_del_range(store_txn *t, const struct store_key *start,
 eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
                            const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj);
 eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCMessage *obj);
+/* A faster encoder for one message type, used when the txn packs changed objects at
+ * commit: it must write exactly protobuf_c_message_pack's bytes (the stored state is
+ * compared byte for byte). It sets *buf (malloc'd, the txn frees it) and *len and returns
+ * true, or returns false to leave the message to protobuf-c (or on allocation failure).
+ * Registering the same function again is free; up to STORE_TXN_PACKERS types. */
+#define STORE_TXN_PACKERS 4
+typedef bool store_pack_fn(const ProtobufCMessage *m, uint8_t **buf, size_t *len);
+void store_txn_set_packer(store_txn *t, const ProtobufCMessageDescriptor *desc,
+                          store_pack_fn *fn);
+
 /* Write the pending keys. On an error nothing is kept and the txn is reset. */
 eddy_err store_txn_commit(store_txn *t, bool sync);
 /* Drop pending writes without committing, and every kept value. */
