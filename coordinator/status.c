@@ -1,6 +1,7 @@
 /* ClusterStatus: read the cluster's keys in one txn and describe them (see status.h). */
 #include "coordinator/status.h"
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,6 +152,35 @@ static eddy_err add_moves(const struct status_snapshot *snap, struct status_mem 
     return EDDY_OK;
 }
 
+/* The events/s a node's load record gives for the partitions 'map' says it owns; -1 if
+ * it has no (decodable) record. */
+static double node_rate(const struct status_snapshot *snap, const struct cluster_map *map,
+                        const char *id)
+{
+    char prefix[CLUSTER_KEY_MAX];
+    cluster_key(prefix, sizeof(prefix), snap->cluster, "load/");
+    for (size_t i = 0; snap->loads && i < snap->loads->n; i++) {
+        const struct etcd_kv *kv = &snap->loads->kvs[i];
+        const char *who = id_of(kv->key, prefix);
+        if (!who || strcmp(who, id) != 0)
+            continue;
+        cJSON *o = cJSON_ParseWithLength(kv->value, kv->value_len);
+        const cJSON *rates = cJSON_GetObjectItemCaseSensitive(o, "rates"), *pair;
+        double sum = cJSON_IsArray(rates) ? 0 : -1;
+        cJSON_ArrayForEach(pair, rates)
+        {
+            const cJSON *pj = cJSON_GetArrayItem(pair, 0), *rj = cJSON_GetArrayItem(pair, 1);
+            if (cJSON_IsNumber(pj) && cJSON_IsNumber(rj) && pj->valuedouble >= 0 &&
+                pj->valuedouble < map->nparts &&
+                strcmp(map->parts[(uint32_t)pj->valuedouble].owner, id) == 0)
+                sum += rj->valuedouble;
+        }
+        cJSON_Delete(o);
+        return sum;
+    }
+    return -1;
+}
+
 /* Copy 's' to the string block at '*at'. */
 static char *put_str(char **at, const char *s, size_t len)
 {
@@ -258,6 +288,7 @@ eddy_err status_build(const struct status_snapshot *snap, const char *answered_b
             ni.roles[ni.n_roles++] = ROLE_STATE_NAME;
         ni.partitions_owned = m->map.parts ? (uint32_t)assigner_count(&m->map, rec->id) : 0;
         ni.draining = in_list(m->drains, out->msg.n_draining, rec->id);
+        ni.events_per_second = m->map.parts ? node_rate(snap, &m->map, rec->id) : -1;
         m->nodes[k] = ni;
         m->node_ptrs[k] = &m->nodes[k];
         k++;
@@ -275,7 +306,8 @@ fail:
 
 /* --- the RPC ------------------------------------------------------------------------------ */
 
-enum { OP_NODES, OP_DRAINS, OP_CONFIG, OP_LEADER, OP_ASSIGN, OP_CKPTS, OP_MOVES, OP_COUNT };
+enum { OP_NODES, OP_DRAINS, OP_CONFIG, OP_LEADER, OP_ASSIGN, OP_CKPTS, OP_MOVES, OP_LOADS,
+       OP_COUNT };
 
 static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
 {
@@ -288,13 +320,15 @@ static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
     cluster_key(k[OP_ASSIGN], sizeof(k[0]), svc->cluster, "assignment");
     cluster_key(k[OP_CKPTS], sizeof(k[0]), svc->cluster, "checkpoints/");
     cluster_key(k[OP_MOVES], sizeof(k[0]), svc->cluster, "moves/");
+    cluster_key(k[OP_LOADS], sizeof(k[0]), svc->cluster, "load/");
     /* No compares: the success branch always runs, and etcd reads every range at the same
      * revision. */
     struct etcd_txn t;
     etcd_txn_init(&t);
     for (int i = 0; i < OP_COUNT; i++)
         etcd_txn_range(&t, ETCD_ON_SUCCESS, k[i],
-                       i == OP_NODES || i == OP_DRAINS || i == OP_CKPTS || i == OP_MOVES);
+                       i == OP_NODES || i == OP_DRAINS || i == OP_CKPTS || i == OP_MOVES ||
+                           i == OP_LOADS);
     struct etcd_txn_result r;
     eddy_err err = etcd_txn(svc->etcd, &t, &r);
     if (err != EDDY_OK) {
@@ -313,6 +347,7 @@ static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
         .nodes = &r.ops[OP_NODES].kvs, .drains = &r.ops[OP_DRAINS].kvs,
         .config = ONE(OP_CONFIG), .leader = ONE(OP_LEADER), .assignment = ONE(OP_ASSIGN),
         .checkpoints = &r.ops[OP_CKPTS].kvs, .moves = &r.ops[OP_MOVES].kvs,
+        .loads = &r.ops[OP_LOADS].kvs,
         .now_ms = clock_wall_ms(),
     };
 #undef ONE

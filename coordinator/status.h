@@ -19,6 +19,7 @@ struct status_snapshot {
     const struct etcd_kv *config, *leader, *assignment;
     const struct etcd_kvs *checkpoints;
     const struct etcd_kvs *moves;    /* moves/ records (may be NULL) */
+    const struct etcd_kvs *loads;    /* load/ records (may be NULL) */
     int64_t now_ms;
 };
 

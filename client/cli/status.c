@@ -163,9 +163,9 @@ static void roles_text(const Eddy__Cluster__V1__Node *n, char *buf, size_t len)
 static int print_table(const status_resp *r)
 {
     static const char *const nh[] = {"ID", "ROLES", "ADDRESS", "METRICS", ">PARTITIONS",
-                                     "DRAINING", "STARTED"};
+                                     ">EVENTS/S", "DRAINING", "STARTED"};
     static const char *const ph[] = {"OWNER", ">COUNT", "CKPT AGE", "PARTITIONS BY EPOCH"};
-    struct cli_table *nt = cli_table_new(7, nh), *pt = cli_table_new(4, ph);
+    struct cli_table *nt = cli_table_new(8, nh), *pt = cli_table_new(4, ph);
     int bad = !nt || !pt;
     char roles[64], started[40];
 
@@ -177,6 +177,8 @@ static int print_table(const status_resp *r)
               cli_table_cell(nt, "%s", n->grpc_addr[0] ? n->grpc_addr : "-") ||
               cli_table_cell(nt, "%s", n->metrics_addr[0] ? n->metrics_addr : "-") ||
               cli_table_cell(nt, "%u", n->partitions_owned) ||
+              (n->events_per_second < 0 ? cli_table_cell(nt, "-")
+                                        : cli_table_cell(nt, "%.0f", n->events_per_second)) ||
               cli_table_cell(nt, "%s", n->draining ? "yes" : "no") ||
               cli_table_cell(nt, "%s", started);
     }
@@ -268,6 +270,7 @@ static int print_json(const status_resp *r)
         cJSON_AddNumberToObject(it, "started_ms", (double)n->started_ms);
         cJSON_AddNumberToObject(it, "partitions_owned", n->partitions_owned);
         cJSON_AddBoolToObject(it, "draining", n->draining);
+        cJSON_AddNumberToObject(it, "events_per_second", n->events_per_second);
         cJSON *owned = cJSON_AddArrayToObject(it, "partitions");
         for (size_t k = 0; k < r->n_partitions; k++) {
             const Eddy__Cluster__V1__Partition *p = r->partitions[k];

@@ -274,6 +274,14 @@ class LoadBalanceTest(MovesTestCase):
             self.assertEqual(m1["owners"].count(node), P // 2)
         log = cl.coordinators[0].log_text()
         self.assertEqual(log.count('msg="moving a partition for load balance"'), 2, log[-3000:])
+
+        def both_busy():  # eddy status shows the published rates: each node carries one now
+            rc, out, _ = L.run_cli(front.endpoint, "--coordinator", coord_addr(cl.coordinators[0]),
+                                   "-o", "json", "status")
+            nodes = {n["id"]: n for n in json.loads(out)["nodes"]} if rc == 0 else {}
+            rates = [nodes[s]["events_per_second"] for s in ("s1", "s2") if s in nodes]
+            return rates if len(rates) == 2 and min(rates) > 0 else None
+        poll_until(both_busy, 10, interval=0.1, what="events/s of both state nodes in eddy status")
         w.wait_for(len(w.acked) + 1500)  # more intervals of rates: balanced now, no flapping
         acked = w.join()
         self.assertEqual(cl.coordinators[0].log_text().count(

@@ -67,7 +67,14 @@ static void test_build(void **state)
         kv("/eddy/c/moves/3", "{\"partition\":3,\"phase\":\"bogus\"}"), /* skipped */
     };
     struct etcd_kvs mk = {moves, 3};
-    struct status_snapshot snap = {"c", 99, &nk, &dk, &config, &lead, &assign, &ck, &mk, 3500};
+    /* n1 owns 0 and 1 (its rate for 2 is stale: n2 owns it now) */
+    struct etcd_kv loads[] = {
+        kv("/eddy/c/load/n1", "{\"node\":\"n1\",\"rates\":[[0,10.5],[1,4],[2,100]]}"),
+        kv("/eddy/c/load/n2", "not json"),
+    };
+    struct etcd_kvs lk = {loads, 2};
+    struct status_snapshot snap = {"c", 99, &nk, &dk, &config, &lead, &assign, &ck, &mk, &lk,
+                                   3500};
     struct status_reply r;
     assert_int_equal(status_build(&snap, "coord-b", &r), EDDY_OK);
     const Eddy__Cluster__V1__ClusterStatusResponse *m = &r.msg;
@@ -111,6 +118,9 @@ static void test_build(void **state)
     assert_true(m->nodes[1]->draining);
     assert_string_equal(m->nodes[2]->id, "n4");
     assert_int_equal(m->nodes[2]->partitions_owned, 0);
+    assert_true(m->nodes[0]->events_per_second == 14.5);
+    assert_true(m->nodes[1]->events_per_second == -1); /* its record does not decode */
+    assert_true(m->nodes[2]->events_per_second == -1); /* no record */
     assert_int_equal(m->n_moves, 2);
     assert_int_equal(m->moves[0]->partition, 2);
     assert_string_equal(m->moves[0]->from, "n2");
@@ -132,7 +142,8 @@ static void test_empty_and_corrupt(void **state)
 {
     struct etcd_kv none = {0};
     struct etcd_kvs empty = {NULL, 0};
-    struct status_snapshot snap = {"c", 3, &empty, &empty, &none, &none, &none, NULL, NULL, 0};
+    struct status_snapshot snap = {"c", 3, &empty, &empty, &none, &none, &none, NULL, NULL, NULL,
+                                   0};
     struct status_reply r;
     assert_int_equal(status_build(&snap, "me", &r), EDDY_OK);
     assert_int_equal(r.msg.config_partitions, 0);
