@@ -496,6 +496,7 @@ static int64_t final_phase(mover *mv, const struct cluster_move *m)
         usleep(RETRY_MS * 1000);
     }
     state_service_mark_ready(mv->o.ss, m->partition, m->epoch + 1);
+    atomic_store(&mv->o.ss->incoming[m->partition], 0); /* served here now */
     return clock_mono_ms() - t0;
 }
 

@@ -65,9 +65,13 @@ bool state_service_moving(void *ud)
     if (!svc->incoming || !atomic_load_explicit(&svc->joined, memory_order_acquire))
         return false;
     uint32_t P = membership_partitions(svc->mem);
-    for (uint32_t p = 0; p < P; p++)
-        if (atomic_load(&svc->incoming[p]) || frozen(svc, p))
+    for (uint32_t p = 0; p < P; p++) {
+        uint64_t epoch;
+        /* a freeze outlives its move by up to --move-freeze: only an owned one counts */
+        if (atomic_load(&svc->incoming[p]) ||
+            (frozen(svc, p) && membership_owns(svc->mem, p, &epoch)))
             return true;
+    }
     return false;
 }
 

@@ -1219,7 +1219,7 @@ class Cluster:
 
     def wait_assignment(self, owners, timeout=15):
         """Wait until the map is complete and owned by exactly the ids in `owners`, each
-        with its balanced share; return the map."""
+        with its balanced share, and no live move is in progress; return the map."""
         owners = set(owners)
         n = len(owners)
 
@@ -1227,6 +1227,8 @@ class Cluster:
             m = self.assignment()
             if m is None or "" in m["owners"] or set(m["owners"]) != owners:
                 return None
+            if self.etcd.get_prefix(self.key("moves/")):
+                return None  # live moves still running: not settled yet
             counts = {o: m["owners"].count(o) for o in owners}
             if any(c not in (self.P // n, -(-self.P // n)) for c in counts.values()):
                 return None
