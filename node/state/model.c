@@ -579,3 +579,237 @@ bool model_pack(const Eddy__Store__V1__UserModel *m, uint8_t **buf, size_t *len)
     pbenc_put_u64(p, 0x60, m->events);
     return true;
 }
+
+/* ---- the fields Recommend reads ----------------------------------------------------------
+ * protobuf-c decodes every field of a model (brands, searches, prices, every string of
+ * every recent item); Recommend reads the categories, the ids and times of the recent views
+ * and purchases, the cart's products and flags, and last_ts. This parses the wire format
+ * for those only and skips the rest by length. */
+
+struct rd {
+    const uint8_t *p, *end;
+};
+
+static bool rd_varint(struct rd *r, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (int shift = 0; shift < 64 && r->p < r->end; shift += 7) {
+        uint8_t b = *r->p++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The next field's number and wire type; false at the end or on a malformed key. */
+static bool rd_key(struct rd *r, uint32_t *field, unsigned *wt)
+{
+    uint64_t k;
+    if (r->p >= r->end || !rd_varint(r, &k) || (k >> 3) == 0 || (k >> 3) > UINT32_MAX)
+        return false;
+    *field = (uint32_t)(k >> 3);
+    *wt = (unsigned)(k & 7);
+    return true;
+}
+
+/* A length-delimited field's bytes as a reader of their own. */
+static bool rd_sub(struct rd *r, struct rd *sub)
+{
+    uint64_t len;
+    if (!rd_varint(r, &len) || len > (uint64_t)(r->end - r->p))
+        return false;
+    sub->p = r->p;
+    sub->end = r->p + len;
+    r->p += len;
+    return true;
+}
+
+static bool rd_skip(struct rd *r, unsigned wt)
+{
+    uint64_t v;
+    struct rd sub;
+    switch (wt) {
+    case 0: return rd_varint(r, &v);
+    case 1:
+        if (r->end - r->p < 8)
+            return false;
+        r->p += 8;
+        return true;
+    case 2: return rd_sub(r, &sub);
+    case 5:
+        if (r->end - r->p < 4)
+            return false;
+        r->p += 4;
+        return true;
+    default: return false; /* groups: not in these messages */
+    }
+}
+
+static void *rd_alloc(ProtobufCAllocator *a, size_t size)
+{
+    return a ? a->alloc(a->allocator_data, size) : malloc(size);
+}
+
+static char *rd_str(ProtobufCAllocator *a, const struct rd *s)
+{
+    size_t len = (size_t)(s->end - s->p);
+    char *c = rd_alloc(a, len + 1);
+    if (c) {
+        memcpy(c, s->p, len);
+        c[len] = '\0';
+    }
+    return c;
+}
+
+/* Field 'want' (varint) of 'msg' into *v and, if 'sv' is not NULL, field 'want_str'
+ * (bytes) into *sv; other fields skipped. Last occurrence wins, as in protobuf. */
+static bool rd_fields(struct rd msg, uint32_t want, uint64_t *v, uint32_t want_str,
+                      struct rd *sv)
+{
+    uint32_t f;
+    unsigned wt;
+    while (rd_key(&msg, &f, &wt)) {
+        if (f == want && wt == 0) {
+            if (!rd_varint(&msg, v))
+                return false;
+        } else if (sv && f == want_str && wt == 2) {
+            if (!rd_sub(&msg, sv))
+                return false;
+        } else if (!rd_skip(&msg, wt)) {
+            return false;
+        }
+    }
+    return msg.p == msg.end;
+}
+
+static bool rd_decayed(struct rd msg, ProtobufCAllocator *a, Eddy__Store__V1__Decayed **out)
+{
+    Eddy__Store__V1__Decayed *d = rd_alloc(a, sizeof(*d));
+    if (!d)
+        return false;
+    eddy__store__v1__decayed__init(d);
+    uint32_t f;
+    unsigned wt;
+    uint64_t v;
+    while (rd_key(&msg, &f, &wt)) {
+        if (f >= 1 && f <= 3 && wt == 0) {
+            if (!rd_varint(&msg, &v))
+                return false;
+            *(f == 1 ? &d->bucket : f == 2 ? &d->cur : &d->prev) = (int64_t)v;
+        } else if (!rd_skip(&msg, wt)) {
+            return false;
+        }
+    }
+    *out = d;
+    return msg.p == msg.end;
+}
+
+static bool rd_scored(struct rd msg, ProtobufCAllocator *a, Eddy__Store__V1__Scored **out)
+{
+    Eddy__Store__V1__Scored *sc = rd_alloc(a, sizeof(*sc));
+    if (!sc)
+        return false;
+    eddy__store__v1__scored__init(sc);
+    *out = sc;
+    uint32_t f;
+    unsigned wt;
+    struct rd sub;
+    while (rd_key(&msg, &f, &wt)) {
+        if (wt == 2 && (f == 1 || f == 2)) {
+            if (!rd_sub(&msg, &sub))
+                return false;
+            if (f == 1 && !(sc->name = rd_str(a, &sub)))
+                return false;
+            if (f == 2 && !rd_decayed(sub, a, &sc->score))
+                return false;
+        } else if (!rd_skip(&msg, wt)) {
+            return false;
+        }
+    }
+    return msg.p == msg.end;
+}
+
+static bool rd_recent(struct rd msg, ProtobufCAllocator *a, Eddy__Store__V1__Recent **out)
+{
+    Eddy__Store__V1__Recent *r = rd_alloc(a, sizeof(*r));
+    if (!r)
+        return false;
+    eddy__store__v1__recent__init(r);
+    *out = r;
+    uint64_t ts = 0;
+    struct rd id = {NULL, NULL};
+    if (!rd_fields(msg, 3, &ts, 1, &id) || (id.p && !(r->id = rd_str(a, &id))))
+        return false;
+    r->ts = (int64_t)ts;
+    return true;
+}
+
+static bool rd_cart(struct rd msg, ProtobufCAllocator *a, Eddy__Store__V1__CartEntry **out)
+{
+    Eddy__Store__V1__CartEntry *c = rd_alloc(a, sizeof(*c));
+    if (!c)
+        return false;
+    eddy__store__v1__cart_entry__init(c);
+    *out = c;
+    uint64_t in_cart = 0;
+    struct rd id = {NULL, NULL};
+    if (!rd_fields(msg, 5, &in_cart, 1, &id) || (id.p && !(c->product_id = rd_str(a, &id))))
+        return false;
+    c->in_cart = in_cart != 0;
+    return true;
+}
+
+eddy_err model_unpack_for_recommend(const uint8_t *buf, size_t len, ProtobufCAllocator *a,
+                                    Eddy__Store__V1__UserModel **out)
+{
+    struct rd all = {buf, buf + len}, r = all;
+    size_t count[11] = {0};
+    uint32_t f;
+    unsigned wt;
+    *out = NULL;
+    while (rd_key(&r, &f, &wt)) { /* first pass: the repeated fields' sizes */
+        if (f < 11 && wt == 2)
+            count[f]++;
+        if (!rd_skip(&r, wt))
+            return EDDY_ERR_CORRUPT;
+    }
+    if (r.p != r.end)
+        return EDDY_ERR_CORRUPT;
+    Eddy__Store__V1__UserModel *m = rd_alloc(a, sizeof(*m));
+    if (!m)
+        return EDDY_ERR_NOMEM;
+    eddy__store__v1__user_model__init(m);
+    m->categories = rd_alloc(a, (count[1] ? count[1] : 1) * sizeof(*m->categories));
+    m->views = rd_alloc(a, (count[7] ? count[7] : 1) * sizeof(*m->views));
+    m->purchases = rd_alloc(a, (count[9] ? count[9] : 1) * sizeof(*m->purchases));
+    m->cart = rd_alloc(a, (count[10] ? count[10] : 1) * sizeof(*m->cart));
+    if (!m->categories || !m->views || !m->purchases || !m->cart)
+        return EDDY_ERR_NOMEM; /* an arena reclaims what was taken */
+    r = all;
+    struct rd sub;
+    uint64_t v = 0;
+    bool ok = true;
+    while (ok && rd_key(&r, &f, &wt)) {
+        if (wt == 2 && (f == 1 || f == 7 || f == 9 || f == 10)) {
+            ok = rd_sub(&r, &sub);
+            if (ok && f == 1)
+                ok = rd_scored(sub, a, &m->categories[m->n_categories++]);
+            else if (ok && f == 7)
+                ok = rd_recent(sub, a, &m->views[m->n_views++]);
+            else if (ok && f == 9)
+                ok = rd_recent(sub, a, &m->purchases[m->n_purchases++]);
+            else if (ok)
+                ok = rd_cart(sub, a, &m->cart[m->n_cart++]);
+        } else if (f == 11 && wt == 0) {
+            if ((ok = rd_varint(&r, &v)))
+                m->last_ts = (int64_t)v;
+        } else {
+            ok = rd_skip(&r, wt);
+        }
+    }
+    *out = m;
+    return ok ? EDDY_OK : EDDY_ERR_CORRUPT;
+}

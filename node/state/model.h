@@ -46,6 +46,14 @@ void model_profile_free(Eddy__V1__UserProfile *pr);
  * fields (use protobuf-c) or on allocation failure. */
 bool model_pack(const Eddy__Store__V1__UserModel *m, uint8_t **buf, size_t *len);
 
+/* Decode, from a stored UserModel's bytes, only what Recommend reads: the categories (names
+ * and scores), the ids and times of the recent views and purchases, the cart's product ids
+ * and flags, and last_ts; every other field stays at its default. Allocates with 'a'
+ * (NULL: malloc; meant for an arena that frees everything at once: nothing is freed on
+ * an error). The same values as protobuf-c's full decode of those fields. */
+eddy_err model_unpack_for_recommend(const uint8_t *buf, size_t len, ProtobufCAllocator *a,
+                                    Eddy__Store__V1__UserModel **out);
+
 /* Affinities sorted best first, valued at the model's last event time. 'out' receives at
  * most 'max' entries (borrowed names); returns the count. */
 struct affinity {

@@ -18,8 +18,10 @@ void query_free_response(ProtobufCMessage *m)
         protobuf_c_message_free_unpacked(m, NULL);
 }
 
-/* The user's model if present and not expired; *m is NULL otherwise. Decoded with 'alloc'
- * (NULL: malloc; free with protobuf_c_message_free_unpacked and the same allocator). */
+/* The user's model if present and not expired; *m is NULL otherwise. With 'alloc' (an
+ * arena, freed all at once by the caller), only the fields Recommend reads
+ * (model_unpack_for_recommend); without, the whole model (free with
+ * eddy__store__v1__user_model__free_unpacked). */
 static eddy_err load_user(struct query_ctx *q, const char *user_id, ProtobufCAllocator *alloc,
                           Eddy__Store__V1__UserModel **m)
 {
@@ -34,10 +36,17 @@ static eddy_err load_user(struct query_ctx *q, const char *user_id, ProtobufCAll
     eddy_err err = store_get(engine_store(q->eng), &k, &val, &vlen);
     if (err != EDDY_OK || !val)
         return err;
-    *m = eddy__store__v1__user_model__unpack(alloc, vlen, (const uint8_t *)val);
+    if (alloc) { /* Recommend: only what it reads, into the caller's arena */
+        err = model_unpack_for_recommend((const uint8_t *)val, vlen, alloc, m);
+    } else {
+        *m = eddy__store__v1__user_model__unpack(NULL, vlen, (const uint8_t *)val);
+        err = *m ? EDDY_OK : EDDY_ERR_CORRUPT;
+    }
     free(val);
-    if (!*m)
-        return EDDY_ERR_CORRUPT;
+    if (err != EDDY_OK) {
+        *m = NULL; /* an arena's blocks go with it */
+        return err;
+    }
     struct engine_partition_view v;
     engine_partition(q->eng, p, &v);
     if (o->apply.state_ttl_ms > 0 && v.watermark != WATERMARK_NONE &&

@@ -2,7 +2,8 @@
  * packer) write exactly protobuf-c's bytes, for seeded random messages with the edge cases
  * of proto3 encoding: zero and negative numbers, -0.0, empty and NULL strings, NULL
  * sub-messages, strings and sub-messages over 127 bytes (two-byte lengths); a message with
- * unknown fields is left to protobuf-c. */
+ * unknown fields is left to protobuf-c. Recommend's partial decode of a user model reads
+ * what protobuf-c reads. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -162,42 +163,120 @@ static void scored_list(Eddy__Store__V1__Scored ***arr, size_t *n)
     }
 }
 
+static Eddy__Store__V1__UserModel *random_model(void)
+{
+    Eddy__Store__V1__UserModel *m = malloc(sizeof(*m));
+    assert_non_null(m);
+    eddy__store__v1__user_model__init(m);
+    scored_list(&m->categories, &m->n_categories);
+    scored_list(&m->brands, &m->n_brands);
+    m->price_min = dbl();
+    m->price_max = dbl();
+    m->price_sum = decayed(true);
+    m->price_n = decayed(true);
+    recent_list(&m->views, &m->n_views);
+    recent_list(&m->searches, &m->n_searches);
+    recent_list(&m->purchases, &m->n_purchases);
+    m->n_cart = next() % 55;
+    m->cart = array(m->n_cart, sizeof(*m->cart));
+    for (size_t i = 0; i < m->n_cart; i++) {
+        Eddy__Store__V1__CartEntry *c = malloc(sizeof(*c));
+        assert_non_null(c);
+        eddy__store__v1__cart_entry__init(c);
+        c->product_id = str();
+        c->category = str();
+        c->ts = num();
+        c->event_id = str();
+        c->in_cart = next() % 2;
+        m->cart[i] = c;
+    }
+    m->last_ts = num();
+    m->events = (uint64_t)num();
+    return m;
+}
+
 static void test_user_model(void **state)
 {
     (void)state;
     for (int round = 0; round < 300; round++) {
-        Eddy__Store__V1__UserModel *m = malloc(sizeof(*m));
-        assert_non_null(m);
-        eddy__store__v1__user_model__init(m);
-        scored_list(&m->categories, &m->n_categories);
-        scored_list(&m->brands, &m->n_brands);
-        m->price_min = dbl();
-        m->price_max = dbl();
-        m->price_sum = decayed(true);
-        m->price_n = decayed(true);
-        recent_list(&m->views, &m->n_views);
-        recent_list(&m->searches, &m->n_searches);
-        recent_list(&m->purchases, &m->n_purchases);
-        m->n_cart = next() % 55;
-        m->cart = array(m->n_cart, sizeof(*m->cart));
-        for (size_t i = 0; i < m->n_cart; i++) {
-            Eddy__Store__V1__CartEntry *c = malloc(sizeof(*c));
-            assert_non_null(c);
-            eddy__store__v1__cart_entry__init(c);
-            c->product_id = str();
-            c->category = str();
-            c->ts = num();
-            c->event_id = str();
-            c->in_cart = next() % 2;
-            m->cart[i] = c;
-        }
-        m->last_ts = num();
-        m->events = (uint64_t)num();
+        Eddy__Store__V1__UserModel *m = random_model();
         uint8_t *buf = NULL;
         size_t len = 0;
         assert_true(model_pack(m, &buf, &len));
         assert_same_bytes(&m->base, buf, len);
         eddy__store__v1__user_model__free_unpacked(m, NULL);
+    }
+}
+
+static const char *nonnull(const char *s)
+{
+    return s ? s : "";
+}
+
+static void assert_same_decayed(const Eddy__Store__V1__Decayed *a,
+                                const Eddy__Store__V1__Decayed *b)
+{
+    assert_true((a == NULL) == (b == NULL));
+    if (a) {
+        assert_true(a->bucket == b->bucket && a->cur == b->cur && a->prev == b->prev);
+    }
+}
+
+static void assert_same_recent(Eddy__Store__V1__Recent *const *a, size_t na,
+                               Eddy__Store__V1__Recent *const *b, size_t nb)
+{
+    assert_int_equal(na, nb);
+    for (size_t i = 0; i < na; i++) {
+        assert_string_equal(nonnull(a[i]->id), nonnull(b[i]->id));
+        assert_true(a[i]->ts == b[i]->ts);
+    }
+}
+
+/* Recommend's partial decode gives protobuf-c's values for every field it reads, and
+ * refuses truncated bytes. */
+static void test_unpack_for_recommend(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 300; round++) {
+        Eddy__Store__V1__UserModel *src = random_model();
+        size_t len = protobuf_c_message_get_packed_size(&src->base);
+        uint8_t *buf = malloc(len ? len : 1);
+        assert_non_null(buf);
+        protobuf_c_message_pack(&src->base, buf);
+        Eddy__Store__V1__UserModel *want = eddy__store__v1__user_model__unpack(NULL, len, buf);
+        Eddy__Store__V1__UserModel *got = NULL;
+        assert_non_null(want);
+        assert_int_equal(model_unpack_for_recommend(buf, len, NULL, &got), EDDY_OK);
+        assert_non_null(got);
+        assert_true(got->last_ts == want->last_ts);
+        assert_int_equal(got->n_categories, want->n_categories);
+        for (size_t i = 0; i < want->n_categories; i++) {
+            assert_string_equal(nonnull(got->categories[i]->name),
+                                nonnull(want->categories[i]->name));
+            assert_same_decayed(got->categories[i]->score, want->categories[i]->score);
+        }
+        assert_same_recent(got->views, got->n_views, want->views, want->n_views);
+        assert_same_recent(got->purchases, got->n_purchases, want->purchases,
+                           want->n_purchases);
+        assert_int_equal(got->n_cart, want->n_cart);
+        for (size_t i = 0; i < want->n_cart; i++) {
+            assert_string_equal(nonnull(got->cart[i]->product_id),
+                                nonnull(want->cart[i]->product_id));
+            assert_int_equal(got->cart[i]->in_cart, want->cart[i]->in_cart);
+        }
+        assert_int_equal(got->n_brands + got->n_searches, 0); /* not read */
+        eddy__store__v1__user_model__free_unpacked(got, NULL);
+        if (len > 1) { /* cut inside the last field: refused, as protobuf-c refuses it */
+            Eddy__Store__V1__UserModel *cut = NULL;
+            assert_null(eddy__store__v1__user_model__unpack(NULL, len - 1, buf));
+            assert_int_equal(model_unpack_for_recommend(buf, len - 1, NULL, &cut),
+                             EDDY_ERR_CORRUPT);
+            if (cut)
+                eddy__store__v1__user_model__free_unpacked(cut, NULL);
+        }
+        eddy__store__v1__user_model__free_unpacked(want, NULL);
+        eddy__store__v1__user_model__free_unpacked(src, NULL);
+        free(buf);
     }
 }
 
@@ -274,6 +353,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_product_state),
         cmocka_unit_test(test_user_model),
+        cmocka_unit_test(test_unpack_for_recommend),
         cmocka_unit_test(test_unknown_fields_left_to_protobuf_c),
         cmocka_unit_test(test_counts_through_the_txn),
     };
