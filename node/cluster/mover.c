@@ -467,6 +467,24 @@ static eddy_err copy_phase(mover *mv, const struct cluster_move *m, uint64_t *ne
     }
 }
 
+static void restored(void *ud, eddy_err err, uint32_t p, uint64_t next_seq)
+{
+    (void)p;
+    wait_signal(ud, err, next_seq);
+}
+
+/* Load the newest valid checkpoint of p in the shared directory if it is ahead of 'seq'. */
+static bool restore_newer(mover *mv, uint32_t p, uint64_t seq)
+{
+    struct checkpoint_info info;
+    const char *dir = mv->o.ss->checkpoint_dir;
+    if (!dir || checkpoint_latest_valid(dir, p, &info) != EDDY_OK || info.seq <= seq)
+        return false;
+    struct wait w;
+    wait_init(&w);
+    return wait_for(&w, engine_restore(mv->o.eng, p, info.path, restored, &w)) == EDDY_OK;
+}
+
 /* After the flip: the final tail (fenced), then serve. Returns the write pause in ms. */
 static int64_t final_phase(mover *mv, const struct cluster_move *m)
 {
@@ -485,11 +503,19 @@ static int64_t final_phase(mover *mv, const struct cluster_move *m)
         if (stopping(mv))
             return -1;
         if (clock_mono_ms() - t0 > mv->o.final_wait_ms) {
-            /* the source is gone: what it acknowledged after our last tail is lost (one
-             * replica, DESIGN.md §7); serving what we have beats not serving */
-            log_error("msg=\"move: final tail unavailable; serving without it\" "
-                      "partition=%" PRIu32 " from=%s next_seq=%" PRIu64,
-                      m->partition, m->from, next);
+            /* the source is gone. A source that stopped gracefully wrote a last checkpoint
+             * into the shared directory: it holds everything it acknowledged. Otherwise
+             * what it acknowledged after our last tail is lost (one replica, DESIGN.md
+             * §7): serving what we have beats not serving. */
+            if (restore_newer(mv, m->partition, next)) {
+                log_warn("msg=\"move: final tail unavailable; restored the source's newer "
+                         "checkpoint instead\" partition=%" PRIu32 " from=%s",
+                         m->partition, m->from);
+            } else {
+                log_error("msg=\"move: final tail unavailable; serving without it\" "
+                          "partition=%" PRIu32 " from=%s next_seq=%" PRIu64,
+                          m->partition, m->from, next);
+            }
             metric_counter_inc(mv->o.metrics.failures);
             break;
         }
@@ -572,11 +598,60 @@ static void run_move(mover *mv, const struct rec *start)
     metric_gauge_add(mv->o.metrics.active, -1);
 }
 
+/* Copies left behind: a source that missed its move's "done" (down at the time, the
+ * record gone since) still holds the partition. It is deleted once the owner has written
+ * a checkpoint at or past this copy's end (checkpoints/<p> by the owner, seq >= our next
+ * seq): then the owner has everything the copy has. A copy the owner lacks (a failover
+ * from an older checkpoint) is kept: it is the only place the difference is. */
+#define GC_INTERVAL_MS 5000
+
+static void collect_garbage(mover *mv)
+{
+    char prefix[CLUSTER_KEY_MAX];
+    cluster_key(prefix, sizeof(prefix), mv->o.cluster, "checkpoints/");
+    struct etcd_kvs kvs;
+    if (etcd_range_prefix(membership_etcd(mv->o.mem), prefix, &kvs, NULL) != EDDY_OK)
+        return;
+    const char *self = membership_self(mv->o.mem);
+    struct cluster_checkpoint *ck = malloc(sizeof(*ck));
+    for (size_t i = 0; ck && i < kvs.n && !stopping(mv); i++) {
+        uint32_t p;
+        const char *key = kvs.kvs[i].key;
+        char *end;
+        if (strncmp(key, prefix, strlen(prefix)) != 0)
+            continue;
+        unsigned long v = strtoul(key + strlen(prefix), &end, 10);
+        if (end == key + strlen(prefix) || *end || v >= mv->nparts)
+            continue;
+        p = (uint32_t)v;
+        struct engine_partition_view view;
+        engine_partition(mv->o.eng, p, &view);
+        char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
+        uint64_t epoch;
+        if (view.next_seq == 0 || atomic_load(&mv->o.ss->incoming[p]) ||
+            !membership_owner(mv->o.mem, p, owner, &epoch, addr) || strcmp(owner, self) == 0 ||
+            cluster_checkpoint_from_json(kvs.kvs[i].value, kvs.kvs[i].value_len, ck) != EDDY_OK ||
+            strcmp(ck->node, owner) != 0 || ck->seq < view.next_seq)
+            continue;
+        struct rec r;
+        if (rec_of(mv, p, &r) && (strcmp(r.m.from, self) == 0 || strcmp(r.m.to, self) == 0))
+            continue; /* a move of it involves this node: it decides */
+        drop_copy(mv, p, "left behind by a move; the owner has checkpointed past it");
+    }
+    free(ck);
+    etcd_kvs_release(&kvs);
+}
+
 static void *mover_main(void *arg)
 {
     mover *mv = arg;
     const char *self = membership_self(mv->o.mem);
+    int64_t next_gc = clock_mono_ms() + 2000; /* first after the view has settled */
     while (!stopping(mv)) {
+        if (clock_mono_ms() >= next_gc) {
+            collect_garbage(mv);
+            next_gc = clock_mono_ms() + GC_INTERVAL_MS;
+        }
         struct rec job = {0};
         int64_t drop = -1;
         pthread_mutex_lock(&mv->mu);

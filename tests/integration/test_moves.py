@@ -353,5 +353,46 @@ class CrashMidMoveTest(MovesTestCase):
         self.crash("target", "flipped")
 
 
+class SourceStopsMidMoveTest(MovesTestCase):
+    def test_source_sigterm_after_flip_then_back(self):
+        """The source of a flipped move stops gracefully (SIGTERM: last checkpoints into the
+        shared directory, lease revoked): the target gets the final tail during the source's
+        shutdown grace or, once the source is gone, restores its newer checkpoint instead;
+        nothing acknowledged is lost either way. When the source
+        comes back with its old data, partitions move back to it live and the stale copies
+        of the others are deleted once their owner has checkpointed past them."""
+        cl = self.cluster(coord_args=["--max-moves", "1"],
+                          node_args=NODE_ARGS + ["--move-final-wait", "1s"])
+        cl.add_node("s1", "state")
+        self.wait_settled(cl, {"s1"})
+        front = cl.add_node("i1", "ingest")
+        w = Writer(self, front, [f"g-{i:03d}" for i in range(64)], L.now_ms() - 600_000).start()
+        w.wait_for(1000)
+        cl.add_node("s2", "state")
+
+        def flipped():
+            for v in cl.etcd.get_prefix(cl.key("moves/")).values():
+                if json.loads(v)["phase"] == "flipped":
+                    return True
+            return None
+        poll_until(flipped, 30, interval=0.002, what="a flipped move")
+        cl.nodes["s1"].stop()
+        self.wait_settled(cl, {"s2"}, timeout=TTL_S * 10)
+        w.wait_for(len(w.acked) + 300)
+        acked = w.join()
+        self.assert_exactly_once(front, acked)
+
+        cl.nodes["s1"].start()
+        m = self.wait_settled(cl, {"s1", "s2"}, timeout=60)
+        elsewhere = [p for p in range(P) if m["owners"][p] == "s2"]
+
+        def cleaned():
+            log = cl.nodes["s1"].log_text()
+            return all(f'msg="partition copy deleted" partition={p} ' in log
+                       for p in elsewhere) or None
+        poll_until(cleaned, 30, interval=0.2, what="s1's stale copies deleted")
+        self.assert_exactly_once(front, acked)
+
+
 if __name__ == "__main__":
     unittest.main()
