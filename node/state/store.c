@@ -4,6 +4,7 @@
 #include "node/state/store.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <leveldb/c.h>
 #include <stdio.h>
@@ -13,6 +14,8 @@
 #include <xxhash.h>
 
 #include "common/log.h"
+
+#define STORE_CHANGES 16 /* writes around the txns remembered with their key ranges */
 
 struct store {
     leveldb_t *db;
@@ -24,9 +27,17 @@ struct store {
     leveldb_writeoptions_t *wnosync;
     size_t obj_cache_bytes;      /* budget of each txn's kept values */
     /* Bumped by every write that does not go through the txn reading it (another txn's
-     * commit, store_replace_range, store_delete of a kept table): a txn whose last seen
-     * value differs forgets the values it kept. */
+     * commit, store_replace_range, store_delete of a kept table), with the key range it
+     * wrote in 'changes': a txn whose last seen value differs forgets the values it kept in
+     * those ranges (everything if it fell more than STORE_CHANGES behind). */
     _Atomic uint64_t gen;
+    pthread_mutex_t changes_mu;  /* 'changes' and the bumps of 'gen' */
+    struct store_change {
+        uint64_t gen;
+        const struct store_txn *by; /* a txn's commit (NULL: another write) */
+        bool all;                   /* the range is unknown: everything */
+        struct store_key start, end;
+    } changes[STORE_CHANGES];
     _Atomic uint32_t kept_tables; /* 1 << table of every table some txn keeps values of */
 };
 
@@ -160,6 +171,7 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
     store *s = calloc(1, sizeof(*s));
     if (!s)
         return EDDY_ERR_NOMEM;
+    pthread_mutex_init(&s->changes_mu, NULL);
     s->opts = leveldb_options_create();
     s->cache = leveldb_cache_create_lru(o->cache_bytes > 0 ? (size_t)o->cache_bytes : 64u << 20);
     s->filter = leveldb_filterpolicy_create_bloom(10);
@@ -201,6 +213,7 @@ void store_close(store *s)
     leveldb_options_destroy(s->opts);
     leveldb_cache_destroy(s->cache);
     leveldb_filterpolicy_destroy(s->filter);
+    pthread_mutex_destroy(&s->changes_mu);
     free(s);
 }
 
@@ -290,10 +303,30 @@ eddy_err store_scan_ranges(store *s, const struct store_key *starts,
     return scan_ranges_with(s->db, s->ropts, starts, ends, n, fn, ud);
 }
 
-/* A write outside the txns' view: they must forget what they kept. */
-static void store_changed(store *s)
+/* Record a write of [start, end) (start NULL: anything) by 'by' (NULL: not a txn), under
+ * s->changes_mu. Returns the new generation. */
+static uint64_t change_locked(store *s, const struct store_txn *by, const struct store_key *start,
+                              const struct store_key *end)
 {
-    atomic_fetch_add_explicit(&s->gen, 1, memory_order_release);
+    uint64_t g = atomic_load_explicit(&s->gen, memory_order_relaxed) + 1;
+    struct store_change *c = &s->changes[g % STORE_CHANGES];
+    c->gen = g;
+    c->by = by;
+    c->all = start == NULL;
+    if (start) {
+        c->start = *start;
+        c->end = *end;
+    }
+    atomic_store_explicit(&s->gen, g, memory_order_release);
+    return g;
+}
+
+/* A write outside the txns' view: they must forget what they kept of [start, end). */
+static void store_changed(store *s, const struct store_key *start, const struct store_key *end)
+{
+    pthread_mutex_lock(&s->changes_mu);
+    change_locked(s, NULL, start, end);
+    pthread_mutex_unlock(&s->changes_mu);
 }
 
 void store_set_kept_bytes(store *s, size_t bytes)
@@ -306,8 +339,12 @@ eddy_err store_delete(store *s, const struct store_key *key)
     char *lerr = NULL;
     leveldb_delete(s->db, s->wnosync, (const char *)key->buf, key->len, &lerr);
     uint32_t kept = atomic_load_explicit(&s->kept_tables, memory_order_relaxed);
-    if (key->len < 3 || key->buf[2] >= 32 || (kept & (UINT32_C(1) << key->buf[2])))
-        store_changed(s);
+    if (key->len < 3 || key->buf[2] >= 32 || (kept & (UINT32_C(1) << key->buf[2]))) {
+        struct store_key end = *key; /* [key, key + "\0"): the key alone */
+        if (end.len < STORE_KEY_MAX)
+            end.buf[end.len++] = 0;
+        store_changed(s, key, end.len > key->len ? &end : NULL);
+    }
     return take_err(lerr, NULL, 0);
 }
 
@@ -481,7 +518,7 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
         err = take_err(lerr, NULL, 0);
     }
     leveldb_writebatch_destroy(wb);
-    store_changed(s); /* even after an error: the write may have reached the log */
+    store_changed(s, start, end); /* even after an error: it may have reached the log */
     if (err == EDDY_OK && deleted)
         *deleted = n;
     return err;
@@ -818,14 +855,58 @@ static void forget_kept(store_txn *t)
     t->stats.forgets++;
 }
 
-/* Forget the kept values if the store was written around this txn since it last looked. */
+static bool in_change(const struct store_change *c, const unsigned char *k, size_t klen)
+{
+    return cmp_raw(k, klen, c->start.buf, c->start.len) >= 0 &&
+           key_before_end((const char *)k, klen, &c->end);
+}
+
+/* Forget what the writes recorded since this txn last looked touched (its own commits
+ * aside): the kept values in their ranges, or everything if one range is unknown or the
+ * txn fell more than STORE_CHANGES behind. Under s->changes_mu. */
+static void catch_up_locked(store_txn *t)
+{
+    store *s = t->s;
+    uint64_t g = atomic_load_explicit(&s->gen, memory_order_relaxed);
+    const struct store_change *c[STORE_CHANGES];
+    size_t n = 0;
+    bool all = g - t->gen > STORE_CHANGES;
+    for (uint64_t x = t->gen + 1; x <= g && !all; x++) {
+        const struct store_change *ch = &s->changes[x % STORE_CHANGES];
+        if (ch->by == t)
+            continue;
+        all = ch->all;
+        c[n++] = ch;
+    }
+    t->gen = g;
+    if (all) {
+        forget_kept(t);
+        return;
+    }
+    if (n == 0)
+        return;
+    for (size_t i = 0; i < t->cap; i++) {
+        struct overlay_entry *e = &t->tab[i];
+        if (!e->key || e->pending)
+            continue;
+        for (size_t j = 0; j < n; j++) {
+            if (in_change(c[j], e->key, e->klen)) {
+                entry_remove(t, e);
+                break;
+            }
+        }
+    }
+    t->stats.forgets_ranged++;
+}
+
+/* Forget what the store's writes around this txn since it last looked made stale. */
 static void sync_gen(store_txn *t)
 {
-    uint64_t g = atomic_load_explicit(&t->s->gen, memory_order_acquire);
-    if (g == t->gen)
+    if (atomic_load_explicit(&t->s->gen, memory_order_acquire) == t->gen)
         return;
-    forget_kept(t);
-    t->gen = g;
+    pthread_mutex_lock(&t->s->changes_mu);
+    catch_up_locked(t);
+    pthread_mutex_unlock(&t->s->changes_mu);
 }
 
 static eddy_err overlay_set(store_txn *t, const struct store_key *key, const void *val,
@@ -1130,12 +1211,12 @@ eddy_err store_txn_commit(store_txn *t, bool sync)
         store_txn_reset(t);
         return take_err(lerr, NULL, 0);
     }
-    /* Our own write moves the generation too; any other move since we last looked means
-     * the store was written around us: what we kept may be stale. */
-    uint64_t before = atomic_fetch_add_explicit(&t->s->gen, 1, memory_order_acq_rel);
-    if (before != t->gen)
-        forget_kept(t);
-    t->gen = before + 1;
+    /* Catch up with the writes around us, then record ours (its keys are unknown to the
+     * other txns of the store, which forget everything when they see it). */
+    pthread_mutex_lock(&t->s->changes_mu);
+    catch_up_locked(t);
+    t->gen = change_locked(t->s, t, NULL, NULL);
+    pthread_mutex_unlock(&t->s->changes_mu);
     settle(t);
     return EDDY_OK;
 }

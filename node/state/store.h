@@ -174,9 +174,11 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
  * the committed one, with no call needed from the txn's owner: every write that bypasses
  * the txn — store_replace_range (checkpoint loads, partition drops, reprocess swaps), the
  * commit of another txn on the same store, store_delete of a key in a table some txn keeps
- * values of — bumps the store's generation, and a txn that sees a new generation forgets
- * everything it kept (at its next read or commit). Such writes must not run while the
- * txn has uncommitted writes (the engine runs them as jobs alone in their group).
+ * values of — bumps the store's generation and records the key range written, and a txn
+ * that sees a new generation (at its next read or commit) forgets what it kept in those
+ * ranges: everything after another txn's commit (its keys are not recorded) or when it
+ * missed more than the last 16 writes. Such writes must not run while the txn has
+ * uncommitted writes (the engine runs them as jobs alone in their group).
  * store_txn_reset forgets everything too. */
 #define STORE_KEPT_BYTES_DEFAULT ((size_t)256 << 20)
 
@@ -230,7 +232,9 @@ struct store_txn_stats {
     uint64_t hits;      /* reads answered by the txn: pending or kept values */
     uint64_t misses;    /* reads that went to LevelDB */
     uint64_t evictions; /* kept values dropped for the budget */
-    uint64_t forgets;   /* times everything kept was dropped: the store was written around */
+    uint64_t forgets;   /* times everything kept was dropped: the store was written around
+                         * at unknown keys (another txn's commit) or too often */
+    uint64_t forgets_ranged; /* times the kept values of written key ranges were dropped */
     size_t kept;        /* values kept now */
     size_t kept_bytes;  /* their estimated size */
 };

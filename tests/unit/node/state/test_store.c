@@ -188,11 +188,13 @@ static void test_pending_written_once_last_value(void **state)
 static void test_replace_range_forgets(void **state)
 {
     struct fx *f = *state;
-    struct store_key k, start, end;
+    struct store_key k, other, start, end;
     counts_key(&k, 3, "u1");
+    counts_key(&other, 5, "u1");
     put_counts_committed(f->s, &k, 1);
     store_txn *t = store_txn_new(f->s);
     bump(t, &k, 1);
+    bump(t, &other, 7);
     assert_int_equal(store_txn_commit(t, false), EDDY_OK);
     assert_int_equal(txn_views(t, &k), 2);
 
@@ -218,9 +220,24 @@ static void test_replace_range_forgets(void **state)
     assert_int_equal(store_replace_range(f->s, &start, &end, b, NULL), EDDY_OK);
     store_batch_free(b);
     assert_int_equal(txn_views(t, &k), -1);
-    struct store_txn_stats st;
+    struct store_txn_stats st, st2;
     store_txn_stats(t, &st);
-    assert_int_equal(st.forgets, 2);
+    assert_int_equal(st.forgets, 0); /* only the replaced ranges were forgotten... */
+    assert_int_equal(st.forgets_ranged, 2);
+    assert_int_equal(txn_views(t, &other), 7); /* ...partition 5's value is still kept */
+    store_txn_stats(t, &st2);
+    assert_int_equal(st2.misses, st.misses);
+
+    /* more writes around the txn than it can catch up with: everything goes */
+    for (int i = 0; i < 20; i++) {
+        b = store_batch_new();
+        assert_int_equal(store_replace_range(f->s, &start, &end, b, NULL), EDDY_OK);
+        store_batch_free(b);
+    }
+    assert_int_equal(txn_views(t, &other), 7);
+    store_txn_stats(t, &st2);
+    assert_int_equal(st2.forgets, 1);
+    assert_int_equal(st2.misses, st.misses + 1);
     store_txn_free(t);
 }
 
