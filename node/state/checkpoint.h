@@ -138,6 +138,12 @@ eddy_err checkpoint_list(const char *dir, uint32_t p, struct checkpoint_file **o
  * deleted. */
 eddy_err checkpoint_prune(const char *dir, uint32_t p, int keep, size_t *removed);
 
+/* checkpoint_prune that takes the file 'trusted' (a path as checkpoint_list gives it, or
+ * NULL) as valid without reading it again: the checkpoint just written and fsynced, whose
+ * CRC was computed as it was written. */
+eddy_err checkpoint_prune_trusting(const char *dir, uint32_t p, int keep, const char *trusted,
+                                   size_t *removed);
+
 /* The newest checkpoint of partition 'p' in 'dir' that verifies, skipping corrupt ones
  * with a warning (the previous checkpoint plus a longer log replay then serve). 'out'
  * receives it. EDDY_ERR_NOT_FOUND if there is none. */

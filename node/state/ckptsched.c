@@ -167,7 +167,9 @@ static eddy_err run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out)
     eddy_err err = checkpoint_write_dir_until(engine_store(cs->eng), p, cs->o.dir, deadline, &ci);
     if (err == EDDY_OK) {
         size_t removed = 0;
-        eddy_err perr = checkpoint_prune(cs->o.dir, p, cs->o.keep, &removed);
+        /* the file just written is good (its CRC was computed as it was written, and it
+         * was fsynced): reading it back would double the checkpoint's cost */
+        eddy_err perr = checkpoint_prune_trusting(cs->o.dir, p, cs->o.keep, ci.path, &removed);
         if (perr != EDDY_OK) /* the new file is in place: keep going, retry next time */
             log_warn("msg=\"checkpoint prune failed\" dir=%s partition=%" PRIu32
                      " error=\"%s\"",

@@ -69,11 +69,36 @@ static void test_matches_reference_and_chains(void **state)
     assert_int_not_equal(crc32c(raw, 100), before);
 }
 
+/* The instruction path (when this CPU has it) and the portable one agree on every length
+ * and alignment, and both chain. */
+static void test_hardware_and_portable_agree(void **state)
+{
+    (void)state;
+    unsigned char buf[1100];
+    uint32_t x = 12345;
+    for (size_t i = 0; i < sizeof(buf); i++) {
+        x = x * 1103515245u + 12345u;
+        buf[i] = (unsigned char)(x >> 16);
+    }
+    for (size_t off = 0; off < 9; off++) {
+        for (size_t n = 0; n + off <= sizeof(buf); n += n < 40 ? 1 : 97) {
+            uint32_t want = crc32c_update_portable(0, buf + off, n);
+            assert_int_equal(crc32c_update(0, buf + off, n), want);
+            size_t half = n / 2;
+            assert_int_equal(crc32c_update(crc32c_update(0, buf + off, half), buf + off + half,
+                                           n - half),
+                             want);
+        }
+    }
+    assert_int_equal(crc32c_update_portable(0, "123456789", 9), 0xE3069283u);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_known_vectors),
         cmocka_unit_test(test_matches_reference_and_chains),
+        cmocka_unit_test(test_hardware_and_portable_agree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
