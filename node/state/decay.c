@@ -21,13 +21,21 @@ Eddy__Store__V1__Decayed *decay_new(void)
     return d;
 }
 
+/* The half-life, read once per call: `eddy reprocess --set` may change it while queries
+ * read it (an atomic store on the writer thread; reprocess.c). */
+static int64_t half_life(const struct decay_params *p)
+{
+    return __atomic_load_n(&p->half_life_ms, __ATOMIC_RELAXED);
+}
+
 void decay_add(Eddy__Store__V1__Decayed *d, const struct decay_params *p, int64_t ts, double w)
 {
-    int64_t width = p->half_life_ms * p->bucket_half_lives;
+    int64_t hl_ms = half_life(p);
+    int64_t width = hl_ms * p->bucket_half_lives;
     int64_t b = floor_div(ts, width);
     /* exp2 of a value in [0, bucket_half_lives): the contribution is computed from the
      * event alone, then summed as an integer. */
-    double frac = (double)(ts - b * width) / (double)p->half_life_ms;
+    double frac = (double)(ts - b * width) / (double)hl_ms;
     int64_t c = llround(w * FIXED_ONE * exp2(frac));
     bool empty = d->cur == 0 && d->prev == 0 && d->bucket == 0;
 
@@ -52,8 +60,9 @@ double decay_value(const Eddy__Store__V1__Decayed *d, const struct decay_params 
 {
     if (!d)
         return 0.0;
-    int64_t width = p->half_life_ms * p->bucket_half_lives;
-    double hl = (double)p->half_life_ms;
+    int64_t hl_ms = half_life(p);
+    int64_t width = hl_ms * p->bucket_half_lives;
+    double hl = (double)hl_ms;
     double start = (double)d->bucket * (double)width;
     double v = (double)d->cur * exp2((start - (double)at) / hl) +
                (double)d->prev * exp2((start - (double)width - (double)at) / hl);
