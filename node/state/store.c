@@ -536,8 +536,9 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
  * dropped (packed again on demand). Kept values are charged an estimate of their size and
  * evicted oldest first (by the commit that last used them) past the store's budget. A
  * kept value is exactly the committed one: every write to the store that does not go
- * through this txn bumps the store's generation (store_changed) and the txn forgets what it
- * kept when it sees a new generation. Entries leave the table as tombstones. Probing reads
+ * through this txn bumps the store's generation and records its key range (store_changed),
+ * and the txn forgets what it kept in those ranges when it sees a new generation
+ * (catch_up_locked). Entries leave the table as tombstones. Probing reads
  * a dense array of 32-bit hash tags and touches an entry only when its tag matches: a
  * large table of kept values would otherwise cost a cache miss per probe. */
 
