@@ -178,7 +178,8 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
  * that sees a new generation (at its next read or commit) forgets what it kept in those
  * ranges: everything after another txn's commit (its keys are not recorded) or when it
  * missed more than the last 16 writes. Such writes must not run while the txn has
- * uncommitted writes (the engine runs them as jobs alone in their group).
+ * uncommitted writes or a caller holds values borrowed from it (forgetting frees them):
+ * the engine runs them as jobs alone in their group, between groups.
  * store_txn_reset forgets everything too. */
 #define STORE_KEPT_BYTES_DEFAULT ((size_t)256 << 20)
 
