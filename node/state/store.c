@@ -847,12 +847,25 @@ static void mark_pending(store_txn *t, struct overlay_entry *e)
 }
 
 /* Forget every kept value that is not a pending write of this txn. */
+/* Drop the slots of removed entries from the touched list (a slot reused by a later
+ * insert must be listed once). */
+static void compact_touched(store_txn *t)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < t->ntouched; i++) {
+        if (t->tab[t->touched[i]].touched)
+            t->touched[k++] = t->touched[i];
+    }
+    t->ntouched = k;
+}
+
 static void forget_kept(store_txn *t)
 {
     for (size_t i = 0; i < t->cap; i++) {
         if (t->tab[i].key && !t->tab[i].pending)
             entry_remove(t, &t->tab[i]);
     }
+    compact_touched(t);
     t->stats.forgets++;
 }
 
@@ -897,6 +910,7 @@ static void catch_up_locked(store_txn *t)
             }
         }
     }
+    compact_touched(t);
     t->stats.forgets_ranged++;
 }
 

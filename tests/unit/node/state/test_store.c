@@ -1,8 +1,9 @@
 /* Write transactions on a real LevelDB in a temp dir: pending keys are written once with
  * their last value; values read or decoded are kept across commits (hits, not LevelDB
- * reads) and always equal the committed state: forgotten after store_replace_range, another
- * txn's commit, store_delete of a kept table and a reset; evicted past the budget; scans
- * merge pending writes with the committed keys. */
+ * reads) and always equal the committed state: forgotten after store_replace_range (only
+ * in its range), another txn's commit, store_delete of a kept table and a reset, also
+ * between groups the engine did not commit; evicted past the budget; scans merge pending
+ * writes with the committed keys. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -379,6 +380,59 @@ static void test_scan_merges_pending(void **state)
     store_txn_free(t);
 }
 
+static int count_keys(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    (*(int *)ud)++;
+    return 0;
+}
+
+/* A group that only read (so the engine did not commit it), then a checkpoint load of the
+ * partition, then a group that reads and writes the same keys: the new values, and every
+ * key listed once by scans and range deletes. */
+static void test_forgotten_between_uncommitted_groups(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k[20], start, end;
+    char id[16];
+    for (int i = 0; i < 20; i++) {
+        snprintf(id, sizeof(id), "u%d", i);
+        counts_key(&k[i], 9, id);
+        put_counts_committed(f->s, &k[i], 1);
+    }
+    store_txn *t = store_txn_new(f->s);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(txn_views(t, &k[i]), 1);
+    assert_int_equal(store_txn_pending(t), 0);
+
+    store_batch *b = store_batch_new();
+    Eddy__Store__V1__Counts c = EDDY__STORE__V1__COUNTS__INIT;
+    c.view = 100;
+    uint8_t buf[64];
+    size_t n = eddy__store__v1__counts__pack(&c, buf);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(store_batch_put(b, k[i].buf, k[i].len, buf, n), EDDY_OK);
+    key_init(&start, 9, T_LOG);
+    key_init(&end, 10, T_LOG);
+    assert_int_equal(store_replace_range(f->s, &start, &end, b, NULL), EDDY_OK);
+    store_batch_free(b);
+
+    for (int i = 0; i < 20; i++)
+        bump(t, &k[i], 1);
+    assert_int_equal(txn_views(t, &k[7]), 101);
+    int seen = 0;
+    key_init(&start, 9, T_USER_WIN);
+    key_prefix_end(&start, &end);
+    assert_int_equal(store_txn_scan(t, &start, &end, count_keys, &seen), EDDY_OK);
+    assert_int_equal(seen, 20);
+    uint64_t deleted = 0;
+    assert_int_equal(store_txn_del_range(t, &start, &end, &deleted), EDDY_OK);
+    assert_int_equal(deleted, 20);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(committed_views(f->s, &k[i]), -1);
+    store_txn_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -389,6 +443,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reset_forgets_changes_in_place, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eviction_keeps_budget_and_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_merges_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forgotten_between_uncommitted_groups, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
