@@ -4,7 +4,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 enum reason { R_POPULAR, R_NEIGHBOUR, R_CONTEXT, R_CART, R_TRENDING };
 
@@ -79,11 +78,22 @@ static void set_release(struct cand_set *s)
     free(s->idx);
 }
 
+/* FNV-1a over the NUL-terminated id: one pass (no strlen first), inline; ids are short
+ * and the table at most half full, so its quality is plenty (the answer does not depend on
+ * the hash: candidates are ranked by score and id). */
+static size_t id_hash(const char *id)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return (size_t)(h ^ (h >> 29));
+}
+
 /* The candidate of 'id', added (zeroed, borrowing 'id' and 'category') if new; NULL if
  * the set is full (sized for every contribution up front: cannot happen). */
 static struct cand *set_get(struct cand_set *s, const char *id, const char *category)
 {
-    size_t i = (size_t)XXH3_64bits(id, strlen(id)) & (s->cap - 1);
+    size_t i = id_hash(id) & (s->cap - 1);
     while (s->idx[i] >= 0 && strcmp(s->c[s->idx[i]].id, id) != 0)
         i = (i + 1) & (s->cap - 1);
     if (s->idx[i] >= 0)
