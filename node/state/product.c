@@ -285,10 +285,16 @@ eddy_err product_apply(store_txn *t, const struct product_params *p,
     eddy_err err = EDDY_OK;
     store_txn_set_packer(t, &eddy__store__v1__product_state__descriptor, product_pack);
 
+    /* half of an event's pairs start at its own product: its partition is hashed once */
+    const char *own = b->n_updates ? b->updates[0]->product_id : NULL;
+    uint32_t own_q = UINT32_MAX;
     size_t total = product_records(b);
     for (size_t i = 0; i < total && err == EDDY_OK; i++) {
         const char *pid = product_record_key(b, i);
-        uint32_t q = partition_of_product(pid, p->partitions);
+        bool is_own = own && (pid == own || strcmp(pid, own) == 0);
+        if (is_own && own_q == UINT32_MAX)
+            own_q = partition_of_product(own, p->partitions);
+        uint32_t q = is_own ? own_q : partition_of_product(pid, p->partitions);
         if (owns && !owns(owns_ud, q))
             continue;
         size_t j = 0;
