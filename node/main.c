@@ -446,7 +446,8 @@ static void on_change(void *ud, membership *m)
 /* Graceful leave: a last checkpoint of every owned partition with events, written after
  * the RPC server and the scheduler stopped and before the lease is revoked, so the next
  * owner restores everything this node acknowledged (with a shared --checkpoint-dir). */
-static void final_checkpoints(const char *dir, engine *eng, membership *mem)
+static void final_checkpoints(const char *dir, engine *eng, membership *mem,
+                              struct state_service *ss)
 {
     if (!dir || !eng || !mem)
         return;
@@ -456,7 +457,10 @@ static void final_checkpoints(const char *dir, engine *eng, membership *mem)
         struct engine_partition_view v;
         struct checkpoint_info info;
         engine_partition(eng, p, &v);
-        if (!membership_owns(mem, p, &epoch) || v.next_seq == 0)
+        /* a partition moving away counts too: its new owner may not have the final tail
+         * yet, and restores this checkpoint when it cannot get it from us */
+        if ((!membership_owns(mem, p, &epoch) && !state_service_moving_out(ss, p)) ||
+            v.next_seq == 0)
             continue;
         if (checkpoint_write_dir(engine_store(eng), p, dir, &info) != EDDY_OK)
             log_warn("msg=\"final checkpoint failed\" partition=%u", p);
@@ -763,7 +767,7 @@ out:
     bool checkpoints = cks != NULL;
     ckptsched_free(cks);     /* before the membership its hooks use and the engine */
     if (status == 0 && checkpoints)
-        final_checkpoints(ckpt_dir, eng, mem);
+        final_checkpoints(ckpt_dir, eng, mem, &ss);
     loadpub_stop(lpub);
     mover_stop(mov);         /* a move in progress resumes at the next start */
     reprocess_service_stop(&rps); /* a rebuild still running gives up, swapping nothing */

@@ -502,7 +502,14 @@ static int64_t final_phase(mover *mv, const struct cluster_move *m)
             continue;
         if (stopping(mv))
             return -1;
-        if (clock_mono_ms() - t0 > mv->o.final_wait_ms) {
+        /* Give up once the source has left the cluster (a graceful stop deregisters after
+         * its last checkpoints, which include this partition) and --move-final-wait has
+         * passed, or after four times that in any case (a source that is registered but
+         * cannot be reached). */
+        char addr[CLUSTER_ADDR_MAX];
+        int64_t waited = clock_mono_ms() - t0;
+        if ((waited > mv->o.final_wait_ms && !membership_addr(mv->o.mem, m->from, addr)) ||
+            waited > 4 * mv->o.final_wait_ms) {
             /* the source is gone. A source that stopped gracefully wrote a last checkpoint
              * into the shared directory: it holds everything it acknowledged. Otherwise
              * what it acknowledged after our last tail is lost (one replica, DESIGN.md

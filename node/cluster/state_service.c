@@ -59,6 +59,11 @@ bool state_service_stage2_local(void *ud, uint32_t p)
     return svc->mem && membership_owns(svc->mem, p, &epoch) && !(svc->freeze_id && frozen(svc, p));
 }
 
+bool state_service_moving_out(struct state_service *svc, uint32_t p)
+{
+    return svc->freeze_id && frozen(svc, p);
+}
+
 bool state_service_moving(void *ud)
 {
     struct state_service *svc = ud;

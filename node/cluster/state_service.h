@@ -46,6 +46,10 @@ struct state_service {
     void *rebuild_ud;
 };
 
+/* Whether partition p is the source side of a move in progress here (its stage 2 is
+ * frozen for the move's target). */
+bool state_service_moving_out(struct state_service *svc, uint32_t p);
+
 /* Whether a live move into or out of this node is in progress ('ud': the service). */
 bool state_service_moving(void *ud);
 
