@@ -222,8 +222,9 @@ static size_t node_flags(struct node_config *c, struct flag *out)
           "a move's source unfreezes a partition's stage 2 after this long without the "
           "target's FetchLog (the copy then starts again)", 1000, 0),
         F("move-final-wait", FLAG_DURATION, move_final_wait,
-          "a move's target retries the source's final log tail this long, then serves "
-          "without it (the source is gone)", 0, 0),
+          "a move's target retries the source's final log tail at least this long; once the "
+          "source has left (or after 4 times this) it serves from its copy or the source's "
+          "newer last checkpoint", 0, 0),
         F("load-interval", FLAG_DURATION, load_interval,
           "publish this state node's per-partition event rates this often, for the "
           "coordinator's load balance (0 = never)", 0, 0),
