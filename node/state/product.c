@@ -181,22 +181,26 @@ struct values_at {
     int n;               /* slots filled, round robin past 2 */
 };
 
-static double value_at(struct values_at *va, const Eddy__Store__V1__Decayed *d)
+/* The factors of a bucket not in the two slots yet: computed into the older slot. */
+static int values_at_fill(struct values_at *va, int64_t bucket)
+{
+    int s = va->n++ % 2;
+    int64_t width = va->p->half_life_ms * va->p->bucket_half_lives;
+    double hl = (double)va->p->half_life_ms;
+    double start = (double)bucket * (double)width;
+    va->bucket[s] = bucket;
+    va->factor[s][0] = exp2((start - (double)va->at) / hl);
+    va->factor[s][1] = exp2((start - (double)width - (double)va->at) / hl);
+    return s;
+}
+
+static inline double value_at(struct values_at *va, const Eddy__Store__V1__Decayed *d)
 {
     if (!d)
         return 0.0;
-    int s = 0;
-    while (s < va->n && s < 2 && va->bucket[s] != d->bucket)
-        s++;
-    if (s == va->n || s == 2) {
-        s = va->n++ % 2;
-        int64_t width = va->p->half_life_ms * va->p->bucket_half_lives;
-        double hl = (double)va->p->half_life_ms;
-        double start = (double)d->bucket * (double)width;
-        va->bucket[s] = d->bucket;
-        va->factor[s][0] = exp2((start - (double)va->at) / hl);
-        va->factor[s][1] = exp2((start - (double)width - (double)va->at) / hl);
-    }
+    int s = va->n > 0 && va->bucket[0] == d->bucket   ? 0
+            : va->n > 1 && va->bucket[1] == d->bucket ? 1
+                                                      : values_at_fill(va, d->bucket);
     return (double)d->cur * va->factor[s][0] + (double)d->prev * va->factor[s][1];
 }
 
