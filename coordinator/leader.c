@@ -517,7 +517,21 @@ static eddy_err reassign(leader *l)
     pthread_mutex_lock(&l->moves_mu);
     memcpy(recs, l->moves, l->nparts * sizeof(*recs));
     pthread_mutex_unlock(&l->moves_mu);
-    assigner_compute(nodes, n, &l->cur, &target);
+    /* The assigner sees the map as it will be once the moves in progress are done: a move
+     * that completes before its partner (a load swap, or one of several) must not look
+     * like an imbalance to correct. */
+    struct cluster_map proj = {0};
+    if (cluster_map_copy(&proj, &l->cur) != EDDY_OK) {
+        err = EDDY_ERR_NOMEM;
+        goto out;
+    }
+    for (uint32_t p = 0; p < l->nparts; p++) {
+        const struct plan_rec *r = &recs[p];
+        if (r->present && r->m.phase != MOVE_DONE && strcmp(proj.parts[p].owner, r->m.from) == 0)
+            snprintf(proj.parts[p].owner, sizeof(proj.parts[p].owner), "%s", r->m.to);
+    }
+    assigner_compute(nodes, n, &proj, &target);
+    cluster_map_release(&proj);
     double *rates = l->o.load_interval_ms > 0 ? calloc(l->nparts, sizeof(*rates)) : NULL;
     if (rates)
         load_rates(l, &l->cur, rates);

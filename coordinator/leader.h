@@ -14,7 +14,9 @@
  * Partitions of a live owner move live (planner.h): the leader also watches moves/,
  * creates a move record per partition to move (at most max_moves at once), flips the
  * owner when the target reports "ready" and deletes the record when it reports "done".
- * Every record write also compares the leader key.
+ * Every record write also compares the leader key. The assigner sees the map as it will
+ * be once the moves in progress are done, so a move finishing before its partner is not
+ * taken for an imbalance.
  *
  * DESIGN: the loop runs on a thread of its own (etcd calls block; watch callbacks only
  * update the registry and wake it). */
