@@ -185,8 +185,10 @@ struct values_at {
 static int values_at_fill(struct values_at *va, int64_t bucket)
 {
     int s = va->n++ % 2;
-    int64_t width = va->p->half_life_ms * va->p->bucket_half_lives;
-    double hl = (double)va->p->half_life_ms;
+    /* read once, atomically: eddy reprocess --set may change it (decay.c) */
+    int64_t hl_ms = __atomic_load_n(&va->p->half_life_ms, __ATOMIC_RELAXED);
+    int64_t width = hl_ms * va->p->bucket_half_lives;
+    double hl = (double)hl_ms;
     double start = (double)bucket * (double)width;
     va->bucket[s] = bucket;
     va->factor[s][0] = exp2((start - (double)va->at) / hl);
