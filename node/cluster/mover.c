@@ -496,7 +496,9 @@ static int64_t final_phase(mover *mv, const struct cluster_move *m)
         uint64_t lag = 0;
         size_t got = 0;
         eddy_err err = tail_once(mv, m, 0, m->epoch + 1, &next, &lag, &got);
-        if (err == EDDY_OK && got == 0 && lag == 0)
+        /* the source answered after its fence: nothing older can follow, so reaching its
+         * head ends the tail (one round trip, not two) */
+        if (err == EDDY_OK && lag == 0)
             break;
         if (err == EDDY_OK)
             continue;
