@@ -707,16 +707,11 @@ eddy_err mover_start(const struct mover_opts *o, mover **out)
         err = EDDY_ERR_NOMEM;
     if (err == EDDY_OK && pthread_create(&mv->thread, NULL, mover_main, mv) != 0)
         err = EDDY_ERR_NOMEM;
+    mv->started = err == EDDY_OK;
     if (err != EDDY_OK) {
-        etcd_watch_stop(mv->w);
-        pthread_cond_destroy(&mv->cv);
-        pthread_mutex_destroy(&mv->mu);
-        free(mv->recs);
-        free(mv->drop);
-        free(mv);
+        mover_stop(mv);
         return err;
     }
-    mv->started = true;
     *out = mv;
     return EDDY_OK;
 }
@@ -731,7 +726,7 @@ void mover_stop(mover *mv)
     pthread_mutex_unlock(&mv->mu);
     if (mv->started)
         pthread_join(mv->thread, NULL);
-    etcd_watch_stop(mv->w);
+    etcd_watch_stop(mv->w); /* accepts NULL */
     pthread_cond_destroy(&mv->cv);
     pthread_mutex_destroy(&mv->mu);
     free(mv->recs);

@@ -123,6 +123,26 @@ class MovesTestCase(unittest.TestCase):
         self._cl = cl
         return cl
 
+    def s1_under_load(self, prefix, **kw):
+        """A cluster (--max-moves 1) whose only state node s1 owns everything, an ingest
+        node and a Writer that has 1,000 events acknowledged: (cluster, front, writer)."""
+        cl = self.cluster(coord_args=["--max-moves", "1"], **kw)
+        cl.add_node("s1", "state")
+        self.wait_settled(cl, {"s1"})
+        front = cl.add_node("i1", "ingest")
+        w = Writer(self, front, [f"{prefix}-{i:03d}" for i in range(64)],
+                   L.now_ms() - 600_000).start()
+        w.wait_for(1000)
+        return cl, front, w
+
+    @staticmethod
+    def wait_phase(cl, phase):
+        """Until a move record is in 'phase' (polled every 2 ms: phases can be short)."""
+        def reached():
+            return any(json.loads(v)["phase"] == phase
+                       for v in cl.etcd.get_prefix(cl.key("moves/")).values()) or None
+        poll_until(reached, 30, interval=0.002, what=f"a move in phase {phase}")
+
     def no_moves(self, cl):
         return not cl.etcd.get_prefix(cl.key("moves/"))
 
@@ -316,20 +336,9 @@ class CrashMidMoveTest(MovesTestCase):
         'phase', kill -9 the 'victim' ("source" s1 or "target" s2) and start it again with
         the same id and data, as a StatefulSet pod would be. The moves complete and every
         acknowledged event is counted exactly once."""
-        cl = self.cluster(coord_args=["--max-moves", "1"])
-        cl.add_node("s1", "state")
-        self.wait_settled(cl, {"s1"})
-        front = cl.add_node("i1", "ingest")
-        w = Writer(self, front, [f"f-{i:03d}" for i in range(64)], L.now_ms() - 600_000).start()
-        w.wait_for(1000)
+        cl, front, w = self.s1_under_load("f")
         cl.add_node("s2", "state")
-
-        def reached():
-            for v in cl.etcd.get_prefix(cl.key("moves/")).values():
-                if json.loads(v)["phase"] == phase:
-                    return True
-            return None
-        poll_until(reached, 30, interval=0.002, what=f"a move in phase {phase}")
+        self.wait_phase(cl, phase)
         node = cl.nodes["s1" if victim == "source" else "s2"]
         node.kill9()
         node.start()
@@ -361,21 +370,9 @@ class SourceStopsMidMoveTest(MovesTestCase):
         nothing acknowledged is lost either way. When the source
         comes back with its old data, partitions move back to it live and the stale copies
         of the others are deleted once their owner has checkpointed past them."""
-        cl = self.cluster(coord_args=["--max-moves", "1"],
-                          node_args=NODE_ARGS + ["--move-final-wait", "1s"])
-        cl.add_node("s1", "state")
-        self.wait_settled(cl, {"s1"})
-        front = cl.add_node("i1", "ingest")
-        w = Writer(self, front, [f"g-{i:03d}" for i in range(64)], L.now_ms() - 600_000).start()
-        w.wait_for(1000)
+        cl, front, w = self.s1_under_load("g", node_args=NODE_ARGS + ["--move-final-wait", "1s"])
         cl.add_node("s2", "state")
-
-        def flipped():
-            for v in cl.etcd.get_prefix(cl.key("moves/")).values():
-                if json.loads(v)["phase"] == "flipped":
-                    return True
-            return None
-        poll_until(flipped, 30, interval=0.002, what="a flipped move")
+        self.wait_phase(cl, "flipped")
         cl.nodes["s1"].stop()
         self.wait_settled(cl, {"s2"}, timeout=TTL_S * 10)
         w.wait_for(len(w.acked) + 300)
