@@ -12,6 +12,7 @@
 #include "common/etcd.h"
 #include "common/log.h"
 #include "eddy/v1/state.pb-c.h"
+#include "node/state/checkpoint.h"
 
 #define RETRY_MS 500        /* pause after a failed step */
 #define TAIL_PAUSE_MS 20    /* between FetchLog calls when caught up */
@@ -610,9 +611,58 @@ static void run_move(mover *mv, const struct rec *start)
 /* Copies left behind: a source that missed its move's "done" (down at the time, the
  * record gone since) still holds the partition. It is deleted once the owner has written
  * a checkpoint at or past this copy's end (checkpoints/<p> by the owner, seq >= our next
- * seq): then the owner has everything the copy has. A copy the owner lacks (a failover
- * from an older checkpoint) is kept: it is the only place the difference is. */
+ * seq) that holds this copy's last log record byte for byte (the file must be readable
+ * here: a shared directory): then the owner's log continues this copy's and has
+ * everything it has. A copy the owner lacks (a failover that restarted from an older or
+ * empty state, whose seqs reach ours with other events) is kept: it is the only place
+ * the difference is. */
 #define GC_INTERVAL_MS 5000
+
+/* Whether the checkpoint file 'path' holds partition p's log record 'seq' with exactly the
+ * bytes 'val': then the owner's log continues this copy's (the same lineage, not a
+ * failover that restarted from an older state). Log records come first in the file (the
+ * LOG table sorts first), so the scan stops early. */
+struct lineage {
+    struct store_key key;
+    const char *val;
+    size_t vlen;
+    bool same;
+};
+
+static eddy_err lineage_record(void *ud, const unsigned char *k, size_t klen,
+                               const unsigned char *v, size_t vlen)
+{
+    struct lineage *l = ud;
+    size_t n = klen < l->key.len ? klen : l->key.len;
+    int c = memcmp(k, l->key.buf, n);
+    if (c < 0 || (c == 0 && klen < l->key.len))
+        return EDDY_OK; /* not there yet */
+    l->same = c == 0 && klen == l->key.len && vlen == l->vlen && memcmp(v, l->val, vlen) == 0;
+    return EDDY_ERR_CONFLICT; /* found or passed: stop reading */
+}
+
+static bool same_lineage(mover *mv, uint32_t p, uint64_t last_seq, const char *path)
+{
+    struct lineage l = {.same = false};
+    key_init(&l.key, p, T_LOG);
+    key_u64(&l.key, last_seq);
+    char *val = NULL;
+    if (store_get(engine_store(mv->o.eng), &l.key, &val, &l.vlen) != EDDY_OK || !val)
+        return false; /* no such record here (deleted): cannot tell, keep the copy */
+    l.val = val;
+    FILE *f = fopen(path, "rbe");
+    checkpoint_reader *r = f ? checkpoint_reader_new(path, lineage_record, &l) : NULL;
+    unsigned char buf[65536];
+    size_t n;
+    while (r && (n = fread(buf, 1, sizeof(buf), f)) > 0 &&
+           checkpoint_reader_feed(r, buf, n) == EDDY_OK)
+        ;
+    checkpoint_reader_free(r);
+    if (f)
+        fclose(f);
+    free(val);
+    return l.same;
+}
 
 static void collect_garbage(mover *mv)
 {
@@ -645,6 +695,8 @@ static void collect_garbage(mover *mv)
         struct rec r;
         if (rec_of(mv, p, &r) && (strcmp(r.m.from, self) == 0 || strcmp(r.m.to, self) == 0))
             continue; /* a move of it involves this node: it decides */
+        if (!same_lineage(mv, p, view.next_seq - 1, ck->path))
+            continue; /* the owner's log is not this copy's continuation: keep it */
         drop_copy(mv, p, "left behind by a move; the owner has checkpointed past it");
     }
     free(ck);
