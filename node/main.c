@@ -60,7 +60,7 @@ struct node_config {
     int64_t cooccurrence_span, cooccurrence_items;
     double weight_popular, weight_neighbours, weight_context;
     int64_t diversity_cap, default_recommendations, max_recommendations, candidates;
-    int64_t stage2_staleness, max_pending_events, max_group_events, cache_size;
+    int64_t stage2_staleness, max_pending_events, max_group_events, cache_size, state_cache_size;
     int64_t neighbour_cache;
     int64_t shutdown_grace;
     int64_t move_lag, move_freeze, move_final_wait, load_interval;
@@ -89,7 +89,7 @@ static struct node_config defaults(void)
         .weight_neighbours = 1.5, .weight_context = 2.0, .diversity_cap = 3,
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
         .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
-        .cache_size = 64 << 20, .shutdown_grace = 10000, .neighbour_cache = 20000,
+        .cache_size = 64 << 20, .state_cache_size = 256 << 20, .shutdown_grace = 10000, .neighbour_cache = 20000,
         .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
         .checkpoint_timeout = 600000, .checkpoint_keep = 3, .checkpoint_dir = "",
         .move_lag = 1000, .move_freeze = 10000, .move_final_wait = 30000,
@@ -203,6 +203,9 @@ static size_t node_flags(struct node_config *c, struct flag *out)
           "events queued for the writer before RESOURCE_EXHAUSTED", 1, 100000000),
         F("max-group-events", FLAG_INT, max_group_events, "events per group commit", 1, 10000000),
         F("cache-size", FLAG_SIZE, cache_size, "LevelDB block cache", 0, 0),
+        F("state-cache-size", FLAG_SIZE, state_cache_size,
+          "decoded state the writer keeps between group commits (estimated bytes)", 1 << 20,
+          0),
         F("shutdown-grace", FLAG_DURATION, shutdown_grace,
           "on SIGTERM, wait this long for in-flight calls", 0, 0),
         F("checkpoint-interval", FLAG_DURATION, checkpoint_interval,
@@ -320,6 +323,7 @@ static void engine_options_from(const struct node_config *c, struct engine_opts 
     memset(o, 0, sizeof(*o));
     o->data_dir = c->data_dir;
     o->cache_bytes = c->cache_size;
+    o->state_cache_bytes = c->state_cache_size;
     struct apply_params *a = &o->apply;
     a->partitions = (uint32_t)c->partitions;
     a->window = (struct window_params){c->window, c->out_of_orderness, c->allowed_lateness,

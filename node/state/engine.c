@@ -507,6 +507,8 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
         engine_close(e);
         return r;
     }
+    if (opts->state_cache_bytes > 0)
+        store_set_kept_bytes(e->st, (size_t)opts->state_cache_bytes);
     e->txn = store_txn_new(e->st);
     if (!e->txn) {
         engine_close(e);

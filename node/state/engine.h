@@ -51,6 +51,8 @@ struct engine_cluster {
 struct engine_opts {
     const char *data_dir;
     int64_t cache_bytes;           /* LevelDB block cache */
+    int64_t state_cache_bytes;     /* decoded state the writer keeps between group commits
+                                      (store_set_kept_bytes; 0: the store's default) */
     struct apply_params apply;
     struct product_params product;
     struct rec_params rec;
