@@ -282,3 +282,24 @@ out:
     cJSON_Delete(o);
     return err;
 }
+
+bool cluster_key_partition(const char *key, const char *prefix, uint32_t nparts, uint32_t *p)
+{
+    size_t n = strlen(prefix);
+    if (!key || strncmp(key, prefix, n) != 0)
+        return false;
+    const char *id = key + n;
+    size_t len = strlen(id);
+    if (len == 0 || len > 5)
+        return false;
+    uint32_t v = 0;
+    for (const char *c = id; *c; c++) {
+        if (*c < '0' || *c > '9')
+            return false;
+        v = v * 10 + (uint32_t)(*c - '0');
+    }
+    if (v >= nparts)
+        return false;
+    *p = v;
+    return true;
+}

@@ -54,6 +54,10 @@ struct cluster_map {
     struct cluster_part *parts;      /* [nparts] */
 };
 
+/* The partition of a per-partition key "<prefix><p>" (moves/<p>, checkpoints/<p>): p in
+ * decimal digits only (no sign, space or more than 5 digits), below 'nparts'. */
+bool cluster_key_partition(const char *key, const char *prefix, uint32_t nparts, uint32_t *p);
+
 /* "/eddy/<cluster>/<suffix>" into 'out'. */
 void cluster_key(char *out, size_t len, const char *cluster, const char *suffix);
 

@@ -322,10 +322,8 @@ static void load_rates(leader *l, const struct cluster_map *map, double *rates)
 /* Take one moves/<p> record (PUT) or its deletion. */
 static void move_event(leader *l, const struct etcd_kv *kv, bool put)
 {
-    const char *id = id_of(kv->key, l->k_moves);
-    char *end;
-    unsigned long p = id ? strtoul(id, &end, 10) : 0;
-    if (!id || end == id || *end || p >= l->nparts)
+    uint32_t p;
+    if (!cluster_key_partition(kv->key, l->k_moves, l->nparts, &p))
         return;
     struct plan_rec r = {false, {0}, 0};
     if (put && cluster_move_from_json(kv->value, kv->value_len, &r.m) == EDDY_OK &&

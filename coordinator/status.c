@@ -71,22 +71,6 @@ void status_release(struct status_reply *r)
     r->mem = NULL;
 }
 
-/* The partition number of a checkpoints/<p> key (decimal, no sign or padding beyond what
- * the node writes), or -1. */
-static int64_t ckpt_partition(const char *key, const char *prefix)
-{
-    const char *id = id_of(key, prefix);
-    if (!id || strlen(id) > 5)
-        return -1;
-    int64_t p = 0;
-    for (const char *c = id; *c; c++) {
-        if (*c < '0' || *c > '9')
-            return -1;
-        p = p * 10 + (*c - '0');
-    }
-    return p;
-}
-
 /* Fill the checkpoint fields of the partitions from the checkpoints/ records (records that
  * do not decode or name no partition of the map are skipped). */
 static void add_checkpoints(const struct status_snapshot *snap, struct status_mem *m)
@@ -98,8 +82,8 @@ static void add_checkpoints(const struct status_snapshot *snap, struct status_me
         return;
     for (size_t i = 0; snap->checkpoints && i < snap->checkpoints->n; i++) {
         const struct etcd_kv *kv = &snap->checkpoints->kvs[i];
-        int64_t p = ckpt_partition(kv->key, prefix);
-        if (p < 0 || p >= (int64_t)m->map.nparts ||
+        uint32_t p;
+        if (!cluster_key_partition(kv->key, prefix, m->map.nparts, &p) ||
             cluster_checkpoint_from_json(kv->value, kv->value_len, rec) != EDDY_OK)
             continue;
         Eddy__Cluster__V1__Partition *pi = &m->parts[p];

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/completion.h"
 #include "common/etcd.h"
 #include "common/log.h"
 #include "eddy/v1/state.pb-c.h"
@@ -42,15 +43,7 @@ struct mover {
 
 static bool parse_partition(const mover *mv, const char *key, uint32_t *p)
 {
-    size_t n = strlen(mv->prefix);
-    if (!key || strncmp(key, mv->prefix, n) != 0)
-        return false;
-    char *end;
-    unsigned long v = strtoul(key + n, &end, 10);
-    if (end == key + n || *end || v >= mv->nparts)
-        return false;
-    *p = (uint32_t)v;
-    return true;
+    return cluster_key_partition(key, mv->prefix, mv->nparts, p);
 }
 
 /* Take one record (under mu). */
@@ -167,50 +160,9 @@ static bool set_phase(mover *mv, const struct rec *r, enum move_phase phase)
 
 /* --- engine calls, waited for ------------------------------------------------------------ */
 
-struct wait {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool done;
-    eddy_err err;
-    uint64_t next_seq;
-};
-
-static void wait_init(struct wait *w)
-{
-    pthread_mutex_init(&w->mu, NULL);
-    clock_cond_init(&w->cv);
-    w->done = false;
-    w->err = EDDY_OK;
-    w->next_seq = 0;
-}
-
-static void wait_signal(struct wait *w, eddy_err err, uint64_t next_seq)
-{
-    pthread_mutex_lock(&w->mu);
-    w->err = err;
-    w->next_seq = next_seq;
-    w->done = true;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
-
-static eddy_err wait_for(struct wait *w, eddy_err queued)
-{
-    if (queued == EDDY_OK) {
-        pthread_mutex_lock(&w->mu);
-        while (!w->done)
-            pthread_cond_wait(&w->cv, &w->mu);
-        pthread_mutex_unlock(&w->mu);
-        queued = w->err;
-    }
-    pthread_cond_destroy(&w->cv);
-    pthread_mutex_destroy(&w->mu);
-    return queued;
-}
-
 static void replayed(void *ud, eddy_err err, uint64_t next_seq)
 {
-    wait_signal(ud, err, next_seq);
+    completion_signal(ud, err, next_seq);
 }
 
 static void drop_copy(mover *mv, uint32_t p, const char *why);
@@ -224,7 +176,7 @@ static void drop_copy(mover *mv, uint32_t p, const char *why);
 struct range_put {
     struct store_key start, end;
     const store_batch *b;
-    struct wait w;
+    struct completion w;
 };
 
 static eddy_err put_range(void *ud, engine *e)
@@ -236,7 +188,7 @@ static eddy_err put_range(void *ud, engine *e)
 static void range_done(void *ud, eddy_err err)
 {
     struct range_put *rp = ud;
-    wait_signal(&rp->w, err, 0);
+    completion_signal(&rp->w, err, 0);
 }
 
 /* The checkpoint as it streams in: checked by a reader, its records written in batches
@@ -260,9 +212,9 @@ static eddy_err flush_batch(struct loader *ld, const struct store_key *end)
     if (store_batch_count(ld->b) == 0)
         return EDDY_OK;
     struct range_put rp = {.start = ld->first, .end = *end, .b = ld->b};
-    wait_init(&rp.w);
-    eddy_err err = wait_for(&rp.w, engine_exclusive_partition(ld->mv->o.eng, ld->p, put_range,
-                                                              range_done, &rp));
+    completion_init(&rp.w);
+    eddy_err err = completion_wait(
+        &rp.w, engine_exclusive_partition(ld->mv->o.eng, ld->p, put_range, range_done, &rp));
     store_batch_free(ld->b);
     ld->b = store_batch_new();
     ld->bytes = 0;
@@ -402,9 +354,10 @@ static eddy_err tail_once(mover *mv, const struct cluster_move *m, uint64_t move
         le[i] = (struct engine_log_entry){r->entries[i]->seq, r->entries[i]->record.data,
                                           r->entries[i]->record.len};
     if (err == EDDY_OK && r->n_entries > 0) {
-        struct wait w;
-        wait_init(&w);
-        err = wait_for(&w, engine_replay(mv->o.eng, m->partition, le, r->n_entries, replayed, &w));
+        struct completion w;
+        completion_init(&w);
+        err = completion_wait(
+            &w, engine_replay(mv->o.eng, m->partition, le, r->n_entries, replayed, &w));
     }
     if (err == EDDY_OK) {
         *next_seq = r->next_seq > *next_seq ? r->next_seq : *next_seq;
@@ -471,7 +424,7 @@ static eddy_err copy_phase(mover *mv, const struct cluster_move *m, uint64_t *ne
 static void restored(void *ud, eddy_err err, uint32_t p, uint64_t next_seq)
 {
     (void)p;
-    wait_signal(ud, err, next_seq);
+    completion_signal(ud, err, next_seq);
 }
 
 /* Load the newest valid checkpoint of p in the shared directory if it is ahead of 'seq'. */
@@ -481,9 +434,9 @@ static bool restore_newer(mover *mv, uint32_t p, uint64_t seq)
     const char *dir = mv->o.ss->checkpoint_dir;
     if (!dir || checkpoint_latest_valid(dir, p, &info) != EDDY_OK || info.seq <= seq)
         return false;
-    struct wait w;
-    wait_init(&w);
-    return wait_for(&w, engine_restore(mv->o.eng, p, info.path, restored, &w)) == EDDY_OK;
+    struct completion w;
+    completion_init(&w);
+    return completion_wait(&w, engine_restore(mv->o.eng, p, info.path, restored, &w)) == EDDY_OK;
 }
 
 /* After the flip: the final tail (fenced), then serve. Returns the write pause in ms. */
@@ -675,14 +628,8 @@ static void collect_garbage(mover *mv)
     struct cluster_checkpoint *ck = malloc(sizeof(*ck));
     for (size_t i = 0; ck && i < kvs.n && !stopping(mv); i++) {
         uint32_t p;
-        const char *key = kvs.kvs[i].key;
-        char *end;
-        if (strncmp(key, prefix, strlen(prefix)) != 0)
+        if (!cluster_key_partition(kvs.kvs[i].key, prefix, mv->nparts, &p))
             continue;
-        unsigned long v = strtoul(key + strlen(prefix), &end, 10);
-        if (end == key + strlen(prefix) || *end || v >= mv->nparts)
-            continue;
-        p = (uint32_t)v;
         struct engine_partition_view view;
         engine_partition(mv->o.eng, p, &view);
         char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/completion.h"
 
 #include "common/log.h"
 #include "node/state/checkpoint.h"
@@ -742,40 +743,20 @@ static void handle_fetch_checkpoint(void *ud, rpc_call *c, const ProtobufCMessag
         rpc_stream_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "cannot start the checkpoint copy");
 }
 
-struct fence_wait {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool done;
-};
-
 static void fence_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
 {
-    struct fence_wait *w = ud;
     (void)err; /* NOT_OWNER: a newer epoch is already recorded, which fences as well */
     (void)r;
-    pthread_mutex_lock(&w->mu);
-    w->done = true;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
+    completion_signal(ud, EDDY_OK, 0);
 }
 
 /* Record 'epoch' as the partition's highest: every write queued before is committed when
  * this returns, every later one with an older epoch is refused by the engine. */
 static eddy_err fence(struct state_service *svc, uint32_t p, uint64_t epoch)
 {
-    struct fence_wait w = {.done = false};
-    pthread_mutex_init(&w.mu, NULL);
-    clock_cond_init(&w.cv);
-    eddy_err err = engine_apply(svc->eng, p, epoch, NULL, 0, fence_done, &w);
-    if (err == EDDY_OK) {
-        pthread_mutex_lock(&w.mu);
-        while (!w.done)
-            pthread_cond_wait(&w.cv, &w.mu);
-        pthread_mutex_unlock(&w.mu);
-    }
-    pthread_cond_destroy(&w.cv);
-    pthread_mutex_destroy(&w.mu);
-    return err;
+    struct completion w;
+    completion_init(&w);
+    return completion_wait(&w, engine_apply(svc->eng, p, epoch, NULL, 0, fence_done, &w));
 }
 
 struct log_page {

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "common/clock.h"
+#include "common/completion.h"
 #include "common/log.h"
 #include "common/partition.h"
 #include "node/state/checkpoint.h"
@@ -836,10 +837,7 @@ eddy_err engine_exclusive_partition(engine *e, int64_t p, engine_exclusive_fn *f
 struct drop {
     uint32_t p;
     uint64_t deleted;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool done;
-    eddy_err err;
+    struct completion done;
 };
 
 static eddy_err drop_fn(void *ud, engine *e)
@@ -858,11 +856,7 @@ static eddy_err drop_fn(void *ud, engine *e)
 static void drop_done(void *ud, eddy_err err)
 {
     struct drop *d = ud;
-    pthread_mutex_lock(&d->mu);
-    d->err = err;
-    d->done = true;
-    pthread_cond_signal(&d->cv);
-    pthread_mutex_unlock(&d->mu);
+    completion_signal(&d->done, err, 0);
 }
 
 eddy_err engine_drop_partition(engine *e, uint32_t p, uint64_t *deleted)
@@ -870,18 +864,9 @@ eddy_err engine_drop_partition(engine *e, uint32_t p, uint64_t *deleted)
     if (p >= e->o.apply.partitions)
         return EDDY_ERR_INVALID;
     struct drop d = {.p = p};
-    pthread_mutex_init(&d.mu, NULL);
-    clock_cond_init(&d.cv);
-    eddy_err err = engine_exclusive_partition(e, p, drop_fn, drop_done, &d);
-    if (err == EDDY_OK) {
-        pthread_mutex_lock(&d.mu);
-        while (!d.done)
-            pthread_cond_wait(&d.cv, &d.mu);
-        pthread_mutex_unlock(&d.mu);
-        err = d.err;
-    }
-    pthread_cond_destroy(&d.cv);
-    pthread_mutex_destroy(&d.mu);
+    completion_init(&d.done);
+    eddy_err err =
+        completion_wait(&d.done, engine_exclusive_partition(e, p, drop_fn, drop_done, &d));
     if (deleted)
         *deleted = d.deleted;
     return err;

@@ -81,6 +81,51 @@ static void test_checkpoint_round_trip(void **state)
                          EDDY_ERR_CORRUPT);
 }
 
+static void test_move_round_trip(void **state)
+{
+    (void)state;
+    struct cluster_move m = {.partition = 17, .epoch = 4, .phase = MOVE_FLIPPED,
+                             .started_ms = 1795626608468};
+    snprintf(m.from, sizeof(m.from), "s1");
+    snprintf(m.to, sizeof(m.to), "s2");
+    char *json = cluster_move_to_json(&m);
+    assert_non_null(json);
+    struct cluster_move back;
+    assert_int_equal(cluster_move_from_json(json, strlen(json), &back), EDDY_OK);
+    assert_int_equal(back.partition, 17);
+    assert_int_equal(back.epoch, 4);
+    assert_int_equal(back.phase, MOVE_FLIPPED);
+    assert_int_equal(back.started_ms, 1795626608468);
+    assert_string_equal(back.from, "s1");
+    assert_string_equal(back.to, "s2");
+    free(json);
+    const char *bad[] = {"{\"partition\":1,\"from\":\"a\",\"to\":\"b\",\"epoch\":1,\"phase\":\"x\"}",
+                         "{\"partition\":1,\"from\":\"\",\"to\":\"b\",\"epoch\":1,\"phase\":\"copy\"}",
+                         "{\"partition\":70000,\"from\":\"a\",\"to\":\"b\",\"epoch\":1,"
+                         "\"phase\":\"copy\"}",
+                         "not json"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(cluster_move_from_json(bad[i], strlen(bad[i]), &back), EDDY_ERR_CORRUPT);
+    assert_string_equal(cluster_move_phase_name(MOVE_COPY), "copy");
+    assert_string_equal(cluster_move_phase_name(MOVE_DONE), "done");
+}
+
+static void test_key_partition(void **state)
+{
+    (void)state;
+    uint32_t p = 99;
+    assert_true(cluster_key_partition("/eddy/c/moves/0", "/eddy/c/moves/", 16, &p));
+    assert_int_equal(p, 0);
+    assert_true(cluster_key_partition("/eddy/c/moves/15", "/eddy/c/moves/", 16, &p));
+    assert_int_equal(p, 15);
+    const char *bad[] = {"/eddy/c/moves/16", "/eddy/c/moves/", "/eddy/c/moves/+1",
+                         "/eddy/c/moves/ 1", "/eddy/c/moves/-1", "/eddy/c/moves/1x",
+                         "/eddy/c/moves/000001", "/eddy/c/nodes/1", "/eddy/c/moves/1/2"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_false(cluster_key_partition(bad[i], "/eddy/c/moves/", 16, &p));
+    assert_false(cluster_key_partition(NULL, "/eddy/c/moves/", 16, &p));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -88,6 +133,8 @@ int main(void)
         cmocka_unit_test(test_node_round_trip),
         cmocka_unit_test(test_map_round_trip),
         cmocka_unit_test(test_checkpoint_round_trip),
+        cmocka_unit_test(test_move_round_trip),
+        cmocka_unit_test(test_key_partition),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
