@@ -223,7 +223,8 @@ static size_t node_flags(struct node_config *c, struct flag *out)
           100000000),
         F("move-freeze", FLAG_DURATION, move_freeze,
           "a move's source unfreezes a partition's stage 2 after this long without the "
-          "target's FetchLog (the copy then starts again)", 1000, 0),
+          "target's FetchLog (the copy then starts again); likewise a cluster-wide "
+          "reprocess's stage-2 freeze without its ingest node's renewal", 1000, 0),
         F("move-final-wait", FLAG_DURATION, move_final_wait,
           "a move's target retries the source's final log tail at least this long; once the "
           "source has left (or after 4 times this) it serves from its copy or the source's "
@@ -547,6 +548,7 @@ int main(int argc, char **argv)
     memset(&ss, 0, sizeof(ss));
     struct reprocess_service rps;
     memset(&rps, 0, sizeof(rps));
+    stage2_side *s2side = NULL;
     rpc_server *srv = NULL;
     health *hl = NULL;
     metrics_http *mh = NULL;
@@ -641,10 +643,20 @@ int main(int argc, char **argv)
         goto out;
     if (clustered && (roles & ROLE_STATE) && state_service_register(&ss, srv) != EDDY_OK)
         goto out;
+    if (clustered && eng) { /* the product half of a cluster-wide rebuild (reprocess) */
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s/reprocess-s2.tmp", c->data_dir);
+        struct stage2_side_opts s2o = {eng, dir, hook_owns, &hk, c->move_freeze};
+        if (!(s2side = stage2_side_new(&s2o)))
+            goto out;
+        ss.s2 = s2side;
+    }
     rps.eng = eng;
     rps.router = clustered ? &router : NULL;
     rps.data_dir = c->data_dir;
     rps.checkpoint_dir = c->checkpoint_dir;
+    rps.s2 = s2side;
+    rps.renew_ms = c->move_freeze / 3 > 0 ? c->move_freeze / 3 : 1;
     if (clustered && eng) { /* a rebuild and a live move of this node exclude each other */
         rps.moving = state_service_moving;
         rps.moving_ud = &ss;
@@ -781,6 +793,7 @@ out:
     hk.mem = NULL;
     metrics_http_close(mh); /* after the RPC server: scrapes see the drain to the end */
     engine_close(eng); /* finishes queued writes, closes LevelDB */
+    stage2_side_free(s2side); /* after the engine: its owns() hook asks it */
     state_service_takeover_release(&ss);
     popcache_free(pop);
     popcache_free(pop_cluster);

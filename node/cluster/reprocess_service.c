@@ -8,12 +8,20 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/partition.h"
 #include "eddy/v1/eddy.pb-c.h"
+#include "eddy/v1/state.pb-c.h"
 #include "node/cluster/state_service.h"
+#include "node/state/product.h"
 #include "node/state/reprocess.h"
 
 #define M_STATE_REPROCESS "/eddy.state.v1.State/Reprocess"
+#define M_STATE_STAGE2 "/eddy.state.v1.State/Stage2Rebuild"
+#define M_STATE_REBUILD_FORWARD "/eddy.state.v1.State/RebuildForward"
 #define MAX_STATE_NODES 256
+#define PHASE_TIMEOUT_MS 60000    /* a stage-2 phase call (a swap waits for the writer) */
+#define DELIVER_ROUND 2048        /* rebuilt stage-2 batches per RebuildForward round */
+#define DELIVER_ROUND_BYTES (4 << 20)
 
 /* ---- request and response ---------------------------------------------------------------- */
 
@@ -100,7 +108,181 @@ struct rebuild_job {
     rpc_call *call;
     struct reprocess_request rq;
     struct reprocess_opts o;
+    uint64_t stage2_id;         /* part of this cluster-wide stage-2 rebuild; 0: none */
 };
+
+/* ---- a state node's rebuilt stage-2 records to their owners ------------------------------ */
+
+/* One round of rebuilt batches (decoded), sent to every owner of their partitions. */
+struct delivery {
+    struct rebuild_job *j;
+    Eddy__Store__V1__Stage2Batch **batches;
+    size_t n;
+    size_t bytes;
+    uint64_t next;              /* the seq after the last batch collected */
+    uint64_t sent;
+    eddy_err err;
+};
+
+static int collect_rebuilt(void *ud, const unsigned char *k, size_t klen, const char *v,
+                           size_t vlen)
+{
+    struct delivery *d = ud;
+    size_t off = 3;
+    uint64_t seq;
+    Eddy__Store__V1__Stage2Batch *b =
+        key_get_u64(k, klen, &off, &seq)
+            ? eddy__store__v1__stage2_batch__unpack(NULL, vlen, (const uint8_t *)v)
+            : NULL;
+    if (!b) {
+        d->err = EDDY_ERR_CORRUPT;
+        return 1;
+    }
+    d->batches[d->n++] = b;
+    d->bytes += vlen;
+    d->next = seq + 1;
+    return d->n == DELIVER_ROUND || d->bytes >= DELIVER_ROUND_BYTES;
+}
+
+/* The batches bound for one owner: each batch goes to every owner of one of its records
+ * (the receiver applies the records of its own partitions only). */
+struct dest {
+    char addr[CLUSTER_ADDR_MAX];
+    Eddy__Store__V1__Stage2Batch **batches;
+    size_t n;
+};
+
+static eddy_err add_to_dest(struct dest *dests, size_t *ndests, const char *addr,
+                            Eddy__Store__V1__Stage2Batch *b, size_t round)
+{
+    size_t k = 0;
+    while (k < *ndests && strcmp(dests[k].addr, addr) != 0)
+        k++;
+    if (k == *ndests) {
+        if (k == MAX_STATE_NODES)
+            return EDDY_ERR_TOO_LARGE;
+        snprintf(dests[k].addr, sizeof(dests[k].addr), "%s", addr);
+        dests[k].batches = calloc(round, sizeof(*dests[k].batches));
+        dests[k].n = 0;
+        if (!dests[k].batches)
+            return EDDY_ERR_NOMEM;
+        (*ndests)++;
+    }
+    if (dests[k].n == 0 || dests[k].batches[dests[k].n - 1] != b)
+        dests[k].batches[dests[k].n++] = b;
+    return EDDY_OK;
+}
+
+/* Send the round: one RebuildForward per owner, all at once; every one must succeed. */
+static eddy_err send_round(struct delivery *d, char *err, size_t errlen)
+{
+    struct reprocess_service *svc = d->j->svc;
+    membership *mem = svc->router->mem;
+    uint32_t P = membership_partitions(mem);
+    struct dest *dests = calloc(MAX_STATE_NODES, sizeof(*dests));
+    size_t nd = 0;
+    eddy_err r = dests ? EDDY_OK : EDDY_ERR_NOMEM;
+    for (size_t i = 0; i < d->n && r == EDDY_OK; i++) {
+        size_t total = product_records(d->batches[i]);
+        for (size_t k = 0; k < total && r == EDDY_OK; k++) {
+            uint32_t q = partition_of_product(product_record_key(d->batches[i], k), P);
+            char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
+            uint64_t epoch;
+            if (!membership_owner(mem, q, owner, &epoch, addr)) {
+                snprintf(err, errlen, "product partition %u has no live owner", q);
+                r = EDDY_ERR_UNAVAILABLE;
+            } else {
+                r = add_to_dest(dests, &nd, addr, d->batches[i], d->n);
+            }
+        }
+    }
+    Eddy__State__V1__RebuildForwardRequest *reqs = calloc(nd ? nd : 1, sizeof(*reqs));
+    ProtobufCMessage **req_ptrs = calloc(nd ? nd : 1, sizeof(*req_ptrs));
+    const char **addrs = calloc(nd ? nd : 1, sizeof(*addrs));
+    struct peer_call *calls = calloc(nd ? nd : 1, sizeof(*calls));
+    if (r == EDDY_OK && (!reqs || !req_ptrs || !addrs || !calls))
+        r = EDDY_ERR_NOMEM;
+    if (r == EDDY_OK) {
+        for (size_t k = 0; k < nd; k++) {
+            eddy__state__v1__rebuild_forward_request__init(&reqs[k]);
+            reqs[k].rebuild_id = d->j->stage2_id;
+            reqs[k].batches = dests[k].batches;
+            reqs[k].n_batches = dests[k].n;
+            req_ptrs[k] = &reqs[k].base;
+            addrs[k] = dests[k].addr;
+        }
+        peers_fan(svc->router->peers, M_STATE_REBUILD_FORWARD,
+                  &eddy__state__v1__rebuild_forward_response__descriptor, addrs, req_ptrs,
+                  calls, nd, PHASE_TIMEOUT_MS);
+        for (size_t k = 0; k < nd; k++) {
+            if (calls[k].res.code != GRPC_STATUS_OK && r == EDDY_OK) {
+                snprintf(err, errlen, "sending rebuilt stage-2 records to %s: %s", addrs[k],
+                         calls[k].res.details);
+                r = EDDY_ERR_UNAVAILABLE;
+            }
+            if (calls[k].resp)
+                protobuf_c_message_free_unpacked(calls[k].resp, NULL);
+        }
+    }
+    for (size_t k = 0; k < nd; k++)
+        free(dests[k].batches);
+    free(dests);
+    free(reqs);
+    free(req_ptrs);
+    free(addrs);
+    free(calls);
+    return r;
+}
+
+static void free_round(struct delivery *d)
+{
+    for (size_t i = 0; i < d->n; i++)
+        eddy__store__v1__stage2_batch__free_unpacked(d->batches[i], NULL);
+    d->n = 0;
+    d->bytes = 0;
+}
+
+/* reprocess_opts.deliver: every user partition's rebuilt stage-2 batches, in seq order per
+ * partition (the receivers' exactly-once marks need it), to their owners. */
+static eddy_err deliver_stage2(void *ud, store *side, char *err, size_t errlen)
+{
+    struct rebuild_job *j = ud;
+    uint32_t P = engine_options(j->svc->eng)->apply.partitions;
+    struct delivery d = {.j = j, .batches = calloc(DELIVER_ROUND, sizeof(*d.batches))};
+    eddy_err r = d.batches ? EDDY_OK : EDDY_ERR_NOMEM;
+    for (uint32_t p = 0; p < P && r == EDDY_OK; p++) {
+        d.next = 0;
+        for (;;) {
+            size_t before = d.sent;
+            struct store_key start, end;
+            key_init(&start, p, T_OUTBOX);
+            key_prefix_end(&start, &end);
+            key_u64(&start, d.next);
+            r = store_scan(side, &start, &end, collect_rebuilt, &d);
+            if (r == EDDY_OK)
+                r = d.err;
+            if (r == EDDY_OK && d.n > 0)
+                r = send_round(&d, err, errlen);
+            d.sent += d.n;
+            bool more = d.n == DELIVER_ROUND || d.bytes >= DELIVER_ROUND_BYTES;
+            free_round(&d);
+            if (r != EDDY_OK || !more || d.sent == before)
+                break;
+            if (atomic_load(&j->svc->cancel)) {
+                r = EDDY_ERR_UNAVAILABLE;
+                break;
+            }
+        }
+    }
+    free(d.batches);
+    if (r == EDDY_OK)
+        log_info("msg=\"reprocess: rebuilt stage-2 records sent\" rebuild=%" PRIu64
+                 " batches=%" PRIu64,
+                 j->stage2_id, d.sent);
+    else if (!err[0])
+        snprintf(err, errlen, "sending rebuilt stage-2 records: %s", eddy_strerror(r));
+    return r;
+}
 
 static void *rebuild_main(void *arg)
 {
@@ -127,9 +309,10 @@ static bool owns_here(void *ud, uint32_t p)
     return r->mem && state_service_owns(r->mem, p);
 }
 
-/* Check the request against this node and start its rebuild thread, which answers 'c'. */
+/* Check the request against this node and start its rebuild thread, which answers 'c'.
+ * 'stage2_id': the cluster-wide stage-2 rebuild it is part of (0: none). */
 static void start_local(struct reprocess_service *svc, rpc_call *c,
-                        const Eddy__V1__ReprocessRequest *req)
+                        const Eddy__V1__ReprocessRequest *req, uint64_t stage2_id)
 {
     char err[512] = "";
     struct rebuild_job *j = calloc(1, sizeof(*j));
@@ -140,8 +323,20 @@ static void start_local(struct reprocess_service *svc, rpc_call *c,
     j->svc = svc;
     j->call = c;
     j->o = (struct reprocess_opts){svc->eng, svc->work_dir, svc->ckpt_dir,
-                                   svc->router ? owns_here : NULL, svc->router, &svc->cancel};
+                                   svc->router ? owns_here : NULL, svc->router, &svc->cancel,
+                                   stage2_id ? deliver_stage2 : NULL, j};
+    j->stage2_id = stage2_id;
     eddy_err r = request_from_pb(req, &j->rq, err, sizeof(err));
+    if (r == EDDY_OK && stage2_id && !reprocess_rebuilds_stage2(&j->rq)) {
+        snprintf(err, sizeof(err), "a stage-2 rebuild replays every partition from the start");
+        r = EDDY_ERR_INVALID;
+    }
+    if (r == EDDY_OK && stage2_id && (!svc->s2 || stage2_side_renew(svc->s2, stage2_id, err,
+                                                                    sizeof(err)) != EDDY_OK)) {
+        if (!svc->s2)
+            snprintf(err, sizeof(err), "no stage-2 rebuild on this node");
+        r = EDDY_ERR_NOT_OWNER; /* FAILED_PRECONDITION */
+    }
     if (r == EDDY_OK)
         r = reprocess_check(&j->o, &j->rq, err, sizeof(err));
     if (r != EDDY_OK) {
@@ -179,13 +374,19 @@ static void start_local(struct reprocess_service *svc, rpc_call *c,
 
 struct fan_out {
     pthread_mutex_t mu;
+    pthread_cond_t cv;          /* driven: the last answer wakes the driver */
     size_t n, left;
     rpc_call *call;
     bool all;
+    bool driven;                /* a stage-2 driver waits for the answers and replies */
+    bool orphan;                /* the driver gave up waiting: the last answer frees */
     uint32_t partitions;
+    int64_t set[RP_PARAMS];     /* the request's new half-lives (0: unchanged) */
+    int64_t t0_ms;              /* driven: the duration counts from here to the reply */
     struct fan_slot {
         struct fan_out *f;
         char node[CLUSTER_ID_MAX];
+        char addr[CLUSTER_ADDR_MAX];
         struct rpc_result res;
         Eddy__V1__ReprocessResponse *resp;
     } slots[];
@@ -198,18 +399,27 @@ static int cmp_part(const void *a, const void *b)
     return (x->partition > y->partition) - (x->partition < y->partition);
 }
 
-/* One answer from the merged answers of every state node (or the first failure). */
-static void fan_reply(struct fan_out *f)
+/* The first state node that failed, NULL if none; *nparts: partitions rebuilt by the
+ * others, *ok: nodes that succeeded. */
+static const struct fan_slot *fan_failed(const struct fan_out *f, size_t *nparts, size_t *ok)
 {
-    Eddy__V1__ReprocessResponse m = EDDY__V1__REPROCESS_RESPONSE__INIT;
-    size_t nparts = 0, ok = 0;
     const struct fan_slot *failed = NULL;
+    *nparts = *ok = 0;
     for (size_t i = 0; i < f->n; i++) {
         if (f->slots[i].res.code != GRPC_STATUS_OK || !f->slots[i].resp)
             failed = failed ? failed : &f->slots[i];
         else
-            nparts += f->slots[i].resp->n_partitions, ok++;
+            *nparts += f->slots[i].resp->n_partitions, ++*ok;
     }
+    return failed;
+}
+
+/* One answer from the merged answers of every state node (or the first failure). */
+static void fan_reply(struct fan_out *f)
+{
+    Eddy__V1__ReprocessResponse m = EDDY__V1__REPROCESS_RESPONSE__INIT;
+    size_t nparts, ok;
+    const struct fan_slot *failed = fan_failed(f, &nparts, &ok);
     if (failed) {
         rpc_reply_error(f->call, failed->res.code, "state node %s: %s (%zu of %zu state nodes "
                                                     "finished their partitions)",
@@ -228,7 +438,10 @@ static void fan_reply(struct fan_out *f)
         rpc_reply_error(f->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "reprocess: out of memory");
         return;
     }
+    Eddy__V1__ReprocessParameter params[RP_PARAMS], *pp[RP_PARAMS];
+    char values[RP_PARAMS][24];
     m.first_seq = UINT64_MAX;
+    m.stage2_rebuilt = f->n > 0;
     for (size_t i = 0; i < f->n; i++) {
         const Eddy__V1__ReprocessResponse *r = f->slots[i].resp;
         for (size_t k = 0; k < r->n_partitions; k++)
@@ -238,17 +451,42 @@ static void fan_reply(struct fan_out *f)
             m.first_seq = r->first_seq;
         m.duration_ms = r->duration_ms > m.duration_ms ? r->duration_ms : m.duration_ms;
         m.pause_ms = r->pause_ms > m.pause_ms ? r->pause_ms : m.pause_ms;
+        m.stage2_rebuilt = m.stage2_rebuilt && r->stage2_rebuilt;
         if (!m.n_parameters) { /* every node answers its own values; the first one's */
             m.parameters = r->parameters;
             m.n_parameters = r->n_parameters;
         }
     }
+    /* a stage-2 rebuild's half-lives take effect at its swap, after the nodes answered */
+    if (m.n_parameters == RP_PARAMS) {
+        for (int i = 0; i < RP_PARAMS; i++) {
+            params[i] = *m.parameters[i];
+            if (f->set[i] && strcmp(params[i].name, reprocess_param_names[i]) == 0) {
+                snprintf(values[i], sizeof(values[i]), "%" PRId64, f->set[i]);
+                params[i].value = values[i];
+            }
+            pp[i] = &params[i];
+        }
+        m.parameters = pp;
+    }
     if (m.first_seq == UINT64_MAX)
         m.first_seq = 0;
+    if (f->t0_ms)
+        m.duration_ms = clock_mono_ms() - f->t0_ms;
     qsort(parts, m.n_partitions, sizeof(*parts), cmp_part);
     m.partitions = parts;
     rpc_reply(f->call, &m.base);
     free(parts);
+}
+
+static void fan_free(struct fan_out *f)
+{
+    for (size_t i = 0; i < f->n; i++)
+        if (f->slots[i].resp)
+            protobuf_c_message_free_unpacked(&f->slots[i].resp->base, NULL);
+    pthread_cond_destroy(&f->cv);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
 }
 
 static void fan_done(void *ud, const struct rpc_result *res, ProtobufCMessage *resp)
@@ -259,15 +497,70 @@ static void fan_done(void *ud, const struct rpc_result *res, ProtobufCMessage *r
     s->resp = (Eddy__V1__ReprocessResponse *)resp;
     pthread_mutex_lock(&f->mu);
     bool last = --f->left == 0;
+    bool driven = f->driven, orphan = f->orphan;
+    if (last && driven)
+        pthread_cond_signal(&f->cv);
     pthread_mutex_unlock(&f->mu);
-    if (!last)
-        return;
-    fan_reply(f);
-    for (size_t i = 0; i < f->n; i++)
-        if (f->slots[i].resp)
-            protobuf_c_message_free_unpacked(&f->slots[i].resp->base, NULL);
-    pthread_mutex_destroy(&f->mu);
-    free(f);
+    if (!last || (driven && !orphan))
+        return; /* the driver replies and frees */
+    if (!driven)
+        fan_reply(f);
+    fan_free(f);
+}
+
+/* A fan-out to 'nodes' (n > 0) for call 'c'; NULL on OOM. */
+static struct fan_out *fan_new(rpc_call *c, const struct cluster_node *nodes, size_t n,
+                               const struct reprocess_request *rq, uint32_t partitions)
+{
+    struct fan_out *f = calloc(1, sizeof(*f) + n * sizeof(f->slots[0]));
+    if (!f)
+        return NULL;
+    pthread_mutex_init(&f->mu, NULL);
+    clock_cond_init(&f->cv);
+    f->n = f->left = n;
+    f->call = c;
+    f->all = rq->all;
+    f->partitions = partitions;
+    memcpy(f->set, rq->set, sizeof(f->set));
+    for (size_t i = 0; i < n; i++) {
+        f->slots[i].f = f;
+        snprintf(f->slots[i].node, sizeof(f->slots[i].node), "%s", nodes[i].id);
+        snprintf(f->slots[i].addr, sizeof(f->slots[i].addr), "%s", nodes[i].grpc_addr);
+    }
+    return f;
+}
+
+/* Call State/Reprocess with 'req' on every node of 'f'. Every call is started before any
+ * answer can complete the fan-out: 'left' counts the calls that have not answered,
+ * failures to start included. Returns whether any call started (if none did, nothing
+ * completes 'f': the caller does). */
+static bool fan_start(struct reprocess_service *svc, struct fan_out *f,
+                      const Eddy__State__V1__StateReprocessRequest *req, int64_t timeout)
+{
+    pthread_mutex_lock(&f->mu);
+    for (size_t i = 0; i < f->n; i++) {
+        struct fan_slot *s = &f->slots[i];
+        rpc_channel *ch = svc->router->peers ? peers_get(svc->router->peers, s->addr) : NULL;
+        if (!ch || rpc_invoke_async(ch, M_STATE_REPROCESS, &req->base,
+                                    &eddy__v1__reprocess_response__descriptor, timeout,
+                                    fan_done, s) != EDDY_OK) {
+            char msg[sizeof(s->res.details)]; /* (GCC cannot tell addr and details apart) */
+            snprintf(msg, sizeof(msg), "cannot call %s", s->addr);
+            s->res.code = GRPC_STATUS_UNAVAILABLE;
+            memcpy(s->res.details, msg, sizeof(msg));
+            f->left--;
+        }
+    }
+    bool started = f->left > 0;
+    pthread_mutex_unlock(&f->mu);
+    return started;
+}
+
+/* The call's remaining time as a call timeout (0: none). */
+static int64_t call_timeout(rpc_call *c)
+{
+    int64_t left_ms = rpc_call_remaining_ms(c);
+    return left_ms == INT64_MAX ? 0 : (left_ms > 1 ? left_ms : 1);
 }
 
 /* Call State/Reprocess on the partition's owner, or on every state node (all). */
@@ -283,48 +576,275 @@ static void fan_out(struct reprocess_service *svc, rpc_call *c,
         uint64_t epoch;
         n = membership_owner(mem, rq->partition, nodes[0].id, &epoch, nodes[0].grpc_addr);
     }
-    struct fan_out *f = nodes && n ? calloc(1, sizeof(*f) + n * sizeof(f->slots[0])) : NULL;
+    struct fan_out *f = nodes && n ? fan_new(c, nodes, n, rq, membership_partitions(mem)) : NULL;
+    free(nodes);
     if (!f) {
         if (nodes && !n)
             rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE, "reprocess: no state node owns %s",
                             rq->all ? "any partition" : "the partition");
         else
             rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "reprocess: out of memory");
-        free(nodes);
         return;
     }
-    pthread_mutex_init(&f->mu, NULL);
-    f->n = f->left = n;
-    f->call = c;
-    f->all = rq->all;
-    f->partitions = membership_partitions(mem);
-    int64_t left_ms = rpc_call_remaining_ms(c);
-    int64_t timeout = left_ms == INT64_MAX ? 0 : (left_ms > 1 ? left_ms : 1);
-    /* Every call is started before any answer can complete the fan-out: 'left' counts the
-     * calls that have not answered, failures to start included. */
-    pthread_mutex_lock(&f->mu);
-    for (size_t i = 0; i < n; i++) {
-        struct fan_slot *s = &f->slots[i];
-        s->f = f;
-        snprintf(s->node, sizeof(s->node), "%s", nodes[i].id);
-        rpc_channel *ch = svc->router->peers ? peers_get(svc->router->peers, nodes[i].grpc_addr)
-                                             : NULL;
-        if (!ch || rpc_invoke_async(ch, M_STATE_REPROCESS, &req->base,
-                                    &eddy__v1__reprocess_response__descriptor, timeout,
-                                    fan_done, s) != EDDY_OK) {
-            s->res.code = GRPC_STATUS_UNAVAILABLE;
-            snprintf(s->res.details, sizeof(s->res.details), "cannot call %s",
-                     nodes[i].grpc_addr);
-            f->left--;
-        }
-    }
-    bool none_started = f->left == 0;
-    pthread_mutex_unlock(&f->mu);
-    free(nodes);
-    if (none_started) {
+    Eddy__State__V1__StateReprocessRequest sreq = EDDY__STATE__V1__STATE_REPROCESS_REQUEST__INIT;
+    sreq.request = (Eddy__V1__ReprocessRequest *)req;
+    if (!fan_start(svc, f, &sreq, call_timeout(c))) {
         f->left = 1; /* complete it here, as the last answer would */
         struct rpc_result res = f->slots[0].res;
         fan_done(&f->slots[0], &res, NULL);
+    }
+}
+
+/* ---- the ingest node: a cluster-wide stage-2 rebuild ------------------------------------ */
+
+struct driver_job {
+    struct reprocess_service *svc;
+    rpc_call *call;
+    Eddy__V1__ReprocessRequest *req;   /* a copy: the handler's is freed when it returns */
+    struct reprocess_request rq;
+    struct cluster_node *nodes;
+    size_t n;
+    uint64_t id;
+};
+
+/* One phase on every state node at once; OK if all answered OK (else the first failure in
+ * 'err'). 'resps' (may be NULL): the answers, caller frees. */
+static grpc_status_code phase_all(struct driver_job *d,
+                                  Eddy__State__V1__Stage2RebuildRequest__Phase phase,
+                                  Eddy__State__V1__SourceCut **cuts, size_t ncuts, char *err,
+                                  size_t errlen)
+{
+    Eddy__State__V1__Stage2RebuildRequest req = EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__INIT;
+    req.phase = phase;
+    req.rebuild_id = d->id;
+    if (phase == EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__PREPARE) {
+        req.set = d->req->set;
+        req.n_set = d->req->n_set;
+    }
+    req.cuts = cuts;
+    req.n_cuts = ncuts;
+    const char **addrs = calloc(d->n, sizeof(*addrs));
+    ProtobufCMessage **reqs = calloc(d->n, sizeof(*reqs));
+    struct peer_call *calls = calloc(d->n, sizeof(*calls));
+    grpc_status_code code = GRPC_STATUS_OK;
+    if (!addrs || !reqs || !calls) {
+        snprintf(err, errlen, "out of memory");
+        code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        goto out;
+    }
+    for (size_t i = 0; i < d->n; i++) {
+        addrs[i] = d->nodes[i].grpc_addr;
+        reqs[i] = &req.base;
+    }
+    peers_fan(d->svc->router->peers, M_STATE_STAGE2,
+              &eddy__state__v1__stage2_rebuild_response__descriptor, addrs, reqs, calls, d->n,
+              PHASE_TIMEOUT_MS);
+    for (size_t i = 0; i < d->n; i++) {
+        if (calls[i].res.code != GRPC_STATUS_OK && code == GRPC_STATUS_OK) {
+            code = calls[i].res.code;
+            snprintf(err, errlen, "state node %s: %s", d->nodes[i].id, calls[i].res.details);
+        }
+        if (calls[i].resp)
+            protobuf_c_message_free_unpacked(calls[i].resp, NULL);
+    }
+out:
+    free(addrs);
+    free(reqs);
+    free(calls);
+    return code;
+}
+
+/* Wait for every State/Reprocess answer, renewing the freezes meanwhile. False if the
+ * service stops first (the fan-out is then left to its last answer to free). */
+static bool wait_rebuilds(struct driver_job *d, struct fan_out *f)
+{
+    int64_t every = d->svc->renew_ms > 0 ? d->svc->renew_ms : 1000;
+    pthread_mutex_lock(&f->mu);
+    while (f->left > 0) {
+        struct timespec until = clock_mono_after(every);
+        if (pthread_cond_timedwait(&f->cv, &f->mu, &until) == 0 || f->left == 0)
+            continue;
+        if (atomic_load(&d->svc->cancel)) {
+            f->orphan = true;
+            pthread_mutex_unlock(&f->mu);
+            return false;
+        }
+        pthread_mutex_unlock(&f->mu);
+        char err[512] = "";
+        if (phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__RENEW, NULL, 0, err,
+                      sizeof(err)) != GRPC_STATUS_OK)
+            log_warn("msg=\"reprocess: renewing the stage-2 freeze failed\" rebuild=%" PRIu64
+                     " error=\"%s\"",
+                     d->id, err);
+        pthread_mutex_lock(&f->mu);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return true;
+}
+
+/* The cuts of the rebuilt partitions (every partition, once: fan_reply's checks). */
+static Eddy__State__V1__SourceCut **collect_cuts(const struct fan_out *f, size_t *n)
+{
+    size_t total = 0, ok;
+    fan_failed(f, &total, &ok);
+    Eddy__State__V1__SourceCut *cuts = calloc(total ? total : 1, sizeof(*cuts));
+    Eddy__State__V1__SourceCut **ptrs = calloc(total + 1, sizeof(*ptrs));
+    if (!cuts || !ptrs) {
+        free(cuts);
+        free(ptrs);
+        return NULL;
+    }
+    *n = 0;
+    for (size_t i = 0; i < f->n; i++) {
+        const Eddy__V1__ReprocessResponse *r = f->slots[i].resp;
+        for (size_t k = 0; k < r->n_partitions; k++) {
+            eddy__state__v1__source_cut__init(&cuts[*n]);
+            cuts[*n].partition = r->partitions[k]->partition;
+            cuts[*n].next_seq = r->partitions[k]->next_seq;
+            ptrs[*n] = &cuts[*n];
+            ++*n;
+        }
+    }
+    return ptrs; /* ptrs[0] is the array's start: free(ptrs[0]) then free(ptrs) */
+}
+
+static void driver_run(struct driver_job *d)
+{
+    struct reprocess_service *svc = d->svc;
+    char err[512] = "";
+    int64_t t0 = clock_mono_ms();
+    uint32_t P = membership_partitions(svc->router->mem);
+    grpc_status_code code =
+        phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__PREPARE, NULL, 0, err,
+                  sizeof(err));
+    if (code != GRPC_STATUS_OK) {
+        phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__ABORT, NULL, 0, err + strlen(err),
+                  0);
+        rpc_reply_error(d->call, code, "reprocess: freezing stage 2: %s", err);
+        return;
+    }
+    log_info("msg=\"reprocess: stage 2 frozen on every state node\" rebuild=%" PRIu64
+             " state_nodes=%zu",
+             d->id, d->n);
+    struct fan_out *f = fan_new(d->call, d->nodes, d->n, &d->rq, P);
+    Eddy__State__V1__StateReprocessRequest sreq = EDDY__STATE__V1__STATE_REPROCESS_REQUEST__INIT;
+    sreq.request = d->req;
+    sreq.stage2_rebuild_id = d->id;
+    if (f) {
+        f->driven = true; /* before any answer can arrive */
+        f->t0_ms = t0;
+    }
+    if (!f || !fan_start(svc, f, &sreq, call_timeout(d->call))) {
+        phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__ABORT, NULL, 0, err, 0);
+        rpc_reply_error(d->call, f ? GRPC_STATUS_UNAVAILABLE : GRPC_STATUS_RESOURCE_EXHAUSTED,
+                        "reprocess: %s", f ? f->slots[0].res.details : "out of memory");
+        if (f)
+            fan_free(f);
+        return;
+    }
+    if (!wait_rebuilds(d, f)) {
+        phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__ABORT, NULL, 0, err, 0);
+        rpc_reply_error(d->call, GRPC_STATUS_UNAVAILABLE, "reprocess: the node is stopping");
+        return;
+    }
+    size_t nparts, ok, ncuts = 0;
+    const struct fan_slot *failed = fan_failed(f, &nparts, &ok);
+    Eddy__State__V1__SourceCut **cuts = NULL;
+    if (!failed && nparts == P && (cuts = collect_cuts(f, &ncuts)) != NULL)
+        code = phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__SWAP, cuts, ncuts,
+                         err, sizeof(err));
+    if (!failed && nparts == P && !cuts)
+        code = GRPC_STATUS_RESOURCE_EXHAUSTED, snprintf(err, sizeof(err), "out of memory");
+    if (failed || nparts != P || code != GRPC_STATUS_OK) {
+        char ignored[1];
+        phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__ABORT, NULL, 0, ignored, 0);
+    }
+    if (failed || nparts != P)
+        fan_reply(f); /* the failure, or the partitions missing */
+    else if (code != GRPC_STATUS_OK)
+        rpc_reply_error(d->call, code, "reprocess: stage-2 swap: %s (the product state of the "
+                                       "nodes that failed is unchanged; run it again)",
+                        err);
+    else
+        fan_reply(f);
+    if (cuts) {
+        free(cuts[0]);
+        free(cuts);
+    }
+    fan_free(f);
+}
+
+static void *driver_main(void *arg)
+{
+    struct driver_job *d = arg;
+    struct reprocess_service *svc = d->svc;
+    driver_run(d);
+    eddy__v1__reprocess_request__free_unpacked(d->req, NULL);
+    free(d->nodes);
+    free(d);
+    pthread_mutex_lock(&svc->mu);
+    svc->driving = false;
+    pthread_mutex_unlock(&svc->mu);
+    return NULL;
+}
+
+/* A copy of 'req' that outlives the handler. */
+static Eddy__V1__ReprocessRequest *copy_request(const Eddy__V1__ReprocessRequest *req)
+{
+    size_t len = eddy__v1__reprocess_request__get_packed_size(req);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return NULL;
+    eddy__v1__reprocess_request__pack(req, buf);
+    Eddy__V1__ReprocessRequest *copy = eddy__v1__reprocess_request__unpack(NULL, len, buf);
+    free(buf);
+    return copy;
+}
+
+/* Start the driver of a cluster-wide stage-2 rebuild, which answers 'c'. */
+static void drive_stage2(struct reprocess_service *svc, rpc_call *c,
+                         const Eddy__V1__ReprocessRequest *req, const struct reprocess_request *rq)
+{
+    struct driver_job *d = calloc(1, sizeof(*d));
+    if (d) {
+        d->nodes = calloc(MAX_STATE_NODES, sizeof(*d->nodes));
+        d->req = copy_request(req);
+    }
+    if (!d || !d->nodes || !d->req) {
+        if (d) {
+            free(d->nodes);
+            if (d->req)
+                eddy__v1__reprocess_request__free_unpacked(d->req, NULL);
+        }
+        free(d);
+        rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "reprocess: out of memory");
+        return;
+    }
+    d->svc = svc;
+    d->call = c;
+    d->rq = *rq;
+    d->n = membership_state_nodes(svc->router->mem, d->nodes, MAX_STATE_NODES);
+    /* unique per rebuild: an id left over from a lapsed one is never reused */
+    d->id = ((uint64_t)clock_wall_ms() << 12) ^ (uint64_t)(clock_mono_ns() & 0xfff);
+    const char *why = d->n == 0 ? "reprocess: no state node" : NULL;
+    pthread_mutex_lock(&svc->mu);
+    if (!why && svc->driving)
+        why = "reprocess: a cluster-wide rebuild is already running from this node; retry when "
+              "it has finished";
+    if (!why) {
+        if (svc->driver_joinable) /* the previous driver has finished: reap it */
+            pthread_join(svc->driver, NULL);
+        svc->driver_joinable = pthread_create(&svc->driver, NULL, driver_main, d) == 0;
+        svc->driving = svc->driver_joinable;
+        if (!svc->driving)
+            why = "reprocess: cannot start a thread";
+    }
+    pthread_mutex_unlock(&svc->mu);
+    if (why) {
+        rpc_reply_error(c, d->n == 0 ? GRPC_STATUS_UNAVAILABLE : GRPC_STATUS_ABORTED, "%s", why);
+        eddy__v1__reprocess_request__free_unpacked(d->req, NULL);
+        free(d->nodes);
+        free(d);
     }
 }
 
@@ -335,7 +855,7 @@ static void handle_public(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     struct reprocess_service *svc = ud;
     const Eddy__V1__ReprocessRequest *req = (const Eddy__V1__ReprocessRequest *)msg;
     if (!svc->router) {
-        start_local(svc, c, req);
+        start_local(svc, c, req, 0);
         return;
     }
     char err[512] = "";
@@ -346,18 +866,102 @@ static void handle_public(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         return;
     }
     if (r == EDDY_OK)
-        r = reprocess_check_request(&rq, membership_partitions(svc->router->mem), true, err,
+        r = reprocess_check_request(&rq, membership_partitions(svc->router->mem), err,
                                     sizeof(err));
     if (r != EDDY_OK) {
         rpc_reply_error(c, eddy_err_to_grpc(r), "reprocess: %s", err);
         return;
     }
-    fan_out(svc, c, req, &rq);
+    if (reprocess_rebuilds_stage2(&rq))
+        drive_stage2(svc, c, req, &rq);
+    else
+        fan_out(svc, c, req, &rq);
 }
 
 static void handle_state(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
-    start_local(ud, c, (const Eddy__V1__ReprocessRequest *)msg);
+    const Eddy__State__V1__StateReprocessRequest *req =
+        (const Eddy__State__V1__StateReprocessRequest *)msg;
+    if (!req->request) {
+        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "reprocess: no request");
+        return;
+    }
+    start_local(ud, c, req->request, req->stage2_rebuild_id);
+}
+
+static void handle_stage2(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct reprocess_service *svc = ud;
+    const Eddy__State__V1__Stage2RebuildRequest *req =
+        (const Eddy__State__V1__Stage2RebuildRequest *)msg;
+    Eddy__State__V1__Stage2RebuildResponse resp = EDDY__STATE__V1__STAGE2_REBUILD_RESPONSE__INIT;
+    char err[512] = "";
+    eddy_err r = EDDY_OK;
+    struct reprocess_request rq = {.all = true};
+    uint32_t *swapped = NULL;
+    struct stage2_cut *cuts = NULL;
+    switch (req->phase) {
+    case EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__PREPARE:
+        for (size_t i = 0; i < req->n_set && r == EDDY_OK; i++)
+            r = reprocess_set_param(&rq, req->set[i]->name, req->set[i]->value, err, sizeof(err));
+        if (r == EDDY_OK)
+            r = stage2_side_prepare(svc->s2, req->rebuild_id, rq.set, err, sizeof(err));
+        break;
+    case EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__RENEW:
+        r = stage2_side_renew(svc->s2, req->rebuild_id, err, sizeof(err));
+        break;
+    case EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__SWAP: {
+        size_t nswapped = 0;
+        uint64_t batches = 0;
+        uint32_t P = engine_options(svc->eng)->apply.partitions;
+        swapped = calloc(P, sizeof(*swapped));
+        cuts = calloc(req->n_cuts ? req->n_cuts : 1, sizeof(*cuts));
+        if (!swapped || !cuts) {
+            r = EDDY_ERR_NOMEM;
+            break;
+        }
+        for (size_t i = 0; i < req->n_cuts; i++)
+            cuts[i] = (struct stage2_cut){req->cuts[i]->partition, req->cuts[i]->next_seq};
+        r = stage2_side_swap(svc->s2, req->rebuild_id, cuts, req->n_cuts, swapped, &nswapped,
+                             &batches, err, sizeof(err));
+        resp.partitions = swapped;
+        resp.n_partitions = nswapped;
+        resp.batches = batches;
+        break;
+    }
+    case EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__ABORT:
+        stage2_side_abort(svc->s2, req->rebuild_id);
+        break;
+    default:
+        snprintf(err, sizeof(err), "unknown phase %d", (int)req->phase);
+        r = EDDY_ERR_INVALID;
+    }
+    if (r == EDDY_OK)
+        rpc_reply(c, &resp.base);
+    else if (r == EDDY_ERR_NOT_FOUND) /* not the open rebuild: the caller's state is stale */
+        rpc_reply_error(c, GRPC_STATUS_FAILED_PRECONDITION, "%s", err);
+    else
+        rpc_reply_error(c, eddy_err_to_grpc(r), "%s", err[0] ? err : eddy_strerror(r));
+    free(swapped);
+    free(cuts);
+}
+
+static void handle_rebuild_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    struct reprocess_service *svc = ud;
+    const Eddy__State__V1__RebuildForwardRequest *req =
+        (const Eddy__State__V1__RebuildForwardRequest *)msg;
+    char err[512] = "";
+    eddy_err r = stage2_side_apply(svc->s2, req->rebuild_id, req->batches, req->n_batches, err,
+                                   sizeof(err));
+    Eddy__State__V1__RebuildForwardResponse resp = EDDY__STATE__V1__REBUILD_FORWARD_RESPONSE__INIT;
+    resp.applied = (uint32_t)req->n_batches;
+    if (r == EDDY_OK)
+        rpc_reply(c, &resp.base);
+    else
+        rpc_reply_error(c, r == EDDY_ERR_NOT_FOUND ? GRPC_STATUS_FAILED_PRECONDITION
+                                                   : eddy_err_to_grpc(r),
+                        "%s", err);
 }
 
 eddy_err reprocess_service_register(struct reprocess_service *svc, rpc_server *s, bool public_api)
@@ -377,8 +981,16 @@ eddy_err reprocess_service_register(struct reprocess_service *svc, rpc_server *s
                                    &eddy__v1__reprocess_request__descriptor, handle_public, svc);
     if (err == EDDY_OK && svc->router && svc->eng)
         err = rpc_server_add_unary_lane(s, M_STATE_REPROCESS,
-                                        &eddy__v1__reprocess_request__descriptor, handle_state,
-                                        svc, STATE_LANE_LEAF);
+                                        &eddy__state__v1__state_reprocess_request__descriptor,
+                                        handle_state, svc, STATE_LANE_LEAF);
+    if (err == EDDY_OK && svc->router && svc->eng && svc->s2)
+        err = rpc_server_add_unary_lane(s, M_STATE_STAGE2,
+                                        &eddy__state__v1__stage2_rebuild_request__descriptor,
+                                        handle_stage2, svc, STATE_LANE_LEAF);
+    if (err == EDDY_OK && svc->router && svc->eng && svc->s2)
+        err = rpc_server_add_unary_lane(s, M_STATE_REBUILD_FORWARD,
+                                        &eddy__state__v1__rebuild_forward_request__descriptor,
+                                        handle_rebuild_forward, svc, STATE_LANE_LEAF);
     return err;
 }
 
@@ -389,7 +1001,7 @@ bool reprocess_service_busy(struct reprocess_service *svc)
     pthread_mutex_lock(&svc->mu);
     bool busy = svc->busy;
     pthread_mutex_unlock(&svc->mu);
-    return busy;
+    return busy || stage2_side_busy(svc->s2);
 }
 
 void reprocess_service_stop(struct reprocess_service *svc)
@@ -398,10 +1010,12 @@ void reprocess_service_stop(struct reprocess_service *svc)
         return; /* never registered */
     atomic_store(&svc->cancel, true);
     pthread_mutex_lock(&svc->mu);
-    bool join = svc->joinable;
-    svc->joinable = false;
+    bool join = svc->joinable, join_driver = svc->driver_joinable;
+    svc->joinable = svc->driver_joinable = false;
     pthread_mutex_unlock(&svc->mu);
     if (join)
         pthread_join(svc->thread, NULL);
+    if (join_driver)
+        pthread_join(svc->driver, NULL);
     pthread_mutex_destroy(&svc->mu);
 }

@@ -4,14 +4,21 @@
  *   --dev          Eddy/Reprocess rebuilds this node's partitions (reprocess.h).
  *   ingest node    Eddy/Reprocess checks the request, then calls State/Reprocess on every
  *                  state node (all) or on the partition's owner, in parallel, and merges
- *                  the answers.
- *   state node     State/Reprocess rebuilds the partitions it owns (stage 1).
+ *                  the answers. With all from the start it drives a cluster-wide stage-2
+ *                  rebuild around them (stage2_side.h): Stage2Rebuild PREPARE on every
+ *                  state node, the State/Reprocess calls (renewing the freezes meanwhile),
+ *                  then SWAP with every partition's cut, or ABORT on any failure.
+ *   state node     State/Reprocess rebuilds the partitions it owns (stage 1) and, in a
+ *                  stage-2 rebuild, sends the stage-2 records it derived to the product
+ *                  partitions' owners (RebuildForward); Stage2Rebuild and RebuildForward
+ *                  drive its stage2_side.
  *
  * DESIGN: a rebuild takes as long as replaying the log, so it never runs on an RPC thread:
  * the handler checks the request, starts one rebuild thread (one rebuild at a time per
  * node; another request meanwhile gets ABORTED) and returns; the thread answers the call.
  * The ingest node's fan-out is asynchronous too: the last state node's answer (on a
- * channel's CQ thread) merges and replies.
+ * channel's CQ thread) merges and replies; a stage-2 rebuild has phases to sequence, so a
+ * thread of its own drives it (one at a time per ingest node).
  *
  * Threads: handlers on RPC threads; the rebuild on its own thread; 'mu' guards 'busy'. */
 #ifndef EDDY_REPROCESS_SERVICE_H
@@ -25,6 +32,7 @@
 #include "common/rpc_server.h"
 #include "node/cluster/router.h"
 #include "node/state/engine.h"
+#include "node/state/stage2_side.h"
 
 struct reprocess_service {
     engine *eng;                /* borrowed; NULL on a node without the state role */
@@ -36,6 +44,8 @@ struct reprocess_service {
      * then waits (UNAVAILABLE): the moving copy would miss its swap. */
     bool (*moving)(void *ud);
     void *moving_ud;
+    stage2_side *s2;            /* borrowed; a state node in a cluster (else NULL) */
+    int64_t renew_ms;           /* ingest node: renew the stage-2 freezes this often */
 
     /* private */
     pthread_mutex_t mu;
@@ -43,6 +53,9 @@ struct reprocess_service {
     bool joinable;
     pthread_t thread;
     _Atomic bool cancel;
+    bool driving;               /* ingest node: a stage-2 rebuild's driver thread runs */
+    bool driver_joinable;
+    pthread_t driver;
     char work_dir[PATH_MAX];
     char ckpt_dir[PATH_MAX];
 };
@@ -52,8 +65,8 @@ struct reprocess_service {
  * must outlive the server. */
 eddy_err reprocess_service_register(struct reprocess_service *svc, rpc_server *s, bool public_api);
 
-/* Whether a rebuild runs on this node now (a move's source then refuses to start a copy:
- * the copy would miss the swap). Any thread. */
+/* Whether a rebuild runs on this node now, or a stage-2 rebuild froze its product state (a
+ * move's source then refuses to start a copy: the copy would miss the swap). Any thread. */
 bool reprocess_service_busy(struct reprocess_service *svc);
 
 /* Stop a running rebuild (it ends with UNAVAILABLE, nothing swapped unless it was already

@@ -57,7 +57,8 @@ bool state_service_stage2_local(void *ud, uint32_t p)
 {
     struct state_service *svc = ud;
     uint64_t epoch;
-    return svc->mem && membership_owns(svc->mem, p, &epoch) && !(svc->freeze_id && frozen(svc, p));
+    return svc->mem && membership_owns(svc->mem, p, &epoch) &&
+           !(svc->freeze_id && frozen(svc, p)) && !stage2_side_frozen(svc->s2);
 }
 
 bool state_service_moving_out(struct state_service *svc, uint32_t p)
@@ -379,13 +380,14 @@ static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         return;
     }
     *pf = (struct pending_forward){c, req->partitions, pf->refused, pf->list, n};
-    /* the partitions the sender means: refused unless ours, taken over and not frozen (the
-     * writer checks again when it applies) */
+    /* the partitions the sender means: refused unless ours, taken over and not frozen by
+     * a move or a rebuild (the writer checks again when it applies) */
+    bool rebuilding = stage2_side_frozen(svc->s2);
     for (size_t i = 0; i < n; i++) {
         uint32_t q = req->partitions[i];
         uint64_t epoch;
         pf->refused[i] = q >= P || !membership_owns(svc->mem, q, &epoch) ||
-                         !ready_at(svc, q, epoch) || frozen(svc, q);
+                         !ready_at(svc, q, epoch) || frozen(svc, q) || rebuilding;
     }
     /* records for a partition still being taken over would be overwritten by its restore */
     for (size_t i = 0; i < req->n_batches && n == 0; i++) {

@@ -12,6 +12,7 @@
 #include "node/state/engine.h"
 #include "node/state/popcache.h"
 #include "node/state/query.h"
+#include "node/state/stage2_side.h"
 
 /* Handler lanes of the State methods (see rpc_server.h "Lanes"). A User request may call
  * CategoryTop and Neighbours on every node (this one too), so it runs on a lane below
@@ -41,6 +42,10 @@ struct state_service {
     _Atomic int64_t *freeze_until;
     int64_t freeze_ms;           /* --move-freeze: how long a freeze lasts unrenewed */
     _Atomic bool joined;         /* set by state_service_joined: 'mem' may be used */
+    /* A cluster-wide stage-2 rebuild's side (stage2_side.h; NULL: none): while it freezes
+     * stage 2, this node's product partitions are not local (their records wait in the
+     * OUTBOXes) and Forward refuses them. */
+    stage2_side *s2;
     /* Whether a rebuild (eddy reprocess) runs here: a move's copy waits (NULL: never). */
     bool (*rebuild_busy)(void *ud);
     void *rebuild_ud;
@@ -70,8 +75,9 @@ void state_service_takeover_release(struct state_service *svc);
 void state_service_takeover(struct state_service *svc);
 
 /* Whether stage-2 records of product partition 'p' are applied here now (the engine's
- * cluster owns() hook; 'ud' is the state_service): this node owns it and no move froze
- * it. A frozen partition's records go to the OUTBOX and reach the owner after the move. */
+ * cluster owns() hook; 'ud' is the state_service): this node owns it and neither a move
+ * nor a stage-2 rebuild froze it. A frozen partition's records go to the OUTBOX and reach
+ * the owner after the move or the rebuild. */
 bool state_service_stage2_local(void *ud, uint32_t p);
 
 /* A move's target: the partition is current at 'epoch' (final tail applied): serve it. */

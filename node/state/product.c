@@ -58,7 +58,9 @@ bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, 
     size_t n = pbenc_str_size(ps->category, &lcat) + pbenc_str_size(ps->brand, &lbrand) +
                pbenc_double_size(ps->price) + pbenc_decayed_size(ps->popularity) +
                pbenc_u64_size((uint64_t)ps->last_ts) +
-               pbenc_str_size(ps->category_indexed, &lidx);
+               pbenc_str_size(ps->category_indexed, &lidx) +
+               pbenc_u64_size((uint64_t)ps->price_ts) +
+               pbenc_u64_size((uint64_t)ps->category_ts) + pbenc_u64_size((uint64_t)ps->brand_ts);
     for (size_t i = 0; i < ps->n_neighbours; i++) {
         const Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
         if (pbenc_unknown(&nb->base) || (nb->score && pbenc_unknown(&nb->score->base)))
@@ -82,7 +84,10 @@ bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, 
         p = pbenc_put_str(p, 0x1a, nb->category, lnc);
     }
     p = pbenc_put_u64(p, 0x30, (uint64_t)ps->last_ts);
-    pbenc_put_str(p, 0x3a, ps->category_indexed, lidx);
+    p = pbenc_put_str(p, 0x3a, ps->category_indexed, lidx);
+    p = pbenc_put_u64(p, 0x40, (uint64_t)ps->price_ts);
+    p = pbenc_put_u64(p, 0x48, (uint64_t)ps->category_ts);
+    pbenc_put_u64(p, 0x50, (uint64_t)ps->brand_ts);
     return true;
 }
 
@@ -117,6 +122,36 @@ static eddy_err count_window(store_txn *t, uint32_t q, const Eddy__Store__V1__Pr
     return counts_bump(t, &k, u->event_type, u->category);
 }
 
+/* Whether a value 'v' of event time 'ts' replaces the current one ('cur' of 'cur_ts'): the
+ * newest wins, and of two equally new the greater, so the result is the same in whatever
+ * order the updates arrive (they come from every user partition). */
+static bool newer_str(int64_t ts, const char *v, int64_t cur_ts, const char *cur)
+{
+    return !pb_empty(v) && (ts > cur_ts || (ts == cur_ts && strcmp(v, cur ? cur : "") > 0));
+}
+
+/* The product's category, brand and price: each from the newest update that carried it. */
+static eddy_err take_attributes(Eddy__Store__V1__ProductState *ps,
+                                const Eddy__Store__V1__ProductUpdate *u)
+{
+    eddy_err err = EDDY_OK;
+    if (newer_str(u->ts, u->category, ps->category_ts, ps->category)) {
+        err = pb_set_str(&ps->category, u->category);
+        ps->category_ts = u->ts;
+    }
+    if (err == EDDY_OK && newer_str(u->ts, u->brand, ps->brand_ts, ps->brand)) {
+        err = pb_set_str(&ps->brand, u->brand);
+        ps->brand_ts = u->ts;
+    }
+    if (u->price > 0 && (u->ts > ps->price_ts || (u->ts == ps->price_ts && u->price > ps->price))) {
+        ps->price = u->price;
+        ps->price_ts = u->ts;
+    }
+    if (u->ts > ps->last_ts)
+        ps->last_ts = u->ts;
+    return err;
+}
+
 static eddy_err apply_update(store_txn *t, const struct product_params *p, uint32_t q,
                              const Eddy__Store__V1__ProductUpdate *u)
 {
@@ -125,15 +160,8 @@ static eddy_err apply_update(store_txn *t, const struct product_params *p, uint3
     eddy_err err = load_product(t, q, u->product_id, &ps, &k);
     if (err != EDDY_OK)
         goto out;
-    if (u->ts >= ps->last_ts) {
-        if (!pb_empty(u->category) && (err = pb_set_str(&ps->category, u->category)) != EDDY_OK)
-            goto out;
-        if (!pb_empty(u->brand) && (err = pb_set_str(&ps->brand, u->brand)) != EDDY_OK)
-            goto out;
-        if (u->price > 0)
-            ps->price = u->price;
-        ps->last_ts = u->ts;
-    }
+    if ((err = take_attributes(ps, u)) != EDDY_OK)
+        goto out;
     double w = model_event_weight(u->event_type);
     if (w > 0) {
         if (!ps->popularity && !(ps->popularity = decay_new())) {

@@ -91,7 +91,7 @@ static void current_params(engine *e, int64_t out[RP_PARAMS])
  * no other copy to keep in step. Runs on the writer thread (inside the exclusive job), so
  * the apply sees them from its next record on; each value is one aligned 64-bit atomic
  * store, so a concurrent query reads the old or the new half-life, never a torn one. */
-static void publish_params(engine *e, const int64_t set[RP_PARAMS])
+void reprocess_publish_params(engine *e, const int64_t set[RP_PARAMS])
 {
     struct engine_opts *o = (struct engine_opts *)engine_options(e); /* the engine's own copy */
     int64_t *const dst[RP_PARAMS] = {&o->apply.model.affinity.half_life_ms,
@@ -157,8 +157,13 @@ static bool has_dir(const struct reprocess_opts *o)
     return o->checkpoint_dir && o->checkpoint_dir[0];
 }
 
+bool reprocess_rebuilds_stage2(const struct reprocess_request *rq)
+{
+    return rq->all && !rq->checkpoint[0];
+}
+
 eddy_err reprocess_check_request(const struct reprocess_request *rq, uint32_t partitions,
-                                 bool cluster, char *err, size_t errlen)
+                                 char *err, size_t errlen)
 {
     bool any_set = rq->set[RP_AFFINITY] || rq->set[RP_POPULARITY] || rq->set[RP_NEIGHBOURS];
     if (!rq->all && rq->partition >= partitions) {
@@ -169,13 +174,6 @@ eddy_err reprocess_check_request(const struct reprocess_request *rq, uint32_t pa
     if (any_set && !rq->all) {
         snprintf(err, errlen, "--set changes a node-wide parameter: it needs --all (every "
                               "partition rebuilt with it)");
-        return EDDY_ERR_INVALID;
-    }
-    if (cluster && (rq->set[RP_POPULARITY] || rq->set[RP_NEIGHBOURS])) {
-        snprintf(err, errlen,
-                 "popularity-half-life and neighbour-half-life shape stage-2 (product) state, "
-                 "which a cluster cannot rebuild yet (see docs/operations.md, Reprocessing); "
-                 "only affinity-half-life can be set in a cluster");
         return EDDY_ERR_INVALID;
     }
     if (rq->checkpoint[0] && any_set) {
@@ -195,10 +193,16 @@ eddy_err reprocess_check_request(const struct reprocess_request *rq, uint32_t pa
 eddy_err reprocess_check(const struct reprocess_opts *o, const struct reprocess_request *rq,
                          char *err, size_t errlen)
 {
-    eddy_err r = reprocess_check_request(rq, engine_options(o->eng)->apply.partitions,
-                                         o->owns != NULL, err, errlen);
+    eddy_err r = reprocess_check_request(rq, engine_options(o->eng)->apply.partitions, err,
+                                         errlen);
     if (r != EDDY_OK)
         return r;
+    if (o->owns && !o->deliver && (rq->set[RP_POPULARITY] || rq->set[RP_NEIGHBOURS])) {
+        snprintf(err, errlen, "popularity-half-life and neighbour-half-life shape stage-2 "
+                              "(product) state, which a cluster rebuilds only as a whole: "
+                              "ask an ingest node (eddy reprocess --all --from-start)");
+        return EDDY_ERR_INVALID;
+    }
     if (rq->checkpoint[0] && !has_dir(o)) {
         snprintf(err, errlen, "this node has no checkpoint directory");
         return EDDY_ERR_INVALID;
@@ -237,7 +241,8 @@ struct rebuild {
     store_txn *txn;               /* the side store's */
     struct apply_params ap;       /* with the new half-life, no log sweep (the log stays live) */
     struct product_params pp;
-    bool stage2;
+    bool stage2;                  /* product tables rebuilt and swapped here (--dev) */
+    bool collect;                 /* stage-2 records kept for opts.deliver (cluster) */
     struct part_state *ps;
     size_t n;
     uint64_t pending;             /* records since the last side commit */
@@ -257,6 +262,24 @@ static eddy_err emit_side(void *ud, const Eddy__Store__V1__Stage2Batch *b)
 {
     struct rebuild *rb = ud;
     return product_apply(rb->txn, &rb->pp, b, NULL, NULL);
+}
+
+/* Stage-2 records of the replay wait in the side store's OUTBOX for opts.deliver. */
+static eddy_err emit_collect(void *ud, const Eddy__Store__V1__Stage2Batch *b)
+{
+    struct rebuild *rb = ud;
+    struct store_key k;
+    key_init(&k, b->source_partition, T_OUTBOX);
+    key_u64(&k, b->source_seq);
+    return store_txn_put_msg(rb->txn, &k, &b->base);
+}
+
+eddy_err reprocess_scan_stage2(store *side, uint32_t p, store_scan_fn *fn, void *ud)
+{
+    struct store_key start, end;
+    key_init(&start, p, T_OUTBOX);
+    key_prefix_end(&start, &end);
+    return store_scan(side, &start, &end, fn, ud);
 }
 
 struct replay_scan {
@@ -286,8 +309,8 @@ static int replay_one(void *ud, const unsigned char *k, size_t klen, const char 
         return 1;
     }
     enum apply_outcome oc;
-    rs->err = apply_replay(rb->txn, &rb->ap, st->p, &st->m, seq, r, rb->stage2 ? emit_side : NULL,
-                           rb, &oc);
+    apply_emit_fn *emit = rb->stage2 ? emit_side : rb->collect ? emit_collect : NULL;
+    rs->err = apply_replay(rb->txn, &rb->ap, st->p, &st->m, seq, r, emit, rb, &oc);
     eddy__store__v1__log_record__free_unpacked(r, NULL);
     if (!st->any) {
         st->any = true;
@@ -621,7 +644,7 @@ static eddy_err swap_fn(void *ud, engine *e)
     }
     store_txn_free(txn);
     if (err == EDDY_OK)
-        publish_params(e, rb->set);
+        reprocess_publish_params(e, rb->set);
     rb->pause_ms = clock_mono_ms() - t0;
     return err;
 }
@@ -710,7 +733,7 @@ static void fill_result(struct rebuild *rb, struct reprocess_result *out)
     if (out->first_seq == UINT64_MAX)
         out->first_seq = 0;
     out->pause_ms = rb->pause_ms;
-    out->stage2 = rb->stage2;
+    out->stage2 = rb->stage2 || rb->collect;
     current_params(rb->o->eng, out->params);
 }
 
@@ -737,7 +760,10 @@ eddy_err reprocess_run(const struct reprocess_opts *o, const struct reprocess_re
         rb.pp.neighbours.half_life_ms = rq->set[RP_NEIGHBOURS];
     /* Stage 2 of a product partition is fed by every user partition: only a replay of
      * every log rebuilds it, and only --dev holds every log. */
-    rb.stage2 = rq->all && !rq->checkpoint[0] && !o->owns;
+    rb.stage2 = reprocess_rebuilds_stage2(rq) && !o->owns;
+    rb.collect = reprocess_rebuilds_stage2(rq) && o->owns && o->deliver;
+    if (rb.collect) /* the stage-2 swap publishes these */
+        rb.set[RP_POPULARITY] = rb.set[RP_NEIGHBOURS] = 0;
     err[0] = '\0';
 
     char lerr[256] = "";
@@ -767,6 +793,8 @@ eddy_err reprocess_run(const struct reprocess_opts *o, const struct reprocess_re
             break;
     }
     if ((r = run_swap(&rb)) != EDDY_OK)
+        goto out;
+    if (rb.collect && (r = o->deliver(o->deliver_ud, rb.side, err, errlen)) != EDDY_OK)
         goto out;
     out->parts = calloc(rb.n ? rb.n : 1, sizeof(*out->parts));
     if (!out->parts) {

@@ -65,6 +65,15 @@ struct reprocess_opts {
     bool (*owns)(void *ud, uint32_t p);
     void *owns_ud;
     const _Atomic bool *cancel;      /* set: stop soon with EDDY_ERR_UNAVAILABLE; may be NULL */
+    /* Cluster, part of a cluster-wide stage-2 rebuild (stage2_side.h; all, from the start):
+     * the stage-2 records of every replayed event are kept in the side store's OUTBOX
+     * instead of being applied, and once the stage-1 swap is done 'deliver' gets the side
+     * store to send them to the product partitions' owners (reprocess_scan_stage2), before
+     * the store is removed. Its failure fails the call (the stage-1 swap stays: it is
+     * complete by itself). The stage-1 swap then publishes affinity-half-life only; the
+     * stage-2 swap the others. NULL: stage 2 is not rebuilt (in a cluster). */
+    eddy_err (*deliver)(void *ud, store *side, char *err, size_t errlen);
+    void *deliver_ud;
 };
 
 /* What was rebuilt of one partition. */
@@ -88,13 +97,16 @@ struct reprocess_result {
     int64_t params[RP_PARAMS];       /* half-lives in effect afterwards */
 };
 
+/* Whether 'rq' rebuilds stage 2 too: every partition from the start (in a cluster, a
+ * cluster-wide rebuild; see stage2_side.h). */
+bool reprocess_rebuilds_stage2(const struct reprocess_request *rq);
+
 /* The checks that need no node: partition below 'partitions', a parameter change needs
  * all (parameters are node-wide) and no checkpoint (its state was built with the old
- * ones), in a 'cluster' only affinity-half-life, with all a checkpoint id is "latest".
- * EDDY_ERR_INVALID with a message in 'err'. (An ingest node checks this before fanning
- * out.) */
+ * ones), with all a checkpoint id is "latest". EDDY_ERR_INVALID with a message in 'err'.
+ * (An ingest node checks this before fanning out.) */
 eddy_err reprocess_check_request(const struct reprocess_request *rq, uint32_t partitions,
-                                 bool cluster, char *err, size_t errlen);
+                                 char *err, size_t errlen);
 
 /* reprocess_check_request, then against this node (cheap, no replay): a checkpoint
  * directory and the named checkpoint exist (EDDY_ERR_INVALID), owns() says the partition
@@ -109,5 +121,13 @@ eddy_err reprocess_run(const struct reprocess_opts *o, const struct reprocess_re
                        struct reprocess_result *out, char *err, size_t errlen);
 
 void reprocess_result_release(struct reprocess_result *r);
+
+/* Call 'fn' with each stage-2 batch (packed) the rebuild kept in 'side' for user partition
+ * 'p' (opts.deliver), in seq order; a non-zero return stops the scan. */
+eddy_err reprocess_scan_stage2(store *side, uint32_t p, store_scan_fn *fn, void *ud);
+
+/* Make the half-lives 'set' (0: unchanged) the engine's, for the apply and the queries.
+ * On the writer thread only (an exclusive job). */
+void reprocess_publish_params(engine *e, const int64_t set[RP_PARAMS]);
 
 #endif

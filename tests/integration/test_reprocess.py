@@ -40,6 +40,21 @@ def table_counts(dump):
     return tables
 
 
+def assert_product_tables_equal(test, state_nodes, ref):
+    """Stop the nodes; the product (stage-2) tables of every state node together equal the
+    --dev node ref's, byte for byte (each table has rows: not trivially equal)."""
+    tables = "product,prod_win,cat_pop"
+    for n in state_nodes:
+        n.stop()
+    ref.stop()
+    rows = sorted(l for n in state_nodes for l in n.dump_state(tables).decode().splitlines())
+    want = sorted(ref.dump_state(tables).decode().splitlines())
+    test.assertEqual(len({bytes.fromhex(l.split()[0])[2] for l in want}), 3)
+    if rows != want:
+        diff = sorted(set(rows) ^ set(want))[:3]
+        test.fail(f"product state differs: {len(rows)} vs {len(want)} rows; {diff}")
+
+
 class Queries(threading.Thread):
     """Recommend and TopProducts in a loop until stopped; records when each was answered
     and every error."""
@@ -318,23 +333,28 @@ class ReprocessDevTest(unittest.TestCase):
 
 
 class ReprocessClusterTest(unittest.TestCase):
-    """A cluster rebuilds stage 1 of every partition on its owner: the ingest node fans
-    Reprocess out to every state node."""
+    """A cluster rebuilds stage 1 of every partition on its owner (the ingest node fans
+    Reprocess out to every state node) and, for --all --from-start, stage 2 on every state
+    node at once, with stage 2 frozen meanwhile."""
 
-    def test_affinity_half_life_across_state_nodes(self):
+    def two_state_nodes(self, P, args=()):
+        """etcd, a coordinator, state nodes s1 and s2, ingest node i1: (cluster, i1)."""
         L.require_coordinator()
         L.require_etcd()
         L.require_cli()
-        P = 16
-        events = L.generate(seed=19, n_users=40, n_products=30, n_categories=4, n_events=3000)
-        ref = L.start_node(self, args=NODE_ARGS + ["--partitions", str(P),
-                                                   "--affinity-half-life", HALF_LIFE])
-        cl = L.Cluster(self, partitions=P, ttl_s=2, node_args=NODE_ARGS)
+        cl = L.Cluster(self, partitions=P, ttl_s=2, node_args=NODE_ARGS + list(args))
         cl.add_coordinator("c1")
         for s in ("s1", "s2"):
             cl.add_node(s, "state")
         cl.wait_assignment({"s1", "s2"})
-        front = cl.add_node("i1", "ingest")
+        return cl, cl.add_node("i1", "ingest")
+
+    def test_affinity_half_life_across_state_nodes(self):
+        P = 16
+        events = L.generate(seed=19, n_users=40, n_products=30, n_categories=4, n_events=3000)
+        ref = L.start_node(self, args=NODE_ARGS + ["--partitions", str(P),
+                                                   "--affinity-half-life", HALF_LIFE])
+        cl, front = self.two_state_nodes(P)
         for b in L.batches(events, [500]):
             self.assertEqual(front.ingest(b).accepted, len(b))
             self.assertEqual(ref.ingest(b).accepted, len(b))
@@ -343,12 +363,17 @@ class ReprocessClusterTest(unittest.TestCase):
         profile = lambda n, u: n.stub.GetUserProfile(m.GetUserProfileRequest(user_id=u), timeout=10)
         self.assertNotEqual(profile(front, users[0]), profile(ref, users[0]))
 
-        # stage-2 half-lives cannot be rebuilt in a cluster: refused before anything runs
-        rc, _, err = L.run_cli(front.endpoint, "reprocess", "--all", "--set",
-                               "popularity-half-life=1h")
-        self.assertEqual(rc, 1, err)
-        self.assertIn("INVALID_ARGUMENT", err)
-        self.assertIn("only affinity-half-life", err)
+        # a state node asked directly cannot rebuild stage 2 alone: only through an ingest
+        # node, which rebuilds it on every state node at once
+        sreq = L.state_stubs().StateReprocessRequest(request=L.pb().ReprocessRequest(
+            all=True, set=[L.pb().ReprocessParameter(name="popularity-half-life", value="1h")]))
+        direct = cl.nodes["s1"].channel.unary_unary(
+            "/eddy.state.v1.State/Reprocess", request_serializer=type(sreq).SerializeToString,
+            response_deserializer=L.pb().ReprocessResponse.FromString)
+        with self.assertRaises(grpc.RpcError) as cm:
+            direct(sreq, timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("ask an ingest node", cm.exception.details())
 
         queries = Queries(front, users)
         queries.start()
@@ -362,7 +387,7 @@ class ReprocessClusterTest(unittest.TestCase):
         self.assertEqual(queries.errors, [])
         self.assertEqual([p["partition"] for p in res["partitions"]], list(range(P)))
         self.assertEqual(res["records_replayed"], len(events))
-        self.assertFalse(res["stage2_rebuilt"])
+        self.assertTrue(res["stage2_rebuilt"])  # --all from the start: the whole cluster
         self.assertEqual(res["parameters"]["affinity-half-life"], HALF_LIFE_MS)
         # every user, whichever state node owns it, now has the model a fresh ingest with
         # the new half-life gives
@@ -375,6 +400,107 @@ class ReprocessClusterTest(unittest.TestCase):
         self.assertEqual([x["partition"] for x in one["partitions"]], [p])
         self.assertGreater(one["partitions"][0]["records"], 0)
         self.assertEqual(profile(front, users[0]), profile(ref, users[0]))
+
+    def test_stage2_half_lives_across_state_nodes(self):
+        """Stage 2 (product popularity, category index, product windows, neighbours) of a
+        cluster rebuilt with new half-lives under ingest: every state node's product state
+        together equals a fresh --dev ingest of the same events with those half-lives."""
+        P = 16
+        events = L.generate(seed=23, n_users=50, n_products=30, n_categories=4, n_events=4000)
+        first, second = events[:3000], events[3000:]
+        ref = L.start_node(self, args=NODE_ARGS + [
+            "--partitions", str(P), "--affinity-half-life", HALF_LIFE,
+            "--popularity-half-life", HALF_LIFE, "--neighbour-half-life", HALF_LIFE])
+        cl, front = self.two_state_nodes(P)
+        for b in L.batches(first, [500]):
+            self.assertEqual(front.ingest(b).accepted, len(b))
+        for b in L.batches(events, [500]):
+            self.assertEqual(ref.ingest(b).accepted, len(b))
+        users = sorted({e["userId"] for e in events})
+
+        queries = Queries(front, users)
+        queries.start()
+        L.poll_until(lambda: len(queries.answered) >= 3, 10, what="queries answering before")
+        proc = subprocess.Popen([L.require_cli(), "--endpoint", front.endpoint, "-o", "json",
+                                 "reprocess", "--all", "--from-start", "--set",
+                                 f"half-life={HALF_LIFE}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # ingest goes on during the rebuild: its stage-2 records wait in the OUTBOXes while
+        # stage 2 is frozen and are applied, with the new half-lives, after the swap
+        for b in L.batches(second, [250]):
+            r = front.ingest(b)
+            self.assertEqual((r.accepted, len(r.rejected)), (len(b), 0))
+        out, err = proc.communicate(timeout=120)
+        n = len(queries.answered)
+        L.poll_until(lambda: len(queries.answered) >= n + 3, 10, what="queries answering after")
+        queries.stop.set()
+        queries.join(20)
+        self.assertEqual(proc.returncode, 0, f"eddy reprocess: {err}")
+        self.assertEqual(queries.errors, [])
+        res = json.loads(out)
+        self.assertTrue(res["stage2_rebuilt"])
+        self.assertEqual([p["partition"] for p in res["partitions"]], list(range(P)))
+        self.assertEqual(res["parameters"], {"affinity-half-life": HALF_LIFE_MS,
+                                             "popularity-half-life": HALF_LIFE_MS,
+                                             "neighbour-half-life": HALF_LIFE_MS})
+        for s in ("s1", "s2"):
+            self.assertIn("stage-2 rebuild swapped", cl.nodes[s].log_tail(10000))
+
+        cl.wait_outbox_empty()
+        m = L.pb()
+        req = m.TopProductsRequest(limit=1000, include_open=True)
+        self.assertEqual(front.stub.TopProducts(req, timeout=10), ref.stub.TopProducts(req, timeout=10))
+        profile = lambda n, u: n.stub.GetUserProfile(m.GetUserProfileRequest(user_id=u), timeout=10)
+        for u in users[:10]:
+            self.assertEqual(profile(front, u), profile(ref, u), u)
+
+        assert_product_tables_equal(self, [cl.nodes["s1"], cl.nodes["s2"]], ref)
+
+    def test_stage2_rebuild_aborts_everywhere_on_a_failure(self):
+        """One state node cannot join the stage-2 rebuild (another one holds its freeze):
+        the rebuild is aborted on every node, nothing is swapped, and the stage-2 records
+        that waited in the OUTBOXes while stage 2 was frozen all arrive once it thaws."""
+        P = 16
+        events = L.generate(seed=29, n_users=40, n_products=30, n_categories=4, n_events=3000)
+        first, second = events[:2000], events[2000:]
+        ref = L.start_node(self, args=NODE_ARGS + ["--partitions", str(P)])
+        cl, front = self.two_state_nodes(P, ["--move-freeze", "60s"])
+        for b in L.batches(events, [500]):
+            self.assertEqual(ref.ingest(b).accepted, len(b))
+        for b in L.batches(first, [500]):
+            self.assertEqual(front.ingest(b).accepted, len(b))
+        cl.wait_outbox_empty()
+
+        st = L.state_stubs()
+        s1 = cl.nodes["s1"]
+        phase = s1.channel.unary_unary("/eddy.state.v1.State/Stage2Rebuild",
+                                       request_serializer=st.Stage2RebuildRequest.SerializeToString,
+                                       response_deserializer=st.Stage2RebuildResponse.FromString)
+        phase(st.Stage2RebuildRequest(phase=st.Stage2RebuildRequest.PREPARE, rebuild_id=77),
+              timeout=30)
+        # ingest goes on; stage-2 records of s1's product partitions wait in the OUTBOXes
+        for b in L.batches(second, [500]):
+            self.assertEqual(front.ingest(b).accepted, len(b))
+        self.assertGreater(sum(n.partial().outbox for n in cl.state_nodes()), 0)
+
+        rc, _, err = L.run_cli(front.endpoint, "reprocess", "--all", "--set",
+                               f"half-life={HALF_LIFE}")
+        self.assertEqual(rc, 1, err)
+        self.assertIn("ABORTED", err)
+        self.assertIn("another stage-2 rebuild (77)", err)
+        L.poll_until(lambda: "stage-2 rebuild aborted" in cl.nodes["s2"].log_tail(10000), 10,
+                     what="s2 aborted its part")
+        self.assertGreater(sum(n.partial().outbox for n in cl.state_nodes()), 0)
+
+        phase(st.Stage2RebuildRequest(phase=st.Stage2RebuildRequest.ABORT, rebuild_id=77),
+              timeout=30)
+        cl.wait_outbox_empty()
+        m = L.pb()
+        users = sorted({e["userId"] for e in events})
+        profile = lambda n, u: n.stub.GetUserProfile(m.GetUserProfileRequest(user_id=u), timeout=10)
+        for u in users[:10]:  # nothing rebuilt: the old half-lives everywhere
+            self.assertEqual(profile(front, u), profile(ref, u), u)
+        assert_product_tables_equal(self, [cl.nodes["s1"], cl.nodes["s2"]], ref)
 
 
 if __name__ == "__main__":

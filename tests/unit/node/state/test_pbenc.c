@@ -114,6 +114,9 @@ static void test_product_state(void **state)
         ps->popularity = decayed(true);
         ps->last_ts = num();
         ps->category_indexed = str();
+        ps->price_ts = num();
+        ps->category_ts = num();
+        ps->brand_ts = num();
         ps->n_neighbours = next() % 60;
         ps->neighbours = array(ps->n_neighbours, sizeof(*ps->neighbours));
         for (size_t i = 0; i < ps->n_neighbours; i++) {

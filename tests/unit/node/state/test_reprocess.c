@@ -95,7 +95,7 @@ static struct reprocess_opts ropts(engine *e, const char *dir, const _Atomic boo
 {
     static char work[256];
     snprintf(work, sizeof(work), "%s/reprocess.tmp", dir);
-    return (struct reprocess_opts){e, work, NULL, NULL, NULL, cancel};
+    return (struct reprocess_opts){e, work, NULL, NULL, NULL, cancel, NULL, NULL};
 }
 
 static void test_new_half_life_equals_fresh_ingest(void **state)
@@ -233,28 +233,29 @@ static void test_parameters_and_requests(void **state)
     }
 
     struct reprocess_request one = {.partition = 8};
-    assert_int_equal(reprocess_check_request(&one, 8, false, err, sizeof(err)), EDDY_ERR_INVALID);
+    assert_int_equal(reprocess_check_request(&one, 8, err, sizeof(err)), EDDY_ERR_INVALID);
     assert_non_null(strstr(err, "partition 8 is out of range (0 .. 7)"));
     one.partition = 7;
-    assert_int_equal(reprocess_check_request(&one, 8, false, err, sizeof(err)), EDDY_OK);
+    assert_int_equal(reprocess_check_request(&one, 8, err, sizeof(err)), EDDY_OK);
     one.set[RP_AFFINITY] = HOUR;
-    assert_int_equal(reprocess_check_request(&one, 8, false, err, sizeof(err)), EDDY_ERR_INVALID);
+    assert_int_equal(reprocess_check_request(&one, 8, err, sizeof(err)), EDDY_ERR_INVALID);
     assert_non_null(strstr(err, "needs --all"));
 
     struct reprocess_request all = {.all = true};
     all.set[RP_AFFINITY] = HOUR;
-    assert_int_equal(reprocess_check_request(&all, 8, true, err, sizeof(err)), EDDY_OK);
+    assert_int_equal(reprocess_check_request(&all, 8, err, sizeof(err)), EDDY_OK);
     all.set[RP_POPULARITY] = HOUR;
-    assert_int_equal(reprocess_check_request(&all, 8, false, err, sizeof(err)), EDDY_OK);
-    assert_int_equal(reprocess_check_request(&all, 8, true, err, sizeof(err)), EDDY_ERR_INVALID);
-    assert_non_null(strstr(err, "only affinity-half-life"));
+    assert_int_equal(reprocess_check_request(&all, 8, err, sizeof(err)), EDDY_OK);
+    assert_true(reprocess_rebuilds_stage2(&all));
+    assert_false(reprocess_rebuilds_stage2(&one));
     snprintf(all.checkpoint, sizeof(all.checkpoint), "latest");
-    assert_int_equal(reprocess_check_request(&all, 8, false, err, sizeof(err)), EDDY_ERR_INVALID);
+    assert_false(reprocess_rebuilds_stage2(&all));
+    assert_int_equal(reprocess_check_request(&all, 8, err, sizeof(err)), EDDY_ERR_INVALID);
     assert_non_null(strstr(err, "cannot be combined with --set"));
     memset(all.set, 0, sizeof(all.set));
-    assert_int_equal(reprocess_check_request(&all, 8, false, err, sizeof(err)), EDDY_OK);
+    assert_int_equal(reprocess_check_request(&all, 8, err, sizeof(err)), EDDY_OK);
     snprintf(all.checkpoint, sizeof(all.checkpoint), "12");
-    assert_int_equal(reprocess_check_request(&all, 8, false, err, sizeof(err)), EDDY_ERR_INVALID);
+    assert_int_equal(reprocess_check_request(&all, 8, err, sizeof(err)), EDDY_ERR_INVALID);
     assert_non_null(strstr(err, "takes \"latest\""));
 }
 
