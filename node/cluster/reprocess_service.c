@@ -1,10 +1,14 @@
 /* eddy.v1.Eddy/Reprocess and eddy.state.v1.State/Reprocess (see reprocess_service.h). */
 #include "node/cluster/reprocess_service.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -284,9 +288,22 @@ static eddy_err deliver_stage2(void *ud, store *side, char *err, size_t errlen)
     return r;
 }
 
+/* A rebuild yields the CPU to live traffic: this thread runs at nice REBUILD_NICE (Linux
+ * sets the niceness of a thread, not of its process). It cannot raise it back, so only
+ * threads that do rebuild work alone call it. */
+#define REBUILD_NICE 10
+static void run_in_background(void)
+{
+    static _Thread_local bool done;
+    if (!done && setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), REBUILD_NICE) != 0)
+        log_warn("msg=\"cannot lower a rebuild thread's priority\" error=\"%s\"", strerror(errno));
+    done = true;
+}
+
 static void *rebuild_main(void *arg)
 {
     struct rebuild_job *j = arg;
+    run_in_background();
     struct reprocess_service *svc = j->svc;
     struct reprocess_result res;
     char err[512] = "";
@@ -952,6 +969,7 @@ static void handle_rebuild_forward(void *ud, rpc_call *c, const ProtobufCMessage
     const Eddy__State__V1__RebuildForwardRequest *req =
         (const Eddy__State__V1__RebuildForwardRequest *)msg;
     char err[512] = "";
+    run_in_background(); /* a thread of the rebuild lane */
     eddy_err r = stage2_side_apply(svc->s2, req->rebuild_id, req->batches, req->n_batches, err,
                                    sizeof(err));
     Eddy__State__V1__RebuildForwardResponse resp = EDDY__STATE__V1__REBUILD_FORWARD_RESPONSE__INIT;
@@ -982,15 +1000,15 @@ eddy_err reprocess_service_register(struct reprocess_service *svc, rpc_server *s
     if (err == EDDY_OK && svc->router && svc->eng)
         err = rpc_server_add_unary_lane(s, M_STATE_REPROCESS,
                                         &eddy__state__v1__state_reprocess_request__descriptor,
-                                        handle_state, svc, STATE_LANE_LEAF);
+                                        handle_state, svc, STATE_LANE_REBUILD);
     if (err == EDDY_OK && svc->router && svc->eng && svc->s2)
         err = rpc_server_add_unary_lane(s, M_STATE_STAGE2,
                                         &eddy__state__v1__stage2_rebuild_request__descriptor,
-                                        handle_stage2, svc, STATE_LANE_LEAF);
+                                        handle_stage2, svc, STATE_LANE_REBUILD);
     if (err == EDDY_OK && svc->router && svc->eng && svc->s2)
         err = rpc_server_add_unary_lane(s, M_STATE_REBUILD_FORWARD,
                                         &eddy__state__v1__rebuild_forward_request__descriptor,
-                                        handle_rebuild_forward, svc, STATE_LANE_LEAF);
+                                        handle_rebuild_forward, svc, STATE_LANE_REBUILD);
     return err;
 }
 

@@ -20,6 +20,10 @@
  * eddy.v1.Eddy methods, which call User, Apply and Partial, are on lane 0. */
 #define STATE_LANE_USER 1
 #define STATE_LANE_LEAF 2
+/* Rebuild traffic (Reprocess, Stage2Rebuild, RebuildForward): calls that apply thousands
+ * of records or wait for a writer job, kept off the threads of Apply, Forward and the
+ * stage-2 reads that ingest and Recommend wait on. */
+#define STATE_LANE_REBUILD 3
 
 struct state_service {
     engine *eng;          /* borrowed */
