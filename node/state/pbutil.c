@@ -37,3 +37,71 @@ eddy_err pb_grow(void **arr, size_t n, size_t size)
     *arr = p;
     return EDDY_OK;
 }
+
+/* A malloc'd block of n bytes: glibc adds an 8-byte header and rounds to 16, 32 at least. */
+static size_t chunk(size_t n)
+{
+    size_t c = (n + 8 + 15) & ~(size_t)15;
+    return c < 32 ? 32 : c;
+}
+
+/* The size of one element of a repeated field of 'type' in its array. */
+static size_t elem_size(ProtobufCType type)
+{
+    switch (type) {
+    case PROTOBUF_C_TYPE_INT64: case PROTOBUF_C_TYPE_SINT64: case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_UINT64: case PROTOBUF_C_TYPE_FIXED64: case PROTOBUF_C_TYPE_DOUBLE:
+        return 8;
+    case PROTOBUF_C_TYPE_STRING: case PROTOBUF_C_TYPE_MESSAGE:
+        return sizeof(void *);
+    case PROTOBUF_C_TYPE_BYTES:
+        return sizeof(ProtobufCBinaryData);
+    default:
+        return 4; /* 32-bit integers, float, bool (protobuf_c_boolean), enum */
+    }
+}
+
+/* The heap behind one value of field 'f' stored at 'p'. */
+static size_t value_heap(const ProtobufCFieldDescriptor *f, const void *p)
+{
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_STRING: {
+        const char *s = *(const char *const *)p;
+        return s && s != protobuf_c_empty_string ? chunk(strlen(s) + 1) : 0;
+    }
+    case PROTOBUF_C_TYPE_BYTES: {
+        const ProtobufCBinaryData *b = p;
+        return b->data ? chunk(b->len) : 0;
+    }
+    case PROTOBUF_C_TYPE_MESSAGE: {
+        const ProtobufCMessage *m = *(const ProtobufCMessage *const *)p;
+        return m ? pb_heap_size(m) : 0;
+    }
+    default:
+        return 0;
+    }
+}
+
+size_t pb_heap_size(const ProtobufCMessage *m)
+{
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    size_t n = chunk(d->sizeof_message);
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        const char *member = (const char *)m + f->offset;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t count = *(const size_t *)((const char *)m + f->quantifier_offset);
+            const char *arr = *(const char *const *)member;
+            if (count == 0 || !arr)
+                continue;
+            size_t es = elem_size(f->type);
+            n += chunk(count * es);
+            for (size_t k = 0; k < count; k++)
+                n += value_heap(f, arr + k * es);
+        } else if (!(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) ||
+                   *(const uint32_t *)((const char *)m + f->quantifier_offset) == f->id) {
+            n += value_heap(f, member);
+        }
+    }
+    return n;
+}

@@ -20,6 +20,11 @@ void pb_clear_str(char **field);
  * bytes; on success *arr may have moved and has space for *n + 1. */
 eddy_err pb_grow(void **arr, size_t n, size_t size);
 
+/* The heap a message unpacked (and edited) this way occupies: the message and each of its
+ * strings, bytes, repeated arrays and sub-messages, each malloc'd piece rounded as glibc
+ * does (header included). What the decoded values a txn keeps really cost. */
+size_t pb_heap_size(const ProtobufCMessage *m);
+
 /* Whether a string field is empty (NULL or ""). */
 static inline int pb_empty(const char *s)
 {

@@ -14,6 +14,7 @@
 #include <xxhash.h>
 
 #include "common/log.h"
+#include "node/state/pbutil.h"
 
 #define STORE_CHANGES 16 /* writes around the txns remembered with their key ranges */
 
@@ -1183,8 +1184,9 @@ static void settle(store_txn *t)
             free(e->val);
             e->val = NULL;
         }
-        /* decoded messages take about 3x their packed size in malloc'd pieces */
-        e->cost = e->klen + 64 + (e->obj ? 3 * e->vlen : e->vlen);
+        /* the entry and its key, and the value: bytes, or a decoded message's malloc'd
+         * pieces (4-6x its packed size, measured) */
+        e->cost = e->klen + 64 + (e->obj ? pb_heap_size(e->obj) : e->vlen);
         t->kept_bytes += e->cost;
         uint32_t bit = e->klen >= 3 && e->key[2] < 32 ? UINT32_C(1) << e->key[2] : 0;
         if (!(t->kept_mask & bit)) {

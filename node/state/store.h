@@ -168,8 +168,9 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
  *
  * Kept values: what the txn read (bytes, or the decoded message of store_txn_obj_get) stays
  * in the txn after the commit, so a later group finds it without a LevelDB read and a
- * protobuf decode. They are charged an estimate of their size (3x the packed bytes for a
- * decoded message) against the store's budget (store_set_kept_bytes, default
+ * protobuf decode. They are charged what they occupy (the entry, its key, and the bytes
+ * or the decoded message's malloc'd blocks: pb_heap_size) against the store's budget
+ * (store_set_kept_bytes, default
  * STORE_KEPT_BYTES_DEFAULT) and evicted least recently used first. A kept value is always
  * the committed one, with no call needed from the txn's owner: every write that bypasses
  * the txn — store_replace_range (checkpoint loads, partition drops, reprocess swaps), the

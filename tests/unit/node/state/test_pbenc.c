@@ -12,9 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <malloc.h>
 
 #include "node/state/counts.h"
 #include "node/state/model.h"
+#include "node/state/pbutil.h"
 #include "node/state/product.h"
 #include "node/state/store.h"
 
@@ -211,6 +213,58 @@ static void test_user_model(void **state)
     }
 }
 
+/* A protobuf-c allocator that counts the blocks alive, by glibc's own sizes (usable size
+ * plus its 8-byte header). Unpacking also allocates and frees scratch space. */
+static size_t counted;
+
+static void *counting_alloc(void *ud, size_t n)
+{
+    (void)ud;
+    void *p = malloc(n);
+    counted += p ? malloc_usable_size(p) + 8 : 0;
+    return p;
+}
+
+static void counting_free(void *ud, void *p)
+{
+    (void)ud;
+    counted -= p ? malloc_usable_size(p) + 8 : 0;
+    free(p);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define GLIBC_SIZES 0 /* ASan's allocator sizes blocks its own way */
+#else
+#define GLIBC_SIZES 1
+#endif
+
+/* pb_heap_size finds the blocks unpacking allocates, at their sizes: the budget of the
+ * values a txn keeps is charged with it. */
+static void test_heap_size(void **state)
+{
+    (void)state;
+    ProtobufCAllocator counting = {counting_alloc, counting_free, NULL};
+    for (int round = 0; round < 100; round++) {
+        Eddy__Store__V1__UserModel *m = random_model();
+        size_t len = protobuf_c_message_get_packed_size(&m->base);
+        uint8_t *buf = malloc(len ? len : 1);
+        assert_non_null(buf);
+        protobuf_c_message_pack(&m->base, buf);
+        eddy__store__v1__user_model__free_unpacked(m, NULL);
+        counted = 0;
+        Eddy__Store__V1__UserModel *u = eddy__store__v1__user_model__unpack(&counting, len, buf);
+        assert_non_null(u);
+        /* glibc may hand out a block a little larger than asked (a free block that was
+         * not worth splitting): within 3 % */
+        size_t est = pb_heap_size(&u->base);
+        if (GLIBC_SIZES)
+            assert_true(est * 100 >= counted * 97 && est <= counted);
+        assert_true(est >= len);
+        eddy__store__v1__user_model__free_unpacked(u, &counting);
+        free(buf);
+    }
+}
+
 static const char *nonnull(const char *s)
 {
     return s ? s : "";
@@ -356,6 +410,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_product_state),
         cmocka_unit_test(test_user_model),
+        cmocka_unit_test(test_heap_size),
         cmocka_unit_test(test_unpack_for_recommend),
         cmocka_unit_test(test_unknown_fields_left_to_protobuf_c),
         cmocka_unit_test(test_counts_through_the_txn),
