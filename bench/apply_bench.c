@@ -9,15 +9,21 @@
  * thread timing.
  *
  *   eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE] [--recommend R]
- *                    [--kept-bytes BYTES] [--lists-staleness MS]
+ *                    [--kept-bytes BYTES] [--lists-staleness MS] [--queued]
  *                                                   (defaults 50000, 8, 500, 0)
+ *
+ * --queued queues every batch before the writer starts (and groups hold K x B events), so
+ * the groups follow each other back to back, as on a node at its maximum rate: the writer
+ * applies one while the previous one's synced write runs. Without it each group is
+ * answered before the next is queued. Both apply the same groups: the same state.
  *
  * --dump writes every key and value of the state afterwards (store_dump): two builds that
  * apply the same events must write the same file. --kept-bytes sets the budget of the
  * values the writer's txn keeps between group commits (store_set_kept_bytes).
  * Prints events/s. Under `valgrind --tool=callgrind --toggle-collect=apply_event
- * --toggle-collect=store_txn_commit` the instruction count is the apply and the group
- * commits alone (no event generation, no idle wait): divided by N, the instructions per
+ * --toggle-collect=store_txn_seal --toggle-collect=store_txn_write
+ * --toggle-collect=store_txn_settle` (store_txn_commit before the writes were split) the
+ * instruction count is the apply and the group commits alone (no event generation, no idle wait): divided by N, the instructions per
  * event, which the load of the machine does not move. */
 #include <pthread.h>
 #include <stdbool.h>
@@ -219,6 +225,31 @@ static long arg_int(int argc, char **argv, const char *name, long def)
     return v ? strtol(v, NULL, 10) : def;
 }
 
+static bool has_flag(int argc, char **argv, const char *name)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* Queue the batches of events [i, i + count) (count a multiple of 'batch', or the rest). */
+static int queue_batches(engine *e, Eddy__V1__Event **ptrs, long n, long i, long count,
+                         long batch, struct progress *pg)
+{
+    for (long end = i + count < n ? i + count : n; i < end; i += batch) {
+        size_t len = (size_t)(n - i < batch ? n - i : batch);
+        pthread_mutex_lock(&pg->mu);
+        pg->outstanding++;
+        pthread_mutex_unlock(&pg->mu);
+        if (engine_ingest(e, ptrs + i, len, on_done, pg) != EDDY_OK) {
+            fprintf(stderr, "engine_ingest refused a batch\n");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     long n = argc > 1 && argv[1][0] != '-' ? strtol(argv[1], NULL, 10) : 50000;
@@ -226,7 +257,8 @@ int main(int argc, char **argv)
     long batch = arg_int(argc, argv, "--batch", 500);
     if (n < 1 || inflight < 1 || batch < 1) {
         fprintf(stderr, "usage: eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE] "
-                        "[--recommend R] [--kept-bytes BYTES] [--lists-staleness MS]\n");
+                        "[--recommend R] [--kept-bytes BYTES] [--lists-staleness MS] "
+                        "[--queued]\n");
         return 2;
     }
 
@@ -253,6 +285,9 @@ int main(int argc, char **argv)
     }
     struct engine_opts o;
     node_defaults(&o, dir);
+    bool queued = has_flag(argc, argv, "--queued");
+    if (queued)
+        o.max_group_events = inflight * batch;
     engine *e;
     char err[256];
     if (engine_open(&o, &e, err, sizeof err) != EDDY_OK) {
@@ -269,21 +304,15 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     struct gate gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false};
     for (long i = 0; i < n;) {
+        long count = queued ? n : inflight * batch;
         gate.open = false;
         if (engine_exclusive(e, gate_wait, gate_done, &gate) != EDDY_OK) {
             fprintf(stderr, "engine_exclusive refused\n");
             return 1;
         }
-        for (long k = 0; k < inflight && i < n; k++, i += batch) {
-            size_t len = (size_t)(n - i < batch ? n - i : batch);
-            pthread_mutex_lock(&pg.mu);
-            pg.outstanding++;
-            pthread_mutex_unlock(&pg.mu);
-            if (engine_ingest(e, ptrs + i, len, on_done, &pg) != EDDY_OK) {
-                fprintf(stderr, "engine_ingest refused a batch\n");
-                return 1;
-            }
-        }
+        if (queue_batches(e, ptrs, n, i, count, batch, &pg) != 0)
+            return 1;
+        i += count;
         pthread_mutex_lock(&gate.mu);
         gate.open = true;
         pthread_cond_signal(&gate.cv);
