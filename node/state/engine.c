@@ -540,15 +540,15 @@ static void roll_back(engine *e, struct job *group, eddy_err err)
 
 /* A group that writes around the txn (a restore or an exclusive job) runs alone, on a
  * store that holds everything queued before it: after the sealed group is settled, with
- * its own synced commit on this thread. */
+ * its own synced commit on this thread. If that group's write failed, its jobs have
+ * failed and the txn and the metadata are back to the store's: this one runs on that. */
 static void run_alone(engine *e, struct job *group, int64_t now)
 {
-    eddy_err err = await_sealed(e);
+    await_sealed(e);
     int64_t start_ns = clock_mono_ns();
     memcpy(e->backup, e->meta, e->o.apply.partitions * sizeof(*e->meta));
     e->outbox_added = 0;
-    if (err == EDDY_OK)
-        err = apply_group(e, group, now, false);
+    eddy_err err = apply_group(e, group, now, false);
     if (err == EDDY_OK && store_txn_pending(e->txn) > 0)
         err = store_txn_commit(e->txn, true);
     if (err != EDDY_OK)
