@@ -33,6 +33,7 @@
 #include <time.h>
 #include <xxhash.h>
 
+#include "common/completion.h"
 #include "gen.h"
 #include "node/state/engine.h"
 #include "node/state/popcache.h"
@@ -45,22 +46,12 @@ struct progress {
     uint64_t accepted, duplicates, failed;
 };
 
-/* Holds the writer (an exclusive job) until a group's batches are all queued. */
-struct gate {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool open;
-};
-
+/* Holds the writer (an exclusive job) until a group's batches are all queued: until 'ud',
+ * a completion, is signalled. */
 static eddy_err gate_wait(void *ud, engine *e)
 {
-    struct gate *g = ud;
     (void)e;
-    pthread_mutex_lock(&g->mu);
-    while (!g->open)
-        pthread_cond_wait(&g->cv, &g->mu);
-    pthread_mutex_unlock(&g->mu);
-    return EDDY_OK;
+    return completion_wait(ud, EDDY_OK);
 }
 
 static void gate_done(void *ud, eddy_err err)
@@ -315,10 +306,10 @@ int main(int argc, char **argv)
     struct progress pg = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    struct gate gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false};
+    struct completion gate;
     for (long i = 0; i < n;) {
         long count = queued ? n : inflight * batch;
-        gate.open = false;
+        completion_init(&gate);
         if (engine_exclusive(e, gate_wait, gate_done, &gate) != EDDY_OK) {
             fprintf(stderr, "engine_exclusive refused\n");
             return 1;
@@ -326,10 +317,7 @@ int main(int argc, char **argv)
         if (queue_batches(e, ptrs, n, i, count, batch, &pg) != 0)
             return 1;
         i += count;
-        pthread_mutex_lock(&gate.mu);
-        gate.open = true;
-        pthread_cond_signal(&gate.cv);
-        pthread_mutex_unlock(&gate.mu);
+        completion_signal(&gate, EDDY_OK, 0);
         pthread_mutex_lock(&pg.mu);
         while (pg.outstanding > 0)
             pthread_cond_wait(&pg.cv, &pg.mu);

@@ -1,7 +1,6 @@
 /* The state engine end to end on a real LevelDB in a temp dir: dedup, late events,
  * windows, the user model, delete-user, byte-identical state for two arrival orders, and
  * a failed synced write failing the group applied on top of it. */
-#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +10,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "common/completion.h"
 #include "common/partition.h"
 #include "node/state/engine.h"
 #include "node/state/popcache.h"
@@ -263,33 +263,14 @@ static void test_purchases_never_recommended(void **state)
     free(dir);
 }
 
-/* Holds the writer (an exclusive job) until the test opens it. */
-struct gate {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool open;
-};
-
+/* Holds the writer (an exclusive job) until 'ud', a completion, is signalled. */
 static eddy_err gate_wait(void *ud, engine *e)
 {
-    struct gate *g = ud;
-    pthread_mutex_lock(&g->mu);
-    while (!g->open)
-        pthread_cond_wait(&g->cv, &g->mu);
-    pthread_mutex_unlock(&g->mu);
-    return EDDY_OK;
+    return completion_wait(ud, EDDY_OK);
 }
 
 static void gate_done(void *ud, eddy_err err)
 {
-}
-
-static void open_gate(struct gate *g)
-{
-    pthread_mutex_lock(&g->mu);
-    g->open = true;
-    pthread_cond_signal(&g->cv);
-    pthread_mutex_unlock(&g->mu);
 }
 
 /* An exclusive job that records what it found: the events of partition 'p' in the store. */
@@ -345,13 +326,14 @@ static void test_failed_write_fails_the_next_group(void **state)
                             mk("c2", "uc", T0 + 6000, VIEW, "p3", "toys")};
     ingest(e, a, 2);
 
-    struct gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false};
+    struct completion g;
     struct done db = {0}, dc = {0};
+    completion_init(&g);
     assert_int_equal(engine_exclusive(e, gate_wait, gate_done, &g), EDDY_OK);
     assert_int_equal(engine_ingest(e, b, 2, on_done, &db), EDDY_OK);
     assert_int_equal(engine_ingest(e, c, 2, on_done, &dc), EDDY_OK);
     store_fail_writes(engine_store(e), 1, EDDY_ERR_IO); /* b's write */
-    open_gate(&g);
+    completion_signal(&g, EDDY_OK, 0);
     engine_flush(e);
     assert_int_equal(db.calls, 1);
     assert_int_equal(db.err, EDDY_ERR_IO);
@@ -369,13 +351,13 @@ static void test_failed_write_fails_the_next_group(void **state)
     struct probe after = before;
     assert_int_equal(engine_exclusive(e, probe_fn, probe_done, &before), EDDY_OK);
     engine_flush(e);
-    g.open = false;
+    completion_init(&g);
     memset(&dc, 0, sizeof(dc));
     assert_int_equal(engine_exclusive(e, gate_wait, gate_done, &g), EDDY_OK);
     assert_int_equal(engine_ingest(e, c, 2, on_done, &dc), EDDY_OK);
     assert_int_equal(engine_exclusive(e, probe_fn, probe_done, &after), EDDY_OK);
     store_fail_writes(engine_store(e), 1, EDDY_ERR_IO);
-    open_gate(&g);
+    completion_signal(&g, EDDY_OK, 0);
     engine_flush(e);
     assert_int_equal(dc.err, EDDY_ERR_IO);
     assert_int_equal(after.ran, 1);
