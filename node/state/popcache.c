@@ -8,14 +8,17 @@
  * list like everybody else; a refresher thread (started by the first such call) runs the
  * pass and installs the new lists. Only a list never read before is built on the calling
  * thread (there is nothing to answer from), and so is every list with --stage2-staleness 0
- * (no caching). */
+ * (no caching). The refresher runs at the lowest priority (nice 19, Linux): on a busy
+ * machine the threads answering calls go first, and the lists wait a little longer. */
 #include "node/state/popcache.h"
 
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "common/clock.h"
@@ -544,6 +547,9 @@ static char **scheduled_set(popcache *pc, size_t *n)
 static void *refresher_main(void *arg)
 {
     popcache *pc = arg;
+#ifdef __linux__
+    (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19); /* this thread only (see DESIGN) */
+#endif
     pthread_mutex_lock(&pc->mu);
     for (;;) {
         while (!pc->refresh_due && !pc->stopping)
