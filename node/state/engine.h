@@ -65,7 +65,8 @@ struct engine_opts {
     struct apply_params apply;
     struct product_params product;
     struct rec_params rec;
-    int64_t stage2_staleness_ms;   /* popularity lists are at most this old (1 s) */
+    int64_t stage2_staleness_ms;   /* popularity lists are refreshed when this old (1 s;
+                                      answered until twice this, see popcache_top) */
     int candidates;                /* candidates per list for Recommend (50) */
     int64_t max_pending_events;    /* queued events before Ingest answers RESOURCE_EXHAUSTED */
     int64_t max_group_events;      /* events per group commit (10000) */

@@ -6,9 +6,11 @@
  * put that call and every call queued behind it on the handler threads at the p99. So the
  * call that finds a list expired only schedules the refresh and answers from the previous
  * list like everybody else; a refresher thread (started by the first such call) runs the
- * pass and installs the new lists. Only a list never read before is built on the calling
- * thread (there is nothing to answer from), and so is every list with --stage2-staleness 0
- * (no caching). The refresher runs at the lowest priority (nice 19, Linux): on a busy
+ * pass and installs the new lists. A list is answered that way until it is twice
+ * --stage2-staleness old: one read per period keeps every list in use off the calling
+ * threads, and a list nobody read for longer (or never read: there is nothing to answer
+ * from) is built on the calling thread, as is every list with --stage2-staleness 0 (no
+ * caching), so no answer comes from a list older than that. The refresher runs at the lowest priority (nice 19, Linux): on a busy
  * machine the threads answering calls go first, and the lists wait a little longer. */
 #include "node/state/popcache.h"
 
@@ -608,11 +610,12 @@ eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
     pthread_mutex_lock(&pc->mu);
     struct pop_list *l = list_find(pc, category);
     /* Decay scales every score of a list alike, so a list decayed to a slightly older
-     * reference time ranks the same; only its age matters. An expired list is answered
-     * from while the refresher reads it again (older than --stage2-staleness by at most
-     * one refresh), so no call waits for a refresh. */
-    if (l && (now - l->refreshed_ms < pc->staleness_ms || l->refreshing ||
-              schedule_refresh(pc, l, at))) {
+     * reference time ranks the same; only its age matters. A list expired less than one
+     * period ago is answered from while the refresher reads it again, so no call waits for
+     * a refresh (see DESIGN). */
+    int64_t age = l ? now - l->refreshed_ms : 0;
+    if (l && (age < pc->staleness_ms || l->refreshing ||
+              (age < 2 * pc->staleness_ms && schedule_refresh(pc, l, at)))) {
         *n = l->n < max ? l->n : max;
         copy_list(out, l->items, *n);
         l->used = true;

@@ -66,10 +66,11 @@ void popcache_set_source(popcache *pc, const struct popcache_source *src);
 void popcache_set_owns(popcache *pc, bool (*owns)(void *ud, uint32_t p), void *ud);
 
 /* Copy up to 'max' most popular products of 'category' ("" = all) at event time 'at',
- * best first, into 'out'; returns the count in *n. A list older than the staleness is
- * answered as it is while a background thread (the refresher, started by the first such
- * call) reads it again, with every other list in use, decayed to this call's 'at'; only
- * a list not cached yet (or any list at staleness 0) is read by the calling thread. */
+ * best first, into 'out'; returns the count in *n. A list older than the staleness (and
+ * younger than twice it) is answered as it is while a background thread (the refresher,
+ * started by the first such call) reads it again, with every other list in use, decayed
+ * to this call's 'at'; a list not cached, or older, is read by the calling thread (and
+ * every list at staleness 0). */
 eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
                       struct scored_product *out, size_t max, size_t *n);
 

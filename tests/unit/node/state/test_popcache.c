@@ -379,6 +379,22 @@ static void test_lists_refreshed_together(void **state)
         assert_int_equal(popcache_top(pc, cats[c], at, got, 50, &n), EDDY_OK);
         assert_same_list(want[c], nwant[c], got, n);
     }
+    /* not read for more than twice the staleness: read again by the call itself */
+    memcpy(old, want, sizeof(old));
+    memcpy(nold, nwant, sizeof(nold));
+    for (int i = 0; i < 40; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "again-%d", i);
+        ev[i] = mk(ids[i], "u98", T0 + 1800000 + i, VIEW, pid[3], "books");
+    }
+    ingest(e, ev, 40);
+    for (int i = 0; i < 40; i++)
+        free(ev[i]);
+    fresh_lists(e, cats, 4, at, want, nwant);
+    assert_true(want[1][0].score != old[1][0].score); /* p3 leads "books" by more now */
+    struct timespec long_pause = {0, 250 * 1000000};
+    nanosleep(&long_pause, NULL);
+    assert_int_equal(popcache_top(pc, "books", at, got, 50, &n), EDDY_OK);
+    assert_same_list(want[1], nwant[1], got, n);
     popcache_free(pc);
     /* a cache where only "books" is in use: refreshed alone, from its own key ranges */
     pc = popcache_new(engine_store(e), &engine_options(e)->product, 100, 50);
