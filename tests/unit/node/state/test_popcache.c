@@ -330,6 +330,21 @@ static void fresh_lists(engine *e, const char *const *cats, size_t ncats, int64_
     }
 }
 
+/* 40 views of 'product' ('category') by 'user', event ids "<prefix>-<i>". */
+static void forty_views(engine *e, const char *prefix, const char *user, const char *product,
+                        const char *category)
+{
+    char ids[40][16];
+    Eddy__V1__Event *ev[40];
+    for (int i = 0; i < 40; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "%s-%d", prefix, i);
+        ev[i] = mk(ids[i], user, T0 + 1800000 + i, VIEW, product, category);
+    }
+    ingest(e, ev, 40);
+    for (int i = 0; i < 40; i++)
+        free(ev[i]);
+}
+
 /* Lists in use expire together and come back from one pass over the index, run by the
  * refresher thread: the call that finds them expired answers the previous list, and
  * afterwards every list is the same (bit for bit) as each read alone from a fresh cache,
@@ -355,15 +370,7 @@ static void test_lists_refreshed_together(void **state)
     }
 
     /* p1 (toys) becomes the most popular product of all */
-    static char ids[40][16];
-    Eddy__V1__Event *ev[40];
-    for (int i = 0; i < 40; i++) {
-        snprintf(ids[i], sizeof(ids[i]), "more-%d", i);
-        ev[i] = mk(ids[i], "u99", T0 + 1800000 + i, VIEW, pid[1], "toys");
-    }
-    ingest(e, ev, 40);
-    for (int i = 0; i < 40; i++)
-        free(ev[i]);
+    forty_views(e, "more", "u99", pid[1], "toys");
     memcpy(old, want, sizeof(old));
     memcpy(nold, nwant, sizeof(nold));
     fresh_lists(e, cats, 4, at, want, nwant);
@@ -382,13 +389,7 @@ static void test_lists_refreshed_together(void **state)
     /* not read for more than twice the staleness: read again by the call itself */
     memcpy(old, want, sizeof(old));
     memcpy(nold, nwant, sizeof(nold));
-    for (int i = 0; i < 40; i++) {
-        snprintf(ids[i], sizeof(ids[i]), "again-%d", i);
-        ev[i] = mk(ids[i], "u98", T0 + 1800000 + i, VIEW, pid[3], "books");
-    }
-    ingest(e, ev, 40);
-    for (int i = 0; i < 40; i++)
-        free(ev[i]);
+    forty_views(e, "again", "u98", pid[3], "books");
     fresh_lists(e, cats, 4, at, want, nwant);
     assert_true(want[1][0].score != old[1][0].score); /* p3 leads "books" by more now */
     struct timespec long_pause = {0, 250 * 1000000};
