@@ -781,6 +781,9 @@ int main(int argc, char **argv)
     status = 0;
 out:
     rpc_server_free(srv);
+    /* their refresher threads read the store and call the peers: stop them first */
+    popcache_free(pop);
+    popcache_free(pop_cluster);
     bool checkpoints = cks != NULL;
     ckptsched_free(cks);     /* before the membership its hooks use and the engine */
     if (status == 0 && checkpoints)
@@ -795,8 +798,6 @@ out:
     engine_close(eng); /* finishes queued writes, closes LevelDB */
     stage2_side_free(s2side); /* after the engine: its owns() hook asks it */
     state_service_takeover_release(&ss);
-    popcache_free(pop);
-    popcache_free(pop_cluster);
     peers_free(pe);
     health_free(hl);
     node_metrics_release(&nm); /* last: late answers from the writer still count */

@@ -1,4 +1,5 @@
-/* The writer thread and the job queue of the state engine (see engine.h for the design). */
+/* The writer thread, the sync thread and the job queue of the state engine (see engine.h
+ * for the design). */
 #include "node/state/engine.h"
 
 #include <errno.h>
@@ -59,18 +60,36 @@ struct job {
     void *ud;
 };
 
+/* A group whose write is sealed (store_txn_seal): the sync thread writes it, then
+ * publishes, counts and acknowledges it, while the writer applies the next group. The
+ * writer fills it while 'state' is SEALED_NONE and reads it back once SEALED_DONE; in
+ * between it belongs to the sync thread. 'state' is guarded by engine.mu. */
+struct sealed_group {
+    enum { SEALED_NONE, SEALED_QUEUED, SEALED_DONE } state;
+    struct job *jobs;
+    int64_t start_ns;           /* when its apply began */
+    uint64_t outbox_added;      /* OUTBOX records it writes */
+    struct part_meta *meta;     /* [partitions] after the group: published once durable */
+    struct part_meta *before;   /* [partitions] before it: restored if the write fails */
+    eddy_err err;               /* the write's result, once SEALED_DONE */
+};
+
 struct engine {
     struct engine_opts o;
     store *st;
     store_txn *txn;
 
-    pthread_mutex_t mu;          /* guards the queue, 'stopping' and the published views */
-    pthread_cond_t cv;
+    pthread_mutex_t mu;          /* guards the queue, 'stopping', sealed.state and the
+                                    published views */
+    pthread_cond_t cv;           /* the writer waits: jobs queued, or the sealed group done */
+    pthread_cond_t sync_cv;      /* the sync thread waits: a group sealed, or stopping */
     struct job *head, *tail;
     int64_t queued_events;
     bool stopping;
-    pthread_t writer;
-    bool writer_started;
+    bool sync_stopping;
+    pthread_t writer, syncer;
+    bool writer_started, syncer_started;
+    struct sealed_group sealed;
 
     /* writer-owned */
     struct part_meta *meta;      /* [partitions] */
@@ -146,17 +165,18 @@ static eddy_err emit(void *ud, const Eddy__Store__V1__Stage2Batch *b)
     return err;
 }
 
-static void publish(engine *e)
+/* Make 'meta' (the partitions' metadata as of the last durable write) what queries see. */
+static void publish(engine *e, const struct part_meta *meta)
 {
     pthread_mutex_lock(&e->mu);
     for (uint32_t p = 0; p < e->o.apply.partitions; p++) {
-        e->view[p].watermark = e->meta[p].watermark;
-        e->view[p].max_ts = e->meta[p].max_ts;
-        e->view[p].late_events = e->meta[p].late_events;
-        e->view[p].events = e->meta[p].events;
-        e->view[p].duplicates = e->meta[p].duplicates;
-        e->view[p].next_seq = e->meta[p].next_seq;
-        e->view[p].log_first_seq = e->meta[p].log_first_seq;
+        e->view[p].watermark = meta[p].watermark;
+        e->view[p].max_ts = meta[p].max_ts;
+        e->view[p].late_events = meta[p].late_events;
+        e->view[p].events = meta[p].events;
+        e->view[p].duplicates = meta[p].duplicates;
+        e->view[p].next_seq = meta[p].next_seq;
+        e->view[p].log_first_seq = meta[p].log_first_seq;
     }
     pthread_mutex_unlock(&e->mu);
 }
@@ -370,108 +390,250 @@ static void finish(struct job *j, eddy_err err)
     }
 }
 
-static void *writer_main(void *arg)
+/* Answer every job of a group (in order) with 'err' and free them. */
+static void finish_group(engine *e, struct job *group, eddy_err err)
 {
-    engine *e = arg;
-    size_t nparts = e->o.apply.partitions;
-    int64_t last_idle = clock_mono_ms();
-
-    for (;;) {
-        pthread_mutex_lock(&e->mu);
-        while (!e->head && !e->stopping) {
-            struct timespec dl = clock_mono_after(1000);
-            if (pthread_cond_timedwait(&e->cv, &e->mu, &dl) == ETIMEDOUT)
-                break;
-        }
-        if (!e->head && e->stopping) {
+    for (struct job *j = group, *next; j; j = next) {
+        next = j->next;
+        finish(j, err);
+        if (j->kind == JOB_FLUSH) {
+            pthread_mutex_lock(&e->mu);
+            *j->flush_flag = true;
+            pthread_cond_broadcast(j->flush_cond);
             pthread_mutex_unlock(&e->mu);
-            break;
         }
-        /* take a group of jobs, at most max_group_events events (at least one job) */
-        struct job *group = e->head, *last = NULL;
-        int64_t events = 0;
-        for (struct job *j = e->head; j; j = j->next) {
-            bool alone = j->kind == JOB_RESTORE || j->kind == JOB_EXCLUSIVE;
-            if (last && (alone || events + (int64_t)j->n > e->o.max_group_events))
-                break; /* a restore starts a group of its own... */
-            events += (int64_t)j->n;
-            last = j;
-            if (alone)
-                break; /* ...and nothing joins it: it writes outside the txn */
-        }
-        if (last) {
-            e->head = last->next;
-            if (!e->head)
-                e->tail = NULL;
-            last->next = NULL;
-            e->queued_events -= events;
-        } else {
-            group = NULL;
-        }
-        pthread_mutex_unlock(&e->mu);
+        free(j);
+    }
+}
 
-        int64_t now = clock_mono_ms();
-        bool restoring = group && (group->kind == JOB_RESTORE || group->kind == JOB_EXCLUSIVE);
-        bool idle_due = !restoring && now - last_idle >= 1000;
-        if (!group && !idle_due)
-            continue;
-
-        int64_t start_ns = clock_mono_ns();
-        memcpy(e->backup, e->meta, nparts * sizeof(*e->meta));
-        e->outbox_added = 0;
-        eddy_err err = EDDY_OK;
-        for (struct job *j = group; j && err == EDDY_OK; j = j->next) {
-            if (j->kind == JOB_INGEST) {
-                err = run_ingest(e, j, now);
-            } else if (j->kind == JOB_FORWARD) {
-                err = run_forward(e, j);
-            } else if (j->kind == JOB_RESTORE) {
-                err = run_restore(e, j, now);
-            } else if (j->kind == JOB_REPLAY) {
-                err = run_replay(e, j, now);
-            } else if (j->kind == JOB_EXCLUSIVE) {
-                err = run_exclusive(e, j, now);
-            } else if (j->kind == JOB_DELETE) {
-                uint32_t p = partition_of_user(j->user_id, e->o.apply.partitions);
-                err = apply_delete_user(e->txn, p, j->user_id, &j->model_deleted,
-                                        &j->windows_deleted, &j->log_deleted);
-            }
-        }
-        if (err == EDDY_OK && idle_due) {
-            err = run_idle(e, now);
-            last_idle = now;
-        }
-        for (uint32_t p = 0; p < nparts && err == EDDY_OK; p++)
-            err = apply_meta_save(e->txn, p, &e->meta[p]);
-        if (err == EDDY_OK && store_txn_pending(e->txn) > 0)
-            err = store_txn_commit(e->txn, true);
-        if (err != EDDY_OK) {
-            log_error("msg=\"group commit failed\" error=\"%s\" events=%lld",
-                      eddy_strerror(err), (long long)events);
-            store_txn_reset(e->txn);
-            memcpy(e->meta, e->backup, nparts * sizeof(*e->meta));
-        }
-        publish(e);
-        if (err == EDDY_OK)
-            count_group(e, group, start_ns); /* committed and visible to queries */
-        if (err == EDDY_OK && e->outbox_added > 0) {
-            atomic_fetch_add(&e->outbox, e->outbox_added);
+/* A group's end once its write returned 'err': publish 'meta' (the metadata the store now
+ * holds), count the group and wake the forwarder if it is durable, then answer its jobs. */
+static void complete_group(engine *e, struct job *group, const struct part_meta *meta,
+                           int64_t start_ns, uint64_t outbox_added, eddy_err err)
+{
+    publish(e, meta);
+    if (err == EDDY_OK) {
+        count_group(e, group, start_ns); /* committed and visible to queries */
+        if (outbox_added > 0) {
+            atomic_fetch_add(&e->outbox, outbox_added);
             if (e->o.cluster.outbox_kick)
                 e->o.cluster.outbox_kick(e->o.cluster.kick_ud);
         }
+    }
+    finish_group(e, group, err);
+}
 
-        for (struct job *j = group, *next; j; j = next) {
-            next = j->next;
-            finish(j, err);
-            if (j->kind == JOB_FLUSH) {
-                pthread_mutex_lock(&e->mu);
-                *j->flush_flag = true;
-                pthread_cond_broadcast(j->flush_cond);
-                pthread_mutex_unlock(&e->mu);
-            }
-            free(j);
+static void log_group_failed(eddy_err err, const struct job *group)
+{
+    int64_t events = 0;
+    for (const struct job *j = group; j; j = j->next)
+        events += (int64_t)j->n;
+    log_error("msg=\"group commit failed\" error=\"%s\" events=%lld", eddy_strerror(err),
+              (long long)events);
+}
+
+/* The sync thread: write each sealed group (one synced LevelDB write), then publish, count
+ * and acknowledge it, while the writer applies the next group. */
+static void *syncer_main(void *arg)
+{
+    engine *e = arg;
+    struct sealed_group *sg = &e->sealed;
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        while (sg->state != SEALED_QUEUED && !e->sync_stopping)
+            pthread_cond_wait(&e->sync_cv, &e->mu);
+        if (sg->state != SEALED_QUEUED)
+            break;
+        pthread_mutex_unlock(&e->mu);
+        eddy_err err = store_txn_write(e->txn, true);
+        if (err != EDDY_OK)
+            log_group_failed(err, sg->jobs);
+        complete_group(e, sg->jobs, err == EDDY_OK ? sg->meta : sg->before, sg->start_ns,
+                       sg->outbox_added, err);
+        pthread_mutex_lock(&e->mu);
+        sg->jobs = NULL;
+        sg->err = err;
+        sg->state = SEALED_DONE;
+        pthread_cond_broadcast(&e->cv);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+/* Wait until the sealed group, if any, is written and answered, and settle the txn with
+ * its result. On a failed write the txn is reset and the metadata goes back to before that
+ * group: whatever was applied after it (the caller's group) must fail too. */
+static eddy_err await_sealed(engine *e)
+{
+    struct sealed_group *sg = &e->sealed;
+    pthread_mutex_lock(&e->mu);
+    if (sg->state == SEALED_NONE) {
+        pthread_mutex_unlock(&e->mu);
+        return EDDY_OK;
+    }
+    while (sg->state != SEALED_DONE)
+        pthread_cond_wait(&e->cv, &e->mu);
+    sg->state = SEALED_NONE;
+    eddy_err err = sg->err;
+    pthread_mutex_unlock(&e->mu);
+    store_txn_settle(e->txn, err);
+    if (err != EDDY_OK)
+        memcpy(e->meta, sg->before, e->o.apply.partitions * sizeof(*e->meta));
+    return err;
+}
+
+/* Hand the applied group to the sync thread (after the previous one is settled). */
+static eddy_err seal_group(engine *e, struct job *group, int64_t start_ns)
+{
+    struct sealed_group *sg = &e->sealed;
+    size_t bytes = e->o.apply.partitions * sizeof(*e->meta);
+    eddy_err err = store_txn_seal(e->txn);
+    if (err != EDDY_OK)
+        return err;
+    sg->jobs = group;
+    sg->start_ns = start_ns;
+    sg->outbox_added = e->outbox_added;
+    memcpy(sg->meta, e->meta, bytes);
+    memcpy(sg->before, e->backup, bytes);
+    pthread_mutex_lock(&e->mu);
+    sg->state = SEALED_QUEUED;
+    pthread_cond_signal(&e->sync_cv);
+    pthread_mutex_unlock(&e->mu);
+    return EDDY_OK;
+}
+
+/* Apply a group's jobs (and the idle watermarks if due) into the txn. */
+static eddy_err apply_group(engine *e, struct job *group, int64_t now, bool idle_due)
+{
+    eddy_err err = EDDY_OK;
+    for (struct job *j = group; j && err == EDDY_OK; j = j->next) {
+        if (j->kind == JOB_INGEST) {
+            err = run_ingest(e, j, now);
+        } else if (j->kind == JOB_FORWARD) {
+            err = run_forward(e, j);
+        } else if (j->kind == JOB_RESTORE) {
+            err = run_restore(e, j, now);
+        } else if (j->kind == JOB_REPLAY) {
+            err = run_replay(e, j, now);
+        } else if (j->kind == JOB_EXCLUSIVE) {
+            err = run_exclusive(e, j, now);
+        } else if (j->kind == JOB_DELETE) {
+            uint32_t p = partition_of_user(j->user_id, e->o.apply.partitions);
+            err = apply_delete_user(e->txn, p, j->user_id, &j->model_deleted,
+                                    &j->windows_deleted, &j->log_deleted);
         }
     }
+    if (err == EDDY_OK && idle_due)
+        err = run_idle(e, now);
+    for (uint32_t p = 0; p < e->o.apply.partitions && err == EDDY_OK; p++)
+        err = apply_meta_save(e->txn, p, &e->meta[p]);
+    return err;
+}
+
+/* A failed apply: drop what the group wrote into the txn and its metadata changes. */
+static void roll_back(engine *e, struct job *group, eddy_err err)
+{
+    log_group_failed(err, group);
+    store_txn_reset(e->txn);
+    memcpy(e->meta, e->backup, e->o.apply.partitions * sizeof(*e->meta));
+}
+
+/* A group that writes around the txn (a restore or an exclusive job) runs alone, on a
+ * store that holds everything queued before it: after the sealed group is settled, with
+ * its own synced commit on this thread. If that group's write failed, its jobs have
+ * failed and the txn and the metadata are back to the store's: this one runs on that. */
+static void run_alone(engine *e, struct job *group, int64_t now)
+{
+    await_sealed(e);
+    int64_t start_ns = clock_mono_ns();
+    memcpy(e->backup, e->meta, e->o.apply.partitions * sizeof(*e->meta));
+    e->outbox_added = 0;
+    eddy_err err = apply_group(e, group, now, false);
+    if (err == EDDY_OK && store_txn_pending(e->txn) > 0)
+        err = store_txn_commit(e->txn, true);
+    if (err != EDDY_OK)
+        roll_back(e, group, err);
+    complete_group(e, group, e->meta, start_ns, e->outbox_added, err);
+}
+
+/* Apply a group while the previous one's write runs on the sync thread, then seal it for
+ * the sync thread once that write is settled. A failed write fails this group too: it was
+ * applied on top of values that never reached the store. */
+static void run_pipelined(engine *e, struct job *group, int64_t now, bool idle_due)
+{
+    int64_t start_ns = clock_mono_ns();
+    memcpy(e->backup, e->meta, e->o.apply.partitions * sizeof(*e->meta));
+    e->outbox_added = 0;
+    eddy_err err = apply_group(e, group, now, idle_due);
+    eddy_err werr = await_sealed(e);
+    if (werr != EDDY_OK) { /* the txn and the metadata are back before the failed group */
+        complete_group(e, group, e->meta, start_ns, 0, werr);
+        return;
+    }
+    if (err == EDDY_OK)
+        err = seal_group(e, group, start_ns);
+    if (err != EDDY_OK) {
+        roll_back(e, group, err);
+        complete_group(e, group, e->meta, start_ns, 0, err);
+    }
+}
+
+/* Take the next group of queued jobs: at most max_group_events events (at least one job);
+ * a restore or an exclusive job alone. Waits up to a second for a job; NULL if none (then
+ * *stop says whether the engine is closing). */
+static struct job *take_group(engine *e, bool *stop)
+{
+    pthread_mutex_lock(&e->mu);
+    while (!e->head && !e->stopping) {
+        struct timespec dl = clock_mono_after(1000);
+        if (pthread_cond_timedwait(&e->cv, &e->mu, &dl) == ETIMEDOUT)
+            break;
+    }
+    *stop = !e->head && e->stopping;
+    struct job *group = e->head, *last = NULL;
+    int64_t events = 0;
+    for (struct job *j = e->head; j; j = j->next) {
+        bool alone = j->kind == JOB_RESTORE || j->kind == JOB_EXCLUSIVE;
+        if (last && (alone || events + (int64_t)j->n > e->o.max_group_events))
+            break; /* a restore starts a group of its own... */
+        events += (int64_t)j->n;
+        last = j;
+        if (alone)
+            break; /* ...and nothing joins it: it writes outside the txn */
+    }
+    if (last) {
+        e->head = last->next;
+        if (!e->head)
+            e->tail = NULL;
+        last->next = NULL;
+        e->queued_events -= events;
+    } else {
+        group = NULL;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return group;
+}
+
+static void *writer_main(void *arg)
+{
+    engine *e = arg;
+    int64_t last_idle = clock_mono_ms();
+    bool stop = false;
+    while (!stop) {
+        struct job *group = take_group(e, &stop);
+        int64_t now = clock_mono_ms();
+        if (group && (group->kind == JOB_RESTORE || group->kind == JOB_EXCLUSIVE)) {
+            run_alone(e, group, now);
+            continue;
+        }
+        bool idle_due = !stop && now - last_idle >= 1000;
+        if (!group && !idle_due)
+            continue;
+        if (idle_due)
+            last_idle = now;
+        run_pipelined(e, group, now, idle_due);
+    }
+    await_sealed(e);
     return NULL;
 }
 
@@ -490,12 +652,16 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
     e->o = *opts;
     pthread_mutex_init(&e->mu, NULL);
     clock_cond_init(&e->cv);
+    pthread_cond_init(&e->sync_cv, NULL);
     e->meta = calloc(nparts, sizeof(*e->meta));
     e->backup = calloc(nparts, sizeof(*e->backup));
+    e->sealed.meta = calloc(nparts, sizeof(*e->sealed.meta));
+    e->sealed.before = calloc(nparts, sizeof(*e->sealed.before));
     e->last_arrival_ms = calloc(nparts, sizeof(*e->last_arrival_ms));
     e->view = calloc(nparts, sizeof(*e->view));
     e->log_floor = calloc(nparts, sizeof(*e->log_floor));
-    if (!e->meta || !e->backup || !e->last_arrival_ms || !e->view || !e->log_floor) {
+    if (!e->meta || !e->backup || !e->sealed.meta || !e->sealed.before || !e->last_arrival_ms ||
+        !e->view || !e->log_floor) {
         engine_close(e);
         return EDDY_ERR_NOMEM;
     }
@@ -530,7 +696,12 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
         key_prefix_end(&start, &end);
         store_scan(e->st, &start, &end, count_key, &e->outbox);
     }
-    publish(e);
+    publish(e, e->meta);
+    if (pthread_create(&e->syncer, NULL, syncer_main, e) != 0) {
+        engine_close(e);
+        return EDDY_ERR_NOMEM;
+    }
+    e->syncer_started = true;
     if (pthread_create(&e->writer, NULL, writer_main, e) != 0) {
         engine_close(e);
         return EDDY_ERR_NOMEM;
@@ -549,14 +720,24 @@ void engine_close(engine *e)
         e->stopping = true;
         pthread_cond_broadcast(&e->cv);
         pthread_mutex_unlock(&e->mu);
-        pthread_join(e->writer, NULL);
+        pthread_join(e->writer, NULL); /* it leaves nothing sealed */
+    }
+    if (e->syncer_started) {
+        pthread_mutex_lock(&e->mu);
+        e->sync_stopping = true;
+        pthread_cond_signal(&e->sync_cv);
+        pthread_mutex_unlock(&e->mu);
+        pthread_join(e->syncer, NULL);
     }
     store_txn_free(e->txn);
     store_close(e->st);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
+    pthread_cond_destroy(&e->sync_cv);
     free(e->meta);
     free(e->backup);
+    free(e->sealed.meta);
+    free(e->sealed.before);
     free(e->last_arrival_ms);
     free(e->view);
     free((void *)e->log_floor);

@@ -4,11 +4,19 @@
  * DESIGN: gRPC handler threads must not do synced LevelDB writes, and the apply must be
  * sequential per partition to stay deterministic. So every write (ingest, delete-user,
  * idle watermark advances) is a job on one bounded queue, drained by one writer thread:
- * it applies every queued job into one store_txn, writes it with one synced LevelDB write
- * (group commit: the fsync is shared by all the batches that queued meanwhile), and then
- * runs the jobs' completion callbacks, which answer the RPCs. Reads (queries) go straight
- * to LevelDB from the handler threads and see only committed state, so an acknowledged
- * event is visible to every query that starts after the acknowledgement. */
+ * it applies every queued job into one store_txn, and the group's keys are written with one
+ * synced LevelDB write (group commit: the fsync is shared by all the batches that queued
+ * meanwhile). That write runs on a second thread, the sync thread, while the writer
+ * already applies the next group on top of it (the txn holds the in-flight values, see
+ * store_txn_seal), so the apply, not apply + fsync, bounds the rate. Once a group's write
+ * is durable the sync thread publishes it and runs its jobs' completion callbacks, which
+ * answer the RPCs; if the write fails, that group and the one applied after it fail and the
+ * writer starts again from the store (the txn is reset, the metadata rolled back). One
+ * write in flight at a time, so groups reach the store in order. Jobs that write around
+ * the txn (restores, exclusive jobs) wait for the write in flight and run alone. Reads
+ * (queries) go straight to LevelDB from the handler threads and see only committed,
+ * durable state (a group becomes visible when its synced write returns), so an
+ * acknowledged event is visible to every query that starts after the acknowledgement. */
 #ifndef EDDY_ENGINE_H
 #define EDDY_ENGINE_H
 
@@ -25,7 +33,7 @@
 
 typedef struct engine engine;
 
-/* What the writer thread counts (each may be NULL; the series are borrowed and must
+/* What the engine counts (each may be NULL; the series are borrowed and must
  * outlive the engine). Updated once per group commit, after the synced write succeeded. */
 struct engine_metrics {
     metric_counter *events_ingested;   /* accepted events (late ones included) */
@@ -43,7 +51,8 @@ struct engine_cluster {
      * own go to the OUTBOX table, in the same write batch, for the forwarder. */
     bool (*owns)(void *ud, uint32_t p);
     void *owns_ud;
-    /* Called on the writer thread after a commit that added OUTBOX records. */
+    /* Called on the sync thread (the writer for exclusive jobs) after a commit that added
+     * OUTBOX records. */
     void (*outbox_kick)(void *ud);
     void *kick_ud;
 };
@@ -56,7 +65,8 @@ struct engine_opts {
     struct apply_params apply;
     struct product_params product;
     struct rec_params rec;
-    int64_t stage2_staleness_ms;   /* popularity lists are at most this old (1 s) */
+    int64_t stage2_staleness_ms;   /* popularity lists are refreshed when this old (1 s;
+                                      answered until twice this, see popcache_top) */
     int candidates;                /* candidates per list for Recommend (50) */
     int64_t max_pending_events;    /* queued events before Ingest answers RESOURCE_EXHAUSTED */
     int64_t max_group_events;      /* events per group commit (10000) */
@@ -70,7 +80,9 @@ struct engine_ingest_result {
     uint32_t late;
 };
 
-/* Called once on the writer thread when the job is durable (err == EDDY_OK) or failed. */
+/* Called once when the job is durable (err == EDDY_OK) or failed, on the sync thread (or
+ * the writer thread for a job that failed before its write, and for restores and exclusive
+ * jobs). Callbacks run one at a time, in queue order; they must not wait for the engine. */
 typedef void engine_ingest_done_fn(void *ud, eddy_err err, const struct engine_ingest_result *r);
 typedef void engine_delete_done_fn(void *ud, eddy_err err, bool model_deleted,
                                    uint64_t windows_deleted, uint64_t log_deleted);

@@ -1,14 +1,30 @@
-/* Cached popularity lists and neighbour lookups for Recommend. */
+/* Cached popularity lists and neighbour lookups for Recommend.
+ *
+ * DESIGN: refreshing the popularity lists in use is one pass over the CAT_POP index of
+ * every partition (~6 ms for 51 lists over 10,000 products, growing with the products),
+ * due every --stage2-staleness. Done by the Recommend call that found a list expired, it
+ * put that call and every call queued behind it on the handler threads at the p99. So the
+ * call that finds a list expired only schedules the refresh and answers from the previous
+ * list like everybody else; a refresher thread (started by the first such call) runs the
+ * pass and installs the new lists. A list is answered that way until it is twice
+ * --stage2-staleness old: one read per period keeps every list in use off the calling
+ * threads, and a list nobody read for longer (or never read: there is nothing to answer
+ * from) is built on the calling thread, as is every list with --stage2-staleness 0 (no
+ * caching), so no answer comes from a list older than that. The refresher runs at the lowest priority (nice 19, Linux): on a busy
+ * machine the threads answering calls go first, and the lists wait a little longer. */
 #include "node/state/popcache.h"
 
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "common/clock.h"
+#include "common/log.h"
 #include "node/state/decay.h"
 
 #define MAX_CACHED_LISTS 4096
@@ -17,6 +33,7 @@ struct pop_list {
     char *category;
     int64_t refreshed_ms;      /* monotonic */
     bool refreshing;           /* a thread is refreshing it: others use it meanwhile */
+    bool scheduled;            /* ...or the refresher will (refreshing is set too) */
     bool used;                 /* read since its last refresh: refreshed with the next pass */
     int64_t at;                /* event time the scores were decayed to */
     struct scored_product *items;
@@ -68,10 +85,19 @@ struct popcache {
     const struct product_params *pp;
     int64_t staleness_ms;
     size_t top_k;
-    pthread_mutex_t mu;
+    pthread_mutex_t mu;        /* the lists and the refresher's state */
     struct pop_list *lists;
     size_t nlists;
     struct nb_shard *nb;       /* NB_SHARDS, or NULL: neighbours are not cached */
+    /* the refresher thread (see DESIGN), started by the first expired list */
+    pthread_t refresher;
+    bool refresher_started;
+    bool refresh_due;          /* lists are scheduled */
+    bool refresh_running;      /* a scheduled refresh is being computed */
+    bool stopping;
+    int64_t refresh_at;        /* event time of the last call that scheduled a refresh */
+    pthread_cond_t work_cv;    /* the refresher waits: lists scheduled, or stopping */
+    pthread_cond_t idle_cv;    /* popcache_sync waits: nothing scheduled or running */
 };
 
 popcache *popcache_new(store *st, const struct product_params *pp, int64_t staleness_ms,
@@ -85,6 +111,8 @@ popcache *popcache_new(store *st, const struct product_params *pp, int64_t stale
     pc->staleness_ms = staleness_ms;
     pc->top_k = top_k;
     pthread_mutex_init(&pc->mu, NULL);
+    pthread_cond_init(&pc->work_cv, NULL);
+    pthread_cond_init(&pc->idle_cv, NULL);
     return pc;
 }
 
@@ -174,9 +202,18 @@ void popcache_free(popcache *pc)
 {
     if (!pc)
         return;
+    if (pc->refresher_started) {
+        pthread_mutex_lock(&pc->mu);
+        pc->stopping = true;
+        pthread_cond_signal(&pc->work_cv);
+        pthread_mutex_unlock(&pc->mu);
+        pthread_join(pc->refresher, NULL);
+    }
     nb_free(pc);
     drop_lists(pc);
     pthread_mutex_destroy(&pc->mu);
+    pthread_cond_destroy(&pc->work_cv);
+    pthread_cond_destroy(&pc->idle_cv);
     free(pc);
 }
 
@@ -357,35 +394,49 @@ static struct pop_list *list_find(popcache *pc, const char *category)
     return NULL;
 }
 
-/* The lists to refresh with 'category': itself and, from the local store, every other
- * list read since its last refresh that no thread is refreshing (marked refreshing).
- * Caller frees the names and the array. Under pc->mu. */
-static char **refresh_set(popcache *pc, const char *category, size_t *n)
+/* Add to 'cats' (room for every list) each list read since its last refresh that no
+ * thread is refreshing, marked refreshing: local lists are refreshed together, in one
+ * pass. Under pc->mu. Returns false if out of memory (the names added so far stay). */
+static bool add_used_lists(popcache *pc, char **cats, size_t *n)
 {
-    char **cats = malloc((pc->nlists + 1) * sizeof(*cats));
-    if (!cats)
-        return NULL;
-    *n = 0;
-    if (!(cats[(*n)++] = strdup(category)))
-        goto oom;
     for (size_t i = 0; !pc->src && i < pc->nlists; i++) {
         struct pop_list *l = &pc->lists[i];
-        if (!l->used || l->refreshing || strcmp(l->category, category) == 0)
+        if (!l->used || l->refreshing)
             continue;
         if (!(cats[*n] = strdup(l->category)))
-            goto oom;
+            return false;
         l->refreshing = true;
         (*n)++;
     }
-    return cats;
-oom:
-    for (size_t k = 1; k < *n; k++) {
+    return true;
+}
+
+/* Give up refreshing the lists 'cats' (the names are freed). Under pc->mu. */
+static void unmark_lists(popcache *pc, char **cats, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
         struct pop_list *l = list_find(pc, cats[k]);
         if (l)
-            l->refreshing = false;
-    }
-    for (size_t k = 0; k < *n; k++)
+            l->refreshing = l->scheduled = false;
         free(cats[k]);
+    }
+}
+
+/* The lists to refresh with 'category' (not cached or not refreshing): itself and the
+ * lists in use (add_used_lists). Caller frees the names and the array. Under pc->mu. */
+static char **refresh_set(popcache *pc, const char *category, size_t *n)
+{
+    char **cats = malloc((pc->nlists + 1) * sizeof(*cats));
+    *n = 0;
+    if (!cats || !(cats[0] = strdup(category))) {
+        free(cats);
+        return NULL;
+    }
+    *n = 1;
+    if (add_used_lists(pc, cats, n))
+        return cats;
+    free(cats[0]);
+    unmark_lists(pc, cats + 1, *n - 1);
     free(cats);
     return NULL;
 }
@@ -417,7 +468,138 @@ static void list_install(popcache *pc, char *cat, struct scored_product *items, 
     l->refreshed_ms = now;
     l->at = at;
     l->refreshing = false;
+    l->scheduled = false;
     l->used = false;
+}
+
+/* Compute the lists 'cats' (names and array taken over, marked refreshing if cached) at
+ * event time 'at' and install them: one pass over the local index for all of them, or one
+ * call of the source per list. Up to 'max' items of cats[0] are copied to 'out' (if not
+ * NULL), their count to *n. On an error nothing is installed. Not under pc->mu. */
+static eddy_err refresh_lists(popcache *pc, char **cats, size_t nl, int64_t at,
+                              struct scored_product *out, size_t max, size_t *n)
+{
+    int64_t now = clock_mono_ms();
+    struct pass ps = {pc->pp, at, nl, cats, calloc(nl, sizeof(struct topk)), -1, NULL, 0};
+    eddy_err err = ps.tk ? EDDY_OK : EDDY_ERR_NOMEM;
+    for (size_t k = 0; k < nl && err == EDDY_OK; k++) {
+        ps.tk[k] = (struct topk){calloc(pc->top_k ? pc->top_k : 1, sizeof(struct scored_product)),
+                                 0, pc->top_k};
+        if (!ps.tk[k].items)
+            err = EDDY_ERR_NOMEM;
+    }
+    for (size_t k = 0; pc->src && k < nl && err == EDDY_OK; k++)
+        err = pc->src->top(pc->src->ud, cats[k], at, ps.tk[k].items, ps.tk[k].cap, &ps.tk[k].n);
+    if (!pc->src && err == EDDY_OK)
+        err = pass_run(pc, &ps);
+    if (err == EDDY_OK && out) {
+        *n = ps.tk[0].n < max ? ps.tk[0].n : max;
+        copy_list(out, ps.tk[0].items, *n);
+    }
+
+    pthread_mutex_lock(&pc->mu);
+    for (size_t k = 0; k < nl; k++) {
+        if (err == EDDY_OK) {
+            list_install(pc, cats[k], ps.tk[k].items, ps.tk[k].n, now, at);
+            continue;
+        }
+        struct pop_list *f = list_find(pc, cats[k]);
+        if (f)
+            f->refreshing = f->scheduled = false;
+        free(ps.tk ? ps.tk[k].items : NULL);
+        free(cats[k]);
+    }
+    pthread_mutex_unlock(&pc->mu);
+    free(ps.tk);
+    free(cats);
+    return err;
+}
+
+/* The lists scheduled for the refresher, and those in use. Under pc->mu. */
+static char **scheduled_set(popcache *pc, size_t *n)
+{
+    *n = 0;
+    char **cats = malloc((pc->nlists + 1) * sizeof(*cats));
+    bool ok = cats != NULL;
+    for (size_t i = 0; ok && i < pc->nlists; i++) {
+        struct pop_list *l = &pc->lists[i];
+        if (!l->scheduled)
+            continue;
+        if (!(cats[*n] = strdup(l->category)))
+            ok = false;
+        else
+            (*n)++;
+    }
+    if (ok)
+        ok = add_used_lists(pc, cats, n);
+    if (ok)
+        return cats;
+    /* out of memory: every scheduled list is expired again, the next call reschedules */
+    for (size_t i = 0; i < pc->nlists; i++) {
+        if (pc->lists[i].scheduled)
+            pc->lists[i].refreshing = pc->lists[i].scheduled = false;
+    }
+    if (cats)
+        unmark_lists(pc, cats, *n);
+    free(cats);
+    *n = 0;
+    return NULL;
+}
+
+static void *refresher_main(void *arg)
+{
+    popcache *pc = arg;
+#ifdef __linux__
+    (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19); /* this thread only (see DESIGN) */
+#endif
+    pthread_mutex_lock(&pc->mu);
+    for (;;) {
+        while (!pc->refresh_due && !pc->stopping)
+            pthread_cond_wait(&pc->work_cv, &pc->mu);
+        if (pc->stopping)
+            break;
+        pc->refresh_due = false;
+        pc->refresh_running = true;
+        int64_t at = pc->refresh_at;
+        size_t n = 0;
+        char **cats = scheduled_set(pc, &n);
+        pthread_mutex_unlock(&pc->mu);
+        if (cats && refresh_lists(pc, cats, n, at, NULL, 0, NULL) != EDDY_OK)
+            log_warn("msg=\"popularity lists not refreshed\" lists=%zu", n);
+        pthread_mutex_lock(&pc->mu);
+        pc->refresh_running = false;
+        pthread_cond_broadcast(&pc->idle_cv);
+    }
+    pc->refresh_running = false;
+    pthread_cond_broadcast(&pc->idle_cv);
+    pthread_mutex_unlock(&pc->mu);
+    return NULL;
+}
+
+/* Have the refresher refresh the expired list 'l' (at event time 'at'), starting it if
+ * needed. Under pc->mu. False if there is no refresher: the caller refreshes. */
+static bool schedule_refresh(popcache *pc, struct pop_list *l, int64_t at)
+{
+    if (pc->staleness_ms <= 0)
+        return false; /* nothing is cached: every call reads the index */
+    if (!pc->refresher_started) {
+        if (pthread_create(&pc->refresher, NULL, refresher_main, pc) != 0)
+            return false;
+        pc->refresher_started = true;
+    }
+    l->refreshing = l->scheduled = true;
+    pc->refresh_due = true;
+    pc->refresh_at = at;
+    pthread_cond_signal(&pc->work_cv);
+    return true;
+}
+
+void popcache_sync(popcache *pc)
+{
+    pthread_mutex_lock(&pc->mu);
+    while (pc->refresh_due || pc->refresh_running)
+        pthread_cond_wait(&pc->idle_cv, &pc->mu);
+    pthread_mutex_unlock(&pc->mu);
 }
 
 eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
@@ -428,10 +610,12 @@ eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
     pthread_mutex_lock(&pc->mu);
     struct pop_list *l = list_find(pc, category);
     /* Decay scales every score of a list alike, so a list decayed to a slightly older
-     * reference time ranks the same; only its age matters. While one thread refreshes an
-     * expired list the others answer from it (older than --stage2-staleness by at most
-     * one refresh) instead of all scanning it again at once. */
-    if (l && (now - l->refreshed_ms < pc->staleness_ms || l->refreshing)) {
+     * reference time ranks the same; only its age matters. A list expired less than one
+     * period ago is answered from while the refresher reads it again, so no call waits for
+     * a refresh (see DESIGN). */
+    int64_t age = l ? now - l->refreshed_ms : 0;
+    if (l && (age < pc->staleness_ms || l->refreshing ||
+              (age < 2 * pc->staleness_ms && schedule_refresh(pc, l, at)))) {
         *n = l->n < max ? l->n : max;
         copy_list(out, l->items, *n);
         l->used = true;
@@ -447,41 +631,8 @@ eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
     pthread_mutex_unlock(&pc->mu);
     if (!cats)
         return EDDY_ERR_NOMEM;
-
-    /* refresh outside the lock: concurrent refreshes of one list are harmless */
-    struct pass ps = {pc->pp, at, nl, cats, calloc(nl, sizeof(struct topk)), -1, NULL, 0};
-    eddy_err err = ps.tk ? EDDY_OK : EDDY_ERR_NOMEM;
-    for (size_t k = 0; k < nl && err == EDDY_OK; k++) {
-        ps.tk[k] = (struct topk){calloc(pc->top_k ? pc->top_k : 1, sizeof(struct scored_product)),
-                                 0, pc->top_k};
-        if (!ps.tk[k].items)
-            err = EDDY_ERR_NOMEM;
-    }
-    if (err == EDDY_OK)
-        err = pc->src ? pc->src->top(pc->src->ud, category, at, ps.tk[0].items, ps.tk[0].cap,
-                                     &ps.tk[0].n)
-                      : pass_run(pc, &ps);
-    if (err == EDDY_OK) {
-        *n = ps.tk[0].n < max ? ps.tk[0].n : max;
-        copy_list(out, ps.tk[0].items, *n);
-    }
-
-    pthread_mutex_lock(&pc->mu);
-    for (size_t k = 0; k < nl; k++) {
-        if (err == EDDY_OK) {
-            list_install(pc, cats[k], ps.tk[k].items, ps.tk[k].n, now, at);
-            continue;
-        }
-        struct pop_list *f = list_find(pc, cats[k]);
-        if (f)
-            f->refreshing = false;
-        free(ps.tk ? ps.tk[k].items : NULL);
-        free(cats[k]);
-    }
-    pthread_mutex_unlock(&pc->mu);
-    free(ps.tk);
-    free(cats);
-    return err;
+    /* outside the lock: concurrent refreshes of one list are harmless */
+    return refresh_lists(pc, cats, nl, at, out, max, n);
 }
 
 /* The uncached read: the reference the cache must reproduce. */

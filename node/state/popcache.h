@@ -12,7 +12,9 @@
  * cached too (empty lists).
  *
  * Threads: any; the popularity lists are guarded by one mutex, the neighbour cache by 16
- * sharded mutexes; a refresh reads LevelDB (or calls the source) outside of them. */
+ * sharded mutexes; a refresh reads LevelDB (or calls the source) outside of them. The
+ * refresher thread reads the store (or calls the source) until popcache_free, so free the
+ * cache before either goes away. */
 #ifndef EDDY_POPCACHE_H
 #define EDDY_POPCACHE_H
 
@@ -64,9 +66,17 @@ void popcache_set_source(popcache *pc, const struct popcache_source *src);
 void popcache_set_owns(popcache *pc, bool (*owns)(void *ud, uint32_t p), void *ud);
 
 /* Copy up to 'max' most popular products of 'category' ("" = all) at event time 'at',
- * best first, into 'out'; returns the count in *n. */
+ * best first, into 'out'; returns the count in *n. A list older than the staleness (and
+ * younger than twice it) is answered as it is while a background thread (the refresher,
+ * started by the first such call) reads it again, with every other list in use, decayed
+ * to this call's 'at'; a list not cached, or older, is read by the calling thread (and
+ * every list at staleness 0). */
 eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
                       struct scored_product *out, size_t max, size_t *n);
+
+/* Wait until no list is waiting for the refresher or being refreshed by it (tests and
+ * benchmarks: the lists installed afterwards include every refresh scheduled before). */
+void popcache_sync(popcache *pc);
 
 /* Copy up to 'max' strongest neighbours of 'product_id' at event time 'at'. */
 eddy_err popcache_neighbours(popcache *pc, const char *product_id, int64_t at,

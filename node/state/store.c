@@ -3,6 +3,7 @@
  * one place that turns LevelDB's char **errptr into eddy_err. */
 #include "node/state/store.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -40,6 +41,8 @@ struct store {
         struct store_key start, end;
     } changes[STORE_CHANGES];
     _Atomic uint32_t kept_tables; /* 1 << table of every table some txn keeps values of */
+    _Atomic int fail_writes;     /* store_fail_writes: txn writes left to fail */
+    eddy_err fail_err;
 };
 
 /* ---- keys ---------------------------------------------------------------------------- */
@@ -195,6 +198,7 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
     s->obj_cache_bytes = STORE_KEPT_BYTES_DEFAULT;
     atomic_init(&s->gen, 0);
     atomic_init(&s->kept_tables, 0);
+    atomic_init(&s->fail_writes, 0);
     *out = s;
     return EDDY_OK;
 }
@@ -539,7 +543,10 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
  * kept value is exactly the committed one: every write to the store that does not go
  * through this txn bumps the store's generation and records its key range (store_changed),
  * and the txn forgets what it kept in those ranges when it sees a new generation
- * (catch_up_locked). Entries leave the table as tombstones. Probing reads
+ * (catch_up_locked). A commit may be split (store_txn_seal, _write, _settle) so that the
+ * synced write runs on another thread while the next group is applied: the sealed keys stay
+ * in the table "in flight", seen by reads and scans as pending keys are, never forgotten or
+ * evicted, until the settle. Entries leave the table as tombstones. Probing reads
  * a dense array of 32-bit hash tags and touches an entry only when its tag matches: a
  * large table of kept values would otherwise cost a cache miss per probe. */
 
@@ -559,6 +566,7 @@ struct overlay_entry {
     bool obj_dirty;     /* obj changed: packed at commit ('val' is stale) */
     bool keep;          /* holds a value that was read or decoded: kept after commit */
     bool touched;       /* listed in t->touched */
+    bool inflight;      /* in the sealed write, not yet settled: listed in t->sealed */
 };
 
 struct store_txn {
@@ -569,6 +577,9 @@ struct store_txn {
     size_t cap, live, tombs;
     size_t *touched;           /* slots used since the last commit */
     size_t ntouched, touched_cap;
+    size_t *sealed;            /* slots of the in-flight entries (the sealed write) */
+    size_t nsealed, sealed_cap;
+    size_t sealed_keys;        /* records in 'wb' (seal, write and settle only) */
     size_t npending;
     size_t kept_bytes;         /* sum of the entries' cost */
     uint64_t commits;
@@ -581,6 +592,7 @@ struct store_txn {
     size_t npackers;
     struct store_txn_stats stats;
     unsigned char prefixes[PREFIX_BITS / 8]; /* (partition, table) with pending writes */
+    unsigned char sealed_prefixes[PREFIX_BITS / 8]; /* ... with in-flight writes */
 };
 
 static void entry_drop_obj(struct overlay_entry *e)
@@ -668,10 +680,11 @@ store_txn *store_txn_new(store *s)
     t->cap = 1024;
     t->tab = calloc(t->cap, sizeof(*t->tab));
     t->tags = calloc(t->cap, sizeof(*t->tags));
-    t->touched_cap = 256;
+    t->touched_cap = t->sealed_cap = 256;
     t->touched = malloc(t->touched_cap * sizeof(*t->touched));
+    t->sealed = malloc(t->sealed_cap * sizeof(*t->sealed));
     t->gen = atomic_load_explicit(&s->gen, memory_order_acquire);
-    if (!t->tab || !t->tags || !t->touched) {
+    if (!t->tab || !t->tags || !t->touched || !t->sealed) {
         store_txn_free(t);
         return NULL;
     }
@@ -688,7 +701,9 @@ void store_txn_reset(store_txn *t)
     memset(t->tab, 0, t->cap * sizeof(*t->tab));
     memset(t->tags, 0, t->cap * sizeof(*t->tags));
     t->live = t->tombs = t->ntouched = t->npending = t->kept_bytes = 0;
+    t->nsealed = t->sealed_keys = 0;
     memset(t->prefixes, 0, sizeof(t->prefixes));
+    memset(t->sealed_prefixes, 0, sizeof(t->sealed_prefixes));
     t->gen = atomic_load_explicit(&t->s->gen, memory_order_acquire);
     leveldb_writebatch_clear(t->wb);
 }
@@ -702,6 +717,7 @@ void store_txn_free(store_txn *t)
     free(t->tab);
     free(t->tags);
     free(t->touched);
+    free(t->sealed);
     if (t->wb)
         leveldb_writebatch_destroy(t->wb);
     free(t);
@@ -768,6 +784,7 @@ static eddy_err rehash(store_txn *t, size_t ncap)
     t->cap = ncap;
     t->tombs = 0;
     t->ntouched = 0;
+    t->nsealed = 0;
     for (size_t i = 0; i < ocap; i++) {
         if (!old[i].key)
             continue;
@@ -776,8 +793,11 @@ static eddy_err rehash(store_txn *t, size_t ncap)
         lookup(t, old[i].key, old[i].klen, &slot, &tag);
         *slot = old[i];
         t->tags[slot - t->tab] = tag;
-        if (slot->touched) /* the list holds at most the entries it held before */
+        /* the lists hold at most the entries they held before */
+        if (slot->touched)
             t->touched[t->ntouched++] = (size_t)(slot - t->tab);
+        if (slot->inflight)
+            t->sealed[t->nsealed++] = (size_t)(slot - t->tab);
     }
     free(old);
     free(otags);
@@ -847,7 +867,6 @@ static void mark_pending(store_txn *t, struct overlay_entry *e)
     t->prefixes[b / 8] |= (unsigned char)(1u << (b % 8));
 }
 
-/* Forget every kept value that is not a pending write of this txn. */
 /* Drop the slots of removed entries from the touched list (a slot reused by a later
  * insert must be listed once). */
 static void compact_touched(store_txn *t)
@@ -860,10 +879,11 @@ static void compact_touched(store_txn *t)
     t->ntouched = k;
 }
 
+/* Forget every kept value that is not a pending or in-flight write of this txn. */
 static void forget_kept(store_txn *t)
 {
     for (size_t i = 0; i < t->cap; i++) {
-        if (t->tab[i].key && !t->tab[i].pending)
+        if (t->tab[i].key && !t->tab[i].pending && !t->tab[i].inflight)
             entry_remove(t, &t->tab[i]);
     }
     compact_touched(t);
@@ -902,7 +922,7 @@ static void catch_up_locked(store_txn *t)
         return;
     for (size_t i = 0; i < t->cap; i++) {
         struct overlay_entry *e = &t->tab[i];
-        if (!e->key || e->pending)
+        if (!e->key || e->pending || e->inflight)
             continue;
         for (size_t j = 0; j < n; j++) {
             if (in_change(c[j], e->key, e->klen)) {
@@ -1155,7 +1175,7 @@ static void evict(store_txn *t)
         freed += by_age[cutoff--];
     for (size_t i = 0; i < t->cap; i++) {
         struct overlay_entry *e = &t->tab[i];
-        if (e->key && t->commits - e->stamp >= cutoff) {
+        if (e->key && !e->inflight && t->commits - e->stamp >= cutoff) {
             entry_remove(t, e);
             t->stats.evictions++;
         }
@@ -1163,21 +1183,35 @@ static void evict(store_txn *t)
     free(by_age);
 }
 
-/* After a successful write: keep what was read or decoded, drop the rest. */
-static void settle(store_txn *t)
+/* Whether the entry holds a value worth keeping after its write: one read or decoded. */
+static bool holds_kept_value(const struct overlay_entry *e)
+{
+    return e->keep && !e->deleted && (e->obj || e->val);
+}
+
+/* The txn's side of a seal: pending entries go in flight, what was read or decoded is kept
+ * (charged to the budget), what was only written stays in flight until the settle (reads
+ * find it there, not yet in LevelDB), anything else leaves. */
+static void seal_touched(store_txn *t)
 {
     t->commits++;
     for (size_t i = 0; i < t->ntouched; i++) {
-        struct overlay_entry *e = &t->tab[t->touched[i]];
+        size_t slot = t->touched[i];
+        struct overlay_entry *e = &t->tab[slot];
         if (!e->key)
             continue; /* forgotten meanwhile */
         e->touched = false;
-        e->pending = false;
+        if (e->pending) {
+            e->pending = false;
+            e->inflight = true;
+            t->sealed[t->nsealed++] = slot;
+        }
         e->obj_dirty = false;
         t->kept_bytes -= e->cost;
         e->cost = 0;
-        if (!e->keep || e->deleted || (!e->obj && !e->val)) {
-            entry_remove(t, e);
+        if (!holds_kept_value(e)) {
+            if (!e->inflight)
+                entry_remove(t, e);
             continue;
         }
         if (e->obj) { /* the decoded value is what is kept; its bytes are packed on demand */
@@ -1196,6 +1230,7 @@ static void settle(store_txn *t)
     }
     t->ntouched = 0;
     t->npending = 0;
+    memcpy(t->sealed_prefixes, t->prefixes, sizeof(t->prefixes));
     memset(t->prefixes, 0, sizeof(t->prefixes));
     if (t->kept_bytes > t->s->obj_cache_bytes)
         evict(t);
@@ -1203,9 +1238,18 @@ static void settle(store_txn *t)
         rehash(t, t->cap); /* on failure the tombstones just stay */
 }
 
-eddy_err store_txn_commit(store_txn *t, bool sync)
+eddy_err store_txn_seal(store_txn *t)
 {
-    char *lerr = NULL;
+    assert(t->nsealed == 0 && t->sealed_keys == 0); /* the last sealed write is settled */
+    if (t->npending > t->sealed_cap) {
+        size_t *n = realloc(t->sealed, t->npending * sizeof(*n));
+        if (!n) {
+            store_txn_reset(t);
+            return EDDY_ERR_NOMEM;
+        }
+        t->sealed = n;
+        t->sealed_cap = t->npending;
+    }
     /* every pending key once, with its last value: objects changed in place are packed now */
     for (size_t i = 0; i < t->ntouched; i++) {
         struct overlay_entry *e = &t->tab[t->touched[i]];
@@ -1222,20 +1266,66 @@ eddy_err store_txn_commit(store_txn *t, bool sync)
         }
         leveldb_writebatch_put(t->wb, (const char *)e->key, e->klen, e->val, e->vlen);
     }
-    leveldb_write(t->s->db, sync ? t->s->wsync : t->s->wnosync, t->wb, &lerr);
-    leveldb_writebatch_clear(t->wb);
-    if (lerr) {
-        store_txn_reset(t);
-        return take_err(lerr, NULL, 0);
-    }
-    /* Catch up with the writes around us, then record ours (its keys are unknown to the
-     * other txns of the store, which forget everything when they see it). */
-    pthread_mutex_lock(&t->s->changes_mu);
-    catch_up_locked(t);
-    t->gen = change_locked(t->s, t, NULL, NULL);
-    pthread_mutex_unlock(&t->s->changes_mu);
-    settle(t);
+    t->sealed_keys = t->npending;
+    seal_touched(t);
     return EDDY_OK;
+}
+
+void store_fail_writes(store *s, int n, eddy_err err)
+{
+    s->fail_err = err;
+    atomic_store(&s->fail_writes, n);
+}
+
+eddy_err store_txn_write(store_txn *t, bool sync)
+{
+    if (t->sealed_keys == 0)
+        return EDDY_OK;
+    if (atomic_load_explicit(&t->s->fail_writes, memory_order_relaxed) > 0 &&
+        atomic_fetch_sub(&t->s->fail_writes, 1) > 0)
+        return t->s->fail_err;
+    char *lerr = NULL;
+    leveldb_write(t->s->db, sync ? t->s->wsync : t->s->wnosync, t->wb, &lerr);
+    if (lerr)
+        return take_err(lerr, NULL, 0);
+    /* Record the write: its keys are unknown to the other txns of the store, which forget
+     * everything when they see it; this txn skips its own writes when it catches up. */
+    pthread_mutex_lock(&t->s->changes_mu);
+    change_locked(t->s, t, NULL, NULL);
+    pthread_mutex_unlock(&t->s->changes_mu);
+    return EDDY_OK;
+}
+
+void store_txn_settle(store_txn *t, eddy_err write_err)
+{
+    leveldb_writebatch_clear(t->wb);
+    t->sealed_keys = 0;
+    if (write_err != EDDY_OK) {
+        store_txn_reset(t);
+        return;
+    }
+    /* In LevelDB now: what was only written leaves, unless the txn used it again. */
+    for (size_t i = 0; i < t->nsealed; i++) {
+        struct overlay_entry *e = &t->tab[t->sealed[i]];
+        if (!e->key || !e->inflight)
+            continue;
+        e->inflight = false;
+        if (!e->touched && !holds_kept_value(e))
+            entry_remove(t, e);
+    }
+    t->nsealed = 0;
+    memset(t->sealed_prefixes, 0, sizeof(t->sealed_prefixes));
+    sync_gen(t); /* past our own write, and whatever ran around it */
+}
+
+eddy_err store_txn_commit(store_txn *t, bool sync)
+{
+    eddy_err err = store_txn_seal(t);
+    if (err != EDDY_OK)
+        return err;
+    err = store_txn_write(t, sync);
+    store_txn_settle(t, err);
+    return err;
 }
 
 static int cmp_entry_key(const void *a, const void *b)
@@ -1263,7 +1353,7 @@ static int cmp_raw(const unsigned char *a, size_t alen, const unsigned char *b, 
 static bool may_have_pending(const store_txn *t, const struct store_key *start,
                              const struct store_key *end)
 {
-    if (t->npending == 0)
+    if (t->npending == 0 && t->nsealed == 0)
         return false;
     if (start->len < 3 || end->len == 0)
         return true;
@@ -1274,23 +1364,33 @@ static bool may_have_pending(const store_txn *t, const struct store_key *start,
     if (pre_end.len == 0 || cmp_raw(end->buf, end->len, pre_end.buf, pre_end.len) > 0)
         return true; /* spans several prefixes */
     size_t b = prefix_bit(start->buf, start->len);
-    return (t->prefixes[b / 8] >> (b % 8)) & 1;
+    return ((t->prefixes[b / 8] | t->sealed_prefixes[b / 8]) >> (b % 8)) & 1;
+}
+
+/* Whether entry 'e' is a write the scan of [start, end) must merge. */
+static bool merged_in_scan(const struct overlay_entry *e, const struct store_key *start,
+                           const struct store_key *end)
+{
+    return e->key && cmp_raw(e->key, e->klen, start->buf, start->len) >= 0 &&
+           key_before_end((const char *)e->key, e->klen, end);
 }
 
 eddy_err store_txn_scan(store_txn *t, const struct store_key *start, const struct store_key *end,
                         store_scan_fn *fn, void *ud)
 {
-    /* Pending entries in range, sorted (kept values equal the committed ones). */
+    /* Pending and in-flight entries in range (each once: an in-flight key written again
+     * is pending too), sorted; kept values equal the committed ones. */
     size_t n = 0;
     struct overlay_entry **pend = NULL;
     if (may_have_pending(t, start, end)) {
-        pend = malloc((t->npending ? t->npending : 1) * sizeof(*pend));
+        pend = malloc((t->npending + t->nsealed + 1) * sizeof(*pend));
         if (!pend)
             return EDDY_ERR_NOMEM;
-        for (size_t i = 0; i < t->ntouched; i++) {
-            struct overlay_entry *e = &t->tab[t->touched[i]];
-            if (!e->key || !e->pending || cmp_raw(e->key, e->klen, start->buf, start->len) < 0 ||
-                !key_before_end((const char *)e->key, e->klen, end))
+        for (size_t i = 0; i < t->ntouched + t->nsealed; i++) {
+            struct overlay_entry *e = i < t->ntouched ? &t->tab[t->touched[i]]
+                                                      : &t->tab[t->sealed[i - t->ntouched]];
+            bool wanted = i < t->ntouched ? e->pending : e->inflight && !e->pending;
+            if (!wanted || !merged_in_scan(e, start, end))
                 continue;
             if (entry_pack(t, e) != EDDY_OK) {
                 free(pend);

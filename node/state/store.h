@@ -179,7 +179,8 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
  * that sees a new generation (at its next read or commit) forgets what it kept in those
  * ranges: everything after another txn's commit (its keys are not recorded) or when it
  * missed more than the last 16 writes. Such writes must not run while the txn has
- * uncommitted writes or a caller holds values borrowed from it (forgetting frees them):
+ * uncommitted or in-flight writes or a caller holds values borrowed from it (forgetting
+ * frees them):
  * the engine runs them as jobs alone in their group, between groups.
  * store_txn_reset forgets everything too. */
 #define STORE_KEPT_BYTES_DEFAULT ((size_t)256 << 20)
@@ -222,11 +223,35 @@ typedef bool store_pack_fn(const ProtobufCMessage *m, uint8_t **buf, size_t *len
 void store_txn_set_packer(store_txn *t, const ProtobufCMessageDescriptor *desc,
                           store_pack_fn *fn);
 
-/* Write the pending keys. On an error nothing is kept and the txn is reset. */
+/* Write the pending keys. On an error nothing is kept and the txn is reset. The same as
+ * store_txn_seal, store_txn_write and store_txn_settle in a row. */
 eddy_err store_txn_commit(store_txn *t, bool sync);
+
+/* A commit in three steps, so that the synced write (the slow part) can run on another
+ * thread while the txn's thread goes on applying the next group through the txn. One
+ * sealed write at a time, in this order:
+ * - store_txn_seal (txn's thread): the pending keys become the sealed write. They stay "in
+ *   flight" in the txn: its reads and scans see them (LevelDB may not have them yet),
+ *   writes to them are pending again (for the next seal), and nothing forgets or evicts
+ *   them. On an error (out of memory) the txn is reset and there is nothing to write.
+ * - store_txn_write (any thread): one LevelDB write of the sealed keys (none: nothing
+ *   done). It reads only the sealed batch, so the txn's thread may use the txn meanwhile
+ *   (reads, puts, objects; not seal, settle, reset or commit).
+ * - store_txn_settle (txn's thread), with store_txn_write's result: on success the
+ *   in-flight keys become kept values or leave the txn; on an error the txn is reset,
+ *   pending writes made since the seal included (they were computed from values that
+ *   never reached the store).
+ * A write around the txn (see "Kept values") must not run while a write is in flight. */
+eddy_err store_txn_seal(store_txn *t);
+eddy_err store_txn_write(store_txn *t, bool sync);
+void store_txn_settle(store_txn *t, eddy_err write_err);
+
+/* Fault injection for tests: the next 'n' store_txn_write calls with keys to write fail
+ * with 'err' and write nothing (a disk error, for the engine's failed-write path). */
+void store_fail_writes(store *s, int n, eddy_err err);
 /* Drop pending writes without committing, and every kept value. */
 void store_txn_reset(store_txn *t);
-/* Keys written (put, deleted or changed objects) since the last commit. */
+/* Keys written (put, deleted or changed objects) since the last commit or seal. */
 size_t store_txn_pending(const store_txn *t);
 
 /* What the txn's kept values did (for tests and diagnostics). */

@@ -139,7 +139,13 @@ class MetricsTest(unittest.TestCase):
             L.raw_method(self.node.channel, "/eddy.v1.Eddy/NoSuchMethod")(b"", timeout=10)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
 
-        s = self.scrape()
+        # a read handler records its serving time just after its answer is sent: wait for it
+        def served():
+            s = self.scrape()
+            reads = ("Recommend", "GetUserProfile", "EventCounts")
+            return s if all(s.get("eddy_serving_seconds_count", method=m) for m in reads) else None
+
+        s = L.poll_until(served, 10, interval=0.05, what="the reads' serving times")
         self.assertEqual(s.get("eddy_events_ingested_total"), accepted)
         self.assertEqual(s.get("eddy_events_duplicate_total"), dups)
         self.assertEqual(s.get("eddy_late_events_total"), 0)

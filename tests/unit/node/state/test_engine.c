@@ -1,5 +1,6 @@
 /* The state engine end to end on a real LevelDB in a temp dir: dedup, late events,
- * windows, the user model, delete-user, and byte-identical state for two arrival orders. */
+ * windows, the user model, delete-user, byte-identical state for two arrival orders, and
+ * a failed synced write failing the group applied on top of it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "common/completion.h"
 #include "common/partition.h"
 #include "node/state/engine.h"
 #include "node/state/popcache.h"
@@ -261,6 +263,129 @@ static void test_purchases_never_recommended(void **state)
     free(dir);
 }
 
+/* Holds the writer (an exclusive job) until 'ud', a completion, is signalled. */
+static eddy_err gate_wait(void *ud, engine *e)
+{
+    return completion_wait(ud, EDDY_OK);
+}
+
+static void gate_done(void *ud, eddy_err err)
+{
+}
+
+/* An exclusive job that records what it found: the events of partition 'p' in the store. */
+struct probe {
+    uint32_t p;
+    int ran;
+    uint64_t events;
+    eddy_err err;
+};
+
+static eddy_err probe_fn(void *ud, engine *e)
+{
+    struct probe *pr = ud;
+    struct part_meta m;
+    pr->ran++;
+    eddy_err err = apply_meta_load(engine_store(e), pr->p, &m);
+    pr->events = m.events;
+    return err;
+}
+
+static void probe_done(void *ud, eddy_err err)
+{
+    ((struct probe *)ud)->err = err;
+}
+
+static uint64_t events_committed(engine *e)
+{
+    uint64_t n = 0;
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++) {
+        struct engine_partition_view v;
+        engine_partition(e, p, &v);
+        n += v.events;
+    }
+    return n;
+}
+
+/* The group after a failed write was applied on top of it (while it was being written):
+ * both fail, neither is visible, and the engine goes on from the store: the same events
+ * are accepted again (not duplicates), the ones committed before stay duplicates. */
+static void test_failed_write_fails_the_next_group(void **state)
+{
+    char *dir = tmpdir_for("engine");
+    struct engine_opts o = opts(dir);
+    o.max_group_events = 2; /* one group per batch below */
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    Eddy__V1__Event *a[] = {mk("a1", "ua", T0 + 1000, VIEW, "p1", "books"),
+                            mk("a2", "ua", T0 + 2000, VIEW, "p2", "books")};
+    Eddy__V1__Event *b[] = {mk("b1", "ub", T0 + 3000, VIEW, "p1", "books"),
+                            mk("b2", "ub", T0 + 4000, BUY, "p2", "books")};
+    Eddy__V1__Event *c[] = {mk("c1", "uc", T0 + 5000, VIEW, "p1", "books"),
+                            mk("c2", "uc", T0 + 6000, VIEW, "p3", "toys")};
+    ingest(e, a, 2);
+
+    struct completion g;
+    struct done db = {0}, dc = {0};
+    completion_init(&g);
+    assert_int_equal(engine_exclusive(e, gate_wait, gate_done, &g), EDDY_OK);
+    assert_int_equal(engine_ingest(e, b, 2, on_done, &db), EDDY_OK);
+    assert_int_equal(engine_ingest(e, c, 2, on_done, &dc), EDDY_OK);
+    store_fail_writes(engine_store(e), 1, EDDY_ERR_IO); /* b's write */
+    completion_signal(&g, EDDY_OK, 0);
+    engine_flush(e);
+    assert_int_equal(db.calls, 1);
+    assert_int_equal(db.err, EDDY_ERR_IO);
+    assert_int_equal(dc.calls, 1);
+    assert_int_equal(dc.err, EDDY_ERR_IO);
+    assert_int_equal(events_committed(e), 2);
+    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0};
+    Eddy__V1__GetUserProfileResponse *pr = NULL;
+    assert_int_equal(query_profile(&q, "ub", &pr), EDDY_ERR_NOT_FOUND);
+    assert_int_equal(query_profile(&q, "uc", &pr), EDDY_ERR_NOT_FOUND);
+
+    /* an exclusive job right after a failed write runs, on the store without it */
+    struct probe before = {partition_of_user("uc", FIXTURE_PARTITIONS), 0, 0, EDDY_OK};
+    struct probe after = before;
+    assert_int_equal(engine_exclusive(e, probe_fn, probe_done, &before), EDDY_OK);
+    engine_flush(e);
+    completion_init(&g);
+    memset(&dc, 0, sizeof(dc));
+    assert_int_equal(engine_exclusive(e, gate_wait, gate_done, &g), EDDY_OK);
+    assert_int_equal(engine_ingest(e, c, 2, on_done, &dc), EDDY_OK);
+    assert_int_equal(engine_exclusive(e, probe_fn, probe_done, &after), EDDY_OK);
+    store_fail_writes(engine_store(e), 1, EDDY_ERR_IO);
+    completion_signal(&g, EDDY_OK, 0);
+    engine_flush(e);
+    assert_int_equal(dc.err, EDDY_ERR_IO);
+    assert_int_equal(after.ran, 1);
+    assert_int_equal(after.err, EDDY_OK);
+    assert_int_equal(after.events, before.events);
+
+    struct done d = ingest(e, c, 2);
+    assert_int_equal(d.r.accepted, 2);
+    assert_int_equal(d.r.duplicates, 0);
+    d = ingest(e, b, 2);
+    assert_int_equal(d.r.accepted, 2);
+    d = ingest(e, a, 2);
+    assert_int_equal(d.r.duplicates, 2);
+    assert_int_equal(events_committed(e), 6);
+    assert_int_equal(query_profile(&q, "ub", &pr), EDDY_OK);
+    assert_int_equal(pr->profile->event_count, 2);
+    query_free_response(&pr->base);
+    popcache_free(pc);
+    engine_close(e);
+    for (int i = 0; i < 2; i++) {
+        free(a[i]);
+        free(b[i]);
+        free(c[i]);
+    }
+    rmrf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -268,6 +393,7 @@ int main(void)
         cmocka_unit_test(test_two_orders_same_bytes),
         cmocka_unit_test(test_delete_user),
         cmocka_unit_test(test_purchases_never_recommended),
+        cmocka_unit_test(test_failed_write_fails_the_next_group),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

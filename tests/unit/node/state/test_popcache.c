@@ -330,9 +330,25 @@ static void fresh_lists(engine *e, const char *const *cats, size_t ncats, int64_
     }
 }
 
-/* Lists in use expire together and come back from one pass over the index: the same
- * lists (bit for bit) as each read alone from a fresh cache, before and after more events
- * change the popularity; a category read alone too. */
+/* 40 views of 'product' ('category') by 'user', event ids "<prefix>-<i>". */
+static void forty_views(engine *e, const char *prefix, const char *user, const char *product,
+                        const char *category)
+{
+    char ids[40][16];
+    Eddy__V1__Event *ev[40];
+    for (int i = 0; i < 40; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "%s-%d", prefix, i);
+        ev[i] = mk(ids[i], user, T0 + 1800000 + i, VIEW, product, category);
+    }
+    ingest(e, ev, 40);
+    for (int i = 0; i < 40; i++)
+        free(ev[i]);
+}
+
+/* Lists in use expire together and come back from one pass over the index, run by the
+ * refresher thread: the call that finds them expired answers the previous list, and
+ * afterwards every list is the same (bit for bit) as each read alone from a fresh cache,
+ * before and after more events change the popularity; a category read alone too. */
 static void test_lists_refreshed_together(void **state)
 {
     (void)state;
@@ -341,8 +357,8 @@ static void test_lists_refreshed_together(void **state)
     engine *e = fill(dir, &o);
     const char *cats[] = {"", "books", "toys", "none-such"};
     const int64_t at = T0 + 3600000;
-    static struct scored_product want[4][50], got[50];
-    size_t nwant[4], n;
+    static struct scored_product want[4][50], old[4][50], got[50];
+    size_t nwant[4], nold[4], n;
     popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 100, 50);
     fresh_lists(e, cats, 4, at, want, nwant);
     assert_true(nwant[0] > nwant[1] && nwant[1] > 0 && nwant[2] > 0 && nwant[3] == 0);
@@ -354,24 +370,32 @@ static void test_lists_refreshed_together(void **state)
     }
 
     /* p1 (toys) becomes the most popular product of all */
-    static char ids[40][16];
-    Eddy__V1__Event *ev[40];
-    for (int i = 0; i < 40; i++) {
-        snprintf(ids[i], sizeof(ids[i]), "more-%d", i);
-        ev[i] = mk(ids[i], "u99", T0 + 1800000 + i, VIEW, pid[1], "toys");
-    }
-    ingest(e, ev, 40);
-    for (int i = 0; i < 40; i++)
-        free(ev[i]);
+    forty_views(e, "more", "u99", pid[1], "toys");
+    memcpy(old, want, sizeof(old));
+    memcpy(nold, nwant, sizeof(nold));
     fresh_lists(e, cats, 4, at, want, nwant);
     assert_string_equal(want[0][0].product_id, "p1");
     assert_string_equal(want[2][0].product_id, "p1");
+    assert_string_not_equal(old[0][0].product_id, "p1");
     struct timespec pause = {0, 150 * 1000000};
-    nanosleep(&pause, NULL); /* every list expired: the first read refreshes all four */
+    nanosleep(&pause, NULL); /* every list expired */
+    assert_int_equal(popcache_top(pc, cats[0], at, got, 50, &n), EDDY_OK);
+    assert_same_list(old[0], nold[0], got, n); /* the refresh is not this call's */
+    popcache_sync(pc); /* the refresher read all four in use */
     for (size_t c = 0; c < 4; c++) {
         assert_int_equal(popcache_top(pc, cats[c], at, got, 50, &n), EDDY_OK);
         assert_same_list(want[c], nwant[c], got, n);
     }
+    /* not read for more than twice the staleness: read again by the call itself */
+    memcpy(old, want, sizeof(old));
+    memcpy(nold, nwant, sizeof(nold));
+    forty_views(e, "again", "u98", pid[3], "books");
+    fresh_lists(e, cats, 4, at, want, nwant);
+    assert_true(want[1][0].score != old[1][0].score); /* p3 leads "books" by more now */
+    struct timespec long_pause = {0, 250 * 1000000};
+    nanosleep(&long_pause, NULL);
+    assert_int_equal(popcache_top(pc, "books", at, got, 50, &n), EDDY_OK);
+    assert_same_list(want[1], nwant[1], got, n);
     popcache_free(pc);
     /* a cache where only "books" is in use: refreshed alone, from its own key ranges */
     pc = popcache_new(engine_store(e), &engine_options(e)->product, 100, 50);

@@ -3,7 +3,8 @@
  * reads) and always equal the committed state: forgotten after store_replace_range (only
  * in its range), another txn's commit, store_delete of a kept table and a reset, also
  * between groups the engine did not commit; evicted past the budget; scans merge pending
- * writes with the committed keys. */
+ * writes with the committed keys; a commit split in seal, write and settle keeps the
+ * sealed keys visible to the txn until the settle, and a failed write resets it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -433,6 +434,87 @@ static void test_forgotten_between_uncommitted_groups(void **state)
     store_txn_free(t);
 }
 
+/* A commit in three steps: between the seal and the settle the sealed keys are in flight:
+ * not in LevelDB before the write, yet read and scanned through the txn, written again as
+ * pending keys of the next seal; after the settle the keys only written leave the txn. */
+static void test_sealed_keys_in_flight(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k, log, start, end;
+    counts_key(&k, 3, "k");
+    put_counts_committed(f->s, &k, 1);
+    key_init(&log, 3, T_LOG);
+    key_u64(&log, 7);
+    key_init(&start, 3, T_LOG);
+    key_prefix_end(&start, &end);
+
+    store_txn *t = store_txn_new(f->s);
+    bump(t, &k, 1);
+    assert_int_equal(store_txn_put(t, &log, "rec", 3), EDDY_OK);
+    assert_int_equal(store_txn_seal(t), EDDY_OK);
+    assert_int_equal(store_txn_pending(t), 0);
+    /* the next group, while the write has not run */
+    assert_int_equal(committed_views(f->s, &k), 1);
+    assert_int_equal(txn_views(t, &k), 2);
+    const char *v;
+    size_t vlen;
+    bool found = false;
+    assert_int_equal(store_txn_get(t, &log, &v, &vlen, &found), EDDY_OK);
+    assert_true(found);
+    assert_memory_equal(v, "rec", 3);
+    int seen = 0;
+    assert_int_equal(store_txn_scan(t, &start, &end, count_keys, &seen), EDDY_OK);
+    assert_int_equal(seen, 1);
+    bump(t, &k, 1);
+    assert_int_equal(store_txn_pending(t), 1);
+
+    assert_int_equal(store_txn_write(t, true), EDDY_OK);
+    assert_int_equal(committed_views(f->s, &k), 2);
+    store_txn_settle(t, EDDY_OK);
+    assert_int_equal(txn_views(t, &k), 3); /* still pending */
+    struct store_txn_stats st;
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    assert_int_equal(committed_views(f->s, &k), 3);
+    /* the written-only key (read in the group after it, so held until that group's seal)
+     * has left the txn: read from LevelDB */
+    store_txn_stats(t, &st);
+    uint64_t misses = st.misses;
+    assert_int_equal(store_txn_get(t, &log, &v, &vlen, &found), EDDY_OK);
+    assert_true(found);
+    assert_memory_equal(v, "rec", 3);
+    store_txn_stats(t, &st);
+    assert_int_equal(st.misses, misses + 1);
+    store_txn_free(t);
+}
+
+/* A failed write resets the txn, pending writes made on top of the sealed ones included:
+ * afterwards it reads the store's values again. */
+static void test_failed_write_resets(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k, other;
+    counts_key(&k, 4, "k");
+    counts_key(&other, 4, "other");
+    put_counts_committed(f->s, &k, 5);
+
+    store_txn *t = store_txn_new(f->s);
+    bump(t, &k, 1);
+    assert_int_equal(store_txn_seal(t), EDDY_OK);
+    bump(t, &k, 1);
+    bump(t, &other, 1);
+    store_fail_writes(f->s, 1, EDDY_ERR_IO);
+    assert_int_equal(store_txn_write(t, true), EDDY_ERR_IO);
+    store_txn_settle(t, EDDY_ERR_IO);
+    assert_int_equal(store_txn_pending(t), 0);
+    assert_int_equal(txn_views(t, &k), 5);
+    assert_int_equal(txn_views(t, &other), -1);
+    assert_int_equal(committed_views(f->s, &k), 5);
+    bump(t, &k, 2); /* the next write goes through */
+    assert_int_equal(store_txn_commit(t, true), EDDY_OK);
+    assert_int_equal(committed_views(f->s, &k), 7);
+    store_txn_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -445,6 +527,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_scan_merges_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forgotten_between_uncommitted_groups, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_sealed_keys_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_write_resets, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
