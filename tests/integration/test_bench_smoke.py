@@ -172,5 +172,27 @@ class BenchSmoke(unittest.TestCase):
         self.assert_latency(res["latency_ms"], 500)
 
 
+class ScriptSmoke(unittest.TestCase):
+    """The one-command scripts that need no cluster, at a tiny size, so they keep working."""
+
+    def test_footprint(self):
+        build = os.path.dirname(L.require_node())
+        if not all(os.access(os.path.join(build, b), os.X_OK)
+                   for b in ("eddy", "eddy-bench", "eddy-ref-leveldb", "eddy-ref-grpc")):
+            raise unittest.SkipTest("the bench programs are not all built beside eddy-node")
+        script = os.path.join(L.HERE, "..", "..", "bench", "footprint.sh")
+        env = dict(os.environ, EDDY_BUILD_DIR=build, BENCH_USERS="1000")
+        r = subprocess.run(["bash", script], capture_output=True, text=True, timeout=120, env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = json.loads(r.stdout)
+        self.assertEqual((out["events"], out["errors"]), (3000, 0))
+        self.assertGreater(out["users"], 900)   # of 1,000 drawn uniformly, 3 events each
+        self.assertEqual(out["table_rows"]["log"], 3000)
+        self.assertEqual(out["table_rows"]["user"], out["users"])
+        self.assertGreater(out["rss_anon_bytes"], 0)
+        self.assertLessEqual(out["rss_anon_bytes"], out["rss_bytes"])
+        self.assertGreater(out["disk_per_user"], out["table_bytes_per_user"]["log"] / 10)
+
+
 if __name__ == "__main__":
     unittest.main()
