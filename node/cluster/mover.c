@@ -170,19 +170,25 @@ static void drop_copy(mover *mv, uint32_t p, const char *why);
 /* --- the copy ----------------------------------------------------------------------------- */
 
 #define LOAD_BATCH_BYTES (4u << 20)
+#define LOAD_INFLIGHT 2 /* batches queued to the writer while the next one fills */
 
 /* One range of the partition written by the writer thread (an exclusive job), and the
- * mover waiting for it. */
+ * mover waiting for it. The batch is the job's until the completion is waited for. */
 struct range_put {
     struct store_key start, end;
-    const store_batch *b;
+    store_batch *b;
+    eddy_err started;            /* engine_exclusive_partition's result: wait only if OK */
     struct completion w;
+    int64_t write_ns;            /* the writer's time in it (set before the signal) */
 };
 
 static eddy_err put_range(void *ud, engine *e)
 {
     struct range_put *rp = ud;
-    return store_replace_range(engine_store(e), &rp->start, &rp->end, rp->b, NULL);
+    int64_t t0 = clock_mono_ns();
+    eddy_err err = store_replace_range(engine_store(e), &rp->start, &rp->end, rp->b, NULL);
+    rp->write_ns = clock_mono_ns() - t0;
+    return err;
 }
 
 static void range_done(void *ud, eddy_err err)
@@ -194,31 +200,70 @@ static void range_done(void *ud, eddy_err err)
 /* The checkpoint as it streams in: checked by a reader, its records written in batches
  * of about LOAD_BATCH_BYTES, each in a writer job of its own (the writer goes on with the
  * other partitions in between; the partition is not served here yet, and a copy that
- * fails is dropped and started again). */
+ * fails is dropped and started again). Up to LOAD_INFLIGHT batches are queued while the
+ * next one fills, so receiving and checking the stream (this thread) overlaps with the
+ * LevelDB writes and their fsyncs (the writer thread) instead of alternating with them. */
 struct loader {
     mover *mv;
     uint32_t p;
     checkpoint_reader *rd;
-    store_batch *b;
+    store_batch *b;              /* the batch filling */
     size_t bytes;
-    struct store_key first;      /* the batch's first key */
+    struct store_key first;      /* the filling batch's first key */
+    struct range_put puts[LOAD_INFLIGHT]; /* a ring of the queued ones, oldest at 'head' */
+    size_t head, queued;
     uint64_t received;           /* bytes of the stream so far */
+    int64_t write_ns, wait_ns;   /* the writer's time in the batches; this thread's waits */
     eddy_err err;
 };
 
-/* Write the batch as the range [first, end). */
+/* Wait for the oldest queued batch and free it. */
+static eddy_err wait_oldest(struct loader *ld)
+{
+    struct range_put *rp = &ld->puts[ld->head];
+    int64_t t0 = clock_mono_ns();
+    eddy_err err = completion_wait(&rp->w, rp->started);
+    ld->wait_ns += clock_mono_ns() - t0;
+    ld->write_ns += rp->write_ns;
+    store_batch_free(rp->b);
+    rp->b = NULL;
+    ld->head = (ld->head + 1) % LOAD_INFLIGHT;
+    ld->queued--;
+    return err;
+}
+
+/* Wait for every queued batch (always before the loader goes: the writer holds them);
+ * the first error wins. */
+static eddy_err wait_all(struct loader *ld)
+{
+    eddy_err err = EDDY_OK;
+    while (ld->queued > 0) {
+        eddy_err e = wait_oldest(ld);
+        if (err == EDDY_OK)
+            err = e;
+    }
+    return err;
+}
+
+/* Queue the filling batch as the range [first, end) and start a new one. */
 static eddy_err flush_batch(struct loader *ld, const struct store_key *end)
 {
     if (store_batch_count(ld->b) == 0)
         return EDDY_OK;
-    struct range_put rp = {.start = ld->first, .end = *end, .b = ld->b};
-    completion_init(&rp.w);
-    eddy_err err = completion_wait(
-        &rp.w, engine_exclusive_partition(ld->mv->o.eng, ld->p, put_range, range_done, &rp));
-    store_batch_free(ld->b);
+    eddy_err err = ld->queued == LOAD_INFLIGHT ? wait_oldest(ld) : EDDY_OK;
+    if (err != EDDY_OK)
+        return err;
+    struct range_put *rp = &ld->puts[(ld->head + ld->queued) % LOAD_INFLIGHT];
+    rp->start = ld->first;
+    rp->end = *end;
+    rp->b = ld->b;
+    rp->write_ns = 0;
+    completion_init(&rp->w);
+    rp->started = engine_exclusive_partition(ld->mv->o.eng, ld->p, put_range, range_done, rp);
+    ld->queued++;
     ld->b = store_batch_new();
     ld->bytes = 0;
-    return err != EDDY_OK ? err : ld->b ? EDDY_OK : EDDY_ERR_NOMEM;
+    return rp->started != EDDY_OK ? rp->started : ld->b ? EDDY_OK : EDDY_ERR_NOMEM;
 }
 
 static eddy_err load_record(void *ud, const unsigned char *key, size_t klen,
@@ -272,6 +317,7 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
     uint32_t p = m->partition;
     char what[64];
     snprintf(what, sizeof(what), "move-p%" PRIu32 "-from-%.32s", p, m->from);
+    int64_t t0 = clock_mono_ns();
     struct loader ld = {.mv = mv, .p = p, .b = store_batch_new(), .err = EDDY_OK};
     ld.rd = checkpoint_reader_new(what, load_record, &ld);
     eddy_err err = ld.b && ld.rd ? engine_drop_partition(mv->o.eng, p, NULL) : EDDY_ERR_NOMEM;
@@ -305,13 +351,20 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
         key_prefix_end(&start, &end);
         err = flush_batch(&ld, &end);
     }
+    eddy_err queued = wait_all(&ld); /* also after an error: the writer holds them */
+    if (err == EDDY_OK)
+        err = queued;
     if (err == EDDY_OK) {
         struct engine_partition_view v;
         engine_partition(mv->o.eng, p, &v);
         *next_seq = v.next_seq;
+        /* what bounded the copy: the writer's LevelDB writes (write_ms) or the stream
+         * (the time this thread did not wait for the writer: receiving and checking) */
         log_info("msg=\"move: checkpoint loaded\" partition=%" PRIu32 " from=%s seq=%" PRIu64
-                 " records=%" PRIu64 " bytes=%" PRIu64,
-                 p, m->from, info.seq, info.records, info.bytes);
+                 " records=%" PRIu64 " bytes=%" PRIu64 " copy_ms=%" PRId64 " write_ms=%" PRId64
+                 " wait_ms=%" PRId64,
+                 p, m->from, info.seq, info.records, info.bytes,
+                 (clock_mono_ns() - t0) / 1000000, ld.write_ns / 1000000, ld.wait_ns / 1000000);
     } else if (err != EDDY_ERR_NOMEM) {
         drop_copy(mv, p, "incomplete checkpoint copy"); /* a partial copy is never kept */
     }

@@ -513,8 +513,11 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
     leveldb_iter_destroy(it);
     eddy_err err = take_err(lerr, NULL, 0);
     if (err == EDDY_OK) {
-        leveldb_writebatch_append(wb, b->wb);
-        leveldb_write(s->db, s->wsync, wb, &lerr);
+        /* nothing to delete (a move's copy into its emptied range): the puts as they
+         * are, without copying them into the deletes' batch */
+        if (n > 0)
+            leveldb_writebatch_append(wb, b->wb);
+        leveldb_write(s->db, s->wsync, n > 0 ? wb : b->wb, &lerr);
         err = take_err(lerr, NULL, 0);
     }
     leveldb_writebatch_destroy(wb);
