@@ -344,6 +344,65 @@ static void test_thread(void **state)
     free(dir);
 }
 
+/* With several threads every partition that has events is checkpointed by the thread of
+ * its stripe (p % threads), up to its current seq; the others are not written. */
+static void test_threads(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("cks");
+    char edir[600], cdir[600];
+    snprintf(edir, sizeof(edir), "%s/engine", dir);
+    snprintf(cdir, sizeof(cdir), "%s/ckp", dir);
+    struct engine_opts o = ckpt_opts(edir);
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    bool touched[NPARTS] = {false};
+    for (int u = 0; u < 12; u++) {
+        char user[32];
+        snprintf(user, sizeof(user), "threads-user-%d", u);
+        ingest_user(e, user, 0, 2, 60000);
+        touched[partition_of_user(user, NPARTS)] = true;
+    }
+    engine_flush(e);
+    metrics *reg = metrics_new();
+    static const double bounds[] = {0.1, 1, 10};
+    struct ckptsched_metrics m = {
+        metrics_histogram(reg, "d_seconds", "d", bounds, 3), metrics_gauge(reg, "b", "b"),
+        metrics_counter(reg, "f_total", "f"), metrics_gauge(reg, "t", "t")};
+    struct ckptsched_opts co = {.dir = cdir, .interval_ms = 100, .min_pause_ms = 50,
+                                .timeout_ms = 60000, .keep = 2, .threads = 3, .metrics = m};
+    ckptsched *cs = NULL;
+    assert_int_equal(ckptsched_new(e, &co, &cs), EDDY_OK);
+    assert_int_equal(ckptsched_start(cs), EDDY_OK);
+    for (uint32_t q = 0; q < NPARTS; q++) {
+        if (!touched[q])
+            continue;
+        struct engine_partition_view v;
+        engine_partition(e, q, &v);
+        struct checkpoint_info lv = {0};
+        for (int i = 0; i < 200 && lv.seq != v.next_seq; i++) {
+            usleep(20000);
+            if (checkpoint_latest_valid(cdir, q, &lv) != EDDY_OK)
+                lv.seq = 0;
+        }
+        assert_int_equal(lv.seq, v.next_seq);
+    }
+    ckptsched_free(cs);
+    assert_int_equal(metric_counter_value(m.failures), 0);
+    for (uint32_t q = 0; q < NPARTS; q++) {
+        struct checkpoint_file *v = NULL;
+        size_t n = 0;
+        assert_int_equal(checkpoint_list(cdir, q, &v, &n), EDDY_OK);
+        assert_int_equal(n > 0, touched[q]);
+        free(v);
+    }
+    metrics_free(reg);
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -353,6 +412,7 @@ int main(void)
         cmocka_unit_test(test_log_floor),
         cmocka_unit_test(test_run_one_prune_floor_metrics),
         cmocka_unit_test(test_thread),
+        cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
