@@ -209,7 +209,6 @@ struct loader {
     checkpoint_reader *rd;
     store_batch *b;              /* the batch filling */
     size_t bytes;
-    struct store_key first;      /* the filling batch's first key */
     struct range_put puts[LOAD_INFLIGHT]; /* a ring of the queued ones, oldest at 'head' */
     size_t head, queued;
     uint64_t received;           /* bytes of the stream so far */
@@ -245,16 +244,17 @@ static eddy_err wait_all(struct loader *ld)
     return err;
 }
 
-/* Queue the filling batch as the range [first, end) and start a new one. */
+/* Queue the filling batch as the range [its first key, end) and start a new one. */
 static eddy_err flush_batch(struct loader *ld, const struct store_key *end)
 {
-    if (store_batch_count(ld->b) == 0)
+    struct store_key first;
+    if (!store_batch_first(ld->b, &first))
         return EDDY_OK;
     eddy_err err = ld->queued == LOAD_INFLIGHT ? wait_oldest(ld) : EDDY_OK;
     if (err != EDDY_OK)
         return err;
     struct range_put *rp = &ld->puts[(ld->head + ld->queued) % LOAD_INFLIGHT];
-    rp->start = ld->first;
+    rp->start = first;
     rp->end = *end;
     rp->b = ld->b;
     rp->write_ns = 0;
@@ -276,10 +276,6 @@ static eddy_err load_record(void *ud, const unsigned char *key, size_t klen,
         memcpy(end.buf, key, klen);
         end.len = klen;
         err = flush_batch(ld, &end);
-    }
-    if (err == EDDY_OK && store_batch_count(ld->b) == 0) {
-        memcpy(ld->first.buf, key, klen);
-        ld->first.len = klen;
     }
     if (err == EDDY_OK)
         err = store_batch_put(ld->b, key, klen, val, vlen);

@@ -485,6 +485,14 @@ size_t store_batch_count(const store_batch *b)
     return b->n;
 }
 
+bool store_batch_first(const store_batch *b, struct store_key *out)
+{
+    if (b->n == 0)
+        return false;
+    *out = b->lo;
+    return true;
+}
+
 eddy_err store_replace_range(store *s, const struct store_key *start, const struct store_key *end,
                              const store_batch *b, uint64_t *deleted)
 {

@@ -151,6 +151,9 @@ void store_batch_free(store_batch *b);
 eddy_err store_batch_put(store_batch *b, const void *key, size_t klen, const void *val,
                          size_t vlen);
 size_t store_batch_count(const store_batch *b);
+/* The smallest key put so far into *out (false, and *out untouched, if none): with the key
+ * that ends it, the range a batch of ascending keys replaces. */
+bool store_batch_first(const store_batch *b, struct store_key *out);
 
 /* Atomically make [start, end) hold exactly the puts of 'b': one synced LevelDB write
  * deletes every key in the range and then writes the puts, so a crash leaves either the
