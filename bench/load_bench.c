@@ -1,7 +1,7 @@
 /* The write side of a move's copy, alone: a checkpoint file is read in 256 KiB pieces (as
  * the target receives the stream), checked by a checkpoint_reader, and written into a
- * fresh LevelDB in range batches of --batch bytes (store_replace_range: one synced write
- * each), as node/cluster/mover.c does on the writer thread; no gRPC, no engine.
+ * fresh LevelDB in range batches of --batch bytes (store_replace_range_nosync, then one
+ * store_sync_log), as node/cluster/mover.c does on the writer thread; no gRPC, no engine.
  * Prints the seconds of the whole load and of the writes alone, as one JSON line.
  *
  *   eddy-load-bench FILE DB_DIR [--batch BYTES] [--write-buffer BYTES]
@@ -35,7 +35,7 @@ static eddy_err flush(struct load *l, const struct store_key *end)
     if (!store_batch_first(l->b, &first))
         return EDDY_OK;
     int64_t t0 = clock_mono_ns();
-    eddy_err err = store_replace_range(l->s, &first, end, l->b, NULL);
+    eddy_err err = store_replace_range_nosync(l->s, &first, end, l->b, NULL);
     l->write_ns += clock_mono_ns() - t0;
     l->batches++;
     store_batch_free(l->b);
@@ -106,6 +106,10 @@ int main(int argc, char **argv)
         key_prefix_end(&start, &end);
         e = flush(&l, &end);
     }
+    int64_t s0 = clock_mono_ns();
+    if (e == EDDY_OK)
+        e = store_sync_log(l.s);
+    l.write_ns += clock_mono_ns() - s0;
     double secs = (double)(clock_mono_ns() - t0) / 1e9;
     if (e == EDDY_OK)
         printf("{\"bytes\":%" PRIu64 ",\"records\":%" PRIu64 ",\"batches\":%" PRIu64

@@ -164,6 +164,19 @@ bool store_batch_first(const store_batch *b, struct store_key *out);
 eddy_err store_replace_range(store *s, const struct store_key *start, const struct store_key *end,
                              const store_batch *b, uint64_t *deleted);
 
+/* store_replace_range without the sync: atomic, but durable only once a later synced write
+ * or store_sync_log has run (a bulk load in many batches: one sync at its end, not one
+ * per batch). */
+eddy_err store_replace_range_nosync(store *s, const struct store_key *start,
+                                    const struct store_key *end, const store_batch *b,
+                                    uint64_t *deleted);
+
+/* Make every write so far durable, unsynced ones included: fsync each write-ahead log file
+ * of the database (LevelDB's NNNNNN.log; what LevelDB compacted into tables and deleted
+ * is durable already, its tables and manifest being synced). Blocks on the disk; any
+ * thread. */
+eddy_err store_sync_log(store *s);
+
 /* --- write transactions ---------------------------------------------------------------
  * A txn collects puts and deletes in an in-memory overlay, so reads through the txn see its
  * own uncommitted writes; store_txn_commit writes every pending key once, with its last

@@ -433,12 +433,63 @@ static void test_forgotten_between_uncommitted_groups(void **state)
     store_txn_free(t);
 }
 
+/* An unsynced range replace is a replace like the synced one (visible at once, the old
+ * keys gone), it survives a reopen after store_sync_log, and store_sync_log fails when
+ * the database's directory cannot be read. */
+static void test_replace_range_nosync_then_sync_log(void **state)
+{
+    struct fx *f = *state;
+    struct store_key start, end, k;
+    key_init(&start, 6, T_LOG);
+    key_init(&end, 7, T_LOG);
+    store_batch *b = store_batch_new();
+    for (uint64_t i = 0; i < 100; i++) {
+        key_init(&k, 6, T_LOG);
+        key_u64(&k, i);
+        assert_int_equal(store_batch_put(b, k.buf, k.len, "v", 1), EDDY_OK);
+    }
+    assert_int_equal(store_replace_range_nosync(f->s, &start, &end, b, NULL), EDDY_OK);
+    store_batch_free(b);
+    b = store_batch_new();
+    key_init(&k, 6, T_LOG);
+    key_u64(&k, 1000);
+    assert_int_equal(store_batch_put(b, k.buf, k.len, "w", 1), EDDY_OK);
+    uint64_t deleted = 0;
+    assert_int_equal(store_replace_range_nosync(f->s, &start, &end, b, &deleted), EDDY_OK);
+    store_batch_free(b);
+    assert_int_equal(deleted, 100);
+    assert_int_equal(store_sync_log(f->s), EDDY_OK);
+
+    store_close(f->s);
+    struct store_opts so = {f->dir, 0, 0};
+    char err[256];
+    assert_int_equal(store_open(&so, &f->s, err, sizeof(err)), EDDY_OK);
+    char *val = NULL;
+    size_t vlen = 0;
+    assert_int_equal(store_get(f->s, &k, &val, &vlen), EDDY_OK);
+    assert_non_null(val);
+    assert_memory_equal(val, "w", 1);
+    free(val);
+    key_init(&k, 6, T_LOG);
+    key_u64(&k, 5);
+    assert_int_equal(store_get(f->s, &k, &val, &vlen), EDDY_OK);
+    assert_null(val);
+
+    char moved[sizeof(f->dir) + 8];
+    snprintf(moved, sizeof(moved), "%s.away", f->dir);
+    assert_int_equal(rename(f->dir, moved), 0);
+    assert_int_equal(store_sync_log(f->s), EDDY_ERR_IO);
+    assert_int_equal(rename(moved, f->dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_kept_across_commits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pending_written_once_last_value, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replace_range_forgets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replace_range_nosync_then_sync_log, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_other_writers_forget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset_forgets_changes_in_place, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eviction_keeps_budget_and_values, setup, teardown),
