@@ -170,14 +170,12 @@ static void drop_copy(mover *mv, uint32_t p, const char *why);
 /* --- the copy ----------------------------------------------------------------------------- */
 
 #define LOAD_BATCH_BYTES (4u << 20)
-#define LOAD_INFLIGHT 2 /* batches queued to the writer while the next one fills */
 
 /* One range of the partition written by the writer thread (an exclusive job), and the
- * mover waiting for it. The batch is the job's until the completion is waited for. */
+ * mover waiting for it. */
 struct range_put {
     struct store_key start, end;
-    store_batch *b;
-    eddy_err started;            /* engine_exclusive_partition's result: wait only if OK */
+    const store_batch *b;
     struct completion w;
     int64_t write_ns;            /* the writer's time in it (set before the signal) */
 };
@@ -201,70 +199,39 @@ static void range_done(void *ud, eddy_err err)
 /* The checkpoint as it streams in: checked by a reader, its records written in batches
  * of about LOAD_BATCH_BYTES, each in a writer job of its own (the writer goes on with the
  * other partitions in between; the partition is not served here yet, and a copy that
- * fails is dropped and started again). Up to LOAD_INFLIGHT batches are queued while the
- * next one fills, so receiving and checking the stream (this thread) overlaps with the
- * LevelDB writes and their fsyncs (the writer thread) instead of alternating with them. */
+ * fails is dropped and started again). The mover waits for each batch before it reads on:
+ * queueing the next one while the writer writes (tried, bench/move.sh round 3 in
+ * docs/BENCHMARKS.md) was no faster on a busy machine, where the parsing then takes CPU
+ * from the writer, which bounds the copy; meanwhile the source runs ahead in its send
+ * queue and gRPC's window. */
 struct loader {
     mover *mv;
     uint32_t p;
     checkpoint_reader *rd;
-    store_batch *b;              /* the batch filling */
+    store_batch *b;
     size_t bytes;
-    struct range_put puts[LOAD_INFLIGHT]; /* a ring of the queued ones, oldest at 'head' */
-    size_t head, queued;
     uint64_t received;           /* bytes of the stream so far */
-    int64_t write_ns, wait_ns;   /* the writer's time in the batches; this thread's waits */
+    int64_t write_ns, wait_ns;   /* the writer's time in the batches; the mover's waits */
     eddy_err err;
 };
 
-/* Wait for the oldest queued batch and free it. */
-static eddy_err wait_oldest(struct loader *ld)
-{
-    struct range_put *rp = &ld->puts[ld->head];
-    int64_t t0 = clock_mono_ns();
-    eddy_err err = completion_wait(&rp->w, rp->started);
-    ld->wait_ns += clock_mono_ns() - t0;
-    ld->write_ns += rp->write_ns;
-    store_batch_free(rp->b);
-    rp->b = NULL;
-    ld->head = (ld->head + 1) % LOAD_INFLIGHT;
-    ld->queued--;
-    return err;
-}
-
-/* Wait for every queued batch (always before the loader goes: the writer holds them);
- * the first error wins. */
-static eddy_err wait_all(struct loader *ld)
-{
-    eddy_err err = EDDY_OK;
-    while (ld->queued > 0) {
-        eddy_err e = wait_oldest(ld);
-        if (err == EDDY_OK)
-            err = e;
-    }
-    return err;
-}
-
-/* Queue the filling batch as the range [its first key, end) and start a new one. */
+/* Write the batch as the range [its first key, end). */
 static eddy_err flush_batch(struct loader *ld, const struct store_key *end)
 {
     struct store_key first;
     if (!store_batch_first(ld->b, &first))
         return EDDY_OK;
-    eddy_err err = ld->queued == LOAD_INFLIGHT ? wait_oldest(ld) : EDDY_OK;
-    if (err != EDDY_OK)
-        return err;
-    struct range_put *rp = &ld->puts[(ld->head + ld->queued) % LOAD_INFLIGHT];
-    rp->start = first;
-    rp->end = *end;
-    rp->b = ld->b;
-    rp->write_ns = 0;
-    completion_init(&rp->w);
-    rp->started = engine_exclusive_partition(ld->mv->o.eng, ld->p, put_range, range_done, rp);
-    ld->queued++;
+    struct range_put rp = {.start = first, .end = *end, .b = ld->b};
+    completion_init(&rp.w);
+    int64_t t0 = clock_mono_ns();
+    eddy_err err = completion_wait(
+        &rp.w, engine_exclusive_partition(ld->mv->o.eng, ld->p, put_range, range_done, &rp));
+    ld->wait_ns += clock_mono_ns() - t0;
+    ld->write_ns += rp.write_ns;
+    store_batch_free(ld->b);
     ld->b = store_batch_new();
     ld->bytes = 0;
-    return rp->started != EDDY_OK ? rp->started : ld->b ? EDDY_OK : EDDY_ERR_NOMEM;
+    return err != EDDY_OK ? err : ld->b ? EDDY_OK : EDDY_ERR_NOMEM;
 }
 
 static eddy_err load_record(void *ud, const unsigned char *key, size_t klen,
@@ -348,9 +315,6 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
         key_prefix_end(&start, &end);
         err = flush_batch(&ld, &end);
     }
-    eddy_err queued = wait_all(&ld); /* also after an error: the writer holds them */
-    if (err == EDDY_OK)
-        err = queued;
     /* The batches went to LevelDB's log without a sync each (one fsync per 4 MiB held the
      * writer, and so every other partition's commits, for the disk's latency): one sync
      * of the logs now, before the copy can be tailed, marked ready or served. A crash
@@ -363,8 +327,9 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
         struct engine_partition_view v;
         engine_partition(mv->o.eng, p, &v);
         *next_seq = v.next_seq;
-        /* what bounded the copy: the writer's LevelDB writes (write_ms) or the stream
-         * (the time this thread did not wait for the writer: receiving and checking) */
+        /* where the copy's time went: the writer's LevelDB writes (write_ms; wait_ms is
+         * that plus the writer's queue), the final sync, and the rest: receiving and
+         * checking the stream */
         log_info("msg=\"move: checkpoint loaded\" partition=%" PRIu32 " from=%s seq=%" PRIu64
                  " records=%" PRIu64 " bytes=%" PRIu64 " copy_ms=%" PRId64 " write_ms=%" PRId64
                  " wait_ms=%" PRId64 " sync_ms=%" PRId64,
