@@ -23,42 +23,25 @@
 
 struct load {
     store *s;
-    store_batch *b;
-    size_t bytes, batch_bytes;
     int64_t write_ns;
     uint64_t batches;
 };
 
-static eddy_err flush(struct load *l, const struct store_key *end)
+static eddy_err write_batch(void *ud, const struct store_key *start, const struct store_key *end,
+                            const store_batch *b)
 {
-    struct store_key first;
-    if (!store_batch_first(l->b, &first))
-        return EDDY_OK;
+    struct load *l = ud;
     int64_t t0 = clock_mono_ns();
-    eddy_err err = store_replace_range_nosync(l->s, &first, end, l->b, NULL);
+    eddy_err err = store_replace_range_nosync(l->s, start, end, b, NULL);
     l->write_ns += clock_mono_ns() - t0;
     l->batches++;
-    store_batch_free(l->b);
-    l->b = store_batch_new();
-    l->bytes = 0;
-    return err != EDDY_OK ? err : l->b ? EDDY_OK : EDDY_ERR_NOMEM;
+    return err;
 }
 
 static eddy_err on_record(void *ud, const unsigned char *key, size_t klen,
                           const unsigned char *val, size_t vlen)
 {
-    struct load *l = ud;
-    eddy_err err = EDDY_OK;
-    if (l->bytes >= l->batch_bytes) {
-        struct store_key end;
-        memcpy(end.buf, key, klen);
-        end.len = klen;
-        err = flush(l, &end);
-    }
-    if (err == EDDY_OK)
-        err = store_batch_put(l->b, key, klen, val, vlen);
-    l->bytes += klen + vlen;
-    return err;
+    return store_range_loader_put(ud, key, klen, val, vlen);
 }
 
 static int usage(void)
@@ -72,11 +55,12 @@ int main(int argc, char **argv)
     if (argc < 3)
         return usage();
     const char *file = argv[1], *dir = argv[2];
-    struct load l = {.batch_bytes = 4u << 20};
+    struct load l = {0};
+    size_t batch_bytes = 4u << 20;
     struct store_opts so = {.path = dir};
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
-            l.batch_bytes = strtoull(argv[++i], NULL, 10);
+            batch_bytes = strtoull(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--write-buffer") == 0 && i + 1 < argc)
             so.write_buffer_bytes = strtoll(argv[++i], NULL, 10);
         else
@@ -88,10 +72,12 @@ int main(int argc, char **argv)
         return 1;
     }
     FILE *f = fopen(file, "rb");
-    l.b = store_batch_new();
-    checkpoint_reader *r = checkpoint_reader_new(file, on_record, &l);
+    struct store_range_loader rl;
+    eddy_err e = store_range_loader_init(&rl, batch_bytes, write_batch, &l);
+    checkpoint_reader *r = checkpoint_reader_new(file, on_record, &rl);
     unsigned char *buf = malloc(PIECE);
-    eddy_err e = f && l.b && r && buf ? EDDY_OK : EDDY_ERR_IO;
+    if (e == EDDY_OK && !(f && r && buf))
+        e = EDDY_ERR_IO;
     int64_t t0 = clock_mono_ns();
     size_t n;
     while (e == EDDY_OK && (n = fread(buf, 1, PIECE, f)) > 0)
@@ -104,7 +90,7 @@ int main(int argc, char **argv)
         start.len = 0;
         key_u16(&start, (uint16_t)info.partition);
         key_prefix_end(&start, &end);
-        e = flush(&l, &end);
+        e = store_range_loader_finish(&rl, &end);
     }
     int64_t s0 = clock_mono_ns();
     if (e == EDDY_OK)
@@ -120,7 +106,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "eddy-load-bench: %s\n", eddy_strerror(e));
     free(buf);
     checkpoint_reader_free(r);
-    store_batch_free(l.b);
+    store_range_loader_release(&rl);
     if (f)
         fclose(f);
     store_close(l.s);

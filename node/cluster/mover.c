@@ -208,47 +208,32 @@ struct loader {
     mover *mv;
     uint32_t p;
     checkpoint_reader *rd;
-    store_batch *b;
-    size_t bytes;
+    struct store_range_loader rl;
     uint64_t received;           /* bytes of the stream so far */
     int64_t write_ns, wait_ns;   /* the writer's time in the batches; the mover's waits */
     eddy_err err;
 };
 
-/* Write the batch as the range [its first key, end). */
-static eddy_err flush_batch(struct loader *ld, const struct store_key *end)
+/* Write one batch as a writer job and wait for it. */
+static eddy_err write_batch(void *ud, const struct store_key *start, const struct store_key *end,
+                            const store_batch *b)
 {
-    struct store_key first;
-    if (!store_batch_first(ld->b, &first))
-        return EDDY_OK;
-    struct range_put rp = {.start = first, .end = *end, .b = ld->b};
+    struct loader *ld = ud;
+    struct range_put rp = {.start = *start, .end = *end, .b = b};
     completion_init(&rp.w);
     int64_t t0 = clock_mono_ns();
     eddy_err err = completion_wait(
         &rp.w, engine_exclusive_partition(ld->mv->o.eng, ld->p, put_range, range_done, &rp));
     ld->wait_ns += clock_mono_ns() - t0;
     ld->write_ns += rp.write_ns;
-    store_batch_free(ld->b);
-    ld->b = store_batch_new();
-    ld->bytes = 0;
-    return err != EDDY_OK ? err : ld->b ? EDDY_OK : EDDY_ERR_NOMEM;
+    return err;
 }
 
 static eddy_err load_record(void *ud, const unsigned char *key, size_t klen,
                             const unsigned char *val, size_t vlen)
 {
     struct loader *ld = ud;
-    eddy_err err = EDDY_OK;
-    if (ld->bytes >= LOAD_BATCH_BYTES) { /* this key ends the batch's range */
-        struct store_key end;
-        memcpy(end.buf, key, klen);
-        end.len = klen;
-        err = flush_batch(ld, &end);
-    }
-    if (err == EDDY_OK)
-        err = store_batch_put(ld->b, key, klen, val, vlen);
-    ld->bytes += klen + vlen;
-    return err;
+    return store_range_loader_put(&ld->rl, key, klen, val, vlen);
 }
 
 static int on_chunk(void *ud, const ProtobufCMessage *msg)
@@ -282,9 +267,11 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
     char what[64];
     snprintf(what, sizeof(what), "move-p%" PRIu32 "-from-%.32s", p, m->from);
     int64_t t0 = clock_mono_ns();
-    struct loader ld = {.mv = mv, .p = p, .b = store_batch_new(), .err = EDDY_OK};
+    struct loader ld = {.mv = mv, .p = p, .err = EDDY_OK};
+    eddy_err err = store_range_loader_init(&ld.rl, LOAD_BATCH_BYTES, write_batch, &ld);
     ld.rd = checkpoint_reader_new(what, load_record, &ld);
-    eddy_err err = ld.b && ld.rd ? engine_drop_partition(mv->o.eng, p, NULL) : EDDY_ERR_NOMEM;
+    if (err == EDDY_OK)
+        err = ld.rd ? engine_drop_partition(mv->o.eng, p, NULL) : EDDY_ERR_NOMEM;
     if (err == EDDY_OK) {
         Eddy__State__V1__FetchCheckpointRequest req =
             EDDY__STATE__V1__FETCH_CHECKPOINT_REQUEST__INIT;
@@ -313,7 +300,7 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
         start.len = 0;
         key_u16(&start, (uint16_t)p);
         key_prefix_end(&start, &end);
-        err = flush_batch(&ld, &end);
+        err = store_range_loader_finish(&ld.rl, &end);
     }
     /* The batches went to LevelDB's log without a sync each (one fsync per 4 MiB held the
      * writer, and so every other partition's commits, for the disk's latency): one sync
@@ -339,7 +326,7 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
     } else if (err != EDDY_ERR_NOMEM) {
         drop_copy(mv, p, "incomplete checkpoint copy"); /* a partial copy is never kept */
     }
-    store_batch_free(ld.b);
+    store_range_loader_release(&ld.rl);
     checkpoint_reader_free(ld.rd);
     return err;
 }

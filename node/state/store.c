@@ -504,6 +504,58 @@ bool store_batch_first(const store_batch *b, struct store_key *out)
     return true;
 }
 
+eddy_err store_range_loader_init(struct store_range_loader *l, size_t max_bytes,
+                                 store_range_write_fn *write, void *ud)
+{
+    *l = (struct store_range_loader){.max_bytes = max_bytes, .write = write, .ud = ud};
+    l->b = store_batch_new();
+    return l->b ? EDDY_OK : EDDY_ERR_NOMEM;
+}
+
+/* Hand the batch to 'write' as [its first key, end) and start a new one. */
+static eddy_err range_loader_flush(struct store_range_loader *l, const struct store_key *end)
+{
+    struct store_key first;
+    if (!l->b)
+        return EDDY_ERR_NOMEM; /* the last new batch failed */
+    if (!store_batch_first(l->b, &first))
+        return EDDY_OK;
+    eddy_err err = l->write(l->ud, &first, end, l->b);
+    store_batch_free(l->b);
+    l->b = store_batch_new();
+    l->bytes = 0;
+    return err != EDDY_OK ? err : l->b ? EDDY_OK : EDDY_ERR_NOMEM;
+}
+
+eddy_err store_range_loader_put(struct store_range_loader *l, const void *key, size_t klen,
+                                const void *val, size_t vlen)
+{
+    if (klen == 0 || klen > STORE_KEY_MAX)
+        return EDDY_ERR_INVALID;
+    eddy_err err = EDDY_OK;
+    if (l->bytes >= l->max_bytes) { /* this key ends the batch's range */
+        struct store_key end;
+        memcpy(end.buf, key, klen);
+        end.len = klen;
+        err = range_loader_flush(l, &end);
+    }
+    if (err == EDDY_OK)
+        err = store_batch_put(l->b, key, klen, val, vlen);
+    l->bytes += klen + vlen;
+    return err;
+}
+
+eddy_err store_range_loader_finish(struct store_range_loader *l, const struct store_key *end)
+{
+    return range_loader_flush(l, end);
+}
+
+void store_range_loader_release(struct store_range_loader *l)
+{
+    store_batch_free(l->b);
+    l->b = NULL;
+}
+
 static eddy_err replace_range(store *s, const struct store_key *start,
                               const struct store_key *end, const store_batch *b,
                               uint64_t *deleted, const leveldb_writeoptions_t *wo);

@@ -164,6 +164,27 @@ bool store_batch_first(const store_batch *b, struct store_key *out);
 eddy_err store_replace_range(store *s, const struct store_key *start, const struct store_key *end,
                              const store_batch *b, uint64_t *deleted);
 
+/* A stream of puts in ascending key order (a checkpoint being loaded), cut into batches of
+ * about 'max_bytes' of keys and values, each handed to 'write' as the range [its first
+ * key, the next batch's first key) (the last one: up to the 'end' given to
+ * store_range_loader_finish). 'write' borrows the batch for the call. One thread. */
+typedef eddy_err store_range_write_fn(void *ud, const struct store_key *start,
+                                      const struct store_key *end, const store_batch *b);
+struct store_range_loader {
+    store_batch *b;
+    size_t bytes, max_bytes;
+    store_range_write_fn *write;
+    void *ud;
+};
+eddy_err store_range_loader_init(struct store_range_loader *l, size_t max_bytes,
+                                 store_range_write_fn *write, void *ud);
+/* Add a put (copied); may first hand the full batch to 'write' and return its error. */
+eddy_err store_range_loader_put(struct store_range_loader *l, const void *key, size_t klen,
+                                const void *val, size_t vlen);
+/* Hand the last batch to 'write' as [its first key, end). */
+eddy_err store_range_loader_finish(struct store_range_loader *l, const struct store_key *end);
+void store_range_loader_release(struct store_range_loader *l);
+
 /* store_replace_range without the sync: atomic, but durable only once a later synced write
  * or store_sync_log has run (a bulk load in many batches: one sync at its end, not one
  * per batch). */
