@@ -47,6 +47,7 @@ struct node_config {
     const char *dump_state;
     const char *verify_checkpoint;
     int64_t checkpoint_interval, checkpoint_min_pause, checkpoint_timeout, checkpoint_keep;
+    int64_t checkpoint_threads;
     const char *checkpoint_dir;
     int64_t partitions;
     int64_t grpc_threads, handler_threads, internal_threads, max_queued_calls;
@@ -91,7 +92,8 @@ static struct node_config defaults(void)
         .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
         .cache_size = 64 << 20, .state_cache_size = 256 << 20, .shutdown_grace = 10000, .neighbour_cache = 20000,
         .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
-        .checkpoint_timeout = 600000, .checkpoint_keep = 3, .checkpoint_dir = "",
+        .checkpoint_timeout = 600000, .checkpoint_keep = 3,
+        .checkpoint_threads = 2, .checkpoint_dir = "",
         .move_lag = 1000, .move_freeze = 10000, .move_final_wait = 30000,
         .load_interval = 10000,
     };
@@ -218,6 +220,8 @@ static size_t node_flags(struct node_config *c, struct flag *out)
           "checkpoint files (default DATA_DIR/checkpoints; may be shared by nodes)", 0, 0),
         F("checkpoint-keep", FLAG_INT, checkpoint_keep, "checkpoints kept per partition", 1,
           1000),
+        F("checkpoint-threads", FLAG_INT, checkpoint_threads,
+          "checkpoints written at once (each is one partition's scan on one core)", 1, 64),
         F("move-lag", FLAG_INT, move_lag,
           "a move's target asks for the flip once this few log records behind the source", 0,
           100000000),
@@ -603,7 +607,8 @@ int main(int argc, char **argv)
             struct ckptsched_opts co = {
                 .dir = ckpt_dir, .interval_ms = c->checkpoint_interval,
                 .min_pause_ms = c->checkpoint_min_pause, .timeout_ms = c->checkpoint_timeout,
-                .keep = (int)c->checkpoint_keep, .metrics = nm.checkpoint,
+                .keep = (int)c->checkpoint_keep, .threads = (int)c->checkpoint_threads,
+                .metrics = nm.checkpoint,
                 .owns = clustered ? hook_owns : NULL, .owns_ud = &hk,
                 .written = clustered ? ckpt_written : NULL, .written_ud = &ckh,
             };

@@ -177,12 +177,17 @@ struct range_put {
     struct store_key start, end;
     const store_batch *b;
     struct completion w;
+    int64_t write_ns;            /* the writer's time in it (set before the signal) */
 };
 
 static eddy_err put_range(void *ud, engine *e)
 {
     struct range_put *rp = ud;
-    return store_replace_range(engine_store(e), &rp->start, &rp->end, rp->b, NULL);
+    int64_t t0 = clock_mono_ns();
+    /* not synced: the whole copy is made durable once, at its end (copy_checkpoint) */
+    eddy_err err = store_replace_range_nosync(engine_store(e), &rp->start, &rp->end, rp->b, NULL);
+    rp->write_ns = clock_mono_ns() - t0;
+    return err;
 }
 
 static void range_done(void *ud, eddy_err err)
@@ -194,52 +199,41 @@ static void range_done(void *ud, eddy_err err)
 /* The checkpoint as it streams in: checked by a reader, its records written in batches
  * of about LOAD_BATCH_BYTES, each in a writer job of its own (the writer goes on with the
  * other partitions in between; the partition is not served here yet, and a copy that
- * fails is dropped and started again). */
+ * fails is dropped and started again). The mover waits for each batch before it reads on:
+ * queueing the next one while the writer writes (tried, bench/move.sh round 3 in
+ * docs/BENCHMARKS.md) was no faster on a busy machine, where the parsing then takes CPU
+ * from the writer, which bounds the copy; meanwhile the source runs ahead in its send
+ * queue and gRPC's window. */
 struct loader {
     mover *mv;
     uint32_t p;
     checkpoint_reader *rd;
-    store_batch *b;
-    size_t bytes;
-    struct store_key first;      /* the batch's first key */
+    struct store_range_loader rl;
     uint64_t received;           /* bytes of the stream so far */
+    int64_t write_ns, wait_ns;   /* the writer's time in the batches; the mover's waits */
     eddy_err err;
 };
 
-/* Write the batch as the range [first, end). */
-static eddy_err flush_batch(struct loader *ld, const struct store_key *end)
+/* Write one batch as a writer job and wait for it. */
+static eddy_err write_batch(void *ud, const struct store_key *start, const struct store_key *end,
+                            const store_batch *b)
 {
-    if (store_batch_count(ld->b) == 0)
-        return EDDY_OK;
-    struct range_put rp = {.start = ld->first, .end = *end, .b = ld->b};
+    struct loader *ld = ud;
+    struct range_put rp = {.start = *start, .end = *end, .b = b};
     completion_init(&rp.w);
+    int64_t t0 = clock_mono_ns();
     eddy_err err = completion_wait(
         &rp.w, engine_exclusive_partition(ld->mv->o.eng, ld->p, put_range, range_done, &rp));
-    store_batch_free(ld->b);
-    ld->b = store_batch_new();
-    ld->bytes = 0;
-    return err != EDDY_OK ? err : ld->b ? EDDY_OK : EDDY_ERR_NOMEM;
+    ld->wait_ns += clock_mono_ns() - t0;
+    ld->write_ns += rp.write_ns;
+    return err;
 }
 
 static eddy_err load_record(void *ud, const unsigned char *key, size_t klen,
                             const unsigned char *val, size_t vlen)
 {
     struct loader *ld = ud;
-    eddy_err err = EDDY_OK;
-    if (ld->bytes >= LOAD_BATCH_BYTES) { /* this key ends the batch's range */
-        struct store_key end;
-        memcpy(end.buf, key, klen);
-        end.len = klen;
-        err = flush_batch(ld, &end);
-    }
-    if (err == EDDY_OK && store_batch_count(ld->b) == 0) {
-        memcpy(ld->first.buf, key, klen);
-        ld->first.len = klen;
-    }
-    if (err == EDDY_OK)
-        err = store_batch_put(ld->b, key, klen, val, vlen);
-    ld->bytes += klen + vlen;
-    return err;
+    return store_range_loader_put(&ld->rl, key, klen, val, vlen);
 }
 
 static int on_chunk(void *ud, const ProtobufCMessage *msg)
@@ -272,9 +266,12 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
     uint32_t p = m->partition;
     char what[64];
     snprintf(what, sizeof(what), "move-p%" PRIu32 "-from-%.32s", p, m->from);
-    struct loader ld = {.mv = mv, .p = p, .b = store_batch_new(), .err = EDDY_OK};
+    int64_t t0 = clock_mono_ns();
+    struct loader ld = {.mv = mv, .p = p, .err = EDDY_OK};
+    eddy_err err = store_range_loader_init(&ld.rl, LOAD_BATCH_BYTES, write_batch, &ld);
     ld.rd = checkpoint_reader_new(what, load_record, &ld);
-    eddy_err err = ld.b && ld.rd ? engine_drop_partition(mv->o.eng, p, NULL) : EDDY_ERR_NOMEM;
+    if (err == EDDY_OK)
+        err = ld.rd ? engine_drop_partition(mv->o.eng, p, NULL) : EDDY_ERR_NOMEM;
     if (err == EDDY_OK) {
         Eddy__State__V1__FetchCheckpointRequest req =
             EDDY__STATE__V1__FETCH_CHECKPOINT_REQUEST__INIT;
@@ -303,19 +300,33 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
         start.len = 0;
         key_u16(&start, (uint16_t)p);
         key_prefix_end(&start, &end);
-        err = flush_batch(&ld, &end);
+        err = store_range_loader_finish(&ld.rl, &end);
     }
+    /* The batches went to LevelDB's log without a sync each (one fsync per 4 MiB held the
+     * writer, and so every other partition's commits, for the disk's latency): one sync
+     * of the logs now, before the copy can be tailed, marked ready or served. A crash
+     * before it loses at most this unfinished copy, which is copied again. */
+    int64_t sync_ns = clock_mono_ns();
+    if (err == EDDY_OK)
+        err = store_sync_log(engine_store(mv->o.eng));
+    sync_ns = clock_mono_ns() - sync_ns;
     if (err == EDDY_OK) {
         struct engine_partition_view v;
         engine_partition(mv->o.eng, p, &v);
         *next_seq = v.next_seq;
+        /* where the copy's time went: the writer's LevelDB writes (write_ms; wait_ms is
+         * that plus the writer's queue), the final sync, and the rest: receiving and
+         * checking the stream */
         log_info("msg=\"move: checkpoint loaded\" partition=%" PRIu32 " from=%s seq=%" PRIu64
-                 " records=%" PRIu64 " bytes=%" PRIu64,
-                 p, m->from, info.seq, info.records, info.bytes);
+                 " records=%" PRIu64 " bytes=%" PRIu64 " copy_ms=%" PRId64 " write_ms=%" PRId64
+                 " wait_ms=%" PRId64 " sync_ms=%" PRId64,
+                 p, m->from, info.seq, info.records, info.bytes,
+                 (clock_mono_ns() - t0) / 1000000, ld.write_ns / 1000000, ld.wait_ns / 1000000,
+                 sync_ns / 1000000);
     } else if (err != EDDY_ERR_NOMEM) {
         drop_copy(mv, p, "incomplete checkpoint copy"); /* a partial copy is never kept */
     }
-    store_batch_free(ld.b);
+    store_range_loader_release(&ld.rl);
     checkpoint_reader_free(ld.rd);
     return err;
 }

@@ -55,20 +55,30 @@ struct writer {
     const char *path;
     unsigned char *buf;
     size_t len;
+    size_t crc_len; /* of buf[0, len): the bytes already in 'crc' */
     uint64_t off;   /* bytes written so far (buffered included) */
-    uint32_t crc;   /* of all bytes so far */
+    uint32_t crc;   /* of all bytes so far but the CRC field, up to buf + crc_len */
     uint64_t records;
     uint32_t partition;
     int64_t deadline_ms; /* clock_mono_ms; 0: none */
     eddy_err err;
 };
 
+/* Bring the CRC up to the end of the buffer: one call per buffer, not per field (the
+ * instruction runs at full speed on long runs; per call it costs more than it hashes). */
+static void w_crc(struct writer *w)
+{
+    w->crc = crc32c_update(w->crc, w->buf + w->crc_len, w->len - w->crc_len);
+    w->crc_len = w->len;
+}
+
 static void w_flush(struct writer *w)
 {
+    w_crc(w);
     if (w->sink) {
         if (w->err == EDDY_OK && w->len > 0)
             w->err = w->sink(w->sink_ud, w->buf, w->len);
-        w->len = 0;
+        w->len = w->crc_len = 0;
         return;
     }
     size_t done = 0;
@@ -84,14 +94,12 @@ static void w_flush(struct writer *w)
         }
         done += (size_t)r;
     }
-    w->len = 0;
+    w->len = w->crc_len = 0;
 }
 
-/* Append 'n' bytes; 'crc' says whether they count in the CRC (all but the CRC field). */
-static void w_put(struct writer *w, const void *p, size_t n, bool crc)
+/* Append 'n' bytes, counted in the CRC. */
+static void w_put(struct writer *w, const void *p, size_t n)
 {
-    if (crc)
-        w->crc = crc32c_update(w->crc, p, n);
     w->off += n;
     const unsigned char *src = p;
     while (n > 0 && w->err == EDDY_OK) {
@@ -105,11 +113,46 @@ static void w_put(struct writer *w, const void *p, size_t n, bool crc)
     }
 }
 
+/* Append the CRC field: the CRC of every byte before it, and not counted itself. */
+static void w_put_crc(struct writer *w)
+{
+    unsigned char b[4];
+    w_crc(w);
+    put_le(b, w->crc, 4);
+    if (w->len + sizeof(b) > WRITE_BUF)
+        w_flush(w);
+    memcpy(w->buf + w->len, b, sizeof(b));
+    w->len += sizeof(b);
+    w->crc_len = w->len;
+    w->off += sizeof(b);
+}
+
 static void w_u32(struct writer *w, uint32_t v)
 {
     unsigned char b[4];
     put_le(b, v, 4);
-    w_put(w, b, 4, true);
+    w_put(w, b, 4);
+}
+
+/* klen, key, vlen, value; in one copy when the record fits in the buffer (most do). */
+static void w_record(struct writer *w, const unsigned char *key, size_t klen, const char *val,
+                     size_t vlen)
+{
+    size_t n = 8 + klen + vlen;
+    if (WRITE_BUF - w->len < n) {
+        w_u32(w, (uint32_t)klen);
+        w_put(w, key, klen);
+        w_u32(w, (uint32_t)vlen);
+        w_put(w, val, vlen);
+        return;
+    }
+    unsigned char *d = w->buf + w->len;
+    put_le(d, klen, 4);
+    memcpy(d + 4, key, klen);
+    put_le(d + 4 + klen, vlen, 4);
+    memcpy(d + 8 + klen, val, vlen);
+    w->len += n;
+    w->off += n;
 }
 
 static int write_record(void *ud, const unsigned char *key, size_t klen, const char *val,
@@ -124,10 +167,7 @@ static int write_record(void *ud, const unsigned char *key, size_t klen, const c
         w->err = EDDY_ERR_TOO_LARGE;
         return 1;
     }
-    w_u32(w, (uint32_t)klen);
-    w_put(w, key, klen, true);
-    w_u32(w, (uint32_t)vlen);
-    w_put(w, val, vlen, true);
+    w_record(w, key, klen, val, vlen);
     w->records++;
     if (w->deadline_ms > 0 && w->err == EDDY_OK && (w->records & 1023) == 0 &&
         clock_mono_ms() >= w->deadline_ms)
@@ -176,7 +216,7 @@ static eddy_err write_body(store_snapshot *snap, uint32_t p, uint64_t seq, struc
     put_le(h + 14, 0, 2);
     put_le(h + 16, (uint64_t)*created, 8);
     put_le(h + 24, seq, 8);
-    w_put(w, h, sizeof(h), true);
+    w_put(w, h, sizeof(h));
 
     struct store_key start, end;
     partition_range(p, &start, &end);
@@ -191,9 +231,8 @@ static eddy_err write_body(store_snapshot *snap, uint32_t p, uint64_t seq, struc
     put_le(f, 0, 4);
     put_le(f + 4, w->records, 8);
     put_le(f + 12, *total, 8);
-    w_put(w, f, 20, true);
-    put_le(f + 20, w->crc, 4);
-    w_put(w, f + 20, 4, false);
+    w_put(w, f, 20);
+    w_put_crc(w);
     w_flush(w);
     return w->err;
 }
@@ -395,6 +434,9 @@ struct checkpoint_reader {
     size_t klen, prevlen;
     unsigned char *val;
     size_t vlen, valcap;
+    /* the whole key and value: in the caller's piece when it held the whole field (no
+     * copy), else in 'key' / 'val' */
+    const unsigned char *keyp, *valp;
 };
 
 static eddy_err corrupt(checkpoint_reader *r, const char *why)
@@ -464,9 +506,9 @@ static eddy_err field_done(checkpoint_reader *r)
         r->need = r->klen;
         return EDDY_OK;
     case R_KEY:
-        if (r->key[0] != (r->partition >> 8) || r->key[1] != (r->partition & 0xffu))
+        if (r->keyp[0] != (r->partition >> 8) || r->keyp[1] != (r->partition & 0xffu))
             return corrupt(r, "key of another partition");
-        if (r->records > 0 && cmp_keys(r->prev, r->prevlen, r->key, r->klen) >= 0)
+        if (r->records > 0 && cmp_keys(r->prev, r->prevlen, r->keyp, r->klen) >= 0)
             return corrupt(r, "keys out of order");
         r->st = R_VLEN;
         r->need = 4;
@@ -487,11 +529,11 @@ static eddy_err field_done(checkpoint_reader *r)
         return EDDY_OK;
     case R_VAL:
         if (r->fn) {
-            eddy_err err = r->fn(r->ud, r->key, r->klen, r->val, r->vlen);
+            eddy_err err = r->fn(r->ud, r->keyp, r->klen, r->valp, r->vlen);
             if (err != EDDY_OK)
                 return r->err = err;
         }
-        memcpy(r->prev, r->key, r->klen);
+        memcpy(r->prev, r->keyp, r->klen);
         r->prevlen = r->klen;
         r->records++;
         r->st = R_KLEN;
@@ -512,25 +554,44 @@ static eddy_err field_done(checkpoint_reader *r)
     return corrupt(r, "data after the footer");
 }
 
+/* Where the next 'c' bytes of the current field go (NULL: nowhere, a value that is only
+ * checked), and where the whole field will be. A field that arrives whole in one piece is
+ * used where it lies. */
+static unsigned char *field_dst(checkpoint_reader *r, const unsigned char *p, size_t c)
+{
+    bool whole = r->have == 0 && c == r->need;
+    switch (r->st) {
+    case R_KEY:
+        r->keyp = whole ? p : r->key;
+        return whole ? NULL : r->key + r->have;
+    case R_VAL:
+        r->valp = whole || !r->fn ? p : r->val;
+        return whole || !r->fn ? NULL : r->val + r->have;
+    default:
+        return r->fix + r->have;
+    }
+}
+
 eddy_err checkpoint_reader_feed(checkpoint_reader *r, const void *buf, size_t n)
 {
     const unsigned char *p = buf;
+    const unsigned char *crc_from = p; /* bytes from here to p are not in r->crc yet */
     while (n > 0 && r->err == EDDY_OK) {
-        if (r->st == R_DONE)
-            return corrupt(r, "data after the footer");
+        if (r->st == R_DONE) {
+            corrupt(r, "data after the footer");
+            break;
+        }
         size_t c = r->need - r->have < n ? r->need - r->have : n;
-        unsigned char *dst = r->st == R_KEY ? r->key + r->have
-                             : r->st == R_VAL ? (r->fn ? r->val + r->have : NULL)
-                                              : r->fix + r->have;
+        unsigned char *dst = field_dst(r, p, c);
         if (dst)
             memcpy(dst, p, c);
-        /* every byte counts in the CRC but the footer's last 4: the CRC itself */
-        size_t crc_part = c;
         if (r->st == R_FOOTER) {
+            /* every byte counts in the CRC but the footer's last 4: the CRC itself */
             size_t counted = CHECKPOINT_FOOTER_LEN - 8; /* records and bytes fields */
-            crc_part = r->have >= counted ? 0 : (c < counted - r->have ? c : counted - r->have);
+            size_t part = r->have >= counted ? 0 : (c < counted - r->have ? c : counted - r->have);
+            r->crc = crc32c_update(r->crc, crc_from, (size_t)(p - crc_from) + part);
+            crc_from = p + c;
         }
-        r->crc = crc32c_update(r->crc, p, crc_part);
         r->have += c;
         r->off += c;
         p += c;
@@ -540,6 +601,15 @@ eddy_err checkpoint_reader_feed(checkpoint_reader *r, const void *buf, size_t n)
             if (field_done(r) != EDDY_OK)
                 break;
         }
+    }
+    /* the rest of the piece in one call: per field, the calls cost more than the hashing */
+    if (p > crc_from)
+        r->crc = crc32c_update(r->crc, crc_from, (size_t)(p - crc_from));
+    /* the piece is the caller's only for this call: a key used in place whose record goes
+     * on in the next piece is kept */
+    if ((r->st == R_VLEN || r->st == R_VAL) && r->keyp != r->key) {
+        memcpy(r->key, r->keyp, r->klen);
+        r->keyp = r->key;
     }
     return r->err;
 }

@@ -67,19 +67,30 @@ void ckptsched_finished(struct ckptsched_slot *s, const struct ckptsched_params 
 
 /* ---- the scheduler ------------------------------------------------------------------- */
 
+/* One scheduler thread: it checkpoints the partitions p with p % threads == idx. */
+struct ckpt_thread {
+    ckptsched *cs;
+    uint32_t idx;
+    pthread_t t;
+};
+
 struct ckptsched {
     engine *eng;
     struct ckptsched_opts o;
     struct ckptsched_params pp;
     uint32_t nparts;
-    struct ckptsched_slot *slots; /* [nparts], scheduler thread (main before start) */
+    struct ckptsched_slot *slots; /* [nparts]: slot p is its thread's (main before start) */
+    uint32_t nthreads;
+    struct ckpt_thread *threads;  /* [nthreads] */
+    uint32_t started;             /* threads running */
 
     pthread_mutex_t mu; /* guards 'stopping' */
-    pthread_mutex_t run_mu; /* one checkpoint at a time: the thread's, or a caller's */
+    /* [nthreads]: run_mu[p % nthreads] is held while partition p is checkpointed (by its
+     * thread or a caller): one checkpoint of a partition at a time, and at most nthreads
+     * at once */
+    pthread_mutex_t *run_mu;
     pthread_cond_t cv;  /* CLOCK_MONOTONIC */
     bool stopping;
-    pthread_t thread;
-    bool started;
 };
 
 /* The seq of the oldest checkpoint file of 'p' left in the directory (UINT64_MAX: none),
@@ -113,13 +124,20 @@ eddy_err ckptsched_new(engine *eng, const struct ckptsched_opts *o, ckptsched **
     cs->o = *o;
     cs->pp = (struct ckptsched_params){o->interval_ms, o->min_pause_ms};
     cs->nparts = engine_options(eng)->apply.partitions;
+    cs->nthreads = o->threads > 1 ? (uint32_t)o->threads : 1;
     cs->slots = calloc(cs->nparts ? cs->nparts : 1, sizeof(*cs->slots));
-    if (!cs->slots) {
+    cs->threads = calloc(cs->nthreads, sizeof(*cs->threads));
+    cs->run_mu = calloc(cs->nthreads, sizeof(*cs->run_mu));
+    if (!cs->slots || !cs->threads || !cs->run_mu) {
+        free(cs->slots);
+        free(cs->threads);
+        free(cs->run_mu);
         free(cs);
         return EDDY_ERR_NOMEM;
     }
     pthread_mutex_init(&cs->mu, NULL);
-    pthread_mutex_init(&cs->run_mu, NULL);
+    for (uint32_t i = 0; i < cs->nthreads; i++)
+        pthread_mutex_init(&cs->run_mu[i], NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -152,9 +170,10 @@ static eddy_err run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out);
 
 eddy_err ckptsched_run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out)
 {
-    pthread_mutex_lock(&cs->run_mu);
+    pthread_mutex_t *mu = &cs->run_mu[p % cs->nthreads];
+    pthread_mutex_lock(mu);
     eddy_err err = run_one(cs, p, out);
-    pthread_mutex_unlock(&cs->run_mu);
+    pthread_mutex_unlock(mu);
     return err;
 }
 
@@ -209,11 +228,12 @@ static bool stopping(ckptsched *cs)
 
 static void *sched_main(void *arg)
 {
-    ckptsched *cs = arg;
+    struct ckpt_thread *th = arg;
+    ckptsched *cs = th->cs;
     for (;;) {
         int64_t now = clock_mono_ms();
         int64_t next = now + 1000; /* wake at least once a second (ownership changes) */
-        for (uint32_t p = 0; p < cs->nparts && !stopping(cs); p++) {
+        for (uint32_t p = th->idx; p < cs->nparts && !stopping(cs); p += cs->nthreads) {
             struct ckptsched_slot *s = &cs->slots[p];
             if (cs->o.owns && !cs->o.owns(cs->o.owns_ud, p))
                 continue;
@@ -269,12 +289,16 @@ eddy_err ckptsched_start(ckptsched *cs)
         s->phase_ms = fresh.phase_ms;
         s->due_ms = fresh.due_ms;
     }
-    if (pthread_create(&cs->thread, NULL, sched_main, cs) != 0)
-        return EDDY_ERR_NOMEM;
-    cs->started = true;
+    for (uint32_t i = 0; i < cs->nthreads; i++) {
+        cs->threads[i] = (struct ckpt_thread){.cs = cs, .idx = i};
+        if (pthread_create(&cs->threads[i].t, NULL, sched_main, &cs->threads[i]) != 0)
+            return EDDY_ERR_NOMEM; /* ckptsched_free stops the ones started */
+        cs->started++;
+    }
     log_info("msg=\"checkpoint scheduler started\" dir=%s interval_ms=%" PRId64
-             " min_pause_ms=%" PRId64 " timeout_ms=%" PRId64 " keep=%d",
-             cs->o.dir, cs->o.interval_ms, cs->o.min_pause_ms, cs->o.timeout_ms, cs->o.keep);
+             " min_pause_ms=%" PRId64 " timeout_ms=%" PRId64 " keep=%d threads=%" PRIu32,
+             cs->o.dir, cs->o.interval_ms, cs->o.min_pause_ms, cs->o.timeout_ms, cs->o.keep,
+             cs->nthreads);
     return EDDY_OK;
 }
 
@@ -282,16 +306,18 @@ void ckptsched_free(ckptsched *cs)
 {
     if (!cs)
         return;
-    if (cs->started) {
-        pthread_mutex_lock(&cs->mu);
-        cs->stopping = true;
-        pthread_cond_broadcast(&cs->cv);
-        pthread_mutex_unlock(&cs->mu);
-        pthread_join(cs->thread, NULL);
-    }
+    pthread_mutex_lock(&cs->mu);
+    cs->stopping = true;
+    pthread_cond_broadcast(&cs->cv);
+    pthread_mutex_unlock(&cs->mu);
+    for (uint32_t i = 0; i < cs->started; i++)
+        pthread_join(cs->threads[i].t, NULL);
     pthread_mutex_destroy(&cs->mu);
-    pthread_mutex_destroy(&cs->run_mu);
+    for (uint32_t i = 0; i < cs->nthreads; i++)
+        pthread_mutex_destroy(&cs->run_mu[i]);
     pthread_cond_destroy(&cs->cv);
     free(cs->slots);
+    free(cs->threads);
+    free(cs->run_mu);
     free(cs);
 }

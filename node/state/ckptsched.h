@@ -1,4 +1,4 @@
-/* The checkpoint scheduler of a state node (DESIGN.md §7): one thread that writes a
+/* The checkpoint scheduler of a state node (DESIGN.md §7): threads that write a
  * checkpoint of every partition the node owns every --checkpoint-interval, staggered so
  * partitions never all checkpoint at once, prunes old ones, and keeps the log of each
  * partition back to its oldest retained checkpoint.
@@ -17,11 +17,14 @@
  * sweep never deletes records at or after it.
  *
  * DESIGN: checkpoint writes read a whole partition and fsync, and the cluster metadata is
- * an etcd call: neither may run on the writer or on a gRPC thread, so they get this
- * thread. One checkpoint at a time keeps the disk load of checkpointing bounded.
+ * an etcd call: neither may run on the writer or on a gRPC thread, so they get threads of
+ * their own: --checkpoint-threads of them, partition p on thread p % threads (a
+ * checkpoint is one LevelDB scan on one core, bound by the CPU: a node with more state
+ * than one core can checkpoint in an interval needs more than one). A small fixed number
+ * keeps the disk load of checkpointing bounded.
  *
- * Threads: ckptsched_new/start/free from one thread (main). The scheduler thread calls the
- * hooks. */
+ * Threads: ckptsched_new/start/free from one thread (main). The scheduler threads call the
+ * hooks, several at once when threads > 1. */
 #ifndef EDDY_CKPTSCHED_H
 #define EDDY_CKPTSCHED_H
 
@@ -40,7 +43,7 @@ struct ckptsched_params {
     int64_t min_pause_ms; /* >= 0 */
 };
 
-/* One partition's schedule. Owned by the scheduler thread. */
+/* One partition's schedule. Owned by the partition's scheduler thread. */
 struct ckptsched_slot {
     int64_t due_ms;      /* next attempt not before this */
     int64_t phase_ms;    /* due times are phase_ms + k * interval */
@@ -87,6 +90,8 @@ struct ckptsched_opts {
     int64_t min_pause_ms;
     int64_t timeout_ms;       /* an attempt gives up (nothing published) after this; 0: never */
     int keep;                 /* files kept per partition (>= 1) */
+    int threads;              /* checkpoints written at once (0 is taken as 1); partition p
+                                 is thread p % threads's */
     struct ckptsched_metrics metrics;
     /* Whether this node owns partition p now (NULL: every partition, --dev). */
     bool (*owns)(void *ud, uint32_t p);
@@ -113,8 +118,8 @@ eddy_err ckptsched_start(ckptsched *cs);
 void ckptsched_free(ckptsched *cs);
 
 /* One checkpoint of partition 'p' now, as the thread does it (write, prune, floor, metrics,
- * hook). For tests, the thread and a move's target (any thread: one checkpoint runs at a
- * time). 'out' (may be NULL) receives the file written. */
+ * hook). For tests, the threads and a move's target (any thread: one checkpoint of a
+ * partition runs at a time). 'out' (may be NULL) receives the file written. */
 eddy_err ckptsched_run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out);
 
 #endif

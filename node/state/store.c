@@ -4,7 +4,9 @@
 #include "node/state/store.h"
 
 #include <assert.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <leveldb/c.h>
@@ -12,6 +14,7 @@
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "common/log.h"
@@ -28,6 +31,7 @@ struct store {
     leveldb_writeoptions_t *wsync;
     leveldb_writeoptions_t *wnosync;
     size_t obj_cache_bytes;      /* budget of each txn's kept values */
+    char *path;                  /* the database directory (store_sync_log) */
     /* Bumped by every write that does not go through the txn reading it (another txn's
      * commit, store_replace_range, store_delete of a kept table), with the key range it
      * wrote in 'changes': a txn whose last seen value differs forgets the values it kept in
@@ -176,6 +180,12 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
     if (!s)
         return EDDY_ERR_NOMEM;
     pthread_mutex_init(&s->changes_mu, NULL);
+    s->path = strdup(o->path);
+    if (!s->path) {
+        pthread_mutex_destroy(&s->changes_mu);
+        free(s);
+        return EDDY_ERR_NOMEM;
+    }
     s->opts = leveldb_options_create();
     s->cache = leveldb_cache_create_lru(o->cache_bytes > 0 ? (size_t)o->cache_bytes : 64u << 20);
     s->filter = leveldb_filterpolicy_create_bloom(10);
@@ -219,6 +229,7 @@ void store_close(store *s)
     leveldb_cache_destroy(s->cache);
     leveldb_filterpolicy_destroy(s->filter);
     pthread_mutex_destroy(&s->changes_mu);
+    free(s->path);
     free(s);
 }
 
@@ -490,8 +501,86 @@ size_t store_batch_count(const store_batch *b)
     return b->n;
 }
 
+bool store_batch_first(const store_batch *b, struct store_key *out)
+{
+    if (b->n == 0)
+        return false;
+    *out = b->lo;
+    return true;
+}
+
+eddy_err store_range_loader_init(struct store_range_loader *l, size_t max_bytes,
+                                 store_range_write_fn *write, void *ud)
+{
+    *l = (struct store_range_loader){.max_bytes = max_bytes, .write = write, .ud = ud};
+    l->b = store_batch_new();
+    return l->b ? EDDY_OK : EDDY_ERR_NOMEM;
+}
+
+/* Hand the batch to 'write' as [its first key, end) and start a new one. */
+static eddy_err range_loader_flush(struct store_range_loader *l, const struct store_key *end)
+{
+    struct store_key first;
+    if (!l->b)
+        return EDDY_ERR_NOMEM; /* the last new batch failed */
+    if (!store_batch_first(l->b, &first))
+        return EDDY_OK;
+    eddy_err err = l->write(l->ud, &first, end, l->b);
+    store_batch_free(l->b);
+    l->b = store_batch_new();
+    l->bytes = 0;
+    return err != EDDY_OK ? err : l->b ? EDDY_OK : EDDY_ERR_NOMEM;
+}
+
+eddy_err store_range_loader_put(struct store_range_loader *l, const void *key, size_t klen,
+                                const void *val, size_t vlen)
+{
+    if (klen == 0 || klen > STORE_KEY_MAX)
+        return EDDY_ERR_INVALID;
+    eddy_err err = EDDY_OK;
+    if (l->bytes >= l->max_bytes) { /* this key ends the batch's range */
+        struct store_key end;
+        memcpy(end.buf, key, klen);
+        end.len = klen;
+        err = range_loader_flush(l, &end);
+    }
+    if (err == EDDY_OK)
+        err = store_batch_put(l->b, key, klen, val, vlen);
+    l->bytes += klen + vlen;
+    return err;
+}
+
+eddy_err store_range_loader_finish(struct store_range_loader *l, const struct store_key *end)
+{
+    return range_loader_flush(l, end);
+}
+
+void store_range_loader_release(struct store_range_loader *l)
+{
+    store_batch_free(l->b);
+    l->b = NULL;
+}
+
+static eddy_err replace_range(store *s, const struct store_key *start,
+                              const struct store_key *end, const store_batch *b,
+                              uint64_t *deleted, const leveldb_writeoptions_t *wo);
+
 eddy_err store_replace_range(store *s, const struct store_key *start, const struct store_key *end,
                              const store_batch *b, uint64_t *deleted)
+{
+    return replace_range(s, start, end, b, deleted, s->wsync);
+}
+
+eddy_err store_replace_range_nosync(store *s, const struct store_key *start,
+                                    const struct store_key *end, const store_batch *b,
+                                    uint64_t *deleted)
+{
+    return replace_range(s, start, end, b, deleted, s->wnosync);
+}
+
+static eddy_err replace_range(store *s, const struct store_key *start,
+                              const struct store_key *end, const store_batch *b,
+                              uint64_t *deleted, const leveldb_writeoptions_t *wo)
 {
     if (deleted)
         *deleted = 0;
@@ -518,14 +607,56 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
     leveldb_iter_destroy(it);
     eddy_err err = take_err(lerr, NULL, 0);
     if (err == EDDY_OK) {
-        leveldb_writebatch_append(wb, b->wb);
-        leveldb_write(s->db, s->wsync, wb, &lerr);
+        /* nothing to delete (a move's copy into its emptied range): the puts as they
+         * are, without copying them into the deletes' batch */
+        if (n > 0)
+            leveldb_writebatch_append(wb, b->wb);
+        leveldb_write(s->db, wo, n > 0 ? wb : b->wb, &lerr);
         err = take_err(lerr, NULL, 0);
     }
     leveldb_writebatch_destroy(wb);
     store_changed(s, start, end); /* even after an error: it may have reached the log */
     if (err == EDDY_OK && deleted)
         *deleted = n;
+    return err;
+}
+
+/* Whether 'name' is one of LevelDB's write-ahead logs: digits, then ".log". */
+static bool is_wal_name(const char *name)
+{
+    size_t n = strlen(name), d = 0;
+    while (d < n && name[d] >= '0' && name[d] <= '9')
+        d++;
+    return d > 0 && strcmp(name + d, ".log") == 0;
+}
+
+eddy_err store_sync_log(store *s)
+{
+    DIR *d = opendir(s->path);
+    if (!d) {
+        log_error("msg=\"cannot list the database\" path=%s error=\"%s\"", s->path,
+                  strerror(errno));
+        return EDDY_ERR_IO;
+    }
+    eddy_err err = EDDY_OK;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        char path[4096];
+        if (!is_wal_name(de->d_name) ||
+            snprintf(path, sizeof(path), "%s/%s", s->path, de->d_name) >= (int)sizeof(path))
+            continue;
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT)
+            continue; /* compacted and deleted meanwhile: durable in a table */
+        if (fd < 0 || fsync(fd) != 0) {
+            log_error("msg=\"cannot sync a write-ahead log\" path=%s error=\"%s\"", path,
+                      strerror(errno));
+            err = EDDY_ERR_IO;
+        }
+        if (fd >= 0)
+            close(fd);
+    }
+    closedir(d);
     return err;
 }
 

@@ -151,6 +151,9 @@ void store_batch_free(store_batch *b);
 eddy_err store_batch_put(store_batch *b, const void *key, size_t klen, const void *val,
                          size_t vlen);
 size_t store_batch_count(const store_batch *b);
+/* The smallest key put so far into *out (false, and *out untouched, if none): with the key
+ * that ends it, the range a batch of ascending keys replaces. */
+bool store_batch_first(const store_batch *b, struct store_key *out);
 
 /* Atomically make [start, end) hold exactly the puts of 'b': one synced LevelDB write
  * deletes every key in the range and then writes the puts, so a crash leaves either the
@@ -160,6 +163,40 @@ size_t store_batch_count(const store_batch *b);
  * (a key committed after the range was read would survive). 'b' is unchanged. */
 eddy_err store_replace_range(store *s, const struct store_key *start, const struct store_key *end,
                              const store_batch *b, uint64_t *deleted);
+
+/* A stream of puts in ascending key order (a checkpoint being loaded), cut into batches of
+ * about 'max_bytes' of keys and values, each handed to 'write' as the range [its first
+ * key, the next batch's first key) (the last one: up to the 'end' given to
+ * store_range_loader_finish). 'write' borrows the batch for the call. One thread. */
+typedef eddy_err store_range_write_fn(void *ud, const struct store_key *start,
+                                      const struct store_key *end, const store_batch *b);
+struct store_range_loader {
+    store_batch *b;
+    size_t bytes, max_bytes;
+    store_range_write_fn *write;
+    void *ud;
+};
+eddy_err store_range_loader_init(struct store_range_loader *l, size_t max_bytes,
+                                 store_range_write_fn *write, void *ud);
+/* Add a put (copied); may first hand the full batch to 'write' and return its error. */
+eddy_err store_range_loader_put(struct store_range_loader *l, const void *key, size_t klen,
+                                const void *val, size_t vlen);
+/* Hand the last batch to 'write' as [its first key, end). */
+eddy_err store_range_loader_finish(struct store_range_loader *l, const struct store_key *end);
+void store_range_loader_release(struct store_range_loader *l);
+
+/* store_replace_range without the sync: atomic, but durable only once a later synced write
+ * or store_sync_log has run (a bulk load in many batches: one sync at its end, not one
+ * per batch). */
+eddy_err store_replace_range_nosync(store *s, const struct store_key *start,
+                                    const struct store_key *end, const store_batch *b,
+                                    uint64_t *deleted);
+
+/* Make every write so far durable, unsynced ones included: fsync each write-ahead log file
+ * of the database (LevelDB's NNNNNN.log; what LevelDB compacted into tables and deleted
+ * is durable already, its tables and manifest being synced). Blocks on the disk; any
+ * thread. */
+eddy_err store_sync_log(store *s);
 
 /* --- write transactions ---------------------------------------------------------------
  * A txn collects puts and deletes in an in-memory overlay, so reads through the txn see its

@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "common/crc32c.h"
 #include "common/partition.h"
 #include "node/state/apply.h"
 #include "node/state/checkpoint.h"
@@ -714,27 +715,42 @@ static eddy_err to_mem(void *ud, const void *buf, size_t n)
     return EDDY_OK;
 }
 
-static eddy_err count_rec(void *ud, const unsigned char *key, size_t klen,
-                          const unsigned char *val, size_t vlen)
+/* What a reader handed out: the records and a CRC-32C over their keys and values (the
+ * same whether a field arrived whole in one piece and was handed out in place, or was
+ * gathered from several). */
+struct rec_digest {
+    uint64_t records;
+    uint32_t crc;
+};
+
+static eddy_err digest_rec(void *ud, const unsigned char *key, size_t klen,
+                           const unsigned char *val, size_t vlen)
 {
-    (void)key;
-    (void)klen;
-    (void)val;
-    (void)vlen;
-    (*(uint64_t *)ud)++;
+    struct rec_digest *d = ud;
+    d->records++;
+    d->crc = crc32c_update(d->crc, key, klen);
+    d->crc = crc32c_update(d->crc, val, vlen);
     return EDDY_OK;
 }
 
 /* Feed 'b' to a fresh reader in pieces of 'step' bytes; the result of finish. */
-static eddy_err read_in_pieces(const unsigned char *b, size_t n, size_t step, uint64_t *records,
-                               struct checkpoint_info *out)
+static eddy_err read_in_pieces(const unsigned char *b, size_t n, size_t step,
+                               struct rec_digest *d, struct checkpoint_info *out)
 {
-    *records = 0;
-    checkpoint_reader *r = checkpoint_reader_new("test", count_rec, records);
+    *d = (struct rec_digest){0, 0};
+    checkpoint_reader *r = checkpoint_reader_new("test", digest_rec, d);
     assert_non_null(r);
     eddy_err err = EDDY_OK;
-    for (size_t off = 0; off < n && err == EDDY_OK; off += step)
-        err = checkpoint_reader_feed(r, b + off, n - off < step ? n - off : step);
+    for (size_t off = 0; off < n && err == EDDY_OK; off += step) {
+        /* each piece is borrowed for the call only: scribbled over and freed after it */
+        size_t len = n - off < step ? n - off : step;
+        unsigned char *piece = malloc(len);
+        assert_non_null(piece);
+        memcpy(piece, b + off, len);
+        err = checkpoint_reader_feed(r, piece, len);
+        memset(piece, 0xa5, len);
+        free(piece);
+    }
     if (err == EDDY_OK)
         err = checkpoint_reader_finish(r, out);
     checkpoint_reader_free(r);
@@ -766,33 +782,37 @@ static void test_stream_and_incremental_reader(void **state)
     assert_memory_equal(file, m.b, 16);
     assert_memory_equal(file + 24, m.b + 24, m.n - 24 - 4);
 
+    struct rec_digest whole, recs;
+    assert_int_equal(read_in_pieces(m.b, m.n, m.n, &whole, &ri), EDDY_OK);
+    assert_int_equal(whole.records, si.records);
     for (size_t step = 1; step <= m.n; step = step * 3 + 1) {
-        uint64_t recs;
         assert_int_equal(read_in_pieces(m.b, m.n, step, &recs, &ri), EDDY_OK);
-        assert_int_equal(recs, si.records);
+        assert_int_equal(recs.records, si.records);
+        assert_int_equal(recs.crc, whole.crc);
         assert_int_equal(ri.records, si.records);
         assert_int_equal(ri.crc, si.crc);
         assert_int_equal(ri.seq, 42);
         assert_int_equal(ri.bytes, m.n);
     }
+    /* in small pieces (fields gathered) and in one (fields used where they lie) */
     for (size_t off = 0; off < m.n; off++) {
-        uint64_t recs;
         m.b[off] ^= 0x10;
-        if (read_in_pieces(m.b, m.n, 5, &recs, NULL) != EDDY_ERR_CORRUPT)
+        if (read_in_pieces(m.b, m.n, 5, &recs, NULL) != EDDY_ERR_CORRUPT ||
+            read_in_pieces(m.b, m.n, m.n, &recs, NULL) != EDDY_ERR_CORRUPT)
             fail_msg("flipped byte at offset %zu of %zu not detected", off, m.n);
         m.b[off] ^= 0x10;
     }
     for (size_t len = 0; len < m.n; len++) {
-        uint64_t recs;
-        if (read_in_pieces(m.b, len, 7, &recs, NULL) != EDDY_ERR_CORRUPT)
+        if (read_in_pieces(m.b, len, 7, &recs, NULL) != EDDY_ERR_CORRUPT ||
+            read_in_pieces(m.b, len, len ? len : 1, &recs, NULL) != EDDY_ERR_CORRUPT)
             fail_msg("truncation to %zu of %zu bytes not detected", len, m.n);
     }
     /* and bytes after the footer */
     unsigned char *longer = malloc(m.n + 1);
     memcpy(longer, m.b, m.n);
     longer[m.n] = 0;
-    uint64_t recs;
     assert_int_equal(read_in_pieces(longer, m.n + 1, 64, &recs, NULL), EDDY_ERR_CORRUPT);
+    assert_int_equal(read_in_pieces(longer, m.n + 1, m.n + 1, &recs, NULL), EDDY_ERR_CORRUPT);
     free(longer);
     free(file);
     free(m.b);

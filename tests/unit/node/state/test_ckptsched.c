@@ -116,6 +116,40 @@ static struct engine_opts ckpt_opts(const char *dir)
     return o;
 }
 
+/* What the tests on a real engine share: an engine in a fresh directory (DIR/engine), the
+ * checkpoint directory DIR/ckp and the scheduler's metrics. */
+struct sched_env {
+    char *dir;
+    char cdir[600];
+    engine *e;
+    metrics *reg;
+    struct ckptsched_metrics m;
+};
+
+static void env_open(struct sched_env *v)
+{
+    static const double bounds[] = {0.1, 1, 10};
+    char edir[600], err[256];
+    v->dir = tmpdir_for("cks");
+    snprintf(edir, sizeof(edir), "%s/engine", v->dir);
+    snprintf(v->cdir, sizeof(v->cdir), "%s/ckp", v->dir);
+    struct engine_opts o = ckpt_opts(edir);
+    v->e = NULL;
+    assert_int_equal(engine_open(&o, &v->e, err, sizeof(err)), EDDY_OK);
+    v->reg = metrics_new();
+    v->m = (struct ckptsched_metrics){
+        metrics_histogram(v->reg, "d_seconds", "d", bounds, 3), metrics_gauge(v->reg, "b", "b"),
+        metrics_counter(v->reg, "f_total", "f"), metrics_gauge(v->reg, "t", "t")};
+}
+
+static void env_close(struct sched_env *v)
+{
+    metrics_free(v->reg);
+    engine_close(v->e);
+    rmrf(v->dir);
+    free(v->dir);
+}
+
 /* Ingest 'n' view events of 'user', numbered from 'first', one per 'step_ms' of event time. */
 static void ingest_user(engine *e, const char *user, int first, int n, int64_t step_ms)
 {
@@ -196,19 +230,11 @@ static void test_log_floor(void **state)
  * skipped by latest_valid and the floor still covers the older valid one. */
 static void test_run_one_prune_floor_metrics(void **state)
 {
-    char *dir = tmpdir_for("cks");
-    char edir[600], cdir[600];
-    snprintf(edir, sizeof(edir), "%s/engine", dir);
-    snprintf(cdir, sizeof(cdir), "%s/ckp", dir);
-    struct engine_opts o = ckpt_opts(edir);
-    engine *e = NULL;
-    char err[256];
-    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
-    metrics *reg = metrics_new();
-    static const double bounds[] = {0.1, 1, 10};
-    struct ckptsched_metrics m = {
-        metrics_histogram(reg, "d_seconds", "d", bounds, 3), metrics_gauge(reg, "b", "b"),
-        metrics_counter(reg, "f_total", "f"), metrics_gauge(reg, "t", "t")};
+    struct sched_env env;
+    env_open(&env);
+    engine *e = env.e;
+    const char *cdir = env.cdir;
+    struct ckptsched_metrics m = env.m;
     struct ckptsched_opts co = {.dir = cdir, .interval_ms = 1000, .min_pause_ms = 0,
                                 .timeout_ms = 60000, .keep = 2, .metrics = m};
     ckptsched *cs = NULL;
@@ -270,29 +296,18 @@ static void test_run_one_prune_floor_metrics(void **state)
     assert_int_equal(metric_counter_value(m.failures), 1);
     assert_int_equal(metric_histogram_count(m.duration), 3);
     ckptsched_free(cs);
-    metrics_free(reg);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
+    env_close(&env);
 }
 
 /* The thread checkpoints the partitions with events, only those, keeps 'keep', and a
  * restart does not rewrite a partition that did not change. */
 static void test_thread(void **state)
 {
-    char *dir = tmpdir_for("cks");
-    char edir[600], cdir[600];
-    snprintf(edir, sizeof(edir), "%s/engine", dir);
-    snprintf(cdir, sizeof(cdir), "%s/ckp", dir);
-    struct engine_opts o = ckpt_opts(edir);
-    engine *e = NULL;
-    char err[256];
-    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
-    metrics *reg = metrics_new();
-    static const double bounds[] = {0.1, 1, 10};
-    struct ckptsched_metrics m = {
-        metrics_histogram(reg, "d_seconds", "d", bounds, 3), metrics_gauge(reg, "b", "b"),
-        metrics_counter(reg, "f_total", "f"), metrics_gauge(reg, "t", "t")};
+    struct sched_env env;
+    env_open(&env);
+    engine *e = env.e;
+    const char *cdir = env.cdir;
+    struct ckptsched_metrics m = env.m;
     struct ckptsched_opts co = {.dir = cdir, .interval_ms = 100, .min_pause_ms = 50,
                                 .timeout_ms = 60000, .keep = 2, .metrics = m};
     ckptsched *cs = NULL;
@@ -338,10 +353,55 @@ static void test_thread(void **state)
     usleep(400000);
     ckptsched_free(cs);
     assert_int_equal(metric_histogram_count(m.duration), written);
-    metrics_free(reg);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
+    env_close(&env);
+}
+
+/* With several threads every partition that has events is checkpointed by the thread of
+ * its stripe (p % threads), up to its current seq; the others are not written. */
+static void test_threads(void **state)
+{
+    (void)state;
+    struct sched_env env;
+    env_open(&env);
+    engine *e = env.e;
+    const char *cdir = env.cdir;
+    struct ckptsched_metrics m = env.m;
+    bool touched[NPARTS] = {false};
+    for (int u = 0; u < 12; u++) {
+        char user[32];
+        snprintf(user, sizeof(user), "threads-user-%d", u);
+        ingest_user(e, user, 0, 2, 60000);
+        touched[partition_of_user(user, NPARTS)] = true;
+    }
+    engine_flush(e);
+    struct ckptsched_opts co = {.dir = cdir, .interval_ms = 100, .min_pause_ms = 50,
+                                .timeout_ms = 60000, .keep = 2, .threads = 3, .metrics = m};
+    ckptsched *cs = NULL;
+    assert_int_equal(ckptsched_new(e, &co, &cs), EDDY_OK);
+    assert_int_equal(ckptsched_start(cs), EDDY_OK);
+    for (uint32_t q = 0; q < NPARTS; q++) {
+        if (!touched[q])
+            continue;
+        struct engine_partition_view v;
+        engine_partition(e, q, &v);
+        struct checkpoint_info lv = {0};
+        for (int i = 0; i < 200 && lv.seq != v.next_seq; i++) {
+            usleep(20000);
+            if (checkpoint_latest_valid(cdir, q, &lv) != EDDY_OK)
+                lv.seq = 0;
+        }
+        assert_int_equal(lv.seq, v.next_seq);
+    }
+    ckptsched_free(cs);
+    assert_int_equal(metric_counter_value(m.failures), 0);
+    for (uint32_t q = 0; q < NPARTS; q++) {
+        struct checkpoint_file *v = NULL;
+        size_t n = 0;
+        assert_int_equal(checkpoint_list(cdir, q, &v, &n), EDDY_OK);
+        assert_int_equal(n > 0, touched[q]);
+        free(v);
+    }
+    env_close(&env);
 }
 
 int main(void)
@@ -353,6 +413,7 @@ int main(void)
         cmocka_unit_test(test_log_floor),
         cmocka_unit_test(test_run_one_prune_floor_metrics),
         cmocka_unit_test(test_thread),
+        cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
