@@ -246,38 +246,42 @@ static void free_round(struct delivery *d)
     d->bytes = 0;
 }
 
-/* reprocess_opts.deliver: every user partition's rebuilt stage-2 batches, in seq order per
- * partition (the receivers' exactly-once marks need it), to their owners. */
+/* User partition p's rebuilt batches, round after round, in seq order (the receivers'
+ * exactly-once marks need it). */
+static eddy_err deliver_partition(struct delivery *d, store *side, uint32_t p, char *err,
+                                  size_t errlen)
+{
+    d->next = 0;
+    for (;;) {
+        struct store_key start, end;
+        key_init(&start, p, T_OUTBOX);
+        key_prefix_end(&start, &end);
+        key_u64(&start, d->next);
+        eddy_err r = store_scan(side, &start, &end, collect_rebuilt, d);
+        if (r == EDDY_OK)
+            r = d->err;
+        if (r == EDDY_OK && d->n > 0)
+            r = send_round(d, err, errlen);
+        bool full = d->n == DELIVER_ROUND || d->bytes >= DELIVER_ROUND_BYTES;
+        d->sent += d->n;
+        free_round(d);
+        if (r != EDDY_OK || !full)
+            return r;
+        if (atomic_load(&d->j->svc->cancel))
+            return EDDY_ERR_UNAVAILABLE;
+    }
+}
+
+/* reprocess_opts.deliver: every user partition's rebuilt stage-2 batches to the owners of
+ * their product partitions. */
 static eddy_err deliver_stage2(void *ud, store *side, char *err, size_t errlen)
 {
     struct rebuild_job *j = ud;
     uint32_t P = engine_options(j->svc->eng)->apply.partitions;
     struct delivery d = {.j = j, .batches = calloc(DELIVER_ROUND, sizeof(*d.batches))};
     eddy_err r = d.batches ? EDDY_OK : EDDY_ERR_NOMEM;
-    for (uint32_t p = 0; p < P && r == EDDY_OK; p++) {
-        d.next = 0;
-        for (;;) {
-            size_t before = d.sent;
-            struct store_key start, end;
-            key_init(&start, p, T_OUTBOX);
-            key_prefix_end(&start, &end);
-            key_u64(&start, d.next);
-            r = store_scan(side, &start, &end, collect_rebuilt, &d);
-            if (r == EDDY_OK)
-                r = d.err;
-            if (r == EDDY_OK && d.n > 0)
-                r = send_round(&d, err, errlen);
-            d.sent += d.n;
-            bool more = d.n == DELIVER_ROUND || d.bytes >= DELIVER_ROUND_BYTES;
-            free_round(&d);
-            if (r != EDDY_OK || !more || d.sent == before)
-                break;
-            if (atomic_load(&j->svc->cancel)) {
-                r = EDDY_ERR_UNAVAILABLE;
-                break;
-            }
-        }
-    }
+    for (uint32_t p = 0; p < P && r == EDDY_OK; p++)
+        r = deliver_partition(&d, side, p, err, errlen);
     free(d.batches);
     if (r == EDDY_OK)
         log_info("msg=\"reprocess: rebuilt stage-2 records sent\" rebuild=%" PRIu64
@@ -699,30 +703,70 @@ static bool wait_rebuilds(struct driver_job *d, struct fan_out *f)
     return true;
 }
 
-/* The cuts of the rebuilt partitions (every partition, once: fan_reply's checks). */
-static Eddy__State__V1__SourceCut **collect_cuts(const struct fan_out *f, size_t *n)
+/* Drop the rebuild on every state node (after any failure; each answers OK even if it
+ * never opened it). */
+static void abort_all(struct driver_job *d)
 {
-    size_t total = 0, ok;
-    fan_failed(f, &total, &ok);
-    Eddy__State__V1__SourceCut *cuts = calloc(total ? total : 1, sizeof(*cuts));
-    Eddy__State__V1__SourceCut **ptrs = calloc(total + 1, sizeof(*ptrs));
-    if (!cuts || !ptrs) {
-        free(cuts);
-        free(ptrs);
-        return NULL;
-    }
-    *n = 0;
+    char ignored[512];
+    phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__ABORT, NULL, 0, ignored,
+              sizeof(ignored));
+}
+
+/* Every rebuilt partition's cut, from the state nodes' answers. */
+struct cuts {
+    Eddy__State__V1__SourceCut *arr;
+    Eddy__State__V1__SourceCut **ptrs;
+    size_t n;
+};
+
+static bool collect_cuts(const struct fan_out *f, size_t total, struct cuts *c)
+{
+    c->n = 0;
+    c->arr = calloc(total ? total : 1, sizeof(*c->arr));
+    c->ptrs = calloc(total ? total : 1, sizeof(*c->ptrs));
+    if (!c->arr || !c->ptrs)
+        return false;
     for (size_t i = 0; i < f->n; i++) {
         const Eddy__V1__ReprocessResponse *r = f->slots[i].resp;
-        for (size_t k = 0; k < r->n_partitions; k++) {
-            eddy__state__v1__source_cut__init(&cuts[*n]);
-            cuts[*n].partition = r->partitions[k]->partition;
-            cuts[*n].next_seq = r->partitions[k]->next_seq;
-            ptrs[*n] = &cuts[*n];
-            ++*n;
+        for (size_t k = 0; k < r->n_partitions && c->n < total; k++) {
+            Eddy__State__V1__SourceCut *cut = &c->arr[c->n];
+            eddy__state__v1__source_cut__init(cut);
+            cut->partition = r->partitions[k]->partition;
+            cut->next_seq = r->partitions[k]->next_seq;
+            c->ptrs[c->n++] = cut;
         }
     }
-    return ptrs; /* ptrs[0] is the array's start: free(ptrs[0]) then free(ptrs) */
+    return true;
+}
+
+/* After every State/Reprocess answered: the swap with every partition's cut, or the
+ * failure. Replies to the call. */
+static void finish_rebuild(struct driver_job *d, struct fan_out *f, uint32_t P)
+{
+    size_t nparts, ok;
+    if (fan_failed(f, &nparts, &ok) || nparts != P) {
+        abort_all(d);
+        fan_reply(f); /* the failure, or the partitions missing */
+        return;
+    }
+    char err[512] = "";
+    struct cuts c = {0};
+    grpc_status_code code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+    if (collect_cuts(f, nparts, &c))
+        code = phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__SWAP, c.ptrs, c.n,
+                         err, sizeof(err));
+    else
+        snprintf(err, sizeof(err), "out of memory");
+    free(c.arr);
+    free(c.ptrs);
+    if (code != GRPC_STATUS_OK) {
+        abort_all(d);
+        rpc_reply_error(d->call, code, "reprocess: stage-2 swap: %s (the product state of the "
+                                       "nodes that failed is unchanged; run it again)",
+                        err);
+        return;
+    }
+    fan_reply(f);
 }
 
 static void driver_run(struct driver_job *d)
@@ -735,8 +779,7 @@ static void driver_run(struct driver_job *d)
         phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__PREPARE, NULL, 0, err,
                   sizeof(err));
     if (code != GRPC_STATUS_OK) {
-        phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__ABORT, NULL, 0, err + strlen(err),
-                  0);
+        abort_all(d);
         rpc_reply_error(d->call, code, "reprocess: freezing stage 2: %s", err);
         return;
     }
@@ -752,42 +795,19 @@ static void driver_run(struct driver_job *d)
         f->t0_ms = t0;
     }
     if (!f || !fan_start(svc, f, &sreq, call_timeout(d->call))) {
-        phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__ABORT, NULL, 0, err, 0);
+        abort_all(d);
         rpc_reply_error(d->call, f ? GRPC_STATUS_UNAVAILABLE : GRPC_STATUS_RESOURCE_EXHAUSTED,
                         "reprocess: %s", f ? f->slots[0].res.details : "out of memory");
         if (f)
             fan_free(f);
         return;
     }
-    if (!wait_rebuilds(d, f)) {
-        phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__ABORT, NULL, 0, err, 0);
+    if (!wait_rebuilds(d, f)) { /* the fan-out now belongs to its last answer */
+        abort_all(d);
         rpc_reply_error(d->call, GRPC_STATUS_UNAVAILABLE, "reprocess: the node is stopping");
         return;
     }
-    size_t nparts, ok, ncuts = 0;
-    const struct fan_slot *failed = fan_failed(f, &nparts, &ok);
-    Eddy__State__V1__SourceCut **cuts = NULL;
-    if (!failed && nparts == P && (cuts = collect_cuts(f, &ncuts)) != NULL)
-        code = phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__SWAP, cuts, ncuts,
-                         err, sizeof(err));
-    if (!failed && nparts == P && !cuts)
-        code = GRPC_STATUS_RESOURCE_EXHAUSTED, snprintf(err, sizeof(err), "out of memory");
-    if (failed || nparts != P || code != GRPC_STATUS_OK) {
-        char ignored[1];
-        phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__ABORT, NULL, 0, ignored, 0);
-    }
-    if (failed || nparts != P)
-        fan_reply(f); /* the failure, or the partitions missing */
-    else if (code != GRPC_STATUS_OK)
-        rpc_reply_error(d->call, code, "reprocess: stage-2 swap: %s (the product state of the "
-                                       "nodes that failed is unchanged; run it again)",
-                        err);
-    else
-        fan_reply(f);
-    if (cuts) {
-        free(cuts[0]);
-        free(cuts);
-    }
+    finish_rebuild(d, f, P);
     fan_free(f);
 }
 

@@ -6,6 +6,7 @@ checkpoint a rebuild starts from stays deleted; a log truncated by retention is 
 bad requests get INVALID_ARGUMENT with a clear message."""
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -405,9 +406,11 @@ class ReprocessClusterTest(unittest.TestCase):
         """Stage 2 (product popularity, category index, product windows, neighbours) of a
         cluster rebuilt with new half-lives under ingest: every state node's product state
         together equals a fresh --dev ingest of the same events with those half-lives."""
-        P = 16
-        events = L.generate(seed=23, n_users=50, n_products=30, n_categories=4, n_events=4000)
-        first, second = events[:3000], events[3000:]
+        # 4 partitions of ~2,300 events: each partition's rebuilt stage-2 records go out in
+        # more than one round (2,048 batches a round)
+        P = 4
+        events = L.generate(seed=23, n_users=50, n_products=30, n_categories=4, n_events=9200)
+        first, second = events[:7000], events[7000:]
         ref = L.start_node(self, args=NODE_ARGS + [
             "--partitions", str(P), "--affinity-half-life", HALF_LIFE,
             "--popularity-half-life", HALF_LIFE, "--neighbour-half-life", HALF_LIFE])
@@ -443,8 +446,14 @@ class ReprocessClusterTest(unittest.TestCase):
         self.assertEqual(res["parameters"], {"affinity-half-life": HALF_LIFE_MS,
                                              "popularity-half-life": HALF_LIFE_MS,
                                              "neighbour-half-life": HALF_LIFE_MS})
+        sent = []
         for s in ("s1", "s2"):
-            self.assertIn("stage-2 rebuild swapped", cl.nodes[s].log_tail(10000))
+            log = cl.nodes[s].log_tail(10000)
+            self.assertIn("stage-2 rebuild swapped", log)
+            sent += [int(x) for x in re.findall(r"rebuilt stage-2 records sent.* batches=(\d+)", log)]
+        self.assertEqual(len(sent), 2)
+        # a node holds 2 of the 4 partitions: over 2 x 2,048 means one went in 2 rounds
+        self.assertGreater(max(sent), 2 * 2048, sent)
 
         cl.wait_outbox_empty()
         m = L.pb()
