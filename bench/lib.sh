@@ -52,6 +52,19 @@ wait_printed() {
   return 1
 }
 
+# A scripts/local-cluster.sh cluster in TMP/cluster (etcd, a coordinator, 3 state and 2
+# ingest nodes): local_cluster_up starts it, removes it on exit and sources its env
+# (EDDY_ENDPOINT, EDDY_COORDINATOR); `lc CMD` runs the script's CMD on it. Its LC_*
+# settings come from the environment (e.g. export LC_LEASE_TTL=5s first).
+CL=$TMP/cluster
+lc() { EDDY_BUILD_DIR="$BUILD" "$REPO/scripts/local-cluster.sh" "$@" "$CL" >>"$TMP/local-cluster.log" 2>&1; }
+local_cluster_up() {
+  trap 'lc down || true; cleanup' EXIT
+  lc up || { tail -20 "$TMP/local-cluster.log" >&2; exit 1; }
+  # shellcheck disable=SC1091
+  . "$CL/env"
+}
+
 # record LABEL < json: tag one JSON result with the scenario label, append it to RESULTS
 # and print a one-line summary on stderr.
 record() { $PY "$REPO/bench/summarize.py" --record "$1" "$RESULTS"; }

@@ -16,13 +16,8 @@
 PRELOAD=${BENCH_PRELOAD:-30000}
 RATE=${BENCH_RATE:-1500}
 QPS=${BENCH_QPS:-100}
-LC="$REPO/scripts/local-cluster.sh"
-CL=$TMP/cluster
-lc() { EDDY_BUILD_DIR="$BUILD" LC_LEASE_TTL=5s "$LC" "$@" "$CL" >>"$TMP/local-cluster.log" 2>&1; }
-trap 'lc down || true; cleanup' EXIT
-lc up || { tail -20 "$TMP/local-cluster.log" >&2; exit 1; }
-# shellcheck disable=SC1091
-. "$CL/env"
+export LC_LEASE_TTL=5s
+local_cluster_up
 cli() { "$BUILD/eddy" --coordinator "$EDDY_COORDINATOR" "$@"; }
 # settle NODE some|none: seconds until no move is in progress and NODE owns some
 # partitions (it joined) or none (it was drained)

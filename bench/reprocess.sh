@@ -13,13 +13,7 @@
 PRELOAD=${BENCH_PRELOAD:-100000}
 RATE=${BENCH_RATE:-1000}
 QPS=${BENCH_QPS:-100}
-LC="$REPO/scripts/local-cluster.sh"
-CL=$TMP/cluster
-lc() { EDDY_BUILD_DIR="$BUILD" "$LC" "$@" "$CL" >>"$TMP/local-cluster.log" 2>&1; }
-trap 'lc down || true; cleanup' EXIT
-lc up || { tail -20 "$TMP/local-cluster.log" >&2; exit 1; }
-# shellcheck disable=SC1091
-. "$CL/env"
+local_cluster_up
 log "preloading $PRELOAD events"
 "$BENCH" --endpoint "$EDDY_ENDPOINT" --mode ingest --events "$PRELOAD" --seed 31 -o json >"$TMP/preload.json"
 
