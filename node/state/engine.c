@@ -810,18 +810,19 @@ eddy_err engine_delete_user(engine *e, const char *user_id, engine_delete_done_f
     return err;
 }
 
-void engine_flush(engine *e)
+eddy_err engine_flush(engine *e)
 {
     pthread_cond_t cond;
     bool flag = false;
     struct job *j = calloc(1, sizeof(*j));
     if (!j)
-        return;
+        return EDDY_ERR_NOMEM;
     pthread_cond_init(&cond, NULL);
     j->kind = JOB_FLUSH;
     j->flush_cond = &cond;
     j->flush_flag = &flag;
-    if (enqueue(e, j) != EDDY_OK) {
+    eddy_err err = enqueue(e, j);
+    if (err != EDDY_OK) {
         free(j);
     } else {
         pthread_mutex_lock(&e->mu);
@@ -830,6 +831,7 @@ void engine_flush(engine *e)
         pthread_mutex_unlock(&e->mu);
     }
     pthread_cond_destroy(&cond);
+    return err;
 }
 
 const struct engine_opts *engine_options(const engine *e)

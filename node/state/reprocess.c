@@ -274,14 +274,6 @@ static eddy_err emit_collect(void *ud, const Eddy__Store__V1__Stage2Batch *b)
     return store_txn_put_msg(rb->txn, &k, &b->base);
 }
 
-eddy_err reprocess_scan_stage2(store *side, uint32_t p, store_scan_fn *fn, void *ud)
-{
-    struct store_key start, end;
-    key_init(&start, p, T_OUTBOX);
-    key_prefix_end(&start, &end);
-    return store_scan(side, &start, &end, fn, ud);
-}
-
 struct replay_scan {
     struct rebuild *rb;
     struct part_state *st;

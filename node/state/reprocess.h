@@ -68,9 +68,9 @@ struct reprocess_opts {
     /* Cluster, part of a cluster-wide stage-2 rebuild (stage2_side.h; all, from the start):
      * the stage-2 records of every replayed event are kept in the side store's OUTBOX
      * instead of being applied, and once the stage-1 swap is done 'deliver' gets the side
-     * store to send them to the product partitions' owners (reprocess_scan_stage2), before
-     * the store is removed. Its failure fails the call (the stage-1 swap stays: it is
-     * complete by itself). The stage-1 swap then publishes affinity-half-life only; the
+     * store to send them to the product partitions' owners (its OUTBOX rows, keyed by
+     * user partition and seq as the live OUTBOX is), before the store is removed. Its
+     * failure fails the call (the stage-1 swap stays: it is complete by itself). The stage-1 swap then publishes affinity-half-life only; the
      * stage-2 swap the others. NULL: stage 2 is not rebuilt (in a cluster). */
     eddy_err (*deliver)(void *ud, store *side, char *err, size_t errlen);
     void *deliver_ud;
@@ -121,10 +121,6 @@ eddy_err reprocess_run(const struct reprocess_opts *o, const struct reprocess_re
                        struct reprocess_result *out, char *err, size_t errlen);
 
 void reprocess_result_release(struct reprocess_result *r);
-
-/* Call 'fn' with each stage-2 batch (packed) the rebuild kept in 'side' for user partition
- * 'p' (opts.deliver), in seq order; a non-zero return stops the scan. */
-eddy_err reprocess_scan_stage2(store *side, uint32_t p, store_scan_fn *fn, void *ud);
 
 /* Make the half-lives 'set' (0: unchanged) the engine's, for the apply and the queries.
  * On the writer thread only (an exclusive job). */

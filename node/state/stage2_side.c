@@ -124,27 +124,6 @@ static eddy_err check_open(stage2_side *s, uint64_t id, char *err, size_t errlen
     return EDDY_OK;
 }
 
-/* The freeze's barrier: a writer job that was applying stage-2 records when the freeze
- * began finishes before this empty exclusive job runs. */
-static eddy_err barrier_fn(void *ud, engine *e)
-{
-    (void)ud;
-    (void)e;
-    return EDDY_OK;
-}
-
-static void barrier_done(void *ud, eddy_err err)
-{
-    completion_signal(ud, err, 0);
-}
-
-static eddy_err writer_barrier(engine *e)
-{
-    struct completion c;
-    completion_init(&c);
-    return completion_wait(&c, engine_exclusive_partition(e, 0, barrier_fn, barrier_done, &c));
-}
-
 eddy_err stage2_side_prepare(stage2_side *s, uint64_t id, const int64_t set[RP_PARAMS],
                              char *err, size_t errlen)
 {
@@ -193,7 +172,8 @@ eddy_err stage2_side_prepare(stage2_side *s, uint64_t id, const int64_t set[RP_P
     }
     s->id = id;
     renew(s);
-    if ((r = writer_barrier(s->o.eng)) != EDDY_OK) {
+    /* a writer job that was applying stage-2 records when the freeze began ends first */
+    if ((r = engine_flush(s->o.eng)) != EDDY_OK) {
         snprintf(err, errlen, "stage-2 freeze: %s", eddy_strerror(r));
         close_rebuild(s);
         goto out;
