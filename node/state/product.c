@@ -11,33 +11,134 @@
 #include "node/state/pbenc.h"
 #include "node/state/pbutil.h"
 
+/* ---- exactly-once marks ---------------------------------------------------------------
+ * One S2_HW row per product partition (store.h), kept decoded by the txn: a batch's claim
+ * is an array lookup, and a group writes one row per product partition it touched. */
+
+static bool marks_pack(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
+{
+    const Eddy__Store__V1__Stage2Marks *mk = (const Eddy__Store__V1__Stage2Marks *)m;
+    if (pbenc_unknown(m))
+        return false;
+    size_t body = 0;
+    for (size_t i = 0; i < mk->n_next_seq; i++)
+        body += pbenc_varint_size(mk->next_seq[i]);
+    size_t n = mk->n_next_seq ? pbenc_sub_size(body) : 0;
+    uint8_t *p = malloc(n ? n : 1);
+    if (!p)
+        return false;
+    *buf = p;
+    *len = n;
+    if (mk->n_next_seq) {
+        p = pbenc_put_sub(p, 0x0a, body);
+        for (size_t i = 0; i < mk->n_next_seq; i++)
+            p = pbenc_put_varint(p, mk->next_seq[i]);
+    }
+    return true;
+}
+
+/* Make room for source partition 'src' (new entries 0: nothing applied). */
+static eddy_err marks_reserve(Eddy__Store__V1__Stage2Marks *mk, uint32_t src)
+{
+    if (src < mk->n_next_seq)
+        return EDDY_OK;
+    size_t n = (size_t)src + 1;
+    uint64_t *a = realloc(mk->next_seq, n * sizeof(*a));
+    if (!a)
+        return EDDY_ERR_NOMEM;
+    memset(a + mk->n_next_seq, 0, (n - mk->n_next_seq) * sizeof(*a));
+    mk->next_seq = a;
+    mk->n_next_seq = n;
+    return EDDY_OK;
+}
+
+/* Rows of the older layout (p T source:u16 -> seq + 1 as u64) taken into 'mk'. */
+struct legacy_marks {
+    Eddy__Store__V1__Stage2Marks *mk;
+    size_t rows;
+    eddy_err err;
+};
+
+static int take_legacy_mark(void *ud, const unsigned char *k, size_t klen, const char *v,
+                            size_t vlen)
+{
+    struct legacy_marks *l = ud;
+    uint64_t seq = 0;
+    size_t off = 0;
+    l->rows++;
+    if (klen != 5 || vlen != 8 || !key_get_u64((const unsigned char *)v, vlen, &off, &seq))
+        return 0;
+    uint32_t src = (uint32_t)k[3] << 8 | k[4];
+    l->err = marks_reserve(l->mk, src);
+    if (l->err == EDDY_OK && seq > l->mk->next_seq[src])
+        l->mk->next_seq[src] = seq;
+    return l->err != EDDY_OK;
+}
+
+/* Product partition q's marks as an object of the txn (borrowed until commit). */
+static eddy_err load_marks(store_txn *t, uint32_t q, Eddy__Store__V1__Stage2Marks **mk,
+                           struct store_key *k)
+{
+    key_init(k, q, T_S2_HW);
+    store_txn_set_packer(t, &eddy__store__v1__stage2_marks__descriptor, marks_pack);
+    bool created;
+    eddy_err err = store_txn_obj_get_or_new(t, k, &eddy__store__v1__stage2_marks__descriptor,
+                                            (ProtobufCMessage **)mk, &created);
+    if (err != EDDY_OK || !created)
+        return err;
+    /* a new partition, or one of the older layout: its rows are taken in and go */
+    struct store_key start, end;
+    struct legacy_marks l = {*mk, 0, EDDY_OK};
+    key_init(&start, q, T_S2_HW);
+    key_prefix_end(&start, &end);
+    key_u16(&start, 0);
+    err = store_txn_scan(t, &start, &end, take_legacy_mark, &l);
+    if (err == EDDY_OK)
+        err = l.err;
+    if (err == EDDY_OK && l.rows)
+        err = store_txn_del_range(t, &start, &end, NULL);
+    return err;
+}
+
+/* The mark of source partition 'src' in product partition q's marks (*mk, at *k). */
+static eddy_err mark_of(store_txn *t, uint32_t q, uint32_t src, Eddy__Store__V1__Stage2Marks **mk,
+                        struct store_key *k, uint64_t **slot)
+{
+    eddy_err err = load_marks(t, q, mk, k);
+    if (err == EDDY_OK)
+        err = marks_reserve(*mk, src);
+    if (err == EDDY_OK)
+        *slot = &(*mk)->next_seq[src];
+    return err;
+}
+
 /* Whether (source partition, seq) is new for product partition q; records it if so. */
 static eddy_err claim(store_txn *t, uint32_t q, uint32_t src, uint64_t seq, bool *fresh)
 {
     struct store_key k;
-    const char *v;
-    size_t vlen;
-    bool found;
-    key_init(&k, q, T_S2_HW);
-    key_u16(&k, (uint16_t)src);
-    eddy_err err = store_txn_get(t, &k, &v, &vlen, &found);
+    Eddy__Store__V1__Stage2Marks *mk;
+    uint64_t *slot;
+    eddy_err err = mark_of(t, q, src, &mk, &k, &slot);
     if (err != EDDY_OK)
         return err;
-    uint64_t hw = 0;
-    if (found && vlen == 8) {
-        size_t off = 0;
-        key_get_u64((const unsigned char *)v, vlen, &off, &hw);
-    }
-    /* seq 0 is a valid first seq: the stored high-water is seq + 1 */
-    if (found && seq + 1 <= hw) {
-        *fresh = false;
+    /* seq 0 is a valid first seq: the mark is seq + 1 */
+    *fresh = seq + 1 > *slot;
+    if (!*fresh)
         return EDDY_OK;
-    }
-    struct store_key val;
-    val.len = 0;
-    key_u64(&val, seq + 1);
-    *fresh = true;
-    return store_txn_put(t, &k, val.buf, val.len);
+    *slot = seq + 1;
+    return store_txn_obj_set(t, &k, &mk->base);
+}
+
+eddy_err product_mark_set(store_txn *t, uint32_t q, uint32_t src, uint64_t next_seq)
+{
+    struct store_key k;
+    Eddy__Store__V1__Stage2Marks *mk;
+    uint64_t *slot;
+    eddy_err err = mark_of(t, q, src, &mk, &k, &slot);
+    if (err != EDDY_OK)
+        return err;
+    *slot = next_seq;
+    return store_txn_obj_set(t, &k, &mk->base);
 }
 
 /* ---- encoding (pbenc.h) ---------------------------------------------------------------
@@ -102,15 +203,9 @@ static eddy_err load_product(store_txn *t, uint32_t q, const char *id,
 {
     key_init(k, q, T_PRODUCT);
     key_str(k, id);
-    eddy_err err = store_txn_obj_get(t, k, &eddy__store__v1__product_state__descriptor,
-                                     (ProtobufCMessage **)ps);
-    if (err != EDDY_OK || *ps)
-        return err;
-    *ps = malloc(sizeof(**ps));
-    if (!*ps)
-        return EDDY_ERR_NOMEM;
-    eddy__store__v1__product_state__init(*ps);
-    return store_txn_obj_set(t, k, &(*ps)->base);
+    bool created;
+    return store_txn_obj_get_or_new(t, k, &eddy__store__v1__product_state__descriptor,
+                                    (ProtobufCMessage **)ps, &created);
 }
 
 static eddy_err count_window(store_txn *t, uint32_t q, const Eddy__Store__V1__ProductUpdate *u)

@@ -4,8 +4,8 @@
  * by category for "popular now in <category>".
  *
  * Stage-2 records arrive as Stage2Batch messages tagged with (source partition, source
- * seq). product_apply keeps a high-water mark per (product partition, source partition)
- * and skips records it has already applied, so a batch applied twice (a retry, a replay)
+ * seq). product_apply keeps a mark per (product partition, source partition), all of a
+ * product partition's in one S2_HW row, and skips records it has already applied, so a batch applied twice (a retry, a replay)
  * changes nothing. In --dev the batches are applied in the same write batch as the event;
  * in the cluster they travel in Forward calls to the product partition's owner. */
 #ifndef EDDY_PRODUCT_H
@@ -42,6 +42,10 @@ static inline const char *product_record_key(const Eddy__Store__V1__Stage2Batch 
 eddy_err product_apply(store_txn *t, const struct product_params *p,
                        const Eddy__Store__V1__Stage2Batch *b,
                        bool (*owns)(void *ud, uint32_t partition), void *owns_ud);
+
+/* Set product partition q's mark of source partition 'src': every batch of 'src' with a
+ * seq below 'next_seq' counts as applied. */
+eddy_err product_mark_set(store_txn *t, uint32_t q, uint32_t src, uint64_t next_seq);
 
 /* Encode 'ps' exactly as protobuf_c_message_pack does, faster (product_apply has the txn
  * use it at commit). *buf is malloc'd (caller frees). False if 'ps' carries unknown fields

@@ -271,15 +271,9 @@ static eddy_err swap_partition(struct swap *sw, store *live, uint32_t q)
         if (err == EDDY_OK)
             err = scan_table(s->side, q, product_tables[i], sw);
     }
-    /* seq + 1 is stored (product.c claim): a cut's next_seq marks every seq below it */
-    for (size_t i = 0; i < sw->ncuts && err == EDDY_OK; i++) {
-        struct store_key k, v;
-        key_init(&k, q, T_S2_HW);
-        key_u16(&k, (uint16_t)sw->cuts[i].partition);
-        v.len = 0;
-        key_u64(&v, sw->cuts[i].next_seq);
-        err = store_txn_put(sw->txn, &k, v.buf, v.len);
-    }
+    /* a cut's next_seq marks every seq below it as applied */
+    for (size_t i = 0; i < sw->ncuts && err == EDDY_OK; i++)
+        err = product_mark_set(sw->txn, q, sw->cuts[i].partition, sw->cuts[i].next_seq);
     return err;
 }
 

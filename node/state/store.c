@@ -1283,6 +1283,22 @@ eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCM
     return EDDY_OK;
 }
 
+eddy_err store_txn_obj_get_or_new(store_txn *t, const struct store_key *key,
+                                  const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj,
+                                  bool *created)
+{
+    eddy_err err = store_txn_obj_get(t, key, desc, obj);
+    *created = err == EDDY_OK && !*obj;
+    if (!*created)
+        return err;
+    if (!(*obj = malloc(desc->sizeof_message)))
+        return EDDY_ERR_NOMEM;
+    desc->message_init(*obj);
+    if ((err = store_txn_obj_set(t, key, *obj)) != EDDY_OK)
+        *obj = NULL; /* freed */
+    return err;
+}
+
 /* Evict the kept values used longest ago until they fit in 3/4 of the budget. */
 static void evict(store_txn *t)
 {

@@ -14,7 +14,7 @@
  *   PROD_WIN  p T ws:i64 product_id        -> Counts  (window first: range scans by time)
  *   CAT_POP   p T len:u16 category product_id -> Decayed (popularity index by category)
  *   LATE      p T seq:u64                  -> ""      (late events, for inspection)
- *   S2_HW     p T source_partition:u16     -> seq:u64 (stage-2 exactly-once high-water)
+ *   S2_HW     p T                          -> Stage2Marks (stage-2 exactly-once marks)
  *   OUTBOX    p T seq:u64                  -> Stage2Batch (cluster: not yet forwarded)
  *   BOUGHT    p T len:u16 user_id product_id -> ""    (every purchase: never recommended)
  *   META      p T                          -> PartitionMeta
@@ -250,6 +250,11 @@ eddy_err store_txn_del_range(store_txn *t, const struct store_key *start,
 eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
                            const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj);
 eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCMessage *obj);
+/* store_txn_obj_get, with an absent message created empty and set (to be filled in place);
+ * *created says whether it was. */
+eddy_err store_txn_obj_get_or_new(store_txn *t, const struct store_key *key,
+                                  const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj,
+                                  bool *created);
 /* A faster encoder for one message type, used when the txn packs changed objects at
  * commit: it must write exactly protobuf_c_message_pack's bytes (the stored state is
  * compared byte for byte). It sets *buf (malloc'd, the txn frees it) and *len and returns

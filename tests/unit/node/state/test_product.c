@@ -2,7 +2,8 @@
  * come from every user partition, in a cluster over the network): the same batches
  * applied in three orders give the same stored PRODUCT rows, byte for byte — category,
  * brand and price included, which events without them, later events and ties at one event
- * time used to make order-dependent. */
+ * time used to make order-dependent. And each batch applies once: the exactly-once marks,
+ * one row per product partition, also when they come from rows of the older layout. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "common/partition.h"
 #include "node/state/product.h"
 #include "node/state/store.h"
 
@@ -109,10 +111,96 @@ static void test_attributes_do_not_depend_on_arrival_order(void **state)
     free(first);
 }
 
+
+/* Apply 'b' in a txn of its own (committed); whether the product exists afterwards. */
+static bool apply_one(store *st, store_txn *t, const Eddy__Store__V1__Stage2Batch *b)
+{
+    struct product_params p = {FIXTURE_PARTITIONS, {86400000, 8}, {86400000, 8}, 50};
+    assert_int_equal(product_apply(t, &p, b, NULL, NULL), EDDY_OK);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    Eddy__Store__V1__ProductState *ps = NULL;
+    assert_int_equal(product_get(st, FIXTURE_PARTITIONS, "p-1", &ps), EDDY_OK);
+    if (ps)
+        eddy__store__v1__product_state__free_unpacked(ps, NULL);
+    return ps != NULL;
+}
+
+static char *dump_table(store *st, enum store_table table)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_int_equal(store_dump(st, 1u << table, f), EDDY_OK);
+    fclose(f);
+    return buf;
+}
+
+static void test_marks_apply_each_batch_once(void **state)
+{
+    (void)state;
+    struct updates s;
+    make(&s);
+    char *dir = tmpdir_for("product-marks");
+    store *st = NULL;
+    char err[256];
+    struct store_opts so = {dir, 0, 0};
+    assert_int_equal(store_open(&so, &st, err, sizeof(err)), EDDY_OK);
+    uint32_t q = partition_of_product("p-1", FIXTURE_PARTITIONS);
+
+    /* rows of the older layout: source 2 applied up to seq 5, source 0 up to seq 0 */
+    store_txn *t = store_txn_new(st);
+    static const struct { uint16_t src; uint64_t next; } old[] = {{2, 6}, {0, 1}};
+    for (size_t i = 0; i < 2; i++) {
+        struct store_key k, v;
+        key_init(&k, q, T_S2_HW);
+        key_u16(&k, old[i].src);
+        v.len = 0;
+        key_u64(&v, old[i].next);
+        assert_int_equal(store_txn_put(t, &k, v.buf, v.len), EDDY_OK);
+    }
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    store_txn_free(t);
+
+    Eddy__Store__V1__Stage2Batch *b = &s.b[0];
+    t = store_txn_new(st);
+    b->source_partition = 2;
+    b->source_seq = 5;
+    assert_false(apply_one(st, t, b)); /* below the old row's mark: applied before */
+    b->source_seq = 6;
+    assert_true(apply_one(st, t, b));
+    char *after = dump_table(st, T_PRODUCT);
+    assert_true(apply_one(st, t, b)); /* again, from the txn's kept marks */
+    store_txn_free(t);
+    t = store_txn_new(st);
+    assert_true(apply_one(st, t, b)); /* again, from the stored row */
+    char *again = dump_table(st, T_PRODUCT);
+    assert_string_equal(again, after);
+    b->source_partition = 3;
+    b->source_seq = 0;
+    assert_true(apply_one(st, t, b)); /* another source: applied */
+    char *third = dump_table(st, T_PRODUCT);
+    assert_string_not_equal(third, after);
+    store_txn_free(t);
+
+    /* one row, the older ones gone: next_seq 1, 0, 7, 1 for sources 0..3 */
+    char *marks = dump_table(st, T_S2_HW);
+    char want[64];
+    snprintf(want, sizeof(want), "%04x%02x 0a0401000701\n", q, T_S2_HW);
+    assert_string_equal(marks, want);
+    free(marks);
+    free(after);
+    free(again);
+    free(third);
+    store_close(st);
+    rmrf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attributes_do_not_depend_on_arrival_order),
+        cmocka_unit_test(test_marks_apply_each_batch_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
