@@ -164,7 +164,7 @@ static size_t node_flags(struct node_config *c, struct flag *out)
           0, 0),
         F("state-ttl", FLAG_DURATION, state_ttl, "user models expire after this inactivity (0 = never)", 0, 0),
         F("window-retention", FLAG_DURATION, window_retention, "windows kept after they end (0 = forever)", 0, 0),
-        F("log-retention", FLAG_DURATION, log_retention, "log entries kept (0 = forever)", 0, 0),
+        F("log-retention", FLAG_DURATION, log_retention, "log entries kept (0 = forever; at least --dedup-window)", 0, 0),
         F("dedup-window", FLAG_DURATION, dedup_window, "event ids remembered for dedup", 0, 0),
         F("sweep-interval", FLAG_DURATION, sweep_interval, "event time between TTL sweeps", 0, 0),
         F("affinity-half-life", FLAG_DURATION, affinity_half_life,

@@ -9,6 +9,8 @@
 
 /* ---- meta ---------------------------------------------------------------------------- */
 
+#define META_FORMAT 1 /* PartitionMeta.format: the dedup sweep walks the log */
+
 eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m)
 {
     struct store_key k;
@@ -31,6 +33,13 @@ eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m)
     m->swept_until = pm->swept_until;
     m->log_first_seq = pm->log_first_seq;
     m->epoch = pm->epoch;
+    m->dedup_next = pm->dedup_next_seq;
+    if (pm->format < META_FORMAT) {
+        /* the older layout's events have DEDUP_EXP rows (sweep_dedup_index): the walk
+         * along the log starts after them, and the conversion is saved with the next group */
+        m->dedup_next = pm->next_seq;
+        m->dirty = true;
+    }
     protobuf_c_message_free_unpacked(&pm->base, NULL);
     return EDDY_OK;
 }
@@ -50,6 +59,8 @@ eddy_err apply_meta_save(store_txn *t, uint32_t p, struct part_meta *m)
     pm.swept_until = m->swept_until;
     pm.log_first_seq = m->log_first_seq;
     pm.epoch = m->epoch;
+    pm.format = META_FORMAT;
+    pm.dedup_next_seq = m->dedup_next;
     key_init(&k, p, T_META);
     eddy_err err = store_txn_put_msg(t, &k, &pm.base);
     if (err == EDDY_OK)
@@ -222,7 +233,9 @@ static eddy_err del_all(store_txn *t, struct keyvals *l)
     return err;
 }
 
-static eddy_err sweep_dedup(store_txn *t, uint32_t p, int64_t cutoff)
+/* Older layout: DEDUP_EXP rows index the ids of the events logged before the partition's
+ * conversion (PartitionMeta.format 0); they go, with their DEDUP rows, as before. */
+static eddy_err sweep_dedup_index(store_txn *t, uint32_t p, int64_t cutoff)
 {
     struct store_key start, end;
     struct keyvals l = {0};
@@ -239,6 +252,98 @@ static eddy_err sweep_dedup(store_txn *t, uint32_t p, int64_t cutoff)
     if (err == EDDY_OK)
         err = del_all(t, &l);
     kv_release(&l);
+    return err;
+}
+
+/* The event id and time of a log record (NULL id: an idle-watermark record). */
+static bool record_id_ts(const Eddy__Store__V1__LogRecord *r, const char **id, int64_t *ts)
+{
+    *id = NULL;
+    switch (r->kind_case) {
+    case EDDY__STORE__V1__LOG_RECORD__KIND_EVENT:
+        *id = r->event->event_id;
+        *ts = r->event->timestamp_ms;
+        return true;
+    case EDDY__STORE__V1__LOG_RECORD__KIND_ERASED:
+        *id = r->erased->event_id;
+        *ts = r->erased->timestamp_ms;
+        return true;
+    case EDDY__STORE__V1__LOG_RECORD__KIND_IDLE_WATERMARK:
+        *ts = r->idle_watermark;
+        return true;
+    default:
+        return false;
+    }
+}
+
+struct dedup_walk {
+    uint32_t p;
+    int64_t cutoff;
+    uint64_t next;       /* the seq after the last record passed */
+    bool stopped;        /* at a record at or after the cutoff */
+    struct keyvals ids;  /* DEDUP keys to delete */
+};
+
+static int forget_if_old(void *ud, const unsigned char *k, size_t klen, const char *v,
+                         size_t vlen)
+{
+    struct dedup_walk *w = ud;
+    size_t off = 3;
+    uint64_t seq;
+    const char *id;
+    int64_t ts;
+    Eddy__Store__V1__LogRecord *r =
+        key_get_u64(k, klen, &off, &seq)
+            ? eddy__store__v1__log_record__unpack(NULL, vlen, (const uint8_t *)v)
+            : NULL;
+    if (!r || !record_id_ts(r, &id, &ts)) {
+        w->ids.err = EDDY_ERR_CORRUPT;
+    } else if (ts < w->cutoff) {
+        if (id) {
+            struct store_key dk;
+            key_init(&dk, w->p, T_DEDUP);
+            key_str(&dk, id);
+            w->ids.err = kv_push(&w->ids, dk.buf, dk.len, 0);
+        }
+        w->next = seq + 1;
+    } else {
+        w->stopped = true; /* the first record at or after the cutoff */
+    }
+    if (r)
+        eddy__store__v1__log_record__free_unpacked(r, NULL);
+    return w->ids.err != EDDY_OK || w->stopped;
+}
+
+/* Forget the ids of the events logged before the cutoff: walk the log from where the last
+ * sweep stopped, in seq order, to the first record at or after the cutoff. The log is in
+ * arrival order, nearly event-time order: an id may be remembered a little longer than
+ * --dedup-window (an event behind a newer one waits for it), never shorter, and the walk
+ * is a function of the log like everything else. */
+static eddy_err sweep_dedup(store_txn *t, uint32_t p, struct part_meta *m, int64_t cutoff)
+{
+    eddy_err err = sweep_dedup_index(t, p, cutoff);
+    if (err != EDDY_OK)
+        return err;
+    struct dedup_walk w = {p, cutoff, m->dedup_next, false, {0}};
+    if (w.next < m->log_first_seq) /* --dedup-window was 0 while the log was swept */
+        w.next = m->log_first_seq;
+    struct store_key start, end;
+    key_init(&start, p, T_LOG);
+    key_u64(&start, w.next);
+    key_init(&end, p, T_LOG);
+    key_u64(&end, m->next_seq);
+    err = store_txn_scan(t, &start, &end, forget_if_old, &w);
+    if (err == EDDY_OK)
+        err = w.ids.err;
+    if (!w.stopped && w.next < m->next_seq)
+        w.next = m->next_seq; /* every record passed (some seqs may have no record left) */
+    if (err == EDDY_OK)
+        err = del_all(t, &w.ids);
+    if (err == EDDY_OK && w.next != m->dedup_next) {
+        m->dedup_next = w.next;
+        m->dirty = true;
+    }
+    kv_release(&w.ids);
     return err;
 }
 
@@ -309,6 +414,36 @@ static eddy_err delete_log_entry(store_txn *t, uint32_t p, uint64_t seq, const c
     return err;
 }
 
+/* A user's log record whose event id is still remembered for dedup: the event gives way to
+ * its id and time (LogRecord.erased), which the dedup sweep needs to forget the id. */
+static eddy_err erase_log_entry(store_txn *t, uint32_t p, uint64_t seq, const char *user_id)
+{
+    struct store_key k;
+    Eddy__Store__V1__LogRecord *r = NULL;
+    key_init(&k, p, T_LOG);
+    key_u64(&k, seq);
+    eddy_err err = store_txn_get_msg(t, &k, &eddy__store__v1__log_record__descriptor,
+                                     (ProtobufCMessage **)&r);
+    if (err != EDDY_OK)
+        return err;
+    if (!r || r->kind_case != EDDY__STORE__V1__LOG_RECORD__KIND_EVENT) {
+        if (r)
+            protobuf_c_message_free_unpacked(&r->base, NULL);
+        return delete_log_entry(t, p, seq, user_id);
+    }
+    Eddy__Store__V1__ErasedEvent er = EDDY__STORE__V1__ERASED_EVENT__INIT;
+    Eddy__Store__V1__LogRecord out = EDDY__STORE__V1__LOG_RECORD__INIT;
+    er.event_id = r->event->event_id;
+    er.timestamp_ms = r->event->timestamp_ms;
+    out.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_ERASED;
+    out.erased = &er;
+    err = delete_log_entry(t, p, seq, user_id);
+    if (err == EDDY_OK)
+        err = store_txn_put_msg(t, &k, &out.base);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return err;
+}
+
 /* Drop log records older than the cutoff from the front of the log. The log is in arrival
  * order, which is nearly event-time order; the sweep stops at the first newer record, so
  * it never removes a record newer than the cutoff, and at 'floor' (the oldest retained
@@ -328,9 +463,10 @@ static eddy_err sweep_log(store_txn *t, uint32_t p, struct part_meta *m, int64_t
         if (err != EDDY_OK)
             break;
         if (r) {
+            const char *id;
+            int64_t ts = cutoff;
             bool is_event = r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
-            int64_t ts = is_event ? r->event->timestamp_ms : r->idle_watermark;
-            if (ts >= cutoff) {
+            if (!record_id_ts(r, &id, &ts) || ts >= cutoff) {
                 protobuf_c_message_free_unpacked(&r->base, NULL);
                 break;
             }
@@ -349,7 +485,7 @@ static eddy_err sweep(store_txn *t, const struct apply_params *ap, uint32_t p,
     int64_t wm = m->watermark;
     eddy_err err = EDDY_OK;
     if (ap->dedup_window_ms > 0)
-        err = sweep_dedup(t, p, wm - ap->dedup_window_ms);
+        err = sweep_dedup(t, p, m, wm - ap->dedup_window_ms);
     if (err == EDDY_OK && ap->window_retention_ms > 0) {
         int64_t cut = wm - ap->window_retention_ms;
         err = sweep_time_range(t, p, T_PART_WIN, cut);
@@ -364,6 +500,8 @@ static eddy_err sweep(store_txn *t, const struct apply_params *ap, uint32_t p,
         uint64_t floor = ap->log_floor
                              ? atomic_load_explicit(&ap->log_floor[p], memory_order_relaxed)
                              : UINT64_MAX;
+        if (ap->dedup_window_ms > 0 && m->dedup_next < floor)
+            floor = m->dedup_next; /* the walk of the dedup sweep still needs these */
         err = sweep_log(t, p, m, wm - ap->log_retention_ms, floor);
     }
     m->swept_until = wm;
@@ -431,18 +569,13 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
     eddy_err err;
     int64_t ts = ev->timestamp_ms;
 
-    /* dedup entry and its expiry index */
+    /* dedup entry (the dedup sweep finds it along the log) */
     Eddy__Store__V1__Dedup d = EDDY__STORE__V1__DEDUP__INIT;
     d.seq = seq;
     d.ts = ts;
     key_init(&k, p, T_DEDUP);
     key_str(&k, ev->event_id);
     if ((err = store_txn_put_msg(t, &k, &d.base)) != EDDY_OK)
-        return err;
-    key_init(&k, p, T_DEDUP_EXP);
-    key_i64(&k, ts);
-    key_str(&k, ev->event_id);
-    if ((err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
         return err;
     key_init(&k, p, T_USER_LOG);
     key_lstr(&k, ev->user_id);
@@ -565,6 +698,10 @@ eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
         *outcome = APPLY_ACCEPTED;
         return apply_logged_idle(t, ap, p, m, r->idle_watermark);
     }
+    if (r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_ERASED && r->erased) {
+        *outcome = APPLY_DUPLICATE; /* DeleteUser erased it: nothing to apply */
+        return EDDY_OK;
+    }
     if (r->kind_case != EDDY__STORE__V1__LOG_RECORD__KIND_EVENT || !r->event)
         return EDDY_ERR_CORRUPT;
     return apply_logged_event(t, ap, p, m, seq, r->event, emit, emit_ud, outcome);
@@ -583,8 +720,9 @@ static int collect_user_log(void *ud, const unsigned char *k, size_t klen, const
     return l->err != EDDY_OK;
 }
 
-eddy_err apply_delete_user(store_txn *t, uint32_t p, const char *user_id, bool *model_deleted,
-                           uint64_t *windows_deleted, uint64_t *log_deleted)
+eddy_err apply_delete_user(store_txn *t, uint32_t p, const struct part_meta *m,
+                           const char *user_id, bool *model_deleted, uint64_t *windows_deleted,
+                           uint64_t *log_deleted)
 {
     struct store_key k, end;
     const char *v;
@@ -619,8 +757,11 @@ eddy_err apply_delete_user(store_txn *t, uint32_t p, const char *user_id, bool *
     err = store_txn_scan(t, &k, &end, collect_user_log, &l);
     if (err == EDDY_OK)
         err = l.err;
-    for (size_t i = 0; i < l.n && err == EDDY_OK; i++)
-        err = delete_log_entry(t, p, (uint64_t)l.ts[i], user_id);
+    for (size_t i = 0; i < l.n && err == EDDY_OK; i++) {
+        uint64_t seq = (uint64_t)l.ts[i];
+        err = seq >= m->dedup_next ? erase_log_entry(t, p, seq, user_id)
+                                   : delete_log_entry(t, p, seq, user_id);
+    }
     *log_deleted = err == EDDY_OK ? l.n : 0;
     kv_release(&l);
     return err;

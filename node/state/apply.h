@@ -54,6 +54,7 @@ struct part_meta {
     int64_t swept_until;
     uint64_t log_first_seq;
     uint64_t epoch;      /* highest ownership epoch seen (cluster fencing) */
+    uint64_t dedup_next; /* first log seq whose event id the dedup sweep has not forgotten */
     bool dirty;          /* changed since last saved into a txn */
 };
 
@@ -84,8 +85,10 @@ eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
                       struct part_meta *m, uint64_t seq, const Eddy__Store__V1__LogRecord *r,
                       apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome);
 
-/* Remove user 'user_id' of partition 'p': model, windows, and log entries. */
-eddy_err apply_delete_user(store_txn *t, uint32_t p, const char *user_id, bool *model_deleted,
-                           uint64_t *windows_deleted, uint64_t *log_deleted);
+/* Remove user 'user_id' of partition 'p': model, windows, purchases and log entries (the
+ * ones whose event ids are still remembered for dedup keep only the id and time). */
+eddy_err apply_delete_user(store_txn *t, uint32_t p, const struct part_meta *m,
+                           const char *user_id, bool *model_deleted, uint64_t *windows_deleted,
+                           uint64_t *log_deleted);
 
 #endif

@@ -519,7 +519,7 @@ static eddy_err apply_group(engine *e, struct job *group, int64_t now, bool idle
             err = run_exclusive(e, j, now);
         } else if (j->kind == JOB_DELETE) {
             uint32_t p = partition_of_user(j->user_id, e->o.apply.partitions);
-            err = apply_delete_user(e->txn, p, j->user_id, &j->model_deleted,
+            err = apply_delete_user(e->txn, p, &e->meta[p], j->user_id, &j->model_deleted,
                                     &j->windows_deleted, &j->log_deleted);
         }
     }

@@ -81,14 +81,18 @@ static eddy_err load_marks(store_txn *t, uint32_t q, Eddy__Store__V1__Stage2Mark
 {
     key_init(k, q, T_S2_HW);
     store_txn_set_packer(t, &eddy__store__v1__stage2_marks__descriptor, marks_pack);
-    bool created;
-    eddy_err err = store_txn_obj_get_or_new(t, k, &eddy__store__v1__stage2_marks__descriptor,
-                                            (ProtobufCMessage **)mk, &created);
-    if (err != EDDY_OK || !created)
+    eddy_err err = store_txn_obj_get(t, k, &eddy__store__v1__stage2_marks__descriptor,
+                                     (ProtobufCMessage **)mk);
+    if (err != EDDY_OK || *mk)
         return err;
-    /* a new partition, or one of the older layout: its rows are taken in and go */
+    /* A new partition, or one of the older layout: its rows are taken in and go. Read
+     * before the new row is pending (a scan over a table with pending keys sorts them). */
+    Eddy__Store__V1__Stage2Marks *m = malloc(sizeof(*m));
+    if (!m)
+        return EDDY_ERR_NOMEM;
+    eddy__store__v1__stage2_marks__init(m);
     struct store_key start, end;
-    struct legacy_marks l = {*mk, 0, EDDY_OK};
+    struct legacy_marks l = {m, 0, EDDY_OK};
     key_init(&start, q, T_S2_HW);
     key_prefix_end(&start, &end);
     key_u16(&start, 0);
@@ -97,6 +101,12 @@ static eddy_err load_marks(store_txn *t, uint32_t q, Eddy__Store__V1__Stage2Mark
         err = l.err;
     if (err == EDDY_OK && l.rows)
         err = store_txn_del_range(t, &start, &end, NULL);
+    if (err != EDDY_OK) {
+        protobuf_c_message_free_unpacked(&m->base, NULL);
+        return err;
+    }
+    if ((err = store_txn_obj_set(t, k, &m->base)) == EDDY_OK) /* owns m, even on error */
+        *mk = m;
     return err;
 }
 

@@ -557,7 +557,8 @@ static eddy_err find_deleted(struct rebuild *rb, uint32_t p, struct swap_scan *s
 
 /* Replace the rebuilt tables of partition st->p in the live store by the side store's, in
  * the writes of 'txn' (committed by the caller, at a partition boundary: each partition
- * swaps whole). The side META takes the live counters, epoch and log start first. */
+ * swaps whole). The side META takes the live counters, epoch, log start and dedup sweep's
+ * place first. */
 static eddy_err swap_partition(struct rebuild *rb, struct part_state *st, store_txn *txn,
                                uint64_t *rows)
 {
@@ -570,6 +571,7 @@ static eddy_err swap_partition(struct rebuild *rb, struct part_state *st, store_
     st->m.duplicates = live.duplicates;
     st->m.epoch = live.epoch;
     st->m.log_first_seq = live.log_first_seq;
+    st->m.dedup_next = live.dedup_next;
     st->m.dirty = st->m.next_seq > 0 || live.next_seq > 0; /* no META where there was none */
     if ((err = apply_meta_save(rb->txn, st->p, &st->m)) != EDDY_OK ||
         (err = store_txn_commit(rb->txn, false)) != EDDY_OK)

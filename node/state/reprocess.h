@@ -18,7 +18,7 @@
  *                      node holds every partition's log): PRODUCT, PROD_WIN, CAT_POP, S2_HW.
  *   kept live:         LOG, LATE, USER_LOG, DEDUP, DEDUP_EXP, OUTBOX (the log and its
  *                      indexes, the dedup memory, unsent stage-2 records) and META's
- *                      counters, epoch and log_first_seq.
+ *                      counters, epoch, log_first_seq and dedup_next_seq.
  * A user that exists in the rebuilt USER/USER_WIN/BOUGHT rows but no longer live was
  * deleted (DeleteUser) after its log records were replayed: those rows are dropped.
  *

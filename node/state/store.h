@@ -5,7 +5,8 @@
  *
  *   LOG       p T seq:u64                  -> LogRecord
  *   DEDUP     p T event_id                 -> Dedup
- *   DEDUP_EXP p T ts:i64 event_id          -> ""      (expiry index of DEDUP)
+ *   DEDUP_EXP p T ts:i64 event_id          -> ""      (older layout: expiry index of DEDUP;
+ *                                                     now the dedup sweep walks the log)
  *   USER      p T user_id                  -> UserModel
  *   USER_WIN  p T len:u16 user_id ws:i64   -> Counts
  *   USER_LOG  p T len:u16 user_id seq:u64  -> ""      (a user's log entries, for DeleteUser)

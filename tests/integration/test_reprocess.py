@@ -278,7 +278,8 @@ class ReprocessDevTest(unittest.TestCase):
                 "eventType": "view", "productId": f"p-{i}", "category": "books"}
                for i in range(5)]
         node = L.start_node(self, args=["--idle-timeout", "0", "--checkpoint-interval", "0",
-                                        "--log-retention", "90m", "--sweep-interval", "30m"])
+                                        "--log-retention", "90m", "--sweep-interval", "30m",
+                                        "--dedup-window", "1h"])  # the log is kept for it too
         for e in evs:
             self.assertEqual(node.ingest([e]).accepted, 1)
         out = L.cli_json(self, node.endpoint, "reprocess", "--partition", str(p))

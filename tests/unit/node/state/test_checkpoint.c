@@ -319,6 +319,7 @@ static void test_consistent_while_writing(void **state)
     char *edir = subdir(dir, "engine"), *fdir = subdir(dir, "fresh");
     struct engine_opts o = opts(edir);
     o.apply.log_retention_ms = 2 * 3600000LL; /* the log's front moves too */
+    o.apply.dedup_window_ms = 3600000LL;      /* (the log is kept for the dedup window too) */
     o.max_group_events = 40;
     engine *e = NULL;
     char err[256];

@@ -113,6 +113,7 @@ static struct engine_opts ckpt_opts(const char *dir)
     struct engine_opts o = opts(dir);
     o.apply.sweep_interval_ms = HOUR;
     o.apply.log_retention_ms = 2 * HOUR;
+    o.apply.dedup_window_ms = HOUR; /* shorter: the log is kept for the dedup window too */
     return o;
 }
 

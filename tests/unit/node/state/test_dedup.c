@@ -1,0 +1,275 @@
+/* The dedup memory: an event id is remembered for --dedup-window of event time behind the
+ * watermark, then forgotten by the sweep that walks the log (no index row per event); a
+ * user removed by DeleteUser leaves its events' ids until then; a partition of the older
+ * layout (DEDUP_EXP index rows) is converted and swept by both. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "common/partition.h"
+#include "node/state/store.h"
+
+#include "engine_fixture.h"
+
+#define MIN 60000LL
+
+static struct engine_opts dedup_opts(const char *dir)
+{
+    struct engine_opts o = opts(dir);
+    o.apply.dedup_window_ms = 10 * MIN;
+    o.apply.sweep_interval_ms = MIN;
+    return o;
+}
+
+static engine *open_engine(const struct engine_opts *o)
+{
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(o, &e, err, sizeof(err)), EDDY_OK);
+    return e;
+}
+
+/* Ingest one view of 'user' with id 'id' at 'ts': the engine's answer. */
+static struct engine_ingest_result send1(engine *e, const char *id, const char *user, int64_t ts)
+{
+    Eddy__V1__Event *ev = mk(id, user, ts, VIEW, "p1", "books");
+    struct done d = ingest(e, &ev, 1);
+    free(ev);
+    return d.r;
+}
+
+static bool remembered(engine *e, const char *id, const char *user, int64_t ts)
+{
+    struct engine_ingest_result r = send1(e, id, user, ts);
+    assert_int_equal(r.accepted + r.duplicates, 1);
+    return r.duplicates == 1;
+}
+
+/* The rows of one table, as store_dump prints them. */
+static char *rows(engine *e, enum store_table t)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_int_equal(store_dump(engine_store(e), 1u << t, f), EDDY_OK);
+    fclose(f);
+    return buf;
+}
+
+static size_t count_rows(engine *e, enum store_table t)
+{
+    char *r = rows(e, t);
+    size_t n = 0;
+    for (char *l = r; (l = strchr(l, '\n')) != NULL; l++)
+        n++;
+    free(r);
+    return n;
+}
+
+/* Whether the hex of 's' appears in the table's dump. */
+static bool in_table(engine *e, enum store_table t, const char *s)
+{
+    char hex[256] = "";
+    for (size_t i = 0; s[i] && i < 100; i++)
+        snprintf(hex + 2 * i, 3, "%02x", (unsigned char)s[i]);
+    char *r = rows(e, t);
+    bool found = strstr(r, hex) != NULL;
+    free(r);
+    return found;
+}
+
+static void test_ids_forgotten_along_the_log(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("dedup");
+    struct engine_opts o = dedup_opts(dir);
+    engine *e = open_engine(&o);
+
+    assert_int_equal(send1(e, "x1", "u", T0).accepted, 1);
+    assert_int_equal(send1(e, "x2", "u", T0 + 20 * MIN).accepted, 1);
+    assert_int_equal(send1(e, "x3", "u", T0 + 1 * MIN).accepted, 1); /* behind a newer one */
+    /* the watermark passes T0 + 25 min: ids before T0 + 15 min may go, up to x2 */
+    assert_int_equal(send1(e, "x4", "u", T0 + 25 * MIN).accepted, 1);
+    assert_false(remembered(e, "x1", "u", T0));          /* forgotten: logged again */
+    assert_true(remembered(e, "x3", "u", T0 + 1 * MIN));  /* waits behind x2 */
+    assert_true(remembered(e, "x2", "u", T0 + 20 * MIN)); /* inside the window */
+    assert_int_equal(count_rows(e, T_DEDUP), 4);          /* x1 (again), x2, x3, x4 */
+
+    /* past T0 + 40 min: everything before T0 + 30 min goes, x1's second record included */
+    assert_int_equal(send1(e, "x5", "u", T0 + 41 * MIN).accepted, 1);
+    assert_int_equal(count_rows(e, T_DEDUP), 1);
+    assert_true(in_table(e, T_DEDUP, "x5"));
+    assert_int_equal(count_rows(e, T_DEDUP_EXP), 0); /* no index rows any more */
+    engine_close(e);
+
+    /* the place of the walk survives a restart */
+    e = open_engine(&o);
+    assert_true(remembered(e, "x5", "u", T0 + 41 * MIN));
+    assert_false(remembered(e, "x2", "u", T0 + 20 * MIN));
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
+/* --log-retention shorter than --dedup-window: the log stays until the walk passed it. */
+static void test_log_kept_for_the_dedup_window(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("dedup");
+    struct engine_opts o = dedup_opts(dir);
+    o.apply.log_retention_ms = 2 * MIN;
+    engine *e = open_engine(&o);
+    uint32_t p = partition_of_user("u", FIXTURE_PARTITIONS);
+    char id[16];
+    for (int i = 0; i < 20; i++) { /* one a minute */
+        snprintf(id, sizeof(id), "e%d", i);
+        assert_int_equal(send1(e, id, "u", T0 + i * MIN).accepted, 1);
+    }
+    struct engine_partition_view v;
+    engine_partition(e, p, &v);
+    /* watermark ~T0 + 19 min: ids before ~T0 + 9 min forgotten, so is their log */
+    assert_true(v.log_first_seq >= 8 && v.log_first_seq <= 10);
+    assert_false(remembered(e, "e0", "u", T0));
+    assert_true(remembered(e, "e12", "u", T0 + 12 * MIN));
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
+static void on_delete(void *ud, eddy_err err, bool model, uint64_t windows, uint64_t log)
+{
+    uint64_t *n = ud;
+    assert_int_equal(err, EDDY_OK);
+    (void)model;
+    (void)windows;
+    *n = log;
+}
+
+/* DeleteUser: the events go, their ids stay until the window passes (a retry is still a
+ * duplicate, so it cannot bring the user back), and then go too. */
+static void test_deleted_user_ids_until_the_window_passes(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("dedup");
+    struct engine_opts o = dedup_opts(dir);
+    engine *e = open_engine(&o);
+    assert_int_equal(send1(e, "g1", "gone-user", T0).accepted, 1);
+    assert_int_equal(send1(e, "g2", "gone-user", T0 + MIN).accepted, 1);
+    assert_int_equal(send1(e, "k1", "kept-user", T0 + MIN).accepted, 1);
+    uint64_t log = 0;
+    assert_int_equal(engine_delete_user(e, "gone-user", on_delete, &log), EDDY_OK);
+    engine_flush(e);
+    assert_int_equal(log, 2);
+    assert_false(in_table(e, T_LOG, "gone-user")); /* no event of the user is left */
+    assert_true(in_table(e, T_LOG, "g1"));         /* the ids are, for the dedup sweep */
+    assert_true(remembered(e, "g1", "gone-user", T0));
+    assert_false(in_table(e, T_USER, "gone-user"));
+
+    /* both partitions' watermarks pass the window: every id of before is forgotten */
+    assert_int_equal(send1(e, "g3", "gone-user", T0 + 30 * MIN).accepted, 1);
+    assert_int_equal(send1(e, "k2", "kept-user", T0 + 30 * MIN).accepted, 1);
+    assert_false(in_table(e, T_DEDUP, "g1"));
+    assert_false(in_table(e, T_DEDUP, "g2"));
+    assert_false(in_table(e, T_DEDUP, "k1"));
+    assert_int_equal(count_rows(e, T_DEDUP), 2); /* g3, k2 */
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
+/* Rewrite partition p's metadata as the older layout wrote it (no format, no walk place)
+ * and give every DEDUP row its DEDUP_EXP index row. */
+struct older {
+    store_txn *t;
+    uint32_t p;
+};
+
+static int add_index_row(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct older *o = ud;
+    Eddy__Store__V1__Dedup *d = eddy__store__v1__dedup__unpack(NULL, vlen, (const uint8_t *)v);
+    assert_non_null(d);
+    struct store_key x;
+    key_init(&x, o->p, T_DEDUP_EXP);
+    key_i64(&x, d->ts);
+    key_bytes(&x, (const char *)k + 3, klen - 3);
+    assert_int_equal(store_txn_put(o->t, &x, "", 0), EDDY_OK);
+    eddy__store__v1__dedup__free_unpacked(d, NULL);
+    return 0;
+}
+
+static void make_older_layout(const char *dir, uint32_t p)
+{
+    store *st = NULL;
+    char err[256];
+    struct store_opts so = {dir, 0, 0};
+    assert_int_equal(store_open(&so, &st, err, sizeof(err)), EDDY_OK);
+    struct older o = {store_txn_new(st), p};
+    struct store_key start, end;
+    key_init(&start, p, T_DEDUP);
+    key_prefix_end(&start, &end);
+    assert_int_equal(store_scan(st, &start, &end, add_index_row, &o), EDDY_OK);
+    Eddy__Store__V1__PartitionMeta *pm = NULL;
+    key_init(&start, p, T_META);
+    assert_int_equal(store_get_msg(st, &start, &eddy__store__v1__partition_meta__descriptor,
+                                   (ProtobufCMessage **)&pm),
+                     EDDY_OK);
+    assert_non_null(pm);
+    pm->format = 0;
+    pm->dedup_next_seq = 0;
+    assert_int_equal(store_txn_put_msg(o.t, &start, &pm->base), EDDY_OK);
+    protobuf_c_message_free_unpacked(&pm->base, NULL);
+    assert_int_equal(store_txn_commit(o.t, true), EDDY_OK);
+    store_txn_free(o.t);
+    store_close(st);
+}
+
+static void test_older_layout_converted(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("dedup");
+    struct engine_opts o = dedup_opts(dir);
+    uint32_t p = partition_of_user("u", FIXTURE_PARTITIONS);
+    engine *e = open_engine(&o);
+    assert_int_equal(send1(e, "old1", "u", T0).accepted, 1);
+    assert_int_equal(send1(e, "old2", "u", T0 + 5 * MIN).accepted, 1);
+    engine_close(e);
+    make_older_layout(dir, p);
+
+    e = open_engine(&o);
+    assert_int_equal(count_rows(e, T_DEDUP_EXP), 2);
+    /* watermark ~T0 + 13 min: old1 goes by its index row, the rest stays, none added */
+    assert_int_equal(send1(e, "new1", "u", T0 + 13 * MIN).accepted, 1);
+    assert_int_equal(count_rows(e, T_DEDUP_EXP), 1);
+    assert_false(in_table(e, T_DEDUP, "old1"));
+    assert_true(remembered(e, "old2", "u", T0 + 5 * MIN));
+    assert_true(remembered(e, "new1", "u", T0 + 13 * MIN));
+    /* ~T0 + 24 min: old2 by its index row, new1 along the log */
+    assert_int_equal(send1(e, "new2", "u", T0 + 24 * MIN).accepted, 1);
+    assert_int_equal(count_rows(e, T_DEDUP_EXP), 0);
+    assert_false(in_table(e, T_DEDUP, "old2"));
+    assert_false(in_table(e, T_DEDUP, "new1"));
+    /* ~T0 + 40 min: new2 along the log */
+    assert_int_equal(send1(e, "new3", "u", T0 + 40 * MIN).accepted, 1);
+    assert_int_equal(count_rows(e, T_DEDUP), 1);
+    assert_true(in_table(e, T_DEDUP, "new3"));
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ids_forgotten_along_the_log),
+        cmocka_unit_test(test_log_kept_for_the_dedup_window),
+        cmocka_unit_test(test_deleted_user_ids_until_the_window_passes),
+        cmocka_unit_test(test_older_layout_converted),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
