@@ -276,74 +276,43 @@ static bool record_id_ts(const Eddy__Store__V1__LogRecord *r, const char **id, i
     }
 }
 
-struct dedup_walk {
-    uint32_t p;
-    int64_t cutoff;
-    uint64_t next;       /* the seq after the last record passed */
-    bool stopped;        /* at a record at or after the cutoff */
-    struct keyvals ids;  /* DEDUP keys to delete */
-};
-
-static int forget_if_old(void *ud, const unsigned char *k, size_t klen, const char *v,
-                         size_t vlen)
-{
-    struct dedup_walk *w = ud;
-    size_t off = 3;
-    uint64_t seq;
-    const char *id;
-    int64_t ts;
-    Eddy__Store__V1__LogRecord *r =
-        key_get_u64(k, klen, &off, &seq)
-            ? eddy__store__v1__log_record__unpack(NULL, vlen, (const uint8_t *)v)
-            : NULL;
-    if (!r || !record_id_ts(r, &id, &ts)) {
-        w->ids.err = EDDY_ERR_CORRUPT;
-    } else if (ts < w->cutoff) {
-        if (id) {
-            struct store_key dk;
-            key_init(&dk, w->p, T_DEDUP);
-            key_str(&dk, id);
-            w->ids.err = kv_push(&w->ids, dk.buf, dk.len, 0);
-        }
-        w->next = seq + 1;
-    } else {
-        w->stopped = true; /* the first record at or after the cutoff */
-    }
-    if (r)
-        eddy__store__v1__log_record__free_unpacked(r, NULL);
-    return w->ids.err != EDDY_OK || w->stopped;
-}
-
 /* Forget the ids of the events logged before the cutoff: walk the log from where the last
  * sweep stopped, in seq order, to the first record at or after the cutoff. The log is in
  * arrival order, nearly event-time order: an id may be remembered a little longer than
  * --dedup-window (an event behind a newer one waits for it), never shorter, and the walk
- * is a function of the log like everything else. */
+ * is a function of the log like everything else. (One get per record: a sweep passes a
+ * sweep interval's records, and a scan of the txn would sort all its pending keys.) */
 static eddy_err sweep_dedup(store_txn *t, uint32_t p, struct part_meta *m, int64_t cutoff)
 {
     eddy_err err = sweep_dedup_index(t, p, cutoff);
-    if (err != EDDY_OK)
-        return err;
-    struct dedup_walk w = {p, cutoff, m->dedup_next, false, {0}};
-    if (w.next < m->log_first_seq) /* --dedup-window was 0 while the log was swept */
-        w.next = m->log_first_seq;
-    struct store_key start, end;
-    key_init(&start, p, T_LOG);
-    key_u64(&start, w.next);
-    key_init(&end, p, T_LOG);
-    key_u64(&end, m->next_seq);
-    err = store_txn_scan(t, &start, &end, forget_if_old, &w);
-    if (err == EDDY_OK)
-        err = w.ids.err;
-    if (!w.stopped && w.next < m->next_seq)
-        w.next = m->next_seq; /* every record passed (some seqs may have no record left) */
-    if (err == EDDY_OK)
-        err = del_all(t, &w.ids);
-    if (err == EDDY_OK && w.next != m->dedup_next) {
-        m->dedup_next = w.next;
+    if (m->dedup_next < m->log_first_seq) { /* --dedup-window was 0 while the log was swept */
+        m->dedup_next = m->log_first_seq;
         m->dirty = true;
     }
-    kv_release(&w.ids);
+    while (err == EDDY_OK && m->dedup_next < m->next_seq) {
+        struct store_key k;
+        Eddy__Store__V1__LogRecord *r = NULL;
+        const char *id = NULL;
+        int64_t ts = 0;
+        key_init(&k, p, T_LOG);
+        key_u64(&k, m->dedup_next);
+        err = store_txn_get_msg(t, &k, &eddy__store__v1__log_record__descriptor,
+                                (ProtobufCMessage **)&r);
+        if (err == EDDY_OK && r && !record_id_ts(r, &id, &ts))
+            err = EDDY_ERR_CORRUPT;
+        bool stop = err != EDDY_OK || (r && ts >= cutoff);
+        if (!stop && r && id) {
+            key_init(&k, p, T_DEDUP);
+            key_str(&k, id);
+            err = store_txn_del(t, &k);
+        }
+        if (r)
+            protobuf_c_message_free_unpacked(&r->base, NULL);
+        if (stop || err != EDDY_OK)
+            break;
+        m->dedup_next++; /* passed (or a seq without a record: deleted before) */
+        m->dirty = true;
+    }
     return err;
 }
 
