@@ -156,7 +156,7 @@ static void ingest_user(engine *e, const char *user, int first, int n, int64_t s
 {
     Eddy__V1__Event *ev = calloc((size_t)n, sizeof(*ev));
     Eddy__V1__Event **evs = calloc((size_t)n, sizeof(*evs));
-    char (*ids)[32] = calloc((size_t)n, sizeof(*ids));
+    char (*ids)[160] = calloc((size_t)n, sizeof(*ids));
     assert_true(ev && evs && ids);
     for (int i = 0; i < n; i++) {
         int k = first + i;
