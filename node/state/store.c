@@ -698,6 +698,8 @@ struct overlay_entry {
     bool keep;          /* holds a value that was read or decoded: kept after commit */
     bool touched;       /* listed in t->touched */
     bool inflight;      /* in the sealed write, not yet settled: listed in t->sealed */
+    uint32_t pnext;     /* next pending entry of its prefix chain (slot + 1; 0: last) */
+    uint32_t snext;     /* next in-flight entry of its prefix chain */
 };
 
 struct store_txn {
@@ -722,8 +724,10 @@ struct store_txn {
     } packers[STORE_TXN_PACKERS];
     size_t npackers;
     struct store_txn_stats stats;
-    unsigned char prefixes[PREFIX_BITS / 8]; /* (partition, table) with pending writes */
-    unsigned char sealed_prefixes[PREFIX_BITS / 8]; /* ... with in-flight writes */
+    /* The pending and the in-flight entries chained by prefix_bit of their keys ((partition,
+     * table) hashed), so that a scan of one partition's table merges only those: heads
+     * are slot + 1, 0 for none. */
+    uint32_t *phead, *shead;
 };
 
 static void entry_drop_obj(struct overlay_entry *e)
@@ -814,8 +818,10 @@ store_txn *store_txn_new(store *s)
     t->touched_cap = t->sealed_cap = 256;
     t->touched = malloc(t->touched_cap * sizeof(*t->touched));
     t->sealed = malloc(t->sealed_cap * sizeof(*t->sealed));
+    t->phead = calloc(PREFIX_BITS, sizeof(*t->phead));
+    t->shead = calloc(PREFIX_BITS, sizeof(*t->shead));
     t->gen = atomic_load_explicit(&s->gen, memory_order_acquire);
-    if (!t->tab || !t->tags || !t->touched || !t->sealed) {
+    if (!t->tab || !t->tags || !t->touched || !t->sealed || !t->phead || !t->shead) {
         store_txn_free(t);
         return NULL;
     }
@@ -833,8 +839,8 @@ void store_txn_reset(store_txn *t)
     memset(t->tags, 0, t->cap * sizeof(*t->tags));
     t->live = t->tombs = t->ntouched = t->npending = t->kept_bytes = 0;
     t->nsealed = t->sealed_keys = 0;
-    memset(t->prefixes, 0, sizeof(t->prefixes));
-    memset(t->sealed_prefixes, 0, sizeof(t->sealed_prefixes));
+    memset(t->phead, 0, PREFIX_BITS * sizeof(*t->phead));
+    memset(t->shead, 0, PREFIX_BITS * sizeof(*t->shead));
     t->gen = atomic_load_explicit(&t->s->gen, memory_order_acquire);
     leveldb_writebatch_clear(t->wb);
 }
@@ -843,12 +849,14 @@ void store_txn_free(store_txn *t)
 {
     if (!t)
         return;
-    if (t->tab && t->tags)
+    if (t->tab && t->tags && t->phead && t->shead)
         store_txn_reset(t);
     free(t->tab);
     free(t->tags);
     free(t->touched);
     free(t->sealed);
+    free(t->phead);
+    free(t->shead);
     if (t->wb)
         leveldb_writebatch_destroy(t->wb);
     free(t);
@@ -897,7 +905,24 @@ static struct overlay_entry *lookup(const store_txn *t, const unsigned char *k, 
     }
 }
 
-/* Rebuild the table with capacity 'ncap' (tombstones go; the touched list follows). */
+/* Put entry 'e' on the chains it belongs to (after its slot moved). */
+static void chain(store_txn *t, struct overlay_entry *e)
+{
+    size_t b = prefix_bit(e->key, e->klen);
+    uint32_t slot = (uint32_t)(e - t->tab) + 1;
+    e->pnext = e->snext = 0;
+    if (e->pending) {
+        e->pnext = t->phead[b];
+        t->phead[b] = slot;
+    }
+    if (e->inflight) {
+        e->snext = t->shead[b];
+        t->shead[b] = slot;
+    }
+}
+
+/* Rebuild the table with capacity 'ncap' (tombstones go; the touched list and the prefix
+ * chains follow). */
 static eddy_err rehash(store_txn *t, size_t ncap)
 {
     struct overlay_entry *ntab = calloc(ncap, sizeof(*ntab));
@@ -914,6 +939,10 @@ static eddy_err rehash(store_txn *t, size_t ncap)
     t->tags = ntags;
     t->cap = ncap;
     t->tombs = 0;
+    if (t->npending)
+        memset(t->phead, 0, PREFIX_BITS * sizeof(*t->phead));
+    if (t->nsealed)
+        memset(t->shead, 0, PREFIX_BITS * sizeof(*t->shead));
     t->ntouched = 0;
     t->nsealed = 0;
     for (size_t i = 0; i < ocap; i++) {
@@ -929,6 +958,8 @@ static eddy_err rehash(store_txn *t, size_t ncap)
             t->touched[t->ntouched++] = (size_t)(slot - t->tab);
         if (slot->inflight)
             t->sealed[t->nsealed++] = (size_t)(slot - t->tab);
+        if (slot->pending || slot->inflight)
+            chain(t, slot);
     }
     free(old);
     free(otags);
@@ -995,7 +1026,8 @@ static void mark_pending(store_txn *t, struct overlay_entry *e)
     e->pending = true;
     t->npending++;
     size_t b = prefix_bit(e->key, e->klen);
-    t->prefixes[b / 8] |= (unsigned char)(1u << (b % 8));
+    e->pnext = t->phead[b];
+    t->phead[b] = (uint32_t)(e - t->tab) + 1;
 }
 
 /* Drop the slots of removed entries from the touched list (a slot reused by a later
@@ -1377,8 +1409,15 @@ static void seal_touched(store_txn *t)
     }
     t->ntouched = 0;
     t->npending = 0;
-    memcpy(t->sealed_prefixes, t->prefixes, sizeof(t->prefixes));
-    memset(t->prefixes, 0, sizeof(t->prefixes));
+    /* what was pending is in flight now (nothing was: the last write settled) */
+    uint32_t *empty = t->shead;
+    t->shead = t->phead;
+    t->phead = empty;
+    for (size_t i = 0; i < t->nsealed; i++) {
+        struct overlay_entry *e = &t->tab[t->sealed[i]];
+        e->snext = e->pnext;
+        e->pnext = 0;
+    }
     if (t->kept_bytes > t->s->obj_cache_bytes)
         evict(t);
     if (t->tombs > t->cap / 4)
@@ -1451,6 +1490,12 @@ void store_txn_settle(store_txn *t, eddy_err write_err)
         store_txn_reset(t);
         return;
     }
+    for (size_t i = 0; i < t->nsealed; i++) { /* the in-flight chains end */
+        struct overlay_entry *e = &t->tab[t->sealed[i]];
+        if (e->key)
+            t->shead[prefix_bit(e->key, e->klen)] = 0;
+        e->snext = 0;
+    }
     /* In LevelDB now: what was only written leaves, unless the txn used it again. */
     for (size_t i = 0; i < t->nsealed; i++) {
         struct overlay_entry *e = &t->tab[t->sealed[i]];
@@ -1461,7 +1506,6 @@ void store_txn_settle(store_txn *t, eddy_err write_err)
             entry_remove(t, e);
     }
     t->nsealed = 0;
-    memset(t->sealed_prefixes, 0, sizeof(t->sealed_prefixes));
     sync_gen(t); /* past our own write, and whatever ran around it */
 }
 
@@ -1495,11 +1539,13 @@ static int cmp_raw(const unsigned char *a, size_t alen, const unsigned char *b, 
     return alen < blen ? -1 : alen > blen;
 }
 
-/* Whether the txn may have pending writes in [start, end): false when the range lies in
- * one (partition, table) prefix that no pending key has. */
-static bool may_have_pending(const store_txn *t, const struct store_key *start,
-                             const struct store_key *end)
+/* Which pending and in-flight writes a scan of [start, end) must look at: none (false), the
+ * chains of one prefix bit (*chained, *bit) when the range lies in one (partition, table)
+ * prefix, else every listed entry. */
+static bool pending_scope(const store_txn *t, const struct store_key *start,
+                          const struct store_key *end, bool *chained, size_t *bit)
 {
+    *chained = false;
     if (t->npending == 0 && t->nsealed == 0)
         return false;
     if (start->len < 3 || end->len == 0)
@@ -1510,8 +1556,9 @@ static bool may_have_pending(const store_txn *t, const struct store_key *start,
     key_prefix_end(&pre, &pre_end);
     if (pre_end.len == 0 || cmp_raw(end->buf, end->len, pre_end.buf, pre_end.len) > 0)
         return true; /* spans several prefixes */
-    size_t b = prefix_bit(start->buf, start->len);
-    return ((t->prefixes[b / 8] | t->sealed_prefixes[b / 8]) >> (b % 8)) & 1;
+    *chained = true;
+    *bit = prefix_bit(start->buf, start->len);
+    return t->phead[*bit] || t->shead[*bit];
 }
 
 /* Whether entry 'e' is a write the scan of [start, end) must merge. */
@@ -1527,16 +1574,34 @@ eddy_err store_txn_scan(store_txn *t, const struct store_key *start, const struc
 {
     /* Pending and in-flight entries in range (each once: an in-flight key written again
      * is pending too), sorted; kept values equal the committed ones. */
-    size_t n = 0;
+    size_t n = 0, bit = 0;
+    bool chained;
     struct overlay_entry **pend = NULL;
-    if (may_have_pending(t, start, end)) {
+    if (pending_scope(t, start, end, &chained, &bit)) {
         pend = malloc((t->npending + t->nsealed + 1) * sizeof(*pend));
         if (!pend)
             return EDDY_ERR_NOMEM;
-        for (size_t i = 0; i < t->ntouched + t->nsealed; i++) {
-            struct overlay_entry *e = i < t->ntouched ? &t->tab[t->touched[i]]
-                                                      : &t->tab[t->sealed[i - t->ntouched]];
-            bool wanted = i < t->ntouched ? e->pending : e->inflight && !e->pending;
+        /* the pending ones, then the in-flight ones not written again */
+        uint32_t pi = chained ? t->phead[bit] : 0, si = chained ? t->shead[bit] : 0;
+        size_t i = 0, all = chained ? 0 : t->ntouched + t->nsealed;
+        for (;;) {
+            struct overlay_entry *e;
+            bool wanted;
+            if (pi) {
+                e = &t->tab[pi - 1];
+                pi = e->pnext;
+                wanted = true;
+            } else if (si) {
+                e = &t->tab[si - 1];
+                si = e->snext;
+                wanted = !e->pending;
+            } else if (i < all) {
+                e = i < t->ntouched ? &t->tab[t->touched[i]] : &t->tab[t->sealed[i - t->ntouched]];
+                wanted = i < t->ntouched ? e->pending : e->inflight && !e->pending;
+                i++;
+            } else {
+                break;
+            }
             if (!wanted || !merged_in_scan(e, start, end))
                 continue;
             if (entry_pack(t, e) != EDDY_OK) {

@@ -615,10 +615,130 @@ static void test_range_loader_tiles_the_range(void **state)
     assert_int_equal(store_range_loader_put(&rl, k.buf, 0, "x", 1), EDDY_ERR_INVALID);
 }
 
+
+/* ---- scans against a reference, with the pending and in-flight prefix chains ---------- */
+
+#define REF_MAX 1300
+
+struct ref {
+    struct store_key k[REF_MAX];
+    char v[REF_MAX][16]; /* "" : absent */
+    size_t n;
+};
+
+static size_t ref_slot(struct ref *r, const struct store_key *k)
+{
+    for (size_t i = 0; i < r->n; i++)
+        if (r->k[i].len == k->len && memcmp(r->k[i].buf, k->buf, k->len) == 0)
+            return i;
+    assert_true(r->n < REF_MAX);
+    r->k[r->n] = *k;
+    r->v[r->n][0] = '\0';
+    return r->n++;
+}
+
+struct got {
+    size_t n;
+    struct store_key k[REF_MAX];
+    char v[REF_MAX][16];
+};
+
+static int collect_kv(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct got *g = ud;
+    assert_true(g->n < REF_MAX && vlen < 16);
+    memcpy(g->k[g->n].buf, k, klen);
+    g->k[g->n].len = klen;
+    memcpy(g->v[g->n], v, vlen);
+    g->v[g->n][vlen] = '\0';
+    g->n++;
+    return 0;
+}
+
+static int key_order(const void *a, const void *b)
+{
+    const struct store_key *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->buf, y->buf, n);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* The txn's scan of prefix (p, table) lists exactly the reference's live keys there, in
+ * order, with their values. */
+static void check_prefix(store_txn *t, struct ref *r, uint32_t p, enum store_table table)
+{
+    struct store_key start, end;
+    key_init(&start, p, table);
+    key_prefix_end(&start, &end);
+    static struct got g;
+    g.n = 0;
+    assert_int_equal(store_txn_scan(t, &start, &end, collect_kv, &g), EDDY_OK);
+    static struct store_key want[REF_MAX];
+    size_t n = 0;
+    for (size_t i = 0; i < r->n; i++)
+        if (r->v[i][0] && r->k[i].len >= 3 && memcmp(r->k[i].buf, start.buf, 3) == 0)
+            want[n++] = r->k[i];
+    qsort(want, n, sizeof(want[0]), key_order);
+    assert_int_equal(g.n, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(g.k[i].len, want[i].len);
+        assert_memory_equal(g.k[i].buf, want[i].buf, want[i].len);
+        assert_string_equal(g.v[i], r->v[ref_slot(r, &want[i])]);
+    }
+}
+
+static void test_scan_chains_match_reference(void **state)
+{
+    struct fx *f = *state;
+    /* partitions 1 and 4097 share a prefix bit (the chains are by hashed prefix) */
+    static const uint32_t parts[] = {1, 2, 4097};
+    static const enum store_table tables[] = {T_USER_WIN, T_LOG};
+    static struct ref r;
+    r.n = 0;
+    store_txn *t = store_txn_new(f->s);
+    unsigned seed = 7, counter = 0;
+    for (int round = 0; round < 40; round++) {
+        bool sealed = false;
+        for (int op = 0; op < 60; op++) {
+            struct store_key k;
+            char id[16];
+            key_init(&k, parts[rand_r(&seed) % 3], tables[rand_r(&seed) % 2]);
+            snprintf(id, sizeof(id), "k%u", rand_r(&seed) % (round < 20 ? 40 : 200));
+            key_str(&k, id);
+            size_t i = ref_slot(&r, &k);
+            if (rand_r(&seed) % 4 == 0) {
+                assert_int_equal(store_txn_del(t, &k), EDDY_OK);
+                r.v[i][0] = '\0';
+            } else {
+                snprintf(r.v[i], sizeof(r.v[i]), "v%u", ++counter);
+                assert_int_equal(store_txn_put(t, &k, r.v[i], strlen(r.v[i])), EDDY_OK);
+            }
+            if (op == 30 && round % 2 == 0) { /* the first half goes in flight */
+                assert_int_equal(store_txn_seal(t), EDDY_OK);
+                sealed = true;
+            }
+        }
+        for (size_t pi = 0; pi < 3; pi++)
+            for (size_t ti = 0; ti < 2; ti++)
+                check_prefix(t, &r, parts[pi], tables[ti]);
+        if (sealed) {
+            assert_int_equal(store_txn_write(t, false), EDDY_OK);
+            store_txn_settle(t, EDDY_OK);
+        }
+        if (round % 3 == 0)
+            assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+        for (size_t pi = 0; pi < 3; pi++)
+            check_prefix(t, &r, parts[pi], tables[0]);
+    }
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    store_txn_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_kept_across_commits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scan_chains_match_reference, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pending_written_once_last_value, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replace_range_forgets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replace_range_nosync_then_sync_log, setup,
