@@ -216,12 +216,9 @@ static int collect_expired_users(void *ud, const unsigned char *k, size_t klen, 
                                  size_t vlen)
 {
     struct win_cut *c = ud;
-    Eddy__Store__V1__UserModel *m = eddy__store__v1__user_model__unpack(NULL, vlen,
-                                                                       (const uint8_t *)v);
-    if (m && m->last_ts < c->cutoff)
-        c->l.err = kv_push(&c->l, k, klen, m->last_ts);
-    if (m)
-        eddy__store__v1__user_model__free_unpacked(m, NULL);
+    int64_t last_ts;
+    if (model_last_ts((const uint8_t *)v, vlen, &last_ts) && last_ts < c->cutoff)
+        c->l.err = kv_push(&c->l, k, klen, last_ts);
     return c->l.err != EDDY_OK;
 }
 

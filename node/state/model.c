@@ -685,6 +685,16 @@ static bool rd_fields(struct rd msg, uint32_t want, uint64_t *v, uint32_t want_s
     return msg.p == msg.end;
 }
 
+bool model_last_ts(const uint8_t *buf, size_t len, int64_t *ts)
+{
+    struct rd msg = {buf, buf + len};
+    uint64_t v = 0;
+    if (!rd_fields(msg, 11, &v, 0, NULL)) /* UserModel.last_ts */
+        return false;
+    *ts = (int64_t)v;
+    return true;
+}
+
 static bool rd_decayed(struct rd msg, ProtobufCAllocator *a, Eddy__Store__V1__Decayed **out)
 {
     Eddy__Store__V1__Decayed *d = rd_alloc(a, sizeof(*d));

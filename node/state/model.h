@@ -46,6 +46,10 @@ void model_profile_free(Eddy__V1__UserProfile *pr);
  * fields (use protobuf-c) or on allocation failure. */
 bool model_pack(const Eddy__Store__V1__UserModel *m, uint8_t **buf, size_t *len);
 
+/* A packed UserModel's last_ts, read from the wire format alone (the --state-ttl sweep
+ * reads it for every user). False if the bytes are malformed. */
+bool model_last_ts(const uint8_t *buf, size_t len, int64_t *ts);
+
 /* Decode, from a stored UserModel's bytes, only what Recommend reads: the categories (names
  * and scores), the ids and times of the recent views and purchases, the cart's product ids
  * and flags, and last_ts; every other field stays at its default. Allocates with 'a'

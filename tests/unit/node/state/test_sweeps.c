@@ -1,7 +1,8 @@
-/* The dedup memory: an event id is remembered for --dedup-window of event time behind the
- * watermark, then forgotten by the sweep that walks the log (no index row per event); a
- * user removed by DeleteUser leaves its events' ids until then; a partition of the older
- * layout (DEDUP_EXP index rows) is converted and swept by both. */
+/* The event-time sweeps. The dedup memory: an event id is remembered for --dedup-window of
+ * event time behind the watermark, then forgotten by the sweep that walks the log (no index
+ * row per event); a user removed by DeleteUser leaves its events' ids until then; a
+ * partition of the older layout (DEDUP_EXP index rows) is converted and swept by both.
+ * --state-ttl: a user model inactive that long goes, with the purchases remembered for it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -263,6 +264,46 @@ static void test_older_layout_converted(void **state)
     free(dir);
 }
 
+/* Two users of one partition (the sweeps run per partition). */
+static void same_partition(char *a, char *b, size_t n)
+{
+    uint32_t want = partition_of_user("ttl-0", FIXTURE_PARTITIONS);
+    snprintf(a, n, "ttl-0");
+    for (int i = 1;; i++) {
+        snprintf(b, n, "ttl-%d", i);
+        if (partition_of_user(b, FIXTURE_PARTITIONS) == want)
+            return;
+    }
+}
+
+static void test_inactive_models_expire(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("ttl");
+    struct engine_opts o = dedup_opts(dir);
+    o.apply.state_ttl_ms = 10 * MIN;
+    engine *e = open_engine(&o);
+    char idle[16], active[16];
+    same_partition(idle, active, sizeof(idle));
+    Eddy__V1__Event *a[] = {mk("t1", idle, T0, BUY, "p1", "books"),
+                            mk("t2", active, T0, BUY, "p2", "books"),
+                            mk("t3", active, T0 + 8 * MIN, VIEW, "p3", "books")};
+    ingest(e, a, 3);
+    assert_true(in_table(e, T_USER, idle)); /* ~T0 + 8 min: nothing inactive for 10 min */
+    assert_true(in_table(e, T_BOUGHT, idle));
+    /* ~T0 + 15 min: the idle user's last event is older than the cutoff, the other's not */
+    assert_int_equal(send1(e, "t4", active, T0 + 15 * MIN).accepted, 1);
+    assert_false(in_table(e, T_USER, idle));
+    assert_false(in_table(e, T_BOUGHT, idle));
+    assert_true(in_table(e, T_USER, active));
+    assert_true(in_table(e, T_BOUGHT, active));
+    engine_close(e);
+    for (int i = 0; i < 3; i++)
+        free(a[i]);
+    rmrf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -270,6 +311,7 @@ int main(void)
         cmocka_unit_test(test_log_kept_for_the_dedup_window),
         cmocka_unit_test(test_deleted_user_ids_until_the_window_passes),
         cmocka_unit_test(test_older_layout_converted),
+        cmocka_unit_test(test_inactive_models_expire),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
