@@ -1,7 +1,9 @@
 /* The neighbour cache of popcache: answers identical to the uncached read (bit for bit),
  * staleness, clock eviction, lists from a popcache_source (cluster mode), and Recommend
  * answers identical with and without the cache; popularity lists refreshed together in one
- * pass equal lists read alone. */
+ * pass equal lists read alone; expired neighbour entries read again by the refresher while
+ * they answer; a list not cached yet read once for concurrent callers. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -51,6 +53,21 @@ static engine *fill(const char *dir, struct engine_opts *o)
     for (size_t i = 0; i < n; i++)
         free(ev[i]);
     return e;
+}
+
+/* 'user' views 'p1' ('c1') at 'ts', then 'p2' ('c2') a second later: events "<prefix>-1"
+ * and "<prefix>-2". */
+static void view_pair(engine *e, const char *prefix, const char *user, int64_t ts,
+                      const char *p1, const char *c1, const char *p2, const char *c2)
+{
+    char id1[32], id2[32];
+    snprintf(id1, sizeof(id1), "%s-1", prefix);
+    snprintf(id2, sizeof(id2), "%s-2", prefix);
+    Eddy__V1__Event *ev[] = {mk(id1, user, ts, VIEW, p1, c1),
+                             mk(id2, user, ts + 1000, VIEW, p2, c2)};
+    ingest(e, ev, 2);
+    free(ev[0]);
+    free(ev[1]);
 }
 
 static void assert_same_list(const struct scored_product *a, size_t na,
@@ -128,11 +145,7 @@ static void test_staleness(void **state)
     assert_int_equal(n, 0);
 
     /* p22 and p23 viewed together: now they are neighbours */
-    Eddy__V1__Event *ev[] = {mk("n1", "new", T0 + 3000000, VIEW, "p22", "books"),
-                             mk("n2", "new", T0 + 3001000, VIEW, "p23", "books")};
-    ingest(e, ev, 2);
-    free(ev[0]);
-    free(ev[1]);
+    view_pair(e, "n", "new", T0 + 3000000, "p22", "books", "p23", "books");
 
     assert_int_equal(popcache_neighbours(slow, "p22", at, a, 50, &n), EDDY_OK);
     assert_int_equal(n, 0); /* within its staleness: the cached (empty) list */
@@ -410,6 +423,149 @@ static void test_lists_refreshed_together(void **state)
     free(dir);
 }
 
+/* An entry expired less than one period ago answers as it is while the neighbour
+ * refresher reads it again; afterwards it is the uncached answer. One older than twice the
+ * staleness is read by the call itself. */
+static void test_neighbours_refreshed_in_background(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("popcache");
+    struct engine_opts o;
+    engine *e = fill(dir, &o);
+    popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 300, 50);
+    assert_int_equal(popcache_set_neighbour_cache(pc, 100), EDDY_OK);
+    static struct scored_product a[50], b[50];
+    size_t n, nb;
+    int64_t at = T0 + 3600000;
+    assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 0); /* no state yet */
+
+    view_pair(e, "b", "bg", T0 + 3000000, "p22", "books", "p23", "books");
+    struct timespec expire = {0, 350 * 1000000L}; /* past 300 ms, well before 600 */
+    nanosleep(&expire, NULL);
+    assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 0); /* the expired entry answered; the refresher reads it */
+    popcache_sync(pc);
+    assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(popcache_neighbours(plain, "p22", at, b, 50, &nb), EDDY_OK);
+    assert_int_equal(n, 1);
+    assert_same_list(b, nb, a, n);
+    struct popcache_stats st;
+    popcache_stats(pc, &st);
+    assert_int_equal(st.misses, 1); /* only the first read was the caller's */
+
+    /* more than twice the staleness: the call reads it itself */
+    view_pair(e, "c", "bg2", T0 + 3002000, "p22", "toys", "p0", "books");
+    struct timespec twice = {0, 700 * 1000000L};
+    nanosleep(&twice, NULL);
+    assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(popcache_neighbours(plain, "p22", at, b, 50, &nb), EDDY_OK);
+    assert_int_equal(n, 2);
+    assert_same_list(b, nb, a, n);
+    popcache_stats(pc, &st);
+    assert_int_equal(st.misses, 2);
+    popcache_free(plain);
+    popcache_free(pc);
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
+/* A source whose list reads block until released, counting the reads. */
+struct gated_src {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool open;
+    int calls;
+};
+
+static eddy_err gated_top(void *ud, const char *category, int64_t at,
+                          struct scored_product *out, size_t max, size_t *n)
+{
+    struct gated_src *g = ud;
+    (void)at;
+    pthread_mutex_lock(&g->mu);
+    g->calls++;
+    pthread_cond_broadcast(&g->cv);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+    *n = 0;
+    if (strcmp(category, "down") == 0)
+        return EDDY_ERR_UNAVAILABLE;
+    for (size_t i = 0; i < 3 && i < max; i++) {
+        snprintf(out[i].product_id, sizeof(out[i].product_id), "%s-%zu", category, i);
+        snprintf(out[i].category, sizeof(out[i].category), "%s", category);
+        out[i].score = 10.0 - (double)i;
+        (*n)++;
+    }
+    return EDDY_OK;
+}
+
+struct top_call {
+    popcache *pc;
+    const char *category;
+    struct scored_product out[50];
+    size_t n;
+    eddy_err err;
+};
+
+static void *top_thread(void *arg)
+{
+    struct top_call *c = arg;
+    c->err = popcache_top(c->pc, c->category, 1000, c->out, 50, &c->n);
+    return NULL;
+}
+
+/* Callers of a list not cached yet wait for the one thread reading it: one read, the same
+ * answer for all. A read that fails is not cached: the next call reads again. */
+static void test_cold_list_read_once(void **state)
+{
+    (void)state;
+    struct gated_src g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0};
+    struct popcache_source src = {gated_top, fake_neighbours, &g};
+    struct product_params pp = {8, {86400000, 8}, {7 * 86400000LL, 8}, 50};
+    popcache *pc = popcache_new(NULL, &pp, 3600000, 50);
+    popcache_set_source(pc, &src);
+    static struct top_call calls[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+        calls[i] = (struct top_call){.pc = pc, .category = "books"};
+        if (i == 1) { /* the first caller is inside the read before the others start */
+            pthread_mutex_lock(&g.mu);
+            while (g.calls == 0)
+                pthread_cond_wait(&g.cv, &g.mu);
+            pthread_mutex_unlock(&g.mu);
+        }
+        assert_int_equal(pthread_create(&th[i], NULL, top_thread, &calls[i]), 0);
+    }
+    struct timespec pause = {0, 50 * 1000000L}; /* time for a second read, if one came */
+    nanosleep(&pause, NULL);
+    pthread_mutex_lock(&g.mu);
+    assert_int_equal(g.calls, 1);
+    g.open = true;
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(calls[i].err, EDDY_OK);
+        assert_same_list(calls[0].out, calls[0].n, calls[i].out, calls[i].n);
+    }
+    assert_int_equal(calls[0].n, 3);
+    assert_string_equal(calls[0].out[0].product_id, "books-0");
+    assert_int_equal(g.calls, 1);
+
+    static struct scored_product out[50];
+    size_t n;
+    assert_int_equal(popcache_top(pc, "down", 1000, out, 50, &n), EDDY_ERR_UNAVAILABLE);
+    assert_int_equal(popcache_top(pc, "down", 1000, out, 50, &n), EDDY_ERR_UNAVAILABLE);
+    assert_int_equal(g.calls, 3);
+    assert_int_equal(popcache_top(pc, "books", 1000, out, 50, &n), EDDY_OK);
+    assert_int_equal(g.calls, 3); /* cached */
+    popcache_free(pc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -419,6 +575,8 @@ int main(void)
         cmocka_unit_test(test_source_cached),
         cmocka_unit_test(test_recommend_same),
         cmocka_unit_test(test_lists_refreshed_together),
+        cmocka_unit_test(test_neighbours_refreshed_in_background),
+        cmocka_unit_test(test_cold_list_read_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
