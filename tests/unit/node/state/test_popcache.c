@@ -55,6 +55,39 @@ static engine *fill(const char *dir, struct engine_opts *o)
     return e;
 }
 
+/* Each test's engine, filled by fill() in its own directory (cmocka setup / teardown). */
+struct filled {
+    char *dir;
+    struct engine_opts o;
+    engine *e;
+};
+
+static int filled_setup(void **state)
+{
+    struct filled *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    f->dir = tmpdir_for("popcache");
+    f->e = fill(f->dir, &f->o);
+    *state = f;
+    return 0;
+}
+
+static int filled_teardown(void **state)
+{
+    struct filled *f = *state;
+    engine_close(f->e);
+    rmrf(f->dir);
+    free(f->dir);
+    free(f);
+    return 0;
+}
+
+/* A cache of the filled engine's store: lists of 50, entries valid for 'staleness_ms'. */
+static popcache *cache_new(engine *e, int64_t staleness_ms)
+{
+    return popcache_new(engine_store(e), &engine_options(e)->product, staleness_ms, 50);
+}
+
 /* 'user' views 'p1' ('c1') at 'ts', then 'p2' ('c2') a second later: events "<prefix>-1"
  * and "<prefix>-2". */
 static void view_pair(engine *e, const char *prefix, const char *user, int64_t ts,
@@ -85,12 +118,9 @@ static void assert_same_list(const struct scored_product *a, size_t na,
  * not), several reference times and list lengths, on a miss and on a hit. */
 static void test_cached_equals_uncached(void **state)
 {
-    (void)state;
-    char *dir = tmpdir_for("popcache");
-    struct engine_opts o;
-    engine *e = fill(dir, &o);
-    popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    popcache *cached = popcache_new(engine_store(e), &engine_options(e)->product, 60000, 50);
+    engine *e = ((struct filled *)*state)->e;
+    popcache *plain = cache_new(e, 0);
+    popcache *cached = cache_new(e, 60000);
     assert_int_equal(popcache_set_neighbour_cache(cached, 1000), EDDY_OK);
     static struct scored_product a[50], b[50];
     const int64_t ats[] = {T0 + 1800000, T0 + 1800000, T0 + 5 * 86400000LL, T0};
@@ -120,20 +150,14 @@ static void test_cached_equals_uncached(void **state)
     assert_int_equal(st.evictions, 0);
     popcache_free(plain);
     popcache_free(cached);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
 }
 
 /* A cached list is served until --stage2-staleness, then read again. */
 static void test_staleness(void **state)
 {
-    (void)state;
-    char *dir = tmpdir_for("popcache");
-    struct engine_opts o;
-    engine *e = fill(dir, &o);
-    popcache *slow = popcache_new(engine_store(e), &engine_options(e)->product, 3600000, 50);
-    popcache *fast = popcache_new(engine_store(e), &engine_options(e)->product, 20, 50);
+    engine *e = ((struct filled *)*state)->e;
+    popcache *slow = cache_new(e, 3600000);
+    popcache *fast = cache_new(e, 20);
     assert_int_equal(popcache_set_neighbour_cache(slow, 100), EDDY_OK);
     assert_int_equal(popcache_set_neighbour_cache(fast, 100), EDDY_OK);
     static struct scored_product a[50];
@@ -157,7 +181,7 @@ static void test_staleness(void **state)
     assert_string_equal(a[0].category, "books");
 
     /* staleness 0 never caches */
-    popcache *none = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    popcache *none = cache_new(e, 0);
     assert_int_equal(popcache_set_neighbour_cache(none, 100), EDDY_OK);
     assert_int_equal(popcache_neighbours(none, "p22", at, a, 50, &n), EDDY_OK);
     assert_int_equal(n, 1);
@@ -168,20 +192,14 @@ static void test_staleness(void **state)
     popcache_free(slow);
     popcache_free(fast);
     popcache_free(none);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
 }
 
 /* A full cache evicts (clock) and still answers correctly. */
 static void test_eviction(void **state)
 {
-    (void)state;
-    char *dir = tmpdir_for("popcache");
-    struct engine_opts o;
-    engine *e = fill(dir, &o);
-    popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    popcache *small = popcache_new(engine_store(e), &engine_options(e)->product, 3600000, 50);
+    engine *e = ((struct filled *)*state)->e;
+    popcache *plain = cache_new(e, 0);
+    popcache *small = cache_new(e, 3600000);
     assert_int_equal(popcache_set_neighbour_cache(small, 1), EDDY_OK); /* one per shard */
     static struct scored_product a[50], b[50];
     char other[64][16];
@@ -210,9 +228,6 @@ static void test_eviction(void **state)
     assert_true(st.misses <= misses + 1);
     popcache_free(plain);
     popcache_free(small);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
 }
 
 /* Cluster mode: lists from a popcache_source are cached too, refetched when a longer list
@@ -286,12 +301,9 @@ static void test_source_cached(void **state)
 /* Recommend through a cached popcache gives the same answers as through an uncached one. */
 static void test_recommend_same(void **state)
 {
-    (void)state;
-    char *dir = tmpdir_for("popcache");
-    struct engine_opts o;
-    engine *e = fill(dir, &o);
-    popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    popcache *cached = popcache_new(engine_store(e), &engine_options(e)->product, 3600000, 50);
+    engine *e = ((struct filled *)*state)->e;
+    popcache *plain = cache_new(e, 0);
+    popcache *cached = cache_new(e, 3600000);
     assert_int_equal(popcache_set_neighbour_cache(cached, 1000), EDDY_OK);
     struct query_ctx q0 = {e, plain, 10, 100, NULL, NULL, 0};
     struct query_ctx q1 = {e, cached, 10, 100, NULL, NULL, 0};
@@ -327,9 +339,6 @@ static void test_recommend_same(void **state)
     }
     popcache_free(plain);
     popcache_free(cached);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
 }
 
 /* Every list of a fresh cache (each read alone, nothing else in use) for 'at'. */
@@ -337,7 +346,7 @@ static void fresh_lists(engine *e, const char *const *cats, size_t ncats, int64_
                         struct scored_product (*out)[50], size_t *n)
 {
     for (size_t c = 0; c < ncats; c++) {
-        popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+        popcache *pc = cache_new(e, 0);
         assert_int_equal(popcache_top(pc, cats[c], at, out[c], 50, &n[c]), EDDY_OK);
         popcache_free(pc);
     }
@@ -364,15 +373,12 @@ static void forty_views(engine *e, const char *prefix, const char *user, const c
  * before and after more events change the popularity; a category read alone too. */
 static void test_lists_refreshed_together(void **state)
 {
-    (void)state;
-    char *dir = tmpdir_for("popcache");
-    struct engine_opts o;
-    engine *e = fill(dir, &o);
+    engine *e = ((struct filled *)*state)->e;
     const char *cats[] = {"", "books", "toys", "none-such"};
     const int64_t at = T0 + 3600000;
     static struct scored_product want[4][50], old[4][50], got[50];
     size_t nwant[4], nold[4], n;
-    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 100, 50);
+    popcache *pc = cache_new(e, 100);
     fresh_lists(e, cats, 4, at, want, nwant);
     assert_true(nwant[0] > nwant[1] && nwant[1] > 0 && nwant[2] > 0 && nwant[3] == 0);
     for (int round = 0; round < 2; round++) { /* the second round finds them cached: in use */
@@ -411,16 +417,13 @@ static void test_lists_refreshed_together(void **state)
     assert_same_list(want[1], nwant[1], got, n);
     popcache_free(pc);
     /* a cache where only "books" is in use: refreshed alone, from its own key ranges */
-    pc = popcache_new(engine_store(e), &engine_options(e)->product, 100, 50);
+    pc = cache_new(e, 100);
     for (int round = 0; round < 3; round++) {
         assert_int_equal(popcache_top(pc, "books", at, got, 3, &n), EDDY_OK);
         assert_same_list(want[1], nwant[1] < 3 ? nwant[1] : 3, got, n);
         nanosleep(&pause, NULL);
     }
     popcache_free(pc);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
 }
 
 /* An entry expired less than one period ago answers as it is while the neighbour
@@ -428,12 +431,9 @@ static void test_lists_refreshed_together(void **state)
  * staleness is read by the call itself. */
 static void test_neighbours_refreshed_in_background(void **state)
 {
-    (void)state;
-    char *dir = tmpdir_for("popcache");
-    struct engine_opts o;
-    engine *e = fill(dir, &o);
-    popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 300, 50);
+    engine *e = ((struct filled *)*state)->e;
+    popcache *plain = cache_new(e, 0);
+    popcache *pc = cache_new(e, 300);
     assert_int_equal(popcache_set_neighbour_cache(pc, 100), EDDY_OK);
     static struct scored_product a[50], b[50];
     size_t n, nb;
@@ -467,9 +467,6 @@ static void test_neighbours_refreshed_in_background(void **state)
     assert_int_equal(st.misses, 2);
     popcache_free(plain);
     popcache_free(pc);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
 }
 
 /* A source whose list reads block until released, counting the reads. */
@@ -569,13 +566,13 @@ static void test_cold_list_read_once(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cached_equals_uncached),
-        cmocka_unit_test(test_staleness),
-        cmocka_unit_test(test_eviction),
+        cmocka_unit_test_setup_teardown(test_cached_equals_uncached, filled_setup, filled_teardown),
+        cmocka_unit_test_setup_teardown(test_staleness, filled_setup, filled_teardown),
+        cmocka_unit_test_setup_teardown(test_eviction, filled_setup, filled_teardown),
         cmocka_unit_test(test_source_cached),
-        cmocka_unit_test(test_recommend_same),
-        cmocka_unit_test(test_lists_refreshed_together),
-        cmocka_unit_test(test_neighbours_refreshed_in_background),
+        cmocka_unit_test_setup_teardown(test_recommend_same, filled_setup, filled_teardown),
+        cmocka_unit_test_setup_teardown(test_lists_refreshed_together, filled_setup, filled_teardown),
+        cmocka_unit_test_setup_teardown(test_neighbours_refreshed_in_background, filled_setup, filled_teardown),
         cmocka_unit_test(test_cold_list_read_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
