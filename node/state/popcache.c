@@ -9,9 +9,24 @@
  * pass and installs the new lists. A list is answered that way until it is twice
  * --stage2-staleness old: one read per period keeps every list in use off the calling
  * threads, and a list nobody read for longer (or never read: there is nothing to answer
- * from) is built on the calling thread, as is every list with --stage2-staleness 0 (no
- * caching), so no answer comes from a list older than that. The refresher runs at the lowest priority (nice 19, Linux): on a busy
- * machine the threads answering calls go first, and the lists wait a little longer. */
+ * from) is read on the calling thread, alone (its own key ranges; the lists in use are the
+ * refresher's), as is every list with --stage2-staleness 0 (no caching), so no answer
+ * comes from a list older than that. A list not cached yet is read by one thread while
+ * the other callers of that list wait for it: on a fresh node every call needs the
+ * global list, and each reading it (a whole pass) on every handler thread at once was
+ * most of the first second's backlog. The refresher runs at the lowest priority (nice 19,
+ * Linux): on a busy machine the threads answering calls go first, and the lists wait a
+ * little longer.
+ *
+ * Neighbour entries expire the same way, one product at a time: an entry read again by
+ * the call that found it expired (a LevelDB get and the decoding of the product's whole
+ * state) cost ~9 % of the node's CPU at 5,000 Recommend/s, spread over the calls of each
+ * period. So an entry expired less than one period ago answers while a second refresher
+ * thread reads it again (a bounded queue, --neighbour-cache jobs; when full, the call reads
+ * it). That thread runs at normal priority: it takes a shard lock for every entry it
+ * installs (thousands per period), and a nice 19 thread preempted while holding one would
+ * stall every call of that shard for as long as the busy machine leaves it waiting (up
+ * to 200 ms measured for the list refresher, which takes its lock once per period). */
 #include "node/state/popcache.h"
 
 #include <pthread.h>
@@ -31,6 +46,7 @@
 
 struct pop_list {
     char *category;
+    bool building;             /* no list yet: one thread reads it, callers wait for it */
     int64_t refreshed_ms;      /* monotonic */
     bool refreshing;           /* a thread is refreshing it: others use it meanwhile */
     bool scheduled;            /* ...or the refresher will (refreshing is set too) */
@@ -69,6 +85,14 @@ struct nb_entry {
     bool scored;
 };
 
+/* An expired entry queued for the refresher: read again for this call's 'at' and 'max'. */
+struct nb_job {
+    struct nb_job *next;
+    int64_t at;
+    size_t max;
+    char key[]; /* the product id */
+};
+
 struct nb_shard {
     pthread_mutex_t mu;
     struct nb_entry *slots;
@@ -96,8 +120,20 @@ struct popcache {
     bool refresh_running;      /* a scheduled refresh is being computed */
     bool stopping;
     int64_t refresh_at;        /* event time of the last call that scheduled a refresh */
-    pthread_cond_t work_cv;    /* the refresher waits: lists scheduled, or stopping */
+    pthread_cond_t work_cv;    /* the refresher waits: work queued, or stopping */
     pthread_cond_t idle_cv;    /* popcache_sync waits: nothing scheduled or running */
+    pthread_cond_t built_cv;   /* a list being built was installed or given up */
+    /* the neighbour refresher (see DESIGN): expired entries it reads again, oldest first,
+     * at most nb_queue_max; guarded by nb_mu, never taken with another lock */
+    pthread_mutex_t nb_mu;
+    pthread_cond_t nb_work_cv; /* jobs queued, or nb_stopping */
+    pthread_cond_t nb_idle_cv; /* popcache_sync waits: no job queued or running */
+    pthread_t nb_refresher;
+    bool nb_started, nb_running, nb_stopping;
+    struct nb_job *nb_head, *nb_tail;
+    size_t nb_queued, nb_queue_max;
+    struct scored_product *nb_buf; /* the neighbour refresher's: a source's answer */
+    size_t nb_buf_cap;
 };
 
 popcache *popcache_new(store *st, const struct product_params *pp, int64_t staleness_ms,
@@ -113,6 +149,10 @@ popcache *popcache_new(store *st, const struct product_params *pp, int64_t stale
     pthread_mutex_init(&pc->mu, NULL);
     pthread_cond_init(&pc->work_cv, NULL);
     pthread_cond_init(&pc->idle_cv, NULL);
+    pthread_cond_init(&pc->built_cv, NULL);
+    pthread_mutex_init(&pc->nb_mu, NULL);
+    pthread_cond_init(&pc->nb_work_cv, NULL);
+    pthread_cond_init(&pc->nb_idle_cv, NULL);
     return pc;
 }
 
@@ -157,6 +197,7 @@ static void nb_free(popcache *pc)
 eddy_err popcache_set_neighbour_cache(popcache *pc, size_t entries)
 {
     nb_free(pc);
+    pc->nb_queue_max = entries; /* each entry is queued at most once at a time */
     if (entries == 0)
         return EDDY_OK;
     size_t per = (entries + NB_SHARDS - 1) / NB_SHARDS;
@@ -209,11 +250,28 @@ void popcache_free(popcache *pc)
         pthread_mutex_unlock(&pc->mu);
         pthread_join(pc->refresher, NULL);
     }
+    if (pc->nb_started) {
+        pthread_mutex_lock(&pc->nb_mu);
+        pc->nb_stopping = true;
+        pthread_cond_signal(&pc->nb_work_cv);
+        pthread_mutex_unlock(&pc->nb_mu);
+        pthread_join(pc->nb_refresher, NULL);
+    }
     nb_free(pc);
+    while (pc->nb_head) {
+        struct nb_job *j = pc->nb_head;
+        pc->nb_head = j->next;
+        free(j);
+    }
+    free(pc->nb_buf);
     drop_lists(pc);
     pthread_mutex_destroy(&pc->mu);
     pthread_cond_destroy(&pc->work_cv);
     pthread_cond_destroy(&pc->idle_cv);
+    pthread_cond_destroy(&pc->built_cv);
+    pthread_mutex_destroy(&pc->nb_mu);
+    pthread_cond_destroy(&pc->nb_work_cv);
+    pthread_cond_destroy(&pc->nb_idle_cv);
     free(pc);
 }
 
@@ -422,23 +480,44 @@ static void unmark_lists(popcache *pc, char **cats, size_t n)
     }
 }
 
-/* The lists to refresh with 'category' (not cached or not refreshing): itself and the
- * lists in use (add_used_lists). Caller frees the names and the array. Under pc->mu. */
-static char **refresh_set(popcache *pc, const char *category, size_t *n)
+/* 'category' alone as the set of lists refresh_lists takes over; NULL if out of memory. */
+static char **one_list(const char *category)
 {
-    char **cats = malloc((pc->nlists + 1) * sizeof(*cats));
-    *n = 0;
-    if (!cats || !(cats[0] = strdup(category))) {
+    char **cats = malloc(sizeof(*cats));
+    if (cats && !(cats[0] = strdup(category))) {
         free(cats);
+        cats = NULL;
+    }
+    return cats;
+}
+
+/* An empty entry for 'category', marked building: callers of the list wait until the
+ * thread that reads it installs it (list_install) or gives up (list_remove). NULL if out
+ * of memory (the reader still reads it; callers do not wait). Under pc->mu. */
+static struct pop_list *list_placeholder(popcache *pc, const char *category)
+{
+    if (pc->nlists >= MAX_CACHED_LISTS)
+        return NULL;
+    char *cat = strdup(category);
+    struct pop_list *nl = cat ? realloc(pc->lists, (pc->nlists + 1) * sizeof(*nl)) : NULL;
+    if (!nl) {
+        free(cat);
         return NULL;
     }
-    *n = 1;
-    if (add_used_lists(pc, cats, n))
-        return cats;
-    free(cats[0]);
-    unmark_lists(pc, cats + 1, *n - 1);
-    free(cats);
-    return NULL;
+    pc->lists = nl;
+    struct pop_list *l = &pc->lists[pc->nlists++];
+    memset(l, 0, sizeof(*l));
+    l->category = cat;
+    l->building = true;
+    return l;
+}
+
+/* Remove 'l' (a placeholder whose read failed) from the lists. Under pc->mu. */
+static void list_remove(popcache *pc, struct pop_list *l)
+{
+    free(l->category);
+    free(l->items);
+    *l = pc->lists[--pc->nlists];
 }
 
 /* Install the refreshed list 'items' (taken over) of 'cat' (taken over). Under pc->mu. */
@@ -467,6 +546,7 @@ static void list_install(popcache *pc, char *cat, struct scored_product *items, 
     l->n = n;
     l->refreshed_ms = now;
     l->at = at;
+    l->building = false;
     l->refreshing = false;
     l->scheduled = false;
     l->used = false;
@@ -504,11 +584,14 @@ static eddy_err refresh_lists(popcache *pc, char **cats, size_t nl, int64_t at,
             continue;
         }
         struct pop_list *f = list_find(pc, cats[k]);
-        if (f)
+        if (f && f->building)
+            list_remove(pc, f);
+        else if (f)
             f->refreshing = f->scheduled = false;
         free(ps.tk ? ps.tk[k].items : NULL);
         free(cats[k]);
     }
+    pthread_cond_broadcast(&pc->built_cv);
     pthread_mutex_unlock(&pc->mu);
     free(ps.tk);
     free(cats);
@@ -600,6 +683,10 @@ void popcache_sync(popcache *pc)
     while (pc->refresh_due || pc->refresh_running)
         pthread_cond_wait(&pc->idle_cv, &pc->mu);
     pthread_mutex_unlock(&pc->mu);
+    pthread_mutex_lock(&pc->nb_mu);
+    while (pc->nb_head || pc->nb_running)
+        pthread_cond_wait(&pc->nb_idle_cv, &pc->nb_mu);
+    pthread_mutex_unlock(&pc->nb_mu);
 }
 
 eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
@@ -609,6 +696,10 @@ eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
     *n = 0;
     pthread_mutex_lock(&pc->mu);
     struct pop_list *l = list_find(pc, category);
+    while (l && l->building) { /* another thread reads it: one read, not one per caller */
+        pthread_cond_wait(&pc->built_cv, &pc->mu);
+        l = list_find(pc, category);
+    }
     /* Decay scales every score of a list alike, so a list decayed to a slightly older
      * reference time ranks the same; only its age matters. A list expired less than one
      * period ago is answered from while the refresher reads it again, so no call waits for
@@ -622,17 +713,19 @@ eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
         pthread_mutex_unlock(&pc->mu);
         return EDDY_OK;
     }
+    /* read by this thread, alone: the other lists in use are the refresher's (DESIGN) */
+    char **cats = one_list(category);
+    if (!cats) {
+        pthread_mutex_unlock(&pc->mu);
+        return EDDY_ERR_NOMEM;
+    }
     if (l)
         l->refreshing = true;
-    size_t nl = 0;
-    char **cats = refresh_set(pc, category, &nl);
-    if (!cats && l)
-        l->refreshing = false;
+    else if (pc->staleness_ms > 0)
+        (void)list_placeholder(pc, category);
     pthread_mutex_unlock(&pc->mu);
-    if (!cats)
-        return EDDY_ERR_NOMEM;
-    /* outside the lock: concurrent refreshes of one list are harmless */
-    return refresh_lists(pc, cats, nl, at, out, max, n);
+    /* outside the lock: the others answer from the previous list, or wait for the first */
+    return refresh_lists(pc, cats, 1, at, out, max, n);
 }
 
 /* The uncached read: the reference the cache must reproduce. */
@@ -891,6 +984,118 @@ static void nb_refresh_failed(struct nb_shard *sh, uint64_t h, const char *key)
     pthread_mutex_unlock(&sh->mu);
 }
 
+/* Read the neighbours of 'product_id' into a new entry *ne, from the store (raw; 'out'
+ * is left alone) or from the source: its answer for 'at' and 'max' goes to 'out', its
+ * count to *n, and *answered is set even if the entry could not be built. Not under any
+ * lock. */
+static eddy_err nb_read(popcache *pc, const char *product_id, size_t keylen, int64_t at,
+                        struct scored_product *out, size_t max, size_t *n, bool *answered,
+                        struct nb_entry *ne)
+{
+    *answered = false;
+    if (!pc->src)
+        return nb_build_local(pc, product_id, keylen, ne);
+    eddy_err err = pc->src->neighbours(pc->src->ud, product_id, at, out, max, n);
+    if (err != EDDY_OK)
+        return err;
+    *answered = true;
+    return nb_build_scored(product_id, keylen, out, *n, max, ne);
+}
+
+/* Install *ne (taken over), read at 'read_ms', as the entry of hash 'h' in 'sh'. */
+static void nb_install(struct nb_shard *sh, uint64_t h, int64_t read_ms, struct nb_entry *ne)
+{
+    ne->hash = h;
+    ne->refreshed_ms = read_ms;
+    pthread_mutex_lock(&sh->mu);
+    nb_insert(sh, ne);
+    pthread_mutex_unlock(&sh->mu);
+}
+
+/* On the refresher: read the entry of job 'j' again and install it. */
+static void nb_refresh_job(popcache *pc, const struct nb_job *j)
+{
+    size_t keylen = strlen(j->key);
+    uint64_t h = XXH3_64bits(j->key, keylen);
+    struct nb_shard *sh = &pc->nb[h % NB_SHARDS];
+    int64_t now = clock_mono_ms();
+    struct nb_entry ne;
+    size_t n = 0;
+    bool answered;
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (pc->src && pc->nb_buf_cap < j->max) { /* only this thread touches nb_buf */
+        free(pc->nb_buf);
+        pc->nb_buf_cap = 0;
+        if ((pc->nb_buf = malloc(j->max * sizeof(*pc->nb_buf))))
+            pc->nb_buf_cap = j->max;
+    }
+    if (!pc->src || pc->nb_buf_cap >= j->max)
+        err = nb_read(pc, j->key, keylen, j->at, pc->nb_buf, j->max, &n, &answered, &ne);
+    if (err != EDDY_OK)
+        nb_refresh_failed(sh, h, j->key);
+    else
+        nb_install(sh, h, now, &ne);
+}
+
+static void *nb_refresher_main(void *arg)
+{
+    popcache *pc = arg;
+    pthread_mutex_lock(&pc->nb_mu);
+    for (;;) {
+        while (!pc->nb_head && !pc->nb_stopping)
+            pthread_cond_wait(&pc->nb_work_cv, &pc->nb_mu);
+        if (pc->nb_stopping)
+            break;
+        struct nb_job *j = pc->nb_head;
+        if (!(pc->nb_head = j->next))
+            pc->nb_tail = NULL;
+        pc->nb_queued--;
+        pc->nb_running = true;
+        pthread_mutex_unlock(&pc->nb_mu);
+        nb_refresh_job(pc, j);
+        free(j);
+        pthread_mutex_lock(&pc->nb_mu);
+        pc->nb_running = false;
+        if (!pc->nb_head)
+            pthread_cond_broadcast(&pc->nb_idle_cv);
+    }
+    pc->nb_running = false;
+    pthread_cond_broadcast(&pc->nb_idle_cv);
+    pthread_mutex_unlock(&pc->nb_mu);
+    return NULL;
+}
+
+/* Queue the expired entry 'product_id' (marked refreshing) for the neighbour refresher,
+ * for a call at 'at' of 'max' items, starting it if needed. False if the queue is full or
+ * there is no refresher: the caller reads it. */
+static bool nb_schedule(popcache *pc, const char *product_id, size_t keylen, int64_t at,
+                        size_t max)
+{
+    bool ok = false;
+    pthread_mutex_lock(&pc->nb_mu);
+    if (!pc->nb_started && !pc->nb_stopping &&
+        pthread_create(&pc->nb_refresher, NULL, nb_refresher_main, pc) == 0)
+        pc->nb_started = true;
+    struct nb_job *j = NULL;
+    if (pc->nb_started && !pc->nb_stopping && pc->nb_queued < pc->nb_queue_max &&
+        (j = malloc(sizeof(*j) + keylen + 1))) {
+        j->next = NULL;
+        j->at = at;
+        j->max = max;
+        memcpy(j->key, product_id, keylen + 1);
+        if (pc->nb_tail)
+            pc->nb_tail->next = j;
+        else
+            pc->nb_head = j;
+        pc->nb_tail = j;
+        pc->nb_queued++;
+        pthread_cond_signal(&pc->nb_work_cv);
+        ok = true;
+    }
+    pthread_mutex_unlock(&pc->nb_mu);
+    return ok;
+}
+
 eddy_err popcache_neighbours(popcache *pc, const char *product_id, int64_t at,
                              struct scored_product *out, size_t max, size_t *n)
 {
@@ -905,42 +1110,34 @@ eddy_err popcache_neighbours(popcache *pc, const char *product_id, int64_t at,
     pthread_mutex_lock(&sh->mu);
     struct nb_entry *e = nb_find(sh, h, product_id);
     bool usable = e && (e->raw || max <= e->fetched || e->n < e->fetched);
-    /* as for the popularity lists, an expired entry being refreshed by another thread
-     * still answers */
-    if (usable && (now - e->refreshed_ms < pc->staleness_ms || e->refreshing)) {
+    int64_t age = usable ? now - e->refreshed_ms : 0;
+    /* as for the popularity lists, an entry expired less than one period ago answers
+     * while it is read again, by the refresher or by another thread (see DESIGN) */
+    bool answer = usable && age < 2 * pc->staleness_ms;
+    bool schedule = answer && age >= pc->staleness_ms && !e->refreshing;
+    if (answer) {
         *n = nb_emit(pc, e, at, out, max);
         e->ref = true;
         sh->hits++;
-        pthread_mutex_unlock(&sh->mu);
-        return EDDY_OK;
-    }
-    if (usable)
-        e->refreshing = true;
-    sh->misses++;
-    pthread_mutex_unlock(&sh->mu);
-
-    /* refresh outside the lock: concurrent refreshes of one entry are harmless */
-    struct nb_entry ne;
-    eddy_err err;
-    if (pc->src) {
-        err = pc->src->neighbours(pc->src->ud, product_id, at, out, max, n);
-        if (err == EDDY_OK && nb_build_scored(product_id, keylen, out, *n, max, &ne) != EDDY_OK) {
-            nb_refresh_failed(sh, h, product_id);
-            return EDDY_OK; /* answered, just not cached */
-        }
     } else {
-        err = nb_build_local(pc, product_id, keylen, &ne);
-        if (err == EDDY_OK)
-            *n = nb_emit(pc, &ne, at, out, max);
+        sh->misses++;
     }
+    if (usable && (schedule || !answer))
+        e->refreshing = true;
+    pthread_mutex_unlock(&sh->mu);
+    if (answer && (!schedule || nb_schedule(pc, product_id, keylen, at, max)))
+        return EDDY_OK;
+
+    /* read here, outside the lock: concurrent reads of one entry are harmless */
+    struct nb_entry ne;
+    bool answered;
+    eddy_err err = nb_read(pc, product_id, keylen, at, out, max, n, &answered, &ne);
     if (err != EDDY_OK) {
         nb_refresh_failed(sh, h, product_id);
-        return err;
+        return answered ? EDDY_OK : err; /* answered, just not cached */
     }
-    ne.hash = h;
-    ne.refreshed_ms = now;
-    pthread_mutex_lock(&sh->mu);
-    nb_insert(sh, &ne);
-    pthread_mutex_unlock(&sh->mu);
+    if (!pc->src)
+        *n = nb_emit(pc, &ne, at, out, max);
+    nb_install(sh, h, now, &ne);
     return EDDY_OK;
 }

@@ -13,8 +13,8 @@
  *
  * Threads: any; the popularity lists are guarded by one mutex, the neighbour cache by 16
  * sharded mutexes; a refresh reads LevelDB (or calls the source) outside of them. The
- * refresher thread reads the store (or calls the source) until popcache_free, so free the
- * cache before either goes away. */
+ * refresher threads (one for the lists, one for neighbour entries) read the store (or call
+ * the source) until popcache_free, so free the cache before either goes away. */
 #ifndef EDDY_POPCACHE_H
 #define EDDY_POPCACHE_H
 
@@ -69,16 +69,20 @@ void popcache_set_owns(popcache *pc, bool (*owns)(void *ud, uint32_t p), void *u
  * best first, into 'out'; returns the count in *n. A list older than the staleness (and
  * younger than twice it) is answered as it is while a background thread (the refresher,
  * started by the first such call) reads it again, with every other list in use, decayed
- * to this call's 'at'; a list not cached, or older, is read by the calling thread (and
- * every list at staleness 0). */
+ * to this call's 'at'; a list not cached, or older, is read by the calling thread, alone
+ * (and every list at staleness 0). Concurrent calls for a list not cached yet wait for
+ * the one that reads it. */
 eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
                       struct scored_product *out, size_t max, size_t *n);
 
-/* Wait until no list is waiting for the refresher or being refreshed by it (tests and
- * benchmarks: the lists installed afterwards include every refresh scheduled before). */
+/* Wait until no list or neighbour entry is waiting for a refresher or being refreshed by
+ * one (tests and benchmarks: what is installed afterwards includes every refresh
+ * scheduled before). */
 void popcache_sync(popcache *pc);
 
-/* Copy up to 'max' strongest neighbours of 'product_id' at event time 'at'. */
+/* Copy up to 'max' strongest neighbours of 'product_id' at event time 'at'. An entry
+ * older than the staleness (and younger than twice it) answers while the neighbour
+ * refresher reads it again; a missing or older entry is read by the calling thread. */
 eddy_err popcache_neighbours(popcache *pc, const char *product_id, int64_t at,
                              struct scored_product *out, size_t max, size_t *n);
 

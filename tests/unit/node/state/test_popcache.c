@@ -1,7 +1,9 @@
 /* The neighbour cache of popcache: answers identical to the uncached read (bit for bit),
  * staleness, clock eviction, lists from a popcache_source (cluster mode), and Recommend
  * answers identical with and without the cache; popularity lists refreshed together in one
- * pass equal lists read alone. */
+ * pass equal lists read alone; expired neighbour entries read again by the refresher while
+ * they answer; a list not cached yet read once for concurrent callers. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -53,6 +55,54 @@ static engine *fill(const char *dir, struct engine_opts *o)
     return e;
 }
 
+/* Each test's engine, filled by fill() in its own directory (cmocka setup / teardown). */
+struct filled {
+    char *dir;
+    struct engine_opts o;
+    engine *e;
+};
+
+static int filled_setup(void **state)
+{
+    struct filled *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    f->dir = tmpdir_for("popcache");
+    f->e = fill(f->dir, &f->o);
+    *state = f;
+    return 0;
+}
+
+static int filled_teardown(void **state)
+{
+    struct filled *f = *state;
+    engine_close(f->e);
+    rmrf(f->dir);
+    free(f->dir);
+    free(f);
+    return 0;
+}
+
+/* A cache of the filled engine's store: lists of 50, entries valid for 'staleness_ms'. */
+static popcache *cache_new(engine *e, int64_t staleness_ms)
+{
+    return popcache_new(engine_store(e), &engine_options(e)->product, staleness_ms, 50);
+}
+
+/* 'user' views 'p1' ('c1') at 'ts', then 'p2' ('c2') a second later: events "<prefix>-1"
+ * and "<prefix>-2". */
+static void view_pair(engine *e, const char *prefix, const char *user, int64_t ts,
+                      const char *p1, const char *c1, const char *p2, const char *c2)
+{
+    char id1[32], id2[32];
+    snprintf(id1, sizeof(id1), "%s-1", prefix);
+    snprintf(id2, sizeof(id2), "%s-2", prefix);
+    Eddy__V1__Event *ev[] = {mk(id1, user, ts, VIEW, p1, c1),
+                             mk(id2, user, ts + 1000, VIEW, p2, c2)};
+    ingest(e, ev, 2);
+    free(ev[0]);
+    free(ev[1]);
+}
+
 static void assert_same_list(const struct scored_product *a, size_t na,
                              const struct scored_product *b, size_t nb)
 {
@@ -68,12 +118,9 @@ static void assert_same_list(const struct scored_product *a, size_t na,
  * not), several reference times and list lengths, on a miss and on a hit. */
 static void test_cached_equals_uncached(void **state)
 {
-    (void)state;
-    char *dir = tmpdir_for("popcache");
-    struct engine_opts o;
-    engine *e = fill(dir, &o);
-    popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    popcache *cached = popcache_new(engine_store(e), &engine_options(e)->product, 60000, 50);
+    engine *e = ((struct filled *)*state)->e;
+    popcache *plain = cache_new(e, 0);
+    popcache *cached = cache_new(e, 60000);
     assert_int_equal(popcache_set_neighbour_cache(cached, 1000), EDDY_OK);
     static struct scored_product a[50], b[50];
     const int64_t ats[] = {T0 + 1800000, T0 + 1800000, T0 + 5 * 86400000LL, T0};
@@ -103,20 +150,14 @@ static void test_cached_equals_uncached(void **state)
     assert_int_equal(st.evictions, 0);
     popcache_free(plain);
     popcache_free(cached);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
 }
 
 /* A cached list is served until --stage2-staleness, then read again. */
 static void test_staleness(void **state)
 {
-    (void)state;
-    char *dir = tmpdir_for("popcache");
-    struct engine_opts o;
-    engine *e = fill(dir, &o);
-    popcache *slow = popcache_new(engine_store(e), &engine_options(e)->product, 3600000, 50);
-    popcache *fast = popcache_new(engine_store(e), &engine_options(e)->product, 20, 50);
+    engine *e = ((struct filled *)*state)->e;
+    popcache *slow = cache_new(e, 3600000);
+    popcache *fast = cache_new(e, 20);
     assert_int_equal(popcache_set_neighbour_cache(slow, 100), EDDY_OK);
     assert_int_equal(popcache_set_neighbour_cache(fast, 100), EDDY_OK);
     static struct scored_product a[50];
@@ -128,11 +169,7 @@ static void test_staleness(void **state)
     assert_int_equal(n, 0);
 
     /* p22 and p23 viewed together: now they are neighbours */
-    Eddy__V1__Event *ev[] = {mk("n1", "new", T0 + 3000000, VIEW, "p22", "books"),
-                             mk("n2", "new", T0 + 3001000, VIEW, "p23", "books")};
-    ingest(e, ev, 2);
-    free(ev[0]);
-    free(ev[1]);
+    view_pair(e, "n", "new", T0 + 3000000, "p22", "books", "p23", "books");
 
     assert_int_equal(popcache_neighbours(slow, "p22", at, a, 50, &n), EDDY_OK);
     assert_int_equal(n, 0); /* within its staleness: the cached (empty) list */
@@ -144,7 +181,7 @@ static void test_staleness(void **state)
     assert_string_equal(a[0].category, "books");
 
     /* staleness 0 never caches */
-    popcache *none = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    popcache *none = cache_new(e, 0);
     assert_int_equal(popcache_set_neighbour_cache(none, 100), EDDY_OK);
     assert_int_equal(popcache_neighbours(none, "p22", at, a, 50, &n), EDDY_OK);
     assert_int_equal(n, 1);
@@ -155,20 +192,14 @@ static void test_staleness(void **state)
     popcache_free(slow);
     popcache_free(fast);
     popcache_free(none);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
 }
 
 /* A full cache evicts (clock) and still answers correctly. */
 static void test_eviction(void **state)
 {
-    (void)state;
-    char *dir = tmpdir_for("popcache");
-    struct engine_opts o;
-    engine *e = fill(dir, &o);
-    popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    popcache *small = popcache_new(engine_store(e), &engine_options(e)->product, 3600000, 50);
+    engine *e = ((struct filled *)*state)->e;
+    popcache *plain = cache_new(e, 0);
+    popcache *small = cache_new(e, 3600000);
     assert_int_equal(popcache_set_neighbour_cache(small, 1), EDDY_OK); /* one per shard */
     static struct scored_product a[50], b[50];
     char other[64][16];
@@ -197,9 +228,6 @@ static void test_eviction(void **state)
     assert_true(st.misses <= misses + 1);
     popcache_free(plain);
     popcache_free(small);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
 }
 
 /* Cluster mode: lists from a popcache_source are cached too, refetched when a longer list
@@ -273,12 +301,9 @@ static void test_source_cached(void **state)
 /* Recommend through a cached popcache gives the same answers as through an uncached one. */
 static void test_recommend_same(void **state)
 {
-    (void)state;
-    char *dir = tmpdir_for("popcache");
-    struct engine_opts o;
-    engine *e = fill(dir, &o);
-    popcache *plain = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    popcache *cached = popcache_new(engine_store(e), &engine_options(e)->product, 3600000, 50);
+    engine *e = ((struct filled *)*state)->e;
+    popcache *plain = cache_new(e, 0);
+    popcache *cached = cache_new(e, 3600000);
     assert_int_equal(popcache_set_neighbour_cache(cached, 1000), EDDY_OK);
     struct query_ctx q0 = {e, plain, 10, 100, NULL, NULL, 0};
     struct query_ctx q1 = {e, cached, 10, 100, NULL, NULL, 0};
@@ -314,9 +339,6 @@ static void test_recommend_same(void **state)
     }
     popcache_free(plain);
     popcache_free(cached);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
 }
 
 /* Every list of a fresh cache (each read alone, nothing else in use) for 'at'. */
@@ -324,7 +346,7 @@ static void fresh_lists(engine *e, const char *const *cats, size_t ncats, int64_
                         struct scored_product (*out)[50], size_t *n)
 {
     for (size_t c = 0; c < ncats; c++) {
-        popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+        popcache *pc = cache_new(e, 0);
         assert_int_equal(popcache_top(pc, cats[c], at, out[c], 50, &n[c]), EDDY_OK);
         popcache_free(pc);
     }
@@ -351,15 +373,12 @@ static void forty_views(engine *e, const char *prefix, const char *user, const c
  * before and after more events change the popularity; a category read alone too. */
 static void test_lists_refreshed_together(void **state)
 {
-    (void)state;
-    char *dir = tmpdir_for("popcache");
-    struct engine_opts o;
-    engine *e = fill(dir, &o);
+    engine *e = ((struct filled *)*state)->e;
     const char *cats[] = {"", "books", "toys", "none-such"};
     const int64_t at = T0 + 3600000;
     static struct scored_product want[4][50], old[4][50], got[50];
     size_t nwant[4], nold[4], n;
-    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 100, 50);
+    popcache *pc = cache_new(e, 100);
     fresh_lists(e, cats, 4, at, want, nwant);
     assert_true(nwant[0] > nwant[1] && nwant[1] > 0 && nwant[2] > 0 && nwant[3] == 0);
     for (int round = 0; round < 2; round++) { /* the second round finds them cached: in use */
@@ -398,27 +417,163 @@ static void test_lists_refreshed_together(void **state)
     assert_same_list(want[1], nwant[1], got, n);
     popcache_free(pc);
     /* a cache where only "books" is in use: refreshed alone, from its own key ranges */
-    pc = popcache_new(engine_store(e), &engine_options(e)->product, 100, 50);
+    pc = cache_new(e, 100);
     for (int round = 0; round < 3; round++) {
         assert_int_equal(popcache_top(pc, "books", at, got, 3, &n), EDDY_OK);
         assert_same_list(want[1], nwant[1] < 3 ? nwant[1] : 3, got, n);
         nanosleep(&pause, NULL);
     }
     popcache_free(pc);
-    engine_close(e);
-    rmrf(dir);
-    free(dir);
+}
+
+/* An entry expired less than one period ago answers as it is while the neighbour
+ * refresher reads it again; afterwards it is the uncached answer. One older than twice the
+ * staleness is read by the call itself. */
+static void test_neighbours_refreshed_in_background(void **state)
+{
+    engine *e = ((struct filled *)*state)->e;
+    popcache *plain = cache_new(e, 0);
+    popcache *pc = cache_new(e, 300);
+    assert_int_equal(popcache_set_neighbour_cache(pc, 100), EDDY_OK);
+    static struct scored_product a[50], b[50];
+    size_t n, nb;
+    int64_t at = T0 + 3600000;
+    assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 0); /* no state yet */
+
+    view_pair(e, "b", "bg", T0 + 3000000, "p22", "books", "p23", "books");
+    struct timespec expire = {0, 350 * 1000000L}; /* past 300 ms, well before 600 */
+    nanosleep(&expire, NULL);
+    assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 0); /* the expired entry answered; the refresher reads it */
+    popcache_sync(pc);
+    assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(popcache_neighbours(plain, "p22", at, b, 50, &nb), EDDY_OK);
+    assert_int_equal(n, 1);
+    assert_same_list(b, nb, a, n);
+    struct popcache_stats st;
+    popcache_stats(pc, &st);
+    assert_int_equal(st.misses, 1); /* only the first read was the caller's */
+
+    /* more than twice the staleness: the call reads it itself */
+    view_pair(e, "c", "bg2", T0 + 3002000, "p22", "toys", "p0", "books");
+    struct timespec twice = {0, 700 * 1000000L};
+    nanosleep(&twice, NULL);
+    assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(popcache_neighbours(plain, "p22", at, b, 50, &nb), EDDY_OK);
+    assert_int_equal(n, 2);
+    assert_same_list(b, nb, a, n);
+    popcache_stats(pc, &st);
+    assert_int_equal(st.misses, 2);
+    popcache_free(plain);
+    popcache_free(pc);
+}
+
+/* A source whose list reads block until released, counting the reads. */
+struct gated_src {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool open;
+    int calls;
+};
+
+static eddy_err gated_top(void *ud, const char *category, int64_t at,
+                          struct scored_product *out, size_t max, size_t *n)
+{
+    struct gated_src *g = ud;
+    (void)at;
+    pthread_mutex_lock(&g->mu);
+    g->calls++;
+    pthread_cond_broadcast(&g->cv);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+    *n = 0;
+    if (strcmp(category, "down") == 0)
+        return EDDY_ERR_UNAVAILABLE;
+    for (size_t i = 0; i < 3 && i < max; i++) {
+        snprintf(out[i].product_id, sizeof(out[i].product_id), "%s-%zu", category, i);
+        snprintf(out[i].category, sizeof(out[i].category), "%s", category);
+        out[i].score = 10.0 - (double)i;
+        (*n)++;
+    }
+    return EDDY_OK;
+}
+
+struct top_call {
+    popcache *pc;
+    const char *category;
+    struct scored_product out[50];
+    size_t n;
+    eddy_err err;
+};
+
+static void *top_thread(void *arg)
+{
+    struct top_call *c = arg;
+    c->err = popcache_top(c->pc, c->category, 1000, c->out, 50, &c->n);
+    return NULL;
+}
+
+/* Callers of a list not cached yet wait for the one thread reading it: one read, the same
+ * answer for all. A read that fails is not cached: the next call reads again. */
+static void test_cold_list_read_once(void **state)
+{
+    (void)state;
+    struct gated_src g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0};
+    struct popcache_source src = {gated_top, fake_neighbours, &g};
+    struct product_params pp = {8, {86400000, 8}, {7 * 86400000LL, 8}, 50};
+    popcache *pc = popcache_new(NULL, &pp, 3600000, 50);
+    popcache_set_source(pc, &src);
+    static struct top_call calls[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+        calls[i] = (struct top_call){.pc = pc, .category = "books"};
+        if (i == 1) { /* the first caller is inside the read before the others start */
+            pthread_mutex_lock(&g.mu);
+            while (g.calls == 0)
+                pthread_cond_wait(&g.cv, &g.mu);
+            pthread_mutex_unlock(&g.mu);
+        }
+        assert_int_equal(pthread_create(&th[i], NULL, top_thread, &calls[i]), 0);
+    }
+    struct timespec pause = {0, 50 * 1000000L}; /* time for a second read, if one came */
+    nanosleep(&pause, NULL);
+    pthread_mutex_lock(&g.mu);
+    assert_int_equal(g.calls, 1);
+    g.open = true;
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(calls[i].err, EDDY_OK);
+        assert_same_list(calls[0].out, calls[0].n, calls[i].out, calls[i].n);
+    }
+    assert_int_equal(calls[0].n, 3);
+    assert_string_equal(calls[0].out[0].product_id, "books-0");
+    assert_int_equal(g.calls, 1);
+
+    static struct scored_product out[50];
+    size_t n;
+    assert_int_equal(popcache_top(pc, "down", 1000, out, 50, &n), EDDY_ERR_UNAVAILABLE);
+    assert_int_equal(popcache_top(pc, "down", 1000, out, 50, &n), EDDY_ERR_UNAVAILABLE);
+    assert_int_equal(g.calls, 3);
+    assert_int_equal(popcache_top(pc, "books", 1000, out, 50, &n), EDDY_OK);
+    assert_int_equal(g.calls, 3); /* cached */
+    popcache_free(pc);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cached_equals_uncached),
-        cmocka_unit_test(test_staleness),
-        cmocka_unit_test(test_eviction),
+        cmocka_unit_test_setup_teardown(test_cached_equals_uncached, filled_setup, filled_teardown),
+        cmocka_unit_test_setup_teardown(test_staleness, filled_setup, filled_teardown),
+        cmocka_unit_test_setup_teardown(test_eviction, filled_setup, filled_teardown),
         cmocka_unit_test(test_source_cached),
-        cmocka_unit_test(test_recommend_same),
-        cmocka_unit_test(test_lists_refreshed_together),
+        cmocka_unit_test_setup_teardown(test_recommend_same, filled_setup, filled_teardown),
+        cmocka_unit_test_setup_teardown(test_lists_refreshed_together, filled_setup, filled_teardown),
+        cmocka_unit_test_setup_teardown(test_neighbours_refreshed_in_background, filled_setup, filled_teardown),
+        cmocka_unit_test(test_cold_list_read_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
