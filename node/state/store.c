@@ -691,6 +691,8 @@ struct overlay_entry {
     size_t vlen;        /* length of the bytes, or of the last packing of 'obj' */
     ProtobufCMessage *obj; /* decoded value (store_txn_obj_*), owned by the entry */
     size_t cost;        /* estimated bytes charged to the budget while kept */
+    size_t heap;        /* obj's malloc'd bytes (pb_heap_size) when measured... */
+    size_t heap_vlen;   /* ...and its packed length then (0: not measured) */
     uint64_t stamp;     /* the commit that last used it (eviction: oldest first) */
     bool deleted;       /* pending delete */
     bool pending;       /* written in this txn: goes into the batch at commit */
@@ -736,6 +738,22 @@ static void entry_drop_obj(struct overlay_entry *e)
         protobuf_c_message_free_unpacked(e->obj, NULL);
     e->obj = NULL;
     e->obj_dirty = false;
+    e->heap_vlen = 0;
+}
+
+/* What the decoded value occupies: pb_heap_size walks every field and string of it, which
+ * for a product with 50 neighbours cost as much as packing it, at every group that changed
+ * it. So it is measured again only when the packed length moved by more than an eighth
+ * since it was measured, and scaled by the packed length in between. */
+static size_t obj_heap(struct overlay_entry *e)
+{
+    size_t v = e->vlen ? e->vlen : 1, at = e->heap_vlen;
+    if (!at || v > at + at / 8 || v + at / 8 < at) {
+        e->heap = pb_heap_size(e->obj);
+        e->heap_vlen = v;
+        return e->heap;
+    }
+    return e->heap / at * v + e->heap % at * v / at;
 }
 
 /* Bring e->val up to date with the object (for byte readers, scans and the commit). */
@@ -1399,7 +1417,7 @@ static void seal_touched(store_txn *t)
         }
         /* the entry and its key, and the value: bytes, or a decoded message's malloc'd
          * pieces (4-6x its packed size, measured) */
-        e->cost = e->klen + 64 + (e->obj ? pb_heap_size(e->obj) : e->vlen);
+        e->cost = e->klen + 64 + (e->obj ? obj_heap(e) : e->vlen);
         t->kept_bytes += e->cost;
         uint32_t bit = e->klen >= 3 && e->key[2] < 32 ? UINT32_C(1) << e->key[2] : 0;
         if (!(t->kept_mask & bit)) {
