@@ -161,11 +161,19 @@ static size_t neighbour_body(const Eddy__Store__V1__Neighbour *nb, size_t *lid, 
            pbenc_str_size(nb->category, lcat);
 }
 
+/* The lengths of a neighbour's strings and body, from the size pass to the write pass. */
+struct nb_len {
+    size_t body, id, cat;
+};
+
+#define PACK_LENS 64 /* neighbours whose lengths the write pass finds measured */
+
 bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, size_t *len)
 {
     if (pbenc_unknown(&ps->base) || (ps->popularity && pbenc_unknown(&ps->popularity->base)))
         return false;
-    size_t lcat, lbrand, lidx, lid, lnc;
+    struct nb_len nl[PACK_LENS], x;
+    size_t lcat, lbrand, lidx;
     size_t n = pbenc_str_size(ps->category, &lcat) + pbenc_str_size(ps->brand, &lbrand) +
                pbenc_double_size(ps->price) + pbenc_decayed_size(ps->popularity) +
                pbenc_u64_size((uint64_t)ps->last_ts) +
@@ -176,7 +184,10 @@ bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, 
         const Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
         if (pbenc_unknown(&nb->base) || (nb->score && pbenc_unknown(&nb->score->base)))
             return false;
-        n += pbenc_sub_size(neighbour_body(nb, &lid, &lnc));
+        x.body = neighbour_body(nb, &x.id, &x.cat);
+        if (i < PACK_LENS)
+            nl[i] = x;
+        n += pbenc_sub_size(x.body);
     }
     uint8_t *p = malloc(n ? n : 1);
     if (!p)
@@ -189,10 +200,14 @@ bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, 
     p = pbenc_put_decayed(p, 0x22, ps->popularity);
     for (size_t i = 0; i < ps->n_neighbours; i++) {
         const Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
-        p = pbenc_put_sub(p, 0x2a, neighbour_body(nb, &lid, &lnc));
-        p = pbenc_put_str(p, 0x0a, nb->product_id, lid);
+        if (i < PACK_LENS)
+            x = nl[i];
+        else
+            x.body = neighbour_body(nb, &x.id, &x.cat);
+        p = pbenc_put_sub(p, 0x2a, x.body);
+        p = pbenc_put_str(p, 0x0a, nb->product_id, x.id);
         p = pbenc_put_decayed(p, 0x12, nb->score);
-        p = pbenc_put_str(p, 0x1a, nb->category, lnc);
+        p = pbenc_put_str(p, 0x1a, nb->category, x.cat);
     }
     p = pbenc_put_u64(p, 0x30, (uint64_t)ps->last_ts);
     p = pbenc_put_str(p, 0x3a, ps->category_indexed, lidx);
