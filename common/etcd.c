@@ -25,6 +25,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "common/thread.h"
 
 #define POOL_MAX 8
 #define ERR_MAX 256
@@ -1023,6 +1024,7 @@ bool etcd_session_alive(etcd_session *s)
 
 static void *session_main(void *arg)
 {
+    thread_name("etcd-lease");
     etcd_session *s = arg;
     int64_t interval = s->ttl_ms / 3, retry = s->ttl_ms / 12 > 50 ? s->ttl_ms / 12 : 50;
     /* A keepalive that hangs must not hold the thread past the next one. */
@@ -1347,6 +1349,7 @@ static void watch_stream(etcd_watch *w, size_t idx)
 
 static void *watch_main(void *arg)
 {
+    thread_name("etcd-watch");
     etcd_watch *w = arg;
     int64_t backoff = 50;
     while (!atomic_load(&w->stop)) {

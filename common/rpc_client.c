@@ -20,6 +20,7 @@
 
 #include "common/log.h"
 #include "common/pbgrpc.h"
+#include "common/thread.h"
 
 #define DEFAULT_MAX_MSG (64 * 1024 * 1024)
 
@@ -175,6 +176,7 @@ void rpc_invoke_raw(rpc_channel *ch, const char *method, const void *bytes, size
 
 static void *channel_main(void *arg)
 {
+    thread_name("channel");
     rpc_channel *ch = arg;
     for (;;) {
         grpc_event ev =

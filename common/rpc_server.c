@@ -73,6 +73,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/pbgrpc.h"
+#include "common/thread.h"
 
 #define ACCEPT_SLOTS 32       /* accept slots per method per CQ */
 #define STREAM_MAX_QUEUED 64  /* stream messages waiting behind the one being sent */
@@ -577,6 +578,7 @@ static void run_cancel(rpc_call *c)
 /* A handler thread of lane 'arg': serves only that lane's queue. */
 static void *handler_main(void *arg)
 {
+    thread_name("handler");
     struct lane *l = arg;
     rpc_server *s = l->s;
     for (;;) {
@@ -752,6 +754,7 @@ static void on_slot(struct slot *sl, bool ok)
 
 static void *worker_main(void *arg)
 {
+    thread_name("cq");
     struct worker *w = arg;
     rpc_server *s = w->s;
     for (size_t i = 0; i < s->nmethods; i++)

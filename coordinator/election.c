@@ -22,6 +22,7 @@
 #include "common/clock.h"
 #include "common/cluster.h"
 #include "common/log.h"
+#include "common/thread.h"
 
 struct election {
     struct election_opts o;
@@ -180,6 +181,7 @@ static bool campaign(election *e)
 
 static void *election_main(void *arg)
 {
+    thread_name("election");
     election *e = arg;
     int64_t backoff = 100;
     bool warned = false;

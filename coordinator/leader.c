@@ -12,6 +12,7 @@
 #include "common/clock.h"
 #include "common/cluster.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "coordinator/assigner.h"
 #include "coordinator/planner.h"
 #include "coordinator/registry.h"
@@ -613,6 +614,7 @@ static uint64_t settle(leader *l)
 
 static void *leader_main(void *arg)
 {
+    thread_name("leader");
     leader *l = arg;
     int64_t backoff = 100;
     while (!atomic_load(&l->stop)) {

@@ -10,6 +10,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/partition.h"
+#include "common/thread.h"
 #include "eddy/v1/state.pb-c.h"
 
 #define ROUND_MAX 512      /* records read per round */
@@ -221,6 +222,7 @@ out:
 
 static void *forwarder_main(void *arg)
 {
+    thread_name("forwarder");
     forwarder *f = arg;
     pthread_mutex_lock(&f->mu);
     while (!f->stopping) {

@@ -11,6 +11,7 @@
 #include "common/clock.h"
 #include "common/etcd.h"
 #include "common/log.h"
+#include "common/thread.h"
 
 struct loadpub {
     engine *eng;
@@ -57,6 +58,7 @@ static char *sample(loadpub *lp, double secs)
 
 static void *loadpub_main(void *arg)
 {
+    thread_name("load");
     loadpub *lp = arg;
     int64_t prev = clock_mono_ms();
     pthread_mutex_lock(&lp->mu);

@@ -10,6 +10,7 @@
 #include "common/clock.h"
 #include "common/etcd.h"
 #include "common/log.h"
+#include "common/thread.h"
 
 #define MAX_NODES 1024
 
@@ -190,6 +191,7 @@ static eddy_err register_self(membership *m)
 
 static void *maint_main(void *arg)
 {
+    thread_name("membership");
     membership *m = arg;
     bool was_alive = false;
     pthread_mutex_lock(&m->cmu);

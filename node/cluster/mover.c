@@ -12,6 +12,7 @@
 #include "common/completion.h"
 #include "common/etcd.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "eddy/v1/state.pb-c.h"
 #include "node/state/checkpoint.h"
 
@@ -663,6 +664,7 @@ static void collect_garbage(mover *mv)
 
 static void *mover_main(void *arg)
 {
+    thread_name("mover");
     mover *mv = arg;
     const char *self = membership_self(mv->o.mem);
     int64_t next_gc = clock_mono_ms() + 2000; /* first after the view has settled */

@@ -13,6 +13,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/partition.h"
+#include "common/thread.h"
 #include "eddy/v1/eddy.pb-c.h"
 #include "eddy/v1/state.pb-c.h"
 #include "node/cluster/state_service.h"
@@ -306,6 +307,7 @@ static void run_in_background(void)
 
 static void *rebuild_main(void *arg)
 {
+    thread_name("rebuild");
     struct rebuild_job *j = arg;
     run_in_background();
     struct reprocess_service *svc = j->svc;
@@ -813,6 +815,7 @@ static void driver_run(struct driver_job *d)
 
 static void *driver_main(void *arg)
 {
+    thread_name("reprocess");
     struct driver_job *d = arg;
     struct reprocess_service *svc = d->svc;
     driver_run(d);

@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "node/state/checkpoint.h"
 #include "common/partition.h"
+#include "common/thread.h"
 #include "eddy/v1/state.pb-c.h"
 #include "node/state/pbutil.h"
 
@@ -675,6 +676,7 @@ static eddy_err send_chunk(void *ud, const void *buf, size_t n)
 
 static void *fetch_ckpt_main(void *arg)
 {
+    thread_name("ckpt-send");
     struct fetch_ckpt *fc = arg;
     struct state_service *svc = fc->svc;
     uint64_t epoch = 0;

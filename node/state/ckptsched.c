@@ -10,6 +10,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/thread.h"
 
 /* ---- the pure schedule ---------------------------------------------------------------- */
 
@@ -228,6 +229,7 @@ static bool stopping(ckptsched *cs)
 
 static void *sched_main(void *arg)
 {
+    thread_name("checkpoint");
     struct ckpt_thread *th = arg;
     ckptsched *cs = th->cs;
     for (;;) {

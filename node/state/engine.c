@@ -13,6 +13,7 @@
 #include "common/completion.h"
 #include "common/log.h"
 #include "common/partition.h"
+#include "common/thread.h"
 #include "node/state/checkpoint.h"
 
 enum job_kind { JOB_INGEST, JOB_DELETE, JOB_FLUSH, JOB_FORWARD, JOB_RESTORE, JOB_REPLAY,
@@ -436,6 +437,7 @@ static void log_group_failed(eddy_err err, const struct job *group)
  * and acknowledge it, while the writer applies the next group. */
 static void *syncer_main(void *arg)
 {
+    thread_name("sync");
     engine *e = arg;
     struct sealed_group *sg = &e->sealed;
     pthread_mutex_lock(&e->mu);
@@ -616,6 +618,7 @@ static struct job *take_group(engine *e, bool *stop)
 
 static void *writer_main(void *arg)
 {
+    thread_name("writer");
     engine *e = arg;
     int64_t last_idle = clock_mono_ms();
     bool stop = false;

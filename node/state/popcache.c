@@ -40,6 +40,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "node/state/decay.h"
 
 #define MAX_CACHED_LISTS 4096
@@ -631,6 +632,7 @@ static char **scheduled_set(popcache *pc, size_t *n)
 
 static void *refresher_main(void *arg)
 {
+    thread_name("lists");
     popcache *pc = arg;
 #ifdef __linux__
     (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19); /* this thread only (see DESIGN) */
@@ -1039,6 +1041,7 @@ static void nb_refresh_job(popcache *pc, const struct nb_job *j)
 
 static void *nb_refresher_main(void *arg)
 {
+    thread_name("neighbours");
     popcache *pc = arg;
     pthread_mutex_lock(&pc->nb_mu);
     for (;;) {

@@ -18,6 +18,7 @@
 #include <xxhash.h>
 
 #include "common/log.h"
+#include "common/thread.h"
 #include "node/state/pbutil.h"
 
 #define STORE_CHANGES 16 /* writes around the txns remembered with their key ranges */
@@ -201,6 +202,16 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
         store_close(s);
         return e;
     }
+    /* LevelDB starts its compaction thread the first time it schedules work, and the
+     * thread takes the name of the one that did (common/thread.h). A manual compaction of
+     * an empty range past every key schedules it now, under the name "eddy-leveldb",
+     * instead of later from the engine's sync thread under that one's name. */
+    static const char past[] = "\xff\xff\xff\xff";
+    char was[16] = "";
+    pthread_getname_np(pthread_self(), was, sizeof(was));
+    thread_name("leveldb");
+    leveldb_compact_range(s->db, past, sizeof(past) - 1, past, sizeof(past) - 1);
+    pthread_setname_np(pthread_self(), was);
     s->ropts = leveldb_readoptions_create();
     s->wsync = leveldb_writeoptions_create();
     leveldb_writeoptions_set_sync(s->wsync, 1);
