@@ -193,6 +193,21 @@ class ScriptSmoke(unittest.TestCase):
         self.assertLessEqual(out["rss_anon_bytes"], out["rss_bytes"])
         self.assertGreater(out["disk_per_user"], out["table_bytes_per_user"]["log"] / 10)
 
+    def test_recommend_tail(self):
+        build = os.path.dirname(L.require_node())
+        if not all(os.access(os.path.join(build, b), os.X_OK)
+                   for b in ("eddy-bench", "eddy-ref-leveldb", "eddy-ref-grpc")):
+            raise unittest.SkipTest("the bench programs are not all built beside eddy-node")
+        script = os.path.join(L.HERE, "..", "..", "bench", "recommend_tail.sh")
+        env = dict(os.environ, EDDY_BUILD_DIR=build, BENCH_DURATION="1s", BENCH_PRELOAD="1s")
+        r = subprocess.run(["bash", script], capture_output=True, text=True, timeout=120, env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for run in ("cold", "warm"):  # a row each, and the server's side of the same calls
+            self.assertTrue(any(l.startswith(f"| `recommend-{run}` | - | - | ")
+                                for l in r.stdout.splitlines()), r.stdout)
+            self.assertRegex(r.stderr, rf"recommend-{run}: the server's own p99 <= [0-9.]+ ms "
+                                       rf"over [1-9][0-9]* calls")
+
 
 if __name__ == "__main__":
     unittest.main()
