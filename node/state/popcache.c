@@ -124,6 +124,7 @@ struct popcache {
     pthread_cond_t work_cv;    /* the refresher waits: work queued, or stopping */
     pthread_cond_t idle_cv;    /* popcache_sync waits: nothing scheduled or running */
     pthread_cond_t built_cv;   /* a list being built was installed or given up */
+    int64_t (*now_ms)(void);   /* the clock lists and entries age by */
     /* the neighbour refresher (see DESIGN): expired entries it reads again, oldest first,
      * at most nb_queue_max; guarded by nb_mu, never taken with another lock */
     pthread_mutex_t nb_mu;
@@ -151,6 +152,7 @@ popcache *popcache_new(store *st, const struct product_params *pp, int64_t stale
     pthread_cond_init(&pc->work_cv, NULL);
     pthread_cond_init(&pc->idle_cv, NULL);
     pthread_cond_init(&pc->built_cv, NULL);
+    pc->now_ms = clock_mono_ms;
     pthread_mutex_init(&pc->nb_mu, NULL);
     pthread_cond_init(&pc->nb_work_cv, NULL);
     pthread_cond_init(&pc->nb_idle_cv, NULL);
@@ -193,6 +195,11 @@ static void nb_free(popcache *pc)
     }
     free(pc->nb);
     pc->nb = NULL;
+}
+
+void popcache_set_clock(popcache *pc, int64_t (*now_ms)(void))
+{
+    pc->now_ms = now_ms;
 }
 
 eddy_err popcache_set_neighbour_cache(popcache *pc, size_t entries)
@@ -560,7 +567,7 @@ static void list_install(popcache *pc, char *cat, struct scored_product *items, 
 static eddy_err refresh_lists(popcache *pc, char **cats, size_t nl, int64_t at,
                               struct scored_product *out, size_t max, size_t *n)
 {
-    int64_t now = clock_mono_ms();
+    int64_t now = pc->now_ms();
     struct pass ps = {pc->pp, at, nl, cats, calloc(nl, sizeof(struct topk)), -1, NULL, 0};
     eddy_err err = ps.tk ? EDDY_OK : EDDY_ERR_NOMEM;
     for (size_t k = 0; k < nl && err == EDDY_OK; k++) {
@@ -694,7 +701,7 @@ void popcache_sync(popcache *pc)
 eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
                       struct scored_product *out, size_t max, size_t *n)
 {
-    int64_t now = clock_mono_ms();
+    int64_t now = pc->now_ms();
     *n = 0;
     pthread_mutex_lock(&pc->mu);
     struct pop_list *l = list_find(pc, category);
@@ -1020,7 +1027,7 @@ static void nb_refresh_job(popcache *pc, const struct nb_job *j)
     size_t keylen = strlen(j->key);
     uint64_t h = XXH3_64bits(j->key, keylen);
     struct nb_shard *sh = &pc->nb[h % NB_SHARDS];
-    int64_t now = clock_mono_ms();
+    int64_t now = pc->now_ms();
     struct nb_entry ne;
     size_t n = 0;
     bool answered;
@@ -1108,7 +1115,7 @@ eddy_err popcache_neighbours(popcache *pc, const char *product_id, int64_t at,
     size_t keylen = strlen(product_id);
     uint64_t h = XXH3_64bits(product_id, keylen);
     struct nb_shard *sh = &pc->nb[h % NB_SHARDS];
-    int64_t now = clock_mono_ms();
+    int64_t now = pc->now_ms();
 
     pthread_mutex_lock(&sh->mu);
     struct nb_entry *e = nb_find(sh, h, product_id);

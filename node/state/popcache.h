@@ -50,6 +50,10 @@ void popcache_free(popcache *pc);
  * --max-neighbours, about 3 kB). Call before the cache is shared between threads. */
 eddy_err popcache_set_neighbour_cache(popcache *pc, size_t entries);
 
+/* The clock the cache ages its lists and entries by, in ms (default clock_mono_ms; tests
+ * pass one they move by hand). Call before the cache is shared between threads. */
+void popcache_set_clock(popcache *pc, int64_t (*now_ms)(void));
+
 /* Counters of the neighbour cache (for tests and diagnostics). */
 struct popcache_stats {
     uint64_t hits, misses, evictions;

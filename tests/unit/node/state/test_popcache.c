@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -83,9 +84,26 @@ static int filled_teardown(void **state)
 }
 
 /* A cache of the filled engine's store: lists of 50, entries valid for 'staleness_ms'. */
+/* The caches' clock: moved by hand (advance), so that expiry does not depend on how long
+ * the test takes to get from one call to the next. */
+static _Atomic int64_t fake_ms = 1000000;
+
+static int64_t fake_clock(void)
+{
+    return atomic_load(&fake_ms);
+}
+
+static void advance(int64_t ms)
+{
+    atomic_fetch_add(&fake_ms, ms);
+}
+
 static popcache *cache_new(engine *e, int64_t staleness_ms)
 {
-    return popcache_new(engine_store(e), &engine_options(e)->product, staleness_ms, 50);
+    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, staleness_ms, 50);
+    assert_non_null(pc);
+    popcache_set_clock(pc, fake_clock);
+    return pc;
 }
 
 /* 'user' views 'p1' ('c1') at 'ts', then 'p2' ('c2') a second later: events "<prefix>-1"
@@ -173,8 +191,7 @@ static void test_staleness(void **state)
 
     assert_int_equal(popcache_neighbours(slow, "p22", at, a, 50, &n), EDDY_OK);
     assert_int_equal(n, 0); /* within its staleness: the cached (empty) list */
-    struct timespec ts = {0, 40 * 1000000L};
-    nanosleep(&ts, NULL);
+    advance(40);
     assert_int_equal(popcache_neighbours(fast, "p22", at, a, 50, &n), EDDY_OK);
     assert_int_equal(n, 1); /* expired: read again */
     assert_string_equal(a[0].product_id, "p23");
@@ -396,8 +413,7 @@ static void test_lists_refreshed_together(void **state)
     assert_string_equal(want[0][0].product_id, "p1");
     assert_string_equal(want[2][0].product_id, "p1");
     assert_string_not_equal(old[0][0].product_id, "p1");
-    struct timespec pause = {0, 150 * 1000000};
-    nanosleep(&pause, NULL); /* every list expired */
+    advance(150); /* every list expired */
     assert_int_equal(popcache_top(pc, cats[0], at, got, 50, &n), EDDY_OK);
     assert_same_list(old[0], nold[0], got, n); /* the refresh is not this call's */
     popcache_sync(pc); /* the refresher read all four in use */
@@ -411,8 +427,7 @@ static void test_lists_refreshed_together(void **state)
     forty_views(e, "again", "u98", pid[3], "books");
     fresh_lists(e, cats, 4, at, want, nwant);
     assert_true(want[1][0].score != old[1][0].score); /* p3 leads "books" by more now */
-    struct timespec long_pause = {0, 250 * 1000000};
-    nanosleep(&long_pause, NULL);
+    advance(250);
     assert_int_equal(popcache_top(pc, "books", at, got, 50, &n), EDDY_OK);
     assert_same_list(want[1], nwant[1], got, n);
     popcache_free(pc);
@@ -421,7 +436,7 @@ static void test_lists_refreshed_together(void **state)
     for (int round = 0; round < 3; round++) {
         assert_int_equal(popcache_top(pc, "books", at, got, 3, &n), EDDY_OK);
         assert_same_list(want[1], nwant[1] < 3 ? nwant[1] : 3, got, n);
-        nanosleep(&pause, NULL);
+        advance(150);
     }
     popcache_free(pc);
 }
@@ -442,8 +457,7 @@ static void test_neighbours_refreshed_in_background(void **state)
     assert_int_equal(n, 0); /* no state yet */
 
     view_pair(e, "b", "bg", T0 + 3000000, "p22", "books", "p23", "books");
-    struct timespec expire = {0, 350 * 1000000L}; /* past 300 ms, well before 600 */
-    nanosleep(&expire, NULL);
+    advance(350); /* past 300 ms, before 600 */
     assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
     assert_int_equal(n, 0); /* the expired entry answered; the refresher reads it */
     popcache_sync(pc);
@@ -457,8 +471,7 @@ static void test_neighbours_refreshed_in_background(void **state)
 
     /* more than twice the staleness: the call reads it itself */
     view_pair(e, "c", "bg2", T0 + 3002000, "p22", "toys", "p0", "books");
-    struct timespec twice = {0, 700 * 1000000L};
-    nanosleep(&twice, NULL);
+    advance(700);
     assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
     assert_int_equal(popcache_neighbours(plain, "p22", at, b, 50, &nb), EDDY_OK);
     assert_int_equal(n, 2);
