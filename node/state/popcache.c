@@ -76,6 +76,7 @@ struct nb_entry {
     bool raw;               /* local: undecayed items; else scores as the source gave them */
     bool refreshing;        /* a thread is refreshing it: others use it meanwhile */
     int64_t refreshed_ms;   /* monotonic */
+    uint64_t writes;        /* raw: store_key_writes of the product before it was read */
     size_t n;               /* items */
     size_t fetched;         /* source entries: 'max' of the call (the list is whole if n < it) */
     struct nb_item *items;  /* start of the entry's one allocation */
@@ -99,7 +100,7 @@ struct nb_shard {
     struct nb_entry *slots;
     int32_t *heads;         /* nheads chains */
     size_t cap, used, nheads, hand;
-    uint64_t hits, misses, evictions;
+    uint64_t hits, misses, evictions, revalidated;
 };
 
 struct popcache {
@@ -205,6 +206,8 @@ void popcache_set_clock(popcache *pc, int64_t (*now_ms)(void))
 eddy_err popcache_set_neighbour_cache(popcache *pc, size_t entries)
 {
     nb_free(pc);
+    if (entries && pc->st)
+        store_track_writes(pc->st, T_PRODUCT); /* expired entries nothing changed stay */
     pc->nb_queue_max = entries; /* each entry is queued at most once at a time */
     if (entries == 0)
         return EDDY_OK;
@@ -242,6 +245,7 @@ void popcache_stats(popcache *pc, struct popcache_stats *out)
         out->hits += sh->hits;
         out->misses += sh->misses;
         out->evictions += sh->evictions;
+        out->revalidated += sh->revalidated;
         out->entries += sh->used;
         pthread_mutex_unlock(&sh->mu);
     }
@@ -796,6 +800,9 @@ static eddy_err nb_build_local(popcache *pc, const char *product_id, size_t keyl
                                struct nb_entry *e)
 {
     Eddy__Store__V1__ProductState *ps = NULL;
+    struct store_key k;
+    product_key(&k, pc->pp->partitions, product_id);
+    uint64_t writes = store_key_writes(pc->st, &k); /* before the read (store.h) */
     eddy_err err = product_get(pc->st, pc->pp->partitions, product_id, &ps);
     if (err != EDDY_OK)
         return err;
@@ -833,6 +840,7 @@ static eddy_err nb_build_local(popcache *pc, const char *product_id, size_t keyl
         }
     }
     e->raw = true;
+    e->writes = writes;
     if (ps)
         eddy__store__v1__product_state__free_unpacked(ps, NULL);
     return EDDY_OK;
@@ -1021,13 +1029,36 @@ static void nb_install(struct nb_shard *sh, uint64_t h, int64_t read_ms, struct 
     pthread_mutex_unlock(&sh->mu);
 }
 
-/* On the refresher: read the entry of job 'j' again and install it. */
+/* Whether the local entry of 'key' is still what the store holds (nothing written to the
+ * product since it was read): then it is stamped current again, without a read. */
+static bool nb_still_stored(popcache *pc, struct nb_shard *sh, uint64_t h, const char *key,
+                            int64_t now)
+{
+    struct store_key k;
+    product_key(&k, pc->pp->partitions, key);
+    uint64_t writes = store_key_writes(pc->st, &k);
+    pthread_mutex_lock(&sh->mu);
+    struct nb_entry *e = nb_find(sh, h, key);
+    bool same = e && e->raw && e->writes == writes;
+    if (same) {
+        e->refreshed_ms = now;
+        e->refreshing = false;
+        sh->revalidated++;
+    }
+    pthread_mutex_unlock(&sh->mu);
+    return same;
+}
+
+/* On the refresher: read the entry of job 'j' again (unless nothing changed) and install
+ * it. */
 static void nb_refresh_job(popcache *pc, const struct nb_job *j)
 {
     size_t keylen = strlen(j->key);
     uint64_t h = XXH3_64bits(j->key, keylen);
     struct nb_shard *sh = &pc->nb[h % NB_SHARDS];
     int64_t now = pc->now_ms();
+    if (!pc->src && nb_still_stored(pc, sh, h, j->key, now))
+        return;
     struct nb_entry ne;
     size_t n = 0;
     bool answered;

@@ -57,6 +57,7 @@ void popcache_set_clock(popcache *pc, int64_t (*now_ms)(void));
 /* Counters of the neighbour cache (for tests and diagnostics). */
 struct popcache_stats {
     uint64_t hits, misses, evictions;
+    uint64_t revalidated; /* expired entries found unchanged in the store: not read again */
     size_t entries;
 };
 void popcache_stats(popcache *pc, struct popcache_stats *out);

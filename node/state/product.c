@@ -473,12 +473,17 @@ eddy_err product_apply(store_txn *t, const struct product_params *p,
     return err;
 }
 
+void product_key(struct store_key *k, uint32_t partitions, const char *product_id)
+{
+    key_init(k, partition_of_product(product_id, partitions), T_PRODUCT);
+    key_str(k, product_id);
+}
+
 eddy_err product_get(store *s, uint32_t partitions, const char *product_id,
                      Eddy__Store__V1__ProductState **out)
 {
     struct store_key k;
-    key_init(&k, partition_of_product(product_id, partitions), T_PRODUCT);
-    key_str(&k, product_id);
+    product_key(&k, partitions, product_id);
     return store_get_msg(s, &k, &eddy__store__v1__product_state__descriptor,
                          (ProtobufCMessage **)out);
 }

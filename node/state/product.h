@@ -52,6 +52,9 @@ eddy_err product_mark_set(store_txn *t, uint32_t q, uint32_t src, uint64_t next_
  * (use protobuf-c) or on allocation failure. */
 bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, size_t *len);
 
+/* The PRODUCT key of a product. */
+void product_key(struct store_key *k, uint32_t partitions, const char *product_id);
+
 /* Read a product's state from committed storage; *out is NULL if unknown. Free with
  * protobuf_c_message_free_unpacked. */
 eddy_err product_get(store *s, uint32_t partitions, const char *product_id,

@@ -48,7 +48,14 @@ struct store {
     _Atomic uint32_t kept_tables; /* 1 << table of every table some txn keeps values of */
     _Atomic int fail_writes;     /* store_fail_writes: txn writes left to fail */
     eddy_err fail_err;
+    /* store_key_writes: committed writes of the tracked tables' keys, hashed into slots,
+     * and the writes around the txns (which count for every key) */
+    _Atomic uint32_t tracked_tables;
+    _Atomic uint64_t *key_writes;  /* [STORE_WRITE_SLOTS] */
+    _Atomic uint64_t bulk_writes;
 };
+
+#define STORE_WRITE_SLOTS (1u << 16)
 
 /* ---- keys ---------------------------------------------------------------------------- */
 
@@ -182,8 +189,11 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
         return EDDY_ERR_NOMEM;
     pthread_mutex_init(&s->changes_mu, NULL);
     s->path = strdup(o->path);
-    if (!s->path) {
+    s->key_writes = calloc(STORE_WRITE_SLOTS, sizeof(*s->key_writes));
+    if (!s->path || !s->key_writes) {
         pthread_mutex_destroy(&s->changes_mu);
+        free(s->path);
+        free(s->key_writes);
         free(s);
         return EDDY_ERR_NOMEM;
     }
@@ -220,6 +230,8 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
     atomic_init(&s->gen, 0);
     atomic_init(&s->kept_tables, 0);
     atomic_init(&s->fail_writes, 0);
+    atomic_init(&s->tracked_tables, 0);
+    atomic_init(&s->bulk_writes, 0);
     *out = s;
     return EDDY_OK;
 }
@@ -240,6 +252,7 @@ void store_close(store *s)
     leveldb_cache_destroy(s->cache);
     leveldb_filterpolicy_destroy(s->filter);
     pthread_mutex_destroy(&s->changes_mu);
+    free(s->key_writes);
     free(s->path);
     free(s);
 }
@@ -351,6 +364,7 @@ static uint64_t change_locked(store *s, const struct store_txn *by, const struct
 /* A write outside the txns' view: they must forget what they kept of [start, end). */
 static void store_changed(store *s, const struct store_key *start, const struct store_key *end)
 {
+    atomic_fetch_add(&s->bulk_writes, 1); /* for store_key_writes: every key */
     pthread_mutex_lock(&s->changes_mu);
     change_locked(s, NULL, start, end);
     pthread_mutex_unlock(&s->changes_mu);
@@ -359,6 +373,28 @@ static void store_changed(store *s, const struct store_key *start, const struct 
 void store_set_kept_bytes(store *s, size_t bytes)
 {
     s->obj_cache_bytes = bytes;
+}
+
+static bool tracked_key(store *s, const unsigned char *k, size_t klen)
+{
+    uint32_t t = atomic_load_explicit(&s->tracked_tables, memory_order_relaxed);
+    return t && klen >= 3 && k[2] < 32 && (t & (UINT32_C(1) << k[2]));
+}
+
+static uint32_t write_slot(const unsigned char *k, size_t klen)
+{
+    return (uint32_t)XXH3_64bits(k, klen) & (STORE_WRITE_SLOTS - 1);
+}
+
+void store_track_writes(store *s, enum store_table t)
+{
+    atomic_fetch_or(&s->tracked_tables, UINT32_C(1) << t);
+}
+
+uint64_t store_key_writes(store *s, const struct store_key *key)
+{
+    return atomic_load(&s->key_writes[write_slot(key->buf, key->len)]) +
+           atomic_load(&s->bulk_writes);
 }
 
 eddy_err store_delete(store *s, const struct store_key *key)
@@ -726,6 +762,8 @@ struct store_txn {
     size_t *sealed;            /* slots of the in-flight entries (the sealed write) */
     size_t nsealed, sealed_cap;
     size_t sealed_keys;        /* records in 'wb' (seal, write and settle only) */
+    uint32_t *track;           /* write slots of the tracked keys in 'wb' (store_key_writes) */
+    size_t ntrack, track_cap;
     size_t npending;
     size_t kept_bytes;         /* sum of the entries' cost */
     uint64_t commits;
@@ -884,6 +922,7 @@ void store_txn_free(store_txn *t)
     free(t->tags);
     free(t->touched);
     free(t->sealed);
+    free(t->track);
     free(t->phead);
     free(t->shead);
     if (t->wb)
@@ -1453,6 +1492,21 @@ static void seal_touched(store_txn *t)
         rehash(t, t->cap); /* on failure the tombstones just stay */
 }
 
+/* Note the write slot of 'e' for the write of the sealed batch (store_key_writes). */
+static eddy_err track_write(store_txn *t, const struct overlay_entry *e)
+{
+    if (t->ntrack == t->track_cap) {
+        size_t ncap = t->track_cap ? t->track_cap * 2 : 256;
+        uint32_t *n = realloc(t->track, ncap * sizeof(*n));
+        if (!n)
+            return EDDY_ERR_NOMEM;
+        t->track = n;
+        t->track_cap = ncap;
+    }
+    t->track[t->ntrack++] = write_slot(e->key, e->klen);
+    return EDDY_OK;
+}
+
 eddy_err store_txn_seal(store_txn *t)
 {
     assert(t->nsealed == 0 && t->sealed_keys == 0); /* the last sealed write is settled */
@@ -1466,10 +1520,15 @@ eddy_err store_txn_seal(store_txn *t)
         t->sealed_cap = t->npending;
     }
     /* every pending key once, with its last value: objects changed in place are packed now */
+    t->ntrack = 0;
     for (size_t i = 0; i < t->ntouched; i++) {
         struct overlay_entry *e = &t->tab[t->touched[i]];
         if (!e->key || !e->pending)
             continue;
+        if (tracked_key(t->s, e->key, e->klen) && track_write(t, e) != EDDY_OK) {
+            store_txn_reset(t);
+            return EDDY_ERR_NOMEM;
+        }
         if (e->deleted) {
             leveldb_writebatch_delete(t->wb, (const char *)e->key, e->klen);
             continue;
@@ -1503,6 +1562,9 @@ eddy_err store_txn_write(store_txn *t, bool sync)
     leveldb_write(t->s->db, sync ? t->s->wsync : t->s->wnosync, t->wb, &lerr);
     if (lerr)
         return take_err(lerr, NULL, 0);
+    /* after the write: a reader that sees the new count reads the new value */
+    for (size_t i = 0; i < t->ntrack; i++)
+        atomic_fetch_add(&t->s->key_writes[t->track[i]], 1);
     /* Record the write: its keys are unknown to the other txns of the store, which forget
      * everything when they see it; this txn skips its own writes when it catches up. */
     pthread_mutex_lock(&t->s->changes_mu);

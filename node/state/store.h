@@ -289,6 +289,15 @@ eddy_err store_txn_seal(store_txn *t);
 eddy_err store_txn_write(store_txn *t, bool sync);
 void store_txn_settle(store_txn *t, eddy_err write_err);
 
+/* Write counts, for caches of values read from the store (Recommend's neighbour entries):
+ * after store_track_writes(s, T), every committed txn write of a key of table T moves
+ * store_key_writes of that key, and so does every write around the txns (store_delete of
+ * a kept table, store_replace_range) for all keys. Read the count before the value: if it
+ * has not moved since, the value is still the stored one. Counts are hashed into 65,536
+ * slots: a key may see another's writes (a needless re-read), never miss its own. */
+void store_track_writes(store *s, enum store_table t);
+uint64_t store_key_writes(store *s, const struct store_key *key);
+
 /* Fault injection for tests: the next 'n' store_txn_write calls with keys to write fail
  * with 'err' and write nothing (a disk error, for the engine's failed-write path). */
 void store_fail_writes(store *s, int n, eddy_err err);

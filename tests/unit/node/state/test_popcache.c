@@ -468,13 +468,37 @@ static void test_neighbours_refreshed_in_background(void **state)
     struct popcache_stats st;
     popcache_stats(pc, &st);
     assert_int_equal(st.misses, 1); /* only the first read was the caller's */
+    assert_int_equal(st.revalidated, 0);
+
+    /* expired again, nothing written to p22 since: the refresher keeps it without a read */
+    advance(350);
+    assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    popcache_sync(pc);
+    popcache_stats(pc, &st);
+    assert_int_equal(st.revalidated, 1);
+    assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 1);
+    assert_same_list(b, nb, a, n);
+
+    /* p22 written: expired, the refresher reads it again */
+    view_pair(e, "d", "bg3", T0 + 3001000, "p22", "books", "p5", "books");
+    advance(350);
+    assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(n, 1); /* the expired entry answered */
+    popcache_sync(pc);
+    assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(popcache_neighbours(plain, "p22", at, b, 50, &nb), EDDY_OK);
+    assert_int_equal(n, 2);
+    assert_same_list(b, nb, a, n);
+    popcache_stats(pc, &st);
+    assert_int_equal(st.revalidated, 1);
 
     /* more than twice the staleness: the call reads it itself */
     view_pair(e, "c", "bg2", T0 + 3002000, "p22", "toys", "p0", "books");
     advance(700);
     assert_int_equal(popcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
     assert_int_equal(popcache_neighbours(plain, "p22", at, b, 50, &nb), EDDY_OK);
-    assert_int_equal(n, 2);
+    assert_int_equal(n, 3);
     assert_same_list(b, nb, a, n);
     popcache_stats(pc, &st);
     assert_int_equal(st.misses, 2);
