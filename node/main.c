@@ -673,6 +673,9 @@ int main(int argc, char **argv)
     /* partitions owned: all in --dev; in a cluster on_change follows the map */
     if (eng && node_metrics_watch(&nm, eng, clustered ? 0 : (uint32_t)c->partitions) != EDDY_OK)
         goto out;
+    popcache *const caches[] = {pop, pop_cluster};
+    if (eng && node_metrics_watch_caches(&nm, caches, 2) != EDDY_OK)
+        goto out;
     int metrics_port = 0;
     if (c->metrics_listen[0] != '\0') {
         if ((e = metrics_http_open(nm.reg, c->metrics_listen, &mh, &metrics_port)) != EDDY_OK) {
@@ -786,6 +789,8 @@ int main(int argc, char **argv)
     status = 0;
 out:
     rpc_server_free(srv);
+    metrics_http_close(mh); /* after the RPC server (scrapes see the drain to the end), before
+                             * the caches and the engine its scrapes read */
     /* their refresher threads read the store and call the peers: stop them first */
     popcache_free(pop);
     popcache_free(pop_cluster);
@@ -799,7 +804,6 @@ out:
     forwarder_stop(fwd);     /* unsent stage-2 records stay in the OUTBOX for next time */
     membership_stop(mem);    /* revokes the lease: the coordinator reassigns at once */
     hk.mem = NULL;
-    metrics_http_close(mh); /* after the RPC server: scrapes see the drain to the end */
     engine_close(eng); /* finishes queued writes, closes LevelDB */
     stage2_side_free(s2side); /* after the engine: its owns() hook asks it */
     state_service_takeover_release(&ss);

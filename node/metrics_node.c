@@ -197,6 +197,69 @@ eddy_err node_metrics_watch(struct node_metrics *nm, engine *eng, uint32_t parti
     return EDDY_OK;
 }
 
+/* The neighbour caches' counters, summed (popcache_stats). */
+static struct popcache_stats cache_stats(const struct node_metrics *nm)
+{
+    struct popcache_stats sum = {0}, one;
+    for (size_t i = 0; i < nm->ncaches; i++) {
+        popcache_stats(nm->caches[i], &one);
+        sum.hits += one.hits;
+        sum.misses += one.misses;
+        sum.evictions += one.evictions;
+        sum.revalidated += one.revalidated;
+    }
+    return sum;
+}
+
+static double cache_hits(void *ud)
+{
+    return (double)cache_stats(ud).hits;
+}
+
+static double cache_misses(void *ud)
+{
+    return (double)cache_stats(ud).misses;
+}
+
+static double cache_evictions(void *ud)
+{
+    return (double)cache_stats(ud).evictions;
+}
+
+static double cache_revalidated(void *ud)
+{
+    return (double)cache_stats(ud).revalidated;
+}
+
+eddy_err node_metrics_watch_caches(struct node_metrics *nm, popcache *const *caches, size_t n)
+{
+    static const struct {
+        const char *name, *help;
+        metrics_value_fn *fn;
+    } c[] = {
+        {"eddy_neighbour_cache_hits_total",
+         "Recommend neighbour lookups answered from the neighbour cache.", cache_hits},
+        {"eddy_neighbour_cache_misses_total",
+         "Neighbour lookups read by the calling thread (absent, or expired too long).",
+         cache_misses},
+        {"eddy_neighbour_cache_evictions_total", "Neighbour cache entries evicted for room.",
+         cache_evictions},
+        {"eddy_neighbour_cache_revalidated_total",
+         "Expired neighbour entries kept without a read: their product was not written since.",
+         cache_revalidated},
+    };
+    for (size_t i = 0; i < n && nm->ncaches < N(nm->caches); i++)
+        if (caches[i])
+            nm->caches[nm->ncaches++] = caches[i];
+    for (size_t i = 0; i < N(c); i++) {
+        eddy_err err = metrics_callback(nm->reg, METRIC_COUNTER, c[i].name, c[i].help, c[i].fn,
+                                        nm);
+        if (err != EDDY_OK)
+            return err;
+    }
+    return EDDY_OK;
+}
+
 void node_metrics_release(struct node_metrics *nm)
 {
     metrics_free(nm->reg);

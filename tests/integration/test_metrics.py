@@ -163,6 +163,13 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(s.get("eddy_queue_depth"), 0)
         self.assertEqual(s.get("eddy_backpressure_rejections_total", queue="writer"), 0)
         self.assertEqual(s.get("eddy_recommendations_total"), 1)
+        # the Recommend looked up its anchors' neighbours: each a hit or a miss of the cache
+        self.assertEqual(before.get("eddy_neighbour_cache_misses_total"), 0)
+        self.assertGreaterEqual(s.get("eddy_neighbour_cache_hits_total")
+                                + s.get("eddy_neighbour_cache_misses_total"), 1)
+        self.assertGreaterEqual(s.get("eddy_neighbour_cache_misses_total"), 1)  # cold: read
+        self.assertEqual(s.get("eddy_neighbour_cache_evictions_total"), 0)
+        self.assertIsNotNone(s.get("eddy_neighbour_cache_revalidated_total"))
         for method in ("Recommend", "GetUserProfile", "EventCounts"):
             self.assertEqual(s.get("eddy_serving_seconds_count", method=method), 1, method)
         self.assertEqual(s.get("eddy_serving_seconds_count", method="TopProducts"), 0)
