@@ -183,6 +183,24 @@ def poll_until(fn, timeout, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def _release_run(p):
+    """After process p.proc of a Node or Coordinator exited: close its stdout reader and its
+    log, and remove the log (a restart spawns a new one)."""
+    if p.proc is not None:
+        p._reader.join(5)  # the process is gone: its stdout is at EOF
+        if not p._reader.is_alive():
+            p.proc.stdout.close()
+    if p._log is not None:
+        p._log.close()
+        p._log = None
+    if p.log_path:
+        try:
+            os.unlink(p.log_path)
+        except OSError:
+            pass
+        p.log_path = None
+
+
 def _spawn(cmd, log_prefix):
     """Start an Eddy process (`cmd`) with stderr in a new temp log and read its stdout on a
     thread until it prints "listening on PORT". Returns (proc, log_path, log_file,
@@ -242,6 +260,7 @@ class Node:
 
     def start(self):
         assert self.proc is None or self.proc.poll() is not None, "node already running"
+        _release_run(self)  # a restart: the last run's log goes
         (self.proc, self.log_path, self._log, self._stdout, self._reader,
          port) = _spawn(self.command(), self.log_prefix)
         if port is None:
@@ -320,20 +339,9 @@ class Node:
         if self.proc is not None and self.proc.poll() is None:
             self.kill9()
         self._close_channel()
-        if self.proc is not None:
-            self._reader.join(5)  # the process is gone: its stdout is at EOF
-            if not self._reader.is_alive():
-                self.proc.stdout.close()
         if self.own_dir and not self.keep_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self.log_path:
-            try:
-                os.unlink(self.log_path)
-            except OSError:
-                pass
+        _release_run(self)
 
     def log_tail(self, n=40):
         if not self.log_path:
@@ -974,6 +982,7 @@ class Coordinator:
         self._stdout = []
 
     def start(self):
+        _release_run(self)  # a restart: the last run's log goes
         cmd = [self.bin, "--etcd", self.etcd_url, "--cluster", self.cluster, "--id", self.id,
                "--listen", "127.0.0.1:0", *self.args]
         (self.proc, self.log_path, self._log, self._stdout, self._reader,
@@ -1039,18 +1048,7 @@ class Coordinator:
 
     def cleanup(self):
         self.kill9()
-        if self.proc is not None:
-            self._reader.join(5)  # the process is gone: its stdout is at EOF
-            if not self._reader.is_alive():
-                self.proc.stdout.close()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self.log_path:
-            try:
-                os.unlink(self.log_path)
-            except OSError:
-                pass
+        _release_run(self)
 
     def log_text(self):
         try:
