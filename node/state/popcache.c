@@ -803,7 +803,8 @@ static eddy_err nb_build_local(popcache *pc, const char *product_id, size_t keyl
     struct store_key k;
     product_key(&k, pc->pp->partitions, product_id);
     uint64_t writes = store_key_writes(pc->st, &k); /* before the read (store.h) */
-    eddy_err err = product_get(pc->st, pc->pp->partitions, product_id, &ps);
+    eddy_err err = store_get_msg(pc->st, &k, &eddy__store__v1__product_state__descriptor,
+                                 (ProtobufCMessage **)&ps);
     if (err != EDDY_OK)
         return err;
     size_t n = 0, bytes = 0;
