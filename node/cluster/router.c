@@ -8,7 +8,7 @@
 
 #include "common/log.h"
 #include "common/partition.h"
-#include "node/state/pbutil.h"
+#include "common/pbutil.h"
 
 #define M_APPLY "/eddy.state.v1.State/Apply"
 #define M_USER "/eddy.state.v1.State/User"
@@ -41,7 +41,7 @@ static void backoff(struct router *r, uint64_t version, int round)
 }
 
 /* Whether the node has joined the cluster; if not, 'res' says so (UNAVAILABLE). */
-static bool joined(const struct router *r, struct router_result *res)
+static bool joined(const struct router *r, struct backend_status *res)
 {
     if (r->mem)
         return true;
@@ -53,7 +53,7 @@ static bool joined(const struct router *r, struct router_result *res)
 /* ---- Ingest ---------------------------------------------------------------------------- */
 
 void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
-                   struct route_counts *out, struct router_result *res)
+                   struct backend_counts *out, struct backend_status *res)
 {
     memset(out, 0, sizeof(*out));
     if (!joined(r, res))
@@ -206,7 +206,7 @@ out:
 /* ---- per user ------------------------------------------------------------------------- */
 
 void router_user(struct router *r, const char *user_id, Eddy__State__V1__UserRequest *req,
-                 Eddy__State__V1__UserResponse **resp, struct router_result *res)
+                 Eddy__State__V1__UserResponse **resp, struct backend_status *res)
 {
     *resp = NULL;
     if (!joined(r, res))
@@ -255,7 +255,7 @@ static void partials_release(struct partials *ps)
 
 /* Ask every state node; check that together they cover every partition once. */
 static bool gather(struct router *r, Eddy__State__V1__PartialRequest *req, struct partials *ps,
-                   struct router_result *res)
+                   struct backend_status *res)
 {
     uint32_t P = membership_partitions(r->mem);
     struct cluster_node *nodes = calloc(MAX_STATE_NODES, sizeof(*nodes));
@@ -339,7 +339,7 @@ static Eddy__V1__TypeCounts *new_counts(void)
 }
 
 void router_counts(struct router *r, const Eddy__V1__EventCountsRequest *req,
-                   Eddy__V1__EventCountsResponse **out, struct router_result *res)
+                   Eddy__V1__EventCountsResponse **out, struct backend_status *res)
 {
     *out = NULL;
     if (!joined(r, res))
@@ -444,7 +444,7 @@ static int cmp_stat(const void *a, const void *b, void *arg)
 }
 
 void router_top(struct router *r, const Eddy__V1__TopProductsRequest *req,
-                Eddy__V1__TopProductsResponse **out, struct router_result *res)
+                Eddy__V1__TopProductsResponse **out, struct backend_status *res)
 {
     *out = NULL;
     if (!joined(r, res))
@@ -554,4 +554,57 @@ out:
     /* products moved out of responses were set to NULL, which free_unpacked skips */
     partials_release(ps);
     free(ps);
+}
+
+/* ---- the routed state backend ------------------------------------------------------------ */
+
+static void routed_ingest(void *impl, Eddy__V1__Event *const *events, size_t n,
+                          int64_t arrival_ns, backend_ingest_done_fn *done, void *ud)
+{
+    struct backend_counts counts;
+    struct backend_status st;
+    router_ingest(impl, events, n, &counts, &st);
+    done(ud, &st, &counts);
+}
+
+static void routed_user(void *impl, const char *user_id, Eddy__State__V1__UserRequest *req,
+                        backend_reply_fn *done, void *ud)
+{
+    Eddy__State__V1__UserResponse *resp = NULL;
+    struct backend_status st;
+    router_user(impl, user_id, req, &resp, &st);
+    if (st.code == GRPC_STATUS_OK && !resp)
+        backend_status_set(&st, GRPC_STATUS_INTERNAL, "empty answer from the owner");
+    done(ud, &st, st.code == GRPC_STATUS_OK ? &resp->base : NULL);
+    if (resp)
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
+static void routed_top(void *impl, const Eddy__V1__TopProductsRequest *req,
+                       backend_reply_fn *done, void *ud)
+{
+    Eddy__V1__TopProductsResponse *resp = NULL;
+    struct backend_status st;
+    router_top(impl, req, &resp, &st);
+    done(ud, &st, st.code == GRPC_STATUS_OK && resp ? &resp->base : NULL);
+    if (resp)
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
+static void routed_counts(void *impl, const Eddy__V1__EventCountsRequest *req,
+                          backend_reply_fn *done, void *ud)
+{
+    Eddy__V1__EventCountsResponse *resp = NULL;
+    struct backend_status st;
+    router_counts(impl, req, &resp, &st);
+    done(ud, &st, st.code == GRPC_STATUS_OK && resp ? &resp->base : NULL);
+    if (resp)
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
+struct backend router_backend_of(struct router *r)
+{
+    static const struct backend_ops ops = {routed_ingest, routed_user, routed_top,
+                                           routed_counts};
+    return (struct backend){&ops, r};
 }

@@ -18,6 +18,7 @@
 
 #include "eddy/v1/eddy.pb-c.h"
 #include "eddy/v1/state.pb-c.h"
+#include "node/backend.h"
 #include "node/cluster/membership.h"
 #include "node/cluster/peers.h"
 #include "node/state/window.h"
@@ -32,29 +33,24 @@ struct router {
     struct window_params window; /* the cluster's window settings, to merge windows */
 };
 
-struct router_result {
-    grpc_status_code code;
-    char message[512];
-};
-
-struct route_counts {
-    uint32_t accepted, duplicates, late;
-};
+/* The routed state backend (node/backend.h) of 'r' (borrowed: 'r' outlives every call).
+ * Its operations answer synchronously, on the calling handler thread. */
+struct backend router_backend_of(struct router *r);
 
 /* Apply 'n' validated events through their owners. */
 void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
-                   struct route_counts *out, struct router_result *res);
+                   struct backend_counts *out, struct backend_status *res);
 
 /* Send 'req' (its request oneof set; partition and epoch are filled in here) to the owner
  * of 'user_id'. On OK *resp is owned by the caller (protobuf_c_message_free_unpacked). */
 void router_user(struct router *r, const char *user_id, Eddy__State__V1__UserRequest *req,
-                 Eddy__State__V1__UserResponse **resp, struct router_result *res);
+                 Eddy__State__V1__UserResponse **resp, struct backend_status *res);
 
 /* Global queries merged from every state node. Caller owns *out (free with
  * protobuf_c_message_free_unpacked). */
 void router_top(struct router *r, const Eddy__V1__TopProductsRequest *req,
-                Eddy__V1__TopProductsResponse **out, struct router_result *res);
+                Eddy__V1__TopProductsResponse **out, struct backend_status *res);
 void router_counts(struct router *r, const Eddy__V1__EventCountsRequest *req,
-                   Eddy__V1__EventCountsResponse **out, struct router_result *res);
+                   Eddy__V1__EventCountsResponse **out, struct backend_status *res);
 
 #endif

@@ -17,7 +17,7 @@
 #include "common/partition.h"
 #include "common/thread.h"
 #include "eddy/v1/state.pb-c.h"
-#include "node/state/pbutil.h"
+#include "common/pbutil.h"
 
 /* ---- take-over ------------------------------------------------------------------------ */
 
@@ -417,25 +417,14 @@ static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 
 /* ---- User ------------------------------------------------------------------------------ */
 
-static void delete_done(void *ud, eddy_err err, bool model, uint64_t windows, uint64_t log)
+/* The local backend's answer to a routed per-user request, as the State/User reply. */
+static void user_done(void *ud, const struct backend_status *st, const ProtobufCMessage *resp)
 {
     rpc_call *c = ud;
-    if (err != EDDY_OK) {
-        rpc_reply_error(c, eddy_err_to_grpc(err), "delete user: %s", eddy_strerror(err));
-        return;
-    }
-    if (!model && windows == 0 && log == 0) {
-        rpc_reply_error(c, GRPC_STATUS_NOT_FOUND, "no state for this user");
-        return;
-    }
-    Eddy__V1__DeleteUserResponse d = EDDY__V1__DELETE_USER_RESPONSE__INIT;
-    d.model_deleted = model;
-    d.windows_deleted = windows;
-    d.log_entries_deleted = log;
-    Eddy__State__V1__UserResponse r = EDDY__STATE__V1__USER_RESPONSE__INIT;
-    r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_DELETE_USER;
-    r.delete_user = &d;
-    rpc_reply(c, &r.base);
+    if (st->code != GRPC_STATUS_OK)
+        rpc_reply_error(c, st->code, "%s", st->message);
+    else
+        rpc_reply(c, resp);
 }
 
 static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
@@ -443,7 +432,7 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     struct state_service *svc = ud;
     if (not_joined(svc, c, false))
         return;
-    const Eddy__State__V1__UserRequest *req = (const Eddy__State__V1__UserRequest *)msg;
+    Eddy__State__V1__UserRequest *req = (Eddy__State__V1__UserRequest *)msg;
     uint64_t epoch = 0;
     if (!membership_owns(svc->mem, req->partition, &epoch) || epoch != req->epoch) {
         rpc_reply_error(c, GRPC_STATUS_FAILED_PRECONDITION,
@@ -457,26 +446,7 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
                         req->partition);
         return;
     }
-    Eddy__State__V1__UserResponse r = EDDY__STATE__V1__USER_RESPONSE__INIT;
-    ProtobufCMessage *inner = NULL;
-    eddy_err err = EDDY_ERR_INVALID;
-    switch (req->request_case) {
-    case EDDY__STATE__V1__USER_REQUEST__REQUEST_RECOMMEND:
-        err = query_recommend(&svc->q, req->recommend, &r.recommend);
-        r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_RECOMMEND;
-        inner = r.recommend ? &r.recommend->base : NULL;
-        break;
-    case EDDY__STATE__V1__USER_REQUEST__REQUEST_PROFILE:
-        err = query_profile(&svc->q, req->profile->user_id, &r.profile);
-        r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_PROFILE;
-        inner = r.profile ? &r.profile->base : NULL;
-        break;
-    case EDDY__STATE__V1__USER_REQUEST__REQUEST_COUNTS:
-        err = query_event_counts(&svc->q, req->counts, &r.counts);
-        r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_COUNTS;
-        inner = r.counts ? &r.counts->base : NULL;
-        break;
-    case EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER:
+    if (req->request_case == EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER) {
         if (!membership_alive(svc->mem)) {
             rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE, "etcd session may have expired");
             return;
@@ -486,21 +456,10 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
                             req->partition);
             return;
         }
-        err = engine_delete_user(svc->eng, req->delete_user->user_id, delete_done, c);
-        if (err != EDDY_OK)
-            rpc_reply_error(c, eddy_err_to_grpc(err), "delete user: %s", eddy_strerror(err));
-        return;
-    default:
-        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "empty user request");
-        return;
     }
-    if (err == EDDY_ERR_NOT_FOUND)
-        rpc_reply_error(c, GRPC_STATUS_NOT_FOUND, "no state for this user");
-    else if (err != EDDY_OK)
-        rpc_reply_error(c, eddy_err_to_grpc(err), "%s", eddy_strerror(err));
-    else
-        rpc_reply(c, &r.base);
-    query_free_response(inner);
+    /* the same per-user code as a --dev node's; a delete answers from the engine's thread */
+    struct local_backend lb = {svc->eng, svc->q};
+    local_backend_user(&lb, req, user_done, c);
 }
 
 /* ---- Partial ---------------------------------------------------------------------------- */

@@ -10,6 +10,7 @@
 #include "common/rpc_server.h"
 #include "node/cluster/membership.h"
 #include "node/state/engine.h"
+#include "node/state/local_backend.h"
 #include "node/state/popcache.h"
 #include "node/state/query.h"
 #include "node/state/stage2_side.h"

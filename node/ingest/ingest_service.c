@@ -8,55 +8,21 @@
 
 #include "common/clock.h"
 #include "common/log.h"
-#include "node/state/pbutil.h"
+#include "common/pbutil.h"
+#include "eddy/v1/state.pb-c.h"
 
 const char *const ingest_read_names[INGEST_READS] = {"Recommend", "GetUserProfile",
                                                      "TopProducts", "EventCounts"};
 
-static void reply_err(rpc_call *c, eddy_err err, const char *what)
+static void reply_status(rpc_call *c, const struct backend_status *st, const char *what)
 {
-    rpc_reply_error(c, eddy_err_to_grpc(err), "%s: %s", what, eddy_strerror(err));
-}
-
-/* ---- cluster mode: the same requests, routed to the partition owners --------------------- */
-
-static void reply_routed(rpc_call *c, const struct router_result *res, const char *what)
-{
-    rpc_reply_error(c, res->code, "%s: %s", what, res->message);
-}
-
-/* Send a per-user request to the user's owner and answer with the inner response. */
-static void route_user(struct ingest_service *svc, rpc_call *c, const char *user_id,
-                       Eddy__State__V1__UserRequest *ur, const char *what)
-{
-    Eddy__State__V1__UserResponse *resp = NULL;
-    struct router_result res;
-    router_user(svc->router, user_id, ur, &resp, &res);
-    if (res.code != GRPC_STATUS_OK || !resp) {
-        reply_routed(c, &res, what);
-    } else {
-        const ProtobufCMessage *inner = NULL;
-        switch (resp->response_case) {
-        case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_RECOMMEND: inner = &resp->recommend->base; break;
-        case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_PROFILE: inner = &resp->profile->base; break;
-        case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_COUNTS: inner = &resp->counts->base; break;
-        case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_DELETE_USER:
-            inner = &resp->delete_user->base;
-            break;
-        default: break;
-        }
-        if (inner)
-            rpc_reply(c, inner);
-        else
-            rpc_reply_error(c, GRPC_STATUS_INTERNAL, "%s: empty answer from the owner", what);
-    }
-    if (resp)
-        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    rpc_reply_error(c, st->code, "%s: %s", what, st->message);
 }
 
 /* ---- Ingest -------------------------------------------------------------------------- */
 
 struct pending_ingest {
+    struct ingest_service *svc;
     rpc_call *call;
     Eddy__V1__IngestResponse resp;
     Eddy__V1__Rejection **rej;     /* owned, with their strings */
@@ -74,15 +40,18 @@ static void pending_free(struct pending_ingest *pi)
     free(pi);
 }
 
-static void ingest_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
+static void ingest_done(void *ud, const struct backend_status *st,
+                        const struct backend_counts *counts)
 {
     struct pending_ingest *pi = ud;
-    if (err != EDDY_OK) {
-        reply_err(pi->call, err, "ingest not recorded");
+    if (st->code == GRPC_STATUS_RESOURCE_EXHAUSTED)
+        metric_counter_inc(pi->svc->m.backpressure);
+    if (st->code != GRPC_STATUS_OK) {
+        reply_status(pi->call, st, "ingest");
     } else {
-        pi->resp.accepted = r->accepted;
-        pi->resp.duplicates = r->duplicates;
-        pi->resp.late = r->late;
+        pi->resp.accepted = counts->accepted;
+        pi->resp.duplicates = counts->duplicates;
+        pi->resp.late = counts->late;
         rpc_reply(pi->call, &pi->resp.base);
     }
     pending_free(pi);
@@ -119,9 +88,10 @@ static void handle_ingest(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         !(pi->valid = calloc(n ? n : 1, sizeof(*pi->valid)))) {
         if (pi)
             pending_free(pi);
-        reply_err(c, EDDY_ERR_NOMEM, "ingest");
+        rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "ingest: out of memory");
         return;
     }
+    pi->svc = svc;
     pi->call = c;
     eddy__v1__ingest_response__init(&pi->resp);
     int64_t now = clock_wall_ms();
@@ -135,7 +105,7 @@ static void handle_ingest(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         metric_counter_inc(svc->m.rejected[validate_field_index(field)]);
         if (add_rejection(pi, (uint32_t)i, field, reason) != EDDY_OK) {
             pending_free(pi);
-            reply_err(c, EDDY_ERR_NOMEM, "ingest");
+            rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "ingest: out of memory");
             return;
         }
     }
@@ -146,37 +116,11 @@ static void handle_ingest(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         pending_free(pi);
         return;
     }
-    if (svc->router) {
-        struct route_counts rc;
-        struct router_result res;
-        router_ingest(svc->router, pi->valid, pi->nvalid, &rc, &res);
-        if (res.code != GRPC_STATUS_OK) {
-            reply_routed(c, &res, "ingest");
-        } else {
-            pi->resp.accepted = rc.accepted;
-            pi->resp.duplicates = rc.duplicates;
-            pi->resp.late = rc.late;
-            rpc_reply(c, &pi->resp.base);
-        }
-        pending_free(pi);
-        return;
-    }
-    eddy_err err = engine_ingest_timed(svc->eng, pi->valid, pi->nvalid, rpc_call_arrival_ns(c),
-                                       ingest_done, pi);
-    if (err != EDDY_OK) {
-        if (err == EDDY_ERR_FULL) {
-            metric_counter_inc(svc->m.backpressure);
-            rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED,
-                            "ingest queue full (%" PRId64 " events waiting); retry with backoff",
-                            engine_queue_depth(svc->eng));
-        } else {
-            reply_err(c, err, "ingest");
-        }
-        pending_free(pi);
-    }
+    svc->state.ops->ingest(svc->state.impl, pi->valid, pi->nvalid, rpc_call_arrival_ns(c),
+                           ingest_done, pi);
 }
 
-/* ---- reads ----------------------------------------------------------------------------- */
+/* ---- reads and per-user requests ----------------------------------------------------------- */
 
 static bool require_user(rpc_call *c, const char *user_id)
 {
@@ -187,128 +131,125 @@ static bool require_user(rpc_call *c, const char *user_id)
     return true;
 }
 
-static void answer(rpc_call *c, eddy_err err, ProtobufCMessage *resp, const char *what)
+/* The call being answered and what to call it in an error. */
+struct answer_to {
+    rpc_call *call;
+    const char *what;
+    metric_counter *ok; /* counts the answers with OK (may be NULL) */
+};
+
+/* Answer with the backend's reply (a global query's response as it is). */
+static void answer(void *ud, const struct backend_status *st, const ProtobufCMessage *resp)
 {
-    if (err == EDDY_OK)
-        rpc_reply(c, resp);
+    const struct answer_to *a = ud;
+    if (st->code != GRPC_STATUS_OK)
+        reply_status(a->call, st, a->what);
+    else if (!resp)
+        rpc_reply_error(a->call, GRPC_STATUS_INTERNAL, "%s: empty answer", a->what);
     else
-        reply_err(c, err, what);
-    query_free_response(resp);
+        rpc_reply(a->call, resp);
+    if (st->code == GRPC_STATUS_OK && resp)
+        metric_counter_inc(a->ok);
+}
+
+/* Answer with the inner response of a per-user reply (Eddy__State__V1__UserResponse). */
+static void answer_user(void *ud, const struct backend_status *st, const ProtobufCMessage *msg)
+{
+    const Eddy__State__V1__UserResponse *resp = (const Eddy__State__V1__UserResponse *)msg;
+    const ProtobufCMessage *inner = NULL;
+    if (st->code == GRPC_STATUS_OK && resp) {
+        switch (resp->response_case) {
+        case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_RECOMMEND: inner = &resp->recommend->base; break;
+        case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_PROFILE: inner = &resp->profile->base; break;
+        case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_COUNTS: inner = &resp->counts->base; break;
+        case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_DELETE_USER:
+            inner = &resp->delete_user->base;
+            break;
+        default: break;
+        }
+    }
+    answer(ud, st, inner);
+}
+
+static void answer_user_free(void *ud, const struct backend_status *st,
+                             const ProtobufCMessage *msg)
+{
+    answer_user(ud, st, msg);
+    free(ud);
+}
+
+/* Send a per-user request to the backend. Its answer may come later (DeleteUser on the
+ * local engine), so what the callback needs lives with the call. */
+static void ask_user(struct ingest_service *svc, rpc_call *c, const char *user_id,
+                     Eddy__State__V1__UserRequest *ur, const char *what, metric_counter *ok)
+{
+    struct answer_to *a = malloc(sizeof(*a));
+    if (!a) {
+        rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s: out of memory", what);
+        return;
+    }
+    *a = (struct answer_to){c, what, ok};
+    svc->state.ops->user(svc->state.impl, user_id, ur, answer_user_free, a);
 }
 
 static void handle_recommend(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct ingest_service *svc = ud;
     const Eddy__V1__RecommendRequest *req = (const Eddy__V1__RecommendRequest *)msg;
-    Eddy__V1__RecommendResponse *resp = NULL;
     if (!require_user(c, req->user_id))
         return;
-    if (svc->router) {
-        Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
-        ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_RECOMMEND;
-        ur.recommend = (Eddy__V1__RecommendRequest *)req;
-        metric_counter_inc(svc->m.recommendations);
-        route_user(svc, c, req->user_id, &ur, "recommend");
-        return;
-    }
-    eddy_err err = query_recommend(&svc->q, req, &resp);
-    if (err == EDDY_OK)
-        metric_counter_inc(svc->m.recommendations);
-    answer(c, err, resp ? &resp->base : NULL, "recommend");
+    Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
+    ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_RECOMMEND;
+    ur.recommend = (Eddy__V1__RecommendRequest *)req;
+    ask_user(svc, c, req->user_id, &ur, "recommend", svc->m.recommendations);
 }
 
 static void handle_profile(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct ingest_service *svc = ud;
     const Eddy__V1__GetUserProfileRequest *req = (const Eddy__V1__GetUserProfileRequest *)msg;
-    Eddy__V1__GetUserProfileResponse *resp = NULL;
     if (!require_user(c, req->user_id))
         return;
-    if (svc->router) {
-        Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
-        ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_PROFILE;
-        ur.profile = (Eddy__V1__GetUserProfileRequest *)req;
-        route_user(svc, c, req->user_id, &ur, "profile");
-        return;
+    Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
+    ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_PROFILE;
+    ur.profile = (Eddy__V1__GetUserProfileRequest *)req;
+    ask_user(svc, c, req->user_id, &ur, "profile", NULL);
+}
+
+static bool valid_range(rpc_call *c, int64_t start_ms, int64_t end_ms)
+{
+    if (end_ms != 0 && end_ms <= start_ms) {
+        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "end_ms must be after start_ms");
+        return false;
     }
-    eddy_err err = query_profile(&svc->q, req->user_id, &resp);
-    if (err == EDDY_ERR_NOT_FOUND) {
-        rpc_reply_error(c, GRPC_STATUS_NOT_FOUND, "no state for user %s", req->user_id);
-        return;
-    }
-    answer(c, err, resp ? &resp->base : NULL, "profile");
+    return true;
 }
 
 static void handle_top(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct ingest_service *svc = ud;
     const Eddy__V1__TopProductsRequest *req = (const Eddy__V1__TopProductsRequest *)msg;
-    Eddy__V1__TopProductsResponse *resp = NULL;
-    if (req->end_ms != 0 && req->end_ms <= req->start_ms) {
-        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "end_ms must be after start_ms");
+    if (!valid_range(c, req->start_ms, req->end_ms))
         return;
-    }
-    if (svc->router) {
-        struct router_result res;
-        router_top(svc->router, req, &resp, &res);
-        if (res.code != GRPC_STATUS_OK)
-            reply_routed(c, &res, "top products");
-        else
-            rpc_reply(c, &resp->base);
-        query_free_response(resp ? &resp->base : NULL);
-        return;
-    }
-    eddy_err err = query_top_products(&svc->q, req, &resp);
-    answer(c, err, resp ? &resp->base : NULL, "top products");
+    struct answer_to a = {c, "top products", NULL};
+    svc->state.ops->top(svc->state.impl, req, answer, &a);
 }
 
 static void handle_counts(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct ingest_service *svc = ud;
     const Eddy__V1__EventCountsRequest *req = (const Eddy__V1__EventCountsRequest *)msg;
-    Eddy__V1__EventCountsResponse *resp = NULL;
-    if (req->end_ms != 0 && req->end_ms <= req->start_ms) {
-        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "end_ms must be after start_ms");
+    if (!valid_range(c, req->start_ms, req->end_ms))
         return;
-    }
-    if (svc->router && !pb_empty(req->user_id)) {
+    if (!pb_empty(req->user_id)) { /* one user's windows: the user's partition alone */
         Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
         ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_COUNTS;
         ur.counts = (Eddy__V1__EventCountsRequest *)req;
-        route_user(svc, c, req->user_id, &ur, "event counts");
+        ask_user(svc, c, req->user_id, &ur, "event counts", NULL);
         return;
     }
-    if (svc->router) {
-        struct router_result res;
-        router_counts(svc->router, req, &resp, &res);
-        if (res.code != GRPC_STATUS_OK)
-            reply_routed(c, &res, "event counts");
-        else
-            rpc_reply(c, &resp->base);
-        query_free_response(resp ? &resp->base : NULL);
-        return;
-    }
-    eddy_err err = query_event_counts(&svc->q, req, &resp);
-    answer(c, err, resp ? &resp->base : NULL, "event counts");
-}
-
-static void delete_done(void *ud, eddy_err err, bool model_deleted, uint64_t windows,
-                        uint64_t log)
-{
-    rpc_call *c = ud;
-    if (err != EDDY_OK) {
-        reply_err(c, err, "delete user");
-        return;
-    }
-    if (!model_deleted && windows == 0 && log == 0) {
-        rpc_reply_error(c, GRPC_STATUS_NOT_FOUND, "no state for this user");
-        return;
-    }
-    Eddy__V1__DeleteUserResponse r = EDDY__V1__DELETE_USER_RESPONSE__INIT;
-    r.model_deleted = model_deleted;
-    r.windows_deleted = windows;
-    r.log_entries_deleted = log;
-    rpc_reply(c, &r.base);
+    struct answer_to a = {c, "event counts", NULL};
+    svc->state.ops->counts(svc->state.impl, req, answer, &a);
 }
 
 static void handle_delete(void *ud, rpc_call *c, const ProtobufCMessage *msg)
@@ -317,16 +258,10 @@ static void handle_delete(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     const Eddy__V1__DeleteUserRequest *req = (const Eddy__V1__DeleteUserRequest *)msg;
     if (!require_user(c, req->user_id))
         return;
-    if (svc->router) {
-        Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
-        ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER;
-        ur.delete_user = (Eddy__V1__DeleteUserRequest *)req;
-        route_user(svc, c, req->user_id, &ur, "delete user");
-        return;
-    }
-    eddy_err err = engine_delete_user(svc->eng, req->user_id, delete_done, c);
-    if (err != EDDY_OK)
-        reply_err(c, err, "delete user");
+    Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
+    ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER;
+    ur.delete_user = (Eddy__V1__DeleteUserRequest *)req;
+    ask_user(svc, c, req->user_id, &ur, "delete user", NULL);
 }
 
 /* A read handler, timed from the call's arrival to its answer (reads answer before their

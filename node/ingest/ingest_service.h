@@ -1,14 +1,12 @@
 /* The public eddy.v1.Eddy service of a node: decodes and validates requests on the RPC
- * handler threads, hands writes to the state engine (answered from the writer thread once
- * durable) and answers reads from the query layer. */
+ * handler threads and hands them to the state backend (node/backend.h): this process's
+ * engine in --dev, the partition owners in a cluster. It knows nothing of either. */
 #ifndef EDDY_INGEST_SERVICE_H
 #define EDDY_INGEST_SERVICE_H
 
 #include "common/rpc_server.h"
+#include "node/backend.h"
 #include "node/ingest/validate.h"
-#include "node/cluster/router.h"
-#include "node/state/engine.h"
-#include "node/state/query.h"
 
 /* The read methods timed by eddy_serving_seconds{method}. */
 enum ingest_read { INGEST_RECOMMEND, INGEST_PROFILE, INGEST_TOP, INGEST_COUNTS, INGEST_READS };
@@ -20,15 +18,13 @@ extern const char *const ingest_read_names[INGEST_READS];
 struct ingest_metrics {
     metric_counter *rejected[VALIDATE_FIELD_COUNT + 1]; /* by validate_field_index; the
                                                            last one: any other field */
-    metric_counter *backpressure;    /* Ingest refused: the writer queue is full */
+    metric_counter *backpressure;    /* Ingest refused: RESOURCE_EXHAUSTED from the backend */
     metric_counter *recommendations; /* Recommend calls answered OK */
     metric_histogram *serving[INGEST_READS]; /* call arrival to answer, any status */
 };
 
 struct ingest_service {
-    engine *eng;             /* borrowed; --dev: requests are answered here */
-    struct router *router;   /* borrowed; cluster mode: requests go to the owners */
-    struct query_ctx q;
+    struct backend state;    /* where requests go (its implementation is borrowed) */
     struct limits lim;
     int64_t max_batch;       /* events per Ingest request */
     struct ingest_metrics m; /* all NULL: no metrics */

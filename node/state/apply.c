@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "node/state/counts.h"
-#include "node/state/pbutil.h"
+#include "common/pbutil.h"
 
 /* ---- meta ---------------------------------------------------------------------------- */
 

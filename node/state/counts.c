@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "node/state/pbenc.h"
-#include "node/state/pbutil.h"
+#include "common/pbutil.h"
 
 uint64_t *counts_slot(Eddy__Store__V1__Counts *c, Eddy__V1__EventType type)
 {

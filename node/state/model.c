@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "node/state/pbenc.h"
-#include "node/state/pbutil.h"
+#include "common/pbutil.h"
 
 double model_event_weight(Eddy__V1__EventType type)
 {

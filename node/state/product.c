@@ -9,7 +9,7 @@
 #include "node/state/counts.h"
 #include "node/state/model.h"
 #include "node/state/pbenc.h"
-#include "node/state/pbutil.h"
+#include "common/pbutil.h"
 
 /* ---- exactly-once marks ---------------------------------------------------------------
  * One S2_HW row per product partition (store.h), kept decoded by the txn: a batch's claim

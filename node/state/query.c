@@ -9,7 +9,7 @@
 #include "common/partition.h"
 #include "node/state/counts.h"
 #include "node/state/model.h"
-#include "node/state/pbutil.h"
+#include "common/pbutil.h"
 #include "node/state/window.h"
 
 void query_free_response(ProtobufCMessage *m)

@@ -19,7 +19,7 @@
 
 #include "common/log.h"
 #include "common/thread.h"
-#include "node/state/pbutil.h"
+#include "common/pbutil.h"
 
 #define STORE_CHANGES 16 /* writes around the txns remembered with their key ranges */
 

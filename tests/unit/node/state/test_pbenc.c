@@ -16,7 +16,7 @@
 
 #include "node/state/counts.h"
 #include "node/state/model.h"
-#include "node/state/pbutil.h"
+#include "common/pbutil.h"
 #include "node/state/product.h"
 #include "node/state/store.h"
 

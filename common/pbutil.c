@@ -1,5 +1,5 @@
 /* In-place edits of unpacked protobuf-c messages. */
-#include "node/state/pbutil.h"
+#include "common/pbutil.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,0 +1,535 @@
+/* A node's wiring: what it is made of, in which order the parts start and stop. */
+#include "node/node.h"
+
+#include <inttypes.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/cluster.h"
+#include "common/health.h"
+#include "common/log.h"
+#include "common/metrics_http.h"
+#include "common/partition.h"
+#include "common/rpc_server.h"
+#include "node/cluster/ckptpub.h"
+#include "node/cluster/forwarder.h"
+#include "node/cluster/loadpub.h"
+#include "node/cluster/membership.h"
+#include "node/cluster/mover.h"
+#include "node/cluster/peers.h"
+#include "node/cluster/reprocess_service.h"
+#include "node/cluster/router.h"
+#include "node/cluster/stage2_remote.h"
+#include "node/cluster/state_service.h"
+#include "node/ingest/ingest_service.h"
+#include "node/metrics_node.h"
+#include "node/state/checkpoint.h"
+#include "node/state/ckptsched.h"
+#include "node/state/engine.h"
+#include "node/state/local_backend.h"
+#include "node/state/popcache.h"
+
+#define DAY (24 * 3600 * 1000LL)
+
+/* Who owns what: everything below is owned by the node and freed by node_free, except
+ * 'cfg' (borrowed). 'mem', 'fwd' are set once the node joined; the engine's and the
+ * scheduler's hooks read them through the node. One thread (the caller of
+ * node_new/start/stop/free) changes the node; hooks run on the engine's and the
+ * scheduler's threads. */
+struct node {
+    const struct node_config *cfg;
+    bool clustered;
+    unsigned roles;                  /* ROLE_* bits */
+    struct node_metrics nm;
+    bool metrics_ready;
+    engine *eng;                     /* state role */
+    popcache *pop;                   /* this node's own stage 2 (state role) */
+    popcache *pop_cluster;           /* cluster: Recommend reads stage 2 across the cluster */
+    ckptsched *cks;
+    char ckpt_dir[CHECKPOINT_PATH_MAX];
+    peers *pe;
+    membership *_Atomic mem;
+    forwarder *_Atomic fwd;
+    mover *mov;
+    loadpub *lpub;
+    struct stage2_remote s2;
+    struct router router;
+    struct local_backend local;
+    struct state_service ss;
+    struct reprocess_service rps;
+    stage2_side *s2side;
+    struct ingest_service svc;
+    rpc_server *srv;
+    health *hl;
+    metrics_http *mh;
+    metric_gauge *owned_gauge;       /* on_change: eddy_partitions_owned */
+    _Atomic bool takeover;           /* on_change: take over partitions that moved here */
+    int port, metrics_port;
+    bool stopped;                    /* node_stop ran: node_free leaves gracefully */
+};
+
+struct node_config node_config_defaults(void)
+{
+    return (struct node_config){
+        .role = "", .etcd = "", .cluster = "eddy", .node_id = "", .advertise_addr = "",
+        .lease_ttl = 10000, .route_retries = 8, .route_timeout = 5000, .join_timeout = 60000,
+        .data_dir = "./eddy-data", .listen = "127.0.0.1:7070", .metrics_listen = "127.0.0.1:9464",
+        .log_level = "info",
+        .partitions = PARTITION_DEFAULT_COUNT, .grpc_threads = 1, .handler_threads = 4,
+        .internal_threads = 4, .max_queued_calls = 1024, .max_message_size = 4 << 20,
+        .max_batch = 10000,
+        .max_id_bytes = 128, .max_name_bytes = 128, .max_query_bytes = 512,
+        .max_metadata_entries = 32, .max_metadata_bytes = 4096, .max_future_skew = 5 * 60000,
+        .max_event_age = 0, .window = 60000, .out_of_orderness = 5000, .allowed_lateness = 0,
+        .idle_timeout = 30000, .state_ttl = 30 * DAY, .window_retention = 7 * DAY,
+        .log_retention = 7 * DAY, .dedup_window = DAY, .sweep_interval = 3600000,
+        .affinity_half_life = 7 * DAY, .popularity_half_life = DAY, .neighbour_half_life = 7 * DAY,
+        .recent_items = 20, .max_affinities = 50, .max_cart = 50, .max_neighbours = 50, .max_purchased = 10000,
+        .cooccurrence_span = 30 * 60000, .cooccurrence_items = 10, .weight_popular = 1.0,
+        .weight_neighbours = 1.5, .weight_context = 2.0, .diversity_cap = 3,
+        .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
+        .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
+        .cache_size = 64 << 20, .state_cache_size = 256 << 20, .shutdown_grace = 10000, .neighbour_cache = 20000,
+        .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
+        .checkpoint_timeout = 600000, .checkpoint_keep = 3,
+        .checkpoint_threads = 2, .checkpoint_dir = "",
+        .move_lag = 1000, .move_freeze = 10000, .move_final_wait = 30000,
+        .load_interval = 10000,
+    };
+}
+
+static void engine_options_from(const struct node_config *c, struct engine_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->data_dir = c->data_dir;
+    o->cache_bytes = c->cache_size;
+    o->state_cache_bytes = c->state_cache_size;
+    struct apply_params *a = &o->apply;
+    a->partitions = (uint32_t)c->partitions;
+    a->window = (struct window_params){c->window, c->out_of_orderness, c->allowed_lateness,
+                                       c->idle_timeout};
+    a->model.affinity = (struct decay_params){c->affinity_half_life, 8};
+    a->model.recent_items = (int)c->recent_items;
+    a->model.max_affinities = (int)c->max_affinities;
+    a->model.max_cart = (int)c->max_cart;
+    a->cooccurrence_span_ms = c->cooccurrence_span;
+    a->cooccurrence_items = (int)c->cooccurrence_items;
+    a->dedup_window_ms = c->dedup_window;
+    a->state_ttl_ms = c->state_ttl;
+    a->window_retention_ms = c->window_retention;
+    a->log_retention_ms = c->log_retention;
+    a->sweep_interval_ms = c->sweep_interval;
+    o->product.partitions = (uint32_t)c->partitions;
+    o->product.popularity = (struct decay_params){c->popularity_half_life, 8};
+    o->product.neighbours = (struct decay_params){c->neighbour_half_life, 8};
+    o->product.max_neighbours = (int)c->max_neighbours;
+    o->rec = (struct rec_params){c->weight_popular, c->weight_neighbours, c->weight_context,
+                                 (int)c->diversity_cap};
+    o->stage2_staleness_ms = c->stage2_staleness;
+    o->candidates = (int)c->candidates;
+    o->max_pending_events = c->max_pending_events;
+    o->max_group_events = c->max_group_events;
+}
+
+
+/* ---- hooks: the engine, the scheduler and the membership call back into the node ---------- */
+
+static bool hook_owns(void *ud, uint32_t p)
+{
+    node *n = ud;
+    membership *mem = atomic_load(&n->mem);
+    uint64_t epoch;
+    return mem && membership_owns(mem, p, &epoch);
+}
+
+/* Stage 2 of partition p is applied here now (owned, and not frozen by a move). */
+static bool hook_stage2_local(void *ud, uint32_t p)
+{
+    node *n = ud;
+    return atomic_load(&n->mem) && state_service_stage2_local(&n->ss, p);
+}
+
+static void hook_kick(void *ud)
+{
+    node *n = ud;
+    forwarder *fwd = atomic_load(&n->fwd);
+    if (fwd)
+        forwarder_kick(fwd);
+}
+
+static void hook_ckpt_written(void *ud, const struct checkpoint_info *ci)
+{
+    node *n = ud;
+    membership *mem = atomic_load(&n->mem);
+    if (mem)
+        ckptpub_put(mem, n->cfg->cluster, ci);
+}
+
+static bool hook_rebuild_busy(void *ud)
+{
+    return reprocess_service_busy(ud);
+}
+
+/* Readiness follows the etcd session: without it the node must not take traffic. */
+static void hook_alive(void *ud, bool alive)
+{
+    health_set(ud, "readiness", alive ? HEALTH_SERVING : HEALTH_NOT_SERVING);
+}
+
+/* After every change of the partition map: eddy_partitions_owned, and the take-over of
+ * partitions that moved here (state_service_takeover) once the mover runs. */
+static void hook_change(void *ud, membership *m)
+{
+    node *n = ud;
+    metric_gauge_set(n->owned_gauge, membership_owned_count(m));
+    if (atomic_load(&n->takeover))
+        state_service_takeover(&n->ss);
+}
+
+/* ---- building ------------------------------------------------------------------------------ */
+
+/* The metrics address other processes scrape: the advertised host with the metrics port. */
+static void metrics_advertise(int port, const char *grpc_addr, char *out, size_t len)
+{
+    const char *colon = strrchr(grpc_addr, ':');
+    int hostlen = colon ? (int)(colon - grpc_addr) : (int)strlen(grpc_addr);
+    snprintf(out, len, "%.*s:%d", hostlen, grpc_addr, port);
+}
+
+/* --advertise-addr, or the --listen host with the bound port. */
+static void advertise(const struct node_config *c, int port, char *out, size_t len)
+{
+    if (c->advertise_addr[0]) {
+        snprintf(out, len, "%s", c->advertise_addr);
+        return;
+    }
+    const char *colon = strrchr(c->listen, ':');
+    int hostlen = colon ? (int)(colon - c->listen) : (int)strlen(c->listen);
+    snprintf(out, len, "%.*s:%d", hostlen, c->listen, port);
+}
+
+/* 'err' = "what: detail" (detail NULL or "": e's text); returns 'e'. */
+static eddy_err fail(char *err, size_t errlen, eddy_err e, const char *what, const char *detail)
+{
+    snprintf(err, errlen, "%s: %s", what, detail && detail[0] ? detail : eddy_strerror(e));
+    return e;
+}
+
+/* The state role: the engine, its caches and the checkpoint scheduler. */
+static eddy_err open_state(node *n, char *err, size_t errlen)
+{
+    const struct node_config *c = n->cfg;
+    struct engine_opts eo;
+    engine_options_from(c, &eo);
+    eo.metrics = n->nm.engine;
+    if (n->clustered)
+        eo.cluster = (struct engine_cluster){hook_stage2_local, n, hook_kick, n};
+    char why[512] = "";
+    eddy_err e = engine_open(&eo, &n->eng, why, sizeof(why));
+    if (e != EDDY_OK)
+        return fail(err, errlen, e, "cannot open state", why);
+    n->pop = popcache_new(engine_store(n->eng), &engine_options(n->eng)->product,
+                          c->stage2_staleness, (size_t)c->candidates);
+    if (!n->pop || popcache_set_neighbour_cache(n->pop, (size_t)c->neighbour_cache) != EDDY_OK)
+        return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the caches", NULL);
+    n->local = (struct local_backend){
+        n->eng,
+        {n->eng, n->pop, (int)c->default_recommendations, (int)c->max_recommendations, NULL,
+         NULL, (size_t)c->max_purchased},
+    };
+    if (n->clustered) {
+        /* Recommend reads stage 2 across the cluster; CategoryTop serves the local part */
+        n->pop_cluster = popcache_new(engine_store(n->eng), &engine_options(n->eng)->product,
+                                      c->stage2_staleness, (size_t)c->candidates);
+        if (!n->pop_cluster ||
+            popcache_set_neighbour_cache(n->pop_cluster, (size_t)c->neighbour_cache) != EDDY_OK)
+            return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the caches", NULL);
+        /* CategoryTop answers for the partitions this node owns (once joined) */
+        popcache_set_owns(n->pop, hook_owns, n);
+        stage2_remote_init(&n->s2, NULL, n->pe, c->route_timeout);
+        popcache_set_source(n->pop_cluster, &n->s2.source);
+        n->ss.eng = n->eng;
+        n->ss.local = n->pop;
+        n->ss.q = (struct query_ctx){n->eng, n->pop_cluster, (int)c->default_recommendations,
+                                     (int)c->max_recommendations, state_service_owns, NULL,
+                                     (size_t)c->max_purchased};
+    }
+    if (c->checkpoint_interval > 0) {
+        /* before any event can arrive: the log floors come from the files on disk */
+        snprintf(n->ckpt_dir, sizeof(n->ckpt_dir), "%s", c->checkpoint_dir);
+        if (!c->checkpoint_dir[0])
+            snprintf(n->ckpt_dir, sizeof(n->ckpt_dir), "%s/checkpoints", c->data_dir);
+        struct ckptsched_opts co = {
+            .dir = n->ckpt_dir, .interval_ms = c->checkpoint_interval,
+            .min_pause_ms = c->checkpoint_min_pause, .timeout_ms = c->checkpoint_timeout,
+            .keep = (int)c->checkpoint_keep, .threads = (int)c->checkpoint_threads,
+            .metrics = n->nm.checkpoint,
+            .owns = n->clustered ? hook_owns : NULL, .owns_ud = n,
+            .written = n->clustered ? hook_ckpt_written : NULL, .written_ud = n,
+        };
+        if ((e = ckptsched_new(n->eng, &co, &n->cks)) != EDDY_OK)
+            return fail(err, errlen, e, "cannot start checkpoints", NULL);
+    }
+    return EDDY_OK;
+}
+
+/* The RPC server and every service on it. */
+static eddy_err register_services(node *n, char *err, size_t errlen)
+{
+    const struct node_config *c = n->cfg;
+    n->svc = (struct ingest_service){
+        .state = n->clustered ? router_backend_of(&n->router) : local_backend_of(&n->local),
+        .lim = {c->max_id_bytes, c->max_name_bytes, c->max_query_bytes, c->max_metadata_entries,
+                c->max_metadata_bytes, c->max_future_skew, c->max_event_age},
+        .max_batch = c->max_batch,
+        .m = n->nm.ingest,
+    };
+    struct rpc_server_opts so = {
+        .listen = c->listen, .cq_threads = (int)c->grpc_threads,
+        .handler_threads = (int)c->handler_threads, .max_queued_calls = (int)c->max_queued_calls,
+        .lane_threads = {[STATE_LANE_USER] = (int)c->internal_threads,
+                         [STATE_LANE_LEAF] = (int)c->internal_threads},
+        .max_recv_bytes = c->max_message_size, .max_send_bytes = 64 << 20,
+        .max_connection_age_ms = c->max_connection_age,
+        .metrics = n->nm.reg, .busy_rejections = n->nm.rpc_busy,
+    };
+    n->srv = rpc_server_new(&so);
+    n->hl = health_new();
+    if (!n->srv || !n->hl)
+        return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the server", NULL);
+    eddy_err e = ingest_service_register(&n->svc, n->srv);
+    if (e == EDDY_OK)
+        e = health_register(n->hl, n->srv);
+    if (e == EDDY_OK && n->clustered && n->eng)
+        e = state_service_register(&n->ss, n->srv);
+    if (e != EDDY_OK)
+        return fail(err, errlen, e, "cannot register the services", NULL);
+    if (n->clustered && n->eng) { /* the product half of a cluster-wide rebuild (reprocess) */
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s/reprocess-s2.tmp", c->data_dir);
+        struct stage2_side_opts s2o = {n->eng, dir, hook_owns, n, c->move_freeze};
+        if (!(n->s2side = stage2_side_new(&s2o)))
+            return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the rebuild side", NULL);
+        n->ss.s2 = n->s2side;
+    }
+    n->rps.eng = n->eng;
+    n->rps.router = n->clustered ? &n->router : NULL;
+    n->rps.data_dir = c->data_dir;
+    n->rps.checkpoint_dir = c->checkpoint_dir;
+    n->rps.s2 = n->s2side;
+    n->rps.renew_ms = c->move_freeze / 3 > 0 ? c->move_freeze / 3 : 1;
+    if (n->clustered && n->eng) { /* a rebuild and a live move of this node exclude each other */
+        n->rps.moving = state_service_moving;
+        n->rps.moving_ud = &n->ss;
+        n->ss.rebuild_busy = hook_rebuild_busy;
+        n->ss.rebuild_ud = &n->rps;
+    }
+    if ((e = reprocess_service_register(&n->rps, n->srv, n->roles & ROLE_INGEST)) != EDDY_OK)
+        return fail(err, errlen, e, "cannot register the services", NULL);
+    return EDDY_OK;
+}
+
+eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    node *n = calloc(1, sizeof(*n));
+    if (!n)
+        return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the node", NULL);
+    n->cfg = cfg;
+    n->clustered = !cfg->dev;
+    n->roles = ROLE_INGEST | ROLE_STATE;
+    eddy_err e = EDDY_ERR_INVALID;
+    if (n->clustered) {
+        int rr = cfg->role[0] ? cluster_parse_roles(cfg->role) : -1;
+        if (rr < 0 || !cfg->etcd[0]) {
+            snprintf(err, errlen, "give --dev, or --role ingest|state|ingest,state with --etcd "
+                                  "URL (see --help)");
+            goto fail;
+        }
+        n->roles = (unsigned)rr;
+    }
+    n->router = (struct router){NULL, NULL, cfg->route_timeout, (int)cfg->route_retries,
+                                {cfg->window, cfg->out_of_orderness, cfg->allowed_lateness,
+                                 cfg->idle_timeout}};
+    if ((e = node_metrics_init(&n->nm, EDDY_VERSION)) != EDDY_OK) {
+        fail(err, errlen, e, "cannot register metrics", NULL);
+        goto fail;
+    }
+    n->metrics_ready = true;
+    n->owned_gauge = n->nm.partitions_owned;
+    if (n->clustered && !(n->router.peers = n->pe = peers_new(64 << 20))) {
+        e = fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the peers", NULL);
+        goto fail;
+    }
+    if ((n->roles & ROLE_STATE) && (e = open_state(n, err, errlen)) != EDDY_OK)
+        goto fail;
+    if ((e = register_services(n, err, errlen)) != EDDY_OK)
+        goto fail;
+    /* partitions owned: all in --dev; in a cluster hook_change follows the map */
+    if (n->eng &&
+        (e = node_metrics_watch(&n->nm, n->eng, n->clustered ? 0 : (uint32_t)cfg->partitions)) !=
+            EDDY_OK) {
+        fail(err, errlen, e, "cannot register metrics", NULL);
+        goto fail;
+    }
+    popcache *const caches[] = {n->pop, n->pop_cluster};
+    if (n->eng && (e = node_metrics_watch_caches(&n->nm, caches, 2)) != EDDY_OK) {
+        fail(err, errlen, e, "cannot register metrics", NULL);
+        goto fail;
+    }
+    *out = n;
+    return EDDY_OK;
+fail:
+    node_free(n);
+    return e;
+}
+
+/* ---- starting ------------------------------------------------------------------------------ */
+
+/* Cluster mode: register in etcd, wait for the map, then the parts that follow it. */
+static eddy_err join(node *n, char *err, size_t errlen)
+{
+    const struct node_config *c = n->cfg;
+    char addr[CLUSTER_ADDR_MAX], id[CLUSTER_ID_MAX], maddr[CLUSTER_ADDR_MAX] = "";
+    advertise(c, n->port, addr, sizeof(addr));
+    if (c->node_id[0])
+        snprintf(id, sizeof(id), "%s", c->node_id);
+    else
+        snprintf(id, sizeof(id), "%.127s", addr);
+    if (n->mh)
+        metrics_advertise(n->metrics_port, addr, maddr, sizeof(maddr));
+    eddy_err e;
+    if (n->eng && (e = state_service_takeover_init(&n->ss, (uint32_t)c->partitions)) != EDDY_OK)
+        return fail(err, errlen, e, "cannot start the take-over", NULL);
+    n->ss.checkpoint_dir = n->cks ? n->ckpt_dir : NULL;
+    n->ss.freeze_ms = c->move_freeze;
+    struct membership_opts mo = {c->etcd, c->cluster, id, n->roles, addr, maddr,
+                                 (c->lease_ttl + 999) / 1000, 5000, hook_alive, n->hl,
+                                 hook_change, n};
+    char why[512] = "";
+    membership *mem = NULL;
+    if ((e = membership_start(&mo, c->join_timeout, &mem, why, sizeof(why))) != EDDY_OK)
+        return fail(err, errlen, e, "cannot join the cluster", why);
+    atomic_store(&n->mem, mem);
+    if ((uint32_t)c->partitions != membership_partitions(mem) && n->eng) {
+        snprintf(err, errlen, "--partitions %" PRId64 " differs from the cluster's %u",
+                 c->partitions, membership_partitions(mem));
+        return EDDY_ERR_INVALID;
+    }
+    n->router.mem = mem;
+    n->s2.mem = mem;
+    state_service_joined(&n->ss, mem);
+    if (n->eng) {
+        /* the moves in progress first: a partition moving here is the mover's to make
+         * ready, not the take-over's */
+        struct mover_opts mvo = {
+            .eng = n->eng, .mem = mem, .peers = n->pe, .ss = &n->ss, .cks = n->cks,
+            .cluster = c->cluster, .lag_records = c->move_lag,
+            .rpc_timeout_ms = c->route_timeout, .copy_timeout_ms = 600000,
+            .final_wait_ms = c->move_final_wait, .metrics = n->nm.move,
+        };
+        if ((e = mover_start(&mvo, &n->mov)) != EDDY_OK)
+            return fail(err, errlen, e, "cannot start the mover", NULL);
+        if (c->load_interval > 0 &&
+            (e = loadpub_start(n->eng, mem, c->cluster, c->load_interval, &n->lpub)) != EDDY_OK)
+            return fail(err, errlen, e, "cannot start the load publisher", NULL);
+        /* from now on every map change takes over new partitions */
+        atomic_store(&n->takeover, true);
+        state_service_takeover(&n->ss);
+        forwarder *fwd = forwarder_start(n->eng, mem, n->pe, c->route_timeout);
+        if (!fwd)
+            return fail(err, errlen, EDDY_ERR_NOMEM, "cannot start the forwarder", NULL);
+        atomic_store(&n->fwd, fwd);
+    }
+    log_info("msg=\"joined cluster\" cluster=%s node=%s roles=%s advertise=%s partitions=%u",
+             c->cluster, id, c->role, addr, membership_partitions(mem));
+    return EDDY_OK;
+}
+
+eddy_err node_start(node *n, char *err, size_t errlen)
+{
+    const struct node_config *c = n->cfg;
+    eddy_err e;
+    if (c->metrics_listen[0] != '\0') {
+        if ((e = metrics_http_open(n->nm.reg, c->metrics_listen, &n->mh, &n->metrics_port)) !=
+            EDDY_OK)
+            return fail(err, errlen, e, "cannot serve metrics", NULL);
+        log_info("msg=\"metrics listening\" metrics_listen=%s metrics_port=%d",
+                 c->metrics_listen, n->metrics_port);
+    }
+    if ((e = rpc_server_start(n->srv, &n->port)) != EDDY_OK)
+        return fail(err, errlen, e, "cannot listen", NULL);
+    if (n->clustered && (e = join(n, err, errlen)) != EDDY_OK) {
+        rpc_server_shutdown(n->srv, 0);
+        return e;
+    }
+    /* after the membership: the scheduler asks it which partitions this node owns */
+    if (n->cks && (e = ckptsched_start(n->cks)) != EDDY_OK) {
+        rpc_server_shutdown(n->srv, 0);
+        return fail(err, errlen, e, "cannot start the checkpoint scheduler", NULL);
+    }
+    health_set(n->hl, "", HEALTH_SERVING);
+    health_set(n->hl, "liveness", HEALTH_SERVING);
+    /* in a cluster, readiness follows the etcd session (hook_alive) */
+    membership *mem = atomic_load(&n->mem);
+    health_set(n->hl, "readiness",
+               !n->clustered || membership_alive(mem) ? HEALTH_SERVING : HEALTH_NOT_SERVING);
+    health_set(n->hl, "eddy.v1.Eddy", HEALTH_SERVING);
+    log_info("msg=\"eddy-node ready\" mode=%s listen=%s port=%d data_dir=%s partitions=%" PRId64,
+             n->clustered ? "cluster" : "dev", c->listen, n->port, c->data_dir, c->partitions);
+    return EDDY_OK;
+}
+
+int node_port(const node *n)
+{
+    return n->port;
+}
+
+int node_metrics_port(const node *n)
+{
+    return n->metrics_port;
+}
+
+/* ---- stopping ------------------------------------------------------------------------------ */
+
+void node_stop(node *n)
+{
+    health_set_all(n->hl, HEALTH_NOT_SERVING);
+    health_shutdown(n->hl);
+    rpc_server_shutdown(n->srv, n->cfg->shutdown_grace);
+    n->stopped = true;
+}
+
+void node_free(node *n)
+{
+    if (!n)
+        return;
+    rpc_server_free(n->srv);
+    metrics_http_close(n->mh); /* after the RPC server (scrapes see the drain to the end),
+                                * before the caches and the engine its scrapes read */
+    /* their refresher threads read the store and call the peers: stop them first */
+    popcache_free(n->pop);
+    popcache_free(n->pop_cluster);
+    bool checkpoints = n->cks != NULL;
+    ckptsched_free(n->cks); /* before the membership its hooks use and the engine */
+    membership *mem = atomic_load(&n->mem);
+    if (n->stopped && checkpoints)
+        ckptpub_final(n->ckpt_dir, n->eng, mem, &n->ss);
+    loadpub_stop(n->lpub);
+    mover_stop(n->mov);                /* a move in progress resumes at the next start */
+    reprocess_service_stop(&n->rps);   /* a rebuild still running gives up, swapping nothing */
+    forwarder_stop(atomic_load(&n->fwd)); /* unsent stage-2 records stay in the OUTBOX */
+    membership_stop(mem);              /* revokes the lease: the coordinator reassigns at once */
+    atomic_store(&n->mem, NULL);
+    engine_close(n->eng);              /* finishes queued writes, closes LevelDB */
+    stage2_side_free(n->s2side);       /* after the engine: its owns() hook asks it */
+    state_service_takeover_release(&n->ss);
+    peers_free(n->pe);
+    health_free(n->hl);
+    if (n->metrics_ready)
+        node_metrics_release(&n->nm); /* last: late answers from the writer still count */
+    free(n);
+}

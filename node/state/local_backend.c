@@ -1,0 +1,174 @@
+/* The local state backend: public requests answered by this process's engine and queries. */
+#include "node/state/local_backend.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ingest_job {
+    backend_ingest_done_fn *done;
+    void *ud;
+};
+
+static void ingest_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
+{
+    struct ingest_job *j = ud;
+    struct backend_status st = {GRPC_STATUS_OK, ""};
+    struct backend_counts counts = {0, 0, 0};
+    if (err != EDDY_OK)
+        backend_status_set(&st, eddy_err_to_grpc(err), "not recorded: %s", eddy_strerror(err));
+    else
+        counts = (struct backend_counts){r->accepted, r->duplicates, r->late};
+    j->done(j->ud, &st, &counts);
+    free(j);
+}
+
+static void local_ingest(void *impl, Eddy__V1__Event *const *events, size_t n,
+                         int64_t arrival_ns, backend_ingest_done_fn *done, void *ud)
+{
+    struct local_backend *lb = impl;
+    struct backend_status st;
+    struct ingest_job *j = malloc(sizeof(*j));
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (j) {
+        *j = (struct ingest_job){done, ud};
+        err = engine_ingest_timed(lb->eng, events, n, arrival_ns, ingest_done, j);
+        if (err == EDDY_OK)
+            return; /* ingest_done answers */
+        free(j);
+    }
+    if (err == EDDY_ERR_FULL)
+        backend_status_set(&st, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                           "queue full (%" PRId64 " events waiting); retry with backoff",
+                           engine_queue_depth(lb->eng));
+    else
+        backend_status_set(&st, eddy_err_to_grpc(err), "%s", eddy_strerror(err));
+    done(ud, &st, NULL);
+}
+
+/* ---- per user ---------------------------------------------------------------------------- */
+
+struct delete_job {
+    backend_reply_fn *done;
+    void *ud;
+    char user[];
+};
+
+static void delete_done(void *ud, eddy_err err, bool model, uint64_t windows, uint64_t log)
+{
+    struct delete_job *j = ud;
+    struct backend_status st = {GRPC_STATUS_OK, ""};
+    Eddy__V1__DeleteUserResponse d = EDDY__V1__DELETE_USER_RESPONSE__INIT;
+    Eddy__State__V1__UserResponse r = EDDY__STATE__V1__USER_RESPONSE__INIT;
+    if (err != EDDY_OK) {
+        backend_status_set(&st, eddy_err_to_grpc(err), "%s", eddy_strerror(err));
+    } else if (!model && windows == 0 && log == 0) {
+        backend_status_set(&st, GRPC_STATUS_NOT_FOUND, "no state for user %s", j->user);
+    } else {
+        d.model_deleted = model;
+        d.windows_deleted = windows;
+        d.log_entries_deleted = log;
+        r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_DELETE_USER;
+        r.delete_user = &d;
+    }
+    j->done(j->ud, &st, st.code == GRPC_STATUS_OK ? &r.base : NULL);
+    free(j);
+}
+
+static void delete_user(struct local_backend *lb, const char *user_id, backend_reply_fn *done,
+                        void *ud)
+{
+    struct backend_status st;
+    size_t len = strlen(user_id) + 1;
+    struct delete_job *j = malloc(sizeof(*j) + len);
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (j) {
+        j->done = done;
+        j->ud = ud;
+        memcpy(j->user, user_id, len);
+        err = engine_delete_user(lb->eng, user_id, delete_done, j);
+        if (err == EDDY_OK)
+            return; /* delete_done answers */
+        free(j);
+    }
+    backend_status_set(&st, eddy_err_to_grpc(err), "%s", eddy_strerror(err));
+    done(ud, &st, NULL);
+}
+
+/* Answer a read: OK with 'reply' (which holds 'resp', freed afterwards), or the error
+ * ('user': the user a NOT_FOUND is about). */
+static void answer(eddy_err err, ProtobufCMessage *resp, const ProtobufCMessage *reply,
+                   const char *user, backend_reply_fn *done, void *ud)
+{
+    struct backend_status st = {GRPC_STATUS_OK, ""};
+    if (err == EDDY_ERR_NOT_FOUND)
+        backend_status_set(&st, GRPC_STATUS_NOT_FOUND, "no state for user %s", user);
+    else if (err != EDDY_OK)
+        backend_status_set(&st, eddy_err_to_grpc(err), "%s", eddy_strerror(err));
+    done(ud, &st, err == EDDY_OK ? reply : NULL);
+    query_free_response(resp);
+}
+
+void local_backend_user(struct local_backend *lb, Eddy__State__V1__UserRequest *req,
+                        backend_reply_fn *done, void *ud)
+{
+    Eddy__State__V1__UserResponse r = EDDY__STATE__V1__USER_RESPONSE__INIT;
+    eddy_err err;
+    switch (req->request_case) {
+    case EDDY__STATE__V1__USER_REQUEST__REQUEST_RECOMMEND:
+        err = query_recommend(&lb->q, req->recommend, &r.recommend);
+        r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_RECOMMEND;
+        answer(err, r.recommend ? &r.recommend->base : NULL, &r.base, req->recommend->user_id, done, ud);
+        return;
+    case EDDY__STATE__V1__USER_REQUEST__REQUEST_PROFILE:
+        err = query_profile(&lb->q, req->profile->user_id, &r.profile);
+        r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_PROFILE;
+        answer(err, r.profile ? &r.profile->base : NULL, &r.base, req->profile->user_id, done, ud);
+        return;
+    case EDDY__STATE__V1__USER_REQUEST__REQUEST_COUNTS:
+        err = query_event_counts(&lb->q, req->counts, &r.counts);
+        r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_COUNTS;
+        answer(err, r.counts ? &r.counts->base : NULL, &r.base, req->counts->user_id, done, ud);
+        return;
+    case EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER:
+        delete_user(lb, req->delete_user->user_id, done, ud);
+        return;
+    default: {
+        struct backend_status st;
+        backend_status_set(&st, GRPC_STATUS_INVALID_ARGUMENT, "empty user request");
+        done(ud, &st, NULL);
+    }
+    }
+}
+
+static void local_user(void *impl, const char *user_id, Eddy__State__V1__UserRequest *req,
+                       backend_reply_fn *done, void *ud)
+{
+    local_backend_user(impl, req, done, ud);
+}
+
+/* ---- global queries ------------------------------------------------------------------------ */
+
+static void local_top(void *impl, const Eddy__V1__TopProductsRequest *req, backend_reply_fn *done,
+                      void *ud)
+{
+    struct local_backend *lb = impl;
+    Eddy__V1__TopProductsResponse *resp = NULL;
+    eddy_err err = query_top_products(&lb->q, req, &resp);
+    answer(err, resp ? &resp->base : NULL, resp ? &resp->base : NULL, "", done, ud);
+}
+
+static void local_counts(void *impl, const Eddy__V1__EventCountsRequest *req,
+                         backend_reply_fn *done, void *ud)
+{
+    struct local_backend *lb = impl;
+    Eddy__V1__EventCountsResponse *resp = NULL;
+    eddy_err err = query_event_counts(&lb->q, req, &resp);
+    answer(err, resp ? &resp->base : NULL, resp ? &resp->base : NULL, "", done, ud);
+}
+
+struct backend local_backend_of(struct local_backend *lb)
+{
+    static const struct backend_ops ops = {local_ingest, local_user, local_top, local_counts};
+    return (struct backend){&ops, lb};
+}
