@@ -9,6 +9,7 @@
 #include "common/log.h"
 #include "common/partition.h"
 #include "common/pbutil.h"
+#include "node/cluster/route_plan.h"
 
 #define M_APPLY "/eddy.state.v1.State/Apply"
 #define M_USER "/eddy.state.v1.State/User"
@@ -62,87 +63,58 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
     res->code = GRPC_STATUS_OK;
     res->message[0] = '\0';
 
-    /* events bucketed by partition: start[p] .. start[p+1] in 'order' */
-    size_t *start = calloc(P + 1, sizeof(*start));
-    uint32_t *part = malloc((n ? n : 1) * sizeof(*part));
-    Eddy__V1__Event **order = malloc((n ? n : 1) * sizeof(*order));
+    struct route_plan pl = {0};
     bool *pending = calloc(P, sizeof(*pending));
     Eddy__State__V1__PartitionEvents *pe = calloc(P, sizeof(*pe));
     Eddy__State__V1__PartitionEvents **pep = calloc(P, sizeof(*pep));
     char (*owners)[CLUSTER_ADDR_MAX] = calloc(P, CLUSTER_ADDR_MAX); /* addr carrying p */
+    uint32_t *parts = calloc(P, sizeof(*parts));
+    struct route_group *groups = calloc(MAX_STATE_NODES, sizeof(*groups));
     char (*addrs)[CLUSTER_ADDR_MAX] = calloc(MAX_STATE_NODES, CLUSTER_ADDR_MAX);
     Eddy__State__V1__ApplyRequest *reqs = calloc(MAX_STATE_NODES, sizeof(*reqs));
     ProtobufCMessage **reqp = calloc(MAX_STATE_NODES, sizeof(*reqp));
     struct peer_call *slots = calloc(MAX_STATE_NODES, sizeof(*slots));
-    if (!start || !part || !order || !pending || !pe || !pep || !owners || !addrs || !reqs ||
-        !reqp || !slots) {
+    if (route_plan_init(&pl, events, n, P) != EDDY_OK || !pending || !pe || !pep || !owners ||
+        !parts || !groups || !addrs || !reqs || !reqp || !slots) {
         res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         snprintf(res->message, sizeof(res->message), "out of memory routing the batch");
         goto out;
     }
-    for (size_t i = 0; i < n; i++) {
-        part[i] = partition_of_user(events[i]->user_id, P);
-        start[part[i] + 1]++;
-    }
-    for (uint32_t p = 0; p < P; p++)
-        start[p + 1] += start[p];
-    {
-        size_t *fill = calloc(P, sizeof(*fill));
-        if (!fill) {
-            res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-            goto out;
-        }
-        for (size_t i = 0; i < n; i++)
-            order[start[part[i]] + fill[part[i]]++] = events[i];
-        free(fill);
-    }
     size_t npending = 0;
     for (uint32_t p = 0; p < P; p++) {
-        pending[p] = start[p + 1] > start[p];
+        pending[p] = route_plan_count(&pl, p) > 0;
         npending += pending[p];
     }
 
     for (int round = 0; npending > 0 && round <= r->retries; round++) {
         uint64_t version = membership_version(r->mem);
-        size_t nreq = 0;
-        char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
+        char owner[CLUSTER_ID_MAX];
         for (uint32_t p = 0; p < P; p++) {
+            uint64_t epoch;
+            owners[p][0] = '\0';
             if (!pending[p])
                 continue;
-            uint64_t epoch;
-            if (!membership_owner(r->mem, p, owner, &epoch, addr)) {
+            if (!membership_owner(r->mem, p, owner, &epoch, owners[p])) {
+                owners[p][0] = '\0';
                 snprintf(res->message, sizeof(res->message), "partition %u has no live owner", p);
                 continue;
-            }
-            size_t k = 0;
-            while (k < nreq && strcmp(addrs[k], addr) != 0)
-                k++;
-            if (k == nreq) {
-                if (nreq == MAX_STATE_NODES)
-                    continue;
-                snprintf(addrs[k], CLUSTER_ADDR_MAX, "%s", addr);
-                eddy__state__v1__apply_request__init(&reqs[k]);
-                reqs[k].partitions = &pep[0]; /* fixed below */
-                nreq++;
             }
             eddy__state__v1__partition_events__init(&pe[p]);
             pe[p].partition = p;
             pe[p].epoch = epoch;
-            pe[p].events = &order[start[p]];
-            pe[p].n_events = start[p + 1] - start[p];
-            snprintf(owners[p], CLUSTER_ADDR_MAX, "%s", addr);
+            pe[p].events = &pl.order[pl.start[p]];
+            pe[p].n_events = route_plan_count(&pl, p);
         }
-        /* lay out each request's partitions contiguously in pep */
+        size_t nreq = route_plan_group(&pl, pending, (const char(*)[CLUSTER_ADDR_MAX])owners,
+                                       parts, groups, MAX_STATE_NODES);
         size_t used = 0;
         for (size_t k = 0; k < nreq; k++) {
+            memcpy(addrs[k], groups[k].addr, CLUSTER_ADDR_MAX);
+            eddy__state__v1__apply_request__init(&reqs[k]);
             reqs[k].partitions = &pep[used];
-            reqs[k].n_partitions = 0;
-            for (uint32_t p = 0; p < P; p++) {
-                if (pending[p] && pe[p].n_events > 0 && strcmp(owners[p], addrs[k]) == 0) {
-                    pep[used++] = &pe[p];
-                    reqs[k].n_partitions++;
-                }
-            }
+            reqs[k].n_partitions = groups[k].nparts;
+            for (size_t g = 0; g < groups[k].nparts; g++)
+                pep[used++] = &pe[groups[k].parts[g]];
             reqp[k] = &reqs[k].base;
         }
         fan_run(r, M_APPLY, &eddy__state__v1__apply_response__descriptor, addrs, reqp, slots,
@@ -173,8 +145,6 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
             }
             protobuf_c_message_free_unpacked(slots[k].resp, NULL);
         }
-        for (uint32_t p = 0; p < P; p++)
-            pe[p].n_events = pending[p] ? start[p + 1] - start[p] : 0;
         if (res->code != GRPC_STATUS_OK)
             break;
         if (npending > 0)
@@ -190,13 +160,13 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
                  npending, last);
     }
 out:
-    free(start);
-    free(part);
-    free(order);
+    route_plan_release(&pl);
     free(pending);
     free(pe);
     free(pep);
     free(owners);
+    free(parts);
+    free(groups);
     free(addrs);
     free(reqs);
     free(reqp);

@@ -1,0 +1,83 @@
+/* The routing plan of an Ingest batch: bucketing by partition, grouping by owner. */
+#include "node/cluster/route_plan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/partition.h"
+
+eddy_err route_plan_init(struct route_plan *pl, Eddy__V1__Event *const *events, size_t n,
+                         uint32_t nparts)
+{
+    pl->nparts = nparts;
+    pl->start = calloc((size_t)nparts + 1, sizeof(*pl->start));
+    pl->order = malloc((n ? n : 1) * sizeof(*pl->order));
+    uint32_t *part = malloc((n ? n : 1) * sizeof(*part));
+    size_t *fill = calloc(nparts ? nparts : 1, sizeof(*fill));
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (!pl->start || !pl->order || !part || !fill)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        part[i] = partition_of_user(events[i]->user_id, nparts);
+        pl->start[part[i] + 1]++;
+    }
+    for (uint32_t p = 0; p < nparts; p++)
+        pl->start[p + 1] += pl->start[p];
+    for (size_t i = 0; i < n; i++) /* stable: batch order within each partition */
+        pl->order[pl->start[part[i]] + fill[part[i]]++] = events[i];
+    err = EDDY_OK;
+out:
+    free(part);
+    free(fill);
+    return err;
+}
+
+void route_plan_release(struct route_plan *pl)
+{
+    free(pl->start);
+    free(pl->order);
+    pl->start = NULL;
+    pl->order = NULL;
+}
+
+size_t route_plan_group(const struct route_plan *pl, const bool *pending,
+                        const char (*owner)[CLUSTER_ADDR_MAX], uint32_t *parts,
+                        struct route_group *groups, size_t max_groups)
+{
+    size_t ng = 0, used = 0;
+    /* two passes: count each owner's partitions, then lay them out contiguously */
+    size_t *count = calloc(max_groups ? max_groups : 1, sizeof(*count));
+    if (!count)
+        return 0;
+    for (uint32_t p = 0; p < pl->nparts; p++) {
+        if (!pending[p] || route_plan_count(pl, p) == 0 || owner[p][0] == '\0')
+            continue;
+        size_t g = 0;
+        while (g < ng && strcmp(groups[g].addr, owner[p]) != 0)
+            g++;
+        if (g == ng) {
+            if (ng == max_groups)
+                continue;
+            memcpy(groups[g].addr, owner[p], CLUSTER_ADDR_MAX);
+            ng++;
+        }
+        count[g]++;
+    }
+    for (size_t g = 0; g < ng; g++) {
+        groups[g].parts = parts + used;
+        groups[g].nparts = 0;
+        used += count[g];
+    }
+    for (uint32_t p = 0; p < pl->nparts; p++) {
+        if (!pending[p] || route_plan_count(pl, p) == 0 || owner[p][0] == '\0')
+            continue;
+        for (size_t g = 0; g < ng; g++) {
+            if (strcmp(groups[g].addr, owner[p]) == 0) {
+                groups[g].parts[groups[g].nparts++] = p;
+                break;
+            }
+        }
+    }
+    free(count);
+    return ng;
+}

@@ -1,0 +1,110 @@
+/* node/cluster/route_plan.c: the routing plan of an Ingest batch as a pure function. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/partition.h"
+#include "node/cluster/route_plan.h"
+
+#define N 500
+#define P 16
+
+static Eddy__V1__Event ev[N];
+static Eddy__V1__Event *evp[N];
+static char users[N][16];
+
+static void fill(void)
+{
+    for (size_t i = 0; i < N; i++) {
+        eddy__v1__event__init(&ev[i]);
+        snprintf(users[i], sizeof(users[i]), "u-%zu", (i * 7) % 61);
+        ev[i].user_id = users[i];
+        evp[i] = &ev[i];
+    }
+}
+
+static void test_buckets_every_event_once_in_batch_order(void **state)
+{
+    fill();
+    struct route_plan pl;
+    assert_int_equal(route_plan_init(&pl, evp, N, P), EDDY_OK);
+    assert_int_equal(pl.start[0], 0);
+    assert_int_equal(pl.start[P], N);
+    size_t seen = 0;
+    for (uint32_t p = 0; p < P; p++) {
+        for (size_t k = pl.start[p]; k < pl.start[p + 1]; k++) {
+            Eddy__V1__Event *e = pl.order[k];
+            assert_int_equal(partition_of_user(e->user_id, P), p);
+            if (k > pl.start[p]) /* batch order kept within the partition */
+                assert_true(pl.order[k - 1] < e);
+            seen++;
+        }
+    }
+    assert_int_equal(seen, N);
+    route_plan_release(&pl);
+
+    assert_int_equal(route_plan_init(&pl, evp, 0, P), EDDY_OK); /* an empty batch */
+    for (uint32_t p = 0; p < P; p++)
+        assert_int_equal(route_plan_count(&pl, p), 0);
+    route_plan_release(&pl);
+}
+
+static void test_groups_pending_partitions_by_owner(void **state)
+{
+    fill();
+    struct route_plan pl;
+    assert_int_equal(route_plan_init(&pl, evp, N, P), EDDY_OK);
+    bool pending[P];
+    char owner[P][CLUSTER_ADDR_MAX];
+    for (uint32_t p = 0; p < P; p++) {
+        pending[p] = route_plan_count(&pl, p) > 0;
+        snprintf(owner[p], sizeof(owner[p]), "10.0.0.%u:7070", p % 3);
+    }
+    uint32_t parts[P];
+    struct route_group g[4];
+    size_t ng = route_plan_group(&pl, pending, (const char(*)[CLUSTER_ADDR_MAX])owner, parts, g, 4);
+    assert_int_equal(ng, 3);
+    size_t total = 0;
+    for (size_t k = 0; k < ng; k++) {
+        for (size_t i = 0; i < g[k].nparts; i++) {
+            uint32_t p = g[k].parts[i];
+            assert_string_equal(owner[p], g[k].addr);
+            assert_true(pending[p]);
+            if (i > 0)
+                assert_true(g[k].parts[i - 1] < p);
+            total++;
+        }
+    }
+    size_t want = 0;
+    for (uint32_t p = 0; p < P; p++)
+        want += pending[p];
+    assert_int_equal(total, want);
+
+    /* acknowledged partitions, partitions without a live owner and owners beyond the
+     * limit are left out (the router retries them) */
+    pending[0] = false;
+    owner[1][0] = '\0';
+    ng = route_plan_group(&pl, pending, (const char(*)[CLUSTER_ADDR_MAX])owner, parts, g, 1);
+    assert_int_equal(ng, 1);
+    for (size_t i = 0; i < g[0].nparts; i++) {
+        assert_int_not_equal(g[0].parts[i], 0);
+        assert_int_not_equal(g[0].parts[i], 1);
+        assert_string_equal(owner[g[0].parts[i]], g[0].addr);
+    }
+    route_plan_release(&pl);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_buckets_every_event_once_in_batch_order),
+        cmocka_unit_test(test_groups_pending_partitions_by_owner),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
