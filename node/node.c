@@ -488,6 +488,11 @@ int node_port(const node *n)
     return n->port;
 }
 
+engine *node_engine(node *n)
+{
+    return n->eng;
+}
+
 int node_metrics_port(const node *n)
 {
     return n->metrics_port;

@@ -69,6 +69,10 @@ eddy_err node_start(node *n, char *err, size_t errlen);
 int node_port(const node *n);
 int node_metrics_port(const node *n);
 
+/* The node's engine (NULL without the state role), for tests and tools: borrowed until
+ * node_free. */
+struct engine *node_engine(node *n);
+
 /* Drain: health NOT_SERVING, stop taking calls, wait up to --shutdown-grace for the calls
  * in flight. After it, node_free also writes the final checkpoints (a graceful leave). */
 void node_stop(node *n);
