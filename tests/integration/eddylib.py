@@ -1170,7 +1170,7 @@ class Cluster:
     """etcd + coordinators + cluster nodes for one test; everything is killed and removed
     when the test ends (pass or fail). P partitions, lease TTL `ttl_s` seconds."""
 
-    def __init__(self, test, partitions=16, ttl_s=2, name="it", node_args=()):
+    def __init__(self, test, partitions=16, ttl_s=2, name="it", node_args=(), coord_args=()):
         require_node()
         require_coordinator()
         self.test = test
@@ -1178,6 +1178,7 @@ class Cluster:
         self.ttl_s = ttl_s
         self.name = name
         self.node_args = list(node_args)
+        self.coord_args = list(coord_args)
         self.etcd = start_etcd(test)
         self.coordinators = []
         self.nodes = {}
@@ -1188,7 +1189,8 @@ class Cluster:
     def add_coordinator(self, cid, wait_leader=True):
         c = start_coordinator(self.test, self.etcd.url, cid, cluster=self.name,
                               args=["--partitions", str(self.P), "--lease-ttl", f"{self.ttl_s}s",
-                                    "--settle", "100ms", "--log-level", "info"])
+                                    "--settle", "100ms", "--log-level", "info",
+                                    *self.coord_args])
         self.coordinators.append(c)
         if wait_leader:
             poll_until(lambda: self.leader() is not None, 10, what="a leading coordinator")
