@@ -32,7 +32,7 @@
 #include "node/state/checkpoint.h"
 #include "node/state/ckptsched.h"
 #include "node/state/engine.h"
-#include "node/state/popcache.h"
+#include "node/state/stage2cache.h"
 
 #define EDDY_VERSION "0.1.0"
 
@@ -534,7 +534,7 @@ int main(int argc, char **argv)
     struct engine_opts eo;
     engine_options_from(c, &eo);
     engine *eng = NULL;
-    popcache *pop = NULL, *pop_cluster = NULL;
+    stage2cache *pop = NULL, *pop_cluster = NULL;
     struct cluster_hooks hk = {0};
     struct ckpt_hook ckh = {&hk, c->cluster};
     struct change_hook chh = {NULL, NULL};
@@ -578,21 +578,21 @@ int main(int argc, char **argv)
                       err[0] ? err : eddy_strerror(e));
             goto out;
         }
-        pop = popcache_new(engine_store(eng), &engine_options(eng)->product, c->stage2_staleness,
-                           (size_t)c->candidates);
-        if (!pop || popcache_set_neighbour_cache(pop, (size_t)c->neighbour_cache) != EDDY_OK)
+        pop = stage2cache_new(engine_store(eng), &engine_options(eng)->product,
+                              c->stage2_staleness, (size_t)c->candidates);
+        if (!pop || stage2cache_set_neighbour_cache(pop, (size_t)c->neighbour_cache) != EDDY_OK)
             goto out;
         if (clustered) {
             /* Recommend reads stage 2 across the cluster; CategoryTop serves the local part */
-            pop_cluster = popcache_new(engine_store(eng), &engine_options(eng)->product,
-                                       c->stage2_staleness, (size_t)c->candidates);
-            if (!pop_cluster ||
-                popcache_set_neighbour_cache(pop_cluster, (size_t)c->neighbour_cache) != EDDY_OK)
+            pop_cluster = stage2cache_new(engine_store(eng), &engine_options(eng)->product,
+                                          c->stage2_staleness, (size_t)c->candidates);
+            if (!pop_cluster || stage2cache_set_neighbour_cache(
+                                    pop_cluster, (size_t)c->neighbour_cache) != EDDY_OK)
                 goto out;
             /* CategoryTop answers for the partitions this node owns (hk.mem once joined) */
-            popcache_set_owns(pop, hook_owns, &hk);
+            stage2cache_set_owns(pop, hook_owns, &hk);
             stage2_remote_init(&s2, NULL, pe, c->route_timeout);
-            popcache_set_source(pop_cluster, &s2.source);
+            stage2cache_set_source(pop_cluster, &s2.source);
             ss.eng = eng;
             ss.local = pop;
             ss.q = (struct query_ctx){eng, pop_cluster, (int)c->default_recommendations,
@@ -673,7 +673,7 @@ int main(int argc, char **argv)
     /* partitions owned: all in --dev; in a cluster on_change follows the map */
     if (eng && node_metrics_watch(&nm, eng, clustered ? 0 : (uint32_t)c->partitions) != EDDY_OK)
         goto out;
-    popcache *const caches[] = {pop, pop_cluster};
+    stage2cache *const caches[] = {pop, pop_cluster};
     if (eng && node_metrics_watch_caches(&nm, caches, 2) != EDDY_OK)
         goto out;
     int metrics_port = 0;
@@ -792,8 +792,8 @@ out:
     metrics_http_close(mh); /* after the RPC server (scrapes see the drain to the end), before
                              * the caches and the engine its scrapes read */
     /* their refresher threads read the store and call the peers: stop them first */
-    popcache_free(pop);
-    popcache_free(pop_cluster);
+    stage2cache_free(pop);
+    stage2cache_free(pop_cluster);
     bool checkpoints = cks != NULL;
     ckptsched_free(cks);     /* before the membership its hooks use and the engine */
     if (status == 0 && checkpoints)
