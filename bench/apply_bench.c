@@ -37,6 +37,7 @@
 #include "gen.h"
 #include "node/state/engine.h"
 #include "node/state/popcache.h"
+#include "node/state/stage2cache.h"
 #include "node/state/query.h"
 
 struct progress {
@@ -173,10 +174,12 @@ __attribute__((noinline)) int measured_refreshes(popcache *pop, int64_t at, long
 static int run_recommends(engine *e, const struct gen_tables *tables, long r,
                           long staleness_ms)
 {
-    popcache *pop = popcache_new(engine_store(e), &engine_options(e)->product, 600000, 50);
-    if (!pop || popcache_set_neighbour_cache(pop, 20000) != EDDY_OK)
+    stage2cache *sc = stage2cache_new(engine_store(e), &engine_options(e)->product, 600000, 50);
+    if (!sc || stage2cache_set_neighbour_cache(sc, 20000) != EDDY_OK) {
+        stage2cache_free(sc);
         return -1;
-    struct query_ctx q = {e, pop, 10, 100, NULL, NULL, 10000};
+    }
+    struct query_ctx q = {e, sc, 10, 100, NULL, NULL, 10000};
     uint64_t items = 0, digest = 0;
     struct timespec t0, t1;
     int rc = recommend_pass(&q, tables, r, &items, &digest);
@@ -192,11 +195,11 @@ static int run_recommends(engine *e, const struct gen_tables *tables, long r,
                "digest %016llx)\n",
                r, s, s * 1e6 / (double)r, (double)items / (double)r,
                (unsigned long long)digest);
-    popcache_free(pop);
+    stage2cache_free(sc);
     /* lists valid for 'staleness': read twice (in use), expired, then read again */
     int64_t at;
     engine_global(e, NULL, &at, NULL);
-    pop = popcache_new(engine_store(e), &engine_options(e)->product, staleness_ms, 50);
+    popcache *pop = popcache_new(engine_store(e), &engine_options(e)->product, staleness_ms, 50);
     if (!pop || read_lists(pop, at, 50) != 0 || read_lists(pop, at, 50) != 0)
         rc = -1;
     struct timespec pause = {(staleness_ms + 100) / 1000, (staleness_ms + 100) % 1000 * 1000000};

@@ -197,12 +197,12 @@ eddy_err node_metrics_watch(struct node_metrics *nm, engine *eng, uint32_t parti
     return EDDY_OK;
 }
 
-/* The neighbour caches' counters, summed (popcache_stats). */
-static struct popcache_stats cache_stats(const struct node_metrics *nm)
+/* The neighbour caches' counters, summed (nbcache_stats). */
+static struct nbcache_stats cache_stats(const struct node_metrics *nm)
 {
-    struct popcache_stats sum = {0}, one;
+    struct nbcache_stats sum = {0}, one;
     for (size_t i = 0; i < nm->ncaches; i++) {
-        popcache_stats(nm->caches[i], &one);
+        stage2cache_neighbour_stats(nm->caches[i], &one);
         sum.hits += one.hits;
         sum.misses += one.misses;
         sum.evictions += one.evictions;
@@ -231,7 +231,8 @@ static double cache_revalidated(void *ud)
     return (double)cache_stats(ud).revalidated;
 }
 
-eddy_err node_metrics_watch_caches(struct node_metrics *nm, popcache *const *caches, size_t n)
+eddy_err node_metrics_watch_caches(struct node_metrics *nm, stage2cache *const *caches,
+                                   size_t n)
 {
     static const struct {
         const char *name, *help;

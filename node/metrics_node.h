@@ -11,7 +11,7 @@
 #include "node/ingest/ingest_service.h"
 #include "node/state/ckptsched.h"
 #include "node/state/engine.h"
-#include "node/state/popcache.h"
+#include "node/state/stage2cache.h"
 
 struct node_metrics {
     metrics *reg;                   /* owned */
@@ -22,7 +22,7 @@ struct node_metrics {
     metric_counter *rpc_busy;       /* for rpc_server_opts.busy_rejections */
     metric_gauge *partitions_owned;
     engine *eng;                    /* borrowed, for the scrape-time gauges */
-    popcache *caches[2];            /* borrowed, for the neighbour cache counters */
+    stage2cache *caches[2];         /* borrowed, for the neighbour cache counters */
     size_t ncaches;
 };
 
@@ -36,8 +36,9 @@ eddy_err node_metrics_watch(struct node_metrics *nm, engine *eng, uint32_t parti
 
 /* Register the counters of the neighbour caches 'caches[0..n)' (n <= 2), summed, read at
  * scrape time: they must outlive every render (stop the metrics endpoint before
- * popcache_free). */
-eddy_err node_metrics_watch_caches(struct node_metrics *nm, popcache *const *caches, size_t n);
+ * stage2cache_free). */
+eddy_err node_metrics_watch_caches(struct node_metrics *nm, stage2cache *const *caches,
+                                   size_t n);
 
 /* Free the registry (after everything that updates or renders it has stopped). */
 void node_metrics_release(struct node_metrics *nm);

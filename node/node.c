@@ -30,7 +30,7 @@
 #include "node/state/ckptsched.h"
 #include "node/state/engine.h"
 #include "node/state/local_backend.h"
-#include "node/state/popcache.h"
+#include "node/state/stage2cache.h"
 
 #define DAY (24 * 3600 * 1000LL)
 
@@ -46,8 +46,8 @@ struct node {
     struct node_metrics nm;
     bool metrics_ready;
     engine *eng;                     /* state role */
-    popcache *pop;                   /* this node's own stage 2 (state role) */
-    popcache *pop_cluster;           /* cluster: Recommend reads stage 2 across the cluster */
+    stage2cache *pop;                /* this node's own stage 2 (state role) */
+    stage2cache *pop_cluster;        /* cluster: Recommend reads stage 2 across the cluster */
     ckptsched *cks;
     char ckpt_dir[CHECKPOINT_PATH_MAX];
     peers *pe;
@@ -231,9 +231,10 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     eddy_err e = engine_open(&eo, &n->eng, why, sizeof(why));
     if (e != EDDY_OK)
         return fail(err, errlen, e, "cannot open state", why);
-    n->pop = popcache_new(engine_store(n->eng), &engine_options(n->eng)->product,
-                          c->stage2_staleness, (size_t)c->candidates);
-    if (!n->pop || popcache_set_neighbour_cache(n->pop, (size_t)c->neighbour_cache) != EDDY_OK)
+    n->pop = stage2cache_new(engine_store(n->eng), &engine_options(n->eng)->product,
+                             c->stage2_staleness, (size_t)c->candidates);
+    if (!n->pop ||
+        stage2cache_set_neighbour_cache(n->pop, (size_t)c->neighbour_cache) != EDDY_OK)
         return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the caches", NULL);
     n->local = (struct local_backend){
         n->eng,
@@ -242,15 +243,17 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     };
     if (n->clustered) {
         /* Recommend reads stage 2 across the cluster; CategoryTop serves the local part */
-        n->pop_cluster = popcache_new(engine_store(n->eng), &engine_options(n->eng)->product,
-                                      c->stage2_staleness, (size_t)c->candidates);
+        n->pop_cluster = stage2cache_new(engine_store(n->eng),
+                                         &engine_options(n->eng)->product,
+                                         c->stage2_staleness, (size_t)c->candidates);
         if (!n->pop_cluster ||
-            popcache_set_neighbour_cache(n->pop_cluster, (size_t)c->neighbour_cache) != EDDY_OK)
+            stage2cache_set_neighbour_cache(n->pop_cluster, (size_t)c->neighbour_cache) !=
+                EDDY_OK)
             return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the caches", NULL);
         /* CategoryTop answers for the partitions this node owns (once joined) */
-        popcache_set_owns(n->pop, hook_owns, n);
+        stage2cache_set_owns(n->pop, hook_owns, n);
         stage2_remote_init(&n->s2, NULL, n->pe, c->route_timeout);
-        popcache_set_source(n->pop_cluster, &n->s2.source);
+        stage2cache_set_source(n->pop_cluster, &n->s2.source);
         n->ss.eng = n->eng;
         n->ss.local = n->pop;
         n->ss.q = (struct query_ctx){n->eng, n->pop_cluster, (int)c->default_recommendations,
@@ -375,7 +378,7 @@ eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t e
         fail(err, errlen, e, "cannot register metrics", NULL);
         goto fail;
     }
-    popcache *const caches[] = {n->pop, n->pop_cluster};
+    stage2cache *const caches[] = {n->pop, n->pop_cluster};
     if (n->eng && (e = node_metrics_watch_caches(&n->nm, caches, 2)) != EDDY_OK) {
         fail(err, errlen, e, "cannot register metrics", NULL);
         goto fail;
@@ -516,8 +519,8 @@ void node_free(node *n)
     metrics_http_close(n->mh); /* after the RPC server (scrapes see the drain to the end),
                                 * before the caches and the engine its scrapes read */
     /* their refresher threads read the store and call the peers: stop them first */
-    popcache_free(n->pop);
-    popcache_free(n->pop_cluster);
+    stage2cache_free(n->pop);
+    stage2cache_free(n->pop_cluster);
     bool checkpoints = n->cks != NULL;
     ckptsched_free(n->cks); /* before the membership its hooks use and the engine */
     membership *mem = atomic_load(&n->mem);

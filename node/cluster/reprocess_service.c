@@ -10,21 +10,18 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "common/clock.h"
 #include "common/log.h"
 #include "common/partition.h"
 #include "common/thread.h"
 #include "eddy/v1/eddy.pb-c.h"
 #include "eddy/v1/state.pb-c.h"
+#include "node/cluster/reprocess_driver.h"
+#include "node/cluster/reprocess_fanout.h"
 #include "node/cluster/state_service.h"
 #include "node/state/product.h"
 #include "node/state/reprocess.h"
 
-#define M_STATE_REPROCESS "/eddy.state.v1.State/Reprocess"
-#define M_STATE_STAGE2 "/eddy.state.v1.State/Stage2Rebuild"
 #define M_STATE_REBUILD_FORWARD "/eddy.state.v1.State/RebuildForward"
-#define MAX_STATE_NODES 256
-#define PHASE_TIMEOUT_MS 60000    /* a stage-2 phase call (a swap waits for the writer) */
 #define DELIVER_ROUND 2048        /* rebuilt stage-2 batches per RebuildForward round */
 #define DELIVER_ROUND_BYTES (4 << 20)
 
@@ -164,7 +161,7 @@ static eddy_err add_to_dest(struct dest *dests, size_t *ndests, const char *addr
     while (k < *ndests && strcmp(dests[k].addr, addr) != 0)
         k++;
     if (k == *ndests) {
-        if (k == MAX_STATE_NODES)
+        if (k == REPROCESS_MAX_STATE_NODES)
             return EDDY_ERR_TOO_LARGE;
         snprintf(dests[k].addr, sizeof(dests[k].addr), "%s", addr);
         dests[k].batches = calloc(round, sizeof(*dests[k].batches));
@@ -184,7 +181,7 @@ static eddy_err send_round(struct delivery *d, char *err, size_t errlen)
     struct reprocess_service *svc = d->j->svc;
     membership *mem = svc->router->mem;
     uint32_t P = membership_partitions(mem);
-    struct dest *dests = calloc(MAX_STATE_NODES, sizeof(*dests));
+    struct dest *dests = calloc(REPROCESS_MAX_STATE_NODES, sizeof(*dests));
     size_t nd = 0;
     eddy_err r = dests ? EDDY_OK : EDDY_ERR_NOMEM;
     for (size_t i = 0; i < d->n && r == EDDY_OK; i++) {
@@ -218,7 +215,7 @@ static eddy_err send_round(struct delivery *d, char *err, size_t errlen)
         }
         peers_fan(svc->router->peers, M_STATE_REBUILD_FORWARD,
                   &eddy__state__v1__rebuild_forward_response__descriptor, addrs, req_ptrs,
-                  calls, nd, PHASE_TIMEOUT_MS);
+                  calls, nd, REPROCESS_PHASE_TIMEOUT_MS);
         for (size_t k = 0; k < nd; k++) {
             if (calls[k].res.code != GRPC_STATUS_OK && r == EDDY_OK) {
                 snprintf(err, errlen, "sending rebuilt stage-2 records to %s: %s", addrs[k],
@@ -393,501 +390,6 @@ static void start_local(struct reprocess_service *svc, rpc_call *c,
     }
 }
 
-/* ---- the ingest node: every state node's share --------------------------------------------- */
-
-struct fan_out {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;          /* driven: the last answer wakes the driver */
-    size_t n, left;
-    rpc_call *call;
-    bool all;
-    bool driven;                /* a stage-2 driver waits for the answers and replies */
-    bool orphan;                /* the driver gave up waiting: the last answer frees */
-    uint32_t partitions;
-    int64_t set[RP_PARAMS];     /* the request's new half-lives (0: unchanged) */
-    int64_t t0_ms;              /* driven: the duration counts from here to the reply */
-    struct fan_slot {
-        struct fan_out *f;
-        char node[CLUSTER_ID_MAX];
-        char addr[CLUSTER_ADDR_MAX];
-        struct rpc_result res;
-        Eddy__V1__ReprocessResponse *resp;
-    } slots[];
-};
-
-static int cmp_part(const void *a, const void *b)
-{
-    const Eddy__V1__ReprocessedPartition *x = *(Eddy__V1__ReprocessedPartition *const *)a;
-    const Eddy__V1__ReprocessedPartition *y = *(Eddy__V1__ReprocessedPartition *const *)b;
-    return (x->partition > y->partition) - (x->partition < y->partition);
-}
-
-/* The first state node that failed, NULL if none; *nparts: partitions rebuilt by the
- * others, *ok: nodes that succeeded. */
-static const struct fan_slot *fan_failed(const struct fan_out *f, size_t *nparts, size_t *ok)
-{
-    const struct fan_slot *failed = NULL;
-    *nparts = *ok = 0;
-    for (size_t i = 0; i < f->n; i++) {
-        if (f->slots[i].res.code != GRPC_STATUS_OK || !f->slots[i].resp)
-            failed = failed ? failed : &f->slots[i];
-        else
-            *nparts += f->slots[i].resp->n_partitions, ++*ok;
-    }
-    return failed;
-}
-
-/* One answer from the merged answers of every state node (or the first failure). */
-static void fan_reply(struct fan_out *f)
-{
-    Eddy__V1__ReprocessResponse m = EDDY__V1__REPROCESS_RESPONSE__INIT;
-    size_t nparts, ok;
-    const struct fan_slot *failed = fan_failed(f, &nparts, &ok);
-    if (failed) {
-        rpc_reply_error(f->call, failed->res.code, "state node %s: %s (%zu of %zu state nodes "
-                                                    "finished their partitions)",
-                        failed->node, failed->res.details, ok, f->n);
-        return;
-    }
-    if (f->all && nparts < f->partitions) {
-        rpc_reply_error(f->call, GRPC_STATUS_UNAVAILABLE,
-                        "reprocess: only %zu of %u partitions were rebuilt (partitions moving "
-                        "or unassigned); run it again",
-                        nparts, f->partitions);
-        return;
-    }
-    Eddy__V1__ReprocessedPartition **parts = calloc(nparts ? nparts : 1, sizeof(*parts));
-    if (!parts) {
-        rpc_reply_error(f->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "reprocess: out of memory");
-        return;
-    }
-    Eddy__V1__ReprocessParameter params[RP_PARAMS], *pp[RP_PARAMS];
-    char values[RP_PARAMS][24];
-    m.first_seq = UINT64_MAX;
-    m.stage2_rebuilt = f->n > 0;
-    for (size_t i = 0; i < f->n; i++) {
-        const Eddy__V1__ReprocessResponse *r = f->slots[i].resp;
-        for (size_t k = 0; k < r->n_partitions; k++)
-            parts[m.n_partitions++] = r->partitions[k];
-        m.records_replayed += r->records_replayed;
-        if (r->records_replayed > 0 && r->first_seq < m.first_seq)
-            m.first_seq = r->first_seq;
-        m.duration_ms = r->duration_ms > m.duration_ms ? r->duration_ms : m.duration_ms;
-        m.pause_ms = r->pause_ms > m.pause_ms ? r->pause_ms : m.pause_ms;
-        m.stage2_rebuilt = m.stage2_rebuilt && r->stage2_rebuilt;
-        if (!m.n_parameters) { /* every node answers its own values; the first one's */
-            m.parameters = r->parameters;
-            m.n_parameters = r->n_parameters;
-        }
-    }
-    /* a stage-2 rebuild's half-lives take effect at its swap, after the nodes answered */
-    if (m.n_parameters == RP_PARAMS) {
-        for (int i = 0; i < RP_PARAMS; i++) {
-            params[i] = *m.parameters[i];
-            if (f->set[i] && strcmp(params[i].name, reprocess_param_names[i]) == 0) {
-                snprintf(values[i], sizeof(values[i]), "%" PRId64, f->set[i]);
-                params[i].value = values[i];
-            }
-            pp[i] = &params[i];
-        }
-        m.parameters = pp;
-    }
-    if (m.first_seq == UINT64_MAX)
-        m.first_seq = 0;
-    if (f->t0_ms)
-        m.duration_ms = clock_mono_ms() - f->t0_ms;
-    qsort(parts, m.n_partitions, sizeof(*parts), cmp_part);
-    m.partitions = parts;
-    rpc_reply(f->call, &m.base);
-    free(parts);
-}
-
-static void fan_free(struct fan_out *f)
-{
-    for (size_t i = 0; i < f->n; i++)
-        if (f->slots[i].resp)
-            protobuf_c_message_free_unpacked(&f->slots[i].resp->base, NULL);
-    pthread_cond_destroy(&f->cv);
-    pthread_mutex_destroy(&f->mu);
-    free(f);
-}
-
-static void fan_done(void *ud, const struct rpc_result *res, ProtobufCMessage *resp)
-{
-    struct fan_slot *s = ud;
-    struct fan_out *f = s->f;
-    s->res = *res;
-    s->resp = (Eddy__V1__ReprocessResponse *)resp;
-    pthread_mutex_lock(&f->mu);
-    bool last = --f->left == 0;
-    bool driven = f->driven, orphan = f->orphan;
-    if (last && driven)
-        pthread_cond_signal(&f->cv);
-    pthread_mutex_unlock(&f->mu);
-    if (!last || (driven && !orphan))
-        return; /* the driver replies and frees */
-    if (!driven)
-        fan_reply(f);
-    fan_free(f);
-}
-
-/* A fan-out to 'nodes' (n > 0) for call 'c'; NULL on OOM. */
-static struct fan_out *fan_new(rpc_call *c, const struct cluster_node *nodes, size_t n,
-                               const struct reprocess_request *rq, uint32_t partitions)
-{
-    struct fan_out *f = calloc(1, sizeof(*f) + n * sizeof(f->slots[0]));
-    if (!f)
-        return NULL;
-    pthread_mutex_init(&f->mu, NULL);
-    clock_cond_init(&f->cv);
-    f->n = f->left = n;
-    f->call = c;
-    f->all = rq->all;
-    f->partitions = partitions;
-    memcpy(f->set, rq->set, sizeof(f->set));
-    for (size_t i = 0; i < n; i++) {
-        f->slots[i].f = f;
-        snprintf(f->slots[i].node, sizeof(f->slots[i].node), "%s", nodes[i].id);
-        snprintf(f->slots[i].addr, sizeof(f->slots[i].addr), "%s", nodes[i].grpc_addr);
-    }
-    return f;
-}
-
-/* Call State/Reprocess with 'req' on every node of 'f'. Every call is started before any
- * answer can complete the fan-out: 'left' counts the calls that have not answered,
- * failures to start included. Returns whether any call started (if none did, nothing
- * completes 'f': the caller does). */
-static bool fan_start(struct reprocess_service *svc, struct fan_out *f,
-                      const Eddy__State__V1__StateReprocessRequest *req, int64_t timeout)
-{
-    pthread_mutex_lock(&f->mu);
-    for (size_t i = 0; i < f->n; i++) {
-        struct fan_slot *s = &f->slots[i];
-        rpc_channel *ch = svc->router->peers ? peers_get(svc->router->peers, s->addr) : NULL;
-        if (!ch || rpc_invoke_async(ch, M_STATE_REPROCESS, &req->base,
-                                    &eddy__v1__reprocess_response__descriptor, timeout,
-                                    fan_done, s) != EDDY_OK) {
-            char msg[sizeof(s->res.details)]; /* (GCC cannot tell addr and details apart) */
-            snprintf(msg, sizeof(msg), "cannot call %s", s->addr);
-            s->res.code = GRPC_STATUS_UNAVAILABLE;
-            memcpy(s->res.details, msg, sizeof(msg));
-            f->left--;
-        }
-    }
-    bool started = f->left > 0;
-    pthread_mutex_unlock(&f->mu);
-    return started;
-}
-
-/* The call's remaining time as a call timeout (0: none). */
-static int64_t call_timeout(rpc_call *c)
-{
-    int64_t left_ms = rpc_call_remaining_ms(c);
-    return left_ms == INT64_MAX ? 0 : (left_ms > 1 ? left_ms : 1);
-}
-
-/* Call State/Reprocess on the partition's owner, or on every state node (all). */
-static void fan_out(struct reprocess_service *svc, rpc_call *c,
-                    const Eddy__V1__ReprocessRequest *req, const struct reprocess_request *rq)
-{
-    membership *mem = svc->router->mem;
-    struct cluster_node *nodes = calloc(MAX_STATE_NODES, sizeof(*nodes));
-    size_t n = 0;
-    if (nodes && rq->all) {
-        n = membership_state_nodes(mem, nodes, MAX_STATE_NODES);
-    } else if (nodes) {
-        uint64_t epoch;
-        n = membership_owner(mem, rq->partition, nodes[0].id, &epoch, nodes[0].grpc_addr);
-    }
-    struct fan_out *f = nodes && n ? fan_new(c, nodes, n, rq, membership_partitions(mem)) : NULL;
-    free(nodes);
-    if (!f) {
-        if (nodes && !n)
-            rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE, "reprocess: no state node owns %s",
-                            rq->all ? "any partition" : "the partition");
-        else
-            rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "reprocess: out of memory");
-        return;
-    }
-    Eddy__State__V1__StateReprocessRequest sreq = EDDY__STATE__V1__STATE_REPROCESS_REQUEST__INIT;
-    sreq.request = (Eddy__V1__ReprocessRequest *)req;
-    if (!fan_start(svc, f, &sreq, call_timeout(c))) {
-        f->left = 1; /* complete it here, as the last answer would */
-        struct rpc_result res = f->slots[0].res;
-        fan_done(&f->slots[0], &res, NULL);
-    }
-}
-
-/* ---- the ingest node: a cluster-wide stage-2 rebuild ------------------------------------ */
-
-struct driver_job {
-    struct reprocess_service *svc;
-    rpc_call *call;
-    Eddy__V1__ReprocessRequest *req;   /* a copy: the handler's is freed when it returns */
-    struct reprocess_request rq;
-    struct cluster_node *nodes;
-    size_t n;
-    uint64_t id;
-};
-
-/* One phase on every state node at once; OK if all answered OK (else the first failure in
- * 'err'). 'resps' (may be NULL): the answers, caller frees. */
-static grpc_status_code phase_all(struct driver_job *d,
-                                  Eddy__State__V1__Stage2RebuildRequest__Phase phase,
-                                  Eddy__State__V1__SourceCut **cuts, size_t ncuts, char *err,
-                                  size_t errlen)
-{
-    Eddy__State__V1__Stage2RebuildRequest req = EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__INIT;
-    req.phase = phase;
-    req.rebuild_id = d->id;
-    if (phase == EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__PREPARE) {
-        req.set = d->req->set;
-        req.n_set = d->req->n_set;
-    }
-    req.cuts = cuts;
-    req.n_cuts = ncuts;
-    const char **addrs = calloc(d->n, sizeof(*addrs));
-    ProtobufCMessage **reqs = calloc(d->n, sizeof(*reqs));
-    struct peer_call *calls = calloc(d->n, sizeof(*calls));
-    grpc_status_code code = GRPC_STATUS_OK;
-    if (!addrs || !reqs || !calls) {
-        snprintf(err, errlen, "out of memory");
-        code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-        goto out;
-    }
-    for (size_t i = 0; i < d->n; i++) {
-        addrs[i] = d->nodes[i].grpc_addr;
-        reqs[i] = &req.base;
-    }
-    peers_fan(d->svc->router->peers, M_STATE_STAGE2,
-              &eddy__state__v1__stage2_rebuild_response__descriptor, addrs, reqs, calls, d->n,
-              PHASE_TIMEOUT_MS);
-    for (size_t i = 0; i < d->n; i++) {
-        if (calls[i].res.code != GRPC_STATUS_OK && code == GRPC_STATUS_OK) {
-            code = calls[i].res.code;
-            snprintf(err, errlen, "state node %s: %s", d->nodes[i].id, calls[i].res.details);
-        }
-        if (calls[i].resp)
-            protobuf_c_message_free_unpacked(calls[i].resp, NULL);
-    }
-out:
-    free(addrs);
-    free(reqs);
-    free(calls);
-    return code;
-}
-
-/* Wait for every State/Reprocess answer, renewing the freezes meanwhile. False if the
- * service stops first (the fan-out is then left to its last answer to free). */
-static bool wait_rebuilds(struct driver_job *d, struct fan_out *f)
-{
-    int64_t every = d->svc->renew_ms > 0 ? d->svc->renew_ms : 1000;
-    pthread_mutex_lock(&f->mu);
-    while (f->left > 0) {
-        struct timespec until = clock_mono_after(every);
-        if (pthread_cond_timedwait(&f->cv, &f->mu, &until) == 0 || f->left == 0)
-            continue;
-        if (atomic_load(&d->svc->cancel)) {
-            f->orphan = true;
-            pthread_mutex_unlock(&f->mu);
-            return false;
-        }
-        pthread_mutex_unlock(&f->mu);
-        char err[512] = "";
-        if (phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__RENEW, NULL, 0, err,
-                      sizeof(err)) != GRPC_STATUS_OK)
-            log_warn("msg=\"reprocess: renewing the stage-2 freeze failed\" rebuild=%" PRIu64
-                     " error=\"%s\"",
-                     d->id, err);
-        pthread_mutex_lock(&f->mu);
-    }
-    pthread_mutex_unlock(&f->mu);
-    return true;
-}
-
-/* Drop the rebuild on every state node (after any failure; each answers OK even if it
- * never opened it). */
-static void abort_all(struct driver_job *d)
-{
-    char ignored[512];
-    phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__ABORT, NULL, 0, ignored,
-              sizeof(ignored));
-}
-
-/* Every rebuilt partition's cut, from the state nodes' answers. */
-struct cuts {
-    Eddy__State__V1__SourceCut *arr;
-    Eddy__State__V1__SourceCut **ptrs;
-    size_t n;
-};
-
-static bool collect_cuts(const struct fan_out *f, size_t total, struct cuts *c)
-{
-    c->n = 0;
-    c->arr = calloc(total ? total : 1, sizeof(*c->arr));
-    c->ptrs = calloc(total ? total : 1, sizeof(*c->ptrs));
-    if (!c->arr || !c->ptrs)
-        return false;
-    for (size_t i = 0; i < f->n; i++) {
-        const Eddy__V1__ReprocessResponse *r = f->slots[i].resp;
-        for (size_t k = 0; k < r->n_partitions && c->n < total; k++) {
-            Eddy__State__V1__SourceCut *cut = &c->arr[c->n];
-            eddy__state__v1__source_cut__init(cut);
-            cut->partition = r->partitions[k]->partition;
-            cut->next_seq = r->partitions[k]->next_seq;
-            c->ptrs[c->n++] = cut;
-        }
-    }
-    return true;
-}
-
-/* After every State/Reprocess answered: the swap with every partition's cut, or the
- * failure. Replies to the call. */
-static void finish_rebuild(struct driver_job *d, struct fan_out *f, uint32_t P)
-{
-    size_t nparts, ok;
-    if (fan_failed(f, &nparts, &ok) || nparts != P) {
-        abort_all(d);
-        fan_reply(f); /* the failure, or the partitions missing */
-        return;
-    }
-    char err[512] = "";
-    struct cuts c = {0};
-    grpc_status_code code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-    if (collect_cuts(f, nparts, &c))
-        code = phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__SWAP, c.ptrs, c.n,
-                         err, sizeof(err));
-    else
-        snprintf(err, sizeof(err), "out of memory");
-    free(c.arr);
-    free(c.ptrs);
-    if (code != GRPC_STATUS_OK) {
-        abort_all(d);
-        rpc_reply_error(d->call, code, "reprocess: stage-2 swap: %s (the product state of the "
-                                       "nodes that failed is unchanged; run it again)",
-                        err);
-        return;
-    }
-    fan_reply(f);
-}
-
-static void driver_run(struct driver_job *d)
-{
-    struct reprocess_service *svc = d->svc;
-    char err[512] = "";
-    int64_t t0 = clock_mono_ms();
-    uint32_t P = membership_partitions(svc->router->mem);
-    grpc_status_code code =
-        phase_all(d, EDDY__STATE__V1__STAGE2_REBUILD_REQUEST__PHASE__PREPARE, NULL, 0, err,
-                  sizeof(err));
-    if (code != GRPC_STATUS_OK) {
-        abort_all(d);
-        rpc_reply_error(d->call, code, "reprocess: freezing stage 2: %s", err);
-        return;
-    }
-    log_info("msg=\"reprocess: stage 2 frozen on every state node\" rebuild=%" PRIu64
-             " state_nodes=%zu",
-             d->id, d->n);
-    struct fan_out *f = fan_new(d->call, d->nodes, d->n, &d->rq, P);
-    Eddy__State__V1__StateReprocessRequest sreq = EDDY__STATE__V1__STATE_REPROCESS_REQUEST__INIT;
-    sreq.request = d->req;
-    sreq.stage2_rebuild_id = d->id;
-    if (f) {
-        f->driven = true; /* before any answer can arrive */
-        f->t0_ms = t0;
-    }
-    if (!f || !fan_start(svc, f, &sreq, call_timeout(d->call))) {
-        abort_all(d);
-        rpc_reply_error(d->call, f ? GRPC_STATUS_UNAVAILABLE : GRPC_STATUS_RESOURCE_EXHAUSTED,
-                        "reprocess: %s", f ? f->slots[0].res.details : "out of memory");
-        if (f)
-            fan_free(f);
-        return;
-    }
-    if (!wait_rebuilds(d, f)) { /* the fan-out now belongs to its last answer */
-        abort_all(d);
-        rpc_reply_error(d->call, GRPC_STATUS_UNAVAILABLE, "reprocess: the node is stopping");
-        return;
-    }
-    finish_rebuild(d, f, P);
-    fan_free(f);
-}
-
-static void *driver_main(void *arg)
-{
-    thread_name("reprocess");
-    struct driver_job *d = arg;
-    struct reprocess_service *svc = d->svc;
-    driver_run(d);
-    eddy__v1__reprocess_request__free_unpacked(d->req, NULL);
-    free(d->nodes);
-    free(d);
-    pthread_mutex_lock(&svc->mu);
-    svc->driving = false;
-    pthread_mutex_unlock(&svc->mu);
-    return NULL;
-}
-
-/* A copy of 'req' that outlives the handler. */
-static Eddy__V1__ReprocessRequest *copy_request(const Eddy__V1__ReprocessRequest *req)
-{
-    size_t len = eddy__v1__reprocess_request__get_packed_size(req);
-    uint8_t *buf = malloc(len ? len : 1);
-    if (!buf)
-        return NULL;
-    eddy__v1__reprocess_request__pack(req, buf);
-    Eddy__V1__ReprocessRequest *copy = eddy__v1__reprocess_request__unpack(NULL, len, buf);
-    free(buf);
-    return copy;
-}
-
-/* Start the driver of a cluster-wide stage-2 rebuild, which answers 'c'. */
-static void drive_stage2(struct reprocess_service *svc, rpc_call *c,
-                         const Eddy__V1__ReprocessRequest *req, const struct reprocess_request *rq)
-{
-    struct driver_job *d = calloc(1, sizeof(*d));
-    if (d) {
-        d->nodes = calloc(MAX_STATE_NODES, sizeof(*d->nodes));
-        d->req = copy_request(req);
-    }
-    if (!d || !d->nodes || !d->req) {
-        if (d) {
-            free(d->nodes);
-            if (d->req)
-                eddy__v1__reprocess_request__free_unpacked(d->req, NULL);
-        }
-        free(d);
-        rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "reprocess: out of memory");
-        return;
-    }
-    d->svc = svc;
-    d->call = c;
-    d->rq = *rq;
-    d->n = membership_state_nodes(svc->router->mem, d->nodes, MAX_STATE_NODES);
-    /* unique per rebuild: an id left over from a lapsed one is never reused */
-    d->id = ((uint64_t)clock_wall_ms() << 12) ^ (uint64_t)(clock_mono_ns() & 0xfff);
-    const char *why = d->n == 0 ? "reprocess: no state node" : NULL;
-    pthread_mutex_lock(&svc->mu);
-    if (!why && svc->driving)
-        why = "reprocess: a cluster-wide rebuild is already running from this node; retry when "
-              "it has finished";
-    if (!why) {
-        if (svc->driver_joinable) /* the previous driver has finished: reap it */
-            pthread_join(svc->driver, NULL);
-        svc->driver_joinable = pthread_create(&svc->driver, NULL, driver_main, d) == 0;
-        svc->driving = svc->driver_joinable;
-        if (!svc->driving)
-            why = "reprocess: cannot start a thread";
-    }
-    pthread_mutex_unlock(&svc->mu);
-    if (why) {
-        rpc_reply_error(c, d->n == 0 ? GRPC_STATUS_UNAVAILABLE : GRPC_STATUS_ABORTED, "%s", why);
-        eddy__v1__reprocess_request__free_unpacked(d->req, NULL);
-        free(d->nodes);
-        free(d);
-    }
-}
-
 /* ---- handlers ------------------------------------------------------------------------------ */
 
 static void handle_public(void *ud, rpc_call *c, const ProtobufCMessage *msg)
@@ -913,9 +415,9 @@ static void handle_public(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         return;
     }
     if (reprocess_rebuilds_stage2(&rq))
-        drive_stage2(svc, c, req, &rq);
+        reprocess_driver_start(svc, c, req, &rq);
     else
-        fan_out(svc, c, req, &rq);
+        reprocess_fanout_call(svc->router->mem, svc->router->peers, c, req, &rq);
 }
 
 static void handle_state(void *ud, rpc_call *c, const ProtobufCMessage *msg)
@@ -1021,11 +523,11 @@ eddy_err reprocess_service_register(struct reprocess_service *svc, rpc_server *s
         err = rpc_server_add_unary(s, "/eddy.v1.Eddy/Reprocess",
                                    &eddy__v1__reprocess_request__descriptor, handle_public, svc);
     if (err == EDDY_OK && svc->router && svc->eng)
-        err = rpc_server_add_unary_lane(s, M_STATE_REPROCESS,
+        err = rpc_server_add_unary_lane(s, REPROCESS_METHOD_STATE,
                                         &eddy__state__v1__state_reprocess_request__descriptor,
                                         handle_state, svc, STATE_LANE_REBUILD);
     if (err == EDDY_OK && svc->router && svc->eng && svc->s2)
-        err = rpc_server_add_unary_lane(s, M_STATE_STAGE2,
+        err = rpc_server_add_unary_lane(s, REPROCESS_METHOD_STAGE2,
                                         &eddy__state__v1__stage2_rebuild_request__descriptor,
                                         handle_stage2, svc, STATE_LANE_REBUILD);
     if (err == EDDY_OK && svc->router && svc->eng && svc->s2)

@@ -4,23 +4,19 @@
  *   --dev          Eddy/Reprocess rebuilds this node's partitions (reprocess.h).
  *   ingest node    Eddy/Reprocess checks the request, then calls State/Reprocess on every
  *                  state node (all) or on the partition's owner, in parallel, and merges
- *                  the answers. With all from the start it drives a cluster-wide stage-2
- *                  rebuild around them (stage2_side.h): Stage2Rebuild PREPARE on every
- *                  state node, the State/Reprocess calls (renewing the freezes meanwhile),
- *                  then SWAP with every partition's cut, or ABORT on any failure.
+ *                  the answers (reprocess_fanout.h). With all from the start it drives a
+ *                  cluster-wide stage-2 rebuild around them (reprocess_driver.h).
  *   state node     State/Reprocess rebuilds the partitions it owns (stage 1) and, in a
  *                  stage-2 rebuild, sends the stage-2 records it derived to the product
  *                  partitions' owners (RebuildForward); Stage2Rebuild and RebuildForward
- *                  drive its stage2_side.
+ *                  drive its stage2_side (stage2_side.h).
  *
  * DESIGN: a rebuild takes as long as replaying the log, so it never runs on an RPC thread:
  * the handler checks the request, starts one rebuild thread (one rebuild at a time per
  * node; another request meanwhile gets ABORTED) and returns; the thread answers the call.
- * The ingest node's fan-out is asynchronous too: the last state node's answer (on a
- * channel's CQ thread) merges and replies; a stage-2 rebuild has phases to sequence, so a
- * thread of its own drives it (one at a time per ingest node).
  *
- * Threads: handlers on RPC threads; the rebuild on its own thread; 'mu' guards 'busy'. */
+ * Threads: handlers on RPC threads; the rebuild on its own thread, the stage-2 driver on
+ * its own; 'mu' guards 'busy', 'driving' and the threads' handles. */
 #ifndef EDDY_REPROCESS_SERVICE_H
 #define EDDY_REPROCESS_SERVICE_H
 

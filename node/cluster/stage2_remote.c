@@ -113,7 +113,6 @@ void stage2_remote_init(struct stage2_remote *r, membership *mem, peers *pe,
     r->mem = mem;
     r->peers = pe;
     r->timeout_ms = timeout_ms;
-    r->source.top = remote_top;
-    r->source.neighbours = remote_neighbours;
-    r->source.ud = r;
+    r->source.lists = (struct popcache_source){remote_top, r};
+    r->source.neighbours = (struct nbcache_source){remote_neighbours, r};
 }

@@ -11,7 +11,7 @@
 #include "node/cluster/membership.h"
 #include "node/state/engine.h"
 #include "node/state/local_backend.h"
-#include "node/state/popcache.h"
+#include "node/state/stage2cache.h"
 #include "node/state/query.h"
 #include "node/state/stage2_side.h"
 
@@ -30,7 +30,7 @@ struct state_service {
     engine *eng;          /* borrowed */
     membership *mem;      /* borrowed */
     struct query_ctx q;   /* Recommend uses the cluster-wide stage-2 source */
-    popcache *local;      /* this node's own product partitions, for CategoryTop */
+    stage2cache *local;   /* this node's own product partitions, for CategoryTop */
     const char *checkpoint_dir; /* where newly owned partitions are restored from (shared) */
     /* Per partition: epoch + 1 once this node has taken the partition over at that epoch
      * (restored from a newer checkpoint, or found its own state current); 0 before. Apply,

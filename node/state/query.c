@@ -330,7 +330,7 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
         size_t nc = model_top_categories(m, &o->apply.model, top, REC_MAX_CATS);
         for (size_t i = 0; i < nc; i++) {
             struct scored_product *l = &w->lists[used++ * K];
-            if ((err = popcache_top(q->pop, top[i].name, at, l, K, &n)) != EDDY_OK)
+            if ((err = stage2cache_top(q->pop, top[i].name, at, l, K, &n)) != EDDY_OK)
                 goto out;
             w->cats[in.ncats++] = (struct rec_category){top[i].name, top[i].score, l, n};
         }
@@ -341,7 +341,7 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
                              (vi < m->n_views && m->views[vi]->ts >= m->purchases[pi]->ts);
             const char *id = take_view ? m->views[vi++]->id : m->purchases[pi++]->id;
             struct scored_product *l = &w->lists[used++ * K];
-            if ((err = popcache_neighbours(q->pop, id, at, l, K, &n)) != EDDY_OK)
+            if ((err = stage2cache_neighbours(q->pop, id, at, l, K, &n)) != EDDY_OK)
                 goto out;
             w->anchors[in.nanchors] = (struct rec_anchor){
                 id, 1.0 / (1.0 + 0.3 * (double)in.nanchors), false, false, l, n};
@@ -357,7 +357,7 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
     const Eddy__V1__Context *ctx = req->context;
     if (ctx && !pb_empty(ctx->current_product)) {
         struct scored_product *l = &w->lists[used++ * K];
-        if ((err = popcache_neighbours(q->pop, ctx->current_product, at, l, K, &n)) != EDDY_OK)
+        if ((err = stage2cache_neighbours(q->pop, ctx->current_product, at, l, K, &n)) != EDDY_OK)
             goto out;
         w->anchors[in.nanchors++] =
             (struct rec_anchor){ctx->current_product, 1.0, true, false, l, n};
@@ -365,14 +365,14 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
     }
     for (size_t i = 0; ctx && i < ctx->n_shopping_cart && i < REC_MAX_CART; i++) {
         struct scored_product *l = &w->lists[used++ * K];
-        if ((err = popcache_neighbours(q->pop, ctx->shopping_cart[i], at, l, K, &n)) != EDDY_OK)
+        if ((err = stage2cache_neighbours(q->pop, ctx->shopping_cart[i], at, l, K, &n)) != EDDY_OK)
             goto out;
         w->anchors[in.nanchors++] = (struct rec_anchor){ctx->shopping_cart[i], 0.8, true, true, l, n};
         w->exclude[in.nexclude++] = ctx->shopping_cart[i];
     }
     {
         struct scored_product *l = &w->lists[used++ * K];
-        if ((err = popcache_top(q->pop, "", at, l, K, &n)) != EDDY_OK)
+        if ((err = stage2cache_top(q->pop, "", at, l, K, &n)) != EDDY_OK)
             goto out;
         in.global = l;
         in.nglobal = n;

@@ -9,11 +9,11 @@
 #include "common/err.h"
 #include "eddy/v1/eddy.pb-c.h"
 #include "node/state/engine.h"
-#include "node/state/popcache.h"
+#include "node/state/stage2cache.h"
 
 struct query_ctx {
     engine *eng;
-    popcache *pop;
+    stage2cache *pop;
     int default_recommendations;
     int max_recommendations;
     /* Global queries cover the partitions for which owns() is true (NULL: all, --dev). */

@@ -13,7 +13,7 @@
 #include "common/completion.h"
 #include "common/partition.h"
 #include "node/state/engine.h"
-#include "node/state/popcache.h"
+#include "node/state/stage2cache.h"
 #include "node/state/query.h"
 
 #include "engine_fixture.h"
@@ -40,7 +40,7 @@ static void test_dedup_late_windows(void **state)
     assert_int_equal(d.r.accepted, 1);
     assert_int_equal(d.r.late, 1);
 
-    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    stage2cache *pc = stage2cache_new(engine_store(e), &engine_options(e)->product, 0, 50);
     struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0};
     Eddy__V1__EventCountsRequest cr = EDDY__V1__EVENT_COUNTS_REQUEST__INIT;
     cr.user_id = "u1";
@@ -86,7 +86,7 @@ static void test_dedup_late_windows(void **state)
     assert_string_equal(rec->items[0]->reason, "trending now");
     query_free_response(&rec->base);
 
-    popcache_free(pc);
+    stage2cache_free(pc);
     engine_close(e);
     /* reopen: everything acknowledged is still there, dedup included */
     assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
@@ -202,7 +202,7 @@ static void test_delete_user(void **state)
     assert_true(d.model);
     assert_int_equal(d.windows, 2);
     assert_int_equal(d.log, 2);
-    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    stage2cache *pc = stage2cache_new(engine_store(e), &engine_options(e)->product, 0, 50);
     struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0};
     Eddy__V1__GetUserProfileResponse *pr = NULL;
     assert_int_equal(query_profile(&q, "gone", &pr), EDDY_ERR_NOT_FOUND);
@@ -214,7 +214,7 @@ static void test_delete_user(void **state)
     free(bought);
     assert_int_equal(query_profile(&q, "stays", &pr), EDDY_OK);
     query_free_response(&pr->base);
-    popcache_free(pc);
+    stage2cache_free(pc);
     engine_close(e);
     for (int i = 0; i < 3; i++)
         free(a[i]);
@@ -242,7 +242,7 @@ static void test_purchases_never_recommended(void **state)
         evs[N + i] = mk(ids[N + i], "fan", T0 + i * 1000, VIEW, prods[i], "books");
     }
     ingest(e, evs, 2 * N);
-    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    stage2cache *pc = stage2cache_new(engine_store(e), &engine_options(e)->product, 0, 50);
     struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0};
     Eddy__V1__RecommendRequest rr = EDDY__V1__RECOMMEND_REQUEST__INIT;
     rr.user_id = "buyer";
@@ -255,7 +255,7 @@ static void test_purchases_never_recommended(void **state)
     assert_int_equal(query_recommend(&q, &rr, &rec), EDDY_OK);
     assert_true(rec->n_items > 0);
     query_free_response(&rec->base);
-    popcache_free(pc);
+    stage2cache_free(pc);
     engine_close(e);
     for (int i = 0; i < 2 * N; i++)
         free(evs[i]);
@@ -340,7 +340,7 @@ static void test_failed_write_fails_the_next_group(void **state)
     assert_int_equal(dc.calls, 1);
     assert_int_equal(dc.err, EDDY_ERR_IO);
     assert_int_equal(events_committed(e), 2);
-    popcache *pc = popcache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    stage2cache *pc = stage2cache_new(engine_store(e), &engine_options(e)->product, 0, 50);
     struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0};
     Eddy__V1__GetUserProfileResponse *pr = NULL;
     assert_int_equal(query_profile(&q, "ub", &pr), EDDY_ERR_NOT_FOUND);
@@ -375,7 +375,7 @@ static void test_failed_write_fails_the_next_group(void **state)
     assert_int_equal(query_profile(&q, "ub", &pr), EDDY_OK);
     assert_int_equal(pr->profile->event_count, 2);
     query_free_response(&pr->base);
-    popcache_free(pc);
+    stage2cache_free(pc);
     engine_close(e);
     for (int i = 0; i < 2; i++) {
         free(a[i]);
