@@ -6,6 +6,8 @@
 
 #include "node/state/counts.h"
 #include "node/state/pbutil.h"
+#include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 /* ---- meta ---------------------------------------------------------------------------- */
 

@@ -10,6 +10,8 @@
 #include "node/state/model.h"
 #include "node/state/pbenc.h"
 #include "node/state/pbutil.h"
+#include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 /* ---- exactly-once marks ---------------------------------------------------------------
  * One S2_HW row per product partition (store.h), kept decoded by the txn: a batch's claim

@@ -17,6 +17,8 @@
 #include "node/state/apply.h"
 #include "node/state/checkpoint.h"
 #include "node/state/product.h"
+#include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 const char *const reprocess_param_names[RP_PARAMS] = {"affinity-half-life",
                                                       "popularity-half-life",

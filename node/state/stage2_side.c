@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "node/state/product.h"
 #include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 #define SWAP_COMMIT_ROWS 200000 /* rows per synced write of the swap, as reprocess's */
 
