@@ -1,7 +1,7 @@
-/* LevelDB access for the state node: opening the database, typed reads, scans, snapshots,
- * range replaces, log syncs and write counts. This is the one place that turns LevelDB's
- * char **errptr into eddy_err (store_take_err, which store_txn.c shares). The key
- * encoding is in store_key.c, the write transactions in store_txn.c. */
+/* LevelDB access for the state node: opening and removing the database, typed reads,
+ * scans, snapshots, range replaces, log syncs and write counts. This is the one place that
+ * turns LevelDB's char **errptr into eddy_err (store_take_err, which store_txn.c shares).
+ * The key encoding is in store_key.c, the write transactions in store_txn.c. */
 #include "node/state/store.h"
 
 #include <dirent.h>
@@ -128,6 +128,15 @@ void store_close(store *s)
     free(s->key_writes);
     free(s->path);
     free(s);
+}
+
+eddy_err store_destroy(const char *dir, char *err, size_t errlen)
+{
+    char *lerr = NULL;
+    leveldb_options_t *lo = leveldb_options_create();
+    leveldb_destroy_db(lo, dir, &lerr);
+    leveldb_options_destroy(lo);
+    return store_take_err(lerr, err, errlen);
 }
 
 eddy_err store_get(store *s, const struct store_key *key, char **val, size_t *vlen)

@@ -1,6 +1,6 @@
 /* The state node's LevelDB: opening, reading, scanning and snapshotting it, replacing key
- * ranges, syncing its log. The key layout is in store_key.h; write transactions, the
- * writer's way in, are in store_txn.h.
+ * ranges, syncing its log, and removing a database that is not open. The key layout is in
+ * store_key.h; write transactions, the writer's way in, are in store_txn.h.
  *
  * Threads: the LevelDB handle is shared; reads may run on any thread. */
 #ifndef EDDY_STORE_H
@@ -26,6 +26,13 @@ struct store_opts {
  * store_close. On failure returns an error and writes LevelDB's message to 'err'. */
 eddy_err store_open(const struct store_opts *opts, store **out, char *err, size_t errlen);
 void store_close(store *s);
+
+/* Remove the database at 'dir', which must not be open (EDDY_ERR_IO otherwise: LevelDB's
+ * lock is held): LevelDB's files, then the directory if nothing else is left in it (other
+ * files stay, and so does the directory). A directory that does not exist is no error
+ * (EDDY_OK): there is nothing to remove. On failure returns EDDY_ERR_IO and writes
+ * LevelDB's message to 'err' (may be NULL). Any thread. */
+eddy_err store_destroy(const char *dir, char *err, size_t errlen);
 
 /* Read 'key' from the committed state; *val is malloc'd (caller frees), NULL if absent. */
 eddy_err store_get(store *s, const struct store_key *key, char **val, size_t *vlen);

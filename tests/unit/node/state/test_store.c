@@ -1,13 +1,16 @@
 /* The store on a real LevelDB in a temp dir: range replaces (synced or not) and the log
- * sync that makes unsynced ones durable, and the range loader's batches. The write
- * transactions are test_store_txn.c. */
+ * sync that makes unsynced ones durable, the range loader's batches, and removing a
+ * database that is closed (store_destroy). The write transactions are test_store_txn.c. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <cmocka.h>
 
 #include "node/state/store.h"
@@ -114,12 +117,119 @@ static void test_range_loader_tiles_the_range(void **state)
     assert_int_equal(store_range_loader_put(&rl, k.buf, 0, "x", 1), EDDY_ERR_INVALID);
 }
 
+/* ---- store_destroy ------------------------------------------------------------------- */
+
+/* Put one LOG record of partition 1 through a range replace (the store's own write). */
+static void put_one(store *s, struct store_key *k)
+{
+    struct store_key start, end;
+    key_init(&start, 1, T_LOG);
+    key_init(&end, 2, T_LOG);
+    key_init(k, 1, T_LOG);
+    key_u64(k, 7);
+    store_batch *b = store_batch_new();
+    assert_non_null(b);
+    assert_int_equal(store_batch_put(b, k->buf, k->len, "v", 1), EDDY_OK);
+    assert_int_equal(store_replace_range(s, &start, &end, b, NULL), EDDY_OK);
+    store_batch_free(b);
+}
+
+/* put_one, then close the fixture's store (its teardown accepts that). */
+static void put_one_and_close(struct fx *f, struct store_key *k)
+{
+    put_one(f->s, k);
+    store_close(f->s);
+    f->s = NULL;
+}
+
+/* Whether the store at 'dir' (opened, creating it if missing) holds 'k'. */
+static bool reopened_holds(struct fx *f, const struct store_key *k)
+{
+    struct store_opts so = {f->dir, 0, 0};
+    char err[256];
+    assert_int_equal(store_open(&so, &f->s, err, sizeof(err)), EDDY_OK);
+    char *val = NULL;
+    size_t vlen = 0;
+    assert_int_equal(store_get(f->s, k, &val, &vlen), EDDY_OK);
+    free(val);
+    return val != NULL;
+}
+
+/* A database written and closed is gone after store_destroy: its directory too, and a
+ * store opened there again starts empty. */
+static void test_destroy_removes_closed_database(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k;
+    put_one_and_close(f, &k);
+    char err[256] = "";
+    assert_int_equal(store_destroy(f->dir, err, sizeof(err)), EDDY_OK);
+    assert_string_equal(err, "");
+    struct stat st;
+    assert_int_equal(stat(f->dir, &st), -1);
+    assert_int_equal(errno, ENOENT);
+    assert_false(reopened_holds(f, &k));
+}
+
+/* Only LevelDB's files go: a foreign file stays, and with it the directory. */
+static void test_destroy_keeps_foreign_files(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k;
+    put_one_and_close(f, &k);
+    char other[sizeof(f->dir) + 16], current[sizeof(f->dir) + 16];
+    snprintf(other, sizeof(other), "%s/notes.txt", f->dir);
+    snprintf(current, sizeof(current), "%s/CURRENT", f->dir);
+    FILE *fp = fopen(other, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    struct stat st;
+    assert_int_equal(stat(current, &st), 0);
+    assert_int_equal(store_destroy(f->dir, NULL, 0), EDDY_OK);
+    assert_int_equal(stat(other, &st), 0);
+    assert_int_equal(stat(current, &st), -1);
+    assert_false(reopened_holds(f, &k));
+}
+
+/* An open database is not removed: an error with LevelDB's message, the data intact. */
+static void test_destroy_open_database_fails(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k;
+    put_one(f->s, &k);
+    char err[256] = "";
+    assert_int_equal(store_destroy(f->dir, err, sizeof(err)), EDDY_ERR_IO);
+    assert_true(strlen(err) > 0);
+    char *val = NULL;
+    size_t vlen = 0;
+    assert_int_equal(store_get(f->s, &k, &val, &vlen), EDDY_OK);
+    assert_non_null(val);
+    free(val);
+}
+
+/* A directory that does not exist: nothing to remove, no error. */
+static void test_destroy_missing_directory_is_ok(void **state)
+{
+    struct fx *f = *state;
+    char missing[sizeof(f->dir) + 16];
+    snprintf(missing, sizeof(missing), "%s/none", f->dir);
+    char err[256] = "";
+    assert_int_equal(store_destroy(missing, err, sizeof(err)), EDDY_OK);
+    assert_string_equal(err, "");
+    struct stat st;
+    assert_int_equal(stat(missing, &st), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_replace_range_nosync_then_sync_log, setup,
                                         teardown),
         cmocka_unit_test(test_range_loader_tiles_the_range),
+        cmocka_unit_test_setup_teardown(test_destroy_removes_closed_database, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_keeps_foreign_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_open_database_fails, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_missing_directory_is_ok, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
