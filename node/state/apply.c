@@ -4,8 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "node/state/counts.h"
 #include "common/pbutil.h"
+#include "node/state/counts.h"
+#include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 /* ---- meta ---------------------------------------------------------------------------- */
 

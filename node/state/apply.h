@@ -22,6 +22,7 @@
 #include "eddy/v1/store.pb-c.h"
 #include "node/state/model.h"
 #include "node/state/store.h"
+#include "node/state/store_txn.h"
 #include "node/state/window.h"
 
 struct apply_params {

@@ -4,8 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "node/state/pbenc.h"
 #include "common/pbutil.h"
+#include "node/state/pbenc.h"
+#include "node/state/store_txn.h"
 
 uint64_t *counts_slot(Eddy__Store__V1__Counts *c, Eddy__V1__EventType type)
 {

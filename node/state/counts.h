@@ -8,7 +8,8 @@
 #include "common/err.h"
 #include "eddy/v1/eddy.pb-c.h"
 #include "eddy/v1/store.pb-c.h"
-#include "node/state/store.h"
+#include "node/state/store_key.h"
+#include "node/state/store_txn.h"
 
 /* The counter of 'type' in 'c', or NULL for an unspecified / unknown type. */
 uint64_t *counts_slot(Eddy__Store__V1__Counts *c, Eddy__V1__EventType type);

@@ -15,6 +15,8 @@
 #include "common/partition.h"
 #include "common/thread.h"
 #include "node/state/checkpoint.h"
+#include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 enum job_kind { JOB_INGEST, JOB_DELETE, JOB_FLUSH, JOB_FORWARD, JOB_RESTORE, JOB_REPLAY,
                 JOB_EXCLUSIVE };

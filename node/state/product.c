@@ -6,10 +6,12 @@
 #include <string.h>
 
 #include "common/partition.h"
+#include "common/pbutil.h"
 #include "node/state/counts.h"
 #include "node/state/model.h"
 #include "node/state/pbenc.h"
-#include "common/pbutil.h"
+#include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 /* ---- exactly-once marks ---------------------------------------------------------------
  * One S2_HW row per product partition (store.h), kept decoded by the txn: a batch's claim

@@ -18,6 +18,7 @@
 #include "eddy/v1/store.pb-c.h"
 #include "node/state/decay.h"
 #include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 struct product_params {
     uint32_t partitions;

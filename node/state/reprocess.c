@@ -4,7 +4,6 @@
 
 #include <ctype.h>
 #include <inttypes.h>
-#include <leveldb/c.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +16,8 @@
 #include "node/state/apply.h"
 #include "node/state/checkpoint.h"
 #include "node/state/product.h"
+#include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 const char *const reprocess_param_names[RP_PARAMS] = {"affinity-half-life",
                                                       "popularity-half-life",
@@ -761,10 +762,7 @@ eddy_err reprocess_run(const struct reprocess_opts *o, const struct reprocess_re
     err[0] = '\0';
 
     char lerr[256] = "";
-    char *derr = NULL;
-    leveldb_options_t *lo = leveldb_options_create();
-    leveldb_destroy_db(lo, o->work_dir, &derr); /* leftovers of an interrupted run */
-    leveldb_free(derr);
+    store_destroy(o->work_dir, NULL, 0); /* leftovers of an interrupted run */
     struct store_opts so = {o->work_dir, 8 << 20, 0};
     if ((r = store_open(&so, &rb.side, lerr, sizeof(lerr))) != EDDY_OK) {
         snprintf(err, errlen, "cannot open the side store %s: %s", o->work_dir, lerr);
@@ -817,9 +815,7 @@ out:
                   err, swapped);
     store_txn_free(rb.txn);
     store_close(rb.side);
-    leveldb_destroy_db(lo, o->work_dir, &derr);
-    leveldb_free(derr);
-    leveldb_options_destroy(lo);
+    store_destroy(o->work_dir, NULL, 0);
     free(rb.ps);
     return r;
 }

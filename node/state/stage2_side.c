@@ -2,7 +2,6 @@
 #include "node/state/stage2_side.h"
 
 #include <inttypes.h>
-#include <leveldb/c.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -15,6 +14,7 @@
 #include "common/log.h"
 #include "node/state/product.h"
 #include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 #define SWAP_COMMIT_ROWS 200000 /* rows per synced write of the swap, as reprocess's */
 
@@ -66,15 +66,6 @@ bool stage2_side_frozen(const stage2_side *s)
     return until != 0 && clock_mono_ms() < until;
 }
 
-static void destroy_dir(const char *dir)
-{
-    char *derr = NULL;
-    leveldb_options_t *lo = leveldb_options_create();
-    leveldb_destroy_db(lo, dir, &derr);
-    leveldb_free(derr);
-    leveldb_options_destroy(lo);
-}
-
 /* Close the open rebuild: unfreeze, remove the side store. Caller holds mu. */
 static void close_rebuild(stage2_side *s)
 {
@@ -84,7 +75,7 @@ static void close_rebuild(stage2_side *s)
     s->txn = NULL;
     s->side = NULL;
     if (s->id)
-        destroy_dir(s->work_dir);
+        store_destroy(s->work_dir, NULL, 0);
     s->id = 0;
     s->batches = 0;
 }
@@ -146,7 +137,7 @@ eddy_err stage2_side_prepare(stage2_side *s, uint64_t id, const int64_t set[RP_P
     if (s->id)
         log_warn("msg=\"stage-2 rebuild dropped: its freeze lapsed\" rebuild=%" PRIu64, s->id);
     close_rebuild(s);
-    destroy_dir(s->work_dir); /* leftovers of a node that stopped mid-rebuild */
+    store_destroy(s->work_dir, NULL, 0); /* leftovers of a node that stopped mid-rebuild */
 
     const struct engine_opts *eo = engine_options(s->o.eng);
     s->pp = eo->product;

@@ -1,29 +1,8 @@
-/* The state node's LevelDB: key layout, typed values and write transactions.
+/* The state node's LevelDB: opening, reading, scanning and snapshotting it, replacing key
+ * ranges, syncing its log, and removing a database that is not open. The key layout is in
+ * store_key.h; write transactions, the writer's way in, are in store_txn.h.
  *
- * Every key starts with the partition (big-endian u16) and a table byte, so that one
- * partition is one contiguous key range (cheap to scan, snapshot, copy and delete):
- *
- *   LOG       p T seq:u64                  -> LogRecord
- *   DEDUP     p T event_id                 -> Dedup
- *   DEDUP_EXP p T ts:i64 event_id          -> ""      (older layout: expiry index of DEDUP;
- *                                                     now the dedup sweep walks the log)
- *   USER      p T user_id                  -> UserModel
- *   USER_WIN  p T len:u16 user_id ws:i64   -> Counts
- *   USER_LOG  p T len:u16 user_id seq:u64  -> ""      (a user's log entries, for DeleteUser)
- *   PART_WIN  p T ws:i64                   -> Counts  (all users of the partition)
- *   PRODUCT   p T product_id               -> ProductState
- *   PROD_WIN  p T ws:i64 product_id        -> Counts  (window first: range scans by time)
- *   CAT_POP   p T len:u16 category product_id -> Decayed (popularity index by category)
- *   LATE      p T seq:u64                  -> ""      (late events, for inspection)
- *   S2_HW     p T                          -> Stage2Marks (stage-2 exactly-once marks)
- *   OUTBOX    p T seq:u64                  -> Stage2Batch (cluster: not yet forwarded)
- *   BOUGHT    p T len:u16 user_id product_id -> ""    (every purchase: never recommended)
- *   META      p T                          -> PartitionMeta
- *
- * i64 values are stored with the sign bit flipped, big-endian, so they sort numerically.
- *
- * Threads: the LevelDB handle is shared; reads may run on any thread. A store_txn belongs
- * to one thread (the writer) and is not locked. */
+ * Threads: the LevelDB handle is shared; reads may run on any thread. */
 #ifndef EDDY_STORE_H
 #define EDDY_STORE_H
 
@@ -33,47 +12,9 @@
 #include <stdint.h>
 
 #include "common/err.h"
-
-enum store_table {
-    T_LOG = 1,
-    T_DEDUP = 2,
-    T_DEDUP_EXP = 3,
-    T_USER = 4,
-    T_USER_WIN = 5,
-    T_USER_LOG = 6,
-    T_PART_WIN = 7,
-    T_PRODUCT = 8,
-    T_PROD_WIN = 9,
-    T_CAT_POP = 10,
-    T_LATE = 11,
-    T_S2_HW = 12,
-    T_OUTBOX = 13,
-    T_BOUGHT = 14,
-    T_META = 15,
-};
-
-#define STORE_KEY_MAX 1024
-
-/* A key under construction: fixed buffer, no allocation. */
-struct store_key {
-    size_t len;
-    unsigned char buf[STORE_KEY_MAX];
-};
-
-void key_init(struct store_key *k, uint32_t partition, enum store_table t);
-void key_u16(struct store_key *k, uint16_t v);
-void key_u64(struct store_key *k, uint64_t v);
-void key_i64(struct store_key *k, int64_t v);
-void key_bytes(struct store_key *k, const char *s, size_t n);
-void key_str(struct store_key *k, const char *s);          /* raw bytes, last component */
-void key_lstr(struct store_key *k, const char *s);         /* u16 length + bytes */
-
-/* Decoders for key components at *off; return false if the key is too short. */
-bool key_get_u64(const unsigned char *key, size_t len, size_t *off, uint64_t *v);
-bool key_get_i64(const unsigned char *key, size_t len, size_t *off, int64_t *v);
+#include "node/state/store_key.h"
 
 typedef struct store store;
-typedef struct store_txn store_txn;
 
 struct store_opts {
     const char *path;          /* directory of the LevelDB */
@@ -85,6 +26,13 @@ struct store_opts {
  * store_close. On failure returns an error and writes LevelDB's message to 'err'. */
 eddy_err store_open(const struct store_opts *opts, store **out, char *err, size_t errlen);
 void store_close(store *s);
+
+/* Remove the database at 'dir', which must not be open (EDDY_ERR_IO otherwise: LevelDB's
+ * lock is held): LevelDB's files, then the directory if nothing else is left in it (other
+ * files stay, and so does the directory). A directory that does not exist is no error
+ * (EDDY_OK): there is nothing to remove. On failure returns EDDY_ERR_IO and writes
+ * LevelDB's message to 'err' (may be NULL). Any thread. */
+eddy_err store_destroy(const char *dir, char *err, size_t errlen);
 
 /* Read 'key' from the committed state; *val is malloc'd (caller frees), NULL if absent. */
 eddy_err store_get(store *s, const struct store_key *key, char **val, size_t *vlen);
@@ -105,9 +53,6 @@ eddy_err store_scan(store *s, const struct store_key *start, const struct store_
  * hundreds of partitions is dominated by it). fn returning 1 stops the whole scan. */
 eddy_err store_scan_ranges(store *s, const struct store_key *starts,
                            const struct store_key *ends, size_t n, store_scan_fn *fn, void *ud);
-
-/* Set 'end' to the first key after every key that starts with 'prefix'. */
-void key_prefix_end(const struct store_key *prefix, struct store_key *end);
 
 /* Delete 'key' at once, outside any txn, without sync (for entries only one thread
  * removes, such as forwarded OUTBOX records: losing the delete in a crash only causes a
@@ -199,95 +144,10 @@ eddy_err store_replace_range_nosync(store *s, const struct store_key *start,
  * thread. */
 eddy_err store_sync_log(store *s);
 
-/* --- write transactions ---------------------------------------------------------------
- * A txn collects puts and deletes in an in-memory overlay, so reads through the txn see its
- * own uncommitted writes; store_txn_commit writes every pending key once, with its last
- * value, in one LevelDB WriteBatch (synced if 'sync'), and keeps the txn for reuse.
- *
- * Kept values: what the txn read (bytes, or the decoded message of store_txn_obj_get) stays
- * in the txn after the commit, so a later group finds it without a LevelDB read and a
- * protobuf decode. They are charged what they occupy (the entry, its key, and the bytes
- * or the decoded message's malloc'd blocks: pb_heap_size) against the store's budget
- * (store_set_kept_bytes, default
- * STORE_KEPT_BYTES_DEFAULT) and evicted least recently used first. A kept value is always
- * the committed one, with no call needed from the txn's owner: every write that bypasses
- * the txn — store_replace_range (checkpoint loads, partition drops, reprocess swaps), the
- * commit of another txn on the same store, store_delete of a key in a table some txn keeps
- * values of — bumps the store's generation and records the key range written, and a txn
- * that sees a new generation (at its next read or commit) forgets what it kept in those
- * ranges: everything after another txn's commit (its keys are not recorded) or when it
- * missed more than the last 16 writes. Such writes must not run while the txn has
- * uncommitted or in-flight writes or a caller holds values borrowed from it (forgetting
- * frees them):
- * the engine runs them as jobs alone in their group, between groups.
- * store_txn_reset forgets everything too. */
+/* The budget of the values each txn of 's' keeps (estimated bytes; see "Kept values" in
+ * store_txn.h). Call before the txns are used. */
 #define STORE_KEPT_BYTES_DEFAULT ((size_t)256 << 20)
-
-/* The budget of the values each txn of 's' keeps (estimated bytes). Call before the txns
- * are used. */
 void store_set_kept_bytes(store *s, size_t bytes);
-
-store_txn *store_txn_new(store *s);
-void store_txn_free(store_txn *t);
-/* Read 'key' as the txn sees it. *val is borrowed until the txn is committed or reset. */
-eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
-                       size_t *vlen, bool *found);
-eddy_err store_txn_get_msg(store_txn *t, const struct store_key *key,
-                           const ProtobufCMessageDescriptor *desc, ProtobufCMessage **msg);
-eddy_err store_txn_put(store_txn *t, const struct store_key *key, const void *val, size_t vlen);
-eddy_err store_txn_put_msg(store_txn *t, const struct store_key *key, const ProtobufCMessage *msg);
-eddy_err store_txn_del(store_txn *t, const struct store_key *key);
-/* Delete every committed and pending key in [start, end). Returns the number deleted in *n. */
-eddy_err store_txn_del_range(store_txn *t, const struct store_key *start,
-                             const struct store_key *end, uint64_t *n);
-/* The decoded view of the txn, for values read and changed many times (user models,
- * product states, window counts): the message at 'key' decoded once (NULL if absent) and
- * kept across commits, borrowed until the txn is committed or reset. Change it in place
- * and call store_txn_obj_set with the same pointer to mark it changed, or pass a new
- * message (the txn takes ownership, even on error). Changed messages are packed once, at
- * commit. A message changed in place must be passed to store_txn_obj_set before the
- * commit (or the txn reset): otherwise the kept value differs from the stored one. A later
- * store_txn_put / store_txn_del of the key discards the object. */
-eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
-                           const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj);
-eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCMessage *obj);
-/* store_txn_obj_get, with an absent message created empty and set (to be filled in place);
- * *created says whether it was. */
-eddy_err store_txn_obj_get_or_new(store_txn *t, const struct store_key *key,
-                                  const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj,
-                                  bool *created);
-/* A faster encoder for one message type, used when the txn packs changed objects at
- * commit: it must write exactly protobuf_c_message_pack's bytes (the stored state is
- * compared byte for byte). It sets *buf (malloc'd, the txn frees it) and *len and returns
- * true, or returns false to leave the message to protobuf-c (or on allocation failure).
- * Registering the same function again is free; up to STORE_TXN_PACKERS types. */
-#define STORE_TXN_PACKERS 4
-typedef bool store_pack_fn(const ProtobufCMessage *m, uint8_t **buf, size_t *len);
-void store_txn_set_packer(store_txn *t, const ProtobufCMessageDescriptor *desc,
-                          store_pack_fn *fn);
-
-/* Write the pending keys. On an error nothing is kept and the txn is reset. The same as
- * store_txn_seal, store_txn_write and store_txn_settle in a row. */
-eddy_err store_txn_commit(store_txn *t, bool sync);
-
-/* A commit in three steps, so that the synced write (the slow part) can run on another
- * thread while the txn's thread goes on applying the next group through the txn. One
- * sealed write at a time, in this order:
- * - store_txn_seal (txn's thread): the pending keys become the sealed write. They stay "in
- *   flight" in the txn: its reads and scans see them (LevelDB may not have them yet),
- *   writes to them are pending again (for the next seal), and nothing forgets or evicts
- *   them. On an error (out of memory) the txn is reset and there is nothing to write.
- * - store_txn_write (any thread): one LevelDB write of the sealed keys (none: nothing
- *   done). It reads only the sealed batch, so the txn's thread may use the txn meanwhile
- *   (reads, puts, objects; not seal, settle, reset or commit).
- * - store_txn_settle (txn's thread), with store_txn_write's result: on success the
- *   in-flight keys become kept values or leave the txn; on an error the txn is reset,
- *   pending writes made since the seal included (they were computed from values that
- *   never reached the store).
- * A write around the txn (see "Kept values") must not run while a write is in flight. */
-eddy_err store_txn_seal(store_txn *t);
-eddy_err store_txn_write(store_txn *t, bool sync);
-void store_txn_settle(store_txn *t, eddy_err write_err);
 
 /* Write counts, for caches of values read from the store (Recommend's neighbour entries):
  * after store_track_writes(s, T), every committed txn write of a key of table T moves
@@ -301,29 +161,5 @@ uint64_t store_key_writes(store *s, const struct store_key *key);
 /* Fault injection for tests: the next 'n' store_txn_write calls with keys to write fail
  * with 'err' and write nothing (a disk error, for the engine's failed-write path). */
 void store_fail_writes(store *s, int n, eddy_err err);
-/* Drop pending writes without committing, and every kept value. */
-void store_txn_reset(store_txn *t);
-/* Keys written (put, deleted or changed objects) since the last commit or seal. */
-size_t store_txn_pending(const store_txn *t);
-
-/* What the txn's kept values did (for tests and diagnostics). */
-struct store_txn_stats {
-    uint64_t hits;      /* reads answered by the txn: pending or kept values */
-    uint64_t misses;    /* reads that went to LevelDB */
-    uint64_t evictions; /* kept values dropped for the budget */
-    uint64_t forgets;   /* times everything kept was dropped: the store was written around
-                         * at unknown keys (another txn's commit) or too often */
-    uint64_t forgets_ranged; /* times the kept values of written key ranges were dropped */
-    size_t kept;        /* values kept now */
-    size_t kept_bytes;  /* their estimated size */
-};
-void store_txn_stats(const store_txn *t, struct store_txn_stats *out);
-
-/* Scan [start, end) as the txn sees it: committed keys merged with the txn's pending puts
- * and deletes, in key order. Used by the apply path so that what it deletes does not
- * depend on where group-commit boundaries fell. 'fn' must not modify the txn (collect
- * keys, then change them after the scan). */
-eddy_err store_txn_scan(store_txn *t, const struct store_key *start, const struct store_key *end,
-                        store_scan_fn *fn, void *ud);
 
 #endif

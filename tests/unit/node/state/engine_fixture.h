@@ -1,5 +1,6 @@
 /* What the state-engine unit tests share: a small engine configuration (8 partitions,
- * 60 s windows), event construction, a synchronous ingest, and temporary directories.
+ * 60 s windows), event construction, a synchronous ingest, temporary directories, and the
+ * leftovers of an interrupted side store.
  * Header-only: include it after <cmocka.h> in one test file each. */
 #ifndef EDDY_TEST_ENGINE_FIXTURE_H
 #define EDDY_TEST_ENGINE_FIXTURE_H
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #include "node/state/engine.h"
+#include "node/state/store.h"
 
 #define T0 1800000000000LL /* a window boundary: divisible by 60000 */
 #define FIXTURE_PARTITIONS 8
@@ -94,6 +96,25 @@ static inline void rmrf(const char *dir)
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     assert_int_equal(system(cmd), 0);
+}
+
+/* Leave a closed database at 'dir' (created if missing) holding the row k -> v: the
+ * leftovers of a run that stopped before it removed its side store. */
+static inline void leave_store_row(const char *dir, const struct store_key *k, const void *v,
+                                   size_t vlen)
+{
+    struct store_opts so = {dir, 0, 0};
+    store *s = NULL;
+    char err[256];
+    assert_int_equal(store_open(&so, &s, err, sizeof(err)), EDDY_OK);
+    struct store_key end;
+    key_prefix_end(k, &end);
+    store_batch *b = store_batch_new();
+    assert_non_null(b);
+    assert_int_equal(store_batch_put(b, k->buf, k->len, v, vlen), EDDY_OK);
+    assert_int_equal(store_replace_range(s, k, &end, b, NULL), EDDY_OK);
+    store_batch_free(b);
+    store_close(s);
 }
 
 #endif

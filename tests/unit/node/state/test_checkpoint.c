@@ -22,6 +22,7 @@
 #include "node/state/checkpoint.h"
 #include "node/state/engine.h"
 #include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 #include "engine_fixture.h"
 

@@ -19,6 +19,7 @@
 #include "common/pbutil.h"
 #include "node/state/product.h"
 #include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 static uint64_t rng = 88172645463325252ULL;
 

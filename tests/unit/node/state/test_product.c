@@ -16,6 +16,7 @@
 #include "common/partition.h"
 #include "node/state/product.h"
 #include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 #include "engine_fixture.h"
 

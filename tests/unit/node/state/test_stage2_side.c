@@ -10,11 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <cmocka.h>
 
 #include "common/clock.h"
 #include "node/state/stage2_side.h"
 #include "node/state/store.h"
+#include "node/state/store_key.h"
 
 #include "engine_fixture.h"
 
@@ -126,10 +128,19 @@ static void test_swap_makes_the_side_state_live(void **state)
 
     struct batches *b = calloc(1, sizeof(*b));
     make_batches(b);
+    /* a node that stopped mid-rebuild left its side store: a product the batches lack */
+    char side_dir[256];
+    snprintf(side_dir, sizeof(side_dir), "%s/side.tmp", dir);
+    struct store_key ghost;
+    key_init(&ghost, 0, T_PRODUCT);
+    key_str(&ghost, "old-3");
+    leave_store_row(side_dir, &ghost, "", 0);
     stage2_side *s = new_side(e, dir, 60000);
     char err[512] = "";
     int64_t set[RP_PARAMS] = {0, HOUR, 2 * HOUR};
     assert_int_equal(stage2_side_prepare(s, 42, set, err, sizeof(err)), EDDY_OK);
+    struct stat st;
+    assert_int_equal(stat(side_dir, &st), 0);
     assert_true(stage2_side_frozen(s));
     assert_true(stage2_side_busy(s));
     assert_int_equal(stage2_side_apply(s, 42, b->ptr, NBATCHES / 2, err, sizeof(err)), EDDY_OK);
@@ -152,6 +163,7 @@ static void test_swap_makes_the_side_state_live(void **state)
     assert_int_equal(applied, 2 * NBATCHES);
     assert_false(stage2_side_frozen(s));
     assert_false(stage2_side_busy(s));
+    assert_int_equal(stat(side_dir, &st), -1); /* the side store is removed */
     assert_int_equal(engine_options(e)->product.popularity.half_life_ms, HOUR);
     assert_int_equal(engine_options(e)->product.neighbours.half_life_ms, 2 * HOUR);
 

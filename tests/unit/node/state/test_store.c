@@ -1,519 +1,21 @@
-/* Write transactions on a real LevelDB in a temp dir: pending keys are written once with
- * their last value; values read or decoded are kept across commits (hits, not LevelDB
- * reads) and always equal the committed state: forgotten after store_replace_range (only
- * in its range), another txn's commit, store_delete of a kept table and a reset, also
- * between groups the engine did not commit; evicted past the budget; scans merge pending
- * writes with the committed keys; a commit split in seal, write and settle keeps the
- * sealed keys visible to the txn until the settle, and a failed write resets it. */
+/* The store on a real LevelDB in a temp dir: range replaces (synced or not) and the log
+ * sync that makes unsynced ones durable, the range loader's batches, and removing a
+ * database that is closed (store_destroy). The write transactions are test_store_txn.c. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <cmocka.h>
 
-#include "eddy/v1/store.pb-c.h"
 #include "node/state/store.h"
 
-#define VIEW EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW
-
-struct fx {
-    char dir[64];
-    store *s;
-};
-
-static int setup(void **state)
-{
-    struct fx *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
-    snprintf(f->dir, sizeof(f->dir), "/tmp/eddy-test-store-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    struct store_opts so = {f->dir, 0, 0};
-    char err[256];
-    assert_int_equal(store_open(&so, &f->s, err, sizeof(err)), EDDY_OK);
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fx *f = *state;
-    store_close(f->s);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
-    assert_int_equal(system(cmd), 0);
-    free(f);
-    return 0;
-}
-
-static void counts_key(struct store_key *k, uint32_t p, const char *id)
-{
-    key_init(k, p, T_USER_WIN);
-    key_str(k, id);
-}
-
-/* The committed Counts at 'k' straight from LevelDB (view count), -1 if absent. */
-static int64_t committed_views(store *s, const struct store_key *k)
-{
-    Eddy__Store__V1__Counts *c = NULL;
-    assert_int_equal(store_get_msg(s, k, &eddy__store__v1__counts__descriptor,
-                                   (ProtobufCMessage **)&c),
-                     EDDY_OK);
-    if (!c)
-        return -1;
-    int64_t v = (int64_t)c->view;
-    eddy__store__v1__counts__free_unpacked(c, NULL);
-    return v;
-}
-
-/* Through the txn's decoded view: the Counts at 'k' (created if absent) gets 'n' more views. */
-static void bump(store_txn *t, const struct store_key *k, uint64_t n)
-{
-    Eddy__Store__V1__Counts *c = NULL;
-    assert_int_equal(store_txn_obj_get(t, k, &eddy__store__v1__counts__descriptor,
-                                       (ProtobufCMessage **)&c),
-                     EDDY_OK);
-    if (!c) {
-        c = malloc(sizeof(*c));
-        assert_non_null(c);
-        eddy__store__v1__counts__init(c);
-    }
-    c->view += n;
-    assert_int_equal(store_txn_obj_set(t, k, &c->base), EDDY_OK);
-}
-
-static int64_t txn_views(store_txn *t, const struct store_key *k)
-{
-    Eddy__Store__V1__Counts *c = NULL;
-    assert_int_equal(store_txn_obj_get(t, k, &eddy__store__v1__counts__descriptor,
-                                       (ProtobufCMessage **)&c),
-                     EDDY_OK);
-    return c ? (int64_t)c->view : -1;
-}
-
-static void put_counts_committed(store *s, const struct store_key *k, uint64_t views)
-{
-    store_txn *t = store_txn_new(s);
-    assert_non_null(t);
-    Eddy__Store__V1__Counts c = EDDY__STORE__V1__COUNTS__INIT;
-    c.view = views;
-    assert_int_equal(store_txn_put_msg(t, k, &c.base), EDDY_OK);
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-    store_txn_free(t);
-}
-
-static void test_kept_across_commits(void **state)
-{
-    struct fx *f = *state;
-    struct store_key k;
-    counts_key(&k, 1, "u1");
-    put_counts_committed(f->s, &k, 5);
-
-    store_txn *t = store_txn_new(f->s);
-    struct store_txn_stats st;
-    bump(t, &k, 1); /* read from LevelDB once */
-    store_txn_stats(t, &st);
-    assert_int_equal(st.misses, 1);
-    assert_int_equal(store_txn_pending(t), 1);
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-    assert_int_equal(committed_views(f->s, &k), 6);
-    store_txn_stats(t, &st);
-    assert_int_equal(st.kept, 1);
-    assert_true(st.kept_bytes > 0);
-    assert_int_equal(store_txn_pending(t), 0);
-
-    for (int i = 0; i < 3; i++) { /* later groups: no LevelDB read */
-        bump(t, &k, 1);
-        assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-    }
-    store_txn_stats(t, &st);
-    assert_int_equal(st.misses, 1);
-    assert_true(st.hits >= 3);
-    assert_int_equal(committed_views(f->s, &k), 9);
-
-    /* bytes readers see the kept object packed */
-    const char *v;
-    size_t vlen;
-    bool found;
-    assert_int_equal(store_txn_get(t, &k, &v, &vlen, &found), EDDY_OK);
-    assert_true(found);
-    Eddy__Store__V1__Counts *c = eddy__store__v1__counts__unpack(NULL, vlen, (const uint8_t *)v);
-    assert_non_null(c);
-    assert_int_equal(c->view, 9);
-    eddy__store__v1__counts__free_unpacked(c, NULL);
-    store_txn_free(t);
-}
-
-static void test_pending_written_once_last_value(void **state)
-{
-    struct fx *f = *state;
-    struct store_key k, d;
-    key_init(&k, 2, T_S2_HW);
-    key_u16(&k, 7);
-    key_init(&d, 2, T_LATE);
-    key_u64(&d, 1);
-    put_counts_committed(f->s, &d, 1);
-
-    store_txn *t = store_txn_new(f->s);
-    assert_int_equal(store_txn_put(t, &k, "a", 1), EDDY_OK);
-    assert_int_equal(store_txn_put(t, &k, "bb", 2), EDDY_OK);
-    assert_int_equal(store_txn_put(t, &k, "ccc", 3), EDDY_OK);
-    assert_int_equal(store_txn_del(t, &d), EDDY_OK);
-    assert_int_equal(store_txn_pending(t), 2);
-    const char *v;
-    size_t vlen;
-    bool found;
-    assert_int_equal(store_txn_get(t, &k, &v, &vlen, &found), EDDY_OK);
-    assert_true(found);
-    assert_int_equal(vlen, 3);
-    assert_int_equal(store_txn_get(t, &d, &v, &vlen, &found), EDDY_OK);
-    assert_false(found);
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-
-    char *got = NULL;
-    assert_int_equal(store_get(f->s, &k, &got, &vlen), EDDY_OK);
-    assert_non_null(got);
-    assert_int_equal(vlen, 3);
-    assert_memory_equal(got, "ccc", 3);
-    free(got);
-    assert_int_equal(store_get(f->s, &d, &got, &vlen), EDDY_OK);
-    assert_null(got);
-    /* written, never read: not kept */
-    struct store_txn_stats st;
-    store_txn_stats(t, &st);
-    assert_int_equal(st.kept, 0);
-    store_txn_free(t);
-}
-
-static void test_replace_range_forgets(void **state)
-{
-    struct fx *f = *state;
-    struct store_key k, other, start, end;
-    counts_key(&k, 3, "u1");
-    counts_key(&other, 5, "u1");
-    put_counts_committed(f->s, &k, 1);
-    store_txn *t = store_txn_new(f->s);
-    bump(t, &k, 1);
-    bump(t, &other, 7);
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-    assert_int_equal(txn_views(t, &k), 2);
-
-    /* a checkpoint load replaces partition 3 with a value of 40 */
-    store_batch *b = store_batch_new();
-    Eddy__Store__V1__Counts c = EDDY__STORE__V1__COUNTS__INIT;
-    c.view = 40;
-    uint8_t buf[64];
-    size_t n = eddy__store__v1__counts__pack(&c, buf);
-    assert_int_equal(store_batch_put(b, k.buf, k.len, buf, n), EDDY_OK);
-    key_init(&start, 3, T_LOG);
-    key_init(&end, 4, T_LOG);
-    assert_int_equal(store_replace_range(f->s, &start, &end, b, NULL), EDDY_OK);
-    store_batch_free(b);
-
-    assert_int_equal(txn_views(t, &k), 40);
-    bump(t, &k, 1);
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-    assert_int_equal(committed_views(f->s, &k), 41);
-
-    /* a dropped partition: gone for the txn as well */
-    b = store_batch_new();
-    assert_int_equal(store_replace_range(f->s, &start, &end, b, NULL), EDDY_OK);
-    store_batch_free(b);
-    assert_int_equal(txn_views(t, &k), -1);
-    struct store_txn_stats st, st2;
-    store_txn_stats(t, &st);
-    assert_int_equal(st.forgets, 0); /* only the replaced ranges were forgotten... */
-    assert_int_equal(st.forgets_ranged, 2);
-    assert_int_equal(txn_views(t, &other), 7); /* ...partition 5's value is still kept */
-    store_txn_stats(t, &st2);
-    assert_int_equal(st2.misses, st.misses);
-
-    /* more writes around the txn than it can catch up with: everything goes */
-    for (int i = 0; i < 20; i++) {
-        b = store_batch_new();
-        assert_int_equal(store_replace_range(f->s, &start, &end, b, NULL), EDDY_OK);
-        store_batch_free(b);
-    }
-    assert_int_equal(txn_views(t, &other), 7);
-    store_txn_stats(t, &st2);
-    assert_int_equal(st2.forgets, 1);
-    assert_int_equal(st2.misses, st.misses + 1);
-    store_txn_free(t);
-}
-
-static void test_other_writers_forget(void **state)
-{
-    struct fx *f = *state;
-    struct store_key k, o;
-    counts_key(&k, 4, "u1");
-    store_txn *t = store_txn_new(f->s);
-    bump(t, &k, 3);
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-
-    /* another txn on the same store (a reprocess swap) writes the key */
-    put_counts_committed(f->s, &k, 70);
-    assert_int_equal(txn_views(t, &k), 70);
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-
-    /* store_delete of a table no txn keeps (OUTBOX) keeps what the txn has... */
-    struct store_txn_stats before, after;
-    store_txn_stats(t, &before);
-    key_init(&o, 4, T_OUTBOX);
-    key_u64(&o, 1);
-    assert_int_equal(store_delete(f->s, &o), EDDY_OK);
-    assert_int_equal(txn_views(t, &k), 70);
-    store_txn_stats(t, &after);
-    assert_int_equal(after.forgets, before.forgets);
-    assert_int_equal(after.misses, before.misses);
-    /* ...of a kept table, not */
-    assert_int_equal(store_delete(f->s, &k), EDDY_OK);
-    assert_int_equal(txn_views(t, &k), -1);
-    store_txn_free(t);
-}
-
-static void test_reset_forgets_changes_in_place(void **state)
-{
-    struct fx *f = *state;
-    struct store_key k;
-    counts_key(&k, 5, "u1");
-    put_counts_committed(f->s, &k, 10);
-    store_txn *t = store_txn_new(f->s);
-    assert_int_equal(txn_views(t, &k), 10);
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-
-    /* a failed group: changed in place (even marked), then abandoned */
-    bump(t, &k, 5);
-    store_txn_reset(t);
-    assert_int_equal(txn_views(t, &k), 10);
-    assert_int_equal(committed_views(f->s, &k), 10);
-    store_txn_free(t);
-}
-
-static void test_eviction_keeps_budget_and_values(void **state)
-{
-    struct fx *f = *state;
-    store_set_kept_bytes(f->s, 16384);
-    store_txn *t = store_txn_new(f->s);
-    char id[16];
-    for (int round = 0; round < 3; round++) {
-        for (int i = 0; i < 200; i++) {
-            struct store_key k;
-            snprintf(id, sizeof(id), "u%d", i);
-            counts_key(&k, 6, id);
-            bump(t, &k, (uint64_t)i + 1);
-            if (i % 20 == 19)
-                assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-        }
-    }
-    struct store_txn_stats st;
-    store_txn_stats(t, &st);
-    assert_true(st.evictions > 0);
-    assert_true(st.kept_bytes <= 16384);
-    assert_true(st.kept > 0);
-    for (int i = 0; i < 200; i++) { /* kept or re-read: every value is right */
-        struct store_key k;
-        snprintf(id, sizeof(id), "u%d", i);
-        counts_key(&k, 6, id);
-        assert_int_equal(txn_views(t, &k), 3 * (i + 1));
-        assert_int_equal(committed_views(f->s, &k), 3 * (i + 1));
-    }
-    store_txn_free(t);
-}
-
-struct seen {
-    char keys[8][32];
-    size_t lens[8];
-    int n;
-};
-
-static int collect(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
-{
-    struct seen *s = ud;
-    if (s->n < 8) {
-        memcpy(s->keys[s->n], k, klen < 32 ? klen : 32);
-        s->lens[s->n++] = klen;
-    }
-    return 0;
-}
-
-static void test_scan_merges_pending(void **state)
-{
-    struct fx *f = *state;
-    struct store_key a, b, c, start, end;
-    counts_key(&a, 7, "a");
-    counts_key(&b, 7, "b");
-    counts_key(&c, 7, "c");
-    put_counts_committed(f->s, &a, 1);
-    put_counts_committed(f->s, &b, 1);
-    key_init(&start, 7, T_USER_WIN);
-    key_prefix_end(&start, &end);
-
-    store_txn *t = store_txn_new(f->s);
-    struct seen s = {0};
-    /* nothing pending in the prefix (a pending key elsewhere): the committed keys */
-    struct store_key other;
-    counts_key(&other, 8, "x");
-    bump(t, &other, 1);
-    assert_int_equal(store_txn_scan(t, &start, &end, collect, &s), EDDY_OK);
-    assert_int_equal(s.n, 2);
-
-    /* a deleted, c added, b changed and kept from before */
-    bump(t, &b, 1);
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-    assert_int_equal(store_txn_del(t, &a), EDDY_OK);
-    bump(t, &c, 1);
-    memset(&s, 0, sizeof(s));
-    assert_int_equal(store_txn_scan(t, &start, &end, collect, &s), EDDY_OK);
-    assert_int_equal(s.n, 2);
-    assert_int_equal(s.lens[0], b.len);
-    assert_memory_equal(s.keys[0], b.buf, b.len);
-    assert_memory_equal(s.keys[1], c.buf, c.len);
-
-    uint64_t deleted = 0;
-    assert_int_equal(store_txn_del_range(t, &start, &end, &deleted), EDDY_OK);
-    assert_int_equal(deleted, 2);
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-    assert_int_equal(committed_views(f->s, &b), -1);
-    assert_int_equal(committed_views(f->s, &c), -1);
-    assert_int_equal(txn_views(t, &b), -1);
-    store_txn_free(t);
-}
-
-static int count_keys(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
-{
-    (*(int *)ud)++;
-    return 0;
-}
-
-/* A group that only read (so the engine did not commit it), then a checkpoint load of the
- * partition, then a group that reads and writes the same keys: the new values, and every
- * key listed once by scans and range deletes. */
-static void test_forgotten_between_uncommitted_groups(void **state)
-{
-    struct fx *f = *state;
-    struct store_key k[20], start, end;
-    char id[16];
-    for (int i = 0; i < 20; i++) {
-        snprintf(id, sizeof(id), "u%d", i);
-        counts_key(&k[i], 9, id);
-        put_counts_committed(f->s, &k[i], 1);
-    }
-    store_txn *t = store_txn_new(f->s);
-    for (int i = 0; i < 20; i++)
-        assert_int_equal(txn_views(t, &k[i]), 1);
-    assert_int_equal(store_txn_pending(t), 0);
-
-    store_batch *b = store_batch_new();
-    Eddy__Store__V1__Counts c = EDDY__STORE__V1__COUNTS__INIT;
-    c.view = 100;
-    uint8_t buf[64];
-    size_t n = eddy__store__v1__counts__pack(&c, buf);
-    for (int i = 0; i < 20; i++)
-        assert_int_equal(store_batch_put(b, k[i].buf, k[i].len, buf, n), EDDY_OK);
-    key_init(&start, 9, T_LOG);
-    key_init(&end, 10, T_LOG);
-    assert_int_equal(store_replace_range(f->s, &start, &end, b, NULL), EDDY_OK);
-    store_batch_free(b);
-
-    for (int i = 0; i < 20; i++)
-        bump(t, &k[i], 1);
-    assert_int_equal(txn_views(t, &k[7]), 101);
-    int seen = 0;
-    key_init(&start, 9, T_USER_WIN);
-    key_prefix_end(&start, &end);
-    assert_int_equal(store_txn_scan(t, &start, &end, count_keys, &seen), EDDY_OK);
-    assert_int_equal(seen, 20);
-    uint64_t deleted = 0;
-    assert_int_equal(store_txn_del_range(t, &start, &end, &deleted), EDDY_OK);
-    assert_int_equal(deleted, 20);
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-    for (int i = 0; i < 20; i++)
-        assert_int_equal(committed_views(f->s, &k[i]), -1);
-    store_txn_free(t);
-}
-
-/* A commit in three steps: between the seal and the settle the sealed keys are in flight:
- * not in LevelDB before the write, yet read and scanned through the txn, written again as
- * pending keys of the next seal; after the settle the keys only written leave the txn. */
-static void test_sealed_keys_in_flight(void **state)
-{
-    struct fx *f = *state;
-    struct store_key k, log, start, end;
-    counts_key(&k, 3, "k");
-    put_counts_committed(f->s, &k, 1);
-    key_init(&log, 3, T_LOG);
-    key_u64(&log, 7);
-    key_init(&start, 3, T_LOG);
-    key_prefix_end(&start, &end);
-
-    store_txn *t = store_txn_new(f->s);
-    bump(t, &k, 1);
-    assert_int_equal(store_txn_put(t, &log, "rec", 3), EDDY_OK);
-    assert_int_equal(store_txn_seal(t), EDDY_OK);
-    assert_int_equal(store_txn_pending(t), 0);
-    /* the next group, while the write has not run */
-    assert_int_equal(committed_views(f->s, &k), 1);
-    assert_int_equal(txn_views(t, &k), 2);
-    const char *v;
-    size_t vlen;
-    bool found = false;
-    assert_int_equal(store_txn_get(t, &log, &v, &vlen, &found), EDDY_OK);
-    assert_true(found);
-    assert_memory_equal(v, "rec", 3);
-    int seen = 0;
-    assert_int_equal(store_txn_scan(t, &start, &end, count_keys, &seen), EDDY_OK);
-    assert_int_equal(seen, 1);
-    bump(t, &k, 1);
-    assert_int_equal(store_txn_pending(t), 1);
-
-    assert_int_equal(store_txn_write(t, true), EDDY_OK);
-    assert_int_equal(committed_views(f->s, &k), 2);
-    store_txn_settle(t, EDDY_OK);
-    assert_int_equal(txn_views(t, &k), 3); /* still pending */
-    struct store_txn_stats st;
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-    assert_int_equal(committed_views(f->s, &k), 3);
-    /* the written-only key (read in the group after it, so held until that group's seal)
-     * has left the txn: read from LevelDB */
-    store_txn_stats(t, &st);
-    uint64_t misses = st.misses;
-    assert_int_equal(store_txn_get(t, &log, &v, &vlen, &found), EDDY_OK);
-    assert_true(found);
-    assert_memory_equal(v, "rec", 3);
-    store_txn_stats(t, &st);
-    assert_int_equal(st.misses, misses + 1);
-    store_txn_free(t);
-}
-
-/* A failed write resets the txn, pending writes made on top of the sealed ones included:
- * afterwards it reads the store's values again. */
-static void test_failed_write_resets(void **state)
-{
-    struct fx *f = *state;
-    struct store_key k, other;
-    counts_key(&k, 4, "k");
-    counts_key(&other, 4, "other");
-    put_counts_committed(f->s, &k, 5);
-
-    store_txn *t = store_txn_new(f->s);
-    bump(t, &k, 1);
-    assert_int_equal(store_txn_seal(t), EDDY_OK);
-    bump(t, &k, 1);
-    bump(t, &other, 1);
-    store_fail_writes(f->s, 1, EDDY_ERR_IO);
-    assert_int_equal(store_txn_write(t, true), EDDY_ERR_IO);
-    store_txn_settle(t, EDDY_ERR_IO);
-    assert_int_equal(store_txn_pending(t), 0);
-    assert_int_equal(txn_views(t, &k), 5);
-    assert_int_equal(txn_views(t, &other), -1);
-    assert_int_equal(committed_views(f->s, &k), 5);
-    bump(t, &k, 2); /* the next write goes through */
-    assert_int_equal(store_txn_commit(t, true), EDDY_OK);
-    assert_int_equal(committed_views(f->s, &k), 7);
-    store_txn_free(t);
-}
+#include "store_fixture.h"
 
 /* An unsynced range replace is a replace like the synced one (visible at once, the old
  * keys gone), it survives a reopen after store_sync_log, and store_sync_log fails when
@@ -615,143 +117,119 @@ static void test_range_loader_tiles_the_range(void **state)
     assert_int_equal(store_range_loader_put(&rl, k.buf, 0, "x", 1), EDDY_ERR_INVALID);
 }
 
+/* ---- store_destroy ------------------------------------------------------------------- */
 
-/* ---- scans against a reference, with the pending and in-flight prefix chains ---------- */
-
-#define REF_MAX 1300
-
-struct ref {
-    struct store_key k[REF_MAX];
-    char v[REF_MAX][16]; /* "" : absent */
-    size_t n;
-};
-
-static size_t ref_slot(struct ref *r, const struct store_key *k)
-{
-    for (size_t i = 0; i < r->n; i++)
-        if (r->k[i].len == k->len && memcmp(r->k[i].buf, k->buf, k->len) == 0)
-            return i;
-    assert_true(r->n < REF_MAX);
-    r->k[r->n] = *k;
-    r->v[r->n][0] = '\0';
-    return r->n++;
-}
-
-struct got {
-    size_t n;
-    struct store_key k[REF_MAX];
-    char v[REF_MAX][16];
-};
-
-static int collect_kv(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
-{
-    struct got *g = ud;
-    assert_true(g->n < REF_MAX && vlen < 16);
-    memcpy(g->k[g->n].buf, k, klen);
-    g->k[g->n].len = klen;
-    memcpy(g->v[g->n], v, vlen);
-    g->v[g->n][vlen] = '\0';
-    g->n++;
-    return 0;
-}
-
-static int key_order(const void *a, const void *b)
-{
-    const struct store_key *x = a, *y = b;
-    size_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(x->buf, y->buf, n);
-    return c ? c : (x->len > y->len) - (x->len < y->len);
-}
-
-/* The txn's scan of prefix (p, table) lists exactly the reference's live keys there, in
- * order, with their values. */
-static void check_prefix(store_txn *t, struct ref *r, uint32_t p, enum store_table table)
+/* Put one LOG record of partition 1 through a range replace (the store's own write). */
+static void put_one(store *s, struct store_key *k)
 {
     struct store_key start, end;
-    key_init(&start, p, table);
-    key_prefix_end(&start, &end);
-    static struct got g;
-    g.n = 0;
-    assert_int_equal(store_txn_scan(t, &start, &end, collect_kv, &g), EDDY_OK);
-    static struct store_key want[REF_MAX];
-    size_t n = 0;
-    for (size_t i = 0; i < r->n; i++)
-        if (r->v[i][0] && r->k[i].len >= 3 && memcmp(r->k[i].buf, start.buf, 3) == 0)
-            want[n++] = r->k[i];
-    qsort(want, n, sizeof(want[0]), key_order);
-    assert_int_equal(g.n, n);
-    for (size_t i = 0; i < n; i++) {
-        assert_int_equal(g.k[i].len, want[i].len);
-        assert_memory_equal(g.k[i].buf, want[i].buf, want[i].len);
-        assert_string_equal(g.v[i], r->v[ref_slot(r, &want[i])]);
-    }
+    key_init(&start, 1, T_LOG);
+    key_init(&end, 2, T_LOG);
+    key_init(k, 1, T_LOG);
+    key_u64(k, 7);
+    store_batch *b = store_batch_new();
+    assert_non_null(b);
+    assert_int_equal(store_batch_put(b, k->buf, k->len, "v", 1), EDDY_OK);
+    assert_int_equal(store_replace_range(s, &start, &end, b, NULL), EDDY_OK);
+    store_batch_free(b);
 }
 
-static void test_scan_chains_match_reference(void **state)
+/* put_one, then close the fixture's store (its teardown accepts that). */
+static void put_one_and_close(struct fx *f, struct store_key *k)
+{
+    put_one(f->s, k);
+    store_close(f->s);
+    f->s = NULL;
+}
+
+/* Whether the store at 'dir' (opened, creating it if missing) holds 'k'. */
+static bool reopened_holds(struct fx *f, const struct store_key *k)
+{
+    struct store_opts so = {f->dir, 0, 0};
+    char err[256];
+    assert_int_equal(store_open(&so, &f->s, err, sizeof(err)), EDDY_OK);
+    char *val = NULL;
+    size_t vlen = 0;
+    assert_int_equal(store_get(f->s, k, &val, &vlen), EDDY_OK);
+    free(val);
+    return val != NULL;
+}
+
+/* A database written and closed is gone after store_destroy: its directory too, and a
+ * store opened there again starts empty. */
+static void test_destroy_removes_closed_database(void **state)
 {
     struct fx *f = *state;
-    /* partitions 1 and 4097 share a prefix bit (the chains are by hashed prefix) */
-    static const uint32_t parts[] = {1, 2, 4097};
-    static const enum store_table tables[] = {T_USER_WIN, T_LOG};
-    static struct ref r;
-    r.n = 0;
-    store_txn *t = store_txn_new(f->s);
-    unsigned seed = 7, counter = 0;
-    for (int round = 0; round < 40; round++) {
-        bool sealed = false;
-        for (int op = 0; op < 60; op++) {
-            struct store_key k;
-            char id[16];
-            key_init(&k, parts[rand_r(&seed) % 3], tables[rand_r(&seed) % 2]);
-            snprintf(id, sizeof(id), "k%u", rand_r(&seed) % (round < 20 ? 40 : 200));
-            key_str(&k, id);
-            size_t i = ref_slot(&r, &k);
-            if (rand_r(&seed) % 4 == 0) {
-                assert_int_equal(store_txn_del(t, &k), EDDY_OK);
-                r.v[i][0] = '\0';
-            } else {
-                snprintf(r.v[i], sizeof(r.v[i]), "v%u", ++counter);
-                assert_int_equal(store_txn_put(t, &k, r.v[i], strlen(r.v[i])), EDDY_OK);
-            }
-            if (op == 30 && round % 2 == 0) { /* the first half goes in flight */
-                assert_int_equal(store_txn_seal(t), EDDY_OK);
-                sealed = true;
-            }
-        }
-        for (size_t pi = 0; pi < 3; pi++)
-            for (size_t ti = 0; ti < 2; ti++)
-                check_prefix(t, &r, parts[pi], tables[ti]);
-        if (sealed) {
-            assert_int_equal(store_txn_write(t, false), EDDY_OK);
-            store_txn_settle(t, EDDY_OK);
-        }
-        if (round % 3 == 0)
-            assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-        for (size_t pi = 0; pi < 3; pi++)
-            check_prefix(t, &r, parts[pi], tables[0]);
-    }
-    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
-    store_txn_free(t);
+    struct store_key k;
+    put_one_and_close(f, &k);
+    char err[256] = "";
+    assert_int_equal(store_destroy(f->dir, err, sizeof(err)), EDDY_OK);
+    assert_string_equal(err, "");
+    struct stat st;
+    assert_int_equal(stat(f->dir, &st), -1);
+    assert_int_equal(errno, ENOENT);
+    assert_false(reopened_holds(f, &k));
+}
+
+/* Only LevelDB's files go: a foreign file stays, and with it the directory. */
+static void test_destroy_keeps_foreign_files(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k;
+    put_one_and_close(f, &k);
+    char other[sizeof(f->dir) + 16], current[sizeof(f->dir) + 16];
+    snprintf(other, sizeof(other), "%s/notes.txt", f->dir);
+    snprintf(current, sizeof(current), "%s/CURRENT", f->dir);
+    FILE *fp = fopen(other, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    struct stat st;
+    assert_int_equal(stat(current, &st), 0);
+    assert_int_equal(store_destroy(f->dir, NULL, 0), EDDY_OK);
+    assert_int_equal(stat(other, &st), 0);
+    assert_int_equal(stat(current, &st), -1);
+    assert_false(reopened_holds(f, &k));
+}
+
+/* An open database is not removed: an error with LevelDB's message, the data intact. */
+static void test_destroy_open_database_fails(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k;
+    put_one(f->s, &k);
+    char err[256] = "";
+    assert_int_equal(store_destroy(f->dir, err, sizeof(err)), EDDY_ERR_IO);
+    assert_true(strlen(err) > 0);
+    char *val = NULL;
+    size_t vlen = 0;
+    assert_int_equal(store_get(f->s, &k, &val, &vlen), EDDY_OK);
+    assert_non_null(val);
+    free(val);
+}
+
+/* A directory that does not exist: nothing to remove, no error. */
+static void test_destroy_missing_directory_is_ok(void **state)
+{
+    struct fx *f = *state;
+    char missing[sizeof(f->dir) + 16];
+    snprintf(missing, sizeof(missing), "%s/none", f->dir);
+    char err[256] = "";
+    assert_int_equal(store_destroy(missing, err, sizeof(err)), EDDY_OK);
+    assert_string_equal(err, "");
+    struct stat st;
+    assert_int_equal(stat(missing, &st), -1);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_kept_across_commits, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_scan_chains_match_reference, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_pending_written_once_last_value, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_replace_range_forgets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replace_range_nosync_then_sync_log, setup,
                                         teardown),
         cmocka_unit_test(test_range_loader_tiles_the_range),
-        cmocka_unit_test_setup_teardown(test_other_writers_forget, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reset_forgets_changes_in_place, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_eviction_keeps_budget_and_values, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_scan_merges_pending, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_forgotten_between_uncommitted_groups, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_sealed_keys_in_flight, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_failed_write_resets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_removes_closed_database, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_keeps_foreign_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_open_database_fails, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_missing_directory_is_ok, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

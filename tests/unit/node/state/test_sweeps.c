@@ -14,6 +14,7 @@
 
 #include "common/partition.h"
 #include "node/state/store.h"
+#include "node/state/store_txn.h"
 
 #include "engine_fixture.h"
 

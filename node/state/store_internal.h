@@ -1,0 +1,108 @@
+/* Private to node/state/store.c and node/state/store_txn.c: the store's fields and the
+ * helpers the transaction layer needs of them. Include it from no other file: everyone else
+ * goes through store.h, store_txn.h and store_key.h. */
+#ifndef EDDY_STORE_INTERNAL_H
+#define EDDY_STORE_INTERNAL_H
+
+#include <leveldb/c.h>
+#include <protobuf-c/protobuf-c.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "common/err.h"
+#include "node/state/store.h"
+#include "node/state/store_key.h"
+
+#define STORE_CHANGES 16 /* writes around the txns remembered with their key ranges */
+
+struct store_txn;
+
+struct store {
+    leveldb_t *db;
+    leveldb_options_t *opts;
+    leveldb_cache_t *cache;
+    leveldb_filterpolicy_t *filter;
+    leveldb_readoptions_t *ropts;
+    leveldb_writeoptions_t *wsync;
+    leveldb_writeoptions_t *wnosync;
+    size_t obj_cache_bytes;      /* budget of each txn's kept values */
+    char *path;                  /* the database directory (store_sync_log) */
+    /* Bumped by every write that does not go through the txn reading it (another txn's
+     * commit, store_replace_range, store_delete of a kept table), with the key range it
+     * wrote in 'changes': a txn whose last seen value differs forgets the values it kept in
+     * those ranges (everything if it fell more than STORE_CHANGES behind). */
+    _Atomic uint64_t gen;
+    pthread_mutex_t changes_mu;  /* 'changes' and the bumps of 'gen' */
+    struct store_change {
+        uint64_t gen;
+        const struct store_txn *by; /* a txn's commit (NULL: another write) */
+        bool all;                   /* the range is unknown: everything */
+        struct store_key start, end;
+    } changes[STORE_CHANGES];
+    _Atomic uint32_t kept_tables; /* 1 << table of every table some txn keeps values of */
+    _Atomic int fail_writes;     /* store_fail_writes: txn writes left to fail */
+    eddy_err fail_err;
+    /* store_key_writes: committed writes of the tracked tables' keys, hashed into slots,
+     * and the writes around the txns (which count for every key) */
+    _Atomic uint32_t tracked_tables;
+    _Atomic uint64_t *key_writes;  /* [STORE_WRITE_SLOTS] */
+    _Atomic uint64_t bulk_writes;
+};
+
+#define STORE_WRITE_SLOTS (1u << 16)
+
+/* Turn LevelDB's error (NULL: none) into an eddy_err: EDDY_ERR_IO, its message logged and
+ * copied to 'err' (may be NULL), 'lerr' freed. */
+eddy_err store_take_err(char *lerr, char *err, size_t errlen);
+
+/* Decode a stored value; EDDY_ERR_CORRUPT (logged) if it does not. Caller owns *msg; free
+ * with protobuf_c_message_free_unpacked. */
+eddy_err store_decode(const ProtobufCMessageDescriptor *desc, const char *val, size_t vlen,
+                      ProtobufCMessage **msg);
+
+/* Record a write of [start, end) (start NULL: anything) by 'by' (NULL: not a txn), under
+ * s->changes_mu. Returns the new generation. */
+uint64_t store_change_locked(store *s, const struct store_txn *by, const struct store_key *start,
+                             const struct store_key *end);
+
+/* Byte order of raw keys, as LevelDB's default comparator. Inline: the txn's scans and
+ * catch-ups call these once per key. */
+static inline int key_cmp_raw(const unsigned char *a, size_t alen, const unsigned char *b,
+                              size_t blen)
+{
+    size_t n = alen < blen ? alen : blen;
+    int c = memcmp(a, b, n);
+    if (c != 0)
+        return c;
+    return alen < blen ? -1 : alen > blen;
+}
+
+/* Whether key 'k' sorts before 'end' (an empty end: no upper bound). */
+static inline bool key_before_end(const char *k, size_t klen, const struct store_key *end)
+{
+    if (end->len == 0)
+        return true;
+    size_t n = klen < end->len ? klen : end->len;
+    int c = memcmp(k, end->buf, n);
+    return c < 0 || (c == 0 && klen < end->len);
+}
+
+/* Whether the key's table is one store_track_writes asked for. */
+static inline bool store_tracked_key(store *s, const unsigned char *k, size_t klen)
+{
+    uint32_t t = atomic_load_explicit(&s->tracked_tables, memory_order_relaxed);
+    return t && klen >= 3 && k[2] < 32 && (t & (UINT32_C(1) << k[2]));
+}
+
+/* The slot of s->key_writes that counts the writes of key 'k'. */
+static inline uint32_t store_write_slot(const unsigned char *k, size_t klen)
+{
+    return (uint32_t)XXH3_64bits(k, klen) & (STORE_WRITE_SLOTS - 1);
+}
+
+#endif

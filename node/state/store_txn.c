@@ -1,0 +1,1029 @@
+/* The state node's write transactions: an overlay of the writer's pending writes and of
+ * the values it read, kept across commits, over the store's LevelDB (store_txn.h). */
+#include "node/state/store_txn.h"
+
+#include <assert.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <leveldb/c.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "common/pbutil.h"
+#include "node/state/store_internal.h"
+
+/* DESIGN: one open-addressing table holds every key the txn knows: the pending writes of
+ * this txn (put bytes, delete, changed decoded object) and the committed values it has
+ * read, as bytes or decoded. Pending writes reach the WriteBatch only at commit, one
+ * record per key however often it was written (a product's CAT_POP entry or the stage-2
+ * high-water is written once per group, not once per event). Values that were read stay
+ * after the commit ("kept"), so the next group finds a user model or a product state
+ * decoded instead of reading and unpacking it again; only their LevelDB bytes are
+ * dropped (packed again on demand). Kept values are charged an estimate of their size and
+ * evicted oldest first (by the commit that last used them) past the store's budget. A
+ * kept value is exactly the committed one: every write to the store that does not go
+ * through this txn bumps the store's generation and records its key range (store.c:
+ * store_changed), and the txn forgets what it kept in those ranges when it sees a new
+ * generation (catch_up_locked). A commit may be split (store_txn_seal, _write, _settle) so that the
+ * synced write runs on another thread while the next group is applied: the sealed keys stay
+ * in the table "in flight", seen by reads and scans as pending keys are, never forgotten or
+ * evicted, until the settle. Entries leave the table as tombstones. Probing reads
+ * a dense array of 32-bit hash tags and touches an entry only when its tag matches: a
+ * large table of kept values would otherwise cost a cache miss per probe. */
+
+#define PREFIX_BITS (1u << 16)
+
+/* One key the txn knows. */
+struct overlay_entry {
+    unsigned char *key; /* NULL: empty slot or tombstone (see the tag) */
+    size_t klen;
+    char *val;          /* the bytes; NULL for a delete or while only 'obj' is held */
+    size_t vlen;        /* length of the bytes, or of the last packing of 'obj' */
+    ProtobufCMessage *obj; /* decoded value (store_txn_obj_*), owned by the entry */
+    size_t cost;        /* estimated bytes charged to the budget while kept */
+    size_t heap;        /* obj's malloc'd bytes (pb_heap_size) when measured... */
+    size_t heap_vlen;   /* ...and its packed length then (0: not measured) */
+    uint64_t stamp;     /* the commit that last used it (eviction: oldest first) */
+    bool deleted;       /* pending delete */
+    bool pending;       /* written in this txn: goes into the batch at commit */
+    bool obj_dirty;     /* obj changed: packed at commit ('val' is stale) */
+    bool keep;          /* holds a value that was read or decoded: kept after commit */
+    bool touched;       /* listed in t->touched */
+    bool inflight;      /* in the sealed write, not yet settled: listed in t->sealed */
+    uint32_t pnext;     /* next pending entry of its prefix chain (slot + 1; 0: last) */
+    uint32_t snext;     /* next in-flight entry of its prefix chain */
+};
+
+struct store_txn {
+    store *s;
+    leveldb_writebatch_t *wb;
+    struct overlay_entry *tab; /* power-of-two capacity */
+    uint32_t *tags;            /* per slot: TAG_EMPTY, TAG_TOMB or the key's hash tag */
+    size_t cap, live, tombs;
+    size_t *touched;           /* slots used since the last commit */
+    size_t ntouched, touched_cap;
+    size_t *sealed;            /* slots of the in-flight entries (the sealed write) */
+    size_t nsealed, sealed_cap;
+    size_t sealed_keys;        /* records in 'wb' (seal, write and settle only) */
+    uint32_t *track;           /* write slots of the tracked keys in 'wb' (store_key_writes) */
+    size_t ntrack, track_cap;
+    size_t npending;
+    size_t kept_bytes;         /* sum of the entries' cost */
+    uint64_t commits;
+    uint64_t gen;              /* the store generation the kept values are current with */
+    uint32_t kept_mask;        /* tables announced in s->kept_tables */
+    struct {
+        const ProtobufCMessageDescriptor *desc;
+        store_pack_fn *fn;
+    } packers[STORE_TXN_PACKERS];
+    size_t npackers;
+    struct store_txn_stats stats;
+    /* The pending and the in-flight entries chained by prefix_bit of their keys ((partition,
+     * table) hashed), so that a scan of one partition's table merges only those: heads
+     * are slot + 1, 0 for none. */
+    uint32_t *phead, *shead;
+};
+
+static void entry_drop_obj(struct overlay_entry *e)
+{
+    if (e->obj)
+        protobuf_c_message_free_unpacked(e->obj, NULL);
+    e->obj = NULL;
+    e->obj_dirty = false;
+    e->heap_vlen = 0;
+}
+
+/* What the decoded value occupies: pb_heap_size walks every field and string of it, which
+ * for a product with 50 neighbours cost as much as packing it, at every group that changed
+ * it. So it is measured again only when the packed length moved by more than an eighth
+ * since it was measured, and scaled by the packed length in between. */
+static size_t obj_heap(struct overlay_entry *e)
+{
+    size_t v = e->vlen ? e->vlen : 1, at = e->heap_vlen;
+    if (!at || v > at + at / 8 || v + at / 8 < at) {
+        e->heap = pb_heap_size(e->obj);
+        e->heap_vlen = v;
+        return e->heap;
+    }
+    return e->heap / at * v + e->heap % at * v / at;
+}
+
+/* Bring e->val up to date with the object (for byte readers, scans and the commit). */
+static eddy_err entry_pack(const store_txn *t, struct overlay_entry *e)
+{
+    if (!e->obj || (!e->obj_dirty && e->val))
+        return EDDY_OK;
+    uint8_t *v = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < t->npackers; i++) {
+        if (t->packers[i].desc == e->obj->descriptor && t->packers[i].fn(e->obj, &v, &n))
+            break;
+    }
+    if (!v) {
+        n = protobuf_c_message_get_packed_size(e->obj);
+        if (!(v = malloc(n ? n : 1)))
+            return EDDY_ERR_NOMEM;
+        protobuf_c_message_pack(e->obj, v);
+    }
+    free(e->val);
+    e->val = (char *)v;
+    e->vlen = n;
+    return EDDY_OK;
+}
+
+void store_txn_set_packer(store_txn *t, const ProtobufCMessageDescriptor *desc,
+                          store_pack_fn *fn)
+{
+    for (size_t i = 0; i < t->npackers; i++) {
+        if (t->packers[i].desc == desc) {
+            t->packers[i].fn = fn;
+            return;
+        }
+    }
+    if (t->npackers < STORE_TXN_PACKERS) {
+        t->packers[t->npackers].desc = desc;
+        t->packers[t->npackers++].fn = fn;
+    }
+}
+
+#define TAG_EMPTY 0u
+#define TAG_TOMB 1u
+
+static uint32_t tag_of(uint64_t h)
+{
+    uint32_t tag = (uint32_t)(h >> 32);
+    return tag > TAG_TOMB ? tag : tag + 2;
+}
+
+/* Empty the slot, leaving a tombstone. */
+static void entry_remove(store_txn *t, struct overlay_entry *e)
+{
+    free(e->key);
+    free(e->val);
+    entry_drop_obj(e);
+    t->kept_bytes -= e->cost;
+    t->live--;
+    t->tombs++;
+    memset(e, 0, sizeof(*e));
+    t->tags[e - t->tab] = TAG_TOMB;
+}
+
+static size_t prefix_bit(const unsigned char *k, size_t klen)
+{
+    if (klen < 3)
+        return 0;
+    return ((((size_t)k[0] << 8 | k[1]) << 4) ^ k[2]) & (PREFIX_BITS - 1);
+}
+
+store_txn *store_txn_new(store *s)
+{
+    store_txn *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->s = s;
+    t->wb = leveldb_writebatch_create();
+    t->cap = 1024;
+    t->tab = calloc(t->cap, sizeof(*t->tab));
+    t->tags = calloc(t->cap, sizeof(*t->tags));
+    t->touched_cap = t->sealed_cap = 256;
+    t->touched = malloc(t->touched_cap * sizeof(*t->touched));
+    t->sealed = malloc(t->sealed_cap * sizeof(*t->sealed));
+    t->phead = calloc(PREFIX_BITS, sizeof(*t->phead));
+    t->shead = calloc(PREFIX_BITS, sizeof(*t->shead));
+    t->gen = atomic_load_explicit(&s->gen, memory_order_acquire);
+    if (!t->tab || !t->tags || !t->touched || !t->sealed || !t->phead || !t->shead) {
+        store_txn_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void store_txn_reset(store_txn *t)
+{
+    for (size_t i = 0; i < t->cap; i++) {
+        free(t->tab[i].key);
+        free(t->tab[i].val);
+        entry_drop_obj(&t->tab[i]);
+    }
+    memset(t->tab, 0, t->cap * sizeof(*t->tab));
+    memset(t->tags, 0, t->cap * sizeof(*t->tags));
+    t->live = t->tombs = t->ntouched = t->npending = t->kept_bytes = 0;
+    t->nsealed = t->sealed_keys = 0;
+    memset(t->phead, 0, PREFIX_BITS * sizeof(*t->phead));
+    memset(t->shead, 0, PREFIX_BITS * sizeof(*t->shead));
+    t->gen = atomic_load_explicit(&t->s->gen, memory_order_acquire);
+    leveldb_writebatch_clear(t->wb);
+}
+
+void store_txn_free(store_txn *t)
+{
+    if (!t)
+        return;
+    if (t->tab && t->tags && t->phead && t->shead)
+        store_txn_reset(t);
+    free(t->tab);
+    free(t->tags);
+    free(t->touched);
+    free(t->sealed);
+    free(t->track);
+    free(t->phead);
+    free(t->shead);
+    if (t->wb)
+        leveldb_writebatch_destroy(t->wb);
+    free(t);
+}
+
+size_t store_txn_pending(const store_txn *t)
+{
+    return t->npending;
+}
+
+void store_txn_stats(const store_txn *t, struct store_txn_stats *out)
+{
+    *out = t->stats;
+    out->kept = 0;
+    for (size_t i = 0; i < t->cap; i++)
+        out->kept += t->tab[i].key && t->tab[i].keep && !t->tab[i].pending;
+    out->kept_bytes = t->kept_bytes;
+}
+
+/* The entry of key 'k', or NULL; then *ins (if not NULL) receives the slot to insert at
+ * and *tag (if not NULL) the key's tag. */
+static struct overlay_entry *lookup(const store_txn *t, const unsigned char *k, size_t klen,
+                                    struct overlay_entry **ins, uint32_t *tag)
+{
+    uint64_t h = XXH3_64bits(k, klen);
+    uint32_t want = tag_of(h);
+    size_t i = (size_t)h & (t->cap - 1);
+    size_t tomb = SIZE_MAX;
+    if (tag)
+        *tag = want;
+    for (;; i = (i + 1) & (t->cap - 1)) {
+        uint32_t tg = t->tags[i];
+        if (tg == TAG_EMPTY) {
+            if (ins)
+                *ins = &t->tab[tomb != SIZE_MAX ? tomb : i];
+            return NULL;
+        }
+        if (tg == TAG_TOMB) {
+            if (tomb == SIZE_MAX)
+                tomb = i;
+            continue;
+        }
+        struct overlay_entry *e = &t->tab[i];
+        if (tg == want && e->klen == klen && memcmp(e->key, k, klen) == 0)
+            return e;
+    }
+}
+
+/* Put entry 'e' on the chains it belongs to (after its slot moved). */
+static void chain(store_txn *t, struct overlay_entry *e)
+{
+    size_t b = prefix_bit(e->key, e->klen);
+    uint32_t slot = (uint32_t)(e - t->tab) + 1;
+    e->pnext = e->snext = 0;
+    if (e->pending) {
+        e->pnext = t->phead[b];
+        t->phead[b] = slot;
+    }
+    if (e->inflight) {
+        e->snext = t->shead[b];
+        t->shead[b] = slot;
+    }
+}
+
+/* Rebuild the table with capacity 'ncap' (tombstones go; the touched list and the prefix
+ * chains follow). */
+static eddy_err rehash(store_txn *t, size_t ncap)
+{
+    struct overlay_entry *ntab = calloc(ncap, sizeof(*ntab));
+    uint32_t *ntags = calloc(ncap, sizeof(*ntags));
+    if (!ntab || !ntags) {
+        free(ntab);
+        free(ntags);
+        return EDDY_ERR_NOMEM;
+    }
+    struct overlay_entry *old = t->tab;
+    uint32_t *otags = t->tags;
+    size_t ocap = t->cap;
+    t->tab = ntab;
+    t->tags = ntags;
+    t->cap = ncap;
+    t->tombs = 0;
+    if (t->npending)
+        memset(t->phead, 0, PREFIX_BITS * sizeof(*t->phead));
+    if (t->nsealed)
+        memset(t->shead, 0, PREFIX_BITS * sizeof(*t->shead));
+    t->ntouched = 0;
+    t->nsealed = 0;
+    for (size_t i = 0; i < ocap; i++) {
+        if (!old[i].key)
+            continue;
+        struct overlay_entry *slot = NULL;
+        uint32_t tag;
+        lookup(t, old[i].key, old[i].klen, &slot, &tag);
+        *slot = old[i];
+        t->tags[slot - t->tab] = tag;
+        /* the lists hold at most the entries they held before */
+        if (slot->touched)
+            t->touched[t->ntouched++] = (size_t)(slot - t->tab);
+        if (slot->inflight)
+            t->sealed[t->nsealed++] = (size_t)(slot - t->tab);
+        if (slot->pending || slot->inflight)
+            chain(t, slot);
+    }
+    free(old);
+    free(otags);
+    return EDDY_OK;
+}
+
+/* Room for one more entry. */
+static eddy_err ensure_room(store_txn *t)
+{
+    if ((t->live + t->tombs + 1) * 2 <= t->cap)
+        return EDDY_OK;
+    return rehash(t, (t->live + 1) * 4 > t->cap ? t->cap * 2 : t->cap);
+}
+
+static eddy_err touch(store_txn *t, struct overlay_entry *e)
+{
+    e->stamp = t->commits + 1;
+    if (e->touched)
+        return EDDY_OK;
+    if (t->ntouched == t->touched_cap) {
+        size_t ncap = t->touched_cap * 2;
+        size_t *n = realloc(t->touched, ncap * sizeof(*n));
+        if (!n)
+            return EDDY_ERR_NOMEM;
+        t->touched = n;
+        t->touched_cap = ncap;
+    }
+    t->touched[t->ntouched++] = (size_t)(e - t->tab);
+    e->touched = true;
+    return EDDY_OK;
+}
+
+/* The entry of 'key', created (empty) if absent, listed as touched. */
+static eddy_err entry_for(store_txn *t, const struct store_key *key, struct overlay_entry **out)
+{
+    struct overlay_entry *slot = NULL;
+    eddy_err err = ensure_room(t); /* first: a rebuild moves the slots */
+    if (err != EDDY_OK)
+        return err;
+    uint32_t tag;
+    struct overlay_entry *e = lookup(t, key->buf, key->len, &slot, &tag);
+    if (!e) {
+        unsigned char *k = malloc(key->len);
+        if (!k)
+            return EDDY_ERR_NOMEM;
+        memcpy(k, key->buf, key->len);
+        if (t->tags[slot - t->tab] == TAG_TOMB)
+            t->tombs--;
+        t->tags[slot - t->tab] = tag;
+        memset(slot, 0, sizeof(*slot));
+        slot->key = k;
+        slot->klen = key->len;
+        t->live++;
+        e = slot;
+    }
+    *out = e;
+    return touch(t, e);
+}
+
+static void mark_pending(store_txn *t, struct overlay_entry *e)
+{
+    if (e->pending)
+        return;
+    e->pending = true;
+    t->npending++;
+    size_t b = prefix_bit(e->key, e->klen);
+    e->pnext = t->phead[b];
+    t->phead[b] = (uint32_t)(e - t->tab) + 1;
+}
+
+/* Drop the slots of removed entries from the touched list (a slot reused by a later
+ * insert must be listed once). */
+static void compact_touched(store_txn *t)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < t->ntouched; i++) {
+        if (t->tab[t->touched[i]].touched)
+            t->touched[k++] = t->touched[i];
+    }
+    t->ntouched = k;
+}
+
+/* Forget every kept value that is not a pending or in-flight write of this txn. */
+static void forget_kept(store_txn *t)
+{
+    for (size_t i = 0; i < t->cap; i++) {
+        if (t->tab[i].key && !t->tab[i].pending && !t->tab[i].inflight)
+            entry_remove(t, &t->tab[i]);
+    }
+    compact_touched(t);
+    t->stats.forgets++;
+}
+
+static bool in_change(const struct store_change *c, const unsigned char *k, size_t klen)
+{
+    return key_cmp_raw(k, klen, c->start.buf, c->start.len) >= 0 &&
+           key_before_end((const char *)k, klen, &c->end);
+}
+
+/* Forget what the writes recorded since this txn last looked touched (its own commits
+ * aside): the kept values in their ranges, or everything if one range is unknown or the
+ * txn fell more than STORE_CHANGES behind. Under s->changes_mu. */
+static void catch_up_locked(store_txn *t)
+{
+    store *s = t->s;
+    uint64_t g = atomic_load_explicit(&s->gen, memory_order_relaxed);
+    const struct store_change *c[STORE_CHANGES];
+    size_t n = 0;
+    bool all = g - t->gen > STORE_CHANGES;
+    for (uint64_t x = t->gen + 1; x <= g && !all; x++) {
+        const struct store_change *ch = &s->changes[x % STORE_CHANGES];
+        if (ch->by == t)
+            continue;
+        all = ch->all;
+        c[n++] = ch;
+    }
+    t->gen = g;
+    if (all) {
+        forget_kept(t);
+        return;
+    }
+    if (n == 0)
+        return;
+    for (size_t i = 0; i < t->cap; i++) {
+        struct overlay_entry *e = &t->tab[i];
+        if (!e->key || e->pending || e->inflight)
+            continue;
+        for (size_t j = 0; j < n; j++) {
+            if (in_change(c[j], e->key, e->klen)) {
+                entry_remove(t, e);
+                break;
+            }
+        }
+    }
+    compact_touched(t);
+    t->stats.forgets_ranged++;
+}
+
+/* Forget what the store's writes around this txn since it last looked made stale. */
+static void sync_gen(store_txn *t)
+{
+    if (atomic_load_explicit(&t->s->gen, memory_order_acquire) == t->gen)
+        return;
+    pthread_mutex_lock(&t->s->changes_mu);
+    catch_up_locked(t);
+    pthread_mutex_unlock(&t->s->changes_mu);
+}
+
+static eddy_err overlay_set(store_txn *t, const struct store_key *key, const void *val,
+                            size_t vlen, bool deleted)
+{
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
+    if (e && !deleted && e->val && !e->obj && e->vlen == vlen) {
+        /* the same size again (a stage-2 high-water, once per event): in place */
+        memcpy(e->val, val, vlen);
+        e->deleted = false;
+        mark_pending(t, e);
+        return touch(t, e);
+    }
+    char *copy = NULL;
+    if (!deleted) {
+        copy = malloc(vlen ? vlen : 1);
+        if (!copy)
+            return EDDY_ERR_NOMEM;
+        memcpy(copy, val, vlen);
+    }
+    eddy_err err = entry_for(t, key, &e);
+    if (err != EDDY_OK) {
+        free(copy);
+        return err;
+    }
+    free(e->val);
+    e->val = copy;
+    e->vlen = vlen;
+    e->deleted = deleted;
+    if (deleted)
+        e->keep = false;
+    entry_drop_obj(e); /* bytes written directly replace any decoded object */
+    mark_pending(t, e);
+    return EDDY_OK;
+}
+
+eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
+                       size_t *vlen, bool *found)
+{
+    sync_gen(t);
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
+    eddy_err err;
+    if (e) {
+        t->stats.hits++;
+        if ((err = touch(t, e)) != EDDY_OK || (err = entry_pack(t, e)) != EDDY_OK)
+            return err;
+        *found = !e->deleted;
+        *val = e->val;
+        *vlen = e->vlen;
+        return EDDY_OK;
+    }
+    /* Not known: read the committed value and keep it, so the pointer stays valid until
+     * the txn is committed or reset (and the next read finds it). */
+    t->stats.misses++;
+    char *v = NULL;
+    size_t n = 0;
+    if ((err = store_get(t->s, key, &v, &n)) != EDDY_OK)
+        return err;
+    *found = v != NULL;
+    *val = NULL;
+    *vlen = 0;
+    if (!v)
+        return EDDY_OK;
+    char *copy = malloc(n ? n : 1);
+    if (copy)
+        memcpy(copy, v, n);
+    leveldb_free(v);
+    if (!copy)
+        return EDDY_ERR_NOMEM;
+    if ((err = entry_for(t, key, &e)) != EDDY_OK) {
+        free(copy);
+        return err;
+    }
+    e->val = copy;
+    e->vlen = n;
+    e->keep = true;
+    *val = e->val;
+    *vlen = n;
+    return EDDY_OK;
+}
+
+eddy_err store_txn_get_msg(store_txn *t, const struct store_key *key,
+                           const ProtobufCMessageDescriptor *desc, ProtobufCMessage **msg)
+{
+    const char *val;
+    size_t vlen;
+    bool found;
+    *msg = NULL;
+    eddy_err err = store_txn_get(t, key, &val, &vlen, &found);
+    if (err != EDDY_OK || !found)
+        return err;
+    return store_decode(desc, val, vlen, msg);
+}
+
+eddy_err store_txn_put(store_txn *t, const struct store_key *key, const void *val, size_t vlen)
+{
+    return overlay_set(t, key, val, vlen, false);
+}
+
+eddy_err store_txn_put_msg(store_txn *t, const struct store_key *key, const ProtobufCMessage *msg)
+{
+    uint8_t stackbuf[4096];
+    size_t n = protobuf_c_message_get_packed_size(msg);
+    uint8_t *buf = n <= sizeof(stackbuf) ? stackbuf : malloc(n);
+    if (!buf)
+        return EDDY_ERR_NOMEM;
+    protobuf_c_message_pack(msg, buf);
+    eddy_err err = store_txn_put(t, key, buf, n);
+    if (buf != stackbuf)
+        free(buf);
+    return err;
+}
+
+eddy_err store_txn_del(store_txn *t, const struct store_key *key)
+{
+    return overlay_set(t, key, NULL, 0, true);
+}
+
+struct key_list {
+    struct store_key *keys;
+    size_t n, cap;
+    eddy_err err;
+};
+
+static int collect_key(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct key_list *l = ud;
+    if (klen > STORE_KEY_MAX)
+        return 0;
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 16;
+        struct store_key *nk = realloc(l->keys, ncap * sizeof(*nk));
+        if (!nk) {
+            l->err = EDDY_ERR_NOMEM;
+            return 1;
+        }
+        l->keys = nk;
+        l->cap = ncap;
+    }
+    memcpy(l->keys[l->n].buf, k, klen);
+    l->keys[l->n].len = klen;
+    l->n++;
+    return 0;
+}
+
+eddy_err store_txn_del_range(store_txn *t, const struct store_key *start,
+                             const struct store_key *end, uint64_t *n)
+{
+    /* Collect first: deleting while scanning would reshape the overlay under the scan. */
+    struct key_list l = {NULL, 0, 0, EDDY_OK};
+    eddy_err err = store_txn_scan(t, start, end, collect_key, &l);
+    if (err == EDDY_OK)
+        err = l.err;
+    for (size_t i = 0; i < l.n && err == EDDY_OK; i++)
+        err = store_txn_del(t, &l.keys[i]);
+    if (n)
+        *n = err == EDDY_OK ? l.n : 0;
+    free(l.keys);
+    return err;
+}
+
+eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
+                           const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
+{
+    const char *val;
+    size_t vlen;
+    bool found;
+    *obj = NULL;
+    sync_gen(t);
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
+    if (e && e->obj) {
+        t->stats.hits++;
+        *obj = e->deleted ? NULL : e->obj;
+        return touch(t, e);
+    }
+    eddy_err err = store_txn_get(t, key, &val, &vlen, &found); /* keeps the bytes */
+    if (err != EDDY_OK || !found)
+        return err;
+    ProtobufCMessage *m = NULL;
+    if ((err = store_decode(desc, val, vlen, &m)) != EDDY_OK)
+        return err;
+    e = lookup(t, key->buf, key->len, NULL, NULL); /* the get may have rebuilt the table */
+    e->obj = m;
+    e->obj_dirty = false;
+    e->keep = true;
+    *obj = m;
+    return EDDY_OK;
+}
+
+eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCMessage *obj)
+{
+    struct overlay_entry *e;
+    eddy_err err = entry_for(t, key, &e);
+    if (err != EDDY_OK) {
+        protobuf_c_message_free_unpacked(obj, NULL);
+        return err;
+    }
+    if (e->obj != obj)
+        entry_drop_obj(e);
+    free(e->val); /* stale now: packed again at commit */
+    e->val = NULL;
+    e->obj = obj;
+    e->obj_dirty = true;
+    e->deleted = false;
+    e->keep = true;
+    mark_pending(t, e);
+    return EDDY_OK;
+}
+
+eddy_err store_txn_obj_get_or_new(store_txn *t, const struct store_key *key,
+                                  const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj,
+                                  bool *created)
+{
+    eddy_err err = store_txn_obj_get(t, key, desc, obj);
+    *created = err == EDDY_OK && !*obj;
+    if (!*created)
+        return err;
+    if (!(*obj = malloc(desc->sizeof_message)))
+        return EDDY_ERR_NOMEM;
+    desc->message_init(*obj);
+    if ((err = store_txn_obj_set(t, key, *obj)) != EDDY_OK)
+        *obj = NULL; /* freed */
+    return err;
+}
+
+/* Evict the kept values used longest ago until they fit in 3/4 of the budget. */
+static void evict(store_txn *t)
+{
+    enum { AGES = 1024 };
+    size_t target = t->s->obj_cache_bytes / 4 * 3;
+    size_t *by_age = calloc(AGES, sizeof(*by_age));
+    if (!by_age) {
+        forget_kept(t);
+        return;
+    }
+    for (size_t i = 0; i < t->cap; i++) {
+        const struct overlay_entry *e = &t->tab[i];
+        if (e->key) {
+            uint64_t age = t->commits - e->stamp;
+            by_age[age < AGES ? age : AGES - 1] += e->cost;
+        }
+    }
+    size_t excess = t->kept_bytes - target, freed = 0;
+    size_t cutoff = AGES - 1;
+    while (cutoff > 0 && freed + by_age[cutoff] < excess)
+        freed += by_age[cutoff--];
+    for (size_t i = 0; i < t->cap; i++) {
+        struct overlay_entry *e = &t->tab[i];
+        if (e->key && !e->inflight && t->commits - e->stamp >= cutoff) {
+            entry_remove(t, e);
+            t->stats.evictions++;
+        }
+    }
+    free(by_age);
+}
+
+/* Whether the entry holds a value worth keeping after its write: one read or decoded. */
+static bool holds_kept_value(const struct overlay_entry *e)
+{
+    return e->keep && !e->deleted && (e->obj || e->val);
+}
+
+/* The txn's side of a seal: pending entries go in flight, what was read or decoded is kept
+ * (charged to the budget), what was only written stays in flight until the settle (reads
+ * find it there, not yet in LevelDB), anything else leaves. */
+static void seal_touched(store_txn *t)
+{
+    t->commits++;
+    for (size_t i = 0; i < t->ntouched; i++) {
+        size_t slot = t->touched[i];
+        struct overlay_entry *e = &t->tab[slot];
+        if (!e->key)
+            continue; /* forgotten meanwhile */
+        e->touched = false;
+        if (e->pending) {
+            e->pending = false;
+            e->inflight = true;
+            t->sealed[t->nsealed++] = slot;
+        }
+        e->obj_dirty = false;
+        t->kept_bytes -= e->cost;
+        e->cost = 0;
+        if (!holds_kept_value(e)) {
+            if (!e->inflight)
+                entry_remove(t, e);
+            continue;
+        }
+        if (e->obj) { /* the decoded value is what is kept; its bytes are packed on demand */
+            free(e->val);
+            e->val = NULL;
+        }
+        /* the entry and its key, and the value: bytes, or a decoded message's malloc'd
+         * pieces (4-6x its packed size, measured) */
+        e->cost = e->klen + 64 + (e->obj ? obj_heap(e) : e->vlen);
+        t->kept_bytes += e->cost;
+        uint32_t bit = e->klen >= 3 && e->key[2] < 32 ? UINT32_C(1) << e->key[2] : 0;
+        if (!(t->kept_mask & bit)) {
+            t->kept_mask |= bit;
+            atomic_fetch_or_explicit(&t->s->kept_tables, bit, memory_order_relaxed);
+        }
+    }
+    t->ntouched = 0;
+    t->npending = 0;
+    /* what was pending is in flight now (nothing was: the last write settled) */
+    uint32_t *empty = t->shead;
+    t->shead = t->phead;
+    t->phead = empty;
+    for (size_t i = 0; i < t->nsealed; i++) {
+        struct overlay_entry *e = &t->tab[t->sealed[i]];
+        e->snext = e->pnext;
+        e->pnext = 0;
+    }
+    if (t->kept_bytes > t->s->obj_cache_bytes)
+        evict(t);
+    if (t->tombs > t->cap / 4)
+        rehash(t, t->cap); /* on failure the tombstones just stay */
+}
+
+/* Note the write slot of 'e' for the write of the sealed batch (store_key_writes). */
+static eddy_err track_write(store_txn *t, const struct overlay_entry *e)
+{
+    if (t->ntrack == t->track_cap) {
+        size_t ncap = t->track_cap ? t->track_cap * 2 : 256;
+        uint32_t *n = realloc(t->track, ncap * sizeof(*n));
+        if (!n)
+            return EDDY_ERR_NOMEM;
+        t->track = n;
+        t->track_cap = ncap;
+    }
+    t->track[t->ntrack++] = store_write_slot(e->key, e->klen);
+    return EDDY_OK;
+}
+
+eddy_err store_txn_seal(store_txn *t)
+{
+    assert(t->nsealed == 0 && t->sealed_keys == 0); /* the last sealed write is settled */
+    if (t->npending > t->sealed_cap) {
+        size_t *n = realloc(t->sealed, t->npending * sizeof(*n));
+        if (!n) {
+            store_txn_reset(t);
+            return EDDY_ERR_NOMEM;
+        }
+        t->sealed = n;
+        t->sealed_cap = t->npending;
+    }
+    /* every pending key once, with its last value: objects changed in place are packed now */
+    t->ntrack = 0;
+    for (size_t i = 0; i < t->ntouched; i++) {
+        struct overlay_entry *e = &t->tab[t->touched[i]];
+        if (!e->key || !e->pending)
+            continue;
+        if (store_tracked_key(t->s, e->key, e->klen) && track_write(t, e) != EDDY_OK) {
+            store_txn_reset(t);
+            return EDDY_ERR_NOMEM;
+        }
+        if (e->deleted) {
+            leveldb_writebatch_delete(t->wb, (const char *)e->key, e->klen);
+            continue;
+        }
+        eddy_err err = entry_pack(t, e);
+        if (err != EDDY_OK) {
+            store_txn_reset(t);
+            return err;
+        }
+        leveldb_writebatch_put(t->wb, (const char *)e->key, e->klen, e->val, e->vlen);
+    }
+    t->sealed_keys = t->npending;
+    seal_touched(t);
+    return EDDY_OK;
+}
+
+eddy_err store_txn_write(store_txn *t, bool sync)
+{
+    if (t->sealed_keys == 0)
+        return EDDY_OK;
+    if (atomic_load_explicit(&t->s->fail_writes, memory_order_relaxed) > 0 &&
+        atomic_fetch_sub(&t->s->fail_writes, 1) > 0)
+        return t->s->fail_err;
+    char *lerr = NULL;
+    leveldb_write(t->s->db, sync ? t->s->wsync : t->s->wnosync, t->wb, &lerr);
+    if (lerr)
+        return store_take_err(lerr, NULL, 0);
+    /* after the write: a reader that sees the new count reads the new value */
+    for (size_t i = 0; i < t->ntrack; i++)
+        atomic_fetch_add(&t->s->key_writes[t->track[i]], 1);
+    /* Record the write: its keys are unknown to the other txns of the store, which forget
+     * everything when they see it; this txn skips its own writes when it catches up. */
+    pthread_mutex_lock(&t->s->changes_mu);
+    store_change_locked(t->s, t, NULL, NULL);
+    pthread_mutex_unlock(&t->s->changes_mu);
+    return EDDY_OK;
+}
+
+void store_txn_settle(store_txn *t, eddy_err write_err)
+{
+    leveldb_writebatch_clear(t->wb);
+    t->sealed_keys = 0;
+    if (write_err != EDDY_OK) {
+        store_txn_reset(t);
+        return;
+    }
+    for (size_t i = 0; i < t->nsealed; i++) { /* the in-flight chains end */
+        struct overlay_entry *e = &t->tab[t->sealed[i]];
+        if (e->key)
+            t->shead[prefix_bit(e->key, e->klen)] = 0;
+        e->snext = 0;
+    }
+    /* In LevelDB now: what was only written leaves, unless the txn used it again. */
+    for (size_t i = 0; i < t->nsealed; i++) {
+        struct overlay_entry *e = &t->tab[t->sealed[i]];
+        if (!e->key || !e->inflight)
+            continue;
+        e->inflight = false;
+        if (!e->touched && !holds_kept_value(e))
+            entry_remove(t, e);
+    }
+    t->nsealed = 0;
+    sync_gen(t); /* past our own write, and whatever ran around it */
+}
+
+eddy_err store_txn_commit(store_txn *t, bool sync)
+{
+    eddy_err err = store_txn_seal(t);
+    if (err != EDDY_OK)
+        return err;
+    err = store_txn_write(t, sync);
+    store_txn_settle(t, err);
+    return err;
+}
+
+static int cmp_entry_key(const void *a, const void *b)
+{
+    const struct overlay_entry *x = *(const struct overlay_entry *const *)a;
+    const struct overlay_entry *y = *(const struct overlay_entry *const *)b;
+    size_t n = x->klen < y->klen ? x->klen : y->klen;
+    int c = memcmp(x->key, y->key, n);
+    if (c != 0)
+        return c;
+    return x->klen < y->klen ? -1 : x->klen > y->klen;
+}
+
+/* Which pending and in-flight writes a scan of [start, end) must look at: none (false), the
+ * chains of one prefix bit (*chained, *bit) when the range lies in one (partition, table)
+ * prefix, else every listed entry. */
+static bool pending_scope(const store_txn *t, const struct store_key *start,
+                          const struct store_key *end, bool *chained, size_t *bit)
+{
+    *chained = false;
+    if (t->npending == 0 && t->nsealed == 0)
+        return false;
+    if (start->len < 3 || end->len == 0)
+        return true;
+    struct store_key pre, pre_end;
+    memcpy(pre.buf, start->buf, 3);
+    pre.len = 3;
+    key_prefix_end(&pre, &pre_end);
+    if (pre_end.len == 0 || key_cmp_raw(end->buf, end->len, pre_end.buf, pre_end.len) > 0)
+        return true; /* spans several prefixes */
+    *chained = true;
+    *bit = prefix_bit(start->buf, start->len);
+    return t->phead[*bit] || t->shead[*bit];
+}
+
+/* Whether entry 'e' is a write the scan of [start, end) must merge. */
+static bool merged_in_scan(const struct overlay_entry *e, const struct store_key *start,
+                           const struct store_key *end)
+{
+    return e->key && key_cmp_raw(e->key, e->klen, start->buf, start->len) >= 0 &&
+           key_before_end((const char *)e->key, e->klen, end);
+}
+
+eddy_err store_txn_scan(store_txn *t, const struct store_key *start, const struct store_key *end,
+                        store_scan_fn *fn, void *ud)
+{
+    /* Pending and in-flight entries in range (each once: an in-flight key written again
+     * is pending too), sorted; kept values equal the committed ones. */
+    size_t n = 0, bit = 0;
+    bool chained;
+    struct overlay_entry **pend = NULL;
+    if (pending_scope(t, start, end, &chained, &bit)) {
+        pend = malloc((t->npending + t->nsealed + 1) * sizeof(*pend));
+        if (!pend)
+            return EDDY_ERR_NOMEM;
+        /* the pending ones, then the in-flight ones not written again */
+        uint32_t pi = chained ? t->phead[bit] : 0, si = chained ? t->shead[bit] : 0;
+        size_t i = 0, all = chained ? 0 : t->ntouched + t->nsealed;
+        for (;;) {
+            struct overlay_entry *e;
+            bool wanted;
+            if (pi) {
+                e = &t->tab[pi - 1];
+                pi = e->pnext;
+                wanted = true;
+            } else if (si) {
+                e = &t->tab[si - 1];
+                si = e->snext;
+                wanted = !e->pending;
+            } else if (i < all) {
+                e = i < t->ntouched ? &t->tab[t->touched[i]] : &t->tab[t->sealed[i - t->ntouched]];
+                wanted = i < t->ntouched ? e->pending : e->inflight && !e->pending;
+                i++;
+            } else {
+                break;
+            }
+            if (!wanted || !merged_in_scan(e, start, end))
+                continue;
+            if (entry_pack(t, e) != EDDY_OK) {
+                free(pend);
+                return EDDY_ERR_NOMEM;
+            }
+            pend[n++] = e;
+        }
+        qsort(pend, n, sizeof(*pend), cmp_entry_key);
+    }
+
+    leveldb_iterator_t *it = leveldb_create_iterator(t->s->db, t->s->ropts);
+    leveldb_iter_seek(it, (const char *)start->buf, start->len);
+    size_t j = 0;
+    int stop = 0;
+    while (!stop) {
+        const unsigned char *k = NULL;
+        size_t klen = 0;
+        if (leveldb_iter_valid(it)) {
+            k = (const unsigned char *)leveldb_iter_key(it, &klen);
+            if (!key_before_end((const char *)k, klen, end))
+                k = NULL;
+        }
+        if (!k && j == n)
+            break;
+        int c = !k ? 1 : j == n ? -1 : key_cmp_raw(k, klen, pend[j]->key, pend[j]->klen);
+        if (c < 0) { /* committed only */
+            size_t vlen;
+            const char *v = leveldb_iter_value(it, &vlen);
+            stop = fn(ud, k, klen, v, vlen);
+            leveldb_iter_next(it);
+        } else { /* pending wins (and hides a committed twin) */
+            if (!pend[j]->deleted)
+                stop = fn(ud, pend[j]->key, pend[j]->klen, pend[j]->val, pend[j]->vlen);
+            if (c == 0)
+                leveldb_iter_next(it);
+            j++;
+        }
+    }
+    char *lerr = NULL;
+    leveldb_iter_get_error(it, &lerr);
+    leveldb_iter_destroy(it);
+    free(pend);
+    return store_take_err(lerr, NULL, 0);
+}
