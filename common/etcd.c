@@ -24,6 +24,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "common/buf.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/worker.h"
@@ -71,40 +72,6 @@ static eddy_err fail(const etcd_client *c, eddy_err err, const char *fmt, ...)
 const char *etcd_last_error(const etcd_client *c)
 {
     return last_err.c == c ? last_err.msg : "";
-}
-
-/* A growable byte buffer bounded by ETCD_MAX_REPLY; always NUL-terminated. */
-struct buf {
-    char *p;
-    size_t n, cap;
-    bool over;
-};
-
-static bool buf_append(struct buf *b, const void *d, size_t n)
-{
-    if (b->n + n > ETCD_MAX_REPLY) {
-        b->over = true;
-        return false;
-    }
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return false;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, d, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-    return true;
-}
-
-static size_t on_body(char *d, size_t sz, size_t nm, void *u)
-{
-    return buf_append(u, d, sz * nm) ? sz * nm : 0;
 }
 
 /* Base64 of 'n' bytes; caller frees. */
@@ -390,7 +357,7 @@ static eddy_err from_grpc_code(int64_t code)
 /* Map a non-200 reply: the gateway's {"code":..,"message":..} or plain text. */
 static eddy_err http_error(const etcd_client *c, const char *ep, long http, const struct buf *b)
 {
-    cJSON *j = b->p ? cJSON_Parse(b->p) : NULL;
+    cJSON *j = b->p ? cJSON_Parse(buf_str(b)) : NULL;
     const cJSON *msg = jget(j, "message");
     const cJSON *code = jget(j, "code");
     eddy_err err;
@@ -400,7 +367,7 @@ static eddy_err http_error(const etcd_client *c, const char *ep, long http, cons
              cJSON_IsString(msg) ? msg->valuestring : "");
     } else {
         err = http >= 500 ? EDDY_ERR_UNAVAILABLE : EDDY_ERR_INVALID;
-        fail(c, err, "%s: http %ld: %.120s", ep, http, b->p ? b->p : "");
+        fail(c, err, "%s: http %ld: %.120s", ep, http, buf_str(b));
     }
     cJSON_Delete(j);
     return err;
@@ -430,7 +397,7 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
     size_t start = atomic_load(&c->cur);
     eddy_err err = EDDY_ERR_UNAVAILABLE;
     char cerr[CURL_ERROR_SIZE];
-    struct buf b = {0};
+    struct buf_sink r = BUF_SINK_INIT(ETCD_MAX_REPLY);
     for (size_t attempt = 0; attempt < c->n_eps; attempt++) {
         size_t idx = (start + attempt) % c->n_eps;
         const char *ep = c->eps[idx];
@@ -442,15 +409,15 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
         }
         char url[512];
         snprintf(url, sizeof(url), "%s%s", ep, path);
-        b.n = 0;
-        b.over = false;
+        buf_reset(&r.b);
+        r.err = EDDY_OK;
         cerr[0] = '\0';
         curl_easy_setopt(h, CURLOPT_URL, url);
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->headers);
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, json);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(json));
-        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-        curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, buf_sink_write);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
         curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)left);
         curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)left);
@@ -462,13 +429,13 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
             long http = 0;
             curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &http);
             if (http == 200) {
-                *out = cJSON_Parse(b.p ? b.p : "");
+                *out = cJSON_Parse(buf_str(&r.b));
                 err = *out ? EDDY_OK
                            : fail(c, EDDY_ERR_CORRUPT, "%s%s: reply is not JSON: %.80s", ep,
-                                  path, b.p ? b.p : "");
+                                  path, buf_str(&r.b));
                 break;
             }
-            err = http_error(c, ep, http, &b);
+            err = http_error(c, ep, http, &r.b);
             if (http < 500)
                 break;
             rotate(c, idx);
@@ -482,7 +449,7 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
             err = fail(c, EDDY_ERR_TIMEOUT, "%s%s: %s", ep, path, why);
             rotate(c, idx);
             break;
-        } else if (rc == CURLE_WRITE_ERROR && b.over) {
+        } else if (rc == CURLE_WRITE_ERROR && r.err == EDDY_ERR_TOO_LARGE) {
             err = fail(c, EDDY_ERR_TOO_LARGE, "%s%s: reply over %u bytes", ep, path,
                        ETCD_MAX_REPLY);
             break;
@@ -496,7 +463,7 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
                 break;
         }
     }
-    free(b.p);
+    buf_release(&r.b);
     free(json);
     pool_put(c, h);
     return err;
@@ -1208,23 +1175,22 @@ static size_t watch_write(char *d, size_t sz, size_t nm, void *u)
     size_t n = sz * nm;
     if (worker_stopping(&w->worker))
         return 0;
-    if (!buf_append(&w->line, d, n)) {
+    if (buf_add(&w->line, d, n) != EDDY_OK) {
         snprintf(w->why, sizeof(w->why), "watch line over %u bytes", ETCD_MAX_REPLY);
         return 0;
     }
     /* libcurl may split a line over writes or merge several lines into one. */
     char *nl;
     size_t used = 0;
-    while ((nl = memchr(w->line.p + used, '\n', w->line.n - used)) != NULL) {
+    while ((nl = memchr(w->line.p + used, '\n', w->line.len - used)) != NULL) {
         bool keep = watch_line(w, w->line.p + used, (size_t)(nl - (w->line.p + used)));
         used = (size_t)(nl + 1 - w->line.p);
         if (!keep) {
-            w->line.n = 0;
+            buf_reset(&w->line);
             return 0; /* abort the transfer */
         }
     }
-    memmove(w->line.p, w->line.p + used, w->line.n - used);
-    w->line.n -= used;
+    buf_consume(&w->line, used);
     return n;
 }
 
@@ -1269,7 +1235,7 @@ static void watch_stream(etcd_watch *w, size_t idx)
     w->restart = false;
     w->created = false;
     w->why[0] = '\0';
-    w->line.n = 0;
+    buf_reset(&w->line);
     CURL *h = w->h;
     curl_easy_reset(h);
     curl_easy_setopt(h, CURLOPT_URL, url);
@@ -1301,8 +1267,8 @@ static void watch_stream(etcd_watch *w, size_t idx)
     }
     curl_multi_remove_handle(w->multi, h);
     /* An error body may end without a newline. */
-    if (!worker_stopping(&w->worker) && !w->restart && w->line.n > 0)
-        watch_line(w, w->line.p, w->line.n);
+    if (!worker_stopping(&w->worker) && !w->restart && w->line.len > 0)
+        watch_line(w, w->line.p, w->line.len);
     atomic_store(&w->connected, false);
     free(body);
 }
@@ -1346,6 +1312,7 @@ etcd_watch *etcd_watch_start(etcd_client *c, const char *key, bool prefix,
     w->ud = ud;
     w->next_rev = start_revision;
     atomic_init(&w->connected, false);
+    buf_init(&w->line, ETCD_MAX_REPLY);
     w->key = strdup(key);
     w->h = curl_easy_init();
     w->multi = curl_multi_init();
@@ -1371,7 +1338,7 @@ void etcd_watch_stop(etcd_watch *w)
     worker_stop(&w->worker);
     curl_multi_cleanup(w->multi);
     curl_easy_cleanup(w->h);
-    free(w->line.p);
+    buf_release(&w->line);
     free(w->key);
     free(w);
 }
