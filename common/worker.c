@@ -29,12 +29,13 @@ eddy_err worker_start(struct worker *w, const char *name, worker_fn *fn, void *u
         pthread_mutex_destroy(&w->mu);
         return EDDY_ERR_NOMEM;
     }
+    w->started = true; /* before the thread: what it starts may kick it at once */
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        w->started = false;
         pthread_cond_destroy(&w->cv);
         pthread_mutex_destroy(&w->mu);
         return EDDY_ERR_NOMEM;
     }
-    w->started = true;
     return EDDY_OK;
 }
 
