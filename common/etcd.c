@@ -24,8 +24,10 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "common/buf.h"
+#include "common/clock.h"
 #include "common/log.h"
-#include "common/thread.h"
+#include "common/worker.h"
 
 #define POOL_MAX 8
 #define ERR_MAX 256
@@ -70,65 +72,6 @@ static eddy_err fail(const etcd_client *c, eddy_err err, const char *fmt, ...)
 const char *etcd_last_error(const etcd_client *c)
 {
     return last_err.c == c ? last_err.msg : "";
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static struct timespec abs_monotonic(int64_t at_ms)
-{
-    struct timespec ts = {.tv_sec = at_ms / 1000, .tv_nsec = (long)(at_ms % 1000) * 1000000};
-    return ts;
-}
-
-static int cond_init_monotonic(pthread_cond_t *cv)
-{
-    pthread_condattr_t a;
-    if (pthread_condattr_init(&a) != 0)
-        return -1;
-    int rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    if (rc == 0)
-        rc = pthread_cond_init(cv, &a);
-    pthread_condattr_destroy(&a);
-    return rc;
-}
-
-/* A growable byte buffer bounded by ETCD_MAX_REPLY; always NUL-terminated. */
-struct buf {
-    char *p;
-    size_t n, cap;
-    bool over;
-};
-
-static bool buf_append(struct buf *b, const void *d, size_t n)
-{
-    if (b->n + n > ETCD_MAX_REPLY) {
-        b->over = true;
-        return false;
-    }
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return false;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, d, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-    return true;
-}
-
-static size_t on_body(char *d, size_t sz, size_t nm, void *u)
-{
-    return buf_append(u, d, sz * nm) ? sz * nm : 0;
 }
 
 /* Base64 of 'n' bytes; caller frees. */
@@ -414,7 +357,7 @@ static eddy_err from_grpc_code(int64_t code)
 /* Map a non-200 reply: the gateway's {"code":..,"message":..} or plain text. */
 static eddy_err http_error(const etcd_client *c, const char *ep, long http, const struct buf *b)
 {
-    cJSON *j = b->p ? cJSON_Parse(b->p) : NULL;
+    cJSON *j = b->p ? cJSON_Parse(buf_str(b)) : NULL;
     const cJSON *msg = jget(j, "message");
     const cJSON *code = jget(j, "code");
     eddy_err err;
@@ -424,7 +367,7 @@ static eddy_err http_error(const etcd_client *c, const char *ep, long http, cons
              cJSON_IsString(msg) ? msg->valuestring : "");
     } else {
         err = http >= 500 ? EDDY_ERR_UNAVAILABLE : EDDY_ERR_INVALID;
-        fail(c, err, "%s: http %ld: %.120s", ep, http, b->p ? b->p : "");
+        fail(c, err, "%s: http %ld: %.120s", ep, http, buf_str(b));
     }
     cJSON_Delete(j);
     return err;
@@ -450,15 +393,15 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
         return fail(c, EDDY_ERR_NOMEM, "out of memory");
     }
     last_err.c = NULL;
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = clock_mono_ms() + timeout_ms;
     size_t start = atomic_load(&c->cur);
     eddy_err err = EDDY_ERR_UNAVAILABLE;
     char cerr[CURL_ERROR_SIZE];
-    struct buf b = {0};
+    struct buf_sink r = BUF_SINK_INIT(ETCD_MAX_REPLY);
     for (size_t attempt = 0; attempt < c->n_eps; attempt++) {
         size_t idx = (start + attempt) % c->n_eps;
         const char *ep = c->eps[idx];
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - clock_mono_ms();
         if (left <= 0) {
             err = fail(c, EDDY_ERR_TIMEOUT, "%s%s: deadline of %lld ms passed", ep, path,
                        (long long)timeout_ms);
@@ -466,15 +409,15 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
         }
         char url[512];
         snprintf(url, sizeof(url), "%s%s", ep, path);
-        b.n = 0;
-        b.over = false;
+        buf_reset(&r.b);
+        r.err = EDDY_OK;
         cerr[0] = '\0';
         curl_easy_setopt(h, CURLOPT_URL, url);
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->headers);
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, json);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(json));
-        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-        curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, buf_sink_write);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
         curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)left);
         curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)left);
@@ -486,13 +429,13 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
             long http = 0;
             curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &http);
             if (http == 200) {
-                *out = cJSON_Parse(b.p ? b.p : "");
+                *out = cJSON_Parse(buf_str(&r.b));
                 err = *out ? EDDY_OK
                            : fail(c, EDDY_ERR_CORRUPT, "%s%s: reply is not JSON: %.80s", ep,
-                                  path, b.p ? b.p : "");
+                                  path, buf_str(&r.b));
                 break;
             }
-            err = http_error(c, ep, http, &b);
+            err = http_error(c, ep, http, &r.b);
             if (http < 500)
                 break;
             rotate(c, idx);
@@ -506,7 +449,7 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
             err = fail(c, EDDY_ERR_TIMEOUT, "%s%s: %s", ep, path, why);
             rotate(c, idx);
             break;
-        } else if (rc == CURLE_WRITE_ERROR && b.over) {
+        } else if (rc == CURLE_WRITE_ERROR && r.err == EDDY_ERR_TOO_LARGE) {
             err = fail(c, EDDY_ERR_TOO_LARGE, "%s%s: reply over %u bytes", ep, path,
                        ETCD_MAX_REPLY);
             break;
@@ -520,7 +463,7 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
                 break;
         }
     }
-    free(b.p);
+    buf_release(&r.b);
     free(json);
     pool_put(c, h);
     return err;
@@ -987,10 +930,8 @@ struct etcd_session {
     int64_t margin_ms;
     etcd_session_lost_fn *on_lost;
     void *ud;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool stop;
+    struct worker worker; /* the keepalive thread */
+    pthread_mutex_t mu;   /* guards the three below */
     bool lost;            /* final */
     bool expired;         /* etcd said the lease is gone: no revoke needed */
     int64_t deadline_ms;  /* CLOCK_MONOTONIC: alive strictly before this */
@@ -1009,7 +950,7 @@ int64_t etcd_session_ttl(const etcd_session *s)
 /* Under s->mu: apply the time rule, making loss final. */
 static bool session_alive_locked(etcd_session *s)
 {
-    if (!s->lost && now_ms() >= s->deadline_ms)
+    if (!s->lost && clock_mono_ms() >= s->deadline_ms)
         s->lost = true;
     return !s->lost;
 }
@@ -1022,27 +963,27 @@ bool etcd_session_alive(etcd_session *s)
     return alive;
 }
 
-static void *session_main(void *arg)
+static void session_main(struct worker *wk, void *arg)
 {
-    thread_name("etcd-lease");
     etcd_session *s = arg;
     int64_t interval = s->ttl_ms / 3, retry = s->ttl_ms / 12 > 50 ? s->ttl_ms / 12 : 50;
     /* A keepalive that hangs must not hold the thread past the next one. */
     int64_t call_timeout = interval < s->c->timeout_ms ? interval : s->c->timeout_ms;
-    int64_t next = now_ms() + interval;
+    int64_t next = clock_mono_ms() + interval;
     int failures = 0;
-    pthread_mutex_lock(&s->mu);
-    while (!s->stop) {
-        if (!session_alive_locked(s))
-            break;
+    while (!worker_stopping(wk)) {
+        pthread_mutex_lock(&s->mu);
+        bool alive = session_alive_locked(s);
         int64_t wake = next < s->deadline_ms ? next : s->deadline_ms;
-        if (now_ms() < wake) {
-            struct timespec ts = abs_monotonic(wake);
-            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        pthread_mutex_unlock(&s->mu);
+        if (!alive)
+            break;
+        int64_t now = clock_mono_ms();
+        if (now < wake) {
+            worker_wait(wk, wake - now);
             continue; /* re-check stop and the deadline */
         }
-        pthread_mutex_unlock(&s->mu);
-        int64_t sent = now_ms();
+        int64_t sent = clock_mono_ms();
         int64_t ttl_left = 0;
         eddy_err err = lease_keepalive(s->c, s->lease, call_timeout, &ttl_left);
         const char *why = etcd_last_error(s->c);
@@ -1061,17 +1002,18 @@ static void *session_main(void *arg)
             if (failures++ % 10 == 0) /* the first of a run, then every tenth */
                 log_warn("msg=\"etcd keepalive failed\" lease=%lld failures=%d err=\"%s\"",
                          (long long)s->lease, failures, why);
-            next = now_ms() + retry;
+            next = clock_mono_ms() + retry;
         }
+        pthread_mutex_unlock(&s->mu);
     }
-    bool notify = s->lost && !s->stop;
+    pthread_mutex_lock(&s->mu);
+    bool notify = s->lost && !worker_stopping(wk);
     pthread_mutex_unlock(&s->mu);
     if (notify) {
         log_warn("msg=\"etcd session lost\" lease=%lld", (long long)s->lease);
         if (s->on_lost)
             s->on_lost(s, s->ud);
     }
-    return NULL;
 }
 
 etcd_session *etcd_session_new(etcd_client *c, int64_t ttl_s, etcd_session_lost_fn *on_lost,
@@ -1090,26 +1032,19 @@ etcd_session *etcd_session_new(etcd_client *c, int64_t ttl_s, etcd_session_lost_
         fail(c, EDDY_ERR_NOMEM, "cannot create a mutex");
         return NULL;
     }
-    if (cond_init_monotonic(&s->cv) != 0) {
-        pthread_mutex_destroy(&s->mu);
-        free(s);
-        fail(c, EDDY_ERR_NOMEM, "cannot create a condition variable");
-        return NULL;
-    }
-    int64_t sent = now_ms(), granted = 0;
+    int64_t sent = clock_mono_ms(), granted = 0;
     if (lease_grant(c, ttl_s, c->timeout_ms, &s->lease, &granted) != EDDY_OK)
         goto fail;
     s->ttl_ms = (granted > 0 ? granted : ttl_s) * 1000;
     s->margin_ms = s->ttl_ms / 4 > 100 ? s->ttl_ms / 4 : 100;
     s->deadline_ms = sent + s->ttl_ms - s->margin_ms;
-    if (pthread_create(&s->thread, NULL, session_main, s) != 0) {
+    if (worker_start(&s->worker, "etcd-lease", session_main, s) != EDDY_OK) {
         lease_revoke(c, s->lease, c->timeout_ms);
         fail(c, EDDY_ERR_NOMEM, "cannot start the session thread");
         goto fail;
     }
     return s;
 fail:
-    pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
     return NULL;
@@ -1119,11 +1054,7 @@ void etcd_session_free(etcd_session *s)
 {
     if (!s)
         return;
-    pthread_mutex_lock(&s->mu);
-    s->stop = true;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    pthread_join(s->thread, NULL);
+    worker_stop(&s->worker);
     if (!s->expired) { /* best effort: if etcd is unreachable the lease simply expires */
         int64_t t = s->c->timeout_ms < 1000 ? s->c->timeout_ms : 1000;
         eddy_err err = lease_revoke(s->c, s->lease, t);
@@ -1131,7 +1062,6 @@ void etcd_session_free(etcd_session *s)
             log_warn("msg=\"etcd lease revoke failed\" lease=%lld err=\"%s\"",
                      (long long)s->lease, etcd_last_error(s->c));
     }
-    pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }
@@ -1145,12 +1075,9 @@ struct etcd_watch {
     bool prefix;
     etcd_watch_fn *cb;
     void *ud;
-    pthread_t thread;
+    struct worker worker; /* the watch thread; its stop also wakes 'multi' */
     CURL *h;
     CURLM *multi;
-    pthread_mutex_t mu; /* with cv: the backoff sleep, woken by stop */
-    pthread_cond_t cv;
-    atomic_bool stop;
     atomic_bool connected;
     int64_t next_rev;  /* where a new stream starts: after the last revision delivered */
     int64_t conn_rev;  /* start_revision requested by the current stream (0: now) */
@@ -1162,7 +1089,7 @@ struct etcd_watch {
 
 static void watch_deliver(etcd_watch *w, struct etcd_event *ev)
 {
-    if (!atomic_load(&w->stop))
+    if (!worker_stopping(&w->worker))
         w->cb(ev, w->ud);
 }
 
@@ -1203,7 +1130,7 @@ static bool watch_line(etcd_watch *w, const char *p, size_t n)
         }
         struct etcd_event ev = {.type = ETCD_EVENT_RESYNC, .revision = hrev,
                                 .compact_revision = crev};
-        int64_t from = atomic_load(&w->stop) ? 0 : w->cb(&ev, w->ud);
+        int64_t from = worker_stopping(&w->worker) ? 0 : w->cb(&ev, w->ud);
         w->next_rev = from > 0 ? from : crev;
         w->restart = true;
         goto out;
@@ -1246,25 +1173,24 @@ static size_t watch_write(char *d, size_t sz, size_t nm, void *u)
 {
     etcd_watch *w = u;
     size_t n = sz * nm;
-    if (atomic_load(&w->stop))
+    if (worker_stopping(&w->worker))
         return 0;
-    if (!buf_append(&w->line, d, n)) {
+    if (buf_add(&w->line, d, n) != EDDY_OK) {
         snprintf(w->why, sizeof(w->why), "watch line over %u bytes", ETCD_MAX_REPLY);
         return 0;
     }
     /* libcurl may split a line over writes or merge several lines into one. */
     char *nl;
     size_t used = 0;
-    while ((nl = memchr(w->line.p + used, '\n', w->line.n - used)) != NULL) {
+    while ((nl = memchr(w->line.p + used, '\n', w->line.len - used)) != NULL) {
         bool keep = watch_line(w, w->line.p + used, (size_t)(nl - (w->line.p + used)));
         used = (size_t)(nl + 1 - w->line.p);
         if (!keep) {
-            w->line.n = 0;
+            buf_reset(&w->line);
             return 0; /* abort the transfer */
         }
     }
-    memmove(w->line.p, w->line.p + used, w->line.n - used);
-    w->line.n -= used;
+    buf_consume(&w->line, used);
     return n;
 }
 
@@ -1309,7 +1235,7 @@ static void watch_stream(etcd_watch *w, size_t idx)
     w->restart = false;
     w->created = false;
     w->why[0] = '\0';
-    w->line.n = 0;
+    buf_reset(&w->line);
     CURL *h = w->h;
     curl_easy_reset(h);
     curl_easy_setopt(h, CURLOPT_URL, url);
@@ -1326,7 +1252,7 @@ static void watch_stream(etcd_watch *w, size_t idx)
         return;
     }
     int running = 1;
-    while (running && !atomic_load(&w->stop)) {
+    while (running && !worker_stopping(&w->worker)) {
         if (curl_multi_perform(w->multi, &running) != CURLM_OK)
             break;
         if (running)
@@ -1341,21 +1267,20 @@ static void watch_stream(etcd_watch *w, size_t idx)
     }
     curl_multi_remove_handle(w->multi, h);
     /* An error body may end without a newline. */
-    if (!atomic_load(&w->stop) && !w->restart && w->line.n > 0)
-        watch_line(w, w->line.p, w->line.n);
+    if (!worker_stopping(&w->worker) && !w->restart && w->line.len > 0)
+        watch_line(w, w->line.p, w->line.len);
     atomic_store(&w->connected, false);
     free(body);
 }
 
-static void *watch_main(void *arg)
+static void watch_main(struct worker *wk, void *arg)
 {
-    thread_name("etcd-watch");
     etcd_watch *w = arg;
     int64_t backoff = 50;
-    while (!atomic_load(&w->stop)) {
+    while (!worker_stopping(&w->worker)) {
         size_t idx = atomic_load(&w->c->cur) % w->c->n_eps;
         watch_stream(w, idx);
-        if (atomic_load(&w->stop))
+        if (worker_stopping(&w->worker))
             break;
         if (w->restart) {
             backoff = 50;
@@ -1367,14 +1292,10 @@ static void *watch_main(void *arg)
         rotate(w->c, idx);
         if (w->created) /* a stream that worked: the next failure is news, retry soon */
             backoff = 50;
-        pthread_mutex_lock(&w->mu);
-        struct timespec ts = abs_monotonic(now_ms() + backoff);
-        while (!atomic_load(&w->stop) && pthread_cond_timedwait(&w->cv, &w->mu, &ts) != ETIMEDOUT)
-            ;
-        pthread_mutex_unlock(&w->mu);
+        if (!worker_sleep(wk, backoff))
+            break;
         backoff = backoff * 2 > 1000 ? 1000 : backoff * 2;
     }
-    return NULL;
 }
 
 etcd_watch *etcd_watch_start(etcd_client *c, const char *key, bool prefix,
@@ -1390,24 +1311,15 @@ etcd_watch *etcd_watch_start(etcd_client *c, const char *key, bool prefix,
     w->cb = cb;
     w->ud = ud;
     w->next_rev = start_revision;
-    atomic_init(&w->stop, false);
     atomic_init(&w->connected, false);
+    buf_init(&w->line, ETCD_MAX_REPLY);
     w->key = strdup(key);
     w->h = curl_easy_init();
     w->multi = curl_multi_init();
     if (!w->key || !w->h || !w->multi)
         goto fail;
-    if (pthread_mutex_init(&w->mu, NULL) != 0)
+    if (worker_start(&w->worker, "etcd-watch", watch_main, w) != EDDY_OK)
         goto fail;
-    if (cond_init_monotonic(&w->cv) != 0) {
-        pthread_mutex_destroy(&w->mu);
-        goto fail;
-    }
-    if (pthread_create(&w->thread, NULL, watch_main, w) != 0) {
-        pthread_cond_destroy(&w->cv);
-        pthread_mutex_destroy(&w->mu);
-        goto fail;
-    }
     return w;
 fail:
     curl_multi_cleanup(w->multi);
@@ -1421,17 +1333,12 @@ void etcd_watch_stop(etcd_watch *w)
 {
     if (!w)
         return;
-    pthread_mutex_lock(&w->mu);
-    atomic_store(&w->stop, true);
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    curl_multi_wakeup(w->multi);
-    pthread_join(w->thread, NULL);
+    worker_request_stop(&w->worker);
+    curl_multi_wakeup(w->multi); /* out of curl_multi_poll */
+    worker_stop(&w->worker);
     curl_multi_cleanup(w->multi);
     curl_easy_cleanup(w->h);
-    pthread_cond_destroy(&w->cv);
-    pthread_mutex_destroy(&w->mu);
-    free(w->line.p);
+    buf_release(&w->line);
     free(w->key);
     free(w);
 }

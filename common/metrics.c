@@ -19,6 +19,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "common/buf.h"
+
 const double metrics_default_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                           0.5,   1,    2.5,   5,    10};
 const size_t metrics_default_nbuckets =
@@ -466,48 +468,22 @@ uint64_t metric_histogram_count(const metric_histogram *h)
 
 /* ---------------------------------------------------------------- rendering */
 
-struct buf {
-    char *p;
-    size_t len, cap, limit;
+/* The text of a scrape; the first error sticks and ends it. */
+struct render {
+    struct buf b;
     eddy_err err;
 };
 
-static void bprintf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void bprintf(struct render *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-static void bprintf(struct buf *b, const char *fmt, ...)
+static void bprintf(struct render *r, const char *fmt, ...)
 {
-    if (b->err != EDDY_OK)
+    if (r->err != EDDY_OK)
         return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int w = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (w < 0) {
-            b->err = EDDY_ERR_INVALID;
-            return;
-        }
-        if ((size_t)w < b->cap - b->len) {
-            b->len += (size_t)w;
-            return;
-        }
-        if (b->len + (size_t)w + 1 > b->limit) {
-            b->err = EDDY_ERR_TOO_LARGE;
-            return;
-        }
-        size_t cap = b->cap * 2;
-        while (cap < b->len + (size_t)w + 1)
-            cap *= 2;
-        if (cap > b->limit + 1)
-            cap = b->limit + 1;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->err = EDDY_ERR_NOMEM;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    r->err = buf_vaddf(&r->b, fmt, ap);
+    va_end(ap);
 }
 
 /* The shortest text that reads back as 'v', laid out like Go's FormatFloat(v, 'g', -1, 64)
@@ -536,7 +512,7 @@ static void fmt_double(char *out, size_t n, double v)
         snprintf(out, n, "%.*f", (int)(digits - 1 - exp > 0 ? digits - 1 - exp : 0), v);
 }
 
-static void render_help(struct buf *b, const struct metric_family *f)
+static void render_help(struct render *b, const struct metric_family *f)
 {
     static const char *const types[] = {"counter", "gauge", "histogram"};
     size_t cap = 2 * strlen(f->help) + 1, n = 0;
@@ -550,7 +526,7 @@ static void render_help(struct buf *b, const struct metric_family *f)
     free(h);
 }
 
-static void render_histogram(struct buf *b, const struct metric_family *f,
+static void render_histogram(struct render *b, const struct metric_family *f,
                              const struct series *s)
 {
     const char *sep = s->labels[0] ? "," : "";
@@ -574,7 +550,7 @@ static void render_histogram(struct buf *b, const struct metric_family *f,
             (unsigned long long)cum);
 }
 
-static void render_family(struct buf *b, const struct metric_family *f)
+static void render_family(struct render *b, const struct metric_family *f)
 {
     char num[64];
     if (f->fn) {
@@ -610,20 +586,18 @@ eddy_err metrics_render(metrics *m, size_t limit, char **out, size_t *len)
     *len = 0;
     if (!m)
         return EDDY_ERR_INVALID;
-    struct buf b = {.cap = limit < 16384 ? limit + 1 : 16384, .limit = limit};
-    if (!(b.p = malloc(b.cap)))
-        return EDDY_ERR_NOMEM;
-    b.p[0] = '\0';
+    /* the text and its NUL fit in 'limit' */
+    struct render r = {BUF_INIT(limit ? limit - 1 : 0), EDDY_OK};
+    r.err = buf_add(&r.b, "", 0); /* an empty scrape is "" too, not NULL */
     pthread_mutex_lock(&m->mu);
-    for (const struct metric_family *f = m->head; f && b.err == EDDY_OK; f = f->next)
-        render_family(&b, f);
+    for (const struct metric_family *f = m->head; f && r.err == EDDY_OK; f = f->next)
+        render_family(&r, f);
     pthread_mutex_unlock(&m->mu);
-    if (b.err != EDDY_OK) {
-        free(b.p);
-        return b.err;
+    if (r.err != EDDY_OK) {
+        buf_release(&r.b);
+        return r.err;
     }
-    *out = b.p;
-    *len = b.len;
+    *out = buf_detach(&r.b, len);
     return EDDY_OK;
 }
 

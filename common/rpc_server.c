@@ -823,14 +823,10 @@ rpc_server *rpc_server_new(const struct rpc_server_opts *opts)
     atomic_init(&s->stopping, false);
     atomic_init(&s->inflight, 0);
     atomic_init(&s->live, 0);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&s->mu, NULL);
     for (int i = 0; i < RPC_MAX_LANES; i++)
         pthread_cond_init(&s->lanes[i].work_cv, NULL);
-    pthread_cond_init(&s->idle_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&s->idle_cv);
     grpc_init();
     return s;
 }
@@ -1067,14 +1063,7 @@ void rpc_server_shutdown(rpc_server *s, int64_t grace_ms)
     grpc_server_shutdown_and_notify(s->srv, scq, &tag); /* pending accepts fail */
 
     if (grace_ms > 0 && atomic_load(&s->inflight) > 0) {
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += (time_t)(grace_ms / 1000);
-        until.tv_nsec += (long)(grace_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        struct timespec until = clock_mono_after(grace_ms);
         wait_zero(s, &s->inflight, &until);
     }
     int64_t left = atomic_load(&s->inflight);

@@ -1,7 +1,7 @@
 /* Coordinator leader election on a leased etcd key (see election.h).
  *
  * DESIGN: one thread per candidate runs the loop below; the session thread (lease
- * keepalives) and the watch thread (leader key events) only set flags and signal 'cv'.
+ * keepalives) and the watch thread (leader key events) only set flags and kick it.
  *
  *   no session  -> grant one (retry with backoff while etcd is unreachable)
  *   campaign    -> txn: if leader CREATE == 0 then put leader=id with our lease
@@ -22,15 +22,13 @@
 #include "common/clock.h"
 #include "common/cluster.h"
 #include "common/log.h"
-#include "common/thread.h"
+#include "common/worker.h"
 
 struct election {
     struct election_opts o;
     char *key, *id;
-    pthread_t thread;
-    pthread_mutex_t mu; /* guards the flags below; cv signals any of them */
-    pthread_cond_t cv;
-    bool stop;
+    struct worker worker; /* the election thread; kicked when a flag below is set */
+    pthread_mutex_t mu;   /* guards the two flags below */
     bool session_lost;  /* the current session's on_lost ran */
     bool key_event;     /* the watched leader key was deleted (or changed, while leading) */
     atomic_bool leading;
@@ -41,24 +39,17 @@ struct election {
 /* Wait up to 'ms' for stop, session loss or a key event; returns whether stopping. */
 static bool wait_event(election *e, int64_t ms)
 {
-    int64_t until = clock_mono_ms() + ms;
-    struct timespec ts = {until / 1000, (until % 1000) * 1000000L};
     pthread_mutex_lock(&e->mu);
-    while (!e->stop && !e->session_lost && !e->key_event) {
-        if (pthread_cond_timedwait(&e->cv, &e->mu, &ts) != 0)
-            break;
-    }
-    bool stop = e->stop;
+    bool pending = e->session_lost || e->key_event;
     pthread_mutex_unlock(&e->mu);
-    return stop;
+    if (!pending)
+        worker_wait(&e->worker, ms);
+    return worker_stopping(&e->worker);
 }
 
 static bool stopping(election *e)
 {
-    pthread_mutex_lock(&e->mu);
-    bool s = e->stop;
-    pthread_mutex_unlock(&e->mu);
-    return s;
+    return worker_stopping(&e->worker);
 }
 
 static void on_session_lost(etcd_session *s, void *ud)
@@ -66,8 +57,8 @@ static void on_session_lost(etcd_session *s, void *ud)
     election *e = ud;
     pthread_mutex_lock(&e->mu);
     e->session_lost = true;
-    pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->mu);
+    worker_kick(&e->worker);
 }
 
 static int64_t on_key_event(const struct etcd_event *ev, void *ud)
@@ -81,8 +72,8 @@ static int64_t on_key_event(const struct etcd_event *ev, void *ud)
     if (wake) {
         pthread_mutex_lock(&e->mu);
         e->key_event = true;
-        pthread_cond_broadcast(&e->cv);
         pthread_mutex_unlock(&e->mu);
+        worker_kick(&e->worker);
     }
     return 0; /* RESYNC: resume at the compaction point; we re-campaign anyway */
 }
@@ -179,9 +170,8 @@ static bool campaign(election *e)
     return true;
 }
 
-static void *election_main(void *arg)
+static void election_main(struct worker *w, void *arg)
 {
-    thread_name("election");
     election *e = arg;
     int64_t backoff = 100;
     bool warned = false;
@@ -214,7 +204,6 @@ static void *election_main(void *arg)
         }
     }
     drop_session(e);
-    return NULL;
 }
 
 election *election_new(const struct election_opts *o)
@@ -227,17 +216,8 @@ election *election_new(const struct election_opts *o)
     e->o = *o;
     e->key = strdup(o->key);
     e->id = strdup(o->id);
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
     bool ok = e->key && e->id && pthread_mutex_init(&e->mu, NULL) == 0;
-    if (ok && pthread_cond_init(&e->cv, &a) != 0) {
-        pthread_mutex_destroy(&e->mu);
-        ok = false;
-    }
-    pthread_condattr_destroy(&a);
-    if (ok && pthread_create(&e->thread, NULL, election_main, e) != 0) {
-        pthread_cond_destroy(&e->cv);
+    if (ok && worker_start(&e->worker, "election", election_main, e) != EDDY_OK) {
         pthread_mutex_destroy(&e->mu);
         ok = false;
     }
@@ -254,12 +234,7 @@ void election_free(election *e)
 {
     if (!e)
         return;
-    pthread_mutex_lock(&e->mu);
-    e->stop = true;
-    pthread_cond_broadcast(&e->cv);
-    pthread_mutex_unlock(&e->mu);
-    pthread_join(e->thread, NULL);
-    pthread_cond_destroy(&e->cv);
+    worker_stop(&e->worker);
     pthread_mutex_destroy(&e->mu);
     free(e->key);
     free(e->id);

@@ -12,7 +12,7 @@
 #include "common/clock.h"
 #include "common/cluster.h"
 #include "common/log.h"
-#include "common/thread.h"
+#include "common/worker.h"
 #include "coordinator/assigner.h"
 #include "coordinator/planner.h"
 #include "coordinator/registry.h"
@@ -40,8 +40,7 @@ struct leader {
     struct load_rec *loads;        /* the nodes' load records */
     size_t nloads;
     int64_t last_load_ms;          /* the leader thread's: when the last load move started */
-    pthread_t thread;
-    atomic_bool stop;
+    struct worker worker;   /* the leader thread; it sleeps on the registry, not on a kick */
     /* The leader thread's: */
     uint32_t nparts;
     struct cluster_map cur; /* the map as stored (or a fresh one when 'fresh') */
@@ -184,7 +183,7 @@ static int64_t on_event(leader *l, bool nodes, const struct etcd_event *ev)
     if (ev->type == ETCD_EVENT_RESYNC) {
         log_warn("msg=\"watch history compacted; re-reading\" prefix=%s", prefix);
         int64_t rev = 0;
-        while (!atomic_load(&l->stop)) {
+        while (!worker_stopping(&l->worker)) {
             if (load_prefix(l, nodes, &rev) == EDDY_OK)
                 return rev + 1;
             log_warn("msg=\"re-read failed; retrying\" prefix=%s err=\"%s\"", prefix,
@@ -365,7 +364,7 @@ static int64_t on_moves(const struct etcd_event *ev, void *ud)
     int64_t next = 0;
     if (ev->type == ETCD_EVENT_RESYNC) {
         int64_t rev = 0;
-        while (!atomic_load(&l->stop) && load_moves(l, &rev) != EDDY_OK)
+        while (!worker_stopping(&l->worker) && load_moves(l, &rev) != EDDY_OK)
             pause_ms(l, 200);
         next = rev + 1;
     } else {
@@ -603,7 +602,7 @@ static uint64_t settle(leader *l)
 {
     int64_t start = clock_mono_ms(), cap = l->o.settle_ms * SETTLE_MAX_FACTOR;
     uint64_t g = registry_generation(l->reg);
-    while (!atomic_load(&l->stop) && l->o.settle_ms > 0) {
+    while (!worker_stopping(&l->worker) && l->o.settle_ms > 0) {
         uint64_t g2 = registry_wait(l->reg, g, l->o.settle_ms);
         if (g2 == g || clock_mono_ms() - start >= cap)
             return g2;
@@ -612,12 +611,11 @@ static uint64_t settle(leader *l)
     return g;
 }
 
-static void *leader_main(void *arg)
+static void leader_main(struct worker *w, void *arg)
 {
-    thread_name("leader");
     leader *l = arg;
     int64_t backoff = 100;
-    while (!atomic_load(&l->stop)) {
+    while (!worker_stopping(&l->worker)) {
         eddy_err err = setup(l);
         if (err == EDDY_OK)
             break;
@@ -630,7 +628,7 @@ static void *leader_main(void *arg)
     int conflicts = 0;
     uint64_t seen = 0, mseen = 0;
     backoff = 100;
-    while (!atomic_load(&l->stop) && !l->fenced) {
+    while (!worker_stopping(&l->worker) && !l->fenced) {
         if (!dirty) {
             uint64_t g = registry_wait(l->reg, seen, 1000);
             nodes_changed = g != seen;
@@ -645,7 +643,7 @@ static void *leader_main(void *arg)
             seen = settle(l);
         nodes_changed = false;
         mseen = atomic_load(&l->moves_gen);
-        if (atomic_load(&l->stop))
+        if (worker_stopping(&l->worker))
             break;
         eddy_err err = reassign(l);
         if (err == EDDY_OK) {
@@ -660,7 +658,6 @@ static void *leader_main(void *arg)
             backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
         }
     }
-    return NULL;
 }
 
 leader *leader_start(const struct leader_opts *o, etcd_session *s)
@@ -687,7 +684,7 @@ leader *leader_start(const struct leader_opts *o, etcd_session *s)
     pthread_mutex_init(&l->load_mu, NULL);
     l->last_load_ms = clock_mono_ms(); /* the first load move waits one interval of records */
     l->reg = registry_new();
-    if (!l->reg || pthread_create(&l->thread, NULL, leader_main, l) != 0) {
+    if (!l->reg || worker_start(&l->worker, "leader", leader_main, l) != EDDY_OK) {
         registry_free(l->reg);
         pthread_mutex_destroy(&l->moves_mu);
         pthread_mutex_destroy(&l->load_mu);
@@ -701,11 +698,11 @@ void leader_stop(leader *l)
 {
     if (!l)
         return;
-    atomic_store(&l->stop, true);
+    worker_request_stop(&l->worker);
     registry_wake(l->reg);
     /* Join first: the thread may still be creating the watches. A RESYNC callback that is
-     * retrying its range sees 'stop' and returns. */
-    pthread_join(l->thread, NULL);
+     * retrying its range sees the stop and returns. */
+    worker_stop(&l->worker);
     etcd_watch_stop(l->w_nodes);
     etcd_watch_stop(l->w_drain);
     etcd_watch_stop(l->w_moves);

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 struct reg_node {
@@ -29,12 +30,8 @@ registry *registry_new(void)
     registry *r = calloc(1, sizeof(*r));
     if (!r)
         return NULL;
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
     int e1 = pthread_mutex_init(&r->mu, NULL);
-    int e2 = pthread_cond_init(&r->cv, &a);
-    pthread_condattr_destroy(&a);
+    int e2 = clock_cond_init(&r->cv);
     if (e1 || e2) {
         if (!e1)
             pthread_mutex_destroy(&r->mu);
@@ -226,16 +223,7 @@ uint64_t registry_generation(registry *r)
 
 uint64_t registry_wait(registry *r, uint64_t seen, int64_t timeout_ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    if (timeout_ms < 0)
-        timeout_ms = 0;
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = clock_mono_after(timeout_ms < 0 ? 0 : timeout_ms);
     pthread_mutex_lock(&r->mu);
     uint64_t wakes = r->wakes;
     while (r->gen == seen && r->wakes == wakes) {

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "common/buf.h"
 
 #define ROI_SECONDS_PER_MONTH (30.0 * 86400.0)
 #define ROI_MAX_METRICS_BYTES (16 << 20)
@@ -102,35 +103,10 @@ static int metrics_histogram_mean(const char *text, const char *base, double *me
     return 0;
 }
 
-struct fetch_buf {
-    char *data;
-    size_t len;
-    bool too_big;
-};
-
-static size_t fetch_write(char *ptr, size_t size, size_t nmemb, void *ud)
-{
-    struct fetch_buf *b = ud;
-    size_t n = size * nmemb;
-
-    if (b->len + n > ROI_MAX_METRICS_BYTES) {
-        b->too_big = true;
-        return 0;
-    }
-    char *d = realloc(b->data, b->len + n + 1);
-    if (!d)
-        return 0;
-    memcpy(d + b->len, ptr, n);
-    b->data = d;
-    b->len += n;
-    d[b->len] = '\0';
-    return n;
-}
-
 /* GET 'url'; caller owns *text (free). Returns 0, or -1 after a message. */
 static int fetch_metrics(const char *url, int64_t timeout_ms, char **text)
 {
-    struct fetch_buf b = {0};
+    struct buf_sink b = BUF_SINK_INIT(ROI_MAX_METRICS_BYTES);
     long status = 0;
     int rc = -1;
 
@@ -147,12 +123,12 @@ static int fetch_metrics(const char *url, int64_t timeout_ms, char **text)
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, fetch_write);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, buf_sink_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
     CURLcode cc = curl_easy_perform(h);
     if (cc != CURLE_OK) {
         cli_errorf("roi: GET %s: %s", url,
-                   b.too_big ? "response larger than 16 MiB" : curl_easy_strerror(cc));
+                   b.err == EDDY_ERR_TOO_LARGE ? "response larger than 16 MiB" : curl_easy_strerror(cc));
         goto out;
     }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
@@ -160,11 +136,10 @@ static int fetch_metrics(const char *url, int64_t timeout_ms, char **text)
         cli_errorf("roi: GET %s: HTTP %ld", url, status);
         goto out;
     }
-    *text = b.data ? b.data : strdup("");
-    b.data = NULL;
+    *text = b.b.p ? buf_detach(&b.b, NULL) : strdup("");
     rc = *text ? 0 : -1;
 out:
-    free(b.data);
+    buf_release(&b.b);
     curl_easy_cleanup(h);
     curl_global_cleanup();
     return rc;

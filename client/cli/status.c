@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "common/buf.h"
 #include "common/rpc_client.h"
 #include "eddy/v1/cluster.pb-c.h"
 
@@ -23,50 +24,16 @@ static bool registered(const status_resp *r, const char *id)
     return false;
 }
 
-/* Append printf output to the growing string *s (length *len, capacity *cap); -1 when out
- * of memory (*s is then freed and NULL). */
-static int append(char **s, size_t *len, size_t *cap, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int append(char **s, size_t *len, size_t *cap, const char *fmt, ...)
-{
-    char buf[96];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        n = 0;
-    if ((size_t)n >= sizeof(buf))
-        n = (int)sizeof(buf) - 1;
-    if (*len + (size_t)n + 1 > *cap) {
-        size_t ncap = *cap;
-        while (*len + (size_t)n + 1 > ncap)
-            ncap *= 2;
-        char *t = realloc(*s, ncap);
-        if (!t) {
-            free(*s);
-            *s = NULL;
-            return -1;
-        }
-        *s = t;
-        *cap = ncap;
-    }
-    memcpy(*s + *len, buf, (size_t)n + 1);
-    *len += (size_t)n;
-    return 0;
-}
+/* The longest list of one owner's partitions (65,536 of them, each a number and a comma,
+ * take under half of it). */
+#define OWNED_TEXT_MAX (1u << 20)
 
 /* The partitions of 'owner' grouped by epoch, ranges of consecutive partitions joined:
  * "e1: 0-5,9,12-15  e2: 6-8" ("-" if none). Caller frees the result; NULL out of memory. */
 static char *owned_by_epoch(const status_resp *r, const char *owner)
 {
-    size_t cap = 128, len = 0;
-    char *s = malloc(cap);
+    struct buf s = BUF_INIT(OWNED_TEXT_MAX);
     uint64_t done_below = 0; /* epochs < this are printed */
-    if (!s)
-        return NULL;
-    s[0] = '\0';
     for (;;) {
         /* the smallest epoch >= done_below among the owner's partitions */
         bool any = false;
@@ -80,8 +47,8 @@ static char *owned_by_epoch(const status_resp *r, const char *owner)
         }
         if (!any)
             break;
-        if (append(&s, &len, &cap, "%se%" PRIu64 ":", len ? "  " : "", e) != 0)
-            return NULL;
+        if (buf_addf(&s, "%se%" PRIu64 ":", s.len ? "  " : "", e) != EDDY_OK)
+            goto fail;
         bool first = true;
         for (size_t i = 0; i < r->n_partitions;) {
             const Eddy__Cluster__V1__Partition *p = r->partitions[i];
@@ -94,11 +61,11 @@ static char *owned_by_epoch(const status_resp *r, const char *owner)
                    r->partitions[j]->epoch == e &&
                    r->partitions[j]->partition == r->partitions[j - 1]->partition + 1)
                 j++;
-            int rc = j - 1 > i ? append(&s, &len, &cap, "%s%u-%u", first ? " " : ",",
-                                        p->partition, r->partitions[j - 1]->partition)
-                               : append(&s, &len, &cap, "%s%u", first ? " " : ",", p->partition);
-            if (rc != 0)
-                return NULL;
+            eddy_err err = j - 1 > i ? buf_addf(&s, "%s%u-%u", first ? " " : ",", p->partition,
+                                                r->partitions[j - 1]->partition)
+                                     : buf_addf(&s, "%s%u", first ? " " : ",", p->partition);
+            if (err != EDDY_OK)
+                goto fail;
             first = false;
             i = j;
         }
@@ -106,9 +73,12 @@ static char *owned_by_epoch(const status_resp *r, const char *owner)
             break;
         done_below = e + 1;
     }
-    if (len == 0)
-        snprintf(s, cap, "-");
-    return s;
+    if (s.len == 0 && buf_add(&s, "-", 1) != EDDY_OK)
+        goto fail;
+    return buf_detach(&s, NULL);
+fail:
+    buf_release(&s);
+    return NULL;
 }
 
 /* "850ms", "42s", "17m", "5h", "3d". */

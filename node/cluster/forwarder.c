@@ -1,16 +1,12 @@
 /* Sending stage-2 OUTBOX records to the owners of their product partitions. */
 #include "node/cluster/forwarder.h"
 
-#include <errno.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "common/clock.h"
 #include "common/log.h"
 #include "common/partition.h"
-#include "common/thread.h"
+#include "common/worker.h"
 #include "eddy/v1/state.pb-c.h"
 
 #define ROUND_MAX 512      /* records read per round */
@@ -21,11 +17,9 @@ struct forwarder {
     membership *mem;
     peers *peers;
     int64_t timeout_ms;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool kicked, stopping;
-    bool failed;              /* the last round left records behind (refused or failed) */
+    struct worker worker;     /* kicked when the engine commits OUTBOX records */
+    bool failed;              /* the forwarder thread's: the last round left records behind
+                                 (refused or failed) */
 };
 
 /* After a round that left records behind (a destination down, or partitions refused
@@ -220,34 +214,16 @@ out:
     return r.n == ROUND_MAX && done == r.n ? 1 : 0;
 }
 
-static void *forwarder_main(void *arg)
+static void forwarder_main(struct worker *w, void *arg)
 {
-    thread_name("forwarder");
     forwarder *f = arg;
-    pthread_mutex_lock(&f->mu);
-    while (!f->stopping) {
-        if (!f->kicked) {
-            struct timespec dl = clock_mono_after(1000);
-            pthread_cond_timedwait(&f->cv, &f->mu, &dl);
-        }
-        if (f->stopping)
-            break;
-        if (f->failed) {
-            struct timespec dl = clock_mono_after(RETRY_PAUSE_MS);
-            while (!f->stopping && pthread_cond_timedwait(&f->cv, &f->mu, &dl) != ETIMEDOUT)
-                ; /* kicks do not shorten the pause */
-            if (f->stopping)
-                break;
-        }
-        f->kicked = false;
-        pthread_mutex_unlock(&f->mu);
-        size_t more = run_round(f);
-        pthread_mutex_lock(&f->mu);
-        if (more)
-            f->kicked = true;
+    bool more = true; /* records left by a previous run */
+    /* after a full round, go again at once (a kick meanwhile is served by it) */
+    while (worker_wait(w, more ? 0 : 1000)) {
+        if (f->failed && !worker_sleep(w, RETRY_PAUSE_MS))
+            break; /* kicks do not shorten the pause */
+        more = run_round(f) > 0;
     }
-    pthread_mutex_unlock(&f->mu);
-    return NULL;
 }
 
 forwarder *forwarder_start(engine *eng, membership *mem, peers *pe, int64_t timeout_ms)
@@ -259,10 +235,7 @@ forwarder *forwarder_start(engine *eng, membership *mem, peers *pe, int64_t time
     f->mem = mem;
     f->peers = pe;
     f->timeout_ms = timeout_ms;
-    f->kicked = true; /* records left by a previous run */
-    pthread_mutex_init(&f->mu, NULL);
-    clock_cond_init(&f->cv);
-    if (pthread_create(&f->thread, NULL, forwarder_main, f) != 0) {
+    if (worker_start(&f->worker, "forwarder", forwarder_main, f) != EDDY_OK) {
         free(f);
         return NULL;
     }
@@ -272,22 +245,13 @@ forwarder *forwarder_start(engine *eng, membership *mem, peers *pe, int64_t time
 void forwarder_kick(void *fwd)
 {
     forwarder *f = fwd;
-    pthread_mutex_lock(&f->mu);
-    f->kicked = true;
-    pthread_cond_signal(&f->cv);
-    pthread_mutex_unlock(&f->mu);
+    worker_kick(&f->worker);
 }
 
 void forwarder_stop(forwarder *f)
 {
     if (!f)
         return;
-    pthread_mutex_lock(&f->mu);
-    f->stopping = true;
-    pthread_cond_signal(&f->cv);
-    pthread_mutex_unlock(&f->mu);
-    pthread_join(f->thread, NULL);
-    pthread_mutex_destroy(&f->mu);
-    pthread_cond_destroy(&f->cv);
+    worker_stop(&f->worker);
     free(f);
 }

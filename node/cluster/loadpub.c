@@ -2,7 +2,6 @@
 #include "node/cluster/loadpub.h"
 
 #include <cjson/cJSON.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +10,7 @@
 #include "common/clock.h"
 #include "common/etcd.h"
 #include "common/log.h"
-#include "common/thread.h"
+#include "common/worker.h"
 
 struct loadpub {
     engine *eng;
@@ -19,10 +18,7 @@ struct loadpub {
     char key[CLUSTER_KEY_MAX];
     int64_t interval_ms;
     uint64_t *last;          /* [P] events counter at the previous sample */
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool stopping;
+    struct worker worker;
 };
 
 /* The record for the interval that just ended ('secs' long); NULL on OOM. */
@@ -56,18 +52,11 @@ static char *sample(loadpub *lp, double secs)
     return s;
 }
 
-static void *loadpub_main(void *arg)
+static void loadpub_main(struct worker *w, void *arg)
 {
-    thread_name("load");
     loadpub *lp = arg;
     int64_t prev = clock_mono_ms();
-    pthread_mutex_lock(&lp->mu);
-    while (!lp->stopping) {
-        struct timespec dl = clock_mono_after(lp->interval_ms);
-        pthread_cond_timedwait(&lp->cv, &lp->mu, &dl);
-        if (lp->stopping)
-            break;
-        pthread_mutex_unlock(&lp->mu);
+    while (worker_wait(w, lp->interval_ms)) {
         int64_t now = clock_mono_ms();
         char *json = sample(lp, (double)(now - prev) / 1000.0);
         prev = now;
@@ -77,10 +66,7 @@ static void *loadpub_main(void *arg)
             log_warn("msg=\"cannot publish the load record\" key=%s error=\"%s\"", lp->key,
                      etcd_last_error(ec));
         free(json);
-        pthread_mutex_lock(&lp->mu);
     }
-    pthread_mutex_unlock(&lp->mu);
-    return NULL;
 }
 
 eddy_err loadpub_start(engine *eng, membership *mem, const char *cluster, int64_t interval_ms,
@@ -99,16 +85,12 @@ eddy_err loadpub_start(engine *eng, membership *mem, const char *cluster, int64_
     cluster_key(lp->key, sizeof(lp->key), cluster, suffix);
     uint32_t P = membership_partitions(mem);
     lp->last = calloc(P, sizeof(*lp->last));
-    pthread_mutex_init(&lp->mu, NULL);
-    clock_cond_init(&lp->cv);
     for (uint32_t p = 0; lp->last && p < P; p++) {
         struct engine_partition_view v;
         engine_partition(eng, p, &v);
         lp->last[p] = v.events;
     }
-    if (!lp->last || pthread_create(&lp->thread, NULL, loadpub_main, lp) != 0) {
-        pthread_cond_destroy(&lp->cv);
-        pthread_mutex_destroy(&lp->mu);
+    if (!lp->last || worker_start(&lp->worker, "load", loadpub_main, lp) != EDDY_OK) {
         free(lp->last);
         free(lp);
         return EDDY_ERR_NOMEM;
@@ -121,13 +103,7 @@ void loadpub_stop(loadpub *lp)
 {
     if (!lp)
         return;
-    pthread_mutex_lock(&lp->mu);
-    lp->stopping = true;
-    pthread_cond_broadcast(&lp->cv);
-    pthread_mutex_unlock(&lp->mu);
-    pthread_join(lp->thread, NULL);
-    pthread_cond_destroy(&lp->cv);
-    pthread_mutex_destroy(&lp->mu);
+    worker_stop(&lp->worker);
     free(lp->last);
     free(lp);
 }

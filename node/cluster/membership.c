@@ -10,7 +10,7 @@
 #include "common/clock.h"
 #include "common/etcd.h"
 #include "common/log.h"
-#include "common/thread.h"
+#include "common/worker.h"
 
 #define MAX_NODES 1024
 
@@ -35,8 +35,8 @@ struct membership {
     struct cluster_node *nodes;   /* [nnodes] */
     size_t nnodes;
 
-    pthread_t maint;
-    bool stopping;                /* under cmu */
+    struct worker maint;          /* registers again when the session is lost */
+    bool stopping;                /* under cmu: ends membership_wait_change */
 };
 
 static void bump(membership *m)
@@ -189,18 +189,11 @@ static eddy_err register_self(membership *m)
     return EDDY_OK;
 }
 
-static void *maint_main(void *arg)
+static void maint_main(struct worker *w, void *arg)
 {
-    thread_name("membership");
     membership *m = arg;
     bool was_alive = false;
-    pthread_mutex_lock(&m->cmu);
-    while (!m->stopping) {
-        struct timespec dl = clock_mono_after(200);
-        pthread_cond_timedwait(&m->changed, &m->cmu, &dl);
-        if (m->stopping)
-            break;
-        pthread_mutex_unlock(&m->cmu);
+    while (worker_wait(w, 200)) {
         if (!membership_alive(m)) {
             if (was_alive)
                 log_warn("msg=\"etcd session lost: not acknowledging writes; registering again\"");
@@ -211,10 +204,7 @@ static void *maint_main(void *arg)
         if (alive != was_alive && m->o.on_alive)
             m->o.on_alive(m->o.alive_ud, alive);
         was_alive = alive;
-        pthread_mutex_lock(&m->cmu);
     }
-    pthread_mutex_unlock(&m->cmu);
-    return NULL;
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------ */
@@ -295,7 +285,8 @@ eddy_err membership_start(const struct membership_opts *o, int64_t wait_ms, memb
     int64_t rn = load_nodes(m), rm = load_map(m);
     m->w_nodes = etcd_watch_start(m->etcd, prefix, true, rn, on_nodes, m);
     m->w_map = etcd_watch_start(m->etcd, mapkey, false, rm, on_map, m);
-    if (!m->w_nodes || !m->w_map || pthread_create(&m->maint, NULL, maint_main, m) != 0) {
+    if (!m->w_nodes || !m->w_map ||
+        worker_start(&m->maint, "membership", maint_main, m) != EDDY_OK) {
         e = EDDY_ERR_NOMEM;
         goto fail;
     }
@@ -321,7 +312,7 @@ void membership_stop(membership *m)
     m->stopping = true;
     pthread_cond_broadcast(&m->changed);
     pthread_mutex_unlock(&m->cmu);
-    pthread_join(m->maint, NULL);
+    worker_stop(&m->maint);
     etcd_watch_stop(m->w_nodes);
     etcd_watch_stop(m->w_map);
     etcd_session_free(m->session); /* revokes the lease: our registration disappears */

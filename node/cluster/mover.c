@@ -12,7 +12,7 @@
 #include "common/completion.h"
 #include "common/etcd.h"
 #include "common/log.h"
-#include "common/thread.h"
+#include "common/worker.h"
 #include "eddy/v1/state.pb-c.h"
 #include "node/state/checkpoint.h"
 
@@ -30,14 +30,11 @@ struct mover {
     struct mover_opts o;
     char prefix[CLUSTER_KEY_MAX];
     uint32_t nparts;
-    pthread_mutex_t mu;     /* guards everything below */
-    pthread_cond_t cv;
-    bool stopping;
+    struct worker worker;   /* the mover thread; kicked when a record changes */
+    pthread_mutex_t mu;     /* guards the two arrays below */
     struct rec *recs;       /* [nparts] */
     bool *drop;             /* [nparts]: moved away and done: delete the local copy */
     etcd_watch *w;
-    pthread_t thread;
-    bool started;
 };
 
 /* --- the records ------------------------------------------------------------------------- */
@@ -77,8 +74,8 @@ static eddy_err load_all(mover *mv, int64_t *rev)
         mv->recs[p].present = false;
     for (size_t i = 0; i < kvs.n; i++)
         put_rec(mv, &kvs.kvs[i]);
-    pthread_cond_broadcast(&mv->cv);
     pthread_mutex_unlock(&mv->mu);
+    worker_kick(&mv->worker);
     etcd_kvs_release(&kvs);
     return EDDY_OK;
 }
@@ -89,10 +86,7 @@ static int64_t on_move(const struct etcd_event *ev, void *ud)
     if (ev->type == ETCD_EVENT_RESYNC) {
         int64_t rev = 0;
         while (load_all(mv, &rev) != EDDY_OK) {
-            pthread_mutex_lock(&mv->mu);
-            bool stop = mv->stopping;
-            pthread_mutex_unlock(&mv->mu);
-            if (stop)
+            if (worker_stopping(&mv->worker))
                 return 0;
             usleep(RETRY_MS * 1000);
         }
@@ -104,8 +98,8 @@ static int64_t on_move(const struct etcd_event *ev, void *ud)
         put_rec(mv, &ev->kv);
     else if (parse_partition(mv, ev->kv.key, &p))
         mv->recs[p].present = false;
-    pthread_cond_broadcast(&mv->cv);
     pthread_mutex_unlock(&mv->mu);
+    worker_kick(&mv->worker);
     return 0;
 }
 
@@ -120,20 +114,13 @@ static bool rec_of(mover *mv, uint32_t p, struct rec *out)
 
 static bool stopping(mover *mv)
 {
-    pthread_mutex_lock(&mv->mu);
-    bool s = mv->stopping;
-    pthread_mutex_unlock(&mv->mu);
-    return s;
+    return worker_stopping(&mv->worker);
 }
 
 /* Sleep up to 'ms', waking for stop and for record changes. */
 static void nap(mover *mv, int64_t ms)
 {
-    struct timespec dl = clock_mono_after(ms);
-    pthread_mutex_lock(&mv->mu);
-    if (!mv->stopping)
-        pthread_cond_timedwait(&mv->cv, &mv->mu, &dl);
-    pthread_mutex_unlock(&mv->mu);
+    worker_wait(&mv->worker, ms);
 }
 
 /* Advance the record's phase from what 'r' saw to 'phase' (compare-and-swap on its
@@ -662,9 +649,8 @@ static void collect_garbage(mover *mv)
     etcd_kvs_release(&kvs);
 }
 
-static void *mover_main(void *arg)
+static void mover_main(struct worker *w, void *arg)
 {
-    thread_name("mover");
     mover *mv = arg;
     const char *self = membership_self(mv->o.mem);
     int64_t next_gc = clock_mono_ms() + 2000; /* first after the view has settled */
@@ -696,7 +682,6 @@ static void *mover_main(void *arg)
         else
             nap(mv, 1000);
     }
-    return NULL;
 }
 
 eddy_err mover_start(const struct mover_opts *o, mover **out)
@@ -708,18 +693,17 @@ eddy_err mover_start(const struct mover_opts *o, mover **out)
     mv->nparts = membership_partitions(o->mem);
     cluster_key(mv->prefix, sizeof(mv->prefix), o->cluster, "moves/");
     pthread_mutex_init(&mv->mu, NULL);
-    clock_cond_init(&mv->cv);
     mv->recs = calloc(mv->nparts, sizeof(*mv->recs));
     mv->drop = calloc(mv->nparts, sizeof(*mv->drop));
     int64_t rev = 0;
     eddy_err err = mv->recs && mv->drop ? load_all(mv, &rev) : EDDY_ERR_NOMEM;
+    /* the thread before the watch: the watch's callbacks kick it */
+    if (err == EDDY_OK)
+        err = worker_start(&mv->worker, "mover", mover_main, mv);
     if (err == EDDY_OK &&
         !(mv->w = etcd_watch_start(membership_etcd(o->mem), mv->prefix, true, rev + 1, on_move,
                                    mv)))
         err = EDDY_ERR_NOMEM;
-    if (err == EDDY_OK && pthread_create(&mv->thread, NULL, mover_main, mv) != 0)
-        err = EDDY_ERR_NOMEM;
-    mv->started = err == EDDY_OK;
     if (err != EDDY_OK) {
         mover_stop(mv);
         return err;
@@ -732,14 +716,10 @@ void mover_stop(mover *mv)
 {
     if (!mv)
         return;
-    pthread_mutex_lock(&mv->mu);
-    mv->stopping = true;
-    pthread_cond_broadcast(&mv->cv);
-    pthread_mutex_unlock(&mv->mu);
-    if (mv->started)
-        pthread_join(mv->thread, NULL);
+    /* the watch goes before the thread it kicks; a RESYNC retrying its read sees the stop */
+    worker_request_stop(&mv->worker);
     etcd_watch_stop(mv->w); /* accepts NULL */
-    pthread_cond_destroy(&mv->cv);
+    worker_stop(&mv->worker);
     pthread_mutex_destroy(&mv->mu);
     free(mv->recs);
     free(mv->drop);

@@ -10,7 +10,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
-#include "common/thread.h"
+#include "common/worker.h"
 
 /* ---- the pure schedule ---------------------------------------------------------------- */
 
@@ -72,7 +72,7 @@ void ckptsched_finished(struct ckptsched_slot *s, const struct ckptsched_params 
 struct ckpt_thread {
     ckptsched *cs;
     uint32_t idx;
-    pthread_t t;
+    struct worker w;
 };
 
 struct ckptsched {
@@ -83,15 +83,11 @@ struct ckptsched {
     struct ckptsched_slot *slots; /* [nparts]: slot p is its thread's (main before start) */
     uint32_t nthreads;
     struct ckpt_thread *threads;  /* [nthreads] */
-    uint32_t started;             /* threads running */
 
-    pthread_mutex_t mu; /* guards 'stopping' */
     /* [nthreads]: run_mu[p % nthreads] is held while partition p is checkpointed (by its
      * thread or a caller): one checkpoint of a partition at a time, and at most nthreads
      * at once */
     pthread_mutex_t *run_mu;
-    pthread_cond_t cv;  /* CLOCK_MONOTONIC */
-    bool stopping;
 };
 
 /* The seq of the oldest checkpoint file of 'p' left in the directory (UINT64_MAX: none),
@@ -136,14 +132,8 @@ eddy_err ckptsched_new(engine *eng, const struct ckptsched_opts *o, ckptsched **
         free(cs);
         return EDDY_ERR_NOMEM;
     }
-    pthread_mutex_init(&cs->mu, NULL);
     for (uint32_t i = 0; i < cs->nthreads; i++)
         pthread_mutex_init(&cs->run_mu[i], NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&cs->cv, &ca);
-    pthread_condattr_destroy(&ca);
 
     int64_t now = clock_mono_ms();
     for (uint32_t p = 0; p < cs->nparts; p++) {
@@ -219,23 +209,14 @@ static eddy_err run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out)
     return EDDY_OK;
 }
 
-static bool stopping(ckptsched *cs)
+static void sched_main(struct worker *w, void *arg)
 {
-    pthread_mutex_lock(&cs->mu);
-    bool s = cs->stopping;
-    pthread_mutex_unlock(&cs->mu);
-    return s;
-}
-
-static void *sched_main(void *arg)
-{
-    thread_name("checkpoint");
     struct ckpt_thread *th = arg;
     ckptsched *cs = th->cs;
     for (;;) {
         int64_t now = clock_mono_ms();
         int64_t next = now + 1000; /* wake at least once a second (ownership changes) */
-        for (uint32_t p = th->idx; p < cs->nparts && !stopping(cs); p += cs->nthreads) {
+        for (uint32_t p = th->idx; p < cs->nparts && !worker_stopping(w); p += cs->nthreads) {
             struct ckptsched_slot *s = &cs->slots[p];
             if (cs->o.owns && !cs->o.owns(cs->o.owns_ud, p))
                 continue;
@@ -259,26 +240,9 @@ static void *sched_main(void *arg)
             if (s->due_ms < next)
                 next = s->due_ms;
         }
-        pthread_mutex_lock(&cs->mu);
-        now = clock_mono_ms();
-        if (!cs->stopping && next > now) {
-            int64_t ms = next - now;
-            struct timespec dl;
-            clock_gettime(CLOCK_MONOTONIC, &dl);
-            dl.tv_sec += (time_t)(ms / 1000);
-            dl.tv_nsec += (long)(ms % 1000) * 1000000L;
-            if (dl.tv_nsec >= 1000000000L) {
-                dl.tv_sec++;
-                dl.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&cs->cv, &cs->mu, &dl);
-        }
-        bool stop = cs->stopping;
-        pthread_mutex_unlock(&cs->mu);
-        if (stop)
+        if (!worker_wait(w, next - clock_mono_ms()))
             break;
     }
-    return NULL;
 }
 
 eddy_err ckptsched_start(ckptsched *cs)
@@ -293,9 +257,9 @@ eddy_err ckptsched_start(ckptsched *cs)
     }
     for (uint32_t i = 0; i < cs->nthreads; i++) {
         cs->threads[i] = (struct ckpt_thread){.cs = cs, .idx = i};
-        if (pthread_create(&cs->threads[i].t, NULL, sched_main, &cs->threads[i]) != 0)
+        if (worker_start(&cs->threads[i].w, "checkpoint", sched_main, &cs->threads[i]) !=
+            EDDY_OK)
             return EDDY_ERR_NOMEM; /* ckptsched_free stops the ones started */
-        cs->started++;
     }
     log_info("msg=\"checkpoint scheduler started\" dir=%s interval_ms=%" PRId64
              " min_pause_ms=%" PRId64 " timeout_ms=%" PRId64 " keep=%d threads=%" PRIu32,
@@ -308,16 +272,12 @@ void ckptsched_free(ckptsched *cs)
 {
     if (!cs)
         return;
-    pthread_mutex_lock(&cs->mu);
-    cs->stopping = true;
-    pthread_cond_broadcast(&cs->cv);
-    pthread_mutex_unlock(&cs->mu);
-    for (uint32_t i = 0; i < cs->started; i++)
-        pthread_join(cs->threads[i].t, NULL);
-    pthread_mutex_destroy(&cs->mu);
+    for (uint32_t i = 0; i < cs->nthreads; i++) /* all at once, then wait for each */
+        worker_request_stop(&cs->threads[i].w);
+    for (uint32_t i = 0; i < cs->nthreads; i++)
+        worker_stop(&cs->threads[i].w);
     for (uint32_t i = 0; i < cs->nthreads; i++)
         pthread_mutex_destroy(&cs->run_mu[i]);
-    pthread_cond_destroy(&cs->cv);
     free(cs->slots);
     free(cs->threads);
     free(cs->run_mu);

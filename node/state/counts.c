@@ -56,9 +56,12 @@ static bool pack_counts(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
         return false;
     *buf = p;
     *len = n;
+    static const uint8_t tags[6] = {PB_COUNTS_VIEW,     PB_COUNTS_CLICK,
+                                    PB_COUNTS_ADD_TO_CART, PB_COUNTS_REMOVE_FROM_CART,
+                                    PB_COUNTS_PURCHASE, PB_COUNTS_SEARCH};
     for (int i = 0; i < 6; i++)
-        p = pbenc_put_u64(p, (uint8_t)((i + 1) << 3), v[i]);
-    pbenc_put_str(p, 0x3a, c->category, lcat);
+        p = pbenc_put_u64(p, tags[i], v[i]);
+    pbenc_put_str(p, PB_COUNTS_CATEGORY, c->category, lcat);
     return true;
 }
 

@@ -509,8 +509,8 @@ static uint8_t *put_scored_list(uint8_t *p, uint8_t tag, Eddy__Store__V1__Scored
     size_t l;
     for (size_t i = 0; i < n; i++) {
         p = pbenc_put_sub(p, tag, scored_body(arr[i], &l));
-        p = pbenc_put_str(p, 0x0a, arr[i]->name, l);
-        p = pbenc_put_decayed(p, 0x12, arr[i]->score);
+        p = pbenc_put_str(p, PB_SCORED_NAME, arr[i]->name, l);
+        p = pbenc_put_decayed(p, PB_SCORED_SCORE, arr[i]->score);
     }
     return p;
 }
@@ -522,10 +522,10 @@ static uint8_t *put_recent_list(uint8_t *p, uint8_t tag, Eddy__Store__V1__Recent
     for (size_t i = 0; i < n; i++) {
         const Eddy__Store__V1__Recent *r = arr[i];
         p = pbenc_put_sub(p, tag, recent_body(r, l));
-        p = pbenc_put_str(p, 0x0a, r->id, l[0]);
-        p = pbenc_put_str(p, 0x12, r->category, l[1]);
-        p = pbenc_put_u64(p, 0x18, (uint64_t)r->ts);
-        p = pbenc_put_str(p, 0x22, r->event_id, l[2]);
+        p = pbenc_put_str(p, PB_RECENT_ID, r->id, l[0]);
+        p = pbenc_put_str(p, PB_RECENT_CATEGORY, r->category, l[1]);
+        p = pbenc_put_u64(p, PB_RECENT_TS, (uint64_t)r->ts);
+        p = pbenc_put_str(p, PB_RECENT_EVENT_ID, r->event_id, l[2]);
     }
     return p;
 }
@@ -557,26 +557,26 @@ bool model_pack(const Eddy__Store__V1__UserModel *m, uint8_t **buf, size_t *len)
         return false;
     *buf = p;
     *len = n;
-    p = put_scored_list(p, 0x0a, m->categories, m->n_categories);
-    p = put_scored_list(p, 0x12, m->brands, m->n_brands);
-    p = pbenc_put_double(p, 0x19, m->price_min);
-    p = pbenc_put_double(p, 0x21, m->price_max);
-    p = pbenc_put_decayed(p, 0x2a, m->price_sum);
-    p = pbenc_put_decayed(p, 0x32, m->price_n);
-    p = put_recent_list(p, 0x3a, m->views, m->n_views);
-    p = put_recent_list(p, 0x42, m->searches, m->n_searches);
-    p = put_recent_list(p, 0x4a, m->purchases, m->n_purchases);
+    p = put_scored_list(p, PB_MODEL_CATEGORIES, m->categories, m->n_categories);
+    p = put_scored_list(p, PB_MODEL_BRANDS, m->brands, m->n_brands);
+    p = pbenc_put_double(p, PB_MODEL_PRICE_MIN, m->price_min);
+    p = pbenc_put_double(p, PB_MODEL_PRICE_MAX, m->price_max);
+    p = pbenc_put_decayed(p, PB_MODEL_PRICE_SUM, m->price_sum);
+    p = pbenc_put_decayed(p, PB_MODEL_PRICE_N, m->price_n);
+    p = put_recent_list(p, PB_MODEL_VIEWS, m->views, m->n_views);
+    p = put_recent_list(p, PB_MODEL_SEARCHES, m->searches, m->n_searches);
+    p = put_recent_list(p, PB_MODEL_PURCHASES, m->purchases, m->n_purchases);
     for (size_t i = 0; i < m->n_cart; i++) {
         const Eddy__Store__V1__CartEntry *c = m->cart[i];
-        p = pbenc_put_sub(p, 0x52, cart_body(c, l));
-        p = pbenc_put_str(p, 0x0a, c->product_id, l[0]);
-        p = pbenc_put_str(p, 0x12, c->category, l[1]);
-        p = pbenc_put_u64(p, 0x18, (uint64_t)c->ts);
-        p = pbenc_put_str(p, 0x22, c->event_id, l[2]);
-        p = pbenc_put_u64(p, 0x28, c->in_cart ? 1 : 0);
+        p = pbenc_put_sub(p, PB_MODEL_CART, cart_body(c, l));
+        p = pbenc_put_str(p, PB_CART_PRODUCT_ID, c->product_id, l[0]);
+        p = pbenc_put_str(p, PB_CART_CATEGORY, c->category, l[1]);
+        p = pbenc_put_u64(p, PB_CART_TS, (uint64_t)c->ts);
+        p = pbenc_put_str(p, PB_CART_EVENT_ID, c->event_id, l[2]);
+        p = pbenc_put_u64(p, PB_CART_IN_CART, c->in_cart ? 1 : 0);
     }
-    p = pbenc_put_u64(p, 0x58, (uint64_t)m->last_ts);
-    pbenc_put_u64(p, 0x60, m->events);
+    p = pbenc_put_u64(p, PB_MODEL_LAST_TS, (uint64_t)m->last_ts);
+    pbenc_put_u64(p, PB_MODEL_EVENTS, m->events);
     return true;
 }
 
@@ -632,14 +632,14 @@ static bool rd_skip(struct rd *r, unsigned wt)
     uint64_t v;
     struct rd sub;
     switch (wt) {
-    case 0: return rd_varint(r, &v);
-    case 1:
+    case PB_WIRE_VARINT: return rd_varint(r, &v);
+    case PB_WIRE_I64:
         if (r->end - r->p < 8)
             return false;
         r->p += 8;
         return true;
-    case 2: return rd_sub(r, &sub);
-    case 5:
+    case PB_WIRE_LEN: return rd_sub(r, &sub);
+    case PB_WIRE_I32:
         if (r->end - r->p < 4)
             return false;
         r->p += 4;
@@ -664,18 +664,25 @@ static char *rd_str(ProtobufCAllocator *a, const struct rd *s)
     return c;
 }
 
-/* Field 'want' (varint) of 'msg' into *v and, if 'sv' is not NULL, field 'want_str'
- * (bytes) into *sv; other fields skipped. Last occurrence wins, as in protobuf. */
-static bool rd_fields(struct rd msg, uint32_t want, uint64_t *v, uint32_t want_str,
+/* Whether the key read (field 'f', wire type 'wt') is 'tag' (pbenc.h). */
+static bool is(uint32_t f, unsigned wt, uint8_t tag)
+{
+    return f == PB_FIELD(tag) && wt == PB_WIRE(tag);
+}
+
+/* The varint field tagged 'want' of 'msg' into *v and, if 'sv' is not NULL, the bytes
+ * field tagged 'want_str' into *sv; other fields skipped. Last occurrence wins, as in
+ * protobuf. */
+static bool rd_fields(struct rd msg, uint8_t want, uint64_t *v, uint8_t want_str,
                       struct rd *sv)
 {
     uint32_t f;
     unsigned wt;
     while (rd_key(&msg, &f, &wt)) {
-        if (f == want && wt == 0) {
+        if (is(f, wt, want)) {
             if (!rd_varint(&msg, v))
                 return false;
-        } else if (sv && f == want_str && wt == 2) {
+        } else if (sv && is(f, wt, want_str)) {
             if (!rd_sub(&msg, sv))
                 return false;
         } else if (!rd_skip(&msg, wt)) {
@@ -689,7 +696,7 @@ bool model_last_ts(const uint8_t *buf, size_t len, int64_t *ts)
 {
     struct rd msg = {buf, buf + len};
     uint64_t v = 0;
-    if (!rd_fields(msg, 11, &v, 0, NULL)) /* UserModel.last_ts */
+    if (!rd_fields(msg, PB_MODEL_LAST_TS, &v, 0, NULL))
         return false;
     *ts = (int64_t)v;
     return true;
@@ -705,10 +712,14 @@ static bool rd_decayed(struct rd msg, ProtobufCAllocator *a, Eddy__Store__V1__De
     unsigned wt;
     uint64_t v;
     while (rd_key(&msg, &f, &wt)) {
-        if (f >= 1 && f <= 3 && wt == 0) {
+        int64_t *dst = is(f, wt, PB_DECAYED_BUCKET) ? &d->bucket
+                       : is(f, wt, PB_DECAYED_CUR)  ? &d->cur
+                       : is(f, wt, PB_DECAYED_PREV) ? &d->prev
+                                                    : NULL;
+        if (dst) {
             if (!rd_varint(&msg, &v))
                 return false;
-            *(f == 1 ? &d->bucket : f == 2 ? &d->cur : &d->prev) = (int64_t)v;
+            *dst = (int64_t)v;
         } else if (!rd_skip(&msg, wt)) {
             return false;
         }
@@ -728,12 +739,13 @@ static bool rd_scored(struct rd msg, ProtobufCAllocator *a, Eddy__Store__V1__Sco
     unsigned wt;
     struct rd sub;
     while (rd_key(&msg, &f, &wt)) {
-        if (wt == 2 && (f == 1 || f == 2)) {
+        bool name = is(f, wt, PB_SCORED_NAME), score = is(f, wt, PB_SCORED_SCORE);
+        if (name || score) {
             if (!rd_sub(&msg, &sub))
                 return false;
-            if (f == 1 && !(sc->name = rd_str(a, &sub)))
+            if (name && !(sc->name = rd_str(a, &sub)))
                 return false;
-            if (f == 2 && !rd_decayed(sub, a, &sc->score))
+            if (score && !rd_decayed(sub, a, &sc->score))
                 return false;
         } else if (!rd_skip(&msg, wt)) {
             return false;
@@ -751,7 +763,8 @@ static bool rd_recent(struct rd msg, ProtobufCAllocator *a, Eddy__Store__V1__Rec
     *out = r;
     uint64_t ts = 0;
     struct rd id = {NULL, NULL};
-    if (!rd_fields(msg, 3, &ts, 1, &id) || (id.p && !(r->id = rd_str(a, &id))))
+    if (!rd_fields(msg, PB_RECENT_TS, &ts, PB_RECENT_ID, &id) ||
+        (id.p && !(r->id = rd_str(a, &id))))
         return false;
     r->ts = (int64_t)ts;
     return true;
@@ -766,7 +779,8 @@ static bool rd_cart(struct rd msg, ProtobufCAllocator *a, Eddy__Store__V1__CartE
     *out = c;
     uint64_t in_cart = 0;
     struct rd id = {NULL, NULL};
-    if (!rd_fields(msg, 5, &in_cart, 1, &id) || (id.p && !(c->product_id = rd_str(a, &id))))
+    if (!rd_fields(msg, PB_CART_IN_CART, &in_cart, PB_CART_PRODUCT_ID, &id) ||
+        (id.p && !(c->product_id = rd_str(a, &id))))
         return false;
     c->in_cart = in_cart != 0;
     return true;
@@ -776,12 +790,12 @@ eddy_err model_unpack_for_recommend(const uint8_t *buf, size_t len, ProtobufCAll
                                     Eddy__Store__V1__UserModel **out)
 {
     struct rd all = {buf, buf + len}, r = all;
-    size_t count[11] = {0};
+    size_t count[16] = {0}; /* by field number: the one-byte tags' */
     uint32_t f;
     unsigned wt;
     *out = NULL;
     while (rd_key(&r, &f, &wt)) { /* first pass: the repeated fields' sizes */
-        if (f < 11 && wt == 2)
+        if (f < 16 && wt == PB_WIRE_LEN)
             count[f]++;
         if (!rd_skip(&r, wt))
             return EDDY_ERR_CORRUPT;
@@ -792,10 +806,12 @@ eddy_err model_unpack_for_recommend(const uint8_t *buf, size_t len, ProtobufCAll
     if (!m)
         return EDDY_ERR_NOMEM;
     eddy__store__v1__user_model__init(m);
-    m->categories = rd_alloc(a, (count[1] ? count[1] : 1) * sizeof(*m->categories));
-    m->views = rd_alloc(a, (count[7] ? count[7] : 1) * sizeof(*m->views));
-    m->purchases = rd_alloc(a, (count[9] ? count[9] : 1) * sizeof(*m->purchases));
-    m->cart = rd_alloc(a, (count[10] ? count[10] : 1) * sizeof(*m->cart));
+    size_t ncat = count[PB_FIELD(PB_MODEL_CATEGORIES)], nviews = count[PB_FIELD(PB_MODEL_VIEWS)];
+    size_t npur = count[PB_FIELD(PB_MODEL_PURCHASES)], ncart = count[PB_FIELD(PB_MODEL_CART)];
+    m->categories = rd_alloc(a, (ncat ? ncat : 1) * sizeof(*m->categories));
+    m->views = rd_alloc(a, (nviews ? nviews : 1) * sizeof(*m->views));
+    m->purchases = rd_alloc(a, (npur ? npur : 1) * sizeof(*m->purchases));
+    m->cart = rd_alloc(a, (ncart ? ncart : 1) * sizeof(*m->cart));
     if (!m->categories || !m->views || !m->purchases || !m->cart)
         return EDDY_ERR_NOMEM; /* an arena reclaims what was taken */
     r = all;
@@ -803,17 +819,18 @@ eddy_err model_unpack_for_recommend(const uint8_t *buf, size_t len, ProtobufCAll
     uint64_t v = 0;
     bool ok = true;
     while (ok && rd_key(&r, &f, &wt)) {
-        if (wt == 2 && (f == 1 || f == 7 || f == 9 || f == 10)) {
+        if (is(f, wt, PB_MODEL_CATEGORIES) || is(f, wt, PB_MODEL_VIEWS) ||
+            is(f, wt, PB_MODEL_PURCHASES) || is(f, wt, PB_MODEL_CART)) {
             ok = rd_sub(&r, &sub);
-            if (ok && f == 1)
+            if (ok && is(f, wt, PB_MODEL_CATEGORIES))
                 ok = rd_scored(sub, a, &m->categories[m->n_categories++]);
-            else if (ok && f == 7)
+            else if (ok && is(f, wt, PB_MODEL_VIEWS))
                 ok = rd_recent(sub, a, &m->views[m->n_views++]);
-            else if (ok && f == 9)
+            else if (ok && is(f, wt, PB_MODEL_PURCHASES))
                 ok = rd_recent(sub, a, &m->purchases[m->n_purchases++]);
             else if (ok)
                 ok = rd_cart(sub, a, &m->cart[m->n_cart++]);
-        } else if (f == 11 && wt == 0) {
+        } else if (is(f, wt, PB_MODEL_LAST_TS)) {
             if ((ok = rd_varint(&r, &v)))
                 m->last_ts = (int64_t)v;
         } else {

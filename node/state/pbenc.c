@@ -86,9 +86,9 @@ uint8_t *pbenc_put_decayed(uint8_t *p, uint8_t tag, const Eddy__Store__V1__Decay
         return p;
     *p++ = tag;
     *p++ = (uint8_t)decayed_body(d);
-    p = pbenc_put_u64(p, 0x08, (uint64_t)d->bucket);
-    p = pbenc_put_u64(p, 0x10, (uint64_t)d->cur);
-    return pbenc_put_u64(p, 0x18, (uint64_t)d->prev);
+    p = pbenc_put_u64(p, PB_DECAYED_BUCKET, (uint64_t)d->bucket);
+    p = pbenc_put_u64(p, PB_DECAYED_CUR, (uint64_t)d->cur);
+    return pbenc_put_u64(p, PB_DECAYED_PREV, (uint64_t)d->prev);
 }
 
 size_t pbenc_sub_size(size_t body)

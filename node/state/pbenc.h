@@ -17,6 +17,71 @@
 
 #include "eddy/v1/store.pb-c.h"
 
+/* Wire types, and a field's tag (its key byte) from its number and wire type. */
+enum { PB_WIRE_VARINT = 0, PB_WIRE_I64 = 1, PB_WIRE_LEN = 2, PB_WIRE_I32 = 5 };
+#define PB_TAG(field, wire) ((uint8_t)(((field) << 3) | (wire)))
+#define PB_FIELD(tag) ((uint32_t)(tag) >> 3)
+#define PB_WIRE(tag) ((unsigned)(tag) & 7)
+
+/* The tags of proto/eddy/v1/store.proto that the hand-written encoders and decoders use;
+ * unit.node.state.pbenc checks each against the descriptors protobuf-c generates from
+ * the .proto (number and type by name): a renumbered field fails it. */
+#define PB_DECAYED_BUCKET PB_TAG(1, PB_WIRE_VARINT)
+#define PB_DECAYED_CUR PB_TAG(2, PB_WIRE_VARINT)
+#define PB_DECAYED_PREV PB_TAG(3, PB_WIRE_VARINT)
+
+#define PB_SCORED_NAME PB_TAG(1, PB_WIRE_LEN)
+#define PB_SCORED_SCORE PB_TAG(2, PB_WIRE_LEN)
+
+#define PB_RECENT_ID PB_TAG(1, PB_WIRE_LEN)
+#define PB_RECENT_CATEGORY PB_TAG(2, PB_WIRE_LEN)
+#define PB_RECENT_TS PB_TAG(3, PB_WIRE_VARINT)
+#define PB_RECENT_EVENT_ID PB_TAG(4, PB_WIRE_LEN)
+
+#define PB_CART_PRODUCT_ID PB_TAG(1, PB_WIRE_LEN)
+#define PB_CART_CATEGORY PB_TAG(2, PB_WIRE_LEN)
+#define PB_CART_TS PB_TAG(3, PB_WIRE_VARINT)
+#define PB_CART_EVENT_ID PB_TAG(4, PB_WIRE_LEN)
+#define PB_CART_IN_CART PB_TAG(5, PB_WIRE_VARINT)
+
+#define PB_MODEL_CATEGORIES PB_TAG(1, PB_WIRE_LEN)
+#define PB_MODEL_BRANDS PB_TAG(2, PB_WIRE_LEN)
+#define PB_MODEL_PRICE_MIN PB_TAG(3, PB_WIRE_I64)
+#define PB_MODEL_PRICE_MAX PB_TAG(4, PB_WIRE_I64)
+#define PB_MODEL_PRICE_SUM PB_TAG(5, PB_WIRE_LEN)
+#define PB_MODEL_PRICE_N PB_TAG(6, PB_WIRE_LEN)
+#define PB_MODEL_VIEWS PB_TAG(7, PB_WIRE_LEN)
+#define PB_MODEL_SEARCHES PB_TAG(8, PB_WIRE_LEN)
+#define PB_MODEL_PURCHASES PB_TAG(9, PB_WIRE_LEN)
+#define PB_MODEL_CART PB_TAG(10, PB_WIRE_LEN)
+#define PB_MODEL_LAST_TS PB_TAG(11, PB_WIRE_VARINT)
+#define PB_MODEL_EVENTS PB_TAG(12, PB_WIRE_VARINT)
+
+#define PB_COUNTS_VIEW PB_TAG(1, PB_WIRE_VARINT)
+#define PB_COUNTS_CLICK PB_TAG(2, PB_WIRE_VARINT)
+#define PB_COUNTS_ADD_TO_CART PB_TAG(3, PB_WIRE_VARINT)
+#define PB_COUNTS_REMOVE_FROM_CART PB_TAG(4, PB_WIRE_VARINT)
+#define PB_COUNTS_PURCHASE PB_TAG(5, PB_WIRE_VARINT)
+#define PB_COUNTS_SEARCH PB_TAG(6, PB_WIRE_VARINT)
+#define PB_COUNTS_CATEGORY PB_TAG(7, PB_WIRE_LEN)
+
+#define PB_NEIGHBOUR_PRODUCT_ID PB_TAG(1, PB_WIRE_LEN)
+#define PB_NEIGHBOUR_SCORE PB_TAG(2, PB_WIRE_LEN)
+#define PB_NEIGHBOUR_CATEGORY PB_TAG(3, PB_WIRE_LEN)
+
+#define PB_PRODUCT_CATEGORY PB_TAG(1, PB_WIRE_LEN)
+#define PB_PRODUCT_BRAND PB_TAG(2, PB_WIRE_LEN)
+#define PB_PRODUCT_PRICE PB_TAG(3, PB_WIRE_I64)
+#define PB_PRODUCT_POPULARITY PB_TAG(4, PB_WIRE_LEN)
+#define PB_PRODUCT_NEIGHBOURS PB_TAG(5, PB_WIRE_LEN)
+#define PB_PRODUCT_LAST_TS PB_TAG(6, PB_WIRE_VARINT)
+#define PB_PRODUCT_CATEGORY_INDEXED PB_TAG(7, PB_WIRE_LEN)
+#define PB_PRODUCT_PRICE_TS PB_TAG(8, PB_WIRE_VARINT)
+#define PB_PRODUCT_CATEGORY_TS PB_TAG(9, PB_WIRE_VARINT)
+#define PB_PRODUCT_BRAND_TS PB_TAG(10, PB_WIRE_VARINT)
+
+#define PB_MARKS_NEXT_SEQ PB_TAG(1, PB_WIRE_LEN) /* packed */
+
 size_t pbenc_varint_size(uint64_t v);
 uint8_t *pbenc_put_varint(uint8_t *p, uint64_t v);
 

@@ -32,7 +32,7 @@ static bool marks_pack(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
     *buf = p;
     *len = n;
     if (mk->n_next_seq) {
-        p = pbenc_put_sub(p, 0x0a, body);
+        p = pbenc_put_sub(p, PB_MARKS_NEXT_SEQ, body);
         for (size_t i = 0; i < mk->n_next_seq; i++)
             p = pbenc_put_varint(p, mk->next_seq[i]);
     }
@@ -196,26 +196,26 @@ bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, 
         return false;
     *buf = p;
     *len = n;
-    p = pbenc_put_str(p, 0x0a, ps->category, lcat);
-    p = pbenc_put_str(p, 0x12, ps->brand, lbrand);
-    p = pbenc_put_double(p, 0x19, ps->price);
-    p = pbenc_put_decayed(p, 0x22, ps->popularity);
+    p = pbenc_put_str(p, PB_PRODUCT_CATEGORY, ps->category, lcat);
+    p = pbenc_put_str(p, PB_PRODUCT_BRAND, ps->brand, lbrand);
+    p = pbenc_put_double(p, PB_PRODUCT_PRICE, ps->price);
+    p = pbenc_put_decayed(p, PB_PRODUCT_POPULARITY, ps->popularity);
     for (size_t i = 0; i < ps->n_neighbours; i++) {
         const Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
         if (i < PACK_LENS)
             x = nl[i];
         else
             x.body = neighbour_body(nb, &x.id, &x.cat);
-        p = pbenc_put_sub(p, 0x2a, x.body);
-        p = pbenc_put_str(p, 0x0a, nb->product_id, x.id);
-        p = pbenc_put_decayed(p, 0x12, nb->score);
-        p = pbenc_put_str(p, 0x1a, nb->category, x.cat);
+        p = pbenc_put_sub(p, PB_PRODUCT_NEIGHBOURS, x.body);
+        p = pbenc_put_str(p, PB_NEIGHBOUR_PRODUCT_ID, nb->product_id, x.id);
+        p = pbenc_put_decayed(p, PB_NEIGHBOUR_SCORE, nb->score);
+        p = pbenc_put_str(p, PB_NEIGHBOUR_CATEGORY, nb->category, x.cat);
     }
-    p = pbenc_put_u64(p, 0x30, (uint64_t)ps->last_ts);
-    p = pbenc_put_str(p, 0x3a, ps->category_indexed, lidx);
-    p = pbenc_put_u64(p, 0x40, (uint64_t)ps->price_ts);
-    p = pbenc_put_u64(p, 0x48, (uint64_t)ps->category_ts);
-    pbenc_put_u64(p, 0x50, (uint64_t)ps->brand_ts);
+    p = pbenc_put_u64(p, PB_PRODUCT_LAST_TS, (uint64_t)ps->last_ts);
+    p = pbenc_put_str(p, PB_PRODUCT_CATEGORY_INDEXED, ps->category_indexed, lidx);
+    p = pbenc_put_u64(p, PB_PRODUCT_PRICE_TS, (uint64_t)ps->price_ts);
+    p = pbenc_put_u64(p, PB_PRODUCT_CATEGORY_TS, (uint64_t)ps->category_ts);
+    pbenc_put_u64(p, PB_PRODUCT_BRAND_TS, (uint64_t)ps->brand_ts);
     return true;
 }
 

@@ -4,9 +4,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 #include "common/partition.h"
+#include "common/strmap.h"
 #include "node/state/counts.h"
 #include "node/state/model.h"
 #include "common/pbutil.h"
@@ -552,40 +552,30 @@ out:
 
 /* ---- TopProducts --------------------------------------------------------------------- */
 
+/* Products at most in one TopProducts answer's tally (far above any catalogue served). */
+#define TOP_PRODUCTS_MAX (1u << 24)
+
 struct prod_acc {
-    char *id;               /* NULL = empty slot */
+    const char *id;         /* the map's key, set when the tally is sorted */
     char *category;
     Eddy__Store__V1__Counts c;
 };
 
+static void prod_acc_free(void *p)
+{
+    struct prod_acc *a = p;
+    if (a)
+        free(a->category);
+    free(a);
+}
+
 struct prod_map {
-    struct prod_acc *tab;
-    size_t cap, n;
+    struct strmap accs;     /* product id -> struct prod_acc */
     int64_t from, to, closed_before; /* window start range, and closed iff start < closed_before */
     bool include_open;
     const char *category;
     eddy_err err;
 };
-
-static eddy_err map_grow(struct prod_map *m)
-{
-    size_t ncap = m->cap ? m->cap * 2 : 1024;
-    struct prod_acc *nt = calloc(ncap, sizeof(*nt));
-    if (!nt)
-        return EDDY_ERR_NOMEM;
-    for (size_t i = 0; i < m->cap; i++) {
-        if (!m->tab[i].id)
-            continue;
-        size_t j = (size_t)XXH3_64bits(m->tab[i].id, strlen(m->tab[i].id)) & (ncap - 1);
-        while (nt[j].id)
-            j = (j + 1) & (ncap - 1);
-        nt[j] = m->tab[i];
-    }
-    free(m->tab);
-    m->tab = nt;
-    m->cap = ncap;
-    return EDDY_OK;
-}
 
 /* PROD_WIN key: p(2) T(1) ws(8) product_id */
 static int collect_product(void *ud, const unsigned char *k, size_t klen, const char *v,
@@ -607,29 +597,28 @@ static int collect_product(void *ud, const unsigned char *k, size_t klen, const 
         eddy__store__v1__counts__free_unpacked(c, NULL);
         return 0;
     }
-    if ((m->n + 1) * 2 > m->cap && (m->err = map_grow(m)) != EDDY_OK) {
-        eddy__store__v1__counts__free_unpacked(c, NULL);
-        return 1;
-    }
     const char *id = (const char *)k + 11;
     size_t idlen = klen - 11;
-    size_t j = (size_t)XXH3_64bits(id, idlen) & (m->cap - 1);
-    while (m->tab[j].id && (strlen(m->tab[j].id) != idlen || memcmp(m->tab[j].id, id, idlen) != 0))
-        j = (j + 1) & (m->cap - 1);
-    struct prod_acc *a = &m->tab[j];
-    if (!a->id) {
-        a->id = strndup(id, idlen);
-        a->category = strdup(c->category);
-        if (!a->id || !a->category) {
-            free(a->id);
-            free(a->category);
-            a->id = NULL;
-            m->err = EDDY_ERR_NOMEM;
-            eddy__store__v1__counts__free_unpacked(c, NULL);
-            return 1;
+    bool added;
+    void **slot = strmap_slot(&m->accs, id, idlen, &added, &m->err);
+    struct prod_acc *a = slot ? *slot : NULL;
+    if (slot && added) {
+        a = calloc(1, sizeof(*a));
+        if (a && !(a->category = strdup(c->category))) {
+            free(a);
+            a = NULL;
         }
-        eddy__store__v1__counts__init(&a->c);
-        m->n++;
+        if (!a) {
+            strmap_del(&m->accs, id, idlen);
+            m->err = EDDY_ERR_NOMEM;
+        } else {
+            eddy__store__v1__counts__init(&a->c);
+            *slot = a;
+        }
+    }
+    if (!a) {
+        eddy__store__v1__counts__free_unpacked(c, NULL);
+        return 1;
     }
     counts_add(&a->c, c);
     eddy__store__v1__counts__free_unpacked(c, NULL);
@@ -639,7 +628,7 @@ static int collect_product(void *ud, const unsigned char *k, size_t klen, const 
 
 static int cmp_prod(const void *a, const void *b, void *arg)
 {
-    const struct prod_acc *x = a, *y = b;
+    const struct prod_acc *x = *(struct prod_acc *const *)a, *y = *(struct prod_acc *const *)b;
     Eddy__V1__EventType t = *(const Eddy__V1__EventType *)arg;
     uint64_t vx = counts_get(&x->c, t), vy = counts_get(&y->c, t);
     if (vx != vy)
@@ -658,7 +647,8 @@ eddy_err query_top_products_n(struct query_ctx *q, const Eddy__V1__TopProductsRe
                               size_t limit, Eddy__V1__TopProductsResponse **out)
 {
     const struct engine_opts *o = engine_options(q->eng);
-    struct prod_map m = {0};
+    struct prod_map m = {.accs = STRMAP_INIT(TOP_PRODUCTS_MAX)};
+    struct prod_acc **v = NULL; /* the tally, to sort */
     int64_t wm;
     eddy_err err = EDDY_OK;
     engine_global(q->eng, &wm, NULL, NULL);
@@ -683,17 +673,21 @@ eddy_err query_top_products_n(struct query_ctx *q, const Eddy__V1__TopProductsRe
             err = m.err;
     }
     Eddy__V1__TopProductsResponse *r = NULL;
-    size_t n = 0;
-    for (size_t i = 0; i < m.cap; i++) {
-        if (m.tab[i].id)
-            m.tab[n++] = m.tab[i];
-    }
+    size_t n = 0, pos = 0, idlen;
+    const char *id;
+    void *acc;
     if (err != EDDY_OK)
         goto out;
-    Eddy__V1__EventType t = req->event_type;
-    if (n > 1) /* qsort wants a non-NULL base even for nothing */
-        qsort_r(m.tab, n, sizeof(*m.tab), cmp_prod, &t);
     err = EDDY_ERR_NOMEM;
+    if (!(v = malloc((m.accs.n ? m.accs.n : 1) * sizeof(*v))))
+        goto out;
+    while (strmap_next(&m.accs, &pos, &id, &idlen, &acc)) {
+        v[n] = acc;
+        v[n++]->id = id;
+    }
+    Eddy__V1__EventType t = req->event_type;
+    if (n > 1)
+        qsort_r(v, n, sizeof(*v), cmp_prod, &t);
     if (!(r = malloc(sizeof(*r))))
         goto out;
     eddy__v1__top_products_response__init(r);
@@ -707,9 +701,9 @@ eddy_err query_top_products_n(struct query_ctx *q, const Eddy__V1__TopProductsRe
             goto out;
         eddy__v1__product_stat__init(ps);
         r->products[r->n_products++] = ps;
-        if (pb_set_str(&ps->product_id, m.tab[i].id) != EDDY_OK ||
-            pb_set_str(&ps->category, m.tab[i].category) != EDDY_OK ||
-            !(ps->counts = counts_to_public(&m.tab[i].c)))
+        if (pb_set_str(&ps->product_id, v[i]->id) != EDDY_OK ||
+            pb_set_str(&ps->category, v[i]->category) != EDDY_OK ||
+            !(ps->counts = counts_to_public(&v[i]->c)))
             goto out;
     }
     *out = r;
@@ -717,10 +711,7 @@ eddy_err query_top_products_n(struct query_ctx *q, const Eddy__V1__TopProductsRe
     err = EDDY_OK;
 out:
     query_free_response(r ? &r->base : NULL);
-    for (size_t i = 0; i < n; i++) {
-        free(m.tab[i].id);
-        free(m.tab[i].category);
-    }
-    free(m.tab);
+    free(v);
+    strmap_release(&m.accs, prod_acc_free);
     return err;
 }

@@ -3,7 +3,9 @@
  * of proto3 encoding: zero and negative numbers, -0.0, empty and NULL strings, NULL
  * sub-messages, strings and sub-messages over 127 bytes (two-byte lengths); a message with
  * unknown fields is left to protobuf-c. Recommend's partial decode of a user model reads
- * what protobuf-c reads. */
+ * what protobuf-c reads. Every tag the encoders and decoders use is the field's number and
+ * wire type in the descriptors protobuf-c generated from store.proto, and every field of the
+ * messages they write has one. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +19,7 @@
 #include "node/state/counts.h"
 #include "node/state/model.h"
 #include "common/pbutil.h"
+#include "node/state/pbenc.h"
 #include "node/state/product.h"
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
@@ -406,6 +409,103 @@ static void test_counts_through_the_txn(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* The wire type protobuf-c writes a field with. */
+static unsigned wire_of(const ProtobufCFieldDescriptor *f)
+{
+    if (f->label == PROTOBUF_C_LABEL_REPEATED && (f->flags & PROTOBUF_C_FIELD_FLAG_PACKED))
+        return PB_WIRE_LEN;
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_DOUBLE:
+    case PROTOBUF_C_TYPE_FIXED64:
+    case PROTOBUF_C_TYPE_SFIXED64: return PB_WIRE_I64;
+    case PROTOBUF_C_TYPE_FLOAT:
+    case PROTOBUF_C_TYPE_FIXED32:
+    case PROTOBUF_C_TYPE_SFIXED32: return PB_WIRE_I32;
+    case PROTOBUF_C_TYPE_STRING:
+    case PROTOBUF_C_TYPE_BYTES:
+    case PROTOBUF_C_TYPE_MESSAGE: return PB_WIRE_LEN;
+    default: return PB_WIRE_VARINT; /* the ints, bool, enum */
+    }
+}
+
+static void test_tags_match_store_proto(void **state)
+{
+    static const struct {
+        const ProtobufCMessageDescriptor *d;
+        const char *field;
+        uint8_t tag;
+    } tags[] = {
+        {&eddy__store__v1__decayed__descriptor, "bucket", PB_DECAYED_BUCKET},
+        {&eddy__store__v1__decayed__descriptor, "cur", PB_DECAYED_CUR},
+        {&eddy__store__v1__decayed__descriptor, "prev", PB_DECAYED_PREV},
+        {&eddy__store__v1__scored__descriptor, "name", PB_SCORED_NAME},
+        {&eddy__store__v1__scored__descriptor, "score", PB_SCORED_SCORE},
+        {&eddy__store__v1__recent__descriptor, "id", PB_RECENT_ID},
+        {&eddy__store__v1__recent__descriptor, "category", PB_RECENT_CATEGORY},
+        {&eddy__store__v1__recent__descriptor, "ts", PB_RECENT_TS},
+        {&eddy__store__v1__recent__descriptor, "event_id", PB_RECENT_EVENT_ID},
+        {&eddy__store__v1__cart_entry__descriptor, "product_id", PB_CART_PRODUCT_ID},
+        {&eddy__store__v1__cart_entry__descriptor, "category", PB_CART_CATEGORY},
+        {&eddy__store__v1__cart_entry__descriptor, "ts", PB_CART_TS},
+        {&eddy__store__v1__cart_entry__descriptor, "event_id", PB_CART_EVENT_ID},
+        {&eddy__store__v1__cart_entry__descriptor, "in_cart", PB_CART_IN_CART},
+        {&eddy__store__v1__user_model__descriptor, "categories", PB_MODEL_CATEGORIES},
+        {&eddy__store__v1__user_model__descriptor, "brands", PB_MODEL_BRANDS},
+        {&eddy__store__v1__user_model__descriptor, "price_min", PB_MODEL_PRICE_MIN},
+        {&eddy__store__v1__user_model__descriptor, "price_max", PB_MODEL_PRICE_MAX},
+        {&eddy__store__v1__user_model__descriptor, "price_sum", PB_MODEL_PRICE_SUM},
+        {&eddy__store__v1__user_model__descriptor, "price_n", PB_MODEL_PRICE_N},
+        {&eddy__store__v1__user_model__descriptor, "views", PB_MODEL_VIEWS},
+        {&eddy__store__v1__user_model__descriptor, "searches", PB_MODEL_SEARCHES},
+        {&eddy__store__v1__user_model__descriptor, "purchases", PB_MODEL_PURCHASES},
+        {&eddy__store__v1__user_model__descriptor, "cart", PB_MODEL_CART},
+        {&eddy__store__v1__user_model__descriptor, "last_ts", PB_MODEL_LAST_TS},
+        {&eddy__store__v1__user_model__descriptor, "events", PB_MODEL_EVENTS},
+        {&eddy__store__v1__counts__descriptor, "view", PB_COUNTS_VIEW},
+        {&eddy__store__v1__counts__descriptor, "click", PB_COUNTS_CLICK},
+        {&eddy__store__v1__counts__descriptor, "add_to_cart", PB_COUNTS_ADD_TO_CART},
+        {&eddy__store__v1__counts__descriptor, "remove_from_cart", PB_COUNTS_REMOVE_FROM_CART},
+        {&eddy__store__v1__counts__descriptor, "purchase", PB_COUNTS_PURCHASE},
+        {&eddy__store__v1__counts__descriptor, "search", PB_COUNTS_SEARCH},
+        {&eddy__store__v1__counts__descriptor, "category", PB_COUNTS_CATEGORY},
+        {&eddy__store__v1__neighbour__descriptor, "product_id", PB_NEIGHBOUR_PRODUCT_ID},
+        {&eddy__store__v1__neighbour__descriptor, "score", PB_NEIGHBOUR_SCORE},
+        {&eddy__store__v1__neighbour__descriptor, "category", PB_NEIGHBOUR_CATEGORY},
+        {&eddy__store__v1__product_state__descriptor, "category", PB_PRODUCT_CATEGORY},
+        {&eddy__store__v1__product_state__descriptor, "brand", PB_PRODUCT_BRAND},
+        {&eddy__store__v1__product_state__descriptor, "price", PB_PRODUCT_PRICE},
+        {&eddy__store__v1__product_state__descriptor, "popularity", PB_PRODUCT_POPULARITY},
+        {&eddy__store__v1__product_state__descriptor, "neighbours", PB_PRODUCT_NEIGHBOURS},
+        {&eddy__store__v1__product_state__descriptor, "last_ts", PB_PRODUCT_LAST_TS},
+        {&eddy__store__v1__product_state__descriptor, "category_indexed",
+         PB_PRODUCT_CATEGORY_INDEXED},
+        {&eddy__store__v1__product_state__descriptor, "price_ts", PB_PRODUCT_PRICE_TS},
+        {&eddy__store__v1__product_state__descriptor, "category_ts", PB_PRODUCT_CATEGORY_TS},
+        {&eddy__store__v1__product_state__descriptor, "brand_ts", PB_PRODUCT_BRAND_TS},
+        {&eddy__store__v1__stage2_marks__descriptor, "next_seq", PB_MARKS_NEXT_SEQ},
+    };
+    size_t n = sizeof(tags) / sizeof(tags[0]);
+    for (size_t i = 0; i < n; i++) {
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field_by_name(tags[i].d, tags[i].field);
+        if (!f)
+            fail_msg("%s.%s: not in store.proto", tags[i].d->name, tags[i].field);
+        if (f->id != PB_FIELD(tags[i].tag) || wire_of(f) != PB_WIRE(tags[i].tag))
+            fail_msg("%s.%s is field %u, wire type %u in store.proto; its tag 0x%02x says "
+                     "field %u, wire type %u",
+                     tags[i].d->name, tags[i].field, f->id, wire_of(f), tags[i].tag,
+                     PB_FIELD(tags[i].tag), PB_WIRE(tags[i].tag));
+        assert_true(tags[i].tag < 0x80); /* the encoders write one-byte tags */
+        /* a field added to a message the encoders write must get a tag (and be written) */
+        size_t named = 0;
+        for (size_t j = 0; j < n; j++)
+            named += tags[j].d == tags[i].d;
+        if (named != tags[i].d->n_fields)
+            fail_msg("%s has %u fields in store.proto, %zu with a tag in pbenc.h",
+                     tags[i].d->name, tags[i].d->n_fields, named);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -415,6 +515,7 @@ int main(void)
         cmocka_unit_test(test_unpack_for_recommend),
         cmocka_unit_test(test_unknown_fields_left_to_protobuf_c),
         cmocka_unit_test(test_counts_through_the_txn),
+        cmocka_unit_test(test_tags_match_store_proto),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
