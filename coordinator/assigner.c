@@ -191,17 +191,22 @@ static void place_leaders(struct slot *s, size_t m, struct slot **order,
 }
 
 /* The follower for one more slot of 'k': a zone within the cap first, then the node
- * furthest below its share, ties by id. */
-static struct slot *choose_follower(struct slot *s, size_t m, const struct pick *k, size_t cap)
+ * furthest below its share, then the one that follows k's leader least (so that a dead
+ * leader's partitions are promoted evenly across the others), ties by id. 'pairs' counts
+ * [leader * m + follower]. */
+static struct slot *choose_follower(struct slot *s, size_t m, const struct pick *k, size_t cap,
+                                    const size_t *pairs)
 {
     struct slot *best = NULL;
     bool best_zone = false;
+    const size_t *row = pairs + (size_t)(k->s[0] - s) * m;
     for (size_t i = 0; i < m; i++) {
         if (pick_has(k, &s[i]))
             continue;
         bool z = zone_ok(k, &s[i], cap, CLUSTER_REPLICAS_MAX);
+        long d = deficit(&s[i], true), bd = best ? deficit(best, true) : 0;
         if (!best || (z && !best_zone) ||
-            (z == best_zone && deficit(&s[i], true) > deficit(best, true))) {
+            (z == best_zone && (d > bd || (d == bd && row[i] < row[best - s])))) {
             best = &s[i];
             best_zone = z;
         }
@@ -213,7 +218,7 @@ static struct slot *choose_follower(struct slot *s, size_t m, const struct pick 
  * new followers before kept ones, zones within the cap. The greedy fill can end with the
  * only nodes left below their share already in the last partitions. */
 static void rebalance_followers(struct slot *s, size_t m, const struct cluster_map *cur,
-                                struct pick *sets, size_t cap)
+                                struct pick *sets, size_t cap, size_t *pairs)
 {
     bool progress = true;
     while (progress) {
@@ -231,6 +236,8 @@ static void rebalance_followers(struct slot *s, size_t m, const struct cluster_m
                         if (v->fhave >= v->ftarget || pick_has(k, v) || !zone_ok(k, v, cap, r))
                             continue;
                         k->s[r] = v;
+                        pairs[(size_t)(k->s[0] - s) * m + (size_t)(u - s)]--;
+                        pairs[(size_t)(k->s[0] - s) * m + (size_t)(v - s)]++;
                         u->fhave--;
                         v->fhave++;
                         progress = true;
@@ -242,9 +249,11 @@ static void rebalance_followers(struct slot *s, size_t m, const struct cluster_m
 }
 
 /* Followers: current replicas (the old leader too) up to their share and within the zone
- * cap, in replica order; then fill each partition to R; then even out the shares. */
+ * cap, in replica order, partitions with a new leader first; then fill each partition to
+ * R; then even out the shares. */
 static void place_followers(struct slot *s, size_t m, struct slot **order, uint32_t R,
-                            size_t cap, const struct cluster_map *cur, struct pick *sets)
+                            size_t cap, const struct cluster_map *cur, struct pick *sets,
+                            size_t *pairs)
 {
     uint32_t P = cur->nparts;
     for (uint32_t p = 0; p < P; p++) {
@@ -259,9 +268,15 @@ static void place_followers(struct slot *s, size_t m, struct slot **order, uint3
     shares(order, m, (size_t)P * (R - 1), true);
     for (size_t i = 0; i < m; i++)
         s[i].fhave = 0;
-    for (uint32_t p = 0; p < P; p++) {
+    /* partitions with a new leader keep first: their one old replica left is where the
+     * data is, while elsewhere a follower dropped for the shares is replaced by a node
+     * that does not lead there (the new node) */
+    for (uint32_t i = 0; i < 2 * P; i++) {
+        uint32_t p = i % P;
         const struct cluster_part *c = &cur->parts[p];
         struct pick *k = &sets[p];
+        if ((i < P) == (strcmp(c->owner, k->s[0]->id) == 0))
+            continue;
         for (uint32_t r = 0; r < c->nreplicas && r < CLUSTER_REPLICAS_MAX && k->n < R; r++) {
             struct slot *o = find(s, m, c->replicas[r]);
             if (!o || pick_has(k, o) || o->fhave >= o->ftarget ||
@@ -269,17 +284,19 @@ static void place_followers(struct slot *s, size_t m, struct slot **order, uint3
                 continue;
             k->s[k->n++] = o;
             o->fhave++;
+            pairs[(size_t)(k->s[0] - s) * m + (size_t)(o - s)]++;
         }
     }
     for (uint32_t p = 0; p < P; p++) {
         struct pick *k = &sets[p];
         while (k->n < R) {
-            struct slot *o = choose_follower(s, m, k, cap);
+            struct slot *o = choose_follower(s, m, k, cap, pairs);
             k->s[k->n++] = o; /* never NULL: R <= m */
             o->fhave++;
+            pairs[(size_t)(k->s[0] - s) * m + (size_t)(o - s)]++;
         }
     }
-    rebalance_followers(s, m, cur, sets, cap);
+    rebalance_followers(s, m, cur, sets, cap, pairs);
 }
 
 size_t assigner_assign(const struct assign_node *nodes, size_t n, const struct cluster_map *cur,
@@ -327,8 +344,15 @@ size_t assigner_assign(const struct assign_node *nodes, size_t n, const struct c
     size_t cap = (R + zones - 1) / zones;
 
     place_leaders(s, m, order, nodes, n, cur, ap, sets, fixed);
-    if (R > 1)
-        place_followers(s, m, order, R, cap, cur, sets);
+    if (R > 1) {
+        size_t *pairs = calloc(m * m, sizeof(*pairs));
+        if (!pairs) {
+            memcpy(next->parts, cur->parts, P * sizeof(*cur->parts));
+            goto out;
+        }
+        place_followers(s, m, order, R, cap, cur, sets, pairs);
+        free(pairs);
+    }
 
     for (uint32_t p = 0; p < P; p++) {
         const struct pick *k = &sets[p];
