@@ -69,8 +69,9 @@ static void pause_ms(leader *l, int64_t ms)
 
 /* --- setup ------------------------------------------------------------------------------ */
 
-/* Write this leader's R and M into the stored config 'cur' (only while the leader key is
- * ours and the record is unchanged: a lost compare is logged and retried with setup). */
+/* Write 'want' (this leader's R and M) over the config stored at mod_revision 'mod', only
+ * while the leader key is ours and the record is unchanged; EDDY_ERR_CONFLICT otherwise
+ * (setup fails, logs and runs again). */
 static eddy_err update_config(leader *l, const struct cluster_config *want, int64_t mod)
 {
     char *json = cluster_config_to_json(want);

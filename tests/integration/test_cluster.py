@@ -276,6 +276,8 @@ class NodeLeavesTest(ClusterTestCase):
             self.assertEqual(st["leader_id"], "c1")
             self.assertEqual([p["owner"] for p in st["partitions"]], before["owners"])
             self.assertEqual([p["epoch"] for p in st["partitions"]], before["epochs"])
+            self.assertEqual([p["replicas"] for p in st["partitions"]], before["replicas"])
+            self.assertEqual((st["replication_factor"], st["min_insync"]), (2, 2))
             by_id = {n["id"]: n for n in st["nodes"]}
             self.assertEqual(set(by_id), {"s1", "s2", "s3", "i1"})
             self.assertEqual(by_id["i1"]["roles"], ["ingest"])
@@ -287,6 +289,8 @@ class NodeLeavesTest(ClusterTestCase):
                                capture_output=True, text=True, timeout=30)
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertIn("leader:      c1", r.stdout)
+            self.assertIn("replicas:    2 per partition, 2 in sync to acknowledge", r.stdout)
+            self.assertIn("replica sets (leader first):", r.stdout)
             for s in ("s1", "s2", "s3", "i1"):
                 self.assertIn(s, r.stdout)
 
