@@ -7,6 +7,7 @@
 
 struct slot {
     const char *id;
+    const char *zname; /* its zone's name */
     size_t zone;     /* index of its zone among the eligible nodes' distinct zones */
     size_t have;     /* partitions it leads so far */
     size_t target;   /* floor or ceil of P/N */
@@ -22,7 +23,9 @@ struct pick {
 
 static int cmp_id(const void *a, const void *b)
 {
-    return strcmp(((const struct slot *)a)->id, ((const struct slot *)b)->id);
+    const struct slot *x = a, *y = b;
+    int c = strcmp(x->id, y->id);
+    return c ? c : strcmp(x->zname, y->zname); /* an id listed twice: the same pick always */
 }
 
 /* Nodes that currently lead more come first, so they keep the ceil shares. */
@@ -47,11 +50,19 @@ static int cmp_follow(const void *a, const void *b)
     return strcmp(x->id, y->id);
 }
 
+/* The slot of 'id' in 's' sorted by id (binary search: P * R lookups), or NULL. */
 static struct slot *find(struct slot *s, size_t n, const char *id)
 {
-    for (size_t i = 0; i < n && id[0]; i++) {
-        if (strcmp(s[i].id, id) == 0)
-            return &s[i];
+    size_t lo = 0, hi = n;
+    while (lo < hi && id[0]) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(s[mid].id, id);
+        if (c == 0)
+            return &s[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return NULL;
 }
@@ -220,18 +231,18 @@ static struct slot *choose_follower(struct slot *s, size_t m, const struct pick 
 static void rebalance_followers(struct slot *s, size_t m, const struct cluster_map *cur,
                                 struct pick *sets, size_t cap, size_t *pairs)
 {
-    bool progress = true;
-    while (progress) {
-        progress = false;
-        for (int pass = 0; pass < 2 && !progress; pass++) {
-            for (uint32_t p = 0; p < cur->nparts && !progress; p++) {
+    for (int pass = 0; pass < 2; pass++) {
+        bool progress = true;
+        while (progress) { /* sweeps, not a restart per swap: P can be 65535 */
+            progress = false;
+            for (uint32_t p = 0; p < cur->nparts; p++) {
                 struct pick *k = &sets[p];
-                for (uint32_t r = 1; r < k->n && !progress; r++) {
+                for (uint32_t r = 1; r < k->n; r++) {
                     struct slot *u = k->s[r];
                     if (u->fhave <= u->ftarget ||
                         (pass == 0 && cluster_part_has(&cur->parts[p], u->id)))
                         continue;
-                    for (size_t i = 0; i < m && !progress; i++) {
+                    for (size_t i = 0; i < m; i++) {
                         struct slot *v = &s[i];
                         if (v->fhave >= v->ftarget || pick_has(k, v) || !zone_ok(k, v, cap, r))
                             continue;
@@ -241,6 +252,7 @@ static void rebalance_followers(struct slot *s, size_t m, const struct cluster_m
                         u->fhave--;
                         v->fhave++;
                         progress = true;
+                        break;
                     }
                 }
             }
@@ -315,18 +327,24 @@ size_t assigner_assign(const struct assign_node *nodes, size_t n, const struct c
     if (!s || !order || !zone_names || !sets || !fixed)
         goto out;
     for (size_t i = 0; i < n; i++) {
-        if (!nodes[i].state || nodes[i].draining || !nodes[i].id[0] || find(s, m, nodes[i].id))
+        if (!nodes[i].state || nodes[i].draining || !nodes[i].id[0])
             continue;
         s[m].id = nodes[i].id;
-        s[m++].zone = i; /* the node's index for now: made a zone index below */
+        s[m++].zname = nodes[i].zone;
     }
     if (m == 0)
         goto out;
     qsort(s, m, sizeof(*s), cmp_id);
+    size_t uniq = 1; /* an id listed twice counts once */
+    for (size_t i = 1; i < m; i++) {
+        if (strcmp(s[i].id, s[uniq - 1].id) != 0)
+            s[uniq++] = s[i];
+    }
+    m = uniq;
     /* zones by first appearance in id order: the same whatever the input order */
     size_t zones = 0;
     for (size_t i = 0; i < m; i++) {
-        const char *z = nodes[s[i].zone].zone;
+        const char *z = s[i].zname;
         size_t k = 0;
         while (k < zones && strcmp(zone_names[k], z) != 0)
             k++;

@@ -192,7 +192,7 @@ static void assert_replicas(const struct cluster_map *a, const struct assign_nod
 static void make_nodes(struct assign_node *nodes, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        char id[16];
+        char id[32];
         snprintf(id, sizeof(id), "s%zu", i);
         nodes[i] = node(id);
     }
