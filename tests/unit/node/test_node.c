@@ -328,6 +328,7 @@ static void on_elected(void *ud, etcd_session *s)
     struct leader_opts lo = {
         .etcd = co->etcd, .cluster = "t", .id = "coord", .partitions = PARTS,
         .settle_ms = 100, .max_moves = 2, .move_timeout_ms = 60000,
+        .replication_factor = 1, .min_insync = 1, /* one copy: this test is about moves */
     };
     co->lead = leader_start(&lo, s);
 }
