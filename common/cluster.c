@@ -47,6 +47,8 @@ char *cluster_node_to_json(const struct cluster_node *n)
     cJSON_AddStringToObject(o, "grpc_addr", n->grpc_addr);
     cJSON_AddStringToObject(o, "metrics_addr", n->metrics_addr);
     cJSON_AddNumberToObject(o, "started_ms", (double)n->started_ms);
+    if (n->zone[0])
+        cJSON_AddStringToObject(o, "zone", n->zone);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;
@@ -74,7 +76,8 @@ eddy_err cluster_node_from_json(const char *json, size_t len, struct cluster_nod
         goto out;
     if (!copy_str(o, "id", n->id, sizeof(n->id), true) ||
         !copy_str(o, "grpc_addr", n->grpc_addr, sizeof(n->grpc_addr), true) ||
-        !copy_str(o, "metrics_addr", n->metrics_addr, sizeof(n->metrics_addr), false))
+        !copy_str(o, "metrics_addr", n->metrics_addr, sizeof(n->metrics_addr), false) ||
+        !copy_str(o, "zone", n->zone, sizeof(n->zone), false))
         goto out;
     const cJSON *roles = cJSON_GetObjectItemCaseSensitive(o, "roles");
     const cJSON *r;
@@ -125,19 +128,53 @@ char *cluster_map_to_json(const struct cluster_map *m)
     cJSON *o = cJSON_CreateObject();
     cJSON *owners = cJSON_AddArrayToObject(o, "owners");
     cJSON *epochs = cJSON_AddArrayToObject(o, "epochs");
-    if (!o || !owners || !epochs) {
+    cJSON *replicas = cJSON_AddArrayToObject(o, "replicas");
+    if (!o || !owners || !epochs || !replicas) {
         cJSON_Delete(o);
         return NULL;
     }
     cJSON_AddNumberToObject(o, "partitions", m->nparts);
     cJSON_AddNumberToObject(o, "version", (double)m->version);
     for (uint32_t p = 0; p < m->nparts; p++) {
-        cJSON_AddItemToArray(owners, cJSON_CreateString(m->parts[p].owner));
-        cJSON_AddItemToArray(epochs, cJSON_CreateNumber((double)m->parts[p].epoch));
+        const struct cluster_part *c = &m->parts[p];
+        cJSON_AddItemToArray(owners, cJSON_CreateString(c->owner));
+        cJSON_AddItemToArray(epochs, cJSON_CreateNumber((double)c->epoch));
+        cJSON *set = cJSON_CreateArray();
+        cJSON_AddItemToArray(replicas, set);
+        /* an owner without a replica list (a part built by hand) is written as [owner],
+         * what the parser would make of it */
+        if (c->nreplicas == 0 && c->owner[0])
+            cJSON_AddItemToArray(set, cJSON_CreateString(c->owner));
+        for (uint32_t r = 0; r < c->nreplicas && r < CLUSTER_REPLICAS_MAX; r++)
+            cJSON_AddItemToArray(set, cJSON_CreateString(c->replicas[r]));
     }
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;
+}
+
+/* Fill part->replicas from 'set' (a JSON array, or NULL for a map without replicas), once
+ * part->owner is known. */
+static bool parse_replicas(const cJSON *set, struct cluster_part *part)
+{
+    cluster_part_set_single(part, part->owner);
+    if (!set)
+        return true;
+    if (!cJSON_IsArray(set) || cJSON_GetArraySize(set) > CLUSTER_REPLICAS_MAX)
+        return false;
+    if (cJSON_GetArraySize(set) == 0) /* no list: the owner alone, as in an older map */
+        return true;
+    if (!part->owner[0])
+        return false;
+    part->nreplicas = 0;
+    const cJSON *id;
+    cJSON_ArrayForEach(id, set) {
+        if (!cJSON_IsString(id) || !id->valuestring[0] ||
+            strlen(id->valuestring) >= CLUSTER_ID_MAX || cluster_part_has(part, id->valuestring))
+            return false;
+        snprintf(part->replicas[part->nreplicas++], CLUSTER_ID_MAX, "%s", id->valuestring);
+    }
+    return strcmp(part->replicas[0], part->owner) == 0;
 }
 
 eddy_err cluster_map_from_json(const char *json, size_t len, struct cluster_map *m)
@@ -148,9 +185,12 @@ eddy_err cluster_map_from_json(const char *json, size_t len, struct cluster_map 
     const cJSON *owners = cJSON_GetObjectItemCaseSensitive(o, "owners");
     const cJSON *epochs = cJSON_GetObjectItemCaseSensitive(o, "epochs");
     const cJSON *ver = cJSON_GetObjectItemCaseSensitive(o, "version");
+    const cJSON *replicas = cJSON_GetObjectItemCaseSensitive(o, "replicas");
     if (!cJSON_IsNumber(np) || np->valuedouble < 1 || np->valuedouble > 65535 ||
         cJSON_GetArraySize(owners) != (int)np->valuedouble ||
-        cJSON_GetArraySize(epochs) != (int)np->valuedouble)
+        cJSON_GetArraySize(epochs) != (int)np->valuedouble ||
+        (replicas && (!cJSON_IsArray(replicas) ||
+                      cJSON_GetArraySize(replicas) != (int)np->valuedouble)))
         goto out;
     uint32_t n = (uint32_t)np->valuedouble;
     struct cluster_part *parts = calloc(n, sizeof(*parts));
@@ -159,7 +199,7 @@ eddy_err cluster_map_from_json(const char *json, size_t len, struct cluster_map 
         goto out;
     }
     uint32_t i = 0;
-    const cJSON *ow, *ep = epochs->child;
+    const cJSON *ow, *ep = epochs->child, *rs = replicas ? replicas->child : NULL;
     cJSON_ArrayForEach(ow, owners) {
         if (!cJSON_IsString(ow) || !cJSON_IsNumber(ep) ||
             strlen(ow->valuestring) >= CLUSTER_ID_MAX) {
@@ -168,7 +208,12 @@ eddy_err cluster_map_from_json(const char *json, size_t len, struct cluster_map 
         }
         snprintf(parts[i].owner, sizeof(parts[i].owner), "%s", ow->valuestring);
         parts[i].epoch = (uint64_t)ep->valuedouble;
+        if (!parse_replicas(rs, &parts[i])) {
+            free(parts);
+            goto out;
+        }
         ep = ep->next;
+        rs = rs ? rs->next : NULL;
         i++;
     }
     free(m->parts);
@@ -179,6 +224,30 @@ eddy_err cluster_map_from_json(const char *json, size_t len, struct cluster_map 
 out:
     cJSON_Delete(o);
     return err;
+}
+
+bool cluster_part_has(const struct cluster_part *part, const char *id)
+{
+    return cluster_part_index(part, id) >= 0;
+}
+
+int cluster_part_index(const struct cluster_part *part, const char *id)
+{
+    for (uint32_t r = 0; id[0] && r < part->nreplicas && r < CLUSTER_REPLICAS_MAX; r++) {
+        if (strcmp(part->replicas[r], id) == 0)
+            return (int)r;
+    }
+    return -1;
+}
+
+void cluster_part_set_single(struct cluster_part *part, const char *id)
+{
+    char copy[CLUSTER_ID_MAX]; /* 'id' may point into 'part' */
+    snprintf(copy, sizeof(copy), "%s", id);
+    memset(part->replicas, 0, sizeof(part->replicas));
+    snprintf(part->owner, sizeof(part->owner), "%s", copy);
+    snprintf(part->replicas[0], sizeof(part->replicas[0]), "%s", copy);
+    part->nreplicas = copy[0] ? 1 : 0;
 }
 
 char *cluster_checkpoint_to_json(const struct cluster_checkpoint *c)
@@ -208,6 +277,103 @@ static bool get_count(const cJSON *o, const char *name, uint64_t *out, bool requ
         return false;
     *out = (uint64_t)v->valuedouble;
     return true;
+}
+
+char *cluster_config_to_json(const struct cluster_config *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return NULL;
+    cJSON_AddNumberToObject(o, "partitions", c->partitions);
+    cJSON_AddNumberToObject(o, "replication_factor", c->replication_factor);
+    cJSON_AddNumberToObject(o, "min_insync", c->min_insync);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+/* An optional integer field in [lo, hi] ('*out' keeps its default when absent); anything
+ * else under that name (a string, a fraction, out of range) is refused. */
+static bool get_bounded(const cJSON *o, const char *name, uint32_t lo, uint32_t hi,
+                        uint32_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (!v)
+        return true;
+    if (!cJSON_IsNumber(v) || v->valuedouble < lo || v->valuedouble > hi ||
+        v->valuedouble != (double)(uint32_t)v->valuedouble)
+        return false;
+    *out = (uint32_t)v->valuedouble;
+    return true;
+}
+
+eddy_err cluster_config_from_json(const char *json, size_t len, struct cluster_config *c)
+{
+    cJSON *o = cJSON_ParseWithLength(json, len);
+    eddy_err err = EDDY_ERR_CORRUPT;
+    struct cluster_config v = {.partitions = 0, .replication_factor = 1, .min_insync = 1};
+    if (!cJSON_IsObject(o) || !get_bounded(o, "partitions", 1, 65535, &v.partitions) ||
+        v.partitions == 0 ||
+        !get_bounded(o, "replication_factor", 1, CLUSTER_REPLICAS_MAX, &v.replication_factor) ||
+        !get_bounded(o, "min_insync", 1, v.replication_factor, &v.min_insync))
+        goto out;
+    *c = v;
+    err = EDDY_OK;
+out:
+    cJSON_Delete(o);
+    return err;
+}
+
+char *cluster_isr_to_json(const struct cluster_isr *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *isr = cJSON_AddArrayToObject(o, "isr");
+    if (!o || !isr) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    cJSON_AddNumberToObject(o, "epoch", (double)r->epoch);
+    cJSON_AddStringToObject(o, "leader", r->leader);
+    for (uint32_t i = 0; i < r->nisr && i < CLUSTER_REPLICAS_MAX; i++)
+        cJSON_AddItemToArray(isr, cJSON_CreateString(r->isr[i]));
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+bool cluster_isr_has(const struct cluster_isr *r, const char *id)
+{
+    for (uint32_t i = 0; id[0] && i < r->nisr && i < CLUSTER_REPLICAS_MAX; i++) {
+        if (strcmp(r->isr[i], id) == 0)
+            return true;
+    }
+    return false;
+}
+
+eddy_err cluster_isr_from_json(const char *json, size_t len, struct cluster_isr *r)
+{
+    memset(r, 0, sizeof(*r));
+    cJSON *o = cJSON_ParseWithLength(json, len);
+    eddy_err err = EDDY_ERR_CORRUPT;
+    const cJSON *isr = cJSON_GetObjectItemCaseSensitive(o, "isr"), *id;
+    if (!cJSON_IsObject(o) || !get_count(o, "epoch", &r->epoch, true) ||
+        !copy_str(o, "leader", r->leader, sizeof(r->leader), true) || !r->leader[0] ||
+        !cJSON_IsArray(isr) || cJSON_GetArraySize(isr) < 1 ||
+        cJSON_GetArraySize(isr) > CLUSTER_REPLICAS_MAX)
+        goto out;
+    cJSON_ArrayForEach(id, isr) {
+        if (!cJSON_IsString(id) || !id->valuestring[0] ||
+            strlen(id->valuestring) >= CLUSTER_ID_MAX || cluster_isr_has(r, id->valuestring))
+            goto out;
+        snprintf(r->isr[r->nisr++], CLUSTER_ID_MAX, "%s", id->valuestring);
+    }
+    if (cluster_isr_has(r, r->leader))
+        err = EDDY_OK;
+out:
+    if (err != EDDY_OK)
+        memset(r, 0, sizeof(*r));
+    cJSON_Delete(o);
+    return err;
 }
 
 eddy_err cluster_checkpoint_from_json(const char *json, size_t len, struct cluster_checkpoint *c)

@@ -1,12 +1,15 @@
 /* The cluster's shared records in etcd (DESIGN.md §6), as plain structs with their JSON
  * encodings, used by the coordinator and the nodes alike:
  *
- *   /eddy/<cluster>/config         {"partitions":P}                      created once
+ *   /eddy/<cluster>/config         {"partitions":P,"replication_factor":R,
+ *                                   "min_insync":M}                      created by the leader
  *   /eddy/<cluster>/nodes/<id>     {"id","roles":["ingest","state"],"grpc_addr",
- *                                   "metrics_addr","started_ms"}         on the node's lease
+ *                                   "metrics_addr","started_ms","zone"}  on the node's lease
  *   /eddy/<cluster>/leader         coordinator id                        on the leader's lease
- *   /eddy/<cluster>/assignment     {"partitions":P,"version":n,
- *                                   "owners":[...],"epochs":[...]}       written by the leader
+ *   /eddy/<cluster>/assignment     {"partitions":P,"version":n,"owners":[...],
+ *                                   "epochs":[...],"replicas":[[...],...]} written by the leader
+ *   /eddy/<cluster>/isr/<p>        {"epoch","leader","isr":[...]}        the in-sync replicas
+ *                                  of partition p, written by its leader (compare-and-swap)
  *   /eddy/<cluster>/drain/<id>     "" : node asked to give its partitions away
  *   /eddy/<cluster>/checkpoints/<p> {"id","seq","bytes","crc","path","node","created_ms"}
  *                                  the newest checkpoint of partition p (plain put, no lease)
@@ -31,6 +34,9 @@
 #define CLUSTER_KEY_MAX 512
 #define CLUSTER_PATH_MAX 4096
 #define CLUSTER_PREFIX "/eddy/"
+#define CLUSTER_ZONE_MAX 64
+/* Copies of a partition at most (leader included): the bound of --replication-factor. */
+#define CLUSTER_REPLICAS_MAX 5
 
 enum cluster_role { ROLE_INGEST = 1, ROLE_STATE = 2 };
 
@@ -40,11 +46,17 @@ struct cluster_node {
     char grpc_addr[CLUSTER_ADDR_MAX];
     char metrics_addr[CLUSTER_ADDR_MAX];
     int64_t started_ms;
+    char zone[CLUSTER_ZONE_MAX];     /* failure domain (--zone); "" = none; optional in JSON */
 };
 
+/* One partition of the map. Invariant (kept by the parser and the assigner): nreplicas is 0
+ * exactly when owner is "", else replicas[0] is the owner and the ids are distinct. A map
+ * written before replication (no "replicas" in its JSON) parses as replicas = [owner]. */
 struct cluster_part {
-    char owner[CLUSTER_ID_MAX];      /* "" = unassigned */
+    char owner[CLUSTER_ID_MAX];      /* the leader; "" = unassigned */
     uint64_t epoch;
+    uint32_t nreplicas;              /* 0 when unassigned; else replicas[0] is the owner */
+    char replicas[CLUSTER_REPLICAS_MAX][CLUSTER_ID_MAX]; /* leader first, then followers */
 };
 
 /* The partition map. Owner of the parts array: whoever called cluster_map_init. */
@@ -53,6 +65,43 @@ struct cluster_map {
     uint64_t version;                /* bumped on every write by the leader */
     struct cluster_part *parts;      /* [nparts] */
 };
+
+/* Whether 'id' is one of the replicas of 'part' (leader or follower). */
+bool cluster_part_has(const struct cluster_part *part, const char *id);
+/* The position of 'id' in part->replicas (0: the leader), or -1. */
+int cluster_part_index(const struct cluster_part *part, const char *id);
+/* Make 'id' the owner with replicas = [id] (or unassigned for ""); the epoch is left alone. */
+void cluster_part_set_single(struct cluster_part *part, const char *id);
+
+/* The cluster config record. A record written before replication has neither field and
+ * reads as R = 1, min-insync = 1 (an unreplicated cluster). */
+struct cluster_config {
+    uint32_t partitions;             /* 1..65535 */
+    uint32_t replication_factor;     /* 1..CLUSTER_REPLICAS_MAX */
+    uint32_t min_insync;             /* 1..replication_factor */
+};
+
+/* JSON of the config record; caller frees the string. NULL on OOM. */
+char *cluster_config_to_json(const struct cluster_config *c);
+/* EDDY_ERR_CORRUPT if it is not such a record (partitions is required; the other two are
+ * optional, but must be in range when present). */
+eddy_err cluster_config_from_json(const char *json, size_t len, struct cluster_config *c);
+
+/* The in-sync replicas of one partition, as its leader records them under isr/<p>. */
+struct cluster_isr {
+    uint64_t epoch;                  /* the partition epoch the leader leads at */
+    char leader[CLUSTER_ID_MAX];
+    uint32_t nisr;                   /* 1..CLUSTER_REPLICAS_MAX; the leader is one of them */
+    char isr[CLUSTER_REPLICAS_MAX][CLUSTER_ID_MAX];
+};
+
+/* JSON of an isr record; caller frees the string. NULL on OOM. */
+char *cluster_isr_to_json(const struct cluster_isr *r);
+/* EDDY_ERR_CORRUPT if it is not such a record (epoch, leader and a non-empty isr of at most
+ * CLUSTER_REPLICAS_MAX distinct non-empty ids are required). */
+eddy_err cluster_isr_from_json(const char *json, size_t len, struct cluster_isr *r);
+/* Whether 'id' is in the in-sync set. */
+bool cluster_isr_has(const struct cluster_isr *r, const char *id);
 
 /* The partition of a per-partition key "<prefix><p>" (moves/<p>, checkpoints/<p>): p in
  * decimal digits only (no sign, space or more than 5 digits), below 'nparts'. */
@@ -73,7 +122,9 @@ void cluster_map_release(struct cluster_map *m);
 /* Copy 'src' into 'dst' (initialised or zeroed); reallocates as needed. */
 eddy_err cluster_map_copy(struct cluster_map *dst, const struct cluster_map *src);
 char *cluster_map_to_json(const struct cluster_map *m);
-/* Parse into 'm' (zeroed or initialised; replaced). */
+/* Parse into 'm' (zeroed or initialised; replaced). A map without "replicas" (an older
+ * coordinator's) gives replicas = [owner]; a replica list whose first entry is not the owner,
+ * with a repeated id, or longer than CLUSTER_REPLICAS_MAX is EDDY_ERR_CORRUPT. */
 eddy_err cluster_map_from_json(const char *json, size_t len, struct cluster_map *m);
 
 /* The newest checkpoint of one partition, as its writer records it in etcd (DESIGN.md §7). */

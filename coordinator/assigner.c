@@ -107,7 +107,7 @@ size_t assigner_compute(const struct assign_node *nodes, size_t n, const struct 
         best->have++;
         struct cluster_part *po = &next->parts[p];
         if (strcmp(po->owner, best->id) != 0) {
-            snprintf(po->owner, sizeof(po->owner), "%s", best->id);
+            cluster_part_set_single(po, best->id);
             po->epoch = cur->parts[p].epoch + 1;
             moved++;
         }

@@ -52,14 +52,8 @@ struct leader {
 
 uint32_t leader_parse_config(const char *json, size_t len)
 {
-    cJSON *o = cJSON_ParseWithLength(json, len);
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "partitions");
-    uint32_t n = 0;
-    if (cJSON_IsNumber(p) && p->valuedouble >= 1 && p->valuedouble <= 65535 &&
-        p->valuedouble == (double)(uint32_t)p->valuedouble)
-        n = (uint32_t)p->valuedouble;
-    cJSON_Delete(o);
-    return n;
+    struct cluster_config c;
+    return cluster_config_from_json(json, len, &c) == EDDY_OK ? c.partitions : 0;
 }
 
 /* Sleep up to 'ms', waking early on stop (or on a registry change, which is harmless). */
@@ -527,7 +521,7 @@ static eddy_err reassign(leader *l)
     for (uint32_t p = 0; p < l->nparts; p++) {
         const struct plan_rec *r = &recs[p];
         if (r->present && r->m.phase != MOVE_DONE && strcmp(proj.parts[p].owner, r->m.from) == 0)
-            snprintf(proj.parts[p].owner, sizeof(proj.parts[p].owner), "%s", r->m.to);
+            cluster_part_set_single(&proj.parts[p], r->m.to);
     }
     assigner_compute(nodes, n, &proj, &target);
     cluster_map_release(&proj);

@@ -15,7 +15,7 @@ static bool alive(const struct assign_node *nodes, size_t n, const char *id)
 
 static void give(struct cluster_map *next, uint32_t p, const char *owner, size_t *changes)
 {
-    snprintf(next->parts[p].owner, sizeof(next->parts[p].owner), "%s", owner);
+    cluster_part_set_single(&next->parts[p], owner);
     next->parts[p].epoch++;
     (*changes)++;
 }

@@ -22,7 +22,7 @@ static void test_roles(void **state)
 
 static void test_node_round_trip(void **state)
 {
-    struct cluster_node n = {"node-1", ROLE_STATE, "127.0.0.1:7001", "127.0.0.1:9001", 1234},
+    struct cluster_node n = {"node-1", ROLE_STATE, "127.0.0.1:7001", "127.0.0.1:9001", 1234, ""},
                         back;
     char *j = cluster_node_to_json(&n);
     assert_non_null(j);
@@ -32,6 +32,13 @@ static void test_node_round_trip(void **state)
     assert_string_equal(back.grpc_addr, "127.0.0.1:7001");
     assert_string_equal(back.metrics_addr, "127.0.0.1:9001");
     assert_int_equal(back.started_ms, 1234);
+    assert_string_equal(back.zone, "");
+    assert_null(strstr(j, "zone")); /* optional: absent when empty */
+    free(j);
+    snprintf(n.zone, sizeof(n.zone), "eu-west-1a");
+    j = cluster_node_to_json(&n);
+    assert_int_equal(cluster_node_from_json(j, strlen(j), &back), EDDY_OK);
+    assert_string_equal(back.zone, "eu-west-1a");
     free(j);
     assert_int_equal(cluster_node_from_json("{\"id\":1}", 8, &back), EDDY_ERR_CORRUPT);
     assert_int_equal(cluster_node_from_json("not json", 8, &back), EDDY_ERR_CORRUPT);
@@ -42,11 +49,15 @@ static void test_map_round_trip(void **state)
     struct cluster_map m, back = {0};
     assert_int_equal(cluster_map_init(&m, 4), EDDY_OK);
     m.version = 9;
-    snprintf(m.parts[0].owner, CLUSTER_ID_MAX, "a");
+    cluster_part_set_single(&m.parts[0], "a");
     m.parts[0].epoch = 3;
-    snprintf(m.parts[3].owner, CLUSTER_ID_MAX, "b");
+    cluster_part_set_single(&m.parts[3], "b");
+    m.parts[3].nreplicas = 3;
+    snprintf(m.parts[3].replicas[1], CLUSTER_ID_MAX, "c");
+    snprintf(m.parts[3].replicas[2], CLUSTER_ID_MAX, "a");
     m.parts[3].epoch = 1;
     char *j = cluster_map_to_json(&m);
+    assert_non_null(strstr(j, "\"replicas\":[[\"a\"],[],[],[\"b\",\"c\",\"a\"]]"));
     assert_int_equal(cluster_map_from_json(j, strlen(j), &back), EDDY_OK);
     assert_int_equal(back.nparts, 4);
     assert_int_equal(back.version, 9);
@@ -57,6 +68,111 @@ static void test_map_round_trip(void **state)
     assert_int_equal(back.nparts, 4); /* unchanged on error */
     cluster_map_release(&m);
     cluster_map_release(&back);
+}
+
+/* A map written by a coordinator without replicas reads as replicas = [owner]. */
+static void test_map_without_replicas(void **state)
+{
+    (void)state;
+    struct cluster_map m = {0};
+    const char *old = "{\"partitions\":3,\"version\":2,\"owners\":[\"a\",\"\",\"b\"],"
+                      "\"epochs\":[1,0,4]}";
+    assert_int_equal(cluster_map_from_json(old, strlen(old), &m), EDDY_OK);
+    assert_int_equal(m.parts[0].nreplicas, 1);
+    assert_string_equal(m.parts[0].replicas[0], "a");
+    assert_int_equal(m.parts[1].nreplicas, 0);
+    assert_int_equal(m.parts[2].nreplicas, 1);
+    assert_string_equal(m.parts[2].replicas[0], "b");
+    assert_true(cluster_part_has(&m.parts[2], "b"));
+    assert_false(cluster_part_has(&m.parts[2], "a"));
+    assert_false(cluster_part_has(&m.parts[1], ""));
+    cluster_map_release(&m);
+}
+
+static void test_map_bad_replicas(void **state)
+{
+    (void)state;
+    struct cluster_map m = {0};
+    const char *bad[] = {
+        /* the leader is not first */
+        "{\"partitions\":1,\"owners\":[\"a\"],\"epochs\":[1],\"replicas\":[[\"b\",\"a\"]]}",
+        /* a repeated id */
+        "{\"partitions\":1,\"owners\":[\"a\"],\"epochs\":[1],\"replicas\":[[\"a\",\"a\"]]}",
+        /* replicas of an unassigned partition */
+        "{\"partitions\":1,\"owners\":[\"\"],\"epochs\":[1],\"replicas\":[[\"a\"]]}",
+        /* one list short */
+        "{\"partitions\":2,\"owners\":[\"a\",\"b\"],\"epochs\":[1,1],\"replicas\":[[\"a\"]]}",
+        /* more than CLUSTER_REPLICAS_MAX */
+        "{\"partitions\":1,\"owners\":[\"a\"],\"epochs\":[1],"
+        "\"replicas\":[[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\"]]}",
+        "{\"partitions\":1,\"owners\":[\"a\"],\"epochs\":[1],\"replicas\":[[\"a\",\"\"]]}",
+        "{\"partitions\":1,\"owners\":[\"a\"],\"epochs\":[1],\"replicas\":[\"a\"]}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(cluster_map_from_json(bad[i], strlen(bad[i]), &m), EDDY_ERR_CORRUPT);
+    cluster_map_release(&m);
+    const char *ok = "{\"partitions\":1,\"owners\":[\"a\"],\"epochs\":[1],"
+                     "\"replicas\":[[\"a\",\"b\",\"c\",\"d\",\"e\"]]}";
+    assert_int_equal(cluster_map_from_json(ok, strlen(ok), &m), EDDY_OK);
+    assert_int_equal(m.parts[0].nreplicas, 5);
+    assert_int_equal(cluster_part_index(&m.parts[0], "a"), 0);
+    assert_int_equal(cluster_part_index(&m.parts[0], "e"), 4);
+    assert_int_equal(cluster_part_index(&m.parts[0], "f"), -1);
+    cluster_map_release(&m);
+}
+
+static void test_config(void **state)
+{
+    (void)state;
+    struct cluster_config c = {.partitions = 64, .replication_factor = 3, .min_insync = 2}, back;
+    char *j = cluster_config_to_json(&c);
+    assert_non_null(j);
+    assert_int_equal(cluster_config_from_json(j, strlen(j), &back), EDDY_OK);
+    assert_memory_equal(&c, &back, sizeof(c));
+    free(j);
+    const char *old = "{\"partitions\":16}"; /* an older cluster: R = 1 */
+    assert_int_equal(cluster_config_from_json(old, strlen(old), &back), EDDY_OK);
+    assert_int_equal(back.partitions, 16);
+    assert_int_equal(back.replication_factor, 1);
+    assert_int_equal(back.min_insync, 1);
+    const char *bad[] = {"{\"partitions\":16,\"replication_factor\":0}",
+                         "{\"partitions\":16,\"replication_factor\":6}",
+                         "{\"partitions\":16,\"replication_factor\":2,\"min_insync\":3}",
+                         "{\"partitions\":16,\"min_insync\":2}", /* above the default R */
+                         "{\"partitions\":16,\"min_insync\":0}",
+                         "{\"partitions\":16,\"replication_factor\":\"2\"}",
+                         "{\"partitions\":0}", "{\"partitions\":2.5}", "{}", ""};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(cluster_config_from_json(bad[i], strlen(bad[i]), &back),
+                         EDDY_ERR_CORRUPT);
+}
+
+static void test_isr(void **state)
+{
+    (void)state;
+    struct cluster_isr r = {.epoch = 7, .nisr = 2}, back;
+    snprintf(r.leader, sizeof(r.leader), "s1");
+    snprintf(r.isr[0], CLUSTER_ID_MAX, "s1");
+    snprintf(r.isr[1], CLUSTER_ID_MAX, "s3");
+    char *j = cluster_isr_to_json(&r);
+    assert_non_null(j);
+    assert_string_equal(j, "{\"isr\":[\"s1\",\"s3\"],\"epoch\":7,\"leader\":\"s1\"}");
+    assert_int_equal(cluster_isr_from_json(j, strlen(j), &back), EDDY_OK);
+    assert_memory_equal(&r, &back, sizeof(r));
+    assert_true(cluster_isr_has(&back, "s3"));
+    assert_false(cluster_isr_has(&back, "s2"));
+    assert_false(cluster_isr_has(&back, ""));
+    free(j);
+    const char *bad[] = {"{\"epoch\":1,\"leader\":\"a\",\"isr\":[]}",
+                         "{\"epoch\":1,\"leader\":\"a\",\"isr\":[\"b\"]}", /* leader not in */
+                         "{\"epoch\":1,\"leader\":\"a\",\"isr\":[\"a\",\"a\"]}",
+                         "{\"epoch\":1,\"leader\":\"a\",\"isr\":[\"a\",\"\"]}",
+                         "{\"epoch\":1,\"leader\":\"a\",\"isr\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\"]}",
+                         "{\"leader\":\"a\",\"isr\":[\"a\"]}",
+                         "{\"epoch\":-1,\"leader\":\"a\",\"isr\":[\"a\"]}",
+                         "{\"epoch\":1,\"leader\":\"\",\"isr\":[\"a\"]}", "[]", ""};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(cluster_isr_from_json(bad[i], strlen(bad[i]), &back), EDDY_ERR_CORRUPT);
 }
 
 static void test_checkpoint_round_trip(void **state)
@@ -132,6 +248,10 @@ int main(void)
         cmocka_unit_test(test_roles),
         cmocka_unit_test(test_node_round_trip),
         cmocka_unit_test(test_map_round_trip),
+        cmocka_unit_test(test_map_without_replicas),
+        cmocka_unit_test(test_map_bad_replicas),
+        cmocka_unit_test(test_config),
+        cmocka_unit_test(test_isr),
         cmocka_unit_test(test_checkpoint_round_trip),
         cmocka_unit_test(test_move_round_trip),
         cmocka_unit_test(test_key_partition),
