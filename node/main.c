@@ -26,6 +26,7 @@
 #include "node/cluster/reprocess_service.h"
 #include "node/cluster/router.h"
 #include "node/cluster/stage2_remote.h"
+#include "node/cluster/replica.h"
 #include "node/cluster/state_service.h"
 #include "node/ingest/ingest_service.h"
 #include "node/metrics_node.h"
@@ -65,6 +66,7 @@ struct node_config {
     int64_t neighbour_cache;
     int64_t shutdown_grace;
     int64_t move_lag, move_freeze, move_final_wait, load_interval;
+    int64_t replica_lag_timeout;
 };
 
 #define DAY (24 * 3600 * 1000LL)
@@ -95,7 +97,7 @@ static struct node_config defaults(void)
         .checkpoint_timeout = 600000, .checkpoint_keep = 3,
         .checkpoint_threads = 2, .checkpoint_dir = "",
         .move_lag = 1000, .move_freeze = 10000, .move_final_wait = 30000,
-        .load_interval = 10000,
+        .load_interval = 10000, .replica_lag_timeout = 10000,
     };
 }
 
@@ -233,6 +235,9 @@ static size_t node_flags(struct node_config *c, struct flag *out)
           "a move's target retries the source's final log tail at least this long; once the "
           "source has left (or after 4 times this) it serves from its copy or the source's "
           "newer last checkpoint", 0, 0),
+        F("replica-lag-timeout", FLAG_DURATION, replica_lag_timeout,
+          "a follower whose log has not reached its leader's end for this long leaves the "
+          "partition's in-sync set (writes need min-insync copies in it)", 100, 0),
         F("load-interval", FLAG_DURATION, load_interval,
           "publish this state node's per-partition event rates this often, for the "
           "coordinator's load balance (0 = never)", 0, 0),
@@ -443,12 +448,15 @@ static void on_alive(void *ud, bool alive)
 struct change_hook {
     metric_gauge *owned;
     struct state_service *ss; /* NULL: no state role */
+    replica *rep;             /* NULL: no state role */
 };
 
 static void on_change(void *ud, membership *m)
 {
     struct change_hook *h = ud;
     metric_gauge_set(h->owned, membership_owned_count(m));
+    if (h->rep)
+        replica_set_membership(h->rep, m);
     if (h->ss)
         state_service_takeover(h->ss);
 }
@@ -537,13 +545,14 @@ int main(int argc, char **argv)
     popcache *pop = NULL, *pop_cluster = NULL;
     struct cluster_hooks hk = {0};
     struct ckpt_hook ckh = {&hk, c->cluster};
-    struct change_hook chh = {NULL, NULL};
+    struct change_hook chh = {NULL, NULL, NULL};
     ckptsched *cks = NULL;
     char ckpt_dir[CHECKPOINT_PATH_MAX];
     peers *pe = NULL;
     membership *mem = NULL;
     forwarder *fwd = NULL;
     mover *mov = NULL;
+    replica *rep = NULL;
     loadpub *lpub = NULL;
     struct stage2_remote s2;
     struct router router = {NULL, NULL, c->route_timeout, (int)c->route_retries,
@@ -648,6 +657,15 @@ int main(int argc, char **argv)
         goto out;
     if (clustered && (roles & ROLE_STATE) && state_service_register(&ss, srv) != EDDY_OK)
         goto out;
+    if (clustered && eng) { /* the replicated log: ReplicaFetch is served from the start */
+        struct replica_opts ro = {.eng = eng, .peers = pe, .partitions = (uint32_t)c->partitions,
+                                  .lag_timeout_ms = c->replica_lag_timeout,
+                                  .rpc_timeout_ms = c->route_timeout, .cluster = c->cluster,
+                                  .metrics = nm.replica};
+        if (!(rep = replica_new(&ro)) || replica_register(rep, srv) != EDDY_OK)
+            goto out;
+        ss.repl = rep;
+    }
     if (clustered && eng) { /* the product half of a cluster-wide rebuild (reprocess) */
         char dir[PATH_MAX];
         snprintf(dir, sizeof(dir), "%s/reprocess-s2.tmp", c->data_dir);
@@ -706,7 +724,7 @@ int main(int argc, char **argv)
         ss.checkpoint_dir = cks ? ckpt_dir : NULL;
         ss.freeze_ms = c->move_freeze;
         hk.ss = &ss;
-        chh = (struct change_hook){nm.partitions_owned, NULL};
+        chh = (struct change_hook){nm.partitions_owned, NULL, NULL};
         struct membership_opts mo = {c->etcd, c->cluster, id, roles, addr, maddr,
                                      (c->lease_ttl + 999) / 1000, 5000, on_alive, hl,
                                      on_change, &chh};
@@ -747,7 +765,16 @@ int main(int argc, char **argv)
                 rpc_server_shutdown(srv, 0);
                 goto out;
             }
-            /* from now on every map change takes over new partitions */
+            /* from now on every map change takes over new partitions and follows the
+             * replica sets */
+            replica_set_membership(rep, mem);
+            if ((e = replica_start(rep)) != EDDY_OK) {
+                log_error("msg=\"cannot start the replica threads\" error=\"%s\"",
+                          eddy_strerror(e));
+                rpc_server_shutdown(srv, 0);
+                goto out;
+            }
+            chh.rep = rep;
             chh.ss = &ss;
             state_service_takeover(&ss);
         }
@@ -785,9 +812,14 @@ int main(int argc, char **argv)
     log_info("msg=\"shutting down\" signal=%d", sig);
     health_set_all(hl, HEALTH_NOT_SERVING);
     health_shutdown(hl);
+    /* writes waiting for their copies fail UNAVAILABLE (never acknowledged with fewer) and
+     * the followers' parked fetches end, before the server drains */
+    replica_stop(rep);
     rpc_server_shutdown(srv, c->shutdown_grace);
     status = 0;
 out:
+    replica_stop(rep);       /* before the membership its map changes come from */
+    chh.rep = NULL;
     rpc_server_free(srv);
     metrics_http_close(mh); /* after the RPC server (scrapes see the drain to the end), before
                              * the caches and the engine its scrapes read */
@@ -807,6 +839,7 @@ out:
     engine_close(eng); /* finishes queued writes, closes LevelDB */
     stage2_side_free(s2side); /* after the engine: its owns() hook asks it */
     state_service_takeover_release(&ss);
+    replica_free(rep);       /* after the server and the membership that call into it */
     peers_free(pe);
     health_free(hl);
     node_metrics_release(&nm); /* last: late answers from the writer still count */

@@ -32,7 +32,6 @@
  * and engine calls run outside it. */
 #include "node/cluster/replica.h"
 
-#include <cjson/cJSON.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -354,6 +353,32 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
     free(ends);
 }
 
+void replica_set_membership(replica *r, membership *m)
+{
+    uint32_t P = r->o.partitions;
+    struct replica_part *parts = calloc(P ? P : 1, sizeof(*parts));
+    if (!parts) {
+        log_error("msg=\"replica map not taken: out of memory\"");
+        return;
+    }
+    for (uint32_t p = 0; p < P; p++) {
+        struct cluster_part cp;
+        if (!membership_part(m, p, &cp) || cp.nreplicas == 0)
+            continue;
+        parts[p].epoch = cp.epoch;
+        parts[p].nreplicas = cp.nreplicas;
+        memcpy(parts[p].replicas, cp.replicas, sizeof(parts[p].replicas));
+        membership_addr(m, cp.replicas[0], parts[p].leader_addr);
+    }
+    pthread_mutex_lock(&r->mu); /* the node's id and etcd are known once it joined */
+    snprintf(r->self, sizeof(r->self), "%s", membership_self(m));
+    if (!r->o.etcd)
+        r->o.etcd = membership_etcd(m);
+    pthread_mutex_unlock(&r->mu);
+    replica_set_map(r, parts, membership_min_insync(m));
+    free(parts);
+}
+
 /* ---- leader side: acknowledgements -------------------------------------------------------- */
 
 bool replica_writable(replica *r, uint32_t p)
@@ -643,53 +668,29 @@ eddy_err replica_register(replica *r, rpc_server *s)
 
 /* ---- the replica thread ------------------------------------------------------------------- */
 
-struct isr_rec {
-    uint32_t p;
-    uint64_t epoch;
-    char leader[CLUSTER_ID_MAX];
-    char isr[REPLICA_MAX][CLUSTER_ID_MAX];
-    uint32_t n;
-};
-
 /* Record the in-sync set of a partition in etcd unless a newer epoch's record is there. */
-static eddy_err write_isr(replica *r, const struct isr_rec *x)
+static eddy_err write_isr(replica *r, etcd_client *etcd, uint32_t p,
+                          const struct cluster_isr *x)
 {
     char key[CLUSTER_KEY_MAX];
-    snprintf(key, sizeof(key), CLUSTER_PREFIX "%s/isr/%u", r->cluster, x->p);
+    snprintf(key, sizeof(key), CLUSTER_PREFIX "%s/isr/%u", r->cluster, p);
     struct etcd_kv kv = {0};
     bool found = false, ok = false;
-    char *val = NULL;
-    cJSON *o = cJSON_CreateObject();
-    cJSON *a = o ? cJSON_AddArrayToObject(o, "isr") : NULL;
-    eddy_err err = EDDY_ERR_NOMEM;
-    if (!a)
+    char *val = cluster_isr_to_json(x);
+    eddy_err err = val ? etcd_get(etcd, key, &kv, &found) : EDDY_ERR_NOMEM;
+    if (err != EDDY_OK)
         goto out;
-    cJSON_AddNumberToObject(o, "epoch", (double)x->epoch);
-    cJSON_AddStringToObject(o, "leader", x->leader);
-    for (uint32_t i = 0; i < x->n; i++)
-        cJSON_AddItemToArray(a, cJSON_CreateString(x->isr[i]));
-    if (!(val = cJSON_PrintUnformatted(o)))
-        goto out;
-    if ((err = etcd_get(r->o.etcd, key, &kv, &found)) != EDDY_OK)
-        goto out;
-    if (found) {
-        cJSON *cur = cJSON_Parse(kv.value);
-        cJSON *e = cur ? cJSON_GetObjectItemCaseSensitive(cur, "epoch") : NULL;
-        bool newer = cJSON_IsNumber(e) && e->valuedouble > (double)x->epoch;
-        cJSON_Delete(cur);
-        if (newer) { /* the coordinator moved on: this leader's view is stale */
-            err = EDDY_OK;
-            goto out;
-        }
-    }
-    err = etcd_txn_cas(r->o.etcd, key, found ? kv.mod_revision : 0, val, strlen(val), 0, &ok,
+    struct cluster_isr cur;
+    if (found && cluster_isr_from_json(kv.value, kv.value_len, &cur) == EDDY_OK &&
+        cur.epoch > x->epoch)
+        goto out; /* the coordinator moved on: this leader's view is stale */
+    err = etcd_txn_cas(etcd, key, found ? kv.mod_revision : 0, val, strlen(val), 0, &ok,
                        NULL);
     if (err == EDDY_OK && !ok)
         err = EDDY_ERR_CONFLICT;
 out:
     etcd_kv_release(&kv);
-    cJSON_free(val);
-    cJSON_Delete(o);
+    free(val);
     return err;
 }
 
@@ -699,11 +700,13 @@ static void *replica_main(void *arg)
     replica *r = arg;
     uint32_t P = r->o.partitions;
     uint64_t *ends = calloc(P ? P : 1, sizeof(*ends));
-    struct isr_rec *recs = calloc(P ? P : 1, sizeof(*recs));
-    if (!ends || !recs) {
+    struct cluster_isr *recs = calloc(P ? P : 1, sizeof(*recs));
+    uint32_t *recp = calloc(P ? P : 1, sizeof(*recp));
+    if (!ends || !recs || !recp) {
         log_error("msg=\"replica thread: out of memory\"");
         free(ends);
         free(recs);
+        free(recp);
         return NULL;
     }
     pthread_mutex_lock(&r->mu);
@@ -720,6 +723,7 @@ static void *replica_main(void *arg)
         size_t nrecs = 0;
         double lag = 0, under = 0;
         pthread_mutex_lock(&r->mu);
+        etcd_client *etcd = r->o.etcd;
         r->kicked = false;
         for (uint32_t p = 0; p < P; p++) {
             struct part *pt = &r->parts[p];
@@ -732,15 +736,15 @@ static void *replica_main(void *arg)
             under += insync(pt) < pt->map.nreplicas;
             settle(r, pt, &done);
             if (pt->isr_dirty && r->o.etcd) {
-                struct isr_rec *x = &recs[nrecs++];
-                x->p = p;
+                recp[nrecs] = p;
+                struct cluster_isr *x = &recs[nrecs++];
                 x->epoch = pt->map.epoch;
                 snprintf(x->leader, sizeof(x->leader), "%s", r->self);
                 snprintf(x->isr[0], sizeof(x->isr[0]), "%s", r->self);
-                x->n = 1;
+                x->nisr = 1;
                 for (uint32_t i = 0; i < pt->nf; i++)
                     if (pt->f[i].in_sync)
-                        snprintf(x->isr[x->n++], sizeof(x->isr[0]), "%s", pt->f[i].id);
+                        snprintf(x->isr[x->nisr++], sizeof(x->isr[0]), "%s", pt->f[i].id);
                 pt->isr_dirty = false;
             }
         }
@@ -773,13 +777,13 @@ static void *replica_main(void *arg)
             free(k);
         }
         for (size_t i = 0; i < nrecs; i++) {
-            eddy_err err = write_isr(r, &recs[i]);
+            eddy_err err = write_isr(r, etcd, recp[i], &recs[i]);
             if (err != EDDY_OK) {
                 log_warn("msg=\"in-sync set not recorded in etcd; retrying\" partition=%u "
                          "error=\"%s\"",
-                         recs[i].p, eddy_strerror(err));
+                         recp[i], eddy_strerror(err));
                 pthread_mutex_lock(&r->mu);
-                r->parts[recs[i].p].isr_dirty = true;
+                r->parts[recp[i]].isr_dirty = true;
                 pthread_mutex_unlock(&r->mu);
             }
         }
@@ -790,6 +794,7 @@ static void *replica_main(void *arg)
     pthread_mutex_unlock(&r->mu);
     free(ends);
     free(recs);
+    free(recp);
     return NULL;
 }
 

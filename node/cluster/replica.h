@@ -5,8 +5,8 @@
  * engine_replay. See the DESIGN comment in replica.c and docs/cluster.md, Replication.
  *
  * Wiring (the node): replica_new before the RPC server starts, replica_register on it,
- * replica_set_map after joining and after every change of the partition map (membership
- * on_change), replica_start once the server listens; the state service calls
+ * replica_set_membership after joining and after every change of the partition map
+ * (membership on_change), replica_start once the server listens; the state service calls
  * replica_writable before an Apply and replica_wait after its job is durable.
  * replica_stop before the RPC server shuts down, replica_free after it is freed. */
 #ifndef EDDY_REPLICA_H
@@ -20,11 +20,12 @@
 #include "common/metrics.h"
 #include "common/rpc_server.h"
 #include "eddy/v1/state.pb-c.h"
+#include "node/cluster/membership.h"
 #include "node/cluster/peers.h"
 #include "node/state/engine.h"
 
 /* Copies of one partition, the leader included. */
-#define REPLICA_MAX 8
+#define REPLICA_MAX CLUSTER_REPLICAS_MAX
 
 typedef struct replica replica;
 
@@ -48,7 +49,7 @@ struct replica_metrics {
 struct replica_opts {
     engine *eng;                 /* borrowed */
     peers *peers;                /* channels to the leaders (borrowed) */
-    const char *self;            /* this node's id (copied) */
+    const char *self;            /* this node's id (copied; replica_set_membership sets it) */
     uint32_t partitions;
     /* --replica-lag-timeout: a follower whose position has not reached the leader's log
      * end for this long leaves the in-sync set (default 10000). */
@@ -56,7 +57,8 @@ struct replica_opts {
     int64_t fetch_wait_ms;       /* a fetch's long poll (default 500) */
     int64_t rpc_timeout_ms;      /* a fetch's deadline on top of the long poll (5000) */
     /* Where the leader records each partition's in-sync set (/eddy/<cluster>/isr/<p>,
-     * compare-and-swap); NULL: not recorded. Borrowed. */
+     * compare-and-swap); NULL: not recorded, or the membership's once
+     * replica_set_membership ran. Borrowed. */
     struct etcd_client *etcd;
     const char *cluster;
     struct replica_metrics metrics;
@@ -85,6 +87,11 @@ void replica_free(replica *r);
  * counts as R). Acknowledgements waiting on a partition this node no longer leads, or
  * whose epoch changed, fail with EDDY_ERR_UNAVAILABLE. Any thread. */
 void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_insync);
+
+/* replica_set_map from the membership's view: each partition's replicas and epoch, its
+ * leader's address, the cluster's min-insync. The node calls it after joining and from
+ * the membership's on_change. */
+void replica_set_membership(replica *r, membership *m);
 
 /* Whether a write of partition 'p' may be accepted now: true when the partition is not
  * replicated or has at least min-insync copies in sync. Any thread. */

@@ -149,7 +149,7 @@ static eddy_err wait_all(struct pair *t)
 }
 
 /* 'n' events of 'users' users, ids from 'first'; freed by the caller with free_events. */
-static Eddy__V1__Event **events(int first, int n, int users, char (*ids)[16], char (*us)[8])
+static Eddy__V1__Event **events(int first, int n, int users, char (*ids)[16], char (*us)[16])
 {
     static const char *prods[] = {"p1", "p2", "p3", "p4", "p5"};
     Eddy__V1__Event **evs = calloc((size_t)n, sizeof(*evs));
@@ -172,7 +172,7 @@ static void free_events(Eddy__V1__Event **evs, int n)
 static void ingest_range(struct pair *t, int first, int n)
 {
     char (*ids)[16] = calloc((size_t)n, sizeof(*ids));
-    char (*us)[8] = calloc((size_t)n, sizeof(*us));
+    char (*us)[16] = calloc((size_t)n, sizeof(*us));
     Eddy__V1__Event **evs = events(first, n, 13, ids, us);
     for (int i = 0; i < n; i += 50)
         ingest(t->a.eng, evs + i, (size_t)(n - i < 50 ? n - i : 50));
