@@ -882,7 +882,7 @@ uint64_t replica_position(replica *r, uint32_t p)
 
 static void *fetch_main(void *arg)
 {
-    thread_name("replica-fetch");
+    thread_name("repl-fetch");
     struct fetcher *ft = arg;
     replica *r = ft->r;
     uint32_t P = r->o.partitions;
