@@ -436,6 +436,7 @@ struct page {
     Eddy__State__V1__ReplicaRecord **rp;
     size_t n, max, *bytes;
     uint64_t last;
+    bool cut;              /* stopped at a limit: the page ends after 'last' */
     bool oom;
 };
 
@@ -444,8 +445,10 @@ static int collect(void *ud, const unsigned char *k, size_t klen, const char *v,
     struct page *pg = ud;
     size_t off = 3; /* partition u16, table byte */
     uint64_t seq;
-    if (pg->n == pg->max || (pg->n > 0 && *pg->bytes + vlen > FETCH_MAX_BYTES))
+    if (pg->n == pg->max || (pg->n > 0 && *pg->bytes + vlen > FETCH_MAX_BYTES)) {
+        pg->cut = true;
         return 1;
+    }
     if (!key_get_u64(k, klen, &off, &seq))
         return 0;
     Eddy__State__V1__ReplicaRecord *e = &pg->rec[pg->n];
@@ -497,7 +500,7 @@ static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchR
         if (q->next_seq >= v.next_seq)
             continue;
         pg[i] = (struct page){calloc(max, sizeof(*pg[i].rec)), calloc(max, sizeof(*pg[i].rp)),
-                              0, max, &bytes, 0, false};
+                              0, max, &bytes, 0, false, false};
         if (!pg[i].rec || !pg[i].rp) {
             oom = true;
             break;
@@ -518,8 +521,7 @@ static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchR
         d[i].records = pg[i].rp;
         d[i].n_records = pg[i].n;
         /* a page cut short continues after its last record; else it reached the end */
-        bool cut = pg[i].n == pg[i].max || bytes + 1 > FETCH_MAX_BYTES / 2;
-        d[i].next_seq = cut && pg[i].n ? pg[i].last + 1 : v.next_seq;
+        d[i].next_seq = pg[i].cut && pg[i].n ? pg[i].last + 1 : v.next_seq;
     }
     if (c) {
         pthread_mutex_lock(&r->mu);
@@ -617,6 +619,22 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         const Eddy__State__V1__ReplicaFetchPartition *q = req->partitions[i];
         struct part *pt = &r->parts[q->partition];
         struct follower *f = find_follower(pt, req->follower);
+        if (q->next_seq > end[i]) {
+            /* Records the leader does not have: that log diverged (an old leader's
+             * unacknowledged suffix). It is no copy of this log, and cannot become one
+             * until the suffix is truncated (not built yet). */
+            if (f->pos != 0 || f->in_sync)
+                log_warn("msg=\"follower's log is ahead of the leader's: not counted as a "
+                         "copy\" partition=%u follower=%s position=%" PRIu64
+                         " log_end=%" PRIu64,
+                         q->partition, f->id, q->next_seq, end[i]);
+            f->pos = 0;
+            f->prev_end = UINT64_MAX;
+            f->caught_up_ms = t - r->o.lag_timeout_ms - 1; /* out of the set at once */
+            follower_check(r, pt, f, q->partition, t);
+            settle(r, pt, &done);
+            continue;
+        }
         f->pos = q->next_seq;
         if (q->next_seq >= f->prev_end) { /* it reached what the leader had last time */
             f->caught_up_ms = f->prev_ms;
@@ -933,12 +951,14 @@ static void *fetch_main(void *arg)
         else
             res = (struct rpc_result){GRPC_STATUS_RESOURCE_EXHAUSTED, "no channel"};
         eddy_err err = EDDY_OK;
+        bool stuck = false; /* a partition the leader's log cannot bring up to date */
         if (res.code == GRPC_STATUS_OK) {
             const Eddy__State__V1__ReplicaFetchResponse *fr =
                 (const Eddy__State__V1__ReplicaFetchResponse *)resp;
             for (size_t i = 0; i < fr->n_partitions && err == EDDY_OK; i++) {
                 const Eddy__State__V1__ReplicaPartitionData *d = fr->partitions[i];
                 if (d->log_truncated) {
+                    stuck = true;
                     if (failures++ % 100 == 0)
                         log_warn("msg=\"leader's log no longer holds this follower's "
                                  "position: a checkpoint copy is needed\" partition=%u "
@@ -953,7 +973,7 @@ static void *fetch_main(void *arg)
                      ft->leader, addr, (int)res.code, res.details);
         }
         protobuf_c_message_free_unpacked(resp, NULL);
-        if (res.code == GRPC_STATUS_OK && err == EDDY_OK) {
+        if (res.code == GRPC_STATUS_OK && err == EDDY_OK && !stuck) {
             backoff = 0;
         } else {
             backoff = backoff ? backoff * 2 : BACKOFF_MIN_MS;

@@ -264,10 +264,11 @@ static void test_ack_waits_for_follower(void **state)
     free(db);
 }
 
-/* Fetch partition 'p' from the leader by hand as node 'who' at 'epoch'. */
-static Eddy__State__V1__ReplicaFetchResponse *fetch(struct pair *t, const char *who,
-                                                    uint32_t p, uint64_t epoch,
-                                                    uint64_t from, struct rpc_result *res)
+/* Fetch partition 'p' from the leader by hand as node 'who' at 'epoch', at most 'max'
+ * records (0: the leader's default). */
+static Eddy__State__V1__ReplicaFetchResponse *fetch_n(struct pair *t, const char *who,
+                                                      uint32_t p, uint64_t epoch, uint64_t from,
+                                                      uint32_t max, struct rpc_result *res)
 {
     Eddy__State__V1__ReplicaFetchPartition q = EDDY__STATE__V1__REPLICA_FETCH_PARTITION__INIT;
     Eddy__State__V1__ReplicaFetchPartition *qp = &q;
@@ -278,10 +279,18 @@ static Eddy__State__V1__ReplicaFetchResponse *fetch(struct pair *t, const char *
     req.follower = (char *)who;
     req.partitions = &qp;
     req.n_partitions = 1;
+    req.max_records = max;
     ProtobufCMessage *resp = NULL;
     rpc_invoke(peers_get(t->peers, t->addr), "/eddy.state.v1.State/ReplicaFetch", &req.base,
                &eddy__state__v1__replica_fetch_response__descriptor, 5000, &resp, res);
     return (Eddy__State__V1__ReplicaFetchResponse *)resp;
+}
+
+static Eddy__State__V1__ReplicaFetchResponse *fetch(struct pair *t, const char *who,
+                                                    uint32_t p, uint64_t epoch,
+                                                    uint64_t from, struct rpc_result *res)
+{
+    return fetch_n(t, who, p, epoch, from, 0, res);
 }
 
 static void test_refusals(void **state)
@@ -344,6 +353,48 @@ static void test_refusals(void **state)
     free(after);
 }
 
+/* Pages end after their last record, and a follower whose position is past the leader's
+ * log (a diverged log) is not counted as a copy. */
+static void test_paging_and_diverged_follower(void **state)
+{
+    struct pair *t = *state;
+    ingest_range(t, 0, 200);
+    uint32_t p = 0;
+    while (log_end(t->a.eng, p) < 5)
+        p++;
+    uint64_t end = log_end(t->a.eng, p);
+    struct rpc_result res;
+    Eddy__State__V1__ReplicaFetchResponse *r = fetch_n(t, "B", p, EPOCH, 1, 2, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    const Eddy__State__V1__ReplicaPartitionData *d = r->partitions[0];
+    assert_int_equal(d->n_records, 2);
+    assert_int_equal(d->from_seq, 1);
+    assert_int_equal(d->records[0]->seq, 1);
+    assert_int_equal(d->next_seq, d->records[1]->seq + 1);
+    assert_int_equal(d->log_end, end);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+
+    /* B at the log end is in sync and a copy of everything below it */
+    r = fetch_n(t, "B", p, EPOCH, end, 0, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    assert_int_equal(replica_insync(t->a.rep, p), 2);
+    struct completion w0;
+    completion_init(&w0);
+    assert_int_equal(completion_wait(&w0, replica_wait(t->a.rep, p, end, acked, &w0)), EDDY_OK);
+
+    /* then it claims records the leader never had: no copy, out of the set at once */
+    r = fetch_n(t, "B", p, EPOCH, end + 5, 0, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_int_equal(r->partitions[0]->n_records, 0);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    assert_int_equal(replica_insync(t->a.rep, p), 1);
+    struct completion w;
+    completion_init(&w);
+    assert_int_equal(completion_wait(&w, replica_wait(t->a.rep, p, end, acked, &w)),
+                     EDDY_ERR_UNAVAILABLE);
+}
+
 static void test_not_replicated_no_wait(void **state)
 {
     struct pair *t = *state;
@@ -370,6 +421,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_follower_identical, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ack_waits_for_follower, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_paging_and_diverged_follower, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_replicated_no_wait, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
