@@ -574,7 +574,8 @@ int main(int argc, char **argv)
     }
     eo.metrics = nm.engine;
     if (clustered) {
-        eo.cluster = (struct engine_cluster){hook_stage2_local, &hk, hook_kick, &hk};
+        eo.cluster = (struct engine_cluster){hook_stage2_local, &hk, hook_kick, &hk,
+                                             hook_owns, &hk};
         pe = peers_new(64 << 20);
         router.peers = pe;
         if (!pe)
