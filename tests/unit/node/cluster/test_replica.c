@@ -276,8 +276,7 @@ static void test_ack_waits_for_follower(void **state)
     /* a new follower process on the same data catches up and rejoins */
     replica_free(t->b.rep);
     t->b.rep = replica_for(t, &t->b, "B");
-    assert_int_equal(replica_start(t->b.rep), EDDY_OK);
-    EVENTUALLY(replica_insync(t->a.rep, p) == 2);
+    start_follower(t);
     assert_true(replica_writable(t->a.rep, p));
     assert_int_equal(wait_all(t), EDDY_OK);
     char *da = dump(t->a.eng), *db = dump(t->b.eng);
