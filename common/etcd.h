@@ -117,7 +117,7 @@ enum etcd_op_type { ETCD_OP_PUT, ETCD_OP_DELETE, ETCD_OP_RANGE };
 enum etcd_branch { ETCD_ON_SUCCESS, ETCD_ON_FAILURE };
 
 /* Compares, ops per branch: etcd accepts up to 128; Eddy needs a handful. */
-#define ETCD_TXN_MAX 8
+#define ETCD_TXN_MAX 16 /* ClusterStatus reads 9 ranges in one txn */
 
 /* "if every compare holds then the success ops else the failure ops", applied atomically.
  * Build it on the stack with etcd_txn_init and the etcd_txn_* adders; keys and values are

@@ -1,14 +1,23 @@
-/* The assigner: a pure function from (live nodes, current partition map) to the next map.
+/* The assigner: a pure function from (live nodes, current partition map) to the next map:
+ * each partition gets an ordered set of R distinct eligible state nodes, leader first.
  * No I/O, no clock, no randomness: the coordinator calls it, the tests call it with plain
  * structs. Properties (each one unit-tested):
- *   - balanced: every eligible node owns floor(P/N) or ceil(P/N) partitions;
- *   - minimal movement: a partition stays with its owner unless that owner is gone,
- *     draining, or above its share; only the surplus moves;
+ *   - balanced: every eligible node leads floor(P/N) or ceil(P/N) partitions and follows
+ *     floor or ceil of P*(R-1)/N (R = min(replication factor, N));
+ *   - minimal movement: a replica stays where it is unless its node is gone, draining, or
+ *     above its share; only the surplus moves;
  *   - deterministic: the same input gives the same output, whatever the input order of
  *     the nodes;
- *   - fenced: a partition whose owner changes gets epoch + 1.
+ *   - zones: the replicas of a partition are in distinct zones when there are at least R
+ *     zones (else no zone holds more than ceil(R/zones) of them), before balance;
+ *   - failover is a promotion: a partition whose leader is gone (not listed, or not a
+ *     state node) is led by an eligible in-sync follower when there is one (the highest
+ *     durable seq, ties by replica order), whatever the shares; the data stays where it
+ *     is, and a later round moves a surplus of leaders away live;
+ *   - fenced: a partition whose leader changes gets epoch + 1 (a change of followers only
+ *     keeps the epoch).
  * Eligible nodes are live state nodes that are not draining. With none, partitions keep
- * their owner (there is nowhere to move them). */
+ * their owner and replicas (there is nowhere to move them). */
 #ifndef EDDY_ASSIGNER_H
 #define EDDY_ASSIGNER_H
 
@@ -22,14 +31,32 @@ struct assign_node {
     char id[CLUSTER_ID_MAX];
     bool state;      /* has the state role */
     bool draining;   /* asked to give its partitions away (eddy drain) */
+    char zone[CLUSTER_ZONE_MAX]; /* failure domain; "" counts as one zone of its own */
+};
+
+struct assign_params {
+    uint32_t replication_factor;   /* R asked for; 0 counts as 1; capped by eligible nodes */
+    /* [nparts] in-sync sets as the leaders recorded them, or NULL: every listed replica
+     * counts as in sync (so does an entry with nisr == 0: no record). Borrowed. */
+    const struct cluster_isr *isr;
+    /* [nparts * CLUSTER_REPLICAS_MAX] or NULL: durable seq of cur->parts[p].replicas[r] at
+     * [p * CLUSTER_REPLICAS_MAX + r], to pick among in-sync followers. Borrowed. */
+    const uint64_t *durable;
 };
 
 /* Compute 'next' (its parts array must have cur->nparts entries) from 'cur' and the
- * 'n' nodes. Returns the number of partitions whose owner changed. */
+ * 'n' nodes. Returns the number of partitions whose owner (leader) changed, or 0 with
+ * 'next' a copy of 'cur' when out of memory. */
+size_t assigner_assign(const struct assign_node *nodes, size_t n, const struct cluster_map *cur,
+                       const struct assign_params *ap, struct cluster_map *next);
+
+/* assigner_assign with R = 1: one replica, the owner. */
 size_t assigner_compute(const struct assign_node *nodes, size_t n, const struct cluster_map *cur,
                         struct cluster_map *next);
 
-/* Number of partitions owned by 'id' in 'a'. */
+/* Number of partitions led by 'id' in 'a'. */
 size_t assigner_count(const struct cluster_map *a, const char *id);
+/* Number of partitions 'id' follows in 'a' (a replica, not the leader). */
+size_t assigner_count_followers(const struct cluster_map *a, const char *id);
 
 #endif

@@ -34,6 +34,11 @@ struct leader {
     pthread_mutex_t moves_mu;      /* guards 'moves' (the watch thread writes it) */
     struct plan_rec *moves;        /* [nparts] the records under moves/ */
     atomic_uint_fast64_t moves_gen; /* bumped on every change of 'moves' */
+    char k_isr[CLUSTER_KEY_MAX];
+    etcd_watch *w_isr;
+    pthread_mutex_t isr_mu;        /* guards 'isr' (the watch thread writes it) */
+    struct cluster_isr *isr;       /* [nparts] the records under isr/ (nisr 0: none) */
+    atomic_uint_fast64_t isr_gen;  /* bumped on every change of 'isr' */
     char k_load[CLUSTER_KEY_MAX];
     etcd_watch *w_load;
     pthread_mutex_t load_mu;       /* guards 'loads' (the watch thread writes it) */
@@ -64,30 +69,72 @@ static void pause_ms(leader *l, int64_t ms)
 
 /* --- setup ------------------------------------------------------------------------------ */
 
-static eddy_err ensure_config(leader *l)
+/* Write 'want' (this leader's R and M) over the config stored at mod_revision 'mod', only
+ * while the leader key is ours and the record is unchanged; EDDY_ERR_CONFLICT otherwise
+ * (setup fails, logs and runs again). */
+static eddy_err update_config(leader *l, const struct cluster_config *want, int64_t mod)
 {
-    char json[64];
-    int n = snprintf(json, sizeof(json), "{\"partitions\":%u}", l->o.partitions);
-    bool created = false;
-    struct etcd_kv cur;
-    eddy_err err = etcd_txn_cas(l->o.etcd, l->k_config, 0, json, (size_t)n, 0, &created, &cur);
+    char *json = cluster_config_to_json(want);
+    if (!json)
+        return EDDY_ERR_NOMEM;
+    struct etcd_txn t;
+    etcd_txn_init(&t);
+    etcd_txn_compare(&t, l->k_config, ETCD_CMP_MOD, ETCD_CMP_EQUAL, mod);
+    etcd_txn_compare_value(&t, l->k_leader, ETCD_CMP_EQUAL, l->id, strlen(l->id));
+    etcd_txn_put(&t, ETCD_ON_SUCCESS, l->k_config, json, strlen(json), 0);
+    struct etcd_txn_result r;
+    eddy_err err = etcd_txn(l->o.etcd, &t, &r);
+    free(json);
     if (err != EDDY_OK)
         return err;
-    uint32_t p = cur.key ? leader_parse_config(cur.value, cur.value_len) : 0;
-    if (p == 0) {
+    if (!r.succeeded)
+        err = EDDY_ERR_CONFLICT;
+    etcd_txn_result_release(&r);
+    return err;
+}
+
+static eddy_err ensure_config(leader *l)
+{
+    struct cluster_config want = {.partitions = l->o.partitions,
+                                  .replication_factor = l->o.replication_factor,
+                                  .min_insync = l->o.min_insync};
+    char *json = cluster_config_to_json(&want);
+    if (!json)
+        return EDDY_ERR_NOMEM;
+    bool created = false;
+    struct etcd_kv cur;
+    eddy_err err = etcd_txn_cas(l->o.etcd, l->k_config, 0, json, strlen(json), 0, &created, &cur);
+    free(json);
+    if (err != EDDY_OK)
+        return err;
+    struct cluster_config got;
+    if (!cur.key || cluster_config_from_json(cur.value, cur.value_len, &got) != EDDY_OK) {
         log_error("msg=\"cluster config does not decode\" key=%s value=\"%.200s\"", l->k_config,
                   cur.value ? cur.value : "");
         etcd_kv_release(&cur);
         return EDDY_ERR_CORRUPT;
     }
+    int64_t mod = cur.mod_revision;
     etcd_kv_release(&cur);
     if (created)
-        log_info("msg=\"created cluster config\" cluster=%s partitions=%u", l->cluster, p);
-    else if (p != l->o.partitions)
+        log_info("msg=\"created cluster config\" cluster=%s partitions=%u replication_factor=%u "
+                 "min_insync=%u",
+                 l->cluster, got.partitions, got.replication_factor, got.min_insync);
+    else if (got.partitions != l->o.partitions)
         log_warn("msg=\"cluster exists with another partition count; using the stored one\" "
                  "cluster=%s stored=%u flag=%u",
-                 l->cluster, p, l->o.partitions);
-    l->nparts = p;
+                 l->cluster, got.partitions, l->o.partitions);
+    want.partitions = got.partitions;
+    if (got.replication_factor != want.replication_factor || got.min_insync != want.min_insync) {
+        err = update_config(l, &want, mod);
+        if (err != EDDY_OK)
+            return err;
+        log_warn("msg=\"replication settings changed by this leader's flags\" cluster=%s "
+                 "replication_factor=%u->%u min_insync=%u->%u",
+                 l->cluster, got.replication_factor, want.replication_factor, got.min_insync,
+                 want.min_insync);
+    }
+    l->nparts = got.partitions;
     return EDDY_OK;
 }
 
@@ -370,6 +417,54 @@ static int64_t on_moves(const struct etcd_event *ev, void *ud)
     return next;
 }
 
+/* Take one isr/<p> record (PUT) or its deletion. A record that does not decode counts as
+ * none (every replica in sync), with a warning. */
+static void isr_event(leader *l, const struct etcd_kv *kv, bool put)
+{
+    uint32_t p;
+    if (!cluster_key_partition(kv->key, l->k_isr, l->nparts, &p))
+        return;
+    struct cluster_isr r = {0};
+    if (put && cluster_isr_from_json(kv->value, kv->value_len, &r) != EDDY_OK)
+        log_warn("msg=\"isr record does not decode; ignored\" key=%s", kv->key);
+    pthread_mutex_lock(&l->isr_mu);
+    l->isr[p] = r;
+    pthread_mutex_unlock(&l->isr_mu);
+}
+
+static eddy_err load_isr(leader *l, int64_t *rev)
+{
+    struct etcd_kvs kvs;
+    eddy_err err = etcd_range_prefix(l->o.etcd, l->k_isr, &kvs, rev);
+    if (err != EDDY_OK)
+        return err;
+    pthread_mutex_lock(&l->isr_mu);
+    memset(l->isr, 0, l->nparts * sizeof(*l->isr));
+    pthread_mutex_unlock(&l->isr_mu);
+    for (size_t i = 0; i < kvs.n; i++)
+        isr_event(l, &kvs.kvs[i], true);
+    etcd_kvs_release(&kvs);
+    atomic_fetch_add(&l->isr_gen, 1);
+    return EDDY_OK;
+}
+
+static int64_t on_isr(const struct etcd_event *ev, void *ud)
+{
+    leader *l = ud;
+    int64_t next = 0;
+    if (ev->type == ETCD_EVENT_RESYNC) {
+        int64_t rev = 0;
+        while (!atomic_load(&l->stop) && load_isr(l, &rev) != EDDY_OK)
+            pause_ms(l, 200);
+        next = rev + 1;
+    } else {
+        isr_event(l, &ev->kv, ev->type == ETCD_EVENT_PUT);
+        atomic_fetch_add(&l->isr_gen, 1);
+    }
+    registry_wake(l->reg);
+    return next;
+}
+
 static eddy_err setup(leader *l)
 {
     eddy_err err = ensure_config(l);
@@ -384,25 +479,32 @@ static eddy_err setup(leader *l)
         err = EDDY_ERR_NOMEM;
     if (err == EDDY_OK)
         err = load_moves(l, &rm);
+    if (err == EDDY_OK && !l->isr && !(l->isr = calloc(l->nparts, sizeof(*l->isr))))
+        err = EDDY_ERR_NOMEM;
+    int64_t ri = 0;
+    if (err == EDDY_OK)
+        err = load_isr(l, &ri);
     if (err != EDDY_OK)
         return err;
     l->w_nodes = etcd_watch_start(l->o.etcd, l->k_nodes, true, rn + 1, on_nodes, l);
     l->w_drain = etcd_watch_start(l->o.etcd, l->k_drain, true, rd + 1, on_drain, l);
     l->w_moves = etcd_watch_start(l->o.etcd, l->k_moves, true, rm + 1, on_moves, l);
+    l->w_isr = etcd_watch_start(l->o.etcd, l->k_isr, true, ri + 1, on_isr, l);
     /* load records come again every publication interval: from now is enough */
     l->w_load = etcd_watch_start(l->o.etcd, l->k_load, true, 0, on_load, l);
-    if (!l->w_nodes || !l->w_drain || !l->w_moves || !l->w_load) {
+    if (!l->w_nodes || !l->w_drain || !l->w_moves || !l->w_load || !l->w_isr) {
         etcd_watch_stop(l->w_load);
-        l->w_load = NULL;
+        etcd_watch_stop(l->w_isr);
+        l->w_load = l->w_isr = NULL;
         etcd_watch_stop(l->w_nodes);
         etcd_watch_stop(l->w_drain);
         etcd_watch_stop(l->w_moves);
         l->w_nodes = l->w_drain = l->w_moves = NULL;
         return EDDY_ERR_NOMEM;
     }
-    log_info("msg=\"leading\" cluster=%s partitions=%u assignment_version=%llu nodes=%zu "
-             "state_nodes=%zu drains=%zu",
-             l->cluster, l->nparts, (unsigned long long)l->cur.version,
+    log_info("msg=\"leading\" cluster=%s partitions=%u replication_factor=%u "
+             "assignment_version=%llu nodes=%zu state_nodes=%zu drains=%zu",
+             l->cluster, l->nparts, l->o.replication_factor, (unsigned long long)l->cur.version,
              registry_node_count(l->reg), registry_state_count(l->reg),
              registry_drain_count(l->reg));
     return EDDY_OK;
@@ -493,6 +595,28 @@ static eddy_err move_write(leader *l, const struct plan_action *a)
     return EDDY_OK;
 }
 
+static bool node_alive(const struct assign_node *nodes, size_t n, const char *id)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (nodes[i].state && strcmp(nodes[i].id, id) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* 'part' as it will be once a move to 'to' is done: 'to' leads, the others follow (the
+ * assigner drops any above R or its shares). A move whose source is gone is not
+ * projected: its partition fails over, by promotion when it can. */
+static void project_move(struct cluster_part *part, const char *to)
+{
+    struct cluster_part was = *part;
+    cluster_part_set_single(part, to);
+    for (uint32_t r = 0; r < was.nreplicas && r < CLUSTER_REPLICAS_MAX; r++) {
+        if (!cluster_part_has(part, was.replicas[r]) && part->nreplicas < CLUSTER_REPLICAS_MAX)
+            snprintf(part->replicas[part->nreplicas++], CLUSTER_ID_MAX, "%s", was.replicas[r]);
+    }
+}
+
 static eddy_err reassign(leader *l)
 {
     struct assign_node *nodes = NULL;
@@ -520,10 +644,23 @@ static eddy_err reassign(leader *l)
     }
     for (uint32_t p = 0; p < l->nparts; p++) {
         const struct plan_rec *r = &recs[p];
-        if (r->present && r->m.phase != MOVE_DONE && strcmp(proj.parts[p].owner, r->m.from) == 0)
-            cluster_part_set_single(&proj.parts[p], r->m.to);
+        if (r->present && r->m.phase != MOVE_DONE && strcmp(proj.parts[p].owner, r->m.from) == 0 &&
+            node_alive(nodes, n, r->m.from))
+            project_move(&proj.parts[p], r->m.to);
     }
-    assigner_compute(nodes, n, &proj, &target);
+    struct cluster_isr *isr = calloc(l->nparts, sizeof(*isr));
+    if (!isr) {
+        cluster_map_release(&proj);
+        err = EDDY_ERR_NOMEM;
+        goto out;
+    }
+    pthread_mutex_lock(&l->isr_mu);
+    memcpy(isr, l->isr, l->nparts * sizeof(*isr));
+    pthread_mutex_unlock(&l->isr_mu);
+    struct assign_params ap = {.replication_factor = l->o.replication_factor, .isr = isr,
+                               .durable = NULL};
+    assigner_assign(nodes, n, &proj, &ap, &target);
+    free(isr);
     cluster_map_release(&proj);
     double *rates = l->o.load_interval_ms > 0 ? calloc(l->nparts, sizeof(*rates)) : NULL;
     if (rates)
@@ -622,14 +759,15 @@ static void *leader_main(void *arg)
     }
     bool dirty = true, nodes_changed = true;
     int conflicts = 0;
-    uint64_t seen = 0, mseen = 0;
+    uint64_t seen = 0, mseen = 0, iseen = 0;
     backoff = 100;
     while (!atomic_load(&l->stop) && !l->fenced) {
         if (!dirty) {
             uint64_t g = registry_wait(l->reg, seen, 1000);
             nodes_changed = g != seen;
             /* moves in progress (timeouts) and a due load check are looked at every second */
-            dirty = nodes_changed || atomic_load(&l->moves_gen) != mseen || moves_pending(l) ||
+            dirty = nodes_changed || atomic_load(&l->moves_gen) != mseen ||
+                    atomic_load(&l->isr_gen) != iseen || moves_pending(l) ||
                     (l->o.load_interval_ms > 0 &&
                      clock_mono_ms() - l->last_load_ms >= l->o.load_interval_ms);
             if (!dirty)
@@ -639,6 +777,7 @@ static void *leader_main(void *arg)
             seen = settle(l);
         nodes_changed = false;
         mseen = atomic_load(&l->moves_gen);
+        iseen = atomic_load(&l->isr_gen);
         if (atomic_load(&l->stop))
             break;
         eddy_err err = reassign(l);
@@ -659,7 +798,9 @@ static void *leader_main(void *arg)
 
 leader *leader_start(const struct leader_opts *o, etcd_session *s)
 {
-    if (!o->etcd || !o->cluster || !o->id || o->partitions == 0 || o->settle_ms < 0)
+    if (!o->etcd || !o->cluster || !o->id || o->partitions == 0 || o->settle_ms < 0 ||
+        o->replication_factor < 1 || o->replication_factor > CLUSTER_REPLICAS_MAX ||
+        o->min_insync < 1 || o->min_insync > o->replication_factor)
         return NULL;
     leader *l = calloc(1, sizeof(*l));
     if (!l)
@@ -677,13 +818,16 @@ leader *leader_start(const struct leader_opts *o, etcd_session *s)
     cluster_key(l->k_drain, sizeof(l->k_drain), o->cluster, "drain/");
     cluster_key(l->k_moves, sizeof(l->k_moves), o->cluster, "moves/");
     cluster_key(l->k_load, sizeof(l->k_load), o->cluster, "load/");
+    cluster_key(l->k_isr, sizeof(l->k_isr), o->cluster, "isr/");
     pthread_mutex_init(&l->moves_mu, NULL);
+    pthread_mutex_init(&l->isr_mu, NULL);
     pthread_mutex_init(&l->load_mu, NULL);
     l->last_load_ms = clock_mono_ms(); /* the first load move waits one interval of records */
     l->reg = registry_new();
     if (!l->reg || pthread_create(&l->thread, NULL, leader_main, l) != 0) {
         registry_free(l->reg);
         pthread_mutex_destroy(&l->moves_mu);
+        pthread_mutex_destroy(&l->isr_mu);
         pthread_mutex_destroy(&l->load_mu);
         free(l);
         return NULL;
@@ -704,13 +848,16 @@ void leader_stop(leader *l)
     etcd_watch_stop(l->w_drain);
     etcd_watch_stop(l->w_moves);
     etcd_watch_stop(l->w_load);
+    etcd_watch_stop(l->w_isr);
     cluster_map_release(&l->cur);
     registry_free(l->reg);
     pthread_mutex_destroy(&l->moves_mu);
+    pthread_mutex_destroy(&l->isr_mu);
     pthread_mutex_destroy(&l->load_mu);
     for (size_t i = 0; i < l->nloads; i++)
         load_rec_release(&l->loads[i]);
     free(l->loads);
     free(l->moves);
+    free(l->isr);
     free(l);
 }

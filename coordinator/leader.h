@@ -1,8 +1,10 @@
 /* The leader's work: while this coordinator leads, keep /eddy/<cluster>/assignment equal
  * to what the assigner computes from the live nodes and the drain requests.
  *
- * On start it makes sure the cluster config exists (create-if-absent {"partitions":P}; a
- * stored P wins over --partitions), reads the current map (or starts an empty one), loads
+ * On start it makes sure the cluster config exists (create-if-absent {"partitions":P,
+ * "replication_factor":R,"min_insync":M}; a stored P wins over --partitions, while this
+ * leader's R and M win over stored ones: the record is updated, compare-and-swap, and the
+ * change logged), reads the current map (or starts an empty one), loads
  * nodes/ and drain/ with a range and watches both prefixes from the range's revision + 1.
  * Every change of the assigner's input, once quiet for 'settle_ms' (debounce: a rolling
  * restart or a cluster start registers many nodes in a burst), gives a new map; if any
@@ -17,6 +19,10 @@
  * Every record write also compares the leader key. The assigner sees the map as it will
  * be once the moves in progress are done, so a move finishing before its partner is not
  * taken for an imbalance.
+ *
+ * Replicas: the assigner gives each partition R replicas (assigner.h). The leader watches
+ * isr/<p> (the in-sync sets the partition leaders record) and passes them to the assigner,
+ * which promotes an in-sync follower when a leader is gone.
  *
  * DESIGN: the loop runs on a thread of its own (etcd calls block; watch callbacks only
  * update the registry and wake it). */
@@ -34,6 +40,8 @@ struct leader_opts {
     const char *cluster;    /* cluster name (copied) */
     const char *id;         /* this coordinator's id, the leader key's value (copied) */
     uint32_t partitions;    /* P for a new cluster config */
+    uint32_t replication_factor; /* R: replicas per partition (1..CLUSTER_REPLICAS_MAX) */
+    uint32_t min_insync;    /* M written into the config for the nodes (1..R) */
     int64_t settle_ms;      /* debounce of node changes */
     int64_t max_moves;      /* live moves at once (--max-moves, >= 1) */
     int64_t move_timeout_ms;/* a move still copying after this is cancelled (0: never) */
@@ -53,8 +61,8 @@ leader *leader_start(const struct leader_opts *o, etcd_session *s);
  * for) and free. After it returns nothing more is written. Accepts NULL. */
 void leader_stop(leader *l);
 
-/* Parse the config record {"partitions":P}: returns P (1..65535), or 0 if it does not
- * decode. Pure; exposed for tests. */
+/* Parse the config record (cluster_config_from_json): returns P (1..65535), or 0 if it
+ * does not decode. Pure; exposed for tests. */
 uint32_t leader_parse_config(const char *json, size_t len);
 
 #endif

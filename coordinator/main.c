@@ -31,6 +31,7 @@ struct coord_config {
     const char *etcd, *cluster, *id, *listen, *log_level, *metrics_listen;
     int64_t lease_ttl, partitions, settle, shutdown_grace, etcd_timeout;
     int64_t max_moves, move_timeout, load_interval;
+    int64_t replication_factor, min_insync;
     double load_imbalance, load_min_rate;
 };
 
@@ -52,6 +53,12 @@ static size_t coord_flags(struct coord_config *c, struct flag *out)
           1000, 3600 * 1000),
         F("partitions", FLAG_INT, partitions,
           "partitions P of a NEW cluster (an existing cluster keeps its stored P)", 1, 65535),
+        F("replication-factor", FLAG_INT, replication_factor,
+          "copies of each partition on distinct state nodes, leader included (capped by the "
+          "eligible state nodes)", 1, CLUSTER_REPLICAS_MAX),
+        F("min-insync-replicas", FLAG_INT, min_insync,
+          "copies that must hold a record before an Ingest is acknowledged (0 = 2 when the "
+          "replication factor is 2 or more, else 1)", 0, CLUSTER_REPLICAS_MAX),
         F("settle", FLAG_DURATION, settle,
           "wait until node changes have been quiet this long before reassigning", 0, 60000),
         F("max-moves", FLAG_INT, max_moves,
@@ -125,10 +132,15 @@ struct coord {
 static void on_elected(void *ud, etcd_session *s)
 {
     struct coord *co = ud;
-    struct leader_opts lo = {co->etcd, co->cfg->cluster, co->id, (uint32_t)co->cfg->partitions,
-                             co->cfg->settle, co->cfg->max_moves, co->cfg->move_timeout,
-                             co->cfg->load_interval, co->cfg->load_imbalance,
-                             co->cfg->load_min_rate};
+    struct leader_opts lo = {
+        .etcd = co->etcd, .cluster = co->cfg->cluster, .id = co->id,
+        .partitions = (uint32_t)co->cfg->partitions,
+        .replication_factor = (uint32_t)co->cfg->replication_factor,
+        .min_insync = (uint32_t)co->cfg->min_insync, .settle_ms = co->cfg->settle,
+        .max_moves = co->cfg->max_moves, .move_timeout_ms = co->cfg->move_timeout,
+        .load_interval_ms = co->cfg->load_interval, .load_imbalance = co->cfg->load_imbalance,
+        .load_min_eps = co->cfg->load_min_rate,
+    };
     co->lead = leader_start(&lo, s);
     if (!co->lead)
         log_error("msg=\"cannot start the leader loop\"");
@@ -160,6 +172,7 @@ int main(int argc, char **argv)
         .cluster = "eddy", .listen = "127.0.0.1:7071", .metrics_listen = "127.0.0.1:9465", .log_level = "info",
         .lease_ttl = 10000, .partitions = 256, .settle = 200, .shutdown_grace = 5000,
         .max_moves = 2, .move_timeout = 600000, .load_interval = 300000,
+        .replication_factor = 2, .min_insync = 0,
         .load_imbalance = 0.25, .load_min_rate = 100,
         .etcd_timeout = 2000,
     }, *c = &cfg;
@@ -175,6 +188,14 @@ int main(int argc, char **argv)
     if (!*c->cluster || strlen(c->cluster) >= CLUSTER_ID_MAX || strchr(c->cluster, '/')) {
         fprintf(stderr, "eddy-coordinator: --cluster must be 1..%d characters without '/'\n",
                 CLUSTER_ID_MAX - 1);
+        return 2;
+    }
+    if (c->min_insync == 0)
+        c->min_insync = c->replication_factor >= 2 ? 2 : 1;
+    if (c->min_insync > c->replication_factor) {
+        fprintf(stderr, "eddy-coordinator: --min-insync-replicas (%" PRId64 ") above "
+                        "--replication-factor (%" PRId64 ")\n",
+                c->min_insync, c->replication_factor);
         return 2;
     }
     char default_id[CLUSTER_ID_MAX];
@@ -262,8 +283,10 @@ int main(int argc, char **argv)
         goto out;
     }
     log_info("msg=\"eddy-coordinator ready\" id=%s cluster=%s etcd=%s listen=%s port=%d "
-             "lease_ttl_s=%" PRId64 " settle_ms=%" PRId64,
-             c->id, c->cluster, endpoints, c->listen, port, ttl_s, c->settle);
+             "lease_ttl_s=%" PRId64 " settle_ms=%" PRId64 " replication_factor=%" PRId64
+             " min_insync=%" PRId64,
+             c->id, c->cluster, endpoints, c->listen, port, ttl_s, c->settle,
+             c->replication_factor, c->min_insync);
     printf("listening on %d\n", port); /* a line for scripts: the bound port (useful with :0) */
     if (mh)
         printf("metrics on %d\n", metrics_port);

@@ -20,6 +20,50 @@ static void give(struct cluster_map *next, uint32_t p, const char *owner, size_t
     (*changes)++;
 }
 
+/* One partition's replicas as a list: a part with an owner and no list (built by hand, or
+ * by an older coordinator) counts as [owner]. */
+static struct cluster_part normal(const struct cluster_part *c)
+{
+    struct cluster_part n = *c;
+    if (n.nreplicas == 0 && n.owner[0])
+        cluster_part_set_single(&n, n.owner);
+    return n;
+}
+
+static bool same_part(const struct cluster_part *a, const struct cluster_part *b)
+{
+    struct cluster_part x = normal(a), y = normal(b);
+    if (strcmp(x.owner, y.owner) != 0 || x.epoch != y.epoch || x.nreplicas != y.nreplicas)
+        return false;
+    for (uint32_t r = 0; r < x.nreplicas && r < CLUSTER_REPLICAS_MAX; r++) {
+        if (strcmp(x.replicas[r], y.replicas[r]) != 0)
+            return false;
+    }
+    return true;
+}
+
+/* The replicas of 'np' once its leader is decided: the target's set when the leader is
+ * the target's; else the leader, then the target's followers but not the target's leader
+ * (a move in progress: it gets the data through the move, and joins the set at the
+ * flip). With R = 1 that is [owner], as before replicas. */
+static void set_replicas(struct cluster_part *np, const struct cluster_part *target)
+{
+    struct cluster_part t = normal(target);
+    uint64_t epoch = np->epoch;
+    if (strcmp(np->owner, t.owner) == 0) {
+        *np = t;
+        np->epoch = epoch;
+        return;
+    }
+    cluster_part_set_single(np, np->owner);
+    for (uint32_t r = 0; np->owner[0] && r < t.nreplicas && r < CLUSTER_REPLICAS_MAX; r++) {
+        if (strcmp(t.replicas[r], t.owner) == 0 || cluster_part_has(np, t.replicas[r]) ||
+            np->nreplicas == CLUSTER_REPLICAS_MAX)
+            continue;
+        snprintf(np->replicas[np->nreplicas++], CLUSTER_ID_MAX, "%s", t.replicas[r]);
+    }
+}
+
 static void act(struct plan_action *acts, size_t *nacts, enum plan_op op,
                 const struct cluster_move *m, int64_t mod)
 {
@@ -190,6 +234,8 @@ size_t planner_plan(const struct assign_node *nodes, size_t n, const struct clus
             for (size_t i = 0; kept && i < *nacts; i++) /* deleted this round: free again */
                 if (acts[i].op == PLAN_DELETE && acts[i].m.partition == p)
                     kept = false;
+            for (size_t i = 0; !kept && i < *nacts; i++) /* started in the first pass */
+                kept = acts[i].op == PLAN_CREATE && acts[i].m.partition == p;
             if (kept)
                 continue;
             if (strcmp(c->owner, cur->parts[p].owner) != 0)
@@ -215,5 +261,12 @@ size_t planner_plan(const struct assign_node *nodes, size_t n, const struct clus
     if (pp->rates && pp->load_due && running == 0 && *nacts == 0 && changes == 0 &&
         pp->max_moves >= 2)
         plan_load(nodes, n, next, pp, acts, nacts);
+    /* the followers come from the target at once: a new follower catches up from its
+     * leader by itself, no move record needed */
+    changes = 0;
+    for (uint32_t p = 0; p < P; p++) {
+        set_replicas(&next->parts[p], &target->parts[p]);
+        changes += !same_part(&next->parts[p], &cur->parts[p]);
+    }
     return changes;
 }

@@ -13,7 +13,15 @@
  * source or the target is gone, the source no longer owns the partition at the move's
  * epoch, or the move is older than the timeout; after the flip when the target is gone,
  * the partition goes back to a live source (it still holds everything up to the flip),
- * epoch + 1. */
+ * epoch + 1.
+ *
+ * Replicas (assigner.h): the followers of each partition are the target's at once (a new
+ * follower catches up from its leader by itself: no move record). A leader that changes
+ * to a node whose old leader is gone is a failover at once, with no move (a promotion of
+ * an in-sync follower when the assigner picked one); a leader that changes while the old
+ * one is alive goes through the live move above, even to a follower, and until the flip
+ * the set is the old leader and the target's followers (not the move's target). With
+ * R = 1 every set is [owner]: the moves are exactly those of an unreplicated cluster. */
 #ifndef EDDY_PLANNER_H
 #define EDDY_PLANNER_H
 
@@ -58,7 +66,8 @@ struct plan_params {
 /* Compute 'next' (parts array of cur->nparts entries; version = cur's) from the stored
  * map 'cur', the assigner's 'target' and the move records 'recs' [nparts], for the live
  * 'nodes'. 'acts' receives up to 2 * nparts actions (caller's array), *nacts how many.
- * Returns the number of owner changes in 'next' (the map must be written if > 0). */
+ * Returns the number of partitions whose owner, epoch or replicas differ between 'cur' and
+ * 'next' (the map must be written if > 0). */
 size_t planner_plan(const struct assign_node *nodes, size_t n, const struct cluster_map *cur,
                     const struct cluster_map *target, const struct plan_rec *recs,
                     const struct plan_params *pp, struct cluster_map *next,

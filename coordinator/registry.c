@@ -11,6 +11,7 @@
 struct reg_node {
     char id[CLUSTER_ID_MAX];
     unsigned roles;
+    char zone[CLUSTER_ZONE_MAX];
 };
 
 struct registry {
@@ -130,9 +131,11 @@ eddy_err registry_node_put(registry *r, const char *id, const char *json, size_t
         return err;
     }
     if (n) {
-        if ((n->roles ^ rec.roles) & ROLE_STATE)
+        if (((n->roles ^ rec.roles) & ROLE_STATE) ||
+            ((rec.roles & ROLE_STATE) && strcmp(n->zone, rec.zone) != 0))
             bump(r);
         n->roles = rec.roles;
+        memcpy(n->zone, rec.zone, sizeof(n->zone));
         pthread_mutex_unlock(&r->mu);
         return EDDY_OK;
     }
@@ -154,6 +157,7 @@ eddy_err registry_node_put(registry *r, const char *id, const char *json, size_t
     n = &r->nodes[r->nnodes++];
     memcpy(n->id, rec.id, sizeof(n->id));
     n->roles = rec.roles;
+    memcpy(n->zone, rec.zone, sizeof(n->zone));
     if (n->roles & ROLE_STATE)
         bump(r);
     pthread_mutex_unlock(&r->mu);
@@ -277,6 +281,7 @@ eddy_err registry_snapshot(registry *r, struct assign_node **out, size_t *n, uin
         memcpy(a[i].id, r->nodes[i].id, sizeof(a[i].id));
         a[i].state = (r->nodes[i].roles & ROLE_STATE) != 0;
         a[i].draining = find_drain(r, r->nodes[i].id) != SIZE_MAX;
+        memcpy(a[i].zone, r->nodes[i].zone, sizeof(a[i].zone));
     }
     *n = r->nnodes;
     if (gen)

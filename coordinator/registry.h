@@ -4,8 +4,9 @@
  *
  * No I/O: the leader reads etcd and hands records in, so the bookkeeping is unit-tested
  * with plain strings. A generation counter grows whenever the assigner's input changes
- * (a state node appears or goes, a node gains or loses the state role, a drain key
- * appears or goes); re-registrations that only change addresses do not bump it.
+ * (a state node appears or goes, a node gains or loses the state role, a state node's
+ * zone changes, a drain key appears or goes); re-registrations that only change addresses
+ * do not bump it.
  *
  * Threads: every function may be called from any thread (one mutex); the watch threads
  * write, the leader thread waits for changes and takes snapshots. */
@@ -55,7 +56,8 @@ uint64_t registry_wait(registry *r, uint64_t seen, int64_t timeout_ms);
 /* Wake every registry_wait (used to stop the leader). */
 void registry_wake(registry *r);
 
-/* The assigner's input: every known node (state role or not) with its draining flag, in
+/* The assigner's input: every known node (state role or not) with its draining flag and
+ * zone, in
  * id order. '*gen' (may be NULL) is the generation the snapshot belongs to. Caller frees
  * '*out' with free(); '*n' may be 0 (then '*out' may be NULL). */
 eddy_err registry_snapshot(registry *r, struct assign_node **out, size_t *n, uint64_t *gen);

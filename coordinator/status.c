@@ -22,6 +22,9 @@ struct status_mem {
     Eddy__Cluster__V1__Partition **part_ptrs;
     char **drains;
     char (*ckpt_nodes)[CLUSTER_ID_MAX]; /* [nparts] */
+    char **replica_ptrs;                  /* [nparts * CLUSTER_REPLICAS_MAX] into 'map' */
+    struct cluster_isr *isr;              /* [nparts] */
+    char **isr_ptrs;                      /* [nparts * CLUSTER_REPLICAS_MAX] into 'isr' */
     struct cluster_move *moves;           /* [n] */
     Eddy__Cluster__V1__Move *move_msgs;   /* [n] */
     Eddy__Cluster__V1__Move **move_ptrs;  /* [n] */
@@ -63,6 +66,9 @@ void status_release(struct status_reply *r)
     free(m->part_ptrs);
     free(m->drains);
     free(m->ckpt_nodes);
+    free(m->replica_ptrs);
+    free(m->isr);
+    free(m->isr_ptrs);
     free(m->moves);
     free(m->move_msgs);
     free(m->move_ptrs);
@@ -94,6 +100,40 @@ static void add_checkpoints(const struct status_snapshot *snap, struct status_me
         pi->checkpoint_age_ms = snap->now_ms > rec->created_ms ? snap->now_ms - rec->created_ms : 0;
     }
     free(rec);
+}
+
+/* Each partition's replicas (from the map) and in-sync set (from the isr/ records that
+ * decode and name a partition of the map). */
+static eddy_err add_replicas(const struct status_snapshot *snap, struct status_mem *m)
+{
+    uint32_t np = m->map.nparts;
+    size_t slots = (size_t)(np ? np : 1) * CLUSTER_REPLICAS_MAX;
+    m->replica_ptrs = calloc(slots, sizeof(*m->replica_ptrs));
+    m->isr_ptrs = calloc(slots, sizeof(*m->isr_ptrs));
+    m->isr = calloc(np ? np : 1, sizeof(*m->isr));
+    if (!m->replica_ptrs || !m->isr_ptrs || !m->isr)
+        return EDDY_ERR_NOMEM;
+    char prefix[CLUSTER_KEY_MAX];
+    cluster_key(prefix, sizeof(prefix), snap->cluster, "isr/");
+    for (size_t i = 0; snap->isr && i < snap->isr->n; i++) {
+        const struct etcd_kv *kv = &snap->isr->kvs[i];
+        uint32_t p;
+        if (cluster_key_partition(kv->key, prefix, np, &p) &&
+            cluster_isr_from_json(kv->value, kv->value_len, &m->isr[p]) != EDDY_OK)
+            memset(&m->isr[p], 0, sizeof(m->isr[p]));
+    }
+    for (uint32_t p = 0; p < np; p++) {
+        Eddy__Cluster__V1__Partition *pi = &m->parts[p];
+        struct cluster_part *c = &m->map.parts[p];
+        pi->replicas = &m->replica_ptrs[(size_t)p * CLUSTER_REPLICAS_MAX];
+        for (uint32_t r = 0; r < c->nreplicas && r < CLUSTER_REPLICAS_MAX; r++)
+            pi->replicas[pi->n_replicas++] = c->replicas[r];
+        pi->in_sync = &m->isr_ptrs[(size_t)p * CLUSTER_REPLICAS_MAX];
+        for (uint32_t r = 0; r < m->isr[p].nisr; r++)
+            pi->in_sync[pi->n_in_sync++] = m->isr[p].isr[r];
+        pi->in_sync_epoch = m->isr[p].epoch;
+    }
+    return EDDY_OK;
 }
 
 /* The moves/ records that decode, in partition order (etcd's key order is textual). */
@@ -210,12 +250,15 @@ eddy_err status_build(const struct status_snapshot *snap, const char *answered_b
     out->msg.revision = snap->revision;
 
     if (snap->config && snap->config->key) {
-        out->msg.config_partitions =
-            leader_parse_config(snap->config->value, snap->config->value_len);
-        if (out->msg.config_partitions == 0) {
+        struct cluster_config cfg;
+        if (cluster_config_from_json(snap->config->value, snap->config->value_len, &cfg) !=
+            EDDY_OK) {
             err = EDDY_ERR_CORRUPT;
             goto fail;
         }
+        out->msg.config_partitions = cfg.partitions;
+        out->msg.replication_factor = cfg.replication_factor;
+        out->msg.min_insync = cfg.min_insync;
     }
     if (snap->assignment && snap->assignment->key) {
         err = cluster_map_from_json(snap->assignment->value, snap->assignment->value_len,
@@ -238,6 +281,9 @@ eddy_err status_build(const struct status_snapshot *snap, const char *answered_b
             m->part_ptrs[p] = &m->parts[p];
         }
         add_checkpoints(snap, m);
+        if ((err = add_replicas(snap, m)) != EDDY_OK)
+            goto fail;
+        err = EDDY_ERR_NOMEM;
         out->msg.n_partitions = m->map.nparts;
         out->msg.partitions = m->part_ptrs;
         out->msg.assignment_version = m->map.version;
@@ -271,6 +317,9 @@ eddy_err status_build(const struct status_snapshot *snap, const char *answered_b
         if (rec->roles & ROLE_STATE)
             ni.roles[ni.n_roles++] = ROLE_STATE_NAME;
         ni.partitions_owned = m->map.parts ? (uint32_t)assigner_count(&m->map, rec->id) : 0;
+        ni.partitions_followed =
+            m->map.parts ? (uint32_t)assigner_count_followers(&m->map, rec->id) : 0;
+        ni.zone = rec->zone;
         ni.draining = in_list(m->drains, out->msg.n_draining, rec->id);
         ni.events_per_second = m->map.parts ? node_rate(snap, &m->map, rec->id) : -1;
         m->nodes[k] = ni;
@@ -291,7 +340,7 @@ fail:
 /* --- the RPC ------------------------------------------------------------------------------ */
 
 enum { OP_NODES, OP_DRAINS, OP_CONFIG, OP_LEADER, OP_ASSIGN, OP_CKPTS, OP_MOVES, OP_LOADS,
-       OP_COUNT };
+       OP_ISR, OP_COUNT };
 
 static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
 {
@@ -305,6 +354,7 @@ static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
     cluster_key(k[OP_CKPTS], sizeof(k[0]), svc->cluster, "checkpoints/");
     cluster_key(k[OP_MOVES], sizeof(k[0]), svc->cluster, "moves/");
     cluster_key(k[OP_LOADS], sizeof(k[0]), svc->cluster, "load/");
+    cluster_key(k[OP_ISR], sizeof(k[0]), svc->cluster, "isr/");
     /* No compares: the success branch always runs, and etcd reads every range at the same
      * revision. */
     struct etcd_txn t;
@@ -312,7 +362,7 @@ static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
     for (int i = 0; i < OP_COUNT; i++)
         etcd_txn_range(&t, ETCD_ON_SUCCESS, k[i],
                        i == OP_NODES || i == OP_DRAINS || i == OP_CKPTS || i == OP_MOVES ||
-                           i == OP_LOADS);
+                           i == OP_LOADS || i == OP_ISR);
     struct etcd_txn_result r;
     eddy_err err = etcd_txn(svc->etcd, &t, &r);
     if (err != EDDY_OK) {
@@ -331,7 +381,7 @@ static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
         .nodes = &r.ops[OP_NODES].kvs, .drains = &r.ops[OP_DRAINS].kvs,
         .config = ONE(OP_CONFIG), .leader = ONE(OP_LEADER), .assignment = ONE(OP_ASSIGN),
         .checkpoints = &r.ops[OP_CKPTS].kvs, .moves = &r.ops[OP_MOVES].kvs,
-        .loads = &r.ops[OP_LOADS].kvs,
+        .loads = &r.ops[OP_LOADS].kvs, .isr = &r.ops[OP_ISR].kvs,
         .now_ms = clock_wall_ms(),
     };
 #undef ONE

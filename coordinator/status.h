@@ -20,6 +20,7 @@ struct status_snapshot {
     const struct etcd_kvs *checkpoints;
     const struct etcd_kvs *moves;    /* moves/ records (may be NULL) */
     const struct etcd_kvs *loads;    /* load/ records (may be NULL) */
+    const struct etcd_kvs *isr;      /* isr/ records (may be NULL) */
     int64_t now_ms;
 };
 

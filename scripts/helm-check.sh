@@ -305,7 +305,8 @@ for ci in ci_files:
         check("args" not in c, "%s: %s: no args (configuration goes through EDDY_* env)" % (name, cn))
         want_cmd = ["eddy-coordinator"] if component == "coordinator" else None
         check(c.get("command") == want_cmd, "%s: %s: command %r, expected %r" % (name, cn, c.get("command"), want_cmd))
-        need = (EDDY_COMMON_ENV | {"EDDY_LEASE_TTL", "EDDY_MAX_MOVES"}) if component == "coordinator" else NODE_ENV
+        need = (EDDY_COMMON_ENV | {"EDDY_LEASE_TTL", "EDDY_MAX_MOVES", "EDDY_REPLICATION_FACTOR",
+                 "EDDY_MIN_INSYNC_REPLICAS"}) if component == "coordinator" else NODE_ENV
         missing = need - set(env)
         check(not missing, "%s: %s: missing env %s" % (name, cn, sorted(missing)))
         check(all(k.startswith("EDDY_") or k == "POD_IP" for k in env), "%s: %s: only EDDY_* env (and POD_IP)" % (name, cn))

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "common/cluster.h"
 #include "common/rpc_client.h"
 #include "eddy/v1/cluster.pb-c.h"
 
@@ -111,6 +112,94 @@ static char *owned_by_epoch(const status_resp *r, const char *owner)
     return s;
 }
 
+/* "a,b,c", or "-" for none. */
+static void ids_text(char **ids, size_t n, char *buf, size_t len)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < n && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? "," : "", ids[i]);
+    if (!buf[0])
+        snprintf(buf, len, "-");
+}
+
+#define SET_TEXT_MAX (CLUSTER_REPLICAS_MAX * CLUSTER_ID_MAX)
+
+/* Whether partition 'p' has the replicas 'reps' and the in-sync set 'isr' (as texts). */
+static bool has_sets(const Eddy__Cluster__V1__Partition *p, const char *reps, const char *isr)
+{
+    char a[SET_TEXT_MAX], b[SET_TEXT_MAX];
+    ids_text(p->replicas, p->n_replicas, a, sizeof(a));
+    ids_text(p->in_sync, p->n_in_sync, b, sizeof(b));
+    return strcmp(a, reps) == 0 && strcmp(b, isr) == 0;
+}
+
+/* The partitions with those sets, ranges of consecutive partitions joined: "0-5,9";
+ * '*count' how many. Caller frees the result; NULL out of memory. */
+static char *with_sets(const status_resp *r, const char *reps, const char *isr, size_t *count)
+{
+    size_t cap = 128, len = 0;
+    char *s = malloc(cap);
+    if (!s)
+        return NULL;
+    s[0] = '\0';
+    *count = 0;
+    for (size_t i = 0; i < r->n_partitions;) {
+        if (!has_sets(r->partitions[i], reps, isr)) {
+            i++;
+            continue;
+        }
+        size_t j = i + 1;
+        while (j < r->n_partitions && has_sets(r->partitions[j], reps, isr) &&
+               r->partitions[j]->partition == r->partitions[j - 1]->partition + 1)
+            j++;
+        int rc = j - 1 > i ? append(&s, &len, &cap, "%s%u-%u", len ? "," : "",
+                                    r->partitions[i]->partition, r->partitions[j - 1]->partition)
+                           : append(&s, &len, &cap, "%s%u", len ? "," : "",
+                                    r->partitions[i]->partition);
+        if (rc != 0)
+            return NULL;
+        *count += j - i;
+        i = j;
+    }
+    return s;
+}
+
+/* One row per distinct (replicas, in-sync set), in the order of their first partition. */
+static int replica_rows(const status_resp *r, struct cli_table *t)
+{
+    char reps[SET_TEXT_MAX], isr[SET_TEXT_MAX];
+    for (size_t i = 0; i < r->n_partitions; i++) {
+        const Eddy__Cluster__V1__Partition *p = r->partitions[i];
+        ids_text(p->replicas, p->n_replicas, reps, sizeof(reps));
+        ids_text(p->in_sync, p->n_in_sync, isr, sizeof(isr));
+        bool seen = false;
+        for (size_t j = 0; j < i && !seen; j++)
+            seen = has_sets(r->partitions[j], reps, isr);
+        if (seen)
+            continue;
+        size_t count = 0;
+        char *parts = with_sets(r, reps, isr, &count);
+        int bad = !parts || cli_table_cell(t, "%s", reps) || cli_table_cell(t, "%s", isr) ||
+                  cli_table_cell(t, "%zu", count) || cli_table_cell(t, "%s", parts);
+        free(parts);
+        if (bad)
+            return -1;
+    }
+    return 0;
+}
+
+/* Whether the map has anything to show about replicas: more than one copy somewhere, or
+ * an in-sync record. */
+static bool replicated(const status_resp *r)
+{
+    for (size_t i = 0; i < r->n_partitions; i++) {
+        if (r->partitions[i]->n_replicas > 1 || r->partitions[i]->n_in_sync > 0)
+            return true;
+    }
+    return false;
+}
+
 /* "850ms", "42s", "17m", "5h", "3d". */
 static void age_text(int64_t ms, char *buf, size_t len)
 {
@@ -150,33 +239,28 @@ static void ckpt_age_text(const status_resp *r, const char *owner, char *buf, si
         snprintf(buf, len, "%s", age);
 }
 
-static void roles_text(const Eddy__Cluster__V1__Node *n, char *buf, size_t len)
-{
-    size_t used = 0;
-    buf[0] = '\0';
-    for (size_t i = 0; i < n->n_roles && used < len; i++)
-        used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? "," : "", n->roles[i]);
-    if (!buf[0])
-        snprintf(buf, len, "-");
-}
-
 static int print_table(const status_resp *r)
 {
-    static const char *const nh[] = {"ID", "ROLES", "ADDRESS", "METRICS", ">PARTITIONS",
-                                     ">EVENTS/S", "DRAINING", "STARTED"};
+    static const char *const nh[] = {"ID", "ROLES", "ZONE", "ADDRESS", "METRICS",
+                                     ">PARTITIONS", ">FOLLOWS", ">EVENTS/S", "DRAINING",
+                                     "STARTED"};
     static const char *const ph[] = {"OWNER", ">COUNT", "CKPT AGE", "PARTITIONS BY EPOCH"};
-    struct cli_table *nt = cli_table_new(8, nh), *pt = cli_table_new(4, ph);
-    int bad = !nt || !pt;
+    static const char *const rh[] = {"REPLICAS", "IN SYNC", ">COUNT", "PARTITIONS"};
+    struct cli_table *nt = cli_table_new(10, nh), *pt = cli_table_new(4, ph),
+                     *rt = cli_table_new(4, rh);
+    int bad = !nt || !pt || !rt;
     char roles[64], started[40];
 
     for (size_t i = 0; i < r->n_nodes && !bad; i++) {
         const Eddy__Cluster__V1__Node *n = r->nodes[i];
-        roles_text(n, roles, sizeof(roles));
+        ids_text(n->roles, n->n_roles, roles, sizeof(roles));
         cli_format_time(n->started_ms, started, sizeof(started));
         bad = cli_table_cell(nt, "%s", n->id) || cli_table_cell(nt, "%s", roles) ||
+              cli_table_cell(nt, "%s", n->zone[0] ? n->zone : "-") ||
               cli_table_cell(nt, "%s", n->grpc_addr[0] ? n->grpc_addr : "-") ||
               cli_table_cell(nt, "%s", n->metrics_addr[0] ? n->metrics_addr : "-") ||
               cli_table_cell(nt, "%u", n->partitions_owned) ||
+              cli_table_cell(nt, "%u", n->partitions_followed) ||
               (n->events_per_second < 0 ? cli_table_cell(nt, "-")
                                         : cli_table_cell(nt, "%.0f", n->events_per_second)) ||
               cli_table_cell(nt, "%s", n->draining ? "yes" : "no") ||
@@ -206,15 +290,22 @@ static int print_table(const status_resp *r)
             free(runs);
         }
     }
+    bool show_replicas = replicated(r);
+    if (!bad && show_replicas)
+        bad = replica_rows(r, rt);
     if (bad) {
         cli_table_free(nt);
         cli_table_free(pt);
+        cli_table_free(rt);
         cli_errorf("out of memory");
         return CLI_EXIT_SERVER;
     }
     printf("cluster:     %s\n", r->cluster);
     printf("leader:      %s\n", r->leader_id[0] ? r->leader_id : "(none: election in progress)");
     printf("partitions:  %u\n", r->config_partitions);
+    if (r->replication_factor)
+        printf("replicas:    %u per partition, %u in sync to acknowledge\n",
+               r->replication_factor, r->min_insync);
     printf("assignment:  version %" PRIu64 "\n", r->assignment_version);
     printf("answered by: %s (etcd revision %" PRId64 ")\n", r->answered_by, r->revision);
     if (r->n_draining) {
@@ -243,8 +334,13 @@ static int print_table(const status_resp *r)
         cli_table_print(pt, stdout, 2);
     else
         puts("  no assignment written yet");
+    if (show_replicas) {
+        puts("\nreplica sets (leader first):");
+        cli_table_print(rt, stdout, 2);
+    }
     cli_table_free(nt);
     cli_table_free(pt);
+    cli_table_free(rt);
     return CLI_EXIT_OK;
 }
 
@@ -253,6 +349,8 @@ static int print_json(const status_resp *r)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "cluster", r->cluster);
     cJSON_AddNumberToObject(o, "config_partitions", r->config_partitions);
+    cJSON_AddNumberToObject(o, "replication_factor", r->replication_factor);
+    cJSON_AddNumberToObject(o, "min_insync", r->min_insync);
     cJSON_AddStringToObject(o, "leader_id", r->leader_id);
     cJSON_AddNumberToObject(o, "assignment_version", (double)r->assignment_version);
     cJSON_AddNumberToObject(o, "revision", (double)r->revision);
@@ -269,6 +367,8 @@ static int print_json(const status_resp *r)
         cJSON_AddStringToObject(it, "metrics_addr", n->metrics_addr);
         cJSON_AddNumberToObject(it, "started_ms", (double)n->started_ms);
         cJSON_AddNumberToObject(it, "partitions_owned", n->partitions_owned);
+        cJSON_AddNumberToObject(it, "partitions_followed", n->partitions_followed);
+        cJSON_AddStringToObject(it, "zone", n->zone);
         cJSON_AddBoolToObject(it, "draining", n->draining);
         cJSON_AddNumberToObject(it, "events_per_second", n->events_per_second);
         cJSON *owned = cJSON_AddArrayToObject(it, "partitions");
@@ -296,6 +396,14 @@ static int print_json(const status_resp *r)
         cJSON_AddNumberToObject(pp, "checkpoint_age_ms", (double)p->checkpoint_age_ms);
         cJSON_AddStringToObject(pp, "checkpoint_node", p->checkpoint_node);
         cJSON_AddNumberToObject(pp, "checkpoint_bytes", (double)p->checkpoint_bytes);
+        cJSON *reps = cJSON_AddArrayToObject(pp, "replicas");
+        for (size_t i = 0; i < p->n_replicas; i++)
+            cJSON_AddItemToArray(reps, cJSON_CreateString(p->replicas[i]));
+        /* [] and 0: no in-sync record */
+        cJSON *isr = cJSON_AddArrayToObject(pp, "in_sync");
+        for (size_t i = 0; i < p->n_in_sync; i++)
+            cJSON_AddItemToArray(isr, cJSON_CreateString(p->in_sync[i]));
+        cJSON_AddNumberToObject(pp, "in_sync_epoch", (double)p->in_sync_epoch);
         cJSON_AddItemToArray(parts, pp);
     }
     cJSON *dr = cJSON_AddArrayToObject(o, "draining");

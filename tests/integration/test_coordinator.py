@@ -8,6 +8,7 @@ plays the target side of live moves for them (phase copy -> ready, flipped -> do
 compare-and-swap, as eddy-node's mover does once it has copied the partition).
 """
 import json
+import subprocess
 import threading
 import time
 import unittest
@@ -89,6 +90,15 @@ class ClusterTest(unittest.TestCase):
             return m
         return poll_until(ok, timeout, what=what)
 
+    def assert_replicas(self, m, nodes, r):
+        """Each partition: r distinct replicas among `nodes`, the owner first."""
+        for p in range(m["partitions"]):
+            reps = m["replicas"][p]
+            self.assertEqual(len(reps), r, f"partition {p}: {reps}")
+            self.assertEqual(reps[0], m["owners"][p])
+            self.assertEqual(len(set(reps)), r)
+            self.assertTrue(set(reps) <= set(nodes), reps)
+
     def assert_balanced(self, m, owners):
         n = len(owners)
         c = self.counts(m)
@@ -124,7 +134,7 @@ class AssignmentTest(ClusterTest):
         c = self.start_coord("c1")
         self.wait_leader(c)
         cfg, _ = self.etcd.get(key("config"))
-        self.assertEqual(json.loads(cfg), {"partitions": P})
+        self.assertEqual(json.loads(cfg), {"partitions": P, "replication_factor": 2, "min_insync": 2})
         # A new cluster gets a map at once, with nobody to own the partitions yet.
         m0 = self.wait_map(lambda m: m["version"] >= 1, "first map")
         self.assertEqual(m0["partitions"], P)
@@ -138,6 +148,7 @@ class AssignmentTest(ClusterTest):
                            "3 owners")
         self.assert_balanced(m1, ["n1", "n2", "n3"])
         self.assertEqual(set(m1["epochs"]), {1})
+        self.assert_replicas(m1, ["n1", "n2", "n3"], 2)
 
         # A 4th node takes its share, and only its share moves.
         self.register("n4")
@@ -151,14 +162,20 @@ class AssignmentTest(ClusterTest):
         self.assertGreater(m2["version"], m1["version"])
 
         # A node's lease goes: its partitions (and only those) go to the others.
+        # With R = 2 each is led by its follower (a promotion: no move record).
         self.kill_node("n2")
-        m3 = self.wait_map(lambda m: "n2" not in m["owners"], "n2's partitions reassigned")
+        done = self.moves_done
+        m3 = self.wait_map(lambda m: not any("n2" in r for r in m["replicas"]),
+                           "n2's partitions reassigned")
         self.assert_balanced(m3, ["n1", "n3", "n4"])
+        self.assert_replicas(m3, ["n1", "n3", "n4"], 2)
+        self.assertEqual(self.moves_done, done, "a promotion needs no move")
         for p in range(P):
             if m2["owners"][p] != "n2":
                 self.assertEqual(m3["owners"][p], m2["owners"][p], f"partition {p} moved needlessly")
                 self.assertEqual(m3["epochs"][p], m2["epochs"][p])
             else:
+                self.assertEqual(m3["owners"][p], m2["replicas"][p][1], f"partition {p} promoted")
                 self.assertEqual(m3["epochs"][p], m2["epochs"][p] + 1)
 
         # A drain empties the node.
@@ -179,6 +196,38 @@ class AssignmentTest(ClusterTest):
         c.stop()
         # SIGTERM revoked the leader lease: the key is gone at once.
         self.assertIsNone(self.leader_value())
+
+
+class ReplicationSettingsTest(ClusterTest):
+    def test_flags_of_a_new_leader_win(self):
+        # min-insync above R is refused at start
+        r = subprocess.run([eddylib.COORDINATOR, "--etcd", self.etcd.url, "--cluster", CLUSTER,
+                            "--replication-factor", "2", "--min-insync-replicas", "3"],
+                           capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--min-insync-replicas", r.stderr)
+
+        c1 = self.start_coord("c1", ["--replication-factor", "1"])
+        self.wait_leader(c1)
+        cfg, _ = self.etcd.get(key("config"))
+        self.assertEqual(json.loads(cfg), {"partitions": P, "replication_factor": 1, "min_insync": 1})
+        for n in ("n1", "n2", "n3"):
+            self.register(n)
+        m1 = self.wait_map(lambda m: len(set(m["owners"])) == 3, "3 owners")
+        self.assert_replicas(m1, ["n1", "n2", "n3"], 1)
+        c1.stop()
+
+        # a leader with other flags updates the config (logged) and adds the followers,
+        # leaving every leader and epoch where it was
+        c2 = self.start_coord("c2", ["--replication-factor", "3"])
+        self.wait_leader(c2)
+        m2 = self.wait_map(lambda m: len(m["replicas"][0]) == 3, "3 replicas")
+        cfg, _ = self.etcd.get(key("config"))
+        self.assertEqual(json.loads(cfg), {"partitions": P, "replication_factor": 3, "min_insync": 2})
+        self.assertIn('msg="replication settings changed by this leader\'s flags"', c2.log_text())
+        self.assert_replicas(m2, ["n1", "n2", "n3"], 3)
+        self.assertEqual(m2["owners"], m1["owners"])
+        self.assertEqual(m2["epochs"], m1["epochs"])
 
 
 class FailoverTest(ClusterTest):

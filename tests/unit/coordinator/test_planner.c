@@ -243,9 +243,80 @@ static void test_load_swap(void **state)
     fx_free(f);
 }
 
+static void set_pair(struct cluster_map *m, uint32_t p, const char *lead, const char *follow,
+                     uint64_t epoch)
+{
+    cluster_part_set_single(&m->parts[p], lead);
+    snprintf(m->parts[p].replicas[1], CLUSTER_ID_MAX, "%s", follow);
+    m->parts[p].nreplicas = 2;
+    m->parts[p].epoch = epoch;
+}
+
+/* R = 2, the leader of every partition dies: the assigner promotes the follower and the
+ * planner applies it at once, epoch + 1, with no move; the new follower needs none either. */
+static void test_promotion_without_move(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new("b", false);
+    f->n = 0;
+    add_node(f, "b");
+    add_node(f, "c");
+    for (uint32_t p = 0; p < P; p++)
+        set_pair(&f->cur, p, "a", "b", 3);
+    struct assign_params ap = {.replication_factor = 2};
+    assigner_assign(f->nodes, f->n, &f->cur, &ap, &f->target);
+    assert_int_equal(plan(f), P);
+    assert_int_equal(f->nacts, 0);
+    for (uint32_t p = 0; p < P; p++) {
+        assert_string_equal(f->next.parts[p].owner, "b");
+        assert_int_equal(f->next.parts[p].epoch, 4);
+        assert_int_equal(f->next.parts[p].nreplicas, 2);
+        assert_string_equal(f->next.parts[p].replicas[0], "b");
+        assert_string_equal(f->next.parts[p].replicas[1], "c");
+    }
+    fx_free(f);
+}
+
+/* Followers change without a move or an epoch; a leader that changes while alive still
+ * moves live, and until the flip its set is the old leader and the target's followers. */
+static void test_followers_and_live_move(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new("b", false);
+    add_node(f, "c");
+    set_pair(&f->cur, 0, "a", "b", 3);
+    set_pair(&f->target, 0, "a", "c", 3); /* a follower replaced */
+    set_pair(&f->cur, 1, "a", "c", 3);
+    set_pair(&f->target, 1, "b", "c", 4); /* the leader moves to b */
+    for (uint32_t p = 2; p < P; p++) {
+        set_pair(&f->cur, p, "a", "c", 3);
+        set_pair(&f->target, p, "a", "c", 3);
+    }
+    assert_int_equal(plan(f), 1);
+    assert_int_equal(f->next.parts[0].epoch, 3);
+    assert_string_equal(f->next.parts[0].replicas[1], "c");
+    assert_int_equal(f->nacts, 1); /* once, though two moves may run */
+    assert_int_equal(f->acts[0].op, PLAN_CREATE);
+    assert_int_equal(f->acts[0].m.partition, 1);
+    assert_string_equal(f->next.parts[1].owner, "a");
+    assert_int_equal(f->next.parts[1].nreplicas, 2);
+    assert_string_equal(f->next.parts[1].replicas[1], "c");
+    /* ready: the flip gives the target's set */
+    set_rec(f, 1, "a", "b", 3, MOVE_READY, 1000000);
+    memcpy(&f->cur.parts[0], &f->next.parts[0], sizeof(f->cur.parts[0]));
+    assert_int_equal(plan(f), 1);
+    assert_string_equal(f->next.parts[1].owner, "b");
+    assert_int_equal(f->next.parts[1].epoch, 4);
+    assert_string_equal(f->next.parts[1].replicas[0], "b");
+    assert_string_equal(f->next.parts[1].replicas[1], "c");
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_promotion_without_move),
+        cmocka_unit_test(test_followers_and_live_move),
         cmocka_unit_test(test_live_owner_moves_at_most_k),
         cmocka_unit_test(test_ready_flips_done_deletes),
         cmocka_unit_test(test_cancel_revert_failover),

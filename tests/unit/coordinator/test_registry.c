@@ -21,6 +21,28 @@ static eddy_err put(registry *r, const char *id, const char *roles, const char *
     return registry_node_put(r, id, json, (size_t)n);
 }
 
+/* A state node's zone is part of the assigner's input. */
+static void test_zone(void **state)
+{
+    (void)state;
+    registry *r = registry_new();
+    const char *z1 = "{\"id\":\"s\",\"roles\":[\"state\"],\"grpc_addr\":\"h:1\",\"zone\":\"z1\"}";
+    const char *z2 = "{\"id\":\"s\",\"roles\":[\"state\"],\"grpc_addr\":\"h:2\",\"zone\":\"z2\"}";
+    assert_int_equal(registry_node_put(r, "s", z1, strlen(z1)), EDDY_OK);
+    uint64_t g1 = registry_generation(r);
+    assert_int_equal(registry_node_put(r, "s", z1, strlen(z1)), EDDY_OK);
+    assert_int_equal(registry_generation(r), g1);
+    assert_int_equal(registry_node_put(r, "s", z2, strlen(z2)), EDDY_OK);
+    assert_true(registry_generation(r) > g1);
+    struct assign_node *nodes = NULL;
+    size_t n = 0;
+    assert_int_equal(registry_snapshot(r, &nodes, &n, NULL), EDDY_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(nodes[0].zone, "z2");
+    free(nodes);
+    registry_free(r);
+}
+
 static void test_nodes_and_generation(void **state)
 {
     registry *r = registry_new();
@@ -152,6 +174,7 @@ static void test_wait(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_zone),
         cmocka_unit_test(test_nodes_and_generation),
         cmocka_unit_test(test_drains),
         cmocka_unit_test(test_bad_records),

@@ -35,7 +35,8 @@ static void test_build(void **state)
 {
     struct etcd_kv nodes[] = {
         kv("/eddy/c/nodes/n1", "{\"id\":\"n1\",\"roles\":[\"ingest\",\"state\"],"
-                               "\"grpc_addr\":\"h:1\",\"metrics_addr\":\"h:9\",\"started_ms\":42}"),
+                               "\"grpc_addr\":\"h:1\",\"metrics_addr\":\"h:9\",\"started_ms\":42,"
+                               "\"zone\":\"z1\"}"),
         kv("/eddy/c/nodes/n2", "{\"id\":\"n2\",\"roles\":[\"state\"],\"grpc_addr\":\"h:2\"}"),
         kv("/eddy/c/nodes/n3", "not json"),                           /* skipped */
         kv("/eddy/c/nodes/x/y", "{\"id\":\"y\",\"grpc_addr\":\"h\"}"), /* not directly under */
@@ -43,11 +44,13 @@ static void test_build(void **state)
     };
     struct etcd_kv drains[] = {kv("/eddy/c/drain/ghost", ""), kv("/eddy/c/drain/n2", "")};
     struct etcd_kvs nk = {nodes, 5}, dk = {drains, 2};
-    struct etcd_kv config = kv("/eddy/c/config", "{\"partitions\":4}");
+    struct etcd_kv config =
+        kv("/eddy/c/config", "{\"partitions\":4,\"replication_factor\":2,\"min_insync\":2}");
     struct etcd_kv lead = kv("/eddy/c/leader", "coord-a");
     struct etcd_kv assign = kv("/eddy/c/assignment",
                                "{\"partitions\":4,\"version\":7,\"owners\":[\"n1\",\"n1\",\"n2\",\"\"],"
-                               "\"epochs\":[1,2,3,0]}");
+                               "\"epochs\":[1,2,3,0],"
+                               "\"replicas\":[[\"n1\",\"n2\"],[\"n1\"],[\"n2\",\"n1\"],[]]}");
     struct etcd_kv ckpts[] = {
         kv("/eddy/c/checkpoints/1",
            "{\"id\":\"p00001-00000000000000000070.ckp\",\"seq\":70,\"bytes\":4096,"
@@ -73,8 +76,13 @@ static void test_build(void **state)
         kv("/eddy/c/load/n2", "not json"),
     };
     struct etcd_kvs lk = {loads, 2};
+    struct etcd_kv isr[] = {
+        kv("/eddy/c/isr/0", "{\"epoch\":1,\"leader\":\"n1\",\"isr\":[\"n1\",\"n2\"]}"),
+        kv("/eddy/c/isr/2", "{\"epoch\":3,\"leader\":\"n2\",\"isr\":[]}"), /* skipped */
+    };
+    struct etcd_kvs ik = {isr, 2};
     struct status_snapshot snap = {"c", 99, &nk, &dk, &config, &lead, &assign, &ck, &mk, &lk,
-                                   3500};
+                                   &ik, 3500};
     struct status_reply r;
     assert_int_equal(status_build(&snap, "coord-b", &r), EDDY_OK);
     const Eddy__Cluster__V1__ClusterStatusResponse *m = &r.msg;
@@ -89,6 +97,18 @@ static void test_build(void **state)
     assert_int_equal(m->partitions[1]->epoch, 2);
     assert_int_equal(m->partitions[3]->partition, 3);
     assert_string_equal(m->partitions[3]->owner, "");
+    assert_int_equal(m->replication_factor, 2);
+    assert_int_equal(m->min_insync, 2);
+    /* replicas from the map, in-sync sets from the isr/ records that decode */
+    assert_int_equal(m->partitions[0]->n_replicas, 2);
+    assert_string_equal(m->partitions[0]->replicas[0], "n1");
+    assert_string_equal(m->partitions[0]->replicas[1], "n2");
+    assert_int_equal(m->partitions[0]->n_in_sync, 2);
+    assert_string_equal(m->partitions[0]->in_sync[1], "n2");
+    assert_int_equal(m->partitions[0]->in_sync_epoch, 1);
+    assert_int_equal(m->partitions[2]->n_replicas, 2);
+    assert_int_equal(m->partitions[2]->n_in_sync, 0);
+    assert_int_equal(m->partitions[3]->n_replicas, 0);
     /* checkpoint records: partition 1 has one, 2.5 s old; the others none */
     assert_int_equal(m->partitions[1]->checkpoint_seq, 70);
     assert_int_equal(m->partitions[1]->checkpoint_bytes, 4096);
@@ -112,6 +132,10 @@ static void test_build(void **state)
     assert_string_equal(m->nodes[0]->metrics_addr, "h:9");
     assert_int_equal(m->nodes[0]->started_ms, 42);
     assert_int_equal(m->nodes[0]->partitions_owned, 2);
+    assert_int_equal(m->nodes[0]->partitions_followed, 1);
+    assert_string_equal(m->nodes[0]->zone, "z1");
+    assert_int_equal(m->nodes[1]->partitions_followed, 1);
+    assert_string_equal(m->nodes[1]->zone, "");
     assert_false(m->nodes[0]->draining);
     assert_string_equal(m->nodes[1]->id, "n2");
     assert_int_equal(m->nodes[1]->partitions_owned, 1);
@@ -143,7 +167,7 @@ static void test_empty_and_corrupt(void **state)
     struct etcd_kv none = {0};
     struct etcd_kvs empty = {NULL, 0};
     struct status_snapshot snap = {"c", 3, &empty, &empty, &none, &none, &none, NULL, NULL, NULL,
-                                   0};
+                                   NULL, 0};
     struct status_reply r;
     assert_int_equal(status_build(&snap, "me", &r), EDDY_OK);
     assert_int_equal(r.msg.config_partitions, 0);
