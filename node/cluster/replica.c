@@ -55,6 +55,7 @@
 #define TICK_MS 50                  /* the replica thread's clock when nothing wakes it */
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 2000
+#define ISR_WRITES_MAX 64           /* etcd records written per tick; the rest wait a tick */
 
 static const char FETCH_METHOD[] = "/eddy.state.v1.State/ReplicaFetch";
 
@@ -718,22 +719,27 @@ static void *replica_main(void *arg)
     replica *r = arg;
     uint32_t P = r->o.partitions;
     uint64_t *ends = calloc(P ? P : 1, sizeof(*ends));
-    struct cluster_isr *recs = calloc(P ? P : 1, sizeof(*recs));
-    uint32_t *recp = calloc(P ? P : 1, sizeof(*recp));
-    if (!ends || !recs || !recp) {
+    uint32_t *led = calloc(P ? P : 1, sizeof(*led));
+    struct cluster_isr *recs = calloc(ISR_WRITES_MAX, sizeof(*recs));
+    uint32_t recp[ISR_WRITES_MAX];
+    if (!ends || !led || !recs) {
         log_error("msg=\"replica thread: out of memory\"");
         free(ends);
+        free(led);
         free(recs);
-        free(recp);
         return NULL;
     }
     pthread_mutex_lock(&r->mu);
     while (!r->stopping) {
+        size_t nled = 0; /* only the log ends of the partitions led here are read */
+        for (uint32_t p = 0; p < P; p++)
+            if (r->parts[p].leading)
+                led[nled++] = p;
         pthread_mutex_unlock(&r->mu);
-        for (uint32_t p = 0; p < P; p++) {
+        for (size_t i = 0; i < nled; i++) {
             struct engine_partition_view v;
-            engine_partition(r->o.eng, p, &v);
-            ends[p] = v.next_seq;
+            engine_partition(r->o.eng, led[i], &v);
+            ends[led[i]] = v.next_seq;
         }
         int64_t now = clock_mono_ms();
         struct waiter *done = NULL;
@@ -753,7 +759,7 @@ static void *replica_main(void *arg)
             }
             under += insync(pt) < pt->map.nreplicas;
             settle(r, pt, &done);
-            if (pt->isr_dirty && r->o.etcd) {
+            if (pt->isr_dirty && r->o.etcd && nrecs < ISR_WRITES_MAX) {
                 recp[nrecs] = p;
                 struct cluster_isr *x = &recs[nrecs++];
                 x->epoch = pt->map.epoch;
@@ -811,8 +817,8 @@ static void *replica_main(void *arg)
     }
     pthread_mutex_unlock(&r->mu);
     free(ends);
+    free(led);
     free(recs);
-    free(recp);
     return NULL;
 }
 
