@@ -151,6 +151,9 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
           "a move's target retries the source's final log tail at least this long; once the "
           "source has left (or after 4 times this) it serves from its copy or the source's "
           "newer last checkpoint", 0, 0),
+        F("replica-lag-timeout", FLAG_DURATION, replica_lag_timeout,
+          "a follower whose log has not reached its leader's end for this long leaves the "
+          "partition's in-sync set (writes need min-insync copies in it)", 100, 0),
         F("load-interval", FLAG_DURATION, load_interval,
           "publish this state node's per-partition event rates this often, for the "
           "coordinator's load balance (0 = never)", 0, 0),

@@ -158,6 +158,22 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
         "tails given up after --move-final-wait.");
     if (!mm->duration || !mm->pause || !mm->active || !mm->failures)
         return EDDY_ERR_NOMEM;
+    struct replica_metrics *rm = &nm->replica;
+    rm->lag_records = metrics_gauge(
+        m, "eddy_replica_lag_records",
+        "Log records the followers of the partitions this node leads still lack, summed "
+        "(the leader's log end minus each follower's fetch position).");
+    rm->under_replicated = metrics_gauge(
+        m, "eddy_under_replicated_partitions",
+        "Partitions this node leads with fewer in-sync copies than replicas.");
+    rm->isr_shrinks = metrics_counter(
+        m, "eddy_isr_shrinks_total",
+        "Followers that left a partition's in-sync set (behind for --replica-lag-timeout).");
+    rm->isr_expands = metrics_counter(
+        m, "eddy_isr_expands_total",
+        "Followers that joined (or rejoined) a partition's in-sync set once caught up.");
+    if (!rm->lag_records || !rm->under_replicated || !rm->isr_shrinks || !rm->isr_expands)
+        return EDDY_ERR_NOMEM;
     if (!em->events_ingested || !em->events_duplicate || !em->events_late || !em->batches ||
         !em->processing_seconds || !em->group_events || !em->event_to_result ||
         !im->backpressure || !nm->rpc_busy || !im->recommendations || !nm->partitions_owned ||

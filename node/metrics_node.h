@@ -8,6 +8,7 @@
 
 #include "common/metrics.h"
 #include "node/cluster/mover.h"
+#include "node/cluster/replica.h"
 #include "node/ingest/ingest_service.h"
 #include "node/state/ckptsched.h"
 #include "node/state/engine.h"
@@ -19,6 +20,7 @@ struct node_metrics {
     struct ingest_metrics ingest;   /* copy into ingest_service.m */
     struct ckptsched_metrics checkpoint; /* copy into ckptsched_opts.metrics */
     struct mover_metrics move;      /* copy into mover_opts.metrics */
+    struct replica_metrics replica; /* copy into replica_opts.metrics */
     metric_counter *rpc_busy;       /* for rpc_server_opts.busy_rejections */
     metric_gauge *partitions_owned;
     engine *eng;                    /* borrowed, for the scrape-time gauges */

@@ -20,6 +20,7 @@
 #include "node/cluster/membership.h"
 #include "node/cluster/mover.h"
 #include "node/cluster/peers.h"
+#include "node/cluster/replica.h"
 #include "node/cluster/reprocess_service.h"
 #include "node/cluster/router.h"
 #include "node/cluster/stage2_remote.h"
@@ -54,6 +55,8 @@ struct node {
     membership *_Atomic mem;
     forwarder *_Atomic fwd;
     mover *mov;
+    replica *rep;                    /* cluster state role: the replicated log */
+    _Atomic bool following;          /* hook_change: the map goes to 'rep' */
     loadpub *lpub;
     struct stage2_remote s2;
     struct router router;
@@ -97,7 +100,7 @@ struct node_config node_config_defaults(void)
         .checkpoint_timeout = 600000, .checkpoint_keep = 3,
         .checkpoint_threads = 2, .checkpoint_dir = "",
         .move_lag = 1000, .move_freeze = 10000, .move_final_wait = 30000,
-        .load_interval = 10000,
+        .load_interval = 10000, .replica_lag_timeout = 10000,
     };
 }
 
@@ -185,6 +188,8 @@ static void hook_change(void *ud, membership *m)
 {
     node *n = ud;
     metric_gauge_set(n->owned_gauge, membership_owned_count(m));
+    if (atomic_load(&n->following))
+        replica_set_membership(n->rep, m);
     if (atomic_load(&n->takeover))
         state_service_takeover(&n->ss);
 }
@@ -226,7 +231,7 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     engine_options_from(c, &eo);
     eo.metrics = n->nm.engine;
     if (n->clustered)
-        eo.cluster = (struct engine_cluster){hook_stage2_local, n, hook_kick, n};
+        eo.cluster = (struct engine_cluster){hook_stage2_local, n, hook_kick, n, hook_owns, n};
     char why[512] = "";
     eddy_err e = engine_open(&eo, &n->eng, why, sizeof(why));
     if (e != EDDY_OK)
@@ -310,6 +315,16 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
         e = state_service_register(&n->ss, n->srv);
     if (e != EDDY_OK)
         return fail(err, errlen, e, "cannot register the services", NULL);
+    if (n->clustered && n->eng) { /* the replicated log: ReplicaFetch is served from the start */
+        struct replica_opts ro = {.eng = n->eng, .peers = n->pe,
+                                  .partitions = (uint32_t)c->partitions,
+                                  .lag_timeout_ms = c->replica_lag_timeout,
+                                  .rpc_timeout_ms = c->route_timeout, .cluster = c->cluster,
+                                  .metrics = n->nm.replica};
+        if (!(n->rep = replica_new(&ro)) || replica_register(n->rep, n->srv) != EDDY_OK)
+            return fail(err, errlen, EDDY_ERR_NOMEM, "cannot start replication", NULL);
+        n->ss.repl = n->rep;
+    }
     if (n->clustered && n->eng) { /* the product half of a cluster-wide rebuild (reprocess) */
         char dir[PATH_MAX];
         snprintf(dir, sizeof(dir), "%s/reprocess-s2.tmp", c->data_dir);
@@ -439,7 +454,12 @@ static eddy_err join(node *n, char *err, size_t errlen)
         if (c->load_interval > 0 &&
             (e = loadpub_start(n->eng, mem, c->cluster, c->load_interval, &n->lpub)) != EDDY_OK)
             return fail(err, errlen, e, "cannot start the load publisher", NULL);
-        /* from now on every map change takes over new partitions */
+        /* from now on every map change takes over new partitions and follows the replica
+         * sets */
+        replica_set_membership(n->rep, mem);
+        if ((e = replica_start(n->rep)) != EDDY_OK)
+            return fail(err, errlen, e, "cannot start the replica threads", NULL);
+        atomic_store(&n->following, true);
         atomic_store(&n->takeover, true);
         state_service_takeover(&n->ss);
         forwarder *fwd = forwarder_start(n->eng, mem, n->pe, c->route_timeout);
@@ -507,6 +527,9 @@ void node_stop(node *n)
 {
     health_set_all(n->hl, HEALTH_NOT_SERVING);
     health_shutdown(n->hl);
+    /* writes waiting for their copies fail UNAVAILABLE (never acknowledged with fewer) and
+     * the followers' parked fetches end, before the server drains */
+    replica_stop(n->rep);
     rpc_server_shutdown(n->srv, n->cfg->shutdown_grace);
     n->stopped = true;
 }
@@ -515,6 +538,8 @@ void node_free(node *n)
 {
     if (!n)
         return;
+    replica_stop(n->rep); /* before the membership its map changes come from */
+    atomic_store(&n->following, false);
     rpc_server_free(n->srv);
     metrics_http_close(n->mh); /* after the RPC server (scrapes see the drain to the end),
                                 * before the caches and the engine its scrapes read */
@@ -535,6 +560,7 @@ void node_free(node *n)
     engine_close(n->eng);              /* finishes queued writes, closes LevelDB */
     stage2_side_free(n->s2side);       /* after the engine: its owns() hook asks it */
     state_service_takeover_release(&n->ss);
+    replica_free(n->rep); /* after the server and the membership that call into it */
     peers_free(n->pe);
     health_free(n->hl);
     if (n->metrics_ready)

@@ -48,6 +48,7 @@ struct node_config {
     int64_t neighbour_cache;
     int64_t shutdown_grace;
     int64_t move_lag, move_freeze, move_final_wait, load_interval;
+    int64_t replica_lag_timeout;
 };
 
 /* The defaults of every setting (those of eddy-node without flags). */

@@ -1,7 +1,6 @@
 /* Registration, session upkeep and the watched view of the cluster. */
 #include "node/cluster/membership.h"
 
-#include <cjson/cJSON.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +28,7 @@ struct membership {
     pthread_cond_t changed;       /* with cmu */
     pthread_mutex_t cmu;
     uint32_t nparts;
+    uint32_t min_insync;          /* from the config (1 for a cluster without replication) */
     struct cluster_map map;
     bool have_map;
     uint64_t version;             /* local change counter */
@@ -219,16 +219,15 @@ static eddy_err read_config(membership *m, int64_t wait_ms, char *err, size_t er
         bool found = false;
         eddy_err e = etcd_get(m->etcd, key, &kv, &found);
         if (e == EDDY_OK && found) {
-            cJSON *cfg = cJSON_ParseWithLength(kv.value, kv.value_len);
-            const cJSON *np = cJSON_GetObjectItemCaseSensitive(cfg, "partitions");
-            double n = cJSON_IsNumber(np) ? np->valuedouble : 0;
-            cJSON_Delete(cfg);
+            struct cluster_config cfg;
+            e = cluster_config_from_json(kv.value, kv.value_len, &cfg);
             etcd_kv_release(&kv);
-            if (n < 1 || n > 65535) {
+            if (e != EDDY_OK) {
                 snprintf(err, errlen, "cluster config %s has no valid partition count", key);
                 return EDDY_ERR_CORRUPT;
             }
-            m->nparts = (uint32_t)n;
+            m->nparts = cfg.partitions;
+            m->min_insync = cfg.min_insync;
             return EDDY_OK;
         }
         if (clock_mono_ms() >= until) {
@@ -380,6 +379,23 @@ bool membership_owner(membership *m, uint32_t p, char owner[CLUSTER_ID_MAX], uin
     }
     pthread_rwlock_unlock(&m->lock);
     return ok;
+}
+
+bool membership_part(membership *m, uint32_t p, struct cluster_part *out)
+{
+    pthread_rwlock_rdlock(&m->lock);
+    bool ok = m->have_map && p < m->map.nparts;
+    if (ok)
+        *out = m->map.parts[p];
+    else
+        memset(out, 0, sizeof(*out));
+    pthread_rwlock_unlock(&m->lock);
+    return ok;
+}
+
+uint32_t membership_min_insync(const membership *m)
+{
+    return m->min_insync ? m->min_insync : 1;
 }
 
 bool membership_owns(membership *m, uint32_t p, uint64_t *epoch)

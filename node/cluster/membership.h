@@ -63,6 +63,14 @@ bool membership_alive(membership *m);
 bool membership_owner(membership *m, uint32_t p, char owner[CLUSTER_ID_MAX], uint64_t *epoch,
                       char addr[CLUSTER_ADDR_MAX]);
 
+/* Partition 'p' as the map says (owner, epoch, replicas, leader first); false (and *out
+ * zeroed) before the first map or for a 'p' out of range. */
+bool membership_part(membership *m, uint32_t p, struct cluster_part *out);
+
+/* Copies an acknowledged write needs, the leader included (the cluster config's
+ * min_insync; 1 for a cluster created before replication). Fixed at start. */
+uint32_t membership_min_insync(const membership *m);
+
 /* Whether this node owns 'p'; *epoch is the current epoch. */
 bool membership_owns(membership *m, uint32_t p, uint64_t *epoch);
 

@@ -206,9 +206,26 @@ static void one_done(struct pending_apply *pa)
 }
 
 struct apply_part {
+    struct state_service *svc;
     struct pending_apply *pa;
     Eddy__State__V1__PartitionResult *r;
 };
+
+static const char NOT_REPLICATED[] =
+    "fewer in-sync copies of the partition than min-insync: not acknowledging writes";
+
+/* The partition's records are on min-insync copies (or will not be): answer. */
+static void apply_replicated(void *ud, eddy_err err)
+{
+    struct apply_part *ap = ud;
+    if (err != EDDY_OK) {
+        ap->r->code = GRPC_STATUS_UNAVAILABLE;
+        ap->r->message = (char *)NOT_REPLICATED;
+    }
+    struct pending_apply *pa = ap->pa;
+    free(ap);
+    one_done(pa);
+}
 
 static void apply_done(void *ud, eddy_err err, const struct engine_ingest_result *res)
 {
@@ -222,6 +239,18 @@ static void apply_done(void *ud, eddy_err err, const struct engine_ingest_result
     } else {
         r->code = (int32_t)eddy_err_to_grpc(err);
         r->message = (char *)eddy_strerror(err); /* static text */
+    }
+    if (err == EDDY_OK && ap->svc->repl) {
+        /* Wait for the partition's whole log as published now (this group included), not
+         * only this job's records: a retry answered "duplicate" must not be acknowledged
+         * before the first copy of its events is replicated. */
+        struct engine_partition_view v;
+        engine_partition(ap->svc->eng, r->partition, &v);
+        if (replica_wait(ap->svc->repl, r->partition, v.next_seq, apply_replicated, ap) ==
+            EDDY_OK)
+            return;
+        r->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        r->message = "out of memory";
     }
     struct pending_apply *pa = ap->pa;
     free(ap);
@@ -301,9 +330,16 @@ static void handle_apply(void *ud, rpc_call *c, const ProtobufCMessage *msg)
             one_done(pa);
             continue;
         }
+        if (svc->repl && !replica_writable(svc->repl, pe->partition)) {
+            r->code = GRPC_STATUS_UNAVAILABLE;
+            r->message = (char *)NOT_REPLICATED;
+            one_done(pa);
+            continue;
+        }
         struct apply_part *ap = malloc(sizeof(*ap));
         eddy_err err = ap ? EDDY_OK : EDDY_ERR_NOMEM;
         if (ap) {
+            ap->svc = svc;
             ap->pa = pa;
             ap->r = r;
             err = engine_apply(svc->eng, pe->partition, pe->epoch, pe->events, pe->n_events,

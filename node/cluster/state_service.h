@@ -9,6 +9,7 @@
 
 #include "common/rpc_server.h"
 #include "node/cluster/membership.h"
+#include "node/cluster/replica.h"
 #include "node/state/engine.h"
 #include "node/state/local_backend.h"
 #include "node/state/stage2cache.h"
@@ -51,6 +52,9 @@ struct state_service {
      * stage 2, this node's product partitions are not local (their records wait in the
      * OUTBOXes) and Forward refuses them. */
     stage2_side *s2;
+    /* The replicated log (NULL: none, R = 1 everywhere): an Apply is answered once the
+     * partition's log is on min-insync copies, and refused UNAVAILABLE with fewer in sync. */
+    replica *repl;
     /* Whether a rebuild (eddy reprocess) runs here: a move's copy waits (NULL: never). */
     bool (*rebuild_busy)(void *ud);
     void *rebuild_ud;

@@ -219,9 +219,10 @@ static eddy_err run_ingest(engine *e, struct job *j, int64_t now)
 static eddy_err run_idle(engine *e, int64_t now)
 {
     const struct window_params *wp = &e->o.apply.window;
+    const struct engine_cluster *c = &e->o.cluster;
     for (uint32_t p = 0; p < e->o.apply.partitions; p++) {
         struct part_meta *m = &e->meta[p];
-        if (m->max_ts == WATERMARK_NONE)
+        if (m->max_ts == WATERMARK_NONE || (c->leads && !c->leads(c->leads_ud, p)))
             continue;
         int64_t wm = window_idle_watermark(wp, m->watermark, m->max_ts,
                                            now - e->last_arrival_ms[p]);

@@ -55,6 +55,11 @@ struct engine_cluster {
      * OUTBOX records. */
     void (*outbox_kick)(void *ud);
     void *kick_ud;
+    /* Whether this node writes partition 'p''s log now (it owns it: the leader). Idle
+     * watermark records are appended only there: a follower's or a move target's copy of
+     * the log gets them from the leader's, under the leader's seqs. NULL: every partition. */
+    bool (*leads)(void *ud, uint32_t p);
+    void *leads_ud;
 };
 
 struct engine_opts {

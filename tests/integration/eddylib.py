@@ -1186,11 +1186,11 @@ class Cluster:
     def key(self, suffix):
         return f"/eddy/{self.name}/{suffix}"
 
-    def add_coordinator(self, cid, wait_leader=True):
+    def add_coordinator(self, cid, wait_leader=True, args=()):
         c = start_coordinator(self.test, self.etcd.url, cid, cluster=self.name,
                               args=["--partitions", str(self.P), "--lease-ttl", f"{self.ttl_s}s",
                                     "--settle", "100ms", "--log-level", "info",
-                                    *self.coord_args])
+                                    *self.coord_args, *args])
         self.coordinators.append(c)
         if wait_leader:
             poll_until(lambda: self.leader() is not None, 10, what="a leading coordinator")

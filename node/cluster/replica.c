@@ -1,0 +1,1093 @@
+/* The replicated log: leaders serve ReplicaFetch and hold acknowledgements back until
+ * min-insync copies have the records; followers pull and replay their leaders' logs.
+ *
+ * DESIGN (Kafka's model: followers pull, a follower's fetch position is its ack). Every
+ * copy of a partition has the same log under the same seqs: the leader's group commit
+ * appends records, a follower's fetch thread asks the leader for the records from its
+ * position on and appends them through engine_replay (the same deterministic apply, one
+ * synced write per batch), so at the same seq its state is byte-identical to the
+ * leader's. The position a follower asks from next says that everything below it is
+ * durable there: acknowledgements ride on the next fetch, one round trip per batch of
+ * records, not a call per event.
+ *
+ * Leader side. An Apply's job is durable locally, then the state service waits
+ * (replica_wait) for the partition's log end at that moment to be on min-insync copies,
+ * counting the leader: a duplicate's retry waits for everything before it too, so an
+ * event whose first copy is not replicated yet is not acknowledged by its retry either.
+ * A follower is in sync while its position keeps reaching the log end the leader had at
+ * its previous fetch (Kafka's lastCaughtUpTime); one that has not for
+ * --replica-lag-timeout leaves the in-sync set, and comes back once it caught up. New
+ * followers start out of sync. With fewer in-sync copies than min-insync the partition
+ * refuses writes (replica_writable) and the waiting acknowledgements fail UNAVAILABLE:
+ * never a single-copy acknowledgement. Changes of the set are recorded in etcd
+ * (/eddy/<cluster>/isr/<p>, compare-and-swap, never over a newer epoch's record) for the
+ * coordinator's failover.
+ *
+ * Threads. A fetch with nothing new is parked (long poll), never held on a handler
+ * thread: the replica thread answers it when records arrive (replica_wait wakes it) or at
+ * its deadline, and runs the in-sync clock and the etcd writes. Fetch handlers update the
+ * positions and complete the acknowledgements they allow. Followers run one fetch thread
+ * per leader they follow partitions from (a bounded set: one per node), each with one
+ * call in flight and a backoff after errors. Everything shared is under 'mu'; callbacks
+ * and engine calls run outside it. */
+#include "node/cluster/replica.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/completion.h"
+#include "common/crc32c.h"
+#include "common/etcd.h"
+#include "common/log.h"
+#include "common/thread.h"
+#include "node/cluster/state_service.h"
+#include "node/state/store.h"
+
+#define FETCHERS_MAX 64             /* leaders a node follows from: one per other node */
+#define FETCH_DEFAULT_RECORDS 1000u
+#define FETCH_MAX_RECORDS 10000u
+#define FETCH_MAX_BYTES (4u << 20)  /* records per answer, all partitions together */
+#define FETCH_MAX_WAIT_MS 5000
+#define TICK_MS 50                  /* the replica thread's clock when nothing wakes it */
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 2000
+#define ISR_WRITES_MAX 64           /* etcd records written per tick; the rest wait a tick */
+
+static const char FETCH_METHOD[] = "/eddy.state.v1.State/ReplicaFetch";
+
+/* A follower of a partition this node leads. */
+struct follower {
+    char id[CLUSTER_ID_MAX];
+    uint64_t pos;          /* its last fetch position: every record below is durable there */
+    uint64_t prev_end;     /* the leader's log end when its previous fetch arrived */
+    int64_t prev_ms;       /* when that was */
+    int64_t caught_up_ms;  /* the last time its position reached a log end the leader had */
+    bool in_sync;
+};
+
+/* An acknowledgement waiting for copies. */
+struct waiter {
+    uint64_t seq;
+    replica_ack_fn *done;
+    void *ud;
+    eddy_err err;          /* set when it is taken off the list */
+    struct waiter *next;
+};
+
+struct part {
+    struct replica_part map;
+    /* leader side */
+    bool leading;          /* this node is the leader and R > 1 */
+    struct follower f[REPLICA_MAX - 1];
+    uint32_t nf;
+    struct waiter *waiters;
+    bool isr_dirty;        /* the in-sync set changed since it was written to etcd */
+    /* follower side */
+    bool following;        /* this node is a follower */
+    uint64_t pos;          /* the next seq it needs */
+    bool applying;         /* a fetch thread has a batch of it in flight */
+};
+
+/* A fetch waiting for records (long poll). The request belongs to the call. */
+struct parked {
+    rpc_call *call;
+    const Eddy__State__V1__ReplicaFetchRequest *req;
+    int64_t deadline_ms;
+    struct parked *next;
+};
+
+struct fetcher {
+    replica *r;
+    char leader[CLUSTER_ID_MAX];
+    pthread_t t;
+};
+
+struct replica {
+    struct replica_opts o;
+    char self[CLUSTER_ID_MAX];
+    char cluster[CLUSTER_ID_MAX];
+    pthread_mutex_t mu;
+    pthread_cond_t cv;     /* the replica thread: a fetch parked, records arrived, stop */
+    pthread_cond_t fcv;    /* the fetch threads: the map changed, stop */
+    struct part *parts;    /* [o.partitions] */
+    uint32_t min_insync;
+    struct parked *parked;
+    bool running, stopping, kicked;
+    pthread_t thread;
+    struct fetcher *fetchers[FETCHERS_MAX];
+    size_t nfetchers;
+};
+
+/* ---- helpers (under mu unless said) ---------------------------------------------------- */
+
+static void cond_init_mono(pthread_cond_t *cv)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &a);
+    pthread_condattr_destroy(&a);
+}
+
+static void cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
+/* Copies an acknowledgement of the partition needs, the leader included. */
+static uint32_t need(const replica *r, const struct part *pt)
+{
+    uint32_t n = r->min_insync ? r->min_insync : 1;
+    return n < pt->map.nreplicas ? n : pt->map.nreplicas;
+}
+
+static uint32_t insync(const struct part *pt)
+{
+    uint32_t n = 1;
+    for (uint32_t i = 0; i < pt->nf; i++)
+        n += pt->f[i].in_sync;
+    return n;
+}
+
+/* The highest seq such that every record below it is on 'k' copies, the leader's own
+ * position being 'leader_pos'. */
+static uint64_t watermark(const struct part *pt, uint32_t k, uint64_t leader_pos)
+{
+    uint64_t v[REPLICA_MAX];
+    uint32_t n = 0;
+    v[n++] = leader_pos;
+    for (uint32_t i = 0; i < pt->nf; i++)
+        v[n++] = pt->f[i].pos < leader_pos ? pt->f[i].pos : leader_pos;
+    if (k == 0 || k > n)
+        return 0;
+    for (uint32_t i = 1; i < n; i++) /* insertion sort, descending: n <= REPLICA_MAX */
+        for (uint32_t j = i; j > 0 && v[j] > v[j - 1]; j--) {
+            uint64_t t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    return v[k - 1];
+}
+
+/* Move the waiters of 'pt' that are acknowledged (or can no longer be) to *out. */
+static void settle(replica *r, struct part *pt, struct waiter **out)
+{
+    uint32_t k = need(r, pt);
+    uint64_t hw = watermark(pt, k, UINT64_MAX);
+    bool short_of_copies = insync(pt) < k;
+    struct waiter **wp = &pt->waiters;
+    while (*wp) {
+        struct waiter *w = *wp;
+        if (w->seq <= hw || short_of_copies) {
+            w->err = w->seq <= hw ? EDDY_OK : EDDY_ERR_UNAVAILABLE;
+            *wp = w->next;
+            w->next = *out;
+            *out = w;
+        } else {
+            wp = &w->next;
+        }
+    }
+}
+
+static void fail_all(struct part *pt, struct waiter **out)
+{
+    while (pt->waiters) {
+        struct waiter *w = pt->waiters;
+        pt->waiters = w->next;
+        w->err = EDDY_ERR_UNAVAILABLE;
+        w->next = *out;
+        *out = w;
+    }
+}
+
+/* Outside mu. */
+static void run_waiters(struct waiter *w)
+{
+    while (w) {
+        struct waiter *next = w->next;
+        w->done(w->ud, w->err);
+        free(w);
+        w = next;
+    }
+}
+
+static struct follower *find_follower(struct part *pt, const char *id)
+{
+    for (uint32_t i = 0; i < pt->nf; i++)
+        if (strcmp(pt->f[i].id, id) == 0)
+            return &pt->f[i];
+    return NULL;
+}
+
+static bool is_follower_in(const struct replica_part *m, const char *id)
+{
+    for (uint32_t i = 1; i < m->nreplicas && i < REPLICA_MAX; i++)
+        if (strcmp(m->replicas[i], id) == 0)
+            return true;
+    return false;
+}
+
+/* The in-sync clock of one follower at a fetch (or a tick: pos unchanged). */
+static void follower_check(replica *r, struct part *pt, struct follower *f, uint32_t p,
+                           int64_t now)
+{
+    if (!f->in_sync)
+        return;
+    if (now - f->caught_up_ms > r->o.lag_timeout_ms) {
+        f->in_sync = false;
+        pt->isr_dirty = true;
+        if (r->o.metrics.isr_shrinks)
+            metric_counter_add(r->o.metrics.isr_shrinks, 1);
+        log_warn("msg=\"follower left the in-sync set\" partition=%u follower=%s "
+                 "position=%" PRIu64 " lag_timeout_ms=%" PRId64,
+                 p, f->id, f->pos, r->o.lag_timeout_ms);
+    }
+}
+
+/* ---- map ---------------------------------------------------------------------------------- */
+
+static void *fetch_main(void *arg);
+
+/* Start a fetch thread for 'leader' unless there is one. Under mu, once running. */
+static void ensure_fetcher(replica *r, const char *leader)
+{
+    for (size_t i = 0; i < r->nfetchers; i++)
+        if (strcmp(r->fetchers[i]->leader, leader) == 0)
+            return;
+    if (r->nfetchers == FETCHERS_MAX) {
+        log_error("msg=\"too many leaders to follow\" max=%d", FETCHERS_MAX);
+        return;
+    }
+    struct fetcher *f = calloc(1, sizeof(*f));
+    if (!f)
+        return;
+    f->r = r;
+    snprintf(f->leader, sizeof(f->leader), "%s", leader);
+    if (pthread_create(&f->t, NULL, fetch_main, f) != 0) {
+        log_error("msg=\"cannot start a replica fetch thread\" leader=%s", leader);
+        free(f);
+        return;
+    }
+    r->fetchers[r->nfetchers++] = f;
+}
+
+static void ensure_fetchers(replica *r)
+{
+    for (uint32_t p = 0; p < r->o.partitions; p++)
+        if (r->parts[p].following)
+            ensure_fetcher(r, r->parts[p].map.replicas[0]);
+}
+
+void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_insync)
+{
+    uint32_t P = r->o.partitions;
+    uint64_t *ends = calloc(P ? P : 1, sizeof(*ends));
+    if (!ends) {
+        log_error("msg=\"replica map not taken: out of memory\"");
+        return;
+    }
+    for (uint32_t p = 0; p < P; p++) { /* engine reads before mu: never both locks */
+        struct engine_partition_view v;
+        engine_partition(r->o.eng, p, &v);
+        ends[p] = v.next_seq;
+    }
+    int64_t now = clock_mono_ms();
+    struct waiter *done = NULL;
+    pthread_mutex_lock(&r->mu);
+    r->min_insync = min_insync;
+    for (uint32_t p = 0; p < P; p++) {
+        struct part *pt = &r->parts[p];
+        const struct replica_part *m = &parts[p];
+        uint32_t R = m->nreplicas < REPLICA_MAX ? m->nreplicas : REPLICA_MAX;
+        bool leading = R > 1 && strcmp(m->replicas[0], r->self) == 0;
+        bool following = R > 1 && is_follower_in(m, r->self);
+        bool new_leader = strcmp(m->replicas[0], pt->map.replicas[0]) != 0;
+        if (pt->leading && !leading)
+            fail_all(pt, &done);
+        if (leading) {
+            struct follower f[REPLICA_MAX - 1];
+            uint32_t nf = 0;
+            for (uint32_t i = 1; i < R; i++) {
+                struct follower *old = pt->leading ? find_follower(pt, m->replicas[i]) : NULL;
+                if (old) {
+                    f[nf++] = *old;
+                    continue;
+                }
+                f[nf] = (struct follower){.prev_end = ends[p], .prev_ms = now,
+                                          .caught_up_ms = now, .in_sync = false};
+                snprintf(f[nf].id, sizeof(f[nf].id), "%s", m->replicas[i]);
+                nf++;
+            }
+            pt->isr_dirty |= !pt->leading || nf != pt->nf || m->epoch != pt->map.epoch;
+            memcpy(pt->f, f, sizeof(f));
+            pt->nf = nf;
+        } else {
+            pt->nf = 0;
+        }
+        if (following && (!pt->following || new_leader || m->epoch != pt->map.epoch))
+            pt->pos = ends[p]; /* a new leader's log goes on from this copy's end */
+        pt->leading = leading;
+        pt->following = following;
+        pt->map = *m;
+        pt->map.nreplicas = R;
+        if (leading)
+            settle(r, pt, &done);
+    }
+    if (r->running)
+        ensure_fetchers(r);
+    pthread_cond_broadcast(&r->fcv);
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    run_waiters(done);
+    free(ends);
+}
+
+void replica_set_membership(replica *r, membership *m)
+{
+    uint32_t P = r->o.partitions;
+    struct replica_part *parts = calloc(P ? P : 1, sizeof(*parts));
+    if (!parts) {
+        log_error("msg=\"replica map not taken: out of memory\"");
+        return;
+    }
+    for (uint32_t p = 0; p < P; p++) {
+        struct cluster_part cp;
+        if (!membership_part(m, p, &cp) || cp.nreplicas == 0)
+            continue;
+        parts[p].epoch = cp.epoch;
+        parts[p].nreplicas = cp.nreplicas;
+        memcpy(parts[p].replicas, cp.replicas, sizeof(parts[p].replicas));
+        membership_addr(m, cp.replicas[0], parts[p].leader_addr);
+    }
+    pthread_mutex_lock(&r->mu); /* the node's id and etcd are known once it joined */
+    snprintf(r->self, sizeof(r->self), "%s", membership_self(m));
+    if (!r->o.etcd)
+        r->o.etcd = membership_etcd(m);
+    pthread_mutex_unlock(&r->mu);
+    replica_set_map(r, parts, membership_min_insync(m));
+    free(parts);
+}
+
+/* ---- leader side: acknowledgements -------------------------------------------------------- */
+
+bool replica_writable(replica *r, uint32_t p)
+{
+    if (p >= r->o.partitions)
+        return true;
+    pthread_mutex_lock(&r->mu);
+    struct part *pt = &r->parts[p];
+    bool ok = !pt->leading || insync(pt) >= need(r, pt);
+    pthread_mutex_unlock(&r->mu);
+    return ok;
+}
+
+uint32_t replica_insync(replica *r, uint32_t p)
+{
+    if (p >= r->o.partitions)
+        return 1;
+    pthread_mutex_lock(&r->mu);
+    uint32_t n = r->parts[p].leading ? insync(&r->parts[p]) : 1;
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
+eddy_err replica_wait(replica *r, uint32_t p, uint64_t seq, replica_ack_fn *done, void *ud)
+{
+    struct waiter *w = malloc(sizeof(*w));
+    if (!w)
+        return EDDY_ERR_NOMEM;
+    *w = (struct waiter){seq, done, ud, EDDY_OK, NULL};
+    struct waiter *ready = NULL;
+    pthread_mutex_lock(&r->mu);
+    struct part *pt = p < r->o.partitions ? &r->parts[p] : NULL;
+    if (!pt || pt->map.nreplicas <= 1) {
+        w->next = ready; /* not replicated: acknowledged as before replication */
+        ready = w;
+    } else if (!pt->leading || r->stopping) {
+        w->err = EDDY_ERR_UNAVAILABLE; /* the map moved the leadership away meanwhile */
+        ready = w;
+    } else {
+        w->next = pt->waiters;
+        pt->waiters = w;
+        settle(r, pt, &ready);
+        r->kicked = true; /* new records: answer the parked fetches */
+        pthread_cond_signal(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    run_waiters(ready);
+    return EDDY_OK;
+}
+
+/* ---- leader side: ReplicaFetch ------------------------------------------------------------ */
+
+struct page {
+    Eddy__State__V1__ReplicaRecord *rec;   /* [max] */
+    Eddy__State__V1__ReplicaRecord **rp;
+    size_t n, max, *bytes;
+    uint64_t last;
+    bool cut;              /* stopped at a limit: the page ends after 'last' */
+    bool oom;
+};
+
+static int collect(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct page *pg = ud;
+    size_t off = 3; /* partition u16, table byte */
+    uint64_t seq;
+    if (pg->n == pg->max || (pg->n > 0 && *pg->bytes + vlen > FETCH_MAX_BYTES)) {
+        pg->cut = true;
+        return 1;
+    }
+    if (!key_get_u64(k, klen, &off, &seq))
+        return 0;
+    Eddy__State__V1__ReplicaRecord *e = &pg->rec[pg->n];
+    eddy__state__v1__replica_record__init(e);
+    e->seq = seq;
+    e->record.data = malloc(vlen ? vlen : 1);
+    if (!e->record.data) {
+        pg->oom = true;
+        return 1;
+    }
+    memcpy(e->record.data, v, vlen);
+    e->record.len = vlen;
+    uint8_t le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (uint8_t)(seq >> (8 * i));
+    e->crc32c = crc32c_update(crc32c(le, sizeof(le)), v, vlen);
+    pg->rp[pg->n++] = e;
+    *pg->bytes += vlen;
+    pg->last = seq;
+    return 0;
+}
+
+/* Answer a fetch with the records past each position (any thread but under no lock). */
+static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchRequest *req)
+{
+    size_t n = req->n_partitions, bytes = 0;
+    size_t max = req->max_records ? req->max_records : FETCH_DEFAULT_RECORDS;
+    if (max > FETCH_MAX_RECORDS)
+        max = FETCH_MAX_RECORDS;
+    Eddy__State__V1__ReplicaPartitionData *d = calloc(n ? n : 1, sizeof(*d));
+    Eddy__State__V1__ReplicaPartitionData **dp = calloc(n ? n : 1, sizeof(*dp));
+    struct page *pg = calloc(n ? n : 1, sizeof(*pg));
+    bool oom = !d || !dp || !pg;
+    for (size_t i = 0; i < n && !oom; i++) {
+        const Eddy__State__V1__ReplicaFetchPartition *q = req->partitions[i];
+        struct engine_partition_view v;
+        engine_partition(r->o.eng, q->partition, &v);
+        eddy__state__v1__replica_partition_data__init(&d[i]);
+        dp[i] = &d[i];
+        d[i].partition = q->partition;
+        d[i].epoch = q->epoch; /* checked against the map when the fetch arrived */
+        d[i].from_seq = q->next_seq;
+        d[i].next_seq = q->next_seq;
+        d[i].log_end = v.next_seq;
+        if (q->next_seq < v.log_first_seq && q->next_seq < v.next_seq) {
+            d[i].log_truncated = true;
+            continue;
+        }
+        if (q->next_seq >= v.next_seq)
+            continue;
+        pg[i] = (struct page){calloc(max, sizeof(*pg[i].rec)), calloc(max, sizeof(*pg[i].rp)),
+                              0, max, &bytes, 0, false, false};
+        if (!pg[i].rec || !pg[i].rp) {
+            oom = true;
+            break;
+        }
+        struct store_key start, end;
+        key_init(&start, q->partition, T_LOG);
+        key_u64(&start, q->next_seq);
+        key_init(&end, q->partition, T_LOG);
+        key_u64(&end, v.next_seq);
+        eddy_err err = store_scan(engine_store(r->o.eng), &start, &end, collect, &pg[i]);
+        oom = pg[i].oom;
+        if (err != EDDY_OK) {
+            rpc_reply_error(c, eddy_err_to_grpc(err), "reading the log of partition %u: %s",
+                            q->partition, eddy_strerror(err));
+            c = NULL;
+            break;
+        }
+        d[i].records = pg[i].rp;
+        d[i].n_records = pg[i].n;
+        /* a page cut short continues after its last record; else it reached the end */
+        d[i].next_seq = pg[i].cut && pg[i].n ? pg[i].last + 1 : v.next_seq;
+    }
+    if (c) {
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < n && !oom; i++) {
+            uint32_t p = req->partitions[i]->partition;
+            struct part *pt = &r->parts[p];
+            d[i].high_watermark = pt->leading ? watermark(pt, need(r, pt), d[i].log_end)
+                                              : d[i].log_end;
+        }
+        pthread_mutex_unlock(&r->mu);
+        if (oom) {
+            rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "replica fetch: out of memory");
+        } else {
+            Eddy__State__V1__ReplicaFetchResponse resp =
+                EDDY__STATE__V1__REPLICA_FETCH_RESPONSE__INIT;
+            resp.partitions = dp;
+            resp.n_partitions = n;
+            rpc_reply(c, &resp.base);
+        }
+    }
+    for (size_t i = 0; pg && i < n; i++) {
+        for (size_t k = 0; k < pg[i].n; k++)
+            free(pg[i].rec[k].record.data);
+        free(pg[i].rec);
+        free(pg[i].rp);
+    }
+    free(pg);
+    free(d);
+    free(dp);
+}
+
+/* Why the fetch of partition 'q' is refused (NULL: it is not). Under mu. */
+static const char *refusal(replica *r, const char *follower,
+                           const Eddy__State__V1__ReplicaFetchPartition *q, char *buf,
+                           size_t len)
+{
+    if (q->partition >= r->o.partitions) {
+        snprintf(buf, len, "partition %u out of range", q->partition);
+        return buf;
+    }
+    const struct part *pt = &r->parts[q->partition];
+    if (!pt->leading)
+        snprintf(buf, len, "partition %u: this node (%s) is not its leader in its map",
+                 q->partition, r->self);
+    else if (q->epoch != pt->map.epoch)
+        snprintf(buf, len, "partition %u: stale epoch %" PRIu64 ": the leader's is %" PRIu64,
+                 q->partition, q->epoch, pt->map.epoch);
+    else if (!is_follower_in(&pt->map, follower))
+        snprintf(buf, len, "partition %u: node '%s' is not a follower in the leader's map",
+                 q->partition, follower);
+    else
+        return NULL;
+    return buf;
+}
+
+static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    replica *r = ud;
+    const Eddy__State__V1__ReplicaFetchRequest *req =
+        (const Eddy__State__V1__ReplicaFetchRequest *)msg;
+    size_t n = req->n_partitions;
+    uint64_t ends[64], first[64];
+    uint64_t *end = n <= 64 ? ends : calloc(n, sizeof(*end));
+    uint64_t *lfirst = n <= 64 ? first : calloc(n, sizeof(*lfirst));
+    struct waiter *done = NULL;
+    struct parked *pk = NULL;
+    char why[256];
+    const char *refused = NULL;
+    bool records_ready = false;
+    if (!end || !lfirst) {
+        rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "replica fetch: out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) { /* engine reads before mu */
+        struct engine_partition_view v = {0};
+        if (req->partitions[i]->partition < r->o.partitions)
+            engine_partition(r->o.eng, req->partitions[i]->partition, &v);
+        end[i] = v.next_seq;
+        lfirst[i] = v.log_first_seq;
+    }
+    int64_t t = clock_mono_ms();
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < n && !refused; i++)
+        refused = refusal(r, req->follower, req->partitions[i], why, sizeof(why));
+    if (refused || r->stopping) {
+        pthread_mutex_unlock(&r->mu);
+        if (refused)
+            rpc_reply_error(c, GRPC_STATUS_FAILED_PRECONDITION, "replica fetch refused: %s",
+                            refused);
+        else
+            rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE, "node stopping");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const Eddy__State__V1__ReplicaFetchPartition *q = req->partitions[i];
+        struct part *pt = &r->parts[q->partition];
+        struct follower *f = find_follower(pt, req->follower);
+        if (q->next_seq > end[i]) {
+            /* Records the leader does not have: that log diverged (an old leader's
+             * unacknowledged suffix). It is no copy of this log, and cannot become one
+             * until the suffix is truncated (not built yet). */
+            if (f->pos != 0 || f->in_sync)
+                log_warn("msg=\"follower's log is ahead of the leader's: not counted as a "
+                         "copy\" partition=%u follower=%s position=%" PRIu64
+                         " log_end=%" PRIu64,
+                         q->partition, f->id, q->next_seq, end[i]);
+            f->pos = 0;
+            f->prev_end = UINT64_MAX;
+            f->caught_up_ms = t - r->o.lag_timeout_ms - 1; /* out of the set at once */
+            follower_check(r, pt, f, q->partition, t);
+            settle(r, pt, &done);
+            continue;
+        }
+        f->pos = q->next_seq;
+        if (q->next_seq >= f->prev_end) { /* it reached what the leader had last time */
+            f->caught_up_ms = f->prev_ms;
+            if (!f->in_sync) {
+                f->in_sync = true;
+                pt->isr_dirty = true;
+                if (r->o.metrics.isr_expands)
+                    metric_counter_add(r->o.metrics.isr_expands, 1);
+                log_info("msg=\"follower joined the in-sync set\" partition=%u follower=%s "
+                         "position=%" PRIu64,
+                         q->partition, f->id, f->pos);
+            }
+        }
+        f->prev_end = end[i];
+        f->prev_ms = t;
+        follower_check(r, pt, f, q->partition, t);
+        settle(r, pt, &done);
+        if (q->next_seq < end[i] || (q->next_seq < lfirst[i]))
+            records_ready = true;
+    }
+    if (!records_ready) {
+        pk = malloc(sizeof(*pk));
+        if (pk) {
+            int64_t wait = req->max_wait_ms < FETCH_MAX_WAIT_MS ? req->max_wait_ms
+                                                                 : FETCH_MAX_WAIT_MS;
+            *pk = (struct parked){c, req, t + wait, r->parked};
+            r->parked = pk;
+            pthread_cond_signal(&r->cv);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    run_waiters(done);
+    if (!pk)
+        answer(r, c, req); /* records ready (or no memory to park: answer empty) */
+out:
+    if (end != ends)
+        free(end);
+    if (lfirst != first)
+        free(lfirst);
+}
+
+eddy_err replica_register(replica *r, rpc_server *s)
+{
+    /* a leaf: the handler never calls another handler and never blocks (long polls park) */
+    return rpc_server_add_unary_lane(s, FETCH_METHOD,
+                                     &eddy__state__v1__replica_fetch_request__descriptor,
+                                     handle_fetch, r, STATE_LANE_LEAF);
+}
+
+/* ---- the replica thread ------------------------------------------------------------------- */
+
+/* Record the in-sync set of a partition in etcd unless a newer epoch's record is there. */
+static eddy_err write_isr(replica *r, etcd_client *etcd, uint32_t p,
+                          const struct cluster_isr *x)
+{
+    char key[CLUSTER_KEY_MAX];
+    snprintf(key, sizeof(key), CLUSTER_PREFIX "%s/isr/%u", r->cluster, p);
+    struct etcd_kv kv = {0};
+    bool found = false, ok = false;
+    char *val = cluster_isr_to_json(x);
+    eddy_err err = val ? etcd_get(etcd, key, &kv, &found) : EDDY_ERR_NOMEM;
+    if (err != EDDY_OK)
+        goto out;
+    struct cluster_isr cur;
+    if (found && cluster_isr_from_json(kv.value, kv.value_len, &cur) == EDDY_OK &&
+        cur.epoch > x->epoch)
+        goto out; /* the coordinator moved on: this leader's view is stale */
+    err = etcd_txn_cas(etcd, key, found ? kv.mod_revision : 0, val, strlen(val), 0, &ok,
+                       NULL);
+    if (err == EDDY_OK && !ok)
+        err = EDDY_ERR_CONFLICT;
+out:
+    etcd_kv_release(&kv);
+    free(val);
+    return err;
+}
+
+static void *replica_main(void *arg)
+{
+    thread_name("replica");
+    replica *r = arg;
+    uint32_t P = r->o.partitions;
+    uint64_t *ends = calloc(P ? P : 1, sizeof(*ends));
+    uint32_t *led = calloc(P ? P : 1, sizeof(*led));
+    struct cluster_isr *recs = calloc(ISR_WRITES_MAX, sizeof(*recs));
+    uint32_t recp[ISR_WRITES_MAX];
+    if (!ends || !led || !recs) {
+        log_error("msg=\"replica thread: out of memory\"");
+        free(ends);
+        free(led);
+        free(recs);
+        return NULL;
+    }
+    pthread_mutex_lock(&r->mu);
+    while (!r->stopping) {
+        size_t nled = 0; /* only the log ends of the partitions led here are read */
+        for (uint32_t p = 0; p < P; p++)
+            if (r->parts[p].leading)
+                led[nled++] = p;
+        pthread_mutex_unlock(&r->mu);
+        for (size_t i = 0; i < nled; i++) {
+            struct engine_partition_view v;
+            engine_partition(r->o.eng, led[i], &v);
+            ends[led[i]] = v.next_seq;
+        }
+        int64_t now = clock_mono_ms();
+        struct waiter *done = NULL;
+        struct parked *ready = NULL;
+        size_t nrecs = 0;
+        double lag = 0, under = 0;
+        pthread_mutex_lock(&r->mu);
+        etcd_client *etcd = r->o.etcd;
+        r->kicked = false;
+        for (uint32_t p = 0; p < P; p++) {
+            struct part *pt = &r->parts[p];
+            if (!pt->leading)
+                continue;
+            for (uint32_t i = 0; i < pt->nf; i++) {
+                follower_check(r, pt, &pt->f[i], p, now);
+                lag += pt->f[i].pos < ends[p] ? (double)(ends[p] - pt->f[i].pos) : 0;
+            }
+            under += insync(pt) < pt->map.nreplicas;
+            settle(r, pt, &done);
+            if (pt->isr_dirty && r->o.etcd && nrecs < ISR_WRITES_MAX) {
+                recp[nrecs] = p;
+                struct cluster_isr *x = &recs[nrecs++];
+                x->epoch = pt->map.epoch;
+                snprintf(x->leader, sizeof(x->leader), "%s", r->self);
+                snprintf(x->isr[0], sizeof(x->isr[0]), "%s", r->self);
+                x->nisr = 1;
+                for (uint32_t i = 0; i < pt->nf; i++)
+                    if (pt->f[i].in_sync)
+                        snprintf(x->isr[x->nisr++], sizeof(x->isr[0]), "%s", pt->f[i].id);
+                pt->isr_dirty = false;
+            }
+        }
+        struct parked **pp = &r->parked;
+        while (*pp) {
+            struct parked *k = *pp;
+            bool go = now >= k->deadline_ms;
+            for (size_t i = 0; i < k->req->n_partitions && !go; i++) {
+                const Eddy__State__V1__ReplicaFetchPartition *q = k->req->partitions[i];
+                go = q->partition < P && q->next_seq < ends[q->partition];
+            }
+            if (go) {
+                *pp = k->next;
+                k->next = ready;
+                ready = k;
+            } else {
+                pp = &k->next;
+            }
+        }
+        pthread_mutex_unlock(&r->mu);
+        if (r->o.metrics.lag_records)
+            metric_gauge_set(r->o.metrics.lag_records, lag);
+        if (r->o.metrics.under_replicated)
+            metric_gauge_set(r->o.metrics.under_replicated, under);
+        run_waiters(done);
+        while (ready) {
+            struct parked *k = ready;
+            ready = k->next;
+            answer(r, k->call, k->req);
+            free(k);
+        }
+        for (size_t i = 0; i < nrecs; i++) {
+            eddy_err err = write_isr(r, etcd, recp[i], &recs[i]);
+            if (err != EDDY_OK) {
+                log_warn("msg=\"in-sync set not recorded in etcd; retrying\" partition=%u "
+                         "error=\"%s\"",
+                         recp[i], eddy_strerror(err));
+                pthread_mutex_lock(&r->mu);
+                r->parts[recp[i]].isr_dirty = true;
+                pthread_mutex_unlock(&r->mu);
+            }
+        }
+        pthread_mutex_lock(&r->mu);
+        if (!r->kicked && !r->stopping)
+            cond_wait_ms(&r->cv, &r->mu, TICK_MS);
+    }
+    pthread_mutex_unlock(&r->mu);
+    free(ends);
+    free(led);
+    free(recs);
+    return NULL;
+}
+
+/* ---- follower side -------------------------------------------------------------------------- */
+
+static void replayed(void *ud, eddy_err err, uint64_t next_seq)
+{
+    completion_signal(ud, err, next_seq);
+}
+
+eddy_err replica_follow_apply(replica *r, const Eddy__State__V1__ReplicaPartitionData *d)
+{
+    uint32_t p = d->partition;
+    if (p >= r->o.partitions)
+        return EDDY_ERR_INVALID;
+    pthread_mutex_lock(&r->mu);
+    struct part *pt = &r->parts[p];
+    bool following = pt->following;
+    uint64_t epoch = pt->map.epoch, pos = pt->pos;
+    pthread_mutex_unlock(&r->mu);
+    if (!following || d->epoch != epoch) {
+        log_warn("msg=\"replica batch refused: stale epoch\" partition=%u batch_epoch=%" PRIu64
+                 " epoch=%" PRIu64 " following=%d",
+                 p, d->epoch, epoch, following);
+        return EDDY_ERR_NOT_OWNER;
+    }
+    if (d->from_seq != pos || d->next_seq < d->from_seq) {
+        log_warn("msg=\"replica batch refused: gap\" partition=%u from_seq=%" PRIu64
+                 " position=%" PRIu64,
+                 p, d->from_seq, pos);
+        return EDDY_ERR_INVALID;
+    }
+    struct engine_log_entry *e = calloc(d->n_records ? d->n_records : 1, sizeof(*e));
+    if (!e)
+        return EDDY_ERR_NOMEM;
+    eddy_err err = EDDY_OK;
+    uint64_t min = d->from_seq;
+    for (size_t i = 0; i < d->n_records && err == EDDY_OK; i++) {
+        const Eddy__State__V1__ReplicaRecord *x = d->records[i];
+        uint8_t le[8];
+        for (int b = 0; b < 8; b++)
+            le[b] = (uint8_t)(x->seq >> (8 * b));
+        if (x->seq < min || x->seq >= d->next_seq) {
+            log_warn("msg=\"replica batch refused: record out of order\" partition=%u "
+                     "seq=%" PRIu64 " expected_at_least=%" PRIu64 " batch_end=%" PRIu64,
+                     p, x->seq, min, d->next_seq);
+            err = EDDY_ERR_INVALID;
+        } else if (crc32c_update(crc32c(le, sizeof(le)), x->record.data, x->record.len) !=
+                   x->crc32c) {
+            log_warn("msg=\"replica batch refused: bad checksum\" partition=%u seq=%" PRIu64, p,
+                     x->seq);
+            err = EDDY_ERR_CORRUPT;
+        }
+        e[i] = (struct engine_log_entry){x->seq, x->record.data, x->record.len};
+        min = x->seq + 1;
+    }
+    uint64_t next = pos;
+    if (err == EDDY_OK && d->n_records) {
+        struct completion w;
+        completion_init(&w);
+        err = completion_wait(&w, engine_replay(r->o.eng, p, e, d->n_records, replayed, &w));
+        next = w.value;
+    }
+    free(e);
+    if (err != EDDY_OK)
+        return err;
+    if (next < d->next_seq) /* the leader's log has holes (DeleteUser) up to its end */
+        next = d->next_seq;
+    pthread_mutex_lock(&r->mu);
+    if (pt->following && pt->map.epoch == epoch && pt->pos == pos)
+        pt->pos = next;
+    pthread_mutex_unlock(&r->mu);
+    return EDDY_OK;
+}
+
+uint64_t replica_position(replica *r, uint32_t p)
+{
+    if (p >= r->o.partitions)
+        return 0;
+    pthread_mutex_lock(&r->mu);
+    uint64_t pos = r->parts[p].pos;
+    pthread_mutex_unlock(&r->mu);
+    return pos;
+}
+
+static void *fetch_main(void *arg)
+{
+    thread_name("repl-fetch");
+    struct fetcher *ft = arg;
+    replica *r = ft->r;
+    uint32_t P = r->o.partitions;
+    Eddy__State__V1__ReplicaFetchPartition *q = calloc(P ? P : 1, sizeof(*q));
+    Eddy__State__V1__ReplicaFetchPartition **qp = calloc(P ? P : 1, sizeof(*qp));
+    int64_t backoff = 0;
+    uint64_t failures = 0;
+    char addr[CLUSTER_ADDR_MAX];
+    if (!q || !qp) {
+        log_error("msg=\"replica fetch thread: out of memory\" leader=%s", ft->leader);
+        goto out;
+    }
+    pthread_mutex_lock(&r->mu);
+    while (!r->stopping) {
+        size_t n = 0;
+        for (uint32_t p = 0; p < P; p++) {
+            struct part *pt = &r->parts[p];
+            if (!pt->following || pt->applying || strcmp(pt->map.replicas[0], ft->leader) != 0)
+                continue;
+            eddy__state__v1__replica_fetch_partition__init(&q[n]);
+            q[n].partition = p;
+            q[n].epoch = pt->map.epoch;
+            q[n].next_seq = pt->pos;
+            qp[n] = &q[n];
+            snprintf(addr, sizeof(addr), "%s", pt->map.leader_addr);
+            pt->applying = true;
+            n++;
+        }
+        if (n == 0 || !addr[0]) {
+            for (size_t i = 0; i < n; i++)
+                r->parts[q[i].partition].applying = false;
+            cond_wait_ms(&r->fcv, &r->mu, 500);
+            continue;
+        }
+        pthread_mutex_unlock(&r->mu);
+        Eddy__State__V1__ReplicaFetchRequest req = EDDY__STATE__V1__REPLICA_FETCH_REQUEST__INIT;
+        req.follower = r->self;
+        req.partitions = qp;
+        req.n_partitions = n;
+        req.max_wait_ms = (uint32_t)r->o.fetch_wait_ms;
+        ProtobufCMessage *resp = NULL;
+        struct rpc_result res;
+        rpc_channel *ch = peers_get(r->o.peers, addr);
+        if (ch)
+            rpc_invoke(ch, FETCH_METHOD, &req.base,
+                       &eddy__state__v1__replica_fetch_response__descriptor,
+                       r->o.fetch_wait_ms + r->o.rpc_timeout_ms, &resp, &res);
+        else
+            res = (struct rpc_result){GRPC_STATUS_RESOURCE_EXHAUSTED, "no channel"};
+        eddy_err err = EDDY_OK;
+        bool stuck = false; /* a partition the leader's log cannot bring up to date */
+        if (res.code == GRPC_STATUS_OK) {
+            const Eddy__State__V1__ReplicaFetchResponse *fr =
+                (const Eddy__State__V1__ReplicaFetchResponse *)resp;
+            for (size_t i = 0; i < fr->n_partitions && err == EDDY_OK; i++) {
+                const Eddy__State__V1__ReplicaPartitionData *d = fr->partitions[i];
+                if (d->log_truncated) {
+                    stuck = true;
+                    if (failures++ % 100 == 0)
+                        log_warn("msg=\"leader's log no longer holds this follower's "
+                                 "position: a checkpoint copy is needed\" partition=%u "
+                                 "position=%" PRIu64,
+                                 d->partition, d->from_seq);
+                    continue;
+                }
+                err = replica_follow_apply(r, d);
+            }
+        } else if (failures++ % 50 == 0) {
+            log_warn("msg=\"replica fetch failed\" leader=%s addr=%s code=%d error=\"%s\"",
+                     ft->leader, addr, (int)res.code, res.details);
+        }
+        protobuf_c_message_free_unpacked(resp, NULL);
+        if (res.code == GRPC_STATUS_OK && err == EDDY_OK && !stuck) {
+            backoff = 0;
+        } else {
+            backoff = backoff ? backoff * 2 : BACKOFF_MIN_MS;
+            if (backoff > BACKOFF_MAX_MS)
+                backoff = BACKOFF_MAX_MS;
+        }
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < n; i++)
+            r->parts[q[i].partition].applying = false;
+        if (backoff && !r->stopping)
+            cond_wait_ms(&r->fcv, &r->mu, backoff);
+    }
+    pthread_mutex_unlock(&r->mu);
+out:
+    free(q);
+    free(qp);
+    return NULL;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------ */
+
+replica *replica_new(const struct replica_opts *o)
+{
+    replica *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->o = *o;
+    if (r->o.lag_timeout_ms <= 0)
+        r->o.lag_timeout_ms = 10000;
+    if (r->o.fetch_wait_ms <= 0)
+        r->o.fetch_wait_ms = 500;
+    if (r->o.fetch_wait_ms > FETCH_MAX_WAIT_MS)
+        r->o.fetch_wait_ms = FETCH_MAX_WAIT_MS;
+    if (r->o.rpc_timeout_ms <= 0)
+        r->o.rpc_timeout_ms = 5000;
+    snprintf(r->self, sizeof(r->self), "%s", o->self ? o->self : "");
+    snprintf(r->cluster, sizeof(r->cluster), "%s", o->cluster ? o->cluster : "");
+    r->o.self = r->self;
+    r->o.cluster = r->cluster;
+    r->min_insync = 1;
+    r->parts = calloc(o->partitions ? o->partitions : 1, sizeof(*r->parts));
+    if (!r->parts) {
+        free(r);
+        return NULL;
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    cond_init_mono(&r->cv);
+    cond_init_mono(&r->fcv);
+    return r;
+}
+
+eddy_err replica_start(replica *r)
+{
+    pthread_mutex_lock(&r->mu);
+    eddy_err err = EDDY_OK;
+    if (!r->running && !r->stopping) {
+        if (pthread_create(&r->thread, NULL, replica_main, r) != 0) {
+            err = EDDY_ERR_NOMEM;
+        } else {
+            r->running = true;
+            ensure_fetchers(r);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return err;
+}
+
+void replica_stop(replica *r)
+{
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->mu);
+    bool running = r->running;
+    r->stopping = true;
+    r->running = false;
+    pthread_cond_broadcast(&r->cv);
+    pthread_cond_broadcast(&r->fcv);
+    struct parked *pk = r->parked;
+    r->parked = NULL;
+    struct waiter *done = NULL;
+    for (uint32_t p = 0; p < r->o.partitions; p++)
+        fail_all(&r->parts[p], &done);
+    size_t nf = r->nfetchers;
+    r->nfetchers = 0;
+    pthread_mutex_unlock(&r->mu);
+    if (running)
+        pthread_join(r->thread, NULL);
+    for (size_t i = 0; i < nf; i++) {
+        pthread_join(r->fetchers[i]->t, NULL);
+        free(r->fetchers[i]);
+    }
+    while (pk) {
+        struct parked *next = pk->next;
+        rpc_reply_error(pk->call, GRPC_STATUS_UNAVAILABLE, "node stopping");
+        free(pk);
+        pk = next;
+    }
+    run_waiters(done);
+}
+
+void replica_free(replica *r)
+{
+    if (!r)
+        return;
+    replica_stop(r);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    pthread_cond_destroy(&r->fcv);
+    free(r->parts);
+    free(r);
+}

@@ -1,0 +1,486 @@
+/* The replicated log with two engines in one process over a real loopback gRPC server: a
+ * follower's state is byte-identical to its leader's at the same seq, acknowledgements
+ * wait for the follower (and fail UNAVAILABLE once it left the in-sync set), the leader
+ * refuses fetches from non-replicas and stale epochs, and the follower refuses gapped,
+ * stale and corrupted batches without applying them. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "common/clock.h"
+#include "common/completion.h"
+#include "common/rpc_client.h"
+#include "common/rpc_server.h"
+#include "node/cluster/peers.h"
+#include "node/cluster/replica.h"
+#include "node/state/engine.h"
+#include "node/state/store.h"
+
+#include "../state/engine_fixture.h"
+
+#define EPOCH 3
+#define LAG_MS 600
+
+struct node {
+    char *dir;
+    engine *eng;
+    replica *rep;
+};
+
+struct pair {
+    struct node a, b;   /* a leads every partition, b follows */
+    rpc_server *srv;    /* a's server */
+    char addr[64];
+    peers *peers;       /* b's channels */
+    struct replica_part map[FIXTURE_PARTITIONS];
+};
+
+static replica *replica_for(struct pair *t, struct node *n, const char *self)
+{
+    struct replica_opts ro = {.eng = n->eng, .peers = t->peers, .self = self,
+                              .partitions = FIXTURE_PARTITIONS, .lag_timeout_ms = LAG_MS,
+                              .fetch_wait_ms = 100, .rpc_timeout_ms = 2000};
+    replica *r = replica_new(&ro);
+    assert_non_null(r);
+    replica_set_map(r, t->map, 2);
+    return r;
+}
+
+/* Set by setup_idle: 1 s windows closed by idle watermarks after 300 ms without events. */
+static bool idle_windows;
+
+static bool never(void *ud, uint32_t p)
+{
+    (void)ud;
+    (void)p;
+    return false;
+}
+
+static void node_open(struct node *n, const char *what, bool leads)
+{
+    n->dir = tmpdir_for(what);
+    struct engine_opts o = opts(n->dir);
+    if (idle_windows)
+        o.apply.window = (struct window_params){1000, 0, 0, 300};
+    if (!leads) /* a follower of every partition: it writes no log record of its own */
+        o.cluster = (struct engine_cluster){.leads = never};
+    char err[256];
+    assert_int_equal(engine_open(&o, &n->eng, err, sizeof(err)), EDDY_OK);
+}
+
+static int setup(void **state)
+{
+    struct pair *t = calloc(1, sizeof(*t));
+    node_open(&t->a, "repl-a", true);
+    node_open(&t->b, "repl-b", false);
+    struct rpc_server_opts so = {.listen = "127.0.0.1:0"};
+    t->srv = rpc_server_new(&so);
+    t->peers = peers_new(64 << 20);
+    int port = 0;
+    /* the map names the server's address, known once it listens: register first with a
+     * module whose map is set after the start */
+    struct replica_opts ro = {.eng = t->a.eng, .peers = t->peers, .self = "A",
+                              .partitions = FIXTURE_PARTITIONS, .lag_timeout_ms = LAG_MS,
+                              .fetch_wait_ms = 100};
+    t->a.rep = replica_new(&ro);
+    assert_int_equal(replica_register(t->a.rep, t->srv), EDDY_OK);
+    assert_int_equal(rpc_server_start(t->srv, &port), EDDY_OK);
+    snprintf(t->addr, sizeof(t->addr), "127.0.0.1:%d", port);
+    for (int p = 0; p < FIXTURE_PARTITIONS; p++) {
+        struct replica_part *m = &t->map[p];
+        m->epoch = EPOCH;
+        m->nreplicas = 2;
+        snprintf(m->replicas[0], sizeof(m->replicas[0]), "A");
+        snprintf(m->replicas[1], sizeof(m->replicas[1]), "B");
+        snprintf(m->leader_addr, sizeof(m->leader_addr), "%s", t->addr);
+    }
+    replica_set_map(t->a.rep, t->map, 2);
+    assert_int_equal(replica_start(t->a.rep), EDDY_OK);
+    t->b.rep = replica_for(t, &t->b, "B");
+    *state = t;
+    return 0;
+}
+
+static int setup_idle(void **state)
+{
+    idle_windows = true;
+    int rc = setup(state);
+    idle_windows = false;
+    return rc;
+}
+
+static int teardown(void **state)
+{
+    struct pair *t = *state;
+    replica_free(t->b.rep);
+    replica_stop(t->a.rep);
+    rpc_server_free(t->srv);
+    replica_free(t->a.rep);
+    peers_free(t->peers);
+    engine_close(t->a.eng);
+    engine_close(t->b.eng);
+    rmrf(t->a.dir);
+    rmrf(t->b.dir);
+    free(t->a.dir);
+    free(t->b.dir);
+    free(t);
+    return 0;
+}
+
+static char *dump(engine *e)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_int_equal(store_dump(engine_store(e), 0xffffffffu, f), EDDY_OK);
+    fclose(f);
+    return buf;
+}
+
+static uint64_t log_end(engine *e, uint32_t p)
+{
+    struct engine_partition_view v;
+    engine_partition(e, p, &v);
+    return v.next_seq;
+}
+
+static void acked(void *ud, eddy_err err)
+{
+    completion_signal(ud, err, (uint64_t)clock_mono_ms());
+}
+
+/* Wait for every partition's current log end to be acknowledged; the result of each. */
+static eddy_err wait_all(struct pair *t)
+{
+    eddy_err worst = EDDY_OK;
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++) {
+        struct completion w;
+        completion_init(&w);
+        eddy_err err = completion_wait(&w, replica_wait(t->a.rep, p, log_end(t->a.eng, p),
+                                                        acked, &w));
+        if (err != EDDY_OK)
+            worst = err;
+    }
+    return worst;
+}
+
+/* 'n' events of 'users' users, ids from 'first'; freed by the caller with free_events. */
+static Eddy__V1__Event **events(int first, int n, int users, char (*ids)[16], char (*us)[16])
+{
+    static const char *prods[] = {"p1", "p2", "p3", "p4", "p5"};
+    Eddy__V1__Event **evs = calloc((size_t)n, sizeof(*evs));
+    for (int i = 0; i < n; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "e%d", first + i);
+        snprintf(us[i], sizeof(us[i]), "u%d", (first + i) % users);
+        evs[i] = mk(ids[i], us[i], T0 + (first + i) * 700, i % 9 == 0 ? BUY : VIEW,
+                    prods[(first + i) % 5], (first + i) % 5 < 2 ? "books" : "toys");
+    }
+    return evs;
+}
+
+static void free_events(Eddy__V1__Event **evs, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(evs[i]);
+    free(evs);
+}
+
+static void ingest_range(struct pair *t, int first, int n)
+{
+    char (*ids)[16] = calloc((size_t)n, sizeof(*ids));
+    char (*us)[16] = calloc((size_t)n, sizeof(*us));
+    Eddy__V1__Event **evs = events(first, n, 13, ids, us);
+    for (int i = 0; i < n; i += 50)
+        ingest(t->a.eng, evs + i, (size_t)(n - i < 50 ? n - i : 50));
+    free_events(evs, n);
+    free(ids);
+    free(us);
+}
+
+/* Poll 'cond' until true or 5 s (a deadline, not a sleep standing in for it). */
+#define EVENTUALLY(cond)                                                                  \
+    do {                                                                                  \
+        int64_t until_ = clock_mono_ms() + 5000;                                          \
+        while (!(cond) && clock_mono_ms() < until_)                                       \
+            usleep(2000);                                                                 \
+        assert_true(cond);                                                                \
+    } while (0)
+
+/* Start b's fetching and wait until it is in sync for every partition (a fresh follower
+ * joins once its first fetch reached the log end). */
+static void start_follower(struct pair *t)
+{
+    assert_int_equal(replica_start(t->b.rep), EDDY_OK);
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++)
+        EVENTUALLY(replica_insync(t->a.rep, p) == 2);
+}
+
+static void test_follower_identical(void **state)
+{
+    struct pair *t = *state;
+    start_follower(t);
+    ingest_range(t, 0, 600);
+    assert_int_equal(wait_all(t), EDDY_OK);
+    /* acknowledged means durable on the follower: its positions reached the leader's ends */
+    uint64_t total = 0;
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++) {
+        total += log_end(t->a.eng, p);
+        assert_true(replica_position(t->b.rep, p) >= log_end(t->a.eng, p));
+        assert_int_equal(log_end(t->b.eng, p), log_end(t->a.eng, p));
+    }
+    assert_int_equal(total, 600);
+    char *da = dump(t->a.eng), *db = dump(t->b.eng);
+    assert_true(strlen(da) > 1000);
+    assert_string_equal(da, db);
+    free(da);
+    free(db);
+    /* a retry of events already there (duplicates) is acknowledged too, after the wait */
+    ingest_range(t, 0, 50);
+    assert_int_equal(wait_all(t), EDDY_OK);
+}
+
+static void test_ack_waits_for_follower(void **state)
+{
+    struct pair *t = *state;
+    start_follower(t);
+    ingest_range(t, 0, 100);
+    assert_int_equal(wait_all(t), EDDY_OK);
+
+    int64_t t0 = clock_mono_ms();
+    replica_stop(t->b.rep); /* the follower stops fetching */
+    ingest_range(t, 1000, 40);
+    uint32_t p = 0;
+    while (p < FIXTURE_PARTITIONS && log_end(t->a.eng, p) == replica_position(t->b.rep, p))
+        p++;
+    assert_true(p < FIXTURE_PARTITIONS);
+    struct completion w;
+    completion_init(&w);
+    assert_int_equal(replica_wait(t->a.rep, p, log_end(t->a.eng, p), acked, &w), EDDY_OK);
+    pthread_mutex_lock(&w.mu);
+    bool early = w.done; /* a single copy must not acknowledge */
+    pthread_mutex_unlock(&w.mu);
+    assert_false(early);
+    assert_int_equal(completion_wait(&w, EDDY_OK), EDDY_ERR_UNAVAILABLE);
+    /* it failed when the follower left the in-sync set, not before: the lag timeout runs
+     * from the follower's last fetches, about one fetch wait (100 ms) before it stopped */
+    assert_true((int64_t)w.value - t0 >= LAG_MS / 2);
+    assert_int_equal(replica_insync(t->a.rep, p), 1);
+    assert_false(replica_writable(t->a.rep, p));
+
+    /* a new follower process on the same data catches up and rejoins */
+    replica_free(t->b.rep);
+    t->b.rep = replica_for(t, &t->b, "B");
+    start_follower(t);
+    assert_true(replica_writable(t->a.rep, p));
+    assert_int_equal(wait_all(t), EDDY_OK);
+    char *da = dump(t->a.eng), *db = dump(t->b.eng);
+    assert_string_equal(da, db);
+    free(da);
+    free(db);
+}
+
+/* Fetch partition 'p' from the leader by hand as node 'who' at 'epoch', at most 'max'
+ * records (0: the leader's default). */
+static Eddy__State__V1__ReplicaFetchResponse *fetch_n(struct pair *t, const char *who,
+                                                      uint32_t p, uint64_t epoch, uint64_t from,
+                                                      uint32_t max, struct rpc_result *res)
+{
+    Eddy__State__V1__ReplicaFetchPartition q = EDDY__STATE__V1__REPLICA_FETCH_PARTITION__INIT;
+    Eddy__State__V1__ReplicaFetchPartition *qp = &q;
+    q.partition = p;
+    q.epoch = epoch;
+    q.next_seq = from;
+    Eddy__State__V1__ReplicaFetchRequest req = EDDY__STATE__V1__REPLICA_FETCH_REQUEST__INIT;
+    req.follower = (char *)who;
+    req.partitions = &qp;
+    req.n_partitions = 1;
+    req.max_records = max;
+    ProtobufCMessage *resp = NULL;
+    rpc_invoke(peers_get(t->peers, t->addr), "/eddy.state.v1.State/ReplicaFetch", &req.base,
+               &eddy__state__v1__replica_fetch_response__descriptor, 5000, &resp, res);
+    return (Eddy__State__V1__ReplicaFetchResponse *)resp;
+}
+
+static Eddy__State__V1__ReplicaFetchResponse *fetch(struct pair *t, const char *who,
+                                                    uint32_t p, uint64_t epoch,
+                                                    uint64_t from, struct rpc_result *res)
+{
+    return fetch_n(t, who, p, epoch, from, 0, res);
+}
+
+static void test_refusals(void **state)
+{
+    struct pair *t = *state;
+    ingest_range(t, 0, 200); /* b does not fetch: the test drives it */
+    uint32_t p = 0;
+    while (log_end(t->a.eng, p) < 3)
+        p++;
+    struct rpc_result res;
+    /* the leader: a node that is not a replica, and a stale epoch */
+    assert_null(fetch(t, "C", p, EPOCH, 0, &res));
+    assert_int_equal(res.code, GRPC_STATUS_FAILED_PRECONDITION);
+    assert_non_null(strstr(res.details, "not a follower"));
+    assert_null(fetch(t, "B", p, EPOCH - 1, 0, &res));
+    assert_int_equal(res.code, GRPC_STATUS_FAILED_PRECONDITION);
+    assert_non_null(strstr(res.details, "stale epoch"));
+
+    Eddy__State__V1__ReplicaFetchResponse *r = fetch(t, "B", p, EPOCH, 0, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    Eddy__State__V1__ReplicaPartitionData *d = r->partitions[0];
+    assert_true(d->n_records >= 3);
+    assert_int_equal(d->next_seq, log_end(t->a.eng, p));
+    char *before = dump(t->b.eng);
+
+    /* stale epoch */
+    d->epoch = EPOCH - 1;
+    assert_int_equal(replica_follow_apply(t->b.rep, d), EDDY_ERR_NOT_OWNER);
+    d->epoch = EPOCH;
+    /* a gap: the batch does not start at the follower's position */
+    d->from_seq = 1;
+    assert_int_equal(replica_follow_apply(t->b.rep, d), EDDY_ERR_INVALID);
+    d->from_seq = 0;
+    /* a record missing in the middle is fine (a hole), one out of order is not */
+    Eddy__State__V1__ReplicaRecord *x = d->records[1];
+    d->records[1] = d->records[2];
+    d->records[2] = x;
+    assert_int_equal(replica_follow_apply(t->b.rep, d), EDDY_ERR_INVALID);
+    d->records[2] = d->records[1];
+    d->records[1] = x;
+    /* a bad checksum, in the last record: nothing before it is applied either */
+    Eddy__State__V1__ReplicaRecord *last = d->records[d->n_records - 1];
+    last->record.data[last->record.len / 2] ^= 0x40;
+    assert_int_equal(replica_follow_apply(t->b.rep, d), EDDY_ERR_CORRUPT);
+    last->record.data[last->record.len / 2] ^= 0x40;
+
+    char *after = dump(t->b.eng);
+    assert_string_equal(before, after);
+    assert_int_equal(log_end(t->b.eng, p), 0);
+    assert_int_equal(replica_position(t->b.rep, p), 0);
+
+    /* the untouched batch applies, and the position moves to its end */
+    assert_int_equal(replica_follow_apply(t->b.rep, d), EDDY_OK);
+    assert_int_equal(replica_position(t->b.rep, p), d->next_seq);
+    assert_int_equal(log_end(t->b.eng, p), log_end(t->a.eng, p));
+    /* the same batch again: it no longer starts at the position */
+    assert_int_equal(replica_follow_apply(t->b.rep, d), EDDY_ERR_INVALID);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    free(before);
+    free(after);
+}
+
+/* Pages end after their last record, and a follower whose position is past the leader's
+ * log (a diverged log) is not counted as a copy. */
+static void test_paging_and_diverged_follower(void **state)
+{
+    struct pair *t = *state;
+    ingest_range(t, 0, 200);
+    uint32_t p = 0;
+    while (log_end(t->a.eng, p) < 5)
+        p++;
+    uint64_t end = log_end(t->a.eng, p);
+    struct rpc_result res;
+    Eddy__State__V1__ReplicaFetchResponse *r = fetch_n(t, "B", p, EPOCH, 1, 2, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    const Eddy__State__V1__ReplicaPartitionData *d = r->partitions[0];
+    assert_int_equal(d->n_records, 2);
+    assert_int_equal(d->from_seq, 1);
+    assert_int_equal(d->records[0]->seq, 1);
+    assert_int_equal(d->next_seq, d->records[1]->seq + 1);
+    assert_int_equal(d->log_end, end);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+
+    /* B at the log end is in sync and a copy of everything below it */
+    r = fetch_n(t, "B", p, EPOCH, end, 0, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    assert_int_equal(replica_insync(t->a.rep, p), 2);
+    struct completion w0;
+    completion_init(&w0);
+    assert_int_equal(completion_wait(&w0, replica_wait(t->a.rep, p, end, acked, &w0)), EDDY_OK);
+
+    /* then it claims records the leader never had: no copy, out of the set at once */
+    r = fetch_n(t, "B", p, EPOCH, end + 5, 0, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_int_equal(r->partitions[0]->n_records, 0);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    assert_int_equal(replica_insync(t->a.rep, p), 1);
+    struct completion w;
+    completion_init(&w);
+    assert_int_equal(completion_wait(&w, replica_wait(t->a.rep, p, end, acked, &w)),
+                     EDDY_ERR_UNAVAILABLE);
+}
+
+static uint64_t log_total(engine *e)
+{
+    uint64_t n = 0;
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++)
+        n += log_end(e, p);
+    return n;
+}
+
+/* Idle watermarks close windows on the leader only, as log records the follower replays:
+ * the follower, idle as long, appends none of its own under the same seqs. */
+static void test_idle_records_come_from_the_leader(void **state)
+{
+    struct pair *t = *state;
+    start_follower(t);
+    ingest_range(t, 0, 40);
+    assert_int_equal(wait_all(t), EDDY_OK);
+    uint64_t events = log_total(t->a.eng);
+    EVENTUALLY(log_total(t->a.eng) > events); /* the leader appended idle watermarks */
+    /* the leader appends one each second from now on: compare both copies at a moment
+     * when they have the same records (the follower is one fetch behind at most) */
+    bool compared = false;
+    for (int tries = 0; tries < 10 && !compared; tries++) {
+        EVENTUALLY(log_total(t->b.eng) == log_total(t->a.eng));
+        uint64_t at = log_total(t->a.eng);
+        char *da = dump(t->a.eng), *db = dump(t->b.eng);
+        if (log_total(t->a.eng) == at && log_total(t->b.eng) == at) {
+            assert_string_equal(da, db);
+            compared = true;
+        }
+        free(da);
+        free(db);
+    }
+    assert_true(compared);
+}
+
+static void test_not_replicated_no_wait(void **state)
+{
+    struct pair *t = *state;
+    struct replica_part one[FIXTURE_PARTITIONS];
+    memcpy(one, t->map, sizeof(one));
+    for (int p = 0; p < FIXTURE_PARTITIONS; p++)
+        one[p].nreplicas = 1;
+    replica_set_map(t->a.rep, one, 2);
+    ingest_range(t, 0, 50);
+    /* R = 1: acknowledged at once, on this thread, with no follower anywhere */
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++) {
+        struct completion w;
+        completion_init(&w);
+        assert_int_equal(replica_wait(t->a.rep, p, log_end(t->a.eng, p), acked, &w), EDDY_OK);
+        assert_true(w.done);
+        assert_int_equal(completion_wait(&w, EDDY_OK), EDDY_OK);
+        assert_true(replica_writable(t->a.rep, p));
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_follower_identical, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_waits_for_follower, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_paging_and_diverged_follower, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_records_come_from_the_leader, setup_idle,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_not_replicated_no_wait, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
