@@ -1,4 +1,4 @@
-/* The cluster's shared records in etcd (DESIGN.md §6), as plain structs with their JSON
+/* The cluster's shared records in etcd (docs/design.md §6), as plain structs with their JSON
  * encodings, used by the coordinator and the nodes alike:
  *
  *   /eddy/<cluster>/config         {"partitions":P,"replication_factor":R,
@@ -14,7 +14,7 @@
  *   /eddy/<cluster>/checkpoints/<p> {"id","seq","bytes","crc","path","node","created_ms"}
  *                                  the newest checkpoint of partition p (plain put, no lease)
  *   /eddy/<cluster>/moves/<p>      {"partition","from","to","epoch","phase","started_ms"}
- *                                  a live move in progress (DESIGN.md §7): created and
+ *                                  a live move in progress (docs/design.md §7): created and
  *                                  deleted by the leader; the phase is advanced by
  *                                  compare-and-swap, by the target (copy -> ready,
  *                                  flipped -> done) and by the leader (ready -> flipped)
@@ -127,7 +127,7 @@ char *cluster_map_to_json(const struct cluster_map *m);
  * with a repeated id, or longer than CLUSTER_REPLICAS_MAX is EDDY_ERR_CORRUPT. */
 eddy_err cluster_map_from_json(const char *json, size_t len, struct cluster_map *m);
 
-/* The newest checkpoint of one partition, as its writer records it in etcd (DESIGN.md §7). */
+/* The newest checkpoint of one partition, as its writer records it in etcd (docs/design.md §7). */
 struct cluster_checkpoint {
     char id[CLUSTER_ID_MAX];         /* the file name: p<partition:05>-<seq:020>.ckp */
     uint64_t seq;                    /* the partition's log seq the checkpoint reflects */
@@ -143,7 +143,7 @@ char *cluster_checkpoint_to_json(const struct cluster_checkpoint *c);
 /* EDDY_ERR_CORRUPT if it is not such a record (id, node and seq are required). */
 eddy_err cluster_checkpoint_from_json(const char *json, size_t len, struct cluster_checkpoint *c);
 
-/* The phases of a live move, in order (DESIGN.md §7). */
+/* The phases of a live move, in order (docs/design.md §7). */
 enum move_phase {
     MOVE_COPY,    /* the target copies the source's checkpoint and tails its log */
     MOVE_READY,   /* the target is within a small lag: the leader may flip the owner */

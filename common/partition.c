@@ -1,4 +1,4 @@
-/* Key hashing and the hash-range partitioning of DESIGN.md §2. */
+/* Key hashing and the hash-range partitioning of docs/design.md §2. */
 #include "common/partition.h"
 
 #include <string.h>

@@ -1,4 +1,4 @@
-/* Leader election of the coordinators through etcd (DESIGN.md §6, guide B6a): each
+/* Leader election of the coordinators through etcd (docs/design.md §6): each
  * candidate keeps an etcd_session (a lease kept alive on its own thread) and tries to
  * create the leader key with that lease (txn: CREATE == 0). The winner leads until its
  * session is lost or the key is deleted or changed; the others watch the key and try again

@@ -1,5 +1,5 @@
 /* The move planner: from the assigner's target map, the stored map and the moves in
- * progress, what the leader does next (DESIGN.md §7). Pure: no I/O, no clock (the caller
+ * progress, what the leader does next (docs/design.md §7). Pure: no I/O, no clock (the caller
  * passes the time), so the tests call it with plain structs.
  *
  * A partition whose owner is alive is never reassigned outright: it gets a live move

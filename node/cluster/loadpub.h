@@ -1,4 +1,4 @@
-/* Publishing a state node's load (DESIGN.md §7, "moves on load imbalance"): every
+/* Publishing a state node's load (docs/design.md §7, "moves on load imbalance"): every
  * interval the event rate of each partition this node owns, measured from the engine's
  * per-partition event counters, goes to /eddy/<cluster>/load/<node> on the node's lease:
  *

@@ -467,7 +467,7 @@ static int64_t final_phase(mover *mv, const struct cluster_move *m)
             waited > 4 * mv->o.final_wait_ms) {
             /* the source is gone. A source that stopped gracefully wrote a last checkpoint
              * into the shared directory: it holds everything it acknowledged. Otherwise
-             * what it acknowledged after our last tail is lost (one replica, DESIGN.md
+             * what it acknowledged after our last tail is lost (one replica, docs/design.md
              * §7): serving what we have beats not serving. */
             if (restore_newer(mv, m->partition, next)) {
                 log_warn("msg=\"move: final tail unavailable; restored the source's newer "

@@ -1,4 +1,4 @@
-/* The node side of live partition moves (DESIGN.md §7).
+/* The node side of live partition moves (docs/design.md §7).
  *
  * As a target: for every record /eddy/<cluster>/moves/<p> naming this node as "to", the
  * mover thread brings the partition here while the source keeps serving it:

@@ -1,4 +1,4 @@
-/* The Reprocess RPCs (DESIGN.md §7): eddy.v1.Eddy/Reprocess, the public one, and
+/* The Reprocess RPCs (docs/design.md §7): eddy.v1.Eddy/Reprocess, the public one, and
  * eddy.state.v1.State/Reprocess, a state node's share of it in a cluster.
  *
  *   --dev          Eddy/Reprocess rebuilds this node's partitions (reprocess.h).

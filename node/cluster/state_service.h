@@ -39,7 +39,7 @@ struct state_service {
      * Allocated by state_service_takeover_init. */
     _Atomic uint64_t *ready;
     _Atomic uint64_t *restoring; /* epoch + 1 of a restore in flight, 0 if none */
-    /* Live moves (DESIGN.md §7). As a target: non-zero while the mover brings the
+    /* Live moves (docs/design.md §7). As a target: non-zero while the mover brings the
      * partition here; take-over leaves it to the mover, which marks it ready after the
      * final tail. As a source: the move whose copy froze the partition's stage 2, and
      * until when (CLOCK_MONOTONIC ms; each FetchLog of that move renews it). */

@@ -1,4 +1,4 @@
-/* Per-event validation of Ingest (DESIGN.md §9). Each rule gives its own reason, starting
+/* Per-event validation of Ingest (docs/design.md §9). Each rule gives its own reason, starting
  * with the field name, so a client can fix exactly what was wrong; the other events of the
  * batch are unaffected. Pure: the clock is a parameter. */
 #ifndef EDDY_VALIDATE_H

@@ -1,4 +1,4 @@
-/* The deterministic apply (DESIGN.md §3.3, §4): one log record of a user partition in,
+/* The deterministic apply (docs/design.md §3.3, §4): one log record of a user partition in,
  * state changes out, all into the caller's store_txn (one WriteBatch per group of
  * applies). No wall clock and no randomness: a partition's state is a pure function of
  * its log, which is what replay, moves and the determinism tests rely on.

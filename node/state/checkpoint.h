@@ -1,4 +1,4 @@
-/* Checkpoint files of one partition (DESIGN.md §7): a consistent copy of the partition's
+/* Checkpoint files of one partition (docs/design.md §7): a consistent copy of the partition's
  * whole key range, taken from one LevelDB snapshot while the writer keeps committing,
  * checked end to end with CRC-32C, and loadable into another store in one atomic write.
  *

@@ -1,4 +1,4 @@
-/* The checkpoint scheduler of a state node (DESIGN.md §7): threads that write a
+/* The checkpoint scheduler of a state node (docs/design.md §7): threads that write a
  * checkpoint of every partition the node owns every --checkpoint-interval, staggered so
  * partitions never all checkpoint at once, prunes old ones, and keeps the log of each
  * partition back to its oldest retained checkpoint.

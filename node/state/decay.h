@@ -1,4 +1,4 @@
-/* Exact event-time decay (DESIGN.md §4). A decayed sum holds integer fixed-point sums per
+/* Exact event-time decay (docs/design.md §4). A decayed sum holds integer fixed-point sums per
  * time bucket, so adding contributions in any order gives the same bytes: the order
  * independence that replicas, replay and the determinism tests rely on. See the Decayed
  * message in proto/eddy/v1/store.proto for the encoding. */

@@ -1,4 +1,4 @@
-/* Stage 2: product-keyed state derived from user events (DESIGN.md §3.4-5): per product a
+/* Stage 2: product-keyed state derived from user events (docs/design.md §3.4-5): per product a
  * decayed popularity, category, brand and price, co-occurrence neighbours ("users who
  * interacted with X then interacted with Y"), per-window counts, and an index of products
  * by category for "popular now in <category>".

@@ -1,4 +1,4 @@
-/* Recommendation ranking (DESIGN.md §3.6). rec_rank is a pure function of plain structs,
+/* Recommendation ranking (docs/design.md §3.6). rec_rank is a pure function of plain structs,
  * so it is unit-testable without storage: it blends
  *   (a) products popular now in the user's top categories, weighted by affinity,
  *   (b) co-occurrence neighbours of the user's recent items, weighted by recency,

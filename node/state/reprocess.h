@@ -1,4 +1,4 @@
-/* Reprocessing (Kappa, DESIGN.md §7): rebuild a partition's derived state by replaying its
+/* Reprocessing (Kappa, docs/design.md §7): rebuild a partition's derived state by replaying its
  * retained log, from the start or from a checkpoint, with the current code and parameters
  * (or new half-lives), beside the live state, and swap it in atomically.
  *

@@ -1,4 +1,4 @@
-/* Event-time tumbling windows, watermarks and lateness (DESIGN.md §5). Pure functions.
+/* Event-time tumbling windows, watermarks and lateness (docs/design.md §5). Pure functions.
  *
  * The watermark W of a partition promises that no more events with time < W are expected:
  * W = max event time seen - out-of-orderness (and processing-time idle advances). A window

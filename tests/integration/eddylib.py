@@ -527,7 +527,7 @@ def batches(seq, sizes):
     return out
 
 
-# ---- partitioning (DESIGN.md §2) ------------------------------------------------------
+# ---- partitioning (docs/design.md §2) ------------------------------------------------------
 
 _M64 = (1 << 64) - 1
 _P1, _P2, _P3, _P4, _P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
@@ -1252,7 +1252,7 @@ class Cluster:
 
 
 def users_in_partition(partition, partitions, n=1, prefix="u-p"):
-    """`n` user ids whose partition (DESIGN.md §2) is `partition`."""
+    """`n` user ids whose partition (docs/design.md §2) is `partition`."""
     out, i = [], 0
     while len(out) < n:
         uid = f"{prefix}{partition}-{i}"

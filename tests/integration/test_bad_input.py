@@ -1,4 +1,4 @@
-"""DESIGN.md §9: bad requests get the documented status, bad events their own rejection
+"""docs/design.md §9: bad requests get the documented status, bad events their own rejection
 (index, field, reason) while the valid events of the batch land, and the node keeps
 serving afterwards."""
 import math

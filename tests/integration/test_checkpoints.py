@@ -1,4 +1,4 @@
-"""Periodic checkpoints (DESIGN.md §7, docs/cluster.md "Checkpoints (schedule)"):
+"""Periodic checkpoints (docs/design.md §7, docs/cluster.md "Checkpoints (schedule)"):
 
 - --dev: with --checkpoint-interval 1s the node writes a checkpoint of exactly the
   partitions that have events into DATA_DIR/checkpoints, each file verifies

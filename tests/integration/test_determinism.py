@@ -1,4 +1,4 @@
-"""DESIGN.md §4: state is a pure function of the events (event time, no wall clock), so the
+"""docs/design.md §4: state is a pure function of the events (event time, no wall clock), so the
 same events in two arrival orders (disordered within the out-of-orderness bound) and in
 different batch splits give byte-identical user models and windows."""
 import random

@@ -1,4 +1,4 @@
-"""DESIGN.md §10: every process serves /metrics. A real eddy-node --dev is driven over gRPC
+"""docs/design.md §10: every process serves /metrics. A real eddy-node --dev is driven over gRPC
 and its scrape must count exactly what the calls did (accepted, duplicate and rejected
 events, gRPC codes, serving latencies), pass `promtool check metrics`, contain every
 eddy_/grpc_server_ metric the Helm chart's alerts and dashboard use, and be scrapable by a

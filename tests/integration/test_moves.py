@@ -1,4 +1,4 @@
-"""Live partition moves (DESIGN.md §7) on a real cluster: etcd, eddy-coordinator, state and
+"""Live partition moves (docs/design.md §7) on a real cluster: etcd, eddy-coordinator, state and
 ingest eddy-node processes on loopback, a writer ingesting continuously the whole time.
 
 - scale out: a third state node joins; partitions move to it live (checkpoint stream, log

@@ -145,7 +145,7 @@ class PythonClientTest(unittest.TestCase):
         self.assertTrue(rec.cold_start)
 
     def test_late_event(self):
-        """DESIGN.md §5: an event for a closed window is accepted and counted late; it enters
+        """docs/design.md §5: an event for a closed window is accepted and counted late; it enters
         the user model but not the closed window."""
         m = self.m
         user = "u-002"

@@ -1,4 +1,4 @@
-"""DESIGN.md §7, reprocessing (eddy reprocess, Eddy.Reprocess): derived state is rebuilt from
+"""docs/design.md §7, reprocessing (eddy reprocess, Eddy.Reprocess): derived state is rebuilt from
 the retained log beside the live state and swapped in atomically. Reprocessing with a new
 half-life gives state byte-identical to a fresh ingest with that half-life; queries keep
 answering during it; events ingested meanwhile are not lost; a user deleted after the
