@@ -17,7 +17,9 @@
 # node), logs/, pids/, ports.env (the etcd ports, reused by the next `up` because etcd's
 # data remembers its peer URL) and env (EDDY_ENDPOINT, EDDY_COORDINATOR for `source`).
 # Settings (environment): EDDY_BUILD_DIR (default build/), ETCD (etcd binary),
-# LC_PARTITIONS (default 256), LC_LEASE_TTL (default 5s), LC_CLUSTER (default local).
+# LC_PARTITIONS (default 256), LC_LEASE_TTL (default 5s), LC_CLUSTER (default local),
+# LC_REPLICATION_FACTOR (copies of each partition, default 2) and LC_MIN_INSYNC (copies
+# an acknowledgement needs, default: 2 when the factor is 2 or more).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +28,8 @@ case "$BUILD" in /*) ;; *) BUILD="$REPO/$BUILD" ;; esac
 PARTITIONS=${LC_PARTITIONS:-256}
 LEASE_TTL=${LC_LEASE_TTL:-5s}
 CLUSTER=${LC_CLUSTER:-local}
+REPLICATION_FACTOR=${LC_REPLICATION_FACTOR:-2}
+MIN_INSYNC=${LC_MIN_INSYNC:-0}
 STATE_NODES=(state-1 state-2 state-3)
 INGEST_NODES=(ingest-1 ingest-2)
 
@@ -169,7 +173,10 @@ up() {
   done
 
   common_flags
-  start coordinator "$EDDY_COORD" "${COMMON[@]}" --id coordinator-1 --listen 127.0.0.1:0
+  local replication=(--replication-factor "$REPLICATION_FACTOR")
+  [ "$MIN_INSYNC" -gt 0 ] && replication+=(--min-insync-replicas "$MIN_INSYNC")
+  start coordinator "$EDDY_COORD" "${COMMON[@]}" "${replication[@]}" --id coordinator-1 \
+    --listen 127.0.0.1:0
   COORD_ADDR="127.0.0.1:$(wait_listening coordinator 20)"
   log "coordinator on $COORD_ADDR"
 
