@@ -142,16 +142,19 @@ static void shares(struct slot **order, size_t m, size_t total, bool follow)
 static void place_leaders(struct slot *s, size_t m, struct slot **order,
                           const struct assign_node *nodes, size_t n,
                           const struct cluster_map *cur, const struct assign_params *ap,
-                          struct pick *sets, bool *fixed)
+                          struct pick *sets, bool *fixed, bool *offline)
 {
     uint32_t P = cur->nparts;
     for (uint32_t p = 0; p < P; p++) {
         const struct cluster_part *c = &cur->parts[p];
         struct slot *o = find(s, m, c->owner);
         fixed[p] = false;
+        offline[p] = false;
         if (!o && c->owner[0] && !alive(nodes, n, c->owner)) {
             o = promotion(s, m, c, p, ap);
             fixed[p] = o != NULL;
+            /* every copy that had everything is gone: wait for one, unless allowed not to */
+            offline[p] = !o && c->nreplicas > 1 && !(ap && ap->unclean);
         }
         sets[p].n = o ? 1 : 0;
         sets[p].s[0] = o;
@@ -324,7 +327,8 @@ size_t assigner_assign(const struct assign_node *nodes, size_t n, const struct c
     const char **zone_names = calloc(n ? n : 1, sizeof(*zone_names));
     struct pick *sets = calloc(P ? P : 1, sizeof(*sets));
     bool *fixed = calloc(P ? P : 1, sizeof(*fixed));
-    if (!s || !order || !zone_names || !sets || !fixed)
+    bool *offline = calloc(P ? P : 1, sizeof(*offline));
+    if (!s || !order || !zone_names || !sets || !fixed || !offline)
         goto out;
     for (size_t i = 0; i < n; i++) {
         if (!nodes[i].state || nodes[i].draining || !nodes[i].id[0])
@@ -361,7 +365,7 @@ size_t assigner_assign(const struct assign_node *nodes, size_t n, const struct c
         R = CLUSTER_REPLICAS_MAX;
     size_t cap = (R + zones - 1) / zones;
 
-    place_leaders(s, m, order, nodes, n, cur, ap, sets, fixed);
+    place_leaders(s, m, order, nodes, n, cur, ap, sets, fixed, offline);
     if (R > 1) {
         size_t *pairs = calloc(m * m, sizeof(*pairs));
         if (!pairs) {
@@ -375,6 +379,8 @@ size_t assigner_assign(const struct assign_node *nodes, size_t n, const struct c
     for (uint32_t p = 0; p < P; p++) {
         const struct pick *k = &sets[p];
         struct cluster_part *po = &next->parts[p];
+        if (offline[p])
+            continue; /* kept as it is (the placement made for it is dropped) */
         if (strcmp(po->owner, k->s[0]->id) != 0) {
             po->epoch = cur->parts[p].epoch + 1;
             moved++;
@@ -385,6 +391,7 @@ size_t assigner_assign(const struct assign_node *nodes, size_t n, const struct c
         po->nreplicas = k->n;
     }
 out:
+    free(offline);
     free(fixed);
     free(sets);
     free(zone_names);

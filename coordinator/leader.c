@@ -616,6 +616,34 @@ static void project_move(struct cluster_part *part, const char *to)
     }
 }
 
+/* eddy_offline_partitions: partitions of the map whose leader is not a live state node
+ * (nobody can write them until a follower is promoted or the node returns);
+ * eddy_under_min_insync_partitions: partitions whose leader's last in-sync record names
+ * fewer live copies than min-insync (their writes are refused). */
+static void report_health(leader *l, const struct assign_node *nodes, size_t n)
+{
+    uint32_t offline = 0, short_of_copies = 0;
+    pthread_mutex_lock(&l->isr_mu);
+    for (uint32_t p = 0; p < l->cur.nparts; p++) {
+        const struct cluster_part *part = &l->cur.parts[p];
+        if (!part->owner[0] || !node_alive(nodes, n, part->owner)) {
+            offline++;
+            continue;
+        }
+        const struct cluster_isr *r = &l->isr[p];
+        if (part->nreplicas < 2 || r->nisr == 0 || r->epoch != part->epoch)
+            continue; /* one copy, or no record of this epoch yet */
+        uint32_t live = 0;
+        for (uint32_t i = 0; i < r->nisr; i++)
+            live += node_alive(nodes, n, r->isr[i]);
+        uint32_t need = l->o.min_insync < part->nreplicas ? l->o.min_insync : part->nreplicas;
+        short_of_copies += live < need;
+    }
+    pthread_mutex_unlock(&l->isr_mu);
+    metric_gauge_set(l->o.offline, offline);
+    metric_gauge_set(l->o.under_min_insync, short_of_copies);
+}
+
 static eddy_err reassign(leader *l)
 {
     struct assign_node *nodes = NULL;
@@ -657,6 +685,7 @@ static eddy_err reassign(leader *l)
     memcpy(isr, l->isr, l->nparts * sizeof(*isr));
     pthread_mutex_unlock(&l->isr_mu);
     struct assign_params ap = {.replication_factor = l->o.replication_factor, .isr = isr,
+                               .unclean = l->o.unclean,
                                .durable = NULL};
     assigner_assign(nodes, n, &proj, &ap, &target);
     free(isr);
@@ -708,6 +737,7 @@ static eddy_err reassign(leader *l)
     /* the records after the map: "flipped" only once the map names the target */
     for (size_t i = 0; i < nacts && err == EDDY_OK; i++)
         err = move_write(l, &acts[i]);
+    report_health(l, nodes, n);
 out:
     cluster_map_release(&target);
     cluster_map_release(&next);

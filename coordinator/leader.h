@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "common/etcd.h"
+#include "common/metrics.h"
 
 typedef struct leader leader;
 
@@ -42,6 +43,7 @@ struct leader_opts {
     uint32_t partitions;    /* P for a new cluster config */
     uint32_t replication_factor; /* R: replicas per partition (1..CLUSTER_REPLICAS_MAX) */
     uint32_t min_insync;    /* M written into the config for the nodes (1..R) */
+    bool unclean;           /* assign_params.unclean (--unclean-leader-election) */
     int64_t settle_ms;      /* debounce of node changes */
     int64_t max_moves;      /* live moves at once (--max-moves, >= 1) */
     int64_t move_timeout_ms;/* a move still copying after this is cancelled (0: never) */
@@ -50,6 +52,10 @@ struct leader_opts {
     int64_t load_interval_ms;
     double load_imbalance;
     double load_min_eps;
+    /* Set after every decision (NULL: none): partitions without a live leader, and
+     * partitions with fewer live in-sync copies than min-insync (their writes refused). */
+    metric_gauge *offline;
+    metric_gauge *under_min_insync;
 };
 
 /* Start leading with session 's' (borrowed until leader_stop returns; the leader stops

@@ -32,6 +32,7 @@ struct coord_config {
     int64_t lease_ttl, partitions, settle, shutdown_grace, etcd_timeout;
     int64_t max_moves, move_timeout, load_interval;
     int64_t replication_factor, min_insync;
+    bool unclean_leader_election;
     double load_imbalance, load_min_rate;
 };
 
@@ -59,6 +60,9 @@ static size_t coord_flags(struct coord_config *c, struct flag *out)
         F("min-insync-replicas", FLAG_INT, min_insync,
           "copies that must hold a record before an Ingest is acknowledged (0 = 2 when the "
           "replication factor is 2 or more, else 1)", 0, CLUSTER_REPLICAS_MAX),
+        F("unclean-leader-election", FLAG_BOOL, unclean_leader_election,
+          "give a partition whose every in-sync copy is gone to another node (what only "
+          "those copies held is lost) instead of keeping it offline until one returns", 0, 0),
         F("settle", FLAG_DURATION, settle,
           "wait until node changes have been quiet this long before reassigning", 0, 60000),
         F("max-moves", FLAG_INT, max_moves,
@@ -127,6 +131,8 @@ struct coord {
     const char *id;
     metric_gauge *is_leader;      /* eddy_coordinator_leader: 1 on the acting leader */
     metric_counter *elections;    /* eddy_coordinator_elections_total: times it became leader */
+    metric_gauge *offline;        /* eddy_offline_partitions (set by the acting leader) */
+    metric_gauge *under_min_insync; /* eddy_under_min_insync_partitions (likewise) */
 };
 
 static void on_elected(void *ud, etcd_session *s)
@@ -139,6 +145,8 @@ static void on_elected(void *ud, etcd_session *s)
         .min_insync = (uint32_t)co->cfg->min_insync, .settle_ms = co->cfg->settle,
         .max_moves = co->cfg->max_moves, .move_timeout_ms = co->cfg->move_timeout,
         .load_interval_ms = co->cfg->load_interval, .load_imbalance = co->cfg->load_imbalance,
+        .unclean = co->cfg->unclean_leader_election,
+        .offline = co->offline, .under_min_insync = co->under_min_insync,
         .load_min_eps = co->cfg->load_min_rate,
     };
     co->lead = leader_start(&lo, s);
@@ -156,6 +164,8 @@ static void on_demoted(void *ud)
     metric_gauge_set(co->is_leader, 0);
     leader_stop(co->lead);
     co->lead = NULL;
+    metric_gauge_set(co->offline, 0); /* the next leader reports them */
+    metric_gauge_set(co->under_min_insync, 0);
 }
 
 static void on_connected(void *ud, bool connected)
@@ -238,6 +248,13 @@ int main(int argc, char **argv)
                                  "1 while this coordinator is the acting leader, else 0.");
     co.elections = metrics_counter(reg, "eddy_coordinator_elections_total",
                                    "Times this coordinator became the leader.");
+    co.offline = metrics_gauge(reg, "eddy_offline_partitions",
+                               "Partitions whose leader is not a live state node (0 on a "
+                               "coordinator that is not the leader).");
+    co.under_min_insync = metrics_gauge(
+        reg, "eddy_under_min_insync_partitions",
+        "Partitions with fewer live in-sync copies than min-insync: their writes are refused "
+        "(0 on a coordinator that is not the leader).");
     struct status_service svc = {etcd, c->cluster, c->id};
     if (!etcd) {
         log_error("msg=\"bad --etcd\" etcd=\"%s\"", c->etcd);

@@ -172,6 +172,8 @@ bad_values = {   # what: (helm args, text the error must contain)
     "ingest off without a combined role": (["--set", "ingest.enabled=false"], "nothing serves the public API"),
     "shared checkpoints without a claim": (["--set", "checkpoints.shared.enabled=true"], "existingClaim"),
     "bad PVC size": (["--set", "persistence.size=ten"], "/persistence/size"),
+    "a state PDB that can take every copy": (["--set", "state.pdb.maxUnavailable=2"],
+                                             "below coordinator.replicationFactor"),
 }
 for what, (args, expect) in bad_values.items():
     stdin = None
@@ -184,7 +186,8 @@ for what, (args, expect) in bad_values.items():
 
 # ---------------------------------------------------------------- per ci values file
 REQUIRED_ALERTS = {"EddyServingLatencyHigh", "EddyIngestRateLow", "EddyErrorRateHigh",
-                   "EddyWatermarkLagHigh", "EddyCheckpointFailures"}
+                   "EddyWatermarkLagHigh", "EddyCheckpointFailures", "EddyOfflinePartitions",
+                   "EddyUnderMinInsyncPartitions", "EddyUnderReplicatedPartitions"}
 REQUIRED_PANELS = ["Events / s", "Recommendations / s", "Serving latency", "Event-to-result latency",
                    "Error rate by code", "Watermark lag", "Late events / s", "Checkpoint duration",
                    "Checkpoint age", "Partition moves", "Partitions per node"]

@@ -230,6 +230,62 @@ class ReplicationSettingsTest(ClusterTest):
         self.assertEqual(m2["epochs"], m1["epochs"])
 
 
+class OfflinePartitionsTest(ClusterTest):
+    """Every copy of some partitions lost at once (R = 2): those partitions are not given
+    to the surviving node empty (unclean leader election is off by default): they keep their
+    leader, epoch and replicas, offline (eddy_offline_partitions counts them) until a copy
+    returns; --unclean-leader-election gives them away."""
+
+    def offline_metric(self, c):
+        port = eddylib.metrics_port_of(c)
+        self.assertIsNotNone(port, "the coordinator serves /metrics")
+        return eddylib.scrape_samples(f"127.0.0.1:{port}").get("eddy_offline_partitions")
+
+    def run_case(self, unclean):
+        c1 = self.start_coord("c1", ["--replication-factor", "2"] +
+                              (["--unclean-leader-election"] if unclean else []))
+        self.wait_leader(c1)
+        for n in ("n1", "n2", "n3"):
+            self.register(n)
+        m = self.wait_map(lambda m: len(set(m["owners"])) == 3 and
+                          all(len(r) == 2 for r in m["replicas"]), "3 owners, 2 replicas")
+        both = [p for p in range(P) if set(m["replicas"][p]) == {"n1", "n2"}]
+        self.assertTrue(both, "some partitions live on n1 and n2 only")
+        # every copy in sync, as the leaders record it
+        for p in range(P):
+            self.etcd.put(key(f"isr/{p}"), json.dumps(
+                {"epoch": m["epochs"][p], "leader": m["owners"][p], "isr": m["replicas"][p]}))
+        poll_until(lambda: self.offline_metric(c1) == 0, 10, what="no offline partition")
+        self.kill_node("n1")
+        self.kill_node("n2")
+        m2 = self.wait_map(lambda x: all(x["owners"][p] == "n3" for p in range(P)
+                                         if p not in both), "n3 leads all it can")
+        for p in both:
+            if unclean:
+                self.assertEqual(m2["owners"][p], "n3")
+                self.assertEqual(m2["epochs"][p], m["epochs"][p] + 1)
+            else:
+                self.assertEqual(m2["owners"][p], m["owners"][p], f"partition {p}")
+                self.assertEqual(m2["epochs"][p], m["epochs"][p])
+                self.assertEqual(m2["replicas"][p], m["replicas"][p])
+        want = 0 if unclean else len(both)
+        poll_until(lambda: self.offline_metric(c1) == want, 10,
+                   what=f"eddy_offline_partitions == {want}")
+        if not unclean:
+            # a copy returns: its partitions lead again (promotion or the leader back)
+            self.register("n1")
+            self.wait_map(lambda x: all(x["owners"][p] in ("n1", "n2", "n3") and
+                                        x["owners"][p] != "n2" for p in range(P)),
+                          "n1 back")
+            poll_until(lambda: self.offline_metric(c1) == 0, 10, what="offline back to 0")
+
+    def test_offline_until_a_copy_returns(self):
+        self.run_case(unclean=False)
+
+    def test_unclean_leader_election(self):
+        self.run_case(unclean=True)
+
+
 class FailoverTest(ClusterTest):
     def test_kill9_and_sigterm_failover(self):
         c1 = self.start_coord("c1")

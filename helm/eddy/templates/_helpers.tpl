@@ -324,6 +324,9 @@ Checks of value combinations that the schema cannot express.
 {{- if and .Values.checkpoints.shared.enabled (not .Values.checkpoints.shared.existingClaim) }}
 {{- fail "eddy: checkpoints.shared.enabled needs checkpoints.shared.existingClaim (a ReadWriteMany PVC)" }}
 {{- end }}
+{{- if and .Values.state.pdb.enabled (ge (int .Values.coordinator.replicationFactor) 2) (ge (int .Values.state.pdb.maxUnavailable) (int .Values.coordinator.replicationFactor)) }}
+{{- fail "eddy: state.pdb.maxUnavailable must be below coordinator.replicationFactor, or a voluntary disruption may take down every copy of a partition at once" }}
+{{- end }}
 {{- if and .Values.ingest.autoscaling.enabled (lt (int .Values.ingest.autoscaling.maxReplicas) (int .Values.ingest.autoscaling.minReplicas)) }}
 {{- fail "eddy: ingest.autoscaling.maxReplicas must be >= minReplicas" }}
 {{- end }}

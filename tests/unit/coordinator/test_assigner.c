@@ -426,10 +426,20 @@ static void test_promotion(void **state)
     assert_string_equal(d.parts[2].owner, "s2");
     for (uint32_t p = 0; p < 3; p++)
         assert_int_equal(d.parts[p].epoch, 6);
-    /* s3 is no replica of partition 3: with no follower in sync it is chosen by the
-     * shares like an unreplicated failover (s3 leads nothing else) */
+    /* partition 3 has no follower in sync: every copy with all it acknowledged is gone,
+     * so it stays as it is, offline (its leader, epoch and replicas), until s0 returns */
+    assert_string_equal(d.parts[3].owner, "s0");
+    assert_int_equal(d.parts[3].epoch, 5);
+    assert_int_equal(d.parts[3].nreplicas, 3);
+    assert_string_equal(d.parts[3].replicas[2], "s2");
+    /* ... unless unclean leader election is allowed: s3, no replica of it, is chosen by
+     * the shares like an unreplicated failover (s3 leads nothing else) */
+    ap3.unclean = true;
+    assigner_assign(alive, 3, &c, &ap3, &d);
     assert_string_equal(d.parts[3].owner, "s3");
     assert_int_equal(d.parts[3].epoch, 6);
+    assert_string_equal(d.parts[0].owner, "s1"); /* the others as before */
+    assert_string_equal(d.parts[1].owner, "s2");
     /* a promotion stands even over the share: s1 follows everything, s0 dies */
     struct cluster_map e = map_of(3), f = map_of(3);
     set3(&e.parts[0], "s0", "s1", "s2", 1);
@@ -474,7 +484,9 @@ static void test_churn(void **state)
     for (uint32_t R = 1; R <= 4; R++) {
         for (size_t pi = 0; pi < sizeof(parts) / sizeof(parts[0]); pi++) {
             struct cluster_map c = map_of(parts[pi]), d = map_of(parts[pi]);
-            struct assign_params ap = {.replication_factor = R};
+            /* random subsets may lose every copy of a partition at once: placed anew here
+             * (unclean), offline otherwise (test_promotion) */
+            struct assign_params ap = {.replication_factor = R, .unclean = true};
             uint32_t seed = R * 1000 + parts[pi];
             for (int round = 0; round < 30; round++) {
                 struct assign_node pick[8];
