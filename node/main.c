@@ -29,6 +29,9 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
         F("node-id", FLAG_STRING, node_id, "this node's id in the cluster (default: host-port)", 0, 0),
         F("advertise-addr", FLAG_STRING, advertise_addr,
           "host:port other nodes dial (default: the --listen host and bound port)", 0, 0),
+        F("zone", FLAG_STRING, zone,
+          "this node's failure domain (rack, availability zone): the replicas of a partition "
+          "go to distinct zones when there are enough", 0, 0),
         F("lease-ttl", FLAG_DURATION, lease_ttl,
           "etcd lease of the registration; writes stop before it could expire", 2000, 3600000),
         F("route-retries", FLAG_INT, route_retries,

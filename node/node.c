@@ -77,7 +77,7 @@ struct node {
 struct node_config node_config_defaults(void)
 {
     return (struct node_config){
-        .role = "", .etcd = "", .cluster = "eddy", .node_id = "", .advertise_addr = "",
+        .role = "", .etcd = "", .cluster = "eddy", .node_id = "", .advertise_addr = "", .zone = "",
         .lease_ttl = 10000, .route_retries = 8, .route_timeout = 5000, .join_timeout = 60000,
         .data_dir = "./eddy-data", .listen = "127.0.0.1:7070", .metrics_listen = "127.0.0.1:9464",
         .log_level = "info",
@@ -424,7 +424,7 @@ static eddy_err join(node *n, char *err, size_t errlen)
         return fail(err, errlen, e, "cannot start the take-over", NULL);
     n->ss.checkpoint_dir = n->cks ? n->ckpt_dir : NULL;
     n->ss.freeze_ms = c->move_freeze;
-    struct membership_opts mo = {c->etcd, c->cluster, id, n->roles, addr, maddr,
+    struct membership_opts mo = {c->etcd, c->cluster, id, n->roles, addr, maddr, c->zone,
                                  (c->lease_ttl + 999) / 1000, 5000, hook_alive, n->hl,
                                  hook_change, n};
     char why[512] = "";

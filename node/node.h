@@ -21,7 +21,7 @@
  * life. */
 struct node_config {
     bool dev;
-    const char *role, *etcd, *cluster, *node_id, *advertise_addr;
+    const char *role, *etcd, *cluster, *node_id, *advertise_addr, *zone;
     int64_t lease_ttl, route_retries, route_timeout, join_timeout;
     const char *data_dir;
     const char *listen;

@@ -259,6 +259,7 @@ eddy_err membership_start(const struct membership_opts *o, int64_t wait_ms, memb
     me.roles = o->roles;
     snprintf(me.grpc_addr, sizeof(me.grpc_addr), "%s", o->grpc_addr);
     snprintf(me.metrics_addr, sizeof(me.metrics_addr), "%s", o->metrics_addr ? o->metrics_addr : "");
+    snprintf(me.zone, sizeof(me.zone), "%s", o->zone ? o->zone : "");
     me.started_ms = clock_wall_ms();
     m->node_json = cluster_node_to_json(&me);
     char suffix[CLUSTER_KEY_MAX];

@@ -28,6 +28,8 @@ struct membership_opts {
     unsigned roles;            /* ROLE_* */
     const char *grpc_addr;     /* what other nodes dial */
     const char *metrics_addr;
+    const char *zone;          /* failure domain (--zone; NULL or "": none): replicas of a
+                                  partition go to distinct zones */
     int64_t lease_ttl_s;
     int64_t etcd_timeout_ms;
     /* Called on the maintenance thread when membership_alive() changes (NULL: none);

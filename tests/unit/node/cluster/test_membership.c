@@ -51,7 +51,7 @@ static bool alive_reported(struct seen *s, int want)
 static membership *join(struct etcd_proc *ep, const char *id, const char *addr, struct seen *s,
                         int64_t wait_ms, eddy_err *err)
 {
-    struct membership_opts mo = {ep->url, "m", id, ROLE_STATE, addr, "", 2, 1000,
+    struct membership_opts mo = {ep->url, "m", id, ROLE_STATE, addr, "", "rack-a", 2, 1000,
                                  on_alive, s, on_change, s};
     membership *m = NULL;
     char why[256];
@@ -142,6 +142,9 @@ static void test_membership_follows_the_cluster(void **state)
     assert_int_equal(etcd_get(ec, "/eddy/m/nodes/n1", &kv, &found), EDDY_OK);
     assert_true(found);
     assert_non_null(strstr(kv.value, "127.0.0.1:1001"));
+    struct cluster_node rec;
+    assert_int_equal(cluster_node_from_json(kv.value, kv.value_len, &rec), EDDY_OK);
+    assert_string_equal(rec.zone, "rack-a"); /* --zone, for the assigner's zone spread */
     assert_int_equal(kv.lease, membership_lease(m1));
     etcd_kv_release(&kv);
 
