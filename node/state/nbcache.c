@@ -20,7 +20,7 @@
 #include <xxhash.h>
 
 #include "common/clock.h"
-#include "common/thread.h"
+#include "common/worker.h"
 #include "node/state/decay.h"
 #include "node/state/topk.h"
 
@@ -78,10 +78,9 @@ struct nbcache {
     /* the refresher (see DESIGN): expired entries it reads again, oldest first, at most
      * queue_max; guarded by mu, never taken with another lock */
     pthread_mutex_t mu;
-    pthread_cond_t work_cv;    /* jobs queued, or stopping */
     pthread_cond_t idle_cv;    /* nbcache_sync waits: no job queued or running */
-    pthread_t refresher;
-    bool started, running, stopping;
+    struct worker refresher;   /* started by the first job, kicked by every job queued */
+    bool running;
     struct nb_job *head, *tail;
     size_t queued, queue_max;
     struct scored_product *buf; /* the refresher's: a source's answer */
@@ -98,7 +97,6 @@ nbcache *nbcache_new(store *st, const struct product_params *pp, int64_t stalene
     nc->staleness_ms = staleness_ms;
     nc->now_ms = clock_mono_ms;
     pthread_mutex_init(&nc->mu, NULL);
-    pthread_cond_init(&nc->work_cv, NULL);
     pthread_cond_init(&nc->idle_cv, NULL);
     return nc;
 }
@@ -181,13 +179,7 @@ void nbcache_free(nbcache *nc)
 {
     if (!nc)
         return;
-    if (nc->started) {
-        pthread_mutex_lock(&nc->mu);
-        nc->stopping = true;
-        pthread_cond_signal(&nc->work_cv);
-        pthread_mutex_unlock(&nc->mu);
-        pthread_join(nc->refresher, NULL);
-    }
+    worker_stop(&nc->refresher); /* not started: nothing to do */
     nb_free(nc);
     while (nc->head) {
         struct nb_job *j = nc->head;
@@ -196,7 +188,6 @@ void nbcache_free(nbcache *nc)
     }
     free(nc->buf);
     pthread_mutex_destroy(&nc->mu);
-    pthread_cond_destroy(&nc->work_cv);
     pthread_cond_destroy(&nc->idle_cv);
     free(nc);
 }
@@ -546,33 +537,33 @@ static void nb_refresh_job(nbcache *nc, const struct nb_job *j)
         nb_install(sh, h, now, &ne);
 }
 
-static void *nb_refresher_main(void *arg)
+/* The refresher's loop: a kick means jobs were queued (kicks are never lost; the wait's
+ * period is a bound, not a poll). */
+static void nb_refresher_main(struct worker *w, void *arg)
 {
-    thread_name("neighbours");
     nbcache *nc = arg;
-    pthread_mutex_lock(&nc->mu);
-    for (;;) {
-        while (!nc->head && !nc->stopping)
-            pthread_cond_wait(&nc->work_cv, &nc->mu);
-        if (nc->stopping)
-            break;
-        struct nb_job *j = nc->head;
-        if (!(nc->head = j->next))
-            nc->tail = NULL;
-        nc->queued--;
-        nc->running = true;
-        pthread_mutex_unlock(&nc->mu);
-        nb_refresh_job(nc, j);
-        free(j);
+    while (worker_wait(w, 1000)) {
         pthread_mutex_lock(&nc->mu);
-        nc->running = false;
+        while (nc->head && !worker_stopping(w)) {
+            struct nb_job *j = nc->head;
+            if (!(nc->head = j->next))
+                nc->tail = NULL;
+            nc->queued--;
+            nc->running = true;
+            pthread_mutex_unlock(&nc->mu);
+            nb_refresh_job(nc, j);
+            free(j);
+            pthread_mutex_lock(&nc->mu);
+            nc->running = false;
+        }
         if (!nc->head)
             pthread_cond_broadcast(&nc->idle_cv);
+        pthread_mutex_unlock(&nc->mu);
     }
+    pthread_mutex_lock(&nc->mu);
     nc->running = false;
     pthread_cond_broadcast(&nc->idle_cv);
     pthread_mutex_unlock(&nc->mu);
-    return NULL;
 }
 
 /* Queue the expired entry 'product_id' (marked refreshing) for the neighbour refresher,
@@ -583,11 +574,11 @@ static bool nb_schedule(nbcache *nc, const char *product_id, size_t keylen, int6
 {
     bool ok = false;
     pthread_mutex_lock(&nc->mu);
-    if (!nc->started && !nc->stopping &&
-        pthread_create(&nc->refresher, NULL, nb_refresher_main, nc) == 0)
-        nc->started = true;
+    if (!nc->refresher.started && !worker_stopping(&nc->refresher))
+        (void)worker_start(&nc->refresher, "neighbours", nb_refresher_main, nc);
     struct nb_job *j = NULL;
-    if (nc->started && !nc->stopping && nc->queued < nc->queue_max &&
+    if (nc->refresher.started && !worker_stopping(&nc->refresher) &&
+        nc->queued < nc->queue_max &&
         (j = malloc(sizeof(*j) + keylen + 1))) {
         j->next = NULL;
         j->at = at;
@@ -599,7 +590,7 @@ static bool nb_schedule(nbcache *nc, const char *product_id, size_t keylen, int6
             nc->head = j;
         nc->tail = j;
         nc->queued++;
-        pthread_cond_signal(&nc->work_cv);
+        worker_kick(&nc->refresher);
         ok = true;
     }
     pthread_mutex_unlock(&nc->mu);

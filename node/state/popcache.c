@@ -31,7 +31,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
-#include "common/thread.h"
+#include "common/worker.h"
 #include "node/state/decay.h"
 #include "node/state/topk.h"
 
@@ -60,14 +60,12 @@ struct popcache {
     pthread_mutex_t mu;        /* the lists and the refresher's state */
     struct pop_list *lists;
     size_t nlists;
-    /* the refresher thread (see DESIGN), started by the first expired list */
-    pthread_t refresher;
-    bool refresher_started;
+    /* the refresher thread (see DESIGN), started by the first expired list and kicked by
+     * every list scheduled after it */
+    struct worker refresher;
     bool refresh_due;          /* lists are scheduled */
     bool refresh_running;      /* a scheduled refresh is being computed */
-    bool stopping;
     int64_t refresh_at;        /* event time of the last call that scheduled a refresh */
-    pthread_cond_t work_cv;    /* the refresher waits: work queued, or stopping */
     pthread_cond_t idle_cv;    /* popcache_sync waits: nothing scheduled or running */
     pthread_cond_t built_cv;   /* a list being built was installed or given up */
     int64_t (*now_ms)(void);   /* the clock lists age by */
@@ -84,7 +82,6 @@ popcache *popcache_new(store *st, const struct product_params *pp, int64_t stale
     pc->staleness_ms = staleness_ms;
     pc->top_k = top_k;
     pthread_mutex_init(&pc->mu, NULL);
-    pthread_cond_init(&pc->work_cv, NULL);
     pthread_cond_init(&pc->idle_cv, NULL);
     pthread_cond_init(&pc->built_cv, NULL);
     pc->now_ms = clock_mono_ms;
@@ -122,16 +119,9 @@ void popcache_free(popcache *pc)
 {
     if (!pc)
         return;
-    if (pc->refresher_started) {
-        pthread_mutex_lock(&pc->mu);
-        pc->stopping = true;
-        pthread_cond_signal(&pc->work_cv);
-        pthread_mutex_unlock(&pc->mu);
-        pthread_join(pc->refresher, NULL);
-    }
+    worker_stop(&pc->refresher); /* not started: nothing to do */
     drop_lists(pc);
     pthread_mutex_destroy(&pc->mu);
-    pthread_cond_destroy(&pc->work_cv);
     pthread_cond_destroy(&pc->idle_cv);
     pthread_cond_destroy(&pc->built_cv);
     free(pc);
@@ -459,19 +449,20 @@ static char **scheduled_set(popcache *pc, size_t *n)
     return NULL;
 }
 
-static void *refresher_main(void *arg)
+/* The refresher's loop: a kick means lists were scheduled (the wait's period only bounds
+ * how long a missed kick could go unnoticed: kicks are never lost). */
+static void refresher_main(struct worker *w, void *arg)
 {
-    thread_name("lists");
     popcache *pc = arg;
 #ifdef __linux__
     (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19); /* this thread only (see DESIGN) */
 #endif
-    pthread_mutex_lock(&pc->mu);
-    for (;;) {
-        while (!pc->refresh_due && !pc->stopping)
-            pthread_cond_wait(&pc->work_cv, &pc->mu);
-        if (pc->stopping)
-            break;
+    while (worker_wait(w, 1000)) {
+        pthread_mutex_lock(&pc->mu);
+        if (!pc->refresh_due) {
+            pthread_mutex_unlock(&pc->mu);
+            continue;
+        }
         pc->refresh_due = false;
         pc->refresh_running = true;
         int64_t at = pc->refresh_at;
@@ -483,11 +474,12 @@ static void *refresher_main(void *arg)
         pthread_mutex_lock(&pc->mu);
         pc->refresh_running = false;
         pthread_cond_broadcast(&pc->idle_cv);
+        pthread_mutex_unlock(&pc->mu);
     }
+    pthread_mutex_lock(&pc->mu);
     pc->refresh_running = false;
     pthread_cond_broadcast(&pc->idle_cv);
     pthread_mutex_unlock(&pc->mu);
-    return NULL;
 }
 
 /* Have the refresher refresh the expired list 'l' (at event time 'at'), starting it if
@@ -496,15 +488,13 @@ static bool schedule_refresh(popcache *pc, struct pop_list *l, int64_t at)
 {
     if (pc->staleness_ms <= 0)
         return false; /* nothing is cached: every call reads the index */
-    if (!pc->refresher_started) {
-        if (pthread_create(&pc->refresher, NULL, refresher_main, pc) != 0)
-            return false;
-        pc->refresher_started = true;
-    }
+    if (!pc->refresher.started &&
+        worker_start(&pc->refresher, "lists", refresher_main, pc) != EDDY_OK)
+        return false;
     l->refreshing = l->scheduled = true;
     pc->refresh_due = true;
     pc->refresh_at = at;
-    pthread_cond_signal(&pc->work_cv);
+    worker_kick(&pc->refresher);
     return true;
 }
 
