@@ -4,17 +4,18 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 #include "common/log.h"
 #include "common/partition.h"
 #include "common/pbutil.h"
+#include "common/strmap.h"
 #include "node/cluster/route_plan.h"
 
 #define M_APPLY "/eddy.state.v1.State/Apply"
 #define M_USER "/eddy.state.v1.State/User"
 #define M_PARTIAL "/eddy.state.v1.State/Partial"
 #define MAX_STATE_NODES 256
+#define ROUTER_TOP_PRODUCTS_MAX (1u << 24) /* distinct products merged by one TopProducts */
 
 /* ---- parallel calls ---------------------------------------------------------------------- */
 
@@ -390,7 +391,7 @@ out:
 }
 
 struct prod_sum {
-    Eddy__V1__ProductStat *stat; /* NULL = empty slot */
+    Eddy__V1__ProductStat *stat; /* one product merged over the nodes (NULL: moved out) */
 };
 
 static int cmp_stat(const void *a, const void *b, void *arg)
@@ -413,6 +414,11 @@ static int cmp_stat(const void *a, const void *b, void *arg)
     return strcmp(x->product_id, y->product_id);
 }
 
+static void free_stat(void *stat)
+{
+    protobuf_c_message_free_unpacked(stat, NULL);
+}
+
 void router_top(struct router *r, const Eddy__V1__TopProductsRequest *req,
                 Eddy__V1__TopProductsResponse **out, struct backend_status *res)
 {
@@ -425,6 +431,7 @@ void router_top(struct router *r, const Eddy__V1__TopProductsRequest *req,
     Eddy__V1__TopProductsResponse *o = NULL;
     struct prod_sum *tab = NULL;
     size_t cap = 0, n = 0;
+    struct strmap by_id = STRMAP_INIT(ROUTER_TOP_PRODUCTS_MAX);
     int64_t wm = WATERMARK_NONE;
     res->code = GRPC_STATUS_OK;
     res->message[0] = '\0';
@@ -459,39 +466,41 @@ void router_top(struct router *r, const Eddy__V1__TopProductsRequest *req,
     pr.top = &all;
     if (!gather(r, &pr, ps, res))
         goto out;
-    for (size_t i = 0; i < ps->n; i++) {
-        Eddy__State__V1__PartialResponse *p = (Eddy__State__V1__PartialResponse *)ps->slots[i].resp;
-        cap += p ? p->n_products : 0;
-    }
-    cap = cap * 2 + 16;
-    tab = calloc(cap, sizeof(*tab));
-    if (!tab) {
-        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-        goto out;
-    }
     /* merge by product id: the first node's stat is reused and the others added to it */
     for (size_t i = 0; i < ps->n; i++) {
         Eddy__State__V1__PartialResponse *p = (Eddy__State__V1__PartialResponse *)ps->slots[i].resp;
         for (size_t j = 0; p && j < p->n_products; j++) {
             Eddy__V1__ProductStat *s = p->products[j];
-            size_t k = (size_t)(XXH3_64bits(s->product_id, strlen(s->product_id)) % cap);
-            while (tab[k].stat && strcmp(tab[k].stat->product_id, s->product_id) != 0)
-                k = (k + 1) % cap;
-            if (!tab[k].stat) {
-                tab[k].stat = s;
-                p->products[j] = NULL; /* moved */
+            bool added = false;
+            eddy_err e = EDDY_OK;
+            void **slot = strmap_slot(&by_id, s->product_id, strlen(s->product_id), &added, &e);
+            if (!slot) {
+                res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+                snprintf(res->message, sizeof(res->message), "merging top products: %s",
+                         eddy_strerror(e));
+                goto out;
+            }
+            if (added) {
+                *slot = s;
+                p->products[j] = NULL; /* moved into the map */
             } else {
-                add_type_counts(tab[k].stat->counts, s->counts);
+                add_type_counts(((Eddy__V1__ProductStat *)*slot)->counts, s->counts);
             }
         }
     }
-    for (size_t k = 0; k < cap; k++) { /* compact: each stat in exactly one slot */
-        Eddy__V1__ProductStat *st = tab[k].stat;
-        if (st) {
-            tab[k].stat = NULL;
-            tab[n++].stat = st;
-        }
+    cap = by_id.n;
+    tab = calloc(cap ? cap : 1, sizeof(*tab));
+    if (!tab) {
+        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        goto out;
     }
+    size_t pos = 0;
+    const char *key;
+    size_t keylen;
+    void *value;
+    while (strmap_next(&by_id, &pos, &key, &keylen, &value))
+        tab[n++].stat = value;
+    strmap_release(&by_id, NULL); /* the stats are the table's now */
     Eddy__V1__EventType t = req->event_type;
     qsort_r(tab, n, sizeof(*tab), cmp_stat, &t);
 empty:
@@ -521,6 +530,7 @@ out:
         }
     }
     free(tab);
+    strmap_release(&by_id, free_stat); /* after an error: the stats moved into the map */
     /* products moved out of responses were set to NULL, which free_unpacked skips */
     partials_release(ps);
     free(ps);
