@@ -153,8 +153,13 @@ static void place_leaders(struct slot *s, size_t m, struct slot **order,
         if (!o && c->owner[0] && !alive(nodes, n, c->owner)) {
             o = promotion(s, m, c, p, ap);
             fixed[p] = o != NULL;
-            /* every copy that had everything is gone: wait for one, unless allowed not to */
-            offline[p] = !o && c->nreplicas > 1 && !(ap && ap->unclean);
+            /* its leader recorded followers in sync at this epoch and every one of them is
+             * gone too: the events they acknowledged are nowhere else, so wait for one of
+             * them (unless allowed not to). With no follower in sync, nothing was
+             * acknowledged with more copies than the leader's: the partition moves on as
+             * with one copy (from its last checkpoint) */
+            offline[p] = !o && c->nreplicas > 1 && !(ap && ap->unclean) && ap && ap->isr &&
+                         ap->isr[p].nisr >= 2 && ap->isr[p].epoch == c->epoch;
         }
         sets[p].n = o ? 1 : 0;
         sets[p].s[0] = o;

@@ -42,11 +42,12 @@ struct assign_params {
     /* [nparts * CLUSTER_REPLICAS_MAX] or NULL: durable seq of cur->parts[p].replicas[r] at
      * [p * CLUSTER_REPLICAS_MAX + r], to pick among in-sync followers. Borrowed. */
     const uint64_t *durable;
-    /* Whether a partition with several replicas whose leader is gone and whose in-sync
-     * followers are all gone too may be given to another node (Kafka's unclean leader
-     * election: what only the lost copies held is lost). false: the partition keeps its
-     * map entry, offline, until one of its in-sync copies returns. One-replica partitions
-     * always move (they restart from the last checkpoint of a shared directory). */
+    /* Whether a partition whose leader is gone, whose leader had recorded followers in
+     * sync at its epoch (isr, two ids or more) and whose in-sync followers are all gone
+     * too may be given to another node (Kafka's unclean leader election: what only the
+     * lost copies held is lost). false: it keeps its map entry, offline, until one of them
+     * returns. A partition with one replica, or whose leader had no follower in sync,
+     * always moves (it restarts from the last checkpoint of a shared directory). */
     bool unclean;
 };
 

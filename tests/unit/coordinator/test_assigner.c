@@ -426,20 +426,37 @@ static void test_promotion(void **state)
     assert_string_equal(d.parts[2].owner, "s2");
     for (uint32_t p = 0; p < 3; p++)
         assert_int_equal(d.parts[p].epoch, 6);
-    /* partition 3 has no follower in sync: every copy with all it acknowledged is gone,
-     * so it stays as it is, offline (its leader, epoch and replicas), until s0 returns */
-    assert_string_equal(d.parts[3].owner, "s0");
-    assert_int_equal(d.parts[3].epoch, 5);
-    assert_int_equal(d.parts[3].nreplicas, 3);
-    assert_string_equal(d.parts[3].replicas[2], "s2");
-    /* ... unless unclean leader election is allowed: s3, no replica of it, is chosen by
-     * the shares like an unreplicated failover (s3 leads nothing else) */
-    ap3.unclean = true;
-    assigner_assign(alive, 3, &c, &ap3, &d);
+    /* s3 is no replica of partition 3: with no follower in sync (nothing acknowledged
+     * with more copies than the leader's) it is chosen by the shares like an unreplicated
+     * failover (s3 leads nothing else) */
     assert_string_equal(d.parts[3].owner, "s3");
     assert_int_equal(d.parts[3].epoch, 6);
-    assert_string_equal(d.parts[0].owner, "s1"); /* the others as before */
-    assert_string_equal(d.parts[1].owner, "s2");
+    /* a leader and its in-sync follower both gone: the events they acknowledged are
+     * nowhere else, so the partition stays as it is, offline, until one returns ... */
+    struct cluster_map o1 = map_of(1), o2 = map_of(1);
+    set3(&o1.parts[0], "s0", "s1", "s2", 5);
+    struct cluster_isr isr01 = {.epoch = 5, .nisr = 2};
+    snprintf(isr01.isr[0], CLUSTER_ID_MAX, "s0");
+    snprintf(isr01.isr[1], CLUSTER_ID_MAX, "s1");
+    struct assign_params apo = {.replication_factor = 3, .isr = &isr01};
+    struct assign_node n23[] = {n[2], n[3]};
+    assigner_assign(n23, 2, &o1, &apo, &o2);
+    assert_string_equal(o2.parts[0].owner, "s0");
+    assert_int_equal(o2.parts[0].epoch, 5);
+    assert_int_equal(o2.parts[0].nreplicas, 3);
+    assert_string_equal(o2.parts[0].replicas[1], "s1");
+    /* ... an in-sync record of an older epoch does not count ... */
+    isr01.epoch = 4;
+    assigner_assign(n23, 2, &o1, &apo, &o2);
+    assert_int_equal(o2.parts[0].epoch, 6);
+    /* ... and unclean leader election gives it away (s2, a replica, by the shares) */
+    isr01.epoch = 5;
+    apo.unclean = true;
+    assigner_assign(n23, 2, &o1, &apo, &o2);
+    assert_string_not_equal(o2.parts[0].owner, "s0");
+    assert_int_equal(o2.parts[0].epoch, 6);
+    cluster_map_release(&o1);
+    cluster_map_release(&o2);
     /* a promotion stands even over the share: s1 follows everything, s0 dies */
     struct cluster_map e = map_of(3), f = map_of(3);
     set3(&e.parts[0], "s0", "s1", "s2", 1);
