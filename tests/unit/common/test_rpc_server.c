@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/rpc_client.h"
 #include "common/rpc_server.h"
 #include "eddy/v1/eddy.pb-c.h"
@@ -510,6 +511,15 @@ static void test_deadline_passed_in_queue(void **state)
     assert_int_equal(start_async(f, BLOCK, "short", 100), EDDY_OK); /* waits in the queue */
     assert_true(wait_count(f, &f->async_done, 1, 3000));
     assert_int_equal(f->async_res[0].code, GRPC_STATUS_DEADLINE_EXCEEDED);
+    /* the server, too, has seen it end (its own deadline runs from when the call reached
+     * it, a little after the client's; on a loaded machine the handler could otherwise be
+     * free before): only "first" is in flight */
+    int64_t until = clock_mono_ms() + 3000;
+    while (rpc_server_inflight(f->s) > 1 && clock_mono_ms() < until) {
+        struct timespec ms = {0, 1000000L};
+        nanosleep(&ms, NULL);
+    }
+    assert_int_equal(rpc_server_inflight(f->s), 1);
     release_blocked(f);
     assert_true(wait_count(f, &f->async_done, 2, 3000));
     assert_int_equal(f->async_res[1].code, GRPC_STATUS_OK);
