@@ -58,7 +58,7 @@ PB_TYPE = {"view": "EVENT_TYPE_VIEW", "click": "EVENT_TYPE_CLICK",
 # Every model parameter is the node's default unless --node-arg says otherwise.
 BASE_FLAGS = ["--max-event-age", "0", "--state-ttl", "0", "--window-retention", "0",
               "--log-retention", "0", "--dedup-window", "0", "--stage2-staleness", "0",
-              "--max-recommendations", str(LIST)]
+              "--max-recommendations", str(LIST), "--metrics-listen", "127.0.0.1:0"]
 
 
 # ---- splits -------------------------------------------------------------------------------
