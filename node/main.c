@@ -111,6 +111,9 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
           "blend weight: neighbours of your recent items", 0, 0),
         F("weight-context", FLAG_DOUBLE, weight_context,
           "blend weight: neighbours of the current product and cart", 0, 0),
+        F("exclude-interacted", FLAG_BOOL, exclude_interacted,
+          "Recommend leaves out what the user viewed, clicked or carted (requests may ask "
+          "otherwise; purchases always)", 0, 0),
         F("diversity-cap", FLAG_INT, diversity_cap, "items per category in one answer (0 = no cap)",
           0, 1000),
         F("default-recommendations", FLAG_INT, default_recommendations,

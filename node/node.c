@@ -89,10 +89,10 @@ struct node_config node_config_defaults(void)
         .max_event_age = 0, .window = 60000, .out_of_orderness = 5000, .allowed_lateness = 0,
         .idle_timeout = 30000, .state_ttl = 30 * DAY, .window_retention = 7 * DAY,
         .log_retention = 7 * DAY, .dedup_window = DAY, .sweep_interval = 3600000,
-        .affinity_half_life = 7 * DAY, .popularity_half_life = DAY, .neighbour_half_life = 7 * DAY,
+        .affinity_half_life = 7 * DAY, .popularity_half_life = DAY, .neighbour_half_life = 3650 * DAY,
         .recent_items = 20, .max_affinities = 50, .max_cart = 50, .max_neighbours = 50, .max_purchased = 10000,
-        .cooccurrence_span = 30 * 60000, .cooccurrence_items = 10, .weight_popular = 1.0,
-        .weight_neighbours = 1.5, .weight_context = 2.0, .diversity_cap = 3,
+        .cooccurrence_span = 0, .cooccurrence_items = 10, .weight_popular = 1.0,
+        .weight_neighbours = 1.5, .weight_context = 2.0, .diversity_cap = 3, .exclude_interacted = true,
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
         .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
         .cache_size = 64 << 20, .state_cache_size = 256 << 20, .shutdown_grace = 10000, .neighbour_cache = 20000,
@@ -130,7 +130,7 @@ static void engine_options_from(const struct node_config *c, struct engine_opts 
     o->product.neighbours = (struct decay_params){c->neighbour_half_life, 8};
     o->product.max_neighbours = (int)c->max_neighbours;
     o->rec = (struct rec_params){c->weight_popular, c->weight_neighbours, c->weight_context,
-                                 (int)c->diversity_cap};
+                                 (int)c->diversity_cap, c->exclude_interacted};
     o->stage2_staleness_ms = c->stage2_staleness;
     o->candidates = (int)c->candidates;
     o->max_pending_events = c->max_pending_events;

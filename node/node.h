@@ -44,6 +44,7 @@ struct node_config {
     int64_t cooccurrence_span, cooccurrence_items;
     double weight_popular, weight_neighbours, weight_context;
     int64_t diversity_cap, default_recommendations, max_recommendations, candidates;
+    bool exclude_interacted;
     int64_t stage2_staleness, max_pending_events, max_group_events, cache_size, state_cache_size;
     int64_t neighbour_cache;
     int64_t shutdown_grace;

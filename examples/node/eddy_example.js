@@ -153,11 +153,14 @@ async function main() {
     }
 
     // 2. Recommend, with the page the user is on: neighbours of the current product and of
-    //    the cart rank high; cart, purchased and current items never appear.
+    //    the cart rank high; cart, purchased and current items never appear. Viewed items
+    //    are left out by default; on an empty node they are the only candidates, so this
+    //    request lets them back (EXCLUSION_PURCHASED).
     const rec = await call(client, 'Recommend', {
       user_id: args.user,
       context: { current_page: 'product', current_product: 'p-kettle', shopping_cart: ['p-grinder'] },
       max_recommendations: 5,
+      exclude: 'EXCLUSION_PURCHASED',
     }, args.timeout);
     console.log(`recommendations for ${args.user}: ${rec.items.length} (cold_start=${rec.cold_start})`);
     rec.items.forEach((it, i) => {

@@ -134,10 +134,13 @@ def main():
 
             # 2. Recommend, with the page the user is on: neighbours of the current product
             #    and of the cart rank high; cart, purchased and current items never appear.
+            #    Viewed items are left out by default; on an empty node they are the only
+            #    candidates, so this request lets them back (EXCLUSION_PURCHASED).
             ctx = pb.Context(current_page="product", current_product="p-kettle",
                              shopping_cart=["p-grinder"])
             rec = stub.Recommend(pb.RecommendRequest(user_id=args.user, context=ctx,
-                                                     max_recommendations=5),
+                                                     max_recommendations=5,
+                                                     exclude=pb.EXCLUSION_PURCHASED),
                                  timeout=args.timeout)
             print(f"recommendations for {args.user}: {len(rec.items)} "
                   f"(cold_start={str(rec.cold_start).lower()})")

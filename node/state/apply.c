@@ -115,35 +115,38 @@ static eddy_err emit_stage2(const struct apply_params *ap, uint32_t p, uint64_t 
         double w = model_event_weight(ev->event_type);
         int limit = ap->cooccurrence_items < MAX_PAIR_ITEMS ? ap->cooccurrence_items
                                                             : MAX_PAIR_ITEMS;
-        /* recent views, then purchases: both lists are newest first */
-        for (int list = 0; list < 2; list++) {
-            Eddy__Store__V1__Recent *const *arr = list == 0 ? m->views : m->purchases;
-            size_t n = list == 0 ? m->n_views : m->n_purchases;
-            for (size_t i = 0; i < n && (int)nseen < limit; i++) {
-                const Eddy__Store__V1__Recent *r = arr[i];
-                int64_t dt = ev->timestamp_ms - r->ts;
-                if (dt < 0)
-                    dt = -dt;
-                if (dt > ap->cooccurrence_span_ms || strcmp(r->id, ev->product_id) == 0)
-                    continue;
-                bool dup = false;
-                for (size_t j = 0; j < nseen && !dup; j++)
-                    dup = strcmp(seen[j], r->id) == 0;
-                if (dup)
-                    continue;
-                seen[nseen++] = r->id;
-                /* co-occurrence is symmetric: each item becomes the other's neighbour */
-                for (int dir = 0; dir < 2; dir++) {
-                    Eddy__Store__V1__CoOccurrence *c = &pairs[npairs];
-                    eddy__store__v1__co_occurrence__init(c);
-                    c->from_product = dir == 0 ? r->id : ev->product_id;
-                    c->to_product = dir == 0 ? ev->product_id : r->id;
-                    c->to_category = dir == 0 ? ev->category : r->category;
-                    c->ts = ev->timestamp_ms;
-                    c->weight = w;
-                    pp[npairs] = c;
-                    npairs++;
-                }
+        /* The user's newest items, views and purchases merged by time (both lists are
+         * newest first): taking the views first left a user who views a lot no pair
+         * with what they bought. Span 0: no time limit, the newest items whenever they
+         * were seen, so the pairs do not depend on how fast time runs in the data. */
+        size_t vi = 0, pi = 0;
+        while ((vi < m->n_views || pi < m->n_purchases) && (int)nseen < limit) {
+            bool take_view = pi >= m->n_purchases ||
+                             (vi < m->n_views && m->views[vi]->ts >= m->purchases[pi]->ts);
+            const Eddy__Store__V1__Recent *r = take_view ? m->views[vi++] : m->purchases[pi++];
+            int64_t dt = ev->timestamp_ms - r->ts;
+            if (dt < 0)
+                dt = -dt;
+            if ((ap->cooccurrence_span_ms > 0 && dt > ap->cooccurrence_span_ms) ||
+                strcmp(r->id, ev->product_id) == 0)
+                continue;
+            bool dup = false;
+            for (size_t j = 0; j < nseen && !dup; j++)
+                dup = strcmp(seen[j], r->id) == 0;
+            if (dup)
+                continue;
+            seen[nseen++] = r->id;
+            /* co-occurrence is symmetric: each item becomes the other's neighbour */
+            for (int dir = 0; dir < 2; dir++) {
+                Eddy__Store__V1__CoOccurrence *c = &pairs[npairs];
+                eddy__store__v1__co_occurrence__init(c);
+                c->from_product = dir == 0 ? r->id : ev->product_id;
+                c->to_product = dir == 0 ? ev->product_id : r->id;
+                c->to_category = dir == 0 ? ev->category : r->category;
+                c->ts = ev->timestamp_ms;
+                c->weight = w;
+                pp[npairs] = c;
+                npairs++;
             }
         }
     }
@@ -329,7 +332,7 @@ static eddy_err sweep_table_by_cut(store_txn *t, uint32_t p, enum store_table ta
     return err;
 }
 
-/* Expired user models go, with the purchases remembered for them. */
+/* Expired user models go, with the purchases and interactions remembered for them. */
 static eddy_err sweep_users(store_txn *t, uint32_t p, int64_t cutoff)
 {
     struct store_key start, end;
@@ -340,12 +343,14 @@ static eddy_err sweep_users(store_txn *t, uint32_t p, int64_t cutoff)
     if (err == EDDY_OK)
         err = c.l.err;
     for (size_t i = 0; i < c.l.n && err == EDDY_OK; i++) {
-        struct store_key b, bend;
-        key_init(&b, p, T_BOUGHT);
-        key_u16(&b, (uint16_t)(c.l.keys[i].len - 3));
-        key_bytes(&b, (const char *)c.l.keys[i].buf + 3, c.l.keys[i].len - 3);
-        key_prefix_end(&b, &bend);
-        err = store_txn_del_range(t, &b, &bend, NULL);
+        for (int j = 0; j < 2 && err == EDDY_OK; j++) {
+            struct store_key b, bend;
+            key_init(&b, p, j == 0 ? T_BOUGHT : T_SEEN);
+            key_u16(&b, (uint16_t)(c.l.keys[i].len - 3));
+            key_bytes(&b, (const char *)c.l.keys[i].buf + 3, c.l.keys[i].len - 3);
+            key_prefix_end(&b, &bend);
+            err = store_txn_del_range(t, &b, &bend, NULL);
+        }
     }
     if (err == EDDY_OK)
         err = del_all(t, &c.l);
@@ -571,8 +576,13 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
             return err;
     }
 
-    if (ev->event_type == EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE) {
-        key_init(&k, p, T_BOUGHT);
+    if (ev->event_type == EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE ||
+        ev->event_type == EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW ||
+        ev->event_type == EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK ||
+        ev->event_type == EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART) {
+        /* what Recommend leaves out: purchases always, the rest unless asked for */
+        bool bought = ev->event_type == EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE;
+        key_init(&k, p, bought ? T_BOUGHT : T_SEEN);
         key_lstr(&k, ev->user_id);
         key_str(&k, ev->product_id);
         if ((err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
@@ -713,11 +723,13 @@ eddy_err apply_delete_user(store_txn *t, uint32_t p, const struct part_meta *m,
     if ((err = store_txn_del_range(t, &k, &end, windows_deleted)) != EDDY_OK)
         return err;
 
-    key_init(&k, p, T_BOUGHT);
-    key_lstr(&k, user_id);
-    key_prefix_end(&k, &end);
-    if ((err = store_txn_del_range(t, &k, &end, NULL)) != EDDY_OK)
-        return err;
+    for (int j = 0; j < 2; j++) {
+        key_init(&k, p, j == 0 ? T_BOUGHT : T_SEEN);
+        key_lstr(&k, user_id);
+        key_prefix_end(&k, &end);
+        if ((err = store_txn_del_range(t, &k, &end, NULL)) != EDDY_OK)
+            return err;
+    }
 
     key_init(&k, p, T_USER_LOG);
     key_lstr(&k, user_id);

@@ -235,7 +235,8 @@ static struct rec_scratch *scratch_get(size_t nlists, size_t nitems)
     return s;
 }
 
-/* The products the user purchased (BOUGHT table), never recommended again. */
+/* The products the user purchased (BOUGHT table), never recommended again, and those the
+ * user viewed, clicked or put in the cart (SEEN), unless the request lets them back. */
 struct bought {
     char **ids;
     size_t n, cap, max;
@@ -269,16 +270,28 @@ static int collect_bought(void *ud, const unsigned char *k, size_t klen, const c
     return 0;
 }
 
-static eddy_err load_bought(struct query_ctx *q, const char *user_id, struct bought *b)
+/* Appends the user's rows of 'table' (BOUGHT or SEEN): at most --max-purchased of each. */
+static eddy_err load_bought(struct query_ctx *q, const char *user_id, enum store_table table,
+                            struct bought *b)
 {
     const struct engine_opts *o = engine_options(q->eng);
     struct store_key start, end;
-    key_init(&start, partition_of_user(user_id, o->apply.partitions), T_BOUGHT);
+    key_init(&start, partition_of_user(user_id, o->apply.partitions), table);
     key_lstr(&start, user_id);
     key_prefix_end(&start, &end);
-    b->max = q->max_purchased ? q->max_purchased : 10000;
+    b->max = b->n + (q->max_purchased ? q->max_purchased : 10000);
     eddy_err err = store_scan(engine_store(q->eng), &start, &end, collect_bought, b);
     return err != EDDY_OK ? err : b->err;
+}
+
+/* Whether the request leaves out what the user interacted with (Exclusion). */
+static bool excludes_interacted(const struct rec_params *p, const Eddy__V1__RecommendRequest *req)
+{
+    if (req->exclude == EDDY__V1__EXCLUSION__EXCLUSION_INTERACTED)
+        return true;
+    if (req->exclude == EDDY__V1__EXCLUSION__EXCLUSION_PURCHASED)
+        return false;
+    return p->exclude_interacted;
 }
 
 static void bought_release(struct bought *b)
@@ -315,7 +328,10 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
     engine_global(q->eng, NULL, &at, NULL);
     if ((err = load_user(q, req->user_id, &scratch->alloc, &m)) != EDDY_OK)
         goto out;
-    if (m && (err = load_bought(q, req->user_id, &bought)) != EDDY_OK)
+    if (m && (err = load_bought(q, req->user_id, T_BOUGHT, &bought)) != EDDY_OK)
+        goto out;
+    if (m && excludes_interacted(&o->rec, req) &&
+        (err = load_bought(q, req->user_id, T_SEEN, &bought)) != EDDY_OK)
         goto out;
     {
         const Eddy__V1__Context *c = req->context;

@@ -295,7 +295,10 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
         }
     }
 
-    /* in answer order, pick under the diversity cap */
+    /* In answer order, pick under the diversity cap. The cap stops popularity from filling
+     * the answer with one category; an item chosen for what the user did (a neighbour of
+     * a recent item or of the context) is never capped: capping those cost accuracy
+     * (docs/QUALITY.md), as a user's history in one category is evidence, not a rut. */
     size_t n = s.n;
     int32_t *heap = s.idx; /* the lookup table is done with; it has room (cap >= 2n) */
     heap_build(s.c, heap, n);
@@ -304,7 +307,7 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
         int32_t top;
         n = heap_pop(s.c, heap, n, &top);
         const struct cand *c = &s.c[top];
-        if (!excluded(&ex, c->id) && !capped(&pk, c->category))
+        if (!excluded(&ex, c->id) && !(c->reason == R_POPULAR && capped(&pk, c->category)))
             pick(&pk, c->id, c->category, c->score, c->reason, c->reason_arg);
     }
     /* fill with global popularity, below every blended item */

@@ -41,6 +41,7 @@ struct rec_params {
     double w_neighbours;       /* (b) */
     double w_context;          /* (c) */
     int diversity_cap;         /* items per category in one answer (0 = no cap) */
+    bool exclude_interacted;   /* leave out viewed / clicked / carted products by default */
 };
 
 struct rec_input {

@@ -32,7 +32,7 @@ const char *const reprocess_param_names[RP_PARAMS] = {"affinity-half-life",
 static bool rebuilt_table(unsigned t, bool stage2)
 {
     switch (t) {
-    case T_USER: case T_USER_WIN: case T_PART_WIN: case T_BOUGHT: case T_META:
+    case T_USER: case T_USER_WIN: case T_PART_WIN: case T_BOUGHT: case T_META: case T_SEEN:
         return true;
     case T_PRODUCT: case T_PROD_WIN: case T_CAT_POP: case T_S2_HW:
         return stage2;
@@ -45,7 +45,7 @@ static bool rebuilt_table(unsigned t, bool stage2)
  * deleted meanwhile. */
 static bool user_table(unsigned t)
 {
-    return t == T_USER || t == T_USER_WIN || t == T_BOUGHT;
+    return t == T_USER || t == T_USER_WIN || t == T_BOUGHT || t == T_SEEN;
 }
 
 /* ---- parameters ------------------------------------------------------------------------ */
@@ -440,7 +440,7 @@ static bool keyset_has(const struct keyset *s, const unsigned char *k, size_t kl
     return false;
 }
 
-/* The user a row of USER, USER_WIN, BOUGHT or USER_LOG belongs to (store.h layouts):
+/* The user a row of USER, USER_WIN, BOUGHT, SEEN or USER_LOG belongs to (store.h layouts):
  * USER p T user_id; the others p T len:u16 user_id ... */
 static bool row_user(const unsigned char *k, size_t klen, const unsigned char **u, size_t *ulen)
 {
@@ -581,7 +581,7 @@ static eddy_err swap_partition(struct rebuild *rb, struct part_state *st, store_
 
     struct swap_scan sw = {.rb = rb, .txn = txn, .first_seq = live.log_first_seq};
     err = find_deleted(rb, st->p, &sw);
-    for (unsigned t = T_LOG; t <= T_META && err == EDDY_OK; t++) {
+    for (unsigned t = T_LOG; t <= T_SEEN && err == EDDY_OK; t++) {
         if (!rebuilt_table(t, rb->stage2))
             continue;
         sw.putting = false;

@@ -12,14 +12,14 @@
  * reading LevelDB throughout and see the old or the new partition, never a mix.
  *
  * What is rebuilt of a partition P (the rest of P's key range is kept as it is live):
- *   stage 1, always:   USER, USER_WIN, PART_WIN, BOUGHT, and META's watermark, max event
+ *   stage 1, always:   USER, USER_WIN, PART_WIN, BOUGHT, SEEN, and META's watermark, max event
  *                      time and sweep progress;
  *   stage 2, only with all partitions from the start and no owns() (--dev, where this
  *                      node holds every partition's log): PRODUCT, PROD_WIN, CAT_POP, S2_HW.
  *   kept live:         LOG, LATE, USER_LOG, DEDUP, DEDUP_EXP, OUTBOX (the log and its
  *                      indexes, the dedup memory, unsent stage-2 records) and META's
  *                      counters, epoch, log_first_seq and dedup_next_seq.
- * A user that exists in the rebuilt USER/USER_WIN/BOUGHT rows but no longer live was
+ * A user that exists in the rebuilt USER/USER_WIN/BOUGHT/SEEN rows but no longer live was
  * deleted (DeleteUser) after its log records were replayed: those rows are dropped.
  *
  * Threads: reprocess_run blocks for the whole rebuild; call it from a thread of its own,

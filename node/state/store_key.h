@@ -19,6 +19,8 @@
  *   OUTBOX    p T seq:u64                  -> Stage2Batch (cluster: not yet forwarded)
  *   BOUGHT    p T len:u16 user_id product_id -> ""    (every purchase: never recommended)
  *   META      p T                          -> PartitionMeta
+ *   SEEN      p T len:u16 user_id product_id -> ""    (every view, click or add to cart:
+ *                                                     left out of Recommend unless asked)
  *
  * i64 values are stored with the sign bit flipped, big-endian, so they sort numerically. */
 #ifndef EDDY_STORE_KEY_H
@@ -44,6 +46,7 @@ enum store_table {
     T_OUTBOX = 13,
     T_BOUGHT = 14,
     T_META = 15,
+    T_SEEN = 16, /* after META: data written before it simply has no SEEN rows */
 };
 
 #define STORE_KEY_MAX 1024

@@ -222,7 +222,8 @@ static void test_delete_user(void **state)
     free(dir);
 }
 
-/* Every purchased product stays excluded, not only the recent ones the profile shows. */
+/* Every purchased product stays excluded, not only the recent ones the profile shows;
+ * every viewed one too unless the request lets them back. */
 static void test_purchases_never_recommended(void **state)
 {
     enum { N = 30 };
@@ -251,9 +252,21 @@ static void test_purchases_never_recommended(void **state)
     assert_int_equal(query_recommend(&q, &rr, &rec), EDDY_OK);
     assert_int_equal(rec->n_items, 0); /* the buyer bought every product there is */
     query_free_response(&rec->base);
-    rr.user_id = "fan"; /* viewed, not bought: all may come back */
+    rr.exclude = EDDY__V1__EXCLUSION__EXCLUSION_PURCHASED;
+    assert_int_equal(query_recommend(&q, &rr, &rec), EDDY_OK);
+    assert_int_equal(rec->n_items, 0); /* purchases stay out whatever the request asks */
+    query_free_response(&rec->base);
+    rr.user_id = "fan"; /* viewed, not bought: all may come back when asked */
     assert_int_equal(query_recommend(&q, &rr, &rec), EDDY_OK);
     assert_true(rec->n_items > 0);
+    query_free_response(&rec->base);
+    rr.exclude = EDDY__V1__EXCLUSION__EXCLUSION_DEFAULT; /* the node's: leave them out */
+    assert_int_equal(query_recommend(&q, &rr, &rec), EDDY_OK);
+    assert_int_equal(rec->n_items, 0);
+    query_free_response(&rec->base);
+    rr.exclude = EDDY__V1__EXCLUSION__EXCLUSION_INTERACTED;
+    assert_int_equal(query_recommend(&q, &rr, &rec), EDDY_OK);
+    assert_int_equal(rec->n_items, 0);
     query_free_response(&rec->base);
     stage2cache_free(pc);
     engine_close(e);
@@ -310,6 +323,54 @@ static uint64_t events_committed(engine *e)
 /* The group after a failed write was applied on top of it (while it was being written):
  * both fail, neither is visible, and the engine goes on from the store: the same events
  * are accepted again (not duplicates), the ones committed before stay duplicates. */
+static bool has_neighbour(const Eddy__Store__V1__ProductState *ps, const char *id)
+{
+    for (size_t i = 0; ps && i < ps->n_neighbours; i++) {
+        if (strcmp(ps->neighbours[i]->product_id, id) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* A new item pairs with the user's newest items by time, views and purchases merged, and
+ * at any distance in time (span 0): a user with many views (here a day before) still
+ * pairs a new view with the purchase just before it; the oldest views, past the ten
+ * newest items, are not paired. */
+static void test_pairs_with_newest_items(void **state)
+{
+    enum { V = 12 };
+    char *dir = tmpdir_for("engine");
+    struct engine_opts o = opts(dir);
+    o.apply.cooccurrence_span_ms = 0;
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    Eddy__V1__Event *evs[V + 2];
+    char ids[V][8], prods[V][8];
+    for (int i = 0; i < V; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "e%d", i);
+        snprintf(prods[i], sizeof(prods[i]), "v%d", i);
+        evs[i] = mk(ids[i], "u", T0 + i * 1000, VIEW, prods[i], "c");
+    }
+    evs[V] = mk("buy", "u", T0 + 86400000, BUY, "bk", "c");
+    evs[V + 1] = mk("new", "u", T0 + 86400000 + 1000, VIEW, "nw", "c");
+    ingest(e, evs, V + 2);
+    Eddy__Store__V1__ProductState *ps = NULL;
+    assert_int_equal(product_get(engine_store(e), o.product.partitions, "nw", &ps), EDDY_OK);
+    assert_non_null(ps);
+    assert_true(has_neighbour(ps, "bk"));
+    assert_true(has_neighbour(ps, "v11")); /* a day older: no time limit */
+    assert_true(has_neighbour(ps, "v3"));  /* the ninth newest view, tenth item */
+    assert_false(has_neighbour(ps, "v2"));
+    assert_int_equal(ps->n_neighbours, 10);
+    protobuf_c_message_free_unpacked(&ps->base, NULL);
+    engine_close(e);
+    for (int i = 0; i < V + 2; i++)
+        free(evs[i]);
+    rmrf(dir);
+    free(dir);
+}
+
 static void test_failed_write_fails_the_next_group(void **state)
 {
     char *dir = tmpdir_for("engine");
@@ -393,6 +454,7 @@ int main(void)
         cmocka_unit_test(test_two_orders_same_bytes),
         cmocka_unit_test(test_delete_user),
         cmocka_unit_test(test_purchases_never_recommended),
+        cmocka_unit_test(test_pairs_with_newest_items),
         cmocka_unit_test(test_failed_write_fails_the_next_group),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

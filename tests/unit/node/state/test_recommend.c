@@ -18,7 +18,7 @@ static struct scored_product sp(const char *id, const char *cat, double score)
     return p;
 }
 
-static const struct rec_params W = {1.0, 1.5, 2.0, 2};
+static const struct rec_params W = {1.0, 1.5, 2.0, 2, true};
 
 static int find(const struct rec_item *it, size_t n, const char *id)
 {
@@ -88,6 +88,28 @@ static void test_diversity_cap(void **state)
     assert_string_equal(out[2].product_id, "t1");
 }
 
+/* The cap holds popularity back, never what the user's own items point at: neighbours of a
+ * recent item all come, even past the cap, and a category they filled gets no more
+ * popular items. */
+static void test_cap_spares_neighbours(void **state)
+{
+    struct scored_product nb[] = {sp("n1", "books", 9), sp("n2", "books", 8),
+                                  sp("n3", "books", 7)};
+    struct scored_product books[] = {sp("b1", "books", 9)};
+    struct scored_product toys[] = {sp("t1", "toys", 9)};
+    struct rec_category cats[] = {{"books", 1.0, books, 1}, {"toys", 1.0, toys, 1}};
+    struct rec_anchor anchors[] = {{"x", 1.0, false, false, nb, 3}};
+    struct rec_input in = {cats, 2, anchors, 1, NULL, 0, NULL, 0};
+    struct rec_item out[10];
+    size_t n = rec_rank(&in, &W, out, 10); /* cap 2 per category */
+    assert_int_equal(n, 4);
+    assert_string_equal(out[0].product_id, "n1");
+    assert_string_equal(out[1].product_id, "n2");
+    assert_string_equal(out[2].product_id, "n3"); /* third book: a neighbour, not capped */
+    assert_string_equal(out[3].product_id, "t1");
+    assert_int_equal(find(out, n, "b1"), -1);     /* popular book: books are full */
+}
+
 static void test_cold_start_and_fill(void **state)
 {
     struct scored_product global[] = {sp("g1", "a", 100), sp("g2", "a", 50), sp("g3", "b", 10),
@@ -149,6 +171,7 @@ int main(void)
         cmocka_unit_test(test_blend_and_reasons),
         cmocka_unit_test(test_exclusions_and_context),
         cmocka_unit_test(test_diversity_cap),
+        cmocka_unit_test(test_cap_spares_neighbours),
         cmocka_unit_test(test_cold_start_and_fill),
         cmocka_unit_test(test_excluded_top_candidates_keep_the_cap),
     };
