@@ -31,6 +31,8 @@
 
 #define POOL_MAX 8
 #define ERR_MAX 256
+#define TOKEN_MAX 512    /* longest auth token kept (simple tokens are ~30 bytes, JWT ~300) */
+#define PASSWORD_MAX 1024
 
 struct etcd_client {
     char **eps; /* base URLs without a trailing '/' */
@@ -38,9 +40,12 @@ struct etcd_client {
     atomic_size_t cur; /* index of the endpoint calls go to */
     int64_t timeout_ms;
     struct curl_slist *headers; /* read-only once built: shared by every handle */
-    pthread_mutex_t mu;         /* guards idle[] and n_idle */
+    pthread_mutex_t mu;         /* guards idle[] and n_idle, and 'token' */
     CURL *idle[POOL_MAX];
     size_t n_idle;
+    char *ca, *cert, *key;      /* TLS files (NULL = unset); read-only once built */
+    char *user, *password_file; /* authentication (NULL = none); read-only once built */
+    char token[TOKEN_MAX];      /* "" = not authenticated yet */
 };
 
 /* --- small helpers ---------------------------------------------------------------------- */
@@ -238,7 +243,38 @@ static eddy_err kvs_decode(const cJSON *arr, struct etcd_kvs *out)
 
 etcd_client *etcd_client_new(const char *endpoints, int64_t timeout_ms)
 {
+    return etcd_client_new_secure(endpoints, timeout_ms, NULL);
+}
+
+static bool set(const char *s)
+{
+    return s && *s;
+}
+
+/* strdup of an optional string: false only when out of memory. */
+static bool dup_opt(char **dst, const char *src)
+{
+    *dst = set(src) ? strdup(src) : NULL;
+    return !set(src) || *dst;
+}
+
+eddy_err etcd_security_check(const struct etcd_security *sec, char *err, size_t errlen)
+{
+    if (set(sec->user) != set(sec->password_file) || set(sec->cert) != set(sec->key)) {
+        snprintf(err, errlen, "--etcd-user goes with --etcd-password-file, --etcd-cert with "
+                              "--etcd-key");
+        return EDDY_ERR_INVALID;
+    }
+    return EDDY_OK;
+}
+
+etcd_client *etcd_client_new_secure(const char *endpoints, int64_t timeout_ms,
+                                    const struct etcd_security *sec)
+{
     if (!endpoints || !*endpoints || timeout_ms <= 0)
+        return NULL;
+    if (sec && (set(sec->user) != set(sec->password_file) ||
+                set(sec->cert) != set(sec->key)))
         return NULL;
     if (pthread_once(&curl_once, curl_init_once) != 0)
         return NULL;
@@ -256,6 +292,10 @@ etcd_client *etcd_client_new(const char *endpoints, int64_t timeout_ms)
     c->eps = calloc(n, sizeof(*c->eps));
     c->headers = curl_slist_append(NULL, "Content-Type: application/json");
     if (!c->eps || !c->headers)
+        goto fail;
+    if (sec && (!dup_opt(&c->ca, sec->ca) || !dup_opt(&c->cert, sec->cert) ||
+                !dup_opt(&c->key, sec->key) || !dup_opt(&c->user, sec->user) ||
+                !dup_opt(&c->password_file, sec->password_file)))
         goto fail;
     for (const char *p = endpoints; *p;) {
         const char *e = strchr(p, ',');
@@ -289,8 +329,46 @@ void etcd_client_free(etcd_client *c)
         free(c->eps[i]);
     free(c->eps);
     curl_slist_free_all(c->headers);
+    free(c->ca);
+    free(c->cert);
+    free(c->key);
+    free(c->user);
+    free(c->password_file);
     pthread_mutex_destroy(&c->mu);
     free(c);
+}
+
+/* The TLS files of 'c' on handle 'h' (the system's CAs when no CA is given). */
+static void apply_tls(const etcd_client *c, CURL *h)
+{
+    if (c->ca)
+        curl_easy_setopt(h, CURLOPT_CAINFO, c->ca);
+    if (c->cert) {
+        curl_easy_setopt(h, CURLOPT_SSLCERT, c->cert);
+        curl_easy_setopt(h, CURLOPT_SSLKEY, c->key);
+    }
+}
+
+/* The headers of a request: the shared list, or (with authentication) a copy with the
+ * current token, which the caller frees with curl_slist_free_all. NULL when out of
+ * memory. */
+static struct curl_slist *request_headers(etcd_client *c, bool *owned)
+{
+    *owned = false;
+    if (!c->user)
+        return c->headers;
+    char line[TOKEN_MAX + 32];
+    pthread_mutex_lock(&c->mu);
+    snprintf(line, sizeof(line), "Authorization: %s", c->token);
+    pthread_mutex_unlock(&c->mu);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    struct curl_slist *h2 = h ? curl_slist_append(h, line) : NULL;
+    if (!h2) {
+        curl_slist_free_all(h);
+        return NULL;
+    }
+    *owned = true;
+    return h2;
 }
 
 const char *etcd_current_endpoint(etcd_client *c)
@@ -355,7 +433,8 @@ static eddy_err from_grpc_code(int64_t code)
 }
 
 /* Map a non-200 reply: the gateway's {"code":..,"message":..} or plain text. */
-static eddy_err http_error(const etcd_client *c, const char *ep, long http, const struct buf *b)
+static eddy_err http_error(const etcd_client *c, const char *ep, long http, const struct buf *b,
+                           bool *auth_failed)
 {
     cJSON *j = b->p ? cJSON_Parse(buf_str(b)) : NULL;
     const cJSON *msg = jget(j, "message");
@@ -363,6 +442,7 @@ static eddy_err http_error(const etcd_client *c, const char *ep, long http, cons
     eddy_err err;
     if (cJSON_IsNumber(code)) {
         err = from_grpc_code((int64_t)code->valuedouble);
+        *auth_failed = code->valueint == 16; /* UNAUTHENTICATED: invalid or expired token */
         fail(c, err, "%s: http %ld code %d: %s", ep, http, code->valueint,
              cJSON_IsString(msg) ? msg->valuestring : "");
     } else {
@@ -378,18 +458,24 @@ enum req_kind {
     REQ_READ,  /* safe to resend on another endpoint */
 };
 
-/* POST 'body' to 'path' and parse the 200 reply into '*out' (caller deletes). The whole
- * call, endpoint retries included, is bounded by 'timeout_ms'. */
-static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enum req_kind kind,
-                        int64_t timeout_ms, cJSON **out)
+/* One attempt of request() (endpoint retries included). '*auth_failed' tells whether etcd
+ * refused the token (gateway code 16: invalid or expired). */
+static eddy_err request_once(etcd_client *c, const char *path, const cJSON *body,
+                             enum req_kind kind, int64_t timeout_ms, cJSON **out,
+                             bool *auth_failed)
 {
     *out = NULL;
+    *auth_failed = false;
+    bool own_headers = false;
+    struct curl_slist *headers = request_headers(c, &own_headers);
     char *json = cJSON_PrintUnformatted(body);
     CURL *h = pool_get(c);
-    if (!json || !h) {
+    if (!json || !h || !headers) {
         free(json);
         if (h)
             curl_easy_cleanup(h);
+        if (own_headers)
+            curl_slist_free_all(headers);
         return fail(c, EDDY_ERR_NOMEM, "out of memory");
     }
     last_err.c = NULL;
@@ -413,7 +499,8 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
         r.err = EDDY_OK;
         cerr[0] = '\0';
         curl_easy_setopt(h, CURLOPT_URL, url);
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->headers);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+        apply_tls(c, h);
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, json);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(json));
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, buf_sink_write);
@@ -435,7 +522,7 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
                                   path, buf_str(&r.b));
                 break;
             }
-            err = http_error(c, ep, http, &r.b);
+            err = http_error(c, ep, http, &r.b, auth_failed);
             if (http < 500)
                 break;
             rotate(c, idx);
@@ -466,6 +553,87 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
     buf_release(&r.b);
     free(json);
     pool_put(c, h);
+    curl_slist_free_all(own_headers ? headers : NULL);
+    return err;
+}
+
+/* Read the first line of the password file into 'pw'. */
+static eddy_err read_password(const etcd_client *c, char *pw, size_t n)
+{
+    FILE *f = fopen(c->password_file, "r");
+    if (!f)
+        return fail(c, EDDY_ERR_IO, "cannot read the etcd password file %s", c->password_file);
+    bool ok = fgets(pw, (int)n, f) != NULL;
+    fclose(f);
+    if (!ok)
+        return fail(c, EDDY_ERR_INVALID, "the etcd password file %s is empty", c->password_file);
+    pw[strcspn(pw, "\r\n")] = '\0';
+    return EDDY_OK;
+}
+
+/* POST /v3/auth/authenticate and keep the token. */
+static eddy_err authenticate(etcd_client *c, int64_t timeout_ms)
+{
+    char pw[PASSWORD_MAX];
+    eddy_err err = read_password(c, pw, sizeof(pw));
+    cJSON *body = NULL, *reply = NULL;
+    bool auth_failed;
+    if (err != EDDY_OK)
+        goto out;
+    err = EDDY_ERR_NOMEM;
+    body = cJSON_CreateObject();
+    if (!body || !cJSON_AddStringToObject(body, "name", c->user) ||
+        !cJSON_AddStringToObject(body, "password", pw))
+        goto out;
+    pthread_mutex_lock(&c->mu);
+    c->token[0] = '\0'; /* the request goes without the old token */
+    pthread_mutex_unlock(&c->mu);
+    if ((err = request_once(c, "/v3/auth/authenticate", body, REQ_READ, timeout_ms, &reply,
+                            &auth_failed)) != EDDY_OK)
+        goto out;
+    const cJSON *tok = jget(reply, "token");
+    if (!cJSON_IsString(tok) || !*tok->valuestring || strlen(tok->valuestring) >= TOKEN_MAX) {
+        err = fail(c, EDDY_ERR_CORRUPT, "etcd authenticate: no usable token in the reply");
+        goto out;
+    }
+    pthread_mutex_lock(&c->mu);
+    snprintf(c->token, sizeof(c->token), "%s", tok->valuestring);
+    pthread_mutex_unlock(&c->mu);
+out:
+    explicit_bzero(pw, sizeof(pw));
+    if (body) { /* the password is in it too */
+        cJSON *p = cJSON_GetObjectItem(body, "password");
+        if (cJSON_IsString(p))
+            explicit_bzero(p->valuestring, strlen(p->valuestring));
+    }
+    cJSON_Delete(body);
+    cJSON_Delete(reply);
+    if (err != EDDY_OK)
+        log_warn("msg=\"etcd authentication failed\" user=%s error=\"%s\"", c->user,
+                 etcd_last_error(c));
+    return err;
+}
+
+/* POST 'body' to 'path' and parse the 200 reply into '*out' (caller deletes). The whole
+ * call, endpoint retries included, is bounded by 'timeout_ms'. With authentication: a
+ * token is fetched first if there is none, and once more if etcd refuses it. */
+static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enum req_kind kind,
+                        int64_t timeout_ms, cJSON **out)
+{
+    bool auth_failed = false, have_token = true;
+    eddy_err err;
+    if (c->user) {
+        pthread_mutex_lock(&c->mu);
+        have_token = c->token[0] != '\0';
+        pthread_mutex_unlock(&c->mu);
+        if (!have_token && (err = authenticate(c, timeout_ms)) != EDDY_OK)
+            return err;
+    }
+    err = request_once(c, path, body, kind, timeout_ms, out, &auth_failed);
+    if (auth_failed && have_token && authenticate(c, timeout_ms) == EDDY_OK) {
+        log_info("msg=\"etcd token renewed\" user=%s", c->user);
+        err = request_once(c, path, body, kind, timeout_ms, out, &auth_failed);
+    }
     return err;
 }
 
@@ -1236,10 +1404,25 @@ static void watch_stream(etcd_watch *w, size_t idx)
     w->created = false;
     w->why[0] = '\0';
     buf_reset(&w->line);
+    /* A fresh token for each stream: a reconnect is rare, and after an etcd restart the
+     * old token is gone. */
+    if (w->c->user && authenticate(w->c, w->c->timeout_ms) != EDDY_OK) {
+        snprintf(w->why, sizeof(w->why), "%s", etcd_last_error(w->c));
+        free(body);
+        return;
+    }
+    bool own_headers = false;
+    struct curl_slist *headers = request_headers(w->c, &own_headers);
+    if (!headers) {
+        snprintf(w->why, sizeof(w->why), "out of memory");
+        free(body);
+        return;
+    }
     CURL *h = w->h;
     curl_easy_reset(h);
     curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, w->c->headers);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    apply_tls(w->c, h);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, watch_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, w);
@@ -1248,6 +1431,7 @@ static void watch_stream(etcd_watch *w, size_t idx)
     curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, watch_sockopt);
     if (curl_multi_add_handle(w->multi, h) != CURLM_OK) {
         snprintf(w->why, sizeof(w->why), "curl_multi_add_handle failed");
+        curl_slist_free_all(own_headers ? headers : NULL);
         free(body);
         return;
     }
@@ -1270,6 +1454,7 @@ static void watch_stream(etcd_watch *w, size_t idx)
     if (!worker_stopping(&w->worker) && !w->restart && w->line.len > 0)
         watch_line(w, w->line.p, w->line.len);
     atomic_store(&w->connected, false);
+    curl_slist_free_all(own_headers ? headers : NULL);
     free(body);
 }
 
