@@ -45,7 +45,9 @@ struct etcd_client {
     size_t n_idle;
     char *ca, *cert, *key;      /* TLS files (NULL = unset); read-only once built */
     char *user, *password_file; /* authentication (NULL = none); read-only once built */
-    char token[TOKEN_MAX];      /* "" = not authenticated yet */
+    char token[TOKEN_MAX];      /* "" = not authenticated yet; guarded by 'mu' */
+    uint64_t token_gen;         /* bumped by each new token; guarded by 'mu' */
+    pthread_mutex_t auth_mu;    /* one authentication at a time (see renew_token) */
 };
 
 /* --- small helpers ---------------------------------------------------------------------- */
@@ -286,6 +288,7 @@ etcd_client *etcd_client_new_secure(const char *endpoints, int64_t timeout_ms,
         free(c);
         return NULL;
     }
+    pthread_mutex_init(&c->auth_mu, NULL);
     size_t n = 1;
     for (const char *p = endpoints; *p; p++)
         n += *p == ',';
@@ -334,6 +337,7 @@ void etcd_client_free(etcd_client *c)
     free(c->key);
     free(c->user);
     free(c->password_file);
+    pthread_mutex_destroy(&c->auth_mu);
     pthread_mutex_destroy(&c->mu);
     free(c);
 }
@@ -349,17 +353,30 @@ static void apply_tls(const etcd_client *c, CURL *h)
     }
 }
 
-/* The headers of a request: the shared list, or (with authentication) a copy with the
- * current token, which the caller frees with curl_slist_free_all. NULL when out of
- * memory. */
-static struct curl_slist *request_headers(etcd_client *c, bool *owned)
+/* The current token's generation; *have: whether there is a token. */
+static uint64_t token_gen(etcd_client *c, bool *have)
+{
+    pthread_mutex_lock(&c->mu);
+    uint64_t g = c->token_gen;
+    *have = c->token[0] != '\0';
+    pthread_mutex_unlock(&c->mu);
+    return g;
+}
+
+/* The headers of a request: the shared list, or (with authentication, unless 'anonymous')
+ * a copy with the current token, whose generation goes to *gen; the caller frees the copy
+ * with curl_slist_free_all. NULL when out of memory. */
+static struct curl_slist *request_headers(etcd_client *c, bool anonymous, bool *owned,
+                                          uint64_t *gen)
 {
     *owned = false;
-    if (!c->user)
+    *gen = 0;
+    if (!c->user || anonymous)
         return c->headers;
     char line[TOKEN_MAX + 32];
     pthread_mutex_lock(&c->mu);
     snprintf(line, sizeof(line), "Authorization: %s", c->token);
+    *gen = c->token_gen;
     pthread_mutex_unlock(&c->mu);
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
     struct curl_slist *h2 = h ? curl_slist_append(h, line) : NULL;
@@ -458,16 +475,17 @@ enum req_kind {
     REQ_READ,  /* safe to resend on another endpoint */
 };
 
-/* One attempt of request() (endpoint retries included). '*auth_failed' tells whether etcd
- * refused the token (gateway code 16: invalid or expired). */
+/* One attempt of request() (endpoint retries included), without the token if 'anonymous'.
+ * '*auth_failed' tells whether etcd refused the token of generation '*gen' (gateway code
+ * 16: invalid or expired). */
 static eddy_err request_once(etcd_client *c, const char *path, const cJSON *body,
                              enum req_kind kind, int64_t timeout_ms, cJSON **out,
-                             bool *auth_failed)
+                             bool anonymous, bool *auth_failed, uint64_t *gen)
 {
     *out = NULL;
     *auth_failed = false;
     bool own_headers = false;
-    struct curl_slist *headers = request_headers(c, &own_headers);
+    struct curl_slist *headers = request_headers(c, anonymous, &own_headers, gen);
     char *json = cJSON_PrintUnformatted(body);
     CURL *h = pool_get(c);
     if (!json || !h || !headers) {
@@ -571,13 +589,14 @@ static eddy_err read_password(const etcd_client *c, char *pw, size_t n)
     return EDDY_OK;
 }
 
-/* POST /v3/auth/authenticate and keep the token. */
+/* POST /v3/auth/authenticate and keep the token (a new generation). Under auth_mu. */
 static eddy_err authenticate(etcd_client *c, int64_t timeout_ms)
 {
     char pw[PASSWORD_MAX];
     eddy_err err = read_password(c, pw, sizeof(pw));
     cJSON *body = NULL, *reply = NULL;
     bool auth_failed;
+    uint64_t unused;
     if (err != EDDY_OK)
         goto out;
     err = EDDY_ERR_NOMEM;
@@ -585,11 +604,8 @@ static eddy_err authenticate(etcd_client *c, int64_t timeout_ms)
     if (!body || !cJSON_AddStringToObject(body, "name", c->user) ||
         !cJSON_AddStringToObject(body, "password", pw))
         goto out;
-    pthread_mutex_lock(&c->mu);
-    c->token[0] = '\0'; /* the request goes without the old token */
-    pthread_mutex_unlock(&c->mu);
     if ((err = request_once(c, "/v3/auth/authenticate", body, REQ_READ, timeout_ms, &reply,
-                            &auth_failed)) != EDDY_OK)
+                            true, &auth_failed, &unused)) != EDDY_OK)
         goto out;
     const cJSON *tok = jget(reply, "token");
     if (!cJSON_IsString(tok) || !*tok->valuestring || strlen(tok->valuestring) >= TOKEN_MAX) {
@@ -598,6 +614,7 @@ static eddy_err authenticate(etcd_client *c, int64_t timeout_ms)
     }
     pthread_mutex_lock(&c->mu);
     snprintf(c->token, sizeof(c->token), "%s", tok->valuestring);
+    c->token_gen++;
     pthread_mutex_unlock(&c->mu);
 out:
     explicit_bzero(pw, sizeof(pw));
@@ -614,26 +631,42 @@ out:
     return err;
 }
 
+/* Replace the token of generation 'seen' (the one that failed, or none). Single flight:
+ * etcd hashes the password (bcrypt, ~0.1-0.5 s here), so the threads that find the same
+ * token refused wait for one authentication instead of each running their own; a thread
+ * that finds a newer token than 'seen' just uses it. */
+static eddy_err renew_token(etcd_client *c, uint64_t seen, int64_t timeout_ms)
+{
+    pthread_mutex_lock(&c->auth_mu);
+    bool have;
+    uint64_t now = token_gen(c, &have);
+    eddy_err err = EDDY_OK;
+    if (now == seen || !have) {
+        err = authenticate(c, timeout_ms);
+        if (err == EDDY_OK && now > 0)
+            log_info("msg=\"etcd token renewed\" user=%s", c->user);
+    }
+    pthread_mutex_unlock(&c->auth_mu);
+    return err;
+}
+
 /* POST 'body' to 'path' and parse the 200 reply into '*out' (caller deletes). The whole
  * call, endpoint retries included, is bounded by 'timeout_ms'. With authentication: a
- * token is fetched first if there is none, and once more if etcd refuses it. */
+ * token is fetched first if there is none, and renewed once if etcd refuses it. */
 static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enum req_kind kind,
                         int64_t timeout_ms, cJSON **out)
 {
-    bool auth_failed = false, have_token = true;
+    bool auth_failed = false, have = true;
+    uint64_t gen = 0;
     eddy_err err;
     if (c->user) {
-        pthread_mutex_lock(&c->mu);
-        have_token = c->token[0] != '\0';
-        pthread_mutex_unlock(&c->mu);
-        if (!have_token && (err = authenticate(c, timeout_ms)) != EDDY_OK)
+        gen = token_gen(c, &have);
+        if (!have && (err = renew_token(c, gen, timeout_ms)) != EDDY_OK)
             return err;
     }
-    err = request_once(c, path, body, kind, timeout_ms, out, &auth_failed);
-    if (auth_failed && have_token && authenticate(c, timeout_ms) == EDDY_OK) {
-        log_info("msg=\"etcd token renewed\" user=%s", c->user);
-        err = request_once(c, path, body, kind, timeout_ms, out, &auth_failed);
-    }
+    err = request_once(c, path, body, kind, timeout_ms, out, false, &auth_failed, &gen);
+    if (auth_failed && renew_token(c, gen, timeout_ms) == EDDY_OK)
+        err = request_once(c, path, body, kind, timeout_ms, out, false, &auth_failed, &gen);
     return err;
 }
 
@@ -1250,6 +1283,8 @@ struct etcd_watch {
     int64_t next_rev;  /* where a new stream starts: after the last revision delivered */
     int64_t conn_rev;  /* start_revision requested by the current stream (0: now) */
     bool created;      /* etcd confirmed the current stream */
+    bool renew;        /* the last stream failed before etcd confirmed it: new token first */
+    uint64_t token_gen; /* the token generation the current stream sent */
     bool restart;      /* close the stream and reopen at once (after RESYNC) */
     char why[ERR_MAX]; /* why the current stream failed */
     struct buf line;   /* bytes received and not yet split into lines */
@@ -1404,15 +1439,19 @@ static void watch_stream(etcd_watch *w, size_t idx)
     w->created = false;
     w->why[0] = '\0';
     buf_reset(&w->line);
-    /* A fresh token for each stream: a reconnect is rare, and after an etcd restart the
-     * old token is gone. */
-    if (w->c->user && authenticate(w->c, w->c->timeout_ms) != EDDY_OK) {
+    /* A stream that failed before etcd confirmed it may have sent a token etcd forgot
+     * (restarted): renew it before the next one (single flight, see renew_token). */
+    bool have = true;
+    if (w->c->user)
+        token_gen(w->c, &have);
+    if (w->c->user && (w->renew || !have) &&
+        renew_token(w->c, w->token_gen, w->c->timeout_ms) != EDDY_OK) {
         snprintf(w->why, sizeof(w->why), "%s", etcd_last_error(w->c));
         free(body);
         return;
     }
     bool own_headers = false;
-    struct curl_slist *headers = request_headers(w->c, &own_headers);
+    struct curl_slist *headers = request_headers(w->c, false, &own_headers, &w->token_gen);
     if (!headers) {
         snprintf(w->why, sizeof(w->why), "out of memory");
         free(body);
@@ -1454,6 +1493,7 @@ static void watch_stream(etcd_watch *w, size_t idx)
     if (!worker_stopping(&w->worker) && !w->restart && w->line.len > 0)
         watch_line(w, w->line.p, w->line.len);
     atomic_store(&w->connected, false);
+    w->renew = !w->created && !worker_stopping(&w->worker);
     curl_slist_free_all(own_headers ? headers : NULL);
     free(body);
 }

@@ -244,8 +244,11 @@ static grpc_ssl_certificate_config_reload_status fetch(void *ud,
         goto out_locked;
     }
     grpc_ssl_pem_key_cert_pair kp = {buf_str(&p.key), buf_str(&p.cert)};
-    *cfg = grpc_ssl_server_certificate_config_create(set(ts->ca) ? buf_str(&p.ca) : NULL, &kp,
-                                                     1);
+    /* gRPC 1.51 asserts (ssl_security_connector.cc:366) on a fetched config without roots,
+     * even when client certificates are not requested: then the server's own certificate
+     * stands in, and is never used. */
+    *cfg = grpc_ssl_server_certificate_config_create(
+        set(ts->ca) ? buf_str(&p.ca) : buf_str(&p.cert), &kp, 1);
     pems_release(&p);
     if (*cfg == NULL) {
         st = first ? GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_FAIL : st;
