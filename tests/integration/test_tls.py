@@ -303,7 +303,7 @@ class SecureClusterTest(unittest.TestCase):
         self.etcd.restart()
         self.etcd.login()
         s2 = self.c.add_node("s2")
-        self.c.wait_assignment({"s1", "s2"}, timeout=30)
+        self.c.wait_assignment({"s1", "s2"}, timeout=60)  # slow under ASan on 2 shared cores
         self.assertIn("etcd token renewed", c.log_text() + s1.log_text())
         self.assertTrue(health_ok(s2.channel))
 
