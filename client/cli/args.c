@@ -52,7 +52,7 @@ eddy_client *cli_client(struct cli_ctx *ctx)
     eddy_options_set_timeout_ms(o, ctx->timeout_ms);
     if (ctx->tls_ca[0] && (!eddy_options_set_tls(o, ctx->tls_ca, ctx->tls_cert, ctx->tls_key) ||
                            !eddy_options_set_tls_server_name(o, ctx->tls_server_name))) {
-        cli_errorf("--tls-cert and --tls-key go together");
+        cli_errorf("out of memory");
         eddy_options_free(o);
         return NULL;
     }
@@ -68,6 +68,19 @@ const struct tls_config *cli_tls(struct cli_ctx *ctx)
     ctx->tls = (struct tls_config){.ca = ctx->tls_ca, .cert = ctx->tls_cert,
                                    .key = ctx->tls_key, .server_name = ctx->tls_server_name};
     return &ctx->tls;
+}
+
+int cli_check_tls(const struct cli_ctx *ctx)
+{
+    if (!ctx->tls_cert[0] != !ctx->tls_key[0]) {
+        cli_errorf("--tls-cert and --tls-key go together");
+        return -1;
+    }
+    if ((ctx->tls_cert[0] || ctx->tls_server_name[0]) && !ctx->tls_ca[0]) {
+        cli_errorf("--tls-cert and --tls-server-name need --tls-ca (TLS is on only with a CA)");
+        return -1;
+    }
+    return 0;
 }
 
 int cli_set_output(struct cli_ctx *ctx)
@@ -189,7 +202,7 @@ int cli_parse(struct cli_ctx *ctx, const struct cli_spec *spec, int argc, char *
                    spec->args);
         return CLI_EXIT_USAGE;
     }
-    if (cli_set_output(ctx) != 0)
+    if (cli_set_output(ctx) != 0 || cli_check_tls(ctx) != 0)
         return CLI_EXIT_USAGE;
     if (ctx->timeout_ms <= 0) {
         cli_errorf("--timeout must be positive");

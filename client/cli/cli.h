@@ -38,6 +38,10 @@ struct cli_ctx {
  * subcommand opens itself; borrowed from ctx. */
 const struct tls_config *cli_tls(struct cli_ctx *ctx);
 
+/* Check the TLS flags (a certificate needs its key, and TLS needs --tls-ca): 0, or -1
+ * after a message on stderr. */
+int cli_check_tls(const struct cli_ctx *ctx);
+
 /* The client for ctx->endpoint, created on first use; NULL (after a message on stderr) if
  * it cannot be created. Owned by ctx; freed by main. */
 eddy_client *cli_client(struct cli_ctx *ctx);

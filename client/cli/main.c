@@ -109,7 +109,7 @@ int main(int argc, char **argv)
         goto out;
     }
     rc = CLI_EXIT_USAGE;
-    if (cli_set_output(&ctx) != 0)
+    if (cli_set_output(&ctx) != 0 || cli_check_tls(&ctx) != 0)
         goto out;
     if (first >= argc) {
         usage(stderr, flags, nflags);

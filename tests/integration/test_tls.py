@@ -117,6 +117,11 @@ class TlsPublicApiTest(unittest.TestCase):
         self.assertEqual(rc, 3, err)
         rc, out, err = self.cli(node, "health")
         self.assertEqual((rc, out.strip()), (0, "SERVING"), err)
+        # a client certificate without --tls-ca would be sent in plaintext: a usage error
+        rc, _, err = L.run_cli(node.endpoint, "--tls-cert", self.client_cert, "--tls-key",
+                               self.client_key, "health")
+        self.assertEqual(rc, 2, err)
+        self.assertIn("need --tls-ca", err)
 
     def test_require_client_certificate(self):
         node = self.start("--tls-client-auth", "require")
