@@ -632,7 +632,7 @@ out:
 }
 
 /* Replace the token of generation 'seen' (the one that failed, or none). Single flight:
- * etcd hashes the password (bcrypt, ~0.1-0.5 s here), so the threads that find the same
+ * etcd hashes the password (bcrypt, 0.1-0.7 s on the 2-core test machine), so the threads that find the same
  * token refused wait for one authentication instead of each running their own; a thread
  * that finds a newer token than 'seen' just uses it. */
 static eddy_err renew_token(etcd_client *c, uint64_t seen, int64_t timeout_ms)
