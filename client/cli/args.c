@@ -40,6 +40,12 @@ int cli_fail(const struct cli_ctx *ctx, const eddy_error *err)
     return rc;
 }
 
+/* Whether a string flag is set (NULL or "" is not: a ctx may come without the TLS flags). */
+static bool set(const char *s)
+{
+    return s && *s;
+}
+
 eddy_client *cli_client(struct cli_ctx *ctx)
 {
     if (ctx->client)
@@ -50,7 +56,7 @@ eddy_client *cli_client(struct cli_ctx *ctx)
         return NULL;
     }
     eddy_options_set_timeout_ms(o, ctx->timeout_ms);
-    if (ctx->tls_ca[0] && (!eddy_options_set_tls(o, ctx->tls_ca, ctx->tls_cert, ctx->tls_key) ||
+    if (set(ctx->tls_ca) && (!eddy_options_set_tls(o, ctx->tls_ca, ctx->tls_cert, ctx->tls_key) ||
                            !eddy_options_set_tls_server_name(o, ctx->tls_server_name))) {
         cli_errorf("out of memory");
         eddy_options_free(o);
@@ -72,11 +78,11 @@ const struct tls_config *cli_tls(struct cli_ctx *ctx)
 
 int cli_check_tls(const struct cli_ctx *ctx)
 {
-    if (!ctx->tls_cert[0] != !ctx->tls_key[0]) {
+    if (set(ctx->tls_cert) != set(ctx->tls_key)) {
         cli_errorf("--tls-cert and --tls-key go together");
         return -1;
     }
-    if ((ctx->tls_cert[0] || ctx->tls_server_name[0]) && !ctx->tls_ca[0]) {
+    if ((set(ctx->tls_cert) || set(ctx->tls_server_name)) && !set(ctx->tls_ca)) {
         cli_errorf("--tls-cert and --tls-server-name need --tls-ca (TLS is on only with a CA)");
         return -1;
     }
