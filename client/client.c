@@ -15,6 +15,7 @@ struct eddy_options {
     int64_t timeout_ms;
     bool wait_for_ready;
     int64_t max_recv_bytes;
+    char *tls_ca, *tls_cert, *tls_key, *tls_server_name; /* owned; NULL = unset */
 };
 
 /* Immutable after eddy_client_new; the channel is thread-safe, so no locking. */
@@ -63,7 +64,38 @@ eddy_options *eddy_options_new(void)
 
 void eddy_options_free(eddy_options *opts)
 {
+    if (!opts)
+        return;
+    free(opts->tls_ca);
+    free(opts->tls_cert);
+    free(opts->tls_key);
+    free(opts->tls_server_name);
     free(opts);
+}
+
+/* Replace '*dst' by a copy of 'src' (NULL or "" clears it); false if out of memory. */
+static bool set_str(char **dst, const char *src)
+{
+    char *copy = src && *src ? strdup(src) : NULL;
+    if (src && *src && !copy)
+        return false;
+    free(*dst);
+    *dst = copy;
+    return true;
+}
+
+bool eddy_options_set_tls(eddy_options *opts, const char *ca_file, const char *cert_file,
+                          const char *key_file)
+{
+    if (!(cert_file && *cert_file) != !(key_file && *key_file))
+        return false;
+    return set_str(&opts->tls_ca, ca_file) && set_str(&opts->tls_cert, cert_file) &&
+           set_str(&opts->tls_key, key_file);
+}
+
+bool eddy_options_set_tls_server_name(eddy_options *opts, const char *name)
+{
+    return set_str(&opts->tls_server_name, name);
 }
 
 void eddy_options_set_timeout_ms(eddy_options *opts, int64_t timeout_ms)
@@ -98,6 +130,12 @@ eddy_client *eddy_client_new(const char *endpoint, const eddy_options *opts)
         .max_send_bytes = DEFAULT_MAX_MSG_BYTES,
         .wait_for_ready = opts ? opts->wait_for_ready : false,
     };
+    struct tls_config tls = {0};
+    if (opts && opts->tls_ca) {
+        tls = (struct tls_config){.ca = opts->tls_ca, .cert = opts->tls_cert,
+                                  .key = opts->tls_key, .server_name = opts->tls_server_name};
+        co.tls = &tls;
+    }
     c->timeout_ms = opts ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
     c->ch = rpc_channel_open(endpoint, &co);
     if (!c->ch)

@@ -31,6 +31,8 @@
 
 #define POOL_MAX 8
 #define ERR_MAX 256
+#define TOKEN_MAX 512    /* longest auth token kept (simple tokens are ~30 bytes, JWT ~300) */
+#define PASSWORD_MAX 1024
 
 struct etcd_client {
     char **eps; /* base URLs without a trailing '/' */
@@ -38,9 +40,14 @@ struct etcd_client {
     atomic_size_t cur; /* index of the endpoint calls go to */
     int64_t timeout_ms;
     struct curl_slist *headers; /* read-only once built: shared by every handle */
-    pthread_mutex_t mu;         /* guards idle[] and n_idle */
+    pthread_mutex_t mu;         /* guards idle[] and n_idle, and 'token' */
     CURL *idle[POOL_MAX];
     size_t n_idle;
+    char *ca, *cert, *key;      /* TLS files (NULL = unset); read-only once built */
+    char *user, *password_file; /* authentication (NULL = none); read-only once built */
+    char token[TOKEN_MAX];      /* "" = not authenticated yet; guarded by 'mu' */
+    uint64_t token_gen;         /* bumped by each new token; guarded by 'mu' */
+    pthread_mutex_t auth_mu;    /* one authentication at a time (see renew_token) */
 };
 
 /* --- small helpers ---------------------------------------------------------------------- */
@@ -238,7 +245,38 @@ static eddy_err kvs_decode(const cJSON *arr, struct etcd_kvs *out)
 
 etcd_client *etcd_client_new(const char *endpoints, int64_t timeout_ms)
 {
+    return etcd_client_new_secure(endpoints, timeout_ms, NULL);
+}
+
+static bool set(const char *s)
+{
+    return s && *s;
+}
+
+/* strdup of an optional string: false only when out of memory. */
+static bool dup_opt(char **dst, const char *src)
+{
+    *dst = set(src) ? strdup(src) : NULL;
+    return !set(src) || *dst;
+}
+
+eddy_err etcd_security_check(const struct etcd_security *sec, char *err, size_t errlen)
+{
+    if (set(sec->user) != set(sec->password_file) || set(sec->cert) != set(sec->key)) {
+        snprintf(err, errlen, "--etcd-user goes with --etcd-password-file, --etcd-cert with "
+                              "--etcd-key");
+        return EDDY_ERR_INVALID;
+    }
+    return EDDY_OK;
+}
+
+etcd_client *etcd_client_new_secure(const char *endpoints, int64_t timeout_ms,
+                                    const struct etcd_security *sec)
+{
     if (!endpoints || !*endpoints || timeout_ms <= 0)
+        return NULL;
+    if (sec && (set(sec->user) != set(sec->password_file) ||
+                set(sec->cert) != set(sec->key)))
         return NULL;
     if (pthread_once(&curl_once, curl_init_once) != 0)
         return NULL;
@@ -250,12 +288,17 @@ etcd_client *etcd_client_new(const char *endpoints, int64_t timeout_ms)
         free(c);
         return NULL;
     }
+    pthread_mutex_init(&c->auth_mu, NULL);
     size_t n = 1;
     for (const char *p = endpoints; *p; p++)
         n += *p == ',';
     c->eps = calloc(n, sizeof(*c->eps));
     c->headers = curl_slist_append(NULL, "Content-Type: application/json");
     if (!c->eps || !c->headers)
+        goto fail;
+    if (sec && (!dup_opt(&c->ca, sec->ca) || !dup_opt(&c->cert, sec->cert) ||
+                !dup_opt(&c->key, sec->key) || !dup_opt(&c->user, sec->user) ||
+                !dup_opt(&c->password_file, sec->password_file)))
         goto fail;
     for (const char *p = endpoints; *p;) {
         const char *e = strchr(p, ',');
@@ -289,8 +332,60 @@ void etcd_client_free(etcd_client *c)
         free(c->eps[i]);
     free(c->eps);
     curl_slist_free_all(c->headers);
+    free(c->ca);
+    free(c->cert);
+    free(c->key);
+    free(c->user);
+    free(c->password_file);
+    pthread_mutex_destroy(&c->auth_mu);
     pthread_mutex_destroy(&c->mu);
     free(c);
+}
+
+/* The TLS files of 'c' on handle 'h' (the system's CAs when no CA is given). */
+static void apply_tls(const etcd_client *c, CURL *h)
+{
+    if (c->ca)
+        curl_easy_setopt(h, CURLOPT_CAINFO, c->ca);
+    if (c->cert) {
+        curl_easy_setopt(h, CURLOPT_SSLCERT, c->cert);
+        curl_easy_setopt(h, CURLOPT_SSLKEY, c->key);
+    }
+}
+
+/* The current token's generation; *have: whether there is a token. */
+static uint64_t token_gen(etcd_client *c, bool *have)
+{
+    pthread_mutex_lock(&c->mu);
+    uint64_t g = c->token_gen;
+    *have = c->token[0] != '\0';
+    pthread_mutex_unlock(&c->mu);
+    return g;
+}
+
+/* The headers of a request: the shared list, or (with authentication, unless 'anonymous')
+ * a copy with the current token, whose generation goes to *gen; the caller frees the copy
+ * with curl_slist_free_all. NULL when out of memory. */
+static struct curl_slist *request_headers(etcd_client *c, bool anonymous, bool *owned,
+                                          uint64_t *gen)
+{
+    *owned = false;
+    *gen = 0;
+    if (!c->user || anonymous)
+        return c->headers;
+    char line[TOKEN_MAX + 32];
+    pthread_mutex_lock(&c->mu);
+    snprintf(line, sizeof(line), "Authorization: %s", c->token);
+    *gen = c->token_gen;
+    pthread_mutex_unlock(&c->mu);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    struct curl_slist *h2 = h ? curl_slist_append(h, line) : NULL;
+    if (!h2) {
+        curl_slist_free_all(h);
+        return NULL;
+    }
+    *owned = true;
+    return h2;
 }
 
 const char *etcd_current_endpoint(etcd_client *c)
@@ -355,7 +450,8 @@ static eddy_err from_grpc_code(int64_t code)
 }
 
 /* Map a non-200 reply: the gateway's {"code":..,"message":..} or plain text. */
-static eddy_err http_error(const etcd_client *c, const char *ep, long http, const struct buf *b)
+static eddy_err http_error(const etcd_client *c, const char *ep, long http, const struct buf *b,
+                           bool *auth_failed)
 {
     cJSON *j = b->p ? cJSON_Parse(buf_str(b)) : NULL;
     const cJSON *msg = jget(j, "message");
@@ -363,6 +459,7 @@ static eddy_err http_error(const etcd_client *c, const char *ep, long http, cons
     eddy_err err;
     if (cJSON_IsNumber(code)) {
         err = from_grpc_code((int64_t)code->valuedouble);
+        *auth_failed = code->valueint == 16; /* UNAUTHENTICATED: invalid or expired token */
         fail(c, err, "%s: http %ld code %d: %s", ep, http, code->valueint,
              cJSON_IsString(msg) ? msg->valuestring : "");
     } else {
@@ -378,18 +475,25 @@ enum req_kind {
     REQ_READ,  /* safe to resend on another endpoint */
 };
 
-/* POST 'body' to 'path' and parse the 200 reply into '*out' (caller deletes). The whole
- * call, endpoint retries included, is bounded by 'timeout_ms'. */
-static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enum req_kind kind,
-                        int64_t timeout_ms, cJSON **out)
+/* One attempt of request() (endpoint retries included), without the token if 'anonymous'.
+ * '*auth_failed' tells whether etcd refused the token of generation '*gen' (gateway code
+ * 16: invalid or expired). */
+static eddy_err request_once(etcd_client *c, const char *path, const cJSON *body,
+                             enum req_kind kind, int64_t timeout_ms, cJSON **out,
+                             bool anonymous, bool *auth_failed, uint64_t *gen)
 {
     *out = NULL;
+    *auth_failed = false;
+    bool own_headers = false;
+    struct curl_slist *headers = request_headers(c, anonymous, &own_headers, gen);
     char *json = cJSON_PrintUnformatted(body);
     CURL *h = pool_get(c);
-    if (!json || !h) {
+    if (!json || !h || !headers) {
         free(json);
         if (h)
             curl_easy_cleanup(h);
+        if (own_headers)
+            curl_slist_free_all(headers);
         return fail(c, EDDY_ERR_NOMEM, "out of memory");
     }
     last_err.c = NULL;
@@ -413,7 +517,8 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
         r.err = EDDY_OK;
         cerr[0] = '\0';
         curl_easy_setopt(h, CURLOPT_URL, url);
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->headers);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+        apply_tls(c, h);
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, json);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(json));
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, buf_sink_write);
@@ -435,7 +540,7 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
                                   path, buf_str(&r.b));
                 break;
             }
-            err = http_error(c, ep, http, &r.b);
+            err = http_error(c, ep, http, &r.b, auth_failed);
             if (http < 500)
                 break;
             rotate(c, idx);
@@ -466,6 +571,102 @@ static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enu
     buf_release(&r.b);
     free(json);
     pool_put(c, h);
+    curl_slist_free_all(own_headers ? headers : NULL);
+    return err;
+}
+
+/* Read the first line of the password file into 'pw'. */
+static eddy_err read_password(const etcd_client *c, char *pw, size_t n)
+{
+    FILE *f = fopen(c->password_file, "r");
+    if (!f)
+        return fail(c, EDDY_ERR_IO, "cannot read the etcd password file %s", c->password_file);
+    bool ok = fgets(pw, (int)n, f) != NULL;
+    fclose(f);
+    if (!ok)
+        return fail(c, EDDY_ERR_INVALID, "the etcd password file %s is empty", c->password_file);
+    pw[strcspn(pw, "\r\n")] = '\0';
+    return EDDY_OK;
+}
+
+/* POST /v3/auth/authenticate and keep the token (a new generation). Under auth_mu. */
+static eddy_err authenticate(etcd_client *c, int64_t timeout_ms)
+{
+    char pw[PASSWORD_MAX];
+    eddy_err err = read_password(c, pw, sizeof(pw));
+    cJSON *body = NULL, *reply = NULL;
+    bool auth_failed;
+    uint64_t unused;
+    if (err != EDDY_OK)
+        goto out;
+    err = EDDY_ERR_NOMEM;
+    body = cJSON_CreateObject();
+    if (!body || !cJSON_AddStringToObject(body, "name", c->user) ||
+        !cJSON_AddStringToObject(body, "password", pw))
+        goto out;
+    if ((err = request_once(c, "/v3/auth/authenticate", body, REQ_READ, timeout_ms, &reply,
+                            true, &auth_failed, &unused)) != EDDY_OK)
+        goto out;
+    const cJSON *tok = jget(reply, "token");
+    if (!cJSON_IsString(tok) || !*tok->valuestring || strlen(tok->valuestring) >= TOKEN_MAX) {
+        err = fail(c, EDDY_ERR_CORRUPT, "etcd authenticate: no usable token in the reply");
+        goto out;
+    }
+    pthread_mutex_lock(&c->mu);
+    snprintf(c->token, sizeof(c->token), "%s", tok->valuestring);
+    c->token_gen++;
+    pthread_mutex_unlock(&c->mu);
+out:
+    explicit_bzero(pw, sizeof(pw));
+    if (body) { /* the password is in it too */
+        cJSON *p = cJSON_GetObjectItem(body, "password");
+        if (cJSON_IsString(p))
+            explicit_bzero(p->valuestring, strlen(p->valuestring));
+    }
+    cJSON_Delete(body);
+    cJSON_Delete(reply);
+    if (err != EDDY_OK)
+        log_warn("msg=\"etcd authentication failed\" user=%s error=\"%s\"", c->user,
+                 etcd_last_error(c));
+    return err;
+}
+
+/* Replace the token of generation 'seen' (the one that failed, or none). Single flight:
+ * etcd hashes the password (bcrypt, 0.1-0.7 s on the 2-core test machine), so the threads that find the same
+ * token refused wait for one authentication instead of each running their own; a thread
+ * that finds a newer token than 'seen' just uses it. */
+static eddy_err renew_token(etcd_client *c, uint64_t seen, int64_t timeout_ms)
+{
+    pthread_mutex_lock(&c->auth_mu);
+    bool have;
+    uint64_t now = token_gen(c, &have);
+    eddy_err err = EDDY_OK;
+    if (now == seen || !have) {
+        err = authenticate(c, timeout_ms);
+        if (err == EDDY_OK && now > 0)
+            log_info("msg=\"etcd token renewed\" user=%s", c->user);
+    }
+    pthread_mutex_unlock(&c->auth_mu);
+    return err;
+}
+
+/* POST 'body' to 'path' and parse the 200 reply into '*out' (caller deletes). The whole
+ * call, endpoint retries included, is bounded by 'timeout_ms'. With authentication: a
+ * token is fetched first if there is none, and renewed once if etcd refuses it. */
+static eddy_err request(etcd_client *c, const char *path, const cJSON *body, enum req_kind kind,
+                        int64_t timeout_ms, cJSON **out)
+{
+    bool auth_failed = false, have = true;
+    uint64_t gen = 0;
+    eddy_err err;
+    if (c->user) {
+        gen = token_gen(c, &have);
+        if (!have && (err = renew_token(c, gen, timeout_ms)) != EDDY_OK)
+            return err;
+    }
+    err = request_once(c, path, body, kind, timeout_ms, out, false, &auth_failed, &gen);
+    if (auth_failed && renew_token(c, gen, timeout_ms) == EDDY_OK)
+        err = request_once(c, path, body, kind, timeout_ms, out, false, &auth_failed, &gen);
     return err;
 }
 
@@ -1082,6 +1283,8 @@ struct etcd_watch {
     int64_t next_rev;  /* where a new stream starts: after the last revision delivered */
     int64_t conn_rev;  /* start_revision requested by the current stream (0: now) */
     bool created;      /* etcd confirmed the current stream */
+    bool renew;        /* the last stream failed before etcd confirmed it: new token first */
+    uint64_t token_gen; /* the token generation the current stream sent */
     bool restart;      /* close the stream and reopen at once (after RESYNC) */
     char why[ERR_MAX]; /* why the current stream failed */
     struct buf line;   /* bytes received and not yet split into lines */
@@ -1236,10 +1439,29 @@ static void watch_stream(etcd_watch *w, size_t idx)
     w->created = false;
     w->why[0] = '\0';
     buf_reset(&w->line);
+    /* A stream that failed before etcd confirmed it may have sent a token etcd forgot
+     * (restarted): renew it before the next one (single flight, see renew_token). */
+    bool have = true;
+    if (w->c->user)
+        token_gen(w->c, &have);
+    if (w->c->user && (w->renew || !have) &&
+        renew_token(w->c, w->token_gen, w->c->timeout_ms) != EDDY_OK) {
+        snprintf(w->why, sizeof(w->why), "%s", etcd_last_error(w->c));
+        free(body);
+        return;
+    }
+    bool own_headers = false;
+    struct curl_slist *headers = request_headers(w->c, false, &own_headers, &w->token_gen);
+    if (!headers) {
+        snprintf(w->why, sizeof(w->why), "out of memory");
+        free(body);
+        return;
+    }
     CURL *h = w->h;
     curl_easy_reset(h);
     curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, w->c->headers);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    apply_tls(w->c, h);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, watch_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, w);
@@ -1248,6 +1470,7 @@ static void watch_stream(etcd_watch *w, size_t idx)
     curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, watch_sockopt);
     if (curl_multi_add_handle(w->multi, h) != CURLM_OK) {
         snprintf(w->why, sizeof(w->why), "curl_multi_add_handle failed");
+        curl_slist_free_all(own_headers ? headers : NULL);
         free(body);
         return;
     }
@@ -1270,6 +1493,8 @@ static void watch_stream(etcd_watch *w, size_t idx)
     if (!worker_stopping(&w->worker) && !w->restart && w->line.len > 0)
         watch_line(w, w->line.p, w->line.len);
     atomic_store(&w->connected, false);
+    w->renew = !w->created && !worker_stopping(&w->worker);
+    curl_slist_free_all(own_headers ? headers : NULL);
     free(body);
 }
 

@@ -73,6 +73,30 @@ void etcd_kvs_release(struct etcd_kvs *kvs);
  * NULL on bad input or no memory. Caller owns the result; free with etcd_client_free after
  * every session and watch on it has been freed. */
 etcd_client *etcd_client_new(const char *endpoints, int64_t timeout_ms);
+
+/* How to reach an etcd with TLS and authentication (paths and user borrowed for the call
+ * of etcd_client_new_secure; NULL or "" = not set).
+ *   ca, cert, key     https:// endpoints: the CA that signed etcd's certificate (default:
+ *                     the system's), and a client certificate for --client-cert-auth.
+ *   user, password_file  etcd authentication: the client POSTs /v3/auth/authenticate with
+ *                     the password (the file's first line, read at every authentication,
+ *                     so it may be rotated), sends the token in the Authorization header,
+ *                     and authenticates again once when etcd answers that the token is
+ *                     invalid or expired (e.g. after an etcd restart), then retries. A
+ *                     watch authenticates at every (re)connect. */
+struct etcd_security {
+    const char *ca, *cert, *key;
+    const char *user, *password_file;
+};
+
+/* Whether 'sec' is consistent (user with password_file, cert with key); if not 'err' says
+ * why in flag names and EDDY_ERR_INVALID is returned. */
+eddy_err etcd_security_check(const struct etcd_security *sec, char *err, size_t errlen);
+
+/* etcd_client_new with 'sec' (NULL: as etcd_client_new). NULL also if user is given
+ * without password_file, or cert without key. */
+etcd_client *etcd_client_new_secure(const char *endpoints, int64_t timeout_ms,
+                                    const struct etcd_security *sec);
 void etcd_client_free(etcd_client *c);
 
 /* The message of the last failed etcd_* call made on 'c' by the calling thread ("" if

@@ -355,7 +355,8 @@ rpc_channel *rpc_channel_open(const char *target, const struct rpc_channel_opts 
     ch->md_flags = opts && opts->wait_for_ready ? GRPC_INITIAL_METADATA_WAIT_FOR_READY : 0;
 
     grpc_init();
-    grpc_arg args[2];
+    grpc_arg args[3];
+    size_t nargs = 2;
     memset(args, 0, sizeof(args));
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -363,8 +364,24 @@ rpc_channel *rpc_channel_open(const char *target, const struct rpc_channel_opts 
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
     args[1].value.integer = max_send > INT_MAX ? INT_MAX : (int)max_send;
-    grpc_channel_args cargs = {2, args};
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel_credentials *creds = NULL;
+    if (opts && tls_channel_enabled(opts->tls)) {
+        char why[512];
+        if (!(creds = tls_channel_credentials(opts->tls, why, sizeof(why)))) {
+            log_error("msg=\"bad TLS configuration\" target=%s error=\"%s\"", target, why);
+            free(ch);
+            grpc_shutdown();
+            return NULL;
+        }
+        if (opts->tls->server_name && *opts->tls->server_name) {
+            args[nargs].type = GRPC_ARG_STRING;
+            args[nargs].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+            args[nargs++].value.string = (char *)opts->tls->server_name;
+        }
+    } else {
+        creds = grpc_insecure_credentials_create();
+    }
+    grpc_channel_args cargs = {nargs, args};
     ch->ch = grpc_channel_create(target, creds, &cargs);
     grpc_channel_credentials_release(creds);
     ch->cq = grpc_completion_queue_create_for_next(NULL);

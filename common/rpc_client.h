@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/tls.h"
 
 typedef struct rpc_channel rpc_channel;
 
@@ -22,6 +23,9 @@ struct rpc_channel_opts {
     int64_t max_send_bytes;  /* largest request (default 64 MiB) */
     bool wait_for_ready;     /* queue calls until connected (up to the deadline) instead of
                                 failing fast with UNAVAILABLE */
+    const struct tls_config *tls; /* NULL or without a CA: plaintext. With a CA: TLS, and
+                                     the client certificate if cert/key are set (files read
+                                     by rpc_channel_open; borrowed for that call only) */
 };
 
 /* The result of a call. 'details' is the server's message (empty on OK). */
@@ -31,7 +35,8 @@ struct rpc_result {
 };
 
 /* Open a channel to 'target' ("127.0.0.1:7070"). 'opts' may be NULL for defaults. Caller
- * owns the result; free with rpc_channel_close. Returns NULL on allocation failure. */
+ * owns the result; free with rpc_channel_close. Returns NULL on allocation failure or if
+ * the TLS files cannot be read (logged). */
 rpc_channel *rpc_channel_open(const char *target, const struct rpc_channel_opts *opts);
 
 /* Close the channel: pending async calls complete with CANCELLED first (their callbacks

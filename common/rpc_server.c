@@ -108,6 +108,7 @@ struct method {
     void *ud;
     bool stream;
     int lane;     /* 0 .. RPC_MAX_LANES-1: whose queue and threads run it */
+    bool peer_only; /* TLS on and the path under peer_only_prefix: verified peers only */
     void *handle; /* from grpc_server_register_method */
     struct method_metrics mm;
 };
@@ -199,6 +200,9 @@ enum server_state { S_NEW, S_RUNNING, S_STOPPED };
 
 struct rpc_server {
     char *listen;
+    const struct tls_config *tls_cfg; /* borrowed until started; NULL = plaintext */
+    tls_server *tls;                  /* freed after the grpc_server is destroyed */
+    char *peer_only_prefix;
     int cq_threads;
     int64_t max_recv, max_send, max_age_ms;
     metrics *reg;                   /* borrowed; NULL = no metrics */
@@ -667,6 +671,13 @@ static void call_begin(rpc_call *c, grpc_byte_buffer *payload, const char *unkno
     pthread_mutex_lock(&c->mu);
     if (!call_batch_locked(c, &op, 1, &c->close_tag))
         call_closed_locked(c);
+    if (c->m != NULL && c->m->peer_only && !tls_call_peer_verified(c->call)) {
+        char msg[PATH_MAX_LEN + 64];
+        snprintf(msg, sizeof(msg), "%s answers only cluster members (a client certificate "
+                 "signed by the cluster CA)", c->m->path);
+        call_fail_locked(c, GRPC_STATUS_UNAUTHENTICATED, msg);
+        goto out;
+    }
     if (c->m == NULL) {
         char msg[PATH_MAX_LEN + 32];
         snprintf(msg, sizeof(msg), "unknown method %s", unknown_path);
@@ -819,6 +830,12 @@ rpc_server *rpc_server_new(const struct rpc_server_opts *opts)
     s->max_age_ms = opts->max_connection_age_ms > 0 ? opts->max_connection_age_ms : 0;
     s->reg = opts->metrics;
     s->busy = opts->busy_rejections;
+    s->tls_cfg = tls_server_enabled(opts->tls) ? opts->tls : NULL;
+    if (opts->peer_only_prefix && !(s->peer_only_prefix = strdup(opts->peer_only_prefix))) {
+        free(s->listen);
+        free(s);
+        return NULL;
+    }
     s->state = S_NEW;
     atomic_init(&s->stopping, false);
     atomic_init(&s->inflight, 0);
@@ -983,9 +1000,24 @@ eddy_err rpc_server_start(rpc_server *s, int *port)
         s->workers[i].cq = grpc_completion_queue_create_for_next(NULL);
         grpc_server_register_completion_queue(s->srv, s->workers[i].cq, NULL);
     }
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-    int bound = grpc_server_add_http2_port(s->srv, s->listen, creds);
-    grpc_server_credentials_release(creds);
+    for (size_t i = 0; s->tls_cfg && s->peer_only_prefix && i < s->nmethods; i++)
+        s->methods[i].peer_only = strncmp(s->methods[i].path, s->peer_only_prefix,
+                                          strlen(s->peer_only_prefix)) == 0;
+    grpc_server_credentials *creds = NULL;
+    if (s->tls_cfg) {
+        char why[512];
+        if (!(s->tls = tls_server_new(s->tls_cfg, why, sizeof(why)))) {
+            log_error("msg=\"bad TLS configuration\" error=\"%s\"", why);
+            err = EDDY_ERR_INVALID;
+            goto fail;
+        }
+        creds = tls_server_credentials(s->tls);
+    } else {
+        creds = grpc_insecure_server_credentials_create();
+    }
+    int bound = creds ? grpc_server_add_http2_port(s->srv, s->listen, creds) : 0;
+    if (creds)
+        grpc_server_credentials_release(creds);
     if (bound == 0) {
         log_error("msg=\"cannot listen\" addr=%s", s->listen);
         err = EDDY_ERR_NET;
@@ -1015,8 +1047,10 @@ eddy_err rpc_server_start(rpc_server *s, int *port)
         used += (size_t)snprintf(lanes + used, sizeof(lanes) - used, "%s%d", i ? "," : "",
                                  s->lanes[i].started);
     log_info("msg=\"rpc server listening\" addr=%s port=%d methods=%zu cq_threads=%d "
-             "handler_threads=%s",
-             s->listen, bound, s->nmethods, s->cq_threads, lanes);
+             "handler_threads=%s tls=%s",
+             s->listen, bound, s->nmethods, s->cq_threads, lanes,
+             s->tls_cfg ? tls_client_auth_name(s->tls_cfg->client_auth) : "off");
+    s->tls_cfg = NULL; /* borrowed until now */
     return EDDY_OK;
 
 fail_running:
@@ -1098,6 +1132,8 @@ void rpc_server_free(rpc_server *s)
         free(s->methods[i].path);
     free(s->methods);
     free(s->listen);
+    free(s->peer_only_prefix);
+    tls_server_free(s->tls); /* the grpc_server using its credentials is gone */
     for (int i = 0; i < RPC_MAX_LANES; i++)
         pthread_cond_destroy(&s->lanes[i].work_cv);
     pthread_cond_destroy(&s->idle_cv);

@@ -28,6 +28,7 @@
 
 #include "common/err.h"
 #include "common/metrics.h"
+#include "common/tls.h"
 
 typedef struct rpc_server rpc_server;
 typedef struct rpc_call rpc_call;
@@ -68,6 +69,12 @@ struct rpc_server_opts {
     metric_counter *busy_rejections; /* counted for each call refused RESOURCE_EXHAUSTED
                                         because its lane's queue is full (all lanes
                                         together); may be NULL */
+    const struct tls_config *tls; /* NULL or without a certificate: plaintext. Borrowed until
+                                     rpc_server_start returns (the files are re-read when
+                                     they change, see tls.h) */
+    const char *peer_only_prefix; /* with TLS: methods whose path starts with it ("/eddy.
+                                     state.v1.State/") answer UNAUTHENTICATED unless the
+                                     caller presented a certificate the CA verified; copied */
 };
 
 /* Create a server (not yet listening). Returns NULL on allocation failure. Caller owns the
@@ -94,7 +101,8 @@ eddy_err rpc_server_add_stream(rpc_server *s, const char *path,
                                rpc_cancel_fn *on_cancel, void *ud);
 
 /* Bind and start serving. Returns EDDY_ERR_NET if the address cannot be bound (including
- * "already in use": SO_REUSEPORT is off). On success *port is the bound port. */
+ * "already in use": SO_REUSEPORT is off), EDDY_ERR_INVALID or EDDY_ERR_IO if the TLS files
+ * are unusable (logged). On success *port is the bound port. */
 eddy_err rpc_server_start(rpc_server *s, int *port);
 
 /* Stop accepting calls; wait up to 'grace_ms' for in-flight calls to be answered, then

@@ -17,6 +17,7 @@
 #include "common/health.h"
 #include "common/log.h"
 #include "common/rpc_server.h"
+#include "common/security.h"
 #include "common/metrics.h"
 #include "common/metrics_http.h"
 #include "coordinator/election.h"
@@ -34,6 +35,7 @@ struct coord_config {
     int64_t replication_factor, min_insync;
     bool unclean_leader_election;
     double load_imbalance, load_min_rate;
+    struct security_flags sec;
 };
 
 #define F(n, t, field, help, lo, hi) {n, t, &c->field, help, lo, hi}
@@ -85,7 +87,8 @@ static size_t coord_flags(struct coord_config *c, struct flag *out)
           "on SIGTERM, wait this long for in-flight calls", 0, 0),
     };
     memcpy(out, fl, sizeof(fl));
-    return sizeof(fl) / sizeof(fl[0]);
+    size_t n = sizeof(fl) / sizeof(fl[0]);
+    return n + security_flags_list(&c->sec, NULL, out + n);
 }
 
 static void usage(FILE *out, const struct flag *fl, size_t n)
@@ -185,8 +188,9 @@ int main(int argc, char **argv)
         .replication_factor = 2, .min_insync = 0,
         .load_imbalance = 0.25, .load_min_rate = 100,
         .etcd_timeout = 2000,
+        .sec = security_flags_defaults(),
     }, *c = &cfg;
-    struct flag flags[32];
+    struct flag flags[48];
     size_t nflags = coord_flags(c, flags);
     int rc = config_main("eddy-coordinator", flags, nflags, argc, argv, usage, &c->log_level);
     if (rc >= 0)
@@ -220,6 +224,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "eddy-coordinator: --id must be 1..%d characters\n", CLUSTER_ID_MAX - 1);
         return 2;
     }
+    struct tls_config tls;
+    struct etcd_security esec;
+    char why[512];
+    if (security_configure(&c->sec, c->listen, &tls, &esec, why, sizeof(why)) != EDDY_OK) {
+        fprintf(stderr, "eddy-coordinator: %s\n", why);
+        return 2;
+    }
     int64_t ttl_s = (c->lease_ttl + 999) / 1000;
 
     /* Block the stop signals before any thread exists, so every thread inherits the mask
@@ -233,7 +244,8 @@ int main(int argc, char **argv)
 
     int status = 1;
     char *endpoints = normalize_endpoints(c->etcd);
-    etcd_client *etcd = endpoints ? etcd_client_new(endpoints, c->etcd_timeout) : NULL;
+    etcd_client *etcd = endpoints ? etcd_client_new_secure(endpoints, c->etcd_timeout, &esec)
+                                  : NULL;
     rpc_server *srv = NULL;
     health *hl = health_new();
     election *el = NULL;
@@ -261,7 +273,7 @@ int main(int argc, char **argv)
         goto out;
     }
     struct rpc_server_opts so = {.listen = c->listen, .cq_threads = 1, .handler_threads = 2,
-                                 .metrics = reg};
+                                 .metrics = reg, .tls = &tls};
     srv = rpc_server_new(&so);
     if (!srv || !hl) {
         log_error("msg=\"out of memory at start\"");

@@ -166,10 +166,16 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
         F("verify-checkpoint", FLAG_STRING, verify_checkpoint,
           "check the checkpoint file FILE, print what it holds as JSON and exit (1: bad)", 0, 0),
     };
-    struct flag *out = malloc(sizeof(fl));
-    if (out)
-        memcpy(out, fl, sizeof(fl));
+    struct flag *out = malloc(sizeof(fl) + SECURITY_NFLAGS * sizeof(struct flag));
+    if (!out)
+        return NULL;
+    memcpy(out, fl, sizeof(fl));
     *n = sizeof(fl) / sizeof(fl[0]);
+    *n += security_flags_list(&c->sec,
+                              "PEM certificate of the gRPC port (TLS on; reloaded when the file "
+                              "changes); in a cluster also the certificate this node presents "
+                              "to the other nodes",
+                              out + *n);
     return out;
 }
 

@@ -9,11 +9,13 @@
 #include <string.h>
 
 #include "common/cluster.h"
+#include "common/etcd.h"
 #include "common/health.h"
 #include "common/log.h"
 #include "common/metrics_http.h"
 #include "common/partition.h"
 #include "common/rpc_server.h"
+#include "common/tls.h"
 #include "node/cluster/ckptpub.h"
 #include "node/cluster/forwarder.h"
 #include "node/cluster/loadpub.h"
@@ -34,6 +36,8 @@
 #include "node/state/stage2cache.h"
 
 #define DAY (24 * 3600 * 1000LL)
+/* Methods only cluster members may call when TLS is on (State, ReplicaFetch, ...). */
+#define INTERNAL_API_PREFIX "/eddy.state.v1."
 
 /* Who owns what: everything below is owned by the node and freed by node_free, except
  * 'cfg' (borrowed). 'mem', 'fwd' are set once the node joined; the engine's and the
@@ -72,6 +76,8 @@ struct node {
     _Atomic bool takeover;           /* on_change: take over partitions that moved here */
     int port, metrics_port;
     bool stopped;                    /* node_stop ran: node_free leaves gracefully */
+    struct tls_config tls;           /* from cfg: the server and the peer channels */
+    struct etcd_security etcd_sec;   /* from cfg: membership's etcd client */
 };
 
 struct node_config node_config_defaults(void)
@@ -101,6 +107,7 @@ struct node_config node_config_defaults(void)
         .checkpoint_threads = 2, .checkpoint_dir = "",
         .move_lag = 1000, .move_freeze = 10000, .move_final_wait = 30000,
         .load_interval = 10000, .replica_lag_timeout = 10000,
+        .sec = security_flags_defaults(),
     };
 }
 
@@ -303,6 +310,7 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
         .max_recv_bytes = c->max_message_size, .max_send_bytes = 64 << 20,
         .max_connection_age_ms = c->max_connection_age,
         .metrics = n->nm.reg, .busy_rejections = n->nm.rpc_busy,
+        .tls = &n->tls, .peer_only_prefix = INTERNAL_API_PREFIX,
     };
     n->srv = rpc_server_new(&so);
     n->hl = health_new();
@@ -350,6 +358,22 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
     return EDDY_OK;
 }
 
+/* TLS, protected mode and etcd security from the flags (usage errors: EDDY_ERR_INVALID). */
+static eddy_err security_from(node *n, char *err, size_t errlen)
+{
+    if (security_configure(&n->cfg->sec, n->cfg->listen, &n->tls, &n->etcd_sec, err, errlen) !=
+        EDDY_OK)
+        return EDDY_ERR_INVALID;
+    if (tls_server_enabled(&n->tls) && n->clustered &&
+        n->tls.client_auth == TLS_CLIENT_AUTH_NONE) {
+        snprintf(err, errlen, "a cluster node with TLS needs --tls-ca (the cluster CA) and "
+                              "--tls-client-auth request or require: nodes call each other's "
+                              "State API with their certificates");
+        return EDDY_ERR_INVALID;
+    }
+    return EDDY_OK;
+}
+
 eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -369,6 +393,8 @@ eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t e
         }
         n->roles = (unsigned)rr;
     }
+    if ((e = security_from(n, err, errlen)) != EDDY_OK)
+        goto fail;
     n->router = (struct router){NULL, NULL, cfg->route_timeout, (int)cfg->route_retries,
                                 {cfg->window, cfg->out_of_orderness, cfg->allowed_lateness,
                                  cfg->idle_timeout}};
@@ -382,6 +408,8 @@ eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t e
         e = fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the peers", NULL);
         goto fail;
     }
+    if (n->pe && tls_server_enabled(&n->tls))
+        peers_set_tls(n->pe, &n->tls); /* mTLS: the cluster CA and this node's certificate */
     if ((n->roles & ROLE_STATE) && (e = open_state(n, err, errlen)) != EDDY_OK)
         goto fail;
     if ((e = register_services(n, err, errlen)) != EDDY_OK)
@@ -426,7 +454,7 @@ static eddy_err join(node *n, char *err, size_t errlen)
     n->ss.freeze_ms = c->move_freeze;
     struct membership_opts mo = {c->etcd, c->cluster, id, n->roles, addr, maddr, c->zone,
                                  (c->lease_ttl + 999) / 1000, 5000, hook_alive, n->hl,
-                                 hook_change, n};
+                                 hook_change, n, &n->etcd_sec};
     char why[512] = "";
     membership *mem = NULL;
     if ((e = membership_start(&mo, c->join_timeout, &mem, why, sizeof(why))) != EDDY_OK)

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/security.h"
 
 #define EDDY_VERSION "0.1.0"
 
@@ -50,6 +51,7 @@ struct node_config {
     int64_t shutdown_grace;
     int64_t move_lag, move_freeze, move_final_wait, load_interval;
     int64_t replica_lag_timeout;
+    struct security_flags sec;   /* TLS, protected mode, etcd security (docs/security.md) */
 };
 
 /* The defaults of every setting (those of eddy-node without flags). */

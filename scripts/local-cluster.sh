@@ -5,6 +5,10 @@
 # their state (docs/cluster.md).
 #
 #   scripts/local-cluster.sh up     [DIR]   build if needed, start, wait until ready
+#   scripts/local-cluster.sh up --secure [DIR]   the same with TLS everywhere: a CA and
+#                                   certificates made with openssl in DIR/tls, mTLS between
+#                                   the nodes, etcd over TLS with a client certificate; DIR/env
+#                                   carries EDDY_TLS_* for the CLI (docs/security.md)
 #   scripts/local-cluster.sh status [DIR]   which processes are alive, then `eddy status`
 #   scripts/local-cluster.sh down   [DIR]   stop everything (by pid file); data and logs are kept
 #   scripts/local-cluster.sh down --purge [DIR]   stop and remove DIR
@@ -34,7 +38,7 @@ STATE_NODES=(state-1 state-2 state-3)
 INGEST_NODES=(ingest-1 ingest-2)
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -43,6 +47,8 @@ cmd=${1:-}
 shift
 purge=0
 if [ "${1:-}" = --purge ]; then purge=1; shift; fi
+secure=0
+if [ "$cmd" = up ] && [ "${1:-}" = --secure ]; then secure=1; shift; fi
 node_arg=
 if [ "$cmd" = stop ]; then node_arg=${1:-}; [ -n "$node_arg" ] || usage; shift; fi
 DIR=${1:-./eddy-cluster}
@@ -99,7 +105,38 @@ binaries() {
   [ -x "$ETCD" ] || die "etcd not found: install Debian's etcd-server (scripts/setup.sh does)"
 }
 
-cli() { "$BUILD/eddy" --coordinator "$COORD_ADDR" "$@"; }
+# A cluster made with up --secure has DIR/tls: every command of this script then uses it.
+is_secure() { [ -f "$DIR/tls/ca.crt" ]; }
+cli_tls() { is_secure && printf '%s\n' --tls-ca "$DIR/tls/ca.crt" --tls-cert "$DIR/tls/client.crt" --tls-key "$DIR/tls/client.key"; true; }
+cli() { local t; mapfile -t t < <(cli_tls); "$BUILD/eddy" --coordinator "$COORD_ADDR" "${t[@]}" "$@"; }
+
+# make_cert NAME SUBJECT: DIR/tls/NAME.{crt,key} signed by DIR/tls/ca, for 127.0.0.1 and
+# localhost (EC P-256, 30 days).
+make_cert() {
+  local t="$DIR/tls" n=$1
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$t/$n.key" \
+    -subj "$2" -out "$t/$n.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$t/$n.ext"
+  openssl x509 -req -in "$t/$n.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial -days 30 \
+    -extfile "$t/$n.ext" -out "$t/$n.crt" 2>/dev/null
+  rm -f "$t/$n.csr" "$t/$n.ext"
+}
+# The cluster CA, the cluster certificate (nodes and coordinator), a client certificate
+# (the CLI), etcd's server certificate and Eddy's etcd client certificate (no CommonName:
+# etcd's gateway refuses one when authentication is on). Kept across restarts.
+make_pki() {
+  is_secure && return 0
+  command -v openssl >/dev/null || die "openssl is needed for --secure"
+  mkdir -p "$DIR/tls"
+  chmod 700 "$DIR/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$DIR/tls/ca.key" -subj "/CN=eddy-local-cluster-ca" -days 30 -out "$DIR/tls/ca.crt" 2>/dev/null
+  make_cert cluster /CN=eddy-cluster
+  make_cert client /CN=eddy-cli
+  make_cert etcd-server /CN=etcd
+  make_cert etcd-client /O=eddy
+  log "certificates in $DIR/tls (CA: $DIR/tls/ca.crt)"
+}
 
 # Ready: every node registered, every partition owned by a registered state node, and no
 # partition move in progress.
@@ -117,6 +154,11 @@ cluster_ready() {
 # The flags every node and the coordinator share (needs ETCD_URL).
 common_flags() {
   COMMON=(--etcd "$ETCD_URL" --cluster "$CLUSTER" --partitions "$PARTITIONS" --lease-ttl "$LEASE_TTL")
+  if is_secure; then
+    local t="$DIR/tls"
+    COMMON+=(--tls-cert "$t/cluster.crt" --tls-key "$t/cluster.key" --tls-ca "$t/ca.crt"
+             --etcd-ca "$t/ca.crt" --etcd-cert "$t/etcd-client.crt" --etcd-key "$t/etcd-client.key")
+  fi
 }
 
 start_state() {
@@ -141,6 +183,11 @@ add_state() {
 up() {
   binaries build
   mkdir -p "$DIR/data" "$DIR/logs" "$DIR/pids"
+  if ((secure)); then
+    make_pki
+  elif is_secure; then
+    die "$DIR was made with 'up --secure': use it again, or '$0 down --purge $DIR' first"
+  fi
   for n in etcd coordinator "${STATE_NODES[@]}" "${INGEST_NODES[@]}"; do
     pid_alive "$n" && die "$n is already running (pid $(cat "$DIR/pids/$n.pid")): '$0 down $DIR' first"
   done
@@ -158,15 +205,23 @@ up() {
     while [ "$ETCD_PEER_PORT" = "$ETCD_CLIENT_PORT" ]; do ETCD_PEER_PORT=$(free_port); done
     printf 'ETCD_CLIENT_PORT=%s\nETCD_PEER_PORT=%s\n' "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" >"$DIR/ports.env"
   fi
-  ETCD_URL="http://127.0.0.1:$ETCD_CLIENT_PORT"
+  local scheme=http etcd_tls=() curl_tls=()
+  if is_secure; then
+    scheme=https
+    etcd_tls=(--cert-file "$DIR/tls/etcd-server.crt" --key-file "$DIR/tls/etcd-server.key"
+              --trusted-ca-file "$DIR/tls/ca.crt" --client-cert-auth)
+    curl_tls=(--cacert "$DIR/tls/ca.crt" --cert "$DIR/tls/etcd-client.crt" --key "$DIR/tls/etcd-client.key")
+  fi
+  ETCD_URL="$scheme://127.0.0.1:$ETCD_CLIENT_PORT"
   local peer="http://127.0.0.1:$ETCD_PEER_PORT"
   log "etcd on $ETCD_URL"
   start etcd "$ETCD" --name n1 --data-dir "$DIR/data/etcd" \
     --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
     --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-    --initial-cluster "n1=$peer" --initial-cluster-state new --logger zap --log-level warn
+    --initial-cluster "n1=$peer" --initial-cluster-state new --logger zap --log-level warn \
+    "${etcd_tls[@]}"
   local deadline=$((SECONDS + 20))
-  until curl -fs --max-time 1 "$ETCD_URL/health" 2>/dev/null | grep -q '"health":"true"'; do
+  until curl -fs --max-time 1 "${curl_tls[@]}" "$ETCD_URL/health" 2>/dev/null | grep -q '"health":"true"'; do
     pid_alive etcd || { tail -20 "$DIR/logs/etcd.log" >&2; die "etcd exited"; }
     ((SECONDS < deadline)) || die "etcd not healthy after 20s (log: $DIR/logs/etcd.log)"
     sleep 0.1
@@ -199,6 +254,13 @@ up() {
   done
   printf 'EDDY_ENDPOINT=%s\nEDDY_COORDINATOR=%s\nEDDY_INGEST_ENDPOINTS="%s"\nEDDY_ETCD=%s\n' \
     "${endpoints[0]}" "$COORD_ADDR" "${endpoints[*]}" "$ETCD_URL" >"$DIR/env"
+  local tlsflags=""
+  if is_secure; then
+    printf 'EDDY_TLS_CA=%s\nEDDY_TLS_CERT=%s\nEDDY_TLS_KEY=%s\n' "$DIR/tls/ca.crt" \
+      "$DIR/tls/client.crt" "$DIR/tls/client.key" >>"$DIR/env"
+    tlsflags=" $(cli_tls | tr '\n' ' ')"
+    tlsflags=${tlsflags% }
+  fi
 
   local rel=${BUILD#"$PWD"/}
   cat <<EOF
@@ -210,13 +272,13 @@ Eddy cluster "$CLUSTER" is up ($PARTITIONS partitions; everything under $DIR).
 
 Try:
   python3 scripts/sample_events.py > /tmp/events.jsonl    # or any JSON-lines UserEvents
-  $rel/eddy --endpoint ${endpoints[0]} ingest /tmp/events.jsonl
-  $rel/eddy --endpoint ${endpoints[1]} top
-  $rel/eddy --endpoint ${endpoints[0]} recommend USER
-  $rel/eddy --coordinator $COORD_ADDR status
+  $rel/eddy --endpoint ${endpoints[0]}$tlsflags ingest /tmp/events.jsonl
+  $rel/eddy --endpoint ${endpoints[1]}$tlsflags top
+  $rel/eddy --endpoint ${endpoints[0]}$tlsflags recommend USER
+  $rel/eddy --coordinator $COORD_ADDR$tlsflags status
   set -a; . $DIR/env; set +a      # then plain: $rel/eddy status, $rel/eddy top
   $0 add-state $DIR                # scale out: partitions move to state-4 live
-  $rel/eddy --coordinator $COORD_ADDR drain state-2   # scale in, then: $0 stop state-2 $DIR
+  $rel/eddy --coordinator $COORD_ADDR$tlsflags drain state-2   # scale in, then: $0 stop state-2 $DIR
   $0 status $DIR
   $0 down $DIR                     # add --purge to delete the data too
 EOF

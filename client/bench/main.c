@@ -60,6 +60,7 @@ struct bench_opts {
     int64_t disorder_ms, late_age_ms, start_ms;
     double late_fraction, dup_fraction, time_rate;
     int64_t probe_interval_ms, poll_interval_us, probe_timeout_ms;
+    const char *tls_ca; /* "" = plaintext; else TLS with this CA (TLS cost, docs/security.md) */
 };
 
 /* Counters shared by the callbacks (CQ threads) and the driver threads: atomics. */
@@ -775,9 +776,9 @@ static int dump_events(struct bench *b)
     return fflush(stdout) == 0 ? 0 : 1;
 }
 
-static bool node_serving(const char *endpoint, int64_t timeout_ms)
+static bool node_serving(const char *endpoint, const struct tls_config *tls, int64_t timeout_ms)
 {
-    struct rpc_channel_opts copts = {.wait_for_ready = true};
+    struct rpc_channel_opts copts = {.wait_for_ready = true, .tls = tls};
     rpc_channel *ch = rpc_channel_open(endpoint, &copts);
     Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     ProtobufCMessage *resp = NULL;
@@ -828,6 +829,7 @@ static size_t bench_flags(struct bench_opts *o, struct flag *out)
         O("preload", FLAG_INT, preload,
           "events ingested (synchronously, not measured) before the run starts", 0, 0),
         O("timeout", FLAG_DURATION, timeout_ms, "deadline of each call", 1, 0),
+        O("tls-ca", FLAG_STRING, tls_ca, "PEM CA of the node's certificate: TLS on", 0, 0),
         O("seed", FLAG_INT, seed, "generator seed", 0, 0),
         O("run-id", FLAG_STRING, run_id,
           "prefix of event ids and probe users (default: from the clock; set it to repeat ids)", 0, 0),
@@ -901,7 +903,7 @@ int main(int argc, char **argv)
     *o = (struct bench_opts){
         .endpoint = "127.0.0.1:7070", .mode = "ingest", .scenario = "", .output = "table",
         .run_id = "", .duration_ms = 10000, .streams = 4, .inflight = 2, .batch = 500,
-        .timeout_ms = 10000, .recommend_qps = 1000, .recommend_limit = 0,
+        .timeout_ms = 10000, .tls_ca = "", .recommend_qps = 1000, .recommend_limit = 0,
         .recommend_inflight = 10000, .seed = 1, .users = 100000, .products = 10000,
         .categories = 50, .brands = 200, .zipf_users = 0.9, .zipf_products = 1.0,
         .disorder_ms = 2000, .late_age_ms = 120000, .time_rate = 1000,
@@ -968,13 +970,14 @@ int main(int argc, char **argv)
         goto out;
     }
     rc = 3;
-    if (!node_serving(o->endpoint, 10000)) {
+    struct tls_config tls = {.ca = o->tls_ca};
+    if (!node_serving(o->endpoint, &tls, 10000)) {
         fprintf(stderr, "eddy-bench: %s is not SERVING\n", o->endpoint);
         goto out;
     }
     rc = 2;
     b->tables = gen_tables_new(&b->gc);
-    struct rpc_channel_opts copts = {.wait_for_ready = true};
+    struct rpc_channel_opts copts = {.wait_for_ready = true, .tls = &tls};
     if (!b->tables || (b->ingest_on && streams_open(b, &copts) != 0) ||
         !(b->rec_ch = rpc_channel_open(o->endpoint, &copts)) ||
         !(vis_ch = rpc_channel_open(o->endpoint, &copts))) {

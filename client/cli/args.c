@@ -40,6 +40,12 @@ int cli_fail(const struct cli_ctx *ctx, const eddy_error *err)
     return rc;
 }
 
+/* Whether a string flag is set (NULL or "" is not: a ctx may come without the TLS flags). */
+static bool set(const char *s)
+{
+    return s && *s;
+}
+
 eddy_client *cli_client(struct cli_ctx *ctx)
 {
     if (ctx->client)
@@ -50,11 +56,37 @@ eddy_client *cli_client(struct cli_ctx *ctx)
         return NULL;
     }
     eddy_options_set_timeout_ms(o, ctx->timeout_ms);
+    if (set(ctx->tls_ca) && (!eddy_options_set_tls(o, ctx->tls_ca, ctx->tls_cert, ctx->tls_key) ||
+                           !eddy_options_set_tls_server_name(o, ctx->tls_server_name))) {
+        cli_errorf("out of memory");
+        eddy_options_free(o);
+        return NULL;
+    }
     ctx->client = eddy_client_new(ctx->endpoint, o);
     eddy_options_free(o);
     if (!ctx->client)
         cli_errorf("cannot create a client for endpoint \"%s\"", ctx->endpoint);
     return ctx->client;
+}
+
+const struct tls_config *cli_tls(struct cli_ctx *ctx)
+{
+    ctx->tls = (struct tls_config){.ca = ctx->tls_ca, .cert = ctx->tls_cert,
+                                   .key = ctx->tls_key, .server_name = ctx->tls_server_name};
+    return &ctx->tls;
+}
+
+int cli_check_tls(const struct cli_ctx *ctx)
+{
+    if (set(ctx->tls_cert) != set(ctx->tls_key)) {
+        cli_errorf("--tls-cert and --tls-key go together");
+        return -1;
+    }
+    if ((set(ctx->tls_cert) || set(ctx->tls_server_name)) && !set(ctx->tls_ca)) {
+        cli_errorf("--tls-cert and --tls-server-name need --tls-ca (TLS is on only with a CA)");
+        return -1;
+    }
+    return 0;
 }
 
 int cli_set_output(struct cli_ctx *ctx)
@@ -90,7 +122,8 @@ void cli_help(FILE *out, const struct cli_spec *spec)
         fprintf(out, "  %-24s %s\n", left, o->help);
     }
     fputs("\nglobal flags (also accepted here): --endpoint HOST:PORT, --coordinator HOST:PORT,"
-          " -o/--output table|json, --timeout DURATION\n",
+          " -o/--output table|json, --timeout DURATION, --tls-ca FILE, --tls-cert FILE,"
+          " --tls-key FILE, --tls-server-name NAME\n",
           out);
 }
 
@@ -112,6 +145,10 @@ int cli_parse(struct cli_ctx *ctx, const struct cli_spec *spec, int argc, char *
         {"coordinator", FLAG_STRING, &ctx->coordinator, "HOST:PORT", ""},
         {"output", FLAG_STRING, &ctx->output, "FORMAT", ""},
         {"timeout", FLAG_DURATION, &ctx->timeout_ms, "DURATION", ""},
+        {"tls-ca", FLAG_STRING, &ctx->tls_ca, "FILE", ""},
+        {"tls-cert", FLAG_STRING, &ctx->tls_cert, "FILE", ""},
+        {"tls-key", FLAG_STRING, &ctx->tls_key, "FILE", ""},
+        {"tls-server-name", FLAG_STRING, &ctx->tls_server_name, "NAME", ""},
     };
     bool flags_done = false;
 
@@ -171,7 +208,7 @@ int cli_parse(struct cli_ctx *ctx, const struct cli_spec *spec, int argc, char *
                    spec->args);
         return CLI_EXIT_USAGE;
     }
-    if (cli_set_output(ctx) != 0)
+    if (cli_set_output(ctx) != 0 || cli_check_tls(ctx) != 0)
         return CLI_EXIT_USAGE;
     if (ctx->timeout_ms <= 0) {
         cli_errorf("--timeout must be positive");

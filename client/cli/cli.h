@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "common/config.h"
+#include "common/tls.h"
 #include "eddy/client.h"
 
 /* Exit codes, documented in `eddy --help` and docs/cli.md. */
@@ -27,9 +28,19 @@ struct cli_ctx {
     const char *coordinator; /* HOST:PORT of an eddy-coordinator (eddy status) */
     const char *output; /* "table" or "json" */
     int64_t timeout_ms;
+    const char *tls_ca, *tls_cert, *tls_key, *tls_server_name; /* "" = unset */
+    struct tls_config tls; /* from the four above: see cli_tls */
     bool json;
     eddy_client *client;
 };
+
+/* The TLS settings of the global flags (plaintext unless --tls-ca is set), for channels a
+ * subcommand opens itself; borrowed from ctx. */
+const struct tls_config *cli_tls(struct cli_ctx *ctx);
+
+/* Check the TLS flags (a certificate needs its key, and TLS needs --tls-ca): 0, or -1
+ * after a message on stderr. */
+int cli_check_tls(const struct cli_ctx *ctx);
 
 /* The client for ctx->endpoint, created on first use; NULL (after a message on stderr) if
  * it cannot be created. Owned by ctx; freed by main. */

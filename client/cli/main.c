@@ -61,6 +61,7 @@ int main(int argc, char **argv)
         .coordinator = "127.0.0.1:7071",
         .output = "table",
         .timeout_ms = 10000,
+        .tls_ca = "", .tls_cert = "", .tls_key = "", .tls_server_name = "",
     };
     const struct flag flags[] = {
         {"endpoint", FLAG_STRING, &ctx.endpoint, "HOST:PORT of an Eddy node", 0, 0},
@@ -68,6 +69,13 @@ int main(int argc, char **argv)
          "HOST:PORT of an eddy-coordinator (for eddy status and eddy drain)", 0, 0},
         {"output", FLAG_STRING, &ctx.output, "table | json", 0, 0},
         {"timeout", FLAG_DURATION, &ctx.timeout_ms, "deadline of each call", 1, INT64_MAX},
+        {"tls-ca", FLAG_STRING, &ctx.tls_ca,
+         "PEM CA of the servers' certificates: TLS on (plaintext without it)", 0, 0},
+        {"tls-cert", FLAG_STRING, &ctx.tls_cert,
+         "PEM client certificate, for servers that request or require one", 0, 0},
+        {"tls-key", FLAG_STRING, &ctx.tls_key, "PEM private key of --tls-cert", 0, 0},
+        {"tls-server-name", FLAG_STRING, &ctx.tls_server_name,
+         "name checked in the server's certificate (default: the endpoint's host)", 0, 0},
     };
     const size_t nflags = sizeof(flags) / sizeof(flags[0]);
     char **args = calloc((size_t)argc + 1, sizeof(*args));
@@ -101,7 +109,7 @@ int main(int argc, char **argv)
         goto out;
     }
     rc = CLI_EXIT_USAGE;
-    if (cli_set_output(&ctx) != 0)
+    if (cli_set_output(&ctx) != 0 || cli_check_tls(&ctx) != 0)
         goto out;
     if (first >= argc) {
         usage(stderr, flags, nflags);

@@ -198,7 +198,8 @@ int cmd_reprocess(struct cli_ctx *ctx, int argc, char **argv)
     req.set = setp;
     req.n_set = nsets;
 
-    struct rpc_channel_opts co = {.max_recv_bytes = 64 << 20, .max_send_bytes = 1 << 20};
+    struct rpc_channel_opts co = {.max_recv_bytes = 64 << 20, .max_send_bytes = 1 << 20,
+                                  .tls = cli_tls(ctx)};
     rpc_channel *ch = rpc_channel_open(ctx->endpoint, &co);
     if (!ch) {
         cli_errorf("cannot create a channel to \"%s\"", ctx->endpoint);

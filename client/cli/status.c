@@ -410,6 +410,7 @@ static int coordinator_call(struct cli_ctx *ctx, const char *method, const Proto
         .max_recv_bytes = 64 << 20,
         .max_send_bytes = 1 << 20,
         .wait_for_ready = false,
+        .tls = cli_tls(ctx),
     };
     rpc_channel *ch = rpc_channel_open(ctx->coordinator, &co);
     if (!ch) {

@@ -4,6 +4,7 @@
 //
 //   npm ci                       # once, installs @grpc/grpc-js and @grpc/proto-loader
 //   node eddy_example.js [--endpoint HOST:PORT] [--user ID]
+//                        [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
 //
 // The service definition is loaded at run time from ../../proto/eddy/v1/eddy.proto with
 // @grpc/proto-loader: no code generation step.
@@ -11,6 +12,7 @@
 // Exit codes: 0 success, 1 an RPC failed (after retries for Ingest), 2 bad usage.
 'use strict';
 
+const fs = require('fs');
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -26,12 +28,16 @@ function usage(code) {
   const out = code === 0 ? console.log : console.error;
   out(`usage: node eddy_example.js [--endpoint HOST:PORT] [--user ID] [--timeout SECONDS]
                           [--retries N] [--proto-dir DIR]
+                          [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
 
   --endpoint   node address (env EDDY_ENDPOINT; default 127.0.0.1:7070)
   --user       user id (default u-example-node)
   --timeout    deadline of each call in seconds (default 5)
   --retries    Ingest retries on UNAVAILABLE / RESOURCE_EXHAUSTED (default 5)
-  --proto-dir  directory holding eddy/v1/eddy.proto (default ../../proto)`);
+  --proto-dir  directory holding eddy/v1/eddy.proto (default ../../proto)
+  --tls-ca     PEM CA of the node's certificate: TLS on (env EDDY_TLS_CA)
+  --tls-cert   PEM client certificate, for a node that requests or requires one (env EDDY_TLS_CERT)
+  --tls-key    PEM private key of --tls-cert (env EDDY_TLS_KEY)`);
   process.exit(code);
 }
 
@@ -42,12 +48,16 @@ function parseArgs(argv) {
     timeout: 5,
     retries: 5,
     protoDir: PROTO_DIR,
+    tlsCa: process.env.EDDY_TLS_CA || '',
+    tlsCert: process.env.EDDY_TLS_CERT || '',
+    tlsKey: process.env.EDDY_TLS_KEY || '',
   };
   for (let i = 0; i < argv.length; i++) {
     let [flag, value] = argv[i].split(/=(.*)/s);
     if (flag === '-h' || flag === '--help') usage(0);
     const known = { '--endpoint': 'endpoint', '--user': 'user', '--timeout': 'timeout',
-                    '--retries': 'retries', '--proto-dir': 'protoDir' };
+                    '--retries': 'retries', '--proto-dir': 'protoDir', '--tls-ca': 'tlsCa',
+                    '--tls-cert': 'tlsCert', '--tls-key': 'tlsKey' };
     if (!(flag in known)) {
       console.error(`eddy_example: unknown argument ${argv[i]}`);
       usage(2);
@@ -67,7 +77,19 @@ function parseArgs(argv) {
     console.error('eddy_example: --timeout must be > 0 and --retries an integer >= 0');
     usage(2);
   }
+  if (!a.tlsCert !== !a.tlsKey) {
+    console.error('eddy_example: --tls-cert and --tls-key go together');
+    usage(2);
+  }
   return a;
+}
+
+// TLS credentials when --tls-ca is given (with the client certificate if any), else
+// plaintext.
+function credentials(a) {
+  if (!a.tlsCa) return grpc.credentials.createInsecure();
+  const read = (p) => (p ? fs.readFileSync(p) : null);
+  return grpc.credentials.createSsl(read(a.tlsCa), read(a.tlsKey), read(a.tlsCert));
 }
 
 function loadEddy(protoDir) {
@@ -139,7 +161,7 @@ function sampleEvents(user, nowMs) {
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const eddy = loadEddy(args.protoDir);
-  const client = new eddy.Eddy(args.endpoint, grpc.credentials.createInsecure());
+  const client = new eddy.Eddy(args.endpoint, credentials(args));
   try {
     // 1. Ingest: one batch; the answer counts what was recorded and lists each invalid
     //    event with its index, field and reason.

@@ -3,6 +3,7 @@
 the user's profile over the public gRPC API (service eddy.v1.Eddy).
 
     /usr/bin/python3 eddy_example.py [--endpoint HOST:PORT] [--user ID]
+        [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
 
 Needs grpcio and protobuf (Debian: python3-grpcio python3-protobuf) and, to generate the
 stubs from proto/eddy/v1/eddy.proto, protoc and grpc_python_plugin (Debian:
@@ -100,6 +101,22 @@ def sample_events(pb, user, now_ms):
     ]
 
 
+def open_channel(grpc, args):
+    """A TLS channel when --tls-ca is given (with the client certificate if any), else
+    plaintext."""
+    if not args.tls_ca:
+        return grpc.insecure_channel(args.endpoint)
+
+    def read(path):
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+    creds = grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key),
+                                         read(args.tls_cert))
+    return grpc.secure_channel(args.endpoint, creds)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--endpoint", default=os.environ.get("EDDY_ENDPOINT", "127.0.0.1:7070"),
@@ -110,7 +127,16 @@ def main():
     ap.add_argument("--retries", type=int, default=5,
                     help="Ingest retries on UNAVAILABLE / RESOURCE_EXHAUSTED (default 5)")
     ap.add_argument("--proto-dir", default=PROTO_DIR, help="directory holding eddy/v1/eddy.proto")
+    ap.add_argument("--tls-ca", default=os.environ.get("EDDY_TLS_CA", ""),
+                    help="PEM CA of the node's certificate: TLS on (env EDDY_TLS_CA)")
+    ap.add_argument("--tls-cert", default=os.environ.get("EDDY_TLS_CERT", ""),
+                    help="PEM client certificate, for a node that requests or requires one "
+                         "(env EDDY_TLS_CERT)")
+    ap.add_argument("--tls-key", default=os.environ.get("EDDY_TLS_KEY", ""),
+                    help="PEM private key of --tls-cert (env EDDY_TLS_KEY)")
     args = ap.parse_args()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        ap.error("--tls-cert and --tls-key go together")
 
     try:
         import grpc
@@ -118,7 +144,7 @@ def main():
         sys.exit("eddy_example: no grpcio; use Debian's /usr/bin/python3 with python3-grpcio")
     pb, pb_grpc = load_stubs(args.proto_dir)
 
-    with grpc.insecure_channel(args.endpoint) as channel:
+    with open_channel(grpc, args) as channel:
         stub = pb_grpc.EddyStub(channel)
         try:
             # 1. Ingest: one batch; the answer counts what was recorded and lists each

@@ -265,7 +265,7 @@ eddy_err membership_start(const struct membership_opts *o, int64_t wait_ms, memb
     char suffix[CLUSTER_KEY_MAX];
     snprintf(suffix, sizeof(suffix), "nodes/%s", o->node_id);
     cluster_key(m->node_key, sizeof(m->node_key), o->cluster, suffix);
-    m->etcd = etcd_client_new(o->etcd, o->etcd_timeout_ms);
+    m->etcd = etcd_client_new_secure(o->etcd, o->etcd_timeout_ms, o->etcd_sec);
     eddy_err e = EDDY_ERR_NOMEM;
     if (!m->nodes || !m->node_json || !m->etcd) {
         snprintf(err, errlen, "cannot create the etcd client for '%s'", o->etcd);

@@ -18,6 +18,7 @@
 
 #include "common/cluster.h"
 #include "common/err.h"
+#include "common/etcd.h"
 
 typedef struct membership membership;
 
@@ -41,6 +42,8 @@ struct membership_opts {
      * call the accessors below. NULL: none. */
     void (*on_change)(void *ud, membership *m);
     void *change_ud;
+    const struct etcd_security *etcd_sec; /* TLS and authentication for etcd (borrowed for
+                                             membership_start); NULL = none */
 };
 
 /* Partitions this node owns now. */

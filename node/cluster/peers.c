@@ -18,6 +18,7 @@ struct peers {
     struct peer tab[MAX_PEERS];
     size_t n;
     int64_t max_bytes;
+    const struct tls_config *tls; /* borrowed; NULL = plaintext */
 };
 
 peers *peers_new(int64_t max_message_bytes)
@@ -28,6 +29,11 @@ peers *peers_new(int64_t max_message_bytes)
     pthread_mutex_init(&p->mu, NULL);
     p->max_bytes = max_message_bytes;
     return p;
+}
+
+void peers_set_tls(peers *p, const struct tls_config *tls)
+{
+    p->tls = tls;
 }
 
 void peers_free(peers *p)
@@ -54,7 +60,7 @@ rpc_channel *peers_get(peers *p, const char *addr)
     }
     if (p->n == MAX_PEERS)
         goto out;
-    struct rpc_channel_opts o = {p->max_bytes, p->max_bytes, false};
+    struct rpc_channel_opts o = {p->max_bytes, p->max_bytes, false, p->tls};
     ch = rpc_channel_open(addr, &o);
     char *copy = strdup(addr);
     if (!ch || !copy) {

@@ -3,11 +3,17 @@
 #define EDDY_PEERS_H
 
 #include "common/rpc_client.h"
+#include "common/tls.h"
 
 typedef struct peers peers;
 
 /* Caller owns the result; free with peers_free after every call on its channels ended. */
 peers *peers_new(int64_t max_message_bytes);
+
+/* Dial peers with TLS 'tls' (borrowed for the peers' life; NULL = plaintext): the cluster
+ * CA checks their certificates and ours is presented (mTLS). Only before the first
+ * peers_get. */
+void peers_set_tls(peers *p, const struct tls_config *tls);
 void peers_free(peers *p);
 
 /* The channel to 'addr' (borrowed: valid until peers_free). NULL on OOM. Thread-safe. */

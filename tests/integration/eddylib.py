@@ -183,6 +183,13 @@ def poll_until(fn, timeout, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def open_channel(target, creds=None, options=None):
+    """A plaintext channel, or a TLS one with `creds` (grpc.ssl_channel_credentials)."""
+    if creds is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, creds, options=options)
+
+
 def _release_run(p):
     """After process p.proc of a Node or Coordinator exited: close its stdout reader and its
     log, and remove the log (a restart spawns a new one)."""
@@ -234,8 +241,9 @@ class Node:
     """One `eddy-node --dev` process on 127.0.0.1 (port 0: the node picks one and prints it)
     with its own data dir. Use as a context manager or via start()/stop()/kill9()."""
 
-    def __init__(self, data_dir=None, args=(), keep_dir=False):
+    def __init__(self, data_dir=None, args=(), keep_dir=False, creds=None):
         self.bin = require_node()
+        self.creds = creds  # grpc.ChannelCredentials for a TLS node (None: plaintext)
         self.own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="eddy-it-data-")
         self.keep_dir = keep_dir
@@ -266,7 +274,7 @@ class Node:
         if port is None:
             self._fail_start("did not print 'listening on PORT'")
         self.port = port
-        self.channel = grpc.insecure_channel(self.endpoint, options=[
+        self.channel = open_channel(self.endpoint, self.creds, options=[
             ("grpc.max_send_message_length", 64 << 20),
             ("grpc.max_receive_message_length", 64 << 20)])
         self.stub = eddy_stub(self.channel)
@@ -837,19 +845,28 @@ class Etcd:
         self.proc = None
         self._log = None
 
+    scheme = "http"
+
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+
+    def extra_args(self):
+        """More etcd flags (SecureEtcd: TLS)."""
+        return []
+
+    def _open(self, req, timeout):
+        return urllib.request.urlopen(req, timeout=timeout)
 
     def start(self, timeout=START_TIMEOUT):
         assert self.proc is None or self.proc.poll() is not None, "etcd already running"
-        c, p = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
+        c, p = self.url, f"http://127.0.0.1:{self.peer_port}"
         cmd = [self.bin, "--name", "n1", "--data-dir", os.path.join(self.data_dir, "etcd"),
                "--listen-client-urls", c, "--advertise-client-urls", c,
                "--listen-peer-urls", p, "--initial-advertise-peer-urls", p,
                "--initial-cluster", f"n1={p}", "--initial-cluster-state", "new",
                "--logger", "zap", "--log-level", "error",
-               "--heartbeat-interval", "10", "--election-timeout", "50"]
+               "--heartbeat-interval", "10", "--election-timeout", "50", *self.extra_args()]
         if self._log is None:
             self._log = open(os.path.join(self.data_dir, "etcd.log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=self._log,
@@ -859,7 +876,7 @@ class Etcd:
         def healthy():
             if self.proc.poll() is not None:
                 raise AssertionError(f"etcd exited rc={self.proc.returncode}")
-            with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+            with self._open(self.url + "/health", 1) as r:
                 return json.loads(r.read()).get("health") == "true"
 
         poll_until(healthy, timeout, interval=0.01, what=f"etcd healthy at {self.url}")
@@ -886,12 +903,17 @@ class Etcd:
     # -- JSON gateway --
     def call(self, path, body, timeout=5):
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              **self.auth_headers()})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with self._open(req, timeout) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             raise AssertionError(f"etcd {path}: HTTP {e.code}: {e.read()!r}")
+
+    def auth_headers(self):
+        """Headers of every gateway call (SecureEtcd: the root user's token)."""
+        return {}
 
     def put(self, key, value, lease=0):
         body = {"key": _b64(key), "value": _b64(value)}
@@ -932,6 +954,114 @@ class Etcd:
         self.call("/v3/lease/revoke", {"ID": str(lease)})
 
 
+# ---- TLS: certificates made with the openssl CLI, an etcd with TLS and authentication ----
+
+class Pki:
+    """A CA in `directory` (ca.crt, ca.key) that signs leaf certificates for 127.0.0.1 and
+    localhost (EC P-256, valid 2 days): pki.issue("server") -> (crt path, key path)."""
+
+    def __init__(self, directory, name="ca"):
+        self.dir = directory
+        self.name = name
+        self.ca = os.path.join(directory, f"{name}.crt")
+        self.ca_key = os.path.join(directory, f"{name}.key")
+        self._openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                      "-nodes", "-keyout", self.ca_key, "-subj", f"/CN=eddy-test-{name}",
+                      "-days", "2", "-out", self.ca)
+
+    @staticmethod
+    def _openssl(*args):
+        r = subprocess.run(["openssl", *args], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"openssl {args[0]} failed: {r.stderr}")
+
+    def issue(self, name, cn=None):
+        """cn="" gives a subject without a CommonName (etcd's gateway refuses client
+        certificates with one when authentication is on)."""
+        base = os.path.join(self.dir, f"{self.name}-{name}")
+        ext = base + ".ext"
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        self._openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                      "-nodes", "-keyout", base + ".key",
+                      "-subj", "/O=eddy-test" if cn == "" else f"/CN={cn or name}",
+                      "-out", base + ".csr")
+        self._openssl("x509", "-req", "-in", base + ".csr", "-CA", self.ca, "-CAkey", self.ca_key,
+                      "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", base + ".crt")
+        return base + ".crt", base + ".key"
+
+    def creds(self, cert=None, key=None):
+        """grpc channel credentials trusting this CA, with a client certificate if given."""
+        def rd(path):
+            if not path:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+        return grpc.ssl_channel_credentials(rd(self.ca), rd(key), rd(cert))
+
+
+class SecureEtcd(Etcd):
+    """An Etcd with TLS on its client port (--client-cert-auth: a client certificate of
+    `pki` is required) and, after enable_auth(), authentication: user `root` and a user
+    `eddy` whose role may read and write /eddy/. The harness's own calls go as root."""
+
+    scheme = "https"
+
+    def __init__(self, pki, data_dir=None):
+        super().__init__(data_dir)
+        self.pki = pki
+        self.server_cert, self.server_key = pki.issue("etcd-server")
+        # no CommonName: with authentication on, etcd's gateway answers 400 "CommonName of
+        # client sending a request against gateway will be ignored" to a certificate with one
+        self.client_cert, self.client_key = pki.issue("etcd-client", cn="")
+        self.password_file = os.path.join(self.data_dir, "eddy-password")
+        with open(self.password_file, "w") as f:
+            f.write("eddy-secret\n")
+        self._token = None
+        import ssl
+        self._ssl = ssl.create_default_context(cafile=pki.ca)
+        self._ssl.load_cert_chain(self.client_cert, self.client_key)
+
+    def extra_args(self):
+        return ["--cert-file", self.server_cert, "--key-file", self.server_key,
+                "--trusted-ca-file", self.pki.ca, "--client-cert-auth"]
+
+    def _open(self, req, timeout):
+        return urllib.request.urlopen(req, timeout=timeout, context=self._ssl)
+
+    def auth_headers(self):
+        return {"Authorization": self._token} if self._token else {}
+
+    def etcdctl(self, *args):
+        cmd = ["etcdctl", "--endpoints", self.url, "--cacert", self.pki.ca, "--cert",
+               self.client_cert, "--key", self.client_key, *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=20,
+                           env={**os.environ, "ETCDCTL_API": "3"})
+        if r.returncode != 0:
+            raise AssertionError(f"etcdctl {' '.join(args)} failed: {r.stderr}")
+        return r.stdout
+
+    def enable_auth(self):
+        self.etcdctl("user", "add", "root", "--new-user-password", "root-secret")
+        self.etcdctl("role", "add", "eddy")
+        self.etcdctl("role", "grant-permission", "eddy", "--prefix=true", "readwrite", "/eddy/")
+        self.etcdctl("user", "add", "eddy", "--new-user-password", "eddy-secret")
+        self.etcdctl("user", "grant-role", "eddy", "eddy")
+        self.etcdctl("auth", "enable")
+        self.login()
+
+    def login(self):
+        self._token = None
+        self._token = self.call("/v3/auth/authenticate",
+                                {"name": "root", "password": "root-secret"})["token"]
+
+    def eddy_args(self):
+        """The flags that let eddy-node and eddy-coordinator in."""
+        return ["--etcd-ca", self.pki.ca, "--etcd-cert", self.client_cert,
+                "--etcd-key", self.client_key, "--etcd-user", "eddy",
+                "--etcd-password-file", self.password_file]
+
+
 def start_etcd(test):
     """An etcd removed (process and data) when `test` ends, even on failure."""
     e = Etcd()
@@ -968,8 +1098,9 @@ def cluster_status_method(channel):
 class Coordinator:
     """One eddy-coordinator process against `etcd_url`, gRPC on 127.0.0.1:0."""
 
-    def __init__(self, etcd_url, cid, cluster="it", args=()):
+    def __init__(self, etcd_url, cid, cluster="it", args=(), creds=None):
         self.bin = require_coordinator()
+        self.creds = creds
         self.etcd_url = etcd_url
         self.id = cid
         self.cluster = cluster
@@ -991,7 +1122,7 @@ class Coordinator:
             self.kill9()
             raise AssertionError(f"eddy-coordinator did not start\n{self.log_tail()}")
         self.port = port
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = open_channel(f"127.0.0.1:{self.port}", self.creds)
         self.health = health_stub(self.channel)
         self.status_rpc = cluster_status_method(self.channel)
         return self
@@ -1066,8 +1197,8 @@ def cluster_pb_request():
     return m.ClusterStatusRequest()
 
 
-def start_coordinator(test, etcd_url, cid, cluster="it", args=(), ready=True):
-    c = Coordinator(etcd_url, cid, cluster=cluster, args=args)
+def start_coordinator(test, etcd_url, cid, cluster="it", args=(), ready=True, creds=None):
+    c = Coordinator(etcd_url, cid, cluster=cluster, args=args, creds=creds)
     test.addCleanup(c.cleanup)
     c.start()
     if ready:
@@ -1121,8 +1252,8 @@ class ClusterNode(Node):
     its own data dir. `args` are extra flags (e.g. --idle-timeout 0)."""
 
     def __init__(self, etcd_url, node_id, roles="state", cluster="it", partitions=16,
-                 lease_ttl_s=2, data_dir=None, args=()):
-        super().__init__(data_dir=data_dir, args=args)
+                 lease_ttl_s=2, data_dir=None, args=(), creds=None):
+        super().__init__(data_dir=data_dir, args=args, creds=creds)
         self.etcd_url = etcd_url
         self.id = node_id
         self.roles = roles
@@ -1170,27 +1301,31 @@ class Cluster:
     """etcd + coordinators + cluster nodes for one test; everything is killed and removed
     when the test ends (pass or fail). P partitions, lease TTL `ttl_s` seconds."""
 
-    def __init__(self, test, partitions=16, ttl_s=2, name="it", node_args=(), coord_args=()):
+    def __init__(self, test, partitions=16, ttl_s=2, name="it", node_args=(), coord_args=(),
+                 etcd=None, creds=None):
+        """`etcd`: an Etcd already started (e.g. a SecureEtcd; default: a new plain one);
+        `creds`: the test's channel credentials to TLS nodes and coordinators."""
         require_node()
         require_coordinator()
         self.test = test
+        self.creds = creds
         self.P = partitions
         self.ttl_s = ttl_s
         self.name = name
         self.node_args = list(node_args)
         self.coord_args = list(coord_args)
-        self.etcd = start_etcd(test)
+        self.etcd = etcd or start_etcd(test)
         self.coordinators = []
         self.nodes = {}
 
     def key(self, suffix):
         return f"/eddy/{self.name}/{suffix}"
 
-    def add_coordinator(self, cid, wait_leader=True, args=()):
+    def add_coordinator(self, cid, wait_leader=True, args=(), ready=True):
         c = start_coordinator(self.test, self.etcd.url, cid, cluster=self.name,
                               args=["--partitions", str(self.P), "--lease-ttl", f"{self.ttl_s}s",
                                     "--settle", "100ms", "--log-level", "info",
-                                    *self.coord_args, *args])
+                                    *self.coord_args, *args], creds=self.creds, ready=ready)
         self.coordinators.append(c)
         if wait_leader:
             poll_until(lambda: self.leader() is not None, 10, what="a leading coordinator")
@@ -1199,7 +1334,7 @@ class Cluster:
     def add_node(self, node_id, roles="state", args=(), data_dir=None):
         n = ClusterNode(self.etcd.url, node_id, roles=roles, cluster=self.name,
                         partitions=self.P, lease_ttl_s=self.ttl_s, data_dir=data_dir,
-                        args=self.node_args + list(args))
+                        args=self.node_args + list(args), creds=self.creds)
         self.test.addCleanup(n.cleanup)
         n.start()
         self.nodes[node_id] = n

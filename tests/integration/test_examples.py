@@ -171,6 +171,31 @@ class ExamplesTest(unittest.TestCase):
         self.assertIn("eddy_example: UNAVAILABLE", err)
         self.assertNotIn("ingest: accepted=", out)
 
+    def test_both_examples_over_mtls(self):
+        """Both examples against a node that requires a client certificate: the TLS
+        options (Python through EDDY_TLS_*, Node.js through flags)."""
+        pki = L.Pki(L.temp_dir(self, "eddy-it-pki-"))
+        cert, key = pki.issue("node")
+        ccert, ckey = pki.issue("app")
+        node = L.Node(args=["--tls-cert", cert, "--tls-key", key, "--tls-ca", pki.ca,
+                            "--tls-client-auth", "require"], creds=pki.creds(ccert, ckey))
+        self.addCleanup(node.cleanup)
+        node.start()
+        user = "u-example-py"
+        rc, out, err = run(self.python_cmd("--user", user),
+                           env=example_env(EDDY_ENDPOINT=node.endpoint, EDDY_TLS_CA=pki.ca,
+                                           EDDY_TLS_CERT=ccert, EDDY_TLS_KEY=ckey))
+        self.check_output(user, rc, out, err)
+        rc, out, err = run(self.python_cmd("--endpoint", node.endpoint, "--tls-ca", pki.ca,
+                                           "--retries", "0"))
+        self.assertEqual(rc, 1, f"no client certificate: stdout:\n{out}\nstderr:\n{err}")
+        cmd = node_example_cmd()
+        user = "u-example-node"
+        rc, out, err = run(cmd + ["--endpoint", node.endpoint, "--user", user, "--proto-dir",
+                                  L.PROTO_DIR, "--tls-ca", pki.ca, "--tls-cert", ccert,
+                                  "--tls-key", ckey])
+        self.check_output(user, rc, out, err)
+
     def test_both_examples_on_one_node(self):
         """One after the other against the same node: each user's profile holds only its
         own events."""

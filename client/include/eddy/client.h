@@ -76,6 +76,18 @@ void eddy_options_set_wait_for_ready(eddy_options *opts, bool wait);
 /* Largest response accepted, in bytes (default 64 MiB). */
 void eddy_options_set_max_recv_bytes(eddy_options *opts, int64_t bytes);
 
+/* TLS: 'ca_file' (PEM) is the CA that signed the server's certificate; 'cert_file' and
+ * 'key_file' (both or neither; may be NULL) a client certificate for servers that request
+ * or require one. The files are read by eddy_client_new (which returns NULL if one cannot
+ * be read). Without this call the connection is plaintext. Returns false if out of memory
+ * or if exactly one of cert_file and key_file is given. */
+bool eddy_options_set_tls(eddy_options *opts, const char *ca_file, const char *cert_file,
+                          const char *key_file);
+
+/* The name checked in the server's certificate (default: the endpoint's host). Returns
+ * false if out of memory. */
+bool eddy_options_set_tls_server_name(eddy_options *opts, const char *name);
+
 /* ---- client ---------------------------------------------------------------------------- */
 
 /* A connection to one Eddy node. Opaque; thread-safe. */

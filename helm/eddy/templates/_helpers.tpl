@@ -198,6 +198,10 @@ Environment shared by every Eddy process (coordinator and nodes).
   value: {{ .Values.cluster.logLevel | quote }}
 - name: EDDY_SHUTDOWN_GRACE
   value: {{ .Values.cluster.shutdownGrace | quote }}
+# The pods listen on 0.0.0.0 in plaintext: protected mode needs this until the chart
+# mounts TLS certificates (issue 14 item 10; docs/security.md).
+- name: EDDY_INSECURE
+  value: "true"
 {{- end }}
 
 {{/*

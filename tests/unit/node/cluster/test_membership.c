@@ -52,7 +52,7 @@ static membership *join(struct etcd_proc *ep, const char *id, const char *addr, 
                         int64_t wait_ms, eddy_err *err)
 {
     struct membership_opts mo = {ep->url, "m", id, ROLE_STATE, addr, "", "rack-a", 2, 1000,
-                                 on_alive, s, on_change, s};
+                                 on_alive, s, on_change, s, NULL};
     membership *m = NULL;
     char why[256];
     *err = membership_start(&mo, wait_ms, &m, why, sizeof(why));
