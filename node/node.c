@@ -490,7 +490,7 @@ static eddy_err join(node *n, char *err, size_t errlen)
         atomic_store(&n->following, true);
         atomic_store(&n->takeover, true);
         state_service_takeover(&n->ss);
-        forwarder *fwd = forwarder_start(n->eng, mem, n->pe, c->route_timeout);
+        forwarder *fwd = forwarder_start(n->eng, mem, n->pe, n->rep, c->route_timeout);
         if (!fwd)
             return fail(err, errlen, EDDY_ERR_NOMEM, "cannot start the forwarder", NULL);
         atomic_store(&n->fwd, fwd);

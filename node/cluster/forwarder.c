@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/completion.h"
 #include "common/log.h"
 #include "common/partition.h"
 #include "common/worker.h"
@@ -16,6 +17,7 @@ struct forwarder {
     engine *eng;
     membership *mem;
     peers *peers;
+    replica *repl;            /* NULL: every record may go */
     int64_t timeout_ms;
     struct worker worker;     /* kicked when the engine commits OUTBOX records */
     bool failed;              /* the forwarder thread's: the last round left records behind
@@ -36,6 +38,7 @@ struct rec {
 struct round {
     struct rec *recs;
     size_t n;
+    uint64_t below;           /* the partition's records from this source seq on wait */
 };
 
 static int collect(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
@@ -48,6 +51,10 @@ static int collect(void *ud, const unsigned char *k, size_t klen, const char *v,
     if (!b) {
         log_error("msg=\"undecodable OUTBOX record skipped\"");
         return 0;
+    }
+    if (b->source_seq >= r->below) { /* not on min-insync copies yet: nor what follows */
+        eddy__store__v1__stage2_batch__free_unpacked(b, NULL);
+        return 1;
     }
     struct rec *x = &r->recs[r->n++];
     memcpy(x->key.buf, k, klen);
@@ -86,15 +93,52 @@ static size_t destinations(forwarder *f, const Eddy__Store__V1__Stage2Batch *b,
     return n;
 }
 
+static void removed(void *ud, eddy_err err)
+{
+    completion_signal(ud, err, 0);
+}
+
+/* Remove the delivered records (r's records are in partition order) through each
+ * partition's log, one OUTBOX_DONE record per partition; 'seqs' is scratch of ROUND_MAX.
+ * The records that are not removed (this node stopped leading the partition, the write
+ * failed) are sent again by whoever leads then: the receivers' marks drop them. */
+static size_t remove_delivered(forwarder *f, const struct round *r, uint64_t *seqs)
+{
+    size_t done = 0;
+    for (size_t i = 0; i < r->n;) {
+        uint32_t p = r->recs[i].b->source_partition;
+        size_t n = 0;
+        for (; i < r->n && r->recs[i].b->source_partition == p; i++)
+            if (!r->recs[i].failed)
+                seqs[n++] = r->recs[i].b->source_seq;
+        if (n == 0)
+            continue;
+        struct completion c;
+        completion_init(&c);
+        eddy_err err = completion_wait(&c, engine_outbox_forwarded(f->eng, p, seqs, n,
+                                                                   removed, &c));
+        if (err == EDDY_OK)
+            done += n;
+        else
+            log_warn("msg=\"delivered stage-2 records not removed; sent again later\" "
+                     "partition=%u records=%zu error=\"%s\"", p, n, eddy_strerror(err));
+    }
+    return done;
+}
+
 static size_t run_round(forwarder *f)
 {
     uint32_t P = membership_partitions(f->mem);
-    struct round r = {calloc(ROUND_MAX, sizeof(struct rec)), 0};
+    struct round r = {calloc(ROUND_MAX, sizeof(struct rec)), 0, UINT64_MAX};
     if (!r.recs)
         return 0;
     store *st = engine_store(f->eng);
     for (uint32_t p = 0; p < P && r.n < ROUND_MAX; p++) {
         struct store_key start, end;
+        uint64_t epoch;
+        if (!membership_owns(f->mem, p, &epoch))
+            continue; /* a follower's copy: its leader forwards and removes the records */
+        r.below = f->repl ? replica_committed(f->repl, p) : UINT64_MAX;
         key_init(&start, p, T_OUTBOX);
         key_prefix_end(&start, &end);
         store_scan(st, &start, &end, collect, &r);
@@ -103,11 +147,12 @@ static size_t run_round(forwarder *f)
     char (*addrs)[CLUSTER_ADDR_MAX] = calloc(MAX_DESTS, CLUSTER_ADDR_MAX);
     Eddy__Store__V1__Stage2Batch **batch = calloc(ROUND_MAX, sizeof(*batch));
     size_t *idx = calloc(ROUND_MAX, sizeof(*idx));
+    uint64_t *seqs = calloc(ROUND_MAX, sizeof(*seqs));
     char (*dest)[CLUSTER_ADDR_MAX] = calloc(MAX_DESTS, CLUSTER_ADDR_MAX);
     size_t ndest = 0, done = 0, failures = 0;
     uint32_t *parts = NULL;
     bool *named = NULL;
-    if (!addrs || !batch || !idx || !dest)
+    if (!addrs || !batch || !idx || !dest || !seqs)
         goto out;
     for (size_t i = 0; i < r.n; i++) {
         bool unknown;
@@ -194,11 +239,7 @@ static size_t run_round(forwarder *f)
         if (resp)
             protobuf_c_message_free_unpacked(resp, NULL);
     }
-    for (size_t i = 0; i < r.n; i++) {
-        if (!r.recs[i].failed && store_delete(st, &r.recs[i].key) == EDDY_OK)
-            done++;
-    }
-    engine_outbox_done(f->eng, done);
+    done = remove_delivered(f, &r, seqs);
 out:
     free(parts);
     free(named);
@@ -208,6 +249,7 @@ out:
     free(addrs);
     free(batch);
     free(idx);
+    free(seqs);
     free(dest);
     f->failed = failures > 0;
     /* a full round means more may be waiting; a failure means wait before retrying */
@@ -226,7 +268,8 @@ static void forwarder_main(struct worker *w, void *arg)
     }
 }
 
-forwarder *forwarder_start(engine *eng, membership *mem, peers *pe, int64_t timeout_ms)
+forwarder *forwarder_start(engine *eng, membership *mem, peers *pe, replica *repl,
+                           int64_t timeout_ms)
 {
     forwarder *f = calloc(1, sizeof(*f));
     if (!f)
@@ -234,6 +277,7 @@ forwarder *forwarder_start(engine *eng, membership *mem, peers *pe, int64_t time
     f->eng = eng;
     f->mem = mem;
     f->peers = pe;
+    f->repl = repl;
     f->timeout_ms = timeout_ms;
     if (worker_start(&f->worker, "forwarder", forwarder_main, f) != EDDY_OK) {
         free(f);

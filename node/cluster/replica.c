@@ -393,6 +393,19 @@ bool replica_writable(replica *r, uint32_t p)
     return ok;
 }
 
+uint64_t replica_committed(replica *r, uint32_t p)
+{
+    if (p >= r->o.partitions)
+        return 0;
+    pthread_mutex_lock(&r->mu);
+    const struct part *pt = &r->parts[p];
+    uint64_t c = pt->map.nreplicas <= 1 ? UINT64_MAX
+                 : pt->leading            ? watermark(pt, need(r, pt), UINT64_MAX)
+                                          : 0;
+    pthread_mutex_unlock(&r->mu);
+    return c;
+}
+
 uint32_t replica_insync(replica *r, uint32_t p)
 {
     if (p >= r->o.partitions)

@@ -121,6 +121,11 @@ eddy_err replica_follow_apply(replica *r, const Eddy__State__V1__ReplicaPartitio
 /* Follower side: the position of partition 'p' (the next seq it needs from its leader). */
 uint64_t replica_position(replica *r, uint32_t p);
 
+/* Leader side: the seq below which every record of partition 'p' is on min-insync copies
+ * (what may be exposed to other partitions: stage-2 forwarding). UINT64_MAX when the
+ * partition is not replicated; 0 when this node does not lead it. Any thread. */
+uint64_t replica_committed(replica *r, uint32_t p);
+
 /* Leader side: copies of partition 'p' in sync now, the leader included (1 for a
  * partition that is not replicated or not led here). */
 uint32_t replica_insync(replica *r, uint32_t p);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -360,18 +361,53 @@ static void handle_apply(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 /* A Forward in the engine: the call and the partitions refused (by the handler or when
  * the job ran). */
 struct pending_forward {
+    struct state_service *svc;
     rpc_call *call;
     const uint32_t *parts;
     uint8_t *refused;    /* [nparts] */
     uint32_t *list;      /* [nparts] the answer's refused partitions */
     size_t nparts;
+    size_t applied;
+    /* replicated: the STAGE2 records are on min-insync copies of each partition */
+    struct forward_wait *waits; /* [nparts] */
+    atomic_size_t pending;      /* replica_wait calls not answered, plus one */
+};
+
+struct forward_wait {
+    struct pending_forward *pf;
+    size_t i;
 };
 
 static void forward_free(struct pending_forward *pf)
 {
     free(pf->refused);
     free(pf->list);
+    free(pf->waits);
     free(pf);
+}
+
+static void forward_reply(struct pending_forward *pf)
+{
+    Eddy__State__V1__ForwardResponse r = EDDY__STATE__V1__FORWARD_RESPONSE__INIT;
+    r.applied = (uint32_t)pf->applied;
+    r.refused = pf->list;
+    for (size_t i = 0; i < pf->nparts; i++)
+        if (pf->refused[i])
+            pf->list[r.n_refused++] = pf->parts[i];
+    rpc_reply(pf->call, &r.base);
+    forward_free(pf);
+}
+
+/* A partition's STAGE2 records on min-insync copies, or not: then it is answered refused
+ * and the sender keeps its records for a later round (the marks drop what was applied). */
+static void forward_replicated(void *ud, eddy_err err)
+{
+    struct forward_wait *w = ud;
+    struct pending_forward *pf = w->pf;
+    if (err != EDDY_OK)
+        pf->refused[w->i] = 1;
+    if (atomic_fetch_sub(&pf->pending, 1) == 1)
+        forward_reply(pf);
 }
 
 static void forward_done(void *ud, eddy_err err, size_t applied)
@@ -380,16 +416,29 @@ static void forward_done(void *ud, eddy_err err, size_t applied)
     if (err != EDDY_OK) {
         rpc_reply_error(pf->call, eddy_err_to_grpc(err), "forward not applied: %s",
                         eddy_strerror(err));
-    } else {
-        Eddy__State__V1__ForwardResponse r = EDDY__STATE__V1__FORWARD_RESPONSE__INIT;
-        r.applied = (uint32_t)applied;
-        r.refused = pf->list;
-        for (size_t i = 0; i < pf->nparts; i++)
-            if (pf->refused[i])
-                pf->list[r.n_refused++] = pf->parts[i];
-        rpc_reply(pf->call, &r.base);
+        forward_free(pf);
+        return;
     }
-    forward_free(pf);
+    pf->applied = applied;
+    if (!pf->svc->repl || !pf->waits) {
+        forward_reply(pf);
+        return;
+    }
+    /* answered once each applied partition's log, as published now, is replicated: the
+     * sender removes its OUTBOX records then, so they must not be lost with this node */
+    atomic_store(&pf->pending, 1);
+    for (size_t i = 0; i < pf->nparts; i++) {
+        if (pf->refused[i])
+            continue;
+        struct engine_partition_view v;
+        engine_partition(pf->svc->eng, pf->parts[i], &v);
+        pf->waits[i] = (struct forward_wait){pf, i};
+        atomic_fetch_add(&pf->pending, 1);
+        if (replica_wait(pf->svc->repl, pf->parts[i], v.next_seq, forward_replicated,
+                         &pf->waits[i]) != EDDY_OK)
+            forward_replicated(&pf->waits[i], EDDY_ERR_NOMEM);
+    }
+    forward_replicated(&(struct forward_wait){pf, SIZE_MAX}, EDDY_OK);
 }
 
 static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
@@ -409,14 +458,18 @@ static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     if (pf) {
         pf->refused = calloc(n ? n : 1, 1);
         pf->list = calloc(n ? n : 1, sizeof(*pf->list));
+        pf->waits = calloc(n ? n : 1, sizeof(*pf->waits));
     }
-    if (!pf || !pf->refused || !pf->list) {
+    if (!pf || !pf->refused || !pf->list || !pf->waits) {
         if (pf)
             forward_free(pf);
         rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    *pf = (struct pending_forward){c, req->partitions, pf->refused, pf->list, n};
+    pf->svc = svc;
+    pf->call = c;
+    pf->parts = req->partitions;
+    pf->nparts = n;
     /* the partitions the sender means: refused unless ours, taken over and not frozen by
      * a move or a rebuild (the writer checks again when it applies) */
     bool rebuilding = stage2_side_frozen(svc->s2);
@@ -424,7 +477,8 @@ static void handle_forward(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         uint32_t q = req->partitions[i];
         uint64_t epoch;
         pf->refused[i] = q >= P || !membership_owns(svc->mem, q, &epoch) ||
-                         !ready_at(svc, q, epoch) || frozen(svc, q) || rebuilding;
+                         !ready_at(svc, q, epoch) || frozen(svc, q) || rebuilding ||
+                         (svc->repl && !replica_writable(svc->repl, q));
     }
     /* records for a partition still being taken over would be overwritten by its restore */
     for (size_t i = 0; i < req->n_batches && n == 0; i++) {
@@ -463,6 +517,89 @@ static void user_done(void *ud, const struct backend_status *st, const ProtobufC
         rpc_reply(c, resp);
 }
 
+/* A DeleteUser answered once its log record is on min-insync copies, like an Apply: the
+ * answer waits, packed, for replica_wait. */
+struct delete_wait {
+    rpc_call *c;
+    uint8_t *resp;    /* the packed UserResponse */
+    size_t len;
+};
+
+static void delete_replicated(void *ud, eddy_err err)
+{
+    struct delete_wait *w = ud;
+    Eddy__State__V1__UserResponse *r =
+        err == EDDY_OK ? eddy__state__v1__user_response__unpack(NULL, w->len, w->resp) : NULL;
+    if (r)
+        rpc_reply(w->c, &r->base);
+    else
+        rpc_reply_error(w->c, GRPC_STATUS_UNAVAILABLE,
+                        "user deleted on fewer copies than min-insync: retry (%s)",
+                        eddy_strerror(err == EDDY_OK ? EDDY_ERR_NOMEM : err));
+    eddy__state__v1__user_response__free_unpacked(r, NULL);
+    free(w->resp);
+    free(w);
+}
+
+struct user_call {
+    struct state_service *svc;
+    rpc_call *c;
+    Eddy__State__V1__UserRequest *req; /* the call's; valid until it is answered */
+    uint32_t partition;
+    bool delete;
+};
+
+static void user_call_done(void *ud, const struct backend_status *st,
+                           const ProtobufCMessage *resp);
+
+/* A DeleteUser runs once the in-sync followers hold the partition's log as it is: the
+ * delete erases the user's earlier records in place, and a follower that fetched them
+ * only afterwards would get the erased form (not the events) and count them nowhere. */
+static void delete_after_followers(void *ud, eddy_err err)
+{
+    struct user_call *u = ud;
+    if (err != EDDY_OK) {
+        rpc_reply_error(u->c, GRPC_STATUS_UNAVAILABLE,
+                        "partition %u: followers not in sync before the delete: retry (%s)",
+                        u->partition, eddy_strerror(err));
+        free(u);
+        return;
+    }
+    struct local_backend lb = {u->svc->eng, u->svc->q};
+    local_backend_user(&lb, u->req, user_call_done, u);
+}
+
+static void user_call_done(void *ud, const struct backend_status *st,
+                           const ProtobufCMessage *resp)
+{
+    struct user_call *u = ud;
+    struct delete_wait *w = NULL;
+    if (st->code != GRPC_STATUS_OK || !u->delete || !u->svc->repl) {
+        user_done(u->c, st, resp);
+        goto out;
+    }
+    struct engine_partition_view v;
+    engine_partition(u->svc->eng, u->partition, &v);
+    w = calloc(1, sizeof(*w));
+    size_t len = protobuf_c_message_get_packed_size(resp);
+    if (!w || !(w->resp = malloc(len ? len : 1))) {
+        rpc_reply_error(u->c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    w->c = u->c;
+    w->len = protobuf_c_message_pack(resp, w->resp);
+    /* the partition's whole log as published now: the DeleteUser record included */
+    if (replica_wait(u->svc->repl, u->partition, v.next_seq, delete_replicated, w) == EDDY_OK)
+        w = NULL; /* delete_replicated answers and frees it */
+    else
+        rpc_reply_error(u->c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+out:
+    if (w)
+        free(w->resp);
+    free(w);
+    free(u);
+}
+
 static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct state_service *svc = ud;
@@ -492,10 +629,34 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
                             req->partition);
             return;
         }
+        if (svc->repl && !replica_writable(svc->repl, req->partition)) {
+            rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE,
+                            "partition %u has fewer in-sync copies than min-insync: retry",
+                            req->partition);
+            return;
+        }
     }
     /* the same per-user code as a --dev node's; a delete answers from the engine's thread */
+    struct user_call *u = calloc(1, sizeof(*u));
+    if (!u) {
+        rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    *u = (struct user_call){svc, c, req, req->partition,
+                            req->request_case ==
+                                EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER};
+    if (u->delete && svc->repl) {
+        struct engine_partition_view v;
+        engine_partition(svc->eng, req->partition, &v);
+        if (replica_wait(svc->repl, req->partition, v.next_seq, delete_after_followers, u) !=
+            EDDY_OK) {
+            rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+            free(u);
+        }
+        return;
+    }
     struct local_backend lb = {svc->eng, svc->q};
-    local_backend_user(&lb, req, user_done, c);
+    local_backend_user(&lb, req, user_call_done, u);
 }
 
 /* ---- Partial ---------------------------------------------------------------------------- */

@@ -11,7 +11,15 @@
 
 /* ---- meta ---------------------------------------------------------------------------- */
 
-#define META_FORMAT 1 /* PartitionMeta.format: the dedup sweep walks the log */
+/* PartitionMeta.format: 1, the dedup sweep walks the log; 2, stage-2 batches, DeleteUser
+ * and OUTBOX deliveries are log records too. A format-1 partition converts as it is (its
+ * log is a valid format-2 log); a newer one is refused rather than misread. */
+#define META_FORMAT 2
+
+uint32_t apply_meta_format(void)
+{
+    return META_FORMAT;
+}
 
 eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m)
 {
@@ -36,11 +44,16 @@ eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m)
     m->log_first_seq = pm->log_first_seq;
     m->epoch = pm->epoch;
     m->dedup_next = pm->dedup_next_seq;
-    if (pm->format < META_FORMAT) {
+    if (pm->format > META_FORMAT) {
+        protobuf_c_message_free_unpacked(&pm->base, NULL);
+        return EDDY_ERR_TOO_LARGE; /* engine_open says which layout it found */
+    }
+    if (pm->format < META_FORMAT)
+        m->dirty = true; /* converted: saved with the next group */
+    if (pm->format < 1) {
         /* the older layout's events have DEDUP_EXP rows (sweep_dedup_index): the walk
          * along the log starts after them, and the conversion is saved with the next group */
         m->dedup_next = pm->next_seq;
-        m->dirty = true;
     }
     protobuf_c_message_free_unpacked(&pm->base, NULL);
     return EDDY_OK;
@@ -257,7 +270,18 @@ static eddy_err sweep_dedup_index(store_txn *t, uint32_t p, int64_t cutoff)
     return err;
 }
 
-/* The event id and time of a log record (NULL id: an idle-watermark record). */
+/* A STAGE2 record's time for the sweeps: its newest record's. */
+static int64_t stage2_ts(const Eddy__Store__V1__Stage2Batch *b)
+{
+    int64_t ts = WATERMARK_NONE;
+    for (size_t i = 0; i < b->n_updates; i++)
+        ts = b->updates[i]->ts > ts ? b->updates[i]->ts : ts;
+    for (size_t i = 0; i < b->n_pairs; i++)
+        ts = b->pairs[i]->ts > ts ? b->pairs[i]->ts : ts;
+    return ts;
+}
+
+/* The event id and time of a log record (NULL id: a record of no event). */
 static bool record_id_ts(const Eddy__Store__V1__LogRecord *r, const char **id, int64_t *ts)
 {
     *id = NULL;
@@ -272,6 +296,15 @@ static bool record_id_ts(const Eddy__Store__V1__LogRecord *r, const char **id, i
         return true;
     case EDDY__STORE__V1__LOG_RECORD__KIND_IDLE_WATERMARK:
         *ts = r->idle_watermark;
+        return true;
+    case EDDY__STORE__V1__LOG_RECORD__KIND_STAGE2:
+        *ts = stage2_ts(r->stage2);
+        return true;
+    case EDDY__STORE__V1__LOG_RECORD__KIND_DELETE_USER:
+        *ts = r->delete_user->ts;
+        return true;
+    case EDDY__STORE__V1__LOG_RECORD__KIND_OUTBOX_DONE:
+        *ts = r->outbox_done->ts;
         return true;
     default:
         return false;
@@ -606,6 +639,17 @@ out:
     return err; /* the model belongs to the txn */
 }
 
+/* Append 'r' to partition p's log under its next seq. */
+static eddy_err append_record(store_txn *t, uint32_t p, struct part_meta *m,
+                              const Eddy__Store__V1__LogRecord *r)
+{
+    struct store_key k;
+    key_init(&k, p, T_LOG);
+    key_u64(&k, m->next_seq++);
+    m->dirty = true;
+    return store_txn_put_msg(t, &k, &r->base);
+}
+
 eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,
                      struct part_meta *m, const Eddy__V1__Event *ev, apply_emit_fn *emit,
                      void *emit_ud, enum apply_outcome *outcome)
@@ -664,6 +708,18 @@ eddy_err apply_idle(store_txn *t, const struct apply_params *ap, uint32_t p,
     return apply_logged_idle(t, ap, p, m, wm);
 }
 
+static eddy_err delete_user_state(store_txn *t, uint32_t p, const struct part_meta *m,
+                                  const char *user_id, bool *model_deleted,
+                                  uint64_t *windows_deleted, uint64_t *log_deleted);
+static eddy_err remove_outbox(store_txn *t, uint32_t p, const uint64_t *seqs, size_t n,
+                              uint64_t *removed);
+
+/* A STAGE2 record of partition q applies the records of q only. */
+static bool only_partition(void *ud, uint32_t q)
+{
+    return *(const uint32_t *)ud == q;
+}
+
 eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
                       struct part_meta *m, uint64_t seq, const Eddy__Store__V1__LogRecord *r,
                       apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome)
@@ -680,9 +736,101 @@ eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
         *outcome = APPLY_DUPLICATE; /* DeleteUser erased it: nothing to apply */
         return EDDY_OK;
     }
-    if (r->kind_case != EDDY__STORE__V1__LOG_RECORD__KIND_EVENT || !r->event)
-        return EDDY_ERR_CORRUPT;
-    return apply_logged_event(t, ap, p, m, seq, r->event, emit, emit_ud, outcome);
+    *outcome = APPLY_ACCEPTED;
+    switch (r->kind_case) {
+    case EDDY__STORE__V1__LOG_RECORD__KIND_EVENT:
+        if (!r->event)
+            return EDDY_ERR_CORRUPT;
+        return apply_logged_event(t, ap, p, m, seq, r->event, emit, emit_ud, outcome);
+    case EDDY__STORE__V1__LOG_RECORD__KIND_STAGE2:
+        return ap->product ? product_apply(t, ap->product, r->stage2, only_partition, &p)
+                           : EDDY_OK;
+    case EDDY__STORE__V1__LOG_RECORD__KIND_DELETE_USER: {
+        bool model;
+        uint64_t windows, logged;
+        return delete_user_state(t, p, m, r->delete_user->user_id, &model, &windows, &logged);
+    }
+    case EDDY__STORE__V1__LOG_RECORD__KIND_OUTBOX_DONE:
+        if (!ap->product)
+            return EDDY_OK;
+        return remove_outbox(t, p, r->outbox_done->source_seqs, r->outbox_done->n_source_seqs,
+                             NULL);
+    default:
+        return EDDY_ERR_CORRUPT; /* a kind this binary does not know: never skipped */
+    }
+}
+
+/* ---- stage 2 and OUTBOX records ------------------------------------------------------ */
+
+eddy_err apply_stage2(store_txn *t, const struct apply_params *ap, uint32_t q,
+                      struct part_meta *m, const Eddy__Store__V1__Stage2Batch *b, bool *logged)
+{
+    bool fresh;
+    *logged = false;
+    eddy_err err = product_fresh(t, q, b->source_partition, b->source_seq, &fresh);
+    if (err != EDDY_OK || !fresh)
+        return err;
+    Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
+    r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_STAGE2;
+    r.stage2 = (Eddy__Store__V1__Stage2Batch *)b;
+    if ((err = append_record(t, q, m, &r)) != EDDY_OK)
+        return err;
+    *logged = true;
+    return product_apply(t, ap->product, b, only_partition, &q);
+}
+
+static eddy_err remove_outbox(store_txn *t, uint32_t p, const uint64_t *seqs, size_t n,
+                              uint64_t *removed)
+{
+    eddy_err err = EDDY_OK;
+    for (size_t i = 0; i < n && err == EDDY_OK; i++) {
+        struct store_key k;
+        key_init(&k, p, T_OUTBOX);
+        key_u64(&k, seqs[i]);
+        if (removed) {
+            const char *v;
+            size_t vlen;
+            bool found;
+            err = store_txn_get(t, &k, &v, &vlen, &found);
+            *removed += err == EDDY_OK && found;
+        }
+        if (err == EDDY_OK)
+            err = store_txn_del(t, &k);
+    }
+    return err;
+}
+
+eddy_err apply_outbox_done(store_txn *t, uint32_t p, struct part_meta *m, const uint64_t *seqs,
+                           size_t n, uint64_t *removed)
+{
+    Eddy__Store__V1__OutboxDone od = EDDY__STORE__V1__OUTBOX_DONE__INIT;
+    Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
+    od.source_seqs = (uint64_t *)seqs;
+    od.n_source_seqs = n;
+    od.ts = m->max_ts;
+    r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_OUTBOX_DONE;
+    r.outbox_done = &od;
+    eddy_err err = append_record(t, p, m, &r);
+    if (err == EDDY_OK)
+        err = remove_outbox(t, p, seqs, n, removed);
+    return err;
+}
+
+uint64_t apply_outbox_present(store_txn *t, uint32_t p, const Eddy__Store__V1__LogRecord *r)
+{
+    uint64_t n = 0;
+    if (r->kind_case != EDDY__STORE__V1__LOG_RECORD__KIND_OUTBOX_DONE)
+        return 0;
+    for (size_t i = 0; i < r->outbox_done->n_source_seqs; i++) {
+        struct store_key k;
+        const char *v;
+        size_t vlen;
+        bool found;
+        key_init(&k, p, T_OUTBOX);
+        key_u64(&k, r->outbox_done->source_seqs[i]);
+        n += store_txn_get(t, &k, &v, &vlen, &found) == EDDY_OK && found;
+    }
+    return n;
 }
 
 /* ---- delete user --------------------------------------------------------------------- */
@@ -698,9 +846,9 @@ static int collect_user_log(void *ud, const unsigned char *k, size_t klen, const
     return l->err != EDDY_OK;
 }
 
-eddy_err apply_delete_user(store_txn *t, uint32_t p, const struct part_meta *m,
-                           const char *user_id, bool *model_deleted, uint64_t *windows_deleted,
-                           uint64_t *log_deleted)
+static eddy_err delete_user_state(store_txn *t, uint32_t p, const struct part_meta *m,
+                                  const char *user_id, bool *model_deleted,
+                                  uint64_t *windows_deleted, uint64_t *log_deleted)
 {
     struct store_key k, end;
     const char *v;
@@ -744,5 +892,21 @@ eddy_err apply_delete_user(store_txn *t, uint32_t p, const struct part_meta *m,
     }
     *log_deleted = err == EDDY_OK ? l.n : 0;
     kv_release(&l);
+    return err;
+}
+
+eddy_err apply_delete_user(store_txn *t, uint32_t p, struct part_meta *m,
+                           const char *user_id, bool *model_deleted, uint64_t *windows_deleted,
+                           uint64_t *log_deleted)
+{
+    Eddy__Store__V1__DeleteUserRecord du = EDDY__STORE__V1__DELETE_USER_RECORD__INIT;
+    Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
+    du.user_id = (char *)user_id;
+    du.ts = m->max_ts;
+    r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_DELETE_USER;
+    r.delete_user = &du;
+    eddy_err err = append_record(t, p, m, &r);
+    if (err == EDDY_OK)
+        err = delete_user_state(t, p, m, user_id, model_deleted, windows_deleted, log_deleted);
     return err;
 }

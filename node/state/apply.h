@@ -21,6 +21,7 @@
 #include "eddy/v1/eddy.pb-c.h"
 #include "eddy/v1/store.pb-c.h"
 #include "node/state/model.h"
+#include "node/state/product.h"
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
 #include "node/state/window.h"
@@ -42,6 +43,10 @@ struct apply_params {
      * partition. Read with relaxed loads: it only decides how much LOG (with its LATE and
      * USER_LOG entries) and META.log_first_seq lag behind, never the derived state. */
     const _Atomic uint64_t *log_floor;
+    /* Stage-2 parameters for the STAGE2 log records (borrowed). NULL: a rebuild, whose
+     * stage 2 comes from the replayed events: STAGE2 and OUTBOX_DONE records apply
+     * nothing (a rebuild's OUTBOX holds its own batches for delivery). */
+    const struct product_params *product;
 };
 
 /* In-memory copy of a partition's META record; the writer owns it. */
@@ -64,7 +69,11 @@ typedef eddy_err apply_emit_fn(void *ud, const Eddy__Store__V1__Stage2Batch *b);
 
 enum apply_outcome { APPLY_ACCEPTED, APPLY_DUPLICATE, APPLY_LATE };
 
-/* Load partition 'p's meta from the store (zero/none values if absent). */
+/* The PartitionMeta.format this binary writes (and the newest it reads). */
+uint32_t apply_meta_format(void);
+
+/* Load partition 'p's meta from the store (zero/none values if absent). Older formats
+ * are converted (saved with the next group); a newer one fails with EDDY_ERR_TOO_LARGE. */
 eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m);
 
 /* Write the meta into the txn if dirty. */
@@ -80,16 +89,34 @@ eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,
 eddy_err apply_idle(store_txn *t, const struct apply_params *ap, uint32_t p,
                     struct part_meta *m, int64_t wm);
 
-/* Apply one log record during replay (an event or an idle watermark), without appending
- * it again. 'seq' is its log seq. */
+/* Apply one log record during replay (any kind), without appending it again. 'seq' is its
+ * log seq. */
 eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
                       struct part_meta *m, uint64_t seq, const Eddy__Store__V1__LogRecord *r,
                       apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome);
 
-/* Remove user 'user_id' of partition 'p': model, windows, purchases and log entries (the
- * ones whose event ids are still remembered for dedup keep only the id and time). */
-eddy_err apply_delete_user(store_txn *t, uint32_t p, const struct part_meta *m,
+/* Append a DeleteUser record for 'user_id' to partition 'p''s log and apply it: the
+ * user's model, windows, purchases and earlier log entries go (the ones whose event ids
+ * are still remembered for dedup keep only the id and time). A follower's replay of the
+ * record removes the same. */
+eddy_err apply_delete_user(store_txn *t, uint32_t p, struct part_meta *m,
                            const char *user_id, bool *model_deleted, uint64_t *windows_deleted,
                            uint64_t *log_deleted);
+
+/* Append a STAGE2 record holding 'b' to product partition 'q''s log and apply it, unless
+ * q's marks say 'b' was applied already (then nothing is written; *logged false). Every
+ * record of 'b' must fall in partition q (ap->product must be set). */
+eddy_err apply_stage2(store_txn *t, const struct apply_params *ap, uint32_t q,
+                      struct part_meta *m, const Eddy__Store__V1__Stage2Batch *b, bool *logged);
+
+/* Append an OUTBOX_DONE record to partition 'p''s log and apply it: the OUTBOX rows of
+ * the source seqs 'seqs' (delivered by the forwarder) go. *removed (may be NULL): rows
+ * that were there. */
+eddy_err apply_outbox_done(store_txn *t, uint32_t p, struct part_meta *m, const uint64_t *seqs,
+                           size_t n, uint64_t *removed);
+
+/* OUTBOX rows an OUTBOX_DONE record 'r' removes when applied now (what the engine
+ * subtracts from its OUTBOX depth on a replay). */
+uint64_t apply_outbox_present(store_txn *t, uint32_t p, const Eddy__Store__V1__LogRecord *r);
 
 #endif

@@ -19,7 +19,7 @@
 #include "node/state/store_txn.h"
 
 enum job_kind { JOB_INGEST, JOB_DELETE, JOB_FLUSH, JOB_FORWARD, JOB_RESTORE, JOB_REPLAY,
-                JOB_EXCLUSIVE };
+                JOB_EXCLUSIVE, JOB_OUTBOX };
 
 struct job {
     enum job_kind kind;
@@ -52,6 +52,10 @@ struct job {
     /* exclusive */
     engine_exclusive_fn *excl_fn;
     engine_exclusive_done_fn *excl_done;
+    /* outbox: the delivered source seqs of OUTBOX rows of 'partition' (copied) */
+    uint64_t *seqs;
+    size_t nseqs;          /* not 'n': they are not events queued */
+    engine_outbox_done_fn *outbox_done;
     /* delete */
     char *user_id;
     engine_delete_done_fn *delete_done;
@@ -72,6 +76,7 @@ struct sealed_group {
     struct job *jobs;
     int64_t start_ns;           /* when its apply began */
     uint64_t outbox_added;      /* OUTBOX records it writes */
+    uint64_t outbox_removed;    /* OUTBOX records it deletes (OUTBOX_DONE records) */
     struct part_meta *meta;     /* [partitions] after the group: published once durable */
     struct part_meta *before;   /* [partitions] before it: restored if the write fails */
     eddy_err err;               /* the write's result, once SEALED_DONE */
@@ -100,6 +105,7 @@ struct engine {
     int64_t *last_arrival_ms;    /* [partitions], monotonic ms of the last event */
 
     uint64_t outbox_added;       /* OUTBOX records written by the current group */
+    uint64_t outbox_removed;     /* OUTBOX records deleted by the current group */
 
     /* published after each commit, under mu */
     struct engine_partition_view *view; /* [partitions] */
@@ -134,35 +140,20 @@ static void count_group(engine *e, const struct job *group, int64_t start_ns)
     metric_histogram_observe(m->group_events, (double)events);
 }
 
-/* Whether every record of 'b' falls in a partition this node owns. */
-static bool all_local(engine *e, const Eddy__Store__V1__Stage2Batch *b)
-{
-    const struct engine_cluster *c = &e->o.cluster;
-    size_t total = product_records(b);
-    for (size_t i = 0; i < total; i++) {
-        const char *pid = product_record_key(b, i);
-        if (!c->owns(c->owns_ud, partition_of_product(pid, e->o.apply.partitions)))
-            return false;
-    }
-    return true;
-}
-
 static eddy_err emit(void *ud, const Eddy__Store__V1__Stage2Batch *b)
 {
     engine *e = ud;
-    const struct engine_cluster *c = &e->o.cluster;
     /* --dev owns every partition: stage 2 is applied in the same write batch. */
-    if (!c->owns)
+    if (!e->o.cluster.owns)
         return product_apply(e->txn, &e->o.product, b, NULL, NULL);
-    /* Cluster: the records of local partitions now, the batch to the OUTBOX for the
-     * owners of the others (they apply only their own records). */
-    eddy_err err = product_apply(e->txn, &e->o.product, b, c->owns, c->owns_ud);
-    if (err != EDDY_OK || all_local(e, b))
-        return err;
+    /* Cluster: the whole batch goes to the OUTBOX, whoever owns its product partitions
+     * (this node included): what the source partition's state holds is then a function
+     * of its log alone, the same on every copy, and the product partitions' leaders log
+     * the records they apply (run_forward). */
     struct store_key k;
     key_init(&k, b->source_partition, T_OUTBOX);
     key_u64(&k, b->source_seq);
-    err = store_txn_put_msg(e->txn, &k, &b->base);
+    eddy_err err = store_txn_put_msg(e->txn, &k, &b->base);
     if (err == EDDY_OK)
         e->outbox_added++;
     return err;
@@ -250,6 +241,51 @@ static bool in_set(void *ud, uint32_t q)
     return false;
 }
 
+/* Apply the records of 'b' that fall in partitions 'accept' takes (NULL: all) as STAGE2
+ * records of each one's log, one per partition, so its followers replay them. */
+static eddy_err log_stage2(engine *e, const Eddy__Store__V1__Stage2Batch *b,
+                           bool (*accept)(void *ud, uint32_t q), void *ud)
+{
+    uint32_t P = e->o.apply.partitions;
+    size_t total = product_records(b);
+    uint32_t *qs = malloc((total ? total : 1) * sizeof(*qs));
+    Eddy__Store__V1__ProductUpdate **ups = malloc((b->n_updates ? b->n_updates : 1) * sizeof(*ups));
+    Eddy__Store__V1__CoOccurrence **prs = malloc((b->n_pairs ? b->n_pairs : 1) * sizeof(*prs));
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (!qs || !ups || !prs)
+        goto out;
+    for (size_t i = 0; i < total; i++)
+        qs[i] = partition_of_product(product_record_key(b, i), P);
+    err = EDDY_OK;
+    for (size_t i = 0; i < total && err == EDDY_OK; i++) {
+        size_t first = 0;
+        while (qs[first] != qs[i])
+            first++;
+        if (first < i || (accept && !accept(ud, qs[i])))
+            continue; /* done with its first record, or not this node's */
+        Eddy__Store__V1__Stage2Batch sub = EDDY__STORE__V1__STAGE2_BATCH__INIT;
+        sub.source_partition = b->source_partition;
+        sub.source_seq = b->source_seq;
+        sub.updates = ups;
+        sub.pairs = prs;
+        for (size_t k = i; k < total; k++) {
+            if (qs[k] != qs[i])
+                continue;
+            if (k < b->n_updates)
+                ups[sub.n_updates++] = b->updates[k];
+            else
+                prs[sub.n_pairs++] = b->pairs[k - b->n_updates];
+        }
+        bool logged;
+        err = apply_stage2(e->txn, &e->o.apply, qs[i], &e->meta[qs[i]], &sub, &logged);
+    }
+out:
+    free(qs);
+    free(ups);
+    free(prs);
+    return err;
+}
+
 static eddy_err run_forward(engine *e, struct job *j)
 {
     const struct engine_cluster *c = &e->o.cluster;
@@ -264,9 +300,8 @@ static eddy_err run_forward(engine *e, struct job *j)
     }
     struct fwd_set fs = {j->fwd_parts, j->fwd_refused, j->fwd_nparts};
     for (size_t i = 0; i < j->nbatches; i++) {
-        eddy_err err = j->fwd_parts ? product_apply(e->txn, &e->o.product, j->batches[i], in_set, &fs)
-                                    : product_apply(e->txn, &e->o.product, j->batches[i],
-                                                    c->owns, c->owns_ud);
+        eddy_err err = j->fwd_parts ? log_stage2(e, j->batches[i], in_set, &fs)
+                                    : log_stage2(e, j->batches[i], c->owns, c->owns_ud);
         if (err != EDDY_OK)
             return err;
     }
@@ -293,6 +328,7 @@ static eddy_err run_replay(engine *e, struct job *j, int64_t now)
         key_init(&k, p, T_LOG);
         key_u64(&k, le->seq);
         enum apply_outcome oc;
+        e->outbox_removed += apply_outbox_present(e->txn, p, r);
         eddy_err err = store_txn_put(e->txn, &k, (const char *)le->data, le->len);
         if (err == EDDY_OK)
             err = apply_replay(e->txn, &e->o.apply, p, m, le->seq, r, emit, e, &oc);
@@ -303,6 +339,19 @@ static eddy_err run_replay(engine *e, struct job *j, int64_t now)
     }
     j->replay_next = m->next_seq;
     return EDDY_OK;
+}
+
+/* Delivered OUTBOX rows go through the partition's log (an OUTBOX_DONE record), so its
+ * followers drop them too; only the partition's leader writes its log. */
+static eddy_err run_outbox(engine *e, struct job *j)
+{
+    const struct engine_cluster *c = &e->o.cluster;
+    uint32_t p = (uint32_t)j->partition;
+    if (c->leads && !c->leads(c->leads_ud, p)) {
+        j->job_err = EDDY_ERR_NOT_OWNER; /* the new leader forwards them again */
+        return EDDY_OK;
+    }
+    return apply_outbox_done(e->txn, p, &e->meta[p], j->seqs, j->nseqs, &e->outbox_removed);
 }
 
 /* Replace the partition's state with a checkpoint (one synced LevelDB write of its own;
@@ -389,6 +438,10 @@ static void finish(struct job *j, eddy_err err)
     case JOB_EXCLUSIVE:
         j->excl_done(j->ud, err);
         break;
+    case JOB_OUTBOX:
+        j->outbox_done(j->ud, err);
+        free(j->seqs);
+        break;
     case JOB_FLUSH:
         break;
     }
@@ -413,11 +466,13 @@ static void finish_group(engine *e, struct job *group, eddy_err err)
 /* A group's end once its write returned 'err': publish 'meta' (the metadata the store now
  * holds), count the group and wake the forwarder if it is durable, then answer its jobs. */
 static void complete_group(engine *e, struct job *group, const struct part_meta *meta,
-                           int64_t start_ns, uint64_t outbox_added, eddy_err err)
+                           int64_t start_ns, uint64_t outbox_added, uint64_t outbox_removed,
+                           eddy_err err)
 {
     publish(e, meta);
     if (err == EDDY_OK) {
         count_group(e, group, start_ns); /* committed and visible to queries */
+        atomic_fetch_sub(&e->outbox, outbox_removed);
         if (outbox_added > 0) {
             atomic_fetch_add(&e->outbox, outbox_added);
             if (e->o.cluster.outbox_kick)
@@ -454,7 +509,7 @@ static void *syncer_main(void *arg)
         if (err != EDDY_OK)
             log_group_failed(err, sg->jobs);
         complete_group(e, sg->jobs, err == EDDY_OK ? sg->meta : sg->before, sg->start_ns,
-                       sg->outbox_added, err);
+                       sg->outbox_added, sg->outbox_removed, err);
         pthread_mutex_lock(&e->mu);
         sg->jobs = NULL;
         sg->err = err;
@@ -498,6 +553,7 @@ static eddy_err seal_group(engine *e, struct job *group, int64_t start_ns)
     sg->jobs = group;
     sg->start_ns = start_ns;
     sg->outbox_added = e->outbox_added;
+    sg->outbox_removed = e->outbox_removed;
     memcpy(sg->meta, e->meta, bytes);
     memcpy(sg->before, e->backup, bytes);
     pthread_mutex_lock(&e->mu);
@@ -522,6 +578,8 @@ static eddy_err apply_group(engine *e, struct job *group, int64_t now, bool idle
             err = run_replay(e, j, now);
         } else if (j->kind == JOB_EXCLUSIVE) {
             err = run_exclusive(e, j, now);
+        } else if (j->kind == JOB_OUTBOX) {
+            err = run_outbox(e, j);
         } else if (j->kind == JOB_DELETE) {
             uint32_t p = partition_of_user(j->user_id, e->o.apply.partitions);
             err = apply_delete_user(e->txn, p, &e->meta[p], j->user_id, &j->model_deleted,
@@ -553,12 +611,13 @@ static void run_alone(engine *e, struct job *group, int64_t now)
     int64_t start_ns = clock_mono_ns();
     memcpy(e->backup, e->meta, e->o.apply.partitions * sizeof(*e->meta));
     e->outbox_added = 0;
+    e->outbox_removed = 0;
     eddy_err err = apply_group(e, group, now, false);
     if (err == EDDY_OK && store_txn_pending(e->txn) > 0)
         err = store_txn_commit(e->txn, true);
     if (err != EDDY_OK)
         roll_back(e, group, err);
-    complete_group(e, group, e->meta, start_ns, e->outbox_added, err);
+    complete_group(e, group, e->meta, start_ns, e->outbox_added, e->outbox_removed, err);
 }
 
 /* Apply a group while the previous one's write runs on the sync thread, then seal it for
@@ -569,17 +628,18 @@ static void run_pipelined(engine *e, struct job *group, int64_t now, bool idle_d
     int64_t start_ns = clock_mono_ns();
     memcpy(e->backup, e->meta, e->o.apply.partitions * sizeof(*e->meta));
     e->outbox_added = 0;
+    e->outbox_removed = 0;
     eddy_err err = apply_group(e, group, now, idle_due);
     eddy_err werr = await_sealed(e);
     if (werr != EDDY_OK) { /* the txn and the metadata are back before the failed group */
-        complete_group(e, group, e->meta, start_ns, 0, werr);
+        complete_group(e, group, e->meta, start_ns, 0, 0, werr);
         return;
     }
     if (err == EDDY_OK)
         err = seal_group(e, group, start_ns);
     if (err != EDDY_OK) {
         roll_back(e, group, err);
-        complete_group(e, group, e->meta, start_ns, 0, err);
+        complete_group(e, group, e->meta, start_ns, 0, 0, err);
     }
 }
 
@@ -674,6 +734,7 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
     for (uint32_t p = 0; p < nparts; p++)
         atomic_init(&e->log_floor[p], UINT64_MAX); /* no checkpoint: no floor */
     e->o.apply.log_floor = e->log_floor;
+    e->o.apply.product = &e->o.product;
     struct store_opts so = {opts->data_dir, opts->cache_bytes, 0};
     eddy_err r = store_open(&so, &e->st, err, errlen);
     if (r != EDDY_OK) {
@@ -690,7 +751,15 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
     int64_t now = clock_mono_ms();
     for (uint32_t p = 0; p < nparts; p++) {
         if ((r = apply_meta_load(e->st, p, &e->meta[p])) != EDDY_OK) {
-            snprintf(err, errlen, "cannot read partition %u metadata: %s", p, eddy_strerror(r));
+            if (r == EDDY_ERR_TOO_LARGE)
+                snprintf(err, errlen,
+                         "partition %u has a newer state layout than this binary reads "
+                         "(PartitionMeta.format above %u): refusing to misread its log; "
+                         "run the newer eddy-node on %s",
+                         p, apply_meta_format(), opts->data_dir);
+            else
+                snprintf(err, errlen, "cannot read partition %u metadata: %s", p,
+                         eddy_strerror(r));
             engine_close(e);
             return r;
         }
@@ -811,6 +880,31 @@ eddy_err engine_delete_user(engine *e, const char *user_id, engine_delete_done_f
     eddy_err err = j->user_id ? enqueue(e, j) : EDDY_ERR_NOMEM;
     if (err != EDDY_OK) {
         free(j->user_id);
+        free(j);
+    }
+    return err;
+}
+
+eddy_err engine_outbox_forwarded(engine *e, uint32_t p, const uint64_t *seqs, size_t n,
+                                 engine_outbox_done_fn *done, void *ud)
+{
+    if (p >= e->o.apply.partitions || n == 0)
+        return EDDY_ERR_INVALID;
+    struct job *j = calloc(1, sizeof(*j));
+    uint64_t *copy = malloc(n * sizeof(*copy));
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (j && copy) {
+        memcpy(copy, seqs, n * sizeof(*copy));
+        j->kind = JOB_OUTBOX;
+        j->partition = p;
+        j->seqs = copy;
+        j->nseqs = n;
+        j->outbox_done = done;
+        j->ud = ud;
+        err = enqueue(e, j);
+    }
+    if (err != EDDY_OK) {
+        free(copy);
         free(j);
     }
     return err;
@@ -942,11 +1036,6 @@ eddy_err engine_forward_to(engine *e, Eddy__Store__V1__Stage2Batch *const *batch
 uint64_t engine_outbox_depth(engine *e)
 {
     return atomic_load(&e->outbox);
-}
-
-void engine_outbox_done(engine *e, uint64_t n)
-{
-    atomic_fetch_sub(&e->outbox, n);
 }
 
 void engine_set_log_floor(engine *e, uint32_t p, uint64_t seq)

@@ -177,9 +177,17 @@ eddy_err engine_exclusive_partition(engine *e, int64_t p, engine_exclusive_fn *f
  * write, as an exclusive job; blocks until done. *deleted (may be NULL): keys removed. */
 eddy_err engine_drop_partition(engine *e, uint32_t p, uint64_t *deleted);
 
-/* OUTBOX records committed and not yet forwarded; the forwarder reports deletions. */
+/* OUTBOX records committed and not yet forwarded. */
 uint64_t engine_outbox_depth(engine *e);
-void engine_outbox_done(engine *e, uint64_t n);
+
+/* Cluster mode, the forwarder: the OUTBOX rows of partition 'p' with source seqs 'seqs'
+ * ('n' > 0; copied) were delivered. They are removed through p's log (an OUTBOX_DONE
+ * record) so its followers remove them too; the job fails with EDDY_ERR_NOT_OWNER when
+ * this node does not lead p any more (cluster.leads), and nothing is removed. 'done' runs
+ * once when durable. Same queue contract as engine_ingest. */
+typedef void engine_outbox_done_fn(void *ud, eddy_err err);
+eddy_err engine_outbox_forwarded(engine *e, uint32_t p, const uint64_t *seqs, size_t n,
+                                 engine_outbox_done_fn *done, void *ud);
 
 /* Queue the deletion of a user (same contract as engine_ingest; 'user_id' is copied). */
 eddy_err engine_delete_user(engine *e, const char *user_id, engine_delete_done_fn *done,

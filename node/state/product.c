@@ -141,6 +141,17 @@ static eddy_err claim(store_txn *t, uint32_t q, uint32_t src, uint64_t seq, bool
     return store_txn_obj_set(t, &k, &mk->base);
 }
 
+eddy_err product_fresh(store_txn *t, uint32_t q, uint32_t src, uint64_t seq, bool *fresh)
+{
+    struct store_key k;
+    Eddy__Store__V1__Stage2Marks *mk;
+    uint64_t *slot;
+    eddy_err err = mark_of(t, q, src, &mk, &k, &slot);
+    if (err == EDDY_OK)
+        *fresh = seq + 1 > *slot;
+    return err;
+}
+
 eddy_err product_mark_set(store_txn *t, uint32_t q, uint32_t src, uint64_t next_seq)
 {
     struct store_key k;

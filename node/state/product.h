@@ -44,6 +44,10 @@ eddy_err product_apply(store_txn *t, const struct product_params *p,
                        const Eddy__Store__V1__Stage2Batch *b,
                        bool (*owns)(void *ud, uint32_t partition), void *owns_ud);
 
+/* Whether the batch (source partition 'src', seq 'seq') is new for product partition q
+ * (its marks do not hold it yet); nothing is recorded. */
+eddy_err product_fresh(store_txn *t, uint32_t q, uint32_t src, uint64_t seq, bool *fresh);
+
 /* Set product partition q's mark of source partition 'src': every batch of 'src' with a
  * seq below 'next_seq' counts as applied. */
 eddy_err product_mark_set(store_txn *t, uint32_t q, uint32_t src, uint64_t next_seq);

@@ -746,6 +746,7 @@ eddy_err reprocess_run(const struct reprocess_opts *o, const struct reprocess_re
     rb.ap = eo->apply;
     rb.ap.log_retention_ms = 0; /* the log is not rebuilt: its sweep stays the live one's */
     rb.ap.log_floor = NULL;
+    rb.ap.product = NULL; /* stage 2 is rebuilt from the events, not from STAGE2 records */
     rb.pp = eo->product;
     if (rq->set[RP_AFFINITY])
         rb.ap.model.affinity.half_life_ms = rq->set[RP_AFFINITY];

@@ -9,6 +9,9 @@ it the checker compares the history with the cluster's final state:
     events comes back as duplicates only (nothing accepted: nothing was lost);
   - nothing is counted twice and unknown outcomes count at most once: for every user,
     acknowledged <= counted <= acknowledged + unknown, and the same over the whole cluster;
+  - stage 2 the same: every acknowledged purchase is counted once in TopProducts (per
+    product, acknowledged <= purchases <= acknowledged + unknown), its product partitions'
+    state replicated like the rest (a promoted follower has it);
   - the cluster acknowledges writes again after the fault, within a bound (measured and
     printed).
 
@@ -57,6 +60,7 @@ class History:
         self.acked = []      # events of acknowledged requests
         self.unknown = []    # events of requests that failed or timed out
         self.ack_times = []  # monotonic time of each acknowledgement
+        self.deleted = []    # acknowledged events of users deleted since (DeleteUser)
 
     def record(self, events, ok):
         with self.lock:
@@ -263,6 +267,7 @@ class ReplicationFaultTest(unittest.TestCase):
     def check(self, cl, h):
         node = cl.nodes["ingest-1"]
         acked_ids = {e["eventId"] for e in h.acked}
+        deleted = {e["userId"] for e in h.deleted}
         unknown = [e for e in h.unknown if e["eventId"] not in acked_ids]
         # 1. every acknowledged event is still there: re-sent, all are duplicates
         def resend(events):
@@ -298,13 +303,44 @@ class ReplicationFaultTest(unittest.TestCase):
         # they are still counted at most once
         self.assertGreaterEqual(counted, len(acked_ids))
         self.assertLessEqual(counted, len(acked_ids) + len({e["eventId"] for e in unknown}))
-        for u in sorted(set(per_user_acked) | set(per_user_unknown)):
+        for u in sorted((set(per_user_acked) | set(per_user_unknown)) - deleted):
             got = poll_until(lambda: self._user_total(node, u), 30, interval=0.1,
                              what=f"counts of {u}")
             lo = per_user_acked.get(u, 0)
             hi = lo + per_user_unknown.get(u, 0)
             self.assertTrue(lo <= got <= hi, f"{u}: counted {got}, acknowledged {lo}, "
                                              f"at most {hi}")
+        # 3. stage 2: each acknowledged purchase once in TopProducts (forwarded stage-2
+        # records arrive after the acknowledgement: wait for the lower bounds)
+        buy_acked, buy_unknown = {}, {}
+        for evs, into in ((h.acked, buy_acked), (unknown, buy_unknown)):
+            for e in evs:
+                if e["eventType"] == "purchase":
+                    into[e["productId"]] = into.get(e["productId"], 0) + 1
+
+        last = {}
+
+        def purchases():
+            try:
+                r = node.stub.TopProducts(L.pb().TopProductsRequest(
+                    event_type=L.pb().EVENT_TYPE_PURCHASE, include_open=True, limit=1000),
+                    timeout=10)
+            except grpc.RpcError as e:
+                last["error"] = e.code()
+                return None
+            got = {p.product_id: p.counts.purchase for p in r.products}
+            short = {p: (got.get(p, 0), n) for p, n in buy_acked.items() if got.get(p, 0) < n}
+            last["short (counted, acknowledged)"] = short
+            return None if short else got
+        try:
+            got = poll_until(purchases, 60, interval=0.2,
+                             what="every acknowledged purchase in TopProducts")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {last}") from None
+        for p, n in sorted(got.items()):
+            hi = buy_acked.get(p, 0) + buy_unknown.get(p, 0)
+            self.assertLessEqual(n, hi, f"{p}: {n} purchases counted, acknowledged "
+                                        f"{buy_acked.get(p, 0)}, at most {hi}")
 
     def _user_total(self, node, user):
         try:
@@ -314,10 +350,66 @@ class ReplicationFaultTest(unittest.TestCase):
 
     # ---- faults ---------------------------------------------------------------------------
 
+    def delete_a_user_of(self, cl, leader):
+        """A user of a partition `leader` leads, given events and deleted (acknowledged)."""
+        owners = cl.assignment()["owners"]
+        user = next(u for u in (f"gone-{i}" for i in range(10000))
+                    if owners[L.user_partition(u, P)] == leader)
+        node = cl.nodes["ingest-1"]
+        now = int(time.time() * 1000)
+        events = [{"eventId": f"{user}-{i}", "userId": user, "sessionId": "s",
+                   "timestamp": now + i, "eventType": "view", "productId": "p-0",
+                   "category": "c-0", "brand": "orbit", "price": 5.0} for i in range(5)]
+
+        def ingested():
+            try:
+                r = node.ingest(events, timeout=10)
+            except grpc.RpcError:
+                return None
+            return r if r.accepted + r.duplicates == len(events) else None
+        poll_until(ingested, 30, interval=0.1, what=f"events of {user} acknowledged")
+
+        def deleted():
+            try:
+                return node.stub.DeleteUser(L.pb().DeleteUserRequest(user_id=user), timeout=10)
+            except grpc.RpcError:
+                return None
+        r = poll_until(deleted, 30, interval=0.1, what=f"DeleteUser {user} acknowledged")
+        self.assertTrue(r.model_deleted)
+        # still counted in the cluster's totals (partition windows are not per user) and
+        # still duplicates when re-sent (their ids stay for dedup); not in the user's
+        self.history.record(events, True)
+        self.history.deleted.extend(events)
+        return user
+
+    def assert_user_absent(self, cl, user):
+        node = cl.nodes["ingest-1"]
+
+        def answer():
+            try:
+                node.stub.GetUserProfile(L.pb().GetUserProfileRequest(user_id=user), timeout=10)
+                return "present"
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    return "absent"
+                return None  # UNAVAILABLE during the failover: ask again
+        self.assertEqual(poll_until(answer, 60, interval=0.1, what=f"a profile answer for {user}"),
+                         "absent")
+
+        def counted():  # [count] (poll_until waits for a true value)
+            try:
+                return [L.total_events(node.stub, user_id=user, timeout=10)]
+            except grpc.RpcError as e:
+                return [0] if e.code() == grpc.StatusCode.NOT_FOUND else None
+        self.assertEqual(poll_until(counted, 30, interval=0.1, what=f"counts of {user}"), [0])
+
     def test_kill9_leader(self):
         cl = self.cluster()
         victim = self.leader_of_most(cl)
+        # DeleteUser is a log record: the promoted follower has the deletion too
+        gone = self.delete_a_user_of(cl, victim)
         self.run_with_fault(cl, lambda: cl.nodes[victim].kill9(), seed=1)
+        self.assert_user_absent(cl, gone)
         live = {"state-1", "state-2", "state-3"} - {victim}
         self.wait_replicated(cl, live, timeout=60)
 

@@ -33,6 +33,12 @@ struct node {
     replica *rep;
 };
 
+struct outbox {
+    Eddy__Store__V1__Stage2Batch *b[4096];
+    uint64_t seqs[4096];
+    size_t n;
+};
+
 struct pair {
     struct node a, b;   /* a leads every partition, b follows */
     rpc_server *srv;    /* a's server */
@@ -54,6 +60,16 @@ static replica *replica_for(struct pair *t, struct node *n, const char *self)
 
 /* Set by setup_idle: 1 s windows closed by idle watermarks after 300 ms without events. */
 static bool idle_windows;
+/* Set by setup_clustered: the engines run in cluster mode (stage 2 through the OUTBOX and
+ * Forward, as on a cluster's nodes), the leader owning every product partition. */
+static bool clustered;
+
+static bool always(void *ud, uint32_t p)
+{
+    (void)ud;
+    (void)p;
+    return true;
+}
 
 static bool never(void *ud, uint32_t p)
 {
@@ -70,6 +86,8 @@ static void node_open(struct node *n, const char *what, bool leads)
         o.apply.window = (struct window_params){1000, 0, 0, 300};
     if (!leads) /* a follower of every partition: it writes no log record of its own */
         o.cluster = (struct engine_cluster){.leads = never};
+    if (clustered)
+        o.cluster.owns = leads ? always : never;
     char err[256];
     assert_int_equal(engine_open(&o, &n->eng, err, sizeof(err)), EDDY_OK);
 }
@@ -112,6 +130,14 @@ static int setup_idle(void **state)
     idle_windows = true;
     int rc = setup(state);
     idle_windows = false;
+    return rc;
+}
+
+static int setup_clustered(void **state)
+{
+    clustered = true;
+    int rc = setup(state);
+    clustered = false;
     return rc;
 }
 
@@ -243,6 +269,123 @@ static void test_follower_identical(void **state)
     /* a retry of events already there (duplicates) is acknowledged too, after the wait */
     ingest_range(t, 0, 50);
     assert_int_equal(wait_all(t), EDDY_OK);
+}
+
+static int collect_outbox(void *ud, const unsigned char *k, size_t klen, const char *v,
+                          size_t vlen)
+{
+    (void)k;
+    (void)klen;
+    struct outbox *o = ud;
+    if (o->n == 4096)
+        return 1;
+    o->b[o->n] = eddy__store__v1__stage2_batch__unpack(NULL, vlen, (const uint8_t *)v);
+    assert_non_null(o->b[o->n]);
+    o->seqs[o->n] = o->b[o->n]->source_seq;
+    o->n++;
+    return 0;
+}
+
+static void forwarded(void *ud, eddy_err err, size_t applied)
+{
+    (void)applied;
+    completion_signal(ud, err, 0);
+}
+
+static void outbox_removed(void *ud, eddy_err err)
+{
+    completion_signal(ud, err, 0);
+}
+
+/* What the forwarder does on a leader of every partition: Forward the OUTBOX of each
+ * partition to itself, then remove it through the log. The batches applied. */
+static size_t forward_all(engine *e)
+{
+    static struct outbox o;
+    size_t applied = 0;
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++) {
+        struct store_key start, end;
+        o.n = 0;
+        key_init(&start, p, T_OUTBOX);
+        key_prefix_end(&start, &end);
+        assert_int_equal(store_scan(engine_store(e), &start, &end, collect_outbox, &o),
+                         EDDY_OK);
+        if (o.n == 0)
+            continue;
+        struct completion c;
+        completion_init(&c);
+        assert_int_equal(completion_wait(&c, engine_forward(e, o.b, o.n, forwarded, &c)),
+                         EDDY_OK);
+        completion_init(&c);
+        assert_int_equal(completion_wait(&c, engine_outbox_forwarded(e, p, o.seqs, o.n,
+                                                                     outbox_removed, &c)),
+                         EDDY_OK);
+        applied += o.n;
+        for (size_t i = 0; i < o.n; i++)
+            eddy__store__v1__stage2_batch__free_unpacked(o.b[i], NULL);
+    }
+    return applied;
+}
+
+static void deleted(void *ud, eddy_err err, bool model_deleted, uint64_t windows_deleted,
+                    uint64_t log_deleted)
+{
+    (void)windows_deleted;
+    completion_signal(ud, err, model_deleted ? log_deleted : 0);
+}
+
+/* Rows of a dump that contain 's' (as store_dump's hex). */
+static size_t rows_with(const char *dump, const char *s)
+{
+    char hex[64] = "";
+    for (size_t i = 0; s[i] && i < 30; i++)
+        snprintf(hex + 2 * i, 3, "%02x", (unsigned char)s[i]);
+    size_t n = 0;
+    for (const char *l = dump; (l = strstr(l, hex)) != NULL; n++)
+        l = strchr(l, '\n') ? strchr(l, '\n') : l + strlen(l);
+    return n;
+}
+
+/* Stage 2 through the product partitions' logs and DeleteUser as a log record: the
+ * follower's whole store, product state, exactly-once marks and OUTBOX included, is
+ * byte-identical to its leader's. */
+static void test_follower_identical_stage2_and_delete(void **state)
+{
+    struct pair *t = *state;
+    start_follower(t);
+    ingest_range(t, 0, 400);
+    assert_true(engine_outbox_depth(t->a.eng) > 0); /* cluster mode: all through the OUTBOX */
+    assert_true(forward_all(t->a.eng) > 0);
+    assert_int_equal(engine_outbox_depth(t->a.eng), 0);
+    assert_int_equal(forward_all(t->a.eng), 0);
+    assert_int_equal(wait_all(t), EDDY_OK);
+    char *da = dump(t->a.eng), *db = dump(t->b.eng);
+    assert_string_equal(da, db);
+    /* the product state is there (p1..p5 of the events), on the follower too */
+    assert_true(rows_with(db, "p3") > 0);
+    free(da);
+    free(db);
+    assert_int_equal(engine_outbox_depth(t->b.eng), 0); /* removed through the log */
+
+    /* the same batches forwarded again (a new leader's retry) change nothing */
+    ingest_range(t, 400, 100);
+    assert_true(forward_all(t->a.eng) > 0);
+
+    /* DeleteUser u3 (events e3, e16, ...), once the follower has the user's events (the
+     * state service waits for that too): gone on both, the same way */
+    assert_int_equal(wait_all(t), EDDY_OK);
+    struct completion c;
+    completion_init(&c);
+    assert_int_equal(completion_wait(&c, engine_delete_user(t->a.eng, "u3", deleted, &c)),
+                     EDDY_OK);
+    assert_true(c.value > 0);
+    assert_int_equal(wait_all(t), EDDY_OK);
+    da = dump(t->a.eng);
+    db = dump(t->b.eng);
+    assert_string_equal(da, db);
+    assert_int_equal(rows_with(db, "u3"), 1); /* only the DeleteUser record names it */
+    free(da);
+    free(db);
 }
 
 static void test_ack_waits_for_follower(void **state)
@@ -475,6 +618,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_follower_identical, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_follower_identical_stage2_and_delete,
+                                        setup_clustered, teardown),
         cmocka_unit_test_setup_teardown(test_ack_waits_for_follower, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_paging_and_diverged_follower, setup, teardown),

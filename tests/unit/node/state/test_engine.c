@@ -447,12 +447,45 @@ static void test_failed_write_fails_the_next_group(void **state)
     free(dir);
 }
 
+/* A partition written by a newer layout (PartitionMeta.format above this binary's) is
+ * refused with a message naming it, never read as if it were this layout; the current
+ * one opens. */
+static void test_newer_layout_refused(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("layout");
+    struct store_key k;
+    key_init(&k, 3, T_META);
+    Eddy__Store__V1__PartitionMeta m = EDDY__STORE__V1__PARTITION_META__INIT;
+    m.next_seq = 5;
+    m.format = apply_meta_format() + 1;
+    uint8_t buf[64];
+    leave_store_row(dir, &k, buf, eddy__store__v1__partition_meta__pack(&m, buf));
+    struct engine_opts o = opts(dir);
+    engine *e = NULL;
+    char err[512] = "";
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_ERR_TOO_LARGE);
+    assert_null(e);
+    assert_non_null(strstr(err, "partition 3 has a newer state layout"));
+
+    m.format = apply_meta_format();
+    leave_store_row(dir, &k, buf, eddy__store__v1__partition_meta__pack(&m, buf));
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    struct engine_partition_view v;
+    engine_partition(e, 3, &v);
+    assert_int_equal(v.next_seq, 5);
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dedup_late_windows),
         cmocka_unit_test(test_two_orders_same_bytes),
         cmocka_unit_test(test_delete_user),
+        cmocka_unit_test(test_newer_layout_refused),
         cmocka_unit_test(test_purchases_never_recommended),
         cmocka_unit_test(test_pairs_with_newest_items),
         cmocka_unit_test(test_failed_write_fails_the_next_group),
