@@ -1326,6 +1326,10 @@ static bool watch_line(etcd_watch *w, const char *p, size_t n)
     if (cJSON_IsTrue(jget(res, "canceled"))) {
         int64_t crev = jint(res, "compact_revision");
         if (crev <= 0) {
+            /* refused, even if etcd said "created" in the same answer (it does when a
+             * restarted etcd no longer knows our token): no stream was made, so the next
+             * one starts with a new token (see 'renew') */
+            w->created = false;
             const cJSON *reason = jget(res, "cancel_reason");
             snprintf(w->why, sizeof(w->why), "watch canceled: %s",
                      cJSON_IsString(reason) ? reason->valuestring : "no reason");

