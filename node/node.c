@@ -503,16 +503,21 @@ static eddy_err join(node *n, char *err, size_t errlen)
 eddy_err node_start(node *n, char *err, size_t errlen)
 {
     const struct node_config *c = n->cfg;
+    char what[300];
     eddy_err e;
     if (c->metrics_listen[0] != '\0') {
-        if ((e = metrics_http_open(n->nm.reg, c->metrics_listen, &n->mh, &n->metrics_port)) !=
-            EDDY_OK)
-            return fail(err, errlen, e, "cannot serve metrics", NULL);
+        e = metrics_http_open(n->nm.reg, c->metrics_listen, &n->mh, &n->metrics_port);
+        if (e != EDDY_OK) {
+            snprintf(what, sizeof(what), "cannot serve metrics on %s", c->metrics_listen);
+            return fail(err, errlen, e, what, NULL);
+        }
         log_info("msg=\"metrics listening\" metrics_listen=%s metrics_port=%d",
                  c->metrics_listen, n->metrics_port);
     }
-    if ((e = rpc_server_start(n->srv, &n->port)) != EDDY_OK)
-        return fail(err, errlen, e, "cannot listen", NULL);
+    if ((e = rpc_server_start(n->srv, &n->port)) != EDDY_OK) {
+        snprintf(what, sizeof(what), "cannot listen on %s", c->listen);
+        return fail(err, errlen, e, what, NULL);
+    }
     if (n->clustered && (e = join(n, err, errlen)) != EDDY_OK) {
         rpc_server_shutdown(n->srv, 0);
         return e;
