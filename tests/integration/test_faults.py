@@ -326,14 +326,10 @@ class ReplicationFaultTest(unittest.TestCase):
         last = {}
 
         def purchases():
-            try:
-                r = node.stub.TopProducts(L.pb().TopProductsRequest(
-                    event_type=L.pb().EVENT_TYPE_PURCHASE, include_open=True, limit=1000),
-                    timeout=10)
-            except grpc.RpcError as e:
-                last["error"] = e.code()
+            got = self._purchases_now(node)
+            if got is None:
+                last["error"] = "TopProducts failed"
                 return None
-            got = {p.product_id: p.counts.purchase for p in r.products}
             short = {p: (got.get(p, 0), n) for p, n in buy_acked.items() if got.get(p, 0) < n}
             last["short (counted, acknowledged)"] = short
             return None if short else got

@@ -170,8 +170,9 @@ static Eddy__V1__GetUserProfileResponse *profile(rpc_channel *ch, const char *us
         &eddy__v1__get_user_profile_response__descriptor, res);
 }
 
-/* Total events of every type in every window, over the whole key space. */
-static uint64_t total_events(rpc_channel *ch)
+/* Total events of every type in every window, over the whole key space, into *total;
+ * the call's status. */
+static grpc_status_code counts_total(rpc_channel *ch, uint64_t *total)
 {
     Eddy__V1__EventCountsRequest req = EDDY__V1__EVENT_COUNTS_REQUEST__INIT;
     req.include_open = true;
@@ -179,13 +180,20 @@ static uint64_t total_events(rpc_channel *ch)
     Eddy__V1__EventCountsResponse *r = (Eddy__V1__EventCountsResponse *)call(
         ch, "/eddy.v1.Eddy/EventCounts", &req.base, &eddy__v1__event_counts_response__descriptor,
         &res);
+    *total = 0;
+    for (size_t i = 0; r && i < r->n_windows; i++)
+        *total += r->windows[i]->counts ? r->windows[i]->counts->total : 0;
+    if (r)
+        protobuf_c_message_free_unpacked(&r->base, NULL);
     if (res.code != GRPC_STATUS_OK)
-        print_error("counts: %d %s\n", res.code, res.details);
-    assert_int_equal(res.code, GRPC_STATUS_OK);
-    uint64_t total = 0;
-    for (size_t i = 0; i < r->n_windows; i++)
-        total += r->windows[i]->counts ? r->windows[i]->counts->total : 0;
-    protobuf_c_message_free_unpacked(&r->base, NULL);
+        print_message("counts: %d %s\n", res.code, res.details);
+    return res.code;
+}
+
+static uint64_t total_events(rpc_channel *ch)
+{
+    uint64_t total;
+    assert_int_equal(counts_total(ch, &total), GRPC_STATUS_OK);
     return total;
 }
 
@@ -214,18 +222,9 @@ static uint64_t poll_total(rpc_channel *ch, uint64_t want)
 {
     int64_t deadline = now_ms() + 20000;
     for (;;) {
-        Eddy__V1__EventCountsRequest req = EDDY__V1__EVENT_COUNTS_REQUEST__INIT;
-        req.include_open = true;
-        struct rpc_result res;
-        Eddy__V1__EventCountsResponse *r = (Eddy__V1__EventCountsResponse *)call(
-            ch, "/eddy.v1.Eddy/EventCounts", &req.base,
-            &eddy__v1__event_counts_response__descriptor, &res);
-        uint64_t total = 0;
-        for (size_t i = 0; r && i < r->n_windows; i++)
-            total += r->windows[i]->counts ? r->windows[i]->counts->total : 0;
-        if (r)
-            protobuf_c_message_free_unpacked(&r->base, NULL);
-        if ((res.code == GRPC_STATUS_OK && total >= want) || now_ms() > deadline)
+        uint64_t total;
+        grpc_status_code code = counts_total(ch, &total);
+        if ((code == GRPC_STATUS_OK && total >= want) || now_ms() > deadline)
             return total;
         sleep_ms(20);
     }
