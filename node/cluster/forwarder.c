@@ -64,33 +64,38 @@ static int collect(void *ud, const unsigned char *k, size_t klen, const char *v,
     return 0;
 }
 
-/* The distinct owner addresses of the partitions 'b' touches. */
-static size_t destinations(forwarder *f, const Eddy__Store__V1__Stage2Batch *b,
-                           char (*addrs)[CLUSTER_ADDR_MAX], bool *unknown)
+/* The owners of the product partitions as this round sees them: each partition's owner is
+ * read from the map once, when a record first touches it, and every decision of the round
+ * (where a record goes, which partitions a Forward names, whether the record may be
+ * removed) uses that one answer. Reading the map again per decision let a change between
+ * two reads (a failover) send a record to no owner of one of its partitions and still
+ * count it delivered. */
+struct owners {
+    int32_t *dest_of;                 /* [P] index in addr, OWNER_UNKNOWN, OWNER_UNREAD */
+    char (*addr)[CLUSTER_ADDR_MAX];   /* [MAX_DESTS] distinct owner addresses */
+    size_t n;
+};
+
+#define OWNER_UNREAD (-2)
+#define OWNER_UNKNOWN (-1) /* no live owner now, or more owners than MAX_DESTS */
+
+static int32_t owner_of(forwarder *f, struct owners *o, uint32_t q)
 {
-    uint32_t P = membership_partitions(f->mem);
-    size_t n = 0;
-    *unknown = false;
-    size_t total = product_records(b);
-    for (size_t i = 0; i < total; i++) {
-        const char *pid = product_record_key(b, i);
-        uint32_t q = partition_of_product(pid, P);
-        char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
-        uint64_t epoch;
-        if (!membership_owner(f->mem, q, owner, &epoch, addr)) {
-            *unknown = true; /* no live owner now: keep the record for later */
-            continue;
-        }
-        /* This node too, when it owns the partition now: if it already did when the
-         * record was written, the record was applied then and the receiver's high-water
-         * mark makes this a no-op; if the partition moved here since, this applies it. */
+    if (o->dest_of[q] != OWNER_UNREAD)
+        return o->dest_of[q];
+    char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
+    uint64_t epoch;
+    int32_t d = OWNER_UNKNOWN;
+    if (membership_owner(f->mem, q, owner, &epoch, addr)) {
         size_t k = 0;
-        while (k < n && strcmp(addrs[k], addr) != 0)
+        while (k < o->n && strcmp(o->addr[k], addr) != 0)
             k++;
-        if (k == n && n < MAX_DESTS)
-            snprintf(addrs[n++], CLUSTER_ADDR_MAX, "%s", addr);
+        if (k == o->n && o->n < MAX_DESTS)
+            snprintf(o->addr[o->n++], CLUSTER_ADDR_MAX, "%s", addr);
+        if (k < o->n)
+            d = (int32_t)k;
     }
-    return n;
+    return o->dest_of[q] = d;
 }
 
 static void removed(void *ud, eddy_err err)
@@ -126,6 +131,77 @@ static size_t remove_delivered(forwarder *f, const struct round *r, uint64_t *se
     return done;
 }
 
+/* Send the round's records to destination d (one Forward, naming the partitions d owns
+ * that they touch) and mark failed the records it did not take. This node is a destination
+ * too when it owns a product partition: if it already did when the record was written,
+ * the receiver's high-water mark makes the apply a no-op; if the partition moved here
+ * since, this applies it. */
+static bool send_to(forwarder *f, struct round *r, struct owners *o, int32_t d,
+                    const uint32_t *qs, Eddy__Store__V1__Stage2Batch **batch, size_t *idx,
+                    uint32_t *parts, bool *named)
+{
+    uint32_t P = membership_partitions(f->mem);
+    size_t nb = 0, np = 0;
+    memset(named, 0, P * sizeof(*named));
+    for (size_t i = 0, at = 0; i < r->n; i++) {
+        size_t total = product_records(r->recs[i].b);
+        bool mine = false;
+        for (size_t k = 0; k < total; k++) {
+            uint32_t q = qs[at + k];
+            if (o->dest_of[q] == d) {
+                mine = true;
+                if (!named[q]) {
+                    named[q] = true;
+                    parts[np++] = q;
+                }
+            }
+        }
+        if (mine) {
+            idx[nb] = i;
+            batch[nb++] = r->recs[i].b;
+        }
+        at += total;
+    }
+    if (nb == 0)
+        return true;
+    Eddy__State__V1__ForwardRequest req = EDDY__STATE__V1__FORWARD_REQUEST__INIT;
+    req.batches = batch;
+    req.n_batches = nb;
+    req.partitions = parts;
+    req.n_partitions = np;
+    ProtobufCMessage *resp = NULL;
+    struct rpc_result res;
+    rpc_channel *ch = peers_get(f->peers, o->addr[d]);
+    if (ch)
+        rpc_invoke(ch, "/eddy.state.v1.State/Forward", &req.base,
+                   &eddy__state__v1__forward_response__descriptor, f->timeout_ms, &resp, &res);
+    if (!ch || res.code != GRPC_STATUS_OK) {
+        log_warn("msg=\"stage-2 forward failed; will retry\" to=%s error=\"%s\"", o->addr[d],
+                 ch ? res.details : "no channel");
+        for (size_t j = 0; j < nb; j++)
+            r->recs[idx[j]].failed = true;
+        if (resp)
+            protobuf_c_message_free_unpacked(resp, NULL);
+        return false;
+    }
+    /* the records that touch a refused partition stay for a later round */
+    const Eddy__State__V1__ForwardResponse *fr = (const Eddy__State__V1__ForwardResponse *)resp;
+    bool ok = fr->n_refused == 0;
+    memset(named, 0, P * sizeof(*named));
+    for (size_t k = 0; k < fr->n_refused; k++)
+        if (fr->refused[k] < P)
+            named[fr->refused[k]] = true;
+    for (size_t i = 0, at = 0; i < r->n && !ok; i++) {
+        size_t total = product_records(r->recs[i].b);
+        for (size_t k = 0; k < total; k++)
+            if (o->dest_of[qs[at + k]] == d && named[qs[at + k]])
+                r->recs[i].failed = true;
+        at += total;
+    }
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return ok;
+}
+
 static size_t run_round(forwarder *f)
 {
     uint32_t P = membership_partitions(f->mem);
@@ -143,114 +219,46 @@ static size_t run_round(forwarder *f)
         key_prefix_end(&start, &end);
         store_scan(st, &start, &end, collect, &r);
     }
-    /* one Forward per destination with every record bound there */
-    char (*addrs)[CLUSTER_ADDR_MAX] = calloc(MAX_DESTS, CLUSTER_ADDR_MAX);
+    size_t nq = 0; /* product records of the round */
+    for (size_t i = 0; i < r.n; i++)
+        nq += product_records(r.recs[i].b);
+    struct owners o = {calloc(P, sizeof(int32_t)), calloc(MAX_DESTS, CLUSTER_ADDR_MAX), 0};
+    uint32_t *qs = calloc(nq ? nq : 1, sizeof(*qs)); /* each product record's partition */
     Eddy__Store__V1__Stage2Batch **batch = calloc(ROUND_MAX, sizeof(*batch));
     size_t *idx = calloc(ROUND_MAX, sizeof(*idx));
     uint64_t *seqs = calloc(ROUND_MAX, sizeof(*seqs));
-    char (*dest)[CLUSTER_ADDR_MAX] = calloc(MAX_DESTS, CLUSTER_ADDR_MAX);
-    size_t ndest = 0, done = 0, failures = 0;
-    uint32_t *parts = NULL;
-    bool *named = NULL;
-    if (!addrs || !batch || !idx || !dest || !seqs)
+    uint32_t *parts = calloc(P, sizeof(*parts));
+    bool *named = calloc(P, sizeof(*named));
+    size_t done = 0, failures = 0;
+    if (!o.dest_of || !o.addr || !qs || !batch || !idx || !seqs || !parts || !named) {
+        failures = 1;
         goto out;
-    for (size_t i = 0; i < r.n; i++) {
-        bool unknown;
-        size_t n = destinations(f, r.recs[i].b, addrs, &unknown);
-        r.recs[i].failed = unknown;
-        for (size_t k = 0; k < n; k++) {
-            size_t d = 0;
-            while (d < ndest && strcmp(dest[d], addrs[k]) != 0)
-                d++;
-            if (d == ndest && ndest < MAX_DESTS)
-                snprintf(dest[ndest++], CLUSTER_ADDR_MAX, "%s", addrs[k]);
+    }
+    for (uint32_t q = 0; q < P; q++)
+        o.dest_of[q] = OWNER_UNREAD;
+    for (size_t i = 0, at = 0; i < r.n; i++) {
+        size_t total = product_records(r.recs[i].b);
+        for (size_t k = 0; k < total; k++, at++) {
+            qs[at] = partition_of_product(product_record_key(r.recs[i].b, k), P);
+            if (owner_of(f, &o, qs[at]) == OWNER_UNKNOWN)
+                r.recs[i].failed = true; /* no live owner now: kept for later */
         }
     }
-    parts = calloc(P, sizeof(*parts));
-    named = calloc(P, sizeof(*named));
-    if (!parts || !named)
-        goto out;
-    for (size_t d = 0; d < ndest; d++) {
-        size_t nb = 0, np = 0;
-        memset(named, 0, P * sizeof(*named));
-        for (size_t i = 0; i < r.n; i++) {
-            bool unknown;
-            size_t n = destinations(f, r.recs[i].b, addrs, &unknown);
-            for (size_t k = 0; k < n; k++) {
-                if (strcmp(addrs[k], dest[d]) == 0) {
-                    idx[nb] = i;
-                    batch[nb++] = r.recs[i].b;
-                    break;
-                }
-            }
-        }
-        /* name the partitions this destination owns as far as we know: it applies those
-         * and refuses (in its answer) those that are not its own any more or moving */
-        for (size_t j = 0; j < nb; j++) {
-            size_t total = product_records(batch[j]);
-            for (size_t k = 0; k < total; k++) {
-                uint32_t q = partition_of_product(product_record_key(batch[j], k), P);
-                char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
-                uint64_t epoch;
-                if (!named[q] && membership_owner(f->mem, q, owner, &epoch, addr) &&
-                    strcmp(addr, dest[d]) == 0) {
-                    named[q] = true;
-                    parts[np++] = q;
-                }
-            }
-        }
-        Eddy__State__V1__ForwardRequest req = EDDY__STATE__V1__FORWARD_REQUEST__INIT;
-        req.batches = batch;
-        req.n_batches = nb;
-        req.partitions = parts;
-        req.n_partitions = np;
-        ProtobufCMessage *resp = NULL;
-        struct rpc_result res;
-        rpc_channel *ch = peers_get(f->peers, dest[d]);
-        if (ch)
-            rpc_invoke(ch, "/eddy.state.v1.State/Forward", &req.base,
-                       &eddy__state__v1__forward_response__descriptor, f->timeout_ms, &resp,
-                       &res);
-        if (!ch || res.code != GRPC_STATUS_OK) {
-            log_warn("msg=\"stage-2 forward failed; will retry\" to=%s error=\"%s\"", dest[d],
-                     ch ? res.details : "no channel");
-            for (size_t j = 0; j < nb; j++)
-                r.recs[idx[j]].failed = true;
-            failures++;
-        } else {
-            /* the records that touch a refused partition stay for a later round */
-            const Eddy__State__V1__ForwardResponse *fr =
-                (const Eddy__State__V1__ForwardResponse *)resp;
-            memset(named, 0, P * sizeof(*named));
-            for (size_t k = 0; k < fr->n_refused; k++)
-                if (fr->refused[k] < P)
-                    named[fr->refused[k]] = true;
-            for (size_t j = 0; j < nb && fr->n_refused > 0; j++) {
-                size_t total = product_records(batch[j]);
-                for (size_t k = 0; k < total; k++) {
-                    if (named[partition_of_product(product_record_key(batch[j], k), P)]) {
-                        r.recs[idx[j]].failed = true;
-                        break;
-                    }
-                }
-            }
-            failures += fr->n_refused > 0;
-        }
-        if (resp)
-            protobuf_c_message_free_unpacked(resp, NULL);
-    }
+    for (size_t d = 0; d < o.n; d++)
+        failures += !send_to(f, &r, &o, (int32_t)d, qs, batch, idx, parts, named);
     done = remove_delivered(f, &r, seqs);
 out:
-    free(parts);
-    free(named);
     for (size_t i = 0; i < r.n; i++)
         eddy__store__v1__stage2_batch__free_unpacked(r.recs[i].b, NULL);
     free(r.recs);
-    free(addrs);
+    free(o.dest_of);
+    free(o.addr);
+    free(qs);
     free(batch);
     free(idx);
     free(seqs);
-    free(dest);
+    free(parts);
+    free(named);
     f->failed = failures > 0;
     /* a full round means more may be waiting; a failure means wait before retrying */
     return r.n == ROUND_MAX && done == r.n ? 1 : 0;
