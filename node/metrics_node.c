@@ -172,7 +172,13 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
     rm->isr_expands = metrics_counter(
         m, "eddy_isr_expands_total",
         "Followers that joined (or rejoined) a partition's in-sync set once caught up.");
-    if (!rm->lag_records || !rm->under_replicated || !rm->isr_shrinks || !rm->isr_expands)
+    rm->resyncs = metrics_counter(
+        m, "eddy_replica_resyncs_total",
+        "Copies of a partition on this node replaced by their leader's checkpoint: the copy "
+        "had diverged from the leader's log (an old leader's unacknowledged records) or the "
+        "leader's log no longer held its position.");
+    if (!rm->lag_records || !rm->under_replicated || !rm->isr_shrinks || !rm->isr_expands ||
+        !rm->resyncs)
         return EDDY_ERR_NOMEM;
     if (!em->events_ingested || !em->events_duplicate || !em->events_late || !em->batches ||
         !em->processing_seconds || !em->group_events || !em->event_to_result ||

@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/worker.h"
 #include "eddy/v1/state.pb-c.h"
+#include "node/cluster/ckptcopy.h"
 #include "node/state/checkpoint.h"
 
 #define RETRY_MS 500        /* pause after a failed step */
@@ -157,86 +158,6 @@ static void drop_copy(mover *mv, uint32_t p, const char *why);
 
 /* --- the copy ----------------------------------------------------------------------------- */
 
-#define LOAD_BATCH_BYTES (4u << 20)
-
-/* One range of the partition written by the writer thread (an exclusive job), and the
- * mover waiting for it. */
-struct range_put {
-    struct store_key start, end;
-    const store_batch *b;
-    struct completion w;
-    int64_t write_ns;            /* the writer's time in it (set before the signal) */
-};
-
-static eddy_err put_range(void *ud, engine *e)
-{
-    struct range_put *rp = ud;
-    int64_t t0 = clock_mono_ns();
-    /* not synced: the whole copy is made durable once, at its end (copy_checkpoint) */
-    eddy_err err = store_replace_range_nosync(engine_store(e), &rp->start, &rp->end, rp->b, NULL);
-    rp->write_ns = clock_mono_ns() - t0;
-    return err;
-}
-
-static void range_done(void *ud, eddy_err err)
-{
-    struct range_put *rp = ud;
-    completion_signal(&rp->w, err, 0);
-}
-
-/* The checkpoint as it streams in: checked by a reader, its records written in batches
- * of about LOAD_BATCH_BYTES, each in a writer job of its own (the writer goes on with the
- * other partitions in between; the partition is not served here yet, and a copy that
- * fails is dropped and started again). The mover waits for each batch before it reads on:
- * queueing the next one while the writer writes (tried, bench/move.sh round 3 in
- * docs/BENCHMARKS.md) was no faster on a busy machine, where the parsing then takes CPU
- * from the writer, which bounds the copy; meanwhile the source runs ahead in its send
- * queue and gRPC's window. */
-struct loader {
-    mover *mv;
-    uint32_t p;
-    checkpoint_reader *rd;
-    struct store_range_loader rl;
-    uint64_t received;           /* bytes of the stream so far */
-    int64_t write_ns, wait_ns;   /* the writer's time in the batches; the mover's waits */
-    eddy_err err;
-};
-
-/* Write one batch as a writer job and wait for it. */
-static eddy_err write_batch(void *ud, const struct store_key *start, const struct store_key *end,
-                            const store_batch *b)
-{
-    struct loader *ld = ud;
-    struct range_put rp = {.start = *start, .end = *end, .b = b};
-    completion_init(&rp.w);
-    int64_t t0 = clock_mono_ns();
-    eddy_err err = completion_wait(
-        &rp.w, engine_exclusive_partition(ld->mv->o.eng, ld->p, put_range, range_done, &rp));
-    ld->wait_ns += clock_mono_ns() - t0;
-    ld->write_ns += rp.write_ns;
-    return err;
-}
-
-static eddy_err load_record(void *ud, const unsigned char *key, size_t klen,
-                            const unsigned char *val, size_t vlen)
-{
-    struct loader *ld = ud;
-    return store_range_loader_put(&ld->rl, key, klen, val, vlen);
-}
-
-static int on_chunk(void *ud, const ProtobufCMessage *msg)
-{
-    struct loader *ld = ud;
-    const Eddy__State__V1__CheckpointChunk *ch = (const Eddy__State__V1__CheckpointChunk *)msg;
-    if (ch->offset != ld->received) {
-        ld->err = EDDY_ERR_CORRUPT;
-        return 1;
-    }
-    ld->received += ch->data.len;
-    ld->err = checkpoint_reader_feed(ld->rd, ch->data.data, ch->data.len);
-    return ld->err != EDDY_OK;
-}
-
 static rpc_channel *source_channel(mover *mv, const char *id)
 {
     char addr[CLUSTER_ADDR_MAX];
@@ -254,68 +175,29 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
     uint32_t p = m->partition;
     char what[64];
     snprintf(what, sizeof(what), "move-p%" PRIu32 "-from-%.32s", p, m->from);
-    int64_t t0 = clock_mono_ns();
-    struct loader ld = {.mv = mv, .p = p, .err = EDDY_OK};
-    eddy_err err = store_range_loader_init(&ld.rl, LOAD_BATCH_BYTES, write_batch, &ld);
-    ld.rd = checkpoint_reader_new(what, load_record, &ld);
-    if (err == EDDY_OK)
-        err = ld.rd ? engine_drop_partition(mv->o.eng, p, NULL) : EDDY_ERR_NOMEM;
+    Eddy__State__V1__FetchCheckpointRequest req = EDDY__STATE__V1__FETCH_CHECKPOINT_REQUEST__INIT;
+    req.partition = p;
+    req.epoch = m->epoch;
+    req.move_id = move_id;
+    struct ckptcopy_stats st;
+    eddy_err err = ckptcopy_receive(mv->o.eng, p, ch, "/eddy.state.v1.State/FetchCheckpoint",
+                                    &req.base, mv->o.copy_timeout_ms, what, &st, next_seq);
+    if (st.code != GRPC_STATUS_OK)
+        log_warn("msg=\"FetchCheckpoint failed\" partition=%" PRIu32 " from=%s code=%d "
+                 "details=\"%s\"",
+                 p, m->from, (int)st.code, st.details);
     if (err == EDDY_OK) {
-        Eddy__State__V1__FetchCheckpointRequest req =
-            EDDY__STATE__V1__FETCH_CHECKPOINT_REQUEST__INIT;
-        req.partition = p;
-        req.epoch = m->epoch;
-        req.move_id = move_id;
-        struct rpc_result res;
-        rpc_invoke_stream(ch, "/eddy.state.v1.State/FetchCheckpoint", &req.base,
-                          &eddy__state__v1__checkpoint_chunk__descriptor, mv->o.copy_timeout_ms,
-                          on_chunk, &ld, &res);
-        err = ld.err;
-        if (err == EDDY_OK && res.code != GRPC_STATUS_OK) {
-            log_warn("msg=\"FetchCheckpoint failed\" partition=%" PRIu32 " from=%s code=%d "
-                     "details=\"%s\"",
-                     p, m->from, (int)res.code, res.details);
-            err = EDDY_ERR_UNAVAILABLE;
-        }
-    }
-    struct checkpoint_info info;
-    if (err == EDDY_OK)
-        err = checkpoint_reader_finish(ld.rd, &info);
-    if (err == EDDY_OK && info.partition != p)
-        err = EDDY_ERR_CORRUPT;
-    if (err == EDDY_OK) {
-        struct store_key start, end;
-        start.len = 0;
-        key_u16(&start, (uint16_t)p);
-        key_prefix_end(&start, &end);
-        err = store_range_loader_finish(&ld.rl, &end);
-    }
-    /* The batches went to LevelDB's log without a sync each (one fsync per 4 MiB held the
-     * writer, and so every other partition's commits, for the disk's latency): one sync
-     * of the logs now, before the copy can be tailed, marked ready or served. A crash
-     * before it loses at most this unfinished copy, which is copied again. */
-    int64_t sync_ns = clock_mono_ns();
-    if (err == EDDY_OK)
-        err = store_sync_log(engine_store(mv->o.eng));
-    sync_ns = clock_mono_ns() - sync_ns;
-    if (err == EDDY_OK) {
-        struct engine_partition_view v;
-        engine_partition(mv->o.eng, p, &v);
-        *next_seq = v.next_seq;
         /* where the copy's time went: the writer's LevelDB writes (write_ms; wait_ms is
          * that plus the writer's queue), the final sync, and the rest: receiving and
          * checking the stream */
         log_info("msg=\"move: checkpoint loaded\" partition=%" PRIu32 " from=%s seq=%" PRIu64
                  " records=%" PRIu64 " bytes=%" PRIu64 " copy_ms=%" PRId64 " write_ms=%" PRId64
                  " wait_ms=%" PRId64 " sync_ms=%" PRId64,
-                 p, m->from, info.seq, info.records, info.bytes,
-                 (clock_mono_ns() - t0) / 1000000, ld.write_ns / 1000000, ld.wait_ns / 1000000,
-                 sync_ns / 1000000);
+                 p, m->from, st.info.seq, st.info.records, st.info.bytes, st.total_ns / 1000000,
+                 st.write_ns / 1000000, st.wait_ns / 1000000, st.sync_ns / 1000000);
     } else if (err != EDDY_ERR_NOMEM) {
         drop_copy(mv, p, "incomplete checkpoint copy"); /* a partial copy is never kept */
     }
-    store_range_loader_release(&ld.rl);
-    checkpoint_reader_free(ld.rd);
     return err;
 }
 

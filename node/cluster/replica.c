@@ -23,6 +23,17 @@
  * (/eddy/<cluster>/isr/<p>, compare-and-swap, never over a newer epoch's record) for the
  * coordinator's failover.
  *
+ * Divergence. An old leader may hold records its successor never had (its unacknowledged
+ * suffix, written before it learned it was deposed), and a follower of that old leader
+ * may too; the new leader writes other records under the same seqs. A copy that starts
+ * following (a new leader, a new epoch, a restart) sends its last record's seq and CRC
+ * with its first fetch; the leader compares them with its own record there, and a copy
+ * that is past the leader's log end or differs is answered 'diverged' (and never counted
+ * as a copy). Such a copy, and one whose position the leader's log no longer holds, is
+ * replaced by the leader's checkpoint (ReplicaSnapshot, streamed as a move's is) and
+ * fetches on from its seq: no record of a log that went another way survives, and a
+ * partition's state stays a function of the leader's log.
+ *
  * Threads. A fetch with nothing new is parked (long poll), never held on a handler
  * thread: the replica thread answers it when records arrive (replica_wait wakes it) or at
  * its deadline, and runs the in-sync clock and the etcd writes. Fetch handlers update the
@@ -34,6 +45,7 @@
 
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +56,7 @@
 #include "common/etcd.h"
 #include "common/log.h"
 #include "common/thread.h"
+#include "node/cluster/ckptcopy.h"
 #include "node/cluster/state_service.h"
 #include "node/state/store.h"
 
@@ -58,6 +71,7 @@
 #define ISR_WRITES_MAX 64           /* etcd records written per tick; the rest wait a tick */
 
 static const char FETCH_METHOD[] = "/eddy.state.v1.State/ReplicaFetch";
+static const char SNAPSHOT_METHOD[] = "/eddy.state.v1.State/ReplicaSnapshot";
 
 /* A follower of a partition this node leads. */
 struct follower {
@@ -90,6 +104,11 @@ struct part {
     bool following;        /* this node is a follower */
     uint64_t pos;          /* the next seq it needs */
     bool applying;         /* a fetch thread has a batch of it in flight */
+    bool check_last;       /* started following: the next fetch sends its last record */
+    bool has_last;         /* last_seq/last_crc read (none: an empty log below pos) */
+    uint64_t last_seq;
+    uint32_t last_crc;
+    bool resync;           /* the leader's log cannot continue this copy: copy a checkpoint */
 };
 
 /* A fetch waiting for records (long poll). The request belongs to the call. */
@@ -120,6 +139,9 @@ struct replica {
     pthread_t thread;
     struct fetcher *fetchers[FETCHERS_MAX];
     size_t nfetchers;
+    size_t snapshots;      /* ReplicaSnapshot streams being sent (threads of their own) */
+    atomic_bool cancel;    /* replica_stop: the streams end at their next piece */
+    pthread_cond_t scv;    /* signalled when one ends */
 };
 
 /* ---- helpers (under mu unless said) ---------------------------------------------------- */
@@ -144,6 +166,16 @@ static void cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t ms)
         ts.tv_nsec -= 1000000000;
     }
     pthread_cond_timedwait(cv, mu, &ts);
+}
+
+/* A log record's CRC-32C as ReplicaRecord carries it: its seq as 8 little-endian bytes,
+ * then the record. */
+static uint32_t record_crc(uint64_t seq, const void *rec, size_t len)
+{
+    uint8_t le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (uint8_t)(seq >> (8 * i));
+    return crc32c_update(crc32c(le, sizeof(le)), rec, len);
 }
 
 /* Copies an acknowledgement of the partition needs, the leader included. */
@@ -336,8 +368,12 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
         } else {
             pt->nf = 0;
         }
-        if (following && (!pt->following || new_leader || m->epoch != pt->map.epoch))
-            pt->pos = ends[p]; /* a new leader's log goes on from this copy's end */
+        if (following && (!pt->following || new_leader || m->epoch != pt->map.epoch)) {
+            pt->pos = ends[p]; /* a new leader's log goes on from this copy's end, */
+            pt->check_last = true; /* if this copy's log is a prefix of the leader's */
+            pt->has_last = false;
+            pt->resync = false;
+        }
         pt->leading = leading;
         pt->following = following;
         pt->map = *m;
@@ -475,18 +511,17 @@ static int collect(void *ud, const unsigned char *k, size_t klen, const char *v,
     }
     memcpy(e->record.data, v, vlen);
     e->record.len = vlen;
-    uint8_t le[8];
-    for (int i = 0; i < 8; i++)
-        le[i] = (uint8_t)(seq >> (8 * i));
-    e->crc32c = crc32c_update(crc32c(le, sizeof(le)), v, vlen);
+    e->crc32c = record_crc(seq, v, vlen);
     pg->rp[pg->n++] = e;
     *pg->bytes += vlen;
     pg->last = seq;
     return 0;
 }
 
-/* Answer a fetch with the records past each position (any thread but under no lock). */
-static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchRequest *req)
+/* Answer a fetch with the records past each position (any thread but under no lock);
+ * 'div' (NULL: none) marks the partitions whose copy diverged from this log. */
+static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchRequest *req,
+                   const bool *div)
 {
     size_t n = req->n_partitions, bytes = 0;
     size_t max = req->max_records ? req->max_records : FETCH_DEFAULT_RECORDS;
@@ -507,6 +542,10 @@ static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchR
         d[i].from_seq = q->next_seq;
         d[i].next_seq = q->next_seq;
         d[i].log_end = v.next_seq;
+        if (div && div[i]) {
+            d[i].diverged = true;
+            continue;
+        }
         if (q->next_seq < v.log_first_seq && q->next_seq < v.next_seq) {
             d[i].log_truncated = true;
             continue;
@@ -591,6 +630,28 @@ static const char *refusal(replica *r, const char *follower,
     return buf;
 }
 
+/* Whether the copy asking 'q' went another way than this log: its position is past the
+ * log end 'end', or the last record it sent differs from this log's at that seq (one this
+ * log swept by retention is old and was on every copy: taken as the same). No lock. */
+static bool diverged(replica *r, const Eddy__State__V1__ReplicaFetchPartition *q, uint64_t end,
+                     uint64_t first)
+{
+    if (q->next_seq > end)
+        return true;
+    if (!q->check_last || q->last_seq >= q->next_seq || q->last_seq < first)
+        return false;
+    struct store_key k;
+    key_init(&k, q->partition, T_LOG);
+    key_u64(&k, q->last_seq);
+    char *v = NULL;
+    size_t vlen = 0;
+    if (store_get(engine_store(r->o.eng), &k, &v, &vlen) != EDDY_OK)
+        return false; /* a read error says nothing about the copy: asked again next time */
+    bool differs = !v || record_crc(q->last_seq, v, vlen) != q->last_crc32c;
+    free(v);
+    return differs;
+}
+
 static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     replica *r = ud;
@@ -598,23 +659,27 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         (const Eddy__State__V1__ReplicaFetchRequest *)msg;
     size_t n = req->n_partitions;
     uint64_t ends[64], first[64];
+    bool divs[64];
     uint64_t *end = n <= 64 ? ends : calloc(n, sizeof(*end));
     uint64_t *lfirst = n <= 64 ? first : calloc(n, sizeof(*lfirst));
+    bool *div = n <= 64 ? divs : calloc(n, sizeof(*div));
     struct waiter *done = NULL;
     struct parked *pk = NULL;
     char why[256];
     const char *refused = NULL;
     bool records_ready = false;
-    if (!end || !lfirst) {
+    if (!end || !lfirst || !div) {
         rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "replica fetch: out of memory");
         goto out;
     }
-    for (size_t i = 0; i < n; i++) { /* engine reads before mu */
+    for (size_t i = 0; i < n; i++) { /* engine and store reads before mu */
         struct engine_partition_view v = {0};
         if (req->partitions[i]->partition < r->o.partitions)
             engine_partition(r->o.eng, req->partitions[i]->partition, &v);
         end[i] = v.next_seq;
         lfirst[i] = v.log_first_seq;
+        div[i] = req->partitions[i]->partition < r->o.partitions &&
+                 diverged(r, req->partitions[i], end[i], lfirst[i]);
     }
     int64_t t = clock_mono_ms();
     pthread_mutex_lock(&r->mu);
@@ -633,20 +698,20 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         const Eddy__State__V1__ReplicaFetchPartition *q = req->partitions[i];
         struct part *pt = &r->parts[q->partition];
         struct follower *f = find_follower(pt, req->follower);
-        if (q->next_seq > end[i]) {
-            /* Records the leader does not have: that log diverged (an old leader's
-             * unacknowledged suffix). It is no copy of this log, and cannot become one
-             * until the suffix is truncated (not built yet). */
-            if (f->pos != 0 || f->in_sync)
-                log_warn("msg=\"follower's log is ahead of the leader's: not counted as a "
-                         "copy\" partition=%u follower=%s position=%" PRIu64
-                         " log_end=%" PRIu64,
-                         q->partition, f->id, q->next_seq, end[i]);
+        if (div[i]) {
+            /* Records the leader does not have (an old leader's unacknowledged suffix):
+             * no copy of this log. Told so at once; it copies a checkpoint and comes back
+             * as a new follower. */
+            log_warn("msg=\"follower's log diverged from the leader's: not counted as a "
+                     "copy until it copied a checkpoint\" partition=%u follower=%s "
+                     "position=%" PRIu64 " log_end=%" PRIu64,
+                     q->partition, f->id, q->next_seq, end[i]);
             f->pos = 0;
             f->prev_end = UINT64_MAX;
             f->caught_up_ms = t - r->o.lag_timeout_ms - 1; /* out of the set at once */
             follower_check(r, pt, f, q->partition, t);
             settle(r, pt, &done);
+            records_ready = true;
             continue;
         }
         f->pos = q->next_seq;
@@ -682,20 +747,101 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     pthread_mutex_unlock(&r->mu);
     run_waiters(done);
     if (!pk)
-        answer(r, c, req); /* records ready (or no memory to park: answer empty) */
+        answer(r, c, req, div); /* records ready (or no memory to park: answer empty) */
 out:
     if (end != ends)
         free(end);
     if (lfirst != first)
         free(lfirst);
+    if (div != divs)
+        free(div);
+}
+
+/* ---- leader side: ReplicaSnapshot ---------------------------------------------------------- */
+
+struct snapshot_send {
+    replica *r;
+    rpc_call *call;
+    uint32_t p;
+};
+
+/* Streaming a checkpoint takes long: a thread of its own, not a handler's. */
+static void *snapshot_main(void *arg)
+{
+    thread_name("repl-snapshot");
+    struct snapshot_send *ss = arg;
+    replica *r = ss->r;
+    struct checkpoint_info info;
+    eddy_err err = ckptcopy_send(engine_store(r->o.eng), ss->p, ss->call, &r->cancel, &info);
+    if (err == EDDY_OK)
+        log_info("msg=\"checkpoint sent to a follower\" partition=%" PRIu32 " seq=%" PRIu64
+                 " bytes=%" PRIu64,
+                 ss->p, info.seq, info.bytes);
+    else
+        log_warn("msg=\"checkpoint for a follower not sent\" partition=%" PRIu32
+                 " error=\"%s\"",
+                 ss->p, eddy_strerror(err));
+    rpc_stream_finish(ss->call, err == EDDY_OK ? GRPC_STATUS_OK : eddy_err_to_grpc(err),
+                      err == EDDY_OK ? NULL : eddy_strerror(err));
+    free(ss);
+    pthread_mutex_lock(&r->mu);
+    r->snapshots--;
+    pthread_cond_broadcast(&r->scv);
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+static void handle_snapshot(void *ud, rpc_call *c, const ProtobufCMessage *msg)
+{
+    replica *r = ud;
+    const Eddy__State__V1__ReplicaSnapshotRequest *req =
+        (const Eddy__State__V1__ReplicaSnapshotRequest *)msg;
+    Eddy__State__V1__ReplicaFetchPartition q = EDDY__STATE__V1__REPLICA_FETCH_PARTITION__INIT;
+    q.partition = req->partition;
+    q.epoch = req->epoch;
+    char why[256];
+    struct snapshot_send *ss = malloc(sizeof(*ss));
+    pthread_mutex_lock(&r->mu);
+    const char *refused = refusal(r, req->follower, &q, why, sizeof(why));
+    bool go = !refused && !r->stopping && ss;
+    if (go)
+        r->snapshots++;
+    pthread_mutex_unlock(&r->mu);
+    if (!go) {
+        free(ss);
+        if (refused)
+            rpc_stream_finish(c, GRPC_STATUS_FAILED_PRECONDITION, refused);
+        else
+            rpc_stream_finish(c, GRPC_STATUS_UNAVAILABLE, ss ? "node stopping" : "out of memory");
+        return;
+    }
+    *ss = (struct snapshot_send){r, c, req->partition};
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &attr, snapshot_main, ss) != 0) {
+        free(ss);
+        rpc_stream_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "cannot start the checkpoint copy");
+        pthread_mutex_lock(&r->mu);
+        r->snapshots--;
+        pthread_cond_broadcast(&r->scv);
+        pthread_mutex_unlock(&r->mu);
+    }
+    pthread_attr_destroy(&attr);
 }
 
 eddy_err replica_register(replica *r, rpc_server *s)
 {
     /* a leaf: the handler never calls another handler and never blocks (long polls park) */
-    return rpc_server_add_unary_lane(s, FETCH_METHOD,
-                                     &eddy__state__v1__replica_fetch_request__descriptor,
-                                     handle_fetch, r, STATE_LANE_LEAF);
+    eddy_err err = rpc_server_add_unary_lane(s, FETCH_METHOD,
+                                             &eddy__state__v1__replica_fetch_request__descriptor,
+                                             handle_fetch, r, STATE_LANE_LEAF);
+    if (err == EDDY_OK)
+        err = rpc_server_add_stream(s, SNAPSHOT_METHOD,
+                                    &eddy__state__v1__replica_snapshot_request__descriptor,
+                                    handle_snapshot, NULL, r);
+    return err;
 }
 
 /* ---- the replica thread ------------------------------------------------------------------- */
@@ -810,7 +956,7 @@ static void *replica_main(void *arg)
         while (ready) {
             struct parked *k = ready;
             ready = k->next;
-            answer(r, k->call, k->req);
+            answer(r, k->call, k->req, NULL); /* parked: no copy of it diverged */
             free(k);
         }
         for (size_t i = 0; i < nrecs; i++) {
@@ -871,16 +1017,12 @@ eddy_err replica_follow_apply(replica *r, const Eddy__State__V1__ReplicaPartitio
     uint64_t min = d->from_seq;
     for (size_t i = 0; i < d->n_records && err == EDDY_OK; i++) {
         const Eddy__State__V1__ReplicaRecord *x = d->records[i];
-        uint8_t le[8];
-        for (int b = 0; b < 8; b++)
-            le[b] = (uint8_t)(x->seq >> (8 * b));
         if (x->seq < min || x->seq >= d->next_seq) {
             log_warn("msg=\"replica batch refused: record out of order\" partition=%u "
                      "seq=%" PRIu64 " expected_at_least=%" PRIu64 " batch_end=%" PRIu64,
                      p, x->seq, min, d->next_seq);
             err = EDDY_ERR_INVALID;
-        } else if (crc32c_update(crc32c(le, sizeof(le)), x->record.data, x->record.len) !=
-                   x->crc32c) {
+        } else if (record_crc(x->seq, x->record.data, x->record.len) != x->crc32c) {
             log_warn("msg=\"replica batch refused: bad checksum\" partition=%u seq=%" PRIu64, p,
                      x->seq);
             err = EDDY_ERR_CORRUPT;
@@ -901,8 +1043,10 @@ eddy_err replica_follow_apply(replica *r, const Eddy__State__V1__ReplicaPartitio
     if (next < d->next_seq) /* the leader's log has holes (DeleteUser) up to its end */
         next = d->next_seq;
     pthread_mutex_lock(&r->mu);
-    if (pt->following && pt->map.epoch == epoch && pt->pos == pos)
+    if (pt->following && pt->map.epoch == epoch && pt->pos == pos) {
         pt->pos = next;
+        pt->check_last = false; /* this leader answered from this copy's position */
+    }
     pthread_mutex_unlock(&r->mu);
     return EDDY_OK;
 }
@@ -915,6 +1059,140 @@ uint64_t replica_position(replica *r, uint32_t p)
     uint64_t pos = r->parts[p].pos;
     pthread_mutex_unlock(&r->mu);
     return pos;
+}
+
+struct last_rec {
+    uint64_t seq;
+    uint32_t crc;
+};
+
+static int take_last(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct last_rec *l = ud;
+    size_t off = 3; /* partition u16, table byte */
+    if (key_get_u64(k, klen, &off, &l->seq))
+        l->crc = record_crc(l->seq, v, vlen);
+    return 1;
+}
+
+/* This copy's last log record of partition p below 'below' (for its first fetch from a
+ * leader). False when there is none or it cannot be read: nothing to compare then. */
+static bool last_record(replica *r, uint32_t p, uint64_t below, struct last_rec *out)
+{
+    struct store_key start, end;
+    key_init(&start, p, T_LOG);
+    key_init(&end, p, T_LOG);
+    key_u64(&end, below);
+    bool found = false;
+    *out = (struct last_rec){0, 0};
+    return store_last(engine_store(r->o.eng), &start, &end, take_last, out, &found) == EDDY_OK &&
+           found;
+}
+
+/* The first fetch after this copy started following sends its last record: read those
+ * not read yet (store reads outside mu). Fetch thread of 'leader'. */
+static void read_last_records(replica *r, const char *leader)
+{
+    for (uint32_t p = 0; p < r->o.partitions; p++) {
+        pthread_mutex_lock(&r->mu);
+        struct part *pt = &r->parts[p];
+        bool want = pt->following && pt->check_last && !pt->has_last && !pt->applying &&
+                    strcmp(pt->map.replicas[0], leader) == 0;
+        uint64_t pos = pt->pos, epoch = pt->map.epoch;
+        pthread_mutex_unlock(&r->mu);
+        if (!want)
+            continue;
+        struct last_rec l;
+        bool found = last_record(r, p, pos, &l);
+        pthread_mutex_lock(&r->mu);
+        if (pt->following && pt->check_last && pt->pos == pos && pt->map.epoch == epoch) {
+            pt->has_last = true; /* found or not: an empty log has nothing to compare */
+            pt->last_seq = found ? l.seq : pos;
+            pt->last_crc = l.crc;
+        }
+        pthread_mutex_unlock(&r->mu);
+    }
+}
+
+/* Replace this copy of partition p with the leader's checkpoint (ReplicaSnapshot) and go
+ * on fetching from its seq. A failed copy leaves the partition empty, position 0: the
+ * next fetch starts over (from the log's start, or with another copy). Fetch thread. */
+static eddy_err resync(replica *r, uint32_t p, uint64_t epoch, const char *addr)
+{
+    Eddy__State__V1__ReplicaSnapshotRequest req = EDDY__STATE__V1__REPLICA_SNAPSHOT_REQUEST__INIT;
+    req.follower = r->self;
+    req.partition = p;
+    req.epoch = epoch;
+    char what[64];
+    snprintf(what, sizeof(what), "resync-p%" PRIu32, p);
+    struct ckptcopy_stats st;
+    uint64_t next = 0;
+    rpc_channel *ch = peers_get(r->o.peers, addr);
+    eddy_err err = ch ? ckptcopy_receive(r->o.eng, p, ch, SNAPSHOT_METHOD, &req.base,
+                                         r->o.snapshot_timeout_ms, what, &st, &next)
+                      : EDDY_ERR_UNAVAILABLE;
+    if (err != EDDY_OK) {
+        engine_drop_partition(r->o.eng, p, NULL); /* never a partial copy */
+        log_warn("msg=\"replica resync failed; retrying\" partition=%" PRIu32 " leader=%s "
+                 "error=\"%s\" code=%d details=\"%s\"",
+                 p, addr, eddy_strerror(err), ch ? (int)st.code : -1, ch ? st.details : "");
+    } else {
+        log_info("msg=\"replica copy replaced by the leader's checkpoint\" partition=%" PRIu32
+                 " leader=%s seq=%" PRIu64 " records=%" PRIu64 " bytes=%" PRIu64
+                 " copy_ms=%" PRId64,
+                 p, addr, st.info.seq, st.info.records, st.info.bytes, st.total_ns / 1000000);
+        if (r->o.metrics.resyncs)
+            metric_counter_add(r->o.metrics.resyncs, 1);
+    }
+    pthread_mutex_lock(&r->mu);
+    struct part *pt = &r->parts[p];
+    if (pt->following && pt->map.epoch == epoch) {
+        pt->pos = err == EDDY_OK ? next : 0;
+        pt->check_last = false; /* the leader's own state at 'next' */
+        pt->has_last = false;
+        pt->resync = err != EDDY_OK;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return err;
+}
+
+/* The leader answered that this copy of d's partition cannot go on from its log. */
+static void mark_resync(replica *r, const Eddy__State__V1__ReplicaPartitionData *d)
+{
+    if (d->partition >= r->o.partitions)
+        return;
+    pthread_mutex_lock(&r->mu);
+    struct part *pt = &r->parts[d->partition];
+    if (pt->following && pt->map.epoch == d->epoch && pt->pos == d->from_seq)
+        pt->resync = true;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Resync the partitions of 'leader' the last answer said need it, one at a time. */
+static eddy_err resync_pending(replica *r, const char *leader)
+{
+    eddy_err worst = EDDY_OK;
+    for (uint32_t p = 0; p < r->o.partitions; p++) {
+        char addr[CLUSTER_ADDR_MAX];
+        pthread_mutex_lock(&r->mu);
+        struct part *pt = &r->parts[p];
+        bool want = pt->following && pt->resync && !pt->applying && !r->stopping &&
+                    strcmp(pt->map.replicas[0], leader) == 0 && pt->map.leader_addr[0];
+        uint64_t epoch = pt->map.epoch;
+        snprintf(addr, sizeof(addr), "%s", pt->map.leader_addr);
+        if (want)
+            pt->applying = true;
+        pthread_mutex_unlock(&r->mu);
+        if (!want)
+            continue;
+        eddy_err err = resync(r, p, epoch, addr);
+        if (err != EDDY_OK)
+            worst = err;
+        pthread_mutex_lock(&r->mu);
+        pt->applying = false;
+        pthread_mutex_unlock(&r->mu);
+    }
+    return worst;
 }
 
 static void *fetch_main(void *arg)
@@ -934,15 +1212,32 @@ static void *fetch_main(void *arg)
     }
     pthread_mutex_lock(&r->mu);
     while (!r->stopping) {
+        pthread_mutex_unlock(&r->mu);
+        eddy_err rs = resync_pending(r, ft->leader);
+        read_last_records(r, ft->leader);
+        pthread_mutex_lock(&r->mu);
+        if (rs != EDDY_OK) {
+            backoff = backoff ? backoff * 2 : BACKOFF_MIN_MS;
+            if (backoff > BACKOFF_MAX_MS)
+                backoff = BACKOFF_MAX_MS;
+            cond_wait_ms(&r->fcv, &r->mu, backoff);
+            continue;
+        }
         size_t n = 0;
         for (uint32_t p = 0; p < P; p++) {
             struct part *pt = &r->parts[p];
-            if (!pt->following || pt->applying || strcmp(pt->map.replicas[0], ft->leader) != 0)
+            if (!pt->following || pt->applying || pt->resync ||
+                strcmp(pt->map.replicas[0], ft->leader) != 0)
                 continue;
             eddy__state__v1__replica_fetch_partition__init(&q[n]);
             q[n].partition = p;
             q[n].epoch = pt->map.epoch;
             q[n].next_seq = pt->pos;
+            if (pt->check_last && pt->has_last) {
+                q[n].check_last = true;
+                q[n].last_seq = pt->last_seq;
+                q[n].last_crc32c = pt->last_crc;
+            }
             qp[n] = &q[n];
             snprintf(addr, sizeof(addr), "%s", pt->map.leader_addr);
             pt->applying = true;
@@ -970,19 +1265,18 @@ static void *fetch_main(void *arg)
         else
             res = (struct rpc_result){GRPC_STATUS_RESOURCE_EXHAUSTED, "no channel"};
         eddy_err err = EDDY_OK;
-        bool stuck = false; /* a partition the leader's log cannot bring up to date */
         if (res.code == GRPC_STATUS_OK) {
             const Eddy__State__V1__ReplicaFetchResponse *fr =
                 (const Eddy__State__V1__ReplicaFetchResponse *)resp;
             for (size_t i = 0; i < fr->n_partitions && err == EDDY_OK; i++) {
                 const Eddy__State__V1__ReplicaPartitionData *d = fr->partitions[i];
-                if (d->log_truncated) {
-                    stuck = true;
-                    if (failures++ % 100 == 0)
-                        log_warn("msg=\"leader's log no longer holds this follower's "
-                                 "position: a checkpoint copy is needed\" partition=%u "
-                                 "position=%" PRIu64,
-                                 d->partition, d->from_seq);
+                if (d->log_truncated || d->diverged) {
+                    log_warn("msg=\"replica copy cannot continue from the leader's log: "
+                             "copying its checkpoint\" partition=%u position=%" PRIu64
+                             " reason=%s",
+                             d->partition, d->from_seq,
+                             d->diverged ? "diverged" : "log_truncated");
+                    mark_resync(r, d);
                     continue;
                 }
                 err = replica_follow_apply(r, d);
@@ -992,7 +1286,7 @@ static void *fetch_main(void *arg)
                      ft->leader, addr, (int)res.code, res.details);
         }
         protobuf_c_message_free_unpacked(resp, NULL);
-        if (res.code == GRPC_STATUS_OK && err == EDDY_OK && !stuck) {
+        if (res.code == GRPC_STATUS_OK && err == EDDY_OK) {
             backoff = 0;
         } else {
             backoff = backoff ? backoff * 2 : BACKOFF_MIN_MS;
@@ -1028,6 +1322,8 @@ replica *replica_new(const struct replica_opts *o)
         r->o.fetch_wait_ms = FETCH_MAX_WAIT_MS;
     if (r->o.rpc_timeout_ms <= 0)
         r->o.rpc_timeout_ms = 5000;
+    if (r->o.snapshot_timeout_ms <= 0)
+        r->o.snapshot_timeout_ms = 600000;
     snprintf(r->self, sizeof(r->self), "%s", o->self ? o->self : "");
     snprintf(r->cluster, sizeof(r->cluster), "%s", o->cluster ? o->cluster : "");
     r->o.self = r->self;
@@ -1041,6 +1337,7 @@ replica *replica_new(const struct replica_opts *o)
     pthread_mutex_init(&r->mu, NULL);
     cond_init_mono(&r->cv);
     cond_init_mono(&r->fcv);
+    pthread_cond_init(&r->scv, NULL);
     return r;
 }
 
@@ -1080,6 +1377,11 @@ void replica_stop(replica *r)
     pthread_mutex_unlock(&r->mu);
     if (running)
         pthread_join(r->thread, NULL);
+    atomic_store(&r->cancel, true); /* the snapshot streams end at their next piece */
+    pthread_mutex_lock(&r->mu);
+    while (r->snapshots > 0)
+        pthread_cond_wait(&r->scv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
     for (size_t i = 0; i < nf; i++) {
         pthread_join(r->fetchers[i]->t, NULL);
         free(r->fetchers[i]);
@@ -1101,6 +1403,7 @@ void replica_free(replica *r)
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     pthread_cond_destroy(&r->fcv);
+    pthread_cond_destroy(&r->scv);
     free(r->parts);
     free(r);
 }

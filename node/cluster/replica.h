@@ -44,6 +44,7 @@ struct replica_metrics {
     metric_gauge *under_replicated;     /* led partitions with fewer in-sync copies than R */
     metric_counter *isr_shrinks;        /* a follower left a partition's in-sync set */
     metric_counter *isr_expands;        /* a follower (re)joined it */
+    metric_counter *resyncs;            /* copies replaced by the leader's checkpoint */
 };
 
 struct replica_opts {
@@ -56,6 +57,7 @@ struct replica_opts {
     int64_t lag_timeout_ms;
     int64_t fetch_wait_ms;       /* a fetch's long poll (default 500) */
     int64_t rpc_timeout_ms;      /* a fetch's deadline on top of the long poll (5000) */
+    int64_t snapshot_timeout_ms; /* one ReplicaSnapshot stream (600000) */
     /* Where the leader records each partition's in-sync set (/eddy/<cluster>/isr/<p>,
      * compare-and-swap); NULL: not recorded, or the membership's once
      * replica_set_membership ran. Borrowed. */
@@ -67,8 +69,9 @@ struct replica_opts {
 /* Caller owns the result; free with replica_free. NULL on allocation failure. */
 replica *replica_new(const struct replica_opts *o);
 
-/* Register eddy.state.v1.State/ReplicaFetch on 's' (before it starts); 'r' must outlive
- * the server's calls (replica_stop answers the parked ones). */
+/* Register eddy.state.v1.State/ReplicaFetch and ReplicaSnapshot on 's' (before it
+ * starts); 'r' must outlive the server's calls (replica_stop answers the parked ones and
+ * ends the snapshot streams). */
 eddy_err replica_register(replica *r, rpc_server *s);
 
 /* Start the replica thread (leader side: long polls, in-sync set, etcd) and a fetch

@@ -14,6 +14,7 @@
 #include "common/completion.h"
 
 #include "common/log.h"
+#include "node/cluster/ckptcopy.h"
 #include "node/state/checkpoint.h"
 #include "common/partition.h"
 #include "common/thread.h"
@@ -811,26 +812,6 @@ struct fetch_ckpt {
     uint64_t epoch, move_id;
 };
 
-/* Each piece of the streamed checkpoint as one CheckpointChunk, in order. */
-struct chunk_sink {
-    rpc_call *call;
-    uint64_t off;
-};
-
-static eddy_err send_chunk(void *ud, const void *buf, size_t n)
-{
-    struct chunk_sink *cs = ud;
-    Eddy__State__V1__CheckpointChunk ch = EDDY__STATE__V1__CHECKPOINT_CHUNK__INIT;
-    ch.offset = cs->off;
-    ch.data.data = (uint8_t *)buf;
-    ch.data.len = n;
-    eddy_err err;
-    while ((err = rpc_stream_send(cs->call, &ch.base)) == EDDY_ERR_FULL)
-        usleep(1000); /* the target reads slower than the snapshot: wait for the window */
-    cs->off += n;
-    return err;
-}
-
 static void *fetch_ckpt_main(void *arg)
 {
     thread_name("ckpt-send");
@@ -851,11 +832,8 @@ static void *fetch_ckpt_main(void *arg)
     atomic_store(&svc->freeze_until[fc->p], INT64_MAX); /* held while this copy runs */
     atomic_store(&svc->freeze_id[fc->p], fc->move_id);
     engine_flush(svc->eng);
-    /* streamed from one snapshot as it is read: no file, no fsync on this side (the
-     * target checks the CRC and the length at the end) */
     struct checkpoint_info info;
-    struct chunk_sink cs = {fc->call, 0};
-    eddy_err err = checkpoint_stream(engine_store(svc->eng), fc->p, send_chunk, &cs, &info);
+    eddy_err err = ckptcopy_send(engine_store(svc->eng), fc->p, fc->call, NULL, &info);
     freeze(svc, fc->p, fc->move_id); /* now the target's FetchLog calls keep it */
     if (err != EDDY_OK) {
         code = eddy_err_to_grpc(err);

@@ -216,6 +216,36 @@ eddy_err store_scan_ranges(store *s, const struct store_key *starts,
     return scan_ranges_with(s->db, s->ropts, starts, ends, n, fn, ud);
 }
 
+eddy_err store_last(store *s, const struct store_key *start, const struct store_key *end,
+                    store_scan_fn *fn, void *ud, bool *found)
+{
+    *found = false;
+    leveldb_iterator_t *it = leveldb_create_iterator(s->db, s->ropts);
+    if (!it)
+        return EDDY_ERR_NOMEM;
+    /* the first key at or past 'end', then one back; none past it: the very last key */
+    leveldb_iter_seek(it, (const char *)end->buf, end->len);
+    if (end->len == 0)
+        leveldb_iter_seek_to_last(it);
+    else if (leveldb_iter_valid(it))
+        leveldb_iter_prev(it);
+    else
+        leveldb_iter_seek_to_last(it);
+    if (leveldb_iter_valid(it)) {
+        size_t klen, vlen;
+        const char *k = leveldb_iter_key(it, &klen);
+        const char *v = leveldb_iter_value(it, &vlen);
+        if (!key_before_end(k, klen, start) && key_before_end(k, klen, end)) {
+            *found = true;
+            fn(ud, (const unsigned char *)k, klen, v, vlen);
+        }
+    }
+    char *lerr = NULL;
+    leveldb_iter_get_error(it, &lerr);
+    leveldb_iter_destroy(it);
+    return store_take_err(lerr, NULL, 0);
+}
+
 uint64_t store_change_locked(store *s, const struct store_txn *by, const struct store_key *start,
                              const struct store_key *end)
 {

@@ -54,6 +54,11 @@ eddy_err store_scan(store *s, const struct store_key *start, const struct store_
 eddy_err store_scan_ranges(store *s, const struct store_key *starts,
                            const struct store_key *ends, size_t n, store_scan_fn *fn, void *ud);
 
+/* The last key in [start, end) of the committed state, given to fn (its result is
+ * ignored); *found false when the range is empty. */
+eddy_err store_last(store *s, const struct store_key *start, const struct store_key *end,
+                    store_scan_fn *fn, void *ud, bool *found);
+
 /* Delete 'key' at once, outside any txn, without sync (for entries only one thread
  * removes, such as forwarded OUTBOX records: losing the delete in a crash only causes a
  * harmless re-send). */

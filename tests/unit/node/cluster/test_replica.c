@@ -15,6 +15,7 @@
 
 #include "common/clock.h"
 #include "common/completion.h"
+#include "common/metrics.h"
 #include "common/rpc_client.h"
 #include "common/rpc_server.h"
 #include "node/cluster/peers.h"
@@ -547,16 +548,90 @@ static void test_paging_and_diverged_follower(void **state)
     completion_init(&w0);
     assert_int_equal(completion_wait(&w0, replica_wait(t->a.rep, p, end, acked, &w0)), EDDY_OK);
 
-    /* then it claims records the leader never had: no copy, out of the set at once */
+    /* then it claims records the leader never had: no copy, out of the set at once, and
+     * told that its log diverged */
     r = fetch_n(t, "B", p, EPOCH, end + 5, 0, &res);
     assert_int_equal(res.code, GRPC_STATUS_OK);
     assert_int_equal(r->partitions[0]->n_records, 0);
+    assert_true(r->partitions[0]->diverged);
     protobuf_c_message_free_unpacked(&r->base, NULL);
     assert_int_equal(replica_insync(t->a.rep, p), 1);
     struct completion w;
     completion_init(&w);
     assert_int_equal(completion_wait(&w, replica_wait(t->a.rep, p, end, acked, &w)),
                      EDDY_ERR_UNAVAILABLE);
+}
+
+/* Ingest events 'first'.. of users u-first.. straight into one engine (no replication):
+ * the records only that copy has. */
+static void ingest_only(engine *e, int first, int n)
+{
+    char (*ids)[16] = calloc((size_t)n, sizeof(*ids));
+    char (*us)[16] = calloc((size_t)n, sizeof(*us));
+    Eddy__V1__Event **evs = events(first, n, 13, ids, us);
+    for (int i = 0; i < n; i += 50)
+        ingest(e, evs + i, (size_t)(n - i < 50 ? n - i : 50));
+    free_events(evs, n);
+    free(ids);
+    free(us);
+}
+
+/* An old leader's unacknowledged suffix: the follower's copy holds records the leader
+ * never had under seqs the leader used for others (only the last record's CRC tells them
+ * apart when the leader's log is longer; a copy past the leader's log end is covered by
+ * test_paging_and_diverged_follower). Once it follows again, the leader says 'diverged'
+ * and the copy is replaced by the leader's checkpoint: byte-identical to the leader, in
+ * sync, acknowledging and following on. A copy that is only behind is not replaced.
+ * Cluster mode: a partition's state, product state included, is a function of its own
+ * log (stage 2 arrives through the product partitions' logs). */
+static void test_diverged_copy_replaced_by_the_leaders_checkpoint(void **state)
+{
+    struct pair *t = *state;
+    start_follower(t);
+    ingest_range(t, 0, 300);
+    assert_int_equal(wait_all(t), EDDY_OK);
+    replica_free(t->b.rep); /* the follower stops; both copies go their own way */
+    t->b.rep = NULL;
+    uint64_t b_before[FIXTURE_PARTITIONS];
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++)
+        b_before[p] = log_end(t->b.eng, p);
+    ingest_only(t->a.eng, 5000, 240);
+    ingest_only(t->b.eng, 9000, 12);
+    uint64_t diverged = 0, by_crc = 0;
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++) {
+        bool grew = log_end(t->b.eng, p) > b_before[p]; /* a copy only behind is a prefix */
+        diverged += grew;
+        by_crc += grew && log_end(t->b.eng, p) <= log_end(t->a.eng, p);
+    }
+    assert_true(by_crc > 0);
+    assert_true(diverged < FIXTURE_PARTITIONS); /* and some copies are only behind */
+
+    metrics *m = metrics_new();
+    struct replica_opts ro = {.eng = t->b.eng, .peers = t->peers, .self = "B",
+                              .partitions = FIXTURE_PARTITIONS, .lag_timeout_ms = LAG_MS,
+                              .fetch_wait_ms = 100, .rpc_timeout_ms = 2000};
+    ro.metrics.resyncs = metrics_counter(m, "resyncs", "test");
+    t->b.rep = replica_new(&ro);
+    replica_set_map(t->b.rep, t->map, 2);
+    assert_int_equal(replica_start(t->b.rep), EDDY_OK);
+    EVENTUALLY(metric_counter_value(ro.metrics.resyncs) == diverged);
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++)
+        EVENTUALLY(replica_position(t->b.rep, p) == log_end(t->a.eng, p) &&
+                   replica_insync(t->a.rep, p) == 2);
+    assert_int_equal(wait_all(t), EDDY_OK);
+    ingest_range(t, 12000, 100); /* the copies follow on from the checkpoints */
+    assert_int_equal(wait_all(t), EDDY_OK);
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++)
+        EVENTUALLY(replica_position(t->b.rep, p) == log_end(t->a.eng, p));
+    char *da = dump(t->a.eng), *db = dump(t->b.eng);
+    assert_string_equal(da, db);
+    assert_int_equal(rows_with(db, "e9001"), 0); /* nothing of the diverged suffix */
+    assert_int_equal(metric_counter_value(ro.metrics.resyncs), diverged);
+    free(da);
+    free(db);
+    replica_free(t->b.rep);
+    t->b.rep = NULL;
+    metrics_free(m);
 }
 
 static uint64_t log_total(engine *e)
@@ -623,6 +698,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ack_waits_for_follower, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_paging_and_diverged_follower, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_diverged_copy_replaced_by_the_leaders_checkpoint,
+                                        setup_clustered, teardown),
         cmocka_unit_test_setup_teardown(test_idle_records_come_from_the_leader, setup_idle,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_not_replicated_no_wait, setup, teardown),

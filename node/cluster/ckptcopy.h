@@ -1,0 +1,46 @@
+/* A partition's checkpoint copied between state nodes as a stream of CheckpointChunk
+ * messages: the sending side (a move's source, a partition's leader resyncing a
+ * follower) streams a fresh checkpoint from one snapshot; the receiving side checks it as
+ * it arrives and replaces its copy of the partition with it. Used by the mover
+ * (FetchCheckpoint) and by the replicated log (ReplicaSnapshot). */
+#ifndef EDDY_CKPTCOPY_H
+#define EDDY_CKPTCOPY_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "common/rpc_client.h"
+#include "common/rpc_server.h"
+#include "node/state/checkpoint.h"
+#include "node/state/engine.h"
+
+/* Sending: stream a fresh checkpoint of partition 'p' of 's' on the server-streaming call
+ * 'c' (one CheckpointChunk per piece, waiting for gRPC's window when the receiver is
+ * slower). 'cancel' (NULL: none) set by another thread stops it with
+ * EDDY_ERR_UNAVAILABLE at the next piece. The caller finishes the call. */
+eddy_err ckptcopy_send(store *s, uint32_t p, rpc_call *c, const atomic_bool *cancel,
+                       struct checkpoint_info *out);
+
+/* Where a receive's time went. */
+struct ckptcopy_stats {
+    struct checkpoint_info info;  /* of the checkpoint received */
+    int64_t total_ns;             /* the whole copy */
+    int64_t write_ns;             /* the writer's LevelDB writes */
+    int64_t wait_ns;              /* those plus the writer's queue */
+    int64_t sync_ns;              /* the final sync of LevelDB's log */
+    grpc_status_code code;        /* the stream's status (OK unless the peer failed it) */
+    char details[512];
+};
+
+/* Receiving: drop this node's copy of partition 'p' and replace it with the checkpoint
+ * streamed by 'method' on 'ch' for 'req', made durable (one sync at the end) before this
+ * returns. *next_seq is the partition's next seq after the load. On any error the
+ * partition is left partial: the caller drops it (engine_drop_partition) or copies again.
+ * 'what' names the source in log lines. */
+eddy_err ckptcopy_receive(engine *eng, uint32_t p, rpc_channel *ch, const char *method,
+                          const ProtobufCMessage *req, int64_t timeout_ms, const char *what,
+                          struct ckptcopy_stats *st, uint64_t *next_seq);
+
+#endif
