@@ -81,6 +81,7 @@ struct follower {
     int64_t prev_ms;       /* when that was */
     int64_t caught_up_ms;  /* the last time its position reached a log end the leader had */
     bool in_sync;
+    bool recorded;         /* in the in-sync set as last recorded in etcd */
 };
 
 /* An acknowledgement waiting for copies. */
@@ -193,31 +194,39 @@ static uint32_t insync(const struct part *pt)
     return n;
 }
 
-/* The highest seq such that every record below it is on 'k' copies, the leader's own
- * position being 'leader_pos'. */
-static uint64_t watermark(const struct part *pt, uint32_t k, uint64_t leader_pos)
+/* Whether follower 'f' counts for the high watermark: it is in the in-sync set, or it
+ * left it but etcd still records it there, so the coordinator may still promote it (until
+ * the shrink is recorded, what it lacks must not be acknowledged). */
+static bool counts(const replica *r, const struct follower *f)
 {
-    uint64_t v[REPLICA_MAX];
-    uint32_t n = 0;
-    v[n++] = leader_pos;
-    for (uint32_t i = 0; i < pt->nf; i++)
-        v[n++] = pt->f[i].pos < leader_pos ? pt->f[i].pos : leader_pos;
-    if (k == 0 || k > n)
-        return 0;
-    for (uint32_t i = 1; i < n; i++) /* insertion sort, descending: n <= REPLICA_MAX */
-        for (uint32_t j = i; j > 0 && v[j] > v[j - 1]; j--) {
-            uint64_t t = v[j];
-            v[j] = v[j - 1];
-            v[j - 1] = t;
-        }
-    return v[k - 1];
+    return f->in_sync || (r->o.etcd && f->recorded);
+}
+
+/* The high watermark, Kafka's: the highest seq such that every record below it is on the
+ * leader (its position 'leader_pos') and on every follower that counts, so any follower
+ * the coordinator may promote has every acknowledged record; 0 with fewer than 'k' such
+ * copies. Counting any k copies instead lost acknowledged records with R = 3 and
+ * min-insync 2 when the in-sync follower that lacked them was promoted. */
+static uint64_t watermark(const replica *r, const struct part *pt, uint32_t k,
+                          uint64_t leader_pos)
+{
+    uint64_t hw = leader_pos;
+    uint32_t n = 1;
+    for (uint32_t i = 0; i < pt->nf; i++) {
+        if (!counts(r, &pt->f[i]))
+            continue;
+        n++;
+        if (pt->f[i].pos < hw)
+            hw = pt->f[i].pos;
+    }
+    return k == 0 || n < k ? 0 : hw;
 }
 
 /* Move the waiters of 'pt' that are acknowledged (or can no longer be) to *out. */
 static void settle(replica *r, struct part *pt, struct waiter **out)
 {
     uint32_t k = need(r, pt);
-    uint64_t hw = watermark(pt, k, UINT64_MAX);
+    uint64_t hw = watermark(r, pt, k, UINT64_MAX);
     bool short_of_copies = insync(pt) < k;
     struct waiter **wp = &pt->waiters;
     while (*wp) {
@@ -436,7 +445,7 @@ uint64_t replica_committed(replica *r, uint32_t p)
     pthread_mutex_lock(&r->mu);
     const struct part *pt = &r->parts[p];
     uint64_t c = pt->map.nreplicas <= 1 ? UINT64_MAX
-                 : pt->leading            ? watermark(pt, need(r, pt), UINT64_MAX)
+                 : pt->leading            ? watermark(r, pt, need(r, pt), UINT64_MAX)
                                           : 0;
     pthread_mutex_unlock(&r->mu);
     return c;
@@ -581,7 +590,7 @@ static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchR
         for (size_t i = 0; i < n && !oom; i++) {
             uint32_t p = req->partitions[i]->partition;
             struct part *pt = &r->parts[p];
-            d[i].high_watermark = pt->leading ? watermark(pt, need(r, pt), d[i].log_end)
+            d[i].high_watermark = pt->leading ? watermark(r, pt, need(r, pt), d[i].log_end)
                                               : d[i].log_end;
         }
         pthread_mutex_unlock(&r->mu);
@@ -961,7 +970,18 @@ static void *replica_main(void *arg)
         }
         for (size_t i = 0; i < nrecs; i++) {
             eddy_err err = write_isr(r, etcd, recp[i], &recs[i]);
-            if (err != EDDY_OK) {
+            if (err == EDDY_OK) { /* what etcd says now bounds the high watermark */
+                struct waiter *acked = NULL;
+                pthread_mutex_lock(&r->mu);
+                struct part *pt = &r->parts[recp[i]];
+                if (pt->leading && pt->map.epoch == recs[i].epoch) {
+                    for (uint32_t f = 0; f < pt->nf; f++)
+                        pt->f[f].recorded = cluster_isr_has(&recs[i], pt->f[f].id);
+                    settle(r, pt, &acked);
+                }
+                pthread_mutex_unlock(&r->mu);
+                run_waiters(acked);
+            } else {
                 log_warn("msg=\"in-sync set not recorded in etcd; retrying\" partition=%u "
                          "error=\"%s\"",
                          recp[i], eddy_strerror(err));
