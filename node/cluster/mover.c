@@ -263,11 +263,16 @@ static bool same_move(const struct rec *r, const struct cluster_move *m)
            strcmp(r->m.to, m->to) == 0;
 }
 
-/* Drop a partition this node does not own (a cancelled copy, or a moved-away original). */
+/* Drop a partition this node holds no copy of in the map (a cancelled copy, or a
+ * moved-away original). With R > 1 the source of a move usually stays a follower of the
+ * partition: its copy is the replicated log's, and dropping it under the replica module
+ * would leave an empty store that fetches on from the old position. */
 static void drop_copy(mover *mv, uint32_t p, const char *why)
 {
     uint64_t epoch, deleted = 0;
-    if (membership_owns(mv->o.mem, p, &epoch))
+    struct cluster_part cp;
+    if (membership_owns(mv->o.mem, p, &epoch) ||
+        (membership_part(mv->o.mem, p, &cp) && cluster_part_has(&cp, membership_self(mv->o.mem))))
         return;
     eddy_err err = engine_drop_partition(mv->o.eng, p, &deleted);
     log_info("msg=\"partition copy deleted\" partition=%" PRIu32 " why=\"%s\" keys=%" PRIu64

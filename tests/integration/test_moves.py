@@ -169,8 +169,15 @@ class MovesTestCase(unittest.TestCase):
     def assert_exactly_once(self, front, acked):
         """Every acknowledged event counted once: overall, and per user per window."""
         want = L.Expect(acked, partitions=P)
-        poll_until(lambda: self._total(front) == len(acked), 30,
-                   what=f"{len(acked)} acknowledged events visible")
+        seen = []
+
+        def all_visible():
+            seen.append(self._total(front))
+            return seen[-1] == len(acked)
+        try:
+            poll_until(all_visible, 30, what=f"{len(acked)} acknowledged events visible")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: counted {seen[-1]} of {len(acked)}") from None
         users = sorted({e["userId"] for e in acked})
         for u in users[:: max(1, len(users) // 8)]:
             r = front.stub.EventCounts(L.pb().EventCountsRequest(user_id=u, include_open=True),

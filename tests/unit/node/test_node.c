@@ -319,6 +319,7 @@ static void test_bad_config_is_a_usage_error(void **state)
 struct coord {
     etcd_client *etcd;
     leader *lead;
+    uint32_t replication; /* the coordinator's --replication-factor (min-insync the same) */
 };
 
 static void on_elected(void *ud, etcd_session *s)
@@ -327,7 +328,7 @@ static void on_elected(void *ud, etcd_session *s)
     struct leader_opts lo = {
         .etcd = co->etcd, .cluster = "t", .id = "coord", .partitions = PARTS,
         .settle_ms = 100, .max_moves = 2, .move_timeout_ms = 60000,
-        .replication_factor = 1, .min_insync = 1, /* one copy: this test is about moves */
+        .replication_factor = co->replication, .min_insync = co->replication,
     };
     co->lead = leader_start(&lo, s);
 }
@@ -352,12 +353,15 @@ static void tn_cluster_config(struct test_node *t, const char *role, const char 
     t->cfg.load_interval = 0;
 }
 
-static void test_cluster_in_one_process(void **state)
+/* The cluster with 'R' copies of each partition: with R = 1 the source of a move drops
+ * what it gave away; with R = 2 it stays a follower of it and its copy follows the new
+ * leader's log. */
+static void cluster_in_one_process(uint32_t R)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     struct etcd_proc *ep = etcd_proc_new();
     assert_non_null(ep);
-    struct coord co = {etcd_client_new(ep->url, 2000), NULL};
+    struct coord co = {etcd_client_new(ep->url, 2000), NULL, R};
     assert_non_null(co.etcd);
     struct election_opts eo = {.etcd = co.etcd, .key = "/eddy/t/leader", .id = "coord",
                                .ttl_s = 2, .on_elected = on_elected, .on_demoted = on_demoted,
@@ -417,7 +421,8 @@ static void test_cluster_in_one_process(void **state)
     assert_int_equal(ir->accepted, 0);
     assert_int_equal(ir->duplicates, 200);
     protobuf_c_message_free_unpacked(&ir->base, NULL);
-    /* the source dropped the partitions it gave away; the target holds them */
+    /* the target holds the partitions it took; the source dropped them (R = 1) or holds
+     * the same log as a follower (R = 2) */
     deadline = now_ms() + 20000;
     for (uint32_t p = 0; p < PARTS; p++) {
         struct engine_partition_view v1, v2;
@@ -425,11 +430,12 @@ static void test_cluster_in_one_process(void **state)
         engine_partition(node_engine(s1.n), p, &v1);
         if (strcmp(m.parts[p].owner, "s2") != 0)
             continue;
-        while (v1.next_seq != 0 && now_ms() < deadline) {
+        uint64_t want = R == 1 ? 0 : v2.next_seq;
+        while (v1.next_seq != want && now_ms() < deadline) {
             sleep_ms(20);
             engine_partition(node_engine(s1.n), p, &v1);
         }
-        assert_int_equal(v1.next_seq, 0);
+        assert_int_equal(v1.next_seq, want);
         bool has_events = false; /* some partitions have no user of the batches */
         for (size_t i = 0; i < b->req.n_events; i++)
             has_events |= partition_of_user(b->evp[i]->user_id, PARTS) == p;
@@ -474,6 +480,18 @@ static void test_cluster_in_one_process(void **state)
     free(b2);
 }
 
+static void test_cluster_in_one_process(void **state)
+{
+    (void)state;
+    cluster_in_one_process(1);
+}
+
+static void test_cluster_in_one_process_replicated(void **state)
+{
+    (void)state;
+    cluster_in_one_process(2);
+}
+
 int main(void)
 {
     log_set_level("warn");
@@ -481,6 +499,7 @@ int main(void)
         cmocka_unit_test(test_dev_node_serves_and_restarts),
         cmocka_unit_test(test_bad_config_is_a_usage_error),
         cmocka_unit_test(test_cluster_in_one_process),
+        cmocka_unit_test(test_cluster_in_one_process_replicated),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
