@@ -183,6 +183,11 @@ static bool hook_rebuild_busy(void *ud)
     return reprocess_service_busy(ud);
 }
 
+static void hook_state_replaced(void *ud, uint32_t p)
+{
+    replica_invalidate(ud, p);
+}
+
 /* Readiness follows the etcd session: without it the node must not take traffic. */
 static void hook_alive(void *ud, bool alive)
 {
@@ -347,6 +352,10 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
     n->rps.checkpoint_dir = c->checkpoint_dir;
     n->rps.s2 = n->s2side;
     n->rps.renew_ms = c->move_freeze / 3 > 0 ? c->move_freeze / 3 : 1;
+    if (n->rep) { /* a rebuilt state is not in the log: the followers copy it again */
+        n->rps.replaced = hook_state_replaced;
+        n->rps.replaced_ud = n->rep;
+    }
     if (n->clustered && n->eng) { /* a rebuild and a live move of this node exclude each other */
         n->rps.moving = state_service_moving;
         n->rps.moving_ud = &n->ss;

@@ -101,6 +101,7 @@ struct part {
     uint32_t nf;
     struct waiter *waiters;
     bool isr_dirty;        /* the in-sync set changed since it was written to etcd */
+    uint64_t gen;          /* the state generation (replica_invalidate), 0 at each epoch */
     /* follower side */
     bool following;        /* this node is a follower */
     uint64_t pos;          /* the next seq it needs */
@@ -110,6 +111,8 @@ struct part {
     uint64_t last_seq;
     uint32_t last_crc;
     bool resync;           /* the leader's log cannot continue this copy: copy a checkpoint */
+    uint64_t fgen;         /* the leader's generation this copy holds */
+    uint64_t resync_gen;   /* the generation the checkpoint being copied has at least */
 };
 
 /* A fetch waiting for records (long poll). The request belongs to the call. */
@@ -372,6 +375,8 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
                 nf++;
             }
             pt->isr_dirty |= !pt->leading || nf != pt->nf || m->epoch != pt->map.epoch;
+            if (!pt->leading || m->epoch != pt->map.epoch)
+                pt->gen = 0; /* every copy starting to follow checks its log anyway */
             memcpy(pt->f, f, sizeof(f));
             pt->nf = nf;
         } else {
@@ -382,6 +387,7 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
             pt->check_last = true; /* if this copy's log is a prefix of the leader's */
             pt->has_last = false;
             pt->resync = false;
+            pt->fgen = 0;
         }
         pt->leading = leading;
         pt->following = following;
@@ -488,6 +494,23 @@ eddy_err replica_wait(replica *r, uint32_t p, uint64_t seq, replica_ack_fn *done
     return EDDY_OK;
 }
 
+void replica_invalidate(replica *r, uint32_t p)
+{
+    if (p >= r->o.partitions)
+        return;
+    pthread_mutex_lock(&r->mu);
+    struct part *pt = &r->parts[p];
+    if (pt->leading) {
+        pt->gen++;
+        log_info("msg=\"partition state changed outside its log: followers copy a checkpoint\" "
+                 "partition=%" PRIu32 " generation=%" PRIu64,
+                 p, pt->gen);
+        r->kicked = true; /* answer the parked fetches: they are behind now */
+        pthread_cond_signal(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
 /* ---- leader side: ReplicaFetch ------------------------------------------------------------ */
 
 struct page {
@@ -539,7 +562,14 @@ static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchR
     Eddy__State__V1__ReplicaPartitionData *d = calloc(n ? n : 1, sizeof(*d));
     Eddy__State__V1__ReplicaPartitionData **dp = calloc(n ? n : 1, sizeof(*dp));
     struct page *pg = calloc(n ? n : 1, sizeof(*pg));
-    bool oom = !d || !dp || !pg;
+    uint64_t *gen = calloc(n ? n : 1, sizeof(*gen));
+    bool oom = !d || !dp || !pg || !gen;
+    pthread_mutex_lock(&r->mu); /* the generations as of this answer */
+    for (size_t i = 0; i < n && !oom; i++) {
+        uint32_t p = req->partitions[i]->partition;
+        gen[i] = p < r->o.partitions && r->parts[p].leading ? r->parts[p].gen : 0;
+    }
+    pthread_mutex_unlock(&r->mu);
     for (size_t i = 0; i < n && !oom; i++) {
         const Eddy__State__V1__ReplicaFetchPartition *q = req->partitions[i];
         struct engine_partition_view v;
@@ -551,7 +581,8 @@ static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchR
         d[i].from_seq = q->next_seq;
         d[i].next_seq = q->next_seq;
         d[i].log_end = v.next_seq;
-        if (div && div[i]) {
+        d[i].generation = gen[i];
+        if ((div && div[i]) || q->generation < gen[i]) {
             d[i].diverged = true;
             continue;
         }
@@ -613,6 +644,7 @@ static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchR
     free(pg);
     free(d);
     free(dp);
+    free(gen);
 }
 
 /* Why the fetch of partition 'q' is refused (NULL: it is not). Under mu. */
@@ -707,6 +739,7 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         const Eddy__State__V1__ReplicaFetchPartition *q = req->partitions[i];
         struct part *pt = &r->parts[q->partition];
         struct follower *f = find_follower(pt, req->follower);
+        div[i] = div[i] || q->generation < pt->gen; /* the state changed outside the log */
         if (div[i]) {
             /* Records the leader does not have (an old leader's unacknowledged suffix):
              * no copy of this log. Told so at once; it copies a checkpoint and comes back
@@ -946,7 +979,8 @@ static void *replica_main(void *arg)
             bool go = now >= k->deadline_ms;
             for (size_t i = 0; i < k->req->n_partitions && !go; i++) {
                 const Eddy__State__V1__ReplicaFetchPartition *q = k->req->partitions[i];
-                go = q->partition < P && q->next_seq < ends[q->partition];
+                go = q->partition < P && (q->next_seq < ends[q->partition] ||
+                                          q->generation < r->parts[q->partition].gen);
             }
             if (go) {
                 *pp = k->next;
@@ -1168,6 +1202,8 @@ static eddy_err resync(replica *r, uint32_t p, uint64_t epoch, const char *addr)
     struct part *pt = &r->parts[p];
     if (pt->following && pt->map.epoch == epoch) {
         pt->pos = err == EDDY_OK ? next : 0;
+        if (err == EDDY_OK && pt->resync_gen > pt->fgen)
+            pt->fgen = pt->resync_gen;
         pt->check_last = false; /* the leader's own state at 'next' */
         pt->has_last = false;
         pt->resync = err != EDDY_OK;
@@ -1183,8 +1219,10 @@ static void mark_resync(replica *r, const Eddy__State__V1__ReplicaPartitionData 
         return;
     pthread_mutex_lock(&r->mu);
     struct part *pt = &r->parts[d->partition];
-    if (pt->following && pt->map.epoch == d->epoch && pt->pos == d->from_seq)
+    if (pt->following && pt->map.epoch == d->epoch && pt->pos == d->from_seq) {
         pt->resync = true;
+        pt->resync_gen = d->generation; /* the checkpoint copied next has at least this */
+    }
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -1253,6 +1291,7 @@ static void *fetch_main(void *arg)
             q[n].partition = p;
             q[n].epoch = pt->map.epoch;
             q[n].next_seq = pt->pos;
+            q[n].generation = pt->fgen;
             if (pt->check_last && pt->has_last) {
                 q[n].check_last = true;
                 q[n].last_seq = pt->last_seq;

@@ -112,6 +112,12 @@ typedef void replica_ack_fn(void *ud, eddy_err err);
  * this returns an error (EDDY_ERR_NOMEM), 'done' never runs. Any thread; never blocks. */
 eddy_err replica_wait(replica *r, uint32_t p, uint64_t seq, replica_ack_fn *done, void *ud);
 
+/* The leader's state of partition 'p' changed outside its log (a reprocess, a stage-2
+ * rebuild's swap): its followers' copies, which only replay the log, no longer match, so
+ * each replaces its copy with a fresh checkpoint at its next fetch (and is out of the
+ * in-sync set until then). No-op unless this node leads 'p' with R > 1. Any thread. */
+void replica_invalidate(replica *r, uint32_t p);
+
 /* Follower side, one partition's batch from its leader (what the fetch thread does with
  * each answer; exposed for tests): refused with EDDY_ERR_NOT_OWNER when its epoch is not
  * the partition's epoch here or this node does not follow the partition, EDDY_ERR_INVALID

@@ -311,6 +311,8 @@ static void *rebuild_main(void *arg)
     struct reprocess_result res;
     char err[512] = "";
     eddy_err r = reprocess_run(&j->o, &j->rq, &res, err, sizeof(err));
+    for (size_t i = 0; r == EDDY_OK && svc->replaced && i < res.n; i++)
+        svc->replaced(svc->replaced_ud, res.parts[i].partition);
     if (r == EDDY_OK)
         reply_result(j->call, &res);
     else
@@ -466,6 +468,8 @@ static void handle_stage2(void *ud, rpc_call *c, const ProtobufCMessage *msg)
             cuts[i] = (struct stage2_cut){req->cuts[i]->partition, req->cuts[i]->next_seq};
         r = stage2_side_swap(svc->s2, req->rebuild_id, cuts, req->n_cuts, swapped, &nswapped,
                              &batches, err, sizeof(err));
+        for (size_t i = 0; r == EDDY_OK && svc->replaced && i < nswapped; i++)
+            svc->replaced(svc->replaced_ud, swapped[i]);
         resp.partitions = swapped;
         resp.n_partitions = nswapped;
         resp.batches = batches;

@@ -41,6 +41,11 @@ struct reprocess_service {
     bool (*moving)(void *ud);
     void *moving_ud;
     stage2_side *s2;            /* borrowed; a state node in a cluster (else NULL) */
+    /* Called (NULL: never) for each partition whose state a rebuild or a stage-2 swap
+     * replaced on this node: the replaced state is not in the partition's log, so its
+     * followers must copy it again (replica_invalidate). On the rebuild's thread. */
+    void (*replaced)(void *ud, uint32_t partition);
+    void *replaced_ud;
     int64_t renew_ms;           /* ingest node: renew the stage-2 freezes this often */
 
     /* private */

@@ -688,6 +688,77 @@ static void test_diverged_copy_replaced_by_the_leaders_checkpoint(void **state)
     metrics_free(m);
 }
 
+/* A row written into partition 'p' outside its log (as a rebuild's swap does). */
+struct outside {
+    uint32_t p;
+    struct completion c;
+};
+
+static eddy_err write_outside(void *ud, engine *e)
+{
+    struct outside *o = ud;
+    struct store_key k, end;
+    key_init(&k, o->p, T_PRODUCT);
+    key_str(&k, "zz-rebuilt");
+    key_prefix_end(&k, &end);
+    store_batch *b = store_batch_new();
+    assert_non_null(b);
+    assert_int_equal(store_batch_put(b, k.buf, k.len, "x", 1), EDDY_OK);
+    eddy_err err = store_replace_range_nosync(engine_store(e), &k, &end, b, NULL);
+    store_batch_free(b);
+    return err;
+}
+
+static void outside_done(void *ud, eddy_err err)
+{
+    struct outside *o = ud;
+    completion_signal(&o->c, err, 0);
+}
+
+/* A leader whose state changed outside its log (a reprocess, a stage-2 rebuild) raises
+ * the partition's generation: its follower, whose replay cannot reproduce the change,
+ * copies the leader's checkpoint and ends byte-identical again; the other partitions are
+ * left alone. */
+static void test_state_replaced_outside_the_log_reaches_the_follower(void **state)
+{
+    struct pair *t = *state;
+    metrics *m = metrics_new();
+    replica_free(t->b.rep);
+    struct replica_opts ro = {.eng = t->b.eng, .peers = t->peers, .self = "B",
+                              .partitions = FIXTURE_PARTITIONS, .lag_timeout_ms = LAG_MS,
+                              .fetch_wait_ms = 100, .rpc_timeout_ms = 2000};
+    ro.metrics.resyncs = metrics_counter(m, "resyncs", "test");
+    t->b.rep = replica_new(&ro);
+    replica_set_map(t->b.rep, t->map, 2);
+    start_follower(t);
+    ingest_range(t, 0, 200);
+    assert_int_equal(wait_all(t), EDDY_OK);
+    struct outside o = {.p = 3};
+    completion_init(&o.c);
+    assert_int_equal(completion_wait(&o.c, engine_exclusive_partition(t->a.eng, o.p,
+                                                                       write_outside,
+                                                                       outside_done, &o)),
+                     EDDY_OK);
+    char *da = dump(t->a.eng), *db = dump(t->b.eng);
+    assert_int_equal(rows_with(da, "zz-rebuilt"), 1);
+    assert_int_equal(rows_with(db, "zz-rebuilt"), 0); /* the log does not carry it */
+    free(da);
+    free(db);
+    replica_invalidate(t->a.rep, o.p);
+    EVENTUALLY(metric_counter_value(ro.metrics.resyncs) == 1);
+    EVENTUALLY(replica_insync(t->a.rep, o.p) == 2);
+    assert_int_equal(wait_all(t), EDDY_OK);
+    da = dump(t->a.eng);
+    db = dump(t->b.eng);
+    assert_string_equal(da, db);
+    assert_int_equal(metric_counter_value(ro.metrics.resyncs), 1); /* only that partition */
+    free(da);
+    free(db);
+    replica_free(t->b.rep);
+    t->b.rep = NULL;
+    metrics_free(m);
+}
+
 static uint64_t log_total(engine *e)
 {
     uint64_t n = 0;
@@ -756,6 +827,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_paging_and_diverged_follower, setup, teardown),
         cmocka_unit_test_setup_teardown(test_diverged_copy_replaced_by_the_leaders_checkpoint,
                                         setup_clustered, teardown),
+        cmocka_unit_test_setup_teardown(test_state_replaced_outside_the_log_reaches_the_follower,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_records_come_from_the_leader, setup_idle,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_not_replicated_no_wait, setup, teardown),
