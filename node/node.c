@@ -333,6 +333,7 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
                                   .partitions = (uint32_t)c->partitions,
                                   .lag_timeout_ms = c->replica_lag_timeout,
                                   .rpc_timeout_ms = c->route_timeout, .cluster = c->cluster,
+                                  .ready = state_service_ready, .ready_ud = &n->ss,
                                   .metrics = n->nm.replica};
         if (!(n->rep = replica_new(&ro)) || replica_register(n->rep, n->srv) != EDDY_OK)
             return fail(err, errlen, EDDY_ERR_NOMEM, "cannot start replication", NULL);

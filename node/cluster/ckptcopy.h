@@ -36,8 +36,9 @@ struct ckptcopy_stats {
 
 /* Receiving: drop this node's copy of partition 'p' and replace it with the checkpoint
  * streamed by 'method' on 'ch' for 'req', made durable (one sync at the end) before this
- * returns. *next_seq is the partition's next seq after the load. On any error the
- * partition is left partial: the caller drops it (engine_drop_partition) or copies again.
+ * returns. *next_seq is the partition's next seq after the load. The caller holds the
+ * partition (engine_claim_partition). On any error the partition is left partial: the
+ * caller drops it (engine_drop_partition) or copies again.
  * 'what' names the source in log lines. */
 eddy_err ckptcopy_receive(engine *eng, uint32_t p, rpc_channel *ch, const char *method,
                           const ProtobufCMessage *req, int64_t timeout_ms, const char *what,

@@ -180,8 +180,11 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
     req.epoch = m->epoch;
     req.move_id = move_id;
     struct ckptcopy_stats st;
+    if (!engine_claim_partition(mv->o.eng, p)) /* the replicated log's copy: it ends soon */
+        return EDDY_ERR_UNAVAILABLE;
     eddy_err err = ckptcopy_receive(mv->o.eng, p, ch, "/eddy.state.v1.State/FetchCheckpoint",
                                     &req.base, mv->o.copy_timeout_ms, what, &st, next_seq);
+    engine_release_partition(mv->o.eng, p);
     if (st.code != GRPC_STATUS_OK)
         log_warn("msg=\"FetchCheckpoint failed\" partition=%" PRIu32 " from=%s code=%d "
                  "details=\"%s\"",
@@ -234,11 +237,14 @@ static eddy_err tail_once(mover *mv, const struct cluster_move *m, uint64_t move
     for (size_t i = 0; le && i < r->n_entries; i++)
         le[i] = (struct engine_log_entry){r->entries[i]->seq, r->entries[i]->record.data,
                                           r->entries[i]->record.len};
-    if (err == EDDY_OK && r->n_entries > 0) {
+    if (err == EDDY_OK && r->n_entries > 0 && !engine_claim_partition(mv->o.eng, m->partition))
+        err = EDDY_ERR_UNAVAILABLE; /* the replicated log writes it: tail again later */
+    else if (err == EDDY_OK && r->n_entries > 0) {
         struct completion w;
         completion_init(&w);
         err = completion_wait(
             &w, engine_replay(mv->o.eng, m->partition, le, r->n_entries, replayed, &w));
+        engine_release_partition(mv->o.eng, m->partition);
     }
     if (err == EDDY_OK) {
         *next_seq = r->next_seq > *next_seq ? r->next_seq : *next_seq;

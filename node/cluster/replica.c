@@ -550,6 +550,13 @@ static int collect(void *ud, const unsigned char *k, size_t klen, const char *v,
     return 0;
 }
 
+/* Whether partition p, led here by the map, is still being taken over (a move's final
+ * tail not applied yet): its fetches are left unanswered until it is complete. */
+static bool taking_over(const replica *r, uint32_t p)
+{
+    return r->o.ready && !r->o.ready(r->o.ready_ud, p);
+}
+
 /* Answer a fetch with the records past each position (any thread but under no lock);
  * 'div' (NULL: none) marks the partitions whose copy diverged from this log. */
 static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchRequest *req,
@@ -570,12 +577,15 @@ static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchR
         gen[i] = p < r->o.partitions && r->parts[p].leading ? r->parts[p].gen : 0;
     }
     pthread_mutex_unlock(&r->mu);
+    size_t m = 0; /* partitions in the answer */
     for (size_t i = 0; i < n && !oom; i++) {
         const Eddy__State__V1__ReplicaFetchPartition *q = req->partitions[i];
         struct engine_partition_view v;
-        engine_partition(r->o.eng, q->partition, &v);
         eddy__state__v1__replica_partition_data__init(&d[i]);
-        dp[i] = &d[i];
+        if (taking_over(r, q->partition))
+            continue; /* left out: asked again once it is complete */
+        engine_partition(r->o.eng, q->partition, &v);
+        dp[m++] = &d[i];
         d[i].partition = q->partition;
         d[i].epoch = q->epoch; /* checked against the map when the fetch arrived */
         d[i].from_seq = q->next_seq;
@@ -631,7 +641,7 @@ static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchR
             Eddy__State__V1__ReplicaFetchResponse resp =
                 EDDY__STATE__V1__REPLICA_FETCH_RESPONSE__INIT;
             resp.partitions = dp;
-            resp.n_partitions = n;
+            resp.n_partitions = m;
             rpc_reply(c, &resp.base);
         }
     }
@@ -700,16 +710,17 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         (const Eddy__State__V1__ReplicaFetchRequest *)msg;
     size_t n = req->n_partitions;
     uint64_t ends[64], first[64];
-    bool divs[64];
+    bool divs[64], overs[64];
     uint64_t *end = n <= 64 ? ends : calloc(n, sizeof(*end));
     uint64_t *lfirst = n <= 64 ? first : calloc(n, sizeof(*lfirst));
     bool *div = n <= 64 ? divs : calloc(n, sizeof(*div));
+    bool *over = n <= 64 ? overs : calloc(n, sizeof(*over));
     struct waiter *done = NULL;
     struct parked *pk = NULL;
     char why[256];
     const char *refused = NULL;
     bool records_ready = false;
-    if (!end || !lfirst || !div) {
+    if (!end || !lfirst || !div || !over) {
         rpc_reply_error(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "replica fetch: out of memory");
         goto out;
     }
@@ -719,7 +730,10 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
             engine_partition(r->o.eng, req->partitions[i]->partition, &v);
         end[i] = v.next_seq;
         lfirst[i] = v.log_first_seq;
-        div[i] = req->partitions[i]->partition < r->o.partitions &&
+        /* a partition still being taken over is not judged: its log is not complete */
+        over[i] = req->partitions[i]->partition < r->o.partitions &&
+                  taking_over(r, req->partitions[i]->partition);
+        div[i] = req->partitions[i]->partition < r->o.partitions && !over[i] &&
                  diverged(r, req->partitions[i], end[i], lfirst[i]);
     }
     int64_t t = clock_mono_ms();
@@ -739,6 +753,8 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         const Eddy__State__V1__ReplicaFetchPartition *q = req->partitions[i];
         struct part *pt = &r->parts[q->partition];
         struct follower *f = find_follower(pt, req->follower);
+        if (over[i])
+            continue; /* neither its position nor its copy counts yet */
         div[i] = div[i] || q->generation < pt->gen; /* the state changed outside the log */
         if (div[i]) {
             /* Records the leader does not have (an old leader's unacknowledged suffix):
@@ -797,6 +813,8 @@ out:
         free(lfirst);
     if (div != divs)
         free(div);
+    if (over != overs)
+        free(over);
 }
 
 /* ---- leader side: ReplicaSnapshot ---------------------------------------------------------- */
@@ -843,9 +861,10 @@ static void handle_snapshot(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     q.epoch = req->epoch;
     char why[256];
     struct snapshot_send *ss = malloc(sizeof(*ss));
+    bool over = req->partition < r->o.partitions && taking_over(r, req->partition);
     pthread_mutex_lock(&r->mu);
     const char *refused = refusal(r, req->follower, &q, why, sizeof(why));
-    bool go = !refused && !r->stopping && ss;
+    bool go = !refused && !r->stopping && ss && !over;
     if (go)
         r->snapshots++;
     pthread_mutex_unlock(&r->mu);
@@ -854,7 +873,10 @@ static void handle_snapshot(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         if (refused)
             rpc_stream_finish(c, GRPC_STATUS_FAILED_PRECONDITION, refused);
         else
-            rpc_stream_finish(c, GRPC_STATUS_UNAVAILABLE, ss ? "node stopping" : "out of memory");
+            rpc_stream_finish(c, GRPC_STATUS_UNAVAILABLE,
+                              !ss ? "out of memory"
+                              : over ? "partition still being taken over here: retry"
+                                     : "node stopping");
         return;
     }
     *ss = (struct snapshot_send){r, c, req->partition};
@@ -1085,10 +1107,13 @@ eddy_err replica_follow_apply(replica *r, const Eddy__State__V1__ReplicaPartitio
         min = x->seq + 1;
     }
     uint64_t next = pos;
-    if (err == EDDY_OK && d->n_records) {
+    if (err == EDDY_OK && d->n_records && !engine_claim_partition(r->o.eng, p)) {
+        err = EDDY_ERR_CONFLICT; /* a move writes the partition here: not ours to follow */
+    } else if (err == EDDY_OK && d->n_records) {
         struct completion w;
         completion_init(&w);
         err = completion_wait(&w, engine_replay(r->o.eng, p, e, d->n_records, replayed, &w));
+        engine_release_partition(r->o.eng, p);
         next = w.value;
     }
     free(e);
@@ -1182,9 +1207,12 @@ static eddy_err resync(replica *r, uint32_t p, uint64_t epoch, const char *addr)
     struct ckptcopy_stats st;
     uint64_t next = 0;
     rpc_channel *ch = peers_get(r->o.peers, addr);
+    if (!engine_claim_partition(r->o.eng, p))
+        return EDDY_ERR_CONFLICT; /* a move brings the partition here: nothing to do now */
     eddy_err err = ch ? ckptcopy_receive(r->o.eng, p, ch, SNAPSHOT_METHOD, &req.base,
                                          r->o.snapshot_timeout_ms, what, &st, &next)
                       : EDDY_ERR_UNAVAILABLE;
+    engine_release_partition(r->o.eng, p);
     if (err != EDDY_OK) {
         engine_drop_partition(r->o.eng, p, NULL); /* never a partial copy */
         log_warn("msg=\"replica resync failed; retrying\" partition=%" PRIu32 " leader=%s "
@@ -1324,9 +1352,11 @@ static void *fetch_main(void *arg)
         else
             res = (struct rpc_result){GRPC_STATUS_RESOURCE_EXHAUSTED, "no channel"};
         eddy_err err = EDDY_OK;
+        bool left_out = false; /* a partition the leader is still taking over */
         if (res.code == GRPC_STATUS_OK) {
             const Eddy__State__V1__ReplicaFetchResponse *fr =
                 (const Eddy__State__V1__ReplicaFetchResponse *)resp;
+            left_out = fr->n_partitions < n;
             for (size_t i = 0; i < fr->n_partitions && err == EDDY_OK; i++) {
                 const Eddy__State__V1__ReplicaPartitionData *d = fr->partitions[i];
                 if (d->log_truncated || d->diverged) {
@@ -1346,7 +1376,7 @@ static void *fetch_main(void *arg)
         }
         protobuf_c_message_free_unpacked(resp, NULL);
         if (res.code == GRPC_STATUS_OK && err == EDDY_OK) {
-            backoff = 0;
+            backoff = left_out ? BACKOFF_MIN_MS : 0; /* it completes within moments */
         } else {
             backoff = backoff ? backoff * 2 : BACKOFF_MIN_MS;
             if (backoff > BACKOFF_MAX_MS)

@@ -63,6 +63,11 @@ struct replica_opts {
      * replica_set_membership ran. Borrowed. */
     struct etcd_client *etcd;
     const char *cluster;
+    /* Whether this node, which the map names leader of partition p, has it complete (NULL:
+     * always): a move's target has not until it applied the source's final tail, and its
+     * log must not be compared with its followers' copies (nor copied) before that. */
+    bool (*ready)(void *ud, uint32_t p);
+    void *ready_ud;
     struct replica_metrics metrics;
 };
 
@@ -122,8 +127,9 @@ void replica_invalidate(replica *r, uint32_t p);
  * each answer; exposed for tests): refused with EDDY_ERR_NOT_OWNER when its epoch is not
  * the partition's epoch here or this node does not follow the partition, EDDY_ERR_INVALID
  * when it does not start at this follower's position (a gap) or its seqs are not
- * ascending within it, EDDY_ERR_CORRUPT when a record's CRC-32C does not match; nothing of
- * a refused batch is applied. Otherwise its records are appended and applied (synced)
+ * ascending within it, EDDY_ERR_CORRUPT when a record's CRC-32C does not match,
+ * EDDY_ERR_CONFLICT when a move writes the partition here (engine_claim_partition); nothing
+ * of a refused batch is applied. Otherwise its records are appended and applied (synced)
  * before this returns. Not concurrently for the same partition. */
 eddy_err replica_follow_apply(replica *r, const Eddy__State__V1__ReplicaPartitionData *d);
 

@@ -157,6 +157,14 @@ void state_service_takeover(struct state_service *svc)
     }
 }
 
+bool state_service_ready(void *ud, uint32_t p)
+{
+    struct state_service *svc = ud;
+    uint64_t epoch;
+    return svc->mem && svc->ready && membership_owns(svc->mem, p, &epoch) &&
+           ready_at(svc, p, epoch);
+}
+
 bool state_service_owns(void *ud, uint32_t p)
 {
     uint64_t epoch;

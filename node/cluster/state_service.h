@@ -89,6 +89,11 @@ void state_service_takeover(struct state_service *svc);
  * the owner after the move or the rebuild. */
 bool state_service_stage2_local(void *ud, uint32_t p);
 
+/* Whether this node leads partition p in the map and has taken it over at that epoch
+ * (a move's target: its final tail applied; a restore from checkpoint: done). 'ud' is
+ * the state service. Any thread (the replicated log's 'ready'). */
+bool state_service_ready(void *ud, uint32_t p);
+
 /* A move's target: the partition is current at 'epoch' (final tail applied): serve it. */
 void state_service_mark_ready(struct state_service *svc, uint32_t p, uint64_t epoch);
 

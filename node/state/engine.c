@@ -111,6 +111,7 @@ struct engine {
     struct engine_partition_view *view; /* [partitions] */
     _Atomic uint64_t outbox;     /* OUTBOX records committed and not yet forwarded */
     _Atomic uint64_t *log_floor; /* [partitions], see engine_set_log_floor */
+    atomic_bool *writing;        /* [partitions], see engine_claim_partition */
 };
 
 /* Count a committed group (see struct engine_metrics). 'start_ns': when its apply began. */
@@ -726,8 +727,9 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
     e->last_arrival_ms = calloc(nparts, sizeof(*e->last_arrival_ms));
     e->view = calloc(nparts, sizeof(*e->view));
     e->log_floor = calloc(nparts, sizeof(*e->log_floor));
+    e->writing = calloc(nparts, sizeof(*e->writing));
     if (!e->meta || !e->backup || !e->sealed.meta || !e->sealed.before || !e->last_arrival_ms ||
-        !e->view || !e->log_floor) {
+        !e->view || !e->log_floor || !e->writing) {
         engine_close(e);
         return EDDY_ERR_NOMEM;
     }
@@ -1036,6 +1038,19 @@ eddy_err engine_forward_to(engine *e, Eddy__Store__V1__Stage2Batch *const *batch
 uint64_t engine_outbox_depth(engine *e)
 {
     return atomic_load(&e->outbox);
+}
+
+bool engine_claim_partition(engine *e, uint32_t p)
+{
+    bool free_now = false;
+    return p < e->o.apply.partitions &&
+           atomic_compare_exchange_strong(&e->writing[p], &free_now, true);
+}
+
+void engine_release_partition(engine *e, uint32_t p)
+{
+    if (p < e->o.apply.partitions)
+        atomic_store(&e->writing[p], false);
 }
 
 void engine_set_log_floor(engine *e, uint32_t p, uint64_t seq)

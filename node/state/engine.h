@@ -219,6 +219,13 @@ void engine_global(engine *e, int64_t *watermark, int64_t *max_ts, uint64_t *lat
 /* Events waiting in the queue. */
 int64_t engine_queue_depth(engine *e);
 
+/* A partition's copy is written from outside by one party at a time: a move's target
+ * loading a checkpoint and tailing the source (mover), or the replicated log replaying
+ * its leader's records or replacing the copy with the leader's checkpoint (replica).
+ * Claim before writing: false if another party holds it (try again later). Any thread. */
+bool engine_claim_partition(engine *e, uint32_t p);
+void engine_release_partition(engine *e, uint32_t p);
+
 /* Keep partition 'p''s log at least back to 'seq' (the oldest retained checkpoint's seq;
  * UINT64_MAX, the initial value: no checkpoint, only --log-retention applies). Any thread;
  * the writer's next log sweep honours it (apply_params.log_floor). */
