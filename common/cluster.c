@@ -2,9 +2,27 @@
 #include "common/cluster.h"
 
 #include <cjson/cJSON.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* A 64-bit count written digit for digit: cJSON_CreateNumber prints 15 significant digits
+ * whenever they read back within a relative 2^-52 of the value, so an epoch of
+ * 4999999999999999 came back as 5e15 (found by fuzz_etcd_json's round trip). */
+static cJSON *exact_number(uint64_t v)
+{
+    char digits[24];
+    snprintf(digits, sizeof(digits), "%" PRIu64, v);
+    return cJSON_CreateRaw(digits);
+}
+
+static void add_exact(cJSON *o, const char *name, uint64_t v)
+{
+    cJSON *n = exact_number(v);
+    if (n && !cJSON_AddItemToObject(o, name, n))
+        cJSON_Delete(n);
+}
 
 void cluster_key(char *out, size_t len, const char *cluster, const char *suffix)
 {
@@ -46,12 +64,22 @@ char *cluster_node_to_json(const struct cluster_node *n)
         cJSON_AddItemToArray(roles, cJSON_CreateString("state"));
     cJSON_AddStringToObject(o, "grpc_addr", n->grpc_addr);
     cJSON_AddStringToObject(o, "metrics_addr", n->metrics_addr);
-    cJSON_AddNumberToObject(o, "started_ms", (double)n->started_ms);
+    add_exact(o, "started_ms", (uint64_t)n->started_ms);
     if (n->zone[0])
         cJSON_AddStringToObject(o, "zone", n->zone);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;
+}
+
+/* A JSON number that is a non-negative integer below 2^53 (exact in a double) into '*out';
+ * false for anything else: converting a larger double (1e300) to an integer is undefined. */
+static bool count_of(const cJSON *v, uint64_t *out)
+{
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0) || v->valuedouble > 9007199254740992.0)
+        return false;
+    *out = (uint64_t)v->valuedouble;
+    return true;
 }
 
 static bool copy_str(const cJSON *o, const char *name, char *out, size_t len, bool required)
@@ -87,9 +115,11 @@ eddy_err cluster_node_from_json(const char *json, size_t len, struct cluster_nod
         else if (cJSON_IsString(r) && strcmp(r->valuestring, "state") == 0)
             n->roles |= ROLE_STATE;
     }
+    uint64_t started = 0;
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "started_ms");
-    if (cJSON_IsNumber(st))
-        n->started_ms = (int64_t)st->valuedouble;
+    if (cJSON_IsNumber(st) && !count_of(st, &started))
+        goto out;
+    n->started_ms = (int64_t)started;
     err = EDDY_OK;
 out:
     cJSON_Delete(o);
@@ -134,11 +164,11 @@ char *cluster_map_to_json(const struct cluster_map *m)
         return NULL;
     }
     cJSON_AddNumberToObject(o, "partitions", m->nparts);
-    cJSON_AddNumberToObject(o, "version", (double)m->version);
+    add_exact(o, "version", m->version);
     for (uint32_t p = 0; p < m->nparts; p++) {
         const struct cluster_part *c = &m->parts[p];
         cJSON_AddItemToArray(owners, cJSON_CreateString(c->owner));
-        cJSON_AddItemToArray(epochs, cJSON_CreateNumber((double)c->epoch));
+        cJSON_AddItemToArray(epochs, exact_number(c->epoch));
         cJSON *set = cJSON_CreateArray();
         cJSON_AddItemToArray(replicas, set);
         /* an owner without a replica list (a part built by hand) is written as [owner],
@@ -201,13 +231,12 @@ eddy_err cluster_map_from_json(const char *json, size_t len, struct cluster_map 
     uint32_t i = 0;
     const cJSON *ow, *ep = epochs->child, *rs = replicas ? replicas->child : NULL;
     cJSON_ArrayForEach(ow, owners) {
-        if (!cJSON_IsString(ow) || !cJSON_IsNumber(ep) ||
+        if (!cJSON_IsString(ow) || !count_of(ep, &parts[i].epoch) ||
             strlen(ow->valuestring) >= CLUSTER_ID_MAX) {
             free(parts);
             goto out;
         }
         snprintf(parts[i].owner, sizeof(parts[i].owner), "%s", ow->valuestring);
-        parts[i].epoch = (uint64_t)ep->valuedouble;
         if (!parse_replicas(rs, &parts[i])) {
             free(parts);
             goto out;
@@ -216,10 +245,15 @@ eddy_err cluster_map_from_json(const char *json, size_t len, struct cluster_map 
         rs = rs ? rs->next : NULL;
         i++;
     }
+    uint64_t version = 0;
+    if (cJSON_IsNumber(ver) && !count_of(ver, &version)) {
+        free(parts);
+        goto out;
+    }
     free(m->parts);
     m->parts = parts;
     m->nparts = n;
-    m->version = cJSON_IsNumber(ver) ? (uint64_t)ver->valuedouble : 0;
+    m->version = version;
     err = EDDY_OK;
 out:
     cJSON_Delete(o);
@@ -256,12 +290,12 @@ char *cluster_checkpoint_to_json(const struct cluster_checkpoint *c)
     if (!o)
         return NULL;
     cJSON_AddStringToObject(o, "id", c->id);
-    cJSON_AddNumberToObject(o, "seq", (double)c->seq);
-    cJSON_AddNumberToObject(o, "bytes", (double)c->bytes);
+    add_exact(o, "seq", c->seq);
+    add_exact(o, "bytes", c->bytes);
     cJSON_AddNumberToObject(o, "crc", (double)c->crc);
     cJSON_AddStringToObject(o, "path", c->path);
     cJSON_AddStringToObject(o, "node", c->node);
-    cJSON_AddNumberToObject(o, "created_ms", (double)c->created_ms);
+    add_exact(o, "created_ms", (uint64_t)c->created_ms);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;
@@ -273,10 +307,7 @@ static bool get_count(const cJSON *o, const char *name, uint64_t *out, bool requ
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
     if (!cJSON_IsNumber(v))
         return !required;
-    if (v->valuedouble < 0 || v->valuedouble > 9007199254740992.0)
-        return false;
-    *out = (uint64_t)v->valuedouble;
-    return true;
+    return count_of(v, out);
 }
 
 char *cluster_config_to_json(const struct cluster_config *c)
@@ -332,7 +363,7 @@ char *cluster_isr_to_json(const struct cluster_isr *r)
         cJSON_Delete(o);
         return NULL;
     }
-    cJSON_AddNumberToObject(o, "epoch", (double)r->epoch);
+    add_exact(o, "epoch", r->epoch);
     cJSON_AddStringToObject(o, "leader", r->leader);
     for (uint32_t i = 0; i < r->nisr && i < CLUSTER_REPLICAS_MAX; i++)
         cJSON_AddItemToArray(isr, cJSON_CreateString(r->isr[i]));
@@ -414,9 +445,9 @@ char *cluster_move_to_json(const struct cluster_move *m)
     cJSON_AddNumberToObject(o, "partition", (double)m->partition);
     cJSON_AddStringToObject(o, "from", m->from);
     cJSON_AddStringToObject(o, "to", m->to);
-    cJSON_AddNumberToObject(o, "epoch", (double)m->epoch);
+    add_exact(o, "epoch", m->epoch);
     cJSON_AddStringToObject(o, "phase", cluster_move_phase_name(m->phase));
-    cJSON_AddNumberToObject(o, "started_ms", (double)m->started_ms);
+    add_exact(o, "started_ms", (uint64_t)m->started_ms);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;

@@ -116,13 +116,15 @@ static char *b64_decode(const char *s, size_t *len)
     return (char *)o;
 }
 
-/* int64 fields arrive as JSON strings; absent means 0. */
+/* int64 fields arrive as JSON strings; absent means 0, and so does a number no int64 holds
+ * (converting it would be undefined behaviour: fuzz_etcd_json found 3.8e73). */
 static int64_t jint(const cJSON *o, const char *name)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
     if (cJSON_IsString(v) && v->valuestring)
         return strtoll(v->valuestring, NULL, 10);
-    if (cJSON_IsNumber(v))
+    if (cJSON_IsNumber(v) && v->valuedouble >= -9223372036854775808.0 &&
+        v->valuedouble < 9223372036854775808.0)
         return (int64_t)v->valuedouble;
     return 0;
 }
@@ -458,7 +460,7 @@ static eddy_err http_error(const etcd_client *c, const char *ep, long http, cons
     const cJSON *code = jget(j, "code");
     eddy_err err;
     if (cJSON_IsNumber(code)) {
-        err = from_grpc_code((int64_t)code->valuedouble);
+        err = from_grpc_code(code->valueint); /* cJSON clamps it to the range of an int */
         *auth_failed = code->valueint == 16; /* UNAUTHENTICATED: invalid or expired token */
         fail(c, err, "%s: http %ld code %d: %s", ep, http, code->valueint,
              cJSON_IsString(msg) ? msg->valuestring : "");
@@ -712,6 +714,26 @@ out:
     return err;
 }
 
+/* A Range answer's keys and header revision. */
+static eddy_err range_reply(const cJSON *reply, struct etcd_kvs *out, int64_t *revision)
+{
+    eddy_err err = kvs_decode(jget(reply, "kvs"), out);
+    if (revision)
+        *revision = header_revision(reply);
+    return err;
+}
+
+eddy_err etcd_decode_range(const char *json, size_t len, struct etcd_kvs *out,
+                           int64_t *revision)
+{
+    out->kvs = NULL;
+    out->n = 0;
+    cJSON *reply = cJSON_ParseWithLength(json, len);
+    eddy_err err = reply ? range_reply(reply, out, revision) : EDDY_ERR_CORRUPT;
+    cJSON_Delete(reply);
+    return err;
+}
+
 /* Range over 'key' (or its prefix): the reply's kvs and header revision. */
 static eddy_err range(etcd_client *c, const char *key, bool prefix, struct etcd_kvs *out,
                       int64_t *revision)
@@ -725,11 +747,9 @@ static eddy_err range(etcd_client *c, const char *key, bool prefix, struct etcd_
     err = post(c, "/v3/kv/range", body, REQ_READ, &reply);
     if (err != EDDY_OK)
         goto out;
-    err = kvs_decode(jget(reply, "kvs"), out);
+    err = range_reply(reply, out, revision);
     if (err != EDDY_OK)
         fail(c, err, "range: cannot decode kvs");
-    if (revision)
-        *revision = header_revision(reply);
 out:
     cJSON_Delete(body);
     cJSON_Delete(reply);
@@ -944,6 +964,51 @@ static bool txn_ops_json(cJSON *body, const char *name, const struct etcd_txn_op
     return true;
 }
 
+/* A Txn answer to 't': which branch ran, the revision, and the result of each op of that
+ * branch ('*bad': the op whose range did not decode). */
+static eddy_err txn_reply(const cJSON *reply, const struct etcd_txn *t, struct etcd_txn_result *r,
+                          size_t *bad)
+{
+    r->succeeded = cJSON_IsTrue(jget(reply, "succeeded")); /* absent when false */
+    r->revision = header_revision(reply);
+    const struct etcd_txn_op *ops = t->ops[r->succeeded ? ETCD_ON_SUCCESS : ETCD_ON_FAILURE];
+    size_t n = t->n_ops[r->succeeded ? ETCD_ON_SUCCESS : ETCD_ON_FAILURE];
+    const cJSON *resps = jget(reply, "responses");
+    if (n == 0)
+        return EDDY_OK;
+    r->ops = calloc(n, sizeof(*r->ops));
+    if (!r->ops)
+        return EDDY_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const cJSON *resp = cJSON_GetArrayItem(resps, (int)i);
+        struct etcd_op_result *res = &r->ops[r->n_ops++];
+        res->type = ops[i].type;
+        if (ops[i].type == ETCD_OP_RANGE) {
+            eddy_err err = kvs_decode(jget(jget(resp, "response_range"), "kvs"), &res->kvs);
+            if (err != EDDY_OK) {
+                *bad = i;
+                return err;
+            }
+        } else if (ops[i].type == ETCD_OP_DELETE) {
+            res->deleted = jint(jget(resp, "response_delete_range"), "deleted");
+        }
+    }
+    return EDDY_OK;
+}
+
+eddy_err etcd_decode_txn(const char *json, size_t len, const struct etcd_txn *t,
+                         struct etcd_txn_result *r)
+{
+    memset(r, 0, sizeof(*r));
+    size_t bad = 0;
+    cJSON *reply = cJSON_ParseWithLength(json, len);
+    eddy_err err = reply ? txn_reply(reply, t, r, &bad) : EDDY_ERR_CORRUPT;
+    if (err != EDDY_OK)
+        etcd_txn_result_release(r);
+    cJSON_Delete(reply);
+    return err;
+}
+
 eddy_err etcd_txn(etcd_client *c, const struct etcd_txn *t, struct etcd_txn_result *r)
 {
     memset(r, 0, sizeof(*r));
@@ -972,32 +1037,12 @@ eddy_err etcd_txn(etcd_client *c, const struct etcd_txn *t, struct etcd_txn_resu
     err = post(c, "/v3/kv/txn", body, REQ_WRITE, &reply);
     if (err != EDDY_OK)
         goto out;
-    r->succeeded = cJSON_IsTrue(jget(reply, "succeeded")); /* absent when false */
-    r->revision = header_revision(reply);
-    const struct etcd_txn_op *ops = t->ops[r->succeeded ? ETCD_ON_SUCCESS : ETCD_ON_FAILURE];
-    size_t n = t->n_ops[r->succeeded ? ETCD_ON_SUCCESS : ETCD_ON_FAILURE];
-    const cJSON *resps = jget(reply, "responses");
-    if (n == 0)
-        goto out;
-    r->ops = calloc(n, sizeof(*r->ops));
-    if (!r->ops) {
-        err = fail(c, EDDY_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        const cJSON *resp = cJSON_GetArrayItem(resps, (int)i);
-        struct etcd_op_result *res = &r->ops[r->n_ops++];
-        res->type = ops[i].type;
-        if (ops[i].type == ETCD_OP_RANGE) {
-            err = kvs_decode(jget(jget(resp, "response_range"), "kvs"), &res->kvs);
-            if (err != EDDY_OK) {
-                fail(c, err, "txn: cannot decode range %zu", i);
-                goto out;
-            }
-        } else if (ops[i].type == ETCD_OP_DELETE) {
-            res->deleted = jint(jget(resp, "response_delete_range"), "deleted");
-        }
-    }
+    size_t bad = 0;
+    err = txn_reply(reply, t, r, &bad);
+    if (err == EDDY_ERR_CORRUPT)
+        fail(c, err, "txn: cannot decode range %zu", bad);
+    else if (err != EDDY_OK)
+        fail(c, err, "out of memory");
 out:
     if (err != EDDY_OK)
         etcd_txn_result_release(r);
@@ -1290,10 +1335,53 @@ struct etcd_watch {
     struct buf line;   /* bytes received and not yet split into lines */
 };
 
-static void watch_deliver(etcd_watch *w, struct etcd_event *ev)
+static int64_t watch_deliver(const struct etcd_event *ev, void *ud)
 {
+    etcd_watch *w = ud;
     if (!worker_stopping(&w->worker))
         w->cb(ev, w->ud);
+    return 0;
+}
+
+/* Decode the PUT and DELETE events of a watch answer's "events" in turn, each handed to
+ * 'cb', and the newest mod_revision among them into '*last'. False at the first event
+ * that does not decode (the ones before it were delivered). */
+static bool watch_events(const cJSON *events, int64_t hrev, etcd_watch_fn *cb, void *ud,
+                         int64_t *last)
+{
+    const cJSON *e;
+    cJSON_ArrayForEach(e, events)
+    {
+        struct etcd_event ev = {.revision = hrev};
+        const cJSON *type = jget(e, "type"), *prev = jget(e, "prev_kv");
+        ev.type = cJSON_IsString(type) && strcmp(type->valuestring, "DELETE") == 0
+                      ? ETCD_EVENT_DELETE
+                      : ETCD_EVENT_PUT; /* PUT is the default: omitted */
+        if (kv_decode(jget(e, "kv"), &ev.kv) != EDDY_OK ||
+            (prev && kv_decode(prev, &ev.prev_kv) != EDDY_OK)) {
+            etcd_kv_release(&ev.kv);
+            return false;
+        }
+        cb(&ev, ud);
+        if (ev.kv.mod_revision > *last)
+            *last = ev.kv.mod_revision;
+        etcd_kv_release(&ev.kv);
+        etcd_kv_release(&ev.prev_kv);
+    }
+    return true;
+}
+
+eddy_err etcd_decode_watch_events(const char *json, size_t len, etcd_watch_fn *cb, void *ud,
+                                  int64_t *last)
+{
+    *last = 0;
+    cJSON *j = cJSON_ParseWithLength(json, len);
+    const cJSON *res = jget(j, "result");
+    eddy_err err = EDDY_ERR_CORRUPT;
+    if (res && watch_events(jget(res, "events"), header_revision(res), cb, ud, last))
+        err = EDDY_OK;
+    cJSON_Delete(j);
+    return err;
 }
 
 /* Handle one {"result":{...}} line. Returns false to close the stream (error or RESYNC). */
@@ -1342,27 +1430,12 @@ static bool watch_line(etcd_watch *w, const char *p, size_t n)
         w->restart = true;
         goto out;
     }
-    const cJSON *events = jget(res, "events"), *e;
+    const cJSON *events = jget(res, "events");
     if (cJSON_GetArraySize(events) > 0) {
         int64_t last = 0;
-        cJSON_ArrayForEach(e, events)
-        {
-            struct etcd_event ev = {.revision = hrev};
-            const cJSON *type = jget(e, "type"), *prev = jget(e, "prev_kv");
-            ev.type = cJSON_IsString(type) && strcmp(type->valuestring, "DELETE") == 0
-                          ? ETCD_EVENT_DELETE
-                          : ETCD_EVENT_PUT; /* PUT is the default: omitted */
-            if (kv_decode(jget(e, "kv"), &ev.kv) != EDDY_OK ||
-                (prev && kv_decode(prev, &ev.prev_kv) != EDDY_OK)) {
-                etcd_kv_release(&ev.kv);
-                snprintf(w->why, sizeof(w->why), "undecodable event");
-                goto out;
-            }
-            watch_deliver(w, &ev);
-            if (ev.kv.mod_revision > last)
-                last = ev.kv.mod_revision;
-            etcd_kv_release(&ev.kv);
-            etcd_kv_release(&ev.prev_kv);
+        if (!watch_events(events, hrev, watch_deliver, w, &last)) {
+            snprintf(w->why, sizeof(w->why), "undecodable event");
+            goto out;
         }
         if (last >= w->next_rev)
             w->next_rev = last + 1;

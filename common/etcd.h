@@ -292,6 +292,24 @@ typedef int64_t etcd_watch_fn(const struct etcd_event *ev, void *ud);
 
 typedef struct etcd_watch etcd_watch;
 
+/* --- etcd's JSON answers, decoded as the client decodes them ------------------------------
+ * Pure: the unit tests and the fuzzer (tests/fuzz/fuzz_etcd_json.c) give them bytes. Each
+ * returns EDDY_ERR_CORRUPT for bytes that are not JSON or a key or value that is not
+ * base64, EDDY_ERR_NOMEM when out of memory; the outputs are released as the client's. */
+
+/* A Range answer: its keys in '*out' and the header's revision in '*revision' (may be NULL). */
+eddy_err etcd_decode_range(const char *json, size_t len, struct etcd_kvs *out,
+                           int64_t *revision);
+
+/* A Txn answer to 't': '*r' as etcd_txn fills it. */
+eddy_err etcd_decode_txn(const char *json, size_t len, const struct etcd_txn *t,
+                         struct etcd_txn_result *r);
+
+/* One line of a watch stream ({"result":{"events":[...]}}): each event handed to 'cb' (its
+ * return value is ignored), the newest mod_revision in '*last'. */
+eddy_err etcd_decode_watch_events(const char *json, size_t len, etcd_watch_fn *cb, void *ud,
+                                  int64_t *last);
+
 /* Watch 'key' (or every key starting with it, if 'prefix') from 'start_revision' (0: from
  * now, which races with writes made just before: prefer a range's revision + 1) on a thread
  * of its own with its own connection. After a disconnect it reconnects with backoff (50 ms

@@ -2,9 +2,17 @@
 # Install what Eddy needs on Debian 12 (only the packages that are missing), then configure
 # and build it into build/ (or $EDDY_BUILD_DIR). Safe to run again.
 #   scripts/setup.sh [extra cmake -D options]
+#   scripts/setup.sh --install PACKAGE...   only install these if missing (scripts/test.sh:
+#                                           clang and libFuzzer for the fuzz stage)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+install_only=0
+if [ "${1:-}" = --install ]; then
+  install_only=1
+  shift
+  PACKAGES=("$@")
+else
 PACKAGES=(
   build-essential cmake pkg-config
   libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler protobuf-compiler-grpc
@@ -13,6 +21,7 @@ PACKAGES=(
   python3-grpcio python3-protobuf python3-redis redis-server python3-yaml unzip
   etcd-server etcd-client
 )
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -25,6 +34,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+[ $install_only = 1 ] && exit 0
 
 BUILD="${EDDY_BUILD_DIR:-build}"
 echo "setup: building into $BUILD/ (log: $BUILD/build.log)"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Build Eddy with warnings as errors and run every test (unit + integration) with CTest,
 # checks the Helm chart, then runs the tests again under AddressSanitizer +
-# UndefinedBehaviorSanitizer. Installs what is missing.
+# UndefinedBehaviorSanitizer, then every libFuzzer target of tests/fuzz/ for a bounded time
+# (clang, ASan+UBSan; a crash, leak or UBSan report fails). Installs what is missing.
 #   scripts/test.sh            everything
-#   EDDY_SKIP_SANITIZE=1 scripts/test.sh   only the normal build
+#   EDDY_SKIP_SANITIZE=1 scripts/test.sh   only the normal build (no ASan, no fuzzing)
+#   EDDY_FUZZ_SECONDS=60 scripts/test.sh   fuzz each target longer (default 15 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -27,4 +29,8 @@ if [ "${EDDY_SKIP_SANITIZE:-0}" != 1 ]; then
   LSAN_OPTIONS=suppressions="$PWD/scripts/lsan.supp":print_suppressions=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-asan --output-on-failure -j"$jobs"
+
+  echo "== fuzz targets under ASan+UBSan (build-fuzz, ${EDDY_FUZZ_SECONDS:-15} s each)"
+  scripts/setup.sh --install clang libfuzzer-14-dev
+  EDDY_FUZZ_CI=1 scripts/fuzz.sh all "${EDDY_FUZZ_SECONDS:-15}"
 fi

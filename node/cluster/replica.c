@@ -1064,6 +1064,34 @@ static void replayed(void *ud, eddy_err err, uint64_t next_seq)
     completion_signal(ud, err, next_seq);
 }
 
+eddy_err replica_batch_check(const Eddy__State__V1__ReplicaPartitionData *d, uint64_t pos)
+{
+    uint32_t p = d->partition;
+    if (d->from_seq != pos || d->next_seq < d->from_seq) {
+        log_warn("msg=\"replica batch refused: gap\" partition=%u from_seq=%" PRIu64
+                 " position=%" PRIu64,
+                 p, d->from_seq, pos);
+        return EDDY_ERR_INVALID;
+    }
+    uint64_t min = d->from_seq;
+    for (size_t i = 0; i < d->n_records; i++) {
+        const Eddy__State__V1__ReplicaRecord *x = d->records[i];
+        if (x->seq < min || x->seq >= d->next_seq) {
+            log_warn("msg=\"replica batch refused: record out of order\" partition=%u "
+                     "seq=%" PRIu64 " expected_at_least=%" PRIu64 " batch_end=%" PRIu64,
+                     p, x->seq, min, d->next_seq);
+            return EDDY_ERR_INVALID;
+        }
+        if (record_crc(x->seq, x->record.data, x->record.len) != x->crc32c) {
+            log_warn("msg=\"replica batch refused: bad checksum\" partition=%u seq=%" PRIu64, p,
+                     x->seq);
+            return EDDY_ERR_CORRUPT;
+        }
+        min = x->seq + 1;
+    }
+    return EDDY_OK;
+}
+
 eddy_err replica_follow_apply(replica *r, const Eddy__State__V1__ReplicaPartitionData *d)
 {
     uint32_t p = d->partition;
@@ -1080,36 +1108,20 @@ eddy_err replica_follow_apply(replica *r, const Eddy__State__V1__ReplicaPartitio
                  p, d->epoch, epoch, following);
         return EDDY_ERR_NOT_OWNER;
     }
-    if (d->from_seq != pos || d->next_seq < d->from_seq) {
-        log_warn("msg=\"replica batch refused: gap\" partition=%u from_seq=%" PRIu64
-                 " position=%" PRIu64,
-                 p, d->from_seq, pos);
-        return EDDY_ERR_INVALID;
-    }
+    eddy_err err = replica_batch_check(d, pos);
+    if (err != EDDY_OK)
+        return err;
     struct engine_log_entry *e = calloc(d->n_records ? d->n_records : 1, sizeof(*e));
     if (!e)
         return EDDY_ERR_NOMEM;
-    eddy_err err = EDDY_OK;
-    uint64_t min = d->from_seq;
-    for (size_t i = 0; i < d->n_records && err == EDDY_OK; i++) {
+    for (size_t i = 0; i < d->n_records; i++) {
         const Eddy__State__V1__ReplicaRecord *x = d->records[i];
-        if (x->seq < min || x->seq >= d->next_seq) {
-            log_warn("msg=\"replica batch refused: record out of order\" partition=%u "
-                     "seq=%" PRIu64 " expected_at_least=%" PRIu64 " batch_end=%" PRIu64,
-                     p, x->seq, min, d->next_seq);
-            err = EDDY_ERR_INVALID;
-        } else if (record_crc(x->seq, x->record.data, x->record.len) != x->crc32c) {
-            log_warn("msg=\"replica batch refused: bad checksum\" partition=%u seq=%" PRIu64, p,
-                     x->seq);
-            err = EDDY_ERR_CORRUPT;
-        }
         e[i] = (struct engine_log_entry){x->seq, x->record.data, x->record.len};
-        min = x->seq + 1;
     }
     uint64_t next = pos;
-    if (err == EDDY_OK && d->n_records && !engine_claim_partition(r->o.eng, p)) {
+    if (d->n_records && !engine_claim_partition(r->o.eng, p)) {
         err = EDDY_ERR_CONFLICT; /* a move writes the partition here: not ours to follow */
-    } else if (err == EDDY_OK && d->n_records) {
+    } else if (d->n_records) {
         struct completion w;
         completion_init(&w);
         err = completion_wait(&w, engine_replay(r->o.eng, p, e, d->n_records, replayed, &w));

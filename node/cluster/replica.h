@@ -133,6 +133,11 @@ void replica_invalidate(replica *r, uint32_t p);
  * before this returns. Not concurrently for the same partition. */
 eddy_err replica_follow_apply(replica *r, const Eddy__State__V1__ReplicaPartitionData *d);
 
+/* The checks replica_follow_apply makes of a batch's bytes for a follower at position
+ * 'pos', before anything is applied: EDDY_ERR_INVALID for a gap or seqs out of order,
+ * EDDY_ERR_CORRUPT for a record whose CRC-32C does not match (each logged). Pure. */
+eddy_err replica_batch_check(const Eddy__State__V1__ReplicaPartitionData *d, uint64_t pos);
+
 /* Follower side: the position of partition 'p' (the next seq it needs from its leader). */
 uint64_t replica_position(replica *r, uint32_t p);
 

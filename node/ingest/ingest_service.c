@@ -2,6 +2,7 @@
 #include "node/ingest/ingest_service.h"
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -17,6 +18,64 @@ const char *const ingest_read_names[INGEST_READS] = {"Recommend", "GetUserProfil
 static void reply_status(rpc_call *c, const struct backend_status *st, const char *what)
 {
     rpc_reply_error(c, st->code, "%s: %s", what, st->message);
+}
+
+/* ---- the checks made before a request reaches the backend -------------------------------- */
+
+static bool bad_range(int64_t start_ms, int64_t end_ms)
+{
+    return end_ms != 0 && end_ms <= start_ms;
+}
+
+bool ingest_request_refused(const struct ingest_service *svc, const ProtobufCMessage *msg,
+                            char *why, size_t whylen)
+{
+    const ProtobufCMessageDescriptor *d = msg->descriptor;
+    const char *user = NULL;
+    int64_t start_ms = 0, end_ms = 0;
+    if (d == &eddy__v1__ingest_request__descriptor) {
+        size_t n = ((const Eddy__V1__IngestRequest *)msg)->n_events;
+        if ((int64_t)n > svc->max_batch) {
+            snprintf(why, whylen,
+                     "batch of %zu events is larger than the limit of %" PRId64
+                     " (--max-batch); split it",
+                     n, svc->max_batch);
+            return true;
+        }
+        return false;
+    }
+    if (d == &eddy__v1__recommend_request__descriptor)
+        user = ((const Eddy__V1__RecommendRequest *)msg)->user_id;
+    else if (d == &eddy__v1__get_user_profile_request__descriptor)
+        user = ((const Eddy__V1__GetUserProfileRequest *)msg)->user_id;
+    else if (d == &eddy__v1__delete_user_request__descriptor)
+        user = ((const Eddy__V1__DeleteUserRequest *)msg)->user_id;
+    if (user && pb_empty(user)) {
+        snprintf(why, whylen, "user_id: required");
+        return true;
+    }
+    if (d == &eddy__v1__top_products_request__descriptor) {
+        start_ms = ((const Eddy__V1__TopProductsRequest *)msg)->start_ms;
+        end_ms = ((const Eddy__V1__TopProductsRequest *)msg)->end_ms;
+    } else if (d == &eddy__v1__event_counts_request__descriptor) {
+        start_ms = ((const Eddy__V1__EventCountsRequest *)msg)->start_ms;
+        end_ms = ((const Eddy__V1__EventCountsRequest *)msg)->end_ms;
+    }
+    if (bad_range(start_ms, end_ms)) {
+        snprintf(why, whylen, "end_ms must be after start_ms");
+        return true;
+    }
+    return false;
+}
+
+/* Answer INVALID_ARGUMENT and return true if ingest_request_refused refuses 'msg'. */
+static bool refused(const struct ingest_service *svc, rpc_call *c, const ProtobufCMessage *msg)
+{
+    char why[160];
+    if (!ingest_request_refused(svc, msg, why, sizeof(why)))
+        return false;
+    rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "%s", why);
+    return true;
 }
 
 /* ---- Ingest -------------------------------------------------------------------------- */
@@ -75,13 +134,8 @@ static void handle_ingest(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct ingest_service *svc = ud;
     const Eddy__V1__IngestRequest *req = (const Eddy__V1__IngestRequest *)msg;
-    if ((int64_t)req->n_events > svc->max_batch) {
-        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT,
-                        "batch of %zu events is larger than the limit of %" PRId64
-                        " (--max-batch); split it",
-                        req->n_events, svc->max_batch);
+    if (refused(svc, c, msg))
         return;
-    }
     struct pending_ingest *pi = calloc(1, sizeof(*pi));
     size_t n = req->n_events;
     if (!pi || !(pi->rej = calloc(n ? n : 1, sizeof(*pi->rej))) ||
@@ -122,14 +176,6 @@ static void handle_ingest(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 
 /* ---- reads and per-user requests ----------------------------------------------------------- */
 
-static bool require_user(rpc_call *c, const char *user_id)
-{
-    if (pb_empty(user_id)) {
-        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "user_id: required");
-        return false;
-    }
-    return true;
-}
 
 /* The call being answered and what to call it in an error. */
 struct answer_to {
@@ -196,7 +242,7 @@ static void handle_recommend(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct ingest_service *svc = ud;
     const Eddy__V1__RecommendRequest *req = (const Eddy__V1__RecommendRequest *)msg;
-    if (!require_user(c, req->user_id))
+    if (refused(svc, c, msg))
         return;
     Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
     ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_RECOMMEND;
@@ -208,7 +254,7 @@ static void handle_profile(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct ingest_service *svc = ud;
     const Eddy__V1__GetUserProfileRequest *req = (const Eddy__V1__GetUserProfileRequest *)msg;
-    if (!require_user(c, req->user_id))
+    if (refused(svc, c, msg))
         return;
     Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
     ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_PROFILE;
@@ -216,20 +262,11 @@ static void handle_profile(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     ask_user(svc, c, req->user_id, &ur, "profile", NULL);
 }
 
-static bool valid_range(rpc_call *c, int64_t start_ms, int64_t end_ms)
-{
-    if (end_ms != 0 && end_ms <= start_ms) {
-        rpc_reply_error(c, GRPC_STATUS_INVALID_ARGUMENT, "end_ms must be after start_ms");
-        return false;
-    }
-    return true;
-}
-
 static void handle_top(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct ingest_service *svc = ud;
     const Eddy__V1__TopProductsRequest *req = (const Eddy__V1__TopProductsRequest *)msg;
-    if (!valid_range(c, req->start_ms, req->end_ms))
+    if (refused(svc, c, msg))
         return;
     struct answer_to a = {c, "top products", NULL};
     svc->state.ops->top(svc->state.impl, req, answer, &a);
@@ -239,7 +276,7 @@ static void handle_counts(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct ingest_service *svc = ud;
     const Eddy__V1__EventCountsRequest *req = (const Eddy__V1__EventCountsRequest *)msg;
-    if (!valid_range(c, req->start_ms, req->end_ms))
+    if (refused(svc, c, msg))
         return;
     if (!pb_empty(req->user_id)) { /* one user's windows: the user's partition alone */
         Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
@@ -256,7 +293,7 @@ static void handle_delete(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct ingest_service *svc = ud;
     const Eddy__V1__DeleteUserRequest *req = (const Eddy__V1__DeleteUserRequest *)msg;
-    if (!require_user(c, req->user_id))
+    if (refused(svc, c, msg))
         return;
     Eddy__State__V1__UserRequest ur = EDDY__STATE__V1__USER_REQUEST__INIT;
     ur.request_case = EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER;

@@ -37,6 +37,13 @@ struct ingest_service {
     } routes[INGEST_READS];
 };
 
+/* Whether the handlers refuse 'msg' (any of the six requests, as decoded) before it
+ * reaches the backend: an Ingest batch over max_batch, a missing user_id, a time range
+ * that ends before it starts. The reason, sent as INVALID_ARGUMENT, goes to 'why'. An
+ * Ingest's invalid events are not refusals: validate_event rejects each alone. Pure. */
+bool ingest_request_refused(const struct ingest_service *svc, const ProtobufCMessage *msg,
+                            char *why, size_t whylen);
+
 /* Register the six methods of eddy.v1.Eddy on 's'. 'svc' must outlive the server. */
 eddy_err ingest_service_register(struct ingest_service *svc, rpc_server *s);
 

@@ -21,6 +21,13 @@ Eddy__Store__V1__Decayed *decay_new(void)
     return d;
 }
 
+eddy_err decay_ensure(Eddy__Store__V1__Decayed **d)
+{
+    if (!*d)
+        *d = decay_new();
+    return *d ? EDDY_OK : EDDY_ERR_NOMEM;
+}
+
 /* The half-life, read once per call: `eddy reprocess --set` may change it while queries
  * read it (an atomic store on the writer thread; reprocess.c). */
 static int64_t half_life(const struct decay_params *p)

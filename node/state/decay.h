@@ -7,6 +7,8 @@
 
 #include <stdint.h>
 
+#include "common/err.h"
+
 #include "eddy/v1/store.pb-c.h"
 
 struct decay_params {
@@ -20,6 +22,10 @@ void decay_add(Eddy__Store__V1__Decayed *d, const struct decay_params *p, int64_
 /* The value of 'd' at event time 'at' (contributions newer than 'at' count at their full
  * weight times 2^((at - t)/half_life), i.e. more than their weight). NULL is 0. */
 double decay_value(const Eddy__Store__V1__Decayed *d, const struct decay_params *p, int64_t at);
+
+/* Make '*d' a Decayed if it is NULL (a stored message may lack one: a damaged value, or
+ * fuzz_store_values' input), so that decay_add can take it. EDDY_ERR_NOMEM if it cannot. */
+eddy_err decay_ensure(Eddy__Store__V1__Decayed **d);
 
 /* A new zeroed Decayed on the heap (free with protobuf_c_message_free_unpacked or as part
  * of its parent message). NULL on allocation failure. */

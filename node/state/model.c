@@ -39,6 +39,8 @@ static eddy_err scored_add(Eddy__Store__V1__Scored ***arr, size_t *n, int max,
         size_t mid = (lo + hi) / 2;
         int c = strcmp((*arr)[mid]->name, name);
         if (c == 0) {
+            if (decay_ensure(&(*arr)[mid]->score) != EDDY_OK)
+                return EDDY_ERR_NOMEM;
             decay_add((*arr)[mid]->score, dp, ts, w);
             return EDDY_OK;
         }
@@ -190,13 +192,6 @@ static eddy_err cart_set(Eddy__Store__V1__UserModel *m, int max, const Eddy__V1_
 
 /* ---- apply --------------------------------------------------------------------------- */
 
-static eddy_err ensure_decayed(Eddy__Store__V1__Decayed **d)
-{
-    if (!*d)
-        *d = decay_new();
-    return *d ? EDDY_OK : EDDY_ERR_NOMEM;
-}
-
 eddy_err model_apply(Eddy__Store__V1__UserModel *m, const struct model_params *p,
                      const Eddy__V1__Event *ev)
 {
@@ -223,7 +218,7 @@ eddy_err model_apply(Eddy__Store__V1__UserModel *m, const struct model_params *p
             if (ev->price > m->price_max)
                 m->price_max = ev->price;
         }
-        if (ensure_decayed(&m->price_sum) != EDDY_OK || ensure_decayed(&m->price_n) != EDDY_OK)
+        if (decay_ensure(&m->price_sum) != EDDY_OK || decay_ensure(&m->price_n) != EDDY_OK)
             return EDDY_ERR_NOMEM;
         decay_add(m->price_sum, &p->affinity, ts, ev->price);
         decay_add(m->price_n, &p->affinity, ts, 1.0);

@@ -54,7 +54,10 @@ bool model_last_ts(const uint8_t *buf, size_t len, int64_t *ts);
  * and scores), the ids and times of the recent views and purchases, the cart's product ids
  * and flags, and last_ts; every other field stays at its default. Allocates with 'a'
  * (NULL: malloc; meant for an arena that frees everything at once: nothing is freed on
- * an error). The same values as protobuf-c's full decode of those fields. */
+ * an error). The same values as protobuf-c's full decode of those fields for every value
+ * a writer stores (fuzz_store_values checks it); on a field sent with another wire type
+ * than its own, protobuf-c may read it (a bool as fixed64: true) where this, as protobuf's
+ * own parsers, skips it. */
 eddy_err model_unpack_for_recommend(const uint8_t *buf, size_t len, ProtobufCAllocator *a,
                                     Eddy__Store__V1__UserModel **out);
 

@@ -297,10 +297,8 @@ static eddy_err apply_update(store_txn *t, const struct product_params *p, uint3
         goto out;
     double w = model_event_weight(u->event_type);
     if (w > 0) {
-        if (!ps->popularity && !(ps->popularity = decay_new())) {
-            err = EDDY_ERR_NOMEM;
+        if ((err = decay_ensure(&ps->popularity)) != EDDY_OK)
             goto out;
-        }
         decay_add(ps->popularity, &p->popularity, u->ts, w);
     }
     /* keep the category index in step: one CAT_POP entry under the current category */
@@ -375,6 +373,8 @@ static eddy_err add_neighbour(Eddy__Store__V1__ProductState *ps, const struct pr
         size_t mid = (lo + hi) / 2;
         int r = strcmp(ps->neighbours[mid]->product_id, c->to_product);
         if (r == 0) {
+            if (decay_ensure(&ps->neighbours[mid]->score) != EDDY_OK)
+                return EDDY_ERR_NOMEM;
             decay_add(ps->neighbours[mid]->score, &p->neighbours, c->ts, c->weight);
             if (!pb_empty(c->to_category))
                 return pb_set_str(&ps->neighbours[mid]->category, c->to_category);

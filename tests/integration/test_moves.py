@@ -379,7 +379,8 @@ class SourceStopsMidMoveTest(MovesTestCase):
         shutdown grace or, once the source is gone, restores its newer checkpoint instead;
         nothing acknowledged is lost either way. When the source
         comes back with its old data, partitions move back to it live and the stale copies
-        of the others are deleted once their owner has checkpointed past them."""
+        of the others are deleted once their owner has checkpointed past them (the copies
+        of those it follows with R = 2 stay: they are the replicated log's)."""
         cl, front, w = self.s1_under_load("g", node_args=NODE_ARGS + ["--move-final-wait", "1s"])
         cl.add_node("s2", "state")
         self.wait_phase(cl, "flipped")
@@ -392,12 +393,19 @@ class SourceStopsMidMoveTest(MovesTestCase):
         cl.nodes["s1"].start()
         m = self.wait_settled(cl, {"s1", "s2"}, timeout=60)
         elsewhere = [p for p in range(P) if m["owners"][p] == "s2"]
+        # with replication s1 follows some of them: those copies are the replicated log's
+        # and stay; the others are stale
+        stale = [p for p in elsewhere if "s1" not in m["replicas"][p]]
+        following = [p for p in elsewhere if "s1" in m["replicas"][p]]
 
         def cleaned():
             log = cl.nodes["s1"].log_text()
             return all(f'msg="partition copy deleted" partition={p} ' in log
-                       for p in elsewhere) or None
+                       for p in stale) or None
         poll_until(cleaned, 30, interval=0.2, what="s1's stale copies deleted")
+        log = cl.nodes["s1"].log_text()
+        for p in following:
+            self.assertNotIn(f'msg="partition copy deleted" partition={p} ', log)
         self.assert_exactly_once(front, acked)
 
 

@@ -242,6 +242,68 @@ static void test_key_partition(void **state)
     assert_false(cluster_key_partition(NULL, "/eddy/c/moves/", 16, &p));
 }
 
+/* Found by fuzz_etcd_json: a number beyond what the field's integer holds (1.8e79 as a
+ * node's started_ms) was converted anyway, which is undefined behaviour; such a record is
+ * refused like any other malformed one. */
+static void test_numbers_out_of_range(void **state)
+{
+    static const char *const nodes[] = {
+        "{\"id\":\"n-1\",\"grpc_addr\":\"h:1\",\"started_ms\":1.8e79}",
+        "{\"id\":\"n-1\",\"grpc_addr\":\"h:1\",\"started_ms\":-1}",
+    };
+    struct cluster_node n;
+    for (size_t i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++)
+        assert_int_equal(cluster_node_from_json(nodes[i], strlen(nodes[i]), &n), EDDY_ERR_CORRUPT);
+    const char *ok = "{\"id\":\"n-1\",\"grpc_addr\":\"h:1\",\"started_ms\":1800000000000}";
+    assert_int_equal(cluster_node_from_json(ok, strlen(ok), &n), EDDY_OK);
+    assert_true(n.started_ms == 1800000000000LL);
+
+    static const char *const maps[] = {
+        "{\"partitions\":1,\"owners\":[\"a\"],\"epochs\":[1e300]}",
+        "{\"partitions\":1,\"owners\":[\"a\"],\"epochs\":[-3]}",
+        "{\"partitions\":1,\"owners\":[\"a\"],\"epochs\":[1],\"version\":-1e30}",
+    };
+    struct cluster_map m = {0};
+    for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++)
+        assert_int_equal(cluster_map_from_json(maps[i], strlen(maps[i]), &m), EDDY_ERR_CORRUPT);
+    const char *good = "{\"partitions\":1,\"owners\":[\"a\"],\"epochs\":[7],\"version\":3}";
+    assert_int_equal(cluster_map_from_json(good, strlen(good), &m), EDDY_OK);
+    assert_int_equal(m.parts[0].epoch, 7);
+    assert_int_equal(m.version, 3);
+    cluster_map_release(&m);
+}
+
+/* Found by fuzz_etcd_json: cJSON printed an epoch of 4999999999999999 as 5e+15 (15
+ * significant digits are "close enough" to it), so a map did not read back as written. */
+static void test_large_numbers_round_trip(void **state)
+{
+    struct cluster_map m = {0}, back = {0};
+    assert_int_equal(cluster_map_init(&m, 2), EDDY_OK);
+    cluster_part_set_single(&m.parts[0], "n-1");
+    m.parts[0].epoch = 4999999999999999ULL;
+    m.parts[1].epoch = 9007199254740991ULL; /* 2^53 - 1: the largest exact in a double */
+    m.version = 4503599627370497ULL;
+    char *j = cluster_map_to_json(&m);
+    assert_non_null(j);
+    assert_int_equal(cluster_map_from_json(j, strlen(j), &back), EDDY_OK);
+    assert_true(back.parts[0].epoch == 4999999999999999ULL);
+    assert_true(back.parts[1].epoch == 9007199254740991ULL);
+    assert_true(back.version == 4503599627370497ULL);
+    free(j);
+    cluster_map_release(&m);
+    cluster_map_release(&back);
+
+    struct cluster_checkpoint c = {.id = "x", .seq = 4999999999999999ULL, .node = "n-1",
+                                   .created_ms = 1800000000000LL},
+                              cb;
+    j = cluster_checkpoint_to_json(&c);
+    assert_non_null(j);
+    assert_int_equal(cluster_checkpoint_from_json(j, strlen(j), &cb), EDDY_OK);
+    assert_true(cb.seq == 4999999999999999ULL);
+    assert_true(cb.created_ms == 1800000000000LL);
+    free(j);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -255,6 +317,8 @@ int main(void)
         cmocka_unit_test(test_checkpoint_round_trip),
         cmocka_unit_test(test_move_round_trip),
         cmocka_unit_test(test_key_partition),
+        cmocka_unit_test(test_numbers_out_of_range),
+        cmocka_unit_test(test_large_numbers_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

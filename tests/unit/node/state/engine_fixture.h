@@ -11,9 +11,10 @@
 
 #include "node/state/engine.h"
 #include "node/state/store.h"
+#include "tests/support/engine_opts.h"
 
 #define T0 1800000000000LL /* a window boundary: divisible by 60000 */
-#define FIXTURE_PARTITIONS 8
+#define FIXTURE_PARTITIONS TEST_ENGINE_PARTITIONS
 
 #define VIEW EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW
 #define BUY EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE
@@ -21,22 +22,7 @@
 
 static inline struct engine_opts opts(const char *dir)
 {
-    struct engine_opts o = {0};
-    o.data_dir = dir;
-    o.apply.partitions = FIXTURE_PARTITIONS;
-    o.apply.window = (struct window_params){60000, 5000, 0, 0};
-    o.apply.model = (struct model_params){{7 * 86400000LL, 8}, 20, 50, 50};
-    o.apply.cooccurrence_span_ms = 1800000;
-    o.apply.cooccurrence_items = 10;
-    o.apply.dedup_window_ms = 86400000;
-    o.apply.sweep_interval_ms = 3600000;
-    o.product = (struct product_params){FIXTURE_PARTITIONS, {86400000, 8}, {7 * 86400000LL, 8}, 50};
-    o.rec = (struct rec_params){1.0, 1.5, 2.0, 3, true};
-    o.stage2_staleness_ms = 0;
-    o.candidates = 50;
-    o.max_pending_events = 100000;
-    o.max_group_events = 1000;
-    return o;
+    return test_engine_opts(dir);
 }
 
 struct done {

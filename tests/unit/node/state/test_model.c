@@ -80,10 +80,33 @@ static void test_top_categories_are_the_head_of_the_full_order(void **state)
     (void)state;
 }
 
+/* Found by fuzz_store_values: a stored model whose category has a name but no score (a
+ * damaged value: the writer always gives one) crashed the next event's apply in
+ * decay_add. It now starts the score afresh. */
+static void test_apply_to_a_stored_category_without_score(void **state)
+{
+    /* categories { name: "shoes" } and nothing else, as stored */
+    static const uint8_t stored[] = {0x0a, 0x07, 0x0a, 0x05, 's', 'h', 'o', 'e', 's'};
+    Eddy__Store__V1__UserModel *m = eddy__store__v1__user_model__unpack(NULL, sizeof(stored), stored);
+    assert_non_null(m);
+    assert_int_equal(m->n_categories, 1);
+    assert_null(m->categories[0]->score);
+    apply(m, "shoes", EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW, T0, 1);
+    assert_int_equal(m->n_categories, 1);
+    assert_non_null(m->categories[0]->score);
+    struct affinity top[1];
+    assert_int_equal(model_top_categories(m, &P, top, 1), 1);
+    assert_string_equal(top[0].name, "shoes");
+    assert_true(top[0].score > 0.99 && top[0].score < 1.01); /* one view, weight 1, now */
+    eddy__store__v1__user_model__free_unpacked(m, NULL);
+    (void)state;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_top_categories_are_the_head_of_the_full_order),
+        cmocka_unit_test(test_apply_to_a_stored_category_without_score),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
