@@ -48,6 +48,13 @@
  * on_cancel) and exit. A lane's queue only receives jobs from CQ threads (new calls, and
  * on_cancel jobs queued when a call closes), which are all gone by then, so it only shrinks.
  *
+ * The gate (tokens, roles, quotas: common/auth.c) runs on the CQ thread right after the
+ * request decoded, once per call, with the initial metadata moved out of the accept slot
+ * for it: a refused call is answered there and never takes a place in a lane's queue, so
+ * a flooding client cannot crowd the others out of the handler threads. A call the gate
+ * marked for audit keeps the caller's name and is reported once, where its outcome is
+ * recorded (below).
+ *
  * Metrics (go-grpc-prometheus names): each method resolves its series when the server
  * starts (unknown methods share one set labelled "unknown"), so a call only does relaxed
  * atomic adds. A call's outcome is recorded exactly once ('recorded'), at the first of: its

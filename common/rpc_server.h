@@ -1,7 +1,7 @@
 /* A gRPC server on the core C API: registered unary and server-streaming methods, one
  * completion queue per I/O thread, a generic handler answering UNIMPLEMENTED, per-call
- * deadlines, bounded handler queues (one per lane), configurable message sizes,
- * SO_REUSEPORT off.
+ * deadlines, bounded handler queues (one per lane), an optional gate that may refuse a
+ * call before it is queued (and audit it), configurable message sizes, SO_REUSEPORT off.
  *
  * Threads: CQ threads only do I/O and protobuf decoding. Handlers run on handler threads
  * (never on a CQ thread), so a handler may block briefly (LevelDB reads); long or synced
