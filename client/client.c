@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "common/clock.h"
 #include "common/rpc_client.h"
 
 #define DEFAULT_TIMEOUT_MS 10000
@@ -16,6 +18,7 @@ struct eddy_options {
     bool wait_for_ready;
     int64_t max_recv_bytes;
     char *tls_ca, *tls_cert, *tls_key, *tls_server_name; /* owned; NULL = unset */
+    char *token; /* owned; NULL = unset */
 };
 
 /* Immutable after eddy_client_new; the channel is thread-safe, so no locking. */
@@ -70,6 +73,7 @@ void eddy_options_free(eddy_options *opts)
     free(opts->tls_cert);
     free(opts->tls_key);
     free(opts->tls_server_name);
+    free(opts->token);
     free(opts);
 }
 
@@ -96,6 +100,11 @@ bool eddy_options_set_tls(eddy_options *opts, const char *ca_file, const char *c
 bool eddy_options_set_tls_server_name(eddy_options *opts, const char *name)
 {
     return set_str(&opts->tls_server_name, name);
+}
+
+bool eddy_options_set_token(eddy_options *opts, const char *token)
+{
+    return set_str(&opts->token, token);
 }
 
 void eddy_options_set_timeout_ms(eddy_options *opts, int64_t timeout_ms)
@@ -129,6 +138,7 @@ eddy_client *eddy_client_new(const char *endpoint, const eddy_options *opts)
         .max_recv_bytes = opts ? opts->max_recv_bytes : DEFAULT_MAX_MSG_BYTES,
         .max_send_bytes = DEFAULT_MAX_MSG_BYTES,
         .wait_for_ready = opts ? opts->wait_for_ready : false,
+        .token = opts ? opts->token : NULL,
     };
     struct tls_config tls = {0};
     if (opts && opts->tls_ca) {
@@ -171,6 +181,7 @@ static eddy_status local_error(eddy_error *err, eddy_status code, const char *ms
 {
     if (err) {
         err->code = code;
+        err->retry_after_ms = 0;
         snprintf(err->message, sizeof(err->message), "%s", msg);
     }
     return code;
@@ -185,16 +196,31 @@ static eddy_status invoke(eddy_client *c, const char *method, const ProtobufCMes
     ProtobufCMessage *resp = NULL;
 
     *out = NULL;
-    rpc_invoke(c->ch, method, req, resp_desc, c->timeout_ms, &resp, &res);
+    int64_t start = clock_mono_ms();
+    for (;;) {
+        rpc_invoke(c->ch, method, req, resp_desc, c->timeout_ms, &resp, &res);
+        int64_t waited = clock_mono_ms() - start;
+        /* a quota's delay: wait and retry while the whole stays within the timeout */
+        if (res.code != GRPC_STATUS_RESOURCE_EXHAUSTED || res.retry_after_ms <= 0 ||
+            waited + res.retry_after_ms >= c->timeout_ms)
+            break;
+        struct timespec ts = {res.retry_after_ms / 1000, (res.retry_after_ms % 1000) * 1000000};
+        while (nanosleep(&ts, &ts) != 0) {
+        }
+    }
     if (res.code != GRPC_STATUS_OK) {
         eddy_response_free(resp);
-        return local_error(err, (eddy_status)res.code, res.details);
+        local_error(err, (eddy_status)res.code, res.details);
+        if (err)
+            err->retry_after_ms = res.retry_after_ms;
+        return (eddy_status)res.code;
     }
     if (!resp)
         return local_error(err, EDDY_STATUS_INTERNAL, "empty response");
     *out = resp;
     if (err) {
         err->code = EDDY_STATUS_OK;
+        err->retry_after_ms = 0;
         err->message[0] = '\0';
     }
     return EDDY_STATUS_OK;

@@ -8,11 +8,11 @@
 #include <time.h>
 
 static atomic_int min_level = LOG_INFO;
-static const char *const names[] = {"debug", "info", "warn", "error"};
+static const char *const names[] = {"debug", "info", "warn", "error", "audit"};
 
 int log_set_level(const char *name)
 {
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i <= LOG_ERROR; i++) { /* not "audit": those lines always go out */
         if (strcmp(name, names[i]) == 0) {
             atomic_store(&min_level, i);
             return 0;

@@ -3,7 +3,8 @@
 #ifndef EDDY_LOG_H
 #define EDDY_LOG_H
 
-enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+/* LOG_AUDIT lines (the admin calls' audit trail) are printed whatever the level. */
+enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_AUDIT };
 
 /* Set the minimum level from "debug", "info", "warn" or "error"; returns 0, or -1 if the
  * name is unknown. */
@@ -16,5 +17,6 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 #define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+#define log_audit(...) log_msg(LOG_AUDIT, __VA_ARGS__)
 
 #endif

@@ -46,6 +46,8 @@ struct async_call {
 struct rpc_channel {
     grpc_channel *ch;
     uint32_t md_flags; /* flags of SEND_INITIAL_METADATA (wait for ready) */
+    grpc_metadata auth_md; /* "authorization: Bearer ..." when n_md is 1 (slices owned) */
+    size_t n_md;
     grpc_completion_queue *cq; /* async calls; drained by 'thread' */
     pthread_t thread;
 
@@ -59,7 +61,27 @@ struct rpc_channel {
 static void result_set(struct rpc_result *res, grpc_status_code code, const char *msg)
 {
     res->code = code;
+    res->retry_after_ms = 0;
     snprintf(res->details, sizeof(res->details), "%s", msg);
+}
+
+/* The "retry-after-ms" value of trailing metadata 'md' (0 when absent or malformed). */
+static int64_t retry_after_ms(const grpc_metadata_array *md)
+{
+    for (size_t i = 0; i < md->count; i++) {
+        if (grpc_slice_str_cmp(md->metadata[i].key, "retry-after-ms") != 0)
+            continue;
+        const char *v = (const char *)GRPC_SLICE_START_PTR(md->metadata[i].value);
+        size_t n = GRPC_SLICE_LENGTH(md->metadata[i].value);
+        int64_t ms = 0;
+        for (size_t k = 0; k < n && k < 10; k++) {
+            if (v[k] < '0' || v[k] > '9')
+                return 0;
+            ms = ms * 10 + (v[k] - '0');
+        }
+        return ms;
+    }
+    return 0;
 }
 
 /* Create the call and start the one batch of a unary call; 'req' ownership is taken. */
@@ -83,6 +105,8 @@ static bool unary_start(struct unary *u, rpc_channel *ch, grpc_completion_queue 
     memset(ops, 0, sizeof(ops));
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[0].flags = ch->md_flags;
+    ops[0].data.send_initial_metadata.count = ch->n_md;
+    ops[0].data.send_initial_metadata.metadata = ch->n_md ? &ch->auth_md : NULL;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = u->req;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -122,6 +146,7 @@ static void unary_finish(struct unary *u, const ProtobufCMessageDescriptor *d,
                          ProtobufCMessage **resp, struct rpc_result *res)
 {
     res->code = u->status;
+    res->retry_after_ms = retry_after_ms(&u->tmd);
     pbgrpc_slice_str(u->details, res->details, sizeof(res->details));
     if (resp)
         *resp = NULL;
@@ -285,6 +310,8 @@ void rpc_invoke_stream(rpc_channel *ch, const char *method, const ProtobufCMessa
     memset(ops, 0, sizeof(ops));
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[0].flags = ch->md_flags;
+    ops[0].data.send_initial_metadata.count = ch->n_md;
+    ops[0].data.send_initial_metadata.metadata = ch->n_md ? &ch->auth_md : NULL;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = reqbb;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -329,6 +356,7 @@ void rpc_invoke_stream(rpc_channel *ch, const char *method, const ProtobufCMessa
         result_set(res, GRPC_STATUS_INTERNAL, local_err);
     } else {
         res->code = status;
+        res->retry_after_ms = retry_after_ms(&tmd);
         pbgrpc_slice_str(details, res->details, sizeof(res->details));
     }
 
@@ -343,6 +371,15 @@ out:
     grpc_completion_queue_destroy(cq);
 }
 
+static void channel_md_release(rpc_channel *ch)
+{
+    if (ch->n_md) {
+        grpc_slice_unref(ch->auth_md.key);
+        grpc_slice_unref(ch->auth_md.value);
+        ch->n_md = 0;
+    }
+}
+
 rpc_channel *rpc_channel_open(const char *target, const struct rpc_channel_opts *opts)
 {
     rpc_channel *ch = calloc(1, sizeof(*ch));
@@ -353,8 +390,23 @@ rpc_channel *rpc_channel_open(const char *target, const struct rpc_channel_opts 
     int64_t max_send = opts && opts->max_send_bytes > 0 ? opts->max_send_bytes
                                                         : DEFAULT_MAX_MSG;
     ch->md_flags = opts && opts->wait_for_ready ? GRPC_INITIAL_METADATA_WAIT_FOR_READY : 0;
-
     grpc_init();
+    if (opts && opts->token && *opts->token) {
+        size_t n = strlen(opts->token);
+        char *v = malloc(n + 8);
+        if (v == NULL) {
+            free(ch);
+            grpc_shutdown();
+            return NULL;
+        }
+        memcpy(v, "Bearer ", 7);
+        memcpy(v + 7, opts->token, n + 1);
+        ch->auth_md.key = grpc_slice_from_static_string("authorization");
+        ch->auth_md.value = grpc_slice_from_copied_buffer(v, n + 7);
+        ch->n_md = 1;
+        free(v);
+    }
+
     grpc_arg args[3];
     size_t nargs = 2;
     memset(args, 0, sizeof(args));
@@ -369,6 +421,7 @@ rpc_channel *rpc_channel_open(const char *target, const struct rpc_channel_opts 
         char why[512];
         if (!(creds = tls_channel_credentials(opts->tls, why, sizeof(why)))) {
             log_error("msg=\"bad TLS configuration\" target=%s error=\"%s\"", target, why);
+            channel_md_release(ch);
             free(ch);
             grpc_shutdown();
             return NULL;
@@ -393,6 +446,7 @@ rpc_channel *rpc_channel_open(const char *target, const struct rpc_channel_opts 
         grpc_completion_queue_destroy(ch->cq);
         pthread_cond_destroy(&ch->idle_cv);
         pthread_mutex_destroy(&ch->mu);
+        channel_md_release(ch);
         free(ch);
         grpc_shutdown();
         return NULL;
@@ -418,6 +472,7 @@ void rpc_channel_close(rpc_channel *ch)
     grpc_completion_queue_destroy(ch->cq);
     pthread_cond_destroy(&ch->idle_cv);
     pthread_mutex_destroy(&ch->mu);
+    channel_md_release(ch);
     free(ch);
     grpc_shutdown();
 }

@@ -26,12 +26,16 @@ struct rpc_channel_opts {
     const struct tls_config *tls; /* NULL or without a CA: plaintext. With a CA: TLS, and
                                      the client certificate if cert/key are set (files read
                                      by rpc_channel_open; borrowed for that call only) */
+    const char *token;       /* NULL or "": none; else every call sends the metadata
+                                "authorization: Bearer <token>" (copied) */
 };
 
 /* The result of a call. 'details' is the server's message (empty on OK). */
 struct rpc_result {
     grpc_status_code code;
     char details[512];
+    int64_t retry_after_ms; /* the server's "retry-after-ms" trailing metadata (a quota's
+                               delay before a retry); 0 when absent */
 };
 
 /* Open a channel to 'target' ("127.0.0.1:7070"). 'opts' may be NULL for defaults. Caller

@@ -48,6 +48,13 @@
  * on_cancel) and exit. A lane's queue only receives jobs from CQ threads (new calls, and
  * on_cancel jobs queued when a call closes), which are all gone by then, so it only shrinks.
  *
+ * The gate (tokens, roles, quotas: common/auth.c) runs on the CQ thread right after the
+ * request decoded, once per call, with the initial metadata moved out of the accept slot
+ * for it: a refused call is answered there and never takes a place in a lane's queue, so
+ * a flooding client cannot crowd the others out of the handler threads. A call the gate
+ * marked for audit keeps the caller's name and is reported once, where its outcome is
+ * recorded (below).
+ *
  * Metrics (go-grpc-prometheus names): each method resolves its series when the server
  * starts (unknown methods share one set labelled "unknown"), so a call only does relaxed
  * atomic adds. A call's outcome is recorded exactly once ('recorded'), at the first of: its
@@ -179,6 +186,9 @@ struct rpc_call {
     bool finish_pending; /* rpc_stream_finish waits for queued messages */
     grpc_status_code fin_code;
     char *fin_msg;
+    char *who;              /* the gate asked for an audit line: the caller (owned) */
+    grpc_metadata trailer;  /* retry-after-ms, when 'has_trailer' (slices owned) */
+    bool has_trailer;
 };
 
 /* One lane: a bounded job queue and the handler threads serving only it. The queue fields
@@ -203,6 +213,9 @@ struct rpc_server {
     const struct tls_config *tls_cfg; /* borrowed until started; NULL = plaintext */
     tls_server *tls;                  /* freed after the grpc_server is destroyed */
     char *peer_only_prefix;
+    rpc_gate_fn *gate;              /* NULL = no gate */
+    rpc_audit_fn *audit;
+    void *gate_ud;
     int cq_threads;
     int64_t max_recv, max_send, max_age_ms;
     metrics *reg;                   /* borrowed; NULL = no metrics */
@@ -272,6 +285,11 @@ static const char *const grpc_code_names[GRPC_CODES] = {
     "Unauthenticated",
 };
 
+const char *rpc_status_label(grpc_status_code code)
+{
+    return (int)code >= 0 && (int)code < GRPC_CODES ? grpc_code_names[code] : "Unknown";
+}
+
 /* Resolve the series of a method ("/pkg.Service/Method"; NULL path: unknown methods). */
 static void method_metrics_init(metrics *reg, struct method_metrics *mm, const char *path,
                                 bool stream)
@@ -329,8 +347,11 @@ static void call_record_locked(rpc_call *c, grpc_status_code code)
     const struct method_metrics *mm = c->mm;
     int k = (int)code >= 0 && (int)code < GRPC_CODES ? (int)code : GRPC_STATUS_UNKNOWN;
     metric_counter_inc(mm->handled[k]);
+    int64_t took_ns = clock_mono_ns() - c->arrival_ns;
     if (mm->seconds)
-        metric_histogram_observe(mm->seconds, (double)(clock_mono_ns() - c->arrival_ns) / 1e9);
+        metric_histogram_observe(mm->seconds, (double)took_ns / 1e9);
+    if (c->who && c->s && c->s->audit)
+        c->s->audit(c->s->gate_ud, c->m->path, c->who, c->req, code, took_ns);
 }
 
 /* ---------------------------------------------------------------- calls */
@@ -347,6 +368,11 @@ static void call_free(rpc_call *c)
     if (c->req)
         protobuf_c_message_free_unpacked(c->req, NULL);
     free(c->fin_msg);
+    free(c->who);
+    if (c->has_trailer) {
+        grpc_slice_unref(c->trailer.key);
+        grpc_slice_unref(c->trailer.value);
+    }
     pthread_mutex_destroy(&c->mu);
     free(c);
 }
@@ -417,6 +443,10 @@ static void call_send_status_locked(rpc_call *c, grpc_status_code code, const ch
     }
     grpc_slice details = msg ? grpc_slice_from_copied_string(msg) : grpc_empty_slice();
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    if (c->has_trailer) {
+        ops[n].data.send_status_from_server.trailing_metadata_count = 1;
+        ops[n].data.send_status_from_server.trailing_metadata = &c->trailer;
+    }
     ops[n].data.send_status_from_server.status = code;
     ops[n++].data.send_status_from_server.status_details = &details; /* copied */
     c->status_sent = true;
@@ -658,9 +688,33 @@ static void slot_new(struct worker *w, const struct method *m)
     slot_post(sl);
 }
 
+/* Ask the gate about the call; a refused call is answered here (false). Under c->mu. */
+static bool gate_passes(rpc_call *c, const grpc_metadata_array *md)
+{
+    rpc_server *s = c->s;
+    struct rpc_gate_verdict v;
+    memset(&v, 0, sizeof(v));
+    struct rpc_gate_call gc = {c->m->path, md, c->call, c->req};
+    s->gate(s->gate_ud, &gc, &v);
+    if (v.audit)
+        c->who = strdup(v.who); /* NULL on OOM: the audit line is lost, not the call */
+    if (v.code == GRPC_STATUS_OK)
+        return true;
+    if (v.retry_after_ms > 0) {
+        char ms[24];
+        snprintf(ms, sizeof(ms), "%lld", (long long)v.retry_after_ms);
+        c->trailer.key = grpc_slice_from_static_string("retry-after-ms");
+        c->trailer.value = grpc_slice_from_copied_string(ms);
+        c->has_trailer = true;
+    }
+    call_fail_locked(c, v.code, v.msg);
+    return false;
+}
+
 /* Start RECV_CLOSE_ON_SERVER, decode the request and queue the call for a handler, or
  * answer it at once (unknown method, malformed request, queue full). On the CQ thread. */
-static void call_begin(rpc_call *c, grpc_byte_buffer *payload, const char *unknown_path)
+static void call_begin(rpc_call *c, grpc_byte_buffer *payload, const char *unknown_path,
+                       const grpc_metadata_array *md)
 {
     rpc_server *s = c->s;
     grpc_op op;
@@ -691,6 +745,8 @@ static void call_begin(rpc_call *c, grpc_byte_buffer *payload, const char *unkno
         call_fail_locked(c, GRPC_STATUS_INVALID_ARGUMENT, msg);
         goto out;
     }
+    if (s->gate && !gate_passes(c, md))
+        goto out;
     c->refs++; /* the handler job's */
     c->run_job.kind = JOB_RUN;
     c->run_job.c = c;
@@ -724,11 +780,11 @@ static void on_slot(struct slot *sl, bool ok)
     if (sl->m == NULL)
         pbgrpc_slice_str(sl->details.method, path, sizeof(path));
     const struct method *m = sl->m;
+    grpc_metadata_array md = sl->md; /* moved out: the gate reads it */
 
     /* re-arm the slot first, so accepting never stops while we serve */
     sl->call = NULL;
     sl->payload = NULL;
-    grpc_metadata_array_destroy(&sl->md);
     grpc_metadata_array_init(&sl->md);
     grpc_call_details_destroy(&sl->details);
     grpc_call_details_init(&sl->details);
@@ -741,6 +797,7 @@ static void on_slot(struct slot *sl, bool ok)
         grpc_call_unref(gc);
         if (payload)
             grpc_byte_buffer_destroy(payload);
+        grpc_metadata_array_destroy(&md);
         return;
     }
     pthread_mutex_init(&c->mu, NULL);
@@ -758,9 +815,10 @@ static void on_slot(struct slot *sl, bool ok)
     metric_counter_inc(c->mm->started);
     if (payload)
         metric_counter_inc(c->mm->received);
-    call_begin(c, payload, path);
+    call_begin(c, payload, path, &md);
     if (payload)
         grpc_byte_buffer_destroy(payload);
+    grpc_metadata_array_destroy(&md);
 }
 
 static void *worker_main(void *arg)
@@ -830,6 +888,9 @@ rpc_server *rpc_server_new(const struct rpc_server_opts *opts)
     s->max_age_ms = opts->max_connection_age_ms > 0 ? opts->max_connection_age_ms : 0;
     s->reg = opts->metrics;
     s->busy = opts->busy_rejections;
+    s->gate = opts->gate;
+    s->audit = opts->audit;
+    s->gate_ud = opts->gate_ud;
     s->tls_cfg = tls_server_enabled(opts->tls) ? opts->tls : NULL;
     if (opts->peer_only_prefix && !(s->peer_only_prefix = strdup(opts->peer_only_prefix))) {
         free(s->listen);

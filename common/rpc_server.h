@@ -1,7 +1,7 @@
 /* A gRPC server on the core C API: registered unary and server-streaming methods, one
  * completion queue per I/O thread, a generic handler answering UNIMPLEMENTED, per-call
- * deadlines, bounded handler queues (one per lane), configurable message sizes,
- * SO_REUSEPORT off.
+ * deadlines, bounded handler queues (one per lane), an optional gate that may refuse a
+ * call before it is queued (and audit it), configurable message sizes, SO_REUSEPORT off.
  *
  * Threads: CQ threads only do I/O and protobuf decoding. Handlers run on handler threads
  * (never on a CQ thread), so a handler may block briefly (LevelDB reads); long or synced
@@ -47,6 +47,37 @@ typedef void rpc_cancel_fn(void *ud, rpc_call *call);
 
 #define RPC_MAX_LANES 4
 
+/* What the gate sees of a call (all borrowed for the duration of the gate call). */
+struct rpc_gate_call {
+    const char *method;             /* "/eddy.v1.Eddy/Ingest" */
+    const grpc_metadata_array *md;  /* the client's initial metadata */
+    grpc_call *call;                /* for its auth context (tls_call_peer_identity) */
+    const ProtobufCMessage *req;    /* the decoded request */
+};
+
+/* What the gate decides; zero-initialised by the server before the gate runs. */
+struct rpc_gate_verdict {
+    grpc_status_code code;   /* GRPC_STATUS_OK: the call goes on to its handler */
+    char msg[256];           /* the status message when refused */
+    int64_t retry_after_ms;  /* > 0 (when refused): sent as trailing metadata
+                                "retry-after-ms" for the client to wait before retrying */
+    bool audit;              /* call the audit function once the call's outcome is known */
+    char who[336];           /* the caller as the audit line names it: tenant/grant */
+};
+
+/* Decides whether a call of a registered method may reach its handler: runs once per call,
+ * on the CQ thread that accepted it, after the request decoded and before it is queued, so
+ * a refused call never takes a place in a lane's queue. Must not block. */
+typedef void rpc_gate_fn(void *ud, const struct rpc_gate_call *gc, struct rpc_gate_verdict *v);
+
+/* Called once for a call the gate marked 'audit' (or refused with 'audit' set), when its
+ * outcome is known: answered (the answer's code) or closed before an answer (CANCELLED or
+ * DEADLINE_EXCEEDED). 'req' is the decoded request; all arguments borrowed for the call.
+ * Runs on whichever thread answers or closes the call; must not block. */
+typedef void rpc_audit_fn(void *ud, const char *method, const char *who,
+                          const ProtobufCMessage *req, grpc_status_code code,
+                          int64_t duration_ns);
+
 struct rpc_server_opts {
     const char *listen;          /* "127.0.0.1:7070"; port 0 picks a free port */
     int cq_threads;              /* I/O threads, each with its own CQ (default 1) */
@@ -75,6 +106,10 @@ struct rpc_server_opts {
     const char *peer_only_prefix; /* with TLS: methods whose path starts with it ("/eddy.
                                      state.v1.State/") answer UNAUTHENTICATED unless the
                                      caller presented a certificate the CA verified; copied */
+    rpc_gate_fn *gate;            /* NULL: every call goes through (no tokens) */
+    rpc_audit_fn *audit;          /* may be NULL */
+    void *gate_ud;                /* for both; borrowed: must outlive the server and every
+                                     call it accepted */
 };
 
 /* Create a server (not yet listening). Returns NULL on allocation failure. Caller owns the
@@ -143,6 +178,10 @@ const char *rpc_call_method(const rpc_call *c);
 /* When the server accepted the call: CLOCK_MONOTONIC in nanoseconds (before decoding and
  * before any wait for a handler thread). */
 int64_t rpc_call_arrival_ns(const rpc_call *c);
+
+/* The go-grpc-prometheus name of a status code ("OK", "PermissionDenied", ...), as the
+ * grpc_code label of the server's metrics has it; "Unknown" if out of range. */
+const char *rpc_status_label(grpc_status_code code);
 
 /* Number of calls accepted but not yet answered (for metrics and draining). */
 int64_t rpc_server_inflight(const rpc_server *s);

@@ -1,11 +1,14 @@
 /* The shared security flags and their validation (see security.h). */
 #include "common/security.h"
 
+#include <stdio.h>
 #include <string.h>
+
+#include "common/log.h"
 
 struct security_flags security_flags_defaults(void)
 {
-    return (struct security_flags){"", "", "", "", false, "", "", "", "", ""};
+    return (struct security_flags){"", "", "", "", false, "", "", "", "", "", "", 0, 0};
 }
 
 size_t security_flags_list(struct security_flags *f, const char *peer_help, struct flag *out)
@@ -32,6 +35,15 @@ size_t security_flags_list(struct security_flags *f, const char *peer_help, stru
         {"etcd-password-file", FLAG_STRING, &f->etcd_password_file,
          "file whose first line is --etcd-user's password (read at each authentication)", 0,
          0},
+        {"token-file", FLAG_STRING, &f->token_file,
+         "bearer tokens and certificate identities with their tenant and roles (public API "
+         "calls need one; re-read when the file changes; docs/security.md)", 0, 0},
+        {"tenant-events-per-second", FLAG_DOUBLE, &f->tenant_events_per_s,
+         "events per second each tenant may ingest on this node (0 = unlimited; the token "
+         "file may override it per tenant)", 0, 0},
+        {"tenant-calls-per-second", FLAG_DOUBLE, &f->tenant_calls_per_s,
+         "calls per second each tenant may make on this node (0 = unlimited; the token file "
+         "may override it per tenant)", 0, 0},
     };
     memcpy(out, fl, sizeof(fl));
     return SECURITY_NFLAGS;
@@ -48,5 +60,38 @@ eddy_err security_configure(const struct security_flags *f, const char *listen,
             EDDY_OK ||
         etcd_security_check(etcd, err, errlen) != EDDY_OK)
         return EDDY_ERR_INVALID;
+    bool tokens = f->token_file && *f->token_file;
+    if (!tokens && (f->tenant_events_per_s > 0 || f->tenant_calls_per_s > 0)) {
+        snprintf(err, errlen, "--tenant-events-per-second and --tenant-calls-per-second need "
+                              "--token-file (tenants are named there)");
+        return EDDY_ERR_INVALID;
+    }
+    if (f->tenant_events_per_s < 0 || f->tenant_calls_per_s < 0) {
+        snprintf(err, errlen, "tenant quotas are >= 0 (0 = unlimited)");
+        return EDDY_ERR_INVALID;
+    }
+    if (tokens && !tls_server_enabled(tls) && !tls_listen_is_loopback(listen))
+        log_warn("msg=\"bearer tokens travel in plaintext: anyone on the path can replay "
+                 "them; give the port TLS\" listen=%s", listen);
     return EDDY_OK;
+}
+
+eddy_err security_auth_new(const struct security_flags *f, metrics *reg, auth **out, char *err,
+                           size_t errlen)
+{
+    *out = NULL;
+    if (!f->token_file || !*f->token_file)
+        return EDDY_OK;
+    struct auth_opts ao = {.token_file = f->token_file, .events_per_s = f->tenant_events_per_s,
+                           .calls_per_s = f->tenant_calls_per_s, .metrics = reg};
+    return auth_new(&ao, out, err, errlen);
+}
+
+void security_gate_server(auth *a, struct rpc_server_opts *so)
+{
+    if (!a)
+        return;
+    so->gate = auth_gate;
+    so->audit = auth_audit;
+    so->gate_ud = a;
 }

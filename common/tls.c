@@ -342,6 +342,30 @@ bool tls_call_peer_verified(grpc_call *call)
     return ok;
 }
 
+bool tls_call_peer_match(grpc_call *call, bool (*match)(void *ud, const char *name), void *ud)
+{
+    static const char *const props[] = {GRPC_X509_CN_PROPERTY_NAME,
+                                        GRPC_X509_SAN_PROPERTY_NAME};
+    grpc_auth_context *ctx = grpc_call_auth_context(call);
+    bool found = false;
+    if (!ctx)
+        return false;
+    for (size_t k = 0; !found && grpc_auth_context_peer_is_authenticated(ctx) && k < 2; k++) {
+        grpc_auth_property_iterator it = grpc_auth_context_find_properties_by_name(ctx, props[k]);
+        const grpc_auth_property *p;
+        while (!found && (p = grpc_auth_property_iterator_next(&it)) != NULL) {
+            char name[512];
+            if (p->value_length >= sizeof(name))
+                continue;
+            memcpy(name, p->value, p->value_length);
+            name[p->value_length] = '\0';
+            found = match(ud, name);
+        }
+    }
+    grpc_auth_context_release(ctx);
+    return found;
+}
+
 bool tls_listen_is_loopback(const char *listen)
 {
     char host[256];

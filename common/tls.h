@@ -75,6 +75,11 @@ grpc_channel_credentials *tls_channel_credentials(const struct tls_config *t, ch
  * a plaintext connection or without a client certificate). */
 bool tls_call_peer_verified(grpc_call *call);
 
+/* For a peer whose certificate the CA verified: call 'match' with each of its names (the
+ * subject CN, then each subjectAltName) until one returns true; returns that result (false
+ * without a verified certificate). */
+bool tls_call_peer_match(grpc_call *call, bool (*match)(void *ud, const char *name), void *ud);
+
 /* Whether 'listen' ("host:port") binds only a loopback address (127.0.0.0/8, ::1,
  * localhost). Protected mode refuses other addresses without TLS. */
 bool tls_listen_is_loopback(const char *listen);

@@ -247,6 +247,7 @@ int main(int argc, char **argv)
     etcd_client *etcd = endpoints ? etcd_client_new_secure(endpoints, c->etcd_timeout, &esec)
                                   : NULL;
     rpc_server *srv = NULL;
+    auth *gate = NULL; /* --token-file's gate of srv */
     health *hl = health_new();
     election *el = NULL;
     metrics *reg = metrics_new();
@@ -274,6 +275,11 @@ int main(int argc, char **argv)
     }
     struct rpc_server_opts so = {.listen = c->listen, .cq_threads = 1, .handler_threads = 2,
                                  .metrics = reg, .tls = &tls};
+    if (security_auth_new(&c->sec, reg, &gate, why, sizeof(why)) != EDDY_OK) {
+        log_error("msg=\"bad --token-file\" error=\"%s\"", why);
+        goto out;
+    }
+    security_gate_server(gate, &so);
     srv = rpc_server_new(&so);
     if (!srv || !hl) {
         log_error("msg=\"out of memory at start\"");
@@ -335,6 +341,7 @@ int main(int argc, char **argv)
 out:
     election_free(el);
     rpc_server_free(srv);
+    auth_free(gate); /* after the server it gates */
     metrics_http_close(mh);
     health_free(hl);
     metrics_free(reg);

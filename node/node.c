@@ -70,6 +70,7 @@ struct node {
     stage2_side *s2side;
     struct ingest_service svc;
     rpc_server *srv;
+    auth *auth;                      /* --token-file's gate of srv; NULL = tokens off */
     health *hl;
     metrics_http *mh;
     metric_gauge *owned_gauge;       /* on_change: eddy_partitions_owned */
@@ -317,6 +318,10 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
         .metrics = n->nm.reg, .busy_rejections = n->nm.rpc_busy,
         .tls = &n->tls, .peer_only_prefix = INTERNAL_API_PREFIX,
     };
+    char why[512];
+    if (security_auth_new(&c->sec, n->nm.reg, &n->auth, why, sizeof(why)) != EDDY_OK)
+        return fail(err, errlen, EDDY_ERR_INVALID, "bad --token-file", why);
+    security_gate_server(n->auth, &so);
     n->srv = rpc_server_new(&so);
     n->hl = health_new();
     if (!n->srv || !n->hl)
@@ -584,6 +589,7 @@ void node_free(node *n)
     replica_stop(n->rep); /* before the membership its map changes come from */
     atomic_store(&n->following, false);
     rpc_server_free(n->srv);
+    auth_free(n->auth); /* after the server whose calls it gates and audits */
     metrics_http_close(n->mh); /* after the RPC server (scrapes see the drain to the end),
                                 * before the caches and the engine its scrapes read */
     /* their refresher threads read the store and call the peers: stop them first */

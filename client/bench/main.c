@@ -61,6 +61,7 @@ struct bench_opts {
     double late_fraction, dup_fraction, time_rate;
     int64_t probe_interval_ms, poll_interval_us, probe_timeout_ms;
     const char *tls_ca; /* "" = plaintext; else TLS with this CA (TLS cost, docs/security.md) */
+    const char *token;  /* "" = none; else the bearer token of every call (bench/quota.sh) */
 };
 
 /* Counters shared by the callbacks (CQ threads) and the driver threads: atomics. */
@@ -830,6 +831,8 @@ static size_t bench_flags(struct bench_opts *o, struct flag *out)
           "events ingested (synchronously, not measured) before the run starts", 0, 0),
         O("timeout", FLAG_DURATION, timeout_ms, "deadline of each call", 1, 0),
         O("tls-ca", FLAG_STRING, tls_ca, "PEM CA of the node's certificate: TLS on", 0, 0),
+        O("token", FLAG_STRING, token, "bearer token of every call (--token-file nodes)", 0,
+          0),
         O("seed", FLAG_INT, seed, "generator seed", 0, 0),
         O("run-id", FLAG_STRING, run_id,
           "prefix of event ids and probe users (default: from the clock; set it to repeat ids)", 0, 0),
@@ -903,7 +906,7 @@ int main(int argc, char **argv)
     *o = (struct bench_opts){
         .endpoint = "127.0.0.1:7070", .mode = "ingest", .scenario = "", .output = "table",
         .run_id = "", .duration_ms = 10000, .streams = 4, .inflight = 2, .batch = 500,
-        .timeout_ms = 10000, .tls_ca = "", .recommend_qps = 1000, .recommend_limit = 0,
+        .timeout_ms = 10000, .tls_ca = "", .token = "", .recommend_qps = 1000, .recommend_limit = 0,
         .recommend_inflight = 10000, .seed = 1, .users = 100000, .products = 10000,
         .categories = 50, .brands = 200, .zipf_users = 0.9, .zipf_products = 1.0,
         .disorder_ms = 2000, .late_age_ms = 120000, .time_rate = 1000,
@@ -977,7 +980,7 @@ int main(int argc, char **argv)
     }
     rc = 2;
     b->tables = gen_tables_new(&b->gc);
-    struct rpc_channel_opts copts = {.wait_for_ready = true, .tls = &tls};
+    struct rpc_channel_opts copts = {.wait_for_ready = true, .tls = &tls, .token = o->token};
     if (!b->tables || (b->ingest_on && streams_open(b, &copts) != 0) ||
         !(b->rec_ch = rpc_channel_open(o->endpoint, &copts)) ||
         !(vis_ch = rpc_channel_open(o->endpoint, &copts))) {

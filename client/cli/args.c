@@ -62,6 +62,11 @@ eddy_client *cli_client(struct cli_ctx *ctx)
         eddy_options_free(o);
         return NULL;
     }
+    if (set(ctx->token) && !eddy_options_set_token(o, ctx->token)) {
+        cli_errorf("out of memory");
+        eddy_options_free(o);
+        return NULL;
+    }
     ctx->client = eddy_client_new(ctx->endpoint, o);
     eddy_options_free(o);
     if (!ctx->client)
@@ -123,7 +128,7 @@ void cli_help(FILE *out, const struct cli_spec *spec)
     }
     fputs("\nglobal flags (also accepted here): --endpoint HOST:PORT, --coordinator HOST:PORT,"
           " -o/--output table|json, --timeout DURATION, --tls-ca FILE, --tls-cert FILE,"
-          " --tls-key FILE, --tls-server-name NAME\n",
+          " --tls-key FILE, --tls-server-name NAME, --token TOKEN\n",
           out);
 }
 
@@ -149,6 +154,7 @@ int cli_parse(struct cli_ctx *ctx, const struct cli_spec *spec, int argc, char *
         {"tls-cert", FLAG_STRING, &ctx->tls_cert, "FILE", ""},
         {"tls-key", FLAG_STRING, &ctx->tls_key, "FILE", ""},
         {"tls-server-name", FLAG_STRING, &ctx->tls_server_name, "NAME", ""},
+        {"token", FLAG_STRING, &ctx->token, "TOKEN", ""},
     };
     bool flags_done = false;
 

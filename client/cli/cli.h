@@ -30,6 +30,7 @@ struct cli_ctx {
     int64_t timeout_ms;
     const char *tls_ca, *tls_cert, *tls_key, *tls_server_name; /* "" = unset */
     struct tls_config tls; /* from the four above: see cli_tls */
+    const char *token;     /* --token / EDDY_TOKEN: bearer token of every call ("" = none) */
     bool json;
     eddy_client *client;
 };
@@ -134,5 +135,6 @@ int cmd_status(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_drain(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_roi(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_reprocess(struct cli_ctx *ctx, int argc, char **argv);
+int cmd_token(struct cli_ctx *ctx, int argc, char **argv);
 
 #endif

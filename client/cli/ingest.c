@@ -118,7 +118,8 @@ static int send_batch(struct ingest *g)
             rc = -1;
             goto out;
         }
-        sleep_ms(backoff);
+        /* a tenant quota names its wait (libeddy already waited it if it fit the timeout) */
+        sleep_ms(g->err.retry_after_ms > backoff ? g->err.retry_after_ms : backoff);
         backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
     }
     g->accepted += resp->accepted;

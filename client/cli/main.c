@@ -20,6 +20,7 @@ static const struct {
     {"status", cmd_status, "the cluster: nodes, leader, partition map, moves (asks --coordinator)"},
     {"drain", cmd_drain, "move every partition off a state node (scale in; asks --coordinator)"},
     {"roi", cmd_roi, "what a latency improvement is worth: monthly benefit, payback period"},
+    {"token", cmd_token, "new: a bearer token and its line for the nodes' --token-file"},
     {"reprocess", cmd_reprocess, "rebuild state from the log (e.g. with a new half-life), swap atomically"},
 };
 
@@ -62,6 +63,7 @@ int main(int argc, char **argv)
         .output = "table",
         .timeout_ms = 10000,
         .tls_ca = "", .tls_cert = "", .tls_key = "", .tls_server_name = "",
+        .token = "",
     };
     const struct flag flags[] = {
         {"endpoint", FLAG_STRING, &ctx.endpoint, "HOST:PORT of an Eddy node", 0, 0},
@@ -76,6 +78,9 @@ int main(int argc, char **argv)
         {"tls-key", FLAG_STRING, &ctx.tls_key, "PEM private key of --tls-cert", 0, 0},
         {"tls-server-name", FLAG_STRING, &ctx.tls_server_name,
          "name checked in the server's certificate (default: the endpoint's host)", 0, 0},
+        {"token", FLAG_STRING, &ctx.token,
+         "bearer token sent with every call (servers with --token-file; see eddy token new)",
+         0, 0},
     };
     const size_t nflags = sizeof(flags) / sizeof(flags[0]);
     char **args = calloc((size_t)argc + 1, sizeof(*args));

@@ -199,7 +199,7 @@ int cmd_reprocess(struct cli_ctx *ctx, int argc, char **argv)
     req.n_set = nsets;
 
     struct rpc_channel_opts co = {.max_recv_bytes = 64 << 20, .max_send_bytes = 1 << 20,
-                                  .tls = cli_tls(ctx)};
+                                  .tls = cli_tls(ctx), .token = ctx->token};
     rpc_channel *ch = rpc_channel_open(ctx->endpoint, &co);
     if (!ch) {
         cli_errorf("cannot create a channel to \"%s\"", ctx->endpoint);
@@ -212,7 +212,7 @@ int cmd_reprocess(struct cli_ctx *ctx, int argc, char **argv)
     rpc_channel_close(ch);
     if (res.code != GRPC_STATUS_OK || !resp) {
         eddy_error err = {res.code != GRPC_STATUS_OK ? (eddy_status)res.code : EDDY_STATUS_INTERNAL,
-                          ""};
+                          "", 0};
         snprintf(err.message, sizeof(err.message), "%s", res.details[0] ? res.details : "empty response");
         return cli_fail(ctx, &err);
     }

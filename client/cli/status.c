@@ -411,6 +411,7 @@ static int coordinator_call(struct cli_ctx *ctx, const char *method, const Proto
         .max_send_bytes = 1 << 20,
         .wait_for_ready = false,
         .tls = cli_tls(ctx),
+        .token = ctx->token,
     };
     rpc_channel *ch = rpc_channel_open(ctx->coordinator, &co);
     if (!ch) {

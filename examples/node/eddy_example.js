@@ -4,7 +4,7 @@
 //
 //   npm ci                       # once, installs @grpc/grpc-js and @grpc/proto-loader
 //   node eddy_example.js [--endpoint HOST:PORT] [--user ID]
-//                        [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
+//                        [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--token TOKEN]
 //
 // The service definition is loaded at run time from ../../proto/eddy/v1/eddy.proto with
 // @grpc/proto-loader: no code generation step.
@@ -28,7 +28,7 @@ function usage(code) {
   const out = code === 0 ? console.log : console.error;
   out(`usage: node eddy_example.js [--endpoint HOST:PORT] [--user ID] [--timeout SECONDS]
                           [--retries N] [--proto-dir DIR]
-                          [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
+                          [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--token TOKEN]
 
   --endpoint   node address (env EDDY_ENDPOINT; default 127.0.0.1:7070)
   --user       user id (default u-example-node)
@@ -37,7 +37,8 @@ function usage(code) {
   --proto-dir  directory holding eddy/v1/eddy.proto (default ../../proto)
   --tls-ca     PEM CA of the node's certificate: TLS on (env EDDY_TLS_CA)
   --tls-cert   PEM client certificate, for a node that requests or requires one (env EDDY_TLS_CERT)
-  --tls-key    PEM private key of --tls-cert (env EDDY_TLS_KEY)`);
+  --tls-key    PEM private key of --tls-cert (env EDDY_TLS_KEY)
+  --token      bearer token, for a node started with --token-file (env EDDY_TOKEN)`);
   process.exit(code);
 }
 
@@ -51,13 +52,14 @@ function parseArgs(argv) {
     tlsCa: process.env.EDDY_TLS_CA || '',
     tlsCert: process.env.EDDY_TLS_CERT || '',
     tlsKey: process.env.EDDY_TLS_KEY || '',
+    token: process.env.EDDY_TOKEN || '',
   };
   for (let i = 0; i < argv.length; i++) {
     let [flag, value] = argv[i].split(/=(.*)/s);
     if (flag === '-h' || flag === '--help') usage(0);
     const known = { '--endpoint': 'endpoint', '--user': 'user', '--timeout': 'timeout',
                     '--retries': 'retries', '--proto-dir': 'protoDir', '--tls-ca': 'tlsCa',
-                    '--tls-cert': 'tlsCert', '--tls-key': 'tlsKey' };
+                    '--tls-cert': 'tlsCert', '--tls-key': 'tlsKey', '--token': 'token' };
     if (!(flag in known)) {
       console.error(`eddy_example: unknown argument ${argv[i]}`);
       usage(2);
@@ -104,26 +106,40 @@ function loadEddy(protoDir) {
   return grpc.loadPackageDefinition(def).eddy.v1;
 }
 
+// The metadata of every call: "authorization: Bearer <token>" with --token.
+function callMetadata(a) {
+  const md = new grpc.Metadata();
+  if (a.token) md.set('authorization', `Bearer ${a.token}`);
+  return md;
+}
+
 // Promise wrapper of a unary call with its own deadline.
-function call(client, method, request, timeoutS) {
+function call(client, method, request, timeoutS, md) {
   return new Promise((resolve, reject) => {
     const deadline = new Date(Date.now() + timeoutS * 1000);
-    client[method](request, { deadline }, (err, resp) => (err ? reject(err) : resolve(resp)));
+    client[method](request, md, { deadline }, (err, resp) => (err ? reject(err) : resolve(resp)));
   });
+}
+
+// The delay a tenant quota names (trailing metadata retry-after-ms), or 0.
+function retryAfterMs(err) {
+  const v = err.metadata ? err.metadata.get('retry-after-ms') : [];
+  return v.length ? Number(v[0]) || 0 : 0;
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// call() with a fresh deadline per attempt; retries RETRYABLE codes with exponential
-// backoff (100 ms doubling up to 5 s, with jitter).
-async function callWithRetry(client, method, request, timeoutS, retries) {
+// call() with a fresh deadline per attempt; retries RETRYABLE codes after the delay the
+// server names (a tenant over its quota), else with exponential backoff (100 ms doubling
+// up to 5 s, with jitter).
+async function callWithRetry(client, method, request, timeoutS, retries, md) {
   let delay = 100;
   for (let attempt = 0; ; attempt++) {
     try {
-      return await call(client, method, request, timeoutS);
+      return await call(client, method, request, timeoutS, md);
     } catch (err) {
       if (!RETRYABLE.has(err.code) || attempt >= retries) throw err;
-      const wait = Math.round(delay * (0.5 + Math.random() / 2));
+      const wait = Math.max(Math.round(delay * (0.5 + Math.random() / 2)), retryAfterMs(err));
       console.error(`${method}: ${grpc.status[err.code]} (${err.details}); retrying in ` +
                     `${wait} ms (${attempt + 1}/${retries})`);
       await sleep(wait);
@@ -162,11 +178,12 @@ async function main() {
   const args = parseArgs(process.argv.slice(2));
   const eddy = loadEddy(args.protoDir);
   const client = new eddy.Eddy(args.endpoint, credentials(args));
+  const md = callMetadata(args);
   try {
     // 1. Ingest: one batch; the answer counts what was recorded and lists each invalid
     //    event with its index, field and reason.
     const events = sampleEvents(args.user, Date.now());
-    const r = await callWithRetry(client, 'Ingest', { events }, args.timeout, args.retries);
+    const r = await callWithRetry(client, 'Ingest', { events }, args.timeout, args.retries, md);
     console.log(`ingest: accepted=${r.accepted} duplicates=${r.duplicates} late=${r.late} ` +
                 `rejected=${r.rejected.length}`);
     for (const rej of r.rejected) {
@@ -183,7 +200,7 @@ async function main() {
       context: { current_page: 'product', current_product: 'p-kettle', shopping_cart: ['p-grinder'] },
       max_recommendations: 5,
       exclude: 'EXCLUSION_PURCHASED',
-    }, args.timeout);
+    }, args.timeout, md);
     console.log(`recommendations for ${args.user}: ${rec.items.length} (cold_start=${rec.cold_start})`);
     rec.items.forEach((it, i) => {
       console.log(`  ${i + 1}. ${it.product_id} score=${it.score.toFixed(4)} ` +
@@ -191,7 +208,7 @@ async function main() {
     });
 
     // 3. The user's profile (NOT_FOUND if the node has no state for the user).
-    const { profile: p } = await call(client, 'GetUserProfile', { user_id: args.user }, args.timeout);
+    const { profile: p } = await call(client, 'GetUserProfile', { user_id: args.user }, args.timeout, md);
     const aff = (list) => list.map((a) => `${a.name}=${a.score.toFixed(3)}`).join(', ');
     const ids = (list) => list.map((v) => v.product_id).join(', ');
     console.log(`profile of ${p.user_id}: events=${p.event_count} last_update_ms=${p.last_update_ms}`);

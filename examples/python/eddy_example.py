@@ -3,7 +3,7 @@
 the user's profile over the public gRPC API (service eddy.v1.Eddy).
 
     /usr/bin/python3 eddy_example.py [--endpoint HOST:PORT] [--user ID]
-        [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
+        [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--token TOKEN]
 
 Needs grpcio and protobuf (Debian: python3-grpcio python3-protobuf) and, to generate the
 stubs from proto/eddy/v1/eddy.proto, protoc and grpc_python_plugin (Debian:
@@ -53,18 +53,27 @@ def load_stubs(proto_dir):
             importlib.import_module("eddy.v1.eddy_pb2_grpc"))
 
 
-def call_with_retry(grpc, fn, request, timeout, retries, what):
-    """fn(request, timeout=...) with a fresh deadline per attempt; retries RETRYABLE codes
-    with exponential backoff (100 ms doubling up to 5 s, with jitter)."""
+def retry_after_ms(e):
+    """The delay a tenant quota names (trailing metadata retry-after-ms), or 0."""
+    for k, v in (e.trailing_metadata() or ()):
+        if k == "retry-after-ms" and str(v).isdigit():
+            return int(v)
+    return 0
+
+
+def call_with_retry(grpc, fn, request, timeout, retries, what, metadata=None):
+    """fn(request, timeout=..., metadata=...) with a fresh deadline per attempt; retries
+    RETRYABLE codes after the delay the server names (a tenant over its quota), else with
+    exponential backoff (100 ms doubling up to 5 s, with jitter)."""
     delay = 0.1
     for attempt in range(retries + 1):
         try:
-            return fn(request, timeout=timeout)
+            return fn(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as e:
             code = e.code().name if e.code() else "UNKNOWN"
             if code not in RETRYABLE or attempt == retries:
                 raise
-            wait = delay * (0.5 + random.random() / 2)
+            wait = max(delay * (0.5 + random.random() / 2), retry_after_ms(e) / 1000.0)
             print(f"{what}: {code} ({e.details()}); retrying in {wait * 1000:.0f} ms "
                   f"({attempt + 1}/{retries})", file=sys.stderr)
             time.sleep(wait)
@@ -134,6 +143,8 @@ def main():
                          "(env EDDY_TLS_CERT)")
     ap.add_argument("--tls-key", default=os.environ.get("EDDY_TLS_KEY", ""),
                     help="PEM private key of --tls-cert (env EDDY_TLS_KEY)")
+    ap.add_argument("--token", default=os.environ.get("EDDY_TOKEN", ""),
+                    help="bearer token, for a node started with --token-file (env EDDY_TOKEN)")
     args = ap.parse_args()
     if bool(args.tls_cert) != bool(args.tls_key):
         ap.error("--tls-cert and --tls-key go together")
@@ -144,6 +155,8 @@ def main():
         sys.exit("eddy_example: no grpcio; use Debian's /usr/bin/python3 with python3-grpcio")
     pb, pb_grpc = load_stubs(args.proto_dir)
 
+    # with --token every call carries "authorization: Bearer <token>"
+    md = [("authorization", f"Bearer {args.token}")] if args.token else None
     with open_channel(grpc, args) as channel:
         stub = pb_grpc.EddyStub(channel)
         try:
@@ -151,7 +164,7 @@ def main():
             #    invalid event with its index, field and reason.
             events = sample_events(pb, args.user, int(time.time() * 1000))
             r = call_with_retry(grpc, stub.Ingest, pb.IngestRequest(events=events),
-                                args.timeout, args.retries, "Ingest")
+                                args.timeout, args.retries, "Ingest", md)
             print(f"ingest: accepted={r.accepted} duplicates={r.duplicates} late={r.late} "
                   f"rejected={len(r.rejected)}")
             for rej in r.rejected:
@@ -167,7 +180,7 @@ def main():
             rec = stub.Recommend(pb.RecommendRequest(user_id=args.user, context=ctx,
                                                      max_recommendations=5,
                                                      exclude=pb.EXCLUSION_PURCHASED),
-                                 timeout=args.timeout)
+                                 timeout=args.timeout, metadata=md)
             print(f"recommendations for {args.user}: {len(rec.items)} "
                   f"(cold_start={str(rec.cold_start).lower()})")
             for i, it in enumerate(rec.items, 1):
@@ -176,7 +189,7 @@ def main():
 
             # 3. The user's profile (NOT_FOUND if the node has no state for the user).
             p = stub.GetUserProfile(pb.GetUserProfileRequest(user_id=args.user),
-                                    timeout=args.timeout).profile
+                                    timeout=args.timeout, metadata=md).profile
         except grpc.RpcError as e:
             code = e.code().name if e.code() else "UNKNOWN"
             print(f"eddy_example: {code}: {e.details()} (endpoint {args.endpoint})",

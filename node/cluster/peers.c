@@ -60,7 +60,7 @@ rpc_channel *peers_get(peers *p, const char *addr)
     }
     if (p->n == MAX_PEERS)
         goto out;
-    struct rpc_channel_opts o = {p->max_bytes, p->max_bytes, false, p->tls};
+    struct rpc_channel_opts o = {p->max_bytes, p->max_bytes, false, p->tls, NULL};
     ch = rpc_channel_open(addr, &o);
     char *copy = strdup(addr);
     if (!ch || !copy) {

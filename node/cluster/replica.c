@@ -1362,7 +1362,7 @@ static void *fetch_main(void *arg)
                        &eddy__state__v1__replica_fetch_response__descriptor,
                        r->o.fetch_wait_ms + r->o.rpc_timeout_ms, &resp, &res);
         else
-            res = (struct rpc_result){GRPC_STATUS_RESOURCE_EXHAUSTED, "no channel"};
+            res = (struct rpc_result){GRPC_STATUS_RESOURCE_EXHAUSTED, "no channel", 0};
         eddy_err err = EDDY_OK;
         bool left_out = false; /* a partition the leader is still taking over */
         if (res.code == GRPC_STATUS_OK) {

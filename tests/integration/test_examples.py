@@ -196,6 +196,34 @@ class ExamplesTest(unittest.TestCase):
                                   "--tls-key", ckey])
         self.check_output(user, rc, out, err)
 
+    def test_both_examples_with_a_token(self):
+        """Both examples against a node with --token-file: refused without a token
+        (Python), served with one (Python through EDDY_TOKEN, Node.js through --token)."""
+        import hashlib
+        d = L.temp_dir(self, "eddy-it-tokens-")
+        path = os.path.join(d, "tokens")
+        with open(path, "w") as f:
+            f.write(f"sha256:{hashlib.sha256(b'app-secret').hexdigest()} tenant=app "
+                    "roles=ingest,read\n")
+        node = L.Node(args=["--token-file", path])
+        self.addCleanup(node.cleanup)
+        node.start()
+        rc, out, err = run(self.python_cmd("--endpoint", node.endpoint, "--retries", "0"))
+        self.assertEqual(rc, 1, f"no token: stdout:\n{out}\nstderr:\n{err}")
+        self.assertIn("eddy_example: UNAUTHENTICATED", err)
+        user = "u-example-py"
+        rc, out, err = run(self.python_cmd("--user", user),
+                           env=example_env(EDDY_ENDPOINT=node.endpoint, EDDY_TOKEN="app-secret"))
+        self.check_output(user, rc, out, err)
+        try:
+            cmd = node_example_cmd()
+        except unittest.SkipTest:
+            return
+        user = "u-example-node"
+        rc, out, err = run(cmd + ["--endpoint", node.endpoint, "--user", user, "--proto-dir",
+                                  L.PROTO_DIR, "--token", "app-secret"])
+        self.check_output(user, rc, out, err)
+
     def test_both_examples_on_one_node(self):
         """One after the other against the same node: each user's profile holds only its
         own events."""

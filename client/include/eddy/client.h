@@ -49,6 +49,9 @@ typedef enum eddy_status {
 typedef struct eddy_error {
     eddy_status code;
     char message[512];
+    int64_t retry_after_ms; /* RESOURCE_EXHAUSTED from a tenant quota: the server's delay
+                               before a retry (already honoured, see eddy_options_set_token);
+                               0 otherwise */
 } eddy_error;
 
 /* The name of 'code' ("NOT_FOUND"); a static string, "UNKNOWN_STATUS" if out of range. */
@@ -87,6 +90,13 @@ bool eddy_options_set_tls(eddy_options *opts, const char *ca_file, const char *c
 /* The name checked in the server's certificate (default: the endpoint's host). Returns
  * false if out of memory. */
 bool eddy_options_set_tls_server_name(eddy_options *opts, const char *name);
+
+/* A bearer token (from `eddy token new`) sent as "authorization: Bearer <token>" with every
+ * call, for servers started with --token-file (NULL or "" clears it). Returns false if out
+ * of memory. Whether or not a token is set, a call answered RESOURCE_EXHAUSTED with a retry
+ * delay (a tenant over its quota) is retried after that delay, as long as the wait stays
+ * within the call's timeout; the last answer is returned otherwise. */
+bool eddy_options_set_token(eddy_options *opts, const char *token);
 
 /* ---- client ---------------------------------------------------------------------------- */
 
