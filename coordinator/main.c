@@ -24,7 +24,6 @@
 #include "coordinator/leader.h"
 #include "coordinator/status.h"
 
-#define EDDY_VERSION "0.1.0"
 #define HEALTH_LEADER "leader"
 #define HEALTH_SERVICE "eddy.cluster.v1.Coordinator"
 
@@ -94,7 +93,8 @@ static size_t coord_flags(struct coord_config *c, struct flag *out)
 static void usage(FILE *out, const struct flag *fl, size_t n)
 {
     fprintf(out, "eddy-coordinator %s: leader-elected partition assignment for an Eddy cluster\n\n"
-                 "usage: eddy-coordinator --etcd http://HOST:PORT[,...] [--cluster NAME] [flags]\n\n"
+                 "usage: eddy-coordinator --etcd http://HOST:PORT[,...] [--cluster NAME] [flags]\n"
+                 "       eddy-coordinator --version\n\n"
                  "Every flag can also be set through its EDDY_* environment variable.\n\n",
             EDDY_VERSION);
     config_usage(out, fl, n);
