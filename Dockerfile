@@ -66,5 +66,15 @@ WORKDIR /var/lib/eddy
 EXPOSE 7070 9464
 VOLUME ["/var/lib/eddy"]
 
+# eddy-node listens on 127.0.0.1 by default, which `docker run -p 7070:7070` cannot reach:
+# in the image it listens on every interface of the container. The container's network is
+# its own and only the ports published with -p reach it, so plaintext is allowed
+# (EDDY_INSECURE, which protected mode asks for on a non-loopback address); give
+# --tls-cert/--tls-key (EDDY_TLS_*) to serve TLS instead. The Helm chart sets its own
+# EDDY_LISTEN, EDDY_METRICS_LISTEN and, only without TLS, EDDY_INSECURE.
+ENV EDDY_LISTEN=0.0.0.0:7070 \
+    EDDY_METRICS_LISTEN=0.0.0.0:9464 \
+    EDDY_INSECURE=true
+
 # No CMD: configuration comes from EDDY_* variables (or flags given to `docker run`).
 ENTRYPOINT ["eddy-node"]

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/version.h"
 
 void config_env_name(const char *name, char *out, size_t outlen)
 {
@@ -90,6 +91,35 @@ int config_parse_value(enum flag_type type, const char *text, void *ptr)
     return -1;
 }
 
+/* Print 'v' in the largest unit of 'units' that divides it exactly (units[0] has scale 1),
+ * so the text parses back to the same value: 2592000000 ms is "30d", 1500 ms "1500ms". */
+static void format_scaled(int64_t v, char *out, size_t outlen, const char *const *units,
+                          const int64_t *scale, size_t nunits)
+{
+    size_t u = 0;
+    for (size_t i = nunits; v != 0 && i-- > 1;) {
+        if (v % scale[i] == 0) {
+            u = i;
+            break;
+        }
+    }
+    snprintf(out, outlen, "%" PRId64 "%s", v / scale[u], v == 0 ? "" : units[u]);
+}
+
+void config_format_duration(int64_t ms, char *out, size_t outlen)
+{
+    static const char *const units[] = {"ms", "s", "m", "h", "d"};
+    static const int64_t scale[] = {1, 1000, 60000, 3600000, 86400000};
+    format_scaled(ms, out, outlen, units, scale, 5);
+}
+
+void config_format_size(int64_t bytes, char *out, size_t outlen)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB"};
+    static const int64_t scale[] = {1, 1 << 10, 1 << 20, 1 << 30};
+    format_scaled(bytes, out, outlen, units, scale, 4);
+}
+
 static int set_flag(const struct flag *f, const char *text, const char *origin, char *err,
                     size_t errlen)
 {
@@ -143,7 +173,9 @@ int config_parse(const struct flag *flags, size_t nflags, int argc, char **argv,
         if (strncmp(a, "--", 2) != 0 || a[2] == '\0')
             break;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
-            return 1;
+            return CONFIG_HELP;
+        if (strcmp(a, "--version") == 0)
+            return CONFIG_VERSION;
         const char *name = a + 2;
         const char *eq = strchr(name, '=');
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
@@ -177,8 +209,12 @@ int config_main(const char *prog, const struct flag *flags, size_t nflags, int a
     char err[512] = "";
     int first = 0;
     int r = config_parse(flags, nflags, argc, argv, &first, err, sizeof(err));
-    if (r == 1) {
+    if (r == CONFIG_HELP) {
         usage(stdout, flags, nflags);
+        return 0;
+    }
+    if (r == CONFIG_VERSION) {
+        printf("%s %s\n", prog, eddy_version());
         return 0;
     }
     if (r < 0 || first < argc) {
@@ -206,10 +242,10 @@ void config_usage(FILE *out, const struct flag *flags, size_t nflags)
             snprintf(def, sizeof(def), "%" PRId64, *(int64_t *)f->ptr);
             break;
         case FLAG_DURATION:
-            snprintf(def, sizeof(def), "%" PRId64 "ms", *(int64_t *)f->ptr);
+            config_format_duration(*(int64_t *)f->ptr, def, sizeof(def));
             break;
         case FLAG_SIZE:
-            snprintf(def, sizeof(def), "%" PRId64 "B", *(int64_t *)f->ptr);
+            config_format_size(*(int64_t *)f->ptr, def, sizeof(def));
             break;
         case FLAG_DOUBLE:
             snprintf(def, sizeof(def), "%g", *(double *)f->ptr);

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "common/log.h"
+#include "common/netaddr.h"
 
 #define RENDER_LIMIT (16u << 20) /* largest exposition we serve */
 #define MAX_CONNECTIONS 64
@@ -86,38 +87,11 @@ __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char 
     log_warn("msg=\"metrics http\" detail=\"%s\"", msg);
 }
 
-/* Split "host:port" / "[v6]:port" into 'host' and 'port'. An empty host means all IPv4
- * interfaces. */
-static bool split_addr(const char *listen, char *host, size_t hostlen, char *port,
-                       size_t portlen)
-{
-    const char *colon;
-    if (listen[0] == '[') {
-        const char *end = strchr(listen, ']');
-        if (!end || end[1] != ':')
-            return false;
-        snprintf(host, hostlen, "%.*s", (int)(end - listen - 1), listen + 1);
-        colon = end + 1;
-    } else {
-        colon = strrchr(listen, ':');
-        if (!colon || memchr(listen, ':', (size_t)(colon - listen)))
-            return false;
-        snprintf(host, hostlen, "%.*s", (int)(colon - listen), listen);
-    }
-    if (!host[0])
-        snprintf(host, hostlen, "0.0.0.0");
-    const char *p = colon + 1;
-    if (!*p || strlen(p) >= portlen || strspn(p, "0123456789") != strlen(p))
-        return false;
-    snprintf(port, portlen, "%s", p);
-    return strtol(p, NULL, 10) <= 65535;
-}
-
 eddy_err metrics_http_open(metrics *reg, const char *listen, metrics_http **out, int *port)
 {
     *out = NULL;
     char host[256], portstr[8];
-    if (!reg || !listen || !split_addr(listen, host, sizeof(host), portstr, sizeof(portstr)))
+    if (!reg || !listen || !netaddr_split(listen, host, sizeof(host), portstr, sizeof(portstr)))
         return EDDY_ERR_INVALID;
     struct addrinfo hints, *ai = NULL;
     memset(&hints, 0, sizeof(hints));

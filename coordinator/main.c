@@ -14,6 +14,7 @@
 #include "common/cluster.h"
 #include "common/config.h"
 #include "common/etcd.h"
+#include "common/netaddr.h"
 #include "common/health.h"
 #include "common/log.h"
 #include "common/rpc_server.h"
@@ -24,7 +25,6 @@
 #include "coordinator/leader.h"
 #include "coordinator/status.h"
 
-#define EDDY_VERSION "0.1.0"
 #define HEALTH_LEADER "leader"
 #define HEALTH_SERVICE "eddy.cluster.v1.Coordinator"
 
@@ -94,7 +94,8 @@ static size_t coord_flags(struct coord_config *c, struct flag *out)
 static void usage(FILE *out, const struct flag *fl, size_t n)
 {
     fprintf(out, "eddy-coordinator %s: leader-elected partition assignment for an Eddy cluster\n\n"
-                 "usage: eddy-coordinator --etcd http://HOST:PORT[,...] [--cluster NAME] [flags]\n\n"
+                 "usage: eddy-coordinator --etcd http://HOST:PORT[,...] [--cluster NAME] [flags]\n"
+                 "       eddy-coordinator --version\n\n"
                  "Every flag can also be set through its EDDY_* environment variable.\n\n",
             EDDY_VERSION);
     config_usage(out, fl, n);
@@ -293,16 +294,22 @@ int main(int argc, char **argv)
     health_set(hl, HEALTH_SERVICE, HEALTH_NOT_SERVING);
     health_set(hl, HEALTH_LEADER, HEALTH_NOT_SERVING);
     int port = 0;
-    eddy_err e = rpc_server_start(srv, &port);
+    why[0] = '\0';
+    eddy_err e = netaddr_check_bind(c->listen, "--listen", why, sizeof(why));
+    if (e == EDDY_OK)
+        e = rpc_server_start(srv, &port);
     if (e != EDDY_OK) {
-        log_error("msg=\"cannot listen\" listen=%s error=\"%s\"", c->listen, eddy_strerror(e));
+        log_error("msg=\"cannot listen\" listen=%s error=\"%s\"", c->listen,
+                  why[0] ? why : eddy_strerror(e));
         goto out;
     }
     int metrics_port = 0;
     if (c->metrics_listen[0] &&
-        (e = metrics_http_open(reg, c->metrics_listen, &mh, &metrics_port)) != EDDY_OK) {
+        ((e = netaddr_check_bind(c->metrics_listen, "--metrics-listen", why, sizeof(why))) !=
+             EDDY_OK ||
+         (e = metrics_http_open(reg, c->metrics_listen, &mh, &metrics_port)) != EDDY_OK)) {
         log_error("msg=\"cannot serve metrics\" metrics_listen=%s error=\"%s\"",
-                  c->metrics_listen, eddy_strerror(e));
+                  c->metrics_listen, why[0] ? why : eddy_strerror(e));
         goto out;
     }
     char leader_key[CLUSTER_KEY_MAX];

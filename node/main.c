@@ -184,7 +184,8 @@ static void usage(FILE *out, const struct flag *fl, size_t n)
     fprintf(out, "eddy-node %s: Eddy's real-time analytics and personalization node\n\n"
                  "usage: eddy-node --dev [--data-dir DIR] [--listen HOST:PORT] [flags]\n"
                  "       eddy-node --data-dir DIR --dump-state user,user_win\n"
-                 "       eddy-node --verify-checkpoint FILE\n\n"
+                 "       eddy-node --verify-checkpoint FILE\n"
+                 "       eddy-node --version\n\n"
                  "Every flag can also be set through its EDDY_* environment variable.\n\n",
             EDDY_VERSION);
     config_usage(out, fl, n);

@@ -8,9 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/cluster.h"
 #include "common/etcd.h"
 #include "common/health.h"
+#include "common/netaddr.h"
+#include "node/dev_status.h"
 #include "common/log.h"
 #include "common/metrics_http.h"
 #include "common/partition.h"
@@ -69,6 +72,7 @@ struct node {
     struct reprocess_service rps;
     stage2_side *s2side;
     struct ingest_service svc;
+    struct dev_status ds;            /* --dev: ClusterStatus of a one-node cluster */
     rpc_server *srv;
     auth *auth;                      /* --token-file's gate of srv; NULL = tokens off */
     health *hl;
@@ -331,6 +335,12 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
         e = health_register(n->hl, n->srv);
     if (e == EDDY_OK && n->clustered && n->eng)
         e = state_service_register(&n->ss, n->srv);
+    if (e == EDDY_OK && !n->clustered) {
+        n->ds = (struct dev_status){c->cluster, c->node_id, c->listen, c->metrics_listen,
+                                    (uint32_t)c->partitions, clock_wall_ms(), &n->port,
+                                    &n->metrics_port};
+        e = dev_status_register(&n->ds, n->srv);
+    }
     if (e != EDDY_OK)
         return fail(err, errlen, e, "cannot register the services", NULL);
     if (n->clustered && n->eng) { /* the replicated log: ReplicaFetch is served from the start */
@@ -520,19 +530,22 @@ eddy_err node_start(node *n, char *err, size_t errlen)
     const struct node_config *c = n->cfg;
     char what[300];
     eddy_err e;
+    char why[256] = "";
     if (c->metrics_listen[0] != '\0') {
+        snprintf(what, sizeof(what), "cannot serve metrics on %s", c->metrics_listen);
+        if ((e = netaddr_check_bind(c->metrics_listen, "--metrics-listen", why, sizeof(why))) !=
+            EDDY_OK)
+            return fail(err, errlen, e, what, why);
         e = metrics_http_open(n->nm.reg, c->metrics_listen, &n->mh, &n->metrics_port);
-        if (e != EDDY_OK) {
-            snprintf(what, sizeof(what), "cannot serve metrics on %s", c->metrics_listen);
+        if (e != EDDY_OK)
             return fail(err, errlen, e, what, NULL);
-        }
         log_info("msg=\"metrics listening\" metrics_listen=%s metrics_port=%d",
                  c->metrics_listen, n->metrics_port);
     }
-    if ((e = rpc_server_start(n->srv, &n->port)) != EDDY_OK) {
-        snprintf(what, sizeof(what), "cannot listen on %s", c->listen);
-        return fail(err, errlen, e, what, NULL);
-    }
+    snprintf(what, sizeof(what), "cannot listen on %s", c->listen);
+    if ((e = netaddr_check_bind(c->listen, "--listen", why, sizeof(why))) != EDDY_OK ||
+        (e = rpc_server_start(n->srv, &n->port)) != EDDY_OK)
+        return fail(err, errlen, e, what, why);
     if (n->clustered && (e = join(n, err, errlen)) != EDDY_OK) {
         rpc_server_shutdown(n->srv, 0);
         return e;

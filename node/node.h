@@ -15,7 +15,6 @@
 #include "common/err.h"
 #include "common/security.h"
 
-#define EDDY_VERSION "0.1.0"
 
 /* Everything a node is configured with: node/main.c fills it from flags (every field is a
  * flag, see node_config_defaults for the defaults). Strings are borrowed for the node's

@@ -121,6 +121,42 @@ def pod_spec(obj):
 def env_map(c):
     return {e["name"]: e.get("value") for e in c.get("env", [])}
 
+def probe_target(probe):
+    """(port, health service) a probe asks: a gRPC probe, or `eddy --endpoint 127.0.0.1:P ... health
+    --service S` run in the container (TLS); (None, None) for anything else."""
+    if "grpc" in probe:
+        return probe["grpc"].get("port"), probe["grpc"].get("service")
+    for k in ("httpGet", "tcpSocket"):
+        if k in probe:
+            return probe[k].get("port"), None
+    cmd = probe.get("exec", {}).get("command", [])
+    if cmd[:1] != ["eddy"] or "health" not in cmd or "--endpoint" not in cmd or "--service" not in cmd:
+        return None, None
+    host, _, port = cmd[cmd.index("--endpoint") + 1].rpartition(":")
+    if host != "127.0.0.1" or not port.isdigit():
+        return None, None
+    return int(port), cmd[cmd.index("--service") + 1]
+
+def secret_file(spec, c, path):
+    """(Secret name, key) whose file the container sees at 'path', through a secret volume mounted
+    without subPath (so updates reach the pod); None when no such mount provides it."""
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    for m in c.get("volumeMounts", []):
+        d = m["mountPath"].rstrip("/") + "/"
+        if not path.startswith(d) or "subPath" in m or not m.get("readOnly"):
+            continue
+        sec = vols.get(m["name"], {}).get("secret")
+        if not sec:
+            continue
+        rel = path[len(d):]
+        items = sec.get("items")
+        if items is None:
+            return sec["secretName"], rel
+        for it in items:
+            if it["path"] == rel:
+                return sec["secretName"], it["key"]
+    return None
+
 with open(os.path.join(CHART, "values.yaml")) as f:
     DEFAULTS = yaml.safe_load(f)
 
@@ -174,6 +210,14 @@ bad_values = {   # what: (helm args, text the error must contain)
     "bad PVC size": (["--set", "persistence.size=ten"], "/persistence/size"),
     "a state PDB that can take every copy": (["--set", "state.pdb.maxUnavailable=2"],
                                              "below coordinator.replicationFactor"),
+    "TLS without a certificate source": (["--set", "tls.enabled=true"], "tls.certManager.issuerRef.name"),
+    "TLS without client certificates": (["--set", "tls.enabled=true", "--set", "tls.existingSecret=x",
+                                         "--set", "tls.clientAuth=none"], "/tls/clientAuth"),
+    "etcd TLS without its Secret": (["--set", "externalEtcd.tls.ca=true"], "externalEtcd.existingSecret"),
+    "etcd user without its Secret": (["--set", "externalEtcd.auth.user=eddy"], "externalEtcd.existingSecret"),
+    "an etcd Secret nothing reads": (["--set", "externalEtcd.existingSecret=x"], "nothing reads it"),
+    "an etcd Secret with the in-chart etcd": (["--set", "etcd.enabled=true", "--set", "externalEtcd.existingSecret=x",
+                                              "--set", "externalEtcd.tls.ca=true"], "in-chart etcd"),
 }
 for what, (args, expect) in bad_values.items():
     stdin = None
@@ -223,6 +267,8 @@ for ci in ci_files:
         by_kind.setdefault(d["kind"], []).append(d)
     def comp(d):
         return d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+    def comp_l(labels):
+        return labels.get("app.kubernetes.io/component")
     def one(kind, component):
         xs = [d for d in by_kind.get(kind, []) if comp(d) == component]
         return xs[0] if len(xs) == 1 else None
@@ -288,14 +334,15 @@ for ci in ci_files:
                 probe = c.get(pk)
                 if not probe:
                     continue
-                h = probe.get("grpc") or probe.get("httpGet") or probe.get("tcpSocket")
-                port = h.get("port") if h else None
+                port, svc = probe_target(probe)
                 check(isinstance(port, int) and port in ports,
                       "%s: %s: %s port %r is a number equal to a containerPort %s" % (name, cn, pk, port, sorted(ports)))
                 if comp(d) in ("coordinator", "ingest", "state"):
-                    svc = (probe.get("grpc") or {}).get("service")
                     expect = "readiness" if pk == "readinessProbe" else "liveness"
                     check(svc == expect, "%s: %s: %s is a gRPC probe of health service %r (got %r)" % (name, cn, pk, expect, svc))
+                    # Kubernetes' gRPC probe speaks plaintext: with TLS only `eddy health` can ask.
+                    kind = "exec" if V["tls"]["enabled"] else "grpc"
+                    check(kind in probe, "%s: %s: %s is a %s probe (tls.enabled=%s)" % (name, cn, pk, kind, V["tls"]["enabled"]))
 
     # Eddy containers: configured through env, not args.
     for d in workloads:
@@ -313,6 +360,50 @@ for ci in ci_files:
         missing = need - set(env)
         check(not missing, "%s: %s: missing env %s" % (name, cn, sorted(missing)))
         check(all(k.startswith("EDDY_") or k == "POD_IP" for k in env), "%s: %s: only EDDY_* env (and POD_IP)" % (name, cn))
+        spec = pod_spec(d)[0]
+        # Security settings: TLS from the chart's Secret, the etcd client's files, the token file.
+        T = V["tls"]
+        if T["enabled"]:
+            tls_secret = T["existingSecret"] or "%s-eddy-tls" % RELEASE
+            for var, key in (("EDDY_TLS_CERT", "tls.crt"), ("EDDY_TLS_KEY", "tls.key"), ("EDDY_TLS_CA", "ca.crt")):
+                got = secret_file(spec, c, env.get(var) or "")
+                check(got == (tls_secret, key), "%s: %s: %s=%r is key %s of Secret %s mounted read-only (got %r)"
+                      % (name, cn, var, env.get(var), key, tls_secret, got))
+            check(env.get("EDDY_TLS_CLIENT_AUTH") == T["clientAuth"], "%s: %s: EDDY_TLS_CLIENT_AUTH=%r, expected %r"
+                  % (name, cn, env.get("EDDY_TLS_CLIENT_AUTH"), T["clientAuth"]))
+            check("EDDY_INSECURE" not in env, "%s: %s: no EDDY_INSECURE with TLS" % (name, cn))
+        else:
+            check(env.get("EDDY_INSECURE") == "true", "%s: %s: EDDY_INSECURE=true without TLS (protected mode)" % (name, cn))
+            check(not any(k.startswith("EDDY_TLS_") for k in env), "%s: %s: no EDDY_TLS_* without tls.enabled" % (name, cn))
+        E = V["externalEtcd"]
+        ext = not V["etcd"]["enabled"] and E["existingSecret"]
+        want_etcd = {}
+        if ext and E["tls"]["ca"]:
+            want_etcd["EDDY_ETCD_CA"] = "ca.crt"
+        if ext and E["tls"]["clientCert"]:
+            want_etcd.update(EDDY_ETCD_CERT="tls.crt", EDDY_ETCD_KEY="tls.key")
+        if ext and E["auth"]["user"]:
+            want_etcd["EDDY_ETCD_PASSWORD_FILE"] = "password"
+            check(env.get("EDDY_ETCD_USER") == E["auth"]["user"], "%s: %s: EDDY_ETCD_USER=%r, expected %r"
+                  % (name, cn, env.get("EDDY_ETCD_USER"), E["auth"]["user"]))
+        else:
+            check("EDDY_ETCD_USER" not in env, "%s: %s: no EDDY_ETCD_USER without externalEtcd.auth.user" % (name, cn))
+        for var in ("EDDY_ETCD_CA", "EDDY_ETCD_CERT", "EDDY_ETCD_KEY", "EDDY_ETCD_PASSWORD_FILE"):
+            if var in want_etcd:
+                got = secret_file(spec, c, env.get(var) or "")
+                check(got == (E["existingSecret"], want_etcd[var]), "%s: %s: %s=%r is key %s of Secret %s (got %r)"
+                      % (name, cn, var, env.get(var), want_etcd[var], E["existingSecret"], got))
+            else:
+                check(var not in env, "%s: %s: %s set although externalEtcd does not ask for it" % (name, cn, var))
+        A = V["auth"]
+        if A["tokenSecret"]:
+            got = secret_file(spec, c, env.get("EDDY_TOKEN_FILE") or "")
+            check(got == (A["tokenSecret"], A["tokenSecretKey"]), "%s: %s: EDDY_TOKEN_FILE=%r is key %s of Secret %s (got %r)"
+                  % (name, cn, env.get("EDDY_TOKEN_FILE"), A["tokenSecretKey"], A["tokenSecret"], got))
+        else:
+            check("EDDY_TOKEN_FILE" not in env, "%s: %s: no EDDY_TOKEN_FILE without auth.tokenSecret (tokens off by default)" % (name, cn))
+        check(all(v.get("secret", {}).get("defaultMode") == 0o440 for v in spec.get("volumes", []) if "secret" in v),
+              "%s: %s: Secret volumes are mode 0440" % (name, cn))
         etcd = ("http://%s-eddy-etcd.%s.svc.%s:2379" % (RELEASE, NAMESPACE, V["clusterDomain"]) if V["etcd"]["enabled"]
                 else ",".join(V["externalEtcd"]["endpoints"]))
         check(env.get("EDDY_ETCD") == etcd, "%s: %s: EDDY_ETCD=%r, expected %r" % (name, cn, env.get("EDDY_ETCD"), etcd))
@@ -489,6 +580,102 @@ for ci in ci_files:
         check(t["spec"].get("restartPolicy") == "Never", "%s: test pod %s restartPolicy Never" % (name, t["metadata"]["name"]))
     if V["tests"]["enabled"]:
         check(ingest_tested, "%s: a helm test pod checks the ingest Service" % name)
+    for t in tests:
+        tc = t["spec"]["containers"][0]
+        tenv = env_map(tc)
+        if V["tls"]["enabled"]:
+            tls_secret = V["tls"]["existingSecret"] or "%s-eddy-tls" % RELEASE
+            got = [secret_file(t["spec"], tc, tenv.get(v) or "") for v in ("EDDY_TLS_CA", "EDDY_TLS_CERT", "EDDY_TLS_KEY")]
+            check(got == [(tls_secret, "ca.crt"), (tls_secret, "tls.crt"), (tls_secret, "tls.key")],
+                  "%s: test pod %s: the CLI gets the CA and a client certificate from Secret %s (got %r)" % (name, t["metadata"]["name"], tls_secret, got))
+        else:
+            check(not tenv, "%s: test pod %s: plaintext CLI without TLS" % (name, t["metadata"]["name"]))
+
+    # The cert-manager Certificate: iff TLS without an existing Secret; names what is dialled.
+    T = V["tls"]
+    certs = by_kind.get("Certificate", [])
+    want_cert = T["enabled"] and not T["existingSecret"]
+    check(len(certs) == (1 if want_cert else 0), "%s: %d Certificate(s), expected %d" % (name, len(certs), 1 if want_cert else 0))
+    for cert in certs:
+        cs = cert["spec"]
+        check(cert["apiVersion"] == "cert-manager.io/v1", "%s: Certificate apiVersion cert-manager.io/v1" % name)
+        check(cs["secretName"] == "%s-eddy-tls" % RELEASE, "%s: Certificate writes the Secret the pods mount (%s)" % (name, cs["secretName"]))
+        check(cs["issuerRef"] == T["certManager"]["issuerRef"], "%s: Certificate issuerRef %r from tls.certManager.issuerRef" % (name, cs["issuerRef"]))
+        check(not cs.get("commonName") and {"server auth", "client auth"} <= set(cs.get("usages", [])),
+              "%s: Certificate has no CommonName and serves as server and client (mTLS) certificate" % name)
+        dns = set(cs.get("dnsNames", []))
+        check("127.0.0.1" in cs.get("ipAddresses", []), "%s: Certificate names 127.0.0.1 (the probes' eddy health)" % name)
+        for svc in ("%s-eddy-ingest" % RELEASE, "%s-eddy-coordinator" % RELEASE):
+            check({svc, "%s.%s.svc" % (svc, NAMESPACE)} <= dns, "%s: Certificate names Service %s (%s)" % (name, svc, sorted(dns)))
+        ss = one("StatefulSet", "state")
+        if ss is not None:
+            adv = env_map(pod_spec(ss)[0]["containers"][0]).get("EDDY_ADVERTISE_ADDR", "")
+            host = adv.rpartition(":")[0].replace("$(EDDY_NODE_ID)", "%s-eddy-state-0" % RELEASE)
+            check(any(n == host or (n.startswith("*.") and host.split(".", 1)[1] == n[2:]) for n in dns),
+                  "%s: Certificate names the state pods' advertised host %s" % (name, host))
+        for n in T["certManager"]["extraDnsNames"]:
+            check(n in dns, "%s: Certificate names extraDnsNames %s" % (name, n))
+
+    # NetworkPolicies: one per workload; the public port open (or to the listed namespaces),
+    # internal ports only to the release's pods.
+    nps = by_kind.get("NetworkPolicy", [])
+    NP = V["networkPolicy"]
+    check(bool(nps) == NP["enabled"], "%s: NetworkPolicies iff networkPolicy.enabled (%d)" % (name, len(nps)))
+    release_pods = [l for _, l in pod_labels] + [p["metadata"].get("labels", {}) for p in by_kind.get("Pod", [])]
+    public = "ingest" if V["ingest"]["enabled"] else "state"
+    for d in (workloads if NP["enabled"] else []):
+        wn = "%s %s" % (d["kind"], d["metadata"]["name"])
+        labels = pod_spec(d)[1]
+        mine = [n for n in nps if subset(n["spec"]["podSelector"].get("matchLabels", {}), labels)]
+        if not check(len(mine) == 1, "%s: %s: selected by exactly one NetworkPolicy (%d)" % (name, wn, len(mine))):
+            continue
+        n = mine[0]
+        check(n["spec"]["policyTypes"] == ["Ingress"], "%s: NetworkPolicy %s: ingress only" % (name, n["metadata"]["name"]))
+        others = [l for _, l in pod_labels if l is not labels and comp_l(l) != comp(d)]
+        check(not any(subset(n["spec"]["podSelector"]["matchLabels"], l) for l in others),
+              "%s: NetworkPolicy %s selects only %s pods" % (name, n["metadata"]["name"], comp(d)))
+        rules = {}
+        for r in n["spec"]["ingress"]:
+            for p in r["ports"]:
+                rules[p["port"]] = r.get("from")
+        ports = {p["name"]: p["containerPort"] for c in pod_spec(d)[0]["containers"] for p in c.get("ports", [])}
+        check(set(rules) == set(ports.values()), "%s: NetworkPolicy %s opens ports %s, the pods declare %s"
+              % (name, n["metadata"]["name"], sorted(rules), sorted(ports.values())))
+        def ns_peer(peers, namespaces):
+            if not namespaces:
+                return peers is None
+            sel = [p["namespaceSelector"]["matchExpressions"][0] for p in peers or [] if "namespaceSelector" in p]
+            return len(sel) == 1 and sel[0]["key"] == "kubernetes.io/metadata.name" and sel[0]["operator"] == "In" \
+                and sorted(sel[0]["values"]) == sorted(namespaces)
+        def release_peer(peers):
+            ps = [p["podSelector"]["matchLabels"] for p in peers or [] if "podSelector" in p and "namespaceSelector" not in p]
+            return any(ps) and all(subset(m, l) for m in ps for l in release_pods) and \
+                all(m.get("app.kubernetes.io/instance") == RELEASE for m in ps)
+        if "metrics" in ports:
+            check(ns_peer(rules.get(ports["metrics"], "x"), NP["metricsNamespaces"]),
+                  "%s: NetworkPolicy %s: metrics port from %s" % (name, n["metadata"]["name"], NP["metricsNamespaces"] or "anywhere"))
+        main = ports.get("grpc", ports.get("client"))
+        peers = rules.get(main, "x")
+        if comp(d) == public:
+            check(ns_peer(peers, NP["publicNamespaces"]) and (not NP["publicNamespaces"] or release_peer(peers)),
+                  "%s: NetworkPolicy %s: public port %s from %s (and the release's pods): %r"
+                  % (name, n["metadata"]["name"], main, NP["publicNamespaces"] or "anywhere", peers))
+        else:
+            check(peers != "x" and release_peer(peers) and not any("namespaceSelector" in p for p in peers or []),
+                  "%s: NetworkPolicy %s: internal port %s only from the release's pods: %r" % (name, n["metadata"]["name"], main, peers))
+
+    # NOTES: the warning about an unprotected API, and the commands it prints.
+    rc, notes, err = helm("install", RELEASE, CHART, "--namespace", NAMESPACE, "-f", ci, "--dry-run=client")
+    notes = notes.split("\nNOTES:\n", 1)[-1] if rc == 0 else ""
+    check(rc == 0 and notes, "%s: helm install --dry-run=client renders NOTES\n%s" % (name, err))
+    warn = "\x1b[1mWARNING: the public API"
+    exposed = not V["tls"]["enabled"] or not V["auth"]["tokenSecret"]
+    check((warn in notes) == exposed, "%s: NOTES warn in bold iff TLS or tokens are off (tls %s, tokens %r)"
+          % (name, V["tls"]["enabled"], V["auth"]["tokenSecret"]))
+    check(("WITHOUT TLS" in notes) == (not V["tls"]["enabled"]) and ("WITHOUT TOKENS" in notes) == (not V["auth"]["tokenSecret"]),
+          "%s: NOTES name what is missing" % name)
+    check(re.search(r"^\s*EDDY_COORDINATOR=\S+ eddy status$", notes, re.M) and "EDDY_ENDPOINT=127.0.0.1:%d eddy status" % V["coordinator"]["service"]["port"] not in notes,
+          "%s: NOTES run `eddy status` with EDDY_COORDINATOR (the variable it reads)" % name)
 
 # ---------------------------------------------------------------- PromQL syntax
 if PROMTOOL and promql:

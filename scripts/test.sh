@@ -17,6 +17,9 @@ ctest --test-dir build-test --output-on-failure -j"$jobs"
 echo "== API reference is current (docs/api.md from proto/)"
 /usr/bin/python3 scripts/gen_api_docs.py --check
 
+echo "== docs: relative links and named .md files exist (README.md, docs/*.md)"
+/usr/bin/python3 scripts/check_doc_links.py
+
 echo "== Helm chart (lint, template, manifest checks)"
 scripts/helm-check.sh
 

@@ -35,6 +35,7 @@
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/rpc_client.h"
+#include "common/version.h"
 #include "eddy/client.h"
 #include "eddy/v1/eddy.pb-c.h"
 #include "gen.h"
@@ -920,8 +921,14 @@ int main(int argc, char **argv)
     for (int i = 0; i < argc; i++)
         args[i] = strcmp(argv[i], "-o") == 0 ? (char *)"--output" : argv[i];
     int pr = config_parse(flags, nflags, argc, args, &first, err, sizeof(err));
-    if (pr == 1) {
+    if (pr == CONFIG_VERSION) {
+        printf("eddy-bench %s\n", eddy_version());
+        free(args);
+        return 0;
+    }
+    if (pr == CONFIG_HELP) {
         fputs("usage: eddy-bench [flags]   (every flag also as EDDY_<NAME>; DURATION: 500ms, 10s)\n"
+              "       eddy-bench --version\n"
               "Load generator for Eddy: see docs/BENCHMARKS.md.\n\nflags:\n", stdout);
         config_usage(stdout, flags, nflags);
         free(args);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "common/version.h"
 
 static const struct {
     const char *name;
@@ -28,7 +29,8 @@ static const struct {
 
 static void usage(FILE *out, const struct flag *flags, size_t nflags)
 {
-    fputs("usage: eddy [global flags] COMMAND [args] [flags]\n\ncommands:\n", out);
+    fputs("usage: eddy [global flags] COMMAND [args] [flags]\n"
+          "       eddy --version\n\ncommands:\n", out);
     for (size_t i = 0; i < NCOMMANDS; i++)
         fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].summary);
     fputs("  help CMD     help on one command (also: eddy CMD --help)\n"
@@ -103,8 +105,13 @@ int main(int argc, char **argv)
     }
 
     rc = config_parse(flags, nflags, argc, args, &first, err, sizeof(err));
-    if (rc == 1) {
+    if (rc == CONFIG_HELP) {
         usage(stdout, flags, nflags);
+        rc = CLI_EXIT_OK;
+        goto out;
+    }
+    if (rc == CONFIG_VERSION) {
+        printf("eddy %s\n", eddy_version());
         rc = CLI_EXIT_OK;
         goto out;
     }

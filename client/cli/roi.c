@@ -145,6 +145,21 @@ out:
     return rc;
 }
 
+/* The payback period in months, with enough digits to tell short periods apart, and the
+ * same time in days, hours or minutes below a month: "0.039 months (1.2 days)", "14.25 months". */
+static void payback_text(double months, char *out, size_t outlen)
+{
+    double days = months * 30.0;
+    if (months >= 1.0 || months <= 0.0)
+        snprintf(out, outlen, "%.2f months", months);
+    else if (days >= 1.0)
+        snprintf(out, outlen, "%.2g months (%.1f days)", months, days);
+    else if (days * 24.0 >= 1.0)
+        snprintf(out, outlen, "%.2g months (%.1f hours)", months, days * 24.0);
+    else
+        snprintf(out, outlen, "%.2g months (%.1f minutes)", months, days * 1440.0);
+}
+
 static int print_result(const struct cli_ctx *ctx, const struct roi_input *in,
                         const struct roi_result *r, const char *source)
 {
@@ -173,19 +188,41 @@ static int print_result(const struct cli_ctx *ctx, const struct roi_input *in,
            in->events_per_second);
     printf("%-26s %.2f (gross minus infrastructure %.2f)\n", "monthly benefit",
            r->monthly_benefit, in->monthly_infra_cost);
+    char payback[64];
+    payback_text(r->payback_months, payback, sizeof(payback));
     if (r->never)
         printf("%-26s never (the monthly benefit is not positive)\n", "payback period");
     else
-        printf("%-26s %.2f months (development cost %.2f)\n", "payback period",
-               r->payback_months, in->development_cost);
+        printf("%-26s %s (development cost %.2f)\n", "payback period", payback,
+               in->development_cost);
     return CLI_EXIT_OK;
+}
+
+/* A latency flag's value: a number with a unit ("50ms", "0.5s", "2m"). A bare number would
+ * be milliseconds elsewhere in the CLI, which here reads as seconds to most people: refused.
+ * Returns 0, or -1 after a message. */
+static int parse_latency(const char *flag, const char *text, int64_t *ms)
+{
+    size_t len = strlen(text);
+    if (len == 0 || !((text[len - 1] >= 'a' && text[len - 1] <= 'z'))) {
+        cli_errorf("roi: --%s %s needs a unit: e.g. 500ms, 0.5s, 2m", flag, text);
+        return -1;
+    }
+    if (config_parse_value(FLAG_DURATION, text, ms) != 0) {
+        cli_errorf("roi: --%s: invalid duration '%s' (e.g. 500ms, 0.5s, 2m)", flag, text);
+        return -1;
+    }
+    return 0;
 }
 
 int cmd_roi(struct cli_ctx *ctx, int argc, char **argv)
 {
-    struct roi_input in = {0};
+    /* NAN: not given. A missing amount is an error, not a silent 0. */
+    struct roi_input in = {.value_per_second_saved = NAN, .events_per_second = NAN,
+                           .monthly_infra_cost = NAN, .development_cost = NAN};
     struct roi_result r;
     int64_t baseline_ms = -1, eddy_ms = -1;
+    const char *baseline_text = "", *eddy_text = "";
     const char *metrics_url = "";
     char source[300] = "--eddy-latency";
     const struct cli_opt opts[] = {
@@ -196,10 +233,10 @@ int cmd_roi(struct cli_ctx *ctx, int argc, char **argv)
          "infrastructure cost per month"},
         {"development-cost", FLAG_DOUBLE, &in.development_cost, "MONEY",
          "one-time development cost"},
-        {"baseline-latency", FLAG_DURATION, &baseline_ms, "DURATION",
-         "event-to-result latency before (e.g. 5s); required"},
-        {"eddy-latency", FLAG_DURATION, &eddy_ms, "DURATION",
-         "event-to-result latency with Eddy (e.g. 50ms)"},
+        {"baseline-latency", FLAG_STRING, &baseline_text, "DURATION",
+         "event-to-result latency before, with its unit (e.g. 5s); required"},
+        {"eddy-latency", FLAG_STRING, &eddy_text, "DURATION",
+         "event-to-result latency with Eddy, with its unit (e.g. 50ms)"},
         {"metrics-url", FLAG_STRING, &metrics_url, "URL",
          "instead of --eddy-latency: a node's /metrics; uses the mean of "
          "eddy_event_to_result_seconds"},
@@ -208,7 +245,8 @@ int cmd_roi(struct cli_ctx *ctx, int argc, char **argv)
         "roi", "",
         "What the latency improvement is worth: saved seconds per event, monthly benefit\n"
         "(saved x value x events/s x 30 days - infrastructure cost) and the payback period\n"
-        "(development cost / monthly benefit; \"never\" when the benefit is <= 0).",
+        "(development cost / monthly benefit; \"never\" when the benefit is <= 0).\n"
+        "The four amounts are required (0 is allowed); latencies need a unit (50ms, 5s).",
         opts, sizeof(opts) / sizeof(opts[0]), 0, 0};
     const char *pos[1];
     int npos;
@@ -216,18 +254,28 @@ int cmd_roi(struct cli_ctx *ctx, int argc, char **argv)
     int rc = cli_parse(ctx, &spec, argc, argv, pos, &npos);
     if (rc != CLI_CONTINUE)
         return rc;
-    if (baseline_ms < 0) {
+    if (!baseline_text[0]) {
         cli_errorf("roi: --baseline-latency is required");
         return CLI_EXIT_USAGE;
     }
-    if ((eddy_ms >= 0) == (metrics_url[0] != '\0')) {
+    if ((eddy_text[0] != '\0') == (metrics_url[0] != '\0')) {
         cli_errorf("roi: give exactly one of --eddy-latency and --metrics-url");
         return CLI_EXIT_USAGE;
     }
-    if (in.value_per_second_saved < 0 || in.events_per_second < 0 ||
-        in.monthly_infra_cost < 0 || in.development_cost < 0) {
-        cli_errorf("roi: money amounts and rates must not be negative");
+    if (parse_latency("baseline-latency", baseline_text, &baseline_ms) != 0 ||
+        (eddy_text[0] && parse_latency("eddy-latency", eddy_text, &eddy_ms) != 0))
         return CLI_EXIT_USAGE;
+    const double *amounts[] = {&in.value_per_second_saved, &in.events_per_second,
+                               &in.monthly_infra_cost, &in.development_cost};
+    for (size_t i = 0; i < 4; i++) {
+        if (isnan(*amounts[i])) {
+            cli_errorf("roi: --%s is required (%s; 0 is allowed)", opts[i].name, opts[i].help);
+            return CLI_EXIT_USAGE;
+        }
+        if (*amounts[i] < 0) {
+            cli_errorf("roi: --%s must not be negative", opts[i].name);
+            return CLI_EXIT_USAGE;
+        }
     }
     in.baseline_latency_s = (double)baseline_ms / 1000.0;
     if (metrics_url[0]) {

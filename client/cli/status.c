@@ -1,5 +1,6 @@
 /* eddy status: what the coordinator knows about the cluster
- * (eddy.cluster.v1.Coordinator/ClusterStatus on --coordinator, not on --endpoint). */
+ * (eddy.cluster.v1.Coordinator/ClusterStatus on --coordinator; a --dev node at --endpoint
+ * answers the same call for itself when no coordinator can be reached). */
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -396,6 +397,51 @@ static int print_json(const status_resp *r)
     return cli_json_print(o);
 }
 
+/* One call to the server at 'addr' (a coordinator, or a --dev node for ClusterStatus):
+ * CLI_EXIT_OK with *resp (caller frees), or the exit code with the error in *res and no
+ * message printed. */
+static int call_at(struct cli_ctx *ctx, const char *addr, const char *method,
+                   const ProtobufCMessage *req, const ProtobufCMessageDescriptor *desc,
+                   ProtobufCMessage **resp, struct rpc_result *res)
+{
+    *resp = NULL;
+    struct rpc_channel_opts co = {
+        .max_recv_bytes = 64 << 20,
+        .max_send_bytes = 1 << 20,
+        .wait_for_ready = false,
+        .tls = cli_tls(ctx),
+        .token = ctx->token,
+    };
+    rpc_channel *ch = rpc_channel_open(addr, &co);
+    if (!ch) {
+        res->code = GRPC_STATUS_UNAVAILABLE;
+        snprintf(res->details, sizeof(res->details), "cannot create a channel");
+        return CLI_EXIT_CONNECT;
+    }
+    rpc_invoke(ch, method, req, desc, ctx->timeout_ms, resp, res);
+    rpc_channel_close(ch);
+    if (res->code == GRPC_STATUS_OK && *resp)
+        return CLI_EXIT_OK;
+    if (*resp)
+        protobuf_c_message_free_unpacked(*resp, NULL);
+    *resp = NULL;
+    if (res->code == GRPC_STATUS_OK)
+        res->code = GRPC_STATUS_INTERNAL;
+    return cli_exit_code((eddy_status)res->code);
+}
+
+/* The message of a failed call_at to the coordinator at 'addr'; returns 'rc'. */
+static int report(int rc, const struct rpc_result *res, const char *addr)
+{
+    eddy_status code = (eddy_status)res->code;
+    if (rc == CLI_EXIT_CONNECT)
+        cli_errorf("%s: %s (coordinator %s)", eddy_status_name(code),
+                   res->details[0] ? res->details : "(no message)", addr);
+    else
+        cli_errorf("%s: %s", eddy_status_name(code), res->details[0] ? res->details : "empty response");
+    return rc;
+}
+
 /* One call to the coordinator at --coordinator; CLI_EXIT_OK with *resp (caller frees), or
  * the exit code after a message. */
 static int coordinator_call(struct cli_ctx *ctx, const char *method, const ProtobufCMessage *req,
@@ -406,34 +452,9 @@ static int coordinator_call(struct cli_ctx *ctx, const char *method, const Proto
         cli_errorf("--coordinator must not be empty");
         return CLI_EXIT_USAGE;
     }
-    struct rpc_channel_opts co = {
-        .max_recv_bytes = 64 << 20,
-        .max_send_bytes = 1 << 20,
-        .wait_for_ready = false,
-        .tls = cli_tls(ctx),
-        .token = ctx->token,
-    };
-    rpc_channel *ch = rpc_channel_open(ctx->coordinator, &co);
-    if (!ch) {
-        cli_errorf("cannot create a channel to coordinator \"%s\"", ctx->coordinator);
-        return CLI_EXIT_CONNECT;
-    }
     struct rpc_result res = {0};
-    rpc_invoke(ch, method, req, desc, ctx->timeout_ms, resp, &res);
-    rpc_channel_close(ch);
-    if (res.code == GRPC_STATUS_OK && *resp)
-        return CLI_EXIT_OK;
-    eddy_status code = res.code != GRPC_STATUS_OK ? (eddy_status)res.code : EDDY_STATUS_INTERNAL;
-    int rc = cli_exit_code(code);
-    if (rc == CLI_EXIT_CONNECT)
-        cli_errorf("%s: %s (coordinator %s)", eddy_status_name(code),
-                   res.details[0] ? res.details : "(no message)", ctx->coordinator);
-    else
-        cli_errorf("%s: %s", eddy_status_name(code), res.details[0] ? res.details : "empty response");
-    if (*resp)
-        protobuf_c_message_free_unpacked(*resp, NULL);
-    *resp = NULL;
-    return rc;
+    int rc = call_at(ctx, ctx->coordinator, method, req, desc, resp, &res);
+    return rc == CLI_EXIT_OK ? rc : report(rc, &res, ctx->coordinator);
 }
 
 int cmd_drain(struct cli_ctx *ctx, int argc, char **argv)
@@ -487,19 +508,31 @@ int cmd_status(struct cli_ctx *ctx, int argc, char **argv)
         "127.0.0.1:7071) for the cluster: registered nodes (id, roles, address, partitions "
         "owned), the leader, the assignment version, each node's partitions with their "
         "epochs and the age of their newest checkpoint (CKPT AGE: the oldest among the "
-        "owner's partitions). Any coordinator answers, leader or standby.",
+        "owner's partitions). Any coordinator answers, leader or standby. When no "
+        "coordinator can be reached, a single eddy-node --dev at --endpoint answers for "
+        "itself: one node owning every partition.",
         NULL, 0, 0, 0};
     const char *pos[1];
     int npos;
     int rc = cli_parse(ctx, &spec, argc, argv, pos, &npos);
     if (rc != CLI_CONTINUE)
         return rc;
+    if (!ctx->coordinator[0]) {
+        cli_errorf("--coordinator must not be empty");
+        return CLI_EXIT_USAGE;
+    }
     Eddy__Cluster__V1__ClusterStatusRequest req = EDDY__CLUSTER__V1__CLUSTER_STATUS_REQUEST__INIT;
+    const ProtobufCMessageDescriptor *desc = &eddy__cluster__v1__cluster_status_response__descriptor;
     ProtobufCMessage *resp = NULL;
-    rc = coordinator_call(ctx, M_STATUS, &req.base,
-                          &eddy__cluster__v1__cluster_status_response__descriptor, &resp);
+    struct rpc_result res = {0}, node_res = {0};
+    rc = call_at(ctx, ctx->coordinator, M_STATUS, &req.base, desc, &resp, &res);
+    /* No coordinator there: a single --dev node at --endpoint answers for itself (a
+     * cluster node does not: UNIMPLEMENTED, and the coordinator's error stands). */
+    if (rc == CLI_EXIT_CONNECT && strcmp(ctx->endpoint, ctx->coordinator) != 0 &&
+        call_at(ctx, ctx->endpoint, M_STATUS, &req.base, desc, &resp, &node_res) == CLI_EXIT_OK)
+        rc = CLI_EXIT_OK;
     if (rc != CLI_EXIT_OK)
-        return rc;
+        return report(rc, &res, ctx->coordinator);
     const status_resp *r = (const status_resp *)resp;
     rc = ctx->json ? print_json(r) : print_table(r);
     protobuf_c_message_free_unpacked(resp, NULL);

@@ -50,11 +50,34 @@ static int make_dirs(const char *path)
     return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
 }
 
+/* The process that holds LevelDB's lock on 'dir' (an fcntl lock on dir/LOCK), or 0 when
+ * none does or it cannot be told. Locks of this very process are not reported (fcntl). */
+static pid_t lock_holder(const char *dir)
+{
+    char path[4096];
+    if (snprintf(path, sizeof(path), "%s/LOCK", dir) >= (int)sizeof(path))
+        return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    pid_t pid = fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK ? fl.l_pid : 0;
+    close(fd);
+    return pid;
+}
+
 eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t errlen)
 {
     char *lerr = NULL;
     if (make_dirs(o->path) != 0) {
         snprintf(err, errlen, "cannot create %s: %s", o->path, strerror(errno));
+        return EDDY_ERR_IO;
+    }
+    /* Before LevelDB says "IO error: lock DIR/LOCK: Resource temporarily unavailable". */
+    pid_t holder = lock_holder(o->path);
+    if (holder > 0) {
+        snprintf(err, errlen, "data directory %s is in use by process %ld (another eddy-node? "
+                 "each node needs its own --data-dir)", o->path, (long)holder);
         return EDDY_ERR_IO;
     }
     store *s = calloc(1, sizeof(*s));

@@ -198,10 +198,132 @@ Environment shared by every Eddy process (coordinator and nodes).
   value: {{ .Values.cluster.logLevel | quote }}
 - name: EDDY_SHUTDOWN_GRACE
   value: {{ .Values.cluster.shutdownGrace | quote }}
-# The pods listen on 0.0.0.0 in plaintext: protected mode needs this until the chart
-# mounts TLS certificates (issue 14 item 10; docs/security.md).
+{{ include "eddy.securityEnv" . }}
+{{- end }}
+
+{{/*
+The Secret holding the gRPC certificate: tls.existingSecret, or the one the chart's
+cert-manager Certificate writes.
+*/}}
+{{- define "eddy.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "eddy.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{/*
+Is the external etcd's Secret mounted? (only for an external etcd with existingSecret)
+*/}}
+{{- define "eddy.etcdSecretMounted" -}}
+{{- if and (not .Values.etcd.enabled) .Values.externalEtcd.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/*
+Environment of the security settings, shared by every Eddy process: TLS files (or
+EDDY_INSECURE: protected mode refuses a plaintext listener on 0.0.0.0 otherwise), the etcd
+client's TLS and user, and the token file. The paths are where eddy.securityVolumeMounts
+mounts the Secrets.
+*/}}
+{{- define "eddy.securityEnv" -}}
+{{- if .Values.tls.enabled }}
+- name: EDDY_TLS_CERT
+  value: /etc/eddy/tls/tls.crt
+- name: EDDY_TLS_KEY
+  value: /etc/eddy/tls/tls.key
+- name: EDDY_TLS_CA
+  value: /etc/eddy/tls/ca.crt
+- name: EDDY_TLS_CLIENT_AUTH
+  value: {{ .Values.tls.clientAuth | quote }}
+{{- else }}
 - name: EDDY_INSECURE
   value: "true"
+{{- end }}
+{{- if include "eddy.etcdSecretMounted" . }}
+{{- with .Values.externalEtcd }}
+{{- if .tls.ca }}
+- name: EDDY_ETCD_CA
+  value: /etc/eddy/etcd/ca.crt
+{{- end }}
+{{- if .tls.clientCert }}
+- name: EDDY_ETCD_CERT
+  value: /etc/eddy/etcd/tls.crt
+- name: EDDY_ETCD_KEY
+  value: /etc/eddy/etcd/tls.key
+{{- end }}
+{{- if .auth.user }}
+- name: EDDY_ETCD_USER
+  value: {{ .auth.user | quote }}
+- name: EDDY_ETCD_PASSWORD_FILE
+  value: /etc/eddy/etcd/password
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if .Values.auth.tokenSecret }}
+- name: EDDY_TOKEN_FILE
+  value: /etc/eddy/auth/{{ .Values.auth.tokenSecretKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+volumeMounts of the Secrets named by eddy.securityEnv (empty when none). No subPath: a
+Secret volume is updated in place (a rename), which the processes notice and reload.
+*/}}
+{{- define "eddy.securityVolumeMounts" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/eddy/tls
+  readOnly: true
+{{- end }}
+{{- if include "eddy.etcdSecretMounted" . }}
+- name: etcd-client
+  mountPath: /etc/eddy/etcd
+  readOnly: true
+{{- end }}
+{{- if .Values.auth.tokenSecret }}
+- name: tokens
+  mountPath: /etc/eddy/auth
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+The volumes of eddy.securityVolumeMounts. Mode 0440: readable by the pods' fsGroup only.
+*/}}
+{{- define "eddy.securityVolumes" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "eddy.tlsSecretName" . }}
+    defaultMode: 0440
+{{- end }}
+{{- if include "eddy.etcdSecretMounted" . }}
+- name: etcd-client
+  secret:
+    secretName: {{ .Values.externalEtcd.existingSecret }}
+    defaultMode: 0440
+    items:
+      {{- if .Values.externalEtcd.tls.ca }}
+      - key: ca.crt
+        path: ca.crt
+      {{- end }}
+      {{- if .Values.externalEtcd.tls.clientCert }}
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      {{- end }}
+      {{- if .Values.externalEtcd.auth.user }}
+      - key: password
+        path: password
+      {{- end }}
+{{- end }}
+{{- if .Values.auth.tokenSecret }}
+- name: tokens
+  secret:
+    secretName: {{ .Values.auth.tokenSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.auth.tokenSecretKey }}
+        path: {{ .Values.auth.tokenSecretKey }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -241,13 +363,21 @@ envFrom:
 {{- end }}
 
 {{/*
-A gRPC probe. Call with (dict "probe" .Values.ingest.livenessProbe "port" 7070 "service" "liveness").
-The port is a number (gRPC probes take no named ports) equal to the container port.
+A gRPC probe. Call with (dict "probe" .Values.ingest.livenessProbe "port" 7070 "service" "liveness"
+"tls" .Values.tls.enabled). The port is a number (gRPC probes take no named ports) equal to
+the container port. Kubernetes' gRPC probe speaks plaintext only, so with TLS the probe runs
+`eddy health` in the container instead: the CLI reads the container's EDDY_TLS_CA/CERT/KEY
+and checks the certificate's 127.0.0.1 address.
 */}}
 {{- define "eddy.grpcProbe" -}}
+{{- if .tls -}}
+exec:
+  command: ["eddy", "--endpoint", "127.0.0.1:{{ int .port }}", "--timeout", "{{ .probe.timeoutSeconds }}s", "health", "--service", {{ .service | quote }}]
+{{- else -}}
 grpc:
   port: {{ int .port }}
   service: {{ .service }}
+{{- end }}
 initialDelaySeconds: {{ .probe.initialDelaySeconds }}
 periodSeconds: {{ .probe.periodSeconds }}
 timeoutSeconds: {{ .probe.timeoutSeconds }}
@@ -330,6 +460,19 @@ Checks of value combinations that the schema cannot express.
 {{- end }}
 {{- if and .Values.state.pdb.enabled (ge (int .Values.coordinator.replicationFactor) 2) (ge (int .Values.state.pdb.maxUnavailable) (int .Values.coordinator.replicationFactor)) }}
 {{- fail "eddy: state.pdb.maxUnavailable must be below coordinator.replicationFactor, or a voluntary disruption may take down every copy of a partition at once" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "eddy: tls.enabled needs tls.existingSecret (a Secret with tls.crt, tls.key, ca.crt) or tls.certManager.issuerRef.name (a cert-manager Issuer)" }}
+{{- end }}
+{{- $ee := .Values.externalEtcd }}
+{{- if and (or $ee.tls.ca $ee.tls.clientCert $ee.auth.user) (not $ee.existingSecret) }}
+{{- fail "eddy: externalEtcd.tls.ca, externalEtcd.tls.clientCert and externalEtcd.auth.user read their files from externalEtcd.existingSecret: set it" }}
+{{- end }}
+{{- if and $ee.existingSecret (not (or $ee.tls.ca $ee.tls.clientCert $ee.auth.user)) }}
+{{- fail "eddy: externalEtcd.existingSecret is set but nothing reads it: set externalEtcd.tls.ca, externalEtcd.tls.clientCert and/or externalEtcd.auth.user" }}
+{{- end }}
+{{- if and .Values.etcd.enabled $ee.existingSecret }}
+{{- fail "eddy: externalEtcd.existingSecret applies to an external etcd; the in-chart etcd (etcd.enabled) has no TLS or users" }}
 {{- end }}
 {{- if and .Values.ingest.autoscaling.enabled (lt (int .Values.ingest.autoscaling.maxReplicas) (int .Values.ingest.autoscaling.minReplicas)) }}
 {{- fail "eddy: ingest.autoscaling.maxReplicas must be >= minReplicas" }}

@@ -166,11 +166,65 @@ static void test_command(void **state)
     assert_int_equal(run_roi(&out, 3, none), CLI_EXIT_USAGE);
     free(out);
     /* an unreachable node: exit 3 */
-    char *down[] = {"roi", "--baseline-latency", "5s", "--metrics-url",
-                    "http://127.0.0.1:1/metrics"};
-    assert_int_equal(run_roi(&out, 5, down), CLI_EXIT_CONNECT);
+    char *down[] = {"roi", "--value-per-second-saved", "0.0001", "--events-per-second", "1000",
+                    "--monthly-infra-cost", "2000", "--development-cost", "50000",
+                    "--baseline-latency", "5s", "--metrics-url", "http://127.0.0.1:1/metrics"};
+    assert_int_equal(run_roi(&out, 13, down), CLI_EXIT_CONNECT);
     free(out);
     unlink(path);
+}
+
+/* The seed's example: a payback of 0.039 months is not printed as "0.00 months". */
+static void test_seed_example_payback(void **state)
+{
+    char *out = NULL;
+    char *seed[] = {"roi", "--value-per-second-saved", "0.0001", "--events-per-second", "1000",
+                    "--monthly-infra-cost", "2000", "--development-cost", "50000",
+                    "--baseline-latency", "5s", "--eddy-latency", "50ms"};
+    assert_int_equal(run_roi(&out, 13, seed), CLI_EXIT_OK);
+    assert_non_null(strstr(out, "payback period             0.039 months (1.2 days)"));
+    assert_null(strstr(out, "0.00 months"));
+    free(out);
+    char text[64];
+    payback_text(14.25, text, sizeof(text));
+    assert_string_equal(text, "14.25 months");
+    payback_text(0.01, text, sizeof(text));
+    assert_string_equal(text, "0.01 months (7.2 hours)");
+    payback_text(0.0001, text, sizeof(text));
+    assert_string_equal(text, "0.0001 months (4.3 minutes)");
+}
+
+/* Every amount is required (a missing one is not 0) and latencies need a unit. */
+static void test_required_amounts_and_units(void **state)
+{
+    char *out = NULL;
+    const char *full[] = {"roi", "--value-per-second-saved", "0.0001", "--events-per-second",
+                          "1000", "--monthly-infra-cost", "0", "--development-cost", "50000",
+                          "--baseline-latency", "5s", "--eddy-latency", "50ms"};
+    char *args[13];
+    memcpy(args, full, sizeof(args));
+    assert_int_equal(run_roi(&out, 13, args), CLI_EXIT_OK); /* 0 is an amount */
+    free(out);
+    for (int drop = 1; drop < 9; drop += 2) { /* leave out one amount flag and its value */
+        int n = 0;
+        for (int i = 0; i < 13; i++)
+            if (i != drop && i != drop + 1)
+                args[n++] = (char *)full[i];
+        assert_int_equal(run_roi(&out, n, args), CLI_EXIT_USAGE);
+        free(out);
+    }
+    memcpy(args, full, sizeof(args));
+    args[10] = "5"; /* bare number: would have been 5 ms */
+    assert_int_equal(run_roi(&out, 13, args), CLI_EXIT_USAGE);
+    free(out);
+    memcpy(args, full, sizeof(args));
+    args[12] = "0.5";
+    assert_int_equal(run_roi(&out, 13, args), CLI_EXIT_USAGE);
+    free(out);
+    args[12] = "0.5s";
+    assert_int_equal(run_roi(&out, 13, args), CLI_EXIT_OK);
+    assert_non_null(strstr(out, "eddy 0.5 s"));
+    free(out);
 }
 
 int main(void)
@@ -181,6 +235,8 @@ int main(void)
         cmocka_unit_test(test_compute_free_development),
         cmocka_unit_test(test_metrics_mean),
         cmocka_unit_test(test_command),
+        cmocka_unit_test(test_seed_example_payback),
+        cmocka_unit_test(test_required_amounts_and_units),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
