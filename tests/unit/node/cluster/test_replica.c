@@ -59,6 +59,19 @@ static replica *replica_for(struct pair *t, struct node *n, const char *self)
     return r;
 }
 
+/* B's replica, not started, counting its resyncs in *resyncs (a counter of 'm'). */
+static replica *follower_counting_resyncs(struct pair *t, metrics *m, metric_counter **resyncs)
+{
+    struct replica_opts ro = {.eng = t->b.eng, .peers = t->peers, .self = "B",
+                              .partitions = FIXTURE_PARTITIONS, .lag_timeout_ms = LAG_MS,
+                              .fetch_wait_ms = 100, .rpc_timeout_ms = 2000};
+    ro.metrics.resyncs = *resyncs = metrics_counter(m, "resyncs", "test");
+    replica *r = replica_new(&ro);
+    assert_non_null(r);
+    replica_set_map(r, t->map, 2);
+    return r;
+}
+
 /* Set by setup_idle: 1 s windows closed by idle watermarks after 300 ms without events. */
 static bool idle_windows;
 /* Set by setup_clustered: the engines run in cluster mode (stage 2 through the OUTBOX and
@@ -661,14 +674,10 @@ static void test_diverged_copy_replaced_by_the_leaders_checkpoint(void **state)
     assert_true(diverged < FIXTURE_PARTITIONS); /* and some copies are only behind */
 
     metrics *m = metrics_new();
-    struct replica_opts ro = {.eng = t->b.eng, .peers = t->peers, .self = "B",
-                              .partitions = FIXTURE_PARTITIONS, .lag_timeout_ms = LAG_MS,
-                              .fetch_wait_ms = 100, .rpc_timeout_ms = 2000};
-    ro.metrics.resyncs = metrics_counter(m, "resyncs", "test");
-    t->b.rep = replica_new(&ro);
-    replica_set_map(t->b.rep, t->map, 2);
+    metric_counter *resyncs;
+    t->b.rep = follower_counting_resyncs(t, m, &resyncs);
     assert_int_equal(replica_start(t->b.rep), EDDY_OK);
-    EVENTUALLY(metric_counter_value(ro.metrics.resyncs) == diverged);
+    EVENTUALLY(metric_counter_value(resyncs) == diverged);
     for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++)
         EVENTUALLY(replica_position(t->b.rep, p) == log_end(t->a.eng, p) &&
                    replica_insync(t->a.rep, p) == 2);
@@ -680,7 +689,7 @@ static void test_diverged_copy_replaced_by_the_leaders_checkpoint(void **state)
     char *da = dump(t->a.eng), *db = dump(t->b.eng);
     assert_string_equal(da, db);
     assert_int_equal(rows_with(db, "e9001"), 0); /* nothing of the diverged suffix */
-    assert_int_equal(metric_counter_value(ro.metrics.resyncs), diverged);
+    assert_int_equal(metric_counter_value(resyncs), diverged);
     free(da);
     free(db);
     replica_free(t->b.rep);
@@ -723,13 +732,9 @@ static void test_state_replaced_outside_the_log_reaches_the_follower(void **stat
 {
     struct pair *t = *state;
     metrics *m = metrics_new();
+    metric_counter *resyncs;
     replica_free(t->b.rep);
-    struct replica_opts ro = {.eng = t->b.eng, .peers = t->peers, .self = "B",
-                              .partitions = FIXTURE_PARTITIONS, .lag_timeout_ms = LAG_MS,
-                              .fetch_wait_ms = 100, .rpc_timeout_ms = 2000};
-    ro.metrics.resyncs = metrics_counter(m, "resyncs", "test");
-    t->b.rep = replica_new(&ro);
-    replica_set_map(t->b.rep, t->map, 2);
+    t->b.rep = follower_counting_resyncs(t, m, &resyncs);
     start_follower(t);
     ingest_range(t, 0, 200);
     assert_int_equal(wait_all(t), EDDY_OK);
@@ -745,13 +750,13 @@ static void test_state_replaced_outside_the_log_reaches_the_follower(void **stat
     free(da);
     free(db);
     replica_invalidate(t->a.rep, o.p);
-    EVENTUALLY(metric_counter_value(ro.metrics.resyncs) == 1);
+    EVENTUALLY(metric_counter_value(resyncs) == 1);
     EVENTUALLY(replica_insync(t->a.rep, o.p) == 2);
     assert_int_equal(wait_all(t), EDDY_OK);
     da = dump(t->a.eng);
     db = dump(t->b.eng);
     assert_string_equal(da, db);
-    assert_int_equal(metric_counter_value(ro.metrics.resyncs), 1); /* only that partition */
+    assert_int_equal(metric_counter_value(resyncs), 1); /* only that partition */
     free(da);
     free(db);
     replica_free(t->b.rep);
