@@ -263,11 +263,29 @@ static bool same_move(const struct rec *r, const struct cluster_move *m)
            strcmp(r->m.to, m->to) == 0;
 }
 
-/* Drop a partition this node does not own (a cancelled copy, or a moved-away original). */
+/* Whether the map lists this node as a follower of 'p': its copy is a replica the
+ * leader counts (in sync or catching up), not a leftover. */
+static bool follows(mover *mv, uint32_t p)
+{
+    struct cluster_part part;
+    if (!membership_part(mv->o.mem, p, &part))
+        return false;
+    const char *self = membership_self(mv->o.mem);
+    for (uint32_t i = 1; i < part.nreplicas && i < CLUSTER_REPLICAS_MAX; i++)
+        if (strcmp(part.replicas[i], self) == 0)
+            return true;
+    return false;
+}
+
+/* Drop a partition this node neither owns nor follows (a cancelled copy, or a moved-away
+ * original). A move's source that the map keeps as a follower (R = 2 on 3 nodes: the
+ * leader and its follower trade places) keeps its copy: dropped, its replica would go on
+ * fetching from its position, counted in sync with none of the records below it, and a
+ * promotion would lose them. */
 static void drop_copy(mover *mv, uint32_t p, const char *why)
 {
     uint64_t epoch, deleted = 0;
-    if (membership_owns(mv->o.mem, p, &epoch))
+    if (membership_owns(mv->o.mem, p, &epoch) || follows(mv, p))
         return;
     eddy_err err = engine_drop_partition(mv->o.eng, p, &deleted);
     log_info("msg=\"partition copy deleted\" partition=%" PRIu32 " why=\"%s\" keys=%" PRIu64

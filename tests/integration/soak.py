@@ -18,8 +18,10 @@ Not run by CTest (minutes long). From the source tree, after a build:
 """
 import argparse
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -173,6 +175,7 @@ class Soak:
                   "TopProducts within [acknowledged, acknowledged + unknown])", flush=True)
         except AssertionError as e:
             print(f"checker: FAIL: {e}", flush=True)
+            self.keep_logs()
         self.summary()
         return verdict == "PASS"
 
@@ -205,6 +208,16 @@ class Soak:
                   f"users; its map after each fault: "
                   f"{[(f, m['replicas'][p], m['epochs'][p]) for f, m in self.maps]}",
                   flush=True)
+
+    def keep_logs(self):
+        """Copy the logs of the processes' last runs (a restart starts a new one) to a new
+        directory that stays, for the diagnosis of a FAIL."""
+        d = tempfile.mkdtemp(prefix="eddy-soak-logs-")
+        for name, p in [*self.cl.nodes.items(),
+                        *((c.id, c) for c in self.cl.coordinators)]:
+            if p.log_path and os.path.exists(p.log_path):
+                shutil.copy(p.log_path, os.path.join(d, f"{name}.log"))
+        print(f"logs of the last runs kept in {d}", flush=True)
 
     def summary(self):
         by = {}

@@ -17,7 +17,8 @@ it the checker compares the history with the cluster's final state:
 
 Faults, each its own seeded, bounded test: kill -9 of a partition leader (never restarted);
 kill -9 of a node that is only a follower of some partitions; SIGSTOP of a leader past its
-lease, then SIGCONT (the paused node must acknowledge nothing once the others took over);
+lease, then SIGCONT (the paused node must acknowledge nothing once the others took over),
+and two such pauses in turn;
 kill -9 of two nodes in turn with time to re-replicate between; kill -9 of the coordinator;
 etcd killed and restarted; the links to a state node cut (every peer reaches it through a
 TCP proxy the test controls; it keeps its etcd session, so its partitions stay its own and
@@ -458,6 +459,31 @@ class ReplicationFaultTest(unittest.TestCase):
         w.start()
         time.sleep(3)
         w.stop()
+        self.check(cl, self.history)
+
+    def test_sigstop_leaders_in_turn(self):
+        """Two leaders paused past their lease in turn, each resumed: the first one's return
+        moves leaderships back to it, so the old leader stays on as a follower (R = 2 on 3
+        nodes) and must keep its copy (the mover dropped it as "moved away", and the second
+        pause then promoted an empty follower: thousands of acknowledged events lost)."""
+        cl = self.cluster()
+        for seed in (11, 12):
+            victim = self.leader_of_most(cl)
+            node = cl.nodes[victim]
+            try:
+                self.run_with_fault(cl, lambda: os.kill(node.proc.pid, signal.SIGSTOP), seed)
+            finally:
+                os.kill(node.proc.pid, signal.SIGCONT)
+            # back: it takes its share of leaderships again (moves), with writes going on
+            w = Workload([cl.nodes["ingest-1"]], seed + 100, self.history)
+            w.start()
+            try:
+                poll_until(lambda: victim in cl.assignment()["owners"] or None, 60,
+                           interval=0.1, what=f"{victim} leading partitions again")
+                self.wait_replicated(cl, {"state-1", "state-2", "state-3"}, timeout=60)
+                time.sleep(2.0)  # writes on the new leaders before the next pause
+            finally:
+                w.stop()
         self.check(cl, self.history)
 
     def test_kill9_two_nodes_in_turn(self):
