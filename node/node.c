@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/cluster.h"
@@ -175,6 +176,21 @@ static void hook_kick(void *ud)
         forwarder_kick(fwd);
 }
 
+/* After a failed write LevelDB may drop later records when it reopens the database, or
+ * fail every later write (store_write_failed_fn): nothing written after it may be
+ * acknowledged, and only a reopen clears it. The node exits at once, like a kill -9 (the
+ * failed jobs stay unanswered: their callers see an unknown outcome); the supervisor
+ * restarts it, LevelDB's recovery drops the partial record, and replication brings the
+ * partitions' copies back (docs/operations.md, "Disk full"). Reopening the store in the
+ * process would mean rebuilding every module that holds it. */
+static void hook_store_failed(void *ud, const char *why)
+{
+    (void)ud;
+    log_error("msg=\"the store refused a write: exiting, a restart reopens it\" error=\"%s\" "
+              "exit_code=%d", why, NODE_EXIT_STORE_FAILED);
+    _exit(NODE_EXIT_STORE_FAILED);
+}
+
 static void hook_ckpt_written(void *ud, const struct checkpoint_info *ci)
 {
     node *n = ud;
@@ -247,6 +263,7 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     struct engine_opts eo;
     engine_options_from(c, &eo);
     eo.metrics = n->nm.engine;
+    eo.store_failed = hook_store_failed;
     if (n->clustered)
         eo.cluster = (struct engine_cluster){hook_stage2_local, n, hook_kick, n, hook_owns, n};
     char why[512] = "";

@@ -16,6 +16,11 @@
 #include "common/security.h"
 
 
+/* The exit code of a node whose store refused a write (a full disk, an I/O error): it
+ * exits at once, before acknowledging anything written after the failure, and a restart
+ * reopens the store (EX_TEMPFAIL; docs/operations.md, "Disk full"). */
+#define NODE_EXIT_STORE_FAILED 75
+
 /* Everything a node is configured with: node/main.c fills it from flags (every field is a
  * flag, see node_config_defaults for the defaults). Strings are borrowed for the node's
  * life. */

@@ -743,6 +743,7 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
         engine_close(e);
         return r;
     }
+    store_on_write_failed(e->st, opts->store_failed, opts->store_failed_ud);
     if (opts->state_cache_bytes > 0)
         store_set_kept_bytes(e->st, (size_t)opts->state_cache_bytes);
     e->txn = store_txn_new(e->st);

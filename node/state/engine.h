@@ -77,6 +77,10 @@ struct engine_opts {
     int64_t max_group_events;      /* events per group commit (10000) */
     struct engine_metrics metrics; /* all NULL: no metrics */
     struct engine_cluster cluster;
+    /* The store refused a write (store_write_failed_fn: on the writing thread, before the
+     * failed jobs are answered). NULL: the jobs fail and the engine goes on. */
+    store_write_failed_fn *store_failed;
+    void *store_failed_ud;
 };
 
 struct engine_ingest_result {

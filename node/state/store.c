@@ -33,6 +33,15 @@ eddy_err store_take_err(char *lerr, char *err, size_t errlen)
     return EDDY_ERR_IO;
 }
 
+eddy_err store_take_write_err(store *s, char *lerr)
+{
+    char why[512] = "";
+    eddy_err err = store_take_err(lerr, why, sizeof(why));
+    if (err != EDDY_OK && s->write_failed)
+        s->write_failed(s->write_failed_ud, why);
+    return err;
+}
+
 /* mkdir -p: LevelDB creates the database directory but not its parents. */
 static int make_dirs(const char *path)
 {
@@ -130,6 +139,12 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
     atomic_init(&s->bulk_writes, 0);
     *out = s;
     return EDDY_OK;
+}
+
+void store_on_write_failed(store *s, store_write_failed_fn *fn, void *ud)
+{
+    s->write_failed = fn;
+    s->write_failed_ud = ud;
 }
 
 void store_close(store *s)
@@ -327,7 +342,7 @@ eddy_err store_delete(store *s, const struct store_key *key)
             end.buf[end.len++] = 0;
         store_changed(s, key, end.len > key->len ? &end : NULL);
     }
-    return store_take_err(lerr, NULL, 0);
+    return store_take_write_err(s, lerr);
 }
 
 uint64_t store_approximate_size(store *s)
@@ -576,7 +591,7 @@ static eddy_err replace_range(store *s, const struct store_key *start,
         if (n > 0)
             leveldb_writebatch_append(wb, b->wb);
         leveldb_write(s->db, wo, n > 0 ? wb : b->wb, &lerr);
-        err = store_take_err(lerr, NULL, 0);
+        err = store_take_write_err(s, lerr);
     }
     leveldb_writebatch_destroy(wb);
     store_changed(s, start, end); /* even after an error: it may have reached the log */
@@ -613,8 +628,13 @@ eddy_err store_sync_log(store *s)
         if (fd < 0 && errno == ENOENT)
             continue; /* compacted and deleted meanwhile: durable in a table */
         if (fd < 0 || fsync(fd) != 0) {
+            char why[128];
+            snprintf(why, sizeof(why), "cannot sync the log %.32s: %s", de->d_name,
+                     strerror(errno));
             log_error("msg=\"cannot sync a write-ahead log\" path=%s error=\"%s\"", path,
                       strerror(errno));
+            if (s->write_failed)
+                s->write_failed(s->write_failed_ud, why);
             err = EDDY_ERR_IO;
         }
         if (fd >= 0)

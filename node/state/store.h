@@ -16,6 +16,14 @@
 
 typedef struct store store;
 
+/* Called on the thread that wrote when a LevelDB write, or a sync of its logs, failed
+ * (ENOSPC, EIO), before the error is returned; 'why' is borrowed for the call. After such
+ * a failure the database cannot be trusted with more writes: LevelDB's log writer counts
+ * the bytes of a record it could not write, so records written after it may be dropped
+ * when the database is reopened, and a failed compaction fails every later write until
+ * the reopen. A node exits here (docs/operations.md, "Disk full"). */
+typedef void store_write_failed_fn(void *ud, const char *why);
+
 struct store_opts {
     const char *path;          /* directory of the LevelDB */
     int64_t cache_bytes;       /* LevelDB block cache (default 64 MiB) */
@@ -26,6 +34,10 @@ struct store_opts {
  * store_close. On failure returns an error and writes LevelDB's message to 'err'. */
 eddy_err store_open(const struct store_opts *opts, store **out, char *err, size_t errlen);
 void store_close(store *s);
+
+/* Set the hook told of a refused write (NULL, the default: the error is only returned).
+ * Call right after store_open, before any write. */
+void store_on_write_failed(store *s, store_write_failed_fn *fn, void *ud);
 
 /* Remove the database at 'dir', which must not be open (EDDY_ERR_IO otherwise: LevelDB's
  * lock is held): LevelDB's files, then the directory if nothing else is left in it (other

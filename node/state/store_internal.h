@@ -45,6 +45,8 @@ struct store {
         struct store_key start, end;
     } changes[STORE_CHANGES];
     _Atomic uint32_t kept_tables; /* 1 << table of every table some txn keeps values of */
+    store_write_failed_fn *write_failed; /* store_on_write_failed */
+    void *write_failed_ud;
     _Atomic int fail_writes;     /* store_fail_writes: txn writes left to fail */
     eddy_err fail_err;
     /* store_key_writes: committed writes of the tracked tables' keys, hashed into slots,
@@ -59,6 +61,9 @@ struct store {
 /* Turn LevelDB's error (NULL: none) into an eddy_err: EDDY_ERR_IO, its message logged and
  * copied to 'err' (may be NULL), 'lerr' freed. */
 eddy_err store_take_err(char *lerr, char *err, size_t errlen);
+
+/* store_take_err for the error of a write (or a log sync): also tells s->write_failed. */
+eddy_err store_take_write_err(store *s, char *lerr);
 
 /* Decode a stored value; EDDY_ERR_CORRUPT (logged) if it does not. Caller owns *msg; free
  * with protobuf_c_message_free_unpacked. */

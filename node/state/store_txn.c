@@ -859,7 +859,7 @@ eddy_err store_txn_write(store_txn *t, bool sync)
     char *lerr = NULL;
     leveldb_write(t->s->db, sync ? t->s->wsync : t->s->wnosync, t->wb, &lerr);
     if (lerr)
-        return store_take_err(lerr, NULL, 0);
+        return store_take_write_err(t->s, lerr);
     /* after the write: a reader that sees the new count reads the new value */
     for (size_t i = 0; i < t->ntrack; i++)
         atomic_fetch_add(&t->s->key_writes[t->track[i]], 1);

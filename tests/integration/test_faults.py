@@ -17,19 +17,25 @@ it the checker compares the history with the cluster's final state:
 
 Faults, each its own seeded, bounded test: kill -9 of a partition leader (never restarted);
 kill -9 of a node that is only a follower of some partitions; SIGSTOP of a leader past its
-lease, then SIGCONT (the paused node must acknowledge nothing once the others took over);
+lease, then SIGCONT (the paused node must acknowledge nothing once the others took over),
+and two such pauses in turn;
 kill -9 of two nodes in turn with time to re-replicate between; kill -9 of the coordinator;
 etcd killed and restarted; the links to a state node cut (every peer reaches it through a
 TCP proxy the test controls; it keeps its etcd session, so its partitions stay its own and
 must acknowledge nothing without their followers), then healed; kill -9 of the target of a
-live move while a new state node takes partitions over.
+live move while a new state node takes partitions over; the disk of a state node (a small
+tmpfs, mounted by the test: it needs root, as CI has) filled while it writes, then freed.
 
 Needs EDDY_NODE, EDDY_COORDINATOR_BIN and Debian's etcd-server (see docs/testing.md).
 """
+import errno
+import json
 import os
 import random
 import signal
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 import unittest
@@ -50,6 +56,8 @@ AFTER_S = 8.0
 # writes must be acknowledged again within this long after the fault (lease expiry,
 # promotion, a new follower caught up; generous for ASan builds on a shared machine)
 RECOVERY_BOUND_S = 30.0
+# the exit code of a node whose store refused a write (NODE_EXIT_STORE_FAILED, node/node.h)
+EXIT_STORE_FAILED = 75
 
 
 class History:
@@ -453,6 +461,31 @@ class ReplicationFaultTest(unittest.TestCase):
         w.stop()
         self.check(cl, self.history)
 
+    def test_sigstop_leaders_in_turn(self):
+        """Two leaders paused past their lease in turn, each resumed: the first one's return
+        moves leaderships back to it, so the old leader stays on as a follower (R = 2 on 3
+        nodes) and must keep its copy (the mover dropped it as "moved away", and the second
+        pause then promoted an empty follower: thousands of acknowledged events lost)."""
+        cl = self.cluster()
+        for seed in (11, 12):
+            victim = self.leader_of_most(cl)
+            node = cl.nodes[victim]
+            try:
+                self.run_with_fault(cl, lambda: os.kill(node.proc.pid, signal.SIGSTOP), seed)
+            finally:
+                os.kill(node.proc.pid, signal.SIGCONT)
+            # back: it takes its share of leaderships again (moves), with writes going on
+            w = Workload([cl.nodes["ingest-1"]], seed + 100, self.history)
+            w.start()
+            try:
+                poll_until(lambda: victim in cl.assignment()["owners"] or None, 60,
+                           interval=0.1, what=f"{victim} leading partitions again")
+                self.wait_replicated(cl, {"state-1", "state-2", "state-3"}, timeout=60)
+                time.sleep(2.0)  # writes on the new leaders before the next pause
+            finally:
+                w.stop()
+        self.check(cl, self.history)
+
     def test_kill9_two_nodes_in_turn(self):
         cl = self.cluster()
         first = self.leader_of_most(cl)
@@ -513,6 +546,123 @@ class ReplicationFaultTest(unittest.TestCase):
         self.assertTrue(self.history.ack_times, "nothing was acknowledged at all")
         self.wait_replicated(cl, {"state-1", "state-2", "state-3"}, timeout=60)
         self.check(cl, self.history)
+
+    def mount_tmpfs(self, size_mb):
+        """A tmpfs of `size_mb` MiB on a new directory, unmounted and removed when the test
+        ends (after the nodes' cleanups, registered later, have killed their processes)."""
+        d = tempfile.mkdtemp(prefix="eddy-it-tmpfs-")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", d],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            os.rmdir(d)
+            self.fail(f"cannot mount a tmpfs on {d} (this test needs root, as CI has): "
+                      f"{r.stderr.strip()}")
+
+        def unmount():
+            if subprocess.run(["umount", d], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", d], capture_output=True)
+            os.rmdir(d)
+        self.addCleanup(unmount)
+        return d
+
+    @staticmethod
+    def fill(path):
+        """Write zeros to `path` until the file system is full (ENOSPC), in 1 MiB writes
+        then page-sized ones for the tail; returns the bytes written."""
+        n = 0
+        with open(path, "wb", buffering=0) as f:
+            for chunk in (b"\0" * (1 << 20), b"\0" * 4096):
+                while True:
+                    try:
+                        n += f.write(chunk)
+                    except OSError as e:
+                        if e.errno != errno.ENOSPC:
+                            raise
+                        break
+        return n
+
+    def in_sync_everywhere(self, cl, node_id):
+        """Whether `node_id` is in the in-sync set recorded in etcd (isr/<p>, at the map's
+        epoch) of every partition the map gives it a copy of (and holds at least one)."""
+        m = cl.assignment()
+        held = [p for p, reps in enumerate(m["replicas"]) if node_id in reps]
+        for p in held:
+            v, _ = cl.etcd.get(cl.key(f"isr/{p}"))
+            if v is None:
+                return False
+            rec = json.loads(v)
+            if rec.get("epoch") != m["epochs"][p] or node_id not in rec.get("isr", []):
+                return False
+        return bool(held)
+
+    def test_disk_full_on_a_follower(self):
+        """A state node whose store refuses a write (its disk full) exits at once with
+        EXIT_STORE_FAILED, acknowledging nothing it could not write; the others take its
+        partitions over (it leads some and follows others) and acknowledge writes again
+        within the bound; restarted once space is back (what a supervisor does), it
+        serves again and gets copies of partitions back, and the history checks out."""
+        disk = self.mount_tmpfs(64)
+        victim = "state-3"
+        cl = L.Cluster(self, partitions=P, ttl_s=TTL_S, node_args=["--idle-timeout", "0"],
+                       coord_args=REPLICATION)
+        cl.add_coordinator("c1")
+        cl.add_node("state-1")
+        cl.add_node("state-2")
+        node = cl.add_node(victim, data_dir=os.path.join(disk, "data"))
+        m = self.wait_replicated(cl, {"state-1", "state-2", victim})
+        leads = [p for p, o in enumerate(m["owners"]) if o == victim]
+        follows = [p for p, reps in enumerate(m["replicas"]) if victim in reps[1:]]
+        self.assertTrue(leads and follows, f"{victim} should lead and follow partitions: {m}")
+        cl.add_node("ingest-1", roles="ingest")
+        cl.add_node("ingest-2", roles="ingest")
+
+        ingest = [cl.nodes["ingest-1"], cl.nodes["ingest-2"]]
+        h = self.history
+        w = Workload(ingest, 10, h)
+        w.start()
+        try:
+            time.sleep(BEFORE_S)
+            acked_before = len(h.ack_times)
+            filler = os.path.join(disk, "filler")
+            filled = self.fill(filler)
+            t_full = time.monotonic()
+            # the workload writes to every node: the victim's next write hits the full disk
+            rc = poll_until(lambda: node.proc.poll(), 30, interval=0.05,
+                            what=f"{victim} exiting on its full disk")
+            t_exit = time.monotonic()
+            self.assertEqual(rc, EXIT_STORE_FAILED, node.log_tail())
+            self.assertIn("the store refused a write", node.log_text())
+            # its partitions fail over (those it led) or get a new follower (those it
+            # followed): writes are acknowledged again without it, disk still full
+            def acked_after_exit():
+                return [t for t in h.ack_times if t > t_exit] or None
+            after = poll_until(acked_after_exit, RECOVERY_BOUND_S, interval=0.1,
+                               what=f"a write acknowledged within {RECOVERY_BOUND_S}s of "
+                                    f"{victim}'s exit")
+            self.wait_replicated(cl, {"state-1", "state-2"}, timeout=60)
+            print(f"\n[{self._testMethodName}] filled {filled >> 20} MiB; {victim} exited "
+                  f"rc={rc} {t_exit - t_full:.2f}s after the disk was full; first ack after "
+                  f"its exit: {after[0] - t_exit:.2f}s", flush=True)
+            # space back; the supervisor restarts the node on its data directory
+            os.unlink(filler)
+            t_restart = time.monotonic()
+            node.start()
+            # it takes copies of partitions back, in sync again (a move or a replica)
+            self.wait_replicated(cl, {"state-1", "state-2", victim}, timeout=90)
+            poll_until(lambda: victim in {r for reps in cl.assignment()["replicas"]
+                                          for r in reps} or None, 60, interval=0.1,
+                       what=f"{victim} holding copies again")
+            self.wait_replicated(cl, {"state-1", "state-2", victim}, timeout=90)
+            poll_until(lambda: self.in_sync_everywhere(cl, victim), 60, interval=0.1,
+                       what=f"{victim} in the in-sync set of every partition it holds")
+            print(f"[{self._testMethodName}] {victim} back with copies "
+                  f"{time.monotonic() - t_restart:.2f}s after its restart", flush=True)
+            time.sleep(2.0)  # writes go on with it back
+        finally:
+            w.stop()
+        self.assertGreater(len(h.ack_times), acked_before, "nothing was acknowledged at all")
+        self.assertTrue(node.proc.poll() is None, f"{victim} exited again\n{node.log_tail()}")
+        self.check(cl, h)
 
     def test_kill9_coordinator(self):
         cl = self.cluster()

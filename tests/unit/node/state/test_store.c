@@ -1,7 +1,9 @@
 /* The store on a real LevelDB in a temp dir: range replaces (synced or not) and the log
  * sync that makes unsynced ones durable, the range loader's batches, and removing a
- * database that is closed (store_destroy). The write transactions are test_store_txn.c. */
+ * database that is closed (store_destroy), and the hook told of a write LevelDB refused. The
+ * write transactions are test_store_txn.c. */
 #include <errno.h>
+#include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -10,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <cmocka.h>
 
@@ -220,12 +223,64 @@ static void test_destroy_missing_directory_is_ok(void **state)
     assert_int_equal(stat(missing, &st), -1);
 }
 
+struct refused {
+    int calls;
+    char why[256];
+};
+
+static void note_refused(void *ud, const char *why)
+{
+    struct refused *r = ud;
+    r->calls++;
+    snprintf(r->why, sizeof(r->why), "%s", why);
+}
+
+/* A write LevelDB cannot make (a real one: the file size limit makes its log append fail
+ * with EFBIG, as a full disk fails it with ENOSPC) calls the store_on_write_failed hook once,
+ * with LevelDB's message, and returns EDDY_ERR_IO; a write that succeeds calls nothing. */
+static void test_refused_write_calls_the_hook(void **state)
+{
+    struct fx *f = *state;
+    struct refused r = {0, ""};
+    store_on_write_failed(f->s, note_refused, &r);
+
+    struct store_key start, end, k;
+    key_init(&start, 6, T_LOG);
+    key_init(&end, 7, T_LOG);
+    key_init(&k, 6, T_LOG);
+    key_u64(&k, 1);
+    static char big[256 << 10];
+    memset(big, 'x', sizeof(big));
+    store_batch *b = store_batch_new();
+    assert_int_equal(store_batch_put(b, k.buf, k.len, "v", 1), EDDY_OK);
+    assert_int_equal(store_replace_range(f->s, &start, &end, b, NULL), EDDY_OK);
+    assert_int_equal(r.calls, 0);
+    store_batch_free(b);
+
+    b = store_batch_new();
+    key_u64(&k, 2);
+    assert_int_equal(store_batch_put(b, k.buf, k.len, big, sizeof(big)), EDDY_OK);
+    struct rlimit was, small = {64 << 10, 0};
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &was), 0);
+    small.rlim_max = was.rlim_max;
+    void (*old)(int) = signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    eddy_err e = store_replace_range(f->s, &start, &end, b, NULL);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &was), 0);
+    signal(SIGXFSZ, old);
+    store_batch_free(b);
+    assert_int_equal(e, EDDY_ERR_IO);
+    assert_int_equal(r.calls, 1);
+    assert_true(strlen(r.why) > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_replace_range_nosync_then_sync_log, setup,
                                         teardown),
         cmocka_unit_test(test_range_loader_tiles_the_range),
+        cmocka_unit_test_setup_teardown(test_refused_write_calls_the_hook, setup, teardown),
         cmocka_unit_test_setup_teardown(test_destroy_removes_closed_database, setup, teardown),
         cmocka_unit_test_setup_teardown(test_destroy_keeps_foreign_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_destroy_open_database_fails, setup, teardown),
