@@ -261,11 +261,17 @@ eddy_status eddy_get_profile(eddy_client *c, const char *user_id,
 {
     Eddy__V1__GetUserProfileRequest req = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
 
-    *out = NULL;
-    if (bad_user(user_id))
-        return local_error(err, EDDY_STATUS_INVALID_ARGUMENT, "user_id is required");
     req.user_id = (char *)user_id;
-    eddy_status st = invoke(c, "/eddy.v1.Eddy/GetUserProfile", &req.base,
+    return eddy_get_user_profile(c, &req, out, err);
+}
+
+eddy_status eddy_get_user_profile(eddy_client *c, const Eddy__V1__GetUserProfileRequest *req,
+                                  Eddy__V1__GetUserProfileResponse **out, eddy_error *err)
+{
+    *out = NULL;
+    if (bad_user(req->user_id))
+        return local_error(err, EDDY_STATUS_INVALID_ARGUMENT, "user_id is required");
+    eddy_status st = invoke(c, "/eddy.v1.Eddy/GetUserProfile", &req->base,
                             &eddy__v1__get_user_profile_response__descriptor, (void **)out, err);
     if (st == EDDY_STATUS_OK && !(*out)->profile) {
         eddy_response_free(*out);

@@ -37,6 +37,15 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
         F("route-retries", FLAG_INT, route_retries,
           "rounds of retries of a partition whose owner refused or was unreachable", 0, 100),
         F("route-timeout", FLAG_DURATION, route_timeout, "deadline of one call to an owner", 1, 0),
+        F("read-from-followers", FLAG_BOOL, read_from_followers,
+          "every per-user read (Recommend, GetUserProfile, a user's EventCounts) may be "
+          "answered by a follower of the partition, as if it said allow_stale", 0, 0),
+        F("max-follower-lag-records", FLAG_INT, max_follower_lag_records,
+          "a follower refuses stale reads when it lacks more of its leader's records than "
+          "this", 0, 0),
+        F("max-follower-lag-ms", FLAG_DURATION, max_follower_lag_ms,
+          "a follower refuses stale reads when its leader's last answer is older than this",
+          0, 0),
         F("join-timeout", FLAG_DURATION, join_timeout,
           "how long to wait at start for the coordinator to create the cluster", 0, 0),
         F("data-dir", FLAG_STRING, data_dir, "directory of the node's LevelDB", 0, 0),

@@ -113,6 +113,7 @@ struct node_config node_config_defaults(void)
         .checkpoint_threads = 2, .checkpoint_dir = "",
         .move_lag = 1000, .move_freeze = 10000, .move_final_wait = 30000,
         .load_interval = 10000, .replica_lag_timeout = 10000,
+        .max_follower_lag_records = 10000, .max_follower_lag_ms = 5000,
         .sec = security_flags_defaults(),
     };
 }
@@ -370,6 +371,8 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
         if (!(n->rep = replica_new(&ro)) || replica_register(n->rep, n->srv) != EDDY_OK)
             return fail(err, errlen, EDDY_ERR_NOMEM, "cannot start replication", NULL);
         n->ss.repl = n->rep;
+        n->ss.max_lag_records = (uint64_t)c->max_follower_lag_records;
+        n->ss.max_lag_ms = (uint64_t)c->max_follower_lag_ms;
     }
     if (n->clustered && n->eng) { /* the product half of a cluster-wide rebuild (reprocess) */
         char dir[PATH_MAX];
@@ -439,7 +442,8 @@ eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t e
         goto fail;
     n->router = (struct router){NULL, NULL, cfg->route_timeout, (int)cfg->route_retries,
                                 {cfg->window, cfg->out_of_orderness, cfg->allowed_lateness,
-                                 cfg->idle_timeout}};
+                                 cfg->idle_timeout},
+                                cfg->read_from_followers, 0};
     if ((e = node_metrics_init(&n->nm, EDDY_VERSION)) != EDDY_OK) {
         fail(err, errlen, e, "cannot register metrics", NULL);
         goto fail;

@@ -63,6 +63,7 @@ struct bench_opts {
     int64_t probe_interval_ms, poll_interval_us, probe_timeout_ms;
     const char *tls_ca; /* "" = plaintext; else TLS with this CA (TLS cost, docs/security.md) */
     const char *token;  /* "" = none; else the bearer token of every call (bench/quota.sh) */
+    bool allow_stale;   /* Recommend may be answered by a follower (docs/cluster.md) */
 };
 
 /* Counters shared by the callbacks (CQ threads) and the driver threads: atomics. */
@@ -70,6 +71,7 @@ struct counts {
     atomic_uint_fast64_t batches, events, accepted, duplicates, late, rejected;
     atomic_uint_fast64_t errors[NCODES + 1], retries[NCODES + 1], abandoned;
     atomic_uint_fast64_t rec_ok, rec_errors[NCODES + 1], rec_dropped, rec_cold;
+    atomic_uint_fast64_t rec_follower; /* answered by a follower (--allow-stale) */
     atomic_uint_fast64_t probes, probe_timeouts, probe_errors[NCODES + 1];
 };
 
@@ -376,6 +378,8 @@ static void rec_done(void *ud, const struct rpc_result *res, ProtobufCMessage *r
         atomic_fetch_add(&b->c.rec_ok, 1);
         if (r->cold_start)
             atomic_fetch_add(&b->c.rec_cold, 1);
+        if (r->staleness && r->staleness->from_follower)
+            atomic_fetch_add(&b->c.rec_follower, 1);
     } else {
         atomic_fetch_add(&b->c.rec_errors[code_index(res->code)], 1);
         note_error(b, "Recommend", res);
@@ -408,6 +412,7 @@ static void *rec_main(void *arg)
             gen_user_id(gen_user_rank(&g), user, sizeof(user));
             req.user_id = user;
             req.max_recommendations = (uint32_t)b->o.recommend_limit;
+            req.allow_stale = b->o.allow_stale;
             if (rc) {
                 rc->b = b;
                 rc->sched_ns = next_ns;
@@ -685,6 +690,8 @@ static uint64_t report(struct bench *b)
     cJSON_AddNumberToObject(o, "recommend_qps", qps);
     cJSON_AddNumberToObject(o, "recommend_requests", (double)rec_ok);
     cJSON_AddNumberToObject(o, "recommend_cold_start", (double)atomic_load(&b->c.rec_cold));
+    cJSON_AddNumberToObject(o, "recommend_from_follower",
+                            (double)atomic_load(&b->c.rec_follower));
     cJSON_AddNumberToObject(o, "recommend_dropped", (double)atomic_load(&b->c.rec_dropped));
     cJSON_AddItemToObject(o, "recommend_latency_ms", latency_summary_json(&rl));
     cJSON_AddNumberToObject(o, "visible_probes", (double)atomic_load(&b->c.probes));
@@ -728,10 +735,12 @@ static uint64_t report(struct bench *b)
         print_latency("ingest ack", &il);
     }
     if (b->recommend_on) {
-        printf("%-20s %.0f QPS achieved (target %.0f), %llu cold start, %llu dropped\n",
+        printf("%-20s %.0f QPS achieved (target %.0f), %llu cold start, %llu dropped, "
+               "%llu from followers\n",
                "recommend", qps, b->o.recommend_qps,
                (unsigned long long)atomic_load(&b->c.rec_cold),
-               (unsigned long long)atomic_load(&b->c.rec_dropped));
+               (unsigned long long)atomic_load(&b->c.rec_dropped),
+               (unsigned long long)atomic_load(&b->c.rec_follower));
         print_latency("recommend", &rl);
     }
     if (b->mode == MODE_VISIBLE) {
@@ -828,6 +837,8 @@ static size_t bench_flags(struct bench_opts *o, struct flag *out)
         O("recommend-inflight", FLAG_INT, recommend_inflight,
           "Recommend calls in flight at most; a call due past this is dropped and counted", 1,
           1000000),
+        O("allow-stale", FLAG_BOOL, allow_stale,
+          "Recommend may be answered by a follower of the user's partition", 0, 0),
         O("preload", FLAG_INT, preload,
           "events ingested (synchronously, not measured) before the run starts", 0, 0),
         O("timeout", FLAG_DURATION, timeout_ms, "deadline of each call", 1, 0),

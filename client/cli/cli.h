@@ -122,6 +122,11 @@ int cli_json_print(cJSON *root);
 /* JSON object of a TypeCounts message (NULL counts give zeros). */
 cJSON *cli_json_counts(const Eddy__V1__TypeCounts *c);
 
+/* Who answered a read (--allow-stale): in text, a line when a follower did; in JSON a
+ * "staleness" member of 'o' (from_follower false, lag 0 for a leader's answer). */
+void cli_print_staleness(const Eddy__V1__ReadStaleness *s);
+void cli_json_staleness(cJSON *o, const Eddy__V1__ReadStaleness *s);
+
 /* ---- subcommands ----------------------------------------------------------------------- */
 
 int cmd_ingest(struct cli_ctx *ctx, int argc, char **argv);

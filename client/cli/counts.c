@@ -41,6 +41,7 @@ static int print_table(const Eddy__V1__EventCountsResponse *resp)
     cli_format_time(resp->watermark_ms, a, sizeof(a));
     printf("watermark:   %s (%" PRId64 " ms)\n", a, resp->watermark_ms);
     printf("late events: %" PRIu64 "\n", resp->late_events);
+    cli_print_staleness(resp->staleness);
     return CLI_EXIT_OK;
 }
 
@@ -59,6 +60,7 @@ static int print_json(const Eddy__V1__EventCountsResponse *resp)
     }
     cJSON_AddNumberToObject(o, "watermark_ms", (double)resp->watermark_ms);
     cJSON_AddNumberToObject(o, "late_events", (double)resp->late_events);
+    cli_json_staleness(o, resp->staleness);
     return cli_json_print(o);
 }
 
@@ -66,13 +68,15 @@ int cmd_counts(struct cli_ctx *ctx, int argc, char **argv)
 {
     const char *user = "";
     int64_t from = 0, to = 0;
-    bool include_open = false;
+    bool include_open = false, allow_stale = false;
     const struct cli_opt opts[] = {
         {"user", FLAG_STRING, &user, "U", "counts of one user (default: all users)"},
         {"from", FLAG_INT, &from, "MS", "windows starting at or after this time (ms since epoch)"},
         {"to", FLAG_INT, &to, "MS", "windows starting before this time (ms since epoch)"},
         {"include-open", FLAG_BOOL, &include_open, NULL,
          "also show windows that are still open (CLOSED = no)"},
+        {"allow-stale", FLAG_BOOL, &allow_stale, NULL,
+         "with --user: a follower of the user's partition may answer (it may lag the leader)"},
     };
     const struct cli_spec spec = {"counts", "",
                                   "Event counts by type, one row per event-time window (oldest "
@@ -91,6 +95,7 @@ int cmd_counts(struct cli_ctx *ctx, int argc, char **argv)
     req.start_ms = from;
     req.end_ms = to;
     req.include_open = include_open;
+    req.allow_stale = allow_stale;
 
     eddy_client *c = cli_client(ctx);
     if (!c)

@@ -1,4 +1,5 @@
 /* Output helpers of `eddy`: aligned tables for people, JSON for scripts, UTC times. */
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,4 +171,20 @@ cJSON *cli_json_counts(const Eddy__V1__TypeCounts *c)
     cJSON_AddNumberToObject(o, "search", (double)c->search);
     cJSON_AddNumberToObject(o, "total", (double)c->total);
     return o;
+}
+
+void cli_print_staleness(const Eddy__V1__ReadStaleness *s)
+{
+    if (s && s->from_follower)
+        printf("answered by a follower: %" PRIu64 " records, %" PRIu64
+               " ms behind its leader\n",
+               s->lag_records, s->lag_ms);
+}
+
+void cli_json_staleness(cJSON *o, const Eddy__V1__ReadStaleness *s)
+{
+    cJSON *j = cJSON_AddObjectToObject(o, "staleness");
+    cJSON_AddBoolToObject(j, "from_follower", s && s->from_follower);
+    cJSON_AddNumberToObject(j, "lag_records", s ? (double)s->lag_records : 0);
+    cJSON_AddNumberToObject(j, "lag_ms", s ? (double)s->lag_ms : 0);
 }

@@ -29,9 +29,10 @@ static cJSON *json_items(Eddy__V1__RecentItem *const *it, size_t n)
     return arr;
 }
 
-static int print_json(const Eddy__V1__UserProfile *p)
+static int print_json(const Eddy__V1__UserProfile *p, const Eddy__V1__ReadStaleness *stale)
 {
     cJSON *o = cJSON_CreateObject();
+    cli_json_staleness(o, stale);
     cJSON_AddStringToObject(o, "user_id", p->user_id);
     cJSON_AddItemToObject(o, "category_affinities",
                           json_affinities(p->category_affinities, p->n_category_affinities));
@@ -121,9 +122,10 @@ static int print_searches(const Eddy__V1__UserProfile *p)
     return rc;
 }
 
-static int print_text(const Eddy__V1__UserProfile *p)
+static int print_text(const Eddy__V1__UserProfile *p, const Eddy__V1__ReadStaleness *stale)
 {
     char when[40];
+    cli_print_staleness(stale);
 
     cli_format_time(p->last_update_ms, when, sizeof(when));
     printf("user:         %s\n", p->user_id);
@@ -149,14 +151,20 @@ static int print_text(const Eddy__V1__UserProfile *p)
 
 int cmd_profile(struct cli_ctx *ctx, int argc, char **argv)
 {
+    bool allow_stale = false;
+    const struct cli_opt opts[] = {
+        {"allow-stale", FLAG_BOOL, &allow_stale, NULL,
+         "a follower of the user's partition may answer (it may lag the leader)"},
+    };
     const struct cli_spec spec = {"profile", "USER",
                                   "What Eddy knows about USER: affinities, price range, recent "
                                   "items and searches, cart. JSON uses the proto's snake_case "
                                   "field names.",
-                                  NULL, 0, 1, 1};
+                                  opts, sizeof(opts) / sizeof(opts[0]), 1, 1};
     const char *pos[1];
     int npos;
     eddy_error err;
+    Eddy__V1__GetUserProfileRequest req = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
     Eddy__V1__GetUserProfileResponse *resp = NULL;
 
     int rc = cli_parse(ctx, &spec, argc, argv, pos, &npos);
@@ -165,9 +173,12 @@ int cmd_profile(struct cli_ctx *ctx, int argc, char **argv)
     eddy_client *c = cli_client(ctx);
     if (!c)
         return CLI_EXIT_CONNECT;
-    if (eddy_get_profile(c, pos[0], &resp, &err) != EDDY_STATUS_OK)
+    req.user_id = (char *)pos[0];
+    req.allow_stale = allow_stale;
+    if (eddy_get_user_profile(c, &req, &resp, &err) != EDDY_STATUS_OK)
         return cli_fail(ctx, &err);
-    rc = ctx->json ? print_json(resp->profile) : print_text(resp->profile);
+    rc = ctx->json ? print_json(resp->profile, resp->staleness)
+                   : print_text(resp->profile, resp->staleness);
     eddy_response_free(resp);
     return rc;
 }

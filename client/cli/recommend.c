@@ -48,6 +48,7 @@ static int print_table(const char *user, const Eddy__V1__RecommendResponse *resp
         printf("no recommendations for %s\n", user);
     else
         cli_table_print(t, stdout, 0);
+    cli_print_staleness(resp->staleness);
     cli_table_free(t);
     return CLI_EXIT_OK;
 }
@@ -67,6 +68,7 @@ static int print_json(const char *user, const Eddy__V1__RecommendResponse *resp)
         cJSON_AddStringToObject(it, "category", r->category);
         cJSON_AddItemToArray(items, it);
     }
+    cli_json_staleness(o, resp->staleness);
     return cli_json_print(o);
 }
 
@@ -74,12 +76,15 @@ int cmd_recommend(struct cli_ctx *ctx, int argc, char **argv)
 {
     int64_t limit = 0;
     const char *product = "", *cart = "", *page = "", *session = "";
+    bool allow_stale = false;
     const struct cli_opt opts[] = {
         {"limit", FLAG_INT, &limit, "N", "number of products (default: the node's, 10)"},
         {"product", FLAG_STRING, &product, "P", "the product on screen: its neighbours rank high"},
         {"cart", FLAG_STRING, &cart, "P1,P2", "products in the cart (excluded from the answer)"},
         {"page", FLAG_STRING, &page, "PAGE", "current page, e.g. home, product, cart"},
         {"session", FLAG_STRING, &session, "S", "session id"},
+        {"allow-stale", FLAG_BOOL, &allow_stale, NULL,
+         "a follower of the user's partition may answer (it may lag the leader)"},
     };
     const struct cli_spec spec = {"recommend", "USER",
                                   "Recommended products for USER, best first, with the reason "
@@ -115,6 +120,7 @@ int cmd_recommend(struct cli_ctx *ctx, int argc, char **argv)
     req.user_id = (char *)pos[0];
     req.session_id = (char *)session;
     req.max_recommendations = (uint32_t)limit;
+    req.allow_stale = allow_stale;
     if (page[0] || product[0] || context.n_shopping_cart)
         req.context = &context;
 

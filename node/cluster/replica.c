@@ -113,6 +113,11 @@ struct part {
     bool resync;           /* the leader's log cannot continue this copy: copy a checkpoint */
     uint64_t fgen;         /* the leader's generation this copy holds */
     uint64_t resync_gen;   /* the generation the checkpoint being copied has at least */
+    /* What the leader said in its last answer for this partition (stale reads: how far
+     * behind this copy is): its log end then, and when it arrived (CLOCK_MONOTONIC ms; 0:
+     * no answer since this copy started following). */
+    uint64_t leader_end;
+    int64_t heard_ms;
 };
 
 /* A fetch waiting for records (long poll). The request belongs to the call. */
@@ -388,6 +393,8 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
             pt->has_last = false;
             pt->resync = false;
             pt->fgen = 0;
+            pt->leader_end = 0;
+            pt->heard_ms = 0; /* no stale read until this leader answered */
         }
         pt->leading = leading;
         pt->following = following;
@@ -1205,6 +1212,38 @@ static void read_last_records(replica *r, const char *leader)
     }
 }
 
+/* The leader answered for d's partition and its records are applied: remember its log end
+ * and when, for replica_follower_lag. */
+static void heard(replica *r, const Eddy__State__V1__ReplicaPartitionData *d)
+{
+    int64_t now = clock_mono_ms();
+    pthread_mutex_lock(&r->mu);
+    struct part *pt = &r->parts[d->partition];
+    if (pt->following && pt->map.epoch == d->epoch) {
+        pt->leader_end = d->log_end;
+        pt->heard_ms = now;
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+bool replica_follower_lag(replica *r, uint32_t p, uint64_t *lag_records, uint64_t *lag_ms)
+{
+    *lag_records = 0;
+    *lag_ms = 0;
+    if (!r || p >= r->o.partitions)
+        return false;
+    int64_t now = clock_mono_ms();
+    pthread_mutex_lock(&r->mu);
+    const struct part *pt = &r->parts[p];
+    bool known = pt->following && pt->heard_ms > 0 && !pt->resync;
+    if (known) {
+        *lag_records = pt->leader_end > pt->pos ? pt->leader_end - pt->pos : 0;
+        *lag_ms = now > pt->heard_ms ? (uint64_t)(now - pt->heard_ms) : 0;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return known;
+}
+
 /* Replace this copy of partition p with the leader's checkpoint (ReplicaSnapshot) and go
  * on fetching from its seq. A failed copy leaves the partition empty, position 0: the
  * next fetch starts over (from the log's start, or with another copy). Fetch thread. */
@@ -1381,6 +1420,8 @@ static void *fetch_main(void *arg)
                     continue;
                 }
                 err = replica_follow_apply(r, d);
+                if (err == EDDY_OK)
+                    heard(r, d);
             }
         } else if (failures++ % 50 == 0) {
             log_warn("msg=\"replica fetch failed\" leader=%s addr=%s code=%d error=\"%s\"",

@@ -141,6 +141,14 @@ eddy_err replica_batch_check(const Eddy__State__V1__ReplicaPartitionData *d, uin
 /* Follower side: the position of partition 'p' (the next seq it needs from its leader). */
 uint64_t replica_position(replica *r, uint32_t p);
 
+/* Follower side, for stale reads: how far this copy of partition 'p' is behind its
+ * leader. *lag_records is the leader's log end in its last answer minus this copy's
+ * position (records the leader had then that this copy lacks), *lag_ms the time since that
+ * answer arrived. False (both 0) when this node does not follow 'p', its leader has not
+ * answered since it started following (a new leader or epoch), or the copy waits for a
+ * resync: its state is then not a known prefix of the leader's. Any thread. */
+bool replica_follower_lag(replica *r, uint32_t p, uint64_t *lag_records, uint64_t *lag_ms);
+
 /* Leader side: the seq below which every record of partition 'p' is on min-insync copies
  * (what may be exposed to other partitions: stage-2 forwarding). UINT64_MAX when the
  * partition is not replicated; 0 when this node does not lead it. Any thread. */

@@ -1,4 +1,5 @@
-/* The routing plan of an Ingest batch: bucketing by partition, grouping by owner. */
+/* The routing plan of an Ingest batch (bucketing by partition, grouping by owner) and the
+ * order in which a stale-allowed read tries a partition's copies. */
 #include "node/cluster/route_plan.h"
 
 #include <stdlib.h>
@@ -80,4 +81,25 @@ size_t route_plan_group(const struct route_plan *pl, const bool *pending,
     }
     free(count);
     return ng;
+}
+
+size_t route_plan_read_order(const struct cluster_part *part, const char *self, uint32_t turn,
+                             uint32_t *order)
+{
+    uint32_t R = part->nreplicas < CLUSTER_REPLICAS_MAX ? part->nreplicas : CLUSTER_REPLICAS_MAX;
+    if (R == 0)
+        return 0;
+    int mine = self && self[0] ? cluster_part_index(part, self) : -1;
+    size_t n = 0;
+    if (mine >= 0 && (uint32_t)mine < R)
+        order[n++] = (uint32_t)mine;
+    uint32_t nf = R - 1;
+    for (uint32_t k = 0; k < nf; k++) {
+        uint32_t i = 1 + (turn + k) % nf;
+        if ((int)i != mine)
+            order[n++] = i;
+    }
+    if (mine != 0)
+        order[n++] = 0;
+    return n;
 }

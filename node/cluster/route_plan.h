@@ -48,4 +48,12 @@ size_t route_plan_group(const struct route_plan *pl, const bool *pending,
                         const char (*owner)[CLUSTER_ADDR_MAX], uint32_t *parts,
                         struct route_group *groups, size_t max_groups);
 
+/* The copies of 'part' that a read allowed to be stale tries, best first, as indices into
+ * part->replicas (0: the leader): this node's own copy when it holds one (no network hop),
+ * then the followers round-robin from 'turn' (the caller's counter: spreads the reads;
+ * each follower refuses when it is too far behind, so the next one is asked), the leader
+ * last. 'order' has CLUSTER_REPLICAS_MAX entries; returns how many are filled (nreplicas). */
+size_t route_plan_read_order(const struct cluster_part *part, const char *self, uint32_t turn,
+                             uint32_t *order);
+
 #endif

@@ -2,6 +2,7 @@
 #include "node/cluster/router.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -176,6 +177,60 @@ out:
 
 /* ---- per user ------------------------------------------------------------------------- */
 
+/* Whether 'req' may be answered by a follower: a read whose public request says
+ * allow_stale, or any read with --read-from-followers. Never a DeleteUser. */
+static bool stale_allowed(const struct router *r, const Eddy__State__V1__UserRequest *req)
+{
+    switch (req->request_case) {
+    case EDDY__STATE__V1__USER_REQUEST__REQUEST_RECOMMEND:
+        return r->read_from_followers || req->recommend->allow_stale;
+    case EDDY__STATE__V1__USER_REQUEST__REQUEST_PROFILE:
+        return r->read_from_followers || req->profile->allow_stale;
+    case EDDY__STATE__V1__USER_REQUEST__REQUEST_COUNTS:
+        return r->read_from_followers || req->counts->allow_stale;
+    default:
+        return false;
+    }
+}
+
+/* Ask the followers of partition p for 'req', in route_plan_read_order (this node's own
+ * copy first, then round-robin), until one answers; true then (*resp is the answer). A
+ * follower refuses when it is too far behind, does not follow p at the request's epoch or
+ * is not reachable: false once every follower refused, and the caller asks the leader.
+ * When this node leads p, the leader is first and no follower is asked. */
+static bool read_from_follower(struct router *r, uint32_t p, Eddy__State__V1__UserRequest *req,
+                               Eddy__State__V1__UserResponse **resp)
+{
+    struct cluster_part cp;
+    uint32_t order[CLUSTER_REPLICAS_MAX];
+    if (!membership_part(r->mem, p, &cp))
+        return false;
+    uint32_t turn = atomic_fetch_add_explicit(&r->read_turn, 1, memory_order_relaxed);
+    size_t n = route_plan_read_order(&cp, membership_self(r->mem), turn, order);
+    for (size_t k = 0; k < n && order[k] != 0; k++) {
+        char addr[CLUSTER_ADDR_MAX];
+        rpc_channel *ch = membership_addr(r->mem, cp.replicas[order[k]], addr)
+                              ? peers_get(r->peers, addr)
+                              : NULL;
+        if (!ch)
+            continue;
+        req->partition = p;
+        req->epoch = cp.epoch;
+        struct rpc_result rr;
+        rpc_invoke(ch, M_USER, &req->base, &eddy__state__v1__user_response__descriptor,
+                   r->timeout_ms, (ProtobufCMessage **)resp, &rr);
+        if (rr.code == GRPC_STATUS_OK && *resp)
+            return true;
+        if (*resp)
+            protobuf_c_message_free_unpacked(&(*resp)->base, NULL);
+        *resp = NULL;
+        log_debug("msg=\"follower refused a stale read\" partition=%u follower=%s code=%d "
+                  "details=\"%s\"",
+                  p, cp.replicas[order[k]], (int)rr.code, rr.details);
+    }
+    return false;
+}
+
 void router_user(struct router *r, const char *user_id, Eddy__State__V1__UserRequest *req,
                  Eddy__State__V1__UserResponse **resp, struct backend_status *res)
 {
@@ -183,12 +238,18 @@ void router_user(struct router *r, const char *user_id, Eddy__State__V1__UserReq
     if (!joined(r, res))
         return;
     uint32_t p = partition_of_user(user_id, membership_partitions(r->mem));
+    req->allow_stale = stale_allowed(r, req);
     res->code = GRPC_STATUS_UNAVAILABLE;
     snprintf(res->message, sizeof(res->message), "partition %u has no live owner", p);
     for (int round = 0; round <= r->retries; round++) {
         uint64_t version = membership_version(r->mem);
         char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
         uint64_t epoch;
+        if (req->allow_stale && read_from_follower(r, p, req, resp)) {
+            res->code = GRPC_STATUS_OK;
+            res->message[0] = '\0';
+            return;
+        }
         if (membership_owner(r->mem, p, owner, &epoch, addr)) {
             req->partition = p;
             req->epoch = epoch;

@@ -4,7 +4,9 @@
  *   Ingest      events grouped by user partition, one Apply per owner, all owners called
  *               in parallel; partitions answered NOT_OWNER or UNAVAILABLE are retried with
  *               the refreshed map (event ids make a retry safe), up to --route-retries.
- *   per user    Recommend, GetUserProfile, DeleteUser, EventCounts(user) go to the owner.
+ *   per user    Recommend, GetUserProfile, DeleteUser, EventCounts(user) go to the owner;
+ *               a read with allow_stale (or --read-from-followers) goes to a follower of
+ *               the partition first (route_plan_read_order), the owner if they refuse.
  *   global      TopProducts and EventCounts fan out to every state node (Partial) and are
  *               merged here: sums per product and per window, the watermark is the minimum
  *               over the partitions that have events.
@@ -31,6 +33,10 @@ struct router {
     int64_t timeout_ms;          /* per call to an owner */
     int retries;                 /* rounds after the first */
     struct window_params window; /* the cluster's window settings, to merge windows */
+    /* --read-from-followers: every per-user read may be answered by a follower of the
+     * user's partition, as if it said allow_stale. */
+    bool read_from_followers;
+    _Atomic uint32_t read_turn;  /* round-robin among a partition's followers */
 };
 
 /* The routed state backend (node/backend.h) of 'r' (borrowed: 'r' outlives every call).

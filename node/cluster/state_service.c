@@ -556,7 +556,68 @@ struct user_call {
     Eddy__State__V1__UserRequest *req; /* the call's; valid until it is answered */
     uint32_t partition;
     bool delete;
+    bool from_follower;                /* a stale read answered from this follower's copy */
+    Eddy__V1__ReadStaleness staleness; /* ... and how far behind its leader it was */
 };
+
+/* Point the read answer 'r' at 'st' (NULL: unset again). */
+static void set_staleness(Eddy__State__V1__UserResponse *r, Eddy__V1__ReadStaleness *st)
+{
+    switch (r->response_case) {
+    case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_RECOMMEND:
+        r->recommend->staleness = st;
+        break;
+    case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_PROFILE:
+        r->profile->staleness = st;
+        break;
+    case EDDY__STATE__V1__USER_RESPONSE__RESPONSE_COUNTS:
+        r->counts->staleness = st;
+        break;
+    default:
+        break;
+    }
+}
+
+/* Whether this node may answer 'req' from its follower copy: the request allows stale
+ * reads, is a read, names the partition's epoch in this node's map, this node follows the
+ * partition there, and its copy is within --max-follower-lag-records/-ms of the leader.
+ * If so *st says how far behind it is; if not 'why' says why. */
+static bool follower_fresh(struct state_service *svc, const Eddy__State__V1__UserRequest *req,
+                           Eddy__V1__ReadStaleness *st, char *why, size_t whylen)
+{
+    struct cluster_part cp;
+    uint64_t lag = 0, age = 0;
+    if (!req->allow_stale ||
+        req->request_case == EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER) {
+        snprintf(why, whylen, "not owner of partition %u at epoch %llu", req->partition,
+                 (unsigned long long)req->epoch);
+        return false;
+    }
+    if (!membership_part(svc->mem, req->partition, &cp) || cp.epoch != req->epoch ||
+        cluster_part_index(&cp, membership_self(svc->mem)) <= 0) {
+        snprintf(why, whylen, "not a follower of partition %u at epoch %llu", req->partition,
+                 (unsigned long long)req->epoch);
+        return false;
+    }
+    if (!svc->repl || !replica_follower_lag(svc->repl, req->partition, &lag, &age)) {
+        snprintf(why, whylen, "follower of partition %u has not heard from its leader yet",
+                 req->partition);
+        return false;
+    }
+    if (lag > svc->max_lag_records || age > svc->max_lag_ms) {
+        snprintf(why, whylen,
+                 "follower of partition %u too far behind for a stale read: %llu records, "
+                 "%llu ms (limits %llu, %llu)",
+                 req->partition, (unsigned long long)lag, (unsigned long long)age,
+                 (unsigned long long)svc->max_lag_records, (unsigned long long)svc->max_lag_ms);
+        return false;
+    }
+    *st = (Eddy__V1__ReadStaleness)EDDY__V1__READ_STALENESS__INIT;
+    st->from_follower = true;
+    st->lag_records = lag;
+    st->lag_ms = age;
+    return true;
+}
 
 static void user_call_done(void *ud, const struct backend_status *st,
                            const ProtobufCMessage *resp);
@@ -583,6 +644,13 @@ static void user_call_done(void *ud, const struct backend_status *st,
 {
     struct user_call *u = ud;
     struct delete_wait *w = NULL;
+    if (st->code == GRPC_STATUS_OK && u->from_follower) {
+        /* 'resp' is borrowed for this callback: the staleness is set for the reply only */
+        set_staleness((Eddy__State__V1__UserResponse *)resp, &u->staleness);
+        user_done(u->c, st, resp);
+        set_staleness((Eddy__State__V1__UserResponse *)resp, NULL);
+        goto out;
+    }
     if (st->code != GRPC_STATUS_OK || !u->delete || !u->svc->repl) {
         user_done(u->c, st, resp);
         goto out;
@@ -616,13 +684,16 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         return;
     Eddy__State__V1__UserRequest *req = (Eddy__State__V1__UserRequest *)msg;
     uint64_t epoch = 0;
+    Eddy__V1__ReadStaleness staleness = EDDY__V1__READ_STALENESS__INIT;
+    bool from_follower = false;
     if (!membership_owns(svc->mem, req->partition, &epoch) || epoch != req->epoch) {
-        rpc_reply_error(c, GRPC_STATUS_FAILED_PRECONDITION,
-                        "not owner of partition %u at epoch %llu", req->partition,
-                        (unsigned long long)req->epoch);
-        return;
-    }
-    if (!ready_at(svc, req->partition, epoch)) {
+        char why[256];
+        if (!follower_fresh(svc, req, &staleness, why, sizeof(why))) {
+            rpc_reply_error(c, GRPC_STATUS_FAILED_PRECONDITION, "%s", why);
+            return;
+        }
+        from_follower = true;
+    } else if (!ready_at(svc, req->partition, epoch)) {
         rpc_reply_error(c, GRPC_STATUS_UNAVAILABLE,
                         "partition %u being taken over (restored from a checkpoint): retry",
                         req->partition);
@@ -653,7 +724,8 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     }
     *u = (struct user_call){svc, c, req, req->partition,
                             req->request_case ==
-                                EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER};
+                                EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER,
+                            from_follower, staleness};
     if (u->delete && svc->repl) {
         struct engine_partition_view v;
         engine_partition(svc->eng, req->partition, &v);

@@ -55,6 +55,10 @@ struct state_service {
     /* The replicated log (NULL: none, R = 1 everywhere): an Apply is answered once the
      * partition's log is on min-insync copies, and refused UNAVAILABLE with fewer in sync. */
     replica *repl;
+    /* --max-follower-lag-records / --max-follower-lag-ms: as a follower of a partition,
+     * answer a User read that allows stale reads only while no further behind its leader
+     * (replica_follower_lag); else FAILED_PRECONDITION and the router asks the leader. */
+    uint64_t max_lag_records, max_lag_ms;
     /* Whether a rebuild (eddy reprocess) runs here: a move's copy waits (NULL: never). */
     bool (*rebuild_busy)(void *ud);
     void *rebuild_ud;

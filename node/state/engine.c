@@ -819,6 +819,7 @@ void engine_close(engine *e)
     free(e->last_arrival_ms);
     free(e->view);
     free((void *)e->log_floor);
+    free((void *)e->writing);
     free(e);
 }
 

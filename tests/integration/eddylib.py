@@ -1340,6 +1340,17 @@ class Cluster:
         self.nodes[node_id] = n
         return n
 
+    def write_replicated_map(self, replicas, epoch=1, min_insync=None):
+        """Write the cluster config and a map by hand (no coordinator needed): every
+        partition at `epoch` with copies `replicas` (the leader first), R = len(replicas),
+        min-insync `min_insync` (default R)."""
+        r = len(replicas)
+        self.etcd.put(self.key("config"), json.dumps(
+            {"partitions": self.P, "replication_factor": r, "min_insync": min_insync or r}))
+        self.etcd.put(self.key("assignment"), json.dumps(
+            {"partitions": self.P, "version": 1, "owners": [replicas[0]] * self.P,
+             "epochs": [epoch] * self.P, "replicas": [list(replicas)] * self.P}))
+
     def leader(self):
         v, _ = self.etcd.get(self.key("leader"))
         return v.decode() if v is not None else None

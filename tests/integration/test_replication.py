@@ -53,11 +53,7 @@ class ReplicationTest(unittest.TestCase):
         self.c = L.Cluster(self, partitions=P, ttl_s=2,
                            node_args=["--idle-timeout", "0", "--replica-lag-timeout", LAG])
         c = self.c
-        c.etcd.put(c.key("config"), json.dumps(
-            {"partitions": P, "replication_factor": 2, "min_insync": 2}))
-        c.etcd.put(c.key("assignment"), json.dumps(
-            {"partitions": P, "version": 1, "owners": ["s1"] * P, "epochs": [EPOCH] * P,
-             "replicas": [["s1", "s2"]] * P}))
+        c.write_replicated_map(["s1", "s2"], epoch=EPOCH)
         self.s1 = c.add_node("s1")
         self.s2 = c.add_node("s2")
         self.i1 = c.add_node("i1", roles="ingest")

@@ -139,6 +139,10 @@ eddy_status eddy_recommend(eddy_client *c, const Eddy__V1__RecommendRequest *req
  * eddy_response_free. */
 eddy_status eddy_get_profile(eddy_client *c, const char *user_id,
                              Eddy__V1__GetUserProfileResponse **out, eddy_error *err);
+/* eddy_get_profile with the whole request (allow_stale: a follower may answer). 'req' is
+ * borrowed; req->user_id is required. */
+eddy_status eddy_get_user_profile(eddy_client *c, const Eddy__V1__GetUserProfileRequest *req,
+                                  Eddy__V1__GetUserProfileResponse **out, eddy_error *err);
 
 /* Top products over a window range (Eddy.TopProducts). 'req' is borrowed. On OK the caller
  * owns *out; free with eddy_response_free. */

@@ -816,6 +816,31 @@ static void test_not_replicated_no_wait(void **state)
     }
 }
 
+/* A follower's staleness for stale reads: unknown until its leader answered, no record
+ * behind once caught up, and the time since the leader's last answer grows when the
+ * fetches stop; the leader itself follows nothing. */
+static void test_follower_lag(void **state)
+{
+    struct pair *t = *state;
+    uint64_t lag = 1, ms = 1;
+    assert_false(replica_follower_lag(t->b.rep, 0, &lag, &ms)); /* not fetched yet */
+    assert_int_equal(lag, 0);
+    assert_int_equal(ms, 0);
+    start_follower(t);
+    ingest_range(t, 0, 200);
+    assert_int_equal(wait_all(t), EDDY_OK);
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++) {
+        assert_false(replica_follower_lag(t->a.rep, p, &lag, &ms)); /* the leader */
+        EVENTUALLY(replica_follower_lag(t->b.rep, p, &lag, &ms) && lag == 0);
+        assert_true(ms < 5000);
+    }
+    replica_stop(t->b.rep);
+    assert_true(replica_follower_lag(t->b.rep, 0, &lag, &ms));
+    uint64_t before = ms;
+    EVENTUALLY(replica_follower_lag(t->b.rep, 0, &lag, &ms) && ms >= before + 200);
+    assert_false(replica_follower_lag(t->b.rep, FIXTURE_PARTITIONS, &lag, &ms));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -834,6 +859,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_records_come_from_the_leader, setup_idle,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_not_replicated_no_wait, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_follower_lag, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

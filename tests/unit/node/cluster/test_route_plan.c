@@ -1,4 +1,5 @@
-/* node/cluster/route_plan.c: the routing plan of an Ingest batch as a pure function. */
+/* node/cluster/route_plan.c: the routing plan of an Ingest batch and the order of a stale
+ * read's copies, as pure functions. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -100,11 +101,76 @@ static void test_groups_pending_partitions_by_owner(void **state)
     route_plan_release(&pl);
 }
 
+static void part_of(struct cluster_part *cp, uint32_t n)
+{
+    memset(cp, 0, sizeof(*cp));
+    cp->nreplicas = n;
+    for (uint32_t i = 0; i < n; i++)
+        snprintf(cp->replicas[i], sizeof(cp->replicas[i]), "n%u", i);
+    snprintf(cp->owner, sizeof(cp->owner), "%s", n ? cp->replicas[0] : "");
+}
+
+/* A stale-allowed read: this node's copy first, then the followers round-robin, the
+ * leader last; every copy exactly once. */
+static void test_read_order(void **state)
+{
+    (void)state;
+    struct cluster_part cp;
+    uint32_t o[CLUSTER_REPLICAS_MAX];
+
+    part_of(&cp, 3); /* an ingest node (no copy): followers by turn, then the leader */
+    assert_int_equal(route_plan_read_order(&cp, "ingest-1", 0, o), 3);
+    assert_int_equal(o[0], 1);
+    assert_int_equal(o[1], 2);
+    assert_int_equal(o[2], 0);
+    assert_int_equal(route_plan_read_order(&cp, "ingest-1", 1, o), 3);
+    assert_int_equal(o[0], 2);
+    assert_int_equal(o[1], 1);
+    assert_int_equal(o[2], 0);
+
+    /* a follower's own copy comes first whatever the turn */
+    for (uint32_t turn = 0; turn < 4; turn++) {
+        assert_int_equal(route_plan_read_order(&cp, "n2", turn, o), 3);
+        assert_int_equal(o[0], 2);
+        assert_int_equal(o[1], 1);
+        assert_int_equal(o[2], 0);
+    }
+    /* the leader's own node reads locally: the leader first, no follower asked before */
+    assert_int_equal(route_plan_read_order(&cp, "n0", 5, o), 3);
+    assert_int_equal(o[0], 0);
+
+    /* R = 1: only the leader; unassigned: nothing */
+    part_of(&cp, 1);
+    assert_int_equal(route_plan_read_order(&cp, "x", 7, o), 1);
+    assert_int_equal(o[0], 0);
+    part_of(&cp, 0);
+    assert_int_equal(route_plan_read_order(&cp, "x", 7, o), 0);
+
+    /* spreads the reads: over R - 1 turns each follower comes first once */
+    part_of(&cp, CLUSTER_REPLICAS_MAX);
+    uint32_t first[CLUSTER_REPLICAS_MAX] = {0};
+    for (uint32_t turn = 0; turn < CLUSTER_REPLICAS_MAX - 1; turn++) {
+        size_t n = route_plan_read_order(&cp, "", turn, o);
+        assert_int_equal(n, CLUSTER_REPLICAS_MAX);
+        assert_int_equal(o[n - 1], 0);
+        first[o[0]]++;
+        bool seen[CLUSTER_REPLICAS_MAX] = {false};
+        for (size_t k = 0; k < n; k++) {
+            assert_false(seen[o[k]]);
+            seen[o[k]] = true;
+        }
+    }
+    assert_int_equal(first[0], 0);
+    for (uint32_t i = 1; i < CLUSTER_REPLICAS_MAX; i++)
+        assert_int_equal(first[i], 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buckets_every_event_once_in_batch_order),
         cmocka_unit_test(test_groups_pending_partitions_by_owner),
+        cmocka_unit_test(test_read_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
