@@ -135,7 +135,8 @@ void state_service_takeover(struct state_service *svc)
         struct checkpoint_info info;
         engine_partition(svc->eng, p, &v);
         bool newer = svc->checkpoint_dir &&
-                     checkpoint_latest_valid(svc->checkpoint_dir, p, &info) == EDDY_OK &&
+                     checkpoint_latest_valid(engine_options(svc->eng)->checkpoint_key,
+                                             svc->checkpoint_dir, p, &info) == EDDY_OK &&
                      info.seq > v.next_seq;
         struct restore_ctx *rc = newer ? malloc(sizeof(*rc)) : NULL;
         if (rc) {
@@ -855,7 +856,8 @@ static void *fetch_ckpt_main(void *arg)
      * target checks the CRC and the length at the end) */
     struct checkpoint_info info;
     struct chunk_sink cs = {fc->call, 0};
-    eddy_err err = checkpoint_stream(engine_store(svc->eng), fc->p, send_chunk, &cs, &info);
+    eddy_err err = checkpoint_stream(engine_options(svc->eng)->checkpoint_key,
+                                     engine_store(svc->eng), fc->p, send_chunk, &cs, &info);
     freeze(svc, fc->p, fc->move_id); /* now the target's FetchLog calls keep it */
     if (err != EDDY_OK) {
         code = eddy_err_to_grpc(err);

@@ -171,15 +171,18 @@ eddy_err ckptsched_run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *ou
 static eddy_err run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out)
 {
     const struct ckptsched_metrics *m = &cs->o.metrics;
+    const struct ckptkey *key = engine_options(cs->eng)->checkpoint_key;
     struct checkpoint_info ci;
     int64_t t0 = clock_mono_ns();
     int64_t deadline = cs->o.timeout_ms > 0 ? t0 / 1000000 + cs->o.timeout_ms : 0;
-    eddy_err err = checkpoint_write_dir_until(engine_store(cs->eng), p, cs->o.dir, deadline, &ci);
+    eddy_err err =
+        checkpoint_write_dir_until(key, engine_store(cs->eng), p, cs->o.dir, deadline, &ci);
     if (err == EDDY_OK) {
         size_t removed = 0;
         /* the file just written is good (its CRC was computed as it was written, and it
          * was fsynced): reading it back would double the checkpoint's cost */
-        eddy_err perr = checkpoint_prune_trusting(cs->o.dir, p, cs->o.keep, ci.path, &removed);
+        eddy_err perr = checkpoint_prune_trusting(key, cs->o.dir, p, cs->o.keep, ci.path,
+                                                  &removed);
         if (perr != EDDY_OK) /* the new file is in place: keep going, retry next time */
             log_warn("msg=\"checkpoint prune failed\" dir=%s partition=%" PRIu32
                      " error=\"%s\"",

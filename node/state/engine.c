@@ -360,7 +360,7 @@ static eddy_err run_restore(engine *e, struct job *j, int64_t now)
 {
     struct checkpoint_info info;
     uint32_t p = j->restore_p;
-    eddy_err err = checkpoint_load(e->st, p, j->restore_path, &info);
+    eddy_err err = checkpoint_load(e->o.checkpoint_key, e->st, p, j->restore_path, &info);
     if (err != EDDY_OK) {
         j->job_err = err; /* the partition keeps its state; the caller decides */
         return EDDY_OK;

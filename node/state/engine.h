@@ -31,6 +31,8 @@
 #include "node/state/recommend.h"
 #include "node/state/store.h"
 
+struct ckptkey;
+
 typedef struct engine engine;
 
 /* What the engine counts (each may be NULL; the series are borrowed and must
@@ -77,6 +79,8 @@ struct engine_opts {
     int64_t max_group_events;      /* events per group commit (10000) */
     struct engine_metrics metrics; /* all NULL: no metrics */
     struct engine_cluster cluster;
+    const struct ckptkey *checkpoint_key; /* NULL: plain checkpoints; borrowed for the
+                                             engine's life (every checkpoint of its store) */
 };
 
 struct engine_ingest_result {
