@@ -329,9 +329,13 @@ static eddy_err run_replay(engine *e, struct job *j, int64_t now)
         key_u64(&k, le->seq);
         enum apply_outcome oc;
         e->outbox_removed += apply_outbox_present(e->txn, p, r);
+        bool deletes = r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_DELETE_USER;
+        uint64_t outbox_before = deletes ? apply_outbox_rows(e->txn, p) : 0;
         eddy_err err = store_txn_put(e->txn, &k, (const char *)le->data, le->len);
         if (err == EDDY_OK)
             err = apply_replay(e->txn, &e->o.apply, p, m, le->seq, r, emit, e, &oc);
+        if (deletes)
+            e->outbox_removed += outbox_before - apply_outbox_rows(e->txn, p);
         eddy__store__v1__log_record__free_unpacked(r, NULL);
         if (err != EDDY_OK)
             return err;
@@ -582,8 +586,10 @@ static eddy_err apply_group(engine *e, struct job *group, int64_t now, bool idle
             err = run_outbox(e, j);
         } else if (j->kind == JOB_DELETE) {
             uint32_t p = partition_of_user(j->user_id, e->o.apply.partitions);
+            uint64_t outbox_before = apply_outbox_rows(e->txn, p);
             err = apply_delete_user(e->txn, p, &e->meta[p], j->user_id, &j->model_deleted,
                                     &j->windows_deleted, &j->log_deleted);
+            e->outbox_removed += outbox_before - apply_outbox_rows(e->txn, p);
         }
     }
     if (err == EDDY_OK && idle_due)
