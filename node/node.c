@@ -171,6 +171,23 @@ static void hook_kick(void *ud)
         forwarder_kick(fwd);
 }
 
+static void purge_logged(void *ud, eddy_err err)
+{
+    (void)ud;
+    if (err != EDDY_OK)
+        log_warn("msg=\"purge after a replicated DeleteUser failed\" error=\"%s\"",
+                 eddy_strerror(err));
+}
+
+/* A follower applied a DeleteUser: its LevelDB files and its older checkpoints of the
+ * partition go too (ckptsched_purge; the leader's DeleteUser does not wait for this). */
+static void hook_user_deleted(void *ud, uint32_t p, uint64_t next_seq)
+{
+    node *n = ud;
+    if (n->cks && ckptsched_purge(n->cks, p, next_seq, purge_logged, NULL) != EDDY_OK)
+        log_warn("msg=\"purge after a replicated DeleteUser not queued\" partition=%u", p);
+}
+
 static void hook_ckpt_written(void *ud, const struct checkpoint_info *ci)
 {
     node *n = ud;
@@ -248,7 +265,8 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     engine_options_from(c, &eo);
     eo.metrics = n->nm.engine;
     if (n->clustered)
-        eo.cluster = (struct engine_cluster){hook_stage2_local, n, hook_kick, n, hook_owns, n};
+        eo.cluster = (struct engine_cluster){hook_stage2_local, n, hook_kick, n, hook_owns, n,
+                                             hook_user_deleted, n};
     char why[512] = "";
     eddy_err e;
     if (c->checkpoint_key_file[0]) {
@@ -275,6 +293,7 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
         n->eng,
         {n->eng, n->pop, (int)c->default_recommendations, (int)c->max_recommendations, NULL,
          NULL, (size_t)c->max_purchased},
+        NULL,
     };
     if (n->clustered) {
         /* Recommend reads stage 2 across the cluster; CategoryTop serves the local part */
@@ -307,6 +326,8 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
         };
         if ((e = ckptsched_new(n->eng, &co, &n->cks)) != EDDY_OK)
             return fail(err, errlen, e, "cannot start checkpoints", NULL);
+        n->local.cks = n->cks; /* DeleteUser purges the partition's files */
+        n->ss.cks = n->cks;
     }
     return EDDY_OK;
 }

@@ -566,7 +566,7 @@ static void delete_after_followers(void *ud, eddy_err err)
         free(u);
         return;
     }
-    struct local_backend lb = {u->svc->eng, u->svc->q};
+    struct local_backend lb = {u->svc->eng, u->svc->q, u->svc->cks};
     local_backend_user(&lb, u->req, user_call_done, u);
 }
 
@@ -656,7 +656,7 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         }
         return;
     }
-    struct local_backend lb = {svc->eng, svc->q};
+    struct local_backend lb = {svc->eng, svc->q, svc->cks};
     local_backend_user(&lb, req, user_call_done, u);
 }
 

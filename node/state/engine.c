@@ -48,6 +48,7 @@ struct job {
     /* replay */
     const struct engine_log_entry *entries;
     uint64_t replay_next;
+    uint64_t deleted_next;      /* the seq after the last DELETE_USER replayed (0: none) */
     engine_replay_done_fn *replay_done;
     /* exclusive */
     engine_exclusive_fn *excl_fn;
@@ -334,8 +335,10 @@ static eddy_err run_replay(engine *e, struct job *j, int64_t now)
         eddy_err err = store_txn_put(e->txn, &k, (const char *)le->data, le->len);
         if (err == EDDY_OK)
             err = apply_replay(e->txn, &e->o.apply, p, m, le->seq, r, emit, e, &oc);
-        if (deletes)
+        if (deletes) {
             e->outbox_removed += outbox_before - apply_outbox_rows(e->txn, p);
+            j->deleted_next = le->seq + 1;
+        }
         eddy__store__v1__log_record__free_unpacked(r, NULL);
         if (err != EDDY_OK)
             return err;
@@ -417,7 +420,7 @@ static eddy_err run_exclusive(engine *e, struct job *j, int64_t now)
     return EDDY_OK;
 }
 
-static void finish(struct job *j, eddy_err err)
+static void finish(engine *e, struct job *j, eddy_err err)
 {
     if (err == EDDY_OK)
         err = j->job_err;
@@ -437,6 +440,9 @@ static void finish(struct job *j, eddy_err err)
         free(j->user_id);
         break;
     case JOB_REPLAY:
+        if (err == EDDY_OK && j->deleted_next && e->o.cluster.user_deleted)
+            e->o.cluster.user_deleted(e->o.cluster.deleted_ud, (uint32_t)j->partition,
+                                      j->deleted_next);
         j->replay_done(j->ud, err, err == EDDY_OK ? j->replay_next : 0);
         break;
     case JOB_EXCLUSIVE:
@@ -456,7 +462,7 @@ static void finish_group(engine *e, struct job *group, eddy_err err)
 {
     for (struct job *j = group, *next; j; j = next) {
         next = j->next;
-        finish(j, err);
+        finish(e, j, err);
         if (j->kind == JOB_FLUSH) {
             pthread_mutex_lock(&e->mu);
             *j->flush_flag = true;

@@ -62,6 +62,11 @@ struct engine_cluster {
      * the log gets them from the leader's, under the leader's seqs. NULL: every partition. */
     bool (*leads)(void *ud, uint32_t p);
     void *leads_ud;
+    /* Called on the sync thread once a replayed DELETE_USER record of partition 'p' (a
+     * follower's copy of a DeleteUser) is durable; 'next_seq' is the seq after it. The
+     * node purges the partition's files (ckptsched_purge). NULL: none. */
+    void (*user_deleted)(void *ud, uint32_t p, uint64_t next_seq);
+    void *deleted_ud;
 };
 
 struct engine_opts {
