@@ -220,6 +220,10 @@ eddy_err reprocess_check(const struct reprocess_opts *o, const struct reprocess_
         if (r == EDDY_ERR_NOT_FOUND || r == EDDY_ERR_TOO_LARGE)
             snprintf(err, errlen, "unknown checkpoint \"%s\" of partition %u in %s",
                      rq->checkpoint, rq->partition, o->checkpoint_dir);
+        else if (r == EDDY_ERR_KEY)
+            snprintf(err, errlen,
+                     "checkpoint \"%s\" of partition %u: %s (the node's log names both keys)",
+                     rq->checkpoint, rq->partition, eddy_strerror(r));
         if (r != EDDY_OK)
             return EDDY_ERR_INVALID;
     }
