@@ -4,8 +4,9 @@
  * store_sync_log), as node/cluster/mover.c does on the writer thread; no gRPC, no engine.
  * Prints the seconds of the whole load and of the writes alone, as one JSON line.
  *
- *   eddy-load-bench FILE DB_DIR [--batch BYTES] [--write-buffer BYTES]
- *                                (defaults 4194304 as the mover, the node's 16 MiB)
+ *   eddy-load-bench FILE DB_DIR [--batch BYTES] [--write-buffer BYTES] [--key KEY_FILE]
+ *                                (defaults 4194304 as the mover, the node's 16 MiB; --key:
+ *                                an encrypted checkpoint, as --checkpoint-key-file)
  *
  * DB_DIR must not exist (it is created, and left for the caller to remove). Under
  * `valgrind --tool=callgrind` the instruction count of the load is deterministic. */
@@ -46,7 +47,8 @@ static eddy_err on_record(void *ud, const unsigned char *key, size_t klen,
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: eddy-load-bench FILE DB_DIR [--batch BYTES] [--write-buffer BYTES]\n");
+    fprintf(stderr, "usage: eddy-load-bench FILE DB_DIR [--batch BYTES] [--write-buffer BYTES] "
+                    "[--key KEY_FILE]\n");
     return 2;
 }
 
@@ -58,15 +60,23 @@ int main(int argc, char **argv)
     struct load l = {0};
     size_t batch_bytes = 4u << 20;
     struct store_opts so = {.path = dir};
+    struct ckptkey key;
+    const char *key_file = NULL;
+    char err[256] = "";
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
             batch_bytes = strtoull(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--write-buffer") == 0 && i + 1 < argc)
             so.write_buffer_bytes = strtoll(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--key") == 0 && i + 1 < argc)
+            key_file = argv[++i];
         else
             return usage();
     }
-    char err[256] = "";
+    if (key_file && ckptkey_load(key_file, &key, err, sizeof(err)) != EDDY_OK) {
+        fprintf(stderr, "eddy-load-bench: %s: %s\n", key_file, err);
+        return 1;
+    }
     if (store_open(&so, &l.s, err, sizeof(err)) != EDDY_OK) {
         fprintf(stderr, "eddy-load-bench: %s\n", err);
         return 1;
@@ -74,7 +84,7 @@ int main(int argc, char **argv)
     FILE *f = fopen(file, "rb");
     struct store_range_loader rl;
     eddy_err e = store_range_loader_init(&rl, batch_bytes, write_batch, &l);
-    checkpoint_reader *r = checkpoint_reader_new(file, on_record, &rl);
+    checkpoint_reader *r = checkpoint_reader_new(key_file ? &key : NULL, file, on_record, &rl);
     unsigned char *buf = malloc(PIECE);
     if (e == EDDY_OK && !(f && r && buf))
         e = EDDY_ERR_IO;
@@ -110,5 +120,7 @@ int main(int argc, char **argv)
     if (f)
         fclose(f);
     store_close(l.s);
+    if (key_file)
+        ckptkey_release(&key);
     return e == EDDY_OK ? 0 : 1;
 }

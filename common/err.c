@@ -18,6 +18,7 @@ static const struct {
     [EDDY_ERR_NET] = {"network error", GRPC_STATUS_UNAVAILABLE},
     [EDDY_ERR_NOT_OWNER] = {"not the owner of the partition", GRPC_STATUS_FAILED_PRECONDITION},
     [EDDY_ERR_CONFLICT] = {"conflicting update", GRPC_STATUS_ABORTED},
+    [EDDY_ERR_KEY] = {"checkpoint key mismatch", GRPC_STATUS_FAILED_PRECONDITION},
 };
 
 const char *eddy_strerror(eddy_err err)

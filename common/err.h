@@ -19,6 +19,7 @@ typedef enum eddy_err {
     EDDY_ERR_NET,          /* bind or connect failed */
     EDDY_ERR_NOT_OWNER,    /* this node does not own the partition (stale epoch) */
     EDDY_ERR_CONFLICT,     /* compare-and-swap lost */
+    EDDY_ERR_KEY,          /* encrypted with another key, or encrypted/plain against the config */
     EDDY_ERR__COUNT
 } eddy_err;
 

@@ -151,6 +151,11 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
           "give up a checkpoint (counted as a failure) after this (0 = never)", 0, 0),
         F("checkpoint-dir", FLAG_STRING, checkpoint_dir,
           "checkpoint files (default DATA_DIR/checkpoints; may be shared by nodes)", 0, 0),
+        F("checkpoint-key-file", FLAG_STRING, checkpoint_key_file,
+          "encrypt checkpoints (and a move's checkpoint stream) with AES-256-GCM under the key "
+          "in FILE: 32 raw bytes or 64 hex digits, the same on every node of the cluster; "
+          "also the key --verify-checkpoint reads with",
+          0, 0),
         F("checkpoint-keep", FLAG_INT, checkpoint_keep, "checkpoints kept per partition", 1,
           1000),
         F("checkpoint-threads", FLAG_INT, checkpoint_threads,
@@ -193,7 +198,7 @@ static void usage(FILE *out, const struct flag *fl, size_t n)
     fprintf(out, "eddy-node %s: Eddy's real-time analytics and personalization node\n\n"
                  "usage: eddy-node --dev [--data-dir DIR] [--listen HOST:PORT] [flags]\n"
                  "       eddy-node --data-dir DIR --dump-state user,user_win\n"
-                 "       eddy-node --verify-checkpoint FILE\n"
+                 "       eddy-node --verify-checkpoint FILE [--checkpoint-key-file KEY]\n"
                  "       eddy-node --version\n\n"
                  "Every flag can also be set through its EDDY_* environment variable.\n\n",
             EDDY_VERSION);
@@ -216,7 +221,7 @@ int main(int argc, char **argv)
     if (c->dump_state)
         return offline_dump_state(c->data_dir, c->dump_state);
     if (c->verify_checkpoint)
-        return offline_verify_checkpoint(c->verify_checkpoint);
+        return offline_verify_checkpoint(c->verify_checkpoint, c->checkpoint_key_file);
 
     /* Block the stop signals before any thread exists, so every thread inherits the mask
      * and main receives them in sigwait. */

@@ -59,6 +59,7 @@ struct node {
     stage2cache *pop_cluster;        /* cluster: Recommend reads stage 2 across the cluster */
     ckptsched *cks;
     char ckpt_dir[CHECKPOINT_PATH_MAX];
+    struct ckptkey ckpt_key;         /* --checkpoint-key-file; the engine borrows it */
     peers *pe;
     membership *_Atomic mem;
     forwarder *_Atomic fwd;
@@ -110,7 +111,7 @@ struct node_config node_config_defaults(void)
         .cache_size = 64 << 20, .state_cache_size = 256 << 20, .shutdown_grace = 10000, .neighbour_cache = 20000,
         .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
         .checkpoint_timeout = 600000, .checkpoint_keep = 3,
-        .checkpoint_threads = 2, .checkpoint_dir = "",
+        .checkpoint_threads = 2, .checkpoint_dir = "", .checkpoint_key_file = "",
         .move_lag = 1000, .move_freeze = 10000, .move_final_wait = 30000,
         .load_interval = 10000, .replica_lag_timeout = 10000,
         .max_follower_lag_records = 10000, .max_follower_lag_ms = 5000,
@@ -192,6 +193,23 @@ static void hook_store_failed(void *ud, const char *why)
     _exit(NODE_EXIT_STORE_FAILED);
 }
 
+static void purge_logged(void *ud, eddy_err err)
+{
+    (void)ud;
+    if (err != EDDY_OK)
+        log_warn("msg=\"purge after a replicated DeleteUser failed\" error=\"%s\"",
+                 eddy_strerror(err));
+}
+
+/* A follower applied a DeleteUser: its LevelDB files and its older checkpoints of the
+ * partition go too (ckptsched_purge; the leader's DeleteUser does not wait for this). */
+static void hook_user_deleted(void *ud, uint32_t p, uint64_t next_seq)
+{
+    node *n = ud;
+    if (n->cks && ckptsched_purge(n->cks, p, next_seq, purge_logged, NULL) != EDDY_OK)
+        log_warn("msg=\"purge after a replicated DeleteUser not queued\" partition=%u", p);
+}
+
 static void hook_ckpt_written(void *ud, const struct checkpoint_info *ci)
 {
     node *n = ud;
@@ -257,6 +275,15 @@ static eddy_err fail(char *err, size_t errlen, eddy_err e, const char *what, con
     return e;
 }
 
+/* The checkpoint directory (--checkpoint-dir, or DATA_DIR/checkpoints) into n->ckpt_dir. */
+static const char *checkpoint_dir_of(const struct node_config *c, node *n)
+{
+    snprintf(n->ckpt_dir, sizeof(n->ckpt_dir), "%s", c->checkpoint_dir);
+    if (!c->checkpoint_dir[0])
+        snprintf(n->ckpt_dir, sizeof(n->ckpt_dir), "%s/checkpoints", c->data_dir);
+    return n->ckpt_dir;
+}
+
 /* The state role: the engine, its caches and the checkpoint scheduler. */
 static eddy_err open_state(node *n, char *err, size_t errlen)
 {
@@ -266,9 +293,23 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     eo.metrics = n->nm.engine;
     eo.store_failed = hook_store_failed;
     if (n->clustered)
-        eo.cluster = (struct engine_cluster){hook_stage2_local, n, hook_kick, n, hook_owns, n};
+        eo.cluster = (struct engine_cluster){hook_stage2_local, n, hook_kick, n, hook_owns, n,
+                                             hook_user_deleted, n};
     char why[512] = "";
-    eddy_err e = engine_open(&eo, &n->eng, why, sizeof(why));
+    eddy_err e;
+    if (c->checkpoint_key_file[0]) {
+        if ((e = ckptkey_load(c->checkpoint_key_file, &n->ckpt_key, why, sizeof(why))) !=
+            EDDY_OK) {
+            snprintf(err, errlen, "--checkpoint-key-file %s: %s", c->checkpoint_key_file, why);
+            return e;
+        }
+        eo.checkpoint_key = &n->ckpt_key;
+    }
+    if ((e = checkpoint_check_dir(eo.checkpoint_key, checkpoint_dir_of(c, n), why,
+                                  sizeof(why))) != EDDY_OK)
+        return fail(err, errlen, e, "checkpoints not readable with this node's key (all nodes "
+                    "of a cluster share one --checkpoint-key-file)", why);
+    e = engine_open(&eo, &n->eng, why, sizeof(why));
     if (e != EDDY_OK)
         return fail(err, errlen, e, "cannot open state", why);
     n->pop = stage2cache_new(engine_store(n->eng), &engine_options(n->eng)->product,
@@ -280,6 +321,7 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
         n->eng,
         {n->eng, n->pop, (int)c->default_recommendations, (int)c->max_recommendations, NULL,
          NULL, (size_t)c->max_purchased},
+        NULL,
     };
     if (n->clustered) {
         /* Recommend reads stage 2 across the cluster; CategoryTop serves the local part */
@@ -302,9 +344,6 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     }
     if (c->checkpoint_interval > 0) {
         /* before any event can arrive: the log floors come from the files on disk */
-        snprintf(n->ckpt_dir, sizeof(n->ckpt_dir), "%s", c->checkpoint_dir);
-        if (!c->checkpoint_dir[0])
-            snprintf(n->ckpt_dir, sizeof(n->ckpt_dir), "%s/checkpoints", c->data_dir);
         struct ckptsched_opts co = {
             .dir = n->ckpt_dir, .interval_ms = c->checkpoint_interval,
             .min_pause_ms = c->checkpoint_min_pause, .timeout_ms = c->checkpoint_timeout,
@@ -315,6 +354,8 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
         };
         if ((e = ckptsched_new(n->eng, &co, &n->cks)) != EDDY_OK)
             return fail(err, errlen, e, "cannot start checkpoints", NULL);
+        n->local.cks = n->cks; /* DeleteUser purges the partition's files */
+        n->ss.cks = n->cks;
     }
     return EDDY_OK;
 }
@@ -648,5 +689,6 @@ void node_free(node *n)
     health_free(n->hl);
     if (n->metrics_ready)
         node_metrics_release(&n->nm); /* last: late answers from the writer still count */
+    ckptkey_release(&n->ckpt_key);     /* after the engine that borrowed it */
     free(n);
 }

@@ -37,6 +37,7 @@ struct node_config {
     int64_t checkpoint_interval, checkpoint_min_pause, checkpoint_timeout, checkpoint_keep;
     int64_t checkpoint_threads;
     const char *checkpoint_dir;
+    const char *checkpoint_key_file; /* "": plain checkpoints */
     int64_t partitions;
     int64_t grpc_threads, handler_threads, internal_threads, max_queued_calls;
     int64_t max_message_size, max_batch, max_connection_age;

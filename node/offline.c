@@ -53,10 +53,18 @@ int offline_dump_state(const char *data_dir, const char *tables)
     return e == EDDY_OK ? 0 : 1;
 }
 
-int offline_verify_checkpoint(const char *path)
+int offline_verify_checkpoint(const char *path, const char *key_file)
 {
     struct checkpoint_info ci;
-    eddy_err e = checkpoint_verify(path, &ci);
+    struct ckptkey key;
+    memset(&key, 0, sizeof(key));
+    char why[256] = "";
+    if (key_file && key_file[0] && ckptkey_load(key_file, &key, why, sizeof(why)) != EDDY_OK) {
+        fprintf(stderr, "eddy-node: --checkpoint-key-file %s: %s\n", key_file, why);
+        return 1;
+    }
+    eddy_err e = checkpoint_verify(key_file && key_file[0] ? &key : NULL, path, &ci);
+    ckptkey_release(&key);
     if (e != EDDY_OK) {
         fprintf(stderr, "eddy-node: %s: %s\n", path, eddy_strerror(e));
         return 1;
@@ -69,6 +77,7 @@ int offline_verify_checkpoint(const char *path)
     cJSON_AddNumberToObject(o, "records", (double)ci.records);
     cJSON_AddNumberToObject(o, "bytes", (double)ci.bytes);
     cJSON_AddNumberToObject(o, "crc", ci.crc);
+    cJSON_AddBoolToObject(o, "encrypted", ci.encrypted);
     cJSON_AddNumberToObject(o, "created_ms", (double)ci.created_ms);
     char *text = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);

@@ -8,7 +8,8 @@
 int offline_dump_state(const char *data_dir, const char *tables);
 
 /* 0 if 'path' is a whole, valid checkpoint (printed as one JSON line), 1 otherwise (the
- * reason on stderr). */
-int offline_verify_checkpoint(const char *path);
+ * reason on stderr). 'key_file' ("" or NULL: none) is --checkpoint-key-file: an encrypted
+ * checkpoint needs the key it was written with. */
+int offline_verify_checkpoint(const char *path, const char *key_file);
 
 #endif

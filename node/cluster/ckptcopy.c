@@ -37,13 +37,14 @@ static eddy_err send_chunk(void *ud, const void *buf, size_t n)
     return err;
 }
 
-eddy_err ckptcopy_send(store *s, uint32_t p, rpc_call *c, const atomic_bool *cancel,
+eddy_err ckptcopy_send(engine *eng, uint32_t p, rpc_call *c, const atomic_bool *cancel,
                        struct checkpoint_info *out)
 {
     /* streamed from one snapshot as it is read: no file, no fsync on this side (the
      * receiver checks the CRC and the length at the end) */
     struct chunk_sink cs = {c, cancel, 0};
-    return checkpoint_stream(s, p, send_chunk, &cs, out);
+    return checkpoint_stream(engine_options(eng)->checkpoint_key, engine_store(eng), p,
+                             send_chunk, &cs, out);
 }
 
 /* ---- receiving ---------------------------------------------------------------------------- */
@@ -137,7 +138,7 @@ eddy_err ckptcopy_receive(engine *eng, uint32_t p, rpc_channel *ch, const char *
     int64_t t0 = clock_mono_ns();
     struct loader ld = {.eng = eng, .p = p, .st = st, .err = EDDY_OK};
     eddy_err err = store_range_loader_init(&ld.rl, LOAD_BATCH_BYTES, write_batch, &ld);
-    ld.rd = checkpoint_reader_new(what, load_record, &ld);
+    ld.rd = checkpoint_reader_new(engine_options(eng)->checkpoint_key, what, load_record, &ld);
     if (err == EDDY_OK)
         err = ld.rd ? engine_drop_partition(eng, p, NULL) : EDDY_ERR_NOMEM;
     if (err == EDDY_OK) {

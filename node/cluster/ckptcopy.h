@@ -16,11 +16,12 @@
 #include "node/state/checkpoint.h"
 #include "node/state/engine.h"
 
-/* Sending: stream a fresh checkpoint of partition 'p' of 's' on the server-streaming call
- * 'c' (one CheckpointChunk per piece, waiting for gRPC's window when the receiver is
- * slower). 'cancel' (NULL: none) set by another thread stops it with
- * EDDY_ERR_UNAVAILABLE at the next piece. The caller finishes the call. */
-eddy_err ckptcopy_send(store *s, uint32_t p, rpc_call *c, const atomic_bool *cancel,
+/* Sending: stream a fresh checkpoint of partition 'p' of the engine's store on the
+ * server-streaming call 'c' (one CheckpointChunk per piece, waiting for gRPC's window when
+ * the receiver is slower), encrypted when the engine has a checkpoint key. 'cancel' (NULL:
+ * none) set by another thread stops it with EDDY_ERR_UNAVAILABLE at the next piece. The
+ * caller finishes the call. */
+eddy_err ckptcopy_send(engine *eng, uint32_t p, rpc_call *c, const atomic_bool *cancel,
                        struct checkpoint_info *out);
 
 /* Where a receive's time went. */
@@ -35,7 +36,8 @@ struct ckptcopy_stats {
 };
 
 /* Receiving: drop this node's copy of partition 'p' and replace it with the checkpoint
- * streamed by 'method' on 'ch' for 'req', made durable (one sync at the end) before this
+ * streamed by 'method' on 'ch' for 'req' (read with the engine's checkpoint key), made
+ * durable (one sync at the end) before this
  * returns. *next_seq is the partition's next seq after the load. The caller holds the
  * partition (engine_claim_partition). On any error the partition is left partial: the
  * caller drops it (engine_drop_partition) or copies again.

@@ -64,7 +64,8 @@ void ckptpub_final(const char *dir, engine *eng, membership *mem, struct state_s
         if (!ckptpub_final_wanted(membership_owns(mem, p, &epoch),
                                   state_service_moving_out(ss, p), v.next_seq))
             continue;
-        if (checkpoint_write_dir(engine_store(eng), p, dir, &info) != EDDY_OK)
+        if (checkpoint_write_dir(engine_options(eng)->checkpoint_key, engine_store(eng), p, dir,
+                                 &info) != EDDY_OK)
             log_warn("msg=\"final checkpoint failed\" partition=%u", p);
     }
 }

@@ -324,7 +324,7 @@ static bool restore_newer(mover *mv, uint32_t p, uint64_t seq)
 {
     struct checkpoint_info info;
     const char *dir = mv->o.ss->checkpoint_dir;
-    if (!dir || checkpoint_latest_valid(dir, p, &info) != EDDY_OK || info.seq <= seq)
+    if (!dir || checkpoint_latest_valid(engine_options(mv->o.eng)->checkpoint_key, dir, p, &info) != EDDY_OK || info.seq <= seq)
         return false;
     struct completion w;
     completion_init(&w);
@@ -496,7 +496,9 @@ static bool same_lineage(mover *mv, uint32_t p, uint64_t last_seq, const char *p
         return false; /* no such record here (deleted): cannot tell, keep the copy */
     l.val = val;
     FILE *f = fopen(path, "rbe");
-    checkpoint_reader *r = f ? checkpoint_reader_new(path, lineage_record, &l) : NULL;
+    checkpoint_reader *r =
+        f ? checkpoint_reader_new(engine_options(mv->o.eng)->checkpoint_key, path, lineage_record, &l)
+          : NULL;
     unsigned char buf[65536];
     size_t n;
     while (r && (n = fread(buf, 1, sizeof(buf), f)) > 0 &&

@@ -839,7 +839,7 @@ static void *snapshot_main(void *arg)
     struct snapshot_send *ss = arg;
     replica *r = ss->r;
     struct checkpoint_info info;
-    eddy_err err = ckptcopy_send(engine_store(r->o.eng), ss->p, ss->call, &r->cancel, &info);
+    eddy_err err = ckptcopy_send(r->o.eng, ss->p, ss->call, &r->cancel, &info);
     if (err == EDDY_OK)
         log_info("msg=\"checkpoint sent to a follower\" partition=%" PRIu32 " seq=%" PRIu64
                  " bytes=%" PRIu64,

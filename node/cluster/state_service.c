@@ -136,7 +136,8 @@ void state_service_takeover(struct state_service *svc)
         struct checkpoint_info info;
         engine_partition(svc->eng, p, &v);
         bool newer = svc->checkpoint_dir &&
-                     checkpoint_latest_valid(svc->checkpoint_dir, p, &info) == EDDY_OK &&
+                     checkpoint_latest_valid(engine_options(svc->eng)->checkpoint_key,
+                                             svc->checkpoint_dir, p, &info) == EDDY_OK &&
                      info.seq > v.next_seq;
         struct restore_ctx *rc = newer ? malloc(sizeof(*rc)) : NULL;
         if (rc) {
@@ -635,7 +636,7 @@ static void delete_after_followers(void *ud, eddy_err err)
         free(u);
         return;
     }
-    struct local_backend lb = {u->svc->eng, u->svc->q};
+    struct local_backend lb = {u->svc->eng, u->svc->q, u->svc->cks};
     local_backend_user(&lb, u->req, user_call_done, u);
 }
 
@@ -736,7 +737,7 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         }
         return;
     }
-    struct local_backend lb = {svc->eng, svc->q};
+    struct local_backend lb = {svc->eng, svc->q, svc->cks};
     local_backend_user(&lb, req, user_call_done, u);
 }
 
@@ -913,7 +914,7 @@ static void *fetch_ckpt_main(void *arg)
     atomic_store(&svc->freeze_id[fc->p], fc->move_id);
     engine_flush(svc->eng);
     struct checkpoint_info info;
-    eddy_err err = ckptcopy_send(engine_store(svc->eng), fc->p, fc->call, NULL, &info);
+    eddy_err err = ckptcopy_send(svc->eng, fc->p, fc->call, NULL, &info);
     freeze(svc, fc->p, fc->move_id); /* now the target's FetchLog calls keep it */
     if (err != EDDY_OK) {
         code = eddy_err_to_grpc(err);

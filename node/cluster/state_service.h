@@ -33,6 +33,7 @@ struct state_service {
     struct query_ctx q;   /* Recommend uses the cluster-wide stage-2 source */
     stage2cache *local;   /* this node's own product partitions, for CategoryTop */
     const char *checkpoint_dir; /* where newly owned partitions are restored from (shared) */
+    ckptsched *cks;       /* borrowed; NULL: no checkpoints. DeleteUser purges (local_backend) */
     /* Per partition: epoch + 1 once this node has taken the partition over at that epoch
      * (restored from a newer checkpoint, or found its own state current); 0 before. Apply,
      * User and Forward for an owned partition wait (UNAVAILABLE) until it is ready.

@@ -1,6 +1,8 @@
 /* The deterministic apply of a user partition's log records. */
 #include "node/state/apply.h"
 
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -711,6 +713,8 @@ eddy_err apply_idle(store_txn *t, const struct apply_params *ap, uint32_t p,
 static eddy_err delete_user_state(store_txn *t, uint32_t p, const struct part_meta *m,
                                   const char *user_id, bool *model_deleted,
                                   uint64_t *windows_deleted, uint64_t *log_deleted);
+static eddy_err replay_delete_user(store_txn *t, uint32_t p, const struct part_meta *m,
+                                   const Eddy__Store__V1__DeleteUserRecord *du);
 static eddy_err remove_outbox(store_txn *t, uint32_t p, const uint64_t *seqs, size_t n,
                               uint64_t *removed);
 
@@ -745,11 +749,8 @@ eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
     case EDDY__STORE__V1__LOG_RECORD__KIND_STAGE2:
         return ap->product ? product_apply(t, ap->product, r->stage2, only_partition, &p)
                            : EDDY_OK;
-    case EDDY__STORE__V1__LOG_RECORD__KIND_DELETE_USER: {
-        bool model;
-        uint64_t windows, logged;
-        return delete_user_state(t, p, m, r->delete_user->user_id, &model, &windows, &logged);
-    }
+    case EDDY__STORE__V1__LOG_RECORD__KIND_DELETE_USER:
+        return replay_delete_user(t, p, m, r->delete_user);
     case EDDY__STORE__V1__LOG_RECORD__KIND_OUTBOX_DONE:
         if (!ap->product)
             return EDDY_OK;
@@ -814,6 +815,27 @@ eddy_err apply_outbox_done(store_txn *t, uint32_t p, struct part_meta *m, const 
     if (err == EDDY_OK)
         err = remove_outbox(t, p, seqs, n, removed);
     return err;
+}
+
+static int count_row(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    (void)k;
+    (void)klen;
+    (void)v;
+    (void)vlen;
+    (*(uint64_t *)ud)++;
+    return 0;
+}
+
+uint64_t apply_outbox_rows(store_txn *t, uint32_t p)
+{
+    struct store_key k, end;
+    uint64_t n = 0;
+    key_init(&k, p, T_OUTBOX);
+    key_prefix_end(&k, &end);
+    if (store_txn_scan(t, &k, &end, count_row, &n) != EDDY_OK)
+        return 0;
+    return n;
 }
 
 uint64_t apply_outbox_present(store_txn *t, uint32_t p, const Eddy__Store__V1__LogRecord *r)
@@ -889,9 +911,131 @@ static eddy_err delete_user_state(store_txn *t, uint32_t p, const struct part_me
         uint64_t seq = (uint64_t)l.ts[i];
         err = seq >= m->dedup_next ? erase_log_entry(t, p, seq, user_id)
                                    : delete_log_entry(t, p, seq, user_id);
+        /* the stage-2 records of the event not yet forwarded go too (on every copy alike:
+         * the forwarder's OUTBOX_DONE for a row already gone removes nothing) */
+        if (err == EDDY_OK)
+            err = remove_outbox(t, p, &seq, 1, NULL);
     }
     *log_deleted = err == EDDY_OK ? l.n : 0;
     kv_release(&l);
+    return err;
+}
+
+#define USER_HASH_LEN 32
+#define USER_SALT_LEN 16
+
+/* SHA-256(salt, partition as big-endian u16, user id): a DeleteUser record's name for its
+ * user. */
+static eddy_err user_hash(const unsigned char *salt, size_t saltlen, uint32_t p,
+                          const char *user_id, size_t idlen, unsigned char out[USER_HASH_LEN])
+{
+    unsigned char pb[2] = {(unsigned char)(p >> 8), (unsigned char)p};
+    unsigned int n = 0;
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    bool ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
+              EVP_DigestUpdate(c, salt, saltlen) == 1 && EVP_DigestUpdate(c, pb, 2) == 1 &&
+              EVP_DigestUpdate(c, user_id, idlen) == 1 && EVP_DigestFinal_ex(c, out, &n) == 1 &&
+              n == USER_HASH_LEN;
+    EVP_MD_CTX_free(c);
+    return ok ? EDDY_OK : EDDY_ERR_NOMEM;
+}
+
+/* Looking for the user of a hash: the id of the first key at or after 'from' in one
+ * table, and where the next user's keys start. */
+struct user_probe {
+    enum store_table t;
+    char id[STORE_KEY_MAX + 1];
+    size_t idlen;
+    bool found;
+};
+
+static int probe_first(void *ud, const unsigned char *k, size_t klen, const char *v,
+                       size_t vlen)
+{
+    (void)v;
+    (void)vlen;
+    struct user_probe *pr = ud;
+    size_t off = 3, len = klen - off; /* USER: the id is the rest of the key */
+    if (pr->t != T_USER) {            /* the others: u16 length, then the id */
+        if (klen < 5)
+            return 1;
+        len = (size_t)k[3] << 8 | k[4];
+        off = 5;
+        if (len > klen - off)
+            return 1;
+    }
+    memcpy(pr->id, k + off, len);
+    pr->id[len] = '\0';
+    pr->idlen = len;
+    pr->found = true;
+    return 1;
+}
+
+/* Find the user whose hash 'du' holds among the ids in partition p's tables keyed by
+ * user, one seek per user and table (deletes are rare; a partition's users are at most
+ * millions). *found false: none (the user had nothing left here). */
+static eddy_err find_hashed_user(store_txn *t, uint32_t p,
+                                 const Eddy__Store__V1__DeleteUserRecord *du, char *id,
+                                 bool *found)
+{
+    static const enum store_table tables[] = {T_USER, T_USER_LOG, T_USER_WIN, T_BOUGHT, T_SEEN};
+    *found = false;
+    if (du->user_hash.len != USER_HASH_LEN)
+        return EDDY_ERR_CORRUPT;
+    for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
+        struct store_key from, end, next;
+        key_init(&from, p, tables[i]);
+        key_prefix_end(&from, &end);
+        for (;;) {
+            struct user_probe pr = {.t = tables[i]};
+            eddy_err err = store_txn_scan(t, &from, &end, probe_first, &pr);
+            if (err != EDDY_OK)
+                return err;
+            if (!pr.found)
+                break;
+            unsigned char h[USER_HASH_LEN];
+            if ((err = user_hash(du->salt.data, du->salt.len, p, pr.id, pr.idlen, h)) !=
+                EDDY_OK)
+                return err;
+            if (memcmp(h, du->user_hash.data, USER_HASH_LEN) == 0 &&
+                strlen(pr.id) == pr.idlen) {
+                memcpy(id, pr.id, pr.idlen + 1);
+                *found = true;
+                return EDDY_OK;
+            }
+            /* on to the keys of the next user */
+            key_init(&next, p, tables[i]);
+            if (tables[i] == T_USER) {
+                key_str(&next, pr.id);
+                key_u16(&next, 0); /* the first key after this id: id + NUL byte */
+                next.len--;
+            } else {
+                key_lstr(&next, pr.id);
+                key_prefix_end(&next, &from);
+                continue;
+            }
+            from = next;
+        }
+    }
+    return EDDY_OK;
+}
+
+/* A DeleteUser record found in the log: the same removal as where it was appended. */
+static eddy_err replay_delete_user(store_txn *t, uint32_t p, const struct part_meta *m,
+                                   const Eddy__Store__V1__DeleteUserRecord *du)
+{
+    bool model;
+    uint64_t windows, logged;
+    if (du->user_id && du->user_id[0]) /* a record of an older build */
+        return delete_user_state(t, p, m, du->user_id, &model, &windows, &logged);
+    char *id = malloc(STORE_KEY_MAX + 1);
+    if (!id)
+        return EDDY_ERR_NOMEM;
+    bool found;
+    eddy_err err = find_hashed_user(t, p, du, id, &found);
+    if (err == EDDY_OK && found)
+        err = delete_user_state(t, p, m, id, &model, &windows, &logged);
+    free(id);
     return err;
 }
 
@@ -901,11 +1045,18 @@ eddy_err apply_delete_user(store_txn *t, uint32_t p, struct part_meta *m,
 {
     Eddy__Store__V1__DeleteUserRecord du = EDDY__STORE__V1__DELETE_USER_RECORD__INIT;
     Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
-    du.user_id = (char *)user_id;
+    unsigned char salt[USER_SALT_LEN], hash[USER_HASH_LEN];
+    if (RAND_bytes(salt, sizeof(salt)) != 1)
+        return EDDY_ERR_IO;
+    eddy_err err = user_hash(salt, sizeof(salt), p, user_id, strlen(user_id), hash);
+    if (err != EDDY_OK)
+        return err;
+    du.salt = (ProtobufCBinaryData){sizeof(salt), salt};
+    du.user_hash = (ProtobufCBinaryData){sizeof(hash), hash};
     du.ts = m->max_ts;
     r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_DELETE_USER;
     r.delete_user = &du;
-    eddy_err err = append_record(t, p, m, &r);
+    err = append_record(t, p, m, &r);
     if (err == EDDY_OK)
         err = delete_user_state(t, p, m, user_id, model_deleted, windows_deleted, log_deleted);
     return err;

@@ -115,6 +115,10 @@ eddy_err apply_stage2(store_txn *t, const struct apply_params *ap, uint32_t q,
 eddy_err apply_outbox_done(store_txn *t, uint32_t p, struct part_meta *m, const uint64_t *seqs,
                            size_t n, uint64_t *removed);
 
+/* The OUTBOX rows of partition p as 't' sees them (a DeleteUser drops the user's: the
+ * engine counts them before and after). */
+uint64_t apply_outbox_rows(store_txn *t, uint32_t p);
+
 /* OUTBOX rows an OUTBOX_DONE record 'r' removes when applied now (what the engine
  * subtracts from its OUTBOX depth on a replay). */
 uint64_t apply_outbox_present(store_txn *t, uint32_t p, const Eddy__Store__V1__LogRecord *r);

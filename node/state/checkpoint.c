@@ -15,12 +15,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/rand.h>
+
 #include "common/clock.h"
 #include "common/crc32c.h"
 #include "common/log.h"
 #include "eddy/v1/store.pb-c.h"
 
-#define WRITE_BUF (256u << 10)
+#define WRITE_BUF (256u << 10)     /* also the largest chunk of an encrypted file */
+#define CHUNK_HEAD (4u + CKPTKEY_NONCE_LEN)
+#define CHUNK_LAST 0x80000000u     /* in a chunk's length field: the file's last chunk */
+#define CHUNK_AAD (CHECKPOINT_HEADER_LEN + 12u)
 
 /* ---- little-endian fields ------------------------------------------------------------- */
 
@@ -46,9 +51,25 @@ static void partition_range(uint32_t p, struct store_key *start, struct store_ke
     key_prefix_end(start, end);
 }
 
+/* The associated data of chunk 'index': the file's header, the index, the length field;
+ * so no chunk can be moved, dropped, cut or marked last in another place or file. */
+static void chunk_aad(const unsigned char *hdr, uint64_t index, uint32_t lenf,
+                      unsigned char aad[CHUNK_AAD])
+{
+    memcpy(aad, hdr, CHECKPOINT_HEADER_LEN);
+    put_le(aad + CHECKPOINT_HEADER_LEN, index, 8);
+    put_le(aad + CHECKPOINT_HEADER_LEN + 8, lenf, 4);
+}
+
 /* ---- writing -------------------------------------------------------------------------- */
 
 struct writer {
+    const struct ckptkey *key;  /* NULL: a plain file */
+    unsigned char *sealed;      /* one sealed chunk (with a key) */
+    unsigned char ehdr[CHECKPOINT_HEADER_LEN]; /* the encrypted file's header */
+    uint64_t chunks;            /* sealed so far */
+    bool last;                  /* the next flush is the file's last */
+    uint64_t written;           /* bytes out (file or sink): the file's length */
     int fd;                     /* the file, or -1 when 'sink' takes the bytes */
     checkpoint_sink_fn *sink;
     void *sink_ud;
@@ -72,18 +93,19 @@ static void w_crc(struct writer *w)
     w->crc_len = w->len;
 }
 
-static void w_flush(struct writer *w)
+/* 'n' bytes to the file or the sink, as they will be stored. */
+static void w_out(struct writer *w, const unsigned char *b, size_t n)
 {
-    w_crc(w);
+    if (w->err != EDDY_OK || n == 0)
+        return;
+    w->written += n;
     if (w->sink) {
-        if (w->err == EDDY_OK && w->len > 0)
-            w->err = w->sink(w->sink_ud, w->buf, w->len);
-        w->len = w->crc_len = 0;
+        w->err = w->sink(w->sink_ud, b, n);
         return;
     }
     size_t done = 0;
-    while (w->err == EDDY_OK && done < w->len) {
-        ssize_t r = write(w->fd, w->buf + done, w->len - done);
+    while (w->err == EDDY_OK && done < n) {
+        ssize_t r = write(w->fd, b + done, n - done);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0) {
@@ -94,7 +116,66 @@ static void w_flush(struct writer *w)
         }
         done += (size_t)r;
     }
+}
+
+/* The buffer as the next sealed chunk; the encrypted header goes out before the first. */
+static void w_seal(struct writer *w)
+{
+    if (w->err != EDDY_OK)
+        return;
+    if (w->chunks == 0)
+        w_out(w, w->ehdr, sizeof(w->ehdr));
+    uint32_t lenf = (uint32_t)w->len | (w->last ? CHUNK_LAST : 0);
+    unsigned char aad[CHUNK_AAD];
+    chunk_aad(w->ehdr, w->chunks, lenf, aad);
+    unsigned char *c = w->sealed;
+    put_le(c, lenf, 4);
+    eddy_err err = ckptkey_seal(w->key, aad, sizeof(aad), w->buf, w->len, c + 4, c + CHUNK_HEAD,
+                                c + CHUNK_HEAD + w->len);
+    if (err != EDDY_OK) {
+        log_error("msg=\"checkpoint: encryption failed\" path=%s", w->path);
+        w->err = err;
+        return;
+    }
+    w->chunks++;
+    w_out(w, c, CHUNK_HEAD + w->len + CKPTKEY_TAG_LEN);
+}
+
+static void w_flush(struct writer *w)
+{
+    w_crc(w);
+    if (w->len > 0 && w->key)
+        w_seal(w);
+    else
+        w_out(w, w->buf, w->len);
     w->len = w->crc_len = 0;
+}
+
+/* The buffers, and with a key the encrypted header (a random file id in it). */
+static eddy_err w_init(struct writer *w, const struct ckptkey *key)
+{
+    w->key = key;
+    w->buf = malloc(WRITE_BUF);
+    if (!w->buf)
+        return EDDY_ERR_NOMEM;
+    if (!key)
+        return EDDY_OK;
+    w->sealed = malloc(CHUNK_HEAD + WRITE_BUF + CKPTKEY_TAG_LEN);
+    if (!w->sealed)
+        return EDDY_ERR_NOMEM;
+    unsigned char *h = w->ehdr;
+    memcpy(h, CHECKPOINT_MAGIC_ENCRYPTED, 8);
+    put_le(h + 8, CHECKPOINT_VERSION, 4);
+    put_le(h + 12, w->partition, 2);
+    put_le(h + 14, 0, 2);
+    memcpy(h + 16, key->id, CKPTKEY_ID_LEN);
+    return RAND_bytes(h + 24, 8) == 1 ? EDDY_OK : EDDY_ERR_IO;
+}
+
+static void w_release(struct writer *w)
+{
+    free(w->buf);
+    free(w->sealed);
 }
 
 /* Append 'n' bytes, counted in the CRC. */
@@ -233,6 +314,7 @@ static eddy_err write_body(store_snapshot *snap, uint32_t p, uint64_t seq, struc
     put_le(f + 12, *total, 8);
     w_put(w, f, 20);
     w_put_crc(w);
+    w->last = true;
     w_flush(w);
     return w->err;
 }
@@ -253,8 +335,8 @@ static eddy_err snapshot_seq(store_snapshot *snap, uint32_t p, uint64_t *seq)
 
 /* Write the partition as of 'snap' to 'path' (or, if path is NULL, to its canonical name
  * in 'dir', which needs the snapshot's seq). */
-static eddy_err write_from_snapshot(store_snapshot *snap, uint32_t p, const char *path,
-                                    const char *dir, int64_t deadline_ms,
+static eddy_err write_from_snapshot(const struct ckptkey *key, store_snapshot *snap, uint32_t p,
+                                    const char *path, const char *dir, int64_t deadline_ms,
                                     struct checkpoint_info *out)
 {
     eddy_err err;
@@ -278,11 +360,8 @@ static eddy_err write_from_snapshot(store_snapshot *snap, uint32_t p, const char
         goto out;
     }
     w.path = tmp;
-    w.buf = malloc(WRITE_BUF);
-    if (!w.buf) {
-        err = EDDY_ERR_NOMEM;
+    if ((err = w_init(&w, key)) != EDDY_OK)
         goto out;
-    }
     w.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (w.fd < 0) {
         log_error("msg=\"checkpoint: cannot create\" path=%s error=\"%s\"", tmp, strerror(errno));
@@ -328,20 +407,21 @@ static eddy_err write_from_snapshot(store_snapshot *snap, uint32_t p, const char
         out->seq = seq;
         out->created_ms = created;
         out->records = w.records;
-        out->bytes = total;
+        out->bytes = w.written;
         out->crc = w.crc;
+        out->encrypted = key != NULL;
         snprintf(out->path, sizeof(out->path), "%s", final);
     }
     log_info("msg=\"checkpoint written\" partition=%" PRIu32 " seq=%" PRIu64 " records=%" PRIu64
-             " bytes=%" PRIu64 " path=%s",
-             p, seq, w.records, total, final);
+             " bytes=%" PRIu64 " encrypted=%d path=%s",
+             p, seq, w.records, w.written, key != NULL, final);
 
 out:
     if (w.fd >= 0)
         close(w.fd);
     if (tmp_exists)
         unlink(tmp);
-    free(w.buf);
+    w_release(&w);
     return err;
 }
 
@@ -351,55 +431,60 @@ eddy_err checkpoint_path(char *buf, size_t n, const char *dir, uint32_t p, uint6
     return r < 0 || (size_t)r >= n ? EDDY_ERR_TOO_LARGE : EDDY_OK;
 }
 
-static eddy_err write_common(store *s, uint32_t p, const char *path, const char *dir,
-                             int64_t deadline_ms, struct checkpoint_info *out)
+static eddy_err write_common(const struct ckptkey *key, store *s, uint32_t p, const char *path,
+                             const char *dir, int64_t deadline_ms, struct checkpoint_info *out)
 {
     if (p > UINT16_MAX)
         return EDDY_ERR_INVALID;
     store_snapshot *snap = store_snapshot_new(s);
     if (!snap)
         return EDDY_ERR_NOMEM;
-    eddy_err err = write_from_snapshot(snap, p, path, dir, deadline_ms, out);
+    eddy_err err = write_from_snapshot(key, snap, p, path, dir, deadline_ms, out);
     store_snapshot_free(snap);
     return err;
 }
 
-eddy_err checkpoint_stream(store *s, uint32_t p, checkpoint_sink_fn *sink, void *ud,
-                           struct checkpoint_info *out)
+eddy_err checkpoint_stream(const struct ckptkey *key, store *s, uint32_t p,
+                           checkpoint_sink_fn *sink, void *ud, struct checkpoint_info *out)
 {
     if (p > UINT16_MAX || !sink)
         return EDDY_ERR_INVALID;
     store_snapshot *snap = store_snapshot_new(s);
     struct writer w = {.fd = -1, .sink = sink, .sink_ud = ud, .path = "(stream)", .partition = p,
                        .err = EDDY_OK};
-    w.buf = malloc(WRITE_BUF);
     uint64_t seq = 0, total = 0;
     int64_t created = 0;
-    eddy_err err = snap && w.buf ? snapshot_seq(snap, p, &seq) : EDDY_ERR_NOMEM;
+    eddy_err err = snap ? w_init(&w, key) : EDDY_ERR_NOMEM;
+    if (err == EDDY_OK)
+        err = snapshot_seq(snap, p, &seq);
     if (err == EDDY_OK)
         err = write_body(snap, p, seq, &w, &created, &total);
     if (err == EDDY_OK && out) {
         memset(out, 0, sizeof(*out));
         *out = (struct checkpoint_info){.partition = p, .version = CHECKPOINT_VERSION, .seq = seq,
                                         .created_ms = created, .records = w.records,
-                                        .bytes = total, .crc = w.crc};
+                                        .bytes = w.written, .crc = w.crc,
+                                        .encrypted = key != NULL};
     }
-    free(w.buf);
+    w_release(&w);
     store_snapshot_free(snap);
     return err;
 }
 
-eddy_err checkpoint_write(store *s, uint32_t p, const char *path, struct checkpoint_info *out)
+eddy_err checkpoint_write(const struct ckptkey *key, store *s, uint32_t p, const char *path,
+                          struct checkpoint_info *out)
 {
-    return write_common(s, p, path, NULL, 0, out);
+    return write_common(key, s, p, path, NULL, 0, out);
 }
 
-eddy_err checkpoint_write_dir(store *s, uint32_t p, const char *dir, struct checkpoint_info *out)
+eddy_err checkpoint_write_dir(const struct ckptkey *key, store *s, uint32_t p, const char *dir,
+                              struct checkpoint_info *out)
 {
-    return checkpoint_write_dir_until(s, p, dir, 0, out);
+    return checkpoint_write_dir_until(key, s, p, dir, 0, out);
 }
 
-eddy_err checkpoint_write_dir_until(store *s, uint32_t p, const char *dir, int64_t deadline_ms,
+eddy_err checkpoint_write_dir_until(const struct ckptkey *key, store *s, uint32_t p,
+                                    const char *dir, int64_t deadline_ms,
                                     struct checkpoint_info *out)
 {
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
@@ -407,7 +492,7 @@ eddy_err checkpoint_write_dir_until(store *s, uint32_t p, const char *dir, int64
                   strerror(errno));
         return EDDY_ERR_IO;
     }
-    return write_common(s, p, NULL, dir, deadline_ms, out);
+    return write_common(key, s, p, NULL, dir, deadline_ms, out);
 }
 
 /* ---- reading -------------------------------------------------------------------------- */
@@ -417,8 +502,20 @@ eddy_err checkpoint_write_dir_until(store *s, uint32_t p, const char *dir, int64
  * (verifying streams them through the CRC). */
 enum rstate { R_HEADER, R_KLEN, R_KEY, R_VLEN, R_VAL, R_FOOTER, R_DONE };
 
+/* The outer layer: which file this is, and for an encrypted one where in its chunks. */
+enum ostate { O_MAGIC, O_PLAIN, O_HEADER, O_CHUNK_HEAD, O_CHUNK, O_END };
+
 struct checkpoint_reader {
     const char *what;
+    const struct ckptkey *ckey; /* NULL: plain files only */
+    enum ostate ost;
+    uint64_t in_off;            /* bytes fed: the file's length at the end */
+    unsigned char ehdr[CHECKPOINT_HEADER_LEN];
+    unsigned char chead[CHUNK_HEAD];
+    size_t oneed, ohave;        /* of the current outer field */
+    uint32_t lenf;              /* the current chunk's length field */
+    uint64_t chunks;            /* opened so far */
+    unsigned char *sealed, *opened; /* one chunk, as stored and as opened */
     checkpoint_record_fn *fn;
     void *ud;
     enum rstate st;
@@ -442,8 +539,38 @@ struct checkpoint_reader {
 static eddy_err corrupt(checkpoint_reader *r, const char *why)
 {
     log_error("msg=\"checkpoint corrupt\" source=%s offset=%" PRIu64 " reason=\"%s\"", r->what,
-              r->off, why);
+              r->ost == O_PLAIN ? r->off : r->in_off, why);
     return r->err = EDDY_ERR_CORRUPT;
+}
+
+/* What the first 'n' bytes of a file say about its key, as key_mismatch words it: "" when
+ * 'key' reads it (or it is too short to tell: damage the reader reports). */
+static void header_key_check(const struct ckptkey *key, const unsigned char *h, size_t n,
+                             char *why, size_t whylen)
+{
+    char file[CKPTKEY_ID_TEXT], mine[CKPTKEY_ID_TEXT] = "none";
+    why[0] = '\0';
+    if (key)
+        ckptkey_id_text(key->id, mine);
+    if (n >= 24 && memcmp(h, CHECKPOINT_MAGIC_ENCRYPTED, 8) == 0 &&
+        (!key || memcmp(h + 16, key->id, CKPTKEY_ID_LEN) != 0)) {
+        ckptkey_id_text(h + 16, file);
+        snprintf(why, whylen, "encrypted with key %s, this node has %s", file, mine);
+    } else if (n >= 8 && memcmp(h, CHECKPOINT_MAGIC, 8) == 0 && key) {
+        snprintf(why, whylen, "not encrypted, this node has key %s and reads only encrypted "
+                              "checkpoints", mine);
+    }
+}
+
+/* The file and the node disagree on encryption: never read on (an empty or partial
+ * restore would look like success). */
+static eddy_err key_mismatch(checkpoint_reader *r)
+{
+    char why[160];
+    header_key_check(r->ckey, r->ehdr, sizeof(r->ehdr), why, sizeof(why));
+    log_error("msg=\"checkpoint %s%s\" source=%s", why,
+              r->ckey ? "" : " (--checkpoint-key-file)", r->what);
+    return r->err = EDDY_ERR_KEY;
 }
 
 static int cmp_keys(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen)
@@ -455,12 +582,16 @@ static int cmp_keys(const unsigned char *a, size_t alen, const unsigned char *b,
     return alen < blen ? -1 : alen > blen;
 }
 
-checkpoint_reader *checkpoint_reader_new(const char *what, checkpoint_record_fn *fn, void *ud)
+checkpoint_reader *checkpoint_reader_new(const struct ckptkey *key, const char *what,
+                                         checkpoint_record_fn *fn, void *ud)
 {
     checkpoint_reader *r = calloc(1, sizeof(*r));
     if (!r)
         return NULL;
     r->what = what;
+    r->ckey = key;
+    r->ost = O_MAGIC;
+    r->oneed = 8;
     r->fn = fn;
     r->ud = ud;
     r->st = R_HEADER;
@@ -470,8 +601,11 @@ checkpoint_reader *checkpoint_reader_new(const char *what, checkpoint_record_fn 
 
 void checkpoint_reader_free(checkpoint_reader *r)
 {
-    if (r)
+    if (r) {
         free(r->val);
+        free(r->sealed);
+        free(r->opened);
+    }
     free(r);
 }
 
@@ -572,7 +706,7 @@ static unsigned char *field_dst(checkpoint_reader *r, const unsigned char *p, si
     }
 }
 
-eddy_err checkpoint_reader_feed(checkpoint_reader *r, const void *buf, size_t n)
+static eddy_err plain_feed(checkpoint_reader *r, const void *buf, size_t n)
 {
     const unsigned char *p = buf;
     const unsigned char *crc_from = p; /* bytes from here to p are not in r->crc yet */
@@ -614,10 +748,112 @@ eddy_err checkpoint_reader_feed(checkpoint_reader *r, const void *buf, size_t n)
     return r->err;
 }
 
+/* A whole outer field is in place: the magic, the encrypted header, a chunk's head or the
+ * whole sealed chunk. */
+static eddy_err outer_done(checkpoint_reader *r)
+{
+    switch (r->ost) {
+    case O_MAGIC:
+        if (memcmp(r->ehdr, CHECKPOINT_MAGIC_ENCRYPTED, 8) == 0) {
+            r->ost = O_HEADER;
+            r->oneed = CHECKPOINT_HEADER_LEN;
+            return EDDY_OK;
+        }
+        if (memcmp(r->ehdr, CHECKPOINT_MAGIC, 8) == 0 && r->ckey)
+            return key_mismatch(r);
+        r->ost = O_PLAIN; /* a plain file, or damage the inner reader names */
+        return plain_feed(r, r->ehdr, 8);
+    case O_HEADER:
+        if (get_le(r->ehdr + 8, 4) != CHECKPOINT_VERSION)
+            return corrupt(r, "unsupported format version");
+        if (get_le(r->ehdr + 14, 2) != 0)
+            return corrupt(r, "unknown flags");
+        if (!r->ckey || memcmp(r->ckey->id, r->ehdr + 16, CKPTKEY_ID_LEN) != 0)
+            return key_mismatch(r);
+        if (!r->sealed)
+            r->sealed = malloc(WRITE_BUF + CKPTKEY_TAG_LEN);
+        if (!r->opened)
+            r->opened = malloc(WRITE_BUF);
+        if (!r->sealed || !r->opened)
+            return r->err = EDDY_ERR_NOMEM;
+        r->ost = O_CHUNK_HEAD;
+        r->oneed = CHUNK_HEAD;
+        return EDDY_OK;
+    case O_CHUNK_HEAD: {
+        r->lenf = (uint32_t)get_le(r->chead, 4);
+        uint32_t len = r->lenf & ~CHUNK_LAST;
+        if (len == 0 || len > WRITE_BUF)
+            return corrupt(r, "bad chunk length");
+        r->ost = O_CHUNK;
+        r->oneed = len + CKPTKEY_TAG_LEN;
+        return EDDY_OK;
+    }
+    case O_CHUNK: {
+        size_t len = r->lenf & ~CHUNK_LAST;
+        unsigned char aad[CHUNK_AAD];
+        chunk_aad(r->ehdr, r->chunks, r->lenf, aad);
+        if (ckptkey_open(r->ckey, aad, sizeof(aad), r->chead + 4, r->sealed, len,
+                         r->sealed + len, r->opened) != EDDY_OK)
+            return corrupt(r, "chunk fails authentication: changed, cut or out of place");
+        r->chunks++;
+        r->ost = r->lenf & CHUNK_LAST ? O_END : O_CHUNK_HEAD;
+        r->oneed = CHUNK_HEAD;
+        return plain_feed(r, r->opened, len);
+    }
+    default:
+        return corrupt(r, "data after the last chunk");
+    }
+}
+
+/* Where the current outer field is gathered. */
+static unsigned char *outer_dst(checkpoint_reader *r)
+{
+    switch (r->ost) {
+    case O_MAGIC:
+    case O_HEADER:
+        return r->ehdr;
+    case O_CHUNK_HEAD:
+        return r->chead;
+    default:
+        return r->sealed;
+    }
+}
+
+eddy_err checkpoint_reader_feed(checkpoint_reader *r, const void *buf, size_t n)
+{
+    const unsigned char *p = buf;
+    while (n > 0 && r->err == EDDY_OK) {
+        if (r->ost == O_PLAIN) {
+            r->in_off += n;
+            return plain_feed(r, p, n);
+        }
+        if (r->ost == O_END) {
+            corrupt(r, "data after the last chunk");
+            break;
+        }
+        size_t c = r->oneed - r->ohave < n ? r->oneed - r->ohave : n;
+        memcpy(outer_dst(r) + r->ohave, p, c);
+        r->ohave += c;
+        r->in_off += c;
+        p += c;
+        n -= c;
+        if (r->ohave == r->oneed) {
+            /* the magic's 8 bytes stay in place: the header goes on after them */
+            r->ohave = r->ost == O_MAGIC ? 8 : 0;
+            outer_done(r);
+        }
+    }
+    return r->err;
+}
+
 eddy_err checkpoint_reader_finish(checkpoint_reader *r, struct checkpoint_info *out)
 {
     if (r->err != EDDY_OK)
         return r->err;
+    if (r->ost == O_MAGIC || r->ost == O_HEADER)
+        return corrupt(r, "shorter than header and footer");
+    if (r->ost != O_PLAIN && r->ost != O_END)
+        return corrupt(r, "truncated: no last chunk");
     if (r->st != R_DONE)
         return corrupt(r, r->st == R_HEADER ? "shorter than header and footer"
                                             : "truncated: no complete footer");
@@ -628,15 +864,16 @@ eddy_err checkpoint_reader_finish(checkpoint_reader *r, struct checkpoint_info *
         out->created_ms = r->created_ms;
         out->seq = r->seq;
         out->records = r->records;
-        out->bytes = r->off;
+        out->bytes = r->in_off;
         out->crc = r->crc;
+        out->encrypted = r->ost == O_END;
     }
     return EDDY_OK;
 }
 
 /* Read and check the whole file through a reader, with 'fn' as its record callback. */
-static eddy_err read_file(const char *path, checkpoint_record_fn *fn, void *ud,
-                          struct checkpoint_info *out)
+static eddy_err read_file(const struct ckptkey *key, const char *path, checkpoint_record_fn *fn,
+                          void *ud, struct checkpoint_info *out)
 {
     FILE *f = fopen(path, "rbe");
     if (!f) {
@@ -651,7 +888,7 @@ static eddy_err read_file(const char *path, checkpoint_record_fn *fn, void *ud,
         fclose(f);
         return EDDY_ERR_IO;
     }
-    checkpoint_reader *r = checkpoint_reader_new(path, fn, ud);
+    checkpoint_reader *r = checkpoint_reader_new(key, path, fn, ud);
     unsigned char *buf = malloc(WRITE_BUF);
     eddy_err err = r && buf ? EDDY_OK : EDDY_ERR_NOMEM;
     size_t n;
@@ -677,9 +914,9 @@ static eddy_err read_file(const char *path, checkpoint_record_fn *fn, void *ud,
     return err;
 }
 
-eddy_err checkpoint_verify(const char *path, struct checkpoint_info *out)
+eddy_err checkpoint_verify(const struct ckptkey *key, const char *path, struct checkpoint_info *out)
 {
-    return read_file(path, NULL, NULL, out);
+    return read_file(key, path, NULL, NULL, out);
 }
 
 /* ---- loading -------------------------------------------------------------------------- */
@@ -690,10 +927,11 @@ static eddy_err load_record(void *ud, const unsigned char *key, size_t klen,
     return store_batch_put(ud, key, klen, val, vlen);
 }
 
-eddy_err checkpoint_load(store *s, uint32_t p, const char *path, struct checkpoint_info *out)
+eddy_err checkpoint_load(const struct ckptkey *key, store *s, uint32_t p, const char *path,
+                         struct checkpoint_info *out)
 {
     struct checkpoint_info first, second;
-    eddy_err err = checkpoint_verify(path, &first);
+    eddy_err err = checkpoint_verify(key, path, &first);
     if (err != EDDY_OK)
         return err;
     if (first.partition != p) {
@@ -707,7 +945,7 @@ eddy_err checkpoint_load(store *s, uint32_t p, const char *path, struct checkpoi
     store_batch *b = store_batch_new();
     if (!b)
         return EDDY_ERR_NOMEM;
-    err = read_file(path, load_record, b, &second);
+    err = read_file(key, path, load_record, b, &second);
     if (err == EDDY_OK && (second.partition != p || second.crc != first.crc)) {
         log_error("msg=\"checkpoint changed while loading\" path=%s", path);
         err = EDDY_ERR_CORRUPT;
@@ -839,12 +1077,14 @@ static void remove_tmp_files(const char *dir, uint32_t p)
     closedir(d);
 }
 
-eddy_err checkpoint_prune(const char *dir, uint32_t p, int keep, size_t *removed)
+eddy_err checkpoint_prune(const struct ckptkey *key, const char *dir, uint32_t p, int keep,
+                          size_t *removed)
 {
-    return checkpoint_prune_trusting(dir, p, keep, NULL, removed);
+    return checkpoint_prune_trusting(key, dir, p, keep, NULL, removed);
 }
 
-eddy_err checkpoint_prune_trusting(const char *dir, uint32_t p, int keep, const char *trusted,
+eddy_err checkpoint_prune_trusting(const struct ckptkey *key, const char *dir, uint32_t p, int keep,
+                                   const char *trusted,
                                    size_t *removed)
 {
     if (removed)
@@ -864,7 +1104,7 @@ eddy_err checkpoint_prune_trusting(const char *dir, uint32_t p, int keep, const 
         for (size_t i = 0; i < n; i++) {
             eddy_err e = trusted && strcmp(v[i].path, trusted) == 0
                              ? EDDY_OK
-                             : checkpoint_verify(v[i].path, NULL);
+                             : checkpoint_verify(key, v[i].path, NULL);
             if (e == EDDY_OK) {
                 if (i >= (size_t)keep)
                     spare = i;
@@ -897,7 +1137,46 @@ eddy_err checkpoint_prune_trusting(const char *dir, uint32_t p, int keep, const 
     return err;
 }
 
-eddy_err checkpoint_latest_valid(const char *dir, uint32_t p, struct checkpoint_info *out)
+eddy_err checkpoint_check_dir(const struct ckptkey *key, const char *dir, char *why,
+                              size_t whylen)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT)
+            return EDDY_OK;
+        snprintf(why, whylen, "cannot list %s: %s", dir, strerror(errno));
+        return EDDY_ERR_IO;
+    }
+    eddy_err err = EDDY_OK;
+    struct dirent *de;
+    while (err == EDDY_OK && (de = readdir(d)) != NULL) {
+        uint32_t p;
+        uint64_t seq;
+        char path[CHECKPOINT_PATH_MAX], what[256];
+        if (!parse_name(de->d_name, ".ckp", &p, &seq) ||
+            snprintf(path, sizeof(path), "%s/%s", dir, de->d_name) >= (int)sizeof(path))
+            continue;
+        unsigned char h[CHECKPOINT_HEADER_LEN];
+        ssize_t n = -1;
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            n = pread(fd, h, sizeof(h), 0);
+            close(fd);
+        }
+        if (n < 0)
+            continue; /* gone meanwhile, or unreadable: the reader reports it when used */
+        header_key_check(key, h, (size_t)n, what, sizeof(what));
+        if (what[0]) {
+            snprintf(why, whylen, "checkpoint %s %s", path, what);
+            err = EDDY_ERR_KEY;
+        }
+    }
+    closedir(d);
+    return err;
+}
+
+eddy_err checkpoint_latest_valid(const struct ckptkey *key, const char *dir, uint32_t p,
+                                 struct checkpoint_info *out)
 {
     struct checkpoint_file *v = NULL;
     size_t n = 0;
@@ -907,7 +1186,7 @@ eddy_err checkpoint_latest_valid(const char *dir, uint32_t p, struct checkpoint_
     err = EDDY_ERR_NOT_FOUND;
     struct checkpoint_info info;
     for (size_t i = 0; i < n; i++) {
-        eddy_err e = checkpoint_verify(v[i].path, &info);
+        eddy_err e = checkpoint_verify(key, v[i].path, &info);
         if (e == EDDY_OK && info.partition != p) {
             log_warn("msg=\"checkpoint: file claims another partition, skipped\" path=%s",
                      v[i].path);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -68,11 +69,23 @@ void ckptsched_finished(struct ckptsched_slot *s, const struct ckptsched_params 
 
 /* ---- the scheduler ------------------------------------------------------------------- */
 
+/* A queued ckptsched_purge. */
+struct purge_req {
+    struct purge_req *next;
+    uint32_t p;
+    uint64_t before_seq;
+    ckptsched_purge_done_fn *done;
+    void *ud;
+};
+
 /* One scheduler thread: it checkpoints the partitions p with p % threads == idx. */
 struct ckpt_thread {
     ckptsched *cs;
     uint32_t idx;
     struct worker w;
+    pthread_mutex_t mu;        /* guards 'purges' */
+    struct purge_req *purges;  /* oldest first */
+    struct purge_req **tail;
 };
 
 struct ckptsched {
@@ -132,8 +145,11 @@ eddy_err ckptsched_new(engine *eng, const struct ckptsched_opts *o, ckptsched **
         free(cs);
         return EDDY_ERR_NOMEM;
     }
-    for (uint32_t i = 0; i < cs->nthreads; i++)
+    for (uint32_t i = 0; i < cs->nthreads; i++) {
         pthread_mutex_init(&cs->run_mu[i], NULL);
+        pthread_mutex_init(&cs->threads[i].mu, NULL);
+        cs->threads[i].tail = &cs->threads[i].purges;
+    }
 
     int64_t now = clock_mono_ms();
     for (uint32_t p = 0; p < cs->nparts; p++) {
@@ -171,15 +187,18 @@ eddy_err ckptsched_run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *ou
 static eddy_err run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out)
 {
     const struct ckptsched_metrics *m = &cs->o.metrics;
+    const struct ckptkey *key = engine_options(cs->eng)->checkpoint_key;
     struct checkpoint_info ci;
     int64_t t0 = clock_mono_ns();
     int64_t deadline = cs->o.timeout_ms > 0 ? t0 / 1000000 + cs->o.timeout_ms : 0;
-    eddy_err err = checkpoint_write_dir_until(engine_store(cs->eng), p, cs->o.dir, deadline, &ci);
+    eddy_err err =
+        checkpoint_write_dir_until(key, engine_store(cs->eng), p, cs->o.dir, deadline, &ci);
     if (err == EDDY_OK) {
         size_t removed = 0;
         /* the file just written is good (its CRC was computed as it was written, and it
          * was fsynced): reading it back would double the checkpoint's cost */
-        eddy_err perr = checkpoint_prune_trusting(cs->o.dir, p, cs->o.keep, ci.path, &removed);
+        eddy_err perr = checkpoint_prune_trusting(key, cs->o.dir, p, cs->o.keep, ci.path,
+                                                  &removed);
         if (perr != EDDY_OK) /* the new file is in place: keep going, retry next time */
             log_warn("msg=\"checkpoint prune failed\" dir=%s partition=%" PRIu32
                      " error=\"%s\"",
@@ -209,11 +228,104 @@ static eddy_err run_one(ckptsched *cs, uint32_t p, struct checkpoint_info *out)
     return EDDY_OK;
 }
 
+/* Delete partition p's checkpoint files whose seq is below 'below' (newest kept). */
+static eddy_err remove_older(ckptsched *cs, uint32_t p, uint64_t below)
+{
+    struct checkpoint_file *v = NULL;
+    size_t n = 0;
+    eddy_err err = checkpoint_list(cs->o.dir, p, &v, &n);
+    for (size_t i = 0; i < n && err == EDDY_OK; i++) {
+        if (v[i].seq >= below)
+            continue;
+        if (unlink(v[i].path) != 0 && errno != ENOENT) {
+            log_error("msg=\"purge: cannot delete a checkpoint\" path=%s error=\"%s\"",
+                      v[i].path, strerror(errno));
+            err = EDDY_ERR_IO;
+        }
+    }
+    free(v);
+    uint64_t oldest, newest;
+    bool any;
+    if (err == EDDY_OK && scan_dir(cs->o.dir, p, &oldest, &newest, &any) == EDDY_OK)
+        engine_set_log_floor(cs->eng, p, oldest);
+    return err;
+}
+
+static eddy_err purge_one(struct ckpt_thread *th, const struct purge_req *rq)
+{
+    ckptsched *cs = th->cs;
+    uint32_t p = rq->p;
+    int64_t t0 = clock_mono_ns();
+    for (uint32_t i = 0; i < cs->nthreads; i++) /* in order: no other checkpoint runs */
+        pthread_mutex_lock(&cs->run_mu[i]);
+    struct store_key start, end;
+    start.len = 0;
+    key_u16(&start, (uint16_t)p);
+    key_prefix_end(&start, &end);
+    store_compact_range(engine_store(cs->eng), &start, &end);
+    int64_t compact_ns = clock_mono_ns() - t0;
+    eddy_err err = EDDY_OK;
+    uint64_t below = rq->before_seq;
+    if (!cs->o.owns || cs->o.owns(cs->o.owns_ud, p)) {
+        struct checkpoint_info ci;
+        if ((err = run_one(cs, p, &ci)) == EDDY_OK) {
+            ckptsched_finished(&cs->slots[p], &cs->pp, clock_mono_ms(), true, ci.seq);
+            below = ci.seq;
+        }
+    }
+    if (err == EDDY_OK)
+        err = remove_older(cs, p, below);
+    for (uint32_t i = cs->nthreads; i-- > 0;)
+        pthread_mutex_unlock(&cs->run_mu[i]);
+    log_info("msg=\"partition purged after DeleteUser\" partition=%" PRIu32
+             " compact_ms=%" PRId64 " total_ms=%" PRId64 " error=\"%s\"",
+             p, compact_ns / 1000000, (clock_mono_ns() - t0) / 1000000, eddy_strerror(err));
+    return err;
+}
+
+/* Answer the queued purges: run them, or (stopping) refuse them. */
+static void run_purges(struct ckpt_thread *th, bool stopping)
+{
+    for (;;) {
+        pthread_mutex_lock(&th->mu);
+        struct purge_req *rq = th->purges;
+        if (rq) {
+            th->purges = rq->next;
+            if (!th->purges)
+                th->tail = &th->purges;
+        }
+        pthread_mutex_unlock(&th->mu);
+        if (!rq)
+            return;
+        rq->done(rq->ud, stopping ? EDDY_ERR_UNAVAILABLE : purge_one(th, rq));
+        free(rq);
+    }
+}
+
+eddy_err ckptsched_purge(ckptsched *cs, uint32_t p, uint64_t before_seq,
+                         ckptsched_purge_done_fn *done, void *ud)
+{
+    if (p >= cs->nparts)
+        return EDDY_ERR_INVALID;
+    struct ckpt_thread *th = &cs->threads[p % cs->nthreads];
+    struct purge_req *rq = malloc(sizeof(*rq));
+    if (!rq)
+        return EDDY_ERR_NOMEM;
+    *rq = (struct purge_req){NULL, p, before_seq, done, ud};
+    pthread_mutex_lock(&th->mu);
+    *th->tail = rq;
+    th->tail = &rq->next;
+    pthread_mutex_unlock(&th->mu);
+    worker_kick(&th->w);
+    return EDDY_OK;
+}
+
 static void sched_main(struct worker *w, void *arg)
 {
     struct ckpt_thread *th = arg;
     ckptsched *cs = th->cs;
     for (;;) {
+        run_purges(th, false);
         int64_t now = clock_mono_ms();
         int64_t next = now + 1000; /* wake at least once a second (ownership changes) */
         for (uint32_t p = th->idx; p < cs->nparts && !worker_stopping(w); p += cs->nthreads) {
@@ -243,6 +355,7 @@ static void sched_main(struct worker *w, void *arg)
         if (!worker_wait(w, next - clock_mono_ms()))
             break;
     }
+    run_purges(th, true);
 }
 
 eddy_err ckptsched_start(ckptsched *cs)
@@ -256,7 +369,8 @@ eddy_err ckptsched_start(ckptsched *cs)
         s->due_ms = fresh.due_ms;
     }
     for (uint32_t i = 0; i < cs->nthreads; i++) {
-        cs->threads[i] = (struct ckpt_thread){.cs = cs, .idx = i};
+        cs->threads[i].cs = cs;
+        cs->threads[i].idx = i;
         if (worker_start(&cs->threads[i].w, "checkpoint", sched_main, &cs->threads[i]) !=
             EDDY_OK)
             return EDDY_ERR_NOMEM; /* ckptsched_free stops the ones started */
@@ -276,8 +390,11 @@ void ckptsched_free(ckptsched *cs)
         worker_request_stop(&cs->threads[i].w);
     for (uint32_t i = 0; i < cs->nthreads; i++)
         worker_stop(&cs->threads[i].w);
-    for (uint32_t i = 0; i < cs->nthreads; i++)
+    for (uint32_t i = 0; i < cs->nthreads; i++) {
+        run_purges(&cs->threads[i], true); /* queued before start, or after the thread */
         pthread_mutex_destroy(&cs->run_mu[i]);
+        pthread_mutex_destroy(&cs->threads[i].mu);
+    }
     free(cs->slots);
     free(cs->threads);
     free(cs->run_mu);

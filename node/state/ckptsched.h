@@ -117,6 +117,19 @@ eddy_err ckptsched_start(ckptsched *cs);
  * before engine_close and before whatever the hooks use goes away. */
 void ckptsched_free(ckptsched *cs);
 
+/* DeleteUser's erasure of partition 'p' from this node's files (docs/security.md,
+ * "Deleting a user"), on p's scheduler thread: LevelDB compacted over the partition (the
+ * write-ahead log rolled), then, where this node owns p, a fresh checkpoint written, and
+ * every checkpoint file of p older than that (where it does not own p: older than
+ * 'before_seq', the seq after the DeleteUser record) deleted from the directory. No other
+ * checkpoint of this scheduler runs meanwhile (their LevelDB snapshots would keep the old
+ * values). 'done' (any thread may call ckptsched_purge) runs on that thread once it is
+ * over: EDDY_OK, or why not (then the older files are kept). Not after ckptsched_free
+ * started: requests still queued then are answered EDDY_ERR_UNAVAILABLE. */
+typedef void ckptsched_purge_done_fn(void *ud, eddy_err err);
+eddy_err ckptsched_purge(ckptsched *cs, uint32_t p, uint64_t before_seq,
+                         ckptsched_purge_done_fn *done, void *ud);
+
 /* One checkpoint of partition 'p' now, as the thread does it (write, prune, floor, metrics,
  * hook). For tests, the threads and a move's target (any thread: one checkpoint of a
  * partition runs at a time). 'out' (may be NULL) receives the file written. */

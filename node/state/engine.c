@@ -48,6 +48,7 @@ struct job {
     /* replay */
     const struct engine_log_entry *entries;
     uint64_t replay_next;
+    uint64_t deleted_next;      /* the seq after the last DELETE_USER replayed (0: none) */
     engine_replay_done_fn *replay_done;
     /* exclusive */
     engine_exclusive_fn *excl_fn;
@@ -330,9 +331,15 @@ static eddy_err run_replay(engine *e, struct job *j, int64_t now)
         key_u64(&k, le->seq);
         enum apply_outcome oc;
         e->outbox_removed += apply_outbox_present(e->txn, p, r);
+        bool deletes = r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_DELETE_USER;
+        uint64_t outbox_before = deletes ? apply_outbox_rows(e->txn, p) : 0;
         eddy_err err = store_txn_put(e->txn, &k, (const char *)le->data, le->len);
         if (err == EDDY_OK)
             err = apply_replay(e->txn, &e->o.apply, p, m, le->seq, r, emit, e, &oc);
+        if (deletes) {
+            e->outbox_removed += outbox_before - apply_outbox_rows(e->txn, p);
+            j->deleted_next = le->seq + 1;
+        }
         eddy__store__v1__log_record__free_unpacked(r, NULL);
         if (err != EDDY_OK)
             return err;
@@ -361,7 +368,7 @@ static eddy_err run_restore(engine *e, struct job *j, int64_t now)
 {
     struct checkpoint_info info;
     uint32_t p = j->restore_p;
-    eddy_err err = checkpoint_load(e->st, p, j->restore_path, &info);
+    eddy_err err = checkpoint_load(e->o.checkpoint_key, e->st, p, j->restore_path, &info);
     if (err != EDDY_OK) {
         j->job_err = err; /* the partition keeps its state; the caller decides */
         return EDDY_OK;
@@ -414,7 +421,7 @@ static eddy_err run_exclusive(engine *e, struct job *j, int64_t now)
     return EDDY_OK;
 }
 
-static void finish(struct job *j, eddy_err err)
+static void finish(engine *e, struct job *j, eddy_err err)
 {
     if (err == EDDY_OK)
         err = j->job_err;
@@ -434,6 +441,9 @@ static void finish(struct job *j, eddy_err err)
         free(j->user_id);
         break;
     case JOB_REPLAY:
+        if (err == EDDY_OK && j->deleted_next && e->o.cluster.user_deleted)
+            e->o.cluster.user_deleted(e->o.cluster.deleted_ud, (uint32_t)j->partition,
+                                      j->deleted_next);
         j->replay_done(j->ud, err, err == EDDY_OK ? j->replay_next : 0);
         break;
     case JOB_EXCLUSIVE:
@@ -453,7 +463,7 @@ static void finish_group(engine *e, struct job *group, eddy_err err)
 {
     for (struct job *j = group, *next; j; j = next) {
         next = j->next;
-        finish(j, err);
+        finish(e, j, err);
         if (j->kind == JOB_FLUSH) {
             pthread_mutex_lock(&e->mu);
             *j->flush_flag = true;
@@ -583,8 +593,10 @@ static eddy_err apply_group(engine *e, struct job *group, int64_t now, bool idle
             err = run_outbox(e, j);
         } else if (j->kind == JOB_DELETE) {
             uint32_t p = partition_of_user(j->user_id, e->o.apply.partitions);
+            uint64_t outbox_before = apply_outbox_rows(e->txn, p);
             err = apply_delete_user(e->txn, p, &e->meta[p], j->user_id, &j->model_deleted,
                                     &j->windows_deleted, &j->log_deleted);
+            e->outbox_removed += outbox_before - apply_outbox_rows(e->txn, p);
         }
     }
     if (err == EDDY_OK && idle_due)

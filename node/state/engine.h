@@ -31,6 +31,8 @@
 #include "node/state/recommend.h"
 #include "node/state/store.h"
 
+struct ckptkey;
+
 typedef struct engine engine;
 
 /* What the engine counts (each may be NULL; the series are borrowed and must
@@ -60,6 +62,11 @@ struct engine_cluster {
      * the log gets them from the leader's, under the leader's seqs. NULL: every partition. */
     bool (*leads)(void *ud, uint32_t p);
     void *leads_ud;
+    /* Called on the sync thread once a replayed DELETE_USER record of partition 'p' (a
+     * follower's copy of a DeleteUser) is durable; 'next_seq' is the seq after it. The
+     * node purges the partition's files (ckptsched_purge). NULL: none. */
+    void (*user_deleted)(void *ud, uint32_t p, uint64_t next_seq);
+    void *deleted_ud;
 };
 
 struct engine_opts {
@@ -81,6 +88,8 @@ struct engine_opts {
      * failed jobs are answered). NULL: the jobs fail and the engine goes on. */
     store_write_failed_fn *store_failed;
     void *store_failed_ud;
+    const struct ckptkey *checkpoint_key; /* NULL: plain checkpoints; borrowed for the
+                                             engine's life (every checkpoint of its store) */
 };
 
 struct engine_ingest_result {

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/partition.h"
+
 struct ingest_job {
     backend_ingest_done_fn *done;
     void *ud;
@@ -51,28 +53,53 @@ static void local_ingest(void *impl, Eddy__V1__Event *const *events, size_t n,
 struct delete_job {
     backend_reply_fn *done;
     void *ud;
+    ckptsched *cks;  /* lb's (lb itself may be gone: the State service's is on its stack) */
+    uint32_t partitions;
+    bool model;
+    uint64_t windows, log;
     char user[];
 };
 
-static void delete_done(void *ud, eddy_err err, bool model, uint64_t windows, uint64_t log)
+/* The answer, once the user is gone from the state and (with checkpoints) from the files. */
+static void delete_answer(struct delete_job *j, eddy_err err)
 {
-    struct delete_job *j = ud;
     struct backend_status st = {GRPC_STATUS_OK, ""};
     Eddy__V1__DeleteUserResponse d = EDDY__V1__DELETE_USER_RESPONSE__INIT;
     Eddy__State__V1__UserResponse r = EDDY__STATE__V1__USER_RESPONSE__INIT;
     if (err != EDDY_OK) {
         backend_status_set(&st, eddy_err_to_grpc(err), "%s", eddy_strerror(err));
-    } else if (!model && windows == 0 && log == 0) {
+    } else if (!j->model && j->windows == 0 && j->log == 0) {
         backend_status_set(&st, GRPC_STATUS_NOT_FOUND, "no state for user %s", j->user);
     } else {
-        d.model_deleted = model;
-        d.windows_deleted = windows;
-        d.log_entries_deleted = log;
+        d.model_deleted = j->model;
+        d.windows_deleted = j->windows;
+        d.log_entries_deleted = j->log;
         r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_DELETE_USER;
         r.delete_user = &d;
     }
     j->done(j->ud, &st, st.code == GRPC_STATUS_OK ? &r.base : NULL);
     free(j);
+}
+
+static void purge_done(void *ud, eddy_err err)
+{
+    delete_answer(ud, err);
+}
+
+/* The sync thread: the delete is durable. The purge (compaction, a fresh checkpoint,
+ * the older ones deleted) runs on the partition's checkpoint thread, which answers. */
+static void delete_done(void *ud, eddy_err err, bool model, uint64_t windows, uint64_t log)
+{
+    struct delete_job *j = ud;
+    j->model = model;
+    j->windows = windows;
+    j->log = log;
+    if (err == EDDY_OK && j->cks && (model || windows > 0 || log > 0)) {
+        uint32_t p = partition_of_user(j->user, j->partitions);
+        if ((err = ckptsched_purge(j->cks, p, 0, purge_done, j)) == EDDY_OK)
+            return;
+    }
+    delete_answer(j, err);
 }
 
 static void delete_user(struct local_backend *lb, const char *user_id, backend_reply_fn *done,
@@ -85,6 +112,8 @@ static void delete_user(struct local_backend *lb, const char *user_id, backend_r
     if (j) {
         j->done = done;
         j->ud = ud;
+        j->cks = lb->cks;
+        j->partitions = engine_options(lb->eng)->apply.partitions;
         memcpy(j->user, user_id, len);
         err = engine_delete_user(lb->eng, user_id, delete_done, j);
         if (err == EDDY_OK)

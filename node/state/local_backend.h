@@ -6,12 +6,15 @@
 #define EDDY_LOCAL_BACKEND_H
 
 #include "node/backend.h"
+#include "node/state/ckptsched.h"
 #include "node/state/engine.h"
 #include "node/state/query.h"
 
 struct local_backend {
     engine *eng;         /* borrowed; writes */
     struct query_ctx q;  /* reads */
+    ckptsched *cks;      /* borrowed; NULL: no checkpoints. DeleteUser is answered once it
+                            purged the user's partition (ckptsched_purge) */
 };
 
 /* The backend interface of 'lb' (borrowed: 'lb' must outlive every call). */

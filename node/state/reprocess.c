@@ -118,14 +118,14 @@ static bool all_digits(const char *s)
 /* The checkpoint file 'id' names for partition 'p' ("latest", a file name or a seq):
  * 'path' and its file name 'name'. EDDY_ERR_NOT_FOUND if there is none ("latest": no
  * valid one), EDDY_ERR_INVALID (with a message) if 'id' is another partition's. */
-static eddy_err resolve_checkpoint(const char *dir, uint32_t p, const char *id, char *path,
+static eddy_err resolve_checkpoint(const struct ckptkey *key, const char *dir, uint32_t p, const char *id, char *path,
                                    size_t pathlen, char *name, size_t namelen, char *err,
                                    size_t errlen)
 {
     eddy_err r;
     if (strcmp(id, "latest") == 0) {
         struct checkpoint_info info;
-        if ((r = checkpoint_latest_valid(dir, p, &info)) != EDDY_OK)
+        if ((r = checkpoint_latest_valid(key, dir, p, &info)) != EDDY_OK)
             return r;
         snprintf(path, pathlen, "%s", info.path);
     } else if (all_digits(id)) {
@@ -214,11 +214,16 @@ eddy_err reprocess_check(const struct reprocess_opts *o, const struct reprocess_
     }
     if (rq->checkpoint[0] && !rq->all) {
         char path[CHECKPOINT_PATH_MAX], name[REPROCESS_ID_MAX];
-        r = resolve_checkpoint(o->checkpoint_dir, rq->partition, rq->checkpoint, path,
+        r = resolve_checkpoint(engine_options(o->eng)->checkpoint_key, o->checkpoint_dir,
+                               rq->partition, rq->checkpoint, path,
                                sizeof(path), name, sizeof(name), err, errlen);
         if (r == EDDY_ERR_NOT_FOUND || r == EDDY_ERR_TOO_LARGE)
             snprintf(err, errlen, "unknown checkpoint \"%s\" of partition %u in %s",
                      rq->checkpoint, rq->partition, o->checkpoint_dir);
+        else if (r == EDDY_ERR_KEY)
+            snprintf(err, errlen,
+                     "checkpoint \"%s\" of partition %u: %s (the node's log names both keys)",
+                     rq->checkpoint, rq->partition, eddy_strerror(r));
         if (r != EDDY_OK)
             return EDDY_ERR_INVALID;
     }
@@ -341,8 +346,9 @@ static eddy_err start_partition(struct rebuild *rb, const char *ckpt, struct par
 {
     eddy_err err;
     char path[CHECKPOINT_PATH_MAX];
+    const struct ckptkey *key = engine_options(rb->o->eng)->checkpoint_key;
     if (ckpt[0]) {
-        err = resolve_checkpoint(rb->o->checkpoint_dir, st->p, ckpt, path, sizeof(path),
+        err = resolve_checkpoint(key, rb->o->checkpoint_dir, st->p, ckpt, path, sizeof(path),
                                  st->out.checkpoint, sizeof(st->out.checkpoint), rb->err,
                                  rb->errlen);
         if (err == EDDY_ERR_NOT_FOUND && strcmp(ckpt, "latest") == 0) {
@@ -351,7 +357,7 @@ static eddy_err start_partition(struct rebuild *rb, const char *ckpt, struct par
             snprintf(rb->err, rb->errlen, "checkpoint \"%s\" of partition %u: %s", ckpt, st->p,
                      eddy_strerror(err));
             return err;
-        } else if ((err = checkpoint_load(rb->side, st->p, path, NULL)) != EDDY_OK) {
+        } else if ((err = checkpoint_load(key, rb->side, st->p, path, NULL)) != EDDY_OK) {
             snprintf(rb->err, rb->errlen, "checkpoint %s does not load: %s", path,
                      eddy_strerror(err));
             return err;

@@ -609,6 +609,12 @@ static bool is_wal_name(const char *name)
     return d > 0 && strcmp(name + d, ".log") == 0;
 }
 
+void store_compact_range(store *s, const struct store_key *start, const struct store_key *end)
+{
+    leveldb_compact_range(s->db, (const char *)start->buf, start->len, (const char *)end->buf,
+                          end->len);
+}
+
 eddy_err store_sync_log(store *s)
 {
     DIR *d = opendir(s->path);

@@ -161,6 +161,14 @@ eddy_err store_replace_range_nosync(store *s, const struct store_key *start,
  * thread. */
 eddy_err store_sync_log(store *s);
 
+/* Compact LevelDB's files over [start, end) down to its last level: values deleted or
+ * overwritten in the range leave the table files (unless a snapshot open meanwhile still
+ * sees them), and the write-ahead log is rolled first (the memtable goes to a table, the
+ * old NNNNNN.log is deleted), so no old copy of the range is left on disk. Blocks for a
+ * time proportional to the range's data; writes go on meanwhile. Any thread but the
+ * writer's. */
+void store_compact_range(store *s, const struct store_key *start, const struct store_key *end);
+
 /* The budget of the values each txn of 's' keeps (estimated bytes; see "Kept values" in
  * store_txn.h). Call before the txns are used. */
 #define STORE_KEPT_BYTES_DEFAULT ((size_t)256 << 20)

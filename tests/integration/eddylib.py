@@ -1439,10 +1439,13 @@ def checkpoint_files(directory):
     return {p: [path for _, path in sorted(v, reverse=True)] for p, v in out.items()}
 
 
-def verify_checkpoint(path):
-    """`eddy-node --verify-checkpoint PATH`: (rc, the printed JSON or None, stderr)."""
-    r = subprocess.run([require_node(), "--verify-checkpoint", path], capture_output=True,
-                       text=True, timeout=60)
+def verify_checkpoint(path, key_file=None):
+    """`eddy-node --verify-checkpoint PATH [--checkpoint-key-file KEY]`: (rc, the printed
+    JSON or None, stderr)."""
+    cmd = [require_node(), "--verify-checkpoint", path]
+    if key_file:
+        cmd += ["--checkpoint-key-file", key_file]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     info = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
     return r.returncode, info, r.stderr
 

@@ -1,8 +1,9 @@
 """docs/design.md §7, reprocessing (eddy reprocess, Eddy.Reprocess): derived state is rebuilt from
 the retained log beside the live state and swapped in atomically. Reprocessing with a new
 half-life gives state byte-identical to a fresh ingest with that half-life; queries keep
-answering during it; events ingested meanwhile are not lost; a user deleted after the
-checkpoint a rebuild starts from stays deleted; a log truncated by retention is reported;
+answering during it; events ingested meanwhile are not lost; DeleteUser removes the
+checkpoints that held the user (a rebuild from one by name is refused, one from the newest
+keeps the user deleted); a log truncated by retention is reported;
 bad requests get INVALID_ARGUMENT with a clear message."""
 import json
 import os
@@ -197,22 +198,28 @@ class ReprocessDevTest(unittest.TestCase):
         before = node.stub.GetUserProfile(m.GetUserProfileRequest(user_id=victim), timeout=10)
         self.assertGreater(before.profile.event_count, 0)
 
-        node.stub.DeleteUser(m.DeleteUserRequest(user_id=victim), timeout=10)
-        # rebuild from that checkpoint by its name: the checkpoint still holds the user
-        res = rpc(m.ReprocessRequest(partition=p, from_checkpoint=part.checkpoint), timeout=30)
-        self.assertEqual(res.partitions[0].checkpoint, part.checkpoint)
+        node.stub.DeleteUser(m.DeleteUserRequest(user_id=victim), timeout=30)
+        # the checkpoint that held the user is gone (DeleteUser wrote a fresh one and
+        # deleted the older ones: docs/security.md "Deleting a user"): a rebuild from it
+        # by its name is refused, one from "latest" starts after the deletion
+        with self.assertRaises(grpc.RpcError) as cm:
+            rpc(m.ReprocessRequest(partition=p, from_checkpoint=part.checkpoint), timeout=30)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("unknown checkpoint", cm.exception.details())
+        res = rpc(m.ReprocessRequest(partition=p, from_checkpoint="latest"), timeout=30)
+        self.assertNotEqual(res.partitions[0].checkpoint, part.checkpoint)
+        self.assertGreater(res.partitions[0].first_seq, part.next_seq)  # the delete's record
         with self.assertRaises(grpc.RpcError) as cm:
             node.stub.GetUserProfile(m.GetUserProfileRequest(user_id=victim), timeout=10)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
         c = node.stub.EventCounts(m.EventCountsRequest(user_id=victim, include_open=True), timeout=10)
         self.assertEqual(len(c.windows), 0)
-        # back with a new event after the deletion: a rebuild from the same checkpoint keeps
-        # only what came after the deletion
+        # back with a new event after the deletion: a rebuild from the newest checkpoint
+        # keeps only what came after the deletion
         again = {"eventId": "after-delete", "userId": victim, "timestamp": events[-1]["timestamp"],
                  "eventType": "view", "productId": "p-new", "category": "books"}
         self.assertEqual(node.ingest([again]).accepted, 1)
-        res = rpc(m.ReprocessRequest(partition=p, from_checkpoint=part.checkpoint), timeout=30)
-        self.assertEqual(res.partitions[0].records, 2)  # the DeleteUser record, the event
+        res = rpc(m.ReprocessRequest(partition=p, from_checkpoint="latest"), timeout=30)
         prof = node.stub.GetUserProfile(m.GetUserProfileRequest(user_id=victim), timeout=10).profile
         self.assertEqual(prof.event_count, 1)
         self.assertEqual([v.product_id for v in prof.recent_views], ["p-new"])

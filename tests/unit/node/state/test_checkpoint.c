@@ -3,6 +3,7 @@
  * untouched; checkpoints taken while the writer keeps committing are consistent; every
  * flipped byte and every truncation is caught; latest_valid falls back; prune keeps N. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -190,7 +191,7 @@ static void test_write_load_roundtrip(void **state)
     assert_true(m.next_seq > 10);
 
     struct checkpoint_info info;
-    assert_int_equal(checkpoint_write_dir(src, p, cdir, &info), EDDY_OK);
+    assert_int_equal(checkpoint_write_dir(NULL, src, p, cdir, &info), EDDY_OK);
     char want_path[CHECKPOINT_PATH_MAX];
     assert_int_equal(checkpoint_path(want_path, sizeof(want_path), cdir, p, m.next_seq), EDDY_OK);
     assert_string_equal(info.path, want_path);
@@ -205,7 +206,7 @@ static void test_write_load_roundtrip(void **state)
     assert_int_equal(lines, info.records);
 
     struct checkpoint_info vi;
-    assert_int_equal(checkpoint_verify(info.path, &vi), EDDY_OK);
+    assert_int_equal(checkpoint_verify(NULL, info.path, &vi), EDDY_OK);
     assert_int_equal(vi.seq, info.seq);
     assert_int_equal(vi.records, info.records);
     assert_int_equal(vi.bytes, info.bytes);
@@ -233,7 +234,7 @@ static void test_write_load_roundtrip(void **state)
     assert_true(strlen(others_before) > 0);
 
     struct checkpoint_info li;
-    assert_int_equal(checkpoint_load(dst, p, info.path, &li), EDDY_OK);
+    assert_int_equal(checkpoint_load(NULL, dst, p, info.path, &li), EDDY_OK);
     assert_int_equal(li.seq, info.seq);
     assert_int_equal(li.records, info.records);
     char *dst_dump = dump_filtered(dst, (int)p);
@@ -247,12 +248,12 @@ static void test_write_load_roundtrip(void **state)
 
     /* a file of partition p is refused for partition q, and nothing changes */
     char *q_before = dump_filtered(dst, (int)q);
-    assert_int_equal(checkpoint_load(dst, q, info.path, NULL), EDDY_ERR_INVALID);
+    assert_int_equal(checkpoint_load(NULL, dst, q, info.path, NULL), EDDY_ERR_INVALID);
     char *q_after = dump_filtered(dst, (int)q);
     assert_string_equal(q_after, q_before);
 
     /* loading the same file again is idempotent */
-    assert_int_equal(checkpoint_load(dst, p, info.path, NULL), EDDY_OK);
+    assert_int_equal(checkpoint_load(NULL, dst, p, info.path, NULL), EDDY_OK);
     free(dst_dump);
     dst_dump = dump_filtered(dst, (int)p);
     assert_string_equal(dst_dump, src_dump);
@@ -265,7 +266,7 @@ static void test_write_load_roundtrip(void **state)
     struct checkpoint_info ei;
     char epath[CHECKPOINT_PATH_MAX];
     snprintf(epath, sizeof(epath), "%s/empty.ckp", dir);
-    assert_int_equal(checkpoint_write(blank, empty, epath, &ei), EDDY_OK);
+    assert_int_equal(checkpoint_write(NULL, blank, empty, epath, &ei), EDDY_OK);
     assert_int_equal(ei.records, 0);
     assert_int_equal(ei.seq, 0);
     assert_int_equal(ei.bytes, CHECKPOINT_HEADER_LEN + CHECKPOINT_FOOTER_LEN);
@@ -273,7 +274,7 @@ static void test_write_load_roundtrip(void **state)
     key_str(&k, "x");
     put_raw(dst, &k, "gone soon");
     assert_int_equal(count_table(dst, empty, T_USER), 1);
-    assert_int_equal(checkpoint_load(dst, empty, epath, NULL), EDDY_OK);
+    assert_int_equal(checkpoint_load(NULL, dst, empty, epath, NULL), EDDY_OK);
     char *ed = dump_filtered(dst, (int)empty);
     assert_string_equal(ed, "");
     free(ed);
@@ -345,11 +346,11 @@ static void test_consistent_while_writing(void **state)
         char path[512];
         snprintf(path, sizeof(path), "%s/c%d.ckp", dir, i);
         struct checkpoint_info info;
-        assert_int_equal(checkpoint_write(engine_store(e), p, path, &info), EDDY_OK);
+        assert_int_equal(checkpoint_write(NULL, engine_store(e), p, path, &info), EDDY_OK);
         seqs[i] = info.seq;
         if (i == 0 || seqs[i] != seqs[i - 1])
             distinct++;
-        assert_int_equal(checkpoint_load(dst, p, path, NULL), EDDY_OK);
+        assert_int_equal(checkpoint_load(NULL, dst, p, path, NULL), EDDY_OK);
         struct part_meta m;
         assert_int_equal(apply_meta_load(dst, p, &m), EDDY_OK);
         assert_int_equal(m.next_seq, info.seq);
@@ -395,6 +396,17 @@ static store *small_store(const char *path)
     return s;
 }
 
+/* A store whose partition 3 holds one user, "resident": a refused load must leave it. */
+static store *resident_store(const char *path)
+{
+    store *dst = open_store(path);
+    struct store_key k;
+    key_init(&k, 3, T_USER);
+    key_str(&k, "resident");
+    put_raw(dst, &k, "still here");
+    return dst;
+}
+
 static void test_corruption_detected(void **state)
 {
     char *dir = tmpdir_for("ckp");
@@ -403,7 +415,7 @@ static void test_corruption_detected(void **state)
     char path[512];
     snprintf(path, sizeof(path), "%s/p3.ckp", dir);
     struct checkpoint_info info;
-    assert_int_equal(checkpoint_write(s, 3, path, &info), EDDY_OK);
+    assert_int_equal(checkpoint_write(NULL, s, 3, path, &info), EDDY_OK);
     assert_int_equal(info.seq, 42);
     assert_int_equal(info.records, 7); /* 5 users, 1 log, 1 meta */
     size_t n;
@@ -412,11 +424,7 @@ static void test_corruption_detected(void **state)
     assert_memory_equal(good, CHECKPOINT_MAGIC, 8);
 
     /* the loaded target must not change when a load is refused */
-    store *dst = open_store(ddir);
-    struct store_key k;
-    key_init(&k, 3, T_USER);
-    key_str(&k, "resident");
-    put_raw(dst, &k, "still here");
+    store *dst = resident_store(ddir);
     char *dst_before = dump_filtered(dst, 3);
 
     /* every single flipped byte: header, records, footer */
@@ -426,18 +434,18 @@ static void test_corruption_detected(void **state)
         bad[off] ^= (unsigned char)(off % 7 == 3 ? 0x80 : 0x01);
         write_all(path, bad, n);
         free(bad);
-        if (checkpoint_verify(path, NULL) != EDDY_ERR_CORRUPT)
+        if (checkpoint_verify(NULL, path, NULL) != EDDY_ERR_CORRUPT)
             fail_msg("flipped byte at offset %zu of %zu not detected", off, n);
         if (off == 0 || off == 40 || off == n - 1)
-            assert_int_equal(checkpoint_load(dst, 3, path, NULL), EDDY_ERR_CORRUPT);
+            assert_int_equal(checkpoint_load(NULL, dst, 3, path, NULL), EDDY_ERR_CORRUPT);
     }
     /* every truncation, down to an empty file */
     for (size_t len = 0; len < n; len++) {
         write_all(path, good, len);
-        if (checkpoint_verify(path, NULL) != EDDY_ERR_CORRUPT)
+        if (checkpoint_verify(NULL, path, NULL) != EDDY_ERR_CORRUPT)
             fail_msg("truncation to %zu of %zu bytes not detected", len, n);
     }
-    assert_int_equal(checkpoint_load(dst, 3, path, NULL), EDDY_ERR_CORRUPT);
+    assert_int_equal(checkpoint_load(NULL, dst, 3, path, NULL), EDDY_ERR_CORRUPT);
     char *dst_after = dump_filtered(dst, 3);
     assert_string_equal(dst_after, dst_before);
 
@@ -445,7 +453,7 @@ static void test_corruption_detected(void **state)
     unsigned char *longer = calloc(1, n + 3);
     memcpy(longer, good, n);
     write_all(path, longer, n + 3);
-    assert_int_equal(checkpoint_verify(path, NULL), EDDY_ERR_CORRUPT);
+    assert_int_equal(checkpoint_verify(NULL, path, NULL), EDDY_ERR_CORRUPT);
     free(longer);
 
     /* huge length fields are refused before any allocation or read */
@@ -454,13 +462,13 @@ static void test_corruption_detected(void **state)
     memcpy(crafted, good, CHECKPOINT_HEADER_LEN);
     memset(crafted + CHECKPOINT_HEADER_LEN, 0xff, 4); /* klen = 4 GiB - 1 */
     write_all(path, crafted, sizeof(crafted));
-    assert_int_equal(checkpoint_verify(path, NULL), EDDY_ERR_CORRUPT);
+    assert_int_equal(checkpoint_verify(NULL, path, NULL), EDDY_ERR_CORRUPT);
     unsigned char *c2 = crafted + CHECKPOINT_HEADER_LEN;
     c2[0] = 3; c2[1] = 0; c2[2] = 0; c2[3] = 0;      /* klen 3 */
     c2[4] = 0; c2[5] = 3; c2[6] = T_USER;             /* key of partition 3 */
     c2[7] = 0xf0; c2[8] = 0xff; c2[9] = 0xff; c2[10] = 0x7f; /* vlen ~ 2 GiB */
     write_all(path, crafted, sizeof(crafted));
-    assert_int_equal(checkpoint_verify(path, NULL), EDDY_ERR_CORRUPT);
+    assert_int_equal(checkpoint_verify(NULL, path, NULL), EDDY_ERR_CORRUPT);
     /* random garbage of several sizes */
     uint32_t x = 7;
     for (size_t len = 1; len < 400; len += 37) {
@@ -472,16 +480,16 @@ static void test_corruption_detected(void **state)
         if (len > 12)
             memcpy(g, good, 12); /* magic and version right, the rest garbage */
         write_all(path, g, len);
-        assert_int_equal(checkpoint_verify(path, NULL), EDDY_ERR_CORRUPT);
+        assert_int_equal(checkpoint_verify(NULL, path, NULL), EDDY_ERR_CORRUPT);
     }
 
     /* the intact file is fine again; a missing one is NOT_FOUND */
     write_all(path, good, n);
-    assert_int_equal(checkpoint_verify(path, NULL), EDDY_OK);
-    assert_int_equal(checkpoint_load(dst, 3, path, NULL), EDDY_OK);
+    assert_int_equal(checkpoint_verify(NULL, path, NULL), EDDY_OK);
+    assert_int_equal(checkpoint_load(NULL, dst, 3, path, NULL), EDDY_OK);
     assert_int_equal(count_table(dst, 3, T_USER), 5); /* "resident" replaced */
     unlink(path);
-    assert_int_equal(checkpoint_verify(path, NULL), EDDY_ERR_NOT_FOUND);
+    assert_int_equal(checkpoint_verify(NULL, path, NULL), EDDY_ERR_NOT_FOUND);
 
     free(dst_before);
     free(dst_after);
@@ -605,17 +613,17 @@ static void test_latest_valid_and_prune(void **state)
     struct checkpoint_file *files = NULL;
     size_t n = 0;
 
-    assert_int_equal(checkpoint_latest_valid(cdir, 3, &info), EDDY_ERR_NOT_FOUND); /* no dir */
+    assert_int_equal(checkpoint_latest_valid(NULL, cdir, 3, &info), EDDY_ERR_NOT_FOUND); /* no dir */
     assert_int_equal(checkpoint_list(cdir, 3, &files, &n), EDDY_OK);
     assert_int_equal(n, 0);
 
     for (uint64_t seq = 10; seq <= 40; seq += 10) {
         put_meta(s, 3, seq);
-        assert_int_equal(checkpoint_write_dir(s, 3, cdir, &info), EDDY_OK);
+        assert_int_equal(checkpoint_write_dir(NULL, s, 3, cdir, &info), EDDY_OK);
         assert_int_equal(info.seq, seq);
     }
     put_meta(s, 2, 5);
-    assert_int_equal(checkpoint_write_dir(s, 2, cdir, &info), EDDY_OK); /* another partition */
+    assert_int_equal(checkpoint_write_dir(NULL, s, 2, cdir, &info), EDDY_OK); /* another partition */
     char other[CHECKPOINT_PATH_MAX], stray[CHECKPOINT_PATH_MAX], tmp[CHECKPOINT_PATH_MAX];
     snprintf(other, sizeof(other), "%s", info.path);
     snprintf(stray, sizeof(stray), "%s/notes.txt", cdir);
@@ -637,22 +645,22 @@ static void test_latest_valid_and_prune(void **state)
     snprintf(p10, sizeof(p10), "%s", files[3].path);
     free(files);
 
-    assert_int_equal(checkpoint_latest_valid(cdir, 3, &info), EDDY_OK);
+    assert_int_equal(checkpoint_latest_valid(NULL, cdir, 3, &info), EDDY_OK);
     assert_int_equal(info.seq, 40);
     assert_string_equal(info.path, p40);
 
     /* the newest is corrupt: the previous one is used; then the one before */
     flip(p40, 50);
-    assert_int_equal(checkpoint_latest_valid(cdir, 3, &info), EDDY_OK);
+    assert_int_equal(checkpoint_latest_valid(NULL, cdir, 3, &info), EDDY_OK);
     assert_int_equal(info.seq, 30);
     assert_string_equal(info.path, p30);
     flip(p30, 10);
-    assert_int_equal(checkpoint_latest_valid(cdir, 3, &info), EDDY_OK);
+    assert_int_equal(checkpoint_latest_valid(NULL, cdir, 3, &info), EDDY_OK);
     assert_int_equal(info.seq, 20);
 
     /* prune keep 2 with both kept files corrupt: the newest valid one (20) survives too */
     size_t removed = 99;
-    assert_int_equal(checkpoint_prune(cdir, 3, 2, &removed), EDDY_OK);
+    assert_int_equal(checkpoint_prune(NULL, cdir, 3, 2, &removed), EDDY_OK);
     assert_int_equal(removed, 1);
     assert_int_equal(access(p10, F_OK), -1);
     assert_int_equal(access(p20, F_OK), 0);
@@ -662,33 +670,33 @@ static void test_latest_valid_and_prune(void **state)
 
     /* a new valid checkpoint: prune keep 2 keeps 50 and 40 only */
     put_meta(s, 3, 50);
-    assert_int_equal(checkpoint_write_dir(s, 3, cdir, &info), EDDY_OK);
-    assert_int_equal(checkpoint_prune(cdir, 3, 2, &removed), EDDY_OK);
+    assert_int_equal(checkpoint_write_dir(NULL, s, 3, cdir, &info), EDDY_OK);
+    assert_int_equal(checkpoint_prune(NULL, cdir, 3, 2, &removed), EDDY_OK);
     assert_int_equal(removed, 2);
     assert_int_equal(checkpoint_list(cdir, 3, &files, &n), EDDY_OK);
     assert_int_equal(n, 2);
     assert_int_equal(files[0].seq, 50);
     assert_int_equal(files[1].seq, 40);
     free(files);
-    assert_int_equal(checkpoint_latest_valid(cdir, 3, &info), EDDY_OK);
+    assert_int_equal(checkpoint_latest_valid(NULL, cdir, 3, &info), EDDY_OK);
     assert_int_equal(info.seq, 50);
 
     /* keep 1 after more checkpoints; keep 0 removes everything; bad keep refused */
     for (uint64_t seq = 60; seq <= 80; seq += 10) {
         put_meta(s, 3, seq);
-        assert_int_equal(checkpoint_write_dir(s, 3, cdir, NULL), EDDY_OK);
+        assert_int_equal(checkpoint_write_dir(NULL, s, 3, cdir, NULL), EDDY_OK);
     }
-    assert_int_equal(checkpoint_prune(cdir, 3, 1, &removed), EDDY_OK);
+    assert_int_equal(checkpoint_prune(NULL, cdir, 3, 1, &removed), EDDY_OK);
     assert_int_equal(removed, 4);
     assert_int_equal(checkpoint_list(cdir, 3, &files, &n), EDDY_OK);
     assert_int_equal(n, 1);
     assert_int_equal(files[0].seq, 80);
     free(files);
-    assert_int_equal(checkpoint_prune(cdir, 3, -1, NULL), EDDY_ERR_INVALID);
-    assert_int_equal(checkpoint_prune(cdir, 3, 0, &removed), EDDY_OK);
+    assert_int_equal(checkpoint_prune(NULL, cdir, 3, -1, NULL), EDDY_ERR_INVALID);
+    assert_int_equal(checkpoint_prune(NULL, cdir, 3, 0, &removed), EDDY_OK);
     assert_int_equal(removed, 1);
-    assert_int_equal(checkpoint_latest_valid(cdir, 3, &info), EDDY_ERR_NOT_FOUND);
-    assert_int_equal(checkpoint_latest_valid(cdir, 2, &info), EDDY_OK);
+    assert_int_equal(checkpoint_latest_valid(NULL, cdir, 3, &info), EDDY_ERR_NOT_FOUND);
+    assert_int_equal(checkpoint_latest_valid(NULL, cdir, 2, &info), EDDY_OK);
     assert_int_equal(info.seq, 5);
 
     store_close(s);
@@ -736,11 +744,12 @@ static eddy_err digest_rec(void *ud, const unsigned char *key, size_t klen,
 }
 
 /* Feed 'b' to a fresh reader in pieces of 'step' bytes; the result of finish. */
-static eddy_err read_in_pieces(const unsigned char *b, size_t n, size_t step,
-                               struct rec_digest *d, struct checkpoint_info *out)
+static eddy_err read_in_pieces_with(const struct ckptkey *key, const unsigned char *b, size_t n,
+                                    size_t step, struct rec_digest *d,
+                                    struct checkpoint_info *out)
 {
     *d = (struct rec_digest){0, 0};
-    checkpoint_reader *r = checkpoint_reader_new("test", digest_rec, d);
+    checkpoint_reader *r = checkpoint_reader_new(key, "test", digest_rec, d);
     assert_non_null(r);
     eddy_err err = EDDY_OK;
     for (size_t off = 0; off < n && err == EDDY_OK; off += step) {
@@ -759,6 +768,12 @@ static eddy_err read_in_pieces(const unsigned char *b, size_t n, size_t step,
     return err;
 }
 
+static eddy_err read_in_pieces(const unsigned char *b, size_t n, size_t step,
+                               struct rec_digest *d, struct checkpoint_info *out)
+{
+    return read_in_pieces_with(NULL, b, n, step, d, out);
+}
+
 /* The stream is the file's format byte for byte (created_ms aside), and the incremental
  * reader accepts it in any pieces and refuses every flipped byte and every truncation. */
 static void test_stream_and_incremental_reader(void **state)
@@ -770,9 +785,9 @@ static void test_stream_and_incremental_reader(void **state)
     char path[512];
     snprintf(path, sizeof(path), "%s/p3.ckp", dir);
     struct checkpoint_info fi, si, ri;
-    assert_int_equal(checkpoint_write(s, 3, path, &fi), EDDY_OK);
+    assert_int_equal(checkpoint_write(NULL, s, 3, path, &fi), EDDY_OK);
     struct membuf m = {0};
-    assert_int_equal(checkpoint_stream(s, 3, to_mem, &m, &si), EDDY_OK);
+    assert_int_equal(checkpoint_stream(NULL, s, 3, to_mem, &m, &si), EDDY_OK);
     assert_int_equal(si.bytes, m.n);
     assert_int_equal(si.bytes, fi.bytes);
     assert_int_equal(si.records, fi.records);
@@ -824,6 +839,287 @@ static void test_stream_and_incremental_reader(void **state)
     free(dir);
 }
 
+/* ---- encryption ---------------------------------------------------------------------- */
+
+#define SECRET_USER "user-secret-4711-zq"
+
+static void key_of(unsigned char fill, struct ckptkey *k)
+{
+    unsigned char raw[CKPTKEY_LEN];
+    char why[128];
+    memset(raw, fill, sizeof(raw));
+    assert_int_equal(ckptkey_parse(raw, sizeof(raw), k, why, sizeof(why)), EDDY_OK);
+}
+
+/* small_store, and in partition 3 the secret user and enough bytes for several chunks */
+static store *secret_store(const char *path)
+{
+    store *s = small_store(path);
+    struct store_key k;
+    key_init(&k, 3, T_USER);
+    key_str(&k, SECRET_USER);
+    put_raw(s, &k, "bought p42 for " SECRET_USER);
+    char val[1001];
+    memset(val, 'v', 1000);
+    val[1000] = '\0';
+    store_txn *t = store_txn_new(s);
+    for (int i = 0; i < 900; i++) { /* ~0.9 MB: 4 chunks of up to 256 KiB */
+        key_init(&k, 3, T_USER_LOG);
+        key_u64(&k, (uint64_t)i);
+        assert_int_equal(store_txn_put(t, &k, val, 1000), EDDY_OK);
+    }
+    assert_int_equal(store_txn_commit(t, true), EDDY_OK);
+    store_txn_free(t);
+    return s;
+}
+
+/* checkpoint_verify, and whether its log lines (stderr) contain 'reason': a reordered or
+ * transplanted chunk must fail its own tag, not only a later check of the plain bytes. */
+static eddy_err verify_logs(const struct ckptkey *key, const char *path, const char *dir,
+                            const char *reason, bool *found)
+{
+    char logpath[512];
+    snprintf(logpath, sizeof(logpath), "%s/stderr.log", dir);
+    fflush(stderr);
+    int saved = dup(2);
+    int fd = open(logpath, O_CREAT | O_TRUNC | O_WRONLY, 0644);
+    assert_true(saved >= 0 && fd >= 0);
+    dup2(fd, 2);
+    close(fd);
+    eddy_err err = checkpoint_verify(key, path, NULL);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    size_t n;
+    unsigned char *text = read_all(logpath, &n);
+    *found = memmem(text, n, reason, strlen(reason)) != NULL;
+    free(text);
+    return err;
+}
+
+/* Where each chunk of an encrypted file starts (after the 32-byte header); their count. */
+static size_t chunk_offsets(const unsigned char *b, size_t n, size_t *offs, size_t max)
+{
+    size_t c = 0, off = CHECKPOINT_HEADER_LEN;
+    while (off + 4 <= n && c < max) {
+        uint32_t lenf = (uint32_t)b[off] | (uint32_t)b[off + 1] << 8 |
+                        (uint32_t)b[off + 2] << 16 | (uint32_t)b[off + 3] << 24;
+        offs[c++] = off;
+        off += 4 + CKPTKEY_NONCE_LEN + (lenf & 0x7fffffffu) + CKPTKEY_TAG_LEN;
+        if (lenf & 0x80000000u)
+            break;
+    }
+    assert_int_equal(off, n);
+    return c;
+}
+
+/* An encrypted checkpoint holds no plain byte of the partition, loads only with its key,
+ * and any other key, a missing key, a plain file read with a key, a changed, cut, reordered
+ * or transplanted chunk is an error: never a load. */
+static void test_encrypted(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("ckp");
+    char *sdir = subdir(dir, "db"), *ddir = subdir(dir, "dst"), *cdir = subdir(dir, "ckp");
+    char *pdir = subdir(dir, "plain");
+    struct ckptkey ka, kb;
+    key_of(0x11, &ka);
+    key_of(0x22, &kb);
+    store *s = secret_store(sdir);
+    char *src_dump = dump_filtered(s, 3);
+
+    /* the plain file holds the user id (so the scan below can find one) */
+    assert_int_equal(mkdir(pdir, 0755), 0);
+    struct checkpoint_info pi, ei, vi;
+    assert_int_equal(checkpoint_write_dir(NULL, s, 3, pdir, &pi), EDDY_OK);
+    assert_false(pi.encrypted);
+    size_t pn, n;
+    unsigned char *plain = read_all(pi.path, &pn);
+    assert_non_null(memmem(plain, pn, SECRET_USER, strlen(SECRET_USER)));
+
+    assert_int_equal(checkpoint_write_dir(&ka, s, 3, cdir, &ei), EDDY_OK);
+    assert_true(ei.encrypted);
+    assert_int_equal(ei.records, pi.records);
+    assert_int_equal(ei.seq, 42);
+    unsigned char *enc = read_all(ei.path, &n);
+    assert_int_equal(ei.bytes, n);
+    assert_memory_equal(enc, CHECKPOINT_MAGIC_ENCRYPTED, 8);
+    assert_memory_equal(enc + 16, ka.id, CKPTKEY_ID_LEN);
+    /* the byte scan: no user id, no value, no key prefix of the records in the clear */
+    assert_null(memmem(enc, n, SECRET_USER, strlen(SECRET_USER)));
+    assert_null(memmem(enc, n, "user-1", 6));
+    assert_null(memmem(enc, n, "bought", 6));
+    assert_null(memmem(enc, n, "vvvvvvvv", 8));
+    size_t offs[16];
+    size_t chunks = chunk_offsets(enc, n, offs, 16);
+    assert_true(chunks >= 4);
+
+    /* round trip: verify and load with the key */
+    assert_int_equal(checkpoint_verify(&ka, ei.path, &vi), EDDY_OK);
+    assert_true(vi.encrypted);
+    assert_int_equal(vi.records, ei.records);
+    assert_int_equal(vi.bytes, n);
+    assert_int_equal(vi.crc, ei.crc);
+    store *dst = resident_store(ddir);
+    char *dst_before = dump_filtered(dst, 3);
+    assert_int_equal(checkpoint_load(&ka, dst, 3, ei.path, NULL), EDDY_OK);
+    char *dst_dump = dump_filtered(dst, 3);
+    assert_string_equal(dst_dump, src_dump);
+    free(dst_dump);
+
+    /* key mismatches are EDDY_ERR_KEY, and nothing is loaded */
+    struct store_key k;
+    key_init(&k, 3, T_USER);
+    key_str(&k, "resident");
+    put_raw(dst, &k, "still here");
+    char *dst_mid = dump_filtered(dst, 3);
+    assert_int_equal(checkpoint_verify(&kb, ei.path, NULL), EDDY_ERR_KEY);
+    assert_int_equal(checkpoint_verify(NULL, ei.path, NULL), EDDY_ERR_KEY);
+    assert_int_equal(checkpoint_verify(&ka, pi.path, NULL), EDDY_ERR_KEY);
+    assert_int_equal(checkpoint_load(&kb, dst, 3, ei.path, NULL), EDDY_ERR_KEY);
+    assert_int_equal(checkpoint_load(NULL, dst, 3, ei.path, NULL), EDDY_ERR_KEY);
+    assert_int_equal(checkpoint_load(&ka, dst, 3, pi.path, NULL), EDDY_ERR_KEY);
+    dst_dump = dump_filtered(dst, 3);
+    assert_string_equal(dst_dump, dst_mid);
+    free(dst_dump);
+    /* ... and the newest checkpoint of another key stops latest_valid: no silent fallback
+     * to "none", which would restore an empty partition */
+    assert_int_equal(checkpoint_latest_valid(&kb, cdir, 3, NULL), EDDY_ERR_KEY);
+    assert_int_equal(checkpoint_latest_valid(NULL, cdir, 3, NULL), EDDY_ERR_KEY);
+    assert_int_equal(checkpoint_latest_valid(&ka, pdir, 3, NULL), EDDY_ERR_KEY);
+    assert_int_equal(checkpoint_latest_valid(&ka, cdir, 3, &vi), EDDY_OK);
+    assert_string_equal(vi.path, ei.path);
+    /* a node's start-up check names the file and both keys */
+    char why[512], ida[CKPTKEY_ID_TEXT], idb[CKPTKEY_ID_TEXT], want[128];
+    ckptkey_id_text(ka.id, ida);
+    ckptkey_id_text(kb.id, idb);
+    assert_int_equal(checkpoint_check_dir(&ka, cdir, why, sizeof(why)), EDDY_OK);
+    assert_int_equal(checkpoint_check_dir(NULL, pdir, why, sizeof(why)), EDDY_OK);
+    assert_int_equal(checkpoint_check_dir(&kb, cdir, why, sizeof(why)), EDDY_ERR_KEY);
+    snprintf(want, sizeof(want), "encrypted with key %s, this node has %s", ida, idb);
+    assert_non_null(strstr(why, want));
+    assert_non_null(strstr(why, ei.path));
+    assert_int_equal(checkpoint_check_dir(NULL, cdir, why, sizeof(why)), EDDY_ERR_KEY);
+    snprintf(want, sizeof(want), "encrypted with key %s, this node has none", ida);
+    assert_non_null(strstr(why, want));
+    assert_int_equal(checkpoint_check_dir(&ka, pdir, why, sizeof(why)), EDDY_ERR_KEY);
+    assert_non_null(strstr(why, "not encrypted"));
+    char *missing = subdir(dir, "none");
+    assert_int_equal(checkpoint_check_dir(&ka, missing, why, sizeof(why)), EDDY_OK);
+    free(missing);
+
+    /* changed bytes: the header's key id names another key; every other header byte, each
+     * chunk's head, and bytes spread through the data and tags fail authentication */
+    char path[CHECKPOINT_PATH_MAX];
+    snprintf(path, sizeof(path), "%s/bad.ckp", dir);
+    unsigned char *bad = malloc(n);
+    assert_non_null(bad);
+    for (size_t off = 0; off < n; off += off < 4096 ? 1 : 4093) {
+        memcpy(bad, enc, n);
+        bad[off] ^= 0x04;
+        write_all(path, bad, n);
+        eddy_err want_err = off >= 16 && off < 24 ? EDDY_ERR_KEY : EDDY_ERR_CORRUPT;
+        if (checkpoint_verify(&ka, path, NULL) != want_err)
+            fail_msg("changed byte at offset %zu of %zu not refused", off, n);
+    }
+    for (size_t c = 0; c < chunks; c++) {
+        for (size_t i = 0; i < 4 + CKPTKEY_NONCE_LEN; i++) {
+            memcpy(bad, enc, n);
+            bad[offs[c] + i] ^= 0x01;
+            write_all(path, bad, n);
+            if (checkpoint_verify(&ka, path, NULL) != EDDY_ERR_CORRUPT)
+                fail_msg("changed byte %zu of chunk %zu's head not refused", i, c);
+        }
+    }
+    memcpy(bad, enc, n);
+    bad[n - 1] ^= 0x80; /* the last tag */
+    write_all(path, bad, n);
+    assert_int_equal(checkpoint_load(&ka, dst, 3, path, NULL), EDDY_ERR_CORRUPT);
+
+    /* cut: at each chunk boundary (the chunks before are whole and authentic) and inside */
+    for (size_t c = 0; c < chunks; c++) {
+        write_all(path, enc, offs[c]);
+        assert_int_equal(checkpoint_verify(&ka, path, NULL), EDDY_ERR_CORRUPT);
+        write_all(path, enc, offs[c] + 100);
+        assert_int_equal(checkpoint_verify(&ka, path, NULL), EDDY_ERR_CORRUPT);
+    }
+    for (size_t len = 0; len < 64; len++) {
+        write_all(path, enc, len);
+        assert_int_equal(checkpoint_verify(&ka, path, NULL), EDDY_ERR_CORRUPT);
+    }
+    /* trailing bytes after the last chunk */
+    memcpy(bad, enc, n);
+    write_all(path, bad, n);
+    FILE *f = fopen(path, "ab");
+    fputc(0, f);
+    fclose(f);
+    assert_int_equal(checkpoint_verify(&ka, path, NULL), EDDY_ERR_CORRUPT);
+
+    /* reordered: the two middle chunks (both full, so the lengths still line up) */
+    size_t clen = offs[2] - offs[1];
+    assert_int_equal(offs[3] - offs[2], clen);
+    memcpy(bad, enc, n);
+    memcpy(bad + offs[1], enc + offs[2], clen);
+    memcpy(bad + offs[2], enc + offs[1], clen);
+    write_all(path, bad, n);
+    bool found = false;
+    const char *auth = "chunk fails authentication";
+    assert_int_equal(verify_logs(&ka, path, dir, auth, &found), EDDY_ERR_CORRUPT);
+    assert_true(found);
+    /* transplanted: chunk 1 of another file of the same key and content */
+    struct checkpoint_info ei2;
+    char path2[CHECKPOINT_PATH_MAX];
+    snprintf(path2, sizeof(path2), "%s/other.ckp", dir);
+    assert_int_equal(checkpoint_write(&ka, s, 3, path2, &ei2), EDDY_OK);
+    size_t n2;
+    unsigned char *enc2 = read_all(path2, &n2);
+    assert_int_equal(n2, n);
+    memcpy(bad, enc, n);
+    memcpy(bad + offs[1], enc2 + offs[1], clen);
+    write_all(path, bad, n);
+    assert_int_equal(verify_logs(&ka, path, dir, auth, &found), EDDY_ERR_CORRUPT);
+    assert_true(found);
+    dst_dump = dump_filtered(dst, 3);
+    assert_string_equal(dst_dump, dst_mid); /* no refused file changed the target */
+
+    /* a move's stream: the same format, in any pieces, and no piece over a chunk */
+    struct membuf m = {0};
+    struct checkpoint_info si, ri;
+    assert_int_equal(checkpoint_stream(&ka, s, 3, to_mem, &m, &si), EDDY_OK);
+    assert_true(si.encrypted);
+    assert_int_equal(si.bytes, m.n);
+    assert_null(memmem(m.b, m.n, SECRET_USER, strlen(SECRET_USER)));
+    struct rec_digest whole, recs;
+    assert_int_equal(read_in_pieces(plain, pn, pn, &whole, NULL), EDDY_OK);
+    for (size_t step = 1; step <= m.n; step = step * 7 + 3) {
+        assert_int_equal(read_in_pieces_with(&ka, m.b, m.n, step, &recs, &ri), EDDY_OK);
+        assert_int_equal(recs.records, whole.records);
+        assert_int_equal(recs.crc, whole.crc);
+        assert_int_equal(ri.bytes, m.n);
+    }
+    assert_int_equal(read_in_pieces_with(&kb, m.b, m.n, 4096, &recs, NULL), EDDY_ERR_KEY);
+    assert_int_equal(read_in_pieces_with(NULL, m.b, m.n, 4096, &recs, NULL), EDDY_ERR_KEY);
+    assert_int_equal(recs.records, 0);
+
+    free(m.b);
+    free(enc2);
+    free(bad);
+    free(dst_before);
+    free(dst_mid);
+    free(dst_dump);
+    free(src_dump);
+    free(plain);
+    free(enc);
+    store_close(dst);
+    store_close(s);
+    rmrf(dir);
+    free(sdir);
+    free(ddir);
+    free(cdir);
+    free(pdir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -834,6 +1130,7 @@ int main(void)
         cmocka_unit_test(test_snapshot_isolated),
         cmocka_unit_test(test_latest_valid_and_prune),
         cmocka_unit_test(test_stream_and_incremental_reader),
+        cmocka_unit_test(test_encrypted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -271,7 +271,7 @@ static void test_run_one_prune_floor_metrics(void **state)
     fputc(c ^ 0x5a, f);
     fclose(f);
     struct checkpoint_info lv;
-    assert_int_equal(checkpoint_latest_valid(cdir, p, &lv), EDDY_OK);
+    assert_int_equal(checkpoint_latest_valid(NULL, cdir, p, &lv), EDDY_OK);
     assert_int_equal(lv.seq, seqs[1]);
     free(v);
 
@@ -283,7 +283,7 @@ static void test_run_one_prune_floor_metrics(void **state)
     assert_int_equal(log_first(e, p), seqs[1]);
 
     /* a deadline already passed: EDDY_ERR_TIMEOUT and nothing published */
-    assert_int_equal(checkpoint_write_dir_until(engine_store(e), p, cdir, 1, NULL),
+    assert_int_equal(checkpoint_write_dir_until(NULL, engine_store(e), p, cdir, 1, NULL),
                      EDDY_ERR_TIMEOUT);
     assert_int_equal(checkpoint_list(cdir, p, &v, &n), EDDY_OK);
     assert_int_equal(n, 2);
@@ -329,7 +329,7 @@ static void test_thread(void **state)
     struct checkpoint_info lv = {0};
     for (int i = 0; i < 100 && lv.seq != seq_now; i++) {
         usleep(50000);
-        if (checkpoint_latest_valid(cdir, p, &lv) != EDDY_OK)
+        if (checkpoint_latest_valid(NULL, cdir, p, &lv) != EDDY_OK)
             lv.seq = 0;
     }
     assert_int_equal(lv.seq, seq_now);
@@ -388,7 +388,7 @@ static void test_threads(void **state)
         struct checkpoint_info lv = {0};
         for (int i = 0; i < 200 && lv.seq != v.next_seq; i++) {
             usleep(20000);
-            if (checkpoint_latest_valid(cdir, q, &lv) != EDDY_OK)
+            if (checkpoint_latest_valid(NULL, cdir, q, &lv) != EDDY_OK)
                 lv.seq = 0;
         }
         assert_int_equal(lv.seq, v.next_seq);
