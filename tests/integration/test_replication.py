@@ -78,7 +78,11 @@ class ReplicationTest(unittest.TestCase):
         for k in range(0, len(events), 50):
             r = self.i1.ingest(events[k:k + 50])
             self.assertEqual(list(r.rejected), [])
-            self.assertEqual(r.accepted, 50)
+            # all applied once: a slow first acknowledgement (ASan) may make the ingest
+            # node retry, and the retry finds them already there (duplicates)
+            self.assertEqual(r.accepted + r.duplicates, 50, r)
+        r = self.i1.ingest(events)  # every one is there: all duplicates now
+        self.assertEqual((r.accepted, r.duplicates), (0, 400), r)
 
         # kill -9 of the follower: the leader holds the next write back, then refuses it
         user = L.users_in_partition(2, P, prefix="u-late")[0]
