@@ -118,7 +118,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     uint64_t fed = 0;
     struct checkpoint_info info;
-    checkpoint_reader *r = checkpoint_reader_new("fuzz", on_record, &fed);
+    checkpoint_reader *r = checkpoint_reader_new(NULL, "fuzz", on_record, &fed); /* plain */
     if (!r)
         abort();
     eddy_err err = EDDY_OK;
@@ -138,7 +138,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!holds_sentinel[p])
         reset(p);
     holds_sentinel[p] = 1;
-    err = checkpoint_load(db, p, path, &info);
+    err = checkpoint_load(NULL, db, p, path, &info);
     if (err == EDDY_OK)
         holds_sentinel[p] = 0;
     if ((err == EDDY_OK) != valid)
