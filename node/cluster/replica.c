@@ -780,9 +780,12 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
             continue;
         }
         f->pos = q->next_seq;
-        if (q->next_seq >= f->prev_end) { /* it reached what the leader had last time */
-            f->caught_up_ms = f->prev_ms;
-            if (!f->in_sync) {
+        /* it reached the log end as it is now, or as it was at its previous fetch */
+        if (q->next_seq >= end[i] || q->next_seq >= f->prev_end) {
+            f->caught_up_ms = q->next_seq >= end[i] ? t : f->prev_ms;
+            /* a follower back after a long absence reached only an old end: it joins once
+             * it is caught up within the lag timeout, not to leave again at the next tick */
+            if (!f->in_sync && t - f->caught_up_ms <= r->o.lag_timeout_ms) {
                 f->in_sync = true;
                 pt->isr_dirty = true;
                 if (r->o.metrics.isr_expands)
