@@ -1194,15 +1194,14 @@ static bool last_record(replica *r, uint32_t p, uint64_t below, struct last_rec 
  * not read yet (store reads outside mu). Fetch thread of 'leader'. */
 static void read_last_records(replica *r, const char *leader)
 {
+    pthread_mutex_lock(&r->mu); /* one lock for the scan; released only for a read */
     for (uint32_t p = 0; p < r->o.partitions; p++) {
-        pthread_mutex_lock(&r->mu);
         struct part *pt = &r->parts[p];
-        bool want = pt->following && pt->check_last && !pt->has_last && !pt->applying &&
-                    strcmp(pt->map.replicas[0], leader) == 0;
+        if (!pt->following || !pt->check_last || pt->has_last || pt->applying ||
+            strcmp(pt->map.replicas[0], leader) != 0)
+            continue;
         uint64_t pos = pt->pos, epoch = pt->map.epoch;
         pthread_mutex_unlock(&r->mu);
-        if (!want)
-            continue;
         struct last_rec l;
         bool found = last_record(r, p, pos, &l);
         pthread_mutex_lock(&r->mu);
@@ -1211,8 +1210,8 @@ static void read_last_records(replica *r, const char *leader)
             pt->last_seq = found ? l.seq : pos;
             pt->last_crc = l.crc;
         }
-        pthread_mutex_unlock(&r->mu);
     }
+    pthread_mutex_unlock(&r->mu);
 }
 
 /* The leader answered for d's partition and its records are applied: remember its log end
@@ -1312,26 +1311,24 @@ static void mark_resync(replica *r, const Eddy__State__V1__ReplicaPartitionData 
 static eddy_err resync_pending(replica *r, const char *leader)
 {
     eddy_err worst = EDDY_OK;
-    for (uint32_t p = 0; p < r->o.partitions; p++) {
-        char addr[CLUSTER_ADDR_MAX];
-        pthread_mutex_lock(&r->mu);
+    pthread_mutex_lock(&r->mu); /* one lock for the scan; released only for a copy */
+    for (uint32_t p = 0; p < r->o.partitions && !r->stopping; p++) {
         struct part *pt = &r->parts[p];
-        bool want = pt->following && pt->resync && !pt->applying && !r->stopping &&
-                    strcmp(pt->map.replicas[0], leader) == 0 && pt->map.leader_addr[0];
+        if (!pt->following || !pt->resync || pt->applying ||
+            strcmp(pt->map.replicas[0], leader) != 0 || !pt->map.leader_addr[0])
+            continue;
+        char addr[CLUSTER_ADDR_MAX];
         uint64_t epoch = pt->map.epoch;
         snprintf(addr, sizeof(addr), "%s", pt->map.leader_addr);
-        if (want)
-            pt->applying = true;
+        pt->applying = true;
         pthread_mutex_unlock(&r->mu);
-        if (!want)
-            continue;
         eddy_err err = resync(r, p, epoch, addr);
         if (err != EDDY_OK)
             worst = err;
         pthread_mutex_lock(&r->mu);
         pt->applying = false;
-        pthread_mutex_unlock(&r->mu);
     }
+    pthread_mutex_unlock(&r->mu);
     return worst;
 }
 
