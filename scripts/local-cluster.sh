@@ -5,10 +5,12 @@
 # their state (docs/cluster.md).
 #
 #   scripts/local-cluster.sh up     [DIR]   build if needed, start, wait until ready
-#   scripts/local-cluster.sh up --secure [DIR]   the same with TLS everywhere: a CA and
-#                                   certificates made with openssl in DIR/tls, mTLS between
-#                                   the nodes, etcd over TLS with a client certificate; DIR/env
-#                                   carries EDDY_TLS_* for the CLI (docs/security.md)
+#   scripts/local-cluster.sh up --secure [DIR]   the same with TLS everywhere and tokens: a
+#                                   CA and certificates made with openssl in DIR/tls, mTLS
+#                                   between the nodes, etcd over TLS with a client certificate;
+#                                   bearer tokens in DIR/auth (admin, ingest, read; the nodes'
+#                                   --token-file holds their hashes); DIR/env carries EDDY_TLS_*
+#                                   and the admin EDDY_TOKEN for the CLI (docs/security.md)
 #   scripts/local-cluster.sh status [DIR]   which processes are alive, then `eddy status`
 #   scripts/local-cluster.sh down   [DIR]   stop everything (by pid file); data and logs are kept
 #   scripts/local-cluster.sh down --purge [DIR]   stop and remove DIR
@@ -22,8 +24,9 @@
 # data remembers its peer URL) and env (EDDY_ENDPOINT, EDDY_COORDINATOR for `source`).
 # Settings (environment): EDDY_BUILD_DIR (default build/), ETCD (etcd binary),
 # LC_PARTITIONS (default 256), LC_LEASE_TTL (default 5s), LC_CLUSTER (default local),
-# LC_REPLICATION_FACTOR (copies of each partition, default 2) and LC_MIN_INSYNC (copies
-# an acknowledgement needs, default: 2 when the factor is 2 or more).
+# LC_REPLICATION_FACTOR (copies of each partition, default 2), LC_MIN_INSYNC (copies
+# an acknowledgement needs, default: 2 when the factor is 2 or more) and LC_BUILD (default
+# 1; 0 runs the binaries already in EDDY_BUILD_DIR without scripts/setup.sh, as the tests do).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,7 +41,7 @@ STATE_NODES=(state-1 state-2 state-3)
 INGEST_NODES=(ingest-1 ingest-2)
 
 usage() {
-  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -96,7 +99,7 @@ wait_listening() {
 
 binaries() {
   EDDY_NODE="$BUILD/eddy-node" EDDY_COORD="$BUILD/eddy-coordinator" EDDY_CLI="$BUILD/eddy"
-  if [ "${1:-}" = build ]; then
+  if [ "${1:-}" = build ] && [ "${LC_BUILD:-1}" != 0 ]; then
     # always: an incremental build is quick, and a stale build/ would run old binaries
     log "building into $BUILD (scripts/setup.sh)"
     (cd "$REPO" && EDDY_BUILD_DIR="$BUILD" scripts/setup.sh) >&2
@@ -105,10 +108,17 @@ binaries() {
   [ -x "$ETCD" ] || die "etcd not found: install Debian's etcd-server (scripts/setup.sh does)"
 }
 
-# A cluster made with up --secure has DIR/tls: every command of this script then uses it.
+# A cluster made with up --secure has DIR/tls and DIR/auth: every command of this script
+# then uses them, the CLI with the admin token (through EDDY_TOKEN: a --token would show
+# in ps).
 is_secure() { [ -f "$DIR/tls/ca.crt" ]; }
 cli_tls() { is_secure && printf '%s\n' --tls-ca "$DIR/tls/ca.crt" --tls-cert "$DIR/tls/client.crt" --tls-key "$DIR/tls/client.key"; true; }
-cli() { local t; mapfile -t t < <(cli_tls); "$BUILD/eddy" --coordinator "$COORD_ADDR" "${t[@]}" "$@"; }
+cli() {
+  local t token=${EDDY_TOKEN:-}
+  mapfile -t t < <(cli_tls)
+  [ -f "$DIR/auth/admin.token" ] && token=$(cat "$DIR/auth/admin.token")
+  EDDY_TOKEN=$token "$BUILD/eddy" --coordinator "$COORD_ADDR" "${t[@]}" "$@"
+}
 
 # make_cert NAME SUBJECT: DIR/tls/NAME.{crt,key} signed by DIR/tls/ca, for 127.0.0.1 and
 # localhost (EC P-256, 30 days).
@@ -138,6 +148,31 @@ make_pki() {
   log "certificates in $DIR/tls (CA: $DIR/tls/ca.crt)"
 }
 
+# Three bearer tokens made with `eddy token new`, each secret in DIR/auth/NAME.token (mode
+# 0600) and only their SHA-256 in DIR/auth/tokens, the --token-file of every node and the
+# coordinator: admin (roles admin, ingest, read: what the CLI uses for everything), ingest
+# and read (what applications get). Kept across restarts.
+make_tokens() {
+  [ -f "$DIR/auth/tokens" ] && return 0
+  local a="$DIR/auth" name tenant roles out
+  mkdir -p "$a"
+  chmod 700 "$a"
+  : >"$a/tokens.tmp"
+  for name in admin ingest read; do
+    case $name in
+      admin) tenant=local-admin roles=admin,ingest,read ;;
+      ingest) tenant=local-app roles=ingest ;;
+      read) tenant=local-app roles=read ;;
+    esac
+    out=$("$BUILD/eddy" token new --tenant "$tenant" --roles "$roles") ||
+      die "eddy token new failed"
+    (umask 077 && sed -n 's/^token: //p' <<<"$out" >"$a/$name.token")
+    { echo "# $name (secret in $a/$name.token)"; sed -n 's/^line: //p' <<<"$out"; } >>"$a/tokens.tmp"
+  done
+  mv "$a/tokens.tmp" "$a/tokens"
+  log "tokens in $a (admin.token, ingest.token, read.token; hashes in $a/tokens)"
+}
+
 # Ready: every node registered, every partition owned by a registered state node, and no
 # partition move in progress.
 cluster_ready() {
@@ -158,6 +193,7 @@ common_flags() {
     local t="$DIR/tls"
     COMMON+=(--tls-cert "$t/cluster.crt" --tls-key "$t/cluster.key" --tls-ca "$t/ca.crt"
              --etcd-ca "$t/ca.crt" --etcd-cert "$t/etcd-client.crt" --etcd-key "$t/etcd-client.key")
+    [ -f "$DIR/auth/tokens" ] && COMMON+=(--token-file "$DIR/auth/tokens")
   fi
 }
 
@@ -185,6 +221,7 @@ up() {
   mkdir -p "$DIR/data" "$DIR/logs" "$DIR/pids"
   if ((secure)); then
     make_pki
+    make_tokens
   elif is_secure; then
     die "$DIR was made with 'up --secure': use it again, or '$0 down --purge $DIR' first"
   fi
@@ -254,12 +291,18 @@ up() {
   done
   printf 'EDDY_ENDPOINT=%s\nEDDY_COORDINATOR=%s\nEDDY_INGEST_ENDPOINTS="%s"\nEDDY_ETCD=%s\n' \
     "${endpoints[0]}" "$COORD_ADDR" "${endpoints[*]}" "$ETCD_URL" >"$DIR/env"
-  local tlsflags=""
+  local tlsflags="" apps=""
   if is_secure; then
-    printf 'EDDY_TLS_CA=%s\nEDDY_TLS_CERT=%s\nEDDY_TLS_KEY=%s\n' "$DIR/tls/ca.crt" \
-      "$DIR/tls/client.crt" "$DIR/tls/client.key" >>"$DIR/env"
-    tlsflags=" $(cli_tls | tr '\n' ' ')"
-    tlsflags=${tlsflags% }
+    chmod 600 "$DIR/env" # it carries the admin token
+    printf 'EDDY_TLS_CA=%s\nEDDY_TLS_CERT=%s\nEDDY_TLS_KEY=%s\nEDDY_TOKEN=%s\n' "$DIR/tls/ca.crt" \
+      "$DIR/tls/client.crt" "$DIR/tls/client.key" "$(cat "$DIR/auth/admin.token")" >>"$DIR/env"
+    tlsflags=" $(cli_tls | tr '\n' ' ')--token \"\$(cat $DIR/auth/admin.token)\""
+    apps="
+TLS and tokens: the CA is $DIR/tls/ca.crt; the commands below use the admin token
+(roles admin, ingest, read). Give applications $DIR/auth/ingest.token (Ingest) or
+$DIR/auth/read.token (Recommend, GetUserProfile, TopProducts, EventCounts), sent as
+'authorization: Bearer <token>'; a call without one is UNAUTHENTICATED.
+"
   fi
 
   local rel=${BUILD#"$PWD"/}
@@ -269,7 +312,7 @@ Eddy cluster "$CLUSTER" is up ($PARTITIONS partitions; everything under $DIR).
   ingest endpoints: ${endpoints[0]}  ${endpoints[1]}
   coordinator:      $COORD_ADDR
   etcd:             $ETCD_URL
-
+$apps
 Try:
   python3 scripts/sample_events.py > /tmp/events.jsonl    # or any JSON-lines UserEvents
   $rel/eddy --endpoint ${endpoints[0]}$tlsflags ingest /tmp/events.jsonl

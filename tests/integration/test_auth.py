@@ -4,7 +4,8 @@ an unknown one is UNAUTHENTICATED, a token without the method's role PERMISSION_
 ingest token ingests; an admin's DeleteUser leaves an audit line and moves
 eddy_admin_calls_total; a rewritten token file is taken without a restart; a tenant over
 its quota gets RESOURCE_EXHAUSTED with retry-after-ms while another tenant's calls go on,
-and the CLI waits that delay and succeeds."""
+and the CLI waits that delay and succeeds. Over TLS, a client certificate that a `cert:`
+line maps to roles gets exactly those roles without a token."""
 import hashlib
 import os
 import time
@@ -203,6 +204,76 @@ class AuthTest(unittest.TestCase):
         self.assertEqual(rc, 1)  # a delay beyond the timeout is not waited
         self.assertIn("RESOURCE_EXHAUSTED", err)
         self.assertIn("retry after", err)
+
+
+class CertIdentityTest(unittest.TestCase):
+    """`cert:` lines over TLS: a client certificate the node's CA signed, whose CommonName
+    a line maps to a tenant and roles, gets exactly those roles without a token; a
+    certificate of the same CA without a line is UNAUTHENTICATED; a token, when present,
+    decides instead of the certificate."""
+
+    def setUp(self):
+        L.require_node()
+        d = L.temp_dir(self, "eddy-it-certauth-")
+        self.ca = L.Pki(d, "ca")
+        cert, key = self.ca.issue("node", cn="eddy-node")
+        self.mapped = self.ca.issue("reporting", cn="reporting.example.com")
+        self.unmapped = self.ca.issue("other", cn="other.example.com")
+        path = os.path.join(d, "tokens")
+        write_atomic(path, "cert:reporting.example.com tenant=bi roles=read\n"
+                     + line("adm-secret", "ops", "admin,ingest"))
+        self.node = L.Node(args=["--tls-cert", cert, "--tls-key", key, "--tls-ca", self.ca.ca,
+                                 "--token-file", path, "--metrics-listen", "127.0.0.1:0",
+                                 "--log-level", "info"],
+                           creds=self.ca.creds())
+        self.addCleanup(self.node.cleanup)
+        self.node.start()
+        self.m = L.pb()
+
+    def stub(self, cert_key):
+        ch = grpc.secure_channel(self.node.endpoint, self.ca.creds(*cert_key))
+        self.addCleanup(ch.close)
+        return L.eddy_stub(ch)
+
+    def code_of(self, fn, req, md=None):
+        try:
+            fn(req, timeout=10, metadata=md)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            return e.code()
+
+    def test_certificate_mapped_to_roles(self):
+        S = grpc.StatusCode
+        ev = self.m.Event(event_id="c-1", user_id="u-c", timestamp_ms=L.now_ms() - 60_000,
+                          event_type=self.m.EVENT_TYPE_VIEW, product_id="p-1", category="books")
+        mapped, unmapped = self.stub(self.mapped), self.stub(self.unmapped)
+        # the mapped certificate has 'read' and nothing else
+        self.assertEqual(self.code_of(mapped.Recommend, self.m.RecommendRequest(user_id="u1")),
+                         S.OK)
+        self.assertEqual(self.code_of(mapped.TopProducts, self.m.TopProductsRequest()), S.OK)
+        self.assertEqual(self.code_of(mapped.Ingest, self.m.IngestRequest(events=[ev])),
+                         S.PERMISSION_DENIED)
+        self.assertEqual(self.code_of(mapped.DeleteUser, self.m.DeleteUserRequest(user_id="u1")),
+                         S.PERMISSION_DENIED)
+        # a certificate of the same CA that no line names, and no certificate at all
+        anonymous = self.stub(())
+        for stub in (unmapped, anonymous):
+            self.assertEqual(self.code_of(stub.Recommend, self.m.RecommendRequest(user_id="u1")),
+                             S.UNAUTHENTICATED)
+        # a token decides when there is one: unknown, or one with other roles
+        self.assertEqual(self.code_of(mapped.Recommend, self.m.RecommendRequest(user_id="u1"),
+                                      bearer("no-such-secret")), S.UNAUTHENTICATED)
+        self.assertEqual(self.code_of(mapped.Recommend, self.m.RecommendRequest(user_id="u1"),
+                                      bearer("adm-secret")), S.PERMISSION_DENIED)
+        self.assertEqual(self.code_of(unmapped.Ingest, self.m.IngestRequest(events=[ev]),
+                                      bearer("adm-secret")), S.OK)
+        self.assertEqual(self.code_of(unmapped.DeleteUser, self.m.DeleteUserRequest(user_id="u-c"),
+                                      bearer("adm-secret")), S.OK)
+        # the audit line names the certificate's grant
+        denied = L.poll_until(lambda: [l for l in self.node.log_tail(200).splitlines()
+                                       if 'msg="admin call"' in l and "PermissionDenied" in l],
+                              10, what="the audit line of the refused DeleteUser")
+        self.assertIn('who="bi/cert:reporting.example.com"', denied[0])
 
 
 if __name__ == "__main__":
