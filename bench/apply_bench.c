@@ -9,7 +9,7 @@
  * thread timing.
  *
  *   eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE] [--recommend R]
- *                    [--kept-bytes BYTES] [--lists-staleness MS] [--queued]
+ *                    [--kept-bytes BYTES] [--lists-staleness MS] [--queued] [--warm W]
  *                                                   (defaults 50000, 8, 500, 0)
  *
  * --queued queues every batch before the writer starts (and groups hold K x B events), so
@@ -17,10 +17,17 @@
  * applies one while the previous one's synced write runs. Without it each group is
  * answered before the next is queued. Both apply the same groups: the same state.
  *
+ * --warm W applies the first W of the N events as --queued does, in groups of 8 x 500,
+ * before the groups of K x B, and measures only the rest (events/s and what was written):
+ * one batch at a time on a node that holds W events already (full neighbour lists, users
+ * seen before). Under callgrind, the instructions of the rest are those of the run minus
+ * those of `W --queued` (the same groups).
+ *
  * --dump writes every key and value of the state afterwards (store_dump): two builds that
  * apply the same events must write the same file. --kept-bytes sets the budget of the
  * values the writer's txn keeps between group commits (store_set_kept_bytes).
- * Prints events/s. Under `valgrind --tool=callgrind --toggle-collect=apply_event
+ * Prints events/s and what the group commits wrote per event, by table (LevelDB records,
+ * key and value bytes, decoded objects encoded: store_write_stats). Under `valgrind --tool=callgrind --toggle-collect=apply_event
  * --toggle-collect=store_txn_seal --toggle-collect=store_txn_write
  * --toggle-collect=store_txn_settle` (store_txn_commit before the writes were split) the
  * instruction count is the apply and the group commits alone (no event generation, no idle wait): divided by N, the instructions per
@@ -218,6 +225,42 @@ static int run_recommends(engine *e, const struct gen_tables *tables, long r,
     return rc;
 }
 
+/* What the group commits wrote per event, by table (store_write_stats): where the bytes
+ * of the apply path go. */
+static void print_writes(store *st, const struct store_write_stats *base, long n)
+{
+    static const char *const names[STORE_STAT_TABLES] = {
+        [T_LOG] = "LOG", [T_DEDUP] = "DEDUP", [T_DEDUP_EXP] = "DEDUP_EXP", [T_USER] = "USER",
+        [T_USER_WIN] = "USER_WIN", [T_USER_LOG] = "USER_LOG", [T_PART_WIN] = "PART_WIN",
+        [T_PRODUCT] = "PRODUCT", [T_PROD_WIN] = "PROD_WIN", [T_CAT_POP] = "CAT_POP",
+        [T_LATE] = "LATE", [T_S2_HW] = "S2_HW", [T_OUTBOX] = "OUTBOX", [T_BOUGHT] = "BOUGHT",
+        [T_META] = "META", [T_SEEN] = "SEEN",
+    };
+    struct store_write_stats w;
+    store_write_stats(st, &w);
+    for (size_t i = 0; i < STORE_STAT_TABLES; i++) {
+        w.keys[i] -= base->keys[i];
+        w.bytes[i] -= base->bytes[i];
+        w.packs[i] -= base->packs[i];
+    }
+    w.writes -= base->writes;
+    double keys = 0, bytes = 0, packs = 0;
+    printf("written per event (%llu group writes): table keys bytes encodes\n",
+           (unsigned long long)w.writes);
+    for (size_t i = 0; i < STORE_STAT_TABLES; i++) {
+        if (!w.keys[i])
+            continue;
+        printf("  %-9s %7.2f %8.1f %7.2f\n", names[i] ? names[i] : "?",
+               (double)w.keys[i] / (double)n, (double)w.bytes[i] / (double)n,
+               (double)w.packs[i] / (double)n);
+        keys += (double)w.keys[i];
+        bytes += (double)w.bytes[i];
+        packs += (double)w.packs[i];
+    }
+    printf("  %-9s %7.2f %8.1f %7.2f\n", "total", keys / (double)n, bytes / (double)n,
+           packs / (double)n);
+}
+
 static const char *arg(int argc, char **argv, const char *name)
 {
     for (int i = 1; i + 1 < argc; i++)
@@ -262,10 +305,11 @@ int main(int argc, char **argv)
     long n = argc > 1 && argv[1][0] != '-' ? strtol(argv[1], NULL, 10) : 50000;
     long inflight = arg_int(argc, argv, "--inflight", 8);
     long batch = arg_int(argc, argv, "--batch", 500);
-    if (n < 1 || inflight < 1 || batch < 1) {
+    long warm = arg_int(argc, argv, "--warm", 0);
+    if (n < 1 || inflight < 1 || batch < 1 || warm < 0 || warm >= n) {
         fprintf(stderr, "usage: eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE] "
                         "[--recommend R] [--kept-bytes BYTES] [--lists-staleness MS] "
-                        "[--queued] [--dedup-window MS] [--sweep-interval MS]\n");
+                        "[--queued] [--warm W] [--dedup-window MS] [--sweep-interval MS]\n");
         return 2;
     }
 
@@ -299,6 +343,8 @@ int main(int argc, char **argv)
     bool queued = has_flag(argc, argv, "--queued");
     if (queued)
         o.max_group_events = inflight * batch;
+    if (warm > 0)
+        o.max_group_events = 8 * 500 > inflight * batch ? 8 * 500 : inflight * batch;
     engine *e;
     char err[256];
     if (engine_open(&o, &e, err, sizeof err) != EDDY_OK) {
@@ -312,10 +358,11 @@ int main(int argc, char **argv)
 
     struct progress pg = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0};
     struct timespec t0, t1;
+    struct store_write_stats base = {0};
     clock_gettime(CLOCK_MONOTONIC, &t0);
     struct completion gate;
     for (long i = 0; i < n;) {
-        long count = queued ? n : inflight * batch;
+        long count = i < warm ? warm - i : queued ? n : inflight * batch;
         completion_init(&gate);
         if (engine_exclusive(e, gate_wait, gate_done, &gate) != EDDY_OK) {
             fprintf(stderr, "engine_exclusive refused\n");
@@ -329,14 +376,24 @@ int main(int argc, char **argv)
         while (pg.outstanding > 0)
             pthread_cond_wait(&pg.cv, &pg.mu);
         pthread_mutex_unlock(&pg.mu);
+        if (warm > 0 && i == warm) { /* measure the rest only */
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            store_write_stats(engine_store(e), &base);
+        }
     }
     engine_flush(e);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    long measured = n - warm;
     printf("%ld events in %.2f s = %.0f events/s (accepted %llu, duplicates %llu, failed "
-           "batches %llu; groups of %ld x %ld)\n",
-           n, s, (double)n / s, (unsigned long long)pg.accepted,
+           "batches %llu; groups of %ld x %ld",
+           measured, s, (double)measured / s, (unsigned long long)pg.accepted,
            (unsigned long long)pg.duplicates, (unsigned long long)pg.failed, inflight, batch);
+    if (warm > 0)
+        printf("; after %ld events in groups of 8 x 500)\n", warm);
+    else
+        printf(")\n");
+    print_writes(engine_store(e), &base, measured);
     long recs = arg_int(argc, argv, "--recommend", 0);
     long staleness = arg_int(argc, argv, "--lists-staleness", 2000);
     if (recs > 0 && run_recommends(e, tables, recs, staleness) != 0) {

@@ -137,6 +137,12 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
     atomic_init(&s->fail_writes, 0);
     atomic_init(&s->tracked_tables, 0);
     atomic_init(&s->bulk_writes, 0);
+    for (size_t i = 0; i < STORE_STAT_TABLES; i++) {
+        atomic_init(&s->written_keys[i], 0);
+        atomic_init(&s->written_bytes[i], 0);
+        atomic_init(&s->written_packs[i], 0);
+    }
+    atomic_init(&s->written_batches, 0);
     *out = s;
     return EDDY_OK;
 }
@@ -312,6 +318,16 @@ static void store_changed(store *s, const struct store_key *start, const struct 
 void store_set_kept_bytes(store *s, size_t bytes)
 {
     s->obj_cache_bytes = bytes;
+}
+
+void store_write_stats(store *s, struct store_write_stats *out)
+{
+    for (size_t i = 0; i < STORE_STAT_TABLES; i++) {
+        out->keys[i] = atomic_load_explicit(&s->written_keys[i], memory_order_relaxed);
+        out->bytes[i] = atomic_load_explicit(&s->written_bytes[i], memory_order_relaxed);
+        out->packs[i] = atomic_load_explicit(&s->written_packs[i], memory_order_relaxed);
+    }
+    out->writes = atomic_load_explicit(&s->written_batches, memory_order_relaxed);
 }
 
 void store_fail_writes(store *s, int n, eddy_err err)

@@ -183,6 +183,21 @@ void store_set_kept_bytes(store *s, size_t bytes);
 void store_track_writes(store *s, enum store_table t);
 uint64_t store_key_writes(store *s, const struct store_key *key);
 
+/* What the txns' committed writes of 's' put into LevelDB since store_open, per table
+ * (index: enum store_table; 0 for keys too short to have one): records (puts and deletes),
+ * key and value bytes, and decoded objects packed for them; and the number of writes (one
+ * per group commit). Counted after each successful write; any thread (the counters are
+ * read one by one, so a write may show in some of them only). For profiles of the apply
+ * path (eddy-apply-bench). */
+#define STORE_STAT_TABLES 32
+struct store_write_stats {
+    uint64_t keys[STORE_STAT_TABLES];
+    uint64_t bytes[STORE_STAT_TABLES];
+    uint64_t packs[STORE_STAT_TABLES];
+    uint64_t writes;
+};
+void store_write_stats(store *s, struct store_write_stats *out);
+
 /* Fault injection for tests: the next 'n' store_txn_write calls with keys to write fail
  * with 'err' and write nothing (a disk error, for the engine's failed-write path). */
 void store_fail_writes(store *s, int n, eddy_err err);

@@ -54,6 +54,9 @@ struct store {
     _Atomic uint32_t tracked_tables;
     _Atomic uint64_t *key_writes;  /* [STORE_WRITE_SLOTS] */
     _Atomic uint64_t bulk_writes;
+    /* store_write_stats: what the txns' committed writes put, per table (key[2] < 32) */
+    _Atomic uint64_t written_keys[32], written_bytes[32], written_packs[32];
+    _Atomic uint64_t written_batches;
 };
 
 #define STORE_WRITE_SLOTS (1u << 16)

@@ -66,6 +66,9 @@ struct store_txn {
     size_t *sealed;            /* slots of the in-flight entries (the sealed write) */
     size_t nsealed, sealed_cap;
     size_t sealed_keys;        /* records in 'wb' (seal, write and settle only) */
+    /* the records, bytes and packed objects of 'wb' per table, for store_write_stats */
+    uint64_t wb_keys[STORE_STAT_TABLES], wb_bytes[STORE_STAT_TABLES];
+    uint64_t wb_packs[STORE_STAT_TABLES];
     uint32_t *track;           /* write slots of the tracked keys in 'wb' (store_key_writes) */
     size_t ntrack, track_cap;
     size_t npending;
@@ -214,6 +217,9 @@ void store_txn_reset(store_txn *t)
     memset(t->shead, 0, PREFIX_BITS * sizeof(*t->shead));
     t->gen = atomic_load_explicit(&t->s->gen, memory_order_acquire);
     leveldb_writebatch_clear(t->wb);
+    memset(t->wb_keys, 0, sizeof(t->wb_keys));
+    memset(t->wb_bytes, 0, sizeof(t->wb_bytes));
+    memset(t->wb_packs, 0, sizeof(t->wb_packs));
 }
 
 void store_txn_free(store_txn *t)
@@ -833,15 +839,20 @@ eddy_err store_txn_seal(store_txn *t)
             store_txn_reset(t);
             return EDDY_ERR_NOMEM;
         }
+        size_t tb = e->klen >= 3 && e->key[2] < STORE_STAT_TABLES ? e->key[2] : 0;
+        t->wb_keys[tb]++;
+        t->wb_bytes[tb] += e->klen;
         if (e->deleted) {
             leveldb_writebatch_delete(t->wb, (const char *)e->key, e->klen);
             continue;
         }
+        t->wb_packs[tb] += e->obj && (e->obj_dirty || !e->val);
         eddy_err err = entry_pack(t, e);
         if (err != EDDY_OK) {
             store_txn_reset(t);
             return err;
         }
+        t->wb_bytes[tb] += e->vlen;
         leveldb_writebatch_put(t->wb, (const char *)e->key, e->klen, e->val, e->vlen);
     }
     t->sealed_keys = t->npending;
@@ -863,6 +874,14 @@ eddy_err store_txn_write(store_txn *t, bool sync)
     /* after the write: a reader that sees the new count reads the new value */
     for (size_t i = 0; i < t->ntrack; i++)
         atomic_fetch_add(&t->s->key_writes[t->track[i]], 1);
+    for (size_t i = 0; i < STORE_STAT_TABLES; i++) {
+        if (!t->wb_keys[i])
+            continue;
+        atomic_fetch_add_explicit(&t->s->written_keys[i], t->wb_keys[i], memory_order_relaxed);
+        atomic_fetch_add_explicit(&t->s->written_bytes[i], t->wb_bytes[i], memory_order_relaxed);
+        atomic_fetch_add_explicit(&t->s->written_packs[i], t->wb_packs[i], memory_order_relaxed);
+    }
+    atomic_fetch_add_explicit(&t->s->written_batches, 1, memory_order_relaxed);
     /* Record the write: its keys are unknown to the other txns of the store, which forget
      * everything when they see it; this txn skips its own writes when it catches up. */
     pthread_mutex_lock(&t->s->changes_mu);
@@ -875,6 +894,9 @@ void store_txn_settle(store_txn *t, eddy_err write_err)
 {
     leveldb_writebatch_clear(t->wb);
     t->sealed_keys = 0;
+    memset(t->wb_keys, 0, sizeof(t->wb_keys));
+    memset(t->wb_bytes, 0, sizeof(t->wb_bytes));
+    memset(t->wb_packs, 0, sizeof(t->wb_packs));
     if (write_err != EDDY_OK) {
         store_txn_reset(t);
         return;

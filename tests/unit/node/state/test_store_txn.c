@@ -4,7 +4,8 @@
  * in its range), another txn's commit, store_delete of a kept table and a reset, also
  * between groups the engine did not commit; evicted past the budget; scans merge pending
  * writes with the committed keys; a commit split in seal, write and settle keeps the
- * sealed keys visible to the txn until the settle, and a failed write resets it. */
+ * sealed keys visible to the txn until the settle, and a failed write resets it; the
+ * store counts what committed writes put, per table (store_write_stats). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -608,6 +609,61 @@ static void test_scan_chains_match_reference(void **state)
     store_txn_free(t);
 }
 
+/* store_write_stats counts each committed record once per write, with its key and value
+ * bytes, under its table; objects packed at the seal count as encodes; a failed write and
+ * a reset count nothing. */
+static void test_write_stats_per_table(void **state)
+{
+    struct fx *f = *state;
+    struct store_write_stats w;
+    store_txn *t = store_txn_new(f->s);
+    struct store_key a, b, c;
+    counts_key(&a, 3, "ua");
+    key_init(&b, 3, T_LOG);
+    key_u64(&b, 7);
+    key_init(&c, 3, T_DEDUP);
+    key_str(&c, "e1");
+    bump(t, &a, 1);
+    bump(t, &a, 1); /* one record: the last value */
+    assert_int_equal(store_txn_put(t, &b, "xy", 2), EDDY_OK);
+    assert_int_equal(store_txn_put(t, &b, "xyz", 3), EDDY_OK);
+    assert_int_equal(store_txn_del(t, &c), EDDY_OK);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    store_write_stats(f->s, &w);
+    assert_int_equal(w.writes, 1);
+    assert_int_equal(w.keys[T_USER_WIN], 1);
+    assert_int_equal(w.packs[T_USER_WIN], 1);
+    assert_true(w.bytes[T_USER_WIN] > a.len); /* key and the packed Counts */
+    assert_int_equal(w.keys[T_LOG], 1);
+    assert_int_equal(w.packs[T_LOG], 0);
+    assert_int_equal(w.bytes[T_LOG], b.len + 3);
+    assert_int_equal(w.keys[T_DEDUP], 1);
+    assert_int_equal(w.bytes[T_DEDUP], c.len); /* a delete: its key only */
+    uint64_t counts_bytes = w.bytes[T_USER_WIN];
+    assert_int_equal(store_txn_put(t, &b, "z", 1), EDDY_OK); /* a second write: LOG only */
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    store_write_stats(f->s, &w);
+    assert_int_equal(w.writes, 2);
+    assert_int_equal(w.keys[T_USER_WIN], 1);
+    assert_int_equal(w.keys[T_LOG], 2);
+    assert_int_equal(w.bytes[T_LOG], 2 * b.len + 4);
+
+    store_fail_writes(f->s, 1, EDDY_ERR_IO); /* refused: nothing counted */
+    bump(t, &a, 1);
+    assert_int_equal(store_txn_commit(t, false), EDDY_ERR_IO);
+    bump(t, &a, 1);
+    store_txn_reset(t); /* dropped: nothing counted */
+    bump(t, &a, 1);     /* read again from LevelDB, changed, written */
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    store_write_stats(f->s, &w);
+    assert_int_equal(w.writes, 3);
+    assert_int_equal(w.keys[T_USER_WIN], 2);
+    assert_int_equal(w.packs[T_USER_WIN], 2);
+    assert_int_equal(w.bytes[T_USER_WIN], 2 * counts_bytes);
+    assert_int_equal(w.keys[T_LOG], 2);
+    store_txn_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -623,6 +679,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_sealed_keys_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_write_resets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_stats_per_table, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
