@@ -19,6 +19,7 @@ PACKAGES=(
   libleveldb-dev libcmocka-dev libcjson-dev libcurl4-openssl-dev libxxhash-dev libssl-dev
   libmicrohttpd-dev prometheus
   python3-grpcio python3-protobuf python3-redis redis-server python3-yaml unzip
+  python3-pip python3-venv python3-setuptools python3-wheel
   etcd-server etcd-client
 )
 fi
@@ -35,6 +36,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [ $install_only = 1 ] && exit 0
+
+# TypeScript, for the type check of the npm package's index.d.ts (integration.node_package),
+# from the npm registry when this machine has Node.js and npm (the Node.js tests skip
+# without them); without it that one check is skipped.
+if command -v npm >/dev/null && ! command -v tsc >/dev/null; then
+  echo "setup: installing typescript (npm install -g typescript@5)"
+  npm install -g --no-audit --no-fund typescript@5 >/dev/null 2>&1 ||
+    echo "setup: typescript could not be installed: the .d.ts type check will be skipped" >&2
+fi
 
 BUILD="${EDDY_BUILD_DIR:-build}"
 echo "setup: building into $BUILD/ (log: $BUILD/build.log)"
