@@ -37,14 +37,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 [ $install_only = 1 ] && exit 0
 
-# TypeScript, for the type check of the npm package's index.d.ts (integration.node_package),
-# from the npm registry when this machine has Node.js and npm (the Node.js tests skip
-# without them); without it that one check is skipped.
-if command -v npm >/dev/null && ! command -v tsc >/dev/null; then
-  echo "setup: installing typescript (npm install -g typescript@5)"
-  npm install -g --no-audit --no-fund typescript@5 >/dev/null 2>&1 ||
-    echo "setup: typescript could not be installed: the .d.ts type check will be skipped" >&2
-fi
+# From the npm registry when this machine has Node.js and npm (the Node.js tests skip
+# without them): TypeScript, for the type check of the npm package's index.d.ts
+# (integration.node_package), and buf, for `buf lint` of proto/ (integration.protos).
+# Without one, that one check is skipped.
+npm_tool() {  # npm_tool COMMAND PACKAGE
+  command -v npm >/dev/null && ! command -v "$1" >/dev/null || return 0
+  echo "setup: installing $2 (npm install -g $2)"
+  npm install -g --no-audit --no-fund "$2" >/dev/null 2>&1 ||
+    echo "setup: $2 could not be installed: the checks that use $1 will be skipped" >&2
+}
+npm_tool tsc typescript@5
+npm_tool buf @bufbuild/buf@1
 
 BUILD="${EDDY_BUILD_DIR:-build}"
 echo "setup: building into $BUILD/ (log: $BUILD/build.log)"
