@@ -37,7 +37,8 @@ FROM ${DEBIAN_IMAGE} AS runtime
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="eddy" \
       org.opencontainers.image.description="Eddy real-time analytics and personalization cluster" \
-      org.opencontainers.image.version="${VERSION}"
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 
 # Runtime libraries only: the shared objects of the -dev packages used by the build.
 RUN apt-get update \

@@ -19,6 +19,7 @@ PACKAGES=(
   libleveldb-dev libcmocka-dev libcjson-dev libcurl4-openssl-dev libxxhash-dev libssl-dev
   libmicrohttpd-dev prometheus
   python3-grpcio python3-protobuf python3-redis redis-server python3-yaml unzip
+  python3-pip python3-venv python3-setuptools python3-wheel
   etcd-server etcd-client
 )
 fi
@@ -35,6 +36,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [ $install_only = 1 ] && exit 0
+
+# From the npm registry when this machine has Node.js and npm (the Node.js tests skip
+# without them): TypeScript, for the type check of the npm package's index.d.ts
+# (integration.node_package), and buf, for `buf lint` of proto/ (integration.protos).
+# Without one, that one check is skipped.
+npm_tool() {  # npm_tool COMMAND PACKAGE
+  command -v npm >/dev/null && ! command -v "$1" >/dev/null || return 0
+  echo "setup: installing $2 (npm install -g $2)"
+  npm install -g --no-audit --no-fund "$2" >/dev/null 2>&1 ||
+    echo "setup: $2 could not be installed: the checks that use $1 will be skipped" >&2
+}
+npm_tool tsc typescript@5
+npm_tool buf @bufbuild/buf@1
 
 BUILD="${EDDY_BUILD_DIR:-build}"
 echo "setup: building into $BUILD/ (log: $BUILD/build.log)"
