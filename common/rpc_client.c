@@ -6,7 +6,12 @@
  * block in rpc_invoke on one channel without sharing a queue. Asynchronous calls share
  * the channel's CQ, drained by one thread per channel that runs the callbacks; the
  * channel keeps the list of those calls so that rpc_channel_close can cancel them and
- * wait for their callbacks before it destroys anything. */
+ * wait for their callbacks before it destroys anything.
+ *
+ * A local channel (rpc_channel_open_local) has no grpc_channel: its calls go to the
+ * process's own server, which runs the handler on the calling thread and answers from
+ * whichever thread the handler answers on. It counts its async calls like a network
+ * channel, so rpc_channel_close still waits for every callback. */
 #include "common/rpc_client.h"
 
 #include <grpc/grpc.h>
@@ -18,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/pbgrpc.h"
 #include "common/thread.h"
@@ -44,6 +50,8 @@ struct async_call {
 };
 
 struct rpc_channel {
+    rpc_local_fn *local;   /* non-NULL: a local channel (no grpc_channel, no CQ thread) */
+    void *local_ud;
     grpc_channel *ch;
     uint32_t md_flags; /* flags of SEND_INITIAL_METADATA (wait for ready) */
     grpc_metadata auth_md; /* "authorization: Bearer ..." when n_md is 1 (slices owned) */
@@ -186,16 +194,29 @@ out:
     grpc_completion_queue_destroy(cq);
 }
 
+static void local_invoke_sync(rpc_channel *ch, const char *method,
+                              const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
+                              ProtobufCMessage **resp, struct rpc_result *res);
+
 void rpc_invoke(rpc_channel *ch, const char *method, const ProtobufCMessage *req,
                 const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
                 ProtobufCMessage **resp, struct rpc_result *res)
 {
+    if (ch->local) {
+        local_invoke_sync(ch, method, req, resp_desc, timeout_ms, resp, res);
+        return;
+    }
     invoke_sync(ch, method, pbgrpc_pack(req), resp_desc, timeout_ms, resp, res);
 }
 
 void rpc_invoke_raw(rpc_channel *ch, const char *method, const void *bytes, size_t len,
                     int64_t timeout_ms, struct rpc_result *res)
 {
+    if (ch->local) {
+        result_set(res, GRPC_STATUS_UNIMPLEMENTED, "raw calls are not served in-process");
+        return;
+    }
     invoke_sync(ch, method, pbgrpc_raw(bytes, len), NULL, timeout_ms, NULL, res);
 }
 
@@ -235,10 +256,17 @@ static void *channel_main(void *arg)
     return NULL;
 }
 
+static eddy_err local_invoke_async(rpc_channel *ch, const char *method,
+                                   const ProtobufCMessage *req,
+                                   const ProtobufCMessageDescriptor *resp_desc,
+                                   int64_t timeout_ms, rpc_done_fn *done, void *ud);
+
 eddy_err rpc_invoke_async(rpc_channel *ch, const char *method, const ProtobufCMessage *req,
                           const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
                           rpc_done_fn *done, void *ud)
 {
+    if (ch->local)
+        return local_invoke_async(ch, method, req, resp_desc, timeout_ms, done, ud);
     eddy_err err = EDDY_ERR_NOMEM;
     struct async_call *a = calloc(1, sizeof(*a));
     if (a == NULL)
@@ -287,6 +315,10 @@ void rpc_invoke_stream(rpc_channel *ch, const char *method, const ProtobufCMessa
                        const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
                        rpc_stream_fn *on_msg, void *ud, struct rpc_result *res)
 {
+    if (ch->local) {
+        result_set(res, GRPC_STATUS_UNIMPLEMENTED, "streaming calls are not served in-process");
+        return;
+    }
     grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
     grpc_byte_buffer *reqbb = pbgrpc_pack(req);
     grpc_metadata_array imd, tmd;
@@ -454,6 +486,150 @@ rpc_channel *rpc_channel_open(const char *target, const struct rpc_channel_opts 
     return ch;
 }
 
+/* ---- local channels ------------------------------------------------------------------ */
+
+rpc_channel *rpc_channel_open_local(rpc_local_fn *fn, void *ud)
+{
+    rpc_channel *ch = calloc(1, sizeof(*ch));
+    if (ch == NULL)
+        return NULL;
+    ch->local = fn;
+    ch->local_ud = ud;
+    pthread_mutex_init(&ch->mu, NULL);
+    pthread_cond_init(&ch->idle_cv, NULL);
+    return ch;
+}
+
+/* An async call of a local channel, counted in ch->npending until its callback returned. */
+struct local_async {
+    rpc_channel *ch;
+    rpc_done_fn *done;
+    void *ud;
+};
+
+static void local_uncount(rpc_channel *ch)
+{
+    pthread_mutex_lock(&ch->mu);
+    if (--ch->npending == 0)
+        pthread_cond_broadcast(&ch->idle_cv);
+    pthread_mutex_unlock(&ch->mu);
+}
+
+static void local_async_done(void *arg, const struct rpc_result *res, ProtobufCMessage *resp)
+{
+    struct local_async *la = arg;
+    rpc_channel *ch = la->ch;
+    la->done(la->ud, res, resp);
+    free(la);
+    local_uncount(ch);
+}
+
+static eddy_err local_invoke_async(rpc_channel *ch, const char *method,
+                                   const ProtobufCMessage *req,
+                                   const ProtobufCMessageDescriptor *resp_desc,
+                                   int64_t timeout_ms, rpc_done_fn *done, void *ud)
+{
+    struct local_async *la = malloc(sizeof(*la));
+    if (la == NULL)
+        return EDDY_ERR_NOMEM;
+    *la = (struct local_async){ch, done, ud};
+    pthread_mutex_lock(&ch->mu);
+    if (ch->closing) {
+        pthread_mutex_unlock(&ch->mu);
+        free(la);
+        return EDDY_ERR_UNAVAILABLE;
+    }
+    ch->npending++;
+    pthread_mutex_unlock(&ch->mu);
+    eddy_err err = ch->local(ch->local_ud, method, req, resp_desc, timeout_ms,
+                             local_async_done, la);
+    if (err != EDDY_OK) { /* 'done' will not run */
+        free(la);
+        local_uncount(ch);
+    }
+    return err;
+}
+
+/* A synchronous local call waits for its answer until the deadline, as a network call
+ * would; an answer that comes later is dropped by whichever side lets go last. */
+struct local_sync {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs; /* the waiter and the call */
+    bool answered;
+    struct rpc_result res;
+    ProtobufCMessage *resp;
+};
+
+static void local_sync_unref(struct local_sync *ls)
+{
+    pthread_mutex_lock(&ls->mu);
+    bool last = --ls->refs == 0;
+    pthread_mutex_unlock(&ls->mu);
+    if (!last)
+        return;
+    if (ls->resp)
+        protobuf_c_message_free_unpacked(ls->resp, NULL);
+    pthread_cond_destroy(&ls->cv);
+    pthread_mutex_destroy(&ls->mu);
+    free(ls);
+}
+
+static void local_sync_done(void *arg, const struct rpc_result *res, ProtobufCMessage *resp)
+{
+    struct local_sync *ls = arg;
+    pthread_mutex_lock(&ls->mu);
+    ls->answered = true;
+    ls->res = *res;
+    ls->resp = resp;
+    pthread_cond_signal(&ls->cv);
+    pthread_mutex_unlock(&ls->mu);
+    local_sync_unref(ls);
+}
+
+static void local_invoke_sync(rpc_channel *ch, const char *method,
+                              const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
+                              ProtobufCMessage **resp, struct rpc_result *res)
+{
+    if (resp)
+        *resp = NULL;
+    struct local_sync *ls = calloc(1, sizeof(*ls));
+    if (ls == NULL) {
+        result_set(res, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    pthread_mutex_init(&ls->mu, NULL);
+    clock_cond_init(&ls->cv);
+    ls->refs = 2;
+    if (local_invoke_async(ch, method, req, resp_desc, timeout_ms, local_sync_done, ls) !=
+        EDDY_OK) {
+        ls->refs = 1;
+        local_sync_unref(ls);
+        result_set(res, GRPC_STATUS_UNAVAILABLE, "cannot start the call");
+        return;
+    }
+    struct timespec until = clock_mono_after(timeout_ms);
+    pthread_mutex_lock(&ls->mu);
+    while (!ls->answered) {
+        if (timeout_ms <= 0)
+            pthread_cond_wait(&ls->cv, &ls->mu);
+        else if (pthread_cond_timedwait(&ls->cv, &ls->mu, &until) != 0)
+            break;
+    }
+    if (ls->answered) {
+        *res = ls->res;
+        if (resp) {
+            *resp = ls->resp;
+            ls->resp = NULL;
+        }
+    } else {
+        result_set(res, GRPC_STATUS_DEADLINE_EXCEEDED, "Deadline Exceeded");
+    }
+    pthread_mutex_unlock(&ls->mu);
+    local_sync_unref(ls);
+}
+
 void rpc_channel_close(rpc_channel *ch)
 {
     if (ch == NULL)
@@ -465,6 +641,12 @@ void rpc_channel_close(rpc_channel *ch)
     while (ch->npending > 0)
         pthread_cond_wait(&ch->idle_cv, &ch->mu);
     pthread_mutex_unlock(&ch->mu);
+    if (ch->local) { /* no gRPC objects; its calls answered (a late sync answer included) */
+        pthread_cond_destroy(&ch->idle_cv);
+        pthread_mutex_destroy(&ch->mu);
+        free(ch);
+        return;
+    }
 
     grpc_channel_destroy(ch->ch);
     grpc_completion_queue_shutdown(ch->cq);

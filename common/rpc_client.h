@@ -60,6 +60,21 @@ void rpc_invoke(rpc_channel *ch, const char *method, const ProtobufCMessage *req
  * (free with protobuf_c_message_free_unpacked); NULL unless res->code is OK. */
 typedef void rpc_done_fn(void *ud, const struct rpc_result *res, ProtobufCMessage *resp);
 
+/* An in-process server (rpc_server_invoke_local): start the unary call of 'method' with
+ * 'req' (borrowed: copied before return) and run 'done' exactly once with the response
+ * decoded by 'resp_desc', on whichever thread answers (possibly before returning). If it
+ * returns an error, 'done' never runs. */
+typedef eddy_err rpc_local_fn(void *ud, const char *method, const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
+                              rpc_done_fn *done, void *done_ud);
+
+/* A channel to this process's own server: unary calls go to 'fn' (with 'ud') instead of
+ * the network, with the same results as over a channel (a node calling a partition it
+ * owns itself, and every call of a --dev node); streams and raw calls answer
+ * UNIMPLEMENTED. An async call's 'done' runs on the thread that answers. Caller owns the
+ * result (rpc_channel_close); NULL on allocation failure. */
+rpc_channel *rpc_channel_open_local(rpc_local_fn *fn, void *ud);
+
 /* Start an async unary call; 'req' is borrowed (packed before return). If this returns an
  * error, 'done' never runs; otherwise it runs exactly once. */
 eddy_err rpc_invoke_async(rpc_channel *ch, const char *method, const ProtobufCMessage *req,

@@ -116,6 +116,7 @@ struct method {
     bool stream;
     int lane;     /* 0 .. RPC_MAX_LANES-1: whose queue and threads run it */
     bool peer_only; /* TLS on and the path under peer_only_prefix: verified peers only */
+    bool local_only; /* under local_only_prefix: not served on the network */
     void *handle; /* from grpc_server_register_method */
     struct method_metrics mm;
 };
@@ -189,6 +190,15 @@ struct rpc_call {
     char *who;              /* the gate asked for an audit line: the caller (owned) */
     grpc_metadata trailer;  /* retry-after-ms, when 'has_trailer' (slices owned) */
     bool has_trailer;
+    struct local_answer *local; /* an in-process call (rpc_server_invoke_local): where the
+                                   answer goes; NULL for calls from the network */
+};
+
+/* Where the answer of an in-process call goes (owned by the call). */
+struct local_answer {
+    rpc_done_fn *done;
+    void *ud;
+    const ProtobufCMessageDescriptor *resp_desc;
 };
 
 /* One lane: a bounded job queue and the handler threads serving only it. The queue fields
@@ -213,6 +223,7 @@ struct rpc_server {
     const struct tls_config *tls_cfg; /* borrowed until started; NULL = plaintext */
     tls_server *tls;                  /* freed after the grpc_server is destroyed */
     char *peer_only_prefix;
+    char *local_only_prefix;
     rpc_gate_fn *gate;              /* NULL = no gate */
     rpc_audit_fn *audit;
     void *gate_ud;
@@ -369,6 +380,7 @@ static void call_free(rpc_call *c)
         protobuf_c_message_free_unpacked(c->req, NULL);
     free(c->fin_msg);
     free(c->who);
+    free(c->local);
     if (c->has_trailer) {
         grpc_slice_unref(c->trailer.key);
         grpc_slice_unref(c->trailer.value);
@@ -827,7 +839,7 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     rpc_server *s = w->s;
     for (size_t i = 0; i < s->nmethods; i++)
-        for (int k = 0; k < ACCEPT_SLOTS; k++)
+        for (int k = 0; k < ACCEPT_SLOTS && !s->methods[i].local_only; k++)
             slot_new(w, &s->methods[i]);
     slot_new(w, NULL); /* unknown methods: without it they hang until their deadline */
 
@@ -892,7 +904,10 @@ rpc_server *rpc_server_new(const struct rpc_server_opts *opts)
     s->audit = opts->audit;
     s->gate_ud = opts->gate_ud;
     s->tls_cfg = tls_server_enabled(opts->tls) ? opts->tls : NULL;
-    if (opts->peer_only_prefix && !(s->peer_only_prefix = strdup(opts->peer_only_prefix))) {
+    if ((opts->peer_only_prefix && !(s->peer_only_prefix = strdup(opts->peer_only_prefix))) ||
+        (opts->local_only_prefix &&
+         !(s->local_only_prefix = strdup(opts->local_only_prefix)))) {
+        free(s->peer_only_prefix);
         free(s->listen);
         free(s);
         return NULL;
@@ -1044,7 +1059,12 @@ eddy_err rpc_server_start(rpc_server *s, int *port)
                                                        sizeof(*l->threads))) == NULL)
             goto fail;
     }
+    for (size_t i = 0; s->local_only_prefix && i < s->nmethods; i++)
+        s->methods[i].local_only = strncmp(s->methods[i].path, s->local_only_prefix,
+                                           strlen(s->local_only_prefix)) == 0;
     for (size_t i = 0; i < s->nmethods; i++) {
+        if (s->methods[i].local_only)
+            continue; /* unknown to the network: the generic slot answers UNIMPLEMENTED */
         s->methods[i].handle = grpc_server_register_method(
             s->srv, s->methods[i].path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
         if (s->methods[i].handle == NULL) {
@@ -1053,8 +1073,9 @@ eddy_err rpc_server_start(rpc_server *s, int *port)
         }
     }
     for (size_t i = 0; i < s->nmethods; i++)
-        method_metrics_init(s->reg, &s->methods[i].mm, s->methods[i].path,
-                            s->methods[i].stream);
+        if (!s->methods[i].local_only) /* never called from the network: no series */
+            method_metrics_init(s->reg, &s->methods[i].mm, s->methods[i].path,
+                                s->methods[i].stream);
     method_metrics_init(s->reg, &s->unknown_mm, NULL, false);
     for (int i = 0; i < s->cq_threads; i++) {
         s->workers[i].s = s;
@@ -1194,6 +1215,7 @@ void rpc_server_free(rpc_server *s)
     free(s->methods);
     free(s->listen);
     free(s->peer_only_prefix);
+    free(s->local_only_prefix);
     tls_server_free(s->tls); /* the grpc_server using its credentials is gone */
     for (int i = 0; i < RPC_MAX_LANES; i++)
         pthread_cond_destroy(&s->lanes[i].work_cv);
@@ -1203,8 +1225,95 @@ void rpc_server_free(rpc_server *s)
     grpc_shutdown();
 }
 
+/* ---------------------------------------------------------------- in-process calls */
+
+static const struct method_metrics no_metrics; /* in-process calls are not counted */
+
+/* Hand the answer of an in-process call to its caller and drop the application's
+ * reference (the handler run holds the other until the handler returns). */
+static void local_answer(rpc_call *c, grpc_status_code code, const char *msg,
+                         const ProtobufCMessage *resp)
+{
+    struct rpc_result res = {.code = code};
+    snprintf(res.details, sizeof(res.details), "%s", msg ? msg : "");
+    ProtobufCMessage *copy = NULL;
+    if (code == GRPC_STATUS_OK) { /* the caller gets its own copy, as from the network */
+        grpc_byte_buffer *bb = pbgrpc_pack(resp);
+        copy = bb ? pbgrpc_unpack(c->local->resp_desc, bb) : NULL;
+        if (bb)
+            grpc_byte_buffer_destroy(bb);
+        if (!copy) {
+            res.code = GRPC_STATUS_INTERNAL;
+            snprintf(res.details, sizeof(res.details), "cannot copy the response");
+        }
+    }
+    pthread_mutex_lock(&c->mu);
+    assert(!c->answered);
+    c->answered = true;
+    c->refs--;
+    struct local_answer la = *c->local;
+    call_unlock(c);
+    la.done(la.ud, &res, copy);
+}
+
+eddy_err rpc_server_invoke_local(void *server, const char *method, const ProtobufCMessage *req,
+                                 const ProtobufCMessageDescriptor *resp_desc,
+                                 int64_t timeout_ms, rpc_done_fn *done, void *done_ud)
+{
+    rpc_server *s = server;
+    const struct method *m = NULL;
+    for (size_t i = 0; i < s->nmethods && !m; i++)
+        if (strcmp(s->methods[i].path, method) == 0)
+            m = &s->methods[i];
+    struct rpc_result res = {.code = GRPC_STATUS_OK};
+    if (!m || m->stream || m->req_desc != req->descriptor) {
+        res.code = GRPC_STATUS_UNIMPLEMENTED;
+        snprintf(res.details, sizeof(res.details), "method %.300s is not served in-process",
+                 method);
+    } else if (s->state != S_RUNNING || atomic_load(&s->stopping)) {
+        res.code = GRPC_STATUS_UNAVAILABLE;
+        snprintf(res.details, sizeof(res.details), "server not running");
+    }
+    if (res.code != GRPC_STATUS_OK) {
+        done(done_ud, &res, NULL);
+        return EDDY_OK;
+    }
+    rpc_call *c = calloc(1, sizeof(*c));
+    struct local_answer *la = malloc(sizeof(*la));
+    grpc_byte_buffer *bb = c && la ? pbgrpc_pack(req) : NULL;
+    ProtobufCMessage *copy = bb ? pbgrpc_unpack(m->req_desc, bb) : NULL;
+    if (bb)
+        grpc_byte_buffer_destroy(bb);
+    if (!copy) {
+        free(c);
+        free(la);
+        return EDDY_ERR_NOMEM;
+    }
+    *la = (struct local_answer){done, done_ud, resp_desc};
+    c->m = m;
+    c->mm = &no_metrics;
+    c->arrival_ns = clock_mono_ns();
+    c->deadline = pbgrpc_deadline(timeout_ms);
+    pthread_mutex_init(&c->mu, NULL);
+    c->req = copy;
+    c->local = la;
+    c->refs = 2; /* the application until it answers, and this handler run */
+    c->delivered = true;
+    m->fn(m->ud, c, copy);
+    pthread_mutex_lock(&c->mu);
+    c->refs--;
+    call_unlock(c); /* frees the call once it was answered too */
+    return EDDY_OK;
+}
+
+/* ---------------------------------------------------------------- answers */
+
 void rpc_reply(rpc_call *c, const ProtobufCMessage *resp)
 {
+    if (c->local) {
+        local_answer(c, GRPC_STATUS_OK, NULL, resp);
+        return;
+    }
     pthread_mutex_lock(&c->mu);
     assert(!c->answered);
     c->answered = true;
@@ -1222,6 +1331,10 @@ void rpc_reply_error(rpc_call *c, grpc_status_code code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    if (c->local) {
+        local_answer(c, code, msg, NULL);
+        return;
+    }
     pthread_mutex_lock(&c->mu);
     call_fail_locked(c, code, msg);
     call_unlock(c);

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/rpc_client.h"
 #include "common/metrics.h"
 #include "common/tls.h"
 
@@ -106,6 +107,9 @@ struct rpc_server_opts {
     const char *peer_only_prefix; /* with TLS: methods whose path starts with it ("/eddy.
                                      state.v1.State/") answer UNAUTHENTICATED unless the
                                      caller presented a certificate the CA verified; copied */
+    const char *local_only_prefix; /* methods whose path starts with it are not served on the
+                                      network (UNIMPLEMENTED there), only to this process
+                                      through rpc_server_invoke_local; NULL: none; copied */
     rpc_gate_fn *gate;            /* NULL: every call goes through (no tokens) */
     rpc_audit_fn *audit;          /* may be NULL */
     void *gate_ud;                /* for both; borrowed: must outlive the server and every
@@ -149,6 +153,17 @@ void rpc_server_shutdown(rpc_server *s, int64_t grace_ms);
 
 /* Shut down if still running and free everything. Accepts NULL. */
 void rpc_server_free(rpc_server *s);
+
+/* In-process calls (an rpc_local_fn with the server as 'ud', for rpc_channel_open_local):
+ * the unary handler of 'method' runs on the calling thread with a copy of 'req', as it
+ * would for a call from the network, and its answer (from any thread) goes to 'done'
+ * decoded by 'resp_desc'. No gate, no lane queue and no grpc_server_* metrics: the caller
+ * is this process (a handler calling a method of a higher lane, see "Lanes", never waits
+ * in a queue either). Unknown methods and streams answer UNIMPLEMENTED, a server not
+ * started or shutting down UNAVAILABLE. Returns an error only if 'done' will not run. */
+eddy_err rpc_server_invoke_local(void *server, const char *method, const ProtobufCMessage *req,
+                                 const ProtobufCMessageDescriptor *resp_desc,
+                                 int64_t timeout_ms, rpc_done_fn *done, void *done_ud);
 
 /* Answer a unary call with 'resp' (borrowed: packed before return) and status OK. If the
  * client is gone (cancel, deadline, shutdown) nothing is sent and the call is just freed;

@@ -1,19 +1,15 @@
 /* The state backend: what the public API (node/ingest/) needs of the state, behind one
- * interface with two implementations:
- *
- *   local    node/state/local_backend.c: the engine and the query layer of this process
- *            (--dev, where the node owns every partition);
- *   routed   node/cluster/router.c: the partition owners over the internal State API
- *            (cluster mode, whichever node owns what).
+ * interface. Its implementation is the router (node/cluster/router.c): the partition
+ * owners over the internal State API, in a cluster and on a --dev node alike (a static
+ * map that gives every partition to the node itself, called in-process).
  *
  * The ingest service validates a request, calls one operation and answers with what the
  * operation's callback reports; it never sees an engine, a store or a partition map.
  *
  * Contract of every operation (libuv's): 'done' runs exactly once, either before the call
- * returns (the routed backend answers synchronously on the calling handler thread; the
- * local backend answers reads that way) or later on an engine thread (local writes, once
- * durable). The request is borrowed until 'done' runs; what 'done' receives is borrowed for
- * the duration of the callback only. */
+ * returns (the router answers synchronously, on the calling handler thread) or later on
+ * another thread. The request is borrowed until 'done' runs; what 'done' receives is
+ * borrowed for the duration of the callback only. */
 #ifndef EDDY_BACKEND_H
 #define EDDY_BACKEND_H
 

@@ -78,8 +78,9 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
         m, "eddy_late_events_total",
         "Accepted events whose event-time window had already closed (kept in the log, the "
         "user model and the late table, not added to the window).");
-    em->batches = metrics_counter(m, "eddy_ingest_batches_total",
-                                  "Ingest requests whose valid events were committed.");
+    em->batches = metrics_counter(m, "eddy_apply_jobs_total",
+                                  "Writer jobs with events committed: one per partition of "
+                                  "each Ingest batch this node applied.");
     em->processing_seconds = metrics_histogram(
         m, "eddy_processing_seconds",
         "Time to apply one group commit with events and write it to LevelDB with sync.",
@@ -111,6 +112,8 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
         queue, 1, NULL, 0);
     im->backpressure = metric_family_counter(bp, (const char *const[]){"writer"});
     nm->rpc_busy = metric_family_counter(bp, (const char *const[]){"rpc"});
+    im->batches = metrics_counter(m, "eddy_ingest_batches_total",
+                                  "Ingest requests whose valid events were committed.");
     im->recommendations = metrics_counter(m, "eddy_recommendations_total",
                                           "Recommend calls answered with recommendations.");
     static const char *const method[] = {"method"};
@@ -182,7 +185,8 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
         return EDDY_ERR_NOMEM;
     if (!em->events_ingested || !em->events_duplicate || !em->events_late || !em->batches ||
         !em->processing_seconds || !em->group_events || !em->event_to_result ||
-        !im->backpressure || !nm->rpc_busy || !im->recommendations || !nm->partitions_owned ||
+        !im->backpressure || !nm->rpc_busy || !im->recommendations || !im->batches ||
+        !nm->partitions_owned ||
         !cm->duration || !cm->bytes || !cm->failures || !cm->last_success)
         return EDDY_ERR_NOMEM;
     for (size_t i = 0; i <= VALIDATE_FIELD_COUNT; i++)

@@ -36,12 +36,15 @@
 #include "node/state/checkpoint.h"
 #include "node/state/ckptsched.h"
 #include "node/state/engine.h"
-#include "node/state/local_backend.h"
 #include "node/state/stage2cache.h"
 
 #define DAY (24 * 3600 * 1000LL)
-/* Methods only cluster members may call when TLS is on (State, ReplicaFetch, ...). */
+/* Methods only cluster members may call when TLS is on (State, ReplicaFetch, ...); a --dev
+ * node serves them only to itself (in-process). */
 #define INTERNAL_API_PREFIX "/eddy.state.v1."
+/* The address of a --dev node in its static partition map: never dialled, its peers call
+ * it in-process (peers_set_local). */
+#define DEV_SELF_ADDR "in-process"
 
 /* Who owns what: everything below is owned by the node and freed by node_free, except
  * 'cfg' (borrowed). 'mem', 'fwd' are set once the node joined; the engine's and the
@@ -50,7 +53,7 @@
  * scheduler's threads. */
 struct node {
     const struct node_config *cfg;
-    bool clustered;
+    bool clustered;                  /* an etcd cluster; else --dev: a static map (all here) */
     unsigned roles;                  /* ROLE_* bits */
     struct node_metrics nm;
     bool metrics_ready;
@@ -69,7 +72,6 @@ struct node {
     loadpub *lpub;
     struct stage2_remote s2;
     struct router router;
-    struct local_backend local;
     struct state_service ss;
     struct reprocess_service rps;
     stage2_side *s2side;
@@ -292,6 +294,8 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     engine_options_from(c, &eo);
     eo.metrics = n->nm.engine;
     eo.store_failed = hook_store_failed;
+    /* --dev owns every partition for ever: stage 2 is applied in the events' own write
+     * (no OUTBOX, no forwarder); a cluster member routes it through the OUTBOX */
     if (n->clustered)
         eo.cluster = (struct engine_cluster){hook_stage2_local, n, hook_kick, n, hook_owns, n,
                                              hook_user_deleted, n};
@@ -317,12 +321,6 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     if (!n->pop ||
         stage2cache_set_neighbour_cache(n->pop, (size_t)c->neighbour_cache) != EDDY_OK)
         return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the caches", NULL);
-    n->local = (struct local_backend){
-        n->eng,
-        {n->eng, n->pop, (int)c->default_recommendations, (int)c->max_recommendations, NULL,
-         NULL, (size_t)c->max_purchased},
-        NULL,
-    };
     if (n->clustered) {
         /* Recommend reads stage 2 across the cluster; CategoryTop serves the local part */
         n->pop_cluster = stage2cache_new(engine_store(n->eng),
@@ -336,12 +334,15 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
         stage2cache_set_owns(n->pop, hook_owns, n);
         stage2_remote_init(&n->s2, NULL, n->pe, c->route_timeout);
         stage2cache_set_source(n->pop_cluster, &n->s2.source);
-        n->ss.eng = n->eng;
-        n->ss.local = n->pop;
-        n->ss.q = (struct query_ctx){n->eng, n->pop_cluster, (int)c->default_recommendations,
-                                     (int)c->max_recommendations, state_service_owns, NULL,
-                                     (size_t)c->max_purchased};
     }
+    /* --dev: every product partition is here for ever, so Recommend reads this node's own
+     * stage 2 (the engine applied it in the events' write), not through CategoryTop and
+     * Neighbours calls to itself */
+    n->ss.eng = n->eng;
+    n->ss.local = n->pop;
+    n->ss.q = (struct query_ctx){n->eng, n->clustered ? n->pop_cluster : n->pop,
+                                 (int)c->default_recommendations, (int)c->max_recommendations,
+                                 state_service_owns, NULL, (size_t)c->max_purchased};
     if (c->checkpoint_interval > 0) {
         /* before any event can arrive: the log floors come from the files on disk */
         struct ckptsched_opts co = {
@@ -354,7 +355,6 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
         };
         if ((e = ckptsched_new(n->eng, &co, &n->cks)) != EDDY_OK)
             return fail(err, errlen, e, "cannot start checkpoints", NULL);
-        n->local.cks = n->cks; /* DeleteUser purges the partition's files */
         n->ss.cks = n->cks;
     }
     return EDDY_OK;
@@ -365,7 +365,7 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
 {
     const struct node_config *c = n->cfg;
     n->svc = (struct ingest_service){
-        .state = n->clustered ? router_backend_of(&n->router) : local_backend_of(&n->local),
+        .state = router_backend_of(&n->router),
         .lim = {c->max_id_bytes, c->max_name_bytes, c->max_query_bytes, c->max_metadata_entries,
                 c->max_metadata_bytes, c->max_future_skew, c->max_event_age},
         .max_batch = c->max_batch,
@@ -380,6 +380,7 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
         .max_connection_age_ms = c->max_connection_age,
         .metrics = n->nm.reg, .busy_rejections = n->nm.rpc_busy,
         .tls = &n->tls, .peer_only_prefix = INTERNAL_API_PREFIX,
+        .local_only_prefix = n->clustered ? NULL : INTERNAL_API_PREFIX,
     };
     char why[512];
     if (security_auth_new(&c->sec, n->nm.reg, &n->auth, why, sizeof(why)) != EDDY_OK)
@@ -392,7 +393,7 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
     eddy_err e = ingest_service_register(&n->svc, n->srv);
     if (e == EDDY_OK)
         e = health_register(n->hl, n->srv);
-    if (e == EDDY_OK && n->clustered && n->eng)
+    if (e == EDDY_OK && n->eng)
         e = state_service_register(&n->ss, n->srv);
     if (e == EDDY_OK && !n->clustered) {
         n->ds = (struct dev_status){c->cluster, c->node_id, c->listen, c->metrics_listen,
@@ -424,6 +425,8 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
         n->ss.s2 = n->s2side;
     }
     n->rps.eng = n->eng;
+    /* --dev rebuilds in one pass over its own store (stage 2 is applied in the events'
+     * write there, not forwarded); a cluster member drives or joins the cluster's rebuild */
     n->rps.router = n->clustered ? &n->router : NULL;
     n->rps.data_dir = c->data_dir;
     n->rps.checkpoint_dir = c->checkpoint_dir;
@@ -491,7 +494,7 @@ eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t e
     }
     n->metrics_ready = true;
     n->owned_gauge = n->nm.partitions_owned;
-    if (n->clustered && !(n->router.peers = n->pe = peers_new(64 << 20))) {
+    if (!(n->router.peers = n->pe = peers_new(64 << 20))) {
         e = fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the peers", NULL);
         goto fail;
     }
@@ -547,6 +550,9 @@ static eddy_err join(node *n, char *err, size_t errlen)
     if ((e = membership_start(&mo, c->join_timeout, &mem, why, sizeof(why))) != EDDY_OK)
         return fail(err, errlen, e, "cannot join the cluster", why);
     atomic_store(&n->mem, mem);
+    /* its own partitions without a loopback connection, as a --dev node (join_static) */
+    if ((e = peers_set_local(n->pe, addr, rpc_server_invoke_local, n->srv)) != EDDY_OK)
+        return fail(err, errlen, e, "cannot join the cluster", NULL);
     if ((uint32_t)c->partitions != membership_partitions(mem) && n->eng) {
         snprintf(err, errlen, "--partitions %" PRId64 " differs from the cluster's %u",
                  c->partitions, membership_partitions(mem));
@@ -587,6 +593,35 @@ static eddy_err join(node *n, char *err, size_t errlen)
     return EDDY_OK;
 }
 
+/* --dev: a static map that gives every partition to this node (membership_start_static),
+ * served by the same router, State service and take-over as a cluster member's, its calls
+ * to itself made in-process. No etcd, so none of what follows it: no moves, no replicas,
+ * no load or checkpoint records; and no forwarder: the engine applies stage 2 in the
+ * events' own write (open_state). */
+static eddy_err join_static(node *n, char *err, size_t errlen)
+{
+    const struct node_config *c = n->cfg;
+    eddy_err e;
+    if ((e = state_service_takeover_init(&n->ss, (uint32_t)c->partitions)) != EDDY_OK)
+        return fail(err, errlen, e, "cannot start the take-over", NULL);
+    n->ss.checkpoint_dir = NULL; /* nobody else wrote its partitions: its state is the newest */
+    n->ss.freeze_ms = c->move_freeze;
+    if ((e = peers_set_local(n->pe, DEV_SELF_ADDR, rpc_server_invoke_local, n->srv)) != EDDY_OK)
+        return fail(err, errlen, e, "cannot start the router", NULL);
+    struct membership_opts mo = {.node_id = c->node_id[0] ? c->node_id : "dev",
+                                 .roles = n->roles, .grpc_addr = DEV_SELF_ADDR,
+                                 .on_change = hook_change, .change_ud = n};
+    membership *mem = NULL;
+    if ((e = membership_start_static(&mo, (uint32_t)c->partitions, &mem)) != EDDY_OK)
+        return fail(err, errlen, e, "cannot assign the partitions", NULL);
+    atomic_store(&n->mem, mem);
+    n->router.mem = mem;
+    state_service_joined(&n->ss, mem);
+    atomic_store(&n->takeover, true);
+    state_service_takeover(&n->ss); /* every partition ready at epoch 1, synchronously */
+    return EDDY_OK;
+}
+
 eddy_err node_start(node *n, char *err, size_t errlen)
 {
     const struct node_config *c = n->cfg;
@@ -608,7 +643,7 @@ eddy_err node_start(node *n, char *err, size_t errlen)
     if ((e = netaddr_check_bind(c->listen, "--listen", why, sizeof(why))) != EDDY_OK ||
         (e = rpc_server_start(n->srv, &n->port)) != EDDY_OK)
         return fail(err, errlen, e, what, why);
-    if (n->clustered && (e = join(n, err, errlen)) != EDDY_OK) {
+    if ((e = n->clustered ? join(n, err, errlen) : join_static(n, err, errlen)) != EDDY_OK) {
         rpc_server_shutdown(n->srv, 0);
         return e;
     }
@@ -673,7 +708,7 @@ void node_free(node *n)
     bool checkpoints = n->cks != NULL;
     ckptsched_free(n->cks); /* before the membership its hooks use and the engine */
     membership *mem = atomic_load(&n->mem);
-    if (n->stopped && checkpoints)
+    if (n->stopped && checkpoints && n->clustered)
         ckptpub_final(n->ckpt_dir, n->eng, mem, &n->ss);
     loadpub_stop(n->lpub);
     mover_stop(n->mov);                /* a move in progress resumes at the next start */

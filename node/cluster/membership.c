@@ -36,6 +36,7 @@ struct membership {
     size_t nnodes;
 
     struct worker maint;          /* registers again when the session is lost */
+    bool fixed;                   /* membership_start_static: no etcd, the map never changes */
     bool stopping;                /* under cmu: ends membership_wait_change */
 };
 
@@ -240,12 +241,13 @@ static eddy_err read_config(membership *m, int64_t wait_ms, char *err, size_t er
     }
 }
 
-eddy_err membership_start(const struct membership_opts *o, int64_t wait_ms, membership **out,
-                          char *err, size_t errlen)
+/* What both kinds of membership start with: the node itself (its record in m->node_json
+ * and *me), the locks, no view yet. NULL on allocation failure. */
+static membership *membership_new(const struct membership_opts *o, struct cluster_node *me)
 {
     membership *m = calloc(1, sizeof(*m));
     if (!m)
-        return EDDY_ERR_NOMEM;
+        return NULL;
     m->o = *o;
     snprintf(m->self, sizeof(m->self), "%s", o->node_id);
     snprintf(m->cluster, sizeof(m->cluster), "%s", o->cluster);
@@ -254,20 +256,60 @@ eddy_err membership_start(const struct membership_opts *o, int64_t wait_ms, memb
     pthread_mutex_init(&m->cmu, NULL);
     clock_cond_init(&m->changed);
     m->nodes = calloc(MAX_NODES, sizeof(*m->nodes));
-    struct cluster_node me = {0};
-    snprintf(me.id, sizeof(me.id), "%s", o->node_id);
-    me.roles = o->roles;
-    snprintf(me.grpc_addr, sizeof(me.grpc_addr), "%s", o->grpc_addr);
-    snprintf(me.metrics_addr, sizeof(me.metrics_addr), "%s", o->metrics_addr ? o->metrics_addr : "");
-    snprintf(me.zone, sizeof(me.zone), "%s", o->zone ? o->zone : "");
-    me.started_ms = clock_wall_ms();
-    m->node_json = cluster_node_to_json(&me);
+    memset(me, 0, sizeof(*me));
+    snprintf(me->id, sizeof(me->id), "%s", o->node_id);
+    me->roles = o->roles;
+    snprintf(me->grpc_addr, sizeof(me->grpc_addr), "%s", o->grpc_addr);
+    snprintf(me->metrics_addr, sizeof(me->metrics_addr), "%s",
+             o->metrics_addr ? o->metrics_addr : "");
+    snprintf(me->zone, sizeof(me->zone), "%s", o->zone ? o->zone : "");
+    me->started_ms = clock_wall_ms();
+    m->node_json = cluster_node_to_json(me);
+    if (!m->nodes || !m->node_json) {
+        membership_stop(m);
+        return NULL;
+    }
+    return m;
+}
+
+eddy_err membership_start_static(const struct membership_opts *o, uint32_t partitions,
+                                 membership **out)
+{
+    struct cluster_node me;
+    membership *m = membership_new(o, &me);
+    if (!m || cluster_map_init(&m->map, partitions) != EDDY_OK) {
+        membership_stop(m);
+        return EDDY_ERR_NOMEM;
+    }
+    m->fixed = true;
+    m->nparts = partitions;
+    m->min_insync = 1;
+    for (uint32_t p = 0; p < partitions; p++) {
+        cluster_part_set_single(&m->map.parts[p], m->self);
+        m->map.parts[p].epoch = 1;
+    }
+    m->map.version = 1;
+    m->nodes[0] = me;
+    m->nnodes = 1;
+    m->have_map = true;
+    *out = m;
+    bump(m); /* the first view, as a cluster member gets it from its watches */
+    return EDDY_OK;
+}
+
+eddy_err membership_start(const struct membership_opts *o, int64_t wait_ms, membership **out,
+                          char *err, size_t errlen)
+{
+    struct cluster_node me;
+    membership *m = membership_new(o, &me);
+    if (!m)
+        return EDDY_ERR_NOMEM;
     char suffix[CLUSTER_KEY_MAX];
     snprintf(suffix, sizeof(suffix), "nodes/%s", o->node_id);
     cluster_key(m->node_key, sizeof(m->node_key), o->cluster, suffix);
     m->etcd = etcd_client_new_secure(o->etcd, o->etcd_timeout_ms, o->etcd_sec);
     eddy_err e = EDDY_ERR_NOMEM;
-    if (!m->nodes || !m->node_json || !m->etcd) {
+    if (!m->etcd) {
         snprintf(err, errlen, "cannot create the etcd client for '%s'", o->etcd);
         goto fail;
     }
@@ -347,6 +389,8 @@ int64_t membership_lease(membership *m)
 
 bool membership_alive(membership *m)
 {
+    if (m->fixed)
+        return true; /* no lease to lose: nobody else can be given its partitions */
     pthread_mutex_lock(&m->smu);
     bool alive = m->session && etcd_session_alive(m->session);
     pthread_mutex_unlock(&m->smu);

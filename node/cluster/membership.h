@@ -56,6 +56,15 @@ eddy_err membership_start(const struct membership_opts *o, int64_t wait_ms, memb
                           char *err, size_t errlen);
 void membership_stop(membership *m);
 
+/* A membership with no etcd: every one of 'partitions' partitions is this node's alone
+ * (replicas = [self], epoch 1), for ever. The --dev node: a static assignment of the
+ * whole key space to itself, served by the same router and State service as a cluster.
+ * 'o' gives the node (node_id, roles, grpc_addr, metrics_addr) and on_change, called once
+ * before this returns; its etcd fields are not used. Alive for ever; no lease, no etcd
+ * client (membership_etcd: NULL). Free with membership_stop. */
+eddy_err membership_start_static(const struct membership_opts *o, uint32_t partitions,
+                                 membership **out);
+
 /* The cluster's partition count (fixed at creation). */
 uint32_t membership_partitions(const membership *m);
 const char *membership_self(const membership *m);

@@ -19,6 +19,9 @@ struct peers {
     size_t n;
     int64_t max_bytes;
     const struct tls_config *tls; /* borrowed; NULL = plaintext */
+    char *local_addr;             /* NULL: none; see peers_set_local */
+    rpc_local_fn *local;
+    void *local_ud;
 };
 
 peers *peers_new(int64_t max_message_bytes)
@@ -36,6 +39,16 @@ void peers_set_tls(peers *p, const struct tls_config *tls)
     p->tls = tls;
 }
 
+eddy_err peers_set_local(peers *p, const char *addr, rpc_local_fn *fn, void *ud)
+{
+    free(p->local_addr);
+    if (!(p->local_addr = strdup(addr)))
+        return EDDY_ERR_NOMEM;
+    p->local = fn;
+    p->local_ud = ud;
+    return EDDY_OK;
+}
+
 void peers_free(peers *p)
 {
     if (!p)
@@ -45,6 +58,7 @@ void peers_free(peers *p)
         free(p->tab[i].addr);
     }
     pthread_mutex_destroy(&p->mu);
+    free(p->local_addr);
     free(p);
 }
 
@@ -60,8 +74,12 @@ rpc_channel *peers_get(peers *p, const char *addr)
     }
     if (p->n == MAX_PEERS)
         goto out;
-    struct rpc_channel_opts o = {p->max_bytes, p->max_bytes, false, p->tls, NULL};
-    ch = rpc_channel_open(addr, &o);
+    if (p->local_addr && strcmp(addr, p->local_addr) == 0) {
+        ch = rpc_channel_open_local(p->local, p->local_ud);
+    } else {
+        struct rpc_channel_opts o = {p->max_bytes, p->max_bytes, false, p->tls, NULL};
+        ch = rpc_channel_open(addr, &o);
+    }
     char *copy = strdup(addr);
     if (!ch || !copy) {
         rpc_channel_close(ch);

@@ -16,6 +16,12 @@ peers *peers_new(int64_t max_message_bytes);
 void peers_set_tls(peers *p, const struct tls_config *tls);
 void peers_free(peers *p);
 
+/* Calls to 'addr' (this node's own advertised address; copied) go to 'fn' in-process
+ * (rpc_channel_open_local) instead of over the network: a node reaches the partitions it
+ * owns itself without a loopback connection, and a --dev node runs the cluster's code
+ * with no network hop at all. Only before the first peers_get. */
+eddy_err peers_set_local(peers *p, const char *addr, rpc_local_fn *fn, void *ud);
+
 /* The channel to 'addr' (borrowed: valid until peers_free). NULL on OOM. Thread-safe. */
 rpc_channel *peers_get(peers *p, const char *addr);
 

@@ -111,6 +111,7 @@ static void ingest_done(void *ud, const struct backend_status *st,
         pi->resp.accepted = counts->accepted;
         pi->resp.duplicates = counts->duplicates;
         pi->resp.late = counts->late;
+        metric_counter_inc(pi->svc->m.batches);
         rpc_reply(pi->call, &pi->resp.base);
     }
     pending_free(pi);

@@ -19,6 +19,7 @@ struct ingest_metrics {
     metric_counter *rejected[VALIDATE_FIELD_COUNT + 1]; /* by validate_field_index; the
                                                            last one: any other field */
     metric_counter *backpressure;    /* Ingest refused: RESOURCE_EXHAUSTED from the backend */
+    metric_counter *batches;         /* Ingest calls whose valid events were acknowledged */
     metric_counter *recommendations; /* Recommend calls answered OK */
     metric_histogram *serving[INGEST_READS]; /* call arrival to answer, any status */
 };

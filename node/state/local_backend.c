@@ -1,4 +1,4 @@
-/* The local state backend: public requests answered by this process's engine and queries. */
+/* The per-user requests of a state node, answered by this process's engine and queries. */
 #include "node/state/local_backend.h"
 
 #include <inttypes.h>
@@ -6,47 +6,6 @@
 #include <string.h>
 
 #include "common/partition.h"
-
-struct ingest_job {
-    backend_ingest_done_fn *done;
-    void *ud;
-};
-
-static void ingest_done(void *ud, eddy_err err, const struct engine_ingest_result *r)
-{
-    struct ingest_job *j = ud;
-    struct backend_status st = {GRPC_STATUS_OK, ""};
-    struct backend_counts counts = {0, 0, 0};
-    if (err != EDDY_OK)
-        backend_status_set(&st, eddy_err_to_grpc(err), "not recorded: %s", eddy_strerror(err));
-    else
-        counts = (struct backend_counts){r->accepted, r->duplicates, r->late};
-    j->done(j->ud, &st, &counts);
-    free(j);
-}
-
-static void local_ingest(void *impl, Eddy__V1__Event *const *events, size_t n,
-                         int64_t arrival_ns, backend_ingest_done_fn *done, void *ud)
-{
-    struct local_backend *lb = impl;
-    struct backend_status st;
-    struct ingest_job *j = malloc(sizeof(*j));
-    eddy_err err = EDDY_ERR_NOMEM;
-    if (j) {
-        *j = (struct ingest_job){done, ud};
-        err = engine_ingest_timed(lb->eng, events, n, arrival_ns, ingest_done, j);
-        if (err == EDDY_OK)
-            return; /* ingest_done answers */
-        free(j);
-    }
-    if (err == EDDY_ERR_FULL)
-        backend_status_set(&st, GRPC_STATUS_RESOURCE_EXHAUSTED,
-                           "queue full (%" PRId64 " events waiting); retry with backoff",
-                           engine_queue_depth(lb->eng));
-    else
-        backend_status_set(&st, eddy_err_to_grpc(err), "%s", eddy_strerror(err));
-    done(ud, &st, NULL);
-}
 
 /* ---- per user ---------------------------------------------------------------------------- */
 
@@ -168,36 +127,4 @@ void local_backend_user(struct local_backend *lb, Eddy__State__V1__UserRequest *
         done(ud, &st, NULL);
     }
     }
-}
-
-static void local_user(void *impl, const char *user_id, Eddy__State__V1__UserRequest *req,
-                       backend_reply_fn *done, void *ud)
-{
-    local_backend_user(impl, req, done, ud);
-}
-
-/* ---- global queries ------------------------------------------------------------------------ */
-
-static void local_top(void *impl, const Eddy__V1__TopProductsRequest *req, backend_reply_fn *done,
-                      void *ud)
-{
-    struct local_backend *lb = impl;
-    Eddy__V1__TopProductsResponse *resp = NULL;
-    eddy_err err = query_top_products(&lb->q, req, &resp);
-    answer(err, resp ? &resp->base : NULL, resp ? &resp->base : NULL, "", done, ud);
-}
-
-static void local_counts(void *impl, const Eddy__V1__EventCountsRequest *req,
-                         backend_reply_fn *done, void *ud)
-{
-    struct local_backend *lb = impl;
-    Eddy__V1__EventCountsResponse *resp = NULL;
-    eddy_err err = query_event_counts(&lb->q, req, &resp);
-    answer(err, resp ? &resp->base : NULL, resp ? &resp->base : NULL, "", done, ud);
-}
-
-struct backend local_backend_of(struct local_backend *lb)
-{
-    static const struct backend_ops ops = {local_ingest, local_user, local_top, local_counts};
-    return (struct backend){&ops, lb};
 }

@@ -1,7 +1,6 @@
-/* The local state backend (node/backend.h): the engine and the query layer of this
- * process answer the public API directly. A --dev node serves through it, and a state
- * node's State/User handler answers the per-user requests routed to it with its 'user'
- * operation, so the two modes share one implementation of every per-user request. */
+/* The per-user requests (recommend, profile, one user's counts, delete) answered by this
+ * process's engine and query layer: what a state node's State/User handler runs for the
+ * partitions it owns (or follows), in a cluster and on a --dev node alike. */
 #ifndef EDDY_LOCAL_BACKEND_H
 #define EDDY_LOCAL_BACKEND_H
 
@@ -17,11 +16,8 @@ struct local_backend {
                             purged the user's partition (ckptsched_purge) */
 };
 
-/* The backend interface of 'lb' (borrowed: 'lb' must outlive every call). */
-struct backend local_backend_of(struct local_backend *lb);
-
-/* The per-user operation alone (State/User on a state node uses it after its ownership
- * checks): same contract as backend_ops.user. */
+/* Answer 'req' (State/User on a state node calls it after its ownership checks): the
+ * contract of backend_ops.user. */
 void local_backend_user(struct local_backend *lb, Eddy__State__V1__UserRequest *req,
                         backend_reply_fn *done, void *ud);
 

@@ -1,7 +1,8 @@
 /* rpc_server against a real in-process client on 127.0.0.1:0: unary answers, the errors
  * the server produces itself (unknown method, malformed, oversized, busy, deadline), replies
  * from other threads and after the client left, SO_REUSEPORT off, shutdown with calls
- * in flight, and handler lanes (nested calls, per-lane limits, shutdown across lanes). */
+ * in flight, handler lanes (nested calls, per-lane limits, shutdown across lanes), and
+ * in-process calls through a local channel (answers, deadlines, close, local-only methods). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -706,6 +707,104 @@ static void test_shutdown_with_queued_lanes(void **state)
     fixture_free(f);
 }
 
+/* ---- in-process calls (rpc_channel_open_local + rpc_server_invoke_local) -------------- */
+
+static Eddy__V1__GetUserProfileResponse *call_local(rpc_channel *ch, const char *method,
+                                                    const char *user, int64_t timeout_ms,
+                                                    struct rpc_result *res)
+{
+    Eddy__V1__GetUserProfileRequest rq = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
+    rq.user_id = (char *)user;
+    ProtobufCMessage *resp = (ProtobufCMessage *)0x1; /* must be overwritten */
+    rpc_invoke(ch, method, &rq.base, &eddy__v1__get_user_profile_response__descriptor,
+               timeout_ms, &resp, res);
+    return (Eddy__V1__GetUserProfileResponse *)resp;
+}
+
+static void test_local_calls_answer_as_over_the_network(void **state)
+{
+    struct fixture *f = *state;
+    rpc_channel *lc = rpc_channel_open_local(rpc_server_invoke_local, f->s);
+    assert_non_null(lc);
+    struct rpc_result res;
+    assert_echo(call_local(lc, ECHO, "alice", 5000, &res), "alice");
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_string_equal(f->last_method, ECHO);
+    assert_true(f->last_remaining > 4000 && f->last_remaining <= 5000);
+    assert_null(call_local(lc, ECHO, "fail", 5000, &res));
+    assert_int_equal(res.code, GRPC_STATUS_FAILED_PRECONDITION);
+    assert_string_equal(res.details, "asked to fail: 42");
+    /* answered later from another thread */
+    assert_echo(call_local(lc, LATER, "later", 5000, &res), "later");
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    /* the same handler on a higher lane: no queue, no thread of that lane */
+    assert_echo(call_local(lc, ECHO1, "lane1", 5000, &res), "lane1");
+    assert_int_equal(f->handled, 4);
+    /* not a network call: nothing in flight, nothing in the server's own counts */
+    assert_int_equal(rpc_server_inflight(f->s), 0);
+    /* what is not served in-process */
+    assert_null(call_local(lc, "/test.T/Nope", "x", 5000, &res));
+    assert_int_equal(res.code, GRPC_STATUS_UNIMPLEMENTED);
+    rpc_invoke_raw(lc, ECHO, "\x0a\x01x", 3, 5000, &res);
+    assert_int_equal(res.code, GRPC_STATUS_UNIMPLEMENTED);
+    assert_int_equal(f->handled, 4);
+    rpc_channel_close(lc);
+}
+
+static void test_local_deadline_then_late_reply(void **state)
+{
+    struct fixture *f = *state;
+    rpc_channel *lc = rpc_channel_open_local(rpc_server_invoke_local, f->s);
+    struct rpc_result res;
+    int64_t t0 = now_ms();
+    assert_null(call_local(lc, PARK, "slow", 150, &res));
+    assert_int_equal(res.code, GRPC_STATUS_DEADLINE_EXCEEDED);
+    assert_true(now_ms() - t0 >= 140);
+    assert_int_equal(locked_int(f, &f->nparked), 1);
+    assert_true(rpc_call_remaining_ms(f->parked[0]) <= 10);
+    /* the late answer is dropped (and freed: LeakSanitizer in CI); the channel is fine */
+    Eddy__V1__GetUserProfileRequest rq = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
+    rq.user_id = "slow";
+    reply_echo(f->parked[0], &rq);
+    assert_echo(call_local(lc, ECHO, "next", 5000, &res), "next");
+    rpc_channel_close(lc);
+}
+
+static void test_local_close_waits_for_async_calls(void **state)
+{
+    struct fixture *f = *state;
+    rpc_channel *lc = rpc_channel_open_local(rpc_server_invoke_local, f->s);
+    Eddy__V1__GetUserProfileRequest rq = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
+    rq.user_id = "async";
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(rpc_invoke_async(lc, LATER, &rq.base,
+                                          &eddy__v1__get_user_profile_response__descriptor,
+                                          5000, on_async, f),
+                         EDDY_OK);
+    rpc_channel_close(lc); /* the answers come 20 ms later, from other threads */
+    assert_int_equal(locked_int(f, &f->async_done), 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(f->async_res[i].code, GRPC_STATUS_OK);
+}
+
+static void test_local_only_methods_are_not_on_the_network(void **state)
+{
+    (void)state;
+    struct rpc_server_opts o = {.listen = "127.0.0.1:0", .local_only_prefix = "/test.T/Echo"};
+    struct fixture *f = fixture_new(&o);
+    struct rpc_result res;
+    assert_null(call_echo(f, ECHO, "remote", 5000, &res));
+    assert_int_equal(res.code, GRPC_STATUS_UNIMPLEMENTED);
+    assert_null(call_echo(f, ECHO1, "remote", 5000, &res));
+    assert_int_equal(res.code, GRPC_STATUS_UNIMPLEMENTED);
+    assert_echo(call_echo(f, LATER, "other", 5000, &res), "other"); /* not under the prefix */
+    rpc_channel *lc = rpc_channel_open_local(rpc_server_invoke_local, f->s);
+    assert_echo(call_local(lc, ECHO, "here", 5000, &res), "here");
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    rpc_channel_close(lc);
+    fixture_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -726,6 +825,11 @@ int main(void)
         cmocka_unit_test(test_nested_call_same_lane_waits),
         cmocka_unit_test(test_server_busy_per_lane),
         cmocka_unit_test(test_shutdown_with_queued_lanes),
+        cmocka_unit_test_setup_teardown(test_local_calls_answer_as_over_the_network, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_local_deadline_then_late_reply, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_local_close_waits_for_async_calls, setup, teardown),
+        cmocka_unit_test(test_local_only_methods_are_not_on_the_network),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

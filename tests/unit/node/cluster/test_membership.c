@@ -2,7 +2,7 @@
  * registration on the session's lease, the partition map and node set followed through
  * watches (owners, addresses, epochs, change callbacks), leaving revokes the registration,
  * and the session rule: without etcd the node stops being alive, and registers again once
- * etcd is back. */
+ * etcd is back; and the static membership of a --dev node. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -217,11 +217,57 @@ static void test_membership_follows_the_cluster(void **state)
     etcd_proc_free(ep);
 }
 
+/* --dev: the static map gives every partition to the node itself, at epoch 1, for ever,
+ * with no etcd at all. */
+static void test_static_membership_owns_everything(void **state)
+{
+    (void)state;
+    struct seen s = {0, -1};
+    struct membership_opts o = {.node_id = "dev", .roles = ROLE_INGEST | ROLE_STATE,
+                                .grpc_addr = "in-process", .on_change = on_change,
+                                .change_ud = &s};
+    membership *m = NULL;
+    assert_int_equal(membership_start_static(&o, P, &m), EDDY_OK);
+    assert_int_equal(atomic_load(&s.changes), 1); /* the one view, before it returned */
+    assert_int_equal(membership_partitions(m), P);
+    assert_string_equal(membership_self(m), "dev");
+    assert_true(membership_alive(m));
+    assert_int_equal(membership_lease(m), 0);
+    assert_null(membership_etcd(m));
+    assert_int_equal(membership_min_insync(m), 1);
+    assert_int_equal(membership_owned_count(m), P);
+    for (uint32_t p = 0; p < P; p++) {
+        char owner[CLUSTER_ID_MAX], addr[CLUSTER_ADDR_MAX];
+        uint64_t epoch = 0;
+        assert_true(membership_owner(m, p, owner, &epoch, addr));
+        assert_string_equal(owner, "dev");
+        assert_string_equal(addr, "in-process");
+        assert_int_equal(epoch, 1);
+        struct cluster_part cp;
+        assert_true(membership_part(m, p, &cp));
+        assert_int_equal(cp.nreplicas, 1);
+        assert_string_equal(cp.replicas[0], "dev");
+    }
+    uint64_t epoch;
+    assert_false(membership_owns(m, P, &epoch)); /* out of range */
+    struct cluster_node nodes[4];
+    assert_int_equal(membership_state_nodes(m, nodes, 4), 1);
+    assert_string_equal(nodes[0].grpc_addr, "in-process");
+    /* nothing ever changes it: a wait ends at its timeout */
+    uint64_t v = membership_version(m);
+    int64_t t0 = now_ms();
+    membership_wait_change(m, v, 50);
+    assert_true(now_ms() - t0 >= 45);
+    assert_int_equal(membership_version(m), v);
+    membership_stop(m);
+}
+
 int main(void)
 {
     log_set_level("error");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_membership_follows_the_cluster),
+        cmocka_unit_test(test_static_membership_owns_everything),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
