@@ -2,9 +2,12 @@
 grpcurl does it (grpcurl itself is not packaged for Debian 12): list the services, fetch
 the file that defines one, build a descriptor pool from the answer and call methods with
 message classes made from it, with no generated Eddy code. On a dev node, on a cluster
-node that serves the internal State service, and on a coordinator."""
+node that serves the internal State service, and on a coordinator. And a Node.js client,
+the npm package grpc-js-reflection-client (node_reflection/, installed with `npm ci` from
+its lock file; skipped without npm)."""
 import atexit
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +21,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 import eddylib as L
 
 VERSIONS = ("v1", "v1alpha")
+NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_reflection")
+NPM_TIMEOUT = 300
 NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
@@ -210,6 +215,36 @@ class DevNodeReflectionTest(unittest.TestCase):
         for i, a in enumerate(answers):
             self.assertEqual(a.WhichOneof("message_response"),
                              "error_response" if i % 2 else "list_services_response", i)
+
+    def test_node_reflection_client(self):
+        npm, node = shutil.which("npm"), shutil.which("node")
+        if not npm or not node:
+            self.skipTest("npm and node are not installed: the Node.js reflection client "
+                          "needs them (grpc-js-reflection-client)")
+        if not os.path.exists(os.path.join(NODE_DIR, "node_modules", "grpc-js-reflection-client")):
+            r = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+                               cwd=NODE_DIR, capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL, timeout=NPM_TIMEOUT)
+            self.assertEqual(r.returncode, 0, f"npm ci in {NODE_DIR}: {r.stdout}\n{r.stderr}")
+        events = L.generate(seed=11, n_users=8, n_products=20, n_events=400)
+        r = self.node.ingest([L.to_pb(e) for e in events])
+        self.assertEqual(r.accepted, len(events))
+        user = events[0]["userId"]
+        ask = lambda: [i.product_id for i in self.node.stub.Recommend(  # noqa: E731
+            L.pb().RecommendRequest(user_id=user, max_recommendations=5), timeout=10).items]
+        before = ask()
+        self.assertTrue(before, "the user has recommendations")
+        r = subprocess.run([node, os.path.join(NODE_DIR, "reflection_client.js"),
+                            self.node.endpoint, user],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = json.loads(r.stdout)
+        services = sorted(Reflection(self.channel, "v1").services())
+        self.assertEqual(got["v1"], services)
+        self.assertEqual(got["v1alpha"], services)
+        self.assertIn("Recommend", got["methods"])
+        # the same answer as a generated-stub client's (the state may settle in between)
+        self.assertIn([i["product_id"] for i in got["recommend"]["items"]], (before, ask()))
 
     def test_malformed_request_ends_the_stream(self):
         raw = self.channel.stream_stream(
