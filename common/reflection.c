@@ -25,8 +25,10 @@
 #define MAX_FILES 4096
 #define MAX_SYMBOLS (1 << 20)
 #define SYMBOL_MAX 1024 /* longest fully-qualified name indexed */
-#define NOT_FOUND 5         /* grpc status codes, as ErrorResponse carries them */
-#define INVALID_ARGUMENT 3
+
+/* The cases of a request's and of an answer's oneof. */
+#define ASK(x) GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_##x
+#define ANSWER(x) GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_##x
 
 #define V1_METHOD "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 #define V1ALPHA_METHOD "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
@@ -382,8 +384,7 @@ static void answer_error(struct answer *a, int code, const char *fmt, ...)
     va_end(ap);
     a->error.error_code = code;
     a->error.error_message = a->error_msg;
-    a->resp.message_response_case =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ERROR_RESPONSE;
+    a->resp.message_response_case = ANSWER(ERROR_RESPONSE);
     a->resp.error_response = &a->error;
 }
 
@@ -415,8 +416,7 @@ static bool answer_file(const reflection *r, struct answer *a, size_t fi)
     }
     a->files.n_file_descriptor_proto = n;
     a->files.file_descriptor_proto = a->file_bytes;
-    a->resp.message_response_case =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE;
+    a->resp.message_response_case = ANSWER(FILE_DESCRIPTOR_RESPONSE);
     a->resp.file_descriptor_response = &a->files;
     ok = true;
 out:
@@ -438,7 +438,7 @@ static bool answer_extension(const reflection *r, struct answer *a,
     for (size_t i = 0; er && i < r->nexts; i++)
         if (r->exts[i].number == er->extension_number && strcmp(r->exts[i].extendee, t) == 0)
             return answer_file(r, a, r->exts[i].file);
-    answer_error(a, NOT_FOUND, "extension not found: %.*s(%d)", SYMBOL_MAX, t,
+    answer_error(a, GRPC_STATUS_NOT_FOUND, "extension not found: %.*s(%d)", SYMBOL_MAX, t,
                  er ? (int)er->extension_number : 0);
     return true;
 }
@@ -446,7 +446,7 @@ static bool answer_extension(const reflection *r, struct answer *a,
 static bool answer_extension_numbers(const reflection *r, struct answer *a, const char *type)
 {
     if (!find(&r->messages, type)) {
-        answer_error(a, NOT_FOUND, "message type not found: %.*s", SYMBOL_MAX, type);
+        answer_error(a, GRPC_STATUS_NOT_FOUND, "message type not found: %.*s", SYMBOL_MAX, type);
         return true;
     }
     size_t n = 0;
@@ -459,16 +459,16 @@ static bool answer_extension_numbers(const reflection *r, struct answer *a, cons
     a->numbers.base_type_name = (char *)type;
     a->numbers.n_extension_number = n;
     a->numbers.extension_number = a->ext_numbers;
-    a->resp.message_response_case = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ALL_EXTENSION_NUMBERS_RESPONSE;
+    a->resp.message_response_case = ANSWER(ALL_EXTENSION_NUMBERS_RESPONSE);
     a->resp.all_extension_numbers_response = &a->numbers;
     return true;
 }
 
 /* The services of the methods 's' registered ("/pkg.Service/Method" -> "pkg.Service"),
- * each once, in registration order. */
+ * each once, in registration order; none without a server. */
 static bool answer_services(const rpc_server *s, struct answer *a)
 {
-    size_t nm = rpc_server_method_count(s), total = 0, n = 0;
+    size_t nm = s ? rpc_server_method_count(s) : 0, total = 0, n = 0;
     for (size_t i = 0; i < nm; i++)
         total += strlen(rpc_server_method_path(s, i)) + 1;
     a->names = malloc(total ? total : 1);
@@ -500,8 +500,7 @@ static bool answer_services(const rpc_server *s, struct answer *a)
     }
     a->services.n_service = n;
     a->services.service = a->service_ptrs;
-    a->resp.message_response_case =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_LIST_SERVICES_RESPONSE;
+    a->resp.message_response_case = ANSWER(LIST_SERVICES_RESPONSE);
     a->resp.list_services_response = &a->services;
     return true;
 }
@@ -524,31 +523,31 @@ Response *reflection_answer(const reflection *r, const rpc_server *s, const Requ
     bool ok = true;
     size_t fi;
     switch (req->message_request_case) {
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_BY_FILENAME:
+    case ASK(FILE_BY_FILENAME):
         if ((fi = find(&r->by_name, req->file_by_filename)))
             ok = answer_file(r, a, fi - 1);
         else
-            answer_error(a, NOT_FOUND, "file not found: %.*s", SYMBOL_MAX,
+            answer_error(a, GRPC_STATUS_NOT_FOUND, "file not found: %.*s", SYMBOL_MAX,
                          req->file_by_filename);
         break;
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL:
+    case ASK(FILE_CONTAINING_SYMBOL):
         if ((fi = find(&r->symbols, req->file_containing_symbol)))
             ok = answer_file(r, a, fi - 1);
         else
-            answer_error(a, NOT_FOUND, "symbol not found: %.*s", SYMBOL_MAX,
+            answer_error(a, GRPC_STATUS_NOT_FOUND, "symbol not found: %.*s", SYMBOL_MAX,
                          req->file_containing_symbol);
         break;
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_EXTENSION:
+    case ASK(FILE_CONTAINING_EXTENSION):
         ok = answer_extension(r, a, req->file_containing_extension);
         break;
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_ALL_EXTENSION_NUMBERS_OF_TYPE:
+    case ASK(ALL_EXTENSION_NUMBERS_OF_TYPE):
         ok = answer_extension_numbers(r, a, req->all_extension_numbers_of_type);
         break;
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_LIST_SERVICES:
+    case ASK(LIST_SERVICES):
         ok = answer_services(s, a);
         break;
     default:
-        answer_error(a, INVALID_ARGUMENT, "the request asks nothing (set one of "
+        answer_error(a, GRPC_STATUS_INVALID_ARGUMENT, "the request asks nothing (set one of "
                      "file_by_filename, file_containing_symbol, file_containing_extension, "
                      "all_extension_numbers_of_type, list_services)");
         break;
@@ -610,7 +609,8 @@ eddy_err reflection_register(reflection *r, rpc_server *s)
     b->s = s;
     b->next = r->bindings;
     r->bindings = b;
-    const ProtobufCMessageDescriptor *d = &grpc__reflection__v1__server_reflection_request__descriptor;
+    const ProtobufCMessageDescriptor *d =
+        &grpc__reflection__v1__server_reflection_request__descriptor;
     eddy_err err = rpc_server_add_bidi(s, V1_METHOD, d, on_info, on_info_cancel, b);
     if (err == EDDY_OK) /* same messages on the wire: one handler for both */
         err = rpc_server_add_bidi(s, V1ALPHA_METHOD, d, on_info, on_info_cancel, b);

@@ -35,8 +35,8 @@ void reflection_free(reflection *r);
 eddy_err reflection_register(reflection *r, rpc_server *s);
 
 /* The answer to one request, as the stream sends it. 's' gives the services for
- * list_services (borrowed; its methods are read). Unknown files, symbols, types and
- * extensions are answered with an error_response NOT_FOUND, a request with nothing set
+ * list_services (borrowed; its methods are read; NULL: none). Unknown files, symbols, types
+ * and extensions are answered with an error_response NOT_FOUND, a request with nothing set
  * INVALID_ARGUMENT. Returns NULL only when out of memory. The answer borrows from 'req'
  * and from the index; caller owns it: free with reflection_answer_free. */
 Grpc__Reflection__V1__ServerReflectionResponse *

@@ -19,6 +19,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 typedef Grpc__Reflection__V1__ServerReflectionRequest Request;
 typedef Grpc__Reflection__V1__ServerReflectionResponse Response;
 
+#define ASK(x) GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_##x
+#define ANSWER(x) GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_##x
+
 static reflection *embedded;
 static rpc_server *srv;
 
@@ -59,19 +62,19 @@ static void check_answer(const Request *rq, Response *a)
         abort();
     free(buf);
     switch (a->message_response_case) {
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ERROR_RESPONSE:
+    case ANSWER(ERROR_RESPONSE):
         if (a->error_response->error_code != 5 && a->error_response->error_code != 3)
             abort();
         break;
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE:
+    case ANSWER(FILE_DESCRIPTOR_RESPONSE):
         if (a->file_descriptor_response->n_file_descriptor_proto == 0)
             abort(); /* a found file is always in its own answer */
         break;
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_LIST_SERVICES_RESPONSE:
+    case ANSWER(LIST_SERVICES_RESPONSE):
         if (a->list_services_response->n_service != 3) /* Eddy + reflection v1, v1alpha */
             abort();
         break;
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ALL_EXTENSION_NUMBERS_RESPONSE:
+    case ANSWER(ALL_EXTENSION_NUMBERS_RESPONSE):
         break;
     default:
         abort(); /* every request gets one of the answers above */
@@ -103,13 +106,11 @@ static void fuzz_set(const uint8_t *data, size_t size)
         eddy__internal__descriptor__file_descriptor_set__unpack(NULL, size, data);
     for (size_t i = 0; set && i < set->n_file; i++) {
         Request rq = GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__INIT;
-        rq.message_request_case =
-            GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_BY_FILENAME;
+        rq.message_request_case = ASK(FILE_BY_FILENAME);
         rq.file_by_filename = set->file[i]->name;
         Response *a = reflection_answer(r, srv, &rq);
         check_answer(&rq, a);
-        if (a->message_response_case !=
-            GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE)
+        if (a->message_response_case != ANSWER(FILE_DESCRIPTOR_RESPONSE))
             abort();
         reflection_answer_free(a);
     }

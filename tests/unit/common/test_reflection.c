@@ -16,6 +16,14 @@
 #include "eddy/v1/eddy.pb-c.h"
 
 typedef Eddy__Internal__Descriptor__FileDescriptorProto FileProto;
+typedef Eddy__Internal__Descriptor__FieldDescriptorProto FieldProto;
+typedef Eddy__Internal__Descriptor__OneofDescriptorProto OneofProto;
+typedef Eddy__Internal__Descriptor__EnumValueDescriptorProto ValueProto;
+typedef Eddy__Internal__Descriptor__EnumDescriptorProto EnumProto;
+typedef Eddy__Internal__Descriptor__DescriptorProto MessageProto;
+typedef Eddy__Internal__Descriptor__MethodDescriptorProto MethodProto;
+typedef Eddy__Internal__Descriptor__ServiceDescriptorProto ServiceProto;
+#define INIT(x) EDDY__INTERNAL__DESCRIPTOR__##x##__INIT
 typedef Grpc__Reflection__V1__ServerReflectionRequest Request;
 typedef Grpc__Reflection__V1__ServerReflectionResponse Response;
 
@@ -27,7 +35,7 @@ typedef Grpc__Reflection__V1__ServerReflectionResponse Response;
  * (pkg.b, imports c.proto); c.proto (no package). Packed into 'set' (caller frees). */
 static uint8_t *test_set(size_t *len, bool duplicate, bool unnamed)
 {
-    Eddy__Internal__Descriptor__FieldDescriptorProto fx = EDDY__INTERNAL__DESCRIPTOR__FIELD_DESCRIPTOR_PROTO__INIT,
+    FieldProto fx = INIT(FIELD_DESCRIPTOR_PROTO),
         fy = fx, ext = fx;
     fx.name = "x";
     fy.name = "y";
@@ -35,18 +43,18 @@ static uint8_t *test_set(size_t *len, bool duplicate, bool unnamed)
     ext.extendee = ".pkg.a.Outer";
     ext.has_number = 1;
     ext.number = 100;
-    Eddy__Internal__Descriptor__FieldDescriptorProto *outer_fields[] = {&fx};
-    Eddy__Internal__Descriptor__FieldDescriptorProto *inner_fields[] = {&fy};
-    Eddy__Internal__Descriptor__FieldDescriptorProto *exts[] = {&ext};
-    Eddy__Internal__Descriptor__OneofDescriptorProto choice = EDDY__INTERNAL__DESCRIPTOR__ONEOF_DESCRIPTOR_PROTO__INIT;
+    FieldProto *outer_fields[] = {&fx};
+    FieldProto *inner_fields[] = {&fy};
+    FieldProto *exts[] = {&ext};
+    OneofProto choice = INIT(ONEOF_DESCRIPTOR_PROTO);
     choice.name = "choice";
-    Eddy__Internal__Descriptor__OneofDescriptorProto *oneofs[] = {&choice};
-    Eddy__Internal__Descriptor__EnumValueDescriptorProto ka = EDDY__INTERNAL__DESCRIPTOR__ENUM_VALUE_DESCRIPTOR_PROTO__INIT,
+    OneofProto *oneofs[] = {&choice};
+    ValueProto ka = INIT(ENUM_VALUE_DESCRIPTOR_PROTO),
         ta = ka;
     ka.name = "KIND_A";
     ta.name = "TOP_A";
-    Eddy__Internal__Descriptor__EnumValueDescriptorProto *kvals[] = {&ka}, *tvals[] = {&ta};
-    Eddy__Internal__Descriptor__EnumDescriptorProto kind = EDDY__INTERNAL__DESCRIPTOR__ENUM_DESCRIPTOR_PROTO__INIT,
+    ValueProto *kvals[] = {&ka}, *tvals[] = {&ta};
+    EnumProto kind = INIT(ENUM_DESCRIPTOR_PROTO),
         top = kind;
     kind.name = "Kind";
     kind.n_value = 1;
@@ -54,13 +62,13 @@ static uint8_t *test_set(size_t *len, bool duplicate, bool unnamed)
     top.name = "Top";
     top.n_value = 1;
     top.value = tvals;
-    Eddy__Internal__Descriptor__EnumDescriptorProto *kinds[] = {&kind}, *tops[] = {&top};
-    Eddy__Internal__Descriptor__DescriptorProto inner = EDDY__INTERNAL__DESCRIPTOR__DESCRIPTOR_PROTO__INIT,
+    EnumProto *kinds[] = {&kind}, *tops[] = {&top};
+    MessageProto inner = INIT(DESCRIPTOR_PROTO),
         outer = inner, b = inner, c = inner;
     inner.name = "Inner";
     inner.n_field = 1;
     inner.field = inner_fields;
-    Eddy__Internal__Descriptor__DescriptorProto *nested[] = {&inner};
+    MessageProto *nested[] = {&inner};
     outer.name = "Outer";
     outer.n_field = 1;
     outer.field = outer_fields;
@@ -74,18 +82,18 @@ static uint8_t *test_set(size_t *len, bool duplicate, bool unnamed)
     outer.extension = exts;
     b.name = "B";
     c.name = "C";
-    Eddy__Internal__Descriptor__DescriptorProto *amsgs[] = {&outer}, *bmsgs[] = {&b},
+    MessageProto *amsgs[] = {&outer}, *bmsgs[] = {&b},
                                                  *cmsgs[] = {&c};
-    Eddy__Internal__Descriptor__MethodDescriptorProto m = EDDY__INTERNAL__DESCRIPTOR__METHOD_DESCRIPTOR_PROTO__INIT;
+    MethodProto m = INIT(METHOD_DESCRIPTOR_PROTO);
     m.name = "Do";
-    Eddy__Internal__Descriptor__MethodDescriptorProto *methods[] = {&m};
-    Eddy__Internal__Descriptor__ServiceDescriptorProto svc = EDDY__INTERNAL__DESCRIPTOR__SERVICE_DESCRIPTOR_PROTO__INIT;
+    MethodProto *methods[] = {&m};
+    ServiceProto svc = INIT(SERVICE_DESCRIPTOR_PROTO);
     svc.name = "Svc";
     svc.n_method = 1;
     svc.method = methods;
-    Eddy__Internal__Descriptor__ServiceDescriptorProto *svcs[] = {&svc};
+    ServiceProto *svcs[] = {&svc};
 
-    FileProto fa = EDDY__INTERNAL__DESCRIPTOR__FILE_DESCRIPTOR_PROTO__INIT, fb = fa, fc = fa;
+    FileProto fa = INIT(FILE_DESCRIPTOR_PROTO), fb = fa, fc = fa;
     char *adeps[] = {"b.proto"}, *bdeps[] = {"c.proto"};
     fa.name = "a.proto";
     fa.package = "pkg.a";
@@ -107,7 +115,7 @@ static uint8_t *test_set(size_t *len, bool duplicate, bool unnamed)
     fc.n_message_type = 1;
     fc.message_type = cmsgs;
     FileProto *files[] = {&fc, &fb, &fa, &fb};
-    Eddy__Internal__Descriptor__FileDescriptorSet set = EDDY__INTERNAL__DESCRIPTOR__FILE_DESCRIPTOR_SET__INIT;
+    Eddy__Internal__Descriptor__FileDescriptorSet set = INIT(FILE_DESCRIPTOR_SET);
     set.n_file = duplicate ? 4 : 3;
     set.file = files;
     *len = protobuf_c_message_get_packed_size(&set.base);
@@ -253,7 +261,8 @@ static void test_extensions(void **state)
     answer_names(f->r, &rq, got, sizeof(got));
     assert_string_equal(got, "ERR 5");
 
-    rq.message_request_case = GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_ALL_EXTENSION_NUMBERS_OF_TYPE;
+    rq.message_request_case =
+        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_ALL_EXTENSION_NUMBERS_OF_TYPE;
     rq.all_extension_numbers_of_type = "pkg.a.Outer";
     Response *a = reflection_answer(f->r, NULL, &rq);
     assert_int_equal(a->message_response_case, CASE(ALL_EXTENSION_NUMBERS_RESPONSE));
