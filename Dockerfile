@@ -17,7 +17,8 @@ FROM ${DEBIAN_IMAGE} AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ca-certificates cmake make gcc libc6-dev pkg-config \
-      libgrpc-dev protobuf-c-compiler libprotobuf-c-dev libleveldb-dev libcjson-dev \
+      libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler libleveldb-dev \
+      libcjson-dev \
       libcurl4-openssl-dev libxxhash-dev libmicrohttpd-dev libcmocka-dev \
  && rm -rf /var/lib/apt/lists/*
 

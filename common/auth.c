@@ -67,7 +67,8 @@ static bool has_prefix(const char *s, const char *p)
 
 unsigned auth_method_roles(const char *method)
 {
-    if (has_prefix(method, "/grpc.health.v1.") || has_prefix(method, "/eddy.state.v1."))
+    if (has_prefix(method, "/grpc.health.v1.") || has_prefix(method, "/grpc.reflection.") ||
+        has_prefix(method, "/eddy.state.v1."))
         return 0;
     for (size_t i = 0; i < sizeof(method_roles) / sizeof(method_roles[0]); i++)
         if (strcmp(method, method_roles[i].path) == 0)

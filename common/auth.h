@@ -34,7 +34,8 @@ eddy_err auth_new(const struct auth_opts *o, auth **out, char *err, size_t errle
 void auth_free(auth *a);
 
 /* The roles (enum token_role bits, any one suffices) a method needs: 0 for methods that
- * need no token (grpc.health.v1, and the internal eddy.state.v1 API, which answers only
+ * need no token (grpc.health.v1, server reflection, which describes the API the repository
+ * publishes anyway, and the internal eddy.state.v1 API, which answers only
  * cluster members' certificates); admin for every public method not listed as ingest or
  * read. */
 unsigned auth_method_roles(const char *method);

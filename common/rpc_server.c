@@ -33,6 +33,13 @@
  * Once RECV_CLOSE_ON_SERVER has completed the call is 'closed': nothing more is sent and
  * answering only frees memory.
  *
+ * Bidirectional streams (server reflection) add a third kind of batch: RECV_MESSAGE, one
+ * at a time. The first starts when the call is accepted; each request read is queued in
+ * the lane like a new call (reusing the call's one run_job), and the next read starts only
+ * when its handler returned. So there is never more than one job of a call in a queue,
+ * the handler of a call never runs concurrently with itself or with on_cancel, and
+ * HTTP/2 flow control, not memory, holds back a client that sends faster than we answer.
+ *
  * Lifetime: 'batches' counts outstanding batches, 'refs' counts the application (until
  * it answers), a queued or running handler job, and a queued on_cancel job. When the call
  * is closed and has no batch left, the grpc_call is unreferenced and the call detaches from
@@ -95,7 +102,7 @@
 #define GRPC_CODES 17 /* OK .. UNAUTHENTICATED */
 
 /* Every tag given to gRPC starts with its kind. */
-enum tag_kind { TAG_SLOT, TAG_CLOSE, TAG_SEND };
+enum tag_kind { TAG_SLOT, TAG_CLOSE, TAG_SEND, TAG_RECV };
 struct tag {
     enum tag_kind kind;
 };
@@ -114,6 +121,7 @@ struct method {
     rpc_cancel_fn *on_cancel; /* streams only; may be NULL */
     void *ud;
     bool stream;
+    bool bidi;    /* requests are read one at a time (stream is set too) */
     int lane;     /* 0 .. RPC_MAX_LANES-1: whose queue and threads run it */
     bool peer_only; /* TLS on and the path under peer_only_prefix: verified peers only */
     bool local_only; /* under local_only_prefix: not served on the network */
@@ -161,13 +169,14 @@ struct rpc_call {
     const struct method_metrics *mm; /* only used until 'recorded' (see DESIGN) */
     int64_t arrival_ns;     /* CLOCK_MONOTONIC */
     gpr_timespec deadline;
-    struct tag close_tag, send_tag;
+    struct tag close_tag, send_tag, recv_tag;
     struct job run_job, cancel_job;
 
     pthread_mutex_t mu;
     rpc_server *s;       /* NULL once detached */
     grpc_call *call;     /* NULL once released */
-    ProtobufCMessage *req;
+    ProtobufCMessage *req; /* bidi: the message being handled (NULL: input ended) */
+    grpc_byte_buffer *recv_bb; /* bidi: written by gRPC for RECV_MESSAGE */
     int close_cancelled; /* written by gRPC for RECV_CLOSE_ON_SERVER */
     int batches;         /* outstanding batches */
     int refs;            /* app + handler job + cancel job */
@@ -301,9 +310,16 @@ const char *rpc_status_label(grpc_status_code code)
     return (int)code >= 0 && (int)code < GRPC_CODES ? grpc_code_names[code] : "Unknown";
 }
 
-/* Resolve the series of a method ("/pkg.Service/Method"; NULL path: unknown methods). */
+/* The grpc_type label of a method. */
+static const char *method_type(const struct method *m)
+{
+    return m->bidi ? "bidi_stream" : m->stream ? "server_stream" : "unary";
+}
+
+/* Resolve the series of a method ("/pkg.Service/Method" and its grpc_type; NULL path:
+ * unknown methods). */
 static void method_metrics_init(metrics *reg, struct method_metrics *mm, const char *path,
-                                bool stream)
+                                const char *grpc_type)
 {
     static const char *const labels[] = {"grpc_service", "grpc_method", "grpc_type",
                                          "grpc_code"};
@@ -313,7 +329,7 @@ static void method_metrics_init(metrics *reg, struct method_metrics *mm, const c
     if (path && path[0] == '/' && slash && slash > path + 1 && slash[1]) {
         snprintf(service, sizeof(service), "%.*s", (int)(slash - path - 1), path + 1);
         snprintf(method, sizeof(method), "%s", slash + 1);
-        type = stream ? "server_stream" : "unary";
+        type = grpc_type;
     }
     const char *values[] = {service, method, type, NULL};
     memset(mm, 0, sizeof(*mm));
@@ -378,6 +394,8 @@ static void call_free(rpc_call *c)
     }
     if (c->req)
         protobuf_c_message_free_unpacked(c->req, NULL);
+    if (c->recv_bb)
+        grpc_byte_buffer_destroy(c->recv_bb);
     free(c->fin_msg);
     free(c->who);
     free(c->local);
@@ -569,12 +587,92 @@ static void on_send(rpc_call *c, bool ok)
     call_unlock(c);
 }
 
+/* Bidi: start reading the next request. Under c->mu, only while the call is open. */
+static bool call_recv_locked(rpc_call *c)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &c->recv_bb;
+    return call_batch_locked(c, &op, 1, &c->recv_tag);
+}
+
+/* Bidi: end the stream with 'code' because of a request the application never saw (a
+ * malformed one, or one its lane had no room for). Before the first delivery the server
+ * answers for the application, as for any call; afterwards the application still holds
+ * the call, so the status goes out on its own (after the messages already queued), the
+ * close that follows runs on_cancel, and the application's rpc_stream_finish then only
+ * frees. Under c->mu. */
+static void call_abort_locked(rpc_call *c, grpc_status_code code, const char *msg)
+{
+    if (!c->delivered) {
+        call_fail_locked(c, code, msg);
+        return;
+    }
+    call_record_locked(c, code);
+    if (c->closed || c->answered || c->status_sent || c->broken || c->finish_pending)
+        return;
+    if (c->send_bb == NULL) {
+        call_send_status_locked(c, code, msg, NULL);
+    } else {
+        c->finish_pending = true;
+        c->fin_code = code;
+        c->fin_msg = strdup(msg); /* NULL on OOM: the status has no text */
+    }
+}
+
+/* Bidi: a RECV_MESSAGE completed on the CQ thread. A request is decoded and queued for a
+ * handler, as a new call's is; the end of the client's requests (no message) is queued as
+ * a NULL request. The next read starts only once the handler returned (run_call), so the
+ * handler of one call never runs twice at once and a client cannot queue more than one
+ * request per call. */
+static void on_recv(rpc_call *c, bool ok)
+{
+    char msg[256];
+    pthread_mutex_lock(&c->mu);
+    c->batches--;
+    grpc_byte_buffer *bb = c->recv_bb;
+    c->recv_bb = NULL;
+    if (!ok || c->closed || c->answered || c->status_sent) /* the close reports the end */
+        goto out;
+    if (bb) {
+        metric_counter_inc(c->mm->received);
+        c->req = pbgrpc_unpack(c->m->req_desc, bb);
+        if (c->req == NULL) {
+            snprintf(msg, sizeof(msg), "malformed %s message", c->m->req_desc->short_name);
+            call_abort_locked(c, GRPC_STATUS_INVALID_ARGUMENT, msg);
+            goto out;
+        }
+    }
+    c->refs++; /* the handler job's */
+    c->run_job.kind = JOB_RUN;
+    c->run_job.c = c;
+    if (!queue_push(c->s, &c->run_job)) {
+        c->refs--;
+        metric_counter_inc(c->s->busy);
+        snprintf(msg, sizeof(msg), "server busy: %d calls queued",
+                 c->s->lanes[c->m->lane].max_queued);
+        call_abort_locked(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+    }
+out:
+    if (bb)
+        grpc_byte_buffer_destroy(bb);
+    call_unlock(c);
+}
+
 /* ---------------------------------------------------------------- handler threads */
 
 static void run_call(rpc_call *c)
 {
     const struct method *m = c->m;
     pthread_mutex_lock(&c->mu);
+    if (c->closed && c->delivered) {
+        /* bidi, a later request: the application still holds the call and hears of the
+           close through on_cancel */
+        c->refs--;
+        call_unlock(c);
+        return;
+    }
     if (c->closed) {
         /* cancelled while queued: the handler never sees it */
         c->answered = true;
@@ -582,7 +680,7 @@ static void run_call(rpc_call *c)
         call_unlock(c);
         return;
     }
-    if (pbgrpc_remaining_ms(c->deadline) <= 0) {
+    if (!c->delivered && pbgrpc_remaining_ms(c->deadline) <= 0) {
         call_fail_locked(c, GRPC_STATUS_DEADLINE_EXCEEDED,
                          "deadline exceeded before a handler was free");
         c->refs--;
@@ -604,6 +702,13 @@ static void run_call(rpc_call *c)
         pthread_mutex_unlock(&c->mu);
         m->on_cancel(m->ud, c);
         pthread_mutex_lock(&c->mu);
+    }
+    if (m->bidi) {
+        if (c->req)
+            protobuf_c_message_free_unpacked(c->req, NULL);
+        c->req = NULL;
+        if (req && !c->answered && !c->closed && !c->status_sent && !call_recv_locked(c))
+            call_abort_locked(c, GRPC_STATUS_INTERNAL, "cannot read the next request");
     }
     c->refs--;
     call_unlock(c);
@@ -672,8 +777,9 @@ static void slot_post(struct slot *sl)
     if (!atomic_load(&s->stopping)) {
         if (sl->m)
             e = grpc_server_request_registered_call(s->srv, sl->m->handle, &sl->call,
-                                                    &sl->deadline, &sl->md, &sl->payload, cq,
-                                                    cq, &sl->tag);
+                                                    &sl->deadline, &sl->md,
+                                                    sl->m->bidi ? NULL : &sl->payload, cq, cq,
+                                                    &sl->tag);
         else
             e = grpc_server_request_call(s->srv, &sl->call, &sl->details, &sl->md, cq, cq,
                                          &sl->tag);
@@ -750,6 +856,13 @@ static void call_begin(rpc_call *c, grpc_byte_buffer *payload, const char *unkno
         call_fail_locked(c, GRPC_STATUS_UNIMPLEMENTED, msg);
         goto out;
     }
+    if (c->m->bidi) { /* the gate sees no request; the first one is read now */
+        if (s->gate && !gate_passes(c, md))
+            goto out;
+        if (!call_recv_locked(c))
+            call_fail_locked(c, GRPC_STATUS_INTERNAL, "cannot read the first request");
+        goto out;
+    }
     c->req = pbgrpc_unpack(c->m->req_desc, payload);
     if (c->req == NULL) {
         char msg[256];
@@ -819,6 +932,7 @@ static void on_slot(struct slot *sl, bool ok)
     c->deadline = deadline;
     c->close_tag.kind = TAG_CLOSE;
     c->send_tag.kind = TAG_SEND;
+    c->recv_tag.kind = TAG_RECV;
     c->s = s;
     c->call = gc;
     c->refs = 1; /* the application's, until it answers */
@@ -860,6 +974,9 @@ static void *worker_main(void *arg)
             break;
         case TAG_SEND:
             on_send((rpc_call *)((char *)t - offsetof(rpc_call, send_tag)), ev.success != 0);
+            break;
+        case TAG_RECV:
+            on_recv((rpc_call *)((char *)t - offsetof(rpc_call, recv_tag)), ev.success != 0);
             break;
         }
     }
@@ -926,7 +1043,7 @@ rpc_server *rpc_server_new(const struct rpc_server_opts *opts)
 
 static eddy_err add_method(rpc_server *s, const char *path,
                            const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
-                           rpc_cancel_fn *on_cancel, void *ud, bool stream, int lane)
+                           rpc_cancel_fn *on_cancel, void *ud, bool stream, bool bidi, int lane)
 {
     if (s->state != S_NEW || path == NULL || req_desc == NULL || fn == NULL || lane < 0 ||
         lane >= RPC_MAX_LANES)
@@ -950,7 +1067,8 @@ static eddy_err add_method(rpc_server *s, const char *path,
     m->fn = fn;
     m->on_cancel = on_cancel;
     m->ud = ud;
-    m->stream = stream;
+    m->stream = stream || bidi;
+    m->bidi = bidi;
     m->lane = lane;
     s->nmethods++;
     return EDDY_OK;
@@ -960,21 +1078,28 @@ eddy_err rpc_server_add_unary(rpc_server *s, const char *path,
                               const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
                               void *ud)
 {
-    return add_method(s, path, req_desc, fn, NULL, ud, false, 0);
+    return add_method(s, path, req_desc, fn, NULL, ud, false, false, 0);
 }
 
 eddy_err rpc_server_add_unary_lane(rpc_server *s, const char *path,
                                    const ProtobufCMessageDescriptor *req_desc,
                                    rpc_handler_fn *fn, void *ud, int lane)
 {
-    return add_method(s, path, req_desc, fn, NULL, ud, false, lane);
+    return add_method(s, path, req_desc, fn, NULL, ud, false, false, lane);
 }
 
 eddy_err rpc_server_add_stream(rpc_server *s, const char *path,
                                const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
                                rpc_cancel_fn *on_cancel, void *ud)
 {
-    return add_method(s, path, req_desc, fn, on_cancel, ud, true, 0);
+    return add_method(s, path, req_desc, fn, on_cancel, ud, true, false, 0);
+}
+
+eddy_err rpc_server_add_bidi(rpc_server *s, const char *path,
+                             const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
+                             rpc_cancel_fn *on_cancel, void *ud)
+{
+    return add_method(s, path, req_desc, fn, on_cancel, ud, true, true, 0);
 }
 
 /* Shut down and drain CQs whose thread never started, then destroy all CQs. */
@@ -1066,7 +1191,9 @@ eddy_err rpc_server_start(rpc_server *s, int *port)
         if (s->methods[i].local_only)
             continue; /* unknown to the network: the generic slot answers UNIMPLEMENTED */
         s->methods[i].handle = grpc_server_register_method(
-            s->srv, s->methods[i].path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+            s->srv, s->methods[i].path, NULL,
+            s->methods[i].bidi ? GRPC_SRM_PAYLOAD_NONE : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+            0);
         if (s->methods[i].handle == NULL) {
             err = EDDY_ERR_INVALID;
             goto fail;
@@ -1075,8 +1202,8 @@ eddy_err rpc_server_start(rpc_server *s, int *port)
     for (size_t i = 0; i < s->nmethods; i++)
         if (!s->methods[i].local_only) /* never called from the network: no series */
             method_metrics_init(s->reg, &s->methods[i].mm, s->methods[i].path,
-                                s->methods[i].stream);
-    method_metrics_init(s->reg, &s->unknown_mm, NULL, false);
+                                method_type(&s->methods[i]));
+    method_metrics_init(s->reg, &s->unknown_mm, NULL, NULL);
     for (int i = 0; i < s->cq_threads; i++) {
         s->workers[i].s = s;
         s->workers[i].cq = grpc_completion_queue_create_for_next(NULL);
@@ -1344,7 +1471,7 @@ eddy_err rpc_stream_send(rpc_call *c, const ProtobufCMessage *msg)
 {
     eddy_err err = EDDY_OK;
     pthread_mutex_lock(&c->mu);
-    if (c->closed || c->broken || c->answered || c->status_sent) {
+    if (c->closed || c->broken || c->answered || c->status_sent || c->finish_pending) {
         err = EDDY_ERR_UNAVAILABLE;
         goto out;
     }
@@ -1384,8 +1511,9 @@ void rpc_stream_finish(rpc_call *c, grpc_status_code code, const char *msg)
     call_record_locked(c, code);
     if (!c->closed) {
         call_done_locked(c);
-        if (c->status_sent || c->broken) {
-            /* nothing more can go out; RECV_CLOSE_ON_SERVER will complete */
+        if (c->status_sent || c->broken || c->finish_pending) {
+            /* nothing more can go out (or the server already ended a bidi stream, see
+               call_abort_locked); RECV_CLOSE_ON_SERVER will complete */
         } else if (c->send_bb == NULL) {
             call_send_status_locked(c, code, msg, NULL);
         } else {
@@ -1416,4 +1544,16 @@ int64_t rpc_call_arrival_ns(const rpc_call *c)
 int64_t rpc_server_inflight(const rpc_server *s)
 {
     return atomic_load(&s->inflight);
+}
+
+size_t rpc_server_method_count(const rpc_server *s)
+{
+    return s->nmethods;
+}
+
+const char *rpc_server_method_path(const rpc_server *s, size_t i)
+{
+    if (i >= s->nmethods)
+        return NULL;
+    return s->methods[i].local_only ? "" : s->methods[i].path;
 }

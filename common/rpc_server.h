@@ -1,4 +1,5 @@
-/* A gRPC server on the core C API: registered unary and server-streaming methods, one
+/* A gRPC server on the core C API: registered unary, server-streaming and bidirectional
+ * streaming methods, one
  * completion queue per I/O thread, a generic handler answering UNIMPLEMENTED, per-call
  * deadlines, bounded handler queues (one per lane), an optional gate that may refuse a
  * call before it is queued (and audit it), configurable message sizes, SO_REUSEPORT off.
@@ -17,13 +18,15 @@
  *
  * Call contract: for every call a handler receives it must eventually call exactly one of
  * rpc_reply() / rpc_reply_error() (unary) or rpc_stream_finish() (streaming), from any
- * thread, exactly once. After that call the rpc_call is gone. */
+ * thread, exactly once. After that call the rpc_call is gone. A bidirectional stream's
+ * handler runs once per request of the call; the contract holds from its first run. */
 #ifndef EDDY_RPC_SERVER_H
 #define EDDY_RPC_SERVER_H
 
 #include <grpc/status.h>
 #include <protobuf-c/protobuf-c.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/err.h"
@@ -35,7 +38,10 @@ typedef struct rpc_server rpc_server;
 typedef struct rpc_call rpc_call;
 
 /* A unary or streaming handler. 'req' is the decoded request, owned by the call and valid
- * until the reply (do not free it). Runs on a handler thread. */
+ * until the reply (do not free it). Runs on a handler thread. For a bidirectional stream
+ * (rpc_server_add_bidi) it runs once per request, in order and never twice at once for
+ * one call; 'req' is valid until it returns, and NULL once the client has sent its last
+ * request (half-close). */
 typedef void rpc_handler_fn(void *ud, rpc_call *call, const ProtobufCMessage *req);
 
 /* Called once on a handler thread when a streaming call's client cancels or disconnects,
@@ -53,7 +59,8 @@ struct rpc_gate_call {
     const char *method;             /* "/eddy.v1.Eddy/Ingest" */
     const grpc_metadata_array *md;  /* the client's initial metadata */
     grpc_call *call;                /* for its auth context (tls_call_peer_identity) */
-    const ProtobufCMessage *req;    /* the decoded request */
+    const ProtobufCMessage *req;    /* the decoded request; NULL for a bidirectional stream,
+                                       whose gate runs when the call arrives */
 };
 
 /* What the gate decides; zero-initialised by the server before the gate runs. */
@@ -139,6 +146,18 @@ eddy_err rpc_server_add_stream(rpc_server *s, const char *path,
                                const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
                                rpc_cancel_fn *on_cancel, void *ud);
 
+/* Register a bidirectional streaming method on lane 0: the handler runs for each request
+ * the client sends ('req_desc'), then once with NULL when the client half-closes; it
+ * answers with rpc_stream_send() and ends the call with rpc_stream_finish() whenever it
+ * chooses (after which it is called no more). The next request is read only after the
+ * handler returned, so a client that sends faster than the handler answers waits (HTTP/2
+ * flow control). A malformed request, or one its lane has no room for, ends the stream
+ * INVALID_ARGUMENT or RESOURCE_EXHAUSTED; if the handler already ran for this call it is
+ * told through 'on_cancel' (may be NULL) and must still call rpc_stream_finish(). */
+eddy_err rpc_server_add_bidi(rpc_server *s, const char *path,
+                             const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn *fn,
+                             rpc_cancel_fn *on_cancel, void *ud);
+
 /* Bind and start serving. Returns EDDY_ERR_NET if the address cannot be bound (including
  * "already in use": SO_REUSEPORT is off), EDDY_ERR_INVALID or EDDY_ERR_IO if the TLS files
  * are unusable (logged). On success *port is the bound port. */
@@ -200,5 +219,12 @@ const char *rpc_status_label(grpc_status_code code);
 
 /* Number of calls accepted but not yet answered (for metrics and draining). */
 int64_t rpc_server_inflight(const rpc_server *s);
+
+/* The registered methods, in registration order: their number, and the path of the i-th
+ * ("/eddy.v1.Eddy/Ingest"; "" for a method not served on the network (local_only_prefix),
+ * NULL past the end). The list is fixed once the server started (read it from any thread
+ * then); the strings live as long as the server. */
+size_t rpc_server_method_count(const rpc_server *s);
+const char *rpc_server_method_path(const rpc_server *s, size_t i);
 
 #endif

@@ -16,6 +16,7 @@
 #include "common/etcd.h"
 #include "common/netaddr.h"
 #include "common/health.h"
+#include "common/reflection.h"
 #include "common/log.h"
 #include "common/rpc_server.h"
 #include "common/security.h"
@@ -250,6 +251,7 @@ int main(int argc, char **argv)
     rpc_server *srv = NULL;
     auth *gate = NULL; /* --token-file's gate of srv */
     health *hl = health_new();
+    reflection *refl = NULL; /* server reflection of srv (grpcurl) */
     election *el = NULL;
     metrics *reg = metrics_new();
     metrics_http *mh = NULL;
@@ -286,7 +288,13 @@ int main(int argc, char **argv)
         log_error("msg=\"out of memory at start\"");
         goto out;
     }
-    if (status_register(&svc, srv) != EDDY_OK || health_register(hl, srv) != EDDY_OK)
+    if (!(refl = reflection_new(eddy_descriptor_set, eddy_descriptor_set_len, why,
+                                sizeof(why)))) {
+        log_error("msg=\"bad embedded descriptor set\" error=\"%s\"", why);
+        goto out;
+    }
+    if (status_register(&svc, srv) != EDDY_OK || health_register(hl, srv) != EDDY_OK ||
+        reflection_register(refl, srv) != EDDY_OK)
         goto out;
     health_set(hl, "", HEALTH_SERVING);
     health_set(hl, "liveness", HEALTH_SERVING);
@@ -351,6 +359,7 @@ out:
     auth_free(gate); /* after the server it gates */
     metrics_http_close(mh);
     health_free(hl);
+    reflection_free(refl); /* after the server */
     metrics_free(reg);
     etcd_client_free(etcd);
     free(endpoints);

@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/metrics_http.h"
 #include "common/partition.h"
+#include "common/reflection.h"
 #include "common/rpc_server.h"
 #include "common/tls.h"
 #include "node/cluster/ckptpub.h"
@@ -80,6 +81,7 @@ struct node {
     rpc_server *srv;
     auth *auth;                      /* --token-file's gate of srv; NULL = tokens off */
     health *hl;
+    reflection *refl;                /* server reflection of srv (grpcurl) */
     metrics_http *mh;
     metric_gauge *owned_gauge;       /* on_change: eddy_partitions_owned */
     _Atomic bool takeover;           /* on_change: take over partitions that moved here */
@@ -388,8 +390,10 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
     security_gate_server(n->auth, &so);
     n->srv = rpc_server_new(&so);
     n->hl = health_new();
-    if (!n->srv || !n->hl)
-        return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the server", NULL);
+    n->refl = reflection_new(eddy_descriptor_set, eddy_descriptor_set_len, why, sizeof(why));
+    if (!n->srv || !n->hl || !n->refl)
+        return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the server",
+                    n->refl ? NULL : why);
     eddy_err e = ingest_service_register(&n->svc, n->srv);
     if (e == EDDY_OK)
         e = health_register(n->hl, n->srv);
@@ -443,6 +447,9 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
         n->ss.rebuild_ud = &n->rps;
     }
     if ((e = reprocess_service_register(&n->rps, n->srv, n->roles & ROLE_INGEST)) != EDDY_OK)
+        return fail(err, errlen, e, "cannot register the services", NULL);
+    /* last: whatever the server serves, reflection lists it (and describes itself) */
+    if ((e = reflection_register(n->refl, n->srv)) != EDDY_OK)
         return fail(err, errlen, e, "cannot register the services", NULL);
     return EDDY_OK;
 }
@@ -722,6 +729,7 @@ void node_free(node *n)
     replica_free(n->rep); /* after the server and the membership that call into it */
     peers_free(n->pe);
     health_free(n->hl);
+    reflection_free(n->refl); /* after the server */
     if (n->metrics_ready)
         node_metrics_release(&n->nm); /* last: late answers from the writer still count */
     ckptkey_release(&n->ckpt_key);     /* after the engine that borrowed it */

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Write the API reference (docs/api.md) from the comments in proto/: the public service
 eddy.v1.Eddy, the coordinator's eddy.cluster.v1.Coordinator, the internal
-eddy.state.v1.State and grpc.health.v1.Health, with every message, field and enum value.
+eddy.state.v1.State, grpc.health.v1.Health and grpc.reflection.v1.ServerReflection (v1alpha
+is the same on the wire), with every message, field and enum value.
 
     scripts/gen_api_docs.py            rewrite docs/api.md
     scripts/gen_api_docs.py --check    exit 1 if docs/api.md is not up to date (CI)
@@ -18,7 +19,7 @@ from google.protobuf import descriptor_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ["eddy/v1/eddy.proto", "eddy/v1/cluster.proto", "eddy/v1/state.proto",
-         "grpc/health/v1/health.proto"]
+         "grpc/health/v1/health.proto", "grpc/reflection/v1/reflection.proto"]
 OUT = os.path.join(ROOT, "docs", "api.md")
 
 # FieldDescriptorProto.Type and Label numbers to proto spellings

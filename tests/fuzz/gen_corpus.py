@@ -34,6 +34,33 @@ def load_protos():
 pb, store, state = load_protos()
 
 
+def load_reflection():
+    """reflection_pb2 (v1) and the served descriptor set, as the build writes it. The proto
+    is compiled under another path: "grpc.reflection" would clash with grpcio's package."""
+    out = tempfile.mkdtemp(prefix="eddy-fuzz-refl-")
+    src = os.path.join(out, "src", "eddy_fuzz_reflection")
+    os.makedirs(src)
+    shutil.copy(os.path.join(PROTO_DIR, "grpc", "reflection", "v1", "reflection.proto"), src)
+    subprocess.run(["protoc", f"-I{out}/src", f"--python_out={out}",
+                    "eddy_fuzz_reflection/reflection.proto"], check=True)
+    open(os.path.join(out, "eddy_fuzz_reflection", "__init__.py"), "a").close()
+    served = sorted(os.path.relpath(os.path.join(d, f), PROTO_DIR)
+                    for top in ("eddy/v1", "grpc") for d, _, fs in os.walk(os.path.join(PROTO_DIR, top))
+                    for f in fs if f.endswith(".proto"))
+    subprocess.run(["protoc", f"-I{PROTO_DIR}", "--include_imports",
+                    f"--descriptor_set_out={out}/set.pb", *served], check=True)
+    with open(f"{out}/set.pb", "rb") as f:
+        set_bytes = f.read()
+    sys.path.insert(0, out)
+    mod = importlib.import_module("eddy_fuzz_reflection.reflection_pb2")
+    sys.path.remove(out)
+    shutil.rmtree(out)
+    return mod, set_bytes
+
+
+refl, served_set = load_reflection()
+
+
 def crc32c(data, crc=0):
     crc ^= 0xFFFFFFFF
     for b in data:
@@ -232,9 +259,24 @@ def etcd():
     return [bytes([sel]) + json.dumps(o).encode() for sel, o in out]
 
 
+def reflection_request():
+    R = refl.ServerReflectionRequest
+    ext = refl.ExtensionRequest(containing_type="eddy.v1.Event", extension_number=100)
+    reqs = [R(list_services="*"), R(file_by_filename="eddy/v1/eddy.proto"),
+            R(file_by_filename="eddy/v1/state.proto"), R(file_by_filename="nope.proto"),
+            R(file_containing_symbol="eddy.v1.Eddy"),
+            R(file_containing_symbol="eddy.v1.Eddy.Recommend"),
+            R(file_containing_symbol="eddy.v1.RecommendRequest.user_id"),
+            R(file_containing_symbol="eddy.v1.EVENT_TYPE_VIEW"),
+            R(file_containing_symbol="eddy.v1.Nope"), R(file_containing_extension=ext),
+            R(all_extension_numbers_of_type="eddy.v1.Event"), R(host="h")]
+    # a set: the first two files of the served one (grpc/health, eddy/v1/eddy.proto...)
+    return [framed(0, r) for r in reqs] + [framed(1, served_set[:4096]), framed(1, served_set)]
+
+
 CORPORA = {"public_request": public_request, "state_request": state_request,
            "store_values": store_values, "checkpoint": checkpoints, "jsonl": jsonl,
-           "etcd_json": etcd}
+           "etcd_json": etcd, "reflection_request": reflection_request}
 
 
 def main():

@@ -100,6 +100,10 @@ static void test_method_roles(void **state)
     assert_int_equal(auth_method_roles("/eddy.cluster.v1.Coordinator/Drain"), TOKEN_ROLE_ADMIN);
     assert_int_equal(auth_method_roles("/eddy.v1.Eddy/SomethingNew"), TOKEN_ROLE_ADMIN);
     assert_int_equal(auth_method_roles("/grpc.health.v1.Health/Check"), 0);
+    assert_int_equal(
+        auth_method_roles("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), 0);
+    assert_int_equal(
+        auth_method_roles("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"), 0);
     assert_int_equal(auth_method_roles("/eddy.state.v1.State/Apply"), 0);
 }
 

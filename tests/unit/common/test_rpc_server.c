@@ -2,6 +2,8 @@
  * the server produces itself (unknown method, malformed, oversized, busy, deadline), replies
  * from other threads and after the client left, SO_REUSEPORT off, shutdown with calls
  * in flight, handler lanes (nested calls, per-lane limits, shutdown across lanes), and
+ * bidirectional streams (one handler run per request, half-close, a malformed later
+ * request, a client that goes away) driven by a core-API client of the test's own, and
  * in-process calls through a local channel (answers, deadlines, close, local-only methods). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,7 +17,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+
 #include "common/clock.h"
+#include "common/pbgrpc.h"
 #include "common/rpc_client.h"
 #include "common/rpc_server.h"
 #include "eddy/v1/eddy.pb-c.h"
@@ -28,6 +35,7 @@
 #define ECHO1 "/test.T/Echo1"     /* lane 1 */
 #define BLOCK1 "/test.T/Block1"   /* lane 1 */
 #define BLOCK2 "/test.T/Block2"   /* lane 2 */
+#define BIDI "/test.T/Chat"       /* bidirectional: echoes each request */
 #define NEST_INNER_MS 1000        /* deadline of the nested call */
 #define MAX_PARKED 16
 
@@ -46,6 +54,10 @@ struct fixture {
     struct rpc_result async_res[16];
     char last_method[64];
     int64_t last_remaining;
+    int bidi_ends;             /* bidi handler runs with no request (client half-closed) */
+    int bidi_cancels;          /* bidi on_cancel runs */
+    int bidi_running;          /* bidi handlers running now (never above 1 per call) */
+    int bidi_overlaps;         /* times a bidi handler started while one was running */
 };
 
 static int64_t now_ms(void)
@@ -207,6 +219,43 @@ static void on_nest(void *ud, rpc_call *call, const ProtobufCMessage *req)
     protobuf_c_message_free_unpacked(resp, NULL);
 }
 
+/* Bidi: answers each request with its echo; "finish" ends the stream from the handler;
+ * the end of the requests ends it OK. */
+static void on_bidi(void *ud, rpc_call *call, const ProtobufCMessage *req)
+{
+    struct fixture *f = ud;
+    pthread_mutex_lock(&f->mu);
+    if (f->bidi_running++)
+        f->bidi_overlaps++;
+    pthread_mutex_unlock(&f->mu);
+    const Eddy__V1__GetUserProfileRequest *rq = (const Eddy__V1__GetUserProfileRequest *)req;
+    if (rq == NULL) {
+        bump(f, &f->bidi_ends);
+        rpc_stream_finish(call, GRPC_STATUS_OK, NULL);
+    } else if (strcmp(rq->user_id, "finish") == 0) {
+        rpc_stream_finish(call, GRPC_STATUS_FAILED_PRECONDITION, "asked to finish");
+    } else {
+        char id[256];
+        snprintf(id, sizeof(id), "echo:%s", rq->user_id);
+        Eddy__V1__UserProfile p = EDDY__V1__USER_PROFILE__INIT;
+        p.user_id = id;
+        Eddy__V1__GetUserProfileResponse resp = EDDY__V1__GET_USER_PROFILE_RESPONSE__INIT;
+        resp.profile = &p;
+        assert_int_equal(rpc_stream_send(call, &resp.base), EDDY_OK);
+    }
+    pthread_mutex_lock(&f->mu);
+    f->bidi_running--;
+    pthread_mutex_unlock(&f->mu);
+    bump(f, &f->handled);
+}
+
+static void on_bidi_cancel(void *ud, rpc_call *call)
+{
+    struct fixture *f = ud;
+    rpc_stream_finish(call, GRPC_STATUS_CANCELLED, NULL); /* a no-op on the wire */
+    bump(f, &f->bidi_cancels);
+}
+
 static struct fixture *fixture_new(const struct rpc_server_opts *o)
 {
     struct fixture *f = calloc(1, sizeof(*f));
@@ -227,6 +276,7 @@ static struct fixture *fixture_new(const struct rpc_server_opts *o)
     assert_int_equal(rpc_server_add_unary_lane(f->s, ECHO1, d, on_echo, f, 1), EDDY_OK);
     assert_int_equal(rpc_server_add_unary_lane(f->s, BLOCK1, d, on_block, f, 1), EDDY_OK);
     assert_int_equal(rpc_server_add_unary_lane(f->s, BLOCK2, d, on_block, f, 2), EDDY_OK);
+    assert_int_equal(rpc_server_add_bidi(f->s, BIDI, d, on_bidi, on_bidi_cancel, f), EDDY_OK);
     assert_int_equal(rpc_server_add_unary(f->s, ECHO, d, on_echo, f), EDDY_ERR_INVALID);
     assert_int_equal(rpc_server_add_unary_lane(f->s, "/test.T/Bad", d, on_echo, f, -1),
                      EDDY_ERR_INVALID);
@@ -803,6 +853,246 @@ static void test_local_only_methods_are_not_on_the_network(void **state)
     assert_int_equal(res.code, GRPC_STATUS_OK);
     rpc_channel_close(lc);
     fixture_free(f);
+/* ---------------------------------------------------------------- bidi streams */
+
+/* A bidi call on a core-API client: each step is one batch, waited for. */
+struct chat {
+    grpc_channel *ch;
+    grpc_completion_queue *cq;
+    grpc_call *call;
+    grpc_metadata_array md, trailers;
+    grpc_status_code code;
+    grpc_slice details;
+    bool asked_md; /* RECV_INITIAL_METADATA went with the first read */
+};
+
+static bool chat_batch(struct chat *c, const grpc_op *ops, size_t n)
+{
+    static int tag;
+    assert_int_equal(grpc_call_start_batch(c->call, ops, n, &tag, NULL), GRPC_CALL_OK);
+    grpc_event ev = grpc_completion_queue_next(c->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    assert_int_equal(ev.type, GRPC_OP_COMPLETE);
+    return ev.success != 0;
+}
+
+static void chat_open(struct chat *c, int port)
+{
+    memset(c, 0, sizeof(*c));
+    char target[64];
+    snprintf(target, sizeof(target), "127.0.0.1:%d", port);
+    grpc_channel_credentials *cc = grpc_insecure_credentials_create();
+    c->ch = grpc_channel_create(target, cc, NULL);
+    grpc_channel_credentials_release(cc);
+    c->cq = grpc_completion_queue_create_for_next(NULL);
+    gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                   gpr_time_from_millis(10000, GPR_TIMESPAN));
+    c->call = grpc_channel_create_call(c->ch, NULL, 0, c->cq,
+                                       grpc_slice_from_static_string(BIDI), NULL, dl, NULL);
+    grpc_metadata_array_init(&c->md);
+    grpc_metadata_array_init(&c->trailers);
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_SEND_INITIAL_METADATA;
+    assert_true(chat_batch(c, &op, 1));
+}
+
+/* Send raw bytes as one request. */
+static void chat_send_raw(struct chat *c, const void *data, size_t len)
+{
+    grpc_slice sl = grpc_slice_from_copied_buffer(data, len);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_SEND_MESSAGE;
+    op.data.send_message.send_message = bb;
+    chat_batch(c, &op, 1);
+    grpc_byte_buffer_destroy(bb);
+}
+
+static void chat_send(struct chat *c, const char *user)
+{
+    Eddy__V1__GetUserProfileRequest rq = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
+    rq.user_id = (char *)user;
+    uint8_t buf[256];
+    size_t n = protobuf_c_message_pack(&rq.base, buf);
+    chat_send_raw(c, buf, n);
+}
+
+/* The next answer's profile.user_id into 'out' ("" at the end of the stream). */
+static void chat_recv(struct chat *c, char *out, size_t outlen)
+{
+    grpc_byte_buffer *bb = NULL;
+    grpc_op ops[2];
+    size_t n = 0;
+    memset(ops, 0, sizeof(ops));
+    if (!c->asked_md) {
+        ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[n++].data.recv_initial_metadata.recv_initial_metadata = &c->md;
+        c->asked_md = true;
+    }
+    ops[n].op = GRPC_OP_RECV_MESSAGE;
+    ops[n++].data.recv_message.recv_message = &bb;
+    chat_batch(c, ops, n);
+    out[0] = '\0';
+    if (bb == NULL)
+        return;
+    Eddy__V1__GetUserProfileResponse *r = (Eddy__V1__GetUserProfileResponse *)pbgrpc_unpack(
+        &eddy__v1__get_user_profile_response__descriptor, bb);
+    grpc_byte_buffer_destroy(bb);
+    assert_non_null(r);
+    assert_non_null(r->profile);
+    snprintf(out, outlen, "%s", r->profile->user_id);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
+/* Half-close if 'half_close', and read the status. */
+static grpc_status_code chat_close(struct chat *c, bool half_close, char *details,
+                                   size_t dlen)
+{
+    grpc_op ops[3];
+    size_t n = 0;
+    memset(ops, 0, sizeof(ops));
+    if (half_close)
+        ops[n++].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    if (!c->asked_md) {
+        ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[n++].data.recv_initial_metadata.recv_initial_metadata = &c->md;
+        c->asked_md = true;
+    }
+    ops[n].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[n].data.recv_status_on_client.trailing_metadata = &c->trailers;
+    ops[n].data.recv_status_on_client.status = &c->code;
+    ops[n++].data.recv_status_on_client.status_details = &c->details;
+    chat_batch(c, ops, n);
+    pbgrpc_slice_str(c->details, details, dlen);
+    return c->code;
+}
+
+static void chat_free(struct chat *c)
+{
+    grpc_slice_unref(c->details);
+    grpc_metadata_array_destroy(&c->md);
+    grpc_metadata_array_destroy(&c->trailers);
+    grpc_call_unref(c->call);
+    grpc_channel_destroy(c->ch);
+    grpc_completion_queue_shutdown(c->cq);
+    while (grpc_completion_queue_next(c->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(c->cq);
+}
+
+static void test_bidi_round_trips(void **state)
+{
+    struct fixture *f = *state;
+    struct chat c;
+    char got[128], details[128];
+    chat_open(&c, f->port);
+    const char *users[] = {"a", "bb", "ccc", "dddd", "e"};
+    for (size_t i = 0; i < 5; i++) {
+        chat_send(&c, users[i]);
+        chat_recv(&c, got, sizeof(got));
+        char want[64];
+        snprintf(want, sizeof(want), "echo:%s", users[i]);
+        assert_string_equal(got, want);
+    }
+    /* several requests before reading: answered in order, one handler at a time */
+    for (int i = 0; i < 20; i++) {
+        char u[16];
+        snprintf(u, sizeof(u), "burst-%d", i);
+        chat_send(&c, u);
+    }
+    for (int i = 0; i < 20; i++) {
+        char want[32];
+        snprintf(want, sizeof(want), "echo:burst-%d", i);
+        chat_recv(&c, got, sizeof(got));
+        assert_string_equal(got, want);
+    }
+    assert_int_equal(chat_close(&c, true, details, sizeof(details)), GRPC_STATUS_OK);
+    chat_free(&c);
+    assert_true(wait_count(f, &f->handled, 26, 2000)); /* 25 requests + the end */
+    assert_int_equal(locked_int(f, &f->bidi_ends), 1);
+    assert_int_equal(locked_int(f, &f->bidi_overlaps), 0);
+    assert_int_equal(locked_int(f, &f->bidi_cancels), 0);
+    assert_true(inflight_drains(f->s));
+}
+
+static void test_bidi_handler_finishes(void **state)
+{
+    struct fixture *f = *state;
+    struct chat c;
+    char got[128], details[128];
+    chat_open(&c, f->port);
+    chat_send(&c, "x");
+    chat_recv(&c, got, sizeof(got));
+    assert_string_equal(got, "echo:x");
+    chat_send(&c, "finish");
+    chat_recv(&c, got, sizeof(got));
+    assert_string_equal(got, ""); /* the stream ended */
+    assert_int_equal(chat_close(&c, false, details, sizeof(details)),
+                     GRPC_STATUS_FAILED_PRECONDITION);
+    assert_string_equal(details, "asked to finish");
+    chat_free(&c);
+    assert_true(inflight_drains(f->s));
+    assert_int_equal(locked_int(f, &f->bidi_ends), 0);   /* never called again */
+    assert_int_equal(locked_int(f, &f->bidi_cancels), 0);
+}
+
+static void test_bidi_malformed_requests(void **state)
+{
+    struct fixture *f = *state;
+    struct chat c;
+    char got[128], details[128];
+    /* the first request malformed: answered by the server, no handler ever runs */
+    chat_open(&c, f->port);
+    chat_send_raw(&c, "\xff\xff\xff", 3);
+    assert_int_equal(chat_close(&c, false, details, sizeof(details)),
+                     GRPC_STATUS_INVALID_ARGUMENT);
+    assert_string_equal(details, "malformed GetUserProfileRequest message");
+    chat_free(&c);
+    assert_int_equal(locked_int(f, &f->handled), 0);
+    /* a later one: the stream ends INVALID_ARGUMENT and the handler hears of it through
+       on_cancel (it still holds the call) */
+    chat_open(&c, f->port);
+    chat_send(&c, "ok");
+    chat_recv(&c, got, sizeof(got));
+    assert_string_equal(got, "echo:ok");
+    chat_send_raw(&c, "\xff\xff\xff", 3);
+    assert_int_equal(chat_close(&c, false, details, sizeof(details)),
+                     GRPC_STATUS_INVALID_ARGUMENT);
+    assert_string_equal(details, "malformed GetUserProfileRequest message");
+    chat_free(&c);
+    assert_true(wait_count(f, &f->bidi_cancels, 1, 2000));
+    assert_true(inflight_drains(f->s));
+    assert_int_equal(locked_int(f, &f->handled), 1);
+}
+
+static void test_bidi_client_cancels(void **state)
+{
+    struct fixture *f = *state;
+    struct chat c;
+    char got[128], details[128];
+    chat_open(&c, f->port);
+    chat_send(&c, "hi");
+    chat_recv(&c, got, sizeof(got));
+    assert_string_equal(got, "echo:hi");
+    grpc_call_cancel(c.call, NULL);
+    assert_int_equal(chat_close(&c, false, details, sizeof(details)), GRPC_STATUS_CANCELLED);
+    chat_free(&c);
+    assert_true(wait_count(f, &f->bidi_cancels, 1, 2000));
+    assert_true(inflight_drains(f->s));
+    assert_int_equal(locked_int(f, &f->bidi_ends), 0);
+}
+
+/* The server lists what it registered, in order (reflection's list_services). */
+static void test_method_list(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(rpc_server_method_count(f->s), 9);
+    assert_string_equal(rpc_server_method_path(f->s, 0), ECHO);
+    assert_string_equal(rpc_server_method_path(f->s, 8), BIDI);
+    assert_null(rpc_server_method_path(f->s, 9));
 }
 
 int main(void)
@@ -830,6 +1120,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_local_deadline_then_late_reply, setup, teardown),
         cmocka_unit_test_setup_teardown(test_local_close_waits_for_async_calls, setup, teardown),
         cmocka_unit_test(test_local_only_methods_are_not_on_the_network),
+        cmocka_unit_test_setup_teardown(test_bidi_round_trips, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bidi_handler_finishes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bidi_malformed_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bidi_client_cancels, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_method_list, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
