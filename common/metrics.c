@@ -6,6 +6,7 @@
  * Gauges and histogram sums are doubles stored as their bit pattern in an atomic uint64. */
 #include "common/metrics.h"
 
+#include <cjson/cJSON.h>
 #include <ctype.h>
 #include <dirent.h>
 #include <math.h>
@@ -598,6 +599,111 @@ eddy_err metrics_render(metrics *m, size_t limit, char **out, size_t *len)
         return r.err;
     }
     *out = buf_detach(&r.b, len);
+    return EDDY_OK;
+}
+
+/* ---------------------------------------------------------------- JSON */
+
+/* One series of 'f' as JSON (see metrics_json); NULL on allocation failure. */
+static cJSON *series_json(const struct metric_family *f, const struct series *s)
+{
+    cJSON *o = cJSON_CreateObject(), *labels = cJSON_AddObjectToObject(o, "labels");
+    if (!labels) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    bool ok = true;
+    for (size_t i = 0; i < f->nlabels; i++)
+        ok = ok && cJSON_AddStringToObject(labels, f->labels[i], s->values[i]);
+    if (f->type == METRIC_COUNTER) {
+        ok = ok && cJSON_AddNumberToObject(o, "value", (double)metric_counter_value(&s->u.c));
+    } else if (f->type == METRIC_GAUGE) {
+        ok = ok && cJSON_AddNumberToObject(o, "value", metric_gauge_value(&s->u.g));
+    } else {
+        cJSON *b = cJSON_AddArrayToObject(o, "buckets");
+        uint64_t cum = 0;
+        for (size_t i = 0; ok && b && i <= f->nbounds; i++) {
+            cum += atomic_load_explicit(&((struct series *)s)->u.h.buckets[i],
+                                        memory_order_relaxed);
+            cJSON *n = cJSON_CreateNumber((double)cum);
+            ok = n && cJSON_AddItemToArray(b, n);
+            if (!ok)
+                cJSON_Delete(n);
+        }
+        double sum = bitsd(atomic_load_explicit(&((struct series *)s)->u.h.sum_bits,
+                                                memory_order_relaxed));
+        ok = ok && b && cJSON_AddNumberToObject(o, "count", (double)cum) &&
+             cJSON_AddNumberToObject(o, "sum", sum);
+    }
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+static cJSON *family_json(const struct metric_family *f)
+{
+    static const char *const types[] = {"counter", "gauge", "histogram"};
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && cJSON_AddStringToObject(o, "type", types[f->type]);
+    cJSON *series = ok ? cJSON_AddArrayToObject(o, "series") : NULL;
+    ok = series != NULL;
+    if (ok && f->type == METRIC_HISTOGRAM) {
+        cJSON *b = cJSON_CreateDoubleArray(f->bounds, (int)f->nbounds);
+        ok = b && cJSON_AddItemToObject(o, "bounds", b);
+        if (!ok)
+            cJSON_Delete(b);
+    }
+    if (ok && f->fn) {
+        cJSON *s = cJSON_CreateObject();
+        ok = s && cJSON_AddObjectToObject(s, "labels") &&
+             cJSON_AddNumberToObject(s, "value", f->fn(f->ud)) &&
+             cJSON_AddItemToArray(series, s);
+        if (!ok)
+            cJSON_Delete(s);
+    }
+    for (const struct series *s = f->head; ok && s; s = s->next) {
+        cJSON *j = series_json(f, s);
+        ok = j && cJSON_AddItemToArray(series, j);
+        if (!ok)
+            cJSON_Delete(j);
+    }
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+eddy_err metrics_json(metrics *m, const char *const *names, size_t n, cJSON **out)
+{
+    *out = NULL;
+    if (!m)
+        return EDDY_ERR_INVALID;
+    cJSON *root = cJSON_CreateObject();
+    if (!root)
+        return EDDY_ERR_NOMEM;
+    eddy_err err = EDDY_OK;
+    pthread_mutex_lock(&m->mu);
+    for (const struct metric_family *f = m->head; f && err == EDDY_OK; f = f->next) {
+        bool wanted = false;
+        for (size_t i = 0; i < n && !wanted; i++)
+            wanted = strcmp(f->name, names[i]) == 0;
+        if (!wanted)
+            continue;
+        cJSON *j = family_json(f);
+        if (!j || !cJSON_AddItemToObject(root, f->name, j)) {
+            cJSON_Delete(j);
+            err = EDDY_ERR_NOMEM;
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (err != EDDY_OK) {
+        cJSON_Delete(root);
+        return err;
+    }
+    *out = root;
     return EDDY_OK;
 }
 

@@ -95,6 +95,15 @@ uint64_t metric_histogram_count(const metric_histogram *h);
  * it). Caller owns *out (NUL-terminated, *len bytes without the NUL); free with free(). */
 eddy_err metrics_render(metrics *m, size_t limit, char **out, size_t *len);
 
+/* The families named 'names[0..n)' (names not registered are left out) as a JSON object,
+ * for the web console's charts: {"NAME": {"type": "counter"|"gauge"|"histogram", "bounds":
+ * [finite upper bounds] (histograms), "series": [{"labels": {...}, "value": V} or, for a
+ * histogram, {"labels": {...}, "buckets": [cumulative counts, +Inf last], "count": N,
+ * "sum": S}]}}. Takes the registry's mutex like a render. Caller owns *out; free with
+ * cJSON_Delete. */
+struct cJSON;
+eddy_err metrics_json(metrics *m, const char *const *names, size_t n, struct cJSON **out);
+
 /* Default buckets of the Prometheus client libraries, in seconds (.005 to 10). */
 extern const double metrics_default_buckets[];
 extern const size_t metrics_default_nbuckets;

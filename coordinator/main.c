@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/cluster.h"
 #include "common/config.h"
 #include "common/etcd.h"
@@ -22,6 +23,7 @@
 #include "common/security.h"
 #include "common/metrics.h"
 #include "common/metrics_http.h"
+#include "coordinator/console_coordinator.h"
 #include "coordinator/election.h"
 #include "coordinator/leader.h"
 #include "coordinator/status.h"
@@ -312,10 +314,17 @@ int main(int argc, char **argv)
         goto out;
     }
     int metrics_port = 0;
+    struct console_coordinator console = {&svc, EDDY_VERSION, clock_wall_ms()};
+    struct metrics_http_opts mo = {
+        .reg = reg, .listen = c->metrics_listen, .api = console_coordinator_endpoints,
+        .napi = console_coordinator_nendpoints, .api_ud = &console,
+        .chart_families = console_coordinator_chart_families,
+        .nchart_families = console_coordinator_nchart_families,
+    };
     if (c->metrics_listen[0] &&
         ((e = netaddr_check_bind(c->metrics_listen, "--metrics-listen", why, sizeof(why))) !=
              EDDY_OK ||
-         (e = metrics_http_open(reg, c->metrics_listen, &mh, &metrics_port)) != EDDY_OK)) {
+         (e = metrics_http_open(&mo, &mh, &metrics_port)) != EDDY_OK)) {
         log_error("msg=\"cannot serve metrics\" metrics_listen=%s error=\"%s\"",
                   c->metrics_listen, why[0] ? why : eddy_strerror(e));
         goto out;
@@ -357,7 +366,7 @@ out:
     election_free(el);
     rpc_server_free(srv);
     auth_free(gate); /* after the server it gates */
-    metrics_http_close(mh);
+    metrics_http_close(mh); /* before the etcd client its console reads */
     health_free(hl);
     reflection_free(refl); /* after the server */
     metrics_free(reg);

@@ -342,9 +342,10 @@ fail:
 enum { OP_NODES, OP_DRAINS, OP_CONFIG, OP_LEADER, OP_ASSIGN, OP_CKPTS, OP_MOVES, OP_LOADS,
        OP_ISR, OP_COUNT };
 
-static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
+eddy_err status_read(struct status_service *svc, struct status_reply *out, char *why,
+                     size_t whylen)
 {
-    struct status_service *svc = ud;
+    memset(out, 0, sizeof(*out));
     char k[OP_COUNT][CLUSTER_KEY_MAX];
     cluster_key(k[OP_NODES], sizeof(k[0]), svc->cluster, "nodes/");
     cluster_key(k[OP_DRAINS], sizeof(k[0]), svc->cluster, "drain/");
@@ -366,13 +367,13 @@ static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
     struct etcd_txn_result r;
     eddy_err err = etcd_txn(svc->etcd, &t, &r);
     if (err != EDDY_OK) {
-        rpc_reply_error(call, GRPC_STATUS_UNAVAILABLE, "etcd: %s", etcd_last_error(svc->etcd));
-        return;
+        snprintf(why, whylen, "etcd: %s", etcd_last_error(svc->etcd));
+        return EDDY_ERR_UNAVAILABLE;
     }
     if (!r.succeeded || r.n_ops != OP_COUNT) {
         etcd_txn_result_release(&r);
-        rpc_reply_error(call, GRPC_STATUS_UNAVAILABLE, "etcd: unexpected txn answer");
-        return;
+        snprintf(why, whylen, "etcd: unexpected txn answer");
+        return EDDY_ERR_UNAVAILABLE;
     }
     struct etcd_kv none = {0};
 #define ONE(i) (r.ops[i].kvs.n ? &r.ops[i].kvs.kvs[0] : &none)
@@ -385,15 +386,26 @@ static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
         .now_ms = clock_wall_ms(),
     };
 #undef ONE
-    struct status_reply out;
-    err = status_build(&snap, svc->id, &out);
-    if (err == EDDY_OK)
-        rpc_reply(call, &out.msg.base);
-    else
-        rpc_reply_error(call, err == EDDY_ERR_CORRUPT ? GRPC_STATUS_DATA_LOSS : eddy_err_to_grpc(err),
-                        "cannot describe the cluster: %s", eddy_strerror(err));
-    status_release(&out);
+    err = status_build(&snap, svc->id, out);
+    if (err != EDDY_OK)
+        snprintf(why, whylen, "cannot describe the cluster: %s", eddy_strerror(err));
     etcd_txn_result_release(&r);
+    return err;
+}
+
+static void handle_status(void *ud, rpc_call *call, const ProtobufCMessage *req)
+{
+    struct status_reply out;
+    char why[512] = "";
+    eddy_err err = status_read(ud, &out, why, sizeof(why));
+    if (err == EDDY_OK) {
+        rpc_reply(call, &out.msg.base);
+        status_release(&out);
+    } else {
+        rpc_reply_error(call,
+                        err == EDDY_ERR_CORRUPT ? GRPC_STATUS_DATA_LOSS : eddy_err_to_grpc(err),
+                        "%s", why);
+    }
 }
 
 /* Drain: the drain/<id> key is the request; the leader acts on it through its watch. */

@@ -44,6 +44,13 @@ struct status_service {
     const char *id;
 };
 
+/* One snapshot of the cluster now, as ClusterStatus answers it (the console shows it too).
+ * EDDY_ERR_UNAVAILABLE when etcd does not answer, EDDY_ERR_CORRUPT as status_build, each
+ * with the reason in 'why'; on error '*out' holds nothing to release, otherwise release it
+ * with status_release. Thread-safe (etcd clients are). */
+eddy_err status_read(struct status_service *svc, struct status_reply *out, char *why,
+                     size_t whylen);
+
 /* Register /eddy.cluster.v1.Coordinator/ClusterStatus and Drain on 's' ('svc' borrowed for the
  * server's life). */
 eddy_err status_register(struct status_service *svc, rpc_server *s);

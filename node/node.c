@@ -14,6 +14,7 @@
 #include "common/etcd.h"
 #include "common/health.h"
 #include "common/netaddr.h"
+#include "node/console_node.h"
 #include "node/dev_status.h"
 #include "common/log.h"
 #include "common/metrics_http.h"
@@ -83,6 +84,7 @@ struct node {
     health *hl;
     reflection *refl;                /* server reflection of srv (grpcurl) */
     metrics_http *mh;
+    struct console_node console;     /* what the console on the metrics port reads */
     metric_gauge *owned_gauge;       /* on_change: eddy_partitions_owned */
     _Atomic bool takeover;           /* on_change: take over partitions that moved here */
     int port, metrics_port;
@@ -629,6 +631,26 @@ static eddy_err join_static(node *n, char *err, size_t errlen)
     return EDDY_OK;
 }
 
+static membership *console_membership(void *ud)
+{
+    node *n = ud;
+    return atomic_load(&n->mem);
+}
+
+/* The console's view of the node: the public API's backend and limits, its status. */
+static void console_setup(node *n)
+{
+    const struct node_config *c = n->cfg;
+    n->console = (struct console_node){
+        .state = n->svc.state, .dev = n->clustered ? NULL : &n->ds,
+        .membership = console_membership, .membership_ud = n,
+        .id = c->node_id, .roles = n->clustered ? c->role : "ingest,state",
+        .version = EDDY_VERSION, .started_ms = clock_wall_ms(),
+        .max_id_bytes = (size_t)c->max_id_bytes, .max_name_bytes = (size_t)c->max_name_bytes,
+        .max_recommendations = (uint32_t)c->max_recommendations,
+    };
+}
+
 eddy_err node_start(node *n, char *err, size_t errlen)
 {
     const struct node_config *c = n->cfg;
@@ -640,7 +662,14 @@ eddy_err node_start(node *n, char *err, size_t errlen)
         if ((e = netaddr_check_bind(c->metrics_listen, "--metrics-listen", why, sizeof(why))) !=
             EDDY_OK)
             return fail(err, errlen, e, what, why);
-        e = metrics_http_open(n->nm.reg, c->metrics_listen, &n->mh, &n->metrics_port);
+        console_setup(n);
+        struct metrics_http_opts mo = {
+            .reg = n->nm.reg, .listen = c->metrics_listen,
+            .api = console_node_endpoints, .napi = console_node_nendpoints,
+            .api_ud = &n->console, .chart_families = console_node_chart_families,
+            .nchart_families = console_node_nchart_families, .auth = n->auth,
+        };
+        e = metrics_http_open(&mo, &n->mh, &n->metrics_port);
         if (e != EDDY_OK)
             return fail(err, errlen, e, what, NULL);
         log_info("msg=\"metrics listening\" metrics_listen=%s metrics_port=%d",
@@ -706,9 +735,10 @@ void node_free(node *n)
     replica_stop(n->rep); /* before the membership its map changes come from */
     atomic_store(&n->following, false);
     rpc_server_free(n->srv);
-    auth_free(n->auth); /* after the server whose calls it gates and audits */
     metrics_http_close(n->mh); /* after the RPC server (scrapes see the drain to the end),
-                                * before the caches and the engine its scrapes read */
+                                * before the caches and the engine its scrapes and the
+                                * console read */
+    auth_free(n->auth); /* after the servers whose calls it gates and audits */
     /* their refresher threads read the store and call the peers: stop them first */
     stage2cache_free(n->pop);
     stage2cache_free(n->pop_cluster);

@@ -39,5 +39,6 @@ fi
 echo
 echo "Eddy is running on $ADDR (data in $DATA). In another terminal try:"
 echo "  build/eddy recommend u-3        build/eddy --help"
+echo "Its web console: http://${EDDY_METRICS_LISTEN:-127.0.0.1:9464}/ (the node, live charts, users, top products)"
 echo "Press Ctrl-C to stop it."
 wait $NODE

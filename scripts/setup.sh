@@ -21,7 +21,11 @@ PACKAGES=(
   python3-grpcio python3-protobuf python3-redis redis-server python3-yaml unzip
   python3-pip python3-venv python3-setuptools python3-wheel
   etcd-server etcd-client
+  chromium  # the web console's browser test (tests/integration/test_console.py)
 )
+# Node.js and npm drive that browser (playwright-core) and run the Node example: Debian's,
+# unless a Node.js with npm is already installed
+command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 fi
 
 missing=()

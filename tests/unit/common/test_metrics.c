@@ -1,23 +1,28 @@
 /* metrics: the exact exposition text of each kind of metric, registration rules, exact sums
- * under concurrent updates, the /metrics HTTP endpoint (fetched with libcurl), and the
- * grpc_server_* series rpc_server records for real calls. */
+ * under concurrent updates, the /metrics HTTP endpoint and the web console's files and
+ * endpoints (fetched with libcurl: answers, errors, tokens), the chart families as JSON, and
+ * the grpc_server_* series rpc_server records for real calls. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <cjson/cJSON.h>
 #include <curl/curl.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "common/auth.h"
 #include "common/metrics.h"
 #include "common/metrics_http.h"
 #include "common/rpc_client.h"
 #include "common/rpc_server.h"
+#include "common/tokens.h"
 #include "eddy/v1/eddy.pb-c.h"
 
 #define LIMIT (1u << 20)
@@ -298,15 +303,20 @@ static size_t on_data(char *ptr, size_t size, size_t n, void *ud)
     return size * n;
 }
 
-/* GET (or 'method') http://127.0.0.1:port/path; returns the status, the body in *out. */
-static long fetch(int port, const char *path, const char *method, char **out, char *ctype,
-                  size_t ctlen)
+/* GET (or 'method') http://127.0.0.1:port/path with the header 'header' (NULL: none);
+ * returns the status, the body in *out, the Content-Type and (if 'csp') the
+ * Content-Security-Policy header's presence. */
+static long fetch_with(int port, const char *path, const char *method, const char *header,
+                       char **out, char *ctype, size_t ctlen)
 {
-    char url[128];
+    char url[8192];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
     struct body b = {calloc(1, 1), 0};
     CURL *c = curl_easy_init();
     assert_non_null(c);
+    struct curl_slist *headers = header ? curl_slist_append(NULL, header) : NULL;
+    if (headers)
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, (void *)&b);
@@ -321,8 +331,22 @@ static long fetch(int port, const char *path, const char *method, char **out, ch
     if (ctype)
         snprintf(ctype, ctlen, "%s", ct ? ct : "");
     curl_easy_cleanup(c);
+    curl_slist_free_all(headers);
     *out = b.p;
     return status;
+}
+
+static long fetch(int port, const char *path, const char *method, char **out, char *ctype,
+                  size_t ctlen)
+{
+    return fetch_with(port, path, method, NULL, out, ctype, ctlen);
+}
+
+/* metrics_http_open with the registry and the address alone (no console endpoints). */
+static eddy_err http_open(metrics *m, const char *listen, metrics_http **out, int *port)
+{
+    struct metrics_http_opts o = {.reg = m, .listen = listen};
+    return metrics_http_open(&o, out, port);
 }
 
 static void test_http_endpoint(void **state)
@@ -332,7 +356,7 @@ static void test_http_endpoint(void **state)
     metric_counter_add(c, 3);
     metrics_http *h = NULL;
     int port = 0;
-    assert_int_equal(metrics_http_open(m, "127.0.0.1:0", &h, &port), EDDY_OK);
+    assert_int_equal(http_open(m, "127.0.0.1:0", &h, &port), EDDY_OK);
     assert_true(port > 0);
 
     char *body = NULL, ctype[128];
@@ -360,17 +384,170 @@ static void test_http_endpoint(void **state)
     char addr[64];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
     metrics_http *h2 = NULL;
-    assert_int_equal(metrics_http_open(m, addr, &h2, NULL), EDDY_ERR_NET);
+    assert_int_equal(http_open(m, addr, &h2, NULL), EDDY_ERR_NET);
     assert_null(h2);
-    assert_int_equal(metrics_http_open(m, "127.0.0.1", &h2, NULL), EDDY_ERR_INVALID);
-    assert_int_equal(metrics_http_open(m, "127.0.0.1:99999", &h2, NULL), EDDY_ERR_INVALID);
-    assert_int_equal(metrics_http_open(m, "[::1:5", &h2, NULL), EDDY_ERR_INVALID);
+    assert_int_equal(http_open(m, "127.0.0.1", &h2, NULL), EDDY_ERR_INVALID);
+    assert_int_equal(http_open(m, "127.0.0.1:99999", &h2, NULL), EDDY_ERR_INVALID);
+    assert_int_equal(http_open(m, "[::1:5", &h2, NULL), EDDY_ERR_INVALID);
 
     metrics_http_close(h);
     metrics_http_close(NULL);
     /* stopped: the port is free again */
-    assert_int_equal(metrics_http_open(m, addr, &h2, NULL), EDDY_OK);
+    assert_int_equal(http_open(m, addr, &h2, NULL), EDDY_OK);
     metrics_http_close(h2);
+    metrics_free(m);
+}
+
+/* ---- the web console's endpoints ---------------------------------------------------------- */
+
+/* /api/echo?x=V answers {"x": V}; without x, 400 "x: required". */
+static unsigned echo_api(void *ud, const metrics_http_req *rq, cJSON **out, char *msg,
+                         size_t msglen)
+{
+    int *calls = ud;
+    (*calls)++;
+    const char *x = metrics_http_arg(rq, "x");
+    if (!x) {
+        snprintf(msg, msglen, "x: required");
+        return 400;
+    }
+    *out = cJSON_CreateObject();
+    cJSON_AddStringToObject(*out, "x", x);
+    return 200;
+}
+
+static void test_console_endpoints(void **state)
+{
+    char dir[] = "/tmp/eddy-test-console-XXXXXX", path[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/tokens", dir);
+    char k[2][TOKEN_HASH_KEY_LEN];
+    token_hash_key("tok-read", 8, k[0]);
+    token_hash_key("tok-ingest", 10, k[1]);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fprintf(fp, "%s tenant=bi roles=read\n%s tenant=shop roles=ingest\n", k[0], k[1]);
+    fclose(fp);
+    metrics *m = metrics_new();
+    metric_counter_add(metrics_counter(m, "t_events_total", "Events."), 7);
+    metrics_counter(m, "t_other_total", "Not charted.");
+    auth *a = NULL;
+    char err[256];
+    struct auth_opts ao = {.token_file = path, .poll_ms = 3600000};
+    assert_int_equal(auth_new(&ao, &a, err, sizeof(err)), EDDY_OK);
+    static const struct metrics_http_endpoint api[] = {
+        {"echo", NULL, echo_api},
+        {"secret", "/eddy.v1.Eddy/Recommend", echo_api},
+    };
+    static const char *const charted[] = {"t_events_total", "t_missing"};
+    int calls = 0;
+    struct metrics_http_opts o = {.reg = m, .listen = "127.0.0.1:0", .api = api, .napi = 2,
+                                  .api_ud = &calls, .chart_families = charted,
+                                  .nchart_families = 2, .auth = a};
+    metrics_http *h = NULL;
+    int port = 0;
+    assert_int_equal(metrics_http_open(&o, &h, &port), EDDY_OK);
+
+    /* the page and its files, from the embedded copy of console/ */
+    char *body = NULL, ctype[128];
+    assert_int_equal(fetch(port, "/", NULL, &body, ctype, sizeof(ctype)), 200);
+    assert_string_equal(ctype, "text/html; charset=utf-8");
+    assert_non_null(strstr(body, "<script src=\"/app.js\">"));
+    free(body);
+    assert_int_equal(fetch(port, "/app.js", NULL, &body, ctype, sizeof(ctype)), 200);
+    assert_string_equal(ctype, "text/javascript; charset=utf-8");
+    assert_non_null(strstr(body, "/api/"));
+    free(body);
+    assert_int_equal(fetch(port, "/style.css", NULL, &body, ctype, sizeof(ctype)), 200);
+    assert_string_equal(ctype, "text/css; charset=utf-8");
+    free(body);
+    assert_int_equal(fetch(port, "/console/index.html", NULL, &body, NULL, 0), 404);
+    free(body);
+
+    /* /api/metrics: the charted families only */
+    assert_int_equal(fetch(port, "/api/metrics", NULL, &body, ctype, sizeof(ctype)), 200);
+    assert_string_equal(ctype, "application/json");
+    cJSON *j = cJSON_Parse(body);
+    free(body);
+    cJSON *fams = cJSON_GetObjectItem(j, "families");
+    assert_non_null(cJSON_GetObjectItem(fams, "t_events_total"));
+    assert_null(cJSON_GetObjectItem(fams, "t_other_total"));
+    assert_int_equal(cJSON_GetArraySize(fams), 1);
+    assert_true(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "time_ms")) > 1.7e12);
+    cJSON_Delete(j);
+
+    /* a handler's answer, its 400 with the reason, unknown endpoints, long targets */
+    assert_int_equal(fetch(port, "/api/echo?x=a%20b", NULL, &body, NULL, 0), 200);
+    assert_string_equal(body, "{\"x\":\"a b\"}");
+    free(body);
+    assert_int_equal(fetch(port, "/api/echo", NULL, &body, ctype, sizeof(ctype)), 400);
+    assert_string_equal(ctype, "application/json");
+    assert_string_equal(body, "{\"error\":\"x: required\"}");
+    free(body);
+    assert_int_equal(fetch(port, "/api/nope", NULL, &body, NULL, 0), 404);
+    free(body);
+    assert_int_equal(fetch(port, "/api/echo?x=1", "POST", &body, NULL, 0), 405);
+    free(body);
+    char long_path[4096];
+    int n = snprintf(long_path, sizeof(long_path), "/api/echo?x=");
+    memset(long_path + n, 'a', sizeof(long_path) - (size_t)n - 1);
+    long_path[sizeof(long_path) - 1] = '\0';
+    int before = calls;
+    assert_int_equal(fetch(port, long_path, NULL, &body, NULL, 0), 414);
+    free(body);
+    assert_int_equal(calls, before); /* refused before the handler */
+
+    /* tokens: the open endpoint needs none; the other the read role */
+    assert_int_equal(fetch(port, "/api/secret?x=1", NULL, &body, NULL, 0), 401);
+    free(body);
+    assert_int_equal(fetch_with(port, "/api/secret?x=1", NULL, "Authorization: Bearer nope",
+                                &body, NULL, 0), 401);
+    free(body);
+    assert_int_equal(fetch_with(port, "/api/secret?x=1", NULL,
+                                "Authorization: Bearer tok-ingest", &body, NULL, 0), 403);
+    free(body);
+    before = calls;
+    assert_int_equal(fetch_with(port, "/api/secret?x=1", NULL, "Authorization: Bearer tok-read",
+                                &body, NULL, 0), 200);
+    assert_string_equal(body, "{\"x\":\"1\"}");
+    free(body);
+    assert_int_equal(calls, before + 1);
+    assert_int_equal(fetch(port, "/api/echo?x=2", NULL, &body, NULL, 0), 200);
+    free(body);
+
+    metrics_http_close(h);
+    auth_free(a);
+    metrics_free(m);
+    unlink(path);
+    rmdir(dir);
+}
+
+static void test_metrics_json(void **state)
+{
+    metrics *m = metrics_new();
+    static const double bounds[] = {0.1, 1};
+    metric_histogram *h = metrics_histogram(m, "t_seconds", "Latency.", bounds, 2);
+    metric_histogram_observe(h, 0.05);
+    metric_histogram_observe(h, 0.5);
+    metric_histogram_observe(h, 5);
+    static const char *const labels[] = {"method"};
+    metric_family *f = metrics_family(m, METRIC_COUNTER, "t_calls_total", "Calls.", labels, 1,
+                                      NULL, 0);
+    metric_counter_add(metric_family_counter(f, (const char *const[]){"Get"}), 3);
+    metric_gauge_set(metrics_gauge(m, "t_depth", "Depth."), 2.5);
+    static const char *const names[] = {"t_seconds", "t_calls_total", "t_nowhere"};
+    cJSON *j = NULL;
+    assert_int_equal(metrics_json(m, names, 3, &j), EDDY_OK);
+    char *text = cJSON_PrintUnformatted(j);
+    assert_string_equal(text,
+                        "{\"t_seconds\":{\"type\":\"histogram\",\"series\":[{\"labels\":{},"
+                        "\"buckets\":[1,2,3],\"count\":3,\"sum\":5.55}],\"bounds\":[0.1,1]},"
+                        "\"t_calls_total\":{\"type\":\"counter\",\"series\":[{\"labels\":"
+                        "{\"method\":\"Get\"},\"value\":3}]}}");
+    free(text);
+    cJSON_Delete(j);
+    assert_int_equal(metrics_json(NULL, names, 3, &j), EDDY_ERR_INVALID);
+    assert_null(j);
     metrics_free(m);
 }
 
@@ -463,6 +640,8 @@ int main(void)
         cmocka_unit_test(test_concurrent_updates),
         cmocka_unit_test(test_process_metrics),
         cmocka_unit_test(test_http_endpoint),
+        cmocka_unit_test(test_console_endpoints),
+        cmocka_unit_test(test_metrics_json),
         cmocka_unit_test(test_rpc_server_metrics),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
