@@ -44,12 +44,13 @@
 #define INTERNAL_API_PREFIX "/eddy.state.v1."
 
 /* Who owns what: everything below is owned by the node and freed by node_free, except
- * 'cfg' (borrowed). 'mem', 'fwd' are set once the node joined; the engine's and the
+ * the strings of 'cfg' (borrowed from the caller's config). 'mem', 'fwd' are set once the node joined; the engine's and the
  * scheduler's hooks read them through the node. One thread (the caller of
  * node_new/start/stop/free) changes the node; hooks run on the engine's and the
  * scheduler's threads. */
 struct node {
-    const struct node_config *cfg;
+    const struct node_config *cfg;   /* &own_cfg */
+    struct node_config own_cfg;      /* the caller's, with a cluster's --partitions adopted */
     bool clustered;
     unsigned roles;                  /* ROLE_* bits */
     struct node_metrics nm;
@@ -460,13 +461,36 @@ static eddy_err security_from(node *n, char *err, size_t errlen)
     return EDDY_OK;
 }
 
+/* A cluster's partition count is fixed when the coordinator creates it: --partitions is
+ * only the count of a new cluster, and a state node must open its store with the
+ * cluster's, so it reads the config first (waiting for it as joining would). */
+static eddy_err adopt_partitions(node *n, char *err, size_t errlen)
+{
+    struct node_config *c = &n->own_cfg;
+    struct membership_opts mo = {.etcd = c->etcd, .cluster = c->cluster,
+                                 .etcd_timeout_ms = 5000, .etcd_sec = &n->etcd_sec};
+    struct cluster_config cc;
+    char why[512] = "";
+    eddy_err e = membership_read_config(&mo, c->join_timeout, &cc, why, sizeof(why));
+    if (e != EDDY_OK)
+        return fail(err, errlen, e, "cannot join the cluster", why);
+    if ((int64_t)cc.partitions != c->partitions) {
+        log_info("msg=\"using the cluster's partition count; --partitions applies to new "
+                 "clusters only\" cluster=%s partitions=%u flag=%" PRId64,
+                 c->cluster, cc.partitions, c->partitions);
+        c->partitions = cc.partitions;
+    }
+    return EDDY_OK;
+}
+
 eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t errlen)
 {
     *out = NULL;
     node *n = calloc(1, sizeof(*n));
     if (!n)
         return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the node", NULL);
-    n->cfg = cfg;
+    n->own_cfg = *cfg;
+    n->cfg = &n->own_cfg;
     n->clustered = !cfg->dev;
     n->roles = ROLE_INGEST | ROLE_STATE;
     eddy_err e = EDDY_ERR_INVALID;
@@ -480,6 +504,9 @@ eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t e
         n->roles = (unsigned)rr;
     }
     if ((e = security_from(n, err, errlen)) != EDDY_OK)
+        goto fail;
+    if (n->clustered && (n->roles & ROLE_STATE) &&
+        (e = adopt_partitions(n, err, errlen)) != EDDY_OK)
         goto fail;
     n->router = (struct router){NULL, NULL, cfg->route_timeout, (int)cfg->route_retries,
                                 {cfg->window, cfg->out_of_orderness, cfg->allowed_lateness,
@@ -503,7 +530,7 @@ eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t e
         goto fail;
     /* partitions owned: all in --dev; in a cluster hook_change follows the map */
     if (n->eng &&
-        (e = node_metrics_watch(&n->nm, n->eng, n->clustered ? 0 : (uint32_t)cfg->partitions)) !=
+        (e = node_metrics_watch(&n->nm, n->eng, n->clustered ? 0 : (uint32_t)n->cfg->partitions)) !=
             EDDY_OK) {
         fail(err, errlen, e, "cannot register metrics", NULL);
         goto fail;
