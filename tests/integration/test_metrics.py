@@ -243,7 +243,7 @@ class MetricsTest(unittest.TestCase):
         referenced = set()
         for path in sources:
             with open(path) as f:
-                referenced |= set(re.findall(r"\b((?:eddy|grpc_server)_[a-z0-9_]+)", f.read()))
+                referenced |= set(re.findall(r"\b((?:eddy|grpc_server|process)_[a-z0-9_]+)", f.read()))
         self.assertIn("eddy_events_ingested_total", referenced)  # the extraction works
         s = self.scrape()
         families = set(s.types)
