@@ -1,6 +1,7 @@
 /* A node's wiring: what it is made of, in which order the parts start and stop. */
 #include "node/node.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdatomic.h>
@@ -286,6 +287,46 @@ static const char *checkpoint_dir_of(const struct node_config *c, node *n)
 }
 
 /* The state role: the engine, its caches and the checkpoint scheduler. */
+/* --dev: users hash to partitions, so a data directory opened with another count than it
+ * was made with would look for their state in the wrong partitions. The directory records
+ * its count in PARTITIONS, written on the first start (a directory from before the record
+ * gets the count it is opened with). Called with the store open: its lock keeps other
+ * processes out. */
+static eddy_err check_dev_partitions(const struct node_config *c, char *err, size_t errlen)
+{
+    char path[PATH_MAX], tmp[PATH_MAX + 4], buf[32] = "";
+    snprintf(path, sizeof(path), "%s/PARTITIONS", c->data_dir);
+    snprintf(tmp, sizeof(tmp), "%s/PARTITIONS.tmp", c->data_dir);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        bool got = fgets(buf, sizeof(buf), f) != NULL;
+        fclose(f);
+        char *end = buf;
+        long long made = got ? strtoll(buf, &end, 10) : 0;
+        if (made <= 0 || (*end != '\n' && *end != '\0')) {
+            snprintf(err, errlen, "%s does not hold a partition count", path);
+            return EDDY_ERR_CORRUPT;
+        }
+        if (made != c->partitions) {
+            snprintf(err, errlen, "data directory %s was made with --partitions %lld, not %" PRId64
+                     ": start it with --partitions %lld, or use another --data-dir",
+                     c->data_dir, made, c->partitions, made);
+            return EDDY_ERR_INVALID;
+        }
+        return EDDY_OK;
+    }
+    if (errno != ENOENT)
+        return fail(err, errlen, EDDY_ERR_IO, "cannot read the partition count", path);
+    f = fopen(tmp, "w");
+    bool ok = f && fprintf(f, "%" PRId64 "\n", c->partitions) > 0 && fflush(f) == 0 &&
+              fsync(fileno(f)) == 0;
+    if (f && fclose(f) != 0)
+        ok = false;
+    if (!ok || rename(tmp, path) != 0)
+        return fail(err, errlen, EDDY_ERR_IO, "cannot record the partition count", path);
+    return EDDY_OK;
+}
+
 static eddy_err open_state(node *n, char *err, size_t errlen)
 {
     const struct node_config *c = n->cfg;
@@ -313,6 +354,8 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     e = engine_open(&eo, &n->eng, why, sizeof(why));
     if (e != EDDY_OK)
         return fail(err, errlen, e, "cannot open state", why);
+    if (!n->clustered && (e = check_dev_partitions(c, err, errlen)) != EDDY_OK)
+        return e;
     n->pop = stage2cache_new(engine_store(n->eng), &engine_options(n->eng)->product,
                              c->stage2_staleness, (size_t)c->candidates);
     if (!n->pop ||

@@ -2,7 +2,7 @@
 image's listen address reached from outside loopback, the message of a busy gRPC port, a
 busy metrics port and a data directory in use (each with a real second process), `eddy
 status` against a single --dev node, a state node whose --partitions differs from its
-cluster's, --version on every binary, human defaults in --help, and a sample stream big
+cluster's, a --dev data directory opened with another count, --version on every binary, human defaults in --help, and a sample stream big
 enough that `eddy recommend` still has something to say."""
 import json
 import os
@@ -181,6 +181,28 @@ class ClusterPartitions(unittest.TestCase):
         user = high[0]["userId"]
         want = sum(1 for e in events if e["userId"] == user)
         self.assertEqual(lib.total_events(n.stub, user), want)
+
+
+class DevPartitions(unittest.TestCase):
+    """A --dev data directory records the partition count it was made with: opened with
+    another, its users would hash to partitions that do not hold their state."""
+
+    def test_dev_data_dir_keeps_its_count(self):
+        lib.require_node()
+        d = lib.temp_dir(self)
+        n = lib.Node(data_dir=d, args=["--partitions", "8", "--metrics-listen", ""])
+        self.addCleanup(n.cleanup)
+        n.start()
+        self.assertEqual(n.stub.Ingest(lib.pb().IngestRequest(events=[lib.to_pb(e) for e in
+                         lib.generate(seed=5, n_users=5, n_events=20)]), timeout=10).accepted, 20)
+        n.stop()
+        r = subprocess.run([lib.NODE, "--dev", "--partitions", "16", "--data-dir", d, "--listen",
+                            "127.0.0.1:0", "--metrics-listen", ""],
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"data directory {d} was made with --partitions 8, not 16", r.stderr)
+        n.start()  # the count it was made with still opens it, with its events
+        self.assertEqual(lib.total_events(n.stub), 20)
 
 
 class Binaries(unittest.TestCase):
