@@ -5,7 +5,9 @@
  * DESIGN: the main thread reads, parses, sends and does all the accounting; libeddy's
  * completion thread only hands each answer back to its batch under 'mu' and wakes the main
  * thread. A batch keeps its events until it is answered, so a resend carries the same event
- * ids and the server's deduplication makes it count once. */
+ * ids and the server's deduplication makes it count once. The node may apply batches
+ * outstanding together in any order, so they overlap only within --inflight-span of event
+ * time (fits_span). */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
