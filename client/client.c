@@ -246,6 +246,49 @@ eddy_status eddy_ingest(eddy_client *c, Eddy__V1__Event *const *events, size_t n
                   (void **)out, err);
 }
 
+/* An eddy_ingest_async call between its start and its completion; freed by the latter. */
+struct ingest_call {
+    eddy_ingest_done_fn *done;
+    void *ud;
+};
+
+static void ingest_done(void *ud, const struct rpc_result *res, ProtobufCMessage *resp)
+{
+    struct ingest_call *call = ud;
+    eddy_error err = {.code = (eddy_status)res->code, .retry_after_ms = res->retry_after_ms};
+
+    snprintf(err.message, sizeof(err.message), "%s", res->details);
+    if (res->code == GRPC_STATUS_OK && !resp)
+        local_error(&err, EDDY_STATUS_INTERNAL, "empty response");
+    call->done(call->ud, err.code, &err, (Eddy__V1__IngestResponse *)resp);
+    free(call);
+}
+
+eddy_status eddy_ingest_async(eddy_client *c, Eddy__V1__Event *const *events, size_t n,
+                              eddy_ingest_done_fn *done, void *ud, eddy_error *err)
+{
+    Eddy__V1__IngestRequest req = EDDY__V1__INGEST_REQUEST__INIT;
+
+    if ((n > 0 && !events) || !done)
+        return local_error(err, EDDY_STATUS_INVALID_ARGUMENT, "events or done is NULL");
+    struct ingest_call *call = malloc(sizeof(*call));
+    if (!call)
+        return local_error(err, EDDY_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    *call = (struct ingest_call){done, ud};
+    req.n_events = n;
+    req.events = (Eddy__V1__Event **)events; /* borrowed: packed before the call returns */
+    eddy_err e = rpc_invoke_async(c->ch, "/eddy.v1.Eddy/Ingest", &req.base,
+                                  &eddy__v1__ingest_response__descriptor, c->timeout_ms,
+                                  ingest_done, call);
+    if (e != EDDY_OK) {
+        free(call);
+        return local_error(err, e == EDDY_ERR_NOMEM ? EDDY_STATUS_RESOURCE_EXHAUSTED
+                                                     : EDDY_STATUS_UNAVAILABLE,
+                           eddy_strerror(e));
+    }
+    return local_error(err, EDDY_STATUS_OK, "");
+}
+
 eddy_status eddy_recommend(eddy_client *c, const Eddy__V1__RecommendRequest *req,
                            Eddy__V1__RecommendResponse **out, eddy_error *err)
 {

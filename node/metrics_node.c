@@ -47,6 +47,14 @@ static double watermark_lag(void *ud)
     return (double)lag / 1000.0;
 }
 
+/* See engine_event_time_lag; 0 before the first event. */
+static double event_time_lag(void *ud)
+{
+    int64_t lag;
+    engine_event_time_lag(ud, &lag);
+    return (double)lag / 1000.0;
+}
+
 eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
 {
     memset(nm, 0, sizeof(*nm));
@@ -211,6 +219,10 @@ eddy_err node_metrics_watch(struct node_metrics *nm, engine *eng, uint32_t parti
         {"eddy_watermark_lag_seconds",
          "Max over partitions with events of (newest event time seen - watermark), seconds.",
          watermark_lag},
+        {"eddy_event_time_lag_seconds",
+         "Wall clock minus the newest event time applied on this node, measured at each apply "
+         "(a quiet node keeps its last value; 0 before the first event), seconds.",
+         event_time_lag},
     };
     nm->eng = eng;
     for (size_t i = 0; i < N(g); i++) {

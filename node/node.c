@@ -1,6 +1,7 @@
 /* A node's wiring: what it is made of, in which order the parts start and stop. */
 #include "node/node.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdatomic.h>
@@ -49,12 +50,13 @@
 #define DEV_SELF_ADDR "in-process"
 
 /* Who owns what: everything below is owned by the node and freed by node_free, except
- * 'cfg' (borrowed). 'mem', 'fwd' are set once the node joined; the engine's and the
+ * the strings of 'cfg' (borrowed from the caller's config). 'mem', 'fwd' are set once the node joined; the engine's and the
  * scheduler's hooks read them through the node. One thread (the caller of
  * node_new/start/stop/free) changes the node; hooks run on the engine's and the
  * scheduler's threads. */
 struct node {
-    const struct node_config *cfg;
+    const struct node_config *cfg;   /* &own_cfg */
+    struct node_config own_cfg;      /* the caller's, with a cluster's --partitions adopted */
     bool clustered;                  /* an etcd cluster; else --dev: a static map (all here) */
     unsigned roles;                  /* ROLE_* bits */
     struct node_metrics nm;
@@ -291,6 +293,46 @@ static const char *checkpoint_dir_of(const struct node_config *c, node *n)
 }
 
 /* The state role: the engine, its caches and the checkpoint scheduler. */
+/* --dev: users hash to partitions, so a data directory opened with another count than it
+ * was made with would look for their state in the wrong partitions. The directory records
+ * its count in PARTITIONS, written on the first start (a directory from before the record
+ * gets the count it is opened with). Called with the store open: its lock keeps other
+ * processes out. */
+static eddy_err check_dev_partitions(const struct node_config *c, char *err, size_t errlen)
+{
+    char path[PATH_MAX], tmp[PATH_MAX + 4], buf[32] = "";
+    snprintf(path, sizeof(path), "%s/PARTITIONS", c->data_dir);
+    snprintf(tmp, sizeof(tmp), "%s/PARTITIONS.tmp", c->data_dir);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        bool got = fgets(buf, sizeof(buf), f) != NULL;
+        fclose(f);
+        char *end = buf;
+        long long made = got ? strtoll(buf, &end, 10) : 0;
+        if (made <= 0 || (*end != '\n' && *end != '\0')) {
+            snprintf(err, errlen, "%s does not hold a partition count", path);
+            return EDDY_ERR_CORRUPT;
+        }
+        if (made != c->partitions) {
+            snprintf(err, errlen, "data directory %s was made with --partitions %lld, not %" PRId64
+                     ": start it with --partitions %lld, or use another --data-dir",
+                     c->data_dir, made, c->partitions, made);
+            return EDDY_ERR_INVALID;
+        }
+        return EDDY_OK;
+    }
+    if (errno != ENOENT)
+        return fail(err, errlen, EDDY_ERR_IO, "cannot read the partition count", path);
+    f = fopen(tmp, "w");
+    bool ok = f && fprintf(f, "%" PRId64 "\n", c->partitions) > 0 && fflush(f) == 0 &&
+              fsync(fileno(f)) == 0;
+    if (f && fclose(f) != 0)
+        ok = false;
+    if (!ok || rename(tmp, path) != 0)
+        return fail(err, errlen, EDDY_ERR_IO, "cannot record the partition count", path);
+    return EDDY_OK;
+}
+
 static eddy_err open_state(node *n, char *err, size_t errlen)
 {
     const struct node_config *c = n->cfg;
@@ -320,6 +362,8 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     e = engine_open(&eo, &n->eng, why, sizeof(why));
     if (e != EDDY_OK)
         return fail(err, errlen, e, "cannot open state", why);
+    if (!n->clustered && (e = check_dev_partitions(c, err, errlen)) != EDDY_OK)
+        return e;
     n->pop = stage2cache_new(engine_store(n->eng), &engine_options(n->eng)->product,
                              c->stage2_staleness, (size_t)c->candidates);
     if (!n->pop ||
@@ -472,13 +516,36 @@ static eddy_err security_from(node *n, char *err, size_t errlen)
     return EDDY_OK;
 }
 
+/* A cluster's partition count is fixed when the coordinator creates it: --partitions is
+ * only the count of a new cluster, and a state node must open its store with the
+ * cluster's, so it reads the config first (waiting for it as joining would). */
+static eddy_err adopt_partitions(node *n, char *err, size_t errlen)
+{
+    struct node_config *c = &n->own_cfg;
+    struct membership_opts mo = {.etcd = c->etcd, .cluster = c->cluster,
+                                 .etcd_timeout_ms = 5000, .etcd_sec = &n->etcd_sec};
+    struct cluster_config cc;
+    char why[512] = "";
+    eddy_err e = membership_read_config(&mo, c->join_timeout, &cc, why, sizeof(why));
+    if (e != EDDY_OK)
+        return fail(err, errlen, e, "cannot join the cluster", why);
+    if ((int64_t)cc.partitions != c->partitions) {
+        log_info("msg=\"using the cluster's partition count; --partitions applies to new "
+                 "clusters only\" cluster=%s partitions=%u flag=%" PRId64,
+                 c->cluster, cc.partitions, c->partitions);
+        c->partitions = cc.partitions;
+    }
+    return EDDY_OK;
+}
+
 eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t errlen)
 {
     *out = NULL;
     node *n = calloc(1, sizeof(*n));
     if (!n)
         return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the node", NULL);
-    n->cfg = cfg;
+    n->own_cfg = *cfg;
+    n->cfg = &n->own_cfg;
     n->clustered = !cfg->dev;
     n->roles = ROLE_INGEST | ROLE_STATE;
     eddy_err e = EDDY_ERR_INVALID;
@@ -492,6 +559,9 @@ eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t e
         n->roles = (unsigned)rr;
     }
     if ((e = security_from(n, err, errlen)) != EDDY_OK)
+        goto fail;
+    if (n->clustered && (n->roles & ROLE_STATE) &&
+        (e = adopt_partitions(n, err, errlen)) != EDDY_OK)
         goto fail;
     n->router = (struct router){NULL, NULL, cfg->route_timeout, (int)cfg->route_retries,
                                 {cfg->window, cfg->out_of_orderness, cfg->allowed_lateness,
@@ -515,7 +585,7 @@ eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t e
         goto fail;
     /* partitions owned: all in --dev; in a cluster hook_change follows the map */
     if (n->eng &&
-        (e = node_metrics_watch(&n->nm, n->eng, n->clustered ? 0 : (uint32_t)cfg->partitions)) !=
+        (e = node_metrics_watch(&n->nm, n->eng, n->clustered ? 0 : (uint32_t)n->cfg->partitions)) !=
             EDDY_OK) {
         fail(err, errlen, e, "cannot register metrics", NULL);
         goto fail;

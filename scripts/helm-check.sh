@@ -73,6 +73,7 @@ import copy, glob, json, os, re, shutil, subprocess, sys, tempfile
 import yaml
 
 HELM, CHART, PROMTOOL = os.environ["HELM"], os.environ["CHART"], os.environ.get("PROMTOOL", "")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(CHART)))  # the repository: its C sources
 RELEASE, NAMESPACE = "ci", "eddy-ci"
 passed = failed = skipped = 0
 failures = []
@@ -230,11 +231,40 @@ for what, (args, expect) in bad_values.items():
 
 # ---------------------------------------------------------------- per ci values file
 REQUIRED_ALERTS = {"EddyServingLatencyHigh", "EddyIngestRateLow", "EddyErrorRateHigh",
-                   "EddyWatermarkLagHigh", "EddyCheckpointFailures", "EddyOfflinePartitions",
+                   "EddyEventTimeLagHigh", "EddyCheckpointFailures", "EddyOfflinePartitions",
                    "EddyUnderMinInsyncPartitions", "EddyUnderReplicatedPartitions"}
 REQUIRED_PANELS = ["Events / s", "Recommendations / s", "Serving latency", "Event-to-result latency",
                    "Error rate by code", "Watermark lag", "Late events / s", "Checkpoint duration",
-                   "Checkpoint age", "Partition moves", "Partitions per node"]
+                   "Checkpoint age", "Partition moves", "Partitions per node", "Event time lag",
+                   "Backpressure", "RESOURCE_EXHAUSTED by method", "CPU", "Memory"]
+# Codes of a call's own making (grpc_server_handled_total's grpc_code values): never counted
+# as server errors by the error-rate alert.
+CLIENT_CODES = {"NotFound", "InvalidArgument", "Unauthenticated", "PermissionDenied", "ResourceExhausted"}
+
+
+def registered_metrics():
+    """The metric names the C code registers: string literals naming a series in common/,
+    node/ and coordinator/ (eddy_*, grpc_server_*, process_*)."""
+    names = set()
+    for d in ("common", "node", "coordinator"):
+        for path in glob.glob(os.path.join(ROOT, d, "**", "*.c"), recursive=True):
+            with open(path) as f:
+                names |= set(re.findall(r'"((?:eddy|grpc_server|process)_[a-z0-9_]+)"', f.read()))
+    return names
+
+
+REGISTERED = registered_metrics()
+
+
+def unregistered(expr):
+    """Metric names in a PromQL expression that no code registers (histogram suffixes are
+    the family's)."""
+    out = []
+    for n in set(re.findall(r"\b((?:eddy|grpc_server|process)_[a-z0-9_]+)\b", expr)):
+        base = re.sub(r"_(bucket|count|sum)$", "", n)
+        if n not in REGISTERED and base not in REGISTERED:
+            out.append(n)
+    return sorted(out)
 EDDY_COMMON_ENV = {"EDDY_ETCD", "EDDY_CLUSTER", "EDDY_LISTEN", "EDDY_METRICS_LISTEN", "EDDY_LOG_LEVEL",
                    "EDDY_SHUTDOWN_GRACE"}
 NODE_ENV = EDDY_COMMON_ENV | {"EDDY_ROLE", "EDDY_NODE_ID", "EDDY_ADVERTISE_ADDR", "EDDY_PARTITIONS",
@@ -536,8 +566,20 @@ for ci in ci_files:
         check(bool(lat) and "histogram_quantile(0.95" in lat[0]["expr"] and re.search(r">\s*0?\.1\s*$", lat[0]["expr"].strip()),
               "%s: serving latency alert is p95 > 100 ms" % name)
         err = [r for r in rules if r.get("alert") == "EddyErrorRateHigh"]
-        check(bool(err) and 'grpc_code!="OK"' in err[0]["expr"] and "grpc_server_handled_total" in err[0]["expr"],
-              "%s: error-rate alert is built on grpc_server_handled_total codes other than OK" % name)
+        excluded = re.search(r'grpc_code!~"([^"]*)"', err[0]["expr"]) if err else None
+        check(bool(err) and "grpc_server_handled_total" in err[0]["expr"] and excluded
+              and {"OK"} | CLIENT_CODES <= set(excluded.group(1).split("|")),
+              "%s: error-rate alert counts grpc_server_handled_total codes other than OK and %s" % (name, sorted(CLIENT_CODES)))
+        low = [r for r in rules if r.get("alert") == "EddyIngestRateLow"]
+        check(not low or ("[1h]" in low[0]["expr"] and "%s *" % V["metrics"]["prometheusRule"]["ingestDropRatio"] in low[0]["expr"]
+                          and re.search(r"\[1h\]\)\)\s*>\s*%s\s*$" % re.escape(str(V["metrics"]["prometheusRule"]["minIngestRate"])), low[0]["expr"])),
+              "%s: low-ingest alert compares the 5m rate with ingestDropRatio x the last hour's, while that is above minIngestRate" % name)
+        lag = [r for r in rules if r.get("alert") == "EddyEventTimeLagHigh"]
+        check(bool(lag) and "eddy_event_time_lag_seconds" in lag[0]["expr"] and "eddy_watermark_lag_seconds" not in lag[0]["expr"],
+              "%s: the lag alert watches eddy_event_time_lag_seconds (the watermark lag cannot exceed --out-of-orderness)" % name)
+        for r in rules:
+            bad = unregistered(r["expr"])
+            check(not bad, "%s: alert %s uses series no code registers: %s" % (name, r.get("alert"), bad))
         with open(os.path.join(tmpdir, name + ".rules.yaml"), "w") as f:
             yaml.safe_dump({"groups": pr["spec"]["groups"]}, f)
         if PROMTOOL:
@@ -560,9 +602,21 @@ for ci in ci_files:
         ids = [p["id"] for p in dash["panels"]]
         check(len(set(ids)) == len(ids), "%s: dashboard panel ids are unique" % name)
         check(len(dash.get("uid", "")) <= 40 and dash.get("uid"), "%s: dashboard uid set, at most 40 characters" % name)
+        tvars = {v["name"]: v for v in dash.get("templating", {}).get("list", [])}
+        check({"datasource", "namespace", "instance"} <= set(tvars), "%s: dashboard variables datasource, namespace, instance (%s)" % (name, sorted(tvars)))
+        check(tvars.get("namespace", {}).get("current", {}).get("value") == NAMESPACE,
+              "%s: the namespace variable starts at the release's namespace" % name)
+        check(tvars.get("instance", {}).get("includeAll") and tvars["instance"].get("allValue") == ".*",
+              "%s: the instance variable offers All" % name)
+        for v in tvars.values():
+            q = v.get("definition", "")
+            check(not unregistered(q), "%s: variable %s uses series no code registers: %s" % (name, v["name"], unregistered(q)))
         for p in dash["panels"]:
             for t in p.get("targets", []):
-                check('namespace="%s"' % NAMESPACE in t["expr"], "%s: panel %s query selects the release's namespace" % (name, p["title"]))
+                check('namespace=~"$namespace"' in t["expr"] and 'instance=~"$instance"' in t["expr"],
+                      "%s: panel %s query follows the namespace and instance variables" % (name, p["title"]))
+                bad = unregistered(t["expr"])
+                check(not bad, "%s: panel %s uses series no code registers: %s" % (name, p["title"], bad))
                 promql.append(("%s panel %s" % (name, p["title"]), t["expr"].replace("$__rate_interval", "5m")))
 
     # helm test pods.

@@ -210,35 +210,47 @@ static void maint_main(struct worker *w, void *arg)
 
 /* ---- lifecycle ------------------------------------------------------------------------ */
 
-static eddy_err read_config(membership *m, int64_t wait_ms, char *err, size_t errlen)
+/* Poll etcd through 'ec' for the cluster config until it exists or 'wait_ms' passes. */
+static eddy_err read_config(etcd_client *ec, const char *cluster, int64_t wait_ms,
+                            struct cluster_config *out, char *err, size_t errlen)
 {
     char key[CLUSTER_KEY_MAX];
-    cluster_key(key, sizeof(key), m->cluster, "config");
+    cluster_key(key, sizeof(key), cluster, "config");
     int64_t until = clock_mono_ms() + wait_ms;
     for (;;) {
         struct etcd_kv kv = {0};
         bool found = false;
-        eddy_err e = etcd_get(m->etcd, key, &kv, &found);
+        eddy_err e = etcd_get(ec, key, &kv, &found);
         if (e == EDDY_OK && found) {
-            struct cluster_config cfg;
-            e = cluster_config_from_json(kv.value, kv.value_len, &cfg);
+            e = cluster_config_from_json(kv.value, kv.value_len, out);
             etcd_kv_release(&kv);
             if (e != EDDY_OK) {
                 snprintf(err, errlen, "cluster config %s has no valid partition count", key);
                 return EDDY_ERR_CORRUPT;
             }
-            m->nparts = cfg.partitions;
-            m->min_insync = cfg.min_insync;
             return EDDY_OK;
         }
         if (clock_mono_ms() >= until) {
             snprintf(err, errlen, "no cluster config at %s (is eddy-coordinator running?): %s",
-                     key, e == EDDY_OK ? "not created yet" : etcd_last_error(m->etcd));
+                     key, e == EDDY_OK ? "not created yet" : etcd_last_error(ec));
             return EDDY_ERR_TIMEOUT;
         }
         struct timespec ts = {0, 100 * 1000000L};
         nanosleep(&ts, NULL); /* polling etcd while the coordinator creates the cluster */
     }
+}
+
+eddy_err membership_read_config(const struct membership_opts *o, int64_t wait_ms,
+                                struct cluster_config *out, char *err, size_t errlen)
+{
+    etcd_client *ec = etcd_client_new_secure(o->etcd, o->etcd_timeout_ms, o->etcd_sec);
+    if (!ec) {
+        snprintf(err, errlen, "cannot create the etcd client for '%s'", o->etcd);
+        return EDDY_ERR_NOMEM;
+    }
+    eddy_err e = read_config(ec, o->cluster, wait_ms, out, err, errlen);
+    etcd_client_free(ec);
+    return e;
 }
 
 /* What both kinds of membership start with: the node itself (its record in m->node_json
@@ -313,8 +325,11 @@ eddy_err membership_start(const struct membership_opts *o, int64_t wait_ms, memb
         snprintf(err, errlen, "cannot create the etcd client for '%s'", o->etcd);
         goto fail;
     }
-    if ((e = read_config(m, wait_ms, err, errlen)) != EDDY_OK)
+    struct cluster_config cc;
+    if ((e = read_config(m->etcd, m->cluster, wait_ms, &cc, err, errlen)) != EDDY_OK)
         goto fail;
+    m->nparts = cc.partitions;
+    m->min_insync = cc.min_insync;
     if (cluster_map_init(&m->map, m->nparts) != EDDY_OK)
         goto fail;
     if ((e = register_self(m)) != EDDY_OK) {

@@ -65,6 +65,12 @@ void membership_stop(membership *m);
 eddy_err membership_start_static(const struct membership_opts *o, uint32_t partitions,
                                  membership **out);
 
+/* The cluster config alone (o->etcd, o->cluster and o->etcd_sec are used), waiting for it
+ * as membership_start does: a state node needs the partition count before it opens its
+ * store, which is before it joins. */
+eddy_err membership_read_config(const struct membership_opts *o, int64_t wait_ms,
+                                struct cluster_config *out, char *err, size_t errlen);
+
 /* The cluster's partition count (fixed at creation). */
 uint32_t membership_partitions(const membership *m);
 const char *membership_self(const membership *m);

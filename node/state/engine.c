@@ -110,6 +110,8 @@ struct engine {
 
     /* published after each commit, under mu */
     struct engine_partition_view *view; /* [partitions] */
+    int64_t event_lag_ms;        /* see engine_event_time_lag; valid once event_lag_known */
+    bool event_lag_known;
     _Atomic uint64_t outbox;     /* OUTBOX records committed and not yet forwarded */
     _Atomic uint64_t *log_floor; /* [partitions], see engine_set_log_floor */
     atomic_bool *writing;        /* [partitions], see engine_claim_partition */
@@ -164,7 +166,16 @@ static eddy_err emit(void *ud, const Eddy__Store__V1__Stage2Batch *b)
 /* Make 'meta' (the partitions' metadata as of the last durable write) what queries see. */
 static void publish(engine *e, const struct part_meta *meta)
 {
+    int64_t newest = WATERMARK_NONE;
+    for (uint32_t p = 0; p < e->o.apply.partitions; p++)
+        if (meta[p].watermark != WATERMARK_NONE && meta[p].max_ts > newest)
+            newest = meta[p].max_ts;
+    int64_t now = clock_wall_ms(); /* a metric only: the apply itself never reads it */
     pthread_mutex_lock(&e->mu);
+    if (newest != WATERMARK_NONE) {
+        e->event_lag_ms = now - newest;
+        e->event_lag_known = true;
+    }
     for (uint32_t p = 0; p < e->o.apply.partitions; p++) {
         e->view[p].watermark = meta[p].watermark;
         e->view[p].max_ts = meta[p].max_ts;
@@ -989,6 +1000,15 @@ void engine_global(engine *e, int64_t *watermark, int64_t *max_ts, uint64_t *lat
         *max_ts = mx;
     if (late_events)
         *late_events = late;
+}
+
+bool engine_event_time_lag(engine *e, int64_t *lag_ms)
+{
+    pthread_mutex_lock(&e->mu);
+    bool known = e->event_lag_known;
+    *lag_ms = known ? e->event_lag_ms : 0;
+    pthread_mutex_unlock(&e->mu);
+    return known;
 }
 
 int64_t engine_queue_depth(engine *e)

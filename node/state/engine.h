@@ -229,6 +229,12 @@ void engine_partition(engine *e, uint32_t p, struct engine_partition_view *v);
 /* The minimum watermark over partitions that have seen events (WATERMARK_NONE if none),
  * and the maximum event time over all partitions. */
 void engine_global(engine *e, int64_t *watermark, int64_t *max_ts, uint64_t *late_events);
+/* How far event time lags the wall clock on this node: at the last durable write, the
+ * wall clock minus the newest event time applied so far (over all partitions), in ms
+ * (negative for events stamped ahead of this clock). It is measured when events are
+ * applied, so a node that receives nothing keeps its last value rather than growing by
+ * itself. False (and 0) before the first event. Any thread. */
+bool engine_event_time_lag(engine *e, int64_t *lag_ms);
 /* Events waiting in the queue. */
 int64_t engine_queue_depth(engine *e);
 

@@ -208,6 +208,25 @@ class MetricsTest(unittest.TestCase):
         self.assertGreater(s.get("process_resident_memory_bytes"), 0)
         self.assertAlmostEqual(s.get("process_start_time_seconds"), time.time(), delta=600)
 
+    def test_event_time_lag_shows_old_events(self):
+        # eddy_watermark_lag_seconds stays within --out-of-orderness whatever the events'
+        # age; eddy_event_time_lag_seconds is how far behind the wall clock they are
+        self.assertEqual(self.scrape().get("eddy_event_time_lag_seconds"), 0)
+        hour_ago = L.now_ms() - 3_600_000
+        start = time.time()
+        self.ingest([self.event(timestamp_ms=hour_ago + i * 1000) for i in range(3)])
+        s = L.poll_until(lambda: (lambda s: s if s.get("eddy_event_time_lag_seconds") else None)(
+            self.scrape()), 10, interval=0.05, what="an event time lag")
+        lag = s.get("eddy_event_time_lag_seconds")
+        self.assertGreaterEqual(lag, 3600 - 2 - 1)  # newest event: 2 s after hour_ago
+        self.assertLessEqual(lag, 3600 - 2 + (time.time() - start) + 1)
+        self.assertLessEqual(s.get("eddy_watermark_lag_seconds"), 5.0)
+        # current events catch it up
+        self.ingest([self.event(timestamp_ms=L.now_ms())])
+        s = L.poll_until(lambda: (lambda s: s if s.get("eddy_event_time_lag_seconds") < 60 else None)(
+            self.scrape()), 10, interval=0.05, what="the lag of a current event")
+        self.assertGreater(s.get("eddy_event_time_lag_seconds"), -5)
+
     def test_promtool_accepts_the_scrape(self):
         if not PROMTOOL:
             self.skipTest("promtool not installed (Debian package 'prometheus')")
@@ -224,7 +243,7 @@ class MetricsTest(unittest.TestCase):
         referenced = set()
         for path in sources:
             with open(path) as f:
-                referenced |= set(re.findall(r"\b((?:eddy|grpc_server)_[a-z0-9_]+)", f.read()))
+                referenced |= set(re.findall(r"\b((?:eddy|grpc_server|process)_[a-z0-9_]+)", f.read()))
         self.assertIn("eddy_events_ingested_total", referenced)  # the extraction works
         s = self.scrape()
         families = set(s.types)

@@ -1,8 +1,9 @@
 """Rough edges a first-time operator meets (issue 17), each against real processes: the
 image's listen address reached from outside loopback, the message of a busy gRPC port, a
 busy metrics port and a data directory in use (each with a real second process), `eddy
-status` against a single --dev node, --version on every binary, human defaults in --help,
-and a sample stream big enough that `eddy recommend` still has something to say."""
+status` against a single --dev node, a state node whose --partitions differs from its
+cluster's, a --dev data directory opened with another count, --version on every binary, human defaults in --help, and a sample stream big
+enough that `eddy recommend` still has something to say."""
 import json
 import os
 import re
@@ -153,6 +154,55 @@ class SingleNode(unittest.TestCase):
             return health.Check(h.HealthCheckRequest(service=""), timeout=1).status == \
                 h.HealthCheckResponse.SERVING
         lib.poll_until(serving, lib.START_TIMEOUT, what=f"SERVING on {ip}:{free}")
+
+
+class ClusterPartitions(unittest.TestCase):
+    """--partitions only sizes a new cluster: a state node started with another count
+    adopts the cluster's (as the coordinator does), says so, and serves."""
+
+    def test_state_node_adopts_the_cluster_count(self):
+        lib.require_etcd()
+        P = 256  # the default count (common/partition.h)
+        c = lib.Cluster(self, partitions=P)
+        c.add_coordinator("c1")
+        n = c.add_node("s1", roles="ingest,state", args=["--partitions", "64"])
+        c.wait_assignment({"s1"})
+        self.assertIn("using the cluster's partition count", n.log_text())
+        self.assertRegex(n.log_text(), r"partitions=256 flag=64")
+        events = lib.generate(seed=3, n_users=20, n_events=200)
+        # users of partitions above 64: a node that kept its flag would not have them
+        high = [e for e in events if lib.user_partition(e["userId"], P) >= 64]
+        self.assertTrue(high)
+        r = n.stub.Ingest(lib.pb().IngestRequest(events=[lib.to_pb(e) for e in events]),
+                          timeout=15)
+        self.assertEqual(r.accepted, len(events), r)
+        lib.poll_until(lambda: lib.total_events(n.stub) == len(events), 15,
+                       what="every event counted")
+        user = high[0]["userId"]
+        want = sum(1 for e in events if e["userId"] == user)
+        self.assertEqual(lib.total_events(n.stub, user), want)
+
+
+class DevPartitions(unittest.TestCase):
+    """A --dev data directory records the partition count it was made with: opened with
+    another, its users would hash to partitions that do not hold their state."""
+
+    def test_dev_data_dir_keeps_its_count(self):
+        lib.require_node()
+        d = lib.temp_dir(self)
+        n = lib.Node(data_dir=d, args=["--partitions", "8", "--metrics-listen", ""])
+        self.addCleanup(n.cleanup)
+        n.start()
+        self.assertEqual(n.stub.Ingest(lib.pb().IngestRequest(events=[lib.to_pb(e) for e in
+                         lib.generate(seed=5, n_users=5, n_events=20)]), timeout=10).accepted, 20)
+        n.stop()
+        r = subprocess.run([lib.NODE, "--dev", "--partitions", "16", "--data-dir", d, "--listen",
+                            "127.0.0.1:0", "--metrics-listen", ""],
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"data directory {d} was made with --partitions 8, not 16", r.stderr)
+        n.start()  # the count it was made with still opens it, with its events
+        self.assertEqual(lib.total_events(n.stub), 20)
 
 
 class Binaries(unittest.TestCase):

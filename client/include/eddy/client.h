@@ -2,7 +2,7 @@
  *
  * Requests and responses are the protobuf-c types generated from proto/eddy/v1/eddy.proto:
  * they are the versioned wire types, so this header adds no parallel structs. Every call is
- * synchronous and unary, with the client's timeout. A call returns an eddy_status (the gRPC
+ * synchronous and unary, with the client's timeout, except eddy_ingest_async. A call returns an eddy_status (the gRPC
  * status code numbers) and, if 'err' is not NULL, fills it with the code and the server's
  * message. On EDDY_STATUS_OK the response is stored in *out and the caller owns it (free with
  * eddy_response_free); on any other status *out is set to NULL.
@@ -128,6 +128,24 @@ void eddy_response_free(void *resp);
  * On OK the caller owns *out; free with eddy_response_free. */
 eddy_status eddy_ingest(eddy_client *c, Eddy__V1__Event *const *events, size_t n,
                         Eddy__V1__IngestResponse **out, eddy_error *err);
+
+/* Completion of eddy_ingest_async. It runs on a thread of the client's own, not the
+ * caller's: it must return quickly and must not call eddy_client_free. 'st' and 'err' are
+ * what eddy_ingest would have returned ('err' borrowed for the callback); on OK the callee
+ * owns 'resp' (free with eddy_response_free), otherwise 'resp' is NULL. */
+typedef void eddy_ingest_done_fn(void *ud, eddy_status st, const eddy_error *err,
+                                 Eddy__V1__IngestResponse *resp);
+
+/* eddy_ingest without waiting: the request is encoded before the return, so 'events' is
+ * borrowed only for the call, and any number of calls may be outstanding on one client
+ * (they share its gRPC completion queue). If this returns anything but OK (then 'err' says
+ * why), 'done' never runs; otherwise it runs exactly once, with CANCELLED for a call still
+ * outstanding when eddy_client_free is called. Unlike eddy_ingest, a tenant quota's
+ * RESOURCE_EXHAUSTED is not waited out: err->retry_after_ms is the delay to wait before
+ * sending the batch again. The completions may come in any order, and the server may apply
+ * the batches in any order. */
+eddy_status eddy_ingest_async(eddy_client *c, Eddy__V1__Event *const *events, size_t n,
+                              eddy_ingest_done_fn *done, void *ud, eddy_error *err);
 
 /* Ranked products for a user (Eddy.Recommend). 'req' is borrowed; req->user_id is
  * required. On OK the caller owns *out; free with eddy_response_free. */
