@@ -244,8 +244,9 @@ static int64_t on_event(leader *l, bool nodes, const struct etcd_event *ev)
         registry_drain_put(l->reg, id);
     else
         registry_drain_delete(l->reg, id);
-    log_debug("msg=\"%s %s\" id=%s revision=%lld", nodes ? "node" : "drain",
-              ev->type == ETCD_EVENT_PUT ? "put" : "deleted", id, (long long)ev->revision);
+    /* rare, and the start of every failover's clock: info */
+    log_info("msg=\"%s %s\" id=%s revision=%lld", nodes ? "node" : "drain",
+             ev->type == ETCD_EVENT_PUT ? "put" : "deleted", id, (long long)ev->revision);
     return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/partition.h"
 #include "common/pbutil.h"
@@ -37,11 +38,24 @@ static bool retryable(grpc_status_code c)
            c == GRPC_STATUS_DEADLINE_EXCEEDED;
 }
 
-static void backoff(struct router *r, uint64_t version, int round)
+/* The wait after retry round 'round': 50 ms doubling to 1 s, cut short by a change of the
+ * map. */
+static int64_t backoff_ms(int round)
 {
     int64_t ms = 50LL << (round < 5 ? round : 5);
-    membership_wait_change(r->mem, version, ms > 1000 ? 1000 : ms);
+    return ms > 1000 ? 1000 : ms;
 }
+
+static void backoff(struct router *r, uint64_t version, int round)
+{
+    membership_wait_change(r->mem, version, backoff_ms(round));
+}
+
+/* Most an owner that answers UNAVAILABLE for a partition it holds (fewer in-sync copies
+ * than min-insync, being taken over) is left alone before the next try: it becomes
+ * writable without a map change (a new follower caught up), so a wait for one would
+ * sleep past it, up to 1 s. */
+#define BUSY_RETRY_MS 100
 
 /* Whether the node has joined the cluster; if not, 'res' says so (UNAVAILABLE). */
 static bool joined(const struct router *r, struct backend_status *res)
@@ -87,9 +101,15 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
         pending[p] = route_plan_count(&pl, p) > 0;
         npending += pending[p];
     }
+    /* --route-retries rounds of backoff_ms: the time a batch keeps being retried; rounds
+     * whose only failures were busy owners retry sooner and more often within it */
+    int64_t budget_ms = 0, waited_ms = 0;
+    for (int k = 0; k < r->retries; k++)
+        budget_ms += backoff_ms(k);
 
-    for (int round = 0; npending > 0 && round <= r->retries; round++) {
+    for (int round = 0; npending > 0; round++) {
         uint64_t version = membership_version(r->mem);
+        bool busy_only = true; /* every failure this round: an owner answered UNAVAILABLE */
         char owner[CLUSTER_ID_MAX];
         for (uint32_t p = 0; p < P; p++) {
             uint64_t epoch;
@@ -98,6 +118,7 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
                 continue;
             if (!membership_owner(r->mem, p, owner, &epoch, owners[p])) {
                 owners[p][0] = '\0';
+                busy_only = false;
                 snprintf(res->message, sizeof(res->message), "partition %u has no live owner", p);
                 continue;
             }
@@ -124,6 +145,7 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
         for (size_t k = 0; k < nreq; k++) {
             Eddy__State__V1__ApplyResponse *ar = (Eddy__State__V1__ApplyResponse *)slots[k].resp;
             if (slots[k].res.code != GRPC_STATUS_OK || !ar) {
+                busy_only = false;
                 snprintf(res->message, sizeof(res->message), "%.200s: %.300s", addrs[k],
                          slots[k].res.details);
                 if (!retryable(slots[k].res.code))
@@ -141,16 +163,26 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
                     pending[pr->partition] = false;
                     npending--;
                 } else {
+                    busy_only &= pr->code == GRPC_STATUS_UNAVAILABLE;
                     snprintf(res->message, sizeof(res->message), "partition %u: %.400s",
                              pr->partition, pr->message);
                 }
             }
             protobuf_c_message_free_unpacked(slots[k].resp, NULL);
         }
-        if (res->code != GRPC_STATUS_OK)
+        if (res->code != GRPC_STATUS_OK || npending == 0 || waited_ms >= budget_ms)
             break;
-        if (npending > 0)
-            backoff(r, version, round);
+        int64_t ms = backoff_ms(round);
+        if (busy_only && ms > BUSY_RETRY_MS)
+            ms = BUSY_RETRY_MS;
+        if (ms > budget_ms - waited_ms)
+            ms = budget_ms - waited_ms;
+        int64_t t0 = clock_mono_ms();
+        membership_wait_change(r->mem, version, ms);
+        /* a map change ends the wait early; a round counts at least BUSY_RETRY_MS (or
+         * what was left), so a map that keeps changing still ends the retries */
+        int64_t took = clock_mono_ms() - t0, least = ms < BUSY_RETRY_MS ? ms : BUSY_RETRY_MS;
+        waited_ms += took < least ? least : (took > ms ? ms : took);
     }
     if (res->code == GRPC_STATUS_OK && npending > 0) {
         res->code = GRPC_STATUS_UNAVAILABLE;
