@@ -106,23 +106,28 @@ static bool in_sync(const struct assign_params *ap, uint32_t p, const char *id)
 }
 
 /* The follower of 'c' to promote when its leader is gone: eligible, in sync, the highest
- * durable seq, ties by replica order. NULL if none. */
+ * durable seq; ties, or any candidate's seq unknown, by replica order. NULL if none. */
 static struct slot *promotion(struct slot *s, size_t m, const struct cluster_part *c,
                               uint32_t p, const struct assign_params *ap)
 {
-    struct slot *best = NULL;
+    struct slot *first = NULL, *best = NULL;
     uint64_t best_seq = 0;
+    bool known = ap && ap->durable;
     for (uint32_t r = 1; r < c->nreplicas && r < CLUSTER_REPLICAS_MAX; r++) {
         struct slot *o = find(s, m, c->replicas[r]);
         if (!o || !in_sync(ap, p, o->id))
             continue;
-        uint64_t seq = ap && ap->durable ? ap->durable[(size_t)p * CLUSTER_REPLICAS_MAX + r] : 0;
-        if (!best || seq > best_seq) {
+        if (!first)
+            first = o;
+        uint64_t seq = known ? ap->durable[(size_t)p * CLUSTER_REPLICAS_MAX + r]
+                             : ASSIGNER_SEQ_UNKNOWN;
+        known = seq != ASSIGNER_SEQ_UNKNOWN;
+        if (known && (!best || seq > best_seq)) {
             best = o;
             best_seq = seq;
         }
     }
-    return best;
+    return known ? best : first;
 }
 
 /* Shares: floor(total/m) each, one more for the first total % m in 'order'. */

@@ -12,8 +12,9 @@
  *     zones (else no zone holds more than ceil(R/zones) of them), before balance;
  *   - failover is a promotion: a partition whose leader is gone (not listed, or not a
  *     state node) is led by an eligible in-sync follower when there is one (the highest
- *     durable seq, ties by replica order), whatever the shares; the data stays where it
- *     is, and a later round moves a surplus of leaders away live;
+ *     durable seq; ties, or a candidate whose seq is unknown, by replica order), whatever
+ *     the shares; the data stays where it is, and a later round moves a surplus of
+ *     leaders away live;
  *   - fenced: a partition whose leader changes gets epoch + 1 (a change of followers only
  *     keeps the epoch).
  * Eligible nodes are live state nodes that are not draining. With none, partitions keep
@@ -34,13 +35,18 @@ struct assign_node {
     char zone[CLUSTER_ZONE_MAX]; /* failure domain; "" counts as one zone of its own */
 };
 
+/* A follower's durable seq that the coordinator does not know (see assign_params). */
+#define ASSIGNER_SEQ_UNKNOWN UINT64_MAX
+
 struct assign_params {
     uint32_t replication_factor;   /* R asked for; 0 counts as 1; capped by eligible nodes */
     /* [nparts] in-sync sets as the leaders recorded them, or NULL: every listed replica
      * counts as in sync (so does an entry with nisr == 0: no record). Borrowed. */
     const struct cluster_isr *isr;
     /* [nparts * CLUSTER_REPLICAS_MAX] or NULL: durable seq of cur->parts[p].replicas[r] at
-     * [p * CLUSTER_REPLICAS_MAX + r], to pick among in-sync followers. Borrowed. */
+     * [p * CLUSTER_REPLICAS_MAX + r] (ASSIGNER_SEQ_UNKNOWN: not published), to pick among
+     * in-sync followers. When any candidate's is unknown the choice falls back to replica
+     * order: an unknown seq ranks neither above nor below a known one. Borrowed. */
     const uint64_t *durable;
     /* Whether a partition whose leader is gone, whose leader had recorded followers in
      * sync at its epoch (isr, two ids or more) and whose in-sync followers are all gone

@@ -244,8 +244,9 @@ static int64_t on_event(leader *l, bool nodes, const struct etcd_event *ev)
         registry_drain_put(l->reg, id);
     else
         registry_drain_delete(l->reg, id);
-    log_debug("msg=\"%s %s\" id=%s revision=%lld", nodes ? "node" : "drain",
-              ev->type == ETCD_EVENT_PUT ? "put" : "deleted", id, (long long)ev->revision);
+    /* rare, and the start of every failover's clock: info */
+    log_info("msg=\"%s %s\" id=%s revision=%lld", nodes ? "node" : "drain",
+             ev->type == ETCD_EVENT_PUT ? "put" : "deleted", id, (long long)ev->revision);
     return 0;
 }
 
@@ -259,24 +260,65 @@ static int64_t on_drain(const struct etcd_event *ev, void *ud)
     return on_event(ud, false, ev);
 }
 
-/* One node's load record: events/s of the partitions it owned when it measured. */
+/* One node's load record: events/s of the partitions it owned when it measured, and the
+ * durable log seq of those it followed (for promotions). */
 struct load_rec {
     char id[CLUSTER_ID_MAX];
     size_t n;
     uint32_t *parts;
     double *rates;
+    size_t nd;
+    struct load_durable *durable;
+};
+
+struct load_durable {
+    uint32_t part;
+    uint64_t epoch;
+    uint64_t seq;
 };
 
 static void load_rec_release(struct load_rec *r)
 {
     free(r->parts);
     free(r->rates);
+    free(r->durable);
     r->parts = NULL;
     r->rates = NULL;
-    r->n = 0;
+    r->durable = NULL;
+    r->n = r->nd = 0;
 }
 
-/* Parse {"node","rates":[[p, eps], ...]} into 'r' (id set by the caller). */
+/* Parse "durable":[[p, epoch, seq], ...] into 'r'; a record without it (an older node)
+ * has none. */
+static bool load_parse_durable(const cJSON *o, uint32_t nparts, struct load_rec *r)
+{
+    const cJSON *dur = cJSON_GetObjectItemCaseSensitive(o, "durable");
+    if (!dur)
+        return true;
+    if (!cJSON_IsArray(dur))
+        return false;
+    size_t n = (size_t)cJSON_GetArraySize(dur);
+    r->durable = calloc(n ? n : 1, sizeof(*r->durable));
+    if (!r->durable)
+        return false;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, dur)
+    {
+        const cJSON *pj = cJSON_GetArrayItem(t, 0), *ej = cJSON_GetArrayItem(t, 1),
+                    *sj = cJSON_GetArrayItem(t, 2);
+        if (!cJSON_IsNumber(pj) || !cJSON_IsNumber(ej) || !cJSON_IsNumber(sj) ||
+            pj->valuedouble < 0 || pj->valuedouble >= nparts || !(ej->valuedouble >= 0) ||
+            !(sj->valuedouble >= 0) || sj->valuedouble >= 9007199254740992.0 ||
+            ej->valuedouble >= 9007199254740992.0)
+            return false;
+        r->durable[r->nd++] = (struct load_durable){(uint32_t)pj->valuedouble,
+                                                    (uint64_t)ej->valuedouble,
+                                                    (uint64_t)sj->valuedouble};
+    }
+    return true;
+}
+
+/* Parse {"node","rates":[[p, eps], ...],"durable":[[p, epoch, seq], ...]} into 'r' (id set by the caller). */
 static bool load_parse(const char *json, size_t len, uint32_t nparts, struct load_rec *r)
 {
     cJSON *o = cJSON_ParseWithLength(json, len);
@@ -298,6 +340,7 @@ static bool load_parse(const char *json, size_t len, uint32_t nparts, struct loa
         r->parts[r->n] = (uint32_t)pj->valuedouble;
         r->rates[r->n++] = rj->valuedouble;
     }
+    ok = ok && load_parse_durable(o, nparts, r);
     cJSON_Delete(o);
     if (!ok)
         load_rec_release(r);
@@ -310,7 +353,7 @@ static void load_event(leader *l, const struct etcd_kv *kv, bool put)
     const char *id = id_of(kv->key, l->k_load);
     if (!id || strlen(id) >= CLUSTER_ID_MAX)
         return;
-    struct load_rec r = {{0}, 0, NULL, NULL};
+    struct load_rec r = {{0}, 0, NULL, NULL, 0, NULL};
     snprintf(r.id, sizeof(r.id), "%s", id);
     if (put && !load_parse(kv->value, kv->value_len, l->nparts, &r)) {
         log_warn("msg=\"load record does not decode; ignored\" key=%s", kv->key);
@@ -355,6 +398,29 @@ static void load_rates(leader *l, const struct cluster_map *map, double *rates)
         for (size_t k = 0; k < r->n; k++) {
             if (r->parts[k] < map->nparts && strcmp(map->parts[r->parts[k]].owner, r->id) == 0)
                 rates[r->parts[k]] = r->rates[k];
+        }
+    }
+    pthread_mutex_unlock(&l->load_mu);
+}
+
+/* durable[p * CLUSTER_REPLICAS_MAX + r]: the durable seq the follower map->parts[p].replicas[r]
+ * last published for p at the map's epoch of p, else ASSIGNER_SEQ_UNKNOWN. */
+static void load_durable(leader *l, const struct cluster_map *map, uint64_t *durable)
+{
+    for (size_t i = 0; i < (size_t)map->nparts * CLUSTER_REPLICAS_MAX; i++)
+        durable[i] = ASSIGNER_SEQ_UNKNOWN;
+    pthread_mutex_lock(&l->load_mu);
+    for (size_t i = 0; i < l->nloads; i++) {
+        const struct load_rec *r = &l->loads[i];
+        for (size_t k = 0; k < r->nd; k++) {
+            const struct load_durable *d = &r->durable[k];
+            if (d->part >= map->nparts)
+                continue;
+            const struct cluster_part *part = &map->parts[d->part];
+            for (uint32_t j = 1; j < part->nreplicas && j < CLUSTER_REPLICAS_MAX; j++) {
+                if (part->epoch == d->epoch && strcmp(part->replicas[j], r->id) == 0)
+                    durable[(size_t)d->part * CLUSTER_REPLICAS_MAX + j] = d->seq;
+            }
         }
     }
     pthread_mutex_unlock(&l->load_mu);
@@ -489,8 +555,18 @@ static eddy_err setup(leader *l)
     l->w_drain = etcd_watch_start(l->o.etcd, l->k_drain, true, rd + 1, on_drain, l);
     l->w_moves = etcd_watch_start(l->o.etcd, l->k_moves, true, rm + 1, on_moves, l);
     l->w_isr = etcd_watch_start(l->o.etcd, l->k_isr, true, ri + 1, on_isr, l);
-    /* load records come again every publication interval: from now is enough */
-    l->w_load = etcd_watch_start(l->o.etcd, l->k_load, true, 0, on_load, l);
+    /* the load records as they are now, so that a new leader's first promotions know the
+     * followers' durable seqs (an error only delays that to the next publication) */
+    int64_t rl = 0;
+    struct etcd_kvs loads;
+    if (etcd_range_prefix(l->o.etcd, l->k_load, &loads, &rl) == EDDY_OK) {
+        for (size_t i = 0; i < loads.n; i++)
+            load_event(l, &loads.kvs[i], true);
+        etcd_kvs_release(&loads);
+    } else {
+        rl = -1;
+    }
+    l->w_load = etcd_watch_start(l->o.etcd, l->k_load, true, rl + 1, on_load, l);
     if (!l->w_nodes || !l->w_drain || !l->w_moves || !l->w_load || !l->w_isr) {
         etcd_watch_stop(l->w_load);
         etcd_watch_stop(l->w_isr);
@@ -684,10 +760,31 @@ static eddy_err reassign(leader *l)
     pthread_mutex_lock(&l->isr_mu);
     memcpy(isr, l->isr, l->nparts * sizeof(*isr));
     pthread_mutex_unlock(&l->isr_mu);
+    uint64_t *durable = calloc((size_t)l->nparts * CLUSTER_REPLICAS_MAX, sizeof(*durable));
+    if (durable)
+        load_durable(l, &proj, durable);
     struct assign_params ap = {.replication_factor = l->o.replication_factor, .isr = isr,
-                               .unclean = l->o.unclean,
-                               .durable = NULL};
+                               .unclean = l->o.unclean, .durable = durable};
     assigner_assign(nodes, n, &proj, &ap, &target);
+    for (uint32_t p = 0; p < l->nparts; p++) {
+        const struct cluster_part *was = &proj.parts[p];
+        if (!was->owner[0] || node_alive(nodes, n, was->owner) ||
+            strcmp(target.parts[p].owner, was->owner) == 0)
+            continue;
+        uint64_t seq = ASSIGNER_SEQ_UNKNOWN;
+        for (uint32_t r = 1; durable && r < was->nreplicas && r < CLUSTER_REPLICAS_MAX; r++) {
+            if (strcmp(was->replicas[r], target.parts[p].owner) == 0)
+                seq = durable[(size_t)p * CLUSTER_REPLICAS_MAX + r];
+        }
+        char seqs[24] = "unknown";
+        if (seq != ASSIGNER_SEQ_UNKNOWN)
+            snprintf(seqs, sizeof(seqs), "%llu", (unsigned long long)seq);
+        log_info("msg=\"leader gone; partition reassigned\" partition=%u from=%s to=%s "
+                 "epoch=%llu durable_seq=%s",
+                 p, was->owner, target.parts[p].owner, (unsigned long long)target.parts[p].epoch,
+                 seqs);
+    }
+    free(durable);
     free(isr);
     cluster_map_release(&proj);
     double *rates = l->o.load_interval_ms > 0 ? calloc(l->nparts, sizeof(*rates)) : NULL;

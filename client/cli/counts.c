@@ -76,7 +76,8 @@ int cmd_counts(struct cli_ctx *ctx, int argc, char **argv)
         {"include-open", FLAG_BOOL, &include_open, NULL,
          "also show windows that are still open (CLOSED = no)"},
         {"allow-stale", FLAG_BOOL, &allow_stale, NULL,
-         "with --user: a follower of the user's partition may answer (it may lag the leader)"},
+         "followers may answer (the user's partition's, or each partition's for all users; "
+         "they may lag the leaders)"},
     };
     const struct cli_spec spec = {"counts", "",
                                   "Event counts by type, one row per event-time window (oldest "

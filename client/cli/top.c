@@ -43,6 +43,7 @@ static int print_table(const Eddy__V1__TopProductsResponse *resp)
     cli_table_free(t);
     cli_format_time(resp->watermark_ms, wm, sizeof(wm));
     printf("watermark: %s (%" PRId64 " ms)\n", wm, resp->watermark_ms);
+    cli_print_staleness(resp->staleness);
     return CLI_EXIT_OK;
 }
 
@@ -59,6 +60,7 @@ static int print_json(const Eddy__V1__TopProductsResponse *resp)
         cJSON_AddItemToArray(arr, it);
     }
     cJSON_AddNumberToObject(o, "watermark_ms", (double)resp->watermark_ms);
+    cli_json_staleness(o, resp->staleness);
     return cli_json_print(o);
 }
 
@@ -66,7 +68,7 @@ int cmd_top(struct cli_ctx *ctx, int argc, char **argv)
 {
     const char *category = "", *type = "";
     int64_t from = 0, to = 0, limit = 0;
-    bool include_open = false;
+    bool include_open = false, allow_stale = false;
     const struct cli_opt opts[] = {
         {"category", FLAG_STRING, &category, "C", "only products of this category"},
         {"from", FLAG_INT, &from, "MS", "windows starting at or after this time (ms since epoch)"},
@@ -76,6 +78,8 @@ int cmd_top(struct cli_ctx *ctx, int argc, char **argv)
         {"limit", FLAG_INT, &limit, "N", "number of products (default 10, at most 1000)"},
         {"include-open", FLAG_BOOL, &include_open, NULL,
          "also count windows that are still open"},
+        {"allow-stale", FLAG_BOOL, &allow_stale, NULL,
+         "followers may answer for their partitions (they may lag the leaders)"},
     };
     const struct cli_spec spec = {"top", "",
                                   "Products with the most events over the retained windows "
@@ -105,6 +109,7 @@ int cmd_top(struct cli_ctx *ctx, int argc, char **argv)
     req.end_ms = to;
     req.limit = (uint32_t)limit;
     req.include_open = include_open;
+    req.allow_stale = allow_stale;
 
     eddy_client *c = cli_client(ctx);
     if (!c)

@@ -21,6 +21,15 @@ struct loadpub {
     struct worker worker;
 };
 
+static bool follows(const struct cluster_part *part, const char *self)
+{
+    for (uint32_t r = 1; r < part->nreplicas && r < CLUSTER_REPLICAS_MAX; r++) {
+        if (strcmp(part->replicas[r], self) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* The record for the interval that just ended ('secs' long); NULL on OOM. */
 static char *sample(loadpub *lp, double secs)
 {
@@ -28,6 +37,11 @@ static char *sample(loadpub *lp, double secs)
     cJSON *o = cJSON_CreateObject();
     cJSON *rates = o ? cJSON_AddArrayToObject(o, "rates") : NULL;
     if (!rates) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    cJSON *durable = cJSON_AddArrayToObject(o, "durable");
+    if (!durable) {
         cJSON_Delete(o);
         return NULL;
     }
@@ -46,6 +60,19 @@ static char *sample(loadpub *lp, double secs)
         cJSON_AddItemToArray(pair, cJSON_CreateNumber(p));
         cJSON_AddItemToArray(pair, cJSON_CreateNumber((double)d / secs));
         cJSON_AddItemToArray(rates, pair);
+    }
+    for (uint32_t p = 0; p < P; p++) {
+        struct cluster_part part;
+        if (!membership_part(lp->mem, p, &part) || !follows(&part, membership_self(lp->mem)))
+            continue;
+        /* a follower's next_seq is durable: its replay is one synced write per batch */
+        struct engine_partition_view v;
+        engine_partition(lp->eng, p, &v);
+        cJSON *triple = cJSON_CreateArray();
+        cJSON_AddItemToArray(triple, cJSON_CreateNumber(p));
+        cJSON_AddItemToArray(triple, cJSON_CreateNumber((double)part.epoch));
+        cJSON_AddItemToArray(triple, cJSON_CreateNumber((double)v.next_seq));
+        cJSON_AddItemToArray(durable, triple);
     }
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);

@@ -139,8 +139,10 @@ static void map_set(membership *m, const char *json, size_t len)
     cluster_map_release(&m->map);
     m->map = next;
     m->have_map = true;
+    uint64_t version = m->map.version;
     pthread_rwlock_unlock(&m->lock);
     bump(m);
+    log_info("msg=\"assignment seen\" version=%llu", (unsigned long long)version);
 }
 
 static int64_t load_map(membership *m)

@@ -403,6 +403,12 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
         if (leading)
             settle(r, pt, &done);
     }
+    /* A parked fetch names the partitions its follower followed before this map: answer
+     * it at the next tick, so that the follower's next fetch names the partitions it
+     * follows now (a new follower after a failover would otherwise start up to a long
+     * poll later, and the partition stay short of min-insync that long). */
+    for (struct parked *k = r->parked; k; k = k->next)
+        k->deadline_ms = 0;
     if (r->running)
         ensure_fetchers(r);
     pthread_cond_broadcast(&r->fcv);

@@ -41,17 +41,18 @@ void route_plan_release(struct route_plan *pl)
     pl->order = NULL;
 }
 
-size_t route_plan_group(const struct route_plan *pl, const bool *pending,
-                        const char (*owner)[CLUSTER_ADDR_MAX], uint32_t *parts,
-                        struct route_group *groups, size_t max_groups)
+/* route_plan_group over 'nparts' partitions; with 'pl', only those with events in it. */
+static size_t group(const struct route_plan *pl, uint32_t nparts, const bool *pending,
+                    const char (*owner)[CLUSTER_ADDR_MAX], uint32_t *parts,
+                    struct route_group *groups, size_t max_groups)
 {
     size_t ng = 0, used = 0;
     /* two passes: count each owner's partitions, then lay them out contiguously */
     size_t *count = calloc(max_groups ? max_groups : 1, sizeof(*count));
     if (!count)
         return 0;
-    for (uint32_t p = 0; p < pl->nparts; p++) {
-        if (!pending[p] || route_plan_count(pl, p) == 0 || owner[p][0] == '\0')
+    for (uint32_t p = 0; p < nparts; p++) {
+        if (!pending[p] || (pl && route_plan_count(pl, p) == 0) || owner[p][0] == '\0')
             continue;
         size_t g = 0;
         while (g < ng && strcmp(groups[g].addr, owner[p]) != 0)
@@ -69,8 +70,8 @@ size_t route_plan_group(const struct route_plan *pl, const bool *pending,
         groups[g].nparts = 0;
         used += count[g];
     }
-    for (uint32_t p = 0; p < pl->nparts; p++) {
-        if (!pending[p] || route_plan_count(pl, p) == 0 || owner[p][0] == '\0')
+    for (uint32_t p = 0; p < nparts; p++) {
+        if (!pending[p] || (pl && route_plan_count(pl, p) == 0) || owner[p][0] == '\0')
             continue;
         for (size_t g = 0; g < ng; g++) {
             if (strcmp(groups[g].addr, owner[p]) == 0) {
@@ -81,6 +82,20 @@ size_t route_plan_group(const struct route_plan *pl, const bool *pending,
     }
     free(count);
     return ng;
+}
+
+size_t route_plan_group(const struct route_plan *pl, const bool *pending,
+                        const char (*owner)[CLUSTER_ADDR_MAX], uint32_t *parts,
+                        struct route_group *groups, size_t max_groups)
+{
+    return group(pl, pl->nparts, pending, owner, parts, groups, max_groups);
+}
+
+size_t route_plan_group_parts(uint32_t nparts, const bool *pending,
+                              const char (*owner)[CLUSTER_ADDR_MAX], uint32_t *parts,
+                              struct route_group *groups, size_t max_groups)
+{
+    return group(NULL, nparts, pending, owner, parts, groups, max_groups);
 }
 
 size_t route_plan_read_order(const struct cluster_part *part, const char *self, uint32_t turn,

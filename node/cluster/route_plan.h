@@ -48,6 +48,12 @@ size_t route_plan_group(const struct route_plan *pl, const bool *pending,
                         const char (*owner)[CLUSTER_ADDR_MAX], uint32_t *parts,
                         struct route_group *groups, size_t max_groups);
 
+/* The same for any 'nparts' partitions with pending[p] (events or not): the copies a
+ * global read asks, one request per node. */
+size_t route_plan_group_parts(uint32_t nparts, const bool *pending,
+                              const char (*owner)[CLUSTER_ADDR_MAX], uint32_t *parts,
+                              struct route_group *groups, size_t max_groups);
+
 /* The copies of 'part' that a read allowed to be stale tries, best first, as indices into
  * part->replicas (0: the leader): this node's own copy when it holds one (no network hop),
  * then the followers round-robin from 'turn' (the caller's counter: spreads the reads;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/partition.h"
 #include "common/pbutil.h"
@@ -37,11 +38,24 @@ static bool retryable(grpc_status_code c)
            c == GRPC_STATUS_DEADLINE_EXCEEDED;
 }
 
-static void backoff(struct router *r, uint64_t version, int round)
+/* The wait after retry round 'round': 50 ms doubling to 1 s, cut short by a change of the
+ * map. */
+static int64_t backoff_ms(int round)
 {
     int64_t ms = 50LL << (round < 5 ? round : 5);
-    membership_wait_change(r->mem, version, ms > 1000 ? 1000 : ms);
+    return ms > 1000 ? 1000 : ms;
 }
+
+static void backoff(struct router *r, uint64_t version, int round)
+{
+    membership_wait_change(r->mem, version, backoff_ms(round));
+}
+
+/* Most an owner that answers UNAVAILABLE for a partition it holds (fewer in-sync copies
+ * than min-insync, being taken over) is left alone before the next try: it becomes
+ * writable without a map change (a new follower caught up), so a wait for one would
+ * sleep past it, up to 1 s. */
+#define BUSY_RETRY_MS 100
 
 /* Whether the node has joined the cluster; if not, 'res' says so (UNAVAILABLE). */
 static bool joined(const struct router *r, struct backend_status *res)
@@ -87,9 +101,15 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
         pending[p] = route_plan_count(&pl, p) > 0;
         npending += pending[p];
     }
+    /* --route-retries rounds of backoff_ms: the time a batch keeps being retried; rounds
+     * whose only failures were busy owners retry sooner and more often within it */
+    int64_t budget_ms = 0, waited_ms = 0;
+    for (int k = 0; k < r->retries; k++)
+        budget_ms += backoff_ms(k);
 
-    for (int round = 0; npending > 0 && round <= r->retries; round++) {
+    for (int round = 0; npending > 0; round++) {
         uint64_t version = membership_version(r->mem);
+        bool busy_only = true; /* every failure this round: an owner answered UNAVAILABLE */
         char owner[CLUSTER_ID_MAX];
         for (uint32_t p = 0; p < P; p++) {
             uint64_t epoch;
@@ -98,6 +118,7 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
                 continue;
             if (!membership_owner(r->mem, p, owner, &epoch, owners[p])) {
                 owners[p][0] = '\0';
+                busy_only = false;
                 snprintf(res->message, sizeof(res->message), "partition %u has no live owner", p);
                 continue;
             }
@@ -124,6 +145,7 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
         for (size_t k = 0; k < nreq; k++) {
             Eddy__State__V1__ApplyResponse *ar = (Eddy__State__V1__ApplyResponse *)slots[k].resp;
             if (slots[k].res.code != GRPC_STATUS_OK || !ar) {
+                busy_only = false;
                 snprintf(res->message, sizeof(res->message), "%.200s: %.300s", addrs[k],
                          slots[k].res.details);
                 if (!retryable(slots[k].res.code))
@@ -141,16 +163,26 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
                     pending[pr->partition] = false;
                     npending--;
                 } else {
+                    busy_only &= pr->code == GRPC_STATUS_UNAVAILABLE;
                     snprintf(res->message, sizeof(res->message), "partition %u: %.400s",
                              pr->partition, pr->message);
                 }
             }
             protobuf_c_message_free_unpacked(slots[k].resp, NULL);
         }
-        if (res->code != GRPC_STATUS_OK)
+        if (res->code != GRPC_STATUS_OK || npending == 0 || waited_ms >= budget_ms)
             break;
-        if (npending > 0)
-            backoff(r, version, round);
+        int64_t ms = backoff_ms(round);
+        if (busy_only && ms > BUSY_RETRY_MS)
+            ms = BUSY_RETRY_MS;
+        if (ms > budget_ms - waited_ms)
+            ms = budget_ms - waited_ms;
+        int64_t t0 = clock_mono_ms();
+        membership_wait_change(r->mem, version, ms);
+        /* a map change ends the wait early; a round counts at least BUSY_RETRY_MS (or
+         * what was left), so a map that keeps changing still ends the retries */
+        int64_t took = clock_mono_ms() - t0, least = ms < BUSY_RETRY_MS ? ms : BUSY_RETRY_MS;
+        waited_ms += took < least ? least : (took > ms ? ms : took);
     }
     if (res->code == GRPC_STATUS_OK && npending > 0) {
         res->code = GRPC_STATUS_UNAVAILABLE;
@@ -272,9 +304,11 @@ void router_user(struct router *r, const char *user_id, Eddy__State__V1__UserReq
 
 struct partials {
     size_t n;
-    struct peer_call slots[MAX_STATE_NODES];
+    struct peer_call *slots; /* [n] the answers merged; partials_release frees them */
     int64_t watermark;   /* min over partitions with events; WATERMARK_NONE if none */
     uint64_t late;
+    Eddy__V1__ReadStaleness worst; /* the worst follower answer (unset: leaders only) */
+    bool stale;
 };
 
 static void partials_release(struct partials *ps)
@@ -283,6 +317,37 @@ static void partials_release(struct partials *ps)
         if (ps->slots[i].resp)
             protobuf_c_message_free_unpacked(ps->slots[i].resp, NULL);
     }
+    free(ps->slots);
+    ps->slots = NULL;
+    ps->n = 0;
+}
+
+/* Count one partition's progress into 'ps'. */
+static void add_progress(struct partials *ps, const Eddy__State__V1__PartitionProgress *pp)
+{
+    ps->late += pp->late_events;
+    if (pp->has_events && (ps->watermark == WATERMARK_NONE || pp->watermark < ps->watermark))
+        ps->watermark = pp->watermark;
+    const Eddy__V1__ReadStaleness *st = pp->staleness;
+    if (st && st->from_follower) {
+        ps->stale = true;
+        ps->worst.from_follower = true;
+        if (st->lag_records > ps->worst.lag_records)
+            ps->worst.lag_records = st->lag_records;
+        if (st->lag_ms > ps->worst.lag_ms)
+            ps->worst.lag_ms = st->lag_ms;
+    }
+}
+
+static bool all_covered(uint32_t covered, uint32_t P, struct backend_status *res)
+{
+    if (covered == P)
+        return true;
+    res->code = GRPC_STATUS_UNAVAILABLE;
+    snprintf(res->message, sizeof(res->message),
+             "only %u of %u partitions answered (moves or failures in progress); retry",
+             covered, P);
+    return false;
 }
 
 /* Ask every state node; check that together they cover every partition once. */
@@ -295,8 +360,9 @@ static bool gather(struct router *r, Eddy__State__V1__PartialRequest *req, struc
     ProtobufCMessage **reqs = calloc(MAX_STATE_NODES, sizeof(*reqs));
     bool *seen = calloc(P, sizeof(*seen));
     bool ok = false;
-    ps->n = 0;
-    if (!nodes || !addrs || !reqs || !seen) {
+    partials_release(ps);
+    ps->slots = calloc(MAX_STATE_NODES, sizeof(*ps->slots));
+    if (!nodes || !addrs || !reqs || !seen || !ps->slots) {
         res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         goto out;
     }
@@ -321,25 +387,196 @@ static bool gather(struct router *r, Eddy__State__V1__PartialRequest *req, struc
                 continue;
             seen[pp->partition] = true;
             covered++;
-            ps->late += pp->late_events;
-            if (pp->has_events && (ps->watermark == WATERMARK_NONE || pp->watermark < ps->watermark))
-                ps->watermark = pp->watermark;
+            add_progress(ps, pp);
         }
     }
-    if (covered < P) {
-        res->code = GRPC_STATUS_UNAVAILABLE;
-        snprintf(res->message, sizeof(res->message),
-                 "only %u of %u partitions answered (moves or failures in progress); retry",
-                 covered, P);
-        goto out;
-    }
-    ok = true;
+    ok = all_covered(covered, P, res);
 out:
     free(nodes);
     free(addrs);
     free(reqs);
     free(seen);
     return ok;
+}
+
+/* The copies a stale global read asks, per partition. */
+struct stale_plan {
+    struct cluster_part *parts;               /* [P] the map's entry when the read began */
+    uint32_t (*order)[CLUSTER_REPLICAS_MAX];  /* [P] route_plan_read_order */
+    size_t *norder, *next;                    /* [P] copies in order; the next to ask */
+    bool *pending;                            /* [P] not answered yet */
+    char (*addr)[CLUSTER_ADDR_MAX];           /* [P] the copy asked this round ("": none) */
+    uint32_t *grouped;                        /* [P] partitions laid out by group */
+    struct route_group *groups;               /* [MAX_STATE_NODES] */
+    Eddy__State__V1__PartialRequest *reqs;    /* [MAX_STATE_NODES] */
+    Eddy__State__V1__PartitionAt *at;         /* [P] */
+    Eddy__State__V1__PartitionAt **atp;       /* [P] */
+    ProtobufCMessage **reqp;                  /* [MAX_STATE_NODES] */
+    char (*gaddr)[CLUSTER_ADDR_MAX];          /* [MAX_STATE_NODES] */
+};
+
+static void stale_plan_release(struct stale_plan *sp)
+{
+    free(sp->parts);
+    free(sp->order);
+    free(sp->norder);
+    free(sp->next);
+    free(sp->pending);
+    free(sp->addr);
+    free(sp->grouped);
+    free(sp->groups);
+    free(sp->reqs);
+    free(sp->at);
+    free(sp->atp);
+    free(sp->reqp);
+    free(sp->gaddr);
+}
+
+static bool stale_plan_init(struct stale_plan *sp, uint32_t P)
+{
+    *sp = (struct stale_plan){
+        .parts = calloc(P, sizeof(*sp->parts)),
+        .order = calloc(P, sizeof(*sp->order)),
+        .norder = calloc(P, sizeof(*sp->norder)),
+        .next = calloc(P, sizeof(*sp->next)),
+        .pending = calloc(P, sizeof(*sp->pending)),
+        .addr = calloc(P, sizeof(*sp->addr)),
+        .grouped = calloc(P, sizeof(*sp->grouped)),
+        .groups = calloc(MAX_STATE_NODES, sizeof(*sp->groups)),
+        .reqs = calloc(MAX_STATE_NODES, sizeof(*sp->reqs)),
+        .at = calloc(P, sizeof(*sp->at)),
+        .atp = calloc(P, sizeof(*sp->atp)),
+        .reqp = calloc(MAX_STATE_NODES, sizeof(*sp->reqp)),
+        .gaddr = calloc(MAX_STATE_NODES, sizeof(*sp->gaddr)),
+    };
+    return sp->parts && sp->order && sp->norder && sp->next && sp->pending && sp->addr &&
+           sp->grouped && sp->groups && sp->reqs && sp->at && sp->atp && sp->reqp && sp->gaddr;
+}
+
+/* For each pending partition, the address of the next copy to ask ("" when every copy
+ * was asked). */
+static void stale_plan_next(struct router *r, struct stale_plan *sp, uint32_t P)
+{
+    for (uint32_t p = 0; p < P; p++) {
+        sp->addr[p][0] = '\0';
+        while (sp->pending[p] && sp->next[p] < sp->norder[p]) {
+            const char *id = sp->parts[p].replicas[sp->order[p][sp->next[p]]];
+            if (membership_addr(r->mem, id, sp->addr[p]))
+                break;
+            sp->addr[p][0] = '\0';
+            sp->next[p]++;
+        }
+    }
+}
+
+/* Like gather, but each partition is asked of one copy at a time, in route_plan_read_order
+ * (this node's own copy, the followers round-robin, the leader last), naming the partitions
+ * and their epochs: a copy that refuses (too far behind, not a replica at that epoch) or
+ * does not answer passes its partitions to the next copy. Each partition is counted from
+ * exactly one answer. */
+static bool gather_stale(struct router *r, const Eddy__State__V1__PartialRequest *req,
+                         struct partials *ps, struct backend_status *res)
+{
+    uint32_t P = membership_partitions(r->mem);
+    struct stale_plan sp;
+    uint32_t covered = 0;
+    bool ok = false;
+    partials_release(ps);
+    ps->watermark = WATERMARK_NONE;
+    ps->late = 0;
+    if (!stale_plan_init(&sp, P)) {
+        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        goto out;
+    }
+    uint32_t turn = atomic_fetch_add_explicit(&r->read_turn, 1, memory_order_relaxed);
+    for (uint32_t p = 0; p < P; p++) {
+        if (membership_part(r->mem, p, &sp.parts[p]))
+            sp.norder[p] = route_plan_read_order(&sp.parts[p], membership_self(r->mem),
+                                                 turn + p, sp.order[p]);
+        sp.pending[p] = true;
+    }
+    for (int round = 0; round < CLUSTER_REPLICAS_MAX && covered < P; round++) {
+        stale_plan_next(r, &sp, P);
+        size_t ng = route_plan_group_parts(P, sp.pending, (const char(*)[CLUSTER_ADDR_MAX])sp.addr,
+                                           sp.grouped, sp.groups, MAX_STATE_NODES);
+        if (ng == 0)
+            break;
+        struct peer_call *grown = realloc(ps->slots, (ps->n + ng) * sizeof(*grown));
+        if (!grown) {
+            res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            goto out;
+        }
+        ps->slots = grown;
+        memset(ps->slots + ps->n, 0, ng * sizeof(*grown));
+        size_t used = 0;
+        for (size_t g = 0; g < ng; g++) {
+            sp.reqs[g] = *req;
+            sp.reqs[g].allow_stale = true;
+            sp.reqs[g].read = &sp.atp[used];
+            sp.reqs[g].n_read = sp.groups[g].nparts;
+            for (size_t k = 0; k < sp.groups[g].nparts; k++) {
+                uint32_t p = sp.groups[g].parts[k];
+                eddy__state__v1__partition_at__init(&sp.at[p]);
+                sp.at[p].partition = p;
+                sp.at[p].epoch = sp.parts[p].epoch;
+                sp.atp[used++] = &sp.at[p];
+            }
+            sp.reqp[g] = &sp.reqs[g].base;
+            memcpy(sp.gaddr[g], sp.groups[g].addr, CLUSTER_ADDR_MAX);
+        }
+        fan_run(r, M_PARTIAL, &eddy__state__v1__partial_response__descriptor, sp.gaddr, sp.reqp,
+                ps->slots + ps->n, ng);
+        for (size_t g = 0; g < ng; g++) {
+            struct peer_call *pc = &ps->slots[ps->n + g];
+            Eddy__State__V1__PartialResponse *pr = (Eddy__State__V1__PartialResponse *)pc->resp;
+            for (size_t j = 0; pc->res.code == GRPC_STATUS_OK && pr && j < pr->n_partitions; j++) {
+                const Eddy__State__V1__PartitionProgress *pp = pr->partitions[j];
+                if (pp->partition >= P || !sp.pending[pp->partition] ||
+                    strcmp(sp.addr[pp->partition], sp.groups[g].addr) != 0)
+                    continue;
+                sp.pending[pp->partition] = false;
+                covered++;
+                add_progress(ps, pp);
+            }
+            if (pc->res.code != GRPC_STATUS_OK || !pr) {
+                log_debug("msg=\"stale global read: copy did not answer\" addr=%s code=%d "
+                          "details=\"%s\"",
+                          sp.groups[g].addr, (int)pc->res.code, pc->res.details);
+                if (pr) {
+                    protobuf_c_message_free_unpacked(&pr->base, NULL);
+                    pc->resp = NULL;
+                }
+            }
+            /* what it refused or left out goes to the next copy */
+            for (size_t k = 0; k < sp.groups[g].nparts; k++)
+                sp.next[sp.groups[g].parts[k]]++;
+        }
+        ps->n += ng;
+    }
+    ok = all_covered(covered, P, res);
+out:
+    stale_plan_release(&sp);
+    return ok;
+}
+
+/* Whether a global read may be answered by followers: the request says allow_stale, or
+ * the node runs with --read-from-followers. */
+static bool global_stale(const struct router *r, bool allow_stale)
+{
+    return r->read_from_followers || allow_stale;
+}
+
+/* A heap copy of 'st' for an answer (freed with it); NULL on OOM. */
+static Eddy__V1__ReadStaleness *staleness_copy(const Eddy__V1__ReadStaleness *st)
+{
+    Eddy__V1__ReadStaleness *c = malloc(sizeof(*c));
+    if (c) {
+        eddy__v1__read_staleness__init(c);
+        c->from_follower = st->from_follower;
+        c->lag_records = st->lag_records;
+        c->lag_ms = st->lag_ms;
+    }
+    return c;
 }
 
 static int cmp_window(const void *a, const void *b)
@@ -390,7 +627,8 @@ void router_counts(struct router *r, const Eddy__V1__EventCountsRequest *req,
     all.include_open = true; /* closing is decided here, with the global watermark */
     pr.request_case = EDDY__STATE__V1__PARTIAL_REQUEST__REQUEST_COUNTS;
     pr.counts = &all;
-    if (!gather(r, &pr, ps, res))
+    bool stale = global_stale(r, req->allow_stale);
+    if (!(stale ? gather_stale(r, &pr, ps, res) : gather(r, &pr, ps, res)))
         goto out;
     size_t total = 0;
     for (size_t i = 0; i < ps->n; i++) {
@@ -442,6 +680,10 @@ void router_counts(struct router *r, const Eddy__V1__EventCountsRequest *req,
     o->n_windows = kept;
     o->watermark_ms = ps->watermark == WATERMARK_NONE ? 0 : ps->watermark;
     o->late_events = ps->late;
+    if (ps->stale && !(o->staleness = staleness_copy(&ps->worst))) {
+        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        goto out;
+    }
     *out = o;
     o = NULL;
 out:
@@ -504,11 +746,11 @@ void router_top(struct router *r, const Eddy__V1__TopProductsRequest *req,
     /* Round 1: progress only, for the global watermark; round 2: every product in the
      * windows closed under it (or all, with include_open). */
     pr.request_case = EDDY__STATE__V1__PARTIAL_REQUEST__REQUEST__NOT_SET;
-    if (!gather(r, &pr, ps, res))
+    bool stale = global_stale(r, req->allow_stale);
+    if (!(stale ? gather_stale(r, &pr, ps, res) : gather(r, &pr, ps, res)))
         goto out;
     wm = ps->watermark;
     partials_release(ps);
-    ps->n = 0;
     if (!req->include_open) {
         if (wm == WATERMARK_NONE)
             goto empty;
@@ -525,7 +767,7 @@ void router_top(struct router *r, const Eddy__V1__TopProductsRequest *req,
     all.limit = 0;
     pr.request_case = EDDY__STATE__V1__PARTIAL_REQUEST__REQUEST_TOP;
     pr.top = &all;
-    if (!gather(r, &pr, ps, res))
+    if (!(stale ? gather_stale(r, &pr, ps, res) : gather(r, &pr, ps, res)))
         goto out;
     /* merge by product id: the first node's stat is reused and the others added to it */
     for (size_t i = 0; i < ps->n; i++) {
@@ -582,6 +824,11 @@ empty:
     }
     o->n_products = o->products ? k : 0;
     o->watermark_ms = wm == WATERMARK_NONE ? 0 : wm;
+    if (ps->stale && !(o->staleness = staleness_copy(&ps->worst))) {
+        protobuf_c_message_free_unpacked(&o->base, NULL);
+        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        goto out;
+    }
     *out = o;
 out:
     if (tab) {

@@ -9,7 +9,10 @@
  *               the partition first (route_plan_read_order), the owner if they refuse.
  *   global      TopProducts and EventCounts fan out to every state node (Partial) and are
  *               merged here: sums per product and per window, the watermark is the minimum
- *               over the partitions that have events.
+ *               over the partitions that have events. With allow_stale (or
+ *               --read-from-followers) each partition is asked of one copy at a time in
+ *               route_plan_read_order, named with its epoch; a copy that refuses passes it
+ *               to the next, the leader last; the answer carries the worst staleness.
  *
  * Threads: called on RPC handler threads; a call blocks its handler thread until the
  * owners answered (the owners' replies arrive on the channels' CQ threads). */
@@ -33,8 +36,8 @@ struct router {
     int64_t timeout_ms;          /* per call to an owner */
     int retries;                 /* rounds after the first */
     struct window_params window; /* the cluster's window settings, to merge windows */
-    /* --read-from-followers: every per-user read may be answered by a follower of the
-     * user's partition, as if it said allow_stale. */
+    /* --read-from-followers: every read (per user, TopProducts, EventCounts) may be
+     * answered by followers, as if it said allow_stale. */
     bool read_from_followers;
     _Atomic uint32_t read_turn;  /* round-robin among a partition's followers */
 };

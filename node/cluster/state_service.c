@@ -579,37 +579,36 @@ static void set_staleness(Eddy__State__V1__UserResponse *r, Eddy__V1__ReadStalen
     }
 }
 
-/* Whether this node may answer 'req' from its follower copy: the request allows stale
- * reads, is a read, names the partition's epoch in this node's map, this node follows the
- * partition there, and its copy is within --max-follower-lag-records/-ms of the leader.
- * If so *st says how far behind it is; if not 'why' says why. */
-static bool follower_fresh(struct state_service *svc, const Eddy__State__V1__UserRequest *req,
-                           Eddy__V1__ReadStaleness *st, char *why, size_t whylen)
+/* Whether this node may answer a read of partition 'p' from its follower copy: the
+ * request allows stale reads, names the partition's epoch in this node's map, this node
+ * follows the partition there, and its copy is within --max-follower-lag-records/-ms of
+ * the leader. If so *st says how far behind it is; if not 'why' says why. */
+static bool follower_fresh(struct state_service *svc, uint32_t p, uint64_t epoch,
+                           bool allow_stale, Eddy__V1__ReadStaleness *st, char *why,
+                           size_t whylen)
 {
     struct cluster_part cp;
     uint64_t lag = 0, age = 0;
-    if (!req->allow_stale ||
-        req->request_case == EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER) {
-        snprintf(why, whylen, "not owner of partition %u at epoch %llu", req->partition,
-                 (unsigned long long)req->epoch);
+    if (!allow_stale) {
+        snprintf(why, whylen, "not owner of partition %u at epoch %llu", p,
+                 (unsigned long long)epoch);
         return false;
     }
-    if (!membership_part(svc->mem, req->partition, &cp) || cp.epoch != req->epoch ||
+    if (!membership_part(svc->mem, p, &cp) || cp.epoch != epoch ||
         cluster_part_index(&cp, membership_self(svc->mem)) <= 0) {
-        snprintf(why, whylen, "not a follower of partition %u at epoch %llu", req->partition,
-                 (unsigned long long)req->epoch);
+        snprintf(why, whylen, "not a follower of partition %u at epoch %llu", p,
+                 (unsigned long long)epoch);
         return false;
     }
-    if (!svc->repl || !replica_follower_lag(svc->repl, req->partition, &lag, &age)) {
-        snprintf(why, whylen, "follower of partition %u has not heard from its leader yet",
-                 req->partition);
+    if (!svc->repl || !replica_follower_lag(svc->repl, p, &lag, &age)) {
+        snprintf(why, whylen, "follower of partition %u has not heard from its leader yet", p);
         return false;
     }
     if (lag > svc->max_lag_records || age > svc->max_lag_ms) {
         snprintf(why, whylen,
                  "follower of partition %u too far behind for a stale read: %llu records, "
                  "%llu ms (limits %llu, %llu)",
-                 req->partition, (unsigned long long)lag, (unsigned long long)age,
+                 p, (unsigned long long)lag, (unsigned long long)age,
                  (unsigned long long)svc->max_lag_records, (unsigned long long)svc->max_lag_ms);
         return false;
     }
@@ -689,7 +688,10 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     bool from_follower = false;
     if (!membership_owns(svc->mem, req->partition, &epoch) || epoch != req->epoch) {
         char why[256];
-        if (!follower_fresh(svc, req, &staleness, why, sizeof(why))) {
+        bool stale = req->allow_stale &&
+                     req->request_case != EDDY__STATE__V1__USER_REQUEST__REQUEST_DELETE_USER;
+        if (!follower_fresh(svc, req->partition, req->epoch, stale, &staleness, why,
+                            sizeof(why))) {
             rpc_reply_error(c, GRPC_STATUS_FAILED_PRECONDITION, "%s", why);
             return;
         }
@@ -743,6 +745,29 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 
 /* ---- Partial ---------------------------------------------------------------------------- */
 
+/* Which partitions a Partial answers, for the query's owns(): bool[P]. */
+static bool partial_answers(void *ud, uint32_t p)
+{
+    return ((const bool *)ud)[p];
+}
+
+/* Whether this node answers partition 'p' at 'epoch' in a Partial: it leads it there and
+ * has taken it over, or (allow_stale) follows it there closely enough; *st is then the
+ * follower's staleness (unset for the leader). */
+static bool partial_can_answer(struct state_service *svc, uint32_t p, uint64_t epoch,
+                               bool allow_stale, Eddy__V1__ReadStaleness *st, bool *from_follower)
+{
+    uint64_t own;
+    char why[256];
+    *from_follower = false;
+    /* a partition still being taken over is not reported: the merging router then lacks
+     * it and answers UNAVAILABLE (or asks another copy) instead of a partial sum */
+    if (membership_owns(svc->mem, p, &own) && own == epoch)
+        return ready_at(svc, p, own);
+    *from_follower = follower_fresh(svc, p, epoch, allow_stale, st, why, sizeof(why));
+    return *from_follower;
+}
+
 static void handle_partial(void *ud, rpc_call *c, const ProtobufCMessage *msg)
 {
     struct state_service *svc = ud;
@@ -753,16 +778,33 @@ static void handle_partial(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     Eddy__State__V1__PartialResponse r = EDDY__STATE__V1__PARTIAL_RESPONSE__INIT;
     Eddy__State__V1__PartitionProgress *pp = calloc(P, sizeof(*pp));
     Eddy__State__V1__PartitionProgress **ppp = calloc(P, sizeof(*ppp));
+    Eddy__V1__ReadStaleness *stale = calloc(P, sizeof(*stale));
+    bool *answer = calloc(P, sizeof(*answer));
+    bool *from_follower = calloc(P, sizeof(*from_follower));
+    uint32_t *refused = calloc(req->n_read ? req->n_read : 1, sizeof(*refused));
     Eddy__V1__TopProductsResponse *top = NULL;
     Eddy__V1__EventCountsResponse *counts = NULL;
+    struct query_ctx q = svc->q;
     eddy_err err = EDDY_ERR_NOMEM;
-    if (!pp || !ppp)
+    if (!pp || !ppp || !stale || !answer || !from_follower || !refused)
         goto out;
+    if (req->n_read == 0) {
+        for (uint32_t p = 0; p < P; p++) {
+            uint64_t epoch;
+            answer[p] = membership_owns(svc->mem, p, &epoch) && ready_at(svc, p, epoch);
+        }
+    }
+    for (size_t i = 0; i < req->n_read; i++) {
+        uint32_t p = req->read[i]->partition;
+        if (p >= P || answer[p] ||
+            !partial_can_answer(svc, p, req->read[i]->epoch, req->allow_stale, &stale[p],
+                                &from_follower[p]))
+            refused[r.n_refused++] = p;
+        else
+            answer[p] = true;
+    }
     for (uint32_t p = 0; p < P; p++) {
-        uint64_t epoch;
-        /* a partition still being taken over is not reported: the merging router then
-         * lacks it and answers UNAVAILABLE instead of a partial sum */
-        if (!membership_owns(svc->mem, p, &epoch) || !ready_at(svc, p, epoch))
+        if (!answer[p])
             continue;
         struct engine_partition_view v;
         engine_partition(svc->eng, p, &v);
@@ -773,19 +815,23 @@ static void handle_partial(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         x->watermark = x->has_events ? v.watermark : 0;
         x->max_ts = v.max_ts == WATERMARK_NONE ? 0 : v.max_ts;
         x->late_events = v.late_events;
+        x->staleness = from_follower[p] ? &stale[p] : NULL;
         ppp[r.n_partitions++] = x;
     }
     r.partitions = ppp;
+    r.refused = refused;
     r.outbox = engine_outbox_depth(svc->eng);
+    q.owns = partial_answers;
+    q.owns_ud = answer;
     err = EDDY_OK;
     if (req->request_case == EDDY__STATE__V1__PARTIAL_REQUEST__REQUEST_TOP) {
-        err = query_top_products_n(&svc->q, req->top, SIZE_MAX, &top);
+        err = query_top_products_n(&q, req->top, SIZE_MAX, &top);
         if (err == EDDY_OK) {
             r.products = top->products;
             r.n_products = top->n_products;
         }
     } else if (req->request_case == EDDY__STATE__V1__PARTIAL_REQUEST__REQUEST_COUNTS) {
-        err = query_event_counts(&svc->q, req->counts, &counts);
+        err = query_event_counts(&q, req->counts, &counts);
         if (err == EDDY_OK) {
             r.windows = counts->windows;
             r.n_windows = counts->n_windows;
@@ -798,6 +844,10 @@ out:
         rpc_reply_error(c, eddy_err_to_grpc(err), "partial query: %s", eddy_strerror(err));
     free(pp);
     free(ppp);
+    free(stale);
+    free(answer);
+    free(from_follower);
+    free(refused);
     query_free_response(top ? &top->base : NULL);
     query_free_response(counts ? &counts->base : NULL);
 }

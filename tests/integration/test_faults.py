@@ -213,8 +213,9 @@ class ReplicationFaultTest(unittest.TestCase):
         L.require_etcd()
         self.history = History()  # every request of the test, checked against the end state
 
-    def cluster(self):
-        cl = L.Cluster(self, partitions=P, ttl_s=TTL_S, node_args=["--idle-timeout", "0"],
+    def cluster(self, node_args=()):
+        cl = L.Cluster(self, partitions=P, ttl_s=TTL_S,
+                       node_args=["--idle-timeout", "0"] + list(node_args),
                        coord_args=REPLICATION)
         cl.add_coordinator("c1")
         for i in (1, 2, 3):
@@ -418,12 +419,19 @@ class ReplicationFaultTest(unittest.TestCase):
         self.assertEqual(poll_until(counted, 30, interval=0.1, what=f"counts of {user}"), [0])
 
     def test_kill9_leader(self):
-        cl = self.cluster()
+        # load records (and in them the followers' durable seqs) every 300 ms
+        cl = self.cluster(node_args=["--load-interval", "300ms"])
         victim = self.leader_of_most(cl)
+        led = [p for p, o in enumerate(cl.assignment()["owners"]) if o == victim]
         # DeleteUser is a log record: the promoted follower has the deletion too
         gone = self.delete_a_user_of(cl, victim)
         self.run_with_fault(cl, lambda: cl.nodes[victim].kill9(), seed=1)
         self.assert_user_absent(cl, gone)
+        # each promotion knew its follower's durable seq, published beside its load
+        log = cl.coordinators[0].log_text()
+        for p in led:
+            self.assertRegex(log, rf'msg="leader gone; partition reassigned" partition={p} '
+                                  rf'from={victim} to=state-\d epoch=\d+ durable_seq=[1-9]\d*')
         live = {"state-1", "state-2", "state-3"} - {victim}
         self.wait_replicated(cl, live, timeout=60)
 

@@ -5,7 +5,9 @@ etcd, no coordinator (so a stopped leader is not replaced).
 - with allow_stale the follower answers (staleness.from_follower) and, once caught up,
   with the leader's answer; without it the leader answers (from_follower false); an
   ingest node with --read-from-followers sends every read to the follower; the CLI's
-  --allow-stale (recommend, profile, counts) shows who answered;
+  --allow-stale (recommend, profile, counts, top) shows who answered;
+- TopProducts and the counts of all users with allow_stale: every partition answered once
+  by the follower, the same totals as the leaders', also while the leader is stopped;
 - SIGSTOP of the leader: allow_stale reads are still answered by the follower, reads
   without it fail; once the leader has been silent for --max-follower-lag-ms the follower
   refuses too (it is not used past its limit), and answers again after SIGCONT.
@@ -60,13 +62,18 @@ class FollowerReadTest(unittest.TestCase):
         return node.stub.GetUserProfile(
             self.pb.GetUserProfileRequest(user_id=user, allow_stale=stale), timeout=timeout)
 
-    def test_follower_reads_and_a_stopped_leader(self):
+    def ingest_200(self, tag):
+        """200 views, 50 per partition (one user each), through i1; returns the users."""
         t0 = L.now_ms()
-        users = [L.users_in_partition(p, P, prefix="u-f")[0] for p in range(P)]
-        events = [ev(f"e{i}", users[i % P], t0 + i, f"p-{i % 7}") for i in range(200)]
+        users = [L.users_in_partition(p, P, prefix=f"u-{tag}")[0] for p in range(P)]
+        events = [ev(f"{tag}{i}", users[i % P], t0 + i, f"p-{i % 7}") for i in range(200)]
         for k in range(0, len(events), 50):
             r = self.i1.ingest(events[k:k + 50])
             self.assertEqual((list(r.rejected), r.accepted), ([], 50))
+        return users
+
+    def test_follower_reads_and_a_stopped_leader(self):
+        users = self.ingest_200("f")
 
         for u in users:
             leader = self.profile(self.i1, u, False)
@@ -145,6 +152,78 @@ class FollowerReadTest(unittest.TestCase):
         self.assertLess(r.staleness.lag_ms, MAX_LAG_MS)
         print(f"\nleader stopped: follower answered until {worst[0]} ms behind, refused after "
               f"{silent_ms:.0f} ms (--max-follower-lag-ms {MAX_LAG_MS})", flush=True)
+
+    def top(self, node, stale, timeout=5):
+        return node.stub.TopProducts(self.pb.TopProductsRequest(
+            include_open=True, limit=100, allow_stale=stale), timeout=timeout)
+
+    def all_counts(self, node, stale, timeout=5):
+        return node.stub.EventCounts(self.pb.EventCountsRequest(
+            include_open=True, allow_stale=stale), timeout=timeout)
+
+    def test_global_reads_from_followers(self):
+        """TopProducts and the counts of all users: every partition answered once, by a
+        follower with allow_stale (the worst partition's staleness in the answer), also
+        while the leader is stopped; without it by the leaders only."""
+        users = self.ingest_200("g")
+
+        def product_views(resp):
+            return {p.product_id: p.counts.view for p in resp.products}
+
+        # stage 2 reaches the product partitions after the acknowledgement
+        leader_top = poll_until(
+            lambda: (lambda t: t if sum(product_views(t).values()) == 200 else None)(
+                self.top(self.i1, False)), 15, interval=0.1, what="TopProducts of 200 views")
+        self.assertFalse(leader_top.staleness.from_follower)
+        leader_counts = self.all_counts(self.i1, False)
+        self.assertFalse(leader_counts.staleness.from_follower)
+        self.assertEqual(sum(w.counts.total for w in leader_counts.windows), 200)
+
+        # the follower's copy reaches the leader's answer (stage-2 records are visible on
+        # the leader before its followers fetched them: wait for them, do not assume)
+        def from_follower_equal(read, same):
+            def once():
+                r = read()
+                return r if r.staleness.from_follower and same(r) else None
+            return once
+        top = poll_until(from_follower_equal(lambda: self.top(self.i1, True),
+                                             lambda r: product_views(r) ==
+                                             product_views(leader_top)),
+                         10, interval=0.05, what="TopProducts from the follower, as the leader's")
+        self.assertLess(top.staleness.lag_ms, MAX_LAG_MS)
+        counts = poll_until(from_follower_equal(lambda: self.all_counts(self.i1, True),
+                                                lambda r: list(r.windows) ==
+                                                list(leader_counts.windows)),
+                            10, interval=0.05, what="EventCounts from the follower, as the leader's")
+        self.assertEqual(counts.late_events, leader_counts.late_events)
+        # --read-from-followers: requests that do not say are stale reads
+        self.assertTrue(self.top(self.i2, False).staleness.from_follower)
+        self.assertTrue(self.all_counts(self.i2, False).staleness.from_follower)
+        if L.CLI:
+            j = L.cli_json(self, self.i1.endpoint, "top", "--allow-stale", "--include-open")
+            self.assertTrue(j["staleness"]["from_follower"], j)
+            j = L.cli_json(self, self.i1.endpoint, "counts", "--allow-stale", "--include-open")
+            self.assertTrue(j["staleness"]["from_follower"], j)
+            self.assertEqual(sum(w["counts"]["total"] for w in j["windows"]), 200)
+
+        # the leader stops: the follower alone answers every partition with allow_stale;
+        # without it the read fails
+        self.s1.proc.send_signal(signal.SIGSTOP)
+        top = self.top(self.i1, True, timeout=10)
+        self.assertTrue(top.staleness.from_follower)
+        self.assertEqual(product_views(top), product_views(leader_top))
+        counts = self.all_counts(self.i1, True, timeout=10)
+        self.assertEqual(sum(w.counts.total for w in counts.windows), 200)
+        def leader_only_fails():
+            try:
+                self.top(self.i1, False, timeout=10)
+            except grpc.RpcError as e:
+                return e.code()
+            return None
+        code = poll_until(leader_only_fails, 15, interval=0.1,
+                          what="TopProducts without allow_stale failing")
+        self.assertIn(code, (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
+        self.s1.proc.send_signal(signal.SIGCONT)
 
 
 if __name__ == "__main__":

@@ -476,6 +476,57 @@ static void test_promotion(void **state)
     cluster_map_release(&f);
 }
 
+/* Promotion by the followers' published durable seqs: the highest in-sync one; ties, and
+ * any candidate whose seq is unknown, by replica order; followers gone or out of sync do
+ * not count whatever their seq. */
+static void test_promotion_by_durable_seq(void **state)
+{
+    (void)state;
+    struct assign_node n[5];
+    make_nodes(n, 5);
+    struct cluster_map c = map_of(6), d = map_of(6);
+    for (uint32_t p = 0; p < 6; p++)
+        set3(&c.parts[p], "s0", "s1", "s2", 3);
+    set3(&c.parts[4], "s0", "s4", "s2", 3);
+    uint64_t durable[6 * CLUSTER_REPLICAS_MAX];
+    for (size_t i = 0; i < 6 * CLUSTER_REPLICAS_MAX; i++)
+        durable[i] = ASSIGNER_SEQ_UNKNOWN;
+#define DUR(p, r) durable[(p) * CLUSTER_REPLICAS_MAX + (r)]
+    DUR(0, 1) = 7, DUR(0, 2) = 7;                   /* tie: s1 */
+    DUR(1, 1) = 3;                                  /* s2 unknown: replica order, s1 */
+    DUR(2, 2) = 9;                                  /* s1 unknown: replica order, s1 */
+    DUR(3, 1) = 100, DUR(3, 2) = 5;                 /* s1 out of sync: s2 */
+    DUR(4, 1) = 100, DUR(4, 2) = 1;                 /* s4 gone: s2 */
+    DUR(5, 1) = 4, DUR(5, 2) = 12;                  /* the highest: s2 */
+#undef DUR
+    struct cluster_isr isr[6] = {{0}};
+    isr[3] = (struct cluster_isr){.epoch = 3, .nisr = 2};
+    snprintf(isr[3].isr[0], CLUSTER_ID_MAX, "s0");
+    snprintf(isr[3].isr[1], CLUSTER_ID_MAX, "s2");
+    struct assign_params ap = {.replication_factor = 3, .isr = isr, .durable = durable};
+    struct assign_node alive[] = {n[1], n[2], n[3]};
+    assigner_assign(alive, 3, &c, &ap, &d);
+    const char *want[6] = {"s1", "s1", "s1", "s2", "s2", "s2"};
+    for (uint32_t p = 0; p < 6; p++) {
+        assert_string_equal(d.parts[p].owner, want[p]);
+        assert_int_equal(d.parts[p].epoch, 4);
+    }
+    /* the same input in another node order: the same choice */
+    struct assign_node shuffled[] = {n[3], n[2], n[1]};
+    struct cluster_map e = map_of(6);
+    assigner_assign(shuffled, 3, &c, &ap, &e);
+    for (uint32_t p = 0; p < 6; p++)
+        assert_string_equal(e.parts[p].owner, want[p]);
+    /* no durable seqs at all: replica order everywhere s1 is in sync */
+    ap.durable = NULL;
+    assigner_assign(alive, 3, &c, &ap, &e);
+    for (uint32_t p = 0; p < 6; p++)
+        assert_string_equal(e.parts[p].owner, p == 3 || p == 4 ? "s2" : "s1");
+    cluster_map_release(&c);
+    cluster_map_release(&d);
+    cluster_map_release(&e);
+}
+
 static void test_r_capped(void **state)
 {
     (void)state;
@@ -656,6 +707,7 @@ int main(void)
         cmocka_unit_test(test_replicas_minimal_movement),
         cmocka_unit_test(test_zones),
         cmocka_unit_test(test_promotion),
+        cmocka_unit_test(test_promotion_by_durable_seq),
         cmocka_unit_test(test_r_capped),
         cmocka_unit_test(test_churn),
         cmocka_unit_test(test_r1_as_before),
