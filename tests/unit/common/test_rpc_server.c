@@ -853,6 +853,8 @@ static void test_local_only_methods_are_not_on_the_network(void **state)
     assert_int_equal(res.code, GRPC_STATUS_OK);
     rpc_channel_close(lc);
     fixture_free(f);
+}
+
 /* ---------------------------------------------------------------- bidi streams */
 
 /* A bidi call on a core-API client: each step is one batch, waited for. */
