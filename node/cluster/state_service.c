@@ -636,7 +636,8 @@ static void delete_after_followers(void *ud, eddy_err err)
         free(u);
         return;
     }
-    struct local_backend lb = {u->svc->eng, u->svc->q, u->svc->cks};
+    struct local_backend lb = {u->svc->eng, u->svc->q, u->svc->cks, u->svc->exps,
+                              u->svc->click_window_ms, u->svc->purchase_window_ms};
     local_backend_user(&lb, u->req, user_call_done, u);
 }
 
@@ -737,7 +738,8 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         }
         return;
     }
-    struct local_backend lb = {svc->eng, svc->q, svc->cks};
+    struct local_backend lb = {svc->eng, svc->q, svc->cks, svc->exps, svc->click_window_ms,
+                              svc->purchase_window_ms};
     local_backend_user(&lb, req, user_call_done, u);
 }
 
