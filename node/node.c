@@ -415,9 +415,13 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
         return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the server", NULL);
     eddy_err e = ingest_service_register(&n->svc, n->srv);
     if (e == EDDY_OK && n->exps) {
-        n->xs = (struct experiments_service){n->exps, n->clustered ? NULL : local_stats,
-                                             &n->local};
+        n->xs = (struct experiments_service){.reg = n->exps,
+                                             .stats = n->clustered ? NULL : local_stats,
+                                             .stats_ud = &n->local, .metrics = n->nm.reg,
+                                             .refresh_ms = 5000};
         e = experiments_service_register(&n->xs, n->srv);
+        if (e == EDDY_OK)
+            e = experiments_service_start(&n->xs);
     }
     if (e == EDDY_OK)
         e = health_register(n->hl, n->srv);
@@ -697,6 +701,7 @@ void node_free(node *n)
     metrics_http_close(n->mh); /* after the RPC server (scrapes see the drain to the end),
                                 * before the caches and the engine its scrapes read */
     /* their refresher threads read the store and call the peers: stop them first */
+    experiments_service_stop(&n->xs);
     stage2cache_free(n->pop);
     stage2cache_free(n->pop_cluster);
     bool checkpoints = n->cks != NULL;

@@ -2,11 +2,13 @@
 #include "node/ingest/experiments_service.h"
 
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/thread.h"
 
 /* Answer an error of the registry: its 'why' with the matching status. */
 static void reply_err(rpc_call *c, const char *what, eddy_err err, const char *why)
@@ -181,4 +183,115 @@ eddy_err experiments_service_register(struct experiments_service *svc, rpc_serve
             return err;
     }
     return EDDY_OK;
+}
+
+/* ---- Prometheus series ------------------------------------------------------------------ */
+
+static const char *const fam_names[5] = {
+    "eddy_experiment_impressions", "eddy_experiment_clicks", "eddy_experiment_add_to_carts",
+    "eddy_experiment_purchases", "eddy_experiment_revenue"};
+static const char *const fam_help[5] = {
+    "Recommend answers served in the variant (running experiments; summed over the partitions)",
+    "answers of the variant with an attributed click",
+    "answers of the variant with an attributed add to cart",
+    "answers of the variant with an attributed purchase",
+    "sum of the prices of the purchases attributed to the variant"};
+
+static void refresh_one(struct experiments_service *svc, const Eddy__V1__Experiment *e)
+{
+    Eddy__V1__GetExperimentResponse *counts = NULL;
+    char why[256];
+    if (svc->stats(svc->stats_ud, e->name, &counts, why, sizeof(why)) != EDDY_OK)
+        return;
+    for (size_t i = 0; i < e->n_variants; i++) { /* the variants it has: bounded labels */
+        const Eddy__V1__VariantStats *vs = NULL;
+        for (size_t j = 0; j < counts->n_stats && !vs; j++) {
+            if (strcmp(counts->stats[j]->variant, e->variants[i]->name) == 0)
+                vs = counts->stats[j];
+        }
+        const char *labels[] = {e->name, e->variants[i]->name};
+        double v[5] = {0, 0, 0, 0, 0};
+        if (vs) {
+            v[0] = (double)vs->impressions;
+            v[1] = (double)vs->clicks;
+            v[2] = (double)vs->add_to_carts;
+            v[3] = (double)vs->purchases;
+            v[4] = vs->revenue;
+        }
+        for (int f = 0; f < 5; f++)
+            metric_gauge_set(metric_family_gauge(svc->fam[f], labels), v[f]);
+    }
+    eddy__v1__get_experiment_response__free_unpacked(counts, NULL);
+}
+
+static void refresh(struct experiments_service *svc)
+{
+    Eddy__V1__ListExperimentsResponse *l = NULL;
+    size_t shown = 0;
+    if (expreg_list(svc->reg, &l) != EDDY_OK)
+        return;
+    for (size_t i = 0; i < l->n_experiments && shown < EXPERIMENTS_METRICS_MAX; i++) {
+        if (l->experiments[i]->state == EDDY__V1__EXPERIMENT_STATE__EXPERIMENT_STATE_RUNNING) {
+            refresh_one(svc, l->experiments[i]);
+            shown++;
+        }
+    }
+    eddy__v1__list_experiments_response__free_unpacked(l, NULL);
+}
+
+static void *refresher(void *arg)
+{
+    struct experiments_service *svc = arg;
+    thread_name("exp-metrics");
+    pthread_mutex_lock(&svc->mu);
+    while (!svc->stopping) {
+        pthread_mutex_unlock(&svc->mu);
+        refresh(svc);
+        pthread_mutex_lock(&svc->mu);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        int64_t ns = until.tv_nsec + (svc->refresh_ms % 1000) * 1000000;
+        until.tv_sec += svc->refresh_ms / 1000 + ns / 1000000000;
+        until.tv_nsec = ns % 1000000000;
+        while (!svc->stopping && pthread_cond_timedwait(&svc->cv, &svc->mu, &until) == 0) {
+        }
+    }
+    pthread_mutex_unlock(&svc->mu);
+    return NULL;
+}
+
+eddy_err experiments_service_start(struct experiments_service *svc)
+{
+    static const char *const labels[] = {"experiment", "variant"};
+    if (!svc->metrics || !svc->stats || svc->refresh_ms <= 0)
+        return EDDY_OK;
+    for (int f = 0; f < 5; f++) {
+        if (!(svc->fam[f] = metrics_family(svc->metrics, METRIC_GAUGE, fam_names[f], fam_help[f],
+                                           labels, 2, NULL, 0)))
+            return EDDY_ERR_NOMEM;
+    }
+    pthread_mutex_init(&svc->mu, NULL);
+    pthread_cond_init(&svc->cv, NULL);
+    svc->stopping = false;
+    if (pthread_create(&svc->thread, NULL, refresher, svc) != 0) {
+        pthread_cond_destroy(&svc->cv);
+        pthread_mutex_destroy(&svc->mu);
+        return EDDY_ERR_NOMEM;
+    }
+    svc->started = true;
+    return EDDY_OK;
+}
+
+void experiments_service_stop(struct experiments_service *svc)
+{
+    if (!svc->started)
+        return;
+    pthread_mutex_lock(&svc->mu);
+    svc->stopping = true;
+    pthread_cond_signal(&svc->cv);
+    pthread_mutex_unlock(&svc->mu);
+    pthread_join(svc->thread, NULL);
+    pthread_cond_destroy(&svc->cv);
+    pthread_mutex_destroy(&svc->mu);
+    svc->started = false;
 }

@@ -6,6 +6,10 @@
 #ifndef EDDY_EXPERIMENTS_SERVICE_H
 #define EDDY_EXPERIMENTS_SERVICE_H
 
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "common/metrics.h"
 #include "common/rpc_server.h"
 #include "eddy/v1/eddy.pb-c.h"
 #include "node/state/expreg.h"
@@ -17,13 +21,35 @@ typedef eddy_err experiments_stats_fn(void *ud, const char *name,
                                       Eddy__V1__GetExperimentResponse **out, char *why,
                                       size_t whylen);
 
+#define EXPERIMENTS_METRICS_MAX 20 /* running experiments with Prometheus series */
+
 struct experiments_service {
     expreg *reg;                 /* borrowed */
     experiments_stats_fn *stats; /* NULL: counts UNAVAILABLE */
     void *stats_ud;
+    metrics *metrics;            /* borrowed; NULL: no series */
+    int64_t refresh_ms;          /* how often the series are refreshed */
+
+    /* DESIGN: the per-variant series (eddy_experiment_*{experiment, variant}) are sums over
+     * the partitions' state, which only the apply changes (counting on the write path
+     * would count replays too), so a thread of their own copies the sums into gauges
+     * every refresh_ms, for the first EXPERIMENTS_METRICS_MAX running experiments by name
+     * and their variants (bounded labels). Set by experiments_service_start. */
+    pthread_t thread;
+    bool started, stopping;      /* 'stopping' guarded by mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    metric_family *fam[5];
 };
 
 /* Register the five methods on 's'. 'svc' must outlive the server. */
 eddy_err experiments_service_register(struct experiments_service *svc, rpc_server *s);
+
+/* Start refreshing the series (a no-op without metrics or stats). */
+eddy_err experiments_service_start(struct experiments_service *svc);
+
+/* Stop the refresher (before whatever 'stats' reads goes). Accepts a service never
+ * started. */
+void experiments_service_stop(struct experiments_service *svc);
 
 #endif

@@ -12,7 +12,9 @@ with disjoint 95% intervals and a significant p-value, and give the same counts 
 kill -9 and restart and after a rebuild from the log (eddy reprocess).
 """
 import random
+import re
 import unittest
+import urllib.request
 
 import eddylib as L
 
@@ -171,6 +173,15 @@ class ExperimentsTest(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn("CTR [95% CI]", text)
         self.assertRegex(text, r"\nB +%d +%d " % (b["impressions"], b["clicks"]))
+
+        # Prometheus: the per-variant sums, refreshed every 5 s
+        def scraped():
+            port = next(int(l.split()[2]) for l in node._stdout if l.startswith("metrics on "))
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            found = re.search(r'^eddy_experiment_clicks\{experiment="ranking",variant="B"\} (\S+)$',
+                              text.decode(), re.M)
+            return found and float(found.group(1)) == b["clicks"]
+        L.poll_until(scraped, 15, interval=0.5, what="eddy_experiment_clicks of B in /metrics")
 
         # a retried click is a duplicate: counted once
         r = node.ingest([e for e in events if e.event_type == m.EVENT_TYPE_CLICK][:5])
