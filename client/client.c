@@ -357,6 +357,56 @@ eddy_status eddy_delete_user(eddy_client *c, const char *user_id,
                   &eddy__v1__delete_user_response__descriptor, (void **)out, err);
 }
 
+static eddy_status put_experiment(eddy_client *c, const char *method, const Eddy__V1__Experiment *e,
+                                  Eddy__V1__ExperimentResponse **out, eddy_error *err)
+{
+    /* Create and Update requests have the same shape: one field, the experiment */
+    Eddy__V1__CreateExperimentRequest create = EDDY__V1__CREATE_EXPERIMENT_REQUEST__INIT;
+    Eddy__V1__UpdateExperimentRequest update = EDDY__V1__UPDATE_EXPERIMENT_REQUEST__INIT;
+    bool is_create = strstr(method, "/CreateExperiment") != NULL;
+    create.experiment = update.experiment = (Eddy__V1__Experiment *)e;
+    return invoke(c, method, is_create ? &create.base : &update.base,
+                  &eddy__v1__experiment_response__descriptor, (void **)out, err);
+}
+
+eddy_status eddy_experiment_create(eddy_client *c, const Eddy__V1__Experiment *e,
+                                   Eddy__V1__ExperimentResponse **out, eddy_error *err)
+{
+    return put_experiment(c, "/eddy.v1.Experiments/CreateExperiment", e, out, err);
+}
+
+eddy_status eddy_experiment_update(eddy_client *c, const Eddy__V1__Experiment *e,
+                                   Eddy__V1__ExperimentResponse **out, eddy_error *err)
+{
+    return put_experiment(c, "/eddy.v1.Experiments/UpdateExperiment", e, out, err);
+}
+
+eddy_status eddy_experiment_stop(eddy_client *c, const char *name,
+                                 Eddy__V1__ExperimentResponse **out, eddy_error *err)
+{
+    Eddy__V1__StopExperimentRequest req = EDDY__V1__STOP_EXPERIMENT_REQUEST__INIT;
+    req.name = (char *)(name ? name : "");
+    return invoke(c, "/eddy.v1.Experiments/StopExperiment", &req.base,
+                  &eddy__v1__experiment_response__descriptor, (void **)out, err);
+}
+
+eddy_status eddy_experiment_list(eddy_client *c, Eddy__V1__ListExperimentsResponse **out,
+                                 eddy_error *err)
+{
+    Eddy__V1__ListExperimentsRequest req = EDDY__V1__LIST_EXPERIMENTS_REQUEST__INIT;
+    return invoke(c, "/eddy.v1.Experiments/ListExperiments", &req.base,
+                  &eddy__v1__list_experiments_response__descriptor, (void **)out, err);
+}
+
+eddy_status eddy_experiment_get(eddy_client *c, const char *name,
+                                Eddy__V1__GetExperimentResponse **out, eddy_error *err)
+{
+    Eddy__V1__GetExperimentRequest req = EDDY__V1__GET_EXPERIMENT_REQUEST__INIT;
+    req.name = (char *)(name ? name : "");
+    return invoke(c, "/eddy.v1.Experiments/GetExperiment", &req.base,
+                  &eddy__v1__get_experiment_response__descriptor, (void **)out, err);
+}
+
 eddy_status eddy_health_check(eddy_client *c, const char *service,
                               Grpc__Health__V1__HealthCheckResponse__ServingStatus *status,
                               eddy_error *err)

@@ -254,6 +254,8 @@ eddy_err jsonl_parse_event(const char *line, size_t len, Eddy__V1__Event **out,
         (rc = take_string(root, "brand", NULL, &ev->brand, err)) ||
         (rc = take_price(root, &ev->price, err)) ||
         (rc = take_string(root, "searchQuery", "search_query", &ev->search_query, err)) ||
+        (rc = take_string(root, "recommendationId", "recommendation_id", &ev->recommendation_id,
+                          err)) ||
         (rc = take_metadata(root, ev, err)))
         goto out;
     *out = ev;

@@ -124,6 +124,12 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
         F("exclude-interacted", FLAG_BOOL, exclude_interacted,
           "Recommend leaves out what the user viewed, clicked or carted (requests may ask "
           "otherwise; purchases always)", 0, 0),
+        F("attribution-window-click", FLAG_DURATION, attribution_window_click,
+          "an experiment's clicks without a recommendation_id count for the latest answer "
+          "that listed the product this long before (experiments may set their own)",
+          1, 30 * 86400000LL),
+        F("attribution-window-purchase", FLAG_DURATION, attribution_window_purchase,
+          "the same for adds to cart and purchases", 1, 30 * 86400000LL),
         F("diversity-cap", FLAG_INT, diversity_cap, "items per category in one answer (0 = no cap)",
           0, 1000),
         F("default-recommendations", FLAG_INT, default_recommendations,

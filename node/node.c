@@ -40,6 +40,8 @@
 #include "node/state/ckptsched.h"
 #include "node/state/engine.h"
 #include "node/state/stage2cache.h"
+#include "node/state/expreg.h"
+#include "node/experiments_service.h"
 
 #define DAY (24 * 3600 * 1000LL)
 /* Methods only cluster members may call when TLS is on (State, ReplicaFetch, ...); a --dev
@@ -80,6 +82,8 @@ struct node {
     struct reprocess_service rps;
     stage2_side *s2side;
     struct ingest_service svc;
+    expreg *exps;                    /* the experiments (--dev: kept in the engine's store) */
+    struct experiments_service xs;
     struct dev_status ds;            /* --dev: ClusterStatus of a one-node cluster */
     rpc_server *srv;
     auth *auth;                      /* --token-file's gate of srv; NULL = tokens off */
@@ -114,6 +118,7 @@ struct node_config node_config_defaults(void)
         .recent_items = 20, .max_affinities = 50, .max_cart = 50, .max_neighbours = 50, .max_purchased = 10000,
         .cooccurrence_span = 0, .cooccurrence_items = 10, .weight_popular = 1.0,
         .weight_neighbours = 1.5, .weight_context = 2.0, .diversity_cap = 3, .exclude_interacted = true,
+        .attribution_window_click = 30 * 60000, .attribution_window_purchase = DAY,
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
         .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
         .cache_size = 64 << 20, .state_cache_size = 256 << 20, .shutdown_grace = 10000, .neighbour_cache = 20000,
@@ -369,6 +374,8 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     if (!n->pop ||
         stage2cache_set_neighbour_cache(n->pop, (size_t)c->neighbour_cache) != EDDY_OK)
         return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the caches", NULL);
+    if ((e = expreg_new(n->clustered ? NULL : engine_store(n->eng), &n->exps)) != EDDY_OK)
+        return fail(err, errlen, e, "cannot read the experiments", NULL);
     if (n->clustered) {
         /* Recommend reads stage 2 across the cluster; CategoryTop serves the local part */
         n->pop_cluster = stage2cache_new(engine_store(n->eng),
@@ -388,6 +395,9 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
      * Neighbours calls to itself */
     n->ss.eng = n->eng;
     n->ss.local = n->pop;
+    n->ss.exps = n->exps;
+    n->ss.click_window_ms = c->attribution_window_click;
+    n->ss.purchase_window_ms = c->attribution_window_purchase;
     n->ss.q = (struct query_ctx){n->eng, n->clustered ? n->pop_cluster : n->pop,
                                  (int)c->default_recommendations, (int)c->max_recommendations,
                                  state_service_owns, NULL, (size_t)c->max_purchased};
@@ -406,6 +416,17 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
         n->ss.cks = n->cks;
     }
     return EDDY_OK;
+}
+
+/* --dev: an experiment's counts are the local partitions'. */
+static eddy_err local_stats(void *ud, const char *name, Eddy__V1__GetExperimentResponse **out,
+                            char *why, size_t whylen)
+{
+    struct state_service *ss = ud;
+    eddy_err err = query_experiment_stats(&ss->q, name, out);
+    if (err != EDDY_OK)
+        snprintf(why, whylen, "%s", eddy_strerror(err));
+    return err;
 }
 
 /* The RPC server and every service on it. */
@@ -441,6 +462,13 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
         return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the server",
                     n->refl ? NULL : why);
     eddy_err e = ingest_service_register(&n->svc, n->srv);
+    if (e == EDDY_OK && n->exps) {
+        n->xs = (struct experiments_service){.reg = n->exps,
+                                             .stats = n->clustered ? NULL : local_stats,
+                                             .stats_ud = &n->ss, .metrics = n->nm.reg,
+                                             .refresh_ms = 5000};
+        e = experiments_service_register(&n->xs, n->srv);
+    }
     if (e == EDDY_OK)
         e = health_register(n->hl, n->srv);
     if (e == EDDY_OK && n->eng)
@@ -758,6 +786,11 @@ eddy_err node_start(node *n, char *err, size_t errlen)
         rpc_server_shutdown(n->srv, 0);
         return fail(err, errlen, e, "cannot start the checkpoint scheduler", NULL);
     }
+    /* after the membership too: its refresher sums the partitions this node owns */
+    if (n->exps && (e = experiments_service_start(&n->xs)) != EDDY_OK) {
+        rpc_server_shutdown(n->srv, 0);
+        return fail(err, errlen, e, "cannot start the experiments' metrics", NULL);
+    }
     health_set(n->hl, "", HEALTH_SERVING);
     health_set(n->hl, "liveness", HEALTH_SERVING);
     /* in a cluster, readiness follows the etcd session (hook_alive) */
@@ -810,6 +843,7 @@ void node_free(node *n)
                                 * console read */
     auth_free(n->auth); /* after the servers whose calls it gates and audits */
     /* their refresher threads read the store and call the peers: stop them first */
+    experiments_service_stop(&n->xs);
     stage2cache_free(n->pop);
     stage2cache_free(n->pop_cluster);
     bool checkpoints = n->cks != NULL;
@@ -824,6 +858,7 @@ void node_free(node *n)
     membership_stop(mem);              /* revokes the lease: the coordinator reassigns at once */
     atomic_store(&n->mem, NULL);
     engine_close(n->eng);              /* finishes queued writes, closes LevelDB */
+    expreg_free(n->exps);              /* after the server and the engine's last impressions */
     stage2_side_free(n->s2side);       /* after the engine: its owns() hook asks it */
     state_service_takeover_release(&n->ss);
     replica_free(n->rep); /* after the server and the membership that call into it */

@@ -51,6 +51,7 @@ struct node_config {
     double weight_popular, weight_neighbours, weight_context;
     int64_t diversity_cap, default_recommendations, max_recommendations, candidates;
     bool exclude_interacted;
+    int64_t attribution_window_click, attribution_window_purchase; /* experiments' defaults */
     int64_t stage2_staleness, max_pending_events, max_group_events, cache_size, state_cache_size;
     int64_t neighbour_cache;
     int64_t shutdown_grace;

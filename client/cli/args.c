@@ -222,3 +222,38 @@ int cli_parse(struct cli_ctx *ctx, const struct cli_spec *spec, int argc, char *
     }
     return CLI_CONTINUE;
 }
+
+int cli_take_repeated(const char *cmd, const char *name, int argc, char **argv, char **rest,
+                      const char **vals, size_t max, size_t *nvals)
+{
+    size_t len = strlen(name);
+    int n = 0;
+    *nvals = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        if (strcmp(a, "--") == 0) { /* the rest are arguments, not flags */
+            while (i < argc)
+                rest[n++] = argv[i++];
+            break;
+        }
+        if (strncmp(a, "--", 2) != 0 || strncmp(a + 2, name, len) != 0 ||
+            (a[2 + len] != '\0' && a[2 + len] != '=')) {
+            rest[n++] = argv[i];
+            continue;
+        }
+        if (a[2 + len] == '=') {
+            v = a + 3 + len;
+        } else if (i + 1 < argc) {
+            v = argv[++i];
+        } else {
+            cli_errorf("%s: flag --%s needs a value", cmd, name);
+            return -1;
+        }
+        if (*nvals >= max) {
+            cli_errorf("%s: at most %zu --%s", cmd, max, name);
+            return -1;
+        }
+        vals[(*nvals)++] = v;
+    }
+    return n;
+}

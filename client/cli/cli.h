@@ -87,6 +87,15 @@ struct cli_spec {
 int cli_parse(struct cli_ctx *ctx, const struct cli_spec *spec, int argc, char **argv,
               const char **pos, int *npos);
 
+/* A flag that may be given several times ("--set A=1 --set B=2"; cli_parse keeps one
+ * value per flag): take every "--NAME VALUE" and "--NAME=VALUE" out of argv[0..argc)
+ * before cli_parse. The values (borrowed from argv) go to vals[] (room for 'max'), their
+ * number to *nvals; 'rest' gets the other arguments in order (argv[0] first, everything
+ * after "--" as it is). Returns the number of those, or -1 after a message (a value
+ * missing, more than 'max'). */
+int cli_take_repeated(const char *cmd, const char *name, int argc, char **argv, char **rest,
+                      const char **vals, size_t max, size_t *nvals);
+
 /* Print the subcommand's usage and flags. */
 void cli_help(FILE *out, const struct cli_spec *spec);
 
@@ -141,5 +150,6 @@ int cmd_drain(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_roi(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_reprocess(struct cli_ctx *ctx, int argc, char **argv);
 int cmd_token(struct cli_ctx *ctx, int argc, char **argv);
+int cmd_experiments(struct cli_ctx *ctx, int argc, char **argv);
 
 #endif

@@ -22,6 +22,7 @@ static const struct {
     {"drain", cmd_drain, "move every partition off a state node (scale in; asks --coordinator)"},
     {"roi", cmd_roi, "what a latency improvement is worth: monthly benefit, payback period"},
     {"token", cmd_token, "new: a bearer token and its line for the nodes' --token-file"},
+    {"experiments", cmd_experiments, "A/B tests on Recommend: create, update, list, show, stop"},
     {"reprocess", cmd_reprocess, "rebuild state from the log (e.g. with a new half-life), swap atomically"},
 };
 

@@ -48,6 +48,10 @@ static int print_table(const char *user, const Eddy__V1__RecommendResponse *resp
         printf("no recommendations for %s\n", user);
     else
         cli_table_print(t, stdout, 0);
+    if (resp->experiment[0])
+        printf("experiment %s, variant %s\n", resp->experiment, resp->variant);
+    if (resp->recommendation_id[0])
+        printf("recommendation_id %s\n", resp->recommendation_id);
     cli_print_staleness(resp->staleness);
     cli_table_free(t);
     return CLI_EXIT_OK;
@@ -58,6 +62,9 @@ static int print_json(const char *user, const Eddy__V1__RecommendResponse *resp)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "user", user);
     cJSON_AddBoolToObject(o, "cold_start", resp->cold_start);
+    cJSON_AddStringToObject(o, "recommendation_id", resp->recommendation_id);
+    cJSON_AddStringToObject(o, "experiment", resp->experiment);
+    cJSON_AddStringToObject(o, "variant", resp->variant);
     cJSON *items = cJSON_AddArrayToObject(o, "items");
     for (size_t i = 0; i < resp->n_items; i++) {
         const Eddy__V1__Recommendation *r = resp->items[i];

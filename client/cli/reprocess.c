@@ -15,37 +15,22 @@
 static int take_sets(int argc, char **argv, char **rest, Eddy__V1__ReprocessParameter *sets,
                      size_t *nsets)
 {
-    int n = 0;
+    const char *vals[MAX_SETS];
+    size_t nvals;
+    int n = cli_take_repeated("reprocess", "set", argc, argv, rest, vals, MAX_SETS, &nvals);
     *nsets = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v = NULL;
-        if (strcmp(a, "--") == 0) { /* the rest are arguments, not flags */
-            while (i < argc)
-                rest[n++] = argv[i++];
-            break;
-        }
-        if (strcmp(a, "--set") == 0) {
-            if (i + 1 >= argc) {
-                cli_errorf("reprocess: flag --set needs a value NAME=VALUE");
-                return -1;
-            }
-            v = argv[++i];
-        } else if (strncmp(a, "--set=", 6) == 0) {
-            v = a + 6;
-        } else {
-            rest[n++] = argv[i];
-            continue;
-        }
+    for (size_t i = 0; i < nvals && n >= 0; i++) {
+        char *v = (char *)vals[i]; /* argv strings are writable */
         char *eq = strchr(v, '=');
-        if (!eq || eq == v || !eq[1] || *nsets >= MAX_SETS) {
+        if (!eq || eq == v || !eq[1]) {
             cli_errorf("reprocess: --set wants NAME=VALUE (e.g. half-life=30d), at most %d: "
                        "\"%s\"",
                        MAX_SETS, v);
             return -1;
         }
-        *eq = '\0'; /* argv strings are writable */
+        *eq = '\0';
         eddy__v1__reprocess_parameter__init(&sets[*nsets]);
-        sets[*nsets].name = (char *)v;
+        sets[*nsets].name = v;
         sets[*nsets].value = eq + 1;
         (*nsets)++;
     }

@@ -169,7 +169,7 @@ bool state_service_ready(void *ud, uint32_t p)
 bool state_service_owns(void *ud, uint32_t p)
 {
     uint64_t epoch;
-    return membership_owns(ud, p, &epoch);
+    return ud && membership_owns(ud, p, &epoch); /* before joining: nothing */
 }
 
 /* Calls can arrive between the server's start and the node's joining the cluster (the
@@ -635,7 +635,8 @@ static void delete_after_followers(void *ud, eddy_err err)
         free(u);
         return;
     }
-    struct local_backend lb = {u->svc->eng, u->svc->q, u->svc->cks};
+    struct local_backend lb = {u->svc->eng, u->svc->q, u->svc->cks, u->svc->exps,
+                              u->svc->click_window_ms, u->svc->purchase_window_ms};
     local_backend_user(&lb, u->req, user_call_done, u);
 }
 
@@ -739,7 +740,8 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         }
         return;
     }
-    struct local_backend lb = {svc->eng, svc->q, svc->cks};
+    struct local_backend lb = {svc->eng, svc->q, svc->cks, svc->exps, svc->click_window_ms,
+                              svc->purchase_window_ms};
     local_backend_user(&lb, req, user_call_done, u);
 }
 

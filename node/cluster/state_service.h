@@ -34,6 +34,8 @@ struct state_service {
     stage2cache *local;   /* this node's own product partitions, for CategoryTop */
     const char *checkpoint_dir; /* where newly owned partitions are restored from (shared) */
     ckptsched *cks;       /* borrowed; NULL: no checkpoints. DeleteUser purges (local_backend) */
+    expreg *exps;         /* borrowed; NULL: none. Recommend follows them (local_backend) */
+    int64_t click_window_ms, purchase_window_ms; /* an experiment's windows when unset */
     /* Per partition: epoch + 1 once this node has taken the partition over at that epoch
      * (restored from a newer checkpoint, or found its own state current); 0 before. Apply,
      * User and Forward for an owned partition wait (UNAVAILABLE) until it is ready.

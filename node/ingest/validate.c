@@ -98,6 +98,7 @@ bool validate_event(const struct limits *l, const Eddy__V1__Event *ev, int64_t n
     STR("event_id", ev->event_id, l->max_id_bytes, true);
     STR("user_id", ev->user_id, l->max_id_bytes, true);
     STR("session_id", ev->session_id, l->max_id_bytes, false);
+    STR("recommendation_id", ev->recommendation_id, l->max_id_bytes, false);
 
     switch (ev->event_type) {
     case EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW:

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/pbutil.h"
+#include "node/state/attribution.h"
 #include "node/state/counts.h"
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
@@ -308,9 +309,22 @@ static bool record_id_ts(const Eddy__Store__V1__LogRecord *r, const char **id, i
     case EDDY__STORE__V1__LOG_RECORD__KIND_OUTBOX_DONE:
         *ts = r->outbox_done->ts;
         return true;
+    case EDDY__STORE__V1__LOG_RECORD__KIND_IMPRESSION:
+        *ts = r->impression->ts;
+        return true;
     default:
         return false;
     }
+}
+
+/* The user a log record belongs to (its USER_LOG entry), or NULL. */
+static const char *record_user(const Eddy__Store__V1__LogRecord *r)
+{
+    if (r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_EVENT)
+        return r->event->user_id;
+    if (r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_IMPRESSION)
+        return r->impression->user_id;
+    return NULL;
 }
 
 /* Forget the ids of the events logged before the cutoff: walk the log from where the last
@@ -378,9 +392,9 @@ static eddy_err sweep_users(store_txn *t, uint32_t p, int64_t cutoff)
     if (err == EDDY_OK)
         err = c.l.err;
     for (size_t i = 0; i < c.l.n && err == EDDY_OK; i++) {
-        for (int j = 0; j < 2 && err == EDDY_OK; j++) {
+        for (int j = 0; j < 3 && err == EDDY_OK; j++) {
             struct store_key b, bend;
-            key_init(&b, p, j == 0 ? T_BOUGHT : T_SEEN);
+            key_init(&b, p, j == 0 ? T_BOUGHT : j == 1 ? T_SEEN : T_IMPR);
             key_u16(&b, (uint16_t)(c.l.keys[i].len - 3));
             key_bytes(&b, (const char *)c.l.keys[i].buf + 3, c.l.keys[i].len - 3);
             key_prefix_end(&b, &bend);
@@ -473,12 +487,11 @@ static eddy_err sweep_log(store_txn *t, uint32_t p, struct part_meta *m, int64_t
         if (r) {
             const char *id;
             int64_t ts = cutoff;
-            bool is_event = r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
             if (!record_id_ts(r, &id, &ts) || ts >= cutoff) {
                 protobuf_c_message_free_unpacked(&r->base, NULL);
                 break;
             }
-            err = delete_log_entry(t, p, m->log_first_seq, is_event ? r->event->user_id : NULL);
+            err = delete_log_entry(t, p, m->log_first_seq, record_user(r));
             protobuf_c_message_free_unpacked(&r->base, NULL);
         }
         m->log_first_seq++;
@@ -623,6 +636,8 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
         if ((err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
             return err;
     }
+    if ((err = attribution_event(t, p, ev)) != EDDY_OK)
+        return err;
     if ((err = load_model(t, ap, p, m, ev->user_id, &um, &k)) != EDDY_OK)
         goto out;
     if ((err = emit_stage2(ap, p, seq, ev, late, um, emit, emit_ud)) != EDDY_OK)
@@ -710,6 +725,31 @@ eddy_err apply_idle(store_txn *t, const struct apply_params *ap, uint32_t p,
     return apply_logged_idle(t, ap, p, m, wm);
 }
 
+/* An impression is indexed under its user (DeleteUser removes it from the log) and
+ * counted; it moves neither the watermark nor the event counts: it is not an event, and
+ * its time is the serving node's clock. */
+static eddy_err apply_logged_impression(store_txn *t, uint32_t p, uint64_t seq,
+                                        const Eddy__Store__V1__Impression *imp)
+{
+    struct store_key k;
+    key_init(&k, p, T_USER_LOG);
+    key_lstr(&k, imp->user_id);
+    key_u64(&k, seq);
+    eddy_err err = store_txn_put(t, &k, "", 0);
+    return err == EDDY_OK ? attribution_impression(t, p, imp) : err;
+}
+
+eddy_err apply_impression(store_txn *t, uint32_t p, struct part_meta *m,
+                          const Eddy__Store__V1__Impression *imp)
+{
+    Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
+    r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_IMPRESSION;
+    r.impression = (Eddy__Store__V1__Impression *)imp;
+    uint64_t seq = m->next_seq;
+    eddy_err err = append_record(t, p, m, &r);
+    return err == EDDY_OK ? apply_logged_impression(t, p, seq, imp) : err;
+}
+
 static eddy_err delete_user_state(store_txn *t, uint32_t p, const struct part_meta *m,
                                   const char *user_id, bool *model_deleted,
                                   uint64_t *windows_deleted, uint64_t *log_deleted);
@@ -751,6 +791,10 @@ eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
                            : EDDY_OK;
     case EDDY__STORE__V1__LOG_RECORD__KIND_DELETE_USER:
         return replay_delete_user(t, p, m, r->delete_user);
+    case EDDY__STORE__V1__LOG_RECORD__KIND_IMPRESSION:
+        if (!r->impression)
+            return EDDY_ERR_CORRUPT;
+        return apply_logged_impression(t, p, seq, r->impression);
     case EDDY__STORE__V1__LOG_RECORD__KIND_OUTBOX_DONE:
         if (!ap->product)
             return EDDY_OK;
@@ -893,8 +937,9 @@ static eddy_err delete_user_state(store_txn *t, uint32_t p, const struct part_me
     if ((err = store_txn_del_range(t, &k, &end, windows_deleted)) != EDDY_OK)
         return err;
 
-    for (int j = 0; j < 2; j++) {
-        key_init(&k, p, j == 0 ? T_BOUGHT : T_SEEN);
+    static const enum store_table per_user[] = {T_BOUGHT, T_SEEN, T_IMPR};
+    for (size_t j = 0; j < sizeof(per_user) / sizeof(per_user[0]); j++) {
+        key_init(&k, p, per_user[j]);
         key_lstr(&k, user_id);
         key_prefix_end(&k, &end);
         if ((err = store_txn_del_range(t, &k, &end, NULL)) != EDDY_OK)
@@ -978,7 +1023,8 @@ static eddy_err find_hashed_user(store_txn *t, uint32_t p,
                                  const Eddy__Store__V1__DeleteUserRecord *du, char *id,
                                  bool *found)
 {
-    static const enum store_table tables[] = {T_USER, T_USER_LOG, T_USER_WIN, T_BOUGHT, T_SEEN};
+    static const enum store_table tables[] = {T_USER, T_USER_LOG, T_USER_WIN, T_BOUGHT, T_SEEN,
+                                              T_IMPR};
     *found = false;
     if (du->user_hash.len != USER_HASH_LEN)
         return EDDY_ERR_CORRUPT;

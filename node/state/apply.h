@@ -103,6 +103,11 @@ eddy_err apply_delete_user(store_txn *t, uint32_t p, struct part_meta *m,
                            const char *user_id, bool *model_deleted, uint64_t *windows_deleted,
                            uint64_t *log_deleted);
 
+/* Append an IMPRESSION record (a Recommend answer in an experiment, attribution.h) to
+ * partition 'p''s log and apply it. */
+eddy_err apply_impression(store_txn *t, uint32_t p, struct part_meta *m,
+                          const Eddy__Store__V1__Impression *imp);
+
 /* Append a STAGE2 record holding 'b' to product partition 'q''s log and apply it, unless
  * q's marks say 'b' was applied already (then nothing is written; *logged false). Every
  * record of 'b' must fall in partition q (ap->product must be set). */

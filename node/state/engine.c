@@ -3,6 +3,7 @@
 #include "node/state/engine.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -19,7 +20,7 @@
 #include "node/state/store_txn.h"
 
 enum job_kind { JOB_INGEST, JOB_DELETE, JOB_FLUSH, JOB_FORWARD, JOB_RESTORE, JOB_REPLAY,
-                JOB_EXCLUSIVE, JOB_OUTBOX };
+                JOB_EXCLUSIVE, JOB_OUTBOX, JOB_IMPRESSION };
 
 struct job {
     enum job_kind kind;
@@ -57,6 +58,9 @@ struct job {
     uint64_t *seqs;
     size_t nseqs;          /* not 'n': they are not events queued */
     engine_outbox_done_fn *outbox_done;
+    /* impression: packed (owned), of user partition 'partition' */
+    uint8_t *impression;
+    size_t impression_len;
     /* delete */
     char *user_id;
     engine_delete_done_fn *delete_done;
@@ -373,6 +377,28 @@ static eddy_err run_outbox(engine *e, struct job *j)
     return apply_outbox_done(e->txn, p, &e->meta[p], j->seqs, j->nseqs, &e->outbox_removed);
 }
 
+/* A Recommend answer in an experiment joins its user's partition log, on its leader only
+ * (a follower gets it from the leader's log; one that lost the lead drops it: an
+ * impression is worth less than a wait). */
+static eddy_err run_impression(engine *e, struct job *j)
+{
+    const struct engine_cluster *c = &e->o.cluster;
+    uint32_t p = (uint32_t)j->partition;
+    if (c->leads && !c->leads(c->leads_ud, p)) {
+        j->job_err = EDDY_ERR_NOT_OWNER;
+        return EDDY_OK;
+    }
+    Eddy__Store__V1__Impression *imp =
+        eddy__store__v1__impression__unpack(NULL, j->impression_len, j->impression);
+    if (!imp) {
+        j->job_err = EDDY_ERR_NOMEM;
+        return EDDY_OK;
+    }
+    eddy_err err = apply_impression(e->txn, p, &e->meta[p], imp);
+    eddy__store__v1__impression__free_unpacked(imp, NULL);
+    return err;
+}
+
 /* Replace the partition's state with a checkpoint (one synced LevelDB write of its own;
  * the txn is empty: a restore is alone in its group) and take over its metadata. */
 static eddy_err run_restore(engine *e, struct job *j, int64_t now)
@@ -463,6 +489,12 @@ static void finish(engine *e, struct job *j, eddy_err err)
     case JOB_OUTBOX:
         j->outbox_done(j->ud, err);
         free(j->seqs);
+        break;
+    case JOB_IMPRESSION:
+        if (err != EDDY_OK && err != EDDY_ERR_NOT_OWNER)
+            log_warn("msg=\"impression not logged\" partition=%" PRId64 " error=\"%s\"",
+                     j->partition, eddy_strerror(err));
+        free(j->impression);
         break;
     case JOB_FLUSH:
         break;
@@ -602,6 +634,8 @@ static eddy_err apply_group(engine *e, struct job *group, int64_t now, bool idle
             err = run_exclusive(e, j, now);
         } else if (j->kind == JOB_OUTBOX) {
             err = run_outbox(e, j);
+        } else if (j->kind == JOB_IMPRESSION) {
+            err = run_impression(e, j);
         } else if (j->kind == JOB_DELETE) {
             uint32_t p = partition_of_user(j->user_id, e->o.apply.partitions);
             uint64_t outbox_before = apply_outbox_rows(e->txn, p);
@@ -932,6 +966,28 @@ eddy_err engine_outbox_forwarded(engine *e, uint32_t p, const uint64_t *seqs, si
     }
     if (err != EDDY_OK) {
         free(copy);
+        free(j);
+    }
+    return err;
+}
+
+eddy_err engine_impression(engine *e, const Eddy__Store__V1__Impression *imp)
+{
+    uint32_t p = partition_of_user(imp->user_id, e->o.apply.partitions);
+    size_t len = eddy__store__v1__impression__get_packed_size(imp);
+    struct job *j = calloc(1, sizeof(*j));
+    uint8_t *buf = malloc(len ? len : 1);
+    eddy_err err = EDDY_ERR_NOMEM;
+    if (j && buf) {
+        eddy__store__v1__impression__pack(imp, buf);
+        j->kind = JOB_IMPRESSION;
+        j->partition = p;
+        j->impression = buf;
+        j->impression_len = len;
+        err = enqueue(e, j);
+    }
+    if (err != EDDY_OK) {
+        free(buf);
         free(j);
     }
     return err;

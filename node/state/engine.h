@@ -202,6 +202,11 @@ typedef void engine_outbox_done_fn(void *ud, eddy_err err);
 eddy_err engine_outbox_forwarded(engine *e, uint32_t p, const uint64_t *seqs, size_t n,
                                  engine_outbox_done_fn *done, void *ud);
 
+/* Queue an IMPRESSION record for its user's partition ('imp' is copied). Nobody waits for
+ * it: a failure is logged; on a node that does not lead the partition when the job runs it
+ * is dropped. EDDY_ERR_FULL / EDDY_ERR_UNAVAILABLE as engine_ingest. */
+eddy_err engine_impression(engine *e, const Eddy__Store__V1__Impression *imp);
+
 /* Queue the deletion of a user (same contract as engine_ingest; 'user_id' is copied). */
 eddy_err engine_delete_user(engine *e, const char *user_id, engine_delete_done_fn *done,
                             void *ud);

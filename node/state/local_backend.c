@@ -5,7 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdio.h>
+#include <xxhash.h>
+
+#include "common/clock.h"
+#include "common/log.h"
 #include "common/partition.h"
+#include "common/pbutil.h"
 
 /* ---- per user ---------------------------------------------------------------------------- */
 
@@ -97,6 +103,88 @@ static void answer(eddy_err err, ProtobufCMessage *resp, const ProtobufCMessage 
     query_free_response(resp);
 }
 
+/* ---- Recommend in an experiment ------------------------------------------------------- */
+
+/* The answer's id: unique per answer (the registry's serial), from what was served. */
+static eddy_err set_recommendation_id(struct local_backend *lb, const char *user,
+                                      const char *experiment, const char *variant, int64_t now,
+                                      Eddy__V1__RecommendResponse *r)
+{
+    uint64_t serial = lb->exps ? expreg_serial(lb->exps) : 0;
+    XXH3_state_t *h = XXH3_createState();
+    if (!h)
+        return EDDY_ERR_NOMEM;
+    XXH3_128bits_reset(h);
+    XXH3_128bits_update(h, user, strlen(user) + 1);
+    XXH3_128bits_update(h, experiment, strlen(experiment) + 1);
+    XXH3_128bits_update(h, variant, strlen(variant) + 1);
+    XXH3_128bits_update(h, &now, sizeof(now));
+    XXH3_128bits_update(h, &serial, sizeof(serial));
+    XXH128_hash_t d = XXH3_128bits_digest(h);
+    XXH3_freeState(h);
+    char id[40];
+    snprintf(id, sizeof(id), "%016llx%016llx", (unsigned long long)d.high64,
+             (unsigned long long)d.low64);
+    return pb_set_str(&r->recommendation_id, id);
+}
+
+/* Log the answer as an impression of 'c' (not waited for: the answer goes out now, the
+ * record follows through the writer; a failure loses the impression, never the answer). */
+static void log_impression(struct local_backend *lb, const char *user,
+                           const struct expreg_choice *c, int64_t now,
+                           const Eddy__V1__RecommendResponse *r)
+{
+    Eddy__Store__V1__Impression imp = EDDY__STORE__V1__IMPRESSION__INIT;
+    char **products = calloc(r->n_items ? r->n_items : 1, sizeof(*products));
+    if (!products) {
+        log_warn("msg=\"impression not logged\" error=\"out of memory\"");
+        return;
+    }
+    for (size_t i = 0; i < r->n_items; i++)
+        products[i] = r->items[i]->product_id;
+    imp.recommendation_id = r->recommendation_id;
+    imp.user_id = (char *)user;
+    imp.experiment = (char *)c->experiment;
+    imp.variant = (char *)c->variant;
+    imp.ts = now;
+    imp.products = products;
+    imp.n_products = r->n_items;
+    imp.click_window_ms = c->click_window_ms ? c->click_window_ms : lb->click_window_ms;
+    imp.purchase_window_ms = c->purchase_window_ms ? c->purchase_window_ms
+                                                   : lb->purchase_window_ms;
+    eddy_err err = engine_impression(lb->eng, &imp);
+    if (err != EDDY_OK)
+        log_warn("msg=\"impression not logged\" error=\"%s\"", eddy_strerror(err));
+    free(products);
+}
+
+/* Recommend: the user's variant of the running experiment, if any, chooses the
+ * parameters; the answer gets its id and is logged as an impression. */
+static eddy_err recommend(struct local_backend *lb, const Eddy__V1__RecommendRequest *req,
+                          Eddy__V1__RecommendResponse **out)
+{
+    struct expreg_choice c;
+    const struct engine_opts *o = engine_options(lb->eng);
+    bool in = expreg_choose(lb->exps, req->user_id, &o->rec, &c);
+    Eddy__V1__RecommendRequest rq = *req;
+    if (in && c.exclude != EDDY__V1__EXCLUSION__EXCLUSION_DEFAULT)
+        rq.exclude = c.exclude;
+    if (in && c.max_recommendations && !rq.max_recommendations)
+        rq.max_recommendations = c.max_recommendations;
+    int64_t now = clock_wall_ms();
+    eddy_err err = query_recommend_with(&lb->q, &rq, in ? &c.rec : NULL, out);
+    if (err == EDDY_OK)
+        err = set_recommendation_id(lb, req->user_id, in ? c.experiment : "",
+                                    in ? c.variant : "", now, *out);
+    if (err == EDDY_OK && in &&
+        ((err = pb_set_str(&(*out)->experiment, c.experiment)) != EDDY_OK ||
+         (err = pb_set_str(&(*out)->variant, c.variant)) != EDDY_OK))
+        return err;
+    if (err == EDDY_OK && in)
+        log_impression(lb, req->user_id, &c, now, *out);
+    return err;
+}
+
 void local_backend_user(struct local_backend *lb, Eddy__State__V1__UserRequest *req,
                         backend_reply_fn *done, void *ud)
 {
@@ -104,7 +192,7 @@ void local_backend_user(struct local_backend *lb, Eddy__State__V1__UserRequest *
     eddy_err err;
     switch (req->request_case) {
     case EDDY__STATE__V1__USER_REQUEST__REQUEST_RECOMMEND:
-        err = query_recommend(&lb->q, req->recommend, &r.recommend);
+        err = recommend(lb, req->recommend, &r.recommend);
         r.response_case = EDDY__STATE__V1__USER_RESPONSE__RESPONSE_RECOMMEND;
         answer(err, r.recommend ? &r.recommend->base : NULL, &r.base, req->recommend->user_id, done, ud);
         return;

@@ -7,6 +7,7 @@
 #include "node/backend.h"
 #include "node/state/ckptsched.h"
 #include "node/state/engine.h"
+#include "node/state/expreg.h"
 #include "node/state/query.h"
 
 struct local_backend {
@@ -14,6 +15,10 @@ struct local_backend {
     struct query_ctx q;  /* reads */
     ckptsched *cks;      /* borrowed; NULL: no checkpoints. DeleteUser is answered once it
                             purged the user's partition (ckptsched_purge) */
+    expreg *exps;        /* borrowed; NULL: no experiments. A Recommend of a user in a
+                            running experiment follows the user's variant and is logged as
+                            an impression (engine_impression) */
+    int64_t click_window_ms, purchase_window_ms; /* an experiment's windows when unset */
 };
 
 /* Answer 'req' (State/User on a state node calls it after its ownership checks): the

@@ -304,7 +304,15 @@ static void bought_release(struct bought *b)
 eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *req,
                          Eddy__V1__RecommendResponse **out)
 {
+    return query_recommend_with(q, req, NULL, out);
+}
+
+eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequest *req,
+                              const struct rec_params *rec, Eddy__V1__RecommendResponse **out)
+{
     const struct engine_opts *o = engine_options(q->eng);
+    if (!rec)
+        rec = &o->rec;
     size_t max = req->max_recommendations ? req->max_recommendations
                                           : (size_t)q->default_recommendations;
     if (max > (size_t)q->max_recommendations)
@@ -330,7 +338,7 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
         goto out;
     if (m && (err = load_bought(q, req->user_id, T_BOUGHT, &bought)) != EDDY_OK)
         goto out;
-    if (m && excludes_interacted(&o->rec, req) &&
+    if (m && excludes_interacted(rec, req) &&
         (err = load_bought(q, req->user_id, T_SEEN, &bought)) != EDDY_OK)
         goto out;
     {
@@ -396,7 +404,7 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
     in.cats = w->cats;
     in.anchors = w->anchors;
     in.exclude = w->exclude;
-    n = rec_rank(&in, &o->rec, items, max);
+    n = rec_rank(&in, rec, items, max);
 
     err = EDDY_ERR_NOMEM;
     if (!(r = malloc(sizeof(*r))))
@@ -730,4 +738,91 @@ out:
     free(v);
     strmap_release(&m.accs, prod_acc_free);
     return err;
+}
+
+/* ---- experiments ---------------------------------------------------------------------- */
+
+struct exp_sums {
+    Eddy__V1__GetExperimentResponse *r;
+    size_t prefix;   /* key bytes before the variant name */
+    eddy_err err;
+};
+
+static int collect_variant(void *ud, const unsigned char *k, size_t klen, const char *v,
+                           size_t vlen)
+{
+    struct exp_sums *s = ud;
+    if (klen <= s->prefix)
+        return 0;
+    Eddy__Store__V1__VariantCounts *c =
+        eddy__store__v1__variant_counts__unpack(NULL, vlen, (const uint8_t *)v);
+    if (!c)
+        return 0;
+    const char *name = (const char *)k + s->prefix;
+    size_t nlen = klen - s->prefix;
+    Eddy__V1__VariantStats *vs = NULL;
+    for (size_t i = 0; i < s->r->n_stats && !vs; i++) {
+        if (strlen(s->r->stats[i]->variant) == nlen &&
+            memcmp(s->r->stats[i]->variant, name, nlen) == 0)
+            vs = s->r->stats[i];
+    }
+    if (!vs) { /* variants come in key order in every partition: appended in name order */
+        if (pb_grow((void **)&s->r->stats, s->r->n_stats, sizeof(*s->r->stats)) != EDDY_OK ||
+            !(vs = malloc(sizeof(*vs)))) {
+            s->err = EDDY_ERR_NOMEM;
+            eddy__store__v1__variant_counts__free_unpacked(c, NULL);
+            return 1;
+        }
+        eddy__v1__variant_stats__init(vs);
+        s->r->stats[s->r->n_stats++] = vs;
+        if (!(vs->variant = strndup(name, nlen))) {
+            vs->variant = (char *)protobuf_c_empty_string;
+            s->err = EDDY_ERR_NOMEM;
+        }
+    }
+    vs->impressions += c->impressions;
+    vs->clicks += c->clicks;
+    vs->add_to_carts += c->add_to_carts;
+    vs->purchases += c->purchases;
+    vs->revenue += c->revenue;
+    vs->revenue_sq += c->revenue_sq;
+    eddy__store__v1__variant_counts__free_unpacked(c, NULL);
+    return s->err != EDDY_OK;
+}
+
+static int cmp_variant(const void *a, const void *b)
+{
+    return strcmp((*(Eddy__V1__VariantStats *const *)a)->variant,
+                  (*(Eddy__V1__VariantStats *const *)b)->variant);
+}
+
+eddy_err query_experiment_stats(struct query_ctx *q, const char *name,
+                                Eddy__V1__GetExperimentResponse **out)
+{
+    const struct engine_opts *o = engine_options(q->eng);
+    struct exp_sums s = {malloc(sizeof(*s.r)), 0, EDDY_OK};
+    eddy_err err = EDDY_OK;
+    *out = NULL;
+    if (!s.r)
+        return EDDY_ERR_NOMEM;
+    eddy__v1__get_experiment_response__init(s.r);
+    for (uint32_t p = 0; p < o->apply.partitions && err == EDDY_OK; p++) {
+        if (q->owns && !q->owns(q->owns_ud, p))
+            continue;
+        struct store_key start, end;
+        key_init(&start, p, T_EXP_STAT);
+        key_lstr(&start, name);
+        key_prefix_end(&start, &end);
+        s.prefix = start.len;
+        err = store_scan(engine_store(q->eng), &start, &end, collect_variant, &s);
+        if (err == EDDY_OK)
+            err = s.err;
+    }
+    if (err != EDDY_OK) {
+        query_free_response(&s.r->base);
+        return err;
+    }
+    qsort(s.r->stats, s.r->n_stats, sizeof(*s.r->stats), cmp_variant);
+    *out = s.r;
+    return EDDY_OK;
 }

@@ -27,6 +27,15 @@ eddy_err query_profile(struct query_ctx *q, const char *user_id,
                        Eddy__V1__GetUserProfileResponse **out);
 eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *req,
                          Eddy__V1__RecommendResponse **out);
+/* query_recommend with the ranking parameters 'rec' (NULL: the node's): an experiment's
+ * variant. */
+eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequest *req,
+                              const struct rec_params *rec, Eddy__V1__RecommendResponse **out);
+/* The counts of experiment 'name' in the partitions the context covers, one entry per
+ * variant seen, by variant name, into *out (a GetExperimentResponse without its
+ * experiment; caller owns it: free with query_free_response). */
+eddy_err query_experiment_stats(struct query_ctx *q, const char *name,
+                                Eddy__V1__GetExperimentResponse **out);
 eddy_err query_event_counts(struct query_ctx *q, const Eddy__V1__EventCountsRequest *req,
                             Eddy__V1__EventCountsResponse **out);
 eddy_err query_top_products(struct query_ctx *q, const Eddy__V1__TopProductsRequest *req,

@@ -21,6 +21,11 @@
  *   META      p T                          -> PartitionMeta
  *   SEEN      p T len:u16 user_id product_id -> ""    (every view, click or add to cart:
  *                                                     left out of Recommend unless asked)
+ *   IMPR      p T len:u16 user_id          -> UserImpressions (latest Recommend answers in
+ *                                                     an experiment: attribution.h)
+ *   EXP_STAT  p T len:u16 experiment variant -> VariantCounts (per partition)
+ *   EXP_DEF   0xffff T name                -> ExperimentDef (--dev: the experiments,
+ *                                                     outside every partition)
  *
  * i64 values are stored with the sign bit flipped, big-endian, so they sort numerically. */
 #ifndef EDDY_STORE_KEY_H
@@ -47,9 +52,13 @@ enum store_table {
     T_BOUGHT = 14,
     T_META = 15,
     T_SEEN = 16, /* after META: data written before it simply has no SEEN rows */
+    T_IMPR = 17,
+    T_EXP_STAT = 18,
+    T_EXP_DEF = 19, /* partition EXP_DEF_PARTITION only */
 };
 
 #define STORE_KEY_MAX 1024
+#define EXP_DEF_PARTITION 0xffff /* above every partition (at most 65535 of them) */
 
 /* A key under construction: fixed buffer, no allocation. */
 struct store_key {

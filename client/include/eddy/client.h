@@ -177,6 +177,24 @@ eddy_status eddy_event_counts(eddy_client *c, const Eddy__V1__EventCountsRequest
 eddy_status eddy_delete_user(eddy_client *c, const char *user_id,
                              Eddy__V1__DeleteUserResponse **out, eddy_error *err);
 
+/* ---- experiments (eddy.v1.Experiments; the admin role when tokens are on) --------------- */
+
+/* Create (Experiments.CreateExperiment), replace (UpdateExperiment) or stop
+ * (StopExperiment) an experiment. 'e' / 'name' are borrowed. On OK the caller owns *out
+ * (its experiment as stored); free with eddy_response_free. */
+eddy_status eddy_experiment_create(eddy_client *c, const Eddy__V1__Experiment *e,
+                                   Eddy__V1__ExperimentResponse **out, eddy_error *err);
+eddy_status eddy_experiment_update(eddy_client *c, const Eddy__V1__Experiment *e,
+                                   Eddy__V1__ExperimentResponse **out, eddy_error *err);
+eddy_status eddy_experiment_stop(eddy_client *c, const char *name,
+                                 Eddy__V1__ExperimentResponse **out, eddy_error *err);
+/* Every experiment (ListExperiments); on OK the caller owns *out. */
+eddy_status eddy_experiment_list(eddy_client *c, Eddy__V1__ListExperimentsResponse **out,
+                                 eddy_error *err);
+/* One experiment with its per-variant counts (GetExperiment); on OK the caller owns *out. */
+eddy_status eddy_experiment_get(eddy_client *c, const char *name,
+                                Eddy__V1__GetExperimentResponse **out, eddy_error *err);
+
 /* grpc.health.v1.Health/Check of 'service' ("" = the whole process, "readiness",
  * "eddy.v1.Eddy", ...; NULL means ""). On OK *status is the serving status; the call
  * returns OK for NOT_SERVING too. NOT_FOUND means the service is unknown. */

@@ -75,12 +75,77 @@ static void test_weights_zero_and_ramp(void **state)
     assert_in_range(moved, USERS * 37 / 100, USERS * 43 / 100);
 }
 
+static void test_validation(void **state)
+{
+    (void)state;
+    Eddy__V1__DoubleValue neg = {PROTOBUF_C_MESSAGE_INIT(&eddy__v1__double_value__descriptor), -1};
+    Eddy__V1__DoubleValue two = {PROTOBUF_C_MESSAGE_INIT(&eddy__v1__double_value__descriptor), 2};
+    Eddy__V1__Int32Value cap = {PROTOBUF_C_MESSAGE_INIT(&eddy__v1__int32_value__descriptor), 0};
+    Eddy__V1__RecommendParams pa = EDDY__V1__RECOMMEND_PARAMS__INIT;
+    Eddy__V1__RecommendParams pb = EDDY__V1__RECOMMEND_PARAMS__INIT;
+    Eddy__V1__Variant a = EDDY__V1__VARIANT__INIT, b = EDDY__V1__VARIANT__INIT;
+    Eddy__V1__Variant *vs[] = {&a, &b};
+    Eddy__V1__Experiment e = EDDY__V1__EXPERIMENT__INIT;
+    char why[256];
+    a.name = (char *)"A";
+    a.weight = 50;
+    a.params = &pa;
+    b.name = (char *)"B";
+    b.weight = 50;
+    b.params = &pb;
+    pb.weight_neighbours = &two;
+    pb.diversity_cap = &cap;
+    e.name = (char *)"ranking-v2";
+    e.variants = vs;
+    e.n_variants = 2;
+    assert_true(experiment_valid(&e, why, sizeof(why)));
+
+    /* the variant's parameters over the node's: only those it sets */
+    struct rec_params base = {1.0, 1.5, 2.0, 3, true}, out;
+    experiment_rec_params(&base, &pb, &out);
+    assert_float_equal(out.w_popular, 1.0, 0);
+    assert_float_equal(out.w_neighbours, 2.0, 0);
+    assert_int_equal(out.diversity_cap, 0);
+    experiment_rec_params(&base, &pa, &out);
+    assert_float_equal(out.w_popular, 1.0, 0);
+    assert_float_equal(out.w_neighbours, 1.5, 0);
+    assert_float_equal(out.w_context, 2.0, 0);
+    assert_int_equal(out.diversity_cap, 3);
+    assert_true(out.exclude_interacted);
+
+    e.name = (char *)"bad name";
+    assert_false(experiment_valid(&e, why, sizeof(why)));
+    assert_non_null(strstr(why, "name:"));
+    e.name = (char *)"ranking-v2";
+    b.name = (char *)"A";
+    assert_false(experiment_valid(&e, why, sizeof(why)));
+    assert_non_null(strstr(why, "variants[1].name"));
+    b.name = (char *)"B";
+    b.weight = 0;
+    assert_false(experiment_valid(&e, why, sizeof(why)));
+    assert_non_null(strstr(why, "variants[1].weight"));
+    b.weight = 50;
+    pb.weight_neighbours = &neg;
+    assert_false(experiment_valid(&e, why, sizeof(why)));
+    assert_non_null(strstr(why, "variants[1].params.weight_neighbours"));
+    pb.weight_neighbours = &two;
+    e.click_window_ms = 31LL * 86400000;
+    assert_false(experiment_valid(&e, why, sizeof(why)));
+    assert_non_null(strstr(why, "click_window_ms"));
+    e.click_window_ms = 0;
+    e.n_variants = 0;
+    assert_false(experiment_valid(&e, why, sizeof(why)));
+    assert_non_null(strstr(why, "variants:"));
+    assert_false(experiment_valid(NULL, why, sizeof(why)));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deterministic_and_proportional),
         cmocka_unit_test(test_experiments_split_independently),
         cmocka_unit_test(test_weights_zero_and_ramp),
+        cmocka_unit_test(test_validation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
