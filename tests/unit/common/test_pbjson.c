@@ -41,7 +41,9 @@ static void test_scalars_repeated_and_null(void **state)
     assert_string_equal(text, "{\"items\":[{\"product_id\":\"p-1\",\"score\":2.5,\"reason\":"
                               "\"viewed together with \\\"p-2\\\"\",\"category\":\"\"},"
                               "{\"product_id\":\"p-3\",\"score\":0,\"reason\":\"\","
-                              "\"category\":\"\"}],\"cold_start\":true,\"staleness\":null}");
+                              "\"category\":\"\"}],\"cold_start\":true,\"staleness\":null,"
+                              "\"recommendation_id\":\"\",\"experiment\":\"\","
+                              "\"variant\":\"\"}");
     free(text);
 }
 
