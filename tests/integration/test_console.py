@@ -256,6 +256,11 @@ class CoordinatorConsoleTest(unittest.TestCase):
         status, body = http(base + "/api/user?id=u-003")
         self.assertEqual(status, 200, body)
         self.assertGreater(body["profile"]["event_count"], 0)
+        # stage 2 (what Recommend draws from) reaches its owners through the forwarder,
+        # after the acknowledgement: the lists fill once it has (seconds under ASan)
+        body = L.poll_until(lambda: (lambda s, b: b if s == 200 and b["recommendations"]["items"]
+                                     else None)(*http(base + "/api/user?id=u-003")),
+                            30, interval=0.2, what="recommendations for u-003 through n1")
         self.assertGreater(len(body["recommendations"]["items"]), 0)
 
 
