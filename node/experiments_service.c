@@ -2,13 +2,11 @@
 #include "node/experiments_service.h"
 
 #include <stdio.h>
-#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/clock.h"
 #include "common/log.h"
-#include "common/thread.h"
 
 /* Answer an error of the registry: its 'why' with the matching status. */
 static void reply_err(rpc_call *c, const char *what, eddy_err err, const char *why)
