@@ -183,8 +183,9 @@ static int find_locked(const expreg *r, const char *name)
 }
 
 /* Save the list with 'e' at index 'at' (r->n: added), then make it the list. The mutex is
- * held. On failure the list is unchanged and 'e' freed. */
-static eddy_err commit_locked(expreg *r, size_t at, Eddy__V1__Experiment *e)
+ * held. On failure the list is unchanged, 'e' freed and 'why' may say why. */
+static eddy_err commit_locked(expreg *r, size_t at, Eddy__V1__Experiment *e, char *why,
+                              size_t whylen)
 {
     Eddy__V1__Experiment *old = at < r->n ? r->list[at] : NULL;
     size_t n = r->n;
@@ -200,7 +201,7 @@ static eddy_err commit_locked(expreg *r, size_t at, Eddy__V1__Experiment *e)
     }
     memcpy(sorted, r->list, n * sizeof(*sorted));
     qsort(sorted, n, sizeof(*sorted), cmp_name);
-    eddy_err err = r->save ? r->save(r->save_ud, sorted, n)
+    eddy_err err = r->save ? r->save(r->save_ud, old, e, why, whylen)
                    : r->st ? store_save(r->st, sorted, n)
                            : EDDY_OK;
     if (err != EDDY_OK) {
@@ -253,14 +254,15 @@ static eddy_err put(expreg *r, const Eddy__V1__Experiment *e, bool create, int64
     const char *name = c->name;
     char saved[EXPERIMENT_NAME_MAX + 1];
     snprintf(saved, sizeof(saved), "%s", name);
-    err = commit_locked(r, create ? r->n : (size_t)i, c);
+    why[0] = '\0';
+    err = commit_locked(r, create ? r->n : (size_t)i, c, why, whylen);
     if (err == EDDY_OK && out) {
         int j = find_locked(r, saved);
         if (!(*out = copy_of(r->list[j])))
             err = EDDY_ERR_NOMEM;
     }
     pthread_mutex_unlock(&r->mu);
-    if (err != EDDY_OK && err != EDDY_ERR_NOMEM)
+    if (err != EDDY_OK && err != EDDY_ERR_NOMEM && !why[0])
         snprintf(why, whylen, "not saved: %s", eddy_strerror(err));
     return err;
 }

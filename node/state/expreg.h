@@ -21,8 +21,12 @@
 
 typedef struct expreg expreg;
 
-/* Saves the whole list after a change ('list' borrowed for the call; by name). */
-typedef eddy_err expreg_save_fn(void *ud, Eddy__V1__Experiment *const *list, size_t n);
+/* Saves one change: 'next' replaces 'prev', the registry's current version of it (NULL:
+ * 'next' is new). Both borrowed for the call. A saver that finds the stored version is no
+ * longer 'prev' (changed elsewhere meanwhile) answers EDDY_ERR_CONFLICT; on any error
+ * 'why' (may be left empty) says what happened. */
+typedef eddy_err expreg_save_fn(void *ud, const Eddy__V1__Experiment *prev,
+                                const Eddy__V1__Experiment *next, char *why, size_t whylen);
 
 /* A registry kept in 'st' (--dev: loaded from it now, saved to it on every change; NULL:
  * none, the caller sets a saver and fills it with expreg_replace). Caller owns *out; free
@@ -31,15 +35,17 @@ eddy_err expreg_new(store *st, expreg **out);
 void expreg_free(expreg *r);
 
 /* Where changes go instead of the store (a cluster: etcd). 'fn' runs on the admin call's
- * thread with the mutex held. */
+ * thread with the mutex held, so changes made through one registry are saved one at a time
+ * (it must not call back into the registry). */
 void expreg_set_saver(expreg *r, expreg_save_fn *fn, void *ud);
 
 /* Replace the list with 'n' encoded Experiment messages (a cluster node's view of etcd);
  * undecodable ones are skipped. */
 eddy_err expreg_replace(expreg *r, const ProtobufCBinaryData *defs, size_t n);
 
-/* The admin calls. On EDDY_ERR_INVALID, EDDY_ERR_NOT_FOUND or EDDY_ERR_CONFLICT (the name is taken) 'why' says
- * what is wrong. On success *out (may be NULL) is a copy of what is stored; caller owns it
+/* The admin calls. On EDDY_ERR_INVALID, EDDY_ERR_NOT_FOUND or EDDY_ERR_CONFLICT (the name
+ * is taken; with a saver also: changed elsewhere meanwhile) 'why' says what is wrong; a
+ * saver's other errors (EDDY_ERR_UNAVAILABLE: etcd unreachable) come with its 'why'. On success *out (may be NULL) is a copy of what is stored; caller owns it
  * (free with eddy__v1__experiment__free_unpacked). 'now': the node's clock (ms). */
 eddy_err expreg_create(expreg *r, const Eddy__V1__Experiment *e, int64_t now,
                        Eddy__V1__Experiment **out, char *why, size_t whylen);
