@@ -41,6 +41,11 @@ static void change(struct experiments_service *svc, rpc_call *c, enum change wha
     eddy_err err = what == CREATE   ? expreg_create(svc->reg, e, now, &out, why, sizeof(why))
                    : what == UPDATE ? expreg_update(svc->reg, e, now, &out, why, sizeof(why))
                                     : expreg_stop(svc->reg, name, now, &out, why, sizeof(why));
+    if (err != EDDY_OK && err == EDDY_ERR_CONFLICT && what != CREATE) {
+        /* the experiment exists: it was changed elsewhere since this node read it */
+        rpc_reply_error(c, GRPC_STATUS_ABORTED, "%s experiment: %s", verbs[what], why);
+        return;
+    }
     if (err != EDDY_OK) {
         snprintf(whatfor, sizeof(whatfor), "%s experiment", verbs[what]);
         reply_err(c, whatfor, err, why);
@@ -185,21 +190,26 @@ eddy_err experiments_service_register(struct experiments_service *svc, rpc_serve
 
 /* ---- Prometheus series ------------------------------------------------------------------ */
 
-static const char *const fam_names[5] = {
+static const char *const fam_names[EXPERIMENTS_FAMILIES] = {
     "eddy_experiment_impressions", "eddy_experiment_clicks", "eddy_experiment_add_to_carts",
-    "eddy_experiment_purchases", "eddy_experiment_revenue"};
-static const char *const fam_help[5] = {
-    "Recommend answers served in the variant (running experiments; summed over the partitions)",
+    "eddy_experiment_purchases", "eddy_experiment_revenue", "eddy_experiment_recommended",
+    "eddy_experiment_recommended_hits"};
+static const char *const fam_help[EXPERIMENTS_FAMILIES] = {
+    "Recommend answers served in the variant (running experiments; this node's partitions: "
+    "sum over the nodes)",
     "answers of the variant with an attributed click",
     "answers of the variant with an attributed add to cart",
     "answers of the variant with an attributed purchase",
-    "sum of the prices of the purchases attributed to the variant"};
+    "sum of the prices of the purchases attributed to the variant",
+    "products listed by the variant's answers",
+    "products listed by the variant's answers and later clicked or bought (accuracy: "
+    "hits / recommended)"};
 
 static void refresh_one(struct experiments_service *svc, const Eddy__V1__Experiment *e)
 {
     Eddy__V1__GetExperimentResponse *counts = NULL;
     char why[256];
-    if (svc->stats(svc->stats_ud, e->name, &counts, why, sizeof(why)) != EDDY_OK)
+    if (svc->local(svc->local_ud, e->name, &counts, why, sizeof(why)) != EDDY_OK)
         return;
     for (size_t i = 0; i < e->n_variants; i++) { /* the variants it has: bounded labels */
         const Eddy__V1__VariantStats *vs = NULL;
@@ -208,15 +218,17 @@ static void refresh_one(struct experiments_service *svc, const Eddy__V1__Experim
                 vs = counts->stats[j];
         }
         const char *labels[] = {e->name, e->variants[i]->name};
-        double v[5] = {0, 0, 0, 0, 0};
+        double v[EXPERIMENTS_FAMILIES] = {0};
         if (vs) {
             v[0] = (double)vs->impressions;
             v[1] = (double)vs->clicks;
             v[2] = (double)vs->add_to_carts;
             v[3] = (double)vs->purchases;
             v[4] = vs->revenue;
+            v[5] = (double)vs->recommended;
+            v[6] = (double)vs->recommended_hits;
         }
-        for (int f = 0; f < 5; f++)
+        for (int f = 0; f < EXPERIMENTS_FAMILIES; f++)
             metric_gauge_set(metric_family_gauge(svc->fam[f], labels), v[f]);
     }
     eddy__v1__get_experiment_response__free_unpacked(counts, NULL);
@@ -248,9 +260,9 @@ static void refresher(struct worker *w, void *ud)
 eddy_err experiments_service_start(struct experiments_service *svc)
 {
     static const char *const labels[] = {"experiment", "variant"};
-    if (!svc->metrics || !svc->stats || svc->refresh_ms <= 0)
+    if (!svc->metrics || !svc->local || svc->refresh_ms <= 0)
         return EDDY_OK;
-    for (int f = 0; f < 5; f++) {
+    for (int f = 0; f < EXPERIMENTS_FAMILIES; f++) {
         if (!(svc->fam[f] = metrics_family(svc->metrics, METRIC_GAUGE, fam_names[f], fam_help[f],
                                            labels, 2, NULL, 0)))
             return EDDY_ERR_NOMEM;

@@ -42,6 +42,7 @@
 #include "node/state/stage2cache.h"
 #include "node/state/expreg.h"
 #include "node/experiments_service.h"
+#include "node/cluster/expsync.h"
 
 #define DAY (24 * 3600 * 1000LL)
 /* Methods only cluster members may call when TLS is on (State, ReplicaFetch, ...); a --dev
@@ -83,6 +84,7 @@ struct node {
     stage2_side *s2side;
     struct ingest_service svc;
     expreg *exps;                    /* the experiments (--dev: kept in the engine's store) */
+    expsync *exsync;                 /* cluster: 'exps' kept in etcd (started by join) */
     struct experiments_service xs;
     struct dev_status ds;            /* --dev: ClusterStatus of a one-node cluster */
     rpc_server *srv;
@@ -418,12 +420,30 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     return EDDY_OK;
 }
 
-/* --dev: an experiment's counts are the local partitions'. */
+/* A cluster: an experiment's counts are every partition's, asked of their leaders. */
+static eddy_err cluster_stats(void *ud, const char *name, Eddy__V1__GetExperimentResponse **out,
+                              char *why, size_t whylen)
+{
+    struct backend_status res = {0};
+    router_experiment(ud, name, out, &res);
+    if (res.code == GRPC_STATUS_OK)
+        return EDDY_OK;
+    snprintf(why, whylen, "counts: %s", res.message[0] ? res.message : "the owners did not answer");
+    return res.code == GRPC_STATUS_RESOURCE_EXHAUSTED ? EDDY_ERR_NOMEM : EDDY_ERR_UNAVAILABLE;
+}
+
+/* An experiment's counts in the partitions this node serves: --dev all of them; a cluster
+ * member those it leads and has taken over (its store also holds followed copies). */
 static eddy_err local_stats(void *ud, const char *name, Eddy__V1__GetExperimentResponse **out,
                             char *why, size_t whylen)
 {
     struct state_service *ss = ud;
-    eddy_err err = query_experiment_stats(&ss->q, name, out);
+    struct query_ctx q = ss->q;
+    if (ss->repl) { /* a cluster member */
+        q.owns = state_service_ready;
+        q.owns_ud = ss;
+    }
+    eddy_err err = query_experiment_stats(&q, name, out);
     if (err != EDDY_OK)
         snprintf(why, whylen, "%s", eddy_strerror(err));
     return err;
@@ -462,11 +482,19 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
         return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the server",
                     n->refl ? NULL : why);
     eddy_err e = ingest_service_register(&n->svc, n->srv);
+    /* a cluster: every node serves the experiments (an ingest node too), kept in etcd */
+    if (e == EDDY_OK && n->clustered && !n->exps)
+        e = expreg_new(NULL, &n->exps);
+    if (e == EDDY_OK && n->clustered)
+        e = expsync_new(n->exps, c->cluster, &n->exsync);
     if (e == EDDY_OK && n->exps) {
         n->xs = (struct experiments_service){.reg = n->exps,
-                                             .stats = n->clustered ? NULL : local_stats,
-                                             .stats_ud = &n->ss, .metrics = n->nm.reg,
-                                             .refresh_ms = 5000};
+                                             .stats = n->clustered ? cluster_stats : local_stats,
+                                             .stats_ud = n->clustered ? (void *)&n->router
+                                                                      : (void *)&n->ss,
+                                             .local = n->eng ? local_stats : NULL,
+                                             .local_ud = &n->ss,
+                                             .metrics = n->nm.reg, .refresh_ms = 5000};
         e = experiments_service_register(&n->xs, n->srv);
     }
     if (e == EDDY_OK)
@@ -667,6 +695,9 @@ static eddy_err join(node *n, char *err, size_t errlen)
     }
     n->router.mem = mem;
     n->s2.mem = mem;
+    /* the experiments before the partitions: a user's first Recommend here follows them */
+    if ((e = expsync_start(n->exsync, membership_etcd(mem), why, sizeof(why))) != EDDY_OK)
+        return fail(err, errlen, e, "cannot join the cluster", why);
     state_service_joined(&n->ss, mem);
     if (n->eng) {
         /* the moves in progress first: a partition moving here is the mover's to make
@@ -858,6 +889,7 @@ void node_free(node *n)
     mover_stop(n->mov);                /* a move in progress resumes at the next start */
     reprocess_service_stop(&n->rps);   /* a rebuild still running gives up, swapping nothing */
     forwarder_stop(atomic_load(&n->fwd)); /* unsent stage-2 records stay in the OUTBOX */
+    expsync_free(n->exsync);           /* before the membership whose etcd client it uses */
     membership_stop(mem);              /* revokes the lease: the coordinator reassigns at once */
     atomic_store(&n->mem, NULL);
     engine_close(n->eng);              /* finishes queued writes, closes LevelDB */

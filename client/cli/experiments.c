@@ -329,6 +329,7 @@ static int list(struct cli_ctx *ctx, int argc, char **argv)
 struct variant_report {
     struct abstats_interval ctr, conv, rpi;
     double p_ctr, p_conv; /* against the control; 1 for the control itself */
+    double accuracy;      /* listed products later clicked or bought (0 if none listed) */
 };
 
 static void report(const Eddy__V1__VariantStats *s, const Eddy__V1__VariantStats *control,
@@ -337,6 +338,7 @@ static void report(const Eddy__V1__VariantStats *s, const Eddy__V1__VariantStats
     r->ctr = abstats_wilson(s->clicks, s->impressions, ABSTATS_Z95);
     r->conv = abstats_wilson(s->purchases, s->impressions, ABSTATS_Z95);
     r->rpi = abstats_mean(s->revenue, s->revenue_sq, s->impressions, ABSTATS_Z95);
+    r->accuracy = s->recommended ? (double)s->recommended_hits / (double)s->recommended : 0;
     r->p_ctr = s == control ? 1
                             : abstats_two_proportion_p(control->clicks, control->impressions,
                                                        s->clicks, s->impressions);
@@ -361,8 +363,9 @@ static int show(struct cli_ctx *ctx, int argc, char **argv)
                                   "An experiment and, per variant: impressions, clicks, carts, "
                                   "purchases, revenue; CTR and conversion (per impression) "
                                   "with 95% Wilson intervals, revenue per impression with a "
-                                  "95% interval, and two-proportion z-test p-values against "
-                                  "the first variant.",
+                                  "95% interval, two-proportion z-test p-values against "
+                                  "the first variant, and recommendation accuracy (the share "
+                                  "of listed products later clicked or bought).",
                                   NULL, 0, 1, 1};
     const char *pos[1];
     eddy_error err;
@@ -393,6 +396,9 @@ static int show(struct cli_ctx *ctx, int argc, char **argv)
             cJSON_AddItemToObject(v, "revenue_per_impression", interval_json(r.rpi));
             cJSON_AddNumberToObject(v, "p_ctr", r.p_ctr);
             cJSON_AddNumberToObject(v, "p_conversion", r.p_conv);
+            cJSON_AddNumberToObject(v, "recommended", (double)s->recommended);
+            cJSON_AddNumberToObject(v, "recommended_hits", (double)s->recommended_hits);
+            cJSON_AddNumberToObject(v, "accuracy", r.accuracy);
             cJSON_AddItemToArray(a, v);
         }
         rc = cli_json_print(o);
@@ -402,8 +408,9 @@ static int show(struct cli_ctx *ctx, int argc, char **argv)
     print_experiment_line(resp->experiment);
     static const char *const header[] = {"VARIANT",  ">IMPRESSIONS", ">CLICKS",  ">CARTS",
                                          ">PURCHASES", ">REVENUE",   "CTR [95% CI]", ">P",
-                                         "CONVERSION [95% CI]", ">P", "REVENUE/IMPR [95% CI]"};
-    struct cli_table *t = cli_table_new(11, header);
+                                         "CONVERSION [95% CI]", ">P", "REVENUE/IMPR [95% CI]",
+                                         ">ACCURACY"};
+    struct cli_table *t = cli_table_new(12, header);
     int bad = t == NULL;
     for (size_t i = 0; i < resp->n_stats && !bad; i++) {
         const Eddy__V1__VariantStats *s = resp->stats[i];
@@ -420,7 +427,8 @@ static int show(struct cli_ctx *ctx, int argc, char **argv)
               cli_table_cell(t, "%.2f%% [%.2f, %.2f]", 100 * r.conv.value, 100 * r.conv.lo,
                              100 * r.conv.hi) ||
               (i == 0 ? cli_table_cell(t, "-") : cli_table_cell(t, "%.3g", r.p_conv)) ||
-              cli_table_cell(t, "%.4f [%.4f, %.4f]", r.rpi.value, r.rpi.lo, r.rpi.hi);
+              cli_table_cell(t, "%.4f [%.4f, %.4f]", r.rpi.value, r.rpi.lo, r.rpi.hi) ||
+              cli_table_cell(t, "%.2f%%", 100 * r.accuracy);
     }
     if (!bad)
         cli_table_print(t, stdout, 0);

@@ -844,6 +844,85 @@ out:
     free(ps);
 }
 
+/* ---- experiments ------------------------------------------------------------------------- */
+
+/* Add one node's 'from' to the sums in 'to' (by variant name; moves new entries out of
+ * 'from'). */
+static eddy_err add_variants(Eddy__V1__GetExperimentResponse *to,
+                             Eddy__State__V1__PartialResponse *from)
+{
+    for (size_t j = 0; j < from->n_variants; j++) {
+        Eddy__V1__VariantStats *v = from->variants[j], *sum = NULL;
+        for (size_t i = 0; i < to->n_stats && !sum; i++) {
+            if (strcmp(to->stats[i]->variant, v->variant) == 0)
+                sum = to->stats[i];
+        }
+        if (sum) {
+            sum->impressions += v->impressions;
+            sum->clicks += v->clicks;
+            sum->add_to_carts += v->add_to_carts;
+            sum->purchases += v->purchases;
+            sum->revenue += v->revenue;
+            sum->revenue_sq += v->revenue_sq;
+            sum->recommended += v->recommended;
+            sum->recommended_hits += v->recommended_hits;
+            continue;
+        }
+        if (pb_grow((void **)&to->stats, to->n_stats, sizeof(*to->stats)) != EDDY_OK)
+            return EDDY_ERR_NOMEM;
+        to->stats[to->n_stats++] = v;
+        from->variants[j] = NULL; /* moved */
+    }
+    return EDDY_OK;
+}
+
+static int cmp_variant(const void *a, const void *b)
+{
+    return strcmp((*(Eddy__V1__VariantStats *const *)a)->variant,
+                  (*(Eddy__V1__VariantStats *const *)b)->variant);
+}
+
+void router_experiment(struct router *r, const char *name, Eddy__V1__GetExperimentResponse **out,
+                       struct backend_status *res)
+{
+    *out = NULL;
+    if (!joined(r, res))
+        return;
+    struct partials *ps = calloc(1, sizeof(*ps));
+    Eddy__State__V1__PartialRequest pr = EDDY__STATE__V1__PARTIAL_REQUEST__INIT;
+    Eddy__V1__GetExperimentResponse *o = malloc(sizeof(*o));
+    res->code = GRPC_STATUS_OK;
+    res->message[0] = '\0';
+    if (!ps || !o) {
+        res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        free(o);
+        o = NULL;
+        goto out;
+    }
+    eddy__v1__get_experiment_response__init(o);
+    /* the leaders only: counts are exact, each partition once (gather checks coverage) */
+    pr.request_case = EDDY__STATE__V1__PARTIAL_REQUEST__REQUEST_EXPERIMENT;
+    pr.experiment = (char *)name;
+    if (!gather(r, &pr, ps, res))
+        goto out;
+    for (size_t i = 0; i < ps->n; i++) {
+        Eddy__State__V1__PartialResponse *p = (Eddy__State__V1__PartialResponse *)ps->slots[i].resp;
+        if (p && add_variants(o, p) != EDDY_OK) {
+            res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            goto out;
+        }
+    }
+    qsort(o->stats, o->n_stats, sizeof(*o->stats), cmp_variant);
+    *out = o;
+    o = NULL;
+out:
+    if (o)
+        protobuf_c_message_free_unpacked(&o->base, NULL);
+    if (ps)
+        partials_release(ps);
+    free(ps);
+}
+
 /* ---- the routed state backend ------------------------------------------------------------ */
 
 static void routed_ingest(void *impl, Eddy__V1__Event *const *events, size_t n,

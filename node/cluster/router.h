@@ -62,4 +62,11 @@ void router_top(struct router *r, const Eddy__V1__TopProductsRequest *req,
 void router_counts(struct router *r, const Eddy__V1__EventCountsRequest *req,
                    Eddy__V1__EventCountsResponse **out, struct backend_status *res);
 
+/* The per-variant counts of experiment 'name' summed over every partition, each asked of
+ * its leader (exact; UNAVAILABLE while a partition has none ready, e.g. mid-move). Caller
+ * owns *out (only 'stats' set, by variant name; free with
+ * eddy__v1__get_experiment_response__free_unpacked). */
+void router_experiment(struct router *r, const char *name, Eddy__V1__GetExperimentResponse **out,
+                       struct backend_status *res);
+
 #endif

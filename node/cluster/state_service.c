@@ -786,6 +786,7 @@ static void handle_partial(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     uint32_t *refused = calloc(req->n_read ? req->n_read : 1, sizeof(*refused));
     Eddy__V1__TopProductsResponse *top = NULL;
     Eddy__V1__EventCountsResponse *counts = NULL;
+    Eddy__V1__GetExperimentResponse *exp = NULL;
     struct query_ctx q = svc->q;
     eddy_err err = EDDY_ERR_NOMEM;
     if (!pp || !ppp || !stale || !answer || !from_follower || !refused)
@@ -838,6 +839,12 @@ static void handle_partial(void *ud, rpc_call *c, const ProtobufCMessage *msg)
             r.windows = counts->windows;
             r.n_windows = counts->n_windows;
         }
+    } else if (req->request_case == EDDY__STATE__V1__PARTIAL_REQUEST__REQUEST_EXPERIMENT) {
+        err = query_experiment_stats(&q, req->experiment, &exp);
+        if (err == EDDY_OK) {
+            r.variants = exp->stats;
+            r.n_variants = exp->n_stats;
+        }
     }
 out:
     if (err == EDDY_OK)
@@ -852,6 +859,7 @@ out:
     free(refused);
     query_free_response(top ? &top->base : NULL);
     query_free_response(counts ? &counts->base : NULL);
+    query_free_response(exp ? &exp->base : NULL);
 }
 
 /* ---- stage-2 reads ----------------------------------------------------------------------- */

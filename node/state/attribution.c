@@ -16,13 +16,33 @@ unsigned attribution_kind(Eddy__V1__EventType type)
     }
 }
 
-static bool lists(const Eddy__Store__V1__Impression *imp, const char *product)
+/* The index of 'product' in the impression's list, or -1. */
+static int product_index(const Eddy__Store__V1__Impression *imp, const char *product)
 {
     for (size_t i = 0; i < imp->n_products; i++) {
         if (strcmp(imp->products[i], product) == 0)
-            return true;
+            return (int)i;
     }
-    return false;
+    return -1;
+}
+
+static bool lists(const Eddy__Store__V1__Impression *imp, const char *product)
+{
+    return product_index(imp, product) >= 0;
+}
+
+bool attribution_hit(const Eddy__Store__V1__UserImpressions__Entry *e, const Eddy__V1__Event *ev)
+{
+    unsigned kind = attribution_kind(ev->event_type);
+    int at = e->impression && !pb_empty(ev->product_id)
+                 ? product_index(e->impression, ev->product_id) : -1;
+    if (at < 0 || !(kind == ATTR_CLICK || kind == ATTR_PURCHASE))
+        return false;
+    for (size_t i = 0; i < e->n_hits; i++) {
+        if (e->hits[i] == (uint32_t)at)
+            return false;
+    }
+    return true;
 }
 
 int attribution_find(const Eddy__Store__V1__UserImpressions *ui, const Eddy__V1__Event *ev)
@@ -89,10 +109,17 @@ void attribution_user_key(struct store_key *k, uint32_t p, const char *user_id)
     key_lstr(k, user_id);
 }
 
-/* Add to the counts of (experiment, variant) in partition p: 'impressions', one for the
- * first event of 'kind' attributed to an impression (0: none), and 'revenue'. */
+/* What one record adds to the counts of a variant in a partition. */
+struct delta {
+    uint64_t impressions;
+    unsigned kind;        /* the first event of this kind attributed to an impression (0: none) */
+    double revenue, revenue_sq;
+    uint64_t recommended; /* products listed */
+    uint64_t hits;        /* listed products clicked or bought for the first time */
+};
+
 static eddy_err count(store_txn *t, uint32_t p, const char *experiment, const char *variant,
-                      uint64_t impressions, unsigned kind, double revenue, double revenue_sq)
+                      const struct delta *d)
 {
     struct store_key k;
     Eddy__Store__V1__VariantCounts *c = NULL;
@@ -104,12 +131,14 @@ static eddy_err count(store_txn *t, uint32_t p, const char *experiment, const ch
                                             (ProtobufCMessage **)&c, &created);
     if (err != EDDY_OK)
         return err;
-    c->impressions += impressions;
-    c->clicks += kind == ATTR_CLICK;
-    c->add_to_carts += kind == ATTR_CART;
-    c->purchases += kind == ATTR_PURCHASE;
-    c->revenue += revenue;
-    c->revenue_sq += revenue_sq;
+    c->impressions += d->impressions;
+    c->clicks += d->kind == ATTR_CLICK;
+    c->add_to_carts += d->kind == ATTR_CART;
+    c->purchases += d->kind == ATTR_PURCHASE;
+    c->revenue += d->revenue;
+    c->revenue_sq += d->revenue_sq;
+    c->recommended += d->recommended;
+    c->recommended_hits += d->hits;
     return store_txn_obj_set(t, &k, &c->base);
 }
 
@@ -128,7 +157,8 @@ eddy_err attribution_impression(store_txn *t, uint32_t p, const Eddy__Store__V1_
     eddy_err serr = store_txn_obj_set(t, &k, &ui->base);
     if (err == EDDY_OK)
         err = serr;
-    return err == EDDY_OK ? count(t, p, imp->experiment, imp->variant, 1, 0, 0, 0) : err;
+    struct delta d = {.impressions = 1, .recommended = imp->n_products};
+    return err == EDDY_OK ? count(t, p, imp->experiment, imp->variant, &d) : err;
 }
 
 eddy_err attribution_event(store_txn *t, uint32_t p, const Eddy__V1__Event *ev)
@@ -149,14 +179,20 @@ eddy_err attribution_event(store_txn *t, uint32_t p, const Eddy__V1__Event *ev)
     Eddy__Store__V1__UserImpressions__Entry *e = ui->entries[i];
     bool first = !(e->done & kind);
     double revenue = kind == ATTR_PURCHASE ? ev->price : 0;
-    if (!first && revenue == 0)
+    bool hit = attribution_hit(e, ev);
+    if (!first && revenue == 0 && !hit)
         return EDDY_OK;
+    if (hit && (err = pb_grow((void **)&e->hits, e->n_hits, sizeof(*e->hits))) != EDDY_OK)
+        return err;
+    if (hit)
+        e->hits[e->n_hits++] = (uint32_t)product_index(e->impression, ev->product_id);
     /* the impression's revenue r grows by x: its square by 2rx + x^2 */
-    double sq = 2 * e->revenue * revenue + revenue * revenue;
+    struct delta d = {.kind = first ? kind : 0, .revenue = revenue,
+                      .revenue_sq = 2 * e->revenue * revenue + revenue * revenue,
+                      .hits = hit};
     e->done |= kind;
     e->revenue += revenue;
     if ((err = store_txn_obj_set(t, &k, &ui->base)) != EDDY_OK)
         return err;
-    return count(t, p, e->impression->experiment, e->impression->variant, 0,
-                 first ? kind : 0, revenue, sq);
+    return count(t, p, e->impression->experiment, e->impression->variant, &d);
 }

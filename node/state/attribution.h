@@ -3,13 +3,16 @@
  * LogRecord of the user's partition) joins the user's latest impressions (table IMPR),
  * and a later CLICK, ADD_TO_CART or PURCHASE of a product it listed counts for its
  * experiment and variant in the partition's counts (table EXP_STAT), at most once per
- * impression and kind, with every attributed purchase's price added to the revenue.
+ * impression and kind, with every attributed purchase's price added to the revenue; and,
+ * for recommendation accuracy, every listed product counts once as listed and once more
+ * if it is later clicked or bought.
  * Which impression an event goes to is a function of the log only (attribution_find).
  *
  * Threads: the partition's writer thread (the txn functions); the rest is pure. */
 #ifndef EDDY_ATTRIBUTION_H
 #define EDDY_ATTRIBUTION_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/err.h"
@@ -34,6 +37,11 @@ unsigned attribution_kind(Eddy__V1__EventType type);
  * the kind's window before the event (CLICK: click window; ADD_TO_CART and PURCHASE:
  * purchase window) and not more than ATTRIBUTION_SKEW_MS after it. Pure. */
 int attribution_find(const Eddy__Store__V1__UserImpressions *ui, const Eddy__V1__Event *ev);
+
+/* Whether 'ev' (attributed to entry 'e') is a hit for recommendation accuracy: a CLICK or
+ * PURCHASE of a product the impression listed, the first of that product (clicked or
+ * bought: once per listed product). Pure. */
+bool attribution_hit(const Eddy__Store__V1__UserImpressions__Entry *e, const Eddy__V1__Event *ev);
 
 /* Append a copy of 'imp' (without its user id) to 'ui', dropping the oldest beyond
  * ATTRIBUTION_KEEP. 'ui' must be heap-allocated protobuf-c (freed with free_unpacked). */

@@ -786,6 +786,8 @@ static int collect_variant(void *ud, const unsigned char *k, size_t klen, const 
     vs->purchases += c->purchases;
     vs->revenue += c->revenue;
     vs->revenue_sq += c->revenue_sq;
+    vs->recommended += c->recommended;
+    vs->recommended_hits += c->recommended_hits;
     eddy__store__v1__variant_counts__free_unpacked(c, NULL);
     return s->err != EDDY_OK;
 }

@@ -7,7 +7,8 @@ only (weight-neighbours=0), so its lists hold none of them; B ranks by neighbour
 its lists hold them. Users click a liked item in their list with probability 0.5, else the
 first item with probability 0.1, and buy a clicked liked item with probability 0.4 (seeded).
 `eddy experiments show` must count exactly the clicks and purchases sent (some with the
-answer's recommendation_id, the others attributed by the window), report B's CTR above A's
+answer's recommendation_id, the others attributed by the window) and the recommendation
+accuracy (listed products, and those clicked or bought, each once), report B's CTR above A's
 with disjoint 95% intervals and a significant p-value, and give the same counts after a
 kill -9 and restart and after a rebuild from the log (eddy reprocess).
 """
@@ -108,8 +109,8 @@ class ExperimentsTest(unittest.TestCase):
         self.assertEqual([e["name"] for e in listed], ["ranking"])
 
         rnd = random.Random(SEED)
-        want = {"A": dict(impressions=0, clicks=0, add_to_carts=0, purchases=0, revenue=0.0),
-                "B": dict(impressions=0, clicks=0, add_to_carts=0, purchases=0, revenue=0.0)}
+        want = {v: dict(impressions=0, clicks=0, add_to_carts=0, purchases=0, revenue=0.0,
+                        recommended=0, recommended_hits=0) for v in ("A", "B")}
         ids, events, liked_shown = set(), [], {"A": 0, "B": 0}
         for i, u in enumerate(users):
             resp = self.recommend(u)
@@ -121,6 +122,7 @@ class ExperimentsTest(unittest.TestCase):
             v = resp.variant
             want[v]["impressions"] += 1
             listed = [it.product_id for it in resp.items]
+            want[v]["recommended"] += len(listed)
             liked = [p for p in listed if p.startswith(f"n-{taste[u]}-")]
             liked_shown[v] += bool(liked)
             ts = L.now_ms()
@@ -135,6 +137,8 @@ class ExperimentsTest(unittest.TestCase):
                 # a second click on the same answer: CTR counts answers clicked, once
                 events.append(ev(m, f"c2-{u}", u, "click", clicked, ts + 1))
                 want[v]["clicks"] += 1
+                # accuracy: one listed product clicked (clicked twice, maybe bought: once)
+                want[v]["recommended_hits"] += 1
                 if clicked in liked and rnd.random() < 0.4:
                     events.append(ev(m, f"b-{u}", u, "purchase", clicked, ts + 1, price=20.0))
                     want[v]["purchases"] += 1
@@ -162,13 +166,17 @@ class ExperimentsTest(unittest.TestCase):
               f"[{a['ctr']['lo']:.3f}, {a['ctr']['hi']:.3f}]; B: {b['impressions']}, CTR "
               f"{b['ctr']['value']:.3f} [{b['ctr']['lo']:.3f}, {b['ctr']['hi']:.3f}], "
               f"p {b['p_ctr']:.2g}; conversion {a['conversion']['value']:.3f} vs "
-              f"{b['conversion']['value']:.3f}, p {b['p_conversion']:.2g}")
+              f"{b['conversion']['value']:.3f}, p {b['p_conversion']:.2g}; accuracy "
+              f"{a['accuracy']:.3f} vs {b['accuracy']:.3f}")
         self.assertGreater(b["ctr"]["lo"], a["ctr"]["hi"])
         self.assertLess(b["p_ctr"], 0.001)
         self.assertGreater(b["conversion"]["value"], a["conversion"]["value"])
         self.assertLess(b["p_conversion"], 0.01)
         self.assertAlmostEqual(b["revenue_per_impression"]["value"],
                                want["B"]["revenue"] / want["B"]["impressions"])
+        self.assertAlmostEqual(b["accuracy"], want["B"]["recommended_hits"] /
+                               want["B"]["recommended"])
+        self.assertGreater(b["accuracy"], a["accuracy"])
         rc, text, err = L.run_cli(node.endpoint, "experiments", "show", "ranking")
         self.assertEqual(rc, 0, err)
         self.assertIn("CTR [95% CI]", text)

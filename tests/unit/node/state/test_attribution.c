@@ -1,6 +1,8 @@
 /* node/state/attribution.c: which impression an event is attributed to (by id, by window,
- * the latest, only listed products, only CLICK / ADD_TO_CART / PURCHASE), and the list of a
- * user's latest impressions (bounded, oldest dropped). */
+ * the latest, only listed products, only CLICK / ADD_TO_CART / PURCHASE), the list of a
+ * user's latest impressions (bounded, oldest dropped), and recommendation accuracy in a
+ * partition's counts (each listed product counted once, and once more when clicked or
+ * bought). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +14,7 @@
 #include <cmocka.h>
 
 #include "node/state/attribution.h"
+#include "tests/unit/node/state/store_fixture.h"
 
 #define MIN 60000LL
 
@@ -132,12 +135,95 @@ static void test_keeps_the_latest(void **state)
     eddy__store__v1__user_impressions__free_unpacked(ui, NULL);
 }
 
+/* The variant's counts in partition 'p' as the txn sees them. */
+static Eddy__Store__V1__VariantCounts *counts_of(store_txn *t, uint32_t p, const char *variant)
+{
+    struct store_key k;
+    ProtobufCMessage *c = NULL;
+    key_init(&k, p, T_EXP_STAT);
+    key_lstr(&k, "exp");
+    key_str(&k, variant);
+    assert_int_equal(store_txn_obj_get(t, &k, &eddy__store__v1__variant_counts__descriptor, &c),
+                     EDDY_OK);
+    assert_non_null(c);
+    return (Eddy__Store__V1__VariantCounts *)c;
+}
+
+static void apply(store_txn *t, Eddy__V1__EventType type, const char *product, int64_t ts,
+                  const char *rec_id, double price)
+{
+    Eddy__V1__Event ev = event(type, product, ts, rec_id);
+    ev.price = price;
+    assert_int_equal(attribution_event(t, 3, &ev), EDDY_OK);
+}
+
+static void test_accuracy_counts_each_listed_product_once(void **state)
+{
+    struct fx *f = *state;
+    static const char *const listed[] = {"p1", "p2", "p3", "p4", NULL};
+    int64_t t0 = 1700000000000;
+    store_txn *t = store_txn_new(f->s);
+    assert_non_null(t);
+    Eddy__Store__V1__Impression imp = EDDY__STORE__V1__IMPRESSION__INIT;
+    imp.recommendation_id = (char *)"r1";
+    imp.user_id = (char *)"u";
+    imp.experiment = (char *)"exp";
+    imp.variant = (char *)"B";
+    imp.ts = t0;
+    imp.products = (char **)listed;
+    imp.n_products = 4;
+    imp.click_window_ms = 30 * MIN;
+    imp.purchase_window_ms = 24 * 60 * MIN;
+    assert_int_equal(attribution_impression(t, 3, &imp), EDDY_OK);
+    Eddy__Store__V1__VariantCounts *c = counts_of(t, 3, "B");
+    assert_int_equal(c->impressions, 1);
+    assert_int_equal(c->recommended, 4);
+    assert_int_equal(c->recommended_hits, 0);
+
+    apply(t, CLICK, "p1", t0 + MIN, "", 0);          /* a hit */
+    apply(t, CLICK, "p1", t0 + 2 * MIN, "", 0);      /* the same product: not again */
+    apply(t, BUY, "p1", t0 + 3 * MIN, "", 10.0);     /* bought after the click: not again */
+    apply(t, CLICK, "p2", t0 + 4 * MIN, "r1", 0);    /* a second product, by id: a hit */
+    apply(t, CART, "p3", t0 + 5 * MIN, "", 0);       /* a cart is neither click nor buy */
+    apply(t, VIEW, "p4", t0 + 5 * MIN, "", 0);       /* nor is a view */
+    apply(t, CLICK, "p9", t0 + 5 * MIN, "", 0);      /* not listed */
+    apply(t, BUY, "p4", t0 + 25 * 60 * MIN, "", 5.0); /* outside the purchase window */
+    apply(t, BUY, "p3", t0 + 23 * 60 * MIN, "", 7.0); /* bought within it: a hit */
+    c = counts_of(t, 3, "B");
+    assert_int_equal(c->recommended, 4);
+    assert_int_equal(c->recommended_hits, 3);
+    assert_int_equal(c->impressions, 1);
+    assert_int_equal(c->clicks, 1); /* CTR counts answers, once */
+    assert_int_equal(c->add_to_carts, 1);
+    assert_int_equal(c->purchases, 1);
+    assert_true(c->revenue == 17.0);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    store_txn_free(t);
+
+    /* the pure rule on the stored entry: what is hit stays hit */
+    Eddy__Store__V1__UserImpressions *ui = impressions();
+    add(ui, "r2", t0, listed);
+    Eddy__V1__Event ev = event(CLICK, "p4", t0 + MIN, "");
+    assert_true(attribution_hit(ui->entries[0], &ev));
+    uint32_t hit[] = {3};
+    ui->entries[0]->hits = hit;
+    ui->entries[0]->n_hits = 1;
+    assert_false(attribution_hit(ui->entries[0], &ev));
+    ev = event(CART, "p1", t0 + MIN, "");
+    assert_false(attribution_hit(ui->entries[0], &ev));
+    ui->entries[0]->hits = NULL;
+    ui->entries[0]->n_hits = 0;
+    eddy__store__v1__user_impressions__free_unpacked(ui, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_window_latest_listing),
         cmocka_unit_test(test_by_id),
         cmocka_unit_test(test_keeps_the_latest),
+        cmocka_unit_test_setup_teardown(test_accuracy_counts_each_listed_product_once, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
