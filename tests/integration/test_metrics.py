@@ -245,7 +245,16 @@ class MetricsTest(unittest.TestCase):
             with open(path) as f:
                 referenced |= set(re.findall(r"\b((?:eddy|grpc_server|process)_[a-z0-9_]+)", f.read()))
         self.assertIn("eddy_events_ingested_total", referenced)  # the extraction works
-        s = self.scrape()
+        # the experiments' series (eddy_experiment_*{experiment, variant}) exist once an
+        # experiment runs (the refresher exports each running one's variants, at zero until
+        # answers are served): run one, as a dashboard user would
+        L.require_cli()
+        rc, _, err = L.run_cli(self.node.endpoint, "experiments", "create", "chart",
+                               "--variant", "A:50", "--variant", "B:50")
+        self.assertEqual(rc, 0, err)
+        s = L.poll_until(lambda: (lambda s: s if "eddy_experiment_recommended_hits" in s.types
+                                  else None)(self.scrape()),
+                         15, interval=0.2, what="the experiment series in the scrape")
         families = set(s.types)
 
         def family(name):
