@@ -5,7 +5,9 @@ coordinator, two state nodes and an ingest node on loopback, the real CLI.
   and by the ingest node (definitions in etcd, watched by every node); Recommend through
   the ingest node follows it on every partition's owner;
 - simulated users (seeded, as integration.experiments: variant B planted better) click and
-  buy; halfway through, a third state node joins and partitions move live to it;
+  buy; halfway through, a third state node joins and partitions move live to it; the first
+  half's purchases are sent after the moves, so impressions applied on a partition's old
+  owner get purchases attributed on its new one;
 - `eddy experiments show` on any node sums every partition's counts: impressions, clicks,
   carts, purchases, revenue and recommendation accuracy equal those computed from the
   events sent, exactly (each partition once, moved ones included), on each node;
@@ -118,7 +120,7 @@ class ExperimentsClusterTest(unittest.TestCase):
         want = {v: dict.fromkeys(KEYS, 0) for v in ("A", "B")}
         for v in want:
             want[v]["revenue"] = 0.0
-        s3, unlisted = None, []
+        s3, unlisted, deferred = None, [], []
         for i, u in enumerate(users):
             if i == USERS // 2:
                 # a live move in the middle: a third state node takes partitions over
@@ -145,7 +147,10 @@ class ExperimentsClusterTest(unittest.TestCase):
                 want[v]["clicks"] += 1
                 want[v]["recommended_hits"] += 1  # one listed product, clicked (and bought)
                 if clicked in liked and rnd.random() < 0.4:
-                    events.append(ev(m, f"b-{u}", u, "purchase", clicked, ts + 1, price=20.0))
+                    # the first half's purchases after the moves: attributed to impressions
+                    # applied before their partition moved
+                    (deferred if i < USERS // 2 else events).append(
+                        ev(m, f"b-{u}", u, "purchase", clicked, ts + 1, price=20.0))
                     want[v]["purchases"] += 1
                     want[v]["revenue"] += 20.0
             if listed and rnd.random() < 0.3:
@@ -164,6 +169,12 @@ class ExperimentsClusterTest(unittest.TestCase):
         cl.wait_assignment({"s1", "s2", "s3"}, timeout=60)
         moved = sum(1 for o in cl.assignment()["owners"] if o == "s3")
         self.assertGreater(moved, 0)
+        moved_users = [u for u in users[:USERS // 2]
+                       if cl.assignment()["owners"][L.user_partition(u, P)] == "s3"]
+        self.assertTrue(any(e.user_id in moved_users for e in deferred),
+                        "a deferred purchase of a user whose partition moved")
+        r = self.ingest(front, deferred)
+        self.assertEqual(r.accepted, len(deferred))
 
         for n in (s1, s2, s3, front):
             last = []
