@@ -912,7 +912,8 @@ void router_experiment(struct router *r, const char *name, Eddy__V1__GetExperime
             goto out;
         }
     }
-    qsort(o->stats, o->n_stats, sizeof(*o->stats), cmp_variant);
+    if (o->n_stats > 1) /* none: stats is NULL, which qsort must not get */
+        qsort(o->stats, o->n_stats, sizeof(*o->stats), cmp_variant);
     *out = o;
     o = NULL;
 out:

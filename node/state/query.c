@@ -824,7 +824,8 @@ eddy_err query_experiment_stats(struct query_ctx *q, const char *name,
         query_free_response(&s.r->base);
         return err;
     }
-    qsort(s.r->stats, s.r->n_stats, sizeof(*s.r->stats), cmp_variant);
+    if (s.r->n_stats > 1) /* none: stats is NULL, which qsort must not get */
+        qsort(s.r->stats, s.r->n_stats, sizeof(*s.r->stats), cmp_variant);
     *out = s.r;
     return EDDY_OK;
 }
