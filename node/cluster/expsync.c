@@ -1,5 +1,13 @@
 /* Experiments in etcd: the watch that feeds a node's registry and the saver of its admin
- * calls. */
+ * calls.
+ *
+ * DESIGN: the watch runs on its own thread (etcd_watch) so that no RPC thread waits on
+ * etcd for Recommend: the registry is an in-memory copy, replaced whole after every event
+ * (a few experiments, rare changes), and simply kept when etcd is gone. The saver runs on
+ * the admin call's handler thread, under the registry's mutex, and blocks it for one etcd
+ * round trip; that orders the node's own changes, and other nodes' are ordered by the
+ * compare-and-swap. The keys' revisions are kept here, not in the registry, which knows
+ * nothing of etcd. */
 #include "node/cluster/expsync.h"
 
 #include <pthread.h>
