@@ -653,7 +653,8 @@ eddy_err product_neighbours(store *s, const struct product_params *pp, const cha
         int e = back > 64 ? -100000 : -(int)back * bhl;
         nb->rank = ldexp((double)nb->cur, e) + ldexp((double)nb->prev, e - bhl);
     }
-    qsort(r.l, r.n, sizeof(*r.l), by_rank);
+    if (r.n > 1)
+        qsort(r.l, r.n, sizeof(*r.l), by_rank);
     size_t keep = r.n < max ? r.n : max;
     for (size_t i = keep; i < r.n; i++)
         free(r.l[i].id);
