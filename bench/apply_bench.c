@@ -234,7 +234,7 @@ static void print_writes(store *st, const struct store_write_stats *base, long n
         [T_USER_WIN] = "USER_WIN", [T_USER_LOG] = "USER_LOG", [T_PART_WIN] = "PART_WIN",
         [T_PRODUCT] = "PRODUCT", [T_PROD_WIN] = "PROD_WIN", [T_CAT_POP] = "CAT_POP",
         [T_LATE] = "LATE", [T_S2_HW] = "S2_HW", [T_OUTBOX] = "OUTBOX", [T_BOUGHT] = "BOUGHT",
-        [T_META] = "META", [T_SEEN] = "SEEN",
+        [T_META] = "META", [T_SEEN] = "SEEN", [T_COOC] = "COOC",
     };
     struct store_write_stats w;
     store_write_stats(st, &w);

@@ -20,7 +20,8 @@ int offline_dump_state(const char *data_dir, const char *tables)
                  {"user", T_USER}, {"user_win", T_USER_WIN}, {"user_log", T_USER_LOG},
                  {"part_win", T_PART_WIN}, {"product", T_PRODUCT}, {"prod_win", T_PROD_WIN},
                  {"cat_pop", T_CAT_POP}, {"late", T_LATE}, {"s2_hw", T_S2_HW}, {"meta", T_META},
-                 {"seen", T_SEEN}, {"impr", T_IMPR}, {"exp_stat", T_EXP_STAT}};
+                 {"seen", T_SEEN}, {"impr", T_IMPR}, {"exp_stat", T_EXP_STAT},
+                 {"cooc", T_COOC}};
     uint32_t mask = 0;
     char list[512];
     snprintf(list, sizeof(list), "%s", tables);

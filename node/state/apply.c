@@ -15,9 +15,11 @@
 /* ---- meta ---------------------------------------------------------------------------- */
 
 /* PartitionMeta.format: 1, the dedup sweep walks the log; 2, stage-2 batches, DeleteUser
- * and OUTBOX deliveries are log records too. A format-1 partition converts as it is (its
- * log is a valid format-2 log); a newer one is refused rather than misread. */
-#define META_FORMAT 2
+ * and OUTBOX deliveries are log records too; 3, co-occurrence pairs are COOC rows instead of
+ * ProductState.neighbours lists. A format-1 partition converts as it is (its log is a valid
+ * format-2 log); a format-2 one has its lists converted by the engine when loaded
+ * (product_convert); a newer one is refused rather than misread. */
+#define META_FORMAT 3
 
 uint32_t apply_meta_format(void)
 {
@@ -47,6 +49,7 @@ eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m)
     m->log_first_seq = pm->log_first_seq;
     m->epoch = pm->epoch;
     m->dedup_next = pm->dedup_next_seq;
+    m->format = pm->format;
     if (pm->format > META_FORMAT) {
         protobuf_c_message_free_unpacked(&pm->base, NULL);
         return EDDY_ERR_TOO_LARGE; /* engine_open says which layout it found */
@@ -81,8 +84,10 @@ eddy_err apply_meta_save(store_txn *t, uint32_t p, struct part_meta *m)
     pm.dedup_next_seq = m->dedup_next;
     key_init(&k, p, T_META);
     eddy_err err = store_txn_put_msg(t, &k, &pm.base);
-    if (err == EDDY_OK)
+    if (err == EDDY_OK) {
         m->dirty = false;
+        m->format = META_FORMAT;
+    }
     return err;
 }
 

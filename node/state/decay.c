@@ -35,6 +35,11 @@ static int64_t half_life(const struct decay_params *p)
     return __atomic_load_n(&p->half_life_ms, __ATOMIC_RELAXED);
 }
 
+int64_t decay_bucket(const struct decay_params *p, int64_t ts)
+{
+    return floor_div(ts, half_life(p) * p->bucket_half_lives);
+}
+
 void decay_add(Eddy__Store__V1__Decayed *d, const struct decay_params *p, int64_t ts, double w)
 {
     int64_t hl_ms = half_life(p);

@@ -19,6 +19,9 @@ struct decay_params {
 /* Add weight 'w' (>= 0) at event time 'ts' to 'd'. */
 void decay_add(Eddy__Store__V1__Decayed *d, const struct decay_params *p, int64_t ts, double w);
 
+/* The bucket that event time 'ts' falls in (Decayed.bucket of a contribution at 'ts'). */
+int64_t decay_bucket(const struct decay_params *p, int64_t ts);
+
 /* The value of 'd' at event time 'at' (contributions newer than 'at' count at their full
  * weight times 2^((at - t)/half_life), i.e. more than their weight). NULL is 0. */
 double decay_value(const Eddy__Store__V1__Decayed *d, const struct decay_params *p, int64_t at);

@@ -16,6 +16,7 @@
 #include "common/partition.h"
 #include "common/thread.h"
 #include "node/state/checkpoint.h"
+#include "node/state/product.h"
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
 
@@ -399,6 +400,25 @@ static eddy_err run_impression(engine *e, struct job *j)
     return err;
 }
 
+/* A partition of state format 2 or older (its own, or a checkpoint's) keeps its
+ * co-occurrence neighbours as lists in the product states: they become COOC rows in the
+ * txn, with the metadata of the current format, so that no list is ever read as if it were
+ * every pair (product_convert). */
+static eddy_err upgrade_partition(engine *e, uint32_t p)
+{
+    size_t n = 0;
+    if (e->meta[p].format >= apply_meta_format())
+        return EDDY_OK;
+    eddy_err err = product_convert(e->txn, p, &n);
+    if (err != EDDY_OK || n == 0)
+        return err;
+    log_info("msg=\"stage-2 neighbour lists converted to pairs\" partition=%u products=%zu "
+             "from_format=%u",
+             p, n, e->meta[p].format);
+    e->meta[p].dirty = true;
+    return apply_meta_save(e->txn, p, &e->meta[p]);
+}
+
 /* Replace the partition's state with a checkpoint (one synced LevelDB write of its own;
  * the txn is empty: a restore is alone in its group) and take over its metadata. */
 static eddy_err run_restore(engine *e, struct job *j, int64_t now)
@@ -410,7 +430,8 @@ static eddy_err run_restore(engine *e, struct job *j, int64_t now)
         j->job_err = err; /* the partition keeps its state; the caller decides */
         return EDDY_OK;
     }
-    if ((err = apply_meta_load(e->st, p, &e->meta[p])) != EDDY_OK)
+    if ((err = apply_meta_load(e->st, p, &e->meta[p])) != EDDY_OK ||
+        (err = upgrade_partition(e, p)) != EDDY_OK)
         return err;
     e->last_arrival_ms[p] = now;
     j->restored_seq = e->meta[p].next_seq;
@@ -448,6 +469,8 @@ static eddy_err run_exclusive(engine *e, struct job *j, int64_t now)
     j->job_err = j->excl_fn(j->ud, e);
     for (uint32_t p = first; p < last; p++) {
         eddy_err err = apply_meta_load(e->st, p, &e->meta[p]);
+        if (err == EDDY_OK)
+            err = upgrade_partition(e, p);
         if (err != EDDY_OK)
             return err;
         e->last_arrival_ms[p] = now;
@@ -823,7 +846,18 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
             engine_close(e);
             return r;
         }
+        if ((r = upgrade_partition(e, p)) != EDDY_OK) {
+            snprintf(err, errlen, "cannot convert partition %u to state format %u: %s", p,
+                     apply_meta_format(), eddy_strerror(r));
+            engine_close(e);
+            return r;
+        }
         e->last_arrival_ms[p] = now;
+    }
+    if (store_txn_pending(e->txn) > 0 && (r = store_txn_commit(e->txn, true)) != EDDY_OK) {
+        snprintf(err, errlen, "cannot write the converted partitions: %s", eddy_strerror(r));
+        engine_close(e);
+        return r;
     }
     for (uint32_t p = 0; p < nparts; p++) {
         struct store_key start, end;

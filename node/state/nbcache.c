@@ -29,7 +29,6 @@
 struct nb_item {
     const char *id, *category; /* in the entry's block, NUL-terminated */
     uint32_t idlen, catlen;
-    bool has_score;
     int64_t bucket, cur, prev; /* raw entries: the stored Decayed */
 };
 
@@ -41,7 +40,7 @@ struct nb_entry {
     bool raw;               /* local: undecayed items; else scores as the source gave them */
     bool refreshing;        /* a thread is refreshing it: others use it meanwhile */
     int64_t refreshed_ms;   /* monotonic */
-    uint64_t writes;        /* raw: store_key_writes of the product before it was read */
+    uint64_t writes;        /* raw: store_key_writes of the product's pairs before the read */
     size_t n;               /* items */
     size_t fetched;         /* source entries: 'max' of the call (the list is whole if n < it) */
     struct nb_item *items;  /* start of the entry's one allocation */
@@ -131,7 +130,7 @@ eddy_err nbcache_set_entries(nbcache *nc, size_t entries)
 {
     nb_free(nc);
     if (entries && nc->st)
-        store_track_writes(nc->st, T_PRODUCT); /* expired entries nothing changed stay */
+        store_track_writes(nc->st, T_COOC); /* expired entries nothing changed stay */
     nc->queue_max = entries; /* each entry is queued at most once at a time */
     if (entries == 0)
         return EDDY_OK;
@@ -200,25 +199,41 @@ void nbcache_sync(nbcache *nc)
     pthread_mutex_unlock(&nc->mu);
 }
 
+/* A local product's strongest neighbours, as stored (product_neighbours). */
+static eddy_err read_local(nbcache *nc, const char *product_id, struct product_neighbour **l,
+                           size_t *n)
+{
+    size_t max = nc->pp->max_neighbours > 0 ? (size_t)nc->pp->max_neighbours : 0;
+    return product_neighbours(nc->st, nc->pp, product_id, max, REC_ID_CAP, l, n);
+}
+
+static double nb_score(const nbcache *nc, int64_t bucket, int64_t cur, int64_t prev, int64_t at)
+{
+    Eddy__Store__V1__Decayed d = EDDY__STORE__V1__DECAYED__INIT;
+    d.bucket = bucket;
+    d.cur = cur;
+    d.prev = prev;
+    return decay_value(&d, &nc->pp->neighbours, at);
+}
+
 /* The uncached read: the reference the cache must reproduce. */
 static eddy_err neighbours_uncached(nbcache *nc, const char *product_id, int64_t at,
                                     struct scored_product *out, size_t max, size_t *n)
 {
-    Eddy__Store__V1__ProductState *ps = NULL;
+    struct product_neighbour *l = NULL;
+    size_t nl = 0;
     *n = 0;
     if (nc->src)
         return nc->src->neighbours(nc->src->ud, product_id, at, out, max, n);
-    eddy_err err = product_get(nc->st, nc->pp->partitions, product_id, &ps);
-    if (err != EDDY_OK || !ps)
+    eddy_err err = read_local(nc, product_id, &l, &nl);
+    if (err != EDDY_OK)
         return err;
     struct topk t = {out, 0, max};
-    for (size_t i = 0; i < ps->n_neighbours; i++) {
-        const Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
-        topk_offer(&t, nb->product_id, strlen(nb->product_id), nb->category,
-                   strlen(nb->category), decay_value(nb->score, &nc->pp->neighbours, at));
-    }
+    for (size_t i = 0; i < nl; i++)
+        topk_offer(&t, l[i].id, strlen(l[i].id), l[i].category, strlen(l[i].category),
+                   nb_score(nc, l[i].bucket, l[i].cur, l[i].prev, at));
     *n = t.n;
-    eddy__store__v1__product_state__free_unpacked(ps, NULL);
+    product_neighbours_free(l, nl);
     return EDDY_OK;
 }
 
@@ -253,56 +268,41 @@ static char *nb_put_str(char **p, const char *s, size_t len)
     return d;
 }
 
-/* A raw entry from the product's stored neighbours (none if the product is unknown). The
- * neighbours topk_offer would skip (over-long strings) are left out. */
+/* A raw entry from the product's strongest stored neighbours (none if it has no pairs).
+ * The neighbours topk_offer would skip (over-long strings) are left out. */
 static eddy_err nb_build_local(nbcache *nc, const char *product_id, size_t keylen,
                                struct nb_entry *e)
 {
-    Eddy__Store__V1__ProductState *ps = NULL;
+    struct product_neighbour *l = NULL;
+    size_t nl = 0;
     struct store_key k;
-    product_key(&k, nc->pp->partitions, product_id);
+    product_pairs_key(&k, nc->pp->partitions, product_id);
     uint64_t writes = store_key_writes(nc->st, &k); /* before the read (store.h) */
-    eddy_err err = store_get_msg(nc->st, &k, &eddy__store__v1__product_state__descriptor,
-                                 (ProtobufCMessage **)&ps);
+    eddy_err err = read_local(nc, product_id, &l, &nl);
     if (err != EDDY_OK)
         return err;
-    size_t n = 0, bytes = 0;
-    for (size_t i = 0; ps && i < ps->n_neighbours; i++) {
-        const Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
-        size_t il = strlen(nb->product_id), cl = strlen(nb->category);
-        if (il > REC_ID_CAP || cl > REC_ID_CAP)
-            continue;
-        n++;
-        bytes += il + cl + 2;
-    }
-    if (!nb_alloc(e, n, product_id, keylen, bytes)) {
-        if (ps)
-            eddy__store__v1__product_state__free_unpacked(ps, NULL);
+    size_t bytes = 0;
+    for (size_t i = 0; i < nl; i++)
+        bytes += strlen(l[i].id) + strlen(l[i].category) + 2;
+    if (!nb_alloc(e, nl, product_id, keylen, bytes)) {
+        product_neighbours_free(l, nl);
         return EDDY_ERR_NOMEM;
     }
     char *p = (char *)e->key + keylen + 1;
-    size_t j = 0;
-    for (size_t i = 0; ps && i < ps->n_neighbours; i++) {
-        const Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
-        size_t il = strlen(nb->product_id), cl = strlen(nb->category);
-        if (il > REC_ID_CAP || cl > REC_ID_CAP)
-            continue;
-        struct nb_item *it = &e->items[j++];
-        it->id = nb_put_str(&p, nb->product_id, il);
-        it->category = nb_put_str(&p, nb->category, cl);
+    for (size_t i = 0; i < nl; i++) {
+        size_t il = strlen(l[i].id), cl = strlen(l[i].category);
+        struct nb_item *it = &e->items[i];
+        it->id = nb_put_str(&p, l[i].id, il);
+        it->category = nb_put_str(&p, l[i].category, cl);
         it->idlen = (uint32_t)il;
         it->catlen = (uint32_t)cl;
-        it->has_score = nb->score != NULL;
-        if (nb->score) {
-            it->bucket = nb->score->bucket;
-            it->cur = nb->score->cur;
-            it->prev = nb->score->prev;
-        }
+        it->bucket = l[i].bucket;
+        it->cur = l[i].cur;
+        it->prev = l[i].prev;
     }
     e->raw = true;
     e->writes = writes;
-    if (ps)
-        eddy__store__v1__product_state__free_unpacked(ps, NULL);
+    product_neighbours_free(l, nl);
     return EDDY_OK;
 }
 
@@ -331,7 +331,7 @@ static eddy_err nb_build_scored(const char *product_id, size_t keylen,
 }
 
 /* Raw entries: rank the items at 'at' keeping the best 'max', exactly as topk_offer over
- * the stored neighbours in their stored order (same comparisons, same ties), on indices
+ * the stored neighbours in their read order (same comparisons, same ties), on indices
  * instead of whole scored_product copies. Kept until another (at, max) is asked for. */
 static void nb_rank(const nbcache *nc, struct nb_entry *e, int64_t at, size_t max)
 {
@@ -340,14 +340,7 @@ static void nb_rank(const nbcache *nc, struct nb_entry *e, int64_t at, size_t ma
     size_t cnt = 0;
     for (size_t i = 0; i < e->n && max > 0; i++) {
         const struct nb_item *it = &e->items[i];
-        double s = 0.0;
-        if (it->has_score) {
-            Eddy__Store__V1__Decayed d = EDDY__STORE__V1__DECAYED__INIT;
-            d.bucket = it->bucket;
-            d.cur = it->cur;
-            d.prev = it->prev;
-            s = decay_value(&d, &nc->pp->neighbours, at);
-        }
+        double s = nb_score(nc, it->bucket, it->cur, it->prev, at);
         size_t pos = cnt;
         while (pos > 0) {
             double os = e->scores[pos - 1];
@@ -495,7 +488,7 @@ static bool nb_still_stored(nbcache *nc, struct nb_shard *sh, uint64_t h, const 
                             int64_t now)
 {
     struct store_key k;
-    product_key(&k, nc->pp->partitions, key);
+    product_pairs_key(&k, nc->pp->partitions, key);
     uint64_t writes = store_key_writes(nc->st, &k);
     pthread_mutex_lock(&sh->mu);
     struct nb_entry *e = nb_find(sh, h, key);

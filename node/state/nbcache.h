@@ -3,9 +3,10 @@
  * are decayed to a reference event time given by the caller (the newest event time
  * seen), never to the wall clock.
  *
- * A local entry keeps the product's stored neighbours undecayed (bucket sums), so an
- * answer from it is exactly the uncached answer over the same stored state, decayed to
- * the caller's time; an entry read through an nbcache_source keeps the scored list as the
+ * A local entry keeps the product's --max-neighbours strongest pairs (product_neighbours:
+ * the order of decayed sums does not depend on the time they are decayed to) undecayed
+ * (bucket sums), so an answer from it is exactly the uncached answer over the same stored
+ * state, decayed to the caller's time; an entry read through an nbcache_source keeps the scored list as the
  * owner answered it (decayed to the time of that call: decay scales a list uniformly, so
  * its order and normalised scores do not change). Products without state are cached too
  * (empty lists).

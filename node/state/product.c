@@ -165,8 +165,8 @@ eddy_err product_mark_set(store_txn *t, uint32_t q, uint32_t src, uint64_t next_
 }
 
 /* ---- encoding (pbenc.h) ---------------------------------------------------------------
- * A ProductState is re-encoded whole at every group commit that touched it: its neighbour
- * list, 50 entries of three fields with a nested Decayed each. */
+ * A ProductState is re-encoded whole at every group commit that touched it (the neighbour
+ * list of format 2 only while a partition is converted: product_convert). */
 
 static size_t neighbour_body(const Eddy__Store__V1__Neighbour *nb, size_t *lid, size_t *lcat)
 {
@@ -192,7 +192,8 @@ bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, 
                pbenc_u64_size((uint64_t)ps->last_ts) +
                pbenc_str_size(ps->category_indexed, &lidx) +
                pbenc_u64_size((uint64_t)ps->price_ts) +
-               pbenc_u64_size((uint64_t)ps->category_ts) + pbenc_u64_size((uint64_t)ps->brand_ts);
+               pbenc_u64_size((uint64_t)ps->category_ts) + pbenc_u64_size((uint64_t)ps->brand_ts) +
+               pbenc_u64_size((uint64_t)ps->pair_bucket);
     for (size_t i = 0; i < ps->n_neighbours; i++) {
         const Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
         if (pbenc_unknown(&nb->base) || (nb->score && pbenc_unknown(&nb->score->base)))
@@ -226,7 +227,8 @@ bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, 
     p = pbenc_put_str(p, PB_PRODUCT_CATEGORY_INDEXED, ps->category_indexed, lidx);
     p = pbenc_put_u64(p, PB_PRODUCT_PRICE_TS, (uint64_t)ps->price_ts);
     p = pbenc_put_u64(p, PB_PRODUCT_CATEGORY_TS, (uint64_t)ps->category_ts);
-    pbenc_put_u64(p, PB_PRODUCT_BRAND_TS, (uint64_t)ps->brand_ts);
+    p = pbenc_put_u64(p, PB_PRODUCT_BRAND_TS, (uint64_t)ps->brand_ts);
+    pbenc_put_u64(p, PB_PRODUCT_PAIR_BUCKET, (uint64_t)ps->pair_bucket);
     return true;
 }
 
@@ -326,105 +328,131 @@ out:
     return err; /* the state belongs to the txn */
 }
 
-/* decay_value of many sums at one event time, for comparing them: the same arithmetic
- * (so the same order, ties included) without decay_value's final division by the fixed-point
- * one, a power of two that keeps the order exact, and with the two exp2 factors of a
- * bucket computed once per bucket instead of once per sum: a neighbour list spans a few
- * buckets at most. Scans of a full list (each new neighbour of a product with
- * --max-neighbours of them) spent most of their time in exp2. */
-struct values_at {
-    const struct decay_params *p;
-    int64_t at;
-    int64_t bucket[2];
-    double factor[2][2]; /* [slot][cur, prev] */
-    int n;               /* slots filled, round robin past 2 */
+/* ---- pairs ---------------------------------------------------------------------------
+ * Each co-occurrence pair (product, neighbour) is one COOC row: its decayed sum, exact and
+ * written only when a pair of it arrives, so a product's neighbours are a pure function of
+ * the set of pairs, whatever order they arrive in (the top --max-neighbours are picked
+ * when read: product_neighbours). What bounds a product's rows is time, by a rule that is
+ * itself order independent: with P the newest pair bucket of the product (pair_bucket,
+ * the maximum over its pairs), a row keeps only the contributions of buckets P and P - 1.
+ * A pair older than that is dropped; when P moves up, rows that fall out of the two
+ * buckets go and the kept rows lose their counts (and category) from before P - 1: the
+ * state a set of pairs gives is the same in whatever order they arrived (the unit tests
+ * check three). Buckets are --decay-bucket (8) half-lives of --neighbour-half-life wide:
+ * at the default half-life (ten years) P never moves, and every pair is kept. */
+
+bool product_pair_pack(const Eddy__Store__V1__CoOccurrencePair *pr, uint8_t **buf, size_t *len)
+{
+    if (pbenc_unknown(&pr->base) || (pr->score && pbenc_unknown(&pr->score->base)))
+        return false;
+    size_t lcat;
+    size_t n = pbenc_decayed_size(pr->score) + pbenc_str_size(pr->category, &lcat) +
+               pbenc_u64_size((uint64_t)pr->category_ts);
+    uint8_t *p = malloc(n ? n : 1);
+    if (!p)
+        return false;
+    *buf = p;
+    *len = n;
+    p = pbenc_put_decayed(p, PB_COOC_SCORE, pr->score);
+    p = pbenc_put_str(p, PB_COOC_CATEGORY, pr->category, lcat);
+    pbenc_put_u64(p, PB_COOC_CATEGORY_TS, (uint64_t)pr->category_ts);
+    return true;
+}
+
+static bool cooc_pack(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
+{
+    return product_pair_pack((const Eddy__Store__V1__CoOccurrencePair *)m, buf, len);
+}
+
+static void cooc_key(struct store_key *k, uint32_t q, const char *from, const char *to)
+{
+    key_init(k, q, T_COOC);
+    key_lstr(k, from);
+    key_str(k, to);
+}
+
+/* The keys of a product's COOC rows, packed as (u16 length, bytes) in one buffer. */
+struct cooc_keys {
+    unsigned char *buf;
+    size_t len, cap, n;
+    eddy_err err;
 };
 
-/* The factors of a bucket not in the two slots yet: computed into the older slot. */
-static int values_at_fill(struct values_at *va, int64_t bucket)
+static int take_cooc_key(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
 {
-    int s = va->n++ % 2;
-    /* read once, atomically: eddy reprocess --set may change it (decay.c) */
-    int64_t hl_ms = __atomic_load_n(&va->p->half_life_ms, __ATOMIC_RELAXED);
-    int64_t width = hl_ms * va->p->bucket_half_lives;
-    double hl = (double)hl_ms;
-    double start = (double)bucket * (double)width;
-    va->bucket[s] = bucket;
-    va->factor[s][0] = exp2((start - (double)va->at) / hl);
-    va->factor[s][1] = exp2((start - (double)width - (double)va->at) / hl);
-    return s;
+    struct cooc_keys *l = ud;
+    (void)v;
+    (void)vlen;
+    if (klen > STORE_KEY_MAX)
+        return 0;
+    if (l->len + 2 + klen > l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 4096;
+        while (ncap < l->len + 2 + klen)
+            ncap *= 2;
+        unsigned char *nb = realloc(l->buf, ncap);
+        if (!nb) {
+            l->err = EDDY_ERR_NOMEM;
+            return 1;
+        }
+        l->buf = nb;
+        l->cap = ncap;
+    }
+    l->buf[l->len] = (unsigned char)(klen >> 8);
+    l->buf[l->len + 1] = (unsigned char)klen;
+    memcpy(l->buf + l->len + 2, k, klen);
+    l->len += 2 + klen;
+    l->n++;
+    return 0;
 }
 
-static inline double value_at(struct values_at *va, const Eddy__Store__V1__Decayed *d)
+/* Rebase one row on the product's new newest bucket 'top': it keeps only what counts in
+ * buckets top and top - 1, and goes if nothing does. */
+static eddy_err rebase_row(store_txn *t, const struct product_params *p, const struct store_key *k,
+                           int64_t top)
 {
-    if (!d)
-        return 0.0;
-    int s = va->n > 0 && va->bucket[0] == d->bucket   ? 0
-            : va->n > 1 && va->bucket[1] == d->bucket ? 1
-                                                      : values_at_fill(va, d->bucket);
-    return (double)d->cur * va->factor[s][0] + (double)d->prev * va->factor[s][1];
+    Eddy__Store__V1__CoOccurrencePair *pr = NULL;
+    eddy_err err = store_txn_obj_get(t, k, &eddy__store__v1__co_occurrence_pair__descriptor,
+                                     (ProtobufCMessage **)&pr);
+    if (err != EDDY_OK || !pr)
+        return err;
+    if (!pr->score || pr->score->bucket < top - 1)
+        return store_txn_del(t, k);
+    bool changed = false;
+    if (pr->score->bucket == top - 1 && pr->score->prev != 0) {
+        pr->score->prev = 0; /* bucket top - 2 */
+        changed = true;
+    }
+    if (!pb_empty(pr->category) && decay_bucket(&p->neighbours, pr->category_ts) < top - 1) {
+        free(pr->category); /* set by a pair that no longer counts */
+        pr->category = NULL;
+        pr->category_ts = 0;
+        changed = true;
+    }
+    return changed ? store_txn_obj_set(t, k, &pr->base) : EDDY_OK;
 }
 
-static eddy_err add_neighbour(Eddy__Store__V1__ProductState *ps, const struct product_params *p,
-                              const Eddy__Store__V1__CoOccurrence *c)
+/* The product 'from' (partition q) has a pair in bucket 'top', newer than every one
+ * before: rebase its rows on it. */
+static eddy_err rebase_rows(store_txn *t, const struct product_params *p, uint32_t q,
+                            const char *from, int64_t top)
 {
-    size_t lo = 0, hi = ps->n_neighbours;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        int r = strcmp(ps->neighbours[mid]->product_id, c->to_product);
-        if (r == 0) {
-            if (decay_ensure(&ps->neighbours[mid]->score) != EDDY_OK)
-                return EDDY_ERR_NOMEM;
-            decay_add(ps->neighbours[mid]->score, &p->neighbours, c->ts, c->weight);
-            if (!pb_empty(c->to_category))
-                return pb_set_str(&ps->neighbours[mid]->category, c->to_category);
-            return EDDY_OK;
-        }
-        if (r < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
+    struct store_key start, end, k;
+    struct cooc_keys l = {0};
+    key_init(&start, q, T_COOC);
+    key_lstr(&start, from);
+    key_prefix_end(&start, &end);
+    /* keys first: the scan must not see the txn change under it */
+    eddy_err err = store_txn_scan(t, &start, &end, take_cooc_key, &l);
+    if (err == EDDY_OK)
+        err = l.err;
+    for (size_t off = 0; err == EDDY_OK && off < l.len;) {
+        k.len = (size_t)l.buf[off] << 8 | l.buf[off + 1];
+        memcpy(k.buf, l.buf + off + 2, k.len);
+        off += 2 + k.len;
+        err = rebase_row(t, p, &k, top);
     }
-    if ((int)ps->n_neighbours >= p->max_neighbours) {
-        /* full: replace the weakest neighbour if the newcomer is stronger */
-        Eddy__Store__V1__Decayed probe = EDDY__STORE__V1__DECAYED__INIT;
-        decay_add(&probe, &p->neighbours, c->ts, c->weight);
-        struct values_at va = {&p->neighbours, c->ts, {0}, {{0}}, 0};
-        size_t weakest = 0;
-        double wv = INFINITY;
-        for (size_t i = 0; i < ps->n_neighbours; i++) {
-            double v = value_at(&va, ps->neighbours[i]->score);
-            if (v < wv) {
-                wv = v;
-                weakest = i;
-            }
-        }
-        if (value_at(&va, &probe) <= wv)
-            return EDDY_OK;
-        protobuf_c_message_free_unpacked(&ps->neighbours[weakest]->base, NULL);
-        memmove(&ps->neighbours[weakest], &ps->neighbours[weakest + 1],
-                (ps->n_neighbours - weakest - 1) * sizeof(*ps->neighbours));
-        ps->n_neighbours--;
-        if (weakest < lo)
-            lo--;
-    }
-    Eddy__Store__V1__Neighbour *n = malloc(sizeof(*n));
-    if (!n)
-        return EDDY_ERR_NOMEM;
-    eddy__store__v1__neighbour__init(n);
-    n->score = decay_new();
-    if (!n->score || pb_set_str(&n->product_id, c->to_product) != EDDY_OK ||
-        pb_set_str(&n->category, c->to_category) != EDDY_OK ||
-        pb_grow((void **)&ps->neighbours, ps->n_neighbours, sizeof(*ps->neighbours)) != EDDY_OK) {
-        protobuf_c_message_free_unpacked(&n->base, NULL);
-        return EDDY_ERR_NOMEM;
-    }
-    decay_add(n->score, &p->neighbours, c->ts, c->weight);
-    memmove(&ps->neighbours[lo + 1], &ps->neighbours[lo],
-            (ps->n_neighbours - lo) * sizeof(*ps->neighbours));
-    ps->neighbours[lo] = n;
-    ps->n_neighbours++;
-    return EDDY_OK;
+    free(l.buf);
+    return err;
 }
 
 static eddy_err apply_pair(store_txn *t, const struct product_params *p, uint32_t q,
@@ -432,12 +460,37 @@ static eddy_err apply_pair(store_txn *t, const struct product_params *p, uint32_
 {
     struct store_key k;
     Eddy__Store__V1__ProductState *ps = NULL;
+    Eddy__Store__V1__CoOccurrencePair *pr = NULL;
+    bool created;
+    if (!(c->weight > 0) || pb_empty(c->to_product))
+        return EDDY_OK; /* adds nothing */
     eddy_err err = load_product(t, q, c->from_product, &ps, &k);
-    if (err == EDDY_OK)
-        err = add_neighbour(ps, p, c);
-    if (err == EDDY_OK)
-        err = store_txn_obj_set(t, &k, &ps->base);
-    return err;
+    if (err != EDDY_OK)
+        return err;
+    int64_t b = decay_bucket(&p->neighbours, c->ts);
+    if (b < ps->pair_bucket - 1)
+        return EDDY_OK; /* older than what the product's rows count */
+    if (b > ps->pair_bucket) {
+        if ((err = rebase_rows(t, p, q, c->from_product, b)) != EDDY_OK)
+            return err;
+        ps->pair_bucket = b;
+        if ((err = store_txn_obj_set(t, &k, &ps->base)) != EDDY_OK)
+            return err;
+    }
+    cooc_key(&k, q, c->from_product, c->to_product);
+    if ((err = store_txn_obj_get_or_new(t, &k, &eddy__store__v1__co_occurrence_pair__descriptor,
+                                        (ProtobufCMessage **)&pr, &created)) != EDDY_OK)
+        return err;
+    if ((err = decay_ensure(&pr->score)) != EDDY_OK)
+        return err;
+    /* b >= P - 1 and the row's bucket <= P: decay_add drops nothing that counts */
+    decay_add(pr->score, &p->neighbours, c->ts, c->weight);
+    if (newer_str(c->ts, c->to_category, pr->category_ts, pr->category)) {
+        if ((err = pb_set_str(&pr->category, c->to_category)) != EDDY_OK)
+            return err;
+        pr->category_ts = c->ts;
+    }
+    return store_txn_obj_set(t, &k, &pr->base);
 }
 
 eddy_err product_apply(store_txn *t, const struct product_params *p,
@@ -451,6 +504,7 @@ eddy_err product_apply(store_txn *t, const struct product_params *p,
     size_t nclaimed = 0;
     eddy_err err = EDDY_OK;
     store_txn_set_packer(t, &eddy__store__v1__product_state__descriptor, product_pack);
+    store_txn_set_packer(t, &eddy__store__v1__co_occurrence_pair__descriptor, cooc_pack);
 
     /* half of an event's pairs start at its own product: its partition is hashed once */
     const char *own = b->n_updates ? b->updates[0]->product_id : NULL;
@@ -499,4 +553,192 @@ eddy_err product_get(store *s, uint32_t partitions, const char *product_id,
     product_key(&k, partitions, product_id);
     return store_get_msg(s, &k, &eddy__store__v1__product_state__descriptor,
                          (ProtobufCMessage **)out);
+}
+
+void product_pairs_key(struct store_key *k, uint32_t partitions, const char *product_id)
+{
+    key_init(k, partition_of_product(product_id, partitions), T_COOC);
+    key_lstr(k, product_id);
+}
+
+/* ---- reading neighbours ------------------------------------------------------------- */
+
+struct nb_rows {
+    const struct product_params *pp;
+    size_t prefix, max_str;
+    struct product_neighbour *l;
+    size_t n, cap;
+    eddy_err err;
+};
+
+static int take_row(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct nb_rows *r = ud;
+    Eddy__Store__V1__CoOccurrencePair *pr = NULL;
+    size_t idlen = klen - r->prefix;
+    if (klen <= r->prefix || idlen > r->max_str)
+        return 0;
+    pr = eddy__store__v1__co_occurrence_pair__unpack(NULL, vlen, (const uint8_t *)v);
+    if (!pr)
+        return 0; /* a damaged row is left out */
+    const char *cat = pr->category ? pr->category : "";
+    size_t catlen = strlen(cat);
+    if (catlen > r->max_str || !pr->score)
+        goto out;
+    if (r->n == r->cap) {
+        size_t ncap = r->cap ? r->cap * 2 : 64;
+        struct product_neighbour *nl = realloc(r->l, ncap * sizeof(*nl));
+        if (!nl) {
+            r->err = EDDY_ERR_NOMEM;
+            goto out;
+        }
+        r->l = nl;
+        r->cap = ncap;
+    }
+    struct product_neighbour *nb = &r->l[r->n];
+    if (!(nb->id = malloc(idlen + 1 + catlen + 1))) {
+        r->err = EDDY_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(nb->id, k + r->prefix, idlen);
+    nb->id[idlen] = '\0';
+    nb->category = nb->id + idlen + 1;
+    memcpy(nb->category, cat, catlen + 1);
+    nb->bucket = pr->score->bucket;
+    nb->cur = pr->score->cur;
+    nb->prev = pr->score->prev;
+    r->n++;
+out:
+    protobuf_c_message_free_unpacked(&pr->base, NULL);
+    return r->err != EDDY_OK;
+}
+
+static int by_rank(const void *a, const void *b)
+{
+    const struct product_neighbour *x = a, *y = b;
+    if (x->rank != y->rank)
+        return x->rank > y->rank ? -1 : 1;
+    return strcmp(x->id, y->id);
+}
+
+eddy_err product_neighbours(store *s, const struct product_params *pp, const char *product_id,
+                            size_t max, size_t max_str, struct product_neighbour **out,
+                            size_t *n)
+{
+    struct store_key start, end;
+    struct nb_rows r = {pp, 0, max_str, NULL, 0, 0, EDDY_OK};
+    *out = NULL;
+    *n = 0;
+    product_pairs_key(&start, pp->partitions, product_id);
+    key_prefix_end(&start, &end);
+    r.prefix = start.len;
+    eddy_err err = store_scan(s, &start, &end, take_row, &r);
+    if (err == EDDY_OK)
+        err = r.err;
+    if (err != EDDY_OK) {
+        product_neighbours_free(r.l, r.n);
+        return err;
+    }
+    /* Each score at the start of the newest bucket B among the rows: the same factor off
+     * its value at any event time (so the same order at every time), and exact powers of
+     * two, so no exp2 and no overflow however far the buckets are from zero. */
+    int64_t top = INT64_MIN;
+    for (size_t i = 0; i < r.n; i++)
+        if (r.l[i].bucket > top)
+            top = r.l[i].bucket;
+    int bhl = pp->neighbours.bucket_half_lives;
+    for (size_t i = 0; i < r.n; i++) {
+        struct product_neighbour *nb = &r.l[i];
+        int64_t back = top - nb->bucket; /* 0 or 1 in a converted or rebased product */
+        int e = back > 64 ? -100000 : -(int)back * bhl;
+        nb->rank = ldexp((double)nb->cur, e) + ldexp((double)nb->prev, e - bhl);
+    }
+    if (r.n > 1)
+        qsort(r.l, r.n, sizeof(*r.l), by_rank);
+    size_t keep = r.n < max ? r.n : max;
+    for (size_t i = keep; i < r.n; i++)
+        free(r.l[i].id);
+    *out = r.l;
+    *n = keep;
+    return EDDY_OK;
+}
+
+void product_neighbours_free(struct product_neighbour *l, size_t n)
+{
+    for (size_t i = 0; l && i < n; i++)
+        free(l[i].id);
+    free(l);
+}
+
+/* ---- conversion of format 2 ---------------------------------------------------------- */
+
+/* Format 2 product 'ps' (at 'k', partition q): its neighbour list becomes COOC rows. The
+ * list held the strongest --max-neighbours by arrival: the rows are what it kept, no more. */
+static eddy_err convert_one(store_txn *t, uint32_t q,
+                            const struct store_key *k, Eddy__Store__V1__ProductState *ps)
+{
+    const char *id = (const char *)k->buf + 3;
+    size_t idlen = k->len - 3;
+    char from[STORE_KEY_MAX + 1];
+    memcpy(from, id, idlen);
+    from[idlen] = '\0';
+    int64_t top = ps->pair_bucket;
+    for (size_t i = 0; i < ps->n_neighbours; i++)
+        if (ps->neighbours[i]->score && ps->neighbours[i]->score->bucket > top)
+            top = ps->neighbours[i]->score->bucket;
+    eddy_err err = EDDY_OK;
+    for (size_t i = 0; i < ps->n_neighbours && err == EDDY_OK; i++) {
+        Eddy__Store__V1__Neighbour *nb = ps->neighbours[i];
+        if (!nb->score || pb_empty(nb->product_id) || nb->score->bucket < top - 1)
+            continue;
+        Eddy__Store__V1__CoOccurrencePair pr = EDDY__STORE__V1__CO_OCCURRENCE_PAIR__INIT;
+        Eddy__Store__V1__Decayed d = *nb->score;
+        if (d.bucket == top - 1)
+            d.prev = 0;
+        pr.score = &d;
+        pr.category = nb->category;
+        struct store_key ck;
+        cooc_key(&ck, q, from, nb->product_id);
+        err = store_txn_put_msg(t, &ck, &pr.base);
+    }
+    for (size_t i = 0; i < ps->n_neighbours; i++)
+        protobuf_c_message_free_unpacked(&ps->neighbours[i]->base, NULL);
+    free(ps->neighbours);
+    ps->neighbours = NULL;
+    ps->n_neighbours = 0;
+    ps->pair_bucket = top;
+    if (err == EDDY_OK)
+        err = store_txn_obj_set(t, k, &ps->base);
+    return err;
+}
+
+eddy_err product_convert(store_txn *t, uint32_t q, size_t *converted)
+{
+    struct store_key start, end, k;
+    struct cooc_keys l = {0};
+    *converted = 0;
+    store_txn_set_packer(t, &eddy__store__v1__product_state__descriptor, product_pack);
+    key_init(&start, q, T_PRODUCT);
+    key_prefix_end(&start, &end);
+    eddy_err err = store_txn_scan(t, &start, &end, take_cooc_key, &l);
+    if (err == EDDY_OK)
+        err = l.err;
+    for (size_t off = 0; err == EDDY_OK && off < l.len;) {
+        Eddy__Store__V1__ProductState *ps = NULL;
+        k.len = (size_t)l.buf[off] << 8 | l.buf[off + 1];
+        memcpy(k.buf, l.buf + off + 2, k.len);
+        off += 2 + k.len;
+        err = store_txn_obj_get(t, &k, &eddy__store__v1__product_state__descriptor,
+                                (ProtobufCMessage **)&ps);
+        if (err == EDDY_ERR_CORRUPT) {
+            err = EDDY_OK; /* logged; left as it is, for the readers to find as before */
+            continue;
+        }
+        if (err == EDDY_OK && ps && ps->n_neighbours) {
+            err = convert_one(t, q, &k, ps);
+            ++*converted;
+        }
+    }
+    free(l.buf);
+    return err;
 }

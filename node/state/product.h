@@ -1,7 +1,8 @@
 /* Stage 2: product-keyed state derived from user events (docs/design.md §3.4-5): per product a
- * decayed popularity, category, brand and price, co-occurrence neighbours ("users who
- * interacted with X then interacted with Y"), per-window counts, and an index of products
- * by category for "popular now in <category>".
+ * decayed popularity, category, brand and price, co-occurrence pairs ("users who
+ * interacted with X then interacted with Y": one decayed sum per pair, the strongest picked
+ * when read), per-window counts, and an index of products by category for "popular now in
+ * <category>". The state is the same for any arrival order of the records.
  *
  * Stage-2 records arrive as Stage2Batch messages tagged with (source partition, source
  * seq). product_apply keeps a mark per (product partition, source partition), all of a
@@ -24,7 +25,7 @@ struct product_params {
     uint32_t partitions;
     struct decay_params popularity; /* half-life of product popularity */
     struct decay_params neighbours; /* half-life of co-occurrence scores */
-    int max_neighbours;             /* neighbours kept per product (50) */
+    int max_neighbours;             /* neighbours read per product (50); every pair is kept */
 };
 
 /* The records of a batch, updates then pairs: how many, and the product whose partition
@@ -57,6 +58,9 @@ eddy_err product_mark_set(store_txn *t, uint32_t q, uint32_t src, uint64_t next_
  * (use protobuf-c) or on allocation failure. */
 bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, size_t *len);
 
+/* product_state_pack for a COOC row. */
+bool product_pair_pack(const Eddy__Store__V1__CoOccurrencePair *pr, uint8_t **buf, size_t *len);
+
 /* The PRODUCT key of a product. */
 void product_key(struct store_key *k, uint32_t partitions, const char *product_id);
 
@@ -64,5 +68,33 @@ void product_key(struct store_key *k, uint32_t partitions, const char *product_i
  * protobuf_c_message_free_unpacked. */
 eddy_err product_get(store *s, uint32_t partitions, const char *product_id,
                      Eddy__Store__V1__ProductState **out);
+
+/* The key whose store_key_writes counts the writes of every COOC row of the product (see
+ * store_write_slot): read it before product_neighbours to know later whether they changed. */
+void product_pairs_key(struct store_key *k, uint32_t partitions, const char *product_id);
+
+/* A co-occurrence neighbour as stored. */
+struct product_neighbour {
+    char *id;                /* malloc'd, with 'category' in the same block */
+    char *category;
+    int64_t bucket, cur, prev; /* the pair's Decayed */
+    double rank;             /* the score up to a factor common to the product's pairs */
+};
+
+/* The 'max' strongest neighbours of 'product_id' in committed storage, best first (ties:
+ * the smaller id): every COOC row of the product, ranked by its decayed score, whose order
+ * is the same at every event time. Rows whose id or category is longer than 'max_str' are
+ * left out. *out is malloc'd (NULL if none); free with product_neighbours_free(*out, *n).
+ * Any thread. */
+eddy_err product_neighbours(store *s, const struct product_params *pp, const char *product_id,
+                            size_t max, size_t max_str, struct product_neighbour **out,
+                            size_t *n);
+void product_neighbours_free(struct product_neighbour *l, size_t n);
+
+/* Convert product partition q from state format 2: each product's neighbour list
+ * (ProductState.neighbours, the strongest by arrival) becomes COOC rows and leaves the
+ * state; *converted counts the products. Products without a list (or whose state does not
+ * decode) are untouched, so it may run again. Writer thread, into 't'. */
+eddy_err product_convert(store_txn *t, uint32_t q, size_t *converted);
 
 #endif

@@ -35,7 +35,7 @@ static bool rebuilt_table(unsigned t, bool stage2)
     case T_USER: case T_USER_WIN: case T_PART_WIN: case T_BOUGHT: case T_META: case T_SEEN:
     case T_IMPR: case T_EXP_STAT:
         return true;
-    case T_PRODUCT: case T_PROD_WIN: case T_CAT_POP: case T_S2_HW:
+    case T_PRODUCT: case T_PROD_WIN: case T_CAT_POP: case T_S2_HW: case T_COOC:
         return stage2;
     default:
         return false;
@@ -588,7 +588,7 @@ static eddy_err swap_partition(struct rebuild *rb, struct part_state *st, store_
 
     struct swap_scan sw = {.rb = rb, .txn = txn, .first_seq = live.log_first_seq};
     err = find_deleted(rb, st->p, &sw);
-    for (unsigned t = T_LOG; t <= T_EXP_STAT && err == EDDY_OK; t++) {
+    for (unsigned t = T_LOG; t <= T_COOC && err == EDDY_OK; t++) {
         if (!rebuilt_table(t, rb->stage2))
             continue;
         sw.putting = false;

@@ -19,7 +19,8 @@
 #define SWAP_COMMIT_ROWS 200000 /* rows per synced write of the swap, as reprocess's */
 
 /* The product tables a rebuild replaces (store.h). */
-static const enum store_table product_tables[] = {T_PRODUCT, T_PROD_WIN, T_CAT_POP, T_S2_HW};
+static const enum store_table product_tables[] = {T_PRODUCT, T_PROD_WIN, T_CAT_POP, T_S2_HW,
+                                                  T_COOC};
 #define N_PRODUCT_TABLES (sizeof(product_tables) / sizeof(product_tables[0]))
 
 struct stage2_side {

@@ -107,9 +107,16 @@ static inline bool store_tracked_key(store *s, const unsigned char *k, size_t kl
     return t && klen >= 3 && k[2] < 32 && (t & (UINT32_C(1) << k[2]));
 }
 
-/* The slot of s->key_writes that counts the writes of key 'k'. */
+/* The slot of s->key_writes that counts the writes of key 'k'. A COOC row counts in the
+ * slot of its product's prefix (p T len product): a cache of a product's neighbours reads
+ * that prefix's count to see whether any of its pairs changed. */
 static inline uint32_t store_write_slot(const unsigned char *k, size_t klen)
 {
+    if (klen >= 5 && k[2] == T_COOC) {
+        size_t prefix = 5 + ((size_t)k[3] << 8 | k[4]);
+        if (prefix < klen)
+            klen = prefix;
+    }
     return (uint32_t)XXH3_64bits(k, klen) & (STORE_WRITE_SLOTS - 1);
 }
 

@@ -26,6 +26,8 @@
  *   EXP_STAT  p T len:u16 experiment variant -> VariantCounts (per partition)
  *   EXP_DEF   0xffff T name                -> ExperimentDef (--dev: the experiments,
  *                                                     outside every partition)
+ *   COOC      p T len:u16 product neighbour -> CoOccurrencePair (one co-occurrence pair's
+ *                                                     decayed sum; the product's partition)
  *
  * i64 values are stored with the sign bit flipped, big-endian, so they sort numerically. */
 #ifndef EDDY_STORE_KEY_H
@@ -55,6 +57,7 @@ enum store_table {
     T_IMPR = 17,
     T_EXP_STAT = 18,
     T_EXP_DEF = 19, /* partition EXP_DEF_PARTITION only */
+    T_COOC = 20,    /* since PartitionMeta.format 3 */
 };
 
 #define STORE_KEY_MAX 1024

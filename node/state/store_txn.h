@@ -75,7 +75,7 @@ eddy_err store_txn_obj_get_or_new(store_txn *t, const struct store_key *key,
  * compared byte for byte). It sets *buf (malloc'd, the txn frees it) and *len and returns
  * true, or returns false to leave the message to protobuf-c (or on allocation failure).
  * Registering the same function again is free; up to STORE_TXN_PACKERS types. */
-#define STORE_TXN_PACKERS 4
+#define STORE_TXN_PACKERS 8
 typedef bool store_pack_fn(const ProtobufCMessage *m, uint8_t **buf, size_t *len);
 void store_txn_set_packer(store_txn *t, const ProtobufCMessageDescriptor *desc,
                           store_pack_fn *fn);

@@ -2,7 +2,8 @@
 roles) on loopback, driven over gRPC.
 
 - equivalence: one stream into `eddy-node --dev` and into 3 state + 2 ingest nodes gives
-  the same answers (EventCounts, TopProducts, GetUserProfile, Recommend);
+  the same answers (EventCounts, TopProducts, GetUserProfile, Recommend: exactly alike for
+  the 20 heaviest users, with 4 neighbours read per product among 30);
 - fencing: Apply with a stale epoch is refused (FAILED_PRECONDITION, nothing applied); a
   state node whose etcd session may have expired answers UNAVAILABLE and acknowledges
   again once etcd is back;
@@ -88,9 +89,12 @@ class EquivalenceTest(ClusterTestCase):
     def test_dev_and_cluster_answer_the_same(self):
         pb = L.pb()
         events = L.generate(seed=23, n_users=40, n_products=30, n_categories=4, n_events=3000)
-        dev = L.start_node(self, args=["--partitions", str(P), *NODE_ARGS])
+        # 4 neighbours read per product: lists truncated as the pairs arrived (before
+        # co-occurrence pairs were kept whole) made the cluster's Recommend differ
+        args = [*NODE_ARGS, "--max-neighbours", "4"]
+        dev = L.start_node(self, args=["--partitions", str(P), *args])
 
-        cl = self.cluster()
+        cl = self.cluster(node_args=args)
         cl.add_coordinator("c1")
         for s in ("s1", "s2", "s3"):
             cl.add_node(s, "state")
@@ -151,6 +155,29 @@ class EquivalenceTest(ClusterTestCase):
             q = pb.RecommendRequest(user_id="u-nobody")
             self.assert_same_recommend(d.Recommend(q, timeout=10), c.Recommend(q, timeout=10),
                                        "Recommend cold start")
+            # the heaviest users, whose answers rest most on co-occurrence: the same items in
+            # the same order for the same reasons; the scores within 1e-12 relative (each
+            # anchor's neighbours are scaled by their maximum after being decayed to the
+            # serving node's newest event time, which a cluster member takes over its own
+            # partitions: the ratio may differ in the last bit)
+            counts = {}
+            for e in events:
+                counts[e["userId"]] = counts.get(e["userId"], 0) + 1
+            heaviest = sorted(counts, key=lambda u: (-counts[u], u))[:20]
+            together = 0
+            for u in heaviest:
+                q = pb.RecommendRequest(user_id=u, max_recommendations=20)
+                rd, rc = d.Recommend(q, timeout=10), c.Recommend(q, timeout=10)
+                together += any(i.reason.startswith("viewed together") for i in rd.items)
+                what = f"Recommend {u} (heavy, via {front.id})"
+                self.assertEqual([(i.product_id, i.reason, i.category) for i in rd.items],
+                                 [(i.product_id, i.reason, i.category) for i in rc.items],
+                                 f"{what}\n--dev:\n{rd}\ncluster:\n{rc}")
+                self.assertEqual(rd.cold_start, rc.cold_start, what)
+                for a, b in zip(rd.items, rc.items):
+                    self.assertTrue(close_rel(a.score, b.score, 1e-12),
+                                    f"{what}: score of {a.product_id}: {a.score!r} vs {b.score!r}")
+            self.assertGreaterEqual(together, 15, "answers with co-occurrence neighbours")
         inexact = [k for k, v in exact.items() if not v]
         if inexact:
             print(f"\nnote: Recommend scores equal only within 1e-9 relative for {inexact}")

@@ -17,11 +17,12 @@ import grpc
 
 import eddylib as L
 
-# Compared byte for byte: every table but PRODUCT, whose co-occurrence neighbour lists
-# depend on arrival order by design (see test_determinism.py), and LOG, which holds the
-# events as the client encoded them (two encodings of one metadata map may order it
-# differently) and which a reprocess never rewrites.
-TABLES = "dedup,dedup_exp,user,user_win,user_log,part_win,prod_win,cat_pop,late,s2_hw,meta"
+# Compared byte for byte: every table but LOG, which holds the events as the client
+# encoded them (two encodings of one metadata map may order it differently) and which a
+# reprocess never rewrites. PRODUCT and COOC are compared too: co-occurrence pairs no
+# longer depend on arrival order (see test_determinism.py).
+TABLES = ("dedup,dedup_exp,user,user_win,user_log,part_win,product,prod_win,cat_pop,cooc,"
+          "late,s2_hw,meta")
 HALF_LIFE = "2m"          # far from the defaults (7d, 1d, 7d): every decayed score changes
 HALF_LIFE_MS = 120_000
 NODE_ARGS = ["--idle-timeout", "0", "--checkpoint-interval", "0"]
@@ -47,7 +48,7 @@ def assert_product_tables_equal(test, state_nodes, ref, owners):
     partitions it leads (`owners`, the map's), together equal the --dev node ref's, byte
     for byte (each table has rows: not trivially equal). Followers' copies are not
     compared: the cluster-wide stage-2 rebuild swaps the leaders' tables outside the log."""
-    tables = "product,prod_win,cat_pop"
+    tables = "product,prod_win,cat_pop,cooc"
     for n in state_nodes:
         n.stop()
     ref.stop()
@@ -57,7 +58,7 @@ def assert_product_tables_equal(test, state_nodes, ref, owners):
     rows = sorted(l for n in state_nodes for l in n.dump_state(tables).decode().splitlines()
                   if led(n, l))
     want = sorted(ref.dump_state(tables).decode().splitlines())
-    test.assertEqual(len({bytes.fromhex(l.split()[0])[2] for l in want}), 3)
+    test.assertEqual(len({bytes.fromhex(l.split()[0])[2] for l in want}), 4)
     if rows != want:
         diff = sorted(set(rows) ^ set(want))[:3]
         test.fail(f"product state differs: {len(rows)} vs {len(want)} rows; {diff}")

@@ -107,7 +107,8 @@ static char *dump(engine *e)
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     uint32_t tables = (1u << T_USER) | (1u << T_USER_WIN) | (1u << T_PART_WIN) |
-                      (1u << T_PROD_WIN) | (1u << T_LOG);
+                      (1u << T_PROD_WIN) | (1u << T_LOG) | (1u << T_PRODUCT) |
+                      (1u << T_CAT_POP) | (1u << T_COOC);
     assert_int_equal(store_dump(engine_store(e), tables & ~(1u << T_LOG), f), EDDY_OK);
     fclose(f);
     return buf;
@@ -126,26 +127,32 @@ static void test_two_orders_same_bytes(void **state)
         Eddy__V1__EventType t = i % 11 == 0 ? BUY : i % 7 == 0 ? CART : VIEW;
         evs[i] = mk(ids[i], users[i], T0 + i * 900, t, prods[i], cats[i % 3]);
     }
-    /* second order: swap neighbours (900 ms apart, within the 5 s bound), and batches of
-     * different sizes */
-    Eddy__V1__Event *alt[N];
-    memcpy(alt, evs, sizeof(alt));
+    /* second order: swap neighbours (900 ms apart, within the 5 s bound); third: reverse
+     * each run of 5 (different users: each user's own events keep their order); and
+     * batches of different sizes. Stage 2 included: with 3 neighbours read per product,
+     * lists truncated as the pairs arrived differed between the orders. */
+    Eddy__V1__Event *alt[3][N];
+    memcpy(alt[0], evs, sizeof(alt[0]));
+    memcpy(alt[1], evs, sizeof(alt[1]));
     for (int i = 0; i + 1 < N; i += 2) {
-        Eddy__V1__Event *t = alt[i];
-        alt[i] = alt[i + 1];
-        alt[i + 1] = t;
+        alt[1][i] = evs[i + 1];
+        alt[1][i + 1] = evs[i];
     }
-    char *dumps[2];
-    for (int run = 0; run < 2; run++) {
+    for (int i = 0; i < N; i++)
+        alt[2][i] = evs[i / 5 * 5 + 4 - i % 5];
+    static const size_t steps[3] = {50, 7, 13};
+    char *dumps[3];
+    for (int run = 0; run < 3; run++) {
         char *dir = tmpdir_for("engine");
         struct engine_opts o = opts(dir);
+        o.product.max_neighbours = 3;
         engine *e = NULL;
         char err[256];
         assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
-        size_t step = run == 0 ? 50 : 7;
+        size_t step = steps[run];
         for (size_t i = 0; i < N; i += step) {
             size_t n = i + step <= N ? step : N - i;
-            struct done d = ingest(e, (run == 0 ? evs : alt) + i, n);
+            struct done d = ingest(e, alt[run] + i, n);
             assert_int_equal(d.r.late, 0);
         }
         dumps[run] = dump(e);
@@ -155,8 +162,9 @@ static void test_two_orders_same_bytes(void **state)
     }
     assert_true(strlen(dumps[0]) > 1000); /* not trivially equal */
     assert_string_equal(dumps[0], dumps[1]);
-    free(dumps[0]);
-    free(dumps[1]);
+    assert_string_equal(dumps[0], dumps[2]);
+    for (int run = 0; run < 3; run++)
+        free(dumps[run]);
     for (int i = 0; i < N; i++)
         free(evs[i]);
 }
@@ -323,10 +331,10 @@ static uint64_t events_committed(engine *e)
 /* The group after a failed write was applied on top of it (while it was being written):
  * both fail, neither is visible, and the engine goes on from the store: the same events
  * are accepted again (not duplicates), the ones committed before stay duplicates. */
-static bool has_neighbour(const Eddy__Store__V1__ProductState *ps, const char *id)
+static bool has_neighbour(const struct product_neighbour *l, size_t n, const char *id)
 {
-    for (size_t i = 0; ps && i < ps->n_neighbours; i++) {
-        if (strcmp(ps->neighbours[i]->product_id, id) == 0)
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(l[i].id, id) == 0)
             return true;
     }
     return false;
@@ -355,15 +363,16 @@ static void test_pairs_with_newest_items(void **state)
     evs[V] = mk("buy", "u", T0 + 86400000, BUY, "bk", "c");
     evs[V + 1] = mk("new", "u", T0 + 86400000 + 1000, VIEW, "nw", "c");
     ingest(e, evs, V + 2);
-    Eddy__Store__V1__ProductState *ps = NULL;
-    assert_int_equal(product_get(engine_store(e), o.product.partitions, "nw", &ps), EDDY_OK);
-    assert_non_null(ps);
-    assert_true(has_neighbour(ps, "bk"));
-    assert_true(has_neighbour(ps, "v11")); /* a day older: no time limit */
-    assert_true(has_neighbour(ps, "v3"));  /* the ninth newest view, tenth item */
-    assert_false(has_neighbour(ps, "v2"));
-    assert_int_equal(ps->n_neighbours, 10);
-    protobuf_c_message_free_unpacked(&ps->base, NULL);
+    struct product_neighbour *l = NULL;
+    size_t n = 0;
+    assert_int_equal(product_neighbours(engine_store(e), &o.product, "nw", 100, 256, &l, &n),
+                     EDDY_OK);
+    assert_true(has_neighbour(l, n, "bk"));
+    assert_true(has_neighbour(l, n, "v11")); /* a day older: no time limit */
+    assert_true(has_neighbour(l, n, "v3"));  /* the ninth newest view, tenth item */
+    assert_false(has_neighbour(l, n, "v2"));
+    assert_int_equal(n, 10);
+    product_neighbours_free(l, n);
     engine_close(e);
     for (int i = 0; i < V + 2; i++)
         free(evs[i]);
@@ -479,9 +488,63 @@ static void test_newer_layout_refused(void **state)
     free(dir);
 }
 
+/* A partition of state format 2 keeps each product's neighbours in a list: the engine
+ * converts it when it opens the store (rows, the list gone, META of the current format),
+ * and the node answers from the rows. */
+static void test_format2_partition_converted(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("layout2");
+    struct engine_opts o = opts(dir);
+    uint32_t q = partition_of_product("x", o.product.partitions);
+    Eddy__Store__V1__Decayed d = EDDY__STORE__V1__DECAYED__INIT;
+    Eddy__Store__V1__Neighbour nb = EDDY__STORE__V1__NEIGHBOUR__INIT, *nbp = &nb;
+    Eddy__Store__V1__ProductState ps = EDDY__STORE__V1__PRODUCT_STATE__INIT;
+    d.cur = 65536;
+    nb.product_id = "y";
+    nb.category = "cat";
+    nb.score = &d;
+    ps.neighbours = &nbp;
+    ps.n_neighbours = 1;
+    struct store_key k;
+    product_key(&k, o.product.partitions, "x");
+    uint8_t buf[256];
+    leave_store_row(dir, &k, buf, eddy__store__v1__product_state__pack(&ps, buf));
+    Eddy__Store__V1__PartitionMeta m = EDDY__STORE__V1__PARTITION_META__INIT;
+    m.next_seq = 9;
+    m.format = 2;
+    key_init(&k, q, T_META);
+    leave_store_row(dir, &k, buf, eddy__store__v1__partition_meta__pack(&m, buf));
+
+    engine *e = NULL;
+    char err[512] = "";
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    struct product_neighbour *l = NULL;
+    size_t n = 0;
+    assert_int_equal(product_neighbours(engine_store(e), &o.product, "x", 10, 256, &l, &n),
+                     EDDY_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(l[0].id, "y");
+    assert_int_equal(l[0].cur, 65536);
+    product_neighbours_free(l, n);
+    Eddy__Store__V1__ProductState *got = NULL;
+    assert_int_equal(product_get(engine_store(e), o.product.partitions, "x", &got), EDDY_OK);
+    assert_non_null(got);
+    assert_int_equal(got->n_neighbours, 0);
+    eddy__store__v1__product_state__free_unpacked(got, NULL);
+    struct part_meta pm;
+    assert_int_equal(apply_meta_load(engine_store(e), q, &pm), EDDY_OK);
+    assert_int_equal(pm.format, apply_meta_format());
+    assert_int_equal(pm.next_seq, 9);
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_format2_partition_converted),
         cmocka_unit_test(test_dedup_late_windows),
         cmocka_unit_test(test_two_orders_same_bytes),
         cmocka_unit_test(test_delete_user),

@@ -123,6 +123,7 @@ static void test_product_state(void **state)
         ps->price_ts = num();
         ps->category_ts = num();
         ps->brand_ts = num();
+        ps->pair_bucket = num();
         ps->n_neighbours = next() % 60;
         ps->neighbours = array(ps->n_neighbours, sizeof(*ps->neighbours));
         for (size_t i = 0; i < ps->n_neighbours; i++) {
@@ -139,6 +140,24 @@ static void test_product_state(void **state)
         assert_true(product_state_pack(ps, &buf, &len));
         assert_same_bytes(&ps->base, buf, len);
         eddy__store__v1__product_state__free_unpacked(ps, NULL);
+    }
+}
+
+static void test_cooc_pair(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 300; round++) {
+        Eddy__Store__V1__CoOccurrencePair *pr = malloc(sizeof(*pr));
+        assert_non_null(pr);
+        eddy__store__v1__co_occurrence_pair__init(pr);
+        pr->score = decayed(true);
+        pr->category = str();
+        pr->category_ts = num();
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        assert_true(product_pair_pack(pr, &buf, &len));
+        assert_same_bytes(&pr->base, buf, len);
+        eddy__store__v1__co_occurrence_pair__free_unpacked(pr, NULL);
     }
 }
 
@@ -482,6 +501,10 @@ static void test_tags_match_store_proto(void **state)
         {&eddy__store__v1__product_state__descriptor, "price_ts", PB_PRODUCT_PRICE_TS},
         {&eddy__store__v1__product_state__descriptor, "category_ts", PB_PRODUCT_CATEGORY_TS},
         {&eddy__store__v1__product_state__descriptor, "brand_ts", PB_PRODUCT_BRAND_TS},
+        {&eddy__store__v1__product_state__descriptor, "pair_bucket", PB_PRODUCT_PAIR_BUCKET},
+        {&eddy__store__v1__co_occurrence_pair__descriptor, "score", PB_COOC_SCORE},
+        {&eddy__store__v1__co_occurrence_pair__descriptor, "category", PB_COOC_CATEGORY},
+        {&eddy__store__v1__co_occurrence_pair__descriptor, "category_ts", PB_COOC_CATEGORY_TS},
         {&eddy__store__v1__stage2_marks__descriptor, "next_seq", PB_MARKS_NEXT_SEQ},
     };
     size_t n = sizeof(tags) / sizeof(tags[0]);
@@ -510,6 +533,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_product_state),
+        cmocka_unit_test(test_cooc_pair),
         cmocka_unit_test(test_user_model),
         cmocka_unit_test(test_heap_size),
         cmocka_unit_test(test_unpack_for_recommend),

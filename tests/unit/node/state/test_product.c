@@ -2,8 +2,12 @@
  * come from every user partition, in a cluster over the network): the same batches
  * applied in three orders give the same stored PRODUCT rows, byte for byte — category,
  * brand and price included, which events without them, later events and ties at one event
- * time used to make order-dependent. And each batch applies once: the exactly-once marks,
- * one row per product partition, also when they come from rows of the older layout. */
+ * time used to make order-dependent; and the co-occurrence pairs (COOC rows, with pairs
+ * old enough to be dropped, buckets moving up and categories from the newest pair), which
+ * neighbour lists truncated by arrival used to make order-dependent. The strongest
+ * neighbours are read best first, and a format-2 neighbour list converts into rows. And
+ * each batch applies once: the exactly-once marks, one row per product partition, also
+ * when they come from rows of the older layout. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +18,7 @@
 #include <cmocka.h>
 
 #include "common/partition.h"
+#include "node/state/decay.h"
 #include "node/state/product.h"
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
@@ -126,14 +131,19 @@ static bool apply_one(store *st, store_txn *t, const Eddy__Store__V1__Stage2Batc
     return ps != NULL;
 }
 
-static char *dump_table(store *st, enum store_table table)
+static char *dump_tables(store *st, uint32_t tables)
 {
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
-    assert_int_equal(store_dump(st, 1u << table, f), EDDY_OK);
+    assert_int_equal(store_dump(st, tables, f), EDDY_OK);
     fclose(f);
     return buf;
+}
+
+static char *dump_table(store *st, enum store_table table)
+{
+    return dump_tables(st, 1u << table);
 }
 
 static void test_marks_apply_each_batch_once(void **state)
@@ -197,11 +207,259 @@ static void test_marks_apply_each_batch_once(void **state)
     free(dir);
 }
 
+
+static size_t lines(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+/* ---- pairs ---- */
+
+#define NP 240   /* batches of one pair each */
+#define HL 1000  /* --neighbour-half-life of the pair tests: buckets of 8 s */
+
+struct pairs {
+    Eddy__Store__V1__CoOccurrence c[NP], *cptr[NP];
+    Eddy__Store__V1__Stage2Batch b[NP];
+    char from[NP][8], to[NP][8];
+};
+
+static uint64_t rng = 88172645463325252ull;
+static uint64_t next_rand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+/* Pairs among 3 products and 12 neighbours over 40 s of event time (five 8-s buckets):
+ * some older than the two buckets a row keeps, some with a category, some without, ties of
+ * time between categories. In time order a row fills buckets that a newer pair then takes
+ * out of it; in reverse time order the old pairs are dropped on arrival. */
+static void make_pairs(struct pairs *s)
+{
+    static const char *const cats[] = {"", "books", "toys", "games"};
+    rng = 88172645463325252ull;
+    for (int i = 0; i < NP; i++) {
+        snprintf(s->from[i], sizeof(s->from[i]), "p-%d", (int)(next_rand() % 3));
+        snprintf(s->to[i], sizeof(s->to[i]), "n-%02d", (int)(next_rand() % 12));
+        eddy__store__v1__co_occurrence__init(&s->c[i]);
+        s->c[i].from_product = s->from[i];
+        s->c[i].to_product = s->to[i];
+        /* time grows with i (order 0 is time order, order 1 its reverse), by steps of
+         * 500 ms so that pairs tie */
+        s->c[i].ts = T0 + ((int64_t)i * 40000 / NP + (int64_t)(next_rand() % 2000)) / 500 * 500;
+        s->c[i].weight = 1.0 + (double)(next_rand() % 3);
+        s->c[i].to_category = (char *)cats[next_rand() % 4];
+        s->cptr[i] = &s->c[i];
+        eddy__store__v1__stage2_batch__init(&s->b[i]);
+        s->b[i].source_partition = (uint32_t)i; /* of its own: any order is an arrival order */
+        s->b[i].source_seq = 7;
+        s->b[i].pairs = &s->cptr[i];
+        s->b[i].n_pairs = 1;
+    }
+}
+
+static const struct product_params pair_params = {FIXTURE_PARTITIONS, {86400000, 8}, {HL, 8}, 50};
+
+/* Apply the batches in 'order', committing every 'every' batches, to a fresh store; the
+ * stored PRODUCT and COOC rows. */
+static char *apply_pairs_in(struct pairs *s, const int *order, int every)
+{
+    char *dir = tmpdir_for("product-pairs");
+    store *st = NULL;
+    char err[256];
+    struct store_opts so = {dir, 0, 0};
+    assert_int_equal(store_open(&so, &st, err, sizeof(err)), EDDY_OK);
+    store_txn *t = store_txn_new(st);
+    for (int i = 0; i < NP; i++) {
+        assert_int_equal(product_apply(t, &pair_params, &s->b[order[i]], NULL, NULL), EDDY_OK);
+        if ((i + 1) % every == 0)
+            assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    }
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    store_txn_free(t);
+    char *rows = dump_tables(st, (1u << T_PRODUCT) | (1u << T_COOC));
+    store_close(st);
+    rmrf(dir);
+    free(dir);
+    return rows;
+}
+
+static void test_pairs_do_not_depend_on_arrival_order(void **state)
+{
+    (void)state;
+    static struct pairs s;
+    make_pairs(&s);
+    int orders[3][NP];
+    for (int i = 0; i < NP; i++) {
+        orders[0][i] = i;
+        orders[1][i] = NP - 1 - i;
+        orders[2][i] = i;
+    }
+    for (int i = NP - 1; i > 0; i--) { /* a seeded shuffle */
+        int j = (int)(next_rand() % (uint64_t)(i + 1)), x = orders[2][i];
+        orders[2][i] = orders[2][j];
+        orders[2][j] = x;
+    }
+    static const int every[3] = {1, 7, NP};
+    char *first = apply_pairs_in(&s, orders[0], every[0]);
+    for (int o = 1; o < 3; o++) {
+        char *other = apply_pairs_in(&s, orders[o], every[o]);
+        assert_string_equal(other, first);
+        free(other);
+    }
+    /* 3 products, and fewer rows than the 36 pairs seen: the oldest fell out */
+    size_t rows = lines(first);
+    assert_true(rows > 3 + 12);
+    assert_true(rows < 3 + 36);
+    free(first);
+}
+
+/* A product's neighbours are read best first, ties by id, at most 'max': the order of their
+ * values at any event time. */
+static void test_neighbours_read_best_first(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("product-read");
+    store *st = NULL;
+    char err[256];
+    struct store_opts so = {dir, 0, 0};
+    assert_int_equal(store_open(&so, &st, err, sizeof(err)), EDDY_OK);
+    store_txn *t = store_txn_new(st);
+    /* "a" 3 at T0, "b" 1 at T0 + 9 s (next bucket: worth 2^9 of one at T0), "c" and "d"
+     * 2 each at T0 + 1 s, "e" 0.5 at T0 */
+    static const struct { const char *to; int64_t dt; double w; } spec[] = {
+        {"a", 0, 3}, {"b", 9000, 1}, {"d", 1000, 2}, {"c", 1000, 2}, {"e", 0, 0.5}};
+    for (size_t i = 0; i < 5; i++) {
+        Eddy__Store__V1__CoOccurrence c = EDDY__STORE__V1__CO_OCCURRENCE__INIT, *cp = &c;
+        Eddy__Store__V1__Stage2Batch b = EDDY__STORE__V1__STAGE2_BATCH__INIT;
+        c.from_product = "x";
+        c.to_product = (char *)spec[i].to;
+        c.ts = T0 + spec[i].dt;
+        c.weight = spec[i].w;
+        c.to_category = "cat";
+        b.source_seq = i;
+        b.pairs = &cp;
+        b.n_pairs = 1;
+        assert_int_equal(product_apply(t, &pair_params, &b, NULL, NULL), EDDY_OK);
+    }
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    store_txn_free(t);
+    struct product_neighbour *l = NULL;
+    size_t n = 0;
+    assert_int_equal(product_neighbours(st, &pair_params, "x", 4, 256, &l, &n), EDDY_OK);
+    assert_int_equal(n, 4);
+    static const char *const want[] = {"b", "c", "d", "a"};
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(l[i].id, want[i]);
+        assert_string_equal(l[i].category, "cat");
+    }
+    for (size_t i = 0; i + 1 < n; i++) {
+        Eddy__Store__V1__Decayed x = {PROTOBUF_C_MESSAGE_INIT(&eddy__store__v1__decayed__descriptor),
+                                      l[i].bucket, l[i].cur, l[i].prev};
+        Eddy__Store__V1__Decayed y = {PROTOBUF_C_MESSAGE_INIT(&eddy__store__v1__decayed__descriptor),
+                                      l[i + 1].bucket, l[i + 1].cur, l[i + 1].prev};
+        int64_t at = T0 + 20000;
+        assert_true(decay_value(&x, &pair_params.neighbours, at) >=
+                    decay_value(&y, &pair_params.neighbours, at));
+    }
+    product_neighbours_free(l, n);
+    assert_int_equal(product_neighbours(st, &pair_params, "unknown", 4, 256, &l, &n), EDDY_OK);
+    assert_int_equal(n, 0);
+    product_neighbours_free(l, n);
+    store_close(st);
+    rmrf(dir);
+    free(dir);
+}
+
+/* A format-2 product keeps its neighbours in a list: product_convert makes them rows (the
+ * list's scores, older buckets left out as the rows would), empties the list, and runs
+ * again without change. */
+static void test_format2_list_converts_to_rows(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("product-convert");
+    store *st = NULL;
+    char err[256];
+    struct store_opts so = {dir, 0, 0};
+    assert_int_equal(store_open(&so, &st, err, sizeof(err)), EDDY_OK);
+    uint32_t q = partition_of_product("x", FIXTURE_PARTITIONS);
+    Eddy__Store__V1__ProductState ps = EDDY__STORE__V1__PRODUCT_STATE__INIT;
+    Eddy__Store__V1__Decayed d[3] = {EDDY__STORE__V1__DECAYED__INIT,
+                                     EDDY__STORE__V1__DECAYED__INIT,
+                                     EDDY__STORE__V1__DECAYED__INIT};
+    Eddy__Store__V1__Neighbour nb[3] = {EDDY__STORE__V1__NEIGHBOUR__INIT,
+                                        EDDY__STORE__V1__NEIGHBOUR__INIT,
+                                        EDDY__STORE__V1__NEIGHBOUR__INIT};
+    Eddy__Store__V1__Neighbour *nbp[3] = {&nb[0], &nb[1], &nb[2]};
+    static const char *const ids[] = {"a", "b", "old"};
+    static const int64_t buckets[] = {10, 9, 8};
+    for (int i = 0; i < 3; i++) {
+        d[i].bucket = buckets[i];
+        d[i].cur = 1000 * (i + 1);
+        d[i].prev = 7;
+        nb[i].product_id = (char *)ids[i];
+        nb[i].category = "cat";
+        nb[i].score = &d[i];
+    }
+    ps.category = "mine";
+    ps.neighbours = nbp;
+    ps.n_neighbours = 3;
+    struct store_key k;
+    product_key(&k, FIXTURE_PARTITIONS, "x");
+    store_txn *t = store_txn_new(st);
+    assert_int_equal(store_txn_put_msg(t, &k, &ps.base), EDDY_OK);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+
+    size_t converted = 0;
+    assert_int_equal(product_convert(t, q, &converted), EDDY_OK);
+    assert_int_equal(converted, 1);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    char *rows = dump_tables(st, (1u << T_PRODUCT) | (1u << T_COOC));
+    assert_int_equal(product_convert(t, q, &converted), EDDY_OK);
+    assert_int_equal(converted, 0);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    char *again = dump_tables(st, (1u << T_PRODUCT) | (1u << T_COOC));
+    assert_string_equal(again, rows);
+    store_txn_free(t);
+
+    Eddy__Store__V1__ProductState *got = NULL;
+    assert_int_equal(product_get(st, FIXTURE_PARTITIONS, "x", &got), EDDY_OK);
+    assert_non_null(got);
+    assert_int_equal(got->n_neighbours, 0);
+    assert_int_equal(got->pair_bucket, 10);
+    assert_string_equal(got->category, "mine");
+    eddy__store__v1__product_state__free_unpacked(got, NULL);
+    struct product_neighbour *l = NULL;
+    size_t n = 0;
+    assert_int_equal(product_neighbours(st, &pair_params, "x", 10, 256, &l, &n), EDDY_OK);
+    assert_int_equal(n, 2); /* "old", two buckets back, counts no more */
+    assert_string_equal(l[0].id, "a");
+    assert_int_equal(l[0].cur, 1000);
+    assert_int_equal(l[0].prev, 7);
+    assert_string_equal(l[1].id, "b");
+    assert_int_equal(l[1].prev, 0); /* bucket 8 of "b" is older than the two kept */
+    product_neighbours_free(l, n);
+    free(rows);
+    free(again);
+    store_close(st);
+    rmrf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attributes_do_not_depend_on_arrival_order),
         cmocka_unit_test(test_marks_apply_each_batch_once),
+        cmocka_unit_test(test_pairs_do_not_depend_on_arrival_order),
+        cmocka_unit_test(test_neighbours_read_best_first),
+        cmocka_unit_test(test_format2_list_converts_to_rows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
