@@ -289,12 +289,14 @@ static void apply_start(struct apply_part *ap)
 static void apply_writable(void *ud, bool writable)
 {
     struct apply_part *ap = ud;
-    if (writable) {
+    bool alive = membership_alive(ap->svc->mem); /* held: the session may have ended since */
+    if (writable && alive) {
         apply_start(ap);
         return;
     }
     ap->r->code = GRPC_STATUS_UNAVAILABLE;
-    ap->r->message = (char *)NOT_REPLICATED;
+    ap->r->message = alive ? (char *)NOT_REPLICATED
+                           : "etcd session may have expired: not acknowledging writes";
     struct pending_apply *pa = ap->pa;
     free(ap);
     one_done(pa);
