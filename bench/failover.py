@@ -123,12 +123,29 @@ def timeline(logs, victim, t0):
             version = m.group(1)
             break
     seen = {}
+    joins, fetches, reached, retried = [], [], [], []
+    lacked, replay_ms = 0, 0
     for path in sorted(glob.glob(os.path.join(logs, "*.log"))):
         name = os.path.basename(path)[:-4]
         if name in ("coordinator", "etcd", victim) or not version:
             continue
         entries = lines_after(path, t0)
         seen[name] = first(entries, r'msg="assignment seen" version=' + version + r"\b")
+        # every partition the kill left short of copies: a new follower's first fetch at
+        # its leader, what it lacked, when it reached the log end and joined the set
+        for t, text in entries:
+            if 'msg="follower joined the in-sync set"' in text:
+                joins.append(t)
+            m = re.search(r'msg="new follower\'s first fetch" .* lacked=(\d+)', text)
+            if m:
+                fetches.append(t)
+                lacked = max(lacked, int(m.group(1)))
+            m = re.search(r'msg="follower reached its leader\'s log end" .* replay_ms=(\d+)', text)
+            if m:
+                reached.append(t)
+                replay_ms = max(replay_ms, int(m.group(1)))
+            if 'msg="batch acknowledged after retries"' in text:
+                retried.append(t)
         if name in set(moved.values()):
             for p, to in moved.items():
                 if to == name:
@@ -147,6 +164,13 @@ def timeline(logs, victim, t0):
         "insync_again_p50": r3(insync[len(insync) // 2]) if insync else None,
         "insync_again_max": r3(insync[-1]) if insync else None,
         "insync_again_missing": len(moved) - len(insync),
+        "new_follower_first_fetch_max": r3(max(fetches)) if fetches else None,
+        "new_follower_lacked_max": lacked,
+        "new_follower_at_log_end_max": r3(max(reached)) if reached else None,
+        "new_follower_replay_ms_max": replay_ms,
+        "all_insync_again": len(joins),
+        "all_insync_again_max": r3(max(joins)) if joins else None,
+        "router_retry_acked_first": r3(min(retried)) if retried else None,
     }
 
 

@@ -7,7 +7,8 @@
 # failover.py's JSON: the kill to the first acknowledgement, that less the lease TTL, and
 # the timeline from the logs (lease expiry seen, promotions, map written and seen by each
 # node, the moved partitions' in-sync sets complete again). BENCH_RUNS runs (default 3),
-# each on a fresh cluster. Removes everything at the end.
+# each on a fresh cluster. Removes everything at the end (BENCH_LOGS=DIR: each run's logs are
+# copied to DIR/run-N first).
 #   bench/failover.sh
 . "$(dirname "$0")/lib.sh"
 TTL=${BENCH_LEASE_TTL:-2s}
@@ -29,6 +30,7 @@ for run in $(seq 1 "$RUNS"); do
     >"$TMP/failover-$run.json"
   wait "$LOAD" || true
   echo "failover run $run: $(cat "$TMP/failover-$run.json")" | tee -a "$TMP/failover.txt" >&2
+  if [ -n "${BENCH_LOGS:-}" ]; then mkdir -p "$BENCH_LOGS/run-$run" && cp "$CL"/logs/*.log "$BENCH_LOGS/run-$run/"; fi
   lc down --purge
 done
 cat "$TMP/failover.txt"

@@ -181,6 +181,10 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
         F("replica-lag-timeout", FLAG_DURATION, replica_lag_timeout,
           "a follower whose log has not reached its leader's end for this long leaves the "
           "partition's in-sync set (writes need min-insync copies in it)", 100, 0),
+        F("replica-writable-wait", FLAG_DURATION, replica_writable_wait,
+          "a write of a partition short of min-insync copies (a new follower catching up) is "
+          "held this long and applied once it has them, before it is refused (0 = refused at "
+          "once)", 0, 0),
         F("load-interval", FLAG_DURATION, load_interval,
           "publish this state node's per-partition event rates this often, for the "
           "coordinator's load balance (0 = never)", 0, 0),

@@ -129,6 +129,7 @@ struct node_config node_config_defaults(void)
         .checkpoint_threads = 2, .checkpoint_dir = "", .checkpoint_key_file = "",
         .move_lag = 1000, .move_freeze = 10000, .move_final_wait = 30000,
         .load_interval = 10000, .replica_lag_timeout = 10000,
+        .replica_writable_wait = 500,
         .max_follower_lag_records = 10000, .max_follower_lag_ms = 5000,
         .sec = security_flags_defaults(),
     };
@@ -513,6 +514,7 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
         struct replica_opts ro = {.eng = n->eng, .peers = n->pe,
                                   .partitions = (uint32_t)c->partitions,
                                   .lag_timeout_ms = c->replica_lag_timeout,
+                                  .writable_wait_ms = c->replica_writable_wait,
                                   .rpc_timeout_ms = c->route_timeout, .cluster = c->cluster,
                                   .ready = state_service_ready, .ready_ud = &n->ss,
                                   .metrics = n->nm.replica};

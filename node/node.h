@@ -57,6 +57,7 @@ struct node_config {
     int64_t shutdown_grace;
     int64_t move_lag, move_freeze, move_final_wait, load_interval;
     int64_t replica_lag_timeout;
+    int64_t replica_writable_wait;
     bool read_from_followers;    /* the router: reads may go to followers by default */
     int64_t max_follower_lag_records, max_follower_lag_ms; /* a follower's stale-read limits */
     struct security_flags sec;   /* TLS, protected mode, etcd security (docs/security.md) */

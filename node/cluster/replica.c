@@ -4,11 +4,13 @@
  * DESIGN (Kafka's model: followers pull, a follower's fetch position is its ack). Every
  * copy of a partition has the same log under the same seqs: the leader's group commit
  * appends records, a follower's fetch thread asks the leader for the records from its
- * position on and appends them through engine_replay (the same deterministic apply, one
- * synced write per batch), so at the same seq its state is byte-identical to the
- * leader's. The position a follower asks from next says that everything below it is
- * durable there: acknowledgements ride on the next fetch, one round trip per batch of
- * records, not a call per event.
+ * position on and appends them through engine_replay (the same deterministic apply), so
+ * at the same seq its state is byte-identical to the leader's. The batches of every
+ * partition in one answer go to the engine together and share its group commits: one
+ * synced write per answer, not one per partition (a failover's new follower copies ~P/N
+ * partitions at once). The position a follower asks from next says that everything below
+ * it is durable there: acknowledgements ride on the next fetch, one round trip per batch
+ * of records, not a call per event.
  *
  * Leader side. An Apply's job is durable locally, then the state service waits
  * (replica_wait) for the partition's log end at that moment to be on min-insync copies,
@@ -82,6 +84,8 @@ struct follower {
     int64_t caught_up_ms;  /* the last time its position reached a log end the leader had */
     bool in_sync;
     bool recorded;         /* in the in-sync set as last recorded in etcd */
+    bool fetched;          /* it fetched since the map named it (the failover timeline) */
+    int64_t added_ms;      /* when the map named it a follower here */
 };
 
 /* An acknowledgement waiting for copies. */
@@ -100,6 +104,7 @@ struct part {
     struct follower f[REPLICA_MAX - 1];
     uint32_t nf;
     struct waiter *waiters;
+    struct held *held;     /* writes waiting for min-insync copies */
     bool isr_dirty;        /* the in-sync set changed since it was written to etcd */
     uint64_t gen;          /* the state generation (replica_invalidate), 0 at each epoch */
     /* follower side */
@@ -118,6 +123,22 @@ struct part {
      * no answer since this copy started following). */
     uint64_t leader_end;
     int64_t heard_ms;
+    /* The catch-up after it started following (the failover timeline): when, from which
+     * position, the time spent in engine_replay, and whether it reached the leader's log
+     * end since. */
+    int64_t follow_ms;
+    uint64_t follow_pos;
+    int64_t replay_ms;
+    bool caught_up;
+};
+
+/* A write held until its partition has min-insync copies (replica_when_writable). */
+struct held {
+    int64_t deadline_ms;
+    replica_writable_fn *done;
+    void *ud;
+    bool writable;         /* set when it is taken off the list */
+    struct held *next;
 };
 
 /* A fetch waiting for records (long poll). The request belongs to the call. */
@@ -261,6 +282,36 @@ static void fail_all(struct part *pt, struct waiter **out)
     }
 }
 
+/* Move the held writes of 'pt' that may go on (writable) or not (not led here, past their
+ * deadline, every one with 'all') to *out. */
+static void release_held(replica *r, struct part *pt, int64_t now, bool all, struct held **out)
+{
+    bool writable = pt->leading && insync(pt) >= need(r, pt);
+    struct held **hp = &pt->held;
+    while (*hp) {
+        struct held *h = *hp;
+        if (writable || all || !pt->leading || now >= h->deadline_ms) {
+            h->writable = writable && !all;
+            *hp = h->next;
+            h->next = *out;
+            *out = h;
+        } else {
+            hp = &h->next;
+        }
+    }
+}
+
+/* Outside mu. */
+static void run_held(struct held *h)
+{
+    while (h) {
+        struct held *next = h->next;
+        h->done(h->ud, h->writable);
+        free(h);
+        h = next;
+    }
+}
+
 /* Outside mu. */
 static void run_waiters(struct waiter *w)
 {
@@ -354,6 +405,7 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
     }
     int64_t now = clock_mono_ms();
     struct waiter *done = NULL;
+    struct held *held = NULL;
     pthread_mutex_lock(&r->mu);
     r->min_insync = min_insync;
     for (uint32_t p = 0; p < P; p++) {
@@ -363,6 +415,7 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
         bool leading = R > 1 && strcmp(m->replicas[0], r->self) == 0;
         bool following = R > 1 && is_follower_in(m, r->self);
         bool new_leader = strcmp(m->replicas[0], pt->map.replicas[0]) != 0;
+        bool new_epoch = m->epoch != pt->map.epoch;
         if (pt->leading && !leading)
             fail_all(pt, &done);
         if (leading) {
@@ -375,7 +428,8 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
                     continue;
                 }
                 f[nf] = (struct follower){.prev_end = ends[p], .prev_ms = now,
-                                          .caught_up_ms = now, .in_sync = false};
+                                          .caught_up_ms = now, .in_sync = false,
+                                          .added_ms = now};
                 snprintf(f[nf].id, sizeof(f[nf].id), "%s", m->replicas[i]);
                 nf++;
             }
@@ -395,6 +449,10 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
             pt->fgen = 0;
             pt->leader_end = 0;
             pt->heard_ms = 0; /* no stale read until this leader answered */
+            pt->follow_ms = now;
+            pt->follow_pos = ends[p];
+            pt->replay_ms = 0;
+            pt->caught_up = false;
         }
         pt->leading = leading;
         pt->following = following;
@@ -402,6 +460,8 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
         pt->map.nreplicas = R;
         if (leading)
             settle(r, pt, &done);
+        /* held writes name the epoch they were fenced under: a new one refuses them */
+        release_held(r, pt, now, new_epoch, &held);
     }
     /* A parked fetch names the partitions its follower followed before this map: answer
      * it at the next tick, so that the follower's next fetch names the partitions it
@@ -415,6 +475,7 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
     pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);
     run_waiters(done);
+    run_held(held);
     free(ends);
 }
 
@@ -455,6 +516,28 @@ bool replica_writable(replica *r, uint32_t p)
     bool ok = !pt->leading || insync(pt) >= need(r, pt);
     pthread_mutex_unlock(&r->mu);
     return ok;
+}
+
+eddy_err replica_when_writable(replica *r, uint32_t p, replica_writable_fn *done, void *ud)
+{
+    struct held *h = malloc(sizeof(*h));
+    if (!h)
+        return EDDY_ERR_NOMEM;
+    *h = (struct held){clock_mono_ms() + r->o.writable_wait_ms, done, ud, false, NULL};
+    pthread_mutex_lock(&r->mu);
+    struct part *pt = p < r->o.partitions ? &r->parts[p] : NULL;
+    bool ok = !pt || !pt->leading || insync(pt) >= need(r, pt);
+    bool hold = !ok && !r->stopping && r->o.writable_wait_ms > 0;
+    if (hold) {
+        h->next = pt->held;
+        pt->held = h;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (!hold) {
+        done(ud, ok);
+        free(h);
+    }
+    return EDDY_OK;
 }
 
 uint64_t replica_committed(replica *r, uint32_t p)
@@ -729,6 +812,7 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     bool *div = n <= 64 ? divs : calloc(n, sizeof(*div));
     bool *over = n <= 64 ? overs : calloc(n, sizeof(*over));
     struct waiter *done = NULL;
+    struct held *held = NULL;
     struct parked *pk = NULL;
     char why[256];
     const char *refused = NULL;
@@ -785,6 +869,13 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
             records_ready = true;
             continue;
         }
+        if (!f->fetched && !f->in_sync)
+            log_info("msg=\"new follower's first fetch\" partition=%u follower=%s "
+                     "position=%" PRIu64 " log_end=%" PRIu64 " lacked=%" PRIu64
+                     " since_map_ms=%" PRId64,
+                     q->partition, f->id, q->next_seq, end[i],
+                     end[i] > q->next_seq ? end[i] - q->next_seq : 0, t - f->added_ms);
+        f->fetched = true;
         f->pos = q->next_seq;
         /* it reached the log end as it is now, or as it was at its previous fetch */
         if (q->next_seq >= end[i] || q->next_seq >= f->prev_end) {
@@ -797,8 +888,8 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
                 if (r->o.metrics.isr_expands)
                     metric_counter_add(r->o.metrics.isr_expands, 1);
                 log_info("msg=\"follower joined the in-sync set\" partition=%u follower=%s "
-                         "position=%" PRIu64,
-                         q->partition, f->id, f->pos);
+                         "position=%" PRIu64 " since_map_ms=%" PRId64,
+                         q->partition, f->id, f->pos, t - f->added_ms);
             }
         }
         f->prev_end = end[i];
@@ -808,6 +899,8 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         if (q->next_seq < end[i] || (q->next_seq < lfirst[i]))
             records_ready = true;
     }
+    for (size_t i = 0; i < n; i++) /* a follower that joined: the held writes go on */
+        release_held(r, &r->parts[req->partitions[i]->partition], t, false, &held);
     if (!records_ready) {
         pk = malloc(sizeof(*pk));
         if (pk) {
@@ -820,6 +913,7 @@ static void handle_fetch(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     }
     pthread_mutex_unlock(&r->mu);
     run_waiters(done);
+    run_held(held);
     if (!pk)
         answer(r, c, req, div); /* records ready (or no memory to park: answer empty) */
 out:
@@ -982,6 +1076,7 @@ static void *replica_main(void *arg)
         }
         int64_t now = clock_mono_ms();
         struct waiter *done = NULL;
+        struct held *held = NULL;
         struct parked *ready = NULL;
         size_t nrecs = 0;
         double lag = 0, under = 0;
@@ -998,6 +1093,7 @@ static void *replica_main(void *arg)
             }
             under += insync(pt) < pt->map.nreplicas;
             settle(r, pt, &done);
+            release_held(r, pt, now, false, &held); /* those past --replica-writable-wait */
             if (pt->isr_dirty && r->o.etcd && nrecs < ISR_WRITES_MAX) {
                 recp[nrecs] = p;
                 struct cluster_isr *x = &recs[nrecs++];
@@ -1034,6 +1130,7 @@ static void *replica_main(void *arg)
         if (r->o.metrics.under_replicated)
             metric_gauge_set(r->o.metrics.under_replicated, under);
         run_waiters(done);
+        run_held(held);
         while (ready) {
             struct parked *k = ready;
             ready = k->next;
@@ -1108,54 +1205,111 @@ eddy_err replica_batch_check(const Eddy__State__V1__ReplicaPartitionData *d, uin
     return EDDY_OK;
 }
 
-eddy_err replica_follow_apply(replica *r, const Eddy__State__V1__ReplicaPartitionData *d)
+/* One partition's batch of a fetch answer on its way through engine_replay. The batches
+ * of every partition in an answer are handed to the engine before the first is waited for,
+ * so they share its group commits (one synced write for many partitions, not one each: a
+ * new follower copies ~P/N partitions at once after a failover). */
+struct follow_job {
+    const Eddy__State__V1__ReplicaPartitionData *d; /* borrowed from the answer */
+    struct engine_log_entry *e;
+    uint64_t epoch, pos;
+    int64_t t0;
+    bool started;          /* in the engine: the claim is held, 'w' will be signalled */
+    struct completion w;
+};
+
+/* Check d's batch and hand it to the engine (follow_finish waits for it). An error means
+ * nothing was handed over. Not concurrently for the same partition. */
+static eddy_err follow_start(replica *r, struct follow_job *j,
+                             const Eddy__State__V1__ReplicaPartitionData *d)
 {
     uint32_t p = d->partition;
+    *j = (struct follow_job){.d = d, .t0 = clock_mono_ms()};
     if (p >= r->o.partitions)
         return EDDY_ERR_INVALID;
     pthread_mutex_lock(&r->mu);
     struct part *pt = &r->parts[p];
     bool following = pt->following;
-    uint64_t epoch = pt->map.epoch, pos = pt->pos;
+    j->epoch = pt->map.epoch;
+    j->pos = pt->pos;
     pthread_mutex_unlock(&r->mu);
-    if (!following || d->epoch != epoch) {
+    if (!following || d->epoch != j->epoch) {
         log_warn("msg=\"replica batch refused: stale epoch\" partition=%u batch_epoch=%" PRIu64
                  " epoch=%" PRIu64 " following=%d",
-                 p, d->epoch, epoch, following);
+                 p, d->epoch, j->epoch, following);
         return EDDY_ERR_NOT_OWNER;
     }
-    eddy_err err = replica_batch_check(d, pos);
-    if (err != EDDY_OK)
+    eddy_err err = replica_batch_check(d, j->pos);
+    if (err != EDDY_OK || d->n_records == 0)
         return err;
-    struct engine_log_entry *e = calloc(d->n_records ? d->n_records : 1, sizeof(*e));
-    if (!e)
+    j->e = calloc(d->n_records, sizeof(*j->e));
+    if (!j->e)
         return EDDY_ERR_NOMEM;
     for (size_t i = 0; i < d->n_records; i++) {
         const Eddy__State__V1__ReplicaRecord *x = d->records[i];
-        e[i] = (struct engine_log_entry){x->seq, x->record.data, x->record.len};
+        j->e[i] = (struct engine_log_entry){x->seq, x->record.data, x->record.len};
     }
-    uint64_t next = pos;
-    if (d->n_records && !engine_claim_partition(r->o.eng, p)) {
+    if (!engine_claim_partition(r->o.eng, p)) {
         err = EDDY_ERR_CONFLICT; /* a move writes the partition here: not ours to follow */
-    } else if (d->n_records) {
-        struct completion w;
-        completion_init(&w);
-        err = completion_wait(&w, engine_replay(r->o.eng, p, e, d->n_records, replayed, &w));
-        engine_release_partition(r->o.eng, p);
-        next = w.value;
+        goto fail;
     }
-    free(e);
-    if (err != EDDY_OK)
-        return err;
+    completion_init(&j->w);
+    err = engine_replay(r->o.eng, p, j->e, d->n_records, replayed, &j->w);
+    if (err != EDDY_OK) {
+        completion_wait(&j->w, err); /* destroys it */
+        engine_release_partition(r->o.eng, p);
+        goto fail;
+    }
+    j->started = true;
+    return EDDY_OK;
+fail:
+    free(j->e);
+    j->e = NULL;
+    return err;
+}
+
+/* Wait for the batch follow_start handed over (if any), then move the partition's
+ * position past it. */
+static eddy_err follow_finish(replica *r, struct follow_job *j)
+{
+    const Eddy__State__V1__ReplicaPartitionData *d = j->d;
+    uint32_t p = d->partition;
+    uint64_t next = j->pos;
+    if (j->started) {
+        eddy_err err = completion_wait(&j->w, EDDY_OK);
+        engine_release_partition(r->o.eng, p);
+        free(j->e);
+        j->e = NULL;
+        j->started = false;
+        if (err != EDDY_OK)
+            return err;
+        next = j->w.value;
+    }
     if (next < d->next_seq) /* the leader's log has holes (DeleteUser) up to its end */
         next = d->next_seq;
+    int64_t now = clock_mono_ms();
     pthread_mutex_lock(&r->mu);
-    if (pt->following && pt->map.epoch == epoch && pt->pos == pos) {
+    struct part *pt = &r->parts[p];
+    if (pt->following && pt->map.epoch == j->epoch && pt->pos == j->pos) {
         pt->pos = next;
         pt->check_last = false; /* this leader answered from this copy's position */
+        pt->replay_ms += now - j->t0;
+        if (!pt->caught_up && next >= d->log_end) {
+            pt->caught_up = true;
+            log_info("msg=\"follower reached its leader's log end\" partition=%u "
+                     "records=%" PRIu64 " replay_ms=%" PRId64 " since_follow_ms=%" PRId64,
+                     p, next - pt->follow_pos, pt->replay_ms, now - pt->follow_ms);
+        }
     }
     pthread_mutex_unlock(&r->mu);
     return EDDY_OK;
+}
+
+eddy_err replica_follow_apply(replica *r, const Eddy__State__V1__ReplicaPartitionData *d)
+{
+    struct follow_job j;
+    eddy_err err = follow_start(r, &j, d);
+    return err == EDDY_OK ? follow_finish(r, &j) : err;
 }
 
 uint64_t replica_position(replica *r, uint32_t p)
@@ -1346,10 +1500,11 @@ static void *fetch_main(void *arg)
     uint32_t P = r->o.partitions;
     Eddy__State__V1__ReplicaFetchPartition *q = calloc(P ? P : 1, sizeof(*q));
     Eddy__State__V1__ReplicaFetchPartition **qp = calloc(P ? P : 1, sizeof(*qp));
+    struct follow_job *jobs = calloc(P ? P : 1, sizeof(*jobs)); /* one per partition asked */
     int64_t backoff = 0;
     uint64_t failures = 0;
     char addr[CLUSTER_ADDR_MAX];
-    if (!q || !qp) {
+    if (!q || !qp || !jobs) {
         log_error("msg=\"replica fetch thread: out of memory\" leader=%s", ft->leader);
         goto out;
     }
@@ -1414,7 +1569,8 @@ static void *fetch_main(void *arg)
             const Eddy__State__V1__ReplicaFetchResponse *fr =
                 (const Eddy__State__V1__ReplicaFetchResponse *)resp;
             left_out = fr->n_partitions < n;
-            for (size_t i = 0; i < fr->n_partitions && err == EDDY_OK; i++) {
+            size_t nj = 0; /* every partition's batch to the engine first, then the waits */
+            for (size_t i = 0; i < fr->n_partitions && i < n; i++) {
                 const Eddy__State__V1__ReplicaPartitionData *d = fr->partitions[i];
                 if (d->log_truncated || d->diverged) {
                     log_warn("msg=\"replica copy cannot continue from the leader's log: "
@@ -1425,9 +1581,18 @@ static void *fetch_main(void *arg)
                     mark_resync(r, d);
                     continue;
                 }
-                err = replica_follow_apply(r, d);
-                if (err == EDDY_OK)
-                    heard(r, d);
+                eddy_err e = follow_start(r, &jobs[nj], d);
+                if (e == EDDY_OK)
+                    nj++;
+                else if (err == EDDY_OK)
+                    err = e;
+            }
+            for (size_t i = 0; i < nj; i++) {
+                eddy_err e = follow_finish(r, &jobs[i]);
+                if (e == EDDY_OK)
+                    heard(r, jobs[i].d);
+                else if (err == EDDY_OK)
+                    err = e;
             }
         } else if (failures++ % 50 == 0) {
             log_warn("msg=\"replica fetch failed\" leader=%s addr=%s code=%d error=\"%s\"",
@@ -1451,6 +1616,7 @@ static void *fetch_main(void *arg)
 out:
     free(q);
     free(qp);
+    free(jobs);
     return NULL;
 }
 
@@ -1518,8 +1684,12 @@ void replica_stop(replica *r)
     struct parked *pk = r->parked;
     r->parked = NULL;
     struct waiter *done = NULL;
-    for (uint32_t p = 0; p < r->o.partitions; p++)
+    struct held *held = NULL;
+    int64_t now = clock_mono_ms();
+    for (uint32_t p = 0; p < r->o.partitions; p++) {
         fail_all(&r->parts[p], &done);
+        release_held(r, &r->parts[p], now, true, &held);
+    }
     size_t nf = r->nfetchers;
     r->nfetchers = 0;
     pthread_mutex_unlock(&r->mu);
@@ -1541,6 +1711,7 @@ void replica_stop(replica *r)
         pk = next;
     }
     run_waiters(done);
+    run_held(held);
 }
 
 void replica_free(replica *r)

@@ -58,6 +58,9 @@ struct replica_opts {
     int64_t fetch_wait_ms;       /* a fetch's long poll (default 500) */
     int64_t rpc_timeout_ms;      /* a fetch's deadline on top of the long poll (5000) */
     int64_t snapshot_timeout_ms; /* one ReplicaSnapshot stream (600000) */
+    /* --replica-writable-wait: how long replica_when_writable holds a write of a partition
+     * short of in-sync copies before it gives up (0: not at all). */
+    int64_t writable_wait_ms;
     /* Where the leader records each partition's in-sync set (/eddy/<cluster>/isr/<p>,
      * compare-and-swap); NULL: not recorded, or the membership's once
      * replica_set_membership ran. Borrowed. */
@@ -104,6 +107,19 @@ void replica_set_membership(replica *r, membership *m);
 /* Whether a write of partition 'p' may be accepted now: true when the partition is not
  * replicated or has at least min-insync copies in sync. Any thread. */
 bool replica_writable(replica *r, uint32_t p);
+
+/* Called once by replica_when_writable: 'writable' says whether partition 'p' may take
+ * writes now (replica_writable). */
+typedef void replica_writable_fn(void *ud, bool writable);
+
+/* Call 'done' once partition 'p' may take writes: at once, on this thread, when it may now
+ * (or with false when the wait is 0); otherwise when a new follower joins its in-sync set
+ * (on that fetch's handler thread), or with false once --replica-writable-wait passed, the
+ * partition is no longer led here or the module stops (the replica thread, or the caller
+ * of replica_set_map / replica_stop). The owner is thus told when a partition becomes
+ * writable instead of its callers retrying. 'done' must not block. If this returns an
+ * error (EDDY_ERR_NOMEM), 'done' never runs. Any thread. */
+eddy_err replica_when_writable(replica *r, uint32_t p, replica_writable_fn *done, void *ud);
 
 /* Called once when the records of partition 'p' below the seq given to replica_wait are
  * durable on min-insync copies (EDDY_OK), or with EDDY_ERR_UNAVAILABLE when the in-sync

@@ -1,6 +1,7 @@
 /* Routing of public requests to partition owners, and merging of global queries. */
 #include "node/cluster/router.h"
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -184,6 +185,8 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
         int64_t took = clock_mono_ms() - t0, least = ms < BUSY_RETRY_MS ? ms : BUSY_RETRY_MS;
         waited_ms += took < least ? least : (took > ms ? ms : took);
     }
+    if (res->code == GRPC_STATUS_OK && npending == 0 && waited_ms > 0)
+        log_info("msg=\"batch acknowledged after retries\" waited_ms=%" PRId64, waited_ms);
     if (res->code == GRPC_STATUS_OK && npending > 0) {
         res->code = GRPC_STATUS_UNAVAILABLE;
         char last[256];

@@ -220,6 +220,7 @@ struct apply_part {
     struct state_service *svc;
     struct pending_apply *pa;
     Eddy__State__V1__PartitionResult *r;
+    const Eddy__State__V1__PartitionEvents *pe; /* the request's: alive until the reply */
 };
 
 static const char NOT_REPLICATED[] =
@@ -263,6 +264,39 @@ static void apply_done(void *ud, eddy_err err, const struct engine_ingest_result
         r->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         r->message = "out of memory";
     }
+    struct pending_apply *pa = ap->pa;
+    free(ap);
+    one_done(pa);
+}
+
+/* Hand one partition's events to the engine (its result goes to ap->r). */
+static void apply_start(struct apply_part *ap)
+{
+    const Eddy__State__V1__PartitionEvents *pe = ap->pe;
+    eddy_err err = engine_apply(ap->svc->eng, pe->partition, pe->epoch, pe->events,
+                                pe->n_events, apply_done, ap);
+    if (err != EDDY_OK) {
+        ap->r->code = (int32_t)eddy_err_to_grpc(err);
+        ap->r->message = (char *)eddy_strerror(err);
+        struct pending_apply *pa = ap->pa;
+        free(ap);
+        one_done(pa);
+    }
+}
+
+/* The partition short of in-sync copies when the Apply came has them now (a new follower
+ * caught up), or the wait ended without: applied then, or refused as before the wait. */
+static void apply_writable(void *ud, bool writable)
+{
+    struct apply_part *ap = ud;
+    bool alive = membership_alive(ap->svc->mem); /* held: the session may have ended since */
+    if (writable && alive) {
+        apply_start(ap);
+        return;
+    }
+    ap->r->code = GRPC_STATUS_UNAVAILABLE;
+    ap->r->message = alive ? (char *)NOT_REPLICATED
+                           : "etcd session may have expired: not acknowledging writes";
     struct pending_apply *pa = ap->pa;
     free(ap);
     one_done(pa);
@@ -341,27 +375,20 @@ static void handle_apply(void *ud, rpc_call *c, const ProtobufCMessage *msg)
             one_done(pa);
             continue;
         }
-        if (svc->repl && !replica_writable(svc->repl, pe->partition)) {
-            r->code = GRPC_STATUS_UNAVAILABLE;
-            r->message = (char *)NOT_REPLICATED;
+        struct apply_part *ap = malloc(sizeof(*ap));
+        if (!ap) {
+            r->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            r->message = "out of memory";
             one_done(pa);
             continue;
         }
-        struct apply_part *ap = malloc(sizeof(*ap));
-        eddy_err err = ap ? EDDY_OK : EDDY_ERR_NOMEM;
-        if (ap) {
-            ap->svc = svc;
-            ap->pa = pa;
-            ap->r = r;
-            err = engine_apply(svc->eng, pe->partition, pe->epoch, pe->events, pe->n_events,
-                               apply_done, ap);
-        }
-        if (err != EDDY_OK) {
-            free(ap);
-            r->code = (int32_t)eddy_err_to_grpc(err);
-            r->message = (char *)eddy_strerror(err);
-            one_done(pa);
-        }
+        *ap = (struct apply_part){svc, pa, r, pe};
+        /* short of in-sync copies (a new follower catching up after a failover): held up
+         * to --replica-writable-wait and applied the moment it joins, not refused for the
+         * router to retry a round later */
+        if (!svc->repl || replica_when_writable(svc->repl, pe->partition, apply_writable,
+                                                ap) != EDDY_OK)
+            apply_writable(ap, !svc->repl || replica_writable(svc->repl, pe->partition));
     }
     one_done(pa);
 }

@@ -93,7 +93,8 @@ class ReplicationTest(unittest.TestCase):
         self.assertEqual(res.code, 14, res)  # UNAVAILABLE
         self.assertIn("in-sync", res.message)
         self.assertGreaterEqual(waited, 0.5, "answered before the follower could be out of sync")
-        # with fewer in-sync copies than min-insync the partition refuses at once
+        # with fewer in-sync copies than min-insync the partition refuses (after holding the
+        # write for --replica-writable-wait, 500 ms)
         res = self.s1.apply(2, EPOCH, [ev("late-2", user, t0 + 1001)], timeout=5)
         self.assertEqual(res.code, 14, res)
         self.wait_isr(["s1"])

@@ -3,6 +3,7 @@
  * wait for the follower (and fail UNAVAILABLE once it left the in-sync set), the leader
  * refuses fetches from non-replicas and stale epochs, and the follower refuses gapped,
  * stale and corrupted batches without applying them. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,6 +28,7 @@
 
 #define EPOCH 3
 #define LAG_MS 2000 /* long enough for a loaded machine: a live follower never lags this far */
+#define WRITABLE_WAIT_MS 1000 /* the leader's --replica-writable-wait */
 
 struct node {
     char *dir;
@@ -119,7 +121,7 @@ static int setup(void **state)
      * module whose map is set after the start */
     struct replica_opts ro = {.eng = t->a.eng, .peers = t->peers, .self = "A",
                               .partitions = FIXTURE_PARTITIONS, .lag_timeout_ms = LAG_MS,
-                              .fetch_wait_ms = 100};
+                              .fetch_wait_ms = 100, .writable_wait_ms = WRITABLE_WAIT_MS};
     t->a.rep = replica_new(&ro);
     assert_int_equal(replica_register(t->a.rep, t->srv), EDDY_OK);
     assert_int_equal(rpc_server_start(t->srv, &port), EDDY_OK);
@@ -830,6 +832,132 @@ static void test_idle_records_come_from_the_leader(void **state)
     assert_true(compared);
 }
 
+struct writable_at {
+    struct completion c; /* value: whether writable, 'at' when */
+    int64_t at;
+};
+
+static void writable_cb(void *ud, bool writable)
+{
+    struct writable_at *w = ud;
+    w->at = clock_mono_ms();
+    completion_signal(&w->c, EDDY_OK, writable);
+}
+
+/* A write of a partition short of in-sync copies is held: refused once
+ * --replica-writable-wait passed without a new copy, let through the moment a new
+ * follower joins the in-sync set (the owner tells, instead of the router retrying). */
+static void test_write_held_until_writable(void **state)
+{
+    struct pair *t = *state;
+    ingest_range(t, 0, 200); /* b is not fetching yet: A alone has the records */
+    uint32_t p = 0;
+    while (log_end(t->a.eng, p) < 3)
+        p++;
+    assert_false(replica_writable(t->a.rep, p));
+    struct writable_at w1, w2;
+    completion_init(&w1.c);
+    int64_t t0 = clock_mono_ms();
+    assert_int_equal(replica_when_writable(t->a.rep, p, writable_cb, &w1), EDDY_OK);
+    assert_int_equal(completion_wait(&w1.c, EDDY_OK), EDDY_OK);
+    assert_int_equal(w1.c.value, 0); /* not writable: the wait ran out */
+    assert_true(w1.at - t0 >= WRITABLE_WAIT_MS);
+
+    completion_init(&w2.c);
+    assert_int_equal(replica_when_writable(t->a.rep, p, writable_cb, &w2), EDDY_OK);
+    int64_t t1 = clock_mono_ms();
+    assert_int_equal(replica_start(t->b.rep), EDDY_OK);
+    assert_int_equal(completion_wait(&w2.c, EDDY_OK), EDDY_OK);
+    assert_int_equal(w2.c.value, 1);
+    assert_int_equal(replica_insync(t->a.rep, p), 2); /* told once B had joined */
+    assert_true(w2.at - t1 < WRITABLE_WAIT_MS);
+    /* writable now: answered at once, on this thread */
+    struct writable_at w3;
+    completion_init(&w3.c);
+    assert_int_equal(replica_when_writable(t->a.rep, p, writable_cb, &w3), EDDY_OK);
+    assert_true(w3.c.done);
+    assert_int_equal(completion_wait(&w3.c, EDDY_OK), EDDY_OK);
+    assert_int_equal(w3.c.value, 1);
+}
+
+/* Holds an engine's writer (engine_exclusive) until released. */
+struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool entered, open;
+    struct completion done;
+};
+
+static eddy_err gate_hold(void *ud, engine *e)
+{
+    (void)e;
+    struct gate *g = ud;
+    pthread_mutex_lock(&g->mu);
+    g->entered = true;
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+    return EDDY_OK;
+}
+
+static void gate_done(void *ud, eddy_err err)
+{
+    struct gate *g = ud;
+    completion_signal(&g->done, err, 0);
+}
+
+static bool gate_entered(struct gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    bool in = g->entered;
+    pthread_mutex_unlock(&g->mu);
+    return in;
+}
+
+/* A new follower hands the batches of every partition in a fetch answer to its engine
+ * before it waits for the first, so they share group commits (a failover's new follower
+ * copies ~P/N partitions: one synced write each made its catch-up take seconds): with
+ * the follower's writer held, every record the leader has ends up queued at once. */
+static void test_new_follower_batches_share_commits(void **state)
+{
+    struct pair *t = *state;
+    ingest_range(t, 0, 600);
+    uint32_t nonempty = 0;
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++)
+        nonempty += log_end(t->a.eng, p) > 0;
+    assert_true(nonempty >= 4);
+    struct gate g = {.entered = false, .open = false};
+    pthread_mutex_init(&g.mu, NULL);
+    pthread_cond_init(&g.cv, NULL);
+    completion_init(&g.done);
+    assert_int_equal(engine_exclusive(t->b.eng, gate_hold, gate_done, &g), EDDY_OK);
+    EVENTUALLY(gate_entered(&g));
+    assert_int_equal(replica_start(t->b.rep), EDDY_OK);
+    int64_t until = clock_mono_ms() + 15000; /* the gate opens before any assertion */
+    while (engine_queue_depth(t->b.eng) < 600 && clock_mono_ms() < until)
+        usleep(2000);
+    int64_t queued = engine_queue_depth(t->b.eng);
+    uint64_t durable = 0;
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++)
+        durable += replica_position(t->b.rep, p);
+    pthread_mutex_lock(&g.mu);
+    g.open = true;
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+    assert_int_equal(completion_wait(&g.done, EDDY_OK), EDDY_OK);
+    assert_int_equal(queued, 600);
+    assert_int_equal(durable, 0); /* nothing was durable while the writer was held */
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++)
+        EVENTUALLY(replica_insync(t->a.rep, p) == 2);
+    assert_int_equal(wait_all(t), EDDY_OK);
+    char *da = dump(t->a.eng), *db = dump(t->b.eng);
+    assert_string_equal(da, db);
+    free(da);
+    free(db);
+    pthread_mutex_destroy(&g.mu);
+    pthread_cond_destroy(&g.cv);
+}
+
 static void test_not_replicated_no_wait(void **state)
 {
     struct pair *t = *state;
@@ -895,6 +1023,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_records_come_from_the_leader, setup_idle,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_not_replicated_no_wait, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_new_follower_batches_share_commits, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_write_held_until_writable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_follower_lag, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
