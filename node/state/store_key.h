@@ -26,6 +26,9 @@
  *   EXP_STAT  p T len:u16 experiment variant -> VariantCounts (per partition)
  *   EXP_DEF   0xffff T name                -> ExperimentDef (--dev: the experiments,
  *                                                     outside every partition)
+ *   PART_ACK  p T                          -> PartitionMeta (duplicates and epoch only:
+ *                                                     what no log record rebuilds, synced
+ *                                                     with the log when META is behind)
  *
  * i64 values are stored with the sign bit flipped, big-endian, so they sort numerically. */
 #ifndef EDDY_STORE_KEY_H
@@ -55,6 +58,7 @@ enum store_table {
     T_IMPR = 17,
     T_EXP_STAT = 18,
     T_EXP_DEF = 19, /* partition EXP_DEF_PARTITION only */
+    T_PART_ACK = 20,
 };
 
 #define STORE_KEY_MAX 1024
