@@ -238,8 +238,14 @@ eddy_err store_dirty_range(struct store_dirty *d, const struct store_key *start,
         return EDDY_OK;
     eddy_err err = EDDY_OK;
     pthread_rwlock_rdlock(&d->lock);
-    /* one prefix (every query's scan) or all of them */
-    bool one = start->len >= 3 && end->len >= 3 && memcmp(start->buf, end->buf, 3) == 0;
+    /* one prefix (every query's scan: a table of a partition, or part of one) or all */
+    bool one = false;
+    if (start->len >= 3 && end->len > 0) {
+        struct store_key pre = {.len = 3}, pre_end;
+        memcpy(pre.buf, start->buf, 3);
+        key_prefix_end(&pre, &pre_end);
+        one = pre_end.len > 0 && key_cmp_raw(end->buf, end->len, pre_end.buf, pre_end.len) <= 0;
+    }
     struct dirty_run *single = NULL;
     if (one)
         single = run_of(d, prefix_of(start->buf, start->len), false);

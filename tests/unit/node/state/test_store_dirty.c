@@ -91,6 +91,13 @@ static void test_reads_before_flush(void **state)
     struct seen s = {{0}, 0};
     assert_int_equal(store_scan(f->s, &start, &end, collect, &s), EDDY_OK);
     assert_string_equal(s.keys, "a=A;b=B;c=C;e=E;");
+    /* a range over several prefixes (the whole partition) merges the same */
+    struct store_key pstart, pend;
+    key_init(&pstart, 3, 0);
+    key_init(&pend, 4, 0);
+    struct seen ps = {{0}, 0};
+    assert_int_equal(store_scan(f->s, &pstart, &pend, collect, &ps), EDDY_OK);
+    assert_string_equal(ps.keys, s.keys);
     /* the txn's own scan (its kept values left at the settle) merges the same */
     struct seen ts = {{0}, 0};
     assert_int_equal(store_txn_scan(t, &start, &end, collect, &ts), EDDY_OK);
