@@ -885,6 +885,9 @@ static eddy_err replay_tail(engine *e, uint32_t p, uint64_t *replayed)
             break;
         for (size_t i = 0; i < t.n && err == EDDY_OK; i++) {
             enum apply_outcome oc;
+            /* its erasures must not reach the log before the state they follow */
+            if (t.recs[i]->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_DELETE_USER)
+                store_txn_write_through(e->txn);
             err = apply_replay(e->txn, &e->o.apply, p, m, t.seqs[i], t.recs[i], emit, e, &oc);
         }
         for (size_t i = 0; i < t.n; i++)
