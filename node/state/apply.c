@@ -16,14 +16,39 @@
 
 /* PartitionMeta.format: 1, the dedup sweep walks the log; 2, stage-2 batches, DeleteUser
  * and OUTBOX deliveries are log records too; 3, co-occurrence pairs are COOC rows instead of
- * ProductState.neighbours lists. A format-1 partition converts as it is (its log is a valid
+ * ProductState.neighbours lists; 4, the state is written behind the log (META may lag it:
+ * the records after META.next_seq are replayed at open, and the duplicates and the epoch
+ * are in the PART_ACK row). A format-1 partition converts as it is (its log is a valid
  * format-2 log); a format-2 one has its lists converted by the engine when loaded
- * (product_convert); a newer one is refused rather than misread. */
-#define META_FORMAT 3
+ * (product_convert); a format-3 one as it is (its log ends at its META, and it has no
+ * PART_ACK row); a newer one is refused rather than misread (a binary before format 4
+ * would not replay the log's tail). */
+#define META_FORMAT 4
 
 uint32_t apply_meta_format(void)
 {
     return META_FORMAT;
+}
+
+/* The PART_ACK row: what no log record rebuilds, written with the log. Its values only
+ * grow, so they win over META's (which may be older: written behind). */
+static eddy_err load_ack(store *s, uint32_t p, struct part_meta *m)
+{
+    struct store_key k;
+    Eddy__Store__V1__PartitionMeta *ack = NULL;
+    key_init(&k, p, T_PART_ACK);
+    eddy_err err = store_get_msg(s, &k, &eddy__store__v1__partition_meta__descriptor,
+                                 (ProtobufCMessage **)&ack);
+    if (err != EDDY_OK || !ack)
+        return err;
+    if (ack->duplicates > m->duplicates)
+        m->duplicates = ack->duplicates;
+    if (ack->epoch > m->epoch)
+        m->epoch = ack->epoch;
+    m->acked_duplicates = ack->duplicates;
+    m->acked_epoch = ack->epoch;
+    protobuf_c_message_free_unpacked(&ack->base, NULL);
+    return EDDY_OK;
 }
 
 eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m)
@@ -50,6 +75,10 @@ eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m)
     m->epoch = pm->epoch;
     m->dedup_next = pm->dedup_next_seq;
     m->format = pm->format;
+    if (pm->format <= META_FORMAT && (err = load_ack(s, p, m)) != EDDY_OK) {
+        protobuf_c_message_free_unpacked(&pm->base, NULL);
+        return err;
+    }
     if (pm->format > META_FORMAT) {
         protobuf_c_message_free_unpacked(&pm->base, NULL);
         return EDDY_ERR_TOO_LARGE; /* engine_open says which layout it found */
@@ -70,6 +99,17 @@ eddy_err apply_meta_save(store_txn *t, uint32_t p, struct part_meta *m)
     if (!m->dirty)
         return EDDY_OK;
     struct store_key k;
+    if (m->duplicates != m->acked_duplicates || m->epoch != m->acked_epoch) {
+        Eddy__Store__V1__PartitionMeta ack = EDDY__STORE__V1__PARTITION_META__INIT;
+        ack.duplicates = m->duplicates;
+        ack.epoch = m->epoch;
+        key_init(&k, p, T_PART_ACK);
+        eddy_err err = store_txn_put_msg(t, &k, &ack.base);
+        if (err != EDDY_OK)
+            return err;
+        m->acked_duplicates = m->duplicates;
+        m->acked_epoch = m->epoch;
+    }
     Eddy__Store__V1__PartitionMeta pm = EDDY__STORE__V1__PARTITION_META__INIT;
     pm.next_seq = m->next_seq;
     pm.max_ts = m->max_ts;

@@ -62,6 +62,7 @@ struct part_meta {
     uint64_t epoch;      /* highest ownership epoch seen (cluster fencing) */
     uint64_t dedup_next; /* first log seq whose event id the dedup sweep has not forgotten */
     uint32_t format;     /* PartitionMeta.format as stored (0: no META yet, or format 0) */
+    uint64_t acked_duplicates, acked_epoch; /* what the PART_ACK row holds */
     bool dirty;          /* changed since last saved into a txn */
 };
 
@@ -77,7 +78,9 @@ uint32_t apply_meta_format(void);
  * are converted (saved with the next group); a newer one fails with EDDY_ERR_TOO_LARGE. */
 eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m);
 
-/* Write the meta into the txn if dirty. */
+/* Write the meta into the txn if dirty, and the PART_ACK row (the duplicates and the
+ * epoch, which no log record rebuilds: it is written with the log, not behind) if they
+ * changed. */
 eddy_err apply_meta_save(store_txn *t, uint32_t p, struct part_meta *m);
 
 /* Append 'ev' to partition 'p''s log and apply it. 'ev' must be valid (validate.h) and

@@ -120,7 +120,25 @@ struct engine {
     _Atomic uint64_t outbox;     /* OUTBOX records committed and not yet forwarded */
     _Atomic uint64_t *log_floor; /* [partitions], see engine_set_log_floor */
     atomic_bool *writing;        /* [partitions], see engine_claim_partition */
+
+    /* write-behind: the flush thread */
+    pthread_t flusher;
+    bool flusher_started;
+    pthread_mutex_t flush_mu;    /* 'flush_kick', 'flush_stopping' */
+    pthread_cond_t flush_cv;
+    bool flush_kick, flush_stopping;
+    size_t flush_bytes;
 };
+
+/* The tables the log rebuilds, written behind when flush_interval_ms > 0: everything but
+ * LOG, DEDUP, OUTBOX, PART_ACK and EXP_DEF (no log record rebuilds the experiments). */
+#define BEHIND_TABLES                                                                      \
+    ((UINT32_C(1) << T_DEDUP_EXP) | (UINT32_C(1) << T_USER) | (UINT32_C(1) << T_USER_WIN) | \
+     (UINT32_C(1) << T_USER_LOG) | (UINT32_C(1) << T_PART_WIN) | (UINT32_C(1) << T_PRODUCT) | \
+     (UINT32_C(1) << T_PROD_WIN) | (UINT32_C(1) << T_CAT_POP) | (UINT32_C(1) << T_LATE) |     \
+     (UINT32_C(1) << T_S2_HW) | (UINT32_C(1) << T_BOUGHT) | (UINT32_C(1) << T_META) |        \
+     (UINT32_C(1) << T_SEEN) | (UINT32_C(1) << T_IMPR) | (UINT32_C(1) << T_EXP_STAT) |      \
+     (UINT32_C(1) << T_COOC))
 
 /* Count a committed group (see struct engine_metrics). 'start_ns': when its apply began. */
 static void count_group(engine *e, const struct job *group, int64_t start_ns)
@@ -353,6 +371,7 @@ static eddy_err run_replay(engine *e, struct job *j, int64_t now)
         if (err == EDDY_OK)
             err = apply_replay(e->txn, &e->o.apply, p, m, le->seq, r, emit, e, &oc);
         if (deletes) {
+            store_txn_write_through(e->txn);
             e->outbox_removed += outbox_before - apply_outbox_rows(e->txn, p);
             j->deleted_next = le->seq + 1;
         }
@@ -568,6 +587,48 @@ static void log_group_failed(eddy_err err, const struct job *group)
               (long long)events);
 }
 
+/* After a group's write: wake the flush thread past the dirty budget, and flush here (the
+ * acknowledgements wait) past twice of it, when the flush thread does not keep up. */
+static void flush_due(engine *e)
+{
+    if (!e->flusher_started)
+        return;
+    size_t dirty = store_dirty_bytes(e->st);
+    if (dirty <= e->flush_bytes)
+        return;
+    if (dirty > 2 * e->flush_bytes) {
+        store_flush(e->st);
+        return;
+    }
+    pthread_mutex_lock(&e->flush_mu);
+    e->flush_kick = true;
+    pthread_cond_signal(&e->flush_cv);
+    pthread_mutex_unlock(&e->flush_mu);
+}
+
+/* The flush thread: write the dirty set every flush_interval_ms, or when kicked. A failed
+ * flush keeps the values for the next one (and the store told the node: it exits). */
+static void *flusher_main(void *arg)
+{
+    thread_name("flush");
+    engine *e = arg;
+    pthread_mutex_lock(&e->flush_mu);
+    while (!e->flush_stopping) {
+        struct timespec dl = clock_mono_after(e->o.flush_interval_ms);
+        while (!e->flush_kick && !e->flush_stopping &&
+               pthread_cond_timedwait(&e->flush_cv, &e->flush_mu, &dl) != ETIMEDOUT) {
+        }
+        if (e->flush_stopping)
+            break;
+        e->flush_kick = false;
+        pthread_mutex_unlock(&e->flush_mu);
+        store_flush(e->st);
+        pthread_mutex_lock(&e->flush_mu);
+    }
+    pthread_mutex_unlock(&e->flush_mu);
+    return NULL;
+}
+
 /* The sync thread: write each sealed group (one synced LevelDB write), then publish, count
  * and acknowledge it, while the writer applies the next group. */
 static void *syncer_main(void *arg)
@@ -587,6 +648,9 @@ static void *syncer_main(void *arg)
             log_group_failed(err, sg->jobs);
         complete_group(e, sg->jobs, err == EDDY_OK ? sg->meta : sg->before, sg->start_ns,
                        sg->outbox_added, sg->outbox_removed, err);
+        store_crash_point("acked");
+        if (err == EDDY_OK)
+            flush_due(e);
         pthread_mutex_lock(&e->mu);
         sg->jobs = NULL;
         sg->err = err;
@@ -662,6 +726,7 @@ static eddy_err apply_group(engine *e, struct job *group, int64_t now, bool idle
         } else if (j->kind == JOB_DELETE) {
             uint32_t p = partition_of_user(j->user_id, e->o.apply.partitions);
             uint64_t outbox_before = apply_outbox_rows(e->txn, p);
+            store_txn_write_through(e->txn); /* it erases earlier log records */
             err = apply_delete_user(e->txn, p, &e->meta[p], j->user_id, &j->model_deleted,
                                     &j->windows_deleted, &j->log_deleted);
             e->outbox_removed += outbox_before - apply_outbox_rows(e->txn, p);
@@ -688,6 +753,8 @@ static void roll_back(engine *e, struct job *group, eddy_err err)
  * failed and the txn and the metadata are back to the store's: this one runs on that. */
 static void run_alone(engine *e, struct job *group, int64_t now)
 {
+    /* No flush here: the reads see the dirty set, and what writes around the txn or
+     * copies the store (store_replace_range, snapshots, compactions) flushes itself. */
     await_sealed(e);
     int64_t start_ns = clock_mono_ns();
     memcpy(e->backup, e->meta, e->o.apply.partitions * sizeof(*e->meta));
@@ -790,6 +857,84 @@ static int count_key(void *ud, const unsigned char *k, size_t klen, const char *
     return 0;
 }
 
+/* The log records of a partition's tail, collected by a scan (applied after it). */
+struct tail {
+    uint64_t *seqs;
+    Eddy__Store__V1__LogRecord **recs;
+    size_t n, cap;
+    bool bad;
+};
+
+#define TAIL_CHUNK 4096 /* records replayed per commit at open */
+
+static int collect_tail(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct tail *t = ud;
+    size_t off = 3;
+    uint64_t seq;
+    if (!key_get_u64(k, klen, &off, &seq) ||
+        !(t->recs[t->n] = eddy__store__v1__log_record__unpack(NULL, vlen, (const uint8_t *)v))) {
+        t->bad = true;
+        return 1;
+    }
+    t->seqs[t->n++] = seq;
+    return t->n == t->cap;
+}
+
+/* Write-behind's restart: apply partition p's log records after its flushed META (the
+ * state the last flush wrote) exactly as they were applied, in chunks of TAIL_CHUNK
+ * records per commit. *replayed: records applied. */
+static eddy_err replay_tail(engine *e, uint32_t p, uint64_t *replayed)
+{
+    struct part_meta *m = &e->meta[p];
+    struct tail t = {.cap = TAIL_CHUNK};
+    eddy_err err = EDDY_ERR_NOMEM;
+    t.seqs = malloc(t.cap * sizeof(*t.seqs));
+    t.recs = malloc(t.cap * sizeof(*t.recs));
+    if (!t.seqs || !t.recs)
+        goto out;
+    for (;;) {
+        struct store_key start, end;
+        key_init(&start, p, T_LOG);
+        key_prefix_end(&start, &end);
+        key_u64(&start, m->next_seq);
+        t.n = 0;
+        if ((err = store_scan(e->st, &start, &end, collect_tail, &t)) != EDDY_OK)
+            goto out;
+        if (t.bad) {
+            err = EDDY_ERR_CORRUPT;
+            goto out;
+        }
+        if (t.n == 0)
+            break;
+        for (size_t i = 0; i < t.n && err == EDDY_OK; i++) {
+            enum apply_outcome oc;
+            /* its erasures must not reach the log before the state they follow */
+            if (t.recs[i]->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_DELETE_USER)
+                store_txn_write_through(e->txn);
+            err = apply_replay(e->txn, &e->o.apply, p, m, t.seqs[i], t.recs[i], emit, e, &oc);
+        }
+        for (size_t i = 0; i < t.n; i++)
+            eddy__store__v1__log_record__free_unpacked(t.recs[i], NULL);
+        *replayed += t.n;
+        t.n = 0;
+        /* stage 2 of --dev writes other partitions' metadata too: save them all */
+        for (uint32_t q = 0; q < e->o.apply.partitions && err == EDDY_OK; q++)
+            err = apply_meta_save(e->txn, q, &e->meta[q]);
+        if (err == EDDY_OK)
+            err = store_txn_commit(e->txn, true);
+        if (err != EDDY_OK)
+            goto out;
+    }
+    err = EDDY_OK;
+out:
+    for (size_t i = 0; i < t.n; i++)
+        eddy__store__v1__log_record__free_unpacked(t.recs[i], NULL);
+    free(t.seqs);
+    free(t.recs);
+    return err;
+}
+
 eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, size_t errlen)
 {
     size_t nparts = opts->apply.partitions;
@@ -799,6 +944,8 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
     e->o = *opts;
     pthread_mutex_init(&e->mu, NULL);
     clock_cond_init(&e->cv);
+    pthread_mutex_init(&e->flush_mu, NULL);
+    clock_cond_init(&e->flush_cv);
     pthread_cond_init(&e->sync_cv, NULL);
     e->meta = calloc(nparts, sizeof(*e->meta));
     e->backup = calloc(nparts, sizeof(*e->backup));
@@ -824,6 +971,9 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
         return r;
     }
     store_on_write_failed(e->st, opts->store_failed, opts->store_failed_ud);
+    e->flush_bytes = opts->flush_bytes > 0 ? (size_t)opts->flush_bytes : (size_t)64 << 20;
+    if (opts->flush_interval_ms > 0)
+        store_set_behind(e->st, BEHIND_TABLES);
     if (opts->state_cache_bytes > 0)
         store_set_kept_bytes(e->st, (size_t)opts->state_cache_bytes);
     e->txn = store_txn_new(e->st);
@@ -854,8 +1004,24 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
         }
         e->last_arrival_ms[p] = now;
     }
-    if (store_txn_pending(e->txn) > 0 && (r = store_txn_commit(e->txn, true)) != EDDY_OK) {
+    /* flushed at once: a conversion is not in the log, so no replay would redo it */
+    if (store_txn_pending(e->txn) > 0 &&
+        ((r = store_txn_commit(e->txn, true)) != EDDY_OK || (r = store_flush(e->st)) != EDDY_OK)) {
         snprintf(err, errlen, "cannot write the converted partitions: %s", eddy_strerror(r));
+        engine_close(e);
+        return r;
+    }
+    uint64_t replayed = 0;
+    for (uint32_t p = 0; p < nparts && r == EDDY_OK; p++)
+        r = replay_tail(e, p, &replayed);
+    if (r == EDDY_OK && replayed > 0) {
+        r = store_flush(e->st);
+        log_info("msg=\"replayed the log after the flushed state\" records=%llu",
+                 (unsigned long long)replayed);
+    }
+    if (r != EDDY_OK) {
+        snprintf(err, errlen, "cannot replay the log after the flushed state: %s",
+                 eddy_strerror(r));
         engine_close(e);
         return r;
     }
@@ -871,6 +1037,13 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
         return EDDY_ERR_NOMEM;
     }
     e->syncer_started = true;
+    if (opts->flush_interval_ms > 0) {
+        if (pthread_create(&e->flusher, NULL, flusher_main, e) != 0) {
+            engine_close(e);
+            return EDDY_ERR_NOMEM;
+        }
+        e->flusher_started = true;
+    }
     if (pthread_create(&e->writer, NULL, writer_main, e) != 0) {
         engine_close(e);
         return EDDY_ERR_NOMEM;
@@ -898,11 +1071,20 @@ void engine_close(engine *e)
         pthread_mutex_unlock(&e->mu);
         pthread_join(e->syncer, NULL);
     }
+    if (e->flusher_started) {
+        pthread_mutex_lock(&e->flush_mu);
+        e->flush_stopping = true;
+        pthread_cond_signal(&e->flush_cv);
+        pthread_mutex_unlock(&e->flush_mu);
+        pthread_join(e->flusher, NULL);
+    }
     store_txn_free(e->txn);
     store_close(e->st);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     pthread_cond_destroy(&e->sync_cv);
+    pthread_mutex_destroy(&e->flush_mu);
+    pthread_cond_destroy(&e->flush_cv);
     free(e->meta);
     free(e->backup);
     free(e->sealed.meta);

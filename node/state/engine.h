@@ -14,9 +14,21 @@
  * writer starts again from the store (the txn is reset, the metadata rolled back). One
  * write in flight at a time, so groups reach the store in order. Jobs that write around
  * the txn (restores, exclusive jobs) wait for the write in flight and run alone. Reads
- * (queries) go straight to LevelDB from the handler threads and see only committed,
+ * (queries) go straight to the store from the handler threads and see only committed,
  * durable state (a group becomes visible when its synced write returns), so an
- * acknowledged event is visible to every query that starts after the acknowledgement. */
+ * acknowledged event is visible to every query that starts after the acknowledgement.
+ *
+ * Log first, state written behind (flush_interval_ms > 0): a group's synced write holds
+ * only what the log cannot rebuild — LOG, DEDUP, OUTBOX (the forwarder reads it) and the
+ * PART_ACK row (duplicates, fencing epoch) — and the group is acknowledged once it is
+ * durable. The rest (user models, windows, product state, META...) is published packed in
+ * the store's dirty set, which every read consults first (store_set_behind), and a flush
+ * thread writes it to LevelDB every flush_interval_ms or past flush_bytes, in one write
+ * with the META of the same group boundary. At open, each partition's log after its
+ * flushed META is replayed through apply_replay before the engine serves; a group that
+ * rewrites earlier log records (DeleteUser, log sweeps) writes through. Snapshots
+ * (checkpoints, moves, replica copies), range replaces and compactions flush first, and
+ * with them the exclusive jobs and restores that use them. */
 #ifndef EDDY_ENGINE_H
 #define EDDY_ENGINE_H
 
@@ -90,6 +102,12 @@ struct engine_opts {
     void *store_failed_ud;
     const struct ckptkey *checkpoint_key; /* NULL: plain checkpoints; borrowed for the
                                              engine's life (every checkpoint of its store) */
+    /* Write-behind (see "Log first" above): derived state is written to LevelDB by a flush
+     * every flush_interval_ms (0: none, every group commit writes everything, synced), or
+     * sooner when the dirty set exceeds flush_bytes (0: 64 MiB); at twice that the sync
+     * thread flushes before acknowledging more (memory stays bounded). */
+    int64_t flush_interval_ms;
+    int64_t flush_bytes;
 };
 
 struct engine_ingest_result {

@@ -95,8 +95,9 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
     pthread_mutex_init(&s->changes_mu, NULL);
     s->path = strdup(o->path);
     s->key_writes = calloc(STORE_WRITE_SLOTS, sizeof(*s->key_writes));
-    if (!s->path || !s->key_writes) {
+    if (!s->path || !s->key_writes || store_dirty_init(&s->dirty) != EDDY_OK) {
         pthread_mutex_destroy(&s->changes_mu);
+        store_dirty_release(&s->dirty);
         free(s->path);
         free(s->key_writes);
         free(s);
@@ -157,6 +158,8 @@ void store_close(store *s)
 {
     if (!s)
         return;
+    if (s->db && s->dirty.runs)
+        store_flush(s); /* a clean close leaves nothing to replay (an error is logged) */
     if (s->db)
         leveldb_close(s->db);
     if (s->ropts)
@@ -169,6 +172,7 @@ void store_close(store *s)
     leveldb_cache_destroy(s->cache);
     leveldb_filterpolicy_destroy(s->filter);
     pthread_mutex_destroy(&s->changes_mu);
+    store_dirty_release(&s->dirty);
     free(s->key_writes);
     free(s->path);
     free(s);
@@ -185,6 +189,10 @@ eddy_err store_destroy(const char *dir, char *err, size_t errlen)
 
 eddy_err store_get(store *s, const struct store_key *key, char **val, size_t *vlen)
 {
+    bool hit;
+    eddy_err err = store_dirty_get(&s->dirty, key->buf, key->len, val, vlen, &hit);
+    if (err != EDDY_OK || hit)
+        return err;
     char *lerr = NULL;
     *val = leveldb_get(s->db, s->ropts, (const char *)key->buf, key->len, vlen, &lerr);
     return store_take_err(lerr, NULL, 0);
@@ -214,59 +222,148 @@ eddy_err store_get_msg(store *s, const struct store_key *key,
     return e;
 }
 
-/* Scan the ranges [starts[r], ends[r]) in turn with one iterator; fn returning 1 stops. */
-static eddy_err scan_ranges_with(leveldb_t *db, const leveldb_readoptions_t *ropts,
-                                 const struct store_key *starts, const struct store_key *ends,
-                                 size_t n, store_scan_fn *fn, void *ud)
+eddy_err store_merge_scan(leveldb_iterator_t *it, const struct store_key *start,
+                          const struct store_key *end, const struct store_ovl *ovl, size_t n,
+                          store_scan_fn *fn, void *ud, bool *stopped)
 {
-    leveldb_iterator_t *it = leveldb_create_iterator(db, ropts);
-    bool stop = false;
-    for (size_t r = 0; r < n && !stop; r++) {
-        leveldb_iter_seek(it, (const char *)starts[r].buf, starts[r].len);
-        for (; leveldb_iter_valid(it); leveldb_iter_next(it)) {
-            size_t klen, vlen;
-            const char *k = leveldb_iter_key(it, &klen);
-            if (!key_before_end(k, klen, &ends[r]))
-                break;
+    leveldb_iter_seek(it, (const char *)start->buf, start->len);
+    size_t j = 0;
+    int stop = 0;
+    while (!stop) {
+        const unsigned char *k = NULL;
+        size_t klen = 0;
+        if (leveldb_iter_valid(it)) {
+            k = (const unsigned char *)leveldb_iter_key(it, &klen);
+            if (!key_before_end((const char *)k, klen, end))
+                k = NULL;
+        }
+        if (!k && j == n)
+            break;
+        int c = !k ? 1 : j == n ? -1 : key_cmp_raw(k, klen, ovl[j].key, ovl[j].klen);
+        if (c < 0) { /* LevelDB's only */
+            size_t vlen;
             const char *v = leveldb_iter_value(it, &vlen);
-            if (fn(ud, (const unsigned char *)k, klen, v, vlen) != 0) {
-                stop = true;
-                break;
-            }
+            stop = fn(ud, k, klen, v, vlen);
+            leveldb_iter_next(it);
+        } else { /* the overlay wins (and hides LevelDB's twin) */
+            if (!ovl[j].del)
+                stop = fn(ud, ovl[j].key, ovl[j].klen, ovl[j].val, ovl[j].vlen);
+            if (c == 0)
+                leveldb_iter_next(it);
+            j++;
         }
     }
+    if (stopped)
+        *stopped = stop != 0;
     char *lerr = NULL;
     leveldb_iter_get_error(it, &lerr);
-    leveldb_iter_destroy(it);
     return store_take_err(lerr, NULL, 0);
 }
 
-static eddy_err scan_with(leveldb_t *db, const leveldb_readoptions_t *ropts,
-                          const struct store_key *start, const struct store_key *end,
-                          store_scan_fn *fn, void *ud)
+eddy_err store_ovl_merge(const struct store_ovl *a, size_t na, const struct store_ovl *b,
+                         size_t nb, struct store_ovl **out, size_t *n)
 {
-    return scan_ranges_with(db, ropts, start, end, 1, fn, ud);
+    *n = 0;
+    if (!(*out = malloc((na + nb + 1) * sizeof(**out))))
+        return EDDY_ERR_NOMEM;
+    size_t i = 0, j = 0;
+    while (i < na || j < nb) {
+        int c = i == na ? 1 : j == nb ? -1 : key_cmp_raw(a[i].key, a[i].klen, b[j].key, b[j].klen);
+        if (c <= 0) {
+            (*out)[(*n)++] = a[i++];
+            j += c == 0;
+        } else {
+            (*out)[(*n)++] = b[j++];
+        }
+    }
+    return EDDY_OK;
+}
+
+/* Scan the ranges [starts[r], ends[r]) in turn with one iterator, each merged with the
+ * dirty set's values in it (none for a snapshot: 'dirty' NULL); fn returning 1 stops. The
+ * dirty values are copied before the iterator is created: a flush that writes them to
+ * LevelDB and drops them meanwhile leaves them in the copy or in the iterator's view. */
+static eddy_err scan_ranges_with(leveldb_t *db, const leveldb_readoptions_t *ropts,
+                                 struct store_dirty *dirty, const struct store_key *starts,
+                                 const struct store_key *ends, size_t n, store_scan_fn *fn,
+                                 void *ud)
+{
+    struct store_ovl **ovl = NULL;
+    size_t *novl = NULL;
+    eddy_err err = EDDY_OK;
+    if (dirty && atomic_load_explicit(&dirty->bytes, memory_order_acquire) > 0) {
+        ovl = calloc(n, sizeof(*ovl));
+        novl = calloc(n, sizeof(*novl));
+        if (!ovl || !novl)
+            err = EDDY_ERR_NOMEM;
+        for (size_t r = 0; r < n && err == EDDY_OK; r++)
+            err = store_dirty_range(dirty, &starts[r], &ends[r], &ovl[r], &novl[r]);
+    }
+    leveldb_iterator_t *it = err == EDDY_OK ? leveldb_create_iterator(db, ropts) : NULL;
+    bool stop = false;
+    for (size_t r = 0; it && r < n && !stop && err == EDDY_OK; r++)
+        err = store_merge_scan(it, &starts[r], &ends[r], ovl ? ovl[r] : NULL,
+                               novl ? novl[r] : 0, fn, ud, &stop);
+    if (it)
+        leveldb_iter_destroy(it);
+    for (size_t r = 0; ovl && r < n; r++)
+        free(ovl[r]);
+    free(ovl);
+    free(novl);
+    return err;
+}
+
+static eddy_err scan_with(leveldb_t *db, const leveldb_readoptions_t *ropts,
+                          struct store_dirty *dirty, const struct store_key *start,
+                          const struct store_key *end, store_scan_fn *fn, void *ud)
+{
+    return scan_ranges_with(db, ropts, dirty, start, end, 1, fn, ud);
 }
 
 eddy_err store_scan(store *s, const struct store_key *start, const struct store_key *end,
                     store_scan_fn *fn, void *ud)
 {
-    return scan_with(s->db, s->ropts, start, end, fn, ud);
+    return scan_with(s->db, s->ropts, &s->dirty, start, end, fn, ud);
 }
 
 eddy_err store_scan_ranges(store *s, const struct store_key *starts,
                            const struct store_key *ends, size_t n, store_scan_fn *fn, void *ud)
 {
-    return scan_ranges_with(s->db, s->ropts, starts, ends, n, fn, ud);
+    return scan_ranges_with(s->db, s->ropts, &s->dirty, starts, ends, n, fn, ud);
+}
+
+/* Whether sorted 'ovl' deletes key 'k'. */
+static bool ovl_deletes(const struct store_ovl *ovl, size_t n, const unsigned char *k,
+                        size_t klen)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = key_cmp_raw(ovl[mid].key, ovl[mid].klen, k, klen);
+        if (c == 0)
+            return ovl[mid].del;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
 }
 
 eddy_err store_last(store *s, const struct store_key *start, const struct store_key *end,
                     store_scan_fn *fn, void *ud, bool *found)
 {
     *found = false;
+    struct store_ovl *ovl = NULL;
+    size_t n = 0;
+    eddy_err err = store_dirty_range(&s->dirty, start, end, &ovl, &n);
+    if (err != EDDY_OK)
+        return err;
     leveldb_iterator_t *it = leveldb_create_iterator(s->db, s->ropts);
-    if (!it)
+    if (!it) {
+        free(ovl);
         return EDDY_ERR_NOMEM;
+    }
     /* the first key at or past 'end', then one back; none past it: the very last key */
     leveldb_iter_seek(it, (const char *)end->buf, end->len);
     if (end->len == 0)
@@ -275,19 +372,155 @@ eddy_err store_last(store *s, const struct store_key *start, const struct store_
         leveldb_iter_prev(it);
     else
         leveldb_iter_seek_to_last(it);
-    if (leveldb_iter_valid(it)) {
-        size_t klen, vlen;
-        const char *k = leveldb_iter_key(it, &klen);
-        const char *v = leveldb_iter_value(it, &vlen);
-        if (!key_before_end(k, klen, start) && key_before_end(k, klen, end)) {
-            *found = true;
-            fn(ud, (const unsigned char *)k, klen, v, vlen);
+    /* LevelDB's last key the dirty set does not delete, against the dirty set's last put */
+    const unsigned char *k = NULL;
+    const char *v = NULL;
+    size_t klen = 0, vlen = 0;
+    for (; leveldb_iter_valid(it); leveldb_iter_prev(it)) {
+        k = (const unsigned char *)leveldb_iter_key(it, &klen);
+        if (key_before_end((const char *)k, klen, start) ||
+            !key_before_end((const char *)k, klen, end)) {
+            k = NULL;
+            break;
         }
+        if (!ovl_deletes(ovl, n, k, klen)) {
+            v = leveldb_iter_value(it, &vlen);
+            break;
+        }
+        k = NULL;
+    }
+    size_t last = n;
+    while (last > 0 && ovl[last - 1].del)
+        last--;
+    if (last > 0 && (!k || key_cmp_raw(ovl[last - 1].key, ovl[last - 1].klen, k, klen) >= 0)) {
+        k = ovl[last - 1].key;
+        klen = ovl[last - 1].klen;
+        v = ovl[last - 1].val;
+        vlen = ovl[last - 1].vlen;
+    }
+    if (k) {
+        *found = true;
+        fn(ud, k, klen, v, vlen);
     }
     char *lerr = NULL;
     leveldb_iter_get_error(it, &lerr);
     leveldb_iter_destroy(it);
+    free(ovl);
     return store_take_err(lerr, NULL, 0);
+}
+
+/* ---- write-behind ------------------------------------------------------------------- */
+
+void store_set_behind(store *s, uint32_t tables)
+{
+    atomic_store(&s->dirty.tables, tables);
+}
+
+size_t store_dirty_bytes(store *s)
+{
+    return atomic_load_explicit(&s->dirty.bytes, memory_order_relaxed);
+}
+
+uint64_t store_flush_count(store *s)
+{
+    return atomic_load_explicit(&s->dirty.flushes, memory_order_relaxed);
+}
+
+static _Atomic int crash_left = -1; /* -1: EDDY_TEST_CRASH_AT not read yet; 0: none */
+
+void store_crash_rearm(void)
+{
+    atomic_store(&crash_left, -1);
+}
+
+void store_crash_point(const char *phase)
+{
+    _Atomic int *const left = &crash_left;
+    static char want[64];
+    int n = atomic_load(left);
+    if (n == -1) {
+        const char *env = getenv("EDDY_TEST_CRASH_AT");
+        int at = 0;
+        if (env && *env) {
+            const char *colon = strchr(env, ':');
+            size_t len = colon ? (size_t)(colon - env) : strlen(env);
+            if (len < sizeof(want)) {
+                memcpy(want, env, len);
+                want[len] = '\0';
+                at = 1;
+                if (colon) {
+                    char *endp;
+                    long v = strtol(colon + 1, &endp, 10);
+                    at = v > 0 && *endp == '\0' ? (int)v : 1;
+                }
+            }
+        }
+        int expected = -1;
+        atomic_compare_exchange_strong(left, &expected, at);
+        n = atomic_load(left);
+    }
+    if (n <= 0 || strcmp(phase, want) != 0)
+        return;
+    if (atomic_fetch_sub(left, 1) == 1) {
+        log_warn("msg=\"EDDY_TEST_CRASH_AT: exiting\" phase=%s", phase);
+        _exit(86);
+    }
+}
+
+/* Write the dirty set in one unsynced LevelDB write and drop what it wrote; the caller
+ * holds flush_mu. Unsynced: a crash may lose it, and then the restart replays the log
+ * from the META it did not reach (LevelDB keeps the writes in order: never a later
+ * flush without an earlier one). */
+static eddy_err flush_locked(store *s)
+{
+    struct store_dirty *d = &s->dirty;
+    if (atomic_load_explicit(&d->bytes, memory_order_acquire) == 0)
+        return EDDY_OK;
+    uint64_t keys[STORE_STAT_TABLES] = {0}, bytes[STORE_STAT_TABLES] = {0};
+    leveldb_writebatch_t *wb = leveldb_writebatch_create();
+    uint64_t ver = store_dirty_batch(d, wb, keys, bytes);
+    store_crash_point("flush-before-write");
+    char *lerr = NULL;
+    leveldb_write(s->db, s->wnosync, wb, &lerr);
+    leveldb_writebatch_destroy(wb);
+    if (lerr)
+        return store_take_write_err(s, lerr); /* kept: the next flush tries again */
+    store_crash_point("flush-after-write");
+    store_dirty_drop(d, ver);
+    for (size_t i = 0; i < STORE_STAT_TABLES; i++) {
+        if (!keys[i])
+            continue;
+        atomic_fetch_add_explicit(&s->written_keys[i], keys[i], memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->written_bytes[i], bytes[i], memory_order_relaxed);
+    }
+    atomic_fetch_add_explicit(&s->written_batches, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&d->flushes, 1, memory_order_relaxed);
+    return EDDY_OK;
+}
+
+eddy_err store_flush(store *s)
+{
+    pthread_mutex_lock(&s->dirty.flush_mu);
+    eddy_err err = flush_locked(s);
+    pthread_mutex_unlock(&s->dirty.flush_mu);
+    return err;
+}
+
+/* Flush and hold the store at a group boundary: no txn write publishes until
+ * release_boundary. For what must find everything in LevelDB (snapshots, range
+ * replaces, dumps). */
+static eddy_err hold_boundary(store *s)
+{
+    pthread_mutex_lock(&s->dirty.pub_mu);
+    eddy_err err = store_flush(s);
+    if (err != EDDY_OK)
+        pthread_mutex_unlock(&s->dirty.pub_mu);
+    return err;
+}
+
+static void release_boundary(store *s)
+{
+    pthread_mutex_unlock(&s->dirty.pub_mu);
 }
 
 uint64_t store_change_locked(store *s, const struct store_txn *by, const struct store_key *start,
@@ -349,6 +582,14 @@ uint64_t store_key_writes(store *s, const struct store_key *key)
 
 eddy_err store_delete(store *s, const struct store_key *key)
 {
+    if (store_behind_key(s, key->buf, key->len)) {
+        /* behind a dirty value the LevelDB delete would not show: delete there */
+        pthread_rwlock_wrlock(&s->dirty.lock);
+        eddy_err err = store_dirty_put_locked(&s->dirty, key->buf, key->len, NULL, 0, true);
+        pthread_rwlock_unlock(&s->dirty.lock);
+        if (err != EDDY_OK)
+            return err;
+    }
     char *lerr = NULL;
     leveldb_delete(s->db, s->wnosync, (const char *)key->buf, key->len, &lerr);
     uint32_t kept = atomic_load_explicit(&s->kept_tables, memory_order_relaxed);
@@ -374,6 +615,10 @@ uint64_t store_approximate_size(store *s)
 eddy_err store_dump(store *s, uint32_t tables, void *out_file)
 {
     FILE *out = out_file;
+    eddy_err err = hold_boundary(s);
+    if (err != EDDY_OK)
+        return err;
+    release_boundary(s);
     leveldb_iterator_t *it = leveldb_create_iterator(s->db, s->ropts);
     for (leveldb_iter_seek_to_first(it); leveldb_iter_valid(it); leveldb_iter_next(it)) {
         size_t klen, vlen;
@@ -405,10 +650,13 @@ struct store_snapshot {
 store_snapshot *store_snapshot_new(store *s)
 {
     store_snapshot *sn = calloc(1, sizeof(*sn));
-    if (!sn)
+    if (!sn || hold_boundary(s) != EDDY_OK) {
+        free(sn);
         return NULL;
+    }
     sn->s = s;
     sn->snap = leveldb_create_snapshot(s->db);
+    release_boundary(s);
     sn->ropts = leveldb_readoptions_create();
     leveldb_readoptions_set_snapshot(sn->ropts, sn->snap);
     leveldb_readoptions_set_verify_checksums(sn->ropts, 1);
@@ -444,7 +692,7 @@ eddy_err store_snapshot_get_msg(store_snapshot *sn, const struct store_key *key,
 eddy_err store_snapshot_scan(store_snapshot *sn, const struct store_key *start,
                              const struct store_key *end, store_scan_fn *fn, void *ud)
 {
-    return scan_with(sn->s->db, sn->ropts, start, end, fn, ud);
+    return scan_with(sn->s->db, sn->ropts, NULL, start, end, fn, ud);
 }
 
 /* ---- replacing a key range ------------------------------------------------------------ */
@@ -584,6 +832,10 @@ static eddy_err replace_range(store *s, const struct store_key *start,
         log_error("msg=\"replace range: a put lies outside the range\"");
         return EDDY_ERR_INVALID;
     }
+    /* Nothing of the range may stay behind in the dirty set, to hide the new values. */
+    eddy_err err = hold_boundary(s);
+    if (err != EDDY_OK)
+        return err;
     /* Deletes first, puts after: within one batch the later operation on a key wins. */
     leveldb_writebatch_t *wb = leveldb_writebatch_create();
     leveldb_iterator_t *it = leveldb_create_iterator(s->db, s->ropts);
@@ -600,7 +852,7 @@ static eddy_err replace_range(store *s, const struct store_key *start,
     char *lerr = NULL;
     leveldb_iter_get_error(it, &lerr);
     leveldb_iter_destroy(it);
-    eddy_err err = store_take_err(lerr, NULL, 0);
+    err = store_take_err(lerr, NULL, 0);
     if (err == EDDY_OK) {
         /* nothing to delete (a move's copy into its emptied range): the puts as they
          * are, without copying them into the deletes' batch */
@@ -610,6 +862,7 @@ static eddy_err replace_range(store *s, const struct store_key *start,
         err = store_take_write_err(s, lerr);
     }
     leveldb_writebatch_destroy(wb);
+    release_boundary(s);
     store_changed(s, start, end); /* even after an error: it may have reached the log */
     if (err == EDDY_OK && deleted)
         *deleted = n;
@@ -627,6 +880,7 @@ static bool is_wal_name(const char *name)
 
 void store_compact_range(store *s, const struct store_key *start, const struct store_key *end)
 {
+    store_flush(s); /* deletes still behind would leave the old values on disk */
     leveldb_compact_range(s->db, (const char *)start->buf, start->len, (const char *)end->buf,
                           end->len);
 }

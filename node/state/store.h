@@ -198,6 +198,36 @@ struct store_write_stats {
 };
 void store_write_stats(store *s, struct store_write_stats *out);
 
+/* --- write-behind ----------------------------------------------------------------------
+ * The txns' writes of the tables in 'tables' (a bitmask of 1 << table; 0, the default:
+ * none) are not written to LevelDB by the txn's write: they are published, packed, in the
+ * store's dirty set when the write returns (the txn's synced write then holds only the
+ * other tables: the log), and every read of the store (store_get, store_scan, store_last,
+ * the txns' reads) finds them there first, so a read sees what a written txn wrote. They
+ * reach LevelDB with store_flush, in one unsynced write: a crash may lose what was not
+ * flushed, which the log must rebuild (the engine replays it from the flushed META).
+ * Snapshots, range replaces, store_dump and store_compact_range flush first; store_close
+ * flushes. A txn write that deletes a LOG key writes through (the dirty set is flushed
+ * first, and the whole write is synced): the log after the flushed META must stay as the
+ * group found it. Call before the txns write. */
+void store_set_behind(store *s, uint32_t tables);
+
+/* Write the dirty set to LevelDB (one unsynced write; nothing if empty). On an error the
+ * values stay in the set (and s->write_failed is told). Any thread; one flush at a time. */
+eddy_err store_flush(store *s);
+
+/* Estimated memory of the dirty set; the number of flushes that wrote something. */
+size_t store_dirty_bytes(store *s);
+uint64_t store_flush_count(store *s);
+
+/* Crash test hook: if EDDY_TEST_CRASH_AT names 'phase' ("phase" or "phase:N" for its
+ * N-th time, read once), the process _exits (status 86) there. Phases: "log" (a txn's
+ * synced write returned, its dirty values not published), "acked" (engine: a group
+ * answered), "flush-before-write", "flush-after-write" (the flush's LevelDB write). */
+void store_crash_point(const char *phase);
+/* Read EDDY_TEST_CRASH_AT again at the next crash point (a test's forked child). */
+void store_crash_rearm(void);
+
 /* Fault injection for tests: the next 'n' store_txn_write calls with keys to write fail
  * with 'err' and write nothing (a disk error, for the engine's failed-write path). */
 void store_fail_writes(store *s, int n, eddy_err err);

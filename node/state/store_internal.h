@@ -1,4 +1,4 @@
-/* Private to node/state/store.c and node/state/store_txn.c: the store's fields and the
+/* Private to node/state/store.c, store_txn.c and store_dirty.c: the store's fields and the
  * helpers the transaction layer needs of them. Include it from no other file: everyone else
  * goes through store.h, store_txn.h and store_key.h. */
 #ifndef EDDY_STORE_INTERNAL_H
@@ -21,6 +21,73 @@
 #define STORE_CHANGES 16 /* writes around the txns remembered with their key ranges */
 
 struct store_txn;
+struct dirty_entry;
+
+/* A key and its value (or a delete) from the dirty set or a txn's overlay, merged into a
+ * scan of LevelDB (store_merge_scan). Borrowed from whoever built the array. */
+struct store_ovl {
+    const unsigned char *key;
+    size_t klen;
+    const char *val;
+    size_t vlen;
+    bool del;
+};
+
+/* The dirty set (store_dirty.c): the writes of the tables store_set_behind names, kept
+ * packed in memory from the txn's synced write (their acknowledgement) until store_flush
+ * writes them. Every read of the store looks here first. */
+struct dirty_run {
+    uint32_t prefix1;          /* the keys' first three bytes + 1; 0: an empty slot */
+    struct dirty_entry **v;    /* sorted by key */
+    size_t n, cap;
+};
+struct store_dirty {
+    pthread_rwlock_t lock;     /* the runs, 'entries' and 'ver' */
+    /* One flush at a time (its batch, its write and the drop of what it wrote). */
+    pthread_mutex_t flush_mu;
+    /* Held by a txn's write across its synced LevelDB write and the publish of its
+     * dirty values, and by what must see LevelDB and the dirty set at a group boundary
+     * (snapshots, range replaces): taken before flush_mu. */
+    pthread_mutex_t pub_mu;
+    struct dirty_run *runs;    /* open addressing by prefix; power-of-two 'cap' */
+    size_t cap, nruns, entries;
+    uint64_t ver;              /* stamp of the last publish */
+    _Atomic size_t bytes;      /* estimated memory of the entries (0: a read skips the lock) */
+    _Atomic uint32_t tables;   /* 1 << table of the tables written behind */
+    _Atomic uint64_t flushes;
+};
+
+eddy_err store_dirty_init(struct store_dirty *d);
+void store_dirty_release(struct store_dirty *d);
+/* Publish a value (a delete if 'del'), replacing the key's; under d->lock held for writing. */
+eddy_err store_dirty_put_locked(struct store_dirty *d, const unsigned char *k, size_t klen,
+                                const void *val, size_t vlen, bool del);
+/* The dirty value of 'k': *hit false if the set does not hold it; else *val (malloc'd,
+ * NULL for a delete) and *vlen. */
+eddy_err store_dirty_get(struct store_dirty *d, const unsigned char *k, size_t klen, char **val,
+                         size_t *vlen, bool *hit);
+/* The entries in [start, end), sorted, copied: *out is one malloc'd block (free it), NULL
+ * when there are none. */
+eddy_err store_dirty_range(struct store_dirty *d, const struct store_key *start,
+                           const struct store_key *end, struct store_ovl **out, size_t *n);
+/* Add every entry to 'wb', counting records and bytes per table into keys[] and bytes[]
+ * ([STORE_STAT_TABLES]); returns the version they are current with (store_dirty_drop). */
+uint64_t store_dirty_batch(struct store_dirty *d, leveldb_writebatch_t *wb, uint64_t *keys,
+                           uint64_t *bytes);
+/* Drop the entries published at or before version 'upto' (written by a flush). */
+void store_dirty_drop(struct store_dirty *d, uint64_t upto);
+
+/* Scan [start, end) of LevelDB through iterator 'it' merged with the sorted 'ovl' (which
+ * wins over LevelDB on the same key; its deletes hide LevelDB's). fn returning 1 stops:
+ * *stopped (may be NULL) says so. */
+eddy_err store_merge_scan(leveldb_iterator_t *it, const struct store_key *start,
+                          const struct store_key *end, const struct store_ovl *ovl, size_t n,
+                          store_scan_fn *fn, void *ud, bool *stopped);
+
+/* Merge the txn's sorted 'a' (wins) with the dirty set's sorted 'b' into *out (malloc'd;
+ * free it). */
+eddy_err store_ovl_merge(const struct store_ovl *a, size_t na, const struct store_ovl *b,
+                         size_t nb, struct store_ovl **out, size_t *n);
 
 struct store {
     leveldb_t *db;
@@ -57,9 +124,17 @@ struct store {
     /* store_write_stats: what the txns' committed writes put, per table (key[2] < 32) */
     _Atomic uint64_t written_keys[32], written_bytes[32], written_packs[32];
     _Atomic uint64_t written_batches;
+    struct store_dirty dirty;
 };
 
 #define STORE_WRITE_SLOTS (1u << 16)
+
+/* Whether writes of the key's table go behind. */
+static inline bool store_behind_key(store *s, const unsigned char *k, size_t klen)
+{
+    uint32_t t = atomic_load_explicit(&s->dirty.tables, memory_order_relaxed);
+    return t && klen >= 3 && k[2] < 32 && (t & (UINT32_C(1) << k[2]));
+}
 
 /* Turn LevelDB's error (NULL: none) into an eddy_err: EDDY_ERR_IO, its message logged and
  * copied to 'err' (may be NULL), 'lerr' freed. */

@@ -28,6 +28,9 @@
  *                                                     outside every partition)
  *   COOC      p T len:u16 product neighbour -> CoOccurrencePair (one co-occurrence pair's
  *                                                     decayed sum; the product's partition)
+ *   PART_ACK  p T                          -> PartitionMeta (duplicates and epoch only:
+ *                                                     what no log record rebuilds, synced
+ *                                                     with the log when META is behind)
  *
  * i64 values are stored with the sign bit flipped, big-endian, so they sort numerically. */
 #ifndef EDDY_STORE_KEY_H
@@ -58,6 +61,7 @@ enum store_table {
     T_EXP_STAT = 18,
     T_EXP_DEF = 19, /* partition EXP_DEF_PARTITION only */
     T_COOC = 20,    /* since PartitionMeta.format 3 */
+    T_PART_ACK = 21, /* since PartitionMeta.format 4 */
 };
 
 #define STORE_KEY_MAX 1024

@@ -86,7 +86,71 @@ struct store_txn {
      * table) hashed), so that a scan of one partition's table merges only those: heads
      * are slot + 1, 0 for none. */
     uint32_t *phead, *shead;
+    /* The sealed writes of the tables written behind (store_set_behind), published in the
+     * dirty set by store_txn_write: records of [u32 klen][u32 vlen, UINT32_MAX: a
+     * delete][key][value], 'nbehind' of them, and their records and bytes per table. */
+    unsigned char *behind;
+    size_t behind_len, behind_cap, nbehind;
+    uint64_t bb_keys[STORE_STAT_TABLES], bb_bytes[STORE_STAT_TABLES];
+    bool through;              /* the sealed write goes through in full (see store.h) */
+    bool want_through;         /* store_txn_write_through: the next seal's does */
 };
+
+/* Append a sealed write of a behind table to t->behind. */
+static eddy_err behind_add(store_txn *t, const unsigned char *k, size_t klen, const char *v,
+                           size_t vlen, bool del)
+{
+    size_t need = 8 + klen + (del ? 0 : vlen);
+    if (t->behind_len + need > t->behind_cap) {
+        size_t ncap = t->behind_cap ? t->behind_cap * 2 : 64 << 10;
+        while (ncap < t->behind_len + need)
+            ncap *= 2;
+        unsigned char *n = realloc(t->behind, ncap);
+        if (!n)
+            return EDDY_ERR_NOMEM;
+        t->behind = n;
+        t->behind_cap = ncap;
+    }
+    unsigned char *p = t->behind + t->behind_len;
+    uint32_t kl = (uint32_t)klen, vl = del ? UINT32_MAX : (uint32_t)vlen;
+    memcpy(p, &kl, 4);
+    memcpy(p + 4, &vl, 4);
+    memcpy(p + 8, k, klen);
+    if (!del && vlen)
+        memcpy(p + 8 + klen, v, vlen);
+    t->behind_len += need;
+    t->nbehind++;
+    return EDDY_OK;
+}
+
+/* Walk t->behind: the record at *off, which moves to the next. */
+static void behind_next(const store_txn *t, size_t *off, const unsigned char **k, size_t *klen,
+                        const char **v, size_t *vlen, bool *del)
+{
+    const unsigned char *p = t->behind + *off;
+    uint32_t kl, vl;
+    memcpy(&kl, p, 4);
+    memcpy(&vl, p + 4, 4);
+    *k = p + 8;
+    *klen = kl;
+    *del = vl == UINT32_MAX;
+    *v = (const char *)p + 8 + kl;
+    *vlen = *del ? 0 : vl;
+    *off += 8 + kl + *vlen;
+}
+
+static void behind_clear(store_txn *t)
+{
+    t->behind_len = t->nbehind = 0;
+    t->through = false;
+    memset(t->bb_keys, 0, sizeof(t->bb_keys));
+    memset(t->bb_bytes, 0, sizeof(t->bb_bytes));
+}
+
+void store_txn_write_through(store_txn *t)
+{
+    t->want_through = true;
+}
 
 static void entry_drop_obj(struct overlay_entry *e)
 {
@@ -220,6 +284,8 @@ void store_txn_reset(store_txn *t)
     memset(t->wb_keys, 0, sizeof(t->wb_keys));
     memset(t->wb_bytes, 0, sizeof(t->wb_bytes));
     memset(t->wb_packs, 0, sizeof(t->wb_packs));
+    behind_clear(t);
+    t->want_through = false;
 }
 
 void store_txn_free(store_txn *t)
@@ -235,6 +301,7 @@ void store_txn_free(store_txn *t)
     free(t->track);
     free(t->phead);
     free(t->shead);
+    free(t->behind);
     if (t->wb)
         leveldb_writebatch_destroy(t->wb);
     free(t);
@@ -829,8 +896,10 @@ eddy_err store_txn_seal(store_txn *t)
         t->sealed = n;
         t->sealed_cap = t->npending;
     }
-    /* every pending key once, with its last value: objects changed in place are packed now */
+    /* every pending key once, with its last value: objects changed in place are packed now;
+     * the behind tables' into t->behind */
     t->ntrack = 0;
+    bool through = t->want_through;
     for (size_t i = 0; i < t->ntouched; i++) {
         struct overlay_entry *e = &t->tab[t->touched[i]];
         if (!e->key || !e->pending)
@@ -840,24 +909,94 @@ eddy_err store_txn_seal(store_txn *t)
             return EDDY_ERR_NOMEM;
         }
         size_t tb = e->klen >= 3 && e->key[2] < STORE_STAT_TABLES ? e->key[2] : 0;
-        t->wb_keys[tb]++;
-        t->wb_bytes[tb] += e->klen;
-        if (e->deleted) {
-            leveldb_writebatch_delete(t->wb, (const char *)e->key, e->klen);
-            continue;
+        bool behind = store_behind_key(t->s, e->key, e->klen);
+        if (!behind && e->deleted && tb == T_LOG)
+            through = true;
+        uint64_t *keys = behind ? t->bb_keys : t->wb_keys;
+        uint64_t *bytes = behind ? t->bb_bytes : t->wb_bytes;
+        keys[tb]++;
+        bytes[tb] += e->klen;
+        eddy_err err = EDDY_OK;
+        if (!e->deleted) {
+            t->wb_packs[tb] += e->obj && (e->obj_dirty || !e->val);
+            err = entry_pack(t, e);
+            bytes[tb] += err == EDDY_OK ? e->vlen : 0;
         }
-        t->wb_packs[tb] += e->obj && (e->obj_dirty || !e->val);
-        eddy_err err = entry_pack(t, e);
+        if (err == EDDY_OK && behind)
+            err = behind_add(t, e->key, e->klen, e->val, e->vlen, e->deleted);
+        else if (err == EDDY_OK && e->deleted)
+            leveldb_writebatch_delete(t->wb, (const char *)e->key, e->klen);
+        else if (err == EDDY_OK)
+            leveldb_writebatch_put(t->wb, (const char *)e->key, e->klen, e->val, e->vlen);
         if (err != EDDY_OK) {
             store_txn_reset(t);
             return err;
         }
-        t->wb_bytes[tb] += e->vlen;
-        leveldb_writebatch_put(t->wb, (const char *)e->key, e->klen, e->val, e->vlen);
     }
+    t->through = through;
+    t->want_through = false;
     t->sealed_keys = t->npending;
     seal_touched(t);
     return EDDY_OK;
+}
+
+/* Add the sealed behind writes to the synced batch (a write through). */
+static void behind_to_batch(store_txn *t, leveldb_writebatch_t *wb)
+{
+    for (size_t off = 0, i = 0; i < t->nbehind; i++) {
+        const unsigned char *k;
+        const char *v;
+        size_t klen, vlen;
+        bool del;
+        behind_next(t, &off, &k, &klen, &v, &vlen, &del);
+        if (del)
+            leveldb_writebatch_delete(wb, (const char *)k, klen);
+        else
+            leveldb_writebatch_put(wb, (const char *)k, klen, v, vlen);
+    }
+}
+
+/* Publish the sealed behind writes in the dirty set (their write to LevelDB is the
+ * flush's). Out of memory midway: the rest are written to LevelDB at once instead (the
+ * log they follow is durable already: they must not be lost). */
+static eddy_err behind_publish(store_txn *t)
+{
+    struct store_dirty *d = &t->s->dirty;
+    eddy_err err = EDDY_OK;
+    size_t off = 0, i = 0;
+    pthread_rwlock_wrlock(&d->lock);
+    for (; i < t->nbehind && err == EDDY_OK; i++) {
+        const unsigned char *k;
+        const char *v;
+        size_t klen, vlen;
+        bool del;
+        size_t at = off;
+        behind_next(t, &off, &k, &klen, &v, &vlen, &del);
+        if ((err = store_dirty_put_locked(d, k, klen, v, vlen, del)) != EDDY_OK)
+            off = at;
+    }
+    pthread_rwlock_unlock(&d->lock);
+    if (err == EDDY_OK)
+        return EDDY_OK;
+    leveldb_writebatch_t *wb = leveldb_writebatch_create();
+    behind_to_batch(t, wb); /* all of them: the published ones again, the same values */
+    char *lerr = NULL;
+    leveldb_write(t->s->db, t->s->wsync, wb, &lerr);
+    leveldb_writebatch_destroy(wb);
+    return store_take_write_err(t->s, lerr);
+}
+
+static void count_written(store *s, const uint64_t *keys, const uint64_t *bytes,
+                          const uint64_t *packs)
+{
+    for (size_t i = 0; i < STORE_STAT_TABLES; i++) {
+        if (!keys[i] && !(packs && packs[i]))
+            continue;
+        atomic_fetch_add_explicit(&s->written_keys[i], keys[i], memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->written_bytes[i], bytes[i], memory_order_relaxed);
+        if (packs)
+            atomic_fetch_add_explicit(&s->written_packs[i], packs[i], memory_order_relaxed);
+    }
 }
 
 eddy_err store_txn_write(store_txn *t, bool sync)
@@ -867,32 +1006,50 @@ eddy_err store_txn_write(store_txn *t, bool sync)
     if (atomic_load_explicit(&t->s->fail_writes, memory_order_relaxed) > 0 &&
         atomic_fetch_sub(&t->s->fail_writes, 1) > 0)
         return t->s->fail_err;
-    char *lerr = NULL;
-    leveldb_write(t->s->db, sync ? t->s->wsync : t->s->wnosync, t->wb, &lerr);
-    if (lerr)
-        return store_take_write_err(t->s, lerr);
+    store *s = t->s;
+    eddy_err err = EDDY_OK;
+    /* the log, then the dirty values, with no snapshot or range replace in between */
+    pthread_mutex_lock(&s->dirty.pub_mu);
+    if (t->through && t->nbehind > 0) {
+        /* the dirty set first: the whole write lands on every earlier value */
+        if ((err = store_flush(s)) != EDDY_OK)
+            goto out;
+        behind_to_batch(t, t->wb);
+    }
+    size_t synced = t->sealed_keys - (t->through ? 0 : t->nbehind);
+    if (synced > 0) {
+        char *lerr = NULL;
+        leveldb_write(s->db, sync ? s->wsync : s->wnosync, t->wb, &lerr);
+        if (lerr) {
+            err = store_take_write_err(s, lerr);
+            goto out;
+        }
+    }
+    store_crash_point("log");
+    if (!t->through && t->nbehind > 0 && (err = behind_publish(t)) != EDDY_OK)
+        goto out;
     /* after the write: a reader that sees the new count reads the new value */
     for (size_t i = 0; i < t->ntrack; i++)
-        atomic_fetch_add(&t->s->key_writes[t->track[i]], 1);
-    for (size_t i = 0; i < STORE_STAT_TABLES; i++) {
-        if (!t->wb_keys[i])
-            continue;
-        atomic_fetch_add_explicit(&t->s->written_keys[i], t->wb_keys[i], memory_order_relaxed);
-        atomic_fetch_add_explicit(&t->s->written_bytes[i], t->wb_bytes[i], memory_order_relaxed);
-        atomic_fetch_add_explicit(&t->s->written_packs[i], t->wb_packs[i], memory_order_relaxed);
-    }
-    atomic_fetch_add_explicit(&t->s->written_batches, 1, memory_order_relaxed);
+        atomic_fetch_add(&s->key_writes[t->track[i]], 1);
+    count_written(s, t->wb_keys, t->wb_bytes, t->wb_packs);
+    if (t->through)
+        count_written(s, t->bb_keys, t->bb_bytes, NULL);
+    if (synced > 0)
+        atomic_fetch_add_explicit(&s->written_batches, 1, memory_order_relaxed);
     /* Record the write: its keys are unknown to the other txns of the store, which forget
      * everything when they see it; this txn skips its own writes when it catches up. */
-    pthread_mutex_lock(&t->s->changes_mu);
-    store_change_locked(t->s, t, NULL, NULL);
-    pthread_mutex_unlock(&t->s->changes_mu);
-    return EDDY_OK;
+    pthread_mutex_lock(&s->changes_mu);
+    store_change_locked(s, t, NULL, NULL);
+    pthread_mutex_unlock(&s->changes_mu);
+out:
+    pthread_mutex_unlock(&s->dirty.pub_mu);
+    return err;
 }
 
 void store_txn_settle(store_txn *t, eddy_err write_err)
 {
     leveldb_writebatch_clear(t->wb);
+    behind_clear(t);
     t->sealed_keys = 0;
     memset(t->wb_keys, 0, sizeof(t->wb_keys));
     memset(t->wb_bytes, 0, sizeof(t->wb_bytes));
@@ -1015,37 +1172,29 @@ eddy_err store_txn_scan(store_txn *t, const struct store_key *start, const struc
         qsort(pend, n, sizeof(*pend), cmp_entry_key);
     }
 
-    leveldb_iterator_t *it = leveldb_create_iterator(t->s->db, t->s->ropts);
-    leveldb_iter_seek(it, (const char *)start->buf, start->len);
-    size_t j = 0;
-    int stop = 0;
-    while (!stop) {
-        const unsigned char *k = NULL;
-        size_t klen = 0;
-        if (leveldb_iter_valid(it)) {
-            k = (const unsigned char *)leveldb_iter_key(it, &klen);
-            if (!key_before_end((const char *)k, klen, end))
-                k = NULL;
-        }
-        if (!k && j == n)
-            break;
-        int c = !k ? 1 : j == n ? -1 : key_cmp_raw(k, klen, pend[j]->key, pend[j]->klen);
-        if (c < 0) { /* committed only */
-            size_t vlen;
-            const char *v = leveldb_iter_value(it, &vlen);
-            stop = fn(ud, k, klen, v, vlen);
-            leveldb_iter_next(it);
-        } else { /* pending wins (and hides a committed twin) */
-            if (!pend[j]->deleted)
-                stop = fn(ud, pend[j]->key, pend[j]->klen, pend[j]->val, pend[j]->vlen);
-            if (c == 0)
-                leveldb_iter_next(it);
-            j++;
-        }
-    }
-    char *lerr = NULL;
-    leveldb_iter_get_error(it, &lerr);
-    leveldb_iter_destroy(it);
+    /* the txn's writes win over the dirty set's, which win over LevelDB's */
+    struct store_ovl *mine = NULL, *dirty = NULL, *all = NULL;
+    size_t ndirty = 0, nall = 0;
+    eddy_err err = EDDY_OK;
+    if (n > 0 && !(mine = malloc(n * sizeof(*mine))))
+        err = EDDY_ERR_NOMEM;
+    for (size_t i = 0; i < n && mine; i++)
+        mine[i] = (struct store_ovl){pend[i]->key, pend[i]->klen, pend[i]->val, pend[i]->vlen,
+                                     pend[i]->deleted};
     free(pend);
-    return store_take_err(lerr, NULL, 0);
+    if (err == EDDY_OK)
+        err = store_dirty_range(&t->s->dirty, start, end, &dirty, &ndirty);
+    if (err == EDDY_OK && ndirty > 0 && n > 0)
+        err = store_ovl_merge(mine, n, dirty, ndirty, &all, &nall);
+    if (err == EDDY_OK) {
+        const struct store_ovl *ovl = all ? all : ndirty > 0 ? dirty : mine;
+        size_t novl = all ? nall : ndirty > 0 ? ndirty : n;
+        leveldb_iterator_t *it = leveldb_create_iterator(t->s->db, t->s->ropts);
+        err = store_merge_scan(it, start, end, ovl, novl, fn, ud, NULL);
+        leveldb_iter_destroy(it);
+    }
+    free(mine);
+    free(dirty);
+    free(all);
+    return err;
 }

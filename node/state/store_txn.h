@@ -102,6 +102,11 @@ eddy_err store_txn_commit(store_txn *t, bool sync);
 eddy_err store_txn_seal(store_txn *t);
 eddy_err store_txn_write(store_txn *t, bool sync);
 void store_txn_settle(store_txn *t, eddy_err write_err);
+/* Make the next seal's write go through in full (see store_set_behind): the dirty set is
+ * flushed first and the behind tables' writes join the synced write. For a group that
+ * rewrites log records before its own (DeleteUser erases the user's), so that a replay
+ * from the flushed META never meets a log changed under it. */
+void store_txn_write_through(store_txn *t);
 /* Drop pending writes without committing, and every kept value. */
 void store_txn_reset(store_txn *t);
 /* Keys written (put, deleted or changed objects) since the last commit or seal. */

@@ -1,0 +1,335 @@
+/* The store's dirty set: the packed values of acknowledged writes that are not in LevelDB
+ * yet (write-behind, store_set_behind), consulted first by every read of the store until
+ * store_flush writes them (store_internal.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "node/state/store_internal.h"
+
+/* DESIGN: the keys of one (partition, table) prefix are a sorted array (a "run"), found
+ * through an open-addressing table of prefixes: a get is a hash and a binary search, a
+ * scan of one partition's table (every query's) walks one run, and the flush drops what
+ * it wrote in one pass per run. Entries are immutable once published (a newer value
+ * replaces the entry), stamped with the set's version at publish: a flush that wrote
+ * everything up to version V drops the entries stamped <= V, keeping those published
+ * while it wrote. One rwlock: readers copy what they need under it. */
+
+struct dirty_entry {
+    uint64_t ver;
+    size_t klen, vlen;
+    bool del;
+    unsigned char data[]; /* key, then value */
+};
+
+static size_t entry_bytes(const struct dirty_entry *e)
+{
+    return sizeof(*e) + e->klen + e->vlen + 16; /* + the run's pointer and malloc's header */
+}
+
+static uint32_t prefix_of(const unsigned char *k, size_t klen)
+{
+    unsigned char p[3] = {0, 0, 0};
+    memcpy(p, k, klen < 3 ? klen : 3);
+    return (uint32_t)p[0] << 16 | (uint32_t)p[1] << 8 | p[2];
+}
+
+static size_t slot_of(uint32_t prefix, size_t cap)
+{
+    return (size_t)((prefix * UINT32_C(2654435761)) & (cap - 1));
+}
+
+eddy_err store_dirty_init(struct store_dirty *d)
+{
+    memset(d, 0, sizeof(*d));
+    d->cap = 64;
+    if (!(d->runs = calloc(d->cap, sizeof(*d->runs))))
+        return EDDY_ERR_NOMEM;
+    pthread_rwlock_init(&d->lock, NULL);
+    pthread_mutex_init(&d->flush_mu, NULL);
+    pthread_mutex_init(&d->pub_mu, NULL);
+    atomic_init(&d->bytes, 0);
+    return EDDY_OK;
+}
+
+void store_dirty_release(struct store_dirty *d)
+{
+    if (!d->runs)
+        return;
+    for (size_t i = 0; i < d->cap; i++) {
+        for (size_t j = 0; j < d->runs[i].n; j++)
+            free(d->runs[i].v[j]);
+        free(d->runs[i].v);
+    }
+    free(d->runs);
+    d->runs = NULL;
+    pthread_rwlock_destroy(&d->lock);
+    pthread_mutex_destroy(&d->flush_mu);
+    pthread_mutex_destroy(&d->pub_mu);
+}
+
+/* The run of 'prefix', NULL if none (create: add an empty one; NULL if out of memory). */
+static struct dirty_run *run_of(struct store_dirty *d, uint32_t prefix, bool create)
+{
+    for (size_t i = slot_of(prefix, d->cap);; i = (i + 1) & (d->cap - 1)) {
+        struct dirty_run *r = &d->runs[i];
+        if (r->prefix1 == prefix + 1)
+            return r;
+        if (r->prefix1 != 0)
+            continue;
+        if (!create)
+            return NULL;
+        if ((d->nruns + 1) * 2 > d->cap) {
+            size_t ncap = d->cap * 2;
+            struct dirty_run *n = calloc(ncap, sizeof(*n));
+            if (!n)
+                return NULL;
+            for (size_t j = 0; j < d->cap; j++) {
+                if (!d->runs[j].prefix1)
+                    continue;
+                size_t s = slot_of(d->runs[j].prefix1 - 1, ncap);
+                while (n[s].prefix1)
+                    s = (s + 1) & (ncap - 1);
+                n[s] = d->runs[j];
+            }
+            free(d->runs);
+            d->runs = n;
+            d->cap = ncap;
+            return run_of(d, prefix, true);
+        }
+        r->prefix1 = prefix + 1;
+        d->nruns++;
+        return r;
+    }
+}
+
+/* The first index of run 'r' whose key is >= k (r->n if none); *eq whether it is k. */
+static size_t lower_bound(const struct dirty_run *r, const unsigned char *k, size_t klen,
+                          bool *eq)
+{
+    size_t lo = 0, hi = r->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const struct dirty_entry *e = r->v[mid];
+        if (key_cmp_raw(e->data, e->klen, k, klen) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *eq = lo < r->n && key_cmp_raw(r->v[lo]->data, r->v[lo]->klen, k, klen) == 0;
+    return lo;
+}
+
+eddy_err store_dirty_put_locked(struct store_dirty *d, const unsigned char *k, size_t klen,
+                                const void *val, size_t vlen, bool del)
+{
+    struct dirty_run *r = run_of(d, prefix_of(k, klen), true);
+    if (!r)
+        return EDDY_ERR_NOMEM;
+    struct dirty_entry *e = malloc(sizeof(*e) + klen + vlen);
+    if (!e)
+        return EDDY_ERR_NOMEM;
+    e->ver = ++d->ver;
+    e->klen = klen;
+    e->vlen = del ? 0 : vlen;
+    e->del = del;
+    memcpy(e->data, k, klen);
+    if (!del && vlen)
+        memcpy(e->data + klen, val, vlen);
+    bool eq;
+    size_t i = lower_bound(r, k, klen, &eq);
+    if (eq) {
+        atomic_fetch_sub_explicit(&d->bytes, entry_bytes(r->v[i]), memory_order_relaxed);
+        free(r->v[i]);
+        r->v[i] = e;
+    } else {
+        if (r->n == r->cap) {
+            size_t ncap = r->cap ? r->cap * 2 : 16;
+            struct dirty_entry **n = realloc(r->v, ncap * sizeof(*n));
+            if (!n) {
+                free(e);
+                return EDDY_ERR_NOMEM;
+            }
+            r->v = n;
+            r->cap = ncap;
+        }
+        memmove(&r->v[i + 1], &r->v[i], (r->n - i) * sizeof(*r->v));
+        r->v[i] = e;
+        r->n++;
+        d->entries++;
+    }
+    atomic_fetch_add_explicit(&d->bytes, entry_bytes(e), memory_order_relaxed);
+    return EDDY_OK;
+}
+
+eddy_err store_dirty_get(struct store_dirty *d, const unsigned char *k, size_t klen, char **val,
+                         size_t *vlen, bool *hit)
+{
+    *hit = false;
+    if (atomic_load_explicit(&d->bytes, memory_order_acquire) == 0)
+        return EDDY_OK;
+    eddy_err err = EDDY_OK;
+    pthread_rwlock_rdlock(&d->lock);
+    const struct dirty_run *r = run_of(d, prefix_of(k, klen), false);
+    bool eq = false;
+    size_t i = r ? lower_bound(r, k, klen, &eq) : 0;
+    if (eq) {
+        const struct dirty_entry *e = r->v[i];
+        *hit = true;
+        *val = NULL;
+        *vlen = 0;
+        if (!e->del) {
+            if ((*val = malloc(e->vlen ? e->vlen : 1))) {
+                memcpy(*val, e->data + e->klen, e->vlen);
+                *vlen = e->vlen;
+            } else {
+                err = EDDY_ERR_NOMEM;
+            }
+        }
+    }
+    pthread_rwlock_unlock(&d->lock);
+    return err;
+}
+
+static int cmp_ovl(const void *a, const void *b)
+{
+    const struct store_ovl *x = a, *y = b;
+    return key_cmp_raw(x->key, x->klen, y->key, y->klen);
+}
+
+/* Append the entries of run 'r' in [start, end) to 'out', copied into 'buf'. */
+static void copy_range(const struct dirty_run *r, const struct store_key *start,
+                       const struct store_key *end, struct store_ovl *out, size_t *n,
+                       unsigned char *buf, size_t *off)
+{
+    bool eq;
+    for (size_t i = lower_bound(r, start->buf, start->len, &eq); i < r->n; i++) {
+        const struct dirty_entry *e = r->v[i];
+        if (!key_before_end((const char *)e->data, e->klen, end))
+            break;
+        memcpy(buf + *off, e->data, e->klen + e->vlen);
+        out[*n] = (struct store_ovl){buf + *off, e->klen, (const char *)buf + *off + e->klen,
+                                     e->vlen, e->del};
+        *off += e->klen + e->vlen;
+        (*n)++;
+    }
+}
+
+/* Whether run 'r' (prefix 'pre') may hold keys in [start, end). */
+static bool run_in_range(uint32_t pre, const struct store_key *start,
+                         const struct store_key *end)
+{
+    unsigned char k[3] = {(unsigned char)(pre >> 16), (unsigned char)(pre >> 8),
+                          (unsigned char)pre};
+    struct store_key p = {.len = 3}, pend;
+    memcpy(p.buf, k, 3);
+    key_prefix_end(&p, &pend);
+    /* [p, pend) meets [start, end) */
+    bool ends_after_start = pend.len == 0 || key_cmp_raw(pend.buf, pend.len, start->buf,
+                                                         start->len) > 0;
+    return ends_after_start && key_before_end((const char *)k, 3, end);
+}
+
+eddy_err store_dirty_range(struct store_dirty *d, const struct store_key *start,
+                           const struct store_key *end, struct store_ovl **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (atomic_load_explicit(&d->bytes, memory_order_acquire) == 0)
+        return EDDY_OK;
+    eddy_err err = EDDY_OK;
+    pthread_rwlock_rdlock(&d->lock);
+    /* one prefix (every query's scan: a table of a partition, or part of one) or all */
+    bool one = false;
+    if (start->len >= 3 && end->len > 0) {
+        struct store_key pre = {.len = 3}, pre_end;
+        memcpy(pre.buf, start->buf, 3);
+        key_prefix_end(&pre, &pre_end);
+        one = pre_end.len > 0 && key_cmp_raw(end->buf, end->len, pre_end.buf, pre_end.len) <= 0;
+    }
+    struct dirty_run *single = NULL;
+    if (one)
+        single = run_of(d, prefix_of(start->buf, start->len), false);
+    size_t count = 0, bytes = 0;
+    for (size_t i = 0; i < (one ? 1 : d->cap); i++) {
+        const struct dirty_run *r = one ? single : &d->runs[i];
+        if (!r || !r->prefix1 || (!one && !run_in_range(r->prefix1 - 1, start, end)))
+            continue;
+        bool eq;
+        for (size_t j = lower_bound(r, start->buf, start->len, &eq); j < r->n; j++) {
+            const struct dirty_entry *e = r->v[j];
+            if (!key_before_end((const char *)e->data, e->klen, end))
+                break;
+            count++;
+            bytes += e->klen + e->vlen;
+        }
+    }
+    if (count) {
+        /* the array, then the copies of the keys and values behind it */
+        struct store_ovl *o = malloc(count * sizeof(*o) + bytes + 1);
+        if (!o) {
+            err = EDDY_ERR_NOMEM;
+        } else {
+            unsigned char *buf = (unsigned char *)(o + count);
+            size_t off = 0;
+            for (size_t i = 0; i < (one ? 1 : d->cap); i++) {
+                const struct dirty_run *r = one ? single : &d->runs[i];
+                if (r && r->prefix1 && (one || run_in_range(r->prefix1 - 1, start, end)))
+                    copy_range(r, start, end, o, n, buf, &off);
+            }
+            *out = o;
+        }
+    }
+    pthread_rwlock_unlock(&d->lock);
+    if (*out && !one)
+        qsort(*out, *n, sizeof(**out), cmp_ovl);
+    return err;
+}
+
+uint64_t store_dirty_batch(struct store_dirty *d, leveldb_writebatch_t *wb, uint64_t *keys,
+                           uint64_t *bytes)
+{
+    pthread_rwlock_rdlock(&d->lock);
+    uint64_t ver = d->ver;
+    for (size_t i = 0; i < d->cap; i++) {
+        const struct dirty_run *r = &d->runs[i];
+        for (size_t j = 0; j < r->n; j++) {
+            const struct dirty_entry *e = r->v[j];
+            size_t tb = e->klen >= 3 && e->data[2] < STORE_STAT_TABLES ? e->data[2] : 0;
+            keys[tb]++;
+            bytes[tb] += e->klen + e->vlen;
+            if (e->del)
+                leveldb_writebatch_delete(wb, (const char *)e->data, e->klen);
+            else
+                leveldb_writebatch_put(wb, (const char *)e->data, e->klen,
+                                       (const char *)e->data + e->klen, e->vlen);
+        }
+    }
+    pthread_rwlock_unlock(&d->lock);
+    return ver;
+}
+
+void store_dirty_drop(struct store_dirty *d, uint64_t upto)
+{
+    pthread_rwlock_wrlock(&d->lock);
+    for (size_t i = 0; i < d->cap; i++) {
+        struct dirty_run *r = &d->runs[i];
+        size_t kept = 0;
+        for (size_t j = 0; j < r->n; j++) {
+            struct dirty_entry *e = r->v[j];
+            if (e->ver <= upto) {
+                atomic_fetch_sub_explicit(&d->bytes, entry_bytes(e), memory_order_relaxed);
+                free(e);
+                d->entries--;
+            } else {
+                r->v[kept++] = e;
+            }
+        }
+        r->n = kept;
+        if (kept == 0 && r->cap > 64) { /* a burst's array is not kept for ever */
+            free(r->v);
+            r->v = NULL;
+            r->cap = 0;
+        }
+    }
+    pthread_rwlock_unlock(&d->lock);
+}

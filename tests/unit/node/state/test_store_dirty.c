@@ -1,0 +1,162 @@
+/* The store's dirty set (write-behind) on a real LevelDB in a temp dir: the behind tables'
+ * committed writes are read (get, scan, last) before any flush, deletes included, merged
+ * with LevelDB's keys; snapshots flush first; a write that deletes a log key goes through. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "node/state/store.h"
+#include "node/state/store_txn.h"
+
+#include "store_fixture.h"
+
+static void user_key(struct store_key *k, const char *id)
+{
+    key_init(k, 3, T_USER);
+    key_str(k, id);
+}
+
+static void put(store_txn *t, const char *id, const char *val)
+{
+    struct store_key k;
+    user_key(&k, id);
+    assert_int_equal(store_txn_put(t, &k, val, strlen(val)), EDDY_OK);
+}
+
+struct seen {
+    char keys[256];
+    size_t n;
+};
+
+/* "id=value;" per key */
+static int collect(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct seen *s = ud;
+    s->n += (size_t)snprintf(s->keys + s->n, sizeof(s->keys) - s->n, "%.*s=%.*s;",
+                             (int)(klen - 3), (const char *)k + 3, (int)vlen, v);
+    return 0;
+}
+
+static char *get(store *s, const char *id)
+{
+    struct store_key k;
+    user_key(&k, id);
+    char *v = NULL;
+    size_t n = 0;
+    assert_int_equal(store_get(s, &k, &v, &n), EDDY_OK);
+    if (!v)
+        return NULL;
+    char *z = calloc(1, n + 1);
+    memcpy(z, v, n);
+    free(v);
+    return z;
+}
+
+static void test_reads_before_flush(void **state)
+{
+    struct fx *f = *state;
+    store_set_behind(f->s, 1u << T_USER);
+    store_txn *t = store_txn_new(f->s);
+    /* in LevelDB first: d (deleted below) and e (left alone) */
+    put(t, "d", "D");
+    put(t, "e", "E");
+    assert_int_equal(store_txn_commit(t, true), EDDY_OK);
+    assert_true(store_dirty_bytes(f->s) > 0);
+    assert_int_equal(store_flush(f->s), EDDY_OK);
+    assert_int_equal(store_dirty_bytes(f->s), 0);
+    assert_int_equal(store_flush_count(f->s), 1);
+
+    put(t, "a", "A");
+    put(t, "c", "C");
+    put(t, "b", "B");
+    struct store_key k;
+    user_key(&k, "d");
+    assert_int_equal(store_txn_del(t, &k), EDDY_OK);
+    assert_int_equal(store_txn_commit(t, true), EDDY_OK);
+    assert_true(store_dirty_bytes(f->s) > 0);
+    assert_int_equal(store_flush_count(f->s), 1); /* nothing flushed by the commit */
+
+    char *v = get(f->s, "b");
+    assert_string_equal(v, "B");
+    free(v);
+    assert_null(get(f->s, "d")); /* the dirty delete hides LevelDB's value */
+    struct store_key start, end;
+    key_init(&start, 3, T_USER);
+    key_prefix_end(&start, &end);
+    struct seen s = {{0}, 0};
+    assert_int_equal(store_scan(f->s, &start, &end, collect, &s), EDDY_OK);
+    assert_string_equal(s.keys, "a=A;b=B;c=C;e=E;");
+    /* a range over several prefixes (the whole partition) merges the same */
+    struct store_key pstart, pend;
+    key_init(&pstart, 3, 0);
+    key_init(&pend, 4, 0);
+    struct seen ps = {{0}, 0};
+    assert_int_equal(store_scan(f->s, &pstart, &pend, collect, &ps), EDDY_OK);
+    assert_string_equal(ps.keys, s.keys);
+    /* the txn's own scan (its kept values left at the settle) merges the same */
+    struct seen ts = {{0}, 0};
+    assert_int_equal(store_txn_scan(t, &start, &end, collect, &ts), EDDY_OK);
+    assert_string_equal(ts.keys, s.keys);
+    /* the last key: LevelDB's e, over the dirty c; then e deleted: the dirty c */
+    struct seen last = {{0}, 0};
+    bool found;
+    assert_int_equal(store_last(f->s, &start, &end, collect, &last, &found), EDDY_OK);
+    assert_true(found);
+    assert_string_equal(last.keys, "e=E;");
+    user_key(&k, "e");
+    assert_int_equal(store_txn_del(t, &k), EDDY_OK);
+    assert_int_equal(store_txn_commit(t, true), EDDY_OK);
+    last.n = 0;
+    assert_int_equal(store_last(f->s, &start, &end, collect, &last, &found), EDDY_OK);
+    assert_string_equal(last.keys, "c=C;");
+
+    /* a snapshot flushes first: it holds what reads see */
+    store_snapshot *snap = store_snapshot_new(f->s);
+    assert_non_null(snap);
+    assert_int_equal(store_dirty_bytes(f->s), 0);
+    struct seen ss = {{0}, 0};
+    assert_int_equal(store_snapshot_scan(snap, &start, &end, collect, &ss), EDDY_OK);
+    assert_string_equal(ss.keys, "a=A;b=B;c=C;");
+    store_snapshot_free(snap);
+    store_txn_free(t);
+}
+
+static void test_log_delete_writes_through(void **state)
+{
+    struct fx *f = *state;
+    store_set_behind(f->s, 1u << T_USER);
+    store_txn *t = store_txn_new(f->s);
+    struct store_key log;
+    key_init(&log, 3, T_LOG);
+    key_u64(&log, 7);
+    assert_int_equal(store_txn_put(t, &log, "r", 1), EDDY_OK);
+    put(t, "a", "A");
+    assert_int_equal(store_txn_commit(t, true), EDDY_OK);
+    assert_true(store_dirty_bytes(f->s) > 0); /* a behind, the log record synced */
+
+    assert_int_equal(store_txn_del(t, &log), EDDY_OK);
+    put(t, "b", "B");
+    assert_int_equal(store_txn_commit(t, true), EDDY_OK);
+    assert_int_equal(store_dirty_bytes(f->s), 0); /* flushed, then b written with the log */
+    char *v = get(f->s, "b");
+    assert_string_equal(v, "B");
+    free(v);
+    v = get(f->s, "a");
+    assert_string_equal(v, "A");
+    free(v);
+    store_txn_free(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_reads_before_flush, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_delete_writes_through, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
