@@ -108,7 +108,7 @@ static void node_defaults(struct engine_opts *o, const char *dir)
     o->apply.log_retention_ms = 7 * day;
     o->apply.sweep_interval_ms = 3600000;
     o->product = (struct product_params){256, {day, 8}, {7 * day, 8}, 50};
-    o->rec = (struct rec_params){1, 1.5, 2, 3, true};
+    o->rec = (struct rec_params){1, 1.5, 2, 3, true, 0};
     o->candidates = 50;
     o->max_pending_events = 100000000;
     o->max_group_events = 20000;

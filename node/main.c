@@ -119,6 +119,8 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
         F("weight-popular", FLAG_DOUBLE, weight_popular, "blend weight: popular in your categories", 0, 0),
         F("weight-neighbours", FLAG_DOUBLE, weight_neighbours,
           "blend weight: neighbours of your recent items", 0, 0),
+        F("weight-trending", FLAG_DOUBLE, weight_trending,
+          "blend weight: popular now overall (0 = only fills the answer's tail)", 0, 0),
         F("weight-context", FLAG_DOUBLE, weight_context,
           "blend weight: neighbours of the current product and cart", 0, 0),
         F("exclude-interacted", FLAG_BOOL, exclude_interacted,

@@ -119,7 +119,7 @@ struct node_config node_config_defaults(void)
         .affinity_half_life = 7 * DAY, .popularity_half_life = DAY, .neighbour_half_life = 3650 * DAY,
         .recent_items = 20, .max_affinities = 50, .max_cart = 50, .max_neighbours = 50, .max_purchased = 10000,
         .cooccurrence_span = 0, .cooccurrence_items = 10, .weight_popular = 1.0,
-        .weight_neighbours = 1.5, .weight_context = 2.0, .diversity_cap = 3, .exclude_interacted = true,
+        .weight_neighbours = 1.5, .weight_context = 2.0, .weight_trending = 0, .diversity_cap = 3, .exclude_interacted = true,
         .attribution_window_click = 30 * 60000, .attribution_window_purchase = DAY,
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
         .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
@@ -164,7 +164,8 @@ static void engine_options_from(const struct node_config *c, struct engine_opts 
     o->product.neighbours = (struct decay_params){c->neighbour_half_life, 8};
     o->product.max_neighbours = (int)c->max_neighbours;
     o->rec = (struct rec_params){c->weight_popular, c->weight_neighbours, c->weight_context,
-                                 (int)c->diversity_cap, c->exclude_interacted};
+                                 (int)c->diversity_cap, c->exclude_interacted,
+                                 c->weight_trending};
     o->stage2_staleness_ms = c->stage2_staleness;
     o->candidates = (int)c->candidates;
     o->max_pending_events = c->max_pending_events;

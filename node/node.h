@@ -48,7 +48,7 @@ struct node_config {
     int64_t affinity_half_life, popularity_half_life, neighbour_half_life;
     int64_t recent_items, max_affinities, max_cart, max_neighbours, max_purchased;
     int64_t cooccurrence_span, cooccurrence_items;
-    double weight_popular, weight_neighbours, weight_context;
+    double weight_popular, weight_neighbours, weight_context, weight_trending;
     int64_t diversity_cap, default_recommendations, max_recommendations, candidates;
     bool exclude_interacted;
     int64_t attribution_window_click, attribution_window_purchase; /* experiments' defaults */

@@ -9,9 +9,11 @@ free port) and scores the node's Recommend, as served, under three protocols:
   * leave-last-out, 99 sampled negatives the user never touched (only to compare with
     papers; sampled metrics overstate quality);
   * prequential: every positive (of a deterministic sample, --prequential) is scored
-    against the state just before its batch is applied, then applied.
+    against the state of every event before it (the batch is cut there), then applied.
 With --split global the held-out items are instead each user's first positive after the
-time at which 90% of the events have happened (a second time split).
+time at which 90% of the events have happened (a second time split); with --split user,
+each user's last 20% of positives (at least one) with everything of the user from the
+first of them on, each held item ranked against the catalogue minus what the user touched.
 
 A positive is the user's first interaction with an item the user buys (MovieLens: a
 rating >= 4). Items a list does not contain rank after every listed item in a seeded
@@ -47,7 +49,7 @@ K = 10
 N_NEG = 99
 LIST = 1000         # items asked of Recommend and of each baseline, held-out users
 PREQ_LIST = 100     # the same, prequential (many more calls)
-BATCH = 200         # events per Ingest (prequential scores before each batch)
+BATCH = 200         # events per Ingest (cut short at each prequential positive)
 PB_TYPE = {"view": "EVENT_TYPE_VIEW", "click": "EVENT_TYPE_CLICK",
            "add_to_cart": "EVENT_TYPE_ADD_TO_CART",
            "remove_from_cart": "EVENT_TYPE_REMOVE_FROM_CART",
@@ -87,6 +89,24 @@ def split_loo(events, pos):
     cut = {u: i for u, i in last.items() if count[u] >= 2}
     train = [i for i, e in enumerate(events) if e[1] not in cut or i < cut[e[1]]]
     return train, {u: events[i][2] for u, i in cut.items()}
+
+
+def split_user(events, pos, frac=0.2):
+    """Hold out each user's last 'frac' of positives (at least one; users with >= 2) and
+    every event of the user from the first of them on. Returns (train indices,
+    {user: [held items]})."""
+    per = defaultdict(list)
+    for i in pos:
+        per[events[i][1]].append(i)
+    cut, held = {}, {}
+    for u, ps in per.items():
+        if len(ps) < 2:
+            continue
+        k = max(1, round(len(ps) * frac))
+        cut[u] = ps[-k]
+        held[u] = [events[i][2] for i in ps[-k:]]
+    train = [i for i, e in enumerate(events) if e[1] not in cut or i < cut[e[1]]]
+    return train, held
 
 
 def split_global(events, pos, frac=0.9):
@@ -225,7 +245,9 @@ def to_pb(pb, e, idx):
 
 def run(args, pb, tmp, events, split_name):
     pos = positives(events)
-    train, held = (split_loo if split_name == "loo" else split_global)(events, pos)
+    split = {"loo": split_loo, "user": split_user, "global": split_global}[split_name]
+    train, held = split(events, pos)
+    held = {u: h if isinstance(h, list) else [h] for u, h in held.items()}
     catalogue = {e[2] for e in events if e[2]}
     cat_list = sorted(catalogue)
     touched_all = defaultdict(set)
@@ -263,35 +285,47 @@ def run(args, pb, tmp, events, split_name):
         return {m: served(user, n) if b is None else b.top(user, t, n)
                 for m, b in methods.items()}
 
+    def apply(chunk):
+        if not chunk:
+            return
+        req = pb.IngestRequest(events=[to_pb(pb, events[i], i) for i in chunk])
+        resp = client.ingest_retry(req)
+        if resp.rejected:
+            raise RuntimeError(f"rejected: {resp.rejected[0].reason}")
+        for i in chunk:
+            e = events[i]
+            for bl in (pop, recent, methods["item-kNN"]):
+                bl.update(e)
+            if e[2]:
+                touched[e[1]].add(e[2])
+
     try:
-        for b in range(0, len(train), BATCH):
-            chunk = train[b:b + BATCH]
-            for i in chunk:
-                if i in preq:
-                    e = events[i]
-                    cands = catalogue - touched[e[1]]
-                    for m, lst in lists(e[1], PREQ_LIST).items():
-                        scores["prequential"][m].add(rank_of(e[2], lst, cands, rng), lst)
-            req = pb.IngestRequest(events=[to_pb(pb, events[i], i) for i in chunk])
-            resp = client.ingest_retry(req)
-            if resp.rejected:
-                raise RuntimeError(f"rejected: {resp.rejected[0].reason}")
-            for i in chunk:
+        # A batch is cut at each sampled positive: the node and the baselines are scored on
+        # exactly the events before it (a user's previous item may be a second older).
+        pending = []
+        for i in train:
+            if i in preq:
+                apply(pending)
+                pending = []
                 e = events[i]
-                for bl in (pop, recent, methods["item-kNN"]):
-                    bl.update(e)
-                if e[2]:
-                    touched[e[1]].add(e[2])
+                cands = catalogue - touched[e[1]]
+                for m, lst in lists(e[1], PREQ_LIST).items():
+                    scores["prequential"][m].add(rank_of(e[2], lst, cands, rng), lst)
+            pending.append(i)
+            if len(pending) == BATCH:
+                apply(pending)
+                pending = []
+        apply(pending)
         ingest_s = time.perf_counter() - t0
         for u in sorted(held):
-            h = held[u]
             ls = lists(u, LIST)
             cands = catalogue - touched[u]
-            neg = negatives(u, h, touched_all[u], cat_list, args.seed) | {h}
-            for m, lst in ls.items():
-                scores["full"][m].add(rank_of(h, lst, cands, rng), lst)
-                scores["sampled"][m].add(rank_of(h, [x for x in lst if x in neg], neg, rng),
-                                         lst)
+            for h in held[u]:  # several with --split user: each ranked against the rest
+                neg = negatives(u, h, touched_all[u], cat_list, args.seed) | {h}
+                for m, lst in ls.items():
+                    scores["full"][m].add(rank_of(h, lst, cands, rng), lst)
+                    scores["sampled"][m].add(
+                        rank_of(h, [x for x in lst if x in neg], neg, rng), lst)
     finally:
         client.close()
         rc = node.stop()
@@ -330,7 +364,8 @@ def main():
                     help="a MovieLens directory (ratings.csv, movies.csv) or 'synthetic'")
     ap.add_argument("--users", type=int, default=0,
                     help="MovieLens: users 1..N only; synthetic: number of users (400)")
-    ap.add_argument("--split", choices=["loo", "global", "both"], default="loo")
+    ap.add_argument("--split", choices=["loo", "user", "global", "both", "all"], default="loo",
+                    help="both: loo and global; all: loo, user and global")
     ap.add_argument("--prequential", type=int, default=2000,
                     help="about this many positives scored prequentially (0 = none)")
     ap.add_argument("--node", default=os.environ.get("EDDY_NODE", str(REPO / "build/eddy-node")))
@@ -349,7 +384,8 @@ def main():
            "machine": machine(), "data": args.data, "runs": []}
     with tempfile.TemporaryDirectory(prefix="eddy-quality-") as tmp:
         pb = gen_stubs(tmp)
-        for s in (("loo", "global") if args.split == "both" else (args.split,)):
+        splits = {"both": ("loo", "global"), "all": ("loo", "user", "global")}
+        for s in splits.get(args.split, (args.split,)):
             r = run(args, pb, tmp, events, s)
             out["runs"].append(r)
             if args.output == "table":

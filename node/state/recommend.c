@@ -283,6 +283,13 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
                        p->w_popular * (c->affinity / amax) * (c->items[j].score / pmax),
                        R_POPULAR, c->category);
     }
+    /* (d): what everybody interacts with now predicts a user's next item as well as a
+     * weak personal signal does (docs/QUALITY.md), so it competes in the blend rather
+     * than only filling the answer's tail. */
+    double gmax = list_max(in->global, in->nglobal);
+    for (size_t i = 0; i < in->nglobal && gmax > 0 && p->w_trending > 0; i++)
+        contribute(&s, &in->global[i], p->w_trending * (in->global[i].score / gmax),
+                   R_TRENDING, NULL);
     for (size_t i = 0; i < in->nanchors; i++) {
         const struct rec_anchor *a = &in->anchors[i];
         double nmax = list_max(a->items, a->n);
@@ -307,12 +314,12 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
         int32_t top;
         n = heap_pop(s.c, heap, n, &top);
         const struct cand *c = &s.c[top];
-        if (!excluded(&ex, c->id) && !(c->reason == R_POPULAR && capped(&pk, c->category)))
+        bool popular = c->reason == R_POPULAR || c->reason == R_TRENDING;
+        if (!excluded(&ex, c->id) && !(popular && capped(&pk, c->category)))
             pick(&pk, c->id, c->category, c->score, c->reason, c->reason_arg);
     }
     /* fill with global popularity, below every blended item */
     double floor = pk.n ? out[pk.n - 1].score : 1.0;
-    double gmax = list_max(in->global, in->nglobal);
     for (size_t i = 0; i < in->nglobal && pk.n < max && gmax > 0; i++) {
         const struct scored_product *g = &in->global[i];
         if (excluded(&ex, g->product_id) || already(&pk, g->product_id) ||

@@ -3,6 +3,7 @@
  *   (a) products popular now in the user's top categories, weighted by affinity,
  *   (b) co-occurrence neighbours of the user's recent items, weighted by recency,
  *   (c) context: neighbours of the current product and of the cart,
+ *   (d) global popularity ("trending now"), weighted like the others,
  * excludes purchased / cart / current items, caps items per category, fills up with
  * global popularity ("trending now"; all of the answer for a cold user), and gives each
  * item the reason of its largest contribution. */
@@ -42,6 +43,7 @@ struct rec_params {
     double w_context;          /* (c) */
     int diversity_cap;         /* items per category in one answer (0 = no cap) */
     bool exclude_interacted;   /* leave out viewed / clicked / carted products by default */
+    double w_trending;         /* global popularity as a source (0: only the fill below) */
 };
 
 struct rec_input {

@@ -101,7 +101,7 @@ static void test_validation(void **state)
     assert_true(experiment_valid(&e, why, sizeof(why)));
 
     /* the variant's parameters over the node's: only those it sets */
-    struct rec_params base = {1.0, 1.5, 2.0, 3, true}, out;
+    struct rec_params base = {1.0, 1.5, 2.0, 3, true, 0}, out;
     experiment_rec_params(&base, &pb, &out);
     assert_float_equal(out.w_popular, 1.0, 0);
     assert_float_equal(out.w_neighbours, 2.0, 0);

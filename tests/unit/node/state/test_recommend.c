@@ -18,7 +18,7 @@ static struct scored_product sp(const char *id, const char *cat, double score)
     return p;
 }
 
-static const struct rec_params W = {1.0, 1.5, 2.0, 2, true};
+static const struct rec_params W = {1.0, 1.5, 2.0, 2, true, 0};
 
 static int find(const struct rec_item *it, size_t n, const char *id)
 {
@@ -165,6 +165,40 @@ static void test_excluded_top_candidates_keep_the_cap(void **state)
     assert_string_equal(out[0].reason, "goes with k in your cart");
 }
 
+/* With a trending weight, global popularity is a source of the blend: it adds to what a
+ * personal source gives the same item, can rank above a weak neighbour, names its reason
+ * and stays under the diversity cap; the fill still tops the answer up below it. */
+static void test_trending_blended(void **state)
+{
+    struct scored_product global[] = {sp("g1", "a", 100), sp("n2", "b", 50), sp("g3", "a", 40),
+                                      sp("g4", "a", 30), sp("g5", "c", 1)};
+    struct scored_product nb[] = {sp("n1", "b", 10), sp("n2", "b", 2)};
+    struct rec_anchor anchors[] = {{"x", 1.0, false, false, nb, 2}};
+    struct rec_input in = {NULL, 0, anchors, 1, global, 5, NULL, 0};
+    struct rec_params tw = W;
+    tw.w_trending = 1.0;
+    struct rec_item out[10];
+    size_t n = rec_rank(&in, &tw, out, 10);
+    /* n1 1.5; g1 1.0; n2 0.3 + 0.5 = 0.8; g3 0.4; g4 capped (2 of a); g5 0.01 */
+    assert_int_equal(n, 5);
+    assert_string_equal(out[0].product_id, "n1");
+    assert_string_equal(out[1].product_id, "g1");
+    assert_string_equal(out[1].reason, "trending now");
+    assert_string_equal(out[2].product_id, "n2");
+    assert_float_equal(out[2].score, 0.8, 1e-12);
+    assert_string_equal(out[2].reason, "trending now"); /* 0.5 > 0.3 */
+    assert_string_equal(out[3].product_id, "g3");
+    assert_string_equal(out[4].product_id, "g5");
+    assert_int_equal(find(out, n, "g4"), -1);
+    /* without the weight, the same global list only fills below the neighbours */
+    n = rec_rank(&in, &W, out, 10);
+    assert_string_equal(out[0].product_id, "n1");
+    assert_string_equal(out[1].product_id, "n2");
+    assert_string_equal(out[1].reason, "viewed together with x");
+    assert_string_equal(out[2].product_id, "g1");
+    assert_true(out[2].score < out[1].score);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -174,6 +208,7 @@ int main(void)
         cmocka_unit_test(test_cap_spares_neighbours),
         cmocka_unit_test(test_cold_start_and_fill),
         cmocka_unit_test(test_excluded_top_candidates_keep_the_cap),
+        cmocka_unit_test(test_trending_blended),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
