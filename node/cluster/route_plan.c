@@ -118,3 +118,18 @@ size_t route_plan_read_order(const struct cluster_part *part, const char *self, 
         order[n++] = 0;
     return n;
 }
+
+void route_tally_unacked(struct route_tally *t, uint32_t accepted, uint32_t late)
+{
+    t->accepted += accepted;
+    t->late += late;
+}
+
+void route_tally_acked(const struct route_tally *t, uint32_t *accepted, uint32_t *duplicates,
+                       uint32_t *late)
+{
+    uint32_t mine = *duplicates < t->accepted ? *duplicates : t->accepted;
+    *accepted += mine;
+    *duplicates -= mine;
+    *late += mine < t->late ? mine : t->late;
+}

@@ -62,4 +62,21 @@ size_t route_plan_group_parts(uint32_t nparts, const bool *pending,
 size_t route_plan_read_order(const struct cluster_part *part, const char *self, uint32_t turn,
                              uint32_t *order);
 
+/* What one partition's owner wrote across the tries of one batch. An owner that wrote
+ * the events but could not acknowledge them (fewer in-sync copies than min-insync, e.g.
+ * while a follower copies a checkpoint after a reprocess; its etcd session lost) answers
+ * UNAVAILABLE with the counts of that write, and the router's retry finds those events
+ * recorded: duplicates to the owner, not to the client, whose batch wrote them once. */
+struct route_tally {
+    uint32_t accepted, late; /* written by tries that were not acknowledged */
+};
+
+/* A try that was not acknowledged wrote 'accepted' events ('late' of them late). */
+void route_tally_unacked(struct route_tally *t, uint32_t accepted, uint32_t late);
+
+/* The counts of the acknowledged try, corrected in place: its duplicates that the earlier
+ * tries wrote are counted as accepted (and late) again. */
+void route_tally_acked(const struct route_tally *t, uint32_t *accepted, uint32_t *duplicates,
+                       uint32_t *late);
+
 #endif

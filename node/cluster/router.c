@@ -82,6 +82,7 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
 
     struct route_plan pl = {0};
     bool *pending = calloc(P, sizeof(*pending));
+    struct route_tally *unacked = calloc(P, sizeof(*unacked)); /* written, not acknowledged */
     Eddy__State__V1__PartitionEvents *pe = calloc(P, sizeof(*pe));
     Eddy__State__V1__PartitionEvents **pep = calloc(P, sizeof(*pep));
     char (*owners)[CLUSTER_ADDR_MAX] = calloc(P, CLUSTER_ADDR_MAX); /* addr carrying p */
@@ -91,8 +92,8 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
     Eddy__State__V1__ApplyRequest *reqs = calloc(MAX_STATE_NODES, sizeof(*reqs));
     ProtobufCMessage **reqp = calloc(MAX_STATE_NODES, sizeof(*reqp));
     struct peer_call *slots = calloc(MAX_STATE_NODES, sizeof(*slots));
-    if (route_plan_init(&pl, events, n, P) != EDDY_OK || !pending || !pe || !pep || !owners ||
-        !parts || !groups || !addrs || !reqs || !reqp || !slots) {
+    if (route_plan_init(&pl, events, n, P) != EDDY_OK || !pending || !unacked || !pe || !pep ||
+        !owners || !parts || !groups || !addrs || !reqs || !reqp || !slots) {
         res->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         snprintf(res->message, sizeof(res->message), "out of memory routing the batch");
         goto out;
@@ -158,12 +159,16 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
                 if (pr->partition >= P || !pending[pr->partition])
                     continue;
                 if (pr->code == GRPC_STATUS_OK) {
-                    out->accepted += pr->accepted;
-                    out->duplicates += pr->duplicates;
-                    out->late += pr->late;
+                    uint32_t accepted = pr->accepted, duplicates = pr->duplicates,
+                             late = pr->late;
+                    route_tally_acked(&unacked[pr->partition], &accepted, &duplicates, &late);
+                    out->accepted += accepted;
+                    out->duplicates += duplicates;
+                    out->late += late;
                     pending[pr->partition] = false;
                     npending--;
                 } else {
+                    route_tally_unacked(&unacked[pr->partition], pr->accepted, pr->late);
                     busy_only &= pr->code == GRPC_STATUS_UNAVAILABLE;
                     snprintf(res->message, sizeof(res->message), "partition %u: %.400s",
                              pr->partition, pr->message);
@@ -199,6 +204,7 @@ void router_ingest(struct router *r, Eddy__V1__Event *const *events, size_t n,
 out:
     route_plan_release(&pl);
     free(pending);
+    free(unacked);
     free(pe);
     free(pep);
     free(owners);

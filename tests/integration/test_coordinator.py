@@ -63,8 +63,35 @@ class ClusterTest(unittest.TestCase):
         self.leases[nid] = lease
         return rec
 
+    def register_together(self, nids, roles=("state",)):
+        """Nodes `nids` (each with its own lease) joining in one etcd transaction: the
+        coordinator sees them arrive at once. One register() after the other can be
+        further apart than --settle under load, and the first map is then made for the
+        first node(s) alone, the others taking their share by moves (epoch 2)."""
+        puts = []
+        for nid in nids:
+            lease = self.etcd.lease_grant(60)
+            rec = {"id": nid, "roles": list(roles), "grpc_addr": f"127.0.0.1:{9000 + len(self.leases)}",
+                   "metrics_addr": "", "started_ms": eddylib.now_ms()}
+            puts.append({"request_put": {"key": eddylib._b64(key(f"nodes/{nid}")),
+                                         "value": eddylib._b64(json.dumps(rec)), "lease": str(lease)}})
+            self.leases[nid] = lease
+        self.etcd.call("/v3/kv/txn", {"success": puts})
+
     def kill_node(self, nid):
         self.etcd.lease_revoke(self.leases.pop(nid))
+
+    def kill_nodes_together(self, nids):
+        """The records of `nids` gone in one etcd transaction (then their leases): the
+        coordinator sees them leave at once, not one revoke, a map, then the next."""
+        self.etcd.call("/v3/kv/txn", {"success": [
+            {"request_delete_range": {"key": eddylib._b64(key(f"nodes/{nid}"))}} for nid in nids]})
+        for nid in nids:
+            self.etcd.lease_revoke(self.leases.pop(nid))
+
+    def wait_config(self, what="the cluster config"):
+        """The stored cluster config (a new leader reports itself leader, then writes it)."""
+        return json.loads(poll_until(lambda: self.etcd.get(key("config"))[0], 10, what=what))
 
     # -- the map --
     def assignment(self):
@@ -133,16 +160,14 @@ class AssignmentTest(ClusterTest):
     def test_balance_add_loss_drain(self):
         c = self.start_coord("c1")
         self.wait_leader(c)
-        cfg, _ = self.etcd.get(key("config"))
-        self.assertEqual(json.loads(cfg), {"partitions": P, "replication_factor": 2, "min_insync": 2})
+        self.assertEqual(self.wait_config(), {"partitions": P, "replication_factor": 2, "min_insync": 2})
         # A new cluster gets a map at once, with nobody to own the partitions yet.
         m0 = self.wait_map(lambda m: m["version"] >= 1, "first map")
         self.assertEqual(m0["partitions"], P)
         self.assertEqual(m0["owners"], [""] * P)
         self.assertEqual(m0["epochs"], [0] * P)
 
-        for n in ("n1", "n2", "n3"):
-            self.register(n)
+        self.register_together(["n1", "n2", "n3"])
         self.register("i1", roles=("ingest",))
         m1 = self.wait_map(lambda m: "" not in m["owners"] and len(set(m["owners"])) == 3,
                            "3 owners")
@@ -209,10 +234,8 @@ class ReplicationSettingsTest(ClusterTest):
 
         c1 = self.start_coord("c1", ["--replication-factor", "1"])
         self.wait_leader(c1)
-        cfg, _ = self.etcd.get(key("config"))
-        self.assertEqual(json.loads(cfg), {"partitions": P, "replication_factor": 1, "min_insync": 1})
-        for n in ("n1", "n2", "n3"):
-            self.register(n)
+        self.assertEqual(self.wait_config(), {"partitions": P, "replication_factor": 1, "min_insync": 1})
+        self.register_together(["n1", "n2", "n3"])
         m1 = self.wait_map(lambda m: len(set(m["owners"])) == 3, "3 owners")
         self.assert_replicas(m1, ["n1", "n2", "n3"], 1)
         c1.stop()
@@ -245,8 +268,7 @@ class OfflinePartitionsTest(ClusterTest):
         c1 = self.start_coord("c1", ["--replication-factor", "2"] +
                               (["--unclean-leader-election"] if unclean else []))
         self.wait_leader(c1)
-        for n in ("n1", "n2", "n3"):
-            self.register(n)
+        self.register_together(["n1", "n2", "n3"])
         m = self.wait_map(lambda m: len(set(m["owners"])) == 3 and
                           all(len(r) == 2 for r in m["replicas"]), "3 owners, 2 replicas")
         both = [p for p in range(P) if set(m["replicas"][p]) == {"n1", "n2"}]
@@ -256,8 +278,7 @@ class OfflinePartitionsTest(ClusterTest):
             self.etcd.put(key(f"isr/{p}"), json.dumps(
                 {"epoch": m["epochs"][p], "leader": m["owners"][p], "isr": m["replicas"][p]}))
         poll_until(lambda: self.offline_metric(c1) == 0, 10, what="no offline partition")
-        self.kill_node("n1")
-        self.kill_node("n2")
+        self.kill_nodes_together(["n1", "n2"])
         m2 = self.wait_map(lambda x: all(x["owners"][p] == "n3" for p in range(P)
                                          if p not in both), "n3 leads all it can")
         for p in both:

@@ -117,7 +117,7 @@ class FollowerReadTest(unittest.TestCase):
 
         # the leader stops answering (SIGSTOP: its connections stay open)
         expected = self.profile(self.i1, users[2], False).profile
-        self.s1.proc.send_signal(signal.SIGSTOP)
+        L.sigstop(self.s1.proc)
         stopped = time.monotonic()
         r = self.profile(self.i1, users[2], True)
         self.assertTrue(r.staleness.from_follower)
@@ -208,7 +208,7 @@ class FollowerReadTest(unittest.TestCase):
 
         # the leader stops: the follower alone answers every partition with allow_stale;
         # without it the read fails
-        self.s1.proc.send_signal(signal.SIGSTOP)
+        L.sigstop(self.s1.proc)
         top = self.top(self.i1, True, timeout=10)
         self.assertTrue(top.staleness.from_follower)
         self.assertEqual(product_views(top), product_views(leader_top))

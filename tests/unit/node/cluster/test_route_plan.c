@@ -165,12 +165,46 @@ static void test_read_order(void **state)
         assert_int_equal(first[i], 1);
 }
 
+/* A try written but not acknowledged (110 new events, 5 of them late, 3 duplicates of
+ * earlier batches), then its retry, which finds all 113 recorded: the batch answers 110
+ * accepted, 5 late, 3 duplicates, as one acknowledged try would have. */
+static void test_tally_counts_an_unacknowledged_try_once(void **state)
+{
+    (void)state;
+    struct route_tally t = {0};
+    route_tally_unacked(&t, 110, 5);
+    uint32_t accepted = 0, duplicates = 113, late = 0;
+    route_tally_acked(&t, &accepted, &duplicates, &late);
+    assert_int_equal(accepted, 110);
+    assert_int_equal(duplicates, 3);
+    assert_int_equal(late, 5);
+
+    /* two unacknowledged tries: the second found the first's events recorded */
+    struct route_tally two = {0};
+    route_tally_unacked(&two, 40, 0);
+    route_tally_unacked(&two, 0, 0);
+    accepted = 2, duplicates = 40, late = 1; /* 2 more events came in with the retry */
+    route_tally_acked(&two, &accepted, &duplicates, &late);
+    assert_int_equal(accepted, 42);
+    assert_int_equal(duplicates, 0);
+    assert_int_equal(late, 1);
+
+    /* nothing written before: the acknowledged try's counts as they are */
+    struct route_tally none = {0};
+    accepted = 7, duplicates = 9, late = 2;
+    route_tally_acked(&none, &accepted, &duplicates, &late);
+    assert_int_equal(accepted, 7);
+    assert_int_equal(duplicates, 9);
+    assert_int_equal(late, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buckets_every_event_once_in_batch_order),
         cmocka_unit_test(test_groups_pending_partitions_by_owner),
         cmocka_unit_test(test_read_order),
+        cmocka_unit_test(test_tally_counts_an_unacknowledged_try_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
