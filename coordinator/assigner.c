@@ -158,13 +158,14 @@ static void place_leaders(struct slot *s, size_t m, struct slot **order,
         if (!o && c->owner[0] && !alive(nodes, n, c->owner)) {
             o = promotion(s, m, c, p, ap);
             fixed[p] = o != NULL;
-            /* its leader recorded followers in sync at this epoch and every one of them is
-             * gone too: the events they acknowledged are nowhere else, so wait for one of
-             * them (unless allowed not to). With no follower in sync, nothing was
-             * acknowledged with more copies than the leader's: the partition moves on as
-             * with one copy (from its last checkpoint) */
+            /* an in-sync record names the copies that held every acknowledged event when
+             * it was written, whatever its epoch: one of an older epoch is the set the
+             * leader was promoted from, and a follower added since is in no record, so it
+             * holds nothing known. Every named copy gone (the leader alone included: a
+             * promoted leader's first record names only itself): the events are nowhere
+             * else, so wait for one of them (unless allowed not to) */
             offline[p] = !o && c->nreplicas > 1 && !(ap && ap->unclean) && ap && ap->isr &&
-                         ap->isr[p].nisr >= 2 && ap->isr[p].epoch == c->epoch;
+                         ap->isr[p].nisr > 0;
         }
         sets[p].n = o ? 1 : 0;
         sets[p].s[0] = o;

@@ -408,7 +408,7 @@ static void test_promotion(void **state)
     set3(&c.parts[0], "s0", "s1", "s2", 5); /* no record: the first follower */
     set3(&c.parts[1], "s0", "s1", "s2", 5); /* isr [s0, s2]: s2 */
     set3(&c.parts[2], "s0", "s1", "s2", 5); /* durable s1 = 5, s2 = 9: s2 */
-    set3(&c.parts[3], "s0", "s1", "s2", 5); /* isr [s0]: nobody in sync, no promotion */
+    set3(&c.parts[3], "s0", "s1", "s2", 5); /* isr [s0]: nobody in sync: offline */
     struct cluster_isr isr[4] = {{0}};
     isr[1] = (struct cluster_isr){.epoch = 5, .nisr = 2};
     snprintf(isr[1].isr[0], CLUSTER_ID_MAX, "s0");
@@ -426,11 +426,10 @@ static void test_promotion(void **state)
     assert_string_equal(d.parts[2].owner, "s2");
     for (uint32_t p = 0; p < 3; p++)
         assert_int_equal(d.parts[p].epoch, 6);
-    /* s3 is no replica of partition 3: with no follower in sync (nothing acknowledged
-     * with more copies than the leader's) it is chosen by the shares like an unreplicated
-     * failover (s3 leads nothing else) */
-    assert_string_equal(d.parts[3].owner, "s3");
-    assert_int_equal(d.parts[3].epoch, 6);
+    /* partition 3's leader was in sync alone: what it acknowledged before (with copies
+     * now out of sync) is only there, so it waits offline for s0 */
+    assert_string_equal(d.parts[3].owner, "s0");
+    assert_int_equal(d.parts[3].epoch, 5);
     /* a leader and its in-sync follower both gone: the events they acknowledged are
      * nowhere else, so the partition stays as it is, offline, until one returns ... */
     struct cluster_map o1 = map_of(1), o2 = map_of(1);
@@ -445,10 +444,11 @@ static void test_promotion(void **state)
     assert_int_equal(o2.parts[0].epoch, 5);
     assert_int_equal(o2.parts[0].nreplicas, 3);
     assert_string_equal(o2.parts[0].replicas[1], "s1");
-    /* ... an in-sync record of an older epoch does not count ... */
+    /* ... so does one of an older epoch (the leader has not recorded its own yet) ... */
     isr01.epoch = 4;
     assigner_assign(n23, 2, &o1, &apo, &o2);
-    assert_int_equal(o2.parts[0].epoch, 6);
+    assert_string_equal(o2.parts[0].owner, "s0");
+    assert_int_equal(o2.parts[0].epoch, 5);
     /* ... and unclean leader election gives it away (s2, a replica, by the shares) */
     isr01.epoch = 5;
     apo.unclean = true;
@@ -522,6 +522,74 @@ static void test_promotion_by_durable_seq(void **state)
     assigner_assign(alive, 3, &c, &ap, &e);
     for (uint32_t p = 0; p < 6; p++)
         assert_string_equal(e.parts[p].owner, p == 3 || p == 4 ? "s2" : "s1");
+    cluster_map_release(&c);
+    cluster_map_release(&d);
+    cluster_map_release(&e);
+}
+
+/* Two losses in successive maps (R = 2): s0 leads, s1 follows, both recorded in sync at
+ * epoch 5. s0 is lost: s1 is promoted at epoch 6 with s2, a new and empty follower. s1 is
+ * lost before s2 is recorded in sync: every copy that held the acknowledged events is
+ * gone, so the partition is offline (its entry kept) whether s1 wrote no record of its own
+ * yet (the record is epoch 5's) or one naming only itself; it is never given to s2. */
+static void test_successive_losses(void **state)
+{
+    (void)state;
+    struct assign_node n[4];
+    make_nodes(n, 4);
+    struct cluster_map a = map_of(1), b = map_of(1), c = map_of(1);
+    cluster_part_set_single(&a.parts[0], "s0");
+    snprintf(a.parts[0].replicas[1], CLUSTER_ID_MAX, "s1");
+    a.parts[0].nreplicas = 2;
+    a.parts[0].epoch = 5;
+    struct cluster_isr rec = {.epoch = 5, .nisr = 2};
+    snprintf(rec.isr[0], CLUSTER_ID_MAX, "s0");
+    snprintf(rec.isr[1], CLUSTER_ID_MAX, "s1");
+    struct assign_params ap = {.replication_factor = 2, .isr = &rec};
+    struct assign_node n12[] = {n[1], n[2]};
+    assigner_assign(n12, 2, &a, &ap, &b);
+    assert_string_equal(b.parts[0].owner, "s1");
+    assert_int_equal(b.parts[0].epoch, 6);
+    assert_int_equal(b.parts[0].nreplicas, 2);
+    assert_string_equal(b.parts[0].replicas[1], "s2");
+    /* s1 lost too, its own record not written yet: epoch 5's names s0 and s1 only */
+    struct assign_node n2[] = {n[2]};
+    assigner_assign(n2, 1, &b, &ap, &c);
+    assert_string_equal(c.parts[0].owner, "s1");
+    assert_int_equal(c.parts[0].epoch, 6);
+    assert_int_equal(c.parts[0].nreplicas, 2);
+    assert_string_equal(c.parts[0].replicas[1], "s2");
+    /* s1 had written its first record, itself alone (s2 not caught up): offline too */
+    struct cluster_isr own = {.epoch = 6, .nisr = 1};
+    snprintf(own.isr[0], CLUSTER_ID_MAX, "s1");
+    struct assign_params apo = {.replication_factor = 2, .isr = &own};
+    assigner_assign(n2, 1, &b, &apo, &c);
+    assert_string_equal(c.parts[0].owner, "s1");
+    assert_int_equal(c.parts[0].epoch, 6);
+    /* ... until s1 returns: it leads again, no epoch change */
+    assigner_assign(n12, 2, &b, &apo, &c);
+    assert_string_equal(c.parts[0].owner, "s1");
+    assert_int_equal(c.parts[0].epoch, 6);
+    /* unclean leader election gives it to s2 */
+    apo.unclean = true;
+    assigner_assign(n2, 1, &b, &apo, &c);
+    assert_string_equal(c.parts[0].owner, "s2");
+    assert_int_equal(c.parts[0].epoch, 7);
+    /* R = 3: a copy the older record names survives: it is promoted, not the new s3 */
+    struct cluster_map d = map_of(1), e = map_of(1);
+    set3(&d.parts[0], "s1", "s2", "s3", 6); /* s1 promoted at 6 over s0, s3 added */
+    struct cluster_isr rec3 = {.epoch = 5, .nisr = 3};
+    snprintf(rec3.isr[0], CLUSTER_ID_MAX, "s0");
+    snprintf(rec3.isr[1], CLUSTER_ID_MAX, "s1");
+    snprintf(rec3.isr[2], CLUSTER_ID_MAX, "s2");
+    uint64_t durable[CLUSTER_REPLICAS_MAX] = {0, 10, 99}; /* s3 says it has more: no matter */
+    struct assign_params ap3 = {.replication_factor = 3, .isr = &rec3, .durable = durable};
+    struct assign_node n23[] = {n[2], n[3]};
+    assigner_assign(n23, 2, &d, &ap3, &e);
+    assert_string_equal(e.parts[0].owner, "s2");
+    assert_int_equal(e.parts[0].epoch, 7);
+    cluster_map_release(&a);
+    cluster_map_release(&b);
     cluster_map_release(&c);
     cluster_map_release(&d);
     cluster_map_release(&e);
@@ -708,6 +776,7 @@ int main(void)
         cmocka_unit_test(test_zones),
         cmocka_unit_test(test_promotion),
         cmocka_unit_test(test_promotion_by_durable_seq),
+        cmocka_unit_test(test_successive_losses),
         cmocka_unit_test(test_r_capped),
         cmocka_unit_test(test_churn),
         cmocka_unit_test(test_r1_as_before),
