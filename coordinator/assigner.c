@@ -433,3 +433,16 @@ size_t assigner_count_followers(const struct cluster_map *a, const char *id)
         k += cluster_part_index(&a->parts[p], id) > 0;
     return k;
 }
+
+bool assigner_leader_lost(const struct cluster_map *map, const struct assign_node *before,
+                          size_t nb, const struct assign_node *now, size_t nn)
+{
+    for (size_t i = 0; i < nb; i++) {
+        if (!before[i].state || alive(now, nn, before[i].id))
+            continue;
+        for (uint32_t p = 0; p < map->nparts; p++)
+            if (strcmp(map->parts[p].owner, before[i].id) == 0)
+                return true;
+    }
+    return false;
+}

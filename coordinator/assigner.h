@@ -70,6 +70,12 @@ size_t assigner_assign(const struct assign_node *nodes, size_t n, const struct c
 size_t assigner_compute(const struct assign_node *nodes, size_t n, const struct cluster_map *cur,
                         struct cluster_map *next);
 
+/* Whether a node that leads partitions in 'map' had the state role in 'before' (the nodes
+ * 'map' was computed from) and is not in 'now': the partitions it led take writes again
+ * only once the next map names their new leaders, so that map is not worth a settle. */
+bool assigner_leader_lost(const struct cluster_map *map, const struct assign_node *before,
+                          size_t nb, const struct assign_node *now, size_t nn);
+
 /* Number of partitions led by 'id' in 'a'. */
 size_t assigner_count(const struct cluster_map *a, const char *id);
 /* Number of partitions 'id' follows in 'a' (a replica, not the leader). */

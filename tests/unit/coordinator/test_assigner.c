@@ -762,6 +762,43 @@ static void test_r1_as_before(void **state)
     cluster_map_release(&old);
 }
 
+/* A node that led partitions and is gone (the map is written without a settle); not a
+ * node that only followed, one that was not there when the map was computed (a cluster
+ * coming up), or one still there. */
+static void test_leader_lost(void **state)
+{
+    (void)state;
+    struct assign_node before[] = {node("a"), node("b"), node("c")};
+    struct assign_node no_b[] = {node("a"), node("c")};
+    struct assign_node no_c[] = {node("a"), node("b")};
+    struct cluster_map cur = empty_map(), next = empty_map();
+    struct assign_params ap = {.replication_factor = 2};
+    assigner_assign(no_c, 2, &cur, &ap, &next); /* a and b lead, c neither leads nor follows */
+    assert_true(assigner_count(&next, "b") > 0);
+    assert_int_equal(assigner_count(&next, "c"), 0);
+    assert_true(assigner_leader_lost(&next, before, 3, no_b, 2));
+    assert_false(assigner_leader_lost(&next, before, 3, before, 3));
+    assert_false(assigner_leader_lost(&next, before, 3, no_c, 2)); /* c led nothing */
+    assert_false(assigner_leader_lost(&next, no_b, 2, no_b, 2));   /* b was gone already */
+    struct assign_node b_ingest = node("b");
+    b_ingest.state = false; /* b without the state role now: gone as a leader */
+    struct assign_node b_role[] = {node("a"), b_ingest, node("c")};
+    assert_true(assigner_leader_lost(&next, before, 3, b_role, 3));
+    /* a node that only followed is gone: every partition keeps its leader */
+    assigner_assign(before, 3, &cur, &ap, &next);
+    struct cluster_map followers_only = empty_map();
+    for (uint32_t p = 0; p < P; p++)
+        followers_only.parts[p] = next.parts[p];
+    for (uint32_t p = 0; p < P; p++)
+        if (strcmp(followers_only.parts[p].owner, "c") == 0)
+            snprintf(followers_only.parts[p].owner, sizeof(followers_only.parts[p].owner),
+                     "a");
+    assert_false(assigner_leader_lost(&followers_only, before, 3, no_c, 2));
+    free(cur.parts);
+    free(next.parts);
+    free(followers_only.parts);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -780,6 +817,7 @@ int main(void)
         cmocka_unit_test(test_r_capped),
         cmocka_unit_test(test_churn),
         cmocka_unit_test(test_r1_as_before),
+        cmocka_unit_test(test_leader_lost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
