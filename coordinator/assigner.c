@@ -158,14 +158,15 @@ static void place_leaders(struct slot *s, size_t m, struct slot **order,
         if (!o && c->owner[0] && !alive(nodes, n, c->owner)) {
             o = promotion(s, m, c, p, ap);
             fixed[p] = o != NULL;
-            /* an in-sync record names the copies that held every acknowledged event when
-             * it was written, whatever its epoch: one of an older epoch is the set the
-             * leader was promoted from, and a follower added since is in no record, so it
-             * holds nothing known. Every named copy gone (the leader alone included: a
-             * promoted leader's first record names only itself): the events are nowhere
-             * else, so wait for one of them (unless allowed not to) */
+            /* an in-sync record with followers names the copies that held every
+             * acknowledged event when it was written, whatever its epoch: one of an older
+             * epoch is the set the leader was promoted from, and a follower added since is
+             * in no record, so it holds nothing known. Every named copy gone: the events
+             * are nowhere else, so wait for one of them (unless allowed not to). A record
+             * of the leader alone moves on as with one copy (from its last checkpoint: a
+             * leader stopped with SIGTERM wrote it) */
             offline[p] = !o && c->nreplicas > 1 && !(ap && ap->unclean) && ap && ap->isr &&
-                         ap->isr[p].nisr > 0;
+                         ap->isr[p].nisr >= 2;
         }
         sets[p].n = o ? 1 : 0;
         sets[p].s[0] = o;

@@ -49,14 +49,14 @@ struct assign_params {
      * order: an unknown seq ranks neither above nor below a known one. Borrowed. */
     const uint64_t *durable;
     /* Whether a partition whose leader is gone and whose in-sync record (isr, of any
-     * epoch) names no live replica may be given to another node (Kafka's unclean leader
+     * epoch, two ids or more) names no live replica may be given to another node (Kafka's unclean leader
      * election: what only the lost copies held is lost). false: it keeps its map entry,
      * offline, until one of them returns. A record names the copies that held every
      * acknowledged event when it was written: one older than the map's epoch is the set
      * its leader was promoted from (it has not recorded its own yet), and a follower added
      * since is in no record, so it holds nothing known and is never promoted from it. A
-     * partition with one replica, or with no record, always moves (it restarts from the
-     * last checkpoint of a shared directory). */
+     * partition with one replica, with no record, or whose record names its leader alone,
+     * always moves (it restarts from the last checkpoint of a shared directory). */
     bool unclean;
 };
 
