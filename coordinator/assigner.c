@@ -158,13 +158,15 @@ static void place_leaders(struct slot *s, size_t m, struct slot **order,
         if (!o && c->owner[0] && !alive(nodes, n, c->owner)) {
             o = promotion(s, m, c, p, ap);
             fixed[p] = o != NULL;
-            /* its leader recorded followers in sync at this epoch and every one of them is
-             * gone too: the events they acknowledged are nowhere else, so wait for one of
-             * them (unless allowed not to). With no follower in sync, nothing was
-             * acknowledged with more copies than the leader's: the partition moves on as
-             * with one copy (from its last checkpoint) */
+            /* an in-sync record with followers names the copies that held every
+             * acknowledged event when it was written, whatever its epoch: one of an older
+             * epoch is the set the leader was promoted from, and a follower added since is
+             * in no record, so it holds nothing known. Every named copy gone: the events
+             * are nowhere else, so wait for one of them (unless allowed not to). A record
+             * of the leader alone moves on as with one copy (from its last checkpoint: a
+             * leader stopped with SIGTERM wrote it) */
             offline[p] = !o && c->nreplicas > 1 && !(ap && ap->unclean) && ap && ap->isr &&
-                         ap->isr[p].nisr >= 2 && ap->isr[p].epoch == c->epoch;
+                         ap->isr[p].nisr >= 2;
         }
         sets[p].n = o ? 1 : 0;
         sets[p].s[0] = o;
@@ -431,4 +433,17 @@ size_t assigner_count_followers(const struct cluster_map *a, const char *id)
     for (uint32_t p = 0; p < a->nparts; p++)
         k += cluster_part_index(&a->parts[p], id) > 0;
     return k;
+}
+
+bool assigner_leader_lost(const struct cluster_map *map, const struct assign_node *before,
+                          size_t nb, const struct assign_node *now, size_t nn)
+{
+    for (size_t i = 0; i < nb; i++) {
+        if (!before[i].state || alive(now, nn, before[i].id))
+            continue;
+        for (uint32_t p = 0; p < map->nparts; p++)
+            if (strcmp(map->parts[p].owner, before[i].id) == 0)
+                return true;
+    }
+    return false;
 }

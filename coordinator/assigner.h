@@ -48,11 +48,14 @@ struct assign_params {
      * in-sync followers. When any candidate's is unknown the choice falls back to replica
      * order: an unknown seq ranks neither above nor below a known one. Borrowed. */
     const uint64_t *durable;
-    /* Whether a partition whose leader is gone, whose leader had recorded followers in
-     * sync at its epoch (isr, two ids or more) and whose in-sync followers are all gone
-     * too may be given to another node (Kafka's unclean leader election: what only the
-     * lost copies held is lost). false: it keeps its map entry, offline, until one of them
-     * returns. A partition with one replica, or whose leader had no follower in sync,
+    /* Whether a partition whose leader is gone and whose in-sync record (isr, of any
+     * epoch, two ids or more) names no live replica may be given to another node (Kafka's unclean leader
+     * election: what only the lost copies held is lost). false: it keeps its map entry,
+     * offline, until one of them returns. A record names the copies that held every
+     * acknowledged event when it was written: one older than the map's epoch is the set
+     * its leader was promoted from (it has not recorded its own yet), and a follower added
+     * since is in no record, so it holds nothing known and is never promoted from it. A
+     * partition with one replica, with no record, or whose record names its leader alone,
      * always moves (it restarts from the last checkpoint of a shared directory). */
     bool unclean;
 };
@@ -66,6 +69,12 @@ size_t assigner_assign(const struct assign_node *nodes, size_t n, const struct c
 /* assigner_assign with R = 1: one replica, the owner. */
 size_t assigner_compute(const struct assign_node *nodes, size_t n, const struct cluster_map *cur,
                         struct cluster_map *next);
+
+/* Whether a node that leads partitions in 'map' had the state role in 'before' (the nodes
+ * 'map' was computed from) and is not in 'now': the partitions it led take writes again
+ * only once the next map names their new leaders, so that map is not worth a settle. */
+bool assigner_leader_lost(const struct cluster_map *map, const struct assign_node *before,
+                          size_t nb, const struct assign_node *now, size_t nn);
 
 /* Number of partitions led by 'id' in 'a'. */
 size_t assigner_count(const struct cluster_map *a, const char *id);

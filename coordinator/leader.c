@@ -52,6 +52,8 @@ struct leader {
     int64_t cur_mod;        /* mod_revision of the stored map; 0: none stored */
     bool fresh;             /* 'cur' is not stored yet: write it even if nothing moved */
     bool fenced;            /* the leader key no longer holds our id: write nothing */
+    struct assign_node *seen_nodes; /* the registry at the last reassign (NULL: none yet) */
+    size_t nseen;
 };
 
 uint32_t leader_parse_config(const char *json, size_t len)
@@ -835,6 +837,10 @@ static eddy_err reassign(leader *l)
     for (size_t i = 0; i < nacts && err == EDDY_OK; i++)
         err = move_write(l, &acts[i]);
     report_health(l, nodes, n);
+    free(l->seen_nodes); /* what the next change is compared with (leader_lost) */
+    l->seen_nodes = nodes;
+    l->nseen = n;
+    nodes = NULL;
 out:
     cluster_map_release(&target);
     cluster_map_release(&next);
@@ -869,6 +875,20 @@ static uint64_t settle(leader *l)
     return g;
 }
 
+/* Whether a node that leads partitions in the stored map is gone since the last reassign:
+ * its partitions refuse writes until the next map, so that map is written without a
+ * settle (a burst of changes after it just makes another map). */
+static bool leader_lost(leader *l)
+{
+    struct assign_node *now = NULL;
+    size_t n = 0;
+    if (!l->seen_nodes || registry_snapshot(l->reg, &now, &n, NULL) != EDDY_OK)
+        return false;
+    bool lost = assigner_leader_lost(&l->cur, l->seen_nodes, l->nseen, now, n);
+    free(now);
+    return lost;
+}
+
 static void leader_main(struct worker *w, void *arg)
 {
     leader *l = arg;
@@ -898,8 +918,12 @@ static void leader_main(struct worker *w, void *arg)
             if (!dirty)
                 continue;
         }
-        if (nodes_changed) /* node changes come in bursts: wait for quiet */
+        if (nodes_changed && leader_lost(l)) {
+            seen = registry_generation(l->reg);
+            log_info("msg=\"a partition leader is gone: map computed without settling\"");
+        } else if (nodes_changed) { /* node changes come in bursts: wait for quiet */
             seen = settle(l);
+        }
         nodes_changed = false;
         mseen = atomic_load(&l->moves_gen);
         iseen = atomic_load(&l->isr_gen);
@@ -974,6 +998,7 @@ void leader_stop(leader *l)
     etcd_watch_stop(l->w_load);
     etcd_watch_stop(l->w_isr);
     cluster_map_release(&l->cur);
+    free(l->seen_nodes);
     registry_free(l->reg);
     pthread_mutex_destroy(&l->moves_mu);
     pthread_mutex_destroy(&l->isr_mu);

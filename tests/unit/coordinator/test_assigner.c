@@ -445,10 +445,11 @@ static void test_promotion(void **state)
     assert_int_equal(o2.parts[0].epoch, 5);
     assert_int_equal(o2.parts[0].nreplicas, 3);
     assert_string_equal(o2.parts[0].replicas[1], "s1");
-    /* ... an in-sync record of an older epoch does not count ... */
+    /* ... so does one of an older epoch (the leader has not recorded its own yet) ... */
     isr01.epoch = 4;
     assigner_assign(n23, 2, &o1, &apo, &o2);
-    assert_int_equal(o2.parts[0].epoch, 6);
+    assert_string_equal(o2.parts[0].owner, "s0");
+    assert_int_equal(o2.parts[0].epoch, 5);
     /* ... and unclean leader election gives it away (s2, a replica, by the shares) */
     isr01.epoch = 5;
     apo.unclean = true;
@@ -522,6 +523,67 @@ static void test_promotion_by_durable_seq(void **state)
     assigner_assign(alive, 3, &c, &ap, &e);
     for (uint32_t p = 0; p < 6; p++)
         assert_string_equal(e.parts[p].owner, p == 3 || p == 4 ? "s2" : "s1");
+    cluster_map_release(&c);
+    cluster_map_release(&d);
+    cluster_map_release(&e);
+}
+
+/* Two losses in successive maps (R = 2): s0 leads, s1 follows, both recorded in sync at
+ * epoch 5. s0 is lost: s1 is promoted at epoch 6 with s2, a new and empty follower. s1 is
+ * lost before s2 is recorded in sync: every copy that held the acknowledged events is
+ * gone, so the partition is offline (its entry kept: s1 wrote no record of its own yet,
+ * the record is epoch 5's); it is never given to s2. */
+static void test_successive_losses(void **state)
+{
+    (void)state;
+    struct assign_node n[4];
+    make_nodes(n, 4);
+    struct cluster_map a = map_of(1), b = map_of(1), c = map_of(1);
+    cluster_part_set_single(&a.parts[0], "s0");
+    snprintf(a.parts[0].replicas[1], CLUSTER_ID_MAX, "s1");
+    a.parts[0].nreplicas = 2;
+    a.parts[0].epoch = 5;
+    struct cluster_isr rec = {.epoch = 5, .nisr = 2};
+    snprintf(rec.isr[0], CLUSTER_ID_MAX, "s0");
+    snprintf(rec.isr[1], CLUSTER_ID_MAX, "s1");
+    struct assign_params ap = {.replication_factor = 2, .isr = &rec};
+    struct assign_node n12[] = {n[1], n[2]};
+    assigner_assign(n12, 2, &a, &ap, &b);
+    assert_string_equal(b.parts[0].owner, "s1");
+    assert_int_equal(b.parts[0].epoch, 6);
+    assert_int_equal(b.parts[0].nreplicas, 2);
+    assert_string_equal(b.parts[0].replicas[1], "s2");
+    /* s1 lost too, its own record not written yet: epoch 5's names s0 and s1 only */
+    struct assign_node n2[] = {n[2]};
+    assigner_assign(n2, 1, &b, &ap, &c);
+    assert_string_equal(c.parts[0].owner, "s1");
+    assert_int_equal(c.parts[0].epoch, 6);
+    assert_int_equal(c.parts[0].nreplicas, 2);
+    assert_string_equal(c.parts[0].replicas[1], "s2");
+    /* ... until s1 returns: it leads again, no epoch change */
+    assigner_assign(n12, 2, &b, &ap, &c);
+    assert_string_equal(c.parts[0].owner, "s1");
+    assert_int_equal(c.parts[0].epoch, 6);
+    /* unclean leader election gives it to s2 */
+    ap.unclean = true;
+    assigner_assign(n2, 1, &b, &ap, &c);
+    assert_string_equal(c.parts[0].owner, "s2");
+    assert_int_equal(c.parts[0].epoch, 7);
+    /* R = 3: a copy the older record names survives: it is promoted, not the new s3 */
+    struct cluster_map d = map_of(1), e = map_of(1);
+    set3(&d.parts[0], "s1", "s2", "s3", 6); /* s1 promoted at 6 over s0, s3 added */
+    struct cluster_isr rec3 = {.epoch = 5, .nisr = 3};
+    snprintf(rec3.isr[0], CLUSTER_ID_MAX, "s0");
+    snprintf(rec3.isr[1], CLUSTER_ID_MAX, "s1");
+    snprintf(rec3.isr[2], CLUSTER_ID_MAX, "s2");
+    uint64_t durable[CLUSTER_REPLICAS_MAX] = {0, 10, 99}; /* s3 says it has more: no matter */
+    struct assign_params ap3 = {.replication_factor = 3, .isr = &rec3, .durable = durable};
+    struct assign_node n23[] = {n[2], n[3]};
+    assigner_assign(n23, 2, &d, &ap3, &e);
+    assert_string_equal(e.parts[0].owner, "s2");
+    assert_int_equal(e.parts[0].epoch, 7);
+    cluster_map_release(&a);
+    cluster_map_release(&b);
     cluster_map_release(&c);
     cluster_map_release(&d);
     cluster_map_release(&e);
@@ -694,6 +756,43 @@ static void test_r1_as_before(void **state)
     cluster_map_release(&old);
 }
 
+/* A node that led partitions and is gone (the map is written without a settle); not a
+ * node that only followed, one that was not there when the map was computed (a cluster
+ * coming up), or one still there. */
+static void test_leader_lost(void **state)
+{
+    (void)state;
+    struct assign_node before[] = {node("a"), node("b"), node("c")};
+    struct assign_node no_b[] = {node("a"), node("c")};
+    struct assign_node no_c[] = {node("a"), node("b")};
+    struct cluster_map cur = empty_map(), next = empty_map();
+    struct assign_params ap = {.replication_factor = 2};
+    assigner_assign(no_c, 2, &cur, &ap, &next); /* a and b lead, c neither leads nor follows */
+    assert_true(assigner_count(&next, "b") > 0);
+    assert_int_equal(assigner_count(&next, "c"), 0);
+    assert_true(assigner_leader_lost(&next, before, 3, no_b, 2));
+    assert_false(assigner_leader_lost(&next, before, 3, before, 3));
+    assert_false(assigner_leader_lost(&next, before, 3, no_c, 2)); /* c led nothing */
+    assert_false(assigner_leader_lost(&next, no_b, 2, no_b, 2));   /* b was gone already */
+    struct assign_node b_ingest = node("b");
+    b_ingest.state = false; /* b without the state role now: gone as a leader */
+    struct assign_node b_role[] = {node("a"), b_ingest, node("c")};
+    assert_true(assigner_leader_lost(&next, before, 3, b_role, 3));
+    /* a node that only followed is gone: every partition keeps its leader */
+    assigner_assign(before, 3, &cur, &ap, &next);
+    struct cluster_map followers_only = empty_map();
+    for (uint32_t p = 0; p < P; p++)
+        followers_only.parts[p] = next.parts[p];
+    for (uint32_t p = 0; p < P; p++)
+        if (strcmp(followers_only.parts[p].owner, "c") == 0)
+            snprintf(followers_only.parts[p].owner, sizeof(followers_only.parts[p].owner),
+                     "a");
+    assert_false(assigner_leader_lost(&followers_only, before, 3, no_c, 2));
+    free(cur.parts);
+    free(next.parts);
+    free(followers_only.parts);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -708,9 +807,11 @@ int main(void)
         cmocka_unit_test(test_zones),
         cmocka_unit_test(test_promotion),
         cmocka_unit_test(test_promotion_by_durable_seq),
+        cmocka_unit_test(test_successive_losses),
         cmocka_unit_test(test_r_capped),
         cmocka_unit_test(test_churn),
         cmocka_unit_test(test_r1_as_before),
+        cmocka_unit_test(test_leader_lost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
