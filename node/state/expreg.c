@@ -279,20 +279,38 @@ eddy_err expreg_update(expreg *r, const Eddy__V1__Experiment *e, int64_t now,
     return put(r, e, false, now, out, why, whylen);
 }
 
+/* The stop is made on the version the registry holds when it commits, under the mutex: a
+ * copy read before it and committed after a newer version arrived (from etcd) would write
+ * the older variants back over that change. */
 eddy_err expreg_stop(expreg *r, const char *name, int64_t now, Eddy__V1__Experiment **out,
                      char *why, size_t whylen)
 {
-    Eddy__V1__Experiment *e = NULL;
-    eddy_err err = expreg_get(r, name, &e);
-    if (err != EDDY_OK)
-        return err;
-    if (!e) {
+    eddy_err err = EDDY_OK;
+    if (out)
+        *out = NULL;
+    pthread_mutex_lock(&r->mu);
+    int i = name ? find_locked(r, name) : -1;
+    Eddy__V1__Experiment *c = NULL;
+    if (i < 0) {
         snprintf(why, whylen, "name: no experiment \"%s\"", name ? name : "");
-        return EDDY_ERR_NOT_FOUND;
+        err = EDDY_ERR_NOT_FOUND;
+    } else if (!(c = copy_of(r->list[i]))) {
+        err = EDDY_ERR_NOMEM;
     }
-    e->state = EDDY__V1__EXPERIMENT_STATE__EXPERIMENT_STATE_STOPPED;
-    err = put(r, e, false, now, out, why, whylen);
-    eddy__v1__experiment__free_unpacked(e, NULL);
+    if (err == EDDY_OK) {
+        c->state = EDDY__V1__EXPERIMENT_STATE__EXPERIMENT_STATE_STOPPED;
+        c->updated_ms = now;
+        why[0] = '\0';
+        err = commit_locked(r, (size_t)i, c, why, whylen); /* takes c */
+        if (err == EDDY_OK && out) {
+            int j = find_locked(r, name);
+            if (!(*out = copy_of(r->list[j])))
+                err = EDDY_ERR_NOMEM;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (err != EDDY_OK && err != EDDY_ERR_NOMEM && err != EDDY_ERR_NOT_FOUND && !why[0])
+        snprintf(why, whylen, "not saved: %s", eddy_strerror(err));
     return err;
 }
 
