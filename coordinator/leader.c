@@ -861,20 +861,6 @@ static bool moves_pending(leader *l)
     return any;
 }
 
-/* Wait until the registry has been quiet for settle_ms (bounded); returns its generation. */
-static uint64_t settle(leader *l)
-{
-    int64_t start = clock_mono_ms(), cap = l->o.settle_ms * SETTLE_MAX_FACTOR;
-    uint64_t g = registry_generation(l->reg);
-    while (!worker_stopping(&l->worker) && l->o.settle_ms > 0) {
-        uint64_t g2 = registry_wait(l->reg, g, l->o.settle_ms);
-        if (g2 == g || clock_mono_ms() - start >= cap)
-            return g2;
-        g = g2;
-    }
-    return g;
-}
-
 /* Whether a node that leads partitions in the stored map is gone since the last reassign:
  * its partitions refuse writes until the next map, so that map is written without a
  * settle (a burst of changes after it just makes another map). */
@@ -887,6 +873,25 @@ static bool leader_lost(leader *l)
     bool lost = assigner_leader_lost(&l->cur, l->seen_nodes, l->nseen, now, n);
     free(now);
     return lost;
+}
+
+/* Wait until the registry has been quiet for settle_ms (bounded); returns its generation. */
+static uint64_t settle(leader *l)
+{
+    int64_t start = clock_mono_ms(), cap = l->o.settle_ms * SETTLE_MAX_FACTOR;
+    uint64_t g = registry_generation(l->reg);
+    while (!worker_stopping(&l->worker) && l->o.settle_ms > 0) {
+        uint64_t g2 = registry_wait(l->reg, g, l->o.settle_ms);
+        if (g2 == g || clock_mono_ms() - start >= cap)
+            return g2;
+        g = g2;
+        /* a leader lost during the wait (a load record's change began it) ends it */
+        if (leader_lost(l)) {
+            log_info("msg=\"a partition leader is gone: map computed without settling\"");
+            return g;
+        }
+    }
+    return g;
 }
 
 static void leader_main(struct worker *w, void *arg)
@@ -918,6 +923,9 @@ static void leader_main(struct worker *w, void *arg)
             if (!dirty)
                 continue;
         }
+        /* a leader lost while the last map was being made (dirty for another reason) */
+        if (!nodes_changed && registry_generation(l->reg) != seen && leader_lost(l))
+            nodes_changed = true;
         if (nodes_changed && leader_lost(l)) {
             seen = registry_generation(l->reg);
             log_info("msg=\"a partition leader is gone: map computed without settling\"");
