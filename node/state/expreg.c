@@ -218,6 +218,25 @@ static eddy_err commit_locked(expreg *r, size_t at, Eddy__V1__Experiment *e, cha
     return EDDY_OK;
 }
 
+/* commit_locked, then a copy of what was stored in *out (if asked); 'why' says why a
+ * failure other than memory was not saved. The mutex is held. */
+static eddy_err commit_out_locked(expreg *r, size_t at, Eddy__V1__Experiment *e,
+                                  Eddy__V1__Experiment **out, char *why, size_t whylen)
+{
+    char name[EXPERIMENT_NAME_MAX + 1];
+    snprintf(name, sizeof(name), "%s", e->name); /* 'e' is freed on failure */
+    why[0] = '\0';
+    eddy_err err = commit_locked(r, at, e, why, whylen);
+    if (err == EDDY_OK && out) {
+        int j = find_locked(r, name);
+        if (!(*out = copy_of(r->list[j])))
+            err = EDDY_ERR_NOMEM;
+    }
+    if (err != EDDY_OK && err != EDDY_ERR_NOMEM && !why[0])
+        snprintf(why, whylen, "not saved: %s", eddy_strerror(err));
+    return err;
+}
+
 /* Store 'e' (validated) as new (create) or over the existing one of its name. */
 static eddy_err put(expreg *r, const Eddy__V1__Experiment *e, bool create, int64_t now,
                     Eddy__V1__Experiment **out, char *why, size_t whylen)
@@ -251,19 +270,8 @@ static eddy_err put(expreg *r, const Eddy__V1__Experiment *e, bool create, int64
         return err;
     }
     c->created_ms = create ? now : r->list[i]->created_ms;
-    const char *name = c->name;
-    char saved[EXPERIMENT_NAME_MAX + 1];
-    snprintf(saved, sizeof(saved), "%s", name);
-    why[0] = '\0';
-    err = commit_locked(r, create ? r->n : (size_t)i, c, why, whylen);
-    if (err == EDDY_OK && out) {
-        int j = find_locked(r, saved);
-        if (!(*out = copy_of(r->list[j])))
-            err = EDDY_ERR_NOMEM;
-    }
+    err = commit_out_locked(r, create ? r->n : (size_t)i, c, out, why, whylen);
     pthread_mutex_unlock(&r->mu);
-    if (err != EDDY_OK && err != EDDY_ERR_NOMEM && !why[0])
-        snprintf(why, whylen, "not saved: %s", eddy_strerror(err));
     return err;
 }
 
@@ -300,17 +308,9 @@ eddy_err expreg_stop(expreg *r, const char *name, int64_t now, Eddy__V1__Experim
     if (err == EDDY_OK) {
         c->state = EDDY__V1__EXPERIMENT_STATE__EXPERIMENT_STATE_STOPPED;
         c->updated_ms = now;
-        why[0] = '\0';
-        err = commit_locked(r, (size_t)i, c, why, whylen); /* takes c */
-        if (err == EDDY_OK && out) {
-            int j = find_locked(r, name);
-            if (!(*out = copy_of(r->list[j])))
-                err = EDDY_ERR_NOMEM;
-        }
+        err = commit_out_locked(r, (size_t)i, c, out, why, whylen); /* takes c */
     }
     pthread_mutex_unlock(&r->mu);
-    if (err != EDDY_OK && err != EDDY_ERR_NOMEM && err != EDDY_ERR_NOT_FOUND && !why[0])
-        snprintf(why, whylen, "not saved: %s", eddy_strerror(err));
     return err;
 }
 
