@@ -923,10 +923,8 @@ static void leader_main(struct worker *w, void *arg)
             if (!dirty)
                 continue;
         }
-        /* a leader lost while the last map was being made (dirty for another reason) */
-        if (!nodes_changed && registry_generation(l->reg) != seen && leader_lost(l))
-            nodes_changed = true;
-        if (nodes_changed && leader_lost(l)) {
+        /* also a leader lost while the last map was being made (dirty for another reason) */
+        if ((nodes_changed || registry_generation(l->reg) != seen) && leader_lost(l)) {
             seen = registry_generation(l->reg);
             log_info("msg=\"a partition leader is gone: map computed without settling\"");
         } else if (nodes_changed) { /* node changes come in bursts: wait for quiet */
