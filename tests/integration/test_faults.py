@@ -220,13 +220,15 @@ class ReplicationFaultTest(unittest.TestCase):
         cl.add_coordinator("c1")
         for i in (1, 2, 3):
             cl.add_node(f"state-{i}")
-        self.wait_replicated(cl, {"state-1", "state-2", "state-3"})
+        self.wait_replicated(cl, {"state-1", "state-2", "state-3"}, all_hold=True)
         cl.add_node("ingest-1", roles="ingest")
         cl.add_node("ingest-2", roles="ingest")
         return cl
 
-    def wait_replicated(self, cl, live, timeout=30):
-        """Wait until every partition has 2 distinct replicas among `live` and no move runs."""
+    def wait_replicated(self, cl, live, timeout=30, all_hold=False):
+        """Wait until every partition has 2 distinct replicas among `live` and no move runs;
+        with `all_hold`, also until every node of `live` holds a copy (a map computed before
+        the last of them registered satisfies the first condition alone)."""
         def ok():
             m = cl.assignment()
             if m is None or "replicas" not in m or cl.etcd.get_prefix(cl.key("moves/")):
@@ -235,8 +237,12 @@ class ReplicationFaultTest(unittest.TestCase):
                 if len(reps) != 2 or len(set(reps)) != 2 or reps[0] != owner or \
                         not set(reps) <= live:
                     return None
+            if all_hold and not live <= {r for reps in m["replicas"] for r in reps}:
+                return None
             return m
-        return poll_until(ok, timeout, interval=0.05, what=f"2 replicas of every partition on {sorted(live)}")
+        what = f"2 replicas of every partition on {sorted(live)}" + \
+            (", each node holding some" if all_hold else "")
+        return poll_until(ok, timeout, interval=0.05, what=what)
 
     def leader_of_most(self, cl):
         m = cl.assignment()
@@ -506,7 +512,7 @@ class ReplicationFaultTest(unittest.TestCase):
         live = {"state-1", "state-2", "state-3"} - {first}
         cl.add_node("state-4")
         live.add("state-4")
-        self.wait_replicated(cl, live, timeout=60)
+        self.wait_replicated(cl, live, timeout=60, all_hold=True)
         second = self.leader_of_most(cl)
         self.run_with_fault(cl, lambda: cl.nodes[second].kill9(), seed=5)
 
@@ -522,7 +528,7 @@ class ReplicationFaultTest(unittest.TestCase):
                                      "--advertise-addr", f"127.0.0.1:{pport}"])
         cl.add_node("state-2")
         cl.add_node("state-3")
-        self.wait_replicated(cl, {"state-1", "state-2", "state-3"})
+        self.wait_replicated(cl, {"state-1", "state-2", "state-3"}, all_hold=True)
         cl.add_node("ingest-1", roles="ingest")
         cl.add_node("ingest-2", roles="ingest")
         m = cl.assignment()
@@ -622,7 +628,7 @@ class ReplicationFaultTest(unittest.TestCase):
         cl.add_node("state-1")
         cl.add_node("state-2")
         node = cl.add_node(victim, data_dir=os.path.join(disk, "data"))
-        m = self.wait_replicated(cl, {"state-1", "state-2", victim})
+        m = self.wait_replicated(cl, {"state-1", "state-2", victim}, all_hold=True)
         leads = [p for p, o in enumerate(m["owners"]) if o == victim]
         follows = [p for p, reps in enumerate(m["replicas"]) if victim in reps[1:]]
         self.assertTrue(leads and follows, f"{victim} should lead and follow partitions: {m}")
