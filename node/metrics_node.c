@@ -351,7 +351,8 @@ eddy_err node_metrics_watch_caches(struct node_metrics *nm, stage2cache *const *
         {"eddy_neighbour_cache_hits_total",
          "Recommend neighbour lookups answered from the neighbour cache.", cache_hits},
         {"eddy_neighbour_cache_misses_total",
-         "Neighbour lookups read by the calling thread (absent, or expired too long).",
+         "Neighbour lookups read by the calling thread (absent, or written since and expired "
+         "too long).",
          cache_misses},
         {"eddy_neighbour_cache_evictions_total", "Neighbour cache entries evicted for room.",
          cache_evictions},
