@@ -5,8 +5,10 @@
 # for BENCH_DURATION (default 10s) twice. The first run starts with the caches cold (the
 # popularity lists and the neighbour entries are read for the first time), the second
 # finds them warm. Beside the client's latency (from each call's scheduled time), the
-# server's own: eddy_serving_seconds{method="Recommend"} (arrival to answer), its p99 over
-# the run from the histogram's buckets (the bucket's upper bound).
+# server's own: eddy_serving_seconds{method="Recommend"} (arrival to answer) and
+# eddy_recommend_seconds{phase} (the handler thread's work, by phase), their p50 and p99 over
+# the run from the histograms' buckets (the bucket's upper bound), the node's CPU per call
+# (process_cpu_seconds_total) and the caches' counters.
 #   bench/recommend_tail.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -18,23 +20,47 @@ PRELOAD=${BENCH_PRELOAD:-6s}
 log "eddy-node --dev on $EP; $PRELOAD of ingest first"
 "$BENCH" --endpoint "$EP" --mode ingest --duration "$PRELOAD" --seed 1 -o json >/dev/null
 
-# server_p99 BEFORE AFTER: the p99 of the Recommend calls answered between two scrapes
-server_p99() {
+# server_quantiles BEFORE AFTER: from two scrapes, the p50 and p99 of the Recommend calls
+# answered between them (each the upper bound of its histogram bucket): the whole call as
+# served (eddy_serving_seconds, from its arrival) and, if the node has it,
+# eddy_recommend_seconds by phase (the work on the handler thread).
+server_quantiles() {
   $PY - "$1" "$2" <<'PY'
 import re, sys
 def buckets(path):
     b = {}
     for line in open(path):
-        m = re.match(r'eddy_serving_seconds_bucket\{(.*)\} (\S+)', line)
-        if m and 'method="Recommend"' in m.group(1):
-            le = re.search(r'le="([^"]+)"', m.group(1)).group(1)
-            b[float("inf") if le == "+Inf" else float(le)] = float(m.group(2))
+        m = re.match(r'(eddy_serving_seconds|eddy_recommend_seconds)_bucket\{(.*)\} (\S+)', line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        if m.group(1) == "eddy_serving_seconds":
+            if labels.get("method") != "Recommend":
+                continue
+            series = "served"
+        else:
+            series = labels["phase"]
+        le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+        b.setdefault(series, {})[le] = float(m.group(3))
     return b
 a, z = buckets(sys.argv[1]), buckets(sys.argv[2])
-d = sorted((le, z[le] - a.get(le, 0)) for le in z)
-total = d[-1][1] if d else 0
-le = next((le for le, n in d if total and n >= 0.99 * total), float("nan"))
-print(f"{le * 1000:g} ms over {int(total)} calls")
+out = []
+for series in ["served", "total", "user", "popular", "neighbours", "rank"]:
+    if series not in z:
+        continue
+    d = sorted((le, n - a.get(series, {}).get(le, 0)) for le, n in z[series].items())
+    total = d[-1][1] if d else 0
+    q = lambda f: next((le for le, n in d if total and n >= f * total), float("nan"))
+    out.append(f"{series} p50 <= {q(0.5) * 1000:g} / p99 <= {q(0.99) * 1000:g} ms")
+def cpu(path):
+    for line in open(path):
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.split()[1])
+    return float("nan")
+calls = sum(v for le, v in z.get("served", {}).items() if le == float("inf")) - \
+    sum(v for le, v in a.get("served", {}).items() if le == float("inf"))
+per_call = (cpu(sys.argv[2]) - cpu(sys.argv[1])) / calls * 1e6 if calls else float("nan")
+print(f"over {int(calls)} calls ({per_call:.0f} us of the node's CPU per call): " + "; ".join(out))
 PY
 }
 
@@ -43,7 +69,9 @@ for run in cold warm; do
   bench "recommend-$run" --endpoint "$EP" --mode recommend --recommend-qps 5000 \
     --duration "$DURATION" --seed 2
   curl -fs "$METRICS" >"$TMP/after-$run"
-  log "recommend-$run: the server's own p99 <= $(server_p99 "$TMP/before-$run" "$TMP/after-$run")"
+  log "recommend-$run: the server's own $(server_quantiles "$TMP/before-$run" "$TMP/after-$run")"
+  curl -fs "$METRICS" | grep -E '^eddy_(user|neighbour)_cache_[a-z_]+ ' | tr '\n' ' ' >&2 || true
+  echo >&2
 done
 
 finish recommend-tail

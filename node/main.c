@@ -143,6 +143,8 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
         F("neighbour-cache", FLAG_INT, neighbour_cache,
           "products whose neighbour lists Recommend caches (~3 kB each; 0 = none)", 0,
           100000000),
+        F("user-cache-size", FLAG_SIZE, user_cache_size,
+          "what Recommend reads of users, kept in memory (estimated bytes; 0 = none)", 0, 0),
         F("max-pending-events", FLAG_INT, max_pending_events,
           "events queued for the writer before RESOURCE_EXHAUSTED", 1, 100000000),
         F("max-group-events", FLAG_INT, max_group_events, "events per group commit", 1, 10000000),

@@ -15,6 +15,9 @@ static const double result_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                         0.25,  0.5,    1,     2.5,  5,     10,   30};
 static const double serving_buckets[] = {0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                          0.05,    0.1,    0.25,  0.5,    1,     2.5};
+static const double phase_buckets[] = {0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
+                                       0.001,   0.002,    0.005,   0.01,   0.025,   0.05,
+                                       0.1,     0.25,     0.5,     1};
 static const double checkpoint_buckets[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,  2.5,
                                             5,    10,    30,   60,  120,  300, 600};
 static const double group_buckets[] = {1,    2,    5,    10,    20,    50,    100,   200,
@@ -131,6 +134,15 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
         method, 1, serving_buckets, N(serving_buckets));
     for (int r = 0; r < INGEST_READS; r++)
         im->serving[r] = metric_family_histogram(serving, &ingest_read_names[r]);
+    static const char *const phase[] = {"phase"};
+    metric_family *rec = metrics_family(
+        m, METRIC_HISTOGRAM, "eddy_recommend_seconds",
+        "Time of a Recommend on the state node that answers it, by phase: user (model, "
+        "purchases and interactions), popular (popularity lists), neighbours (neighbour "
+        "lists), rank (ranking and the answer), total (the whole call).",
+        phase, 1, phase_buckets, N(phase_buckets));
+    for (int i = 0; i < QUERY_PHASES; i++)
+        nm->recommend[i] = metric_family_histogram(rec, &query_phase_names[i]);
 
     nm->partitions_owned = metrics_gauge(m, "eddy_partitions_owned",
                                          "Partitions this node owns (all of them with --dev).");
@@ -269,6 +281,66 @@ static double cache_revalidated(void *ud)
     return (double)cache_stats(ud).revalidated;
 }
 
+static struct usercache_stats user_stats(const struct node_metrics *nm)
+{
+    struct usercache_stats st = {0};
+    if (nm->users)
+        usercache_stats(nm->users, &st);
+    return st;
+}
+
+static double user_hits(void *ud)
+{
+    return (double)user_stats(ud).hits;
+}
+
+static double user_misses(void *ud)
+{
+    return (double)user_stats(ud).misses;
+}
+
+static double user_evictions(void *ud)
+{
+    return (double)user_stats(ud).evictions;
+}
+
+static double user_bytes(void *ud)
+{
+    return (double)user_stats(ud).bytes;
+}
+
+static double user_entries(void *ud)
+{
+    return (double)user_stats(ud).entries;
+}
+
+eddy_err node_metrics_watch_users(struct node_metrics *nm, usercache *uc)
+{
+    static const struct {
+        enum metric_type type;
+        const char *name, *help;
+        metrics_value_fn *fn;
+    } c[] = {
+        {METRIC_COUNTER, "eddy_user_cache_hits_total",
+         "Recommend calls that found the user in the user cache, as stored.", user_hits},
+        {METRIC_COUNTER, "eddy_user_cache_misses_total",
+         "Recommend calls that read the user from the store (absent, or written since).",
+         user_misses},
+        {METRIC_COUNTER, "eddy_user_cache_evictions_total", "User cache entries evicted for room.",
+         user_evictions},
+        {METRIC_GAUGE, "eddy_user_cache_bytes",
+         "Estimated memory of the user cache's entries (at most --user-cache-size).", user_bytes},
+        {METRIC_GAUGE, "eddy_user_cache_entries", "Users in the user cache.", user_entries},
+    };
+    nm->users = uc;
+    for (size_t i = 0; i < N(c); i++) {
+        eddy_err err = metrics_callback(nm->reg, c[i].type, c[i].name, c[i].help, c[i].fn, nm);
+        if (err != EDDY_OK)
+            return err;
+    }
+    return EDDY_OK;
+}
+
 eddy_err node_metrics_watch_caches(struct node_metrics *nm, stage2cache *const *caches,
                                    size_t n)
 {
@@ -279,7 +351,8 @@ eddy_err node_metrics_watch_caches(struct node_metrics *nm, stage2cache *const *
         {"eddy_neighbour_cache_hits_total",
          "Recommend neighbour lookups answered from the neighbour cache.", cache_hits},
         {"eddy_neighbour_cache_misses_total",
-         "Neighbour lookups read by the calling thread (absent, or expired too long).",
+         "Neighbour lookups read by the calling thread (absent, or written since and expired "
+         "too long).",
          cache_misses},
         {"eddy_neighbour_cache_evictions_total", "Neighbour cache entries evicted for room.",
          cache_evictions},

@@ -12,7 +12,9 @@
 #include "node/ingest/ingest_service.h"
 #include "node/state/ckptsched.h"
 #include "node/state/engine.h"
+#include "node/state/query.h"
 #include "node/state/stage2cache.h"
+#include "node/state/usercache.h"
 
 struct node_metrics {
     metrics *reg;                   /* owned */
@@ -26,6 +28,8 @@ struct node_metrics {
     engine *eng;                    /* borrowed, for the scrape-time gauges */
     stage2cache *caches[2];         /* borrowed, for the neighbour cache counters */
     size_t ncaches;
+    usercache *users;               /* borrowed, for the user cache counters */
+    metric_histogram *recommend[QUERY_PHASES]; /* for query_ctx.recommend_seconds */
 };
 
 /* Create the registry and register every series. 'version' labels eddy_build_info. */
@@ -41,6 +45,10 @@ eddy_err node_metrics_watch(struct node_metrics *nm, engine *eng, uint32_t parti
  * stage2cache_free). */
 eddy_err node_metrics_watch_caches(struct node_metrics *nm, stage2cache *const *caches,
                                    size_t n);
+
+/* Register the counters of the user cache 'uc' (may be NULL: none), read at scrape time: it
+ * must outlive every render (stop the metrics endpoint before usercache_free). */
+eddy_err node_metrics_watch_users(struct node_metrics *nm, usercache *uc);
 
 /* Free the registry (after everything that updates or renders it has stopped). */
 void node_metrics_release(struct node_metrics *nm);

@@ -40,6 +40,7 @@
 #include "node/state/ckptsched.h"
 #include "node/state/engine.h"
 #include "node/state/stage2cache.h"
+#include "node/state/usercache.h"
 #include "node/state/expreg.h"
 #include "node/experiments_service.h"
 #include "node/cluster/expsync.h"
@@ -67,6 +68,7 @@ struct node {
     engine *eng;                     /* state role */
     stage2cache *pop;                /* this node's own stage 2 (state role) */
     stage2cache *pop_cluster;        /* cluster: Recommend reads stage 2 across the cluster */
+    usercache *users;                /* Recommend's users (state role) */
     ckptsched *cks;
     char ckpt_dir[CHECKPOINT_PATH_MAX];
     struct ckptkey ckpt_key;         /* --checkpoint-key-file; the engine borrows it */
@@ -124,6 +126,7 @@ struct node_config node_config_defaults(void)
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
         .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
         .cache_size = 64 << 20, .state_cache_size = 256 << 20, .shutdown_grace = 10000, .neighbour_cache = 20000,
+        .user_cache_size = 32 << 20,
         .flush_interval = 200, .flush_bytes = 64 << 20,
         .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
         .checkpoint_timeout = 600000, .checkpoint_keep = 3,
@@ -381,6 +384,8 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     if (!n->pop ||
         stage2cache_set_neighbour_cache(n->pop, (size_t)c->neighbour_cache) != EDDY_OK)
         return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the caches", NULL);
+    if (!(n->users = usercache_new(engine_store(n->eng), (size_t)c->user_cache_size)))
+        return fail(err, errlen, EDDY_ERR_NOMEM, "cannot create the caches", NULL);
     if ((e = expreg_new(n->clustered ? NULL : engine_store(n->eng), &n->exps)) != EDDY_OK)
         return fail(err, errlen, e, "cannot read the experiments", NULL);
     if (n->clustered) {
@@ -407,7 +412,8 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     n->ss.purchase_window_ms = c->attribution_window_purchase;
     n->ss.q = (struct query_ctx){n->eng, n->clustered ? n->pop_cluster : n->pop,
                                  (int)c->default_recommendations, (int)c->max_recommendations,
-                                 state_service_owns, NULL, (size_t)c->max_purchased};
+                                 state_service_owns, NULL, (size_t)c->max_purchased,
+                                 n->users, n->nm.recommend};
     if (c->checkpoint_interval > 0) {
         /* before any event can arrive: the log floors come from the files on disk */
         struct ckptsched_opts co = {
@@ -653,7 +659,8 @@ eddy_err node_new(const struct node_config *cfg, node **out, char *err, size_t e
         goto fail;
     }
     stage2cache *const caches[] = {n->pop, n->pop_cluster};
-    if (n->eng && (e = node_metrics_watch_caches(&n->nm, caches, 2)) != EDDY_OK) {
+    if (n->eng && ((e = node_metrics_watch_caches(&n->nm, caches, 2)) != EDDY_OK ||
+                   (e = node_metrics_watch_users(&n->nm, n->users)) != EDDY_OK)) {
         fail(err, errlen, e, "cannot register metrics", NULL);
         goto fail;
     }
@@ -886,6 +893,7 @@ void node_free(node *n)
     experiments_service_stop(&n->xs);
     stage2cache_free(n->pop);
     stage2cache_free(n->pop_cluster);
+    usercache_free(n->users);
     bool checkpoints = n->cks != NULL;
     ckptsched_free(n->cks); /* before the membership its hooks use and the engine */
     membership *mem = atomic_load(&n->mem);

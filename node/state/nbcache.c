@@ -10,7 +10,14 @@
  * priority: it takes a shard lock for every entry it installs (thousands per period), and
  * a nice 19 thread preempted while holding one would stall every call of that shard for as
  * long as the busy machine leaves it waiting (up to 200 ms measured for the list
- * refresher, which takes its lock once per period). */
+ * refresher, which takes its lock once per period).
+ *
+ * A local entry remembers the store's write count of its product's pairs (store_key_writes)
+ * from before its read: while the count has not moved, the entry is what the store holds,
+ * so a call that finds it expired, by any time, stamps it current and answers, without a
+ * read and without the refresher. Before, an entry unused for twice the staleness was read
+ * again by the call (a scan of the product's rows), which for the catalogue's long tail was
+ * nearly every use: ~4,000 scans in a 10 s warm run at 5,000 QPS without any write. */
 #include "node/state/nbcache.h"
 
 #include <pthread.h>
@@ -600,10 +607,22 @@ eddy_err nbcache_neighbours(nbcache *nc, const char *product_id, int64_t at,
     uint64_t h = XXH3_64bits(product_id, keylen);
     struct nb_shard *sh = &nc->shards[h % NB_SHARDS];
     int64_t now = nc->now_ms();
+    uint64_t writes = 0;
+    if (!nc->src) { /* before the entry is looked at (store.h) */
+        struct store_key k;
+        product_pairs_key(&k, nc->pp->partitions, product_id);
+        writes = store_key_writes(nc->st, &k);
+    }
 
     pthread_mutex_lock(&sh->mu);
     struct nb_entry *e = nb_find(sh, h, product_id);
     bool usable = e && (e->raw || max <= e->fetched || e->n < e->fetched);
+    /* a local entry whose product was not written since its read is the stored answer,
+     * however old: it answers, current again, without a read (see DESIGN) */
+    if (usable && e->raw && e->writes == writes && now - e->refreshed_ms >= nc->staleness_ms) {
+        e->refreshed_ms = now;
+        sh->revalidated++;
+    }
     int64_t age = usable ? now - e->refreshed_ms : 0;
     /* as for the popularity lists, an entry expired less than one period ago answers
      * while it is read again, by the refresher or by another thread (see DESIGN) */

@@ -56,14 +56,17 @@ void nbcache_set_source(nbcache *nc, const struct nbcache_source *src);
 /* Counters of the cache (metrics, tests and diagnostics). */
 struct nbcache_stats {
     uint64_t hits, misses, evictions;
-    uint64_t revalidated; /* expired entries found unchanged in the store: not read again */
+    uint64_t revalidated; /* expired entries found unchanged in the store: not read again
+                           * (by the call that found them, or by the refresher) */
     size_t entries;
 };
 void nbcache_stats(nbcache *nc, struct nbcache_stats *out);
 
-/* Copy up to 'max' strongest neighbours of 'product_id' at event time 'at'. An entry
- * older than the staleness (and younger than twice it) answers while the refresher reads
- * it again; a missing or older entry is read by the calling thread. */
+/* Copy up to 'max' strongest neighbours of 'product_id' at event time 'at'. A local entry
+ * whose product's pairs were not written since it was read answers whatever its age (and
+ * is current again). Another entry older than the staleness (and younger than twice it)
+ * answers while the refresher reads it again; a missing or older entry is read by the
+ * calling thread. */
 eddy_err nbcache_neighbours(nbcache *nc, const char *product_id, int64_t at,
                             struct scored_product *out, size_t max, size_t *n);
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/partition.h"
 #include "common/strmap.h"
 #include "node/state/counts.h"
@@ -18,15 +19,13 @@ void query_free_response(ProtobufCMessage *m)
         protobuf_c_message_free_unpacked(m, NULL);
 }
 
-/* The user's model if present and not expired; *m is NULL otherwise. With 'alloc' (an
- * arena, freed all at once by the caller), only the fields Recommend reads
+/* The user's stored model (expired or not) of partition 'p'; *m is NULL if there is none.
+ * With 'alloc' (an arena, freed all at once by the caller), only the fields Recommend reads
  * (model_unpack_for_recommend); without, the whole model (free with
  * eddy__store__v1__user_model__free_unpacked). */
-static eddy_err load_user(struct query_ctx *q, const char *user_id, ProtobufCAllocator *alloc,
-                          Eddy__Store__V1__UserModel **m)
+static eddy_err read_user(struct query_ctx *q, const char *user_id, uint32_t p,
+                          ProtobufCAllocator *alloc, Eddy__Store__V1__UserModel **m)
 {
-    const struct engine_opts *o = engine_options(q->eng);
-    uint32_t p = partition_of_user(user_id, o->apply.partitions);
     struct store_key k;
     char *val = NULL;
     size_t vlen = 0;
@@ -43,25 +42,41 @@ static eddy_err load_user(struct query_ctx *q, const char *user_id, ProtobufCAll
         err = *m ? EDDY_OK : EDDY_ERR_CORRUPT;
     }
     free(val);
-    if (err != EDDY_OK) {
+    if (err != EDDY_OK)
         *m = NULL; /* an arena's blocks go with it */
-        return err;
-    }
+    return err;
+}
+
+/* Whether a model last touched at 'last_ts' in partition 'p' is past the state TTL. */
+static bool expired(struct query_ctx *q, uint32_t p, int64_t last_ts)
+{
+    const struct engine_opts *o = engine_options(q->eng);
+    if (o->apply.state_ttl_ms <= 0)
+        return false;
     struct engine_partition_view v;
     engine_partition(q->eng, p, &v);
-    if (o->apply.state_ttl_ms > 0 && v.watermark != WATERMARK_NONE &&
-        (*m)->last_ts < v.watermark - o->apply.state_ttl_ms) {
-        eddy__store__v1__user_model__free_unpacked(*m, alloc);
+    return v.watermark != WATERMARK_NONE && last_ts < v.watermark - o->apply.state_ttl_ms;
+}
+
+/* The user's whole model if present and not expired; *m is NULL otherwise (free with
+ * eddy__store__v1__user_model__free_unpacked). */
+static eddy_err load_user(struct query_ctx *q, const char *user_id,
+                          Eddy__Store__V1__UserModel **m)
+{
+    uint32_t p = partition_of_user(user_id, engine_options(q->eng)->apply.partitions);
+    eddy_err err = read_user(q, user_id, p, NULL, m);
+    if (err == EDDY_OK && *m && expired(q, p, (*m)->last_ts)) {
+        eddy__store__v1__user_model__free_unpacked(*m, NULL);
         *m = NULL;
     }
-    return EDDY_OK;
+    return err;
 }
 
 eddy_err query_profile(struct query_ctx *q, const char *user_id,
                        Eddy__V1__GetUserProfileResponse **out)
 {
     Eddy__Store__V1__UserModel *m = NULL;
-    eddy_err err = load_user(q, user_id, NULL, &m);
+    eddy_err err = load_user(q, user_id, &m);
     if (err != EDDY_OK)
         return err;
     if (!m)
@@ -179,6 +194,7 @@ struct rec_scratch {
     size_t nitems;
     struct arena arena;
     ProtobufCAllocator alloc; /* over 'arena' */
+    struct usercache_buf user; /* a user cache hit */
 };
 
 static pthread_key_t scratch_key;
@@ -192,6 +208,7 @@ static void scratch_free(void *p)
         free(s->lists);
         free(s->items);
         arena_release(&s->arena);
+        usercache_buf_release(&s->user);
         free(s);
     }
 }
@@ -307,10 +324,96 @@ eddy_err query_recommend(struct query_ctx *q, const Eddy__V1__RecommendRequest *
     return query_recommend_with(q, req, NULL, out);
 }
 
+const char *const query_phase_names[QUERY_PHASES] = {"user", "popular", "neighbours", "rank",
+                                                      "total"};
+
+/* Recommend's timing: the time since the last mark goes to a phase's total. */
+struct rec_clock {
+    int64_t start, last;
+    int64_t ns[QUERY_PHASES];
+    bool on;
+};
+
+static void phase_end(struct rec_clock *c, enum query_phase ph)
+{
+    if (!c->on)
+        return;
+    int64_t now = clock_mono_ns();
+    c->ns[ph] += now - c->last;
+    c->last = now;
+}
+
+static void phases_observe(const struct query_ctx *q, struct rec_clock *c)
+{
+    if (!c->on)
+        return;
+    c->ns[QUERY_PHASE_TOTAL] = c->last - c->start;
+    for (int i = 0; i < QUERY_PHASES; i++)
+        metric_histogram_observe(q->recommend_seconds[i], (double)c->ns[i] / 1e9);
+}
+
+/* What Recommend reads of the user into *v: from the user cache if it holds the user as
+ * stored now, else from the store (the model into the scratch's arena, the rows into
+ * 'bought' and 'seen', which *v then borrows), cached for the next call. */
+static eddy_err load_recview(struct query_ctx *q, const char *user_id, uint32_t p,
+                             struct rec_scratch *s, struct bought *bought, struct bought *seen,
+                             struct user_recview *v)
+{
+    uint64_t stamp = 0;
+    if (q->users) {
+        stamp = usercache_stamp(q->users, p, user_id); /* before the reads (usercache.h) */
+        if (usercache_get(q->users, user_id, stamp, &s->user, v))
+            return EDDY_OK;
+    }
+    memset(v, 0, sizeof(*v));
+    Eddy__Store__V1__UserModel *m = NULL;
+    eddy_err err = read_user(q, user_id, p, &s->alloc, &m);
+    if (err != EDDY_OK || !m)
+        goto out;
+    if ((err = load_bought(q, user_id, T_BOUGHT, bought)) != EDDY_OK ||
+        (err = load_bought(q, user_id, T_SEEN, seen)) != EDDY_OK)
+        return err;
+    v->present = true;
+    v->last_ts = m->last_ts;
+    struct affinity top[USERCACHE_MAX_CATS];
+    v->ncats = model_top_categories(m, &engine_options(q->eng)->apply.model, top,
+                                    USERCACHE_MAX_CATS);
+    for (size_t i = 0; i < v->ncats; i++) {
+        v->cats[i] = top[i].name;
+        v->affinity[i] = top[i].score;
+    }
+    /* recent items, newest first, views and purchases merged by time */
+    size_t vi = 0, pi = 0;
+    while (v->nrecent < USERCACHE_MAX_RECENT && (vi < m->n_views || pi < m->n_purchases)) {
+        bool take_view = pi >= m->n_purchases ||
+                         (vi < m->n_views && m->views[vi]->ts >= m->purchases[pi]->ts);
+        v->recent[v->nrecent++] = take_view ? m->views[vi++]->id : m->purchases[pi++]->id;
+    }
+    const char **cart = s->alloc.alloc(s->alloc.allocator_data,
+                                       (m->n_cart ? m->n_cart : 1) * sizeof(*cart));
+    if (!cart)
+        return EDDY_ERR_NOMEM;
+    for (size_t i = 0; i < m->n_cart; i++)
+        if (m->cart[i]->in_cart)
+            cart[v->ncart++] = m->cart[i]->product_id;
+    v->cart = cart;
+    v->bought = (const char *const *)bought->ids;
+    v->nbought = bought->n;
+    v->seen = (const char *const *)seen->ids;
+    v->nseen = seen->n;
+out:
+    if (err == EDDY_OK && q->users)
+        usercache_put(q->users, user_id, stamp, v);
+    return err;
+}
+
 eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequest *req,
                               const struct rec_params *rec, Eddy__V1__RecommendResponse **out)
 {
     const struct engine_opts *o = engine_options(q->eng);
+    struct rec_clock clk = {.on = q->recommend_seconds != NULL};
+    if (clk.on)
+        clk.start = clk.last = clock_mono_ns();
     if (!rec)
         rec = &o->rec;
     size_t max = req->max_recommendations ? req->max_recommendations
@@ -322,61 +425,55 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
     struct rec_work work = {0}, *w = &work;
     struct rec_scratch *scratch = scratch_get(nlists * (K ? K : 1), max ? max : 1);
     struct rec_item *items = scratch ? scratch->items : NULL;
-    Eddy__Store__V1__UserModel *m = NULL;
+    struct user_recview u;
     Eddy__V1__RecommendResponse *r = NULL;
     struct rec_input in = {0};
-    struct bought bought = {0};
+    struct bought bought = {0}, seen = {0};
     size_t used = 0, n;
     eddy_err err = EDDY_ERR_NOMEM;
     int64_t at;
+    uint32_t p = partition_of_user(req->user_id, o->apply.partitions);
 
     if (!scratch)
         goto out;
     w->lists = scratch->lists;
     engine_global(q->eng, NULL, &at, NULL);
-    if ((err = load_user(q, req->user_id, &scratch->alloc, &m)) != EDDY_OK)
+    if ((err = load_recview(q, req->user_id, p, scratch, &bought, &seen, &u)) != EDDY_OK)
         goto out;
-    if (m && (err = load_bought(q, req->user_id, T_BOUGHT, &bought)) != EDDY_OK)
-        goto out;
-    if (m && excludes_interacted(rec, req) &&
-        (err = load_bought(q, req->user_id, T_SEEN, &bought)) != EDDY_OK)
-        goto out;
+    bool live = u.present && !expired(q, p, u.last_ts);
+    bool interacted = live && excludes_interacted(rec, req);
     {
         const Eddy__V1__Context *c = req->context;
-        size_t cap = bought.n + (m ? m->n_cart : 0) + (c ? c->n_shopping_cart : 0) + 1;
+        size_t cap = (live ? u.nbought + u.ncart : 0) + (interacted ? u.nseen : 0) +
+                     (c ? c->n_shopping_cart : 0) + 1;
         err = EDDY_ERR_NOMEM;
         if (!(w->exclude = calloc(cap, sizeof(*w->exclude))))
             goto out;
     }
+    phase_end(&clk, QUERY_PHASE_USER);
 
-    if (m) {
-        struct affinity top[REC_MAX_CATS];
-        size_t nc = model_top_categories(m, &o->apply.model, top, REC_MAX_CATS);
-        for (size_t i = 0; i < nc; i++) {
+    if (live) {
+        for (size_t i = 0; i < u.ncats; i++) {
             struct scored_product *l = &w->lists[used++ * K];
-            if ((err = stage2cache_top(q->pop, top[i].name, at, l, K, &n)) != EDDY_OK)
+            if ((err = stage2cache_top(q->pop, u.cats[i], at, l, K, &n)) != EDDY_OK)
                 goto out;
-            w->cats[in.ncats++] = (struct rec_category){top[i].name, top[i].score, l, n};
+            w->cats[in.ncats++] = (struct rec_category){u.cats[i], u.affinity[i], l, n};
         }
-        /* recent items, newest first, views and purchases merged by time */
-        size_t vi = 0, pi = 0;
-        while (in.nanchors < REC_MAX_RECENT && (vi < m->n_views || pi < m->n_purchases)) {
-            bool take_view = pi >= m->n_purchases ||
-                             (vi < m->n_views && m->views[vi]->ts >= m->purchases[pi]->ts);
-            const char *id = take_view ? m->views[vi++]->id : m->purchases[pi++]->id;
+        phase_end(&clk, QUERY_PHASE_POPULAR);
+        for (size_t i = 0; i < u.nrecent; i++) {
             struct scored_product *l = &w->lists[used++ * K];
-            if ((err = stage2cache_neighbours(q->pop, id, at, l, K, &n)) != EDDY_OK)
+            if ((err = stage2cache_neighbours(q->pop, u.recent[i], at, l, K, &n)) != EDDY_OK)
                 goto out;
             w->anchors[in.nanchors] = (struct rec_anchor){
-                id, 1.0 / (1.0 + 0.3 * (double)in.nanchors), false, false, l, n};
+                u.recent[i], 1.0 / (1.0 + 0.3 * (double)in.nanchors), false, false, l, n};
             in.nanchors++;
         }
-        for (size_t i = 0; i < bought.n; i++)
-            w->exclude[in.nexclude++] = bought.ids[i];
-        for (size_t i = 0; i < m->n_cart; i++) {
-            if (m->cart[i]->in_cart)
-                w->exclude[in.nexclude++] = m->cart[i]->product_id;
-        }
+        for (size_t i = 0; i < u.nbought; i++)
+            w->exclude[in.nexclude++] = u.bought[i];
+        for (size_t i = 0; interacted && i < u.nseen; i++)
+            w->exclude[in.nexclude++] = u.seen[i];
+        for (size_t i = 0; i < u.ncart; i++)
+            w->exclude[in.nexclude++] = u.cart[i];
     }
     const Eddy__V1__Context *ctx = req->context;
     if (ctx && !pb_empty(ctx->current_product)) {
@@ -394,6 +491,7 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
         w->anchors[in.nanchors++] = (struct rec_anchor){ctx->shopping_cart[i], 0.8, true, true, l, n};
         w->exclude[in.nexclude++] = ctx->shopping_cart[i];
     }
+    phase_end(&clk, QUERY_PHASE_NEIGHBOURS);
     {
         struct scored_product *l = &w->lists[used++ * K];
         if ((err = stage2cache_top(q->pop, "", at, l, K, &n)) != EDDY_OK)
@@ -401,6 +499,7 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
         in.global = l;
         in.nglobal = n;
     }
+    phase_end(&clk, QUERY_PHASE_POPULAR);
     in.cats = w->cats;
     in.anchors = w->anchors;
     in.exclude = w->exclude;
@@ -410,7 +509,7 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
     if (!(r = malloc(sizeof(*r))))
         goto out;
     eddy__v1__recommend_response__init(r);
-    r->cold_start = m == NULL;
+    r->cold_start = !live;
     if (!(r->items = calloc(n ? n : 1, sizeof(*r->items))))
         goto out;
     for (size_t i = 0; i < n; i++) {
@@ -428,12 +527,15 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
     *out = r;
     r = NULL;
     err = EDDY_OK;
+    phase_end(&clk, QUERY_PHASE_RANK);
+    phases_observe(q, &clk);
 out:
     query_free_response(r ? &r->base : NULL);
     if (scratch)
         arena_reset(&scratch->arena); /* the model */
     free(w->exclude);
     bought_release(&bought);
+    bought_release(&seen);
     return err;
 }
 

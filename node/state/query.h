@@ -7,9 +7,24 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "common/err.h"
+#include "common/metrics.h"
 #include "eddy/v1/eddy.pb-c.h"
 #include "node/state/engine.h"
 #include "node/state/stage2cache.h"
+#include "node/state/usercache.h"
+
+/* Recommend's phases, each timed into its series of eddy_recommend_seconds{phase}: the
+ * user (its model and its BOUGHT and SEEN rows, from the user cache or the store), the
+ * popularity lists, the neighbour lists, the ranking and the answer, and the whole call. */
+enum query_phase {
+    QUERY_PHASE_USER,
+    QUERY_PHASE_POPULAR,
+    QUERY_PHASE_NEIGHBOURS,
+    QUERY_PHASE_RANK,
+    QUERY_PHASE_TOTAL,
+    QUERY_PHASES
+};
+extern const char *const query_phase_names[QUERY_PHASES];
 
 struct query_ctx {
     engine *eng;
@@ -20,6 +35,8 @@ struct query_ctx {
     bool (*owns)(void *ud, uint32_t partition);
     void *owns_ud;
     size_t max_purchased;        /* purchases read per Recommend for exclusion (0: 10000) */
+    usercache *users;            /* borrowed; NULL: every Recommend reads the user's rows */
+    metric_histogram *const *recommend_seconds; /* [QUERY_PHASES], borrowed; NULL: untimed */
 };
 
 /* EDDY_ERR_NOT_FOUND if the user has no (unexpired) model. */

@@ -174,12 +174,14 @@ void store_compact_range(store *s, const struct store_key *start, const struct s
 #define STORE_KEPT_BYTES_DEFAULT ((size_t)256 << 20)
 void store_set_kept_bytes(store *s, size_t bytes);
 
-/* Write counts, for caches of values read from the store (Recommend's neighbour entries):
- * after store_track_writes(s, T), every committed txn write of a key of table T moves
- * store_key_writes of that key, and so does every write around the txns (store_delete of
- * a kept table, store_replace_range) for all keys. Read the count before the value: if it
+/* Write counts, for caches of values read from the store (Recommend's neighbour entries
+ * and users): after store_track_writes(s, T), every committed txn write of a key of table
+ * T moves store_key_writes of that key, and so does every write around the txns
+ * (store_delete of a kept table, store_replace_range) for all keys. Read the count before the value: if it
  * has not moved since, the value is still the stored one. Counts are hashed into 65,536
- * slots: a key may see another's writes (a needless re-read), never miss its own. */
+ * slots: a key may see another's writes (a needless re-read), never miss its own. A
+ * COOC, BOUGHT or SEEN key counts for every row under its prefix (p T len id): pass that
+ * prefix to read whether any of the product's pairs or the user's rows changed. */
 void store_track_writes(store *s, enum store_table t);
 uint64_t store_key_writes(store *s, const struct store_key *key);
 

@@ -183,11 +183,12 @@ static inline bool store_tracked_key(store *s, const unsigned char *k, size_t kl
 }
 
 /* The slot of s->key_writes that counts the writes of key 'k'. A COOC row counts in the
- * slot of its product's prefix (p T len product): a cache of a product's neighbours reads
- * that prefix's count to see whether any of its pairs changed. */
+ * slot of its product's prefix (p T len product), a BOUGHT or SEEN row in its user's (p T
+ * len user): a cache of a product's neighbours, or of a user's purchases, reads that
+ * prefix's count to see whether any of its rows changed. */
 static inline uint32_t store_write_slot(const unsigned char *k, size_t klen)
 {
-    if (klen >= 5 && k[2] == T_COOC) {
+    if (klen >= 5 && (k[2] == T_COOC || k[2] == T_BOUGHT || k[2] == T_SEEN)) {
         size_t prefix = 5 + ((size_t)k[3] << 8 | k[4]);
         if (prefix < klen)
             klen = prefix;

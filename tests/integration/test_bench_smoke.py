@@ -205,8 +205,11 @@ class ScriptSmoke(unittest.TestCase):
         for run in ("cold", "warm"):  # a row each, and the server's side of the same calls
             self.assertTrue(any(l.startswith(f"| `recommend-{run}` | - | - | ")
                                 for l in r.stdout.splitlines()), r.stdout)
-            self.assertRegex(r.stderr, rf"recommend-{run}: the server's own p99 <= [0-9.]+ ms "
-                                       rf"over [1-9][0-9]* calls")
+            self.assertRegex(r.stderr, rf"recommend-{run}: the server's own over [1-9][0-9]* "
+                                       rf"calls \([0-9]+ us of the node's CPU per call\): "
+                                       rf"served p50 <= [0-9.e+-]+ / p99 <= [0-9.e+-]+ ms; "
+                                       rf"total p50 <= [0-9.e+-]+ / p99 <= [0-9.e+-]+ ms; user ")
+        self.assertRegex(r.stderr, r"eddy_user_cache_hits_total [1-9]")  # the warm run's
 
 
 if __name__ == "__main__":

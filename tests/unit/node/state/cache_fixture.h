@@ -1,6 +1,7 @@
-/* What the stage-2 cache tests (popcache, nbcache, stage2cache) share: an engine filled
- * with co-occurring views of NPROD products in a fresh directory per test (cmocka setup /
- * teardown), a clock the tests move by hand, and a bit-for-bit list comparison.
+/* What the Recommend cache tests (popcache, nbcache, stage2cache, usercache) share: an
+ * engine filled with co-occurring views of NPROD products in a fresh directory per test
+ * (cmocka setup / teardown), a clock the tests move by hand, and bit-for-bit comparisons of
+ * lists and of Recommend answers.
  * Header-only: include it after <cmocka.h> in one test file each. */
 #ifndef EDDY_TEST_CACHE_FIXTURE_H
 #define EDDY_TEST_CACHE_FIXTURE_H
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "eddy/v1/eddy.pb-c.h"
 #include "node/state/engine.h"
 #include "node/state/recommend.h"
 
@@ -98,6 +100,20 @@ static inline void assert_same_list(const struct scored_product *a, size_t na,
         assert_string_equal(a[i].product_id, b[i].product_id);
         assert_string_equal(a[i].category, b[i].category);
         assert_true(a[i].score == b[i].score); /* bit-identical, not approximately */
+    }
+}
+
+/* Two Recommend answers are the same, scores bit for bit. */
+static inline void assert_same_answer(const Eddy__V1__RecommendResponse *a,
+                                      const Eddy__V1__RecommendResponse *b)
+{
+    assert_int_equal(a->cold_start, b->cold_start);
+    assert_int_equal(a->n_items, b->n_items);
+    for (size_t i = 0; i < a->n_items; i++) {
+        assert_string_equal(a->items[i]->product_id, b->items[i]->product_id);
+        assert_string_equal(a->items[i]->reason, b->items[i]->reason);
+        assert_string_equal(a->items[i]->category, b->items[i]->category);
+        assert_true(a->items[i]->score == b->items[i]->score); /* bit-identical */
     }
 }
 

@@ -218,8 +218,9 @@ static void test_source_cached(void **state)
 
 
 /* An entry expired less than one period ago answers as it is while the neighbour
- * refresher reads it again; afterwards it is the uncached answer. One older than twice the
- * staleness is read by the call itself. */
+ * refresher reads it again; afterwards it is the uncached answer. One whose product was
+ * not written since answers at any age without a read; one older than twice the staleness
+ * and written since is read by the call itself. */
 static void test_neighbours_refreshed_in_background(void **state)
 {
     engine *e = ((struct filled *)*state)->e;
@@ -256,6 +257,14 @@ static void test_neighbours_refreshed_in_background(void **state)
     assert_int_equal(n, 1);
     assert_same_list(b, nb, a, n);
 
+    /* unused for far longer than twice the staleness, nothing written: still no read */
+    advance(5000);
+    assert_int_equal(nbcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_same_list(b, nb, a, n);
+    nbcache_stats(pc, &st);
+    assert_int_equal(st.misses, 1);
+    assert_int_equal(st.revalidated, 2);
+
     /* p22 written: expired, the refresher reads it again */
     view_pair(e, "d", "bg3", T0 + 3001000, "p22", "books", "p5", "books");
     advance(350);
@@ -267,7 +276,7 @@ static void test_neighbours_refreshed_in_background(void **state)
     assert_int_equal(n, 2);
     assert_same_list(b, nb, a, n);
     nbcache_stats(pc, &st);
-    assert_int_equal(st.revalidated, 1);
+    assert_int_equal(st.revalidated, 2);
 
     /* more than twice the staleness: the call reads it itself */
     view_pair(e, "c", "bg2", T0 + 3002000, "p22", "toys", "p0", "books");
