@@ -10,7 +10,7 @@
  *
  *   eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE] [--recommend R]
  *                    [--kept-bytes BYTES] [--lists-staleness MS] [--queued] [--warm W]
- *                    [--flush-interval MS] [--flush-bytes BYTES]
+ *                    [--flush-interval MS] [--flush-bytes BYTES] [--pair-set-bytes BYTES]
  *                                                   (defaults 50000, 8, 500, 0, 0)
  *
  * --flush-interval writes the derived state behind the log (engine_opts.flush_interval_ms;
@@ -32,7 +32,9 @@
  *
  * --dump writes every key and value of the state afterwards (store_dump): two builds that
  * apply the same events must write the same file. --kept-bytes sets the budget of the
- * values the writer's txn keeps between group commits (store_set_kept_bytes).
+ * values the writer's txn keeps between group commits (store_set_kept_bytes);
+ * --pair-set-bytes the memory of the sets of co-occurrence pairs that exist
+ * (product_params.pair_set_bytes, --pair-set-size of the node; 0: every new pair is read).
  * Prints events/s and what the group commits wrote per event, by table (LevelDB records,
  * key and value bytes, decoded objects encoded: store_write_stats). Under `valgrind --tool=callgrind --toggle-collect=apply_event
  * --toggle-collect=store_txn_seal --toggle-collect=store_txn_write
@@ -107,7 +109,8 @@ static void node_defaults(struct engine_opts *o, const char *dir)
     o->apply.window_retention_ms = 7 * day;
     o->apply.log_retention_ms = 7 * day;
     o->apply.sweep_interval_ms = 3600000;
-    o->product = (struct product_params){256, {day, 8}, {7 * day, 8}, 50};
+    o->product = (struct product_params){256, {day, 8}, {7 * day, 8}, 50,
+                                         PRODUCT_PAIR_SET_DEFAULT};
     o->rec = (struct rec_params){1, 1.5, 2, 3, true, 0};
     o->candidates = 50;
     o->max_pending_events = 100000000;
@@ -318,7 +321,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE] "
                         "[--recommend R] [--kept-bytes BYTES] [--lists-staleness MS] "
                         "[--queued] [--warm W] [--dedup-window MS] [--sweep-interval MS] "
-                        "[--flush-interval MS] [--flush-bytes BYTES]\n");
+                        "[--flush-interval MS] [--flush-bytes BYTES] "
+                        "[--pair-set-bytes BYTES]\n");
         return 2;
     }
 
@@ -351,6 +355,8 @@ int main(int argc, char **argv)
     o.apply.sweep_interval_ms = arg_int(argc, argv, "--sweep-interval", o.apply.sweep_interval_ms);
     o.flush_interval_ms = arg_int(argc, argv, "--flush-interval", 0);
     o.flush_bytes = arg_int(argc, argv, "--flush-bytes", 0);
+    o.product.pair_set_bytes =
+        (size_t)arg_int(argc, argv, "--pair-set-bytes", (long)o.product.pair_set_bytes);
     bool queued = has_flag(argc, argv, "--queued");
     if (queued)
         o.max_group_events = inflight * batch;

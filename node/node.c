@@ -125,7 +125,8 @@ struct node_config node_config_defaults(void)
         .attribution_window_click = 30 * 60000, .attribution_window_purchase = DAY,
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
         .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
-        .cache_size = 64 << 20, .state_cache_size = 256 << 20, .shutdown_grace = 10000, .neighbour_cache = 20000,
+        .cache_size = 64 << 20, .state_cache_size = 256 << 20,
+        .pair_set_size = (int64_t)PRODUCT_PAIR_SET_DEFAULT, .shutdown_grace = 10000, .neighbour_cache = 20000,
         .user_cache_size = 32 << 20,
         .flush_interval = 200, .flush_bytes = 64 << 20,
         .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
@@ -166,6 +167,7 @@ static void engine_options_from(const struct node_config *c, struct engine_opts 
     o->product.popularity = (struct decay_params){c->popularity_half_life, 8};
     o->product.neighbours = (struct decay_params){c->neighbour_half_life, 8};
     o->product.max_neighbours = (int)c->max_neighbours;
+    o->product.pair_set_bytes = (size_t)c->pair_set_size;
     o->rec = (struct rec_params){c->weight_popular, c->weight_neighbours, c->weight_context,
                                  (int)c->diversity_cap, c->exclude_interacted,
                                  c->weight_trending};

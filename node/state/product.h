@@ -26,7 +26,13 @@ struct product_params {
     struct decay_params popularity; /* half-life of product popularity */
     struct decay_params neighbours; /* half-life of co-occurrence scores */
     int max_neighbours;             /* neighbours read per product (50); every pair is kept */
+    /* Memory for the sets of pairs that exist, per product partition, which spare a new
+     * pair its LevelDB read (store_txn_index_keys; --pair-set-size); 0: none, every new
+     * pair is read first. */
+    size_t pair_set_bytes;
 };
+
+#define PRODUCT_PAIR_SET_DEFAULT ((size_t)64 << 20)
 
 /* The records of a batch, updates then pairs: how many, and the product whose partition
  * record 'i' belongs to (an update's product, a pair's from_product). */

@@ -11,6 +11,7 @@
 #include <xxhash.h>
 
 #include "common/pbutil.h"
+#include "node/state/keyset.h"
 #include "node/state/store_internal.h"
 
 /* DESIGN: one open-addressing table holds every key the txn knows: the pending writes of
@@ -94,6 +95,9 @@ struct store_txn {
     uint64_t bb_keys[STORE_STAT_TABLES], bb_bytes[STORE_STAT_TABLES];
     bool through;              /* the sealed write goes through in full (see store.h) */
     bool want_through;         /* store_txn_write_through: the next seal's does */
+    /* store_txn_index_keys: the keys of table 'ks_table' per partition (NULL: none) */
+    keyset *ks;
+    int ks_table;
 };
 
 /* Append a sealed write of a behind table to t->behind. */
@@ -286,6 +290,8 @@ void store_txn_reset(store_txn *t)
     memset(t->wb_packs, 0, sizeof(t->wb_packs));
     behind_clear(t);
     t->want_through = false;
+    if (t->ks)
+        keyset_drop_all(t->ks);
 }
 
 void store_txn_free(store_txn *t)
@@ -302,6 +308,7 @@ void store_txn_free(store_txn *t)
     free(t->phead);
     free(t->shead);
     free(t->behind);
+    keyset_free(t->ks);
     if (t->wb)
         leveldb_writebatch_destroy(t->wb);
     free(t);
@@ -315,6 +322,12 @@ size_t store_txn_pending(const store_txn *t)
 void store_txn_stats(const store_txn *t, struct store_txn_stats *out)
 {
     *out = t->stats;
+    struct keyset_stats ks = {0};
+    if (t->ks)
+        keyset_stats(t->ks, &ks);
+    out->key_set_bytes = ks.bytes;
+    out->key_set_keys = ks.keys;
+    out->key_set_overflows = ks.overflows;
     out->kept = 0;
     for (size_t i = 0; i < t->cap; i++)
         out->kept += t->tab[i].key && t->tab[i].keep && !t->tab[i].pending;
@@ -464,8 +477,23 @@ static eddy_err entry_for(store_txn *t, const struct store_key *key, struct over
     return touch(t, e);
 }
 
+static uint32_t key_partition(const unsigned char *k)
+{
+    return (uint32_t)k[0] << 8 | k[1];
+}
+
+/* Whether 'k' is a key of the table the txn keeps key sets of. */
+static bool indexed_key(const store_txn *t, const unsigned char *k, size_t klen)
+{
+    return t->ks && klen >= 3 && k[2] == t->ks_table;
+}
+
 static void mark_pending(store_txn *t, struct overlay_entry *e)
 {
+    /* every write, a delete too and one of a key pending already (a delete, then a put):
+     * a key that exists is never missing from its partition's set */
+    if (indexed_key(t, e->key, e->klen))
+        keyset_add(t->ks, key_partition(e->key), XXH3_64bits(e->key, e->klen));
     if (e->pending)
         return;
     e->pending = true;
@@ -504,6 +532,23 @@ static bool in_change(const struct store_change *c, const unsigned char *k, size
            key_before_end((const char *)k, klen, &c->end);
 }
 
+/* Drop the key sets of the partitions a write of [c->start, c->end) may have reached: those
+ * whose number lies between the range's first two bytes at each end (a few too many at
+ * worst, built again on demand). */
+static void keysets_changed(store_txn *t, const struct store_change *c)
+{
+    uint32_t lo = c->start.len > 0 ? (uint32_t)c->start.buf[0] << 8 : 0;
+    uint32_t hi = c->end.len > 0 ? (uint32_t)c->end.buf[0] << 8 | 0xff : 0xffff;
+    if (c->start.len > 1)
+        lo |= c->start.buf[1];
+    if (c->end.len > 1)
+        hi = (uint32_t)c->end.buf[0] << 8 | c->end.buf[1];
+    for (uint32_t p = lo; p <= hi; p++) {
+        if (keyset_state(t->ks, p) != KEYSET_NONE)
+            keyset_drop(t->ks, p);
+    }
+}
+
 /* Forget what the writes recorded since this txn last looked touched (its own commits
  * aside): the kept values in their ranges, or everything if one range is unknown or the
  * txn fell more than STORE_CHANGES behind. Under s->changes_mu. */
@@ -523,11 +568,15 @@ static void catch_up_locked(store_txn *t)
     }
     t->gen = g;
     if (all) {
+        if (t->ks)
+            keyset_drop_all(t->ks);
         forget_kept(t);
         return;
     }
     if (n == 0)
         return;
+    for (size_t j = 0; j < n && t->ks; j++)
+        keysets_changed(t, c[j]);
     for (size_t i = 0; i < t->cap; i++) {
         struct overlay_entry *e = &t->tab[i];
         if (!e->key || e->pending || e->inflight)
@@ -587,6 +636,47 @@ static eddy_err overlay_set(store_txn *t, const struct store_key *key, const voi
     return EDDY_OK;
 }
 
+void store_txn_index_keys(store_txn *t, enum store_table table, size_t budget)
+{
+    if (t->ks && t->ks_table == (int)table) {
+        keyset_set_budget(t->ks, budget);
+        return;
+    }
+    keyset_free(t->ks);
+    t->ks = budget > 0 ? keyset_new(budget) : NULL; /* out of memory: reads, as without */
+    t->ks_table = (int)table;
+}
+
+static int take_key_hash(void *ud, const unsigned char *k, size_t klen, const char *v,
+                         size_t vlen)
+{
+    store_txn *t = ud;
+    (void)v;
+    (void)vlen;
+    keyset_add(t->ks, key_partition(k), XXH3_64bits(k, klen));
+    return keyset_state(t->ks, key_partition(k)) == KEYSET_OFF; /* over budget: stop */
+}
+
+/* Whether the indexed 'key' is known not to exist: its partition's set (built first by a
+ * scan of the partition's table, which sees the txn's own writes) lacks it. */
+static bool known_absent(store_txn *t, const struct store_key *key)
+{
+    uint32_t p = key_partition(key->buf);
+    enum keyset_state st = keyset_state(t->ks, p);
+    if (st == KEYSET_NONE && keyset_begin(t->ks, p)) {
+        struct store_key start, end;
+        key_init(&start, p, (enum store_table)t->ks_table);
+        key_prefix_end(&start, &end);
+        if (store_txn_scan(t, &start, &end, take_key_hash, t) == EDDY_OK)
+            keyset_finish(t->ks, p);
+        else if (keyset_state(t->ks, p) == KEYSET_BUILDING)
+            keyset_drop(t->ks, p); /* tried again at the next read */
+        st = keyset_state(t->ks, p);
+    }
+    return st == KEYSET_READY &&
+           !keyset_may_hold(t->ks, p, XXH3_64bits(key->buf, key->len));
+}
+
 eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
                        size_t *vlen, bool *found)
 {
@@ -602,6 +692,13 @@ eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **v
         *vlen = e->vlen;
         return EDDY_OK;
     }
+    *val = NULL;
+    *vlen = 0;
+    if (indexed_key(t, key->buf, key->len) && known_absent(t, key)) {
+        t->stats.absent++;
+        *found = false;
+        return EDDY_OK;
+    }
     /* Not known: read the committed value and keep it, so the pointer stays valid until
      * the txn is committed or reset (and the next read finds it). */
     t->stats.misses++;
@@ -610,8 +707,6 @@ eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **v
     if ((err = store_get(t->s, key, &v, &n)) != EDDY_OK)
         return err;
     *found = v != NULL;
-    *val = NULL;
-    *vlen = 0;
     if (!v)
         return EDDY_OK;
     char *copy = malloc(n ? n : 1);

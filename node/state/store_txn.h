@@ -80,6 +80,17 @@ typedef bool store_pack_fn(const ProtobufCMessage *m, uint8_t **buf, size_t *len
 void store_txn_set_packer(store_txn *t, const ProtobufCMessageDescriptor *desc,
                           store_pack_fn *fn);
 
+/* Keep, per partition, the set of the keys of 'table' that exist (their 64-bit hashes,
+ * keyset.h), so that a read through the txn of a key that set lacks answers "absent"
+ * without a LevelDB lookup (a co-occurrence pair seen for the first time). A partition's
+ * set is built by a scan of its table at the first read that needs it; the txn adds every
+ * key it writes, and drops the sets a write around it may have reached (as it forgets kept
+ * values) and every set at a reset. The sets take at most 'budget' bytes (8 per slot,
+ * 16-32 per key): a partition whose set would take more goes back to reading LevelDB until
+ * its set is dropped. One table per txn (a call naming another replaces the sets); calling
+ * again with the same table only sets the budget; 0: no sets. */
+void store_txn_index_keys(store_txn *t, enum store_table table, size_t budget);
+
 /* Write the pending keys. On an error nothing is kept and the txn is reset. The same as
  * store_txn_seal, store_txn_write and store_txn_settle in a row. */
 eddy_err store_txn_commit(store_txn *t, bool sync);
@@ -116,6 +127,10 @@ size_t store_txn_pending(const store_txn *t);
 struct store_txn_stats {
     uint64_t hits;      /* reads answered by the txn: pending or kept values */
     uint64_t misses;    /* reads that went to LevelDB */
+    uint64_t absent;    /* reads answered "absent" by a key set (store_txn_index_keys) */
+    size_t key_set_bytes;  /* what the key sets take now */
+    size_t key_set_keys;   /* keys in complete sets */
+    uint64_t key_set_overflows; /* sets given up for the budget */
     uint64_t evictions; /* kept values dropped for the budget */
     uint64_t forgets;   /* times everything kept was dropped: the store was written around
                          * at unknown keys (another txn's commit) or too often */

@@ -185,7 +185,7 @@ static void test_source_cached(void **state)
     (void)state;
     struct fake_src f = {0, 10};
     struct nbcache_source src = {fake_neighbours, &f};
-    struct product_params pp = {8, {86400000, 8}, {7 * 86400000LL, 8}, 50};
+    struct product_params pp = {8, {86400000, 8}, {7 * 86400000LL, 8}, 50, 0};
     nbcache *pc = nbcache_new(NULL, &pp, 3600000);
     nbcache_set_source(pc, &src);
     assert_int_equal(nbcache_set_entries(pc, 100), EDDY_OK);

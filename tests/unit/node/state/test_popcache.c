@@ -162,7 +162,7 @@ static void test_cold_list_read_once(void **state)
     (void)state;
     struct gated_src g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0};
     struct popcache_source src = {gated_top, &g};
-    struct product_params pp = {8, {86400000, 8}, {7 * 86400000LL, 8}, 50};
+    struct product_params pp = {8, {86400000, 8}, {7 * 86400000LL, 8}, 50, 0};
     popcache *pc = popcache_new(NULL, &pp, 3600000, 50);
     popcache_set_source(pc, &src);
     static struct top_call calls[3];

@@ -73,7 +73,8 @@ static char *apply_in(struct updates *s, const int *order, size_t *len)
     struct store_opts so = {dir, 0, 0};
     assert_int_equal(store_open(&so, &st, err, sizeof(err)), EDDY_OK);
     store_txn *t = store_txn_new(st);
-    struct product_params p = {FIXTURE_PARTITIONS, {86400000, 8}, {86400000, 8}, 50};
+    struct product_params p = {FIXTURE_PARTITIONS, {86400000, 8}, {86400000, 8}, 50,
+                               PRODUCT_PAIR_SET_DEFAULT};
     for (int i = 0; i < N; i++)
         assert_int_equal(product_apply(t, &p, &s->b[order[i]], NULL, NULL), EDDY_OK);
     assert_int_equal(store_txn_commit(t, false), EDDY_OK);
@@ -121,7 +122,8 @@ static void test_attributes_do_not_depend_on_arrival_order(void **state)
 /* Apply 'b' in a txn of its own (committed); whether the product exists afterwards. */
 static bool apply_one(store *st, store_txn *t, const Eddy__Store__V1__Stage2Batch *b)
 {
-    struct product_params p = {FIXTURE_PARTITIONS, {86400000, 8}, {86400000, 8}, 50};
+    struct product_params p = {FIXTURE_PARTITIONS, {86400000, 8}, {86400000, 8}, 50,
+                               PRODUCT_PAIR_SET_DEFAULT};
     assert_int_equal(product_apply(t, &p, b, NULL, NULL), EDDY_OK);
     assert_int_equal(store_txn_commit(t, false), EDDY_OK);
     Eddy__Store__V1__ProductState *ps = NULL;
@@ -264,7 +266,8 @@ static void make_pairs(struct pairs *s)
     }
 }
 
-static const struct product_params pair_params = {FIXTURE_PARTITIONS, {86400000, 8}, {HL, 8}, 50};
+static const struct product_params pair_params = {FIXTURE_PARTITIONS, {86400000, 8}, {HL, 8}, 50,
+                                                    PRODUCT_PAIR_SET_DEFAULT};
 
 /* Apply the batches in 'order', committing every 'every' batches, to a fresh store; the
  * stored PRODUCT and COOC rows. */

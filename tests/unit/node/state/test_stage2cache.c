@@ -102,7 +102,7 @@ static void test_source_split(void **state)
     (void)state;
     struct counting_src s = {0, 0};
     struct stage2cache_source src = {{counting_top, &s}, {counting_neighbours, &s}};
-    struct product_params pp = {8, {86400000, 8}, {7 * 86400000LL, 8}, 50};
+    struct product_params pp = {8, {86400000, 8}, {7 * 86400000LL, 8}, 50, 0};
     stage2cache *sc = stage2cache_new(NULL, &pp, 3600000, 50);
     assert_non_null(sc);
     assert_int_equal(stage2cache_set_neighbour_cache(sc, 100), EDDY_OK);

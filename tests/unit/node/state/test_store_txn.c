@@ -5,7 +5,8 @@
  * between groups the engine did not commit; evicted past the budget; scans merge pending
  * writes with the committed keys; a commit split in seal, write and settle keeps the
  * sealed keys visible to the txn until the settle, and a failed write resets it; the
- * store counts what committed writes put, per table (store_write_stats). */
+ * store counts what committed writes put, per table (store_write_stats); with key sets a
+ * key known not to exist is answered without a read, and every key that exists is found. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -664,6 +665,114 @@ static void test_write_stats_per_table(void **state)
     store_txn_free(t);
 }
 
+/* A COOC key of partition p (the table the txn keeps key sets of here). */
+static void pair_key(struct store_key *k, uint32_t p, const char *from, const char *to)
+{
+    key_init(k, p, T_COOC);
+    key_lstr(k, from);
+    key_str(k, to);
+}
+
+/* Through txn 't': whether 'k' exists. */
+static bool txn_has(store_txn *t, const struct store_key *k)
+{
+    const char *v;
+    size_t vlen;
+    bool found;
+    assert_int_equal(store_txn_get(t, k, &v, &vlen, &found), EDDY_OK);
+    return found;
+}
+
+static void put_committed(store *s, const struct store_key *k)
+{
+    store_txn *o = store_txn_new(s);
+    assert_non_null(o);
+    assert_int_equal(store_txn_put(o, k, "x", 1), EDDY_OK);
+    assert_int_equal(store_txn_commit(o, false), EDDY_OK);
+    store_txn_free(o);
+}
+
+/* With key sets (store_txn_index_keys), a key the set of its partition lacks is answered
+ * absent without a LevelDB read, and every key that exists is found: those committed
+ * before the set was built, those the txn wrote (a delete then a put among them), and those
+ * written around the txn (a range replace, another txn's commit), which drop the sets. */
+static void test_key_sets_answer_absent(void **state)
+{
+    struct fx *f = *state;
+    struct store_key a, b, c, d, e, u, start, end;
+    struct store_txn_stats st, st2;
+    pair_key(&a, 3, "p1", "a");
+    pair_key(&b, 3, "p1", "b");
+    pair_key(&c, 3, "p2", "c");
+    pair_key(&d, 3, "p3", "d");
+    pair_key(&e, 4, "p1", "e");
+    counts_key(&u, 3, "u1");
+    put_committed(f->s, &a);
+    store_txn *t = store_txn_new(f->s);
+    store_txn_index_keys(t, T_COOC, 1 << 20);
+
+    assert_true(txn_has(t, &a)); /* the set of partition 3 is built from its table */
+    store_txn_stats(t, &st);
+    assert_false(txn_has(t, &b));
+    assert_false(txn_has(t, &e)); /* partition 4: an empty table */
+    assert_false(txn_has(t, &u)); /* another table: read */
+    store_txn_stats(t, &st2);
+    assert_int_equal(st2.absent, st.absent + 2);
+    assert_int_equal(st2.misses, st.misses + 1);
+    assert_int_equal(st2.key_set_keys, 1);
+
+    /* written by the txn: found once committed (the txn no longer holds them) */
+    assert_int_equal(store_txn_put(t, &b, "y", 1), EDDY_OK);
+    assert_int_equal(store_txn_del(t, &c), EDDY_OK);
+    assert_int_equal(store_txn_put(t, &c, "z", 1), EDDY_OK);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    assert_true(txn_has(t, &b));
+    assert_true(txn_has(t, &c));
+
+    /* a checkpoint load of partition 3 around the txn, then another txn's commit */
+    store_batch *bt = store_batch_new();
+    assert_int_equal(store_batch_put(bt, d.buf, d.len, "w", 1), EDDY_OK);
+    key_init(&start, 3, T_LOG);
+    key_init(&end, 4, T_LOG);
+    assert_int_equal(store_replace_range(f->s, &start, &end, bt, NULL), EDDY_OK);
+    store_batch_free(bt);
+    assert_true(txn_has(t, &d));
+    assert_false(txn_has(t, &b)); /* replaced */
+    put_committed(f->s, &e);
+    assert_true(txn_has(t, &e));
+    store_txn_free(t);
+}
+
+/* Past the budget a partition's set is given up and its reads go to LevelDB: still right. */
+static void test_key_sets_over_budget(void **state)
+{
+    struct fx *f = *state;
+    struct store_key k;
+    struct store_txn_stats st, st2;
+    store_txn *t = store_txn_new(f->s);
+    store_txn_index_keys(t, T_COOC, 64 * 8); /* one set of 64 slots: 32 keys */
+    pair_key(&k, 2, "p", "none");
+    assert_false(txn_has(t, &k));
+    char to[16];
+    for (int i = 0; i < 40; i++) {
+        snprintf(to, sizeof(to), "n%d", i);
+        pair_key(&k, 2, "p", to);
+        assert_int_equal(store_txn_put(t, &k, "x", 1), EDDY_OK);
+    }
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    store_txn_stats(t, &st);
+    assert_int_equal(st.key_set_overflows, 1);
+    assert_int_equal(st.key_set_bytes, 0);
+    pair_key(&k, 2, "p", "n39");
+    assert_true(txn_has(t, &k));
+    pair_key(&k, 2, "p", "none");
+    assert_false(txn_has(t, &k));
+    store_txn_stats(t, &st2);
+    assert_int_equal(st2.absent, st.absent);
+    assert_int_equal(st2.misses, st.misses + 2);
+    store_txn_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -680,6 +789,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sealed_keys_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_write_resets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_stats_per_table, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_sets_answer_absent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_sets_over_budget, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
