@@ -124,7 +124,7 @@ struct node_config node_config_defaults(void)
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
         .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
         .cache_size = 64 << 20, .state_cache_size = 256 << 20, .shutdown_grace = 10000, .neighbour_cache = 20000,
-        .flush_interval = 200, .flush_bytes = 64 << 20,
+        .flush_interval = 200, .flush_bytes = 64 << 20, .read_barrier_timeout = 10000,
         .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
         .checkpoint_timeout = 600000, .checkpoint_keep = 3,
         .checkpoint_threads = 2, .checkpoint_dir = "", .checkpoint_key_file = "",
@@ -144,6 +144,7 @@ static void engine_options_from(const struct node_config *c, struct engine_opts 
     o->state_cache_bytes = c->state_cache_size;
     o->flush_interval_ms = c->flush_interval;
     o->flush_bytes = c->flush_bytes;
+    o->read_barrier_timeout_ms = c->read_barrier_timeout;
     struct apply_params *a = &o->apply;
     a->partitions = (uint32_t)c->partitions;
     a->window = (struct window_params){c->window, c->out_of_orderness, c->allowed_lateness,
