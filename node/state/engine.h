@@ -247,9 +247,9 @@ eddy_err engine_impression(engine *e, const Eddy__Store__V1__Impression *imp);
 eddy_err engine_delete_user(engine *e, const char *user_id, engine_delete_done_fn *done,
                             void *ud);
 
-/* Block until every job queued before the call is committed (tests, shutdown, and the
- * barrier of a stage-2 freeze: the jobs that may have applied stage-2 records before it
- * are done). EDDY_OK, or why the flush could not be queued (nothing was waited for). */
+/* Block until every job queued before the call is committed, its events applied and
+ * published (the drain: tests, shutdown, checkpoint publication, and the barrier of a
+ * stage-2 freeze: the jobs that may have applied stage-2 records before it are done). EDDY_OK, or why the flush could not be queued (nothing was waited for). */
 eddy_err engine_flush(engine *e);
 
 /* --- read side (any thread) ----------------------------------------------------------- */
