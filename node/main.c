@@ -161,6 +161,10 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
           0),
         F("flush-bytes", FLAG_SIZE, flush_bytes,
           "flush derived state sooner past this much unwritten (twice: acks wait)", 1 << 20, 0),
+        F("read-barrier-timeout", FLAG_DURATION, read_barrier_timeout,
+          "a query waits this long at most for the events acknowledged before it to be "
+          "applied (0 = no wait)",
+          0, 0),
         F("shutdown-grace", FLAG_DURATION, shutdown_grace,
           "on SIGTERM, wait this long for in-flight calls", 0, 0),
         F("checkpoint-interval", FLAG_DURATION, checkpoint_interval,

@@ -28,6 +28,20 @@ static double queue_depth(void *ud)
     return (double)engine_queue_depth(ud);
 }
 
+static double apply_lag_records(void *ud)
+{
+    uint64_t n;
+    engine_apply_lag(ud, &n, NULL);
+    return (double)n;
+}
+
+static double apply_lag_seconds(void *ud)
+{
+    double s;
+    engine_apply_lag(ud, NULL, &s);
+    return s;
+}
+
 static double leveldb_bytes(void *ud)
 {
     return (double)store_approximate_size(engine_store(ud));
@@ -226,6 +240,13 @@ eddy_err node_metrics_watch(struct node_metrics *nm, engine *eng, uint32_t parti
     } g[] = {
         {"eddy_queue_depth", "Events queued for the writer thread, not yet applied.",
          queue_depth},
+        {"eddy_apply_lag_records",
+         "Records of the durable (acknowledged) log not yet applied in what queries read.",
+         apply_lag_records},
+        {"eddy_apply_lag_seconds",
+         "How long some acknowledged records have been waiting for their apply, seconds (0: "
+         "none).",
+         apply_lag_seconds},
         {"eddy_leveldb_bytes", "Approximate on-disk size of the node's LevelDB.",
          leveldb_bytes},
         {"eddy_watermark_lag_seconds",

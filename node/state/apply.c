@@ -575,19 +575,32 @@ static eddy_err sweep(store_txn *t, const struct apply_params *ap, uint32_t p,
     return err;
 }
 
+enum sweep_due { SWEEP_NO, SWEEP_FIRST, SWEEP_NOW };
+
+/* What advance does at watermark 'wm' after sweeping until 'swept' (apply_ahead_event
+ * predicts it with the same rule). */
+static enum sweep_due sweep_due(const struct apply_params *ap, int64_t swept, int64_t wm)
+{
+    int64_t iv = ap->sweep_interval_ms;
+    if (iv <= 0 || wm == WATERMARK_NONE)
+        return SWEEP_NO;
+    if (swept == WATERMARK_NONE)
+        return SWEEP_FIRST; /* first watermark: nothing to sweep yet */
+    return window_start(wm, iv) > window_start(swept, iv) ? SWEEP_NOW : SWEEP_NO;
+}
+
 static eddy_err advance(store_txn *t, const struct apply_params *ap, uint32_t p,
                         struct part_meta *m)
 {
-    int64_t iv = ap->sweep_interval_ms;
-    if (iv <= 0 || m->watermark == WATERMARK_NONE)
+    switch (sweep_due(ap, m->swept_until, m->watermark)) {
+    case SWEEP_NO:
         return EDDY_OK;
-    if (m->swept_until != WATERMARK_NONE &&
-        window_start(m->watermark, iv) <= window_start(m->swept_until, iv))
-        return EDDY_OK;
-    if (m->swept_until == WATERMARK_NONE) { /* first watermark: nothing to sweep yet */
+    case SWEEP_FIRST:
         m->swept_until = m->watermark;
         m->dirty = true;
         return EDDY_OK;
+    case SWEEP_NOW:
+        break;
     }
     return sweep(t, ap, p, m);
 }
@@ -712,22 +725,33 @@ static eddy_err append_record(store_txn *t, uint32_t p, struct part_meta *m,
     return store_txn_put_msg(t, &k, &r->base);
 }
 
+/* Whether 'ev' is a duplicate of an event id partition p remembers (then counted). */
+static eddy_err dedup_check(store_txn *t, uint32_t p, struct part_meta *m,
+                            const Eddy__V1__Event *ev, bool *duplicate)
+{
+    struct store_key k;
+    const char *v;
+    size_t vlen;
+    key_init(&k, p, T_DEDUP);
+    key_str(&k, ev->event_id);
+    eddy_err err = store_txn_get(t, &k, &v, &vlen, duplicate);
+    if (err == EDDY_OK && *duplicate) {
+        m->duplicates++;
+        m->dirty = true;
+    }
+    return err;
+}
+
 eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,
                      struct part_meta *m, const Eddy__V1__Event *ev, apply_emit_fn *emit,
                      void *emit_ud, enum apply_outcome *outcome)
 {
     struct store_key k;
-    const char *v;
-    size_t vlen;
-    bool found;
-    key_init(&k, p, T_DEDUP);
-    key_str(&k, ev->event_id);
-    eddy_err err = store_txn_get(t, &k, &v, &vlen, &found);
+    bool dup;
+    eddy_err err = dedup_check(t, p, m, ev, &dup);
     if (err != EDDY_OK)
         return err;
-    if (found) {
-        m->duplicates++;
-        m->dirty = true;
+    if (dup) {
         *outcome = APPLY_DUPLICATE;
         return EDDY_OK;
     }
@@ -741,6 +765,66 @@ eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,
     if ((err = store_txn_put_msg(t, &k, &r.base)) != EDDY_OK)
         return err;
     return apply_logged_event(t, ap, p, m, seq, ev, emit, emit_ud, outcome);
+}
+
+void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m)
+{
+    a->end = m->next_seq;
+    a->watermark = m->watermark;
+    a->max_ts = m->max_ts;
+    a->swept_until = m->swept_until;
+}
+
+eddy_err apply_append_event(store_txn *t, uint32_t p, struct part_meta *m,
+                            struct apply_ahead *a, const Eddy__V1__Event *ev, uint8_t **rec,
+                            size_t *rec_len, bool *duplicate)
+{
+    struct store_key k;
+    *rec = NULL;
+    eddy_err err = dedup_check(t, p, m, ev, duplicate);
+    if (err != EDDY_OK || *duplicate)
+        return err;
+    Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
+    r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
+    r.event = (Eddy__V1__Event *)ev;
+    *rec_len = eddy__store__v1__log_record__get_packed_size(&r);
+    if (!(*rec = malloc(*rec_len ? *rec_len : 1)))
+        return EDDY_ERR_NOMEM;
+    eddy__store__v1__log_record__pack(&r, *rec);
+    key_init(&k, p, T_LOG);
+    key_u64(&k, a->end);
+    err = store_txn_put(t, &k, *rec, *rec_len);
+    /* the dedup row now, for the appends after it (its apply writes the same bytes) */
+    Eddy__Store__V1__Dedup d = EDDY__STORE__V1__DEDUP__INIT;
+    d.seq = a->end;
+    d.ts = ev->timestamp_ms;
+    key_init(&k, p, T_DEDUP);
+    key_str(&k, ev->event_id);
+    if (err == EDDY_OK)
+        err = store_txn_put_msg(t, &k, &d.base);
+    if (err != EDDY_OK) {
+        free(*rec);
+        *rec = NULL;
+    }
+    return err;
+}
+
+bool apply_ahead_event(const struct apply_params *ap, struct apply_ahead *a, int64_t ts,
+                       bool *late)
+{
+    a->end++;
+    *late = window_is_late(&ap->window, ts, a->watermark);
+    a->watermark = window_advance(&ap->window, a->watermark, &a->max_ts, ts);
+    switch (sweep_due(ap, a->swept_until, a->watermark)) {
+    case SWEEP_NO:
+        return false;
+    case SWEEP_FIRST:
+        a->swept_until = a->watermark;
+        return false;
+    case SWEEP_NOW:
+        break;
+    }
+    return true;
 }
 
 static eddy_err apply_logged_idle(store_txn *t, const struct apply_params *ap, uint32_t p,

@@ -89,6 +89,36 @@ eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,
                      struct part_meta *m, const Eddy__V1__Event *ev, apply_emit_fn *emit,
                      void *emit_ud, enum apply_outcome *outcome);
 
+/* Log first, apply behind (engine.h): an event's log record is appended, and its
+ * acknowledgement answered, before the event is applied. What the answer reports must be
+ * what the apply will decide, so the append keeps, per partition, what the apply of the
+ * events appended ahead of it will have made of the partition: its log end, its
+ * watermark (late or not), and when it sweeps (the dedup sweep forgets ids: an append
+ * after a sweep point waits until the records before it are applied). Writer-owned, like
+ * part_meta; valid while the partition has records appended and not applied. */
+struct apply_ahead {
+    uint64_t end;         /* the next record's seq */
+    int64_t watermark, max_ts, swept_until;
+};
+
+/* Start 'a' from the applied state 'm' (nothing ahead of it). */
+void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m);
+
+/* The append half of apply_event: 'ev' (valid, of partition p) is checked against the
+ * remembered event ids (a duplicate is counted in 'm' and *duplicate set, nothing
+ * written); otherwise its log record is written at seq a->end with its DEDUP row, and
+ * *rec receives the record's bytes (caller owns: free; apply them with apply_replay at
+ * that seq, then call apply_ahead_event). NULL *rec for a duplicate. */
+eddy_err apply_append_event(store_txn *t, uint32_t p, struct part_meta *m,
+                            struct apply_ahead *a, const Eddy__V1__Event *ev, uint8_t **rec,
+                            size_t *rec_len, bool *duplicate);
+
+/* Account an appended event of time 'ts' in 'a': *late is what its apply will decide.
+ * True when its apply will sweep the partition (the dedup sweep included): apply every
+ * appended record before appending the next event of the partition. */
+bool apply_ahead_event(const struct apply_params *ap, struct apply_ahead *a, int64_t ts,
+                       bool *late);
+
 /* Append an idle-watermark record moving the watermark to 'wm' and apply it. */
 eddy_err apply_idle(store_txn *t, const struct apply_params *ap, uint32_t p,
                     struct part_meta *m, int64_t wm);

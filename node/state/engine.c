@@ -2,6 +2,7 @@
  * for the design). */
 #include "node/state/engine.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -79,13 +80,26 @@ struct job {
  * between it belongs to the sync thread. 'state' is guarded by engine.mu. */
 struct sealed_group {
     enum { SEALED_NONE, SEALED_QUEUED, SEALED_DONE } state;
-    struct job *jobs;
+    struct job *jobs;           /* NULL: a write of applied state only (unsynced) */
+    bool appended;              /* it holds appended log records (a crash point's phase) */
     int64_t start_ns;           /* when its apply began */
     uint64_t outbox_added;      /* OUTBOX records it writes */
     uint64_t outbox_removed;    /* OUTBOX records it deletes (OUTBOX_DONE records) */
-    struct part_meta *meta;     /* [partitions] after the group: published once durable */
-    struct part_meta *before;   /* [partitions] before it: restored if the write fails */
+    struct part_meta *meta;     /* [partitions] applied, after the group: published once
+                                   durable */
+    uint64_t *ends;             /* [partitions] log ends after the group (ahead of
+                                   meta[p].next_seq by what is appended and not applied) */
     eddy_err err;               /* the write's result, once SEALED_DONE */
+};
+
+/* An event record appended ahead of its apply (apply_append_event): its bytes are kept
+ * because the job's events are the caller's only until the acknowledgement. */
+struct pending {
+    uint32_t p;
+    uint64_t seq;
+    uint8_t *rec;               /* owned */
+    size_t len;
+    bool late;                  /* what the append answered */
 };
 
 struct engine {
@@ -97,6 +111,7 @@ struct engine {
                                     published views */
     pthread_cond_t cv;           /* the writer waits: jobs queued, or the sealed group done */
     pthread_cond_t sync_cv;      /* the sync thread waits: a group sealed, or stopping */
+    pthread_cond_t applied_cv;   /* read barriers wait: applied state published */
     struct job *head, *tail;
     int64_t queued_events;
     bool stopping;
@@ -107,14 +122,19 @@ struct engine {
 
     /* writer-owned */
     struct part_meta *meta;      /* [partitions] */
-    struct part_meta *backup;    /* [partitions], to roll back a failed group */
     int64_t *last_arrival_ms;    /* [partitions], monotonic ms of the last event */
+    struct apply_ahead *ahead;   /* [partitions], valid where is_ahead */
+    bool *is_ahead;              /* [partitions]: records appended and not applied */
+    struct pending *pend;        /* appended, not applied, in log order */
+    size_t npend, pend_cap;
+    bool appended;               /* records appended since the last seal */
 
     uint64_t outbox_added;       /* OUTBOX records written by the current group */
     uint64_t outbox_removed;     /* OUTBOX records deleted by the current group */
 
     /* published after each commit, under mu */
     struct engine_partition_view *view; /* [partitions] */
+    int64_t apply_lag_since_ms;  /* monotonic ms since when applied < log end (0: not) */
     int64_t event_lag_ms;        /* see engine_event_time_lag; valid once event_lag_known */
     bool event_lag_known;
     _Atomic uint64_t outbox;     /* OUTBOX records committed and not yet forwarded */
@@ -186,9 +206,11 @@ static eddy_err emit(void *ud, const Eddy__Store__V1__Stage2Batch *b)
     return err;
 }
 
-/* Make 'meta' (the partitions' metadata as of the last durable write) what queries see. */
-static void publish(engine *e, const struct part_meta *meta)
+/* Make 'meta' (the partitions' applied metadata as of the last durable write) and 'ends'
+ * (their log ends; NULL: meta's next seqs) what queries see, and wake the read barriers. */
+static void publish(engine *e, const struct part_meta *meta, const uint64_t *ends)
 {
+    bool behind = false;
     int64_t newest = WATERMARK_NONE;
     for (uint32_t p = 0; p < e->o.apply.partitions; p++)
         if (meta[p].watermark != WATERMARK_NONE && meta[p].max_ts > newest)
@@ -205,12 +227,84 @@ static void publish(engine *e, const struct part_meta *meta)
         e->view[p].late_events = meta[p].late_events;
         e->view[p].events = meta[p].events;
         e->view[p].duplicates = meta[p].duplicates;
-        e->view[p].next_seq = meta[p].next_seq;
+        e->view[p].next_seq = ends ? ends[p] : meta[p].next_seq;
+        e->view[p].applied_seq = meta[p].next_seq;
         e->view[p].log_first_seq = meta[p].log_first_seq;
+        behind |= e->view[p].applied_seq < e->view[p].next_seq;
     }
+    if (!behind)
+        e->apply_lag_since_ms = 0;
+    else if (e->apply_lag_since_ms == 0)
+        e->apply_lag_since_ms = clock_mono_ms();
+    pthread_cond_broadcast(&e->applied_cv);
     pthread_mutex_unlock(&e->mu);
 }
 
+/* Forget the records appended and not applied (applied, or their write failed). */
+static void pending_clear(engine *e)
+{
+    for (size_t i = 0; i < e->npend; i++) {
+        e->is_ahead[e->pend[i].p] = false;
+        free(e->pend[i].rec);
+    }
+    e->npend = 0;
+}
+
+/* Apply every record appended ahead, in log order, through the apply a replay uses. On
+ * an error the rest are dropped too: the caller takes the store as the truth again
+ * (recover), whose replay applies the ones that are durable. */
+static eddy_err drain(engine *e)
+{
+    eddy_err err = EDDY_OK;
+    for (size_t i = 0; i < e->npend && err == EDDY_OK; i++) {
+        const struct pending *pd = &e->pend[i];
+        Eddy__Store__V1__LogRecord *r =
+            eddy__store__v1__log_record__unpack(NULL, pd->len, pd->rec);
+        enum apply_outcome oc = APPLY_ACCEPTED;
+        err = r ? apply_replay(e->txn, &e->o.apply, pd->p, &e->meta[pd->p], pd->seq, r, emit,
+                               e, &oc)
+                : EDDY_ERR_NOMEM;
+        if (r)
+            eddy__store__v1__log_record__free_unpacked(r, NULL);
+        /* the answer was the append's: the apply must decide the same */
+        assert(err != EDDY_OK || (oc == APPLY_LATE) == pd->late);
+    }
+    pending_clear(e);
+    return err;
+}
+
+/* Append 'ev' of partition p ahead of its apply (apply_append_event): *dup if it is a
+ * duplicate, else *late as its apply will find it. A record whose apply sweeps is applied
+ * at once, with every record before it, so the appends after it see what it forgets. */
+static eddy_err append_event(engine *e, uint32_t p, const Eddy__V1__Event *ev, bool *dup,
+                             bool *late)
+{
+    if (e->npend == e->pend_cap) {
+        size_t cap = e->pend_cap ? 2 * e->pend_cap : 1024;
+        struct pending *np = realloc(e->pend, cap * sizeof(*np));
+        if (!np)
+            return EDDY_ERR_NOMEM;
+        e->pend = np;
+        e->pend_cap = cap;
+    }
+    if (!e->is_ahead[p])
+        apply_ahead_init(&e->ahead[p], &e->meta[p]);
+    struct pending *pd = &e->pend[e->npend];
+    pd->p = p;
+    pd->seq = e->ahead[p].end;
+    eddy_err err = apply_append_event(e->txn, p, &e->meta[p], &e->ahead[p], ev, &pd->rec,
+                                      &pd->len, dup);
+    if (err != EDDY_OK || *dup)
+        return err;
+    e->is_ahead[p] = true;
+    e->appended = true;
+    e->npend++;
+    bool sweeps = apply_ahead_event(&e->o.apply, &e->ahead[p], ev->timestamp_ms, &pd->late);
+    *late = pd->late;
+    return sweeps ? drain(e) : EDDY_OK;
+}
+
+/* Events are appended here; their apply follows the group's seal (drain). */
 static eddy_err run_ingest(engine *e, struct job *j, int64_t now)
 {
     memset(&j->res, 0, sizeof(j->res));
@@ -228,16 +322,16 @@ static eddy_err run_ingest(engine *e, struct job *j, int64_t now)
     for (size_t i = 0; i < j->n; i++) {
         const Eddy__V1__Event *ev = j->events[i];
         uint32_t p = partition_of_user(ev->user_id, e->o.apply.partitions);
-        enum apply_outcome oc;
-        eddy_err err = apply_event(e->txn, &e->o.apply, p, &e->meta[p], ev, emit, e, &oc);
+        bool dup = false, late = false;
+        eddy_err err = append_event(e, p, ev, &dup, &late);
         if (err != EDDY_OK)
             return err;
         e->last_arrival_ms[p] = now;
-        if (oc == APPLY_DUPLICATE) {
+        if (dup) {
             j->res.duplicates++;
         } else {
             j->res.accepted++;
-            j->res.late += oc == APPLY_LATE;
+            j->res.late += late;
         }
     }
     return EDDY_OK;
@@ -559,13 +653,14 @@ static void finish_group(engine *e, struct job *group, eddy_err err)
     }
 }
 
-/* A group's end once its write returned 'err': publish 'meta' (the metadata the store now
- * holds), count the group and wake the forwarder if it is durable, then answer its jobs. */
+/* A group's end once its write returned 'err': publish 'meta' and 'ends' (what the store
+ * now holds, see publish), count the group and wake the forwarder if it is durable, then
+ * answer its jobs. */
 static void complete_group(engine *e, struct job *group, const struct part_meta *meta,
-                           int64_t start_ns, uint64_t outbox_added, uint64_t outbox_removed,
-                           eddy_err err)
+                           const uint64_t *ends, int64_t start_ns, uint64_t outbox_added,
+                           uint64_t outbox_removed, eddy_err err)
 {
-    publish(e, meta);
+    publish(e, meta, ends);
     if (err == EDDY_OK) {
         count_group(e, group, start_ns); /* committed and visible to queries */
         atomic_fetch_sub(&e->outbox, outbox_removed);
@@ -643,12 +738,22 @@ static void *syncer_main(void *arg)
         if (sg->state != SEALED_QUEUED)
             break;
         pthread_mutex_unlock(&e->mu);
-        eddy_err err = store_txn_write(e->txn, true);
+        /* a write of applied state only needs no sync: the log rebuilds it, and a later
+         * synced write makes it durable with everything before it */
+        bool answers = sg->jobs != NULL;
+        eddy_err err = store_txn_write(e->txn, answers);
         if (err != EDDY_OK)
             log_group_failed(err, sg->jobs);
-        complete_group(e, sg->jobs, err == EDDY_OK ? sg->meta : sg->before, sg->start_ns,
-                       sg->outbox_added, sg->outbox_removed, err);
-        store_crash_point("acked");
+        /* on a failure the writer takes the store as the truth again before publishing */
+        if (err == EDDY_OK)
+            complete_group(e, sg->jobs, sg->meta, sg->ends, sg->start_ns, sg->outbox_added,
+                           sg->outbox_removed, err);
+        else
+            finish_group(e, sg->jobs, err);
+        if (answers)
+            store_crash_point("acked");
+        if (sg->appended)
+            store_crash_point("appended"); /* acknowledged, not applied in the store */
         if (err == EDDY_OK)
             flush_due(e);
         pthread_mutex_lock(&e->mu);
@@ -661,9 +766,38 @@ static void *syncer_main(void *arg)
     return NULL;
 }
 
+static eddy_err replay_tail(engine *e, uint32_t p, uint64_t *replayed);
+
+/* Take the store as the truth again, as at open: forget the txn and the records appended
+ * ahead, reload every partition's metadata and replay its log after it (records appended
+ * in a write that succeeded are applied there, whatever became of their apply's write),
+ * and count the OUTBOX again. After a failed write or apply, with no write in flight. */
+static eddy_err recover(engine *e)
+{
+    uint64_t replayed = 0, outbox = 0;
+    eddy_err err = EDDY_OK;
+    pending_clear(e);
+    store_txn_reset(e->txn);
+    e->appended = false;
+    e->outbox_added = 0;
+    e->outbox_removed = 0;
+    for (uint32_t p = 0; p < e->o.apply.partitions && err == EDDY_OK; p++)
+        err = apply_meta_load(e->st, p, &e->meta[p]);
+    for (uint32_t p = 0; p < e->o.apply.partitions && err == EDDY_OK; p++)
+        err = replay_tail(e, p, &replayed);
+    for (uint32_t p = 0; p < e->o.apply.partitions; p++)
+        outbox += outbox_of(e, p);
+    atomic_store(&e->outbox, outbox);
+    if (err != EDDY_OK)
+        log_error("msg=\"cannot take the store as the truth again\" error=\"%s\"",
+                  eddy_strerror(err));
+    publish(e, e->meta, NULL);
+    return err;
+}
+
 /* Wait until the sealed group, if any, is written and answered, and settle the txn with
- * its result. On a failed write the txn is reset and the metadata goes back to before that
- * group: whatever was applied after it (the caller's group) must fail too. */
+ * its result. On a failed write the engine goes on from the store (recover): whatever was
+ * applied or appended after it (the caller's group) must fail too. */
 static eddy_err await_sealed(engine *e)
 {
     struct sealed_group *sg = &e->sealed;
@@ -679,11 +813,11 @@ static eddy_err await_sealed(engine *e)
     pthread_mutex_unlock(&e->mu);
     store_txn_settle(e->txn, err);
     if (err != EDDY_OK)
-        memcpy(e->meta, sg->before, e->o.apply.partitions * sizeof(*e->meta));
+        recover(e);
     return err;
 }
 
-/* Hand the applied group to the sync thread (after the previous one is settled). */
+/* Hand the group to the sync thread (after the previous one is settled). */
 static eddy_err seal_group(engine *e, struct job *group, int64_t start_ns)
 {
     struct sealed_group *sg = &e->sealed;
@@ -692,11 +826,16 @@ static eddy_err seal_group(engine *e, struct job *group, int64_t start_ns)
     if (err != EDDY_OK)
         return err;
     sg->jobs = group;
+    sg->appended = e->appended;
     sg->start_ns = start_ns;
     sg->outbox_added = e->outbox_added;
     sg->outbox_removed = e->outbox_removed;
     memcpy(sg->meta, e->meta, bytes);
-    memcpy(sg->before, e->backup, bytes);
+    for (uint32_t p = 0; p < e->o.apply.partitions; p++)
+        sg->ends[p] = e->is_ahead[p] ? e->ahead[p].end : e->meta[p].next_seq;
+    e->appended = false;
+    e->outbox_added = 0;
+    e->outbox_removed = 0;
     pthread_mutex_lock(&e->mu);
     sg->state = SEALED_QUEUED;
     pthread_cond_signal(&e->sync_cv);
@@ -704,11 +843,16 @@ static eddy_err seal_group(engine *e, struct job *group, int64_t start_ns)
     return EDDY_OK;
 }
 
-/* Apply a group's jobs (and the idle watermarks if due) into the txn. */
+/* Apply a group's jobs (and the idle watermarks if due) into the txn: the events of
+ * ingest jobs are only appended (applied after the seal); every other job appends its
+ * record at the log end and needs the state before it, so the appended records are
+ * applied first. */
 static eddy_err apply_group(engine *e, struct job *group, int64_t now, bool idle_due)
 {
     eddy_err err = EDDY_OK;
     for (struct job *j = group; j && err == EDDY_OK; j = j->next) {
+        if (j->kind != JOB_INGEST && (err = drain(e)) != EDDY_OK)
+            break;
         if (j->kind == JOB_INGEST) {
             err = run_ingest(e, j, now);
         } else if (j->kind == JOB_FORWARD) {
@@ -732,19 +876,31 @@ static eddy_err apply_group(engine *e, struct job *group, int64_t now, bool idle
             e->outbox_removed += outbox_before - apply_outbox_rows(e->txn, p);
         }
     }
-    if (err == EDDY_OK && idle_due)
+    if (err == EDDY_OK && idle_due && (err = drain(e)) == EDDY_OK)
         err = run_idle(e, now);
     for (uint32_t p = 0; p < e->o.apply.partitions && err == EDDY_OK; p++)
         err = apply_meta_save(e->txn, p, &e->meta[p]);
     return err;
 }
 
-/* A failed apply: drop what the group wrote into the txn and its metadata changes. */
+/* A failed apply: drop what the group wrote into the txn (and the state applied behind
+ * earlier groups, which the log rebuilds: recover). */
 static void roll_back(engine *e, struct job *group, eddy_err err)
 {
     log_group_failed(err, group);
-    store_txn_reset(e->txn);
-    memcpy(e->meta, e->backup, e->o.apply.partitions * sizeof(*e->meta));
+    recover(e);
+}
+
+/* Write what the txn holds (state applied behind earlier groups), synced, before a job
+ * that writes around the txn or reads the store as a whole. */
+static eddy_err commit_applied(engine *e)
+{
+    eddy_err err = drain(e);
+    for (uint32_t p = 0; p < e->o.apply.partitions && err == EDDY_OK; p++)
+        err = apply_meta_save(e->txn, p, &e->meta[p]);
+    if (err == EDDY_OK && store_txn_pending(e->txn) > 0)
+        err = store_txn_commit(e->txn, true);
+    return err;
 }
 
 /* A group that writes around the txn (a restore or an exclusive job) runs alone, on a
@@ -757,52 +913,60 @@ static void run_alone(engine *e, struct job *group, int64_t now)
      * copies the store (store_replace_range, snapshots, compactions) flushes itself. */
     await_sealed(e);
     int64_t start_ns = clock_mono_ns();
-    memcpy(e->backup, e->meta, e->o.apply.partitions * sizeof(*e->meta));
-    e->outbox_added = 0;
-    e->outbox_removed = 0;
-    eddy_err err = apply_group(e, group, now, false);
+    eddy_err err = commit_applied(e);
+    if (err == EDDY_OK)
+        err = apply_group(e, group, now, false);
     if (err == EDDY_OK && store_txn_pending(e->txn) > 0)
         err = store_txn_commit(e->txn, true);
     if (err != EDDY_OK)
         roll_back(e, group, err);
-    complete_group(e, group, e->meta, start_ns, e->outbox_added, e->outbox_removed, err);
+    complete_group(e, group, e->meta, NULL, start_ns, e->outbox_added, e->outbox_removed, err);
+    e->outbox_added = 0;
+    e->outbox_removed = 0;
 }
 
-/* Apply a group while the previous one's write runs on the sync thread, then seal it for
- * the sync thread once that write is settled. A failed write fails this group too: it was
- * applied on top of values that never reached the store. */
+/* Append (and apply, for the other jobs) a group while the previous one's write runs on
+ * the sync thread, seal it for the sync thread once that write is settled, then apply the
+ * events it appended while it is written and acknowledged: their state joins the next
+ * write. A failed write fails this group too: it was applied on top of values that never
+ * reached the store. group == NULL: the state applied since the last seal (and the idle
+ * watermarks if due), written unsynced so that queries see it. */
 static void run_pipelined(engine *e, struct job *group, int64_t now, bool idle_due)
 {
     int64_t start_ns = clock_mono_ns();
-    memcpy(e->backup, e->meta, e->o.apply.partitions * sizeof(*e->meta));
-    e->outbox_added = 0;
-    e->outbox_removed = 0;
     eddy_err err = apply_group(e, group, now, idle_due);
     eddy_err werr = await_sealed(e);
-    if (werr != EDDY_OK) { /* the txn and the metadata are back before the failed group */
-        complete_group(e, group, e->meta, start_ns, 0, 0, werr);
+    if (werr != EDDY_OK) { /* the engine is back on the store, before the failed group */
+        complete_group(e, group, e->meta, NULL, start_ns, 0, 0, werr);
         return;
     }
     if (err == EDDY_OK)
         err = seal_group(e, group, start_ns);
     if (err != EDDY_OK) {
         roll_back(e, group, err);
-        complete_group(e, group, e->meta, start_ns, 0, 0, err);
+        complete_group(e, group, e->meta, NULL, start_ns, 0, 0, err);
+        return;
+    }
+    if ((err = drain(e)) != EDDY_OK) { /* the records are durable: the log rebuilds them */
+        log_error("msg=\"apply behind the log failed\" error=\"%s\"", eddy_strerror(err));
+        if (await_sealed(e) == EDDY_OK)
+            recover(e);
     }
 }
 
 /* Take the next group of queued jobs: at most max_group_events events (at least one job);
- * a restore or an exclusive job alone. Waits up to a second for a job; NULL if none (then
- * *stop says whether the engine is closing). */
-static struct job *take_group(engine *e, bool *stop)
+ * a restore or an exclusive job alone. Waits up to a second for a job unless 'unsealed'
+ * (the txn holds applied state to write); NULL if none (then *stop says whether the engine
+ * is closing). */
+static struct job *take_group(engine *e, bool *stop, bool unsealed)
 {
     pthread_mutex_lock(&e->mu);
-    while (!e->head && !e->stopping) {
+    while (!e->head && !e->stopping && !unsealed) {
         struct timespec dl = clock_mono_after(1000);
         if (pthread_cond_timedwait(&e->cv, &e->mu, &dl) == ETIMEDOUT)
             break;
     }
-    *stop = !e->head && e->stopping;
+    *stop = !e->head && e->stopping && !unsealed;
     struct job *group = e->head, *last = NULL;
     int64_t events = 0;
     for (struct job *j = e->head; j; j = j->next) {
@@ -834,14 +998,15 @@ static void *writer_main(void *arg)
     int64_t last_idle = clock_mono_ms();
     bool stop = false;
     while (!stop) {
-        struct job *group = take_group(e, &stop);
+        bool unsealed = store_txn_pending(e->txn) > 0;
+        struct job *group = take_group(e, &stop, unsealed);
         int64_t now = clock_mono_ms();
         if (group && (group->kind == JOB_RESTORE || group->kind == JOB_EXCLUSIVE)) {
             run_alone(e, group, now);
             continue;
         }
         bool idle_due = !stop && now - last_idle >= 1000;
-        if (!group && !idle_due)
+        if (!group && !idle_due && !unsealed)
             continue;
         if (idle_due)
             last_idle = now;
@@ -947,16 +1112,18 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
     pthread_mutex_init(&e->flush_mu, NULL);
     clock_cond_init(&e->flush_cv);
     pthread_cond_init(&e->sync_cv, NULL);
+    clock_cond_init(&e->applied_cv);
     e->meta = calloc(nparts, sizeof(*e->meta));
-    e->backup = calloc(nparts, sizeof(*e->backup));
+    e->ahead = calloc(nparts, sizeof(*e->ahead));
+    e->is_ahead = calloc(nparts, sizeof(*e->is_ahead));
     e->sealed.meta = calloc(nparts, sizeof(*e->sealed.meta));
-    e->sealed.before = calloc(nparts, sizeof(*e->sealed.before));
+    e->sealed.ends = calloc(nparts, sizeof(*e->sealed.ends));
     e->last_arrival_ms = calloc(nparts, sizeof(*e->last_arrival_ms));
     e->view = calloc(nparts, sizeof(*e->view));
     e->log_floor = calloc(nparts, sizeof(*e->log_floor));
     e->writing = calloc(nparts, sizeof(*e->writing));
-    if (!e->meta || !e->backup || !e->sealed.meta || !e->sealed.before || !e->last_arrival_ms ||
-        !e->view || !e->log_floor || !e->writing) {
+    if (!e->meta || !e->ahead || !e->is_ahead || !e->sealed.meta || !e->sealed.ends ||
+        !e->last_arrival_ms || !e->view || !e->log_floor || !e->writing) {
         engine_close(e);
         return EDDY_ERR_NOMEM;
     }
@@ -1031,7 +1198,7 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
         key_prefix_end(&start, &end);
         store_scan(e->st, &start, &end, count_key, &e->outbox);
     }
-    publish(e, e->meta);
+    publish(e, e->meta, NULL);
     if (pthread_create(&e->syncer, NULL, syncer_main, e) != 0) {
         engine_close(e);
         return EDDY_ERR_NOMEM;
@@ -1083,12 +1250,16 @@ void engine_close(engine *e)
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     pthread_cond_destroy(&e->sync_cv);
+    pthread_cond_destroy(&e->applied_cv);
     pthread_mutex_destroy(&e->flush_mu);
     pthread_cond_destroy(&e->flush_cv);
     free(e->meta);
-    free(e->backup);
+    pending_clear(e);
+    free(e->pend);
+    free(e->ahead);
+    free(e->is_ahead);
     free(e->sealed.meta);
-    free(e->sealed.before);
+    free(e->sealed.ends);
     free(e->last_arrival_ms);
     free(e->view);
     free((void *)e->log_floor);
@@ -1281,6 +1452,58 @@ bool engine_event_time_lag(engine *e, int64_t *lag_ms)
     *lag_ms = known ? e->event_lag_ms : 0;
     pthread_mutex_unlock(&e->mu);
     return known;
+}
+
+eddy_err engine_read_barrier(engine *e, int64_t p)
+{
+    uint32_t first = 0, last = e->o.apply.partitions;
+    if (p >= (int64_t)last)
+        return EDDY_ERR_INVALID;
+    if (p >= 0) {
+        first = (uint32_t)p;
+        last = first + 1;
+    }
+    if (e->o.read_barrier_timeout_ms <= 0)
+        return EDDY_OK;
+    uint64_t one, *want = last - first == 1 ? &one : malloc((last - first) * sizeof(*want));
+    if (!want)
+        return EDDY_ERR_NOMEM;
+    struct timespec dl = clock_mono_after(e->o.read_barrier_timeout_ms);
+    eddy_err err = EDDY_OK;
+    pthread_mutex_lock(&e->mu);
+    /* the log ends now: every acknowledgement before the query is below them */
+    for (uint32_t q = first; q < last; q++)
+        want[q - first] = e->view[q].next_seq;
+    for (uint32_t q = first; q < last && err == EDDY_OK; q++) {
+        while (e->view[q].applied_seq < want[q - first]) {
+            if (pthread_cond_timedwait(&e->applied_cv, &e->mu, &dl) == ETIMEDOUT) {
+                err = e->view[q].applied_seq < want[q - first] ? EDDY_ERR_TIMEOUT : EDDY_OK;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (want != &one)
+        free(want);
+    if (err != EDDY_OK)
+        log_warn("msg=\"read barrier: the events acknowledged before the query are not "
+                 "applied after --read-barrier-timeout\" partition=%" PRId64 " timeout_ms=%" PRId64,
+                 p, e->o.read_barrier_timeout_ms);
+    return err;
+}
+
+void engine_apply_lag(engine *e, uint64_t *records, double *seconds)
+{
+    uint64_t n = 0;
+    pthread_mutex_lock(&e->mu);
+    for (uint32_t p = 0; p < e->o.apply.partitions; p++)
+        n += e->view[p].next_seq - e->view[p].applied_seq;
+    int64_t since = e->apply_lag_since_ms;
+    pthread_mutex_unlock(&e->mu);
+    if (records)
+        *records = n;
+    if (seconds)
+        *seconds = since ? (double)(clock_mono_ms() - since) / 1e3 : 0;
 }
 
 int64_t engine_queue_depth(engine *e)

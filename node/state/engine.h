@@ -28,7 +28,22 @@
  * flushed META is replayed through apply_replay before the engine serves; a group that
  * rewrites earlier log records (DeleteUser, log sweeps) writes through. Snapshots
  * (checkpoints, moves, replica copies), range replaces and compactions flush first, and
- * with them the exclusive jobs and restores that use them. */
+ * with them the exclusive jobs and restores that use them.
+ *
+ * Log first, apply behind: an ingest job's events are only appended in its group — dedup
+ * (decided exactly as the apply would: struct apply_ahead), seqs, LOG and DEDUP rows —
+ * and the group is sealed and acknowledged once that is durable; the writer applies the
+ * appended records (apply_replay, the replay's deterministic apply) while the sync thread
+ * writes and acknowledges, and their state joins the next write (a write of its own,
+ * unsynced, when no job is queued). So the acknowledgement waits for the append and the
+ * fsync, not for the apply of its own group. Every other job (DeleteUser, forwards,
+ * replays, OUTBOX deliveries, impressions, idle watermarks, flushes) applies the appended
+ * records first, and restores and exclusive jobs also write them to the store first, so
+ * each finds the state of everything before it. The view publishes a partition's durable
+ * log end (next_seq) and what is applied in what queries read (applied_seq); queries call
+ * engine_read_barrier, which waits until the second reaches the first as of their arrival
+ * (read-your-writes). The lag is at most one group: the next group waits for the apply of
+ * the previous one. */
 #ifndef EDDY_ENGINE_H
 #define EDDY_ENGINE_H
 
@@ -108,6 +123,9 @@ struct engine_opts {
      * thread flushes before acknowledging more (memory stays bounded). */
     int64_t flush_interval_ms;
     int64_t flush_bytes;
+    /* engine_read_barrier waits this long at most (0: no wait; a query may then miss an
+     * acknowledged event for one group's apply). */
+    int64_t read_barrier_timeout_ms;
 };
 
 struct engine_ingest_result {
@@ -229,9 +247,9 @@ eddy_err engine_impression(engine *e, const Eddy__Store__V1__Impression *imp);
 eddy_err engine_delete_user(engine *e, const char *user_id, engine_delete_done_fn *done,
                             void *ud);
 
-/* Block until every job queued before the call is committed (tests, shutdown, and the
- * barrier of a stage-2 freeze: the jobs that may have applied stage-2 records before it
- * are done). EDDY_OK, or why the flush could not be queued (nothing was waited for). */
+/* Block until every job queued before the call is committed, its events applied and
+ * published (the drain: tests, shutdown, checkpoint publication, and the barrier of a
+ * stage-2 freeze: the jobs that may have applied stage-2 records before it are done). EDDY_OK, or why the flush could not be queued (nothing was waited for). */
 eddy_err engine_flush(engine *e);
 
 /* --- read side (any thread) ----------------------------------------------------------- */
@@ -242,7 +260,10 @@ struct engine_partition_view {
     uint64_t late_events;
     uint64_t events;
     uint64_t duplicates;
-    uint64_t next_seq;      /* log records appended so far (the next record's seq) */
+    uint64_t next_seq;      /* log records appended so far (the next record's seq): the
+                               durable log end */
+    uint64_t applied_seq;   /* the records below it are applied in what queries read (the
+                               rest of the view is as of it) */
     uint64_t log_first_seq; /* oldest log record still kept */
 };
 
@@ -258,6 +279,15 @@ void engine_global(engine *e, int64_t *watermark, int64_t *max_ts, uint64_t *lat
  * applied, so a node that receives nothing keeps its last value rather than growing by
  * itself. False (and 0) before the first event. Any thread. */
 bool engine_event_time_lag(engine *e, int64_t *lag_ms);
+/* Read-your-writes (see "Log first, apply behind"): wait until partition 'p' (p < 0:
+ * every partition) has applied, in what queries read, every record of its log at the
+ * call, so that every event acknowledged before it is seen; no wait when nothing is
+ * behind. EDDY_ERR_TIMEOUT past engine_opts.read_barrier_timeout_ms. Any thread but the
+ * engine's own (its callbacks must not wait for it). */
+eddy_err engine_read_barrier(engine *e, int64_t p);
+/* Records of the durable log not applied yet in what queries read (all partitions), and
+ * for how long some have been (0 when none). Any thread. */
+void engine_apply_lag(engine *e, uint64_t *records, double *seconds);
 /* Events waiting in the queue. */
 int64_t engine_queue_depth(engine *e);
 

@@ -72,11 +72,21 @@ static eddy_err load_user(struct query_ctx *q, const char *user_id,
     return err;
 }
 
+/* Read-your-writes: the events acknowledged before the query are applied in what it reads
+ * (engine_read_barrier) of the user's partition. */
+static eddy_err read_barrier_user(struct query_ctx *q, const char *user_id)
+{
+    return engine_read_barrier(
+        q->eng, partition_of_user(user_id, engine_options(q->eng)->apply.partitions));
+}
+
 eddy_err query_profile(struct query_ctx *q, const char *user_id,
                        Eddy__V1__GetUserProfileResponse **out)
 {
     Eddy__Store__V1__UserModel *m = NULL;
-    eddy_err err = load_user(q, user_id, &m);
+    eddy_err err = read_barrier_user(q, user_id);
+    if (err == EDDY_OK)
+        err = load_user(q, user_id, &m);
     if (err != EDDY_OK)
         return err;
     if (!m)
@@ -434,7 +444,7 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
     int64_t at;
     uint32_t p = partition_of_user(req->user_id, o->apply.partitions);
 
-    if (!scratch)
+    if (!scratch || (err = read_barrier_user(q, req->user_id)) != EDDY_OK)
         goto out;
     w->lists = scratch->lists;
     engine_global(q->eng, NULL, &at, NULL);
@@ -609,6 +619,10 @@ eddy_err query_event_counts(struct query_ctx *q, const Eddy__V1__EventCountsRequ
     l.to = req->end_ms;
     if (req->start_ms == 0 && req->end_ms == 0)
         l.from = INT64_MIN;
+    err = pb_empty(req->user_id) ? engine_read_barrier(q->eng, -1)
+                                 : read_barrier_user(q, req->user_id);
+    if (err != EDDY_OK)
+        return err;
 
     if (!pb_empty(req->user_id)) {
         uint32_t p = partition_of_user(req->user_id, o->apply.partitions);
@@ -776,7 +790,9 @@ eddy_err query_top_products_n(struct query_ctx *q, const Eddy__V1__TopProductsRe
     struct prod_map m = {.accs = STRMAP_INIT(TOP_PRODUCTS_MAX)};
     struct prod_acc **v = NULL; /* the tally, to sort */
     int64_t wm;
-    eddy_err err = EDDY_OK;
+    eddy_err err = engine_read_barrier(q->eng, -1);
+    if (err != EDDY_OK)
+        return err;
     engine_global(q->eng, &wm, NULL, NULL);
     m.from = (req->start_ms == 0 && req->end_ms == 0) ? INT64_MIN : req->start_ms;
     m.to = req->end_ms;
@@ -904,10 +920,12 @@ eddy_err query_experiment_stats(struct query_ctx *q, const char *name,
                                 Eddy__V1__GetExperimentResponse **out)
 {
     const struct engine_opts *o = engine_options(q->eng);
-    struct exp_sums s = {malloc(sizeof(*s.r)), 0, EDDY_OK};
-    eddy_err err = EDDY_OK;
+    struct exp_sums s = {NULL, 0, EDDY_OK};
+    eddy_err err = engine_read_barrier(q->eng, -1);
     *out = NULL;
-    if (!s.r)
+    if (err != EDDY_OK)
+        return err;
+    if (!(s.r = malloc(sizeof(*s.r))))
         return EDDY_ERR_NOMEM;
     eddy__v1__get_experiment_response__init(s.r);
     for (uint32_t p = 0; p < o->apply.partitions && err == EDDY_OK; p++) {

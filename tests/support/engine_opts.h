@@ -27,6 +27,7 @@ static inline struct engine_opts test_engine_opts(const char *dir)
     o.candidates = 50;
     o.max_pending_events = 100000;
     o.max_group_events = 1000;
+    o.read_barrier_timeout_ms = 10000;
     return o;
 }
 

@@ -385,6 +385,117 @@ static void test_pairs_with_newest_items(void **state)
     free(dir);
 }
 
+/* Close 'e', free its 'n' events and remove its directory 'dir' (freed). */
+static void finish_engine(engine *e, Eddy__V1__Event **evs, size_t n, char *dir)
+{
+    engine_close(e);
+    for (size_t i = 0; i < n; i++)
+        free(evs[i]);
+    rmrf(dir);
+    free(dir);
+}
+
+/* An acknowledgement held on the sync thread (its callback waits for the test): the batch's
+ * log is durable and published, its apply is not (the writer may apply it, but only the
+ * next write, which waits for this one, publishes it). */
+struct held_ack {
+    engine *e;
+    uint32_t p;
+    struct engine_partition_view at_ack; /* the partition as the callback found it */
+    struct done d;
+    struct completion acked, release;
+};
+
+static void on_held_ack(void *ud, eddy_err err, const struct engine_ingest_result *r)
+{
+    struct held_ack *h = ud;
+    on_done(&h->d, err, r);
+    engine_partition(h->e, h->p, &h->at_ack);
+    completion_signal(&h->acked, err, 0);
+    completion_wait(&h->release, EDDY_OK);
+}
+
+/* Log first, apply behind: the acknowledgement comes when the log is durable, before the
+ * events are applied; a query after it waits for the apply (the read barrier), and past
+ * --read-barrier-timeout answers EDDY_ERR_TIMEOUT rather than a state without them. */
+static void test_ack_before_apply(void **state)
+{
+    char *dir = tmpdir_for("engine");
+    struct engine_opts o = opts(dir);
+    o.read_barrier_timeout_ms = 200;
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    Eddy__V1__Event *a[] = {mk("h1", "uh", T0 + 1000, VIEW, "p1", "books"),
+                            mk("h2", "uh", T0 + 2000, BUY, "p2", "books"),
+                            mk("h1", "uh", T0 + 1000, VIEW, "p1", "books")};
+    struct held_ack h = {.e = e, .p = partition_of_user("uh", FIXTURE_PARTITIONS)};
+    completion_init(&h.acked);
+    completion_init(&h.release);
+    /* idle: nothing behind, no wait */
+    assert_int_equal(engine_read_barrier(e, -1), EDDY_OK);
+    assert_int_equal(engine_ingest(e, a, 3, on_held_ack, &h), EDDY_OK);
+    assert_int_equal(completion_wait(&h.acked, EDDY_OK), EDDY_OK);
+    /* the answer is the apply's, decided at the append: one duplicate */
+    assert_int_equal(h.d.r.accepted, 2);
+    assert_int_equal(h.d.r.duplicates, 1);
+    assert_int_equal(h.at_ack.next_seq, 2);
+    assert_int_equal(h.at_ack.applied_seq, 0);
+    assert_int_equal(h.at_ack.events, 0);
+    uint64_t lag = 0;
+    engine_apply_lag(e, &lag, NULL);
+    assert_int_equal(lag, 2);
+
+    stage2cache *pc = stage2cache_new(engine_store(e), &engine_options(e)->product, 0, 50);
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0};
+    Eddy__V1__GetUserProfileResponse *pr = NULL;
+    assert_int_equal(engine_read_barrier(e, h.p), EDDY_ERR_TIMEOUT);
+    assert_int_equal(query_profile(&q, "uh", &pr), EDDY_ERR_TIMEOUT);
+    /* another partition has nothing behind */
+    assert_int_equal(engine_read_barrier(e, (h.p + 1) % FIXTURE_PARTITIONS), EDDY_OK);
+
+    completion_signal(&h.release, EDDY_OK, 0);
+    assert_int_equal(query_profile(&q, "uh", &pr), EDDY_OK);
+    assert_int_equal(pr->profile->event_count, 2);
+    query_free_response(&pr->base);
+    struct engine_partition_view v;
+    engine_partition(e, h.p, &v);
+    assert_int_equal(v.applied_seq, 2);
+    assert_int_equal(v.events, 2);
+    engine_apply_lag(e, &lag, NULL);
+    assert_int_equal(lag, 0);
+    stage2cache_free(pc);
+    finish_engine(e, a, 3, dir);
+}
+
+/* A job that reads or replaces the store around the writer's txn (an exclusive job: moves,
+ * checkpoint copies, reprocess swaps) runs on a store that holds the state of every event
+ * acknowledged before it, not only their log. */
+static void test_exclusive_after_apply(void **state)
+{
+    char *dir = tmpdir_for("engine");
+    struct engine_opts o = opts(dir);
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    Eddy__V1__Event *a[] = {mk("x1", "ux", T0 + 1000, VIEW, "p1", "books"),
+                            mk("x2", "ux", T0 + 2000, VIEW, "p2", "books")};
+    struct completion g;
+    struct done d = {0};
+    struct probe pr = {partition_of_user("ux", FIXTURE_PARTITIONS), 0, 0, EDDY_OK};
+    completion_init(&g);
+    assert_int_equal(engine_exclusive(e, gate_wait, gate_done, &g), EDDY_OK);
+    assert_int_equal(engine_ingest(e, a, 2, on_done, &d), EDDY_OK);
+    assert_int_equal(engine_exclusive(e, probe_fn, probe_done, &pr), EDDY_OK);
+    completion_signal(&g, EDDY_OK, 0);
+    engine_flush(e);
+    assert_int_equal(d.err, EDDY_OK);
+    assert_int_equal(pr.ran, 1);
+    assert_int_equal(pr.err, EDDY_OK);
+    assert_int_equal(pr.events, 2);
+    finish_engine(e, a, 2, dir);
+}
+
 static void test_failed_write_fails_the_next_group(void **state)
 {
     char *dir = tmpdir_for("engine");
@@ -642,6 +753,7 @@ static void test_behind_reads_acknowledged(void **state)
 struct wb_acks {
     int fd; /* the pipe to the parent: one byte per acknowledged batch */
     int acked;
+    struct completion done; /* per batch */
 };
 
 static void on_wb_ack(void *ud, eddy_err err, const struct engine_ingest_result *r)
@@ -652,6 +764,7 @@ static void on_wb_ack(void *ud, eddy_err err, const struct engine_ingest_result 
         if (write(a->fd, &c, 1) == 1)
             a->acked++;
     }
+    completion_signal(&a->done, err, 0);
 }
 
 #define WB_DELETED "u4" /* has events in every batch */
@@ -670,7 +783,8 @@ static void wb_delete(engine *e)
  * process: LevelDB's background thread does not survive a fork): ingest the batches one at
  * a time (deleting WB_DELETED before batch DELETE_AT; -1: never), telling the parent of
  * each acknowledged batch, until EDDY_TEST_CRASH_AT _exits it (status 86); 0 if it never
- * did. */
+ * did. Each batch is acknowledged before the flush that waits for its apply is queued, so
+ * each batch's log and its applied state are two writes. */
 static int wb_child(const char *dir, int64_t flush_bytes, int fd, int delete_at)
 {
     struct wb_events ws, *w = &ws;
@@ -683,11 +797,13 @@ static int wb_child(const char *dir, int64_t flush_bytes, int fd, int delete_at)
     char err[256];
     if (engine_open(&o, &e, err, sizeof(err)) != EDDY_OK)
         return 1;
-    struct wb_acks a = {fd, 0};
+    struct wb_acks a = {.fd = fd};
     for (int b = 0; b < WB_BATCHES; b++) {
         if (b == delete_at)
             wb_delete(e);
-        if (engine_ingest(e, w->ev + b * WB_BATCH, WB_BATCH, on_wb_ack, &a) != EDDY_OK)
+        completion_init(&a.done);
+        if (completion_wait(&a.done, engine_ingest(e, w->ev + b * WB_BATCH, WB_BATCH,
+                                                   on_wb_ack, &a)) != EDDY_OK)
             return 1;
         engine_flush(e);
     }
@@ -796,12 +912,16 @@ static void crash_cases(const struct wb_case *cases, size_t ncases, int delete_a
 
 static void test_behind_crash_phases(void **state)
 {
+    /* each batch is two writes (and two groups): its log, then its applied state */
     static const struct wb_case cases[] = {
-        {"log:5", 0},                 /* group 5's log durable, not acknowledged */
-        {"acked:5", 0},               /* five groups acknowledged, none flushed */
-        {"flush-before-write:5", 1},  /* four flushed, the fifth's flush lost */
+        {"log:5", 0},                 /* batch 3's log durable, not acknowledged */
+        {"log:6", 0},                 /* batch 3's applied state written, not flushed */
+        {"acked:5", 0},               /* three batches acknowledged, none flushed */
+        {"appended:5", 0},            /* five batches acknowledged, the fifth not applied */
+        {"flush-before-write:5", 1},  /* four writes flushed, the fifth's flush lost */
         {"flush-after-write:5", 1},   /* five flushed, the drop not done */
         {"acked:9", 1},               /* after a flush, with more behind it */
+        {"appended:9", 1},            /* after a flush, the ninth batch not applied */
     };
     crash_cases(cases, sizeof(cases) / sizeof(cases[0]), -1);
 }
@@ -809,10 +929,11 @@ static void test_behind_crash_phases(void **state)
 /* A DeleteUser erases the user's earlier log records: its group writes through (the
  * earlier groups' state is flushed first), or a replay from an older META would skip the
  * erased events and lose what they added to the partition's windows and products. The
- * fifth synced write is the DeleteUser's; the crash follows the next batch's log write. */
+ * DeleteUser comes before the fifth batch; the crash follows that batch's
+ * acknowledgement, before its apply is written. */
 static void test_behind_crash_after_delete(void **state)
 {
-    static const struct wb_case cases[] = {{"log:6", 0}};
+    static const struct wb_case cases[] = {{"appended:5", 0}};
     crash_cases(cases, 1, 4);
 }
 
@@ -830,6 +951,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_purchases_never_recommended),
         cmocka_unit_test(test_pairs_with_newest_items),
         cmocka_unit_test(test_failed_write_fails_the_next_group),
+        cmocka_unit_test(test_ack_before_apply),
+        cmocka_unit_test(test_exclusive_after_apply),
         cmocka_unit_test(test_behind_reads_acknowledged),
         cmocka_unit_test(test_behind_crash_phases),
         cmocka_unit_test(test_behind_crash_after_delete),

@@ -320,10 +320,47 @@ static void test_inactive_models_expire(void **state)
     free(dir);
 }
 
+/* The answer to a batch is decided when its log is appended, before its events are
+ * applied: an id that a sweep forgets at an event of the same batch must be accepted
+ * again after it, as one event at a time (each applied before the next) does. */
+static void test_ids_forgotten_within_a_batch(void **state)
+{
+    char *dir = tmpdir_for("sweeps");
+    struct engine_opts o = dedup_opts(dir);
+    engine *e = open_engine(&o);
+    /* y2 moves the watermark past T0 + 25 min: its apply sweeps and forgets y1 */
+    Eddy__V1__Event *b[] = {mk("y1", "u", T0, VIEW, "p1", "books"),
+                            mk("y2", "u", T0 + 25 * MIN, VIEW, "p1", "books"),
+                            mk("y1", "u", T0, VIEW, "p1", "books"),
+                            mk("y2", "u", T0 + 25 * MIN, VIEW, "p1", "books")};
+    struct done d = ingest(e, b, 4);
+    assert_int_equal(d.r.accepted, 3);
+    assert_int_equal(d.r.duplicates, 1); /* y2, remembered */
+    assert_int_equal(d.r.late, 1);       /* y1 again, under the watermark */
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+
+    /* the same, one event at a time */
+    dir = tmpdir_for("sweeps");
+    o = dedup_opts(dir);
+    e = open_engine(&o);
+    assert_int_equal(send1(e, "y1", "u", T0).accepted, 1);
+    assert_int_equal(send1(e, "y2", "u", T0 + 25 * MIN).accepted, 1);
+    assert_int_equal(send1(e, "y1", "u", T0).accepted, 1);
+    assert_int_equal(send1(e, "y2", "u", T0 + 25 * MIN).duplicates, 1);
+    engine_close(e);
+    for (int i = 0; i < 4; i++)
+        free(b[i]);
+    rmrf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ids_forgotten_along_the_log),
+        cmocka_unit_test(test_ids_forgotten_within_a_batch),
         cmocka_unit_test(test_log_kept_for_the_dedup_window),
         cmocka_unit_test(test_deleted_user_ids_until_the_window_passes),
         cmocka_unit_test(test_older_layout_converted),
