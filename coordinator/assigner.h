@@ -58,9 +58,10 @@ struct assign_params {
      * written: one older than the map's epoch is the set its leader was promoted from (it
      * has not recorded its own yet), so is the promoted_from of a leader in sync alone, and
      * a follower added since is in no record, so it holds nothing known and is never
-     * promoted from it. A partition with one replica, with no record, or whose record
-     * names its leader alone with no promoted_from, always moves (it restarts from the last
-     * checkpoint of a shared directory). */
+     * promoted from it. With replication_factor 1, no record, or a record naming its
+     * leader alone with no promoted_from, a partition always moves (it restarts from the
+     * last checkpoint of a shared directory); the entry's replicas do not count (a live
+     * move lists the leader alone when the target's follower would be the leader). */
     bool unclean;
 };
 
