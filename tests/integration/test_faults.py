@@ -517,12 +517,12 @@ class ReplicationFaultTest(unittest.TestCase):
         second = self.leader_of_most(cl)
         self.run_with_fault(cl, lambda: cl.nodes[second].kill9(), seed=5)
 
-    def cluster_with_proxy(self, partitions=P, node_args=()):
+    def cluster_with_proxy(self, partitions=P, node_args=(), coord_args=()):
         """A cluster (coordinator and state-1) whose state-1 every peer reaches through a
         Proxy (returned with it): the test cuts and heals its incoming links."""
         cl = L.Cluster(self, partitions=partitions, ttl_s=TTL_S,
                        node_args=["--idle-timeout", "0"] + list(node_args),
-                       coord_args=REPLICATION)
+                       coord_args=REPLICATION + list(coord_args))
         cl.add_coordinator("c1")
         port, pport = L.free_port(), L.free_port()
         proxy = Proxy(pport)
@@ -570,13 +570,14 @@ class ReplicationFaultTest(unittest.TestCase):
         promoted from ([A, B]); kill -9 of B then leaves every partition whose copies were
         A and B offline (their acknowledged events are nowhere else), never given to the
         empty follower, until A comes back on its data directory: A leads them again and
-        every acknowledged event is there. Three partitions on three nodes: B leads its
-        share after the promotion, so no live move (which B's cut links would stall)
-        starts."""
+        every acknowledged event is there. Three partitions on three nodes, no load
+        rebalancing: B leads its share after the promotion, so no live move (which B's
+        cut links would stall) starts."""
         parts, b = 3, "state-1"
         # a follower cut off from its leader stays in the in-sync record throughout (it
         # holds everything acknowledged before the cut): only the promotion is at stake
-        cl, proxy = self.cluster_with_proxy(parts, ["--replica-lag-timeout", "60s"])
+        cl, proxy = self.cluster_with_proxy(parts, ["--replica-lag-timeout", "60s"],
+                                            ["--load-rebalance-interval", "0"])
         cl.add_node("state-2")
         cl.add_node("state-3")
         m = self.wait_replicated(cl, {b, "state-2", "state-3"}, all_hold=True)
