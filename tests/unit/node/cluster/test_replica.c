@@ -1035,6 +1035,18 @@ static void test_follower_lag(void **state)
     assert_false(replica_follower_lag(t->b.rep, FIXTURE_PARTITIONS, &lag, &ms));
 }
 
+/* The in-sync record at 'key' in the recorder's etcd, decoded into *rec; false when
+ * there is none (or it cannot be read). */
+static bool read_isr(const char *key, struct cluster_isr *rec)
+{
+    struct etcd_kv kv = {0};
+    bool found = false;
+    bool ok = etcd_get(recorder_client, key, &kv, &found) == EDDY_OK && found &&
+              cluster_isr_from_json(kv.value, kv.value_len, rec) == EDDY_OK;
+    etcd_kv_release(&kv);
+    return ok;
+}
+
 /* A follower counts towards min-insync only once the in-sync record in etcd names it: the
  * coordinator promotes nothing else. With etcd down the leader cannot record B's join,
  * so nothing is acknowledged though B is in sync at the log end (acknowledged then, the
@@ -1044,8 +1056,6 @@ static void test_ack_waits_for_the_record(void **state)
 {
     struct pair *t = *state;
     char key[64];
-    struct etcd_kv kv;
-    bool found = false;
     struct cluster_isr rec;
     ingest_range(t, 0, 100);
     uint32_t p = 0;
@@ -1054,9 +1064,7 @@ static void test_ack_waits_for_the_record(void **state)
     uint64_t end = log_end(t->a.eng, p);
     snprintf(key, sizeof(key), "/eddy/t/isr/%u", p);
     /* the leader's first record (itself alone) is written while etcd is up */
-    EVENTUALLY(etcd_get(recorder_client, key, &kv, &found) == EDDY_OK && found);
-    assert_int_equal(cluster_isr_from_json(kv.value, kv.value_len, &rec), EDDY_OK);
-    etcd_kv_release(&kv);
+    EVENTUALLY(read_isr(key, &rec));
     assert_int_equal(rec.nisr, 1);
     etcd_proc_kill(recorder);
     /* B fetches by hand at the log end: in sync, with every record */
@@ -1077,10 +1085,7 @@ static void test_ack_waits_for_the_record(void **state)
     assert_int_equal(replica_committed(t->a.rep, p), 0);
     assert_true(etcd_proc_run(recorder));
     assert_int_equal(completion_wait(&w, EDDY_OK), EDDY_OK);
-    assert_int_equal(etcd_get(recorder_client, key, &kv, &found), EDDY_OK);
-    assert_true(found);
-    assert_int_equal(cluster_isr_from_json(kv.value, kv.value_len, &rec), EDDY_OK);
-    etcd_kv_release(&kv);
+    assert_true(read_isr(key, &rec));
     assert_int_equal(rec.nisr, 2);
     assert_true(cluster_isr_has(&rec, "B"));
     assert_int_equal(rec.npromoted, 0);
