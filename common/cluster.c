@@ -355,30 +355,79 @@ out:
     return err;
 }
 
+/* A JSON array of n ids; NULL on OOM. */
+static cJSON *id_array(const char (*ids)[CLUSTER_ID_MAX], uint32_t n)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (uint32_t i = 0; a && i < n && i < CLUSTER_REPLICAS_MAX; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(ids[i]));
+    return a;
+}
+
 char *cluster_isr_to_json(const struct cluster_isr *r)
 {
     cJSON *o = cJSON_CreateObject();
-    cJSON *isr = cJSON_AddArrayToObject(o, "isr");
-    if (!o || !isr) {
+    cJSON *isr = id_array(r->isr, r->nisr);
+    cJSON *from = r->npromoted ? id_array(r->promoted_from, r->npromoted) : NULL;
+    if (!o || !isr || (r->npromoted && !from)) {
         cJSON_Delete(o);
+        cJSON_Delete(isr);
+        cJSON_Delete(from);
         return NULL;
     }
+    cJSON_AddItemToObject(o, "isr", isr);
     add_exact(o, "epoch", r->epoch);
     cJSON_AddStringToObject(o, "leader", r->leader);
-    for (uint32_t i = 0; i < r->nisr && i < CLUSTER_REPLICAS_MAX; i++)
-        cJSON_AddItemToArray(isr, cJSON_CreateString(r->isr[i]));
+    if (from)
+        cJSON_AddItemToObject(o, "promoted_from", from);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;
 }
 
-bool cluster_isr_has(const struct cluster_isr *r, const char *id)
+static bool id_in(const char (*ids)[CLUSTER_ID_MAX], uint32_t n, const char *id)
 {
-    for (uint32_t i = 0; id[0] && i < r->nisr && i < CLUSTER_REPLICAS_MAX; i++) {
-        if (strcmp(r->isr[i], id) == 0)
+    for (uint32_t i = 0; id[0] && i < n && i < CLUSTER_REPLICAS_MAX; i++) {
+        if (strcmp(ids[i], id) == 0)
             return true;
     }
     return false;
+}
+
+bool cluster_isr_has(const struct cluster_isr *r, const char *id)
+{
+    return id_in(r->isr, r->nisr, id);
+}
+
+bool cluster_isr_holds(const struct cluster_isr *r, const char *id)
+{
+    return id_in(r->isr, r->nisr, id) || id_in(r->promoted_from, r->npromoted, id);
+}
+
+uint32_t cluster_isr_nholders(const struct cluster_isr *r)
+{
+    uint32_t n = r->nisr;
+    for (uint32_t i = 0; i < r->npromoted && i < CLUSTER_REPLICAS_MAX; i++)
+        n += !id_in(r->isr, r->nisr, r->promoted_from[i]);
+    return n;
+}
+
+/* Copy the JSON array 'a' of at most CLUSTER_REPLICAS_MAX distinct non-empty ids (at least
+ * 'min') into ids[*n]. */
+static bool take_ids(const cJSON *a, uint32_t min, char (*ids)[CLUSTER_ID_MAX], uint32_t *n)
+{
+    const cJSON *id;
+    *n = 0;
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) < (int)min ||
+        cJSON_GetArraySize(a) > CLUSTER_REPLICAS_MAX)
+        return false;
+    cJSON_ArrayForEach(id, a) {
+        if (!cJSON_IsString(id) || !id->valuestring[0] ||
+            strlen(id->valuestring) >= CLUSTER_ID_MAX || id_in(ids, *n, id->valuestring))
+            return false;
+        snprintf(ids[(*n)++], CLUSTER_ID_MAX, "%s", id->valuestring);
+    }
+    return true;
 }
 
 eddy_err cluster_isr_from_json(const char *json, size_t len, struct cluster_isr *r)
@@ -386,18 +435,12 @@ eddy_err cluster_isr_from_json(const char *json, size_t len, struct cluster_isr 
     memset(r, 0, sizeof(*r));
     cJSON *o = cJSON_ParseWithLength(json, len);
     eddy_err err = EDDY_ERR_CORRUPT;
-    const cJSON *isr = cJSON_GetObjectItemCaseSensitive(o, "isr"), *id;
+    const cJSON *from = cJSON_GetObjectItemCaseSensitive(o, "promoted_from");
     if (!cJSON_IsObject(o) || !get_count(o, "epoch", &r->epoch, true) ||
         !copy_str(o, "leader", r->leader, sizeof(r->leader), true) || !r->leader[0] ||
-        !cJSON_IsArray(isr) || cJSON_GetArraySize(isr) < 1 ||
-        cJSON_GetArraySize(isr) > CLUSTER_REPLICAS_MAX)
+        !take_ids(cJSON_GetObjectItemCaseSensitive(o, "isr"), 1, r->isr, &r->nisr) ||
+        (from && !take_ids(from, 0, r->promoted_from, &r->npromoted)))
         goto out;
-    cJSON_ArrayForEach(id, isr) {
-        if (!cJSON_IsString(id) || !id->valuestring[0] ||
-            strlen(id->valuestring) >= CLUSTER_ID_MAX || cluster_isr_has(r, id->valuestring))
-            goto out;
-        snprintf(r->isr[r->nisr++], CLUSTER_ID_MAX, "%s", id->valuestring);
-    }
     if (cluster_isr_has(r, r->leader))
         err = EDDY_OK;
 out:

@@ -8,8 +8,9 @@
  *   /eddy/<cluster>/leader         coordinator id                        on the leader's lease
  *   /eddy/<cluster>/assignment     {"partitions":P,"version":n,"owners":[...],
  *                                   "epochs":[...],"replicas":[[...],...]} written by the leader
- *   /eddy/<cluster>/isr/<p>        {"epoch","leader","isr":[...]}        the in-sync replicas
- *                                  of partition p, written by its leader (compare-and-swap)
+ *   /eddy/<cluster>/isr/<p>        {"epoch","leader","isr":[...],        the in-sync replicas
+ *                                   "promoted_from":[...]}               of partition p, written
+ *                                  by its leader (compare-and-swap); promoted_from optional
  *   /eddy/<cluster>/drain/<id>     "" : node asked to give its partitions away
  *   /eddy/<cluster>/checkpoints/<p> {"id","seq","bytes","crc","path","node","created_ms"}
  *                                  the newest checkpoint of partition p (plain put, no lease)
@@ -93,15 +94,28 @@ struct cluster_isr {
     char leader[CLUSTER_ID_MAX];
     uint32_t nisr;                   /* 1..CLUSTER_REPLICAS_MAX; the leader is one of them */
     char isr[CLUSTER_REPLICAS_MAX][CLUSTER_ID_MAX];
+    /* The in-sync set a promoted leader came from, kept while the leader is in sync alone
+     * (0: none, then "promoted_from" is left out of the JSON): those copies hold every
+     * event acknowledged before its promotion, and it acknowledged none alone since, so
+     * the coordinator waits for one of them rather than give the partition to an empty
+     * copy. Dropped once a follower is in 'isr'. */
+    uint32_t npromoted;
+    char promoted_from[CLUSTER_REPLICAS_MAX][CLUSTER_ID_MAX];
 };
 
 /* JSON of an isr record; caller frees the string. NULL on OOM. */
 char *cluster_isr_to_json(const struct cluster_isr *r);
 /* EDDY_ERR_CORRUPT if it is not such a record (epoch, leader and a non-empty isr of at most
- * CLUSTER_REPLICAS_MAX distinct non-empty ids are required). */
+ * CLUSTER_REPLICAS_MAX distinct non-empty ids are required; promoted_from, when present,
+ * is a list of the same kind, possibly empty). */
 eddy_err cluster_isr_from_json(const char *json, size_t len, struct cluster_isr *r);
 /* Whether 'id' is in the in-sync set. */
 bool cluster_isr_has(const struct cluster_isr *r, const char *id);
+/* Whether the record names 'id' as a holder of every acknowledged event: in the in-sync
+ * set or in the set its leader was promoted from. */
+bool cluster_isr_holds(const struct cluster_isr *r, const char *id);
+/* The number of distinct copies the record names so (isr and promoted_from together). */
+uint32_t cluster_isr_nholders(const struct cluster_isr *r);
 
 /* The partition of a per-partition key "<prefix><p>" (moves/<p>, checkpoints/<p>): p in
  * decimal digits only (no sign, space or more than 5 digits), below 'nparts'. */

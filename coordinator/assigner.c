@@ -100,13 +100,32 @@ static long deficit(const struct slot *o, bool follow)
     return follow ? (long)o->ftarget - (long)o->fhave : (long)o->target - (long)o->have;
 }
 
+/* Whether the record of partition p names 'id' as a copy with every acknowledged event
+ * (in its in-sync set or the set its leader was promoted from); no record: every replica. */
 static bool in_sync(const struct assign_params *ap, uint32_t p, const char *id)
 {
-    return !ap || !ap->isr || ap->isr[p].nisr == 0 || cluster_isr_has(&ap->isr[p], id);
+    return !ap || !ap->isr || ap->isr[p].nisr == 0 || cluster_isr_holds(&ap->isr[p], id);
+}
+
+/* A live copy the record of partition p names that is no replica of 'c' any more (the
+ * leader's predecessor, back after the copies promoted from it were lost): in sync, then
+ * promoted_from order. NULL if none or no record. */
+static struct slot *returned_holder(struct slot *s, size_t m, const struct cluster_part *c,
+                                    uint32_t p, const struct assign_params *ap)
+{
+    const struct cluster_isr *x = ap && ap->isr ? &ap->isr[p] : NULL;
+    for (uint32_t i = 0; x && i < x->nisr + x->npromoted && i < 2 * CLUSTER_REPLICAS_MAX; i++) {
+        const char *id = i < x->nisr ? x->isr[i] : x->promoted_from[i - x->nisr];
+        struct slot *o = find(s, m, id);
+        if (o && cluster_part_index(c, id) < 0)
+            return o;
+    }
+    return NULL;
 }
 
 /* The follower of 'c' to promote when its leader is gone: eligible, in sync, the highest
- * durable seq; ties, or any candidate's seq unknown, by replica order. NULL if none. */
+ * durable seq; ties, or any candidate's seq unknown, by replica order. With none, a copy
+ * the record names that is no replica (returned_holder). NULL if none. */
 static struct slot *promotion(struct slot *s, size_t m, const struct cluster_part *c,
                               uint32_t p, const struct assign_params *ap)
 {
@@ -127,7 +146,8 @@ static struct slot *promotion(struct slot *s, size_t m, const struct cluster_par
             best_seq = seq;
         }
     }
-    return known ? best : first;
+    struct slot *o = known ? best : first;
+    return o ? o : returned_holder(s, m, c, p, ap);
 }
 
 /* Shares: floor(total/m) each, one more for the first total % m in 'order'. */
@@ -158,15 +178,19 @@ static void place_leaders(struct slot *s, size_t m, struct slot **order,
         if (!o && c->owner[0] && !alive(nodes, n, c->owner)) {
             o = promotion(s, m, c, p, ap);
             fixed[p] = o != NULL;
-            /* an in-sync record with followers names the copies that held every
+            /* an in-sync record naming two copies or more (its in-sync set, or the set a
+             * leader in sync alone was promoted from) names those that held every
              * acknowledged event when it was written, whatever its epoch: one of an older
              * epoch is the set the leader was promoted from, and a follower added since is
              * in no record, so it holds nothing known. Every named copy gone: the events
              * are nowhere else, so wait for one of them (unless allowed not to). A record
-             * of the leader alone moves on as with one copy (from its last checkpoint: a
-             * leader stopped with SIGTERM wrote it) */
-            offline[p] = !o && c->nreplicas > 1 && !(ap && ap->unclean) && ap && ap->isr &&
-                         ap->isr[p].nisr >= 2;
+             * of the leader alone with no promoted_from moves on as with one copy (from its
+             * last checkpoint: a leader stopped with SIGTERM wrote it). The entry's own
+             * replicas do not say: one moving live away from its leader lists the leader
+             * alone when the target's follower is that leader; a cluster of R = 1 keeps
+             * records of its R = 2 days, of copies that no longer follow */
+            offline[p] = !o && ap && ap->replication_factor > 1 && !ap->unclean && ap->isr &&
+                         cluster_isr_nholders(&ap->isr[p]) >= 2;
         }
         sets[p].n = o ? 1 : 0;
         sets[p].s[0] = o;

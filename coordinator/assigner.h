@@ -14,7 +14,8 @@
  *     state node) is led by an eligible in-sync follower when there is one (the highest
  *     durable seq; ties, or a candidate whose seq is unknown, by replica order), whatever
  *     the shares; the data stays where it is, and a later round moves a surplus of
- *     leaders away live;
+ *     leaders away live; with none, a live copy the in-sync record names that is no
+ *     replica any more (a predecessor back after the copies promoted from it were lost);
  *   - fenced: a partition whose leader changes gets epoch + 1 (a change of followers only
  *     keeps the epoch).
  * Eligible nodes are live state nodes that are not draining. With none, partitions keep
@@ -41,22 +42,26 @@ struct assign_node {
 struct assign_params {
     uint32_t replication_factor;   /* R asked for; 0 counts as 1; capped by eligible nodes */
     /* [nparts] in-sync sets as the leaders recorded them, or NULL: every listed replica
-     * counts as in sync (so does an entry with nisr == 0: no record). Borrowed. */
+     * counts as in sync (so does an entry with nisr == 0: no record). A copy a record
+     * names in isr or promoted_from counts as in sync. Borrowed. */
     const struct cluster_isr *isr;
     /* [nparts * CLUSTER_REPLICAS_MAX] or NULL: durable seq of cur->parts[p].replicas[r] at
      * [p * CLUSTER_REPLICAS_MAX + r] (ASSIGNER_SEQ_UNKNOWN: not published), to pick among
      * in-sync followers. When any candidate's is unknown the choice falls back to replica
      * order: an unknown seq ranks neither above nor below a known one. Borrowed. */
     const uint64_t *durable;
-    /* Whether a partition whose leader is gone and whose in-sync record (isr, of any
-     * epoch, two ids or more) names no live replica may be given to another node (Kafka's unclean leader
-     * election: what only the lost copies held is lost). false: it keeps its map entry,
-     * offline, until one of them returns. A record names the copies that held every
-     * acknowledged event when it was written: one older than the map's epoch is the set
-     * its leader was promoted from (it has not recorded its own yet), and a follower added
-     * since is in no record, so it holds nothing known and is never promoted from it. A
-     * partition with one replica, with no record, or whose record names its leader alone,
-     * always moves (it restarts from the last checkpoint of a shared directory). */
+    /* Whether a partition whose leader is gone and whose in-sync record (isr/<p>, of any
+     * epoch, naming two ids or more in isr and promoted_from together) names no live copy
+     * may be given to another node (Kafka's unclean leader election: what only the lost
+     * copies held is lost). false: it keeps its map entry, offline, until one of them
+     * returns. A record names the copies that held every acknowledged event when it was
+     * written: one older than the map's epoch is the set its leader was promoted from (it
+     * has not recorded its own yet), so is the promoted_from of a leader in sync alone, and
+     * a follower added since is in no record, so it holds nothing known and is never
+     * promoted from it. With replication_factor 1, no record, or a record naming its
+     * leader alone with no promoted_from, a partition always moves (it restarts from the
+     * last checkpoint of a shared directory); the entry's replicas do not count (a live
+     * move lists the leader alone when the target's follower would be the leader). */
     bool unclean;
 };
 

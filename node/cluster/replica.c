@@ -23,7 +23,11 @@
  * refuses writes (replica_writable) and the waiting acknowledgements fail UNAVAILABLE:
  * never a single-copy acknowledgement. Changes of the set are recorded in etcd
  * (/eddy/<cluster>/isr/<p>, compare-and-swap, never over a newer epoch's record) for the
- * coordinator's failover.
+ * coordinator's failover, and a follower counts as a copy only once recorded: the
+ * coordinator promotes nothing else. A promoted leader in sync alone keeps the set it was
+ * promoted from in its record (promoted_from, replica_isr_next): those copies hold every
+ * acknowledged event, so losing it too leaves the partition waiting for them, not given
+ * to its new, empty follower.
  *
  * Divergence. An old leader may hold records its successor never had (its unacknowledged
  * suffix, written before it learned it was deposed), and a follower of that old leader
@@ -223,28 +227,40 @@ static uint32_t insync(const struct part *pt)
     return n;
 }
 
-/* Whether follower 'f' counts for the high watermark: it is in the in-sync set, or it
- * left it but etcd still records it there, so the coordinator may still promote it (until
- * the shrink is recorded, what it lacks must not be acknowledged). */
-static bool counts(const replica *r, const struct follower *f)
+/* Whether follower 'f' bounds the high watermark: it is in the in-sync set, or it left
+ * it but etcd still records it there, so the coordinator may still promote it (until the
+ * shrink is recorded, what it lacks must not be acknowledged). */
+static bool bounds(const replica *r, const struct follower *f)
 {
     return f->in_sync || (r->o.etcd && f->recorded);
 }
 
+/* Whether follower 'f' counts as a copy towards min-insync: etcd records it in sync (the
+ * coordinator promotes only what the record names), or, with no etcd, it is in sync. A
+ * follower that joined but is not recorded yet is no copy the coordinator knows of: an
+ * acknowledgement counting it could be lost with the leader, the record naming the
+ * leader alone (or the set it was promoted from, which lacks what was acknowledged
+ * since). */
+static bool counts(const replica *r, const struct follower *f)
+{
+    return r->o.etcd ? f->recorded : f->in_sync;
+}
+
 /* The high watermark, Kafka's: the highest seq such that every record below it is on the
- * leader (its position 'leader_pos') and on every follower that counts, so any follower
- * the coordinator may promote has every acknowledged record; 0 with fewer than 'k' such
- * copies. Counting any k copies instead lost acknowledged records with R = 3 and
- * min-insync 2 when the in-sync follower that lacked them was promoted. */
+ * leader (its position 'leader_pos') and on every follower that bounds it, so any
+ * follower the coordinator may promote has every acknowledged record; 0 with fewer than
+ * 'k' copies that count among them. Counting any k copies instead lost acknowledged
+ * records with R = 3 and min-insync 2 when the in-sync follower that lacked them was
+ * promoted. */
 static uint64_t watermark(const replica *r, const struct part *pt, uint32_t k,
                           uint64_t leader_pos)
 {
     uint64_t hw = leader_pos;
     uint32_t n = 1;
     for (uint32_t i = 0; i < pt->nf; i++) {
-        if (!counts(r, &pt->f[i]))
+        if (!bounds(r, &pt->f[i]))
             continue;
-        n++;
+        n += counts(r, &pt->f[i]);
         if (pt->f[i].pos < hw)
             hw = pt->f[i].pos;
     }
@@ -1020,22 +1036,53 @@ eddy_err replica_register(replica *r, rpc_server *s)
 
 /* ---- the replica thread ------------------------------------------------------------------- */
 
-/* Record the in-sync set of a partition in etcd unless a newer epoch's record is there. */
-static eddy_err write_isr(replica *r, etcd_client *etcd, uint32_t p,
-                          const struct cluster_isr *x)
+void replica_isr_next(const struct cluster_isr *stored, struct cluster_isr *next)
+{
+    next->npromoted = 0;
+    if (next->nisr != 1 || !stored || stored->epoch > next->epoch ||
+        !cluster_isr_holds(stored, next->leader))
+        return;
+    /* an older epoch's record naming two copies or more is the set this leader was
+     * promoted from; this epoch's own record carries it on (as it is) until a follower
+     * joined */
+    bool own = stored->epoch == next->epoch;
+    if (own ? stored->npromoted == 0 : cluster_isr_nholders(stored) < 2)
+        return;
+    uint32_t from = own ? stored->nisr : 0;
+    for (uint32_t i = from; i < stored->nisr + stored->npromoted; i++) {
+        const char *id = i < stored->nisr ? stored->isr[i]
+                                          : stored->promoted_from[i - stored->nisr];
+        bool named = false;
+        for (uint32_t k = 0; k < next->npromoted; k++)
+            named |= strcmp(next->promoted_from[k], id) == 0;
+        if (!named && next->npromoted < CLUSTER_REPLICAS_MAX)
+            snprintf(next->promoted_from[next->npromoted++], CLUSTER_ID_MAX, "%s", id);
+    }
+}
+
+/* Record the in-sync set of a partition in etcd (with what replica_isr_next keeps of the
+ * stored record): EDDY_ERR_NOT_OWNER when a newer epoch's record is there (the coordinator
+ * moved on; nothing written). */
+static eddy_err write_isr(replica *r, etcd_client *etcd, uint32_t p, struct cluster_isr *x)
 {
     char key[CLUSTER_KEY_MAX];
     snprintf(key, sizeof(key), CLUSTER_PREFIX "%s/isr/%u", r->cluster, p);
     struct etcd_kv kv = {0};
     bool found = false, ok = false;
-    char *val = cluster_isr_to_json(x);
-    eddy_err err = val ? etcd_get(etcd, key, &kv, &found) : EDDY_ERR_NOMEM;
+    char *val = NULL;
+    eddy_err err = etcd_get(etcd, key, &kv, &found);
     if (err != EDDY_OK)
         goto out;
     struct cluster_isr cur;
-    if (found && cluster_isr_from_json(kv.value, kv.value_len, &cur) == EDDY_OK &&
-        cur.epoch > x->epoch)
-        goto out; /* the coordinator moved on: this leader's view is stale */
+    bool decoded = found && cluster_isr_from_json(kv.value, kv.value_len, &cur) == EDDY_OK;
+    if (decoded && cur.epoch > x->epoch) {
+        err = EDDY_ERR_NOT_OWNER; /* the coordinator moved on: this leader's view is stale */
+        goto out;
+    }
+    replica_isr_next(decoded ? &cur : NULL, x);
+    err = EDDY_ERR_NOMEM;
+    if (!(val = cluster_isr_to_json(x)))
+        goto out;
     err = etcd_txn_cas(etcd, key, found ? kv.mod_revision : 0, val, strlen(val), 0, &ok,
                        NULL);
     if (err == EDDY_OK && !ok)
@@ -1150,7 +1197,7 @@ static void *replica_main(void *arg)
                 }
                 pthread_mutex_unlock(&r->mu);
                 run_waiters(acked);
-            } else {
+            } else if (err != EDDY_ERR_NOT_OWNER) { /* stale: the next map says so */
                 log_warn("msg=\"in-sync set not recorded in etcd; retrying\" partition=%u "
                          "error=\"%s\"",
                          recp[i], eddy_strerror(err));

@@ -19,7 +19,8 @@ Faults, each its own seeded, bounded test: kill -9 of a partition leader (never 
 kill -9 of a node that is only a follower of some partitions; SIGSTOP of a leader past its
 lease, then SIGCONT (the paused node must acknowledge nothing once the others took over),
 and two such pauses in turn;
-kill -9 of two nodes in turn with time to re-replicate between; kill -9 of the coordinator;
+kill -9 of two nodes in turn with time to re-replicate between; kill -9 of a promoted leader
+before its new follower joined (offline until a copy with the events returns); kill -9 of the coordinator;
 etcd killed and restarted; the links to a state node cut (every peer reaches it through a
 TCP proxy the test controls; it keeps its etcd session, so its partitions stay its own and
 must acknowledge nothing without their followers), then healed; kill -9 of the target of a
@@ -516,9 +517,12 @@ class ReplicationFaultTest(unittest.TestCase):
         second = self.leader_of_most(cl)
         self.run_with_fault(cl, lambda: cl.nodes[second].kill9(), seed=5)
 
-    def test_cut_links_of_a_leader(self):
-        cl = L.Cluster(self, partitions=P, ttl_s=TTL_S, node_args=["--idle-timeout", "0"],
-                       coord_args=REPLICATION)
+    def cluster_with_proxy(self, partitions=P, node_args=(), coord_args=()):
+        """A cluster (coordinator and state-1) whose state-1 every peer reaches through a
+        Proxy (returned with it): the test cuts and heals its incoming links."""
+        cl = L.Cluster(self, partitions=partitions, ttl_s=TTL_S,
+                       node_args=["--idle-timeout", "0"] + list(node_args),
+                       coord_args=REPLICATION + list(coord_args))
         cl.add_coordinator("c1")
         port, pport = L.free_port(), L.free_port()
         proxy = Proxy(pport)
@@ -526,6 +530,10 @@ class ReplicationFaultTest(unittest.TestCase):
         proxy.target_port = port
         cl.add_node("state-1", args=["--listen", f"127.0.0.1:{port}",
                                      "--advertise-addr", f"127.0.0.1:{pport}"])
+        return cl, proxy
+
+    def test_cut_links_of_a_leader(self):
+        cl, proxy = self.cluster_with_proxy()
         cl.add_node("state-2")
         cl.add_node("state-3")
         self.wait_replicated(cl, {"state-1", "state-2", "state-3"}, all_hold=True)
@@ -544,6 +552,112 @@ class ReplicationFaultTest(unittest.TestCase):
             proxy.heal()
 
         self.run_with_fault(cl, cut_then_heal, seed=8)
+
+    def offline_metric(self, cl):
+        port = L.metrics_port_of(cl.coordinators[0])
+        self.assertIsNotNone(port, "the coordinator serves /metrics")
+        return L.scrape_samples(f"127.0.0.1:{port}").get("eddy_offline_partitions")
+
+    def isr_record(self, cl, p):
+        v, _ = cl.etcd.get(cl.key(f"isr/{p}"))
+        return json.loads(v) if v is not None else None
+
+    def test_kill9_promoted_leader_before_its_follower_joined(self):
+        """Two losses in turn inside the window after a promotion: A leads a partition that
+        B follows; kill -9 of A promotes B at epoch + 1 with a new follower that cannot
+        reach it (B's incoming links cut by the test's proxy; B keeps its etcd session and
+        its own fetches), so B is in sync alone and its record keeps the set it was
+        promoted from ([A, B]); kill -9 of B then leaves every partition whose copies were
+        A and B offline (their acknowledged events are nowhere else), never given to the
+        empty follower, until A comes back on its data directory: A leads them again and
+        every acknowledged event is there. Three partitions on three nodes, no load
+        rebalancing: B leads its share after the promotion, so no live move (which B's
+        cut links would stall) starts."""
+        parts, b = 3, "state-1"
+        # a follower cut off from its leader stays in the in-sync record throughout (it
+        # holds everything acknowledged before the cut): only the promotion is at stake
+        cl, proxy = self.cluster_with_proxy(parts, ["--replica-lag-timeout", "60s"],
+                                            ["--load-rebalance-interval", "0"])
+        cl.add_node("state-2")
+        cl.add_node("state-3")
+        m = self.wait_replicated(cl, {b, "state-2", "state-3"}, all_hold=True)
+        # A: the node whose partition B follows (each node follows one)
+        a = next(o for o, reps in zip(m["owners"], m["replicas"]) if reps[1:] == [b])
+        promoted = [p for p in range(parts) if m["replicas"][p] == [a, b]]
+        both = [p for p in range(parts) if set(m["replicas"][p]) == {a, b}]
+
+        def all_in_sync():
+            for p in both:
+                rec = self.isr_record(cl, p)
+                if rec is None or rec["epoch"] != m["epochs"][p] or \
+                        set(rec["isr"]) != {a, b}:
+                    return None
+            return True
+        poll_until(all_in_sync, 30, interval=0.05, what=f"{a} and {b} recorded in sync")
+        cl.add_node("ingest-1", roles="ingest")
+        cl.add_node("ingest-2", roles="ingest")
+        h = self.history
+        w = Workload([cl.nodes["ingest-1"], cl.nodes["ingest-2"]], 14, h)
+        w.start()
+        try:
+            def acked_in_both():
+                n = sum(1 for e in list(h.acked)
+                        if L.user_partition(e["userId"], parts) in both)
+                return n if n >= 100 else None
+            poll_until(acked_in_both, 30, interval=0.05,
+                       what=f"events acknowledged in the partitions of {a} and {b}")
+            proxy.cut()
+            cl.nodes[a].kill9()
+
+            def b_alone():
+                mm = cl.assignment()
+                for p in promoted:
+                    rec = self.isr_record(cl, p)
+                    if mm["owners"][p] != b or mm["epochs"][p] != m["epochs"][p] + 1 or \
+                            rec is None or rec["epoch"] != mm["epochs"][p]:
+                        return None
+                return mm
+            m2 = poll_until(b_alone, 30, interval=0.05,
+                            what=f"{b} promoted and recording its in-sync set")
+            self.assertFalse(cl.etcd.get_prefix(cl.key("moves/")), "a live move started")
+            for p in promoted:
+                rec = self.isr_record(cl, p)
+                self.assertEqual(rec["isr"], [b], f"partition {p}: {rec}")
+                self.assertEqual(sorted(rec.get("promoted_from", [])), sorted([a, b]),
+                                 f"partition {p}: {rec}")
+            deleted_before = cl.coordinators[0].log_text().count(f'msg="node deleted" id={b} ')
+            cl.nodes[b].kill9()
+
+            def decided():
+                log = cl.coordinators[0].log_text()
+                if log.count(f'msg="node deleted" id={b} ') <= deleted_before:
+                    return None
+                return self.offline_metric(cl) == len(both) or None
+            poll_until(decided, 30, interval=0.05,
+                       what=f"{len(both)} partitions offline after {b}'s lease expired")
+            m3 = cl.assignment()
+            for p in both:  # the entry kept as it was: leader, epoch, replicas
+                self.assertEqual(m3["owners"][p], b, f"partition {p} given away: {m3}")
+                self.assertEqual(m3["epochs"][p], m2["epochs"][p], f"partition {p}")
+            # A back on its data directory: no replica of the promoted partition any more,
+            # but its record names A as a holder of every acknowledged event
+            cl.nodes[a].start()
+
+            def a_leads():
+                mm = cl.assignment()
+                return mm if all(mm["owners"][p] == a for p in both) else None
+            m4 = poll_until(a_leads, 30, interval=0.05, what=f"{a} leading {both} again")
+            log = cl.coordinators[0].log_text()
+            for p in both:
+                self.assertEqual(m4["epochs"][p], m2["epochs"][p] + 1, f"partition {p}")
+                self.assertIn(f'msg="leader gone; partition reassigned" partition={p} '
+                              f'from={b} to={a} ', log)
+            t_back = time.monotonic()
+            poll_until(lambda: [t for t in h.ack_times if t > t_back] or None,
+                       RECOVERY_BOUND_S, interval=0.1, what=f"writes acknowledged with {a} back")
+        finally:
+            w.stop()
+        self.check(cl, h)
 
     def test_kill9_target_of_a_live_move(self):
         cl = self.cluster()

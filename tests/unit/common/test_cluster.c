@@ -162,6 +162,26 @@ static void test_isr(void **state)
     assert_true(cluster_isr_has(&back, "s3"));
     assert_false(cluster_isr_has(&back, "s2"));
     assert_false(cluster_isr_has(&back, ""));
+    assert_int_equal(back.npromoted, 0);
+    assert_int_equal(cluster_isr_nholders(&back), 2);
+    free(j);
+    /* a promoted leader in sync alone keeps the set it came from */
+    struct cluster_isr lone = {.epoch = 8, .nisr = 1, .npromoted = 2};
+    snprintf(lone.leader, sizeof(lone.leader), "s3");
+    snprintf(lone.isr[0], CLUSTER_ID_MAX, "s3");
+    snprintf(lone.promoted_from[0], CLUSTER_ID_MAX, "s1");
+    snprintf(lone.promoted_from[1], CLUSTER_ID_MAX, "s3");
+    j = cluster_isr_to_json(&lone);
+    assert_non_null(j);
+    assert_string_equal(
+        j, "{\"isr\":[\"s3\"],\"epoch\":8,\"leader\":\"s3\",\"promoted_from\":[\"s1\",\"s3\"]}");
+    assert_int_equal(cluster_isr_from_json(j, strlen(j), &back), EDDY_OK);
+    assert_memory_equal(&lone, &back, sizeof(lone));
+    assert_false(cluster_isr_has(&back, "s1"));
+    assert_true(cluster_isr_holds(&back, "s1"));
+    assert_true(cluster_isr_holds(&back, "s3"));
+    assert_false(cluster_isr_holds(&back, "s2"));
+    assert_int_equal(cluster_isr_nholders(&back), 2);
     free(j);
     const char *bad[] = {"{\"epoch\":1,\"leader\":\"a\",\"isr\":[]}",
                          "{\"epoch\":1,\"leader\":\"a\",\"isr\":[\"b\"]}", /* leader not in */
@@ -170,7 +190,10 @@ static void test_isr(void **state)
                          "{\"epoch\":1,\"leader\":\"a\",\"isr\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\"]}",
                          "{\"leader\":\"a\",\"isr\":[\"a\"]}",
                          "{\"epoch\":-1,\"leader\":\"a\",\"isr\":[\"a\"]}",
-                         "{\"epoch\":1,\"leader\":\"\",\"isr\":[\"a\"]}", "[]", ""};
+                         "{\"epoch\":1,\"leader\":\"\",\"isr\":[\"a\"]}",
+                         "{\"epoch\":1,\"leader\":\"a\",\"isr\":[\"a\"],\"promoted_from\":\"b\"}",
+                         "{\"epoch\":1,\"leader\":\"a\",\"isr\":[\"a\"],\"promoted_from\":[\"b\",\"b\"]}",
+                         "[]", ""};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_int_equal(cluster_isr_from_json(bad[i], strlen(bad[i]), &back), EDDY_ERR_CORRUPT);
 }

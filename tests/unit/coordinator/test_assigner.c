@@ -564,6 +564,11 @@ static void test_successive_losses(void **state)
     assigner_assign(n12, 2, &b, &ap, &c);
     assert_string_equal(c.parts[0].owner, "s1");
     assert_int_equal(c.parts[0].epoch, 6);
+    /* ... or s0 does: no replica any more, but it holds every acknowledged event */
+    struct assign_node n02[] = {n[0], n[2]};
+    assigner_assign(n02, 2, &b, &ap, &c);
+    assert_string_equal(c.parts[0].owner, "s0");
+    assert_int_equal(c.parts[0].epoch, 7);
     /* unclean leader election gives it to s2 */
     ap.unclean = true;
     assigner_assign(n2, 1, &b, &ap, &c);
@@ -587,6 +592,90 @@ static void test_successive_losses(void **state)
     cluster_map_release(&c);
     cluster_map_release(&d);
     cluster_map_release(&e);
+}
+
+/* Partition 0 of the map assigned from 'cur' with 'nodes' is led by 'owner' at 'epoch'. */
+static void assert_led(const struct assign_node *nodes, size_t n, const struct cluster_map *cur,
+                       const struct assign_params *ap, const char *owner, uint64_t epoch)
+{
+    struct cluster_map next = map_of(cur->nparts);
+    assigner_assign(nodes, n, cur, ap, &next);
+    assert_string_equal(next.parts[0].owner, owner);
+    assert_int_equal(next.parts[0].epoch, epoch);
+    cluster_map_release(&next);
+}
+
+/* The same two losses after s1 recorded itself alone at epoch 6 (s2 not caught up): its
+ * record keeps the set it was promoted from, so the partition waits offline for s0 or
+ * s1 rather than go to s2; whichever returns leads with every acknowledged event. */
+static void test_promoted_leader_alone(void **state)
+{
+    (void)state;
+    struct assign_node n[5];
+    make_nodes(n, 5);
+    struct cluster_map b = map_of(1), c = map_of(1);
+    cluster_part_set_single(&b.parts[0], "s1"); /* promoted at 6 over s0, s2 added */
+    snprintf(b.parts[0].replicas[1], CLUSTER_ID_MAX, "s2");
+    b.parts[0].nreplicas = 2;
+    b.parts[0].epoch = 6;
+    struct cluster_isr own = {.epoch = 6, .nisr = 1, .npromoted = 2};
+    snprintf(own.leader, CLUSTER_ID_MAX, "s1");
+    snprintf(own.isr[0], CLUSTER_ID_MAX, "s1");
+    snprintf(own.promoted_from[0], CLUSTER_ID_MAX, "s0");
+    snprintf(own.promoted_from[1], CLUSTER_ID_MAX, "s1");
+    struct assign_params ap = {.replication_factor = 2, .isr = &own};
+    /* s0 and s1 both lost: offline, the entry kept, never given to s2 */
+    struct assign_node n2[] = {n[2]};
+    assert_int_equal(assigner_assign(n2, 1, &b, &ap, &c), 0);
+    assert_string_equal(c.parts[0].owner, "s1");
+    assert_int_equal(c.parts[0].epoch, 6);
+    assert_int_equal(c.parts[0].nreplicas, 2);
+    assert_string_equal(c.parts[0].replicas[1], "s2");
+    /* s0 returns (no replica any more): it leads at epoch 7, s2 follows it */
+    struct assign_node n02[] = {n[0], n[2]};
+    assert_int_equal(assigner_assign(n02, 2, &b, &ap, &c), 1);
+    assert_string_equal(c.parts[0].owner, "s0");
+    assert_int_equal(c.parts[0].epoch, 7);
+    assert_int_equal(c.parts[0].nreplicas, 2);
+    assert_string_equal(c.parts[0].replicas[1], "s2");
+    /* ... and so it does with more nodes around, whatever the shares */
+    struct assign_node n0234[] = {n[0], n[2], n[3], n[4]};
+    assert_led(n0234, 4, &b, &ap, "s0", 7);
+    /* s1 returns instead: it leads on, no epoch change */
+    struct assign_node n12[] = {n[1], n[2]};
+    assert_led(n12, 2, &b, &ap, "s1", 6);
+    /* s1 was moving live to s2 (its entry lists s1 alone until the flip: s2's follower
+     * would be s1): offline all the same */
+    struct cluster_map mv = map_of(1);
+    cluster_part_set_single(&mv.parts[0], "s1");
+    mv.parts[0].epoch = 6;
+    assert_led(n2, 1, &mv, &ap, "s1", 6);
+    /* a cluster of R = 1 with a record of its R = 2 days moves on */
+    struct assign_params ap1 = {.replication_factor = 1, .isr = &own};
+    assert_led(n2, 1, &mv, &ap1, "s2", 7);
+    cluster_map_release(&mv);
+    /* R = 3: s1 was promoted from [s0, s1, s2] with s3 added; the kept follower s2 is
+     * named, so it is promoted when s1 is lost, not the new s3 (whatever its seq) */
+    struct cluster_map d = map_of(1);
+    set3(&d.parts[0], "s1", "s2", "s3", 6);
+    struct cluster_isr own3 = own;
+    own3.npromoted = 3;
+    snprintf(own3.promoted_from[2], CLUSTER_ID_MAX, "s2");
+    uint64_t durable[CLUSTER_REPLICAS_MAX] = {0, 10, 99};
+    struct assign_params ap3 = {.replication_factor = 3, .isr = &own3, .durable = durable};
+    struct assign_node n23[] = {n[2], n[3]};
+    assert_led(n23, 2, &d, &ap3, "s2", 7);
+    cluster_map_release(&d);
+    /* unclean leader election gives it to s2 */
+    ap.unclean = true;
+    assert_led(n2, 1, &b, &ap, "s2", 7);
+    /* a lone leader's record without promoted_from still moves on (a SIGTERM'd leader:
+     * the successor restores its last checkpoint) */
+    own.npromoted = 0;
+    ap.unclean = false;
+    assert_led(n2, 1, &b, &ap, "s2", 7);
+    cluster_map_release(&b);
+    cluster_map_release(&c);
 }
 
 static void test_r_capped(void **state)
@@ -808,6 +897,7 @@ int main(void)
         cmocka_unit_test(test_promotion),
         cmocka_unit_test(test_promotion_by_durable_seq),
         cmocka_unit_test(test_successive_losses),
+        cmocka_unit_test(test_promoted_leader_alone),
         cmocka_unit_test(test_r_capped),
         cmocka_unit_test(test_churn),
         cmocka_unit_test(test_r1_as_before),

@@ -16,6 +16,7 @@
 
 #include "common/clock.h"
 #include "common/completion.h"
+#include "common/etcd.h"
 #include "common/metrics.h"
 #include "common/rpc_client.h"
 #include "common/rpc_server.h"
@@ -25,6 +26,7 @@
 #include "node/state/store.h"
 
 #include "../state/engine_fixture.h"
+#include "tests/support/etcd_proc.h"
 
 #define EPOCH 3
 #define LAG_MS 2000 /* long enough for a loaded machine: a live follower never lags this far */
@@ -79,6 +81,10 @@ static bool idle_windows;
 /* Set by setup_clustered: the engines run in cluster mode (stage 2 through the OUTBOX and
  * Forward, as on a cluster's nodes), the leader owning every product partition. */
 static bool clustered;
+/* Set by setup_recorded: the leader records its in-sync sets in this etcd (cluster "t"),
+ * and a follower leaves its set only after 60 s (the test pauses etcd longer than LAG_MS). */
+static struct etcd_proc *recorder;
+static etcd_client *recorder_client;
 
 static bool always(void *ud, uint32_t p)
 {
@@ -122,6 +128,11 @@ static int setup(void **state)
     struct replica_opts ro = {.eng = t->a.eng, .peers = t->peers, .self = "A",
                               .partitions = FIXTURE_PARTITIONS, .lag_timeout_ms = LAG_MS,
                               .fetch_wait_ms = 100, .writable_wait_ms = WRITABLE_WAIT_MS};
+    if (recorder_client) {
+        ro.etcd = recorder_client;
+        ro.cluster = "t";
+        ro.lag_timeout_ms = 60000;
+    }
     t->a.rep = replica_new(&ro);
     assert_int_equal(replica_register(t->a.rep, t->srv), EDDY_OK);
     assert_int_equal(rpc_server_start(t->srv, &port), EDDY_OK);
@@ -155,6 +166,27 @@ static int setup_clustered(void **state)
     int rc = setup(state);
     clustered = false;
     return rc;
+}
+
+static int setup_recorded(void **state)
+{
+    recorder = etcd_proc_new();
+    assert_non_null(recorder);
+    recorder_client = etcd_client_new(recorder->url, 2000);
+    assert_non_null(recorder_client);
+    return setup(state);
+}
+
+static int teardown(void **state);
+
+static int teardown_recorded(void **state)
+{
+    teardown(state);
+    etcd_client_free(recorder_client);
+    etcd_proc_free(recorder);
+    recorder_client = NULL;
+    recorder = NULL;
+    return 0;
 }
 
 static int teardown(void **state)
@@ -1003,6 +1035,111 @@ static void test_follower_lag(void **state)
     assert_false(replica_follower_lag(t->b.rep, FIXTURE_PARTITIONS, &lag, &ms));
 }
 
+/* The in-sync record at 'key' in the recorder's etcd, decoded into *rec; false when
+ * there is none (or it cannot be read). */
+static bool read_isr(const char *key, struct cluster_isr *rec)
+{
+    struct etcd_kv kv = {0};
+    bool found = false;
+    bool ok = etcd_get(recorder_client, key, &kv, &found) == EDDY_OK && found &&
+              cluster_isr_from_json(kv.value, kv.value_len, rec) == EDDY_OK;
+    etcd_kv_release(&kv);
+    return ok;
+}
+
+/* A follower counts towards min-insync only once the in-sync record in etcd names it: the
+ * coordinator promotes nothing else. With etcd down the leader cannot record B's join,
+ * so nothing is acknowledged though B is in sync at the log end (acknowledged then, the
+ * events were on a copy no record names: lost with the leader); once etcd is back the
+ * record names B and the acknowledgement follows. */
+static void test_ack_waits_for_the_record(void **state)
+{
+    struct pair *t = *state;
+    char key[64];
+    struct cluster_isr rec;
+    ingest_range(t, 0, 100);
+    uint32_t p = 0;
+    while (log_end(t->a.eng, p) == 0)
+        p++;
+    uint64_t end = log_end(t->a.eng, p);
+    snprintf(key, sizeof(key), "/eddy/t/isr/%u", p);
+    /* the leader's first record (itself alone) is written while etcd is up */
+    EVENTUALLY(read_isr(key, &rec));
+    assert_int_equal(rec.nisr, 1);
+    etcd_proc_kill(recorder);
+    /* B fetches by hand at the log end: in sync, with every record */
+    struct rpc_result res;
+    Eddy__State__V1__ReplicaFetchResponse *r = fetch(t, "B", p, EPOCH, end, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    assert_int_equal(replica_insync(t->a.rep, p), 2);
+    struct completion w;
+    completion_init(&w);
+    assert_int_equal(replica_wait(t->a.rep, p, end, acked, &w), EDDY_OK);
+    /* the fetch that reports the position again: an acknowledgement it allowed would have
+     * run before its answer */
+    r = fetch(t, "B", p, EPOCH, end, &res);
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    assert_false(w.done);
+    assert_int_equal(replica_committed(t->a.rep, p), 0);
+    assert_true(etcd_proc_run(recorder));
+    assert_int_equal(completion_wait(&w, EDDY_OK), EDDY_OK);
+    assert_true(read_isr(key, &rec));
+    assert_int_equal(rec.nisr, 2);
+    assert_true(cluster_isr_has(&rec, "B"));
+    assert_int_equal(rec.npromoted, 0);
+    assert_int_equal(replica_committed(t->a.rep, p), end);
+}
+
+static struct cluster_isr isr_of(uint64_t epoch, const char *ids, const char *from)
+{
+    struct cluster_isr x = {.epoch = epoch};
+    for (const char *c = ids; *c; c++)
+        snprintf(x.isr[x.nisr++], CLUSTER_ID_MAX, "%c", *c);
+    for (const char *c = from; *c; c++)
+        snprintf(x.promoted_from[x.npromoted++], CLUSTER_ID_MAX, "%c", *c);
+    snprintf(x.leader, CLUSTER_ID_MAX, "%s", x.isr[0]);
+    return x;
+}
+
+/* 'next' as replica_isr_next leaves it over 'stored' names 'from' as promoted_from. */
+static void assert_next(const struct cluster_isr *stored, const char *ids, uint64_t epoch,
+                        const char *from)
+{
+    struct cluster_isr next = isr_of(epoch, ids, "X"); /* a caller's leftover: replaced */
+    replica_isr_next(stored, &next);
+    struct cluster_isr want = isr_of(epoch, ids, from);
+    assert_int_equal(next.npromoted, want.npromoted);
+    for (uint32_t i = 0; i < want.npromoted; i++)
+        assert_string_equal(next.promoted_from[i], want.promoted_from[i]);
+    assert_int_equal(next.nisr, want.nisr);
+}
+
+/* The leader's in-sync record: B, promoted at 6 from [A, B], keeps that set while it is
+ * in sync alone (and over its own record, after a restart) and drops it once a follower
+ * joined; a leader that was no copy of the older set (a move's target), a record of the
+ * old leader alone, or one of its own epoch without promoted_from carry nothing. */
+static void test_isr_record(void **state)
+{
+    (void)state;
+    struct cluster_isr ab5 = isr_of(5, "AB", ""), abc5 = isr_of(5, "ABC", "");
+    struct cluster_isr a5 = isr_of(5, "A", ""), b6_ab = isr_of(6, "B", "AB");
+    struct cluster_isr bc6 = isr_of(6, "BC", ""), b7 = isr_of(7, "B", "");
+    assert_next(NULL, "B", 6, "");
+    assert_next(&ab5, "B", 6, "AB");
+    assert_next(&abc5, "B", 6, "ABC");
+    assert_next(&b6_ab, "B", 6, "AB");   /* B restarted, still alone */
+    assert_next(&b6_ab, "BC", 6, "");    /* C joined */
+    assert_next(&bc6, "B", 6, "");       /* C left again: as before */
+    assert_next(&ab5, "T", 6, "");       /* a move's target */
+    assert_next(&a5, "B", 6, "");        /* the old leader was alone */
+    assert_next(&b7, "B", 6, "");        /* a newer epoch's: not written anyway */
+    /* a chain: A, promoted at 5 from [X, A], lost in sync alone; X returned leads at 6 */
+    struct cluster_isr a5_xa = isr_of(5, "A", "XA");
+    assert_next(&a5_xa, "X", 6, "AX");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1027,6 +1164,9 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_write_held_until_writable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_follower_lag, setup, teardown),
+        cmocka_unit_test(test_isr_record),
+        cmocka_unit_test_setup_teardown(test_ack_waits_for_the_record, setup_recorded,
+                                        teardown_recorded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
