@@ -447,7 +447,7 @@ static void test_ack_before_apply(void **state)
     assert_int_equal(lag, 2);
 
     stage2cache *pc = stage2cache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0};
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0, NULL, NULL};
     Eddy__V1__GetUserProfileResponse *pr = NULL;
     assert_int_equal(engine_read_barrier(e, h.p), EDDY_ERR_TIMEOUT);
     assert_int_equal(query_profile(&q, "uh", &pr), EDDY_ERR_TIMEOUT);
