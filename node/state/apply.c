@@ -21,9 +21,11 @@
  * are in the PART_ACK row). A format-1 partition converts as it is (its log is a valid
  * format-2 log); a format-2 one has its lists converted by the engine when loaded
  * (product_convert); a format-3 one as it is (its log ends at its META, and it has no
- * PART_ACK row); a newer one is refused rather than misread (a binary before format 4
- * would not replay the log's tail). */
-#define META_FORMAT 4
+ * PART_ACK row); a format-4 one has its user models converted by the engine when loaded
+ * (apply_convert_models: 5, the models keep no event ids, and DEDUP values are empty); a
+ * newer one is refused rather than misread (a binary before format 4 would not replay the
+ * log's tail, one before 5 would write models of the older order into converted state). */
+#define META_FORMAT 5
 
 uint32_t apply_meta_format(void)
 {
@@ -605,12 +607,42 @@ static eddy_err advance(store_txn *t, const struct apply_params *ap, uint32_t p,
     return sweep(t, ap, p, m);
 }
 
-/* ---- apply --------------------------------------------------------------------------- */
-
 static bool pack_model(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
 {
     return model_pack((const Eddy__Store__V1__UserModel *)m, buf, len);
 }
+
+/* ---- conversion of format 4 ---------------------------------------------------------- */
+
+eddy_err apply_convert_models(store_txn *t, uint32_t p, size_t *converted)
+{
+    struct store_key start, end;
+    struct keyvals l = {0};
+    *converted = 0;
+    store_txn_set_packer(t, &eddy__store__v1__user_model__descriptor, pack_model);
+    key_init(&start, p, T_USER);
+    key_prefix_end(&start, &end);
+    eddy_err err = store_txn_scan(t, &start, &end, collect_all, &l);
+    if (err == EDDY_OK)
+        err = l.err;
+    for (size_t i = 0; i < l.n && err == EDDY_OK; i++) {
+        Eddy__Store__V1__UserModel *um = NULL;
+        err = store_txn_obj_get(t, &l.keys[i], &eddy__store__v1__user_model__descriptor,
+                                (ProtobufCMessage **)&um);
+        if (err == EDDY_ERR_CORRUPT) {
+            err = EDDY_OK; /* logged; left as it is, for the readers to find as before */
+            continue;
+        }
+        if (err == EDDY_OK && um && model_convert(um)) {
+            err = store_txn_obj_set(t, &l.keys[i], &um->base);
+            ++*converted;
+        }
+    }
+    kv_release(&l);
+    return err;
+}
+
+/* ---- apply --------------------------------------------------------------------------- */
 
 /* The user's model as an object of the txn (borrowed until commit), created if absent or
  * expired. */
@@ -648,13 +680,11 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
     eddy_err err;
     int64_t ts = ev->timestamp_ms;
 
-    /* dedup entry (the dedup sweep finds it along the log) */
-    Eddy__Store__V1__Dedup d = EDDY__STORE__V1__DEDUP__INIT;
-    d.seq = seq;
-    d.ts = ts;
+    /* dedup entry: its key is all the apply reads, and the dedup sweep finds it along the
+     * log, so the value is empty (format 5; older rows hold a Dedup nothing reads) */
     key_init(&k, p, T_DEDUP);
     key_str(&k, ev->event_id);
-    if ((err = store_txn_put_msg(t, &k, &d.base)) != EDDY_OK)
+    if ((err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
         return err;
     key_init(&k, p, T_USER_LOG);
     key_lstr(&k, ev->user_id);

@@ -78,6 +78,11 @@ uint32_t apply_meta_format(void);
  * are converted (saved with the next group); a newer one fails with EDDY_ERR_TOO_LARGE. */
 eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m);
 
+/* Convert user partition p's models from state format 4 (model_convert: no event ids, the
+ * recent lists in (time, id) order); *converted counts them. Models already converted (or
+ * that do not decode) are untouched, so it may run again. Writer thread, into 't'. */
+eddy_err apply_convert_models(store_txn *t, uint32_t p, size_t *converted);
+
 /* Write the meta into the txn if dirty, and the PART_ACK row (the duplicates and the
  * epoch, which no log record rebuilds: it is written with the log, not behind) if they
  * changed. */

@@ -516,18 +516,25 @@ static eddy_err run_impression(engine *e, struct job *j)
 /* A partition of state format 2 or older (its own, or a checkpoint's) keeps its
  * co-occurrence neighbours as lists in the product states: they become COOC rows in the
  * txn, with the metadata of the current format, so that no list is ever read as if it were
- * every pair (product_convert). */
+ * every pair (product_convert). One of format 4 or older has event ids in its user models:
+ * they go, and the recent lists take format 5's order (apply_convert_models). */
 static eddy_err upgrade_partition(engine *e, uint32_t p)
 {
-    size_t n = 0;
+    size_t n = 0, users = 0;
     if (e->meta[p].format >= apply_meta_format())
         return EDDY_OK;
     eddy_err err = product_convert(e->txn, p, &n);
-    if (err != EDDY_OK || n == 0)
+    if (err == EDDY_OK)
+        err = apply_convert_models(e->txn, p, &users);
+    if (err != EDDY_OK || (n == 0 && users == 0))
         return err;
-    log_info("msg=\"stage-2 neighbour lists converted to pairs\" partition=%u products=%zu "
-             "from_format=%u",
-             p, n, e->meta[p].format);
+    if (n > 0)
+        log_info("msg=\"stage-2 neighbour lists converted to pairs\" partition=%u "
+                 "products=%zu from_format=%u",
+                 p, n, e->meta[p].format);
+    if (users > 0)
+        log_info("msg=\"user models converted\" partition=%u users=%zu from_format=%u", p,
+                 users, e->meta[p].format);
     e->meta[p].dirty = true;
     return apply_meta_save(e->txn, p, &e->meta[p]);
 }
@@ -1169,14 +1176,17 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
             engine_close(e);
             return r;
         }
+        /* flushed at once: a conversion is not in the log, so no replay would redo it; one
+         * partition at a time, so that the converted rows of a big store are not all
+         * pending at once */
+        if (store_txn_pending(e->txn) > 0 && ((r = store_txn_commit(e->txn, true)) != EDDY_OK ||
+                                              (r = store_flush(e->st)) != EDDY_OK)) {
+            snprintf(err, errlen, "cannot write the converted partition %u: %s", p,
+                     eddy_strerror(r));
+            engine_close(e);
+            return r;
+        }
         e->last_arrival_ms[p] = now;
-    }
-    /* flushed at once: a conversion is not in the log, so no replay would redo it */
-    if (store_txn_pending(e->txn) > 0 &&
-        ((r = store_txn_commit(e->txn, true)) != EDDY_OK || (r = store_flush(e->st)) != EDDY_OK)) {
-        snprintf(err, errlen, "cannot write the converted partitions: %s", eddy_strerror(r));
-        engine_close(e);
-        return r;
     }
     uint64_t replayed = 0;
     for (uint32_t p = 0; p < nparts && r == EDDY_OK; p++)

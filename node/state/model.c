@@ -20,12 +20,26 @@ double model_event_weight(Eddy__V1__EventType type)
     }
 }
 
-/* (ts, event_id) order: >0 if a is newer than b. */
-static int newer(int64_t ats, const char *aid, int64_t bts, const char *bid)
+/* (ts, tie) order: >0 if a is newer than b. The tie is a string the entries hold anyway
+ * (not the event id, which the model no longer keeps: state format 5), so the order stays
+ * total and independent of arrival without the bytes of an id per entry. */
+static int newer(int64_t ats, const char *atie, int64_t bts, const char *btie)
 {
     if (ats != bts)
         return ats > bts ? 1 : -1;
-    return strcmp(aid ? aid : "", bid ? bid : "");
+    return strcmp(atie ? atie : "", btie ? btie : "");
+}
+
+/* A cart event against an entry: the newer time wins; at the same time a removal or
+ * purchase wins over an add, then the greater category. */
+static int cart_newer(int64_t ts, bool in_cart, const char *category,
+                      const Eddy__Store__V1__CartEntry *e)
+{
+    if (ts != e->ts)
+        return ts > e->ts ? 1 : -1;
+    if (in_cart != e->in_cart)
+        return in_cart ? -1 : 1;
+    return strcmp(category ? category : "", e->category ? e->category : "");
 }
 
 /* ---- decayed named scores (categories, brands) ---------------------------------------- */
@@ -91,14 +105,16 @@ static eddy_err scored_add(Eddy__Store__V1__Scored ***arr, size_t *n, int max,
 
 /* ---- recent lists ------------------------------------------------------------------- */
 
+/* Ids are distinct within a list, so (ts, id) orders it totally; two occurrences of an
+ * id at the same time keep the greater category. */
 static eddy_err recent_add(Eddy__Store__V1__Recent ***arr, size_t *n, int max, const char *id,
-                           const char *category, int64_t ts, const char *event_id)
+                           const char *category, int64_t ts)
 {
     for (size_t i = 0; i < *n; i++) {
         Eddy__Store__V1__Recent *r = (*arr)[i];
         if (strcmp(r->id, id) != 0)
             continue;
-        if (newer(ts, event_id, r->ts, r->event_id) <= 0)
+        if (newer(ts, category, r->ts, r->category) <= 0)
             return EDDY_OK; /* we already hold a newer occurrence */
         /* remove, then re-insert at the right place below */
         protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -107,7 +123,7 @@ static eddy_err recent_add(Eddy__Store__V1__Recent ***arr, size_t *n, int max, c
         break;
     }
     size_t pos = 0; /* newest first */
-    while (pos < *n && newer((*arr)[pos]->ts, (*arr)[pos]->event_id, ts, event_id) > 0)
+    while (pos < *n && newer((*arr)[pos]->ts, (*arr)[pos]->id, ts, id) > 0)
         pos++;
     if ((int)pos >= max)
         return EDDY_OK;
@@ -117,7 +133,6 @@ static eddy_err recent_add(Eddy__Store__V1__Recent ***arr, size_t *n, int max, c
     eddy__store__v1__recent__init(r);
     r->ts = ts;
     if (pb_set_str(&r->id, id) != EDDY_OK || pb_set_str(&r->category, category) != EDDY_OK ||
-        pb_set_str(&r->event_id, event_id) != EDDY_OK ||
         pb_grow((void **)arr, *n, sizeof(**arr)) != EDDY_OK) {
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return EDDY_ERR_NOMEM;
@@ -143,11 +158,9 @@ static eddy_err cart_set(Eddy__Store__V1__UserModel *m, int max, const Eddy__V1_
         int c = strcmp(m->cart[mid]->product_id, ev->product_id);
         if (c == 0) {
             Eddy__Store__V1__CartEntry *e = m->cart[mid];
-            if (newer(ev->timestamp_ms, ev->event_id, e->ts, e->event_id) > 0) {
+            if (cart_newer(ev->timestamp_ms, in_cart, ev->category, e) > 0) {
                 e->ts = ev->timestamp_ms;
                 e->in_cart = in_cart;
-                if (pb_set_str(&e->event_id, ev->event_id) != EDDY_OK)
-                    return EDDY_ERR_NOMEM;
                 if (!pb_empty(ev->category) && pb_set_str(&e->category, ev->category) != EDDY_OK)
                     return EDDY_ERR_NOMEM;
             }
@@ -168,7 +181,6 @@ static eddy_err cart_set(Eddy__Store__V1__UserModel *m, int max, const Eddy__V1_
     e->in_cart = in_cart;
     if (pb_set_str(&e->product_id, ev->product_id) != EDDY_OK ||
         pb_set_str(&e->category, ev->category) != EDDY_OK ||
-        pb_set_str(&e->event_id, ev->event_id) != EDDY_OK ||
         pb_grow((void **)&m->cart, m->n_cart, sizeof(*m->cart)) != EDDY_OK) {
         protobuf_c_message_free_unpacked(&e->base, NULL);
         return EDDY_ERR_NOMEM;
@@ -179,8 +191,8 @@ static eddy_err cart_set(Eddy__Store__V1__UserModel *m, int max, const Eddy__V1_
     if ((int)m->n_cart > max) { /* evict the oldest entry */
         size_t old = 0;
         for (size_t i = 1; i < m->n_cart; i++) {
-            if (newer(m->cart[old]->ts, m->cart[old]->event_id, m->cart[i]->ts,
-                      m->cart[i]->event_id) > 0)
+            if (newer(m->cart[old]->ts, m->cart[old]->product_id, m->cart[i]->ts,
+                      m->cart[i]->product_id) > 0)
                 old = i;
         }
         protobuf_c_message_free_unpacked(&m->cart[old]->base, NULL);
@@ -188,6 +200,42 @@ static eddy_err cart_set(Eddy__Store__V1__UserModel *m, int max, const Eddy__V1_
         m->n_cart--;
     }
     return EDDY_OK;
+}
+
+/* ---- conversion of format 4 ---------------------------------------------------------- */
+
+static bool recent_convert(Eddy__Store__V1__Recent **arr, size_t n)
+{
+    bool changed = false;
+    for (size_t i = 0; i < n; i++) {
+        if (!pb_empty(arr[i]->event_id)) {
+            pb_clear_str(&arr[i]->event_id);
+            changed = true;
+        }
+    }
+    for (size_t i = 1; i < n; i++) { /* newest first by (ts, id); at most --recent-items */
+        Eddy__Store__V1__Recent *r = arr[i];
+        size_t j = i;
+        for (; j > 0 && newer(r->ts, r->id, arr[j - 1]->ts, arr[j - 1]->id) > 0; j--)
+            arr[j] = arr[j - 1];
+        changed |= j != i;
+        arr[j] = r;
+    }
+    return changed;
+}
+
+bool model_convert(Eddy__Store__V1__UserModel *m)
+{
+    bool changed = recent_convert(m->views, m->n_views);
+    changed |= recent_convert(m->searches, m->n_searches);
+    changed |= recent_convert(m->purchases, m->n_purchases);
+    for (size_t i = 0; i < m->n_cart; i++) {
+        if (!pb_empty(m->cart[i]->event_id)) {
+            pb_clear_str(&m->cart[i]->event_id);
+            changed = true;
+        }
+    }
+    return changed;
 }
 
 /* ---- apply --------------------------------------------------------------------------- */
@@ -228,11 +276,11 @@ eddy_err model_apply(Eddy__Store__V1__UserModel *m, const struct model_params *p
     case EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW:
     case EDDY__V1__EVENT_TYPE__EVENT_TYPE_CLICK:
         err = recent_add(&m->views, &m->n_views, p->recent_items, ev->product_id, ev->category,
-                         ts, ev->event_id);
+                         ts);
         break;
     case EDDY__V1__EVENT_TYPE__EVENT_TYPE_SEARCH:
         err = recent_add(&m->searches, &m->n_searches, p->recent_items, ev->search_query,
-                         ev->category, ts, ev->event_id);
+                         ev->category, ts);
         break;
     case EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART:
         err = cart_set(m, p->max_cart, ev, true);
@@ -242,7 +290,7 @@ eddy_err model_apply(Eddy__Store__V1__UserModel *m, const struct model_params *p
         break;
     case EDDY__V1__EVENT_TYPE__EVENT_TYPE_PURCHASE:
         err = recent_add(&m->purchases, &m->n_purchases, p->recent_items, ev->product_id,
-                         ev->category, ts, ev->event_id);
+                         ev->category, ts);
         if (err == EDDY_OK)
             err = cart_set(m, p->max_cart, ev, false);
         break;

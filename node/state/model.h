@@ -3,8 +3,11 @@
  * event at a time. model_apply is deterministic and, within the limits below, independent
  * of the order in which a user's events arrive:
  *   - affinities and the decayed price mean use exact bucketed decay (decay.h);
- *   - recent lists keep the newest --recent-items distinct ids by (time, event_id);
- *   - the cart keeps, per product, the newest add / remove / purchase by (time, event_id).
+ *   - recent lists keep the newest --recent-items distinct ids by (time, id); an id seen
+ *     twice at the same time keeps the greater category;
+ *   - the cart keeps, per product, the newest add / remove / purchase by time (at the same
+ *     time a removal or purchase wins over an add, then the greater category).
+ * No event id is kept (state format 5: they were most of a model's bytes).
  * Only when a user has more distinct categories or brands than --max-affinities, or more
  * cart products than --max-cart, does eviction (of the weakest / oldest) depend on order. */
 #ifndef EDDY_MODEL_H
@@ -32,6 +35,11 @@ double model_event_weight(Eddy__V1__EventType type);
 /* Apply 'ev' to 'm' (an initialised or unpacked UserModel). */
 eddy_err model_apply(Eddy__Store__V1__UserModel *m, const struct model_params *p,
                      const Eddy__V1__Event *ev);
+
+/* Convert a model of state format 4 or older to format 5's: the recent items and cart
+ * entries drop their event ids and the recent lists take the (time, id) order. Returns
+ * whether anything changed (false: already converted). */
+bool model_convert(Eddy__Store__V1__UserModel *m);
 
 /* Whether 'product_id' is in the user's cart. */
 bool model_in_cart(const Eddy__Store__V1__UserModel *m, const char *product_id);

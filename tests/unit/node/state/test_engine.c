@@ -657,6 +657,118 @@ static void test_format2_partition_converted(void **state)
     free(dir);
 }
 
+/* The value at 'k' in the closed store at 'dir' (malloc'd; NULL if absent). */
+static char *read_store_row(const char *dir, const struct store_key *k, size_t *len)
+{
+    struct store_opts so = {dir, 0, 0};
+    store *s = NULL;
+    char err[256], *v = NULL;
+    assert_int_equal(store_open(&so, &s, err, sizeof(err)), EDDY_OK);
+    assert_int_equal(store_get(s, k, &v, len), EDDY_OK);
+    store_close(s);
+    return v;
+}
+
+/* A partition of state format 4 keeps event ids in its user models (the tie-break of the
+ * recent lists and the cart) and a Dedup message in each DEDUP row: the engine converts
+ * the models when it opens the store, to the very bytes format 5 writes for the same
+ * events (the lists reordered where the ids ordered a tie), META takes the current format,
+ * and the old DEDUP rows still refuse their duplicates (new ones are empty). */
+static void test_format4_partition_converted(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("layout4");
+    struct engine_opts o = opts(dir);
+    engine *e = NULL;
+    char err[512] = "";
+    /* p1 and p2 viewed at the same time: format 4 ordered them by event id (e9 first),
+     * format 5 by product id (p2 first) */
+    Eddy__V1__Event *a[] = {mk("e9", "u1", T0 + 1000, VIEW, "p1", "books"),
+                            mk("e1", "u1", T0 + 1000, VIEW, "p2", "books"),
+                            mk("e5", "u1", T0 + 2000, CART, "p4", "toys"),
+                            mk("e3", "u1", T0 + 3000, BUY, "p3", "toys")};
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    assert_int_equal(ingest(e, a, 4).r.accepted, 4);
+    engine_close(e);
+
+    uint32_t p = partition_of_user("u1", FIXTURE_PARTITIONS);
+    struct store_key uk, mk_, dk;
+    key_init(&uk, p, T_USER);
+    key_str(&uk, "u1");
+    size_t len5, len;
+    char *v5 = read_store_row(dir, &uk, &len5); /* what format 5 writes */
+    assert_non_null(v5);
+    Eddy__Store__V1__UserModel *um =
+        eddy__store__v1__user_model__unpack(NULL, len5, (const uint8_t *)v5);
+    assert_non_null(um);
+    assert_int_equal(um->n_views, 2);
+    assert_string_equal(um->views[0]->id, "p2");
+    assert_string_equal(um->views[0]->event_id, "");
+    /* the model as format 4 wrote it */
+    Eddy__Store__V1__Recent *t = um->views[0];
+    um->views[0] = um->views[1];
+    um->views[1] = t;
+    char e9[] = "e9", e1[] = "e1", e3[] = "e3", e5[] = "e5";
+    um->views[0]->event_id = e9;
+    um->views[1]->event_id = e1;
+    um->purchases[0]->event_id = e3;
+    assert_int_equal(um->n_cart, 2);
+    for (size_t i = 0; i < um->n_cart; i++)
+        um->cart[i]->event_id = strcmp(um->cart[i]->product_id, "p3") == 0 ? e3 : e5;
+    uint8_t buf[1024];
+    size_t n4 = eddy__store__v1__user_model__get_packed_size(um);
+    assert_true(n4 < sizeof(buf) && n4 > len5);
+    eddy__store__v1__user_model__pack(um, buf);
+    leave_store_row(dir, &uk, buf, n4);
+    for (size_t i = 0; i < 2; i++)
+        um->views[i]->event_id = (char *)protobuf_c_empty_string;
+    um->purchases[0]->event_id = (char *)protobuf_c_empty_string;
+    for (size_t i = 0; i < um->n_cart; i++)
+        um->cart[i]->event_id = (char *)protobuf_c_empty_string;
+    eddy__store__v1__user_model__free_unpacked(um, NULL);
+    Eddy__Store__V1__Dedup dd = EDDY__STORE__V1__DEDUP__INIT;
+    dd.seq = 1;
+    dd.ts = T0 + 1000;
+    key_init(&dk, p, T_DEDUP);
+    key_str(&dk, "e1");
+    leave_store_row(dir, &dk, buf, eddy__store__v1__dedup__pack(&dd, buf));
+    key_init(&mk_, p, T_META);
+    char *mv = read_store_row(dir, &mk_, &len);
+    Eddy__Store__V1__PartitionMeta *m =
+        eddy__store__v1__partition_meta__unpack(NULL, len, (const uint8_t *)mv);
+    assert_non_null(m);
+    assert_int_equal(m->format, 5);
+    m->format = 4;
+    leave_store_row(dir, &mk_, buf, eddy__store__v1__partition_meta__pack(m, buf));
+    eddy__store__v1__partition_meta__free_unpacked(m, NULL);
+    free(mv);
+
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    struct part_meta pm;
+    assert_int_equal(apply_meta_load(engine_store(e), p, &pm), EDDY_OK);
+    assert_int_equal(pm.format, apply_meta_format());
+    struct done d = ingest(e, a, 2); /* e9 (a format-5 row) and e1 (a format-4 one) */
+    assert_int_equal(d.r.duplicates, 2);
+    assert_int_equal(d.r.accepted, 0);
+    engine_close(e);
+    key_init(&dk, p, T_DEDUP);
+    key_str(&dk, "e9");
+    char *v = read_store_row(dir, &dk, &len);
+    assert_non_null(v);
+    assert_int_equal(len, 0); /* format 5: the key alone */
+    free(v);
+    v = read_store_row(dir, &uk, &len);
+    assert_non_null(v);
+    assert_int_equal(len, len5);
+    assert_memory_equal(v, v5, len5);
+    free(v);
+    free(v5);
+    for (int i = 0; i < 4; i++)
+        free(a[i]);
+    rmrf(dir);
+    free(dir);
+}
+
 /* ---- write-behind -------------------------------------------------------------------- */
 
 enum { WB_BATCHES = 12, WB_BATCH = 20, WB_N = WB_BATCHES * WB_BATCH };
@@ -944,6 +1056,7 @@ int main(int argc, char **argv)
                         (int)strtol(argv[5], NULL, 10));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_format2_partition_converted),
+        cmocka_unit_test(test_format4_partition_converted),
         cmocka_unit_test(test_dedup_late_windows),
         cmocka_unit_test(test_two_orders_same_bytes),
         cmocka_unit_test(test_delete_user),

@@ -200,23 +200,59 @@ static void test_deleted_user_ids_until_the_window_passes(void **state)
 }
 
 /* Rewrite partition p's metadata as the older layout wrote it (no format, no walk place)
- * and give every DEDUP row its DEDUP_EXP index row. */
+ * and give every DEDUP row its DEDUP_EXP index row and the value it had then (its seq and
+ * time, read from the log: format 5 leaves DEDUP values empty). */
 struct older {
+    store *st;
     store_txn *t;
     uint32_t p;
 };
 
+struct logged {
+    const unsigned char *id;
+    size_t idlen;
+    uint64_t seq;
+    int64_t ts;
+    bool found;
+};
+
+static int find_logged(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct logged *l = ud;
+    Eddy__Store__V1__LogRecord *r =
+        eddy__store__v1__log_record__unpack(NULL, vlen, (const uint8_t *)v);
+    assert_non_null(r);
+    if (r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_EVENT &&
+        strlen(r->event->event_id) == l->idlen &&
+        memcmp(r->event->event_id, l->id, l->idlen) == 0) {
+        size_t off = 3;
+        assert_true(key_get_u64(k, klen, &off, &l->seq));
+        l->ts = r->event->timestamp_ms;
+        l->found = true;
+    }
+    eddy__store__v1__log_record__free_unpacked(r, NULL);
+    return l->found;
+}
+
 static int add_index_row(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
 {
     struct older *o = ud;
-    Eddy__Store__V1__Dedup *d = eddy__store__v1__dedup__unpack(NULL, vlen, (const uint8_t *)v);
-    assert_non_null(d);
-    struct store_key x;
+    struct logged l = {k + 3, klen - 3, 0, 0, false};
+    struct store_key x, end;
+    key_init(&x, o->p, T_LOG);
+    key_prefix_end(&x, &end);
+    assert_int_equal(store_scan(o->st, &x, &end, find_logged, &l), EDDY_OK);
+    assert_true(l.found);
+    Eddy__Store__V1__Dedup d = EDDY__STORE__V1__DEDUP__INIT;
+    d.seq = l.seq;
+    d.ts = l.ts;
+    x.len = klen;
+    memcpy(x.buf, k, klen);
+    assert_int_equal(store_txn_put_msg(o->t, &x, &d.base), EDDY_OK);
     key_init(&x, o->p, T_DEDUP_EXP);
-    key_i64(&x, d->ts);
+    key_i64(&x, l.ts);
     key_bytes(&x, (const char *)k + 3, klen - 3);
     assert_int_equal(store_txn_put(o->t, &x, "", 0), EDDY_OK);
-    eddy__store__v1__dedup__free_unpacked(d, NULL);
     return 0;
 }
 
@@ -226,7 +262,7 @@ static void make_older_layout(const char *dir, uint32_t p)
     char err[256];
     struct store_opts so = {dir, 0, 0};
     assert_int_equal(store_open(&so, &st, err, sizeof(err)), EDDY_OK);
-    struct older o = {store_txn_new(st), p};
+    struct older o = {st, store_txn_new(st), p};
     struct store_key start, end;
     key_init(&start, p, T_DEDUP);
     key_prefix_end(&start, &end);
