@@ -15,9 +15,21 @@ import time
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def ticks(stat):
+    """utime + stime of a /proc stat line (fields 14 and 15 of proc(5)); for a process they
+    include its threads that have ended."""
+    f = stat[stat.rindex(")") + 2:].split()
+    return int(f[11]) + int(f[12])
+
+
 def threads(pid):
-    """{tid: [name, utime + stime ticks]} of a live process; {} once it is gone."""
+    """{tid: [name, utime + stime ticks]} of a live process, and "all": the process's own
+    ticks; {} once it is gone."""
     out = {}
+    try:
+        out["all"] = ["", ticks(open(f"/proc/{pid}/stat").read())]
+    except OSError:
+        return out
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -27,9 +39,7 @@ def threads(pid):
             s = open(f"/proc/{pid}/task/{tid}/stat").read()
         except OSError:
             continue  # the thread ended meanwhile
-        name = s[s.index("(") + 1:s.rindex(")")]
-        f = s[s.rindex(")") + 2:].split()
-        out[tid] = [name, int(f[11]) + int(f[12])]  # fields 14 and 15 of stat(5)
+        out[tid] = [s[s.index("(") + 1:s.rindex(")")], ticks(s)]
     return out
 
 
@@ -55,9 +65,13 @@ def delta(a, b):
     for name, after in b["procs"].items():
         before = a["procs"].get(name, {})
         by_name = {}
-        for tid, (tname, ticks) in after.items():
-            used = ticks - before.get(tid, [tname, 0])[1]
-            by_name[tname] = by_name.get(tname, 0) + used
+        for tid, (tname, t) in after.items():
+            if tid != "all":
+                by_name[tname] = by_name.get(tname, 0) + t - before.get(tid, [tname, 0])[1]
+        # threads that ran and ended between the snapshots (a move's snapshot sender...)
+        ended = after.get("all", ["", 0])[1] - before.get("all", ["", 0])[1] - sum(by_name.values())
+        if ended > 0 and before.get("all"):
+            by_name["(ended threads)"] = ended
         cores = {t: round(v / TICK / wall, 3) for t, v in sorted(by_name.items(), key=lambda kv: -kv[1])
                  if v > 0} if wall > 0 else {}
         out["procs"][name] = {"cores": round(sum(cores.values()), 3), "threads": cores}

@@ -127,11 +127,16 @@ def rows(g):
         mb = m.get("checkpoint_bytes_per_partition", 0) / 1e6
         secs = m.get("move_seconds_mean")
         scaled = secs * 100 / mb if mb and secs is not None else None
-        out.append(("100 MB partition move under ingest", "<= 1.5 s", 1.5, "<=", scaled, "s (per 100 MB)", "-",
+        unit = "s (per 100 MB)"
+        if m.get("settled") is False:  # not moved by BENCH_MOVE_TIMEOUT: the time waited is a lower bound
+            scaled = m.get("wall_seconds_to_settled", 0) * 100 / mb if mb else None
+            unit = (f"s (per 100 MB; did not finish: {m.get('copies')} copies, the source's freeze lapsed "
+                    f"{m.get('freeze_lapsed')} times)")
+        out.append(("100 MB partition move under ingest", "<= 1.5 s", 1.5, "<=", scaled, unit, "-",
                     "`bench/move.sh`",
                     f"{num(secs, 2)} s for {num(mb)} MB ({num(m.get('move_mb_per_s'), 1)} MB/s), write pause "
                     f"{num(m.get('pause_ms_mean'))} ms; the copy {num(m.get('copy_ms_mean'))} ms, of which the "
-                    f"target's LevelDB writes {num(m.get('write_ms_mean'))} ms; ingest "
+                    f"target's LevelDB writes {num(m.get('write_ms_mean'))} ms (means over the copies); ingest "
                     f"{num(m.get('ingest_eps_during'))} events/s meanwhile; target threads: "
                     f"{cores(m, 'state-2')}; source: {cores(m, 'state-1')}; {busy(m)}"))
     return out
