@@ -3,7 +3,7 @@
 # one of the benchmark commands below, run one after the other on this machine; then
 # bench/targets.py prints the targets table (goal, measured, ratio, what bounds it, the
 # machine) from their results.
-#   bench/targets.sh [OUT_DIR]   (default ./bench-targets; ~20 min, footprint.sh most of it)
+#   bench/targets.sh [OUT_DIR]   (default ./bench-targets; 20-50 min, footprint.sh most of it)
 # OUT_DIR keeps results.jsonl, each command's output and log, and targets.md. BENCH_QUICK=1
 # runs every command at a tiny size (a CI smoke run: the table must come out whole, its
 # numbers mean nothing). EDDY_BUILD_DIR picks the build (a Release build for numbers).
@@ -13,7 +13,7 @@
 #   ack p99 at 5,000 events/s / one batch  the same run                            (dev-ingest-5k, -500)
 #   local cluster with R = 2               BENCH_REPLICATION_FACTORS=2 BENCH_FAILOVER=0 bench/replication.sh
 #   Recommend p99 idle / while ingesting   bench/recommend_tail.sh                 (recommend-warm, -ingest)
-#   100 MB partition move under ingest     BENCH_MOVE_EVENTS=750000 bench/move.sh
+#   100 MB partition move under ingest     BENCH_MOVE_EVENTS=265000 bench/move.sh
 #   disk / RAM per user at 1 M users       bench/footprint.sh
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +28,7 @@ export LC_BUILD=0  # replication.sh: run the build given, do not rebuild it (scr
 if [ "${BENCH_QUICK:-0}" != 0 ]; then
   export BENCH_DURATION=1s BENCH_PRELOAD=1s BENCH_USERS=1000 BENCH_MOVE_EVENTS=4000
 else
-  export BENCH_MOVE_EVENTS=${BENCH_MOVE_EVENTS:-750000}  # one partition of ~100 MB (P = 2)
+  export BENCH_MOVE_EVENTS=${BENCH_MOVE_EVENTS:-265000}  # one partition of ~94 MB (P = 2), 2026-12-06
 fi
 
 # machine WHEN: nproc, CPU, load average, time, commit and build, as one JSON record

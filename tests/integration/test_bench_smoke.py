@@ -220,7 +220,7 @@ class ScriptSmoke(unittest.TestCase):
         out = tempfile.mkdtemp(prefix="eddy-it-targets-")
         try:
             env = dict(os.environ, EDDY_BUILD_DIR=build, BENCH_QUICK="1")
-            r = subprocess.run(["bash", script, out], capture_output=True, text=True, timeout=400, env=env)
+            r = subprocess.run(["bash", script, out], capture_output=True, text=True, timeout=540, env=env)
             self.assertEqual(r.returncode, 0, r.stderr)
             lines = r.stdout.splitlines()
             # the rows, each once, each with a number measured and a verdict
