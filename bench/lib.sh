@@ -69,14 +69,22 @@ local_cluster_up() {
 # and print a one-line summary on stderr.
 record() { $PY "$REPO/bench/summarize.py" --record "$1" "$RESULTS"; }
 
+# WATCH: NAME=PID of the processes whose threads' CPU each bench run reports ("cpu" in its
+# result: cores per thread name and how busy the machine was; bench/cpushare.py).
+WATCH=()
+cpu_snap() { $PY "$REPO/bench/cpushare.py" snap "${WATCH[@]}" >"$1"; }
+
 # bench LABEL ARGS...: one eddy-bench run (JSON), recorded under LABEL. A run with errors
 # is recorded all the same (the errors are part of the result).
 bench() {
   local label=$1
   shift
   log "eddy-bench $label: $*"
+  cpu_snap "$TMP/$label.cpu0"
   "$BENCH" -o json --scenario "$label" "$@" >"$TMP/$label.json" || true
-  record "$label" <"$TMP/$label.json"
+  cpu_snap "$TMP/$label.cpu1"
+  $PY "$REPO/bench/cpushare.py" merge "$TMP/$label.cpu0" "$TMP/$label.cpu1" <"$TMP/$label.json" |
+    record "$label"
 }
 
 machine() {

@@ -97,7 +97,7 @@ def main():
                    "| visible p50 / p99 / max ms | errors (retries) | x seed pipeline | / ref-leveldb | / ref-grpc |")
         out.append("|---|---|---|---|---|---|---|---|---|---|")
         for label, r in g.items():
-            if label == "machine":
+            if label == "machine" or r.get("aux"):  # aux: a measurement beside a scenario
                 continue
             is_ref = label in REFS
             rq = r.get("recommend_qps", 0)

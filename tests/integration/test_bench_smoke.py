@@ -173,7 +173,7 @@ class BenchSmoke(unittest.TestCase):
 
 
 class ScriptSmoke(unittest.TestCase):
-    """The one-command scripts that need no cluster, at a tiny size, so they keep working."""
+    """The one-command scripts at a tiny size, so they keep working."""
 
     def test_footprint(self):
         build = os.path.dirname(L.require_node())
@@ -210,6 +210,42 @@ class ScriptSmoke(unittest.TestCase):
                                        rf"served p50 <= [0-9.e+-]+ / p99 <= [0-9.e+-]+ ms; "
                                        rf"total p50 <= [0-9.e+-]+ / p99 <= [0-9.e+-]+ ms; user ")
         self.assertRegex(r.stderr, r"eddy_user_cache_hits_total [1-9]")  # the warm run's
+
+    def test_targets(self):
+        """bench/targets.sh at its tiny size: the issue-16 targets table comes out with every
+        row measured (the numbers at this size mean nothing and are not checked)."""
+        build = os.path.dirname(L.require_node())
+        L.require_etcd()
+        if not all(os.access(os.path.join(build, b), os.X_OK)
+                   for b in ("eddy", "eddy-bench", "eddy-coordinator", "eddy-ref-leveldb", "eddy-ref-grpc")):
+            raise unittest.SkipTest("the bench programs and eddy-coordinator are not all built beside eddy-node")
+        script = os.path.join(L.HERE, "..", "..", "bench", "targets.sh")
+        out = tempfile.mkdtemp(prefix="eddy-it-targets-")
+        try:
+            env = dict(os.environ, EDDY_BUILD_DIR=build, BENCH_QUICK="1")
+            r = subprocess.run(["bash", script, out], capture_output=True, text=True, timeout=540, env=env)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            lines = r.stdout.splitlines()
+            # the issue's rows, each once, each with a number measured and a verdict
+            for row in ("durable ingest, `--dev`, 2 cores", "local cluster with R = 2",
+                        "ack p99, 500-event batches at 5,000 events/s", "ack p99, one 500-event batch at a time",
+                        "Recommend p99 at 5,000 QPS, idle (caches warm)",
+                        "Recommend p99 at 5,000 QPS while ingesting 50,000 events/s",
+                        "disk per user at 1 M users", "RAM per user at 1 M users (default caches)",
+                        "100 MB partition move under ingest"):
+                found = [l for l in lines if l.startswith(f"| {row} | ")]
+                self.assertEqual(len(found), 1, f"{row!r} in\n{r.stdout}\n{r.stderr}")
+                cells = [c.strip() for c in found[0].strip("|").split("|")]
+                self.assertRegex(cells[2], r"^[0-9][0-9,.]* ", f"{row}: {found[0]}")
+                self.assertIn(cells[4], ("met", "**missed**"), found[0])
+                if "per user" not in row:  # the run's CPU, read from /proc beside it
+                    self.assertRegex(found[0], r"machine busy [0-9]+ % of [0-9]+ CPUs")
+            self.assertRegex(r.stdout, r"Machine: nproc [0-9]+, .* load average .* at the start, .* at the end")
+            self.assertNotIn("Failed commands", r.stdout)
+            with open(os.path.join(out, "targets.md")) as f:
+                self.assertEqual(f.read(), r.stdout)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":
