@@ -246,7 +246,7 @@ static bool index_enum(struct build *b, struct name *n, const EnumProto *e, size
 
 static bool index_message(struct build *b, struct name *n, const MessageProto *m, size_t fi)
 {
-    size_t old;
+    size_t old = 0; /* set when add_symbol succeeds; -O3 cannot see it */
     if (!add_symbol(b, n, m->name, fi, true, true, &old))
         return false;
     bool ok = true;
@@ -282,7 +282,7 @@ static bool index_file(struct build *b, size_t fi)
              add_extension(b, fd->extension[i], fi);
     for (size_t i = 0; ok && i < fd->n_service; i++) {
         const Eddy__Internal__Descriptor__ServiceDescriptorProto *sv = fd->service[i];
-        size_t old;
+        size_t old = 0;
         ok = add_symbol(b, &n, sv->name, fi, false, true, &old);
         for (size_t k = 0; ok && k < sv->n_method; k++)
             ok = add_symbol(b, &n, sv->method[k]->name, fi, false, false, NULL);
