@@ -24,10 +24,12 @@ PRELOAD=${BENCH_PRELOAD:-6s}
 log "eddy-node --dev on $EP; $PRELOAD of ingest first"
 "$BENCH" --endpoint "$EP" --mode ingest --duration "$PRELOAD" --seed 1 -o json >/dev/null
 
-# server_quantiles BEFORE AFTER: from two scrapes, the p50 and p99 of the Recommend calls
-# answered between them (each the upper bound of its histogram bucket): the whole call as
-# served (eddy_serving_seconds, from its arrival) and, if the node has it,
-# eddy_recommend_seconds by phase (the work on the handler thread).
+# server_quantiles BEFORE AFTER: from two scrapes, the Recommend calls answered between
+# them (each quantile the upper bound of its histogram bucket). Line 1: p50 and p99 of the
+# whole call as served (eddy_serving_seconds, from its arrival) and, if the node has it, of
+# eddy_recommend_seconds by phase (the work on the handler thread), with the node's CPU per
+# call. Line 2: "P99_MS CALLS TOP_MS" of the served calls (P99_MS null when above every
+# finite bucket or no call; TOP_MS the top finite bucket).
 server_quantiles() {
   $PY - "$1" "$2" <<'PY'
 import re, sys
@@ -47,8 +49,13 @@ def buckets(path):
         le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
         b.setdefault(series, {})[le] = float(m.group(3))
     return b
+def cpu(path):
+    for line in open(path):
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.split()[1])
+    return float("nan")
 a, z = buckets(sys.argv[1]), buckets(sys.argv[2])
-out = []
+out, served = [], []
 for series in ["served", "total", "user", "popular", "neighbours", "rank"]:
     if series not in z:
         continue
@@ -56,38 +63,16 @@ for series in ["served", "total", "user", "popular", "neighbours", "rank"]:
     total = d[-1][1] if d else 0
     q = lambda f: next((le for le, n in d if total and n >= f * total), float("nan"))
     out.append(f"{series} p50 <= {q(0.5) * 1000:g} / p99 <= {q(0.99) * 1000:g} ms")
-def cpu(path):
-    for line in open(path):
-        if line.startswith("process_cpu_seconds_total "):
-            return float(line.split()[1])
-    return float("nan")
-calls = sum(v for le, v in z.get("served", {}).items() if le == float("inf")) - \
-    sum(v for le, v in a.get("served", {}).items() if le == float("inf"))
+    if series == "served":
+        served = d
+calls = served[-1][1] if served else 0
 per_call = (cpu(sys.argv[2]) - cpu(sys.argv[1])) / calls * 1e6 if calls else float("nan")
 print(f"over {int(calls)} calls ({per_call:.0f} us of the node's CPU per call): " + "; ".join(out))
-PY
-}
-
-# server_p99 BEFORE AFTER: the p99 of the Recommend calls answered between two scrapes
-server_p99() {
-  $PY - "$1" "$2" <<'PY'
-import re, sys
-def buckets(path):
-    b = {}
-    for line in open(path):
-        m = re.match(r'eddy_serving_seconds_bucket\{(.*)\} (\S+)', line)
-        if m and 'method="Recommend"' in m.group(1):
-            le = re.search(r'le="([^"]+)"', m.group(1)).group(1)
-            b[float("inf") if le == "+Inf" else float(le)] = float(m.group(2))
-    return b
-a, z = buckets(sys.argv[1]), buckets(sys.argv[2])
-d = sorted((le, z[le] - a.get(le, 0)) for le in z)
-total = d[-1][1] if d else 0
-le = next((le for le, n in d if total and n >= 0.99 * total), float("nan"))
-finite = [le for le, n in d if le != float("inf")]
+p99 = next((le for le, n in served if calls and n >= 0.99 * calls), float("nan"))
+finite = [le for le, n in served if le != float("inf")]
 top = max(finite) * 1000 if finite else float("nan")
-# p99 in ms (null when above every finite bucket, or no call), calls, the top finite bucket
-print(f"{le * 1000:g}" if le == le and le != float("inf") else "null", int(total), f"{top:g}" if top == top else "null")
+print(f"{p99 * 1000:g}" if p99 == p99 and p99 != float("inf") else "null", int(calls),
+      f"{top:g}" if top == top else "null")
 PY
 }
 
@@ -99,10 +84,10 @@ for run in cold warm ingest; do
   bench "recommend-$run" --endpoint "$EP" "${mode[@]}" --recommend-qps 5000 \
     --duration "$DURATION" --seed 2
   curl -fs "$METRICS" >"$TMP/after-$run"
-  log "recommend-$run: the server's own $(server_quantiles "$TMP/before-$run" "$TMP/after-$run")"
+  { read -r quantiles; read -r p99 calls top; } < <(server_quantiles "$TMP/before-$run" "$TMP/after-$run")
+  log "recommend-$run: the server's own $quantiles"
   curl -fs "$METRICS" | grep -E '^eddy_(user|neighbour)_cache_[a-z_]+ ' | tr '\n' ' ' >&2 || true
   echo >&2
-  read -r p99 calls top < <(server_p99 "$TMP/before-$run" "$TMP/after-$run")
   if [ "$p99" = null ]; then
     log "recommend-$run: the server's own p99 > $top ms over $calls calls"
   else
