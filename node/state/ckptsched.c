@@ -262,7 +262,8 @@ static eddy_err purge_one(struct ckpt_thread *th, const struct purge_req *rq)
     start.len = 0;
     key_u16(&start, (uint16_t)p);
     key_prefix_end(&start, &end);
-    /* the run_mu held: no checkpoint's snapshot is open, unless a reprocess holds one */
+    /* the run_mu held, no scheduled checkpoint holds a snapshot (a FetchCheckpoint stream
+     * or a reprocess may) */
     int snapshots = 0;
     eddy_err err = store_compact_range(engine_store(cs->eng), &start, &end, &snapshots);
     int64_t compact_ns = clock_mono_ns() - t0;
