@@ -262,11 +262,13 @@ static eddy_err purge_one(struct ckpt_thread *th, const struct purge_req *rq)
     start.len = 0;
     key_u16(&start, (uint16_t)p);
     key_prefix_end(&start, &end);
-    store_compact_range(engine_store(cs->eng), &start, &end);
+    /* the run_mu held, no scheduled checkpoint holds a snapshot (a FetchCheckpoint stream
+     * or a reprocess may) */
+    int snapshots = 0;
+    eddy_err err = store_compact_range(engine_store(cs->eng), &start, &end, &snapshots);
     int64_t compact_ns = clock_mono_ns() - t0;
-    eddy_err err = EDDY_OK;
     uint64_t below = rq->before_seq;
-    if (!cs->o.owns || cs->o.owns(cs->o.owns_ud, p)) {
+    if (err == EDDY_OK && (!cs->o.owns || cs->o.owns(cs->o.owns_ud, p))) {
         struct checkpoint_info ci;
         if ((err = run_one(cs, p, &ci)) == EDDY_OK) {
             ckptsched_finished(&cs->slots[p], &cs->pp, clock_mono_ms(), true, ci.seq);
@@ -277,9 +279,12 @@ static eddy_err purge_one(struct ckpt_thread *th, const struct purge_req *rq)
         err = remove_older(cs, p, below);
     for (uint32_t i = cs->nthreads; i-- > 0;)
         pthread_mutex_unlock(&cs->run_mu[i]);
+    /* snapshots > 0: the old versions they see stayed in the files (store_compact_range) */
     log_info("msg=\"partition purged after DeleteUser\" partition=%" PRIu32
-             " compact_ms=%" PRId64 " total_ms=%" PRId64 " error=\"%s\"",
-             p, compact_ns / 1000000, (clock_mono_ns() - t0) / 1000000, eddy_strerror(err));
+             " compact_ms=%" PRId64 " total_ms=%" PRId64 " snapshots_open=%d"
+             " old_versions_kept=%s error=\"%s\"",
+             p, compact_ns / 1000000, (clock_mono_ns() - t0) / 1000000, snapshots,
+             snapshots > 0 ? "true" : "false", eddy_strerror(err));
     return err;
 }
 

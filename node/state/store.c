@@ -144,6 +144,7 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
         atomic_init(&s->written_packs[i], 0);
     }
     atomic_init(&s->written_batches, 0);
+    atomic_init(&s->snapshots, 0);
     *out = s;
     return EDDY_OK;
 }
@@ -656,6 +657,7 @@ store_snapshot *store_snapshot_new(store *s)
     }
     sn->s = s;
     sn->snap = leveldb_create_snapshot(s->db);
+    atomic_fetch_add(&s->snapshots, 1);
     release_boundary(s);
     sn->ropts = leveldb_readoptions_create();
     leveldb_readoptions_set_snapshot(sn->ropts, sn->snap);
@@ -670,8 +672,10 @@ void store_snapshot_free(store_snapshot *sn)
         return;
     if (sn->ropts)
         leveldb_readoptions_destroy(sn->ropts);
-    if (sn->snap)
+    if (sn->snap) {
         leveldb_release_snapshot(sn->s->db, sn->snap);
+        atomic_fetch_sub(&sn->s->snapshots, 1);
+    }
     free(sn);
 }
 
@@ -878,11 +882,68 @@ static bool is_wal_name(const char *name)
     return d > 0 && strcmp(name + d, ".log") == 0;
 }
 
-void store_compact_range(store *s, const struct store_key *start, const struct store_key *end)
+/* Why two manual compactions and delete markers (LevelDB 1.23, db_impl.cc).
+ * DBImpl::CompactRange finds the deepest level with a file in the range, THEN writes the
+ * memtable to a table, then compacts each level above that deepest one into the next.
+ * Two things leave old versions behind. A memtable's table holds every version and every
+ * tombstone it was given (only compactions drop them), and PickLevelForMemTableOutput may
+ * place it on level 1 or 2, where the loop does not look when the level was not counted
+ * yet (a range that was all in the memtable). And the deepest level is never rewritten
+ * for itself: only the files of the level above that overlap its files pull them in, so
+ * a memtable's table that became the deepest file of the range stays as it was.
+ * So the first pass puts everything of the range into tables, and the second one gets a
+ * table that spans the whole range above every file of it: deletes of 'start' and 'end'
+ * (never keys themselves) go through the memtable into a table that
+ * PickLevelForMemTableOutput places above every level it overlaps (the rule it places
+ * by), so compacting it down pulls in every file of the range, level after level, to the
+ * deepest. A snapshot taken before the markers keeps them in every output on the way
+ * (their sequence is newer than its), so each output still spans the range; the range's
+ * own old versions and tombstones are older than the snapshot and are dropped (the
+ * tombstones on reaching the deepest level). The first pass writes the markers too: its
+ * memtable's table then starts and ends with them, not with a deleted key that the
+ * MANIFEST and LevelDB's LOG ("will stop at") would record. The markers stay on disk:
+ * short keys with no data, dropped by LevelDB's own compactions later. */
+static const char past_every_key[] = "\xff\xff\xff"; /* table 0xff: no key starts so */
+
+/* Delete the keys 'start' and 'mark' (not keys of the store), then compact [start, lim]. */
+static eddy_err mark_and_compact(store *s, const struct store_key *start, const char *mark,
+                                 size_t mlen, const char *lim, size_t llen)
 {
-    store_flush(s); /* deletes still behind would leave the old values on disk */
-    leveldb_compact_range(s->db, (const char *)start->buf, start->len, (const char *)end->buf,
-                          end->len);
+    leveldb_writebatch_t *wb = leveldb_writebatch_create();
+    leveldb_writebatch_delete(wb, (const char *)start->buf, start->len);
+    leveldb_writebatch_delete(wb, mark, mlen);
+    char *lerr = NULL;
+    leveldb_write(s->db, s->wnosync, wb, &lerr);
+    leveldb_writebatch_destroy(wb);
+    eddy_err err = store_take_write_err(s, lerr);
+    if (err == EDDY_OK)
+        leveldb_compact_range(s->db, (const char *)start->buf, start->len, lim, llen);
+    return err;
+}
+
+eddy_err store_compact_range(store *s, const struct store_key *start,
+                             const struct store_key *end, int *snapshots)
+{
+    if (snapshots)
+        *snapshots = 0;
+    if (start->len >= 3 || end->len >= 3)
+        return EDDY_ERR_INVALID; /* a key could be its own marker delete */
+    eddy_err err = store_flush(s); /* deletes still behind would leave old values on disk */
+    if (err != EDDY_OK)
+        return err;
+    /* a snapshot opened from here on sees the range's deletes and keeps nothing they hide */
+    if (snapshots)
+        *snapshots = atomic_load(&s->snapshots);
+    /* an empty end: no upper bound (the last partition's) */
+    const char *lim = end->len ? (const char *)end->buf : NULL;
+    const char *mark = end->len ? (const char *)end->buf : past_every_key;
+    size_t mlen = end->len ? end->len : sizeof(past_every_key) - 1;
+    const leveldb_snapshot_t *snap = leveldb_create_snapshot(s->db);
+    err = mark_and_compact(s, start, mark, mlen, lim, end->len);
+    if (err == EDDY_OK)
+        err = mark_and_compact(s, start, mark, mlen, lim, end->len);
+    leveldb_release_snapshot(s->db, snap);
+    return err;
 }
 
 eddy_err store_sync_log(store *s)

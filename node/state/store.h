@@ -161,13 +161,21 @@ eddy_err store_replace_range_nosync(store *s, const struct store_key *start,
  * thread. */
 eddy_err store_sync_log(store *s);
 
-/* Compact LevelDB's files over [start, end) down to its last level: values deleted or
- * overwritten in the range leave the table files (unless a snapshot open meanwhile still
- * sees them), and the write-ahead log is rolled first (the memtable goes to a table, the
- * old NNNNNN.log is deleted), so no old copy of the range is left on disk. Blocks for a
- * time proportional to the range's data; writes go on meanwhile. Any thread but the
- * writer's. */
-void store_compact_range(store *s, const struct store_key *start, const struct store_key *end);
+/* Erase the old versions of [start, end) from LevelDB's files (DeleteUser's purge): when
+ * it returns, no table file holds a value overwritten or deleted in the range before the
+ * call, nor a delete of a key of the range (every file of the range was rewritten by a
+ * compaction down to the deepest level holding the range), and the write-ahead log
+ * holding them was rolled and deleted. Delete markers of the keys 'start' and 'end'
+ * themselves stay in the files (no data: a partition's two bytes). The bounds must not
+ * be keys: shorter than 3 bytes, a partition's p and p + 1 (EDDY_ERR_INVALID otherwise;
+ * an empty 'end': no upper bound). The exception: a snapshot (store_snapshot_new) open
+ * when the call starts keeps every version it sees, in the files too; *snapshots (may be
+ * NULL) receives how many were open, for the caller to say so (0: the guarantee holds).
+ * An open iterator keeps the table files of its view until it is destroyed (scans are
+ * short). Blocks for a time proportional to the range's data (two compactions); writes
+ * go on meanwhile. Any thread but the writer's. */
+eddy_err store_compact_range(store *s, const struct store_key *start,
+                             const struct store_key *end, int *snapshots);
 
 /* The budget of the values each txn of 's' keeps (estimated bytes; see "Kept values" in
  * store_txn.h). Call before the txns are used. */

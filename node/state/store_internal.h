@@ -124,6 +124,7 @@ struct store {
     /* store_write_stats: what the txns' committed writes put, per table (key[2] < 32) */
     _Atomic uint64_t written_keys[32], written_bytes[32], written_packs[32];
     _Atomic uint64_t written_batches;
+    _Atomic int snapshots;       /* store_snapshot objects open (store_compact_range) */
     struct store_dirty dirty;
 };
 
