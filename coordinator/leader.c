@@ -886,10 +886,8 @@ static uint64_t settle(leader *l)
             return g2;
         g = g2;
         /* a leader lost during the wait (a load record's change began it) ends it */
-        if (leader_lost(l)) {
-            log_info("msg=\"a partition leader is gone: map computed without settling\"");
+        if (leader_lost(l))
             return g;
-        }
     }
     return g;
 }
@@ -924,17 +922,19 @@ static void leader_main(struct worker *w, void *arg)
                 continue;
         }
         /* also a leader lost while the last map was being made (dirty for another reason) */
-        if ((nodes_changed || registry_generation(l->reg) != seen) && leader_lost(l)) {
+        if ((nodes_changed || registry_generation(l->reg) != seen) && leader_lost(l))
             seen = registry_generation(l->reg);
-            log_info("msg=\"a partition leader is gone: map computed without settling\"");
-        } else if (nodes_changed) { /* node changes come in bursts: wait for quiet */
+        else if (nodes_changed) /* node changes come in bursts: wait for quiet */
             seen = settle(l);
-        }
         nodes_changed = false;
         mseen = atomic_load(&l->moves_gen);
         iseen = atomic_load(&l->isr_gen);
         if (worker_stopping(&l->worker))
             break;
+        /* said here, next to the map it is about, whichever way the loss was seen (at the
+         * loop's check, in the settle, or just after a settle for another change) */
+        if (leader_lost(l))
+            log_info("msg=\"a partition leader is gone: map computed without settling\"");
         eddy_err err = reassign(l);
         if (err == EDDY_OK) {
             dirty = false;
