@@ -45,7 +45,11 @@ static bool same_part(const struct cluster_part *a, const struct cluster_part *b
 /* The replicas of 'np' once its leader is decided: the target's set when the leader is
  * the target's; else the leader, then the target's followers but not the target's leader
  * (a move in progress: it gets the data through the move, and joins the set at the
- * flip). With R = 1 that is [owner], as before replicas. */
+ * flip), unless the target's leader already is a replica of 'np': then it stays one, so
+ * that its copy, which the in-sync record may name (the copy a failover promotes), stays
+ * the replicated log's and the move only hands the leadership over (node/cluster/mover.c
+ * never loads a checkpoint over a copy the map lists). With R = 1 that is [owner], as
+ * before replicas. */
 static void set_replicas(struct cluster_part *np, const struct cluster_part *target)
 {
     struct cluster_part t = normal(target);
@@ -55,7 +59,11 @@ static void set_replicas(struct cluster_part *np, const struct cluster_part *tar
         np->epoch = epoch;
         return;
     }
+    struct cluster_part was = normal(np);
+    bool keep = t.owner[0] && cluster_part_has(&was, t.owner);
     cluster_part_set_single(np, np->owner);
+    if (keep && np->owner[0] && np->nreplicas < CLUSTER_REPLICAS_MAX)
+        snprintf(np->replicas[np->nreplicas++], CLUSTER_ID_MAX, "%s", t.owner);
     for (uint32_t r = 0; np->owner[0] && r < t.nreplicas && r < CLUSTER_REPLICAS_MAX; r++) {
         if (strcmp(t.replicas[r], t.owner) == 0 || cluster_part_has(np, t.replicas[r]) ||
             np->nreplicas == CLUSTER_REPLICAS_MAX)

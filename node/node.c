@@ -720,6 +720,7 @@ static eddy_err join(node *n, char *err, size_t errlen)
          * ready, not the take-over's */
         struct mover_opts mvo = {
             .eng = n->eng, .mem = mem, .peers = n->pe, .ss = &n->ss, .cks = n->cks,
+            .rep = n->rep,
             .cluster = c->cluster, .lag_records = c->move_lag,
             .rpc_timeout_ms = c->route_timeout, .copy_timeout_ms = 600000,
             .final_wait_ms = c->move_final_wait, .metrics = n->nm.move,

@@ -156,6 +156,37 @@ static void replayed(void *ud, eddy_err err, uint64_t next_seq)
 
 static void drop_copy(mover *mv, uint32_t p, const char *why);
 
+/* --- what this node's copy is ------------------------------------------------------------- */
+
+/* Whether partition p's in-sync record (isr/<p>, any epoch: the failover rule's) names
+ * this node's copy, in its set or in the set its leader was promoted from: then a failover
+ * may promote this copy as holding every acknowledged event. An etcd error counts as
+ * named (kept, asked again later). */
+static bool isr_names_self(mover *mv, uint32_t p)
+{
+    char suffix[32], key[CLUSTER_KEY_MAX];
+    snprintf(suffix, sizeof(suffix), "isr/%" PRIu32, p);
+    cluster_key(key, sizeof(key), mv->o.cluster, suffix);
+    struct etcd_kv kv = {0};
+    bool found = false, named = true;
+    struct cluster_isr rec;
+    if (etcd_get(membership_etcd(mv->o.mem), key, &kv, &found) == EDDY_OK)
+        named = found && cluster_isr_from_json(kv.value, kv.value_len, &rec) == EDDY_OK &&
+                cluster_isr_holds(&rec, membership_self(mv->o.mem));
+    etcd_kv_release(&kv);
+    return named;
+}
+
+/* Whether the map lists this node as a follower of the move's partition at the move's
+ * epoch (a leader moving to its own follower): its copy is the replicated log's. */
+static bool follows_here(mover *mv, const struct cluster_move *m)
+{
+    struct cluster_part cp;
+    const char *self = membership_self(mv->o.mem);
+    return mv->o.rep && membership_part(mv->o.mem, m->partition, &cp) &&
+           cp.epoch == m->epoch && strcmp(cp.owner, self) != 0 && cluster_part_has(&cp, self);
+}
+
 /* --- the copy ----------------------------------------------------------------------------- */
 
 static rpc_channel *source_channel(mover *mv, const char *id)
@@ -280,28 +311,78 @@ static void drop_copy(mover *mv, uint32_t p, const char *why)
     if (membership_owns(mv->o.mem, p, &epoch) ||
         (membership_part(mv->o.mem, p, &cp) && cluster_part_has(&cp, membership_self(mv->o.mem))))
         return;
+    /* a copy the in-sync record names is one a failover may promote (a returning holder
+     * before the map naming it arrives, a move's target that was the source's follower):
+     * kept until a record no longer names it */
+    if (isr_names_self(mv, p)) {
+        log_info("msg=\"partition copy kept: the in-sync record names it\" partition=%" PRIu32
+                 " why=\"%s\"",
+                 p, why);
+        return;
+    }
     eddy_err err = engine_drop_partition(mv->o.eng, p, &deleted);
     log_info("msg=\"partition copy deleted\" partition=%" PRIu32 " why=\"%s\" keys=%" PRIu64
              " error=\"%s\"",
              p, why, deleted, eddy_strerror(err));
 }
 
+/* Whether a move into this node is over before its next step: then *res is what the
+ * phase returns (EDDY_OK: flipped here; EDDY_ERR_NOT_FOUND: the move is gone or changed;
+ * EDDY_ERR_UNAVAILABLE: stopping); otherwise *r is its record now. */
+static bool move_over(mover *mv, const struct cluster_move *m, struct rec *r, eddy_err *res)
+{
+    if (stopping(mv))
+        *res = EDDY_ERR_UNAVAILABLE;
+    else if (flipped_here(mv, m))
+        *res = EDDY_OK;
+    else if (!rec_of(mv, m->partition, r) || !same_move(r, m))
+        *res = EDDY_ERR_NOT_FOUND;
+    else
+        return false;
+    return true;
+}
+
+/* A target that follows the partition (follows_here) until the flip: the replicated log
+ * brings its copy up to the source's; the record goes "ready" once within --move-lag
+ * records of the source's log end as the source last answered. Results as copy_phase;
+ * EDDY_ERR_UNAVAILABLE when the map stops listing this node (decided again). */
+static eddy_err follow_phase(mover *mv, const struct cluster_move *m)
+{
+    for (;;) {
+        struct rec r;
+        eddy_err res;
+        if (move_over(mv, m, &r, &res))
+            return res;
+        if (!follows_here(mv, m))
+            return EDDY_ERR_UNAVAILABLE;
+        uint64_t version = membership_version(mv->o.mem), lag = 0, lag_ms = 0;
+        if (r.m.phase == MOVE_COPY &&
+            replica_follower_lag(mv->o.rep, m->partition, &lag, &lag_ms) &&
+            lag <= (uint64_t)mv->o.lag_records)
+            set_phase(mv, &r, MOVE_READY);
+        membership_wait_change(mv->o.mem, version, TAIL_PAUSE_MS);
+    }
+}
+
 /* Copy and tail until the flip. EDDY_OK: flipped here; EDDY_ERR_CANCELLED-like results:
- * EDDY_ERR_NOT_FOUND (the move is gone or changed), anything else: try again. */
+ * EDDY_ERR_NOT_FOUND (the move is gone or changed), anything else: try again. A target
+ * the map lists as a follower copies nothing (follow_phase). One it does not list starts
+ * by deleting its copy (ckptcopy_receive), even one a stale in-sync record names: while
+ * the map lists a leader alone, nobody rewrites its record, so the record cannot tell a
+ * live in-sync follower from a node that left; the planner keeps a target that is a
+ * replica listed (coordinator/planner.c set_replicas). */
 static eddy_err copy_phase(mover *mv, const struct cluster_move *m, uint64_t *next_seq)
 {
+    if (follows_here(mv, m))
+        return follow_phase(mv, m);
     uint64_t move_id = ((uint64_t)clock_mono_ns() << 8) | (m->partition & 0xff) | 1;
     eddy_err err = copy_checkpoint(mv, m, move_id, next_seq);
     if (err != EDDY_OK)
         return err;
     for (;;) {
         struct rec r;
-        if (stopping(mv))
-            return EDDY_ERR_UNAVAILABLE;
-        if (flipped_here(mv, m))
-            return EDDY_OK;
-        if (!rec_of(mv, m->partition, &r) || !same_move(&r, m))
-            return EDDY_ERR_NOT_FOUND;
+        if (move_over(mv, m, &r, &err))
+            return err;
         uint64_t lag = 0, version = membership_version(mv->o.mem);
         size_t got = 0;
         if ((err = tail_once(mv, m, move_id, 0, next_seq, &lag, &got)) != EDDY_OK)
@@ -538,6 +619,8 @@ static void collect_garbage(mover *mv)
             continue; /* a move of it involves this node: it decides */
         if (!same_lineage(mv, p, view.next_seq - 1, ck->path))
             continue; /* the owner's log is not this copy's continuation: keep it */
+        if (isr_names_self(mv, p))
+            continue; /* drop_copy keeps it: asked again every round, not logged each */
         drop_copy(mv, p, "left behind by a move; the owner has checkpointed past it");
     }
     free(ck);

@@ -16,6 +16,14 @@
  *            the time from seeing the flip to here);
  *   done     a checkpoint of the partition is written, then the phase is CAS'd to "done".
  *
+ * A target the map lists as a follower of the partition at the move's epoch (a leader
+ * moving to its own follower) copies nothing: its copy is the replicated log's, possibly
+ * the one the in-sync record names and a failover promotes, so it catches up through
+ * replication, marks the record "ready" within --move-lag records, and after the flip
+ * fetches the final tail as above. No copy the in-sync record (isr/<p>, any epoch) names
+ * is deleted by drop_copy (cancelled copies, moved-away sources, the clean-up of copies
+ * left behind).
+ *
  * A copy that fails (source unreachable, freeze lapsed, restarted source) starts again
  * from a fresh checkpoint while the record stays; a record deleted before the flip
  * (cancelled by the leader) drops the partial copy. After a restart the records are read
@@ -34,6 +42,7 @@
 #include "common/metrics.h"
 #include "node/cluster/membership.h"
 #include "node/cluster/peers.h"
+#include "node/cluster/replica.h"
 #include "node/cluster/state_service.h"
 #include "node/state/ckptsched.h"
 #include "node/state/engine.h"
@@ -54,6 +63,7 @@ struct mover_opts {
     peers *peers;
     struct state_service *ss;
     ckptsched *cks;             /* NULL: checkpoints off (the move ends without one) */
+    replica *rep;               /* NULL: no replication (a target never follows its move) */
     const char *cluster;
     int64_t lag_records;        /* --move-lag */
     int64_t rpc_timeout_ms;     /* FetchLog calls */

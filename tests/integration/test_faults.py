@@ -562,6 +562,35 @@ class ReplicationFaultTest(unittest.TestCase):
         v, _ = cl.etcd.get(cl.key(f"isr/{p}"))
         return json.loads(v) if v is not None else None
 
+    def three_behind_one_proxy(self, parts):
+        """state-1 (behind the proxy), state-2 and state-3 with 2 replicas of each of
+        `parts` partitions, every node holding some: (cluster, proxy, map). A follower cut
+        off from its leader stays in the in-sync record throughout (it holds everything
+        acknowledged before the cut); no load rebalancing (only the test's moves run)."""
+        cl, proxy = self.cluster_with_proxy(parts, ["--replica-lag-timeout", "60s"],
+                                            ["--load-rebalance-interval", "0"])
+        cl.add_node("state-2")
+        cl.add_node("state-3")
+        m = self.wait_replicated(cl, {"state-1", "state-2", "state-3"}, all_hold=True)
+        return cl, proxy, m
+
+    def start_workload(self, cl, seed):
+        """Two ingest nodes and a Workload on them into self.history, started: the caller
+        stops it."""
+        cl.add_node("ingest-1", roles="ingest")
+        cl.add_node("ingest-2", roles="ingest")
+        w = Workload([cl.nodes["ingest-1"], cl.nodes["ingest-2"]], seed, self.history)
+        w.start()
+        return w
+
+    def wait_acked_in(self, parts, ps, n=100):
+        """Wait until `n` events of users in the partitions `ps` are acknowledged."""
+        def acked():
+            k = sum(1 for e in list(self.history.acked)
+                    if L.user_partition(e["userId"], parts) in ps)
+            return k if k >= n else None
+        poll_until(acked, 30, interval=0.05, what=f"{n} events acknowledged in {list(ps)}")
+
     def test_kill9_promoted_leader_before_its_follower_joined(self):
         """Two losses in turn inside the window after a promotion: A leads a partition that
         B follows; kill -9 of A promotes B at epoch + 1 with a new follower that cannot
@@ -574,13 +603,7 @@ class ReplicationFaultTest(unittest.TestCase):
         rebalancing: B leads its share after the promotion, so no live move (which B's
         cut links would stall) starts."""
         parts, b = 3, "state-1"
-        # a follower cut off from its leader stays in the in-sync record throughout (it
-        # holds everything acknowledged before the cut): only the promotion is at stake
-        cl, proxy = self.cluster_with_proxy(parts, ["--replica-lag-timeout", "60s"],
-                                            ["--load-rebalance-interval", "0"])
-        cl.add_node("state-2")
-        cl.add_node("state-3")
-        m = self.wait_replicated(cl, {b, "state-2", "state-3"}, all_hold=True)
+        cl, proxy, m = self.three_behind_one_proxy(parts)
         # A: the node whose partition B follows (each node follows one)
         a = next(o for o, reps in zip(m["owners"], m["replicas"]) if reps[1:] == [b])
         promoted = [p for p in range(parts) if m["replicas"][p] == [a, b]]
@@ -594,18 +617,10 @@ class ReplicationFaultTest(unittest.TestCase):
                     return None
             return True
         poll_until(all_in_sync, 30, interval=0.05, what=f"{a} and {b} recorded in sync")
-        cl.add_node("ingest-1", roles="ingest")
-        cl.add_node("ingest-2", roles="ingest")
         h = self.history
-        w = Workload([cl.nodes["ingest-1"], cl.nodes["ingest-2"]], 14, h)
-        w.start()
+        w = self.start_workload(cl, 14)
         try:
-            def acked_in_both():
-                n = sum(1 for e in list(h.acked)
-                        if L.user_partition(e["userId"], parts) in both)
-                return n if n >= 100 else None
-            poll_until(acked_in_both, 30, interval=0.05,
-                       what=f"events acknowledged in the partitions of {a} and {b}")
+            self.wait_acked_in(parts, both)
             proxy.cut()
             cl.nodes[a].kill9()
 
@@ -658,6 +673,48 @@ class ReplicationFaultTest(unittest.TestCase):
         finally:
             w.stop()
         self.check(cl, h)
+
+    def test_live_move_to_a_follower_keeps_its_copy(self):
+        """A live move whose target already follows the partition must not destroy that
+        copy (issue 13 item 5): B leads p, C follows it, in sync (recorded); B's incoming
+        links are cut (C's copy stays the last one in sync with every acknowledged event),
+        then B is drained, so p moves live to its follower C, whose fetches to B fail; then
+        kill -9 of B promotes C, which must serve every event acknowledged before the
+        cut. (The move used to list B alone, and C's checkpoint copy deleted its follower
+        copy before it failed: C then served p empty.)"""
+        parts, b = 3, "state-1"
+        cl, proxy, m = self.three_behind_one_proxy(parts)
+        p = m["owners"].index(b)
+        c = m["replicas"][p][1]
+
+        def in_sync():
+            rec = self.isr_record(cl, p)
+            return rec is not None and rec["epoch"] == m["epochs"][p] and \
+                set(rec["isr"]) == {b, c} or None
+        poll_until(in_sync, 30, interval=0.05, what=f"{b} and {c} recorded in sync")
+        h = self.history
+        w = self.start_workload(cl, 15)
+        try:
+            self.wait_acked_in(parts, [p])
+            proxy.cut()  # min-insync 2: nothing is acknowledged in p from here on
+            cl.etcd.put(cl.key(f"drain/{b}"), "")
+
+            def move_started():
+                log = cl.nodes[c].log_text()
+                return f'msg="move in: start" partition={p} from={b} ' in log or None
+            poll_until(move_started, 30, interval=0.05, what=f"a live move of {p} to {c}")
+            # B is lost; the target goes on with the move until B's lease expires (a
+            # checkpoint copy, if it made one, would fail: B is unreachable)
+            cl.nodes[b].kill9()
+
+            def c_leads():
+                mm = cl.assignment()
+                return mm if mm["owners"][p] == c else None
+            poll_until(c_leads, 30, interval=0.05, what=f"{c} leading {p}")
+        finally:
+            w.stop()
+        self.check(cl, h)
+        self.assertNotIn(f'msg="partition copy deleted" partition={p} ', cl.nodes[c].log_text())
 
     def test_kill9_target_of_a_live_move(self):
         cl = self.cluster()

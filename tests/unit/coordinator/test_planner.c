@@ -312,11 +312,52 @@ static void test_followers_and_live_move(void **state)
     fx_free(f);
 }
 
+/* A leader moving live to its own follower (the assigner's leader shares, or a move for
+ * load) keeps that follower listed until the flip: its copy stays the replicated log's,
+ * one the in-sync record names, and is never replaced by the move's checkpoint. */
+static void test_move_to_follower_keeps_it_listed(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new("b", false);
+    add_node(f, "c");
+    for (uint32_t p = 0; p < P; p++) {
+        set_pair(&f->cur, p, "a", "c", 3);
+        set_pair(&f->target, p, "a", "c", 3);
+    }
+    set_pair(&f->cur, 1, "b", "c", 3);
+    set_pair(&f->target, 1, "c", "b", 4); /* the leadership goes to the follower */
+    assert_int_equal(plan(f), 0);
+    assert_int_equal(f->nacts, 1);
+    assert_int_equal(f->acts[0].op, PLAN_CREATE);
+    assert_string_equal(f->acts[0].m.to, "c");
+    assert_string_equal(f->next.parts[1].owner, "b");
+    assert_int_equal(f->next.parts[1].epoch, 3);
+    assert_int_equal(f->next.parts[1].nreplicas, 2);
+    assert_string_equal(f->next.parts[1].replicas[0], "b");
+    assert_string_equal(f->next.parts[1].replicas[1], "c");
+    /* a move for load to the follower, the assigner's set unchanged: listed as well */
+    set_pair(&f->target, 1, "b", "c", 3);
+    set_rec(f, 1, "b", "c", 3, MOVE_COPY, 1000000);
+    assert_int_equal(plan(f), 0);
+    assert_int_equal(f->next.parts[1].nreplicas, 2);
+    assert_string_equal(f->next.parts[1].replicas[1], "c");
+    /* ready: the flip makes it the leader, the source its follower */
+    set_pair(&f->target, 1, "c", "b", 4);
+    set_rec(f, 1, "b", "c", 3, MOVE_READY, 1000000);
+    assert_int_equal(plan(f), 1);
+    assert_string_equal(f->next.parts[1].owner, "c");
+    assert_int_equal(f->next.parts[1].epoch, 4);
+    assert_string_equal(f->next.parts[1].replicas[0], "c");
+    assert_string_equal(f->next.parts[1].replicas[1], "b");
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_promotion_without_move),
         cmocka_unit_test(test_followers_and_live_move),
+        cmocka_unit_test(test_move_to_follower_keeps_it_listed),
         cmocka_unit_test(test_live_owner_moves_at_most_k),
         cmocka_unit_test(test_ready_flips_done_deletes),
         cmocka_unit_test(test_cancel_revert_failover),
