@@ -934,8 +934,10 @@ static void handle_category_top(void *ud, rpc_call *c, const ProtobufCMessage *m
     const Eddy__State__V1__CategoryTopRequest *req = (const Eddy__State__V1__CategoryTopRequest *)msg;
     size_t k = req->k && req->k < MAX_K ? req->k : MAX_K, n = 0;
     struct scored_product *items = calloc(k, sizeof(*items));
-    eddy_err err = items ? stage2cache_top(svc->local, req->category, req->at, items, k, &n)
-                         : EDDY_ERR_NOMEM;
+    /* read-your-writes across nodes: what this node acknowledged before is applied */
+    eddy_err err = !items ? EDDY_ERR_NOMEM : engine_read_barrier(svc->eng, -1);
+    if (err == EDDY_OK)
+        err = stage2cache_top(svc->local, req->category, req->at, items, k, &n);
     if (err == EDDY_OK)
         err = reply_scored(c, items, n, false);
     if (err != EDDY_OK)
@@ -951,9 +953,9 @@ static void handle_neighbours(void *ud, rpc_call *c, const ProtobufCMessage *msg
     const Eddy__State__V1__NeighboursRequest *req = (const Eddy__State__V1__NeighboursRequest *)msg;
     size_t k = req->k && req->k < MAX_K ? req->k : MAX_K, n = 0;
     struct scored_product *items = calloc(k, sizeof(*items));
-    eddy_err err = items ? stage2cache_neighbours(svc->local, req->product_id, req->at, items,
-                                                  k, &n)
-                         : EDDY_ERR_NOMEM;
+    eddy_err err = !items ? EDDY_ERR_NOMEM : engine_read_barrier(svc->eng, -1);
+    if (err == EDDY_OK)
+        err = stage2cache_neighbours(svc->local, req->product_id, req->at, items, k, &n);
     if (err == EDDY_OK)
         err = reply_scored(c, items, n, true);
     if (err != EDDY_OK)

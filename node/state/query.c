@@ -444,7 +444,9 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
     int64_t at;
     uint32_t p = partition_of_user(req->user_id, o->apply.partitions);
 
-    if (!scratch || (err = read_barrier_user(q, req->user_id)) != EDDY_OK)
+    /* every partition, not only the user's: the answer also rests on the node's newest event
+     * time (engine_global, the decay's reference) and its product partitions' lists */
+    if (!scratch || (err = engine_read_barrier(q->eng, -1)) != EDDY_OK)
         goto out;
     w->lists = scratch->lists;
     engine_global(q->eng, NULL, &at, NULL);
