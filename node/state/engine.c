@@ -1475,6 +1475,13 @@ eddy_err engine_read_barrier(engine *e, int64_t p)
     }
     if (e->o.read_barrier_timeout_ms <= 0)
         return EDDY_OK;
+    /* the common case, nothing applied behind its log end anywhere (publish keeps
+     * apply_lag_since_ms 0 exactly then): no copy of the log ends, no scan of them */
+    pthread_mutex_lock(&e->mu);
+    bool behind = e->apply_lag_since_ms != 0;
+    pthread_mutex_unlock(&e->mu);
+    if (!behind)
+        return EDDY_OK;
     uint64_t one, *want = last - first == 1 ? &one : malloc((last - first) * sizeof(*want));
     if (!want)
         return EDDY_ERR_NOMEM;
