@@ -422,11 +422,13 @@ class ReprocessClusterTest(unittest.TestCase):
         """Stage 2 (product popularity, category index, product windows, neighbours) of a
         cluster rebuilt with new half-lives under ingest: every state node's product state
         together equals a fresh --dev ingest of the same events with those half-lives."""
-        # 4 partitions of ~2,300 events: each partition's rebuilt stage-2 records go out in
-        # more than one round (2,048 batches a round)
+        # 10,000 events in the log before the rebuild, so a state node's rebuilt stage-2
+        # records are over 2 x 2,048 whenever the rebuild starts (the 2,200 sent during
+        # it may or may not be in): with 2 of the 4 partitions, one goes in more than one
+        # round (2,048 batches a round)
         P = 4
-        events = L.generate(seed=23, n_users=50, n_products=30, n_categories=4, n_events=9200)
-        first, second = events[:7000], events[7000:]
+        events = L.generate(seed=23, n_users=50, n_products=200, n_categories=4, n_events=12200)
+        first, second = events[:10000], events[10000:]
         ref = L.start_node(self, args=NODE_ARGS + [
             "--partitions", str(P), "--affinity-half-life", HALF_LIFE,
             "--popularity-half-life", HALF_LIFE, "--neighbour-half-life", HALF_LIFE])
