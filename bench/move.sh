@@ -30,8 +30,9 @@ for i in $(seq 1 200); do
   sleep 0.1
 done
 COMMON=(--etcd "$ETCD_URL" --cluster bench --partitions "$PARTS" --lease-ttl 5s)
+# min-insync 1: state-1 alone acknowledges the fill (R = 2: state-2 also becomes a follower)
 start coordinator "$BUILD/eddy-coordinator" "${COMMON[@]}" --id coordinator-1 --listen 127.0.0.1:0 \
-  --metrics-listen "" --max-moves 1
+  --metrics-listen "" --max-moves 1 --min-insync-replicas 1
 COORD=127.0.0.1:$(wait_printed coordinator listening)
 state() {
   start "$1" "$BUILD/eddy-node" --role state "${COMMON[@]}" --node-id "$1" --data-dir "$TMP/$1" \

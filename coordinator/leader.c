@@ -696,8 +696,10 @@ static void project_move(struct cluster_part *part, const char *to)
 
 /* eddy_offline_partitions: partitions of the map whose leader is not a live state node
  * (nobody can write them until a follower is promoted or the node returns);
- * eddy_under_min_insync_partitions: partitions whose leader's last in-sync record names
- * fewer live copies than min-insync (their writes are refused). */
+ * eddy_under_min_insync_partitions: partitions listed with fewer copies than min-insync
+ * (R capped by the state nodes there are, a move's source listed alone) or whose
+ * leader's last in-sync record names fewer live copies than it (their writes are
+ * refused). */
 static void report_health(leader *l, const struct assign_node *nodes, size_t n)
 {
     uint32_t offline = 0, short_of_copies = 0;
@@ -709,12 +711,18 @@ static void report_health(leader *l, const struct assign_node *nodes, size_t n)
             continue;
         }
         const struct cluster_isr *r = &l->isr[p];
-        if (part->nreplicas < 2 || r->nisr == 0 || r->epoch != part->epoch)
-            continue; /* one copy, or no record of this epoch yet */
+        uint32_t need = l->o.min_insync ? l->o.min_insync : 1;
+        if (need < 2)
+            continue; /* one copy acknowledges */
+        if (part->nreplicas < need) {
+            short_of_copies++; /* fewer copies listed than min-insync: never written */
+            continue;
+        }
+        if (r->nisr == 0 || r->epoch != part->epoch)
+            continue; /* no record of this epoch yet */
         uint32_t live = 0;
         for (uint32_t i = 0; i < r->nisr; i++)
             live += node_alive(nodes, n, r->isr[i]);
-        uint32_t need = l->o.min_insync < part->nreplicas ? l->o.min_insync : part->nreplicas;
         short_of_copies += live < need;
     }
     pthread_mutex_unlock(&l->isr_mu);
@@ -823,6 +831,11 @@ static eddy_err reassign(leader *l)
                  "eligible=%zu unassigned=%zu revision=%lld",
                  (unsigned long long)next.version, moved, next.nparts, n, eligible, unassigned,
                  (long long)l->cur_mod);
+        if (eligible > 0 && eligible < l->o.min_insync)
+            log_warn("msg=\"fewer eligible state nodes than min-insync: writes are refused "
+                     "until more join (or run with a lower --min-insync-replicas)\" eligible=%zu "
+                     "min_insync=%u",
+                     eligible, l->o.min_insync);
         for (size_t i = 0; i < n; i++) {
             if (nodes[i].state)
                 log_debug("msg=\"owner share\" node=%s partitions=%zu draining=%d",

@@ -211,6 +211,7 @@ bad_values = {   # what: (helm args, text the error must contain)
     "bad PVC size": (["--set", "persistence.size=ten"], "/persistence/size"),
     "a state PDB that can take every copy": (["--set", "state.pdb.maxUnavailable=2"],
                                              "below coordinator.replicationFactor"),
+    "fewer state nodes than min-insync": (["--set", "state.replicaCount=1"], "is below min-insync (2)"),
     "TLS without a certificate source": (["--set", "tls.enabled=true"], "tls.certManager.issuerRef.name"),
     "TLS without client certificates": (["--set", "tls.enabled=true", "--set", "tls.existingSecret=x",
                                          "--set", "tls.clientAuth=none"], "/tls/clientAuth"),

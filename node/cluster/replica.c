@@ -104,7 +104,7 @@ struct waiter {
 struct part {
     struct replica_part map;
     /* leader side */
-    bool leading;          /* this node is the leader and R > 1 */
+    bool leading;          /* this node is the leader and R > 1 or min-insync > 1 */
     struct follower f[REPLICA_MAX - 1];
     uint32_t nf;
     struct waiter *waiters;
@@ -212,11 +212,14 @@ static uint32_t record_crc(uint64_t seq, const void *rec, size_t len)
     return crc32c_update(crc32c(le, sizeof(le)), rec, len);
 }
 
-/* Copies an acknowledgement of the partition needs, the leader included. */
+/* Copies an acknowledgement of the partition needs, the leader included: min-insync,
+ * whatever the map lists. A map that lists fewer copies (R capped by the state nodes
+ * there are, a move's source listed alone) leaves the partition unwritable, never
+ * acknowledged with fewer copies than promised (Kafka's NotEnoughReplicas). */
 static uint32_t need(const replica *r, const struct part *pt)
 {
-    uint32_t n = r->min_insync ? r->min_insync : 1;
-    return n < pt->map.nreplicas ? n : pt->map.nreplicas;
+    (void)pt;
+    return r->min_insync ? r->min_insync : 1;
 }
 
 static uint32_t insync(const struct part *pt)
@@ -428,7 +431,8 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
         struct part *pt = &r->parts[p];
         const struct replica_part *m = &parts[p];
         uint32_t R = m->nreplicas < REPLICA_MAX ? m->nreplicas : REPLICA_MAX;
-        bool leading = R > 1 && strcmp(m->replicas[0], r->self) == 0;
+        /* a leader listed alone leads too when min-insync needs more copies: it refuses */
+        bool leading = (R > 1 || min_insync > 1) && strcmp(m->replicas[0], r->self) == 0;
         bool following = R > 1 && is_follower_in(m, r->self);
         bool new_leader = strcmp(m->replicas[0], pt->map.replicas[0]) != 0;
         bool new_epoch = m->epoch != pt->map.epoch;
@@ -562,8 +566,8 @@ uint64_t replica_committed(replica *r, uint32_t p)
         return 0;
     pthread_mutex_lock(&r->mu);
     const struct part *pt = &r->parts[p];
-    uint64_t c = pt->map.nreplicas <= 1 ? UINT64_MAX
-                 : pt->leading            ? watermark(r, pt, need(r, pt), UINT64_MAX)
+    uint64_t c = pt->leading            ? watermark(r, pt, need(r, pt), UINT64_MAX)
+                 : pt->map.nreplicas <= 1 ? UINT64_MAX
                                           : 0;
     pthread_mutex_unlock(&r->mu);
     return c;
@@ -588,7 +592,7 @@ eddy_err replica_wait(replica *r, uint32_t p, uint64_t seq, replica_ack_fn *done
     struct waiter *ready = NULL;
     pthread_mutex_lock(&r->mu);
     struct part *pt = p < r->o.partitions ? &r->parts[p] : NULL;
-    if (!pt || pt->map.nreplicas <= 1) {
+    if (!pt || (pt->map.nreplicas <= 1 && !pt->leading)) {
         w->next = ready; /* not replicated: acknowledged as before replication */
         ready = w;
     } else if (!pt->leading || r->stopping) {
@@ -1036,19 +1040,24 @@ eddy_err replica_register(replica *r, rpc_server *s)
 
 /* ---- the replica thread ------------------------------------------------------------------- */
 
-void replica_isr_next(const struct cluster_isr *stored, struct cluster_isr *next)
+void replica_isr_next(const struct cluster_isr *stored, struct cluster_isr *next,
+                      uint32_t min_insync)
 {
     next->npromoted = 0;
-    if (next->nisr != 1 || !stored || stored->epoch > next->epoch ||
-        !cluster_isr_holds(stored, next->leader))
+    if (!stored || stored->epoch > next->epoch || !cluster_isr_holds(stored, next->leader))
         return;
-    /* an older epoch's record naming two copies or more is the set this leader was
-     * promoted from; this epoch's own record carries it on (as it is) until a follower
-     * joined */
+    if (next->nisr != 1 && next->nisr >= min_insync)
+        return; /* whole: the in-sync copies hold everything from here on */
     bool own = stored->epoch == next->epoch;
-    if (own ? stored->npromoted == 0 : cluster_isr_nholders(stored) < 2)
+    uint32_t holders = cluster_isr_nholders(stored), from = 0;
+    if (own && stored->npromoted > 0)
+        from = stored->nisr; /* this epoch's record carries its set on, as it is */
+    else if (own ? next->nisr >= min_insync || holders <= next->nisr : holders < 2)
         return;
-    uint32_t from = own ? stored->nisr : 0;
+    /* else an older epoch's record naming two copies or more is the set this leader was
+     * promoted from; or this epoch's set shrank below min-insync, so from the record on
+     * nothing more is acknowledged and every copy the stored record names holds every
+     * acknowledged event (Kafka's eligible leader replicas) */
     for (uint32_t i = from; i < stored->nisr + stored->npromoted; i++) {
         const char *id = i < stored->nisr ? stored->isr[i]
                                           : stored->promoted_from[i - stored->nisr];
@@ -1063,7 +1072,8 @@ void replica_isr_next(const struct cluster_isr *stored, struct cluster_isr *next
 /* Record the in-sync set of a partition in etcd (with what replica_isr_next keeps of the
  * stored record): EDDY_ERR_NOT_OWNER when a newer epoch's record is there (the coordinator
  * moved on; nothing written). */
-static eddy_err write_isr(replica *r, etcd_client *etcd, uint32_t p, struct cluster_isr *x)
+static eddy_err write_isr(replica *r, etcd_client *etcd, uint32_t p, struct cluster_isr *x,
+                          uint32_t min_insync)
 {
     char key[CLUSTER_KEY_MAX];
     snprintf(key, sizeof(key), CLUSTER_PREFIX "%s/isr/%u", r->cluster, p);
@@ -1079,7 +1089,7 @@ static eddy_err write_isr(replica *r, etcd_client *etcd, uint32_t p, struct clus
         err = EDDY_ERR_NOT_OWNER; /* the coordinator moved on: this leader's view is stale */
         goto out;
     }
-    replica_isr_next(decoded ? &cur : NULL, x);
+    replica_isr_next(decoded ? &cur : NULL, x, min_insync);
     err = EDDY_ERR_NOMEM;
     if (!(val = cluster_isr_to_json(x)))
         goto out;
@@ -1129,6 +1139,7 @@ static void *replica_main(void *arg)
         double lag = 0, under = 0;
         pthread_mutex_lock(&r->mu);
         etcd_client *etcd = r->o.etcd;
+        uint32_t min_insync = r->min_insync ? r->min_insync : 1;
         r->kicked = false;
         for (uint32_t p = 0; p < P; p++) {
             struct part *pt = &r->parts[p];
@@ -1185,7 +1196,7 @@ static void *replica_main(void *arg)
             free(k);
         }
         for (size_t i = 0; i < nrecs; i++) {
-            eddy_err err = write_isr(r, etcd, recp[i], &recs[i]);
+            eddy_err err = write_isr(r, etcd, recp[i], &recs[i], min_insync);
             if (err == EDDY_OK) { /* what etcd says now bounds the high watermark */
                 struct waiter *acked = NULL;
                 pthread_mutex_lock(&r->mu);

@@ -156,12 +156,17 @@ eddy_err replica_batch_check(const Eddy__State__V1__ReplicaPartitionData *d, uin
 
 /* Leader side, the in-sync record it writes over the one stored in etcd ('stored', NULL:
  * none or undecodable; exposed for tests): 'next' names this leader and its in-sync
- * followers at its epoch. While it names the leader alone, it keeps as promoted_from the
- * set the leader was promoted from: every copy 'stored' names (isr and promoted_from)
- * when that is an older epoch's record naming two or more, the leader among them, or
- * this epoch's own record that has one. Otherwise (a follower joined, or the leader was
- * no copy of the older set: a move's target) none. Pure. */
-void replica_isr_next(const struct cluster_isr *stored, struct cluster_isr *next);
+ * followers at its epoch. It keeps as promoted_from the copies that hold every
+ * acknowledged event besides its in-sync set, which the coordinator may promote:
+ * - while it names the leader alone, the set the leader was promoted from: every copy
+ *   'stored' names (isr and promoted_from) when that is an older epoch's record naming
+ *   two or more, the leader among them, or this epoch's own record that has one;
+ * - when this epoch's set shrinks below 'min_insync' (nothing is acknowledged from then
+ *   on), every copy the stored record names, until the set is whole again.
+ * Otherwise (a follower joined, or the leader was no copy of the older set: a move's
+ * target) none. Pure. */
+void replica_isr_next(const struct cluster_isr *stored, struct cluster_isr *next,
+                      uint32_t min_insync);
 
 /* Follower side: the position of partition 'p' (the next seq it needs from its leader). */
 uint64_t replica_position(replica *r, uint32_t p);

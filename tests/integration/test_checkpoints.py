@@ -124,7 +124,7 @@ class ClusterCheckpointsTest(unittest.TestCase):
     def test_checkpoint_records_in_etcd_and_status(self):
         P = 8
         cl = L.Cluster(self, partitions=P, ttl_s=2, node_args=CKPT_ARGS)
-        coord = cl.add_coordinator("c1")
+        coord = cl.add_coordinator("c1", args=["--replication-factor", "1"])  # one node
         node = cl.add_node("s1", "ingest,state")
         cl.wait_assignment({"s1"})
         parts = [1, 6]

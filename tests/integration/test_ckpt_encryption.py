@@ -154,7 +154,7 @@ class ClusterEncryptedMoveTest(unittest.TestCase):
         cl = L.Cluster(self, partitions=P, ttl_s=2,
                        node_args=CKPT_ARGS + ["--route-retries", "30", "--checkpoint-dir",
                                               shared, "--checkpoint-key-file", fa])
-        cl.add_coordinator("c1")
+        cl.add_coordinator("c1", args=["--min-insync-replicas", "1"])  # s1 alone acknowledges
         cl.add_node("s1", "state")
         cl.wait_assignment({"s1"})
         front = cl.add_node("i1", "ingest")

@@ -125,8 +125,9 @@ class MovesTestCase(unittest.TestCase):
 
     def s1_under_load(self, prefix, **kw):
         """A cluster (--max-moves 1) whose only state node s1 owns everything, an ingest
-        node and a Writer that has 1,000 events acknowledged: (cluster, front, writer)."""
-        cl = self.cluster(coord_args=["--max-moves", "1"], **kw)
+        node and a Writer that has 1,000 events acknowledged: (cluster, front, writer).
+        R = 2 with min-insync 1, so s1 alone acknowledges."""
+        cl = self.cluster(coord_args=["--max-moves", "1", "--min-insync-replicas", "1"], **kw)
         cl.add_node("s1", "state")
         self.wait_settled(cl, {"s1"})
         front = cl.add_node("i1", "ingest")

@@ -164,7 +164,7 @@ class ClusterPartitions(unittest.TestCase):
         lib.require_etcd()
         P = 256  # the default count (common/partition.h)
         c = lib.Cluster(self, partitions=P)
-        c.add_coordinator("c1")
+        c.add_coordinator("c1", args=["--replication-factor", "1"])  # one state node
         n = c.add_node("s1", roles="ingest,state", args=["--partitions", "64"])
         c.wait_assignment({"s1"})
         self.assertIn("using the cluster's partition count", n.log_text())

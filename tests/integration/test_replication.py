@@ -192,6 +192,40 @@ class FailoverTest(unittest.TestCase):
         print(f"\nkill -9 of s2: {len(sent)} acknowledged, 0 lost; the longest batch took "
               f"{max(waits):.2f} s to be acknowledged (lease TTL 2 s)", flush=True)
 
+    def test_fewer_state_nodes_than_min_insync_acknowledges_nothing(self):
+        """R = 2, min-insync 2 with one state node: the map lists one copy of each
+        partition, and s1 refuses every write UNAVAILABLE rather than acknowledge it
+        alone; the coordinator says why and counts the partitions; once s2 joins and
+        follows, the same batch is acknowledged."""
+        P = 4
+        c = L.Cluster(self, partitions=P, ttl_s=2, node_args=["--idle-timeout", "0"])
+        coord = c.add_coordinator("c1", args=["--metrics-listen", "127.0.0.1:0"])
+        s1 = c.add_node("s1", roles="ingest,state")
+        c.wait_assignment({"s1"})
+        batch = [ev(f"m{i}", f"u{i}", L.now_ms() - 600_000 + i) for i in range(40)]
+        with self.assertRaises(grpc.RpcError) as cm:  # after --route-retries rounds (~9 s)
+            s1.ingest(batch, timeout=30)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        self.assertIn("fewer in-sync copies of the partition than min-insync",
+                      cm.exception.details())
+        self.assertIn("fewer eligible state nodes than min-insync", coord.log_text())
+        mport = L.poll_until(lambda: L.metrics_port_of(coord), 10, what="the coordinator's metrics port")
+        L.poll_until(lambda: L.scrape_samples(f"127.0.0.1:{mport}").get(
+            "eddy_under_min_insync_partitions") == P, 10, what="every partition under min-insync")
+        c.add_node("s2")
+        c.wait_assignment({"s1", "s2"})
+
+        def acknowledged():
+            try:
+                r = s1.ingest(batch, timeout=10)
+                return r.accepted + r.duplicates == len(batch) and not r.rejected
+            except grpc.RpcError:
+                return False  # s2 not in sync yet
+        poll_until(acknowledged, 30, what="the batch acknowledged with s2 following")
+        self.assertEqual(L.total_events(s1.stub), len(batch))
+        L.poll_until(lambda: L.scrape_samples(f"127.0.0.1:{mport}").get(
+            "eddy_under_min_insync_partitions") == 0, 10, what="no partition under min-insync")
+
 
 if __name__ == "__main__":
     unittest.main()

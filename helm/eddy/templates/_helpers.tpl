@@ -461,6 +461,11 @@ Checks of value combinations that the schema cannot express.
 {{- if and .Values.state.pdb.enabled (ge (int .Values.coordinator.replicationFactor) 2) (ge (int .Values.state.pdb.maxUnavailable) (int .Values.coordinator.replicationFactor)) }}
 {{- fail "eddy: state.pdb.maxUnavailable must be below coordinator.replicationFactor, or a voluntary disruption may take down every copy of a partition at once" }}
 {{- end }}
+{{- $minInsync := int .Values.coordinator.minInsyncReplicas }}
+{{- if eq $minInsync 0 }}{{- $minInsync = ternary 2 1 (ge (int .Values.coordinator.replicationFactor) 2) }}{{- end }}
+{{- if lt (int .Values.state.replicaCount) $minInsync }}
+{{- fail (printf "eddy: state.replicaCount (%d) is below min-insync (%d): every write would be refused (UNAVAILABLE) until more state nodes join; add state nodes or lower coordinator.minInsyncReplicas / replicationFactor" (int .Values.state.replicaCount) $minInsync) }}
+{{- end }}
 {{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (not .Values.tls.certManager.issuerRef.name) }}
 {{- fail "eddy: tls.enabled needs tls.existingSecret (a Secret with tls.crt, tls.key, ca.crt) or tls.certManager.issuerRef.name (a cert-manager Issuer)" }}
 {{- end }}

@@ -328,7 +328,8 @@ static void on_elected(void *ud, etcd_session *s)
     struct leader_opts lo = {
         .etcd = co->etcd, .cluster = "t", .id = "coord", .partitions = PARTS,
         .settle_ms = 100, .max_moves = 2, .move_timeout_ms = 60000,
-        .replication_factor = co->replication, .min_insync = co->replication,
+        .replication_factor = co->replication,
+        .min_insync = 1, /* s1 alone acknowledges before s2 joins */
     };
     co->lead = leader_start(&lo, s);
 }

@@ -990,6 +990,9 @@ static void test_new_follower_batches_share_commits(void **state)
     pthread_cond_destroy(&g.cv);
 }
 
+/* A map listing one copy: with min-insync 1 (R = 1) acknowledged at once, on this thread,
+ * with no follower anywhere; with min-insync 2 (R capped by the state nodes there are)
+ * never acknowledged with the one copy: UNAVAILABLE and not writable. */
 static void test_not_replicated_no_wait(void **state)
 {
     struct pair *t = *state;
@@ -997,9 +1000,8 @@ static void test_not_replicated_no_wait(void **state)
     memcpy(one, t->map, sizeof(one));
     for (int p = 0; p < FIXTURE_PARTITIONS; p++)
         one[p].nreplicas = 1;
-    replica_set_map(t->a.rep, one, 2);
+    replica_set_map(t->a.rep, one, 1);
     ingest_range(t, 0, 50);
-    /* R = 1: acknowledged at once, on this thread, with no follower anywhere */
     for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++) {
         struct completion w;
         completion_init(&w);
@@ -1008,6 +1010,19 @@ static void test_not_replicated_no_wait(void **state)
         assert_int_equal(completion_wait(&w, EDDY_OK), EDDY_OK);
         assert_true(replica_writable(t->a.rep, p));
     }
+    replica_set_map(t->a.rep, one, 2);
+    uint32_t written = 0;
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++) {
+        assert_false(replica_writable(t->a.rep, p));
+        if (log_end(t->a.eng, p) == 0)
+            continue; /* nothing of it to acknowledge */
+        written++;
+        struct completion w;
+        completion_init(&w);
+        assert_int_equal(replica_wait(t->a.rep, p, log_end(t->a.eng, p), acked, &w), EDDY_OK);
+        assert_int_equal(completion_wait(&w, EDDY_OK), EDDY_ERR_UNAVAILABLE);
+    }
+    assert_true(written > 0);
 }
 
 /* A follower's staleness for stale reads: unknown until its leader answered, no record
@@ -1104,16 +1119,22 @@ static struct cluster_isr isr_of(uint64_t epoch, const char *ids, const char *fr
 }
 
 /* 'next' as replica_isr_next leaves it over 'stored' names 'from' as promoted_from. */
-static void assert_next(const struct cluster_isr *stored, const char *ids, uint64_t epoch,
-                        const char *from)
+static void assert_next_min(const struct cluster_isr *stored, const char *ids, uint64_t epoch,
+                            uint32_t min_insync, const char *from)
 {
     struct cluster_isr next = isr_of(epoch, ids, "X"); /* a caller's leftover: replaced */
-    replica_isr_next(stored, &next);
+    replica_isr_next(stored, &next, min_insync);
     struct cluster_isr want = isr_of(epoch, ids, from);
     assert_int_equal(next.npromoted, want.npromoted);
     for (uint32_t i = 0; i < want.npromoted; i++)
         assert_string_equal(next.promoted_from[i], want.promoted_from[i]);
     assert_int_equal(next.nisr, want.nisr);
+}
+
+static void assert_next(const struct cluster_isr *stored, const char *ids, uint64_t epoch,
+                        const char *from)
+{
+    assert_next_min(stored, ids, epoch, 2, from);
 }
 
 /* The leader's in-sync record: B, promoted at 6 from [A, B], keeps that set while it is
@@ -1131,13 +1152,24 @@ static void test_isr_record(void **state)
     assert_next(&abc5, "B", 6, "ABC");
     assert_next(&b6_ab, "B", 6, "AB");   /* B restarted, still alone */
     assert_next(&b6_ab, "BC", 6, "");    /* C joined */
-    assert_next(&bc6, "B", 6, "");       /* C left again: as before */
+    /* C left again: below min-insync 2 nothing more is acknowledged, so C holds every
+     * acknowledged event and stays named (Kafka's eligible leader replicas) ... */
+    assert_next(&bc6, "B", 6, "BC");
+    assert_next_min(&bc6, "B", 6, 1, ""); /* ... not with min-insync 1: B goes on alone */
+    struct cluster_isr b6 = isr_of(6, "B", "");
+    assert_next(&b6, "B", 6, "");         /* no copy besides B ever recorded */
     assert_next(&ab5, "T", 6, "");       /* a move's target */
     assert_next(&a5, "B", 6, "");        /* the old leader was alone */
     assert_next(&b7, "B", 6, "");        /* a newer epoch's: not written anyway */
     /* a chain: A, promoted at 5 from [X, A], lost in sync alone; X returned leads at 6 */
     struct cluster_isr a5_xa = isr_of(5, "A", "XA");
     assert_next(&a5_xa, "X", 6, "AX");
+    /* R = 3, min-insync 3: {A, B, C} shrinks to {A, B}, then to {A}; whole again */
+    struct cluster_isr abc6 = isr_of(6, "ABC", ""), ab6_abc = isr_of(6, "AB", "ABC");
+    assert_next_min(&abc6, "AB", 6, 3, "ABC");
+    assert_next_min(&ab6_abc, "A", 6, 3, "ABC");
+    assert_next_min(&ab6_abc, "ABC", 6, 3, "");
+    assert_next_min(&abc6, "AB", 6, 2, ""); /* min-insync 2: A and B acknowledge on */
 }
 
 int main(void)
