@@ -1041,7 +1041,9 @@ static void crash_cases(const struct wb_case *cases, size_t ncases, int delete_a
 
 static void test_behind_crash_phases(void **state)
 {
-    /* each batch is two writes (and two groups): its log, then its applied state */
+    /* each batch is two writes (and two groups): its log, then its applied state; or one
+     * when the apply thread ran before the seal, while the writer waited for the write
+     * before it (the batch numbers below are the usual ones) */
     static const struct wb_case cases[] = {
         {"log:5", 0, false},                 /* batch 3's log durable, not acknowledged */
         {"log:6", 0, false},                 /* batch 3's applied state written, not flushed */
