@@ -66,7 +66,9 @@
 
 struct ckptkey;
 
-#define ENGINE_MAX_APPLY_LAG_DEFAULT 100000 /* records (~7 s of apply at ~70 us each) */
+/* records: ~1.4 s of apply at ~70 us each, what a query's read barrier may wait when the
+ * ingest outruns the apply */
+#define ENGINE_MAX_APPLY_LAG_DEFAULT 20000
 
 typedef struct engine engine;
 
