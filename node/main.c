@@ -165,6 +165,10 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
           "a query waits this long at most for the events acknowledged before it to be "
           "applied (0 = no wait)",
           0, 0),
+        F("max-apply-lag", FLAG_INT, max_apply_lag,
+          "acknowledged records not applied yet past which no more events are taken until "
+          "the apply catches up",
+          1, 100000000),
         F("shutdown-grace", FLAG_DURATION, shutdown_grace,
           "on SIGTERM, wait this long for in-flight calls", 0, 0),
         F("checkpoint-interval", FLAG_DURATION, checkpoint_interval,

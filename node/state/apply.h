@@ -9,7 +9,8 @@
  * handed to 'emit' -> advance the watermark -> event-time TTL sweeps when the watermark
  * crosses a sweep boundary.
  *
- * Threads: only the partition's writer thread calls these. */
+ * Threads: only the engine's thread that holds its txn calls these (the writer, or the
+ * apply thread behind it: engine.c's txn token). */
 #ifndef EDDY_APPLY_H
 #define EDDY_APPLY_H
 

@@ -120,17 +120,34 @@ struct engine {
     bool writer_started, syncer_started;
     struct sealed_group sealed;
 
-    /* writer-owned */
+    /* The txn token: the writer and the apply thread take turns on the txn (one txn, so
+     * no kept value is forgotten between them), the writer first: it says it wants the
+     * token ('want') and the apply thread gives it up after the record it is applying.
+     * Whoever holds txn_mu owns 'txn' and every field below down to outbox_removed. Lock
+     * order: txn_mu, then mu. */
+    pthread_mutex_t txn_mu;
+    pthread_cond_t apply_cv;     /* the apply thread waits: records appended, token free */
+    pthread_cond_t lag_cv;       /* the writer waits (max_apply_lag): the apply caught up */
+    atomic_int want;             /* the writer waits for txn_mu */
+    pthread_t applier;
+    bool applier_started;
+    bool apply_stopping;
+    bool lag_waiting;            /* the writer waits on lag_cv */
+    bool apply_held;             /* engine_hold_apply */
+    atomic_bool lag_blocked;     /* lag_waiting, for engine_apply_lag_full (any thread) */
+    eddy_err apply_err;          /* the apply thread failed: the writer recovers */
     struct part_meta *meta;      /* [partitions] */
     int64_t *last_arrival_ms;    /* [partitions], monotonic ms of the last event */
     struct apply_ahead *ahead;   /* [partitions], valid where is_ahead */
-    bool *is_ahead;              /* [partitions]: records appended and not applied */
-    struct pending *pend;        /* appended, not applied, in log order */
-    size_t npend, pend_cap;
+    bool *is_ahead;              /* [partitions]: records appended and not all applied */
+    struct pending *pend;        /* appended, in log order: [pend_head, npend) not applied */
+    size_t pend_head, npend, pend_cap;
     bool appended;               /* records appended since the last seal */
 
     uint64_t outbox_added;       /* OUTBOX records written by the current group */
     uint64_t outbox_removed;     /* OUTBOX records deleted by the current group */
+    bool caught_up;              /* under mu: the apply thread applied every record since
+                                    the writer last looked (its state waits for a write) */
 
     /* published after each commit, under mu */
     struct engine_partition_view *view; /* [partitions] */
@@ -240,7 +257,7 @@ static void publish(engine *e, const struct part_meta *meta, const uint64_t *end
     pthread_mutex_unlock(&e->mu);
 }
 
-/* Forget the records appended and not applied (applied, or their write failed). */
+/* Forget the records appended (applied, or their write failed). */
 static void pending_clear(engine *e)
 {
     for (size_t i = 0; i < e->npend; i++) {
@@ -248,29 +265,108 @@ static void pending_clear(engine *e)
         free(e->pend[i].rec);
     }
     e->npend = 0;
+    e->pend_head = 0;
 }
 
-/* Apply every record appended ahead, in log order, through the apply a replay uses. On
- * an error the rest are dropped too: the caller takes the store as the truth again
- * (recover), whose replay applies the ones that are durable. */
+/* Records appended and not applied yet. Token held. */
+static size_t unapplied(const engine *e)
+{
+    return e->npend - e->pend_head;
+}
+
+/* Apply the oldest record appended ahead, through the apply a replay uses; once none is
+ * left, forget them all. Token held. */
+static eddy_err apply_next(engine *e)
+{
+    struct pending *pd = &e->pend[e->pend_head];
+    Eddy__Store__V1__LogRecord *r = eddy__store__v1__log_record__unpack(NULL, pd->len, pd->rec);
+    enum apply_outcome oc = APPLY_ACCEPTED;
+    eddy_err err = r ? apply_replay(e->txn, &e->o.apply, pd->p, &e->meta[pd->p], pd->seq, r,
+                                    emit, e, &oc)
+                     : EDDY_ERR_NOMEM;
+    if (r)
+        eddy__store__v1__log_record__free_unpacked(r, NULL);
+    /* the answer was the append's: the apply must decide the same */
+    assert(err != EDDY_OK || (oc == APPLY_LATE) == pd->late);
+    free(pd->rec);
+    pd->rec = NULL;
+    e->pend_head++;
+    if (e->pend_head == e->npend)
+        pending_clear(e);
+    return err;
+}
+
+/* Apply every record appended ahead, in log order, on this thread (the token held: the
+ * apply thread waits). On an error the rest are dropped too: the caller takes the store as
+ * the truth again (recover), whose replay applies the ones that are durable. */
 static eddy_err drain(engine *e)
 {
     eddy_err err = EDDY_OK;
-    for (size_t i = 0; i < e->npend && err == EDDY_OK; i++) {
-        const struct pending *pd = &e->pend[i];
-        Eddy__Store__V1__LogRecord *r =
-            eddy__store__v1__log_record__unpack(NULL, pd->len, pd->rec);
-        enum apply_outcome oc = APPLY_ACCEPTED;
-        err = r ? apply_replay(e->txn, &e->o.apply, pd->p, &e->meta[pd->p], pd->seq, r, emit,
-                               e, &oc)
-                : EDDY_ERR_NOMEM;
-        if (r)
-            eddy__store__v1__log_record__free_unpacked(r, NULL);
-        /* the answer was the append's: the apply must decide the same */
-        assert(err != EDDY_OK || (oc == APPLY_LATE) == pd->late);
-    }
-    pending_clear(e);
+    while (unapplied(e) > 0 && err == EDDY_OK)
+        err = apply_next(e);
+    if (err != EDDY_OK)
+        pending_clear(e);
     return err;
+}
+
+/* The writer takes the txn token: the apply thread yields after its current record. */
+static void token_take(engine *e)
+{
+    atomic_fetch_add(&e->want, 1);
+    pthread_mutex_lock(&e->txn_mu);
+    atomic_fetch_sub(&e->want, 1);
+}
+
+/* The writer gives the token back: the apply thread goes on. */
+static void token_give(engine *e)
+{
+    pthread_cond_signal(&e->apply_cv);
+    pthread_mutex_unlock(&e->txn_mu);
+}
+
+/* Whether the writer appends no more events for now (engine_opts.max_apply_lag). Token
+ * held. */
+static bool lag_full(const engine *e)
+{
+    return (int64_t)unapplied(e) >= e->o.max_apply_lag;
+}
+
+/* The apply thread: apply the records the writer appended, in log order, one at a time
+ * while the writer does not want the txn, so that the acknowledgement of a group waits for
+ * at most one record's apply, not for the apply of the groups before it. Their state joins
+ * the writer's next write; once nothing is left, the writer is told to write it. */
+static void *applier_main(void *arg)
+{
+    thread_name("apply");
+    engine *e = arg;
+    pthread_mutex_lock(&e->txn_mu);
+    for (;;) {
+        bool writer_may_go = e->lag_waiting && !lag_full(e);
+        if (writer_may_go)
+            pthread_cond_signal(&e->lag_cv); /* and yield: the writer appends again */
+        if (e->apply_stopping)
+            break;
+        if (unapplied(e) == 0 || atomic_load(&e->want) > 0 || e->apply_err != EDDY_OK ||
+            writer_may_go || e->apply_held) {
+            pthread_cond_wait(&e->apply_cv, &e->txn_mu);
+            continue;
+        }
+        eddy_err err = apply_next(e);
+        if (err != EDDY_OK) {
+            pending_clear(e);
+            e->apply_err = err;
+        }
+        if (err != EDDY_OK || unapplied(e) == 0) {
+            if (err == EDDY_OK)
+                store_crash_point("applied"); /* applied in the txn, not written */
+            pthread_mutex_lock(&e->mu);
+            e->caught_up = true;
+            pthread_cond_broadcast(&e->cv);
+            pthread_mutex_unlock(&e->mu);
+        }
+    }
+    pthread_mutex_unlock(&e->txn_mu);
+    return NULL;
 }
 
 /* Append 'ev' of partition p ahead of its apply (apply_append_event): *dup if it is a
@@ -279,6 +375,13 @@ static eddy_err drain(engine *e)
 static eddy_err append_event(engine *e, uint32_t p, const Eddy__V1__Event *ev, bool *dup,
                              bool *late)
 {
+    if (e->npend == e->pend_cap && e->pend_head > 0) {
+        /* drop the applied records' slots: the array holds what is behind, not all since
+         * the apply last caught up */
+        memmove(e->pend, e->pend + e->pend_head, unapplied(e) * sizeof(*e->pend));
+        e->npend -= e->pend_head;
+        e->pend_head = 0;
+    }
     if (e->npend == e->pend_cap) {
         size_t cap = e->pend_cap ? 2 * e->pend_cap : 1024;
         struct pending *np = realloc(e->pend, cap * sizeof(*np));
@@ -803,8 +906,9 @@ static eddy_err recover(engine *e)
 }
 
 /* Wait until the sealed group, if any, is written and answered, and settle the txn with
- * its result. On a failed write the engine goes on from the store (recover): whatever was
- * applied or appended after it (the caller's group) must fail too. */
+ * its result (token held; the apply thread's during the wait). On a failed write the
+ * engine goes on from the store (recover): whatever was applied or appended after it (the
+ * caller's group) must fail too. */
 static eddy_err await_sealed(engine *e)
 {
     struct sealed_group *sg = &e->sealed;
@@ -813,8 +917,18 @@ static eddy_err await_sealed(engine *e)
         pthread_mutex_unlock(&e->mu);
         return EDDY_OK;
     }
-    while (sg->state != SEALED_DONE)
-        pthread_cond_wait(&e->cv, &e->mu);
+    if (sg->state != SEALED_DONE) {
+        /* the apply thread has the txn meanwhile (store_txn_write reads only the sealed
+         * batch) */
+        pthread_mutex_unlock(&e->mu);
+        token_give(e);
+        pthread_mutex_lock(&e->mu);
+        while (sg->state != SEALED_DONE)
+            pthread_cond_wait(&e->cv, &e->mu);
+        pthread_mutex_unlock(&e->mu);
+        token_take(e);
+        pthread_mutex_lock(&e->mu);
+    }
     sg->state = SEALED_NONE;
     eddy_err err = sg->err;
     pthread_mutex_unlock(&e->mu);
@@ -824,12 +938,26 @@ static eddy_err await_sealed(engine *e)
     return err;
 }
 
-/* Hand the group to the sync thread (after the previous one is settled). */
+/* The metadata of every partition into the txn, as of the state it holds now (the apply
+ * thread's records included: a write's META must match its state, or a restart's replay
+ * would apply some records twice). Token held. */
+static eddy_err save_metas(engine *e)
+{
+    eddy_err err = EDDY_OK;
+    for (uint32_t p = 0; p < e->o.apply.partitions && err == EDDY_OK; p++)
+        err = apply_meta_save(e->txn, p, &e->meta[p]);
+    return err;
+}
+
+/* Hand the group to the sync thread (after the previous one is settled); the records it
+ * appended are the apply thread's to apply. */
 static eddy_err seal_group(engine *e, struct job *group, int64_t start_ns)
 {
     struct sealed_group *sg = &e->sealed;
     size_t bytes = e->o.apply.partitions * sizeof(*e->meta);
-    eddy_err err = store_txn_seal(e->txn);
+    eddy_err err = save_metas(e);
+    if (err == EDDY_OK)
+        err = store_txn_seal(e->txn);
     if (err != EDDY_OK)
         return err;
     sg->jobs = group;
@@ -851,9 +979,9 @@ static eddy_err seal_group(engine *e, struct job *group, int64_t start_ns)
 }
 
 /* Apply a group's jobs (and the idle watermarks if due) into the txn: the events of
- * ingest jobs are only appended (applied after the seal); every other job appends its
- * record at the log end and needs the state before it, so the appended records are
- * applied first. */
+ * ingest jobs are only appended (the apply thread applies them); every other job appends
+ * its record at the log end and needs the state before it, so the appended records are
+ * applied first, here. */
 static eddy_err apply_group(engine *e, struct job *group, int64_t now, bool idle_due)
 {
     eddy_err err = EDDY_OK;
@@ -885,8 +1013,6 @@ static eddy_err apply_group(engine *e, struct job *group, int64_t now, bool idle
     }
     if (err == EDDY_OK && idle_due && (err = drain(e)) == EDDY_OK)
         err = run_idle(e, now);
-    for (uint32_t p = 0; p < e->o.apply.partitions && err == EDDY_OK; p++)
-        err = apply_meta_save(e->txn, p, &e->meta[p]);
     return err;
 }
 
@@ -903,8 +1029,8 @@ static void roll_back(engine *e, struct job *group, eddy_err err)
 static eddy_err commit_applied(engine *e)
 {
     eddy_err err = drain(e);
-    for (uint32_t p = 0; p < e->o.apply.partitions && err == EDDY_OK; p++)
-        err = apply_meta_save(e->txn, p, &e->meta[p]);
+    if (err == EDDY_OK)
+        err = save_metas(e);
     if (err == EDDY_OK && store_txn_pending(e->txn) > 0)
         err = store_txn_commit(e->txn, true);
     return err;
@@ -923,6 +1049,8 @@ static void run_alone(engine *e, struct job *group, int64_t now)
     eddy_err err = commit_applied(e);
     if (err == EDDY_OK)
         err = apply_group(e, group, now, false);
+    if (err == EDDY_OK)
+        err = save_metas(e);
     if (err == EDDY_OK && store_txn_pending(e->txn) > 0)
         err = store_txn_commit(e->txn, true);
     if (err != EDDY_OK)
@@ -933,11 +1061,12 @@ static void run_alone(engine *e, struct job *group, int64_t now)
 }
 
 /* Append (and apply, for the other jobs) a group while the previous one's write runs on
- * the sync thread, seal it for the sync thread once that write is settled, then apply the
- * events it appended while it is written and acknowledged: their state joins the next
- * write. A failed write fails this group too: it was applied on top of values that never
- * reached the store. group == NULL: the state applied since the last seal (and the idle
- * watermarks if due), written unsynced so that queries see it. */
+ * the sync thread, and seal it for the sync thread once that write is settled. The events
+ * it appended are the apply thread's, applied while the group is written and acknowledged
+ * and whenever the writer waits: their state joins a later write. A failed write fails
+ * this group too: it was applied on top of values that never reached the store. group ==
+ * NULL: the state applied since the last seal (and the idle watermarks if due), written
+ * unsynced so that queries see it. Token held. */
 static void run_pipelined(engine *e, struct job *group, int64_t now, bool idle_due)
 {
     int64_t start_ns = clock_mono_ns();
@@ -952,28 +1081,57 @@ static void run_pipelined(engine *e, struct job *group, int64_t now, bool idle_d
     if (err != EDDY_OK) {
         roll_back(e, group, err);
         complete_group(e, group, e->meta, NULL, start_ns, 0, 0, err);
-        return;
-    }
-    if ((err = drain(e)) != EDDY_OK) { /* the records are durable: the log rebuilds them */
-        log_error("msg=\"apply behind the log failed\" error=\"%s\"", eddy_strerror(err));
-        if (await_sealed(e) == EDDY_OK)
-            recover(e);
     }
 }
 
+/* The apply thread failed (its records are durable: the log rebuilds them): take the
+ * store as the truth again once the write in flight is settled. Token held. */
+static void apply_failed(engine *e)
+{
+    log_error("msg=\"apply behind the log failed\" error=\"%s\"", eddy_strerror(e->apply_err));
+    e->apply_err = EDDY_OK;
+    if (await_sealed(e) == EDDY_OK)
+        recover(e);
+}
+
+/* engine_opts.max_apply_lag: before appending more events, wait until the apply thread is
+ * back under the limit (the queue fills meanwhile, and Ingest answers RESOURCE_EXHAUSTED
+ * past max_pending_events). The token is the apply thread's during the wait. */
+static void await_apply_lag(engine *e)
+{
+    while (lag_full(e) && e->apply_err == EDDY_OK) {
+        e->lag_waiting = true;
+        atomic_store(&e->lag_blocked, true);
+        pthread_cond_signal(&e->apply_cv);
+        pthread_cond_wait(&e->lag_cv, &e->txn_mu);
+    }
+    e->lag_waiting = false;
+    atomic_store(&e->lag_blocked, false);
+}
+
+static bool has_ingest(const struct job *group)
+{
+    for (const struct job *j = group; j; j = j->next)
+        if (j->kind == JOB_INGEST)
+            return true;
+    return false;
+}
+
 /* Take the next group of queued jobs: at most max_group_events events (at least one job);
- * a restore or an exclusive job alone. Waits up to a second for a job unless 'unsealed'
- * (the txn holds applied state to write); NULL if none (then *stop says whether the engine
- * is closing). */
-static struct job *take_group(engine *e, bool *stop, bool unsealed)
+ * a restore or an exclusive job alone. Waits up to a second for a job or for the apply
+ * thread to catch up (*caught_up: its state waits for a write); NULL if none (then *stop
+ * says whether the engine is closing). */
+static struct job *take_group(engine *e, bool *stop, bool *caught_up)
 {
     pthread_mutex_lock(&e->mu);
-    while (!e->head && !e->stopping && !unsealed) {
+    while (!e->head && !e->stopping && !e->caught_up) {
         struct timespec dl = clock_mono_after(1000);
         if (pthread_cond_timedwait(&e->cv, &e->mu, &dl) == ETIMEDOUT)
             break;
     }
-    *stop = !e->head && e->stopping && !unsealed;
+    *caught_up = e->caught_up;
+    e->caught_up = false;
+    *stop = !e->head && e->stopping;
     struct job *group = e->head, *last = NULL;
     int64_t events = 0;
     for (struct job *j = e->head; j; j = j->next) {
@@ -1005,21 +1163,37 @@ static void *writer_main(void *arg)
     int64_t last_idle = clock_mono_ms();
     bool stop = false;
     while (!stop) {
-        bool unsealed = store_txn_pending(e->txn) > 0;
-        struct job *group = take_group(e, &stop, unsealed);
+        bool caught_up = false;
+        struct job *group = take_group(e, &stop, &caught_up);
         int64_t now = clock_mono_ms();
+        token_take(e);
+        if (e->apply_err != EDDY_OK)
+            apply_failed(e);
         if (group && (group->kind == JOB_RESTORE || group->kind == JOB_EXCLUSIVE)) {
             run_alone(e, group, now);
+            token_give(e);
             continue;
         }
         bool idle_due = !stop && now - last_idle >= 1000;
-        if (!group && !idle_due && !unsealed)
-            continue;
-        if (idle_due)
-            last_idle = now;
-        run_pipelined(e, group, now, idle_due);
+        bool unsealed = caught_up && store_txn_pending(e->txn) > 0;
+        if (stop) {
+            /* what the apply thread left, here: nothing stays behind a close */
+            if (drain(e) != EDDY_OK && await_sealed(e) == EDDY_OK)
+                recover(e);
+            unsealed = store_txn_pending(e->txn) > 0;
+        }
+        if (group || idle_due || unsealed) {
+            if (idle_due)
+                last_idle = now;
+            if (has_ingest(group))
+                await_apply_lag(e);
+            run_pipelined(e, group, now, idle_due);
+        }
+        token_give(e);
     }
+    token_take(e);
     await_sealed(e);
+    token_give(e);
     return NULL;
 }
 
@@ -1116,6 +1290,11 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
     e->o = *opts;
     pthread_mutex_init(&e->mu, NULL);
     clock_cond_init(&e->cv);
+    pthread_mutex_init(&e->txn_mu, NULL);
+    pthread_cond_init(&e->apply_cv, NULL);
+    pthread_cond_init(&e->lag_cv, NULL);
+    if (e->o.max_apply_lag <= 0)
+        e->o.max_apply_lag = ENGINE_MAX_APPLY_LAG_DEFAULT;
     pthread_mutex_init(&e->flush_mu, NULL);
     clock_cond_init(&e->flush_cv);
     pthread_cond_init(&e->sync_cv, NULL);
@@ -1214,6 +1393,11 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
         return EDDY_ERR_NOMEM;
     }
     e->syncer_started = true;
+    if (pthread_create(&e->applier, NULL, applier_main, e) != 0) {
+        engine_close(e);
+        return EDDY_ERR_NOMEM;
+    }
+    e->applier_started = true;
     if (opts->flush_interval_ms > 0) {
         if (pthread_create(&e->flusher, NULL, flusher_main, e) != 0) {
             engine_close(e);
@@ -1230,37 +1414,38 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
     return EDDY_OK;
 }
 
+/* Set 'flag' under 'mu', wake the waiters on 'cv' and join 't'. */
+static void stop_thread(pthread_t t, pthread_mutex_t *mu, pthread_cond_t *cv, bool *flag)
+{
+    pthread_mutex_lock(mu);
+    *flag = true;
+    pthread_cond_broadcast(cv);
+    pthread_mutex_unlock(mu);
+    pthread_join(t, NULL);
+}
+
 void engine_close(engine *e)
 {
     if (!e)
         return;
-    if (e->writer_started) {
-        pthread_mutex_lock(&e->mu);
-        e->stopping = true;
-        pthread_cond_broadcast(&e->cv);
-        pthread_mutex_unlock(&e->mu);
-        pthread_join(e->writer, NULL); /* it leaves nothing sealed */
-    }
-    if (e->syncer_started) {
-        pthread_mutex_lock(&e->mu);
-        e->sync_stopping = true;
-        pthread_cond_signal(&e->sync_cv);
-        pthread_mutex_unlock(&e->mu);
-        pthread_join(e->syncer, NULL);
-    }
-    if (e->flusher_started) {
-        pthread_mutex_lock(&e->flush_mu);
-        e->flush_stopping = true;
-        pthread_cond_signal(&e->flush_cv);
-        pthread_mutex_unlock(&e->flush_mu);
-        pthread_join(e->flusher, NULL);
-    }
+    /* the writer first: it leaves nothing sealed, nothing to apply */
+    if (e->writer_started)
+        stop_thread(e->writer, &e->mu, &e->cv, &e->stopping);
+    if (e->applier_started)
+        stop_thread(e->applier, &e->txn_mu, &e->apply_cv, &e->apply_stopping);
+    if (e->syncer_started)
+        stop_thread(e->syncer, &e->mu, &e->sync_cv, &e->sync_stopping);
+    if (e->flusher_started)
+        stop_thread(e->flusher, &e->flush_mu, &e->flush_cv, &e->flush_stopping);
     store_txn_free(e->txn);
     store_close(e->st);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     pthread_cond_destroy(&e->sync_cv);
     pthread_cond_destroy(&e->applied_cv);
+    pthread_mutex_destroy(&e->txn_mu);
+    pthread_cond_destroy(&e->apply_cv);
+    pthread_cond_destroy(&e->lag_cv);
     pthread_mutex_destroy(&e->flush_mu);
     pthread_cond_destroy(&e->flush_cv);
     free(e->meta);
@@ -1521,6 +1706,18 @@ void engine_apply_lag(engine *e, uint64_t *records, double *seconds)
         *records = n;
     if (seconds)
         *seconds = since ? (double)(clock_mono_ms() - since) / 1e3 : 0;
+}
+
+bool engine_apply_lag_full(engine *e)
+{
+    return atomic_load(&e->lag_blocked);
+}
+
+void engine_hold_apply(engine *e, bool hold)
+{
+    token_take(e);
+    e->apply_held = hold;
+    token_give(e);
 }
 
 int64_t engine_queue_depth(engine *e)

@@ -1,5 +1,5 @@
-/* The state engine of one node: the LevelDB store, the partitions it owns, and the writer
- * thread that applies events with group commit.
+/* The state engine of one node: the LevelDB store, the partitions it owns, the writer
+ * thread that appends events with group commit, and the apply thread behind it.
  *
  * DESIGN: gRPC handler threads must not do synced LevelDB writes, and the apply must be
  * sequential per partition to stay deterministic. So every write (ingest, delete-user,
@@ -32,18 +32,24 @@
  *
  * Log first, apply behind: an ingest job's events are only appended in its group — dedup
  * (decided exactly as the apply would: struct apply_ahead), seqs, LOG and DEDUP rows —
- * and the group is sealed and acknowledged once that is durable; the writer applies the
- * appended records (apply_replay, the replay's deterministic apply) while the sync thread
- * writes and acknowledges, and their state joins the next write (a write of its own,
- * unsynced, when no job is queued). So the acknowledgement waits for the append and the
- * fsync, not for the apply of its own group. Every other job (DeleteUser, forwards,
- * replays, OUTBOX deliveries, impressions, idle watermarks, flushes) applies the appended
- * records first, and restores and exclusive jobs also write them to the store first, so
- * each finds the state of everything before it. The view publishes a partition's durable
- * log end (next_seq) and what is applied in what queries read (applied_seq); queries call
- * engine_read_barrier, which waits until the second reaches the first as of their arrival
- * (read-your-writes). The lag is at most one group: the next group waits for the apply of
- * the previous one. */
+ * and the group is sealed and acknowledged once that is durable. A third thread, the apply
+ * thread, applies the appended records in log order (apply_replay, the replay's
+ * deterministic apply) into the same txn, behind: the writer and it take turns on the txn
+ * (the "txn token", a mutex the writer gets first: the apply thread yields after the
+ * record it is applying), so the writer appends and seals the next group after at most
+ * one record's apply, and the apply runs whenever the writer waits (for a job, for the
+ * write in flight). The applied state joins the writer's next write (a write of its own,
+ * unsynced, once the apply thread has caught up and no job is queued), with the META of
+ * the same point, so a write never holds state beyond its META's seq. So the
+ * acknowledgement waits for the append and the fsync, not for any apply. Every other job
+ * (DeleteUser, forwards, replays, OUTBOX deliveries, impressions, idle watermarks,
+ * flushes) applies the records not applied yet first, on the writer, and restores and
+ * exclusive jobs also write them to the store first, so each finds the state of
+ * everything before it. The view publishes a partition's durable log end (next_seq) and
+ * what is applied in what queries read (applied_seq); queries call engine_read_barrier,
+ * which waits until the second reaches the first as of their arrival (read-your-writes).
+ * The lag is bounded by engine_opts.max_apply_lag: past it the writer appends no more
+ * events until the apply thread is back under it (the queue then fills: backpressure). */
 #ifndef EDDY_ENGINE_H
 #define EDDY_ENGINE_H
 
@@ -59,6 +65,10 @@
 #include "node/state/store.h"
 
 struct ckptkey;
+
+/* records: ~1.4 s of apply at ~70 us each, what a query's read barrier may wait when the
+ * ingest outruns the apply */
+#define ENGINE_MAX_APPLY_LAG_DEFAULT 20000
 
 typedef struct engine engine;
 
@@ -124,8 +134,12 @@ struct engine_opts {
     int64_t flush_interval_ms;
     int64_t flush_bytes;
     /* engine_read_barrier waits this long at most (0: no wait; a query may then miss an
-     * acknowledged event for one group's apply). */
+     * acknowledged event until the apply thread reaches it). */
     int64_t read_barrier_timeout_ms;
+    /* Records appended and not applied yet past which the writer appends no more events
+     * until the apply thread is back under it (0: ENGINE_MAX_APPLY_LAG_DEFAULT). Bounds the
+     * memory of the records held for the apply and how long a read barrier may wait. */
+    int64_t max_apply_lag;
 };
 
 struct engine_ingest_result {
@@ -288,6 +302,12 @@ eddy_err engine_read_barrier(engine *e, int64_t p);
 /* Records of the durable log not applied yet in what queries read (all partitions), and
  * for how long some have been (0 when none). Any thread. */
 void engine_apply_lag(engine *e, uint64_t *records, double *seconds);
+/* Whether the writer waits for the apply to get back under engine_opts.max_apply_lag
+ * (backpressure: no event is appended meanwhile). Any thread. */
+bool engine_apply_lag_full(engine *e);
+/* Tests: the apply thread applies nothing while held (what the writer applies itself, the
+ * drains before other jobs and at close, still runs). Any thread but the engine's own. */
+void engine_hold_apply(engine *e, bool hold);
 /* Events waiting in the queue. */
 int64_t engine_queue_depth(engine *e);
 

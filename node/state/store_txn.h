@@ -1,8 +1,10 @@
 /* Write transactions of the state node's LevelDB: the writer's in-memory overlay of pending
  * writes and kept values, committed in one LevelDB WriteBatch per group.
  *
- * Threads: a store_txn belongs to one thread (the writer) and is not locked; only
- * store_txn_write may run on another thread (see the commit in three steps). */
+ * Threads: a store_txn belongs to one thread at a time and is not locked (the engine hands
+ * its txn between the writer and the apply thread under a mutex, engine.c's txn token);
+ * only store_txn_write may run on another thread meanwhile (see the commit in three
+ * steps). */
 #ifndef EDDY_STORE_TXN_H
 #define EDDY_STORE_TXN_H
 

@@ -891,13 +891,16 @@ static void wb_delete(engine *e)
     assert_true(d.log > 0);
 }
 
-/* The child (this binary run again with "--wb-child DIR FLUSH_BYTES FD DELETE_AT", a fresh
- * process: LevelDB's background thread does not survive a fork): ingest the batches one at
- * a time (deleting WB_DELETED before batch DELETE_AT; -1: never), telling the parent of
- * each acknowledged batch, until EDDY_TEST_CRASH_AT _exits it (status 86); 0 if it never
- * did. Each batch is acknowledged before the flush that waits for its apply is queued, so
- * each batch's log and its applied state are two writes. */
-static int wb_child(const char *dir, int64_t flush_bytes, int fd, int delete_at)
+/* The child (this binary run again with "--wb-child DIR FLUSH_BYTES FD DELETE_AT BARRIER",
+ * a fresh process: LevelDB's background thread does not survive a fork): ingest the
+ * batches one at a time (deleting WB_DELETED before batch DELETE_AT; -1: never), telling
+ * the parent of each acknowledged batch, until EDDY_TEST_CRASH_AT _exits it (status 86); 0
+ * if it never did. Each batch is acknowledged before the flush that waits for its apply is
+ * queued, so each batch's log and its applied state are two writes. BARRIER 1: a read
+ * barrier instead of the flush, so that the apply thread alone applies each batch (the
+ * flush would drain what it has not reached on the writer): its "applied" crash point is
+ * passed once per batch. */
+static int wb_child(const char *dir, int64_t flush_bytes, int fd, int delete_at, bool barrier)
 {
     struct wb_events ws, *w = &ws;
     wb_events_init(w);
@@ -905,6 +908,7 @@ static int wb_child(const char *dir, int64_t flush_bytes, int fd, int delete_at)
     struct engine_opts o = opts(dir);
     o.flush_interval_ms = 3600000;
     o.flush_bytes = flush_bytes;
+    o.read_barrier_timeout_ms = 60000;
     engine *e = NULL;
     char err[256];
     if (engine_open(&o, &e, err, sizeof(err)) != EDDY_OK)
@@ -917,9 +921,35 @@ static int wb_child(const char *dir, int64_t flush_bytes, int fd, int delete_at)
         if (completion_wait(&a.done, engine_ingest(e, w->ev + b * WB_BATCH, WB_BATCH,
                                                    on_wb_ack, &a)) != EDDY_OK)
             return 1;
-        engine_flush(e);
+        if (!barrier)
+            engine_flush(e);
+        else if (engine_read_barrier(e, -1) != EDDY_OK)
+            return 1;
     }
     _exit(0); /* no crash: the parent fails the test (no close: it would flush) */
+}
+
+/* The dump of 'tables' after the first 'batches' batches of 'w' went through a
+ * write-through engine, uninterrupted (WB_DELETED deleted before batch 'delete_at'; -1:
+ * never): the reference the other runs must equal. Caller frees. */
+static char *wb_reference(struct wb_events *w, int batches, int delete_at, uint32_t tables)
+{
+    char *dir = tmpdir_for("behind-ref");
+    struct engine_opts o = opts(dir);
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    for (int b = 0; b < batches; b++) {
+        if (b == delete_at)
+            wb_delete(e);
+        ingest(e, w->ev + b * WB_BATCH, WB_BATCH);
+    }
+    char *want = dump_tables(e, tables);
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+    assert_true(strlen(want) > 1000);
+    return want;
 }
 
 /* Crash at each phase of the write path, restart (the log after the flushed state is
@@ -932,6 +962,7 @@ static int wb_child(const char *dir, int64_t flush_bytes, int fd, int delete_at)
 struct wb_case {
     const char *at;
     int64_t flush_bytes; /* 1: a flush after every group, on the sync thread */
+    bool barrier;        /* the child waits with a read barrier (see wb_child) */
 };
 
 static void crash_cases(const struct wb_case *cases, size_t ncases, int delete_at)
@@ -942,23 +973,8 @@ static void crash_cases(const struct wb_case *cases, size_t ncases, int delete_a
                                    * differ; the LOG is compared without a DeleteUser */
     struct wb_events w;
     wb_events_init(&w);
-
-    /* the reference: write-through, uninterrupted */
-    char *ref_dir = tmpdir_for("behind-ref");
-    struct engine_opts ro = opts(ref_dir);
-    engine *ref = NULL;
+    char *want = wb_reference(&w, WB_BATCHES, delete_at, tables);
     char err[256];
-    assert_int_equal(engine_open(&ro, &ref, err, sizeof(err)), EDDY_OK);
-    for (int b = 0; b < WB_BATCHES; b++) {
-        if (b == delete_at)
-            wb_delete(ref);
-        ingest(ref, w.ev + b * WB_BATCH, WB_BATCH);
-    }
-    char *want = dump_tables(ref, tables);
-    engine_close(ref);
-    rmrf(ref_dir);
-    free(ref_dir);
-    assert_true(strlen(want) > 1000);
 
     for (size_t c = 0; c < ncases; c++) {
         char *dir = tmpdir_for("behind-crash");
@@ -974,7 +990,8 @@ static void crash_cases(const struct wb_case *cases, size_t ncases, int delete_a
             snprintf(fd, sizeof(fd), "%d", fds[1]);
             snprintf(da, sizeof(da), "%d", delete_at);
             setenv("EDDY_TEST_CRASH_AT", cases[c].at, 1);
-            execl("/proc/self/exe", "test_engine", "--wb-child", dir, fb, fd, da, (char *)NULL);
+            execl("/proc/self/exe", "test_engine", "--wb-child", dir, fb, fd, da,
+                  cases[c].barrier ? "1" : "0", (char *)NULL);
             _exit(2);
         }
         close(fds[1]);
@@ -1024,18 +1041,94 @@ static void crash_cases(const struct wb_case *cases, size_t ncases, int delete_a
 
 static void test_behind_crash_phases(void **state)
 {
-    /* each batch is two writes (and two groups): its log, then its applied state */
+    /* each batch is two writes (and two groups): its log, then its applied state; or one
+     * when the apply thread ran before the seal, while the writer waited for the write
+     * before it (the batch numbers below are the usual ones) */
     static const struct wb_case cases[] = {
-        {"log:5", 0},                 /* batch 3's log durable, not acknowledged */
-        {"log:6", 0},                 /* batch 3's applied state written, not flushed */
-        {"acked:5", 0},               /* three batches acknowledged, none flushed */
-        {"appended:5", 0},            /* five batches acknowledged, the fifth not applied */
-        {"flush-before-write:5", 1},  /* four writes flushed, the fifth's flush lost */
-        {"flush-after-write:5", 1},   /* five flushed, the drop not done */
-        {"acked:9", 1},               /* after a flush, with more behind it */
-        {"appended:9", 1},            /* after a flush, the ninth batch not applied */
+        {"log:5", 0, false},                 /* batch 3's log durable, not acknowledged */
+        {"log:6", 0, false},                 /* batch 3's applied state written, not flushed */
+        {"acked:5", 0, false},               /* three batches acknowledged, none flushed */
+        {"appended:5", 0, false},            /* five batches acknowledged, the fifth not applied */
+        {"flush-before-write:5", 1, false},  /* four writes flushed, the fifth's flush lost */
+        {"flush-after-write:5", 1, false},   /* five flushed, the drop not done */
+        {"acked:9", 1, false},               /* after a flush, with more behind it */
+        {"appended:9", 1, false},            /* after a flush, the ninth batch not applied */
     };
     crash_cases(cases, sizeof(cases) / sizeof(cases[0]), -1);
+}
+
+/* The apply thread's phase: a batch applied in the txn, its state not written (its log
+ * acknowledged, or not yet sealed when the apply ran while the writer waited for the
+ * write before it); with and without the state of earlier batches flushed. */
+static void test_behind_crash_applied(void **state)
+{
+    static const struct wb_case cases[] = {
+        {"applied:1", 0, true},  /* the first batch applied, nothing written but its log */
+        {"applied:4", 0, true},  /* three batches' state written, not flushed */
+        {"applied:7", 1, true},  /* after flushes, the seventh batch's state in the txn */
+        {"appended:6", 0, true}, /* acknowledged, applied only by the apply thread */
+    };
+    crash_cases(cases, sizeof(cases) / sizeof(cases[0]), -1);
+}
+
+/* --max-apply-lag: with the apply thread held, the writer appends up to the limit and then
+ * takes no more events (their acknowledgement waits); released, the apply catches up and
+ * the events held back are appended and acknowledged, with the state they would have had
+ * without the wait. */
+static void test_apply_lag_backpressure(void **state)
+{
+    struct wb_events w;
+    wb_events_init(&w);
+    for (int i = 0; i < WB_N; i++) /* no sweep point crossed: the apply thread's alone */
+        w.ev[i]->timestamp_ms += 60000;
+    char *dir = tmpdir_for("lag");
+    struct engine_opts o = opts(dir);
+    o.max_apply_lag = 2 * WB_BATCH - 5; /* two batches pass, the third waits */
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    engine_hold_apply(e, true);
+    struct wb_acks a[3] = {{.fd = -1}, {.fd = -1}, {.fd = -1}};
+    for (int b = 0; b < 2; b++) {
+        completion_init(&a[b].done);
+        assert_int_equal(completion_wait(&a[b].done, engine_ingest(e, w.ev + b * WB_BATCH,
+                                                                   WB_BATCH, on_wb_ack, &a[b])),
+                         EDDY_OK);
+    }
+    completion_init(&a[2].done);
+    assert_int_equal(engine_ingest(e, w.ev + 2 * WB_BATCH, WB_BATCH, on_wb_ack, &a[2]), EDDY_OK);
+    /* the writer took the third batch and waits for the apply (a condition, bounded) */
+    for (int i = 0; i < 10000 && !engine_apply_lag_full(e); i++)
+        usleep(1000);
+    assert_true(engine_apply_lag_full(e));
+    uint64_t lag = 0, logged = 0;
+    engine_apply_lag(e, &lag, NULL);
+    for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++) {
+        struct engine_partition_view v;
+        engine_partition(e, p, &v);
+        logged += v.next_seq;
+    }
+    assert_int_equal(logged, 2 * WB_BATCH); /* nothing of the third batch appended */
+    assert_int_equal(lag, 2 * WB_BATCH);
+    assert_int_equal(events_committed(e), 0);
+
+    engine_hold_apply(e, false);
+    assert_int_equal(completion_wait(&a[2].done, EDDY_OK), EDDY_OK);
+    engine_flush(e);
+    assert_false(engine_apply_lag_full(e));
+    assert_int_equal(events_committed(e), 3 * WB_BATCH);
+    engine_apply_lag(e, &lag, NULL);
+    assert_int_equal(lag, 0);
+    char *got = dump_tables(e, UINT32_MAX);
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+
+    char *want = wb_reference(&w, 3, -1, UINT32_MAX); /* no limit, no hold */
+    assert_string_equal(got, want);
+    free(got);
+    free(want);
+    wb_events_free(&w);
 }
 
 /* A DeleteUser erases the user's earlier log records: its group writes through (the
@@ -1045,15 +1138,15 @@ static void test_behind_crash_phases(void **state)
  * acknowledgement, before its apply is written. */
 static void test_behind_crash_after_delete(void **state)
 {
-    static const struct wb_case cases[] = {{"appended:5", 0}};
+    static const struct wb_case cases[] = {{"appended:5", 0, false}};
     crash_cases(cases, 1, 4);
 }
 
 int main(int argc, char **argv)
 {
-    if (argc == 6 && strcmp(argv[1], "--wb-child") == 0)
+    if (argc == 7 && strcmp(argv[1], "--wb-child") == 0)
         return wb_child(argv[2], strtoll(argv[3], NULL, 10), (int)strtol(argv[4], NULL, 10),
-                        (int)strtol(argv[5], NULL, 10));
+                        (int)strtol(argv[5], NULL, 10), strcmp(argv[6], "1") == 0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_format2_partition_converted),
         cmocka_unit_test(test_format4_partition_converted),
@@ -1068,6 +1161,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_exclusive_after_apply),
         cmocka_unit_test(test_behind_reads_acknowledged),
         cmocka_unit_test(test_behind_crash_phases),
+        cmocka_unit_test(test_behind_crash_applied),
+        cmocka_unit_test(test_apply_lag_backpressure),
         cmocka_unit_test(test_behind_crash_after_delete),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
