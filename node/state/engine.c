@@ -642,8 +642,13 @@ static eddy_err upgrade_partition(engine *e, uint32_t p)
     return apply_meta_save(e->txn, p, &e->meta[p]);
 }
 
+static eddy_err replay_tail(engine *e, uint32_t p, uint64_t *replayed);
+
 /* Replace the partition's state with a checkpoint (one synced LevelDB write of its own;
- * the txn is empty: a restore is alone in its group) and take over its metadata. */
+ * the txn is empty: a restore is alone in its group), take over its metadata and apply
+ * the log records the checkpoint holds after it: a checkpoint taken while records were
+ * appended and not yet applied has them in its log (their DEDUP rows too), and they must
+ * be applied here as they would have been there, not overwritten by the next appends. */
 static eddy_err run_restore(engine *e, struct job *j, int64_t now)
 {
     struct checkpoint_info info;
@@ -653,11 +658,16 @@ static eddy_err run_restore(engine *e, struct job *j, int64_t now)
         j->job_err = err; /* the partition keeps its state; the caller decides */
         return EDDY_OK;
     }
+    uint64_t replayed = 0;
     if ((err = apply_meta_load(e->st, p, &e->meta[p])) != EDDY_OK ||
-        (err = upgrade_partition(e, p)) != EDDY_OK)
+        (err = upgrade_partition(e, p)) != EDDY_OK ||
+        (err = replay_tail(e, p, &replayed)) != EDDY_OK)
         return err;
     e->last_arrival_ms[p] = now;
     j->restored_seq = e->meta[p].next_seq;
+    if (replayed > 0)
+        log_info("msg=\"restored checkpoint's log tail applied\" partition=%u records=%llu", p,
+                 (unsigned long long)replayed);
     log_info("msg=\"partition restored from checkpoint\" partition=%u seq=%llu path=%s", p,
              (unsigned long long)j->restored_seq, j->restore_path);
     return EDDY_OK;
@@ -875,8 +885,6 @@ static void *syncer_main(void *arg)
     pthread_mutex_unlock(&e->mu);
     return NULL;
 }
-
-static eddy_err replay_tail(engine *e, uint32_t p, uint64_t *replayed);
 
 /* Take the store as the truth again, as at open: forget the txn and the records appended
  * ahead, reload every partition's metadata and replay its log after it (records appended
