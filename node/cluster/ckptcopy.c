@@ -47,6 +47,20 @@ eddy_err ckptcopy_send(engine *eng, uint32_t p, rpc_call *c, const atomic_bool *
                              send_chunk, &cs, out);
 }
 
+void ckptcopy_drain(rpc_call *c, const atomic_bool *cancel, int64_t stall_ms)
+{
+    int last = rpc_stream_unsent(c);
+    int64_t progress_ms = clock_mono_ms();
+    while (last > 0 && !(cancel && atomic_load(cancel)) &&
+           clock_mono_ms() - progress_ms < stall_ms) {
+        usleep(1000);
+        int n = rpc_stream_unsent(c);
+        if (n < last)
+            progress_ms = clock_mono_ms();
+        last = n;
+    }
+}
+
 /* ---- receiving ---------------------------------------------------------------------------- */
 
 #define LOAD_BATCH_BYTES (4u << 20)

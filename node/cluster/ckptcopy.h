@@ -24,6 +24,13 @@
 eddy_err ckptcopy_send(engine *eng, uint32_t p, rpc_call *c, const atomic_bool *cancel,
                        struct checkpoint_info *out);
 
+/* Sending, after ckptcopy_send: wait until gRPC has sent every queued chunk (the receiver
+ * has taken all but its flow-control window), the client is gone, 'cancel' is set, or the
+ * queue has not shrunk for 'stall_ms' (a receiver that stopped reading). A source that
+ * holds something for the receiver's copy (a move's freeze) holds it until then: the
+ * receiver may be a whole send queue behind the last chunk queued. */
+void ckptcopy_drain(rpc_call *c, const atomic_bool *cancel, int64_t stall_ms);
+
 /* Where a receive's time went. */
 struct ckptcopy_stats {
     struct checkpoint_info info;  /* of the checkpoint received */
