@@ -121,8 +121,9 @@ if l_sent:
         v = re.search(k + r'=(\d+)', l_sent)
         phases["source_" + k] = int(v[1]) if v else None
 if l_loaded:
-    for k in ("copy_ms", "write_ms", "wait_ms", "sync_ms"):
-        phases[k] = int(re.search(k + r'=(\d+)', l_loaded)[1])
+    for k in ("copy_ms", "write_ms", "wait_ms", "queue_ms", "sync_ms"):
+        v = re.search(k + r'=(\d+)', l_loaded)
+        phases[k] = int(v[1]) if v else None
     if l_start:
         phases["start_to_copy_ms"] = ts(l_loaded) - ts(l_start) - phases["copy_ms"]
 if l_loaded and l_ready:

@@ -37,6 +37,10 @@ struct ckptcopy_stats {
     int64_t total_ns;             /* the whole copy */
     int64_t write_ns;             /* the writer's LevelDB writes */
     int64_t wait_ns;              /* those plus the writer's queue */
+    int64_t queue_ns;             /* of wait_ns: from handing a batch to the writer to its
+                                     start (the jobs ahead, the writer's commit of what it
+                                     had applied) */
+    uint64_t batches;             /* LevelDB writes of the load */
     int64_t sync_ns;              /* the final sync of LevelDB's log */
     grpc_status_code code;        /* the stream's status (OK unless the peer failed it) */
     char details[512];

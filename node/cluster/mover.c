@@ -230,9 +230,10 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
          * checking the stream */
         log_info("msg=\"move: checkpoint loaded\" partition=%" PRIu32 " from=%s seq=%" PRIu64
                  " records=%" PRIu64 " bytes=%" PRIu64 " copy_ms=%" PRId64 " write_ms=%" PRId64
-                 " wait_ms=%" PRId64 " sync_ms=%" PRId64,
+                 " wait_ms=%" PRId64 " queue_ms=%" PRId64 " batches=%" PRIu64 " sync_ms=%" PRId64,
                  p, m->from, st.info.seq, st.info.records, st.info.bytes, st.total_ns / 1000000,
-                 st.write_ns / 1000000, st.wait_ns / 1000000, st.sync_ns / 1000000);
+                 st.write_ns / 1000000, st.wait_ns / 1000000, st.queue_ns / 1000000,
+                 st.batches, st.sync_ns / 1000000);
     } else if (err != EDDY_ERR_NOMEM) {
         drop_copy(mv, p, "incomplete checkpoint copy"); /* a partial copy is never kept */
     }
