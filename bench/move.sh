@@ -99,6 +99,41 @@ target_log = open(f"{tmp}/state-2.log").read()
 loaded = [(int(c), int(w)) for c, w in re.findall(r'msg="move: checkpoint loaded" .* copy_ms=(\d+) write_ms=(\d+)',
                                                  target_log)]
 during = json.load(open(f"{tmp}/during.json")) if os.path.getsize(f"{tmp}/during.json") else {}
+# The last copy's phases from the two logs' timestamps (ms): the source's flush (its
+# writer's queue before the snapshot), stream (snapshot scan and send at the stream's
+# pace) and drain (the target taking the send queue), when it logs them; the target's
+# start to copy (its old copy dropped, the call set up), copy (copy_ms, of which its
+# LevelDB writes write_ms and the final sync sync_ms), tail (loaded to "ready"), flip
+# (ready to the flip seen) and pause (the fenced final tail).
+def ts(line):
+    t = re.search(r'ts=\S+T(\d+):(\d+):([\d.]+)Z', line)
+    return (int(t[1]) * 3600 + int(t[2]) * 60 + float(t[3])) * 1000 if t else None
+def last(lines, pat):
+    hits = [l for l in lines if re.search(pat, l)]
+    return hits[-1] if hits else None
+tl = target_log.splitlines()
+sl = open(f"{tmp}/state-1.log").read().splitlines()
+phases = {}
+l_start, l_loaded = last(tl, 'msg="move in: start"'), last(tl, 'msg="move: checkpoint loaded"')
+l_ready, l_serving = last(tl, 'msg="move phase" .* phase=ready'), last(tl, 'msg="move in: serving"')
+l_sent = last(sl, 'msg="checkpoint sent for a move"')
+if l_sent:
+    for k in ("flush_ms", "stream_ms", "drain_ms"):
+        v = re.search(k + r'=(\d+)', l_sent)
+        phases["source_" + k] = int(v[1]) if v else None
+if l_loaded:
+    for k in ("copy_ms", "write_ms", "wait_ms", "queue_ms", "sync_ms"):
+        v = re.search(k + r'=(\d+)', l_loaded)
+        phases[k] = int(v[1]) if v else None
+    if l_start:
+        phases["start_to_copy_ms"] = ts(l_loaded) - ts(l_start) - phases["copy_ms"]
+if l_loaded and l_ready:
+    phases["tail_ms"] = ts(l_ready) - ts(l_loaded)
+if l_ready and l_serving:
+    phases["pause_ms"] = int(re.search(r'pause_ms=(\d+)', l_serving)[1])
+    phases["flip_ms"] = ts(l_serving) - ts(l_ready) - phases["pause_ms"]
+if l_start and l_serving:
+    phases["last_copy_to_serving_ms"] = ts(l_serving) - ts(l_start)
 out = {"scenario": "move", "partitions_moved": int(n), "settled": sys.argv[4] == "1",
        "copies": len(loaded), "freeze_lapsed": target_log.count("freeze of partition"),
        "checkpoint_bytes_per_partition": sum(sent) / max(len(sent), 1),
@@ -109,6 +144,7 @@ out = {"scenario": "move", "partitions_moved": int(n), "settled": sys.argv[4] ==
        "copy_ms_mean": sum(c for c, _ in loaded) / max(len(loaded), 1),
        "write_ms_mean": sum(w for _, w in loaded) / max(len(loaded), 1),
        "ingest_eps_during": during.get("throughput_eps"),
+       "phases": phases,
        "throughput_eps": 0}
 print(json.dumps(out))
 print(json.dumps(out, indent=1), file=sys.stderr)

@@ -1502,6 +1502,14 @@ out:
     return err;
 }
 
+int rpc_stream_unsent(rpc_call *c)
+{
+    pthread_mutex_lock(&c->mu);
+    int n = c->closed || c->broken ? 0 : c->q_len + (c->send_bb != NULL);
+    call_unlock(c);
+    return n;
+}
+
 void rpc_stream_finish(rpc_call *c, grpc_status_code code, const char *msg)
 {
     pthread_mutex_lock(&c->mu);

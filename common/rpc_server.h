@@ -199,6 +199,11 @@ void rpc_reply_error(rpc_call *c, grpc_status_code code, const char *fmt, ...)
  * EDDY_ERR_FULL if more than 64 messages are waiting to be sent. */
 eddy_err rpc_stream_send(rpc_call *c, const ProtobufCMessage *msg);
 
+/* Streaming: how many of the messages rpc_stream_send queued gRPC has not sent yet (the
+ * one in flight included); 0 once the client is gone. A sender that waits for 0 before it
+ * finishes knows the client has taken all but its flow-control window. */
+int rpc_stream_unsent(rpc_call *c);
+
 /* Streaming: end the stream with 'code' and message (NULL for none) after the queued
  * messages. The call is freed once gRPC is done with it. */
 void rpc_stream_finish(rpc_call *c, grpc_status_code code, const char *msg);

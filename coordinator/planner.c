@@ -68,7 +68,8 @@ static void set_replicas(struct cluster_part *np, const struct cluster_part *tar
         if (strcmp(t.replicas[r], t.owner) == 0 || cluster_part_has(np, t.replicas[r]) ||
             np->nreplicas == CLUSTER_REPLICAS_MAX)
             continue;
-        snprintf(np->replicas[np->nreplicas++], CLUSTER_ID_MAX, "%s", t.replicas[r]);
+        snprintf(np->replicas[np->nreplicas++], CLUSTER_ID_MAX, "%.*s", CLUSTER_ID_MAX - 1,
+                 t.replicas[r]);
     }
 }
 

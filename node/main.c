@@ -193,7 +193,8 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
           100000000),
         F("move-freeze", FLAG_DURATION, move_freeze,
           "a move's source unfreezes a partition's stage 2 after this long without the "
-          "target's FetchLog (the copy then starts again); likewise a cluster-wide "
+          "target's FetchLog once the target has taken the checkpoint's stream, or "
+          "without the target reading it (the copy then starts again); likewise a cluster-wide "
           "reprocess's stage-2 freeze without its ingest node's renewal", 1000, 0),
         F("move-final-wait", FLAG_DURATION, move_final_wait,
           "a move's target retries the source's final log tail at least this long; once the "

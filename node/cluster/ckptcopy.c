@@ -47,6 +47,20 @@ eddy_err ckptcopy_send(engine *eng, uint32_t p, rpc_call *c, const atomic_bool *
                              send_chunk, &cs, out);
 }
 
+void ckptcopy_drain(rpc_call *c, const atomic_bool *cancel, int64_t stall_ms)
+{
+    int last = rpc_stream_unsent(c);
+    int64_t progress_ms = clock_mono_ms();
+    while (last > 0 && !(cancel && atomic_load(cancel)) &&
+           clock_mono_ms() - progress_ms < stall_ms) {
+        usleep(1000);
+        int n = rpc_stream_unsent(c);
+        if (n < last)
+            progress_ms = clock_mono_ms();
+        last = n;
+    }
+}
+
 /* ---- receiving ---------------------------------------------------------------------------- */
 
 #define LOAD_BATCH_BYTES (4u << 20)
@@ -57,13 +71,15 @@ struct range_put {
     struct store_key start, end;
     const store_batch *b;
     struct completion w;
-    int64_t write_ns;            /* the writer's time in it (set before the signal) */
+    int64_t queued_ns;           /* when it was handed to the writer */
+    int64_t start_ns, write_ns;  /* when the writer started it, its time in it (set
+                                    before the signal) */
 };
 
 static eddy_err put_range(void *ud, engine *e)
 {
     struct range_put *rp = ud;
-    int64_t t0 = clock_mono_ns();
+    int64_t t0 = rp->start_ns = clock_mono_ns();
     /* not synced: the whole copy is made durable once, at its end (ckptcopy_receive) */
     eddy_err err = store_replace_range_nosync(engine_store(e), &rp->start, &rp->end, rp->b, NULL);
     rp->write_ns = clock_mono_ns() - t0;
@@ -101,11 +117,14 @@ static eddy_err write_batch(void *ud, const struct store_key *start, const struc
     struct loader *ld = ud;
     struct range_put rp = {.start = *start, .end = *end, .b = b};
     completion_init(&rp.w);
-    int64_t t0 = clock_mono_ns();
+    int64_t t0 = rp.queued_ns = clock_mono_ns();
     eddy_err err = completion_wait(
         &rp.w, engine_exclusive_partition(ld->eng, ld->p, put_range, range_done, &rp));
     ld->st->wait_ns += clock_mono_ns() - t0;
     ld->st->write_ns += rp.write_ns;
+    if (rp.start_ns)
+        ld->st->queue_ns += rp.start_ns - t0;
+    ld->st->batches++;
     return err;
 }
 

@@ -24,12 +24,23 @@
 eddy_err ckptcopy_send(engine *eng, uint32_t p, rpc_call *c, const atomic_bool *cancel,
                        struct checkpoint_info *out);
 
+/* Sending, after ckptcopy_send: wait until gRPC has sent every queued chunk (the receiver
+ * has taken all but its flow-control window), the client is gone, 'cancel' is set, or the
+ * queue has not shrunk for 'stall_ms' (a receiver that stopped reading). A source that
+ * holds something for the receiver's copy (a move's freeze) holds it until then: the
+ * receiver may be a whole send queue behind the last chunk queued. */
+void ckptcopy_drain(rpc_call *c, const atomic_bool *cancel, int64_t stall_ms);
+
 /* Where a receive's time went. */
 struct ckptcopy_stats {
     struct checkpoint_info info;  /* of the checkpoint received */
     int64_t total_ns;             /* the whole copy */
     int64_t write_ns;             /* the writer's LevelDB writes */
     int64_t wait_ns;              /* those plus the writer's queue */
+    int64_t queue_ns;             /* of wait_ns: from handing a batch to the writer to its
+                                     start (the jobs ahead, the writer's commit of what it
+                                     had applied) */
+    uint64_t batches;             /* LevelDB writes of the load */
     int64_t sync_ns;              /* the final sync of LevelDB's log */
     grpc_status_code code;        /* the stream's status (OK unless the peer failed it) */
     char details[512];

@@ -1001,17 +1001,31 @@ static void *fetch_ckpt_main(void *arg)
      * the log (the target replays it) or waits in OUTBOXes. */
     atomic_store(&svc->freeze_until[fc->p], INT64_MAX); /* held while this copy runs */
     atomic_store(&svc->freeze_id[fc->p], fc->move_id);
+    int64_t t0 = clock_mono_ms();
     engine_flush(svc->eng);
+    int64_t t1 = clock_mono_ms();
     struct checkpoint_info info;
     eddy_err err = ckptcopy_send(svc->eng, fc->p, fc->call, NULL, &info);
+    int64_t t2 = clock_mono_ms();
+    /* The freeze's time runs from when the target has the stream, not from when the last
+     * chunk was queued here: a target a send queue behind (16 MiB, loading at a busy
+     * writer's pace) lapsed 10 s later while still loading and copied again, forever
+     * under heavy ingest. A target that stops reading for --move-freeze ends the wait. */
+    if (err == EDDY_OK)
+        ckptcopy_drain(fc->call, NULL, svc->freeze_ms);
     freeze(svc, fc->p, fc->move_id); /* now the target's FetchLog calls keep it */
     if (err != EDDY_OK) {
         code = eddy_err_to_grpc(err);
         msg = eddy_strerror(err);
         log_warn("msg=\"checkpoint for a move not sent\" partition=%u error=\"%s\"", fc->p, msg);
     } else {
-        log_info("msg=\"checkpoint sent for a move\" partition=%u seq=%" PRIu64 " bytes=%" PRIu64,
-                 fc->p, info.seq, info.bytes);
+        /* where the source's time went: the writer's queue before the snapshot, the
+         * snapshot's scan and encoding at the stream's pace, the target taking the rest */
+        log_info("msg=\"checkpoint sent for a move\" partition=%u seq=%" PRIu64 " bytes=%" PRIu64
+                 " records=%" PRIu64 " flush_ms=%" PRId64 " stream_ms=%" PRId64
+                 " drain_ms=%" PRId64,
+                 fc->p, info.seq, info.bytes, info.records, t1 - t0, t2 - t1,
+                 clock_mono_ms() - t2);
     }
     rpc_stream_finish(fc->call, code, msg);
     free(fc);

@@ -77,6 +77,7 @@ eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m)
     m->epoch = pm->epoch;
     m->dedup_next = pm->dedup_next_seq;
     m->format = pm->format;
+    m->stored = true;
     if (pm->format <= META_FORMAT && (err = load_ack(s, p, m)) != EDDY_OK) {
         protobuf_c_message_free_unpacked(&pm->base, NULL);
         return err;

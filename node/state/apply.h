@@ -63,6 +63,7 @@ struct part_meta {
     uint64_t epoch;      /* highest ownership epoch seen (cluster fencing) */
     uint64_t dedup_next; /* first log seq whose event id the dedup sweep has not forgotten */
     uint32_t format;     /* PartitionMeta.format as stored (0: no META yet, or format 0) */
+    bool stored;         /* read from a META row (false: the partition has none yet) */
     uint64_t acked_duplicates, acked_epoch; /* what the PART_ACK row holds */
     bool dirty;          /* changed since last saved into a txn */
 };
