@@ -463,6 +463,13 @@ static eddy_err local_stats(void *ud, const char *name, Eddy__V1__GetExperimentR
     return err;
 }
 
+/* --dev: a per-user read is an in-process call answered at once, unless the engine's
+ * apply is behind (its read barrier would wait): ingest_service.reads_now. */
+static bool dev_reads_now(void *ud)
+{
+    return engine_caught_up(ud);
+}
+
 /* The RPC server and every service on it. */
 static eddy_err register_services(node *n, char *err, size_t errlen)
 {
@@ -473,6 +480,8 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
                 c->max_metadata_bytes, c->max_future_skew, c->max_event_age},
         .max_batch = c->max_batch,
         .m = n->nm.ingest,
+        .reads_now = !n->clustered && n->eng ? dev_reads_now : NULL,
+        .reads_now_ud = n->eng,
     };
     struct rpc_server_opts so = {
         .listen = c->listen, .cq_threads = (int)c->grpc_threads,

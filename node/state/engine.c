@@ -1509,6 +1509,16 @@ eddy_err engine_read_barrier(engine *e, int64_t p)
     return err;
 }
 
+bool engine_caught_up(engine *e)
+{
+    if (e->o.read_barrier_timeout_ms <= 0)
+        return true;
+    pthread_mutex_lock(&e->mu);
+    bool behind = e->apply_lag_since_ms != 0;
+    pthread_mutex_unlock(&e->mu);
+    return !behind;
+}
+
 void engine_apply_lag(engine *e, uint64_t *records, double *seconds)
 {
     uint64_t n = 0;
