@@ -111,6 +111,7 @@ struct node_config node_config_defaults(void)
         .data_dir = "./eddy-data", .listen = "127.0.0.1:7070", .metrics_listen = "127.0.0.1:9464",
         .log_level = "info",
         .partitions = PARTITION_DEFAULT_COUNT, .grpc_threads = 1, .handler_threads = 4,
+        .inline_reads = true,
         .internal_threads = 4, .max_queued_calls = 1024, .max_message_size = 4 << 20,
         .max_batch = 10000,
         .max_id_bytes = 128, .max_name_bytes = 128, .max_query_bytes = 512,
@@ -480,7 +481,7 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
                 c->max_metadata_bytes, c->max_future_skew, c->max_event_age},
         .max_batch = c->max_batch,
         .m = n->nm.ingest,
-        .reads_now = !n->clustered && n->eng ? dev_reads_now : NULL,
+        .reads_now = !n->clustered && n->eng && c->inline_reads ? dev_reads_now : NULL,
         .reads_now_ud = n->eng,
     };
     struct rpc_server_opts so = {
