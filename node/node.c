@@ -465,7 +465,10 @@ static eddy_err local_stats(void *ud, const char *name, Eddy__V1__GetExperimentR
 }
 
 /* --dev: a per-user read is an in-process call answered at once, unless the engine's
- * apply is behind (its read barrier would wait): ingest_service.reads_now. */
+ * apply is behind (its read barrier would wait): ingest_service.reads_now. A cold read
+ * still reads LevelDB (a user's rows, a product's neighbours, a popularity list read for
+ * the first time, which concurrent callers of that list wait for): milliseconds at most,
+ * as on a handler thread, but the CQ thread's other calls wait meanwhile. */
 static bool dev_reads_now(void *ud)
 {
     return engine_caught_up(ud);
