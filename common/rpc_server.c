@@ -55,6 +55,17 @@
  * on_cancel) and exit. A lane's queue only receives jobs from CQ threads (new calls, and
  * on_cancel jobs queued when a call closes), which are all gone by then, so it only shrinks.
  *
+ * Inline methods: for a short read the hand-off is most of the cost (measured on
+ * Recommend in --dev, docs/BENCHMARKS.md): a futex wake of a handler thread, its context
+ * switch, and a reply started off the CQ thread, whose write and completion then need the
+ * CQ thread woken again. A unary method may be made inline with a per-call predicate: an
+ * approved call runs run_call() on the CQ thread itself, right where it would have been
+ * queued, holding the same job reference a queued call holds, so every later step
+ * (answer, close, free) is the same as for a call run by a handler thread. The predicate
+ * is the application's promise that the handler will not wait; a refused call takes the
+ * ordinary way, so a read that would wait (a barrier behind, an RPC) still never stalls
+ * the CQ, and long handlers (Ingest) never share it.
+ *
  * The gate (tokens, roles, quotas: common/auth.c) runs on the CQ thread right after the
  * request decoded, once per call, with the initial metadata moved out of the accept slot
  * for it: a refused call is answered there and never takes a place in a lane's queue, so
@@ -126,6 +137,7 @@ struct method {
     bool peer_only; /* TLS on and the path under peer_only_prefix: verified peers only */
     bool local_only; /* under local_only_prefix: not served on the network */
     void *handle; /* from grpc_server_register_method */
+    rpc_inline_fn *inline_fn; /* unary: may its handler run on the CQ thread? NULL: never */
     struct method_metrics mm;
 };
 
@@ -829,12 +841,14 @@ static bool gate_passes(rpc_call *c, const grpc_metadata_array *md)
     return false;
 }
 
-/* Start RECV_CLOSE_ON_SERVER, decode the request and queue the call for a handler, or
- * answer it at once (unknown method, malformed request, queue full). On the CQ thread. */
+/* Start RECV_CLOSE_ON_SERVER, decode the request and queue the call for a handler (or run
+ * the handler here, when the method's inline_fn approves the request), or answer it at
+ * once (unknown method, malformed request, queue full). On the CQ thread. */
 static void call_begin(rpc_call *c, grpc_byte_buffer *payload, const char *unknown_path,
                        const grpc_metadata_array *md)
 {
     rpc_server *s = c->s;
+    bool run_here = false;
     grpc_op op;
     memset(&op, 0, sizeof(op));
     op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
@@ -873,6 +887,10 @@ static void call_begin(rpc_call *c, grpc_byte_buffer *payload, const char *unkno
     if (s->gate && !gate_passes(c, md))
         goto out;
     c->refs++; /* the handler job's */
+    if (c->m->inline_fn && c->m->inline_fn(c->m->ud, c->req)) {
+        run_here = true; /* once c->mu is released: the handler answers under it */
+        goto out;
+    }
     c->run_job.kind = JOB_RUN;
     c->run_job.c = c;
     if (!queue_push(s, &c->run_job)) {
@@ -885,6 +903,8 @@ static void call_begin(rpc_call *c, grpc_byte_buffer *payload, const char *unkno
     }
 out:
     call_unlock(c);
+    if (run_here)
+        run_call(c); /* the job's reference keeps 'c' */
 }
 
 /* An accept slot completed: turn it into an rpc_call and re-post the slot. */
@@ -1100,6 +1120,21 @@ eddy_err rpc_server_add_bidi(rpc_server *s, const char *path,
                              rpc_cancel_fn *on_cancel, void *ud)
 {
     return add_method(s, path, req_desc, fn, on_cancel, ud, true, true, 0);
+}
+
+eddy_err rpc_server_set_inline(rpc_server *s, const char *path, rpc_inline_fn *fn)
+{
+    if (s->state != S_NEW || path == NULL)
+        return EDDY_ERR_INVALID;
+    for (size_t i = 0; i < s->nmethods; i++) {
+        if (strcmp(s->methods[i].path, path) != 0)
+            continue;
+        if (s->methods[i].stream)
+            return EDDY_ERR_INVALID;
+        s->methods[i].inline_fn = fn;
+        return EDDY_OK;
+    }
+    return EDDY_ERR_INVALID;
 }
 
 /* Shut down and drain CQs whose thread never started, then destroy all CQs. */

@@ -4,10 +4,12 @@
  * deadlines, bounded handler queues (one per lane), an optional gate that may refuse a
  * call before it is queued (and audit it), configurable message sizes, SO_REUSEPORT off.
  *
- * Threads: CQ threads only do I/O and protobuf decoding. Handlers run on handler threads
- * (never on a CQ thread), so a handler may block briefly (LevelDB reads); long or synced
- * work (LevelDB sync writes) should be handed to the application's own threads, which then
- * answer with rpc_reply*() from there.
+ * Threads: CQ threads only do I/O and protobuf decoding. Handlers run on handler threads,
+ * so a handler may block briefly (LevelDB reads); long or synced work (LevelDB sync writes)
+ * should be handed to the application's own threads, which then answer with rpc_reply*()
+ * from there. The one exception is a unary method made inline (rpc_server_set_inline):
+ * the calls its inline function approves run on the CQ thread that accepted them, which
+ * saves the hand-off to a handler thread and back.
  *
  * Lanes: every method belongs to a lane (0 .. RPC_MAX_LANES-1). Each lane has its own
  * bounded queue and its own handler threads, and a call only waits in its own lane's
@@ -38,7 +40,8 @@ typedef struct rpc_server rpc_server;
 typedef struct rpc_call rpc_call;
 
 /* A unary or streaming handler. 'req' is the decoded request, owned by the call and valid
- * until the reply (do not free it). Runs on a handler thread. For a bidirectional stream
+ * until the reply (do not free it). Runs on a handler thread (or on the CQ thread, for the
+ * calls of an inline method, see rpc_server_set_inline). For a bidirectional stream
  * (rpc_server_add_bidi) it runs once per request, in order and never twice at once for
  * one call; 'req' is valid until it returns, and NULL once the client has sent its last
  * request (half-close). */
@@ -139,6 +142,22 @@ eddy_err rpc_server_add_unary(rpc_server *s, const char *path,
 eddy_err rpc_server_add_unary_lane(rpc_server *s, const char *path,
                                    const ProtobufCMessageDescriptor *req_desc,
                                    rpc_handler_fn *fn, void *ud, int lane);
+
+/* Whether the handler of a method can answer 'req' (decoded, borrowed) at once without
+ * waiting: no RPC to another process, no condition variable, no lock held for long, no
+ * synced write (a LevelDB read of a cold entry is the most it may do). Asked on the CQ
+ * thread for each call, after the gate, with the method's 'ud'; must not block. */
+typedef bool rpc_inline_fn(void *ud, const ProtobufCMessage *req);
+
+/* Make the registered unary method 'path' inline: a call 'fn' approves runs its handler on
+ * the CQ thread that accepted it, right after the gate, instead of waiting in its lane's
+ * queue for a handler thread (other calls go there as before). Such a call is never
+ * refused "server busy" (it takes no place in the queue: the CQ thread reading no further
+ * while it runs is its backpressure), and every call on that CQ waits while it runs, which
+ * is why 'fn' must refuse whatever could wait. Deadlines, cancellation and shutdown work
+ * as for any call. Only before rpc_server_start; EDDY_ERR_INVALID for an unknown or
+ * streaming method. 'fn' NULL: the method is not inline. */
+eddy_err rpc_server_set_inline(rpc_server *s, const char *path, rpc_inline_fn *fn);
 
 /* Register a server-streaming method, on lane 0 (its handler and its on_cancel run on lane
  * 0's threads); 'on_cancel' may be NULL. */

@@ -62,6 +62,9 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
         F("handler-threads", FLAG_INT, handler_threads,
           "handler threads of the public API (4: reads block on LevelDB and locks)", 1,
           256),
+        F("inline-reads", FLAG_BOOL, inline_reads,
+          "--dev: Recommend and GetUserProfile run on the completion-queue thread while "
+          "nothing acknowledged waits to be applied (no hand-off to a handler thread)", 0, 0),
         F("internal-threads", FLAG_INT, internal_threads,
           "cluster mode: handler threads of each internal lane (State/User; other State calls)",
           1, 256),

@@ -111,6 +111,7 @@ struct node_config node_config_defaults(void)
         .data_dir = "./eddy-data", .listen = "127.0.0.1:7070", .metrics_listen = "127.0.0.1:9464",
         .log_level = "info",
         .partitions = PARTITION_DEFAULT_COUNT, .grpc_threads = 1, .handler_threads = 4,
+        .inline_reads = true,
         .internal_threads = 4, .max_queued_calls = 1024, .max_message_size = 4 << 20,
         .max_batch = 10000,
         .max_id_bytes = 128, .max_name_bytes = 128, .max_query_bytes = 512,
@@ -465,6 +466,16 @@ static eddy_err local_stats(void *ud, const char *name, Eddy__V1__GetExperimentR
     return err;
 }
 
+/* --dev: a per-user read is an in-process call answered at once, unless the engine's
+ * apply is behind (its read barrier would wait): ingest_service.reads_now. A cold read
+ * still reads LevelDB (a user's rows, a product's neighbours, a popularity list read for
+ * the first time, which concurrent callers of that list wait for): milliseconds at most,
+ * as on a handler thread, but the CQ thread's other calls wait meanwhile. */
+static bool dev_reads_now(void *ud)
+{
+    return engine_caught_up(ud);
+}
+
 /* The RPC server and every service on it. */
 static eddy_err register_services(node *n, char *err, size_t errlen)
 {
@@ -475,6 +486,8 @@ static eddy_err register_services(node *n, char *err, size_t errlen)
                 c->max_metadata_bytes, c->max_future_skew, c->max_event_age},
         .max_batch = c->max_batch,
         .m = n->nm.ingest,
+        .reads_now = !n->clustered && n->eng && c->inline_reads ? dev_reads_now : NULL,
+        .reads_now_ud = n->eng,
     };
     struct rpc_server_opts so = {
         .listen = c->listen, .cq_threads = (int)c->grpc_threads,

@@ -40,6 +40,7 @@ struct node_config {
     const char *checkpoint_key_file; /* "": plain checkpoints */
     int64_t partitions;
     int64_t grpc_threads, handler_threads, internal_threads, max_queued_calls;
+    bool inline_reads;               /* --dev: per-user reads on the CQ thread when they can */
     int64_t max_message_size, max_batch, max_connection_age;
     int64_t max_id_bytes, max_name_bytes, max_query_bytes, max_metadata_entries,
         max_metadata_bytes, max_future_skew, max_event_age;

@@ -312,6 +312,14 @@ static void handle_read(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     metric_histogram_observe(r->svc->m.serving[r->read], (double)(clock_mono_ns() - arrival) / 1e9);
 }
 
+/* rpc_inline_fn of the per-user reads: the service's reads_now ('ud' is the read's route). */
+static bool read_now(void *ud, const ProtobufCMessage *msg)
+{
+    (void)msg;
+    const struct ingest_service *svc = ((const struct ingest_read_route *)ud)->svc;
+    return svc->reads_now(svc->reads_now_ud);
+}
+
 eddy_err ingest_service_register(struct ingest_service *svc, rpc_server *s)
 {
     static const struct {
@@ -341,6 +349,10 @@ eddy_err ingest_service_register(struct ingest_service *svc, rpc_server *s)
             }
         }
         eddy_err err = rpc_server_add_unary(s, methods[i].path, methods[i].desc, fn, ud);
+        /* the global reads fan out over partitions (threads and waits): never inline */
+        bool per_user = methods[i].fn == handle_recommend || methods[i].fn == handle_profile;
+        if (err == EDDY_OK && per_user && svc->reads_now)
+            err = rpc_server_set_inline(s, methods[i].path, read_now);
         if (err != EDDY_OK)
             return err;
     }

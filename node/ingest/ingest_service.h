@@ -29,6 +29,13 @@ struct ingest_service {
     struct limits lim;
     int64_t max_batch;       /* events per Ingest request */
     struct ingest_metrics m; /* all NULL: no metrics */
+    /* Whether a per-user read (Recommend, GetUserProfile) would be answered at once, with
+     * no RPC and no wait (--dev: the engine has applied all it acknowledged); such a
+     * call then runs on the RPC server's CQ thread (rpc_server_set_inline), saving two
+     * thread hand-offs. Must not block; called on a CQ thread with 'reads_now_ud'. NULL:
+     * reads always go to the handler threads (a cluster, whose reads are RPCs). */
+    bool (*reads_now)(void *ud);
+    void *reads_now_ud;
 
     /* set by ingest_service_register */
     struct ingest_read_route {

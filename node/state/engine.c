@@ -1672,14 +1672,9 @@ eddy_err engine_read_barrier(engine *e, int64_t p)
         first = (uint32_t)p;
         last = first + 1;
     }
-    if (e->o.read_barrier_timeout_ms <= 0)
-        return EDDY_OK;
-    /* the common case, nothing applied behind its log end anywhere (publish keeps
-     * apply_lag_since_ms 0 exactly then): no copy of the log ends, no scan of them */
-    pthread_mutex_lock(&e->mu);
-    bool behind = e->apply_lag_since_ms != 0;
-    pthread_mutex_unlock(&e->mu);
-    if (!behind)
+    /* the common case, nothing applied behind its log end anywhere: no copy of the log
+     * ends, no scan of them */
+    if (engine_caught_up(e))
         return EDDY_OK;
     uint64_t one, *want = last - first == 1 ? &one : malloc((last - first) * sizeof(*want));
     if (!want)
@@ -1706,6 +1701,17 @@ eddy_err engine_read_barrier(engine *e, int64_t p)
                  "applied after --read-barrier-timeout\" partition=%" PRId64 " timeout_ms=%" PRId64,
                  p, e->o.read_barrier_timeout_ms);
     return err;
+}
+
+bool engine_caught_up(engine *e)
+{
+    if (e->o.read_barrier_timeout_ms <= 0)
+        return true;
+    /* publish keeps apply_lag_since_ms 0 exactly when nothing is behind its log end */
+    pthread_mutex_lock(&e->mu);
+    bool behind = e->apply_lag_since_ms != 0;
+    pthread_mutex_unlock(&e->mu);
+    return !behind;
 }
 
 void engine_apply_lag(engine *e, uint64_t *records, double *seconds)

@@ -299,6 +299,10 @@ bool engine_event_time_lag(engine *e, int64_t *lag_ms);
  * behind. EDDY_ERR_TIMEOUT past engine_opts.read_barrier_timeout_ms. Any thread but the
  * engine's own (its callbacks must not wait for it). */
 eddy_err engine_read_barrier(engine *e, int64_t p);
+/* Whether engine_read_barrier would return at once now: nothing acknowledged is waiting
+ * to be applied anywhere (or barriers are off). A hint: an Ingest acknowledged right after
+ * may make the next barrier wait for its apply. Never waits for anything; any thread. */
+bool engine_caught_up(engine *e);
 /* Records of the durable log not applied yet in what queries read (all partitions), and
  * for how long some have been (0 when none). Any thread. */
 void engine_apply_lag(engine *e, uint64_t *records, double *seconds);

@@ -4,7 +4,8 @@
  * in flight, handler lanes (nested calls, per-lane limits, shutdown across lanes), and
  * bidirectional streams (one handler run per request, half-close, a malformed later
  * request, a client that goes away) driven by a core-API client of the test's own, and
- * in-process calls through a local channel (answers, deadlines, close, local-only methods). */
+ * in-process calls through a local channel (answers, deadlines, close, local-only methods),
+ * and inline methods (approved calls on the CQ thread, not held up by busy handlers). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -36,6 +37,7 @@
 #define BLOCK1 "/test.T/Block1"   /* lane 1 */
 #define BLOCK2 "/test.T/Block2"   /* lane 2 */
 #define BIDI "/test.T/Chat"       /* bidirectional: echoes each request */
+#define QUICK "/test.T/Quick"     /* inline for user ids starting "now" (read_now) */
 #define NEST_INNER_MS 1000        /* deadline of the nested call */
 #define MAX_PARKED 16
 
@@ -58,6 +60,8 @@ struct fixture {
     int bidi_cancels;          /* bidi on_cancel runs */
     int bidi_running;          /* bidi handlers running now (never above 1 per call) */
     int bidi_overlaps;         /* times a bidi handler started while one was running */
+    char quick_thread[16];     /* the name of the thread the last QUICK handler ran on */
+    int inline_asked;          /* read_now calls */
 };
 
 static int64_t now_ms(void)
@@ -249,6 +253,26 @@ static void on_bidi(void *ud, rpc_call *call, const ProtobufCMessage *req)
     bump(f, &f->handled);
 }
 
+/* QUICK's rpc_inline_fn: the user ids that start with "now" may run on the CQ thread. */
+static bool read_now(void *ud, const ProtobufCMessage *req)
+{
+    struct fixture *f = ud;
+    bump(f, &f->inline_asked);
+    return strncmp(((const Eddy__V1__GetUserProfileRequest *)req)->user_id, "now", 3) == 0;
+}
+
+/* QUICK: notes the thread it runs on, then echoes. */
+static void on_quick(void *ud, rpc_call *call, const ProtobufCMessage *req)
+{
+    struct fixture *f = ud;
+    char name[16] = "";
+    pthread_getname_np(pthread_self(), name, sizeof(name));
+    pthread_mutex_lock(&f->mu);
+    snprintf(f->quick_thread, sizeof(f->quick_thread), "%s", name);
+    pthread_mutex_unlock(&f->mu);
+    on_echo(ud, call, req);
+}
+
 static void on_bidi_cancel(void *ud, rpc_call *call)
 {
     struct fixture *f = ud;
@@ -277,6 +301,10 @@ static struct fixture *fixture_new(const struct rpc_server_opts *o)
     assert_int_equal(rpc_server_add_unary_lane(f->s, BLOCK1, d, on_block, f, 1), EDDY_OK);
     assert_int_equal(rpc_server_add_unary_lane(f->s, BLOCK2, d, on_block, f, 2), EDDY_OK);
     assert_int_equal(rpc_server_add_bidi(f->s, BIDI, d, on_bidi, on_bidi_cancel, f), EDDY_OK);
+    assert_int_equal(rpc_server_add_unary(f->s, QUICK, d, on_quick, f), EDDY_OK);
+    assert_int_equal(rpc_server_set_inline(f->s, QUICK, read_now), EDDY_OK);
+    assert_int_equal(rpc_server_set_inline(f->s, BIDI, read_now), EDDY_ERR_INVALID);
+    assert_int_equal(rpc_server_set_inline(f->s, "/test.T/None", read_now), EDDY_ERR_INVALID);
     assert_int_equal(rpc_server_add_unary(f->s, ECHO, d, on_echo, f), EDDY_ERR_INVALID);
     assert_int_equal(rpc_server_add_unary_lane(f->s, "/test.T/Bad", d, on_echo, f, -1),
                      EDDY_ERR_INVALID);
@@ -287,6 +315,7 @@ static struct fixture *fixture_new(const struct rpc_server_opts *o)
     assert_true(f->port > 0);
     assert_int_equal(rpc_server_add_unary(f->s, "/test.T/Late", d, on_echo, f),
                      EDDY_ERR_INVALID);
+    assert_int_equal(rpc_server_set_inline(f->s, ECHO, read_now), EDDY_ERR_INVALID);
     char target[64];
     snprintf(target, sizeof(target), "127.0.0.1:%d", f->port);
     f->ch = rpc_channel_open(target, NULL);
@@ -1095,13 +1124,73 @@ static void test_bidi_client_cancels(void **state)
 }
 
 /* The server lists what it registered, in order (reflection's list_services). */
+/* The last QUICK handler's thread name. */
+static void quick_thread(struct fixture *f, char *out, size_t len)
+{
+    pthread_mutex_lock(&f->mu);
+    snprintf(out, len, "%s", f->quick_thread);
+    pthread_mutex_unlock(&f->mu);
+}
+
+/* An inline method's approved calls run on the CQ thread, the others on a handler thread;
+ * the predicate is asked once per call. */
+static void test_inline_runs_approved_calls_on_the_cq_thread(void **state)
+{
+    struct fixture *f = *state;
+    struct rpc_result res;
+    char name[16];
+    assert_echo(call_echo(f, QUICK, "now-1", 5000, &res), "now-1");
+    quick_thread(f, name, sizeof(name));
+    assert_string_equal(name, "eddy-cq");
+    assert_echo(call_echo(f, QUICK, "later-1", 5000, &res), "later-1");
+    quick_thread(f, name, sizeof(name));
+    assert_string_equal(name, "eddy-handler");
+    assert_echo(call_echo(f, QUICK, "now-2", 5000, &res), "now-2");
+    quick_thread(f, name, sizeof(name));
+    assert_string_equal(name, "eddy-cq");
+    assert_int_equal(locked_int(f, &f->inline_asked), 3);
+    assert_int_equal(locked_int(f, &f->handled), 3);
+    assert_true(inflight_drains(f->s));
+}
+
+/* A slow handler holding the only handler thread, and the lane's queue full behind it, do
+ * not delay an inline call (a short read beside a long Ingest); a call the predicate
+ * refuses waits in the queue like any other. */
+static void test_inline_not_delayed_by_busy_handlers(void **state)
+{
+    struct rpc_server_opts o = {.listen = "127.0.0.1:0", .handler_threads = 1,
+                                .max_queued_calls = 1};
+    struct fixture *f = fixture_new(&o);
+    assert_int_equal(start_async(f, BLOCK, "one", 10000), EDDY_OK);
+    assert_true(wait_count(f, &f->handled, 1, 3000)); /* the only handler thread is busy */
+    assert_int_equal(start_async(f, BLOCK, "two", 10000), EDDY_OK); /* fills the queue */
+    struct rpc_result res;
+    int64_t t0 = now_ms();
+    assert_echo(call_echo(f, QUICK, "now", 5000, &res), "now");
+    assert_int_equal(res.code, GRPC_STATUS_OK);
+    assert_true(now_ms() - t0 < 2000);
+    char name[16];
+    quick_thread(f, name, sizeof(name));
+    assert_string_equal(name, "eddy-cq");
+    Eddy__V1__GetUserProfileResponse *resp = call_echo(f, QUICK, "later", 5000, &res);
+    assert_null(resp); /* refused inline: no room in the queue */
+    assert_int_equal(res.code, GRPC_STATUS_RESOURCE_EXHAUSTED);
+    assert_int_equal(locked_int(f, &f->async_done), 0); /* the BLOCK calls still wait */
+    release_blocked(f);
+    assert_true(wait_count(f, &f->async_done, 2, 5000));
+    assert_int_equal(f->async_res[0].code, GRPC_STATUS_OK);
+    assert_int_equal(f->async_res[1].code, GRPC_STATUS_OK);
+    fixture_free(f);
+}
+
 static void test_method_list(void **state)
 {
     struct fixture *f = *state;
-    assert_int_equal(rpc_server_method_count(f->s), 9);
+    assert_int_equal(rpc_server_method_count(f->s), 10);
     assert_string_equal(rpc_server_method_path(f->s, 0), ECHO);
     assert_string_equal(rpc_server_method_path(f->s, 8), BIDI);
-    assert_null(rpc_server_method_path(f->s, 9));
+    assert_string_equal(rpc_server_method_path(f->s, 9), QUICK);
+    assert_null(rpc_server_method_path(f->s, 10));
 }
 
 int main(void)
@@ -1134,6 +1223,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bidi_malformed_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bidi_client_cancels, setup, teardown),
         cmocka_unit_test_setup_teardown(test_method_list, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_inline_runs_approved_calls_on_the_cq_thread,
+                                        setup, teardown),
+        cmocka_unit_test(test_inline_not_delayed_by_busy_handlers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
