@@ -592,6 +592,25 @@ class ReplicationFaultTest(unittest.TestCase):
             return k if k >= n else None
         poll_until(acked, 30, interval=0.05, what=f"{n} events acknowledged in {list(ps)}")
 
+    def assert_status_shows_promoted_from(self, cl, ps, leader, came_from):
+        """`eddy status` (JSON and table) shows the in-sync record's promoted_from of each
+        partition of `ps`: `leader` in sync alone, promoted from `came_from`."""
+        if not (L.CLI and os.access(L.CLI, os.X_OK)):
+            return
+        coord = f"127.0.0.1:{cl.coordinators[0].port}"
+        r = subprocess.run([L.CLI, "--coordinator", coord, "-o", "json", "status"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        st = json.loads(r.stdout)["partitions"]
+        for p in ps:
+            self.assertEqual(st[p]["in_sync"], [leader], f"partition {p}: {st[p]}")
+            self.assertEqual(sorted(st[p]["promoted_from"]), sorted(came_from),
+                             f"partition {p}: {st[p]}")
+        r = subprocess.run([L.CLI, "--coordinator", coord, "status"], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"{leader} (promoted from ", r.stdout)
+
     def test_kill9_promoted_leader_before_its_follower_joined(self):
         """Two losses in turn inside the window after a promotion: A leads a partition that
         B follows; kill -9 of A promotes B at epoch + 1 with a new follower that cannot
@@ -641,6 +660,7 @@ class ReplicationFaultTest(unittest.TestCase):
                 self.assertEqual(rec["isr"], [b], f"partition {p}: {rec}")
                 self.assertEqual(sorted(rec.get("promoted_from", [])), sorted([a, b]),
                                  f"partition {p}: {rec}")
+            self.assert_status_shows_promoted_from(cl, promoted, b, [a, b])
             deleted_before = cl.coordinators[0].log_text().count(f'msg="node deleted" id={b} ')
             cl.nodes[b].kill9()
 
