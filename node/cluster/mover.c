@@ -367,10 +367,10 @@ static eddy_err follow_phase(mover *mv, const struct cluster_move *m)
 /* Copy and tail until the flip. EDDY_OK: flipped here; EDDY_ERR_CANCELLED-like results:
  * EDDY_ERR_NOT_FOUND (the move is gone or changed), anything else: try again. A target
  * the map lists as a follower copies nothing (follow_phase). One it does not list starts
- * by deleting its copy (ckptcopy_receive), even one a stale in-sync record names: a
- * record can lag the map (a leader the map lists alone rewrites it only with min-insync
- * > 1), so it cannot tell a live in-sync follower from a node that left; the planner
- * keeps a target that is a replica listed (coordinator/planner.c set_replicas). */
+ * by deleting its copy (ckptcopy_receive), even one a stale in-sync record names: while
+ * the map lists a leader alone, nobody rewrites its record, so the record cannot tell a
+ * live in-sync follower from a node that left; the planner keeps a target that is a
+ * replica listed (coordinator/planner.c set_replicas). */
 static eddy_err copy_phase(mover *mv, const struct cluster_move *m, uint64_t *next_seq)
 {
     if (follows_here(mv, m))

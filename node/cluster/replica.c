@@ -27,10 +27,7 @@
  * coordinator promotes nothing else. A promoted leader in sync alone keeps the set it was
  * promoted from in its record (promoted_from, replica_isr_next): those copies hold every
  * acknowledged event, so losing it too leaves the partition waiting for them, not given
- * to its new, empty follower. A leader the map lists alone while min-insync > 1 (one
- * state node left) acknowledges with its own copy: before its first acknowledgement at
- * that epoch it rewrites a record naming any other copy as itself alone, so no record
- * names a copy that no longer follows.
+ * to its new, empty follower.
  *
  * Divergence. An old leader may hold records its successor never had (its unacknowledged
  * suffix, written before it learned it was deposed), and a follower of that old leader
@@ -113,13 +110,6 @@ struct part {
     struct waiter *waiters;
     struct held *held;     /* writes waiting for min-insync copies */
     bool isr_dirty;        /* the in-sync set changed since it was written to etcd */
-    /* The map lists this node as the leader alone while min-insync > 1 (one state node
-     * left: R is capped by the state nodes): it acknowledges with its own copy, so its
-     * record must name no other (the copies of an earlier set no longer follow, and a
-     * failover must not promote them). 'alone_dirty': not checked yet at this epoch;
-     * acknowledgements wait (in 'waiters') until the record names this node alone. */
-    bool alone;
-    bool alone_dirty;
     uint64_t gen;          /* the state generation (replica_invalidate), 0 at each epoch */
     /* follower side */
     bool following;        /* this node is a follower */
@@ -442,12 +432,8 @@ void replica_set_map(replica *r, const struct replica_part *parts, uint32_t min_
         bool following = R > 1 && is_follower_in(m, r->self);
         bool new_leader = strcmp(m->replicas[0], pt->map.replicas[0]) != 0;
         bool new_epoch = m->epoch != pt->map.epoch;
-        bool alone = R == 1 && min_insync > 1 && r->o.etcd &&
-                     strcmp(m->replicas[0], r->self) == 0;
-        if ((pt->leading && !leading) || (pt->alone && (!alone || new_epoch)))
+        if (pt->leading && !leading)
             fail_all(pt, &done);
-        pt->alone_dirty = alone && (pt->alone_dirty || !pt->alone || new_epoch);
-        pt->alone = alone;
         if (leading) {
             struct follower f[REPLICA_MAX - 1];
             uint32_t nf = 0;
@@ -576,8 +562,7 @@ uint64_t replica_committed(replica *r, uint32_t p)
         return 0;
     pthread_mutex_lock(&r->mu);
     const struct part *pt = &r->parts[p];
-    uint64_t c = pt->alone_dirty          ? 0 /* nothing acknowledged until checked */
-                 : pt->map.nreplicas <= 1 ? UINT64_MAX
+    uint64_t c = pt->map.nreplicas <= 1 ? UINT64_MAX
                  : pt->leading            ? watermark(r, pt, need(r, pt), UINT64_MAX)
                                           : 0;
     pthread_mutex_unlock(&r->mu);
@@ -603,12 +588,7 @@ eddy_err replica_wait(replica *r, uint32_t p, uint64_t seq, replica_ack_fn *done
     struct waiter *ready = NULL;
     pthread_mutex_lock(&r->mu);
     struct part *pt = p < r->o.partitions ? &r->parts[p] : NULL;
-    if (pt && pt->alone_dirty && !r->stopping) {
-        w->next = pt->waiters; /* until the record names no other copy */
-        pt->waiters = w;
-        r->kicked = true;
-        pthread_cond_signal(&r->cv);
-    } else if (!pt || pt->map.nreplicas <= 1) {
+    if (!pt || pt->map.nreplicas <= 1) {
         w->next = ready; /* not replicated: acknowledged as before replication */
         ready = w;
     } else if (!pt->leading || r->stopping) {
@@ -1080,19 +1060,10 @@ void replica_isr_next(const struct cluster_isr *stored, struct cluster_isr *next
     }
 }
 
-/* Whether 'rec' names 'self' alone, with no set it was promoted from. */
-static bool names_alone(const struct cluster_isr *rec, const char *self)
-{
-    return rec->nisr == 1 && strcmp(rec->isr[0], self) == 0 && rec->npromoted == 0;
-}
-
 /* Record the in-sync set of a partition in etcd (with what replica_isr_next keeps of the
  * stored record): EDDY_ERR_NOT_OWNER when a newer epoch's record is there (the coordinator
- * moved on; nothing written). 'alone' (a leader the map lists alone, 'x' naming it alone):
- * written only over a record that names another copy, and with no promoted_from (it
- * acknowledges alone: the copies it came from lack those events). */
-static eddy_err write_isr(replica *r, etcd_client *etcd, uint32_t p, struct cluster_isr *x,
-                          bool alone)
+ * moved on; nothing written). */
+static eddy_err write_isr(replica *r, etcd_client *etcd, uint32_t p, struct cluster_isr *x)
 {
     char key[CLUSTER_KEY_MAX];
     snprintf(key, sizeof(key), CLUSTER_PREFIX "%s/isr/%u", r->cluster, p);
@@ -1108,12 +1079,7 @@ static eddy_err write_isr(replica *r, etcd_client *etcd, uint32_t p, struct clus
         err = EDDY_ERR_NOT_OWNER; /* the coordinator moved on: this leader's view is stale */
         goto out;
     }
-    if (alone && (!found || (decoded && names_alone(&cur, r->self))))
-        goto out; /* no record names another copy: nothing to write */
-    if (alone)
-        x->npromoted = 0;
-    else
-        replica_isr_next(decoded ? &cur : NULL, x);
+    replica_isr_next(decoded ? &cur : NULL, x);
     err = EDDY_ERR_NOMEM;
     if (!(val = cluster_isr_to_json(x)))
         goto out;
@@ -1136,7 +1102,6 @@ static void *replica_main(void *arg)
     uint32_t *led = calloc(P ? P : 1, sizeof(*led));
     struct cluster_isr *recs = calloc(ISR_WRITES_MAX, sizeof(*recs));
     uint32_t recp[ISR_WRITES_MAX];
-    bool reca[ISR_WRITES_MAX]; /* the record of a leader the map lists alone */
     if (!ends || !led || !recs) {
         log_error("msg=\"replica thread: out of memory\"");
         free(ends);
@@ -1167,14 +1132,6 @@ static void *replica_main(void *arg)
         r->kicked = false;
         for (uint32_t p = 0; p < P; p++) {
             struct part *pt = &r->parts[p];
-            if (pt->alone_dirty && r->o.etcd && nrecs < ISR_WRITES_MAX) {
-                reca[nrecs] = true; /* stays dirty until written: waiters wait for it */
-                recp[nrecs] = p;
-                struct cluster_isr *x = &recs[nrecs++];
-                *x = (struct cluster_isr){.epoch = pt->map.epoch, .nisr = 1};
-                snprintf(x->leader, sizeof(x->leader), "%s", r->self);
-                snprintf(x->isr[0], sizeof(x->isr[0]), "%s", r->self);
-            }
             if (!pt->leading)
                 continue;
             for (uint32_t i = 0; i < pt->nf; i++) {
@@ -1185,7 +1142,6 @@ static void *replica_main(void *arg)
             settle(r, pt, &done);
             release_held(r, pt, now, false, &held); /* those past --replica-writable-wait */
             if (pt->isr_dirty && r->o.etcd && nrecs < ISR_WRITES_MAX) {
-                reca[nrecs] = false;
                 recp[nrecs] = p;
                 struct cluster_isr *x = &recs[nrecs++];
                 x->epoch = pt->map.epoch;
@@ -1229,19 +1185,8 @@ static void *replica_main(void *arg)
             free(k);
         }
         for (size_t i = 0; i < nrecs; i++) {
-            eddy_err err = write_isr(r, etcd, recp[i], &recs[i], reca[i]);
-            if (err == EDDY_OK && reca[i]) { /* no other copy named: acknowledge alone */
-                struct waiter *acked = NULL;
-                pthread_mutex_lock(&r->mu);
-                struct part *pt = &r->parts[recp[i]];
-                if (pt->alone && pt->map.epoch == recs[i].epoch) {
-                    pt->alone_dirty = false;
-                    acked = pt->waiters; /* their err is EDDY_OK */
-                    pt->waiters = NULL;
-                }
-                pthread_mutex_unlock(&r->mu);
-                run_waiters(acked);
-            } else if (err == EDDY_OK) { /* what etcd says now bounds the high watermark */
+            eddy_err err = write_isr(r, etcd, recp[i], &recs[i]);
+            if (err == EDDY_OK) { /* what etcd says now bounds the high watermark */
                 struct waiter *acked = NULL;
                 pthread_mutex_lock(&r->mu);
                 struct part *pt = &r->parts[recp[i]];
@@ -1257,7 +1202,7 @@ static void *replica_main(void *arg)
                          "error=\"%s\"",
                          recp[i], eddy_strerror(err));
                 pthread_mutex_lock(&r->mu);
-                r->parts[recp[i]].isr_dirty |= !reca[i]; /* alone: still alone_dirty */
+                r->parts[recp[i]].isr_dirty = true;
                 pthread_mutex_unlock(&r->mu);
             }
         }

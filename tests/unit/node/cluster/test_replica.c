@@ -990,20 +990,14 @@ static void test_new_follower_batches_share_commits(void **state)
     pthread_cond_destroy(&g.cv);
 }
 
-/* A's map lists it alone in every partition (R = 1), min-insync still 2. */
-static void list_leader_alone(struct pair *t)
+static void test_not_replicated_no_wait(void **state)
 {
+    struct pair *t = *state;
     struct replica_part one[FIXTURE_PARTITIONS];
     memcpy(one, t->map, sizeof(one));
     for (int p = 0; p < FIXTURE_PARTITIONS; p++)
         one[p].nreplicas = 1;
     replica_set_map(t->a.rep, one, 2);
-}
-
-static void test_not_replicated_no_wait(void **state)
-{
-    struct pair *t = *state;
-    list_leader_alone(t);
     ingest_range(t, 0, 50);
     /* R = 1: acknowledged at once, on this thread, with no follower anywhere */
     for (uint32_t p = 0; p < FIXTURE_PARTITIONS; p++) {
@@ -1098,58 +1092,6 @@ static void test_ack_waits_for_the_record(void **state)
     assert_int_equal(replica_committed(t->a.rep, p), end);
 }
 
-/* An acknowledgement and the in-sync record at 'key' when it arrived. */
-struct record_at {
-    const char *key;
-    bool read;
-    struct cluster_isr rec;
-    struct completion c;
-};
-
-static void acked_record(void *ud, eddy_err err)
-{
-    struct record_at *w = ud;
-    w->read = read_isr(w->key, &w->rec);
-    completion_signal(&w->c, err, 0);
-}
-
-/* Defence in depth for min-insync > 1: a leader the map lists alone (here A, after B was
- * recorded in sync) acknowledges with its own copy, so its record must name no other copy
- * first: B's copy no longer follows, and a failover must not promote it. The first
- * acknowledgement after the map waits for the record {A}, at the same epoch, with no
- * promoted_from. */
-static void test_leader_listed_alone_records_itself_alone(void **state)
-{
-    struct pair *t = *state;
-    char key[64];
-    start_follower(t);
-    ingest_range(t, 0, 100);
-    assert_int_equal(wait_all(t), EDDY_OK);
-    uint32_t p = 0;
-    while (log_end(t->a.eng, p) == 0)
-        p++;
-    snprintf(key, sizeof(key), "/eddy/t/isr/%u", p);
-    struct record_at w = {.key = key};
-    EVENTUALLY(read_isr(key, &w.rec) && w.rec.nisr == 2);
-    list_leader_alone(t);
-    ingest_range(t, 1000, 40);
-    completion_init(&w.c);
-    assert_int_equal(replica_wait(t->a.rep, p, log_end(t->a.eng, p), acked_record, &w),
-                     EDDY_OK);
-    assert_int_equal(completion_wait(&w.c, EDDY_OK), EDDY_OK);
-    assert_true(w.read);
-    assert_int_equal(w.rec.epoch, EPOCH);
-    assert_int_equal(w.rec.nisr, 1);
-    assert_string_equal(w.rec.isr[0], "A");
-    assert_int_equal(w.rec.npromoted, 0);
-    /* checked once per epoch: the next acknowledgement does not wait */
-    struct completion again;
-    completion_init(&again);
-    assert_int_equal(replica_wait(t->a.rep, p, log_end(t->a.eng, p), acked, &again), EDDY_OK);
-    assert_true(again.done);
-    assert_int_equal(completion_wait(&again, EDDY_OK), EDDY_OK);
-}
-
 static struct cluster_isr isr_of(uint64_t epoch, const char *ids, const char *from)
 {
     struct cluster_isr x = {.epoch = epoch};
@@ -1225,8 +1167,6 @@ int main(void)
         cmocka_unit_test(test_isr_record),
         cmocka_unit_test_setup_teardown(test_ack_waits_for_the_record, setup_recorded,
                                         teardown_recorded),
-        cmocka_unit_test_setup_teardown(test_leader_listed_alone_records_itself_alone,
-                                        setup_recorded, teardown_recorded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
