@@ -186,9 +186,8 @@ static void place_leaders(struct slot *s, size_t m, struct slot **order,
              * are nowhere else, so wait for one of them (unless allowed not to). A record
              * of the leader alone with no promoted_from moves on as with one copy (from its
              * last checkpoint: a leader stopped with SIGTERM wrote it). The entry's own
-             * replicas do not say: one moving live away from its leader lists the leader
-             * alone when the target's follower is that leader; a cluster of R = 1 keeps
-             * records of its R = 2 days, of copies that no longer follow */
+             * replicas do not say: a cluster of R = 1 keeps records of its R = 2 days, of
+             * copies that no longer follow */
             offline[p] = !o && ap && ap->replication_factor > 1 && !ap->unclean && ap->isr &&
                          cluster_isr_nholders(&ap->isr[p]) >= 2;
         }

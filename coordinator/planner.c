@@ -42,14 +42,28 @@ static bool same_part(const struct cluster_part *a, const struct cluster_part *b
     return true;
 }
 
+/* Append follower 'id' to 'np' unless it is listed already or the list is full. */
+static void add_follower(struct cluster_part *np, const char *id)
+{
+    if (id[0] && !cluster_part_has(np, id) && np->nreplicas < CLUSTER_REPLICAS_MAX)
+        snprintf(np->replicas[np->nreplicas++], CLUSTER_ID_MAX, "%.*s", CLUSTER_ID_MAX - 1, id);
+}
+
 /* The replicas of 'np' once its leader is decided: the target's set when the leader is
- * the target's; else the leader, then the target's followers but not the target's leader
- * (a move in progress: it gets the data through the move, and joins the set at the
- * flip), unless the target's leader already is a replica of 'np': then it stays one, so
- * that its copy, which the in-sync record may name (the copy a failover promotes), stays
- * the replicated log's and the move only hands the leadership over (node/cluster/mover.c
- * never loads a checkpoint over a copy the map lists). With R = 1 that is [owner], as
- * before replicas. */
+ * the target's. Otherwise (a move running, or waiting for its turn) the leader, then every
+ * follower it has now, then the target's followers but not the target's leader, up to
+ * CLUSTER_REPLICAS_MAX: the followers it has keep replicating, so the leader still
+ * acknowledges with min-insync copies and its in-sync record names only copies that
+ * follow (listing the target's set alone left the leader alone when the target's follower
+ * is the leader: an R = 1 window, its record naming a follower that no longer followed).
+ * A follower that dies meanwhile stays listed: the leader's in-sync clock drops it from
+ * its record and refuses writes with fewer copies than min-insync, as for any partition.
+ * The target's leader gets the data through the move and joins the set at the flip,
+ * unless it already follows: then it stays listed, so that its copy, which the in-sync
+ * record may name, stays the replicated log's and the move only hands the leadership over
+ * (node/cluster/mover.c never loads a checkpoint over a copy the map lists). At the flip
+ * the target's set applies; the followers it leaves out stop following and leave the new
+ * leader's record. With R = 1 that is [owner], as before replicas. */
 static void set_replicas(struct cluster_part *np, const struct cluster_part *target)
 {
     struct cluster_part t = normal(target);
@@ -60,16 +74,14 @@ static void set_replicas(struct cluster_part *np, const struct cluster_part *tar
         return;
     }
     struct cluster_part was = normal(np);
-    bool keep = t.owner[0] && cluster_part_has(&was, t.owner);
     cluster_part_set_single(np, np->owner);
-    if (keep && np->owner[0] && np->nreplicas < CLUSTER_REPLICAS_MAX)
-        snprintf(np->replicas[np->nreplicas++], CLUSTER_ID_MAX, "%s", t.owner);
-    for (uint32_t r = 0; np->owner[0] && r < t.nreplicas && r < CLUSTER_REPLICAS_MAX; r++) {
-        if (strcmp(t.replicas[r], t.owner) == 0 || cluster_part_has(np, t.replicas[r]) ||
-            np->nreplicas == CLUSTER_REPLICAS_MAX)
-            continue;
-        snprintf(np->replicas[np->nreplicas++], CLUSTER_ID_MAX, "%.*s", CLUSTER_ID_MAX - 1,
-                 t.replicas[r]);
+    if (!np->owner[0])
+        return;
+    for (uint32_t r = 0; r < was.nreplicas && r < CLUSTER_REPLICAS_MAX; r++)
+        add_follower(np, was.replicas[r]);
+    for (uint32_t r = 0; r < t.nreplicas && r < CLUSTER_REPLICAS_MAX; r++) {
+        if (strcmp(t.replicas[r], t.owner) != 0)
+            add_follower(np, t.replicas[r]);
     }
 }
 

@@ -20,11 +20,13 @@
  * to a node whose old leader is gone is a failover at once, with no move (a promotion of
  * an in-sync follower when the assigner picked one); a leader that changes while the old
  * one is alive goes through the live move above, even to a follower, and until the flip
- * the set is the old leader and the target's followers, plus the move's target when it
- * already is a replica of the partition (its copy stays the replicated log's, one the
- * in-sync record may name: the move hands the leadership over and copies nothing), not
- * otherwise. With R = 1 every set is [owner]: the moves are exactly those of an
- * unreplicated cluster. */
+ * the set is the old leader, the followers it has (they keep replicating: it acknowledges
+ * with min-insync copies throughout, and its in-sync record names only copies that
+ * follow), then the target's followers, up to CLUSTER_REPLICAS_MAX. The move's target is
+ * among them when it already is a replica of the partition (its copy stays the replicated
+ * log's, one the in-sync record may name: the move hands the leadership over and copies
+ * nothing), not otherwise. At the flip the target's set applies. With R = 1 every set is
+ * [owner]: the moves are exactly those of an unreplicated cluster. */
 #ifndef EDDY_PLANNER_H
 #define EDDY_PLANNER_H
 

@@ -25,6 +25,7 @@ struct status_mem {
     char **replica_ptrs;                  /* [nparts * CLUSTER_REPLICAS_MAX] into 'map' */
     struct cluster_isr *isr;              /* [nparts] */
     char **isr_ptrs;                      /* [nparts * CLUSTER_REPLICAS_MAX] into 'isr' */
+    char **promoted_ptrs;                 /* [nparts * CLUSTER_REPLICAS_MAX] into 'isr' */
     struct cluster_move *moves;           /* [n] */
     Eddy__Cluster__V1__Move *move_msgs;   /* [n] */
     Eddy__Cluster__V1__Move **move_ptrs;  /* [n] */
@@ -69,6 +70,7 @@ void status_release(struct status_reply *r)
     free(m->replica_ptrs);
     free(m->isr);
     free(m->isr_ptrs);
+    free(m->promoted_ptrs);
     free(m->moves);
     free(m->move_msgs);
     free(m->move_ptrs);
@@ -102,16 +104,17 @@ static void add_checkpoints(const struct status_snapshot *snap, struct status_me
     free(rec);
 }
 
-/* Each partition's replicas (from the map) and in-sync set (from the isr/ records that
- * decode and name a partition of the map). */
+/* Each partition's replicas (from the map), in-sync set and the set its leader was
+ * promoted from (from the isr/ records that decode and name a partition of the map). */
 static eddy_err add_replicas(const struct status_snapshot *snap, struct status_mem *m)
 {
     uint32_t np = m->map.nparts;
     size_t slots = (size_t)(np ? np : 1) * CLUSTER_REPLICAS_MAX;
     m->replica_ptrs = calloc(slots, sizeof(*m->replica_ptrs));
     m->isr_ptrs = calloc(slots, sizeof(*m->isr_ptrs));
+    m->promoted_ptrs = calloc(slots, sizeof(*m->promoted_ptrs));
     m->isr = calloc(np ? np : 1, sizeof(*m->isr));
-    if (!m->replica_ptrs || !m->isr_ptrs || !m->isr)
+    if (!m->replica_ptrs || !m->isr_ptrs || !m->promoted_ptrs || !m->isr)
         return EDDY_ERR_NOMEM;
     char prefix[CLUSTER_KEY_MAX];
     cluster_key(prefix, sizeof(prefix), snap->cluster, "isr/");
@@ -132,6 +135,9 @@ static eddy_err add_replicas(const struct status_snapshot *snap, struct status_m
         for (uint32_t r = 0; r < m->isr[p].nisr; r++)
             pi->in_sync[pi->n_in_sync++] = m->isr[p].isr[r];
         pi->in_sync_epoch = m->isr[p].epoch;
+        pi->promoted_from = &m->promoted_ptrs[(size_t)p * CLUSTER_REPLICAS_MAX];
+        for (uint32_t r = 0; r < m->isr[p].npromoted && r < CLUSTER_REPLICAS_MAX; r++)
+            pi->promoted_from[pi->n_promoted_from++] = m->isr[p].promoted_from[r];
     }
     return EDDY_OK;
 }

@@ -95,13 +95,28 @@ static void ids_text(char **ids, size_t n, char *buf, size_t len)
 }
 
 #define SET_TEXT_MAX (CLUSTER_REPLICAS_MAX * CLUSTER_ID_MAX)
+#define ISR_TEXT_MAX (2 * SET_TEXT_MAX + 32)
+
+/* The in-sync set of 'p', and the set its leader was promoted from when its record keeps
+ * one: "s1 (promoted from s0,s1)". */
+static void isr_text(const Eddy__Cluster__V1__Partition *p, char *buf, size_t len)
+{
+    char isr[SET_TEXT_MAX], from[SET_TEXT_MAX];
+    ids_text(p->in_sync, p->n_in_sync, isr, sizeof(isr));
+    if (p->n_promoted_from == 0) {
+        snprintf(buf, len, "%s", isr);
+        return;
+    }
+    ids_text(p->promoted_from, p->n_promoted_from, from, sizeof(from));
+    snprintf(buf, len, "%s (promoted from %s)", isr, from);
+}
 
 /* Whether partition 'p' has the replicas 'reps' and the in-sync set 'isr' (as texts). */
 static bool has_sets(const Eddy__Cluster__V1__Partition *p, const char *reps, const char *isr)
 {
-    char a[SET_TEXT_MAX], b[SET_TEXT_MAX];
+    char a[SET_TEXT_MAX], b[ISR_TEXT_MAX];
     ids_text(p->replicas, p->n_replicas, a, sizeof(a));
-    ids_text(p->in_sync, p->n_in_sync, b, sizeof(b));
+    isr_text(p, b, sizeof(b));
     return strcmp(a, reps) == 0 && strcmp(b, isr) == 0;
 }
 
@@ -142,11 +157,11 @@ static char *with_sets(const status_resp *r, const char *reps, const char *isr, 
 /* One row per distinct (replicas, in-sync set), in the order of their first partition. */
 static int replica_rows(const status_resp *r, struct cli_table *t)
 {
-    char reps[SET_TEXT_MAX], isr[SET_TEXT_MAX];
+    char reps[SET_TEXT_MAX], isr[ISR_TEXT_MAX];
     for (size_t i = 0; i < r->n_partitions; i++) {
         const Eddy__Cluster__V1__Partition *p = r->partitions[i];
         ids_text(p->replicas, p->n_replicas, reps, sizeof(reps));
-        ids_text(p->in_sync, p->n_in_sync, isr, sizeof(isr));
+        isr_text(p, isr, sizeof(isr));
         bool seen = false;
         for (size_t j = 0; j < i && !seen; j++)
             seen = has_sets(r->partitions[j], reps, isr);
@@ -378,6 +393,10 @@ static int print_json(const status_resp *r)
         for (size_t i = 0; i < p->n_in_sync; i++)
             cJSON_AddItemToArray(isr, cJSON_CreateString(p->in_sync[i]));
         cJSON_AddNumberToObject(pp, "in_sync_epoch", (double)p->in_sync_epoch);
+        /* []: none kept (a follower joined, no promotion, or no record) */
+        cJSON *from = cJSON_AddArrayToObject(pp, "promoted_from");
+        for (size_t i = 0; i < p->n_promoted_from; i++)
+            cJSON_AddItemToArray(from, cJSON_CreateString(p->promoted_from[i]));
         cJSON_AddItemToArray(parts, pp);
     }
     cJSON *dr = cJSON_AddArrayToObject(o, "draining");

@@ -252,6 +252,22 @@ static void set_pair(struct cluster_map *m, uint32_t p, const char *lead, const 
     m->parts[p].epoch = epoch;
 }
 
+/* The plan starts exactly one move, to 'to', and leaves partition p's entry [lead, follow]
+ * at 'epoch' (so nothing to write). */
+static void assert_move_started(struct fx *f, uint32_t p, const char *to, const char *lead,
+                                const char *follow, uint64_t epoch)
+{
+    assert_int_equal(plan(f), 0);
+    assert_int_equal(f->nacts, 1);
+    assert_int_equal(f->acts[0].op, PLAN_CREATE);
+    assert_string_equal(f->acts[0].m.to, to);
+    assert_string_equal(f->next.parts[p].owner, lead);
+    assert_int_equal(f->next.parts[p].epoch, epoch);
+    assert_int_equal(f->next.parts[p].nreplicas, 2);
+    assert_string_equal(f->next.parts[p].replicas[0], lead);
+    assert_string_equal(f->next.parts[p].replicas[1], follow);
+}
+
 /* R = 2, the leader of every partition dies: the assigner promotes the follower and the
  * planner applies it at once, epoch + 1, with no move; the new follower needs none either. */
 static void test_promotion_without_move(void **state)
@@ -326,15 +342,7 @@ static void test_move_to_follower_keeps_it_listed(void **state)
     }
     set_pair(&f->cur, 1, "b", "c", 3);
     set_pair(&f->target, 1, "c", "b", 4); /* the leadership goes to the follower */
-    assert_int_equal(plan(f), 0);
-    assert_int_equal(f->nacts, 1);
-    assert_int_equal(f->acts[0].op, PLAN_CREATE);
-    assert_string_equal(f->acts[0].m.to, "c");
-    assert_string_equal(f->next.parts[1].owner, "b");
-    assert_int_equal(f->next.parts[1].epoch, 3);
-    assert_int_equal(f->next.parts[1].nreplicas, 2);
-    assert_string_equal(f->next.parts[1].replicas[0], "b");
-    assert_string_equal(f->next.parts[1].replicas[1], "c");
+    assert_move_started(f, 1, "c", "b", "c", 3);
     /* a move for load to the follower, the assigner's set unchanged: listed as well */
     set_pair(&f->target, 1, "b", "c", 3);
     set_rec(f, 1, "b", "c", 3, MOVE_COPY, 1000000);
@@ -352,12 +360,73 @@ static void test_move_to_follower_keeps_it_listed(void **state)
     fx_free(f);
 }
 
+/* A leader moving live to a node that is no replica of the partition (a drain, a join, a
+ * move for load) keeps the followers it has listed until the flip, in addition to the
+ * target's: with R = 2 and the target's follower the leader itself, listing the target's
+ * followers alone left the leader alone (one copy per acknowledgement, its in-sync record
+ * naming a follower that no longer followed). A follower that dies meanwhile stays listed
+ * (the leader's in-sync clock handles it); at the flip the target's set applies. */
+static void test_move_keeps_source_followers(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new("b", false);
+    add_node(f, "c");
+    for (uint32_t p = 0; p < P; p++) {
+        set_pair(&f->cur, p, "a", "b", 3);
+        set_pair(&f->target, p, "a", "b", 3);
+    }
+    set_pair(&f->target, 2, "c", "a", 4); /* the leader moves to c, a follows it */
+    assert_move_started(f, 2, "c", "a", "b", 3);
+    /* copying, b dead: still listed (a refuses writes rather than acknowledge alone) */
+    set_rec(f, 2, "a", "c", 3, MOVE_COPY, 1000000);
+    f->nodes[1].state = false;
+    assert_int_equal(plan(f), 0);
+    assert_int_equal(f->next.parts[2].nreplicas, 2);
+    assert_string_equal(f->next.parts[2].replicas[1], "b");
+    f->nodes[1].state = true;
+    /* a target with a follower of its own: added after the source's, c never listed */
+    set_pair(&f->target, 2, "c", "d", 4);
+    assert_int_equal(plan(f), 1);
+    assert_int_equal(f->next.parts[2].nreplicas, 3);
+    assert_string_equal(f->next.parts[2].replicas[1], "b");
+    assert_string_equal(f->next.parts[2].replicas[2], "d");
+    assert_false(cluster_part_has(&f->next.parts[2], "c"));
+    /* at most CLUSTER_REPLICAS_MAX, the source's followers first */
+    memcpy(&f->cur.parts[2], &f->next.parts[2], sizeof(f->cur.parts[2]));
+    snprintf(f->cur.parts[2].replicas[3], CLUSTER_ID_MAX, "x");
+    f->cur.parts[2].nreplicas = 4;
+    cluster_part_set_single(&f->target.parts[2], "c");
+    const char *tf[] = {"y", "z", "d"};
+    for (uint32_t r = 0; r < 3; r++)
+        snprintf(f->target.parts[2].replicas[r + 1], CLUSTER_ID_MAX, "%s", tf[r]);
+    f->target.parts[2].nreplicas = 4;
+    f->target.parts[2].epoch = 4;
+    assert_int_equal(plan(f), 1);
+    assert_int_equal(f->next.parts[2].nreplicas, CLUSTER_REPLICAS_MAX);
+    const char *want[] = {"a", "b", "d", "x", "y"};
+    for (uint32_t r = 0; r < CLUSTER_REPLICAS_MAX; r++)
+        assert_string_equal(f->next.parts[2].replicas[r], want[r]);
+    /* ready: the flip gives the target's set; b and x are no replicas any more */
+    memcpy(&f->cur.parts[2], &f->next.parts[2], sizeof(f->cur.parts[2]));
+    set_pair(&f->target, 2, "c", "a", 4);
+    set_rec(f, 2, "a", "c", 3, MOVE_READY, 1000000);
+    assert_int_equal(plan(f), 1);
+    assert_int_equal(count_ops(f, PLAN_FLIPPED), 1);
+    assert_string_equal(f->next.parts[2].owner, "c");
+    assert_int_equal(f->next.parts[2].epoch, 4);
+    assert_int_equal(f->next.parts[2].nreplicas, 2);
+    assert_string_equal(f->next.parts[2].replicas[0], "c");
+    assert_string_equal(f->next.parts[2].replicas[1], "a");
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_promotion_without_move),
         cmocka_unit_test(test_followers_and_live_move),
         cmocka_unit_test(test_move_to_follower_keeps_it_listed),
+        cmocka_unit_test(test_move_keeps_source_followers),
         cmocka_unit_test(test_live_owner_moves_at_most_k),
         cmocka_unit_test(test_ready_flips_done_deletes),
         cmocka_unit_test(test_cancel_revert_failover),

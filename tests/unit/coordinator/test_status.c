@@ -78,9 +78,11 @@ static void test_build(void **state)
     struct etcd_kvs lk = {loads, 2};
     struct etcd_kv isr[] = {
         kv("/eddy/c/isr/0", "{\"epoch\":1,\"leader\":\"n1\",\"isr\":[\"n1\",\"n2\"]}"),
+        kv("/eddy/c/isr/1", "{\"epoch\":2,\"leader\":\"n1\",\"isr\":[\"n1\"],"
+                            "\"promoted_from\":[\"n0\",\"n1\"]}"),
         kv("/eddy/c/isr/2", "{\"epoch\":3,\"leader\":\"n2\",\"isr\":[]}"), /* skipped */
     };
-    struct etcd_kvs ik = {isr, 2};
+    struct etcd_kvs ik = {isr, 3};
     struct status_snapshot snap = {"c", 99, &nk, &dk, &config, &lead, &assign, &ck, &mk, &lk,
                                    &ik, 3500};
     struct status_reply r;
@@ -106,8 +108,15 @@ static void test_build(void **state)
     assert_int_equal(m->partitions[0]->n_in_sync, 2);
     assert_string_equal(m->partitions[0]->in_sync[1], "n2");
     assert_int_equal(m->partitions[0]->in_sync_epoch, 1);
+    assert_int_equal(m->partitions[0]->n_promoted_from, 0);
+    /* a promoted leader in sync alone: the set it came from, as its record keeps it */
+    assert_int_equal(m->partitions[1]->n_in_sync, 1);
+    assert_int_equal(m->partitions[1]->n_promoted_from, 2);
+    assert_string_equal(m->partitions[1]->promoted_from[0], "n0");
+    assert_string_equal(m->partitions[1]->promoted_from[1], "n1");
     assert_int_equal(m->partitions[2]->n_replicas, 2);
     assert_int_equal(m->partitions[2]->n_in_sync, 0);
+    assert_int_equal(m->partitions[2]->n_promoted_from, 0);
     assert_int_equal(m->partitions[3]->n_replicas, 0);
     /* checkpoint records: partition 1 has one, 2.5 s old; the others none */
     assert_int_equal(m->partitions[1]->checkpoint_seq, 70);
