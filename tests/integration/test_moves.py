@@ -138,11 +138,12 @@ class MovesTestCase(unittest.TestCase):
 
     @staticmethod
     def wait_phase(cl, phase):
-        """Until a move record is in 'phase' (polled every 2 ms: phases can be short)."""
+        """Until a move record is in 'phase' (polled every 2 ms: phases can be short); that
+        record."""
         def reached():
-            return any(json.loads(v)["phase"] == phase
-                       for v in cl.etcd.get_prefix(cl.key("moves/")).values()) or None
-        poll_until(reached, 30, interval=0.002, what=f"a move in phase {phase}")
+            recs = [json.loads(v) for v in cl.etcd.get_prefix(cl.key("moves/")).values()]
+            return next((r for r in recs if r["phase"] == phase), None)
+        return poll_until(reached, 30, interval=0.002, what=f"a move in phase {phase}")
 
     def no_moves(self, cl):
         return not cl.etcd.get_prefix(cl.key("moves/"))
@@ -343,18 +344,26 @@ class CrashMidMoveTest(MovesTestCase):
         self.assert_exactly_once(front, acked)
 
     def crash(self, victim, phase):
-        """s1 owns everything and takes writes; s2 joins; when a move s1 -> s2 reaches
-        'phase', kill -9 the 'victim' ("source" s1 or "target" s2) and start it again with
-        the same id and data, as a StatefulSet pod would be. The moves complete and every
-        acknowledged event is counted exactly once."""
-        cl, front, w = self.s1_under_load("f")
+        """s1 and s3 hold everything (R = 2, min-insync 2) and take writes; s2 joins; when a
+        move to s2 reaches 'phase', kill -9 the 'victim' ("source": the move's, s1 or s3;
+        "target": s2) and start it again with the same id and data, as a StatefulSet pod
+        would be. The moves complete and every acknowledged event is counted exactly once.
+        (With one state node first, as before, its writes were acknowledged with one copy
+        while s2 caught up, which a kill -9 of it may lose: R = 2 with min-insync 1.)"""
+        cl = self.cluster(coord_args=["--max-moves", "1"])
+        for s in ("s1", "s3"):
+            cl.add_node(s, "state")
+        self.wait_settled(cl, {"s1", "s3"})
+        front = cl.add_node("i1", "ingest")
+        w = Writer(self, front, [f"f-{i:03d}" for i in range(64)], L.now_ms() - 600_000).start()
+        w.wait_for(1000)
         cl.add_node("s2", "state")
-        self.wait_phase(cl, phase)
-        node = cl.nodes["s1" if victim == "source" else "s2"]
+        move = self.wait_phase(cl, phase)
+        node = cl.nodes[move["from"] if victim == "source" else move["to"]]
         node.kill9()
         node.start()
-        m = self.wait_settled(cl, {"s1", "s2"}, timeout=60)
-        self.assertEqual(set(m["owners"]), {"s1", "s2"})
+        m = self.wait_settled(cl, {"s1", "s2", "s3"}, timeout=60)
+        self.assertEqual(set(m["owners"]), {"s1", "s2", "s3"})
         w.wait_for(len(w.acked) + 300)
         acked = w.join()
         self.assert_exactly_once(front, acked)
