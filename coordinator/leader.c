@@ -740,6 +740,11 @@ static eddy_err reassign(leader *l)
     eddy_err err = recs && acts ? registry_snapshot(l->reg, &nodes, &n, NULL) : EDDY_ERR_NOMEM;
     if (err != EDDY_OK)
         goto out;
+    /* said here, on the nodes this map is made of, whichever way the loss was seen (at the
+     * loop's check, in the settle, just after a settle for another change, or between the
+     * loop's check and this snapshot: a map made for another reason) */
+    if (l->seen_nodes && assigner_leader_lost(&l->cur, l->seen_nodes, l->nseen, nodes, n))
+        log_info("msg=\"a partition leader is gone: map computed without settling\"");
     err = EDDY_ERR_NOMEM;
     if (cluster_map_init(&target, l->nparts) != EDDY_OK ||
         cluster_map_init(&next, l->nparts) != EDDY_OK)
@@ -944,10 +949,6 @@ static void leader_main(struct worker *w, void *arg)
         iseen = atomic_load(&l->isr_gen);
         if (worker_stopping(&l->worker))
             break;
-        /* said here, next to the map it is about, whichever way the loss was seen (at the
-         * loop's check, in the settle, or just after a settle for another change) */
-        if (leader_lost(l))
-            log_info("msg=\"a partition leader is gone: map computed without settling\"");
         eddy_err err = reassign(l);
         if (err == EDDY_OK) {
             dirty = false;
