@@ -216,9 +216,8 @@ static uint32_t record_crc(uint64_t seq, const void *rec, size_t len)
  * whatever the map lists. A map that lists fewer copies (R capped by the state nodes
  * there are, a move's source listed alone) leaves the partition unwritable, never
  * acknowledged with fewer copies than promised (Kafka's NotEnoughReplicas). */
-static uint32_t need(const replica *r, const struct part *pt)
+static uint32_t need(const replica *r)
 {
-    (void)pt;
     return r->min_insync ? r->min_insync : 1;
 }
 
@@ -273,7 +272,7 @@ static uint64_t watermark(const replica *r, const struct part *pt, uint32_t k,
 /* Move the waiters of 'pt' that are acknowledged (or can no longer be) to *out. */
 static void settle(replica *r, struct part *pt, struct waiter **out)
 {
-    uint32_t k = need(r, pt);
+    uint32_t k = need(r);
     uint64_t hw = watermark(r, pt, k, UINT64_MAX);
     bool short_of_copies = insync(pt) < k;
     struct waiter **wp = &pt->waiters;
@@ -305,7 +304,7 @@ static void fail_all(struct part *pt, struct waiter **out)
  * deadline, every one with 'all') to *out. */
 static void release_held(replica *r, struct part *pt, int64_t now, bool all, struct held **out)
 {
-    bool writable = pt->leading && insync(pt) >= need(r, pt);
+    bool writable = pt->leading && insync(pt) >= need(r);
     struct held **hp = &pt->held;
     while (*hp) {
         struct held *h = *hp;
@@ -533,7 +532,7 @@ bool replica_writable(replica *r, uint32_t p)
         return true;
     pthread_mutex_lock(&r->mu);
     struct part *pt = &r->parts[p];
-    bool ok = !pt->leading || insync(pt) >= need(r, pt);
+    bool ok = !pt->leading || insync(pt) >= need(r);
     pthread_mutex_unlock(&r->mu);
     return ok;
 }
@@ -546,7 +545,7 @@ eddy_err replica_when_writable(replica *r, uint32_t p, replica_writable_fn *done
     *h = (struct held){clock_mono_ms() + r->o.writable_wait_ms, done, ud, false, NULL};
     pthread_mutex_lock(&r->mu);
     struct part *pt = p < r->o.partitions ? &r->parts[p] : NULL;
-    bool ok = !pt || !pt->leading || insync(pt) >= need(r, pt);
+    bool ok = !pt || !pt->leading || insync(pt) >= need(r);
     bool hold = !ok && !r->stopping && r->o.writable_wait_ms > 0;
     if (hold) {
         h->next = pt->held;
@@ -566,7 +565,7 @@ uint64_t replica_committed(replica *r, uint32_t p)
         return 0;
     pthread_mutex_lock(&r->mu);
     const struct part *pt = &r->parts[p];
-    uint64_t c = pt->leading            ? watermark(r, pt, need(r, pt), UINT64_MAX)
+    uint64_t c = pt->leading            ? watermark(r, pt, need(r), UINT64_MAX)
                  : pt->map.nreplicas <= 1 ? UINT64_MAX
                                           : 0;
     pthread_mutex_unlock(&r->mu);
@@ -747,7 +746,7 @@ static void answer(replica *r, rpc_call *c, const Eddy__State__V1__ReplicaFetchR
         for (size_t i = 0; i < n && !oom; i++) {
             uint32_t p = req->partitions[i]->partition;
             struct part *pt = &r->parts[p];
-            d[i].high_watermark = pt->leading ? watermark(r, pt, need(r, pt), d[i].log_end)
+            d[i].high_watermark = pt->leading ? watermark(r, pt, need(r), d[i].log_end)
                                               : d[i].log_end;
         }
         pthread_mutex_unlock(&r->mu);
@@ -1139,7 +1138,7 @@ static void *replica_main(void *arg)
         double lag = 0, under = 0;
         pthread_mutex_lock(&r->mu);
         etcd_client *etcd = r->o.etcd;
-        uint32_t min_insync = r->min_insync ? r->min_insync : 1;
+        uint32_t min_insync = need(r);
         r->kicked = false;
         for (uint32_t p = 0; p < P; p++) {
             struct part *pt = &r->parts[p];

@@ -1459,6 +1459,11 @@ def checkpoint_files(directory):
     return {p: [path for _, path in sorted(v, reverse=True)] for p, v in out.items()}
 
 
+def checkpoint_seq(path):
+    """The sequence number a published checkpoint file's name carries."""
+    return int(_CKPT_NAME.match(os.path.basename(path)).group(2))
+
+
 def verify_checkpoint(path, key_file=None):
     """`eddy-node --verify-checkpoint PATH [--checkpoint-key-file KEY]`: (rc, the printed
     JSON or None, stderr)."""

@@ -82,9 +82,13 @@ class DevEncryptedCheckpointsTest(unittest.TestCase):
         t0 = L.now_ms() - 600_000
         events = [ev(f"{SECRET}-ev-{i}", user, t0 + i) for i in range(5)]
         self.assertEqual(node.ingest(events).accepted, 5)
-        files = poll_until(lambda: L.checkpoint_files(ckdir).get(7), 20, interval=0.1,
-                           what="a checkpoint of partition 7")
-        path = files[0]
+        # the first checkpoint may predate the apply of the five (its file then holds them
+        # as log tail): wait for one taken at seq 5 or later
+        def applied_checkpoint():
+            files = L.checkpoint_files(ckdir).get(7) or []
+            return [f for f in files if L.checkpoint_seq(f) >= 5]
+        path = poll_until(applied_checkpoint, 20, interval=0.1,
+                          what="a checkpoint of partition 7 at seq >= 5")[0]
         with open(path, "rb") as f:
             data = f.read()
         self.assertEqual(data[:8], b"EDDYCKE1")

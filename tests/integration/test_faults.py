@@ -791,6 +791,12 @@ class ReplicationFaultTest(unittest.TestCase):
             mv = poll_until(a_move, 20, interval=0.02, what=f"a live move to {d}")[0]
             p, a = mv["partition"], mv["from"]
             self.assertEqual(mv["to"], d)
+            # the move is held in its copy (its target paused): `eddy status` lists it
+            c1 = cl.coordinators[0]
+            st = L.cli_json(self, cl.nodes[a].endpoint, "--coordinator",
+                            f"127.0.0.1:{c1.port}", "status")
+            self.assertIn((p, a, d, "copy"), [(x["partition"], x["from"], x["to"], x["phase"])
+                                              for x in st["moves"]], st["moves"])
 
             # the entry of p and its in-sync record, read every 20 ms until 100 more events
             # are acknowledged in p: the record names min-insync copies, every one listed
