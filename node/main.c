@@ -164,6 +164,10 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
           0),
         F("flush-bytes", FLAG_SIZE, flush_bytes,
           "flush derived state sooner past this much unwritten (twice: acks wait)", 1 << 20, 0),
+        F("flush-chunk", FLAG_SIZE, flush_chunk,
+          "bytes per LevelDB write of a flush, whole partitions each: an acknowledgement's "
+          "write waits for at most one (0 = one write per flush)",
+          0, 0),
         F("read-barrier-timeout", FLAG_DURATION, read_barrier_timeout,
           "a query waits this long at most for the events acknowledged before it to be "
           "applied (0 = no wait)",

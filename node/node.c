@@ -129,7 +129,7 @@ struct node_config node_config_defaults(void)
         .cache_size = 64 << 20, .state_cache_size = 256 << 20,
         .pair_set_size = (int64_t)PRODUCT_PAIR_SET_DEFAULT, .shutdown_grace = 10000, .neighbour_cache = 20000,
         .user_cache_size = 32 << 20,
-        .flush_interval = 200, .flush_bytes = 64 << 20, .read_barrier_timeout = 10000,
+        .flush_interval = 200, .flush_bytes = 64 << 20, .flush_chunk = 128 << 10, .read_barrier_timeout = 10000,
         .max_apply_lag = ENGINE_MAX_APPLY_LAG_DEFAULT,
         .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
         .checkpoint_timeout = 600000, .checkpoint_keep = 3,
@@ -150,6 +150,7 @@ static void engine_options_from(const struct node_config *c, struct engine_opts 
     o->state_cache_bytes = c->state_cache_size;
     o->flush_interval_ms = c->flush_interval;
     o->flush_bytes = c->flush_bytes;
+    o->flush_chunk_bytes = c->flush_chunk > 0 ? c->flush_chunk : -1;
     o->read_barrier_timeout_ms = c->read_barrier_timeout;
     o->max_apply_lag = c->max_apply_lag;
     struct apply_params *a = &o->apply;

@@ -379,16 +379,21 @@ static eddy_err follow_phase(mover *mv, const struct cluster_move *m)
  * replica listed (coordinator/planner.c set_replicas). */
 static eddy_err copy_phase(mover *mv, const struct cluster_move *m, uint64_t *next_seq)
 {
+    struct rec r;
+    eddy_err err;
+    /* first: an attempt after a failed one must not copy again for a move that went
+     * meanwhile (cancelled when its source died: the source that came back refuses the
+     * copy, not the owner of the partition any more, for ever) */
+    if (move_over(mv, m, &r, &err))
+        return err;
     if (follows_here(mv, m))
         return follow_phase(mv, m);
     uint64_t move_id = ((uint64_t)clock_mono_ns() << 8) | (m->partition & 0xff) | 1;
-    eddy_err err = copy_checkpoint(mv, m, move_id, next_seq);
-    if (err != EDDY_OK)
+    if ((err = copy_checkpoint(mv, m, move_id, next_seq)) != EDDY_OK)
         return err;
     int64_t t0 = clock_mono_ms();
     uint64_t rounds = 0, records = 0;
     for (;;) {
-        struct rec r;
         if (move_over(mv, m, &r, &err))
             return err;
         uint64_t lag = 0, version = membership_version(mv->o.mem);

@@ -1341,6 +1341,9 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
     e->flush_bytes = opts->flush_bytes > 0 ? (size_t)opts->flush_bytes : (size_t)64 << 20;
     if (opts->flush_interval_ms > 0)
         store_set_behind(e->st, BEHIND_TABLES);
+    if (opts->flush_chunk_bytes)
+        store_set_flush_chunk(e->st, opts->flush_chunk_bytes > 0 ? (size_t)opts->flush_chunk_bytes
+                                                                 : 0);
     if (opts->state_cache_bytes > 0)
         store_set_kept_bytes(e->st, (size_t)opts->state_cache_bytes);
     e->txn = store_txn_new(e->st);

@@ -23,8 +23,9 @@
  * PART_ACK row (duplicates, fencing epoch) — and the group is acknowledged once it is
  * durable. The rest (user models, windows, product state, META...) is published packed in
  * the store's dirty set, which every read consults first (store_set_behind), and a flush
- * thread writes it to LevelDB every flush_interval_ms or past flush_bytes, in one write
- * with the META of the same group boundary. At open, each partition's log after its
+ * thread writes it to LevelDB every flush_interval_ms or past flush_bytes, in writes of
+ * about flush_chunk_bytes of whole partitions each (the stage-2 tables first; see
+ * store_flush), each partition's rows with its META of the same group boundary. At open, each partition's log after its
  * flushed META is replayed through apply_replay before the engine serves; a group that
  * rewrites earlier log records (DeleteUser, log sweeps) writes through. Snapshots
  * (checkpoints, moves, replica copies), range replaces and compactions flush first, and
@@ -133,6 +134,9 @@ struct engine_opts {
      * thread flushes before acknowledging more (memory stays bounded). */
     int64_t flush_interval_ms;
     int64_t flush_bytes;
+    /* Bytes per LevelDB write of a flush (0: STORE_FLUSH_CHUNK_DEFAULT; -1: one write for
+     * everything): a group's synced write waits for at most one of them. */
+    int64_t flush_chunk_bytes;
     /* engine_read_barrier waits this long at most (0: no wait; a query may then miss an
      * acknowledged event until the apply thread reaches it). */
     int64_t read_barrier_timeout_ms;

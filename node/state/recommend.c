@@ -8,9 +8,13 @@
 enum reason { R_POPULAR, R_NEIGHBOUR, R_CONTEXT, R_CART, R_TRENDING };
 
 /* Copy 's' to the end of the string in 'buf' (size 'len', *at its length), truncating as
- * snprintf would. */
+ * snprintf would. NULL is the empty string: UBSan caught a reason's argument that was
+ * NULL (a Recommend answered right after a cluster's stage-2 rebuild with other
+ * half-lives, integration.reprocess under ASan; which list carried it is not known yet). */
 static void append(char *buf, size_t len, size_t *at, const char *s)
 {
+    if (!s)
+        return;
     size_t n = strlen(s);
     if (*at + 1 >= len)
         return;

@@ -35,10 +35,8 @@ static bool rebuilt_table(unsigned t, bool stage2)
     case T_USER: case T_USER_WIN: case T_PART_WIN: case T_BOUGHT: case T_META: case T_SEEN:
     case T_IMPR: case T_EXP_STAT:
         return true;
-    case T_PRODUCT: case T_PROD_WIN: case T_CAT_POP: case T_S2_HW: case T_COOC:
-        return stage2;
     default:
-        return false;
+        return stage2 && store_table_stage2(t);
     }
 }
 

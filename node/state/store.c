@@ -133,6 +133,7 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
     leveldb_writeoptions_set_sync(s->wsync, 1);
     s->wnosync = leveldb_writeoptions_create();
     s->obj_cache_bytes = STORE_KEPT_BYTES_DEFAULT;
+    s->flush_chunk = STORE_FLUSH_CHUNK_DEFAULT;
     atomic_init(&s->gen, 0);
     atomic_init(&s->kept_tables, 0);
     atomic_init(&s->fail_writes, 0);
@@ -417,6 +418,11 @@ void store_set_behind(store *s, uint32_t tables)
     atomic_store(&s->dirty.tables, tables);
 }
 
+void store_set_flush_chunk(store *s, size_t bytes)
+{
+    s->flush_chunk = bytes;
+}
+
 size_t store_dirty_bytes(store *s)
 {
     return atomic_load_explicit(&s->dirty.bytes, memory_order_relaxed);
@@ -468,24 +474,46 @@ void store_crash_point(const char *phase)
     }
 }
 
-/* Write the dirty set in one unsynced LevelDB write and drop what it wrote; the caller
- * holds flush_mu. Unsynced: a crash may lose it, and then the restart replays the log
- * from the META it did not reach (LevelDB keeps the writes in order: never a later
- * flush without an earlier one). */
+/* Write the dirty set to LevelDB, unsynced, and drop what it wrote; the caller holds
+ * flush_mu. Unsynced: a crash may lose it, and then the restart replays each partition's
+ * log from the META it did not reach (LevelDB keeps the writes in order: never a later
+ * write without an earlier one).
+ *
+ * In writes of about s->flush_chunk bytes, because LevelDB writes one batch at a time: a
+ * group's synced log write (its acknowledgement) that comes while a flush writes waits
+ * for that write, which for one write of the whole set was the memtable inserts of every
+ * row changed since the last flush (tens of ms). A crash between two writes leaves some
+ * partitions flushed and others not, which is safe because each write holds whole
+ * partitions and the stage-2 rows go first: a partition's own rows and its META are one
+ * write (its log replays from that META, or from the one before, over the matching
+ * state), and every stage-2 row (product state with the S2_HW marks of what it counts)
+ * is in LevelDB before the META of any partition whose events it counts, so a replay
+ * re-emits what a crash lost and the marks skip what was kept. */
 static eddy_err flush_locked(store *s)
 {
     struct store_dirty *d = &s->dirty;
     if (atomic_load_explicit(&d->bytes, memory_order_acquire) == 0)
         return EDDY_OK;
     uint64_t keys[STORE_STAT_TABLES] = {0}, bytes[STORE_STAT_TABLES] = {0};
-    leveldb_writebatch_t *wb = leveldb_writebatch_create();
-    uint64_t ver = store_dirty_batch(d, wb, keys, bytes);
+    struct dirty_batches b;
+    eddy_err err = store_dirty_batches(d, s->flush_chunk ? s->flush_chunk : SIZE_MAX, &b, keys,
+                                       bytes);
+    if (err != EDDY_OK)
+        return err;
     store_crash_point("flush-before-write");
-    char *lerr = NULL;
-    leveldb_write(s->db, s->wnosync, wb, &lerr);
-    leveldb_writebatch_destroy(wb);
-    if (lerr)
-        return store_take_write_err(s, lerr); /* kept: the next flush tries again */
+    for (size_t i = 0; i < b.n && err == EDDY_OK; i++) {
+        char *lerr = NULL;
+        leveldb_write(s->db, s->wnosync, b.wb[i], &lerr);
+        if (lerr)
+            err = store_take_write_err(s, lerr); /* kept: the next flush writes it all again */
+        else if (i + 1 < b.n)
+            store_crash_point("flush-chunk");
+    }
+    size_t writes = b.n;
+    uint64_t ver = b.ver;
+    store_dirty_batches_free(&b);
+    if (err != EDDY_OK)
+        return err;
     store_crash_point("flush-after-write");
     store_dirty_drop(d, ver);
     for (size_t i = 0; i < STORE_STAT_TABLES; i++) {
@@ -494,7 +522,7 @@ static eddy_err flush_locked(store *s)
         atomic_fetch_add_explicit(&s->written_keys[i], keys[i], memory_order_relaxed);
         atomic_fetch_add_explicit(&s->written_bytes[i], bytes[i], memory_order_relaxed);
     }
-    atomic_fetch_add_explicit(&s->written_batches, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->written_batches, writes, memory_order_relaxed);
     atomic_fetch_add_explicit(&d->flushes, 1, memory_order_relaxed);
     return EDDY_OK;
 }

@@ -222,9 +222,17 @@ void store_write_stats(store *s, struct store_write_stats *out);
  * group found it. Call before the txns write. */
 void store_set_behind(store *s, uint32_t tables);
 
-/* Write the dirty set to LevelDB (one unsynced write; nothing if empty). On an error the
- * values stay in the set (and s->write_failed is told). Any thread; one flush at a time. */
+/* Write the dirty set to LevelDB (unsynced writes of about the flush chunk each, see
+ * store_set_flush_chunk; nothing if empty). On an error the values stay in the set (and
+ * s->write_failed is told). Any thread; one flush at a time. */
 eddy_err store_flush(store *s);
+
+/* The bytes of each write of a flush (default STORE_FLUSH_CHUNK_DEFAULT; 0: the whole set
+ * in one write): a synced write that comes during a flush waits for at most one of them.
+ * A write holds whole partitions' rows, so a partition larger than this is one larger
+ * write. Call before the first flush. */
+#define STORE_FLUSH_CHUNK_DEFAULT ((size_t)128 << 10)
+void store_set_flush_chunk(store *s, size_t bytes);
 
 /* Estimated memory of the dirty set; the number of flushes that wrote something. */
 size_t store_dirty_bytes(store *s);

@@ -285,18 +285,58 @@ eddy_err store_dirty_range(struct store_dirty *d, const struct store_key *start,
     return err;
 }
 
-uint64_t store_dirty_batch(struct store_dirty *d, leveldb_writebatch_t *wb, uint64_t *keys,
-                           uint64_t *bytes)
+/* A flush's order of the runs: the stage-2 tables' first, then by prefix (partition, then
+ * table), so that a partition's rows of one kind are adjacent. */
+static int cmp_flush_order(const void *a, const void *b)
 {
+    uint32_t x = (*(const struct dirty_run *const *)a)->prefix1 - 1;
+    uint32_t y = (*(const struct dirty_run *const *)b)->prefix1 - 1;
+    bool sx = store_table_stage2(x & 0xff), sy = store_table_stage2(y & 0xff);
+    if (sx != sy)
+        return sx ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+eddy_err store_dirty_batches(struct store_dirty *d, size_t chunk, struct dirty_batches *out,
+                             uint64_t *keys, uint64_t *bytes)
+{
+    memset(out, 0, sizeof(*out));
+    eddy_err err = EDDY_ERR_NOMEM;
+    size_t cap = 0, filled = 0, nr = 0;
+    uint32_t group = 0; /* the last run's kind and partition */
     pthread_rwlock_rdlock(&d->lock);
-    uint64_t ver = d->ver;
+    out->ver = d->ver;
+    const struct dirty_run **runs = malloc((d->nruns ? d->nruns : 1) * sizeof(*runs));
+    if (!runs)
+        goto out;
     for (size_t i = 0; i < d->cap; i++) {
-        const struct dirty_run *r = &d->runs[i];
-        for (size_t j = 0; j < r->n; j++) {
-            const struct dirty_entry *e = r->v[j];
+        if (d->runs[i].n)
+            runs[nr++] = &d->runs[i];
+    }
+    qsort(runs, nr, sizeof(*runs), cmp_flush_order);
+    for (size_t i = 0; i < nr; i++) {
+        uint32_t prefix = runs[i]->prefix1 - 1;
+        uint32_t g = (store_table_stage2(prefix & 0xff) ? UINT32_C(1) << 24 : 0) | prefix >> 8;
+        if (out->n == 0 || (g != group && filled >= chunk)) {
+            if (out->n == cap) {
+                size_t ncap = cap ? cap * 2 : 8;
+                leveldb_writebatch_t **n = realloc(out->wb, ncap * sizeof(*n));
+                if (!n)
+                    goto out;
+                out->wb = n;
+                cap = ncap;
+            }
+            out->wb[out->n++] = leveldb_writebatch_create();
+            filled = 0;
+        }
+        group = g;
+        leveldb_writebatch_t *wb = out->wb[out->n - 1];
+        for (size_t j = 0; j < runs[i]->n; j++) {
+            const struct dirty_entry *e = runs[i]->v[j];
             size_t tb = e->klen >= 3 && e->data[2] < STORE_STAT_TABLES ? e->data[2] : 0;
             keys[tb]++;
             bytes[tb] += e->klen + e->vlen;
+            filled += e->klen + e->vlen;
             if (e->del)
                 leveldb_writebatch_delete(wb, (const char *)e->data, e->klen);
             else
@@ -304,8 +344,22 @@ uint64_t store_dirty_batch(struct store_dirty *d, leveldb_writebatch_t *wb, uint
                                        (const char *)e->data + e->klen, e->vlen);
         }
     }
+    err = EDDY_OK;
+out:
     pthread_rwlock_unlock(&d->lock);
-    return ver;
+    free(runs);
+    if (err != EDDY_OK)
+        store_dirty_batches_free(out);
+    return err;
+}
+
+void store_dirty_batches_free(struct dirty_batches *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        leveldb_writebatch_destroy(b->wb[i]);
+    free(b->wb);
+    b->wb = NULL;
+    b->n = 0;
 }
 
 void store_dirty_drop(struct store_dirty *d, uint64_t upto)

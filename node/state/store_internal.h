@@ -70,10 +70,19 @@ eddy_err store_dirty_get(struct store_dirty *d, const unsigned char *k, size_t k
  * when there are none. */
 eddy_err store_dirty_range(struct store_dirty *d, const struct store_key *start,
                            const struct store_key *end, struct store_ovl **out, size_t *n);
-/* Add every entry to 'wb', counting records and bytes per table into keys[] and bytes[]
- * ([STORE_STAT_TABLES]); returns the version they are current with (store_dirty_drop). */
-uint64_t store_dirty_batch(struct store_dirty *d, leveldb_writebatch_t *wb, uint64_t *keys,
-                           uint64_t *bytes);
+/* Every entry, as the write batches of a flush (one consistent copy of the set, taken
+ * under its lock): the stage-2 tables of every partition first, then the others, each
+ * batch about 'chunk' bytes (at least one partition's rows of its kind: a partition's
+ * stage-2 rows, and its other rows, are never split between two batches). Records and
+ * bytes per table are counted into keys[] and bytes[] ([STORE_STAT_TABLES]). */
+struct dirty_batches {
+    leveldb_writebatch_t **wb;
+    size_t n;
+    uint64_t ver; /* the version the entries are current with (store_dirty_drop) */
+};
+eddy_err store_dirty_batches(struct store_dirty *d, size_t chunk, struct dirty_batches *out,
+                             uint64_t *keys, uint64_t *bytes);
+void store_dirty_batches_free(struct dirty_batches *b);
 /* Drop the entries published at or before version 'upto' (written by a flush). */
 void store_dirty_drop(struct store_dirty *d, uint64_t upto);
 
@@ -126,6 +135,7 @@ struct store {
     _Atomic uint64_t written_batches;
     _Atomic int snapshots;       /* store_snapshot objects open (store_compact_range) */
     struct store_dirty dirty;
+    size_t flush_chunk;          /* bytes per write of a flush (store_set_flush_chunk) */
 };
 
 #define STORE_WRITE_SLOTS (1u << 16)

@@ -79,6 +79,11 @@ bool key_get_i64(const unsigned char *key, size_t len, size_t *off, int64_t *v)
     return true;
 }
 
+bool store_table_stage2(unsigned t)
+{
+    return t == T_PRODUCT || t == T_PROD_WIN || t == T_CAT_POP || t == T_S2_HW || t == T_COOC;
+}
+
 void key_prefix_end(const struct store_key *prefix, struct store_key *end)
 {
     *end = *prefix;

@@ -73,6 +73,11 @@ struct store_key {
     unsigned char buf[STORE_KEY_MAX];
 };
 
+/* Whether table 't' holds stage-2 state (a product partition's: PRODUCT, PROD_WIN, CAT_POP,
+ * S2_HW, COOC), which the S2_HW marks make exactly-once, rather than state only the
+ * partition's own log rebuilds. */
+bool store_table_stage2(unsigned t);
+
 void key_init(struct store_key *k, uint32_t partition, enum store_table t);
 void key_u16(struct store_key *k, uint16_t v);
 void key_u64(struct store_key *k, uint64_t v);

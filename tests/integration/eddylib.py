@@ -1346,6 +1346,7 @@ class Cluster:
                               args=["--partitions", str(self.P), "--lease-ttl", f"{self.ttl_s}s",
                                     "--settle", "100ms", "--log-level", "info",
                                     *self.coord_args, *args], creds=self.creds, ready=ready)
+        self.test.addCleanup(print_log_if_failed, self.test, c)
         self.coordinators.append(c)
         if wait_leader:
             poll_until(lambda: self.leader() is not None, 10, what="a leading coordinator")
@@ -1356,6 +1357,9 @@ class Cluster:
                         partitions=self.P, lease_ttl_s=self.ttl_s, data_dir=data_dir,
                         args=self.node_args + list(args), creds=self.creds)
         self.test.addCleanup(n.cleanup)
+        # cleanups run last first: this one, before the node's, shows its log's end if the
+        # test failed (the cleanup then removes the process and its log)
+        self.test.addCleanup(print_log_if_failed, self.test, n)
         n.start()
         self.nodes[node_id] = n
         return n
@@ -1457,6 +1461,21 @@ def checkpoint_files(directory):
             out.setdefault(int(m.group(1)), []).append((int(m.group(2)),
                                                         os.path.join(directory, name)))
     return {p: [path for _, path in sorted(v, reverse=True)] for p, v in out.items()}
+
+
+def test_failed(test):
+    """Whether `test` has failed or raised so far (for cleanups: the result records a
+    failure as soon as its part of the test ended)."""
+    result = getattr(getattr(test, "_outcome", None), "result", None)
+    return result is not None and any(t is test for t, _ in result.failures + result.errors)
+
+
+def print_log_if_failed(test, proc, n=40):
+    """The end of `proc`'s log (any of this module's processes) on stderr, if `test`
+    failed."""
+    if test_failed(test):
+        print(f"\n--- {getattr(proc, 'id', proc)}: log's end\n{proc.log_tail(n)}",
+              file=sys.stderr)
 
 
 def checkpoint_seq(path):

@@ -105,10 +105,8 @@ class MovesTestCase(unittest.TestCase):
 
     def tearDown(self):
         # before the cleanups remove the processes and their logs: a failed test shows
-        # the cluster as it was
-        result = getattr(getattr(self, "_outcome", None), "result", None)
-        failed = result is not None and any(t is self for t, _ in result.failures + result.errors)
-        if self._cl is not None and failed:
+        # the cluster as it was (each node's log's end: L.Cluster.add_node)
+        if self._cl is not None and L.test_failed(self):
             self.dump(self._cl)
 
     def cluster(self, coord_args=(), **kw):
@@ -165,8 +163,6 @@ class MovesTestCase(unittest.TestCase):
               file=sys.stderr)
         for c in cl.coordinators:
             print(f"--- coordinator {c.id}\n{c.log_tail(30)}", file=sys.stderr)
-        for n in cl.nodes.values():
-            print(f"--- {n.id}\n{n.log_tail(30)}", file=sys.stderr)
 
     def assert_exactly_once(self, front, acked):
         """Every acknowledged event counted once: overall, and per user per window."""

@@ -911,6 +911,7 @@ static int wb_child(const char *dir, int64_t flush_bytes, int fd, int delete_at,
     struct engine_opts o = opts(dir);
     o.flush_interval_ms = 3600000;
     o.flush_bytes = flush_bytes;
+    o.flush_chunk_bytes = 1; /* a write per partition and kind: crashes between them */
     o.read_barrier_timeout_ms = 60000;
     engine *e = NULL;
     char err[256];
@@ -1056,6 +1057,13 @@ static void test_behind_crash_phases(void **state)
         {"flush-after-write:5", 1, false},   /* five flushed, the drop not done */
         {"acked:9", 1, false},               /* after a flush, with more behind it */
         {"appended:9", 1, false},            /* after a flush, the ninth batch not applied */
+        /* a flush cut between two of its writes (one per partition and kind, the stage-2
+         * rows first): some partitions flushed, others not */
+        {"flush-chunk:1", 1, false},
+        {"flush-chunk:4", 1, false},
+        {"flush-chunk:9", 1, false},
+        {"flush-chunk:23", 1, false},
+        {"flush-chunk:40", 1, false},
     };
     crash_cases(cases, sizeof(cases) / sizeof(cases[0]), -1);
 }
