@@ -156,7 +156,7 @@ __attribute__((noinline)) int measured_recommends(struct query_ctx *q,
 }
 
 /* Read the global list and every category's ("c0".."c<lists - 1>") from 'pop'. */
-static int read_lists(popcache *pop, int64_t at, long lists)
+static int read_lists(popcache *pop, long lists)
 {
     static struct scored_product out[50];
     for (long c = -1; c < lists; c++) {
@@ -164,7 +164,7 @@ static int read_lists(popcache *pop, int64_t at, long lists)
         if (c >= 0)
             snprintf(cat, sizeof(cat), "c%ld", c);
         size_t n = 0;
-        if (popcache_top(pop, cat, at, out, 50, &n) != EDDY_OK || (c < 0 && n == 0))
+        if (popcache_top(pop, cat, out, NULL, 50, &n) != EDDY_OK || (c < 0 && n == 0))
             return -1;
     }
     return 0;
@@ -174,14 +174,12 @@ static int read_lists(popcache *pop, int64_t at, long lists)
  * category's, all in use and all expired, read once each (the calls answer the previous
  * lists and schedule the refresh), then the refresher's pass (its instructions:
  * --toggle-collect=refresher_main). */
-__attribute__((noinline)) int measured_refreshes(popcache *pop, int64_t at, long lists,
-                                                 double *reads_s);
-__attribute__((noinline)) int measured_refreshes(popcache *pop, int64_t at, long lists,
-                                                 double *reads_s)
+__attribute__((noinline)) int measured_refreshes(popcache *pop, long lists, double *reads_s);
+__attribute__((noinline)) int measured_refreshes(popcache *pop, long lists, double *reads_s)
 {
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int rc = read_lists(pop, at, lists);
+    int rc = read_lists(pop, lists);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     *reads_s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     popcache_sync(pop);
@@ -215,17 +213,15 @@ static int run_recommends(engine *e, const struct gen_tables *tables, long r,
                (unsigned long long)digest);
     stage2cache_free(sc);
     /* lists valid for 'staleness': read twice (in use), expired, then read again */
-    int64_t at;
-    engine_global(e, NULL, &at, NULL);
     popcache *pop = popcache_new(engine_store(e), &engine_options(e)->product, staleness_ms, 50);
-    if (!pop || read_lists(pop, at, 50) != 0 || read_lists(pop, at, 50) != 0)
+    if (!pop || read_lists(pop, 50) != 0 || read_lists(pop, 50) != 0)
         rc = -1;
     struct timespec pause = {(staleness_ms + 100) / 1000, (staleness_ms + 100) % 1000 * 1000000};
     nanosleep(&pause, NULL);
     double reads_s = 0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (rc == 0)
-        rc = measured_refreshes(pop, at, 50, &reads_s);
+        rc = measured_refreshes(pop, 50, &reads_s);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     popcache_free(pop);
     s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;

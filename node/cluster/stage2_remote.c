@@ -16,39 +16,28 @@ static void take(struct scored_product *dst, const Eddy__State__V1__ScoredProduc
     dst->score = src->score;
 }
 
-/* Insert into a best-first list of at most 'max' (ties by product id). */
-static void offer(struct scored_product *out, size_t max, size_t *n,
-                  const Eddy__State__V1__ScoredProduct *sp)
+/* The owners' lists merged as --dev ranks its one list: by the stored sums, exactly, so the
+ * merge keeps the same entries in the same order (popcache scores the result). */
+static void offer(struct topk *out, const Eddy__State__V1__ScoredProduct *sp)
 {
-    size_t pos = *n;
-    while (pos > 0 && (out[pos - 1].score < sp->score ||
-                       (out[pos - 1].score == sp->score &&
-                        strcmp(out[pos - 1].product_id, sp->product_id) > 0)))
-        pos--;
-    if (pos >= max)
-        return;
-    size_t moving = (*n < max ? *n : max - 1) - pos;
-    memmove(&out[pos + 1], &out[pos], moving * sizeof(*out));
-    take(&out[pos], sp);
-    if (*n < max)
-        (*n)++;
+    struct decay_sum v = decay_sum_of(sp->popularity);
+    topk_offer_sum(out, sp->product_id, strlen(sp->product_id), sp->category,
+                   strlen(sp->category), &v);
 }
 
-static eddy_err remote_top(void *ud, const char *category, int64_t at,
-                           struct scored_product *out, size_t max, size_t *n)
+static eddy_err remote_top(void *ud, const char *category, struct topk *out)
 {
     struct stage2_remote *r = ud;
     struct cluster_node *nodes = calloc(MAX_STATE_NODES, sizeof(*nodes));
     const char **addrs = calloc(MAX_STATE_NODES, sizeof(*addrs));
     ProtobufCMessage **reqs = calloc(MAX_STATE_NODES, sizeof(*reqs));
     struct peer_call *calls = calloc(MAX_STATE_NODES, sizeof(*calls));
-    *n = 0;
+    out->n = 0;
     eddy_err err = nodes && addrs && reqs && calls ? EDDY_OK : EDDY_ERR_NOMEM;
     size_t nn = err == EDDY_OK ? membership_state_nodes(r->mem, nodes, MAX_STATE_NODES) : 0;
     Eddy__State__V1__CategoryTopRequest req = EDDY__STATE__V1__CATEGORY_TOP_REQUEST__INIT;
     req.category = (char *)category;
-    req.at = at;
-    req.k = (uint32_t)max;
+    req.k = (uint32_t)out->cap;
     for (size_t i = 0; i < nn; i++) {
         addrs[i] = nodes[i].grpc_addr;
         reqs[i] = &req.base;
@@ -64,12 +53,12 @@ static eddy_err remote_top(void *ud, const char *category, int64_t at,
         if (calls[i].res.code != GRPC_STATUS_OK || !resp)
             err = EDDY_ERR_UNAVAILABLE; /* a partial list would rank wrongly: fail, retry */
         for (size_t j = 0; resp && err == EDDY_OK && j < resp->n_items; j++)
-            offer(out, max, n, resp->items[j]);
+            offer(out, resp->items[j]);
         if (calls[i].resp)
             protobuf_c_message_free_unpacked(calls[i].resp, NULL);
     }
     if (err != EDDY_OK)
-        *n = 0;
+        out->n = 0;
     free(nodes);
     free(addrs);
     free(reqs);
@@ -77,8 +66,8 @@ static eddy_err remote_top(void *ud, const char *category, int64_t at,
     return err;
 }
 
-static eddy_err remote_neighbours(void *ud, const char *product_id, int64_t at,
-                                  struct scored_product *out, size_t max, size_t *n)
+static eddy_err remote_neighbours(void *ud, const char *product_id, struct scored_product *out,
+                                  size_t max, size_t *n)
 {
     struct stage2_remote *r = ud;
     uint32_t q = partition_of_product(product_id, membership_partitions(r->mem));
@@ -92,7 +81,6 @@ static eddy_err remote_neighbours(void *ud, const char *product_id, int64_t at,
         return EDDY_ERR_NOMEM;
     Eddy__State__V1__NeighboursRequest req = EDDY__STATE__V1__NEIGHBOURS_REQUEST__INIT;
     req.product_id = (char *)product_id;
-    req.at = at;
     req.k = (uint32_t)max;
     Eddy__State__V1__NeighboursResponse *resp = NULL;
     struct rpc_result res;

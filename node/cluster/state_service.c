@@ -891,14 +891,17 @@ out:
 
 /* ---- stage-2 reads ----------------------------------------------------------------------- */
 
-static eddy_err reply_scored(rpc_call *c, const struct scored_product *items, size_t n,
-                             bool neighbours)
+/* Reply with 'items' (and their stored sums, a CategoryTop's, unless 'sums' is NULL). */
+static eddy_err reply_scored(rpc_call *c, const struct scored_product *items,
+                             const struct decay_sum *sums, size_t n, bool neighbours)
 {
     Eddy__State__V1__ScoredProduct *sp = calloc(n ? n : 1, sizeof(*sp));
     Eddy__State__V1__ScoredProduct **spp = calloc(n ? n : 1, sizeof(*spp));
-    if (!sp || !spp) {
+    Eddy__Store__V1__Decayed *d = sums ? calloc(n ? n : 1, sizeof(*d)) : NULL;
+    if (!sp || !spp || (sums && !d)) {
         free(sp);
         free(spp);
+        free(d);
         return EDDY_ERR_NOMEM;
     }
     for (size_t i = 0; i < n; i++) {
@@ -906,6 +909,13 @@ static eddy_err reply_scored(rpc_call *c, const struct scored_product *items, si
         sp[i].product_id = (char *)items[i].product_id;
         sp[i].category = (char *)items[i].category;
         sp[i].score = items[i].score;
+        if (sums) {
+            eddy__store__v1__decayed__init(&d[i]);
+            d[i].bucket = sums[i].bucket;
+            d[i].cur = sums[i].cur;
+            d[i].prev = sums[i].prev;
+            sp[i].popularity = &d[i];
+        }
         spp[i] = &sp[i];
     }
     if (neighbours) {
@@ -921,6 +931,7 @@ static eddy_err reply_scored(rpc_call *c, const struct scored_product *items, si
     }
     free(sp);
     free(spp);
+    free(d);
     return EDDY_OK;
 }
 
@@ -934,15 +945,17 @@ static void handle_category_top(void *ud, rpc_call *c, const ProtobufCMessage *m
     const Eddy__State__V1__CategoryTopRequest *req = (const Eddy__State__V1__CategoryTopRequest *)msg;
     size_t k = req->k && req->k < MAX_K ? req->k : MAX_K, n = 0;
     struct scored_product *items = calloc(k, sizeof(*items));
+    struct decay_sum *sums = calloc(k, sizeof(*sums));
     /* read-your-writes across nodes: what this node acknowledged before is applied */
-    eddy_err err = !items ? EDDY_ERR_NOMEM : engine_read_barrier(svc->eng, -1);
+    eddy_err err = !items || !sums ? EDDY_ERR_NOMEM : engine_read_barrier(svc->eng, -1);
     if (err == EDDY_OK)
-        err = stage2cache_top(svc->local, req->category, req->at, items, k, &n);
+        err = stage2cache_top(svc->local, req->category, items, sums, k, &n);
     if (err == EDDY_OK)
-        err = reply_scored(c, items, n, false);
+        err = reply_scored(c, items, sums, n, false);
     if (err != EDDY_OK)
         rpc_reply_error(c, eddy_err_to_grpc(err), "category top: %s", eddy_strerror(err));
     free(items);
+    free(sums);
 }
 
 static void handle_neighbours(void *ud, rpc_call *c, const ProtobufCMessage *msg)
@@ -955,9 +968,9 @@ static void handle_neighbours(void *ud, rpc_call *c, const ProtobufCMessage *msg
     struct scored_product *items = calloc(k, sizeof(*items));
     eddy_err err = !items ? EDDY_ERR_NOMEM : engine_read_barrier(svc->eng, -1);
     if (err == EDDY_OK)
-        err = stage2cache_neighbours(svc->local, req->product_id, req->at, items, k, &n);
+        err = stage2cache_neighbours(svc->local, req->product_id, items, k, &n);
     if (err == EDDY_OK)
-        err = reply_scored(c, items, n, true);
+        err = reply_scored(c, items, NULL, n, true);
     if (err != EDDY_OK)
         rpc_reply_error(c, eddy_err_to_grpc(err), "neighbours: %s", eddy_strerror(err));
     free(items);

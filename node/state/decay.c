@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #define FIXED_ONE 65536.0
+#define FIXED_BITS 16 /* FIXED_ONE = 2^FIXED_BITS */
 
 static int64_t floor_div(int64_t a, int64_t b)
 {
@@ -79,4 +80,60 @@ double decay_value(const Eddy__Store__V1__Decayed *d, const struct decay_params 
     double v = (double)d->cur * exp2((start - (double)at) / hl) +
                (double)d->prev * exp2((start - (double)width - (double)at) / hl);
     return v / FIXED_ONE;
+}
+
+struct decay_sum decay_sum_of(const Eddy__Store__V1__Decayed *d)
+{
+    if (!d)
+        return (struct decay_sum){0, 0, 0};
+    return (struct decay_sum){d->bucket, d->cur, d->prev};
+}
+
+/* A value is 2^((bucket - 1) * bhl) * (cur * 2^bhl + prev) in fixed-point units up to a
+ * factor common to all values at one time: the mantissa below, exact in 128 bits (|cur|,
+ * |prev| < 2^63 and bhl <= 56: below 2^120). */
+__extension__ typedef __int128 i128;
+
+static i128 mantissa(const struct decay_sum *v, int bhl)
+{
+    return (i128)v->cur * ((i128)1 << bhl) + (i128)v->prev;
+}
+
+/* The sign of ma * 2^d - mb, for d >= 0 and |ma|, |mb| < 2^120. */
+static int cmp_scaled(i128 ma, uint64_t d, i128 mb)
+{
+    if (d >= 120) /* |ma| * 2^d >= 2^120 > |mb| unless ma is 0 */
+        return ma != 0 ? (ma > 0 ? 1 : -1) : (mb > 0 ? -1 : mb < 0);
+    i128 q = mb >> d; /* floor(mb / 2^d): ma * 2^d > mb iff ma > q (ma an integer) */
+    if (ma != q)
+        return ma > q ? 1 : -1;
+    return mb - q * ((i128)1 << d) != 0 ? -1 : 0; /* mb = q * 2^d + a remainder >= 0 */
+}
+
+int decay_cmp(const struct decay_sum *a, const struct decay_sum *b, const struct decay_params *p)
+{
+    int bhl = p->bucket_half_lives;
+    i128 ma = mantissa(a, bhl), mb = mantissa(b, bhl);
+    if (a->bucket == b->bucket)
+        return ma != mb ? (ma > mb ? 1 : -1) : 0;
+    /* buckets apart by up to 2^64: the difference as unsigned, in half-lives capped */
+    if (a->bucket > b->bucket) {
+        uint64_t gap = (uint64_t)a->bucket - (uint64_t)b->bucket;
+        return cmp_scaled(ma, gap >= 120 ? 120 : gap * (uint64_t)bhl, mb);
+    }
+    uint64_t gap = (uint64_t)b->bucket - (uint64_t)a->bucket;
+    return -cmp_scaled(mb, gap >= 120 ? 120 : gap * (uint64_t)bhl, ma);
+}
+
+double decay_value_at_bucket(const struct decay_sum *v, const struct decay_params *p,
+                             int64_t ref)
+{
+    int bhl = p->bucket_half_lives;
+    /* buckets apart, capped far beyond where ldexp gives 0 or infinity */
+    uint64_t gap = v->bucket < ref ? (uint64_t)ref - (uint64_t)v->bucket
+                                   : (uint64_t)v->bucket - (uint64_t)ref;
+    int back = gap > 4096 ? 4096 : (int)gap;
+    int e = (v->bucket < ref ? -back : back) * bhl - FIXED_BITS;
+    /* ldexp is exact (short of the subnormal range): the scale is a power of two */
+    return ldexp((double)v->cur, e) + ldexp((double)v->prev, e - bhl);
 }

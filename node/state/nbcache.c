@@ -28,7 +28,6 @@
 
 #include "common/clock.h"
 #include "common/worker.h"
-#include "node/state/decay.h"
 #include "node/state/topk.h"
 
 #define NB_SHARDS 16
@@ -36,7 +35,6 @@
 struct nb_item {
     const char *id, *category; /* in the entry's block, NUL-terminated */
     uint32_t idlen, catlen;
-    int64_t bucket, cur, prev; /* raw entries: the stored Decayed */
 };
 
 struct nb_entry {
@@ -44,24 +42,20 @@ struct nb_entry {
     uint64_t hash;
     int32_t next;           /* hash chain (slot index), -1 = end */
     bool ref;               /* clock bit: used since the hand last passed */
-    bool raw;               /* local: undecayed items; else scores as the source gave them */
+    bool raw;               /* local: read from the store (else as the source answered) */
     bool refreshing;        /* a thread is refreshing it: others use it meanwhile */
     int64_t refreshed_ms;   /* monotonic */
     uint64_t writes;        /* raw: store_key_writes of the product's pairs before the read */
     size_t n;               /* items */
     size_t fetched;         /* source entries: 'max' of the call (the list is whole if n < it) */
-    struct nb_item *items;  /* start of the entry's one allocation */
-    double *scores;         /* raw: score of order[i]; source: score of items[i] */
-    uint32_t *order;        /* raw: the best 'scored_max' items at 'scored_at', best first */
-    size_t norder, scored_max;
-    int64_t scored_at;
-    bool scored;
+    struct nb_item *items;  /* best first; start of the entry's one allocation */
+    double *scores;         /* score of items[i] (product_neighbours': the product's own
+                             * reference, so the same whenever and wherever it is read) */
 };
 
-/* An expired entry queued for the refresher: read again for this call's 'at' and 'max'. */
+/* An expired entry queued for the refresher: read again for this call's 'max'. */
 struct nb_job {
     struct nb_job *next;
-    int64_t at;
     size_t max;
     char key[]; /* the product id */
 };
@@ -214,50 +208,39 @@ static eddy_err read_local(nbcache *nc, const char *product_id, struct product_n
     return product_neighbours(nc->st, nc->pp, product_id, max, REC_ID_CAP, l, n);
 }
 
-static double nb_score(const nbcache *nc, int64_t bucket, int64_t cur, int64_t prev, int64_t at)
-{
-    Eddy__Store__V1__Decayed d = EDDY__STORE__V1__DECAYED__INIT;
-    d.bucket = bucket;
-    d.cur = cur;
-    d.prev = prev;
-    return decay_value(&d, &nc->pp->neighbours, at);
-}
-
 /* The uncached read: the reference the cache must reproduce. */
-static eddy_err neighbours_uncached(nbcache *nc, const char *product_id, int64_t at,
+static eddy_err neighbours_uncached(nbcache *nc, const char *product_id,
                                     struct scored_product *out, size_t max, size_t *n)
 {
     struct product_neighbour *l = NULL;
     size_t nl = 0;
     *n = 0;
     if (nc->src)
-        return nc->src->neighbours(nc->src->ud, product_id, at, out, max, n);
+        return nc->src->neighbours(nc->src->ud, product_id, out, max, n);
     eddy_err err = read_local(nc, product_id, &l, &nl);
     if (err != EDDY_OK)
         return err;
-    struct topk t = {out, 0, max};
+    struct topk t = {out, 0, max, NULL, NULL};
     for (size_t i = 0; i < nl; i++)
         topk_offer(&t, l[i].id, strlen(l[i].id), l[i].category, strlen(l[i].category),
-                   nb_score(nc, l[i].bucket, l[i].cur, l[i].prev, at));
+                   l[i].score);
     *n = t.n;
     product_neighbours_free(l, nl);
     return EDDY_OK;
 }
 
-/* One allocation: items[n], scores[n], order[n], key, then the strings. */
+/* One allocation: items[n], scores[n], key, then the strings. */
 static bool nb_alloc(struct nb_entry *e, size_t n, const char *key, size_t keylen,
                      size_t strbytes)
 {
-    size_t sz = n * (sizeof(struct nb_item) + sizeof(double) + sizeof(uint32_t)) + keylen + 1 +
-                strbytes;
+    size_t sz = n * (sizeof(struct nb_item) + sizeof(double)) + keylen + 1 + strbytes;
     char *b = malloc(sz ? sz : 1);
     if (!b)
         return false;
     memset(e, 0, sizeof(*e));
     e->items = (struct nb_item *)b;
     e->scores = (double *)(b + n * sizeof(struct nb_item));
-    e->order = (uint32_t *)(b + n * (sizeof(struct nb_item) + sizeof(double)));
-    char *k = b + n * (sizeof(struct nb_item) + sizeof(double) + sizeof(uint32_t));
+    char *k = b + n * (sizeof(struct nb_item) + sizeof(double));
     memcpy(k, key, keylen);
     k[keylen] = '\0';
     e->key = k;
@@ -275,8 +258,10 @@ static char *nb_put_str(char **p, const char *s, size_t len)
     return d;
 }
 
-/* A raw entry from the product's strongest stored neighbours (none if it has no pairs).
- * The neighbours topk_offer would skip (over-long strings) are left out. */
+/* A local entry from the product's strongest stored neighbours, best first as
+ * product_neighbours ranks and scores them (none if it has no pairs): the first 'max' are
+ * what topk_offer keeps of them, so the entry answers any 'max'. The neighbours topk_offer
+ * would skip (over-long strings) are left out. */
 static eddy_err nb_build_local(nbcache *nc, const char *product_id, size_t keylen,
                                struct nb_entry *e)
 {
@@ -303,9 +288,7 @@ static eddy_err nb_build_local(nbcache *nc, const char *product_id, size_t keyle
         it->category = nb_put_str(&p, l[i].category, cl);
         it->idlen = (uint32_t)il;
         it->catlen = (uint32_t)cl;
-        it->bucket = l[i].bucket;
-        it->cur = l[i].cur;
-        it->prev = l[i].prev;
+        e->scores[i] = l[i].score;
     }
     e->raw = true;
     e->writes = writes;
@@ -337,41 +320,6 @@ static eddy_err nb_build_scored(const char *product_id, size_t keylen,
     return EDDY_OK;
 }
 
-/* Raw entries: rank the items at 'at' keeping the best 'max', exactly as topk_offer over
- * the stored neighbours in their read order (same comparisons, same ties), on indices
- * instead of whole scored_product copies. Kept until another (at, max) is asked for. */
-static void nb_rank(const nbcache *nc, struct nb_entry *e, int64_t at, size_t max)
-{
-    if (e->scored && e->scored_at == at && e->scored_max == max)
-        return;
-    size_t cnt = 0;
-    for (size_t i = 0; i < e->n && max > 0; i++) {
-        const struct nb_item *it = &e->items[i];
-        double s = nb_score(nc, it->bucket, it->cur, it->prev, at);
-        size_t pos = cnt;
-        while (pos > 0) {
-            double os = e->scores[pos - 1];
-            if (os > s ||
-                (os == s && strncmp(e->items[e->order[pos - 1]].id, it->id, it->idlen) <= 0))
-                break;
-            pos--;
-        }
-        if (pos >= max)
-            continue;
-        size_t moving = (cnt < max ? cnt : max - 1) - pos;
-        memmove(&e->order[pos + 1], &e->order[pos], moving * sizeof(*e->order));
-        memmove(&e->scores[pos + 1], &e->scores[pos], moving * sizeof(*e->scores));
-        e->order[pos] = (uint32_t)i;
-        e->scores[pos] = s;
-        if (cnt < max)
-            cnt++;
-    }
-    e->norder = cnt;
-    e->scored_at = at;
-    e->scored_max = max;
-    e->scored = true;
-}
-
 static void put_item(struct scored_product *o, const struct nb_item *it, double score)
 {
     memcpy(o->product_id, it->id, (size_t)it->idlen + 1);
@@ -379,16 +327,9 @@ static void put_item(struct scored_product *o, const struct nb_item *it, double 
     o->score = score;
 }
 
-/* Copy the entry's list for (at, max) into 'out'. */
-static size_t nb_emit(const nbcache *nc, struct nb_entry *e, int64_t at,
-                      struct scored_product *out, size_t max)
+/* Copy the entry's best 'max' into 'out'. */
+static size_t nb_emit(const struct nb_entry *e, struct scored_product *out, size_t max)
 {
-    if (e->raw) {
-        nb_rank(nc, e, at, max);
-        for (size_t j = 0; j < e->norder; j++)
-            put_item(&out[j], &e->items[e->order[j]], e->scores[j]);
-        return e->norder;
-    }
     size_t n = e->n < max ? e->n : max;
     for (size_t j = 0; j < n; j++)
         put_item(&out[j], &e->items[j], e->scores[j]);
@@ -462,17 +403,16 @@ static void nb_refresh_failed(struct nb_shard *sh, uint64_t h, const char *key)
 }
 
 /* Read the neighbours of 'product_id' into a new entry *ne, from the store (raw; 'out'
- * is left alone) or from the source: its answer for 'at' and 'max' goes to 'out', its
- * count to *n, and *answered is set even if the entry could not be built. Not under any
- * lock. */
-static eddy_err nb_read(nbcache *nc, const char *product_id, size_t keylen, int64_t at,
+ * is left alone) or from the source: its answer for 'max' goes to 'out', its count to *n,
+ * and *answered is set even if the entry could not be built. Not under any lock. */
+static eddy_err nb_read(nbcache *nc, const char *product_id, size_t keylen,
                         struct scored_product *out, size_t max, size_t *n, bool *answered,
                         struct nb_entry *ne)
 {
     *answered = false;
     if (!nc->src)
         return nb_build_local(nc, product_id, keylen, ne);
-    eddy_err err = nc->src->neighbours(nc->src->ud, product_id, at, out, max, n);
+    eddy_err err = nc->src->neighbours(nc->src->ud, product_id, out, max, n);
     if (err != EDDY_OK)
         return err;
     *answered = true;
@@ -530,7 +470,7 @@ static void nb_refresh_job(nbcache *nc, const struct nb_job *j)
             nc->buf_cap = j->max;
     }
     if (!nc->src || nc->buf_cap >= j->max)
-        err = nb_read(nc, j->key, keylen, j->at, nc->buf, j->max, &n, &answered, &ne);
+        err = nb_read(nc, j->key, keylen, nc->buf, j->max, &n, &answered, &ne);
     if (err != EDDY_OK)
         nb_refresh_failed(sh, h, j->key);
     else
@@ -567,10 +507,9 @@ static void nb_refresher_main(struct worker *w, void *arg)
 }
 
 /* Queue the expired entry 'product_id' (marked refreshing) for the neighbour refresher,
- * for a call at 'at' of 'max' items, starting it if needed. False if the queue is full or
- * there is no refresher: the caller reads it. */
-static bool nb_schedule(nbcache *nc, const char *product_id, size_t keylen, int64_t at,
-                        size_t max)
+ * for a call of 'max' items, starting it if needed. False if the queue is full or there is
+ * no refresher: the caller reads it. */
+static bool nb_schedule(nbcache *nc, const char *product_id, size_t keylen, size_t max)
 {
     bool ok = false;
     pthread_mutex_lock(&nc->mu);
@@ -581,7 +520,6 @@ static bool nb_schedule(nbcache *nc, const char *product_id, size_t keylen, int6
         nc->queued < nc->queue_max &&
         (j = malloc(sizeof(*j) + keylen + 1))) {
         j->next = NULL;
-        j->at = at;
         j->max = max;
         memcpy(j->key, product_id, keylen + 1);
         if (nc->tail)
@@ -597,12 +535,12 @@ static bool nb_schedule(nbcache *nc, const char *product_id, size_t keylen, int6
     return ok;
 }
 
-eddy_err nbcache_neighbours(nbcache *nc, const char *product_id, int64_t at,
-                             struct scored_product *out, size_t max, size_t *n)
+eddy_err nbcache_neighbours(nbcache *nc, const char *product_id, struct scored_product *out,
+                            size_t max, size_t *n)
 {
     *n = 0;
     if (!nc->shards || nc->staleness_ms <= 0)
-        return neighbours_uncached(nc, product_id, at, out, max, n);
+        return neighbours_uncached(nc, product_id, out, max, n);
     size_t keylen = strlen(product_id);
     uint64_t h = XXH3_64bits(product_id, keylen);
     struct nb_shard *sh = &nc->shards[h % NB_SHARDS];
@@ -629,7 +567,7 @@ eddy_err nbcache_neighbours(nbcache *nc, const char *product_id, int64_t at,
     bool answer = usable && age < 2 * nc->staleness_ms;
     bool schedule = answer && age >= nc->staleness_ms && !e->refreshing;
     if (answer) {
-        *n = nb_emit(nc, e, at, out, max);
+        *n = nb_emit(e, out, max);
         e->ref = true;
         sh->hits++;
     } else {
@@ -638,19 +576,19 @@ eddy_err nbcache_neighbours(nbcache *nc, const char *product_id, int64_t at,
     if (usable && (schedule || !answer))
         e->refreshing = true;
     pthread_mutex_unlock(&sh->mu);
-    if (answer && (!schedule || nb_schedule(nc, product_id, keylen, at, max)))
+    if (answer && (!schedule || nb_schedule(nc, product_id, keylen, max)))
         return EDDY_OK;
 
     /* read here, outside the lock: concurrent reads of one entry are harmless */
     struct nb_entry ne;
     bool answered;
-    eddy_err err = nb_read(nc, product_id, keylen, at, out, max, n, &answered, &ne);
+    eddy_err err = nb_read(nc, product_id, keylen, out, max, n, &answered, &ne);
     if (err != EDDY_OK) {
         nb_refresh_failed(sh, h, product_id);
         return answered ? EDDY_OK : err; /* answered, just not cached */
     }
     if (!nc->src)
-        *n = nb_emit(nc, &ne, at, out, max);
+        *n = nb_emit(&ne, out, max);
     nb_install(sh, h, now, &ne);
     return EDDY_OK;
 }

@@ -1,15 +1,14 @@
 /* The neighbour cache of Recommend's stage 2: a product's co-occurrence neighbours, cached
- * per product for --stage2-staleness (--neighbour-cache entries, clock eviction). Values
- * are decayed to a reference event time given by the caller (the newest event time
- * seen), never to the wall clock.
+ * per product for --stage2-staleness (--neighbour-cache entries, clock eviction). Scores
+ * are the product's decayed sums at a reference of its own (product_neighbours: the start
+ * of its newest co-occurrence bucket), never at the wall clock or at the newest event time
+ * of the node that reads them, so every node answers a product's list bit for bit alike.
  *
- * A local entry keeps the product's --max-neighbours strongest pairs (product_neighbours:
- * the order of decayed sums does not depend on the time they are decayed to) undecayed
- * (bucket sums), so an answer from it is exactly the uncached answer over the same stored
- * state, decayed to the caller's time; an entry read through an nbcache_source keeps the scored list as the
- * owner answered it (decayed to the time of that call: decay scales a list uniformly, so
- * its order and normalised scores do not change). Products without state are cached too
- * (empty lists).
+ * A local entry keeps the product's --max-neighbours strongest pairs as product_neighbours
+ * ranks and scores them, so an answer from it is exactly the uncached answer over the same
+ * stored state; an entry read through an nbcache_source keeps the list as the owner
+ * answered it (the owner's own such answer). Products without state are cached too (empty
+ * lists).
  *
  * Threads: any; the entries are guarded by 16 sharded mutexes; a read of the store (or a
  * call of the source) happens outside of them. The refresher thread reads the store (or
@@ -30,8 +29,8 @@ typedef struct nbcache nbcache;
 /* Where neighbours come from when they are not in this node's store (cluster mode): a
  * product's neighbours from the owner of its partition, filling 'out' best first. */
 struct nbcache_source {
-    eddy_err (*neighbours)(void *ud, const char *product_id, int64_t at,
-                           struct scored_product *out, size_t max, size_t *n);
+    eddy_err (*neighbours)(void *ud, const char *product_id, struct scored_product *out,
+                           size_t max, size_t *n);
     void *ud;
 };
 
@@ -62,13 +61,13 @@ struct nbcache_stats {
 };
 void nbcache_stats(nbcache *nc, struct nbcache_stats *out);
 
-/* Copy up to 'max' strongest neighbours of 'product_id' at event time 'at'. A local entry
+/* Copy up to 'max' strongest neighbours of 'product_id', best first. A local entry
  * whose product's pairs were not written since it was read answers whatever its age (and
  * is current again). Another entry older than the staleness (and younger than twice it)
  * answers while the refresher reads it again; a missing or older entry is read by the
  * calling thread. */
-eddy_err nbcache_neighbours(nbcache *nc, const char *product_id, int64_t at,
-                            struct scored_product *out, size_t max, size_t *n);
+eddy_err nbcache_neighbours(nbcache *nc, const char *product_id, struct scored_product *out,
+                            size_t max, size_t *n);
 
 /* Wait until no entry is waiting for the refresher or being refreshed by it (tests and
  * benchmarks: what is installed afterwards includes every refresh scheduled before). */

@@ -44,8 +44,8 @@ struct pop_list {
     bool refreshing;           /* a thread is refreshing it: others use it meanwhile */
     bool scheduled;            /* ...or the refresher will (refreshing is set too) */
     bool used;                 /* read since its last refresh: refreshed with the next pass */
-    int64_t at;                /* event time the scores were decayed to */
-    struct scored_product *items;
+    struct scored_product *items; /* scored at the list's own reference (topk_score) */
+    struct decay_sum *sums;    /* items[i]'s popularity as stored */
     size_t n;
 };
 
@@ -65,7 +65,6 @@ struct popcache {
     struct worker refresher;
     bool refresh_due;          /* lists are scheduled */
     bool refresh_running;      /* a scheduled refresh is being computed */
-    int64_t refresh_at;        /* event time of the last call that scheduled a refresh */
     pthread_cond_t idle_cv;    /* popcache_sync waits: nothing scheduled or running */
     pthread_cond_t built_cv;   /* a list being built was installed or given up */
     int64_t (*now_ms)(void);   /* the clock lists age by */
@@ -93,6 +92,7 @@ static void drop_lists(popcache *pc)
     for (size_t i = 0; i < pc->nlists; i++) {
         free(pc->lists[i].category);
         free(pc->lists[i].items);
+        free(pc->lists[i].sums);
     }
     free(pc->lists);
     pc->lists = NULL;
@@ -135,7 +135,6 @@ void popcache_free(popcache *pc)
  * refreshed alone reads only its own key range of each partition. */
 struct pass {
     const struct product_params *pp;
-    int64_t at;
     size_t n;          /* lists */
     char **cats;       /* [n]; "" = the global list */
     struct topk *tk;   /* [n] */
@@ -197,12 +196,12 @@ static int offer_entry(void *ud, const unsigned char *k, size_t klen, const char
                                                                   (const uint8_t *)v);
     if (!d)
         return 0;
-    double score = decay_value(d, &ps->pp->popularity, ps->at);
+    struct decay_sum sum = decay_sum_of(d);
     size_t idlen = klen - 5 - clen;
     if (ps->global >= 0)
-        topk_offer(&ps->tk[ps->global], id, idlen, cat, clen, score);
+        topk_offer_sum(&ps->tk[ps->global], id, idlen, cat, clen, &sum);
     if (j >= 0)
-        topk_offer(&ps->tk[j], id, idlen, cat, clen, score);
+        topk_offer_sum(&ps->tk[j], id, idlen, cat, clen, &sum);
     return 0;
 }
 
@@ -252,14 +251,18 @@ out:
     return err;
 }
 
-/* Copy list entries, only the bytes of their strings (a scored_product is ~0.5 kB). */
-static void copy_list(struct scored_product *out, const struct scored_product *in, size_t n)
+/* Copy list entries, only the bytes of their strings (a scored_product is ~0.5 kB), and
+ * their sums if 'sums' is not NULL. */
+static void copy_list(struct scored_product *out, struct decay_sum *sums,
+                      const struct scored_product *in, const struct decay_sum *in_sums, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         memcpy(out[i].product_id, in[i].product_id, strlen(in[i].product_id) + 1);
         memcpy(out[i].category, in[i].category, strlen(in[i].category) + 1);
         out[i].score = in[i].score;
     }
+    if (sums && n)
+        memcpy(sums, in_sums, n * sizeof(*sums));
 }
 
 /* The cached list of 'category', or NULL. Under pc->mu. */
@@ -337,12 +340,14 @@ static void list_remove(popcache *pc, struct pop_list *l)
 {
     free(l->category);
     free(l->items);
+    free(l->sums);
     *l = pc->lists[--pc->nlists];
 }
 
-/* Install the refreshed list 'items' (taken over) of 'cat' (taken over). Under pc->mu. */
-static void list_install(popcache *pc, char *cat, struct scored_product *items, size_t n,
-                         int64_t now, int64_t at)
+/* Install the refreshed list 'items' and 'sums' (taken over) of 'cat' (taken over). Under
+ * pc->mu. */
+static void list_install(popcache *pc, char *cat, struct scored_product *items,
+                         struct decay_sum *sums, size_t n, int64_t now)
 {
     struct pop_list *l = list_find(pc, cat);
     if (!l) {
@@ -351,6 +356,7 @@ static void list_install(popcache *pc, char *cat, struct scored_product *items, 
         struct pop_list *nl = realloc(pc->lists, (pc->nlists + 1) * sizeof(*nl));
         if (!nl) {
             free(items);
+            free(sums);
             free(cat);
             return; /* answered, just not cached */
         }
@@ -362,45 +368,50 @@ static void list_install(popcache *pc, char *cat, struct scored_product *items, 
         free(cat);
     }
     free(l->items);
+    free(l->sums);
     l->items = items;
+    l->sums = sums;
     l->n = n;
     l->refreshed_ms = now;
-    l->at = at;
     l->building = false;
     l->refreshing = false;
     l->scheduled = false;
     l->used = false;
 }
 
-/* Compute the lists 'cats' (names and array taken over, marked refreshing if cached) at
- * event time 'at' and install them: one pass over the local index for all of them, or one
- * call of the source per list. Up to 'max' items of cats[0] are copied to 'out' (if not
- * NULL), their count to *n. On an error nothing is installed. Not under pc->mu. */
-static eddy_err refresh_lists(popcache *pc, char **cats, size_t nl, int64_t at,
-                              struct scored_product *out, size_t max, size_t *n)
+/* Compute the lists 'cats' (names and array taken over, marked refreshing if cached) and
+ * install them: one pass over the local index for all of them, or one call of the source
+ * per list, each ranked by the stored sums and scored at its own reference (topk.h). Up to
+ * 'max' items of cats[0] are copied to 'out' (if not NULL) and their sums to 'sums' (if
+ * not NULL), their count to *n. On an error nothing is installed. Not under pc->mu. */
+static eddy_err refresh_lists(popcache *pc, char **cats, size_t nl, struct scored_product *out,
+                              struct decay_sum *sums, size_t max, size_t *n)
 {
     int64_t now = pc->now_ms();
-    struct pass ps = {pc->pp, at, nl, cats, calloc(nl, sizeof(struct topk)), -1, NULL, 0};
+    struct pass ps = {pc->pp, nl, cats, calloc(nl, sizeof(struct topk)), -1, NULL, 0};
+    size_t room = pc->top_k ? pc->top_k : 1;
     eddy_err err = ps.tk ? EDDY_OK : EDDY_ERR_NOMEM;
     for (size_t k = 0; k < nl && err == EDDY_OK; k++) {
-        ps.tk[k] = (struct topk){calloc(pc->top_k ? pc->top_k : 1, sizeof(struct scored_product)),
-                                 0, pc->top_k};
-        if (!ps.tk[k].items)
+        ps.tk[k] = (struct topk){calloc(room, sizeof(struct scored_product)), 0, pc->top_k,
+                                 calloc(room, sizeof(struct decay_sum)), &pc->pp->popularity};
+        if (!ps.tk[k].items || !ps.tk[k].sums)
             err = EDDY_ERR_NOMEM;
     }
     for (size_t k = 0; pc->src && k < nl && err == EDDY_OK; k++)
-        err = pc->src->top(pc->src->ud, cats[k], at, ps.tk[k].items, ps.tk[k].cap, &ps.tk[k].n);
+        err = pc->src->top(pc->src->ud, cats[k], &ps.tk[k]);
     if (!pc->src && err == EDDY_OK)
         err = pass_run(pc, &ps);
+    for (size_t k = 0; k < nl && err == EDDY_OK; k++)
+        topk_score(&ps.tk[k]);
     if (err == EDDY_OK && out) {
         *n = ps.tk[0].n < max ? ps.tk[0].n : max;
-        copy_list(out, ps.tk[0].items, *n);
+        copy_list(out, sums, ps.tk[0].items, ps.tk[0].sums, *n);
     }
 
     pthread_mutex_lock(&pc->mu);
     for (size_t k = 0; k < nl; k++) {
         if (err == EDDY_OK) {
-            list_install(pc, cats[k], ps.tk[k].items, ps.tk[k].n, now, at);
+            list_install(pc, cats[k], ps.tk[k].items, ps.tk[k].sums, ps.tk[k].n, now);
             continue;
         }
         struct pop_list *f = list_find(pc, cats[k]);
@@ -408,7 +419,10 @@ static eddy_err refresh_lists(popcache *pc, char **cats, size_t nl, int64_t at,
             list_remove(pc, f);
         else if (f)
             f->refreshing = f->scheduled = false;
-        free(ps.tk ? ps.tk[k].items : NULL);
+        if (ps.tk) {
+            free(ps.tk[k].items);
+            free(ps.tk[k].sums);
+        }
         free(cats[k]);
     }
     pthread_cond_broadcast(&pc->built_cv);
@@ -465,11 +479,10 @@ static void refresher_main(struct worker *w, void *arg)
         }
         pc->refresh_due = false;
         pc->refresh_running = true;
-        int64_t at = pc->refresh_at;
         size_t n = 0;
         char **cats = scheduled_set(pc, &n);
         pthread_mutex_unlock(&pc->mu);
-        if (cats && refresh_lists(pc, cats, n, at, NULL, 0, NULL) != EDDY_OK)
+        if (cats && refresh_lists(pc, cats, n, NULL, NULL, 0, NULL) != EDDY_OK)
             log_warn("msg=\"popularity lists not refreshed\" lists=%zu", n);
         pthread_mutex_lock(&pc->mu);
         pc->refresh_running = false;
@@ -482,9 +495,9 @@ static void refresher_main(struct worker *w, void *arg)
     pthread_mutex_unlock(&pc->mu);
 }
 
-/* Have the refresher refresh the expired list 'l' (at event time 'at'), starting it if
- * needed. Under pc->mu. False if there is no refresher: the caller refreshes. */
-static bool schedule_refresh(popcache *pc, struct pop_list *l, int64_t at)
+/* Have the refresher refresh the expired list 'l', starting it if needed. Under pc->mu.
+ * False if there is no refresher: the caller refreshes. */
+static bool schedule_refresh(popcache *pc, struct pop_list *l)
 {
     if (pc->staleness_ms <= 0)
         return false; /* nothing is cached: every call reads the index */
@@ -493,7 +506,6 @@ static bool schedule_refresh(popcache *pc, struct pop_list *l, int64_t at)
         return false;
     l->refreshing = l->scheduled = true;
     pc->refresh_due = true;
-    pc->refresh_at = at;
     worker_kick(&pc->refresher);
     return true;
 }
@@ -506,8 +518,8 @@ void popcache_sync(popcache *pc)
     pthread_mutex_unlock(&pc->mu);
 }
 
-eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
-                      struct scored_product *out, size_t max, size_t *n)
+eddy_err popcache_top(popcache *pc, const char *category, struct scored_product *out,
+                      struct decay_sum *sums, size_t max, size_t *n)
 {
     int64_t now = pc->now_ms();
     *n = 0;
@@ -517,15 +529,14 @@ eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
         pthread_cond_wait(&pc->built_cv, &pc->mu);
         l = list_find(pc, category);
     }
-    /* Decay scales every score of a list alike, so a list decayed to a slightly older
-     * reference time ranks the same; only its age matters. A list expired less than one
-     * period ago is answered from while the refresher reads it again, so no call waits for
-     * a refresh (see DESIGN). */
+    /* A list is scored at its own reference, not at the caller's time: only its age
+     * matters. A list expired less than one period ago is answered from while the
+     * refresher reads it again, so no call waits for a refresh (see DESIGN). */
     int64_t age = l ? now - l->refreshed_ms : 0;
     if (l && (age < pc->staleness_ms || l->refreshing ||
-              (age < 2 * pc->staleness_ms && schedule_refresh(pc, l, at)))) {
+              (age < 2 * pc->staleness_ms && schedule_refresh(pc, l)))) {
         *n = l->n < max ? l->n : max;
-        copy_list(out, l->items, *n);
+        copy_list(out, sums, l->items, l->sums, *n);
         l->used = true;
         pthread_mutex_unlock(&pc->mu);
         return EDDY_OK;
@@ -542,5 +553,5 @@ eddy_err popcache_top(popcache *pc, const char *category, int64_t at,
         (void)list_placeholder(pc, category);
     pthread_mutex_unlock(&pc->mu);
     /* outside the lock: the others answer from the previous list, or wait for the first */
-    return refresh_lists(pc, cats, 1, at, out, max, n);
+    return refresh_lists(pc, cats, 1, out, sums, max, n);
 }

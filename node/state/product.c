@@ -1,7 +1,6 @@
 /* Stage-2 product state: popularity, category index, neighbours, product windows. */
 #include "node/state/product.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -614,11 +613,11 @@ out:
     return r->err != EDDY_OK;
 }
 
-static int by_rank(const void *a, const void *b)
+static int by_score(const void *a, const void *b)
 {
     const struct product_neighbour *x = a, *y = b;
-    if (x->rank != y->rank)
-        return x->rank > y->rank ? -1 : 1;
+    if (x->score != y->score)
+        return x->score > y->score ? -1 : 1;
     return strcmp(x->id, y->id);
 }
 
@@ -641,21 +640,22 @@ eddy_err product_neighbours(store *s, const struct product_params *pp, const cha
         return err;
     }
     /* Each score at the start of the newest bucket B among the rows: the same factor off
-     * its value at any event time (so the same order at every time), and exact powers of
-     * two, so no exp2 and no overflow however far the buckets are from zero. */
+     * its value at any event time (so the same order at every time), a function of the
+     * product's rows alone (so the same on every node, whatever its newest event), and
+     * exact powers of two, so no exp2 and no overflow however far the buckets are from
+     * zero. The rows are at most one bucket apart (0 or 1 in a converted or rebased
+     * product): nothing underflows. */
     int64_t top = INT64_MIN;
     for (size_t i = 0; i < r.n; i++)
         if (r.l[i].bucket > top)
             top = r.l[i].bucket;
-    int bhl = pp->neighbours.bucket_half_lives;
     for (size_t i = 0; i < r.n; i++) {
         struct product_neighbour *nb = &r.l[i];
-        int64_t back = top - nb->bucket; /* 0 or 1 in a converted or rebased product */
-        int e = back > 64 ? -100000 : -(int)back * bhl;
-        nb->rank = ldexp((double)nb->cur, e) + ldexp((double)nb->prev, e - bhl);
+        struct decay_sum v = {nb->bucket, nb->cur, nb->prev};
+        nb->score = decay_value_at_bucket(&v, &pp->neighbours, top);
     }
     if (r.n > 1)
-        qsort(r.l, r.n, sizeof(*r.l), by_rank);
+        qsort(r.l, r.n, sizeof(*r.l), by_score);
     size_t keep = r.n < max ? r.n : max;
     for (size_t i = keep; i < r.n; i++)
         free(r.l[i].id);

@@ -84,14 +84,16 @@ struct product_neighbour {
     char *id;                /* malloc'd, with 'category' in the same block */
     char *category;
     int64_t bucket, cur, prev; /* the pair's Decayed */
-    double rank;             /* the score up to a factor common to the product's pairs */
+    double score;            /* its value at the start of the newest bucket among the
+                              * product's rows (decay_value_at_bucket): a reference of the
+                              * product's own, whatever time or node reads it */
 };
 
 /* The 'max' strongest neighbours of 'product_id' in committed storage, best first (ties:
  * the smaller id): every COOC row of the product, ranked by its decayed score, whose order
- * is the same at every event time. Rows whose id or category is longer than 'max_str' are
- * left out. *out is malloc'd (NULL if none); free with product_neighbours_free(*out, *n).
- * Any thread. */
+ * is the same at every event time, and scored at the product's own reference ('score').
+ * Rows whose id or category is longer than 'max_str' are left out. *out is malloc'd (NULL
+ * if none); free with product_neighbours_free(*out, *n). Any thread. */
 eddy_err product_neighbours(store *s, const struct product_params *pp, const char *product_id,
                             size_t max, size_t max_str, struct product_neighbour **out,
                             size_t *n);

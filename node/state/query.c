@@ -47,7 +47,8 @@ static eddy_err read_user(struct query_ctx *q, const char *user_id, uint32_t p,
     return err;
 }
 
-/* Whether a model last touched at 'last_ts' in partition 'p' is past the state TTL. */
+/* Whether a model last touched at 'last_ts' in partition 'p' is past the state TTL: by
+ * the watermark of 'p', a function of its log, the same on every node that holds it. */
 static bool expired(struct query_ctx *q, uint32_t p, int64_t last_ts)
 {
     const struct engine_opts *o = engine_options(q->eng);
@@ -441,15 +442,15 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
     struct bought bought = {0}, seen = {0};
     size_t used = 0, n;
     eddy_err err = EDDY_ERR_NOMEM;
-    int64_t at;
     uint32_t p = partition_of_user(req->user_id, o->apply.partitions);
 
-    /* every partition, not only the user's: the answer also rests on the node's newest event
-     * time (engine_global, the decay's reference) and its product partitions' lists */
+    /* every partition, not only the user's: the answer also rests on its product
+     * partitions' lists (in --dev; a cluster's owners keep their own barrier). No list is
+     * decayed to this node's time: each is scored at a reference of its own (popcache.h,
+     * nbcache.h), so the answer is the same on every node that reads the same state. */
     if (!scratch || (err = engine_read_barrier(q->eng, -1)) != EDDY_OK)
         goto out;
     w->lists = scratch->lists;
-    engine_global(q->eng, NULL, &at, NULL);
     if ((err = load_recview(q, req->user_id, p, scratch, &bought, &seen, &u)) != EDDY_OK)
         goto out;
     bool live = u.present && !expired(q, p, u.last_ts);
@@ -467,14 +468,14 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
     if (live) {
         for (size_t i = 0; i < u.ncats; i++) {
             struct scored_product *l = &w->lists[used++ * K];
-            if ((err = stage2cache_top(q->pop, u.cats[i], at, l, K, &n)) != EDDY_OK)
+            if ((err = stage2cache_top(q->pop, u.cats[i], l, NULL, K, &n)) != EDDY_OK)
                 goto out;
             w->cats[in.ncats++] = (struct rec_category){u.cats[i], u.affinity[i], l, n};
         }
         phase_end(&clk, QUERY_PHASE_POPULAR);
         for (size_t i = 0; i < u.nrecent; i++) {
             struct scored_product *l = &w->lists[used++ * K];
-            if ((err = stage2cache_neighbours(q->pop, u.recent[i], at, l, K, &n)) != EDDY_OK)
+            if ((err = stage2cache_neighbours(q->pop, u.recent[i], l, K, &n)) != EDDY_OK)
                 goto out;
             w->anchors[in.nanchors] = (struct rec_anchor){
                 u.recent[i], 1.0 / (1.0 + 0.3 * (double)in.nanchors), false, false, l, n};
@@ -490,7 +491,7 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
     const Eddy__V1__Context *ctx = req->context;
     if (ctx && !pb_empty(ctx->current_product)) {
         struct scored_product *l = &w->lists[used++ * K];
-        if ((err = stage2cache_neighbours(q->pop, ctx->current_product, at, l, K, &n)) != EDDY_OK)
+        if ((err = stage2cache_neighbours(q->pop, ctx->current_product, l, K, &n)) != EDDY_OK)
             goto out;
         w->anchors[in.nanchors++] =
             (struct rec_anchor){ctx->current_product, 1.0, true, false, l, n};
@@ -498,7 +499,7 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
     }
     for (size_t i = 0; ctx && i < ctx->n_shopping_cart && i < REC_MAX_CART; i++) {
         struct scored_product *l = &w->lists[used++ * K];
-        if ((err = stage2cache_neighbours(q->pop, ctx->shopping_cart[i], at, l, K, &n)) != EDDY_OK)
+        if ((err = stage2cache_neighbours(q->pop, ctx->shopping_cart[i], l, K, &n)) != EDDY_OK)
             goto out;
         w->anchors[in.nanchors++] = (struct rec_anchor){ctx->shopping_cart[i], 0.8, true, true, l, n};
         w->exclude[in.nexclude++] = ctx->shopping_cart[i];
@@ -506,7 +507,7 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
     phase_end(&clk, QUERY_PHASE_NEIGHBOURS);
     {
         struct scored_product *l = &w->lists[used++ * K];
-        if ((err = stage2cache_top(q->pop, "", at, l, K, &n)) != EDDY_OK)
+        if ((err = stage2cache_top(q->pop, "", l, NULL, K, &n)) != EDDY_OK)
             goto out;
         in.global = l;
         in.nglobal = n;

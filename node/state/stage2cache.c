@@ -49,16 +49,16 @@ void stage2cache_set_owns(stage2cache *sc, bool (*owns)(void *ud, uint32_t p), v
     popcache_set_owns(sc->lists, owns, ud);
 }
 
-eddy_err stage2cache_top(stage2cache *sc, const char *category, int64_t at,
-                         struct scored_product *out, size_t max, size_t *n)
+eddy_err stage2cache_top(stage2cache *sc, const char *category, struct scored_product *out,
+                         struct decay_sum *sums, size_t max, size_t *n)
 {
-    return popcache_top(sc->lists, category, at, out, max, n);
+    return popcache_top(sc->lists, category, out, sums, max, n);
 }
 
-eddy_err stage2cache_neighbours(stage2cache *sc, const char *product_id, int64_t at,
+eddy_err stage2cache_neighbours(stage2cache *sc, const char *product_id,
                                 struct scored_product *out, size_t max, size_t *n)
 {
-    return nbcache_neighbours(sc->nb, product_id, at, out, max, n);
+    return nbcache_neighbours(sc->nb, product_id, out, max, n);
 }
 
 void stage2cache_neighbour_stats(stage2cache *sc, struct nbcache_stats *out)

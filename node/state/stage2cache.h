@@ -46,9 +46,9 @@ void stage2cache_set_source(stage2cache *sc, const struct stage2cache_source *sr
 void stage2cache_set_owns(stage2cache *sc, bool (*owns)(void *ud, uint32_t p), void *ud);
 
 /* popcache_top and nbcache_neighbours. */
-eddy_err stage2cache_top(stage2cache *sc, const char *category, int64_t at,
-                         struct scored_product *out, size_t max, size_t *n);
-eddy_err stage2cache_neighbours(stage2cache *sc, const char *product_id, int64_t at,
+eddy_err stage2cache_top(stage2cache *sc, const char *category, struct scored_product *out,
+                         struct decay_sum *sums, size_t max, size_t *n);
+eddy_err stage2cache_neighbours(stage2cache *sc, const char *product_id,
                                 struct scored_product *out, size_t max, size_t *n);
 
 /* nbcache_stats of the neighbour cache (the eddy_neighbour_cache_* metrics). */

@@ -1,4 +1,6 @@
-/* Event-time decay: values, and byte-identical results for any arrival order. */
+/* Event-time decay: values, byte-identical results for any arrival order, the exact
+ * comparison of two sums and values at a bucket's start whose ratios do not depend on the
+ * bucket. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -68,12 +70,78 @@ static void test_order_independent(void **state)
     }
 }
 
+/* decay_cmp orders sums as their values do, exactly: equal values written in other buckets
+ * compare equal, values one fixed-point unit apart do not, however far apart the buckets. */
+static void test_cmp_exact(void **state)
+{
+    const struct decay_sum a = {100, 1000, 0};
+    const struct decay_sum same[] = {
+        {101, 0, 1000},             /* 1000 units at the start of bucket 101, as prev */
+        {99, 1000 << 8, 0},         /* a bucket earlier, 2^8 (8 half-lives) larger */
+        {99, (1000 << 8) - 1, 256}, /* its cur one short, made up by 2^8 of prev */
+    };
+    for (size_t i = 0; i < sizeof(same) / sizeof(same[0]); i++) {
+        assert_int_equal(decay_cmp(&a, &same[i], &P), 0);
+        assert_int_equal(decay_cmp(&same[i], &a, &P), 0);
+    }
+    const struct decay_sum less[] = {
+        {100, 999, 255 << 0},       /* 999 + 255/256 */
+        {99, (1000 << 8) - 1, 0},
+        {101, 0, 999},
+        {90, INT64_MAX / 2, INT64_MAX / 2}, /* 10 buckets back: 2^80 down, however large */
+        {INT64_MIN / 2, INT64_MAX, INT64_MAX},
+    };
+    for (size_t i = 0; i < sizeof(less) / sizeof(less[0]); i++) {
+        assert_true(decay_cmp(&less[i], &a, &P) < 0);
+        assert_true(decay_cmp(&a, &less[i], &P) > 0);
+    }
+    const struct decay_sum far = {INT64_MAX / 2, 1, 0}, zero = {INT64_MAX / 2, 0, 0};
+    assert_true(decay_cmp(&far, &a, &P) > 0);
+    assert_true(decay_cmp(&zero, &a, &P) < 0);
+    assert_true(decay_cmp(&zero, &less[4], &P) < 0);
+    /* against the floating-point values where those are far apart */
+    for (int i = 0; i < 200; i++) {
+        struct decay_sum x = {50 + i % 3, 1000 + i * 7919 % 5000, i * 104729 % 3000};
+        struct decay_sum y = {50 + i % 2, 1000 + i * 6271 % 5000, i * 7907 % 3000};
+        Eddy__Store__V1__Decayed dx = {.bucket = x.bucket, .cur = x.cur, .prev = x.prev};
+        Eddy__Store__V1__Decayed dy = {.bucket = y.bucket, .cur = y.cur, .prev = y.prev};
+        double vx = decay_value(&dx, &P, 53 * 28800000LL);
+        double vy = decay_value(&dy, &P, 53 * 28800000LL);
+        if (fabs(vx - vy) > 1e-9 * vx)
+            assert_int_equal(decay_cmp(&x, &y, &P), vx > vy ? 1 : -1);
+    }
+}
+
+/* A value at the start of a bucket is the value at that time, and moving the reference
+ * scales every value by the same power of two exactly: ratios are the same bit for bit. */
+static void test_value_at_bucket(void **state)
+{
+    Eddy__Store__V1__Decayed d = EDDY__STORE__V1__DECAYED__INIT;
+    int64_t width = 8 * 3600000LL;
+    decay_add(&d, &P, 1000 * width + 12345, 3.0);
+    decay_add(&d, &P, 1001 * width + 777, 1.5);
+    struct decay_sum v = decay_sum_of(&d), w = {999, 123456789, 98765};
+    for (int64_t ref = 998; ref < 1010; ref++) {
+        double at = decay_value(&d, &P, ref * width), here = decay_value_at_bucket(&v, &P, ref);
+        assert_true(fabs(at - here) <= 1e-12 * here);
+        assert_true(decay_value_at_bucket(&v, &P, ref + 1) == ldexp(here, -8));
+        double r0 = here / decay_value_at_bucket(&w, &P, ref);
+        double r1 = decay_value_at_bucket(&v, &P, ref + 5) / decay_value_at_bucket(&w, &P, ref + 5);
+        assert_true(r0 == r1);
+    }
+    assert_true(decay_value_at_bucket(&v, &P, INT64_MAX) == 0.0);
+    struct decay_sum none = decay_sum_of(NULL);
+    assert_true(decay_value_at_bucket(&none, &P, 1000) == 0.0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_half_life),
         cmocka_unit_test(test_sum_across_buckets),
         cmocka_unit_test(test_order_independent),
+        cmocka_unit_test(test_cmp_exact),
+        cmocka_unit_test(test_value_at_bucket),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -40,7 +40,7 @@ static void view_pair(engine *e, const char *prefix, const char *user, int64_t t
 }
 
 /* The cache answers exactly what the uncached read answers, for every product (known or
- * not), several reference times and list lengths, on a miss and on a hit. */
+ * not) and several list lengths, on a miss and on hits. */
 static void test_cached_equals_uncached(void **state)
 {
     engine *e = ((struct filled *)*state)->e;
@@ -48,21 +48,16 @@ static void test_cached_equals_uncached(void **state)
     nbcache *cached = cache_new(e, 60000);
     assert_int_equal(nbcache_set_entries(cached, 1000), EDDY_OK);
     static struct scored_product a[50], b[50];
-    const int64_t ats[] = {T0 + 1800000, T0 + 1800000, T0 + 5 * 86400000LL, T0};
-    const size_t maxes[] = {50, 3, 1, 0};
+    const size_t maxes[] = {50, 3, 1, 0, 50};
     size_t nonempty = 0;
     for (size_t r = 0; r < 2; r++) {
-        for (size_t t = 0; t < sizeof(ats) / sizeof(ats[0]); t++) {
-            for (size_t m = 0; m < sizeof(maxes) / sizeof(maxes[0]); m++) {
-                for (int p = 0; p < NPROD; p++) {
-                    size_t na = 99, nb = 99;
-                    assert_int_equal(nbcache_neighbours(plain, pid[p], ats[t], a, maxes[m], &na),
-                                     EDDY_OK);
-                    assert_int_equal(
-                        nbcache_neighbours(cached, pid[p], ats[t], b, maxes[m], &nb), EDDY_OK);
-                    assert_same_list(a, na, b, nb);
-                    nonempty += na > 1;
-                }
+        for (size_t m = 0; m < sizeof(maxes) / sizeof(maxes[0]); m++) {
+            for (int p = 0; p < NPROD; p++) {
+                size_t na = 99, nb = 99;
+                assert_int_equal(nbcache_neighbours(plain, pid[p], a, maxes[m], &na), EDDY_OK);
+                assert_int_equal(nbcache_neighbours(cached, pid[p], b, maxes[m], &nb), EDDY_OK);
+                assert_same_list(a, na, b, nb);
+                nonempty += na > 1;
             }
         }
     }
@@ -87,19 +82,18 @@ static void test_staleness(void **state)
     assert_int_equal(nbcache_set_entries(fast, 100), EDDY_OK);
     static struct scored_product a[50];
     size_t n;
-    int64_t at = T0 + 3600000;
-    assert_int_equal(nbcache_neighbours(slow, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(slow, "p22", a, 50, &n), EDDY_OK);
     assert_int_equal(n, 0); /* no state yet: an empty entry */
-    assert_int_equal(nbcache_neighbours(fast, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(fast, "p22", a, 50, &n), EDDY_OK);
     assert_int_equal(n, 0);
 
     /* p22 and p23 viewed together: now they are neighbours */
     view_pair(e, "n", "new", T0 + 3000000, "p22", "books", "p23", "books");
 
-    assert_int_equal(nbcache_neighbours(slow, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(slow, "p22", a, 50, &n), EDDY_OK);
     assert_int_equal(n, 0); /* within its staleness: the cached (empty) list */
     advance(40);
-    assert_int_equal(nbcache_neighbours(fast, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(fast, "p22", a, 50, &n), EDDY_OK);
     assert_int_equal(n, 1); /* expired: read again */
     assert_string_equal(a[0].product_id, "p23");
     assert_string_equal(a[0].category, "books");
@@ -107,7 +101,7 @@ static void test_staleness(void **state)
     /* staleness 0 never caches */
     nbcache *none = cache_new(e, 0);
     assert_int_equal(nbcache_set_entries(none, 100), EDDY_OK);
-    assert_int_equal(nbcache_neighbours(none, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(none, "p22", a, 50, &n), EDDY_OK);
     assert_int_equal(n, 1);
     struct nbcache_stats st;
     nbcache_stats(none, &st);
@@ -133,8 +127,8 @@ static void test_eviction(void **state)
         for (int i = 0; i < 64 + NPROD; i++) {
             const char *id = i < NPROD ? pid[i] : other[i - NPROD];
             size_t na, nb;
-            assert_int_equal(nbcache_neighbours(plain, id, T0 + 3600000, a, 50, &na), EDDY_OK);
-            assert_int_equal(nbcache_neighbours(small, id, T0 + 3600000, b, 50, &nb), EDDY_OK);
+            assert_int_equal(nbcache_neighbours(plain, id, a, 50, &na), EDDY_OK);
+            assert_int_equal(nbcache_neighbours(small, id, b, 50, &nb), EDDY_OK);
             assert_same_list(a, na, b, nb);
         }
     }
@@ -147,7 +141,7 @@ static void test_eviction(void **state)
     uint64_t misses = st.misses;
     size_t nb;
     for (int r = 0; r < 10; r++)
-        assert_int_equal(nbcache_neighbours(small, "p3", T0 + 3600000, b, 50, &nb), EDDY_OK);
+        assert_int_equal(nbcache_neighbours(small, "p3", b, 50, &nb), EDDY_OK);
     nbcache_stats(small, &st);
     assert_true(st.misses <= misses + 1);
     nbcache_free(plain);
@@ -163,8 +157,8 @@ struct fake_src {
 };
 
 
-static eddy_err fake_neighbours(void *ud, const char *product_id, int64_t at,
-                                struct scored_product *out, size_t max, size_t *n)
+static eddy_err fake_neighbours(void *ud, const char *product_id, struct scored_product *out,
+                                size_t max, size_t *n)
 {
     struct fake_src *f = ud;
     f->calls++;
@@ -174,7 +168,7 @@ static eddy_err fake_neighbours(void *ud, const char *product_id, int64_t at,
     for (size_t i = 0; i < f->have && i < max; i++) {
         snprintf(out[i].product_id, sizeof(out[i].product_id), "%s-n%zu", product_id, i);
         snprintf(out[i].category, sizeof(out[i].category), "c%zu", i % 2);
-        out[i].score = (double)(at % 1000) + 100.0 - (double)i;
+        out[i].score = (double)f->calls + 100.0 - (double)i;
         (*n)++;
     }
     return EDDY_OK;
@@ -191,27 +185,27 @@ static void test_source_cached(void **state)
     assert_int_equal(nbcache_set_entries(pc, 100), EDDY_OK);
     static struct scored_product a[50];
     size_t n;
-    assert_int_equal(nbcache_neighbours(pc, "p1", 1001, a, 5, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p1", a, 5, &n), EDDY_OK);
     assert_int_equal(n, 5);
     assert_int_equal(f.calls, 1);
-    assert_int_equal(nbcache_neighbours(pc, "p1", 1002, a, 3, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p1", a, 3, &n), EDDY_OK);
     assert_int_equal(n, 3);
     assert_int_equal(f.calls, 1); /* a shorter list: from the cache, as fetched */
     assert_string_equal(a[2].product_id, "p1-n2");
     assert_true(a[0].score == 101.0);
-    assert_int_equal(nbcache_neighbours(pc, "p1", 1003, a, 8, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p1", a, 8, &n), EDDY_OK);
     assert_int_equal(n, 8);
     assert_int_equal(f.calls, 2); /* longer than fetched (5 of maybe more): fetched again */
-    assert_int_equal(nbcache_neighbours(pc, "p1", 1004, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p1", a, 50, &n), EDDY_OK);
     assert_int_equal(n, 10);
     assert_int_equal(f.calls, 3);
-    assert_int_equal(nbcache_neighbours(pc, "p1", 1005, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p1", a, 50, &n), EDDY_OK);
     assert_int_equal(n, 10);
     assert_int_equal(f.calls, 3); /* the whole list (10 < 50) is known */
-    assert_true(a[0].score == 104.0); /* scores as fetched (at 1004) */
+    assert_true(a[0].score == 103.0); /* scores as fetched (by the third call) */
     /* errors are returned, not cached */
-    assert_int_equal(nbcache_neighbours(pc, "down", 1, a, 5, &n), EDDY_ERR_UNAVAILABLE);
-    assert_int_equal(nbcache_neighbours(pc, "down", 1, a, 5, &n), EDDY_ERR_UNAVAILABLE);
+    assert_int_equal(nbcache_neighbours(pc, "down", a, 5, &n), EDDY_ERR_UNAVAILABLE);
+    assert_int_equal(nbcache_neighbours(pc, "down", a, 5, &n), EDDY_ERR_UNAVAILABLE);
     assert_int_equal(f.calls, 5);
     nbcache_free(pc);
 }
@@ -229,17 +223,16 @@ static void test_neighbours_refreshed_in_background(void **state)
     assert_int_equal(nbcache_set_entries(pc, 100), EDDY_OK);
     static struct scored_product a[50], b[50];
     size_t n, nb;
-    int64_t at = T0 + 3600000;
-    assert_int_equal(nbcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p22", a, 50, &n), EDDY_OK);
     assert_int_equal(n, 0); /* no state yet */
 
     view_pair(e, "b", "bg", T0 + 3000000, "p22", "books", "p23", "books");
     advance(350); /* past 300 ms, before 600 */
-    assert_int_equal(nbcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p22", a, 50, &n), EDDY_OK);
     assert_int_equal(n, 0); /* the expired entry answered; the refresher reads it */
     nbcache_sync(pc);
-    assert_int_equal(nbcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
-    assert_int_equal(nbcache_neighbours(plain, "p22", at, b, 50, &nb), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p22", a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(plain, "p22", b, 50, &nb), EDDY_OK);
     assert_int_equal(n, 1);
     assert_same_list(b, nb, a, n);
     struct nbcache_stats st;
@@ -249,17 +242,17 @@ static void test_neighbours_refreshed_in_background(void **state)
 
     /* expired again, nothing written to p22 since: the refresher keeps it without a read */
     advance(350);
-    assert_int_equal(nbcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p22", a, 50, &n), EDDY_OK);
     nbcache_sync(pc);
     nbcache_stats(pc, &st);
     assert_int_equal(st.revalidated, 1);
-    assert_int_equal(nbcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p22", a, 50, &n), EDDY_OK);
     assert_int_equal(n, 1);
     assert_same_list(b, nb, a, n);
 
     /* unused for far longer than twice the staleness, nothing written: still no read */
     advance(5000);
-    assert_int_equal(nbcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p22", a, 50, &n), EDDY_OK);
     assert_same_list(b, nb, a, n);
     nbcache_stats(pc, &st);
     assert_int_equal(st.misses, 1);
@@ -268,11 +261,11 @@ static void test_neighbours_refreshed_in_background(void **state)
     /* p22 written: expired, the refresher reads it again */
     view_pair(e, "d", "bg3", T0 + 3001000, "p22", "books", "p5", "books");
     advance(350);
-    assert_int_equal(nbcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p22", a, 50, &n), EDDY_OK);
     assert_int_equal(n, 1); /* the expired entry answered */
     nbcache_sync(pc);
-    assert_int_equal(nbcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
-    assert_int_equal(nbcache_neighbours(plain, "p22", at, b, 50, &nb), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p22", a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(plain, "p22", b, 50, &nb), EDDY_OK);
     assert_int_equal(n, 2);
     assert_same_list(b, nb, a, n);
     nbcache_stats(pc, &st);
@@ -281,8 +274,8 @@ static void test_neighbours_refreshed_in_background(void **state)
     /* more than twice the staleness: the call reads it itself */
     view_pair(e, "c", "bg2", T0 + 3002000, "p22", "toys", "p0", "books");
     advance(700);
-    assert_int_equal(nbcache_neighbours(pc, "p22", at, a, 50, &n), EDDY_OK);
-    assert_int_equal(nbcache_neighbours(plain, "p22", at, b, 50, &nb), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(pc, "p22", a, 50, &n), EDDY_OK);
+    assert_int_equal(nbcache_neighbours(plain, "p22", b, 50, &nb), EDDY_OK);
     assert_int_equal(n, 3);
     assert_same_list(b, nb, a, n);
     nbcache_stats(pc, &st);

@@ -26,13 +26,13 @@ static popcache *cache_new(engine *e, int64_t staleness_ms)
     return pc;
 }
 
-/* Every list of a fresh cache (each read alone, nothing else in use) for 'at'. */
-static void fresh_lists(engine *e, const char *const *cats, size_t ncats, int64_t at,
+/* Every list of a fresh cache (each read alone, nothing else in use). */
+static void fresh_lists(engine *e, const char *const *cats, size_t ncats,
                         struct scored_product (*out)[50], size_t *n)
 {
     for (size_t c = 0; c < ncats; c++) {
         popcache *pc = cache_new(e, 0);
-        assert_int_equal(popcache_top(pc, cats[c], at, out[c], 50, &n[c]), EDDY_OK);
+        assert_int_equal(popcache_top(pc, cats[c], out[c], NULL, 50, &n[c]), EDDY_OK);
         popcache_free(pc);
     }
 }
@@ -60,15 +60,14 @@ static void test_lists_refreshed_together(void **state)
 {
     engine *e = ((struct filled *)*state)->e;
     const char *cats[] = {"", "books", "toys", "none-such"};
-    const int64_t at = T0 + 3600000;
     static struct scored_product want[4][50], old[4][50], got[50];
     size_t nwant[4], nold[4], n;
     popcache *pc = cache_new(e, 100);
-    fresh_lists(e, cats, 4, at, want, nwant);
+    fresh_lists(e, cats, 4, want, nwant);
     assert_true(nwant[0] > nwant[1] && nwant[1] > 0 && nwant[2] > 0 && nwant[3] == 0);
     for (int round = 0; round < 2; round++) { /* the second round finds them cached: in use */
         for (size_t c = 0; c < 4; c++) {
-            assert_int_equal(popcache_top(pc, cats[c], at, got, 50, &n), EDDY_OK);
+            assert_int_equal(popcache_top(pc, cats[c], got, NULL, 50, &n), EDDY_OK);
             assert_same_list(want[c], nwant[c], got, n);
         }
     }
@@ -77,32 +76,32 @@ static void test_lists_refreshed_together(void **state)
     forty_views(e, "more", "u99", pid[1], "toys");
     memcpy(old, want, sizeof(old));
     memcpy(nold, nwant, sizeof(nold));
-    fresh_lists(e, cats, 4, at, want, nwant);
+    fresh_lists(e, cats, 4, want, nwant);
     assert_string_equal(want[0][0].product_id, "p1");
     assert_string_equal(want[2][0].product_id, "p1");
     assert_string_not_equal(old[0][0].product_id, "p1");
     advance(150); /* every list expired */
-    assert_int_equal(popcache_top(pc, cats[0], at, got, 50, &n), EDDY_OK);
+    assert_int_equal(popcache_top(pc, cats[0], got, NULL, 50, &n), EDDY_OK);
     assert_same_list(old[0], nold[0], got, n); /* the refresh is not this call's */
     popcache_sync(pc); /* the refresher read all four in use */
     for (size_t c = 0; c < 4; c++) {
-        assert_int_equal(popcache_top(pc, cats[c], at, got, 50, &n), EDDY_OK);
+        assert_int_equal(popcache_top(pc, cats[c], got, NULL, 50, &n), EDDY_OK);
         assert_same_list(want[c], nwant[c], got, n);
     }
     /* not read for more than twice the staleness: read again by the call itself */
     memcpy(old, want, sizeof(old));
     memcpy(nold, nwant, sizeof(nold));
     forty_views(e, "again", "u98", pid[3], "books");
-    fresh_lists(e, cats, 4, at, want, nwant);
+    fresh_lists(e, cats, 4, want, nwant);
     assert_true(want[1][0].score != old[1][0].score); /* p3 leads "books" by more now */
     advance(250);
-    assert_int_equal(popcache_top(pc, "books", at, got, 50, &n), EDDY_OK);
+    assert_int_equal(popcache_top(pc, "books", got, NULL, 50, &n), EDDY_OK);
     assert_same_list(want[1], nwant[1], got, n);
     popcache_free(pc);
     /* a cache where only "books" is in use: refreshed alone, from its own key ranges */
     pc = cache_new(e, 100);
     for (int round = 0; round < 3; round++) {
-        assert_int_equal(popcache_top(pc, "books", at, got, 3, &n), EDDY_OK);
+        assert_int_equal(popcache_top(pc, "books", got, NULL, 3, &n), EDDY_OK);
         assert_same_list(want[1], nwant[1] < 3 ? nwant[1] : 3, got, n);
         advance(150);
     }
@@ -117,25 +116,22 @@ struct gated_src {
     int calls;
 };
 
-static eddy_err gated_top(void *ud, const char *category, int64_t at,
-                          struct scored_product *out, size_t max, size_t *n)
+static eddy_err gated_top(void *ud, const char *category, struct topk *out)
 {
     struct gated_src *g = ud;
-    (void)at;
     pthread_mutex_lock(&g->mu);
     g->calls++;
     pthread_cond_broadcast(&g->cv);
     while (!g->open)
         pthread_cond_wait(&g->cv, &g->mu);
     pthread_mutex_unlock(&g->mu);
-    *n = 0;
     if (strcmp(category, "down") == 0)
         return EDDY_ERR_UNAVAILABLE;
-    for (size_t i = 0; i < 3 && i < max; i++) {
-        snprintf(out[i].product_id, sizeof(out[i].product_id), "%s-%zu", category, i);
-        snprintf(out[i].category, sizeof(out[i].category), "%s", category);
-        out[i].score = 10.0 - (double)i;
-        (*n)++;
+    for (int i = 0; i < 3; i++) {
+        char id[32];
+        struct decay_sum v = {7, 10 - i, 0};
+        snprintf(id, sizeof(id), "%s-%d", category, i);
+        topk_offer_sum(out, id, strlen(id), category, strlen(category), &v);
     }
     return EDDY_OK;
 }
@@ -151,7 +147,7 @@ struct top_call {
 static void *top_thread(void *arg)
 {
     struct top_call *c = arg;
-    c->err = popcache_top(c->pc, c->category, 1000, c->out, 50, &c->n);
+    c->err = popcache_top(c->pc, c->category, c->out, NULL, 50, &c->n);
     return NULL;
 }
 
@@ -195,10 +191,10 @@ static void test_cold_list_read_once(void **state)
 
     static struct scored_product out[50];
     size_t n;
-    assert_int_equal(popcache_top(pc, "down", 1000, out, 50, &n), EDDY_ERR_UNAVAILABLE);
-    assert_int_equal(popcache_top(pc, "down", 1000, out, 50, &n), EDDY_ERR_UNAVAILABLE);
+    assert_int_equal(popcache_top(pc, "down", out, NULL, 50, &n), EDDY_ERR_UNAVAILABLE);
+    assert_int_equal(popcache_top(pc, "down", out, NULL, 50, &n), EDDY_ERR_UNAVAILABLE);
     assert_int_equal(g.calls, 3);
-    assert_int_equal(popcache_top(pc, "books", 1000, out, 50, &n), EDDY_OK);
+    assert_int_equal(popcache_top(pc, "books", out, NULL, 50, &n), EDDY_OK);
     assert_int_equal(g.calls, 3); /* cached */
     popcache_free(pc);
 }
