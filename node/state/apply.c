@@ -671,9 +671,11 @@ static eddy_err load_model(store_txn *t, const struct apply_params *ap, uint32_t
     return EDDY_OK;
 }
 
+/* 'deduped': the event's DEDUP row is written already, with these bytes
+ * (apply_append_event), so that it is not written a second time. */
 static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, uint32_t p,
                                    struct part_meta *m, uint64_t seq, const Eddy__V1__Event *ev,
-                                   apply_emit_fn *emit, void *emit_ud,
+                                   bool deduped, apply_emit_fn *emit, void *emit_ud,
                                    enum apply_outcome *outcome)
 {
     struct store_key k;
@@ -685,7 +687,7 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
      * log, so the value is empty (format 5; older rows hold a Dedup nothing reads) */
     key_init(&k, p, T_DEDUP);
     key_str(&k, ev->event_id);
-    if ((err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
+    if (!deduped && (err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
         return err;
     key_init(&k, p, T_USER_LOG);
     key_lstr(&k, ev->user_id);
@@ -795,7 +797,7 @@ eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,
     key_u64(&k, seq);
     if ((err = store_txn_put_msg(t, &k, &r.base)) != EDDY_OK)
         return err;
-    return apply_logged_event(t, ap, p, m, seq, ev, emit, emit_ud, outcome);
+    return apply_logged_event(t, ap, p, m, seq, ev, false, emit, emit_ud, outcome);
 }
 
 void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m)
@@ -825,14 +827,12 @@ eddy_err apply_append_event(store_txn *t, uint32_t p, struct part_meta *m,
     key_init(&k, p, T_LOG);
     key_u64(&k, a->end);
     err = store_txn_put(t, &k, *rec, *rec_len);
-    /* the dedup row now, for the appends after it (its apply writes the same bytes) */
-    Eddy__Store__V1__Dedup d = EDDY__STORE__V1__DEDUP__INIT;
-    d.seq = a->end;
-    d.ts = ev->timestamp_ms;
+    /* the dedup row now, for the appends after it, with the bytes its apply would write
+     * (apply_appended writes none) */
     key_init(&k, p, T_DEDUP);
     key_str(&k, ev->event_id);
     if (err == EDDY_OK)
-        err = store_txn_put_msg(t, &k, &d.base);
+        err = store_txn_put(t, &k, "", 0);
     if (err != EDDY_OK) {
         free(*rec);
         *rec = NULL;
@@ -924,9 +924,11 @@ static bool only_partition(void *ud, uint32_t q)
     return *(const uint32_t *)ud == q;
 }
 
-eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
-                      struct part_meta *m, uint64_t seq, const Eddy__Store__V1__LogRecord *r,
-                      apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome)
+/* apply_replay; 'deduped': an event's DEDUP row is written already (apply_appended). */
+static eddy_err replay_record(store_txn *t, const struct apply_params *ap, uint32_t p,
+                              struct part_meta *m, uint64_t seq,
+                              const Eddy__Store__V1__LogRecord *r, bool deduped,
+                              apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome)
 {
     if (seq >= m->next_seq) {
         m->next_seq = seq + 1;
@@ -945,7 +947,7 @@ eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
     case EDDY__STORE__V1__LOG_RECORD__KIND_EVENT:
         if (!r->event)
             return EDDY_ERR_CORRUPT;
-        return apply_logged_event(t, ap, p, m, seq, r->event, emit, emit_ud, outcome);
+        return apply_logged_event(t, ap, p, m, seq, r->event, deduped, emit, emit_ud, outcome);
     case EDDY__STORE__V1__LOG_RECORD__KIND_STAGE2:
         return ap->product ? product_apply(t, ap->product, r->stage2, only_partition, &p)
                            : EDDY_OK;
@@ -963,6 +965,23 @@ eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
     default:
         return EDDY_ERR_CORRUPT; /* a kind this binary does not know: never skipped */
     }
+}
+
+eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
+                      struct part_meta *m, uint64_t seq, const Eddy__Store__V1__LogRecord *r,
+                      apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome)
+{
+    return replay_record(t, ap, p, m, seq, r, false, emit, emit_ud, outcome);
+}
+
+eddy_err apply_appended(store_txn *t, const struct apply_params *ap, uint32_t p,
+                        struct part_meta *m, uint64_t seq, const Eddy__V1__Event *ev,
+                        apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome)
+{
+    Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
+    r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
+    r.event = (Eddy__V1__Event *)ev;
+    return replay_record(t, ap, p, m, seq, &r, true, emit, emit_ud, outcome);
 }
 
 /* ---- stage 2 and OUTBOX records ------------------------------------------------------ */

@@ -114,8 +114,8 @@ void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m);
 /* The append half of apply_event: 'ev' (valid, of partition p) is checked against the
  * remembered event ids (a duplicate is counted in 'm' and *duplicate set, nothing
  * written); otherwise its log record is written at seq a->end with its DEDUP row, and
- * *rec receives the record's bytes (caller owns: free; apply them with apply_replay at
- * that seq, then call apply_ahead_event). NULL *rec for a duplicate. */
+ * *rec receives the record's bytes (caller owns: free; call apply_ahead_event, then apply
+ * the record's event with apply_appended at that seq). NULL *rec for a duplicate. */
 eddy_err apply_append_event(store_txn *t, uint32_t p, struct part_meta *m,
                             struct apply_ahead *a, const Eddy__V1__Event *ev, uint8_t **rec,
                             size_t *rec_len, bool *duplicate);
@@ -129,6 +129,13 @@ bool apply_ahead_event(const struct apply_params *ap, struct apply_ahead *a, int
 /* Append an idle-watermark record moving the watermark to 'wm' and apply it. */
 eddy_err apply_idle(store_txn *t, const struct apply_params *ap, uint32_t p,
                     struct part_meta *m, int64_t wm);
+
+/* Apply the event of a record apply_append_event appended at 'seq' (apply_replay of its
+ * record, less the DEDUP row the append wrote), in log order, with nothing written to
+ * its DEDUP key in between. */
+eddy_err apply_appended(store_txn *t, const struct apply_params *ap, uint32_t p,
+                        struct part_meta *m, uint64_t seq, const Eddy__V1__Event *ev,
+                        apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome);
 
 /* Apply one log record during replay (any kind), without appending it again. 'seq' is its
  * log seq. */

@@ -274,16 +274,18 @@ static size_t unapplied(const engine *e)
     return e->npend - e->pend_head;
 }
 
-/* Apply the oldest record appended ahead, through the apply a replay uses; once none is
- * left, forget them all. Token held. */
+/* Apply the oldest record appended ahead, as a replay would (apply_appended); once none
+ * is left, forget them all. Token held. */
 static eddy_err apply_next(engine *e)
 {
     struct pending *pd = &e->pend[e->pend_head];
     Eddy__Store__V1__LogRecord *r = eddy__store__v1__log_record__unpack(NULL, pd->len, pd->rec);
     enum apply_outcome oc = APPLY_ACCEPTED;
-    eddy_err err = r ? apply_replay(e->txn, &e->o.apply, pd->p, &e->meta[pd->p], pd->seq, r,
-                                    emit, e, &oc)
-                     : EDDY_ERR_NOMEM;
+    eddy_err err = !r ? EDDY_ERR_NOMEM
+                   : r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_EVENT && r->event
+                       ? apply_appended(e->txn, &e->o.apply, pd->p, &e->meta[pd->p], pd->seq,
+                                        r->event, emit, e, &oc)
+                       : EDDY_ERR_CORRUPT;
     if (r)
         eddy__store__v1__log_record__free_unpacked(r, NULL);
     /* the answer was the append's: the apply must decide the same */
