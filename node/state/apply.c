@@ -645,6 +645,18 @@ eddy_err apply_convert_models(store_txn *t, uint32_t p, size_t *converted)
 
 /* ---- apply --------------------------------------------------------------------------- */
 
+/* The tables whose keys the txn keeps sets of (apply_params.key_set_bytes): rows of
+ * users, products and impressions, whose number grows with users and products, not with
+ * time, and which an event reads before it writes them (the rows of time windows and
+ * event ids would fill any budget, and co-occurrence pairs have their own). */
+#define KEY_SET_TABLES \
+    ((UINT32_C(1) << T_USER) | (UINT32_C(1) << T_PRODUCT) | (UINT32_C(1) << T_IMPR))
+
+static void index_keys(store_txn *t, const struct apply_params *ap)
+{
+    store_txn_index_keys(t, KEY_SET_TABLES, ap->key_set_bytes);
+}
+
 /* The user's model as an object of the txn (borrowed until commit), created if absent or
  * expired. */
 static eddy_err load_model(store_txn *t, const struct apply_params *ap, uint32_t p,
@@ -682,6 +694,7 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
     Eddy__Store__V1__UserModel *um = NULL;
     eddy_err err;
     int64_t ts = ev->timestamp_ms;
+    index_keys(t, ap);
 
     /* dedup entry: its key is all the apply reads, and the dedup sweep finds it along the
      * log, so the value is empty (format 5; older rows hold a Dedup nothing reads) */
@@ -991,6 +1004,7 @@ eddy_err apply_stage2(store_txn *t, const struct apply_params *ap, uint32_t q,
 {
     bool fresh;
     *logged = false;
+    index_keys(t, ap);
     eddy_err err = product_fresh(t, q, b->source_partition, b->source_seq, &fresh);
     if (err != EDDY_OK || !fresh)
         return err;

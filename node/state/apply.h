@@ -48,7 +48,13 @@ struct apply_params {
      * stage 2 comes from the replayed events: STAGE2 and OUTBOX_DONE records apply
      * nothing (a rebuild's OUTBOX holds its own batches for delivery). */
     const struct product_params *product;
+    /* Memory for the writer's sets of the USER, PRODUCT and IMPR keys that exist, per
+     * partition (store_txn_index_keys; --key-set-size): a user, a product or a user
+     * without impressions seen for the first time is then no LevelDB read. 0: none. */
+    size_t key_set_bytes;
 };
+
+#define APPLY_KEY_SET_DEFAULT ((size_t)32 << 20)
 
 /* In-memory copy of a partition's META record; the writer owns it. */
 struct part_meta {

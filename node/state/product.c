@@ -505,7 +505,7 @@ eddy_err product_apply(store_txn *t, const struct product_params *p,
     eddy_err err = EDDY_OK;
     store_txn_set_packer(t, &eddy__store__v1__product_state__descriptor, product_pack);
     store_txn_set_packer(t, &eddy__store__v1__co_occurrence_pair__descriptor, cooc_pack);
-    store_txn_index_keys(t, T_COOC, p->pair_set_bytes);
+    store_txn_index_keys(t, UINT32_C(1) << T_COOC, p->pair_set_bytes);
 
     /* half of an event's pairs start at its own product: its partition is hashed once */
     const char *own = b->n_updates ? b->updates[0]->product_id : NULL;

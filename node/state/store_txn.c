@@ -95,9 +95,15 @@ struct store_txn {
     uint64_t bb_keys[STORE_STAT_TABLES], bb_bytes[STORE_STAT_TABLES];
     bool through;              /* the sealed write goes through in full (see store.h) */
     bool want_through;         /* store_txn_write_through: the next seal's does */
-    /* store_txn_index_keys: the keys of table 'ks_table' per partition (NULL: none) */
-    keyset *ks;
-    int ks_table;
+    /* store_txn_index_keys: the keys of the tables in each mask, per partition; a set's
+     * index in its keyset is partition * (tables in the mask) + the table's rank in it */
+    struct key_sets {
+        uint32_t tables;       /* 0: an unused entry */
+        uint32_t ntables;
+        keyset *ks;
+    } sets[STORE_TXN_KEY_SETS];
+    /* per table < 32: its entry of 'sets' + 1 (0: none) and its rank in the mask */
+    uint8_t set_of[32], rank_of[32];
 };
 
 /* Append a sealed write of a behind table to t->behind. */
@@ -290,8 +296,9 @@ void store_txn_reset(store_txn *t)
     memset(t->wb_packs, 0, sizeof(t->wb_packs));
     behind_clear(t);
     t->want_through = false;
-    if (t->ks)
-        keyset_drop_all(t->ks);
+    for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++)
+        if (t->sets[i].ks)
+            keyset_drop_all(t->sets[i].ks);
 }
 
 void store_txn_free(store_txn *t)
@@ -308,7 +315,8 @@ void store_txn_free(store_txn *t)
     free(t->phead);
     free(t->shead);
     free(t->behind);
-    keyset_free(t->ks);
+    for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++)
+        keyset_free(t->sets[i].ks);
     if (t->wb)
         leveldb_writebatch_destroy(t->wb);
     free(t);
@@ -322,12 +330,16 @@ size_t store_txn_pending(const store_txn *t)
 void store_txn_stats(const store_txn *t, struct store_txn_stats *out)
 {
     *out = t->stats;
-    struct keyset_stats ks = {0};
-    if (t->ks)
-        keyset_stats(t->ks, &ks);
-    out->key_set_bytes = ks.bytes;
-    out->key_set_keys = ks.keys;
-    out->key_set_overflows = ks.overflows;
+    out->key_set_bytes = out->key_set_keys = 0;
+    out->key_set_overflows = 0;
+    for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++) {
+        struct keyset_stats ks = {0};
+        if (t->sets[i].ks)
+            keyset_stats(t->sets[i].ks, &ks);
+        out->key_set_bytes += ks.bytes;
+        out->key_set_keys += ks.keys;
+        out->key_set_overflows += ks.overflows;
+    }
     out->kept = 0;
     for (size_t i = 0; i < t->cap; i++)
         out->kept += t->tab[i].key && t->tab[i].keep && !t->tab[i].pending;
@@ -482,18 +494,36 @@ static uint32_t key_partition(const unsigned char *k)
     return (uint32_t)k[0] << 8 | k[1];
 }
 
-/* Whether 'k' is a key of the table the txn keeps key sets of. */
-static bool indexed_key(const store_txn *t, const unsigned char *k, size_t klen)
+/* The index in a keyset of the set of (partition 'p', the table of rank 'rank' in its
+ * mask). */
+static uint32_t set_index(const struct key_sets *ks, uint32_t p, uint32_t rank)
 {
-    return t->ks && klen >= 3 && k[2] == t->ks_table;
+    return p * ks->ntables + rank;
 }
 
-static void mark_pending(store_txn *t, struct overlay_entry *e)
+/* The key sets of the table of 'k' (NULL: none kept), and in *idx the index of its
+ * partition's set in them. */
+static struct key_sets *indexed_key(store_txn *t, const unsigned char *k, size_t klen,
+                                    uint32_t *idx)
 {
-    /* every write, a delete too and one of a key pending already (a delete, then a put):
-     * a key that exists is never missing from its partition's set */
-    if (indexed_key(t, e->key, e->klen))
-        keyset_add(t->ks, key_partition(e->key), XXH3_64bits(e->key, e->klen));
+    if (klen < 3 || k[2] >= 32 || !t->set_of[k[2]])
+        return NULL;
+    struct key_sets *ks = &t->sets[t->set_of[k[2]] - 1];
+    *idx = set_index(ks, key_partition(k), t->rank_of[k[2]]);
+    return ks->ks ? ks : NULL;
+}
+
+/* 'was_deleted': the entry held a delete before this write. */
+static void mark_pending(store_txn *t, struct overlay_entry *e, bool was_deleted)
+{
+    /* A key that exists is never missing from its partition's set: every put adds it but
+     * one of a key pending already as a put (added then, or seen by the scan that built
+     * the set since: a scan merges the pending puts, and hides the pending deletes) */
+    uint32_t idx;
+    struct key_sets *ks;
+    if (!e->deleted && (!e->pending || was_deleted) &&
+        (ks = indexed_key(t, e->key, e->klen, &idx)) != NULL)
+        keyset_add(ks->ks, idx, XXH3_64bits(e->key, e->klen));
     if (e->pending)
         return;
     e->pending = true;
@@ -543,9 +573,14 @@ static void keysets_changed(store_txn *t, const struct store_change *c)
         lo |= c->start.buf[1];
     if (c->end.len > 1)
         hi = (uint32_t)c->end.buf[0] << 8 | c->end.buf[1];
-    for (uint32_t p = lo; p <= hi; p++) {
-        if (keyset_state(t->ks, p) != KEYSET_NONE)
-            keyset_drop(t->ks, p);
+    for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++) {
+        struct key_sets *ks = &t->sets[i];
+        for (uint32_t p = lo; ks->ks && p <= hi; p++) {
+            for (uint32_t r = 0; r < ks->ntables; r++) {
+                if (keyset_state(ks->ks, set_index(ks, p, r)) != KEYSET_NONE)
+                    keyset_drop(ks->ks, set_index(ks, p, r));
+            }
+        }
     }
 }
 
@@ -568,14 +603,15 @@ static void catch_up_locked(store_txn *t)
     }
     t->gen = g;
     if (all) {
-        if (t->ks)
-            keyset_drop_all(t->ks);
+        for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++)
+            if (t->sets[i].ks)
+                keyset_drop_all(t->sets[i].ks);
         forget_kept(t);
         return;
     }
     if (n == 0)
         return;
-    for (size_t j = 0; j < n && t->ks; j++)
+    for (size_t j = 0; j < n; j++)
         keysets_changed(t, c[j]);
     for (size_t i = 0; i < t->cap; i++) {
         struct overlay_entry *e = &t->tab[i];
@@ -609,8 +645,8 @@ static eddy_err overlay_set(store_txn *t, const struct store_key *key, const voi
     if (e && !deleted && e->val && !e->obj && e->vlen == vlen) {
         /* the same size again (a stage-2 high-water, once per event): in place */
         memcpy(e->val, val, vlen);
-        e->deleted = false;
-        mark_pending(t, e);
+        e->deleted = false; /* it held bytes: not a delete */
+        mark_pending(t, e, false);
         return touch(t, e);
     }
     char *copy = NULL;
@@ -625,6 +661,7 @@ static eddy_err overlay_set(store_txn *t, const struct store_key *key, const voi
         free(copy);
         return err;
     }
+    bool was_deleted = e->deleted;
     free(e->val);
     e->val = copy;
     e->vlen = vlen;
@@ -632,49 +669,85 @@ static eddy_err overlay_set(store_txn *t, const struct store_key *key, const voi
     if (deleted)
         e->keep = false;
     entry_drop_obj(e); /* bytes written directly replace any decoded object */
-    mark_pending(t, e);
+    mark_pending(t, e, was_deleted);
     return EDDY_OK;
 }
 
-void store_txn_index_keys(store_txn *t, enum store_table table, size_t budget)
+void store_txn_index_keys(store_txn *t, uint32_t tables, size_t budget)
 {
-    if (t->ks && t->ks_table == (int)table) {
-        keyset_set_budget(t->ks, budget);
-        return;
+    struct key_sets *free_slot = NULL;
+    for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++) {
+        struct key_sets *ks = &t->sets[i];
+        if (ks->tables == tables && tables) {
+            if (!ks->ks && budget > 0)
+                ks->ks = keyset_new(budget); /* out of memory: reads, as without */
+            else if (ks->ks && budget > 0)
+                keyset_set_budget(ks->ks, budget);
+            else if (ks->ks) {
+                keyset_free(ks->ks);
+                ks->ks = NULL;
+            }
+            return;
+        }
+        if (ks->tables & tables) { /* replaced */
+            keyset_free(ks->ks);
+            memset(ks, 0, sizeof(*ks));
+        }
+        if (!ks->tables && !free_slot)
+            free_slot = ks;
     }
-    keyset_free(t->ks);
-    t->ks = budget > 0 ? keyset_new(budget) : NULL; /* out of memory: reads, as without */
-    t->ks_table = (int)table;
+    if (free_slot && tables) {
+        free_slot->tables = tables;
+        free_slot->ks = budget > 0 ? keyset_new(budget) : NULL;
+    } /* else none free: those tables are read, as without */
+    memset(t->set_of, 0, sizeof(t->set_of));
+    for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++) {
+        struct key_sets *ks = &t->sets[i];
+        ks->ntables = 0;
+        for (uint32_t tb = 0; tb < 32; tb++) {
+            if (ks->tables & (UINT32_C(1) << tb)) {
+                t->set_of[tb] = (uint8_t)(i + 1);
+                t->rank_of[tb] = (uint8_t)ks->ntables++;
+            }
+        }
+    }
 }
+
+struct set_build {
+    keyset *ks;
+    uint32_t idx;
+};
 
 static int take_key_hash(void *ud, const unsigned char *k, size_t klen, const char *v,
                          size_t vlen)
 {
-    store_txn *t = ud;
+    struct set_build *b = ud;
     (void)v;
     (void)vlen;
-    keyset_add(t->ks, key_partition(k), XXH3_64bits(k, klen));
-    return keyset_state(t->ks, key_partition(k)) == KEYSET_OFF; /* over budget: stop */
+    keyset_add(b->ks, b->idx, XXH3_64bits(k, klen));
+    return keyset_state(b->ks, b->idx) == KEYSET_OFF; /* over budget: stop */
 }
 
-/* Whether the indexed 'key' is known not to exist: its partition's set (built first by a
- * scan of the partition's table, which sees the txn's own writes) lacks it. */
-static bool known_absent(store_txn *t, const struct store_key *key)
+/* Whether the indexed 'key' (its set at 'idx' of 'ks') is known not to exist: its
+ * partition's set (built first by a scan of the partition's table, which sees the txn's
+ * own writes) lacks it. */
+static bool known_absent(store_txn *t, struct key_sets *ks, uint32_t idx,
+                         const struct store_key *key)
 {
-    uint32_t p = key_partition(key->buf);
-    enum keyset_state st = keyset_state(t->ks, p);
-    if (st == KEYSET_NONE && keyset_begin(t->ks, p)) {
+    enum keyset_state st = keyset_state(ks->ks, idx);
+    if (st == KEYSET_NONE && keyset_begin(ks->ks, idx)) {
         struct store_key start, end;
-        key_init(&start, p, (enum store_table)t->ks_table);
+        struct set_build b = {ks->ks, idx};
+        key_init(&start, key_partition(key->buf), (enum store_table)key->buf[2]);
         key_prefix_end(&start, &end);
-        if (store_txn_scan(t, &start, &end, take_key_hash, t) == EDDY_OK)
-            keyset_finish(t->ks, p);
-        else if (keyset_state(t->ks, p) == KEYSET_BUILDING)
-            keyset_drop(t->ks, p); /* tried again at the next read */
-        st = keyset_state(t->ks, p);
+        if (store_txn_scan(t, &start, &end, take_key_hash, &b) == EDDY_OK)
+            keyset_finish(ks->ks, idx);
+        else if (keyset_state(ks->ks, idx) == KEYSET_BUILDING)
+            keyset_drop(ks->ks, idx); /* tried again at the next read */
+        st = keyset_state(ks->ks, idx);
     }
     return st == KEYSET_READY &&
-           !keyset_may_hold(t->ks, p, XXH3_64bits(key->buf, key->len));
+           !keyset_may_hold(ks->ks, idx, XXH3_64bits(key->buf, key->len));
 }
 
 eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
@@ -694,7 +767,9 @@ eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **v
     }
     *val = NULL;
     *vlen = 0;
-    if (indexed_key(t, key->buf, key->len) && known_absent(t, key)) {
+    uint32_t idx;
+    struct key_sets *ks = indexed_key(t, key->buf, key->len, &idx);
+    if (ks && known_absent(t, ks, idx, key)) {
         t->stats.absent++;
         *found = false;
         return EDDY_OK;
@@ -846,12 +921,13 @@ eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCM
     if (e->obj != obj)
         entry_drop_obj(e);
     free(e->val); /* stale now: packed again at commit */
+    bool was_deleted = e->deleted;
     e->val = NULL;
     e->obj = obj;
     e->obj_dirty = true;
     e->deleted = false;
     e->keep = true;
-    mark_pending(t, e);
+    mark_pending(t, e, was_deleted);
     return EDDY_OK;
 }
 
