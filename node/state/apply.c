@@ -2,7 +2,9 @@
 #include "node/state/apply.h"
 
 #include <openssl/evp.h>
+#include <math.h>
 #include <openssl/rand.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -821,35 +823,128 @@ void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m)
     a->swept_until = m->swept_until;
 }
 
+void apply_logged_release(struct apply_logged *l)
+{
+    if (l->ev && l->unpacked)
+        eddy__v1__event__free_unpacked(l->ev, NULL);
+    else
+        free(l->ev);
+    l->ev = NULL;
+}
+
+/* The fields of eddy.v1.Event that event_copy copies: a descriptor with more (a field
+ * added since) makes it refuse, and the records decode instead (unit.node.state.apply
+ * notices it). */
+#define EVENT_FIELDS 12
+#define EVENT_STRINGS 8
+
+/* Bytes of string 's' in a copy (0: left as protobuf_c_empty_string, as an unpack leaves
+ * an empty string field), its NUL included. */
+static size_t copied_len(const char *s)
+{
+    return s && s[0] ? strlen(s) + 1 : 0;
+}
+
+static char *copy_str(char **at, const char *s, size_t n)
+{
+    if (n == 0)
+        return (char *)protobuf_c_empty_string;
+    char *p = *at;
+    memcpy(p, s, n);
+    *at += n;
+    return p;
+}
+
+/* 'ev' as protobuf_c_message_unpack makes of its packed bytes, in one malloc'd block (free
+ * it with free()), without the encoding and the decoding; NULL where a copy would not be
+ * that: unknown fields (kept by an unpack), a price of -0.0 (not packed: it unpacks as 0),
+ * a descriptor with other fields; or out of memory. */
+static Eddy__V1__Event *event_copy(const Eddy__V1__Event *ev)
+{
+    static const size_t str_at[EVENT_STRINGS] = {
+        offsetof(Eddy__V1__Event, event_id),     offsetof(Eddy__V1__Event, user_id),
+        offsetof(Eddy__V1__Event, session_id),   offsetof(Eddy__V1__Event, product_id),
+        offsetof(Eddy__V1__Event, category),     offsetof(Eddy__V1__Event, brand),
+        offsetof(Eddy__V1__Event, search_query), offsetof(Eddy__V1__Event, recommendation_id)};
+    if (eddy__v1__event__descriptor.n_fields != EVENT_FIELDS || ev->base.n_unknown_fields ||
+        (ev->price == 0 && signbit(ev->price)))
+        return NULL;
+    const char *str[EVENT_STRINGS];
+    size_t len[EVENT_STRINGS], total = sizeof(*ev);
+    for (size_t i = 0; i < EVENT_STRINGS; i++) {
+        str[i] = *(const char *const *)((const char *)ev + str_at[i]);
+        total += len[i] = copied_len(str[i]);
+    }
+    size_t nmeta = ev->n_metadata;
+    for (size_t i = 0; i < nmeta; i++) {
+        const Eddy__V1__Event__MetadataEntry *me = ev->metadata[i];
+        if (!me || me->base.n_unknown_fields)
+            return NULL;
+        total += sizeof(*ev->metadata) + sizeof(*me) + copied_len(me->key) +
+                 copied_len(me->value);
+    }
+    Eddy__V1__Event *c = malloc(total);
+    if (!c)
+        return NULL;
+    *c = *ev; /* the scalars; every pointer is replaced below */
+    /* the entries' pointers, the entries (both 8-byte multiples), then the strings */
+    Eddy__V1__Event__MetadataEntry **arr = (Eddy__V1__Event__MetadataEntry **)(c + 1);
+    Eddy__V1__Event__MetadataEntry *ent = (Eddy__V1__Event__MetadataEntry *)(arr + nmeta);
+    char *at = (char *)(ent + nmeta);
+    for (size_t i = 0; i < EVENT_STRINGS; i++)
+        *(char **)((char *)c + str_at[i]) = copy_str(&at, str[i], len[i]);
+    c->metadata = nmeta ? arr : NULL;
+    for (size_t i = 0; i < nmeta; i++) {
+        const Eddy__V1__Event__MetadataEntry *me = ev->metadata[i];
+        ent[i] = *me;
+        ent[i].key = copy_str(&at, me->key, copied_len(me->key));
+        ent[i].value = copy_str(&at, me->value, copied_len(me->value));
+        arr[i] = &ent[i];
+    }
+    return c;
+}
+
+/* 'ev' as its log record decodes into *logged: copied (the record's decode, without
+ * decoding it), or where the copy would differ, decoded from its bytes. */
+static eddy_err logged_event(const Eddy__V1__Event *ev, struct apply_logged *logged)
+{
+    logged->unpacked = false;
+    if ((logged->ev = event_copy(ev)) != NULL)
+        return EDDY_OK;
+    size_t len = eddy__v1__event__get_packed_size(ev);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return EDDY_ERR_NOMEM;
+    eddy__v1__event__pack(ev, buf);
+    logged->ev = eddy__v1__event__unpack(NULL, len, buf);
+    logged->unpacked = true;
+    free(buf);
+    return logged->ev ? EDDY_OK : EDDY_ERR_NOMEM;
+}
+
 eddy_err apply_append_event(store_txn *t, uint32_t p, struct part_meta *m,
-                            struct apply_ahead *a, const Eddy__V1__Event *ev, uint8_t **rec,
-                            size_t *rec_len, bool *duplicate)
+                            struct apply_ahead *a, const Eddy__V1__Event *ev,
+                            struct apply_logged *logged, bool *duplicate)
 {
     struct store_key k;
-    *rec = NULL;
+    logged->ev = NULL;
     eddy_err err = dedup_check(t, p, m, ev, duplicate);
     if (err != EDDY_OK || *duplicate)
         return err;
     Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
     r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
     r.event = (Eddy__V1__Event *)ev;
-    *rec_len = eddy__store__v1__log_record__get_packed_size(&r);
-    if (!(*rec = malloc(*rec_len ? *rec_len : 1)))
-        return EDDY_ERR_NOMEM;
-    eddy__store__v1__log_record__pack(&r, *rec);
     key_init(&k, p, T_LOG);
     key_u64(&k, a->end);
-    err = store_txn_put(t, &k, *rec, *rec_len);
+    err = store_txn_put_msg(t, &k, &r.base);
     /* the dedup row now, for the appends after it, with the bytes its apply would write
      * (apply_appended writes none) */
     key_init(&k, p, T_DEDUP);
     key_str(&k, ev->event_id);
     if (err == EDDY_OK)
         err = store_txn_put(t, &k, "", 0);
-    if (err != EDDY_OK) {
-        free(*rec);
-        *rec = NULL;
-    }
+    if (err == EDDY_OK)
+        err = logged_event(ev, logged);
     return err;
 }
 

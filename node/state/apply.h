@@ -117,14 +117,23 @@ struct apply_ahead {
 /* Start 'a' from the applied state 'm' (nothing ahead of it). */
 void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m);
 
+/* The event of a record apply_append_event appended, as the record decodes: what its
+ * apply (apply_appended) and every replay of the record apply. Owned by the appender;
+ * release with apply_logged_release (which accepts an empty one). */
+struct apply_logged {
+    Eddy__V1__Event *ev;  /* NULL: none */
+    bool unpacked;        /* decoded from the record's bytes, else copied (one block) */
+};
+void apply_logged_release(struct apply_logged *l);
+
 /* The append half of apply_event: 'ev' (valid, of partition p) is checked against the
  * remembered event ids (a duplicate is counted in 'm' and *duplicate set, nothing
  * written); otherwise its log record is written at seq a->end with its DEDUP row, and
- * *rec receives the record's bytes (caller owns: free; call apply_ahead_event, then apply
- * the record's event with apply_appended at that seq). NULL *rec for a duplicate. */
+ * *logged receives its event as the record decodes (call apply_ahead_event, then apply it
+ * with apply_appended at that seq). Nothing in *logged for a duplicate. */
 eddy_err apply_append_event(store_txn *t, uint32_t p, struct part_meta *m,
-                            struct apply_ahead *a, const Eddy__V1__Event *ev, uint8_t **rec,
-                            size_t *rec_len, bool *duplicate);
+                            struct apply_ahead *a, const Eddy__V1__Event *ev,
+                            struct apply_logged *logged, bool *duplicate);
 
 /* Account an appended event of time 'ts' in 'a': *late is what its apply will decide.
  * True when its apply will sweep the partition (the dedup sweep included): apply every
