@@ -610,9 +610,9 @@ static eddy_err advance(store_txn *t, const struct apply_params *ap, uint32_t p,
     return sweep(t, ap, p, m);
 }
 
-static bool pack_model(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
+static bool pack_model(const ProtobufCMessage *m, struct pbenc_out *o)
 {
-    return model_pack((const Eddy__Store__V1__UserModel *)m, buf, len);
+    return model_pack((const Eddy__Store__V1__UserModel *)m, o);
 }
 
 /* ---- conversion of format 4 ---------------------------------------------------------- */

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "eddy/v1/store.pb-c.h"
 
@@ -111,6 +112,24 @@ size_t pbenc_sub_size(size_t body);
 uint8_t *pbenc_put_sub(uint8_t *p, uint8_t tag, size_t body);
 
 /* Whether 'm' carries unknown fields (written by a newer node): leave it to protobuf-c. */
+/* Where an encoder writes: into 'scratch' (its 'cap' bytes; NULL, 0: none) when the bytes
+ * fit, else into a block it mallocs. After an encode, 'buf' and 'len' are the bytes; 'buf'
+ * is the caller's to free unless it is 'scratch'. */
+struct pbenc_out {
+    uint8_t *scratch;
+    size_t cap;
+    uint8_t *buf;
+    size_t len;
+};
+
+/* Room for an encoding of n bytes: o->buf and o->len set; false if out of memory. */
+static inline bool pbenc_reserve(struct pbenc_out *o, size_t n)
+{
+    o->buf = n <= o->cap && o->scratch ? o->scratch : malloc(n ? n : 1);
+    o->len = n;
+    return o->buf != NULL;
+}
+
 static inline bool pbenc_unknown(const ProtobufCMessage *m)
 {
     return m && m->n_unknown_fields != 0;

@@ -9,9 +9,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define SMALL_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define SMALL_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define SMALL_POISON(p, n) ((void)(p), (void)(n))
+#define SMALL_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 #include "common/pbutil.h"
 #include "node/state/keyset.h"
+#include "node/state/pbenc.h"
 #include "node/state/store_internal.h"
 
 /* DESIGN: one open-addressing table holds every key the txn knows: the pending writes of
@@ -52,12 +61,34 @@ struct overlay_entry {
     bool keep;          /* holds a value that was read or decoded: kept after commit */
     bool touched;       /* listed in t->touched */
     bool inflight;      /* in the sealed write, not yet settled: listed in t->sealed */
+    uint8_t val_class;  /* 'val' is a small block of this class (0: malloc'd, or NULL) */
     uint32_t pnext;     /* next pending entry of its prefix chain (slot + 1; 0: last) */
     uint32_t snext;     /* next in-flight entry of its prefix chain */
 };
 
+/* Keys and short values live in small blocks, SMALL_STEP multiples up to SMALL_MAX bytes,
+ * carved from SLAB_BYTES slabs and recycled through a free list per size: a group makes
+ * and drops hundreds of thousands (a key per entry, a copy per value written or read), in
+ * bursts that empty glibc's per-size caches, and malloc and free cost ~250 instructions a
+ * pair there. The slabs go at a reset: between resets they hold at most what the most
+ * entries held at once did (the kept-values budget and a group's pending writes). */
+#define SMALL_STEP 16
+#define SMALL_MAX 256
+#define SMALL_CLASSES (SMALL_MAX / SMALL_STEP)
+#define SLAB_BYTES ((size_t)64 << 10)
+
+struct small_pool {
+    void *free[SMALL_CLASSES + 1]; /* by class (1..SMALL_CLASSES): a block's first bytes
+                                      hold the next */
+    char *at;                      /* the current slab's unused bytes */
+    size_t left;
+    void **slabs;
+    size_t nslabs, slabs_cap;
+};
+
 struct store_txn {
     store *s;
+    struct small_pool small;
     leveldb_writebatch_t *wb;
     struct overlay_entry *tab; /* power-of-two capacity */
     uint32_t *tags;            /* per slot: TAG_EMPTY, TAG_TOMB or the key's hash tag */
@@ -93,6 +124,10 @@ struct store_txn {
     unsigned char *behind;
     size_t behind_len, behind_cap, nbehind;
     uint64_t bb_keys[STORE_STAT_TABLES], bb_bytes[STORE_STAT_TABLES];
+    /* The seal packs each changed object here, for the batch to copy (the txn keeps the
+     * object, not its bytes): one buffer, as large as the largest value packed yet. */
+    uint8_t *scratch;
+    size_t scratch_cap;
     bool through;              /* the sealed write goes through in full (see store.h) */
     bool want_through;         /* store_txn_write_through: the next seal's does */
     /* store_txn_index_keys: the keys of the tables in each mask, per partition; a set's
@@ -105,6 +140,92 @@ struct store_txn {
     /* per table < 32: its entry of 'sets' + 1 (0: none) and its rank in the mask */
     uint8_t set_of[32], rank_of[32];
 };
+
+/* The class of a block of n bytes (1 ...), 0 if it is too large for one. */
+static unsigned small_class(size_t n)
+{
+    return n <= SMALL_MAX ? (unsigned)((n + SMALL_STEP - 1) / SMALL_STEP + (n == 0)) : 0;
+}
+
+/* A block of class c (not 0); NULL if out of memory. Under ASan a free block, and a
+ * slab's unused bytes, are poisoned: a use after small_free is reported as after free(). */
+static void *small_alloc(struct small_pool *sp, unsigned c)
+{
+    size_t n = (size_t)c * SMALL_STEP;
+    void *p = sp->free[c];
+    if (p) {
+        SMALL_UNPOISON(p, n);
+        memcpy(&sp->free[c], p, sizeof(void *));
+        return p;
+    }
+    if (sp->left < n) {
+        if (sp->nslabs == sp->slabs_cap) {
+            size_t ncap = sp->slabs_cap ? 2 * sp->slabs_cap : 16;
+            void **ns = realloc(sp->slabs, ncap * sizeof(*ns));
+            if (!ns)
+                return NULL;
+            sp->slabs = ns;
+            sp->slabs_cap = ncap;
+        }
+        if (!(sp->at = malloc(SLAB_BYTES))) {
+            sp->left = 0;
+            return NULL;
+        }
+        sp->slabs[sp->nslabs++] = sp->at;
+        sp->left = SLAB_BYTES; /* the rest of the last slab is left unused */
+        SMALL_POISON(sp->at, SLAB_BYTES);
+    }
+    p = sp->at;
+    SMALL_UNPOISON(p, n);
+    sp->at += n;
+    sp->left -= n;
+    return p;
+}
+
+static void small_free(struct small_pool *sp, void *p, unsigned c)
+{
+    memcpy(p, &sp->free[c], sizeof(void *));
+    sp->free[c] = p;
+    SMALL_POISON(p, (size_t)c * SMALL_STEP);
+}
+
+/* Every block at once (nothing may hold one). */
+static void small_release(struct small_pool *sp)
+{
+    for (size_t i = 0; i < sp->nslabs; i++) {
+        SMALL_UNPOISON(sp->slabs[i], SLAB_BYTES);
+        free(sp->slabs[i]);
+    }
+    free(sp->slabs);
+    memset(sp, 0, sizeof(*sp));
+}
+
+/* A copy of the n bytes at 'src' for an entry: a small block of class *c, or malloc'd
+ * (*c 0); NULL if out of memory. */
+static void *bytes_copy(store_txn *t, const void *src, size_t n, unsigned *c)
+{
+    void *p = (*c = small_class(n)) ? small_alloc(&t->small, *c) : malloc(n);
+    if (p && n)
+        memcpy(p, src, n);
+    return p;
+}
+
+static void bytes_free(store_txn *t, void *p, unsigned c)
+{
+    if (c)
+        small_free(&t->small, p, c);
+    else
+        free(p);
+}
+
+/* Drop the entry's bytes (a small block, or malloc'd). */
+static void val_free(store_txn *t, struct overlay_entry *e)
+{
+    if (e->val)
+        bytes_free(t, e->val, e->val_class);
+    e->val = NULL;
+    e->val_class = 0;
+}
 
 /* Append a sealed write of a behind table to t->behind. */
 static eddy_err behind_add(store_txn *t, const unsigned char *k, size_t klen, const char *v,
@@ -186,26 +307,56 @@ static size_t obj_heap(struct overlay_entry *e)
     return e->heap / at * v + e->heap % at * v / at;
 }
 
-/* Bring e->val up to date with the object (for byte readers, scans and the commit). */
-static eddy_err entry_pack(const store_txn *t, struct overlay_entry *e)
+/* Pack 'obj' into 'o' (its registered packer, else protobuf-c). */
+static eddy_err pack_obj(const store_txn *t, const ProtobufCMessage *obj, struct pbenc_out *o)
+{
+    for (size_t i = 0; i < t->npackers; i++) {
+        if (t->packers[i].desc == obj->descriptor && t->packers[i].fn(obj, o))
+            return EDDY_OK;
+    }
+    if (!pbenc_reserve(o, protobuf_c_message_get_packed_size(obj)))
+        return EDDY_ERR_NOMEM;
+    protobuf_c_message_pack(obj, o->buf);
+    return EDDY_OK;
+}
+
+/* Bring e->val up to date with the object (for byte readers and scans). */
+static eddy_err entry_pack(store_txn *t, struct overlay_entry *e)
 {
     if (!e->obj || (!e->obj_dirty && e->val))
         return EDDY_OK;
-    uint8_t *v = NULL;
-    size_t n = 0;
-    for (size_t i = 0; i < t->npackers; i++) {
-        if (t->packers[i].desc == e->obj->descriptor && t->packers[i].fn(e->obj, &v, &n))
-            break;
+    struct pbenc_out o = {NULL, 0, NULL, 0};
+    eddy_err err = pack_obj(t, e->obj, &o);
+    if (err != EDDY_OK)
+        return err;
+    val_free(t, e);
+    e->val = (char *)o.buf;
+    e->vlen = o.len;
+    return EDDY_OK;
+}
+
+/* The bytes the seal writes for 'e' (not a delete) in *v and *n: its value, or its object
+ * packed into t->scratch (valid until the next call), which the batch copies. */
+static eddy_err seal_bytes(store_txn *t, struct overlay_entry *e, const char **v, size_t *n)
+{
+    if (!e->obj || (!e->obj_dirty && e->val)) {
+        *v = e->val;
+        *n = e->vlen;
+        return EDDY_OK;
     }
-    if (!v) {
-        n = protobuf_c_message_get_packed_size(e->obj);
-        if (!(v = malloc(n ? n : 1)))
-            return EDDY_ERR_NOMEM;
-        protobuf_c_message_pack(e->obj, v);
+    struct pbenc_out o = {t->scratch, t->scratch_cap, NULL, 0};
+    eddy_err err = pack_obj(t, e->obj, &o);
+    if (err != EDDY_OK)
+        return err;
+    if (o.buf != t->scratch) { /* larger than any before: the new scratch */
+        free(t->scratch);
+        t->scratch = o.buf;
+        t->scratch_cap = o.len;
     }
-    free(e->val);
-    e->val = (char *)v;
-    e->vlen = n;
+    val_free(t, e); /* stale: the object is what is kept */
+    e->vlen = o.len;
+    *v = (const char *)o.buf;
+    *n = o.len;
     return EDDY_OK;
 }
 
@@ -236,8 +387,8 @@ static uint32_t tag_of(uint64_t h)
 /* Empty the slot, leaving a tombstone. */
 static void entry_remove(store_txn *t, struct overlay_entry *e)
 {
-    free(e->key);
-    free(e->val);
+    bytes_free(t, e->key, small_class(e->klen));
+    val_free(t, e);
     entry_drop_obj(e);
     t->kept_bytes -= e->cost;
     t->live--;
@@ -279,10 +430,14 @@ store_txn *store_txn_new(store *s)
 void store_txn_reset(store_txn *t)
 {
     for (size_t i = 0; i < t->cap; i++) {
-        free(t->tab[i].key);
-        free(t->tab[i].val);
-        entry_drop_obj(&t->tab[i]);
+        struct overlay_entry *e = &t->tab[i];
+        if (e->key && !small_class(e->klen))
+            free(e->key);
+        if (e->val && !e->val_class)
+            free(e->val);
+        entry_drop_obj(e);
     }
+    small_release(&t->small); /* every small block: keys and values */
     memset(t->tab, 0, t->cap * sizeof(*t->tab));
     memset(t->tags, 0, t->cap * sizeof(*t->tags));
     t->live = t->tombs = t->ntouched = t->npending = t->kept_bytes = 0;
@@ -315,6 +470,8 @@ void store_txn_free(store_txn *t)
     free(t->phead);
     free(t->shead);
     free(t->behind);
+    free(t->scratch);
+    small_release(&t->small);
     for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++)
         keyset_free(t->sets[i].ks);
     if (t->wb)
@@ -472,10 +629,10 @@ static eddy_err entry_for(store_txn *t, const struct store_key *key, struct over
     uint32_t tag;
     struct overlay_entry *e = lookup(t, key->buf, key->len, &slot, &tag);
     if (!e) {
-        unsigned char *k = malloc(key->len);
+        unsigned c;
+        unsigned char *k = bytes_copy(t, key->buf, key->len, &c);
         if (!k)
             return EDDY_ERR_NOMEM;
-        memcpy(k, key->buf, key->len);
         if (t->tags[slot - t->tab] == TAG_TOMB)
             t->tombs--;
         t->tags[slot - t->tab] = tag;
@@ -650,20 +807,19 @@ static eddy_err overlay_set(store_txn *t, const struct store_key *key, const voi
         return touch(t, e);
     }
     char *copy = NULL;
-    if (!deleted) {
-        copy = malloc(vlen ? vlen : 1);
-        if (!copy)
-            return EDDY_ERR_NOMEM;
-        memcpy(copy, val, vlen);
-    }
+    unsigned c = 0;
+    if (!deleted && !(copy = bytes_copy(t, val, vlen, &c)))
+        return EDDY_ERR_NOMEM;
     eddy_err err = entry_for(t, key, &e);
     if (err != EDDY_OK) {
-        free(copy);
+        if (copy)
+            bytes_free(t, copy, c);
         return err;
     }
     bool was_deleted = e->deleted;
-    free(e->val);
+    val_free(t, e);
     e->val = copy;
+    e->val_class = (uint8_t)c;
     e->vlen = vlen;
     e->deleted = deleted;
     if (deleted)
@@ -784,17 +940,17 @@ eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **v
     *found = v != NULL;
     if (!v)
         return EDDY_OK;
-    char *copy = malloc(n ? n : 1);
-    if (copy)
-        memcpy(copy, v, n);
+    unsigned c;
+    char *copy = bytes_copy(t, v, n, &c);
     leveldb_free(v);
     if (!copy)
         return EDDY_ERR_NOMEM;
     if ((err = entry_for(t, key, &e)) != EDDY_OK) {
-        free(copy);
+        bytes_free(t, copy, c);
         return err;
     }
     e->val = copy;
+    e->val_class = (uint8_t)c;
     e->vlen = n;
     e->keep = true;
     *val = e->val;
@@ -920,9 +1076,8 @@ eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCM
     }
     if (e->obj != obj)
         entry_drop_obj(e);
-    free(e->val); /* stale now: packed again at commit */
+    val_free(t, e); /* stale now: packed again at commit */
     bool was_deleted = e->deleted;
-    e->val = NULL;
     e->obj = obj;
     e->obj_dirty = true;
     e->deleted = false;
@@ -1009,10 +1164,8 @@ static void seal_touched(store_txn *t)
                 entry_remove(t, e);
             continue;
         }
-        if (e->obj) { /* the decoded value is what is kept; its bytes are packed on demand */
-            free(e->val);
-            e->val = NULL;
-        }
+        if (e->obj) /* the decoded value is what is kept; its bytes are packed on demand */
+            val_free(t, e);
         /* the entry and its key, and the value: bytes, or a decoded message's malloc'd
          * pieces (4-6x its packed size, measured) */
         e->cost = e->klen + 64 + (e->obj ? obj_heap(e) : e->vlen);
@@ -1088,17 +1241,19 @@ eddy_err store_txn_seal(store_txn *t)
         keys[tb]++;
         bytes[tb] += e->klen;
         eddy_err err = EDDY_OK;
+        const char *v = NULL;
+        size_t n = 0;
         if (!e->deleted) {
             t->wb_packs[tb] += e->obj && (e->obj_dirty || !e->val);
-            err = entry_pack(t, e);
-            bytes[tb] += err == EDDY_OK ? e->vlen : 0;
+            err = seal_bytes(t, e, &v, &n);
+            bytes[tb] += n;
         }
         if (err == EDDY_OK && behind)
-            err = behind_add(t, e->key, e->klen, e->val, e->vlen, e->deleted);
+            err = behind_add(t, e->key, e->klen, v, n, e->deleted);
         else if (err == EDDY_OK && e->deleted)
             leveldb_writebatch_delete(t->wb, (const char *)e->key, e->klen);
         else if (err == EDDY_OK)
-            leveldb_writebatch_put(t->wb, (const char *)e->key, e->klen, e->val, e->vlen);
+            leveldb_writebatch_put(t->wb, (const char *)e->key, e->klen, v, n);
         if (err != EDDY_OK) {
             store_txn_reset(t);
             return err;

@@ -74,11 +74,13 @@ eddy_err store_txn_obj_get_or_new(store_txn *t, const struct store_key *key,
                                   bool *created);
 /* A faster encoder for one message type, used when the txn packs changed objects at
  * commit: it must write exactly protobuf_c_message_pack's bytes (the stored state is
- * compared byte for byte). It sets *buf (malloc'd, the txn frees it) and *len and returns
- * true, or returns false to leave the message to protobuf-c (or on allocation failure).
- * Registering the same function again is free; up to STORE_TXN_PACKERS types. */
+ * compared byte for byte). It writes them into 'o' (pbenc.h: the txn's scratch buffer when
+ * they fit, else a block it mallocs, which the txn then owns) and returns true, or returns
+ * false to leave the message to protobuf-c (or on allocation failure). Registering the
+ * same function again is free; up to STORE_TXN_PACKERS types. */
 #define STORE_TXN_PACKERS 8
-typedef bool store_pack_fn(const ProtobufCMessage *m, uint8_t **buf, size_t *len);
+struct pbenc_out;
+typedef bool store_pack_fn(const ProtobufCMessage *m, struct pbenc_out *o);
 void store_txn_set_packer(store_txn *t, const ProtobufCMessageDescriptor *desc,
                           store_pack_fn *fn);
 

@@ -95,16 +95,19 @@ static void *array(size_t n, size_t size)
 }
 
 /* Compare 'got' (from a hand-written encoder) with protobuf-c's bytes of 'm'. */
-static void assert_same_bytes(const ProtobufCMessage *m, uint8_t *got, size_t len)
+/* 'o' holds protobuf-c's bytes of 'm', in its scratch if they fit there; freed after. */
+static void assert_same_bytes(const ProtobufCMessage *m, struct pbenc_out *o)
 {
     size_t want_len = protobuf_c_message_get_packed_size(m);
     uint8_t *want = malloc(want_len ? want_len : 1);
     assert_non_null(want);
     protobuf_c_message_pack(m, want);
-    assert_int_equal(len, want_len);
-    assert_memory_equal(got, want, len);
+    assert_int_equal(o->len, want_len);
+    assert_memory_equal(o->buf, want, o->len);
+    assert_true((o->buf == o->scratch) == (o->scratch && o->len <= o->cap));
     free(want);
-    free(got);
+    if (o->buf != o->scratch)
+        free(o->buf);
 }
 
 static void test_product_state(void **state)
@@ -135,10 +138,9 @@ static void test_product_state(void **state)
             nb->score = decayed(true);
             ps->neighbours[i] = nb;
         }
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        assert_true(product_state_pack(ps, &buf, &len));
-        assert_same_bytes(&ps->base, buf, len);
+        struct pbenc_out o = {0};
+        assert_true(product_state_pack(ps, &o));
+        assert_same_bytes(&ps->base, &o);
         eddy__store__v1__product_state__free_unpacked(ps, NULL);
     }
 }
@@ -153,10 +155,10 @@ static void test_cooc_pair(void **state)
         pr->score = decayed(true);
         pr->category = str();
         pr->category_ts = num();
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        assert_true(product_pair_pack(pr, &buf, &len));
-        assert_same_bytes(&pr->base, buf, len);
+        uint8_t scratch[24]; /* some rows fit, some do not */
+        struct pbenc_out o = {scratch, sizeof(scratch), NULL, 0};
+        assert_true(product_pair_pack(pr, &o));
+        assert_same_bytes(&pr->base, &o);
         eddy__store__v1__co_occurrence_pair__free_unpacked(pr, NULL);
     }
 }
@@ -228,10 +230,9 @@ static void test_user_model(void **state)
     (void)state;
     for (int round = 0; round < 300; round++) {
         Eddy__Store__V1__UserModel *m = random_model();
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        assert_true(model_pack(m, &buf, &len));
-        assert_same_bytes(&m->base, buf, len);
+        struct pbenc_out o = {0};
+        assert_true(model_pack(m, &o));
+        assert_same_bytes(&m->base, &o);
         eddy__store__v1__user_model__free_unpacked(m, NULL);
     }
 }
@@ -371,11 +372,10 @@ static void test_unknown_fields_left_to_protobuf_c(void **state)
     assert_non_null(ps);
     assert_non_null(m);
     assert_int_equal(ps->base.n_unknown_fields, 1);
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    assert_false(product_state_pack(ps, &buf, &len));
-    assert_false(model_pack(m, &buf, &len));
-    assert_null(buf);
+    struct pbenc_out o = {0};
+    assert_false(product_state_pack(ps, &o));
+    assert_false(model_pack(m, &o));
+    assert_null(o.buf);
     eddy__store__v1__product_state__free_unpacked(ps, NULL);
     eddy__store__v1__user_model__free_unpacked(m, NULL);
 }
@@ -414,10 +414,10 @@ static void test_counts_through_the_txn(void **state)
             eddy__store__v1__counts__unpack(NULL, vlen, (const uint8_t *)v);
         assert_non_null(c);
         assert_true(counts_get(c, EDDY__V1__EVENT_TYPE__EVENT_TYPE_UNSPECIFIED) > 0);
-        uint8_t *copy = malloc(vlen ? vlen : 1);
-        assert_non_null(copy);
-        memcpy(copy, v, vlen);
-        assert_same_bytes(&c->base, copy, vlen);
+        struct pbenc_out o = {NULL, 0, malloc(vlen ? vlen : 1), vlen};
+        assert_non_null(o.buf);
+        memcpy(o.buf, v, vlen);
+        assert_same_bytes(&c->base, &o);
         eddy__store__v1__counts__free_unpacked(c, NULL);
         free(v);
     }

@@ -866,6 +866,66 @@ static void test_key_set_put_after_pending_delete(void **state)
     store_txn_free(t);
 }
 
+/* Key i of test_every_length: 3 + i % 280 + 2 bytes; its value in a round, in 'val':
+ * returns its length. */
+static void length_key(struct store_key *k, int i)
+{
+    key_init(k, 7, T_USER);
+    for (int j = 0; j < i % 280; j++)
+        key_bytes(k, "k", 1);
+    key_u16(k, (uint16_t)i);
+}
+
+static size_t length_val(char *val, int i, int round, int n)
+{
+    size_t len = (size_t)((i * 7 + round * 31) % n);
+    memset(val, 'a' + (i + round) % 26, len);
+    return len;
+}
+
+/* Keys and values of every length around the txn's small-block sizes (16-byte steps to
+ * 256 bytes, malloc beyond), rewritten with other lengths, deleted, forgotten at a reset:
+ * each read gives the last bytes written, before and after the commit. */
+static void test_every_length(void **state)
+{
+    struct fx *f = *state;
+    enum { N = 300 };
+    char val[N];
+    struct store_key k;
+    store_txn *t = store_txn_new(f->s);
+    assert_non_null(t);
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < N; i++) {
+            length_key(&k, i);
+            size_t len = length_val(val, i, round, N);
+            if (round == 2 && i % 5 == 0)
+                assert_int_equal(store_txn_del(t, &k), EDDY_OK);
+            else
+                assert_int_equal(store_txn_put(t, &k, val, len), EDDY_OK);
+        }
+        for (int pass = 0; pass < 2; pass++) {
+            for (int i = 0; i < N; i++) {
+                const char *v;
+                size_t vlen;
+                bool found;
+                length_key(&k, i);
+                assert_int_equal(store_txn_get(t, &k, &v, &vlen, &found), EDDY_OK);
+                assert_true(found == !(round == 2 && i % 5 == 0));
+                if (!found)
+                    continue;
+                size_t len = length_val(val, i, round, N);
+                assert_int_equal(vlen, len);
+                assert_memory_equal(v, val, len);
+            }
+            if (pass == 0)
+                assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+        }
+        if (round == 1)
+            store_txn_reset(t); /* every block at once; read back from LevelDB next */
+    }
+    store_txn_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -887,6 +947,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_key_sets_of_two_masks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_set_put_after_pending_delete, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_every_length, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
