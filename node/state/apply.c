@@ -11,6 +11,7 @@
 #include "common/pbutil.h"
 #include "node/state/attribution.h"
 #include "node/state/counts.h"
+#include "node/state/pbenc.h"
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
 
@@ -823,6 +824,54 @@ void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m)
     a->swept_until = m->swept_until;
 }
 
+/* A metadata entry's body: its size, its strings' lengths in kl and vl. */
+static size_t metadata_body(const Eddy__V1__Event__MetadataEntry *me, size_t *kl, size_t *vl)
+{
+    return pbenc_str_size(me->key, kl) + pbenc_str_size(me->value, vl);
+}
+
+bool apply_event_record_pack(const Eddy__V1__Event *ev, struct pbenc_out *o)
+{
+    /* the strings in field order, with the fields between them written where they fall */
+    const char *const s[] = {ev->event_id, ev->user_id,  ev->session_id,   ev->product_id,
+                             ev->category, ev->brand,    ev->search_query, ev->recommendation_id};
+    size_t l[8], kl, vl;
+    if (pbenc_unknown(&ev->base))
+        return false;
+    size_t body = pbenc_u64_size((uint64_t)ev->timestamp_ms) +
+                  pbenc_u64_size((uint64_t)(int64_t)(int32_t)ev->event_type) +
+                  pbenc_double_size(ev->price);
+    for (size_t i = 0; i < 8; i++)
+        body += pbenc_str_size(s[i], &l[i]);
+    for (size_t i = 0; i < ev->n_metadata; i++) {
+        const Eddy__V1__Event__MetadataEntry *me = ev->metadata[i];
+        if (!me || pbenc_unknown(&me->base))
+            return false;
+        body += pbenc_sub_size(metadata_body(me, &kl, &vl));
+    }
+    if (!pbenc_reserve(o, pbenc_sub_size(body)))
+        return false;
+    uint8_t *p = pbenc_put_sub(o->buf, PB_LOG_EVENT, body);
+    p = pbenc_put_str(p, PB_EVENT_EVENT_ID, s[0], l[0]);
+    p = pbenc_put_str(p, PB_EVENT_USER_ID, s[1], l[1]);
+    p = pbenc_put_str(p, PB_EVENT_SESSION_ID, s[2], l[2]);
+    p = pbenc_put_u64(p, PB_EVENT_TIMESTAMP_MS, (uint64_t)ev->timestamp_ms);
+    p = pbenc_put_u64(p, PB_EVENT_EVENT_TYPE, (uint64_t)(int64_t)(int32_t)ev->event_type);
+    p = pbenc_put_str(p, PB_EVENT_PRODUCT_ID, s[3], l[3]);
+    p = pbenc_put_str(p, PB_EVENT_CATEGORY, s[4], l[4]);
+    p = pbenc_put_str(p, PB_EVENT_BRAND, s[5], l[5]);
+    p = pbenc_put_double(p, PB_EVENT_PRICE, ev->price);
+    p = pbenc_put_str(p, PB_EVENT_SEARCH_QUERY, s[6], l[6]);
+    for (size_t i = 0; i < ev->n_metadata; i++) {
+        const Eddy__V1__Event__MetadataEntry *me = ev->metadata[i];
+        p = pbenc_put_sub(p, PB_EVENT_METADATA, metadata_body(me, &kl, &vl));
+        p = pbenc_put_str(p, PB_METADATA_KEY, me->key, kl);
+        p = pbenc_put_str(p, PB_METADATA_VALUE, me->value, vl);
+    }
+    pbenc_put_str(p, PB_EVENT_RECOMMENDATION_ID, s[7], l[7]);
+    return true;
+}
+
 void apply_logged_release(struct apply_logged *l)
 {
     if (l->ev && l->unpacked)
@@ -936,7 +985,15 @@ eddy_err apply_append_event(store_txn *t, uint32_t p, struct part_meta *m,
     r.event = (Eddy__V1__Event *)ev;
     key_init(&k, p, T_LOG);
     key_u64(&k, a->end);
-    err = store_txn_put_msg(t, &k, &r.base);
+    uint8_t scratch[1024];
+    struct pbenc_out o = {scratch, sizeof(scratch), NULL, 0};
+    if (apply_event_record_pack(ev, &o)) {
+        err = store_txn_put(t, &k, o.buf, o.len);
+        if (o.buf != scratch)
+            free(o.buf);
+    } else {
+        err = store_txn_put_msg(t, &k, &r.base);
+    }
     /* the dedup row now, for the appends after it, with the bytes its apply would write
      * (apply_appended writes none) */
     key_init(&k, p, T_DEDUP);

@@ -117,6 +117,12 @@ struct apply_ahead {
 /* Start 'a' from the applied state 'm' (nothing ahead of it). */
 void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m);
 
+/* protobuf_c_message_pack's bytes of LogRecord{event: ev} (pbenc.h), written directly into
+ * 'o' (struct pbenc_out: the caller's scratch, or malloc'd): the append of every event
+ * encodes one. False if 'ev' carries unknown fields (use protobuf-c) or out of memory. */
+struct pbenc_out;
+bool apply_event_record_pack(const Eddy__V1__Event *ev, struct pbenc_out *o);
+
 /* The event of a record apply_append_event appended, as the record decodes: what its
  * apply (apply_appended) and every replay of the record apply. Owned by the appender;
  * release with apply_logged_release (which accepts an empty one). */
