@@ -11,7 +11,8 @@
  *   eddy-apply-bench [N] [--inflight K] [--batch B] [--dump FILE] [--recommend R]
  *                    [--kept-bytes BYTES] [--lists-staleness MS] [--queued] [--warm W]
  *                    [--flush-interval MS] [--flush-bytes BYTES] [--flush-chunk BYTES]
- *                    [--pair-set-bytes BYTES]       (defaults 50000, 8, 500, 0, 0)
+ *                    [--pair-set-bytes BYTES] [--key-set-bytes BYTES] [--hold-apply]
+ *                                                   (defaults 50000, 8, 500, 0, 0)
  *
  * --flush-interval writes the derived state behind the log (engine_opts.flush_interval_ms;
  * 0, the default: every group commit writes everything, synced); the dirty set left at the
@@ -31,11 +32,21 @@
  * seen before). Under callgrind, the instructions of the rest are those of the run minus
  * those of `W --queued` (the same groups).
  *
+ * --hold-apply keeps the apply thread idle (engine_hold_apply): the writer applies each
+ * group's events itself when it takes the next job (the drain before the bench's exclusive
+ * job, or at the writer's idle pass, once a second of wall clock). Without it, how much the
+ * apply thread applies while the writer waits, and so which write carries which state,
+ * depends on thread timing: under callgrind the whole run's count moves by +-2 % from run
+ * to run; with it, by well under 1 % (the idle passes), so the count of a change can be
+ * told from noise. The state is the same.
+ *
  * --dump writes every key and value of the state afterwards (store_dump): two builds that
  * apply the same events must write the same file. --kept-bytes sets the budget of the
  * values the writer's txn keeps between group commits (store_set_kept_bytes);
  * --pair-set-bytes the memory of the sets of co-occurrence pairs that exist
- * (product_params.pair_set_bytes, --pair-set-size of the node; 0: every new pair is read).
+ * (product_params.pair_set_bytes, --pair-set-size of the node; 0: every new pair is read),
+ * --key-set-bytes those of the USER, PRODUCT and IMPR rows (apply_params.key_set_bytes,
+ * --key-set-size; 0: every new user or product is read).
  * Prints events/s and what the group commits wrote per event, by table (LevelDB records,
  * key and value bytes, decoded objects encoded: store_write_stats). Under `valgrind --tool=callgrind --toggle-collect=apply_event
  * --toggle-collect=store_txn_seal --toggle-collect=store_txn_write
@@ -110,6 +121,7 @@ static void node_defaults(struct engine_opts *o, const char *dir)
     o->apply.window_retention_ms = 7 * day;
     o->apply.log_retention_ms = 7 * day;
     o->apply.sweep_interval_ms = 3600000;
+    o->apply.key_set_bytes = APPLY_KEY_SET_DEFAULT;
     o->product = (struct product_params){256, {day, 8}, {7 * day, 8}, 50,
                                          PRODUCT_PAIR_SET_DEFAULT};
     o->rec = (struct rec_params){1, 1.5, 2, 3, true, 0};
@@ -319,7 +331,7 @@ int main(int argc, char **argv)
                         "[--recommend R] [--kept-bytes BYTES] [--lists-staleness MS] "
                         "[--queued] [--warm W] [--dedup-window MS] [--sweep-interval MS] "
                         "[--flush-interval MS] [--flush-bytes BYTES] [--flush-chunk BYTES] "
-                        "[--pair-set-bytes BYTES]\n");
+                        "[--pair-set-bytes BYTES] [--key-set-bytes BYTES] [--hold-apply]\n");
         return 2;
     }
 
@@ -355,6 +367,8 @@ int main(int argc, char **argv)
     o.flush_chunk_bytes = arg_int(argc, argv, "--flush-chunk", 0);
     o.product.pair_set_bytes =
         (size_t)arg_int(argc, argv, "--pair-set-bytes", (long)o.product.pair_set_bytes);
+    o.apply.key_set_bytes =
+        (size_t)arg_int(argc, argv, "--key-set-bytes", (long)o.apply.key_set_bytes);
     bool queued = has_flag(argc, argv, "--queued");
     if (queued)
         o.max_group_events = inflight * batch;
@@ -367,6 +381,8 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    if (has_flag(argc, argv, "--hold-apply"))
+        engine_hold_apply(e, true); /* the writer applies each group at the next one */
     long kept = arg_int(argc, argv, "--kept-bytes", 0);
     if (kept > 0)
         store_set_kept_bytes(engine_store(e), (size_t)kept);

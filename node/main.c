@@ -159,6 +159,11 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
           "memory for the sets of co-occurrence pairs that exist, which spare a new pair a "
           "LevelDB read (16-32 bytes a pair; a product partition past it reads; 0 = none)",
           0, 0),
+        F("key-set-size", FLAG_SIZE, key_set_size,
+          "memory for the sets of the user, product and impression rows that exist, which "
+          "spare a new user or product, and a user without impressions, a LevelDB read "
+          "(16-32 bytes a row; a partition's table past it reads; 0 = none)",
+          0, 0),
         F("flush-interval", FLAG_DURATION, flush_interval,
           "write derived state behind the log this often (0 = every group commit, synced)", 0,
           0),

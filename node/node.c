@@ -127,7 +127,8 @@ struct node_config node_config_defaults(void)
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
         .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
         .cache_size = 64 << 20, .state_cache_size = 256 << 20,
-        .pair_set_size = (int64_t)PRODUCT_PAIR_SET_DEFAULT, .shutdown_grace = 10000, .neighbour_cache = 20000,
+        .pair_set_size = (int64_t)PRODUCT_PAIR_SET_DEFAULT,
+        .key_set_size = (int64_t)APPLY_KEY_SET_DEFAULT, .shutdown_grace = 10000, .neighbour_cache = 20000,
         .user_cache_size = 32 << 20,
         .flush_interval = 200, .flush_bytes = 64 << 20, .flush_chunk = 128 << 10, .read_barrier_timeout = 10000,
         .max_apply_lag = ENGINE_MAX_APPLY_LAG_DEFAULT,
@@ -168,6 +169,7 @@ static void engine_options_from(const struct node_config *c, struct engine_opts 
     a->window_retention_ms = c->window_retention;
     a->log_retention_ms = c->log_retention;
     a->sweep_interval_ms = c->sweep_interval;
+    a->key_set_bytes = (size_t)c->key_set_size;
     o->product.partitions = (uint32_t)c->partitions;
     o->product.popularity = (struct decay_params){c->popularity_half_life, 8};
     o->product.neighbours = (struct decay_params){c->neighbour_half_life, 8};

@@ -2,13 +2,16 @@
 #include "node/state/apply.h"
 
 #include <openssl/evp.h>
+#include <math.h>
 #include <openssl/rand.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/pbutil.h"
 #include "node/state/attribution.h"
 #include "node/state/counts.h"
+#include "node/state/pbenc.h"
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
 
@@ -608,9 +611,9 @@ static eddy_err advance(store_txn *t, const struct apply_params *ap, uint32_t p,
     return sweep(t, ap, p, m);
 }
 
-static bool pack_model(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
+static bool pack_model(const ProtobufCMessage *m, struct pbenc_out *o)
 {
-    return model_pack((const Eddy__Store__V1__UserModel *)m, buf, len);
+    return model_pack((const Eddy__Store__V1__UserModel *)m, o);
 }
 
 /* ---- conversion of format 4 ---------------------------------------------------------- */
@@ -645,6 +648,18 @@ eddy_err apply_convert_models(store_txn *t, uint32_t p, size_t *converted)
 
 /* ---- apply --------------------------------------------------------------------------- */
 
+/* The tables whose keys the txn keeps sets of (apply_params.key_set_bytes): rows of
+ * users, products and impressions, whose number grows with users and products, not with
+ * time, and which an event reads before it writes them (the rows of time windows and
+ * event ids would fill any budget, and co-occurrence pairs have their own). */
+#define KEY_SET_TABLES \
+    ((UINT32_C(1) << T_USER) | (UINT32_C(1) << T_PRODUCT) | (UINT32_C(1) << T_IMPR))
+
+static void index_keys(store_txn *t, const struct apply_params *ap)
+{
+    store_txn_index_keys(t, KEY_SET_TABLES, ap->key_set_bytes);
+}
+
 /* The user's model as an object of the txn (borrowed until commit), created if absent or
  * expired. */
 static eddy_err load_model(store_txn *t, const struct apply_params *ap, uint32_t p,
@@ -671,21 +686,24 @@ static eddy_err load_model(store_txn *t, const struct apply_params *ap, uint32_t
     return EDDY_OK;
 }
 
+/* 'deduped': the event's DEDUP row is written already, with these bytes
+ * (apply_append_event), so that it is not written a second time. */
 static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, uint32_t p,
                                    struct part_meta *m, uint64_t seq, const Eddy__V1__Event *ev,
-                                   apply_emit_fn *emit, void *emit_ud,
+                                   bool deduped, apply_emit_fn *emit, void *emit_ud,
                                    enum apply_outcome *outcome)
 {
     struct store_key k;
     Eddy__Store__V1__UserModel *um = NULL;
     eddy_err err;
     int64_t ts = ev->timestamp_ms;
+    index_keys(t, ap);
 
     /* dedup entry: its key is all the apply reads, and the dedup sweep finds it along the
      * log, so the value is empty (format 5; older rows hold a Dedup nothing reads) */
     key_init(&k, p, T_DEDUP);
     key_str(&k, ev->event_id);
-    if ((err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
+    if (!deduped && (err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
         return err;
     key_init(&k, p, T_USER_LOG);
     key_lstr(&k, ev->user_id);
@@ -795,7 +813,7 @@ eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,
     key_u64(&k, seq);
     if ((err = store_txn_put_msg(t, &k, &r.base)) != EDDY_OK)
         return err;
-    return apply_logged_event(t, ap, p, m, seq, ev, emit, emit_ud, outcome);
+    return apply_logged_event(t, ap, p, m, seq, ev, false, emit, emit_ud, outcome);
 }
 
 void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m)
@@ -806,37 +824,184 @@ void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m)
     a->swept_until = m->swept_until;
 }
 
+/* A metadata entry's body: its size, its strings' lengths in kl and vl. */
+static size_t metadata_body(const Eddy__V1__Event__MetadataEntry *me, size_t *kl, size_t *vl)
+{
+    return pbenc_str_size(me->key, kl) + pbenc_str_size(me->value, vl);
+}
+
+bool apply_event_record_pack(const Eddy__V1__Event *ev, struct pbenc_out *o)
+{
+    /* the strings in field order, with the fields between them written where they fall */
+    const char *const s[] = {ev->event_id, ev->user_id,  ev->session_id,   ev->product_id,
+                             ev->category, ev->brand,    ev->search_query, ev->recommendation_id};
+    size_t l[8], kl, vl;
+    if (pbenc_unknown(&ev->base))
+        return false;
+    size_t body = pbenc_u64_size((uint64_t)ev->timestamp_ms) +
+                  pbenc_u64_size((uint64_t)(int64_t)(int32_t)ev->event_type) +
+                  pbenc_double_size(ev->price);
+    for (size_t i = 0; i < 8; i++)
+        body += pbenc_str_size(s[i], &l[i]);
+    for (size_t i = 0; i < ev->n_metadata; i++) {
+        const Eddy__V1__Event__MetadataEntry *me = ev->metadata[i];
+        if (!me || pbenc_unknown(&me->base))
+            return false;
+        body += pbenc_sub_size(metadata_body(me, &kl, &vl));
+    }
+    if (!pbenc_reserve(o, pbenc_sub_size(body)))
+        return false;
+    uint8_t *p = pbenc_put_sub(o->buf, PB_LOG_EVENT, body);
+    p = pbenc_put_str(p, PB_EVENT_EVENT_ID, s[0], l[0]);
+    p = pbenc_put_str(p, PB_EVENT_USER_ID, s[1], l[1]);
+    p = pbenc_put_str(p, PB_EVENT_SESSION_ID, s[2], l[2]);
+    p = pbenc_put_u64(p, PB_EVENT_TIMESTAMP_MS, (uint64_t)ev->timestamp_ms);
+    p = pbenc_put_u64(p, PB_EVENT_EVENT_TYPE, (uint64_t)(int64_t)(int32_t)ev->event_type);
+    p = pbenc_put_str(p, PB_EVENT_PRODUCT_ID, s[3], l[3]);
+    p = pbenc_put_str(p, PB_EVENT_CATEGORY, s[4], l[4]);
+    p = pbenc_put_str(p, PB_EVENT_BRAND, s[5], l[5]);
+    p = pbenc_put_double(p, PB_EVENT_PRICE, ev->price);
+    p = pbenc_put_str(p, PB_EVENT_SEARCH_QUERY, s[6], l[6]);
+    for (size_t i = 0; i < ev->n_metadata; i++) {
+        const Eddy__V1__Event__MetadataEntry *me = ev->metadata[i];
+        p = pbenc_put_sub(p, PB_EVENT_METADATA, metadata_body(me, &kl, &vl));
+        p = pbenc_put_str(p, PB_METADATA_KEY, me->key, kl);
+        p = pbenc_put_str(p, PB_METADATA_VALUE, me->value, vl);
+    }
+    pbenc_put_str(p, PB_EVENT_RECOMMENDATION_ID, s[7], l[7]);
+    return true;
+}
+
+void apply_logged_release(struct apply_logged *l)
+{
+    if (l->ev && l->unpacked)
+        eddy__v1__event__free_unpacked(l->ev, NULL);
+    else
+        free(l->ev);
+    l->ev = NULL;
+}
+
+/* The fields of eddy.v1.Event that event_copy copies: a descriptor with more (a field
+ * added since) makes it refuse, and the records decode instead (unit.node.state.apply
+ * notices it). */
+#define EVENT_FIELDS 12
+#define EVENT_STRINGS 8
+
+/* Bytes of string 's' in a copy (0: left as protobuf_c_empty_string, as an unpack leaves
+ * an empty string field), its NUL included. */
+static size_t copied_len(const char *s)
+{
+    return s && s[0] ? strlen(s) + 1 : 0;
+}
+
+static char *copy_str(char **at, const char *s, size_t n)
+{
+    if (n == 0)
+        return (char *)protobuf_c_empty_string;
+    char *p = *at;
+    memcpy(p, s, n);
+    *at += n;
+    return p;
+}
+
+/* 'ev' as protobuf_c_message_unpack makes of its packed bytes, in one malloc'd block (free
+ * it with free()), without the encoding and the decoding; NULL where a copy would not be
+ * that: unknown fields (kept by an unpack), a price of -0.0 (not packed: it unpacks as 0),
+ * a descriptor with other fields; or out of memory. */
+static Eddy__V1__Event *event_copy(const Eddy__V1__Event *ev)
+{
+    static const size_t str_at[EVENT_STRINGS] = {
+        offsetof(Eddy__V1__Event, event_id),     offsetof(Eddy__V1__Event, user_id),
+        offsetof(Eddy__V1__Event, session_id),   offsetof(Eddy__V1__Event, product_id),
+        offsetof(Eddy__V1__Event, category),     offsetof(Eddy__V1__Event, brand),
+        offsetof(Eddy__V1__Event, search_query), offsetof(Eddy__V1__Event, recommendation_id)};
+    if (eddy__v1__event__descriptor.n_fields != EVENT_FIELDS || ev->base.n_unknown_fields ||
+        (ev->price == 0 && signbit(ev->price)))
+        return NULL;
+    const char *str[EVENT_STRINGS];
+    size_t len[EVENT_STRINGS], total = sizeof(*ev);
+    for (size_t i = 0; i < EVENT_STRINGS; i++) {
+        str[i] = *(const char *const *)((const char *)ev + str_at[i]);
+        total += len[i] = copied_len(str[i]);
+    }
+    size_t nmeta = ev->n_metadata;
+    for (size_t i = 0; i < nmeta; i++) {
+        const Eddy__V1__Event__MetadataEntry *me = ev->metadata[i];
+        if (!me || me->base.n_unknown_fields)
+            return NULL;
+        total += sizeof(*ev->metadata) + sizeof(*me) + copied_len(me->key) +
+                 copied_len(me->value);
+    }
+    Eddy__V1__Event *c = malloc(total);
+    if (!c)
+        return NULL;
+    *c = *ev; /* the scalars; every pointer is replaced below */
+    /* the entries' pointers, the entries (both 8-byte multiples), then the strings */
+    Eddy__V1__Event__MetadataEntry **arr = (Eddy__V1__Event__MetadataEntry **)(c + 1);
+    Eddy__V1__Event__MetadataEntry *ent = (Eddy__V1__Event__MetadataEntry *)(arr + nmeta);
+    char *at = (char *)(ent + nmeta);
+    for (size_t i = 0; i < EVENT_STRINGS; i++)
+        *(char **)((char *)c + str_at[i]) = copy_str(&at, str[i], len[i]);
+    c->metadata = nmeta ? arr : NULL;
+    for (size_t i = 0; i < nmeta; i++) {
+        const Eddy__V1__Event__MetadataEntry *me = ev->metadata[i];
+        ent[i] = *me;
+        ent[i].key = copy_str(&at, me->key, copied_len(me->key));
+        ent[i].value = copy_str(&at, me->value, copied_len(me->value));
+        arr[i] = &ent[i];
+    }
+    return c;
+}
+
+/* 'ev' as its log record decodes into *logged: copied (the record's decode, without
+ * decoding it), or where the copy would differ, decoded from its bytes. */
+static eddy_err logged_event(const Eddy__V1__Event *ev, struct apply_logged *logged)
+{
+    logged->unpacked = false;
+    if ((logged->ev = event_copy(ev)) != NULL)
+        return EDDY_OK;
+    size_t len = eddy__v1__event__get_packed_size(ev);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return EDDY_ERR_NOMEM;
+    eddy__v1__event__pack(ev, buf);
+    logged->ev = eddy__v1__event__unpack(NULL, len, buf);
+    logged->unpacked = true;
+    free(buf);
+    return logged->ev ? EDDY_OK : EDDY_ERR_NOMEM;
+}
+
 eddy_err apply_append_event(store_txn *t, uint32_t p, struct part_meta *m,
-                            struct apply_ahead *a, const Eddy__V1__Event *ev, uint8_t **rec,
-                            size_t *rec_len, bool *duplicate)
+                            struct apply_ahead *a, const Eddy__V1__Event *ev,
+                            struct apply_logged *logged, bool *duplicate)
 {
     struct store_key k;
-    *rec = NULL;
+    logged->ev = NULL;
     eddy_err err = dedup_check(t, p, m, ev, duplicate);
     if (err != EDDY_OK || *duplicate)
         return err;
     Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
     r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
     r.event = (Eddy__V1__Event *)ev;
-    *rec_len = eddy__store__v1__log_record__get_packed_size(&r);
-    if (!(*rec = malloc(*rec_len ? *rec_len : 1)))
-        return EDDY_ERR_NOMEM;
-    eddy__store__v1__log_record__pack(&r, *rec);
     key_init(&k, p, T_LOG);
     key_u64(&k, a->end);
-    err = store_txn_put(t, &k, *rec, *rec_len);
-    /* the dedup row now, for the appends after it (its apply writes the same bytes) */
-    Eddy__Store__V1__Dedup d = EDDY__STORE__V1__DEDUP__INIT;
-    d.seq = a->end;
-    d.ts = ev->timestamp_ms;
+    uint8_t scratch[1024];
+    struct pbenc_out o = {scratch, sizeof(scratch), NULL, 0};
+    if (apply_event_record_pack(ev, &o)) {
+        err = store_txn_put(t, &k, o.buf, o.len);
+        if (o.buf != scratch)
+            free(o.buf);
+    } else {
+        err = store_txn_put_msg(t, &k, &r.base);
+    }
+    /* the dedup row now, for the appends after it, with the bytes its apply would write
+     * (apply_appended writes none) */
     key_init(&k, p, T_DEDUP);
     key_str(&k, ev->event_id);
     if (err == EDDY_OK)
-        err = store_txn_put_msg(t, &k, &d.base);
-    if (err != EDDY_OK) {
-        free(*rec);
-        *rec = NULL;
-    }
+        err = store_txn_put(t, &k, "", 0);
+    if (err == EDDY_OK)
+        err = logged_event(ev, logged);
     return err;
 }
 
@@ -924,9 +1089,11 @@ static bool only_partition(void *ud, uint32_t q)
     return *(const uint32_t *)ud == q;
 }
 
-eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
-                      struct part_meta *m, uint64_t seq, const Eddy__Store__V1__LogRecord *r,
-                      apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome)
+/* apply_replay; 'deduped': an event's DEDUP row is written already (apply_appended). */
+static eddy_err replay_record(store_txn *t, const struct apply_params *ap, uint32_t p,
+                              struct part_meta *m, uint64_t seq,
+                              const Eddy__Store__V1__LogRecord *r, bool deduped,
+                              apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome)
 {
     if (seq >= m->next_seq) {
         m->next_seq = seq + 1;
@@ -945,7 +1112,7 @@ eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
     case EDDY__STORE__V1__LOG_RECORD__KIND_EVENT:
         if (!r->event)
             return EDDY_ERR_CORRUPT;
-        return apply_logged_event(t, ap, p, m, seq, r->event, emit, emit_ud, outcome);
+        return apply_logged_event(t, ap, p, m, seq, r->event, deduped, emit, emit_ud, outcome);
     case EDDY__STORE__V1__LOG_RECORD__KIND_STAGE2:
         return ap->product ? product_apply(t, ap->product, r->stage2, only_partition, &p)
                            : EDDY_OK;
@@ -965,6 +1132,23 @@ eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
     }
 }
 
+eddy_err apply_replay(store_txn *t, const struct apply_params *ap, uint32_t p,
+                      struct part_meta *m, uint64_t seq, const Eddy__Store__V1__LogRecord *r,
+                      apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome)
+{
+    return replay_record(t, ap, p, m, seq, r, false, emit, emit_ud, outcome);
+}
+
+eddy_err apply_appended(store_txn *t, const struct apply_params *ap, uint32_t p,
+                        struct part_meta *m, uint64_t seq, const Eddy__V1__Event *ev,
+                        apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome)
+{
+    Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
+    r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
+    r.event = (Eddy__V1__Event *)ev;
+    return replay_record(t, ap, p, m, seq, &r, true, emit, emit_ud, outcome);
+}
+
 /* ---- stage 2 and OUTBOX records ------------------------------------------------------ */
 
 eddy_err apply_stage2(store_txn *t, const struct apply_params *ap, uint32_t q,
@@ -972,6 +1156,7 @@ eddy_err apply_stage2(store_txn *t, const struct apply_params *ap, uint32_t q,
 {
     bool fresh;
     *logged = false;
+    index_keys(t, ap);
     eddy_err err = product_fresh(t, q, b->source_partition, b->source_seq, &fresh);
     if (err != EDDY_OK || !fresh)
         return err;

@@ -48,7 +48,13 @@ struct apply_params {
      * stage 2 comes from the replayed events: STAGE2 and OUTBOX_DONE records apply
      * nothing (a rebuild's OUTBOX holds its own batches for delivery). */
     const struct product_params *product;
+    /* Memory for the writer's sets of the USER, PRODUCT and IMPR keys that exist, per
+     * partition (store_txn_index_keys; --key-set-size): a user, a product or a user
+     * without impressions seen for the first time is then no LevelDB read. 0: none. */
+    size_t key_set_bytes;
 };
+
+#define APPLY_KEY_SET_DEFAULT ((size_t)32 << 20)
 
 /* In-memory copy of a partition's META record; the writer owns it. */
 struct part_meta {
@@ -111,14 +117,29 @@ struct apply_ahead {
 /* Start 'a' from the applied state 'm' (nothing ahead of it). */
 void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m);
 
+/* protobuf_c_message_pack's bytes of LogRecord{event: ev} (pbenc.h), written directly into
+ * 'o' (struct pbenc_out: the caller's scratch, or malloc'd): the append of every event
+ * encodes one. False if 'ev' carries unknown fields (use protobuf-c) or out of memory. */
+struct pbenc_out;
+bool apply_event_record_pack(const Eddy__V1__Event *ev, struct pbenc_out *o);
+
+/* The event of a record apply_append_event appended, as the record decodes: what its
+ * apply (apply_appended) and every replay of the record apply. Owned by the appender;
+ * release with apply_logged_release (which accepts an empty one). */
+struct apply_logged {
+    Eddy__V1__Event *ev;  /* NULL: none */
+    bool unpacked;        /* decoded from the record's bytes, else copied (one block) */
+};
+void apply_logged_release(struct apply_logged *l);
+
 /* The append half of apply_event: 'ev' (valid, of partition p) is checked against the
  * remembered event ids (a duplicate is counted in 'm' and *duplicate set, nothing
  * written); otherwise its log record is written at seq a->end with its DEDUP row, and
- * *rec receives the record's bytes (caller owns: free; apply them with apply_replay at
- * that seq, then call apply_ahead_event). NULL *rec for a duplicate. */
+ * *logged receives its event as the record decodes (call apply_ahead_event, then apply it
+ * with apply_appended at that seq). Nothing in *logged for a duplicate. */
 eddy_err apply_append_event(store_txn *t, uint32_t p, struct part_meta *m,
-                            struct apply_ahead *a, const Eddy__V1__Event *ev, uint8_t **rec,
-                            size_t *rec_len, bool *duplicate);
+                            struct apply_ahead *a, const Eddy__V1__Event *ev,
+                            struct apply_logged *logged, bool *duplicate);
 
 /* Account an appended event of time 'ts' in 'a': *late is what its apply will decide.
  * True when its apply will sweep the partition (the dedup sweep included): apply every
@@ -129,6 +150,13 @@ bool apply_ahead_event(const struct apply_params *ap, struct apply_ahead *a, int
 /* Append an idle-watermark record moving the watermark to 'wm' and apply it. */
 eddy_err apply_idle(store_txn *t, const struct apply_params *ap, uint32_t p,
                     struct part_meta *m, int64_t wm);
+
+/* Apply the event of a record apply_append_event appended at 'seq' (apply_replay of its
+ * record, less the DEDUP row the append wrote), in log order, with nothing written to
+ * its DEDUP key in between. */
+eddy_err apply_appended(store_txn *t, const struct apply_params *ap, uint32_t p,
+                        struct part_meta *m, uint64_t seq, const Eddy__V1__Event *ev,
+                        apply_emit_fn *emit, void *emit_ud, enum apply_outcome *outcome);
 
 /* Apply one log record during replay (any kind), without appending it again. 'seq' is its
  * log seq. */

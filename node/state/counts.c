@@ -41,7 +41,7 @@ void counts_add(Eddy__Store__V1__Counts *a, const Eddy__Store__V1__Counts *b)
 
 /* protobuf_c_message_pack's bytes of a Counts, written directly (pbenc.h): three window
  * counts change per event and are packed at every group commit. */
-static bool pack_counts(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
+static bool pack_counts(const ProtobufCMessage *m, struct pbenc_out *o)
 {
     const Eddy__Store__V1__Counts *c = (const Eddy__Store__V1__Counts *)m;
     if (pbenc_unknown(m))
@@ -51,11 +51,9 @@ static bool pack_counts(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
     size_t lcat, n = pbenc_str_size(c->category, &lcat);
     for (int i = 0; i < 6; i++)
         n += pbenc_u64_size(v[i]);
-    uint8_t *p = malloc(n ? n : 1);
-    if (!p)
+    if (!pbenc_reserve(o, n))
         return false;
-    *buf = p;
-    *len = n;
+    uint8_t *p = o->buf;
     static const uint8_t tags[6] = {PB_COUNTS_VIEW,     PB_COUNTS_CLICK,
                                     PB_COUNTS_ADD_TO_CART, PB_COUNTS_REMOVE_FROM_CART,
                                     PB_COUNTS_PURCHASE, PB_COUNTS_SEARCH};

@@ -92,13 +92,13 @@ struct sealed_group {
     eddy_err err;               /* the write's result, once SEALED_DONE */
 };
 
-/* An event record appended ahead of its apply (apply_append_event): its bytes are kept
- * because the job's events are the caller's only until the acknowledgement. */
+/* An event record appended ahead of its apply (apply_append_event): its event is kept
+ * as the record decodes, because the job's events are the caller's only until the
+ * acknowledgement. */
 struct pending {
     uint32_t p;
     uint64_t seq;
-    uint8_t *rec;               /* owned */
-    size_t len;
+    struct apply_logged ev;     /* owned */
     bool late;                  /* what the append answered */
 };
 
@@ -262,7 +262,7 @@ static void pending_clear(engine *e)
 {
     for (size_t i = 0; i < e->npend; i++) {
         e->is_ahead[e->pend[i].p] = false;
-        free(e->pend[i].rec);
+        apply_logged_release(&e->pend[i].ev);
     }
     e->npend = 0;
     e->pend_head = 0;
@@ -274,22 +274,17 @@ static size_t unapplied(const engine *e)
     return e->npend - e->pend_head;
 }
 
-/* Apply the oldest record appended ahead, through the apply a replay uses; once none is
- * left, forget them all. Token held. */
+/* Apply the oldest record appended ahead, as a replay would (apply_appended); once none
+ * is left, forget them all. Token held. */
 static eddy_err apply_next(engine *e)
 {
     struct pending *pd = &e->pend[e->pend_head];
-    Eddy__Store__V1__LogRecord *r = eddy__store__v1__log_record__unpack(NULL, pd->len, pd->rec);
     enum apply_outcome oc = APPLY_ACCEPTED;
-    eddy_err err = r ? apply_replay(e->txn, &e->o.apply, pd->p, &e->meta[pd->p], pd->seq, r,
-                                    emit, e, &oc)
-                     : EDDY_ERR_NOMEM;
-    if (r)
-        eddy__store__v1__log_record__free_unpacked(r, NULL);
+    eddy_err err = apply_appended(e->txn, &e->o.apply, pd->p, &e->meta[pd->p], pd->seq,
+                                  pd->ev.ev, emit, e, &oc);
     /* the answer was the append's: the apply must decide the same */
     assert(err != EDDY_OK || (oc == APPLY_LATE) == pd->late);
-    free(pd->rec);
-    pd->rec = NULL;
+    apply_logged_release(&pd->ev);
     e->pend_head++;
     if (e->pend_head == e->npend)
         pending_clear(e);
@@ -395,8 +390,7 @@ static eddy_err append_event(engine *e, uint32_t p, const Eddy__V1__Event *ev, b
     struct pending *pd = &e->pend[e->npend];
     pd->p = p;
     pd->seq = e->ahead[p].end;
-    eddy_err err = apply_append_event(e->txn, p, &e->meta[p], &e->ahead[p], ev, &pd->rec,
-                                      &pd->len, dup);
+    eddy_err err = apply_append_event(e->txn, p, &e->meta[p], &e->ahead[p], ev, &pd->ev, dup);
     if (err != EDDY_OK || *dup)
         return err;
     e->is_ahead[p] = true;

@@ -34,7 +34,7 @@
  * Log first, apply behind: an ingest job's events are only appended in its group — dedup
  * (decided exactly as the apply would: struct apply_ahead), seqs, LOG and DEDUP rows —
  * and the group is sealed and acknowledged once that is durable. A third thread, the apply
- * thread, applies the appended records in log order (apply_replay, the replay's
+ * thread, applies the appended records in log order (apply_appended, the replay's
  * deterministic apply) into the same txn, behind: the writer and it take turns on the txn
  * (the "txn token", a mutex the writer gets first: the apply thread yields after the
  * record it is applying), so the writer appends and seals the next group after at most

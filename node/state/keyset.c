@@ -4,9 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* DESIGN: one open-addressing array of hashes per partition (linear probing, at most half
- * full; 0 marks an empty slot, so a hash of 0 is stored as 1). Partitions are a u16 of the
- * key, so they index a flat array grown to the largest one seen. Nothing is ever removed
+/* DESIGN: one open-addressing array of hashes per set (linear probing, at most half full;
+ * 0 marks an empty slot, so a hash of 0 is stored as 1). Sets are numbered densely by
+ * their owner (partition x tables kept), so they index a flat array grown to the largest
+ * one seen. Nothing is ever removed
  * from a set but the whole set: a delete leaves a hash that costs a read, never a wrong
  * "absent". */
 
@@ -24,7 +25,7 @@ struct keyset {
 };
 
 #define KEYSET_MIN_CAP 64u
-#define KEYSET_MAX_PARTS 65536u
+#define KEYSET_MAX_PARTS (1u << 21) /* 65536 partitions x 32 tables */
 
 keyset *keyset_new(size_t budget)
 {

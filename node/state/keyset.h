@@ -1,6 +1,7 @@
-/* Which keys of one table exist, per partition, as 64-bit hashes in memory: the writer's txn
- * answers a read of a key whose hash its partition's set lacks "absent" without a LevelDB
- * lookup (store_txn_index_keys; a co-occurrence pair seen for the first time).
+/* Which keys exist, in numbered sets (the txn's: one per partition and table), as 64-bit
+ * hashes in memory: the writer's txn answers a read of a key whose hash its set lacks
+ * "absent" without a LevelDB lookup (store_txn_index_keys; a co-occurrence pair seen for
+ * the first time, a new user).
  *
  * A filter with no false negatives: the owner adds every key it writes, deleted keys stay
  * (their hashes only cost a read), and a set that may have missed a write is dropped and

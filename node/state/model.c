@@ -573,7 +573,7 @@ static uint8_t *put_recent_list(uint8_t *p, uint8_t tag, Eddy__Store__V1__Recent
     return p;
 }
 
-bool model_pack(const Eddy__Store__V1__UserModel *m, uint8_t **buf, size_t *len)
+bool model_pack(const Eddy__Store__V1__UserModel *m, struct pbenc_out *o)
 {
     if (pbenc_unknown(&m->base) || scored_unknown(m->categories, m->n_categories) ||
         scored_unknown(m->brands, m->n_brands) ||
@@ -595,11 +595,9 @@ bool model_pack(const Eddy__Store__V1__UserModel *m, uint8_t **buf, size_t *len)
             return false;
         n += pbenc_sub_size(cart_body(m->cart[i], l));
     }
-    uint8_t *p = malloc(n ? n : 1);
-    if (!p)
+    if (!pbenc_reserve(o, n))
         return false;
-    *buf = p;
-    *len = n;
+    uint8_t *p = o->buf;
     p = put_scored_list(p, PB_MODEL_CATEGORIES, m->categories, m->n_categories);
     p = put_scored_list(p, PB_MODEL_BRANDS, m->brands, m->n_brands);
     p = pbenc_put_double(p, PB_MODEL_PRICE_MIN, m->price_min);

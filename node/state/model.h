@@ -50,9 +50,10 @@ eddy_err model_to_profile(const Eddy__Store__V1__UserModel *m, const struct mode
 void model_profile_free(Eddy__V1__UserProfile *pr);
 
 /* Encode 'm' exactly as protobuf_c_message_pack does, faster (pbenc.h; the apply has the
- * txn use it at commit). *buf is malloc'd (caller frees). False if 'm' carries unknown
- * fields (use protobuf-c) or on allocation failure. */
-bool model_pack(const Eddy__Store__V1__UserModel *m, uint8_t **buf, size_t *len);
+ * txn use it at commit), into 'o' (struct pbenc_out: the caller's scratch, or malloc'd).
+ * False if 'm' carries unknown fields (use protobuf-c) or on allocation failure. */
+struct pbenc_out;
+bool model_pack(const Eddy__Store__V1__UserModel *m, struct pbenc_out *o);
 
 /* A packed UserModel's last_ts, read from the wire format alone (the --state-ttl sweep
  * reads it for every user). False if the bytes are malformed. */

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "eddy/v1/store.pb-c.h"
 
@@ -87,6 +88,23 @@ enum { PB_WIRE_VARINT = 0, PB_WIRE_I64 = 1, PB_WIRE_LEN = 2, PB_WIRE_I32 = 5 };
 
 #define PB_MARKS_NEXT_SEQ PB_TAG(1, PB_WIRE_LEN) /* packed */
 
+/* eddy.v1.Event (eddy.proto), in a LogRecord (apply_event_record_pack) */
+#define PB_LOG_EVENT PB_TAG(1, PB_WIRE_LEN)
+#define PB_EVENT_EVENT_ID PB_TAG(1, PB_WIRE_LEN)
+#define PB_EVENT_USER_ID PB_TAG(2, PB_WIRE_LEN)
+#define PB_EVENT_SESSION_ID PB_TAG(3, PB_WIRE_LEN)
+#define PB_EVENT_TIMESTAMP_MS PB_TAG(4, PB_WIRE_VARINT)
+#define PB_EVENT_EVENT_TYPE PB_TAG(5, PB_WIRE_VARINT)
+#define PB_EVENT_PRODUCT_ID PB_TAG(6, PB_WIRE_LEN)
+#define PB_EVENT_CATEGORY PB_TAG(7, PB_WIRE_LEN)
+#define PB_EVENT_BRAND PB_TAG(8, PB_WIRE_LEN)
+#define PB_EVENT_PRICE PB_TAG(9, PB_WIRE_I64)
+#define PB_EVENT_SEARCH_QUERY PB_TAG(10, PB_WIRE_LEN)
+#define PB_EVENT_METADATA PB_TAG(11, PB_WIRE_LEN)
+#define PB_EVENT_RECOMMENDATION_ID PB_TAG(12, PB_WIRE_LEN)
+#define PB_METADATA_KEY PB_TAG(1, PB_WIRE_LEN)
+#define PB_METADATA_VALUE PB_TAG(2, PB_WIRE_LEN)
+
 size_t pbenc_varint_size(uint64_t v);
 uint8_t *pbenc_put_varint(uint8_t *p, uint64_t v);
 
@@ -109,6 +127,24 @@ uint8_t *pbenc_put_decayed(uint8_t *p, uint8_t tag, const Eddy__Store__V1__Decay
 /* The header of a length-delimited sub-message field of 'body' bytes. */
 size_t pbenc_sub_size(size_t body);
 uint8_t *pbenc_put_sub(uint8_t *p, uint8_t tag, size_t body);
+
+/* Where an encoder writes: into 'scratch' (its 'cap' bytes; NULL, 0: none) when the bytes
+ * fit, else into a block it mallocs. After an encode, 'buf' and 'len' are the bytes; 'buf'
+ * is the caller's to free unless it is 'scratch'. */
+struct pbenc_out {
+    uint8_t *scratch;
+    size_t cap;
+    uint8_t *buf;
+    size_t len;
+};
+
+/* Room for an encoding of n bytes: o->buf and o->len set; false if out of memory. */
+static inline bool pbenc_reserve(struct pbenc_out *o, size_t n)
+{
+    o->buf = n <= o->cap && o->scratch ? o->scratch : malloc(n ? n : 1);
+    o->len = n;
+    return o->buf != NULL;
+}
 
 /* Whether 'm' carries unknown fields (written by a newer node): leave it to protobuf-c. */
 static inline bool pbenc_unknown(const ProtobufCMessage *m)

@@ -16,7 +16,7 @@
  * One S2_HW row per product partition (store.h), kept decoded by the txn: a batch's claim
  * is an array lookup, and a group writes one row per product partition it touched. */
 
-static bool marks_pack(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
+static bool marks_pack(const ProtobufCMessage *m, struct pbenc_out *o)
 {
     const Eddy__Store__V1__Stage2Marks *mk = (const Eddy__Store__V1__Stage2Marks *)m;
     if (pbenc_unknown(m))
@@ -25,11 +25,9 @@ static bool marks_pack(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
     for (size_t i = 0; i < mk->n_next_seq; i++)
         body += pbenc_varint_size(mk->next_seq[i]);
     size_t n = mk->n_next_seq ? pbenc_sub_size(body) : 0;
-    uint8_t *p = malloc(n ? n : 1);
-    if (!p)
+    if (!pbenc_reserve(o, n))
         return false;
-    *buf = p;
-    *len = n;
+    uint8_t *p = o->buf;
     if (mk->n_next_seq) {
         p = pbenc_put_sub(p, PB_MARKS_NEXT_SEQ, body);
         for (size_t i = 0; i < mk->n_next_seq; i++)
@@ -180,7 +178,7 @@ struct nb_len {
 
 #define PACK_LENS 64 /* neighbours whose lengths the write pass finds measured */
 
-bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, size_t *len)
+bool product_state_pack(const Eddy__Store__V1__ProductState *ps, struct pbenc_out *o)
 {
     if (pbenc_unknown(&ps->base) || (ps->popularity && pbenc_unknown(&ps->popularity->base)))
         return false;
@@ -202,11 +200,9 @@ bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, 
             nl[i] = x;
         n += pbenc_sub_size(x.body);
     }
-    uint8_t *p = malloc(n ? n : 1);
-    if (!p)
+    if (!pbenc_reserve(o, n))
         return false;
-    *buf = p;
-    *len = n;
+    uint8_t *p = o->buf;
     p = pbenc_put_str(p, PB_PRODUCT_CATEGORY, ps->category, lcat);
     p = pbenc_put_str(p, PB_PRODUCT_BRAND, ps->brand, lbrand);
     p = pbenc_put_double(p, PB_PRODUCT_PRICE, ps->price);
@@ -231,9 +227,9 @@ bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, 
     return true;
 }
 
-static bool product_pack(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
+static bool product_pack(const ProtobufCMessage *m, struct pbenc_out *o)
 {
-    return product_state_pack((const Eddy__Store__V1__ProductState *)m, buf, len);
+    return product_state_pack((const Eddy__Store__V1__ProductState *)m, o);
 }
 
 /* The product's state as an object of the txn (borrowed until commit), created if absent. */
@@ -340,27 +336,25 @@ out:
  * check three). Buckets are --decay-bucket (8) half-lives of --neighbour-half-life wide:
  * at the default half-life (ten years) P never moves, and every pair is kept. */
 
-bool product_pair_pack(const Eddy__Store__V1__CoOccurrencePair *pr, uint8_t **buf, size_t *len)
+bool product_pair_pack(const Eddy__Store__V1__CoOccurrencePair *pr, struct pbenc_out *o)
 {
     if (pbenc_unknown(&pr->base) || (pr->score && pbenc_unknown(&pr->score->base)))
         return false;
     size_t lcat;
     size_t n = pbenc_decayed_size(pr->score) + pbenc_str_size(pr->category, &lcat) +
                pbenc_u64_size((uint64_t)pr->category_ts);
-    uint8_t *p = malloc(n ? n : 1);
-    if (!p)
+    if (!pbenc_reserve(o, n))
         return false;
-    *buf = p;
-    *len = n;
+    uint8_t *p = o->buf;
     p = pbenc_put_decayed(p, PB_COOC_SCORE, pr->score);
     p = pbenc_put_str(p, PB_COOC_CATEGORY, pr->category, lcat);
     pbenc_put_u64(p, PB_COOC_CATEGORY_TS, (uint64_t)pr->category_ts);
     return true;
 }
 
-static bool cooc_pack(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
+static bool cooc_pack(const ProtobufCMessage *m, struct pbenc_out *o)
 {
-    return product_pair_pack((const Eddy__Store__V1__CoOccurrencePair *)m, buf, len);
+    return product_pair_pack((const Eddy__Store__V1__CoOccurrencePair *)m, o);
 }
 
 static void cooc_key(struct store_key *k, uint32_t q, const char *from, const char *to)
@@ -504,7 +498,7 @@ eddy_err product_apply(store_txn *t, const struct product_params *p,
     eddy_err err = EDDY_OK;
     store_txn_set_packer(t, &eddy__store__v1__product_state__descriptor, product_pack);
     store_txn_set_packer(t, &eddy__store__v1__co_occurrence_pair__descriptor, cooc_pack);
-    store_txn_index_keys(t, T_COOC, p->pair_set_bytes);
+    store_txn_index_keys(t, UINT32_C(1) << T_COOC, p->pair_set_bytes);
 
     /* half of an event's pairs start at its own product: its partition is hashed once */
     const char *own = b->n_updates ? b->updates[0]->product_id : NULL;

@@ -60,12 +60,13 @@ eddy_err product_fresh(store_txn *t, uint32_t q, uint32_t src, uint64_t seq, boo
 eddy_err product_mark_set(store_txn *t, uint32_t q, uint32_t src, uint64_t next_seq);
 
 /* Encode 'ps' exactly as protobuf_c_message_pack does, faster (product_apply has the txn
- * use it at commit). *buf is malloc'd (caller frees). False if 'ps' carries unknown fields
- * (use protobuf-c) or on allocation failure. */
-bool product_state_pack(const Eddy__Store__V1__ProductState *ps, uint8_t **buf, size_t *len);
+ * use it at commit), into 'o' (struct pbenc_out: the caller's scratch, or malloc'd). False
+ * if 'ps' carries unknown fields (use protobuf-c) or on allocation failure. */
+struct pbenc_out;
+bool product_state_pack(const Eddy__Store__V1__ProductState *ps, struct pbenc_out *o);
 
 /* product_state_pack for a COOC row. */
-bool product_pair_pack(const Eddy__Store__V1__CoOccurrencePair *pr, uint8_t **buf, size_t *len);
+bool product_pair_pack(const Eddy__Store__V1__CoOccurrencePair *pr, struct pbenc_out *o);
 
 /* The PRODUCT key of a product. */
 void product_key(struct store_key *k, uint32_t partitions, const char *product_id);

@@ -9,9 +9,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define SMALL_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define SMALL_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define SMALL_POISON(p, n) ((void)(p), (void)(n))
+#define SMALL_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 #include "common/pbutil.h"
 #include "node/state/keyset.h"
+#include "node/state/pbenc.h"
 #include "node/state/store_internal.h"
 
 /* DESIGN: one open-addressing table holds every key the txn knows: the pending writes of
@@ -60,12 +69,34 @@ struct overlay_entry {
     bool keep;          /* holds a value that was read or decoded: kept after commit */
     bool touched;       /* listed in t->touched */
     bool inflight;      /* in the sealed write, not yet settled: listed in t->sealed */
+    uint8_t val_class;  /* 'val' is a small block of this class (0: malloc'd, or NULL) */
     uint32_t pnext;     /* next pending entry of its prefix chain (id + 1; 0: last) */
     uint32_t snext;     /* next in-flight entry of its prefix chain */
 };
 
+/* Keys and short values live in small blocks, SMALL_STEP multiples up to SMALL_MAX bytes,
+ * carved from SLAB_BYTES slabs and recycled through a free list per size: a group makes
+ * and drops hundreds of thousands (a key per entry, a copy per value written or read), in
+ * bursts that empty glibc's per-size caches, and malloc and free cost ~250 instructions a
+ * pair there. The slabs go at a reset: between resets they hold at most what the most
+ * entries held at once did (the kept-values budget and a group's pending writes). */
+#define SMALL_STEP 16
+#define SMALL_MAX 256
+#define SMALL_CLASSES (SMALL_MAX / SMALL_STEP)
+#define SLAB_BYTES ((size_t)64 << 10)
+
+struct small_pool {
+    void *free[SMALL_CLASSES + 1]; /* by class (1..SMALL_CLASSES): a block's first bytes
+                                      hold the next */
+    char *at;                      /* the current slab's unused bytes */
+    size_t left;
+    void **slabs;
+    size_t nslabs, slabs_cap;
+};
+
 struct store_txn {
     store *s;
+    struct small_pool small;
     leveldb_writebatch_t *wb;
     struct overlay_entry **blocks; /* the entries, ENTRY_BLOCK each: never moved */
     size_t nblocks;
@@ -106,12 +137,108 @@ struct store_txn {
     unsigned char *behind;
     size_t behind_len, behind_cap, nbehind;
     uint64_t bb_keys[STORE_STAT_TABLES], bb_bytes[STORE_STAT_TABLES];
+    /* The seal packs each changed object here, for the batch to copy (the txn keeps the
+     * object, not its bytes): one buffer, as large as the largest value packed yet. */
+    uint8_t *scratch;
+    size_t scratch_cap;
     bool through;              /* the sealed write goes through in full (see store.h) */
     bool want_through;         /* store_txn_write_through: the next seal's does */
-    /* store_txn_index_keys: the keys of table 'ks_table' per partition (NULL: none) */
-    keyset *ks;
-    int ks_table;
+    /* store_txn_index_keys: the keys of the tables in each mask, per partition; a set's
+     * index in its keyset is partition * (tables in the mask) + the table's rank in it */
+    struct key_sets {
+        uint32_t tables;       /* 0: an unused entry */
+        uint32_t ntables;
+        keyset *ks;
+    } sets[STORE_TXN_KEY_SETS];
+    /* per table < 32: its entry of 'sets' + 1 (0: none) and its rank in the mask */
+    uint8_t set_of[32], rank_of[32];
 };
+
+/* The class of a block of n bytes (1 ...), 0 if it is too large for one. */
+static unsigned small_class(size_t n)
+{
+    return n <= SMALL_MAX ? (unsigned)((n + SMALL_STEP - 1) / SMALL_STEP + (n == 0)) : 0;
+}
+
+/* A block of class c (not 0); NULL if out of memory. Under ASan a free block, and a
+ * slab's unused bytes, are poisoned: a use after small_free is reported as after free(). */
+static void *small_alloc(struct small_pool *sp, unsigned c)
+{
+    size_t n = (size_t)c * SMALL_STEP;
+    void *p = sp->free[c];
+    if (p) {
+        SMALL_UNPOISON(p, n);
+        memcpy(&sp->free[c], p, sizeof(void *));
+        return p;
+    }
+    if (sp->left < n) {
+        if (sp->nslabs == sp->slabs_cap) {
+            size_t ncap = sp->slabs_cap ? 2 * sp->slabs_cap : 16;
+            void **ns = realloc(sp->slabs, ncap * sizeof(*ns));
+            if (!ns)
+                return NULL;
+            sp->slabs = ns;
+            sp->slabs_cap = ncap;
+        }
+        if (!(sp->at = malloc(SLAB_BYTES))) {
+            sp->left = 0;
+            return NULL;
+        }
+        sp->slabs[sp->nslabs++] = sp->at;
+        sp->left = SLAB_BYTES; /* the rest of the last slab is left unused */
+        SMALL_POISON(sp->at, SLAB_BYTES);
+    }
+    p = sp->at;
+    SMALL_UNPOISON(p, n);
+    sp->at += n;
+    sp->left -= n;
+    return p;
+}
+
+static void small_free(struct small_pool *sp, void *p, unsigned c)
+{
+    memcpy(p, &sp->free[c], sizeof(void *));
+    sp->free[c] = p;
+    SMALL_POISON(p, (size_t)c * SMALL_STEP);
+}
+
+/* Every block at once (nothing may hold one). */
+static void small_release(struct small_pool *sp)
+{
+    for (size_t i = 0; i < sp->nslabs; i++) {
+        SMALL_UNPOISON(sp->slabs[i], SLAB_BYTES);
+        free(sp->slabs[i]);
+    }
+    free(sp->slabs);
+    memset(sp, 0, sizeof(*sp));
+}
+
+/* A copy of the n bytes at 'src' for an entry: a small block of class *c, or malloc'd
+ * (*c 0); NULL if out of memory. */
+static void *bytes_copy(store_txn *t, const void *src, size_t n, unsigned *c)
+{
+    void *p = (*c = small_class(n)) ? small_alloc(&t->small, *c) : malloc(n);
+    if (p && n)
+        memcpy(p, src, n);
+    return p;
+}
+
+static void bytes_free(store_txn *t, void *p, unsigned c)
+{
+    if (c)
+        small_free(&t->small, p, c);
+    else
+        free(p);
+}
+
+/* Drop the entry's bytes (a small block, or malloc'd). */
+static void val_free(store_txn *t, struct overlay_entry *e)
+{
+    if (e->val)
+        bytes_free(t, e->val, e->val_class);
+    e->val = NULL;
+    e->val_class = 0;
+}
 
 /* Append a sealed write of a behind table to t->behind. */
 static eddy_err behind_add(store_txn *t, const unsigned char *k, size_t klen, const char *v,
@@ -193,26 +320,56 @@ static size_t obj_heap(struct overlay_entry *e)
     return e->heap / at * v + e->heap % at * v / at;
 }
 
-/* Bring e->val up to date with the object (for byte readers, scans and the commit). */
-static eddy_err entry_pack(const store_txn *t, struct overlay_entry *e)
+/* Pack 'obj' into 'o' (its registered packer, else protobuf-c). */
+static eddy_err pack_obj(const store_txn *t, const ProtobufCMessage *obj, struct pbenc_out *o)
+{
+    for (size_t i = 0; i < t->npackers; i++) {
+        if (t->packers[i].desc == obj->descriptor && t->packers[i].fn(obj, o))
+            return EDDY_OK;
+    }
+    if (!pbenc_reserve(o, protobuf_c_message_get_packed_size(obj)))
+        return EDDY_ERR_NOMEM;
+    protobuf_c_message_pack(obj, o->buf);
+    return EDDY_OK;
+}
+
+/* Bring e->val up to date with the object (for byte readers and scans). */
+static eddy_err entry_pack(store_txn *t, struct overlay_entry *e)
 {
     if (!e->obj || (!e->obj_dirty && e->val))
         return EDDY_OK;
-    uint8_t *v = NULL;
-    size_t n = 0;
-    for (size_t i = 0; i < t->npackers; i++) {
-        if (t->packers[i].desc == e->obj->descriptor && t->packers[i].fn(e->obj, &v, &n))
-            break;
+    struct pbenc_out o = {NULL, 0, NULL, 0};
+    eddy_err err = pack_obj(t, e->obj, &o);
+    if (err != EDDY_OK)
+        return err;
+    val_free(t, e);
+    e->val = (char *)o.buf;
+    e->vlen = o.len;
+    return EDDY_OK;
+}
+
+/* The bytes the seal writes for 'e' (not a delete) in *v and *n: its value, or its object
+ * packed into t->scratch (valid until the next call), which the batch copies. */
+static eddy_err seal_bytes(store_txn *t, struct overlay_entry *e, const char **v, size_t *n)
+{
+    if (!e->obj || (!e->obj_dirty && e->val)) {
+        *v = e->val;
+        *n = e->vlen;
+        return EDDY_OK;
     }
-    if (!v) {
-        n = protobuf_c_message_get_packed_size(e->obj);
-        if (!(v = malloc(n ? n : 1)))
-            return EDDY_ERR_NOMEM;
-        protobuf_c_message_pack(e->obj, v);
+    struct pbenc_out o = {t->scratch, t->scratch_cap, NULL, 0};
+    eddy_err err = pack_obj(t, e->obj, &o);
+    if (err != EDDY_OK)
+        return err;
+    if (o.buf != t->scratch) { /* larger than any before: the new scratch */
+        free(t->scratch);
+        t->scratch = o.buf;
+        t->scratch_cap = o.len;
     }
-    free(e->val);
-    e->val = (char *)v;
-    e->vlen = n;
+    val_free(t, e); /* stale: the object is what is kept */
+    e->vlen = o.len;
+    *v = (const char *)o.buf;
+    *n = o.len;
     return EDDY_OK;
 }
 
@@ -252,8 +409,8 @@ static uint32_t tag_of(uint64_t h)
  * free list has room for every id (grown with the blocks). */
 static void entry_remove(store_txn *t, struct overlay_entry *e)
 {
-    free(e->key);
-    free(e->val);
+    bytes_free(t, e->key, small_class(e->klen));
+    val_free(t, e);
     entry_drop_obj(e);
     t->kept_bytes -= e->cost;
     t->live--;
@@ -331,10 +488,13 @@ void store_txn_reset(store_txn *t)
 {
     for (size_t i = 0; i < t->nent; i++) {
         struct overlay_entry *e = ent(t, i);
-        free(e->key);
-        free(e->val);
+        if (e->key && !small_class(e->klen))
+            free(e->key);
+        if (e->val && !e->val_class)
+            free(e->val);
         entry_drop_obj(e);
     }
+    small_release(&t->small); /* every small block: keys and values */
     for (size_t b = 0; b < t->nblocks; b++)
         memset(t->blocks[b], 0, ENTRY_BLOCK * sizeof(**t->blocks));
     t->nent = 0;
@@ -351,8 +511,9 @@ void store_txn_reset(store_txn *t)
     memset(t->wb_packs, 0, sizeof(t->wb_packs));
     behind_clear(t);
     t->want_through = false;
-    if (t->ks)
-        keyset_drop_all(t->ks);
+    for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++)
+        if (t->sets[i].ks)
+            keyset_drop_all(t->sets[i].ks);
 }
 
 void store_txn_free(store_txn *t)
@@ -373,7 +534,10 @@ void store_txn_free(store_txn *t)
     free(t->phead);
     free(t->shead);
     free(t->behind);
-    keyset_free(t->ks);
+    free(t->scratch);
+    small_release(&t->small);
+    for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++)
+        keyset_free(t->sets[i].ks);
     if (t->wb)
         leveldb_writebatch_destroy(t->wb);
     free(t);
@@ -387,12 +551,16 @@ size_t store_txn_pending(const store_txn *t)
 void store_txn_stats(const store_txn *t, struct store_txn_stats *out)
 {
     *out = t->stats;
-    struct keyset_stats ks = {0};
-    if (t->ks)
-        keyset_stats(t->ks, &ks);
-    out->key_set_bytes = ks.bytes;
-    out->key_set_keys = ks.keys;
-    out->key_set_overflows = ks.overflows;
+    out->key_set_bytes = out->key_set_keys = 0;
+    out->key_set_overflows = 0;
+    for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++) {
+        struct keyset_stats ks = {0};
+        if (t->sets[i].ks)
+            keyset_stats(t->sets[i].ks, &ks);
+        out->key_set_bytes += ks.bytes;
+        out->key_set_keys += ks.keys;
+        out->key_set_overflows += ks.overflows;
+    }
     out->kept = 0;
     for (size_t i = 0; i < t->nent; i++) {
         const struct overlay_entry *e = ent(t, i);
@@ -498,12 +666,14 @@ static eddy_err entry_for(store_txn *t, const struct store_key *key, struct over
     uint32_t tag;
     struct overlay_entry *e = lookup(t, key->buf, key->len, &slot, &tag);
     if (!e) {
-        unsigned char *k = malloc(key->len);
-        if (!k || !(e = entry_new(t))) {
-            free(k);
-            return EDDY_ERR_NOMEM;
+        unsigned c;
+        unsigned char *k = bytes_copy(t, key->buf, key->len, &c);
+        if (k && !(e = entry_new(t))) {
+            bytes_free(t, k, c);
+            k = NULL;
         }
-        memcpy(k, key->buf, key->len);
+        if (!k)
+            return EDDY_ERR_NOMEM;
         if (t->tags[slot] == TAG_TOMB)
             t->tombs--;
         t->tags[slot] = tag;
@@ -522,18 +692,36 @@ static uint32_t key_partition(const unsigned char *k)
     return (uint32_t)k[0] << 8 | k[1];
 }
 
-/* Whether 'k' is a key of the table the txn keeps key sets of. */
-static bool indexed_key(const store_txn *t, const unsigned char *k, size_t klen)
+/* The index in a keyset of the set of (partition 'p', the table of rank 'rank' in its
+ * mask). */
+static uint32_t set_index(const struct key_sets *ks, uint32_t p, uint32_t rank)
 {
-    return t->ks && klen >= 3 && k[2] == t->ks_table;
+    return p * ks->ntables + rank;
 }
 
-static void mark_pending(store_txn *t, struct overlay_entry *e)
+/* The key sets of the table of 'k' (NULL: none kept), and in *idx the index of its
+ * partition's set in them. */
+static struct key_sets *indexed_key(store_txn *t, const unsigned char *k, size_t klen,
+                                    uint32_t *idx)
 {
-    /* every write, a delete too and one of a key pending already (a delete, then a put):
-     * a key that exists is never missing from its partition's set */
-    if (indexed_key(t, e->key, e->klen))
-        keyset_add(t->ks, key_partition(e->key), XXH3_64bits(e->key, e->klen));
+    if (klen < 3 || k[2] >= 32 || !t->set_of[k[2]])
+        return NULL;
+    struct key_sets *ks = &t->sets[t->set_of[k[2]] - 1];
+    *idx = set_index(ks, key_partition(k), t->rank_of[k[2]]);
+    return ks->ks ? ks : NULL;
+}
+
+/* 'was_deleted': the entry held a delete before this write. */
+static void mark_pending(store_txn *t, struct overlay_entry *e, bool was_deleted)
+{
+    /* A key that exists is never missing from its partition's set: every put adds it but
+     * one of a key pending already as a put (added then, or seen by the scan that built
+     * the set since: a scan merges the pending puts, and hides the pending deletes) */
+    uint32_t idx;
+    struct key_sets *ks;
+    if (!e->deleted && (!e->pending || was_deleted) &&
+        (ks = indexed_key(t, e->key, e->klen, &idx)) != NULL)
+        keyset_add(ks->ks, idx, XXH3_64bits(e->key, e->klen));
     if (e->pending)
         return;
     e->pending = true;
@@ -584,9 +772,14 @@ static void keysets_changed(store_txn *t, const struct store_change *c)
         lo |= c->start.buf[1];
     if (c->end.len > 1)
         hi = (uint32_t)c->end.buf[0] << 8 | c->end.buf[1];
-    for (uint32_t p = lo; p <= hi; p++) {
-        if (keyset_state(t->ks, p) != KEYSET_NONE)
-            keyset_drop(t->ks, p);
+    for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++) {
+        struct key_sets *ks = &t->sets[i];
+        for (uint32_t p = lo; ks->ks && p <= hi; p++) {
+            for (uint32_t r = 0; r < ks->ntables; r++) {
+                if (keyset_state(ks->ks, set_index(ks, p, r)) != KEYSET_NONE)
+                    keyset_drop(ks->ks, set_index(ks, p, r));
+            }
+        }
     }
 }
 
@@ -609,14 +802,15 @@ static void catch_up_locked(store_txn *t)
     }
     t->gen = g;
     if (all) {
-        if (t->ks)
-            keyset_drop_all(t->ks);
+        for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++)
+            if (t->sets[i].ks)
+                keyset_drop_all(t->sets[i].ks);
         forget_kept(t);
         return;
     }
     if (n == 0)
         return;
-    for (size_t j = 0; j < n && t->ks; j++)
+    for (size_t j = 0; j < n; j++)
         keysets_changed(t, c[j]);
     for (size_t i = 0; i < t->nent; i++) {
         struct overlay_entry *e = ent(t, i);
@@ -650,72 +844,108 @@ static eddy_err overlay_set(store_txn *t, const struct store_key *key, const voi
     if (e && !deleted && e->val && !e->obj && e->vlen == vlen) {
         /* the same size again (a stage-2 high-water, once per event): in place */
         memcpy(e->val, val, vlen);
-        e->deleted = false;
-        mark_pending(t, e);
+        e->deleted = false; /* it held bytes: not a delete */
+        mark_pending(t, e, false);
         return touch(t, e);
     }
     char *copy = NULL;
-    if (!deleted) {
-        copy = malloc(vlen ? vlen : 1);
-        if (!copy)
-            return EDDY_ERR_NOMEM;
-        memcpy(copy, val, vlen);
-    }
+    unsigned c = 0;
+    if (!deleted && !(copy = bytes_copy(t, val, vlen, &c)))
+        return EDDY_ERR_NOMEM;
     eddy_err err = entry_for(t, key, &e);
     if (err != EDDY_OK) {
-        free(copy);
+        if (copy)
+            bytes_free(t, copy, c);
         return err;
     }
-    free(e->val);
+    bool was_deleted = e->deleted;
+    val_free(t, e);
     e->val = copy;
+    e->val_class = (uint8_t)c;
     e->vlen = vlen;
     e->deleted = deleted;
     if (deleted)
         e->keep = false;
     entry_drop_obj(e); /* bytes written directly replace any decoded object */
-    mark_pending(t, e);
+    mark_pending(t, e, was_deleted);
     return EDDY_OK;
 }
 
-void store_txn_index_keys(store_txn *t, enum store_table table, size_t budget)
+void store_txn_index_keys(store_txn *t, uint32_t tables, size_t budget)
 {
-    if (t->ks && t->ks_table == (int)table) {
-        keyset_set_budget(t->ks, budget);
-        return;
+    struct key_sets *free_slot = NULL;
+    for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++) {
+        struct key_sets *ks = &t->sets[i];
+        if (ks->tables == tables && tables) {
+            if (!ks->ks && budget > 0)
+                ks->ks = keyset_new(budget); /* out of memory: reads, as without */
+            else if (ks->ks && budget > 0)
+                keyset_set_budget(ks->ks, budget);
+            else if (ks->ks) {
+                keyset_free(ks->ks);
+                ks->ks = NULL;
+            }
+            return;
+        }
+        if (ks->tables & tables) { /* replaced */
+            keyset_free(ks->ks);
+            memset(ks, 0, sizeof(*ks));
+        }
+        if (!ks->tables && !free_slot)
+            free_slot = ks;
     }
-    keyset_free(t->ks);
-    t->ks = budget > 0 ? keyset_new(budget) : NULL; /* out of memory: reads, as without */
-    t->ks_table = (int)table;
+    if (free_slot && tables) {
+        free_slot->tables = tables;
+        free_slot->ks = budget > 0 ? keyset_new(budget) : NULL;
+    } /* else none free: those tables are read, as without */
+    memset(t->set_of, 0, sizeof(t->set_of));
+    for (size_t i = 0; i < STORE_TXN_KEY_SETS; i++) {
+        struct key_sets *ks = &t->sets[i];
+        ks->ntables = 0;
+        for (uint32_t tb = 0; tb < 32; tb++) {
+            if (ks->tables & (UINT32_C(1) << tb)) {
+                t->set_of[tb] = (uint8_t)(i + 1);
+                t->rank_of[tb] = (uint8_t)ks->ntables++;
+            }
+        }
+    }
 }
+
+struct set_build {
+    keyset *ks;
+    uint32_t idx;
+};
 
 static int take_key_hash(void *ud, const unsigned char *k, size_t klen, const char *v,
                          size_t vlen)
 {
-    store_txn *t = ud;
+    struct set_build *b = ud;
     (void)v;
     (void)vlen;
-    keyset_add(t->ks, key_partition(k), XXH3_64bits(k, klen));
-    return keyset_state(t->ks, key_partition(k)) == KEYSET_OFF; /* over budget: stop */
+    keyset_add(b->ks, b->idx, XXH3_64bits(k, klen));
+    return keyset_state(b->ks, b->idx) == KEYSET_OFF; /* over budget: stop */
 }
 
-/* Whether the indexed 'key' is known not to exist: its partition's set (built first by a
- * scan of the partition's table, which sees the txn's own writes) lacks it. */
-static bool known_absent(store_txn *t, const struct store_key *key)
+/* Whether the indexed 'key' (its set at 'idx' of 'ks') is known not to exist: its
+ * partition's set (built first by a scan of the partition's table, which sees the txn's
+ * own writes) lacks it. */
+static bool known_absent(store_txn *t, struct key_sets *ks, uint32_t idx,
+                         const struct store_key *key)
 {
-    uint32_t p = key_partition(key->buf);
-    enum keyset_state st = keyset_state(t->ks, p);
-    if (st == KEYSET_NONE && keyset_begin(t->ks, p)) {
+    enum keyset_state st = keyset_state(ks->ks, idx);
+    if (st == KEYSET_NONE && keyset_begin(ks->ks, idx)) {
         struct store_key start, end;
-        key_init(&start, p, (enum store_table)t->ks_table);
+        struct set_build b = {ks->ks, idx};
+        key_init(&start, key_partition(key->buf), (enum store_table)key->buf[2]);
         key_prefix_end(&start, &end);
-        if (store_txn_scan(t, &start, &end, take_key_hash, t) == EDDY_OK)
-            keyset_finish(t->ks, p);
-        else if (keyset_state(t->ks, p) == KEYSET_BUILDING)
-            keyset_drop(t->ks, p); /* tried again at the next read */
-        st = keyset_state(t->ks, p);
+        if (store_txn_scan(t, &start, &end, take_key_hash, &b) == EDDY_OK)
+            keyset_finish(ks->ks, idx);
+        else if (keyset_state(ks->ks, idx) == KEYSET_BUILDING)
+            keyset_drop(ks->ks, idx); /* tried again at the next read */
+        st = keyset_state(ks->ks, idx);
     }
     return st == KEYSET_READY &&
-           !keyset_may_hold(t->ks, p, XXH3_64bits(key->buf, key->len));
+           !keyset_may_hold(ks->ks, idx, XXH3_64bits(key->buf, key->len));
 }
 
 eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
@@ -735,7 +965,9 @@ eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **v
     }
     *val = NULL;
     *vlen = 0;
-    if (indexed_key(t, key->buf, key->len) && known_absent(t, key)) {
+    uint32_t idx;
+    struct key_sets *ks = indexed_key(t, key->buf, key->len, &idx);
+    if (ks && known_absent(t, ks, idx, key)) {
         t->stats.absent++;
         *found = false;
         return EDDY_OK;
@@ -750,17 +982,17 @@ eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **v
     *found = v != NULL;
     if (!v)
         return EDDY_OK;
-    char *copy = malloc(n ? n : 1);
-    if (copy)
-        memcpy(copy, v, n);
+    unsigned c;
+    char *copy = bytes_copy(t, v, n, &c);
     leveldb_free(v);
     if (!copy)
         return EDDY_ERR_NOMEM;
     if ((err = entry_for(t, key, &e)) != EDDY_OK) {
-        free(copy);
+        bytes_free(t, copy, c);
         return err;
     }
     e->val = copy;
+    e->val_class = (uint8_t)c;
     e->vlen = n;
     e->keep = true;
     *val = e->val;
@@ -886,13 +1118,13 @@ eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCM
     }
     if (e->obj != obj)
         entry_drop_obj(e);
-    free(e->val); /* stale now: packed again at commit */
-    e->val = NULL;
+    val_free(t, e); /* stale now: packed again at commit */
+    bool was_deleted = e->deleted;
     e->obj = obj;
     e->obj_dirty = true;
     e->deleted = false;
     e->keep = true;
-    mark_pending(t, e);
+    mark_pending(t, e, was_deleted);
     return EDDY_OK;
 }
 
@@ -974,10 +1206,8 @@ static void seal_touched(store_txn *t)
                 entry_remove(t, e);
             continue;
         }
-        if (e->obj) { /* the decoded value is what is kept; its bytes are packed on demand */
-            free(e->val);
-            e->val = NULL;
-        }
+        if (e->obj) /* the decoded value is what is kept; its bytes are packed on demand */
+            val_free(t, e);
         /* the entry and its key, and the value: bytes, or a decoded message's malloc'd
          * pieces (4-6x its packed size, measured) */
         e->cost = e->klen + 64 + (e->obj ? obj_heap(e) : e->vlen);
@@ -1053,17 +1283,19 @@ eddy_err store_txn_seal(store_txn *t)
         keys[tb]++;
         bytes[tb] += e->klen;
         eddy_err err = EDDY_OK;
+        const char *v = NULL;
+        size_t n = 0;
         if (!e->deleted) {
             t->wb_packs[tb] += e->obj && (e->obj_dirty || !e->val);
-            err = entry_pack(t, e);
-            bytes[tb] += err == EDDY_OK ? e->vlen : 0;
+            err = seal_bytes(t, e, &v, &n);
+            bytes[tb] += n;
         }
         if (err == EDDY_OK && behind)
-            err = behind_add(t, e->key, e->klen, e->val, e->vlen, e->deleted);
+            err = behind_add(t, e->key, e->klen, v, n, e->deleted);
         else if (err == EDDY_OK && e->deleted)
             leveldb_writebatch_delete(t->wb, (const char *)e->key, e->klen);
         else if (err == EDDY_OK)
-            leveldb_writebatch_put(t->wb, (const char *)e->key, e->klen, e->val, e->vlen);
+            leveldb_writebatch_put(t->wb, (const char *)e->key, e->klen, v, n);
         if (err != EDDY_OK) {
             store_txn_reset(t);
             return err;

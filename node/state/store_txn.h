@@ -74,24 +74,28 @@ eddy_err store_txn_obj_get_or_new(store_txn *t, const struct store_key *key,
                                   bool *created);
 /* A faster encoder for one message type, used when the txn packs changed objects at
  * commit: it must write exactly protobuf_c_message_pack's bytes (the stored state is
- * compared byte for byte). It sets *buf (malloc'd, the txn frees it) and *len and returns
- * true, or returns false to leave the message to protobuf-c (or on allocation failure).
- * Registering the same function again is free; up to STORE_TXN_PACKERS types. */
+ * compared byte for byte). It writes them into 'o' (pbenc.h: the txn's scratch buffer when
+ * they fit, else a block it mallocs, which the txn then owns) and returns true, or returns
+ * false to leave the message to protobuf-c (or on allocation failure). Registering the
+ * same function again is free; up to STORE_TXN_PACKERS types. */
 #define STORE_TXN_PACKERS 8
-typedef bool store_pack_fn(const ProtobufCMessage *m, uint8_t **buf, size_t *len);
+struct pbenc_out;
+typedef bool store_pack_fn(const ProtobufCMessage *m, struct pbenc_out *o);
 void store_txn_set_packer(store_txn *t, const ProtobufCMessageDescriptor *desc,
                           store_pack_fn *fn);
 
-/* Keep, per partition, the set of the keys of 'table' that exist (their 64-bit hashes,
- * keyset.h), so that a read through the txn of a key that set lacks answers "absent"
- * without a LevelDB lookup (a co-occurrence pair seen for the first time). A partition's
- * set is built by a scan of its table at the first read that needs it; the txn adds every
- * key it writes, and drops the sets a write around it may have reached (as it forgets kept
- * values) and every set at a reset. The sets take at most 'budget' bytes (8 per slot,
- * 16-32 per key): a partition whose set would take more goes back to reading LevelDB until
- * its set is dropped. One table per txn (a call naming another replaces the sets); calling
- * again with the same table only sets the budget; 0: no sets. */
-void store_txn_index_keys(store_txn *t, enum store_table table, size_t budget);
+/* Keep, per partition and table of the mask 'tables' (1 << table each), the set of the
+ * keys that exist (their 64-bit hashes, keyset.h), so that a read through the txn of a key
+ * its set lacks answers "absent" without a LevelDB lookup (a co-occurrence pair seen for
+ * the first time, a new user). A set is built by a scan of its partition's table at the
+ * first read that needs it; the txn adds every key it writes, and drops the sets a write
+ * around it may have reached (as it forgets kept values) and every set at a reset. The
+ * sets of one mask share at most 'budget' bytes (8 per slot, 16-32 per key): a set that
+ * would take more goes back to reading LevelDB until it is dropped. Calling again with the
+ * same mask only sets the budget (0: no sets); a mask sharing a table with an earlier one
+ * replaces it; up to STORE_TXN_KEY_SETS masks (more: read, as without). */
+#define STORE_TXN_KEY_SETS 4
+void store_txn_index_keys(store_txn *t, uint32_t tables, size_t budget);
 
 /* Write the pending keys. On an error nothing is kept and the txn is reset. The same as
  * store_txn_seal, store_txn_write and store_txn_settle in a row. */

@@ -10,6 +10,7 @@
 #include "node/state/counts.h"
 #include "node/state/decay.h"
 #include "node/state/model.h"
+#include "node/state/pbenc.h"
 #include "node/state/product.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -149,11 +150,10 @@ static void user_model(const uint8_t *buf, size_t len)
     check_fast_model(buf, len, exact ? m : NULL);
     if (!m)
         return;
-    uint8_t *packed = NULL;
-    size_t plen = 0;
-    if (model_pack(m, &packed, &plen))
-        same_as_protobuf_c(&m->base, packed, plen);
-    free(packed);
+    struct pbenc_out o = {0};
+    if (model_pack(m, &o))
+        same_as_protobuf_c(&m->base, o.buf, o.len);
+    free(o.buf);
     Eddy__V1__UserProfile *pr = NULL;
     if (model_to_profile(m, &MP, "u-1", &pr) == EDDY_OK)
         model_profile_free(pr);
@@ -179,11 +179,10 @@ static void product_state(const uint8_t *buf, size_t len)
     Eddy__Store__V1__ProductState *ps = eddy__store__v1__product_state__unpack(NULL, len, buf);
     if (!ps)
         return;
-    uint8_t *packed = NULL;
-    size_t plen = 0;
-    if (product_state_pack(ps, &packed, &plen))
-        same_as_protobuf_c(&ps->base, packed, plen);
-    free(packed);
+    struct pbenc_out o = {0};
+    if (product_state_pack(ps, &o))
+        same_as_protobuf_c(&ps->base, o.buf, o.len);
+    free(o.buf);
     (void)decay_value(ps->popularity, &POP, ps->last_ts);
     for (size_t i = 0; i < ps->n_neighbours; i++)
         (void)decay_value(ps->neighbours[i]->score, &POP, ps->last_ts);

@@ -20,6 +20,7 @@ static inline struct engine_opts test_engine_opts(const char *dir)
     o.apply.cooccurrence_items = 10;
     o.apply.dedup_window_ms = 86400000;
     o.apply.sweep_interval_ms = 3600000;
+    o.apply.key_set_bytes = APPLY_KEY_SET_DEFAULT;
     o.product = (struct product_params){TEST_ENGINE_PARTITIONS, {86400000, 8}, {7 * 86400000LL, 8}, 50,
                                         PRODUCT_PAIR_SET_DEFAULT};
     o.rec = (struct rec_params){1.0, 1.5, 2.0, 3, true, 0};

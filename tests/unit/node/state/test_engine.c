@@ -471,6 +471,59 @@ static void test_ack_before_apply(void **state)
     finish_engine(e, a, 3, dir);
 }
 
+struct acked {
+    struct completion done;
+    struct engine_ingest_result r;
+};
+
+static void on_acked(void *ud, eddy_err err, const struct engine_ingest_result *r)
+{
+    struct acked *a = ud;
+    a->r = *r;
+    completion_signal(&a->done, err, 0);
+}
+
+/* An appended event's DEDUP row is written once, by its append, with the bytes its apply
+ * would write: the apply, in a later write here, writes none (it wrote a second record for
+ * the key, of other bytes, before). */
+static void test_dedup_row_written_once(void **state)
+{
+    char *dir = tmpdir_for("engine");
+    struct engine_opts o = opts(dir);
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    Eddy__V1__Event *a[] = {mk("w1", "uw", T0 + 1000, VIEW, "p1", "books"),
+                            mk("w2", "uw", T0 + 2000, CART, "p2", "books"),
+                            mk("w3", "uv", T0 + 3000, BUY, "p2", "books"),
+                            mk("w1", "uw", T0 + 1000, VIEW, "p1", "books")};
+    engine_hold_apply(e, true); /* the apply waits for the flush job, after the write */
+    struct acked k;
+    completion_init(&k.done);
+    assert_int_equal(completion_wait(&k.done, engine_ingest(e, a, 4, on_acked, &k)), EDDY_OK);
+    assert_int_equal(k.r.accepted, 3);
+    assert_int_equal(k.r.duplicates, 1);
+    struct store_write_stats before, after;
+    store_write_stats(engine_store(e), &before);
+    assert_int_equal(before.keys[T_DEDUP], 3);
+    assert_int_equal(before.keys[T_USER_LOG], 0); /* nothing applied yet */
+    engine_flush(e);
+    store_write_stats(engine_store(e), &after);
+    assert_int_equal(after.keys[T_USER_LOG], 3);
+    assert_int_equal(after.keys[T_DEDUP], 3);
+    struct engine_partition_view v;
+    engine_partition(e, partition_of_user("uw", FIXTURE_PARTITIONS), &v);
+    assert_int_equal(v.events, 2);
+    assert_int_equal(v.duplicates, 1);
+    /* the rows are the apply's: a retry of each is a duplicate */
+    struct acked k2;
+    completion_init(&k2.done);
+    assert_int_equal(completion_wait(&k2.done, engine_ingest(e, a, 3, on_acked, &k2)), EDDY_OK);
+    assert_int_equal(k2.r.duplicates, 3);
+    engine_hold_apply(e, false);
+    finish_engine(e, a, 4, dir);
+}
+
 /* A job that reads or replaces the store around the writer's txn (an exclusive job: moves,
  * checkpoint copies, reprocess swaps) runs on a store that holds the state of every event
  * acknowledged before it, not only their log. */
@@ -1170,6 +1223,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_failed_write_fails_the_next_group),
         cmocka_unit_test(test_ack_before_apply),
         cmocka_unit_test(test_exclusive_after_apply),
+        cmocka_unit_test(test_dedup_row_written_once),
         cmocka_unit_test(test_behind_reads_acknowledged),
         cmocka_unit_test(test_behind_crash_phases),
         cmocka_unit_test(test_behind_crash_applied),

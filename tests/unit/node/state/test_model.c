@@ -12,6 +12,7 @@
 
 #include "common/pbutil.h"
 #include "node/state/model.h"
+#include "node/state/pbenc.h"
 
 #define T0 1800000000000LL
 
@@ -153,7 +154,10 @@ static void test_same_time_events_in_either_order(void **state)
                 apply_ev(m, first, pairs[i].t2, T0 + 5, pairs[i].p2, pairs[i].c2);
                 apply_ev(m, second, pairs[i].t1, T0 + 5, pairs[i].p1, pairs[i].c1);
             }
-            assert_true(model_pack(m, &buf[order], &len[order]));
+            struct pbenc_out o = {0};
+            assert_true(model_pack(m, &o));
+            buf[order] = o.buf;
+            len[order] = o.len;
             for (size_t j = 0; j < m->n_views; j++)
                 assert_string_equal(m->views[j]->event_id, "");
             for (size_t j = 0; j < m->n_cart; j++)
@@ -187,9 +191,10 @@ static void test_convert_format4(void **state)
     apply_ev(m, "x", EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW, T0, "pa", "c");
     apply_ev(m, "y", EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW, T0, "pb", "c");
     apply_ev(m, "z", EDDY__V1__EVENT_TYPE__EVENT_TYPE_ADD_TO_CART, T0, "pc", "c");
-    uint8_t *want, *got;
-    size_t wlen, glen;
-    assert_true(model_pack(m, &want, &wlen));
+    struct pbenc_out ow = {0}, og = {0};
+    assert_true(model_pack(m, &ow));
+    uint8_t *want = ow.buf;
+    size_t wlen = ow.len;
     assert_false(model_convert(m));
     assert_string_equal(m->views[0]->id, "pb");
     Eddy__Store__V1__Recent *t = m->views[0]; /* format 4: "x" < "y", pa first */
@@ -200,7 +205,9 @@ static void test_convert_format4(void **state)
     assert_int_equal(pb_set_str(&m->cart[0]->event_id, "z"), EDDY_OK);
     assert_true(model_convert(m));
     assert_false(model_convert(m));
-    assert_true(model_pack(m, &got, &glen));
+    assert_true(model_pack(m, &og));
+    uint8_t *got = og.buf;
+    size_t glen = og.len;
     assert_int_equal(glen, wlen);
     assert_memory_equal(got, want, wlen);
     free(want);

@@ -1,11 +1,11 @@
 /* The hand-written encoders (pbenc.h: product_state_pack, model_pack, the txn's Counts
- * packer) write exactly protobuf-c's bytes, for seeded random messages with the edge cases
+ * packer, the log record of an event) write exactly protobuf-c's bytes, for seeded random messages with the edge cases
  * of proto3 encoding: zero and negative numbers, -0.0, empty and NULL strings, NULL
  * sub-messages, strings and sub-messages over 127 bytes (two-byte lengths); a message with
  * unknown fields is left to protobuf-c. Recommend's partial decode of a user model reads
  * what protobuf-c reads. Every tag the encoders and decoders use is the field's number and
- * wire type in the descriptors protobuf-c generated from store.proto, and every field of the
- * messages they write has one. */
+ * wire type in the descriptors protobuf-c generated from store.proto (and eddy.proto's
+ * Event), and every field of the messages they write has one. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +16,7 @@
 #include <cmocka.h>
 #include <malloc.h>
 
+#include "node/state/apply.h"
 #include "node/state/counts.h"
 #include "node/state/model.h"
 #include "common/pbutil.h"
@@ -95,16 +96,19 @@ static void *array(size_t n, size_t size)
 }
 
 /* Compare 'got' (from a hand-written encoder) with protobuf-c's bytes of 'm'. */
-static void assert_same_bytes(const ProtobufCMessage *m, uint8_t *got, size_t len)
+/* 'o' holds protobuf-c's bytes of 'm', in its scratch if they fit there; freed after. */
+static void assert_same_bytes(const ProtobufCMessage *m, struct pbenc_out *o)
 {
     size_t want_len = protobuf_c_message_get_packed_size(m);
     uint8_t *want = malloc(want_len ? want_len : 1);
     assert_non_null(want);
     protobuf_c_message_pack(m, want);
-    assert_int_equal(len, want_len);
-    assert_memory_equal(got, want, len);
+    assert_int_equal(o->len, want_len);
+    assert_memory_equal(o->buf, want, o->len);
+    assert_true((o->buf == o->scratch) == (o->scratch && o->len <= o->cap));
     free(want);
-    free(got);
+    if (o->buf != o->scratch)
+        free(o->buf);
 }
 
 static void test_product_state(void **state)
@@ -135,10 +139,9 @@ static void test_product_state(void **state)
             nb->score = decayed(true);
             ps->neighbours[i] = nb;
         }
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        assert_true(product_state_pack(ps, &buf, &len));
-        assert_same_bytes(&ps->base, buf, len);
+        struct pbenc_out o = {0};
+        assert_true(product_state_pack(ps, &o));
+        assert_same_bytes(&ps->base, &o);
         eddy__store__v1__product_state__free_unpacked(ps, NULL);
     }
 }
@@ -153,11 +156,52 @@ static void test_cooc_pair(void **state)
         pr->score = decayed(true);
         pr->category = str();
         pr->category_ts = num();
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        assert_true(product_pair_pack(pr, &buf, &len));
-        assert_same_bytes(&pr->base, buf, len);
+        uint8_t scratch[24]; /* some rows fit, some do not */
+        struct pbenc_out o = {scratch, sizeof(scratch), NULL, 0};
+        assert_true(product_pair_pack(pr, &o));
+        assert_same_bytes(&pr->base, &o);
         eddy__store__v1__co_occurrence_pair__free_unpacked(pr, NULL);
+    }
+}
+
+/* The log record of an event (apply_event_record_pack), every field random, with metadata
+ * entries (empty ones too) and negative event types (ten-byte varints). */
+static void test_event_record(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 300; round++) {
+        Eddy__V1__Event *ev = malloc(sizeof(*ev));
+        assert_non_null(ev);
+        eddy__v1__event__init(ev);
+        ev->event_id = str();
+        ev->user_id = str();
+        ev->session_id = str();
+        ev->timestamp_ms = num();
+        ev->event_type = (Eddy__V1__EventType)(next() % 3 == 0 ? (int)num() : (int)(next() % 7));
+        ev->product_id = str();
+        ev->category = str();
+        ev->brand = str();
+        ev->price = dbl();
+        ev->search_query = str();
+        ev->n_metadata = next() % 4;
+        ev->metadata = array(ev->n_metadata, sizeof(*ev->metadata));
+        for (size_t i = 0; i < ev->n_metadata; i++) {
+            Eddy__V1__Event__MetadataEntry *me = malloc(sizeof(*me));
+            assert_non_null(me);
+            eddy__v1__event__metadata_entry__init(me);
+            me->key = str();
+            me->value = str();
+            ev->metadata[i] = me;
+        }
+        ev->recommendation_id = str();
+        Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
+        r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
+        r.event = ev;
+        uint8_t scratch[64]; /* some fit, some do not */
+        struct pbenc_out o = {scratch, sizeof(scratch), NULL, 0};
+        assert_true(apply_event_record_pack(ev, &o));
+        assert_same_bytes(&r.base, &o);
+        eddy__v1__event__free_unpacked(ev, NULL);
     }
 }
 
@@ -228,10 +272,9 @@ static void test_user_model(void **state)
     (void)state;
     for (int round = 0; round < 300; round++) {
         Eddy__Store__V1__UserModel *m = random_model();
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        assert_true(model_pack(m, &buf, &len));
-        assert_same_bytes(&m->base, buf, len);
+        struct pbenc_out o = {0};
+        assert_true(model_pack(m, &o));
+        assert_same_bytes(&m->base, &o);
         eddy__store__v1__user_model__free_unpacked(m, NULL);
     }
 }
@@ -371,11 +414,10 @@ static void test_unknown_fields_left_to_protobuf_c(void **state)
     assert_non_null(ps);
     assert_non_null(m);
     assert_int_equal(ps->base.n_unknown_fields, 1);
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    assert_false(product_state_pack(ps, &buf, &len));
-    assert_false(model_pack(m, &buf, &len));
-    assert_null(buf);
+    struct pbenc_out o = {0};
+    assert_false(product_state_pack(ps, &o));
+    assert_false(model_pack(m, &o));
+    assert_null(o.buf);
     eddy__store__v1__product_state__free_unpacked(ps, NULL);
     eddy__store__v1__user_model__free_unpacked(m, NULL);
 }
@@ -414,10 +456,10 @@ static void test_counts_through_the_txn(void **state)
             eddy__store__v1__counts__unpack(NULL, vlen, (const uint8_t *)v);
         assert_non_null(c);
         assert_true(counts_get(c, EDDY__V1__EVENT_TYPE__EVENT_TYPE_UNSPECIFIED) > 0);
-        uint8_t *copy = malloc(vlen ? vlen : 1);
-        assert_non_null(copy);
-        memcpy(copy, v, vlen);
-        assert_same_bytes(&c->base, copy, vlen);
+        struct pbenc_out o = {NULL, 0, malloc(vlen ? vlen : 1), vlen};
+        assert_non_null(o.buf);
+        memcpy(o.buf, v, vlen);
+        assert_same_bytes(&c->base, &o);
         eddy__store__v1__counts__free_unpacked(c, NULL);
         free(v);
     }
@@ -506,7 +548,27 @@ static void test_tags_match_store_proto(void **state)
         {&eddy__store__v1__co_occurrence_pair__descriptor, "category", PB_COOC_CATEGORY},
         {&eddy__store__v1__co_occurrence_pair__descriptor, "category_ts", PB_COOC_CATEGORY_TS},
         {&eddy__store__v1__stage2_marks__descriptor, "next_seq", PB_MARKS_NEXT_SEQ},
+        {&eddy__v1__event__descriptor, "event_id", PB_EVENT_EVENT_ID},
+        {&eddy__v1__event__descriptor, "user_id", PB_EVENT_USER_ID},
+        {&eddy__v1__event__descriptor, "session_id", PB_EVENT_SESSION_ID},
+        {&eddy__v1__event__descriptor, "timestamp_ms", PB_EVENT_TIMESTAMP_MS},
+        {&eddy__v1__event__descriptor, "event_type", PB_EVENT_EVENT_TYPE},
+        {&eddy__v1__event__descriptor, "product_id", PB_EVENT_PRODUCT_ID},
+        {&eddy__v1__event__descriptor, "category", PB_EVENT_CATEGORY},
+        {&eddy__v1__event__descriptor, "brand", PB_EVENT_BRAND},
+        {&eddy__v1__event__descriptor, "price", PB_EVENT_PRICE},
+        {&eddy__v1__event__descriptor, "search_query", PB_EVENT_SEARCH_QUERY},
+        {&eddy__v1__event__descriptor, "metadata", PB_EVENT_METADATA},
+        {&eddy__v1__event__descriptor, "recommendation_id", PB_EVENT_RECOMMENDATION_ID},
+        {&eddy__v1__event__metadata_entry__descriptor, "key", PB_METADATA_KEY},
+        {&eddy__v1__event__metadata_entry__descriptor, "value", PB_METADATA_VALUE},
     };
+    /* the one field of LogRecord its encoder writes (the others are the oneof's) */
+    const ProtobufCFieldDescriptor *lf = protobuf_c_message_descriptor_get_field_by_name(
+        &eddy__store__v1__log_record__descriptor, "event");
+    assert_non_null(lf);
+    assert_int_equal(lf->id, PB_FIELD(PB_LOG_EVENT));
+    assert_int_equal(wire_of(lf), PB_WIRE(PB_LOG_EVENT));
     size_t n = sizeof(tags) / sizeof(tags[0]);
     for (size_t i = 0; i < n; i++) {
         const ProtobufCFieldDescriptor *f =
@@ -534,6 +596,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_product_state),
         cmocka_unit_test(test_cooc_pair),
+        cmocka_unit_test(test_event_record),
         cmocka_unit_test(test_user_model),
         cmocka_unit_test(test_heap_size),
         cmocka_unit_test(test_unpack_for_recommend),

@@ -709,7 +709,7 @@ static void test_key_sets_answer_absent(void **state)
     counts_key(&u, 3, "u1");
     put_committed(f->s, &a);
     store_txn *t = store_txn_new(f->s);
-    store_txn_index_keys(t, T_COOC, 1 << 20);
+    store_txn_index_keys(t, UINT32_C(1) << T_COOC, 1 << 20);
 
     assert_true(txn_has(t, &a)); /* the set of partition 3 is built from its table */
     store_txn_stats(t, &st);
@@ -750,7 +750,7 @@ static void test_key_sets_over_budget(void **state)
     struct store_key k;
     struct store_txn_stats st, st2;
     store_txn *t = store_txn_new(f->s);
-    store_txn_index_keys(t, T_COOC, 64 * 8); /* one set of 64 slots: 32 keys */
+    store_txn_index_keys(t, UINT32_C(1) << T_COOC, 64 * 8); /* one set of 64 slots: 32 keys */
     pair_key(&k, 2, "p", "none");
     assert_false(txn_has(t, &k));
     char to[16];
@@ -773,6 +773,159 @@ static void test_key_sets_over_budget(void **state)
     store_txn_free(t);
 }
 
+/* Sets of two masks side by side, each with its own budget: a key of any of their tables
+ * that its set lacks is answered absent, one of another table is read; one mask's set given
+ * up for its budget leaves the other's; a mask sharing a table with an earlier one replaces
+ * it. */
+static void test_key_sets_of_two_masks(void **state)
+{
+    struct fx *f = *state;
+    struct store_key user, impr, pair, win, big;
+    struct store_txn_stats st, st2;
+    key_init(&user, 3, T_USER);
+    key_str(&user, "u1");
+    key_init(&impr, 3, T_IMPR);
+    key_lstr(&impr, "u1");
+    pair_key(&pair, 3, "p1", "a");
+    counts_key(&win, 3, "u1");
+    put_committed(f->s, &user);
+    store_txn *t = store_txn_new(f->s);
+    /* two sets of 64 slots (32 keys each) */
+    store_txn_index_keys(t, (UINT32_C(1) << T_USER) | (UINT32_C(1) << T_IMPR), 2 * 64 * 8);
+    store_txn_index_keys(t, UINT32_C(1) << T_COOC, 1 << 20);
+
+    assert_true(txn_has(t, &user)); /* a miss: kept from now on */
+    store_txn_stats(t, &st);
+    assert_false(txn_has(t, &impr));
+    assert_false(txn_has(t, &pair));
+    assert_false(txn_has(t, &win)); /* not indexed: read */
+    store_txn_stats(t, &st2);
+    assert_int_equal(st2.absent, st.absent + 2);
+    assert_int_equal(st2.misses, st.misses + 1);
+    assert_int_equal(st2.key_set_keys, 1); /* u1's USER row; IMPR and COOC empty */
+
+    /* 40 USER rows: the USER set of partition 3 is given up, IMPR's and COOC's are not */
+    char id[16];
+    for (int i = 0; i < 40; i++) {
+        snprintf(id, sizeof(id), "n%d", i);
+        key_init(&big, 3, T_USER);
+        key_str(&big, id);
+        assert_int_equal(store_txn_put(t, &big, "x", 1), EDDY_OK);
+    }
+    assert_int_equal(store_txn_put(t, &impr, "y", 1), EDDY_OK);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    store_txn_stats(t, &st);
+    assert_int_equal(st.key_set_overflows, 1);
+    key_init(&big, 3, T_USER);
+    key_str(&big, "none");
+    assert_false(txn_has(t, &big)); /* read */
+    key_init(&big, 3, T_IMPR);
+    key_lstr(&big, "none");
+    assert_false(txn_has(t, &big)); /* absent */
+    assert_true(txn_has(t, &impr)); /* read: written, not kept */
+    pair_key(&big, 3, "p1", "none");
+    assert_false(txn_has(t, &big)); /* absent */
+    store_txn_stats(t, &st2);
+    assert_int_equal(st2.misses, st.misses + 2);
+    assert_int_equal(st2.absent, st.absent + 2);
+
+    /* {IMPR} replaces {USER, IMPR}: USER is read again, IMPR's set is built anew */
+    store_txn_index_keys(t, UINT32_C(1) << T_IMPR, 1 << 20);
+    store_txn_stats(t, &st);
+    key_init(&big, 4, T_USER);
+    key_str(&big, "none");
+    assert_false(txn_has(t, &big));
+    key_init(&big, 4, T_IMPR);
+    key_lstr(&big, "none");
+    assert_false(txn_has(t, &big));
+    assert_true(txn_has(t, &impr));
+    store_txn_stats(t, &st2);
+    assert_int_equal(st2.misses, st.misses + 1);
+    assert_int_equal(st2.absent, st.absent + 1);
+    store_txn_free(t);
+}
+
+/* A set built while a key is pending deleted lacks it (the scan hides it): a put of it
+ * then, pending already, still adds it. */
+static void test_key_set_put_after_pending_delete(void **state)
+{
+    struct fx *f = *state;
+    struct store_key x, y;
+    key_init(&x, 5, T_USER);
+    key_str(&x, "x");
+    key_init(&y, 5, T_USER);
+    key_str(&y, "y");
+    put_committed(f->s, &x);
+    store_txn *t = store_txn_new(f->s);
+    store_txn_index_keys(t, UINT32_C(1) << T_USER, 1 << 20);
+    assert_int_equal(store_txn_del(t, &x), EDDY_OK);
+    assert_false(txn_has(t, &y)); /* builds partition 5's set, without x */
+    assert_int_equal(store_txn_put(t, &x, "z", 1), EDDY_OK);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    assert_true(txn_has(t, &x));
+    store_txn_free(t);
+}
+
+/* Key i of test_every_length: 3 + i % 280 + 2 bytes; its value in a round, in 'val':
+ * returns its length. */
+static void length_key(struct store_key *k, int i)
+{
+    key_init(k, 7, T_USER);
+    for (int j = 0; j < i % 280; j++)
+        key_bytes(k, "k", 1);
+    key_u16(k, (uint16_t)i);
+}
+
+static size_t length_val(char *val, int i, int round, int n)
+{
+    size_t len = (size_t)((i * 7 + round * 31) % n);
+    memset(val, 'a' + (i + round) % 26, len);
+    return len;
+}
+
+/* Keys and values of every length around the txn's small-block sizes (16-byte steps to
+ * 256 bytes, malloc beyond), rewritten with other lengths, deleted, forgotten at a reset:
+ * each read gives the last bytes written, before and after the commit. */
+static void test_every_length(void **state)
+{
+    struct fx *f = *state;
+    enum { N = 300 };
+    char val[N];
+    struct store_key k;
+    store_txn *t = store_txn_new(f->s);
+    assert_non_null(t);
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < N; i++) {
+            length_key(&k, i);
+            size_t len = length_val(val, i, round, N);
+            if (round == 2 && i % 5 == 0)
+                assert_int_equal(store_txn_del(t, &k), EDDY_OK);
+            else
+                assert_int_equal(store_txn_put(t, &k, val, len), EDDY_OK);
+        }
+        for (int pass = 0; pass < 2; pass++) {
+            for (int i = 0; i < N; i++) {
+                const char *v;
+                size_t vlen;
+                bool found;
+                length_key(&k, i);
+                assert_int_equal(store_txn_get(t, &k, &v, &vlen, &found), EDDY_OK);
+                assert_true(found == !(round == 2 && i % 5 == 0));
+                if (!found)
+                    continue;
+                size_t len = length_val(val, i, round, N);
+                assert_int_equal(vlen, len);
+                assert_memory_equal(v, val, len);
+            }
+            if (pass == 0)
+                assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+        }
+        if (round == 1)
+            store_txn_reset(t); /* every block at once; read back from LevelDB next */
+    }
+    store_txn_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -791,6 +944,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_stats_per_table, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_sets_answer_absent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_sets_over_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_sets_of_two_masks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_set_put_after_pending_delete, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_every_length, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
