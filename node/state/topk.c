@@ -4,13 +4,22 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The order of whole ids: the NUL-terminated 'kept' against 'id' of 'idlen' bytes, a
+ * prefix first ("p-1" before "p-10"). */
+static int id_cmp(const char *kept, const char *id, size_t idlen)
+{
+    size_t klen = strlen(kept);
+    int c = memcmp(kept, id, klen < idlen ? klen : idlen);
+    return c ? c : (klen > idlen) - (klen < idlen);
+}
+
 /* Whether the kept item 'i' stays before a new one of 'id' and 'score' or 'v'. */
 static bool stays_before(const struct topk *t, size_t i, const char *id, size_t idlen,
                          double score, const struct decay_sum *v)
 {
     const struct scored_product *o = &t->items[i];
     int c = v ? decay_cmp(&t->sums[i], v, t->dp) : (o->score > score) - (o->score < score);
-    return c > 0 || (c == 0 && strncmp(o->product_id, id, idlen) <= 0);
+    return c > 0 || (c == 0 && id_cmp(o->product_id, id, idlen) <= 0);
 }
 
 static void offer(struct topk *t, const char *id, size_t idlen, const char *category,
