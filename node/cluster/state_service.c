@@ -269,12 +269,13 @@ static void apply_done(void *ud, eddy_err err, const struct engine_ingest_result
     one_done(pa);
 }
 
-/* Hand one partition's events to the engine (its result goes to ap->r). */
-static void apply_start(struct apply_part *ap)
+/* Hand one partition's events to the engine (its result goes to ap->r): into 'b', queued
+ * with the request's other partitions, or alone if 'b' is NULL. */
+static void apply_start(struct apply_part *ap, struct engine_batch *b)
 {
     const Eddy__State__V1__PartitionEvents *pe = ap->pe;
-    eddy_err err = engine_apply(ap->svc->eng, pe->partition, pe->epoch, pe->events,
-                                pe->n_events, apply_done, ap);
+    eddy_err err = engine_apply_in(ap->svc->eng, b, pe->partition, pe->epoch, pe->events,
+                                   pe->n_events, apply_done, ap);
     if (err != EDDY_OK) {
         ap->r->code = (int32_t)eddy_err_to_grpc(err);
         ap->r->message = (char *)eddy_strerror(err);
@@ -291,7 +292,7 @@ static void apply_writable(void *ud, bool writable)
     struct apply_part *ap = ud;
     bool alive = membership_alive(ap->svc->mem); /* held: the session may have ended since */
     if (writable && alive) {
-        apply_start(ap);
+        apply_start(ap, NULL);
         return;
     }
     ap->r->code = GRPC_STATUS_UNAVAILABLE;
@@ -328,6 +329,7 @@ static void handle_apply(void *ud, rpc_call *c, const ProtobufCMessage *msg)
     pa->resp.n_results = n;
     pa->left = n + 1; /* +1: this handler, so the reply waits for the loop to finish */
     bool alive = membership_alive(svc->mem);
+    struct engine_batch batch = ENGINE_BATCH_INIT;
     for (size_t i = 0; i < n; i++) {
         const Eddy__State__V1__PartitionEvents *pe = req->partitions[i];
         Eddy__State__V1__PartitionResult *r = &pa->results[i];
@@ -386,10 +388,12 @@ static void handle_apply(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         /* short of in-sync copies (a new follower catching up after a failover): held up
          * to --replica-writable-wait and applied the moment it joins, not refused for the
          * router to retry a round later */
-        if (!svc->repl || replica_when_writable(svc->repl, pe->partition, apply_writable,
-                                                ap) != EDDY_OK)
-            apply_writable(ap, !svc->repl || replica_writable(svc->repl, pe->partition));
+        if (!svc->repl || replica_writable(svc->repl, pe->partition))
+            apply_start(ap, &batch);
+        else if (replica_when_writable(svc->repl, pe->partition, apply_writable, ap) != EDDY_OK)
+            apply_writable(ap, replica_writable(svc->repl, pe->partition));
     }
+    engine_submit(svc->eng, &batch); /* one writer group for all of them */
     one_done(pa);
 }
 

@@ -434,21 +434,46 @@ static eddy_err run_ingest(engine *e, struct job *j, int64_t now)
     return EDDY_OK;
 }
 
+/* Whether partition p, if this node leads it, gets an idle watermark *wm at 'now' that
+ * closes a window (window_idle_watermark), from the state its appended records leave,
+ * which the apply reaches before run_idle writes it. */
+static bool idle_due_in(const engine *e, uint32_t p, int64_t now, int64_t *wm)
+{
+    const struct engine_cluster *c = &e->o.cluster;
+    const struct part_meta *m = &e->meta[p];
+    if (c->leads && !c->leads(c->leads_ud, p))
+        return false;
+    int64_t from = e->is_ahead[p] ? e->ahead[p].watermark : m->watermark;
+    int64_t max_ts = e->is_ahead[p] ? e->ahead[p].max_ts : m->max_ts;
+    if (max_ts == WATERMARK_NONE)
+        return false;
+    *wm = window_idle_watermark(&e->o.apply.window, from, max_ts, now - e->last_arrival_ms[p]);
+    return window_closes_any(&e->o.apply.window, from, *wm);
+}
+
+/* Whether run_idle would write anything. Checked before the records appended ahead are
+ * applied (run_idle needs them applied), so that the writer applies them itself, ahead of
+ * a group's acknowledgement, only when an idle watermark is due: the check runs once a
+ * second, and most seconds close nothing. */
+static bool idle_closes_any(const engine *e, int64_t now)
+{
+    int64_t wm;
+    for (uint32_t p = 0; p < e->o.apply.partitions; p++)
+        if (idle_due_in(e, p, now, &wm))
+            return true;
+    return false;
+}
+
+/* The idle watermarks due, as log records; the appended records are applied already. */
 static eddy_err run_idle(engine *e, int64_t now)
 {
-    const struct window_params *wp = &e->o.apply.window;
-    const struct engine_cluster *c = &e->o.cluster;
+    int64_t wm;
     for (uint32_t p = 0; p < e->o.apply.partitions; p++) {
-        struct part_meta *m = &e->meta[p];
-        if (m->max_ts == WATERMARK_NONE || (c->leads && !c->leads(c->leads_ud, p)))
+        if (!idle_due_in(e, p, now, &wm))
             continue;
-        int64_t wm = window_idle_watermark(wp, m->watermark, m->max_ts,
-                                           now - e->last_arrival_ms[p]);
-        if (window_closes_any(wp, m->watermark, wm)) {
-            eddy_err err = apply_idle(e->txn, &e->o.apply, p, m, wm);
-            if (err != EDDY_OK)
-                return err;
-        }
+        eddy_err err = apply_idle(e->txn, &e->o.apply, p, &e->meta[p], wm);
+        if (err != EDDY_OK)
+            return err;
     }
     return EDDY_OK;
 }
@@ -1019,7 +1044,7 @@ static eddy_err apply_group(engine *e, struct job *group, int64_t now, bool idle
             e->outbox_removed += outbox_before - apply_outbox_rows(e->txn, p);
         }
     }
-    if (err == EDDY_OK && idle_due && (err = drain(e)) == EDDY_OK)
+    if (err == EDDY_OK && idle_due && idle_closes_any(e, now) && (err = drain(e)) == EDDY_OK)
         err = run_idle(e, now);
     return err;
 }
@@ -1473,27 +1498,34 @@ void engine_close(engine *e)
     free(e);
 }
 
-static eddy_err enqueue(engine *e, struct job *j)
+/* Queue the jobs 'first'..'last' (linked, 'events' events in all) at once: the writer
+ * finds all or none of them. Ingest jobs ('ingest') are refused past max_pending_events. */
+static eddy_err enqueue_list(engine *e, struct job *first, struct job *last, int64_t events,
+                             bool ingest)
 {
     pthread_mutex_lock(&e->mu);
     if (e->stopping) {
         pthread_mutex_unlock(&e->mu);
         return EDDY_ERR_UNAVAILABLE;
     }
-    if (j->kind == JOB_INGEST && e->queued_events > 0 &&
-        e->queued_events + (int64_t)j->n > e->o.max_pending_events) {
+    if (ingest && e->queued_events > 0 && e->queued_events + events > e->o.max_pending_events) {
         pthread_mutex_unlock(&e->mu);
         return EDDY_ERR_FULL;
     }
-    e->queued_events += (int64_t)j->n;
+    e->queued_events += events;
     if (e->tail)
-        e->tail->next = j;
+        e->tail->next = first;
     else
-        e->head = j;
-    e->tail = j;
+        e->head = first;
+    e->tail = last;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
     return EDDY_OK;
+}
+
+static eddy_err enqueue(engine *e, struct job *j)
+{
+    return enqueue_list(e, j, j, (int64_t)j->n, j->kind == JOB_INGEST);
 }
 
 eddy_err engine_ingest(engine *e, Eddy__V1__Event *const *events, size_t n,
@@ -1748,6 +1780,13 @@ int64_t engine_queue_depth(engine *e)
 eddy_err engine_apply(engine *e, uint32_t p, uint64_t epoch, Eddy__V1__Event *const *events,
                       size_t n, engine_ingest_done_fn *done, void *ud)
 {
+    return engine_apply_in(e, NULL, p, epoch, events, n, done, ud);
+}
+
+eddy_err engine_apply_in(engine *e, struct engine_batch *b, uint32_t p, uint64_t epoch,
+                         Eddy__V1__Event *const *events, size_t n, engine_ingest_done_fn *done,
+                         void *ud)
+{
     if (p >= e->o.apply.partitions)
         return EDDY_ERR_INVALID;
     struct job *j = calloc(1, sizeof(*j));
@@ -1761,10 +1800,29 @@ eddy_err engine_apply(engine *e, uint32_t p, uint64_t epoch, Eddy__V1__Event *co
     j->ud = ud;
     j->partition = p;
     j->epoch = epoch;
+    if (b) {
+        if (b->tail)
+            b->tail->next = j;
+        else
+            b->head = j;
+        b->tail = j;
+        b->events += (int64_t)n;
+        return EDDY_OK;
+    }
     eddy_err err = enqueue(e, j);
     if (err != EDDY_OK)
         free(j);
     return err;
+}
+
+void engine_submit(engine *e, struct engine_batch *b)
+{
+    if (!b->head)
+        return;
+    eddy_err err = enqueue_list(e, b->head, b->tail, b->events, true);
+    if (err != EDDY_OK)
+        finish_group(e, b->head, err); /* answered as engine_apply would have been refused */
+    *b = (struct engine_batch)ENGINE_BATCH_INIT;
 }
 
 eddy_err engine_forward(engine *e, Eddy__Store__V1__Stage2Batch *const *batches, size_t n,

@@ -184,6 +184,27 @@ eddy_err engine_ingest_timed(engine *e, Eddy__V1__Event *const *events, size_t n
 eddy_err engine_apply(engine *e, uint32_t p, uint64_t epoch, Eddy__V1__Event *const *events,
                       size_t n, engine_ingest_done_fn *done, void *ud);
 
+/* Ingest jobs built one at a time and queued at once (engine_submit), so that the writer
+ * takes them into one group, one synced write: an Apply of a batch's many partitions (a
+ * 500-event batch spans most of 256) queued job by job was taken as the writer happened to
+ * find them, two or three groups written one after the other. */
+struct job;
+struct engine_batch {
+    struct job *head, *tail;
+    int64_t events;
+};
+#define ENGINE_BATCH_INIT {NULL, NULL, 0}
+
+/* engine_apply's job added to 'b' (queued by engine_submit), or queued now if 'b' is NULL.
+ * An error means the job was not added. */
+eddy_err engine_apply_in(engine *e, struct engine_batch *b, uint32_t p, uint64_t epoch,
+                         Eddy__V1__Event *const *events, size_t n, engine_ingest_done_fn *done,
+                         void *ud);
+
+/* Queue every job of 'b' (and empty it). If the engine refuses them (closing, or the queue
+ * full: EDDY_ERR_FULL), each job's 'done' runs here with the error. */
+void engine_submit(engine *e, struct engine_batch *b);
+
 /* Cluster mode: apply forwarded stage-2 batches (records of partitions this node owns
  * only; each batch at most once). 'batches' is borrowed until 'done' runs, which gets the
  * number of batches processed. */

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -522,6 +523,124 @@ static void test_dedup_row_written_once(void **state)
     assert_int_equal(k2.r.duplicates, 3);
     engine_hold_apply(e, false);
     finish_engine(e, a, 4, dir);
+}
+
+static eddy_err wait_released(void *ud, engine *e)
+{
+    (void)e;
+    return completion_wait(ud, EDDY_OK);
+}
+
+static void on_excl_done(void *ud, eddy_err err)
+{
+    (void)ud;
+    assert_int_equal(err, EDDY_OK);
+}
+
+/* The jobs of an engine batch (one Apply's partitions) are queued at once, so the writer
+ * takes them into one group: one synced write for all, however many partitions. Refused as
+ * a whole (the queue full), every job is answered with the refusal. */
+static void test_batch_is_one_group(void **state)
+{
+    char *dir = tmpdir_for("batch");
+    struct engine_opts o = opts(dir);
+    o.max_pending_events = 2;
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    engine_hold_apply(e, true); /* no write of applied state between the counts */
+    const char *users[] = {"ua", "ub", "uc", "ud", "ue", "uf", "ug", "uh"};
+    Eddy__V1__Event *ev[3];
+    uint32_t parts[3];
+    size_t n = 0;
+    for (size_t i = 0; i < 8 && n < 3; i++) { /* three users of three partitions */
+        uint32_t p = partition_of_user(users[i], FIXTURE_PARTITIONS);
+        bool seen = false;
+        for (size_t k = 0; k < n; k++)
+            seen |= parts[k] == p;
+        if (seen)
+            continue;
+        parts[n] = p;
+        ev[n] = mk(users[i], users[i], T0 + 1000, VIEW, "p1", "books");
+        n++;
+    }
+    assert_int_equal(n, 3);
+    struct store_write_stats before, after;
+    store_write_stats(engine_store(e), &before);
+    struct engine_batch b = ENGINE_BATCH_INIT;
+    struct acked k[3];
+    for (size_t i = 0; i < 3; i++) {
+        completion_init(&k[i].done);
+        assert_int_equal(engine_apply_in(e, &b, parts[i], 1, &ev[i], 1, on_acked, &k[i]),
+                         EDDY_OK);
+    }
+    engine_submit(e, &b);
+    assert_null(b.head);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(completion_wait(&k[i].done, EDDY_OK), EDDY_OK);
+        assert_int_equal(k[i].r.accepted, 1);
+    }
+    store_write_stats(engine_store(e), &after);
+    assert_int_equal(after.writes - before.writes, 1);
+    assert_int_equal(after.keys[T_LOG] - before.keys[T_LOG], 3);
+
+    /* the writer held by an exclusive job, one event queued: a batch of 2 more is over
+     * --max-pending-events (2) and every job of it is refused */
+    struct completion release;
+    completion_init(&release);
+    assert_int_equal(engine_exclusive(e, wait_released, on_excl_done, &release), EDDY_OK);
+    struct acked q;
+    completion_init(&q.done);
+    assert_int_equal(engine_apply(e, parts[0], 1, &ev[0], 1, on_acked, &q), EDDY_OK);
+    struct acked r[2];
+    for (size_t i = 0; i < 2; i++) {
+        completion_init(&r[i].done);
+        assert_int_equal(engine_apply_in(e, &b, parts[i], 1, &ev[i], 1, on_acked, &r[i]),
+                         EDDY_OK);
+    }
+    engine_submit(e, &b);
+    for (size_t i = 0; i < 2; i++) /* answered by engine_submit itself */
+        assert_int_equal(completion_wait(&r[i].done, EDDY_OK), EDDY_ERR_FULL);
+    completion_signal(&release, EDDY_OK, 0);
+    assert_int_equal(completion_wait(&q.done, EDDY_OK), EDDY_OK);
+    assert_int_equal(q.r.duplicates, 1);
+    engine_hold_apply(e, false);
+    finish_engine(e, ev, 3, dir);
+}
+
+/* The writer's idle check (once a second) applies the records appended ahead only when an
+ * idle watermark is due: it used to apply them all first, on the writer, every second,
+ * delaying the acknowledgement of the group it ran with by their apply. No idle timeout
+ * here, so nothing is ever due. */
+static void test_idle_check_leaves_the_apply_behind(void **state)
+{
+    char *dir = tmpdir_for("idle");
+    struct engine_opts o = opts(dir);
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    engine_hold_apply(e, true);
+    Eddy__V1__Event *a[] = {mk("i1", "ui", T0 + 1000, VIEW, "p1", "books"),
+                            mk("i2", "ui", T0 + 2000, VIEW, "p2", "books")};
+    struct acked k;
+    completion_init(&k.done);
+    assert_int_equal(completion_wait(&k.done, engine_ingest(e, a, 2, on_acked, &k)), EDDY_OK);
+    /* the check runs on the writer's one-second clock (a wait for a job times out after a
+     * second): two of its periods pass, with nothing else for the writer to do */
+    struct timespec two_periods = {2, 100000000};
+    nanosleep(&two_periods, NULL);
+    uint64_t lag = 0;
+    engine_apply_lag(e, &lag, NULL);
+    assert_int_equal(lag, 2);
+    struct engine_partition_view v;
+    engine_partition(e, partition_of_user("ui", FIXTURE_PARTITIONS), &v);
+    assert_int_equal(v.next_seq, 2);
+    assert_int_equal(v.applied_seq, 0);
+    engine_hold_apply(e, false);
+    engine_flush(e);
+    engine_partition(e, partition_of_user("ui", FIXTURE_PARTITIONS), &v);
+    assert_int_equal(v.applied_seq, 2);
+    finish_engine(e, a, 2, dir);
 }
 
 /* A job that reads or replaces the store around the writer's txn (an exclusive job: moves,
@@ -1228,6 +1347,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_behind_crash_phases),
         cmocka_unit_test(test_behind_crash_applied),
         cmocka_unit_test(test_apply_lag_backpressure),
+        cmocka_unit_test(test_batch_is_one_group),
+        cmocka_unit_test(test_idle_check_leaves_the_apply_behind),
         cmocka_unit_test(test_behind_crash_after_delete),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
