@@ -2,15 +2,15 @@
 #include "node/state/recommend.h"
 
 #include <stdint.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 enum reason { R_POPULAR, R_NEIGHBOUR, R_CONTEXT, R_CART, R_TRENDING };
 
 /* Copy 's' to the end of the string in 'buf' (size 'len', *at its length), truncating as
- * snprintf would. NULL is the empty string: UBSan caught a reason's argument that was
- * NULL (a Recommend answered right after a cluster's stage-2 rebuild with other
- * half-lives, integration.reprocess under ASan; which list carried it is not known yet). */
+ * snprintf would; NULL as the empty string. (UBSan once caught a NULL reason argument:
+ * a candidate first offered a NaN share, which set no reason, see contribute.) */
 static void append(char *buf, size_t len, size_t *at, const char *s)
 {
     if (!s)
@@ -145,7 +145,7 @@ static bool excluded(const struct excl *x, const char *id)
 static void contribute(struct cand_set *s, const struct scored_product *sp, double v,
                        enum reason r, const char *arg)
 {
-    if (v <= 0)
+    if (!(v > 0) || !isfinite(v)) /* NaN too: it would win no reason and spoil the order */
         return;
     struct cand *c = set_get(s, sp->product_id, sp->category);
     if (!c)
@@ -160,11 +160,14 @@ static void contribute(struct cand_set *s, const struct scored_product *sp, doub
     }
 }
 
+/* The largest finite score of a list (0 if none). A list read while its decay parameters
+ * change (a stage-2 rebuild with other half-lives swapping in) may hold a value scaled far
+ * out of range: an infinite maximum would turn every share of the list into 0 or NaN. */
 static double list_max(const struct scored_product *items, size_t n)
 {
     double m = 0;
     for (size_t i = 0; i < n; i++) {
-        if (items[i].score > m)
+        if (isfinite(items[i].score) && items[i].score > m)
             m = items[i].score;
     }
     return m;
@@ -276,7 +279,7 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
 
     double amax = 0;
     for (size_t i = 0; i < in->ncats; i++) {
-        if (in->cats[i].affinity > amax)
+        if (isfinite(in->cats[i].affinity) && in->cats[i].affinity > amax)
             amax = in->cats[i].affinity;
     }
     for (size_t i = 0; i < in->ncats && amax > 0; i++) {

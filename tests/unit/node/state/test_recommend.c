@@ -2,6 +2,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -199,9 +200,35 @@ static void test_trending_blended(void **state)
     assert_true(out[2].score < out[1].score);
 }
 
+/* A list read while its decay parameters change (a stage-2 rebuild with other half-lives
+ * swapping in) may carry a value scaled out of range: infinite or NaN. Those shares are
+ * left out; every item answered has a finite score and a reason that names its source
+ * (a NaN share used to make a candidate with no reason: "popular in " and a NULL name). */
+static void test_out_of_range_scores_left_out(void **state)
+{
+    struct scored_product books[] = {sp("b1", "books", INFINITY), sp("b2", "books", 5)};
+    struct scored_product toys[] = {sp("t1", "toys", NAN), sp("t2", "toys", 2)};
+    struct scored_product nb[] = {sp("n1", "games", NAN), sp("n2", "games", 1)};
+    struct rec_category cats[] = {{"books", INFINITY, books, 2}, {"toys", 1.0, toys, 2}};
+    struct rec_anchor anchors[] = {{"x", 1.0, false, false, nb, 2}};
+    struct rec_input in = {cats, 2, anchors, 1, NULL, 0, NULL, 0};
+    struct rec_item out[10];
+    struct rec_params nocap = W;
+    nocap.diversity_cap = 0;
+    size_t n = rec_rank(&in, &nocap, out, 10);
+    assert_int_equal(n, 2);
+    assert_string_equal(out[0].product_id, "n2"); /* 1.5 x 1 */
+    assert_string_equal(out[0].reason, "viewed together with x");
+    assert_string_equal(out[1].product_id, "t2"); /* 1.0 x (1 / 1) x (2 / 2) */
+    assert_string_equal(out[1].reason, "popular in toys");
+    for (size_t i = 0; i < n; i++)
+        assert_true(isfinite(out[i].score) && out[i].score > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_out_of_range_scores_left_out),
         cmocka_unit_test(test_blend_and_reasons),
         cmocka_unit_test(test_exclusions_and_context),
         cmocka_unit_test(test_diversity_cap),
