@@ -18,13 +18,24 @@ start node "$BUILD/eddy-node" --dev --data-dir "$TMP/node" --listen 127.0.0.1:0 
   --metrics-listen 127.0.0.1:0 --log-level warn
 WATCH=("node=${PIDS[${#PIDS[@]}-1]}")
 EP=127.0.0.1:$(wait_printed node listening)
+METRICS=http://127.0.0.1:$(wait_printed node metrics)/metrics
 log "eddy-node --dev on $EP"
+
+# groups LABEL ARGS...: bench LABEL ARGS..., and the writer's groups over the run (each
+# one synced write: eddy_group_commit_events_count), recorded as LABEL-groups
+groups() {
+  local label=$1 g0 g1
+  g0=$(curl -fs "$METRICS" | awk '/^eddy_group_commit_events_count /{print $2}')
+  bench "$@"
+  g1=$(curl -fs "$METRICS" | awk '/^eddy_group_commit_events_count /{print $2}')
+  echo "{\"aux\": true, \"groups\": $((${g1:-0} - ${g0:-0}))}" | record "$label-groups" 2>/dev/null
+}
 
 want ingest-max && bench dev-ingest-max --endpoint "$EP" --mode ingest --duration "$DURATION" --seed 1
 # the acknowledgement when the node keeps up (at max rate it is the queue ahead of a batch),
 # and of one batch at a time (500 events/s: its service time, apply and fsync)
-want ingest-5k && bench dev-ingest-5k --endpoint "$EP" --mode ingest --rate 5000 --duration "$DURATION" --seed 5
-want ingest-500 && bench dev-ingest-500 --endpoint "$EP" --mode ingest --rate 500 --duration "$DURATION" --seed 6
+want ingest-5k && groups dev-ingest-5k --endpoint "$EP" --mode ingest --rate 5000 --duration "$DURATION" --seed 5
+want ingest-500 && groups dev-ingest-500 --endpoint "$EP" --mode ingest --rate 500 --duration "$DURATION" --seed 6
 want recommend-idle && bench dev-recommend-idle --endpoint "$EP" --mode recommend --recommend-qps 5000 --duration "$DURATION" --seed 2
 want mixed && bench dev-mixed --endpoint "$EP" --mode mixed --recommend-qps 5000 --rate 50000 --duration "$DURATION" --seed 3
 want visible && bench dev-visible --endpoint "$EP" --mode visible --duration "$DURATION" --seed 4

@@ -82,8 +82,11 @@ def rows(g):
         if r:
             ms = thread_seconds(r, "node", "eddy-writer") / r["batches"] * 1e3 if r.get("batches") else None
             lat = r.get("latency_ms") or {}
+            grp = (g.get(label + "-groups") or {}).get("groups")
+            writes = f"{grp / r['batches']:.2f} synced writes (writer groups) per batch; " \
+                if grp is not None and r.get("batches") else ""
             out.append((row, f"<= {goal} ms", goal, "<=", p99(r, "latency_ms"), "ms", "-", f"`bench/dev.sh` {label}",
-                        f"p50 {num(lat.get('p50'), 1)} ms at {num(r.get('throughput_eps'))} events/s; "
+                        f"p50 {num(lat.get('p50'), 1)} ms at {num(r.get('throughput_eps'))} events/s; {writes}"
                         f"writer {num(ms, 1)} ms of CPU per batch; node threads: {cores(r)}; {busy(r)}"))
     for label, row, goal in (("recommend-warm", "Recommend p99 at 5,000 QPS, idle (caches warm)", 2),
                              ("recommend-ingest", "Recommend p99 at 5,000 QPS while ingesting 50,000 events/s", 5)):
