@@ -1,7 +1,8 @@
 /* The write side of a move's copy, alone: a checkpoint file is read in 256 KiB pieces (as
  * the target receives the stream), checked by a checkpoint_reader, and written into a
  * fresh LevelDB in range batches of --batch bytes (store_replace_range_nosync, then one
- * store_sync_log), as node/cluster/mover.c does on the writer thread; no gRPC, no engine.
+ * store_sync_log), as node/cluster/ckptcopy.c does (there on a thread of its own, beside
+ * the receive); no gRPC, no engine.
  * Prints the seconds of the whole load and of the writes alone, as one JSON line.
  *
  *   eddy-load-bench FILE DB_DIR [--batch BYTES] [--write-buffer BYTES] [--key KEY_FILE]
@@ -29,11 +30,12 @@ struct load {
 };
 
 static eddy_err write_batch(void *ud, const struct store_key *start, const struct store_key *end,
-                            const store_batch *b)
+                            store_batch *b)
 {
     struct load *l = ud;
     int64_t t0 = clock_mono_ns();
     eddy_err err = store_replace_range_nosync(l->s, start, end, b, NULL);
+    store_batch_free(b);
     l->write_ns += clock_mono_ns() - t0;
     l->batches++;
     return err;

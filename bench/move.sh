@@ -102,8 +102,9 @@ during = json.load(open(f"{tmp}/during.json")) if os.path.getsize(f"{tmp}/during
 # The last copy's phases from the two logs' timestamps (ms): the source's flush (its
 # writer's queue before the snapshot), stream (snapshot scan and send at the stream's
 # pace) and drain (the target taking the send queue), when it logs them; the target's
-# start to copy (its old copy dropped, the call set up), copy (copy_ms, of which its
-# LevelDB writes write_ms and the final sync sync_ms), tail (loaded to "ready"), flip
+# start to copy (its old copy dropped, the call set up), copy (copy_ms: its LevelDB writes
+# write_ms beside the receive, its waits for them wait_ms, the final sync sync_ms, the
+# engine taking the partition take_ms), tail (loaded to "ready"), flip
 # (ready to the flip seen) and pause (the fenced final tail).
 def ts(line):
     t = re.search(r'ts=\S+T(\d+):(\d+):([\d.]+)Z', line)
@@ -122,7 +123,7 @@ if l_sent:
         v = re.search(k + r'=(\d+)', l_sent)
         phases["source_" + k] = int(v[1]) if v else None
 if l_loaded:
-    for k in ("copy_ms", "write_ms", "wait_ms", "queue_ms", "sync_ms"):
+    for k in ("copy_ms", "write_ms", "wait_ms", "sync_ms", "take_ms"):
         v = re.search(k + r'=(\d+)', l_loaded)
         phases[k] = int(v[1]) if v else None
     if l_start:

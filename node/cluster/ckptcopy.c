@@ -1,12 +1,14 @@
 /* Copying a partition's checkpoint between state nodes (see ckptcopy.h). */
 #include "node/cluster/ckptcopy.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "common/clock.h"
 #include "common/completion.h"
+#include "common/thread.h"
 #include "eddy/v1/state.pb-c.h"
 #include "node/state/store.h"
 
@@ -65,66 +67,138 @@ void ckptcopy_drain(rpc_call *c, const atomic_bool *cancel, int64_t stall_ms)
 
 #define LOAD_BATCH_BYTES (4u << 20)
 
-/* One range of the partition written by the writer thread (an exclusive job), and the
- * receiver waiting for it. */
-struct range_put {
+/* DESIGN. The checkpoint as it streams in: checked by a reader, its records cut into
+ * batches of about LOAD_BATCH_BYTES, each written straight into LevelDB around the
+ * engine's writer (the caller holds the partition: nothing else writes it, and it is not
+ * served here yet; a copy that fails is dropped and started again) by a thread of the
+ * copy's own while the receiving thread reads and checks the next batch: one batch in
+ * flight. Each batch was a writer job of its own, the receiver waiting for it: under a
+ * move's load the hand-off (the writer's queue, the group in flight it waits for, the
+ * partition's OUTBOX counted before and after every job) took longer than the LevelDB
+ * writes, and the stream stood still during each write (bench/move.sh, round 4 in
+ * docs/BENCHMARKS.md). The engine takes the loaded partition in one exclusive job at the
+ * end; the OUTBOX records are counted as each batch lands. */
+struct batch_writer {
+    pthread_t thread;
+    pthread_mutex_t mu;          /* guards the fields below */
+    pthread_cond_t cv;           /* a batch handed over, written, or the stop */
+    engine *eng;
     struct store_key start, end;
-    const store_batch *b;
-    struct completion w;
-    int64_t queued_ns;           /* when it was handed to the writer */
-    int64_t start_ns, write_ns;  /* when the writer started it, its time in it (set
-                                    before the signal) */
+    store_batch *b;              /* the batch to write (NULL: none); freed by the thread */
+    uint64_t outbox;             /* its OUTBOX records */
+    bool stop;
+    eddy_err err;                /* the first failed write: no later batch is written */
+    int64_t write_ns;
+    uint64_t batches;
 };
 
-static eddy_err put_range(void *ud, engine *e)
+static void *batch_writer_main(void *arg)
 {
-    struct range_put *rp = ud;
-    int64_t t0 = rp->start_ns = clock_mono_ns();
-    /* not synced: the whole copy is made durable once, at its end (ckptcopy_receive) */
-    eddy_err err = store_replace_range_nosync(engine_store(e), &rp->start, &rp->end, rp->b, NULL);
-    rp->write_ns = clock_mono_ns() - t0;
-    return err;
+    thread_name("ckpt-load");
+    struct batch_writer *bw = arg;
+    pthread_mutex_lock(&bw->mu);
+    for (;;) {
+        while (!bw->b && !bw->stop)
+            pthread_cond_wait(&bw->cv, &bw->mu);
+        if (!bw->b)
+            break;
+        pthread_mutex_unlock(&bw->mu);
+        int64_t t0 = clock_mono_ns();
+        /* not synced: the whole copy is made durable once, at its end (ckptcopy_receive) */
+        eddy_err err = store_replace_range_nosync(engine_store(bw->eng), &bw->start, &bw->end,
+                                                  bw->b, NULL);
+        if (err == EDDY_OK)
+            engine_outbox_loaded(bw->eng, bw->outbox);
+        store_batch_free(bw->b);
+        pthread_mutex_lock(&bw->mu);
+        bw->write_ns += clock_mono_ns() - t0;
+        bw->batches++;
+        bw->b = NULL;
+        if (bw->err == EDDY_OK)
+            bw->err = err;
+        pthread_cond_broadcast(&bw->cv);
+    }
+    pthread_mutex_unlock(&bw->mu);
+    return NULL;
 }
 
-static void range_done(void *ud, eddy_err err)
+/* Wait until the batch in flight is written (under mu); *wait_ns grows by the wait. */
+static void batch_writer_idle(struct batch_writer *bw, int64_t *wait_ns)
 {
-    struct range_put *rp = ud;
-    completion_signal(&rp->w, err, 0);
+    int64_t t0 = clock_mono_ns();
+    while (bw->b)
+        pthread_cond_wait(&bw->cv, &bw->mu);
+    *wait_ns += clock_mono_ns() - t0;
 }
 
-/* The checkpoint as it streams in: checked by a reader, its records written in batches
- * of about LOAD_BATCH_BYTES, each in a writer job of its own (the writer goes on with the
- * other partitions in between; the partition is not served here yet, and a copy that
- * fails is dropped and started again). The receiver waits for each batch before it reads
- * on: queueing the next one while the writer writes (tried, bench/move.sh round 3 in
- * docs/BENCHMARKS.md) was no faster on a busy machine, where the parsing then takes CPU
- * from the writer, which bounds the copy; meanwhile the sender runs ahead in its send
- * queue and gRPC's window. */
 struct loader {
     engine *eng;
     uint32_t p;
     checkpoint_reader *rd;
     struct store_range_loader rl;
+    struct batch_writer bw;
+    bool bw_started;
     uint64_t received;           /* bytes of the stream so far */
+    uint64_t outbox;             /* OUTBOX records in the batch being filled */
     struct ckptcopy_stats *st;
     eddy_err err;
 };
 
-/* Write one batch as a writer job and wait for it. */
+/* Hand a full batch to the writing thread, once it has written the one before. */
 static eddy_err write_batch(void *ud, const struct store_key *start, const struct store_key *end,
-                            const store_batch *b)
+                            store_batch *b)
 {
     struct loader *ld = ud;
-    struct range_put rp = {.start = *start, .end = *end, .b = b};
-    completion_init(&rp.w);
-    int64_t t0 = rp.queued_ns = clock_mono_ns();
-    eddy_err err = completion_wait(
-        &rp.w, engine_exclusive_partition(ld->eng, ld->p, put_range, range_done, &rp));
-    ld->st->wait_ns += clock_mono_ns() - t0;
-    ld->st->write_ns += rp.write_ns;
-    if (rp.start_ns)
-        ld->st->queue_ns += rp.start_ns - t0;
-    ld->st->batches++;
+    struct batch_writer *bw = &ld->bw;
+    pthread_mutex_lock(&bw->mu);
+    batch_writer_idle(bw, &ld->st->wait_ns);
+    eddy_err err = bw->err;
+    if (err == EDDY_OK) {
+        bw->start = *start;
+        bw->end = *end;
+        bw->b = b;
+        bw->outbox = ld->outbox;
+        pthread_cond_broadcast(&bw->cv);
+    } else {
+        store_batch_free(b);
+    }
+    pthread_mutex_unlock(&bw->mu);
+    ld->outbox = 0;
+    return err;
+}
+
+static eddy_err loader_start(struct loader *ld)
+{
+    struct batch_writer *bw = &ld->bw;
+    bw->eng = ld->eng;
+    pthread_mutex_init(&bw->mu, NULL);
+    pthread_cond_init(&bw->cv, NULL);
+    ld->bw_started = pthread_create(&bw->thread, NULL, batch_writer_main, bw) == 0;
+    if (ld->bw_started)
+        return EDDY_OK;
+    pthread_mutex_destroy(&bw->mu);
+    pthread_cond_destroy(&bw->cv);
+    return EDDY_ERR_NOMEM;
+}
+
+/* Wait for the last batch, stop the thread; the first failed write's error. */
+static eddy_err loader_stop(struct loader *ld)
+{
+    struct batch_writer *bw = &ld->bw;
+    if (!ld->bw_started)
+        return EDDY_OK;
+    pthread_mutex_lock(&bw->mu);
+    batch_writer_idle(bw, &ld->st->wait_ns);
+    bw->stop = true;
+    pthread_cond_broadcast(&bw->cv);
+    eddy_err err = bw->err;
+    ld->st->write_ns = bw->write_ns;
+    ld->st->batches = bw->batches;
+    pthread_mutex_unlock(&bw->mu);
+    pthread_join(bw->thread, NULL);
+    pthread_mutex_destroy(&bw->mu);
+    pthread_cond_destroy(&bw->cv);
+    ld->bw_started = false;
     return err;
 }
 
@@ -132,7 +206,26 @@ static eddy_err load_record(void *ud, const unsigned char *key, size_t klen,
                             const unsigned char *val, size_t vlen)
 {
     struct loader *ld = ud;
-    return store_range_loader_put(&ld->rl, key, klen, val, vlen);
+    eddy_err err = store_range_loader_put(&ld->rl, key, klen, val, vlen);
+    /* after the put: one that ends a batch hands the batch before this record */
+    ld->outbox += err == EDDY_OK && key[2] == T_OUTBOX;
+    return err;
+}
+
+/* The engine took the loaded partition (engine_take_partition). */
+static void taken(void *ud, eddy_err err)
+{
+    completion_signal(ud, err, 0);
+}
+
+static eddy_err take_loaded(struct loader *ld)
+{
+    struct completion w;
+    completion_init(&w);
+    int64_t t0 = clock_mono_ns();
+    eddy_err err = completion_wait(&w, engine_take_partition(ld->eng, ld->p, taken, &w));
+    ld->st->take_ns = clock_mono_ns() - t0;
+    return err;
 }
 
 static int on_chunk(void *ud, const ProtobufCMessage *msg)
@@ -160,6 +253,8 @@ eddy_err ckptcopy_receive(engine *eng, uint32_t p, rpc_channel *ch, const char *
     ld.rd = checkpoint_reader_new(engine_options(eng)->checkpoint_key, what, load_record, &ld);
     if (err == EDDY_OK)
         err = ld.rd ? engine_drop_partition(eng, p, NULL) : EDDY_ERR_NOMEM;
+    if (err == EDDY_OK)
+        err = loader_start(&ld);
     if (err == EDDY_OK) {
         struct rpc_result res;
         rpc_invoke_stream(ch, method, req, &eddy__state__v1__checkpoint_chunk__descriptor,
@@ -182,6 +277,9 @@ eddy_err ckptcopy_receive(engine *eng, uint32_t p, rpc_channel *ch, const char *
         key_prefix_end(&start, &end);
         err = store_range_loader_finish(&ld.rl, &end);
     }
+    eddy_err werr = loader_stop(&ld); /* also on an error: no batch outlives the call */
+    if (err == EDDY_OK)
+        err = werr;
     /* The batches went to LevelDB's log without a sync each (one fsync per 4 MiB held the
      * writer, and so every other partition's commits, for the disk's latency): one sync
      * of the logs now, before the copy can be tailed or served. A crash before it loses
@@ -190,6 +288,8 @@ eddy_err ckptcopy_receive(engine *eng, uint32_t p, rpc_channel *ch, const char *
     if (err == EDDY_OK)
         err = store_sync_log(engine_store(eng));
     st->sync_ns = clock_mono_ns() - ts;
+    if (err == EDDY_OK)
+        err = take_loaded(&ld);
     if (err == EDDY_OK) {
         struct engine_partition_view v;
         engine_partition(eng, p, &v);

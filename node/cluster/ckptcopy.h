@@ -35,21 +35,21 @@ void ckptcopy_drain(rpc_call *c, const atomic_bool *cancel, int64_t stall_ms);
 struct ckptcopy_stats {
     struct checkpoint_info info;  /* of the checkpoint received */
     int64_t total_ns;             /* the whole copy */
-    int64_t write_ns;             /* the writer's LevelDB writes */
-    int64_t wait_ns;              /* those plus the writer's queue */
-    int64_t queue_ns;             /* of wait_ns: from handing a batch to the writer to its
-                                     start (the jobs ahead, the writer's commit of what it
-                                     had applied) */
+    int64_t write_ns;             /* the LevelDB writes of the batches (on the copy's own
+                                     thread, while the next batch is received) */
+    int64_t wait_ns;              /* the receiver waiting for those writes */
     uint64_t batches;             /* LevelDB writes of the load */
     int64_t sync_ns;              /* the final sync of LevelDB's log */
+    int64_t take_ns;              /* the engine taking the loaded partition: one exclusive
+                                     job, its wait for the writer included */
     grpc_status_code code;        /* the stream's status (OK unless the peer failed it) */
     char details[512];
 };
 
 /* Receiving: drop this node's copy of partition 'p' and replace it with the checkpoint
- * streamed by 'method' on 'ch' for 'req' (read with the engine's checkpoint key), made
- * durable (one sync at the end) before this
- * returns. *next_seq is the partition's next seq after the load. The caller holds the
+ * streamed by 'method' on 'ch' for 'req' (read with the engine's checkpoint key), written
+ * from the calling thread around the engine's writer and made durable (one sync at the
+ * end) before this returns. *next_seq is the partition's next seq after the load. The caller holds the
  * partition (engine_claim_partition). On any error the partition is left partial: the
  * caller drops it (engine_drop_partition) or copies again.
  * 'what' names the source in log lines. */

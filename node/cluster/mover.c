@@ -225,15 +225,15 @@ static eddy_err copy_checkpoint(mover *mv, const struct cluster_move *m, uint64_
                  "details=\"%s\"",
                  p, m->from, (int)st.code, st.details);
     if (err == EDDY_OK) {
-        /* where the copy's time went: the writer's LevelDB writes (write_ms; wait_ms is
-         * that plus the writer's queue), the final sync, and the rest: receiving and
-         * checking the stream */
+        /* where the copy's time went: receiving and checking the stream, while the
+         * batches' LevelDB writes (write_ms) run beside it; the receiver's waits for them
+         * (wait_ms), the final sync, the engine taking the partition (take_ms) */
         log_info("msg=\"move: checkpoint loaded\" partition=%" PRIu32 " from=%s seq=%" PRIu64
                  " records=%" PRIu64 " bytes=%" PRIu64 " copy_ms=%" PRId64 " write_ms=%" PRId64
-                 " wait_ms=%" PRId64 " queue_ms=%" PRId64 " batches=%" PRIu64 " sync_ms=%" PRId64,
+                 " wait_ms=%" PRId64 " batches=%" PRIu64 " sync_ms=%" PRId64 " take_ms=%" PRId64,
                  p, m->from, st.info.seq, st.info.records, st.info.bytes, st.total_ns / 1000000,
-                 st.write_ns / 1000000, st.wait_ns / 1000000, st.queue_ns / 1000000,
-                 st.batches, st.sync_ns / 1000000);
+                 st.write_ns / 1000000, st.wait_ns / 1000000, st.batches, st.sync_ns / 1000000,
+                 st.take_ns / 1000000);
     } else if (err != EDDY_ERR_NOMEM) {
         drop_copy(mv, p, "incomplete checkpoint copy"); /* a partial copy is never kept */
     }

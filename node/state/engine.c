@@ -705,6 +705,15 @@ static uint64_t outbox_of(engine *e, uint32_t p)
     return atomic_load(&n);
 }
 
+/* Whether an exclusive job counts partition p's OUTBOX records before and after it: not
+ * engine_take_partition (no function), nor a job over every partition for a copy still
+ * loading (no META taken yet): that copy's loader counts its records as they land
+ * (engine_outbox_loaded), beside the job. */
+static bool counts_outbox(const engine *e, const struct job *j, uint32_t p)
+{
+    return j->excl_fn && (j->partition >= 0 || e->meta[p].stored);
+}
+
 /* Run a caller's function alone, then take the store as the truth again: the metadata
  * and the OUTBOX count of the partition it names (all of them for -1) are re-read (the
  * function may have replaced whole partitions). */
@@ -717,13 +726,15 @@ static eddy_err run_exclusive(engine *e, struct job *j, int64_t now)
     }
     uint64_t before = 0, after = 0;
     for (uint32_t p = first; p < last; p++)
-        before += outbox_of(e, p);
-    j->job_err = j->excl_fn(j->ud, e);
+        before += counts_outbox(e, j, p) ? outbox_of(e, p) : 0;
+    if (j->excl_fn)
+        j->job_err = j->excl_fn(j->ud, e);
     for (uint32_t p = first; p < last; p++) {
+        bool count = counts_outbox(e, j, p); /* as before the job: META not re-read yet */
         eddy_err err = apply_meta_load(e->st, p, &e->meta[p]);
         /* A partition without META is a copy still loading (ckptcopy writes it in
          * batches, META after the tables it describes): its layout is known, and
-         * converted, with the batch that brings META. Converting each batch rescanned
+         * converted, once it is taken with META. Converting each batch rescanned
          * every product and user model loaded so far: a move's target spent 25-36 s of
          * a 33-58 s copy of 88 MB outside its writes (bench/move.sh, docs/BENCHMARKS.md,
          * "Moves"). */
@@ -732,7 +743,7 @@ static eddy_err run_exclusive(engine *e, struct job *j, int64_t now)
         if (err != EDDY_OK)
             return err;
         e->last_arrival_ms[p] = now;
-        after += outbox_of(e, p);
+        after += count ? outbox_of(e, p) : 0;
     }
     atomic_fetch_add(&e->outbox, after);
     atomic_fetch_sub(&e->outbox, before);
@@ -1858,6 +1869,11 @@ uint64_t engine_outbox_depth(engine *e)
     return atomic_load(&e->outbox);
 }
 
+void engine_outbox_loaded(engine *e, uint64_t records)
+{
+    atomic_fetch_add(&e->outbox, records);
+}
+
 bool engine_claim_partition(engine *e, uint32_t p)
 {
     bool free_now = false;
@@ -1942,6 +1958,11 @@ eddy_err engine_exclusive_partition(engine *e, int64_t p, engine_exclusive_fn *f
     if (err != EDDY_OK)
         free(j);
     return err;
+}
+
+eddy_err engine_take_partition(engine *e, uint32_t p, engine_exclusive_done_fn *done, void *ud)
+{
+    return engine_exclusive_partition(e, p, NULL, done, ud);
 }
 
 /* engine_drop_partition: the range deletion and the caller waiting for it. */

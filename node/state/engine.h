@@ -248,9 +248,9 @@ eddy_err engine_replay(engine *e, uint32_t p, const struct engine_log_entry *ent
 /* Run 'fn' on the writer thread alone: after every job queued before it, before every job
  * queued after it, outside any group commit. 'fn' may read and write the store directly
  * (store_replace_range, whole partitions); afterwards the engine re-reads every
- * partition's metadata and the OUTBOX count from the store. 'done' runs once on the
- * writer thread with fn's result (or the engine's error). Same queue contract as
- * engine_ingest. */
+ * partition's metadata and the OUTBOX count from the store (but not a copy's still
+ * loading around the writer: engine_outbox_loaded). 'done' runs once on the writer thread
+ * with fn's result (or the engine's error). Same queue contract as engine_ingest. */
 typedef eddy_err engine_exclusive_fn(void *ud, engine *e);
 typedef void engine_exclusive_done_fn(void *ud, eddy_err err);
 eddy_err engine_exclusive(engine *e, engine_exclusive_fn *fn, engine_exclusive_done_fn *done,
@@ -267,6 +267,16 @@ eddy_err engine_drop_partition(engine *e, uint32_t p, uint64_t *deleted);
 
 /* OUTBOX records committed and not yet forwarded. */
 uint64_t engine_outbox_depth(engine *e);
+
+/* A partition written into the store around the writer (a copy loaded in batches by
+ * ckptcopy_receive, which holds the partition): engine_outbox_loaded counts the OUTBOX
+ * records of each batch as it lands (any thread), so that the count is right whenever the
+ * load stops; engine_take_partition then makes the engine take the partition's metadata
+ * from the store (converting its layout if META says so) in an exclusive job that does not
+ * count its OUTBOX again (a scan of 122,000 records took a second of a move's copy:
+ * bench/move.sh, docs/BENCHMARKS.md). 'done' as engine_exclusive. */
+void engine_outbox_loaded(engine *e, uint64_t records);
+eddy_err engine_take_partition(engine *e, uint32_t p, engine_exclusive_done_fn *done, void *ud);
 
 /* Cluster mode, the forwarder: the OUTBOX rows of partition 'p' with source seqs 'seqs'
  * ('n' > 0; copied) were delivered. They are removed through p's log (an OUTBOX_DONE

@@ -801,7 +801,6 @@ static eddy_err range_loader_flush(struct store_range_loader *l, const struct st
     if (!store_batch_first(l->b, &first))
         return EDDY_OK;
     eddy_err err = l->write(l->ud, &first, end, l->b);
-    store_batch_free(l->b);
     l->b = store_batch_new();
     l->bytes = 0;
     return err != EDDY_OK ? err : l->b ? EDDY_OK : EDDY_ERR_NOMEM;

@@ -130,9 +130,10 @@ eddy_err store_replace_range(store *s, const struct store_key *start, const stru
 /* A stream of puts in ascending key order (a checkpoint being loaded), cut into batches of
  * about 'max_bytes' of keys and values, each handed to 'write' as the range [its first
  * key, the next batch's first key) (the last one: up to the 'end' given to
- * store_range_loader_finish). 'write' borrows the batch for the call. One thread. */
+ * store_range_loader_finish). 'write' owns the batch (it may write it after returning, on
+ * another thread); free with store_batch_free, after an error too. One thread. */
 typedef eddy_err store_range_write_fn(void *ud, const struct store_key *start,
-                                      const struct store_key *end, const store_batch *b);
+                                      const struct store_key *end, store_batch *b);
 struct store_range_loader {
     store_batch *b;
     size_t bytes, max_bytes;

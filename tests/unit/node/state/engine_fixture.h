@@ -25,6 +25,16 @@ static inline struct engine_opts opts(const char *dir)
     return test_engine_opts(dir);
 }
 
+/* An engine of opts(dir); close with engine_close. */
+static inline engine *open_test_engine(const char *dir)
+{
+    struct engine_opts o = opts(dir);
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    return e;
+}
+
 struct done {
     int calls;
     eddy_err err;

@@ -29,15 +29,6 @@ static bool owns_all(void *ud, uint32_t q)
     return q < FIXTURE_PARTITIONS;
 }
 
-static engine *open_engine(const char *dir)
-{
-    struct engine_opts o = opts(dir);
-    engine *e = NULL;
-    char err[256];
-    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
-    return e;
-}
-
 static stage2_side *new_side(engine *e, const char *dir, int64_t freeze_ms)
 {
     char work[256];
@@ -113,7 +104,7 @@ static void test_swap_makes_the_side_state_live(void **state)
 {
     (void)state;
     char *dir = tmpdir_for("s2side"), *fresh_dir = tmpdir_for("s2side-fresh");
-    engine *e = open_engine(dir);
+    engine *e = open_test_engine(dir);
     /* live product state of other products, which the swap must remove */
     Eddy__V1__Event *ev[20];
     char ids[20][8];
@@ -210,7 +201,7 @@ static void test_freeze_conflicts_and_lapses(void **state)
 {
     (void)state;
     char *dir = tmpdir_for("s2side-lapse");
-    engine *e = open_engine(dir);
+    engine *e = open_test_engine(dir);
     stage2_side *s = new_side(e, dir, 60000);
     char err[512] = "";
     int64_t none[RP_PARAMS] = {0};

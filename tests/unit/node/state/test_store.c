@@ -78,7 +78,7 @@ struct ranges_seen {
 };
 
 static eddy_err note_range(void *ud, const struct store_key *start, const struct store_key *end,
-                           const store_batch *b)
+                           store_batch *b)
 {
     struct ranges_seen *r = ud;
     assert_true(r->n < 64);
@@ -86,6 +86,7 @@ static eddy_err note_range(void *ud, const struct store_key *start, const struct
     r->end[r->n] = *end;
     r->count[r->n] = store_batch_count(b);
     r->n++;
+    store_batch_free(b);
     return EDDY_OK;
 }
 
