@@ -126,7 +126,7 @@ struct node_config node_config_defaults(void)
         .attribution_window_click = 30 * 60000, .attribution_window_purchase = DAY,
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
         .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
-        .cache_size = 64 << 20, .state_cache_size = 128 << 20,
+        .cache_size = 32 << 20, .state_cache_size = 96 << 20,
         .pair_set_size = (int64_t)PRODUCT_PAIR_SET_DEFAULT,
         .key_set_size = (int64_t)APPLY_KEY_SET_DEFAULT, .shutdown_grace = 10000, .neighbour_cache = 20000,
         .user_cache_size = 32 << 20,
