@@ -153,8 +153,8 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
         F("max-group-events", FLAG_INT, max_group_events, "events per group commit", 1, 10000000),
         F("cache-size", FLAG_SIZE, cache_size, "LevelDB block cache", 0, 0),
         F("state-cache-size", FLAG_SIZE, state_cache_size,
-          "decoded state the writer keeps between group commits (estimated bytes)", 1 << 20,
-          0),
+          "decoded state the writer keeps between group commits, its table included (bytes)",
+          1 << 20, 0),
         F("pair-set-size", FLAG_SIZE, pair_set_size,
           "memory for the sets of co-occurrence pairs that exist, which spare a new pair a "
           "LevelDB read (16-32 bytes a pair; a product partition past it reads; 0 = none)",
@@ -169,6 +169,10 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
           0),
         F("flush-bytes", FLAG_SIZE, flush_bytes,
           "flush derived state sooner past this much unwritten (twice: acks wait)", 1 << 20, 0),
+        F("trim-interval", FLAG_DURATION, trim_interval,
+          "after a flush, give the memory malloc holds free back to the OS at most this often "
+          "(0 = never)",
+          0, 0),
         F("flush-chunk", FLAG_SIZE, flush_chunk,
           "bytes per LevelDB write of a flush, whole partitions each: an acknowledgement's "
           "write waits for at most one (0 = one write per flush)",

@@ -126,11 +126,11 @@ struct node_config node_config_defaults(void)
         .attribution_window_click = 30 * 60000, .attribution_window_purchase = DAY,
         .default_recommendations = 10, .max_recommendations = 100, .candidates = 50,
         .stage2_staleness = 1000, .max_pending_events = 200000, .max_group_events = 20000,
-        .cache_size = 64 << 20, .state_cache_size = 256 << 20,
+        .cache_size = 32 << 20, .state_cache_size = 96 << 20,
         .pair_set_size = (int64_t)PRODUCT_PAIR_SET_DEFAULT,
         .key_set_size = (int64_t)APPLY_KEY_SET_DEFAULT, .shutdown_grace = 10000, .neighbour_cache = 20000,
         .user_cache_size = 32 << 20,
-        .flush_interval = 200, .flush_bytes = 64 << 20, .flush_chunk = 128 << 10, .read_barrier_timeout = 10000,
+        .flush_interval = 200, .trim_interval = 1000, .flush_bytes = 64 << 20, .flush_chunk = 128 << 10, .read_barrier_timeout = 10000,
         .max_apply_lag = ENGINE_MAX_APPLY_LAG_DEFAULT,
         .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
         .checkpoint_timeout = 600000, .checkpoint_keep = 3,
@@ -151,6 +151,7 @@ static void engine_options_from(const struct node_config *c, struct engine_opts 
     o->state_cache_bytes = c->state_cache_size;
     o->flush_interval_ms = c->flush_interval;
     o->flush_bytes = c->flush_bytes;
+    o->trim_interval_ms = c->trim_interval;
     o->flush_chunk_bytes = c->flush_chunk > 0 ? c->flush_chunk : -1;
     o->read_barrier_timeout_ms = c->read_barrier_timeout;
     o->max_apply_lag = c->max_apply_lag;

@@ -134,6 +134,9 @@ struct engine_opts {
      * thread flushes before acknowledging more (memory stays bounded). */
     int64_t flush_interval_ms;
     int64_t flush_bytes;
+    /* After a flush, malloc's free pages go back to the OS (malloc_trim) at most this often
+     * (0: never; glibc only). */
+    int64_t trim_interval_ms;
     /* Bytes per LevelDB write of a flush (0: STORE_FLUSH_CHUNK_DEFAULT; -1: one write for
      * everything): a group's synced write waits for at most one of them. */
     int64_t flush_chunk_bytes;

@@ -180,7 +180,7 @@ eddy_err store_compact_range(store *s, const struct store_key *start,
 
 /* The budget of the values each txn of 's' keeps (estimated bytes; see "Kept values" in
  * store_txn.h). Call before the txns are used. */
-#define STORE_KEPT_BYTES_DEFAULT ((size_t)256 << 20)
+#define STORE_KEPT_BYTES_DEFAULT ((size_t)96 << 20)
 void store_set_kept_bytes(store *s, size_t bytes);
 
 /* Write counts, for caches of values read from the store (Recommend's neighbour entries

@@ -30,8 +30,9 @@
  * high-water is written once per group, not once per event). Values that were read stay
  * after the commit ("kept"), so the next group finds a user model or a product state
  * decoded instead of reading and unpacking it again; only their LevelDB bytes are
- * dropped (packed again on demand). Kept values are charged an estimate of their size and
- * evicted oldest first (by the commit that last used them) past the store's budget. A
+ * dropped (packed again on demand). The store's budget covers the table and the kept
+ * values, charged what they occupy, which are evicted oldest first (by the commit that
+ * last used them) past it. A
  * kept value is exactly the committed one: every write to the store that does not go
  * through this txn bumps the store's generation and records its key range (store.c:
  * store_changed), and the txn forgets what it kept in those ranges when it sees a new
@@ -320,6 +321,24 @@ static size_t obj_heap(struct overlay_entry *e)
     return e->heap / at * v + e->heap % at * v / at;
 }
 
+/* What the kept value of 'e' occupies outside the txn's table (table_bytes): a key or
+ * value too large for a small block is a malloc'd chunk (glibc: the bytes plus an 8-byte
+ * header, in 16-byte steps, at least 32); a decoded message is its malloc'd pieces (4-6x
+ * its packed size). */
+static size_t chunk_bytes(size_t n)
+{
+    size_t c = (n + 8 + 15) & ~(size_t)15;
+    return c < 32 ? 32 : c;
+}
+
+static size_t kept_cost(struct overlay_entry *e)
+{
+    size_t key = small_class(e->klen) ? 0 : chunk_bytes(e->klen);
+    if (e->obj)
+        return key + obj_heap(e);
+    return key + (e->val && !e->val_class ? chunk_bytes(e->vlen) : 0);
+}
+
 /* Pack 'obj' into 'o' (its registered packer, else protobuf-c). */
 static eddy_err pack_obj(const store_txn *t, const ProtobufCMessage *obj, struct pbenc_out *o)
 {
@@ -454,6 +473,27 @@ static struct overlay_entry *entry_new(store_txn *t)
     return e;
 }
 
+/* What the txn holds whatever it keeps: the entry blocks (and the free list's place for
+ * each id), the slot arrays, the prefix chains' heads and the small blocks' slabs. The
+ * blocks, slots and slabs stay at their high-water mark (the most entries held at once:
+ * the kept values and two groups' writes; 160-190 bytes an entry at a million users, more
+ * than a small kept value itself), so the budget covers them and the kept values get
+ * what they leave. */
+static size_t table_bytes(const store_txn *t)
+{
+    return t->nblocks * ENTRY_BLOCK * (sizeof(struct overlay_entry) + sizeof(uint32_t)) +
+           t->cap * 2 * sizeof(uint32_t) + PREFIX_BITS * 2 * sizeof(uint32_t) +
+           t->small.nslabs * SLAB_BYTES;
+}
+
+/* The kept values' share of the budget: what the table leaves (nothing under a budget of
+ * a few MB, which the table of two groups' writes takes: only those stay). */
+static size_t kept_room(const store_txn *t)
+{
+    size_t budget = t->s->obj_cache_bytes, table = table_bytes(t);
+    return table < budget ? budget - table : 0;
+}
+
 static size_t prefix_bit(const unsigned char *k, size_t klen)
 {
     if (klen < 3)
@@ -567,6 +607,7 @@ void store_txn_stats(const store_txn *t, struct store_txn_stats *out)
         out->kept += e->key && e->keep && !e->pending;
     }
     out->kept_bytes = t->kept_bytes;
+    out->table_bytes = table_bytes(t);
 }
 
 /* The entry of key 'k', or NULL; then *ins (if not NULL) receives the slot to insert at
@@ -1144,11 +1185,11 @@ eddy_err store_txn_obj_get_or_new(store_txn *t, const struct store_key *key,
     return err;
 }
 
-/* Evict the kept values used longest ago until they fit in 3/4 of the budget. */
+/* Evict the kept values used longest ago until they fit in 3/4 of their room. */
 static void evict(store_txn *t)
 {
     enum { AGES = 1024 };
-    size_t target = t->s->obj_cache_bytes / 4 * 3;
+    size_t target = kept_room(t) / 4 * 3;
     size_t *by_age = calloc(AGES, sizeof(*by_age));
     if (!by_age) {
         forget_kept(t);
@@ -1208,9 +1249,7 @@ static void seal_touched(store_txn *t)
         }
         if (e->obj) /* the decoded value is what is kept; its bytes are packed on demand */
             val_free(t, e);
-        /* the entry and its key, and the value: bytes, or a decoded message's malloc'd
-         * pieces (4-6x its packed size, measured) */
-        e->cost = e->klen + 64 + (e->obj ? obj_heap(e) : e->vlen);
+        e->cost = kept_cost(e);
         t->kept_bytes += e->cost;
         uint32_t bit = e->klen >= 3 && e->key[2] < 32 ? UINT32_C(1) << e->key[2] : 0;
         if (!(t->kept_mask & bit)) {
@@ -1229,7 +1268,7 @@ static void seal_touched(store_txn *t)
         e->snext = e->pnext;
         e->pnext = 0;
     }
-    if (t->kept_bytes > t->s->obj_cache_bytes)
+    if (t->kept_bytes > kept_room(t))
         evict(t);
     if (t->tombs > t->cap / 4)
         rehash(t, t->cap); /* on failure the tombstones just stay */

@@ -25,10 +25,10 @@ typedef struct store_txn store_txn;
  *
  * Kept values: what the txn read (bytes, or the decoded message of store_txn_obj_get) stays
  * in the txn after the commit, so a later group finds it without a LevelDB read and a
- * protobuf decode. They are charged what they occupy (the entry, its key, and the bytes
- * or the decoded message's malloc'd blocks: pb_heap_size) against the store's budget
- * (store_set_kept_bytes, default
- * STORE_KEPT_BYTES_DEFAULT) and evicted least recently used first. A kept value is always
+ * protobuf decode. The store's budget (store_set_kept_bytes, default
+ * STORE_KEPT_BYTES_DEFAULT) covers all the txn holds: its table (the entries, slots and
+ * keys, at their high-water mark) and the kept values (bytes, or the decoded message's
+ * malloc'd blocks: pb_heap_size), which are evicted least recently used first. A kept value is always
  * the committed one, with no call needed from the txn's owner: every write that bypasses
  * the txn — store_replace_range (checkpoint loads, partition drops, reprocess swaps), the
  * commit of another txn on the same store, store_delete of a key in a table some txn keeps
@@ -142,7 +142,9 @@ struct store_txn_stats {
                          * at unknown keys (another txn's commit) or too often */
     uint64_t forgets_ranged; /* times the kept values of written key ranges were dropped */
     size_t kept;        /* values kept now */
-    size_t kept_bytes;  /* their estimated size */
+    size_t kept_bytes;  /* their estimated size, the table's aside */
+    size_t table_bytes; /* the entries, slots and small blocks' slabs: with kept_bytes,
+                         * within the budget (or the table alone over half of it) */
 };
 void store_txn_stats(const store_txn *t, struct store_txn_stats *out);
 

@@ -1,7 +1,9 @@
 /* The state engine end to end on a real LevelDB in a temp dir: dedup, late events,
  * windows, the user model, delete-user, byte-identical state for two arrival orders, a
  * failed synced write failing the group applied on top of it, and the state written behind
- * the log: read before it is flushed, and rebuilt exactly after a crash at each phase. */
+ * the log: read before it is flushed, and rebuilt exactly after a crash at each phase;
+ * the flush thread gives the memory malloc holds free back to the OS. */
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -16,6 +18,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "common/clock.h"
 #include "common/completion.h"
 #include "common/partition.h"
 #include "node/state/engine.h"
@@ -1254,6 +1257,61 @@ static void test_behind_crash_applied(void **state)
     crash_cases(cases, sizeof(cases) / sizeof(cases[0]), -1);
 }
 
+/* The process's own resident memory (RssAnon), kB. */
+static long rss_anon_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    assert_non_null(f);
+    char line[256];
+    long kb = -1;
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, "RssAnon:", 8) == 0)
+            kb = strtol(line + 8, NULL, 10);
+    fclose(f);
+    assert_true(kb >= 0);
+    return kb;
+}
+
+/* With trim_interval_ms, the flush thread gives what malloc holds free back to the OS:
+ * 64 MB freed below a live block (which malloc alone keeps, resident) leave the process's
+ * resident memory within a few flushes. */
+static void test_flush_gives_freed_memory_back(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__)
+    skip(); /* ASan's allocator is not glibc's */
+#endif
+    enum { BLOCKS = 65536, BLOCK = 1024 };
+    char *dir = tmpdir_for("trim");
+    struct engine_opts o = opts(dir);
+    o.flush_interval_ms = 10;
+    o.trim_interval_ms = 1;
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    char **blocks = malloc(BLOCKS * sizeof(*blocks));
+    assert_non_null(blocks);
+    for (int i = 0; i < BLOCKS; i++) {
+        assert_non_null(blocks[i] = malloc(BLOCK));
+        memset(blocks[i], 1, BLOCK);
+    }
+    char *live = malloc(BLOCK); /* above them: the freed blocks are not the heap's top */
+    assert_non_null(live);
+    long before = rss_anon_kb();
+    for (int i = 0; i < BLOCKS; i++)
+        free(blocks[i]);
+    free(blocks);
+    long now;
+    int64_t deadline = clock_mono_ms() + 10000;
+    while ((now = rss_anon_kb()) > before - 48 * 1024 && clock_mono_ms() < deadline)
+        sched_yield();
+    assert_true(now <= before - 48 * 1024);
+    free(live);
+    engine_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
 /* --max-apply-lag: with the apply thread held, the writer appends up to the limit and then
  * takes no more events (their acknowledgement waits); released, the apply catches up and
  * the events held back are appended and acknowledged, with the state they would have had
@@ -1349,6 +1407,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_apply_lag_backpressure),
         cmocka_unit_test(test_batch_is_one_group),
         cmocka_unit_test(test_idle_check_leaves_the_apply_behind),
+        cmocka_unit_test(test_flush_gives_freed_memory_back),
         cmocka_unit_test(test_behind_crash_after_delete),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
