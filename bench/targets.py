@@ -123,8 +123,8 @@ def rows(g):
                     "-", "`bench/footprint.sh`",
                     f"the node's own memory (RssAnon) {num(f.get('rss_anon_bytes', 0) / 1e6)} MB, "
                     f"{num(f.get('rss_idle_bytes', 0) / 1e6)} MB before the ingest, peak RSS "
-                    f"{num(f.get('rss_peak_bytes', 0) / 1e6)} MB; caches by flag: --state-cache-size 256 MiB + "
-                    f"--cache-size 64 MiB = {num(320 * 2**20 / f['users'] if f.get('users') else None)} B per user"))
+                    f"{num(f.get('rss_peak_bytes', 0) / 1e6)} MB; caches by flag (the defaults): --state-cache-size 96 MiB + "
+                    f"--cache-size 32 MiB = {num(128 * 2**20 / f['users'] if f.get('users') else None)} B per user"))
     m = g.get("move")
     if m:
         mb = m.get("checkpoint_bytes_per_partition", 0) / 1e6
