@@ -230,7 +230,7 @@ class Binaries(unittest.TestCase):
         r = subprocess.run([lib.require_node(), "--help"], capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 0)
         self.assertIn("env EDDY_STATE_TTL, default 30d\n", r.stdout)
-        self.assertIn("env EDDY_CACHE_SIZE, default 64MiB\n", r.stdout)
+        self.assertIn("env EDDY_CACHE_SIZE, default 32MiB\n", r.stdout)
         self.assertIn("env EDDY_SHUTDOWN_GRACE, default 10s\n", r.stdout)
         self.assertNotRegex(r.stdout, r"default \d{4,}(ms|B)\n")
 
