@@ -38,8 +38,7 @@ eddy_err pb_grow(void **arr, size_t n, size_t size)
     return EDDY_OK;
 }
 
-/* A malloc'd block of n bytes: glibc adds an 8-byte header and rounds to 16, 32 at least. */
-static size_t chunk(size_t n)
+size_t pb_chunk_size(size_t n)
 {
     size_t c = (n + 8 + 15) & ~(size_t)15;
     return c < 32 ? 32 : c;
@@ -67,11 +66,11 @@ static size_t value_heap(const ProtobufCFieldDescriptor *f, const void *p)
     switch (f->type) {
     case PROTOBUF_C_TYPE_STRING: {
         const char *s = *(const char *const *)p;
-        return s && s != protobuf_c_empty_string ? chunk(strlen(s) + 1) : 0;
+        return s && s != protobuf_c_empty_string ? pb_chunk_size(strlen(s) + 1) : 0;
     }
     case PROTOBUF_C_TYPE_BYTES: {
         const ProtobufCBinaryData *b = p;
-        return b->data ? chunk(b->len) : 0;
+        return b->data ? pb_chunk_size(b->len) : 0;
     }
     case PROTOBUF_C_TYPE_MESSAGE: {
         const ProtobufCMessage *m = *(const ProtobufCMessage *const *)p;
@@ -85,7 +84,7 @@ static size_t value_heap(const ProtobufCFieldDescriptor *f, const void *p)
 size_t pb_heap_size(const ProtobufCMessage *m)
 {
     const ProtobufCMessageDescriptor *d = m->descriptor;
-    size_t n = chunk(d->sizeof_message);
+    size_t n = pb_chunk_size(d->sizeof_message);
     for (unsigned i = 0; i < d->n_fields; i++) {
         const ProtobufCFieldDescriptor *f = &d->fields[i];
         const char *member = (const char *)m + f->offset;
@@ -95,7 +94,7 @@ size_t pb_heap_size(const ProtobufCMessage *m)
             if (count == 0 || !arr)
                 continue;
             size_t es = elem_size(f->type);
-            n += chunk(count * es);
+            n += pb_chunk_size(count * es);
             for (size_t k = 0; k < count; k++)
                 n += value_heap(f, arr + k * es);
         } else if (!(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) ||

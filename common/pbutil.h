@@ -20,6 +20,10 @@ void pb_clear_str(char **field);
  * bytes; on success *arr may have moved and has space for *n + 1. */
 eddy_err pb_grow(void **arr, size_t n, size_t size);
 
+/* What a malloc'd block of n bytes occupies: glibc adds an 8-byte header and rounds to 16,
+ * 32 at least. */
+size_t pb_chunk_size(size_t n);
+
 /* The heap a message unpacked (and edited) this way occupies: the message and each of its
  * strings, bytes, repeated arrays and sub-messages, each malloc'd piece rounded as glibc
  * does (header included). What the decoded values a txn keeps really cost. */

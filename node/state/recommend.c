@@ -1,8 +1,8 @@
 /* The blend and ranking of recommendation candidates. */
 #include "node/state/recommend.h"
 
-#include <stdint.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 

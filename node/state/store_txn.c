@@ -322,21 +322,14 @@ static size_t obj_heap(struct overlay_entry *e)
 }
 
 /* What the kept value of 'e' occupies outside the txn's table (table_bytes): a key or
- * value too large for a small block is a malloc'd chunk (glibc: the bytes plus an 8-byte
- * header, in 16-byte steps, at least 32); a decoded message is its malloc'd pieces (4-6x
- * its packed size). */
-static size_t chunk_bytes(size_t n)
-{
-    size_t c = (n + 8 + 15) & ~(size_t)15;
-    return c < 32 ? 32 : c;
-}
-
+ * value too large for a small block is a malloc'd chunk (pb_chunk_size); a decoded message
+ * is its malloc'd pieces (4-6x its packed size). */
 static size_t kept_cost(struct overlay_entry *e)
 {
-    size_t key = small_class(e->klen) ? 0 : chunk_bytes(e->klen);
+    size_t key = small_class(e->klen) ? 0 : pb_chunk_size(e->klen);
     if (e->obj)
         return key + obj_heap(e);
-    return key + (e->val && !e->val_class ? chunk_bytes(e->vlen) : 0);
+    return key + (e->val && !e->val_class ? pb_chunk_size(e->vlen) : 0);
 }
 
 /* Pack 'obj' into 'o' (its registered packer, else protobuf-c). */
