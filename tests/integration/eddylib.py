@@ -6,6 +6,8 @@ Environment (set by CTest, see CMakeLists.txt):
   EDDY_NODE       path of eddy-node (required)
   EDDY_CLI        path of the eddy CLI (optional: CLI tests skip without it)
   EDDY_PROTO_DIR  the repository's proto/ directory (default: ../../proto)
+  EDDY_KEEP_LOGS  a directory: each process's log is moved there when it exits instead of
+                  removed (to read a failed run's logs, restarts included)
 """
 import atexit
 import importlib
@@ -221,8 +223,12 @@ def _release_run(p):
         p._log.close()
         p._log = None
     if p.log_path:
+        keep = os.environ.get("EDDY_KEEP_LOGS")
         try:
-            os.unlink(p.log_path)
+            if keep:
+                shutil.move(p.log_path, os.path.join(keep, os.path.basename(p.log_path)))
+            else:
+                os.unlink(p.log_path)
         except OSError:
             pass
         p.log_path = None
