@@ -172,17 +172,37 @@ class MovesTestCase(unittest.TestCase):
         def all_visible():
             seen.append(self._total(front))
             return seen[-1] == len(acked)
+        users = sorted({e["userId"] for e in acked})
         try:
             poll_until(all_visible, 30, what=f"{len(acked)} acknowledged events visible")
         except AssertionError as e:
-            raise AssertionError(f"{e}: counted {seen[-1]} of {len(acked)}") from None
-        users = sorted({e["userId"] for e in acked})
+            raise AssertionError(f"{e}: counted {seen[-1]} of {len(acked)}; users whose "
+                                 f"windows differ: {self._differing(front, want, users)}") from None
         for u in users[:: max(1, len(users) // 8)]:
-            r = front.stub.EventCounts(L.pb().EventCountsRequest(user_id=u, include_open=True),
-                                       timeout=10)
-            got = {w.window_start_ms: L.counts_of_pb(w.counts) for w in r.windows}
-            exp = {ws: c for ws, _, c, _ in want.windows(user=u, include_open=True)}
-            self.assertEqual(got, exp, f"per-window counts of {u}")
+            self.assertEqual(self._user_windows(front, u), self._expected_windows(want, u),
+                             f"per-window counts of {u}")
+
+    @staticmethod
+    def _user_windows(front, user):
+        r = front.stub.EventCounts(L.pb().EventCountsRequest(user_id=user, include_open=True),
+                                   timeout=10)
+        return {w.window_start_ms: L.counts_of_pb(w.counts) for w in r.windows}
+
+    @staticmethod
+    def _expected_windows(want, user):
+        return {ws: c for ws, _, c, _ in want.windows(user=user, include_open=True)}
+
+    def _differing(self, front, want, users):
+        """(user, partition, expected windows, counted windows) of every user whose windows
+        differ from the acknowledged events': where a loss is."""
+        out = []
+        for u in users:
+            got, exp = self._user_windows(front, u), self._expected_windows(want, u)
+            if got != exp:
+                out.append((u, L.user_partition(u, P),
+                            {ws: c for ws, c in exp.items() if got.get(ws) != c},
+                            {ws: c for ws, c in got.items() if exp.get(ws) != c}))
+        return out
 
     @staticmethod
     def _total(front):
