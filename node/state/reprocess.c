@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/bytes.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/log.h"
@@ -422,19 +423,12 @@ static void keyset_release(struct keyset *s)
     free(s->off);
 }
 
-/* LevelDB's bytewise order. */
-static int key_cmp(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen)
-{
-    int c = memcmp(a, b, alen < blen ? alen : blen);
-    return c ? c : (alen > blen) - (alen < blen);
-}
-
 static bool keyset_has(const struct keyset *s, const unsigned char *k, size_t klen)
 {
     size_t lo = 0, hi = s->n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = key_cmp(s->bytes + s->off[mid], s->off[mid + 1] - s->off[mid], k, klen);
+        int c = bytes_cmp(s->bytes + s->off[mid], s->off[mid + 1] - s->off[mid], k, klen);
         if (c == 0)
             return true;
         if (c < 0)
@@ -470,7 +464,7 @@ static bool row_user(const unsigned char *k, size_t klen, const unsigned char **
 static bool keyset_has_linear(const struct keyset *s, const unsigned char *k, size_t klen)
 {
     for (size_t i = 0; i < s->n; i++)
-        if (key_cmp(s->bytes + s->off[i], s->off[i + 1] - s->off[i], k, klen) == 0)
+        if (bytes_cmp(s->bytes + s->off[i], s->off[i + 1] - s->off[i], k, klen) == 0)
             return true;
     return false;
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "common/bytes.h"
 #include "common/err.h"
 #include "node/state/store.h"
 #include "node/state/store_key.h"
@@ -169,11 +170,7 @@ uint64_t store_change_locked(store *s, const struct store_txn *by, const struct 
 static inline int key_cmp_raw(const unsigned char *a, size_t alen, const unsigned char *b,
                               size_t blen)
 {
-    size_t n = alen < blen ? alen : blen;
-    int c = memcmp(a, b, n);
-    if (c != 0)
-        return c;
-    return alen < blen ? -1 : alen > blen;
+    return bytes_cmp(a, alen, b, blen);
 }
 
 /* Whether key 'k' sorts before 'end' (an empty end: no upper bound). */

@@ -4,13 +4,13 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "common/bytes.h"
+
 /* The order of whole ids: the NUL-terminated 'kept' against 'id' of 'idlen' bytes, a
  * prefix first ("p-1" before "p-10"). */
 static int id_cmp(const char *kept, const char *id, size_t idlen)
 {
-    size_t klen = strlen(kept);
-    int c = memcmp(kept, id, klen < idlen ? klen : idlen);
-    return c ? c : (klen > idlen) - (klen < idlen);
+    return bytes_cmp(kept, strlen(kept), id, idlen);
 }
 
 /* Whether the kept item 'i' stays before a new one of 'id' and 'score' or 'v'. */
