@@ -118,6 +118,13 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
         "Per event: elapsed time from the arrival of its Ingest call at the server to the "
         "moment it is committed and visible to queries (before the reply is sent).",
         result_buckets, N(result_buckets));
+    em->barrier_waits = metrics_counter(
+        m, "eddy_read_barrier_waits_total",
+        "Queries that waited for the apply of events acknowledged before them "
+        "(read-your-writes; --read-barrier-timeout).");
+    em->barrier_timeouts = metrics_counter(
+        m, "eddy_read_barrier_timeouts_total",
+        "Queries that gave up waiting after --read-barrier-timeout (answered with an error).");
 
     struct ingest_metrics *im = &nm->ingest;
     static const char *const reason[] = {"reason"};

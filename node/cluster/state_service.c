@@ -837,6 +837,11 @@ static void handle_partial(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         else
             answer[p] = true;
     }
+    /* Read-your-writes before the progress is read: the watermarks the router closes
+     * windows with must be those of the state the query reads (after its barrier), not
+     * older ones published before the apply caught up. */
+    if ((err = engine_read_barrier(svc->eng, -1)) != EDDY_OK)
+        goto out;
     for (uint32_t p = 0; p < P; p++) {
         if (!answer[p])
             continue;

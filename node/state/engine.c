@@ -158,6 +158,7 @@ struct engine {
     int64_t event_lag_ms;        /* see engine_event_time_lag; valid once event_lag_known */
     bool event_lag_known;
     _Atomic uint64_t outbox;     /* OUTBOX records committed and not yet forwarded */
+    _Atomic uint64_t barrier_waits; /* read barriers that waited for the apply */
     _Atomic uint64_t *log_floor; /* [partitions], see engine_set_log_floor */
     atomic_bool *writing;        /* [partitions], see engine_claim_partition */
 
@@ -1750,7 +1751,13 @@ eddy_err engine_read_barrier(engine *e, int64_t p)
     /* the log ends now: every acknowledgement before the query is below them */
     for (uint32_t q = first; q < last; q++)
         want[q - first] = e->view[q].next_seq;
+    bool waited = false;
     for (uint32_t q = first; q < last && err == EDDY_OK; q++) {
+        if (!waited && e->view[q].applied_seq < want[q - first]) {
+            waited = true;
+            atomic_fetch_add(&e->barrier_waits, 1);
+            metric_counter_inc(e->o.metrics.barrier_waits);
+        }
         while (e->view[q].applied_seq < want[q - first]) {
             if (pthread_cond_timedwait(&e->applied_cv, &e->mu, &dl) == ETIMEDOUT) {
                 err = e->view[q].applied_seq < want[q - first] ? EDDY_ERR_TIMEOUT : EDDY_OK;
@@ -1761,11 +1768,18 @@ eddy_err engine_read_barrier(engine *e, int64_t p)
     pthread_mutex_unlock(&e->mu);
     if (want != &one)
         free(want);
+    if (err == EDDY_ERR_TIMEOUT)
+        metric_counter_inc(e->o.metrics.barrier_timeouts);
     if (err != EDDY_OK)
         log_warn("msg=\"read barrier: the events acknowledged before the query are not "
                  "applied after --read-barrier-timeout\" partition=%" PRId64 " timeout_ms=%" PRId64,
                  p, e->o.read_barrier_timeout_ms);
     return err;
+}
+
+uint64_t engine_read_barrier_waits(engine *e)
+{
+    return atomic_load(&e->barrier_waits);
 }
 
 bool engine_caught_up(engine *e)

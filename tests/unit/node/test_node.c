@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include <curl/curl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -303,6 +304,70 @@ static void test_dev_node_serves_and_restarts(void **state)
     free(b);
 }
 
+/* EventCounts of the whole key space with open windows, from a thread of its own. */
+struct counts_call {
+    rpc_channel *ch;
+    pthread_t thread;
+    Eddy__V1__EventCountsResponse *resp;
+    struct rpc_result res;
+};
+
+static void *counts_main(void *arg)
+{
+    struct counts_call *cc = arg;
+    Eddy__V1__EventCountsRequest req = EDDY__V1__EVENT_COUNTS_REQUEST__INIT;
+    req.include_open = true;
+    cc->resp = (Eddy__V1__EventCountsResponse *)call(cc->ch, "/eddy.v1.Eddy/EventCounts",
+                                                     &req.base,
+                                                     &eddy__v1__event_counts_response__descriptor,
+                                                     &cc->res);
+    return NULL;
+}
+
+/* A query that arrives while the events acknowledged before it are still being applied
+ * answers as of their apply: the window an acknowledged event closed is closed in it,
+ * whatever the watermark was when the query arrived (the router closes windows with the
+ * partitions' watermarks, which must be read after the read barrier, not before). */
+static void test_counts_after_the_apply_of_acknowledged_events(void **state)
+{
+    (void)state;
+    struct test_node t;
+    tn_config(&t, true);
+    tn_start(&t);
+    engine *eng = node_engine(t.n);
+    struct batch *b = calloc(1, sizeof(*b));
+    assert_non_null(b);
+    batch_fill(b, 2, 1, "rw");
+    int64_t now = clock_wall_ms();
+    b->evp[0]->timestamp_ms = now - 10 * 60 * 1000; /* its window closes once ev 1 applies */
+    b->evp[1]->timestamp_ms = now;
+    engine_hold_apply(eng, true); /* acknowledged (the log is durable), not applied */
+    Eddy__V1__IngestResponse *ir = ingest(t.ch, b);
+    assert_int_equal(ir->accepted, 2);
+    protobuf_c_message_free_unpacked(&ir->base, NULL);
+
+    uint64_t waits = engine_read_barrier_waits(eng);
+    struct counts_call cc = {.ch = t.ch};
+    assert_int_equal(pthread_create(&cc.thread, NULL, counts_main, &cc), 0);
+    int64_t deadline = now_ms() + 10000;
+    while (engine_read_barrier_waits(eng) == waits && now_ms() < deadline)
+        sleep_ms(1); /* until the query waits for the apply */
+    assert_true(engine_read_barrier_waits(eng) > waits);
+    engine_hold_apply(eng, false);
+    pthread_join(cc.thread, NULL);
+
+    assert_int_equal(cc.res.code, GRPC_STATUS_OK);
+    assert_int_equal(cc.resp->n_windows, 2);
+    assert_true(cc.resp->windows[0]->closed); /* the old window: closed by event 1 */
+    assert_false(cc.resp->windows[1]->closed);
+    assert_int_equal(cc.resp->windows[0]->counts->total, 1);
+    assert_int_equal(cc.resp->windows[1]->counts->total, 1);
+    protobuf_c_message_free_unpacked(&cc.resp->base, NULL);
+    tn_stop(&t);
+    rm_tree(t.dir);
+    free(b);
+}
+
 static void test_bad_config_is_a_usage_error(void **state)
 {
     struct node_config c = node_config_defaults();
@@ -498,6 +563,7 @@ int main(void)
     log_set_level("warn");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dev_node_serves_and_restarts),
+        cmocka_unit_test(test_counts_after_the_apply_of_acknowledged_events),
         cmocka_unit_test(test_bad_config_is_a_usage_error),
         cmocka_unit_test(test_cluster_in_one_process),
         cmocka_unit_test(test_cluster_in_one_process_replicated),
