@@ -176,8 +176,10 @@ class MovesTestCase(unittest.TestCase):
         try:
             poll_until(all_visible, 30, what=f"{len(acked)} acknowledged events visible")
         except AssertionError as e:
-            raise AssertionError(f"{e}: counted {seen[-1]} of {len(acked)}; users whose "
-                                 f"windows differ: {self._differing(front, want, users)}") from None
+            late = front.stub.EventCounts(L.pb().EventCountsRequest(include_open=True),
+                                          timeout=10).late_events
+            raise AssertionError(f"{e}: counted {seen[-1]} of {len(acked)} ({late} late); users "
+                                 f"whose windows differ: {self._differing(front, want, users)}") from None
         for u in users[:: max(1, len(users) // 8)]:
             self.assertEqual(self._user_windows(front, u), self._expected_windows(want, u),
                              f"per-window counts of {u}")
