@@ -686,6 +686,23 @@ static eddy_err load_model(store_txn *t, const struct apply_params *ap, uint32_t
     return EDDY_OK;
 }
 
+/* Whether the user's USER_WIN row of window 'ws' cannot exist, so that it is created
+ * without a read (the read of a row that does not exist goes down to LevelDB to miss:
+ * a user's first event in each window). 'um' is the user's model before the event. A row
+ * is written only by a non-late event, which the model's last_ts then covers: the rows of
+ * this model are of windows at or before last_ts. A model that expired (--state-ttl, swept
+ * or started afresh by load_model) had its last event before the watermark of then minus
+ * the TTL, so its rows left behind are of windows before the watermark minus the TTL
+ * now. DeleteUser removes the rows with the model. */
+static bool user_window_new(const struct apply_params *ap, const struct part_meta *m,
+                            const Eddy__Store__V1__UserModel *um, int64_t ws)
+{
+    if (um->last_ts >= ws)
+        return false;
+    return ap->state_ttl_ms <= 0 || m->watermark == WATERMARK_NONE ||
+           ws >= m->watermark - ap->state_ttl_ms;
+}
+
 /* 'deduped': the event's DEDUP row is written already, with these bytes
  * (apply_append_event), so that it is not written a second time. */
 static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, uint32_t p,
@@ -693,7 +710,7 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
                                    bool deduped, apply_emit_fn *emit, void *emit_ud,
                                    enum apply_outcome *outcome)
 {
-    struct store_key k;
+    struct store_key k, uk;
     Eddy__Store__V1__UserModel *um = NULL;
     eddy_err err;
     int64_t ts = ev->timestamp_ms;
@@ -711,6 +728,9 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
     if ((err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
         return err;
 
+    /* the model before the event: its last event time bounds the user's window rows */
+    if ((err = load_model(t, ap, p, m, ev->user_id, &um, &uk)) != EDDY_OK)
+        return err;
     bool late = window_is_late(&ap->window, ts, m->watermark);
     int64_t ws = window_start(ts, ap->window.size_ms);
     if (late) {
@@ -723,11 +743,12 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
         key_init(&k, p, T_USER_WIN);
         key_lstr(&k, ev->user_id);
         key_i64(&k, ws);
-        if ((err = counts_bump(t, &k, ev->event_type, NULL)) != EDDY_OK)
+        if ((err = counts_bump(t, &k, ev->event_type, NULL, user_window_new(ap, m, um, ws))) !=
+            EDDY_OK)
             return err;
         key_init(&k, p, T_PART_WIN);
         key_i64(&k, ws);
-        if ((err = counts_bump(t, &k, ev->event_type, NULL)) != EDDY_OK)
+        if ((err = counts_bump(t, &k, ev->event_type, NULL, false)) != EDDY_OK)
             return err;
     }
 
@@ -745,22 +766,18 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
     }
     if ((err = attribution_event(t, p, ev)) != EDDY_OK)
         return err;
-    if ((err = load_model(t, ap, p, m, ev->user_id, &um, &k)) != EDDY_OK)
-        goto out;
     if ((err = emit_stage2(ap, p, seq, ev, late, um, emit, emit_ud)) != EDDY_OK)
-        goto out;
+        return err;
     if ((err = model_apply(um, &ap->model, ev)) != EDDY_OK)
-        goto out;
-    if ((err = store_txn_obj_set(t, &k, &um->base)) != EDDY_OK)
-        goto out;
+        return err;
+    if ((err = store_txn_obj_set(t, &uk, &um->base)) != EDDY_OK)
+        return err; /* the model belongs to the txn */
 
     m->watermark = window_advance(&ap->window, m->watermark, &m->max_ts, ts);
     m->events++;
     m->dirty = true;
-    err = advance(t, ap, p, m);
     *outcome = late ? APPLY_LATE : APPLY_ACCEPTED;
-out:
-    return err; /* the model belongs to the txn */
+    return advance(t, ap, p, m);
 }
 
 /* Append 'r' to partition p's log under its next seq. */

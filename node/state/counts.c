@@ -64,12 +64,13 @@ static bool pack_counts(const ProtobufCMessage *m, struct pbenc_out *o)
 }
 
 eddy_err counts_bump(store_txn *t, const struct store_key *key, Eddy__V1__EventType type,
-                     const char *category)
+                     const char *category, bool absent)
 {
     store_txn_set_packer(t, &eddy__store__v1__counts__descriptor, pack_counts);
     Eddy__Store__V1__Counts *c = NULL;
-    eddy_err err = store_txn_obj_get(t, key, &eddy__store__v1__counts__descriptor,
-                                     (ProtobufCMessage **)&c);
+    eddy_err err = absent ? EDDY_OK
+                          : store_txn_obj_get(t, key, &eddy__store__v1__counts__descriptor,
+                                              (ProtobufCMessage **)&c);
     if (err != EDDY_OK)
         return err;
     if (!c) {

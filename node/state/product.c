@@ -232,24 +232,38 @@ static bool product_pack(const ProtobufCMessage *m, struct pbenc_out *o)
     return product_state_pack((const Eddy__Store__V1__ProductState *)m, o);
 }
 
-/* The product's state as an object of the txn (borrowed until commit), created if absent. */
+/* The product's state as an object of the txn (borrowed until commit), created if absent.
+ * 'own' (NULL: none) remembers the state of the batch's own product across its records:
+ * half of an event's pairs start there, and each lookup hashes and compares the key. */
 static eddy_err load_product(store_txn *t, uint32_t q, const char *id,
+                             Eddy__Store__V1__ProductState **own,
                              Eddy__Store__V1__ProductState **ps, struct store_key *k)
 {
     key_init(k, q, T_PRODUCT);
     key_str(k, id);
+    if (own && *own) {
+        *ps = *own;
+        return EDDY_OK;
+    }
     bool created;
-    return store_txn_obj_get_or_new(t, k, &eddy__store__v1__product_state__descriptor,
-                                    (ProtobufCMessage **)ps, &created);
+    eddy_err err = store_txn_obj_get_or_new(t, k, &eddy__store__v1__product_state__descriptor,
+                                            (ProtobufCMessage **)ps, &created);
+    if (err == EDDY_OK && own)
+        *own = *ps;
+    return err;
 }
 
-static eddy_err count_window(store_txn *t, uint32_t q, const Eddy__Store__V1__ProductUpdate *u)
+/* 'last_ts': the product's newest update before this one. A PROD_WIN row is written only
+ * by an update of its window, which ProductState.last_ts then covers (products are never
+ * deleted), so a window after last_ts has no row yet: it is created without a read. */
+static eddy_err count_window(store_txn *t, uint32_t q, const Eddy__Store__V1__ProductUpdate *u,
+                             int64_t last_ts)
 {
     struct store_key k;
     key_init(&k, q, T_PROD_WIN);
     key_i64(&k, u->window_start);
     key_str(&k, u->product_id);
-    return counts_bump(t, &k, u->event_type, u->category);
+    return counts_bump(t, &k, u->event_type, u->category, last_ts < u->window_start);
 }
 
 /* Whether a value 'v' of event time 'ts' replaces the current one ('cur' of 'cur_ts'): the
@@ -283,13 +297,15 @@ static eddy_err take_attributes(Eddy__Store__V1__ProductState *ps,
 }
 
 static eddy_err apply_update(store_txn *t, const struct product_params *p, uint32_t q,
-                             const Eddy__Store__V1__ProductUpdate *u)
+                             const Eddy__Store__V1__ProductUpdate *u,
+                             Eddy__Store__V1__ProductState **own)
 {
     struct store_key k, ck;
     Eddy__Store__V1__ProductState *ps = NULL;
-    eddy_err err = load_product(t, q, u->product_id, &ps, &k);
+    eddy_err err = load_product(t, q, u->product_id, own, &ps, &k);
     if (err != EDDY_OK)
         goto out;
+    int64_t last_ts = ps->last_ts;
     if ((err = take_attributes(ps, u)) != EDDY_OK)
         goto out;
     double w = model_event_weight(u->event_type);
@@ -318,7 +334,7 @@ static eddy_err apply_update(store_txn *t, const struct product_params *p, uint3
     if ((err = store_txn_obj_set(t, &k, &ps->base)) != EDDY_OK)
         goto out;
     if (!u->late)
-        err = count_window(t, q, u);
+        err = count_window(t, q, u, last_ts);
 out:
     return err; /* the state belongs to the txn */
 }
@@ -449,7 +465,8 @@ static eddy_err rebase_rows(store_txn *t, const struct product_params *p, uint32
 }
 
 static eddy_err apply_pair(store_txn *t, const struct product_params *p, uint32_t q,
-                           const Eddy__Store__V1__CoOccurrence *c)
+                           const Eddy__Store__V1__CoOccurrence *c,
+                           Eddy__Store__V1__ProductState **own)
 {
     struct store_key k;
     Eddy__Store__V1__ProductState *ps = NULL;
@@ -457,7 +474,7 @@ static eddy_err apply_pair(store_txn *t, const struct product_params *p, uint32_
     bool created;
     if (!(c->weight > 0) || pb_empty(c->to_product))
         return EDDY_OK; /* adds nothing */
-    eddy_err err = load_product(t, q, c->from_product, &ps, &k);
+    eddy_err err = load_product(t, q, c->from_product, own, &ps, &k);
     if (err != EDDY_OK)
         return err;
     int64_t b = decay_bucket(&p->neighbours, c->ts);
@@ -503,6 +520,7 @@ eddy_err product_apply(store_txn *t, const struct product_params *p,
     /* half of an event's pairs start at its own product: its partition is hashed once */
     const char *own = b->n_updates ? b->updates[0]->product_id : NULL;
     uint32_t own_q = UINT32_MAX;
+    Eddy__Store__V1__ProductState *own_ps = NULL; /* borrowed from the txn */
     size_t total = product_records(b);
     for (size_t i = 0; i < total && err == EDDY_OK; i++) {
         const char *pid = product_record_key(b, i);
@@ -526,10 +544,11 @@ eddy_err product_apply(store_txn *t, const struct product_params *p,
         }
         if (!fresh_of[j])
             continue;
+        Eddy__Store__V1__ProductState **own_of = is_own ? &own_ps : NULL;
         if (i < b->n_updates)
-            err = apply_update(t, p, q, b->updates[i]);
+            err = apply_update(t, p, q, b->updates[i], own_of);
         else
-            err = apply_pair(t, p, q, b->pairs[i - b->n_updates]);
+            err = apply_pair(t, p, q, b->pairs[i - b->n_updates], own_of);
     }
     return err;
 }

@@ -1,7 +1,8 @@
 /* The apply's reads through the writer's txn: with key sets (apply_params.key_set_bytes),
  * the first read of a new user's model, of a new product's state and of the impressions of
  * a user who never had one is answered "absent" without a LevelDB read, and the state
- * written is the same as without them. The event an append hands its apply is, field for
+ * written is the same as without them; a user's or a product's row of a new window is
+ * created without a read. The event an append hands its apply is, field for
  * field, its log record's decode, whether copied or decoded. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -101,6 +102,72 @@ static void test_key_sets_spare_reads_of_new_rows(void **state)
     assert_true(with.key_set_keys >= 4); /* u1, u2, p1, p2 */
     free(a);
     free(b);
+}
+
+/* The view count of the USER_WIN or PROD_WIN row of 'id' in window 'ws' (0: no row). */
+static uint64_t window_views(store *s, enum store_table table, const char *id, int64_t ws)
+{
+    struct store_key k;
+    if (table == T_USER_WIN) {
+        key_init(&k, partition_of_user(id, TEST_ENGINE_PARTITIONS), T_USER_WIN);
+        key_lstr(&k, id);
+        key_i64(&k, ws);
+    } else {
+        key_init(&k, partition_of_product(id, TEST_ENGINE_PARTITIONS), T_PROD_WIN);
+        key_i64(&k, ws);
+        key_str(&k, id);
+    }
+    char *v = NULL;
+    size_t vlen = 0;
+    assert_int_equal(store_get(s, &k, &v, &vlen), EDDY_OK);
+    if (!v)
+        return 0;
+    Eddy__Store__V1__Counts *c = eddy__store__v1__counts__unpack(NULL, vlen, (const uint8_t *)v);
+    assert_non_null(c);
+    uint64_t n = c->view;
+    eddy__store__v1__counts__free_unpacked(c, NULL);
+    free(v);
+    return n;
+}
+
+/* A user's or a product's row of a window after its last event cannot exist, so it is
+ * created without a read (which would go down to LevelDB to miss); a row that does exist
+ * is read and added to, also after the user's model expired (--state-ttl) and started
+ * afresh while the rows of its windows stayed. */
+static void test_new_window_rows_are_not_read(void **state)
+{
+    struct fx *f = *state;
+    struct run r = {store_txn_new(f->s), test_engine_opts("")};
+    struct part_meta metas[TEST_ENGINE_PARTITIONS];
+    assert_non_null(r.t);
+    r.o.apply.product = &r.o.product;
+    r.o.apply.state_ttl_ms = 10000;
+    for (uint32_t p = 0; p < TEST_ENGINE_PARTITIONS; p++)
+        assert_int_equal(apply_meta_load(f->s, p, &metas[p]), EDDY_OK);
+    char other[16]; /* a user of u1's partition, to move its watermark */
+    uint32_t p1 = partition_of_user("u1", TEST_ENGINE_PARTITIONS);
+    for (int i = 0;; i++) {
+        snprintf(other, sizeof(other), "v%d", i);
+        if (partition_of_user(other, TEST_ENGINE_PARTITIONS) == p1)
+            break;
+    }
+    const Eddy__V1__EventType view = EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW;
+    apply1(&r, metas, "e1", "u1", view, "p1", T0 + 1000);
+    apply1(&r, metas, "e2", other, view, "p2", T0 + 40000); /* watermark T0 + 35 s: u1 expires */
+    apply1(&r, metas, "e3", "u1", view, "p1", T0 + 30000);  /* window T0 again */
+    assert_int_equal(store_txn_commit(r.t, false), EDDY_OK);
+    struct store_txn_stats before, after;
+    store_txn_stats(r.t, &before);
+    /* a new window: only its event id (DEDUP) and the partition's row are read */
+    apply1(&r, metas, "e4", "u1", view, "p1", T0 + 61000);
+    store_txn_stats(r.t, &after);
+    assert_int_equal(after.misses - before.misses, 2);
+    assert_int_equal(store_txn_commit(r.t, false), EDDY_OK);
+    assert_int_equal(window_views(f->s, T_USER_WIN, "u1", T0), 2);
+    assert_int_equal(window_views(f->s, T_PROD_WIN, "p1", T0), 2);
+    assert_int_equal(window_views(f->s, T_USER_WIN, "u1", T0 + 60000), 1);
+    assert_int_equal(window_views(f->s, T_PROD_WIN, "p1", T0 + 60000), 1);
+    store_txn_free(r.t);
 }
 
 /* Two messages equal field for field: scalars bit for bit, strings by value (never NULL,
@@ -232,6 +299,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_key_sets_spare_reads_of_new_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_new_window_rows_are_not_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_appended_event_is_the_records_decode, setup,
                                         teardown),
     };

@@ -439,8 +439,8 @@ static void test_counts_through_the_txn(void **state)
         struct store_key k;
         key_init(&k, 1, T_PROD_WIN);
         key_u64(&k, (uint64_t)(i % 7));
-        assert_int_equal(counts_bump(t, &k, (Eddy__V1__EventType)(next() % 8), cats[i % 3]),
-                         EDDY_OK);
+        assert_int_equal(
+            counts_bump(t, &k, (Eddy__V1__EventType)(next() % 8), cats[i % 3], false), EDDY_OK);
         if (i % 10 == 9)
             assert_int_equal(store_txn_commit(t, false), EDDY_OK);
     }
