@@ -234,7 +234,10 @@ static bool product_pack(const ProtobufCMessage *m, struct pbenc_out *o)
 
 /* The product's state as an object of the txn (borrowed until commit), created if absent.
  * 'own' (NULL: none) remembers the state of the batch's own product across its records:
- * half of an event's pairs start there, and each lookup hashes and compares the key. */
+ * half of an event's pairs start there, and each lookup hashes and compares the key. The
+ * pointer stays valid across records because the batch's first record of its own product
+ * is its update (updates[0]), which writes the state: a pending entry of the txn, which
+ * no catch-up with other writers of the store forgets and nothing replaces. */
 static eddy_err load_product(store_txn *t, uint32_t q, const char *id,
                              Eddy__Store__V1__ProductState **own,
                              Eddy__Store__V1__ProductState **ps, struct store_key *k)
