@@ -70,6 +70,8 @@ class Writer:
                         r = self.node.ingest(evs, timeout=30)
                         if list(r.rejected):
                             raise AssertionError(f"rejected: {list(r.rejected)[:3]}")
+                        if r.late:  # times only grow: no window of theirs can be closed
+                            raise AssertionError(f"{r.late} late events in batch {evs[0]['eventId']}")
                         break
                     except grpc.RpcError as e:
                         self.failures += 1
