@@ -14,6 +14,7 @@
 
 #include "common/partition.h"
 #include "node/state/apply.h"
+#include "node/state/logrec.h"
 #include "node/state/product.h"
 #include "node/state/store_txn.h"
 #include "tests/support/engine_opts.h"
@@ -161,12 +162,14 @@ static bool appended_as_logged(store *s, const Eddy__V1__Event *ev)
     assert_false(dup);
     assert_non_null(logged.ev);
     struct store_key k;
-    Eddy__Store__V1__LogRecord *r = NULL;
+    const char *v;
+    size_t vlen;
+    bool found;
     key_init(&k, 0, T_LOG);
     key_u64(&k, 0);
-    assert_int_equal(store_txn_get_msg(t, &k, &eddy__store__v1__log_record__descriptor,
-                                       (ProtobufCMessage **)&r),
-                     EDDY_OK);
+    assert_int_equal(store_txn_get(t, &k, &v, &vlen, &found), EDDY_OK);
+    assert_true(found);
+    Eddy__Store__V1__LogRecord *r = logrec_unpack((const uint8_t *)v, vlen);
     assert_non_null(r);
     assert_int_equal(r->kind_case, EDDY__STORE__V1__LOG_RECORD__KIND_EVENT);
     assert_same_msg(&r->event->base, &logged.ev->base);
