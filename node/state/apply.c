@@ -41,16 +41,24 @@ uint32_t apply_meta_format(void)
     return META_FORMAT;
 }
 
+/* The first byte of a hashed DEDUP key: no compact string starts with it (logrec.h). */
+#define DEDUP_HASHED 0x05
+
 void apply_dedup_key(struct store_key *k, uint32_t p, const char *event_id, size_t len)
 {
-    XXH128_canonical_t c;
+    uint8_t form[STORE_KEY_MAX + 16];
+    bool raw = true;
+    size_t n = len < STORE_KEY_MAX ? logrec_pack_str(event_id, len, form, &raw) : 0;
     key_init(k, p, T_DEDUP);
-    if (len < sizeof(c.digest)) { /* shorter than its hash, and never of a hash's length */
-        key_bytes(k, event_id, len);
+    if (n > 0 && (!raw || len < sizeof(XXH128_canonical_t))) {
+        key_bytes(k, (const char *)form, n);
         return;
     }
+    XXH128_canonical_t c;
     XXH128_canonicalFromHash(&c, XXH3_128bits(event_id, len));
-    key_bytes(k, (const char *)c.digest, sizeof(c.digest));
+    form[0] = DEDUP_HASHED;
+    memcpy(form + 1, c.digest, sizeof(c.digest));
+    key_bytes(k, (const char *)form, 1 + sizeof(c.digest));
 }
 
 /* The PART_ACK row: what no log record rebuilds, written with the log. Its values only
@@ -365,7 +373,8 @@ static eddy_err get_record(store_txn *t, const struct store_key *k,
     if (err != EDDY_OK || !found)
         return err;
     if (!(*r = logrec_unpack((const uint8_t *)v, vlen))) {
-        log_error("msg=\"log record does not decode\" partition=%u", (unsigned)k->buf[0] << 8 | k->buf[1]);
+        log_error("msg=\"log record does not decode\" partition=%u",
+                  (unsigned)k->buf[0] << 8 | k->buf[1]);
         return EDDY_ERR_CORRUPT;
     }
     return EDDY_OK;

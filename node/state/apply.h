@@ -98,11 +98,13 @@ eddy_err apply_convert_models(store_txn *t, uint32_t p, size_t *converted);
  * Writer thread, into 't' (a partition's converted rows are pending at once). */
 eddy_err apply_convert_log(store_txn *t, uint32_t p, size_t *records);
 
-/* The DEDUP key of an event id (format 6): partition p's table DEDUP, then the id's 'len'
- * bytes if they are fewer than 16, else XXH3-128 of them (16 bytes, big-endian): the two
- * never have the same length, so only ids of 16 bytes or more may share a key, with
- * probability n^2 / 2^129 for n of them remembered at once (10^-21 for a billion): far
- * below a disk's rate of undetected errors (docs/design.md §4, "Layout 6"). */
+/* The DEDUP key of an event id (format 6): partition p's table DEDUP, then the id's
+ * compact form (logrec_pack_str: a UUID in 17 bytes, "order-123456" as its prefix and a
+ * varint; exact, so that ids numbered in sequence share their prefix in LevelDB's
+ * blocks), or for an id of 16 bytes or more with no shorter form, byte 0x05 and XXH3-128
+ * of its 'len' bytes: two such ids remembered at once share a key with probability
+ * n^2 / 2^129 for n of them (10^-21 for a billion), far below a disk's rate of undetected
+ * errors (docs/design.md §4, "Layout 6"). */
 void apply_dedup_key(struct store_key *k, uint32_t p, const char *event_id, size_t len);
 
 /* Write the meta into the txn if dirty, and the PART_ACK row (the duplicates and the

@@ -112,9 +112,9 @@ struct cstr {
     size_t size;       /* encoded */
 };
 
-static void cstr_plan(const char *s, struct cstr *c)
+static void cstr_plan(const char *s, size_t len, struct cstr *c)
 {
-    c->len = c->prefix = s ? strlen(s) : 0;
+    c->len = c->prefix = len;
     c->form = STR_RAW;
     c->size = pbenc_varint_size((uint64_t)c->len << 2) + c->len;
     if (uuid_parse(s, c->len, c->uuid, &c->form)) {
@@ -172,6 +172,14 @@ static uint64_t zigzag(int64_t v)
     return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
 }
 
+size_t logrec_pack_str(const char *s, size_t len, uint8_t *out, bool *raw)
+{
+    struct cstr c;
+    cstr_plan(s, len, &c);
+    *raw = c.form == STR_RAW;
+    return (size_t)(cstr_put(out, s, &c) - out);
+}
+
 #define EVENT_STRS 8
 
 bool logrec_pack_event(const Eddy__V1__Event *ev, struct pbenc_out *o)
@@ -194,7 +202,7 @@ bool logrec_pack_event(const Eddy__V1__Event *ev, struct pbenc_out *o)
         if (flag[i] && (!s[i] || !s[i][0]))
             continue;
         has |= flag[i];
-        cstr_plan(s[i], &c[i]);
+        cstr_plan(s[i], s[i] ? strlen(s[i]) : 0, &c[i]);
         size += c[i].size;
     }
     if (ev->price != 0) { /* -0.0 too: protobuf leaves it out, and it unpacks as 0 */
@@ -209,8 +217,8 @@ bool logrec_pack_event(const Eddy__V1__Event *ev, struct pbenc_out *o)
             const Eddy__V1__Event__MetadataEntry *me = ev->metadata[i];
             if (!me || pbenc_unknown(&me->base))
                 return false;
-            cstr_plan(me->key, &mk);
-            cstr_plan(me->value, &mv);
+            cstr_plan(me->key, strlen(me->key), &mk);
+            cstr_plan(me->value, strlen(me->value), &mv);
             size += mk.size + mv.size;
         }
     }
@@ -234,9 +242,9 @@ bool logrec_pack_event(const Eddy__V1__Event *ev, struct pbenc_out *o)
     if (has & HAS_METADATA) {
         p = pbenc_put_varint(p, ev->n_metadata);
         for (size_t i = 0; i < ev->n_metadata; i++) {
-            cstr_plan(ev->metadata[i]->key, &mk);
+            cstr_plan(ev->metadata[i]->key, strlen(ev->metadata[i]->key), &mk);
             p = cstr_put(p, ev->metadata[i]->key, &mk);
-            cstr_plan(ev->metadata[i]->value, &mv);
+            cstr_plan(ev->metadata[i]->value, strlen(ev->metadata[i]->value), &mv);
             p = cstr_put(p, ev->metadata[i]->value, &mv);
         }
     }

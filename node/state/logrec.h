@@ -27,6 +27,12 @@
  * LogRecord instead. */
 bool logrec_pack_event(const Eddy__V1__Event *ev, struct pbenc_out *o);
 
+/* Write the compact form of the 'len' bytes at 's' (a string of a compact record, as
+ * above) to 'out', which has room for len + 10 bytes; the bytes written. *raw: it is the
+ * raw form (the string had no shorter one). Distinct strings have distinct forms, none of
+ * which starts with byte 0x05. */
+size_t logrec_pack_str(const char *s, size_t len, uint8_t *out, bool *raw);
+
 /* Whether 'buf' holds a compact event record (else it is a protobuf LogRecord). */
 bool logrec_is_compact(const uint8_t *buf, size_t len);
 
