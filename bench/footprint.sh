@@ -37,10 +37,10 @@ log "on disk: $DISK bytes; reading every table"
 "$BUILD/eddy-node" --data-dir "$TMP/node" --dump-state all 2>"$TMP/dump.err" |
 $PY -c '
 import json, sys
-names = {1: "log", 2: "dedup", 3: "dedup_exp", 4: "user", 5: "user_win", 6: "user_log",
+names = {1: "log", 2: "dedup_id", 3: "dedup_exp", 4: "user", 5: "user_win", 6: "user_log",
          7: "part_win", 8: "product", 9: "prod_win", 10: "cat_pop", 11: "late", 12: "s2_hw",
          13: "outbox", 14: "bought", 15: "meta", 16: "seen", 17: "impr", 18: "exp_stat",
-         19: "exp_def", 20: "cooc", 21: "part_ack"}  # enum store_table, node/state/store_key.h
+         19: "exp_def", 20: "cooc", 21: "part_ack", 22: "dedup"}  # enum store_table, node/state/store_key.h
 rows, size = {}, {}
 for line in sys.stdin:
     k, _, v = line.rstrip("\n").partition(" ")

@@ -16,7 +16,8 @@ int offline_dump_state(const char *data_dir, const char *tables)
     static const struct {
         const char *name;
         enum store_table t;
-    } names[] = {{"log", T_LOG}, {"dedup", T_DEDUP}, {"dedup_exp", T_DEDUP_EXP},
+    } names[] = {{"log", T_LOG}, {"dedup", T_DEDUP}, {"dedup_id", T_DEDUP_ID},
+                 {"dedup_exp", T_DEDUP_EXP},
                  {"user", T_USER}, {"user_win", T_USER_WIN}, {"user_log", T_USER_LOG},
                  {"part_win", T_PART_WIN}, {"product", T_PRODUCT}, {"prod_win", T_PROD_WIN},
                  {"cat_pop", T_CAT_POP}, {"late", T_LATE}, {"s2_hw", T_S2_HW}, {"meta", T_META},

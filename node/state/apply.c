@@ -7,10 +7,13 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
+#include "common/log.h"
 #include "common/pbutil.h"
 #include "node/state/attribution.h"
 #include "node/state/counts.h"
+#include "node/state/logrec.h"
 #include "node/state/pbenc.h"
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
@@ -26,13 +29,36 @@
  * (product_convert); a format-3 one as it is (its log ends at its META, and it has no
  * PART_ACK row); a format-4 one has its user models converted by the engine when loaded
  * (apply_convert_models: 5, the models keep no event ids, and DEDUP values are empty); a
+ * format-5 one has its log and DEDUP rows converted (apply_convert_log: 6, events are
+ * compact log records, logrec.h, and DEDUP rows are keyed by a hash of the event id); a
  * newer one is refused rather than misread (a binary before format 4 would not replay the
- * log's tail, one before 5 would write models of the older order into converted state). */
-#define META_FORMAT 5
+ * log's tail, one before 5 would write models of the older order into converted state,
+ * one before 6 would not read the compact records nor find the hashed ids). */
+#define META_FORMAT 6
 
 uint32_t apply_meta_format(void)
 {
     return META_FORMAT;
+}
+
+/* The first byte of a hashed DEDUP key: no compact string starts with it (logrec.h). */
+#define DEDUP_HASHED 0x05
+
+void apply_dedup_key(struct store_key *k, uint32_t p, const char *event_id, size_t len)
+{
+    uint8_t form[STORE_KEY_MAX + 16];
+    bool raw = true;
+    size_t n = len < STORE_KEY_MAX ? logrec_pack_str(event_id, len, form, &raw) : 0;
+    key_init(k, p, T_DEDUP);
+    if (n > 0 && (!raw || len < sizeof(XXH128_canonical_t))) {
+        key_bytes(k, (const char *)form, n);
+        return;
+    }
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits(event_id, len));
+    form[0] = DEDUP_HASHED;
+    memcpy(form + 1, c.digest, sizeof(c.digest));
+    key_bytes(k, (const char *)form, 1 + sizeof(c.digest));
 }
 
 /* The PART_ACK row: what no log record rebuilds, written with the log. Its values only
@@ -314,8 +340,7 @@ static eddy_err sweep_dedup_index(store_txn *t, uint32_t p, int64_t cutoff)
     eddy_err err = store_txn_scan(t, &start, &end, collect_all, &l);
     for (size_t i = 0; i < l.n && err == EDDY_OK && l.err == EDDY_OK; i++) {
         struct store_key dk;
-        key_init(&dk, p, T_DEDUP);
-        key_bytes(&dk, (const char *)l.keys[i].buf + 11, l.keys[i].len - 11);
+        apply_dedup_key(&dk, p, (const char *)l.keys[i].buf + 11, l.keys[i].len - 11);
         err = store_txn_del(t, &dk);
     }
     if (err == EDDY_OK)
@@ -333,6 +358,26 @@ static int64_t stage2_ts(const Eddy__Store__V1__Stage2Batch *b)
     for (size_t i = 0; i < b->n_pairs; i++)
         ts = b->pairs[i]->ts > ts ? b->pairs[i]->ts : ts;
     return ts;
+}
+
+/* The log record under key k (NULL: none), decoded from either encoding (logrec.h).
+ * Caller owns it; free with eddy__store__v1__log_record__free_unpacked. */
+static eddy_err get_record(store_txn *t, const struct store_key *k,
+                           Eddy__Store__V1__LogRecord **r)
+{
+    const char *v;
+    size_t vlen;
+    bool found;
+    *r = NULL;
+    eddy_err err = store_txn_get(t, k, &v, &vlen, &found);
+    if (err != EDDY_OK || !found)
+        return err;
+    if (!(*r = logrec_unpack((const uint8_t *)v, vlen))) {
+        log_error("msg=\"log record does not decode\" partition=%u",
+                  (unsigned)k->buf[0] << 8 | k->buf[1]);
+        return EDDY_ERR_CORRUPT;
+    }
+    return EDDY_OK;
 }
 
 /* The event id and time of a log record (NULL id: a record of no event). */
@@ -398,14 +443,12 @@ static eddy_err sweep_dedup(store_txn *t, uint32_t p, struct part_meta *m, int64
         int64_t ts = 0;
         key_init(&k, p, T_LOG);
         key_u64(&k, m->dedup_next);
-        err = store_txn_get_msg(t, &k, &eddy__store__v1__log_record__descriptor,
-                                (ProtobufCMessage **)&r);
+        err = get_record(t, &k, &r);
         if (err == EDDY_OK && r && !record_id_ts(r, &id, &ts))
             err = EDDY_ERR_CORRUPT;
         bool stop = err != EDDY_OK || (r && ts >= cutoff);
         if (!stop && r && id) {
-            key_init(&k, p, T_DEDUP);
-            key_str(&k, id);
+            apply_dedup_key(&k, p, id, strlen(id));
             err = store_txn_del(t, &k);
         }
         if (r)
@@ -495,8 +538,7 @@ static eddy_err erase_log_entry(store_txn *t, uint32_t p, uint64_t seq, const ch
     Eddy__Store__V1__LogRecord *r = NULL;
     key_init(&k, p, T_LOG);
     key_u64(&k, seq);
-    eddy_err err = store_txn_get_msg(t, &k, &eddy__store__v1__log_record__descriptor,
-                                     (ProtobufCMessage **)&r);
+    eddy_err err = get_record(t, &k, &r);
     if (err != EDDY_OK)
         return err;
     if (!r || r->kind_case != EDDY__STORE__V1__LOG_RECORD__KIND_EVENT) {
@@ -531,8 +573,7 @@ static eddy_err sweep_log(store_txn *t, uint32_t p, struct part_meta *m, int64_t
         Eddy__Store__V1__LogRecord *r = NULL;
         key_init(&k, p, T_LOG);
         key_u64(&k, m->log_first_seq);
-        err = store_txn_get_msg(t, &k, &eddy__store__v1__log_record__descriptor,
-                                (ProtobufCMessage **)&r);
+        err = get_record(t, &k, &r);
         if (err != EDDY_OK)
             break;
         if (r) {
@@ -646,6 +687,102 @@ eddy_err apply_convert_models(store_txn *t, uint32_t p, size_t *converted)
     return err;
 }
 
+/* ---- conversion of format 5 ---------------------------------------------------------- */
+
+#define CONVERT_CHUNK 4096 /* rows collected per scan of a conversion */
+
+static eddy_err put_event_record(store_txn *t, const struct store_key *k,
+                                 const Eddy__V1__Event *ev);
+
+/* LOG rows in the protobuf encoding, up to a chunk. */
+static int collect_protobuf_records(void *ud, const unsigned char *k, size_t klen,
+                                    const char *v, size_t vlen)
+{
+    struct keyvals *l = ud;
+    if (!logrec_is_compact((const uint8_t *)v, vlen))
+        l->err = kv_push(l, k, klen, 0);
+    return l->err != EDDY_OK || l->n == CONVERT_CHUNK;
+}
+
+static int collect_chunk(void *ud, const unsigned char *k, size_t klen, const char *v,
+                         size_t vlen)
+{
+    struct keyvals *l = ud;
+    l->err = kv_push(l, k, klen, 0);
+    return l->err != EDDY_OK || l->n == CONVERT_CHUNK;
+}
+
+/* Rewrite the chunk's event records compactly; *more: the scan goes on after 'start'. */
+static eddy_err convert_records(store_txn *t, struct store_key *start, const struct store_key *end,
+                                size_t *records, bool *more)
+{
+    struct keyvals l = {0};
+    eddy_err err = store_txn_scan(t, start, end, collect_protobuf_records, &l);
+    if (err == EDDY_OK)
+        err = l.err;
+    for (size_t i = 0; i < l.n && err == EDDY_OK; i++) {
+        Eddy__Store__V1__LogRecord *r = NULL;
+        err = get_record(t, &l.keys[i], &r);
+        if (err == EDDY_ERR_CORRUPT) {
+            err = EDDY_OK; /* logged; left as it is, for the replay to refuse as before */
+            continue;
+        }
+        if (err == EDDY_OK && r && r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_EVENT &&
+            r->event) {
+            err = put_event_record(t, &l.keys[i], r->event);
+            ++*records;
+        }
+        if (r)
+            eddy__store__v1__log_record__free_unpacked(r, NULL);
+    }
+    *more = err == EDDY_OK && l.n == CONVERT_CHUNK;
+    if (*more) { /* the first key after the chunk's last */
+        *start = l.keys[l.n - 1];
+        key_bytes(start, "", 1);
+    }
+    kv_release(&l);
+    return err;
+}
+
+/* Move a chunk of DEDUP_ID rows to DEDUP (the scan after it starts over: they are gone). */
+static eddy_err convert_dedup(store_txn *t, uint32_t p, size_t *records, bool *more)
+{
+    struct store_key start, end;
+    struct keyvals l = {0};
+    key_init(&start, p, T_DEDUP_ID);
+    key_prefix_end(&start, &end);
+    eddy_err err = store_txn_scan(t, &start, &end, collect_chunk, &l);
+    if (err == EDDY_OK)
+        err = l.err;
+    for (size_t i = 0; i < l.n && err == EDDY_OK; i++) {
+        struct store_key k;
+        apply_dedup_key(&k, p, (const char *)l.keys[i].buf + 3, l.keys[i].len - 3);
+        err = store_txn_put(t, &k, "", 0);
+        if (err == EDDY_OK)
+            err = store_txn_del(t, &l.keys[i]);
+    }
+    *records += l.n;
+    *more = err == EDDY_OK && l.n == CONVERT_CHUNK;
+    kv_release(&l);
+    return err;
+}
+
+eddy_err apply_convert_log(store_txn *t, uint32_t p, size_t *records)
+{
+    struct store_key start, end;
+    bool more = true;
+    eddy_err err = EDDY_OK;
+    *records = 0;
+    key_init(&start, p, T_LOG);
+    key_prefix_end(&start, &end);
+    while (more && err == EDDY_OK)
+        err = convert_records(t, &start, &end, records, &more);
+    more = true;
+    while (more && err == EDDY_OK)
+        err = convert_dedup(t, p, records, &more);
+    return err;
+}
+
 /* ---- apply --------------------------------------------------------------------------- */
 
 /* The tables whose keys the txn keeps sets of (apply_params.key_set_bytes): rows of
@@ -718,8 +855,7 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
 
     /* dedup entry: its key is all the apply reads, and the dedup sweep finds it along the
      * log, so the value is empty (format 5; older rows hold a Dedup nothing reads) */
-    key_init(&k, p, T_DEDUP);
-    key_str(&k, ev->event_id);
+    apply_dedup_key(&k, p, ev->event_id, strlen(ev->event_id));
     if (!deduped && (err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
         return err;
     key_init(&k, p, T_USER_LOG);
@@ -791,6 +927,25 @@ static eddy_err append_record(store_txn *t, uint32_t p, struct part_meta *m,
     return store_txn_put_msg(t, &k, &r->base);
 }
 
+/* The log record of 'ev' under key k: compact (logrec.h), or where that cannot hold it,
+ * the protobuf LogRecord. */
+static eddy_err put_event_record(store_txn *t, const struct store_key *k,
+                                 const Eddy__V1__Event *ev)
+{
+    uint8_t scratch[1024];
+    struct pbenc_out o = {scratch, sizeof(scratch), NULL, 0};
+    if (!logrec_pack_event(ev, &o)) {
+        Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
+        r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
+        r.event = (Eddy__V1__Event *)ev;
+        return store_txn_put_msg(t, k, &r.base);
+    }
+    eddy_err err = store_txn_put(t, k, o.buf, o.len);
+    if (o.buf != scratch)
+        free(o.buf);
+    return err;
+}
+
 /* Whether 'ev' is a duplicate of an event id partition p remembers (then counted). */
 static eddy_err dedup_check(store_txn *t, uint32_t p, struct part_meta *m,
                             const Eddy__V1__Event *ev, bool *duplicate)
@@ -798,8 +953,7 @@ static eddy_err dedup_check(store_txn *t, uint32_t p, struct part_meta *m,
     struct store_key k;
     const char *v;
     size_t vlen;
-    key_init(&k, p, T_DEDUP);
-    key_str(&k, ev->event_id);
+    apply_dedup_key(&k, p, ev->event_id, strlen(ev->event_id));
     eddy_err err = store_txn_get(t, &k, &v, &vlen, duplicate);
     if (err == EDDY_OK && *duplicate) {
         m->duplicates++;
@@ -823,12 +977,9 @@ eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,
     }
     uint64_t seq = m->next_seq++;
     m->dirty = true;
-    Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
-    r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
-    r.event = (Eddy__V1__Event *)ev;
     key_init(&k, p, T_LOG);
     key_u64(&k, seq);
-    if ((err = store_txn_put_msg(t, &k, &r.base)) != EDDY_OK)
+    if ((err = put_event_record(t, &k, ev)) != EDDY_OK)
         return err;
     return apply_logged_event(t, ap, p, m, seq, ev, false, emit, emit_ud, outcome);
 }
@@ -839,54 +990,6 @@ void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m)
     a->watermark = m->watermark;
     a->max_ts = m->max_ts;
     a->swept_until = m->swept_until;
-}
-
-/* A metadata entry's body: its size, its strings' lengths in kl and vl. */
-static size_t metadata_body(const Eddy__V1__Event__MetadataEntry *me, size_t *kl, size_t *vl)
-{
-    return pbenc_str_size(me->key, kl) + pbenc_str_size(me->value, vl);
-}
-
-bool apply_event_record_pack(const Eddy__V1__Event *ev, struct pbenc_out *o)
-{
-    /* the strings in field order, with the fields between them written where they fall */
-    const char *const s[] = {ev->event_id, ev->user_id,  ev->session_id,   ev->product_id,
-                             ev->category, ev->brand,    ev->search_query, ev->recommendation_id};
-    size_t l[8], kl, vl;
-    if (pbenc_unknown(&ev->base))
-        return false;
-    size_t body = pbenc_u64_size((uint64_t)ev->timestamp_ms) +
-                  pbenc_u64_size((uint64_t)(int64_t)(int32_t)ev->event_type) +
-                  pbenc_double_size(ev->price);
-    for (size_t i = 0; i < 8; i++)
-        body += pbenc_str_size(s[i], &l[i]);
-    for (size_t i = 0; i < ev->n_metadata; i++) {
-        const Eddy__V1__Event__MetadataEntry *me = ev->metadata[i];
-        if (!me || pbenc_unknown(&me->base))
-            return false;
-        body += pbenc_sub_size(metadata_body(me, &kl, &vl));
-    }
-    if (!pbenc_reserve(o, pbenc_sub_size(body)))
-        return false;
-    uint8_t *p = pbenc_put_sub(o->buf, PB_LOG_EVENT, body);
-    p = pbenc_put_str(p, PB_EVENT_EVENT_ID, s[0], l[0]);
-    p = pbenc_put_str(p, PB_EVENT_USER_ID, s[1], l[1]);
-    p = pbenc_put_str(p, PB_EVENT_SESSION_ID, s[2], l[2]);
-    p = pbenc_put_u64(p, PB_EVENT_TIMESTAMP_MS, (uint64_t)ev->timestamp_ms);
-    p = pbenc_put_u64(p, PB_EVENT_EVENT_TYPE, (uint64_t)(int64_t)(int32_t)ev->event_type);
-    p = pbenc_put_str(p, PB_EVENT_PRODUCT_ID, s[3], l[3]);
-    p = pbenc_put_str(p, PB_EVENT_CATEGORY, s[4], l[4]);
-    p = pbenc_put_str(p, PB_EVENT_BRAND, s[5], l[5]);
-    p = pbenc_put_double(p, PB_EVENT_PRICE, ev->price);
-    p = pbenc_put_str(p, PB_EVENT_SEARCH_QUERY, s[6], l[6]);
-    for (size_t i = 0; i < ev->n_metadata; i++) {
-        const Eddy__V1__Event__MetadataEntry *me = ev->metadata[i];
-        p = pbenc_put_sub(p, PB_EVENT_METADATA, metadata_body(me, &kl, &vl));
-        p = pbenc_put_str(p, PB_METADATA_KEY, me->key, kl);
-        p = pbenc_put_str(p, PB_METADATA_VALUE, me->value, vl);
-    }
-    pbenc_put_str(p, PB_EVENT_RECOMMENDATION_ID, s[7], l[7]);
-    return true;
 }
 
 void apply_logged_release(struct apply_logged *l)
@@ -997,24 +1100,12 @@ eddy_err apply_append_event(store_txn *t, uint32_t p, struct part_meta *m,
     eddy_err err = dedup_check(t, p, m, ev, duplicate);
     if (err != EDDY_OK || *duplicate)
         return err;
-    Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
-    r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
-    r.event = (Eddy__V1__Event *)ev;
     key_init(&k, p, T_LOG);
     key_u64(&k, a->end);
-    uint8_t scratch[1024];
-    struct pbenc_out o = {scratch, sizeof(scratch), NULL, 0};
-    if (apply_event_record_pack(ev, &o)) {
-        err = store_txn_put(t, &k, o.buf, o.len);
-        if (o.buf != scratch)
-            free(o.buf);
-    } else {
-        err = store_txn_put_msg(t, &k, &r.base);
-    }
+    err = put_event_record(t, &k, ev);
     /* the dedup row now, for the appends after it, with the bytes its apply would write
      * (apply_appended writes none) */
-    key_init(&k, p, T_DEDUP);
-    key_str(&k, ev->event_id);
+    apply_dedup_key(&k, p, ev->event_id, strlen(ev->event_id));
     if (err == EDDY_OK)
         err = store_txn_put(t, &k, "", 0);
     if (err == EDDY_OK)

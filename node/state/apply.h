@@ -91,6 +91,22 @@ eddy_err apply_meta_load(store *s, uint32_t p, struct part_meta *m);
  * that do not decode) are untouched, so it may run again. Writer thread, into 't'. */
 eddy_err apply_convert_models(store_txn *t, uint32_t p, size_t *converted);
 
+/* Convert partition p's log and dedup rows from state format 5 or older to 6: each event
+ * record the compact encoding can hold is rewritten in it (logrec.h), and each DEDUP_ID
+ * row becomes a DEDUP row keyed by the id's hash (apply_dedup_key). *records counts the
+ * rows rewritten. What is converted already is left as it is, so it may run again.
+ * Writer thread, into 't' (a partition's converted rows are pending at once). */
+eddy_err apply_convert_log(store_txn *t, uint32_t p, size_t *records);
+
+/* The DEDUP key of an event id (format 6): partition p's table DEDUP, then the id's
+ * compact form (logrec_pack_str: a UUID in 17 bytes, "order-123456" as its prefix and a
+ * varint; exact, so that ids numbered in sequence share their prefix in LevelDB's
+ * blocks), or for an id of 16 bytes or more with no shorter form, byte 0x05 and XXH3-128
+ * of its 'len' bytes: two such ids remembered at once share a key with probability
+ * n^2 / 2^129 for n of them (10^-21 for a billion), far below a disk's rate of undetected
+ * errors (docs/design.md §4, "Layout 6"). */
+void apply_dedup_key(struct store_key *k, uint32_t p, const char *event_id, size_t len);
+
 /* Write the meta into the txn if dirty, and the PART_ACK row (the duplicates and the
  * epoch, which no log record rebuilds: it is written with the log, not behind) if they
  * changed. */
@@ -116,12 +132,6 @@ struct apply_ahead {
 
 /* Start 'a' from the applied state 'm' (nothing ahead of it). */
 void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m);
-
-/* protobuf_c_message_pack's bytes of LogRecord{event: ev} (pbenc.h), written directly into
- * 'o' (struct pbenc_out: the caller's scratch, or malloc'd): the append of every event
- * encodes one. False if 'ev' carries unknown fields (use protobuf-c) or out of memory. */
-struct pbenc_out;
-bool apply_event_record_pack(const Eddy__V1__Event *ev, struct pbenc_out *o);
 
 /* The event of a record apply_append_event appended, as the record decodes: what its
  * apply (apply_appended) and every replay of the record apply. Owned by the appender;

@@ -20,6 +20,7 @@
 #include "common/partition.h"
 #include "common/thread.h"
 #include "node/state/checkpoint.h"
+#include "node/state/logrec.h"
 #include "node/state/product.h"
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
@@ -574,8 +575,7 @@ static eddy_err run_replay(engine *e, struct job *j, int64_t now)
         const struct engine_log_entry *le = &j->entries[i];
         if (le->seq < m->next_seq)
             continue;
-        Eddy__Store__V1__LogRecord *r =
-            eddy__store__v1__log_record__unpack(NULL, le->len, le->data);
+        Eddy__Store__V1__LogRecord *r = logrec_unpack(le->data, le->len);
         if (!r) {
             j->job_err = EDDY_ERR_CORRUPT;
             break;
@@ -643,16 +643,20 @@ static eddy_err run_impression(engine *e, struct job *j)
  * co-occurrence neighbours as lists in the product states: they become COOC rows in the
  * txn, with the metadata of the current format, so that no list is ever read as if it were
  * every pair (product_convert). One of format 4 or older has event ids in its user models:
- * they go, and the recent lists take format 5's order (apply_convert_models). */
+ * they go, and the recent lists take format 5's order (apply_convert_models). One of
+ * format 5 or older has protobuf event records and DEDUP rows keyed by the ids: they take
+ * format 6's encodings (apply_convert_log). */
 static eddy_err upgrade_partition(engine *e, uint32_t p)
 {
-    size_t n = 0, users = 0;
+    size_t n = 0, users = 0, records = 0;
     if (e->meta[p].format >= apply_meta_format())
         return EDDY_OK;
     eddy_err err = product_convert(e->txn, p, &n);
     if (err == EDDY_OK)
         err = apply_convert_models(e->txn, p, &users);
-    if (err != EDDY_OK || (n == 0 && users == 0))
+    if (err == EDDY_OK)
+        err = apply_convert_log(e->txn, p, &records);
+    if (err != EDDY_OK || (n == 0 && users == 0 && records == 0))
         return err;
     if (n > 0)
         log_info("msg=\"stage-2 neighbour lists converted to pairs\" partition=%u "
@@ -661,6 +665,9 @@ static eddy_err upgrade_partition(engine *e, uint32_t p)
     if (users > 0)
         log_info("msg=\"user models converted\" partition=%u users=%zu from_format=%u", p,
                  users, e->meta[p].format);
+    if (records > 0)
+        log_info("msg=\"log and dedup rows converted\" partition=%u rows=%zu from_format=%u",
+                 p, records, e->meta[p].format);
     e->meta[p].dirty = true;
     return apply_meta_save(e->txn, p, &e->meta[p]);
 }
@@ -1289,7 +1296,7 @@ static int collect_tail(void *ud, const unsigned char *k, size_t klen, const cha
     size_t off = 3;
     uint64_t seq;
     if (!key_get_u64(k, klen, &off, &seq) ||
-        !(t->recs[t->n] = eddy__store__v1__log_record__unpack(NULL, vlen, (const uint8_t *)v))) {
+        !(t->recs[t->n] = logrec_unpack((const uint8_t *)v, vlen))) {
         t->bad = true;
         return 1;
     }

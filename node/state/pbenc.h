@@ -88,23 +88,6 @@ enum { PB_WIRE_VARINT = 0, PB_WIRE_I64 = 1, PB_WIRE_LEN = 2, PB_WIRE_I32 = 5 };
 
 #define PB_MARKS_NEXT_SEQ PB_TAG(1, PB_WIRE_LEN) /* packed */
 
-/* eddy.v1.Event (eddy.proto), in a LogRecord (apply_event_record_pack) */
-#define PB_LOG_EVENT PB_TAG(1, PB_WIRE_LEN)
-#define PB_EVENT_EVENT_ID PB_TAG(1, PB_WIRE_LEN)
-#define PB_EVENT_USER_ID PB_TAG(2, PB_WIRE_LEN)
-#define PB_EVENT_SESSION_ID PB_TAG(3, PB_WIRE_LEN)
-#define PB_EVENT_TIMESTAMP_MS PB_TAG(4, PB_WIRE_VARINT)
-#define PB_EVENT_EVENT_TYPE PB_TAG(5, PB_WIRE_VARINT)
-#define PB_EVENT_PRODUCT_ID PB_TAG(6, PB_WIRE_LEN)
-#define PB_EVENT_CATEGORY PB_TAG(7, PB_WIRE_LEN)
-#define PB_EVENT_BRAND PB_TAG(8, PB_WIRE_LEN)
-#define PB_EVENT_PRICE PB_TAG(9, PB_WIRE_I64)
-#define PB_EVENT_SEARCH_QUERY PB_TAG(10, PB_WIRE_LEN)
-#define PB_EVENT_METADATA PB_TAG(11, PB_WIRE_LEN)
-#define PB_EVENT_RECOMMENDATION_ID PB_TAG(12, PB_WIRE_LEN)
-#define PB_METADATA_KEY PB_TAG(1, PB_WIRE_LEN)
-#define PB_METADATA_VALUE PB_TAG(2, PB_WIRE_LEN)
-
 size_t pbenc_varint_size(uint64_t v);
 uint8_t *pbenc_put_varint(uint8_t *p, uint64_t v);
 

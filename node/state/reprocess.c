@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "node/state/apply.h"
 #include "node/state/checkpoint.h"
+#include "node/state/logrec.h"
 #include "node/state/product.h"
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
@@ -298,8 +299,7 @@ static int replay_one(void *ud, const unsigned char *k, size_t klen, const char 
         rs->err = EDDY_ERR_CORRUPT;
         return 1;
     }
-    Eddy__Store__V1__LogRecord *r =
-        eddy__store__v1__log_record__unpack(NULL, vlen, (const uint8_t *)v);
+    Eddy__Store__V1__LogRecord *r = logrec_unpack((const uint8_t *)v, vlen);
     if (!r) {
         log_error("msg=\"reprocess: log record does not decode\" partition=%u seq=%" PRIu64,
                   st->p, seq);

@@ -3,8 +3,9 @@
  * Every key starts with the partition (big-endian u16) and a table byte, so that one
  * partition is one contiguous key range (cheap to scan, snapshot, copy and delete):
  *
- *   LOG       p T seq:u64                  -> LogRecord
- *   DEDUP     p T event_id                 -> Dedup
+ *   LOG       p T seq:u64                  -> LogRecord (an event's: compact, logrec.h)
+ *   DEDUP_ID  p T event_id                 -> Dedup   (format 5 and older: DEDUP keyed by
+ *                                                     the id itself; converted to DEDUP)
  *   DEDUP_EXP p T ts:i64 event_id          -> ""      (older layout: expiry index of DEDUP;
  *                                                     now the dedup sweep walks the log)
  *   USER      p T user_id                  -> UserModel
@@ -31,6 +32,8 @@
  *   PART_ACK  p T                          -> PartitionMeta (duplicates and epoch only:
  *                                                     what no log record rebuilds, synced
  *                                                     with the log when META is behind)
+ *   DEDUP     p T xxh3_128(event_id):16    -> ""      (an event id remembered for dedup:
+ *                                                     apply_dedup_key)
  *
  * i64 values are stored with the sign bit flipped, big-endian, so they sort numerically. */
 #ifndef EDDY_STORE_KEY_H
@@ -42,7 +45,7 @@
 
 enum store_table {
     T_LOG = 1,
-    T_DEDUP = 2,
+    T_DEDUP_ID = 2, /* PartitionMeta.format 5 and older */
     T_DEDUP_EXP = 3,
     T_USER = 4,
     T_USER_WIN = 5,
@@ -62,6 +65,7 @@ enum store_table {
     T_EXP_DEF = 19, /* partition EXP_DEF_PARTITION only */
     T_COOC = 20,    /* since PartitionMeta.format 3 */
     T_PART_ACK = 21, /* since PartitionMeta.format 4 */
+    T_DEDUP = 22,    /* since PartitionMeta.format 6 */
 };
 
 #define STORE_KEY_MAX 1024

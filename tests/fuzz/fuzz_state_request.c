@@ -12,6 +12,7 @@
 #include "eddy/v1/state.pb-c.h"
 #include "eddy/v1/store.pb-c.h"
 #include "node/cluster/replica.h"
+#include "node/state/logrec.h"
 #include "node/state/product.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -52,8 +53,7 @@ static void replica_answer(Eddy__State__V1__ReplicaFetchResponse *fr, bool sign)
             const Eddy__State__V1__ReplicaRecord *x = d->records[k];
             if (x->seq < d->from_seq || x->seq >= d->next_seq)
                 abort(); /* the check let a record outside the batch through */
-            Eddy__Store__V1__LogRecord *r =
-                eddy__store__v1__log_record__unpack(NULL, x->record.len, x->record.data);
+            Eddy__Store__V1__LogRecord *r = logrec_unpack(x->record.data, x->record.len);
             if (r)
                 eddy__store__v1__log_record__free_unpacked(r, NULL);
         }

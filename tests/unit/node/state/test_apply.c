@@ -15,6 +15,7 @@
 
 #include "common/partition.h"
 #include "node/state/apply.h"
+#include "node/state/logrec.h"
 #include "node/state/product.h"
 #include "node/state/store_txn.h"
 #include "tests/support/engine_opts.h"
@@ -228,12 +229,14 @@ static bool appended_as_logged(store *s, const Eddy__V1__Event *ev)
     assert_false(dup);
     assert_non_null(logged.ev);
     struct store_key k;
-    Eddy__Store__V1__LogRecord *r = NULL;
+    const char *v;
+    size_t vlen;
+    bool found;
     key_init(&k, 0, T_LOG);
     key_u64(&k, 0);
-    assert_int_equal(store_txn_get_msg(t, &k, &eddy__store__v1__log_record__descriptor,
-                                       (ProtobufCMessage **)&r),
-                     EDDY_OK);
+    assert_int_equal(store_txn_get(t, &k, &v, &vlen, &found), EDDY_OK);
+    assert_true(found);
+    Eddy__Store__V1__LogRecord *r = logrec_unpack((const uint8_t *)v, vlen);
     assert_non_null(r);
     assert_int_equal(r->kind_case, EDDY__STORE__V1__LOG_RECORD__KIND_EVENT);
     assert_same_msg(&r->event->base, &logged.ev->base);
@@ -295,9 +298,43 @@ static void test_appended_event_is_the_records_decode(void **state)
     free(buf);
 }
 
+/* DEDUP keys (format 6): an id numbered in sequence or a UUID by its exact compact form
+ * (numbered ids share their prefix), a short id as it is, a long id with no shorter form
+ * by 0x05 and its 16-byte hash; every key distinct. */
+static void test_dedup_keys(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *id;
+        size_t len;      /* of the key after partition and table */
+        int first;       /* its first byte, -1: any */
+    } cases[] = {
+        {"r1a25062aa32-3-123456", 1 + 15 + 3, (15 << 2) | 3},
+        {"r1a25062aa32-3-123457", 1 + 15 + 3, (15 << 2) | 3},
+        {"0f8fad5b-d9cb-469f-a165-70867728950e", 17, 1},
+        {"0F8FAD5B-D9CB-469F-A165-70867728950E", 17, 2},
+        {"short-id", 9, 8 << 2},
+        {"a-long-id-without-any-number-at-its-end", 17, 0x05},
+        {"another-long-id-with-no-number-at-its-end", 17, 0x05},
+    };
+    size_t n = sizeof(cases) / sizeof(cases[0]);
+    struct store_key k[sizeof(cases) / sizeof(cases[0])];
+    for (size_t i = 0; i < n; i++) {
+        apply_dedup_key(&k[i], 7, cases[i].id, strlen(cases[i].id));
+        assert_int_equal(k[i].buf[2], T_DEDUP);
+        assert_int_equal(k[i].len, 3 + cases[i].len);
+        assert_int_equal(k[i].buf[3], cases[i].first);
+        for (size_t j = 0; j < i; j++)
+            assert_false(k[i].len == k[j].len && memcmp(k[i].buf, k[j].buf, k[i].len) == 0);
+    }
+    /* numbered ids in sequence share all but their number's bytes */
+    assert_memory_equal(k[0].buf, k[1].buf, 3 + 1 + 15);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dedup_keys),
         cmocka_unit_test_setup_teardown(test_key_sets_spare_reads_of_new_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_new_window_rows_are_not_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_appended_event_is_the_records_decode, setup,

@@ -22,6 +22,7 @@
 #include "common/completion.h"
 #include "common/partition.h"
 #include "node/state/engine.h"
+#include "node/state/logrec.h"
 #include "node/state/stage2cache.h"
 #include "node/state/query.h"
 
@@ -847,6 +848,34 @@ static char *read_store_row(const char *dir, const struct store_key *k, size_t *
     return v;
 }
 
+/* Change the closed store at 'dir': fn writes into a txn of it, committed after. */
+static void change_store(const char *dir, void (*fn)(store *s, store_txn *t, const void *ud),
+                         const void *ud)
+{
+    struct store_opts so = {dir, 0, 0};
+    store *s = NULL;
+    char err[256];
+    assert_int_equal(store_open(&so, &s, err, sizeof(err)), EDDY_OK);
+    store_txn *t = store_txn_new(s);
+    assert_non_null(t);
+    fn(s, t, ud);
+    assert_int_equal(store_txn_commit(t, true), EDDY_OK);
+    store_txn_free(t);
+    store_close(s);
+}
+
+static void del_row(store *s, store_txn *t, const void *k)
+{
+    (void)s;
+    assert_int_equal(store_txn_del(t, k), EDDY_OK);
+}
+
+/* Remove the row at 'k' from the closed store at 'dir'. */
+static void drop_store_row(const char *dir, const struct store_key *k)
+{
+    change_store(dir, del_row, k);
+}
+
 /* A partition of state format 4 keeps event ids in its user models (the tie-break of the
  * recent lists and the cart) and a Dedup message in each DEDUP row: the engine converts
  * the models when it opens the store, to the very bytes format 5 writes for the same
@@ -907,7 +936,9 @@ static void test_format4_partition_converted(void **state)
     Eddy__Store__V1__Dedup dd = EDDY__STORE__V1__DEDUP__INIT;
     dd.seq = 1;
     dd.ts = T0 + 1000;
-    key_init(&dk, p, T_DEDUP);
+    apply_dedup_key(&dk, p, "e1", 2);
+    drop_store_row(dir, &dk);
+    key_init(&dk, p, T_DEDUP_ID);
     key_str(&dk, "e1");
     leave_store_row(dir, &dk, buf, eddy__store__v1__dedup__pack(&dd, buf));
     key_init(&mk_, p, T_META);
@@ -915,7 +946,7 @@ static void test_format4_partition_converted(void **state)
     Eddy__Store__V1__PartitionMeta *m =
         eddy__store__v1__partition_meta__unpack(NULL, len, (const uint8_t *)mv);
     assert_non_null(m);
-    assert_int_equal(m->format, 5);
+    assert_int_equal(m->format, apply_meta_format());
     m->format = 4;
     leave_store_row(dir, &mk_, buf, eddy__store__v1__partition_meta__pack(m, buf));
     eddy__store__v1__partition_meta__free_unpacked(m, NULL);
@@ -929,18 +960,137 @@ static void test_format4_partition_converted(void **state)
     assert_int_equal(d.r.duplicates, 2);
     assert_int_equal(d.r.accepted, 0);
     engine_close(e);
-    key_init(&dk, p, T_DEDUP);
-    key_str(&dk, "e9");
+    apply_dedup_key(&dk, p, "e1", 2);
     char *v = read_store_row(dir, &dk, &len);
     assert_non_null(v);
     assert_int_equal(len, 0); /* format 5: the key alone */
     free(v);
+    key_init(&dk, p, T_DEDUP_ID);
+    key_str(&dk, "e1");
+    assert_null(read_store_row(dir, &dk, &len)); /* format 6: keyed by the id's hash */
     v = read_store_row(dir, &uk, &len);
     assert_non_null(v);
     assert_int_equal(len, len5);
     assert_memory_equal(v, v5, len5);
     free(v);
     free(v5);
+    for (int i = 0; i < 4; i++)
+        free(a[i]);
+    rmrf(dir);
+    free(dir);
+}
+
+/* Every row of the closed store at 'dir', as store_dump prints them (malloc'd). */
+static char *dump_store(const char *dir)
+{
+    struct store_opts so = {dir, 0, 0};
+    store *s = NULL;
+    char err[256], *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(store_open(&so, &s, err, sizeof(err)), EDDY_OK);
+    FILE *f = open_memstream(&buf, &len);
+    assert_non_null(f);
+    assert_int_equal(store_dump(s, UINT32_MAX, f), EDDY_OK);
+    fclose(f);
+    store_close(s);
+    return buf;
+}
+
+/* Format 5's rows of one partition's log record: the protobuf LogRecord, and for an event
+ * a DEDUP_ID row keyed by its id in place of the DEDUP row keyed by its hash. */
+static int make_format5_row(void *ud, const unsigned char *k, size_t klen, const char *v,
+                            size_t vlen)
+{
+    store_txn *t = ud;
+    if (klen < 3 || k[2] != T_LOG)
+        return 0;
+    Eddy__Store__V1__LogRecord *r = logrec_unpack((const uint8_t *)v, vlen);
+    assert_non_null(r);
+    struct store_key x;
+    uint32_t p = (uint32_t)k[0] << 8 | k[1];
+    x.len = klen;
+    memcpy(x.buf, k, klen);
+    assert_int_equal(store_txn_put_msg(t, &x, &r->base), EDDY_OK);
+    if (r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_EVENT) {
+        const char *id = r->event->event_id;
+        apply_dedup_key(&x, p, id, strlen(id));
+        assert_int_equal(store_txn_del(t, &x), EDDY_OK);
+        key_init(&x, p, T_DEDUP_ID);
+        key_str(&x, id);
+        assert_int_equal(store_txn_put(t, &x, "", 0), EDDY_OK);
+    }
+    eddy__store__v1__log_record__free_unpacked(r, NULL);
+    return 0;
+}
+
+static int make_format5_meta(void *ud, const unsigned char *k, size_t klen, const char *v,
+                             size_t vlen)
+{
+    store_txn *t = ud;
+    if (klen != 3 || k[2] != T_META)
+        return 0;
+    Eddy__Store__V1__PartitionMeta *m =
+        eddy__store__v1__partition_meta__unpack(NULL, vlen, (const uint8_t *)v);
+    assert_non_null(m);
+    assert_int_equal(m->format, 6);
+    m->format = 5;
+    struct store_key x;
+    x.len = klen;
+    memcpy(x.buf, k, klen);
+    assert_int_equal(store_txn_put_msg(t, &x, &m->base), EDDY_OK);
+    eddy__store__v1__partition_meta__free_unpacked(m, NULL);
+    return 0;
+}
+
+/* Every partition's rows as format 5 wrote the same events. */
+static void format5_rows(store *s, store_txn *t, const void *ud)
+{
+    (void)ud;
+    struct store_key start, end;
+    key_init(&start, 0, T_LOG);
+    key_init(&end, EXP_DEF_PARTITION, T_LOG);
+    assert_int_equal(store_scan(s, &start, &end, make_format5_row, t), EDDY_OK);
+    assert_int_equal(store_scan(s, &start, &end, make_format5_meta, t), EDDY_OK);
+}
+
+/* A data directory of format 5 (protobuf event records, DEDUP rows keyed by the ids, the
+ * old encodings written here as format 5 wrote them) converts when the engine opens it,
+ * to the very bytes format 6 writes for the same events, every table; and its ids still
+ * refuse their duplicates. */
+static void test_format5_partition_converted(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_for("layout5");
+    struct engine_opts o = opts(dir);
+    engine *e = NULL;
+    char err[512] = "";
+    Eddy__V1__Event *a[] = {
+        mk("e1", "u1", T0 + 1000, VIEW, "p1", "books"),
+        mk("0f8fad5b-d9cb-469f-a165-70867728950e", "u1", T0 + 2000, CART, "p2", "toys"),
+        mk("ORDER-000123", "u2", T0 + 3000, BUY, "p3", "toys"),
+        mk("e4", "user with spaces", T0 + 4000, VIEW, "p1", "books")};
+    a[2]->price = 19.99;
+    a[3]->price = 0.1 + 0.2; /* no exact cents: the double's bytes */
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    assert_int_equal(ingest(e, a, 4).r.accepted, 4);
+    engine_close(e);
+    char *v6 = dump_store(dir);
+    change_store(dir, format5_rows, NULL);
+    char *v5 = dump_store(dir);
+    assert_string_not_equal(v5, v6);
+
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    engine_close(e);
+    char *got = dump_store(dir);
+    assert_string_equal(got, v6);
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    struct done d = ingest(e, a, 4);
+    assert_int_equal(d.r.duplicates, 4);
+    assert_int_equal(d.r.accepted, 0);
+    engine_close(e);
+    free(got);
+    free(v5);
+    free(v6);
     for (int i = 0; i < 4; i++)
         free(a[i]);
     rmrf(dir);
@@ -1391,6 +1541,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_format2_partition_converted),
         cmocka_unit_test(test_format4_partition_converted),
+        cmocka_unit_test(test_format5_partition_converted),
         cmocka_unit_test(test_dedup_late_windows),
         cmocka_unit_test(test_two_orders_same_bytes),
         cmocka_unit_test(test_delete_user),

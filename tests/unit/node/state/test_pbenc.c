@@ -25,15 +25,7 @@
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
 
-static uint64_t rng = 88172645463325252ULL;
-
-static uint64_t next(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
+#include "xorshift.h"
 
 /* A number that is often 0, sometimes negative, sometimes large. */
 static int64_t num(void)
@@ -161,47 +153,6 @@ static void test_cooc_pair(void **state)
         assert_true(product_pair_pack(pr, &o));
         assert_same_bytes(&pr->base, &o);
         eddy__store__v1__co_occurrence_pair__free_unpacked(pr, NULL);
-    }
-}
-
-/* The log record of an event (apply_event_record_pack), every field random, with metadata
- * entries (empty ones too) and negative event types (ten-byte varints). */
-static void test_event_record(void **state)
-{
-    (void)state;
-    for (int round = 0; round < 300; round++) {
-        Eddy__V1__Event *ev = malloc(sizeof(*ev));
-        assert_non_null(ev);
-        eddy__v1__event__init(ev);
-        ev->event_id = str();
-        ev->user_id = str();
-        ev->session_id = str();
-        ev->timestamp_ms = num();
-        ev->event_type = (Eddy__V1__EventType)(next() % 3 == 0 ? (int)num() : (int)(next() % 7));
-        ev->product_id = str();
-        ev->category = str();
-        ev->brand = str();
-        ev->price = dbl();
-        ev->search_query = str();
-        ev->n_metadata = next() % 4;
-        ev->metadata = array(ev->n_metadata, sizeof(*ev->metadata));
-        for (size_t i = 0; i < ev->n_metadata; i++) {
-            Eddy__V1__Event__MetadataEntry *me = malloc(sizeof(*me));
-            assert_non_null(me);
-            eddy__v1__event__metadata_entry__init(me);
-            me->key = str();
-            me->value = str();
-            ev->metadata[i] = me;
-        }
-        ev->recommendation_id = str();
-        Eddy__Store__V1__LogRecord r = EDDY__STORE__V1__LOG_RECORD__INIT;
-        r.kind_case = EDDY__STORE__V1__LOG_RECORD__KIND_EVENT;
-        r.event = ev;
-        uint8_t scratch[64]; /* some fit, some do not */
-        struct pbenc_out o = {scratch, sizeof(scratch), NULL, 0};
-        assert_true(apply_event_record_pack(ev, &o));
-        assert_same_bytes(&r.base, &o);
-        eddy__v1__event__free_unpacked(ev, NULL);
     }
 }
 
@@ -548,27 +499,7 @@ static void test_tags_match_store_proto(void **state)
         {&eddy__store__v1__co_occurrence_pair__descriptor, "category", PB_COOC_CATEGORY},
         {&eddy__store__v1__co_occurrence_pair__descriptor, "category_ts", PB_COOC_CATEGORY_TS},
         {&eddy__store__v1__stage2_marks__descriptor, "next_seq", PB_MARKS_NEXT_SEQ},
-        {&eddy__v1__event__descriptor, "event_id", PB_EVENT_EVENT_ID},
-        {&eddy__v1__event__descriptor, "user_id", PB_EVENT_USER_ID},
-        {&eddy__v1__event__descriptor, "session_id", PB_EVENT_SESSION_ID},
-        {&eddy__v1__event__descriptor, "timestamp_ms", PB_EVENT_TIMESTAMP_MS},
-        {&eddy__v1__event__descriptor, "event_type", PB_EVENT_EVENT_TYPE},
-        {&eddy__v1__event__descriptor, "product_id", PB_EVENT_PRODUCT_ID},
-        {&eddy__v1__event__descriptor, "category", PB_EVENT_CATEGORY},
-        {&eddy__v1__event__descriptor, "brand", PB_EVENT_BRAND},
-        {&eddy__v1__event__descriptor, "price", PB_EVENT_PRICE},
-        {&eddy__v1__event__descriptor, "search_query", PB_EVENT_SEARCH_QUERY},
-        {&eddy__v1__event__descriptor, "metadata", PB_EVENT_METADATA},
-        {&eddy__v1__event__descriptor, "recommendation_id", PB_EVENT_RECOMMENDATION_ID},
-        {&eddy__v1__event__metadata_entry__descriptor, "key", PB_METADATA_KEY},
-        {&eddy__v1__event__metadata_entry__descriptor, "value", PB_METADATA_VALUE},
     };
-    /* the one field of LogRecord its encoder writes (the others are the oneof's) */
-    const ProtobufCFieldDescriptor *lf = protobuf_c_message_descriptor_get_field_by_name(
-        &eddy__store__v1__log_record__descriptor, "event");
-    assert_non_null(lf);
-    assert_int_equal(lf->id, PB_FIELD(PB_LOG_EVENT));
-    assert_int_equal(wire_of(lf), PB_WIRE(PB_LOG_EVENT));
     size_t n = sizeof(tags) / sizeof(tags[0]);
     for (size_t i = 0; i < n; i++) {
         const ProtobufCFieldDescriptor *f =
@@ -596,7 +527,6 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_product_state),
         cmocka_unit_test(test_cooc_pair),
-        cmocka_unit_test(test_event_record),
         cmocka_unit_test(test_user_model),
         cmocka_unit_test(test_heap_size),
         cmocka_unit_test(test_unpack_for_recommend),

@@ -24,6 +24,7 @@
 #include "node/state/store_txn.h"
 
 #include "engine_fixture.h"
+#include "xorshift.h"
 
 #define N 12
 
@@ -229,15 +230,6 @@ struct pairs {
     char from[NP][8], to[NP][8];
 };
 
-static uint64_t rng = 88172645463325252ull;
-static uint64_t next_rand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-
 /* Pairs among 3 products and 12 neighbours over 40 s of event time (five 8-s buckets):
  * some older than the two buckets a row keeps, some with a category, some without, ties of
  * time between categories. In time order a row fills buckets that a newer pair then takes
@@ -247,16 +239,16 @@ static void make_pairs(struct pairs *s)
     static const char *const cats[] = {"", "books", "toys", "games"};
     rng = 88172645463325252ull;
     for (int i = 0; i < NP; i++) {
-        snprintf(s->from[i], sizeof(s->from[i]), "p-%d", (int)(next_rand() % 3));
-        snprintf(s->to[i], sizeof(s->to[i]), "n-%02d", (int)(next_rand() % 12));
+        snprintf(s->from[i], sizeof(s->from[i]), "p-%d", (int)(next() % 3));
+        snprintf(s->to[i], sizeof(s->to[i]), "n-%02d", (int)(next() % 12));
         eddy__store__v1__co_occurrence__init(&s->c[i]);
         s->c[i].from_product = s->from[i];
         s->c[i].to_product = s->to[i];
         /* time grows with i (order 0 is time order, order 1 its reverse), by steps of
          * 500 ms so that pairs tie */
-        s->c[i].ts = T0 + ((int64_t)i * 40000 / NP + (int64_t)(next_rand() % 2000)) / 500 * 500;
-        s->c[i].weight = 1.0 + (double)(next_rand() % 3);
-        s->c[i].to_category = (char *)cats[next_rand() % 4];
+        s->c[i].ts = T0 + ((int64_t)i * 40000 / NP + (int64_t)(next() % 2000)) / 500 * 500;
+        s->c[i].weight = 1.0 + (double)(next() % 3);
+        s->c[i].to_category = (char *)cats[next() % 4];
         s->cptr[i] = &s->c[i];
         eddy__store__v1__stage2_batch__init(&s->b[i]);
         s->b[i].source_partition = (uint32_t)i; /* of its own: any order is an arrival order */
@@ -305,7 +297,7 @@ static void test_pairs_do_not_depend_on_arrival_order(void **state)
         orders[2][i] = i;
     }
     for (int i = NP - 1; i > 0; i--) { /* a seeded shuffle */
-        int j = (int)(next_rand() % (uint64_t)(i + 1)), x = orders[2][i];
+        int j = (int)(next() % (uint64_t)(i + 1)), x = orders[2][i];
         orders[2][i] = orders[2][j];
         orders[2][j] = x;
     }

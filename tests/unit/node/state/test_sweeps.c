@@ -13,6 +13,8 @@
 #include <cmocka.h>
 
 #include "common/partition.h"
+#include "node/state/apply.h"
+#include "node/state/logrec.h"
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
 
@@ -73,12 +75,12 @@ static size_t count_rows(engine *e, enum store_table t)
     return n;
 }
 
-/* Rows of the table's dump in which the hex of 's' appears. */
-static size_t rows_with(engine *e, enum store_table t, const char *s)
+/* Rows of the table's dump in which the hex of the n bytes at 's' appears. */
+static size_t rows_with_bytes(engine *e, enum store_table t, const void *s, size_t len)
 {
     char hex[256] = "";
-    for (size_t i = 0; s[i] && i < 100; i++)
-        snprintf(hex + 2 * i, 3, "%02x", (unsigned char)s[i]);
+    for (size_t i = 0; i < len && i < 100; i++)
+        snprintf(hex + 2 * i, 3, "%02x", ((const unsigned char *)s)[i]);
     char *r = rows(e, t);
     size_t n = 0;
     for (char *l = r, *nl; *l; l = nl + 1) {
@@ -92,10 +94,24 @@ static size_t rows_with(engine *e, enum store_table t, const char *s)
     return n;
 }
 
+/* Rows of the table's dump in which the hex of string 's' appears. */
+static size_t rows_with(engine *e, enum store_table t, const char *s)
+{
+    return rows_with_bytes(e, t, s, strlen(s));
+}
+
 /* Whether the hex of 's' appears in the table's dump. */
 static bool in_table(engine *e, enum store_table t, const char *s)
 {
     return rows_with(e, t, s) > 0;
+}
+
+/* Whether a DEDUP row remembers event id 'id' (keyed by its hash: apply_dedup_key). */
+static bool in_dedup(engine *e, const char *id)
+{
+    struct store_key k;
+    apply_dedup_key(&k, 0, id, strlen(id));
+    return rows_with_bytes(e, T_DEDUP, k.buf + 3, k.len - 3) > 0;
 }
 
 static void test_ids_forgotten_along_the_log(void **state)
@@ -118,7 +134,7 @@ static void test_ids_forgotten_along_the_log(void **state)
     /* past T0 + 40 min: everything before T0 + 30 min goes, x1's second record included */
     assert_int_equal(send1(e, "x5", "u", T0 + 41 * MIN).accepted, 1);
     assert_int_equal(count_rows(e, T_DEDUP), 1);
-    assert_true(in_table(e, T_DEDUP, "x5"));
+    assert_true(in_dedup(e, "x5"));
     assert_int_equal(count_rows(e, T_DEDUP_EXP), 0); /* no index rows any more */
     engine_close(e);
 
@@ -190,69 +206,51 @@ static void test_deleted_user_ids_until_the_window_passes(void **state)
     /* both partitions' watermarks pass the window: every id of before is forgotten */
     assert_int_equal(send1(e, "g3", "gone-user", T0 + 30 * MIN).accepted, 1);
     assert_int_equal(send1(e, "k2", "kept-user", T0 + 30 * MIN).accepted, 1);
-    assert_false(in_table(e, T_DEDUP, "g1"));
-    assert_false(in_table(e, T_DEDUP, "g2"));
-    assert_false(in_table(e, T_DEDUP, "k1"));
+    assert_false(in_dedup(e, "g1"));
+    assert_false(in_dedup(e, "g2"));
+    assert_false(in_dedup(e, "k1"));
     assert_int_equal(count_rows(e, T_DEDUP), 2); /* g3, k2 */
     engine_close(e);
     rmrf(dir);
     free(dir);
 }
 
-/* Rewrite partition p's metadata as the older layout wrote it (no format, no walk place)
- * and give every DEDUP row its DEDUP_EXP index row and the value it had then (its seq and
- * time, read from the log: format 5 leaves DEDUP values empty). */
+/* Rewrite partition p as the older layout wrote it: its metadata without format nor walk
+ * place, each event's log record as a protobuf LogRecord (format 6 writes it compactly),
+ * and for each event a DEDUP_ID row keyed by its id (format 6 keys DEDUP by the id's hash)
+ * holding its seq and time, with its DEDUP_EXP index row. */
 struct older {
-    store *st;
     store_txn *t;
     uint32_t p;
 };
 
-struct logged {
-    const unsigned char *id;
-    size_t idlen;
-    uint64_t seq;
-    int64_t ts;
-    bool found;
-};
-
-static int find_logged(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
-{
-    struct logged *l = ud;
-    Eddy__Store__V1__LogRecord *r =
-        eddy__store__v1__log_record__unpack(NULL, vlen, (const uint8_t *)v);
-    assert_non_null(r);
-    if (r->kind_case == EDDY__STORE__V1__LOG_RECORD__KIND_EVENT &&
-        strlen(r->event->event_id) == l->idlen &&
-        memcmp(r->event->event_id, l->id, l->idlen) == 0) {
-        size_t off = 3;
-        assert_true(key_get_u64(k, klen, &off, &l->seq));
-        l->ts = r->event->timestamp_ms;
-        l->found = true;
-    }
-    eddy__store__v1__log_record__free_unpacked(r, NULL);
-    return l->found;
-}
-
-static int add_index_row(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+static int make_older_row(void *ud, const unsigned char *k, size_t klen, const char *v,
+                          size_t vlen)
 {
     struct older *o = ud;
-    struct logged l = {k + 3, klen - 3, 0, 0, false};
-    struct store_key x, end;
-    key_init(&x, o->p, T_LOG);
-    key_prefix_end(&x, &end);
-    assert_int_equal(store_scan(o->st, &x, &end, find_logged, &l), EDDY_OK);
-    assert_true(l.found);
-    Eddy__Store__V1__Dedup d = EDDY__STORE__V1__DEDUP__INIT;
-    d.seq = l.seq;
-    d.ts = l.ts;
+    Eddy__Store__V1__LogRecord *r = logrec_unpack((const uint8_t *)v, vlen);
+    assert_non_null(r);
+    assert_true(logrec_is_compact((const uint8_t *)v, vlen));
+    assert_int_equal(r->kind_case, EDDY__STORE__V1__LOG_RECORD__KIND_EVENT);
+    const char *id = r->event->event_id;
+    struct store_key x;
     x.len = klen;
     memcpy(x.buf, k, klen);
+    assert_int_equal(store_txn_put_msg(o->t, &x, &r->base), EDDY_OK);
+    size_t off = 3;
+    Eddy__Store__V1__Dedup d = EDDY__STORE__V1__DEDUP__INIT;
+    assert_true(key_get_u64(k, klen, &off, &d.seq));
+    d.ts = r->event->timestamp_ms;
+    apply_dedup_key(&x, o->p, id, strlen(id));
+    assert_int_equal(store_txn_del(o->t, &x), EDDY_OK);
+    key_init(&x, o->p, T_DEDUP_ID);
+    key_str(&x, id);
     assert_int_equal(store_txn_put_msg(o->t, &x, &d.base), EDDY_OK);
     key_init(&x, o->p, T_DEDUP_EXP);
-    key_i64(&x, l.ts);
-    key_bytes(&x, (const char *)k + 3, klen - 3);
+    key_i64(&x, d.ts);
+    key_str(&x, id);
     assert_int_equal(store_txn_put(o->t, &x, "", 0), EDDY_OK);
+    eddy__store__v1__log_record__free_unpacked(r, NULL);
     return 0;
 }
 
@@ -262,11 +260,11 @@ static void make_older_layout(const char *dir, uint32_t p)
     char err[256];
     struct store_opts so = {dir, 0, 0};
     assert_int_equal(store_open(&so, &st, err, sizeof(err)), EDDY_OK);
-    struct older o = {st, store_txn_new(st), p};
+    struct older o = {store_txn_new(st), p};
     struct store_key start, end;
-    key_init(&start, p, T_DEDUP);
+    key_init(&start, p, T_LOG);
     key_prefix_end(&start, &end);
-    assert_int_equal(store_scan(st, &start, &end, add_index_row, &o), EDDY_OK);
+    assert_int_equal(store_scan(st, &start, &end, make_older_row, &o), EDDY_OK);
     Eddy__Store__V1__PartitionMeta *pm = NULL;
     key_init(&start, p, T_META);
     assert_int_equal(store_get_msg(st, &start, &eddy__store__v1__partition_meta__descriptor,
@@ -296,21 +294,23 @@ static void test_older_layout_converted(void **state)
 
     e = open_engine(&o);
     assert_int_equal(count_rows(e, T_DEDUP_EXP), 2);
+    assert_int_equal(count_rows(e, T_DEDUP_ID), 0); /* converted to DEDUP */
+    assert_true(in_dedup(e, "old1"));
     /* watermark ~T0 + 13 min: old1 goes by its index row, the rest stays, none added */
     assert_int_equal(send1(e, "new1", "u", T0 + 13 * MIN).accepted, 1);
     assert_int_equal(count_rows(e, T_DEDUP_EXP), 1);
-    assert_false(in_table(e, T_DEDUP, "old1"));
+    assert_false(in_dedup(e, "old1"));
     assert_true(remembered(e, "old2", "u", T0 + 5 * MIN));
     assert_true(remembered(e, "new1", "u", T0 + 13 * MIN));
     /* ~T0 + 24 min: old2 by its index row, new1 along the log */
     assert_int_equal(send1(e, "new2", "u", T0 + 24 * MIN).accepted, 1);
     assert_int_equal(count_rows(e, T_DEDUP_EXP), 0);
-    assert_false(in_table(e, T_DEDUP, "old2"));
-    assert_false(in_table(e, T_DEDUP, "new1"));
+    assert_false(in_dedup(e, "old2"));
+    assert_false(in_dedup(e, "new1"));
     /* ~T0 + 40 min: new2 along the log */
     assert_int_equal(send1(e, "new3", "u", T0 + 40 * MIN).accepted, 1);
     assert_int_equal(count_rows(e, T_DEDUP), 1);
-    assert_true(in_table(e, T_DEDUP, "new3"));
+    assert_true(in_dedup(e, "new3"));
     engine_close(e);
     rmrf(dir);
     free(dir);
