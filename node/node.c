@@ -196,6 +196,18 @@ static bool hook_owns(void *ud, uint32_t p)
     return mem && membership_owns(mem, p, &epoch);
 }
 
+/* Partition p's log takes this node's own records now (OUTBOX deliveries, impressions,
+ * idle watermarks): owned and taken over. Owned alone was not enough: a move's target owns
+ * the partition from the flip and fetches the source's final tail after it, and a record
+ * of its own appended meanwhile (its forwarder delivering the copy's OUTBOX) took the seq
+ * of the tail's next record, which the tail then skipped: an acknowledged event lost
+ * (integration.moves, SourceStopsMidMoveTest). */
+static bool hook_leads(void *ud, uint32_t p)
+{
+    node *n = ud;
+    return atomic_load(&n->mem) && state_service_ready(&n->ss, p);
+}
+
 /* Stage 2 of partition p is applied here now (owned, and not frozen by a move). */
 static bool hook_stage2_local(void *ud, uint32_t p)
 {
@@ -368,7 +380,7 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     /* --dev owns every partition for ever: stage 2 is applied in the events' own write
      * (no OUTBOX, no forwarder); a cluster member routes it through the OUTBOX */
     if (n->clustered)
-        eo.cluster = (struct engine_cluster){hook_stage2_local, n, hook_kick, n, hook_owns, n,
+        eo.cluster = (struct engine_cluster){hook_stage2_local, n, hook_kick, n, hook_leads, n,
                                              hook_user_deleted, n};
     char why[512] = "";
     eddy_err e;

@@ -319,8 +319,10 @@ static eddy_err write_body(store_snapshot *snap, uint32_t p, uint64_t seq, struc
     return w->err;
 }
 
-/* The META next_seq of partition p as of 'snap' (0: no META). */
-static eddy_err snapshot_seq(store_snapshot *snap, uint32_t p, uint64_t *seq)
+/* The META next_seq of partition p as of 'snap' (0: no META) and, if 'events' is not
+ * NULL, the events META counts as applied (logged: a handover's checkpoints can then be
+ * compared with the state restored from them). */
+static eddy_err snapshot_seq(store_snapshot *snap, uint32_t p, uint64_t *seq, uint64_t *events)
 {
     Eddy__Store__V1__PartitionMeta *pm = NULL;
     struct store_key k;
@@ -328,6 +330,8 @@ static eddy_err snapshot_seq(store_snapshot *snap, uint32_t p, uint64_t *seq)
     eddy_err err = store_snapshot_get_msg(snap, &k, &eddy__store__v1__partition_meta__descriptor,
                                           (ProtobufCMessage **)&pm);
     *seq = pm ? pm->next_seq : 0;
+    if (events)
+        *events = pm ? pm->events : 0;
     if (pm)
         protobuf_c_message_free_unpacked(&pm->base, NULL);
     return err;
@@ -343,8 +347,8 @@ static eddy_err write_from_snapshot(const struct ckptkey *key, store_snapshot *s
     struct writer w = {.fd = -1, .partition = p, .deadline_ms = deadline_ms, .err = EDDY_OK};
     char final[CHECKPOINT_PATH_MAX], tmp[CHECKPOINT_PATH_MAX];
     bool tmp_exists = false;
-    uint64_t seq;
-    if ((err = snapshot_seq(snap, p, &seq)) != EDDY_OK)
+    uint64_t seq, events;
+    if ((err = snapshot_seq(snap, p, &seq, &events)) != EDDY_OK)
         goto out;
 
     if (path) {
@@ -413,8 +417,8 @@ static eddy_err write_from_snapshot(const struct ckptkey *key, store_snapshot *s
         snprintf(out->path, sizeof(out->path), "%s", final);
     }
     log_info("msg=\"checkpoint written\" partition=%" PRIu32 " seq=%" PRIu64 " records=%" PRIu64
-             " bytes=%" PRIu64 " encrypted=%d path=%s",
-             p, seq, w.records, w.written, key != NULL, final);
+             " bytes=%" PRIu64 " events=%" PRIu64 " encrypted=%d path=%s",
+             p, seq, w.records, w.written, events, key != NULL, final);
 
 out:
     if (w.fd >= 0)
@@ -456,7 +460,7 @@ eddy_err checkpoint_stream(const struct ckptkey *key, store *s, uint32_t p,
     int64_t created = 0;
     eddy_err err = snap ? w_init(&w, key) : EDDY_ERR_NOMEM;
     if (err == EDDY_OK)
-        err = snapshot_seq(snap, p, &seq);
+        err = snapshot_seq(snap, p, &seq, NULL);
     if (err == EDDY_OK)
         err = write_body(snap, p, seq, &w, &created, &total);
     if (err == EDDY_OK && out) {

@@ -698,8 +698,10 @@ static eddy_err run_restore(engine *e, struct job *j, int64_t now)
     if (replayed > 0)
         log_info("msg=\"restored checkpoint's log tail applied\" partition=%u records=%llu", p,
                  (unsigned long long)replayed);
-    log_info("msg=\"partition restored from checkpoint\" partition=%u seq=%llu path=%s", p,
-             (unsigned long long)j->restored_seq, j->restore_path);
+    log_info("msg=\"partition restored from checkpoint\" partition=%u seq=%llu events=%llu "
+             "path=%s",
+             p, (unsigned long long)j->restored_seq, (unsigned long long)e->meta[p].events,
+             j->restore_path);
     return EDDY_OK;
 }
 

@@ -97,9 +97,11 @@ struct engine_cluster {
      * OUTBOX records. */
     void (*outbox_kick)(void *ud);
     void *kick_ud;
-    /* Whether this node writes partition 'p''s log now (it owns it: the leader). Idle
-     * watermark records are appended only there: a follower's or a move target's copy of
-     * the log gets them from the leader's, under the leader's seqs. NULL: every partition. */
+    /* Whether this node writes partition 'p''s log now (it leads it and has taken it
+     * over). Idle watermarks, OUTBOX deliveries and impressions are appended only there: a
+     * follower's or a move target's copy of the log gets them from the leader's, under the
+     * leader's seqs (a target until it has the source's final tail). NULL: every
+     * partition. */
     bool (*leads)(void *ud, uint32_t p);
     void *leads_ud;
     /* Called on the sync thread once a replayed DELETE_USER record of partition 'p' (a

@@ -14,6 +14,7 @@ ingest eddy-node processes on loopback, a writer ingesting continuously the whol
 
 Needs EDDY_NODE, EDDY_COORDINATOR_BIN, EDDY_CLI and Debian's etcd-server.
 """
+import collections
 import json
 import sys
 import threading
@@ -180,8 +181,13 @@ class MovesTestCase(unittest.TestCase):
         except AssertionError as e:
             late = front.stub.EventCounts(L.pb().EventCountsRequest(include_open=True),
                                           timeout=10).late_events
+            # per partition: to compare with the nodes' "checkpoint written" and "partition
+            # restored from checkpoint" lines (events=, META's applied events) of a handover
+            per_part = sorted(collections.Counter(L.user_partition(e["userId"], P)
+                                                  for e in acked).items())
             raise AssertionError(f"{e}: counted {seen[-1]} of {len(acked)} ({late} late); users "
-                                 f"whose windows differ: {self._differing(front, want, users)}") from None
+                                 f"whose windows differ: {self._differing(front, want, users)}; "
+                                 f"acknowledged per partition: {per_part}") from None
         for u in users[:: max(1, len(users) // 8)]:
             self.assertEqual(self._user_windows(front, u), self._expected_windows(want, u),
                              f"per-window counts of {u}")
