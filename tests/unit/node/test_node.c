@@ -338,9 +338,11 @@ static void test_counts_after_the_apply_of_acknowledged_events(void **state)
     struct batch *b = calloc(1, sizeof(*b));
     assert_non_null(b);
     batch_fill(b, 2, 1, "rw");
-    int64_t now = clock_wall_ms();
-    b->evp[0]->timestamp_ms = now - 10 * 60 * 1000; /* its window closes once ev 1 applies */
-    b->evp[1]->timestamp_ms = now;
+    /* both in one hour of event time: a watermark that crosses an hour (--sweep-interval)
+     * has the writer apply what is appended at once, for the sweep, apply held or not */
+    int64_t hour = clock_wall_ms() / 3600000 * 3600000 - 3600000;
+    b->evp[0]->timestamp_ms = hour + 5 * 60 * 1000; /* its window closes once ev 1 applies */
+    b->evp[1]->timestamp_ms = hour + 20 * 60 * 1000;
     engine_hold_apply(eng, true); /* acknowledged (the log is durable), not applied */
     Eddy__V1__IngestResponse *ir = ingest(t.ch, b);
     assert_int_equal(ir->accepted, 2);

@@ -225,7 +225,9 @@ static void test_nul_refused(void **state)
     uint8_t scratch[64];
     struct pbenc_out o = {scratch, sizeof(scratch), NULL, 0};
     assert_true(logrec_pack_event(&ev, &o));
-    assert_non_null(logrec_unpack(o.buf, o.len));
+    Eddy__Store__V1__LogRecord *ok = logrec_unpack(o.buf, o.len);
+    assert_non_null(ok);
+    eddy__store__v1__log_record__free_unpacked(ok, NULL);
     /* head, flags, time 0, then "abc" raw (length 3 << 2) and "u" + 12 */
     assert_int_equal(o.buf[3], 3 << 2);
     uint8_t bad[64];
