@@ -841,7 +841,7 @@ static bool user_window_new(const struct apply_params *ap, const struct part_met
 }
 
 /* 'deduped': the event's DEDUP row is written already, with these bytes
- * (apply_append_event), so that it is not written a second time. */
+ * (apply_append_event, apply_event), so that it is not written a second time. */
 static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, uint32_t p,
                                    struct part_meta *m, uint64_t seq, const Eddy__V1__Event *ev,
                                    bool deduped, apply_emit_fn *emit, void *emit_ud,
@@ -855,9 +855,11 @@ static eddy_err apply_logged_event(store_txn *t, const struct apply_params *ap, 
 
     /* dedup entry: its key is all the apply reads, and the dedup sweep finds it along the
      * log, so the value is empty (format 5; older rows hold a Dedup nothing reads) */
-    apply_dedup_key(&k, p, ev->event_id, strlen(ev->event_id));
-    if (!deduped && (err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
-        return err;
+    if (!deduped) {
+        apply_dedup_key(&k, p, ev->event_id, strlen(ev->event_id));
+        if ((err = store_txn_put(t, &k, "", 0)) != EDDY_OK)
+            return err;
+    }
     key_init(&k, p, T_USER_LOG);
     key_lstr(&k, ev->user_id);
     key_u64(&k, seq);
@@ -946,15 +948,15 @@ static eddy_err put_event_record(store_txn *t, const struct store_key *k,
     return err;
 }
 
-/* Whether 'ev' is a duplicate of an event id partition p remembers (then counted). */
+/* Whether 'ev' is a duplicate of an event id partition p remembers (then counted); *k is
+ * its DEDUP key, for the row a new event writes (the key hashes a long id: made once). */
 static eddy_err dedup_check(store_txn *t, uint32_t p, struct part_meta *m,
-                            const Eddy__V1__Event *ev, bool *duplicate)
+                            const Eddy__V1__Event *ev, struct store_key *k, bool *duplicate)
 {
-    struct store_key k;
     const char *v;
     size_t vlen;
-    apply_dedup_key(&k, p, ev->event_id, strlen(ev->event_id));
-    eddy_err err = store_txn_get(t, &k, &v, &vlen, duplicate);
+    apply_dedup_key(k, p, ev->event_id, strlen(ev->event_id));
+    eddy_err err = store_txn_get(t, k, &v, &vlen, duplicate);
     if (err == EDDY_OK && *duplicate) {
         m->duplicates++;
         m->dirty = true;
@@ -966,9 +968,9 @@ eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,
                      struct part_meta *m, const Eddy__V1__Event *ev, apply_emit_fn *emit,
                      void *emit_ud, enum apply_outcome *outcome)
 {
-    struct store_key k;
+    struct store_key k, dk;
     bool dup;
-    eddy_err err = dedup_check(t, p, m, ev, &dup);
+    eddy_err err = dedup_check(t, p, m, ev, &dk, &dup);
     if (err != EDDY_OK)
         return err;
     if (dup) {
@@ -979,9 +981,10 @@ eddy_err apply_event(store_txn *t, const struct apply_params *ap, uint32_t p,
     m->dirty = true;
     key_init(&k, p, T_LOG);
     key_u64(&k, seq);
-    if ((err = put_event_record(t, &k, ev)) != EDDY_OK)
+    if ((err = put_event_record(t, &k, ev)) != EDDY_OK ||
+        (err = store_txn_put(t, &dk, "", 0)) != EDDY_OK)
         return err;
-    return apply_logged_event(t, ap, p, m, seq, ev, false, emit, emit_ud, outcome);
+    return apply_logged_event(t, ap, p, m, seq, ev, true, emit, emit_ud, outcome);
 }
 
 void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m)
@@ -1095,9 +1098,9 @@ eddy_err apply_append_event(store_txn *t, uint32_t p, struct part_meta *m,
                             struct apply_ahead *a, const Eddy__V1__Event *ev,
                             struct apply_logged *logged, bool *duplicate)
 {
-    struct store_key k;
+    struct store_key k, dk;
     logged->ev = NULL;
-    eddy_err err = dedup_check(t, p, m, ev, duplicate);
+    eddy_err err = dedup_check(t, p, m, ev, &dk, duplicate);
     if (err != EDDY_OK || *duplicate)
         return err;
     key_init(&k, p, T_LOG);
@@ -1105,9 +1108,8 @@ eddy_err apply_append_event(store_txn *t, uint32_t p, struct part_meta *m,
     err = put_event_record(t, &k, ev);
     /* the dedup row now, for the appends after it, with the bytes its apply would write
      * (apply_appended writes none) */
-    apply_dedup_key(&k, p, ev->event_id, strlen(ev->event_id));
     if (err == EDDY_OK)
-        err = store_txn_put(t, &k, "", 0);
+        err = store_txn_put(t, &dk, "", 0);
     if (err == EDDY_OK)
         err = logged_event(ev, logged);
     return err;
