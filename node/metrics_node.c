@@ -64,6 +64,20 @@ static double watermark_lag(void *ud)
     return (double)lag / 1000.0;
 }
 
+static double read_barrier_waits(void *ud)
+{
+    uint64_t n;
+    engine_read_barrier_counts(ud, &n, NULL);
+    return (double)n;
+}
+
+static double read_barrier_timeouts(void *ud)
+{
+    uint64_t n;
+    engine_read_barrier_counts(ud, NULL, &n);
+    return (double)n;
+}
+
 /* See engine_event_time_lag; 0 before the first event. */
 static double event_time_lag(void *ud)
 {
@@ -118,13 +132,6 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
         "Per event: elapsed time from the arrival of its Ingest call at the server to the "
         "moment it is committed and visible to queries (before the reply is sent).",
         result_buckets, N(result_buckets));
-    em->barrier_waits = metrics_counter(
-        m, "eddy_read_barrier_waits_total",
-        "Queries that waited for the apply of events acknowledged before them "
-        "(read-your-writes; --read-barrier-timeout).");
-    em->barrier_timeouts = metrics_counter(
-        m, "eddy_read_barrier_timeouts_total",
-        "Queries that gave up waiting after --read-barrier-timeout (answered with an error).");
 
     struct ingest_metrics *im = &nm->ingest;
     static const char *const reason[] = {"reason"};
@@ -242,32 +249,39 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
 eddy_err node_metrics_watch(struct node_metrics *nm, engine *eng, uint32_t partitions_owned)
 {
     static const struct {
+        enum metric_type type;
         const char *name, *help;
         metrics_value_fn *fn;
     } g[] = {
-        {"eddy_queue_depth", "Events queued for the writer thread, not yet applied.",
+        {METRIC_GAUGE, "eddy_queue_depth", "Events queued for the writer thread, not yet applied.",
          queue_depth},
-        {"eddy_apply_lag_records",
+        {METRIC_GAUGE, "eddy_apply_lag_records",
          "Records of the durable (acknowledged) log not yet applied in what queries read.",
          apply_lag_records},
-        {"eddy_apply_lag_seconds",
+        {METRIC_GAUGE, "eddy_apply_lag_seconds",
          "How long some acknowledged records have been waiting for their apply, seconds (0: "
          "none).",
          apply_lag_seconds},
-        {"eddy_leveldb_bytes", "Approximate on-disk size of the node's LevelDB.",
+        {METRIC_COUNTER, "eddy_read_barrier_waits_total",
+         "Queries that waited for the apply of events acknowledged before them "
+         "(read-your-writes; --read-barrier-timeout).",
+         read_barrier_waits},
+        {METRIC_COUNTER, "eddy_read_barrier_timeouts_total",
+         "Queries that gave up waiting after --read-barrier-timeout (answered with an error).",
+         read_barrier_timeouts},
+        {METRIC_GAUGE, "eddy_leveldb_bytes", "Approximate on-disk size of the node's LevelDB.",
          leveldb_bytes},
-        {"eddy_watermark_lag_seconds",
+        {METRIC_GAUGE, "eddy_watermark_lag_seconds",
          "Max over partitions with events of (newest event time seen - watermark), seconds.",
          watermark_lag},
-        {"eddy_event_time_lag_seconds",
+        {METRIC_GAUGE, "eddy_event_time_lag_seconds",
          "Wall clock minus the newest event time applied on this node, measured at each apply "
          "(a quiet node keeps its last value; 0 before the first event), seconds.",
          event_time_lag},
     };
     nm->eng = eng;
     for (size_t i = 0; i < N(g); i++) {
-        eddy_err err = metrics_callback(nm->reg, METRIC_GAUGE, g[i].name, g[i].help, g[i].fn,
-                                        eng);
+        eddy_err err = metrics_callback(nm->reg, g[i].type, g[i].name, g[i].help, g[i].fn, eng);
         if (err != EDDY_OK)
             return err;
     }

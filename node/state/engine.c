@@ -159,7 +159,8 @@ struct engine {
     int64_t event_lag_ms;        /* see engine_event_time_lag; valid once event_lag_known */
     bool event_lag_known;
     _Atomic uint64_t outbox;     /* OUTBOX records committed and not yet forwarded */
-    _Atomic uint64_t barrier_waits; /* read barriers that waited for the apply */
+    _Atomic uint64_t barrier_waits;    /* read barriers that waited for the apply */
+    _Atomic uint64_t barrier_timeouts; /* ...and gave up (engine_read_barrier_counts) */
     _Atomic uint64_t *log_floor; /* [partitions], see engine_set_log_floor */
     atomic_bool *writing;        /* [partitions], see engine_claim_partition */
 
@@ -1765,7 +1766,6 @@ eddy_err engine_read_barrier(engine *e, int64_t p)
         if (!waited && e->view[q].applied_seq < want[q - first]) {
             waited = true;
             atomic_fetch_add(&e->barrier_waits, 1);
-            metric_counter_inc(e->o.metrics.barrier_waits);
         }
         while (e->view[q].applied_seq < want[q - first]) {
             if (pthread_cond_timedwait(&e->applied_cv, &e->mu, &dl) == ETIMEDOUT) {
@@ -1778,7 +1778,7 @@ eddy_err engine_read_barrier(engine *e, int64_t p)
     if (want != &one)
         free(want);
     if (err == EDDY_ERR_TIMEOUT)
-        metric_counter_inc(e->o.metrics.barrier_timeouts);
+        atomic_fetch_add(&e->barrier_timeouts, 1);
     if (err != EDDY_OK)
         log_warn("msg=\"read barrier: the events acknowledged before the query are not "
                  "applied after --read-barrier-timeout\" partition=%" PRId64 " timeout_ms=%" PRId64,
@@ -1786,9 +1786,12 @@ eddy_err engine_read_barrier(engine *e, int64_t p)
     return err;
 }
 
-uint64_t engine_read_barrier_waits(engine *e)
+void engine_read_barrier_counts(engine *e, uint64_t *waits, uint64_t *timeouts)
 {
-    return atomic_load(&e->barrier_waits);
+    if (waits)
+        *waits = atomic_load(&e->barrier_waits);
+    if (timeouts)
+        *timeouts = atomic_load(&e->barrier_timeouts);
 }
 
 bool engine_caught_up(engine *e)

@@ -83,8 +83,6 @@ struct engine_metrics {
     metric_histogram *processing_seconds; /* apply + synced commit of a group with events */
     metric_histogram *group_events;    /* events per group commit (groups with events) */
     metric_histogram *event_to_result; /* per event: arrival -> committed and queryable */
-    metric_counter *barrier_waits;     /* read barriers that waited for the apply */
-    metric_counter *barrier_timeouts;  /* ...and gave up after read_barrier_timeout_ms */
 };
 
 /* Cluster mode (all NULL in --dev, where this node owns every partition). */
@@ -341,8 +339,9 @@ bool engine_event_time_lag(engine *e, int64_t *lag_ms);
  * behind. EDDY_ERR_TIMEOUT past engine_opts.read_barrier_timeout_ms. Any thread but the
  * engine's own (its callbacks must not wait for it). */
 eddy_err engine_read_barrier(engine *e, int64_t p);
-/* How many engine_read_barrier calls have waited for the apply so far. Any thread. */
-uint64_t engine_read_barrier_waits(engine *e);
+/* How many engine_read_barrier calls have waited for the apply so far, and how many of
+ * them gave up after read_barrier_timeout_ms (either may be NULL). Any thread. */
+void engine_read_barrier_counts(engine *e, uint64_t *waits, uint64_t *timeouts);
 /* Whether engine_read_barrier would return at once now: nothing acknowledged is waiting
  * to be applied anywhere (or barriers are off). A hint: an Ingest acknowledged right after
  * may make the next barrier wait for its apply. Never waits for anything; any thread. */

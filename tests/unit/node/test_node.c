@@ -348,13 +348,16 @@ static void test_counts_after_the_apply_of_acknowledged_events(void **state)
     assert_int_equal(ir->accepted, 2);
     protobuf_c_message_free_unpacked(&ir->base, NULL);
 
-    uint64_t waits = engine_read_barrier_waits(eng);
+    uint64_t waits, now_waits;
+    engine_read_barrier_counts(eng, &waits, NULL);
     struct counts_call cc = {.ch = t.ch};
     assert_int_equal(pthread_create(&cc.thread, NULL, counts_main, &cc), 0);
     int64_t deadline = now_ms() + 10000;
-    while (engine_read_barrier_waits(eng) == waits && now_ms() < deadline)
-        sleep_ms(1); /* until the query waits for the apply */
-    assert_true(engine_read_barrier_waits(eng) > waits);
+    do { /* until the query waits for the apply */
+        sleep_ms(1);
+        engine_read_barrier_counts(eng, &now_waits, NULL);
+    } while (now_waits == waits && now_ms() < deadline);
+    assert_true(now_waits > waits);
     engine_hold_apply(eng, false);
     pthread_join(cc.thread, NULL);
 
