@@ -207,7 +207,7 @@ static int run_recommends(engine *e, const struct gen_tables *tables, long r,
         stage2cache_free(sc);
         return -1;
     }
-    struct query_ctx q = {e, sc, 10, 100, NULL, NULL, 10000, NULL, NULL};
+    struct query_ctx q = {e, sc, 10, 100, NULL, NULL, 10000, NULL, NULL, false};
     uint64_t items = 0, digest = 0;
     struct timespec t0, t1;
     int rc = recommend_pass(&q, tables, r, &items, &digest);

@@ -435,7 +435,7 @@ static eddy_err open_state(node *n, char *err, size_t errlen)
     n->ss.q = (struct query_ctx){n->eng, n->clustered ? n->pop_cluster : n->pop,
                                  (int)c->default_recommendations, (int)c->max_recommendations,
                                  state_service_owns, NULL, (size_t)c->max_purchased,
-                                 n->users, n->nm.recommend};
+                                 n->users, n->nm.recommend, false};
     if (c->checkpoint_interval > 0) {
         /* before any event can arrive: the log floors come from the files on disk */
         struct ckptsched_opts co = {

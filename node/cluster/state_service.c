@@ -842,6 +842,7 @@ static void handle_partial(void *ud, rpc_call *c, const ProtobufCMessage *msg)
      * older ones published before the apply caught up. */
     if ((err = engine_read_barrier(svc->eng, -1)) != EDDY_OK)
         goto out;
+    q.barrier_passed = true;
     for (uint32_t p = 0; p < P; p++) {
         if (!answer[p])
             continue;

@@ -73,6 +73,13 @@ static eddy_err load_user(struct query_ctx *q, const char *user_id,
     return err;
 }
 
+/* Read-your-writes over every partition (engine_read_barrier), unless the caller passed
+ * it for this query. */
+static eddy_err barrier_all(struct query_ctx *q)
+{
+    return q->barrier_passed ? EDDY_OK : engine_read_barrier(q->eng, -1);
+}
+
 /* Read-your-writes: the events acknowledged before the query are applied in what it reads
  * (engine_read_barrier) of the user's partition. */
 static eddy_err read_barrier_user(struct query_ctx *q, const char *user_id)
@@ -448,7 +455,7 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
      * partitions' lists (in --dev; a cluster's owners keep their own barrier). No list is
      * decayed to this node's time: each is scored at a reference of its own (popcache.h,
      * nbcache.h), so the answer is the same on every node that reads the same state. */
-    if (!scratch || (err = engine_read_barrier(q->eng, -1)) != EDDY_OK)
+    if (!scratch || (err = barrier_all(q)) != EDDY_OK)
         goto out;
     w->lists = scratch->lists;
     if ((err = load_recview(q, req->user_id, p, scratch, &bought, &seen, &u)) != EDDY_OK)
@@ -622,7 +629,7 @@ eddy_err query_event_counts(struct query_ctx *q, const Eddy__V1__EventCountsRequ
     l.to = req->end_ms;
     if (req->start_ms == 0 && req->end_ms == 0)
         l.from = INT64_MIN;
-    err = pb_empty(req->user_id) ? engine_read_barrier(q->eng, -1)
+    err = pb_empty(req->user_id) ? barrier_all(q)
                                  : read_barrier_user(q, req->user_id);
     if (err != EDDY_OK)
         return err;
@@ -793,7 +800,7 @@ eddy_err query_top_products_n(struct query_ctx *q, const Eddy__V1__TopProductsRe
     struct prod_map m = {.accs = STRMAP_INIT(TOP_PRODUCTS_MAX)};
     struct prod_acc **v = NULL; /* the tally, to sort */
     int64_t wm;
-    eddy_err err = engine_read_barrier(q->eng, -1);
+    eddy_err err = barrier_all(q);
     if (err != EDDY_OK)
         return err;
     engine_global(q->eng, &wm, NULL, NULL);
@@ -924,7 +931,7 @@ eddy_err query_experiment_stats(struct query_ctx *q, const char *name,
 {
     const struct engine_opts *o = engine_options(q->eng);
     struct exp_sums s = {NULL, 0, EDDY_OK};
-    eddy_err err = engine_read_barrier(q->eng, -1);
+    eddy_err err = barrier_all(q);
     *out = NULL;
     if (err != EDDY_OK)
         return err;

@@ -37,6 +37,10 @@ struct query_ctx {
     size_t max_purchased;        /* purchases read per Recommend for exclusion (0: 10000) */
     usercache *users;            /* borrowed; NULL: every Recommend reads the user's rows */
     metric_histogram *const *recommend_seconds; /* [QUERY_PHASES], borrowed; NULL: untimed */
+    /* The caller passed engine_read_barrier(eng, -1) for this query already (a Partial,
+     * which reads the partitions' watermarks after it): the queries over every partition
+     * do not wait a second time. */
+    bool barrier_passed;
 };
 
 /* EDDY_ERR_NOT_FOUND if the user has no (unexpired) model. */

@@ -80,7 +80,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     pop = stage2cache_new(engine_store(eng), &engine_options(eng)->product, 0, 50);
     if (!pop)
         abort();
-    q = (struct query_ctx){eng, pop, 10, 100, NULL, NULL, 0, NULL, NULL};
+    q = (struct query_ctx){eng, pop, 10, 100, NULL, NULL, 0, NULL, NULL, false};
     atexit(cleanup);
     return 0;
 }

@@ -51,7 +51,7 @@ static void test_dedup_late_windows(void **state)
     assert_int_equal(d.r.late, 1);
 
     stage2cache *pc = stage2cache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0, NULL, NULL};
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0, NULL, NULL, false};
     Eddy__V1__EventCountsRequest cr = EDDY__V1__EVENT_COUNTS_REQUEST__INIT;
     cr.user_id = "u1";
     Eddy__V1__EventCountsResponse *c = NULL;
@@ -223,7 +223,7 @@ static void test_delete_user(void **state)
     assert_int_equal(d.windows, 2);
     assert_int_equal(d.log, 2);
     stage2cache *pc = stage2cache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0, NULL, NULL};
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0, NULL, NULL, false};
     Eddy__V1__GetUserProfileResponse *pr = NULL;
     assert_int_equal(query_profile(&q, "gone", &pr), EDDY_ERR_NOT_FOUND);
     bought = dump_tables(e, 1u << T_BOUGHT);
@@ -262,7 +262,7 @@ static void test_purchases_never_recommended(void **state)
     }
     ingest(e, evs, 2 * N);
     stage2cache *pc = stage2cache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0, NULL, NULL};
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0, NULL, NULL, false};
     Eddy__V1__RecommendRequest rr = EDDY__V1__RECOMMEND_REQUEST__INIT;
     rr.user_id = "buyer";
     rr.max_recommendations = 100;
@@ -454,7 +454,7 @@ static void test_ack_before_apply(void **state)
     assert_false(engine_caught_up(e)); /* a barrier would wait: --dev reads leave the CQ */
 
     stage2cache *pc = stage2cache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0, NULL, NULL};
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0, NULL, NULL, false};
     Eddy__V1__GetUserProfileResponse *pr = NULL;
     assert_int_equal(engine_read_barrier(e, h.p), EDDY_ERR_TIMEOUT);
     assert_int_equal(query_profile(&q, "uh", &pr), EDDY_ERR_TIMEOUT);
@@ -706,7 +706,7 @@ static void test_failed_write_fails_the_next_group(void **state)
     assert_int_equal(dc.err, EDDY_ERR_IO);
     assert_int_equal(events_committed(e), 2);
     stage2cache *pc = stage2cache_new(engine_store(e), &engine_options(e)->product, 0, 50);
-    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0, NULL, NULL};
+    struct query_ctx q = {e, pc, 10, 100, NULL, NULL, 0, NULL, NULL, false};
     Eddy__V1__GetUserProfileResponse *pr = NULL;
     assert_int_equal(query_profile(&q, "ub", &pr), EDDY_ERR_NOT_FOUND);
     assert_int_equal(query_profile(&q, "uc", &pr), EDDY_ERR_NOT_FOUND);

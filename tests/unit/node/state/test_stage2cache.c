@@ -55,8 +55,8 @@ static void test_recommend_same(void **state)
     stage2cache *plain = cache_new(e, 0);
     stage2cache *cached = cache_new(e, 3600000);
     assert_int_equal(stage2cache_set_neighbour_cache(cached, 1000), EDDY_OK);
-    struct query_ctx q0 = {e, plain, 10, 100, NULL, NULL, 0, NULL, NULL};
-    struct query_ctx q1 = {e, cached, 10, 100, NULL, NULL, 0, NULL, NULL};
+    struct query_ctx q0 = {e, plain, 10, 100, NULL, NULL, 0, NULL, NULL, false};
+    struct query_ctx q1 = {e, cached, 10, 100, NULL, NULL, 0, NULL, NULL, false};
     for (int r = 0; r < 2; r++) {
         for (int u = 0; u < USERS; u++) {
             Eddy__V1__RecommendResponse *a = recommend(&q0, u), *b = recommend(&q1, u);
@@ -78,7 +78,7 @@ static void test_answers_ignore_newest_event_time(void **state)
 {
     engine *e = ((struct filled *)*state)->e;
     stage2cache *plain = cache_new(e, 0);
-    struct query_ctx q = {e, plain, 10, 100, NULL, NULL, 0, NULL, NULL};
+    struct query_ctx q = {e, plain, 10, 100, NULL, NULL, 0, NULL, NULL, false};
     Eddy__V1__RecommendResponse *before[USERS];
     size_t items = 0;
     for (int u = 0; u < USERS; u++) {

@@ -182,8 +182,8 @@ static void test_recommend_same(void **state)
     assert_non_null(sc);
     usercache *uc = usercache_new(engine_store(e), 1 << 20);
     assert_non_null(uc);
-    struct query_ctx q0 = {e, sc, 10, 100, NULL, NULL, 0, NULL, NULL};
-    struct query_ctx q1 = {e, sc, 10, 100, NULL, NULL, 0, uc, NULL};
+    struct query_ctx q0 = {e, sc, 10, 100, NULL, NULL, 0, NULL, NULL, false};
+    struct query_ctx q1 = {e, sc, 10, 100, NULL, NULL, 0, uc, NULL, false};
     static const Eddy__V1__Exclusion excl[] = {EDDY__V1__EXCLUSION__EXCLUSION_PURCHASED,
                                                EDDY__V1__EXCLUSION__EXCLUSION_INTERACTED};
     int bought_listed = 0;
