@@ -38,6 +38,20 @@ eddy_err pb_grow(void **arr, size_t n, size_t size)
     return EDDY_OK;
 }
 
+bool pb_read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (int shift = 0; shift < 70 && *p < end; shift += 7) {
+        uint8_t b = *(*p)++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return true;
+        }
+    }
+    return false;
+}
+
 size_t pb_chunk_size(size_t n)
 {
     size_t c = (n + 8 + 15) & ~(size_t)15;

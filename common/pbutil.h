@@ -6,7 +6,9 @@
 #define EDDY_PBUTIL_H
 
 #include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/err.h"
 
@@ -28,6 +30,10 @@ size_t pb_chunk_size(size_t n);
  * strings, bytes, repeated arrays and sub-messages, each malloc'd piece rounded as glibc
  * does (header included). What the decoded values a txn keeps really cost. */
 size_t pb_heap_size(const ProtobufCMessage *m);
+
+/* Read the varint at *p (before 'end') into *v and move *p past it: false if it is cut
+ * short or longer than 10 bytes (then *p is left anywhere before 'end'). */
+bool pb_read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v);
 
 /* Whether a string field is empty (NULL or ""). */
 static inline int pb_empty(const char *s)

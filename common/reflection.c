@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/pbutil.h"
 #include "common/strmap.h"
 #include "eddy/internal/descriptor.pb-c.h"
 
@@ -87,21 +88,6 @@ struct answer {
 
 /* ---------------------------------------------------------------- splitting the set */
 
-/* Read a varint at *p (< end); false if truncated or longer than 10 bytes. */
-static bool read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-    uint64_t x = 0;
-    for (int shift = 0; shift < 70 && *p < end; shift += 7) {
-        uint8_t b = *(*p)++;
-        x |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *v = x;
-            return true;
-        }
-    }
-    return false;
-}
-
 /* Call 'fn' for each 'file' (field 1) of a FileDescriptorSet, in order; other fields are
  * skipped. False on malformed bytes or when 'fn' fails. */
 static bool each_file(const uint8_t *set, size_t len, bool (*fn)(void *, const uint8_t *, size_t),
@@ -110,11 +96,11 @@ static bool each_file(const uint8_t *set, size_t len, bool (*fn)(void *, const u
     const uint8_t *p = set, *end = set + len;
     while (p < end) {
         uint64_t key, n;
-        if (!read_varint(&p, end, &key))
+        if (!pb_read_varint(&p, end, &key))
             return false;
         switch (key & 7) {
         case 0:
-            if (!read_varint(&p, end, &n))
+            if (!pb_read_varint(&p, end, &n))
                 return false;
             break;
         case 1:
@@ -125,7 +111,7 @@ static bool each_file(const uint8_t *set, size_t len, bool (*fn)(void *, const u
             p += n;
             break;
         case 2:
-            if (!read_varint(&p, end, &n) || n > (uint64_t)(end - p))
+            if (!pb_read_varint(&p, end, &n) || n > (uint64_t)(end - p))
                 return false;
             if (key >> 3 == 1 && !fn(ud, p, (size_t)n))
                 return false;

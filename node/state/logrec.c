@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/pbutil.h"
+
 /* The header byte: the event type in bits 3-6, wire type 7 in bits 0-2 (no protobuf
  * record starts so), bit 7 clear (a protobuf tag's first byte with it set still has its
  * wire type in bits 0-2, so the rule holds for those too). */
@@ -263,14 +265,11 @@ struct reader {
 static uint64_t get_varint(struct reader *r)
 {
     uint64_t v = 0;
-    for (unsigned shift = 0; shift < 64 && r->p < r->end; shift += 7) {
-        uint8_t b = *r->p++;
-        v |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80))
-            return v;
+    if (!pb_read_varint(&r->p, r->end, &v)) {
+        r->bad = true;
+        v = 0;
     }
-    r->bad = true;
-    return 0;
+    return v;
 }
 
 static const uint8_t *get_bytes(struct reader *r, uint64_t n)
