@@ -124,7 +124,6 @@ eddy_err query_profile(struct query_ctx *q, const char *user_id,
 struct rec_work {
     struct rec_category cats[REC_MAX_CATS];
     struct rec_anchor anchors[REC_MAX_RECENT + 1 + REC_MAX_CART];
-    const char **exclude;         /* purchased, cart, context: never recommended */
     struct scored_product *lists; /* one block of (cats + anchors + 1) * candidates */
 };
 
@@ -210,6 +209,9 @@ struct rec_scratch {
     size_t nlists;
     struct rec_item *items;
     size_t nitems;
+    const char **exclude;         /* purchased, cart, context: never recommended */
+    size_t nexclude;
+    struct rec_mem rank;          /* rec_rank's */
     struct arena arena;
     ProtobufCAllocator alloc; /* over 'arena' */
     struct usercache_buf user; /* a user cache hit */
@@ -225,6 +227,8 @@ static void scratch_free(void *p)
     if (s) {
         free(s->lists);
         free(s->items);
+        free(s->exclude);
+        rec_mem_release(&s->rank);
         arena_release(&s->arena);
         usercache_buf_release(&s->user);
         free(s);
@@ -467,8 +471,13 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
         size_t cap = (live ? u.nbought + u.ncart : 0) + (interacted ? u.nseen : 0) +
                      (c ? c->n_shopping_cart : 0) + 1;
         err = EDDY_ERR_NOMEM;
-        if (!(w->exclude = calloc(cap, sizeof(*w->exclude))))
-            goto out;
+        if (scratch->nexclude < cap) {
+            const char **x = realloc(scratch->exclude, cap * sizeof(*x));
+            if (!x)
+                goto out;
+            scratch->exclude = x;
+            scratch->nexclude = cap;
+        }
     }
     phase_end(&clk, QUERY_PHASE_USER);
 
@@ -489,11 +498,11 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
             in.nanchors++;
         }
         for (size_t i = 0; i < u.nbought; i++)
-            w->exclude[in.nexclude++] = u.bought[i];
+            scratch->exclude[in.nexclude++] = u.bought[i];
         for (size_t i = 0; interacted && i < u.nseen; i++)
-            w->exclude[in.nexclude++] = u.seen[i];
+            scratch->exclude[in.nexclude++] = u.seen[i];
         for (size_t i = 0; i < u.ncart; i++)
-            w->exclude[in.nexclude++] = u.cart[i];
+            scratch->exclude[in.nexclude++] = u.cart[i];
     }
     const Eddy__V1__Context *ctx = req->context;
     if (ctx && !pb_empty(ctx->current_product)) {
@@ -502,14 +511,14 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
             goto out;
         w->anchors[in.nanchors++] =
             (struct rec_anchor){ctx->current_product, 1.0, true, false, l, n};
-        w->exclude[in.nexclude++] = ctx->current_product;
+        scratch->exclude[in.nexclude++] = ctx->current_product;
     }
     for (size_t i = 0; ctx && i < ctx->n_shopping_cart && i < REC_MAX_CART; i++) {
         struct scored_product *l = &w->lists[used++ * K];
         if ((err = stage2cache_neighbours(q->pop, ctx->shopping_cart[i], l, K, &n)) != EDDY_OK)
             goto out;
         w->anchors[in.nanchors++] = (struct rec_anchor){ctx->shopping_cart[i], 0.8, true, true, l, n};
-        w->exclude[in.nexclude++] = ctx->shopping_cart[i];
+        scratch->exclude[in.nexclude++] = ctx->shopping_cart[i];
     }
     phase_end(&clk, QUERY_PHASE_NEIGHBOURS);
     {
@@ -522,8 +531,8 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
     phase_end(&clk, QUERY_PHASE_POPULAR);
     in.cats = w->cats;
     in.anchors = w->anchors;
-    in.exclude = w->exclude;
-    n = rec_rank(&in, rec, items, max);
+    in.exclude = scratch->exclude;
+    n = rec_rank(&in, rec, &scratch->rank, items, max);
 
     err = EDDY_ERR_NOMEM;
     if (!(r = malloc(sizeof(*r))))
@@ -553,7 +562,6 @@ out:
     query_free_response(r ? &r->base : NULL);
     if (scratch)
         arena_reset(&scratch->arena); /* the model */
-    free(w->exclude);
     bought_release(&bought);
     bought_release(&seen);
     return err;

@@ -58,28 +58,55 @@ struct cand_set {
     size_t cap, n, room;
 };
 
-static bool set_init(struct cand_set *s, size_t expect)
+/* The exclusions: an open-addressing table of indices into rec_input.exclude (-1 = empty),
+ * built in one pass; each check is a probe or two (a user may have purchased a thousand
+ * products, and sorting them for a binary search was 7 % of a Recommend's CPU). */
+struct excl {
+    const char *const *ids;
+    int32_t *idx;
+    size_t cap;
+};
+
+/* The smallest power of two >= 'least' and >= 2 * 'n' (tables at most half full). */
+static size_t table_size(size_t least, size_t n)
 {
-    s->cap = 64;
-    while (s->cap < expect * 2)
-        s->cap <<= 1;
-    s->n = 0;
+    size_t cap = least;
+    while (cap < n * 2)
+        cap <<= 1;
+    return cap;
+}
+
+/* Carve the candidate set (room for 'expect') and the exclusion table out of m's block,
+ * grown if this input needs more than any before it. */
+static bool mem_carve(struct rec_mem *m, size_t expect, const struct rec_input *in,
+                      struct cand_set *s, struct excl *x)
+{
     s->room = expect ? expect : 1;
-    s->c = malloc(s->room * sizeof(*s->c));
-    s->idx = malloc(s->cap * sizeof(*s->idx));
-    if (!s->c || !s->idx) {
-        free(s->c);
-        free(s->idx);
-        return false;
+    s->cap = table_size(64, expect);
+    s->n = 0;
+    x->ids = in->exclude;
+    x->cap = table_size(16, in->nexclude);
+    size_t need = s->room * sizeof(*s->c) + (s->cap + x->cap) * sizeof(int32_t);
+    if (m->size < need) {
+        void *b = malloc(need);
+        if (!b)
+            return false;
+        free(m->block);
+        m->block = b;
+        m->size = need;
     }
-    memset(s->idx, 0xff, s->cap * sizeof(*s->idx));
+    s->c = m->block;
+    s->idx = (int32_t *)(s->c + s->room);
+    x->idx = s->idx + s->cap;
+    memset(s->idx, 0xff, (s->cap + x->cap) * sizeof(int32_t));
     return true;
 }
 
-static void set_release(struct cand_set *s)
+void rec_mem_release(struct rec_mem *m)
 {
-    free(s->c);
-    free(s->idx);
+    free(m->block);
+    m->block = NULL;
+    m->size = 0;
 }
 
 /* FNV-1a over the NUL-terminated id: one pass (no strlen first), inline; ids are short
@@ -110,34 +137,27 @@ static struct cand *set_get(struct cand_set *s, const char *id, const char *cate
     return c;
 }
 
-static int cmp_str(const void *a, const void *b)
+/* Slot of 'id' in the exclusion table: its entry, or the empty slot where it would go. */
+static size_t excl_slot(const struct excl *x, const char *id)
 {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
+    size_t i = id_hash(id) & (x->cap - 1);
+    while (x->idx[i] >= 0 && strcmp(x->ids[x->idx[i]], id) != 0)
+        i = (i + 1) & (x->cap - 1);
+    return i;
 }
 
-/* The exclusions, sorted once per ranking so each lookup is a binary search (a user may
- * have purchased a thousand products). */
-struct excl {
-    const char **ids;
-    size_t n;
-};
-
-static bool excl_init(struct excl *x, const struct rec_input *in)
+static void excl_fill(struct excl *x, size_t n)
 {
-    x->n = in->nexclude;
-    x->ids = malloc((x->n ? x->n : 1) * sizeof(*x->ids));
-    if (!x->ids)
-        return false;
-    if (x->n)
-        memcpy(x->ids, in->exclude, x->n * sizeof(*x->ids));
-    if (x->n > 1)
-        qsort(x->ids, x->n, sizeof(*x->ids), cmp_str);
-    return true;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = excl_slot(x, x->ids[k]);
+        if (x->idx[i] < 0)
+            x->idx[i] = (int32_t)k;
+    }
 }
 
 static bool excluded(const struct excl *x, const char *id)
 {
-    return x->n && bsearch(&id, x->ids, x->n, sizeof(*x->ids), cmp_str) != NULL;
+    return x->idx[excl_slot(x, id)] >= 0;
 }
 
 /* Exclusions are checked when a candidate is picked, not per contribution: the few
@@ -260,8 +280,8 @@ static void pick(struct picker *pk, const char *id, const char *category, double
     reason_text(it->reason, sizeof(it->reason), r, arg);
 }
 
-size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct rec_item *out,
-                size_t max)
+size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct rec_mem *m,
+                struct rec_item *out, size_t max)
 {
     size_t expect = in->nglobal;
     for (size_t i = 0; i < in->ncats; i++)
@@ -270,12 +290,9 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
         expect += in->anchors[i].n;
     struct cand_set s;
     struct excl ex;
-    if (max == 0 || !excl_init(&ex, in))
+    if (max == 0 || !mem_carve(m, expect, in, &s, &ex))
         return 0;
-    if (!set_init(&s, expect)) {
-        free(ex.ids);
-        return 0;
-    }
+    excl_fill(&ex, in->nexclude);
 
     double amax = 0;
     for (size_t i = 0; i < in->ncats; i++) {
@@ -335,7 +352,5 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
         pick(&pk, g->product_id, g->category, floor * 0.5 * (g->score / gmax), R_TRENDING,
              NULL);
     }
-    set_release(&s);
-    free(ex.ids);
     return pk.n;
 }

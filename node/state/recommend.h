@@ -64,9 +64,19 @@ struct rec_item {
     char reason[REC_ID_CAP + 64];
 };
 
-/* Rank into 'out' (room for 'max' items); returns the number of items written. Sorted by
- * score, ties by product id. */
-size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct rec_item *out,
-                size_t max);
+/* rec_rank's working memory (the candidates and the exclusions), kept by the caller and
+ * reused: it grows to the largest input ranked with it, so a warm ranking allocates
+ * nothing. Zero-initialise it; rec_mem_release frees it. */
+struct rec_mem {
+    void *block;
+    size_t size;
+};
+
+void rec_mem_release(struct rec_mem *m);
+
+/* Rank into 'out' (room for 'max' items) with the working memory 'm'; returns the number
+ * of items written (0 also when out of memory). Sorted by score, ties by product id. */
+size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct rec_mem *m,
+                struct rec_item *out, size_t max);
 
 #endif

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -20,6 +21,10 @@ static struct scored_product sp(const char *id, const char *cat, double score)
 }
 
 static const struct rec_params W = {1.0, 1.5, 2.0, 2, true, 0};
+
+/* One working memory for every test, as a handler thread keeps one: each ranking reuses
+ * what the ones before it left (larger or smaller inputs). */
+static struct rec_mem mem;
 
 static int find(const struct rec_item *it, size_t n, const char *id)
 {
@@ -39,7 +44,7 @@ static void test_blend_and_reasons(void **state)
     struct rec_anchor anchors[] = {{"x", 1.0, false, false, nb, 2}};
     struct rec_input in = {cats, 2, anchors, 1, NULL, 0, NULL, 0};
     struct rec_item out[10];
-    size_t n = rec_rank(&in, &W, out, 10);
+    size_t n = rec_rank(&in, &W, &mem, out, 10);
     assert_int_equal(n, 4);
     /* n1: 1.5 * 1 = 1.5 (neighbour); b1: 1.0 (popular); b2: 0.5 + 0.75 = 1.25 */
     assert_string_equal(out[0].product_id, "n1");
@@ -64,7 +69,7 @@ static void test_exclusions_and_context(void **state)
     struct rec_item out[10];
     struct rec_params nocap = W;
     nocap.diversity_cap = 0;
-    size_t n = rec_rank(&in, &nocap, out, 10);
+    size_t n = rec_rank(&in, &nocap, &mem, out, 10);
     assert_int_equal(n, 2);
     assert_int_equal(find(out, n, "c2"), -1);  /* excluded (e.g. purchased) */
     assert_int_equal(find(out, n, "cur"), -1); /* the current product itself */
@@ -82,7 +87,7 @@ static void test_diversity_cap(void **state)
     struct rec_category cats[] = {{"books", 1.0, books, 4}, {"toys", 0.5, toys, 1}};
     struct rec_input in = {cats, 2, NULL, 0, NULL, 0, NULL, 0};
     struct rec_item out[10];
-    size_t n = rec_rank(&in, &W, out, 10); /* cap 2 per category */
+    size_t n = rec_rank(&in, &W, &mem, out, 10); /* cap 2 per category */
     assert_int_equal(n, 3);
     assert_string_equal(out[0].product_id, "b1");
     assert_string_equal(out[1].product_id, "b2");
@@ -102,7 +107,7 @@ static void test_cap_spares_neighbours(void **state)
     struct rec_anchor anchors[] = {{"x", 1.0, false, false, nb, 3}};
     struct rec_input in = {cats, 2, anchors, 1, NULL, 0, NULL, 0};
     struct rec_item out[10];
-    size_t n = rec_rank(&in, &W, out, 10); /* cap 2 per category */
+    size_t n = rec_rank(&in, &W, &mem, out, 10); /* cap 2 per category */
     assert_int_equal(n, 4);
     assert_string_equal(out[0].product_id, "n1");
     assert_string_equal(out[1].product_id, "n2");
@@ -118,7 +123,7 @@ static void test_cold_start_and_fill(void **state)
     const char *exclude[] = {"g3"};
     struct rec_input in = {NULL, 0, NULL, 0, global, 4, exclude, 1};
     struct rec_item out[10];
-    size_t n = rec_rank(&in, &W, out, 10);
+    size_t n = rec_rank(&in, &W, &mem, out, 10);
     /* cap 2 of category a, g3 excluded */
     assert_int_equal(n, 2);
     assert_string_equal(out[0].product_id, "g1");
@@ -128,11 +133,11 @@ static void test_cold_start_and_fill(void **state)
     struct scored_product books[] = {sp("b1", "books", 1)};
     struct rec_category cats[] = {{"books", 1.0, books, 1}};
     struct rec_input in2 = {cats, 1, NULL, 0, global, 4, NULL, 0};
-    n = rec_rank(&in2, &W, out, 3);
+    n = rec_rank(&in2, &W, &mem, out, 3);
     assert_int_equal(n, 3);
     assert_string_equal(out[0].product_id, "b1");
     assert_true(out[0].score > out[1].score);
-    assert_int_equal(rec_rank(&in2, &W, out, 0), 0);
+    assert_int_equal(rec_rank(&in2, &W, &mem, out, 0), 0);
 }
 
 /* An excluded candidate (checked when picked) neither shows nor uses up its category's
@@ -147,7 +152,7 @@ static void test_excluded_top_candidates_keep_the_cap(void **state)
     struct rec_params cap1 = W;
     cap1.diversity_cap = 1;
     struct rec_item out[10];
-    size_t n = rec_rank(&in, &cap1, out, 10);
+    size_t n = rec_rank(&in, &cap1, &mem, out, 10);
     assert_int_equal(n, 1);
     assert_string_equal(out[0].product_id, "b3");
     assert_string_equal(out[0].reason, "popular in books");
@@ -159,7 +164,7 @@ static void test_excluded_top_candidates_keep_the_cap(void **state)
     struct rec_anchor anchors[] = {{id, 1.0, true, true, cart_nb, 1},
                                    {"k", 1.0, true, true, cart_nb, 1}};
     struct rec_input in2 = {NULL, 0, anchors, 2, NULL, 0, NULL, 0};
-    n = rec_rank(&in2, &cap1, out, 10);
+    n = rec_rank(&in2, &cap1, &mem, out, 10);
     assert_int_equal(n, 1);
     assert_int_equal(strlen(out[0].product_id), REC_ID_CAP);
     assert_int_equal(strlen(out[0].category), REC_ID_CAP);
@@ -179,7 +184,7 @@ static void test_trending_blended(void **state)
     struct rec_params tw = W;
     tw.w_trending = 1.0;
     struct rec_item out[10];
-    size_t n = rec_rank(&in, &tw, out, 10);
+    size_t n = rec_rank(&in, &tw, &mem, out, 10);
     /* n1 1.5; g1 1.0; n2 0.3 + 0.5 = 0.8; g3 0.4; g4 capped (2 of a); g5 0.01 */
     assert_int_equal(n, 5);
     assert_string_equal(out[0].product_id, "n1");
@@ -192,7 +197,7 @@ static void test_trending_blended(void **state)
     assert_string_equal(out[4].product_id, "g5");
     assert_int_equal(find(out, n, "g4"), -1);
     /* without the weight, the same global list only fills below the neighbours */
-    n = rec_rank(&in, &W, out, 10);
+    n = rec_rank(&in, &W, &mem, out, 10);
     assert_string_equal(out[0].product_id, "n1");
     assert_string_equal(out[1].product_id, "n2");
     assert_string_equal(out[1].reason, "viewed together with x");
@@ -215,7 +220,7 @@ static void test_out_of_range_scores_left_out(void **state)
     struct rec_item out[10];
     struct rec_params nocap = W;
     nocap.diversity_cap = 0;
-    size_t n = rec_rank(&in, &nocap, out, 10);
+    size_t n = rec_rank(&in, &nocap, &mem, out, 10);
     assert_int_equal(n, 2);
     assert_string_equal(out[0].product_id, "n2"); /* 1.5 x 1 */
     assert_string_equal(out[0].reason, "viewed together with x");
@@ -223,6 +228,55 @@ static void test_out_of_range_scores_left_out(void **state)
     assert_string_equal(out[1].reason, "popular in toys");
     for (size_t i = 0; i < n; i++)
         assert_true(isfinite(out[i].score) && out[i].score > 0);
+}
+
+/* A user with many exclusions (collisions in the exclusion table, a block grown for it),
+ * ranked with the memory of earlier rankings and with a fresh one: the same answer, and
+ * no excluded product in it; then a small input on the grown block. */
+static void test_many_exclusions_and_reused_memory(void **state)
+{
+    enum { N = 600 };
+    static struct scored_product pop[N];
+    const char *exclude[N];
+    size_t nx = 0;
+    for (int i = 0; i < N; i++) {
+        snprintf(pop[i].product_id, sizeof(pop[i].product_id), "p%d", i);
+        snprintf(pop[i].category, sizeof(pop[i].category), "%s", i % 2 ? "odd" : "even");
+        pop[i].score = (double)(N - i);
+        if (i % 3 != 2) /* two of every three, the best first among them */
+            exclude[nx++] = pop[i].product_id;
+    }
+    struct rec_category cats[] = {{"even", 1.0, pop, N}};
+    struct rec_input in = {cats, 1, NULL, 0, pop, N, exclude, nx};
+    struct rec_params nocap = W;
+    nocap.diversity_cap = 0;
+    struct rec_item out[20], fresh_out[20];
+    struct rec_mem fresh = {0};
+    size_t n = rec_rank(&in, &nocap, &mem, out, 20);
+    size_t fresh_n = rec_rank(&in, &nocap, &fresh, fresh_out, 20);
+    rec_mem_release(&fresh);
+    assert_int_equal(n, 20);
+    assert_int_equal(fresh_n, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(out[i].product_id, fresh_out[i].product_id);
+        assert_true(out[i].score == fresh_out[i].score);
+        int k = atoi(out[i].product_id + 1);
+        assert_int_equal(k % 3, 2); /* never an excluded one */
+    }
+    assert_string_equal(out[0].product_id, "p2");
+
+    struct rec_input small = {cats, 1, NULL, 0, pop, 3, exclude, 1};
+    cats[0].n = 3;
+    n = rec_rank(&small, &nocap, &mem, out, 20);
+    assert_int_equal(n, 2); /* p0 excluded */
+    assert_string_equal(out[0].product_id, "p1");
+    assert_string_equal(out[1].product_id, "p2");
+}
+
+static int release_mem(void **state)
+{
+    rec_mem_release(&mem);
+    return 0;
 }
 
 int main(void)
@@ -236,6 +290,7 @@ int main(void)
         cmocka_unit_test(test_cold_start_and_fill),
         cmocka_unit_test(test_excluded_top_candidates_keep_the_cap),
         cmocka_unit_test(test_trending_blended),
+        cmocka_unit_test(test_many_exclusions_and_reused_memory),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, NULL, release_mem);
 }
