@@ -118,3 +118,17 @@ size_t pb_heap_size(const ProtobufCMessage *m)
     }
     return n;
 }
+
+ProtobufCMessage *pb_copy(const ProtobufCMessage *m, const ProtobufCMessageDescriptor *d)
+{
+    uint8_t small[4096]; /* most in-process requests and answers: no block for the bytes */
+    size_t len = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = len <= sizeof(small) ? small : malloc(len);
+    if (!buf)
+        return NULL;
+    protobuf_c_message_pack(m, buf);
+    ProtobufCMessage *copy = protobuf_c_message_unpack(d, NULL, len, buf);
+    if (buf != small)
+        free(buf);
+    return copy;
+}

@@ -98,6 +98,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/pbgrpc.h"
+#include "common/pbutil.h"
 #include "common/thread.h"
 
 #define ACCEPT_SLOTS 32       /* accept slots per method per CQ */
@@ -1400,10 +1401,7 @@ static void local_answer(rpc_call *c, grpc_status_code code, const char *msg,
     snprintf(res.details, sizeof(res.details), "%s", msg ? msg : "");
     ProtobufCMessage *copy = NULL;
     if (code == GRPC_STATUS_OK) { /* the caller gets its own copy, as from the network */
-        grpc_byte_buffer *bb = pbgrpc_pack(resp);
-        copy = bb ? pbgrpc_unpack(c->local->resp_desc, bb) : NULL;
-        if (bb)
-            grpc_byte_buffer_destroy(bb);
+        copy = pb_copy(resp, c->local->resp_desc);
         if (!copy) {
             res.code = GRPC_STATUS_INTERNAL;
             snprintf(res.details, sizeof(res.details), "cannot copy the response");
@@ -1442,10 +1440,7 @@ eddy_err rpc_server_invoke_local(void *server, const char *method, const Protobu
     }
     rpc_call *c = calloc(1, sizeof(*c));
     struct local_answer *la = malloc(sizeof(*la));
-    grpc_byte_buffer *bb = c && la ? pbgrpc_pack(req) : NULL;
-    ProtobufCMessage *copy = bb ? pbgrpc_unpack(m->req_desc, bb) : NULL;
-    if (bb)
-        grpc_byte_buffer_destroy(bb);
+    ProtobufCMessage *copy = c && la ? pb_copy(req, m->req_desc) : NULL;
     if (!copy) {
         free(c);
         free(la);
