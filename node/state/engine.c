@@ -1198,19 +1198,21 @@ static bool has_ingest(const struct job *group)
 }
 
 /* Take the next group of queued jobs: at most max_group_events events (at least one job);
- * a restore or an exclusive job alone. Waits up to a second for a job or for the apply
- * thread to catch up (*caught_up: its state waits for a write); NULL if none (then *stop
- * says whether the engine is closing). */
-static struct job *take_group(engine *e, bool *stop, bool *caught_up)
+ * a restore or an exclusive job alone. Waits up to a second for a job, for the apply
+ * thread to catch up (*caught_up: its state waits for a write) or for the write in
+ * flight to end (*written: settle it now, not on the next group's way to its
+ * acknowledgement); NULL if none (then *stop says whether the engine is closing). */
+static struct job *take_group(engine *e, bool *stop, bool *caught_up, bool *written)
 {
     pthread_mutex_lock(&e->mu);
-    while (!e->head && !e->stopping && !e->caught_up) {
+    while (!e->head && !e->stopping && !e->caught_up && e->sealed.state != SEALED_DONE) {
         struct timespec dl = clock_mono_after(1000);
         if (pthread_cond_timedwait(&e->cv, &e->mu, &dl) == ETIMEDOUT)
             break;
     }
     *caught_up = e->caught_up;
     e->caught_up = false;
+    *written = e->sealed.state == SEALED_DONE;
     *stop = !e->head && e->stopping;
     struct job *group = e->head, *last = NULL;
     int64_t events = 0;
@@ -1243,12 +1245,14 @@ static void *writer_main(void *arg)
     int64_t last_idle = clock_mono_ms();
     bool stop = false;
     while (!stop) {
-        bool caught_up = false;
-        struct job *group = take_group(e, &stop, &caught_up);
+        bool caught_up = false, written = false;
+        struct job *group = take_group(e, &stop, &caught_up, &written);
         int64_t now = clock_mono_ms();
         token_take(e);
         if (e->apply_err != EDDY_OK)
             apply_failed(e);
+        else if (written && !group)
+            await_sealed(e); /* settles it (a failure has already failed its jobs) */
         if (group && (group->kind == JOB_RESTORE || group->kind == JOB_EXCLUSIVE)) {
             run_alone(e, group, now);
             token_give(e);
