@@ -117,6 +117,11 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
         m, "eddy_late_events_total",
         "Accepted events whose event-time window had already closed (kept in the log, the "
         "user model and the late table, not added to the window).");
+    em->replay_diverged = metrics_counter(
+        m, "eddy_log_replay_diverged_total",
+        "Records of another node's log (a move's tail) that differ from the record this node "
+        "already held at their seq: the two logs diverged (an error is logged with the "
+        "partition and seq).");
     em->batches = metrics_counter(m, "eddy_apply_jobs_total",
                                   "Writer jobs with events committed: one per partition of "
                                   "each Ingest batch this node applied.");
@@ -233,7 +238,7 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
         return EDDY_ERR_NOMEM;
     if (!em->events_ingested || !em->events_duplicate || !em->events_late || !em->batches ||
         !em->processing_seconds || !em->group_events || !em->event_to_result ||
-        !im->backpressure || !nm->rpc_busy || !im->recommendations || !im->batches ||
+        !em->replay_diverged || !im->backpressure || !nm->rpc_busy || !im->recommendations || !im->batches ||
         !nm->partitions_owned ||
         !cm->duration || !cm->bytes || !cm->failures || !cm->last_success)
         return EDDY_ERR_NOMEM;

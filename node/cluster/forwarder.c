@@ -7,6 +7,7 @@
 #include "common/completion.h"
 #include "common/log.h"
 #include "common/partition.h"
+#include "common/testhook.h"
 #include "common/worker.h"
 #include "eddy/v1/state.pb-c.h"
 
@@ -22,6 +23,7 @@ struct forwarder {
     struct worker worker;     /* kicked when the engine commits OUTBOX records */
     bool failed;              /* the forwarder thread's: the last round left records behind
                                  (refused or failed) */
+    int64_t round_pause_ms;   /* EDDY_TEST_PAUSE_AT=forward:MS (forwarder_main); 0: none */
 };
 
 /* After a round that left records behind (a destination down, or partitions refused
@@ -272,6 +274,11 @@ static void forwarder_main(struct worker *w, void *arg)
     while (worker_wait(w, more ? 0 : 1000)) {
         if (f->failed && !worker_sleep(w, RETRY_PAUSE_MS))
             break; /* kicks do not shorten the pause */
+        /* test hook: rounds MS apart, so that the OUTBOX rows of a partition moving out
+         * are still in the copy at the flip and no OUTBOX_DONE of this node's lands at the
+         * copy's end (integration.moves, LostEventAfterFlipTest) */
+        if (f->round_pause_ms > 0 && !worker_sleep(w, f->round_pause_ms))
+            break;
         more = run_round(f) > 0;
     }
 }
@@ -287,6 +294,7 @@ forwarder *forwarder_start(engine *eng, membership *mem, peers *pe, replica *rep
     f->peers = pe;
     f->repl = repl;
     f->timeout_ms = timeout_ms;
+    f->round_pause_ms = testhook_pause_ms("forward");
     if (worker_start(&f->worker, "forwarder", forwarder_main, f) != EDDY_OK) {
         free(f);
         return NULL;

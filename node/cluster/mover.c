@@ -12,6 +12,7 @@
 #include "common/completion.h"
 #include "common/etcd.h"
 #include "common/log.h"
+#include "common/testhook.h"
 #include "common/worker.h"
 #include "eddy/v1/state.pb-c.h"
 #include "node/cluster/ckptcopy.h"
@@ -40,6 +41,7 @@ struct mover {
     struct rec *recs;       /* [nparts] */
     bool *drop;             /* [nparts]: moved away and done: delete the local copy */
     etcd_watch *w;
+    int64_t ready_pause_ms; /* EDDY_TEST_PAUSE_AT=move-ready:MS (pause_once); 0: none */
 };
 
 /* --- the records ------------------------------------------------------------------------- */
@@ -370,6 +372,23 @@ static eddy_err follow_phase(mover *mv, const struct cluster_move *m)
     }
 }
 
+/* Test hook (EDDY_TEST_PAUSE_AT=move-ready:MS): the first move in stops tailing for MS once
+ * it has written "ready", so that the source acknowledges events the copy lacks until the
+ * flip, and this node's forwarder runs after the flip, before the final tail
+ * (integration.moves, LostEventAfterFlipTest). A stop ends the pause. */
+static void pause_once(mover *mv, uint32_t p)
+{
+    if (mv->ready_pause_ms == 0)
+        return;
+    log_warn("msg=\"EDDY_TEST_PAUSE_AT: pausing\" phase=move-ready partition=%" PRIu32
+             " ms=%" PRId64, p, mv->ready_pause_ms);
+    int64_t until = clock_mono_ms() + mv->ready_pause_ms;
+    mv->ready_pause_ms = 0;
+    /* record changes (the flip) wake a nap: nap again until the time is up */
+    for (int64_t left; !stopping(mv) && (left = until - clock_mono_ms()) > 0;)
+        nap(mv, left);
+}
+
 /* Copy and tail until the flip. EDDY_OK: flipped here; EDDY_ERR_CANCELLED-like results:
  * EDDY_ERR_NOT_FOUND (the move is gone or changed), anything else: try again. A target
  * the map lists as a follower copies nothing (follow_phase). One it does not list starts
@@ -403,10 +422,12 @@ static eddy_err copy_phase(mover *mv, const struct cluster_move *m, uint64_t *ne
         rounds++;
         records += got;
         if (r.m.phase == MOVE_COPY && lag <= (uint64_t)mv->o.lag_records &&
-            set_phase(mv, &r, MOVE_READY))
+            set_phase(mv, &r, MOVE_READY)) {
             log_info("msg=\"move: caught up\" partition=%" PRIu32 " from=%s tail_ms=%" PRId64
                      " rounds=%" PRIu64 " records=%" PRIu64 " lag=%" PRIu64,
                      m->partition, m->from, clock_mono_ms() - t0, rounds, records, lag);
+            pause_once(mv, m->partition);
+        }
         if (lag == 0 && got == 0) /* caught up: wait a little, or for the flip */
             membership_wait_change(mv->o.mem, version, TAIL_PAUSE_MS);
     }
@@ -687,6 +708,7 @@ eddy_err mover_start(const struct mover_opts *o, mover **out)
         return EDDY_ERR_NOMEM;
     mv->o = *o;
     mv->nparts = membership_partitions(o->mem);
+    mv->ready_pause_ms = testhook_pause_ms("move-ready");
     cluster_key(mv->prefix, sizeof(mv->prefix), o->cluster, "moves/");
     pthread_mutex_init(&mv->mu, NULL);
     mv->recs = calloc(mv->nparts, sizeof(*mv->recs));

@@ -83,6 +83,8 @@ struct engine_metrics {
     metric_histogram *processing_seconds; /* apply + synced commit of a group with events */
     metric_histogram *group_events;    /* events per group commit (groups with events) */
     metric_histogram *event_to_result; /* per event: arrival -> committed and queryable */
+    metric_counter *replay_diverged;   /* engine_replay records that differ from the record
+                                          held at their seq */
 };
 
 /* Cluster mode (all NULL in --dev, where this node owns every partition). */
@@ -238,9 +240,11 @@ eddy_err engine_forward_to(engine *e, Eddy__Store__V1__Stage2Batch *const *batch
 /* Cluster mode, a move's target: append the log records 'entries' (another node's log of
  * partition 'p', raw LogRecord bytes, ascending seq; borrowed until 'done') to this node's
  * log under the same seqs and apply them as the source did. Records below the
- * partition's next seq are skipped (already here). 'done' gets the partition's next seq
- * afterwards; a record that does not decode fails the job with EDDY_ERR_CORRUPT (the
- * records before it stay applied). Same queue contract as engine_ingest. */
+ * partition's next seq are skipped (already here); one that differs from the record held
+ * at its seq is logged and counted (engine_metrics.replay_diverged). 'done' gets the
+ * partition's next seq afterwards; a record that does not decode fails the job with
+ * EDDY_ERR_CORRUPT (the records before it stay applied). Same queue contract as
+ * engine_ingest. */
 struct engine_log_entry {
     uint64_t seq;
     const uint8_t *data;

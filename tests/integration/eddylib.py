@@ -234,14 +234,16 @@ def _release_run(p):
         p.log_path = None
 
 
-def _spawn(cmd, log_prefix):
-    """Start an Eddy process (`cmd`) with stderr in a new temp log and read its stdout on a
-    thread until it prints "listening on PORT". Returns (proc, log_path, log_file,
+def _spawn(cmd, log_prefix, env=None):
+    """Start an Eddy process (`cmd`, with `env` added to this process's environment) with
+    stderr in a new temp log and read its stdout on a thread until it prints "listening on
+    PORT". Returns (proc, log_path, log_file,
     stdout_lines, reader_thread, port); port is None if it exited or did not print it
     within START_TIMEOUT."""
     fd, log_path = tempfile.mkstemp(prefix=log_prefix, suffix=".txt")
     log = os.fdopen(fd, "w+b")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **env} if env else None)
     _live.add(proc)
     lines = []
     got = threading.Event()
@@ -265,15 +267,17 @@ def _spawn(cmd, log_prefix):
 
 class Node:
     """One `eddy-node --dev` process on 127.0.0.1 (port 0: the node picks one and prints it)
-    with its own data dir. Use as a context manager or via start()/stop()/kill9()."""
+    with its own data dir. Use as a context manager or via start()/stop()/kill9(). `env`:
+    variables added to its environment (a test hook such as EDDY_TEST_PAUSE_AT)."""
 
-    def __init__(self, data_dir=None, args=(), keep_dir=False, creds=None):
+    def __init__(self, data_dir=None, args=(), keep_dir=False, creds=None, env=None):
         self.bin = require_node()
         self.creds = creds  # grpc.ChannelCredentials for a TLS node (None: plaintext)
         self.own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="eddy-it-data-")
         self.keep_dir = keep_dir
         self.args = list(args)
+        self.env = env
         self.proc = None
         self.port = None
         self.channel = None
@@ -296,7 +300,7 @@ class Node:
         assert self.proc is None or self.proc.poll() is not None, "node already running"
         _release_run(self)  # a restart: the last run's log goes
         (self.proc, self.log_path, self._log, self._stdout, self._reader,
-         port) = _spawn(self.command(), self.log_prefix)
+         port) = _spawn(self.command(), self.log_prefix, self.env)
         if port is None:
             self._fail_start("did not print 'listening on PORT'")
         self.port = port
@@ -1278,8 +1282,8 @@ class ClusterNode(Node):
     its own data dir. `args` are extra flags (e.g. --idle-timeout 0)."""
 
     def __init__(self, etcd_url, node_id, roles="state", cluster="it", partitions=16,
-                 lease_ttl_s=2, data_dir=None, args=(), creds=None):
-        super().__init__(data_dir=data_dir, args=args, creds=creds)
+                 lease_ttl_s=2, data_dir=None, args=(), creds=None, env=None):
+        super().__init__(data_dir=data_dir, args=args, creds=creds, env=env)
         self.etcd_url = etcd_url
         self.id = node_id
         self.roles = roles
@@ -1358,10 +1362,10 @@ class Cluster:
             poll_until(lambda: self.leader() is not None, 10, what="a leading coordinator")
         return c
 
-    def add_node(self, node_id, roles="state", args=(), data_dir=None):
+    def add_node(self, node_id, roles="state", args=(), data_dir=None, env=None):
         n = ClusterNode(self.etcd.url, node_id, roles=roles, cluster=self.name,
                         partitions=self.P, lease_ttl_s=self.ttl_s, data_dir=data_dir,
-                        args=self.node_args + list(args), creds=self.creds)
+                        args=self.node_args + list(args), creds=self.creds, env=env)
         self.test.addCleanup(n.cleanup)
         # cleanups run last first: this one, before the node's, shows its log's end if the
         # test failed (the cleanup then removes the process and its log)

@@ -11,11 +11,15 @@ ingest eddy-node processes on loopback, a writer ingesting continuously the whol
   cancelled, the partition stays with its source); kill -9 and restart (same id and data)
   of the source while the target copies, of the source after the flip and of the target
   after the flip; nothing acknowledged is lost and every partition ends with one owner.
+- between the flip and the final tail (held open by test hooks, EDDY_TEST_PAUSE_AT): the
+  target's forwarder delivers the copy's OUTBOX rows, and nothing of its own enters the
+  partition's log before the takeover (it took the final tail's first seq: an event lost).
 
 Needs EDDY_NODE, EDDY_COORDINATOR_BIN, EDDY_CLI and Debian's etcd-server.
 """
 import collections
 import json
+import re
 import sys
 import threading
 import time
@@ -124,12 +128,13 @@ class MovesTestCase(unittest.TestCase):
         self._cl = cl
         return cl
 
-    def under_load(self, prefix, nodes, coord_args=(), **kw):
-        """A cluster whose state nodes `nodes` share the partitions, an ingest node and a
-        Writer that has 1,000 events acknowledged: (cluster, front, writer)."""
+    def under_load(self, prefix, nodes, coord_args=(), env=None, **kw):
+        """A cluster whose state nodes `nodes` (with `env` added to their environment) share
+        the partitions, an ingest node and a Writer that has 1,000 events acknowledged:
+        (cluster, front, writer)."""
         cl = self.cluster(coord_args=coord_args, **kw)
         for s in nodes:
-            cl.add_node(s, "state")
+            cl.add_node(s, "state", env=env)
         self.wait_settled(cl, set(nodes))
         front = cl.add_node("i1", "ingest")
         w = Writer(self, front, [f"{prefix}-{i:03d}" for i in range(64)],
@@ -424,6 +429,40 @@ class SourceStopsMidMoveTest(MovesTestCase):
             self.assertNotIn(f'msg="partition copy deleted" partition={p} ', log)
         self.assert_exactly_once(front, acked)
 
+
+class LostEventAfterFlipTest(MovesTestCase):
+    def test_forwarder_runs_between_flip_and_final_tail(self):
+        """A move's target owns the partition from the flip and takes it over after the final
+        tail. Its forwarder delivers the copy's OUTBOX rows meanwhile; their OUTBOX_DONE must
+        not go into the partition's log before the takeover: it would take the seq of the
+        final tail's first record, which the tail then skips, an acknowledged event lost
+        (SourceStopsMidMoveTest, 1 run in 40-100, before the fix). Test hooks hold the
+        window open (EDDY_TEST_PAUSE_AT, docs/testing.md):
+        - the target stops tailing for 3 s once it has written "ready" (move-ready): the
+          source acknowledges events the copy lacks until the flip, and the target's
+          forwarder runs after the flip, before the final tail;
+        - the sources' forwarders run a round every 20 s only (forward): the copy holds
+          OUTBOX rows for product partitions the other source owns, which accepts them
+          from the target, and the source's log after the copy's end holds events, no
+          OUTBOX_DONE of its own (whose loss would go unseen).
+        R = 1: the target copies the partition (a follower would replicate it)."""
+        cl, front, w = self.under_load("x", ("s1", "s2"),
+                                       ["--max-moves", "1", "--replication-factor", "1"],
+                                       env={"EDDY_TEST_PAUSE_AT": "forward:20000"})
+        s3 = cl.add_node("s3", "state", env={"EDDY_TEST_PAUSE_AT": "move-ready:3000"})
+        poll_until(lambda: 'msg="move in: serving"' in s3.log_text() or None, 30, interval=0.05,
+                   what="the first move into s3 served")
+        w.wait_for(len(w.acked) + 200)
+        acked = w.join()
+        self.assert_exactly_once(front, acked)
+        # the window was open: the target's forwarder delivered the moved partition's rows
+        # before the takeover, and their removal was refused (sent again after it)
+        log = s3.log_text()
+        moved = re.search(r'msg="EDDY_TEST_PAUSE_AT: pausing" phase=move-ready partition=(\d+)',
+                          log)
+        self.assertIsNotNone(moved, "s3 paused after ready")
+        self.assertRegex(log, r'msg="delivered stage-2 records not removed; sent again later" '
+                              rf'partition={moved[1]} records=[1-9]')
 
 if __name__ == "__main__":
     unittest.main()
