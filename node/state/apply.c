@@ -1083,14 +1083,8 @@ static eddy_err logged_event(const Eddy__V1__Event *ev, struct apply_logged *log
     logged->unpacked = false;
     if ((logged->ev = event_copy(ev)) != NULL)
         return EDDY_OK;
-    size_t len = eddy__v1__event__get_packed_size(ev);
-    uint8_t *buf = malloc(len ? len : 1);
-    if (!buf)
-        return EDDY_ERR_NOMEM;
-    eddy__v1__event__pack(ev, buf);
-    logged->ev = eddy__v1__event__unpack(NULL, len, buf);
+    logged->ev = (Eddy__V1__Event *)pb_copy(&ev->base, &eddy__v1__event__descriptor);
     logged->unpacked = true;
-    free(buf);
     return logged->ev ? EDDY_OK : EDDY_ERR_NOMEM;
 }
 
