@@ -238,8 +238,8 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
         return EDDY_ERR_NOMEM;
     if (!em->events_ingested || !em->events_duplicate || !em->events_late || !em->batches ||
         !em->processing_seconds || !em->group_events || !em->event_to_result ||
-        !em->replay_diverged || !im->backpressure || !nm->rpc_busy || !im->recommendations || !im->batches ||
-        !nm->partitions_owned ||
+        !em->replay_diverged || !im->backpressure || !nm->rpc_busy || !im->recommendations ||
+        !im->batches || !nm->partitions_owned ||
         !cm->duration || !cm->bytes || !cm->failures || !cm->last_success)
         return EDDY_ERR_NOMEM;
     for (size_t i = 0; i <= VALIDATE_FIELD_COUNT; i++)

@@ -210,7 +210,7 @@ struct rec_scratch {
     struct rec_item *items;
     size_t nitems;
     const char **exclude;         /* purchased, cart, context: never recommended */
-    size_t nexclude;
+    size_t exclude_cap;
     struct rec_mem rank;          /* rec_rank's */
     struct arena arena;
     ProtobufCAllocator alloc; /* over 'arena' */
@@ -471,12 +471,12 @@ eddy_err query_recommend_with(struct query_ctx *q, const Eddy__V1__RecommendRequ
         size_t cap = (live ? u.nbought + u.ncart : 0) + (interacted ? u.nseen : 0) +
                      (c ? c->n_shopping_cart : 0) + 1;
         err = EDDY_ERR_NOMEM;
-        if (scratch->nexclude < cap) {
+        if (scratch->exclude_cap < cap) {
             const char **x = realloc(scratch->exclude, cap * sizeof(*x));
             if (!x)
                 goto out;
             scratch->exclude = x;
-            scratch->nexclude = cap;
+            scratch->exclude_cap = cap;
         }
     }
     phase_end(&clk, QUERY_PHASE_USER);
