@@ -249,7 +249,8 @@ static bool copy_unknown(const ProtobufCMessage *m, ProtobufCMessage *c)
 }
 
 /* 'm' through its encoding, for a type 'd' other than its own. */
-static ProtobufCMessage *copy_encoded(const ProtobufCMessage *m, const ProtobufCMessageDescriptor *d)
+static ProtobufCMessage *copy_encoded(const ProtobufCMessage *m,
+                                      const ProtobufCMessageDescriptor *d)
 {
     uint8_t small[4096]; /* most in-process requests and answers: no block for the bytes */
     size_t len = protobuf_c_message_get_packed_size(m);

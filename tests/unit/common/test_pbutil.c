@@ -170,7 +170,8 @@ static void test_bytes_and_unknown_fields(void **state)
     fl.entries = entries;
     fl.next_seq = 7;
     struct packed p = pack(&fl.base);
-    ProtobufCMessage *c = copy_and_free(decode(&eddy__state__v1__fetch_log_response__descriptor, &p));
+    ProtobufCMessage *c =
+        copy_and_free(decode(&eddy__state__v1__fetch_log_response__descriptor, &p));
     const Eddy__State__V1__FetchLogResponse *cl = (const Eddy__State__V1__FetchLogResponse *)c;
     assert_int_equal(cl->n_entries, 2);
     assert_memory_equal(cl->entries[0]->record.data, rec, sizeof(rec));
