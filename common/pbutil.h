@@ -35,9 +35,11 @@ size_t pb_heap_size(const ProtobufCMessage *m);
  * short or longer than 10 bytes (then *p is left anywhere before 'end'). */
 bool pb_read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v);
 
-/* A decoded copy of 'm' as the message type 'd' (its own), made through its encoding as
- * a call from the network would hand it over (protobuf-c has no copy); NULL when out of
- * memory. Free it with protobuf_c_message_free_unpacked. */
+/* A copy of 'm' as the message type 'd' as a call from the network would hand it over
+ * (protobuf-c has no copy): every string, bytes, array and sub-message in a block of its
+ * own, unset strings at their shared default, unknown fields kept. Made field by field
+ * when 'd' is m's own type, else through m's encoding. NULL when out of memory. Free it
+ * with protobuf_c_message_free_unpacked. */
 ProtobufCMessage *pb_copy(const ProtobufCMessage *m, const ProtobufCMessageDescriptor *d);
 
 /* Whether a string field is empty (NULL or ""). */

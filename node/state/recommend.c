@@ -120,11 +120,12 @@ static size_t id_hash(const char *id)
     return (size_t)(h ^ (h >> 29));
 }
 
-/* The candidate of 'id', added (zeroed, borrowing 'id' and 'category') if new; NULL if
- * the set is full (sized for every contribution up front: cannot happen). */
-static struct cand *set_get(struct cand_set *s, const char *id, const char *category)
+/* The candidate of 'id' (whose id_hash is 'h'), added (zeroed, borrowing 'id' and
+ * 'category') if new; NULL if the set is full (sized for every contribution up front:
+ * cannot happen). */
+static struct cand *set_get(struct cand_set *s, const char *id, size_t h, const char *category)
 {
-    size_t i = id_hash(id) & (s->cap - 1);
+    size_t i = h & (s->cap - 1);
     while (s->idx[i] >= 0 && strcmp(s->c[s->idx[i]].id, id) != 0)
         i = (i + 1) & (s->cap - 1);
     if (s->idx[i] >= 0)
@@ -162,12 +163,12 @@ static bool excluded(const struct excl *x, const char *id)
 
 /* Exclusions are checked when a candidate is picked, not per contribution: the few
  * dozen picked rather than every one of several hundred contributions. */
-static void contribute(struct cand_set *s, const struct scored_product *sp, double v,
+static void contribute(struct cand_set *s, const struct scored_product *sp, size_t h, double v,
                        enum reason r, const char *arg)
 {
     if (!(v > 0) || !isfinite(v)) /* NaN too: it would win no reason and spoil the order */
         return;
-    struct cand *c = set_get(s, sp->product_id, sp->category);
+    struct cand *c = set_get(s, sp->product_id, h, sp->category);
     if (!c)
         return;
     if (!c->category[0] && sp->category[0])
@@ -303,7 +304,7 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
         const struct rec_category *c = &in->cats[i];
         double pmax = list_max(c->items, c->n);
         for (size_t j = 0; j < c->n && pmax > 0; j++)
-            contribute(&s, &c->items[j],
+            contribute(&s, &c->items[j], id_hash(c->items[j].product_id),
                        p->w_popular * (c->affinity / amax) * (c->items[j].score / pmax),
                        R_POPULAR, c->category);
     }
@@ -312,16 +313,18 @@ size_t rec_rank(const struct rec_input *in, const struct rec_params *p, struct r
      * than only filling the answer's tail. */
     double gmax = list_max(in->global, in->nglobal);
     for (size_t i = 0; i < in->nglobal && gmax > 0 && p->w_trending > 0; i++)
-        contribute(&s, &in->global[i], p->w_trending * (in->global[i].score / gmax),
-                   R_TRENDING, NULL);
+        contribute(&s, &in->global[i], id_hash(in->global[i].product_id),
+                   p->w_trending * (in->global[i].score / gmax), R_TRENDING, NULL);
     for (size_t i = 0; i < in->nanchors; i++) {
         const struct rec_anchor *a = &in->anchors[i];
         double nmax = list_max(a->items, a->n);
         double w = (a->context ? p->w_context : p->w_neighbours) * a->weight;
         enum reason r = a->cart ? R_CART : a->context ? R_CONTEXT : R_NEIGHBOUR;
+        size_t self = id_hash(a->product_id); /* the item itself: no strcmp for the others */
         for (size_t j = 0; j < a->n && nmax > 0; j++) {
-            if (strcmp(a->items[j].product_id, a->product_id) != 0)
-                contribute(&s, &a->items[j], w * (a->items[j].score / nmax), r,
+            size_t h = id_hash(a->items[j].product_id);
+            if (h != self || strcmp(a->items[j].product_id, a->product_id) != 0)
+                contribute(&s, &a->items[j], h, w * (a->items[j].score / nmax), r,
                            a->product_id);
         }
     }

@@ -58,6 +58,21 @@ static void test_blend_and_reasons(void **state)
         assert_true(out[i - 1].score >= out[i].score);
 }
 
+/* An anchor found in its own neighbour list (a recent item, not excluded) is no candidate
+ * of that list: rec_rank skips it by hash and id. */
+static void test_anchor_not_its_own_neighbour(void **state)
+{
+    (void)state;
+    struct scored_product nb[] = {sp("r1", "a", 10), sp("n1", "a", 5)};
+    struct rec_anchor anchors[] = {{"r1", 1.0, false, false, nb, 2}};
+    struct rec_input in = {NULL, 0, anchors, 1, NULL, 0, NULL, 0};
+    struct rec_item out[10];
+    size_t n = rec_rank(&in, &W, &mem, out, 10);
+    assert_int_equal(n, 1);
+    assert_string_equal(out[0].product_id, "n1");
+    assert_string_equal(out[0].reason, "viewed together with r1");
+}
+
 static void test_exclusions_and_context(void **state)
 {
     struct scored_product nb[] = {sp("c1", "a", 10), sp("c2", "a", 5), sp("cur", "a", 5)};
@@ -285,6 +300,7 @@ int main(void)
         cmocka_unit_test(test_out_of_range_scores_left_out),
         cmocka_unit_test(test_blend_and_reasons),
         cmocka_unit_test(test_exclusions_and_context),
+        cmocka_unit_test(test_anchor_not_its_own_neighbour),
         cmocka_unit_test(test_diversity_cap),
         cmocka_unit_test(test_cap_spares_neighbours),
         cmocka_unit_test(test_cold_start_and_fill),
