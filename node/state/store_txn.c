@@ -1142,6 +1142,20 @@ eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
     return EDDY_OK;
 }
 
+/* 'e' holds 'obj' from now on, changed: packed again at commit. */
+static void entry_set_obj(store_txn *t, struct overlay_entry *e, ProtobufCMessage *obj)
+{
+    if (e->obj != obj)
+        entry_drop_obj(e);
+    val_free(t, e); /* stale now */
+    bool was_deleted = e->deleted;
+    e->obj = obj;
+    e->obj_dirty = true;
+    e->deleted = false;
+    e->keep = true;
+    mark_pending(t, e, was_deleted);
+}
+
 eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCMessage *obj)
 {
     struct overlay_entry *e;
@@ -1150,15 +1164,7 @@ eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCM
         protobuf_c_message_free_unpacked(obj, NULL);
         return err;
     }
-    if (e->obj != obj)
-        entry_drop_obj(e);
-    val_free(t, e); /* stale now: packed again at commit */
-    bool was_deleted = e->deleted;
-    e->obj = obj;
-    e->obj_dirty = true;
-    e->deleted = false;
-    e->keep = true;
-    mark_pending(t, e, was_deleted);
+    entry_set_obj(t, e, obj);
     return EDDY_OK;
 }
 
@@ -1176,6 +1182,28 @@ eddy_err store_txn_obj_get_or_new(store_txn *t, const struct store_key *key,
     if ((err = store_txn_obj_set(t, key, *obj)) != EDDY_OK)
         *obj = NULL; /* freed */
     return err;
+}
+
+eddy_err store_txn_obj_edit(store_txn *t, const struct store_key *key,
+                            const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
+{
+    sync_gen(t);
+    /* a kept message, the usual case: one probe, where a get and a set took two */
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
+    if (e && e->obj && !e->deleted) {
+        t->stats.hits++;
+        eddy_err err = touch(t, e); /* first: the seal finds pending keys by their touch */
+        if (err == EDDY_OK) {
+            *obj = e->obj;
+            entry_set_obj(t, e, e->obj);
+        }
+        return err;
+    }
+    bool created;
+    eddy_err err = store_txn_obj_get_or_new(t, key, desc, obj, &created);
+    if (err != EDDY_OK || created)
+        return err; /* a created message is set already */
+    return store_txn_obj_set(t, key, *obj);
 }
 
 /* Evict the kept values used longest ago until they fit in 3/4 of their room. */
