@@ -982,6 +982,10 @@ static bool known_absent(store_txn *t, struct key_sets *ks, uint32_t idx,
            !keyset_may_hold(ks->ks, idx, XXH3_64bits(key->buf, key->len));
 }
 
+/* store_txn_get of a key the table does not hold (its lookup missed). */
+static eddy_err get_missing(store_txn *t, const struct store_key *key, const char **val,
+                            size_t *vlen, bool *found);
+
 eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
                        size_t *vlen, bool *found)
 {
@@ -997,6 +1001,14 @@ eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **v
         *vlen = e->vlen;
         return EDDY_OK;
     }
+    return get_missing(t, key, val, vlen, found);
+}
+
+static eddy_err get_missing(store_txn *t, const struct store_key *key, const char **val,
+                            size_t *vlen, bool *found)
+{
+    struct overlay_entry *e;
+    eddy_err err;
     *val = NULL;
     *vlen = 0;
     uint32_t idx;
@@ -1114,12 +1126,14 @@ eddy_err store_txn_del_range(store_txn *t, const struct store_key *start,
     return err;
 }
 
+/* The rest of store_txn_obj_get when the table holds no decoded message: 'e' is the key's
+ * entry (bytes kept, or a pending delete), NULL if its lookup missed. */
+static eddy_err obj_load(store_txn *t, struct overlay_entry *e, const struct store_key *key,
+                         const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj);
+
 eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
                            const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
 {
-    const char *val;
-    size_t vlen;
-    bool found;
     *obj = NULL;
     sync_gen(t);
     struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
@@ -1128,7 +1142,18 @@ eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
         *obj = e->deleted ? NULL : e->obj;
         return touch(t, e);
     }
-    eddy_err err = store_txn_get(t, key, &val, &vlen, &found); /* keeps the bytes */
+    return obj_load(t, e, key, desc, obj);
+}
+
+static eddy_err obj_load(store_txn *t, struct overlay_entry *e, const struct store_key *key,
+                         const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
+{
+    const char *val;
+    size_t vlen;
+    bool found;
+    *obj = NULL;
+    eddy_err err = e ? store_txn_get(t, key, &val, &vlen, &found) /* keeps the bytes */
+                     : get_missing(t, key, &val, &vlen, &found);
     if (err != EDDY_OK || !found)
         return err;
     ProtobufCMessage *m = NULL;
@@ -1199,11 +1224,19 @@ eddy_err store_txn_obj_edit(store_txn *t, const struct store_key *key,
         }
         return err;
     }
-    bool created;
-    eddy_err err = store_txn_obj_get_or_new(t, key, desc, obj, &created);
-    if (err != EDDY_OK || created)
-        return err; /* a created message is set already */
-    return store_txn_obj_set(t, key, *obj);
+    /* else read it (after a miss, with no second probe) or create it, and set it: two
+     * probes for a new key, where store_txn_obj_get_or_new and a set took four */
+    eddy_err err = obj_load(t, e, key, desc, obj);
+    if (err != EDDY_OK)
+        return err;
+    if (!*obj) {
+        if (!(*obj = malloc(desc->sizeof_message)))
+            return EDDY_ERR_NOMEM;
+        desc->message_init(*obj);
+    }
+    if ((err = store_txn_obj_set(t, key, *obj)) != EDDY_OK)
+        *obj = NULL; /* freed */
+    return err;
 }
 
 /* Evict the kept values used longest ago until they fit in 3/4 of their room. */
