@@ -984,27 +984,6 @@ static bool known_absent(store_txn *t, struct key_sets *ks, uint32_t idx,
 
 /* store_txn_get of a key the table does not hold (its lookup missed). */
 static eddy_err get_missing(store_txn *t, const struct store_key *key, const char **val,
-                            size_t *vlen, bool *found);
-
-eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
-                       size_t *vlen, bool *found)
-{
-    sync_gen(t);
-    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
-    eddy_err err;
-    if (e) {
-        t->stats.hits++;
-        if ((err = touch(t, e)) != EDDY_OK || (err = entry_pack(t, e)) != EDDY_OK)
-            return err;
-        *found = !e->deleted;
-        *val = e->val;
-        *vlen = e->vlen;
-        return EDDY_OK;
-    }
-    return get_missing(t, key, val, vlen, found);
-}
-
-static eddy_err get_missing(store_txn *t, const struct store_key *key, const char **val,
                             size_t *vlen, bool *found)
 {
     struct overlay_entry *e;
@@ -1044,6 +1023,24 @@ static eddy_err get_missing(store_txn *t, const struct store_key *key, const cha
     *val = e->val;
     *vlen = n;
     return EDDY_OK;
+}
+
+eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
+                       size_t *vlen, bool *found)
+{
+    sync_gen(t);
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
+    eddy_err err;
+    if (e) {
+        t->stats.hits++;
+        if ((err = touch(t, e)) != EDDY_OK || (err = entry_pack(t, e)) != EDDY_OK)
+            return err;
+        *found = !e->deleted;
+        *val = e->val;
+        *vlen = e->vlen;
+        return EDDY_OK;
+    }
+    return get_missing(t, key, val, vlen, found);
 }
 
 eddy_err store_txn_get_msg(store_txn *t, const struct store_key *key,
@@ -1129,23 +1126,6 @@ eddy_err store_txn_del_range(store_txn *t, const struct store_key *start,
 /* The rest of store_txn_obj_get when the table holds no decoded message: 'e' is the key's
  * entry (bytes kept, or a pending delete), NULL if its lookup missed. */
 static eddy_err obj_load(store_txn *t, struct overlay_entry *e, const struct store_key *key,
-                         const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj);
-
-eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
-                           const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
-{
-    *obj = NULL;
-    sync_gen(t);
-    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
-    if (e && e->obj) {
-        t->stats.hits++;
-        *obj = e->deleted ? NULL : e->obj;
-        return touch(t, e);
-    }
-    return obj_load(t, e, key, desc, obj);
-}
-
-static eddy_err obj_load(store_txn *t, struct overlay_entry *e, const struct store_key *key,
                          const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
 {
     const char *val;
@@ -1167,12 +1147,26 @@ static eddy_err obj_load(store_txn *t, struct overlay_entry *e, const struct sto
     return EDDY_OK;
 }
 
+eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
+                           const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
+{
+    *obj = NULL;
+    sync_gen(t);
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
+    if (e && e->obj) {
+        t->stats.hits++;
+        *obj = e->deleted ? NULL : e->obj;
+        return touch(t, e);
+    }
+    return obj_load(t, e, key, desc, obj);
+}
+
 /* 'e' holds 'obj' from now on, changed: packed again at commit. */
 static void entry_set_obj(store_txn *t, struct overlay_entry *e, ProtobufCMessage *obj)
 {
     if (e->obj != obj)
         entry_drop_obj(e);
-    val_free(t, e); /* stale now */
+    val_free(t, e); /* stale now: packed again at commit */
     bool was_deleted = e->deleted;
     e->obj = obj;
     e->obj_dirty = true;
