@@ -63,28 +63,34 @@ static bool pack_counts(const ProtobufCMessage *m, struct pbenc_out *o)
     return true;
 }
 
+/* A row known absent, created empty and set without the read (the txn owns it). */
+static eddy_err counts_new(store_txn *t, const struct store_key *key, Eddy__Store__V1__Counts **c)
+{
+    if (!(*c = malloc(sizeof(**c))))
+        return EDDY_ERR_NOMEM;
+    eddy__store__v1__counts__init(*c);
+    eddy_err err = store_txn_obj_set(t, key, &(*c)->base);
+    if (err != EDDY_OK)
+        *c = NULL; /* freed */
+    return err;
+}
+
 eddy_err counts_bump(store_txn *t, const struct store_key *key, Eddy__V1__EventType type,
                      const char *category, bool absent)
 {
     store_txn_set_packer(t, &eddy__store__v1__counts__descriptor, pack_counts);
     Eddy__Store__V1__Counts *c = NULL;
-    eddy_err err = absent ? EDDY_OK
-                          : store_txn_obj_get(t, key, &eddy__store__v1__counts__descriptor,
-                                              (ProtobufCMessage **)&c);
+    eddy_err err = absent ? counts_new(t, key, &c)
+                          : store_txn_obj_edit(t, key, &eddy__store__v1__counts__descriptor,
+                                               (ProtobufCMessage **)&c);
     if (err != EDDY_OK)
         return err;
-    if (!c) {
-        if (!(c = malloc(sizeof(*c))))
-            return EDDY_ERR_NOMEM;
-        eddy__store__v1__counts__init(c);
-    }
     uint64_t *slot = counts_slot(c, type);
     if (slot)
         (*slot)++;
     if (!pb_empty(category) && strcmp(c->category, category) != 0)
         err = pb_set_str(&c->category, category);
-    eddy_err serr = store_txn_obj_set(t, key, &c->base); /* the txn owns it either way */
-    return err != EDDY_OK ? err : serr;
+    return err;
 }
 
 Eddy__V1__TypeCounts *counts_to_public(const Eddy__Store__V1__Counts *c)

@@ -474,7 +474,6 @@ static eddy_err apply_pair(store_txn *t, const struct product_params *p, uint32_
     struct store_key k;
     Eddy__Store__V1__ProductState *ps = NULL;
     Eddy__Store__V1__CoOccurrencePair *pr = NULL;
-    bool created;
     if (!(c->weight > 0) || pb_empty(c->to_product))
         return EDDY_OK; /* adds nothing */
     eddy_err err = load_product(t, q, c->from_product, own, &ps, &k);
@@ -491,10 +490,9 @@ static eddy_err apply_pair(store_txn *t, const struct product_params *p, uint32_
             return err;
     }
     cooc_key(&k, q, c->from_product, c->to_product);
-    if ((err = store_txn_obj_get_or_new(t, &k, &eddy__store__v1__co_occurrence_pair__descriptor,
-                                        (ProtobufCMessage **)&pr, &created)) != EDDY_OK)
-        return err;
-    if ((err = decay_ensure(&pr->score)) != EDDY_OK)
+    if ((err = store_txn_obj_edit(t, &k, &eddy__store__v1__co_occurrence_pair__descriptor,
+                                  (ProtobufCMessage **)&pr)) != EDDY_OK ||
+        (err = decay_ensure(&pr->score)) != EDDY_OK)
         return err;
     /* b >= P - 1 and the row's bucket <= P: decay_add drops nothing that counts */
     decay_add(pr->score, &p->neighbours, c->ts, c->weight);
@@ -503,7 +501,7 @@ static eddy_err apply_pair(store_txn *t, const struct product_params *p, uint32_
             return err;
         pr->category_ts = c->ts;
     }
-    return store_txn_obj_set(t, &k, &pr->base);
+    return EDDY_OK;
 }
 
 eddy_err product_apply(store_txn *t, const struct product_params *p,

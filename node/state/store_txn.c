@@ -982,21 +982,12 @@ static bool known_absent(store_txn *t, struct key_sets *ks, uint32_t idx,
            !keyset_may_hold(ks->ks, idx, XXH3_64bits(key->buf, key->len));
 }
 
-eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
-                       size_t *vlen, bool *found)
+/* store_txn_get of a key the table does not hold (its lookup missed). */
+static eddy_err get_missing(store_txn *t, const struct store_key *key, const char **val,
+                            size_t *vlen, bool *found)
 {
-    sync_gen(t);
-    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
+    struct overlay_entry *e;
     eddy_err err;
-    if (e) {
-        t->stats.hits++;
-        if ((err = touch(t, e)) != EDDY_OK || (err = entry_pack(t, e)) != EDDY_OK)
-            return err;
-        *found = !e->deleted;
-        *val = e->val;
-        *vlen = e->vlen;
-        return EDDY_OK;
-    }
     *val = NULL;
     *vlen = 0;
     uint32_t idx;
@@ -1032,6 +1023,24 @@ eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **v
     *val = e->val;
     *vlen = n;
     return EDDY_OK;
+}
+
+eddy_err store_txn_get(store_txn *t, const struct store_key *key, const char **val,
+                       size_t *vlen, bool *found)
+{
+    sync_gen(t);
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
+    eddy_err err;
+    if (e) {
+        t->stats.hits++;
+        if ((err = touch(t, e)) != EDDY_OK || (err = entry_pack(t, e)) != EDDY_OK)
+            return err;
+        *found = !e->deleted;
+        *val = e->val;
+        *vlen = e->vlen;
+        return EDDY_OK;
+    }
+    return get_missing(t, key, val, vlen, found);
 }
 
 eddy_err store_txn_get_msg(store_txn *t, const struct store_key *key,
@@ -1114,21 +1123,17 @@ eddy_err store_txn_del_range(store_txn *t, const struct store_key *start,
     return err;
 }
 
-eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
-                           const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
+/* The rest of store_txn_obj_get when the table holds no decoded message: 'e' is the key's
+ * entry (bytes kept, or a pending delete), NULL if its lookup missed. */
+static eddy_err obj_load(store_txn *t, struct overlay_entry *e, const struct store_key *key,
+                         const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
 {
     const char *val;
     size_t vlen;
     bool found;
     *obj = NULL;
-    sync_gen(t);
-    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
-    if (e && e->obj) {
-        t->stats.hits++;
-        *obj = e->deleted ? NULL : e->obj;
-        return touch(t, e);
-    }
-    eddy_err err = store_txn_get(t, key, &val, &vlen, &found); /* keeps the bytes */
+    eddy_err err = e ? store_txn_get(t, key, &val, &vlen, &found) /* keeps the bytes */
+                     : get_missing(t, key, &val, &vlen, &found);
     if (err != EDDY_OK || !found)
         return err;
     ProtobufCMessage *m = NULL;
@@ -1142,14 +1147,23 @@ eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
     return EDDY_OK;
 }
 
-eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCMessage *obj)
+eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
+                           const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
 {
-    struct overlay_entry *e;
-    eddy_err err = entry_for(t, key, &e);
-    if (err != EDDY_OK) {
-        protobuf_c_message_free_unpacked(obj, NULL);
-        return err;
+    *obj = NULL;
+    sync_gen(t);
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
+    if (e && e->obj) {
+        t->stats.hits++;
+        *obj = e->deleted ? NULL : e->obj;
+        return touch(t, e);
     }
+    return obj_load(t, e, key, desc, obj);
+}
+
+/* 'e' holds 'obj' from now on, changed: packed again at commit. */
+static void entry_set_obj(store_txn *t, struct overlay_entry *e, ProtobufCMessage *obj)
+{
     if (e->obj != obj)
         entry_drop_obj(e);
     val_free(t, e); /* stale now: packed again at commit */
@@ -1159,6 +1173,17 @@ eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCM
     e->deleted = false;
     e->keep = true;
     mark_pending(t, e, was_deleted);
+}
+
+eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCMessage *obj)
+{
+    struct overlay_entry *e;
+    eddy_err err = entry_for(t, key, &e);
+    if (err != EDDY_OK) {
+        protobuf_c_message_free_unpacked(obj, NULL);
+        return err;
+    }
+    entry_set_obj(t, e, obj);
     return EDDY_OK;
 }
 
@@ -1173,6 +1198,36 @@ eddy_err store_txn_obj_get_or_new(store_txn *t, const struct store_key *key,
     if (!(*obj = malloc(desc->sizeof_message)))
         return EDDY_ERR_NOMEM;
     desc->message_init(*obj);
+    if ((err = store_txn_obj_set(t, key, *obj)) != EDDY_OK)
+        *obj = NULL; /* freed */
+    return err;
+}
+
+eddy_err store_txn_obj_edit(store_txn *t, const struct store_key *key,
+                            const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
+{
+    sync_gen(t);
+    /* a kept message, the usual case: one probe, where a get and a set took two */
+    struct overlay_entry *e = lookup(t, key->buf, key->len, NULL, NULL);
+    if (e && e->obj && !e->deleted) {
+        t->stats.hits++;
+        eddy_err err = touch(t, e); /* first: the seal finds pending keys by their touch */
+        if (err == EDDY_OK) {
+            *obj = e->obj;
+            entry_set_obj(t, e, e->obj);
+        }
+        return err;
+    }
+    /* else read it (after a miss, with no second probe) or create it, and set it: two
+     * probes for a new key, where store_txn_obj_get_or_new and a set took four */
+    eddy_err err = obj_load(t, e, key, desc, obj);
+    if (err != EDDY_OK)
+        return err;
+    if (!*obj) {
+        if (!(*obj = malloc(desc->sizeof_message)))
+            return EDDY_ERR_NOMEM;
+        desc->message_init(*obj);
+    }
     if ((err = store_txn_obj_set(t, key, *obj)) != EDDY_OK)
         *obj = NULL; /* freed */
     return err;

@@ -72,6 +72,11 @@ eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCM
 eddy_err store_txn_obj_get_or_new(store_txn *t, const struct store_key *key,
                                   const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj,
                                   bool *created);
+/* store_txn_obj_get_or_new and store_txn_obj_set in one: the message at 'key' (created
+ * empty if absent), marked changed already; the caller changes it in place before the
+ * commit. For a message changed whenever it is read (a pair's sum, a window's counts). */
+eddy_err store_txn_obj_edit(store_txn *t, const struct store_key *key,
+                            const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj);
 /* A faster encoder for one message type, used when the txn packs changed objects at
  * commit: it must write exactly protobuf_c_message_pack's bytes (the stored state is
  * compared byte for byte). It writes them into 'o' (pbenc.h: the txn's scratch buffer when

@@ -17,6 +17,18 @@ static void test_stable_values(void **state)
     assert_int_equal(a, partition_of_hash(partition_hash("u:", "alice", 5), 256));
     assert_int_equal(partition_of_user("alice", 256), a);
     assert_int_equal(partition_of_user("bob", 256), b);
+    /* the values of the first versions (XXH64's streaming state), short keys, the longest
+     * that partition_hash copies to hash in one call (254 after "i:") and longer ones */
+    char big[301];
+    for (int i = 0; i < 300; i++)
+        big[i] = (char)('a' + i % 26);
+    big[300] = '\0';
+    assert_int_equal(partition_hash("u:", "alice", 5), UINT64_C(0x2043a178e576174f));
+    assert_int_equal(partition_hash("i:", "p-123", 5), UINT64_C(0x3d63d25fb1b888ca));
+    assert_int_equal(partition_hash("i:", "", 0), UINT64_C(0xf605b2b6277917e4));
+    assert_int_equal(partition_hash("i:", big, 254), UINT64_C(0x64dc8a1a665b8457));
+    assert_int_equal(partition_hash("i:", big, 255), UINT64_C(0x4a45f8dd69fdf3f4));
+    assert_int_equal(partition_hash("i:", big, 300), UINT64_C(0x6e2c708a8ecee109));
 }
 
 static void test_range_bounds(void **state)

@@ -4,9 +4,10 @@
  * in its range), another txn's commit, store_delete of a kept table and a reset, also
  * between groups the engine did not commit; evicted past the budget; scans merge pending
  * writes with the committed keys; a commit split in seal, write and settle keeps the
- * sealed keys visible to the txn until the settle, and a failed write resets it; the
- * store counts what committed writes put, per table (store_write_stats); with key sets a
- * key known not to exist is answered without a read, and every key that exists is found. */
+ * sealed keys visible to the txn until the settle, and a failed write resets it; an edit
+ * (store_txn_obj_edit) is written as a get and a set are; the store counts what committed
+ * writes put, per table (store_write_stats); with key sets a key known not to exist is
+ * answered without a read, and every key that exists is found. */
 #include <malloc.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -120,6 +121,57 @@ static void test_kept_across_commits(void **state)
     assert_non_null(c);
     assert_int_equal(c->view, 9);
     eddy__store__v1__counts__free_unpacked(c, NULL);
+    store_txn_free(t);
+}
+
+/* Through store_txn_obj_edit: the Counts at 'k' (created if absent) gets 'n' more views. */
+static void edit_bump(store_txn *t, const struct store_key *k, uint64_t n)
+{
+    Eddy__Store__V1__Counts *c = NULL;
+    assert_int_equal(store_txn_obj_edit(t, k, &eddy__store__v1__counts__descriptor,
+                                        (ProtobufCMessage **)&c),
+                     EDDY_OK);
+    assert_non_null(c);
+    c->view += n;
+}
+
+static void test_edit_marks_changed(void **state)
+{
+    struct fx *f = *state;
+    struct store_key stored, absent, deleted;
+    counts_key(&stored, 1, "u1");
+    counts_key(&absent, 1, "u2");
+    counts_key(&deleted, 1, "u3");
+    put_counts_committed(f->s, &stored, 5);
+    put_counts_committed(f->s, &deleted, 7);
+
+    store_txn *t = store_txn_new(f->s);
+    struct store_txn_stats st;
+    edit_bump(t, &stored, 1); /* read from LevelDB */
+    edit_bump(t, &absent, 2); /* created empty */
+    bump(t, &deleted, 1);     /* kept, then deleted: an edit starts it afresh */
+    assert_int_equal(store_txn_del(t, &deleted), EDDY_OK);
+    edit_bump(t, &deleted, 3);
+    assert_int_equal(store_txn_pending(t), 3);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    assert_int_equal(committed_views(f->s, &stored), 6);
+    assert_int_equal(committed_views(f->s, &absent), 2);
+    assert_int_equal(committed_views(f->s, &deleted), 3);
+
+    /* kept now: changed in place with no read, and written at the next commit */
+    store_txn_stats(t, &st);
+    uint64_t misses = st.misses, hits = st.hits;
+    edit_bump(t, &stored, 1);
+    edit_bump(t, &stored, 1);
+    edit_bump(t, &absent, 1);
+    assert_int_equal(store_txn_pending(t), 2);
+    store_txn_stats(t, &st);
+    assert_int_equal(st.misses, misses);
+    assert_int_equal(st.hits, hits + 3);
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    assert_int_equal(committed_views(f->s, &stored), 8);
+    assert_int_equal(committed_views(f->s, &absent), 3);
+    assert_int_equal(txn_views(t, &stored), 8);
     store_txn_free(t);
 }
 
@@ -972,6 +1024,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_kept_across_commits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_chains_match_reference, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pending_written_once_last_value, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_edit_marks_changed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replace_range_forgets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_other_writers_forget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset_forgets_changes_in_place, setup, teardown),
