@@ -177,6 +177,10 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
           "bytes per LevelDB write of a flush, whole partitions each: an acknowledgement's "
           "write waits for at most one (0 = one write per flush)",
           0, 0),
+        F("compaction-nice", FLAG_INT, compaction_nice,
+          "nice value of LevelDB's compaction thread: below the acknowledgements' threads "
+          "(0 = the node's)",
+          0, 19),
         F("read-barrier-timeout", FLAG_DURATION, read_barrier_timeout,
           "a query waits this long at most for the events acknowledged before it to be "
           "applied (0 = no wait)",

@@ -55,7 +55,7 @@ struct node_config {
     int64_t attribution_window_click, attribution_window_purchase; /* experiments' defaults */
     int64_t stage2_staleness, max_pending_events, max_group_events, cache_size, state_cache_size;
     int64_t flush_interval, flush_bytes, flush_chunk, read_barrier_timeout, max_apply_lag;
-    int64_t trim_interval;
+    int64_t trim_interval, compaction_nice;
     int64_t neighbour_cache, user_cache_size;
     int64_t pair_set_size, key_set_size;
     int64_t shutdown_grace;

@@ -1446,6 +1446,7 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
     e->o.apply.log_floor = e->log_floor;
     e->o.apply.product = &e->o.product;
     struct store_opts so = {opts->data_dir, opts->cache_bytes, 0};
+    store_set_compaction_nice(opts->compaction_nice);
     eddy_err r = store_open(&so, &e->st, err, errlen);
     if (r != EDDY_OK) {
         engine_close(e);

@@ -144,6 +144,8 @@ struct engine_opts {
     /* Bytes per LevelDB write of a flush (0: STORE_FLUSH_CHUNK_DEFAULT; -1: one write for
      * everything): a group's synced write waits for at most one of them. */
     int64_t flush_chunk_bytes;
+    /* LevelDB's compaction thread's nice value (store_set_compaction_nice). */
+    int compaction_nice;
     /* engine_read_barrier waits this long at most (0: no wait; a query may then miss an
      * acknowledged event until the apply thread reaches it). */
     int64_t read_barrier_timeout_ms;

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <leveldb/c.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +76,48 @@ static pid_t lock_holder(const char *dir)
     return pid;
 }
 
+static _Atomic int compaction_nice; /* store_set_compaction_nice */
+
+void store_set_compaction_nice(int nice)
+{
+    atomic_store(&compaction_nice, nice);
+}
+
+struct compaction_start {
+    leveldb_t *db;
+    int nice;
+};
+
+/* LevelDB starts its compaction thread the first time it schedules work, and the thread
+ * takes the name and the nice value of the thread that did (common/thread.h). A manual
+ * compaction of an empty range past every key, from this short-lived thread, schedules it
+ * now, as "eddy-leveldb" at the nice value asked for: after a burst the compactions take
+ * a core of two for tens of seconds, and at nice 0 they delay the acknowledgements' threads
+ * (docs/BENCHMARKS.md, "Session 15"). */
+static void *compaction_start_main(void *arg)
+{
+    struct compaction_start *c = arg;
+    static const char past[] = "\xff\xff\xff\xff";
+    thread_name("leveldb");
+#ifdef __linux__
+    if (c->nice != 0 && setpriority(PRIO_PROCESS, (id_t)gettid(), c->nice) != 0)
+        log_warn("msg=\"cannot lower the compaction thread's priority\" error=\"%s\"",
+                 strerror(errno));
+#endif
+    leveldb_compact_range(c->db, past, sizeof(past) - 1, past, sizeof(past) - 1);
+    return NULL;
+}
+
+/* Start LevelDB's compaction thread from compaction_start_main. If no thread can be
+ * started, LevelDB starts it with the first write, named and prioritized as its writer. */
+static void compaction_start(leveldb_t *db, int nice)
+{
+    struct compaction_start c = {db, nice};
+    pthread_t t;
+    if (pthread_create(&t, NULL, compaction_start_main, &c) == 0)
+        pthread_join(t, NULL);
+}
+
 eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t errlen)
 {
     char *lerr = NULL;
@@ -118,16 +161,7 @@ eddy_err store_open(const struct store_opts *o, store **out, char *err, size_t e
         store_close(s);
         return e;
     }
-    /* LevelDB starts its compaction thread the first time it schedules work, and the
-     * thread takes the name of the one that did (common/thread.h). A manual compaction of
-     * an empty range past every key schedules it now, under the name "eddy-leveldb",
-     * instead of later from the engine's sync thread under that one's name. */
-    static const char past[] = "\xff\xff\xff\xff";
-    char was[16] = "";
-    pthread_getname_np(pthread_self(), was, sizeof(was));
-    thread_name("leveldb");
-    leveldb_compact_range(s->db, past, sizeof(past) - 1, past, sizeof(past) - 1);
-    pthread_setname_np(pthread_self(), was);
+    compaction_start(s->db, atomic_load(&compaction_nice));
     s->ropts = leveldb_readoptions_create();
     s->wsync = leveldb_writeoptions_create();
     leveldb_writeoptions_set_sync(s->wsync, 1);

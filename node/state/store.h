@@ -30,6 +30,11 @@ struct store_opts {
     int64_t write_buffer_bytes;/* memtable size (default 16 MiB) */
 };
 
+/* The nice value LevelDB's compaction thread gets (default 0: the opener's). LevelDB has
+ * one compaction thread per process, started by the process's first store_open: call
+ * before it. */
+void store_set_compaction_nice(int nice);
+
 /* Open (creating if missing) the database at opts->path. Caller owns *out; free with
  * store_close. On failure returns an error and writes LevelDB's message to 'err'. */
 eddy_err store_open(const struct store_opts *opts, store **out, char *err, size_t errlen);

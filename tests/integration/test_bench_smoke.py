@@ -146,6 +146,17 @@ class BenchSmoke(unittest.TestCase):
             self.assertGreater(r["throughput_eps"], 0)
             self.assertGreater(r["bytes_per_event"], 20)
             self.assert_latency(r["latency_ms"], 40)
+            self.assertEqual(r["unsynced_writes"], 0)
+            # the node's shape: a DEDUP row per event, 256 KiB of unsynced rows (two
+            # 128 KiB writes) before each synced write, idle between them
+            n = run_json([REF_LEVELDB, "-o", "json", "--dir", os.path.join(tmp, "db2"),
+                          "--events", "5000", "--dedup", "--behind", "256k", "--pause", "1ms"])
+            self.assertEqual(n["syncs"], 10)
+            self.assertEqual(n["unsynced_writes"], 20)
+            self.assertGreater(n["bytes_per_event"], r["bytes_per_event"])
+            self.assert_latency(n["latency_ms"], 10)
+            self.assertEqual(n["write_cpu_ms"]["count"], 10)
+            self.assertLessEqual(n["write_cpu_ms"]["p50"], n["latency_ms"]["max"])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         r = run_json([REF_GRPC, "-o", "json", "--duration", "1s", "--batch", "500"])
