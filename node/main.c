@@ -178,8 +178,8 @@ static struct flag *node_flags(struct node_config *c, size_t *n)
           "write waits for at most one (0 = one write per flush)",
           0, 0),
         F("compaction-nice", FLAG_INT, compaction_nice,
-          "nice value of LevelDB's compaction thread: below the acknowledgements' threads "
-          "(0 = the node's)",
+          "nice value of LevelDB's compaction thread (10: below the acknowledgements' "
+          "threads, for oversubscribed cores; 0 = the node's)",
           0, 19),
         F("read-barrier-timeout", FLAG_DURATION, read_barrier_timeout,
           "a query waits this long at most for the events acknowledged before it to be "
