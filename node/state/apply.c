@@ -1076,8 +1076,9 @@ static Eddy__V1__Event *event_copy(const Eddy__V1__Event *ev)
     return c;
 }
 
-/* 'ev' as its log record decodes into *logged: copied (the record's decode, without
- * decoding it), or where the copy would differ, decoded from its bytes. */
+/* 'ev' as its log record decodes into *logged, without encoding or decoding it: in one
+ * block (event_copy), or where that copy would differ, field by field (pb_copy, which
+ * also gives what a decode gives). */
 static eddy_err logged_event(const Eddy__V1__Event *ev, struct apply_logged *logged)
 {
     logged->unpacked = false;

@@ -138,7 +138,7 @@ void apply_ahead_init(struct apply_ahead *a, const struct part_meta *m);
  * release with apply_logged_release (which accepts an empty one). */
 struct apply_logged {
     Eddy__V1__Event *ev;  /* NULL: none */
-    bool unpacked;        /* decoded from the record's bytes, else copied (one block) */
+    bool unpacked;        /* freed as unpacked messages are (pb_copy), else one block */
 };
 void apply_logged_release(struct apply_logged *l);
 
