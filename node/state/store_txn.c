@@ -1124,9 +1124,11 @@ eddy_err store_txn_del_range(store_txn *t, const struct store_key *start,
 }
 
 /* The rest of store_txn_obj_get when the table holds no decoded message: 'e' is the key's
- * entry (bytes kept, or a pending delete), NULL if its lookup missed. */
+ * entry (bytes kept, or a pending delete), NULL if its lookup missed. A message found is
+ * kept by its entry, which *held is then (when 'held' is not NULL). */
 static eddy_err obj_load(store_txn *t, struct overlay_entry *e, const struct store_key *key,
-                         const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
+                         const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj,
+                         struct overlay_entry **held)
 {
     const char *val;
     size_t vlen;
@@ -1144,6 +1146,8 @@ static eddy_err obj_load(store_txn *t, struct overlay_entry *e, const struct sto
     e->obj_dirty = false;
     e->keep = true;
     *obj = m;
+    if (held)
+        *held = e;
     return EDDY_OK;
 }
 
@@ -1158,7 +1162,7 @@ eddy_err store_txn_obj_get(store_txn *t, const struct store_key *key,
         *obj = e->deleted ? NULL : e->obj;
         return touch(t, e);
     }
-    return obj_load(t, e, key, desc, obj);
+    return obj_load(t, e, key, desc, obj, NULL);
 }
 
 /* 'e' holds 'obj' from now on, changed: packed again at commit. */
@@ -1187,20 +1191,26 @@ eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCM
     return EDDY_OK;
 }
 
+/* A message of type 'desc' at 'key', created empty and set (changed). */
+static eddy_err obj_new(store_txn *t, const struct store_key *key,
+                        const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj)
+{
+    if (!(*obj = malloc(desc->sizeof_message)))
+        return EDDY_ERR_NOMEM;
+    desc->message_init(*obj);
+    eddy_err err = store_txn_obj_set(t, key, *obj);
+    if (err != EDDY_OK)
+        *obj = NULL; /* freed */
+    return err;
+}
+
 eddy_err store_txn_obj_get_or_new(store_txn *t, const struct store_key *key,
                                   const ProtobufCMessageDescriptor *desc, ProtobufCMessage **obj,
                                   bool *created)
 {
     eddy_err err = store_txn_obj_get(t, key, desc, obj);
     *created = err == EDDY_OK && !*obj;
-    if (!*created)
-        return err;
-    if (!(*obj = malloc(desc->sizeof_message)))
-        return EDDY_ERR_NOMEM;
-    desc->message_init(*obj);
-    if ((err = store_txn_obj_set(t, key, *obj)) != EDDY_OK)
-        *obj = NULL; /* freed */
-    return err;
+    return *created ? obj_new(t, key, desc, obj) : err;
 }
 
 eddy_err store_txn_obj_edit(store_txn *t, const struct store_key *key,
@@ -1218,19 +1228,17 @@ eddy_err store_txn_obj_edit(store_txn *t, const struct store_key *key,
         }
         return err;
     }
-    /* else read it (after a miss, with no second probe) or create it, and set it: two
-     * probes for a new key, where store_txn_obj_get_or_new and a set took four */
-    eddy_err err = obj_load(t, e, key, desc, obj);
+    /* else read it (after a miss, with no second probe) and mark its entry changed, or
+     * create it: two probes for a new key, where store_txn_obj_get_or_new and a set took
+     * four */
+    struct overlay_entry *held;
+    eddy_err err = obj_load(t, e, key, desc, obj, &held);
     if (err != EDDY_OK)
         return err;
-    if (!*obj) {
-        if (!(*obj = malloc(desc->sizeof_message)))
-            return EDDY_ERR_NOMEM;
-        desc->message_init(*obj);
-    }
-    if ((err = store_txn_obj_set(t, key, *obj)) != EDDY_OK)
-        *obj = NULL; /* freed */
-    return err;
+    if (!*obj)
+        return obj_new(t, key, desc, obj);
+    entry_set_obj(t, held, *obj);
+    return EDDY_OK;
 }
 
 /* Evict the kept values used longest ago until they fit in 3/4 of their room. */
