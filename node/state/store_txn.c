@@ -1184,7 +1184,11 @@ eddy_err store_txn_obj_set(store_txn *t, const struct store_key *key, ProtobufCM
     struct overlay_entry *e;
     eddy_err err = entry_for(t, key, &e);
     if (err != EDDY_OK) {
-        protobuf_c_message_free_unpacked(obj, NULL);
+        /* ours to free, unless the key's entry holds it (a message got and changed in
+         * place): the txn frees that one */
+        const struct overlay_entry *held = lookup(t, key->buf, key->len, NULL, NULL);
+        if (!held || held->obj != obj)
+            protobuf_c_message_free_unpacked(obj, NULL);
         return err;
     }
     entry_set_obj(t, e, obj);

@@ -7,7 +7,9 @@
  * sealed keys visible to the txn until the settle, and a failed write resets it; an edit
  * (store_txn_obj_edit) is written as a get and a set are; the store counts what committed
  * writes put, per table (store_write_stats); with key sets a key known not to exist is
- * answered without a read, and every key that exists is found. */
+ * answered without a read, and every key that exists is found; a set that fails for want
+ * of memory leaves a message its entry holds to the entry (calloc fails on demand:
+ * -Wl,--wrap=calloc, tests/CMakeLists.txt). */
 #include <malloc.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -25,6 +27,16 @@
 #include "store_fixture.h"
 
 #define VIEW EDDY__V1__EVENT_TYPE__EVENT_TYPE_VIEW
+
+/* Every calloc of the code under test (store_txn's table rebuild among them) fails while
+ * this is set; the linker sends them here. */
+static bool fail_calloc;
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size)
+{
+    return fail_calloc ? NULL : __real_calloc(n, size);
+}
 
 static void counts_key(struct store_key *k, uint32_t p, const char *id)
 {
@@ -172,6 +184,41 @@ static void test_edit_marks_changed(void **state)
     assert_int_equal(committed_views(f->s, &stored), 8);
     assert_int_equal(committed_views(f->s, &absent), 3);
     assert_int_equal(txn_views(t, &stored), 8);
+    store_txn_free(t);
+}
+
+/* The get-then-set pattern (a message changed in place, then set) whose set fails for
+ * want of memory: the table's rebuild, before the key's probe, is what fails. The entry
+ * still holds the message, so the set must not free it: the txn reads it afterwards and
+ * frees it once, with the txn. */
+static void test_failed_set_keeps_held_message(void **state)
+{
+    struct fx *f = *state;
+    store_txn *t = store_txn_new(f->s);
+    struct store_key held;
+    counts_key(&held, 1, "held");
+    bump(t, &held, 1);
+    for (int i = 0;; i++) {
+        Eddy__Store__V1__Counts *c = NULL;
+        assert_int_equal(store_txn_obj_get(t, &held, &eddy__store__v1__counts__descriptor,
+                                           (ProtobufCMessage **)&c),
+                         EDDY_OK);
+        assert_non_null(c);
+        fail_calloc = true; /* the set fails when the next entry needs a bigger table */
+        eddy_err err = store_txn_obj_set(t, &held, &c->base);
+        fail_calloc = false;
+        if (err != EDDY_OK) {
+            assert_int_equal(err, EDDY_ERR_NOMEM);
+            break;
+        }
+        assert_true(i < 1 << 20);
+        char id[32];
+        snprintf(id, sizeof(id), "other-%d", i);
+        struct store_key other;
+        counts_key(&other, 1, id);
+        bump(t, &other, 1);
+    }
+    assert_int_equal(txn_views(t, &held), 1);
     store_txn_free(t);
 }
 
@@ -1025,6 +1072,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_scan_chains_match_reference, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pending_written_once_last_value, setup, teardown),
         cmocka_unit_test_setup_teardown(test_edit_marks_changed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_set_keeps_held_message, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replace_range_forgets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_other_writers_forget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset_forgets_changes_in_place, setup, teardown),
