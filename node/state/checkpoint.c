@@ -440,7 +440,9 @@ static eddy_err write_common(const struct ckptkey *key, store *s, uint32_t p, co
 {
     if (p > UINT16_MAX)
         return EDDY_ERR_INVALID;
-    store_snapshot *snap = store_snapshot_new(s);
+    struct store_key start, end;
+    partition_range(p, &start, &end);
+    store_snapshot *snap = store_snapshot_new_range(s, &start, &end);
     if (!snap)
         return EDDY_ERR_NOMEM;
     eddy_err err = write_from_snapshot(key, snap, p, path, dir, deadline_ms, out);
@@ -453,7 +455,9 @@ eddy_err checkpoint_stream(const struct ckptkey *key, store *s, uint32_t p,
 {
     if (p > UINT16_MAX || !sink)
         return EDDY_ERR_INVALID;
-    store_snapshot *snap = store_snapshot_new(s);
+    struct store_key start, end;
+    partition_range(p, &start, &end);
+    store_snapshot *snap = store_snapshot_new_range(s, &start, &end);
     struct writer w = {.fd = -1, .sink = sink, .sink_ud = ud, .path = "(stream)", .partition = p,
                        .err = EDDY_OK};
     uint64_t seq = 0, total = 0;

@@ -368,22 +368,35 @@ eddy_err store_scan_ranges(store *s, const struct store_key *starts,
     return scan_ranges_with(s->db, s->ropts, &s->dirty, starts, ends, n, fn, ud);
 }
 
-/* Whether sorted 'ovl' deletes key 'k'. */
-static bool ovl_deletes(const struct store_ovl *ovl, size_t n, const unsigned char *k,
-                        size_t klen)
+/* The index of the first entry of sorted 'ovl' at or past key 'k' (n: none). */
+static size_t ovl_lower_bound(const struct store_ovl *ovl, size_t n, const unsigned char *k,
+                              size_t klen)
 {
     size_t lo = 0, hi = n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = key_cmp_raw(ovl[mid].key, ovl[mid].klen, k, klen);
-        if (c == 0)
-            return ovl[mid].del;
-        if (c < 0)
+        if (key_cmp_raw(ovl[mid].key, ovl[mid].klen, k, klen) < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return false;
+    return lo;
+}
+
+/* The entry of sorted 'ovl' for key 'k', or NULL. */
+static const struct store_ovl *ovl_find(const struct store_ovl *ovl, size_t n,
+                                        const unsigned char *k, size_t klen)
+{
+    size_t i = ovl_lower_bound(ovl, n, k, klen);
+    return i < n && key_cmp_raw(ovl[i].key, ovl[i].klen, k, klen) == 0 ? &ovl[i] : NULL;
+}
+
+/* Whether sorted 'ovl' deletes key 'k'. */
+static bool ovl_deletes(const struct store_ovl *ovl, size_t n, const unsigned char *k,
+                        size_t klen)
+{
+    const struct store_ovl *o = ovl_find(ovl, n, k, klen);
+    return o && o->del;
 }
 
 eddy_err store_last(store *s, const struct store_key *start, const struct store_key *end,
@@ -708,7 +721,30 @@ struct store_snapshot {
     store *s;
     const leveldb_snapshot_t *snap;
     leveldb_readoptions_t *ropts;
+    /* store_snapshot_new_range: the range it answers for, and the dirty set's values in
+     * it as of the snapshot (sorted), which win over LevelDB's */
+    bool ranged;
+    struct store_key lo, hi;
+    struct store_ovl *ovl;
+    size_t novl;
 };
+
+/* The LevelDB snapshot of 'sn' and its read options; the caller holds the boundary. */
+static void snapshot_open(store_snapshot *sn, store *s)
+{
+    sn->s = s;
+    sn->snap = leveldb_create_snapshot(s->db);
+    atomic_fetch_add(&s->snapshots, 1);
+}
+
+static store_snapshot *snapshot_ready(store_snapshot *sn)
+{
+    sn->ropts = leveldb_readoptions_create();
+    leveldb_readoptions_set_snapshot(sn->ropts, sn->snap);
+    leveldb_readoptions_set_verify_checksums(sn->ropts, 1);
+    leveldb_readoptions_set_fill_cache(sn->ropts, 0);
+    return sn;
+}
 
 store_snapshot *store_snapshot_new(store *s)
 {
@@ -717,15 +753,33 @@ store_snapshot *store_snapshot_new(store *s)
         free(sn);
         return NULL;
     }
-    sn->s = s;
-    sn->snap = leveldb_create_snapshot(s->db);
-    atomic_fetch_add(&s->snapshots, 1);
+    snapshot_open(sn, s);
     release_boundary(s);
-    sn->ropts = leveldb_readoptions_create();
-    leveldb_readoptions_set_snapshot(sn->ropts, sn->snap);
-    leveldb_readoptions_set_verify_checksums(sn->ropts, 1);
-    leveldb_readoptions_set_fill_cache(sn->ropts, 0);
-    return sn;
+    return snapshot_ready(sn);
+}
+
+store_snapshot *store_snapshot_new_range(store *s, const struct store_key *start,
+                                         const struct store_key *end)
+{
+    store_snapshot *sn = calloc(1, sizeof(*sn));
+    if (!sn)
+        return NULL;
+    sn->ranged = true;
+    sn->lo = *start;
+    sn->hi = *end;
+    /* at a group boundary (no txn write publishes), the dirty values first, then LevelDB:
+     * a value a concurrent flush writes and drops meanwhile is in the copy or in the
+     * snapshot's view, never in neither */
+    pthread_mutex_lock(&s->dirty.pub_mu);
+    eddy_err err = store_dirty_range(&s->dirty, start, end, &sn->ovl, &sn->novl);
+    if (err == EDDY_OK)
+        snapshot_open(sn, s);
+    pthread_mutex_unlock(&s->dirty.pub_mu);
+    if (err != EDDY_OK) {
+        free(sn);
+        return NULL;
+    }
+    return snapshot_ready(sn);
 }
 
 void store_snapshot_free(store_snapshot *sn)
@@ -738,15 +792,37 @@ void store_snapshot_free(store_snapshot *sn)
         leveldb_release_snapshot(sn->s->db, sn->snap);
         atomic_fetch_sub(&sn->s->snapshots, 1);
     }
+    free(sn->ovl);
     free(sn);
+}
+
+/* Whether [start, end) lies in the range of a ranged snapshot (an empty 'end': unbounded). */
+static bool snapshot_covers(const store_snapshot *sn, const struct store_key *start,
+                            const struct store_key *end)
+{
+    if (!sn->ranged)
+        return true;
+    if (key_cmp_raw(start->buf, start->len, sn->lo.buf, sn->lo.len) < 0)
+        return false;
+    if (sn->hi.len == 0)
+        return true;
+    return end->len > 0 && key_cmp_raw(end->buf, end->len, sn->hi.buf, sn->hi.len) <= 0;
 }
 
 eddy_err store_snapshot_get_msg(store_snapshot *sn, const struct store_key *key,
                                 const ProtobufCMessageDescriptor *desc, ProtobufCMessage **msg)
 {
+    *msg = NULL;
+    if (sn->ranged) {
+        if (key_cmp_raw(key->buf, key->len, sn->lo.buf, sn->lo.len) < 0 ||
+            (sn->hi.len > 0 && !key_before_end((const char *)key->buf, key->len, &sn->hi)))
+            return EDDY_ERR_INVALID;
+        const struct store_ovl *o = ovl_find(sn->ovl, sn->novl, key->buf, key->len);
+        if (o)
+            return o->del ? EDDY_OK : store_decode(desc, o->val, o->vlen, msg);
+    }
     char *lerr = NULL;
     size_t vlen = 0;
-    *msg = NULL;
     char *val = leveldb_get(sn->s->db, sn->ropts, (const char *)key->buf, key->len, &vlen, &lerr);
     eddy_err e = store_take_err(lerr, NULL, 0);
     if (e == EDDY_OK && val)
@@ -758,7 +834,18 @@ eddy_err store_snapshot_get_msg(store_snapshot *sn, const struct store_key *key,
 eddy_err store_snapshot_scan(store_snapshot *sn, const struct store_key *start,
                              const struct store_key *end, store_scan_fn *fn, void *ud)
 {
-    return scan_with(sn->s->db, sn->ropts, NULL, start, end, fn, ud);
+    if (!snapshot_covers(sn, start, end))
+        return EDDY_ERR_INVALID;
+    if (sn->novl == 0)
+        return scan_with(sn->s->db, sn->ropts, NULL, start, end, fn, ud);
+    size_t a = ovl_lower_bound(sn->ovl, sn->novl, start->buf, start->len);
+    size_t b = end->len ? ovl_lower_bound(sn->ovl, sn->novl, end->buf, end->len) : sn->novl;
+    leveldb_iterator_t *it = leveldb_create_iterator(sn->s->db, sn->ropts);
+    if (!it)
+        return EDDY_ERR_NOMEM;
+    eddy_err err = store_merge_scan(it, start, end, sn->ovl + a, b - a, fn, ud, NULL);
+    leveldb_iter_destroy(it);
+    return err;
 }
 
 /* ---- replacing a key range ------------------------------------------------------------ */

@@ -97,6 +97,13 @@ eddy_err store_dump(store *s, uint32_t tables, void *out_file);
  * the block cache (a checkpoint scan must not evict the hot set). */
 typedef struct store_snapshot store_snapshot;
 store_snapshot *store_snapshot_new(store *s); /* NULL if out of memory */
+/* A snapshot of the keys in [start, end) only (an empty 'end': no upper bound), as of the
+ * last group a txn wrote: LevelDB's view merged with the values still behind in the dirty
+ * set (a copy of those in the range), where store_snapshot_new flushes the whole dirty
+ * set first. A checkpoint of one partition so costs a copy of its unwritten rows, not a
+ * flush of every partition's. Reads outside the range fail with EDDY_ERR_INVALID. */
+store_snapshot *store_snapshot_new_range(store *s, const struct store_key *start,
+                                         const struct store_key *end);
 void store_snapshot_free(store_snapshot *snap);
 
 /* store_get_msg as of the snapshot. */
