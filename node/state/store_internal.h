@@ -53,6 +53,11 @@ struct store_dirty {
     struct dirty_run *runs;    /* open addressing by prefix; power-of-two 'cap' */
     size_t cap, nruns, entries;
     uint64_t ver;              /* stamp of the last publish */
+    /* A flush is reading the entries (store_dirty_batches): a publish retires the entries
+     * it replaces here instead of freeing them. */
+    bool reading;
+    struct dirty_entry **retired;
+    size_t nretired, retired_cap;
     _Atomic size_t bytes;      /* estimated memory of the entries (0: a read skips the lock) */
     _Atomic uint32_t tables;   /* 1 << table of the tables written behind */
     _Atomic uint64_t flushes;
@@ -71,8 +76,8 @@ eddy_err store_dirty_get(struct store_dirty *d, const unsigned char *k, size_t k
  * when there are none. */
 eddy_err store_dirty_range(struct store_dirty *d, const struct store_key *start,
                            const struct store_key *end, struct store_ovl **out, size_t *n);
-/* Every entry, as the write batches of a flush (one consistent copy of the set, taken
- * under its lock): the stage-2 tables of every partition first, then the others, each
+/* Every entry, as the write batches of a flush (one consistent copy of the set: its
+ * entries' pointers, copied under its lock, the batches built after it): the stage-2 tables of every partition first, then the others, each
  * batch about 'chunk' bytes (at least one partition's rows of its kind: a partition's
  * stage-2 rows, and its other rows, are never split between two batches). Records and
  * bytes per table are counted into keys[] and bytes[] ([STORE_STAT_TABLES]). */

@@ -1,6 +1,13 @@
 /* The store's dirty set (write-behind) on a real LevelDB in a temp dir: the behind tables'
  * committed writes are read (get, scan, last) before any flush, deletes included, merged
- * with LevelDB's keys; snapshots flush first; a write that deletes a log key goes through. */
+ * with LevelDB's keys; snapshots flush first; a write that deletes a log key goes through;
+ * flushes beside a thread that keeps replacing the values they write (the flush reads
+ * the entries outside the set's lock: a replaced one must outlive it; ASan checks) leave
+ * the last values. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdbool.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -152,11 +159,89 @@ static void test_log_delete_writes_through(void **state)
     store_txn_free(t);
 }
 
+enum { KEYS = 1000, PUTS = 100000, PER_COMMIT = 20 };
+
+struct publisher {
+    store *s;
+    int last[KEYS]; /* the put that wrote each key last */
+    atomic_bool done;
+};
+
+static void value_of(int key, int put_no, char *id, size_t idn, char *val, size_t valn)
+{
+    snprintf(id, idn, "k%04d", key);
+    snprintf(val, valn, "put-%d-of-%s", put_no, id);
+}
+
+/* Random keys in small commits: a flush of many keys reads them while the next commits
+ * replace some. */
+static void *publish_puts(void *arg)
+{
+    struct publisher *pb = arg;
+    store_txn *t = store_txn_new(pb->s);
+    assert_non_null(t);
+    uint64_t x = 88172645463325252ull;
+    for (int n = 1; n <= PUTS; n++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        int key = (int)(x % KEYS);
+        char id[16], val[32];
+        value_of(key, n, id, sizeof(id), val, sizeof(val));
+        put(t, id, val);
+        pb->last[key] = n;
+        if (n % PER_COMMIT == 0 || n == PUTS)
+            assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    }
+    store_txn_free(t);
+    atomic_store(&pb->done, true);
+    return NULL;
+}
+
+static void test_flush_beside_publishes(void **state)
+{
+    struct fx *f = *state;
+    store_set_behind(f->s, 1u << T_USER);
+    struct publisher *pb = calloc(1, sizeof(*pb));
+    assert_non_null(pb);
+    pb->s = f->s;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, publish_puts, pb), 0);
+    int flushes = 0;
+    while (!atomic_load(&pb->done)) {
+        /* a flush of about half of the keys, not one per commit */
+        if (store_dirty_bytes(f->s) < (size_t)KEYS / 2 * 64) {
+            sched_yield();
+            continue;
+        }
+        assert_int_equal(store_flush(f->s), EDDY_OK);
+        flushes++;
+    }
+    pthread_join(th, NULL);
+    assert_true(flushes > 1);
+    for (int round = 0; round < 2; round++) { /* the dirty set's, then LevelDB's */
+        for (int i = 0; i < KEYS; i++) {
+            char id[16], want[32];
+            value_of(i, pb->last[i], id, sizeof(id), want, sizeof(want));
+            char *v = get(f->s, id);
+            if (pb->last[i])
+                assert_string_equal(v, want);
+            else
+                assert_null(v);
+            free(v);
+        }
+        assert_int_equal(store_flush(f->s), EDDY_OK);
+        assert_int_equal(store_dirty_bytes(f->s), 0);
+    }
+    free(pb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_reads_before_flush, setup, teardown),
         cmocka_unit_test_setup_teardown(test_log_delete_writes_through, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flush_beside_publishes, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
