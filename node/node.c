@@ -130,7 +130,7 @@ struct node_config node_config_defaults(void)
         .pair_set_size = (int64_t)PRODUCT_PAIR_SET_DEFAULT,
         .key_set_size = (int64_t)APPLY_KEY_SET_DEFAULT, .shutdown_grace = 10000, .neighbour_cache = 20000,
         .user_cache_size = 32 << 20,
-        .flush_interval = 200, .trim_interval = 1000, .flush_bytes = 64 << 20, .flush_chunk = 128 << 10, .read_barrier_timeout = 10000,
+        .flush_interval = 1000, .trim_interval = 1000, .flush_bytes = 64 << 20, .flush_chunk = 128 << 10, .read_barrier_timeout = 10000,
         .compaction_nice = 0,
         .max_apply_lag = ENGINE_MAX_APPLY_LAG_DEFAULT,
         .checkpoint_interval = 60000, .checkpoint_min_pause = 30000,
