@@ -27,9 +27,11 @@
  * about flush_chunk_bytes of whole partitions each (the stage-2 tables first; see
  * store_flush), each partition's rows with its META of the same group boundary. At open, each partition's log after its
  * flushed META is replayed through apply_replay before the engine serves; a group that
- * rewrites earlier log records (DeleteUser, log sweeps) writes through. Snapshots
- * (checkpoints, moves, replica copies), range replaces and compactions flush first, and
- * with them the exclusive jobs and restores that use them.
+ * rewrites earlier log records (DeleteUser, log sweeps) writes through. A partition's
+ * checkpoint (moves and replica copies stream one) reads its rows still behind from a
+ * copy (store_snapshot_new_range) and flushes nothing; reprocess snapshots, range
+ * replaces and compactions flush first, and with them the exclusive jobs and restores
+ * that use them.
  *
  * Log first, apply behind: an ingest job's events are only appended in its group — dedup
  * (decided exactly as the apply would: struct apply_ahead), seqs, LOG and DEDUP rows —

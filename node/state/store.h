@@ -229,7 +229,8 @@ void store_write_stats(store *s, struct store_write_stats *out);
  * the txns' reads) finds them there first, so a read sees what a written txn wrote. They
  * reach LevelDB with store_flush, in one unsynced write: a crash may lose what was not
  * flushed, which the log must rebuild (the engine replays it from the flushed META).
- * Snapshots, range replaces, store_dump and store_compact_range flush first; store_close
+ * store_snapshot_new, range replaces, store_dump and store_compact_range flush first
+ * (store_snapshot_new_range copies its range's dirty values instead); store_close
  * flushes. A txn write that deletes a LOG key writes through (the dirty set is flushed
  * first, and the whole write is synced): the log after the flushed META must stay as the
  * group found it. Call before the txns write. */
