@@ -126,6 +126,21 @@ static size_t lower_bound(const struct dirty_run *r, const unsigned char *k, siz
     return lo;
 }
 
+/* Room in the array *v (of *cap, n used) for one more entry: doubled when full ('first'
+ * when empty). False if out of memory (the array unchanged). */
+static bool room_for_one(struct dirty_entry ***v, size_t *cap, size_t n, size_t first)
+{
+    if (n < *cap)
+        return true;
+    size_t ncap = *cap ? *cap * 2 : first;
+    struct dirty_entry **nv = realloc(*v, ncap * sizeof(*nv));
+    if (!nv)
+        return false;
+    *v = nv;
+    *cap = ncap;
+    return true;
+}
+
 eddy_err store_dirty_put_locked(struct store_dirty *d, const unsigned char *k, size_t klen,
                                 const void *val, size_t vlen, bool del)
 {
@@ -145,15 +160,9 @@ eddy_err store_dirty_put_locked(struct store_dirty *d, const unsigned char *k, s
     bool eq;
     size_t i = lower_bound(r, k, klen, &eq);
     if (eq) {
-        if (d->reading && d->nretired == d->retired_cap) {
-            size_t ncap = d->retired_cap ? d->retired_cap * 2 : 256;
-            struct dirty_entry **n = realloc(d->retired, ncap * sizeof(*n));
-            if (!n) {
-                free(e);
-                return EDDY_ERR_NOMEM;
-            }
-            d->retired = n;
-            d->retired_cap = ncap;
+        if (d->reading && !room_for_one(&d->retired, &d->retired_cap, d->nretired, 256)) {
+            free(e);
+            return EDDY_ERR_NOMEM;
         }
         atomic_fetch_sub_explicit(&d->bytes, entry_bytes(r->v[i]), memory_order_relaxed);
         if (d->reading)
@@ -162,15 +171,9 @@ eddy_err store_dirty_put_locked(struct store_dirty *d, const unsigned char *k, s
             free(r->v[i]);
         r->v[i] = e;
     } else {
-        if (r->n == r->cap) {
-            size_t ncap = r->cap ? r->cap * 2 : 16;
-            struct dirty_entry **n = realloc(r->v, ncap * sizeof(*n));
-            if (!n) {
-                free(e);
-                return EDDY_ERR_NOMEM;
-            }
-            r->v = n;
-            r->cap = ncap;
+        if (!room_for_one(&r->v, &r->cap, r->n, 16)) {
+            free(e);
+            return EDDY_ERR_NOMEM;
         }
         memmove(&r->v[i + 1], &r->v[i], (r->n - i) * sizeof(*r->v));
         r->v[i] = e;
