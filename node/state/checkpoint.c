@@ -435,14 +435,20 @@ eddy_err checkpoint_path(char *buf, size_t n, const char *dir, uint32_t p, uint6
     return r < 0 || (size_t)r >= n ? EDDY_ERR_TOO_LARGE : EDDY_OK;
 }
 
+/* A snapshot of partition p's keys, its rows still behind included (NULL: out of memory). */
+static store_snapshot *partition_snapshot(store *s, uint32_t p)
+{
+    struct store_key start, end;
+    partition_range(p, &start, &end);
+    return store_snapshot_new_range(s, &start, &end);
+}
+
 static eddy_err write_common(const struct ckptkey *key, store *s, uint32_t p, const char *path,
                              const char *dir, int64_t deadline_ms, struct checkpoint_info *out)
 {
     if (p > UINT16_MAX)
         return EDDY_ERR_INVALID;
-    struct store_key start, end;
-    partition_range(p, &start, &end);
-    store_snapshot *snap = store_snapshot_new_range(s, &start, &end);
+    store_snapshot *snap = partition_snapshot(s, p);
     if (!snap)
         return EDDY_ERR_NOMEM;
     eddy_err err = write_from_snapshot(key, snap, p, path, dir, deadline_ms, out);
@@ -455,9 +461,7 @@ eddy_err checkpoint_stream(const struct ckptkey *key, store *s, uint32_t p,
 {
     if (p > UINT16_MAX || !sink)
         return EDDY_ERR_INVALID;
-    struct store_key start, end;
-    partition_range(p, &start, &end);
-    store_snapshot *snap = store_snapshot_new_range(s, &start, &end);
+    store_snapshot *snap = partition_snapshot(s, p);
     struct writer w = {.fd = -1, .sink = sink, .sink_ud = ud, .path = "(stream)", .partition = p,
                        .err = EDDY_OK};
     uint64_t seq = 0, total = 0;
