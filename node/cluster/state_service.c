@@ -667,7 +667,8 @@ static void delete_after_followers(void *ud, eddy_err err)
         return;
     }
     struct local_backend lb = {u->svc->eng, u->svc->q, u->svc->cks, u->svc->exps,
-                              u->svc->click_window_ms, u->svc->purchase_window_ms};
+                              u->svc->click_window_ms, u->svc->purchase_window_ms,
+                              u->req->epoch, false};
     local_backend_user(&lb, u->req, user_call_done, u);
 }
 
@@ -772,7 +773,7 @@ static void handle_user(void *ud, rpc_call *c, const ProtobufCMessage *msg)
         return;
     }
     struct local_backend lb = {svc->eng, svc->q, svc->cks, svc->exps, svc->click_window_ms,
-                              svc->purchase_window_ms};
+                              svc->purchase_window_ms, req->epoch, from_follower};
     local_backend_user(&lb, req, user_call_done, u);
 }
 

@@ -118,6 +118,7 @@ struct engine {
     pthread_cond_t applied_cv;   /* read barriers wait: applied state published */
     struct job *head, *tail;
     int64_t queued_events;
+    uint64_t *queued_epoch;      /* [partition]: the highest epoch a job was queued with */
     bool stopping;
     bool sync_stopping;
     pthread_t writer, syncer;
@@ -662,16 +663,20 @@ static eddy_err run_outbox(engine *e, struct job *j)
     return apply_outbox_done(e->txn, p, &e->meta[p], j->seqs, j->nseqs, &e->outbox_removed);
 }
 
-/* A Recommend answer in an experiment joins its user's partition log, on its leader only
- * (a follower gets it from the leader's log; one that lost the lead drops it: an
- * impression is worth less than a wait). */
+/* A Recommend answer in an experiment joins its user's partition log at the epoch it was
+ * served at, by the rule of the writes: one queued before a move's fence is in the final
+ * tail the new owner fetches, even when this node has seen the new map by now (the
+ * enqueue refused those queued after the fence). */
 static eddy_err run_impression(engine *e, struct job *j)
 {
-    const struct engine_cluster *c = &e->o.cluster;
     uint32_t p = (uint32_t)j->partition;
-    if (c->leads && !c->leads(c->leads_ud, p)) {
+    if (e->meta[p].epoch > j->epoch) {
         j->job_err = EDDY_ERR_NOT_OWNER;
         return EDDY_OK;
+    }
+    if (e->meta[p].epoch < j->epoch) {
+        e->meta[p].epoch = j->epoch;
+        e->meta[p].dirty = true;
     }
     Eddy__Store__V1__Impression *imp =
         eddy__store__v1__impression__unpack(NULL, j->impression_len, j->impression);
@@ -1436,8 +1441,9 @@ eddy_err engine_open(const struct engine_opts *opts, engine **out, char *err, si
     e->view = calloc(nparts, sizeof(*e->view));
     e->log_floor = calloc(nparts, sizeof(*e->log_floor));
     e->writing = calloc(nparts, sizeof(*e->writing));
+    e->queued_epoch = calloc(nparts, sizeof(*e->queued_epoch));
     if (!e->meta || !e->ahead || !e->is_ahead || !e->sealed.meta || !e->sealed.ends ||
-        !e->last_arrival_ms || !e->view || !e->log_floor || !e->writing) {
+        !e->last_arrival_ms || !e->view || !e->log_floor || !e->writing || !e->queued_epoch) {
         engine_close(e);
         return EDDY_ERR_NOMEM;
     }
@@ -1581,6 +1587,7 @@ void engine_close(engine *e)
     pthread_mutex_destroy(&e->flush_mu);
     pthread_cond_destroy(&e->flush_cv);
     free(e->meta);
+    free(e->queued_epoch);
     pending_clear(e);
     free(e->pend);
     free(e->ahead);
@@ -1607,6 +1614,18 @@ static eddy_err enqueue_list(engine *e, struct job *first, struct job *last, int
     if (ingest && e->queued_events > 0 && e->queued_events + events > e->o.max_pending_events) {
         pthread_mutex_unlock(&e->mu);
         return EDDY_ERR_FULL;
+    }
+    /* an impression served at an epoch older than a job queued before it (a move's
+     * fence): the answer must not go out, the new owner's log will not have it */
+    if (first->kind == JOB_IMPRESSION && first->epoch < e->queued_epoch[first->partition]) {
+        pthread_mutex_unlock(&e->mu);
+        return EDDY_ERR_NOT_OWNER;
+    }
+    for (struct job *j = first;; j = j->next) {
+        if (j->partition >= 0 && j->epoch > e->queued_epoch[j->partition])
+            e->queued_epoch[j->partition] = j->epoch;
+        if (j == last)
+            break;
     }
     e->queued_events += events;
     if (e->tail)
@@ -1692,7 +1711,7 @@ eddy_err engine_outbox_forwarded(engine *e, uint32_t p, const uint64_t *seqs, si
     return err;
 }
 
-eddy_err engine_impression(engine *e, const Eddy__Store__V1__Impression *imp)
+eddy_err engine_impression(engine *e, const Eddy__Store__V1__Impression *imp, uint64_t epoch)
 {
     uint32_t p = partition_of_user(imp->user_id, e->o.apply.partitions);
     size_t len = eddy__store__v1__impression__get_packed_size(imp);
@@ -1705,6 +1724,7 @@ eddy_err engine_impression(engine *e, const Eddy__Store__V1__Impression *imp)
         j->partition = p;
         j->impression = buf;
         j->impression_len = len;
+        j->epoch = epoch;
         err = enqueue(e, j);
     }
     if (err != EDDY_OK) {

@@ -100,9 +100,10 @@ struct engine_cluster {
     void (*outbox_kick)(void *ud);
     void *kick_ud;
     /* Whether this node writes partition 'p''s log now (it leads it and has taken it
-     * over). Idle watermarks, OUTBOX deliveries and impressions are appended only there: a
-     * follower's or a move target's copy of the log gets them from the leader's, under the
-     * leader's seqs (a target until it has the source's final tail). NULL: every
+     * over). Idle watermarks and OUTBOX deliveries are appended only there: a follower's
+     * or a move target's copy of the log gets them from the leader's, under the leader's
+     * seqs (a target until it has the source's final tail). Impressions follow the epoch
+     * they were served at instead, as writes do (engine_impression). NULL: every
      * partition. */
     bool (*leads)(void *ud, uint32_t p);
     void *leads_ud;
@@ -300,10 +301,12 @@ typedef void engine_outbox_done_fn(void *ud, eddy_err err);
 eddy_err engine_outbox_forwarded(engine *e, uint32_t p, const uint64_t *seqs, size_t n,
                                  engine_outbox_done_fn *done, void *ud);
 
-/* Queue an IMPRESSION record for its user's partition ('imp' is copied). Nobody waits for
- * it: a failure is logged; on a node that does not lead the partition when the job runs it
- * is dropped. EDDY_ERR_FULL / EDDY_ERR_UNAVAILABLE as engine_ingest. */
-eddy_err engine_impression(engine *e, const Eddy__Store__V1__Impression *imp);
+/* Queue an IMPRESSION record for its user's partition ('imp' is copied), served while this
+ * node owned the partition at 'epoch' (0 in --dev). Nobody waits for it: the answer goes
+ * out once it is queued, and a job queued before it with a newer epoch (a move's fence)
+ * refuses it at once, EDDY_ERR_NOT_OWNER, so that no answer goes out whose impression the
+ * new owner's log will lack. EDDY_ERR_FULL / EDDY_ERR_UNAVAILABLE as engine_ingest. */
+eddy_err engine_impression(engine *e, const Eddy__Store__V1__Impression *imp, uint64_t epoch);
 
 /* Queue the deletion of a user (same contract as engine_ingest; 'user_id' is copied). */
 eddy_err engine_delete_user(engine *e, const char *user_id, engine_delete_done_fn *done,

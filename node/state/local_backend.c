@@ -128,17 +128,19 @@ static eddy_err set_recommendation_id(struct local_backend *lb, const char *user
     return pb_set_str(&r->recommendation_id, id);
 }
 
-/* Log the answer as an impression of 'c' (not waited for: the answer goes out now, the
- * record follows through the writer; a failure loses the impression, never the answer). */
-static void log_impression(struct local_backend *lb, const char *user,
-                           const struct expreg_choice *c, int64_t now,
-                           const Eddy__V1__RecommendResponse *r)
+/* Log the answer as an impression of 'c' (not waited for: the answer goes out once the
+ * record is queued, the writer appends it). A failure loses the impression, never the
+ * answer, but for EDDY_ERR_NOT_OWNER: a move's fence came first, the answer is refused
+ * (the router asks the new owner), as an impression its log lacks would be lost. */
+static eddy_err log_impression(struct local_backend *lb, const char *user,
+                               const struct expreg_choice *c, int64_t now,
+                               const Eddy__V1__RecommendResponse *r)
 {
     Eddy__Store__V1__Impression imp = EDDY__STORE__V1__IMPRESSION__INIT;
     char **products = calloc(r->n_items ? r->n_items : 1, sizeof(*products));
     if (!products) {
         log_warn("msg=\"impression not logged\" error=\"out of memory\"");
-        return;
+        return EDDY_OK;
     }
     for (size_t i = 0; i < r->n_items; i++)
         products[i] = r->items[i]->product_id;
@@ -152,10 +154,13 @@ static void log_impression(struct local_backend *lb, const char *user,
     imp.click_window_ms = c->click_window_ms ? c->click_window_ms : lb->click_window_ms;
     imp.purchase_window_ms = c->purchase_window_ms ? c->purchase_window_ms
                                                    : lb->purchase_window_ms;
-    eddy_err err = engine_impression(lb->eng, &imp);
+    eddy_err err = engine_impression(lb->eng, &imp, lb->epoch);
+    free(products);
+    if (err == EDDY_ERR_NOT_OWNER)
+        return err;
     if (err != EDDY_OK)
         log_warn("msg=\"impression not logged\" error=\"%s\"", eddy_strerror(err));
-    free(products);
+    return EDDY_OK;
 }
 
 /* Recommend: the user's variant of the running experiment, if any, chooses the
@@ -180,8 +185,8 @@ static eddy_err recommend(struct local_backend *lb, const Eddy__V1__RecommendReq
         ((err = pb_set_str(&(*out)->experiment, c.experiment)) != EDDY_OK ||
          (err = pb_set_str(&(*out)->variant, c.variant)) != EDDY_OK))
         return err;
-    if (err == EDDY_OK && in)
-        log_impression(lb, req->user_id, &c, now, *out);
+    if (err == EDDY_OK && in && !lb->stale)
+        err = log_impression(lb, req->user_id, &c, now, *out);
     return err;
 }
 

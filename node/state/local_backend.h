@@ -19,6 +19,8 @@ struct local_backend {
                             running experiment follows the user's variant and is logged as
                             an impression (engine_impression) */
     int64_t click_window_ms, purchase_window_ms; /* an experiment's windows when unset */
+    uint64_t epoch;      /* the partition's epoch the call was routed at (its owner's) */
+    bool stale;          /* answered from a follower's copy: no impression is logged */
 };
 
 /* Answer 'req' (State/User on a state node calls it after its ownership checks): the

@@ -612,6 +612,65 @@ static void test_batch_is_one_group(void **state)
     finish_engine(e, ev, 3, dir);
 }
 
+static bool leads_nothing(void *ud, uint32_t p)
+{
+    (void)ud;
+    (void)p;
+    return false;
+}
+
+static Eddy__Store__V1__Impression impression_of(const char *user, const char *id)
+{
+    Eddy__Store__V1__Impression imp = EDDY__STORE__V1__IMPRESSION__INIT;
+    imp.recommendation_id = (char *)id;
+    imp.user_id = (char *)user;
+    imp.experiment = "x";
+    imp.variant = "A";
+    imp.ts = T0;
+    return imp;
+}
+
+/* A Recommend answered at epoch 1 on a move's source: its impression, queued before the
+ * target's fence (epoch 2), is appended and so in the final tail the target fetches, even
+ * though the source no longer leads the partition when the writer gets to it (it was
+ * dropped then, and an exact experiment count through a live move came up one impression
+ * short: integration.experiments_cluster). One queued after the fence is refused at once,
+ * so that its answer is refused too (the router asks the new owner). */
+static void test_impression_fenced_by_epoch(void **state)
+{
+    char *dir = tmpdir_for("impression");
+    struct engine_opts o = opts(dir);
+    o.cluster.leads = leads_nothing; /* the new map already seen, as on the source */
+    engine *e = NULL;
+    char err[256];
+    assert_int_equal(engine_open(&o, &e, err, sizeof(err)), EDDY_OK);
+    uint32_t p = partition_of_user("ui", FIXTURE_PARTITIONS);
+    Eddy__V1__Event *ev[] = {mk("i0", "ui", T0, VIEW, "p1", "books")};
+    struct acked first;
+    completion_init(&first.done);
+    assert_int_equal(engine_apply(e, p, 1, ev, 1, on_acked, &first), EDDY_OK);
+    assert_int_equal(completion_wait(&first.done, EDDY_OK), EDDY_OK);
+
+    struct completion release; /* the writer held: the jobs below queue in this order */
+    completion_init(&release);
+    assert_int_equal(engine_exclusive(e, wait_released, on_excl_done, &release), EDDY_OK);
+    Eddy__Store__V1__Impression before = impression_of("ui", "r1");
+    assert_int_equal(engine_impression(e, &before, 1), EDDY_OK);
+    struct acked fence;
+    completion_init(&fence.done);
+    assert_int_equal(engine_apply(e, p, 2, NULL, 0, on_acked, &fence), EDDY_OK);
+    Eddy__Store__V1__Impression after = impression_of("ui", "r2");
+    assert_int_equal(engine_impression(e, &after, 1), EDDY_ERR_NOT_OWNER);
+    assert_int_equal(engine_impression(e, &after, 2), EDDY_OK); /* the new epoch's owner */
+    completion_signal(&release, EDDY_OK, 0);
+    assert_int_equal(completion_wait(&fence.done, EDDY_OK), EDDY_OK);
+    engine_flush(e);
+    struct engine_partition_view v;
+    engine_partition(e, p, &v);
+    assert_int_equal(v.next_seq, 3); /* the event, the impression before the fence, r2 at 2 */
+    finish_engine(e, ev, 1, dir);
+}
+
 /* The writer's idle check (once a second) applies the records appended ahead only when an
  * idle watermark is due: it used to apply them all first, on the writer, every second,
  * delaying the acknowledgement of the group it ran with by their apply. No idle timeout
@@ -1679,6 +1738,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_behind_crash_applied),
         cmocka_unit_test(test_apply_lag_backpressure),
         cmocka_unit_test(test_batch_is_one_group),
+        cmocka_unit_test(test_impression_fenced_by_epoch),
         cmocka_unit_test(test_idle_check_leaves_the_apply_behind),
         cmocka_unit_test(test_flush_gives_freed_memory_back),
         cmocka_unit_test(test_behind_crash_after_delete),
