@@ -257,16 +257,35 @@ static void *channel_main(void *arg)
 }
 
 static eddy_err local_invoke_async(rpc_channel *ch, const char *method,
-                                   const ProtobufCMessage *req,
+                                   const ProtobufCMessage *req, bool lent,
                                    const ProtobufCMessageDescriptor *resp_desc,
                                    int64_t timeout_ms, rpc_done_fn *done, void *ud);
+
+static eddy_err invoke_async(rpc_channel *ch, const char *method, const ProtobufCMessage *req,
+                             bool lent, const ProtobufCMessageDescriptor *resp_desc,
+                             int64_t timeout_ms, rpc_done_fn *done, void *ud);
 
 eddy_err rpc_invoke_async(rpc_channel *ch, const char *method, const ProtobufCMessage *req,
                           const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
                           rpc_done_fn *done, void *ud)
 {
+    return invoke_async(ch, method, req, false, resp_desc, timeout_ms, done, ud);
+}
+
+eddy_err rpc_invoke_async_lent(rpc_channel *ch, const char *method,
+                               const ProtobufCMessage *req,
+                               const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
+                               rpc_done_fn *done, void *ud)
+{
+    return invoke_async(ch, method, req, true, resp_desc, timeout_ms, done, ud);
+}
+
+static eddy_err invoke_async(rpc_channel *ch, const char *method, const ProtobufCMessage *req,
+                             bool lent, const ProtobufCMessageDescriptor *resp_desc,
+                             int64_t timeout_ms, rpc_done_fn *done, void *ud)
+{
     if (ch->local)
-        return local_invoke_async(ch, method, req, resp_desc, timeout_ms, done, ud);
+        return local_invoke_async(ch, method, req, lent, resp_desc, timeout_ms, done, ud);
     eddy_err err = EDDY_ERR_NOMEM;
     struct async_call *a = calloc(1, sizeof(*a));
     if (a == NULL)
@@ -525,7 +544,7 @@ static void local_async_done(void *arg, const struct rpc_result *res, ProtobufCM
 }
 
 static eddy_err local_invoke_async(rpc_channel *ch, const char *method,
-                                   const ProtobufCMessage *req,
+                                   const ProtobufCMessage *req, bool lent,
                                    const ProtobufCMessageDescriptor *resp_desc,
                                    int64_t timeout_ms, rpc_done_fn *done, void *ud)
 {
@@ -541,7 +560,7 @@ static eddy_err local_invoke_async(rpc_channel *ch, const char *method,
     }
     ch->npending++;
     pthread_mutex_unlock(&ch->mu);
-    eddy_err err = ch->local(ch->local_ud, method, req, resp_desc, timeout_ms,
+    eddy_err err = ch->local(ch->local_ud, method, req, lent, resp_desc, timeout_ms,
                              local_async_done, la);
     if (err != EDDY_OK) { /* 'done' will not run */
         free(la);
@@ -602,7 +621,7 @@ static void local_invoke_sync(rpc_channel *ch, const char *method,
     pthread_mutex_init(&ls->mu, NULL);
     clock_cond_init(&ls->cv);
     ls->refs = 2;
-    if (local_invoke_async(ch, method, req, resp_desc, timeout_ms, local_sync_done, ls) !=
+    if (local_invoke_async(ch, method, req, false, resp_desc, timeout_ms, local_sync_done, ls) !=
         EDDY_OK) {
         ls->refs = 1;
         local_sync_unref(ls);

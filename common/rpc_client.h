@@ -61,12 +61,13 @@ void rpc_invoke(rpc_channel *ch, const char *method, const ProtobufCMessage *req
 typedef void rpc_done_fn(void *ud, const struct rpc_result *res, ProtobufCMessage *resp);
 
 /* An in-process server (rpc_server_invoke_local): start the unary call of 'method' with
- * 'req' (borrowed: copied before return) and run 'done' exactly once with the response
- * decoded by 'resp_desc', on whichever thread answers (possibly before returning). If it
- * returns an error, 'done' never runs. */
+ * 'req' and run 'done' exactly once with the response decoded by 'resp_desc', on whichever
+ * thread answers (possibly before returning). 'req' is borrowed: copied before return, or
+ * if 'lent', read in place by the handler, which must not change it, and the caller's
+ * until 'done' has run. If it returns an error, 'done' never runs. */
 typedef eddy_err rpc_local_fn(void *ud, const char *method, const ProtobufCMessage *req,
-                              const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
-                              rpc_done_fn *done, void *done_ud);
+                              bool lent, const ProtobufCMessageDescriptor *resp_desc,
+                              int64_t timeout_ms, rpc_done_fn *done, void *done_ud);
 
 /* A channel to this process's own server: unary calls go to 'fn' (with 'ud') instead of
  * the network, with the same results as over a channel (a node calling a partition it
@@ -80,6 +81,15 @@ rpc_channel *rpc_channel_open_local(rpc_local_fn *fn, void *ud);
 eddy_err rpc_invoke_async(rpc_channel *ch, const char *method, const ProtobufCMessage *req,
                           const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
                           rpc_done_fn *done, void *ud);
+
+/* rpc_invoke_async for a caller that keeps 'req' unchanged until 'done' has run: a local
+ * channel's handler then reads it in place instead of a copy (an in-process Ingest's
+ * State/Apply copied every event of the batch); over the network, the same as
+ * rpc_invoke_async. */
+eddy_err rpc_invoke_async_lent(rpc_channel *ch, const char *method,
+                               const ProtobufCMessage *req,
+                               const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
+                               rpc_done_fn *done, void *ud);
 
 /* Called for each message of a server stream, on the calling thread; 'msg' is borrowed
  * for the duration of the callback. Return 0 to continue, non-zero to cancel the stream. */

@@ -216,11 +216,16 @@ struct rpc_call {
                                    answer goes; NULL for calls from the network */
 };
 
-/* Where the answer of an in-process call goes (owned by the call). */
+/* Where the answer of an in-process call goes (owned by the call). A lent request's
+ * answer waits here until the call is freed: the handler has returned by then. */
 struct local_answer {
     rpc_done_fn *done;
     void *ud;
     const ProtobufCMessageDescriptor *resp_desc;
+    bool lent;                 /* c->req is the caller's: not freed, answered at the end */
+    bool answered;             /* lent: 'res' and 'resp' wait for call_free */
+    struct rpc_result res;
+    ProtobufCMessage *resp;
 };
 
 /* One lane: a bounded job queue and the handler threads serving only it. The queue fields
@@ -405,13 +410,16 @@ static void call_free(rpc_call *c)
         free(o);
         o = next;
     }
-    if (c->req)
+    struct local_answer *la = c->local;
+    if (c->req && !(la && la->lent))
         protobuf_c_message_free_unpacked(c->req, NULL);
     if (c->recv_bb)
         grpc_byte_buffer_destroy(c->recv_bb);
     free(c->fin_msg);
     free(c->who);
-    free(c->local);
+    if (la && la->answered)
+        la->done(la->ud, &la->res, la->resp);
+    free(la);
     if (c->has_trailer) {
         grpc_slice_unref(c->trailer.key);
         grpc_slice_unref(c->trailer.value);
@@ -1412,12 +1420,18 @@ static void local_answer(rpc_call *c, grpc_status_code code, const char *msg,
     c->answered = true;
     c->refs--;
     struct local_answer la = *c->local;
+    if (la.lent) { /* answered by call_free, once the handler has returned too */
+        c->local->answered = true;
+        c->local->res = res;
+        c->local->resp = copy;
+    }
     call_unlock(c);
-    la.done(la.ud, &res, copy);
+    if (!la.lent)
+        la.done(la.ud, &res, copy);
 }
 
 eddy_err rpc_server_invoke_local(void *server, const char *method, const ProtobufCMessage *req,
-                                 const ProtobufCMessageDescriptor *resp_desc,
+                                 bool lent, const ProtobufCMessageDescriptor *resp_desc,
                                  int64_t timeout_ms, rpc_done_fn *done, void *done_ud)
 {
     rpc_server *s = server;
@@ -1439,14 +1453,17 @@ eddy_err rpc_server_invoke_local(void *server, const char *method, const Protobu
         return EDDY_OK;
     }
     rpc_call *c = calloc(1, sizeof(*c));
-    struct local_answer *la = malloc(sizeof(*la));
-    ProtobufCMessage *copy = c && la ? pb_copy(req, m->req_desc) : NULL;
+    struct local_answer *la = calloc(1, sizeof(*la));
+    ProtobufCMessage *copy = NULL;
+    if (c && la)
+        copy = lent ? (ProtobufCMessage *)req : pb_copy(req, m->req_desc);
     if (!copy) {
         free(c);
         free(la);
         return EDDY_ERR_NOMEM;
     }
-    *la = (struct local_answer){done, done_ud, resp_desc};
+    *la = (struct local_answer){.done = done, .ud = done_ud, .resp_desc = resp_desc,
+                                .lent = lent};
     c->m = m;
     c->mm = &no_metrics;
     c->arrival_ns = clock_mono_ns();

@@ -195,13 +195,15 @@ void rpc_server_free(rpc_server *s);
 /* In-process calls (an rpc_local_fn with the server as 'ud', for rpc_channel_open_local):
  * the unary handler of 'method' runs on the calling thread with a copy of 'req', as it
  * would for a call from the network, and its answer (from any thread) goes to 'done'
- * decoded by 'resp_desc'. No gate, no lane queue and no grpc_server_* metrics: the caller
- * is this process (a handler calling a method of a higher lane, see "Lanes", never waits
- * in a queue either). Unknown methods and streams answer UNIMPLEMENTED, a server shutting
- * down or stopped (not yet freed) UNAVAILABLE. Returns an error only if 'done' will not
- * run. */
+ * decoded by 'resp_desc'. 'lent': the handler reads 'req' itself, not a copy, and 'done'
+ * runs once the handler has returned as well as answered (the caller may free 'req' in
+ * 'done' while the handler, having answered, is still on its way out). No gate, no lane
+ * queue and no grpc_server_* metrics: the caller is this process (a handler calling a
+ * method of a higher lane, see "Lanes", never waits in a queue either). Unknown methods
+ * and streams answer UNIMPLEMENTED, a server shutting down or stopped (not yet freed)
+ * UNAVAILABLE. Returns an error only if 'done' will not run. */
 eddy_err rpc_server_invoke_local(void *server, const char *method, const ProtobufCMessage *req,
-                                 const ProtobufCMessageDescriptor *resp_desc,
+                                 bool lent, const ProtobufCMessageDescriptor *resp_desc,
                                  int64_t timeout_ms, rpc_done_fn *done, void *done_ud);
 
 /* Answer a unary call with 'resp' (borrowed: packed before return) and status OK. If the

@@ -125,8 +125,8 @@ void peers_fan(peers *p, const char *method, const ProtobufCMessageDescriptor *r
         calls[i].fan = &f;
         calls[i].resp = NULL;
         rpc_channel *ch = peers_get(p, addrs[i]);
-        if (!ch || rpc_invoke_async(ch, method, reqs[i], resp_desc, timeout_ms, call_done,
-                                    &calls[i]) != EDDY_OK) {
+        if (!ch || rpc_invoke_async_lent(ch, method, reqs[i], resp_desc, timeout_ms,
+                                         call_done, &calls[i]) != EDDY_OK) {
             calls[i].res.code = GRPC_STATUS_UNAVAILABLE;
             snprintf(calls[i].res.details, sizeof(calls[i].res.details), "cannot call %s",
                      addrs[i]);

@@ -35,7 +35,8 @@ struct peer_call {
 
 /* Call 'method' on every addrs[i] with reqs[i] at once and wait for every answer (each
  * with 'timeout_ms'); calls[i] gets the i-th. A peer without a channel answers
- * UNAVAILABLE. */
+ * UNAVAILABLE. The requests are lent (rpc_invoke_async_lent): this node's own handler
+ * reads them in place (and must not change them). */
 void peers_fan(peers *p, const char *method, const ProtobufCMessageDescriptor *resp_desc,
                const char *const *addrs, ProtobufCMessage *const *reqs, struct peer_call *calls,
                size_t n, int64_t timeout_ms);

@@ -61,6 +61,8 @@ struct fixture {
     int bidi_running;          /* bidi handlers running now (never above 1 per call) */
     int bidi_overlaps;         /* times a bidi handler started while one was running */
     char quick_thread[16];     /* the name of the thread the last QUICK handler ran on */
+    const ProtobufCMessage *last_req; /* the request the last ECHO handler read */
+    int done_at_return;        /* async_done as the last ECHO handler returned */
     int inline_asked;          /* read_now calls */
 };
 
@@ -135,6 +137,10 @@ static void on_echo(void *ud, rpc_call *call, const ProtobufCMessage *req)
         rpc_reply_error(call, GRPC_STATUS_FAILED_PRECONDITION, "asked to fail: %d", 42);
     else
         reply_echo(call, rq);
+    pthread_mutex_lock(&f->mu);
+    f->last_req = req;
+    f->done_at_return = f->async_done;
+    pthread_mutex_unlock(&f->mu);
 }
 
 /* Keeps the call; the test answers it later. */
@@ -871,6 +877,40 @@ static void test_local_close_waits_for_async_calls(void **state)
         assert_int_equal(f->async_res[i].code, GRPC_STATUS_OK);
 }
 
+/* A lent request: the handler reads the caller's own message, and the caller's 'done' runs
+ * once the handler has returned, even when it answered first (the caller frees the request
+ * in 'done', the handler may still read it until it returns). A copied one's 'done' runs
+ * at the answer. */
+static void test_local_lent_request(void **state)
+{
+    struct fixture *f = *state;
+    rpc_channel *lc = rpc_channel_open_local(rpc_server_invoke_local, f->s);
+    const ProtobufCMessageDescriptor *d = &eddy__v1__get_user_profile_response__descriptor;
+    Eddy__V1__GetUserProfileRequest rq = EDDY__V1__GET_USER_PROFILE_REQUEST__INIT;
+    rq.user_id = "lent";
+    assert_int_equal(rpc_invoke_async(lc, ECHO, &rq.base, d, 5000, on_async, f), EDDY_OK);
+    assert_ptr_not_equal(f->last_req, &rq.base); /* a copy */
+    assert_int_equal(f->done_at_return, 1);      /* answered inside rpc_reply */
+    assert_int_equal(rpc_invoke_async_lent(lc, ECHO, &rq.base, d, 5000, on_async, f), EDDY_OK);
+    assert_ptr_equal(f->last_req, &rq.base);     /* read in place */
+    assert_int_equal(f->done_at_return, 1);      /* not yet as the handler returned... */
+    assert_int_equal(locked_int(f, &f->async_done), 2); /* ...then at once */
+    /* answered after the handler returned, from another thread */
+    rq.user_id = "later";
+    assert_int_equal(rpc_invoke_async_lent(lc, LATER, &rq.base, d, 5000, on_async, f),
+                     EDDY_OK);
+    assert_true(wait_count(f, &f->async_done, 3, 5000));
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(f->async_res[i].code, GRPC_STATUS_OK);
+    /* over the network the same call is packed before return, as rpc_invoke_async */
+    rq.user_id = "net";
+    assert_int_equal(rpc_invoke_async_lent(f->ch, ECHO, &rq.base, d, 5000, on_async, f),
+                     EDDY_OK);
+    assert_true(wait_count(f, &f->async_done, 4, 5000));
+    assert_int_equal(f->async_res[3].code, GRPC_STATUS_OK);
+    rpc_channel_close(lc);
+}
+
 static void test_local_only_methods_are_not_on_the_network(void **state)
 {
     (void)state;
@@ -1222,6 +1262,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_local_deadline_then_late_reply, setup, teardown),
         cmocka_unit_test_setup_teardown(test_local_close_waits_for_async_calls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_local_lent_request, setup, teardown),
         cmocka_unit_test(test_local_only_methods_are_not_on_the_network),
         cmocka_unit_test_setup_teardown(test_bidi_round_trips, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bidi_handler_finishes, setup, teardown),
