@@ -302,10 +302,11 @@ eddy_err engine_outbox_forwarded(engine *e, uint32_t p, const uint64_t *seqs, si
                                  engine_outbox_done_fn *done, void *ud);
 
 /* Queue an IMPRESSION record for its user's partition ('imp' is copied), served while this
- * node owned the partition at 'epoch' (0 in --dev). Nobody waits for it: the answer goes
- * out once it is queued, and a job queued before it with a newer epoch (a move's fence)
- * refuses it at once, EDDY_ERR_NOT_OWNER, so that no answer goes out whose impression the
- * new owner's log will lack. EDDY_ERR_FULL / EDDY_ERR_UNAVAILABLE as engine_ingest. */
+ * node owned the partition at 'epoch' (the epoch the call was routed at). Nobody waits
+ * for it: the answer goes out once it is queued, and a job queued before it with a newer
+ * epoch (a move's fence) refuses it at once, EDDY_ERR_NOT_OWNER, so that no answer goes
+ * out whose impression the new owner's log will lack. EDDY_ERR_FULL /
+ * EDDY_ERR_UNAVAILABLE as engine_ingest. */
 eddy_err engine_impression(engine *e, const Eddy__Store__V1__Impression *imp, uint64_t epoch);
 
 /* Queue the deletion of a user (same contract as engine_ingest; 'user_id' is copied). */
