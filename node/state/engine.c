@@ -408,21 +408,28 @@ static eddy_err append_event(engine *e, uint32_t p, const Eddy__V1__Event *ev, b
     return sweeps ? drain(e) : EDDY_OK;
 }
 
+/* Whether a newer owner has written to the partition of cluster job j (a higher epoch is
+ * recorded): then j fails alone, EDDY_ERR_NOT_OWNER; otherwise j's epoch is recorded. */
+static bool fenced_out(engine *e, struct job *j)
+{
+    struct part_meta *m = &e->meta[j->partition];
+    if (m->epoch > j->epoch) {
+        j->job_err = EDDY_ERR_NOT_OWNER;
+        return true;
+    }
+    if (m->epoch < j->epoch) {
+        m->epoch = j->epoch;
+        m->dirty = true;
+    }
+    return false;
+}
+
 /* Events are appended here; their apply follows the group's seal (drain). */
 static eddy_err run_ingest(engine *e, struct job *j, int64_t now)
 {
     memset(&j->res, 0, sizeof(j->res));
-    if (j->partition >= 0) {
-        struct part_meta *m = &e->meta[j->partition];
-        if (m->epoch > j->epoch) {
-            j->job_err = EDDY_ERR_NOT_OWNER; /* a newer owner has written here */
-            return EDDY_OK;
-        }
-        if (m->epoch < j->epoch) {
-            m->epoch = j->epoch;
-            m->dirty = true;
-        }
-    }
+    if (j->partition >= 0 && fenced_out(e, j))
+        return EDDY_OK;
     for (size_t i = 0; i < j->n; i++) {
         const Eddy__V1__Event *ev = j->events[i];
         uint32_t p = partition_of_user(ev->user_id, e->o.apply.partitions);
@@ -670,14 +677,8 @@ static eddy_err run_outbox(engine *e, struct job *j)
 static eddy_err run_impression(engine *e, struct job *j)
 {
     uint32_t p = (uint32_t)j->partition;
-    if (e->meta[p].epoch > j->epoch) {
-        j->job_err = EDDY_ERR_NOT_OWNER;
+    if (fenced_out(e, j))
         return EDDY_OK;
-    }
-    if (e->meta[p].epoch < j->epoch) {
-        e->meta[p].epoch = j->epoch;
-        e->meta[p].dirty = true;
-    }
     Eddy__Store__V1__Impression *imp =
         eddy__store__v1__impression__unpack(NULL, j->impression_len, j->impression);
     if (!imp) {
