@@ -11,6 +11,8 @@
 
 static const double processing_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                             0.1,    0.25,  0.5,    1,     2.5,  5};
+static const double commit_step_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                             0.01,   0.025,   0.05,   0.1,   0.25,   1};
 static const double result_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                         0.25,  0.5,    1,     2.5,  5,     10,   30};
 static const double serving_buckets[] = {0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -132,6 +134,16 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
     em->group_events = metrics_histogram(m, "eddy_group_commit_events",
                                          "Events per group commit (groups with events).",
                                          group_buckets, N(group_buckets));
+    metric_family *steps = metrics_family(
+        m, METRIC_HISTOGRAM, "eddy_group_commit_step_seconds",
+        "The sync thread's steps of a group commit that acknowledges writes, which the "
+        "acknowledgements wait for: phase=\"write\" the synced LevelDB write (the log and "
+        "its dedup rows), phase=\"publish\" the group's write-behind rows put in the "
+        "dirty set.",
+        (const char *const[]){"phase"}, 1, commit_step_buckets, N(commit_step_buckets));
+    em->commit_write_seconds = metric_family_histogram(steps, (const char *const[]){"write"});
+    em->commit_publish_seconds =
+        metric_family_histogram(steps, (const char *const[]){"publish"});
     em->event_to_result = metrics_histogram(
         m, "eddy_event_to_result_seconds",
         "Per event: elapsed time from the arrival of its Ingest call at the server to the "
@@ -238,6 +250,7 @@ eddy_err node_metrics_init(struct node_metrics *nm, const char *version)
         return EDDY_ERR_NOMEM;
     if (!em->events_ingested || !em->events_duplicate || !em->events_late || !em->batches ||
         !em->processing_seconds || !em->group_events || !em->event_to_result ||
+        !em->commit_write_seconds || !em->commit_publish_seconds ||
         !em->replay_diverged || !im->backpressure || !nm->rpc_busy || !im->recommendations ||
         !im->batches || !nm->partitions_owned ||
         !cm->duration || !cm->bytes || !cm->failures || !cm->last_success)

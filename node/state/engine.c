@@ -966,6 +966,15 @@ static void *flusher_main(void *arg)
     return NULL;
 }
 
+/* Observe the steps of the group commit store_txn_write just made. */
+static void count_commit_steps(engine *e)
+{
+    int64_t write_ns, publish_ns;
+    store_txn_write_times(e->txn, &write_ns, &publish_ns);
+    metric_histogram_observe(e->o.metrics.commit_write_seconds, (double)write_ns / 1e9);
+    metric_histogram_observe(e->o.metrics.commit_publish_seconds, (double)publish_ns / 1e9);
+}
+
 /* The sync thread: write each sealed group (one synced LevelDB write), then publish, count
  * and acknowledge it, while the writer applies the next group. */
 static void *syncer_main(void *arg)
@@ -986,6 +995,8 @@ static void *syncer_main(void *arg)
         eddy_err err = store_txn_write(e->txn, answers);
         if (err != EDDY_OK)
             log_group_failed(err, sg->jobs);
+        else if (answers)
+            count_commit_steps(e);
         /* on a failure the writer takes the store as the truth again before publishing */
         if (err == EDDY_OK)
             complete_group(e, sg->jobs, sg->meta, sg->ends, sg->start_ns, sg->outbox_added,

@@ -84,6 +84,9 @@ struct engine_metrics {
     metric_counter *batches;           /* ingest jobs (Ingest requests) committed */
     metric_histogram *processing_seconds; /* apply + synced commit of a group with events */
     metric_histogram *group_events;    /* events per group commit (groups with events) */
+    /* The sync thread's steps of a group commit that answers jobs (store_txn_write_times):
+     * the synced LevelDB write, and the publish of the write-behind rows. */
+    metric_histogram *commit_write_seconds, *commit_publish_seconds;
     metric_histogram *event_to_result; /* per event: arrival -> committed and queryable */
     metric_counter *replay_diverged;   /* engine_replay records that differ from the record
                                           held at their seq */

@@ -9,7 +9,10 @@
 /* DESIGN: the keys of one (partition, table) prefix are a sorted array (a "run"), found
  * through an open-addressing table of prefixes: a get is a hash and a binary search, a
  * scan of one partition's table (every query's) walks one run, and the flush drops what
- * it wrote in one pass per run. Entries are immutable once published (a newer value
+ * it wrote in one pass per run. A run's array holds the next 16 bytes of each key beside
+ * the entry's pointer (struct dirty_slot): a group's publish searches runs of tens of
+ * thousands of keys after a burst, and a search that read every probed entry missed the
+ * cache at each step (most of the sync thread's time, before the acknowledgement). Entries are immutable once published (a newer value
  * replaces the entry), stamped with the set's version at publish: a flush that wrote
  * everything up to version V drops the entries stamped <= V, keeping those published
  * while it wrote. One rwlock: readers copy what they need under it.
@@ -29,7 +32,8 @@ struct dirty_entry {
 
 static size_t entry_bytes(const struct dirty_entry *e)
 {
-    return sizeof(*e) + e->klen + e->vlen + 16; /* + the run's pointer and malloc's header */
+    /* + the run's slot and malloc's header */
+    return sizeof(*e) + e->klen + e->vlen + sizeof(struct dirty_slot) + 8;
 }
 
 static uint32_t prefix_of(const unsigned char *k, size_t klen)
@@ -37,6 +41,21 @@ static uint32_t prefix_of(const unsigned char *k, size_t klen)
     unsigned char p[3] = {0, 0, 0};
     memcpy(p, k, klen < 3 ? klen : 3);
     return (uint32_t)p[0] << 16 | (uint32_t)p[1] << 8 | p[2];
+}
+
+/* The key's bytes 3 to 18 as two big-endian words, zero past its end: for two keys of one
+ * run, unequal words order them as their bytes do (a key that ends first is a prefix of
+ * the other, and sorts first), equal words leave it to the bytes. */
+static void key_words(const unsigned char *k, size_t klen, uint64_t w[2])
+{
+    unsigned char b[16] = {0};
+    if (klen > 3)
+        memcpy(b, k + 3, klen - 3 < 16 ? klen - 3 : 16);
+    for (int i = 0; i < 2; i++) {
+        w[i] = 0;
+        for (int j = 0; j < 8; j++)
+            w[i] = w[i] << 8 | b[i * 8 + j];
+    }
 }
 
 static size_t slot_of(uint32_t prefix, size_t cap)
@@ -63,7 +82,7 @@ void store_dirty_release(struct store_dirty *d)
         return;
     for (size_t i = 0; i < d->cap; i++) {
         for (size_t j = 0; j < d->runs[i].n; j++)
-            free(d->runs[i].v[j]);
+            free(d->runs[i].v[j].e);
         free(d->runs[i].v);
     }
     free(d->runs);
@@ -109,36 +128,57 @@ static struct dirty_run *run_of(struct store_dirty *d, uint32_t prefix, bool cre
     }
 }
 
-/* The first index of run 'r' whose key is >= k (r->n if none); *eq whether it is k. */
-static size_t lower_bound(const struct dirty_run *r, const unsigned char *k, size_t klen,
-                          bool *eq)
+/* Slot 's' against key k (of the same run, with words w) as key_cmp_raw. */
+static int slot_cmp(const struct dirty_slot *s, const uint64_t w[2], const unsigned char *k,
+                    size_t klen)
 {
+    if (s->w[0] != w[0])
+        return s->w[0] < w[0] ? -1 : 1;
+    if (s->w[1] != w[1])
+        return s->w[1] < w[1] ? -1 : 1;
+    return key_cmp_raw(s->e->data, s->e->klen, k, klen);
+}
+
+/* The first index of run 'r' whose key is >= k (r->n if none); *eq whether it is k. The
+ * words of k (key_words) go to w. */
+static size_t lower_bound_w(const struct dirty_run *r, const unsigned char *k, size_t klen,
+                            uint64_t w[2], bool *eq)
+{
+    key_words(k, klen, w);
+    *eq = false;
+    uint32_t pk = prefix_of(k, klen), pr = r->prefix1 - 1;
+    if (pk != pr) /* a range's bound outside the run: the words do not compare */
+        return pk < pr ? 0 : r->n;
     size_t lo = 0, hi = r->n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        const struct dirty_entry *e = r->v[mid];
-        if (key_cmp_raw(e->data, e->klen, k, klen) < 0)
+        if (slot_cmp(&r->v[mid], w, k, klen) < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
-    *eq = lo < r->n && key_cmp_raw(r->v[lo]->data, r->v[lo]->klen, k, klen) == 0;
+    *eq = lo < r->n && slot_cmp(&r->v[lo], w, k, klen) == 0;
     return lo;
 }
 
-/* Room in the array *v (of *cap, n used) for one more entry: doubled when full ('first'
- * when empty). False if out of memory (the array unchanged). */
-static bool room_for_one(struct dirty_entry ***v, size_t *cap, size_t n, size_t first)
+static size_t lower_bound(const struct dirty_run *r, const unsigned char *k, size_t klen,
+                          bool *eq)
+{
+    uint64_t w[2];
+    return lower_bound_w(r, k, klen, w, eq);
+}
+
+/* Array v (of *cap elements of 'size' bytes, n used) with room for one more: doubled when
+ * full ('first' when empty). NULL if out of memory (v unchanged). */
+static void *room_for_one(void *v, size_t size, size_t *cap, size_t n, size_t first)
 {
     if (n < *cap)
-        return true;
+        return v;
     size_t ncap = *cap ? *cap * 2 : first;
-    struct dirty_entry **nv = realloc(*v, ncap * sizeof(*nv));
-    if (!nv)
-        return false;
-    *v = nv;
-    *cap = ncap;
-    return true;
+    void *nv = realloc(v, ncap * size);
+    if (nv)
+        *cap = ncap;
+    return nv;
 }
 
 eddy_err store_dirty_put_locked(struct store_dirty *d, const unsigned char *k, size_t klen,
@@ -158,25 +198,33 @@ eddy_err store_dirty_put_locked(struct store_dirty *d, const unsigned char *k, s
     if (!del && vlen)
         memcpy(e->data + klen, val, vlen);
     bool eq;
-    size_t i = lower_bound(r, k, klen, &eq);
+    uint64_t w[2];
+    size_t i = lower_bound_w(r, k, klen, w, &eq);
     if (eq) {
-        if (d->reading && !room_for_one(&d->retired, &d->retired_cap, d->nretired, 256)) {
-            free(e);
-            return EDDY_ERR_NOMEM;
+        if (d->reading) {
+            struct dirty_entry **nv = room_for_one(d->retired, sizeof(*d->retired),
+                                                   &d->retired_cap, d->nretired, 256);
+            if (!nv) {
+                free(e);
+                return EDDY_ERR_NOMEM;
+            }
+            d->retired = nv;
         }
-        atomic_fetch_sub_explicit(&d->bytes, entry_bytes(r->v[i]), memory_order_relaxed);
+        atomic_fetch_sub_explicit(&d->bytes, entry_bytes(r->v[i].e), memory_order_relaxed);
         if (d->reading)
-            d->retired[d->nretired++] = r->v[i]; /* a flush is reading it */
+            d->retired[d->nretired++] = r->v[i].e; /* a flush is reading it */
         else
-            free(r->v[i]);
-        r->v[i] = e;
+            free(r->v[i].e);
+        r->v[i].e = e;
     } else {
-        if (!room_for_one(&r->v, &r->cap, r->n, 16)) {
+        struct dirty_slot *nv = room_for_one(r->v, sizeof(*r->v), &r->cap, r->n, 16);
+        if (!nv) {
             free(e);
             return EDDY_ERR_NOMEM;
         }
+        r->v = nv;
         memmove(&r->v[i + 1], &r->v[i], (r->n - i) * sizeof(*r->v));
-        r->v[i] = e;
+        r->v[i] = (struct dirty_slot){{w[0], w[1]}, e};
         r->n++;
         d->entries++;
     }
@@ -196,7 +244,7 @@ eddy_err store_dirty_get(struct store_dirty *d, const unsigned char *k, size_t k
     bool eq = false;
     size_t i = r ? lower_bound(r, k, klen, &eq) : 0;
     if (eq) {
-        const struct dirty_entry *e = r->v[i];
+        const struct dirty_entry *e = r->v[i].e;
         *hit = true;
         *val = NULL;
         *vlen = 0;
@@ -226,7 +274,7 @@ static void copy_range(const struct dirty_run *r, const struct store_key *start,
 {
     bool eq;
     for (size_t i = lower_bound(r, start->buf, start->len, &eq); i < r->n; i++) {
-        const struct dirty_entry *e = r->v[i];
+        const struct dirty_entry *e = r->v[i].e;
         if (!key_before_end((const char *)e->data, e->klen, end))
             break;
         memcpy(buf + *off, e->data, e->klen + e->vlen);
@@ -279,7 +327,7 @@ eddy_err store_dirty_range(struct store_dirty *d, const struct store_key *start,
             continue;
         bool eq;
         for (size_t j = lower_bound(r, start->buf, start->len, &eq); j < r->n; j++) {
-            const struct dirty_entry *e = r->v[j];
+            const struct dirty_entry *e = r->v[j].e;
             if (!key_before_end((const char *)e->data, e->klen, end))
                 break;
             count++;
@@ -347,7 +395,8 @@ static eddy_err begin_reading(struct store_dirty *d, struct flush_run **runs, si
         const struct dirty_run *r = &d->runs[i];
         if (!r->n)
             continue;
-        memcpy(ptrs, r->v, r->n * sizeof(*ptrs));
+        for (size_t j = 0; j < r->n; j++)
+            ptrs[j] = r->v[j].e;
         fr[(*nr)++] = (struct flush_run){r->prefix1 - 1, r->n, ptrs};
         ptrs += r->n;
     }
@@ -443,7 +492,7 @@ void store_dirty_drop(struct store_dirty *d, uint64_t upto)
         struct dirty_run *r = &d->runs[i];
         size_t kept = 0;
         for (size_t j = 0; j < r->n; j++) {
-            struct dirty_entry *e = r->v[j];
+            struct dirty_entry *e = r->v[j].e;
             if (e->ver <= upto) {
                 atomic_fetch_sub_explicit(&d->bytes, entry_bytes(e), memory_order_relaxed);
                 if (gone)
@@ -452,7 +501,7 @@ void store_dirty_drop(struct store_dirty *d, uint64_t upto)
                     free(e);
                 d->entries--;
             } else {
-                r->v[kept++] = e;
+                r->v[kept++] = r->v[j];
             }
         }
         r->n = kept;

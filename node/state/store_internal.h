@@ -37,9 +37,16 @@ struct store_ovl {
 /* The dirty set (store_dirty.c): the writes of the tables store_set_behind names, kept
  * packed in memory from the txn's synced write (their acknowledgement) until store_flush
  * writes them. Every read of the store looks here first. */
+/* An entry of a run: the 16 key bytes after the run's prefix (big-endian words, zero past
+ * the key's end) beside its pointer, so that a search compares in the array and reads an
+ * entry only on a tie. */
+struct dirty_slot {
+    uint64_t w[2];
+    struct dirty_entry *e;
+};
 struct dirty_run {
     uint32_t prefix1;          /* the keys' first three bytes + 1; 0: an empty slot */
-    struct dirty_entry **v;    /* sorted by key */
+    struct dirty_slot *v;      /* sorted by key */
     size_t n, cap;
 };
 struct store_dirty {
@@ -58,7 +65,8 @@ struct store_dirty {
     bool reading;
     struct dirty_entry **retired;
     size_t nretired, retired_cap;
-    _Atomic size_t bytes;      /* estimated memory of the entries (0: a read skips the lock) */
+    /* estimated memory of the entries, retired ones included (0: a read skips the lock) */
+    _Atomic size_t bytes;
     _Atomic uint32_t tables;   /* 1 << table of the tables written behind */
     _Atomic uint64_t flushes;
 };

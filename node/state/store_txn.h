@@ -124,6 +124,9 @@ eddy_err store_txn_commit(store_txn *t, bool sync);
 eddy_err store_txn_seal(store_txn *t);
 eddy_err store_txn_write(store_txn *t, bool sync);
 void store_txn_settle(store_txn *t, eddy_err write_err);
+/* How long the last store_txn_write took, in two steps: the LevelDB write (with the flush
+ * of a write through), and the publish of the behind writes in the dirty set (0: none). */
+void store_txn_write_times(const store_txn *t, int64_t *write_ns, int64_t *publish_ns);
 /* Make the next seal's write go through in full (see store_set_behind): the dirty set is
  * flushed first and the behind tables' writes join the synced write. For a group that
  * rewrites log records before its own (DeleteUser erases the user's), so that a replay

@@ -165,6 +165,12 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(s.get("eddy_group_commit_events_sum"), valid)
         self.assertEqual(s.get("eddy_processing_seconds_count"), s.get("eddy_group_commit_events_count"))
         self.assertGreaterEqual(s.get("eddy_processing_seconds_count"), 1)
+        # the sync thread's two steps of every group that answered writes
+        steps = s.get("eddy_group_commit_step_seconds_count", phase="write")
+        self.assertGreaterEqual(steps, s.get("eddy_processing_seconds_count"))
+        self.assertEqual(s.get("eddy_group_commit_step_seconds_count", phase="publish"), steps)
+        self.assertGreater(s.get("eddy_group_commit_step_seconds_sum", phase="write"), 0)
+        self.assertGreater(s.get("eddy_group_commit_step_seconds_sum", phase="publish"), 0)
         self.assertEqual(s.get("eddy_queue_depth"), 0)
         self.assertEqual(s.get("eddy_backpressure_rejections_total", queue="writer"), 0)
         self.assertEqual(s.get("eddy_recommendations_total"), 1)

@@ -3,7 +3,8 @@
  * with LevelDB's keys; snapshots flush first; a write that deletes a log key goes through;
  * flushes beside a thread that keeps replacing the values they write (the flush reads
  * the entries outside the set's lock: a replaced one must outlive it; ASan checks) leave
- * the last values. */
+ * the last values; keys that tie on their leading bytes (the run's slots hold 16 of them)
+ * are ordered, found and scanned as a model of them says, from the set and from LevelDB. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdbool.h>
@@ -236,12 +237,203 @@ static void test_flush_beside_publishes(void **state)
     free(pb);
 }
 
+/* --- the order of keys that tie on their leading bytes ------------------------------- */
+
+enum { MKEYS = 600, MPUTS = 3000 };
+
+struct model {
+    unsigned char id[MKEYS][40];
+    size_t len[MKEYS];
+    int val[MKEYS];     /* the last put's number, 0: deleted or never written */
+    int order[MKEYS];   /* the keys' indexes in key order */
+};
+
+static uint64_t next_rand(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+/* Ids of 0 to 39 bytes from a few byte values (0 and 0xff among them), most sharing a
+ * 16- or 20-byte head: the run's 16 leading bytes tie and the rest decides; ids that end
+ * in zeros, and ids that are prefixes of others. */
+static void random_id(uint64_t *x, unsigned char *id, size_t *len)
+{
+    static const unsigned char alpha[] = {0x00, 0x01, 'a', 'b', 0x7f, 0x80, 0xff};
+    static const char head[] = "0123456789abcdefghij";
+    size_t n = 0, total = (size_t)(next_rand(x) % 40);
+    uint64_t shape = next_rand(x) % 3;
+    if (shape > 0) { /* a shared head of 16 or 20 bytes */
+        size_t h = shape == 1 ? 16 : 20;
+        memcpy(id, head, h < total ? h : total);
+        n = h < total ? h : total;
+    }
+    for (; n < total; n++)
+        id[n] = alpha[next_rand(x) % sizeof(alpha)];
+    *len = total;
+}
+
+static void model_key(struct store_key *k, const unsigned char *id, size_t len)
+{
+    key_init(k, 3, T_USER);
+    key_bytes(k, (const char *)id, len);
+}
+
+static int cmp_model_index(const void *a, const void *b, void *ud)
+{
+    const struct model *m = ud;
+    int x = *(const int *)a, y = *(const int *)b;
+    size_t n = m->len[x] < m->len[y] ? m->len[x] : m->len[y];
+    int c = memcmp(m->id[x], m->id[y], n);
+    return c ? c : (m->len[x] > m->len[y]) - (m->len[x] < m->len[y]);
+}
+
+struct walk {
+    const struct model *m;
+    size_t at, n;       /* the next expected of the m->order[] indexes in [at, n) */
+    int mismatches;
+};
+
+/* Each key the scan gives must be the next live key of the model's order. */
+static int walk_next(void *ud, const unsigned char *k, size_t klen, const char *v, size_t vlen)
+{
+    struct walk *w = ud;
+    const struct model *m = w->m;
+    while (w->at < w->n && m->val[m->order[w->at]] == 0)
+        w->at++;
+    if (w->at >= w->n) {
+        w->mismatches++;
+        return 1;
+    }
+    int i = m->order[w->at++];
+    char want[16];
+    int wl = snprintf(want, sizeof(want), "%d", m->val[i]);
+    if (klen != 3 + m->len[i] || memcmp(k + 3, m->id[i], m->len[i]) != 0 ||
+        vlen != (size_t)wl || memcmp(v, want, vlen) != 0)
+        w->mismatches++;
+    return 0;
+}
+
+/* After the scan: every key it gave was the expected one, and none is missing. */
+static void walk_done(struct walk *w)
+{
+    while (w->at < w->n && w->m->val[w->m->order[w->at]] == 0)
+        w->at++;
+    assert_int_equal(w->mismatches, 0);
+    assert_int_equal(w->at, w->n);
+}
+
+/* The model's keys in key order between the model's keys at order positions [a, b). */
+static void check_range(store *s, const struct model *m, size_t a, size_t b)
+{
+    struct store_key start, end;
+    if (a < MKEYS)
+        model_key(&start, m->id[m->order[a]], m->len[m->order[a]]);
+    else
+        key_init(&start, 3, T_USER + 1);
+    if (b < MKEYS)
+        model_key(&end, m->id[m->order[b]], m->len[m->order[b]]);
+    else
+        key_init(&end, 3, T_USER + 1);
+    struct walk w = {m, a, b < MKEYS ? b : MKEYS, 0};
+    assert_int_equal(store_scan(s, &start, &end, walk_next, &w), EDDY_OK);
+    walk_done(&w);
+}
+
+static void check_model(store *s, struct model *m)
+{
+    for (int i = 0; i < MKEYS; i++) {
+        struct store_key k;
+        model_key(&k, m->id[i], m->len[i]);
+        char *v = NULL;
+        size_t n = 0;
+        assert_int_equal(store_get(s, &k, &v, &n), EDDY_OK);
+        if (m->val[i] == 0) {
+            assert_null(v);
+            continue;
+        }
+        char want[16];
+        snprintf(want, sizeof(want), "%d", m->val[i]);
+        assert_non_null(v);
+        assert_int_equal(n, strlen(want));
+        assert_memory_equal(v, want, n);
+        free(v);
+    }
+    /* the whole table (the range of one run, from the table's first key), the whole
+     * partition (bounds in other runs), and ranges between the model's keys */
+    struct store_key pstart, pend;
+    key_init(&pstart, 3, 0);
+    key_init(&pend, 4, 0);
+    struct walk w = {m, 0, MKEYS, 0};
+    assert_int_equal(store_scan(s, &pstart, &pend, walk_next, &w), EDDY_OK);
+    walk_done(&w);
+    /* from a key of the table before, whose later bytes sort after every key's */
+    key_init(&pstart, 3, T_USER - 1);
+    key_bytes(&pstart, "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 16);
+    w = (struct walk){m, 0, MKEYS, 0};
+    assert_int_equal(store_scan(s, &pstart, &pend, walk_next, &w), EDDY_OK);
+    walk_done(&w);
+    check_range(s, m, 0, MKEYS);
+    for (size_t a = 0; a < MKEYS; a += 37)
+        for (size_t b = a; b <= MKEYS; b += 53)
+            check_range(s, m, a, b);
+}
+
+static void test_order_of_keys_tied_at_the_head(void **state)
+{
+    struct fx *f = *state;
+    store_set_behind(f->s, 1u << T_USER);
+    struct model *m = calloc(1, sizeof(*m));
+    assert_non_null(m);
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < MKEYS; i++) { /* distinct ids */
+        bool dup;
+        do {
+            random_id(&x, m->id[i], &m->len[i]);
+            dup = false;
+            for (int j = 0; j < i && !dup; j++)
+                dup = m->len[j] == m->len[i] && memcmp(m->id[j], m->id[i], m->len[i]) == 0;
+        } while (dup);
+        m->order[i] = i;
+    }
+    qsort_r(m->order, MKEYS, sizeof(int), cmp_model_index, m);
+    store_txn *t = store_txn_new(f->s);
+    assert_non_null(t);
+    for (int n = 1; n <= MPUTS; n++) {
+        int i = (int)(next_rand(&x) % MKEYS);
+        struct store_key k;
+        model_key(&k, m->id[i], m->len[i]);
+        if (next_rand(&x) % 5 == 0) {
+            assert_int_equal(store_txn_del(t, &k), EDDY_OK);
+            m->val[i] = 0;
+        } else {
+            char v[16];
+            snprintf(v, sizeof(v), "%d", n);
+            assert_int_equal(store_txn_put(t, &k, v, strlen(v)), EDDY_OK);
+            m->val[i] = n;
+        }
+        if (n % 50 == 0)
+            assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    }
+    assert_int_equal(store_txn_commit(t, false), EDDY_OK);
+    store_txn_free(t);
+    assert_true(store_dirty_bytes(f->s) > 0);
+    check_model(f->s, m); /* from the dirty set */
+    assert_int_equal(store_flush(f->s), EDDY_OK);
+    assert_int_equal(store_dirty_bytes(f->s), 0);
+    check_model(f->s, m); /* from LevelDB: the same */
+    free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_reads_before_flush, setup, teardown),
         cmocka_unit_test_setup_teardown(test_log_delete_writes_through, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_beside_publishes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_order_of_keys_tied_at_the_head, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
