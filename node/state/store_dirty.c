@@ -10,12 +10,14 @@
  * through an open-addressing table of prefixes: a get is a hash and a binary search, a
  * scan of one partition's table (every query's) walks one run, and the flush drops what
  * it wrote in one pass per run. A run's array holds the next 16 bytes of each key beside
- * the entry's pointer (struct dirty_slot): a group's publish searches runs of tens of
- * thousands of keys after a burst, and a search that read every probed entry missed the
- * cache at each step (most of the sync thread's time, before the acknowledgement). Entries are immutable once published (a newer value
- * replaces the entry), stamped with the set's version at publish: a flush that wrote
- * everything up to version V drops the entries stamped <= V, keeping those published
- * while it wrote. One rwlock: readers copy what they need under it.
+ * the entry's pointer (struct dirty_slot): after a burst a group's publish puts ~20,000
+ * rows into runs of hundreds to thousands of keys, and a search that read every probed
+ * entry missed the cache at each step (a third of the sync thread, before the
+ * acknowledgements; the txn also publishes a group run after run, behind_publish).
+ * Entries are immutable once published (a newer value replaces the entry), stamped with
+ * the set's version at publish: a flush that wrote everything up to version V drops the
+ * entries stamped <= V, keeping those published while it wrote. One rwlock: readers copy
+ * what they need under it.
  *
  * A flush holds the lock only to copy the runs' entry pointers and, after its writes, to
  * unlink what it wrote: every group's publish (on the acknowledgement's path) takes the
