@@ -31,13 +31,8 @@ struct leader {
     char k_nodes[CLUSTER_KEY_MAX], k_drain[CLUSTER_KEY_MAX], k_moves[CLUSTER_KEY_MAX];
     registry *reg;
     etcd_watch *w_nodes, *w_drain, *w_moves; /* the leader thread's; stopped by leader_stop */
-    pthread_mutex_t moves_mu;      /* guards 'moves', 'moves_rev' (the watch thread writes) */
+    pthread_mutex_t moves_mu;      /* guards 'moves' (the watch thread writes it) */
     struct plan_rec *moves;        /* [nparts] the records under moves/ */
-    /* [nparts] the etcd revision of the last change taken into moves[p]: the leader's own
-     * writes are taken at once (a round planned before its watch saw the record of a move
-     * it had started did not count that move, and started a second one the same way,
-     * which a later round undid), and the watch's echo of an older change is skipped */
-    int64_t *moves_rev;
     atomic_uint_fast64_t moves_gen; /* bumped on every change of 'moves' */
     char k_isr[CLUSTER_KEY_MAX];
     etcd_watch *w_isr;
@@ -439,11 +434,6 @@ static void move_event(leader *l, const struct etcd_kv *kv, bool put)
     uint32_t p;
     if (!cluster_key_partition(kv->key, l->k_moves, l->nparts, &p))
         return;
-    pthread_mutex_lock(&l->moves_mu);
-    bool older = kv->mod_revision > 0 && kv->mod_revision < l->moves_rev[p];
-    pthread_mutex_unlock(&l->moves_mu);
-    if (older)
-        return;
     struct plan_rec r = {false, {0}, 0};
     if (put && cluster_move_from_json(kv->value, kv->value_len, &r.m) == EDDY_OK &&
         r.m.partition == p) {
@@ -458,8 +448,6 @@ static void move_event(leader *l, const struct etcd_kv *kv, bool put)
     }
     pthread_mutex_lock(&l->moves_mu);
     l->moves[p] = r;
-    if (kv->mod_revision > l->moves_rev[p])
-        l->moves_rev[p] = kv->mod_revision;
     pthread_mutex_unlock(&l->moves_mu);
 }
 
@@ -471,15 +459,10 @@ static eddy_err load_moves(leader *l, int64_t *rev)
         return err;
     pthread_mutex_lock(&l->moves_mu);
     memset(l->moves, 0, l->nparts * sizeof(*l->moves));
-    memset(l->moves_rev, 0, l->nparts * sizeof(*l->moves_rev));
     pthread_mutex_unlock(&l->moves_mu);
     for (size_t i = 0; i < kvs.n; i++)
         move_event(l, &kvs.kvs[i], true);
     etcd_kvs_release(&kvs);
-    pthread_mutex_lock(&l->moves_mu); /* every record as of the range's revision */
-    for (uint32_t p = 0; p < l->nparts; p++)
-        l->moves_rev[p] = l->moves_rev[p] > *rev ? l->moves_rev[p] : *rev;
-    pthread_mutex_unlock(&l->moves_mu);
     atomic_fetch_add(&l->moves_gen, 1);
     return EDDY_OK;
 }
@@ -560,9 +543,6 @@ static eddy_err setup(leader *l)
     if (err == EDDY_OK)
         err = load_prefix(l, false, &rd);
     if (err == EDDY_OK && !l->moves && !(l->moves = calloc(l->nparts, sizeof(*l->moves))))
-        err = EDDY_ERR_NOMEM;
-    if (err == EDDY_OK && !l->moves_rev &&
-        !(l->moves_rev = calloc(l->nparts, sizeof(*l->moves_rev))))
         err = EDDY_ERR_NOMEM;
     if (err == EDDY_OK)
         err = load_moves(l, &rm);
@@ -684,18 +664,6 @@ static eddy_err move_write(leader *l, const struct plan_action *a)
     if (err != EDDY_OK)
         return err;
     static const char *const ops[] = {"started", "ended", "flipped"};
-    if (r.succeeded) { /* taken now: the next round must count it (see moves_rev) */
-        struct plan_rec rec = {a->op != PLAN_DELETE, a->m, r.revision};
-        if (a->op == PLAN_DELETE)
-            rec.m = (struct cluster_move){0};
-        pthread_mutex_lock(&l->moves_mu);
-        if (r.revision > l->moves_rev[a->m.partition]) {
-            l->moves[a->m.partition] = rec;
-            l->moves_rev[a->m.partition] = r.revision;
-        }
-        pthread_mutex_unlock(&l->moves_mu);
-        atomic_fetch_add(&l->moves_gen, 1);
-    }
     if (r.succeeded)
         log_info("msg=\"move %s\" partition=%u from=%s to=%s epoch=%llu phase=%s", ops[a->op],
                  a->m.partition, a->m.from, a->m.to, (unsigned long long)a->m.epoch,
@@ -1059,7 +1027,6 @@ void leader_stop(leader *l)
         load_rec_release(&l->loads[i]);
     free(l->loads);
     free(l->moves);
-    free(l->moves_rev);
     free(l->isr);
     free(l);
 }
