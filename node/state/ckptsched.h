@@ -62,7 +62,8 @@ enum ckptsched_action {
 void ckptsched_slot_init(struct ckptsched_slot *s, const struct ckptsched_params *pp,
                          uint32_t p, uint32_t nparts, int64_t start_ms);
 
-/* What to do at 'now_ms' for a partition whose log seq (next_seq) is 'seq'. */
+/* What to do at 'now_ms' for a partition whose applied seq (applied_seq: a checkpoint
+ * holds the applied state, and its seq is that state's) is 'seq'. */
 enum ckptsched_action ckptsched_decide(const struct ckptsched_slot *s, int64_t now_ms,
                                        uint64_t seq);
 
