@@ -38,13 +38,6 @@ static size_t entry_bytes(const struct dirty_entry *e)
     return sizeof(*e) + e->klen + e->vlen + sizeof(struct dirty_slot) + 8;
 }
 
-static uint32_t prefix_of(const unsigned char *k, size_t klen)
-{
-    unsigned char p[3] = {0, 0, 0};
-    memcpy(p, k, klen < 3 ? klen : 3);
-    return (uint32_t)p[0] << 16 | (uint32_t)p[1] << 8 | p[2];
-}
-
 /* The key's bytes 3 to 18 as two big-endian words, zero past its end: for two keys of one
  * run, unequal words order them as their bytes do (a key that ends first is a prefix of
  * the other, and sorts first), equal words leave it to the bytes. */
@@ -148,7 +141,7 @@ static size_t lower_bound_w(const struct dirty_run *r, const unsigned char *k, s
 {
     key_words(k, klen, w);
     *eq = false;
-    uint32_t pk = prefix_of(k, klen), pr = r->prefix1 - 1;
+    uint32_t pk = store_key_prefix(k, klen), pr = r->prefix1 - 1;
     if (pk != pr) /* a range's bound outside the run: the words do not compare */
         return pk < pr ? 0 : r->n;
     size_t lo = 0, hi = r->n;
@@ -186,7 +179,7 @@ static void *room_for_one(void *v, size_t size, size_t *cap, size_t n, size_t fi
 eddy_err store_dirty_put_locked(struct store_dirty *d, const unsigned char *k, size_t klen,
                                 const void *val, size_t vlen, bool del)
 {
-    struct dirty_run *r = run_of(d, prefix_of(k, klen), true);
+    struct dirty_run *r = run_of(d, store_key_prefix(k, klen), true);
     if (!r)
         return EDDY_ERR_NOMEM;
     struct dirty_entry *e = malloc(sizeof(*e) + klen + vlen);
@@ -242,7 +235,7 @@ eddy_err store_dirty_get(struct store_dirty *d, const unsigned char *k, size_t k
         return EDDY_OK;
     eddy_err err = EDDY_OK;
     pthread_rwlock_rdlock(&d->lock);
-    const struct dirty_run *r = run_of(d, prefix_of(k, klen), false);
+    const struct dirty_run *r = run_of(d, store_key_prefix(k, klen), false);
     bool eq = false;
     size_t i = r ? lower_bound(r, k, klen, &eq) : 0;
     if (eq) {
@@ -321,7 +314,7 @@ eddy_err store_dirty_range(struct store_dirty *d, const struct store_key *start,
     }
     struct dirty_run *single = NULL;
     if (one)
-        single = run_of(d, prefix_of(start->buf, start->len), false);
+        single = run_of(d, store_key_prefix(start->buf, start->len), false);
     size_t count = 0, bytes = 0;
     for (size_t i = 0; i < (one ? 1 : d->cap); i++) {
         const struct dirty_run *r = one ? single : &d->runs[i];

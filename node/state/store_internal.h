@@ -34,6 +34,15 @@ struct store_ovl {
     bool del;
 };
 
+/* A key's first three bytes (partition, table), zero past its end, as one number: the
+ * dirty set's runs are keyed by it, and numbers order as the prefixes do. */
+static inline uint32_t store_key_prefix(const unsigned char *k, size_t klen)
+{
+    unsigned char p[3] = {0, 0, 0};
+    memcpy(p, k, klen < 3 ? klen : 3);
+    return (uint32_t)p[0] << 16 | (uint32_t)p[1] << 8 | p[2];
+}
+
 /* The dirty set (store_dirty.c): the writes of the tables store_set_behind names, kept
  * packed in memory from the txn's synced write (their acknowledgement) until store_flush
  * writes them. Every read of the store looks here first. */
@@ -65,8 +74,7 @@ struct store_dirty {
     bool reading;
     struct dirty_entry **retired;
     size_t nretired, retired_cap;
-    /* estimated memory of the entries, retired ones included (0: a read skips the lock) */
-    _Atomic size_t bytes;
+    _Atomic size_t bytes;      /* estimated memory of the entries (0: a read skips the lock) */
     _Atomic uint32_t tables;   /* 1 << table of the tables written behind */
     _Atomic uint64_t flushes;
 };

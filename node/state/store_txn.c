@@ -1447,9 +1447,7 @@ static uint32_t *behind_by_run(const store_txn *t)
         bool del;
         off[i] = (uint32_t)at;
         behind_next(t, &at, &k, &klen, &v, &vlen, &del);
-        unsigned char b[3] = {0, 0, 0};
-        memcpy(b, k, klen < 3 ? klen : 3);
-        pre[i] = (uint32_t)b[0] << 16 | (uint32_t)b[1] << 8 | b[2];
+        pre[i] = store_key_prefix(k, klen);
     }
     for (unsigned shift = 0; shift < 24; shift += 12) {
         size_t at[4096] = {0}, sum = 0;

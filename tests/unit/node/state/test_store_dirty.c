@@ -18,6 +18,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "common/bytes.h"
 #include "node/state/store.h"
 #include "node/state/store_txn.h"
 
@@ -285,9 +286,7 @@ static int cmp_model_index(const void *a, const void *b, void *ud)
 {
     const struct model *m = ud;
     int x = *(const int *)a, y = *(const int *)b;
-    size_t n = m->len[x] < m->len[y] ? m->len[x] : m->len[y];
-    int c = memcmp(m->id[x], m->id[y], n);
-    return c ? c : (m->len[x] > m->len[y]) - (m->len[x] < m->len[y]);
+    return bytes_cmp(m->id[x], m->len[x], m->id[y], m->len[y]);
 }
 
 struct walk {
